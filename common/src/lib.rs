@@ -1,0 +1,266 @@
+//! Types shared by the loopwarden kernel programs (`loopwarden-ebpf`) and the
+//! userspace daemon (`loopwarden`).
+//!
+//! Everything here is `#[repr(C)]`, built from fixed-width integers, with
+//! padding written out as fields, so both sides agree on every byte. The
+//! `const` assertions at the bottom fail the build if a layout drifts.
+//!
+//! The policy is evaluated in the kernel without an interpreter: each rule has
+//! an index `0..MAX_RULES`, and for every attribute a rule can match on
+//! (executable, executable name, comm, uid, cgroup, parent/ancestor
+//! executable) there is a hash map from the attribute's value to the bitmask
+//! of rules that accept that value. Rules that do not constrain an attribute
+//! are in that attribute's "wildcard" mask in [`Settings`]. The matching rules
+//! are the AND over all attributes; the first match is the lowest set bit.
+#![no_std]
+
+/// Most rules a policy can hold: one bit each in a `u64` mask.
+pub const MAX_RULES: usize = 64;
+/// How many generations of parents the kernel walks for ancestor rules.
+pub const MAX_ANCESTORS: usize = 8;
+/// Deepest cgroup level (root = 0) a cgroup rule may name.
+pub const MAX_CGROUP_LEVEL: usize = 31;
+/// `TASK_COMM_LEN` in the kernel.
+pub const COMM_LEN: usize = 16;
+/// Bytes of the executable's file name (its dentry name) the kernel copies.
+/// Longer names are truncated to `EXE_NAME_LEN - 1` bytes on both sides.
+pub const EXE_NAME_LEN: usize = 32;
+/// Entries of the protected-port bitmap: 65536 ports / 64 bits per entry.
+pub const PORT_WORDS: u32 = 1024;
+
+/// Map names, shared so userspace never spells one differently.
+pub mod maps {
+    /// `Array<Settings>`, one entry.
+    pub const SETTINGS: &str = "LW_SETTINGS";
+    /// `Array<u64>` of [`super::PORT_WORDS`]: bit `p % 64` of entry `p / 64` set
+    /// when destination port `p` is protected.
+    pub const PORTS: &str = "LW_PORTS";
+    /// `HashMap<u64, u8>`: network namespace cookies the policy applies in,
+    /// consulted when [`super::flags::NETNS_SCOPED`] is set.
+    pub const NETNS: &str = "LW_NETNS";
+    /// `HashMap<Addr, u8>`: the host's own non-loopback addresses, consulted
+    /// when [`super::flags::HOST_ADDRS`] is set.
+    pub const HOST_ADDRS: &str = "LW_HOST_ADDRS";
+    /// `HashMap<ExeKey, u64>`: rules by executable identity.
+    pub const RULES_EXE: &str = "LW_RULES_EXE";
+    /// `HashMap<[u8; EXE_NAME_LEN], u64>`: rules by executable file name.
+    pub const RULES_EXE_NAME: &str = "LW_RULES_EXE_NAME";
+    /// `HashMap<[u8; COMM_LEN], u64>`: rules by comm.
+    pub const RULES_COMM: &str = "LW_RULES_COMM";
+    /// `HashMap<u32, u64>`: rules by uid.
+    pub const RULES_UID: &str = "LW_RULES_UID";
+    /// `HashMap<u64, u64>`: rules by cgroup id (the task's cgroup or an ancestor).
+    pub const RULES_CGROUP: &str = "LW_RULES_CGROUP";
+    /// `HashMap<ExeKey, AncestorMasks>`: rules by parent/ancestor executable.
+    pub const RULES_ANCESTOR: &str = "LW_RULES_ANCESTOR";
+    /// `RingBuf` of [`super::ConnectEvent`].
+    pub const EVENTS: &str = "LW_EVENTS";
+    /// `PerCpuArray<u64>` of [`super::stats::COUNT`] counters.
+    pub const STATS: &str = "LW_STATS";
+}
+
+/// Names of the kernel programs.
+pub mod programs {
+    pub const CONNECT4: &str = "lw_connect4";
+    pub const CONNECT6: &str = "lw_connect6";
+}
+
+/// Name of the global holding [`KernelOffsets`].
+pub const OFFSETS_GLOBAL: &str = "LW_OFFSETS";
+
+/// Bits of [`Settings::flags`].
+pub mod flags {
+    /// A policy is installed. Without it every connect is allowed untouched.
+    pub const ENABLED: u32 = 1 << 0;
+    /// Deny rules deny (enforce mode). Without it they are only reported.
+    pub const ENFORCE: u32 = 1 << 1;
+    /// Every destination port is protected (the port bitmap is not read).
+    pub const ALL_PORTS: u32 = 1 << 2;
+    /// Only connects from the network namespaces in `LW_NETNS` are checked.
+    pub const NETNS_SCOPED: u32 = 1 << 3;
+    /// The host's own addresses in `LW_HOST_ADDRS` are protected too.
+    pub const HOST_ADDRS: u32 = 1 << 4;
+    /// Some rule matches on a parent or ancestor executable.
+    pub const ANCESTORS: u32 = 1 << 5;
+    /// Report allowed connects to protected destinations as well.
+    pub const LOG_ALLOWED: u32 = 1 << 6;
+}
+
+/// Indexes of the `LW_STATS` per-CPU counters.
+pub mod stats {
+    /// Connects to a protected destination (after port and netns filters).
+    pub const CHECKED: u32 = 0;
+    /// Connects refused.
+    pub const DENIED: u32 = 1;
+    /// Events reported through the ring buffer.
+    pub const REPORTED: u32 = 2;
+    /// Events lost because the ring buffer was full.
+    pub const DROPPED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// What the kernel did with a connect, in [`ConnectEvent::verdict`].
+pub mod verdict {
+    /// Allowed; reported only with `LOG_ALLOWED`.
+    pub const ALLOW: u8 = 0;
+    /// Allowed and reported by an `audit` rule.
+    pub const AUDIT: u8 = 1;
+    /// A `deny` rule matched in audit mode: allowed, reported.
+    pub const WOULD_DENY: u8 = 2;
+    /// Refused.
+    pub const DENY: u8 = 3;
+}
+
+/// Rule index in [`ConnectEvent::rule`] when no rule matched.
+pub const NO_RULE: u8 = u8::MAX;
+
+/// Identity of an executable file: the kernel's `sb->s_dev`
+/// (`major << 20 | minor`, not userspace's `st_dev` encoding) and inode number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExeKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl ExeKey {
+    /// Builds a key from userspace `major`/`minor` device numbers.
+    pub const fn from_major_minor(major: u64, minor: u64, ino: u64) -> Self {
+        Self {
+            dev: (major << 20) | minor,
+            ino,
+        }
+    }
+}
+
+/// Value of `LW_RULES_ANCESTOR`: rules matching this executable as the direct
+/// parent, and rules matching it anywhere among the ancestors.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AncestorMasks {
+    pub parent: u64,
+    pub ancestor: u64,
+}
+
+/// An address as the kernel sees it in `bpf_sock_addr`: IPv6 words in network
+/// order; IPv4 as the IPv4-mapped IPv6 address `::ffff:a.b.c.d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub words: [u32; 4],
+}
+
+/// Offsets into kernel structures, read from the running kernel's BTF at
+/// load time and passed to the programs as a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
+    /// `dentry.d_name.name`
+    pub dentry_name: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+}
+
+/// The policy-wide settings, `LW_SETTINGS[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Positive errno a denied connect() fails with (ECONNREFUSED or EPERM).
+    pub deny_errno: u32,
+    /// Bit `l` set: some cgroup rule names a cgroup at level `l`.
+    pub cgroup_levels: u32,
+    pub _pad0: u32,
+    /// Rules present in the policy.
+    pub active: u64,
+    /// Rules whose action is `deny`.
+    pub deny: u64,
+    /// Rules whose action is `audit`.
+    pub audit: u64,
+    /// Rules that do not constrain the executable identity.
+    pub wild_exe: u64,
+    /// ... the executable file name.
+    pub wild_exe_name: u64,
+    /// ... the comm.
+    pub wild_comm: u64,
+    /// ... the uid.
+    pub wild_uid: u64,
+    /// ... the cgroup.
+    pub wild_cgroup: u64,
+    /// ... the parent or ancestors.
+    pub wild_ancestor: u64,
+}
+
+/// One reported connect, written by the kernel into `LW_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the connect.
+    pub ktime_ns: u64,
+    pub socket_cookie: u64,
+    pub netns_cookie: u64,
+    pub cgroup_id: u64,
+    pub exe: ExeKey,
+    pub parent_exe: ExeKey,
+    pub daddr: Addr,
+    /// Thread-group id (the process id userspace sees).
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    /// Thread-group id of the real parent.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// AF_INET or AF_INET6: the socket's family (a v6 socket can reach an
+    /// IPv4-mapped address).
+    pub family: u16,
+    /// [`verdict`] value.
+    pub verdict: u8,
+    /// Index of the matched rule, or [`NO_RULE`].
+    pub rule: u8,
+    pub _pad0: [u8; 6],
+    pub comm: [u8; COMM_LEN],
+    pub exe_name: [u8; EXE_NAME_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
+const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
+const _: () = assert!(core::mem::size_of::<Addr>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<Settings>() == 88);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160);
+const _: () = assert!(MAX_RULES == u64::BITS as usize);
+const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{AncestorMasks, Addr, ConnectEvent, ExeKey, KernelOffsets, Settings};
+
+    // SAFETY: all are #[repr(C)], made of integers only, with no implicit padding
+    // (checked by the size assertions above).
+    unsafe impl aya::Pod for ExeKey {}
+    unsafe impl aya::Pod for AncestorMasks {}
+    unsafe impl aya::Pod for Addr {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for ConnectEvent {}
+}

@@ -1,0 +1,327 @@
+//! The connect4/connect6 hooks: destination filter, identity, rule match,
+//! verdict.
+//!
+//! Return value: 1 lets connect() proceed; 0 refuses it. With
+//! `bpf_set_retval(-errno)` before returning 0 the caller sees that errno
+//! instead of EPERM (kernel/bpf/cgroup.c, `__cgroup_bpf_run_filter_sock_addr`).
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+            bpf_get_socket_cookie, bpf_set_retval,
+        },
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::warn;
+use loopwarden_common::{
+    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVEL, NO_RULE,
+    Settings, flags, stats, verdict,
+};
+
+use crate::{
+    identity::Task,
+    maps::{
+        EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM, RULES_EXE,
+        RULES_EXE_NAME, RULES_UID, SETTINGS, count, mask,
+    },
+};
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_MPTCP: u32 = 262;
+const EPERM: u32 = 1;
+/// `::ffff:0:0/96` third word, host order.
+const V4_MAPPED_WORD: u32 = 0x0000_ffff;
+
+#[cgroup_sock_addr(connect4)]
+pub fn lw_connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect(&ctx, AF_INET) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn lw_connect6(ctx: SockAddrContext) -> i32 {
+    match try_connect(&ctx, AF_INET6) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// Where the connect goes, as read from the context.
+struct Destination {
+    addr: Addr,
+    port: u16,
+    loopback: bool,
+}
+
+#[inline(always)]
+fn destination(sa: *const bpf_sock_addr, family: u16) -> Destination {
+    // SAFETY: `sa` is the context pointer the kernel passed us. Each field is
+    // read with its own 32-bit load: the verifier rejects wider loads of
+    // user_ip6, and volatile keeps LLVM from merging them.
+    unsafe {
+        let port = u16::from_be(core::ptr::read_volatile(&(*sa).user_port) as u16);
+        if family == AF_INET {
+            let ip4 = core::ptr::read_volatile(&(*sa).user_ip4);
+            Destination {
+                addr: Addr {
+                    words: [0, 0, V4_MAPPED_WORD.to_be(), ip4],
+                },
+                port,
+                loopback: u32::from_be(ip4) >> 24 == 127,
+            }
+        } else {
+            let w = [
+                core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                core::ptr::read_volatile(&(*sa).user_ip6[3]),
+            ];
+            let high_zero = w[0] == 0 && w[1] == 0;
+            let last = u32::from_be(w[3]);
+            let loopback = high_zero
+                && ((w[2] == 0 && last == 1)
+                    || (u32::from_be(w[2]) == V4_MAPPED_WORD && last >> 24 == 127));
+            Destination {
+                addr: Addr { words: w },
+                port,
+                loopback,
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn port_protected(port: u16) -> bool {
+    match PORTS.get(u32::from(port >> 6)) {
+        Some(word) => (word >> (port & 63)) & 1 == 1,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
+    let sa = ctx.sock_addr;
+    let Some(settings) = SETTINGS.get(0) else {
+        return Ok(ALLOW);
+    };
+    let s: Settings = *settings;
+    if s.flags & flags::ENABLED == 0 {
+        return Ok(ALLOW);
+    }
+    // SAFETY: context reads of fields the sock_addr program type may read.
+    let (sock_type, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sa).type_),
+            core::ptr::read_volatile(&(*sa).protocol),
+        )
+    };
+    if sock_type != SOCK_STREAM || (protocol != IPPROTO_TCP && protocol != IPPROTO_MPTCP) {
+        return Ok(ALLOW);
+    }
+    let dst = destination(sa, family);
+    if !dst.loopback {
+        // SAFETY: the value is a plain u8 flag, only tested for presence.
+        let own = s.flags & flags::HOST_ADDRS != 0 && unsafe { HOST_ADDRS.get(&dst.addr).is_some() };
+        if !own {
+            return Ok(ALLOW);
+        }
+    }
+    if s.flags & flags::ALL_PORTS == 0 && !port_protected(dst.port) {
+        return Ok(ALLOW);
+    }
+    // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is a plain u8 flag, only tested for presence.
+    if s.flags & flags::NETNS_SCOPED != 0 && unsafe { NETNS.get(&netns_cookie).is_none() } {
+        return Ok(ALLOW);
+    }
+    count(stats::CHECKED);
+    judge(ctx, &s, &dst, family, netns_cookie)
+}
+
+/// Identity of the caller, gathered once and reused by matching and reporting.
+struct Caller {
+    task: Task,
+    pid_tgid: u64,
+    uid_gid: u64,
+    comm: [u8; COMM_LEN],
+    exe: ExeKey,
+    exe_name: [u8; EXE_NAME_LEN],
+    cgroup_id: u64,
+}
+
+#[inline(always)]
+fn judge(
+    ctx: &SockAddrContext,
+    s: &Settings,
+    dst: &Destination,
+    family: u16,
+    netns_cookie: u64,
+) -> Result<i32, i32> {
+    let task = Task::current();
+    let mut exe_name = [0u8; EXE_NAME_LEN];
+    let exe = match task.exe_and_name(&mut exe_name) {
+        Ok(exe) => exe,
+        Err(e) => {
+            warn!(ctx, "loopwarden: reading the executable of the caller failed: {}", e);
+            ExeKey::default()
+        }
+    };
+    let caller = Caller {
+        task,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        uid_gid: bpf_get_current_uid_gid(),
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        exe,
+        exe_name,
+        // SAFETY: plain helper call.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    };
+
+    let matched = match_rules(s, &caller);
+    let rule = if matched == 0 {
+        NO_RULE
+    } else {
+        matched.trailing_zeros() as u8
+    };
+    let bit = if matched == 0 { 0 } else { 1u64 << rule };
+    let (outcome, ret) = if bit & s.deny != 0 {
+        if s.flags & flags::ENFORCE != 0 {
+            (verdict::DENY, REFUSE)
+        } else {
+            (verdict::WOULD_DENY, ALLOW)
+        }
+    } else if bit & s.audit != 0 {
+        (verdict::AUDIT, ALLOW)
+    } else if s.flags & flags::LOG_ALLOWED != 0 {
+        (verdict::ALLOW, ALLOW)
+    } else {
+        return Ok(ALLOW);
+    };
+
+    report(ctx, &caller, dst, family, netns_cookie, outcome, rule);
+    if ret == REFUSE {
+        count(stats::DENIED);
+        if s.deny_errno != EPERM {
+            // SAFETY: plain helper call; the negative errno replaces EPERM.
+            unsafe { bpf_set_retval(-(s.deny_errno as i32)) };
+        }
+    }
+    Ok(ret)
+}
+
+/// Bitmask of the rules that match `caller`.
+#[inline(always)]
+fn match_rules(s: &Settings, c: &Caller) -> u64 {
+    let mut m = s.active;
+    m &= mask(&RULES_UID, &(c.uid_gid as u32)) | s.wild_uid;
+    m &= mask(&RULES_COMM, &c.comm) | s.wild_comm;
+    m &= mask(&RULES_EXE, &c.exe) | s.wild_exe;
+    m &= mask(&RULES_EXE_NAME, &c.exe_name) | s.wild_exe_name;
+    if m & !s.wild_cgroup != 0 {
+        m &= cgroup_mask(s.cgroup_levels, c.cgroup_id) | s.wild_cgroup;
+    }
+    if m & !s.wild_ancestor != 0 && s.flags & flags::ANCESTORS != 0 {
+        m &= ancestor_mask(c.task) | s.wild_ancestor;
+    }
+    m
+}
+
+/// Rules naming the caller's cgroup or one of its ancestors. Only the levels at
+/// which some rule names a cgroup are looked at.
+#[inline(always)]
+fn cgroup_mask(levels: u32, own: u64) -> u64 {
+    let mut m = mask(&RULES_CGROUP, &own);
+    for level in 0..=MAX_CGROUP_LEVEL {
+        if levels >> level & 1 == 1 {
+            // SAFETY: plain helper call; 0 means the caller is above `level`.
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+            if id == 0 {
+                break;
+            }
+            m |= mask(&RULES_CGROUP, &id);
+        }
+    }
+    m
+}
+
+/// Rules naming the caller's parent (as parent or ancestor) or an earlier
+/// ancestor's executable.
+#[inline(always)]
+fn ancestor_mask(task: Task) -> u64 {
+    let mut m = 0u64;
+    let mut cur = task;
+    for depth in 0..MAX_ANCESTORS {
+        let Ok(parent) = cur.parent() else { break };
+        if parent.is_null() || parent.same(cur) {
+            break;
+        }
+        if let Ok(exe) = parent.exe() {
+            // SAFETY: the value is copied out immediately.
+            if let Some(v) = unsafe { RULES_ANCESTOR.get(&exe) } {
+                m |= v.ancestor;
+                if depth == 0 {
+                    m |= v.parent;
+                }
+            }
+        }
+        match parent.tgid() {
+            Ok(tgid) if tgid > 1 => cur = parent,
+            _ => break,
+        }
+    }
+    m
+}
+
+#[inline(always)]
+fn report(
+    ctx: &SockAddrContext,
+    c: &Caller,
+    dst: &Destination,
+    family: u16,
+    netns_cookie: u64,
+    outcome: u8,
+    rule: u8,
+) {
+    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
+        count(stats::DROPPED);
+        return;
+    };
+    let parent = c.task.parent().unwrap_or(c.task);
+    let ev = ConnectEvent {
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        // SAFETY: plain helper call on our own context.
+        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        netns_cookie,
+        cgroup_id: c.cgroup_id,
+        exe: c.exe,
+        parent_exe: parent.exe().unwrap_or_default(),
+        daddr: dst.addr,
+        tgid: (c.pid_tgid >> 32) as u32,
+        pid: c.pid_tgid as u32,
+        ppid: parent.tgid().unwrap_or(0),
+        uid: c.uid_gid as u32,
+        gid: (c.uid_gid >> 32) as u32,
+        dport: dst.port,
+        family,
+        verdict: outcome,
+        rule,
+        _pad0: [0; 6],
+        comm: c.comm,
+        exe_name: c.exe_name,
+    };
+    entry.write(ev);
+    entry.submit(0);
+    count(stats::REPORTED);
+}

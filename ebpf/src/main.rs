@@ -1,0 +1,33 @@
+//! loopwarden's kernel programs.
+//!
+//! `cgroup/connect4` and `cgroup/connect6`, attached at the cgroup v2 root, run
+//! synchronously inside every connect() on the host, before any packet is
+//! sent. For a TCP connect to a protected destination (a loopback address, or
+//! the host's own address when the policy asks) on a protected port, they read
+//! the calling task's identity, match it against the policy maps and refuse,
+//! report or allow the connect.
+//!
+//! # Minimum kernel version
+//! 5.18 (`bpf_set_retval` in cgroup programs); 5.8 for the ring buffer.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod connect;
+mod identity;
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves panics unreachable; this only satisfies the linker.
+    loop {}
+}
+
+/// The kernel requires a GPL-compatible license for `bpf_probe_read_kernel`.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// Lets `cargo clippy` on the host check this crate; never run.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

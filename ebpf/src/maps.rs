@@ -1,0 +1,63 @@
+//! Every map the programs use, in one place. Names come from
+//! `loopwarden_common::maps`; userspace sizes some of them at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use loopwarden_common::{
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, PORT_WORDS, Settings, stats,
+};
+
+#[map(name = "LW_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+#[map(name = "LW_PORTS")]
+pub static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
+#[map(name = "LW_NETNS")]
+pub static NETNS: HashMap<u64, u8> = HashMap::with_max_entries(256, 0);
+
+#[map(name = "LW_HOST_ADDRS")]
+pub static HOST_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "LW_RULES_EXE")]
+pub static RULES_EXE: HashMap<ExeKey, u64> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "LW_RULES_EXE_NAME")]
+pub static RULES_EXE_NAME: HashMap<[u8; EXE_NAME_LEN], u64> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "LW_RULES_COMM")]
+pub static RULES_COMM: HashMap<[u8; COMM_LEN], u64> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "LW_RULES_UID")]
+pub static RULES_UID: HashMap<u32, u64> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "LW_RULES_CGROUP")]
+pub static RULES_CGROUP: HashMap<u64, u64> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "LW_RULES_ANCESTOR")]
+pub static RULES_ANCESTOR: HashMap<ExeKey, AncestorMasks> = HashMap::with_max_entries(1024, 0);
+
+/// 1 MiB: about 6500 events before userspace must catch up.
+#[map(name = "LW_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[map(name = "LW_STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
+
+/// Adds one to a per-CPU counter (no atomics needed: the slot is this CPU's).
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: the pointer comes from a successful lookup of a per-CPU slot.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Looks up a rule mask, 0 when the value is in no rule.
+#[inline(always)]
+pub fn mask<K>(map: &HashMap<K, u64>, key: &K) -> u64 {
+    // SAFETY: the value is a plain u64 copied out immediately.
+    unsafe { map.get(key).copied().unwrap_or(0) }
+}

@@ -1,0 +1,28 @@
+//! Builds the kernel programs (`ebpf/`) for the BPF target with the nightly
+//! toolchain and bpf-linker; `cargo xtask setup` installs both.
+
+use anyhow::{Context as _, anyhow};
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let ebpf = Package {
+        name: "loopwarden-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf"),
+        ..Default::default()
+    };
+    if which("bpf-linker").is_none() {
+        return Err(anyhow!(
+            "bpf-linker is not on PATH: run `cargo xtask setup` (it builds bpf-linker against the nightly toolchain's LLVM)"
+        ));
+    }
+    aya_build::build_ebpf([ebpf], Toolchain::Nightly)
+        .context("building the eBPF programs failed; `cargo xtask setup` installs the nightly toolchain, rust-src and bpf-linker")
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    })
+}
