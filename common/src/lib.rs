@@ -145,7 +145,7 @@ pub struct AncestorMasks {
 /// An address as the kernel sees it in `bpf_sock_addr`: IPv6 words in network
 /// order; IPv4 as the IPv4-mapped IPv6 address `::ffff:a.b.c.d`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr {
     pub words: [u32; 4],
 }
@@ -253,7 +253,7 @@ const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{AncestorMasks, Addr, ConnectEvent, ExeKey, KernelOffsets, Settings};
+    use super::{Addr, AncestorMasks, ConnectEvent, ExeKey, KernelOffsets, Settings};
 
     // SAFETY: all are #[repr(C)], made of integers only, with no implicit padding
     // (checked by the size assertions above).

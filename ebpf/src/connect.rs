@@ -132,7 +132,8 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let dst = destination(sa, family);
     if !dst.loopback {
         // SAFETY: the value is a plain u8 flag, only tested for presence.
-        let own = s.flags & flags::HOST_ADDRS != 0 && unsafe { HOST_ADDRS.get(&dst.addr).is_some() };
+        let own =
+            s.flags & flags::HOST_ADDRS != 0 && unsafe { HOST_ADDRS.get(&dst.addr).is_some() };
         if !own {
             return Ok(ALLOW);
         }
@@ -174,7 +175,10 @@ fn judge(
     let exe = match task.exe_and_name(&mut exe_name) {
         Ok(exe) => exe,
         Err(e) => {
-            warn!(ctx, "loopwarden: reading the executable of the caller failed: {}", e);
+            warn!(
+                ctx,
+                "loopwarden: reading the executable of the caller failed: {}", e
+            );
             ExeKey::default()
         }
     };

@@ -1,1 +1,483 @@
+//! Harness for loopwarden's root integration tests.
+//!
+//! Every test gets its own network namespace ([`Netns`]) with an HTTP server
+//! on `[::]` (so 127.0.0.1, 127.0.0.2 and ::1 all reach it), and a real
+//! daemon ([`Daemon`]) whose policy is scoped to that namespace, so nothing
+//! outside the test is ever judged. Guards clean up on drop — also when an
+//! assertion fails: processes in the namespace are killed, the namespace is
+//! deleted, and the daemon is stopped (its programs detach when it exits).
 
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Port of the protected HTTP service in every test namespace.
+pub const PROTECTED: u16 = 8080;
+/// Port of a second HTTP service the policy does not protect.
+pub const UNPROTECTED: u16 = 8081;
+
+/// The `loopwarden` binary under test: `$LOOPWARDEN_BIN`, or the release build.
+pub fn loopwarden_bin() -> PathBuf {
+    std::env::var_os("LOOPWARDEN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/loopwarden")
+        })
+}
+
+/// Panics with a clear message unless running as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the integration tests load eBPF programs and create network namespaces: run them as root (cargo xtask test)"
+    );
+}
+
+/// Runs a command to completion, panicking if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?} failed: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Waits until `f` returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    child: Child,
+    what: String,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let what = format!("{cmd:?}");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what} failed: {e}"));
+        Self { child, what }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Panics if the process already exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited early: {status}", self.what);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A network namespace owned by one test, deleted on drop along with every
+/// process still in it.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        require_root();
+        let name = format!(
+            "lwt-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace file, as policies name it.
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Starts a long-running process inside the namespace.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Proc {
+        Proc::spawn(self.cmd(program).args(args))
+    }
+
+    /// Waits until something listens on TCP `port` in the namespace (checked
+    /// with `ss`, without connecting).
+    pub fn wait_listening(&self, port: u16) {
+        wait_for(
+            &format!("a listener on port {port} in {}", self.name),
+            Duration::from_secs(10),
+            || {
+                let out = run(self.cmd("ss").args(["-Hltn", &format!("sport = :{port}")]));
+                (!out.stdout.is_empty()).then_some(())
+            },
+        );
+    }
+
+    /// Starts the test HTTP services: `PROTECTED` and `UNPROTECTED` on `[::]`.
+    pub fn http_servers(&self) -> (Proc, Proc) {
+        let dir = std::env::temp_dir();
+        let dir = dir.to_str().unwrap_or("/tmp");
+        let start = |port: u16| {
+            let p = self.spawn(
+                "python3",
+                &[
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    "::",
+                    "--directory",
+                    dir,
+                    &port.to_string(),
+                ],
+            );
+            self.wait_listening(port);
+            p
+        };
+        (start(PROTECTED), start(UNPROTECTED))
+    }
+
+    /// `curl` inside the namespace; `Ok(status)` when an HTTP response came
+    /// back, `Err(curl exit code)` otherwise.
+    pub fn curl(&self, url: &str) -> Result<u16, i32> {
+        let out = run(self.cmd("curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-w",
+            "%{http_code}",
+            url,
+        ]));
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0))
+        } else {
+            Err(out.status.code().unwrap_or(-1))
+        }
+    }
+
+    /// Starts `socat` relaying TCP `listen` in the namespace to `target`
+    /// (a socat address such as `TCP:127.0.0.1:8080`), optionally as another
+    /// user through `setpriv`.
+    pub fn socat_relay(&self, listen: u16, target: &str, as_uid: Option<u32>) -> Proc {
+        let listen_arg = format!("TCP-LISTEN:{listen},fork,reuseaddr");
+        let p = match as_uid {
+            None => self.spawn("socat", &[&listen_arg, target]),
+            Some(uid) => {
+                let uid = uid.to_string();
+                self.spawn(
+                    "setpriv",
+                    &[
+                        "--reuid",
+                        &uid,
+                        "--regid",
+                        &uid,
+                        "--clear-groups",
+                        "socat",
+                        &listen_arg,
+                        target,
+                    ],
+                )
+            }
+        };
+        self.wait_listening(listen);
+        p
+    }
+
+    /// A one-shot `socat` connect to `target`; returns its stderr (socat
+    /// reports the connect() error there) and whether it succeeded.
+    pub fn socat_connect(&self, target: &str) -> (bool, String) {
+        let out = run(self
+            .cmd("socat")
+            .args(["-T", "3", "-u", target, "OPEN:/dev/null"]));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain kill(2).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Shared, growing capture of a child's output lines.
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn capture(stream: impl std::io::Read + Send + 'static) -> Lines {
+    let lines: Lines = Arc::default();
+    let sink = Arc::clone(&lines);
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Ok(mut v) = sink.lock() {
+                v.push(line);
+            }
+        }
+    });
+    lines
+}
+
+/// A running `loopwarden run`, stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    stdout: Lines,
+    stderr: Lines,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts the daemon on `config` (TOML text) with JSON audit lines, and
+    /// waits until it reports ready.
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `run` arguments.
+    pub fn start_with(config: &str, extra: &[&str]) -> Self {
+        let daemon = Self::spawn(config, extra);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn(config: &str, extra: &[&str]) -> Self {
+        require_root();
+        let dir = TempDir::new("daemon");
+        let config_path = dir.path().join("loopwarden.toml");
+        std::fs::write(&config_path, config).expect("writing the test config");
+        let mut cmd = Command::new(loopwarden_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--log-format", "json", "--run-dir"])
+            .arg(dir.path().join("run"))
+            .args(extra)
+            .env("LOOPWARDEN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("starting {cmd:?} failed: {e} (build it: cargo xtask build)")
+        });
+        let stdout = capture(child.stdout.take().expect("piped stdout"));
+        let stderr = capture(child.stderr.take().expect("piped stderr"));
+        Self {
+            child: Some(child),
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn wait_ready(&self) {
+        wait_for(
+            "the daemon to report ready",
+            Duration::from_secs(30),
+            || {
+                if self.stderr_text().contains("ready:") {
+                    return Some(());
+                }
+                if let Some(child) = self.child.as_ref() {
+                    // A daemon that died will never be ready: fail with its output.
+                    if !Path::new(&format!("/proc/{}", child.id())).exists() {
+                        panic!("the daemon exited before ready:\n{}", self.stderr_text());
+                    }
+                }
+                None
+            },
+        );
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|v| v.join("\n")).unwrap_or_default()
+    }
+
+    /// Audit records (JSON lines on stdout) so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits for an audit record matching `pred`.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {what}; records: {:#?}\nstderr:\n{}",
+                self.events(),
+                self.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "loopwarden-test-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A policy scoped to `ns`, protecting `PROTECTED`, with the catalog on.
+pub fn policy(ns: &Netns, mode: &str, extra: &str) -> String {
+    format!(
+        "mode = \"{mode}\"\ncatalog = true\n\n[protect]\nports = [{PROTECTED}]\nnetns = [\"{}\"]\n\n{extra}\n",
+        ns.path()
+    )
+}
+
+/// Ids of loaded programs named `name` (from `bpftool`).
+pub fn prog_ids(name: &str) -> Vec<u64> {
+    let out = run(Command::new("bpftool").args(["-j", "prog", "show"]));
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    progs
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| p["name"] == name)
+                .filter_map(|p| p["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}

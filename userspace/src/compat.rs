@@ -1,1 +1,378 @@
-//! TODO
+//! Does this host have what the kernel programs need?
+//!
+//! Owns the start-up checks, each failing with a message that says what is
+//! missing and how to fix it: root, a mounted cgroup v2 hierarchy (found in
+//! `/proc/self/mountinfo`, never assumed), the kernel's own BTF, and a kernel
+//! recent enough for the helpers the programs call.
+//!
+//! # Minimum kernel version
+//!
+//! 5.18: the connect hooks refuse with `bpf_set_retval(-ECONNREFUSED)`, which
+//! cgroup programs can call since Linux 5.18.
+
+use std::{
+    ffi::CStr,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use crate::btf::VMLINUX_BTF;
+
+/// The oldest kernel (major, minor) the programs load on.
+pub const MIN_KERNEL: (u32, u32) = (5, 18);
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// What the checks found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Mount point of the cgroup v2 hierarchy (the root cgroup).
+    pub cgroup2_root: PathBuf,
+    /// The kernel's BTF, for [`crate::btf::kernel_offsets`].
+    pub btf_path: PathBuf,
+    /// `uname -r`.
+    pub kernel_release: String,
+}
+
+impl Host {
+    /// The cgroup directory for `rel`, a path below the cgroup v2 root
+    /// (a leading `/` is allowed: `/system.slice` and `system.slice` are the same).
+    pub fn cgroup_path(&self, rel: &str) -> PathBuf {
+        self.cgroup2_root.join(rel.trim_start_matches('/'))
+    }
+}
+
+/// A host that cannot run loopwarden.
+#[derive(Debug, thiserror::Error)]
+pub enum CompatError {
+    #[error(
+        "loopwarden must run as root (it loads eBPF programs and attaches them to the root cgroup): run it with sudo"
+    )]
+    NotRoot { euid: u32 },
+    #[error("reading {} to find the cgroup v2 mount failed", path.display())]
+    MountInfo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cgroup v2 is not mounted (no cgroup2 entry in {}): mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup` \
+         (on hybrid hosts `/sys/fs/cgroup/unified`), or boot with systemd.unified_cgroup_hierarchy=1",
+        mountinfo.display()
+    )]
+    NoCgroup2 { mountinfo: PathBuf },
+    #[error(
+        "kernel BTF not found at {}: the kernel needs CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.x have it)",
+        path.display()
+    )]
+    NoBtf { path: PathBuf },
+    #[error("uname() failed")]
+    Uname {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read a kernel version from release {release:?}")]
+    UnknownRelease { release: String },
+    #[error(
+        "kernel {release} is too old: loopwarden needs Linux {}.{} or newer (cgroup programs call bpf_set_retval); upgrade the kernel",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    )]
+    KernelTooOld {
+        release: String,
+        version: (u32, u32, u32),
+    },
+}
+
+/// Runs every check, in order: root, cgroup v2, BTF, kernel version.
+pub fn check_host() -> Result<Host, CompatError> {
+    require_root()?;
+    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(|source| CompatError::MountInfo {
+        path: MOUNTINFO.into(),
+        source,
+    })?;
+    let cgroup2_root = mountinfo_cgroup2(&mountinfo).ok_or_else(|| CompatError::NoCgroup2 {
+        mountinfo: MOUNTINFO.into(),
+    })?;
+    let btf_path = PathBuf::from(VMLINUX_BTF);
+    require_btf(&btf_path)?;
+    let kernel_release = kernel_release().map_err(|source| CompatError::Uname { source })?;
+    require_kernel(&kernel_release)?;
+    Ok(Host {
+        cgroup2_root,
+        btf_path,
+        kernel_release,
+    })
+}
+
+/// Fails unless the effective uid is 0.
+pub fn require_root() -> Result<(), CompatError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 {
+        Ok(())
+    } else {
+        Err(CompatError::NotRoot { euid })
+    }
+}
+
+/// The cgroup v2 mount point of this process's mount namespace, if any.
+pub fn find_cgroup2_root() -> Option<PathBuf> {
+    mountinfo_cgroup2(&fs::read_to_string(MOUNTINFO).ok()?)
+}
+
+/// The cgroup v2 mount point in `/proc/PID/mountinfo` text: the first
+/// `cgroup2` mount of the hierarchy's root (root field `/`), else the first
+/// `cgroup2` mount at all (a bind mount of a sub-cgroup).
+pub fn mountinfo_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    let mut fallback = None;
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(root), Some(mount_point)) = (fields.nth(3), fields.next()) else {
+            continue;
+        };
+        if fields.find(|&f| f == "-").is_none() || fields.next() != Some("cgroup2") {
+            continue;
+        }
+        let mount_point = PathBuf::from(unescape(mount_point));
+        if root == "/" {
+            return Some(mount_point);
+        }
+        fallback.get_or_insert(mount_point);
+    }
+    fallback
+}
+
+/// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012`
+/// newline, `\134` backslash).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes[i] {
+            b'\\' => bytes.get(i + 1..i + 4).and_then(octal),
+            _ => None,
+        };
+        if let Some(value) = escaped {
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Three octal digits as a byte.
+fn octal(digits: &[u8]) -> Option<u8> {
+    digits.iter().try_fold(0u8, |acc, &d| match d {
+        b'0'..=b'7' => acc.checked_mul(8)?.checked_add(d - b'0'),
+        _ => None,
+    })
+}
+
+/// `(major, minor, patch)` from a kernel release string, read leniently:
+/// `6.18.44-fc-v769` → `(6, 18, 44)`, `6.8-rc1` → `(6, 8, 0)`,
+/// `4.19.0-17-amd64` → `(4, 19, 0)`. Needs at least `major.minor`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = release.trim().splitn(3, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor_part = parts.next()?;
+    let minor = leading_number(minor_part)?;
+    let patch = if minor_part.bytes().all(|b| b.is_ascii_digit()) {
+        parts.next().and_then(leading_number).unwrap_or(0)
+    } else {
+        0
+    };
+    Some((major, minor, patch))
+}
+
+fn leading_number(s: &str) -> Option<u32> {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s[..end].parse().ok()
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> std::io::Result<String> {
+    // SAFETY: utsname is plain old data; all-zero is a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: uname writes into the struct we own.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel NUL-terminates release within the array.
+    let release = unsafe { CStr::from_ptr(uts.release.as_ptr()) };
+    Ok(release.to_string_lossy().into_owned())
+}
+
+fn require_btf(path: &Path) -> Result<(), CompatError> {
+    match path.try_exists() {
+        Ok(true) => Ok(()),
+        _ => Err(CompatError::NoBtf {
+            path: path.to_owned(),
+        }),
+    }
+}
+
+fn require_kernel(release: &str) -> Result<(), CompatError> {
+    let version = parse_kernel_version(release).ok_or_else(|| CompatError::UnknownRelease {
+        release: release.to_owned(),
+    })?;
+    if (version.0, version.1) < MIN_KERNEL {
+        return Err(CompatError::KernelTooOld {
+            release: release.to_owned(),
+            version,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This VM: cgroup v1 controllers plus the v2 hierarchy at .../unified.
+    const HYBRID: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    const SYSTEMD: &str = "\
+24 29 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    const V1_ONLY: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn cgroup2_hybrid_and_unified() {
+        assert_eq!(
+            mountinfo_cgroup2(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            mountinfo_cgroup2(SYSTEMD),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+    }
+
+    #[test]
+    fn cgroup2_absent_with_v1_only() {
+        assert_eq!(mountinfo_cgroup2(V1_ONLY), None);
+        assert_eq!(mountinfo_cgroup2(""), None);
+    }
+
+    #[test]
+    fn cgroup2_escaped_path() {
+        let info = "50 31 0:40 / /mnt/my\\040cgroup\\134v2 rw - cgroup2 none rw\n";
+        assert_eq!(
+            mountinfo_cgroup2(info),
+            Some(PathBuf::from("/mnt/my cgroup\\v2"))
+        );
+    }
+
+    #[test]
+    fn cgroup2_prefers_hierarchy_root() {
+        let info = "\
+60 31 0:38 /system.slice/x.service /run/x rw - cgroup2 cgroup2 rw
+61 31 0:38 / /sys/fs/cgroup rw shared:4 master:1 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            mountinfo_cgroup2(info),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let only_sub = info.lines().next().unwrap();
+        assert_eq!(mountinfo_cgroup2(only_sub), Some(PathBuf::from("/run/x")));
+    }
+
+    #[test]
+    fn cgroup2_not_fooled_by_names() {
+        // "cgroup2" as a mount point or source, not as the filesystem type.
+        let info = "70 31 0:50 / /cgroup2 rw - tmpfs cgroup2 rw\n";
+        assert_eq!(mountinfo_cgroup2(info), None);
+    }
+
+    #[test]
+    fn unescape_leaves_other_backslashes() {
+        assert_eq!(unescape("a\\040b"), "a b");
+        assert_eq!(unescape("a\\9b"), "a\\9b");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v769"), Some((6, 18, 44)));
+        assert_eq!(parse_kernel_version("5.15.0-91-generic"), Some((5, 15, 0)));
+        assert_eq!(parse_kernel_version("6.1.0-rc1"), Some((6, 1, 0)));
+        assert_eq!(parse_kernel_version("6.8-rc1"), Some((6, 8, 0)));
+        assert_eq!(parse_kernel_version("6.8"), Some((6, 8, 0)));
+        assert_eq!(parse_kernel_version("6.12.9+deb13-amd64"), Some((6, 12, 9)));
+        assert_eq!(parse_kernel_version("6"), None);
+        assert_eq!(parse_kernel_version("linux-6.1"), None);
+        assert_eq!(parse_kernel_version(""), None);
+    }
+
+    #[test]
+    fn kernel_minimum() {
+        assert!(require_kernel("5.18.0").is_ok());
+        assert!(require_kernel("6.1.0-amd64").is_ok());
+        assert!(matches!(
+            require_kernel("5.17.15"),
+            Err(CompatError::KernelTooOld {
+                version: (5, 17, 15),
+                ..
+            })
+        ));
+        assert!(matches!(
+            require_kernel("4.19.0"),
+            Err(CompatError::KernelTooOld { .. })
+        ));
+        assert!(matches!(
+            require_kernel("weird"),
+            Err(CompatError::UnknownRelease { .. })
+        ));
+    }
+
+    #[test]
+    fn running_kernel_release_parses() {
+        let release = kernel_release().unwrap();
+        assert!(parse_kernel_version(&release).is_some(), "{release}");
+    }
+
+    #[test]
+    fn cgroup_path_strips_leading_slash() {
+        let host = Host {
+            cgroup2_root: "/sys/fs/cgroup".into(),
+            btf_path: VMLINUX_BTF.into(),
+            kernel_release: "6.18.0".into(),
+        };
+        assert_eq!(
+            host.cgroup_path("/system.slice"),
+            PathBuf::from("/sys/fs/cgroup/system.slice")
+        );
+        assert_eq!(
+            host.cgroup_path("user.slice"),
+            PathBuf::from("/sys/fs/cgroup/user.slice")
+        );
+    }
+
+    #[test]
+    fn messages_say_how_to_fix() {
+        let root = CompatError::NotRoot { euid: 1000 }.to_string();
+        assert!(root.contains("sudo"), "{root}");
+        let cg = CompatError::NoCgroup2 {
+            mountinfo: MOUNTINFO.into(),
+        }
+        .to_string();
+        assert!(cg.contains("mount -t cgroup2 none /sys/fs/cgroup"), "{cg}");
+    }
+}

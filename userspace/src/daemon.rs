@@ -1,1 +1,439 @@
-//! TODO
+//! The daemon: checks the host, compiles the policy, loads and attaches the
+//! programs, then turns kernel events into audit lines until SIGINT/SIGTERM.
+//!
+//! Start-up order matters: the policy is written into the maps before the
+//! programs are attached, so the first connect they see is already judged
+//! by the full policy. SIGHUP re-reads the config; a bad config is reported
+//! and the running policy stays. Every few seconds the policy is compiled
+//! again so that executables installed and cgroups (units) started after
+//! start-up are picked up.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use loopwarden_common::flags;
+use tokio::{
+    io::{
+        Interest,
+        unix::{AsyncFd, AsyncFdReadyMutGuard},
+    },
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    btf::{self, BtfError},
+    compat::{self, CompatError},
+    config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
+    events::{Enricher, LogFormat, parse_event},
+    loader::{LoaderError, Programs},
+    maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
+    policy::{self, CompiledPolicy, Mode, PolicyError},
+    resolve::HostResolver,
+};
+
+/// Default directory for the instance lock.
+pub const DEFAULT_RUN_DIR: &str = "/run/loopwarden";
+/// How often the policy is re-resolved and kernel counters are read.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// Everything that can stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Compat(#[from] CompatError),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error(
+        "another loopwarden is already running (lock {path} is held{}); stop it first, or give this one its own --run-dir",
+        holder.map(|p| format!(" by pid {p}")).unwrap_or_default()
+    )]
+    AlreadyRunning { path: PathBuf, holder: Option<u32> },
+    #[error("{what} failed")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Options of `loopwarden run`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Config file; `None` reads the default path, or the embedded default
+    /// policy when that file does not exist.
+    pub config: Option<PathBuf>,
+    /// Overrides the file's mode.
+    pub mode: Option<Mode>,
+    pub log_format: LogFormat,
+    pub run_dir: PathBuf,
+}
+
+/// Where the policy comes from, so SIGHUP can read it again.
+#[derive(Clone, Debug)]
+enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl Source {
+    fn pick(config: Option<&Path>) -> Self {
+        match config {
+            Some(path) => Source::File(path.to_owned()),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Source::File(PathBuf::from(DEFAULT_CONFIG_PATH))
+            }
+            None => Source::Embedded,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Embedded => "embedded default policy".to_owned(),
+        }
+    }
+
+    fn read(&self) -> Result<Config, ConfigError> {
+        match self {
+            Source::File(path) => Config::from_file(path),
+            Source::Embedded => Ok(Config::embedded_default()),
+        }
+    }
+}
+
+/// Sets the mode of a compiled policy (the `--mode` override).
+pub fn apply_mode(policy: &mut CompiledPolicy, mode: Mode) {
+    policy.mode = mode;
+    match mode {
+        Mode::Enforce => policy.settings.flags |= flags::ENFORCE,
+        Mode::Audit => policy.settings.flags &= !flags::ENFORCE,
+    }
+}
+
+/// An exclusive lock on `<run_dir>/loopwarden.lock`, held for the daemon's
+/// lifetime (the kernel drops it when the process exits, however it exits).
+pub struct InstanceLock {
+    _file: File,
+}
+
+impl InstanceLock {
+    pub fn acquire(run_dir: &Path) -> Result<Self, DaemonError> {
+        fs::create_dir_all(run_dir).map_err(io_err(format!("creating {}", run_dir.display())))?;
+        let path = run_dir.join("loopwarden.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(DaemonError::AlreadyRunning { path, holder });
+        }
+        file.set_len(0)
+            .map_err(io_err("truncating the lock file"))?;
+        writeln!(file, "{}", std::process::id()).map_err(io_err("writing the lock file"))?;
+        Ok(Self { _file: file })
+    }
+}
+
+/// Host addresses (all interfaces, this network namespace) for
+/// `host_addresses = true`.
+fn host_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates the list; we free it below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return out;
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` walks the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: the family says which sockaddr type it is.
+            let addr = unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                        Some(std::net::IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                        Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                }
+            };
+            out.extend(addr.filter(|a| !a.is_loopback()));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: frees the list from getifaddrs exactly once.
+    unsafe { libc::freeifaddrs(ifap) };
+    out
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let host = compat::check_host()?;
+    let _lock = InstanceLock::acquire(&opts.run_dir)?;
+    let source = Source::pick(opts.config.as_deref());
+    let resolver = HostResolver::new(host.cgroup2_root.clone());
+    let config = source.read()?;
+    let mut policy = policy::compile(&config, &resolver)?;
+    if let Some(mode) = opts.mode {
+        apply_mode(&mut policy, mode);
+    }
+    for warning in &policy.warnings {
+        warn!("{warning}");
+    }
+    let offsets = btf::kernel_offsets(&host.btf_path)?;
+
+    let mut programs = Programs::load(&offsets)?;
+    let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
+    let stats = StatsMap::take(&mut programs.ebpf)?;
+    let ring = take_events(&mut programs.ebpf)?;
+    let logger = match aya_log::EbpfLogger::init(&mut programs.ebpf) {
+        Ok(logger) => Some(watch(logger, "watching the kernel log buffer")?),
+        Err(e) => {
+            warn!("kernel program diagnostics unavailable: {e}");
+            None
+        }
+    };
+    if policy.host_addresses {
+        policy_maps.set_host_addresses(&host_addresses())?;
+    }
+    policy_maps.install(&policy)?;
+    programs.attach(&host.cgroup2_root)?;
+    info!(
+        "ready: {} mode, {} rules from {}, attached to cgroup {} (kernel {})",
+        match policy.mode {
+            Mode::Audit => "audit",
+            Mode::Enforce => "enforce",
+        },
+        policy.rules.len(),
+        source.describe(),
+        host.cgroup2_root.display(),
+        host.kernel_release,
+    );
+
+    let mut events = watch(ring, "watching the event ring buffer")?;
+    let mut logger = logger;
+    let mut enricher = Enricher::new(policy.rules.clone());
+    let mut installed = Installed {
+        source,
+        mode: opts.mode,
+        resolver,
+        config,
+        policy,
+        maps: policy_maps,
+    };
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
+    let mut tick = tokio::time::interval(REFRESH);
+    let mut last = Counters::default();
+
+    loop {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard.map_err(io_err("waiting for events"))?;
+                drain(guard.get_inner_mut(), &mut enricher, opts.log_format);
+                guard.clear_ready();
+            }
+            guard = readable(&mut logger) => {
+                if let Some(mut guard) = guard.map_err(io_err("waiting for kernel log records"))? {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                last = report_counters(&stats, last);
+                installed.refresh(&mut enricher);
+            }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading {}", installed.source.describe());
+                installed.reload(&mut enricher);
+            }
+            _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
+        }
+    }
+    // Whatever is still queued is reported before the programs go away.
+    drain(events.get_mut(), &mut enricher, opts.log_format);
+    report_counters(&stats, last);
+    drop(events);
+    drop(programs);
+    info!("detached; exiting");
+    Ok(())
+}
+
+type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Registers a ring buffer's descriptor with the reactor.
+fn watch<T: std::os::fd::AsRawFd>(inner: T, what: &str) -> Result<AsyncFd<T>, DaemonError> {
+    // SAFETY: `inner` owns its descriptor (an aya map fd) and keeps it open and
+    // unchanged until the AsyncFd, which owns `inner`, is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
+        .map_err(|e| io_err(what)(io::Error::from(e)))
+}
+
+async fn readable(
+    logger: &mut Option<AsyncFd<KernelLogger>>,
+) -> io::Result<Option<AsyncFdReadyMutGuard<'_, KernelLogger>>> {
+    match logger {
+        Some(fd) => fd.readable_mut().await.map(Some),
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes every queued event as an audit line on stdout.
+fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, format: LogFormat) {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    while let Some(item) = ring.next() {
+        match parse_event(&item) {
+            Some(ev) => {
+                let line = enricher.enrich(&ev).format(format);
+                if let Err(e) = writeln!(out, "{line}") {
+                    error!("writing an audit line failed: {e}");
+                }
+            }
+            None => warn!(
+                "ignoring a short record ({} bytes) from the kernel",
+                item.len()
+            ),
+        }
+    }
+    if let Err(e) = out.flush() {
+        error!("flushing audit lines failed: {e}");
+    }
+}
+
+/// Reports events the ring buffer had to drop since the last call.
+fn report_counters(stats: &StatsMap, last: Counters) -> Counters {
+    match stats.read() {
+        Ok(now) => {
+            if now.dropped > last.dropped {
+                error!(
+                    dropped = now.dropped - last.dropped,
+                    total_dropped = now.dropped,
+                    "events lost: the ring buffer was full (the connects were still judged; only their reports are missing)"
+                );
+            }
+            now
+        }
+        Err(e) => {
+            warn!("reading kernel counters failed: {e}");
+            last
+        }
+    }
+}
+
+/// The installed policy and what it was compiled from.
+struct Installed {
+    source: Source,
+    mode: Option<Mode>,
+    resolver: HostResolver,
+    /// The last config that compiled: the periodic refresh recompiles it, so
+    /// an edit to the file takes effect only on SIGHUP.
+    config: Config,
+    policy: CompiledPolicy,
+    maps: PolicyMaps,
+}
+
+impl Installed {
+    fn compile(&self, config: &Config) -> Result<CompiledPolicy, DaemonError> {
+        let mut policy = policy::compile(config, &self.resolver)?;
+        if let Some(mode) = self.mode {
+            apply_mode(&mut policy, mode);
+        }
+        Ok(policy)
+    }
+
+    /// SIGHUP: re-reads the source. A bad config is reported and the running
+    /// policy stays.
+    fn reload(&mut self, enricher: &mut Enricher) {
+        let fresh = self
+            .source
+            .read()
+            .map_err(DaemonError::from)
+            .and_then(|config| Ok((self.compile(&config)?, config)));
+        match fresh {
+            Ok((policy, config)) => {
+                if policy == self.policy {
+                    info!("policy unchanged");
+                }
+                self.config = config;
+                self.install(policy, enricher);
+            }
+            Err(e) => error!("reload failed, keeping the running policy: {e}"),
+        }
+    }
+
+    /// Periodic: resolves the same config again, picking up executables
+    /// installed and cgroups created since, and refreshes host addresses.
+    fn refresh(&mut self, enricher: &mut Enricher) {
+        if self.policy.host_addresses {
+            if let Err(e) = self.maps.set_host_addresses(&host_addresses()) {
+                warn!("refreshing host addresses failed: {e}");
+            }
+        }
+        match self.compile(&self.config) {
+            Ok(policy) => self.install(policy, enricher),
+            Err(e) => warn!("re-resolving the policy failed, keeping the installed one: {e}"),
+        }
+    }
+
+    fn install(&mut self, fresh: CompiledPolicy, enricher: &mut Enricher) {
+        if fresh == self.policy {
+            return;
+        }
+        for warning in fresh
+            .warnings
+            .iter()
+            .filter(|w| !self.policy.warnings.contains(w))
+        {
+            warn!("{warning}");
+        }
+        if let Err(e) = self.maps.install(&fresh) {
+            error!(
+                "installing the new policy failed, the kernel may hold a mix of old and new entries: {e}"
+            );
+            return;
+        }
+        info!("policy installed: {} rules", fresh.rules.len());
+        enricher.set_rules(fresh.rules.clone());
+        self.policy = fresh;
+    }
+}

@@ -1,1 +1,112 @@
-//! TODO
+//! Loading the kernel programs and attaching them to the cgroup v2 root.
+//!
+//! Links are owned by this process and never pinned: when the daemon exits,
+//! however it exits, the kernel closes the link file descriptors and detaches
+//! the programs. Nothing outlives the daemon.
+//!
+//! # Minimum kernel version
+//! 5.18: `bpf_set_retval` in cgroup programs (enforced by [`crate::compat`]).
+
+use std::{fs::File, path::Path};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+};
+use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, programs};
+
+/// The kernel programs, built by `build.rs` from the `ebpf` crate.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopwarden-ebpf"));
+
+/// Errors loading or attaching the programs.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(
+        "loading the eBPF object failed (the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF)"
+    )]
+    Load(#[source] EbpfError),
+    #[error("the eBPF object has no program named {name}")]
+    MissingProgram { name: &'static str },
+    #[error("the kernel refused program {name}{}", verifier_hint(.source))]
+    Verify {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("opening the cgroup v2 root {path} failed")]
+    OpenCgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching {name} to the cgroup v2 root {path} failed")]
+    Attach {
+        name: &'static str,
+        path: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+fn verifier_hint(err: &ProgramError) -> String {
+    match err {
+        ProgramError::LoadError { verifier_log, .. } => format!(":\n{verifier_log}"),
+        _ => String::new(),
+    }
+}
+
+/// The loaded (not yet attached) programs and their maps.
+pub struct Programs {
+    pub ebpf: Ebpf,
+}
+
+impl Programs {
+    /// Loads the object with the kernel structure offsets patched in, and
+    /// verifies both programs. Nothing is attached yet.
+    pub fn load(offsets: &KernelOffsets) -> Result<Self, LoaderError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global(OFFSETS_GLOBAL, offsets, true)
+            .load(EBPF_OBJECT)
+            .map_err(LoaderError::Load)?;
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| LoaderError::Verify { name, source })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches both programs to the cgroup v2 root, so they see every
+    /// connect() on the host. The links live inside `self`: dropping it (or
+    /// exiting) detaches the programs.
+    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoaderError> {
+        let path = cgroup_root.display().to_string();
+        let cgroup = File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
+            path: path.clone(),
+            source,
+        })?;
+        for name in [programs::CONNECT4, programs::CONNECT6] {
+            // `Single` is the mode bpf_link_create accepts here; links of
+            // other programs on the same cgroup still coexist.
+            program(&mut self.ebpf, name)?
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| LoaderError::Attach {
+                    name,
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, LoaderError> {
+    ebpf.program_mut(name)
+        .ok_or(LoaderError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoaderError::Verify { name, source })
+}

@@ -1,1 +1,152 @@
-fn main() {}
+//! `loopwarden`: the command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use loopwarden::{
+    catalog::CATALOG,
+    compat,
+    config::{Config, DEFAULT_CONFIG_PATH},
+    daemon::{self, DEFAULT_RUN_DIR},
+    events::LogFormat,
+    policy::{self, Mode},
+    resolve::HostResolver,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Refuses or reports TCP connections that tunnels and relays (cloudflared,
+/// tailscaled, ngrok, frpc, bore, socat, sshd forwarding, ...) make to
+/// protected local ports, attributed in the kernel to the process that called
+/// connect().
+///
+/// Local services often trust any peer on 127.0.0.1/::1; a tunnel on the same
+/// host turns that trust into a remote bypass. loopwarden decides inside
+/// connect(), from the caller's executable, uid, cgroup and ancestry.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: load the policy, attach the kernel programs, and write
+    /// one audit line per reported connect to stdout until SIGINT/SIGTERM.
+    ///
+    /// Without --config, reads /etc/loopwarden/loopwarden.toml, or runs the
+    /// embedded default policy (audit mode, every loopback port, built-in
+    /// tunnel catalog) when that file does not exist. SIGHUP reloads the file.
+    Run {
+        /// Policy file (TOML).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Override the policy's mode: `audit` reports, `enforce` refuses.
+        #[arg(long, value_enum)]
+        mode: Option<CliMode>,
+        /// Audit line format on stdout.
+        #[arg(long, value_enum, default_value = "human")]
+        log_format: LogFormat,
+        /// Directory for the instance lock (one daemon per directory).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Validate a policy file and print the compiled policy; exits non-zero
+    /// on any error (file, line and what is wrong).
+    CheckConfig {
+        /// Policy file; the default path when omitted.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Check the embedded default policy instead of a file.
+        #[arg(long, conflicts_with = "file")]
+        default: bool,
+    },
+    /// List the built-in catalog of tunnels and relays.
+    Catalog,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CliMode {
+    Audit,
+    Enforce,
+}
+
+impl From<CliMode> for Mode {
+    fn from(m: CliMode) -> Self {
+        match m {
+            CliMode::Audit => Mode::Audit,
+            CliMode::Enforce => Mode::Enforce,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("LOOPWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loopwarden: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            mode,
+            log_format,
+            run_dir,
+        } => {
+            let opts = daemon::Options {
+                config,
+                mode: mode.map(Mode::from),
+                log_format,
+                run_dir,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(daemon::run(opts))?;
+            Ok(())
+        }
+        Command::CheckConfig { file, default } => {
+            let (config, name) = if default {
+                (Config::embedded_default(), "embedded default".to_owned())
+            } else {
+                let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+                (Config::from_file(&path)?, path.display().to_string())
+            };
+            let cgroup_root =
+                compat::find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+            let compiled = policy::compile(&config, &HostResolver::new(cgroup_root))?;
+            for warning in &compiled.warnings {
+                eprintln!("loopwarden: warning: {warning}");
+            }
+            println!("# {name}: OK");
+            print!("{compiled}");
+            Ok(())
+        }
+        Command::Catalog => {
+            for entry in CATALOG {
+                println!(
+                    "catalog:{:<12} {:<6} exe_name in [{}]  {}",
+                    entry.name,
+                    format!("{:?}", entry.action).to_lowercase(),
+                    entry.exe_names.join(", "),
+                    entry.why
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,243 @@
-//! TODO
+//! Typed access to the kernel maps. This is the only module that touches aya
+//! map types: the rest of userspace speaks [`CompiledPolicy`] and plain
+//! numbers.
+//!
+//! Installing a policy writes every value map first and the settings entry
+//! last, so the programs never see the new flags and masks before the
+//! entries they refer to. Entries the new policy no longer needs are removed
+//! afterwards.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::{
+    Ebpf, Pod,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+};
+use loopwarden_common::{
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, PORT_WORDS, Settings, maps, stats,
+};
+
+use crate::policy::{CompiledPolicy, Ports};
+
+/// Errors touching the kernel maps.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("the eBPF object has no map named {name}")]
+    Missing { name: &'static str },
+    #[error("map {name} has an unexpected type or layout")]
+    Type {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("updating map {name} failed")]
+    Update {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(MapsError::Missing { name })?;
+    T::try_from(map).map_err(|source| MapsError::Type { name, source })
+}
+
+/// Makes a hash map hold exactly `want`: writes every entry, then removes
+/// keys that are no longer wanted.
+fn sync_hash<K, V>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    want: &BTreeMap<K, V>,
+) -> Result<(), MapsError>
+where
+    K: Pod + Ord,
+    V: Pod,
+{
+    let update = |source| MapsError::Update { name, source };
+    for (key, value) in want {
+        map.insert(key, value, 0).map_err(update)?;
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !want.contains_key(key))
+        .collect();
+    for key in stale {
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(update(source)),
+        }
+    }
+    Ok(())
+}
+
+/// The policy maps: everything the programs read to decide.
+pub struct PolicyMaps {
+    settings: Array<MapData, Settings>,
+    ports: Array<MapData, u64>,
+    netns: HashMap<MapData, u64, u8>,
+    host_addrs: HashMap<MapData, Addr, u8>,
+    exe: HashMap<MapData, ExeKey, u64>,
+    exe_name: HashMap<MapData, [u8; EXE_NAME_LEN], u64>,
+    comm: HashMap<MapData, [u8; COMM_LEN], u64>,
+    uid: HashMap<MapData, u32, u64>,
+    cgroup: HashMap<MapData, u64, u64>,
+    ancestor: HashMap<MapData, ExeKey, AncestorMasks>,
+}
+
+impl PolicyMaps {
+    /// Takes the policy maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Ok(Self {
+            settings: take(ebpf, maps::SETTINGS)?,
+            ports: take(ebpf, maps::PORTS)?,
+            netns: take(ebpf, maps::NETNS)?,
+            host_addrs: take(ebpf, maps::HOST_ADDRS)?,
+            exe: take(ebpf, maps::RULES_EXE)?,
+            exe_name: take(ebpf, maps::RULES_EXE_NAME)?,
+            comm: take(ebpf, maps::RULES_COMM)?,
+            uid: take(ebpf, maps::RULES_UID)?,
+            cgroup: take(ebpf, maps::RULES_CGROUP)?,
+            ancestor: take(ebpf, maps::RULES_ANCESTOR)?,
+        })
+    }
+
+    /// Writes `policy` into the maps; the settings entry (which switches the
+    /// policy on) goes last.
+    pub fn install(&mut self, policy: &CompiledPolicy) -> Result<(), MapsError> {
+        let words: Vec<u64> = match &policy.ports {
+            Ports::All => vec![u64::MAX; PORT_WORDS as usize],
+            Ports::Some(words) => words.to_vec(),
+        };
+        for (index, word) in (0u32..).zip(words) {
+            self.ports
+                .set(index, word, 0)
+                .map_err(|source| MapsError::Update {
+                    name: maps::PORTS,
+                    source,
+                })?;
+        }
+        let netns: BTreeMap<u64, u8> = policy.netns.iter().map(|n| (n.cookie, 1)).collect();
+        sync_hash(&mut self.netns, maps::NETNS, &netns)?;
+        sync_hash(&mut self.exe, maps::RULES_EXE, &policy.exe)?;
+        sync_hash(&mut self.exe_name, maps::RULES_EXE_NAME, &policy.exe_name)?;
+        sync_hash(&mut self.comm, maps::RULES_COMM, &policy.comm)?;
+        sync_hash(&mut self.uid, maps::RULES_UID, &policy.uid)?;
+        sync_hash(&mut self.cgroup, maps::RULES_CGROUP, &policy.cgroup)?;
+        sync_hash(&mut self.ancestor, maps::RULES_ANCESTOR, &policy.ancestor)?;
+        self.write_settings(&policy.settings)
+    }
+
+    /// Replaces the host-address set (protected when the policy asks).
+    pub fn set_host_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), MapsError> {
+        let want: BTreeMap<Addr, u8> = addrs.iter().map(|a| (addr_key(a), 1)).collect();
+        sync_hash(&mut self.host_addrs, maps::HOST_ADDRS, &want)
+    }
+
+    /// Switches enforcement off: every connect is allowed untouched.
+    pub fn disable(&mut self) -> Result<(), MapsError> {
+        self.write_settings(&Settings::default())
+    }
+
+    fn write_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        self.settings
+            .set(0, settings, 0)
+            .map_err(|source| MapsError::Update {
+                name: maps::SETTINGS,
+                source,
+            })
+    }
+}
+
+/// The kernel-side form of an address: IPv6 words as they sit in memory
+/// (network order), IPv4 as `::ffff:a.b.c.d`.
+pub fn addr_key(addr: &IpAddr) -> Addr {
+    let octets = match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let mut words = [0u32; 4];
+    for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
+        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    Addr { words }
+}
+
+/// The reverse of [`addr_key`]: IPv4-mapped addresses stay IPv6, as the
+/// caller wrote them.
+pub fn addr_from_key(addr: &Addr) -> std::net::Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(addr.words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    std::net::Ipv6Addr::from(octets)
+}
+
+/// The kernel's counters (see `loopwarden_common::stats`), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub checked: u64,
+    pub denied: u64,
+    pub reported: u64,
+    pub dropped: u64,
+}
+
+/// Reader for `LW_STATS`.
+pub struct StatsMap(PerCpuArray<MapData, u64>);
+
+impl StatsMap {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        take(ebpf, maps::STATS).map(Self)
+    }
+
+    pub fn read(&self) -> Result<Counters, MapsError> {
+        let get = |index: u32| -> Result<u64, MapsError> {
+            let values = self.0.get(&index, 0).map_err(|source| MapsError::Update {
+                name: maps::STATS,
+                source,
+            })?;
+            Ok(values.iter().sum())
+        };
+        Ok(Counters {
+            checked: get(stats::CHECKED)?,
+            denied: get(stats::DENIED)?,
+            reported: get(stats::REPORTED)?,
+            dropped: get(stats::DROPPED)?,
+        })
+    }
+}
+
+/// Takes the event ring buffer.
+pub fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, MapsError> {
+    take(ebpf, maps::EVENTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    #[test]
+    fn ipv4_becomes_mapped_words_in_network_order() {
+        let key = addr_key(&IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(key.words[0], 0);
+        assert_eq!(key.words[1], 0);
+        assert_eq!(key.words[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);
+        assert_eq!(key.words[3].to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!(
+            addr_from_key(&key),
+            Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()
+        );
+    }
+
+    #[test]
+    fn ipv6_round_trips() {
+        let ip = Ipv6Addr::LOCALHOST;
+        assert_eq!(addr_from_key(&addr_key(&IpAddr::V6(ip))), ip);
+    }
+}

@@ -3,9 +3,21 @@
 //! users, cgroups, network namespaces) through a [`Resolver`], so the logic is
 //! testable without touching the host.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
 
-use loopwarden_common::{AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, PORT_WORDS, Settings};
+use loopwarden_common::{
+    AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_CGROUP_LEVEL, MAX_RULES, PORT_WORDS,
+    Settings, flags,
+};
+
+use crate::{
+    catalog::{CATALOG, CatalogEntry},
+    config::{Config, DenyErrno, Located, Location, PortSet, Rule},
+};
 
 /// Global mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -130,4 +142,1155 @@ pub fn fixed_name<const N: usize>(name: &str) -> [u8; N] {
 pub fn name_from_fixed(buf: &[u8]) -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Audit => "audit",
+            Mode::Enforce => "enforce",
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Action::Deny => "deny",
+            Action::Audit => "audit",
+            Action::Allow => "allow",
+        })
+    }
+}
+
+impl Ports {
+    /// The protected ports as inclusive ranges, lowest first; `None` for
+    /// [`Ports::All`].
+    pub fn ranges(&self) -> Option<Vec<(u16, u16)>> {
+        let Ports::Some(_) = self else { return None };
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for port in 0..=u16::MAX {
+            if !self.contains(port) {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some((_, last)) if u32::from(*last) + 1 == u32::from(port) => *last = port,
+                _ => ranges.push((port, port)),
+            }
+        }
+        Some(ranges)
+    }
+}
+
+impl fmt::Display for Ports {
+    /// `all`, or compact ranges: `22, 8080, 9000-9100`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(ranges) = self.ranges() else {
+            return f.write_str("all");
+        };
+        if ranges.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, (first, last)) in ranges.into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if first == last {
+                write!(f, "{first}")?;
+            } else {
+                write!(f, "{first}-{last}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An [`ExeKey`] the way people read device numbers: `dev 8:1 ino 1234`.
+struct ExeId(ExeKey);
+
+impl fmt::Display for ExeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ExeKey { dev, ino } = self.0;
+        write!(f, "dev {}:{} ino {ino}", dev >> 20, dev & 0xf_ffff)
+    }
+}
+
+/// Symbolic name of the deny errnos the config allows.
+fn errno_name(errno: u32) -> Option<&'static str> {
+    [DenyErrno::Econnrefused, DenyErrno::Eperm]
+        .into_iter()
+        .find(|e| e.errno() == errno)
+        .map(DenyErrno::name)
+}
+
+impl fmt::Display for CompiledPolicy {
+    /// The summary `loopwarden check-config` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.settings;
+        let mode_note = match self.mode {
+            Mode::Audit => "deny rules are reported, not enforced",
+            Mode::Enforce => "deny rules refuse the connect",
+        };
+        writeln!(f, "mode:        {} ({mode_note})", self.mode)?;
+        match errno_name(s.deny_errno) {
+            Some(name) => writeln!(f, "deny errno:  {name} ({})", s.deny_errno)?,
+            None => writeln!(f, "deny errno:  {}", s.deny_errno)?,
+        }
+        writeln!(f, "ports:       {}", self.ports)?;
+        if self.netns.is_empty() {
+            writeln!(f, "netns:       all")?;
+        } else {
+            let list: Vec<String> = self
+                .netns
+                .iter()
+                .map(|n| format!("{} (cookie {})", n.path, n.cookie))
+                .collect();
+            writeln!(f, "netns:       {}", list.join(", "))?;
+        }
+        let addresses = if self.host_addresses {
+            "loopback and the host's own addresses"
+        } else {
+            "loopback"
+        };
+        writeln!(f, "addresses:   {addresses}")?;
+        let log_allowed = if s.flags & flags::LOG_ALLOWED != 0 {
+            "yes"
+        } else {
+            "no"
+        };
+        writeln!(f, "log allowed: {log_allowed}")?;
+        writeln!(f, "rules:       {} (first match wins)", self.rules.len())?;
+        let width = self.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        for (i, rule) in self.rules.iter().enumerate() {
+            writeln!(
+                f,
+                "  {i:>2}  {:<width$}  {:<5}  {}",
+                rule.name, rule.action, rule.matches
+            )?;
+        }
+        if !self.warnings.is_empty() {
+            writeln!(f, "warnings:")?;
+            for warning in &self.warnings {
+                writeln!(f, "  {warning}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a config could not be turned into map contents. Every variant that
+/// comes from a value in the file says where it was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "{file}: {} rules ({user} in the file, {catalog} from the catalog) but at most {max} fit",
+        user + catalog
+    )]
+    TooManyRules {
+        file: String,
+        user: usize,
+        catalog: usize,
+        max: usize,
+    },
+    #[error("{file}:{at}: rule `{rule}`: {field} {} cannot be resolved", path.display())]
+    Exe {
+        file: String,
+        at: Location,
+        rule: String,
+        /// `exe`, `parent_exe` or `ancestor_exe`.
+        field: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{at}: rule `{rule}`: no user named `{user}`")]
+    UnknownUser {
+        file: String,
+        at: Location,
+        rule: String,
+        user: String,
+    },
+    #[error("{file}:{at}: network namespace {} cannot be resolved", path.display())]
+    Netns {
+        file: String,
+        at: Location,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{file}:{at}: rule `{rule}`: cgroup `{cgroup}` is at level {level}; rules can name \
+         cgroups down to level {max}"
+    )]
+    CgroupTooDeep {
+        file: String,
+        at: Location,
+        rule: String,
+        cgroup: String,
+        level: u32,
+        max: usize,
+    },
+}
+
+/// Compiles a validated config into map contents: the user's rules in file
+/// order get bits `0..`, then the catalog's (if enabled). Names are resolved
+/// through `resolver`; a user rule naming something that does not exist is an
+/// error, except a cgroup, which only warns (units are often not running
+/// yet). Catalog programs that are not installed are simply matched by name.
+pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolicy, PolicyError> {
+    let catalog: &[CatalogEntry] = if config.catalog { CATALOG } else { &[] };
+    if config.rules.len() + catalog.len() > MAX_RULES {
+        return Err(PolicyError::TooManyRules {
+            file: config.source.clone(),
+            user: config.rules.len(),
+            catalog: catalog.len(),
+            max: MAX_RULES,
+        });
+    }
+
+    let mut compiler = Compiler {
+        file: &config.source,
+        resolver,
+        policy: CompiledPolicy {
+            mode: config.mode,
+            settings: settings(config),
+            ports: ports(&config.protect.ports),
+            netns: Vec::with_capacity(config.protect.netns.len()),
+            host_addresses: config.protect.host_addresses,
+            exe: BTreeMap::new(),
+            exe_name: BTreeMap::new(),
+            comm: BTreeMap::new(),
+            uid: BTreeMap::new(),
+            cgroup: BTreeMap::new(),
+            ancestor: BTreeMap::new(),
+            rules: Vec::with_capacity(config.rules.len() + catalog.len()),
+            warnings: Vec::new(),
+        },
+    };
+    compiler.netns(&config.protect.netns)?;
+    for rule in &config.rules {
+        compiler.user_rule(rule)?;
+    }
+    for entry in catalog {
+        compiler.catalog_rule(entry);
+    }
+    Ok(compiler.policy)
+}
+
+/// The settings that follow from the config alone; rule masks come later.
+fn settings(config: &Config) -> Settings {
+    let mut flags = flags::ENABLED;
+    let set = |on: bool, flag: u32| if on { flag } else { 0 };
+    flags |= set(config.mode == Mode::Enforce, flags::ENFORCE);
+    flags |= set(config.protect.ports == PortSet::All, flags::ALL_PORTS);
+    flags |= set(!config.protect.netns.is_empty(), flags::NETNS_SCOPED);
+    flags |= set(config.protect.host_addresses, flags::HOST_ADDRS);
+    flags |= set(config.log_allowed, flags::LOG_ALLOWED);
+    Settings {
+        flags,
+        deny_errno: config.deny_errno.errno(),
+        ..Settings::default()
+    }
+}
+
+fn ports(set: &PortSet) -> Ports {
+    let PortSet::Ranges(ranges) = set else {
+        return Ports::All;
+    };
+    let mut words = Box::new([0u64; PORT_WORDS as usize]);
+    for range in ranges {
+        for port in range.first..=range.last {
+            words[usize::from(port >> 6)] |= 1 << (port & 63);
+        }
+    }
+    Ports::Some(words)
+}
+
+/// Which attributes a rule constrains; the others get its wildcard bit.
+#[derive(Default)]
+struct Constrains {
+    exe: bool,
+    exe_name: bool,
+    comm: bool,
+    uid: bool,
+    cgroup: bool,
+    ancestor: bool,
+}
+
+/// Builds a [`CompiledPolicy`] one rule at a time.
+struct Compiler<'a> {
+    file: &'a str,
+    resolver: &'a dyn Resolver,
+    policy: CompiledPolicy,
+}
+
+impl Compiler<'_> {
+    fn netns(&mut self, paths: &[Located<PathBuf>]) -> Result<(), PolicyError> {
+        for path in paths {
+            let cookie = self
+                .resolver
+                .netns(&path.value)
+                .map_err(|source| PolicyError::Netns {
+                    file: self.file.to_owned(),
+                    at: path.at,
+                    path: path.value.clone(),
+                    source,
+                })?;
+            self.policy.netns.push(Netns {
+                path: path.value.display().to_string(),
+                cookie,
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers the next rule and returns its bit.
+    fn add_rule(&mut self, info: RuleInfo, constrains: &Constrains) -> u64 {
+        let bit = 1u64 << self.policy.rules.len();
+        let s = &mut self.policy.settings;
+        s.active |= bit;
+        match info.action {
+            Action::Deny => s.deny |= bit,
+            Action::Audit => s.audit |= bit,
+            Action::Allow => {}
+        }
+        let wild = |constrained: bool| if constrained { 0 } else { bit };
+        s.wild_exe |= wild(constrains.exe);
+        s.wild_exe_name |= wild(constrains.exe_name);
+        s.wild_comm |= wild(constrains.comm);
+        s.wild_uid |= wild(constrains.uid);
+        s.wild_cgroup |= wild(constrains.cgroup);
+        s.wild_ancestor |= wild(constrains.ancestor);
+        if constrains.ancestor {
+            s.flags |= flags::ANCESTORS;
+        }
+        self.policy.rules.push(info);
+        bit
+    }
+
+    fn user_rule(&mut self, rule: &Rule) -> Result<(), PolicyError> {
+        let c = &rule.criteria;
+        let constrains = Constrains {
+            exe: !c.exe.is_empty(),
+            exe_name: !c.exe_name.is_empty(),
+            comm: !c.comm.is_empty(),
+            uid: !c.uid.is_empty() || !c.user.is_empty(),
+            cgroup: !c.cgroup.is_empty(),
+            ancestor: !c.parent_exe.is_empty() || !c.ancestor_exe.is_empty(),
+        };
+
+        // Resolve everything first, so a failure leaves no half-added rule.
+        let exe = self.exes(rule, "exe", &c.exe)?;
+        let parent = self.exes(rule, "parent_exe", &c.parent_exe)?;
+        let ancestor = self.exes(rule, "ancestor_exe", &c.ancestor_exe)?;
+        let mut uids: Vec<(u32, String)> = c
+            .uid
+            .iter()
+            .map(|uid| (uid.value, uid.value.to_string()))
+            .collect();
+        for user in &c.user {
+            let uid = self
+                .resolver
+                .user(&user.value)
+                .ok_or_else(|| PolicyError::UnknownUser {
+                    file: self.file.to_owned(),
+                    at: user.at,
+                    rule: rule.name.clone(),
+                    user: user.value.clone(),
+                })?;
+            uids.push((uid, format!("{uid} (user {})", user.value)));
+        }
+        let mut cgroups = Vec::with_capacity(c.cgroup.len());
+        for cgroup in &c.cgroup {
+            match self.resolver.cgroup(&cgroup.value) {
+                Ok(id) if id.level as usize > MAX_CGROUP_LEVEL => {
+                    return Err(PolicyError::CgroupTooDeep {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.name.clone(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVEL,
+                    });
+                }
+                Ok(id) => cgroups.push((
+                    Some(id),
+                    format!("{} (id {}, level {})", cgroup.value, id.id, id.level),
+                )),
+                Err(e) => {
+                    self.policy.warnings.push(format!(
+                        "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
+                         this value matches nothing until the policy is reloaded",
+                        self.file, cgroup.at, rule.name, cgroup.value
+                    ));
+                    cgroups.push((None, format!("{} (not found)", cgroup.value)));
+                }
+            }
+        }
+
+        let mut parts = Vec::new();
+        describe(&mut parts, "exe", exe.iter().map(|(_, d)| d.clone()));
+        describe(
+            &mut parts,
+            "exe_name",
+            c.exe_name.iter().map(|n| n.value.clone()),
+        );
+        describe(&mut parts, "comm", c.comm.iter().map(|n| n.value.clone()));
+        describe(&mut parts, "uid", uids.iter().map(|(_, d)| d.clone()));
+        describe(&mut parts, "cgroup", cgroups.iter().map(|(_, d)| d.clone()));
+        let mut lineage = Vec::new();
+        describe(
+            &mut lineage,
+            "parent_exe",
+            parent.iter().map(|(_, d)| d.clone()),
+        );
+        describe(
+            &mut lineage,
+            "ancestor_exe",
+            ancestor.iter().map(|(_, d)| d.clone()),
+        );
+        match lineage.len() {
+            0 => {}
+            1 => parts.append(&mut lineage),
+            _ => parts.push(format!("({})", lineage.join(" or "))),
+        }
+
+        let bit = self.add_rule(
+            RuleInfo {
+                name: rule.name.clone(),
+                action: rule.action,
+                matches: parts.join(" and "),
+            },
+            &constrains,
+        );
+        let p = &mut self.policy;
+        for (key, _) in exe {
+            *p.exe.entry(key).or_default() |= bit;
+        }
+        for name in &c.exe_name {
+            *p.exe_name.entry(fixed_name(&name.value)).or_default() |= bit;
+        }
+        for comm in &c.comm {
+            *p.comm.entry(fixed_name(&comm.value)).or_default() |= bit;
+        }
+        for (uid, _) in uids {
+            *p.uid.entry(uid).or_default() |= bit;
+        }
+        for id in cgroups.into_iter().filter_map(|(id, _)| id) {
+            *p.cgroup.entry(id.id).or_default() |= bit;
+            p.settings.cgroup_levels |= 1 << id.level;
+        }
+        for (key, _) in parent {
+            p.ancestor.entry(key).or_default().parent |= bit;
+        }
+        for (key, _) in ancestor {
+            p.ancestor.entry(key).or_default().ancestor |= bit;
+        }
+        Ok(())
+    }
+
+    /// Resolves executable paths to keys, with a description of each.
+    fn exes(
+        &self,
+        rule: &Rule,
+        field: &'static str,
+        paths: &[Located<PathBuf>],
+    ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
+        paths
+            .iter()
+            .map(|path| {
+                let key = self
+                    .resolver
+                    .exe(&path.value)
+                    .map_err(|source| PolicyError::Exe {
+                        file: self.file.to_owned(),
+                        at: path.at,
+                        rule: rule.name.clone(),
+                        field,
+                        path: path.value.clone(),
+                        source,
+                    })?;
+                Ok((key, format!("{} ({})", path.value.display(), ExeId(key))))
+            })
+            .collect()
+    }
+
+    fn catalog_rule(&mut self, entry: &CatalogEntry) {
+        let mut names: Vec<String> = entry.exe_names.iter().map(|n| (*n).to_owned()).collect();
+        for exe_name in entry.exe_names {
+            for path in self.resolver.find_executables(exe_name) {
+                // Not installed or unreadable: the plain name still matches.
+                if let Ok(real) = self.resolver.exe_file_name(&path) {
+                    if !names.contains(&real) {
+                        names.push(real);
+                    }
+                }
+            }
+        }
+        let mut parts = Vec::new();
+        describe(&mut parts, "exe_name", names.iter().cloned());
+        let bit = self.add_rule(
+            RuleInfo {
+                name: entry.rule_name(),
+                action: entry.action,
+                matches: parts.join(" and "),
+            },
+            &Constrains {
+                exe_name: true,
+                ..Constrains::default()
+            },
+        );
+        for name in &names {
+            *self.policy.exe_name.entry(fixed_name(name)).or_default() |= bit;
+        }
+    }
+}
+
+/// Appends `field v` or `field in [a, b]` to `parts`; nothing for no values.
+fn describe(parts: &mut Vec<String>, field: &str, values: impl Iterator<Item = String>) {
+    let values: Vec<String> = values.collect();
+    match values.as_slice() {
+        [] => {}
+        [one] => parts.push(format!("{field} {one}")),
+        many => parts.push(format!("{field} in [{}]", many.join(", "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, io};
+
+    use loopwarden_common::MAX_ANCESTORS;
+
+    use super::*;
+
+    fn not_found() -> io::Error {
+        io::Error::from(io::ErrorKind::NotFound)
+    }
+
+    /// A host made of hash maps.
+    #[derive(Default)]
+    struct FakeResolver {
+        /// Path → (identity, kernel-visible file name).
+        exes: HashMap<PathBuf, (ExeKey, String)>,
+        found: HashMap<String, Vec<PathBuf>>,
+        users: HashMap<String, u32>,
+        cgroups: HashMap<String, CgroupId>,
+        netns: HashMap<PathBuf, u64>,
+    }
+
+    impl FakeResolver {
+        fn with_exe(mut self, path: &str, key: ExeKey) -> Self {
+            let name = path.rsplit('/').next().unwrap_or(path).to_owned();
+            self.exes.insert(PathBuf::from(path), (key, name));
+            self
+        }
+    }
+
+    impl Resolver for FakeResolver {
+        fn exe(&self, path: &Path) -> io::Result<ExeKey> {
+            self.exes
+                .get(path)
+                .map(|(key, _)| *key)
+                .ok_or_else(not_found)
+        }
+
+        fn exe_file_name(&self, path: &Path) -> io::Result<String> {
+            self.exes
+                .get(path)
+                .map(|(_, name)| name.clone())
+                .ok_or_else(not_found)
+        }
+
+        fn find_executables(&self, name: &str) -> Vec<PathBuf> {
+            self.found.get(name).cloned().unwrap_or_default()
+        }
+
+        fn user(&self, name: &str) -> Option<u32> {
+            self.users.get(name).copied()
+        }
+
+        fn cgroup(&self, path_or_unit: &str) -> io::Result<CgroupId> {
+            self.cgroups
+                .get(path_or_unit)
+                .copied()
+                .ok_or_else(not_found)
+        }
+
+        fn netns(&self, path: &Path) -> io::Result<u64> {
+            self.netns.get(path).copied().ok_or_else(not_found)
+        }
+    }
+
+    /// Who is connecting, as the kernel would see it.
+    #[derive(Clone)]
+    struct TestIdentity {
+        exe: ExeKey,
+        exe_name: &'static str,
+        comm: &'static str,
+        uid: u32,
+        /// cgroup ids from the root (level 0) down to the task's own.
+        cgroups: Vec<u64>,
+        /// Executables of the parent, the grandparent, ...
+        ancestors: Vec<ExeKey>,
+    }
+
+    impl Default for TestIdentity {
+        fn default() -> Self {
+            TestIdentity {
+                exe: key(99),
+                exe_name: "bash",
+                comm: "bash",
+                uid: 1000,
+                cgroups: vec![ROOT_CGROUP],
+                ancestors: vec![key(1)],
+            }
+        }
+    }
+
+    const ROOT_CGROUP: u64 = 1;
+
+    fn key(ino: u64) -> ExeKey {
+        ExeKey::from_major_minor(0, 27, ino)
+    }
+
+    fn lookup<K: Ord>(map: &BTreeMap<K, u64>, k: &K) -> u64 {
+        map.get(k).copied().unwrap_or(0)
+    }
+
+    /// The kernel's `match_rules` (ebpf/src/connect.rs) over the compiled
+    /// maps: the index of the first matching rule.
+    fn simulate(policy: &CompiledPolicy, id: &TestIdentity) -> Option<usize> {
+        let s = &policy.settings;
+        let mut m = s.active;
+        m &= lookup(&policy.uid, &id.uid) | s.wild_uid;
+        m &= lookup(&policy.comm, &fixed_name(id.comm)) | s.wild_comm;
+        m &= lookup(&policy.exe, &id.exe) | s.wild_exe;
+        m &= lookup(&policy.exe_name, &fixed_name(id.exe_name)) | s.wild_exe_name;
+        if m & !s.wild_cgroup != 0 {
+            let own = id.cgroups.last().copied().unwrap_or(ROOT_CGROUP);
+            let mut cg = lookup(&policy.cgroup, &own);
+            for level in 0..=MAX_CGROUP_LEVEL {
+                if s.cgroup_levels >> level & 1 == 1 {
+                    // bpf_get_current_ancestor_cgroup_id: 0 above the task.
+                    let Some(&ancestor) = id.cgroups.get(level) else {
+                        break;
+                    };
+                    cg |= lookup(&policy.cgroup, &ancestor);
+                }
+            }
+            m &= cg | s.wild_cgroup;
+        }
+        if m & !s.wild_ancestor != 0 && s.flags & flags::ANCESTORS != 0 {
+            let mut an = 0;
+            for (depth, exe) in id.ancestors.iter().take(MAX_ANCESTORS).enumerate() {
+                if let Some(v) = policy.ancestor.get(exe) {
+                    an |= v.ancestor;
+                    if depth == 0 {
+                        an |= v.parent;
+                    }
+                }
+            }
+            m &= an | s.wild_ancestor;
+        }
+        (m != 0).then(|| m.trailing_zeros() as usize)
+    }
+
+    fn config(text: &str) -> Config {
+        match Config::from_str_named(text, "test.toml") {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn compile_ok(text: &str, resolver: &FakeResolver) -> CompiledPolicy {
+        match compile(&config(text), resolver) {
+            Ok(policy) => policy,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn host() -> FakeResolver {
+        let mut r = FakeResolver::default()
+            .with_exe("/usr/bin/socat", key(10))
+            .with_exe("/usr/sbin/sshd", key(20))
+            .with_exe("/usr/bin/tmux", key(30))
+            .with_exe("/opt/bore/bore-x86_64", key(40));
+        r.found.insert(
+            "bore".to_owned(),
+            vec![PathBuf::from("/opt/bore/bore-x86_64")],
+        );
+        r.users.insert("nobody".to_owned(), 65534);
+        r.cgroups
+            .insert("system.slice".to_owned(), CgroupId { id: 10, level: 1 });
+        r.cgroups.insert(
+            "cloudflared.service".to_owned(),
+            CgroupId { id: 21, level: 2 },
+        );
+        r.netns.insert(PathBuf::from("/run/netns/blue"), 4096);
+        r
+    }
+
+    #[test]
+    fn multi_criteria_rule_masks_and_wildcards() {
+        let policy = compile_ok(
+            r#"
+catalog = false
+[[rule]]
+name = "multi"
+action = "deny"
+exe = "/usr/bin/socat"
+comm = "socat"
+user = "nobody"
+cgroup = "cloudflared.service"
+
+[[rule]]
+name = "by-name"
+action = "audit"
+exe_name = "socat"
+
+[[rule]]
+name = "lineage"
+action = "allow"
+parent_exe = "/usr/sbin/sshd"
+ancestor_exe = "/usr/bin/tmux"
+"#,
+            &host(),
+        );
+        let s = &policy.settings;
+        assert_eq!(s.active, 0b111);
+        assert_eq!(s.deny, 0b001);
+        assert_eq!(s.audit, 0b010);
+        assert_eq!(s.wild_exe, 0b110);
+        assert_eq!(s.wild_exe_name, 0b101);
+        assert_eq!(s.wild_comm, 0b110);
+        assert_eq!(s.wild_uid, 0b110);
+        assert_eq!(s.wild_cgroup, 0b110);
+        assert_eq!(s.wild_ancestor, 0b011);
+        assert_eq!(s.cgroup_levels, 1 << 2);
+        assert_eq!(
+            s.flags,
+            flags::ENABLED | flags::ALL_PORTS | flags::ANCESTORS
+        );
+        assert_eq!(s.deny_errno, 111);
+
+        assert_eq!(policy.exe, BTreeMap::from([(key(10), 0b001)]));
+        assert_eq!(policy.comm, BTreeMap::from([(fixed_name("socat"), 0b001)]));
+        assert_eq!(policy.uid, BTreeMap::from([(65534, 0b001)]));
+        assert_eq!(policy.cgroup, BTreeMap::from([(21, 0b001)]));
+        assert_eq!(
+            policy.exe_name,
+            BTreeMap::from([(fixed_name("socat"), 0b010)])
+        );
+        assert_eq!(
+            policy.ancestor,
+            BTreeMap::from([
+                (
+                    key(20),
+                    AncestorMasks {
+                        parent: 0b100,
+                        ancestor: 0
+                    }
+                ),
+                (
+                    key(30),
+                    AncestorMasks {
+                        parent: 0,
+                        ancestor: 0b100
+                    }
+                ),
+            ])
+        );
+        assert_eq!(
+            policy.rules[0].matches,
+            "exe /usr/bin/socat (dev 0:27 ino 10) and comm socat and uid 65534 (user nobody) \
+             and cgroup cloudflared.service (id 21, level 2)"
+        );
+        assert_eq!(
+            policy.rules[2].matches,
+            "(parent_exe /usr/sbin/sshd (dev 0:27 ino 20) or ancestor_exe /usr/bin/tmux (dev 0:27 ino 30))"
+        );
+        assert!(policy.warnings.is_empty());
+
+        // All criteria of rule 0 hold: it wins over rule 1 (same exe name).
+        let socat = TestIdentity {
+            exe: key(10),
+            exe_name: "socat",
+            comm: "socat",
+            uid: 65534,
+            cgroups: vec![ROOT_CGROUP, 10, 21],
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&policy, &socat), Some(0));
+        // One criterion fails (uid): rule 0 is out, rule 1 still matches.
+        let other_uid = TestIdentity {
+            uid: 0,
+            ..socat.clone()
+        };
+        assert_eq!(simulate(&policy, &other_uid), Some(1));
+        // Below the unit's cgroup still counts as inside it.
+        let child_cgroup = TestIdentity {
+            cgroups: vec![ROOT_CGROUP, 10, 21, 22],
+            ..socat.clone()
+        };
+        assert_eq!(simulate(&policy, &child_cgroup), Some(0));
+        let sibling_cgroup = TestIdentity {
+            cgroups: vec![ROOT_CGROUP, 10, 23],
+            ..socat.clone()
+        };
+        assert_eq!(simulate(&policy, &sibling_cgroup), Some(1));
+        // Neither.
+        assert_eq!(simulate(&policy, &TestIdentity::default()), None);
+    }
+
+    #[test]
+    fn renamed_comm_still_matched_by_exe() {
+        let policy = compile_ok(
+            "catalog = false\n[[rule]]\nname = \"socat\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n",
+            &host(),
+        );
+        let disguised = TestIdentity {
+            exe: key(10),
+            exe_name: "socat",
+            comm: "kworker/0:1",
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&policy, &disguised), Some(0));
+        let other = TestIdentity {
+            comm: "socat",
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&policy, &other), None);
+    }
+
+    #[test]
+    fn or_within_a_field_and_across_fields() {
+        let policy = compile_ok(
+            r#"
+catalog = false
+[[rule]]
+name = "r"
+action = "audit"
+comm = ["a", "b"]
+uid = [0, 1000]
+"#,
+            &host(),
+        );
+        let id = |comm, uid| TestIdentity {
+            comm,
+            uid,
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&policy, &id("a", 0)), Some(0));
+        assert_eq!(simulate(&policy, &id("b", 1000)), Some(0));
+        assert_eq!(simulate(&policy, &id("b", 0)), Some(0));
+        assert_eq!(simulate(&policy, &id("a", 5)), None);
+        assert_eq!(simulate(&policy, &id("c", 0)), None);
+        assert_eq!(
+            policy.rules[0].matches,
+            "comm in [a, b] and uid in [0, 1000]"
+        );
+    }
+
+    #[test]
+    fn uid_and_user_rules() {
+        let policy = compile_ok(
+            r#"
+catalog = false
+[[rule]]
+name = "root"
+action = "allow"
+uid = 0
+[[rule]]
+name = "nobody"
+action = "deny"
+user = "nobody"
+"#,
+            &host(),
+        );
+        let id = |uid| TestIdentity {
+            uid,
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&policy, &id(0)), Some(0));
+        assert_eq!(simulate(&policy, &id(65534)), Some(1));
+        assert_eq!(simulate(&policy, &id(1000)), None);
+    }
+
+    #[test]
+    fn cgroup_matches_at_its_level() {
+        let policy = compile_ok(
+            "catalog = false\n[[rule]]\nname = \"sys\"\naction = \"audit\"\ncgroup = \"system.slice\"\n",
+            &host(),
+        );
+        assert_eq!(policy.settings.cgroup_levels, 1 << 1);
+        let id = |cgroups: Vec<u64>| TestIdentity {
+            cgroups,
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&policy, &id(vec![ROOT_CGROUP, 10])), Some(0));
+        assert_eq!(
+            simulate(&policy, &id(vec![ROOT_CGROUP, 10, 55, 56])),
+            Some(0)
+        );
+        assert_eq!(simulate(&policy, &id(vec![ROOT_CGROUP, 11, 12])), None);
+        assert_eq!(simulate(&policy, &id(vec![ROOT_CGROUP])), None);
+    }
+
+    #[test]
+    fn parent_versus_ancestor() {
+        let policy = compile_ok(
+            r#"
+catalog = false
+[[rule]]
+name = "forwarded"
+action = "deny"
+parent_exe = "/usr/sbin/sshd"
+[[rule]]
+name = "under-sshd"
+action = "audit"
+ancestor_exe = "/usr/sbin/sshd"
+"#,
+            &host(),
+        );
+        assert_ne!(policy.settings.flags & flags::ANCESTORS, 0);
+        let id = |ancestors: Vec<ExeKey>| TestIdentity {
+            ancestors,
+            ..TestIdentity::default()
+        };
+        let (sshd, bash, init) = (key(20), key(2), key(1));
+        assert_eq!(simulate(&policy, &id(vec![sshd, init])), Some(0));
+        assert_eq!(simulate(&policy, &id(vec![bash, sshd, init])), Some(1));
+        assert_eq!(simulate(&policy, &id(vec![bash, init])), None);
+        let mut deep = vec![bash; MAX_ANCESTORS];
+        deep.push(sshd);
+        assert_eq!(simulate(&policy, &id(deep)), None);
+    }
+
+    #[test]
+    fn user_rules_come_before_the_catalog() {
+        let policy = compile_ok(
+            "[[rule]]\nname = \"my-socat\"\naction = \"allow\"\nexe_name = \"socat\"\n",
+            &host(),
+        );
+        assert_eq!(policy.rules.len(), 1 + CATALOG.len());
+        assert_eq!(policy.rules[0].name, "my-socat");
+        let socat = TestIdentity {
+            exe_name: "socat",
+            comm: "socat",
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&policy, &socat), Some(0));
+
+        let cloudflared = TestIdentity {
+            exe_name: "cloudflared",
+            ..TestIdentity::default()
+        };
+        let rule = simulate(&policy, &cloudflared).unwrap();
+        assert_eq!(policy.rules[rule].name, "catalog:cloudflared");
+        assert_eq!(policy.rules[rule].action, Action::Deny);
+        assert_ne!(policy.settings.deny & 1 << rule, 0);
+
+        let nginx = TestIdentity {
+            exe_name: "nginx",
+            ..TestIdentity::default()
+        };
+        let rule = simulate(&policy, &nginx).unwrap();
+        assert_eq!(policy.rules[rule].name, "catalog:nginx");
+        assert_ne!(policy.settings.audit & 1 << rule, 0);
+
+        // A renamed comm does not escape the catalog: it matches the file.
+        let sneaky = TestIdentity {
+            exe_name: "ngrok",
+            comm: "python3",
+            ..TestIdentity::default()
+        };
+        let rule = simulate(&policy, &sneaky).unwrap();
+        assert_eq!(policy.rules[rule].name, "catalog:ngrok");
+    }
+
+    #[test]
+    fn catalog_follows_symlinked_binaries() {
+        let policy = compile_ok("", &host());
+        let bore = TestIdentity {
+            exe_name: "bore-x86_64",
+            ..TestIdentity::default()
+        };
+        let rule = simulate(&policy, &bore).unwrap();
+        assert_eq!(policy.rules[rule].name, "catalog:bore");
+        assert_eq!(
+            policy.rules[rule].matches,
+            "exe_name in [bore, bore-x86_64]"
+        );
+        assert!(policy.warnings.is_empty());
+    }
+
+    #[test]
+    fn embedded_default_compiles_on_a_bare_host() {
+        let policy = compile(&Config::embedded_default(), &FakeResolver::default()).unwrap();
+        assert_eq!(policy.mode, Mode::Audit);
+        assert_eq!(policy.rules.len(), CATALOG.len());
+        assert_eq!(policy.ports, Ports::All);
+        assert!(policy.netns.is_empty());
+        assert!(policy.warnings.is_empty());
+        let s = &policy.settings;
+        assert_eq!(s.flags, flags::ENABLED | flags::ALL_PORTS);
+        assert_eq!(s.active.count_ones() as usize, CATALOG.len());
+        assert_eq!(s.wild_exe_name, 0);
+        assert_eq!(s.wild_exe, s.active);
+        assert_eq!(s.deny | s.audit, s.active);
+    }
+
+    #[test]
+    fn settings_flags_ports_and_netns() {
+        let policy = compile_ok(
+            r#"
+mode = "enforce"
+deny_errno = "EPERM"
+catalog = false
+log_allowed = true
+[protect]
+ports = [22, "8080", "9000-9100", 9101]
+netns = "/run/netns/blue"
+host_addresses = true
+[[rule]]
+name = "r"
+action = "deny"
+comm = "x"
+"#,
+            &host(),
+        );
+        let s = &policy.settings;
+        assert_eq!(
+            s.flags,
+            flags::ENABLED
+                | flags::ENFORCE
+                | flags::NETNS_SCOPED
+                | flags::HOST_ADDRS
+                | flags::LOG_ALLOWED
+        );
+        assert_eq!(s.deny_errno, 1);
+        assert!(policy.host_addresses);
+        assert_eq!(
+            policy.netns,
+            [Netns {
+                path: "/run/netns/blue".to_owned(),
+                cookie: 4096
+            }]
+        );
+        for port in [22, 8080, 9000, 9050, 9100, 9101] {
+            assert!(policy.ports.contains(port), "{port}");
+        }
+        for port in [0, 21, 23, 8081, 8999, 9102, 65535] {
+            assert!(!policy.ports.contains(port), "{port}");
+        }
+        let Ports::Some(words) = &policy.ports else {
+            panic!("expected a bitmap");
+        };
+        assert_eq!(words[0], 1 << 22);
+        assert_eq!(policy.ports.to_string(), "22, 8080, 9000-9101");
+    }
+
+    #[test]
+    fn unresolvable_names_in_user_rules_are_errors() {
+        let text = "catalog = false\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/gone\"]\n";
+        let err = compile(&config(text), &host()).unwrap_err();
+        assert!(matches!(err, PolicyError::Exe { field: "exe", .. }));
+        let message = err.to_string();
+        assert!(message.starts_with("test.toml:5:"), "{message}");
+        assert!(message.contains("rule `gone`"), "{message}");
+        assert!(message.contains("/usr/bin/gone"), "{message}");
+
+        let text = "[[rule]]\nname = \"u\"\naction = \"deny\"\nancestor_exe = \"/usr/bin/gone\"\n";
+        let err = compile(&config(text), &host()).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:4:"), "{err}");
+        assert!(err.contains("ancestor_exe /usr/bin/gone"), "{err}");
+
+        let text = "[[rule]]\nname = \"u\"\naction = \"deny\"\nuser = \"mallory\"\n";
+        let err = compile(&config(text), &host()).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:4:"), "{err}");
+        assert!(err.contains("rule `u`: no user named `mallory`"), "{err}");
+
+        let text = "[protect]\nnetns = [\"/run/netns/blue\", \"/run/netns/red\"]\n";
+        let err = compile(&config(text), &host()).unwrap_err().to_string();
+        assert!(err.starts_with("test.toml:2:29:"), "{err}");
+        assert!(err.contains("/run/netns/red"), "{err}");
+    }
+
+    #[test]
+    fn missing_cgroup_is_a_warning() {
+        let policy = compile_ok(
+            "catalog = false\n[[rule]]\nname = \"tunnel\"\naction = \"deny\"\ncgroup = [\"later.service\", \"system.slice\"]\n",
+            &host(),
+        );
+        assert_eq!(policy.warnings.len(), 1);
+        let warning = &policy.warnings[0];
+        assert!(warning.starts_with("test.toml:5:"), "{warning}");
+        assert!(warning.contains("rule `tunnel`"), "{warning}");
+        assert!(warning.contains("later.service"), "{warning}");
+        // The rule is loaded, constrained to the cgroup that exists.
+        assert_eq!(policy.settings.active, 1);
+        assert_eq!(policy.settings.wild_cgroup, 0);
+        assert_eq!(policy.cgroup, BTreeMap::from([(10, 1)]));
+        assert!(
+            policy.rules[0]
+                .matches
+                .contains("later.service (not found)")
+        );
+    }
+
+    #[test]
+    fn too_deep_cgroup_and_too_many_rules() {
+        let mut resolver = host();
+        resolver
+            .cgroups
+            .insert("deep".to_owned(), CgroupId { id: 5, level: 32 });
+        let text = "[[rule]]\nname = \"d\"\naction = \"deny\"\ncgroup = \"deep\"\n";
+        let err = compile(&config(text), &resolver).unwrap_err();
+        assert!(matches!(err, PolicyError::CgroupTooDeep { level: 32, .. }));
+
+        // A hand-built config past the limit is refused, not truncated.
+        let mut config = config("[[rule]]\nname = \"r\"\naction = \"deny\"\nuid = 1\n");
+        let rule = config.rules[0].clone();
+        config.rules = vec![rule; MAX_RULES];
+        let err = compile(&config, &resolver).unwrap_err();
+        assert!(matches!(err, PolicyError::TooManyRules { .. }), "{err}");
+    }
+
+    #[test]
+    fn summary() {
+        let policy = compile_ok(
+            r#"
+mode = "enforce"
+[protect]
+ports = [22, "8000-8100"]
+netns = "/run/netns/blue"
+[[rule]]
+name = "relay-socat"
+action = "deny"
+exe = "/usr/bin/socat"
+"#,
+            &host(),
+        );
+        let text = policy.to_string();
+        for expected in [
+            "mode:        enforce",
+            "deny errno:  ECONNREFUSED (111)",
+            "ports:       22, 8000-8100",
+            "netns:       /run/netns/blue (cookie 4096)",
+            "relay-socat",
+            "exe /usr/bin/socat (dev 0:27 ino 10)",
+            "catalog:cloudflared",
+            "exe_name in [sshd, sshd-session, dropbear]",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        assert!(
+            text.lines().any(|l| l.starts_with("   0  relay-socat")),
+            "{text}"
+        );
+    }
 }

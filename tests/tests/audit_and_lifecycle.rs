@@ -1,0 +1,149 @@
+//! Audit mode and the daemon's lifecycle: reports without refusing, the
+//! right identity in the report, one instance at a time, nothing left
+//! attached after exit, clear errors.
+
+use std::process::Command;
+
+use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, loopwarden_bin, policy, prog_ids, run};
+
+#[test]
+fn audit_mode_lets_the_relay_through_and_reports_exe_and_uid() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start(&policy(&ns, "audit", ""));
+    // Relay running as nobody (uid 65534).
+    let _relay = ns.socat_relay(9001, &format!("TCP:127.0.0.1:{PROTECTED}"), Some(65534));
+    assert_eq!(ns.curl("http://127.0.0.1:9001/"), Ok(200));
+    let ev = daemon.wait_event("would-deny by socat", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(ev["rule"], "catalog:socat");
+    assert_eq!(ev["uid"], 65534);
+    assert_eq!(ev["user"], "nobody");
+    assert_eq!(ev["exe"], "/usr/bin/socat");
+    assert!(
+        ev["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("TCP-LISTEN:9001")),
+        "{ev}"
+    );
+    assert!(ev["pid"].as_u64().is_some_and(|p| p > 0));
+    assert!(ev["ppid"].as_u64().is_some_and(|p| p > 0));
+    // A curl is not reported at all.
+    assert!(daemon.events().iter().all(|e| e["comm"] != "curl"));
+}
+
+#[test]
+fn mode_flag_overrides_the_file_and_human_lines_read_well() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    // File says enforce; --mode audit wins.
+    let daemon = Daemon::start_with(&policy(&ns, "enforce", ""), &["--mode", "audit"]);
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(ok, "audit mode refused a connect: {stderr}");
+    daemon.wait_event("would-deny", |e| e["verdict"] == "would-deny");
+}
+
+#[test]
+fn a_second_instance_refuses_to_start() {
+    let ns = Netns::new();
+    let first = Daemon::start(&policy(&ns, "audit", ""));
+    let run_dir = TempDir::new("second");
+    // Same run dir as the first: copy it by pointing at the first's lock.
+    let lock_dir = first_run_dir(&first);
+    let config = run_dir.path().join("c.toml");
+    std::fs::write(&config, policy(&ns, "audit", "")).expect("config");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--run-dir")
+        .arg(&lock_dir));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already running"), "{stderr}");
+    assert!(
+        stderr.contains(&first.pid().expect("running").to_string()),
+        "names the holder: {stderr}"
+    );
+}
+
+/// The run dir the harness gave a daemon (`<tmp>/run`), read back from its
+/// command line.
+fn first_run_dir(daemon: &Daemon) -> String {
+    let pid = daemon.pid().expect("running");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| a == "--run-dir")
+        .expect("--run-dir");
+    args[at + 1].clone()
+}
+
+#[test]
+fn sigterm_detaches_everything() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let mut daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    let ours: Vec<u64> = prog_ids("lw_connect4")
+        .into_iter()
+        .chain(prog_ids("lw_connect6"))
+        .collect();
+    assert!(ours.len() >= 2, "programs loaded: {ours:?}");
+    let (ok, _) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(!ok, "enforcing before the stop");
+    assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(ok, "still refused after the daemon exited: {stderr}");
+    let left: Vec<u64> = prog_ids("lw_connect4")
+        .into_iter()
+        .chain(prog_ids("lw_connect6"))
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert!(left.is_empty(), "programs left loaded: {left:?}");
+}
+
+#[test]
+fn not_root_is_a_clear_error() {
+    let out = run(Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(loopwarden_bin())
+        .args(["run", "--run-dir", "/tmp/loopwarden-nonroot-test"]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("root"), "{stderr}");
+}
+
+#[test]
+fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
+    let dir = TempDir::new("badcfg");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "mode = \"audit\"\n\n[protect]\nports = [8080]\nbogus = 1\n",
+    )
+    .expect("config");
+    let before = prog_ids("lw_connect4").len();
+    for args in [
+        vec!["check-config".to_owned(), path.display().to_string()],
+        vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+            "--run-dir".to_owned(),
+            dir.path().join("run").display().to_string(),
+        ],
+    ] {
+        let out = run(Command::new(loopwarden_bin()).args(&args));
+        assert!(!out.status.success(), "{args:?} accepted a bad config");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("bad.toml"), "{stderr}");
+        assert!(stderr.contains("line 5"), "{stderr}");
+        assert!(stderr.contains("bogus"), "{stderr}");
+    }
+    assert_eq!(prog_ids("lw_connect4").len(), before, "nothing was loaded");
+}

@@ -1,0 +1,316 @@
+//! Enforce mode, end to end: real programs in the real kernel, real relays
+//! (socat, sshd port forwarding, bore, a renamed python) against a real HTTP
+//! service in the test's own network namespace.
+
+use std::process::Command;
+
+use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, UNPROTECTED, policy, run_ok};
+use serde_json::Value;
+
+fn is_deny_by(exe_name: &'static str) -> impl Fn(&Value) -> bool {
+    move |e: &Value| e["verdict"] == "deny" && e["exe_name"] == exe_name
+}
+
+#[test]
+fn socat_relay_is_refused_while_curl_and_unprotected_ports_work() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+
+    // A shell-driven client is the local user: allowed.
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+    assert_eq!(ns.curl(&format!("http://[::1]:{PROTECTED}/")), Ok(200));
+
+    // A relay into the protected port: its connect() is refused, so the
+    // remote side of the relay gets nothing.
+    let _relay = ns.socat_relay(9001, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    assert!(ns.curl("http://127.0.0.1:9001/").is_err());
+    let ev = daemon.wait_event("deny by socat", is_deny_by("socat"));
+    assert_eq!(ev["rule"], "catalog:socat");
+    assert_eq!(ev["dst"], format!("127.0.0.1:{PROTECTED}"));
+    assert_eq!(ev["uid"], 0);
+    assert_eq!(ev["user"], "root");
+    assert_eq!(ev["exe"], "/usr/bin/socat");
+
+    // The same relay program reaches a port the policy does not protect.
+    let _relay2 = ns.socat_relay(9002, &format!("TCP:127.0.0.1:{UNPROTECTED}"), None);
+    assert_eq!(ns.curl("http://127.0.0.1:9002/"), Ok(200));
+
+    // The caller sees ECONNREFUSED, as if nothing listened.
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(!ok);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
+
+#[test]
+fn every_loopback_form_is_protected() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    // The server listens on [::], so every form below reaches it without loopwarden.
+    for (target, dst) in [
+        (
+            format!("TCP4:127.0.0.2:{PROTECTED}"),
+            format!("127.0.0.2:{PROTECTED}"),
+        ),
+        (
+            format!("TCP6:[::1]:{PROTECTED}"),
+            format!("[::1]:{PROTECTED}"),
+        ),
+        (
+            format!("TCP6:[::ffff:127.0.0.1]:{PROTECTED}"),
+            format!("[::ffff:127.0.0.1]:{PROTECTED}"),
+        ),
+    ] {
+        let (ok, stderr) = ns.socat_connect(&target);
+        assert!(!ok, "{target} was not refused");
+        assert!(stderr.contains("Connection refused"), "{target}: {stderr}");
+        daemon.wait_event(&format!("deny to {dst}"), |e| {
+            e["verdict"] == "deny" && e["dst"] == dst.as_str()
+        });
+    }
+    // And the same forms are fine for the unprotected port.
+    let (ok, stderr) = ns.socat_connect(&format!("TCP6:[::ffff:127.0.0.1]:{UNPROTECTED}"));
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn a_relay_started_before_the_daemon_is_refused() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let _relay = ns.socat_relay(9001, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    assert_eq!(
+        ns.curl("http://127.0.0.1:9001/"),
+        Ok(200),
+        "relay works before the daemon"
+    );
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    assert!(ns.curl("http://127.0.0.1:9001/").is_err());
+    daemon.wait_event("deny by the early socat", is_deny_by("socat"));
+}
+
+#[test]
+fn a_process_that_renamed_itself_is_matched_by_its_executable() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let rule = r#"
+[[rule]]
+name = "python-relay"
+action = "deny"
+exe = "/usr/bin/python3"
+"#;
+    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    // Renames itself to "curl" (an allowed client) before connecting.
+    let script = format!(
+        r#"
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, b"curl", 0, 0, 0)
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", {PROTECTED}))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+"#
+    );
+    let out = run_ok(ns.cmd("/usr/bin/python3").args(["-c", &script]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused");
+    let ev = daemon.wait_event("deny of the renamed python", |e| {
+        e["verdict"] == "deny" && e["rule"] == "python-relay"
+    });
+    assert_eq!(ev["comm"], "curl");
+    assert!(
+        ev["exe_name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("python3")),
+        "{ev}"
+    );
+    // The real curl is still fine.
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+}
+
+#[test]
+fn eperm_can_be_chosen_instead_of_econnrefused() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let _daemon = Daemon::start(&format!(
+        "deny_errno = \"EPERM\"\n{}",
+        policy(&ns, "enforce", "")
+    ));
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(!ok);
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+}
+
+/// An sshd on a loopback port in the namespace, with a throwaway host key
+/// and a client key authorized for root.
+struct Sshd {
+    _proc: loopwarden_tests::Proc,
+    key: String,
+    _dir: TempDir,
+    created_privsep: bool,
+}
+
+impl Sshd {
+    fn start(ns: &Netns, port: u16) -> Self {
+        let dir = TempDir::new("sshd");
+        let d = dir.path().to_str().expect("utf-8 temp dir").to_owned();
+        for key in ["host", "client"] {
+            run_ok(Command::new("ssh-keygen").args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &format!("{d}/{key}"),
+            ]));
+        }
+        std::fs::copy(format!("{d}/client.pub"), format!("{d}/authorized_keys"))
+            .expect("authorized_keys");
+        // sshd insists on its privilege-separation directory.
+        let privsep = std::path::Path::new("/run/sshd");
+        let created_privsep = !privsep.exists();
+        if created_privsep {
+            std::fs::create_dir_all(privsep).expect("creating /run/sshd");
+        }
+        let proc = ns.spawn(
+            "/usr/sbin/sshd",
+            &[
+                "-D",
+                "-e",
+                "-f",
+                "/dev/null",
+                "-p",
+                &port.to_string(),
+                "-h",
+                &format!("{d}/host"),
+                "-o",
+                "ListenAddress=127.0.0.1",
+                "-o",
+                &format!("AuthorizedKeysFile={d}/authorized_keys"),
+                "-o",
+                "StrictModes=no",
+                "-o",
+                "PidFile=none",
+                "-o",
+                "UsePAM=no",
+                "-o",
+                "PermitRootLogin=prohibit-password",
+                "-o",
+                "AllowTcpForwarding=yes",
+            ],
+        );
+        ns.wait_listening(port);
+        Self {
+            _proc: proc,
+            key: format!("{d}/client"),
+            _dir: dir,
+            created_privsep,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        if self.created_privsep {
+            let _ = std::fs::remove_dir("/run/sshd");
+        }
+    }
+}
+
+#[test]
+fn ssh_local_forward_is_refused() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let sshd = Sshd::start(&ns, 2222);
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    let mut forward = ns.spawn(
+        "ssh",
+        &[
+            "-N",
+            "-i",
+            &sshd.key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-p",
+            "2222",
+            "-L",
+            &format!("9003:127.0.0.1:{PROTECTED}"),
+            "root@127.0.0.1",
+        ],
+    );
+    ns.wait_listening(9003);
+    forward.assert_running();
+    assert!(ns.curl("http://127.0.0.1:9003/").is_err());
+    let ev = daemon.wait_event("deny by sshd", |e| {
+        e["verdict"] == "deny" && e["rule"] == "catalog:sshd"
+    });
+    assert_eq!(ev["dst"], format!("127.0.0.1:{PROTECTED}"));
+}
+
+#[test]
+fn bore_tunnel_is_refused() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let _server = ns.spawn(
+        "bore",
+        &["server", "--min-port", "9100", "--max-port", "9199"],
+    );
+    ns.wait_listening(7835);
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    let _client = ns.spawn(
+        "bore",
+        &[
+            "local",
+            &PROTECTED.to_string(),
+            "--local-host",
+            "127.0.0.1",
+            "--to",
+            "127.0.0.1",
+            "--port",
+            "9150",
+        ],
+    );
+    ns.wait_listening(9150);
+    // The tunnel's public side is up, but its connect to the service is refused.
+    let result = ns.curl("http://127.0.0.1:9150/");
+    assert!(result.is_err(), "curl through bore got {result:?}");
+    let ev = daemon.wait_event("deny by bore", is_deny_by("bore"));
+    assert_eq!(ev["rule"], "catalog:bore");
+    // The same tunnel to an unprotected port works.
+    let _client2 = ns.spawn(
+        "bore",
+        &[
+            "local",
+            &UNPROTECTED.to_string(),
+            "--local-host",
+            "127.0.0.1",
+            "--to",
+            "127.0.0.1",
+            "--port",
+            "9151",
+        ],
+    );
+    ns.wait_listening(9151);
+    assert_eq!(ns.curl("http://127.0.0.1:9151/"), Ok(200));
+}
+
+#[test]
+fn connections_outside_the_policy_namespace_are_untouched() {
+    let ns = Netns::new();
+    let other = Netns::new();
+    let _servers = other.http_servers();
+    let _daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    let (ok, stderr) = other.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(
+        ok,
+        "a relay outside the policy's namespace was judged: {stderr}"
+    );
+}
