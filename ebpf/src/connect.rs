@@ -132,8 +132,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let dst = destination(sa, family);
     if !dst.loopback {
         // SAFETY: the value is a plain u8 flag, only tested for presence.
-        let own =
-            s.flags & flags::HOST_ADDRS != 0 && unsafe { HOST_ADDRS.get(&dst.addr).is_some() };
+        let own = s.flags & flags::HOST_ADDRS != 0 && unsafe { HOST_ADDRS.get(dst.addr).is_some() };
         if !own {
             return Ok(ALLOW);
         }
@@ -144,7 +143,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: the value is a plain u8 flag, only tested for presence.
-    if s.flags & flags::NETNS_SCOPED != 0 && unsafe { NETNS.get(&netns_cookie).is_none() } {
+    if s.flags & flags::NETNS_SCOPED != 0 && unsafe { NETNS.get(netns_cookie).is_none() } {
         return Ok(ALLOW);
     }
     count(stats::CHECKED);
@@ -273,7 +272,7 @@ fn ancestor_mask(task: Task) -> u64 {
         }
         if let Ok(exe) = parent.exe() {
             // SAFETY: the value is copied out immediately.
-            if let Some(v) = unsafe { RULES_ANCESTOR.get(&exe) } {
+            if let Some(v) = unsafe { RULES_ANCESTOR.get(exe) } {
                 m |= v.ancestor;
                 if depth == 0 {
                     m |= v.parent;

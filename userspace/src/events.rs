@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use loopwarden_common::{ConnectEvent, NO_RULE, verdict};
+use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE, verdict};
 use serde::Serialize;
 
 use crate::{
@@ -71,6 +71,9 @@ pub struct Enricher {
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     boot_offset: Duration,
     users: HashMap<u32, Option<String>>,
+    /// Executable paths seen before, by identity, for processes that exit
+    /// before userspace reads their `/proc` entry.
+    exes: HashMap<ExeKey, String>,
 }
 
 impl Enricher {
@@ -79,6 +82,7 @@ impl Enricher {
             rules,
             boot_offset: boot_offset(),
             users: HashMap::new(),
+            exes: HashMap::new(),
         }
     }
 
@@ -99,6 +103,17 @@ impl Enricher {
             .flatten()
             .map(|r| r.name.clone());
         let pid = ev.tgid;
+        // A forked child that did not exec (socat's per-connection child) has
+        // its parent's executable: when it is already gone, the parent still
+        // tells its path and command line.
+        let forked = ev.exe == ev.parent_exe && ev.exe != ExeKey::default();
+        let exe = proc_exe(pid, &ev.exe)
+            .or_else(|| forked.then(|| proc_exe(ev.ppid, &ev.exe)).flatten())
+            .or_else(|| self.cached_exe(&ev.exe));
+        if let Some(path) = &exe {
+            self.exes.insert(ev.exe, path.clone());
+        }
+        let cmdline = proc_cmdline(pid).or_else(|| forked.then(|| proc_cmdline(ev.ppid)).flatten());
         AuditRecord {
             time: humantime::format_rfc3339_millis(
                 SystemTime::UNIX_EPOCH + self.boot_offset + Duration::from_nanos(ev.ktime_ns),
@@ -115,17 +130,23 @@ impl Enricher {
             user: self.user_name(ev.uid),
             gid: ev.gid,
             comm: name_from_fixed(&ev.comm),
-            exe: proc_exe(pid, ev),
+            exe,
             exe_name: name_from_fixed(&ev.exe_name),
             exe_id: exe_id(ev.exe.dev, ev.exe.ino),
             parent_exe: proc_link(ev.ppid, "exe"),
             parent_exe_id: exe_id(ev.parent_exe.dev, ev.parent_exe.ino),
-            cmdline: proc_cmdline(pid),
+            cmdline,
             cgroup: proc_cgroup(pid),
             cgroup_id: ev.cgroup_id,
             netns_cookie: ev.netns_cookie,
             socket_cookie: ev.socket_cookie,
         }
+    }
+
+    /// A path seen earlier for this identity, if it still names the same file.
+    fn cached_exe(&self, id: &ExeKey) -> Option<String> {
+        let path = self.exes.get(id)?;
+        (file_id(path).as_ref() == Some(id)).then(|| path.clone())
     }
 
     fn user_name(&mut self, uid: u32) -> Option<String> {
@@ -203,12 +224,23 @@ fn exe_id(kdev: u64, ino: u64) -> String {
 
 /// `/proc/PID/exe`, checked against the kernel's identity so a recycled pid
 /// never lends its executable to another process's event.
-fn proc_exe(pid: u32, ev: &ConnectEvent) -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
+fn proc_exe(pid: u32, id: &ExeKey) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
     let path = proc_link(pid, "exe")?;
-    let meta = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
-    let kdev = (libc::major(meta.dev()) as u64) << 20 | libc::minor(meta.dev()) as u64;
-    (kdev == ev.exe.dev && meta.ino() == ev.exe.ino).then_some(path)
+    (file_id(&format!("/proc/{pid}/exe")).as_ref() == Some(id)).then_some(path)
+}
+
+/// The kernel-encoded identity of the file at `path` (symlinks followed).
+fn file_id(path: &str) -> Option<ExeKey> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).ok()?;
+    Some(ExeKey::from_major_minor(
+        u64::from(libc::major(meta.dev())),
+        u64::from(libc::minor(meta.dev())),
+        meta.ino(),
+    ))
 }
 
 fn proc_link(pid: u32, what: &str) -> Option<String> {
@@ -275,7 +307,7 @@ pub fn parse_event(bytes: &[u8]) -> Option<ConnectEvent> {
 
 #[cfg(test)]
 mod tests {
-    use loopwarden_common::{Addr, ExeKey};
+    use loopwarden_common::Addr;
 
     use super::*;
     use crate::{maps::addr_key, policy::Action};
