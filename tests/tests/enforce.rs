@@ -314,3 +314,66 @@ fn connections_outside_the_policy_namespace_are_untouched() {
         "a relay outside the policy's namespace was judged: {stderr}"
     );
 }
+
+/// nginx as a reverse proxy in the namespace, listening on `port`.
+fn nginx_proxy(ns: &Netns, dir: &TempDir, port: u16) -> loopwarden_tests::Proc {
+    let d = dir.path().display();
+    let conf = format!(
+        r#"
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://127.0.0.1:{PROTECTED}; }}
+    }}
+}}
+"#
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let p = ns.spawn(
+        "nginx",
+        &["-c", &path.display().to_string(), "-g", "daemon off;"],
+    );
+    ns.wait_listening(port);
+    p
+}
+
+#[test]
+fn a_reverse_proxy_is_reported_by_the_catalog_and_refused_by_a_user_rule() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("nginx");
+    let _nginx = nginx_proxy(&ns, &dir, 9004);
+
+    // The catalog only audits reverse proxies: the request goes through and is reported.
+    {
+        let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+        assert_eq!(ns.curl("http://127.0.0.1:9004/"), Ok(200));
+        let ev = daemon.wait_event("audit of nginx", |e| {
+            e["verdict"] == "audit" && e["rule"] == "catalog:nginx"
+        });
+        assert_eq!(ev["exe"], "/usr/sbin/nginx");
+    }
+
+    // A user rule comes before the catalog: first match wins.
+    let rule = r#"
+[[rule]]
+name = "no-proxies"
+action = "deny"
+exe_name = "nginx"
+"#;
+    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    assert_eq!(ns.curl("http://127.0.0.1:9004/"), Ok(502));
+    daemon.wait_event("deny of nginx by the user rule", |e| {
+        e["verdict"] == "deny" && e["rule"] == "no-proxies"
+    });
+}
