@@ -93,18 +93,31 @@ impl TestCgroup {
     }
 }
 
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Move stragglers out, then remove the (empty) cgroup.
-        if let (Ok(procs), Some(parent)) = (
-            std::fs::read_to_string(self.path.join("cgroup.procs")),
-            self.path.parent(),
-        ) {
-            for pid in procs.split_whitespace() {
-                let _ = std::fs::write(parent.join("cgroup.procs"), pid);
+impl TestCgroup {
+    /// Moves every process below `dir` to `root`, then removes the (now
+    /// empty) cgroups bottom-up.
+    fn remove(dir: &std::path::Path, root: &std::path::Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    Self::remove(&entry.path(), root);
+                }
             }
         }
-        let _ = std::fs::remove_dir(&self.path);
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Some(root) = self.path.parent() {
+            Self::remove(&self.path, root);
+        }
     }
 }
 

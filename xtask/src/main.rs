@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask`: installs the toolchain pieces loopwarden needs, builds and
+//! runs the daemon, runs the full test suite and benchmarks the kernel hooks.
+//!
+//! Every subcommand is idempotent and says what it is doing before it does it.
+
+mod bench;
+mod daemon;
+mod proc;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "loopwarden developer tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install whatever is missing: rust-src for nightly, bpf-linker, and
+    /// with --tests the packages the integration tests and bench use.
+    Setup(setup::SetupArgs),
+    /// Build the daemon (and its embedded eBPF object).
+    Build(daemon::BuildArgs),
+    /// Build the daemon and run it as root: `cargo xtask run -- [ARGS]`.
+    Run(daemon::RunArgs),
+    /// Formatting, clippy, unit tests and the root integration tests.
+    Test(test::TestArgs),
+    /// Connect rates and per-program BPF cost: daemon absent vs audit vs enforce.
+    Bench(bench::BenchArgs),
+    /// Bench helper: accept and immediately close on each port (runs inside the bench netns).
+    #[command(hide = true)]
+    BenchServer(bench::load::ServerArgs),
+    /// Bench helper: connect+close in a loop for a while, print the count.
+    #[command(hide = true)]
+    BenchClient(bench::load::ClientArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Build(args) => daemon::build_cmd(&args),
+        Command::Run(args) => daemon::run_cmd(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchServer(args) => bench::load::server(&args),
+        Command::BenchClient(args) => bench::load::client(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

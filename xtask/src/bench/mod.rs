@@ -1,0 +1,359 @@
+//! `cargo xtask bench`: connects per second to a protected and an unprotected
+//! port with the daemon absent, in audit mode and in enforce mode, measured as
+//! interleaved rounds inside a private network namespace; plus each program's
+//! own cost per run from the kernel's BPF statistics.
+
+pub mod load;
+mod netns;
+mod report;
+mod stats;
+mod warden;
+
+use std::{
+    cell::Cell,
+    fmt, fs,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+use self::{
+    load::{ClientRun, Server},
+    netns::Netns,
+    stats::{Snapshot, StatsEnabled},
+    warden::Warden,
+};
+use crate::{daemon, proc::say, setup};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Rounds of (absent, audit, enforce) × (protected, unprotected).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Fail when a target is missed or a rate ratio is worse than noise.
+    #[arg(long)]
+    pub strict: bool,
+    /// Port the daemon protects.
+    #[arg(long, default_value_t = 18080)]
+    pub protected_port: u16,
+    /// Port it does not.
+    #[arg(long, default_value_t = 18081)]
+    pub unprotected_port: u16,
+    /// Bench this daemon binary instead of building target/release/loopwarden.
+    #[arg(long)]
+    pub daemon: Option<PathBuf>,
+}
+
+/// Whether and how the daemon runs during a measurement.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Config {
+    Absent,
+    Audit,
+    Enforce,
+}
+
+impl Config {
+    const ALL: [Self; 3] = [Self::Absent, Self::Audit, Self::Enforce];
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Absent => "absent",
+            Self::Audit => "audit",
+            Self::Enforce => "enforce",
+        })
+    }
+}
+
+/// Which port the client connects to.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Target {
+    Protected,
+    Unprotected,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Protected => "protected",
+            Self::Unprotected => "unprotected",
+        })
+    }
+}
+
+/// One measurement: a client run plus the BPF counters that moved meanwhile.
+pub struct Sample {
+    pub config: Config,
+    pub target: Target,
+    pub run: ClientRun,
+    pub progs: Snapshot,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT/SIGTERM into a flag checked between measurements, so the
+/// guards (namespace, daemon, sysctl) still clean up.
+fn catch_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.rounds == 0 || args.seconds <= 0.0 {
+        bail!("--rounds and --seconds must be positive");
+    }
+    setup::require_root("the bench (network namespaces, eBPF, sysctls)")?;
+    let bin = match &args.daemon {
+        Some(bin) => {
+            setup::test_prerequisites()?;
+            bin.canonicalize()
+                .with_context(|| format!("cannot find {}", bin.display()))?
+        }
+        None => {
+            setup::toolchain(false)?;
+            setup::test_prerequisites()?;
+            daemon::build(true)?
+                .canonicalize()
+                .context("the daemon binary is missing after the build")?
+        }
+    };
+    let xtask = std::env::current_exe()
+        .and_then(|exe| exe.canonicalize())
+        .context("cannot find the xtask binary")?;
+    catch_signals();
+
+    let bench = Bench::new(args, bin, xtask)?;
+    let samples = bench.measure();
+    if samples.is_err() {
+        bench.dir.keep();
+    }
+    drop(bench);
+    report::print(args, &samples?)
+}
+
+/// Everything a bench run sets up, torn down on drop.
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    bin: PathBuf,
+    xtask: PathBuf,
+    // Fields drop in declaration order: scratch dir, listeners, namespace, sysctl.
+    dir: TempDir,
+    _server: Server,
+    netns: Netns,
+    _stats: StatsEnabled,
+}
+
+impl<'a> Bench<'a> {
+    fn new(args: &'a BenchArgs, bin: PathBuf, xtask: PathBuf) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let stats = StatsEnabled::enable()?;
+        let netns = Netns::create(format!("lwbench-{pid}"))?;
+        let server = Server::start(
+            &netns,
+            &xtask,
+            &[args.protected_port, args.unprotected_port],
+        )?;
+        let dir = TempDir::create(std::env::temp_dir().join(format!("lwbench-{pid}")))?;
+        Ok(Self {
+            args,
+            bin,
+            xtask,
+            dir,
+            _server: server,
+            netns,
+            _stats: stats,
+        })
+    }
+
+    fn measure(&self) -> anyhow::Result<Vec<Sample>> {
+        let args = self.args;
+        let lingering = stats::snapshot(None)?;
+        if !lingering.is_empty() {
+            say!(
+                "warning: lw_* programs are already loaded ({}): `absent` is not really absent",
+                lingering.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        say!("warming up ...");
+        load::run_client(
+            &self.netns,
+            &self.xtask,
+            args.unprotected_port,
+            args.seconds.min(1.0),
+        )?;
+
+        let total = args.rounds as usize * Config::ALL.len() * 2;
+        let mut samples = Vec::with_capacity(total);
+        for round in 0..args.rounds {
+            // Alternate the order within a pair so neither path always goes first.
+            let targets = if round % 2 == 0 {
+                [Target::Protected, Target::Unprotected]
+            } else {
+                [Target::Unprotected, Target::Protected]
+            };
+            for config in Config::ALL {
+                check_interrupted()?;
+                let warden = self.start_daemon(config, round)?;
+                let pid = warden.as_ref().and_then(Warden::pid);
+                for target in targets {
+                    check_interrupted()?;
+                    let sample = self.measure_one(config, target, pid)?;
+                    say!(
+                        "[{}/{total}] round {} {config:<7} {target:<11} {:>9.0} connects/s{}",
+                        samples.len() + 1,
+                        round + 1,
+                        sample.run.rate(),
+                        if sample.run.errors > 0 {
+                            format!(" ({} connect errors)", sample.run.errors)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    samples.push(sample);
+                }
+                if let Some(warden) = warden {
+                    warden.stop()?;
+                }
+            }
+        }
+        Ok(samples)
+    }
+
+    fn measure_one(
+        &self,
+        config: Config,
+        target: Target,
+        pid: Option<u32>,
+    ) -> anyhow::Result<Sample> {
+        let port = match target {
+            Target::Protected => self.args.protected_port,
+            Target::Unprotected => self.args.unprotected_port,
+        };
+        let before = stats::snapshot(pid)?;
+        let run = load::run_client(&self.netns, &self.xtask, port, self.args.seconds)?;
+        let after = stats::snapshot(pid)?;
+        if run.connects == 0 {
+            bail!("no connect to port {port} succeeded ({config}, {target})");
+        }
+        Ok(Sample {
+            config,
+            target,
+            run,
+            progs: stats::delta(&before, &after),
+        })
+    }
+
+    fn start_daemon(&self, config: Config, round: u32) -> anyhow::Result<Option<Warden>> {
+        let mode = match config {
+            Config::Absent => return Ok(None),
+            Config::Audit => "audit",
+            Config::Enforce => "enforce",
+        };
+        let file = self.dir.path().join(format!("{mode}.toml"));
+        fs::write(&file, self.daemon_config(config))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        let log = self.dir.path().join(format!("{mode}-{}.log", round + 1));
+        let run_dir = self.dir.path().join(format!("run-{mode}-{}", round + 1));
+        Warden::start(&self.bin, &file, &run_dir, &log).map(Some)
+    }
+
+    /// The policy under test. Audit: a rule that matches the bench client, so
+    /// every protected connect is fully identified, matched and reported.
+    /// Enforce: a deny rule for another executable, so connects still succeed
+    /// but take the full identity and matching path.
+    fn daemon_config(&self, config: Config) -> String {
+        let (name, action, exe) = match config {
+            Config::Enforce => ("bench-deny-other", "deny", Path::new("/usr/bin/socat")),
+            _ => ("bench-audit", "audit", self.xtask.as_path()),
+        };
+        format!(
+            "mode = {mode}\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
+             [[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
+            mode = toml_str(&config.to_string()),
+            port = self.args.protected_port,
+            netns = toml_str(&self.netns.path()),
+            name = toml_str(name),
+            action = toml_str(action),
+            exe = toml_str(&exe.to_string_lossy()),
+        )
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A scratch directory for configs, run dirs and daemon logs; removed on drop
+/// unless [`TempDir::keep`] was called (the logs explain failures).
+struct TempDir {
+    path: PathBuf,
+    keep: Cell<bool>,
+}
+
+impl TempDir {
+    fn create(path: PathBuf) -> anyhow::Result<Self> {
+        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self {
+            path,
+            keep: Cell::new(false),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn keep(&self) {
+        self.keep.set(true);
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep.get() {
+            say!("daemon configs and logs kept in {}", self.path.display());
+        } else if let Err(err) = fs::remove_dir_all(&self.path) {
+            say!("warning: cannot remove {}: {err}", self.path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::toml_str;
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_str("a\"b\\c"), r#""a\"b\\c""#);
+        assert_eq!(toml_str("/run/netns/x"), "\"/run/netns/x\"");
+    }
+}

@@ -1,0 +1,140 @@
+//! The daemon under test: started with a generated config, considered up once
+//! it prints `ready` on stderr, stopped with SIGTERM (also on drop).
+
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::proc::{self, say};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Warden {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Warden {
+    /// Starts `bin run --config config --run-dir run_dir`, its stdout and
+    /// stderr going to `log`, and waits until it reports ready.
+    pub fn start(bin: &Path, config: &Path, run_dir: &Path, log: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let mut log_file =
+            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--run-dir")
+            .arg(run_dir)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", proc::display(&cmd)))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let warden = Self {
+            child: Some(child),
+            log: log.to_owned(),
+        };
+
+        // Copy stderr to the log for the daemon's whole life (a full pipe would
+        // block it) and report the first `ready` line.
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log_file, "{line}");
+                if line.contains("ready") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(()) => Ok(warden),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!(
+                    "the daemon exited before it was ready:\n{}",
+                    warden.log_tail()
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                "the daemon did not print `ready` within {} s:\n{}",
+                READY_TIMEOUT.as_secs(),
+                warden.log_tail()
+            ),
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = self.terminate()?;
+        if !status.success() {
+            bail!(
+                "the daemon exited with {status} after SIGTERM:\n{}",
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .context("the daemon was already stopped")?;
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        say!(
+            "the daemon ignored SIGTERM for {} s: killing it",
+            STOP_TIMEOUT.as_secs()
+        );
+        child.kill()?;
+        child.wait()?;
+        bail!(
+            "the daemon did not exit within {} s of SIGTERM",
+            STOP_TIMEOUT.as_secs()
+        )
+    }
+
+    fn log_tail(&self) -> String {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            if let Err(err) = self.terminate() {
+                say!("warning: {err:#}");
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! `cargo xtask test`: everything CI checks, in order: formatting, clippy,
+//! unit tests, then the root integration tests against the release daemon.
+//! Each step runs even when an earlier one failed; a summary ends the run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::{
+    daemon,
+    proc::{self, say},
+    setup,
+};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Only unit tests (and lints): no root integration tests.
+    #[arg(long)]
+    pub unit_only: bool,
+}
+
+struct Step {
+    name: &'static str,
+    elapsed: Duration,
+    result: anyhow::Result<()>,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    setup::toolchain(false)?;
+    setup::test_prerequisites()?;
+
+    let mut steps = Vec::new();
+    let mut step = |name: &'static str, f: &dyn Fn() -> anyhow::Result<()>| {
+        say!("=== {name} ===");
+        let start = Instant::now();
+        let result = f();
+        if let Err(err) = &result {
+            say!("{name} FAILED: {err:#}");
+        }
+        steps.push(Step {
+            name,
+            elapsed: start.elapsed(),
+            result,
+        });
+    };
+
+    if !args.no_lint {
+        step("fmt", &|| {
+            proc::run(proc::cargo().args(["fmt", "--all", "--check"]))
+        });
+        step("clippy", &|| {
+            proc::run(proc::cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        });
+    }
+    step("unit tests", &|| {
+        proc::run(proc::cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "loopwarden-tests",
+            "--exclude",
+            "loopwarden-ebpf",
+        ]))
+    });
+    if !args.unit_only {
+        step("integration tests (root)", &integration);
+    }
+
+    summarize(&steps)
+}
+
+fn integration() -> anyhow::Result<()> {
+    setup::require_root("running the integration tests (they load eBPF programs)")?;
+    let bin = daemon::build(true)?;
+    let bin = bin
+        .canonicalize()
+        .with_context(|| format!("{} was not built", bin.display()))?;
+    proc::run(
+        proc::cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "loopwarden-tests",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("LOOPWARDEN_BIN", &bin),
+    )
+}
+
+fn summarize(steps: &[Step]) -> anyhow::Result<()> {
+    say!("=== summary ===");
+    for step in steps {
+        let verdict = if step.result.is_ok() { "ok" } else { "FAILED" };
+        say!(
+            "  {:<26} {:<6} {:>6.1} s",
+            step.name,
+            verdict,
+            step.elapsed.as_secs_f64()
+        );
+    }
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|step| step.result.is_err())
+        .map(|step| step.name)
+        .collect();
+    if failed.is_empty() {
+        say!("all {} steps passed", steps.len());
+        Ok(())
+    } else {
+        anyhow::bail!("failed: {}", failed.join(", "))
+    }
+}
