@@ -63,6 +63,8 @@ pub mod maps {
 pub mod programs {
     pub const CONNECT4: &str = "lw_connect4";
     pub const CONNECT6: &str = "lw_connect6";
+    /// No-op connect4 program for benchmarks: the cost of measuring.
+    pub const BASELINE4: &str = "lw_baseline4";
 }
 
 /// Name of the global holding [`KernelOffsets`].

@@ -25,7 +25,7 @@ use loopwarden_common::{
 };
 
 use crate::{
-    identity::Task,
+    identity::{self, Task},
     maps::{
         EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM, RULES_EXE,
         RULES_EXE_NAME, RULES_UID, SETTINGS, count, mask,
@@ -112,13 +112,7 @@ fn port_protected(port: u16) -> bool {
 #[inline(always)]
 fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
-    let Some(settings) = SETTINGS.get(0) else {
-        return Ok(ALLOW);
-    };
-    let s: Settings = *settings;
-    if s.flags & flags::ENABLED == 0 {
-        return Ok(ALLOW);
-    }
+    // Cheapest rejections first: most connects on a host are not TCP to loopback.
     // SAFETY: context reads of fields the sock_addr program type may read.
     let (sock_type, protocol) = unsafe {
         (
@@ -130,35 +124,112 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let dst = destination(sa, family);
-    if !dst.loopback {
-        // SAFETY: the value is a plain u8 flag, only tested for presence.
-        let own = s.flags & flags::HOST_ADDRS != 0 && unsafe { HOST_ADDRS.get(dst.addr).is_some() };
-        if !own {
-            return Ok(ALLOW);
-        }
+    // Read single fields in place: the full settings are copied only for a
+    // connect that is actually judged.
+    let Some(settings) = SETTINGS.get(0) else {
+        return Ok(ALLOW);
+    };
+    let policy_flags = settings.flags;
+    if policy_flags & flags::ENABLED == 0 {
+        return Ok(ALLOW);
     }
-    if s.flags & flags::ALL_PORTS == 0 && !port_protected(dst.port) {
+    if !dst.loopback
+        && (policy_flags & flags::HOST_ADDRS == 0
+            // SAFETY: the value is a plain u8 flag, only tested for presence.
+            || unsafe { HOST_ADDRS.get(dst.addr).is_none() })
+    {
+        return Ok(ALLOW);
+    }
+    if policy_flags & flags::ALL_PORTS == 0 && !port_protected(dst.port) {
         return Ok(ALLOW);
     }
     // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: the value is a plain u8 flag, only tested for presence.
-    if s.flags & flags::NETNS_SCOPED != 0 && unsafe { NETNS.get(netns_cookie).is_none() } {
+    if policy_flags & flags::NETNS_SCOPED != 0 && unsafe { NETNS.get(netns_cookie).is_none() } {
         return Ok(ALLOW);
     }
     count(stats::CHECKED);
+    let s: Settings = *settings;
     judge(ctx, &s, &dst, family, netns_cookie)
 }
 
-/// Identity of the caller, gathered once and reused by matching and reporting.
+/// Identity of the caller. Matching reads only what some rule constrains,
+/// cheapest first, and stops as soon as no rule can match; reporting fills in
+/// the rest.
 struct Caller {
     task: Task,
-    pid_tgid: u64,
     uid_gid: u64,
     comm: [u8; COMM_LEN],
+    /// `task->mm->exe_file`, 0 for kernel threads or when unreadable.
+    exe_file: u64,
     exe: ExeKey,
     exe_name: [u8; EXE_NAME_LEN],
     cgroup_id: u64,
+    have_comm: bool,
+    have_exe: bool,
+    have_exe_name: bool,
+}
+
+impl Caller {
+    #[inline(always)]
+    fn new(ctx: &SockAddrContext) -> Self {
+        let task = Task::current();
+        let exe_file = match task.exe_file() {
+            Ok(file) => file,
+            Err(e) => {
+                warn!(
+                    ctx,
+                    "loopwarden: reading the caller's executable failed: {}", e
+                );
+                0
+            }
+        };
+        Self {
+            task,
+            uid_gid: bpf_get_current_uid_gid(),
+            comm: [0; COMM_LEN],
+            exe_file,
+            exe: ExeKey::default(),
+            exe_name: [0; EXE_NAME_LEN],
+            // SAFETY: plain helper call.
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            have_comm: false,
+            have_exe: false,
+            have_exe_name: false,
+        }
+    }
+
+    #[inline(always)]
+    fn comm(&mut self) -> &[u8; COMM_LEN] {
+        if !self.have_comm {
+            self.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+            self.have_comm = true;
+        }
+        &self.comm
+    }
+
+    #[inline(always)]
+    fn exe(&mut self) -> &ExeKey {
+        if !self.have_exe {
+            if self.exe_file != 0 {
+                self.exe = identity::exe_key(self.exe_file).unwrap_or_default();
+            }
+            self.have_exe = true;
+        }
+        &self.exe
+    }
+
+    #[inline(always)]
+    fn exe_name(&mut self) -> &[u8; EXE_NAME_LEN] {
+        if !self.have_exe_name {
+            if self.exe_file != 0 {
+                let _ = identity::exe_name(self.exe_file, &mut self.exe_name);
+            }
+            self.have_exe_name = true;
+        }
+        &self.exe_name
+    }
 }
 
 #[inline(always)]
@@ -169,30 +240,8 @@ fn judge(
     family: u16,
     netns_cookie: u64,
 ) -> Result<i32, i32> {
-    let task = Task::current();
-    let mut exe_name = [0u8; EXE_NAME_LEN];
-    let exe = match task.exe_and_name(&mut exe_name) {
-        Ok(exe) => exe,
-        Err(e) => {
-            warn!(
-                ctx,
-                "loopwarden: reading the executable of the caller failed: {}", e
-            );
-            ExeKey::default()
-        }
-    };
-    let caller = Caller {
-        task,
-        pid_tgid: bpf_get_current_pid_tgid(),
-        uid_gid: bpf_get_current_uid_gid(),
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        exe,
-        exe_name,
-        // SAFETY: plain helper call.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-    };
-
-    let matched = match_rules(s, &caller);
+    let mut caller = Caller::new(ctx);
+    let matched = match_rules(s, &mut caller);
     let rule = if matched == 0 {
         NO_RULE
     } else {
@@ -213,7 +262,7 @@ fn judge(
         return Ok(ALLOW);
     };
 
-    report(ctx, &caller, dst, family, netns_cookie, outcome, rule);
+    report(ctx, &mut caller, dst, family, netns_cookie, outcome, rule);
     if ret == REFUSE {
         count(stats::DENIED);
         if s.deny_errno != EPERM {
@@ -224,14 +273,23 @@ fn judge(
     Ok(ret)
 }
 
-/// Bitmask of the rules that match `caller`.
+/// Bitmask of the rules that match `caller`. An attribute no rule constrains
+/// (every active rule is in its wildcard mask) is not even read.
 #[inline(always)]
-fn match_rules(s: &Settings, c: &Caller) -> u64 {
+fn match_rules(s: &Settings, c: &mut Caller) -> u64 {
     let mut m = s.active;
-    m &= mask(&RULES_UID, &(c.uid_gid as u32)) | s.wild_uid;
-    m &= mask(&RULES_COMM, &c.comm) | s.wild_comm;
-    m &= mask(&RULES_EXE, &c.exe) | s.wild_exe;
-    m &= mask(&RULES_EXE_NAME, &c.exe_name) | s.wild_exe_name;
+    if m & !s.wild_uid != 0 {
+        m &= mask(&RULES_UID, &(c.uid_gid as u32)) | s.wild_uid;
+    }
+    if m & !s.wild_comm != 0 {
+        m &= mask(&RULES_COMM, c.comm()) | s.wild_comm;
+    }
+    if m & !s.wild_exe_name != 0 {
+        m &= mask(&RULES_EXE_NAME, c.exe_name()) | s.wild_exe_name;
+    }
+    if m & !s.wild_exe != 0 {
+        m &= mask(&RULES_EXE, c.exe()) | s.wild_exe;
+    }
     if m & !s.wild_cgroup != 0 {
         m &= cgroup_mask(s.cgroup_levels, c.cgroup_id) | s.wild_cgroup;
     }
@@ -290,7 +348,7 @@ fn ancestor_mask(task: Task) -> u64 {
 #[inline(always)]
 fn report(
     ctx: &SockAddrContext,
-    c: &Caller,
+    c: &mut Caller,
     dst: &Destination,
     family: u16,
     netns_cookie: u64,
@@ -302,17 +360,18 @@ fn report(
         return;
     };
     let parent = c.task.parent().unwrap_or(c.task);
+    let pid_tgid = bpf_get_current_pid_tgid();
     let ev = ConnectEvent {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         // SAFETY: plain helper call on our own context.
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         netns_cookie,
         cgroup_id: c.cgroup_id,
-        exe: c.exe,
+        exe: *c.exe(),
         parent_exe: parent.exe().unwrap_or_default(),
         daddr: dst.addr,
-        tgid: (c.pid_tgid >> 32) as u32,
-        pid: c.pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
         ppid: parent.tgid().unwrap_or(0),
         uid: c.uid_gid as u32,
         gid: (c.uid_gid >> 32) as u32,
@@ -321,8 +380,8 @@ fn report(
         verdict: outcome,
         rule,
         _pad0: [0; 6],
-        comm: c.comm,
-        exe_name: c.exe_name,
+        comm: *c.comm(),
+        exe_name: *c.exe_name(),
     };
     entry.write(ev);
     entry.submit(0);

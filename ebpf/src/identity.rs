@@ -73,7 +73,8 @@ impl Task {
 
     /// `task->mm->exe_file`, 0 for kernel threads.
     #[inline(always)]
-    fn exe_file(self, o: &KernelOffsets) -> Result<u64, i32> {
+    pub fn exe_file(self) -> Result<u64, i32> {
+        let o = LW_OFFSETS.load();
         let mm = read_u64(self.0, o.task_mm)?;
         if mm == 0 {
             return Ok(0);
@@ -84,32 +85,18 @@ impl Task {
     /// Device and inode of the task's executable; zero for kernel threads.
     #[inline(always)]
     pub fn exe(self) -> Result<ExeKey, i32> {
-        let o = LW_OFFSETS.load();
-        let file = self.exe_file(&o)?;
+        let file = self.exe_file()?;
         if file == 0 {
             return Ok(ExeKey::default());
         }
-        exe_key(file, &o)
-    }
-
-    /// Like [`Task::exe`], and the executable's file name into `name`.
-    #[inline(always)]
-    pub fn exe_and_name(self, name: &mut [u8; EXE_NAME_LEN]) -> Result<ExeKey, i32> {
-        let o = LW_OFFSETS.load();
-        let file = self.exe_file(&o)?;
-        if file == 0 {
-            return Ok(ExeKey::default());
-        }
-        let dentry = read_u64(file, o.file_dentry)?;
-        let name_ptr = read_u64(dentry, o.dentry_name)?;
-        // SAFETY: probe_read_kernel_str validates the source; dest is our buffer.
-        unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, name)? };
-        exe_key(file, &o)
+        exe_key(file)
     }
 }
 
+/// Device and inode of an executable `struct file *`.
 #[inline(always)]
-fn exe_key(file: u64, o: &KernelOffsets) -> Result<ExeKey, i32> {
+pub fn exe_key(file: u64) -> Result<ExeKey, i32> {
+    let o = LW_OFFSETS.load();
     let inode = read_u64(file, o.file_inode)?;
     let ino = read_u64(inode, o.inode_ino)?;
     let sb = read_u64(inode, o.inode_sb)?;
@@ -118,4 +105,15 @@ fn exe_key(file: u64, o: &KernelOffsets) -> Result<ExeKey, i32> {
         dev: u64::from(dev),
         ino,
     })
+}
+
+/// The file name (dentry name) of an executable `struct file *` into `name`.
+#[inline(always)]
+pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
+    let o = LW_OFFSETS.load();
+    let dentry = read_u64(file, o.file_dentry)?;
+    let name_ptr = read_u64(dentry, o.dentry_name)?;
+    // SAFETY: probe_read_kernel_str validates the source; dest is our buffer.
+    unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, name)? };
+    Ok(())
 }

@@ -12,6 +12,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod baseline;
 mod connect;
 mod identity;
 mod maps;

@@ -56,25 +56,43 @@ fn verifier_hint(err: &ProgramError) -> String {
     }
 }
 
+/// The programs the daemon runs.
+const ENFORCER: &[&str] = &[programs::CONNECT4, programs::CONNECT6];
+/// The no-op program benchmarks use to measure the cost of measuring.
+const BASELINE: &[&str] = &[programs::BASELINE4];
+
 /// The loaded (not yet attached) programs and their maps.
 pub struct Programs {
     pub ebpf: Ebpf,
+    names: &'static [&'static str],
 }
 
 impl Programs {
     /// Loads the object with the kernel structure offsets patched in, and
     /// verifies both programs. Nothing is attached yet.
     pub fn load(offsets: &KernelOffsets) -> Result<Self, LoaderError> {
+        Self::load_only(offsets, ENFORCER)
+    }
+
+    /// Loads only the no-op baseline program (see `ebpf/src/baseline.rs`).
+    pub fn load_baseline() -> Result<Self, LoaderError> {
+        Self::load_only(&KernelOffsets::default(), BASELINE)
+    }
+
+    fn load_only(
+        offsets: &KernelOffsets,
+        names: &'static [&'static str],
+    ) -> Result<Self, LoaderError> {
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, offsets, true)
             .load(EBPF_OBJECT)
             .map_err(LoaderError::Load)?;
-        for name in [programs::CONNECT4, programs::CONNECT6] {
+        for &name in names {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| LoaderError::Verify { name, source })?;
         }
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, names })
     }
 
     /// Attaches both programs to the cgroup v2 root, so they see every
@@ -86,7 +104,7 @@ impl Programs {
             path: path.clone(),
             source,
         })?;
-        for name in [programs::CONNECT4, programs::CONNECT6] {
+        for &name in self.names {
             // `Single` is the mode bpf_link_create accepts here; links of
             // other programs on the same cgroup still coexist.
             program(&mut self.ebpf, name)?

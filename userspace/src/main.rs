@@ -10,6 +10,7 @@ use loopwarden::{
     config::{Config, DEFAULT_CONFIG_PATH},
     daemon::{self, DEFAULT_RUN_DIR},
     events::LogFormat,
+    loader::Programs,
     policy::{self, Mode},
     resolve::HostResolver,
 };
@@ -64,6 +65,10 @@ enum Command {
     },
     /// List the built-in catalog of tunnels and relays.
     Catalog,
+    /// For benchmarks: attach a no-op connect4 program until SIGINT/SIGTERM,
+    /// so `kernel.bpf_stats_enabled` can measure the cost of measuring.
+    #[command(hide = true)]
+    Baseline,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -134,6 +139,30 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             println!("# {name}: OK");
             print!("{compiled}");
+            Ok(())
+        }
+        Command::Baseline => {
+            let host = compat::check_host()?;
+            let mut programs = Programs::load_baseline()?;
+            programs.attach(&host.cgroup2_root)?;
+            eprintln!(
+                "baseline ready: lw_baseline4 attached to {}",
+                host.cgroup2_root.display()
+            );
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                anyhow::Ok(())
+            })?;
+            drop(programs);
             Ok(())
         }
         Command::Catalog => {
