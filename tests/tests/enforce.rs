@@ -377,3 +377,34 @@ exe_name = "nginx"
         e["verdict"] == "deny" && e["rule"] == "no-proxies"
     });
 }
+
+#[test]
+fn the_hosts_own_addresses_are_protected_when_asked() {
+    let ns = Netns::new();
+    // A non-loopback address of this (test) host: a veth pair inside the namespace.
+    for args in [
+        vec!["link", "add", "lwa", "type", "veth", "peer", "name", "lwb"],
+        vec!["addr", "add", "192.0.2.1/32", "dev", "lwa"],
+        vec!["link", "set", "lwa", "up"],
+        vec!["link", "set", "lwb", "up"],
+    ] {
+        run_ok(Command::new("ip").args(["-n", ns.name()]).args(&args));
+    }
+    let _servers = ns.http_servers();
+    let target = format!("TCP:192.0.2.1:{PROTECTED}");
+    let (ok, stderr) = ns.socat_connect(&target);
+    assert!(ok, "reachable before the daemon: {stderr}");
+
+    let config = format!(
+        "mode = \"enforce\"\n[protect]\nports = [{PROTECTED}]\nnetns = [\"{}\"]\nhost_addresses = true\n",
+        ns.path()
+    );
+    let daemon = Daemon::start(&config);
+    let (ok, stderr) = ns.socat_connect(&target);
+    assert!(!ok, "a relay reached the host's own address");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    daemon.wait_event("deny to the host address", |e| {
+        e["verdict"] == "deny" && e["dst"] == format!("192.0.2.1:{PROTECTED}").as_str()
+    });
+    assert_eq!(ns.curl(&format!("http://192.0.2.1:{PROTECTED}/")), Ok(200));
+}

@@ -35,7 +35,7 @@ use crate::{
     loader::{LoaderError, Programs},
     maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
     policy::{self, CompiledPolicy, Mode, PolicyError},
-    resolve::HostResolver,
+    resolve::{self, HostResolver},
 };
 
 /// Default directory for the instance lock.
@@ -162,42 +162,22 @@ impl InstanceLock {
     }
 }
 
-/// Host addresses (all interfaces, this network namespace) for
-/// `host_addresses = true`.
-fn host_addresses() -> Vec<std::net::IpAddr> {
+/// The host's own non-loopback addresses for `host_addresses = true`: those
+/// of the namespaces the policy is scoped to, or of the daemon's own.
+fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
+    if policy.netns.is_empty() {
+        return resolve::interface_addresses().unwrap_or_else(|e| {
+            warn!("listing this host's addresses failed: {e}");
+            Vec::new()
+        });
+    }
     let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates the list; we free it below.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return out;
-    }
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: `cur` walks the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: the family says which sockaddr type it is.
-            let addr = unsafe {
-                match i32::from((*ifa.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                        Some(std::net::IpAddr::from(
-                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                        ))
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                        Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
-                    }
-                    _ => None,
-                }
-            };
-            out.extend(addr.filter(|a| !a.is_loopback()));
+    for ns in &policy.netns {
+        match resolve::in_netns(Path::new(&ns.path), resolve::interface_addresses) {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => warn!("listing the addresses of {} failed: {e}", ns.path),
         }
-        cur = ifa.ifa_next;
     }
-    // SAFETY: frees the list from getifaddrs exactly once.
-    unsafe { libc::freeifaddrs(ifap) };
     out
 }
 
@@ -229,7 +209,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     };
     if policy.host_addresses {
-        policy_maps.set_host_addresses(&host_addresses())?;
+        policy_maps.set_host_addresses(&host_addresses(&policy))?;
     }
     policy_maps.install(&policy)?;
     programs.attach(&host.cgroup2_root)?;
@@ -405,7 +385,7 @@ impl Installed {
     /// installed and cgroups created since, and refreshes host addresses.
     fn refresh(&mut self, enricher: &mut Enricher) {
         if self.policy.host_addresses {
-            if let Err(e) = self.maps.set_host_addresses(&host_addresses()) {
+            if let Err(e) = self.maps.set_host_addresses(&host_addresses(&self.policy)) {
                 warn!("refreshing host addresses failed: {e}");
             }
         }

@@ -255,6 +255,25 @@ pub fn current_netns_cookie() -> io::Result<u64> {
 /// Enters the namespace in a short-lived thread of its own and reads the
 /// cookie there; the calling thread never changes namespace.
 fn cookie_via_setns(file: File, path: &Path) -> io::Result<u64> {
+    in_netns_file(file, path, current_netns_cookie)
+}
+
+/// Runs `f` in a short-lived thread that has entered the network namespace
+/// at `path`; the calling thread never changes namespace. Needs root.
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let file = File::open(path)
+        .map_err(|e| with_context(e, &format!("opening network namespace {}", path.display())))?;
+    in_netns_file(file, path, f)
+}
+
+fn in_netns_file<T: Send + 'static>(
+    file: File,
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     let shown = path.display().to_string();
     let worker = std::thread::Builder::new()
         .name("lw-netns".into())
@@ -266,13 +285,50 @@ fn cookie_via_setns(file: File, path: &Path) -> io::Result<u64> {
                     &format!("entering network namespace {shown} (needs root)"),
                 ));
             }
-            current_netns_cookie()
+            f()
         })?;
     worker.join().unwrap_or_else(|_| {
         Err(io::Error::other(
             "the network namespace worker thread panicked",
         ))
     })
+}
+
+/// The non-loopback addresses of every interface in the calling thread's
+/// network namespace.
+pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut out = Vec::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates the list; it is freed below.
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        // SAFETY: `cur` walks the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: the family field says which sockaddr type this is.
+            let addr = unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                        Some(std::net::IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                        Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                }
+            };
+            out.extend(addr.filter(|a| !a.is_loopback()));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: frees the list from getifaddrs exactly once.
+    unsafe { libc::freeifaddrs(ifap) };
+    Ok(out)
 }
 
 /// The kernel's key for a file: `sb->s_dev` is `major << 20 | minor`.
