@@ -313,7 +313,7 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra `run` arguments.
     pub fn start_with(config: &str, extra: &[&str]) -> Self {
-        let daemon = Self::spawn(config, extra);
+        let mut daemon = Self::spawn(config, extra);
         daemon.wait_ready();
         daemon
     }
@@ -403,6 +403,33 @@ impl Daemon {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The config file the daemon was started with (tests may rewrite it).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("loopwarden.toml")
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// Waits until the daemon's stderr contains `text` (at least `count` times).
+    pub fn wait_stderr(&self, text: &str, count: usize) {
+        wait_for(
+            &format!("{text:?} on the daemon's stderr"),
+            Duration::from_secs(15),
+            || (self.stderr_text().matches(text).count() >= count).then_some(()),
+        );
+    }
+
+    /// Raw stdout lines so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the exit; returns whether it exited 0.

@@ -147,3 +147,96 @@ fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
     }
     assert_eq!(prog_ids("lw_connect4").len(), before, "nothing was loaded");
 }
+
+#[test]
+fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start(&policy(&ns, "audit", ""));
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    assert!(ns.socat_connect(&target).0, "audit mode lets it through");
+
+    std::fs::write(daemon.config_path(), policy(&ns, "enforce", "")).expect("rewrite");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("policy installed", 1);
+    assert!(!ns.socat_connect(&target).0, "enforcing after the reload");
+
+    // A broken file is reported; enforcement stays as it was.
+    std::fs::write(daemon.config_path(), "mode = \"enforce\"\nnonsense = 1\n").expect("rewrite");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("reload failed, keeping the running policy", 1);
+    assert!(
+        daemon.stderr_text().contains("loopwarden.toml:2:"),
+        "{}",
+        daemon.stderr_text()
+    );
+    assert!(!ns.socat_connect(&target).0, "still enforcing");
+}
+
+#[test]
+fn events_the_ring_buffer_drops_are_counted_and_reported() {
+    let ns = Netns::new();
+    let rule = "[[rule]]\nname = \"py\"\naction = \"deny\"\nexe = \"/usr/bin/python3\"\n";
+    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    // Freeze the reader, flood the 1 MiB ring buffer with refused connects
+    // (160 bytes each), then let the reader go.
+    daemon.signal(libc::SIGSTOP);
+    let script = format!(
+        r#"
+import socket
+refused = 0
+for _ in range(12000):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", {PROTECTED}))
+    except ConnectionRefusedError:
+        refused += 1
+    s.close()
+print(refused)
+"#
+    );
+    let out = run(ns.cmd("/usr/bin/python3").args(["-c", &script]));
+    daemon.signal(libc::SIGCONT);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "12000",
+        "{out:?}"
+    );
+    daemon.wait_stderr("events lost", 1);
+    let reported = daemon.events().len();
+    assert!(
+        reported < 12000,
+        "all {reported} events fit: the test did not overflow the buffer"
+    );
+}
+
+#[test]
+fn human_log_lines_carry_the_whole_identity() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start_with(&policy(&ns, "audit", ""), &["--log-format", "human"]);
+    let _relay = ns.socat_relay(9001, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    assert_eq!(ns.curl("http://127.0.0.1:9001/"), Ok(200));
+    let line = loopwarden_tests::wait_for(
+        "a human audit line",
+        std::time::Duration::from_secs(10),
+        || {
+            daemon
+                .stdout_lines()
+                .into_iter()
+                .find(|l| l.contains("WOULD-DENY"))
+        },
+    );
+    for field in [
+        "rule=catalog:socat",
+        &format!("dst=127.0.0.1:{PROTECTED}"),
+        "uid=0(root)",
+        "comm=socat",
+        "exe=/usr/bin/socat",
+        "cmdline=\"socat TCP-LISTEN:9001",
+        "ppid=",
+        "cgroup=",
+    ] {
+        assert!(line.contains(field), "{field} missing from: {line}");
+    }
+}

@@ -25,7 +25,7 @@ use tracing_subscriber::EnvFilter;
 /// host turns that trust into a remote bypass. loopwarden decides inside
 /// connect(), from the caller's executable, uid, cgroup and ancestry.
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(version, propagate_version = true, args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
