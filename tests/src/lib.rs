@@ -348,23 +348,24 @@ impl Daemon {
         }
     }
 
-    fn wait_ready(&self) {
-        wait_for(
-            "the daemon to report ready",
-            Duration::from_secs(30),
-            || {
-                if self.stderr_text().contains("ready:") {
-                    return Some(());
-                }
-                if let Some(child) = self.child.as_ref() {
-                    // A daemon that died will never be ready: fail with its output.
-                    if !Path::new(&format!("/proc/{}", child.id())).exists() {
-                        panic!("the daemon exited before ready:\n{}", self.stderr_text());
-                    }
-                }
-                None
-            },
-        );
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.stderr_text().contains("ready:") {
+            // A daemon that died will never be ready: fail with its output.
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "the daemon exited ({status}) before ready:\n{}",
+                    self.stderr_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the daemon to report ready:\n{}",
+                self.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Everything the daemon wrote to stderr so far.
