@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: connects per second to a protected and an unprotected
 //! port with the daemon absent, in audit mode and in enforce mode, measured as
 //! interleaved rounds inside a private network namespace; plus each program's
-//! own cost per run from the kernel's BPF statistics.
+//! own cost per run from the kernel's BPF statistics, net of the statistics'
+//! own overhead, calibrated each round with a no-op program
+//! (`loopwarden baseline`).
 
 pub mod load;
 mod netns;
@@ -28,7 +30,7 @@ use crate::{daemon, proc::say, setup};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Rounds of (absent, audit, enforce) × (protected, unprotected).
+    /// Rounds of (absent, baseline, audit, enforce) × (protected, unprotected).
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
     /// Seconds per measurement.
@@ -52,18 +54,26 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Config {
     Absent,
+    /// Calibration: only `loopwarden baseline`'s no-op `lw_baseline4` is
+    /// attached, to measure what the BPF statistics cost by themselves. Not
+    /// part of the rate comparison.
+    Baseline,
     Audit,
     Enforce,
 }
 
 impl Config {
+    /// The configurations compared in the rate table.
     const ALL: [Self; 3] = [Self::Absent, Self::Audit, Self::Enforce];
+    /// Every phase of a round, in the order it runs.
+    const PHASES: [Self; 4] = [Self::Absent, Self::Baseline, Self::Audit, Self::Enforce];
 }
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Self::Absent => "absent",
+            Self::Baseline => "baseline",
             Self::Audit => "audit",
             Self::Enforce => "enforce",
         })
@@ -88,6 +98,8 @@ impl fmt::Display for Target {
 
 /// One measurement: a client run plus the BPF counters that moved meanwhile.
 pub struct Sample {
+    /// 0-based.
+    pub round: u32,
     pub config: Config,
     pub target: Target,
     pub run: ClientRun,
@@ -140,13 +152,39 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .context("cannot find the xtask binary")?;
     catch_signals();
 
+    let loaded_before = stats::snapshot(None)?;
     let bench = Bench::new(args, bin, xtask)?;
     let samples = bench.measure();
     if samples.is_err() {
         bench.dir.keep();
     }
     drop(bench);
+    warn_left_behind(&loaded_before);
     report::print(args, &samples?)
+}
+
+/// Warns about `lw_*` programs that are loaded now but were not before the
+/// bench: a daemon or baseline process that did not clean up. Program
+/// release after exit is asynchronous, so this looks a few times.
+fn warn_left_behind(before: &Snapshot) {
+    let mut left = Vec::new();
+    for _ in 0..10 {
+        let Ok(now) = stats::snapshot(None) else {
+            return;
+        };
+        left = now
+            .into_keys()
+            .filter(|name| !before.contains_key(name))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    say!(
+        "warning: programs still loaded after the bench: {}",
+        left.join(", ")
+    );
 }
 
 /// Everything a bench run sets up, torn down on drop.
@@ -200,7 +238,7 @@ impl<'a> Bench<'a> {
             args.seconds.min(1.0),
         )?;
 
-        let total = args.rounds as usize * Config::ALL.len() * 2;
+        let total = args.rounds as usize * Config::PHASES.len() * 2;
         let mut samples = Vec::with_capacity(total);
         for round in 0..args.rounds {
             // Alternate the order within a pair so neither path always goes first.
@@ -209,15 +247,15 @@ impl<'a> Bench<'a> {
             } else {
                 [Target::Unprotected, Target::Protected]
             };
-            for config in Config::ALL {
+            for config in Config::PHASES {
                 check_interrupted()?;
                 let warden = self.start_daemon(config, round)?;
                 let pid = warden.as_ref().and_then(Warden::pid);
                 for target in targets {
                     check_interrupted()?;
-                    let sample = self.measure_one(config, target, pid)?;
+                    let sample = self.measure_one(round, config, target, pid)?;
                     say!(
-                        "[{}/{total}] round {} {config:<7} {target:<11} {:>9.0} connects/s{}",
+                        "[{}/{total}] round {} {config:<8} {target:<11} {:>9.0} connects/s{}",
                         samples.len() + 1,
                         round + 1,
                         sample.run.rate(),
@@ -239,6 +277,7 @@ impl<'a> Bench<'a> {
 
     fn measure_one(
         &self,
+        round: u32,
         config: Config,
         target: Target,
         pid: Option<u32>,
@@ -254,6 +293,7 @@ impl<'a> Bench<'a> {
             bail!("no connect to port {port} succeeded ({config}, {target})");
         }
         Ok(Sample {
+            round,
             config,
             target,
             run,
@@ -264,6 +304,10 @@ impl<'a> Bench<'a> {
     fn start_daemon(&self, config: Config, round: u32) -> anyhow::Result<Option<Warden>> {
         let mode = match config {
             Config::Absent => return Ok(None),
+            Config::Baseline => {
+                let log = self.dir.path().join(format!("baseline-{}.log", round + 1));
+                return Warden::start_baseline(&self.bin, &log).map(Some);
+            }
             Config::Audit => "audit",
             Config::Enforce => "enforce",
         };

@@ -1,4 +1,5 @@
-//! The daemon under test: started with a generated config, considered up once
+//! The daemon under test: started with a generated config (or as
+//! `loopwarden baseline`, the calibration's no-op program), considered up once
 //! it prints `ready` on stderr, stopped with SIGTERM (also on drop).
 
 use std::{
@@ -20,6 +21,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Warden {
     child: Option<Child>,
     log: PathBuf,
+    /// "the daemon" or "the baseline", for messages.
+    what: &'static str,
 }
 
 impl Warden {
@@ -28,15 +31,28 @@ impl Warden {
     pub fn start(bin: &Path, config: &Path, run_dir: &Path, log: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let mut log_file =
-            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(config)
             .arg("--run-dir")
-            .arg(run_dir)
-            .stdin(Stdio::null())
+            .arg(run_dir);
+        Self::spawn(cmd, log, "the daemon")
+    }
+
+    /// Starts `bin baseline` (a no-op `lw_baseline4` connect4 program at the
+    /// cgroup root), its output going to `log`, and waits until it reports
+    /// `baseline ready`.
+    pub fn start_baseline(bin: &Path, log: &Path) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("baseline");
+        Self::spawn(cmd, log, "the baseline")
+    }
+
+    fn spawn(mut cmd: Command, log: &Path, what: &'static str) -> anyhow::Result<Self> {
+        let mut log_file =
+            File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(Stdio::piped());
         let mut child = cmd
@@ -46,6 +62,7 @@ impl Warden {
         let warden = Self {
             child: Some(child),
             log: log.to_owned(),
+            what,
         };
 
         // Copy stderr to the log for the daemon's whole life (a full pipe would
@@ -66,13 +83,10 @@ impl Warden {
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(()) => Ok(warden),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                bail!(
-                    "the daemon exited before it was ready:\n{}",
-                    warden.log_tail()
-                )
+                bail!("{what} exited before it was ready:\n{}", warden.log_tail())
             }
             Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                "the daemon did not print `ready` within {} s:\n{}",
+                "{what} did not print `ready` within {} s:\n{}",
                 READY_TIMEOUT.as_secs(),
                 warden.log_tail()
             ),
@@ -88,7 +102,8 @@ impl Warden {
         let status = self.terminate()?;
         if !status.success() {
             bail!(
-                "the daemon exited with {status} after SIGTERM:\n{}",
+                "{} exited with {status} after SIGTERM:\n{}",
+                self.what,
                 self.log_tail()
             );
         }
@@ -99,7 +114,7 @@ impl Warden {
         let mut child = self
             .child
             .take()
-            .context("the daemon was already stopped")?;
+            .with_context(|| format!("{} was already stopped", self.what))?;
         let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
         // SAFETY: kill(2) on our own child, which has not been reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -111,13 +126,15 @@ impl Warden {
             std::thread::sleep(Duration::from_millis(50));
         }
         say!(
-            "the daemon ignored SIGTERM for {} s: killing it",
+            "{} ignored SIGTERM for {} s: killing it",
+            self.what,
             STOP_TIMEOUT.as_secs()
         );
         child.kill()?;
         child.wait()?;
         bail!(
-            "the daemon did not exit within {} s of SIGTERM",
+            "{} did not exit within {} s of SIGTERM",
+            self.what,
             STOP_TIMEOUT.as_secs()
         )
     }
