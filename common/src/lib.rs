@@ -220,7 +220,6 @@ pub struct ConnectEvent {
     pub netns_cookie: u64,
     pub cgroup_id: u64,
     pub exe: ExeKey,
-    pub parent_exe: ExeKey,
     pub daddr: Addr,
     /// Thread-group id (the process id userspace sees).
     pub tgid: u32,
@@ -249,7 +248,7 @@ const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);
 const _: () = assert!(core::mem::size_of::<Settings>() == 88);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 144);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);
 const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 

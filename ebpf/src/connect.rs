@@ -7,7 +7,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::bpf_sock_addr,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{
@@ -40,6 +40,8 @@ const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_MPTCP: u32 = 262;
 const EPERM: u32 = 1;
+/// Queued bytes (a quarter of the ring) past which every report wakes the reader.
+const WAKEUP_BACKLOG: u64 = 256 * 1024;
 /// `::ffff:0:0/96` third word, host order.
 const V4_MAPPED_WORD: u32 = 0x0000_ffff;
 
@@ -157,7 +159,8 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
 /// Identity of the caller. Matching reads only what some rule constrains,
 /// cheapest first, and stops as soon as no rule can match; reporting fills in
 /// the rest.
-struct Caller {
+struct Caller<'a> {
+    ctx: &'a SockAddrContext,
     task: Task,
     uid_gid: u64,
     comm: [u8; COMM_LEN],
@@ -171,25 +174,16 @@ struct Caller {
     have_exe_name: bool,
 }
 
-impl Caller {
+impl<'a> Caller<'a> {
     #[inline(always)]
-    fn new(ctx: &SockAddrContext) -> Self {
+    fn new(ctx: &'a SockAddrContext) -> Self {
         let task = Task::current();
-        let exe_file = match task.exe_file() {
-            Ok(file) => file,
-            Err(e) => {
-                warn!(
-                    ctx,
-                    "loopwarden: reading the caller's executable failed: {}", e
-                );
-                0
-            }
-        };
         Self {
+            ctx,
             task,
             uid_gid: bpf_get_current_uid_gid(),
             comm: [0; COMM_LEN],
-            exe_file,
+            exe_file: task.exe_file(),
             exe: ExeKey::default(),
             exe_name: [0; EXE_NAME_LEN],
             // SAFETY: plain helper call.
@@ -213,7 +207,7 @@ impl Caller {
     fn exe(&mut self) -> &ExeKey {
         if !self.have_exe {
             if self.exe_file != 0 {
-                self.exe = identity::exe_key(self.exe_file).unwrap_or_default();
+                self.exe = identity::exe_key(self.exe_file);
             }
             self.have_exe = true;
         }
@@ -224,7 +218,12 @@ impl Caller {
     fn exe_name(&mut self) -> &[u8; EXE_NAME_LEN] {
         if !self.have_exe_name {
             if self.exe_file != 0 {
-                let _ = identity::exe_name(self.exe_file, &mut self.exe_name);
+                if let Err(e) = identity::exe_name(self.exe_file, &mut self.exe_name) {
+                    warn!(
+                        self.ctx,
+                        "loopwarden: reading the caller's executable name failed: {}", e
+                    );
+                }
             }
             self.have_exe_name = true;
         }
@@ -324,25 +323,43 @@ fn ancestor_mask(task: Task) -> u64 {
     let mut m = 0u64;
     let mut cur = task;
     for depth in 0..MAX_ANCESTORS {
-        let Ok(parent) = cur.parent() else { break };
+        let parent = cur.parent();
         if parent.is_null() || parent.same(cur) {
             break;
         }
-        if let Ok(exe) = parent.exe() {
-            // SAFETY: the value is copied out immediately.
-            if let Some(v) = unsafe { RULES_ANCESTOR.get(exe) } {
-                m |= v.ancestor;
-                if depth == 0 {
-                    m |= v.parent;
-                }
+        // SAFETY: the value is copied out immediately.
+        if let Some(v) = unsafe { RULES_ANCESTOR.get(parent.exe()) } {
+            m |= v.ancestor;
+            if depth == 0 {
+                m |= v.parent;
             }
         }
-        match parent.tgid() {
-            Ok(tgid) if tgid > 1 => cur = parent,
-            _ => break,
+        if parent.tgid() <= 1 {
+            break;
         }
+        cur = parent;
     }
     m
+}
+
+/// Waking the reader costs about as much as the rest of the report (an
+/// irq_work per event), so only refusals wake it at once; other reports are
+/// collected by the daemon's periodic drain, except that the record which
+/// takes the backlog past [`WAKEUP_BACKLOG`] wakes it too (once per crossing).
+#[inline(always)]
+fn wakeup_flags(outcome: u8) -> u64 {
+    if outcome == verdict::DENY {
+        // Adaptive: wakes the reader only if it has caught up.
+        return 0;
+    }
+    // Includes the record being submitted (reserved space counts).
+    let queued = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let record = core::mem::size_of::<ConnectEvent>() as u64;
+    if queued >= WAKEUP_BACKLOG && queued < WAKEUP_BACKLOG + 2 * record {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[inline(always)]
@@ -359,7 +376,7 @@ fn report(
         count(stats::DROPPED);
         return;
     };
-    let parent = c.task.parent().unwrap_or(c.task);
+    let parent = c.task.parent();
     let pid_tgid = bpf_get_current_pid_tgid();
     let ev = ConnectEvent {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
@@ -368,11 +385,10 @@ fn report(
         netns_cookie,
         cgroup_id: c.cgroup_id,
         exe: *c.exe(),
-        parent_exe: parent.exe().unwrap_or_default(),
         daddr: dst.addr,
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
-        ppid: parent.tgid().unwrap_or(0),
+        ppid: if parent.is_null() { 0 } else { parent.tgid() },
         uid: c.uid_gid as u32,
         gid: (c.uid_gid >> 32) as u32,
         dport: dst.port,
@@ -384,6 +400,6 @@ fn report(
         exe_name: *c.exe_name(),
     };
     entry.write(ev);
-    entry.submit(0);
+    entry.submit(wakeup_flags(outcome));
     count(stats::REPORTED);
 }

@@ -2,12 +2,18 @@
 //!
 //! aya cannot emit CO-RE relocations, so userspace reads the structure
 //! offsets from the running kernel's BTF and patches them into
-//! [`LW_OFFSETS`] before the programs load. Every read goes through
-//! `bpf_probe_read_kernel`, so a stale pointer yields an error, never a fault.
+//! [`LW_OFFSETS`] before the programs load. That global lives in the frozen,
+//! read-only `.rodata` map, so the verifier knows each offset as a constant:
+//! starting from `bpf_get_current_task_btf()` (a BTF-typed `task_struct *`),
+//! every load below is checked against the kernel's BTF at load time (a wrong
+//! offset fails verification instead of reading garbage) and runs as a
+//! fault-handled direct load, several times cheaper than a
+//! `bpf_probe_read_kernel` call. Only the file name, a string, is copied with
+//! `bpf_probe_read_kernel_str`.
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task_btf},
 };
 use loopwarden_common::{EXE_NAME_LEN, ExeKey, KernelOffsets};
 
@@ -26,27 +32,24 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sb_dev: 0,
 });
 
-/// A `struct task_struct *`.
+/// A `struct task_struct *` as the verifier sees it: BTF-typed.
 #[derive(Clone, Copy)]
 pub struct Task(u64);
 
+/// Loads a field at a load-time-constant offset from a BTF-typed pointer.
+/// A NULL or stale pointer reads as 0 (the load is fault-handled).
 #[inline(always)]
-fn read_u64(base: u64, offset: u32) -> Result<u64, i32> {
-    // SAFETY: probe_read_kernel validates the address; a bad one returns an error.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u64) }
-}
-
-#[inline(always)]
-fn read_u32(base: u64, offset: u32) -> Result<u32, i32> {
-    // SAFETY: as above.
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u32) }
+fn load<T>(base: u64, offset: u32) -> T {
+    // SAFETY: `base` is a BTF-typed kernel pointer; the verifier checks the
+    // access against the kernel's BTF and makes it a fault-handled load.
+    unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast::<T>()) }
 }
 
 impl Task {
     #[inline(always)]
     pub fn current() -> Self {
-        // SAFETY: a plain helper call; the value is only used as an address for probe reads.
-        Self(unsafe { bpf_get_current_task() })
+        // SAFETY: a plain helper call returning the BTF-typed current task.
+        Self(unsafe { bpf_get_current_task_btf() } as u64)
     }
 
     #[inline(always)]
@@ -61,58 +64,56 @@ impl Task {
 
     /// `task->real_parent`.
     #[inline(always)]
-    pub fn parent(self) -> Result<Task, i32> {
-        read_u64(self.0, LW_OFFSETS.load().task_real_parent).map(Task)
+    pub fn parent(self) -> Task {
+        Task(load(self.0, LW_OFFSETS.load().task_real_parent))
     }
 
     /// `task->tgid`.
     #[inline(always)]
-    pub fn tgid(self) -> Result<u32, i32> {
-        read_u32(self.0, LW_OFFSETS.load().task_tgid)
+    pub fn tgid(self) -> u32 {
+        load(self.0, LW_OFFSETS.load().task_tgid)
     }
 
     /// `task->mm->exe_file`, 0 for kernel threads.
     #[inline(always)]
-    pub fn exe_file(self) -> Result<u64, i32> {
+    pub fn exe_file(self) -> u64 {
         let o = LW_OFFSETS.load();
-        let mm = read_u64(self.0, o.task_mm)?;
+        let mm: u64 = load(self.0, o.task_mm);
         if mm == 0 {
-            return Ok(0);
+            return 0;
         }
-        read_u64(mm, o.mm_exe_file)
+        load(mm, o.mm_exe_file)
     }
 
     /// Device and inode of the task's executable; zero for kernel threads.
     #[inline(always)]
-    pub fn exe(self) -> Result<ExeKey, i32> {
-        let file = self.exe_file()?;
-        if file == 0 {
-            return Ok(ExeKey::default());
+    pub fn exe(self) -> ExeKey {
+        match self.exe_file() {
+            0 => ExeKey::default(),
+            file => exe_key(file),
         }
-        exe_key(file)
     }
 }
 
 /// Device and inode of an executable `struct file *`.
 #[inline(always)]
-pub fn exe_key(file: u64) -> Result<ExeKey, i32> {
+pub fn exe_key(file: u64) -> ExeKey {
     let o = LW_OFFSETS.load();
-    let inode = read_u64(file, o.file_inode)?;
-    let ino = read_u64(inode, o.inode_ino)?;
-    let sb = read_u64(inode, o.inode_sb)?;
-    let dev = read_u32(sb, o.sb_dev)?;
-    Ok(ExeKey {
+    let inode: u64 = load(file, o.file_inode);
+    let sb: u64 = load(inode, o.inode_sb);
+    let dev: u32 = load(sb, o.sb_dev);
+    ExeKey {
         dev: u64::from(dev),
-        ino,
-    })
+        ino: load(inode, o.inode_ino),
+    }
 }
 
 /// The file name (dentry name) of an executable `struct file *` into `name`.
 #[inline(always)]
 pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
     let o = LW_OFFSETS.load();
-    let dentry = read_u64(file, o.file_dentry)?;
-    let name_ptr = read_u64(dentry, o.dentry_name)?;
+    let dentry: u64 = load(file, o.file_dentry);
+    let name_ptr: u64 = load(dentry, o.dentry_name);
     // SAFETY: probe_read_kernel_str validates the source; dest is our buffer.
     unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, name)? };
     Ok(())

@@ -42,6 +42,9 @@ use crate::{
 pub const DEFAULT_RUN_DIR: &str = "/run/loopwarden";
 /// How often the policy is re-resolved and kernel counters are read.
 const REFRESH: Duration = Duration::from_secs(5);
+/// How often queued reports are collected: the kernel wakes the daemon at
+/// once only for refusals and for a backlog (see `ebpf/src/connect.rs`).
+const DRAIN: Duration = Duration::from_millis(100);
 
 /// Everything that can stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +245,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
     let mut tick = tokio::time::interval(REFRESH);
+    let mut drain_tick = tokio::time::interval(DRAIN);
     let mut last = Counters::default();
 
     loop {
@@ -256,6 +260,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
+            }
+            _ = drain_tick.tick() => {
+                drain(events.get_mut(), &mut enricher, opts.log_format);
             }
             _ = tick.tick() => {
                 last = report_counters(&stats, last);

@@ -56,8 +56,10 @@ pub struct AuditRecord {
     pub exe_name: String,
     /// The executable's identity as the kernel saw it: `major:minor:inode`.
     pub exe_id: String,
+    /// The parent's executable path and identity, from `/proc/PPID/exe`
+    /// (the kernel reports the parent's pid, read at connect time).
     pub parent_exe: Option<String>,
-    pub parent_exe_id: String,
+    pub parent_exe_id: Option<String>,
     pub cmdline: Option<String>,
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
@@ -106,7 +108,10 @@ impl Enricher {
         // A forked child that did not exec (socat's per-connection child) has
         // its parent's executable: when it is already gone, the parent still
         // tells its path and command line.
-        let forked = ev.exe == ev.parent_exe && ev.exe != ExeKey::default();
+        let parent_id = (ev.ppid != 0)
+            .then(|| file_id(&format!("/proc/{}/exe", ev.ppid)))
+            .flatten();
+        let forked = parent_id == Some(ev.exe) && ev.exe != ExeKey::default();
         let exe = proc_exe(pid, &ev.exe)
             .or_else(|| forked.then(|| proc_exe(ev.ppid, &ev.exe)).flatten())
             .or_else(|| self.cached_exe(&ev.exe));
@@ -134,7 +139,7 @@ impl Enricher {
             exe_name: name_from_fixed(&ev.exe_name),
             exe_id: exe_id(ev.exe.dev, ev.exe.ino),
             parent_exe: proc_link(ev.ppid, "exe"),
-            parent_exe_id: exe_id(ev.parent_exe.dev, ev.parent_exe.ino),
+            parent_exe_id: parent_id.map(|id| exe_id(id.dev, id.ino)),
             cmdline,
             cgroup: proc_cgroup(pid),
             cgroup_id: ev.cgroup_id,
@@ -323,7 +328,6 @@ mod tests {
             netns_cookie: 9,
             cgroup_id: 11,
             exe: ExeKey::from_major_minor(254, 1, 4242),
-            parent_exe: ExeKey::default(),
             daddr: addr_key(&"127.0.0.2".parse().unwrap()),
             tgid: u32::MAX - 1,
             pid: u32::MAX - 1,

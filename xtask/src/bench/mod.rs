@@ -60,13 +60,30 @@ pub enum Config {
     Baseline,
     Audit,
     Enforce,
+    /// Audit mode with a rule matching the bench client: every protected
+    /// connect is reported. The cost of reporting, not a realistic policy.
+    ReportAll,
 }
 
 impl Config {
     /// The configurations compared in the rate table.
-    const ALL: [Self; 3] = [Self::Absent, Self::Audit, Self::Enforce];
+    const ALL: [Self; 4] = [Self::Absent, Self::Audit, Self::Enforce, Self::ReportAll];
     /// Every phase of a round, in the order it runs.
-    const PHASES: [Self; 4] = [Self::Absent, Self::Baseline, Self::Audit, Self::Enforce];
+    const PHASES: [Self; 5] = [
+        Self::Absent,
+        Self::Baseline,
+        Self::Audit,
+        Self::Enforce,
+        Self::ReportAll,
+    ];
+
+    /// The daemon's `--mode`.
+    fn mode(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            _ => "audit",
+        }
+    }
 }
 
 impl fmt::Display for Config {
@@ -76,6 +93,7 @@ impl fmt::Display for Config {
             Self::Baseline => "baseline",
             Self::Audit => "audit",
             Self::Enforce => "enforce",
+            Self::ReportAll => "report-all",
         })
     }
 }
@@ -308,8 +326,7 @@ impl<'a> Bench<'a> {
                 let log = self.dir.path().join(format!("baseline-{}.log", round + 1));
                 return Warden::start_baseline(&self.bin, &log).map(Some);
             }
-            Config::Audit => "audit",
-            Config::Enforce => "enforce",
+            Config::Audit | Config::Enforce | Config::ReportAll => config.to_string(),
         };
         let file = self.dir.path().join(format!("{mode}.toml"));
         fs::write(&file, self.daemon_config(config))
@@ -319,19 +336,20 @@ impl<'a> Bench<'a> {
         Warden::start(&self.bin, &file, &run_dir, &log).map(Some)
     }
 
-    /// The policy under test. Audit: a rule that matches the bench client, so
-    /// every protected connect is fully identified, matched and reported.
-    /// Enforce: a deny rule for another executable, so connects still succeed
-    /// but take the full identity and matching path.
+    /// The policy under test, with the catalog on. Audit and enforce: a deny
+    /// rule for another executable, so connects succeed but take the full
+    /// identity and matching path, as an ordinary client does under a real
+    /// policy. Report-all: an audit rule matching the bench client, so every
+    /// protected connect is also reported.
     fn daemon_config(&self, config: Config) -> String {
         let (name, action, exe) = match config {
-            Config::Enforce => ("bench-deny-other", "deny", Path::new("/usr/bin/socat")),
-            _ => ("bench-audit", "audit", self.xtask.as_path()),
+            Config::ReportAll => ("bench-audit", "audit", self.xtask.as_path()),
+            _ => ("bench-deny-other", "deny", Path::new("/usr/bin/socat")),
         };
         format!(
             "mode = {mode}\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
              [[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
-            mode = toml_str(&config.to_string()),
+            mode = toml_str(config.mode()),
             port = self.args.protected_port,
             netns = toml_str(&self.netns.path()),
             name = toml_str(name),

@@ -92,7 +92,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
     println!();
     println!("connect rate (connect+close per second; median, min..max over rounds)");
     println!(
-        "  {:<8} {:<12} {:>10} {:>21} {:>9}  verdict",
+        "  {:<10} {:<12} {:>10} {:>21} {:>9}  verdict",
         "daemon", "port", "median/s", "min..max", "vs absent"
     );
     for target in TARGETS {
@@ -117,7 +117,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
                 "within noise".to_owned()
             };
             println!(
-                "  {:<8} {:<12} {:>10.0} {:>21} {:>9.3}  {verdict}",
+                "  {:<10} {:<12} {:>10.0} {:>21} {:>9.3}  {verdict}",
                 config,
                 target,
                 rates.median,
@@ -174,7 +174,7 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     let floor = measurement_floor(samples);
     let floor_ns = floor.as_ref().map_or(0.0, |(floor, _)| floor.median);
     println!(
-        "  {:<8} {:<12} {:<16} {:>10} {:>10} {:>12} {:>11} {:>8}  target (net)",
+        "  {:<10} {:<12} {:<16} {:>10} {:>10} {:>12} {:>11} {:>8}  target (net)",
         "daemon",
         "port",
         "program",
@@ -186,7 +186,7 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     );
     let mut seen_any = false;
     let mut idle = BTreeSet::new();
-    for config in [Config::Audit, Config::Enforce] {
+    for config in [Config::Audit, Config::Enforce, Config::ReportAll] {
         for target in TARGETS {
             let Some(rates) = Rates::of(samples, config, target) else {
                 continue;
@@ -213,7 +213,9 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
                 let net = raw - floor_ns;
                 let runs_per_connect = counters.run_cnt as f64 / connects as f64;
                 let per_connect = net * runs_per_connect;
-                let limit = name.starts_with("lw_connect").then_some(match target {
+                // Report-all shows what reporting every connect costs: no target.
+                let judged = name.starts_with("lw_connect") && config != Config::ReportAll;
+                let limit = judged.then_some(match target {
                     Target::Protected => PROTECTED_TARGET_NS,
                     Target::Unprotected => UNPROTECTED_TARGET_NS,
                 });
@@ -229,7 +231,7 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
                     }
                 };
                 println!(
-                    "  {:<8} {:<12} {:<16} {:>10.0} {:>10.0} {:>12.2} {:>11.0} {:>7.2}%  {verdict}",
+                    "  {:<10} {:<12} {:<16} {:>10.0} {:>10.0} {:>12.2} {:>11.0} {:>7.2}%  {verdict}",
                     config,
                     target,
                     name,
