@@ -240,3 +240,41 @@ fn human_log_lines_carry_the_whole_identity() {
         assert!(line.contains(field), "{field} missing from: {line}");
     }
 }
+
+#[test]
+fn sigint_detaches_too() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let mut daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    assert!(!ns.socat_connect(&target).0, "enforcing");
+    daemon.signal(libc::SIGINT);
+    daemon.wait_stderr("detached; exiting", 1);
+    assert!(daemon.stop(), "the daemon exits 0 on SIGINT");
+    assert!(ns.socat_connect(&target).0, "still refused after SIGINT");
+}
+
+#[test]
+fn check_config_prints_the_compiled_policy() {
+    let dir = TempDir::new("goodcfg");
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        "mode = \"enforce\"\n[protect]\nports = [8080, \"9000-9100\"]\n\n[[rule]]\nname = \"py\"\naction = \"deny\"\nexe = \"/usr/bin/python3\"\n",
+    )
+    .expect("config");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("check-config")
+        .arg(&path));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("enforce"), "{stdout}");
+    assert!(stdout.contains("8080, 9000-9100"), "{stdout}");
+    // The exe path is shown with the identity it resolved to.
+    assert!(stdout.contains("exe /usr/bin/python3 (dev "), "{stdout}");
+    assert!(stdout.contains("catalog:socat"), "{stdout}");
+}
