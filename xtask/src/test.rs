@@ -32,6 +32,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::toolchain(false)?;
     setup::test_prerequisites()?;
 
+    let tally = std::cell::RefCell::new(proc::Tally::default());
     let mut steps = Vec::new();
     let mut step = |name: &'static str, f: &dyn Fn() -> anyhow::Result<()>| {
         say!("=== {name} ===");
@@ -63,29 +64,34 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         });
     }
     step("unit tests", &|| {
-        proc::run(proc::cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "loopwarden-tests",
-            "--exclude",
-            "loopwarden-ebpf",
-        ]))
+        proc::run_tests(
+            proc::cargo().args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "loopwarden-tests",
+                "--exclude",
+                "loopwarden-ebpf",
+            ]),
+            &mut tally.borrow_mut(),
+        )
     });
     if !args.unit_only {
-        step("integration tests (root)", &integration);
+        step("integration tests (root)", &|| {
+            integration(&mut tally.borrow_mut())
+        });
     }
 
-    summarize(&steps)
+    summarize(&steps, tally.into_inner())
 }
 
-fn integration() -> anyhow::Result<()> {
+fn integration(tally: &mut proc::Tally) -> anyhow::Result<()> {
     setup::require_root("running the integration tests (they load eBPF programs)")?;
     let bin = daemon::build(true)?;
     let bin = bin
         .canonicalize()
         .with_context(|| format!("{} was not built", bin.display()))?;
-    proc::run(
+    proc::run_tests(
         proc::cargo()
             .args([
                 "test",
@@ -97,10 +103,11 @@ fn integration() -> anyhow::Result<()> {
                 "--test-threads=1",
             ])
             .env("LOOPWARDEN_BIN", &bin),
+        tally,
     )
 }
 
-fn summarize(steps: &[Step]) -> anyhow::Result<()> {
+fn summarize(steps: &[Step], tally: proc::Tally) -> anyhow::Result<()> {
     say!("=== summary ===");
     for step in steps {
         let verdict = if step.result.is_ok() { "ok" } else { "FAILED" };
@@ -116,10 +123,19 @@ fn summarize(steps: &[Step]) -> anyhow::Result<()> {
         .filter(|step| step.result.is_err())
         .map(|step| step.name)
         .collect();
+    // The plain tally, alone on the last line, for whoever reads the log's end.
+    // A step that failed without failing a test (lint, build) counts as one.
+    let failed_count = if tally.failed > 0 {
+        tally.failed
+    } else {
+        failed.len() as u64
+    };
     if failed.is_empty() {
         say!("all {} steps passed", steps.len());
+        println!("xtask: {} passed, {} failed", tally.passed, failed_count);
         Ok(())
     } else {
+        println!("xtask: {} passed, {} failed", tally.passed, failed_count);
         anyhow::bail!("failed: {}", failed.join(", "))
     }
 }
