@@ -80,7 +80,7 @@ fn destination(sa: *const bpf_sock_addr, family: u16) -> Destination {
                     words: [0, 0, V4_MAPPED_WORD.to_be(), ip4],
                 },
                 port,
-                loopback: u32::from_be(ip4) >> 24 == 127,
+                loopback: is_local_v4(u32::from_be(ip4)),
             }
         } else {
             let w = [
@@ -91,9 +91,11 @@ fn destination(sa: *const bpf_sock_addr, family: u16) -> Destination {
             ];
             let high_zero = w[0] == 0 && w[1] == 0;
             let last = u32::from_be(w[3]);
+            // `::1`, `::` (the kernel connects it to `::1`), and the
+            // IPv4-mapped forms of the local IPv4 destinations.
             let loopback = high_zero
-                && ((w[2] == 0 && last == 1)
-                    || (u32::from_be(w[2]) == V4_MAPPED_WORD && last >> 24 == 127));
+                && ((w[2] == 0 && last <= 1)
+                    || (u32::from_be(w[2]) == V4_MAPPED_WORD && is_local_v4(last)));
             Destination {
                 addr: Addr { words: w },
                 port,
@@ -101,6 +103,13 @@ fn destination(sa: *const bpf_sock_addr, family: u16) -> Destination {
             }
         }
     }
+}
+
+/// 127.0.0.0/8, and 0.0.0.0, which the kernel routes to 127.0.0.1 after this
+/// hook has run (`ip_route_connect`): host order.
+#[inline(always)]
+fn is_local_v4(ip: u32) -> bool {
+    ip >> 24 == 127 || ip == 0
 }
 
 #[inline(always)]
@@ -349,8 +358,7 @@ fn ancestor_mask(task: Task) -> u64 {
 #[inline(always)]
 fn wakeup_flags(outcome: u8) -> u64 {
     if outcome == verdict::DENY {
-        // Adaptive: wakes the reader only if it has caught up.
-        return 0;
+        return BPF_RB_FORCE_WAKEUP as u64;
     }
     // Includes the record being submitted (reserved space counts).
     let queued = EVENTS.query(BPF_RB_AVAIL_DATA as u64);

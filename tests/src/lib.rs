@@ -247,7 +247,7 @@ impl Netns {
     pub fn socat_connect(&self, target: &str) -> (bool, String) {
         let out = run(self
             .cmd("socat")
-            .args(["-T", "3", "-u", target, "OPEN:/dev/null"]));
+            .args(["-T", "3", "-u", "OPEN:/dev/null", target]));
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -46,22 +46,29 @@ fn socat_relay_is_refused_while_curl_and_unprotected_ports_work() {
 fn every_loopback_form_is_protected() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
+    // (socat address, destination as reported): the server listens on [::],
+    // so each of these reaches it.
+    let forms = |port: u16| {
+        [
+            ("TCP4:127.0.0.2", "127.0.0.2"),
+            ("TCP6:[::1]", "[::1]"),
+            ("TCP6:[::ffff:127.0.0.1]", "[::ffff:127.0.0.1]"),
+            // The unspecified addresses: the kernel connects them to loopback.
+            ("TCP4:0.0.0.0", "0.0.0.0"),
+            ("TCP6:[::]", "[::]"),
+            ("TCP6:[::ffff:0.0.0.0]", "[::ffff:0.0.0.0]"),
+        ]
+        .map(|(target, dst)| (format!("{target}:{port}"), format!("{dst}:{port}")))
+    };
+    for (target, _) in forms(PROTECTED) {
+        let (ok, stderr) = ns.socat_connect(&target);
+        assert!(
+            ok,
+            "{target} does not reach the service even without loopwarden: {stderr}"
+        );
+    }
     let daemon = Daemon::start(&policy(&ns, "enforce", ""));
-    // The server listens on [::], so every form below reaches it without loopwarden.
-    for (target, dst) in [
-        (
-            format!("TCP4:127.0.0.2:{PROTECTED}"),
-            format!("127.0.0.2:{PROTECTED}"),
-        ),
-        (
-            format!("TCP6:[::1]:{PROTECTED}"),
-            format!("[::1]:{PROTECTED}"),
-        ),
-        (
-            format!("TCP6:[::ffff:127.0.0.1]:{PROTECTED}"),
-            format!("[::ffff:127.0.0.1]:{PROTECTED}"),
-        ),
-    ] {
+    for (target, dst) in forms(PROTECTED) {
         let (ok, stderr) = ns.socat_connect(&target);
         assert!(!ok, "{target} was not refused");
         assert!(stderr.contains("Connection refused"), "{target}: {stderr}");
@@ -70,8 +77,10 @@ fn every_loopback_form_is_protected() {
         });
     }
     // And the same forms are fine for the unprotected port.
-    let (ok, stderr) = ns.socat_connect(&format!("TCP6:[::ffff:127.0.0.1]:{UNPROTECTED}"));
-    assert!(ok, "{stderr}");
+    for (target, _) in forms(UNPROTECTED) {
+        let (ok, stderr) = ns.socat_connect(&target);
+        assert!(ok, "{target}: {stderr}");
+    }
 }
 
 #[test]
