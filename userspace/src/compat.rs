@@ -56,11 +56,17 @@ pub enum CompatError {
         source: std::io::Error,
     },
     #[error(
-        "cgroup v2 is not mounted (no cgroup2 entry in {}): mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup` \
+        "cgroup v2 is not mounted (no cgroup2 mount of the hierarchy's root in {}): mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup` \
          (on hybrid hosts `/sys/fs/cgroup/unified`), or boot with systemd.unified_cgroup_hierarchy=1",
         mountinfo.display()
     )]
     NoCgroup2 { mountinfo: PathBuf },
+    #[error(
+        "loopwarden runs in a cgroup namespace: attached at its root it would judge only the \
+         connects of processes in that namespace's subtree; run it in the host's cgroup namespace \
+         (e.g. outside the container, or with --cgroupns=host)"
+    )]
+    CgroupNamespace,
     #[error(
         "kernel BTF not found at {}: the kernel needs CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.x have it)",
         path.display()
@@ -93,6 +99,9 @@ pub fn check_host() -> Result<Host, CompatError> {
     let cgroup2_root = mountinfo_cgroup2(&mountinfo).ok_or_else(|| CompatError::NoCgroup2 {
         mountinfo: MOUNTINFO.into(),
     })?;
+    if in_child_cgroup_namespace() {
+        return Err(CompatError::CgroupNamespace);
+    }
     let btf_path = PathBuf::from(VMLINUX_BTF);
     require_btf(&btf_path)?;
     let kernel_release = kernel_release().map_err(|source| CompatError::Uname { source })?;
@@ -121,10 +130,10 @@ pub fn find_cgroup2_root() -> Option<PathBuf> {
 }
 
 /// The cgroup v2 mount point in `/proc/PID/mountinfo` text: the first
-/// `cgroup2` mount of the hierarchy's root (root field `/`), else the first
-/// `cgroup2` mount at all (a bind mount of a sub-cgroup).
+/// `cgroup2` mount of the hierarchy's root (root field `/`). A bind mount of
+/// a sub-cgroup is not enough: programs attached there would see only that
+/// subtree.
 pub fn mountinfo_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    let mut fallback = None;
     for line in mountinfo.lines() {
         // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
         let mut fields = line.split_ascii_whitespace();
@@ -134,13 +143,22 @@ pub fn mountinfo_cgroup2(mountinfo: &str) -> Option<PathBuf> {
         if fields.find(|&f| f == "-").is_none() || fields.next() != Some("cgroup2") {
             continue;
         }
-        let mount_point = PathBuf::from(unescape(mount_point));
         if root == "/" {
-            return Some(mount_point);
+            return Some(PathBuf::from(unescape(mount_point)));
         }
-        fallback.get_or_insert(mount_point);
     }
-    fallback
+    None
+}
+
+/// Inode number of the initial cgroup namespace (`PROC_CGROUP_INIT_INO`,
+/// include/linux/proc_ns.h).
+const INIT_CGROUP_NS_INO: u64 = 0xEFFF_FFFB;
+
+/// Whether this process runs in a cgroup namespace other than the host's:
+/// there the cgroup root it can attach to is only its namespace's subtree.
+pub fn in_child_cgroup_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() != INIT_CGROUP_NS_INO)
 }
 
 /// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012`
@@ -290,8 +308,9 @@ mod tests {
             mountinfo_cgroup2(info),
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
+        // A sub-cgroup alone would cover only that subtree: not a root.
         let only_sub = info.lines().next().unwrap();
-        assert_eq!(mountinfo_cgroup2(only_sub), Some(PathBuf::from("/run/x")));
+        assert_eq!(mountinfo_cgroup2(only_sub), None);
     }
 
     #[test]

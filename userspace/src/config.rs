@@ -44,7 +44,7 @@
 
 use std::{collections::HashMap, fmt, ops::Range, path::Path, path::PathBuf};
 
-use loopwarden_common::{COMM_LEN, MAX_RULES};
+use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES};
 use serde::{
     Deserialize, Deserializer,
     de::{self, IntoDeserializer, SeqAccess, Visitor},
@@ -325,6 +325,12 @@ pub enum Problem {
     RelativePath { field: &'static str, path: String },
     #[error("exe_name `{name}` contains `/`: it is the executable's file name; put paths in exe")]
     NotAFileName { name: String },
+    #[error(
+        "exe_name `{name}` is {len} bytes but the kernel compares at most {max}, so it would also \
+         match every name sharing those bytes (match the file with exe instead)",
+        max = EXE_NAME_LEN - 1
+    )]
+    ExeNameTooLong { name: String, len: usize },
     #[error("port {port} is out of range: ports are 1-65535")]
     PortOutOfRange { port: i64 },
     #[error("`{text}` is not a port range: write \"FIRST-LAST\", e.g. \"9000-9100\"")]
@@ -619,6 +625,10 @@ impl Validator<'_> {
             exe_name: self.opt_values("exe_name", raw.exe_name, |name| {
                 if name.contains('/') {
                     return Err(Problem::NotAFileName { name });
+                }
+                if name.len() >= EXE_NAME_LEN {
+                    let len = name.len();
+                    return Err(Problem::ExeNameTooLong { name, len });
                 }
                 non_empty("exe_name", name)
             })?,
@@ -1018,6 +1028,12 @@ uid = 33
         );
         // Exactly 15 bytes is fine.
         parse(&rule("comm = \"fifteen-bytes-x\"")).unwrap();
+        expect_error(
+            &rule(&format!("exe_name = \"{}\"", "x".repeat(32))),
+            6,
+            "is 32 bytes but the kernel compares at most 31",
+        );
+        parse(&rule(&format!("exe_name = \"{}\"", "x".repeat(31)))).unwrap();
         expect_error(
             &rule("exe = [\"/usr/bin/a\",\n  \"bin/socat\"]"),
             7,

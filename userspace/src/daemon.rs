@@ -186,6 +186,13 @@ fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    // Handlers first: a signal during start-up is acted on once ready,
+    // instead of killing the process with its default action.
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
     let host = compat::check_host()?;
     let _lock = InstanceLock::acquire(&opts.run_dir)?;
     let source = Source::pick(opts.config.as_deref());
@@ -238,12 +245,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         config,
         policy,
         maps: policy_maps,
+        refresh_error: None,
     };
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
+    notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
     let mut last = Counters::default();
@@ -266,10 +270,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             }
             _ = tick.tick() => {
                 last = report_counters(&stats, last);
+                // Reports queued under the old rule numbering go out first.
+                drain(events.get_mut(), &mut enricher, opts.log_format);
                 installed.refresh(&mut enricher);
             }
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading {}", installed.source.describe());
+                drain(events.get_mut(), &mut enricher, opts.log_format);
                 installed.reload(&mut enricher);
             }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
@@ -283,6 +290,24 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     drop(programs);
     info!("detached; exiting");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) the programs are attached, if it asked.
+fn notify_systemd_ready() {
+    use std::os::{linux::net::SocketAddrExt as _, unix::net::UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()),
+        None => std::os::unix::net::SocketAddr::from_pathname(&path),
+    };
+    let sent = UnixDatagram::unbound()
+        .and_then(|sock| addr.and_then(|addr| sock.send_to_addr(b"READY=1", &addr)));
+    if let Err(e) = sent {
+        warn!("notifying systemd at {path} failed: {e}");
+    }
 }
 
 type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -357,6 +382,8 @@ struct Installed {
     config: Config,
     policy: CompiledPolicy,
     maps: PolicyMaps,
+    /// The last periodic re-resolution error, reported once until it changes.
+    refresh_error: Option<String>,
 }
 
 impl Installed {
@@ -397,8 +424,21 @@ impl Installed {
             }
         }
         match self.compile(&self.config) {
-            Ok(policy) => self.install(policy, enricher),
-            Err(e) => warn!("re-resolving the policy failed, keeping the installed one: {e}"),
+            Ok(policy) => {
+                if self.refresh_error.take().is_some() {
+                    info!("re-resolving the policy works again");
+                }
+                self.install(policy, enricher);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.refresh_error.as_deref() != Some(message.as_str()) {
+                    warn!(
+                        "re-resolving the policy failed, keeping the installed one (executables upgraded and cgroups created since are not picked up until this is fixed or the config reloaded): {message}"
+                    );
+                    self.refresh_error = Some(message);
+                }
+            }
         }
     }
 
@@ -412,6 +452,17 @@ impl Installed {
             .filter(|w| !self.policy.warnings.contains(w))
         {
             warn!("{warning}");
+        }
+        // The address set first: the flag that makes the kernel read it goes
+        // in with the settings.
+        let addrs = if fresh.host_addresses {
+            host_addresses(&fresh)
+        } else {
+            Vec::new()
+        };
+        if let Err(e) = self.maps.set_host_addresses(&addrs) {
+            error!("updating the host address set failed, keeping the running policy: {e}");
+            return;
         }
         if let Err(e) = self.maps.install(&fresh) {
             error!(
