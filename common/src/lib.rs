@@ -163,6 +163,10 @@ pub struct KernelOffsets {
     pub task_real_parent: u32,
     /// `task_struct.tgid`
     pub task_tgid: u32,
+    /// `task_struct.group_leader`
+    pub task_group_leader: u32,
+    /// `task_struct.start_boottime` (what `/proc/PID/stat` reports as starttime)
+    pub task_start_boottime: u32,
     /// `mm_struct.exe_file`
     pub mm_exe_file: u32,
     /// `file.f_inode`
@@ -218,6 +222,10 @@ pub struct ConnectEvent {
     pub ktime_ns: u64,
     pub socket_cookie: u64,
     pub netns_cookie: u64,
+    /// Start time of the process (thread-group leader), ns since boot
+    /// (CLOCK_BOOTTIME): with the pid, it names the process uniquely, so
+    /// userspace can tell a recycled pid from the caller.
+    pub start_boottime_ns: u64,
     pub cgroup_id: u64,
     pub exe: ExeKey,
     pub daddr: Addr,
@@ -246,9 +254,9 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<Settings>() == 88);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 144);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 152);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);
 const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 

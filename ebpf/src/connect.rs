@@ -391,6 +391,7 @@ fn report(
         // SAFETY: plain helper call on our own context.
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         netns_cookie,
+        start_boottime_ns: c.task.process_start(),
         cgroup_id: c.cgroup_id,
         exe: *c.exe(),
         daddr: dst.addr,

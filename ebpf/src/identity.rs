@@ -23,6 +23,8 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_mm: 0,
     task_real_parent: 0,
     task_tgid: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
     mm_exe_file: 0,
     file_inode: 0,
     file_dentry: 0,
@@ -72,6 +74,14 @@ impl Task {
     #[inline(always)]
     pub fn tgid(self) -> u32 {
         load(self.0, LW_OFFSETS.load().task_tgid)
+    }
+
+    /// `task->group_leader->start_boottime`: when the process started.
+    #[inline(always)]
+    pub fn process_start(self) -> u64 {
+        let o = LW_OFFSETS.load();
+        let leader: u64 = load(self.0, o.task_group_leader);
+        load(leader, o.task_start_boottime)
     }
 
     /// `task->mm->exe_file`, 0 for kernel threads.

@@ -163,6 +163,8 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         task_mm: btf.member_offset("task_struct", "mm")?,
         task_real_parent: btf.member_offset("task_struct", "real_parent")?,
         task_tgid: btf.member_offset("task_struct", "tgid")?,
+        task_group_leader: btf.member_offset("task_struct", "group_leader")?,
+        task_start_boottime: btf.member_offset("task_struct", "start_boottime")?,
         mm_exe_file: btf.member_offset("mm_struct", "exe_file")?,
         file_inode: btf.member_offset("file", "f_inode")?,
         file_dentry: btf.member_offset("file", "f_path.dentry")?,

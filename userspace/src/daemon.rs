@@ -237,7 +237,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let mut events = watch(ring, "watching the event ring buffer")?;
     let mut logger = logger;
-    let mut enricher = Enricher::new(policy.rules.clone());
+    let mut enricher = Enricher::new(policy.rules.clone(), host.cgroup2_root.clone());
     let mut installed = Installed {
         source,
         mode: opts.mode,

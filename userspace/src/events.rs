@@ -12,6 +12,7 @@ use std::{
     fmt::Write as _,
     fs,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
@@ -70,6 +71,9 @@ pub struct AuditRecord {
 /// Turns kernel events into [`AuditRecord`]s.
 pub struct Enricher {
     rules: Vec<RuleInfo>,
+    /// The cgroup v2 mount, to check a `/proc` cgroup path against the id
+    /// the kernel reported.
+    cgroup_root: PathBuf,
     /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
     boot_offset: Duration,
     users: HashMap<u32, Option<String>>,
@@ -79,9 +83,10 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(rules: Vec<RuleInfo>) -> Self {
+    pub fn new(rules: Vec<RuleInfo>, cgroup_root: PathBuf) -> Self {
         Self {
             rules,
+            cgroup_root,
             boot_offset: boot_offset(),
             users: HashMap::new(),
             exes: HashMap::new(),
@@ -105,20 +110,34 @@ impl Enricher {
             .flatten()
             .map(|r| r.name.clone());
         let pid = ev.tgid;
+        // /proc/PID speaks for the caller only while PID is still the same
+        // process (same start time); a recycled pid lends it nothing.
+        let alive = same_process(pid, ev.start_boottime_ns);
         // A forked child that did not exec (socat's per-connection child) has
         // its parent's executable: when it is already gone, the parent still
-        // tells its path and command line.
+        // tells its path, command line and cgroup.
         let parent_id = (ev.ppid != 0)
             .then(|| file_id(&format!("/proc/{}/exe", ev.ppid)))
             .flatten();
         let forked = parent_id == Some(ev.exe) && ev.exe != ExeKey::default();
-        let exe = proc_exe(pid, &ev.exe)
+        let exe = alive
+            .then(|| proc_exe(pid, &ev.exe))
+            .flatten()
             .or_else(|| forked.then(|| proc_exe(ev.ppid, &ev.exe)).flatten())
             .or_else(|| self.cached_exe(&ev.exe));
         if let Some(path) = &exe {
             self.exes.insert(ev.exe, path.clone());
         }
-        let cmdline = proc_cmdline(pid).or_else(|| forked.then(|| proc_cmdline(ev.ppid)).flatten());
+        let cmdline = alive
+            .then(|| proc_cmdline(pid))
+            .flatten()
+            .or_else(|| forked.then(|| proc_cmdline(ev.ppid)).flatten());
+        // The kernel's cgroup id decides which path is right.
+        let cgroup = [alive.then_some(pid), forked.then_some(ev.ppid)]
+            .into_iter()
+            .flatten()
+            .filter_map(proc_cgroup)
+            .find(|path| self.cgroup_id_of(path) == Some(ev.cgroup_id));
         AuditRecord {
             time: humantime::format_rfc3339_millis(
                 SystemTime::UNIX_EPOCH + self.boot_offset + Duration::from_nanos(ev.ktime_ns),
@@ -141,11 +160,18 @@ impl Enricher {
             parent_exe: proc_link(ev.ppid, "exe"),
             parent_exe_id: parent_id.map(|id| exe_id(id.dev, id.ino)),
             cmdline,
-            cgroup: proc_cgroup(pid),
+            cgroup,
             cgroup_id: ev.cgroup_id,
             netns_cookie: ev.netns_cookie,
             socket_cookie: ev.socket_cookie,
         }
+    }
+
+    /// The id (directory inode) of a cgroup v2 path like `/system.slice/x`.
+    fn cgroup_id_of(&self, path: &str) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = self.cgroup_root.join(path.trim_start_matches('/'));
+        fs::metadata(dir).ok().map(|m| m.ino())
     }
 
     /// A path seen earlier for this identity, if it still names the same file.
@@ -275,6 +301,30 @@ fn proc_cgroup(pid: u32) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether `/proc/PID` is still the process that started at `start_ns`
+/// (CLOCK_BOOTTIME), compared the way the kernel reports it: in clock ticks.
+fn same_process(pid: u32, start_ns: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    starttime_ticks(&stat) == Some(start_ns / (1_000_000_000 / clock_ticks()))
+}
+
+/// Field 22 (starttime) of `/proc/PID/stat`; the comm (field 2) may hold
+/// spaces and parentheses, so fields are counted after its closing `)`.
+fn starttime_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        ticks if ticks > 0 => ticks as u64,
+        _ => 100,
+    }
+}
+
 /// Looks a uid up in passwd-format text.
 pub fn user_by_uid(passwd: &str, uid: u32) -> Option<String> {
     passwd.lines().find_map(|line| {
@@ -326,6 +376,7 @@ mod tests {
             ktime_ns: 1,
             socket_cookie: 7,
             netns_cookie: 9,
+            start_boottime_ns: 0,
             cgroup_id: 11,
             exe: ExeKey::from_major_minor(254, 1, 4242),
             daddr: addr_key(&"127.0.0.2".parse().unwrap()),
@@ -345,11 +396,14 @@ mod tests {
     }
 
     fn enricher() -> Enricher {
-        Enricher::new(vec![RuleInfo {
-            name: "catalog:socat".into(),
-            action: Action::Deny,
-            matches: "exe_name in [socat]".into(),
-        }])
+        Enricher::new(
+            vec![RuleInfo {
+                name: "catalog:socat".into(),
+                action: Action::Deny,
+                matches: "exe_name in [socat]".into(),
+            }],
+            PathBuf::from("/nonexistent"),
+        )
     }
 
     #[test]
@@ -387,6 +441,22 @@ mod tests {
         let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/sbin/nologin\n";
         assert_eq!(user_by_uid(passwd, 65534).as_deref(), Some("nobody"));
         assert_eq!(user_by_uid(passwd, 5), None);
+    }
+
+    #[test]
+    fn starttime_is_field_22_even_with_odd_comms() {
+        let stat = "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(starttime_ticks(stat), Some(987654));
+        assert_eq!(starttime_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_recognised_by_its_start_time() {
+        let stat = fs::read_to_string("/proc/self/stat").unwrap();
+        let ticks = starttime_ticks(&stat).unwrap();
+        let ns = ticks * (1_000_000_000 / clock_ticks());
+        assert!(same_process(std::process::id(), ns));
+        assert!(!same_process(std::process::id(), ns + 10_000_000_000));
     }
 
     #[test]
