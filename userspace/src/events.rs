@@ -119,7 +119,7 @@ impl Enricher {
         let parent_id = (ev.ppid != 0)
             .then(|| file_id(&format!("/proc/{}/exe", ev.ppid)))
             .flatten();
-        let forked = parent_id == Some(ev.exe) && ev.exe != ExeKey::default();
+        let forked = ev.exe != ExeKey::default() && proc_exe(ev.ppid, &ev.exe).is_some();
         let exe = alive
             .then(|| proc_exe(pid, &ev.exe))
             .flatten()
@@ -177,7 +177,7 @@ impl Enricher {
     /// A path seen earlier for this identity, if it still names the same file.
     fn cached_exe(&self, id: &ExeKey) -> Option<String> {
         let path = self.exes.get(id)?;
-        (file_id(path).as_ref() == Some(id)).then(|| path.clone())
+        is_file(path, path, id).then(|| path.clone())
     }
 
     fn user_name(&mut self, uid: u32) -> Option<String> {
@@ -260,7 +260,25 @@ fn proc_exe(pid: u32, id: &ExeKey) -> Option<String> {
         return None;
     }
     let path = proc_link(pid, "exe")?;
-    (file_id(&format!("/proc/{pid}/exe")).as_ref() == Some(id)).then_some(path)
+    is_file(&format!("/proc/{pid}/exe"), &path, id).then_some(path)
+}
+
+/// Whether the file reached through `stat_path`, known by the name `path`,
+/// is the one the kernel identified as `id`: by `stat()`, or, where `stat()`
+/// reports another device than the superblock's (btrfs subvolumes), by the
+/// superblock device of the mount holding `path`.
+fn is_file(stat_path: &str, path: &str, id: &ExeKey) -> bool {
+    let Some(seen) = file_id(stat_path) else {
+        return false;
+    };
+    if seen == *id {
+        return true;
+    }
+    seen.ino == id.ino
+        && fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|info| crate::resolve::superblock_dev(&info, std::path::Path::new(path)))
+            .is_some_and(|(major, minor)| ExeKey::from_major_minor(major, minor, seen.ino) == *id)
 }
 
 /// The kernel-encoded identity of the file at `path` (symlinks followed).

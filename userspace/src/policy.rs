@@ -112,6 +112,13 @@ pub struct CompiledPolicy {
 pub trait Resolver {
     /// Device and inode of the file at `path`, following symlinks.
     fn exe(&self, path: &Path) -> std::io::Result<ExeKey>;
+    /// Other keys the kernel may see for the same file: on filesystems whose
+    /// `stat()` device differs from the superblock's `s_dev` (btrfs
+    /// subvolumes), the key with the superblock's device. Matching both is
+    /// safe: each names this file only.
+    fn exe_aliases(&self, _path: &Path) -> Vec<ExeKey> {
+        Vec::new()
+    }
     /// The file name the kernel sees for `path` after following symlinks
     /// (the dentry name), e.g. `/usr/bin/python3` → `python3.11`.
     fn exe_file_name(&self, path: &Path) -> std::io::Result<String>;
@@ -610,9 +617,23 @@ impl Compiler<'_> {
                         path: path.value.clone(),
                         source,
                     })?;
-                Ok((key, format!("{} ({})", path.value.display(), ExeId(key))))
+                let mut keys = vec![(key, format!("{} ({})", path.value.display(), ExeId(key)))];
+                for alias in self.resolver.exe_aliases(&path.value) {
+                    if alias != key {
+                        keys.push((
+                            alias,
+                            format!(
+                                "{} (as the kernel sees it: {})",
+                                path.value.display(),
+                                ExeId(alias)
+                            ),
+                        ));
+                    }
+                }
+                Ok(keys)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|keys| keys.into_iter().flatten().collect())
     }
 
     fn catalog_rule(&mut self, entry: &CatalogEntry) {

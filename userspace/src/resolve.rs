@@ -159,6 +159,29 @@ impl Resolver for HostResolver {
         Ok(exe_key(&meta))
     }
 
+    fn exe_aliases(&self, path: &Path) -> Vec<ExeKey> {
+        let Ok(meta) = fs::metadata(path) else {
+            return Vec::new();
+        };
+        let Ok(real) = fs::canonicalize(path) else {
+            return Vec::new();
+        };
+        let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+            return Vec::new();
+        };
+        match superblock_dev(&mountinfo, &real) {
+            Some((major, minor)) => {
+                let key = ExeKey::from_major_minor(major, minor, meta.ino());
+                if key == exe_key(&meta) {
+                    Vec::new()
+                } else {
+                    vec![key]
+                }
+            }
+            None => Vec::new(),
+        }
+    }
+
     fn exe_file_name(&self, path: &Path) -> io::Result<String> {
         let real = fs::canonicalize(path)?;
         let name = real.file_name().ok_or_else(|| {
@@ -329,6 +352,35 @@ pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
     // SAFETY: frees the list from getifaddrs exactly once.
     unsafe { libc::freeifaddrs(ifap) };
     Ok(out)
+}
+
+/// The superblock device (`major:minor` as mountinfo prints `sb->s_dev`) of
+/// the mount holding `path` (canonical): the longest mount point that is a
+/// prefix of it, the last one listed when several are stacked.
+pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
+    let mut best: Option<(usize, (u64, u64))> = None;
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNT_POINT ...
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(dev), Some(mount_point)) = (fields.nth(2), fields.nth(1)) else {
+            continue;
+        };
+        let Some((major, minor)) = dev.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else {
+            continue;
+        };
+        let mount_point = PathBuf::from(crate::compat::unescape(mount_point));
+        if !path.starts_with(&mount_point) {
+            continue;
+        }
+        let depth = mount_point.components().count();
+        if best.is_none_or(|(d, _)| depth >= d) {
+            best = Some((depth, (major, minor)));
+        }
+    }
+    best.map(|(_, dev)| dev)
 }
 
 /// The kernel's key for a file: `sb->s_dev` is `major << 20 | minor`.
@@ -532,6 +584,41 @@ mod tests {
         assert_eq!(r.cgroup("6").unwrap().level, 6);
         assert_eq!(r.cgroup("7").unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(r.cgroup("1/2/3/4/5/6/7/deep.service").unwrap().level, 8);
+    }
+
+    #[test]
+    fn superblock_dev_takes_the_deepest_and_latest_mount() {
+        let info = "\
+22 1 254:0 / / rw - ext4 /dev/vda rw
+30 22 0:45 / /home rw - btrfs /dev/vdb rw
+31 22 0:46 /@data /srv/data\\040x rw - btrfs /dev/vdb rw
+32 31 0:47 / /srv/data\\040x rw - btrfs /dev/vdb rw
+";
+        assert_eq!(
+            superblock_dev(info, Path::new("/usr/bin/socat")),
+            Some((254, 0))
+        );
+        assert_eq!(
+            superblock_dev(info, Path::new("/home/u/bin/x")),
+            Some((0, 45))
+        );
+        assert_eq!(
+            superblock_dev(info, Path::new("/srv/data x/bin")),
+            Some((0, 47))
+        );
+        // A path prefix that is not a component prefix does not count.
+        assert_eq!(
+            superblock_dev(info, Path::new("/homework/x")),
+            Some((254, 0))
+        );
+    }
+
+    #[test]
+    fn no_alias_where_stat_and_superblock_agree() {
+        // On this host's root filesystem the two devices agree.
+        let r = HostResolver::new(PathBuf::from("/sys/fs/cgroup"));
+        let exe = std::env::current_exe().unwrap();
+        assert!(r.exe_aliases(&exe).is_empty());
     }
 
     #[test]
