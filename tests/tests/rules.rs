@@ -162,3 +162,35 @@ fn a_cgroup_rule_matches_a_unit_and_its_children() {
     );
     let _ = std::fs::remove_dir(&child);
 }
+
+#[test]
+fn an_upgraded_executable_is_picked_up_without_a_reload() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = loopwarden_tests::TempDir::new("upgrade");
+    let relay = dir.path().join("relay");
+    std::fs::copy("/usr/bin/socat", &relay).expect("copy socat");
+    let rule = format!(
+        "[[rule]]\nname = \"relay\"\naction = \"deny\"\nexe = \"{}\"\n",
+        relay.display()
+    );
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
+    let connect = || {
+        let out = run(ns.cmd(relay.to_str().expect("utf-8 path")).args([
+            "-T",
+            "3",
+            "-u",
+            "OPEN:/dev/null",
+            &format!("TCP:127.0.0.1:{PROTECTED}"),
+        ]));
+        out.status.success()
+    };
+    assert!(!connect(), "the relay is refused");
+    // A package upgrade: the new binary replaces the old one (a new inode).
+    let staged = dir.path().join("relay.new");
+    std::fs::copy("/usr/bin/socat", &staged).expect("stage");
+    std::fs::rename(&staged, &relay).expect("replace");
+    // The daemon re-resolves the policy by itself within a few seconds.
+    daemon.wait_stderr("policy installed", 1);
+    assert!(!connect(), "the upgraded relay is refused too");
+}

@@ -387,8 +387,14 @@ struct Installed {
 }
 
 impl Installed {
-    fn compile(&self, config: &Config) -> Result<CompiledPolicy, DaemonError> {
-        let mut policy = policy::compile(config, &self.resolver)?;
+    /// `lenient`: for re-resolving the running config (see
+    /// [`policy::compile_lenient`]); a reload is strict.
+    fn compile(&self, config: &Config, lenient: bool) -> Result<CompiledPolicy, DaemonError> {
+        let mut policy = if lenient {
+            policy::compile_lenient(config, &self.resolver)?
+        } else {
+            policy::compile(config, &self.resolver)?
+        };
         if let Some(mode) = self.mode {
             apply_mode(&mut policy, mode);
         }
@@ -402,7 +408,7 @@ impl Installed {
             .source
             .read()
             .map_err(DaemonError::from)
-            .and_then(|config| Ok((self.compile(&config)?, config)));
+            .and_then(|config| Ok((self.compile(&config, false)?, config)));
         match fresh {
             Ok((policy, config)) => {
                 if policy == self.policy {
@@ -423,7 +429,7 @@ impl Installed {
                 warn!("refreshing host addresses failed: {e}");
             }
         }
-        match self.compile(&self.config) {
+        match self.compile(&self.config, true) {
             Ok(policy) => {
                 if self.refresh_error.take().is_some() {
                     info!("re-resolving the policy works again");

@@ -345,6 +345,26 @@ pub enum PolicyError {
 /// error, except a cgroup, which only warns (units are often not running
 /// yet). Catalog programs that are not installed are simply matched by name.
 pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolicy, PolicyError> {
+    compile_with(config, resolver, false)
+}
+
+/// Like [`compile`], for re-resolving a config that already loaded: a value
+/// that no longer resolves (an executable removed, a user deleted, a network
+/// namespace gone) becomes a warning and matches nothing, instead of failing
+/// the whole policy, so the rest keeps following the system. A rule keeps
+/// constraining that attribute, so it never widens to match everything.
+pub fn compile_lenient(
+    config: &Config,
+    resolver: &dyn Resolver,
+) -> Result<CompiledPolicy, PolicyError> {
+    compile_with(config, resolver, true)
+}
+
+fn compile_with(
+    config: &Config,
+    resolver: &dyn Resolver,
+    lenient: bool,
+) -> Result<CompiledPolicy, PolicyError> {
     let catalog: &[CatalogEntry] = if config.catalog { CATALOG } else { &[] };
     if config.rules.len() + catalog.len() > MAX_RULES {
         return Err(PolicyError::TooManyRules {
@@ -358,6 +378,7 @@ pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolic
     let mut compiler = Compiler {
         file: &config.source,
         resolver,
+        lenient,
         policy: CompiledPolicy {
             mode: config.mode,
             settings: settings(config),
@@ -428,10 +449,27 @@ struct Constrains {
 struct Compiler<'a> {
     file: &'a str,
     resolver: &'a dyn Resolver,
+    /// Unresolvable values warn instead of failing (see [`compile_lenient`]).
+    lenient: bool,
     policy: CompiledPolicy,
 }
 
 impl Compiler<'_> {
+    /// In lenient mode, records `err` as a warning and returns `None`;
+    /// otherwise returns it.
+    fn tolerate<T>(&mut self, result: Result<T, PolicyError>) -> Result<Option<T>, PolicyError> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.lenient => {
+                self.policy.warnings.push(format!(
+                    "{e}; this value matches nothing until it resolves again"
+                ));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn netns(&mut self, paths: &[Located<PathBuf>]) -> Result<(), PolicyError> {
         for path in paths {
             let cookie = self
@@ -442,7 +480,10 @@ impl Compiler<'_> {
                     at: path.at,
                     path: path.value.clone(),
                     source,
-                })?;
+                });
+            let Some(cookie) = self.tolerate(cookie)? else {
+                continue;
+            };
             self.policy.netns.push(Netns {
                 path: path.value.display().to_string(),
                 cookie,
@@ -504,7 +545,10 @@ impl Compiler<'_> {
                     at: user.at,
                     rule: rule.name.clone(),
                     user: user.value.clone(),
-                })?;
+                });
+            let Some(uid) = self.tolerate(uid)? else {
+                continue;
+            };
             uids.push((uid, format!("{uid} (user {})", user.value)));
         }
         let mut cgroups = Vec::with_capacity(c.cgroup.len());
@@ -598,25 +642,31 @@ impl Compiler<'_> {
 
     /// Resolves executable paths to keys, with a description of each.
     fn exes(
-        &self,
+        &mut self,
         rule: &Rule,
         field: &'static str,
         paths: &[Located<PathBuf>],
     ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
-        paths
-            .iter()
-            .map(|path| {
-                let key = self
-                    .resolver
-                    .exe(&path.value)
-                    .map_err(|source| PolicyError::Exe {
-                        file: self.file.to_owned(),
-                        at: path.at,
-                        rule: rule.name.clone(),
-                        field,
-                        path: path.value.clone(),
-                        source,
-                    })?;
+        let mut resolved = Vec::with_capacity(paths.len());
+        for path in paths {
+            let key = self
+                .resolver
+                .exe(&path.value)
+                .map_err(|source| PolicyError::Exe {
+                    file: self.file.to_owned(),
+                    at: path.at,
+                    rule: rule.name.clone(),
+                    field,
+                    path: path.value.clone(),
+                    source,
+                });
+            if let Some(key) = self.tolerate(key)? {
+                resolved.push((path, key));
+            }
+        }
+        resolved
+            .into_iter()
+            .map(|(path, key)| {
                 let mut keys = vec![(key, format!("{} ({})", path.value.display(), ExeId(key)))];
                 for alias in self.resolver.exe_aliases(&path.value) {
                     if alias != key {
@@ -1236,6 +1286,25 @@ comm = "x"
         let err = compile(&config(text), &host()).unwrap_err().to_string();
         assert!(err.starts_with("test.toml:2:29:"), "{err}");
         assert!(err.contains("/run/netns/red"), "{err}");
+    }
+
+    #[test]
+    fn lenient_recompile_drops_vanished_values_without_widening_the_rule() {
+        let text = "catalog = false\n[protect]\nnetns = [\"/run/netns/blue\", \"/run/netns/red\"]\n\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/gone\"]\n\n[[rule]]\nname = \"nobody\"\naction = \"deny\"\nuser = \"mallory\"\n";
+        assert!(compile(&config(text), &host()).is_err());
+        let policy = compile_lenient(&config(text), &host()).unwrap();
+        assert_eq!(policy.warnings.len(), 3, "{:?}", policy.warnings);
+        assert!(policy.warnings.iter().any(|w| w.contains("/usr/bin/gone")));
+        // Still scoped (to the namespace that exists), still two rules.
+        assert_ne!(policy.settings.flags & flags::NETNS_SCOPED, 0);
+        assert_eq!(policy.netns.len(), 1);
+        assert_eq!(policy.settings.active, 0b11);
+        // Rule 0 keeps its resolvable exe; rule 1 constrains uid with no
+        // value left, so it matches nobody instead of everybody.
+        assert_eq!(policy.exe.len(), 1);
+        assert_eq!(policy.settings.wild_exe & 0b01, 0);
+        assert_eq!(policy.settings.wild_uid & 0b10, 0);
+        assert!(policy.uid.is_empty());
     }
 
     #[test]
