@@ -495,6 +495,11 @@ pub fn policy(ns: &Netns, mode: &str, extra: &str) -> String {
     )
 }
 
+/// One `[[rule]]` table: `criterion = "value"`.
+pub fn rule(name: &str, action: &str, criterion: &str, value: &str) -> String {
+    format!("[[rule]]\nname = \"{name}\"\naction = \"{action}\"\n{criterion} = \"{value}\"\n")
+}
+
 /// Ids of loaded programs named `name` (from `bpftool`).
 pub fn prog_ids(name: &str) -> Vec<u64> {
     let out = run(Command::new("bpftool").args(["-j", "prog", "show"]));

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, loopwarden_bin, policy, prog_ids, run};
+use loopwarden_tests::{
+    Daemon, Netns, PROTECTED, TempDir, loopwarden_bin, policy, prog_ids, rule, run,
+};
 
 #[test]
 fn audit_mode_lets_the_relay_through_and_reports_exe_and_uid() {
@@ -176,8 +178,8 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
 #[test]
 fn events_the_ring_buffer_drops_are_counted_and_reported() {
     let ns = Netns::new();
-    let rule = "[[rule]]\nname = \"py\"\naction = \"deny\"\nexe = \"/usr/bin/python3\"\n";
-    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     // Freeze the reader, flood the 1 MiB ring buffer with refused connects
     // (160 bytes each), then let the reader go.
     daemon.signal(libc::SIGSTOP);

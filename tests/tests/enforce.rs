@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, UNPROTECTED, policy, run_ok};
+use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, UNPROTECTED, policy, rule, run_ok};
 use serde_json::Value;
 
 fn is_deny_by(exe_name: &'static str) -> impl Fn(&Value) -> bool {
@@ -102,13 +102,8 @@ fn a_relay_started_before_the_daemon_is_refused() {
 fn a_process_that_renamed_itself_is_matched_by_its_executable() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let rule = r#"
-[[rule]]
-name = "python-relay"
-action = "deny"
-exe = "/usr/bin/python3"
-"#;
-    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    let rule = rule("python-relay", "deny", "exe", "/usr/bin/python3");
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     // Renames itself to "curl" (an allowed client) before connecting.
     let script = format!(
         r#"
@@ -374,13 +369,8 @@ fn a_reverse_proxy_is_reported_by_the_catalog_and_refused_by_a_user_rule() {
     }
 
     // A user rule comes before the catalog: first match wins.
-    let rule = r#"
-[[rule]]
-name = "no-proxies"
-action = "deny"
-exe_name = "nginx"
-"#;
-    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    let rule = rule("no-proxies", "deny", "exe_name", "nginx");
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     assert_eq!(ns.curl("http://127.0.0.1:9004/"), Ok(502));
     daemon.wait_event("deny of nginx by the user rule", |e| {
         e["verdict"] == "deny" && e["rule"] == "no-proxies"

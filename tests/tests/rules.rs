@@ -1,7 +1,7 @@
 //! User rules on uid, cgroup and ancestry, judged in the kernel at connect
 //! time against real processes.
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, policy, run};
+use loopwarden_tests::{Daemon, Netns, PROTECTED, policy, rule, run};
 
 fn curl_url() -> String {
     format!("http://127.0.0.1:{PROTECTED}/")
@@ -11,13 +11,8 @@ fn curl_url() -> String {
 fn a_user_rule_refuses_one_uid_only() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let rule = r#"
-[[rule]]
-name = "no-nobody"
-action = "deny"
-user = "nobody"
-"#;
-    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    let rule = rule("no-nobody", "deny", "user", "nobody");
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     let as_nobody = run(ns.cmd("setpriv").args([
         "--reuid",
         "65534",
@@ -45,13 +40,13 @@ user = "nobody"
 fn an_ancestor_rule_catches_children_of_a_relay() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let rule = r#"
-[[rule]]
-name = "spawned-by-python"
-action = "deny"
-ancestor_exe = "/usr/bin/python3"
-"#;
-    let daemon = Daemon::start(&policy(&ns, "enforce", rule));
+    let rule = rule(
+        "spawned-by-python",
+        "deny",
+        "ancestor_exe",
+        "/usr/bin/python3",
+    );
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     // python3 -> sh -> curl: python is the grandparent.
     let script = format!(
         "import subprocess, sys; sys.exit(subprocess.run(['sh', '-c', 'curl -sS -o /dev/null --max-time 5 {}']).returncode)",
@@ -126,10 +121,7 @@ fn a_cgroup_rule_matches_a_unit_and_its_children() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let cg = TestCgroup::new();
-    let rule = format!(
-        "[[rule]]\nname = \"unit\"\naction = \"deny\"\ncgroup = \"{}\"\n",
-        cg.name
-    );
+    let rule = rule("unit", "deny", "cgroup", &cg.name);
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     // A child cgroup below the unit, as services often create.
     let child = cg.path.join("worker");
@@ -170,10 +162,7 @@ fn an_upgraded_executable_is_picked_up_without_a_reload() {
     let dir = loopwarden_tests::TempDir::new("upgrade");
     let relay = dir.path().join("relay");
     std::fs::copy("/usr/bin/socat", &relay).expect("copy socat");
-    let rule = format!(
-        "[[rule]]\nname = \"relay\"\naction = \"deny\"\nexe = \"{}\"\n",
-        relay.display()
-    );
+    let rule = rule("relay", "deny", "exe", &relay.display().to_string());
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     let connect = || {
         let out = run(ns.cmd(relay.to_str().expect("utf-8 path")).args([

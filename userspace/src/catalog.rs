@@ -42,17 +42,26 @@ pub fn entry_for_rule(rule_name: &str) -> Option<&'static CatalogEntry> {
     CATALOG.iter().find(|entry| entry.name == name)
 }
 
-const fn deny(
+const fn entry(
     name: &'static str,
     exe_names: &'static [&'static str],
+    action: Action,
     why: &'static str,
 ) -> CatalogEntry {
     CatalogEntry {
         name,
         exe_names,
-        action: Action::Deny,
+        action,
         why,
     }
+}
+
+const fn deny(
+    name: &'static str,
+    exe_names: &'static [&'static str],
+    why: &'static str,
+) -> CatalogEntry {
+    entry(name, exe_names, Action::Deny, why)
 }
 
 const fn audit(
@@ -60,12 +69,7 @@ const fn audit(
     exe_names: &'static [&'static str],
     why: &'static str,
 ) -> CatalogEntry {
-    CatalogEntry {
-        name,
-        exe_names,
-        action: Action::Audit,
-        why,
-    }
+    entry(name, exe_names, Action::Audit, why)
 }
 
 /// The built-in rules, in the order they are tried.
