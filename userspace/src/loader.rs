@@ -88,9 +88,18 @@ impl Programs {
             .load(EBPF_OBJECT)
             .map_err(LoaderError::Load)?;
         for &name in names {
-            program(&mut ebpf, name)?
-                .load()
+            let prog = program(&mut ebpf, name)?;
+            prog.load()
                 .map_err(|source| LoaderError::Verify { name, source })?;
+            // How much of the verifier's budget (1M instructions) it took:
+            // the margin that matters on older kernels with weaker pruning.
+            if let Some(count) = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                tracing::debug!("{name}: verified after {count} instructions");
+            }
         }
         Ok(Self { ebpf, names })
     }

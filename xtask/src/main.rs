@@ -8,6 +8,7 @@ mod daemon;
 mod proc;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -37,6 +38,9 @@ enum Command {
     Test(test::TestArgs),
     /// Connect rates and per-program BPF cost: daemon absent vs audit vs enforce.
     Bench(bench::BenchArgs),
+    /// Boot Debian's stock 6.1/6.12 kernels under QEMU and check the release
+    /// binary loads, attaches and enforces there.
+    VmTest(vm::VmTestArgs),
     /// Bench helper: accept and immediately close on each port (runs inside the bench netns).
     #[command(hide = true)]
     BenchServer(bench::load::ServerArgs),
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Run(args) => daemon::run_cmd(&args),
         Command::Test(args) => test::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::VmTest(args) => vm::run(&args),
         Command::BenchServer(args) => bench::load::server(&args),
         Command::BenchClient(args) => bench::load::client(&args),
     };
