@@ -20,6 +20,9 @@ pub const MAX_RULES: usize = 64;
 pub const MAX_ANCESTORS: usize = 8;
 /// Deepest cgroup level (root = 0) a cgroup rule may name.
 pub const MAX_CGROUP_LEVEL: usize = 31;
+/// How many distinct cgroup levels the rules of one policy may name (each is
+/// one ancestor lookup per judged connect).
+pub const MAX_CGROUP_LEVELS_USED: usize = 4;
 /// `TASK_COMM_LEN` in the kernel.
 pub const COMM_LEN: usize = 16;
 /// Bytes of the executable's file name (its dentry name) the kernel copies.
@@ -246,7 +249,8 @@ pub struct ConnectEvent {
     pub verdict: u8,
     /// Index of the matched rule, or [`NO_RULE`].
     pub rule: u8,
-    pub _pad0: [u8; 6],
+    pub _pad0: u16,
+    pub _pad1: u32,
     pub comm: [u8; COMM_LEN],
     pub exe_name: [u8; EXE_NAME_LEN],
 }

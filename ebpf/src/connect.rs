@@ -9,18 +9,17 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
-            bpf_get_socket_cookie, bpf_set_retval,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval,
         },
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use aya_log_ebpf::warn;
 use loopwarden_common::{
-    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVEL, NO_RULE,
+    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, NO_RULE,
     Settings, flags, stats, verdict,
 };
 
@@ -165,81 +164,8 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     judge(ctx, &s, &dst, family, netns_cookie)
 }
 
-/// Identity of the caller. Matching reads only what some rule constrains,
-/// cheapest first, and stops as soon as no rule can match; reporting fills in
-/// the rest.
-struct Caller<'a> {
-    ctx: &'a SockAddrContext,
-    task: Task,
-    uid_gid: u64,
-    comm: [u8; COMM_LEN],
-    /// `task->mm->exe_file`, 0 for kernel threads or when unreadable.
-    exe_file: u64,
-    exe: ExeKey,
-    exe_name: [u8; EXE_NAME_LEN],
-    cgroup_id: u64,
-    have_comm: bool,
-    have_exe: bool,
-    have_exe_name: bool,
-}
-
-impl<'a> Caller<'a> {
-    #[inline(always)]
-    fn new(ctx: &'a SockAddrContext) -> Self {
-        let task = Task::current();
-        Self {
-            ctx,
-            task,
-            uid_gid: bpf_get_current_uid_gid(),
-            comm: [0; COMM_LEN],
-            exe_file: task.exe_file(),
-            exe: ExeKey::default(),
-            exe_name: [0; EXE_NAME_LEN],
-            // SAFETY: plain helper call.
-            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-            have_comm: false,
-            have_exe: false,
-            have_exe_name: false,
-        }
-    }
-
-    #[inline(always)]
-    fn comm(&mut self) -> &[u8; COMM_LEN] {
-        if !self.have_comm {
-            self.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-            self.have_comm = true;
-        }
-        &self.comm
-    }
-
-    #[inline(always)]
-    fn exe(&mut self) -> &ExeKey {
-        if !self.have_exe {
-            if self.exe_file != 0 {
-                self.exe = identity::exe_key(self.exe_file);
-            }
-            self.have_exe = true;
-        }
-        &self.exe
-    }
-
-    #[inline(always)]
-    fn exe_name(&mut self) -> &[u8; EXE_NAME_LEN] {
-        if !self.have_exe_name {
-            if self.exe_file != 0 {
-                if let Err(e) = identity::exe_name(self.exe_file, &mut self.exe_name) {
-                    warn!(
-                        self.ctx,
-                        "loopwarden: reading the caller's executable name failed: {}", e
-                    );
-                }
-            }
-            self.have_exe_name = true;
-        }
-        &self.exe_name
-    }
-}
-
+/// Judges a connect to a protected destination: match, then report and
+/// refuse as the matched rule says.
 #[inline(always)]
 fn judge(
     ctx: &SockAddrContext,
@@ -248,8 +174,10 @@ fn judge(
     family: u16,
     netns_cookie: u64,
 ) -> Result<i32, i32> {
-    let mut caller = Caller::new(ctx);
-    let matched = match_rules(s, &mut caller);
+    let task = Task::current();
+    // NULL for kernel threads: every read through it then yields 0.
+    let exe_file = task.exe_file();
+    let matched = match_rules(s, task, exe_file);
     let rule = if matched == 0 {
         NO_RULE
     } else {
@@ -270,7 +198,16 @@ fn judge(
         return Ok(ALLOW);
     };
 
-    report(ctx, &mut caller, dst, family, netns_cookie, outcome, rule);
+    report(
+        ctx,
+        task,
+        exe_file,
+        dst,
+        family,
+        netns_cookie,
+        outcome,
+        rule,
+    );
     if ret == REFUSE {
         count(stats::DENIED);
         if s.deny_errno != EPERM {
@@ -281,72 +218,124 @@ fn judge(
     Ok(ret)
 }
 
-/// Bitmask of the rules that match `caller`. An attribute no rule constrains
-/// (every active rule is in its wildcard mask) is not even read.
+/// Bitmask of the rules that match the caller. An attribute no rule
+/// constrains (every active rule is in its wildcard mask) is not even read;
+/// cheap attributes go first, so a connect no rule can match stops early.
+/// Nothing is cached between steps: fewer branches keep the verifier's work
+/// (and so the oldest supported kernels' budget) small.
 #[inline(always)]
-fn match_rules(s: &Settings, c: &mut Caller) -> u64 {
+fn match_rules(s: &Settings, task: Task, exe_file: u64) -> u64 {
     let mut m = s.active;
     if m & !s.wild_uid != 0 {
-        m &= mask(&RULES_UID, &(c.uid_gid as u32)) | s.wild_uid;
+        let uid = bpf_get_current_uid_gid() as u32;
+        m &= mask(&RULES_UID, &uid) | s.wild_uid;
     }
     if m & !s.wild_comm != 0 {
-        m &= mask(&RULES_COMM, c.comm()) | s.wild_comm;
+        let comm = Comm::current();
+        m &= mask(&RULES_COMM, comm.bytes()) | s.wild_comm;
     }
     if m & !s.wild_exe_name != 0 {
-        m &= mask(&RULES_EXE_NAME, c.exe_name()) | s.wild_exe_name;
+        let name = ExeName::of(exe_file);
+        m &= mask(&RULES_EXE_NAME, name.bytes()) | s.wild_exe_name;
     }
     if m & !s.wild_exe != 0 {
-        m &= mask(&RULES_EXE, c.exe()) | s.wild_exe;
+        m &= mask(&RULES_EXE, &identity::exe_key(exe_file)) | s.wild_exe;
     }
     if m & !s.wild_cgroup != 0 {
-        m &= cgroup_mask(s.cgroup_levels, c.cgroup_id) | s.wild_cgroup;
+        m &= cgroup_mask(s.cgroup_levels) | s.wild_cgroup;
     }
     if m & !s.wild_ancestor != 0 && s.flags & flags::ANCESTORS != 0 {
-        m &= ancestor_mask(c.task) | s.wild_ancestor;
+        m &= ancestor_mask(task) | s.wild_ancestor;
     }
     m
 }
 
-/// Rules naming the caller's cgroup or one of its ancestors. Only the levels at
-/// which some rule names a cgroup are looked at.
+/// A comm, zeroed with word stores (a byte array would be zeroed by a
+/// `memset` subprogram the verifier walks byte by byte at every call site).
+#[repr(C)]
+struct Comm([u64; COMM_LEN / 8]);
+
+impl Comm {
+    #[inline(always)]
+    fn current() -> Self {
+        let mut comm = Comm([0; COMM_LEN / 8]);
+        // SAFETY: the helper writes at most COMM_LEN bytes (NUL-padded) into
+        // our buffer; on failure it zeroes it.
+        unsafe { bpf_get_current_comm(comm.0.as_mut_ptr().cast(), COMM_LEN as u32) };
+        comm
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; COMM_LEN] {
+        // SAFETY: same size, u8 has no alignment requirement.
+        unsafe { &*self.0.as_ptr().cast::<[u8; COMM_LEN]>() }
+    }
+}
+
+/// An executable's file name, zeroed with word stores like [`Comm`].
+#[repr(C)]
+struct ExeName([u64; EXE_NAME_LEN / 8]);
+
+impl ExeName {
+    #[inline(always)]
+    fn of(exe_file: u64) -> Self {
+        let mut name = ExeName([0; EXE_NAME_LEN / 8]);
+        // A failed read leaves the name empty, which no rule names.
+        // SAFETY: as for Comm::bytes.
+        let _ = identity::exe_name(exe_file, unsafe {
+            &mut *name.0.as_mut_ptr().cast::<[u8; EXE_NAME_LEN]>()
+        });
+        name
+    }
+
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; EXE_NAME_LEN] {
+        // SAFETY: same size, u8 has no alignment requirement.
+        unsafe { &*self.0.as_ptr().cast::<[u8; EXE_NAME_LEN]>() }
+    }
+}
+
+/// Rules naming one of the caller's cgroup ancestors (or its own cgroup) at
+/// the levels some rule names a cgroup at: at most
+/// [`MAX_CGROUP_LEVELS_USED`] distinct levels (userspace enforces it).
 #[inline(always)]
-fn cgroup_mask(levels: u32, own: u64) -> u64 {
-    let mut m = mask(&RULES_CGROUP, &own);
-    for level in 0..=MAX_CGROUP_LEVEL {
-        if levels >> level & 1 == 1 {
-            // SAFETY: plain helper call; 0 means the caller is above `level`.
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-            if id == 0 {
-                break;
-            }
-            m |= mask(&RULES_CGROUP, &id);
+fn cgroup_mask(levels: u32) -> u64 {
+    let mut m = 0u64;
+    let mut left = levels;
+    for _ in 0..MAX_CGROUP_LEVELS_USED {
+        if left == 0 {
+            break;
         }
+        let level = left.trailing_zeros();
+        left &= left - 1;
+        // SAFETY: plain helper call; 0 means the caller is above `level`.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        m |= mask(&RULES_CGROUP, &id);
     }
     m
 }
 
 /// Rules naming the caller's parent (as parent or ancestor) or an earlier
-/// ancestor's executable.
+/// ancestor's executable, up to [`MAX_ANCESTORS`] generations.
 #[inline(always)]
 fn ancestor_mask(task: Task) -> u64 {
-    let mut m = 0u64;
-    let mut cur = task;
-    for depth in 0..MAX_ANCESTORS {
-        let parent = cur.parent();
-        if parent.is_null() || parent.same(cur) {
+    let parent = task.parent();
+    // SAFETY: the value is copied out immediately.
+    let mut m = match unsafe { RULES_ANCESTOR.get(parent.exe()) } {
+        Some(v) => v.parent | v.ancestor,
+        None => 0,
+    };
+    let mut cur = parent;
+    for _ in 1..MAX_ANCESTORS {
+        // Stop at init (tgid 1) or a NULL parent (reads as 0).
+        if cur.tgid() <= 1 {
             break;
         }
+        cur = cur.parent();
         // SAFETY: the value is copied out immediately.
-        if let Some(v) = unsafe { RULES_ANCESTOR.get(parent.exe()) } {
+        if let Some(v) = unsafe { RULES_ANCESTOR.get(cur.exe()) } {
             m |= v.ancestor;
-            if depth == 0 {
-                m |= v.parent;
-            }
         }
-        if parent.tgid() <= 1 {
-            break;
-        }
-        cur = parent;
     }
     m
 }
@@ -370,10 +359,14 @@ fn wakeup_flags(outcome: u8) -> u64 {
     }
 }
 
+/// Writes the event straight into the ring buffer, every field (the reserved
+/// memory is not zeroed), so no stack copy of it is built.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn report(
     ctx: &SockAddrContext,
-    c: &mut Caller,
+    task: Task,
+    exe_file: u64,
     dst: &Destination,
     family: u16,
     netns_cookie: u64,
@@ -384,31 +377,37 @@ fn report(
         count(stats::DROPPED);
         return;
     };
-    let parent = c.task.parent();
+    let ev = entry.as_mut_ptr();
+    let parent = task.parent();
     let pid_tgid = bpf_get_current_pid_tgid();
-    let ev = ConnectEvent {
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        // SAFETY: plain helper call on our own context.
-        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        netns_cookie,
-        start_boottime_ns: c.task.process_start(),
-        cgroup_id: c.cgroup_id,
-        exe: *c.exe(),
-        daddr: dst.addr,
-        tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        ppid: if parent.is_null() { 0 } else { parent.tgid() },
-        uid: c.uid_gid as u32,
-        gid: (c.uid_gid >> 32) as u32,
-        dport: dst.port,
-        family,
-        verdict: outcome,
-        rule,
-        _pad0: [0; 6],
-        comm: *c.comm(),
-        exe_name: *c.exe_name(),
-    };
-    entry.write(ev);
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record
+    // of the right size; fields are written through raw pointers.
+    unsafe {
+        (*ev).ktime_ns = bpf_ktime_get_ns();
+        (*ev).socket_cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        (*ev).netns_cookie = netns_cookie;
+        (*ev).start_boottime_ns = task.process_start();
+        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).exe = identity::exe_key(exe_file);
+        (*ev).daddr = dst.addr;
+        (*ev).tgid = (pid_tgid >> 32) as u32;
+        (*ev).pid = pid_tgid as u32;
+        (*ev).ppid = parent.tgid();
+        (*ev).uid = uid_gid as u32;
+        (*ev).gid = (uid_gid >> 32) as u32;
+        (*ev).dport = dst.port;
+        (*ev).family = family;
+        (*ev).verdict = outcome;
+        (*ev).rule = rule;
+        (*ev)._pad0 = 0;
+        (*ev)._pad1 = 0;
+        bpf_get_current_comm((*ev).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        let name = (*ev).exe_name.as_mut_ptr();
+        name.cast::<[u64; EXE_NAME_LEN / 8]>()
+            .write_unaligned([0; EXE_NAME_LEN / 8]);
+        let _ = identity::exe_name(exe_file, &mut *name.cast::<[u8; EXE_NAME_LEN]>());
+    }
     entry.submit(wakeup_flags(outcome));
     count(stats::REPORTED);
 }

@@ -54,16 +54,6 @@ impl Task {
         Self(unsafe { bpf_get_current_task_btf() } as u64)
     }
 
-    #[inline(always)]
-    pub fn is_null(self) -> bool {
-        self.0 == 0
-    }
-
-    #[inline(always)]
-    pub fn same(self, other: Task) -> bool {
-        self.0 == other.0
-    }
-
     /// `task->real_parent`.
     #[inline(always)]
     pub fn parent(self) -> Task {
@@ -84,24 +74,19 @@ impl Task {
         load(leader, o.task_start_boottime)
     }
 
-    /// `task->mm->exe_file`, 0 for kernel threads.
+    /// `task->mm->exe_file`; 0 for kernel threads (whose `mm` is NULL: the
+    /// fault-handled load through it reads 0).
     #[inline(always)]
     pub fn exe_file(self) -> u64 {
         let o = LW_OFFSETS.load();
         let mm: u64 = load(self.0, o.task_mm);
-        if mm == 0 {
-            return 0;
-        }
         load(mm, o.mm_exe_file)
     }
 
     /// Device and inode of the task's executable; zero for kernel threads.
     #[inline(always)]
     pub fn exe(self) -> ExeKey {
-        match self.exe_file() {
-            0 => ExeKey::default(),
-            file => exe_key(file),
-        }
+        exe_key(self.exe_file())
     }
 }
 

@@ -407,7 +407,8 @@ mod tests {
             family: 2,
             verdict: verdict::DENY,
             rule: 0,
-            _pad0: [0; 6],
+            _pad0: 0,
+            _pad1: 0,
             comm,
             exe_name,
         }

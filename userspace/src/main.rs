@@ -93,6 +93,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("LOOPWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

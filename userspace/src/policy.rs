@@ -10,8 +10,8 @@ use std::{
 };
 
 use loopwarden_common::{
-    AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_CGROUP_LEVEL, MAX_RULES, PORT_WORDS,
-    Settings, flags,
+    AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED,
+    MAX_RULES, PORT_WORDS, Settings, flags,
 };
 
 use crate::{
@@ -337,6 +337,19 @@ pub enum PolicyError {
         level: u32,
         max: usize,
     },
+    #[error(
+        "{file}:{at}: rule `{rule}`: cgroup `{cgroup}` is at level {level}, but the policy's cgroup \
+         rules may name cgroups at no more than {max} different levels (the kernel looks one up per \
+         level for every judged connect)"
+    )]
+    CgroupLevels {
+        file: String,
+        at: Location,
+        rule: String,
+        cgroup: String,
+        level: u32,
+        max: usize,
+    },
 }
 
 /// Compiles a validated config into map contents: the user's rules in file
@@ -552,8 +565,28 @@ impl Compiler<'_> {
             uids.push((uid, format!("{uid} (user {})", user.value)));
         }
         let mut cgroups = Vec::with_capacity(c.cgroup.len());
+        let mut levels = self.policy.settings.cgroup_levels;
         for cgroup in &c.cgroup {
             match self.resolver.cgroup(&cgroup.value) {
+                Ok(id)
+                    if id.level as usize <= MAX_CGROUP_LEVEL
+                        && (levels | 1 << id.level).count_ones() as usize
+                            > MAX_CGROUP_LEVELS_USED =>
+                {
+                    let err = Err(PolicyError::CgroupLevels {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.name.clone(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVELS_USED,
+                    });
+                    self.tolerate::<()>(err)?;
+                    cgroups.push((
+                        None,
+                        format!("{} (level {} over the limit)", cgroup.value, id.level),
+                    ));
+                }
                 Ok(id) if id.level as usize > MAX_CGROUP_LEVEL => {
                     return Err(PolicyError::CgroupTooDeep {
                         file: self.file.to_owned(),
@@ -564,10 +597,13 @@ impl Compiler<'_> {
                         max: MAX_CGROUP_LEVEL,
                     });
                 }
-                Ok(id) => cgroups.push((
-                    Some(id),
-                    format!("{} (id {}, level {})", cgroup.value, id.id, id.level),
-                )),
+                Ok(id) => {
+                    levels |= 1 << id.level;
+                    cgroups.push((
+                        Some(id),
+                        format!("{} (id {}, level {})", cgroup.value, id.id, id.level),
+                    ));
+                }
                 Err(e) => {
                     self.policy.warnings.push(format!(
                         "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
@@ -900,6 +936,39 @@ mod tests {
         );
         r.netns.insert(PathBuf::from("/run/netns/blue"), 4096);
         r
+    }
+
+    #[test]
+    fn cgroup_rules_may_name_at_most_four_levels() {
+        let mut r = host();
+        for level in 1..=5u32 {
+            r.cgroups.insert(
+                format!("l{level}"),
+                CgroupId {
+                    id: 100 + u64::from(level),
+                    level,
+                },
+            );
+        }
+        let rules = |n: u32| {
+            (1..=n)
+                .map(|l| {
+                    format!("[[rule]]\nname = \"r{l}\"\naction = \"deny\"\ncgroup = \"l{l}\"\n")
+                })
+                .collect::<String>()
+        };
+        let policy = compile(&config(&format!("catalog = false\n{}", rules(4))), &r).unwrap();
+        assert_eq!(policy.settings.cgroup_levels, 0b11110);
+        let err = compile(&config(&format!("catalog = false\n{}", rules(5))), &r)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rule `r5`"), "{err}");
+        assert!(err.contains("no more than 4 different levels"), "{err}");
+        // Re-resolution keeps going, with that value matching nothing.
+        let policy =
+            compile_lenient(&config(&format!("catalog = false\n{}", rules(5))), &r).unwrap();
+        assert_eq!(policy.settings.cgroup_levels.count_ones(), 4);
+        assert_eq!(policy.settings.wild_cgroup, 0);
     }
 
     #[test]
