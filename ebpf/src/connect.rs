@@ -18,6 +18,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
+use aya_log_ebpf::{debug, warn};
 use loopwarden_common::{
     Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, NO_RULE,
     Settings, flags, stats, verdict,
@@ -210,6 +211,14 @@ fn judge(
     );
     if ret == REFUSE {
         count(stats::DENIED);
+        // Off unless the daemon runs with debug logging (AYA_LOG_LEVEL).
+        debug!(
+            ctx,
+            "refused: pid {} to port {} by rule {}",
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+            dst.port,
+            rule
+        );
         if s.deny_errno != EPERM {
             // SAFETY: plain helper call; the negative errno replaces EPERM.
             unsafe { bpf_set_retval(-(s.deny_errno as i32)) };
@@ -375,6 +384,13 @@ fn report(
 ) {
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count(stats::DROPPED);
+        // The diagnostics buffer is separate, so this can still get through.
+        warn!(
+            ctx,
+            "event ring buffer full: report of pid {} to port {} dropped",
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+            dst.port
+        );
         return;
     };
     let ev = entry.as_mut_ptr();

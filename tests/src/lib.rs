@@ -318,8 +318,19 @@ impl Daemon {
         daemon
     }
 
+    /// Like [`Daemon::start`], with debug logging (kernel-side debug records too).
+    pub fn start_debug(config: &str) -> Self {
+        let mut daemon = Self::spawn_with_log(config, &[], "debug");
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Starts the daemon without waiting for it.
     pub fn spawn(config: &str, extra: &[&str]) -> Self {
+        Self::spawn_with_log(config, extra, "info")
+    }
+
+    fn spawn_with_log(config: &str, extra: &[&str], log: &str) -> Self {
         require_root();
         let dir = TempDir::new("daemon");
         let config_path = dir.path().join("loopwarden.toml");
@@ -331,7 +342,7 @@ impl Daemon {
             .args(["--log-format", "json", "--run-dir"])
             .arg(dir.path().join("run"))
             .args(extra)
-            .env("LOOPWARDEN_LOG", "info")
+            .env("LOOPWARDEN_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

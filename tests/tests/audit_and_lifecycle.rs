@@ -280,3 +280,18 @@ fn check_config_prints_the_compiled_policy() {
     assert!(stdout.contains("exe /usr/bin/python3 (dev "), "{stdout}");
     assert!(stdout.contains("catalog:socat"), "{stdout}");
 }
+
+#[test]
+fn kernel_diagnostics_reach_the_daemon_log_through_aya_log() {
+    let ns = Netns::new();
+    let daemon = Daemon::start_debug(&policy(&ns, "enforce", ""));
+    assert!(
+        daemon.stderr_text().contains("verified after"),
+        "{}",
+        daemon.stderr_text()
+    );
+    let (ok, _) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(!ok);
+    // Written by the kernel program with aya-log's debug!, printed by the daemon.
+    daemon.wait_stderr(&format!("to port {PROTECTED} by rule"), 1);
+}

@@ -267,6 +267,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             }
             _ = drain_tick.tick() => {
                 drain(events.get_mut(), &mut enricher, opts.log_format);
+                if let Some(logger) = logger.as_mut() {
+                    logger.get_mut().flush();
+                }
             }
             _ = tick.tick() => {
                 last = report_counters(&stats, last);

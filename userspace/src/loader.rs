@@ -83,8 +83,11 @@ impl Programs {
         offsets: &KernelOffsets,
         names: &'static [&'static str],
     ) -> Result<Self, LoaderError> {
+        let log_level = kernel_log_level();
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, offsets, true)
+            // Kernel-side aya-log calls below this level cost one compare.
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
             .load(EBPF_OBJECT)
             .map_err(LoaderError::Load)?;
         for &name in names {
@@ -125,6 +128,19 @@ impl Programs {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// The most verbose aya-log level (aya_log_common::Level: 1 error .. 5 trace)
+/// the programs emit: as verbose as this process's own log filter.
+fn kernel_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 5,
+        LevelFilter::DEBUG => 4,
+        LevelFilter::INFO => 3,
+        LevelFilter::WARN => 2,
+        _ => 1,
     }
 }
 
