@@ -28,6 +28,10 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of the executable's file name (its dentry name) the kernel copies.
 /// Longer names are truncated to `EXE_NAME_LEN - 1` bytes on both sides.
 pub const EXE_NAME_LEN: usize = 32;
+/// Capacity of each rule-value map (`LW_RULES_*`) and of `LW_HOST_ADDRS`.
+pub const MAX_MAP_ENTRIES: u32 = 1024;
+/// Capacity of `LW_NETNS`.
+pub const MAX_NETNS: u32 = 256;
 /// Entries of the protected-port bitmap: 65536 ports / 64 bits per entry.
 pub const PORT_WORDS: u32 = 1024;
 

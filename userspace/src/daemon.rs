@@ -455,6 +455,10 @@ impl Installed {
         if fresh == self.policy {
             return;
         }
+        if let Err(e) = crate::maps::check_fits(&fresh) {
+            error!("keeping the running policy: {e}");
+            return;
+        }
         for warning in fresh
             .warnings
             .iter()

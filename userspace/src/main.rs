@@ -135,6 +135,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let cgroup_root =
                 compat::find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
             let compiled = policy::compile(&config, &HostResolver::new(cgroup_root))?;
+            loopwarden::maps::check_fits(&compiled)?;
             for warning in &compiled.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }

@@ -14,7 +14,8 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, PORT_WORDS, Settings, maps, stats,
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS,
+    Settings, maps, stats,
 };
 
 use crate::policy::{CompiledPolicy, Ports};
@@ -29,6 +30,15 @@ pub enum MapsError {
         name: &'static str,
         #[source]
         source: MapError,
+    },
+    #[error(
+        "the policy needs {needed} entries in map {name}, which holds {capacity}: use fewer values \
+         (nothing was changed)"
+    )]
+    TooLarge {
+        name: &'static str,
+        needed: usize,
+        capacity: u32,
     },
     #[error("updating map {name} failed")]
     Update {
@@ -109,6 +119,7 @@ impl PolicyMaps {
     /// Writes `policy` into the maps; the settings entry (which switches the
     /// policy on) goes last.
     pub fn install(&mut self, policy: &CompiledPolicy) -> Result<(), MapsError> {
+        check_fits(policy)?;
         let words: Vec<u64> = match &policy.ports {
             Ports::All => vec![u64::MAX; PORT_WORDS as usize],
             Ports::Some(words) => words.to_vec(),
@@ -135,6 +146,13 @@ impl PolicyMaps {
     /// Replaces the host-address set (protected when the policy asks).
     pub fn set_host_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), MapsError> {
         let want: BTreeMap<Addr, u8> = addrs.iter().map(|a| (addr_key(a), 1)).collect();
+        if want.len() > MAX_MAP_ENTRIES as usize {
+            return Err(MapsError::TooLarge {
+                name: maps::HOST_ADDRS,
+                needed: want.len(),
+                capacity: MAX_MAP_ENTRIES,
+            });
+        }
         sync_hash(&mut self.host_addrs, maps::HOST_ADDRS, &want)
     }
 
@@ -151,6 +169,30 @@ impl PolicyMaps {
                 source,
             })
     }
+}
+
+/// Fails, before anything is written, if a map could not hold its share of
+/// the policy: an install never stops half-way for lack of room.
+pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
+    let sizes = [
+        (maps::NETNS, policy.netns.len(), MAX_NETNS),
+        (maps::RULES_EXE, policy.exe.len(), MAX_MAP_ENTRIES),
+        (maps::RULES_EXE_NAME, policy.exe_name.len(), MAX_MAP_ENTRIES),
+        (maps::RULES_COMM, policy.comm.len(), MAX_MAP_ENTRIES),
+        (maps::RULES_UID, policy.uid.len(), MAX_MAP_ENTRIES),
+        (maps::RULES_CGROUP, policy.cgroup.len(), MAX_MAP_ENTRIES),
+        (maps::RULES_ANCESTOR, policy.ancestor.len(), MAX_MAP_ENTRIES),
+    ];
+    for (name, needed, capacity) in sizes {
+        if needed > capacity as usize {
+            return Err(MapsError::TooLarge {
+                name,
+                needed,
+                capacity,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The kernel-side form of an address: IPv6 words as they sit in memory
@@ -233,6 +275,21 @@ mod tests {
             addr_from_key(&key),
             Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()
         );
+    }
+
+    #[test]
+    fn a_policy_larger_than_a_map_is_refused_before_any_write() {
+        use crate::{config::Config, policy::compile, resolve::HostResolver};
+        let uids: Vec<String> = (0..=MAX_MAP_ENTRIES).map(|u| u.to_string()).collect();
+        let text = format!(
+            "catalog = false\n[[rule]]\nname = \"many\"\naction = \"deny\"\nuid = [{}]\n",
+            uids.join(", ")
+        );
+        let config = Config::from_str_named(&text, "big.toml").unwrap();
+        let policy = compile(&config, &HostResolver::new("/nonexistent".into())).unwrap();
+        let err = check_fits(&policy).unwrap_err().to_string();
+        assert!(err.contains("1025 entries in map LW_RULES_UID"), "{err}");
+        assert!(err.contains("holds 1024"), "{err}");
     }
 
     #[test]
