@@ -295,3 +295,19 @@ fn kernel_diagnostics_reach_the_daemon_log_through_aya_log() {
     // Written by the kernel program with aya-log's debug!, printed by the daemon.
     daemon.wait_stderr(&format!("to port {PROTECTED} by rule"), 1);
 }
+
+#[test]
+fn log_allowed_reports_every_protected_connect() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start(&format!(
+        "log_allowed = true\n{}",
+        policy(&ns, "enforce", "")
+    ));
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+    let ev = daemon.wait_event("an allow record for curl", |e| {
+        e["verdict"] == "allow" && e["comm"] == "curl"
+    });
+    assert_eq!(ev["rule"], serde_json::Value::Null);
+    assert_eq!(ev["exe_name"], "curl");
+}
