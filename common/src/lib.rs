@@ -12,6 +12,11 @@
 //! of rules that accept that value. Rules that do not constrain an attribute
 //! are in that attribute's "wildcard" mask in [`Settings`]. The matching rules
 //! are the AND over all attributes; the first match is the lowest set bit.
+//!
+//! Policies are installed by generation: every policy entry is keyed (or
+//! indexed) by a generation number, userspace writes a complete new
+//! generation beside the running one and then switches `LW_GENERATION` with
+//! one 4-byte write, so a connect is always judged by one whole policy.
 #![no_std]
 
 /// Most rules a policy can hold: one bit each in a `u64` mask.
@@ -28,37 +33,42 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of the executable's file name (its dentry name) the kernel copies.
 /// Longer names are truncated to `EXE_NAME_LEN - 1` bytes on both sides.
 pub const EXE_NAME_LEN: usize = 32;
-/// Capacity of each rule-value map (`LW_RULES_*`) and of `LW_HOST_ADDRS`.
+/// Policy generations kept side by side: the one in force and the next.
+pub const GENERATIONS: u32 = 2;
+/// Entries one policy may put in each rule-value map (`LW_RULES_*`), and
+/// capacity of `LW_HOST_ADDRS`.
 pub const MAX_MAP_ENTRIES: u32 = 1024;
-/// Capacity of `LW_NETNS`.
+/// Network namespaces one policy may be scoped to.
 pub const MAX_NETNS: u32 = 256;
 /// Entries of the protected-port bitmap: 65536 ports / 64 bits per entry.
 pub const PORT_WORDS: u32 = 1024;
 
 /// Map names, shared so userspace never spells one differently.
 pub mod maps {
-    /// `Array<Settings>`, one entry.
+    /// `Array<u32>`, one entry: the generation in force (0 or 1).
+    pub const GENERATION: &str = "LW_GENERATION";
+    /// `Array<Settings>`, one entry per generation.
     pub const SETTINGS: &str = "LW_SETTINGS";
-    /// `Array<u64>` of [`super::PORT_WORDS`]: bit `p % 64` of entry `p / 64` set
-    /// when destination port `p` is protected.
+    /// `Array<u64>` of [`super::PORT_WORDS`] per generation: bit `p % 64` of
+    /// entry `generation * PORT_WORDS + p / 64` set when port `p` is protected.
     pub const PORTS: &str = "LW_PORTS";
-    /// `HashMap<u64, u8>`: network namespace cookies the policy applies in,
-    /// consulted when [`super::flags::NETNS_SCOPED`] is set.
+    /// `HashMap<GenKey<u64>, u8>`: network namespace cookies the policy
+    /// applies in, consulted when [`super::flags::NETNS_SCOPED`] is set.
     pub const NETNS: &str = "LW_NETNS";
     /// `HashMap<Addr, u8>`: the host's own non-loopback addresses, consulted
     /// when [`super::flags::HOST_ADDRS`] is set.
     pub const HOST_ADDRS: &str = "LW_HOST_ADDRS";
-    /// `HashMap<ExeKey, u64>`: rules by executable identity.
+    /// `HashMap<GenKey<ExeKey>, u64>`: rules by executable identity.
     pub const RULES_EXE: &str = "LW_RULES_EXE";
-    /// `HashMap<[u8; EXE_NAME_LEN], u64>`: rules by executable file name.
+    /// `HashMap<GenKey<[u8; EXE_NAME_LEN]>, u64>`: rules by executable file name.
     pub const RULES_EXE_NAME: &str = "LW_RULES_EXE_NAME";
-    /// `HashMap<[u8; COMM_LEN], u64>`: rules by comm.
+    /// `HashMap<GenKey<[u8; COMM_LEN]>, u64>`: rules by comm.
     pub const RULES_COMM: &str = "LW_RULES_COMM";
-    /// `HashMap<u32, u64>`: rules by uid.
+    /// `HashMap<GenKey<u32>, u64>`: rules by uid.
     pub const RULES_UID: &str = "LW_RULES_UID";
-    /// `HashMap<u64, u64>`: rules by cgroup id (the task's cgroup or an ancestor).
+    /// `HashMap<GenKey<u64>, u64>`: rules by cgroup id (the task's cgroup or an ancestor).
     pub const RULES_CGROUP: &str = "LW_RULES_CGROUP";
-    /// `HashMap<ExeKey, AncestorMasks>`: rules by parent/ancestor executable.
+    /// `HashMap<GenKey<ExeKey>, AncestorMasks>`: rules by parent/ancestor executable.
     pub const RULES_ANCESTOR: &str = "LW_RULES_ANCESTOR";
     /// `RingBuf` of [`super::ConnectEvent`].
     pub const EVENTS: &str = "LW_EVENTS";
@@ -138,6 +148,28 @@ impl ExeKey {
         Self {
             dev: (major << 20) | minor,
             ino,
+        }
+    }
+}
+
+/// Key of a generational map: the policy generation, then the value. With
+/// the value's alignment at most 8 and the header 8 bytes, there is no
+/// implicit padding for the value types used here.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GenKey<T> {
+    pub generation: u32,
+    pub _pad: u32,
+    pub value: T,
+}
+
+impl<T> GenKey<T> {
+    #[inline(always)]
+    pub const fn new(generation: u32, value: T) -> Self {
+        Self {
+            generation,
+            _pad: 0,
+            value,
         }
     }
 }
@@ -266,11 +298,19 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<Settings>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 152);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);
+const _: () = assert!(core::mem::size_of::<GenKey<u32>>() == 12);
+const _: () = assert!(core::mem::size_of::<GenKey<u64>>() == 16);
+const _: () = assert!(core::mem::size_of::<GenKey<ExeKey>>() == 24);
+const _: () = assert!(core::mem::size_of::<GenKey<[u8; COMM_LEN]>>() == 8 + COMM_LEN);
+const _: () = assert!(core::mem::size_of::<GenKey<[u8; EXE_NAME_LEN]>>() == 8 + EXE_NAME_LEN);
 const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Addr, AncestorMasks, ConnectEvent, ExeKey, KernelOffsets, Settings};
+    use super::{
+        Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey, GenKey, KernelOffsets,
+        Settings,
+    };
 
     // SAFETY: all are #[repr(C)], made of integers only, with no implicit padding
     // (checked by the size assertions above).
@@ -280,4 +320,11 @@ mod user {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ConnectEvent {}
+    // SAFETY: #[repr(C)] of integers with the size assertions above showing
+    // no implicit padding for exactly these value types.
+    unsafe impl aya::Pod for GenKey<u32> {}
+    unsafe impl aya::Pod for GenKey<u64> {}
+    unsafe impl aya::Pod for GenKey<ExeKey> {}
+    unsafe impl aya::Pod for GenKey<[u8; COMM_LEN]> {}
+    unsafe impl aya::Pod for GenKey<[u8; EXE_NAME_LEN]> {}
 }

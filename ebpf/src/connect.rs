@@ -20,15 +20,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use loopwarden_common::{
-    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, NO_RULE,
-    Settings, flags, stats, verdict,
+    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
+    NO_RULE, PORT_WORDS, Settings, flags, stats, verdict,
 };
 
 use crate::{
     identity::{self, Task},
     maps::{
         EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM, RULES_EXE,
-        RULES_EXE_NAME, RULES_UID, SETTINGS, count, mask,
+        RULES_EXE_NAME, RULES_UID, SETTINGS, count, generation, mask,
     },
 };
 
@@ -113,8 +113,8 @@ fn is_local_v4(ip: u32) -> bool {
 }
 
 #[inline(always)]
-fn port_protected(port: u16) -> bool {
-    match PORTS.get(u32::from(port >> 6)) {
+fn port_protected(generation: u32, port: u16) -> bool {
+    match PORTS.get(generation * PORT_WORDS + u32::from(port >> 6)) {
         Some(word) => (word >> (port & 63)) & 1 == 1,
         None => false,
     }
@@ -137,7 +137,9 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let dst = destination(sa, family);
     // Read single fields in place: the full settings are copied only for a
     // connect that is actually judged.
-    let Some(settings) = SETTINGS.get(0) else {
+    // One generation for the whole decision (see loopwarden_common).
+    let generation = generation();
+    let Some(settings) = SETTINGS.get(generation) else {
         return Ok(ALLOW);
     };
     let policy_flags = settings.flags;
@@ -151,18 +153,20 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     {
         return Ok(ALLOW);
     }
-    if policy_flags & flags::ALL_PORTS == 0 && !port_protected(dst.port) {
+    if policy_flags & flags::ALL_PORTS == 0 && !port_protected(generation, dst.port) {
         return Ok(ALLOW);
     }
     // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: the value is a plain u8 flag, only tested for presence.
-    if policy_flags & flags::NETNS_SCOPED != 0 && unsafe { NETNS.get(netns_cookie).is_none() } {
+    if policy_flags & flags::NETNS_SCOPED != 0
+        && unsafe { NETNS.get(GenKey::new(generation, netns_cookie)).is_none() }
+    {
         return Ok(ALLOW);
     }
     count(stats::CHECKED);
     let s: Settings = *settings;
-    judge(ctx, &s, &dst, family, netns_cookie)
+    judge(ctx, &s, generation, &dst, family, netns_cookie)
 }
 
 /// Judges a connect to a protected destination: match, then report and
@@ -171,6 +175,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
 fn judge(
     ctx: &SockAddrContext,
     s: &Settings,
+    generation: u32,
     dst: &Destination,
     family: u16,
     netns_cookie: u64,
@@ -178,7 +183,7 @@ fn judge(
     let task = Task::current();
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
-    let matched = match_rules(s, task, exe_file);
+    let matched = match_rules(s, generation, task, exe_file);
     let rule = if matched == 0 {
         NO_RULE
     } else {
@@ -233,74 +238,94 @@ fn judge(
 /// Nothing is cached between steps: fewer branches keep the verifier's work
 /// (and so the oldest supported kernels' budget) small.
 #[inline(always)]
-fn match_rules(s: &Settings, task: Task, exe_file: u64) -> u64 {
+fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
     let mut m = s.active;
     if m & !s.wild_uid != 0 {
         let uid = bpf_get_current_uid_gid() as u32;
-        m &= mask(&RULES_UID, &uid) | s.wild_uid;
+        m &= mask(&RULES_UID, &GenKey::new(g, uid)) | s.wild_uid;
     }
     if m & !s.wild_comm != 0 {
-        let comm = Comm::current();
-        m &= mask(&RULES_COMM, comm.bytes()) | s.wild_comm;
+        let comm = CommKey::current(g);
+        m &= mask(&RULES_COMM, comm.key()) | s.wild_comm;
     }
     if m & !s.wild_exe_name != 0 {
-        let name = ExeName::of(exe_file);
-        m &= mask(&RULES_EXE_NAME, name.bytes()) | s.wild_exe_name;
+        let name = ExeNameKey::of(g, exe_file);
+        m &= mask(&RULES_EXE_NAME, name.key()) | s.wild_exe_name;
     }
     if m & !s.wild_exe != 0 {
-        m &= mask(&RULES_EXE, &identity::exe_key(exe_file)) | s.wild_exe;
+        let exe = GenKey::new(g, identity::exe_key(exe_file));
+        m &= mask(&RULES_EXE, &exe) | s.wild_exe;
     }
     if m & !s.wild_cgroup != 0 {
-        m &= cgroup_mask(s.cgroup_levels) | s.wild_cgroup;
+        m &= cgroup_mask(g, s.cgroup_levels) | s.wild_cgroup;
     }
     if m & !s.wild_ancestor != 0 && s.flags & flags::ANCESTORS != 0 {
-        m &= ancestor_mask(task) | s.wild_ancestor;
+        m &= ancestor_mask(g, task) | s.wild_ancestor;
     }
     m
 }
 
-/// A comm, zeroed with word stores (a byte array would be zeroed by a
-/// `memset` subprogram the verifier walks byte by byte at every call site).
+/// A `GenKey<[u8; COMM_LEN]>` for the caller's comm, built from words: a
+/// byte array would be zeroed by a `memset` subprogram the verifier walks
+/// byte by byte at every call site.
 #[repr(C)]
-struct Comm([u64; COMM_LEN / 8]);
+struct CommKey {
+    generation: u32,
+    _pad: u32,
+    comm: [u64; COMM_LEN / 8],
+}
 
-impl Comm {
+impl CommKey {
     #[inline(always)]
-    fn current() -> Self {
-        let mut comm = Comm([0; COMM_LEN / 8]);
+    fn current(generation: u32) -> Self {
+        let mut key = CommKey {
+            generation,
+            _pad: 0,
+            comm: [0; COMM_LEN / 8],
+        };
         // SAFETY: the helper writes at most COMM_LEN bytes (NUL-padded) into
         // our buffer; on failure it zeroes it.
-        unsafe { bpf_get_current_comm(comm.0.as_mut_ptr().cast(), COMM_LEN as u32) };
-        comm
+        unsafe { bpf_get_current_comm(key.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+        key
     }
 
     #[inline(always)]
-    fn bytes(&self) -> &[u8; COMM_LEN] {
-        // SAFETY: same size, u8 has no alignment requirement.
-        unsafe { &*self.0.as_ptr().cast::<[u8; COMM_LEN]>() }
+    fn key(&self) -> &GenKey<[u8; COMM_LEN]> {
+        // SAFETY: same size and field offsets (both #[repr(C)]); the view
+        // needs less alignment than the words have.
+        unsafe { &*(self as *const Self).cast::<GenKey<[u8; COMM_LEN]>>() }
     }
 }
 
-/// An executable's file name, zeroed with word stores like [`Comm`].
+/// A `GenKey<[u8; EXE_NAME_LEN]>` for an executable's file name, built from
+/// words like [`CommKey`].
 #[repr(C)]
-struct ExeName([u64; EXE_NAME_LEN / 8]);
+struct ExeNameKey {
+    generation: u32,
+    _pad: u32,
+    name: [u64; EXE_NAME_LEN / 8],
+}
 
-impl ExeName {
+impl ExeNameKey {
     #[inline(always)]
-    fn of(exe_file: u64) -> Self {
-        let mut name = ExeName([0; EXE_NAME_LEN / 8]);
+    fn of(generation: u32, exe_file: u64) -> Self {
+        let mut key = ExeNameKey {
+            generation,
+            _pad: 0,
+            name: [0; EXE_NAME_LEN / 8],
+        };
         // A failed read leaves the name empty, which no rule names.
-        // SAFETY: as for Comm::bytes.
+        // SAFETY: same size, u8 has no alignment requirement.
         let _ = identity::exe_name(exe_file, unsafe {
-            &mut *name.0.as_mut_ptr().cast::<[u8; EXE_NAME_LEN]>()
+            &mut *key.name.as_mut_ptr().cast::<[u8; EXE_NAME_LEN]>()
         });
-        name
+        key
     }
 
     #[inline(always)]
-    fn bytes(&self) -> &[u8; EXE_NAME_LEN] {
-        // SAFETY: same size, u8 has no alignment requirement.
-        unsafe { &*self.0.as_ptr().cast::<[u8; EXE_NAME_LEN]>() }
+    fn key(&self) -> &GenKey<[u8; EXE_NAME_LEN]> {
+        // SAFETY: as for CommKey::key.
+        unsafe { &*(self as *const Self).cast::<GenKey<[u8; EXE_NAME_LEN]>>() }
     }
 }
 
@@ -308,7 +333,7 @@ impl ExeName {
 /// the levels some rule names a cgroup at: at most
 /// [`MAX_CGROUP_LEVELS_USED`] distinct levels (userspace enforces it).
 #[inline(always)]
-fn cgroup_mask(levels: u32) -> u64 {
+fn cgroup_mask(g: u32, levels: u32) -> u64 {
     let mut m = 0u64;
     let mut left = levels;
     for _ in 0..MAX_CGROUP_LEVELS_USED {
@@ -319,7 +344,7 @@ fn cgroup_mask(levels: u32) -> u64 {
         left &= left - 1;
         // SAFETY: plain helper call; 0 means the caller is above `level`.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        m |= mask(&RULES_CGROUP, &id);
+        m |= mask(&RULES_CGROUP, &GenKey::new(g, id));
     }
     m
 }
@@ -327,10 +352,10 @@ fn cgroup_mask(levels: u32) -> u64 {
 /// Rules naming the caller's parent (as parent or ancestor) or an earlier
 /// ancestor's executable, up to [`MAX_ANCESTORS`] generations.
 #[inline(always)]
-fn ancestor_mask(task: Task) -> u64 {
+fn ancestor_mask(g: u32, task: Task) -> u64 {
     let parent = task.parent();
     // SAFETY: the value is copied out immediately.
-    let mut m = match unsafe { RULES_ANCESTOR.get(parent.exe()) } {
+    let mut m = match unsafe { RULES_ANCESTOR.get(GenKey::new(g, parent.exe())) } {
         Some(v) => v.parent | v.ancestor,
         None => 0,
     };
@@ -342,7 +367,7 @@ fn ancestor_mask(task: Task) -> u64 {
         }
         cur = cur.parent();
         // SAFETY: the value is copied out immediately.
-        if let Some(v) = unsafe { RULES_ANCESTOR.get(cur.exe()) } {
+        if let Some(v) = unsafe { RULES_ANCESTOR.get(GenKey::new(g, cur.exe())) } {
             m |= v.ancestor;
         }
     }

@@ -6,41 +6,50 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS,
-    Settings, stats,
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, GENERATIONS, GenKey, MAX_MAP_ENTRIES,
+    MAX_NETNS, PORT_WORDS, Settings, stats,
 };
 
+#[map(name = "LW_GENERATION")]
+pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "LW_SETTINGS")]
-pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(GENERATIONS, 0);
 
 #[map(name = "LW_PORTS")]
-pub static PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+pub static PORTS: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_WORDS, 0);
+
+// Generational maps hold two policies while one replaces the other.
 
 #[map(name = "LW_NETNS")]
-pub static NETNS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_NETNS, 0);
+pub static NETNS: HashMap<GenKey<u64>, u8> = HashMap::with_max_entries(GENERATIONS * MAX_NETNS, 0);
 
 #[map(name = "LW_HOST_ADDRS")]
 pub static HOST_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
 
 #[map(name = "LW_RULES_EXE")]
-pub static RULES_EXE: HashMap<ExeKey, u64> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+pub static RULES_EXE: HashMap<GenKey<ExeKey>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 #[map(name = "LW_RULES_EXE_NAME")]
-pub static RULES_EXE_NAME: HashMap<[u8; EXE_NAME_LEN], u64> =
-    HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+pub static RULES_EXE_NAME: HashMap<GenKey<[u8; EXE_NAME_LEN]>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 #[map(name = "LW_RULES_COMM")]
-pub static RULES_COMM: HashMap<[u8; COMM_LEN], u64> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+pub static RULES_COMM: HashMap<GenKey<[u8; COMM_LEN]>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 #[map(name = "LW_RULES_UID")]
-pub static RULES_UID: HashMap<u32, u64> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+pub static RULES_UID: HashMap<GenKey<u32>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 #[map(name = "LW_RULES_CGROUP")]
-pub static RULES_CGROUP: HashMap<u64, u64> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+pub static RULES_CGROUP: HashMap<GenKey<u64>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 #[map(name = "LW_RULES_ANCESTOR")]
-pub static RULES_ANCESTOR: HashMap<ExeKey, AncestorMasks> =
-    HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+pub static RULES_ANCESTOR: HashMap<GenKey<ExeKey>, AncestorMasks> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 /// 1 MiB: about 6500 events before userspace must catch up.
 #[map(name = "LW_EVENTS")]
@@ -63,4 +72,10 @@ pub fn count(index: u32) {
 pub fn mask<K>(map: &HashMap<K, u64>, key: &K) -> u64 {
     // SAFETY: the value is a plain u64 copied out immediately.
     unsafe { map.get(key).copied().unwrap_or(0) }
+}
+
+/// The policy generation in force: 0 or 1.
+#[inline(always)]
+pub fn generation() -> u32 {
+    GENERATION.get(0).copied().unwrap_or(0) & 1
 }

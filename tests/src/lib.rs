@@ -525,3 +525,23 @@ pub fn prog_ids(name: &str) -> Vec<u64> {
         })
         .unwrap_or_default()
 }
+
+/// The policy generation (first key word) of every entry in the maps named
+/// `name` (bpftool truncates names to 15 characters).
+pub fn map_generations(name: &str) -> Vec<u8> {
+    let out = run(Command::new("bpftool").args(["-j", "map", "dump", "name", name]));
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let entries: Vec<&Value> = match &dump {
+        // One map: a list of entries; several: a list of lists.
+        Value::Array(items) if items.iter().all(Value::is_array) => {
+            items.iter().filter_map(Value::as_array).flatten().collect()
+        }
+        Value::Array(items) => items.iter().collect(),
+        _ => Vec::new(),
+    };
+    entries
+        .iter()
+        .filter_map(|e| e["key"].as_array()?.first()?.as_str().map(str::to_owned))
+        .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+        .collect()
+}

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, TempDir, loopwarden_bin, policy, prog_ids, rule, run,
+    Daemon, Netns, PROTECTED, TempDir, loopwarden_bin, map_generations, policy, prog_ids, rule, run,
 };
 
 #[test]
@@ -159,9 +159,21 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
     assert!(ns.socat_connect(&target).0, "audit mode lets it through");
 
     std::fs::write(daemon.config_path(), policy(&ns, "enforce", "")).expect("rewrite");
+    let before = map_generations("LW_RULES_EXE_NA");
+    assert!(
+        !before.is_empty() && before.iter().all(|g| *g == before[0]),
+        "{before:?}"
+    );
     daemon.signal(libc::SIGHUP);
     daemon.wait_stderr("policy installed", 1);
     assert!(!ns.socat_connect(&target).0, "enforcing after the reload");
+    // The reload went in as a whole new generation; the old one is gone.
+    let after = map_generations("LW_RULES_EXE_NA");
+    assert!(!after.is_empty(), "no entries after the reload");
+    assert!(
+        after.iter().all(|g| *g == 1 - before[0]),
+        "before {before:?}, after {after:?}"
+    );
 
     // A broken file is reported; enforcement stays as it was.
     std::fs::write(daemon.config_path(), "mode = \"enforce\"\nnonsense = 1\n").expect("rewrite");

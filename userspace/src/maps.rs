@@ -2,20 +2,19 @@
 //! map types: the rest of userspace speaks [`CompiledPolicy`] and plain
 //! numbers.
 //!
-//! Installing a policy writes every value map first and the settings entry
-//! last, so the programs never see the new flags and masks before the
-//! entries they refer to. Entries the new policy no longer needs are removed
-//! afterwards.
+//! Installing a policy writes a whole new generation beside the running one
+//! and switches to it with one write (see [`PolicyMaps::install`]), so a
+//! connect is never judged by a mix of two policies.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use aya::{
     Ebpf, Pod,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS,
-    Settings, maps, stats,
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, GenKey, MAX_MAP_ENTRIES, MAX_NETNS,
+    PORT_WORDS, Settings, maps, stats,
 };
 
 use crate::policy::{CompiledPolicy, Ports};
@@ -87,22 +86,71 @@ where
 
 /// The policy maps: everything the programs read to decide.
 pub struct PolicyMaps {
+    generation: Array<MapData, u32>,
     settings: Array<MapData, Settings>,
     ports: Array<MapData, u64>,
-    netns: HashMap<MapData, u64, u8>,
+    netns: HashMap<MapData, GenKey<u64>, u8>,
     host_addrs: HashMap<MapData, Addr, u8>,
-    exe: HashMap<MapData, ExeKey, u64>,
-    exe_name: HashMap<MapData, [u8; EXE_NAME_LEN], u64>,
-    comm: HashMap<MapData, [u8; COMM_LEN], u64>,
-    uid: HashMap<MapData, u32, u64>,
-    cgroup: HashMap<MapData, u64, u64>,
-    ancestor: HashMap<MapData, ExeKey, AncestorMasks>,
+    exe: HashMap<MapData, GenKey<ExeKey>, u64>,
+    exe_name: HashMap<MapData, GenKey<[u8; EXE_NAME_LEN]>, u64>,
+    comm: HashMap<MapData, GenKey<[u8; COMM_LEN]>, u64>,
+    uid: HashMap<MapData, GenKey<u32>, u64>,
+    cgroup: HashMap<MapData, GenKey<u64>, u64>,
+    ancestor: HashMap<MapData, GenKey<ExeKey>, AncestorMasks>,
+}
+
+/// How long a replaced generation stays after the switch: far longer than
+/// any program run that may have read the old generation number.
+const GRACE: Duration = Duration::from_millis(20);
+
+/// Writes `want` into `map` under generation `g`.
+fn write_generation<K, V>(
+    map: &mut HashMap<MapData, GenKey<K>, V>,
+    name: &'static str,
+    g: u32,
+    want: &BTreeMap<K, V>,
+) -> Result<(), MapsError>
+where
+    K: Copy,
+    GenKey<K>: Pod,
+    V: Pod,
+{
+    for (key, value) in want {
+        map.insert(GenKey::new(g, *key), value, 0)
+            .map_err(|source| MapsError::Update { name, source })?;
+    }
+    Ok(())
+}
+
+/// Removes every entry of generation `g` from `map`.
+fn clear_generation<K, V>(
+    map: &mut HashMap<MapData, GenKey<K>, V>,
+    name: &'static str,
+    g: u32,
+) -> Result<(), MapsError>
+where
+    GenKey<K>: Pod,
+    V: Pod,
+{
+    let stale: Vec<GenKey<K>> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| key.generation == g)
+        .collect();
+    for key in stale {
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(MapsError::Update { name, source }),
+        }
+    }
+    Ok(())
 }
 
 impl PolicyMaps {
     /// Takes the policy maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
         Ok(Self {
+            generation: take(ebpf, maps::GENERATION)?,
             settings: take(ebpf, maps::SETTINGS)?,
             ports: take(ebpf, maps::PORTS)?,
             netns: take(ebpf, maps::NETNS)?,
@@ -116,15 +164,29 @@ impl PolicyMaps {
         })
     }
 
-    /// Writes `policy` into the maps; the settings entry (which switches the
-    /// policy on) goes last.
+    /// Installs `policy` as a whole: it is written as the next generation
+    /// beside the running one, then a single 4-byte write of
+    /// `LW_GENERATION` switches every later connect to it, and the old
+    /// generation is removed once no program run can still be reading it.
+    /// A failure before the switch leaves the running policy untouched.
     pub fn install(&mut self, policy: &CompiledPolicy) -> Result<(), MapsError> {
         check_fits(policy)?;
+        let current = self
+            .generation
+            .get(&0, 0)
+            .map_err(|source| MapsError::Update {
+                name: maps::GENERATION,
+                source,
+            })?
+            & 1;
+        let next = current ^ 1;
+        // Leftovers of an install that failed half-way.
+        self.clear(next)?;
         let words: Vec<u64> = match &policy.ports {
             Ports::All => vec![u64::MAX; PORT_WORDS as usize],
             Ports::Some(words) => words.to_vec(),
         };
-        for (index, word) in (0u32..).zip(words) {
+        for (index, word) in (next * PORT_WORDS..).zip(words) {
             self.ports
                 .set(index, word, 0)
                 .map_err(|source| MapsError::Update {
@@ -133,14 +195,44 @@ impl PolicyMaps {
                 })?;
         }
         let netns: BTreeMap<u64, u8> = policy.netns.iter().map(|n| (n.cookie, 1)).collect();
-        sync_hash(&mut self.netns, maps::NETNS, &netns)?;
-        sync_hash(&mut self.exe, maps::RULES_EXE, &policy.exe)?;
-        sync_hash(&mut self.exe_name, maps::RULES_EXE_NAME, &policy.exe_name)?;
-        sync_hash(&mut self.comm, maps::RULES_COMM, &policy.comm)?;
-        sync_hash(&mut self.uid, maps::RULES_UID, &policy.uid)?;
-        sync_hash(&mut self.cgroup, maps::RULES_CGROUP, &policy.cgroup)?;
-        sync_hash(&mut self.ancestor, maps::RULES_ANCESTOR, &policy.ancestor)?;
-        self.write_settings(&policy.settings)
+        write_generation(&mut self.netns, maps::NETNS, next, &netns)?;
+        write_generation(&mut self.exe, maps::RULES_EXE, next, &policy.exe)?;
+        write_generation(
+            &mut self.exe_name,
+            maps::RULES_EXE_NAME,
+            next,
+            &policy.exe_name,
+        )?;
+        write_generation(&mut self.comm, maps::RULES_COMM, next, &policy.comm)?;
+        write_generation(&mut self.uid, maps::RULES_UID, next, &policy.uid)?;
+        write_generation(&mut self.cgroup, maps::RULES_CGROUP, next, &policy.cgroup)?;
+        write_generation(
+            &mut self.ancestor,
+            maps::RULES_ANCESTOR,
+            next,
+            &policy.ancestor,
+        )?;
+        self.write_settings(next, &policy.settings)?;
+        self.generation
+            .set(0, next, 0)
+            .map_err(|source| MapsError::Update {
+                name: maps::GENERATION,
+                source,
+            })?;
+        std::thread::sleep(GRACE);
+        self.clear(current)
+    }
+
+    /// Empties generation `g`: its settings (policy off) and its entries.
+    fn clear(&mut self, g: u32) -> Result<(), MapsError> {
+        self.write_settings(g, &Settings::default())?;
+        clear_generation(&mut self.netns, maps::NETNS, g)?;
+        clear_generation(&mut self.exe, maps::RULES_EXE, g)?;
+        clear_generation(&mut self.exe_name, maps::RULES_EXE_NAME, g)?;
+        clear_generation(&mut self.comm, maps::RULES_COMM, g)?;
+        clear_generation(&mut self.uid, maps::RULES_UID, g)?;
+        clear_generation(&mut self.cgroup, maps::RULES_CGROUP, g)?;
+        clear_generation(&mut self.ancestor, maps::RULES_ANCESTOR, g)
     }
 
     /// Replaces the host-address set (protected when the policy asks).
@@ -156,14 +248,9 @@ impl PolicyMaps {
         sync_hash(&mut self.host_addrs, maps::HOST_ADDRS, &want)
     }
 
-    /// Switches enforcement off: every connect is allowed untouched.
-    pub fn disable(&mut self) -> Result<(), MapsError> {
-        self.write_settings(&Settings::default())
-    }
-
-    fn write_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+    fn write_settings(&mut self, g: u32, settings: &Settings) -> Result<(), MapsError> {
         self.settings
-            .set(0, settings, 0)
+            .set(g, settings, 0)
             .map_err(|source| MapsError::Update {
                 name: maps::SETTINGS,
                 source,
