@@ -607,7 +607,7 @@ impl Compiler<'_> {
                 Err(e) => {
                     self.policy.warnings.push(format!(
                         "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
-                         this value matches nothing until the cgroup exists (the daemon looks again every few seconds)",
+                         this value matches nothing until the cgroup exists (the daemon looks again every second)",
                         self.file, cgroup.at, rule.name, cgroup.value
                     ));
                     cgroups.push((None, format!("{} (not found)", cgroup.value)));
