@@ -71,13 +71,25 @@ fn ensure_nightly() -> anyhow::Result<()> {
         let name = line.split_whitespace().next().unwrap_or("");
         name == "nightly" || name.starts_with("nightly-")
     });
-    if !has_nightly {
-        bail!(
-            "no `nightly` toolchain in `rustup toolchain list`: the eBPF crate needs it \
-             (this machine is expected to have it preinstalled; installing toolchains is not done here)"
-        );
+    if has_nightly {
+        return Ok(());
     }
-    Ok(())
+    // The eBPF crate needs nightly (-Z build-std); try to get it, and say
+    // plainly what to do if rustup cannot reach its server.
+    say!("setup: no nightly toolchain; installing it with rustup ...");
+    proc::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .context(
+        "the eBPF crate needs a `nightly` toolchain with rust-src and rustup could not install \
+         one: install it (`rustup toolchain install nightly -c rust-src`) and rerun",
+    )
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {
