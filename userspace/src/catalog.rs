@@ -36,12 +36,6 @@ impl CatalogEntry {
     }
 }
 
-/// Looks up a catalog entry by its rule name (`catalog:<name>`).
-pub fn entry_for_rule(rule_name: &str) -> Option<&'static CatalogEntry> {
-    let name = rule_name.strip_prefix(CATALOG_PREFIX)?;
-    CATALOG.iter().find(|entry| entry.name == name)
-}
-
 const fn entry(
     name: &'static str,
     exe_names: &'static [&'static str],
@@ -162,6 +156,12 @@ pub const CATALOG: &[CatalogEntry] = &[
 
 #[cfg(test)]
 mod tests {
+    /// Looks up a catalog entry by its rule name (`catalog:<name>`).
+    fn entry_for_rule(rule_name: &str) -> Option<&'static CatalogEntry> {
+        let name = rule_name.strip_prefix(CATALOG_PREFIX)?;
+        CATALOG.iter().find(|entry| entry.name == name)
+    }
+
     use std::collections::HashSet;
 
     use loopwarden_common::{EXE_NAME_LEN, MAX_RULES};

@@ -34,14 +34,6 @@ pub struct Host {
     pub kernel_release: String,
 }
 
-impl Host {
-    /// The cgroup directory for `rel`, a path below the cgroup v2 root
-    /// (a leading `/` is allowed: `/system.slice` and `system.slice` are the same).
-    pub fn cgroup_path(&self, rel: &str) -> PathBuf {
-        self.cgroup2_root.join(rel.trim_start_matches('/'))
-    }
-}
-
 /// A host that cannot run loopwarden.
 #[derive(Debug, thiserror::Error)]
 pub enum CompatError {
@@ -365,23 +357,6 @@ mod tests {
     fn running_kernel_release_parses() {
         let release = kernel_release().unwrap();
         assert!(parse_kernel_version(&release).is_some(), "{release}");
-    }
-
-    #[test]
-    fn cgroup_path_strips_leading_slash() {
-        let host = Host {
-            cgroup2_root: "/sys/fs/cgroup".into(),
-            btf_path: VMLINUX_BTF.into(),
-            kernel_release: "6.18.0".into(),
-        };
-        assert_eq!(
-            host.cgroup_path("/system.slice"),
-            PathBuf::from("/sys/fs/cgroup/system.slice")
-        );
-        assert_eq!(
-            host.cgroup_path("user.slice"),
-            PathBuf::from("/sys/fs/cgroup/user.slice")
-        );
     }
 
     #[test]

@@ -124,6 +124,25 @@ impl Source {
     }
 }
 
+/// Compiles `config` and applies the `--mode` override. `lenient`: for
+/// re-resolving the running config (see [`policy::compile_lenient`]).
+fn compile_policy(
+    config: &Config,
+    resolver: &HostResolver,
+    mode: Option<Mode>,
+    lenient: bool,
+) -> Result<CompiledPolicy, DaemonError> {
+    let mut policy = if lenient {
+        policy::compile_lenient(config, resolver)?
+    } else {
+        policy::compile(config, resolver)?
+    };
+    if let Some(mode) = mode {
+        apply_mode(&mut policy, mode);
+    }
+    Ok(policy)
+}
+
 /// Sets the mode of a compiled policy (the `--mode` override).
 pub fn apply_mode(policy: &mut CompiledPolicy, mode: Mode) {
     policy.mode = mode;
@@ -168,6 +187,9 @@ impl InstanceLock {
 /// The host's own non-loopback addresses for `host_addresses = true`: those
 /// of the namespaces the policy is scoped to, or of the daemon's own.
 fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
+    if !policy.host_addresses {
+        return Vec::new();
+    }
     if policy.netns.is_empty() {
         return resolve::interface_addresses().unwrap_or_else(|e| {
             warn!("listing this host's addresses failed: {e}");
@@ -198,10 +220,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let source = Source::pick(opts.config.as_deref());
     let resolver = HostResolver::new(host.cgroup2_root.clone());
     let config = source.read()?;
-    let mut policy = policy::compile(&config, &resolver)?;
-    if let Some(mode) = opts.mode {
-        apply_mode(&mut policy, mode);
-    }
+    let policy = compile_policy(&config, &resolver, opts.mode, false)?;
     for warning in &policy.warnings {
         warn!("{warning}");
     }
@@ -218,10 +237,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             None
         }
     };
-    if policy.host_addresses {
-        policy_maps.set_host_addresses(&host_addresses(&policy))?;
-    }
-    policy_maps.install(&policy)?;
+    policy_maps.install(&policy, &host_addresses(&policy))?;
     programs.attach(&host.cgroup2_root)?;
     info!(
         "ready: {} mode, {} rules from {}, attached to cgroup {} (kernel {})",
@@ -267,9 +283,6 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             }
             _ = drain_tick.tick() => {
                 drain(events.get_mut(), &mut enricher, opts.log_format);
-                if let Some(logger) = logger.as_mut() {
-                    logger.get_mut().flush();
-                }
             }
             _ = tick.tick() => {
                 last = report_counters(&stats, last);
@@ -390,18 +403,8 @@ struct Installed {
 }
 
 impl Installed {
-    /// `lenient`: for re-resolving the running config (see
-    /// [`policy::compile_lenient`]); a reload is strict.
     fn compile(&self, config: &Config, lenient: bool) -> Result<CompiledPolicy, DaemonError> {
-        let mut policy = if lenient {
-            policy::compile_lenient(config, &self.resolver)?
-        } else {
-            policy::compile(config, &self.resolver)?
-        };
-        if let Some(mode) = self.mode {
-            apply_mode(&mut policy, mode);
-        }
-        Ok(policy)
+        compile_policy(config, &self.resolver, self.mode, lenient)
     }
 
     /// SIGHUP: re-reads the source. A bad config is reported and the running
@@ -427,17 +430,16 @@ impl Installed {
     /// Periodic: resolves the same config again, picking up executables
     /// installed and cgroups created since, and refreshes host addresses.
     fn refresh(&mut self, enricher: &mut Enricher) {
-        if self.policy.host_addresses {
-            if let Err(e) = self.maps.set_host_addresses(&host_addresses(&self.policy)) {
-                warn!("refreshing host addresses failed: {e}");
-            }
-        }
         match self.compile(&self.config, true) {
             Ok(policy) => {
                 if self.refresh_error.take().is_some() {
                     info!("re-resolving the policy works again");
                 }
-                self.install(policy, enricher);
+                if policy != self.policy {
+                    // Writes the host addresses with the policy.
+                    self.install(policy, enricher);
+                    return;
+                }
             }
             Err(e) => {
                 let message = e.to_string();
@@ -449,14 +451,15 @@ impl Installed {
                 }
             }
         }
+        if self.policy.host_addresses {
+            if let Err(e) = self.maps.set_host_addresses(&host_addresses(&self.policy)) {
+                warn!("refreshing host addresses failed: {e}");
+            }
+        }
     }
 
     fn install(&mut self, fresh: CompiledPolicy, enricher: &mut Enricher) {
         if fresh == self.policy {
-            return;
-        }
-        if let Err(e) = crate::maps::check_fits(&fresh) {
-            error!("keeping the running policy: {e}");
             return;
         }
         for warning in fresh
@@ -466,21 +469,8 @@ impl Installed {
         {
             warn!("{warning}");
         }
-        // The address set first: the flag that makes the kernel read it goes
-        // in with the settings.
-        let addrs = if fresh.host_addresses {
-            host_addresses(&fresh)
-        } else {
-            Vec::new()
-        };
-        if let Err(e) = self.maps.set_host_addresses(&addrs) {
-            error!("updating the host address set failed, keeping the running policy: {e}");
-            return;
-        }
-        if let Err(e) = self.maps.install(&fresh) {
-            error!(
-                "installing the new policy failed, the kernel may hold a mix of old and new entries: {e}"
-            );
+        if let Err(e) = self.maps.install(&fresh, &host_addresses(&fresh)) {
+            error!("installing the new policy failed, keeping the running one: {e}");
             return;
         }
         info!("policy installed: {} rules", fresh.rules.len());

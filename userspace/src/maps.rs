@@ -169,8 +169,17 @@ impl PolicyMaps {
     /// `LW_GENERATION` switches every later connect to it, and the old
     /// generation is removed once no program run can still be reading it.
     /// A failure before the switch leaves the running policy untouched.
-    pub fn install(&mut self, policy: &CompiledPolicy) -> Result<(), MapsError> {
+    ///
+    /// `host_addrs` replaces the host-address set first (it is shared by
+    /// both generations; the flag that makes the kernel read it is in the
+    /// new generation's settings).
+    pub fn install(
+        &mut self,
+        policy: &CompiledPolicy,
+        host_addrs: &[IpAddr],
+    ) -> Result<(), MapsError> {
         check_fits(policy)?;
+        self.set_host_addresses(host_addrs)?;
         let current = self
             .generation
             .get(&0, 0)

@@ -277,10 +277,12 @@ fn package_installed(package: &str) -> bool {
         .is_some_and(|status| status.trim() == "install ok installed")
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+/// Installs Debian packages; never removes any (`--no-remove`): an install
+/// that would trade away something already on the machine fails instead.
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     proc::run(
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["install", "-y", "--no-remove", "--no-install-recommends"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

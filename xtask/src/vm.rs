@@ -161,23 +161,9 @@ fn ensure_qemu() -> anyhow::Result<PathBuf> {
     }
     setup::require_root("installing qemu-system-x86")?;
     say!("vm-test: installing qemu-system-x86 ...");
-    // --no-remove: never trade an installed package (e.g. a backports
-    // qemu-utils whose version the distribution's qemu-system-x86 conflicts
-    // with) for ours.
-    proc::run(
-        Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "--no-remove",
-                "--no-install-recommends",
-                "qemu-system-x86",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context(
-        "installing qemu-system-x86 would remove other packages (likely a qemu-utils from \
-         backports): install a qemu-system-x86 matching it, e.g. `apt-get install -t \
+    setup::apt_install(&["qemu-system-x86"]).context(
+        "installing qemu-system-x86 failed (apt refuses when it would remove other packages, \
+         likely a qemu-utils from backports): install a qemu-system-x86 matching it, e.g. `apt-get install -t \
          bookworm-backports qemu-system-x86`",
     )?;
     proc::which("qemu-system-x86_64")
