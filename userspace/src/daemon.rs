@@ -28,12 +28,14 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    btf::{self, BtfError},
-    compat::{self, CompatError},
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     events::{Enricher, LogFormat, parse_event},
-    loader::{LoaderError, Programs},
-    maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
+    kernel::{
+        btf::{self, BtfError},
+        compat::{self, CompatError},
+        loader::{LoaderError, Programs},
+        maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
+    },
     policy::{self, CompiledPolicy, Mode, PolicyError},
     resolve::{self, HostResolver},
 };

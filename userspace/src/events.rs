@@ -20,7 +20,7 @@ use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE, verdict};
 use serde::Serialize;
 
 use crate::{
-    maps::addr_from_key,
+    kernel::maps::addr_from_key,
     policy::{RuleInfo, name_from_fixed},
 };
 
@@ -383,7 +383,7 @@ mod tests {
     use loopwarden_common::Addr;
 
     use super::*;
-    use crate::{maps::addr_key, policy::Action};
+    use crate::{kernel::maps::addr_key, policy::Action};
 
     fn event() -> ConnectEvent {
         let mut comm = [0u8; 16];

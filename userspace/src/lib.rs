@@ -4,19 +4,14 @@
 //! Module map: [`config`] parses and validates the TOML policy file,
 //! [`catalog`] holds the built-in tunnel rules, [`policy`] compiles a config
 //! into map contents through a [`policy::Resolver`] ([`resolve`] is the real
-//! one), [`btf`] reads structure offsets from the kernel's BTF, [`compat`]
-//! checks the host has what the programs need, [`maps`] is the only code that
-//! touches aya map types, [`loader`] loads and attaches the programs,
-//! [`events`] turns ring-buffer records into audit lines, and [`daemon`] ties
+//! one), [`kernel`] owns everything that touches BPF (host checks, BTF
+//! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer records into audit lines, and [`daemon`] ties
 //! them together.
 
-pub mod btf;
 pub mod catalog;
-pub mod compat;
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod loader;
-pub mod maps;
+pub mod kernel;
 pub mod policy;
 pub mod resolve;

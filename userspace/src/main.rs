@@ -6,11 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use loopwarden::{
     catalog::CATALOG,
-    compat,
     config::{Config, DEFAULT_CONFIG_PATH},
     daemon::{self, DEFAULT_RUN_DIR},
     events::LogFormat,
-    loader::Programs,
+    kernel::{compat, loader::Programs},
     policy::{self, Mode},
     resolve::HostResolver,
 };
@@ -135,7 +134,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             let cgroup_root =
                 compat::find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
             let compiled = policy::compile(&config, &HostResolver::new(cgroup_root))?;
-            loopwarden::maps::check_fits(&compiled)?;
+            loopwarden::kernel::maps::check_fits(&compiled)?;
             for warning in &compiled.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }

@@ -56,7 +56,7 @@ pub struct HostResolver {
 
 impl HostResolver {
     /// `cgroup_root` is the cgroup v2 mount point
-    /// ([`crate::compat::Host::cgroup2_root`]).
+    /// ([`crate::kernel::compat::Host::cgroup2_root`]).
     pub fn new(cgroup_root: PathBuf) -> Self {
         Self { cgroup_root }
     }
@@ -371,7 +371,7 @@ pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
         let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else {
             continue;
         };
-        let mount_point = PathBuf::from(crate::compat::unescape(mount_point));
+        let mount_point = PathBuf::from(crate::kernel::compat::unescape(mount_point));
         if !path.starts_with(&mount_point) {
             continue;
         }

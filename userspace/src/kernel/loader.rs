@@ -5,7 +5,7 @@
 //! the programs. Nothing outlives the daemon.
 //!
 //! # Minimum kernel version
-//! 5.18: `bpf_set_retval` in cgroup programs (enforced by [`crate::compat`]).
+//! 5.18: `bpf_set_retval` in cgroup programs (enforced by [`crate::kernel::compat`]).
 
 use std::{fs::File, path::Path};
 

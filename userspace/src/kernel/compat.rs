@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::btf::VMLINUX_BTF;
+use crate::kernel::btf::VMLINUX_BTF;
 
 /// The oldest kernel (major, minor) the programs load on.
 pub const MIN_KERNEL: (u32, u32) = (5, 18);
@@ -28,7 +28,7 @@ const MOUNTINFO: &str = "/proc/self/mountinfo";
 pub struct Host {
     /// Mount point of the cgroup v2 hierarchy (the root cgroup).
     pub cgroup2_root: PathBuf,
-    /// The kernel's BTF, for [`crate::btf::kernel_offsets`].
+    /// The kernel's BTF, for [`crate::kernel::btf::kernel_offsets`].
     pub btf_path: PathBuf,
     /// `uname -r`.
     pub kernel_release: String,
