@@ -14,10 +14,27 @@
 //! are the AND over all attributes; the first match is the lowest set bit.
 //!
 //! Policies are installed by generation: every policy entry is keyed (or
-//! indexed) by a generation number, userspace writes a complete new
-//! generation beside the running one and then switches `LW_GENERATION` with
-//! one 4-byte write, so a connect is always judged by one whole policy.
+//! indexed) by a generation slot (0 or 1), userspace writes a complete new
+//! generation into the slot not in force and then switches `LW_GENERATION`
+//! with one 4-byte write. Each slot's [`Settings::seq`] is a sequence lock:
+//! odd while userspace rewrites the slot, a new even number once it is whole.
+//! A program reads `seq` before and after it judges; if it changed (the
+//! program was so late that its slot was reused by a later install) it
+//! judges again from the generation then in force. So a connect is always
+//! judged by one whole policy, however long a program run is delayed.
+//!
+//! The maps outlive the daemon (they are pinned in bpffs). [`LAYOUT_VERSION`]
+//! names their layout and meaning; a daemon adopts pinned maps only when
+//! `LW_META` carries the same version and every map has the shape it expects.
 #![no_std]
+
+/// Version of the pinned maps' layout and meaning. Bump it with any change
+/// to a map's key, value, size or interpretation: a daemon then replaces the
+/// pinned maps (and the programs, through their links) instead of adopting
+/// them.
+pub const LAYOUT_VERSION: u32 = 2;
+/// `LW_META[0].magic`: "loopward".
+pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
 /// Most rules a policy can hold: one bit each in a `u64` mask.
 pub const MAX_RULES: usize = 64;
@@ -55,8 +72,8 @@ pub mod maps {
     /// `HashMap<GenKey<u64>, u8>`: network namespace cookies the policy
     /// applies in, consulted when [`super::flags::NETNS_SCOPED`] is set.
     pub const NETNS: &str = "LW_NETNS";
-    /// `HashMap<Addr, u8>`: the host's own non-loopback addresses, consulted
-    /// when [`super::flags::HOST_ADDRS`] is set.
+    /// `HashMap<GenKey<Addr>, u8>`: the host's own non-loopback addresses,
+    /// consulted when [`super::flags::HOST_ADDRS`] is set.
     pub const HOST_ADDRS: &str = "LW_HOST_ADDRS";
     /// `HashMap<GenKey<ExeKey>, u64>`: rules by executable identity.
     pub const RULES_EXE: &str = "LW_RULES_EXE";
@@ -74,6 +91,27 @@ pub mod maps {
     pub const EVENTS: &str = "LW_EVENTS";
     /// `PerCpuArray<u64>` of [`super::stats::COUNT`] counters.
     pub const STATS: &str = "LW_STATS";
+    /// `Array<Meta>`, one entry, written by userspace only: the layout
+    /// version of the pinned maps and bookkeeping that must survive restarts.
+    pub const META: &str = "LW_META";
+
+    /// Every map that is pinned and adopted across daemon restarts.
+    pub const PINNED: &[&str] = &[
+        GENERATION,
+        SETTINGS,
+        PORTS,
+        NETNS,
+        HOST_ADDRS,
+        RULES_EXE,
+        RULES_EXE_NAME,
+        RULES_COMM,
+        RULES_UID,
+        RULES_CGROUP,
+        RULES_ANCESTOR,
+        EVENTS,
+        STATS,
+        META,
+    ];
 }
 
 /// Names of the kernel programs.
@@ -115,7 +153,13 @@ pub mod stats {
     pub const REPORTED: u32 = 2;
     /// Events lost because the ring buffer was full.
     pub const DROPPED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Judgements started again because the policy slot being read was
+    /// rewritten meanwhile (see the sequence lock in the crate docs).
+    pub const RETRIED: u32 = 4;
+    /// Connects allowed unjudged because every attempt raced a rewrite (only
+    /// possible if installs come faster than one program run).
+    pub const RACED: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// What the kernel did with a connect, in [`ConnectEvent::verdict`].
@@ -220,6 +264,8 @@ pub struct KernelOffsets {
     pub inode_sb: u32,
     /// `super_block.s_dev`
     pub sb_dev: u32,
+    /// `task_struct.comm`
+    pub task_comm: u32,
 }
 
 /// The policy-wide settings, `LW_SETTINGS[0]`.
@@ -251,6 +297,23 @@ pub struct Settings {
     pub wild_cgroup: u64,
     /// ... the parent or ancestors.
     pub wild_ancestor: u64,
+    /// Sequence lock of this slot: odd while userspace rewrites it, else the
+    /// install's unique even number (see the crate docs).
+    pub seq: u64,
+}
+
+/// `LW_META[0]`: written by userspace only, kept with the pinned maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// [`META_MAGIC`] once written.
+    pub magic: u64,
+    /// [`LAYOUT_VERSION`] of the maps beside it.
+    pub layout: u32,
+    pub _pad: u32,
+    /// `stats::DROPPED` total already reported by a daemon: a new daemon
+    /// reports only the reports lost since (e.g. while none was reading).
+    pub dropped_reported: u64,
 }
 
 /// One reported connect, written by the kernel into `LW_EVENTS`.
@@ -259,6 +322,9 @@ pub struct Settings {
 pub struct ConnectEvent {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the connect.
     pub ktime_ns: u64,
+    /// [`Settings::seq`] of the policy that judged it: names the rule list
+    /// that [`ConnectEvent::rule`] indexes.
+    pub policy_seq: u64,
     pub socket_cookie: u64,
     pub netns_cookie: u64,
     /// Start time of the process (thread-group leader), ns since boot
@@ -294,13 +360,15 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<Settings>() == 88);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 152);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
+const _: () = assert!(core::mem::size_of::<Settings>() == 96);
+const _: () = assert!(core::mem::size_of::<Meta>() == 24);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);
 const _: () = assert!(core::mem::size_of::<GenKey<u32>>() == 12);
 const _: () = assert!(core::mem::size_of::<GenKey<u64>>() == 16);
 const _: () = assert!(core::mem::size_of::<GenKey<ExeKey>>() == 24);
+const _: () = assert!(core::mem::size_of::<GenKey<Addr>>() == 24);
 const _: () = assert!(core::mem::size_of::<GenKey<[u8; COMM_LEN]>>() == 8 + COMM_LEN);
 const _: () = assert!(core::mem::size_of::<GenKey<[u8; EXE_NAME_LEN]>>() == 8 + EXE_NAME_LEN);
 const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
@@ -309,7 +377,7 @@ const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 mod user {
     use super::{
         Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey, GenKey, KernelOffsets,
-        Settings,
+        Meta, Settings,
     };
 
     // SAFETY: all are #[repr(C)], made of integers only, with no implicit padding
@@ -320,11 +388,13 @@ mod user {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ConnectEvent {}
+    unsafe impl aya::Pod for Meta {}
     // SAFETY: #[repr(C)] of integers with the size assertions above showing
     // no implicit padding for exactly these value types.
     unsafe impl aya::Pod for GenKey<u32> {}
     unsafe impl aya::Pod for GenKey<u64> {}
     unsafe impl aya::Pod for GenKey<ExeKey> {}
+    unsafe impl aya::Pod for GenKey<Addr> {}
     unsafe impl aya::Pod for GenKey<[u8; COMM_LEN]> {}
     unsafe impl aya::Pod for GenKey<[u8; EXE_NAME_LEN]> {}
 }

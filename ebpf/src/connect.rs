@@ -114,11 +114,16 @@ fn is_local_v4(ip: u32) -> bool {
 
 #[inline(always)]
 fn port_protected(generation: u32, port: u16) -> bool {
-    match PORTS.get(generation * PORT_WORDS + u32::from(port >> 6)) {
-        Some(word) => (word >> (port & 63)) & 1 == 1,
+    match PORTS.get_ptr(generation * PORT_WORDS + u32::from(port >> 6)) {
+        // SAFETY: a pointer into the map's value (volatile: see try_connect).
+        Some(word) => (unsafe { core::ptr::read_volatile(word) } >> (port & 63)) & 1 == 1,
         None => false,
     }
 }
+
+/// Judgements attempted before giving up on a policy that keeps being
+/// rewritten under the program (see the sequence lock in loopwarden_common).
+const ATTEMPTS: usize = 2;
 
 #[inline(always)]
 fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
@@ -135,101 +140,157 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let dst = destination(sa, family);
+    for _ in 0..ATTEMPTS {
+        // One generation slot for the whole decision, read under its
+        // sequence lock: `seq` before and after must agree (and be even),
+        // or the slot was rewritten while we read it and we start again from
+        // the generation now in force.
+        let generation = generation();
+        let Some(settings) = SETTINGS.get_ptr(generation) else {
+            return Ok(ALLOW);
+        };
+        // Every load of policy memory in between is volatile too (or a
+        // helper call), so the compiler keeps them all between the two
+        // `seq` loads; x86-64 keeps loads in program order (the kernel's
+        // seqcount readers rely on the same).
+        // SAFETY: a pointer into the map's value.
+        let seq = unsafe { core::ptr::read_volatile(&(*settings).seq) };
+        // SAFETY: as above; the copy is checked by the second `seq` read.
+        let decision = decide(ctx, unsafe { &*settings }, generation, &dst);
+        // SAFETY: as above.
+        let again = unsafe { core::ptr::read_volatile(&(*settings).seq) };
+        if seq != again || seq & 1 == 1 {
+            count(stats::RETRIED);
+            continue;
+        }
+        return Ok(act(ctx, &decision, &dst, family, seq));
+    }
+    count(stats::RACED);
+    Ok(ALLOW)
+}
+
+/// What one policy generation says about a connect. Computed without side
+/// effects, so it can be thrown away if the generation changed meanwhile.
+struct Decision {
+    /// Not a protected destination for this policy (or no policy).
+    pass: bool,
+    /// [`verdict`] value; `report` false: allowed silently.
+    outcome: u8,
+    report: bool,
+    rule: u8,
+    deny_errno: u32,
+    netns_cookie: u64,
+    task: Task,
+    exe_file: u64,
+}
+
+impl Decision {
+    #[inline(always)]
+    fn pass() -> Self {
+        Decision {
+            pass: true,
+            outcome: verdict::ALLOW,
+            report: false,
+            rule: NO_RULE,
+            deny_errno: 0,
+            netns_cookie: 0,
+            task: Task::null(),
+            exe_file: 0,
+        }
+    }
+}
+
+/// Filters the destination and judges the caller by generation `g`, whose
+/// settings are `settings`.
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination) -> Decision {
     // Read single fields in place: the full settings are copied only for a
     // connect that is actually judged.
-    // One generation for the whole decision (see loopwarden_common).
-    let generation = generation();
-    let Some(settings) = SETTINGS.get(generation) else {
-        return Ok(ALLOW);
-    };
-    let policy_flags = settings.flags;
+    // SAFETY: a reference into the map's value.
+    let policy_flags = unsafe { core::ptr::read_volatile(&settings.flags) };
     if policy_flags & flags::ENABLED == 0 {
-        return Ok(ALLOW);
+        return Decision::pass();
     }
     if !dst.loopback
         && (policy_flags & flags::HOST_ADDRS == 0
             // SAFETY: the value is a plain u8 flag, only tested for presence.
-            || unsafe { HOST_ADDRS.get(dst.addr).is_none() })
+            || unsafe { HOST_ADDRS.get(GenKey::new(g, dst.addr)).is_none() })
     {
-        return Ok(ALLOW);
+        return Decision::pass();
     }
-    if policy_flags & flags::ALL_PORTS == 0 && !port_protected(generation, dst.port) {
-        return Ok(ALLOW);
+    if policy_flags & flags::ALL_PORTS == 0 && !port_protected(g, dst.port) {
+        return Decision::pass();
     }
     // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: the value is a plain u8 flag, only tested for presence.
     if policy_flags & flags::NETNS_SCOPED != 0
-        && unsafe { NETNS.get(GenKey::new(generation, netns_cookie)).is_none() }
+        && unsafe { NETNS.get(GenKey::new(g, netns_cookie)).is_none() }
     {
-        return Ok(ALLOW);
+        return Decision::pass();
     }
-    count(stats::CHECKED);
-    let s: Settings = *settings;
-    judge(ctx, &s, generation, &dst, family, netns_cookie)
-}
-
-/// Judges a connect to a protected destination: match, then report and
-/// refuse as the matched rule says.
-#[inline(always)]
-fn judge(
-    ctx: &SockAddrContext,
-    s: &Settings,
-    generation: u32,
-    dst: &Destination,
-    family: u16,
-    netns_cookie: u64,
-) -> Result<i32, i32> {
+    // SAFETY: as above.
+    let s: Settings = unsafe { core::ptr::read_volatile(settings) };
     let task = Task::current();
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
-    let matched = match_rules(s, generation, task, exe_file);
+    let matched = match_rules(&s, g, task, exe_file);
     let rule = if matched == 0 {
         NO_RULE
     } else {
         matched.trailing_zeros() as u8
     };
     let bit = if matched == 0 { 0 } else { 1u64 << rule };
-    let (outcome, ret) = if bit & s.deny != 0 {
+    let (outcome, report) = if bit & s.deny != 0 {
         if s.flags & flags::ENFORCE != 0 {
-            (verdict::DENY, REFUSE)
+            (verdict::DENY, true)
         } else {
-            (verdict::WOULD_DENY, ALLOW)
+            (verdict::WOULD_DENY, true)
         }
     } else if bit & s.audit != 0 {
-        (verdict::AUDIT, ALLOW)
-    } else if s.flags & flags::LOG_ALLOWED != 0 {
-        (verdict::ALLOW, ALLOW)
+        (verdict::AUDIT, true)
     } else {
-        return Ok(ALLOW);
+        (verdict::ALLOW, s.flags & flags::LOG_ALLOWED != 0)
     };
-
-    report(
-        ctx,
+    Decision {
+        pass: false,
+        outcome,
+        report,
+        rule,
+        deny_errno: s.deny_errno,
+        netns_cookie,
         task,
         exe_file,
-        dst,
-        family,
-        netns_cookie,
-        outcome,
-        rule,
-    );
-    if ret == REFUSE {
-        count(stats::DENIED);
-        // Off unless the daemon runs with debug logging (AYA_LOG_LEVEL).
-        debug!(
-            ctx,
-            "refused: pid {} to port {} by rule {}",
-            (bpf_get_current_pid_tgid() >> 32) as u32,
-            dst.port,
-            rule
-        );
-        if s.deny_errno != EPERM {
-            // SAFETY: plain helper call; the negative errno replaces EPERM.
-            unsafe { bpf_set_retval(-(s.deny_errno as i32)) };
-        }
     }
-    Ok(ret)
+}
+
+/// Carries out a decision: counts, reports and refuses as it says.
+#[inline(always)]
+fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq: u64) -> i32 {
+    if d.pass {
+        return ALLOW;
+    }
+    count(stats::CHECKED);
+    if d.report {
+        report(ctx, d, dst, family, seq);
+    }
+    if d.outcome != verdict::DENY {
+        return ALLOW;
+    }
+    count(stats::DENIED);
+    // Off unless the daemon runs with debug logging (AYA_LOG_LEVEL).
+    debug!(
+        ctx,
+        "refused: pid {} to port {} by rule {}",
+        (bpf_get_current_pid_tgid() >> 32) as u32,
+        dst.port,
+        d.rule
+    );
+    if d.deny_errno != EPERM {
+        // SAFETY: plain helper call; the negative errno replaces EPERM.
+        unsafe { bpf_set_retval(-(d.deny_errno as i32)) };
+    }
+    REFUSE
 }
 
 /// Bitmask of the rules that match the caller. An attribute no rule
@@ -245,8 +306,12 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
         m &= mask(&RULES_UID, &GenKey::new(g, uid)) | s.wild_uid;
     }
     if m & !s.wild_comm != 0 {
-        let comm = CommKey::current(g);
-        m &= mask(&RULES_COMM, comm.key()) | s.wild_comm;
+        // The thread's own name or its process's (the main thread's): a
+        // process cannot slip past a comm rule by connecting from a thread
+        // it renamed, and a rule naming a thread still matches it.
+        let thread = CommKey::current(g);
+        let process = CommKey::of_task(g, task.group_leader());
+        m &= mask(&RULES_COMM, thread.key()) | mask(&RULES_COMM, process.key()) | s.wild_comm;
     }
     if m & !s.wild_exe_name != 0 {
         let name = ExeNameKey::of(g, exe_file);
@@ -286,6 +351,19 @@ impl CommKey {
         // SAFETY: the helper writes at most COMM_LEN bytes (NUL-padded) into
         // our buffer; on failure it zeroes it.
         unsafe { bpf_get_current_comm(key.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+        key
+    }
+
+    /// The comm of `task` (read from kernel memory).
+    #[inline(always)]
+    fn of_task(generation: u32, task: Task) -> Self {
+        let mut key = CommKey {
+            generation,
+            _pad: 0,
+            comm: [0; COMM_LEN / 8],
+        };
+        // SAFETY: same size, u8 has no alignment requirement.
+        task.comm(unsafe { &mut *key.comm.as_mut_ptr().cast::<[u8; COMM_LEN]>() });
         key
     }
 
@@ -354,9 +432,12 @@ fn cgroup_mask(g: u32, levels: u32) -> u64 {
 #[inline(always)]
 fn ancestor_mask(g: u32, task: Task) -> u64 {
     let parent = task.parent();
-    // SAFETY: the value is copied out immediately.
-    let mut m = match unsafe { RULES_ANCESTOR.get(GenKey::new(g, parent.exe())) } {
-        Some(v) => v.parent | v.ancestor,
+    let mut m = match RULES_ANCESTOR.get_ptr(&GenKey::new(g, parent.exe())) {
+        Some(v) => {
+            // SAFETY: a pointer into the map's value (volatile: see try_connect).
+            let v = unsafe { core::ptr::read_volatile(v) };
+            v.parent | v.ancestor
+        }
         None => 0,
     };
     let mut cur = parent;
@@ -366,9 +447,9 @@ fn ancestor_mask(g: u32, task: Task) -> u64 {
             break;
         }
         cur = cur.parent();
-        // SAFETY: the value is copied out immediately.
-        if let Some(v) = unsafe { RULES_ANCESTOR.get(GenKey::new(g, cur.exe())) } {
-            m |= v.ancestor;
+        if let Some(v) = RULES_ANCESTOR.get_ptr(&GenKey::new(g, cur.exe())) {
+            // SAFETY: as above.
+            m |= unsafe { core::ptr::read_volatile(v) }.ancestor;
         }
     }
     m
@@ -395,18 +476,9 @@ fn wakeup_flags(outcome: u8) -> u64 {
 
 /// Writes the event straight into the ring buffer, every field (the reserved
 /// memory is not zeroed), so no stack copy of it is built.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn report(
-    ctx: &SockAddrContext,
-    task: Task,
-    exe_file: u64,
-    dst: &Destination,
-    family: u16,
-    netns_cookie: u64,
-    outcome: u8,
-    rule: u8,
-) {
+fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq: u64) {
+    let (task, exe_file) = (d.task, d.exe_file);
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count(stats::DROPPED);
         // The diagnostics buffer is separate, so this can still get through.
@@ -426,8 +498,9 @@ fn report(
     // of the right size; fields are written through raw pointers.
     unsafe {
         (*ev).ktime_ns = bpf_ktime_get_ns();
+        (*ev).policy_seq = seq;
         (*ev).socket_cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        (*ev).netns_cookie = netns_cookie;
+        (*ev).netns_cookie = d.netns_cookie;
         (*ev).start_boottime_ns = task.process_start();
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev).exe = identity::exe_key(exe_file);
@@ -439,8 +512,8 @@ fn report(
         (*ev).gid = (uid_gid >> 32) as u32;
         (*ev).dport = dst.port;
         (*ev).family = family;
-        (*ev).verdict = outcome;
-        (*ev).rule = rule;
+        (*ev).verdict = d.outcome;
+        (*ev).rule = d.rule;
         (*ev)._pad0 = 0;
         (*ev)._pad1 = 0;
         bpf_get_current_comm((*ev).comm.as_mut_ptr().cast(), COMM_LEN as u32);
@@ -449,6 +522,6 @@ fn report(
             .write_unaligned([0; EXE_NAME_LEN / 8]);
         let _ = identity::exe_name(exe_file, &mut *name.cast::<[u8; EXE_NAME_LEN]>());
     }
-    entry.submit(wakeup_flags(outcome));
+    entry.submit(wakeup_flags(d.outcome));
     count(stats::REPORTED);
 }

@@ -15,7 +15,7 @@ use aya_ebpf::{
     Global,
     helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task_btf},
 };
-use loopwarden_common::{EXE_NAME_LEN, ExeKey, KernelOffsets};
+use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, ExeKey, KernelOffsets};
 
 /// Patched by userspace at load time (see `userspace/src/btf.rs`).
 #[unsafe(no_mangle)]
@@ -32,6 +32,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     inode_ino: 0,
     inode_sb: 0,
     sb_dev: 0,
+    task_comm: 0,
 });
 
 /// A `struct task_struct *` as the verifier sees it: BTF-typed.
@@ -48,6 +49,12 @@ fn load<T>(base: u64, offset: u32) -> T {
 }
 
 impl Task {
+    /// No task: every read through it yields 0.
+    #[inline(always)]
+    pub const fn null() -> Self {
+        Self(0)
+    }
+
     #[inline(always)]
     pub fn current() -> Self {
         // SAFETY: a plain helper call returning the BTF-typed current task.
@@ -58,6 +65,21 @@ impl Task {
     #[inline(always)]
     pub fn parent(self) -> Task {
         Task(load(self.0, LW_OFFSETS.load().task_real_parent))
+    }
+
+    /// `task->group_leader`: the process's main thread.
+    #[inline(always)]
+    pub fn group_leader(self) -> Task {
+        Task(load(self.0, LW_OFFSETS.load().task_group_leader))
+    }
+
+    /// `task->comm` into `comm` (NUL-terminated, the rest left as it was).
+    #[inline(always)]
+    pub fn comm(self, comm: &mut [u8; COMM_LEN]) {
+        let src = self.0 + u64::from(LW_OFFSETS.load().task_comm);
+        // SAFETY: probe_read_kernel_str validates the source; a failed read
+        // leaves the buffer as it was (zeroed by the caller).
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, comm) };
     }
 
     /// `task->tgid`.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use loopwarden_common::{
     Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, GENERATIONS, GenKey, MAX_MAP_ENTRIES,
-    MAX_NETNS, PORT_WORDS, Settings, stats,
+    MAX_NETNS, Meta, PORT_WORDS, Settings, stats,
 };
 
 #[map(name = "LW_GENERATION")]
@@ -25,7 +25,8 @@ pub static PORTS: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_WORDS,
 pub static NETNS: HashMap<GenKey<u64>, u8> = HashMap::with_max_entries(GENERATIONS * MAX_NETNS, 0);
 
 #[map(name = "LW_HOST_ADDRS")]
-pub static HOST_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(MAX_MAP_ENTRIES, 0);
+pub static HOST_ADDRS: HashMap<GenKey<Addr>, u8> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 #[map(name = "LW_RULES_EXE")]
 pub static RULES_EXE: HashMap<GenKey<ExeKey>, u64> =
@@ -58,6 +59,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map(name = "LW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
+/// Userspace's bookkeeping beside the pinned maps; the programs never read it.
+#[map(name = "LW_META")]
+pub static META: Array<Meta> = Array::with_max_entries(1, 0);
+
 /// Adds one to a per-CPU counter (no atomics needed: the slot is this CPU's).
 #[inline(always)]
 pub fn count(index: u32) {
@@ -67,15 +72,25 @@ pub fn count(index: u32) {
     }
 }
 
-/// Looks up a rule mask, 0 when the value is in no rule.
+/// Looks up a rule mask, 0 when the value is in no rule. The load is
+/// volatile so it stays inside the policy's sequence-lock section (see
+/// `connect::try_connect`).
 #[inline(always)]
 pub fn mask<K>(map: &HashMap<K, u64>, key: &K) -> u64 {
-    // SAFETY: the value is a plain u64 copied out immediately.
-    unsafe { map.get(key).copied().unwrap_or(0) }
+    match map.get_ptr(key) {
+        // SAFETY: a pointer to the map's value, read once.
+        Some(v) => unsafe { core::ptr::read_volatile(v) },
+        None => 0,
+    }
 }
 
-/// The policy generation in force: 0 or 1.
+/// The policy generation slot in force: 0 or 1.
 #[inline(always)]
 pub fn generation() -> u32 {
-    GENERATION.get(0).copied().unwrap_or(0) & 1
+    match GENERATION.get_ptr(0) {
+        // SAFETY: a pointer into the map's value; volatile so that every
+        // attempt of a judgement reads it afresh.
+        Some(g) => unsafe { core::ptr::read_volatile(g) & 1 },
+        None => 0,
+    }
 }

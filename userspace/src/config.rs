@@ -717,10 +717,10 @@ impl Validator<'_> {
     fn ports(&self, raw: Spanned<OneOrMany<PortItem>>) -> Result<PortSet, ConfigError> {
         let outer = raw.span();
         let items = raw.into_inner().0;
-        if let [(_, PortItem::Text(text))] = items.as_slice() {
-            if text == "all" {
-                return Ok(PortSet::All);
-            }
+        if let [(_, PortItem::Text(text))] = items.as_slice()
+            && text == "all"
+        {
+            return Ok(PortSet::All);
         }
         if items.is_empty() {
             return Err(self.invalid(&outer, Problem::EmptyList { field: "ports" }));

@@ -68,14 +68,17 @@ pub struct AuditRecord {
     pub socket_cookie: u64,
 }
 
+/// Rule lists of this many recent installs are kept, so a report queued
+/// before a policy change still names the rule that judged it.
+const RULE_LISTS_KEPT: usize = 8;
+
 /// Turns kernel events into [`AuditRecord`]s.
 pub struct Enricher {
-    rules: Vec<RuleInfo>,
+    /// Rule lists by the `policy_seq` of their install, newest last.
+    rules: std::collections::VecDeque<(u64, Vec<RuleInfo>)>,
     /// The cgroup v2 mount, to check a `/proc` cgroup path against the id
     /// the kernel reported.
     cgroup_root: PathBuf,
-    /// Wall clock minus CLOCK_MONOTONIC, to date kernel timestamps.
-    boot_offset: Duration,
     users: HashMap<u32, Option<String>>,
     /// Executable paths seen before, by identity, for processes that exit
     /// before userspace reads their `/proc` entry.
@@ -83,19 +86,37 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(rules: Vec<RuleInfo>, cgroup_root: PathBuf) -> Self {
+    pub fn new(cgroup_root: PathBuf) -> Self {
         Self {
-            rules,
+            rules: std::collections::VecDeque::new(),
             cgroup_root,
-            boot_offset: boot_offset(),
             users: HashMap::new(),
             exes: HashMap::new(),
         }
     }
 
-    /// Swaps in the rule names of a reloaded policy.
-    pub fn set_rules(&mut self, rules: Vec<RuleInfo>) {
-        self.rules = rules;
+    /// Records the rule names of the policy installed as `seq`.
+    pub fn set_rules(&mut self, seq: u64, rules: Vec<RuleInfo>) {
+        if self.rules.len() == RULE_LISTS_KEPT {
+            self.rules.pop_front();
+        }
+        self.rules.push_back((seq, rules));
+    }
+
+    /// The name of rule `index` of the policy installed as `seq`; `#N` for
+    /// a policy this daemon did not install (adopted from a predecessor).
+    fn rule_name(&self, seq: u64, index: u8) -> Option<String> {
+        if index == NO_RULE {
+            return None;
+        }
+        let name = self
+            .rules
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .and_then(|(_, rules)| rules.get(usize::from(index)))
+            .map_or_else(|| format!("#{index}"), |r| r.name.clone());
+        Some(name)
     }
 
     pub fn enrich(&mut self, ev: &ConnectEvent) -> AuditRecord {
@@ -105,10 +126,7 @@ impl Enricher {
             (2, Some(v4)) => IpAddr::V4(v4),
             _ => IpAddr::V6(ip),
         };
-        let rule = (ev.rule != NO_RULE)
-            .then(|| self.rules.get(usize::from(ev.rule)))
-            .flatten()
-            .map(|r| r.name.clone());
+        let rule = self.rule_name(ev.policy_seq, ev.rule);
         let pid = ev.tgid;
         // /proc/PID speaks for the caller only while PID is still the same
         // process (same start time); a recycled pid lends it nothing.
@@ -140,7 +158,9 @@ impl Enricher {
             .find(|path| self.cgroup_id_of(path) == Some(ev.cgroup_id));
         AuditRecord {
             time: humantime::format_rfc3339_millis(
-                SystemTime::UNIX_EPOCH + self.boot_offset + Duration::from_nanos(ev.ktime_ns),
+                // Taken afresh for every record: the lines follow the wall
+                // clock when NTP steps it.
+                SystemTime::UNIX_EPOCH + boot_offset() + Duration::from_nanos(ev.ktime_ns),
             )
             .to_string(),
             verdict: verdict_name(ev.verdict),
@@ -392,6 +412,7 @@ mod tests {
         exe_name[..5].copy_from_slice(b"socat");
         ConnectEvent {
             ktime_ns: 1,
+            policy_seq: 2,
             socket_cookie: 7,
             netns_cookie: 9,
             start_boottime_ns: 0,
@@ -415,14 +436,24 @@ mod tests {
     }
 
     fn enricher() -> Enricher {
-        Enricher::new(
+        let mut enricher = Enricher::new(PathBuf::from("/nonexistent"));
+        enricher.set_rules(
+            2,
             vec![RuleInfo {
                 name: "catalog:socat".into(),
                 action: Action::Deny,
                 matches: "exe_name in [socat]".into(),
             }],
-            PathBuf::from("/nonexistent"),
-        )
+        );
+        enricher
+    }
+
+    #[test]
+    fn a_rule_of_an_unknown_policy_is_named_by_its_index() {
+        let mut ev = event();
+        ev.policy_seq = 99;
+        let line = enricher().enrich(&ev).format(LogFormat::Human);
+        assert!(line.contains(" rule=#0 "), "{line}");
     }
 
     #[test]

@@ -7,9 +7,9 @@ use clap::{Parser, Subcommand};
 use loopwarden::{
     catalog::CATALOG,
     config::{Config, DEFAULT_CONFIG_PATH},
-    daemon::{self, DEFAULT_RUN_DIR},
+    daemon::{self, DEFAULT_RUN_DIR, DaemonError},
     events::LogFormat,
-    kernel::{compat, loader::Programs},
+    kernel::{compat, loader::Programs, pins::DEFAULT_PIN_DIR},
     policy::{self, Mode},
     resolve::HostResolver,
 };
@@ -51,6 +51,24 @@ enum Command {
         /// Directory for the instance lock (one daemon per directory).
         #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
+        /// bpffs directory where the links and maps are pinned (mounted
+        /// when bpffs is not).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Replace the pinned programs and maps even if they are compatible.
+        #[arg(long, hide = true)]
+        replace: bool,
+    },
+    /// Stop enforcing: remove the pinned links and maps. The daemon leaves
+    /// enforcement in place when it exits (so a restart or upgrade never
+    /// opens a gap); this is how to end it. Refuses while a daemon runs.
+    Detach {
+        /// The run directory of the daemon (its lock must be free).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// The pin directory to empty.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
     /// Validate a policy file and print the compiled policy; exits non-zero
     /// on any error (file, line and what is wrong).
@@ -98,7 +116,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("loopwarden: error: {e:#}");
-            ExitCode::FAILURE
+            let code = e
+                .downcast_ref::<DaemonError>()
+                .map_or(daemon::exit::FAILURE, DaemonError::exit_code);
+            ExitCode::from(code)
         }
     }
 }
@@ -110,18 +131,35 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             mode,
             log_format,
             run_dir,
+            pin_dir,
+            replace,
         } => {
             let opts = daemon::Options {
                 config,
                 mode: mode.map(Mode::from),
                 log_format,
                 run_dir,
+                pin_dir,
+                replace,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(daemon::run(opts))?;
+            Ok(())
+        }
+        Command::Detach { run_dir, pin_dir } => {
+            let removed = daemon::detach(&pin_dir, &run_dir)?;
+            if removed.is_empty() {
+                println!("nothing pinned in {}", pin_dir.display());
+            } else {
+                println!(
+                    "detached: removed {} pins from {} (loopwarden no longer enforces)",
+                    removed.len(),
+                    pin_dir.display()
+                );
+            }
             Ok(())
         }
         Command::CheckConfig { file, default } => {

@@ -727,10 +727,10 @@ impl Compiler<'_> {
         for exe_name in entry.exe_names {
             for path in self.resolver.find_executables(exe_name) {
                 // Not installed or unreadable: the plain name still matches.
-                if let Ok(real) = self.resolver.exe_file_name(&path) {
-                    if !names.contains(&real) {
-                        names.push(real);
-                    }
+                if let Ok(real) = self.resolver.exe_file_name(&path)
+                    && !names.contains(&real)
+                {
+                    names.push(real);
                 }
             }
         }

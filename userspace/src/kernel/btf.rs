@@ -172,6 +172,7 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         inode_ino: btf.member_offset("inode", "i_ino")?,
         inode_sb: btf.member_offset("inode", "i_sb")?,
         sb_dev: btf.member_offset("super_block", "s_dev")?,
+        task_comm: btf.member_offset("task_struct", "comm")?,
     })
 }
 

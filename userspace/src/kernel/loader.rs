@@ -1,19 +1,28 @@
 //! Loading the kernel programs and attaching them to the cgroup v2 root.
 //!
-//! Links are owned by this process and never pinned: when the daemon exits,
-//! however it exits, the kernel closes the link file descriptors and detaches
-//! the programs. Nothing outlives the daemon.
+//! The daemon's links and maps are pinned in bpffs (see [`super::pins`]):
+//! enforcement outlives the process that attached it, whatever ends that
+//! process. A starting daemon loads its programs against the pinned maps
+//! (or fresh ones when the pinned set is incompatible) and puts them into
+//! the pinned links in place, so at no instant is no program attached.
+//! Only `loopwarden detach` removes enforcement. The benchmark's baseline
+//! program is attached unpinned and goes with its process.
 //!
 //! # Minimum kernel version
 //! 5.18: `bpf_set_retval` in cgroup programs (enforced by [`crate::kernel::compat`]).
 
-use std::{fs::File, path::Path};
+use std::{collections::HashMap, fs::File, io, path::Path};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
-use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, programs};
+use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
+
+use super::{
+    pins::{self, MapShape, PinDir, PinError, PinState},
+    sys,
+};
 
 /// The kernel programs, built by `build.rs` from the `ebpf` crate.
 static EBPF_OBJECT: &[u8] =
@@ -47,6 +56,26 @@ pub enum LoaderError {
         #[source]
         source: ProgramError,
     },
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("pinning the link of {name} at {path} failed: {message}")]
+    PinLink {
+        name: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error(
+        "putting {name} into the pinned link {path} failed (the kernel needs BPF_LINK_UPDATE for \
+         cgroup links, Linux 5.7+); the previously pinned program keeps enforcing"
+    )]
+    LinkUpdate {
+        name: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the eBPF object cannot be parsed: {0}")]
+    Object(String),
 }
 
 fn verifier_hint(err: &ProgramError) -> String {
@@ -65,26 +94,76 @@ const BASELINE: &[&str] = &[programs::BASELINE4];
 pub struct Programs {
     pub ebpf: Ebpf,
     names: &'static [&'static str],
+    /// Maps were created fresh in the staging directory (replacing an
+    /// incompatible pinned set); they move into place after the takeover.
+    staged: bool,
+}
+
+/// How the pinned links came to run this daemon's programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// No link was pinned: attached and pinned now.
+    Attached,
+    /// The pinned links now run our programs (replaced in place).
+    Updated,
+}
+
+/// The shapes of the maps our object pins.
+pub fn object_shapes() -> Result<HashMap<String, MapShape>, LoaderError> {
+    pins::object_shapes(EBPF_OBJECT).map_err(LoaderError::Object)
 }
 
 impl Programs {
     /// Loads the object with the kernel structure offsets patched in, and
     /// verifies both programs. Nothing is attached yet.
-    pub fn load(offsets: &KernelOffsets) -> Result<Self, LoaderError> {
-        Self::load_only(offsets, ENFORCER)
+    ///
+    /// The maps are the pinned ones when `state` says they are compatible
+    /// (or none are pinned yet: they are created and pinned now); otherwise
+    /// fresh maps are created in the staging directory.
+    pub fn load_pinned(
+        offsets: &KernelOffsets,
+        pins: &PinDir,
+        state: &PinState,
+    ) -> Result<Self, LoaderError> {
+        let staged = matches!(state, PinState::Incompatible { .. });
+        let dir = if staged {
+            let dir = pins.staging();
+            std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
+                what: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+            dir
+        } else {
+            pins.maps_dir()
+        };
+        let paths: Vec<(&'static str, std::path::PathBuf)> = maps::PINNED
+            .iter()
+            .map(|&name| (name, dir.join(name)))
+            .collect();
+        let mut programs = Self::load_only(&paths, offsets, ENFORCER)?;
+        programs.staged = staged;
+        Ok(programs)
     }
 
     /// Loads only the no-op baseline program (see `ebpf/src/baseline.rs`).
     pub fn load_baseline() -> Result<Self, LoaderError> {
-        Self::load_only(&KernelOffsets::default(), BASELINE)
+        Self::load_only(&[], &KernelOffsets::default(), BASELINE)
     }
 
+    /// Loads the object, each map in `pinned` reused from (or created and
+    /// pinned at) its path, and verifies the programs `names`.
     fn load_only(
+        pinned: &[(&'static str, std::path::PathBuf)],
         offsets: &KernelOffsets,
         names: &'static [&'static str],
     ) -> Result<Self, LoaderError> {
         let log_level = kernel_log_level();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        for (name, path) in pinned {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .override_global(OFFSETS_GLOBAL, offsets, true)
             // Kernel-side aya-log calls below this level cost one compare.
             .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -104,12 +183,84 @@ impl Programs {
                 tracing::debug!("{name}: verified after {count} instructions");
             }
         }
-        Ok(Self { ebpf, names })
+        Ok(Self {
+            ebpf,
+            names,
+            staged: false,
+        })
     }
 
-    /// Attaches both programs to the cgroup v2 root, so they see every
-    /// connect() on the host. The links live inside `self`: dropping it (or
-    /// exiting) detaches the programs.
+    /// Makes the pinned links run these programs: each pinned link is
+    /// switched to its new program in place (`BPF_LINK_UPDATE`: the old
+    /// program judges every connect until the update, the new one every
+    /// connect after); a link not pinned yet is created and pinned. Staged
+    /// maps then replace the old pinned maps.
+    pub fn attach_pinned(
+        &mut self,
+        cgroup_root: &Path,
+        pins: &PinDir,
+    ) -> Result<Takeover, LoaderError> {
+        let path = cgroup_root.display().to_string();
+        let cgroup = File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
+            path: path.clone(),
+            source,
+        })?;
+        let mut takeover = Takeover::Updated;
+        for &name in self.names {
+            let pin = pins.link(name);
+            let prog = program(&mut self.ebpf, name)?;
+            if pin.exists() {
+                let update = |source| LoaderError::LinkUpdate {
+                    name,
+                    path: pin.display().to_string(),
+                    source,
+                };
+                let link = sys::obj_get(&pin).map_err(update)?;
+                let prog_fd = prog
+                    .fd()
+                    .map_err(|source| LoaderError::Verify { name, source })?;
+                use std::os::fd::AsFd as _;
+                sys::link_update(link.as_fd(), prog_fd.as_fd(), None).map_err(update)?;
+                let want = prog.info().map(|i| i.id()).ok();
+                let runs = sys::link_prog_id(&link).ok();
+                if want.is_some() && want != runs {
+                    return Err(update(io::Error::other(format!(
+                        "the link runs program {runs:?} after the update, not {want:?}"
+                    ))));
+                }
+                continue;
+            }
+            takeover = Takeover::Attached;
+            let link_id = prog
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| LoaderError::Attach {
+                    name,
+                    path: path.clone(),
+                    source,
+                })?;
+            let pin_failed = |message: String| LoaderError::PinLink {
+                name,
+                path: pin.display().to_string(),
+                message,
+            };
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| pin_failed(e.to_string()))?;
+            let link = FdLink::try_from(link).map_err(|e| pin_failed(e.to_string()))?;
+            // Dropping the returned handle closes our descriptor only: the
+            // pin keeps the link, and with it the program, attached.
+            link.pin(&pin).map_err(|e| pin_failed(e.to_string()))?;
+        }
+        if self.staged {
+            pins.promote_staging()?;
+            self.staged = false;
+        }
+        Ok(takeover)
+    }
+
+    /// Attaches the programs to the cgroup v2 root without pinning them.
+    /// The links live inside `self`: dropping it (or exiting) detaches the
+    /// programs. Only the benchmark's baseline uses this.
     pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoaderError> {
         let path = cgroup_root.display().to_string();
         let cgroup = File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {

@@ -6,7 +6,7 @@
 //! and switches to it with one write (see [`PolicyMaps::install`]), so a
 //! connect is never judged by a mix of two policies.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
     Ebpf, Pod,
@@ -55,53 +55,23 @@ where
     T::try_from(map).map_err(|source| MapsError::Type { name, source })
 }
 
-/// Makes a hash map hold exactly `want`: writes every entry, then removes
-/// keys that are no longer wanted.
-fn sync_hash<K, V>(
-    map: &mut HashMap<MapData, K, V>,
-    name: &'static str,
-    want: &BTreeMap<K, V>,
-) -> Result<(), MapsError>
-where
-    K: Pod + Ord,
-    V: Pod,
-{
-    let update = |source| MapsError::Update { name, source };
-    for (key, value) in want {
-        map.insert(key, value, 0).map_err(update)?;
-    }
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| !want.contains_key(key))
-        .collect();
-    for key in stale {
-        match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => return Err(update(source)),
-        }
-    }
-    Ok(())
-}
-
 /// The policy maps: everything the programs read to decide.
 pub struct PolicyMaps {
     generation: Array<MapData, u32>,
     settings: Array<MapData, Settings>,
     ports: Array<MapData, u64>,
     netns: HashMap<MapData, GenKey<u64>, u8>,
-    host_addrs: HashMap<MapData, Addr, u8>,
+    host_addrs: HashMap<MapData, GenKey<Addr>, u8>,
     exe: HashMap<MapData, GenKey<ExeKey>, u64>,
     exe_name: HashMap<MapData, GenKey<[u8; EXE_NAME_LEN]>, u64>,
     comm: HashMap<MapData, GenKey<[u8; COMM_LEN]>, u64>,
     uid: HashMap<MapData, GenKey<u32>, u64>,
     cgroup: HashMap<MapData, GenKey<u64>, u64>,
     ancestor: HashMap<MapData, GenKey<ExeKey>, AncestorMasks>,
+    /// What each slot's port words hold, once known: an install writes only
+    /// the words that change (each is a syscall).
+    port_words: [Option<Box<[u64; PORT_WORDS as usize]>>; 2],
 }
-
-/// How long a replaced generation stays after the switch: far longer than
-/// any program run that may have read the old generation number.
-const GRACE: Duration = Duration::from_millis(20);
 
 /// Writes `want` into `map` under generation `g`.
 fn write_generation<K, V>(
@@ -161,50 +131,78 @@ impl PolicyMaps {
             uid: take(ebpf, maps::RULES_UID)?,
             cgroup: take(ebpf, maps::RULES_CGROUP)?,
             ancestor: take(ebpf, maps::RULES_ANCESTOR)?,
+            port_words: [None, None],
         })
     }
 
-    /// Installs `policy` as a whole: it is written as the next generation
-    /// beside the running one, then a single 4-byte write of
-    /// `LW_GENERATION` switches every later connect to it, and the old
-    /// generation is removed once no program run can still be reading it.
-    /// A failure before the switch leaves the running policy untouched.
-    ///
-    /// `host_addrs` replaces the host-address set first (it is shared by
-    /// both generations; the flag that makes the kernel read it is in the
-    /// new generation's settings).
-    pub fn install(
-        &mut self,
-        policy: &CompiledPolicy,
-        host_addrs: &[IpAddr],
-    ) -> Result<(), MapsError> {
-        check_fits(policy)?;
-        self.set_host_addresses(host_addrs)?;
-        let current = self
-            .generation
+    fn read_u32(&self) -> Result<u32, MapsError> {
+        self.generation
             .get(&0, 0)
             .map_err(|source| MapsError::Update {
                 name: maps::GENERATION,
                 source,
-            })?
-            & 1;
-        let next = current ^ 1;
-        // Leftovers of an install that failed half-way.
-        self.clear(next)?;
-        let words: Vec<u64> = match &policy.ports {
-            Ports::All => vec![u64::MAX; PORT_WORDS as usize],
-            Ports::Some(words) => words.to_vec(),
-        };
-        for (index, word) in (next * PORT_WORDS..).zip(words) {
-            self.ports
-                .set(index, word, 0)
-                .map_err(|source| MapsError::Update {
-                    name: maps::PORTS,
-                    source,
-                })?;
+            })
+    }
+
+    fn read_settings(&self, g: u32) -> Result<Settings, MapsError> {
+        self.settings
+            .get(&g, 0)
+            .map_err(|source| MapsError::Update {
+                name: maps::SETTINGS,
+                source,
+            })
+    }
+
+    /// The generation in force: its slot and settings (`seq` names it).
+    pub fn in_force(&self) -> Result<(u32, Settings), MapsError> {
+        let g = self.read_u32()? & 1;
+        Ok((g, self.read_settings(g)?))
+    }
+
+    /// Installs `policy` as a whole and returns its sequence number (the
+    /// `policy_seq` its reports carry). It is written into the slot not in
+    /// force, under that slot's sequence lock: first `seq` goes odd (a
+    /// program that still reads this slot, having picked it before the
+    /// previous switch, will see the change and judge again), then the
+    /// entries are replaced, then the settings are written with a new even
+    /// `seq`; finally one 4-byte write of `LW_GENERATION` switches every
+    /// later connect to it. The slot in force is never written, so a
+    /// failure at any point leaves the running policy untouched, and the
+    /// replaced generation stays intact until the next install reuses its
+    /// slot (why that is safe: see the sequence lock in loopwarden_common).
+    ///
+    /// `host_addrs` is the host-address set of this generation.
+    pub fn install(
+        &mut self,
+        policy: &CompiledPolicy,
+        host_addrs: &[IpAddr],
+    ) -> Result<u64, MapsError> {
+        check_fits(policy)?;
+        let addrs: BTreeMap<Addr, u8> = host_addrs.iter().map(|a| (addr_key(a), 1)).collect();
+        if addrs.len() > MAX_MAP_ENTRIES as usize {
+            return Err(MapsError::TooLarge {
+                name: maps::HOST_ADDRS,
+                needed: addrs.len(),
+                capacity: MAX_MAP_ENTRIES,
+            });
         }
+        let current = self.read_u32()? & 1;
+        let next = current ^ 1;
+        let newest = self.read_settings(0)?.seq.max(self.read_settings(1)?.seq);
+        // The next even number above every sequence either slot has had.
+        let done = (newest | 1) + 1;
+        self.write_settings(
+            next,
+            &Settings {
+                seq: done - 1,
+                ..Settings::default()
+            },
+        )?;
+        self.clear(next)?;
+        self.write_ports(next, &policy.ports)?;
         let netns: BTreeMap<u64, u8> = policy.netns.iter().map(|n| (n.cookie, 1)).collect();
         write_generation(&mut self.netns, maps::NETNS, next, &netns)?;
+        write_generation(&mut self.host_addrs, maps::HOST_ADDRS, next, &addrs)?;
         write_generation(&mut self.exe, maps::RULES_EXE, next, &policy.exe)?;
         write_generation(
             &mut self.exe_name,
@@ -221,40 +219,66 @@ impl PolicyMaps {
             next,
             &policy.ancestor,
         )?;
-        self.write_settings(next, &policy.settings)?;
+        self.write_settings(
+            next,
+            &Settings {
+                seq: done,
+                ..policy.settings
+            },
+        )?;
         self.generation
             .set(0, next, 0)
             .map_err(|source| MapsError::Update {
                 name: maps::GENERATION,
                 source,
             })?;
-        std::thread::sleep(GRACE);
-        self.clear(current)
+        Ok(done)
     }
 
-    /// Empties generation `g`: its settings (policy off) and its entries.
+    /// Writes slot `g`'s port bitmap, only the words that differ from what
+    /// it holds (read once, then remembered).
+    fn write_ports(&mut self, g: u32, ports: &Ports) -> Result<(), MapsError> {
+        let update = |source| MapsError::Update {
+            name: maps::PORTS,
+            source,
+        };
+        let want: Box<[u64; PORT_WORDS as usize]> = match ports {
+            Ports::All => Box::new([u64::MAX; PORT_WORDS as usize]),
+            Ports::Some(words) => words.clone(),
+        };
+        let slot = g as usize;
+        if self.port_words[slot].is_none() {
+            let mut have = Box::new([0u64; PORT_WORDS as usize]);
+            for (i, word) in have.iter_mut().enumerate() {
+                *word = self
+                    .ports
+                    .get(&(g * PORT_WORDS + i as u32), 0)
+                    .map_err(update)?;
+            }
+            self.port_words[slot] = Some(have);
+        }
+        let have = self.port_words[slot].as_mut().expect("filled above");
+        for (i, (old, new)) in have.iter_mut().zip(want.iter()).enumerate() {
+            if old != new {
+                self.ports
+                    .set(g * PORT_WORDS + i as u32, *new, 0)
+                    .map_err(update)?;
+                *old = *new;
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties generation `g`'s entries.
     fn clear(&mut self, g: u32) -> Result<(), MapsError> {
-        self.write_settings(g, &Settings::default())?;
         clear_generation(&mut self.netns, maps::NETNS, g)?;
+        clear_generation(&mut self.host_addrs, maps::HOST_ADDRS, g)?;
         clear_generation(&mut self.exe, maps::RULES_EXE, g)?;
         clear_generation(&mut self.exe_name, maps::RULES_EXE_NAME, g)?;
         clear_generation(&mut self.comm, maps::RULES_COMM, g)?;
         clear_generation(&mut self.uid, maps::RULES_UID, g)?;
         clear_generation(&mut self.cgroup, maps::RULES_CGROUP, g)?;
         clear_generation(&mut self.ancestor, maps::RULES_ANCESTOR, g)
-    }
-
-    /// Replaces the host-address set (protected when the policy asks).
-    pub fn set_host_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), MapsError> {
-        let want: BTreeMap<Addr, u8> = addrs.iter().map(|a| (addr_key(a), 1)).collect();
-        if want.len() > MAX_MAP_ENTRIES as usize {
-            return Err(MapsError::TooLarge {
-                name: maps::HOST_ADDRS,
-                needed: want.len(),
-                capacity: MAX_MAP_ENTRIES,
-            });
-        }
-        sync_hash(&mut self.host_addrs, maps::HOST_ADDRS, &want)
     }
 
     fn write_settings(&mut self, g: u32, settings: &Settings) -> Result<(), MapsError> {
@@ -322,6 +346,8 @@ pub struct Counters {
     pub denied: u64,
     pub reported: u64,
     pub dropped: u64,
+    pub retried: u64,
+    pub raced: u64,
 }
 
 /// Reader for `LW_STATS`.
@@ -345,6 +371,8 @@ impl StatsMap {
             denied: get(stats::DENIED)?,
             reported: get(stats::REPORTED)?,
             dropped: get(stats::DROPPED)?,
+            retried: get(stats::RETRIED)?,
+            raced: get(stats::RACED)?,
         })
     }
 }

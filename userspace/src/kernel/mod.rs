@@ -6,3 +6,5 @@ pub mod btf;
 pub mod compat;
 pub mod loader;
 pub mod maps;
+pub mod pins;
+pub mod sys;

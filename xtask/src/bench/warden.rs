@@ -1,6 +1,8 @@
 //! The daemon under test: started with a generated config (or as
 //! `loopwarden baseline`, the calibration's no-op program), considered up once
-//! it prints `ready` on stderr, stopped with SIGTERM (also on drop).
+//! it prints `ready` on stderr, stopped with SIGTERM (also on drop). The
+//! daemon pins its programs in a pin directory of the bench's own, which
+//! `loopwarden detach` empties after it stops.
 
 use std::{
     fs::{self, File},
@@ -23,6 +25,8 @@ pub struct Warden {
     log: PathBuf,
     /// "the daemon" or "the baseline", for messages.
     what: &'static str,
+    /// `loopwarden detach` for the daemon's pins, run after it stops.
+    detach: Option<Command>,
 }
 
 impl Warden {
@@ -31,13 +35,29 @@ impl Warden {
     pub fn start(bin: &Path, config: &Path, run_dir: &Path, log: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/loopwarden-bench-{}",
+            std::process::id()
+        ));
         let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(config)
             .arg("--run-dir")
-            .arg(run_dir);
-        Self::spawn(cmd, log, "the daemon")
+            .arg(run_dir)
+            .arg("--pin-dir")
+            .arg(&pin_dir);
+        let mut detach = Command::new(bin);
+        detach
+            .arg("detach")
+            .arg("--run-dir")
+            .arg(run_dir)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .stdout(Stdio::null());
+        let mut warden = Self::spawn(cmd, log, "the daemon")?;
+        warden.detach = Some(detach);
+        Ok(warden)
     }
 
     /// Starts `bin baseline` (a no-op `lw_baseline4` connect4 program at the
@@ -63,6 +83,7 @@ impl Warden {
             child: Some(child),
             log: log.to_owned(),
             what,
+            detach: None,
         };
 
         // Copy stderr to the log for the daemon's whole life (a full pipe would
@@ -73,10 +94,10 @@ impl Warden {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(log_file, "{line}");
-                if line.contains("ready") {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
-                    }
+                if line.contains("ready")
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
                 }
             }
         });
@@ -110,7 +131,17 @@ impl Warden {
         Ok(())
     }
 
+    /// Stops the process, then removes its pins (enforcement outlives the
+    /// daemon until detached).
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = self.kill_child();
+        if let Some(mut detach) = self.detach.take() {
+            proc::run(&mut detach).context("detaching the bench daemon's pinned programs")?;
+        }
+        status
+    }
+
+    fn kill_child(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self
             .child
             .take()
@@ -148,10 +179,10 @@ impl Warden {
 
 impl Drop for Warden {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            if let Err(err) = self.terminate() {
-                say!("warning: {err:#}");
-            }
+        if self.child.is_some()
+            && let Err(err) = self.terminate()
+        {
+            say!("warning: {err:#}");
         }
     }
 }

@@ -1,17 +1,23 @@
-//! The daemon: checks the host, compiles the policy, loads and attaches the
-//! programs, then turns kernel events into audit lines until SIGINT/SIGTERM.
+//! The daemon: checks the host, compiles the policy, adopts or replaces the
+//! pinned programs and maps, then turns kernel events into audit lines until
+//! SIGINT/SIGTERM. Its exit leaves enforcement pinned (see
+//! [`crate::kernel::pins`]); [`detach`] removes it.
 //!
 //! Start-up order matters: the policy is written into the maps before the
-//! programs are attached, so the first connect they see is already judged
-//! by the full policy. SIGHUP re-reads the config; a bad config is reported
-//! and the running policy stays. Every few seconds the policy is compiled
-//! again so that executables installed and cgroups (units) started after
-//! start-up are picked up.
+//! programs take over the links, so the first connect they judge is judged
+//! by the full policy. A name that does not resolve (a missing executable, a
+//! user or unit that does not exist yet) is reported and matches nothing
+//! until it resolves; the rest is enforced. SIGHUP picks the policy source
+//! again and re-reads it; a bad file is reported and the running policy
+//! stays. Every second the policy is resolved again, so executables
+//! installed, cgroups (units) started and addresses added after start-up
+//! are picked up.
+
+mod detach;
+mod lock;
 
 use std::{
-    fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -27,14 +33,16 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+pub use self::{detach::detach, lock::InstanceLock};
 use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     events::{Enricher, LogFormat, parse_event},
     kernel::{
         btf::{self, BtfError},
         compat::{self, CompatError},
-        loader::{LoaderError, Programs},
+        loader::{self, LoaderError, Programs, Takeover},
         maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
+        pins::{PinDir, PinError, PinState},
     },
     policy::{self, CompiledPolicy, Mode, PolicyError},
     resolve::{self, HostResolver},
@@ -63,6 +71,8 @@ pub enum DaemonError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    Pins(#[from] PinError),
     #[error(
         "another loopwarden is already running (lock {path} is held{}); stop it first, or give this one its own --run-dir",
         holder.map(|p| format!(" by pid {p}")).unwrap_or_default()
@@ -76,7 +86,35 @@ pub enum DaemonError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
+/// Exit codes (sysexits.h), distinct so a supervisor can tell a failure
+/// that a restart may fix from one it cannot (`RestartPreventExitStatus=`).
+pub mod exit {
+    /// The policy file is bad (EX_CONFIG).
+    pub const CONFIG: u8 = 78;
+    /// The kernel or host lacks something loopwarden needs (EX_UNAVAILABLE).
+    pub const UNSUPPORTED: u8 = 69;
+    /// Not privileged enough (EX_NOPERM).
+    pub const NO_PERMISSION: u8 = 77;
+    /// Another daemon holds the lock (EX_TEMPFAIL: a later try may work).
+    pub const ALREADY_RUNNING: u8 = 75;
+    /// Anything else.
+    pub const FAILURE: u8 = 1;
+}
+
+impl DaemonError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) | DaemonError::Policy(_) => exit::CONFIG,
+            DaemonError::Compat(CompatError::NotRoot { .. }) => exit::NO_PERMISSION,
+            DaemonError::Compat(_) | DaemonError::Btf(_) => exit::UNSUPPORTED,
+            DaemonError::AlreadyRunning { .. } => exit::ALREADY_RUNNING,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DaemonError {
     let what = what.into();
     move |source| DaemonError::Io { what, source }
 }
@@ -91,6 +129,11 @@ pub struct Options {
     pub mode: Option<Mode>,
     pub log_format: LogFormat,
     pub run_dir: PathBuf,
+    /// Where links and maps are pinned.
+    pub pin_dir: PathBuf,
+    /// Replace whatever is pinned even if it is compatible (new maps, the
+    /// programs swapped in place through the links).
+    pub replace: bool,
 }
 
 /// Where the policy comes from, so SIGHUP can read it again.
@@ -126,19 +169,15 @@ impl Source {
     }
 }
 
-/// Compiles `config` and applies the `--mode` override. `lenient`: for
-/// re-resolving the running config (see [`policy::compile_lenient`]).
+/// Compiles `config` and applies the `--mode` override. Names that do not
+/// resolve are warnings and match nothing (see [`policy::compile_lenient`]):
+/// one missing executable or user never leaves the rest unenforced.
 fn compile_policy(
     config: &Config,
     resolver: &HostResolver,
     mode: Option<Mode>,
-    lenient: bool,
 ) -> Result<CompiledPolicy, DaemonError> {
-    let mut policy = if lenient {
-        policy::compile_lenient(config, resolver)?
-    } else {
-        policy::compile(config, resolver)?
-    };
+    let mut policy = policy::compile_lenient(config, resolver)?;
     if let Some(mode) = mode {
         apply_mode(&mut policy, mode);
     }
@@ -151,38 +190,6 @@ pub fn apply_mode(policy: &mut CompiledPolicy, mode: Mode) {
     match mode {
         Mode::Enforce => policy.settings.flags |= flags::ENFORCE,
         Mode::Audit => policy.settings.flags &= !flags::ENFORCE,
-    }
-}
-
-/// An exclusive lock on `<run_dir>/loopwarden.lock`, held for the daemon's
-/// lifetime (the kernel drops it when the process exits, however it exits).
-pub struct InstanceLock {
-    _file: File,
-}
-
-impl InstanceLock {
-    pub fn acquire(run_dir: &Path) -> Result<Self, DaemonError> {
-        fs::create_dir_all(run_dir).map_err(io_err(format!("creating {}", run_dir.display())))?;
-        let path = run_dir.join("loopwarden.lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = fs::read_to_string(&path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            return Err(DaemonError::AlreadyRunning { path, holder });
-        }
-        file.set_len(0)
-            .map_err(io_err("truncating the lock file"))?;
-        writeln!(file, "{}", std::process::id()).map_err(io_err("writing the lock file"))?;
-        Ok(Self { _file: file })
     }
 }
 
@@ -208,7 +215,21 @@ fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
     out
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
+/// What start-up found pinned and did about it, for the ready line.
+fn describe_start(state: &PinState, takeover: Takeover) -> String {
+    match (state, takeover) {
+        (PinState::Absent, _) | (_, Takeover::Attached) => "attached and pinned".to_owned(),
+        (PinState::Compatible, Takeover::Updated) => {
+            "adopted the pinned maps; the pinned links now run this daemon's programs".to_owned()
+        }
+        (PinState::Incompatible { why }, Takeover::Updated) => {
+            format!("replaced the pinned programs in place and their maps ({why})")
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM. Enforcement stays pinned when
+/// it returns: only `loopwarden detach` removes it.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
     // Handlers first: a signal during start-up is acted on once ready,
     // instead of killing the process with its default action.
@@ -219,16 +240,55 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
     let host = compat::check_host()?;
     let _lock = InstanceLock::acquire(&opts.run_dir)?;
+    let pins = PinDir::new(&opts.pin_dir);
+    pins.prepare()?;
+    let shapes = loader::object_shapes()?;
+    let state = if opts.replace {
+        PinState::Incompatible {
+            why: "--replace was given".to_owned(),
+        }
+    } else {
+        pins.inspect(&shapes)
+    };
+    if let PinState::Incompatible { why } = &state {
+        info!("the pinned objects will be replaced: {why}");
+    }
+
     let source = Source::pick(opts.config.as_deref());
     let resolver = HostResolver::new(host.cgroup2_root.clone());
-    let config = source.read()?;
-    let policy = compile_policy(&config, &resolver, opts.mode, false)?;
-    for warning in &policy.warnings {
-        warn!("{warning}");
+    // A policy that does not parse: enforcement already pinned by a
+    // predecessor of this layout stays in force and this daemon reports for
+    // it until a reload brings a good file; with nothing to keep, the
+    // daemon exits (exit code EX_CONFIG, which the unit does not restart).
+    let (config, policy) = match source.read() {
+        Ok(config) => {
+            let policy = compile_policy(&config, &resolver, opts.mode)?;
+            (Some(config), Some(policy))
+        }
+        Err(e) if state == PinState::Compatible => {
+            error!(
+                "{e}; the policy pinned by the previous daemon stays in force until a reload \
+                 (SIGHUP) reads a valid file"
+            );
+            (None, None)
+        }
+        Err(e) if matches!(state, PinState::Incompatible { .. }) => {
+            error!(
+                "{e}; the previously pinned programs keep enforcing their policy, unreported, \
+                 until a daemon starts with a valid file (or `loopwarden detach`)"
+            );
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(policy) = &policy {
+        for warning in &policy.warnings {
+            warn!("{warning}");
+        }
     }
     let offsets = btf::kernel_offsets(&host.btf_path)?;
 
-    let mut programs = Programs::load(&offsets)?;
+    let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
     let stats = StatsMap::take(&mut programs.ebpf)?;
     let ring = take_events(&mut programs.ebpf)?;
@@ -239,36 +299,67 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             None
         }
     };
-    policy_maps.install(&policy, &host_addresses(&policy))?;
-    programs.attach(&host.cgroup2_root)?;
+    let mut enricher = Enricher::new(host.cgroup2_root.clone());
+    // Installed before the programs take over the links, so the first
+    // connect they judge is judged by this policy.
+    let installed_seq = match &policy {
+        Some(policy) => {
+            let seq = policy_maps.install(policy, &host_addresses(policy))?;
+            enricher.set_rules(seq, policy.rules.clone());
+            Some(seq)
+        }
+        None => None,
+    };
+    let takeover = programs.attach_pinned(&host.cgroup2_root, &pins)?;
+    // What an earlier daemon already reported stays reported; drops since
+    // (e.g. while no daemon was reading) are reported now.
+    let dropped_reported = match (&state, pins.meta()) {
+        (PinState::Compatible, Ok(meta)) => meta.dropped_reported,
+        _ => 0,
+    };
+    pins.write_meta(dropped_reported)
+        .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     info!(
-        "ready: {} mode, {} rules from {}, attached to cgroup {} (kernel {})",
-        match policy.mode {
-            Mode::Audit => "audit",
-            Mode::Enforce => "enforce",
+        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}",
+        match &policy {
+            Some(p) => format!("{} mode, {} rules", p.mode, p.rules.len()),
+            None => "the pinned policy".to_owned(),
         },
-        policy.rules.len(),
+        match installed_seq {
+            Some(seq) => format!("policy #{seq}"),
+            None => "no new policy".to_owned(),
+        },
         source.describe(),
         host.cgroup2_root.display(),
+        pins.root().display(),
         host.kernel_release,
+        describe_start(&state, takeover),
     );
 
     let mut events = watch(ring, "watching the event ring buffer")?;
     let mut logger = logger;
-    let mut enricher = Enricher::new(policy.rules.clone(), host.cgroup2_root.clone());
     let mut installed = Installed {
         source,
+        config_arg: opts.config.clone(),
         mode: opts.mode,
         resolver,
         config,
+        addrs: policy.as_ref().map(host_addresses).unwrap_or_default(),
         policy,
         maps: policy_maps,
         refresh_error: None,
     };
+    let mut counters = CounterReport {
+        pins: pins.clone(),
+        last: Counters {
+            dropped: dropped_reported,
+            ..Counters::default()
+        },
+    };
+    counters.report(&stats);
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
-    let mut last = Counters::default();
 
     loop {
         tokio::select! {
@@ -287,26 +378,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 drain(events.get_mut(), &mut enricher, opts.log_format);
             }
             _ = tick.tick() => {
-                last = report_counters(&stats, last);
-                // Reports queued under the old rule numbering go out first.
-                drain(events.get_mut(), &mut enricher, opts.log_format);
+                counters.report(&stats);
                 installed.refresh(&mut enricher);
             }
             _ = sighup.recv() => {
-                info!("SIGHUP: reloading {}", installed.source.describe());
-                drain(events.get_mut(), &mut enricher, opts.log_format);
                 installed.reload(&mut enricher);
             }
-            _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
+            _ = sigint.recv() => { info!("SIGINT: exiting"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: exiting"); break; }
         }
     }
-    // Whatever is still queued is reported before the programs go away.
+    // Whatever is still queued is reported before we go.
     drain(events.get_mut(), &mut enricher, opts.log_format);
-    report_counters(&stats, last);
-    drop(events);
-    drop(programs);
-    info!("detached; exiting");
+    counters.report(&stats);
+    info!(
+        "exiting; enforcement stays attached and pinned in {} (`loopwarden detach` removes it)",
+        pins.root().display()
+    );
     Ok(())
 }
 
@@ -370,59 +458,80 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, format: LogFormat
     }
 }
 
-/// Reports events the ring buffer had to drop since the last call.
-fn report_counters(stats: &StatsMap, last: Counters) -> Counters {
-    match stats.read() {
-        Ok(now) => {
-            if now.dropped > last.dropped {
-                error!(
-                    dropped = now.dropped - last.dropped,
-                    total_dropped = now.dropped,
-                    "events lost: the ring buffer was full (the connects were still judged; only their reports are missing)"
-                );
+/// Reports events the ring buffer had to drop, and remembers in `LW_META`
+/// what was reported, so the next daemon reports only what it missed.
+struct CounterReport {
+    pins: PinDir,
+    last: Counters,
+}
+
+impl CounterReport {
+    fn report(&mut self, stats: &StatsMap) {
+        let now = match stats.read() {
+            Ok(now) => now,
+            Err(e) => {
+                warn!("reading kernel counters failed: {e}");
+                return;
             }
-            now
+        };
+        if now.dropped > self.last.dropped {
+            error!(
+                dropped = now.dropped - self.last.dropped,
+                total_dropped = now.dropped,
+                "events lost: the ring buffer was full, or no daemon was reading (the connects were \
+                 still judged; only their reports are missing)"
+            );
+            if let Err(e) = self.pins.write_meta(now.dropped) {
+                warn!("recording the reported drops in LW_META failed: {e}");
+            }
         }
-        Err(e) => {
-            warn!("reading kernel counters failed: {e}");
-            last
+        if now.raced > self.last.raced {
+            warn!(
+                allowed = now.raced - self.last.raced,
+                "connects allowed unjudged: the policy was rewritten faster than they could be judged"
+            );
         }
+        self.last = now;
     }
 }
 
 /// The installed policy and what it was compiled from.
 struct Installed {
     source: Source,
+    /// `--config`, to pick the source again on SIGHUP.
+    config_arg: Option<PathBuf>,
     mode: Option<Mode>,
     resolver: HostResolver,
     /// The last config that compiled: the periodic refresh recompiles it, so
-    /// an edit to the file takes effect only on SIGHUP.
-    config: Config,
-    policy: CompiledPolicy,
+    /// an edit to the file takes effect only on SIGHUP. `None` while the
+    /// policy pinned by a predecessor is in force.
+    config: Option<Config>,
+    policy: Option<CompiledPolicy>,
+    /// The host addresses installed with it.
+    addrs: Vec<std::net::IpAddr>,
     maps: PolicyMaps,
     /// The last periodic re-resolution error, reported once until it changes.
     refresh_error: Option<String>,
 }
 
 impl Installed {
-    fn compile(&self, config: &Config, lenient: bool) -> Result<CompiledPolicy, DaemonError> {
-        compile_policy(config, &self.resolver, self.mode, lenient)
-    }
-
-    /// SIGHUP: re-reads the source. A bad config is reported and the running
-    /// policy stays.
+    /// SIGHUP: picks the source again (a config file created since start is
+    /// read) and reads it. A bad config is reported and the running policy
+    /// stays.
     fn reload(&mut self, enricher: &mut Enricher) {
+        self.source = Source::pick(self.config_arg.as_deref());
+        info!("SIGHUP: reloading {}", self.source.describe());
         let fresh = self
             .source
             .read()
             .map_err(DaemonError::from)
-            .and_then(|config| Ok((self.compile(&config, false)?, config)));
+            .and_then(|config| Ok((compile_policy(&config, &self.resolver, self.mode)?, config)));
         match fresh {
             Ok((policy, config)) => {
-                if policy == self.policy {
+                if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
                 }
-                self.config = config;
+                self.config = Some(config);
                 self.install(policy, enricher);
             }
             Err(e) => error!("reload failed, keeping the running policy: {e}"),
@@ -430,18 +539,17 @@ impl Installed {
     }
 
     /// Periodic: resolves the same config again, picking up executables
-    /// installed and cgroups created since, and refreshes host addresses.
+    /// installed, cgroups created and host addresses changed since.
     fn refresh(&mut self, enricher: &mut Enricher) {
-        match self.compile(&self.config, true) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        match compile_policy(config, &self.resolver, self.mode) {
             Ok(policy) => {
                 if self.refresh_error.take().is_some() {
                     info!("re-resolving the policy works again");
                 }
-                if policy != self.policy {
-                    // Writes the host addresses with the policy.
-                    self.install(policy, enricher);
-                    return;
-                }
+                self.install(policy, enricher);
             }
             Err(e) => {
                 let message = e.to_string();
@@ -453,30 +561,33 @@ impl Installed {
                 }
             }
         }
-        if self.policy.host_addresses {
-            if let Err(e) = self.maps.set_host_addresses(&host_addresses(&self.policy)) {
-                warn!("refreshing host addresses failed: {e}");
-            }
-        }
     }
 
+    /// Installs `fresh` unless it (and its host addresses) is what is in
+    /// force already.
     fn install(&mut self, fresh: CompiledPolicy, enricher: &mut Enricher) {
-        if fresh == self.policy {
+        let addrs = host_addresses(&fresh);
+        let current = self.policy.as_ref();
+        if current == Some(&fresh) && self.addrs == addrs {
             return;
         }
         for warning in fresh
             .warnings
             .iter()
-            .filter(|w| !self.policy.warnings.contains(w))
+            .filter(|w| !current.is_some_and(|p| p.warnings.contains(w)))
         {
             warn!("{warning}");
         }
-        if let Err(e) = self.maps.install(&fresh, &host_addresses(&fresh)) {
-            error!("installing the new policy failed, keeping the running one: {e}");
-            return;
-        }
-        info!("policy installed: {} rules", fresh.rules.len());
-        enricher.set_rules(fresh.rules.clone());
-        self.policy = fresh;
+        let seq = match self.maps.install(&fresh, &addrs) {
+            Ok(seq) => seq,
+            Err(e) => {
+                error!("installing the new policy failed, keeping the running one: {e}");
+                return;
+            }
+        };
+        info!("policy #{seq} installed: {} rules", fresh.rules.len());
+        enricher.set_rules(seq, fresh.rules.clone());
+        self.policy = Some(fresh);
+        self.addrs = addrs;
     }
 }

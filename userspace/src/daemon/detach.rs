@@ -1,0 +1,16 @@
+//! `loopwarden detach`: the one way to end enforcement. Removes the pinned
+//! links (the kernel detaches the programs when the last reference goes)
+//! and maps. Refuses while a daemon holds the run directory's lock, so it
+//! never pulls enforcement from under a running daemon.
+
+use std::path::{Path, PathBuf};
+
+use super::{DaemonError, InstanceLock};
+use crate::kernel::{compat, pins::PinDir};
+
+/// Removes everything pinned in `pin_dir`; returns what was removed.
+pub fn detach(pin_dir: &Path, run_dir: &Path) -> Result<Vec<PathBuf>, DaemonError> {
+    compat::require_root()?;
+    let _lock = InstanceLock::acquire(run_dir)?;
+    Ok(PinDir::new(pin_dir).remove_all()?)
+}

@@ -1,0 +1,354 @@
+//! Where enforcement lives between daemons: the links and maps pinned in
+//! bpffs, and the rules for adopting, replacing and removing them.
+//!
+//! ```text
+//! <pin dir>/links/lw_connect4   the cgroup links: while pinned, the programs stay attached
+//! <pin dir>/links/lw_connect6
+//! <pin dir>/maps/LW_*           every map the programs use (policy, events, counters, meta)
+//! <pin dir>/staging-<pid>/LW_*  fresh maps of a daemon replacing an incompatible set
+//! ```
+//!
+//! A daemon adopts pinned maps only when `LW_META` carries its
+//! [`LAYOUT_VERSION`] and every map has exactly the type, key, value and
+//! size its own object declares; anything else is replaced, never misread.
+//! Replacement never leaves a gap: the new programs, with their own fresh
+//! maps already holding the policy, take over the pinned links in place
+//! (`BPF_LINK_UPDATE`), and only then are the old map pins swapped.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    fs, io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, MapData, MapInfo};
+use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, Meta, maps};
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/loopwarden";
+/// Where bpffs is normally mounted; mounted there when missing.
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Errors preparing or inspecting the pin directory.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "{} is not on a BPF filesystem: pinned programs and maps need bpffs (mount it with \
+         `mount -t bpf bpf {BPFFS_MOUNT}`, or pass --pin-dir under {BPFFS_MOUNT})",
+        path.display()
+    )]
+    NotBpffs { path: PathBuf },
+    #[error("mounting bpffs on {BPFFS_MOUNT} failed (the kernel needs CONFIG_BPF_SYSCALL)")]
+    Mount {
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} {} failed", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinError {
+    let path = path.to_owned();
+    move |source| PinError::Io { what, path, source }
+}
+
+/// What a starting daemon finds pinned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinState {
+    /// Nothing: a first start, or after `loopwarden detach`.
+    Absent,
+    /// Maps of this layout: adopt them (the policy in force stays until the
+    /// new one is installed into them).
+    Compatible,
+    /// Something else is pinned (another layout version, a map of another
+    /// shape, a half-finished replacement): replace it.
+    Incompatible { why: String },
+}
+
+/// The shape a map must have: type, key size, value size, max entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapShape {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// The shapes of the pinned maps as our own eBPF object declares them.
+pub fn object_shapes(object: &[u8]) -> Result<HashMap<String, MapShape>, String> {
+    let obj = aya_obj::Object::parse(object).map_err(|e| e.to_string())?;
+    Ok(maps::PINNED
+        .iter()
+        .filter_map(|&name| {
+            let map = obj.maps.get(name)?;
+            Some((
+                name.to_owned(),
+                MapShape {
+                    map_type: map.map_type(),
+                    key_size: map.key_size(),
+                    value_size: map.value_size(),
+                    max_entries: map.max_entries(),
+                },
+            ))
+        })
+        .collect())
+}
+
+/// The pin directory of one loopwarden installation.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.links_dir().join(program)
+    }
+
+    /// Where this process stages fresh maps while it replaces a pinned set.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join(format!("staging-{}", std::process::id()))
+    }
+
+    /// Whether anything at all is pinned here.
+    pub fn exists(&self) -> bool {
+        self.root.exists()
+    }
+
+    /// Makes sure the directory exists on bpffs, mounting bpffs at
+    /// [`BPFFS_MOUNT`] when the directory is under it and it is not mounted
+    /// (it is not at boot on some systems). Removes staging directories left
+    /// by daemons that died half-way through a replacement.
+    pub fn prepare(&self) -> Result<(), PinError> {
+        if self.root.starts_with(BPFFS_MOUNT) && !is_bpffs(Path::new(BPFFS_MOUNT)) {
+            mount_bpffs()?;
+        }
+        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
+            fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        }
+        if !is_bpffs(&self.root) {
+            return Err(PinError::NotBpffs {
+                path: self.root.clone(),
+            });
+        }
+        let own = self.staging();
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let stale = entry.file_name().to_string_lossy().starts_with("staging-");
+                if stale && path != own {
+                    tracing::info!("removing {} (left by an interrupted start)", path.display());
+                    remove_tree(&path).map_err(io_err("removing", &path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares what is pinned with what our object declares.
+    pub fn inspect(&self, shapes: &HashMap<String, MapShape>) -> PinState {
+        let present: Vec<&str> = maps::PINNED
+            .iter()
+            .copied()
+            .filter(|name| self.map(name).exists())
+            .collect();
+        let links = [
+            loopwarden_common::programs::CONNECT4,
+            loopwarden_common::programs::CONNECT6,
+        ];
+        if present.is_empty() && links.iter().all(|p| !self.link(p).exists()) {
+            return PinState::Absent;
+        }
+        let incompatible = |why: String| PinState::Incompatible { why };
+        match read_meta(&self.map(maps::META)) {
+            Ok(meta) if meta.magic != META_MAGIC => {
+                return incompatible("LW_META was never written (an interrupted start)".into());
+            }
+            Ok(meta) if meta.layout != LAYOUT_VERSION => {
+                return incompatible(format!(
+                    "the pinned maps have layout version {}, this daemon uses {LAYOUT_VERSION}",
+                    meta.layout
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return incompatible(format!("LW_META cannot be read: {e}")),
+        }
+        for &name in maps::PINNED {
+            let Some(want) = shapes.get(name) else {
+                return incompatible(format!("our object has no map {name}"));
+            };
+            let info = match MapInfo::from_pin(self.map(name)) {
+                Ok(info) => info,
+                Err(e) => return incompatible(format!("pinned map {name}: {e}")),
+            };
+            let have = MapShape {
+                map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+                key_size: info.key_size(),
+                value_size: info.value_size(),
+                max_entries: info.max_entries(),
+            };
+            if have != *want {
+                return incompatible(format!(
+                    "pinned map {name} is {have:?}, this daemon expects {want:?}"
+                ));
+            }
+        }
+        PinState::Compatible
+    }
+
+    /// After the links run programs bound to the staged maps: replaces the
+    /// pinned maps by them (old pins removed, staged pins moved in).
+    pub fn promote_staging(&self) -> Result<(), PinError> {
+        let staging = self.staging();
+        for &name in maps::PINNED {
+            let pinned = self.map(name);
+            match fs::remove_file(&pinned) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &pinned)(e)),
+            }
+            let staged = staging.join(name);
+            fs::rename(&staged, &pinned).map_err(io_err("moving", &staged))?;
+        }
+        fs::remove_dir(&staging).map_err(io_err("removing", &staging))
+    }
+
+    /// Removes every pin: links first (that detaches the programs), then
+    /// maps, then the directories. What was removed, for the report.
+    pub fn remove_all(&self) -> Result<Vec<PathBuf>, PinError> {
+        let mut removed = Vec::new();
+        if !self.root.exists() {
+            return Ok(removed);
+        }
+        let links = self.links_dir();
+        for dir in [links.clone(), self.maps_dir()] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                removed.push(path);
+            }
+        }
+        remove_tree(&self.root).map_err(io_err("removing", &self.root))?;
+        Ok(removed)
+    }
+
+    /// Writes `LW_META` (our layout version, the drops already reported).
+    pub fn write_meta(&self, dropped_reported: u64) -> Result<(), String> {
+        let path = self.map(maps::META);
+        let data = MapData::from_pin(&path).map_err(|e| e.to_string())?;
+        let mut meta: Array<MapData, Meta> =
+            Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())?;
+        meta.set(
+            0,
+            Meta {
+                magic: META_MAGIC,
+                layout: LAYOUT_VERSION,
+                _pad: 0,
+                dropped_reported,
+            },
+            0,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Reads `LW_META`.
+    pub fn meta(&self) -> Result<Meta, String> {
+        read_meta(&self.map(maps::META))
+    }
+}
+
+fn read_meta(path: &Path) -> Result<Meta, String> {
+    let info = MapInfo::from_pin(path).map_err(|e| e.to_string())?;
+    if info.value_size() as usize != size_of::<Meta>() {
+        return Err(format!(
+            "LW_META holds {}-byte values, not {}",
+            info.value_size(),
+            size_of::<Meta>()
+        ));
+    }
+    let data = MapData::from_pin(path).map_err(|e| e.to_string())?;
+    let meta: Array<MapData, Meta> =
+        Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())?;
+    meta.get(&0, 0).map_err(|e| e.to_string())
+}
+
+/// Removes a directory tree (bpffs pins are unlinked like files).
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Whether `path` (or, if it does not exist yet, its nearest existing
+/// ancestor) is on bpffs.
+fn is_bpffs(path: &Path) -> bool {
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return false;
+    };
+    let Ok(c_path) = CString::new(existing.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the struct we own; all-zero is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and outlives the call.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    st.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn mount_bpffs() -> Result<(), PinError> {
+    tracing::info!("bpffs is not mounted: mounting it on {BPFFS_MOUNT}");
+    fs::create_dir_all(BPFFS_MOUNT).map_err(|source| PinError::Mount { source })?;
+    let c = |s: &str| CString::new(s).expect("no NUL in constants");
+    let (source, target, fstype, data) = (c("bpf"), c(BPFFS_MOUNT), c("bpf"), c("mode=0700"));
+    // SAFETY: all four are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(PinError::Mount {
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
