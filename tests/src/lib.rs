@@ -545,3 +545,86 @@ pub fn map_generations(name: &str) -> Vec<u8> {
         .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the connect-path and kernel-matcher tests (connect_paths.rs,
+// matcher.rs). Self-contained: nothing above depends on them.
+
+/// The system Python the tests' connect scripts run under (`python3` on
+/// `PATH` may be another one, e.g. pyenv's shim).
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// `major:minor:inode` of the file at `path` (symlinks followed): the
+/// identity audit records show as `exe_id`, read by the kernel.
+pub fn exe_id(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta =
+        std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {} failed: {e}", path.display()));
+    let dev = meta.dev();
+    format!("{}:{}:{}", libc::major(dev), libc::minor(dev), meta.ino())
+}
+
+/// The file name of `path` once symlinks are resolved: what the kernel
+/// reports as `exe_name` for a process running it.
+pub fn exe_name(path: &Path) -> String {
+    let real = std::fs::canonicalize(path)
+        .unwrap_or_else(|e| panic!("resolving {} failed: {e}", path.display()));
+    real.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The `key=value` words of the last line a test script printed; indexing a
+/// missing key panics with the script's whole output.
+pub struct Fields {
+    map: std::collections::HashMap<String, String>,
+    output: String,
+}
+
+impl Fields {
+    pub fn of(out: &Output) -> Self {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let map = stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self {
+            map,
+            output: format!(
+                "status: {}\nstdout: {stdout}\nstderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.map.get(key).map(String::as_str)
+    }
+}
+
+impl std::ops::Index<&str> for Fields {
+    type Output = str;
+
+    fn index(&self, key: &str) -> &str {
+        self.get(key)
+            .unwrap_or_else(|| panic!("the script printed no {key}=\n{}", self.output))
+    }
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.output)
+    }
+}
+
+/// Writes a script to `dir/name` and returns its path.
+pub fn write_script(dir: &TempDir, name: &str, body: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, body).unwrap_or_else(|e| panic!("writing {name} failed: {e}"));
+    path.to_string_lossy().into_owned()
+}
