@@ -296,12 +296,111 @@ fn capture(stream: impl std::io::Read + Send + 'static) -> Lines {
     lines
 }
 
-/// A running `loopwarden run`, stopped with SIGTERM on drop.
+/// Where one test's daemons live: a directory for the config and the
+/// instance lock, and a bpffs pin directory of the test's own. Daemons
+/// started in the same `Install` (one after another) adopt each other's
+/// pins, as a restarted daemon does. On drop, `loopwarden detach` removes
+/// whatever is pinned, and the test fails if anything is left.
+pub struct Install {
+    dir: TempDir,
+    pin_dir: PathBuf,
+}
+
+impl Install {
+    pub fn new() -> Arc<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        require_root();
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/lwt-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        Arc::new(Self {
+            dir: TempDir::new("daemon"),
+            pin_dir,
+        })
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("loopwarden.toml")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// `--run-dir DIR --pin-dir DIR` for a loopwarden command.
+    pub fn dir_args(&self) -> Vec<String> {
+        vec![
+            "--run-dir".into(),
+            self.run_dir().display().to_string(),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+        ]
+    }
+
+    /// Runs `loopwarden detach` for this install.
+    pub fn detach(&self) -> Output {
+        run(Command::new(loopwarden_bin())
+            .arg("detach")
+            .args(self.dir_args()))
+    }
+
+    /// Ids of the programs the pinned links run (bpftool), this install's only.
+    pub fn linked_prog_ids(&self) -> Vec<u64> {
+        ["lw_connect4", "lw_connect6"]
+            .iter()
+            .filter_map(|name| {
+                let pin = self.pin_dir.join("links").join(name);
+                let out = run(Command::new("bpftool")
+                    .args(["-j", "link", "show", "pinned"])
+                    .arg(&pin));
+                let link: Value = serde_json::from_slice(&out.stdout).ok()?;
+                link["prog_id"].as_u64()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        let out = self.detach();
+        let left = self.pin_dir.exists();
+        if left {
+            // Never leave enforcement behind, even when detach failed.
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+        if !thread::panicking() {
+            assert!(
+                out.status.success(),
+                "loopwarden detach failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                !left,
+                "{} still existed after detach",
+                self.pin_dir.display()
+            );
+        }
+    }
+}
+
+/// A running `loopwarden run`. On drop it is stopped with SIGTERM and the
+/// test fails (unless it is already failing) if the daemon exited non-zero
+/// or logged an error the test did not declare with [`Daemon::allow_error`].
 pub struct Daemon {
     child: Option<Child>,
     stdout: Lines,
     stderr: Lines,
-    _dir: TempDir,
+    install: Arc<Install>,
+    /// Substrings of ERROR lines this test expects.
+    allowed_errors: Mutex<Vec<String>>,
+    /// Killed on purpose: its exit status says nothing.
+    killed: bool,
 }
 
 impl Daemon {
@@ -313,34 +412,40 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra `run` arguments.
     pub fn start_with(config: &str, extra: &[&str]) -> Self {
-        let mut daemon = Self::spawn(config, extra);
+        Self::start_in(&Install::new(), config, extra)
+    }
+
+    /// Starts a daemon in an existing install (adopting what an earlier
+    /// daemon of that install pinned) and waits until it is ready.
+    pub fn start_in(install: &Arc<Install>, config: &str, extra: &[&str]) -> Self {
+        let mut daemon = Self::spawn_in(install, config, extra, "info");
         daemon.wait_ready();
         daemon
     }
 
     /// Like [`Daemon::start`], with debug logging (kernel-side debug records too).
     pub fn start_debug(config: &str) -> Self {
-        let mut daemon = Self::spawn_with_log(config, &[], "debug");
+        let mut daemon = Self::spawn_in(&Install::new(), config, &[], "debug");
         daemon.wait_ready();
         daemon
     }
 
     /// Starts the daemon without waiting for it.
     pub fn spawn(config: &str, extra: &[&str]) -> Self {
-        Self::spawn_with_log(config, extra, "info")
+        Self::spawn_in(&Install::new(), config, extra, "info")
     }
 
-    fn spawn_with_log(config: &str, extra: &[&str], log: &str) -> Self {
+    /// Starts a daemon in `install` without waiting for it.
+    pub fn spawn_in(install: &Arc<Install>, config: &str, extra: &[&str], log: &str) -> Self {
         require_root();
-        let dir = TempDir::new("daemon");
-        let config_path = dir.path().join("loopwarden.toml");
+        let config_path = install.config_path();
         std::fs::write(&config_path, config).expect("writing the test config");
         let mut cmd = Command::new(loopwarden_bin());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
-            .args(["--log-format", "json", "--run-dir"])
-            .arg(dir.path().join("run"))
+            .args(["--log-format", "json"])
+            .args(install.dir_args())
             .args(extra)
             .env("LOOPWARDEN_LOG", log)
             .stdin(Stdio::null())
@@ -355,7 +460,21 @@ impl Daemon {
             child: Some(child),
             stdout,
             stderr,
-            _dir: dir,
+            install: Arc::clone(install),
+            allowed_errors: Mutex::new(Vec::new()),
+            killed: false,
+        }
+    }
+
+    /// The install (config, run and pin directories) of this daemon.
+    pub fn install(&self) -> &Arc<Install> {
+        &self.install
+    }
+
+    /// Declares that an ERROR line containing `text` is expected.
+    pub fn allow_error(&self, text: &str) {
+        if let Ok(mut v) = self.allowed_errors.lock() {
+            v.push(text.to_owned());
         }
     }
 
@@ -419,7 +538,7 @@ impl Daemon {
 
     /// The config file the daemon was started with (tests may rewrite it).
     pub fn config_path(&self) -> PathBuf {
-        self._dir.path().join("loopwarden.toml")
+        self.install.config_path()
     }
 
     /// Sends `signal` to the daemon.
@@ -428,6 +547,15 @@ impl Daemon {
             // SAFETY: plain kill(2) on our own child.
             unsafe { libc::kill(pid as i32, signal) };
         }
+    }
+
+    /// SIGKILL, and waits until the process is gone: what an OOM kill does.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.killed = true;
     }
 
     /// Waits until the daemon's stderr contains `text` (at least `count` times).
@@ -442,6 +570,25 @@ impl Daemon {
     /// Raw stdout lines so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// ERROR lines on stderr that no [`Daemon::allow_error`] covers.
+    pub fn unexpected_errors(&self) -> Vec<String> {
+        let allowed = self
+            .allowed_errors
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        self.stderr
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.contains(" ERROR ") || l.contains("loopwarden: error:"))
+                    .filter(|l| !allowed.iter().any(|a| l.contains(a.as_str())))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
@@ -468,7 +615,22 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.stop();
+        let running = self.child.is_some();
+        let clean = self.stop();
+        if thread::panicking() {
+            return;
+        }
+        assert!(
+            !running || clean || self.killed,
+            "the daemon did not exit 0 on SIGTERM:\n{}",
+            self.stderr_text()
+        );
+        let errors = self.unexpected_errors();
+        assert!(
+            errors.is_empty(),
+            "the daemon logged errors the test did not expect:\n{}",
+            errors.join("\n")
+        );
     }
 }
 
@@ -526,10 +688,12 @@ pub fn prog_ids(name: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// The policy generation (first key word) of every entry in the maps named
-/// `name` (bpftool truncates names to 15 characters).
-pub fn map_generations(name: &str) -> Vec<u8> {
-    let out = run(Command::new("bpftool").args(["-j", "map", "dump", "name", name]));
+/// The policy generation (first key word) of every entry in the pinned
+/// map at `path` (one of a test install's own maps).
+pub fn map_generations(path: &Path) -> Vec<u8> {
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(path));
     let dump: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     let entries: Vec<&Value> = match &dump {
         // One map: a list of entries; several: a list of lists.

@@ -87,26 +87,37 @@ fn first_run_dir(daemon: &Daemon) -> String {
 }
 
 #[test]
-fn sigterm_detaches_everything() {
+fn sigterm_leaves_enforcement_pinned_and_detach_removes_it() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    assert!(ns.socat_connect(&target).0, "reachable without loopwarden");
     let mut daemon = Daemon::start(&policy(&ns, "enforce", ""));
-    let ours: Vec<u64> = prog_ids("lw_connect4")
-        .into_iter()
-        .chain(prog_ids("lw_connect6"))
-        .collect();
-    assert!(ours.len() >= 2, "programs loaded: {ours:?}");
-    let (ok, _) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
-    assert!(!ok, "enforcing before the stop");
+    let install = std::sync::Arc::clone(daemon.install());
+    let ours = install.linked_prog_ids();
+    assert_eq!(ours.len(), 2, "both links pinned and running programs");
+    assert!(!ns.socat_connect(&target).0, "enforcing before the stop");
     assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
-    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
-    assert!(ok, "still refused after the daemon exited: {stderr}");
-    let left: Vec<u64> = prog_ids("lw_connect4")
+    daemon.wait_stderr("enforcement stays attached and pinned", 1);
+    assert!(
+        !ns.socat_connect(&target).0,
+        "the daemon's exit ended enforcement"
+    );
+    let out = install.detach();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached"),
+        "{out:?}"
+    );
+    let (ok, stderr) = ns.socat_connect(&target);
+    assert!(ok, "still refused after detach: {stderr}");
+    let loaded: Vec<u64> = prog_ids("lw_connect4")
         .into_iter()
         .chain(prog_ids("lw_connect6"))
         .filter(|id| ours.contains(id))
         .collect();
-    assert!(left.is_empty(), "programs left loaded: {left:?}");
+    assert!(loaded.is_empty(), "programs left loaded: {loaded:?}");
+    assert!(!install.pin_dir().exists(), "pins left behind");
 }
 
 #[test]
@@ -129,7 +140,7 @@ fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
         "mode = \"audit\"\n\n[protect]\nports = [8080]\nbogus = 1\n",
     )
     .expect("config");
-    let before = prog_ids("lw_connect4").len();
+    let pin_dir = format!("/sys/fs/bpf/lwt-badcfg-{}", std::process::id());
     for args in [
         vec!["check-config".to_owned(), path.display().to_string()],
         vec![
@@ -138,16 +149,24 @@ fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
             path.display().to_string(),
             "--run-dir".to_owned(),
             dir.path().join("run").display().to_string(),
+            "--pin-dir".to_owned(),
+            pin_dir.clone(),
         ],
     ] {
         let out = run(Command::new(loopwarden_bin()).args(&args));
         assert!(!out.status.success(), "{args:?} accepted a bad config");
+        if args[0] == "run" {
+            assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {out:?}");
+        }
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("bad.toml"), "{stderr}");
         assert!(stderr.contains("bad.toml:5:"), "{stderr}");
         assert!(stderr.contains("bogus"), "{stderr}");
     }
-    assert_eq!(prog_ids("lw_connect4").len(), before, "nothing was loaded");
+    assert!(
+        !std::path::Path::new(&pin_dir).exists(),
+        "a failed start left {pin_dir}"
+    );
 }
 
 #[test]
@@ -159,23 +178,18 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
     assert!(ns.socat_connect(&target).0, "audit mode lets it through");
 
     std::fs::write(daemon.config_path(), policy(&ns, "enforce", "")).expect("rewrite");
-    let before = map_generations("LW_RULES_EXE_NA");
-    assert!(
-        !before.is_empty() && before.iter().all(|g| *g == before[0]),
-        "{before:?}"
-    );
+    let install = daemon.install();
+    let before = pinned_generation(install);
     daemon.signal(libc::SIGHUP);
-    daemon.wait_stderr("policy installed", 1);
+    daemon.wait_stderr("installed: ", 1);
     assert!(!ns.socat_connect(&target).0, "enforcing after the reload");
-    // The reload went in as a whole new generation; the old one is gone.
-    let after = map_generations("LW_RULES_EXE_NA");
-    assert!(!after.is_empty(), "no entries after the reload");
-    assert!(
-        after.iter().all(|g| *g == 1 - before[0]),
-        "before {before:?}, after {after:?}"
-    );
+    // The reload went in as a whole generation in the other slot.
+    assert_eq!(pinned_generation(install), 1 - before);
+    let entries = map_generations(&install.pin_dir().join("maps/LW_RULES_EXE_NAME"));
+    assert!(entries.contains(&(1 - before)), "{entries:?}");
 
     // A broken file is reported; enforcement stays as it was.
+    daemon.allow_error("reload failed, keeping the running policy");
     std::fs::write(daemon.config_path(), "mode = \"enforce\"\nnonsense = 1\n").expect("rewrite");
     daemon.signal(libc::SIGHUP);
     daemon.wait_stderr("reload failed, keeping the running policy", 1);
@@ -192,6 +206,7 @@ fn events_the_ring_buffer_drops_are_counted_and_reported() {
     let ns = Netns::new();
     let rule = rule("py", "deny", "exe", "/usr/bin/python3");
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
+    daemon.allow_error("events lost");
     // Freeze the reader, flood the 1 MiB ring buffer with refused connects
     // (160 bytes each), then let the reader go.
     daemon.signal(libc::SIGSTOP);
@@ -256,16 +271,30 @@ fn human_log_lines_carry_the_whole_identity() {
 }
 
 #[test]
-fn sigint_detaches_too() {
+fn sigint_exits_cleanly_and_enforcement_stays() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let mut daemon = Daemon::start(&policy(&ns, "enforce", ""));
     let target = format!("TCP:127.0.0.1:{PROTECTED}");
     assert!(!ns.socat_connect(&target).0, "enforcing");
     daemon.signal(libc::SIGINT);
-    daemon.wait_stderr("detached; exiting", 1);
+    daemon.wait_stderr("enforcement stays attached", 1);
     assert!(daemon.stop(), "the daemon exits 0 on SIGINT");
-    assert!(ns.socat_connect(&target).0, "still refused after SIGINT");
+    assert!(
+        !ns.socat_connect(&target).0,
+        "enforcement ended with SIGINT"
+    );
+}
+
+/// The generation slot in force, read from the install's own pinned map.
+fn pinned_generation(install: &loopwarden_tests::Install) -> u8 {
+    let path = install.pin_dir().join("maps/LW_GENERATION");
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&path));
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let byte = dump[0]["value"][0].as_str().expect("a value byte");
+    u8::from_str_radix(byte.trim_start_matches("0x"), 16).expect("hex")
 }
 
 #[test]

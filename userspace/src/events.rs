@@ -70,7 +70,7 @@ pub struct AuditRecord {
 
 /// Rule lists of this many recent installs are kept, so a report queued
 /// before a policy change still names the rule that judged it.
-const RULE_LISTS_KEPT: usize = 8;
+const RULE_LISTS_KEPT: usize = 64;
 
 /// Turns kernel events into [`AuditRecord`]s.
 pub struct Enricher {

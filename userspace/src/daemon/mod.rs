@@ -240,8 +240,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
     let host = compat::check_host()?;
     let _lock = InstanceLock::acquire(&opts.run_dir)?;
+    // Inspecting creates nothing: a start that fails on its config leaves
+    // no trace in bpffs.
     let pins = PinDir::new(&opts.pin_dir);
-    pins.prepare()?;
     let shapes = loader::object_shapes()?;
     let state = if opts.replace {
         PinState::Incompatible {
@@ -288,6 +289,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     let offsets = btf::kernel_offsets(&host.btf_path)?;
 
+    pins.prepare()?;
     let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
     let stats = StatsMap::take(&mut programs.ebpf)?;

@@ -1,0 +1,294 @@
+//! Enforcement that never lapses: it outlives the daemon (SIGKILL, restart,
+//! replacement of the programs), a start that cannot resolve a name still
+//! enforces the rest, a bad file keeps the pinned policy, and a policy
+//! switched every millisecond never judges a connect by half a policy.
+
+use std::{
+    process::Command,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use loopwarden_tests::{
+    Daemon, Install, Netns, PROTECTED, Proc, TempDir, loopwarden_bin, policy, prog_ids, rule, run,
+    run_ok,
+};
+
+/// A python client that connects to the protected port in a loop until
+/// `stop` exists, then writes `ok refused` counts to `out`.
+fn flood(ns: &Netns, dir: &TempDir, pause: f64) -> (Proc, std::path::PathBuf, std::path::PathBuf) {
+    let out = dir.path().join("counts");
+    let stop = dir.path().join("stop");
+    let script = format!(
+        r#"
+import os, socket, time
+ok = refused = 0
+while not os.path.exists({stop:?}):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", {PROTECTED}))
+        ok += 1
+    except ConnectionRefusedError:
+        refused += 1
+    s.close()
+    if {pause} > 0:
+        time.sleep({pause})
+open({out:?} + ".tmp", "w").write(f"{{ok}} {{refused}}")
+os.rename({out:?} + ".tmp", {out:?})
+"#,
+        stop = stop.display().to_string(),
+        out = out.display().to_string(),
+    );
+    let proc = ns.spawn("/usr/bin/python3", &["-c", &script]);
+    (proc, out, stop)
+}
+
+/// Stops a [`flood`] and returns `(ok, refused)`.
+fn flood_counts(out: &std::path::Path, stop: &std::path::Path) -> (u64, u64) {
+    std::fs::write(stop, "").expect("stop file");
+    let text = loopwarden_tests::wait_for("the flood's counts", Duration::from_secs(20), || {
+        std::fs::read_to_string(out).ok()
+    });
+    let mut it = text.split_whitespace().map(|n| n.parse().expect("a count"));
+    (it.next().expect("ok"), it.next().expect("refused"))
+}
+
+fn python_deny() -> String {
+    rule("py", "deny", "exe", "/usr/bin/python3")
+}
+
+#[test]
+fn no_relay_connect_gets_through_a_sigkill_a_restart_or_a_program_replacement() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("flood");
+    let config = policy(&ns, "enforce", &python_deny());
+
+    // Positive control: the same flood reaches the service without loopwarden.
+    let (_control, out, stop) = flood(&ns, &dir, 0.001);
+    thread::sleep(Duration::from_millis(500));
+    let (ok, refused) = flood_counts(&out, &stop);
+    assert!(
+        ok > 50 && refused == 0,
+        "control: {ok} ok, {refused} refused"
+    );
+    std::fs::remove_file(&out).expect("reset");
+    std::fs::remove_file(&stop).expect("reset");
+
+    let install = Install::new();
+    let mut first = Daemon::start_in(&install, &config, &[]);
+    first.allow_error("events lost");
+    let programs_before = install.linked_prog_ids();
+    let (_flood, out, stop) = flood(&ns, &dir, 0.0);
+    thread::sleep(Duration::from_millis(300));
+    // An OOM kill: no handler runs.
+    first.kill9();
+    thread::sleep(Duration::from_millis(500));
+    let mut second = Daemon::start_in(&install, &config, &[]);
+    // The flood filled the pinned ring buffer while no daemon read it.
+    second.allow_error("events lost");
+    second.wait_stderr("adopted the pinned maps", 1);
+    thread::sleep(Duration::from_millis(300));
+    second.kill9();
+    thread::sleep(Duration::from_millis(300));
+    // A daemon whose programs and maps replace the pinned ones (what an
+    // upgrade to a new layout does), through the same links.
+    let third = Daemon::start_in(&install, &config, &["--replace"]);
+    third.allow_error("events lost");
+    third.wait_stderr("replaced the pinned programs in place", 1);
+    thread::sleep(Duration::from_millis(300));
+    let (ok, refused) = flood_counts(&out, &stop);
+    assert_eq!(ok, 0, "{ok} relay connects got through ({refused} refused)");
+    assert!(refused > 100, "the flood made only {refused} connects");
+
+    let programs_after = install.linked_prog_ids();
+    assert_eq!(programs_after.len(), 2);
+    assert!(
+        programs_after
+            .iter()
+            .all(|id| !programs_before.contains(id)),
+        "the links still run the first daemon's programs: {programs_before:?} {programs_after:?}"
+    );
+    let live: Vec<u64> = prog_ids("lw_connect4")
+        .into_iter()
+        .chain(prog_ids("lw_connect6"))
+        .collect();
+    assert!(
+        programs_before.iter().all(|id| !live.contains(id)),
+        "the replaced programs are still loaded: {programs_before:?} in {live:?}"
+    );
+    // Reports made while no daemon was reading were kept in the pinned ring
+    // buffer and reported by a later daemon.
+    assert!(
+        third.events().len() + second.events().len() > 0,
+        "no reports after the restarts"
+    );
+    drop(third);
+    drop(second);
+    drop(first);
+    let detach = install.detach();
+    assert!(detach.status.success(), "{detach:?}");
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(ok, "detach did not end enforcement: {stderr}");
+}
+
+#[test]
+fn a_start_with_an_unresolvable_name_still_refuses_the_catalogued_relay() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    assert!(
+        ns.socat_connect(&target).0,
+        "control: socat reaches the service"
+    );
+    let rules = format!(
+        "{}{}",
+        rule("gone", "deny", "exe", "/nonexistent/loopwarden-test-tool"),
+        rule("nobody-home", "deny", "user", "loopwarden-no-such-user")
+    );
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rules));
+    let stderr = daemon.stderr_text();
+    assert!(
+        stderr.contains("/nonexistent/loopwarden-test-tool") && stderr.contains("matches nothing"),
+        "{stderr}"
+    );
+    assert!(!ns.socat_connect(&target).0, "the catalog is not enforced");
+    daemon.wait_event("deny by the catalog", |e| {
+        e["verdict"] == "deny" && e["rule"] == "catalog:socat"
+    });
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+}
+
+#[test]
+fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+    let mut first = Daemon::start_in(&install, &policy(&ns, "enforce", ""), &[]);
+    first.kill9();
+    // The next daemon finds a file that does not parse: the pinned policy
+    // stays in force, and it keeps reporting.
+    let second = Daemon::start_in(&install, "mode = \"enforce\"\nbogus = 1\n", &[]);
+    second.allow_error("bogus");
+    second.wait_stderr("stays in force", 1);
+    assert!(!ns.socat_connect(&target).0, "the pinned policy lapsed");
+    second.wait_event("a report under the pinned policy", |e| {
+        e["verdict"] == "deny"
+    });
+    // A good file and SIGHUP: installed.
+    std::fs::write(install.config_path(), policy(&ns, "audit", "")).expect("rewrite");
+    second.signal(libc::SIGHUP);
+    second.wait_stderr("installed: ", 1);
+    assert!(
+        ns.socat_connect(&target).0,
+        "the reloaded audit policy refuses"
+    );
+}
+
+#[test]
+fn a_bad_file_with_nothing_pinned_exits_with_ex_config() {
+    let install = Install::new();
+    std::fs::write(install.config_path(), "bogus = 1\n").expect("config");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(install.config_path())
+        .args(install.dir_args()));
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    assert!(
+        !install.pin_dir().exists(),
+        "a failed start pinned something"
+    );
+}
+
+#[test]
+fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("flip");
+    // Both policies match the client, differently: A refuses it (deny by
+    // exe), B lets it through and reports it (audit by uid). A connect
+    // judged by A's settings with B's rule maps, or the reverse, matches no
+    // rule at all: allowed and not reported, which neither policy does.
+    // Without the catalog, so a reload takes well under a millisecond.
+    let without_catalog = |text: String| text.replace("catalog = true", "catalog = false");
+    let a = without_catalog(policy(
+        &ns,
+        "enforce",
+        &rule("a", "deny", "exe", "/usr/bin/python3"),
+    ));
+    let b = without_catalog(policy(&ns, "enforce", &rule("b", "audit", "user", "root")));
+    let daemon = Daemon::start(&a);
+    let config = daemon.config_path();
+    let (_flood, out, stop) = flood(&ns, &dir, 0.0002);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut flips = 0u32;
+    while Instant::now() < deadline {
+        let next = if flips.is_multiple_of(2) { &b } else { &a };
+        let tmp = config.with_extension("tmp");
+        std::fs::write(&tmp, next).expect("write");
+        std::fs::rename(&tmp, &config).expect("rename");
+        daemon.signal(libc::SIGHUP);
+        flips += 1;
+        thread::sleep(Duration::from_millis(1));
+    }
+    let (ok, refused) = flood_counts(&out, &stop);
+    let installs = daemon.stderr_text().matches("installed: ").count();
+    assert!(
+        installs > 100,
+        "only {installs} policy switches happened:\n{}",
+        daemon.stderr_text()
+    );
+    assert!(ok > 100 && refused > 100, "{ok} ok, {refused} refused");
+    let expected = (ok + refused) as usize;
+    let events = loopwarden_tests::wait_for("every report", Duration::from_secs(10), || {
+        let events = daemon.events();
+        (events.len() >= expected).then_some(events)
+    });
+    let count = |verdict: &str, rule: &str| {
+        events
+            .iter()
+            .filter(|e| e["verdict"] == verdict && e["rule"] == rule)
+            .count() as u64
+    };
+    assert_eq!(count("deny", "a"), refused, "refusals not by policy A");
+    assert_eq!(
+        count("audit", "b"),
+        ok,
+        "connects let through that policy B did not report (judged by a mix?)"
+    );
+    assert_eq!(events.len(), expected, "reports of neither policy");
+    // The kernel's own counters: the sequence lock's retries, if any, and
+    // no connect let through unjudged.
+    let stats = run_ok(
+        Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(daemon.install().pin_dir().join("maps/LW_STATS")),
+    );
+    let dump: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
+    let raced: u64 = dump
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["key"][0] == "0x05"))
+        .and_then(|e| e["values"].as_array())
+        .map(|per_cpu| {
+            per_cpu
+                .iter()
+                .filter_map(|v| v["value"].as_array())
+                .map(|bytes| {
+                    bytes
+                        .iter()
+                        .rev()
+                        .filter_map(|b| b.as_str())
+                        .fold(0u64, |acc, b| {
+                            acc << 8
+                                | u64::from_str_radix(b.trim_start_matches("0x"), 16).unwrap_or(0)
+                        })
+                })
+                .sum()
+        })
+        .expect("LW_STATS[RACED]");
+    assert_eq!(raced, 0, "connects allowed unjudged");
+    let _keep: Arc<Install> = Arc::clone(daemon.install());
+}
