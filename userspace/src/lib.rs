@@ -7,13 +7,15 @@
 //! one), [`btf`] reads structure offsets from the kernel's BTF, [`compat`]
 //! checks the host has what the programs need, [`maps`] is the only code that
 //! touches aya map types, [`loader`] loads and attaches the programs,
-//! [`events`] turns ring-buffer records into audit lines, and [`daemon`] ties
-//! them together.
+//! [`events`] turns ring-buffer records into audit lines, [`cut`] destroys
+//! connections a newly enforced policy would have refused, and [`daemon`]
+//! ties them together.
 
 pub mod btf;
 pub mod catalog;
 pub mod compat;
 pub mod config;
+pub mod cut;
 pub mod daemon;
 pub mod events;
 pub mod loader;
