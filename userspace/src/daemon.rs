@@ -31,6 +31,7 @@ use crate::{
     btf::{self, BtfError},
     compat::{self, CompatError},
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
+    cut,
     events::{Enricher, LogFormat, parse_event},
     loader::{LoaderError, Programs},
     maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
@@ -254,6 +255,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut events = watch(ring, "watching the event ring buffer")?;
     let mut logger = logger;
     let mut enricher = Enricher::new(policy.rules.clone(), host.cgroup2_root.clone());
+    cut_connections(&policy, &resolver, &mut enricher, opts.log_format);
     let mut installed = Installed {
         source,
         mode: opts.mode,
@@ -262,6 +264,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         policy,
         maps: policy_maps,
         refresh_error: None,
+        log_format: opts.log_format,
     };
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
@@ -368,6 +371,32 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, format: LogFormat
     }
 }
 
+/// After a policy in enforce mode is installed: destroys the open
+/// connections it would have refused (see [`cut`]) and writes one audit
+/// line per connection cut.
+fn cut_connections(
+    policy: &CompiledPolicy,
+    resolver: &HostResolver,
+    enricher: &mut Enricher,
+    format: LogFormat,
+) {
+    if policy.mode != Mode::Enforce {
+        return;
+    }
+    let cuts = cut::sweep(policy, &host_addresses(policy), resolver.cgroup_root());
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for c in &cuts {
+        if let Err(e) = writeln!(out, "{}", enricher.cut(c).format(format)) {
+            error!("writing an audit line failed: {e}");
+        }
+    }
+    if let Err(e) = out.flush() {
+        error!("flushing audit lines failed: {e}");
+    }
+    info!("cut {} connections", cuts.len());
+}
+
 /// Reports events the ring buffer had to drop since the last call.
 fn report_counters(stats: &StatsMap, last: Counters) -> Counters {
     match stats.read() {
@@ -400,6 +429,8 @@ struct Installed {
     maps: PolicyMaps,
     /// The last periodic re-resolution error, reported once until it changes.
     refresh_error: Option<String>,
+    /// For the audit lines of connections cut after an install.
+    log_format: LogFormat,
 }
 
 impl Installed {
@@ -476,5 +507,6 @@ impl Installed {
         info!("policy installed: {} rules", fresh.rules.len());
         enricher.set_rules(fresh.rules.clone());
         self.policy = fresh;
+        cut_connections(&self.policy, &self.resolver, enricher, self.log_format);
     }
 }
