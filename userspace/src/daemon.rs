@@ -6,7 +6,8 @@
 //! by the full policy. SIGHUP re-reads the config; a bad config is reported
 //! and the running policy stays. Every few seconds the policy is compiled
 //! again so that executables installed and cgroups (units) started after
-//! start-up are picked up.
+//! start-up are picked up. Whenever a policy in enforce mode is installed,
+//! open connections it would have refused are cut ([`crate::cut`]).
 
 use std::{
     fs::{self, File, OpenOptions},
