@@ -432,7 +432,7 @@ fn cgroup_mask(g: u32, levels: u32) -> u64 {
 #[inline(always)]
 fn ancestor_mask(g: u32, task: Task) -> u64 {
     let parent = task.parent();
-    let mut m = match RULES_ANCESTOR.get_ptr(&GenKey::new(g, parent.exe())) {
+    let mut m = match RULES_ANCESTOR.get_ptr(GenKey::new(g, parent.exe())) {
         Some(v) => {
             // SAFETY: a pointer into the map's value (volatile: see try_connect).
             let v = unsafe { core::ptr::read_volatile(v) };
@@ -447,7 +447,7 @@ fn ancestor_mask(g: u32, task: Task) -> u64 {
             break;
         }
         cur = cur.parent();
-        if let Some(v) = RULES_ANCESTOR.get_ptr(&GenKey::new(g, cur.exe())) {
+        if let Some(v) = RULES_ANCESTOR.get_ptr(GenKey::new(g, cur.exe())) {
             // SAFETY: as above.
             m |= unsafe { core::ptr::read_volatile(v) }.ancestor;
         }

@@ -6,6 +6,10 @@
 //! the command line, the cgroup path, the user name) is added here from
 //! `/proc`, best effort: a process that has already exited keeps its kernel
 //! identity and shows `?` for the rest.
+//!
+//! Connections cut by [`crate::cut`] are reported through the same record
+//! ([`Enricher::cut`]), built from `/proc` alone: see there for the fields
+//! that are only best effort.
 
 use std::{
     collections::HashMap,
@@ -20,6 +24,7 @@ use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE, verdict};
 use serde::Serialize;
 
 use crate::{
+    cut::Cut,
     kernel::maps::addr_from_key,
     policy::{RuleInfo, name_from_fixed},
 };
@@ -38,11 +43,17 @@ pub enum LogFormat {
 pub struct AuditRecord {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
-    /// `deny`, `would-deny` (audit mode), `audit` or `allow`.
+    /// `deny`, `would-deny` (audit mode), `audit` or `allow`; `cut` for an
+    /// open connection destroyed when a policy started to deny it.
     pub verdict: &'static str,
     /// Name of the matched rule, if any.
     pub rule: Option<String>,
     pub dst: String,
+    /// The client's own address and port: known for a `cut` connection,
+    /// not at connect() (the port is chosen after the hook), so absent
+    /// there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
     pub dst_port: u16,
     pub pid: u32,
     pub tid: u32,
@@ -166,6 +177,7 @@ impl Enricher {
             verdict: verdict_name(ev.verdict),
             rule,
             dst: SocketAddr::new(ip, ev.dport).to_string(),
+            src: None,
             dst_port: ev.dport,
             pid,
             tid: ev.pid,
@@ -184,6 +196,47 @@ impl Enricher {
             cgroup_id: ev.cgroup_id,
             netns_cookie: ev.netns_cookie,
             socket_cookie: ev.socket_cookie,
+        }
+    }
+
+    /// The record of a connection [`crate::cut`] destroyed. Everything
+    /// comes from `/proc` as the owner is now, not from the kernel at
+    /// connect(): `time` is when it was cut; `tid` is the pid (which thread
+    /// connected is not known); `comm` is the process's (main thread's);
+    /// `uid`/`gid` are the real ids; `exe_name` is the file name of the
+    /// `/proc/PID/exe` link target; `cgroup_id` is the inode of the cgroup's
+    /// directory (0 if it could not be read).
+    pub fn cut(&mut self, cut: &Cut) -> AuditRecord {
+        let owner = &cut.owner;
+        let id = &owner.identity;
+        let parent = id
+            .ancestors
+            .first()
+            .filter(|key| **key != ExeKey::default());
+        AuditRecord {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            verdict: CUT,
+            rule: Some(cut.rule_name.clone()),
+            dst: cut.socket.dst.to_string(),
+            src: Some(cut.socket.src.to_string()),
+            dst_port: cut.socket.dst.port(),
+            pid: owner.pid,
+            tid: owner.pid,
+            ppid: owner.ppid,
+            uid: id.uid,
+            user: self.user_name(id.uid),
+            gid: owner.gid,
+            comm: owner.comm.clone(),
+            exe: owner.exe.clone(),
+            exe_name: String::from_utf8_lossy(&id.exe_name).into_owned(),
+            exe_id: exe_id(id.exe.dev, id.exe.ino),
+            parent_exe: owner.parent_exe.clone(),
+            parent_exe_id: parent.map(|key| exe_id(key.dev, key.ino)),
+            cmdline: owner.cmdline.clone(),
+            cgroup: owner.cgroup.clone(),
+            cgroup_id: id.cgroups.last().copied().unwrap_or(0),
+            netns_cookie: cut.netns_cookie,
+            socket_cookie: cut.socket.cookie,
         }
     }
 
@@ -208,6 +261,9 @@ impl Enricher {
     }
 }
 
+/// Verdict of a record made by [`Enricher::cut`].
+pub const CUT: &str = "cut";
+
 pub fn verdict_name(v: u8) -> &'static str {
     match v {
         verdict::DENY => "deny",
@@ -230,8 +286,13 @@ impl AuditRecord {
 
     fn human(&self) -> String {
         let unknown = "?";
+        let src = self
+            .src
+            .as_deref()
+            .map(|src| format!(" src={src}"))
+            .unwrap_or_default();
         let mut line = format!(
-            "{} {} rule={} dst={} pid={} ppid={} uid={}({}) comm={} exe={} exe_name={} exe_id={} parent_exe={}",
+            "{} {} rule={} dst={}{src} pid={} ppid={} uid={}({}) comm={} exe={} exe_name={} exe_id={} parent_exe={}",
             self.time,
             self.verdict.to_uppercase(),
             self.rule.as_deref().unwrap_or("-"),
@@ -252,6 +313,10 @@ impl AuditRecord {
             quote(self.cmdline.as_deref().unwrap_or(unknown)),
             quote(self.cgroup.as_deref().unwrap_or(unknown)),
         );
+        // A cut names the socket that was destroyed.
+        if self.verdict == CUT {
+            let _ = write!(line, " socket_cookie={}", self.socket_cookie);
+        }
         line
     }
 }
@@ -403,7 +468,14 @@ mod tests {
     use loopwarden_common::Addr;
 
     use super::*;
-    use crate::{kernel::maps::addr_key, policy::Action};
+    use crate::{
+        cut::{
+            procs::Owner,
+            sock_diag::{SockId, TcpSocket},
+        },
+        kernel::maps::addr_key,
+        policy::{Action, ProcessIdentity},
+    };
 
     fn event() -> ConnectEvent {
         let mut comm = [0u8; 16];
@@ -484,6 +556,75 @@ mod tests {
         assert_eq!(v["dst"], "[::ffff:127.0.0.1]:8080");
         assert_eq!(v["rule"], serde_json::Value::Null);
         assert_eq!(v["exe_name"], "socat");
+    }
+
+    fn cut() -> Cut {
+        Cut {
+            rule: 0,
+            rule_name: "catalog:socat".into(),
+            socket: TcpSocket {
+                family: 2,
+                state: 1,
+                src: "127.0.0.1:40000".parse().unwrap(),
+                dst: "127.0.0.2:8080".parse().unwrap(),
+                cookie: 4711,
+                inode: 99,
+                uid: 0,
+                id: SockId::zero(),
+            },
+            netns_cookie: 9,
+            owner: Owner {
+                pid: 321,
+                ppid: 320,
+                gid: 0,
+                comm: "socat".into(),
+                exe: Some("/usr/bin/socat".into()),
+                parent_exe: Some("/usr/bin/socat".into()),
+                cmdline: Some("socat TCP-LISTEN:9001,fork TCP:127.0.0.2:8080".into()),
+                cgroup: Some("/".into()),
+                identity: ProcessIdentity {
+                    exe: ExeKey::from_major_minor(254, 1, 4242),
+                    exe_name: b"socat".to_vec(),
+                    comms: vec![b"socat".to_vec()],
+                    uid: 0,
+                    cgroups: vec![1],
+                    ancestors: vec![ExeKey::from_major_minor(254, 1, 4242)],
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn cut_records_name_the_socket() {
+        let record = enricher().cut(&cut());
+        let line = record.format(LogFormat::Human);
+        assert!(
+            line.contains(
+                " CUT rule=catalog:socat dst=127.0.0.2:8080 src=127.0.0.1:40000 pid=321 ppid=320 "
+            ),
+            "{line}"
+        );
+        assert!(line.contains("exe=/usr/bin/socat"), "{line}");
+        assert!(line.contains("exe_id=254:1:4242"), "{line}");
+        assert!(line.contains("cmdline=\"socat TCP-LISTEN"), "{line}");
+        assert!(line.ends_with(" socket_cookie=4711"), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&record.format(LogFormat::Json)).unwrap();
+        assert_eq!(v["verdict"], "cut");
+        assert_eq!(v["src"], "127.0.0.1:40000");
+        assert_eq!(v["dst_port"], 8080);
+        assert_eq!(v["socket_cookie"], 4711);
+        assert_eq!(v["parent_exe_id"], "254:1:4242");
+        assert_eq!(v["cgroup_id"], 1);
+        // Kernel records have no source: the field is left out, not null.
+        let kernel = enricher().enrich(&event()).format(LogFormat::Json);
+        let v: serde_json::Value = serde_json::from_str(&kernel).unwrap();
+        assert!(v.get("src").is_none(), "{kernel}");
+        assert!(
+            !enricher()
+                .enrich(&event())
+                .format(LogFormat::Human)
+                .contains("socket_cookie")
+        );
     }
 
     #[test]

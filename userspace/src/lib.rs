@@ -5,11 +5,13 @@
 //! [`catalog`] holds the built-in tunnel rules, [`policy`] compiles a config
 //! into map contents through a [`policy::Resolver`] ([`resolve`] is the real
 //! one), [`kernel`] owns everything that touches BPF (host checks, BTF
-//! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer records into audit lines, and [`daemon`] ties
-//! them together.
+//! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer
+//! records into audit lines, [`cut`] destroys connections a newly enforced
+//! policy would have refused, and [`daemon`] ties them together.
 
 pub mod catalog;
 pub mod config;
+pub mod cut;
 pub mod daemon;
 pub mod events;
 pub mod kernel;

@@ -10,8 +10,8 @@ use std::{
 };
 
 use loopwarden_common::{
-    AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED,
-    MAX_RULES, PORT_WORDS, Settings, flags,
+    AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVEL,
+    MAX_CGROUP_LEVELS_USED, MAX_RULES, PORT_WORDS, Settings, flags,
 };
 
 use crate::{
@@ -107,6 +107,85 @@ pub struct CompiledPolicy {
     pub warnings: Vec<String>,
 }
 
+/// Who a process is, in the terms the kernel programs match on; read from
+/// `/proc` by [`crate::cut`] for connections made before a policy applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// The executable's device (kernel encoding) and inode.
+    pub exe: ExeKey,
+    /// The executable's file name (dentry name), raw bytes.
+    pub exe_name: Vec<u8>,
+    /// comm values that may speak for the caller (the thread's and the
+    /// process's); a comm criterion matches when any of them does.
+    pub comms: Vec<Vec<u8>>,
+    /// Real uid.
+    pub uid: u32,
+    /// cgroup v2 ids from the root (level 0) down to the process's own.
+    pub cgroups: Vec<u64>,
+    /// Executables of the parent, the grandparent, ... as the kernel walks
+    /// them: the parent always, then one more generation while the last one
+    /// has a pid above 1, at most [`MAX_ANCESTORS`] in all.
+    pub ancestors: Vec<ExeKey>,
+}
+
+impl CompiledPolicy {
+    /// The rule the kernel's `match_rules` (ebpf/src/connect.rs) picks for a
+    /// caller with this identity: per criterion, the OR of the masks of the
+    /// caller's values plus the criterion's wildcard mask; the AND over all
+    /// criteria; the lowest set bit. `None` when no rule matches.
+    pub fn first_match(&self, id: &ProcessIdentity) -> Option<usize> {
+        fn mask<K: Ord>(map: &BTreeMap<K, u64>, k: &K) -> u64 {
+            map.get(k).copied().unwrap_or(0)
+        }
+        let s = &self.settings;
+        let mut m = s.active;
+        m &= mask(&self.uid, &id.uid) | s.wild_uid;
+        let comm = id
+            .comms
+            .iter()
+            .fold(0, |acc, c| acc | mask(&self.comm, &fixed_bytes(c)));
+        m &= comm | s.wild_comm;
+        m &= mask(&self.exe_name, &fixed_bytes(&id.exe_name)) | s.wild_exe_name;
+        m &= mask(&self.exe, &id.exe) | s.wild_exe;
+        if m & !s.wild_cgroup != 0 {
+            // One ancestor lookup per level some rule names, lowest level
+            // first, at most MAX_CGROUP_LEVELS_USED of them; above the
+            // process's depth the kernel's helper returns 0, which no rule names.
+            let mut cg = 0;
+            let mut left = s.cgroup_levels;
+            for _ in 0..MAX_CGROUP_LEVELS_USED {
+                if left == 0 {
+                    break;
+                }
+                let level = left.trailing_zeros() as usize;
+                left &= left - 1;
+                let ancestor = id.cgroups.get(level).copied().unwrap_or(0);
+                cg |= mask(&self.cgroup, &ancestor);
+            }
+            m &= cg | s.wild_cgroup;
+        }
+        if m & !s.wild_ancestor != 0 && s.flags & flags::ANCESTORS != 0 {
+            let mut an = 0;
+            for (depth, exe) in id.ancestors.iter().take(MAX_ANCESTORS).enumerate() {
+                if let Some(v) = self.ancestor.get(exe) {
+                    an |= v.ancestor;
+                    if depth == 0 {
+                        an |= v.parent;
+                    }
+                }
+            }
+            m &= an | s.wild_ancestor;
+        }
+        (m != 0).then(|| m.trailing_zeros() as usize)
+    }
+
+    /// The first matching rule for this identity when it is a deny rule.
+    pub fn denying_rule(&self, id: &ProcessIdentity) -> Option<usize> {
+        self.first_match(id)
+            .filter(|&rule| self.settings.deny & 1 << rule != 0)
+    }
+}
+
 /// Turns names from the config into the kernel's identifiers. The real one
 /// ([`crate::resolve::HostResolver`]) asks the running system.
 pub trait Resolver {
@@ -138,8 +217,12 @@ pub trait Resolver {
 /// Pads a name into a fixed kernel-side buffer: at most `N - 1` bytes, NUL
 /// terminated, zero filled, the way the kernel's string copies leave it.
 pub fn fixed_name<const N: usize>(name: &str) -> [u8; N] {
+    fixed_bytes(name.as_bytes())
+}
+
+/// [`fixed_name`] for raw bytes (a comm or file name need not be UTF-8).
+pub fn fixed_bytes<const N: usize>(bytes: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
-    let bytes = name.as_bytes();
     let len = bytes.len().min(N - 1);
     out[..len].copy_from_slice(&bytes[..len]);
     out
@@ -767,8 +850,6 @@ fn describe(parts: &mut Vec<String>, field: &str, values: impl Iterator<Item = S
 mod tests {
     use std::{collections::HashMap, io};
 
-    use loopwarden_common::MAX_ANCESTORS;
-
     use super::*;
 
     fn not_found() -> io::Error {
@@ -861,46 +942,16 @@ mod tests {
         ExeKey::from_major_minor(0, 27, ino)
     }
 
-    fn lookup<K: Ord>(map: &BTreeMap<K, u64>, k: &K) -> u64 {
-        map.get(k).copied().unwrap_or(0)
-    }
-
-    /// The kernel's `match_rules` (ebpf/src/connect.rs) over the compiled
-    /// maps: the index of the first matching rule.
+    /// The production matcher on a test identity.
     fn simulate(policy: &CompiledPolicy, id: &TestIdentity) -> Option<usize> {
-        let s = &policy.settings;
-        let mut m = s.active;
-        m &= lookup(&policy.uid, &id.uid) | s.wild_uid;
-        m &= lookup(&policy.comm, &fixed_name(id.comm)) | s.wild_comm;
-        m &= lookup(&policy.exe, &id.exe) | s.wild_exe;
-        m &= lookup(&policy.exe_name, &fixed_name(id.exe_name)) | s.wild_exe_name;
-        if m & !s.wild_cgroup != 0 {
-            let own = id.cgroups.last().copied().unwrap_or(ROOT_CGROUP);
-            let mut cg = lookup(&policy.cgroup, &own);
-            for level in 0..=MAX_CGROUP_LEVEL {
-                if s.cgroup_levels >> level & 1 == 1 {
-                    // bpf_get_current_ancestor_cgroup_id: 0 above the task.
-                    let Some(&ancestor) = id.cgroups.get(level) else {
-                        break;
-                    };
-                    cg |= lookup(&policy.cgroup, &ancestor);
-                }
-            }
-            m &= cg | s.wild_cgroup;
-        }
-        if m & !s.wild_ancestor != 0 && s.flags & flags::ANCESTORS != 0 {
-            let mut an = 0;
-            for (depth, exe) in id.ancestors.iter().take(MAX_ANCESTORS).enumerate() {
-                if let Some(v) = policy.ancestor.get(exe) {
-                    an |= v.ancestor;
-                    if depth == 0 {
-                        an |= v.parent;
-                    }
-                }
-            }
-            m &= an | s.wild_ancestor;
-        }
-        (m != 0).then(|| m.trailing_zeros() as usize)
+        policy.first_match(&ProcessIdentity {
+            exe: id.exe,
+            exe_name: id.exe_name.as_bytes().to_vec(),
+            comms: vec![id.comm.as_bytes().to_vec()],
+            uid: id.uid,
+            cgroups: id.cgroups.clone(),
+            ancestors: id.ancestors.clone(),
+        })
     }
 
     fn config(text: &str) -> Config {
@@ -1130,6 +1181,36 @@ uid = [0, 1000]
             policy.rules[0].matches,
             "comm in [a, b] and uid in [0, 1000]"
         );
+    }
+
+    #[test]
+    fn comm_matches_any_of_the_callers_comms() {
+        let policy = compile_ok(
+            r#"
+catalog = false
+[[rule]]
+name = "local-curl"
+action = "allow"
+comm = "curl"
+[[rule]]
+name = "relay-thread"
+action = "deny"
+comm = "relay"
+"#,
+            &host(),
+        );
+        let id = |comms: &[&str]| ProcessIdentity {
+            comms: comms.iter().map(|c| c.as_bytes().to_vec()).collect(),
+            ..ProcessIdentity::default()
+        };
+        // The thread's comm or the process's: either one decides.
+        assert_eq!(policy.first_match(&id(&["main", "relay"])), Some(1));
+        assert_eq!(policy.denying_rule(&id(&["relay", "main"])), Some(1));
+        // First match wins across the list too: the allow rule comes first.
+        assert_eq!(policy.first_match(&id(&["relay", "curl"])), Some(0));
+        assert_eq!(policy.denying_rule(&id(&["relay", "curl"])), None);
+        assert_eq!(policy.first_match(&id(&["main"])), None);
+        assert_eq!(policy.first_match(&id(&[])), None);
     }
 
     #[test]

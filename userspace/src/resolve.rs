@@ -61,6 +61,11 @@ impl HostResolver {
         Self { cgroup_root }
     }
 
+    /// The cgroup v2 mount point it resolves cgroups under.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
     /// A cgroup directory given as a path relative to the root.
     fn cgroup_by_path(&self, rel: &str) -> io::Result<CgroupId> {
         let rel = Path::new(rel.trim_start_matches('/'));
@@ -384,7 +389,7 @@ pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
 }
 
 /// The kernel's key for a file: `sb->s_dev` is `major << 20 | minor`.
-fn exe_key(meta: &fs::Metadata) -> ExeKey {
+pub(crate) fn exe_key(meta: &fs::Metadata) -> ExeKey {
     let dev = meta.dev();
     ExeKey::from_major_minor(
         u64::from(libc::major(dev)),

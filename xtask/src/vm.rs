@@ -483,15 +483,34 @@ if grep -q '"rule":"netcat"\|"verdict":"deny".*"exe":"/bin/busybox"' /tmp/audit;
     fail "busybox itself was judged"
 fi
 
+# A SIGKILL leaves enforcement pinned; a new daemon adopts it.
+kill -9 $LW
+wait $LW
+relay $V4 >/dev/null && fail "the relay got through after the daemon was killed"
+echo "LW-VM: after SIGKILL the pinned programs still refuse the relay"
+loopwarden run --config /etc/lw.toml --log-format json >>/tmp/audit 2>>/tmp/err &
+LW=$!
+i=0
+while [ "$(grep -c 'ready:' /tmp/err)" -lt 2 ]; do
+    kill -0 $LW 2>/dev/null || fail "the second daemon exited before it was ready"
+    i=$((i + 1))
+    [ $i -ge 1200 ] && fail "the second daemon was not ready after 120 s"
+    sleep 0.1
+done
+grep -q 'adopted the pinned maps' /tmp/err || fail "the second daemon did not adopt the pinned maps"
+relay $V4 >/dev/null && fail "the relay got through after the restart"
+echo "LW-VM: a restarted daemon adopted the pinned maps and links"
 kill $LW
 wait $LW
+relay $V4 >/dev/null && fail "the relay got through after SIGTERM"
+loopwarden detach || fail "loopwarden detach failed"
 i=0
 until relay $V4 >/dev/null; do
     i=$((i + 1))
-    [ $i -ge 50 ] && fail "relay still refused 5 s after the daemon exited"
+    [ $i -ge 50 ] && fail "relay still refused 5 s after loopwarden detach"
     sleep 0.1
 done
-echo "LW-VM: after the daemon exited the relay connects again"
+echo "LW-VM: after loopwarden detach the relay connects again"
 dump
 echo "LW-VM-RESULT: PASS kernel=$KREL"
 finish

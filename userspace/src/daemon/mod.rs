@@ -11,7 +11,8 @@
 //! again and re-reads it; a bad file is reported and the running policy
 //! stays. Every second the policy is resolved again, so executables
 //! installed, cgroups (units) started and addresses added after start-up
-//! are picked up.
+//! are picked up. Whenever a policy in enforce mode is installed, open
+//! connections it would have refused are cut ([`crate::cut`]).
 
 mod detach;
 mod lock;
@@ -36,6 +37,7 @@ use tracing::{error, info, warn};
 pub use self::{detach::detach, lock::InstanceLock};
 use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
+    cut,
     events::{Enricher, LogFormat, parse_event},
     kernel::{
         btf::{self, BtfError},
@@ -338,6 +340,16 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         describe_start(&state, takeover),
     );
 
+    // What a previous policy, an audit mode or no daemon at all let in.
+    if let Some(policy) = &policy {
+        cut_connections(
+            policy,
+            &host_addresses(policy),
+            &resolver,
+            &mut enricher,
+            opts.log_format,
+        );
+    }
     let mut events = watch(ring, "watching the event ring buffer")?;
     let mut logger = logger;
     let mut installed = Installed {
@@ -350,6 +362,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         policy,
         maps: policy_maps,
         refresh_error: None,
+        log_format: opts.log_format,
     };
     let mut counters = CounterReport {
         pins: pins.clone(),
@@ -460,6 +473,33 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, format: LogFormat
     }
 }
 
+/// After a policy in enforce mode is installed: destroys the open
+/// connections it would have refused (see [`cut`]) and writes one audit
+/// line per connection cut.
+fn cut_connections(
+    policy: &CompiledPolicy,
+    addrs: &[std::net::IpAddr],
+    resolver: &HostResolver,
+    enricher: &mut Enricher,
+    format: LogFormat,
+) {
+    if policy.mode != Mode::Enforce {
+        return;
+    }
+    let cuts = cut::sweep(policy, addrs, resolver.cgroup_root());
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for c in &cuts {
+        if let Err(e) = writeln!(out, "{}", enricher.cut(c).format(format)) {
+            error!("writing an audit line failed: {e}");
+        }
+    }
+    if let Err(e) = out.flush() {
+        error!("flushing audit lines failed: {e}");
+    }
+    info!("cut {} connections", cuts.len());
+}
+
 /// Reports events the ring buffer had to drop, and remembers in `LW_META`
 /// what was reported, so the next daemon reports only what it missed.
 struct CounterReport {
@@ -514,6 +554,8 @@ struct Installed {
     maps: PolicyMaps,
     /// The last periodic re-resolution error, reported once until it changes.
     refresh_error: Option<String>,
+    /// For the audit lines of connections cut after an install.
+    log_format: LogFormat,
 }
 
 impl Installed {
@@ -589,6 +631,7 @@ impl Installed {
         };
         info!("policy #{seq} installed: {} rules", fresh.rules.len());
         enricher.set_rules(seq, fresh.rules.clone());
+        cut_connections(&fresh, &addrs, &self.resolver, enricher, self.log_format);
         self.policy = Some(fresh);
         self.addrs = addrs;
     }

@@ -1,0 +1,282 @@
+//! What was let in is cut: connections a relay opened while they were allowed
+//! (audit mode, no daemon yet, or a rule that allowed them) are destroyed
+//! when an enforce-mode policy that denies them is installed, and each is
+//! reported as a `cut`; connections of allowed clients stay up.
+//!
+//! The service is a keep-alive echo server (the harness's HTTP server closes
+//! after each response), and the clients are line-driven python processes
+//! that keep one connection open and report each round trip.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Child, ChildStdin, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::Duration,
+};
+
+use loopwarden_tests::{Daemon, Netns, PROTECTED, Proc, policy, rule, run};
+use serde_json::Value;
+
+/// Port the socat relay listens on (not protected).
+const RELAY: u16 = 9001;
+
+/// Echoes whatever each connection sends, keeping connections open; on
+/// `[::]` so IPv4 loopback reaches it too.
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+srv = socket.socket(socket.AF_INET6)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.bind(("::", int(sys.argv[1])))
+srv.listen(16)
+def serve(c):
+    with c:
+        while True:
+            data = c.recv(4096)
+            if not data:
+                break
+            c.sendall(data)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Connects once, then for every line on stdin sends it and prints what
+/// came back: `echo <text>`, `closed` (EOF), or `error <errno>`.
+const LINE_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+for line in sys.stdin:
+    try:
+        s.sendall(line.encode())
+        data = s.recv(4096)
+        print("echo " + data.decode().strip() if data else "closed", flush=True)
+    except OSError as e:
+        print("error " + str(e.errno), flush=True)
+"#;
+
+/// A python client holding one TCP connection in the namespace.
+struct LineClient {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    what: String,
+}
+
+impl LineClient {
+    fn connect(ns: &Netns, host: &str, port: u16) -> Self {
+        let what = format!("python client of {host}:{port}");
+        let mut child = ns
+            .cmd("python3")
+            .args(["-c", LINE_CLIENT, host, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the {what} failed: {e}"));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = Self {
+            child,
+            stdin,
+            lines,
+            what,
+        };
+        assert_eq!(client.next_line(), "connected", "{}", client.what);
+        client
+    }
+
+    fn next_line(&mut self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| format!("(no answer from the {})", self.what))
+    }
+
+    /// Sends `text` over the connection; what came back (see [`LINE_CLIENT`]).
+    fn round_trip(&mut self, text: &str) -> String {
+        if writeln!(self.stdin, "{text}").is_err() {
+            return format!("(the {} exited)", self.what);
+        }
+        self.next_line()
+    }
+
+    fn assert_works(&mut self, text: &str) {
+        assert_eq!(
+            self.round_trip(text),
+            format!("echo {text}"),
+            "{}",
+            self.what
+        );
+    }
+
+    /// The connection is gone: EOF, a reset, or the client gave up.
+    fn assert_cut(&mut self) {
+        let answer = self.round_trip("after-the-cut");
+        assert!(
+            answer == "closed" || answer.starts_with("error ") || answer.contains("exited"),
+            "the {}'s connection still works: {answer}",
+            self.what
+        );
+    }
+}
+
+impl Drop for LineClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The echo server on `PROTECTED` and a socat relay from `RELAY` to it.
+fn services(ns: &Netns) -> (Proc, Proc) {
+    let server = ns.spawn("python3", &["-c", ECHO_SERVER, &PROTECTED.to_string()]);
+    ns.wait_listening(PROTECTED);
+    let relay = ns.socat_relay(RELAY, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    (server, relay)
+}
+
+/// Established connections to the protected port in the namespace, as `ss`
+/// lists them with their processes.
+fn connections_to_protected(ns: &Netns) -> Vec<String> {
+    let out = run(ns.cmd("ss").args([
+        "-Htnp",
+        "state",
+        "established",
+        "dport",
+        "=",
+        &format!(":{PROTECTED}"),
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_cut_of_socat(e: &Value) -> bool {
+    e["verdict"] == "cut" && e["exe_name"] == "socat"
+}
+
+/// The record of the relay's connection that was cut, checked field by field.
+fn assert_socat_cut(daemon: &Daemon) -> Value {
+    let cut = daemon.wait_event("cut of the relay's connection", is_cut_of_socat);
+    assert_eq!(cut["rule"], "catalog:socat", "{cut}");
+    assert_eq!(cut["dst"], format!("127.0.0.1:{PROTECTED}"), "{cut}");
+    assert_eq!(cut["dst_port"], PROTECTED, "{cut}");
+    assert!(
+        cut["src"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("127.0.0.1:")),
+        "{cut}"
+    );
+    assert_eq!(cut["exe"], "/usr/bin/socat", "{cut}");
+    assert_eq!(cut["uid"], 0, "{cut}");
+    assert!(
+        cut["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("socat TCP-LISTEN")),
+        "{cut}"
+    );
+    assert_ne!(cut["socket_cookie"], 0, "{cut}");
+    cut
+}
+
+fn assert_only_the_direct_client_is_connected(ns: &Netns) {
+    let left = connections_to_protected(ns);
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert!(left[0].contains("python3"), "{left:#?}");
+    assert!(!left.iter().any(|l| l.contains("socat")), "{left:#?}");
+}
+
+#[test]
+fn switching_audit_to_enforce_cuts_the_relay_and_spares_the_direct_client() {
+    let ns = Netns::new();
+    let (_server, _relay) = services(&ns);
+    let daemon = Daemon::start(&policy(&ns, "audit", ""));
+
+    // Audit mode lets the relay in, and says it would not have.
+    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
+    let mut direct = LineClient::connect(&ns, "127.0.0.1", PROTECTED);
+    through_relay.assert_works("relay-before");
+    direct.assert_works("direct-before");
+    let let_in = daemon.wait_event("would-deny of the relay", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(connections_to_protected(&ns).len(), 2);
+
+    std::fs::write(daemon.config_path(), policy(&ns, "enforce", "")).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    let cut = assert_socat_cut(&daemon);
+    // The very socket the kernel let in, owned by the relay's child that made it.
+    assert_eq!(
+        cut["socket_cookie"], let_in["socket_cookie"],
+        "{cut}\n{let_in}"
+    );
+    assert_eq!(cut["pid"], let_in["pid"], "{cut}\n{let_in}");
+    daemon.wait_stderr("cut 1 connections", 1);
+
+    through_relay.assert_cut();
+    assert_only_the_direct_client_is_connected(&ns);
+    direct.assert_works("direct-after");
+    assert_eq!(
+        daemon
+            .events()
+            .iter()
+            .filter(|e| e["verdict"] == "cut")
+            .count(),
+        1
+    );
+
+    // And the relay cannot get back in.
+    let mut again = LineClient::connect(&ns, "127.0.0.1", RELAY);
+    again.assert_cut();
+    daemon.wait_event("deny of the relay's new connect", |e| {
+        e["verdict"] == "deny" && e["exe_name"] == "socat"
+    });
+    direct.assert_works("direct-last");
+}
+
+#[test]
+fn a_daemon_started_in_enforce_mode_cuts_a_relay_connection_made_before_it() {
+    let ns = Netns::new();
+    let (_server, _relay) = services(&ns);
+    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
+    let mut direct = LineClient::connect(&ns, "::1", PROTECTED);
+    through_relay.assert_works("relay-before");
+    direct.assert_works("direct-before");
+
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    assert_socat_cut(&daemon);
+    daemon.wait_stderr("cut 1 connections", 1);
+    through_relay.assert_cut();
+    assert_only_the_direct_client_is_connected(&ns);
+    direct.assert_works("direct-after");
+}
+
+#[test]
+fn a_policy_change_that_makes_the_relay_denied_cuts_it() {
+    let ns = Netns::new();
+    let (_server, _relay) = services(&ns);
+    // Enforcing, but a user rule before the catalog allows this relay.
+    let allow = rule("our-relay", "allow", "exe_name", "socat");
+    let daemon = Daemon::start(&policy(&ns, "enforce", &allow));
+    daemon.wait_stderr("cut 0 connections", 1);
+    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
+    through_relay.assert_works("allowed");
+
+    // Without that rule the catalog's deny rule is the first match.
+    std::fs::write(daemon.config_path(), policy(&ns, "enforce", "")).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    assert_socat_cut(&daemon);
+    through_relay.assert_cut();
+    assert!(connections_to_protected(&ns).is_empty());
+}

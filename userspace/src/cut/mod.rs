@@ -1,0 +1,528 @@
+//! What was let in is cut: when a policy in enforce mode is installed (at
+//! start, on a switch from audit to enforce, or when a change makes a rule
+//! deny), TCP connections to protected destinations that are already open
+//! and whose client process now matches a deny rule are destroyed, each one
+//! reported as a `cut`. Connections of clients the policy allows are never
+//! touched.
+//!
+//! This module owns that sweep: [`sock_diag`] lists the TCP sockets of a
+//! network namespace and destroys one by its exact id (cookie included);
+//! [`procs`] finds which processes hold a socket and reads who they are from
+//! `/proc`; [`sweep`] ties them to the policy through
+//! [`CompiledPolicy::denying_rule`], the userspace copy of the kernel's
+//! matcher.
+//!
+//! Which socket is cut: the client side, the one whose remote end is the
+//! protected destination (loopback, or one of the host's addresses with
+//! `host_addresses`, on a protected port), in a state that can still carry
+//! data (`SYN_SENT`, `ESTABLISHED`, `FIN_WAIT1/2`, `CLOSE_WAIT`), and whose
+//! local port is not a listening port of its namespace (that is the
+//! accepted, server side of a connection: with every port protected, its
+//! remote end, the client's ephemeral port, is "protected" too). The kernel
+//! never hands a port with a listener out as an ephemeral port, so a
+//! client's own socket is not mistaken for an accepted one; a client that
+//! explicitly bound its source port to a port something listens on would
+//! be.
+//!
+//! Who the client is: the processes whose descriptor tables hold the socket
+//! (a socket inherited or passed along may have several; it is cut if any
+//! of them matches a deny rule), as `/proc` describes them now. The kernel
+//! judges the thread that calls connect(); after the fact the thread is
+//! unknown, so a comm criterion is matched against the process's comm and
+//! every thread's (first match wins over all of them). A process that
+//! changed its uid, comm or cgroup since connect() is judged as it is now.
+
+pub mod procs;
+pub mod sock_diag;
+
+use std::{
+    collections::HashSet,
+    io,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use tracing::{debug, warn};
+
+use self::{
+    procs::{Owner, ProcReader},
+    sock_diag::{Dumped, SockDiag, TcpSocket, state},
+};
+use crate::{
+    policy::{CompiledPolicy, Mode},
+    resolve,
+};
+
+/// Most sockets one sweep examines over all namespaces (each is a few dozen
+/// bytes from the kernel and a hash lookup here); past it the sweep stops
+/// and says so.
+pub const MAX_SOCKETS: usize = 100_000;
+
+/// States in which a client socket can still send or receive.
+const CLIENT_STATES: u32 = state::bit(state::SYN_SENT)
+    | state::bit(state::ESTABLISHED)
+    | state::bit(state::FIN_WAIT1)
+    | state::bit(state::FIN_WAIT2)
+    | state::bit(state::CLOSE_WAIT);
+
+/// One destroyed connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Index of the deny rule that matched the owner.
+    pub rule: usize,
+    pub rule_name: String,
+    /// The client-side socket that was destroyed.
+    pub socket: TcpSocket,
+    /// `SO_NETNS_COOKIE` of its network namespace (0 if unknown).
+    pub netns_cookie: u64,
+    /// The owner that matched the deny rule.
+    pub owner: Owner,
+}
+
+/// What went wrong in a sweep; logged, never fatal: whatever else can be
+/// swept still is.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("listing network namespaces from /proc failed")]
+    Namespaces(#[source] procfs::ProcError),
+    #[error("opening a sock_diag socket in network namespace {netns} failed")]
+    Open {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("listing the TCP sockets of network namespace {netns} failed")]
+    Dump {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("walking /proc for the owners of {sockets} sockets failed")]
+    Owners {
+        sockets: usize,
+        #[source]
+        source: procfs::ProcError,
+    },
+    #[error(
+        "cutting {src} -> {dst} (socket cookie {cookie}) of pid {pid} in network namespace {netns} failed"
+    )]
+    Destroy {
+        src: SocketAddr,
+        dst: SocketAddr,
+        cookie: u64,
+        pid: u32,
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A network namespace to sweep: how to name it, and namespace files to
+/// enter it by (tried in order).
+#[derive(Clone, Debug)]
+struct Target {
+    label: String,
+    paths: Vec<PathBuf>,
+}
+
+/// A namespace entered: its sock_diag handle.
+struct Entered {
+    label: String,
+    diag: SockDiag,
+    cookie: u64,
+}
+
+/// Destroys the established TCP connections to protected destinations
+/// whose client process matches a deny rule of `policy`, and returns one
+/// [`Cut`] per connection destroyed. Does nothing unless the policy is in
+/// enforce mode.
+///
+/// `host_addresses`: the addresses the kernel protects besides loopback
+/// (what the daemon installed with the policy; used only when
+/// `policy.host_addresses`). `cgroup_root`: the cgroup v2 mount.
+///
+/// Namespaces: those the policy is scoped to, or, unscoped, every network
+/// namespace some process is in. Needs root (entering namespaces,
+/// `SOCK_DESTROY`). Cost: one sock_diag dump per namespace and family, and,
+/// only when some connection is a candidate, one walk over every process's
+/// descriptor table in `/proc`.
+pub fn sweep(policy: &CompiledPolicy, host_addresses: &[IpAddr], cgroup_root: &Path) -> Vec<Cut> {
+    if policy.mode != Mode::Enforce {
+        return Vec::new();
+    }
+    let started = Instant::now();
+    let targets = match targets(policy) {
+        Ok(targets) => targets,
+        Err(e) => {
+            warn!("cut: {}", error_chain(&e));
+            return Vec::new();
+        }
+    };
+    let host: Vec<IpAddr> = if policy.host_addresses {
+        host_addresses.iter().map(IpAddr::to_canonical).collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut entered = Vec::new();
+    let mut candidates: Vec<(usize, TcpSocket)> = Vec::new();
+    let mut examined = 0usize;
+    let mut truncated = false;
+    for target in &targets {
+        if truncated {
+            break;
+        }
+        let mut ns = match enter(target) {
+            Ok(ns) => ns,
+            Err(e) => {
+                warn!("cut: {}", error_chain(&e));
+                continue;
+            }
+        };
+        let mut budget = MAX_SOCKETS - examined;
+        match list(&mut ns.diag, &mut budget) {
+            Ok((sockets, complete)) => {
+                examined = MAX_SOCKETS - budget;
+                truncated = !complete;
+                // A partial dump may miss listeners: judge nothing from it.
+                if complete {
+                    let index = entered.len();
+                    candidates.extend(
+                        client_sockets(policy, &host, &sockets)
+                            .into_iter()
+                            .map(|s| (index, *s)),
+                    );
+                }
+            }
+            Err(source) => {
+                let e = SweepError::Dump {
+                    netns: ns.label.clone(),
+                    source,
+                };
+                warn!("cut: {}", error_chain(&e));
+                continue;
+            }
+        }
+        entered.push(ns);
+    }
+    if truncated {
+        warn!(
+            "cut: stopped after examining {MAX_SOCKETS} sockets; connections beyond them (and those of the namespace where the limit was hit) were not checked"
+        );
+    }
+
+    let cuts = if candidates.is_empty() {
+        Vec::new()
+    } else {
+        cut(policy, cgroup_root, &mut entered, &candidates)
+    };
+    debug!(
+        "cut: {} namespaces, {examined} sockets examined, {} candidates, {} cut in {:?}",
+        entered.len(),
+        candidates.len(),
+        cuts.len(),
+        started.elapsed()
+    );
+    cuts
+}
+
+/// Finds the owners of the candidates, judges them, destroys the sockets of
+/// those a deny rule matches.
+fn cut(
+    policy: &CompiledPolicy,
+    cgroup_root: &Path,
+    entered: &mut [Entered],
+    candidates: &[(usize, TcpSocket)],
+) -> Vec<Cut> {
+    let inodes: HashSet<u64> = candidates.iter().map(|(_, s)| s.inode).collect();
+    let owners = match procs::socket_owners(&inodes) {
+        Ok(owners) => owners,
+        Err(source) => {
+            let e = SweepError::Owners {
+                sockets: inodes.len(),
+                source,
+            };
+            warn!("cut: {}", error_chain(&e));
+            return Vec::new();
+        }
+    };
+    let mut reader = ProcReader::new(cgroup_root.to_owned());
+    let mut cuts = Vec::new();
+    for (index, sock) in candidates {
+        // No owner: closed meanwhile, or held only by a process that is gone.
+        let Some(pids) = owners.get(&sock.inode) else {
+            continue;
+        };
+        let hit = pids.iter().find_map(|&pid| {
+            let owner = reader.owner(pid)?;
+            let rule = policy.denying_rule(&owner.identity)?;
+            Some((rule, owner.clone()))
+        });
+        let Some((rule, owner)) = hit else { continue };
+        let ns = &mut entered[*index];
+        match ns.diag.destroy(sock) {
+            Ok(()) => cuts.push(Cut {
+                rule,
+                rule_name: policy
+                    .rules
+                    .get(rule)
+                    .map(|r| r.name.clone())
+                    .unwrap_or_default(),
+                socket: *sock,
+                netns_cookie: ns.cookie,
+                owner,
+            }),
+            // Closed since the dump (ENOENT), or its address pair now
+            // belongs to another socket (ESTALE: the cookie differs).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
+                debug!("cut: {} -> {} is already gone", sock.src, sock.dst);
+            }
+            Err(source) => {
+                let e = SweepError::Destroy {
+                    src: sock.src,
+                    dst: sock.dst,
+                    cookie: sock.cookie,
+                    pid: owner.pid,
+                    netns: ns.label.clone(),
+                    source,
+                };
+                warn!("cut: {}", error_chain(&e));
+            }
+        }
+    }
+    cuts
+}
+
+/// The namespaces to sweep: the policy's, or every one with processes.
+fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError> {
+    if !policy.netns.is_empty() {
+        return Ok(policy
+            .netns
+            .iter()
+            .map(|ns| Target {
+                label: ns.path.clone(),
+                paths: vec![PathBuf::from(&ns.path)],
+            })
+            .collect());
+    }
+    let found = procs::network_namespaces().map_err(SweepError::Namespaces)?;
+    Ok(found
+        .into_iter()
+        .map(|ns| Target {
+            label: format!("net:[{}]", ns.id.1),
+            paths: ns
+                .pids
+                .iter()
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+                .collect(),
+        })
+        .collect())
+}
+
+/// Opens a sock_diag socket inside the target namespace.
+fn enter(target: &Target) -> Result<Entered, SweepError> {
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for path in &target.paths {
+        let opened = resolve::in_netns(path, || {
+            let diag = SockDiag::open()?;
+            // Only for the audit line: 0 where the kernel lacks it (< 5.14).
+            let cookie = resolve::current_netns_cookie().unwrap_or(0);
+            Ok((diag, cookie))
+        });
+        match opened {
+            Ok((diag, cookie)) => {
+                return Ok(Entered {
+                    label: target.label.clone(),
+                    diag,
+                    cookie,
+                });
+            }
+            // The process we entered by may have exited: try the next one.
+            Err(e) => last = e,
+        }
+    }
+    Err(SweepError::Open {
+        netns: target.label.clone(),
+        source: last,
+    })
+}
+
+/// The namespace's listening sockets, then its sockets in client states,
+/// both families, taking at most `budget` sockets (which is decreased).
+/// Listeners come first so that a dump cut short by the budget never
+/// judges sockets without them. `Ok((sockets, complete))`.
+fn list(diag: &mut SockDiag, budget: &mut usize) -> io::Result<(Vec<TcpSocket>, bool)> {
+    let mut sockets = Vec::new();
+    for states in [state::bit(state::LISTEN), CLIENT_STATES] {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let before = sockets.len();
+            let done = diag.dump(family, states, *budget, &mut sockets)?;
+            *budget -= sockets.len() - before;
+            if done == Dumped::Truncated {
+                return Ok((sockets, false));
+            }
+        }
+    }
+    Ok((sockets, true))
+}
+
+/// The client-side sockets to protected destinations among one namespace's
+/// `sockets` (see the module documentation). `host` holds canonical
+/// addresses.
+fn client_sockets<'a>(
+    policy: &CompiledPolicy,
+    host: &[IpAddr],
+    sockets: &'a [TcpSocket],
+) -> Vec<&'a TcpSocket> {
+    let listening: HashSet<u16> = sockets
+        .iter()
+        .filter(|s| s.state == state::LISTEN)
+        .map(|s| s.src.port())
+        .collect();
+    sockets
+        .iter()
+        .filter(|s| {
+            CLIENT_STATES & state::bit(s.state) != 0
+                && s.inode != 0
+                && !listening.contains(&s.src.port())
+                && policy.ports.contains(s.dst.port())
+                && (is_local(s.dst.ip()) || host.contains(&s.dst.ip().to_canonical()))
+        })
+        .collect()
+}
+
+/// The destinations the kernel programs treat as loopback
+/// (`ebpf/src/connect.rs`): 127.0.0.0/8 and 0.0.0.0, `::1` and `::`, and
+/// the IPv4-mapped forms of the IPv4 ones.
+fn is_local(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.octets()[0] == 127 || v4.is_unspecified(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
+    }
+}
+
+/// `error: cause: cause` on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sock_diag::SockId, *};
+    use crate::{config::Config, policy, resolve::HostResolver};
+
+    fn sock(state: u8, src: &str, dst: &str, inode: u64) -> TcpSocket {
+        let src: SocketAddr = src.parse().unwrap();
+        let dst: SocketAddr = dst.parse().unwrap();
+        let family = if src.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        } as u8;
+        TcpSocket {
+            family,
+            state,
+            src,
+            dst,
+            cookie: inode,
+            inode,
+            uid: 0,
+            id: SockId::zero(),
+        }
+    }
+
+    fn policy(text: &str) -> CompiledPolicy {
+        let config = Config::from_str_named(text, "test.toml").unwrap();
+        policy::compile(&config, &HostResolver::new(PathBuf::from("/nonexistent"))).unwrap()
+    }
+
+    #[test]
+    fn loopback_forms_are_local() {
+        for ip in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.0.0.0",
+            "::1",
+            "::",
+            "::ffff:127.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(is_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "::2", "::ffff:10.0.0.1", "fe80::1", "128.0.0.1"] {
+            assert!(!is_local(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn only_client_sides_to_protected_destinations_are_candidates() {
+        let p = policy("mode = \"enforce\"\n[protect]\nports = [8080]\n");
+        let sockets = [
+            sock(state::LISTEN, "0.0.0.0:8080", "0.0.0.0:0", 1),
+            sock(state::LISTEN, "[::]:9001", "[::]:0", 2),
+            // A relay's upstream connection and its accepted side.
+            sock(state::ESTABLISHED, "127.0.0.1:40000", "127.0.0.1:8080", 10),
+            sock(state::ESTABLISHED, "127.0.0.1:8080", "127.0.0.1:40000", 11),
+            // IPv6 and v4-mapped forms, a connect in progress, a half-closed one.
+            sock(state::ESTABLISHED, "[::1]:40001", "[::1]:8080", 12),
+            sock(
+                state::SYN_SENT,
+                "[::ffff:127.0.0.1]:40002",
+                "[::ffff:127.0.0.1]:8080",
+                13,
+            ),
+            sock(state::CLOSE_WAIT, "127.0.0.1:40003", "127.0.0.9:8080", 14),
+            // Not protected: another port, another address, no owner left,
+            // or a state that carries nothing any more.
+            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:8081", 20),
+            sock(state::ESTABLISHED, "10.0.0.2:40005", "10.0.0.1:8080", 21),
+            sock(state::FIN_WAIT2, "127.0.0.1:40006", "127.0.0.1:8080", 0),
+            sock(state::LAST_ACK, "127.0.0.1:40007", "127.0.0.1:8080", 22),
+            // Accepted by the relay's listener on 9001.
+            sock(
+                state::ESTABLISHED,
+                "[::ffff:127.0.0.1]:9001",
+                "[::ffff:127.0.0.1]:8080",
+                23,
+            ),
+        ];
+        let inodes = |host: &[IpAddr]| -> Vec<u64> {
+            client_sockets(&p, host, &sockets)
+                .iter()
+                .map(|s| s.inode)
+                .collect()
+        };
+        assert_eq!(inodes(&[]), [10, 12, 13, 14]);
+        // The host's own addresses count when the policy protects them.
+        assert_eq!(inodes(&["10.0.0.1".parse().unwrap()]), [10, 12, 13, 14, 21]);
+    }
+
+    #[test]
+    fn with_every_port_protected_accepted_sockets_are_still_not_clients() {
+        let p = policy("mode = \"enforce\"\n");
+        let sockets = [
+            sock(state::LISTEN, "127.0.0.1:8080", "0.0.0.0:0", 1),
+            sock(state::ESTABLISHED, "127.0.0.1:40000", "127.0.0.1:8080", 10),
+            sock(state::ESTABLISHED, "127.0.0.1:8080", "127.0.0.1:40000", 11),
+        ];
+        let found: Vec<u64> = client_sockets(&p, &[], &sockets)
+            .iter()
+            .map(|s| s.inode)
+            .collect();
+        assert_eq!(found, [10]);
+    }
+
+    #[test]
+    fn audit_mode_sweeps_nothing() {
+        let p = policy("mode = \"audit\"\n");
+        assert!(sweep(&p, &[], Path::new("/nonexistent")).is_empty());
+    }
+}

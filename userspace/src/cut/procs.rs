@@ -1,0 +1,379 @@
+//! Who holds a socket, and who that is, from `/proc` (through the `procfs`
+//! crate): socket inodes to the pids whose descriptor tables hold them, a
+//! pid's [`ProcessIdentity`] in the kernel's terms, and the network
+//! namespaces that have processes.
+//!
+//! Everything here is read after the fact, so it describes the process as
+//! it is now, not as it was at connect(): see [`crate::cut`] for what that
+//! means.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsStr,
+    io::Read,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use loopwarden_common::{ExeKey, MAX_ANCESTORS};
+use procfs::{
+    FromRead, ProcResult,
+    process::{FDTarget, Process, all_processes},
+};
+
+use crate::{policy::ProcessIdentity, resolve};
+
+/// Threads whose comm is read per process, at most: a comm rule is matched
+/// against the process's comm and these.
+const MAX_THREADS: usize = 256;
+/// `/proc/PID/exe` of a process whose executable was deleted ends so.
+const DELETED: &[u8] = b" (deleted)";
+
+/// What `/proc` says about a process holding a socket: its identity for
+/// matching, and what an audit line shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// The process's comm (its main thread's).
+    pub comm: String,
+    /// `/proc/PID/exe` as the link reads.
+    pub exe: Option<String>,
+    pub parent_exe: Option<String>,
+    pub cmdline: Option<String>,
+    /// cgroup v2 path below the root, e.g. `/system.slice/x.service`.
+    pub cgroup: Option<String>,
+    pub identity: ProcessIdentity,
+}
+
+/// A pid's file as raw bytes, without the trailing newline: `comm` is bytes
+/// in the kernel, and procfs's parsed forms are lossy UTF-8.
+struct RawLine(Vec<u8>);
+
+impl FromRead for RawLine {
+    fn from_read<R: Read>(mut r: R) -> ProcResult<Self> {
+        let mut bytes = Vec::new();
+        r.read_to_end(&mut bytes)?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        Ok(RawLine(bytes))
+    }
+}
+
+/// For each of `inodes`, the pids that hold a descriptor to that socket. One
+/// pass over every process's descriptor table; processes that vanish or
+/// cannot be read are skipped.
+pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>> {
+    let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
+    if inodes.is_empty() {
+        return Ok(owners);
+    }
+    for process in all_processes()?.flatten() {
+        let Ok(fds) = process.fd() else { continue };
+        for fd in fds.flatten() {
+            if let FDTarget::Socket(inode) = fd.target
+                && inodes.contains(&inode)
+            {
+                let pids = owners.entry(inode).or_default();
+                if !pids.contains(&(process.pid as u32)) {
+                    pids.push(process.pid as u32);
+                }
+            }
+        }
+    }
+    Ok(owners)
+}
+
+/// A network namespace with processes: its identity and pids that are in it
+/// (tried in order to enter it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsWithPids {
+    /// Device and inode of the namespace file.
+    pub id: (u64, u64),
+    pub pids: Vec<u32>,
+}
+
+/// Pids kept per namespace to enter it by (a process may exit meanwhile).
+const PIDS_PER_NETNS: usize = 4;
+
+/// Every network namespace some process is in (that of its main thread),
+/// in order of first appearance.
+pub fn network_namespaces() -> ProcResult<Vec<NetnsWithPids>> {
+    let mut found: Vec<NetnsWithPids> = Vec::new();
+    let mut index: HashMap<(u64, u64), usize> = HashMap::new();
+    for process in all_processes()?.flatten() {
+        // procfs's Process::namespaces() stats every namespace of the
+        // process; one stat of ns/net is all this needs.
+        let Ok(meta) = std::fs::metadata(format!("/proc/{}/ns/net", process.pid)) else {
+            continue;
+        };
+        let id = (meta.dev(), meta.ino());
+        let pid = process.pid as u32;
+        match index.get(&id) {
+            Some(&i) if found[i].pids.len() < PIDS_PER_NETNS => found[i].pids.push(pid),
+            Some(_) => {}
+            None => {
+                index.insert(id, found.len());
+                found.push(NetnsWithPids {
+                    id,
+                    pids: vec![pid],
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Reads processes' identities, caching what several owners share (the
+/// executables of common ancestors, cgroup ids).
+pub struct ProcReader {
+    cgroup_root: PathBuf,
+    /// pid → (executable key, ppid); `None` for a pid that cannot be read.
+    lineage: HashMap<u32, Option<(ExeKey, u32)>>,
+    cgroups: HashMap<String, Vec<u64>>,
+    owners: HashMap<u32, Option<Owner>>,
+}
+
+impl ProcReader {
+    /// `cgroup_root`: the cgroup v2 mount, where cgroup ids are read.
+    pub fn new(cgroup_root: PathBuf) -> Self {
+        Self {
+            cgroup_root,
+            lineage: HashMap::new(),
+            cgroups: HashMap::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    /// The process `pid`, or `None` when it is gone or unreadable.
+    pub fn owner(&mut self, pid: u32) -> Option<&Owner> {
+        if !self.owners.contains_key(&pid) {
+            let owner = self.read_owner(pid);
+            self.owners.insert(pid, owner);
+        }
+        self.owners.get(&pid).and_then(Option::as_ref)
+    }
+
+    fn read_owner(&mut self, pid: u32) -> Option<Owner> {
+        let process = Process::new(pid as i32).ok()?;
+        let status = process.status().ok()?;
+        let ppid = u32::try_from(status.ppid).unwrap_or(0);
+        let exe_link = process.exe().ok();
+        let exe_name = exe_link.as_deref().map(exe_file_name).unwrap_or_default();
+        let comm = process.read::<RawLine>("comm").ok()?.0;
+        let mut comms = vec![comm.clone()];
+        if let Ok(tasks) = process.tasks() {
+            for task in tasks.flatten().take(MAX_THREADS) {
+                if let Ok(RawLine(c)) = task.read::<RawLine>("comm")
+                    && !comms.contains(&c)
+                {
+                    comms.push(c);
+                }
+            }
+        }
+        let cgroup = process
+            .cgroups()
+            .ok()
+            .and_then(|c| c.0.into_iter().find(|c| c.hierarchy == 0))
+            .map(|c| c.pathname);
+        let cgroup_ids = cgroup
+            .as_deref()
+            .map(|path| self.cgroup_ids(path))
+            .unwrap_or_default();
+        let identity = ProcessIdentity {
+            exe: exe_key(&process),
+            exe_name,
+            comms,
+            uid: status.ruid,
+            cgroups: cgroup_ids,
+            ancestors: self.ancestors(ppid),
+        };
+        let cmdline = process
+            .cmdline()
+            .ok()
+            .filter(|args| !args.is_empty())
+            .map(|args| args.join(" "));
+        let parent_exe = (ppid != 0)
+            .then(|| Process::new(ppid as i32).ok()?.exe().ok())
+            .flatten();
+        Some(Owner {
+            pid,
+            ppid,
+            gid: status.rgid,
+            comm: String::from_utf8_lossy(&comm).into_owned(),
+            exe: exe_link.map(|p| p.display().to_string()),
+            parent_exe: parent_exe.map(|p| p.display().to_string()),
+            cmdline,
+            cgroup,
+            identity,
+        })
+    }
+
+    /// The executables of `parent` and its ancestors, walked as the kernel's
+    /// `ancestor_mask` does: the parent always (pid 0, the idle task, has no
+    /// executable: a zero key), then the next generation while the last
+    /// one's pid is above 1, at most [`MAX_ANCESTORS`].
+    fn ancestors(&mut self, parent: u32) -> Vec<ExeKey> {
+        let mut out = Vec::new();
+        let mut cur = parent;
+        // A process gone meanwhile ends the walk: the kernel would now see
+        // its children reparented; this does not guess.
+        while let Some((exe, ppid)) = self.lineage(cur) {
+            out.push(exe);
+            if out.len() == MAX_ANCESTORS || cur <= 1 {
+                break;
+            }
+            cur = ppid;
+        }
+        out
+    }
+
+    fn lineage(&mut self, pid: u32) -> Option<(ExeKey, u32)> {
+        if pid == 0 {
+            return Some((ExeKey::default(), 0));
+        }
+        *self.lineage.entry(pid).or_insert_with(|| {
+            let process = Process::new(pid as i32).ok()?;
+            let ppid = u32::try_from(process.stat().ok()?.ppid).unwrap_or(0);
+            Some((exe_key(&process), ppid))
+        })
+    }
+
+    /// Ids of the cgroup at `path` (below the root) and of its ancestors,
+    /// root (level 0) first: the inode numbers of the directories. Stops at
+    /// the first directory that cannot be read (the cgroup went away).
+    fn cgroup_ids(&mut self, path: &str) -> Vec<u64> {
+        if let Some(ids) = self.cgroups.get(path) {
+            return ids.clone();
+        }
+        let mut ids = Vec::new();
+        let mut dir = self.cgroup_root.clone();
+        let levels = std::iter::once(None).chain(
+            Path::new(path.trim_start_matches('/'))
+                .components()
+                .map(Some),
+        );
+        for component in levels {
+            if let Some(component) = component {
+                dir.push(component);
+            }
+            match std::fs::metadata(&dir) {
+                Ok(meta) => ids.push(meta.ino()),
+                Err(_) => break,
+            }
+        }
+        self.cgroups.insert(path.to_owned(), ids.clone());
+        ids
+    }
+}
+
+/// The executable's identity in the kernel's device encoding, from the file
+/// `/proc/PID/exe` opens (through the pid's directory, so a recycled pid
+/// cannot answer for it); a zero key for a process without one (a kernel
+/// thread), as the kernel reads a NULL `mm`.
+fn exe_key(process: &Process) -> ExeKey {
+    process
+        .open_relative("exe")
+        .and_then(|file| Ok(file.metadata()?))
+        .map(|meta| resolve::exe_key(&meta))
+        .unwrap_or_default()
+}
+
+/// The executable's file name (its dentry name) from the `/proc/PID/exe`
+/// link target: the last component, without the ` (deleted)` the kernel
+/// appends for an unlinked file.
+fn exe_file_name(link: &Path) -> Vec<u8> {
+    let name = link.file_name().map(OsStr::as_bytes).unwrap_or_default();
+    name.strip_suffix(DELETED).unwrap_or(name).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{TcpListener, TcpStream},
+        os::fd::AsRawFd as _,
+    };
+
+    use super::*;
+
+    #[test]
+    fn exe_file_name_drops_the_deleted_marker() {
+        assert_eq!(exe_file_name(Path::new("/usr/bin/socat")), b"socat");
+        assert_eq!(exe_file_name(Path::new("/opt/x/relay (deleted)")), b"relay");
+        assert_eq!(exe_file_name(Path::new("/")), b"");
+    }
+
+    #[test]
+    fn this_process_owns_its_socket_and_reads_as_the_kernel_would_see_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", client.as_raw_fd()))
+            .unwrap()
+            .ino();
+        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let me = std::process::id();
+        assert_eq!(owners.get(&inode), Some(&vec![me]));
+
+        let root = crate::kernel::compat::find_cgroup2_root()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        let mut reader = ProcReader::new(root.clone());
+        let owner = reader.owner(me).unwrap().clone();
+        let id = &owner.identity;
+        let exe = std::fs::metadata("/proc/self/exe").unwrap();
+        assert_eq!(id.exe, resolve::exe_key(&exe));
+        let real = std::fs::canonicalize("/proc/self/exe").unwrap();
+        assert_eq!(
+            id.exe_name,
+            real.file_name().unwrap().as_bytes(),
+            "{owner:?}"
+        );
+        // The main thread's comm comes first; the test threads' follow.
+        let comm = std::fs::read("/proc/self/comm").unwrap();
+        assert_eq!(id.comms[0], comm.trim_ascii_end());
+        let thread_comm = std::fs::read("/proc/thread-self/comm").unwrap();
+        assert!(id.comms.iter().any(|c| c == thread_comm.trim_ascii_end()));
+        // SAFETY: getuid/getppid have no preconditions.
+        assert_eq!(id.uid, unsafe { libc::getuid() });
+        assert_eq!(owner.ppid, unsafe { libc::getppid() } as u32);
+        let parent_exe = std::fs::metadata(format!("/proc/{}/exe", owner.ppid)).unwrap();
+        assert_eq!(id.ancestors[0], resolve::exe_key(&parent_exe));
+        assert!(id.ancestors.len() <= MAX_ANCESTORS);
+        // The cgroup chain runs from the root to this process's cgroup.
+        if let Some(path) = &owner.cgroup {
+            let own = std::fs::metadata(root.join(path.trim_start_matches('/')));
+            if let Ok(own) = own {
+                assert_eq!(id.cgroups.last(), Some(&own.ino()), "{owner:?}");
+                assert_eq!(id.cgroups[0], std::fs::metadata(&root).unwrap().ino());
+                let depth = Path::new(path.trim_start_matches('/')).components().count();
+                assert_eq!(id.cgroups.len(), depth + 1);
+            }
+        }
+        assert!(owner.cmdline.is_some());
+        assert!(reader.owner(u32::MAX - 1).is_none());
+    }
+
+    #[test]
+    fn ancestors_stop_after_init() {
+        let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
+        // pid 1's parent is the idle task (pid 0): one zero key, no further.
+        assert_eq!(reader.ancestors(0), vec![ExeKey::default()]);
+        // Whoever init is, the walk from it ends there.
+        assert_eq!(reader.ancestors(1).len(), 1);
+    }
+
+    #[test]
+    fn this_processs_network_namespace_is_listed() {
+        let me = std::fs::metadata("/proc/self/ns/net").unwrap();
+        let all = network_namespaces().unwrap();
+        let ours = all
+            .iter()
+            .find(|n| n.id == (me.dev(), me.ino()))
+            .expect("our own namespace");
+        assert!(!ours.pids.is_empty());
+        let unique: HashSet<_> = all.iter().map(|n| n.id).collect();
+        assert_eq!(unique.len(), all.len());
+    }
+}
