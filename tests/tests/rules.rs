@@ -180,6 +180,6 @@ fn an_upgraded_executable_is_picked_up_without_a_reload() {
     std::fs::copy("/usr/bin/socat", &staged).expect("stage");
     std::fs::rename(&staged, &relay).expect("replace");
     // The daemon re-resolves the policy by itself within a few seconds.
-    daemon.wait_stderr("policy installed", 1);
+    daemon.wait_stderr("installed: ", 1);
     assert!(!connect(), "the upgraded relay is refused too");
 }
