@@ -228,11 +228,13 @@ fn a_bad_file_with_nothing_pinned_exits_with_ex_config() {
     );
 }
 
+/// Connect loops run at once by the policy-flip test.
+const FLOODERS: usize = 6;
+
 #[test]
 fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() {
     let ns = Netns::new();
     let _server = sink_server(&ns);
-    let dir = TempDir::new("flip");
     // Both policies match the client, differently: A refuses it (deny by
     // exe), B lets it through and reports it (audit by uid). A connect
     // judged by A's settings with B's rule maps, or the reverse, matches no
@@ -247,7 +249,17 @@ fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() 
     let b = without_catalog(policy(&ns, "enforce", &rule("b", "audit", "user", "root")));
     let daemon = Daemon::start(&a);
     let config = daemon.config_path();
-    let (_flood, out, stop) = flood(&ns, &dir, 0.0002);
+    // More flooding processes than CPUs: program runs are preempted midway
+    // (this kernel is preemptible), the window a reader can straddle a
+    // rewrite of its slot.
+    let floods: Vec<_> = (0..FLOODERS)
+        .map(|i| {
+            let dir = TempDir::new(&format!("flip{i}"));
+            // Paced: every connect is reported, and the reader must keep up.
+            let (proc, out, stop) = flood(&ns, &dir, 0.001);
+            (proc, out, stop, dir)
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut flips = 0u32;
     while Instant::now() < deadline {
@@ -259,7 +271,12 @@ fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() 
         flips += 1;
         thread::sleep(Duration::from_millis(1));
     }
-    let (ok, refused) = flood_counts(&out, &stop);
+    let (mut ok, mut refused) = (0, 0);
+    for (_proc, out, stop, _dir) in &floods {
+        let (o, r) = flood_counts(out, stop);
+        ok += o;
+        refused += r;
+    }
     let installs = daemon.stderr_text().matches("installed: ").count();
     assert!(
         installs > 100,

@@ -16,6 +16,7 @@
 
 mod detach;
 mod lock;
+mod sweeper;
 
 use std::{
     io::{self, Write as _},
@@ -34,10 +35,10 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
+use self::sweeper::Sweeper;
 pub use self::{detach::detach, lock::InstanceLock};
 use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
-    cut,
     events::{Enricher, LogFormat, parse_event},
     kernel::{
         btf::{self, BtfError},
@@ -341,14 +342,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     );
 
     // What a previous policy, an audit mode or no daemon at all let in.
+    let sweeper = Sweeper::spawn(host.cgroup2_root.clone(), opts.log_format)
+        .map_err(io_err("starting the connection sweeper"))?;
     if let Some(policy) = &policy {
-        cut_connections(
-            policy,
-            &host_addresses(policy),
-            &resolver,
-            &mut enricher,
-            opts.log_format,
-        );
+        sweeper.request(policy, &host_addresses(policy));
     }
     let mut events = watch(ring, "watching the event ring buffer")?;
     let mut logger = logger;
@@ -362,7 +359,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         policy,
         maps: policy_maps,
         refresh_error: None,
-        log_format: opts.log_format,
+        sweeper,
     };
     let mut counters = CounterReport {
         pins: pins.clone(),
@@ -473,33 +470,6 @@ fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, format: LogFormat
     }
 }
 
-/// After a policy in enforce mode is installed: destroys the open
-/// connections it would have refused (see [`cut`]) and writes one audit
-/// line per connection cut.
-fn cut_connections(
-    policy: &CompiledPolicy,
-    addrs: &[std::net::IpAddr],
-    resolver: &HostResolver,
-    enricher: &mut Enricher,
-    format: LogFormat,
-) {
-    if policy.mode != Mode::Enforce {
-        return;
-    }
-    let cuts = cut::sweep(policy, addrs, resolver.cgroup_root());
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    for c in &cuts {
-        if let Err(e) = writeln!(out, "{}", enricher.cut(c).format(format)) {
-            error!("writing an audit line failed: {e}");
-        }
-    }
-    if let Err(e) = out.flush() {
-        error!("flushing audit lines failed: {e}");
-    }
-    info!("cut {} connections", cuts.len());
-}
-
 /// Reports events the ring buffer had to drop, and remembers in `LW_META`
 /// what was reported, so the next daemon reports only what it missed.
 struct CounterReport {
@@ -554,8 +524,8 @@ struct Installed {
     maps: PolicyMaps,
     /// The last periodic re-resolution error, reported once until it changes.
     refresh_error: Option<String>,
-    /// For the audit lines of connections cut after an install.
-    log_format: LogFormat,
+    /// Cuts what a newly installed enforce-mode policy would have refused.
+    sweeper: Sweeper,
 }
 
 impl Installed {
@@ -631,7 +601,7 @@ impl Installed {
         };
         info!("policy #{seq} installed: {} rules", fresh.rules.len());
         enricher.set_rules(seq, fresh.rules.clone());
-        cut_connections(&fresh, &addrs, &self.resolver, enricher, self.log_format);
+        self.sweeper.request(&fresh, &addrs);
         self.policy = Some(fresh);
         self.addrs = addrs;
     }
