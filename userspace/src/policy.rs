@@ -125,8 +125,8 @@ pub trait Resolver {
     /// Finds an executable by file name in the usual system directories and
     /// `PATH`; every distinct file found (after following symlinks).
     fn find_executables(&self, name: &str) -> Vec<std::path::PathBuf>;
-    /// uid of a user name.
-    fn user(&self, name: &str) -> Option<u32>;
+    /// uid of a user name; `Ok(None)` when there is no such user.
+    fn user(&self, name: &str) -> std::io::Result<Option<u32>>;
     /// A cgroup by path below the cgroup v2 root (`system.slice/foo.service`)
     /// or, for a bare unit name (`foo.service`), wherever it is in the tree.
     fn cgroup(&self, path_or_unit: &str) -> std::io::Result<CgroupId>;
@@ -317,6 +317,15 @@ pub enum PolicyError {
         rule: String,
         user: String,
     },
+    #[error("{file}:{at}: rule `{rule}`: looking up user `{user}` failed")]
+    UserLookup {
+        file: String,
+        at: Location,
+        rule: String,
+        user: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{file}:{at}: network namespace {} cannot be resolved", path.display())]
     Netns {
         file: String,
@@ -475,7 +484,8 @@ impl Compiler<'_> {
             Ok(v) => Ok(Some(v)),
             Err(e) if self.lenient => {
                 self.policy.warnings.push(format!(
-                    "{e}; this value matches nothing until it resolves again"
+                    "{}; this value matches nothing until it resolves again",
+                    with_causes(&e)
                 ));
                 Ok(None)
             }
@@ -550,15 +560,22 @@ impl Compiler<'_> {
             .map(|uid| (uid.value, uid.value.to_string()))
             .collect();
         for user in &c.user {
-            let uid = self
-                .resolver
-                .user(&user.value)
-                .ok_or_else(|| PolicyError::UnknownUser {
+            let uid = match self.resolver.user(&user.value) {
+                Ok(Some(uid)) => Ok(uid),
+                Ok(None) => Err(PolicyError::UnknownUser {
                     file: self.file.to_owned(),
                     at: user.at,
                     rule: rule.name.clone(),
                     user: user.value.clone(),
-                });
+                }),
+                Err(source) => Err(PolicyError::UserLookup {
+                    file: self.file.to_owned(),
+                    at: user.at,
+                    rule: rule.name.clone(),
+                    user: user.value.clone(),
+                    source,
+                }),
+            };
             let Some(uid) = self.tolerate(uid)? else {
                 continue;
             };
@@ -753,6 +770,18 @@ impl Compiler<'_> {
     }
 }
 
+/// An error and its causes, `: `-separated, for a one-line warning.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Appends `field v` or `field in [a, b]` to `parts`; nothing for no values.
 fn describe(parts: &mut Vec<String>, field: &str, values: impl Iterator<Item = String>) {
     let values: Vec<String> = values.collect();
@@ -782,6 +811,8 @@ mod tests {
         exes: HashMap<PathBuf, (ExeKey, String)>,
         found: HashMap<String, Vec<PathBuf>>,
         users: HashMap<String, u32>,
+        /// User names whose lookup fails (a directory service down).
+        broken_users: Vec<String>,
         cgroups: HashMap<String, CgroupId>,
         netns: HashMap<PathBuf, u64>,
     }
@@ -813,8 +844,14 @@ mod tests {
             self.found.get(name).cloned().unwrap_or_default()
         }
 
-        fn user(&self, name: &str) -> Option<u32> {
-            self.users.get(name).copied()
+        fn user(&self, name: &str) -> io::Result<Option<u32>> {
+            if self.broken_users.iter().any(|u| u == name) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the directory did not answer",
+                ));
+            }
+            Ok(self.users.get(name).copied())
         }
 
         fn cgroup(&self, path_or_unit: &str) -> io::Result<CgroupId> {
@@ -1451,5 +1488,33 @@ exe = "/usr/bin/socat"
             text.lines().any(|l| l.starts_with("   0  relay-socat")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_user_lookup_is_not_an_unknown_user() {
+        let mut host = host();
+        host.broken_users.push("ldapuser".to_owned());
+        let text = "catalog = false\n[[rule]]\nname = \"u\"\naction = \"deny\"\nuser = [\"nobody\", \"ldapuser\"]\n";
+        let err = compile(&config(text), &host).unwrap_err();
+        assert!(matches!(err, PolicyError::UserLookup { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("rule `u`: looking up user `ldapuser` failed"),
+            "{err}"
+        );
+        // Re-resolution keeps the users that resolve, says why the other
+        // does not, and asks again next time.
+        let policy = compile_lenient(&config(text), &host).unwrap();
+        assert_eq!(policy.uid, BTreeMap::from([(65534, 1)]));
+        assert!(
+            policy.warnings[0].contains("failed: the directory did not answer; this value matches nothing until it resolves again"),
+            "{:?}",
+            policy.warnings
+        );
+        host.broken_users.clear();
+        host.users.insert("ldapuser".to_owned(), 70000);
+        let policy = compile_lenient(&config(text), &host).unwrap();
+        assert_eq!(policy.uid, BTreeMap::from([(65534, 1), (70000, 1)]));
+        assert!(policy.warnings.is_empty());
     }
 }

@@ -3,9 +3,16 @@
 //! Owns turning config names into the identifiers the kernel programs see:
 //! executable paths into `(s_dev, i_ino)` keys in the kernel's device
 //! encoding, executable names into files found on the usual search paths,
-//! user names into uids (`/etc/passwd`), cgroup paths and unit names into
+//! user names into uids (through NSS), cgroup paths and unit names into
 //! cgroup v2 ids (directory inode numbers), and network namespace files into
 //! `SO_NETNS_COOKIE` values.
+//!
+//! Users are looked up through NSS (`getpwnam_r`/`getpwuid_r`), so users
+//! from SSSD/LDAP and systemd's `DynamicUser=` resolve like those in
+//! `/etc/passwd`. `nix` (`unistd::User`) makes the calls: it is the
+//! maintained, widely used binding, grows the buffer on `ERANGE` instead of
+//! truncating, and adds no cache of its own (`uzers` keeps one, which would
+//! hide a user created later; the callers here decide what to cache).
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -20,6 +27,7 @@ use std::{
 };
 
 use loopwarden_common::ExeKey;
+use nix::unistd::{Uid, User};
 
 use crate::policy::{CgroupId, Resolver};
 
@@ -38,7 +46,6 @@ const SYSTEM_DIRS: &[&str] = &[
 const EXTRA_DIRS: &[&str] = &["/root/.cargo/bin"];
 /// `/opt/*/bin` is searched too.
 const OPT_DIR: &str = "/opt";
-const PASSWD: &str = "/etc/passwd";
 /// Deepest level below the cgroup root a bare unit name is searched at.
 const UNIT_SEARCH_DEPTH: u32 = 6;
 
@@ -217,8 +224,8 @@ impl Resolver for HostResolver {
         found
     }
 
-    fn user(&self, name: &str) -> Option<u32> {
-        passwd_uid(&fs::read_to_string(PASSWD).ok()?, name)
+    fn user(&self, name: &str) -> io::Result<Option<u32>> {
+        uid_by_name(name)
     }
 
     fn cgroup(&self, path_or_unit: &str) -> io::Result<CgroupId> {
@@ -383,6 +390,31 @@ pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
     best.map(|(_, dev)| dev)
 }
 
+/// The uid of user `name`, through NSS (see the module documentation).
+pub fn uid_by_name(name: &str) -> io::Result<Option<u32>> {
+    nss_result(User::from_name(name), &format!("looking up user {name}"))
+        .map(|user| user.map(|u| u.uid.as_raw()))
+}
+
+/// The name of user `uid`, through NSS (see the module documentation).
+pub fn user_name(uid: u32) -> io::Result<Option<String>> {
+    nss_result(
+        User::from_uid(Uid::from_raw(uid)),
+        &format!("looking up uid {uid}"),
+    )
+    .map(|user| user.map(|u| u.name))
+}
+
+/// "Not found" is `Ok(None)`: glibc says so with a null result, some NSS
+/// modules with `ENOENT` or `ESRCH` (getpwnam_r(3)).
+fn nss_result(result: nix::Result<Option<User>>, what: &str) -> io::Result<Option<User>> {
+    match result {
+        Ok(user) => Ok(user),
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ESRCH) => Ok(None),
+        Err(errno) => Err(with_context(io::Error::from(errno), what)),
+    }
+}
+
 /// The kernel's key for a file: `sb->s_dev` is `major << 20 | minor`.
 fn exe_key(meta: &fs::Metadata) -> ExeKey {
     let dev = meta.dev();
@@ -406,17 +438,6 @@ fn search_dirs() -> Vec<PathBuf> {
     }
     dirs.extend(EXTRA_DIRS.iter().map(PathBuf::from));
     dirs
-}
-
-/// The uid of `name` in `/etc/passwd`-format text.
-fn passwd_uid(passwd: &str, name: &str) -> Option<u32> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        if fields.next()? != name {
-            return None;
-        }
-        fields.nth(1)?.parse().ok()
-    })
 }
 
 fn with_context(error: io::Error, what: &str) -> io::Error {
@@ -497,13 +518,17 @@ mod tests {
     }
 
     #[test]
-    fn users() {
-        assert_eq!(resolver().user("root"), Some(0));
-        assert_eq!(resolver().user("no-such-user-loopwarden"), None);
-        let passwd = "# comment\nroot:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbad:x:nope:0::/:/bin/sh\n";
-        assert_eq!(passwd_uid(passwd, "alice"), Some(1000));
-        assert_eq!(passwd_uid(passwd, "bad"), None);
-        assert_eq!(passwd_uid(passwd, "ali"), None);
+    fn users_through_nss() {
+        let r = resolver();
+        assert_eq!(r.user("root").unwrap(), Some(0));
+        assert_eq!(user_name(0).unwrap().as_deref(), Some("root"));
+        let nobody = r.user("nobody").unwrap().expect("a user named nobody");
+        assert_eq!(user_name(nobody).unwrap().as_deref(), Some("nobody"));
+        assert_eq!(r.user("no-such-user-loopwarden").unwrap(), None);
+        // Not a name NSS can be asked about: no such user, not an error.
+        assert_eq!(r.user("nul\0byte").unwrap(), None);
+        // A uid nobody has (the top of the 32-bit range is reserved).
+        assert_eq!(user_name(u32::MAX - 1).unwrap(), None);
     }
 
     #[test]
