@@ -107,18 +107,34 @@ pub struct CompiledPolicy {
     pub warnings: Vec<String>,
 }
 
+/// An executable file as `stat()` finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExeFile {
+    /// `stat()`'s device, in the kernel's encoding, and inode.
+    pub key: ExeKey,
+    /// The filesystem holding it; `None` when `/proc/self/mountinfo` does
+    /// not tell.
+    pub mount: Option<MountDev>,
+}
+
+/// The filesystem a file lives on, from `/proc/self/mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountDev {
+    /// The superblock's `s_dev` in the kernel's encoding: the device the
+    /// kernel programs read for a running executable. `stat()` reports
+    /// another one on btrfs (every subvolume has an anonymous device of its
+    /// own) and on overlayfs over several filesystems.
+    pub dev: u64,
+    /// `btrfs`, `ext4`, ...
+    pub fs_type: String,
+    pub mount_point: PathBuf,
+}
+
 /// Turns names from the config into the kernel's identifiers. The real one
 /// ([`crate::resolve::HostResolver`]) asks the running system.
 pub trait Resolver {
-    /// Device and inode of the file at `path`, following symlinks.
-    fn exe(&self, path: &Path) -> std::io::Result<ExeKey>;
-    /// Other keys the kernel may see for the same file: on filesystems whose
-    /// `stat()` device differs from the superblock's `s_dev` (btrfs
-    /// subvolumes), the key with the superblock's device. Matching both is
-    /// safe: each names this file only.
-    fn exe_aliases(&self, _path: &Path) -> Vec<ExeKey> {
-        Vec::new()
-    }
+    /// The file at `path`, following symlinks.
+    fn exe(&self, path: &Path) -> std::io::Result<ExeFile>;
     /// The file name the kernel sees for `path` after following symlinks
     /// (the dentry name), e.g. `/usr/bin/python3` → `python3.11`.
     fn exe_file_name(&self, path: &Path) -> std::io::Result<String>;
@@ -217,8 +233,16 @@ struct ExeId(ExeKey);
 
 impl fmt::Display for ExeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ExeKey { dev, ino } = self.0;
-        write!(f, "dev {}:{} ino {ino}", dev >> 20, dev & 0xf_ffff)
+        write!(f, "dev {} ino {}", DevName(self.0.dev), self.0.ino)
+    }
+}
+
+/// A device number in the kernel's encoding, shown as `major:minor`.
+struct DevName(u64);
+
+impl fmt::Display for DevName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.0 >> 20, self.0 & 0xf_ffff)
     }
 }
 
@@ -309,6 +333,31 @@ pub enum PolicyError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// The kernel identifies a running executable by its superblock's
+    /// device, which differs from what `stat()` reports here; the inode
+    /// number alone does not single the file out there.
+    #[error(
+        "{file}:{at}: rule `{rule}`: {field} {} is on {} (mounted at {}), where stat() \
+         reports device {} but the kernel identifies running executables by the filesystem's \
+         device {}, and inode numbers repeat across btrfs subvolumes (and overlayfs layers): \
+         matching it by device and inode could also match an unrelated file of another \
+         subvolume. Match it by `exe_name`, by `cgroup` (its unit), or move the binary to a \
+         filesystem without subvolumes (ext4, xfs)",
+        path.display(), mount.fs_type, mount.mount_point.display(), DevName(*stat_dev),
+        DevName(mount.dev)
+    )]
+    ExeAmbiguous {
+        file: String,
+        at: Location,
+        rule: String,
+        /// `exe`, `parent_exe` or `ancestor_exe`.
+        field: &'static str,
+        path: PathBuf,
+        /// `stat()`'s device, in the kernel's encoding.
+        stat_dev: u64,
+        /// The filesystem, with the device the kernel reads.
+        mount: Box<MountDev>,
     },
     #[error("{file}:{at}: rule `{rule}`: no user named `{user}`")]
     UnknownUser {
@@ -480,13 +529,21 @@ impl Compiler<'_> {
     /// In lenient mode, records `err` as a warning and returns `None`;
     /// otherwise returns it.
     fn tolerate<T>(&mut self, result: Result<T, PolicyError>) -> Result<Option<T>, PolicyError> {
+        self.tolerate_as(result, "this value matches nothing until it resolves again")
+    }
+
+    /// [`Compiler::tolerate`], saying `meanwhile` about the value.
+    fn tolerate_as<T>(
+        &mut self,
+        result: Result<T, PolicyError>,
+        meanwhile: &str,
+    ) -> Result<Option<T>, PolicyError> {
         match result {
             Ok(v) => Ok(Some(v)),
             Err(e) if self.lenient => {
-                self.policy.warnings.push(format!(
-                    "{}; this value matches nothing until it resolves again",
-                    with_causes(&e)
-                ));
+                self.policy
+                    .warnings
+                    .push(format!("{}; {meanwhile}", with_causes(&e)));
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -702,7 +759,7 @@ impl Compiler<'_> {
     ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
         let mut resolved = Vec::with_capacity(paths.len());
         for path in paths {
-            let key = self
+            let file = self
                 .resolver
                 .exe(&path.value)
                 .map_err(|source| PolicyError::Exe {
@@ -712,31 +769,46 @@ impl Compiler<'_> {
                     field,
                     path: path.value.clone(),
                     source,
-                });
-            if let Some(key) = self.tolerate(key)? {
-                resolved.push((path, key));
+                })
+                .and_then(|file| self.unambiguous(rule, field, path, file));
+            let meanwhile = match &file {
+                Err(PolicyError::ExeAmbiguous { .. }) => {
+                    "this value is skipped (it matches nothing)"
+                }
+                _ => "this value matches nothing until it resolves again",
+            };
+            if let Some(file) = self.tolerate_as(file, meanwhile)? {
+                resolved.push((
+                    file.key,
+                    format!("{} ({})", path.value.display(), ExeId(file.key)),
+                ));
             }
         }
-        resolved
-            .into_iter()
-            .map(|(path, key)| {
-                let mut keys = vec![(key, format!("{} ({})", path.value.display(), ExeId(key)))];
-                for alias in self.resolver.exe_aliases(&path.value) {
-                    if alias != key {
-                        keys.push((
-                            alias,
-                            format!(
-                                "{} (as the kernel sees it: {})",
-                                path.value.display(),
-                                ExeId(alias)
-                            ),
-                        ));
-                    }
-                }
-                Ok(keys)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|keys| keys.into_iter().flatten().collect())
+        Ok(resolved)
+    }
+
+    /// Refuses a file whose `stat()` device is not the one the kernel reads
+    /// (btrfs, overlayfs over several filesystems): the kernel's key, the
+    /// superblock's device and the inode, may name another file too.
+    fn unambiguous(
+        &self,
+        rule: &Rule,
+        field: &'static str,
+        path: &Located<PathBuf>,
+        file: ExeFile,
+    ) -> Result<ExeFile, PolicyError> {
+        match &file.mount {
+            Some(mount) if mount.dev != file.key.dev => Err(PolicyError::ExeAmbiguous {
+                file: self.file.to_owned(),
+                at: path.at,
+                rule: rule.name.clone(),
+                field,
+                path: path.value.clone(),
+                stat_dev: file.key.dev,
+                mount: Box::new(mount.clone()),
+            }),
+            _ => Ok(file),
+        }
     }
 
     fn catalog_rule(&mut self, entry: &CatalogEntry) {
@@ -807,8 +879,8 @@ mod tests {
     /// A host made of hash maps.
     #[derive(Default)]
     struct FakeResolver {
-        /// Path → (identity, kernel-visible file name).
-        exes: HashMap<PathBuf, (ExeKey, String)>,
+        /// Path → (file, kernel-visible file name).
+        exes: HashMap<PathBuf, (ExeFile, String)>,
         found: HashMap<String, Vec<PathBuf>>,
         users: HashMap<String, u32>,
         /// User names whose lookup fails (a directory service down).
@@ -819,17 +891,30 @@ mod tests {
 
     impl FakeResolver {
         fn with_exe(mut self, path: &str, key: ExeKey) -> Self {
-            let name = path.rsplit('/').next().unwrap_or(path).to_owned();
-            self.exes.insert(PathBuf::from(path), (key, name));
+            self.put_exe(path, key);
             self
+        }
+
+        /// Puts a file at `path` (on a plain filesystem), replacing any.
+        fn put_exe(&mut self, path: &str, key: ExeKey) {
+            let name = path.rsplit('/').next().unwrap_or(path).to_owned();
+            let file = ExeFile {
+                key,
+                mount: Some(MountDev {
+                    dev: key.dev,
+                    fs_type: "ext4".to_owned(),
+                    mount_point: PathBuf::from("/"),
+                }),
+            };
+            self.exes.insert(PathBuf::from(path), (file, name));
         }
     }
 
     impl Resolver for FakeResolver {
-        fn exe(&self, path: &Path) -> io::Result<ExeKey> {
+        fn exe(&self, path: &Path) -> io::Result<ExeFile> {
             self.exes
                 .get(path)
-                .map(|(key, _)| *key)
+                .map(|(file, _)| file.clone())
                 .ok_or_else(not_found)
         }
 
@@ -1487,6 +1572,102 @@ exe = "/usr/bin/socat"
         assert!(
             text.lines().any(|l| l.starts_with("   0  relay-socat")),
             "{text}"
+        );
+    }
+
+    fn running(exe: ExeKey) -> TestIdentity {
+        TestIdentity {
+            exe,
+            ..TestIdentity::default()
+        }
+    }
+
+    /// `host()` with `path` on a btrfs subvolume: `stat()` reports the
+    /// subvolume's anonymous device 0:46, the kernel the filesystem's 0:45.
+    fn on_btrfs(mut host: FakeResolver, path: &str, ino: u64) -> FakeResolver {
+        host.put_exe(path, ExeKey::from_major_minor(0, 46, ino));
+        if let Some((file, _)) = host.exes.get_mut(Path::new(path)) {
+            file.mount = Some(MountDev {
+                dev: ExeKey::from_major_minor(0, 45, 0).dev,
+                fs_type: "btrfs".to_owned(),
+                mount_point: PathBuf::from("/home"),
+            });
+        }
+        host
+    }
+
+    #[test]
+    fn an_exe_on_a_btrfs_subvolume_is_refused_with_what_to_use_instead() {
+        let host = on_btrfs(host(), "/home/u/bin/relay", 257);
+        let text = "catalog = false\n[[rule]]\nname = \"relay\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/home/u/bin/relay\"]\n";
+        let err = compile(&config(text), &host).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                PolicyError::ExeAmbiguous {
+                    field: "exe",
+                    stat_dev: 46,
+                    mount,
+                    ..
+                } if mount.dev == 45
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for expected in [
+            "test.toml:5:",
+            "rule `relay`: exe /home/u/bin/relay is on btrfs (mounted at /home)",
+            "stat() reports device 0:46",
+            "the filesystem's device 0:45",
+            "inode numbers repeat across btrfs subvolumes",
+            "`exe_name`",
+            "`cgroup`",
+            "move the binary to a filesystem without subvolumes",
+        ] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing: {message}"
+            );
+        }
+
+        // Re-resolution skips that value with the same explanation; the
+        // rule keeps its other value and never widens.
+        let policy = compile_lenient(&config(text), &host).unwrap();
+        assert_eq!(policy.exe, BTreeMap::from([(key(10), 1)]));
+        assert_eq!(policy.settings.wild_exe, 0);
+        assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+        assert!(policy.warnings[0].contains("is on btrfs"));
+        assert!(policy.warnings[0].ends_with("this value is skipped (it matches nothing)"));
+        // No alias key: another subvolume's inode 257 on 0:45 matches nothing.
+        let other_subvolume = ExeKey::from_major_minor(0, 45, 257);
+        assert_eq!(simulate(&policy, &running(other_subvolume)), None);
+    }
+
+    #[test]
+    fn lineage_paths_on_btrfs_are_refused_too() {
+        let host = on_btrfs(host(), "/home/u/bin/agent", 300);
+        for field in ["parent_exe", "ancestor_exe"] {
+            let text = format!(
+                "catalog = false\n[[rule]]\nname = \"l\"\naction = \"audit\"\n{field} = \"/home/u/bin/agent\"\n"
+            );
+            let err = compile(&config(&text), &host).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("rule `l`: {field} /home/u/bin/agent is on btrfs")),
+                "{err}"
+            );
+            let policy = compile_lenient(&config(&text), &host).unwrap();
+            assert!(policy.ancestor.is_empty());
+            assert_eq!(policy.settings.wild_ancestor, 0);
+        }
+        // Where stat() and the superblock agree (or mountinfo says nothing),
+        // nothing is refused.
+        let mut host = host;
+        if let Some((file, _)) = host.exes.get_mut(Path::new("/home/u/bin/agent")) {
+            file.mount = None;
+        }
+        compile_ok(
+            "catalog = false\n[[rule]]\nname = \"l\"\naction = \"audit\"\nparent_exe = \"/home/u/bin/agent\"\n",
+            &host,
         );
     }
 

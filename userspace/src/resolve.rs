@@ -2,10 +2,11 @@
 //!
 //! Owns turning config names into the identifiers the kernel programs see:
 //! executable paths into `(s_dev, i_ino)` keys in the kernel's device
-//! encoding, executable names into files found on the usual search paths,
-//! user names into uids (through NSS), cgroup paths and unit names into
-//! cgroup v2 ids (directory inode numbers), and network namespace files into
-//! `SO_NETNS_COOKIE` values.
+//! encoding (with the filesystem they live on, so that ones the kernel would
+//! see under another device can be refused), executable names into files
+//! found on the usual search paths, user names into uids (through NSS),
+//! cgroup paths and unit names into cgroup v2 ids (directory inode numbers),
+//! and network namespace files into `SO_NETNS_COOKIE` values.
 //!
 //! Users are looked up through NSS (`getpwnam_r`/`getpwuid_r`), so users
 //! from SSSD/LDAP and systemd's `DynamicUser=` resolve like those in
@@ -29,7 +30,7 @@ use std::{
 use loopwarden_common::ExeKey;
 use nix::unistd::{Uid, User};
 
-use crate::policy::{CgroupId, Resolver};
+use crate::policy::{CgroupId, ExeFile, MountDev, Resolver};
 
 /// Directories searched for executables by name, before `$PATH`.
 const SYSTEM_DIRS: &[&str] = &[
@@ -155,7 +156,7 @@ impl HostResolver {
 }
 
 impl Resolver for HostResolver {
-    fn exe(&self, path: &Path) -> io::Result<ExeKey> {
+    fn exe(&self, path: &Path) -> io::Result<ExeFile> {
         let meta = fs::metadata(path)?;
         if !meta.is_file() {
             return Err(io::Error::new(
@@ -163,30 +164,14 @@ impl Resolver for HostResolver {
                 format!("{} is not a regular file", path.display()),
             ));
         }
-        Ok(exe_key(&meta))
-    }
-
-    fn exe_aliases(&self, path: &Path) -> Vec<ExeKey> {
-        let Ok(meta) = fs::metadata(path) else {
-            return Vec::new();
-        };
-        let Ok(real) = fs::canonicalize(path) else {
-            return Vec::new();
-        };
-        let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-            return Vec::new();
-        };
-        match superblock_dev(&mountinfo, &real) {
-            Some((major, minor)) => {
-                let key = ExeKey::from_major_minor(major, minor, meta.ino());
-                if key == exe_key(&meta) {
-                    Vec::new()
-                } else {
-                    vec![key]
-                }
-            }
-            None => Vec::new(),
-        }
+        let real_path = fs::canonicalize(path)?;
+        let mount = fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|info| mount_of(&info, &real_path));
+        Ok(ExeFile {
+            key: exe_key(&meta),
+            mount,
+        })
     }
 
     fn exe_file_name(&self, path: &Path) -> io::Result<String> {
@@ -362,12 +347,18 @@ pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
 }
 
 /// The superblock device (`major:minor` as mountinfo prints `sb->s_dev`) of
-/// the mount holding `path` (canonical): the longest mount point that is a
-/// prefix of it, the last one listed when several are stacked.
+/// the mount holding `path` (canonical).
 pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
-    let mut best: Option<(usize, (u64, u64))> = None;
+    mount_of(mountinfo, path).map(|mount| (mount.dev >> 20, mount.dev & 0xf_ffff))
+}
+
+/// The mount holding `path` (canonical), from `/proc/self/mountinfo` text:
+/// the longest mount point that is a prefix of it, the last one listed when
+/// several are stacked.
+pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountDev> {
+    let mut best: Option<(usize, MountDev)> = None;
     for line in mountinfo.lines() {
-        // ID PARENT MAJ:MIN ROOT MOUNT_POINT ...
+        // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE ...
         let mut fields = line.split_ascii_whitespace();
         let (Some(dev), Some(mount_point)) = (fields.nth(2), fields.nth(1)) else {
             continue;
@@ -375,7 +366,7 @@ pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
         let Some((major, minor)) = dev.split_once(':') else {
             continue;
         };
-        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else {
+        let (Ok(major), Ok(minor)) = (major.parse::<u64>(), minor.parse::<u64>()) else {
             continue;
         };
         let mount_point = PathBuf::from(crate::kernel::compat::unescape(mount_point));
@@ -383,11 +374,23 @@ pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
             continue;
         }
         let depth = mount_point.components().count();
-        if best.is_none_or(|(d, _)| depth >= d) {
-            best = Some((depth, (major, minor)));
+        if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
+            let fs_type = fields
+                .skip_while(|f| *f != "-")
+                .nth(1)
+                .unwrap_or("?")
+                .to_owned();
+            best = Some((
+                depth,
+                MountDev {
+                    dev: ExeKey::from_major_minor(major, minor, 0).dev,
+                    fs_type,
+                    mount_point,
+                },
+            ));
         }
     }
-    best.map(|(_, dev)| dev)
+    best.map(|(_, mount)| mount)
 }
 
 /// The uid of user `name`, through NSS (see the module documentation).
@@ -476,7 +479,7 @@ mod tests {
     #[test]
     fn exe_uses_kernel_device_encoding() {
         let r = resolver();
-        let key = r.exe(Path::new("/proc/self/exe")).unwrap();
+        let key = r.exe(Path::new("/proc/self/exe")).unwrap().key;
         let meta = fs::metadata("/proc/self/exe").unwrap();
         let dev = meta.dev();
         assert_eq!(key.ino, meta.ino());
@@ -639,11 +642,32 @@ mod tests {
     }
 
     #[test]
-    fn no_alias_where_stat_and_superblock_agree() {
-        // On this host's root filesystem the two devices agree.
-        let r = HostResolver::new(PathBuf::from("/sys/fs/cgroup"));
+    fn mount_of_names_the_filesystem_type() {
+        let info = "\
+22 1 254:0 / / rw shared:1 - ext4 /dev/vda rw
+30 22 0:45 / /home rw shared:2 master:1 - btrfs /dev/vdb rw,subvol=/@home
+";
+        let home = mount_of(info, Path::new("/home/u/bin/x")).unwrap();
+        assert_eq!(home.dev, ExeKey::from_major_minor(0, 45, 0).dev);
+        assert_eq!(home.fs_type, "btrfs");
+        assert_eq!(home.mount_point, Path::new("/home"));
+        let root = mount_of(info, Path::new("/usr/bin/x")).unwrap();
+        assert_eq!(root.dev, ExeKey::from_major_minor(254, 0, 0).dev);
+        assert_eq!(root.fs_type, "ext4");
+    }
+
+    #[test]
+    fn exe_reports_its_filesystem() {
+        let r = resolver();
         let exe = std::env::current_exe().unwrap();
-        assert!(r.exe_aliases(&exe).is_empty());
+        let file = r.exe(&exe).unwrap();
+        let mount = file.mount.expect("mountinfo names a mount for every path");
+        if mount.fs_type == "btrfs" || mount.fs_type == "overlay" {
+            println!("skipped: the build directory is on {}", mount.fs_type);
+            return;
+        }
+        // Where stat() and the superblock agree, the two devices are equal.
+        assert_eq!(mount.dev, file.key.dev, "{mount:?}");
     }
 
     #[test]
