@@ -1,5 +1,6 @@
 //! User rules on uid, cgroup, ancestry and executables, judged in the
-//! kernel at connect time against real processes; an executable on a btrfs
+//! kernel at connect time against real processes: an executable replaced by
+//! an upgrade keeps matching while processes run it, and one on a btrfs
 //! subvolume is refused rather than matched by an identity another file
 //! shares.
 
@@ -165,33 +166,10 @@ fn a_cgroup_rule_matches_a_unit_and_its_children() {
     let _ = std::fs::remove_dir(&child);
 }
 
-#[test]
-fn an_upgraded_executable_is_picked_up_without_a_reload() {
-    let ns = Netns::new();
-    let _servers = ns.http_servers();
-    let dir = TempDir::new("upgrade");
-    let relay = dir.path().join("relay");
-    std::fs::copy("/usr/bin/socat", &relay).expect("copy socat");
-    let rule = rule("relay", "deny", "exe", &relay.display().to_string());
-    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
-    let connect = || {
-        let out = run(ns.cmd(relay.to_str().expect("utf-8 path")).args([
-            "-T",
-            "3",
-            "-u",
-            "OPEN:/dev/null",
-            &format!("TCP:127.0.0.1:{PROTECTED}"),
-        ]));
-        out.status.success()
-    };
-    assert!(!connect(), "the relay is refused");
-    // A package upgrade: the new binary replaces the old one (a new inode).
-    let staged = dir.path().join("relay.new");
-    std::fs::copy("/usr/bin/socat", &staged).expect("stage");
-    std::fs::rename(&staged, &relay).expect("replace");
-    // The daemon re-resolves the policy by itself within a few seconds.
-    daemon.wait_stderr("policy installed", 1);
-    assert!(!connect(), "the upgraded relay is refused too");
+/// How many policies the daemon installed after its first one (each
+/// re-resolution that changed something logs `policy #N installed: ...`).
+fn installs(daemon: &Daemon) -> usize {
+    daemon.stderr_text().matches(" installed: ").count()
 }
 
 /// One `socat` connect from the executable at `path` to the protected port.
@@ -204,6 +182,90 @@ fn connect_from(ns: &Netns, path: &Path) -> bool {
         &format!("TCP:127.0.0.1:{PROTECTED}"),
     ]));
     out.status.success()
+}
+
+#[test]
+fn an_upgraded_executable_is_picked_up_without_a_reload() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("upgrade");
+    let relay = dir.path().join("relay");
+    std::fs::copy("/usr/bin/socat", &relay).expect("copy socat");
+    // A second name for the file the upgrade replaces, to run it again once
+    // no process runs it any more.
+    let old_file = dir.path().join("relay-before-upgrade");
+    std::fs::hard_link(&relay, &old_file).expect("hard link");
+    let old_id = exe_id(&relay);
+    let rule = rule("relay", "deny", "exe", &relay.display().to_string());
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
+    assert!(!connect_from(&ns, &relay), "the relay is refused");
+
+    // A relay started before the upgrade and still running after it: it
+    // listens on an unprotected port, and the children it forks for each
+    // client (the old binary still) connect to the protected one.
+    let relay_port = 9300;
+    let old_relay = ns.spawn(
+        relay.to_str().expect("utf-8 path"),
+        &[
+            &format!("TCP-LISTEN:{relay_port},fork,reuseaddr"),
+            &format!("TCP:127.0.0.1:{PROTECTED}"),
+        ],
+    );
+    ns.wait_listening(relay_port);
+
+    // A package upgrade: the new binary replaces the old one (a new inode).
+    let installed = installs(&daemon);
+    let staged = dir.path().join("relay.new");
+    std::fs::copy("/usr/bin/socat", &staged).expect("stage");
+    std::fs::rename(&staged, &relay).expect("replace");
+    let new_id = exe_id(&relay);
+    assert_ne!(new_id, old_id);
+    // The daemon re-resolves the policy by itself within a few seconds, and
+    // says it keeps the old file while the old relay runs it.
+    daemon.wait_stderr(
+        &format!(
+            "was replaced on disk; it still matches while it runs (pid {})",
+            old_relay.pid()
+        ),
+        1,
+    );
+    wait_for("the upgraded policy", Duration::from_secs(15), || {
+        (installs(&daemon) > installed).then_some(())
+    });
+
+    assert!(
+        !connect_from(&ns, &relay),
+        "the upgraded relay is refused too"
+    );
+    daemon.wait_event("a deny of the new binary", |e| {
+        e["rule"] == "relay" && e["exe_id"] == new_id.as_str()
+    });
+    let through_old = ns.curl(&format!("http://127.0.0.1:{relay_port}/"));
+    assert!(
+        through_old.is_err(),
+        "the relay started before the upgrade got through: {through_old:?}"
+    );
+    daemon.wait_event("a deny of the old relay's child", |e| {
+        e["rule"] == "relay" && e["exe_id"] == old_id.as_str() && e["ppid"] == old_relay.pid()
+    });
+
+    // The old relay exits: its file is dropped from the policy at the next
+    // re-resolution, and the same file run again is no longer matched.
+    let installed = installs(&daemon);
+    drop(old_relay);
+    wait_for(
+        "the policy without the old file",
+        Duration::from_secs(15),
+        || (installs(&daemon) > installed).then_some(()),
+    );
+    assert!(
+        connect_from(&ns, &old_file),
+        "the replaced file still matched after its last process exited"
+    );
+    assert!(
+        !connect_from(&ns, &relay),
+        "the current file is still refused"
+    );
 }
 
 /// A small btrfs filesystem with two subvolumes, on a loop device, under a

@@ -6,7 +6,8 @@
 //! see under another device can be refused), executable names into files
 //! found on the usual search paths, user names into uids (through NSS),
 //! cgroup paths and unit names into cgroup v2 ids (directory inode numbers),
-//! and network namespace files into `SO_NETNS_COOKIE` values.
+//! and network namespace files into `SO_NETNS_COOKIE` values; and finding
+//! which executables processes run now.
 //!
 //! Users are looked up through NSS (`getpwnam_r`/`getpwuid_r`), so users
 //! from SSSD/LDAP and systemd's `DynamicUser=` resolve like those in
@@ -30,7 +31,7 @@ use std::{
 use loopwarden_common::ExeKey;
 use nix::unistd::{Uid, User};
 
-use crate::policy::{CgroupId, ExeFile, MountDev, Resolver};
+use crate::policy::{CgroupId, ExeFile, LiveExe, LiveExes, MountDev, Resolver};
 
 /// Directories searched for executables by name, before `$PATH`.
 const SYSTEM_DIRS: &[&str] = &[
@@ -170,8 +171,54 @@ impl Resolver for HostResolver {
             .and_then(|info| mount_of(&info, &real_path));
         Ok(ExeFile {
             key: exe_key(&meta),
+            real_path,
             mount,
         })
+    }
+
+    /// One pass over `/proc`: a `stat()` of every process's `exe` (which
+    /// works on a deleted file too) and, for the few deleted ones, a
+    /// `readlink()`. Measured on the 2-core development VM (kernel 6.18,
+    /// shared with other builds, release build): about 6 µs per process,
+    /// 0.5 ms for its ~85 processes (kernel threads included), 3.6 ms with
+    /// 500 more; some 60 ms on a host running 10,000. Compiling calls it at
+    /// most once, and only when there is something to check (see
+    /// [`Resolver::live_exes`]); while the process shown for a kept
+    /// identity still runs it, a `stat()` of its `exe` (2 µs) replaces the
+    /// walk.
+    fn live_exes(&self) -> LiveExes {
+        let mut live = LiveExes::new();
+        let Ok(processes) = procfs::process::all_processes() else {
+            return live;
+        };
+        for process in processes.flatten() {
+            let Ok(pid) = u32::try_from(process.pid()) else {
+                continue;
+            };
+            // Kernel threads have no executable; processes that exited
+            // meanwhile have none any more.
+            let Ok(meta) = fs::metadata(format!("/proc/{pid}/exe")) else {
+                continue;
+            };
+            let entry = live.entry(exe_key(&meta)).or_insert(LiveExe {
+                pid,
+                deleted_path: None,
+            });
+            entry.pid = entry.pid.min(pid);
+            if meta.nlink() == 0
+                && entry.deleted_path.is_none()
+                && let Ok(link) = process.exe()
+            {
+                entry.deleted_path = deleted_path(&link);
+            }
+        }
+        live
+    }
+
+    fn running_exe(&self, pid: u32) -> Option<ExeKey> {
+        fs::metadata(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|meta| exe_key(&meta))
     }
 
     fn exe_file_name(&self, path: &Path) -> io::Result<String> {
@@ -391,6 +438,15 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountDev> {
         }
     }
     best.map(|(_, mount)| mount)
+}
+
+/// `/proc/PID/exe` of a deleted file reads `<path> (deleted)`.
+fn deleted_path(link: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = link.as_os_str().as_bytes();
+    bytes
+        .strip_suffix(b" (deleted)")
+        .map(|path| PathBuf::from(OsStr::from_bytes(path)))
 }
 
 /// The uid of user `name`, through NSS (see the module documentation).
@@ -661,6 +717,7 @@ mod tests {
         let r = resolver();
         let exe = std::env::current_exe().unwrap();
         let file = r.exe(&exe).unwrap();
+        assert_eq!(file.real_path, fs::canonicalize(&exe).unwrap());
         let mount = file.mount.expect("mountinfo names a mount for every path");
         if mount.fs_type == "btrfs" || mount.fs_type == "overlay" {
             println!("skipped: the build directory is on {}", mount.fs_type);
@@ -668,6 +725,46 @@ mod tests {
         }
         // Where stat() and the superblock agree, the two devices are equal.
         assert_eq!(mount.dev, file.key.dev, "{mount:?}");
+    }
+
+    #[test]
+    fn deleted_exe_links() {
+        assert_eq!(
+            deleted_path(Path::new("/usr/sbin/sshd (deleted)")),
+            Some(PathBuf::from("/usr/sbin/sshd"))
+        );
+        assert_eq!(deleted_path(Path::new("/usr/sbin/sshd")), None);
+    }
+
+    #[test]
+    fn live_exes_include_this_process_and_deleted_files() {
+        let r = resolver();
+        let me = std::process::id();
+        let own = r.running_exe(me).expect("our own /proc/self/exe");
+        assert_eq!(own, r.exe(Path::new("/proc/self/exe")).unwrap().key);
+        assert_eq!(r.running_exe(u32::MAX - 1), None);
+
+        // A copy of sleep, started, then deleted as an upgrade would.
+        let tmp = TempDir::new("live");
+        let copy = tmp.0.join("sleeper");
+        fs::copy("/bin/sleep", &copy).unwrap();
+        let real = fs::canonicalize(&copy).unwrap();
+        let key = r.exe(&copy).unwrap().key;
+        let mut child = std::process::Command::new(&copy).arg("30").spawn().unwrap();
+        let started = std::time::Instant::now();
+        while r.running_exe(child.id()) != Some(key) {
+            assert!(started.elapsed().as_secs() < 10, "the copy did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        fs::remove_file(&copy).unwrap();
+        let live = r.live_exes();
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let mine = &live[&own];
+        assert!(mine.pid <= me, "{mine:?}");
+        assert_eq!(live[&key].pid, child.id());
+        assert_eq!(live[&key].deleted_path.as_deref(), Some(real.as_path()));
     }
 
     #[test]
