@@ -1,7 +1,18 @@
-//! User rules on uid, cgroup and ancestry, judged in the kernel at connect
-//! time against real processes.
+//! User rules on uid, cgroup, ancestry and executables, judged in the
+//! kernel at connect time against real processes: an executable replaced by
+//! an upgrade keeps matching while processes run it, and one on a btrfs
+//! subvolume is refused rather than matched by an identity another file
+//! shares.
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, policy, rule, run};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use loopwarden_tests::{
+    Daemon, Netns, PROTECTED, TempDir, exe_id, policy, require_root, rule, run, run_ok, wait_for,
+};
 
 fn curl_url() -> String {
     format!("http://127.0.0.1:{PROTECTED}/")
@@ -155,31 +166,253 @@ fn a_cgroup_rule_matches_a_unit_and_its_children() {
     let _ = std::fs::remove_dir(&child);
 }
 
+/// How many policies the daemon installed after its first one (each
+/// re-resolution that changed something logs `policy #N installed: ...`).
+fn installs(daemon: &Daemon) -> usize {
+    daemon.stderr_text().matches(" installed: ").count()
+}
+
+/// One `socat` connect from the executable at `path` to the protected port.
+fn connect_from(ns: &Netns, path: &Path) -> bool {
+    let out = run(ns.cmd(path.to_str().expect("utf-8 path")).args([
+        "-T",
+        "3",
+        "-u",
+        "OPEN:/dev/null",
+        &format!("TCP:127.0.0.1:{PROTECTED}"),
+    ]));
+    out.status.success()
+}
+
 #[test]
 fn an_upgraded_executable_is_picked_up_without_a_reload() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let dir = loopwarden_tests::TempDir::new("upgrade");
+    let dir = TempDir::new("upgrade");
     let relay = dir.path().join("relay");
     std::fs::copy("/usr/bin/socat", &relay).expect("copy socat");
+    // A second name for the file the upgrade replaces, to run it again once
+    // no process runs it any more.
+    let old_file = dir.path().join("relay-before-upgrade");
+    std::fs::hard_link(&relay, &old_file).expect("hard link");
+    let old_id = exe_id(&relay);
     let rule = rule("relay", "deny", "exe", &relay.display().to_string());
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
-    let connect = || {
-        let out = run(ns.cmd(relay.to_str().expect("utf-8 path")).args([
-            "-T",
-            "3",
-            "-u",
-            "OPEN:/dev/null",
+    assert!(!connect_from(&ns, &relay), "the relay is refused");
+
+    // A relay started before the upgrade and still running after it: it
+    // listens on an unprotected port, and the children it forks for each
+    // client (the old binary still) connect to the protected one.
+    let relay_port = 9300;
+    let old_relay = ns.spawn(
+        relay.to_str().expect("utf-8 path"),
+        &[
+            &format!("TCP-LISTEN:{relay_port},fork,reuseaddr"),
             &format!("TCP:127.0.0.1:{PROTECTED}"),
-        ]));
-        out.status.success()
-    };
-    assert!(!connect(), "the relay is refused");
+        ],
+    );
+    ns.wait_listening(relay_port);
+
     // A package upgrade: the new binary replaces the old one (a new inode).
+    let installed = installs(&daemon);
     let staged = dir.path().join("relay.new");
     std::fs::copy("/usr/bin/socat", &staged).expect("stage");
     std::fs::rename(&staged, &relay).expect("replace");
-    // The daemon re-resolves the policy by itself within a few seconds.
-    daemon.wait_stderr("installed: ", 1);
-    assert!(!connect(), "the upgraded relay is refused too");
+    let new_id = exe_id(&relay);
+    assert_ne!(new_id, old_id);
+    // The daemon re-resolves the policy by itself within a few seconds, and
+    // says it keeps the old file while the old relay runs it.
+    daemon.wait_stderr(
+        &format!(
+            "was replaced on disk; it still matches while it runs (pid {})",
+            old_relay.pid()
+        ),
+        1,
+    );
+    wait_for("the upgraded policy", Duration::from_secs(15), || {
+        (installs(&daemon) > installed).then_some(())
+    });
+
+    assert!(
+        !connect_from(&ns, &relay),
+        "the upgraded relay is refused too"
+    );
+    daemon.wait_event("a deny of the new binary", |e| {
+        e["rule"] == "relay" && e["exe_id"] == new_id.as_str()
+    });
+    let through_old = ns.curl(&format!("http://127.0.0.1:{relay_port}/"));
+    assert!(
+        through_old.is_err(),
+        "the relay started before the upgrade got through: {through_old:?}"
+    );
+    daemon.wait_event("a deny of the old relay's child", |e| {
+        e["rule"] == "relay" && e["exe_id"] == old_id.as_str() && e["ppid"] == old_relay.pid()
+    });
+
+    // The old relay exits: its file is dropped from the policy at the next
+    // re-resolution, and the same file run again is no longer matched.
+    let installed = installs(&daemon);
+    drop(old_relay);
+    wait_for(
+        "the policy without the old file",
+        Duration::from_secs(15),
+        || (installs(&daemon) > installed).then_some(()),
+    );
+    assert!(
+        connect_from(&ns, &old_file),
+        "the replaced file still matched after its last process exited"
+    );
+    assert!(
+        !connect_from(&ns, &relay),
+        "the current file is still refused"
+    );
+}
+
+/// A small btrfs filesystem with two subvolumes, on a loop device, under a
+/// temporary directory; unmounted and detached on drop.
+struct Btrfs {
+    dir: TempDir,
+    loop_dev: Option<String>,
+    mounted: bool,
+}
+
+impl Btrfs {
+    /// `None` (with the reason printed) when the kernel has no btrfs.
+    fn new() -> Option<Self> {
+        let known = std::fs::read_to_string("/proc/filesystems")
+            .is_ok_and(|f| f.lines().any(|l| l.trim_end().ends_with("btrfs")));
+        let loaded = known || run(Command::new("modprobe").arg("btrfs")).status.success();
+        if !loaded {
+            println!("skipped: this kernel has no btrfs (not built in, modprobe btrfs failed)");
+            return None;
+        }
+        let mut fs = Self {
+            dir: TempDir::new("btrfs"),
+            loop_dev: None,
+            mounted: false,
+        };
+        let image = fs.dir.path().join("image");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(128 << 20))
+            .expect("creating the image file");
+        let out = run(Command::new("mkfs.btrfs").arg("-q").arg(&image));
+        assert!(
+            out.status.success(),
+            "mkfs.btrfs failed (install btrfs-progs: cargo xtask setup --tests): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = run_ok(
+            Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(&image),
+        );
+        fs.loop_dev = Some(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        std::fs::create_dir(fs.mnt()).expect("mount point");
+        run_ok(
+            Command::new("mount")
+                .arg(fs.loop_dev.as_deref().unwrap_or_default())
+                .arg(fs.mnt()),
+        );
+        fs.mounted = true;
+        for subvolume in ["a", "b"] {
+            run_ok(
+                Command::new("btrfs")
+                    .args(["-q", "subvolume", "create"])
+                    .arg(fs.mnt().join(subvolume)),
+            );
+        }
+        Some(fs)
+    }
+
+    fn mnt(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let unmounted = Command::new("umount").arg(self.mnt()).status();
+            if !unmounted.is_ok_and(|s| s.success()) {
+                let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+            }
+        }
+        if let Some(dev) = &self.loop_dev {
+            let _ = Command::new("losetup").args(["-d", dev]).status();
+        }
+    }
+}
+
+#[test]
+fn an_exe_rule_on_a_btrfs_subvolume_is_refused_rather_than_aliased() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let Some(btrfs) = Btrfs::new() else {
+        return;
+    };
+    // The same program in two subvolumes: the first file of a fresh
+    // subvolume gets the same inode number in both.
+    let ours = btrfs.mnt().join("a/relay");
+    let theirs = btrfs.mnt().join("b/relay");
+    for path in [&ours, &theirs] {
+        std::fs::copy("/usr/bin/socat", path).expect("copy socat");
+    }
+    let ino = |p: &Path| std::fs::metadata(p).expect("stat").ino();
+    assert_eq!(
+        ino(&ours),
+        ino(&theirs),
+        "inode numbers differ: no alias to show"
+    );
+
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let rules = format!(
+        "{}{}",
+        rule("ours", "deny", "exe", &ours.display().to_string()),
+        rule("by-name", "audit", "exe_name", "relay")
+    );
+    let config = policy(&ns, "enforce", &rules);
+
+    // check-config refuses the path and says what to use instead.
+    let file = btrfs.dir.path().join("policy.toml");
+    std::fs::write(&file, &config).expect("writing the policy");
+    let out = run(Command::new(loopwarden_tests::loopwarden_bin())
+        .arg("check-config")
+        .arg(&file));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check-config accepted it:\n{stderr}");
+    for expected in [
+        &format!("rule `ours`: exe {} is on btrfs", ours.display()),
+        "inode numbers repeat across btrfs subvolumes",
+        "`exe_name`",
+        "`cgroup`",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} missing:\n{stderr}");
+    }
+
+    // The daemon starts, warns, and skips that value: no key that another
+    // subvolume's file could match.
+    let daemon = Daemon::start(&config);
+    daemon.wait_stderr("is on btrfs", 1);
+    daemon.wait_stderr("this value is skipped", 1);
+    assert!(
+        connect_from(&ns, &theirs),
+        "another subvolume's file was refused"
+    );
+    assert!(connect_from(&ns, &ours), "a skipped value matched");
+    // Why: the kernel sees both files as the same device and inode (the
+    // filesystem's device), where stat() tells them apart.
+    let reports = wait_for("both reports", Duration::from_secs(10), || {
+        let reports: Vec<_> = daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["rule"] == "by-name" && e["verdict"] == "audit")
+            .collect();
+        (reports.len() >= 2).then_some(reports)
+    });
+    assert_eq!(reports[0]["exe_id"], reports[1]["exe_id"]);
+    assert_ne!(exe_id(&ours), exe_id(&theirs));
+    for path in [&ours, &theirs] {
+        assert_ne!(reports[0]["exe_id"], exe_id(path).as_str());
+    }
 }

@@ -5,7 +5,10 @@
 //! connect(). What the kernel cannot cheaply give (the executable's path,
 //! the command line, the cgroup path, the user name) is added here from
 //! `/proc`, best effort: a process that has already exited keeps its kernel
-//! identity and shows `?` for the rest.
+//! identity and shows `?` for the rest. User names come from NSS (so SSSD,
+//! LDAP and `DynamicUser=` users are named) through a cache that forgets: a
+//! uid without a name is asked about again a few seconds later, a name is
+//! kept for a minute (a dynamic uid may pass to another unit's user).
 //!
 //! Connections cut by [`crate::cut`] are reported through the same record
 //! ([`Enricher::cut`]), built from `/proc` alone: see there for the fields
@@ -17,7 +20,7 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE, verdict};
@@ -82,6 +85,15 @@ pub struct AuditRecord {
 /// Rule lists of this many recent installs are kept, so a report queued
 /// before a policy change still names the rule that judged it.
 const RULE_LISTS_KEPT: usize = 64;
+/// How long a user name found for a uid is used before asking NSS again.
+const USER_NAME_TTL: Duration = Duration::from_secs(60);
+/// How long a uid NSS had no name for (or failed on) shows none before
+/// asking again: a user created meanwhile (a `DynamicUser=` unit starting)
+/// is named within this time.
+const USER_MISSING_TTL: Duration = Duration::from_secs(5);
+/// Past this many cached uids, expired entries are dropped (all of them, if
+/// none has expired): the cache stays small however many uids connect.
+const USER_CACHE_MAX: usize = 4096;
 
 /// Turns kernel events into [`AuditRecord`]s.
 pub struct Enricher {
@@ -90,7 +102,7 @@ pub struct Enricher {
     /// The cgroup v2 mount, to check a `/proc` cgroup path against the id
     /// the kernel reported.
     cgroup_root: PathBuf,
-    users: HashMap<u32, Option<String>>,
+    users: UserNames,
     /// Executable paths seen before, by identity, for processes that exit
     /// before userspace reads their `/proc` entry.
     exes: HashMap<ExeKey, String>,
@@ -101,7 +113,7 @@ impl Enricher {
         Self {
             rules: std::collections::VecDeque::new(),
             cgroup_root,
-            users: HashMap::new(),
+            users: UserNames::default(),
             exes: HashMap::new(),
         }
     }
@@ -183,7 +195,7 @@ impl Enricher {
             tid: ev.pid,
             ppid: ev.ppid,
             uid: ev.uid,
-            user: self.user_name(ev.uid),
+            user: self.users.name(ev.uid, Instant::now()),
             gid: ev.gid,
             comm: name_from_fixed(&ev.comm),
             exe,
@@ -224,7 +236,7 @@ impl Enricher {
             tid: owner.pid,
             ppid: owner.ppid,
             uid: id.uid,
-            user: self.user_name(id.uid),
+            user: self.users.name(id.uid, Instant::now()),
             gid: owner.gid,
             comm: owner.comm.clone(),
             exe: owner.exe.clone(),
@@ -252,12 +264,48 @@ impl Enricher {
         let path = self.exes.get(id)?;
         is_file(path, path, id).then(|| path.clone())
     }
+}
 
-    fn user_name(&mut self, uid: u32) -> Option<String> {
-        self.users
-            .entry(uid)
-            .or_insert_with(|| user_by_uid(&fs::read_to_string("/etc/passwd").ok()?, uid))
-            .clone()
+/// User names by uid, from NSS, cached for a while (see the module
+/// documentation): one lookup per uid per minute at most, so a slow
+/// directory service costs the event loop little.
+struct UserNames {
+    lookup: fn(u32) -> std::io::Result<Option<String>>,
+    /// The name (`None`: none, or the lookup failed) and when to ask again.
+    cache: HashMap<u32, (Option<String>, Instant)>,
+}
+
+impl Default for UserNames {
+    fn default() -> Self {
+        Self {
+            lookup: crate::resolve::user_name,
+            cache: HashMap::new(),
+        }
+    }
+}
+
+impl UserNames {
+    fn name(&mut self, uid: u32, now: Instant) -> Option<String> {
+        if let Some((name, until)) = self.cache.get(&uid)
+            && now < *until
+        {
+            return name.clone();
+        }
+        // A failed lookup shows no name and is retried like a missing one.
+        let name = (self.lookup)(uid).ok().flatten();
+        let ttl = if name.is_some() {
+            USER_NAME_TTL
+        } else {
+            USER_MISSING_TTL
+        };
+        if self.cache.len() >= USER_CACHE_MAX {
+            self.cache.retain(|_, (_, until)| now < *until);
+            if self.cache.len() >= USER_CACHE_MAX {
+                self.cache.clear();
+            }
+        }
+        self.cache.insert(uid, (name.clone(), now + ttl));
+        name
     }
 }
 
@@ -426,16 +474,6 @@ fn clock_ticks() -> u64 {
         ticks if ticks > 0 => ticks as u64,
         _ => 100,
     }
-}
-
-/// Looks a uid up in passwd-format text.
-pub fn user_by_uid(passwd: &str, uid: u32) -> Option<String> {
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let uid_field = fields.nth(1)?;
-        (uid_field.parse() == Ok(uid)).then(|| name.to_owned())
-    })
 }
 
 /// Wall-clock time of CLOCK_MONOTONIC zero.
@@ -628,10 +666,65 @@ mod tests {
     }
 
     #[test]
-    fn user_lookup_reads_passwd_format() {
-        let passwd = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/sbin/nologin\n";
-        assert_eq!(user_by_uid(passwd, 65534).as_deref(), Some("nobody"));
-        assert_eq!(user_by_uid(passwd, 5), None);
+    fn user_names_come_from_nss() {
+        let mut users = UserNames::default();
+        let now = Instant::now();
+        assert_eq!(users.name(0, now).as_deref(), Some("root"));
+        let nobody = crate::resolve::uid_by_name("nobody")
+            .unwrap()
+            .expect("a user named nobody");
+        assert_eq!(users.name(nobody, now).as_deref(), Some("nobody"));
+        assert_eq!(users.name(u32::MAX - 1, now), None);
+    }
+
+    /// A lookup that knows uid 1000 only once the test "creates" it.
+    fn late_user(uid: u32) -> std::io::Result<Option<String>> {
+        use std::sync::atomic::Ordering;
+        Ok((uid == 1000 && LATE_USER_EXISTS.load(Ordering::SeqCst)).then(|| "late".to_owned()))
+    }
+
+    static LATE_USER_EXISTS: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    #[test]
+    fn a_missing_user_is_asked_for_again_and_names_expire() {
+        use std::sync::atomic::Ordering;
+        let mut users = UserNames {
+            lookup: late_user,
+            cache: HashMap::new(),
+        };
+        let t0 = Instant::now();
+        assert_eq!(users.name(1000, t0), None);
+        LATE_USER_EXISTS.store(true, Ordering::SeqCst);
+        // Still cached as missing for a moment...
+        assert_eq!(users.name(1000, t0 + Duration::from_secs(1)), None);
+        // ...then asked again.
+        let t1 = t0 + USER_MISSING_TTL;
+        assert_eq!(users.name(1000, t1).as_deref(), Some("late"));
+        LATE_USER_EXISTS.store(false, Ordering::SeqCst);
+        assert_eq!(
+            users.name(1000, t1 + Duration::from_secs(1)).as_deref(),
+            Some("late")
+        );
+        // A name is kept a minute, then asked about again (a dynamic uid
+        // may have gone).
+        assert_eq!(users.name(1000, t1 + USER_NAME_TTL), None);
+    }
+
+    #[test]
+    fn the_user_cache_stays_bounded() {
+        let mut users = UserNames {
+            lookup: |_| Ok(None),
+            cache: HashMap::new(),
+        };
+        let t0 = Instant::now();
+        for uid in 0..USER_CACHE_MAX as u32 {
+            users.name(uid, t0);
+        }
+        assert_eq!(users.cache.len(), USER_CACHE_MAX);
+        // Nothing expired yet: the cache starts over.
+        users.name(u32::MAX, t0);
+        assert_eq!(users.cache.len(), 1);
     }
 
     #[test]

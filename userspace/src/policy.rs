@@ -2,6 +2,15 @@
 //! [`crate::config::Config`]. Compiling resolves names (executable paths,
 //! users, cgroups, network namespaces) through a [`Resolver`], so the logic is
 //! testable without touching the host.
+//!
+//! An executable path stands for more than the file it names now: a process
+//! started before an upgrade replaced the file (a new inode) still runs the
+//! old one, and keeps matching the path's rules while it runs. Each compile
+//! records what every path stood for ([`CompiledPolicy::exe_paths`]); the next
+//! one keeps those earlier identities that some process still executes. A
+//! path the policy knows nothing about yet (start-up, `check-config`, a path
+//! new in a reloaded file) takes the files of running processes that were
+//! started from it and deleted since.
 
 use std::{
     collections::BTreeMap,
@@ -100,6 +109,10 @@ pub struct CompiledPolicy {
     pub uid: BTreeMap<u32, u64>,
     pub cgroup: BTreeMap<u64, u64>,
     pub ancestor: BTreeMap<ExeKey, AncestorMasks>,
+    /// What each executable path of the rules stood for when this policy was
+    /// compiled; the next compile of the same config starts from it (see
+    /// [`compile_lenient`]).
+    pub exe_paths: BTreeMap<PathBuf, ExeIdentities>,
     /// Indexed by rule number (bit position).
     pub rules: Vec<RuleInfo>,
     /// Things an operator should know that do not stop the policy from
@@ -186,26 +199,77 @@ impl CompiledPolicy {
     }
 }
 
+/// An executable file as `stat()` finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExeFile {
+    /// `stat()`'s device, in the kernel's encoding, and inode.
+    pub key: ExeKey,
+    /// The path with every symlink resolved: how `/proc/PID/exe` names it
+    /// for a process running it.
+    pub real_path: PathBuf,
+    /// The filesystem holding it; `None` when `/proc/self/mountinfo` does
+    /// not tell.
+    pub mount: Option<MountDev>,
+}
+
+/// The filesystem a file lives on, from `/proc/self/mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountDev {
+    /// The superblock's `s_dev` in the kernel's encoding: the device the
+    /// kernel programs read for a running executable. `stat()` reports
+    /// another one on btrfs (every subvolume has an anonymous device of its
+    /// own) and on overlayfs over several filesystems.
+    pub dev: u64,
+    /// `btrfs`, `ext4`, ...
+    pub fs_type: String,
+    pub mount_point: PathBuf,
+}
+
+/// An executable some process runs, found by [`Resolver::live_exes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveExe {
+    /// The lowest pid running it.
+    pub pid: u32,
+    /// For a file deleted since (replaced by an upgrade), the path it was
+    /// started from: `/proc/PID/exe` without its ` (deleted)` suffix.
+    pub deleted_path: Option<PathBuf>,
+}
+
+/// Running executables by identity (`stat()` device in the kernel's
+/// encoding, inode).
+pub type LiveExes = BTreeMap<ExeKey, LiveExe>;
+
+/// What an executable path of a rule stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExeIdentities {
+    /// The file at the path now; `None` when it does not resolve (or is
+    /// refused, see [`PolicyError::ExeAmbiguous`]).
+    pub current: Option<ExeKey>,
+    /// Earlier files of the path that processes still run, each with the
+    /// pid shown for it (the lowest running it when it was looked up).
+    pub kept: BTreeMap<ExeKey, u32>,
+}
+
 /// Turns names from the config into the kernel's identifiers. The real one
 /// ([`crate::resolve::HostResolver`]) asks the running system.
 pub trait Resolver {
-    /// Device and inode of the file at `path`, following symlinks.
-    fn exe(&self, path: &Path) -> std::io::Result<ExeKey>;
-    /// Other keys the kernel may see for the same file: on filesystems whose
-    /// `stat()` device differs from the superblock's `s_dev` (btrfs
-    /// subvolumes), the key with the superblock's device. Matching both is
-    /// safe: each names this file only.
-    fn exe_aliases(&self, _path: &Path) -> Vec<ExeKey> {
-        Vec::new()
-    }
+    /// The file at `path`, following symlinks.
+    fn exe(&self, path: &Path) -> std::io::Result<ExeFile>;
+    /// Every executable some process runs now, from one walk of `/proc`.
+    /// Compiling calls it at most once, and only when a path has earlier
+    /// identities to check or nothing is known about a path yet.
+    fn live_exes(&self) -> LiveExes;
+    /// The executable process `pid` runs, if it still exists: checks a
+    /// kept identity without a walk while the process shown for it lives.
+    fn running_exe(&self, pid: u32) -> Option<ExeKey>;
     /// The file name the kernel sees for `path` after following symlinks
     /// (the dentry name), e.g. `/usr/bin/python3` → `python3.11`.
     fn exe_file_name(&self, path: &Path) -> std::io::Result<String>;
     /// Finds an executable by file name in the usual system directories and
     /// `PATH`; every distinct file found (after following symlinks).
     fn find_executables(&self, name: &str) -> Vec<std::path::PathBuf>;
-    /// uid of a user name.
-    fn user(&self, name: &str) -> Option<u32>;
+    /// uid of a user name; `Ok(None)` when there is no such user.
+    fn user(&self, name: &str) -> std::io::Result<Option<u32>>;
     /// A cgroup by path below the cgroup v2 root (`system.slice/foo.service`)
     /// or, for a bare unit name (`foo.service`), wherever it is in the tree.
     fn cgroup(&self, path_or_unit: &str) -> std::io::Result<CgroupId>;
@@ -300,8 +364,16 @@ struct ExeId(ExeKey);
 
 impl fmt::Display for ExeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ExeKey { dev, ino } = self.0;
-        write!(f, "dev {}:{} ino {ino}", dev >> 20, dev & 0xf_ffff)
+        write!(f, "dev {} ino {}", DevName(self.0.dev), self.0.ino)
+    }
+}
+
+/// A device number in the kernel's encoding, shown as `major:minor`.
+struct DevName(u64);
+
+impl fmt::Display for DevName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.0 >> 20, self.0 & 0xf_ffff)
     }
 }
 
@@ -393,12 +465,46 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// The kernel identifies a running executable by its superblock's
+    /// device, which differs from what `stat()` reports here; the inode
+    /// number alone does not single the file out there.
+    #[error(
+        "{file}:{at}: rule `{rule}`: {field} {} is on {} (mounted at {}), where stat() \
+         reports device {} but the kernel identifies running executables by the filesystem's \
+         device {}, and inode numbers repeat across btrfs subvolumes (and overlayfs layers): \
+         matching it by device and inode could also match an unrelated file of another \
+         subvolume. Match it by `exe_name`, by `cgroup` (its unit), or move the binary to a \
+         filesystem without subvolumes (ext4, xfs)",
+        path.display(), mount.fs_type, mount.mount_point.display(), DevName(*stat_dev),
+        DevName(mount.dev)
+    )]
+    ExeAmbiguous {
+        file: String,
+        at: Location,
+        rule: String,
+        /// `exe`, `parent_exe` or `ancestor_exe`.
+        field: &'static str,
+        path: PathBuf,
+        /// `stat()`'s device, in the kernel's encoding.
+        stat_dev: u64,
+        /// The filesystem, with the device the kernel reads.
+        mount: Box<MountDev>,
+    },
     #[error("{file}:{at}: rule `{rule}`: no user named `{user}`")]
     UnknownUser {
         file: String,
         at: Location,
         rule: String,
         user: String,
+    },
+    #[error("{file}:{at}: rule `{rule}`: looking up user `{user}` failed")]
+    UserLookup {
+        file: String,
+        at: Location,
+        rule: String,
+        user: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{file}:{at}: network namespace {} cannot be resolved", path.display())]
     Netns {
@@ -440,8 +546,10 @@ pub enum PolicyError {
 /// through `resolver`; a user rule naming something that does not exist is an
 /// error, except a cgroup, which only warns (units are often not running
 /// yet). Catalog programs that are not installed are simply matched by name.
+/// An executable path also matches the deleted files that processes started
+/// from it still run (see the module documentation).
 pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolicy, PolicyError> {
-    compile_with(config, resolver, false)
+    compile_with(config, resolver, false, None)
 }
 
 /// Like [`compile`], for re-resolving a config that already loaded: a value
@@ -449,17 +557,23 @@ pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolic
 /// namespace gone) becomes a warning and matches nothing, instead of failing
 /// the whole policy, so the rest keeps following the system. A rule keeps
 /// constraining that attribute, so it never widens to match everything.
+///
+/// `previous` is the policy this one replaces: every identity an executable
+/// path stood for there is kept as long as some process still runs it, so a
+/// process started before an upgrade replaced its binary keeps matching.
 pub fn compile_lenient(
     config: &Config,
     resolver: &dyn Resolver,
+    previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, PolicyError> {
-    compile_with(config, resolver, true)
+    compile_with(config, resolver, true, previous.map(|p| &p.exe_paths))
 }
 
 fn compile_with(
     config: &Config,
     resolver: &dyn Resolver,
     lenient: bool,
+    previous: Option<&BTreeMap<PathBuf, ExeIdentities>>,
 ) -> Result<CompiledPolicy, PolicyError> {
     let catalog: &[CatalogEntry] = if config.catalog { CATALOG } else { &[] };
     if config.rules.len() + catalog.len() > MAX_RULES {
@@ -475,6 +589,8 @@ fn compile_with(
         file: &config.source,
         resolver,
         lenient,
+        previous,
+        live: None,
         policy: CompiledPolicy {
             mode: config.mode,
             settings: settings(config),
@@ -487,6 +603,7 @@ fn compile_with(
             uid: BTreeMap::new(),
             cgroup: BTreeMap::new(),
             ancestor: BTreeMap::new(),
+            exe_paths: BTreeMap::new(),
             rules: Vec::with_capacity(config.rules.len() + catalog.len()),
             warnings: Vec::new(),
         },
@@ -547,6 +664,10 @@ struct Compiler<'a> {
     resolver: &'a dyn Resolver,
     /// Unresolvable values warn instead of failing (see [`compile_lenient`]).
     lenient: bool,
+    /// What the executable paths stood for in the policy this one replaces.
+    previous: Option<&'a BTreeMap<PathBuf, ExeIdentities>>,
+    /// The running executables, looked up at most once per compile.
+    live: Option<LiveExes>,
     policy: CompiledPolicy,
 }
 
@@ -554,16 +675,31 @@ impl Compiler<'_> {
     /// In lenient mode, records `err` as a warning and returns `None`;
     /// otherwise returns it.
     fn tolerate<T>(&mut self, result: Result<T, PolicyError>) -> Result<Option<T>, PolicyError> {
+        self.tolerate_as(result, "this value matches nothing until it resolves again")
+    }
+
+    /// [`Compiler::tolerate`], saying `meanwhile` about the value.
+    fn tolerate_as<T>(
+        &mut self,
+        result: Result<T, PolicyError>,
+        meanwhile: &str,
+    ) -> Result<Option<T>, PolicyError> {
         match result {
             Ok(v) => Ok(Some(v)),
             Err(e) if self.lenient => {
-                self.policy.warnings.push(format!(
-                    "{e}; this value matches nothing until it resolves again"
-                ));
+                self.policy
+                    .warnings
+                    .push(format!("{}; {meanwhile}", with_causes(&e)));
                 Ok(None)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The running executables: one walk of `/proc`, the first time only.
+    fn live(&mut self) -> &LiveExes {
+        let resolver = self.resolver;
+        self.live.get_or_insert_with(|| resolver.live_exes())
     }
 
     fn netns(&mut self, paths: &[Located<PathBuf>]) -> Result<(), PolicyError> {
@@ -633,15 +769,22 @@ impl Compiler<'_> {
             .map(|uid| (uid.value, uid.value.to_string()))
             .collect();
         for user in &c.user {
-            let uid = self
-                .resolver
-                .user(&user.value)
-                .ok_or_else(|| PolicyError::UnknownUser {
+            let uid = match self.resolver.user(&user.value) {
+                Ok(Some(uid)) => Ok(uid),
+                Ok(None) => Err(PolicyError::UnknownUser {
                     file: self.file.to_owned(),
                     at: user.at,
                     rule: rule.name.clone(),
                     user: user.value.clone(),
-                });
+                }),
+                Err(source) => Err(PolicyError::UserLookup {
+                    file: self.file.to_owned(),
+                    at: user.at,
+                    rule: rule.name.clone(),
+                    user: user.value.clone(),
+                    source,
+                }),
+            };
             let Some(uid) = self.tolerate(uid)? else {
                 continue;
             };
@@ -759,7 +902,8 @@ impl Compiler<'_> {
         Ok(())
     }
 
-    /// Resolves executable paths to keys, with a description of each.
+    /// Resolves executable paths to keys, with a description of each: the
+    /// file at each path now, and earlier ones that processes still run.
     fn exes(
         &mut self,
         rule: &Rule,
@@ -768,7 +912,7 @@ impl Compiler<'_> {
     ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
         let mut resolved = Vec::with_capacity(paths.len());
         for path in paths {
-            let key = self
+            let file = self
                 .resolver
                 .exe(&path.value)
                 .map_err(|source| PolicyError::Exe {
@@ -778,31 +922,118 @@ impl Compiler<'_> {
                     field,
                     path: path.value.clone(),
                     source,
-                });
-            if let Some(key) = self.tolerate(key)? {
-                resolved.push((path, key));
+                })
+                .and_then(|file| self.unambiguous(rule, field, path, file));
+            let kept = self.kept(&path.value, file.as_ref().ok());
+            let meanwhile = match (kept.first_key_value(), &file) {
+                (Some((_, pid)), _) => format!(
+                    "until it resolves again, this value matches only the earlier file still \
+                     running (pid {pid})"
+                ),
+                (None, Err(PolicyError::ExeAmbiguous { .. })) => {
+                    "this value is skipped (it matches nothing)".to_owned()
+                }
+                (None, _) => "this value matches nothing until it resolves again".to_owned(),
+            };
+            let current = self.tolerate_as(file, &meanwhile)?.map(|file| file.key);
+            let shown = path.value.display();
+            if let Some(key) = current {
+                resolved.push((key, format!("{shown} ({})", ExeId(key))));
             }
+            for (&key, pid) in &kept {
+                self.policy.warnings.push(format!(
+                    "{}:{}: rule `{}`: {field} {shown} ({}) was replaced on disk; it still \
+                     matches while it runs (pid {pid}), and stops matching when no process \
+                     runs it any more",
+                    self.file,
+                    path.at,
+                    rule.name,
+                    ExeId(key)
+                ));
+                resolved.push((
+                    key,
+                    format!(
+                        "{shown} ({}; replaced on disk, still running as pid {pid})",
+                        ExeId(key)
+                    ),
+                ));
+            }
+            self.policy
+                .exe_paths
+                .insert(path.value.clone(), ExeIdentities { current, kept });
         }
-        resolved
-            .into_iter()
-            .map(|(path, key)| {
-                let mut keys = vec![(key, format!("{} ({})", path.value.display(), ExeId(key)))];
-                for alias in self.resolver.exe_aliases(&path.value) {
-                    if alias != key {
-                        keys.push((
-                            alias,
-                            format!(
-                                "{} (as the kernel sees it: {})",
-                                path.value.display(),
-                                ExeId(alias)
-                            ),
-                        ));
+        Ok(resolved)
+    }
+
+    /// Refuses a file whose `stat()` device is not the one the kernel reads
+    /// (btrfs, overlayfs over several filesystems): the kernel's key, the
+    /// superblock's device and the inode, may name another file too.
+    fn unambiguous(
+        &self,
+        rule: &Rule,
+        field: &'static str,
+        path: &Located<PathBuf>,
+        file: ExeFile,
+    ) -> Result<ExeFile, PolicyError> {
+        match &file.mount {
+            Some(mount) if mount.dev != file.key.dev => Err(PolicyError::ExeAmbiguous {
+                file: self.file.to_owned(),
+                at: path.at,
+                rule: rule.name.clone(),
+                field,
+                path: path.value.clone(),
+                stat_dev: file.key.dev,
+                mount: Box::new(mount.clone()),
+            }),
+            _ => Ok(file),
+        }
+    }
+
+    /// Earlier files of `path` that processes still run, with a pid running
+    /// each: those it stood for in the previous policy, or, when that one
+    /// did not have it, deleted files that processes were started from at
+    /// this very path.
+    fn kept(&mut self, path: &Path, current: Option<&ExeFile>) -> BTreeMap<ExeKey, u32> {
+        let now = current.map(|file| file.key);
+        let mut kept = BTreeMap::new();
+        let previous = self.previous;
+        match previous.and_then(|p| p.get(path)) {
+            Some(before) => {
+                for &key in before.current.iter().chain(before.kept.keys()) {
+                    if Some(key) == now || kept.contains_key(&key) {
+                        continue;
+                    }
+                    // While the process shown last time still runs the file,
+                    // no walk of /proc is needed.
+                    if let Some(&pid) = before.kept.get(&key)
+                        && self.resolver.running_exe(pid) == Some(key)
+                    {
+                        kept.insert(key, pid);
+                    } else if let Some(live) = self.live().get(&key) {
+                        kept.insert(key, live.pid);
                     }
                 }
-                Ok(keys)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|keys| keys.into_iter().flatten().collect())
+            }
+            None => {
+                // Nothing known yet (start-up, check-config, a path new in a
+                // reloaded file). rename() cannot cross filesystems, so an
+                // upgrade leaves the old file on the device of the new one;
+                // that also keeps out a file of another mount namespace that
+                // happened to be deleted under the same name.
+                let Some(file) = current else {
+                    return kept;
+                };
+                for (&key, live) in self.live() {
+                    if key != file.key
+                        && key.dev == file.key.dev
+                        && live.deleted_path.as_deref() == Some(file.real_path.as_path())
+                    {
+                        kept.insert(key, live.pid);
+                    }
+                }
+            }
+        }
+        kept
     }
 
     fn catalog_rule(&mut self, entry: &CatalogEntry) {
@@ -836,6 +1067,18 @@ impl Compiler<'_> {
     }
 }
 
+/// An error and its causes, `: `-separated, for a one-line warning.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Appends `field v` or `field in [a, b]` to `parts`; nothing for no values.
 fn describe(parts: &mut Vec<String>, field: &str, values: impl Iterator<Item = String>) {
     let values: Vec<String> = values.collect();
@@ -848,7 +1091,7 @@ fn describe(parts: &mut Vec<String>, field: &str, values: impl Iterator<Item = S
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, io};
+    use std::{cell::Cell, collections::HashMap, io};
 
     use super::*;
 
@@ -859,28 +1102,66 @@ mod tests {
     /// A host made of hash maps.
     #[derive(Default)]
     struct FakeResolver {
-        /// Path → (identity, kernel-visible file name).
-        exes: HashMap<PathBuf, (ExeKey, String)>,
+        /// Path → (file, kernel-visible file name).
+        exes: HashMap<PathBuf, (ExeFile, String)>,
         found: HashMap<String, Vec<PathBuf>>,
         users: HashMap<String, u32>,
+        /// User names whose lookup fails (a directory service down).
+        broken_users: Vec<String>,
         cgroups: HashMap<String, CgroupId>,
         netns: HashMap<PathBuf, u64>,
+        /// Running processes: pid → executable.
+        processes: BTreeMap<u32, ExeKey>,
+        /// Executables deleted since they were started, with their path.
+        deleted: HashMap<ExeKey, PathBuf>,
+        /// How many times `live_exes` walked the processes.
+        walks: Cell<usize>,
     }
 
     impl FakeResolver {
         fn with_exe(mut self, path: &str, key: ExeKey) -> Self {
-            let name = path.rsplit('/').next().unwrap_or(path).to_owned();
-            self.exes.insert(PathBuf::from(path), (key, name));
+            self.put_exe(path, key);
             self
+        }
+
+        /// Puts a file at `path` (on a plain filesystem), replacing any.
+        fn put_exe(&mut self, path: &str, key: ExeKey) {
+            let name = path.rsplit('/').next().unwrap_or(path).to_owned();
+            let file = ExeFile {
+                key,
+                real_path: PathBuf::from(path),
+                mount: Some(MountDev {
+                    dev: key.dev,
+                    fs_type: "ext4".to_owned(),
+                    mount_point: PathBuf::from("/"),
+                }),
+            };
+            self.exes.insert(PathBuf::from(path), (file, name));
         }
     }
 
     impl Resolver for FakeResolver {
-        fn exe(&self, path: &Path) -> io::Result<ExeKey> {
+        fn exe(&self, path: &Path) -> io::Result<ExeFile> {
             self.exes
                 .get(path)
-                .map(|(key, _)| *key)
+                .map(|(file, _)| file.clone())
                 .ok_or_else(not_found)
+        }
+
+        fn live_exes(&self) -> LiveExes {
+            self.walks.set(self.walks.get() + 1);
+            let mut live = LiveExes::new();
+            for (&pid, &key) in &self.processes {
+                live.entry(key).or_insert_with(|| LiveExe {
+                    pid,
+                    deleted_path: self.deleted.get(&key).cloned(),
+                });
+            }
+            live
+        }
+
+        fn running_exe(&self, pid: u32) -> Option<ExeKey> {
+            self.processes.get(&pid).copied()
         }
 
         fn exe_file_name(&self, path: &Path) -> io::Result<String> {
@@ -894,8 +1175,14 @@ mod tests {
             self.found.get(name).cloned().unwrap_or_default()
         }
 
-        fn user(&self, name: &str) -> Option<u32> {
-            self.users.get(name).copied()
+        fn user(&self, name: &str) -> io::Result<Option<u32>> {
+            if self.broken_users.iter().any(|u| u == name) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the directory did not answer",
+                ));
+            }
+            Ok(self.users.get(name).copied())
         }
 
         fn cgroup(&self, path_or_unit: &str) -> io::Result<CgroupId> {
@@ -1017,7 +1304,7 @@ mod tests {
         assert!(err.contains("no more than 4 different levels"), "{err}");
         // Re-resolution keeps going, with that value matching nothing.
         let policy =
-            compile_lenient(&config(&format!("catalog = false\n{}", rules(5))), &r).unwrap();
+            compile_lenient(&config(&format!("catalog = false\n{}", rules(5))), &r, None).unwrap();
         assert_eq!(policy.settings.cgroup_levels.count_ones(), 4);
         assert_eq!(policy.settings.wild_cgroup, 0);
     }
@@ -1442,7 +1729,7 @@ comm = "x"
     fn lenient_recompile_drops_vanished_values_without_widening_the_rule() {
         let text = "catalog = false\n[protect]\nnetns = [\"/run/netns/blue\", \"/run/netns/red\"]\n\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/gone\"]\n\n[[rule]]\nname = \"nobody\"\naction = \"deny\"\nuser = \"mallory\"\n";
         assert!(compile(&config(text), &host()).is_err());
-        let policy = compile_lenient(&config(text), &host()).unwrap();
+        let policy = compile_lenient(&config(text), &host(), None).unwrap();
         assert_eq!(policy.warnings.len(), 3, "{:?}", policy.warnings);
         assert!(policy.warnings.iter().any(|w| w.contains("/usr/bin/gone")));
         // Still scoped (to the namespace that exists), still two rules.
@@ -1532,5 +1819,336 @@ exe = "/usr/bin/socat"
             text.lines().any(|l| l.starts_with("   0  relay-socat")),
             "{text}"
         );
+    }
+
+    const RELAY: &str = "catalog = false\n[[rule]]\nname = \"relay\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n";
+
+    fn running(exe: ExeKey) -> TestIdentity {
+        TestIdentity {
+            exe,
+            ..TestIdentity::default()
+        }
+    }
+
+    #[test]
+    fn an_upgraded_exe_keeps_matching_while_the_old_file_runs() {
+        let mut host = host();
+        host.processes.insert(500, key(10));
+        let first = compile_lenient(&config(RELAY), &host, None).unwrap();
+        assert_eq!(first.exe, BTreeMap::from([(key(10), 1)]));
+        assert_eq!(
+            first.exe_paths[Path::new("/usr/bin/socat")],
+            ExeIdentities {
+                current: Some(key(10)),
+                kept: BTreeMap::new(),
+            }
+        );
+        assert!(first.warnings.is_empty(), "{:?}", first.warnings);
+        // Nothing known about the path yet: one walk, to look for deleted
+        // files started from it.
+        assert_eq!(host.walks.get(), 1);
+
+        // The upgrade: a new file (inode 11) at the path; pid 500 still
+        // runs inode 10.
+        host.put_exe("/usr/bin/socat", key(11));
+        let upgraded = compile_lenient(&config(RELAY), &host, Some(&first)).unwrap();
+        assert_eq!(upgraded.exe, BTreeMap::from([(key(10), 1), (key(11), 1)]));
+        assert_eq!(simulate(&upgraded, &running(key(10))), Some(0));
+        assert_eq!(simulate(&upgraded, &running(key(11))), Some(0));
+        assert_eq!(simulate(&upgraded, &running(key(12))), None);
+        assert_eq!(
+            upgraded.exe_paths[Path::new("/usr/bin/socat")],
+            ExeIdentities {
+                current: Some(key(11)),
+                kept: BTreeMap::from([(key(10), 500)]),
+            }
+        );
+        assert_eq!(
+            upgraded.rules[0].matches,
+            "exe in [/usr/bin/socat (dev 0:27 ino 11), /usr/bin/socat (dev 0:27 ino 10; \
+             replaced on disk, still running as pid 500)]"
+        );
+        assert_eq!(upgraded.warnings.len(), 1, "{:?}", upgraded.warnings);
+        let warning = &upgraded.warnings[0];
+        assert!(warning.starts_with("test.toml:5:"), "{warning}");
+        assert!(
+            warning.contains(
+                "rule `relay`: exe /usr/bin/socat (dev 0:27 ino 10) was replaced on disk"
+            ),
+            "{warning}"
+        );
+        assert!(warning.contains("pid 500"), "{warning}");
+        assert!(
+            upgraded
+                .to_string()
+                .contains("replaced on disk, still running as pid 500")
+        );
+        assert_eq!(host.walks.get(), 2);
+
+        // While pid 500 runs it, no walk is needed, and nothing changes.
+        let steady = compile_lenient(&config(RELAY), &host, Some(&upgraded)).unwrap();
+        assert_eq!(steady, upgraded);
+        assert_eq!(host.walks.get(), 2);
+
+        // pid 500 exits, but a fork of it (pid 501) still runs the old file.
+        host.processes.remove(&500);
+        host.processes.insert(501, key(10));
+        let forked = compile_lenient(&config(RELAY), &host, Some(&steady)).unwrap();
+        assert_eq!(
+            forked.exe_paths[Path::new("/usr/bin/socat")].kept,
+            BTreeMap::from([(key(10), 501)])
+        );
+        assert_eq!(host.walks.get(), 3);
+
+        // The last process of the old file exits: its identity is dropped.
+        host.processes.remove(&501);
+        let gone = compile_lenient(&config(RELAY), &host, Some(&forked)).unwrap();
+        assert_eq!(gone.exe, BTreeMap::from([(key(11), 1)]));
+        assert_eq!(simulate(&gone, &running(key(10))), None);
+        assert!(gone.warnings.is_empty(), "{:?}", gone.warnings);
+        assert_eq!(host.walks.get(), 4);
+        // And nothing is left to check.
+        let quiet = compile_lenient(&config(RELAY), &host, Some(&gone)).unwrap();
+        assert_eq!(quiet, gone);
+        assert_eq!(host.walks.get(), 4);
+    }
+
+    #[test]
+    fn lineage_rules_keep_an_upgraded_parent_too() {
+        let text = "catalog = false\n[[rule]]\nname = \"fwd\"\naction = \"deny\"\nparent_exe = \"/usr/sbin/sshd\"\n[[rule]]\nname = \"under\"\naction = \"audit\"\nancestor_exe = \"/usr/sbin/sshd\"\n";
+        let mut host = host();
+        host.processes.insert(1, key(1));
+        host.processes.insert(700, key(20));
+        let first = compile_lenient(&config(text), &host, None).unwrap();
+        host.put_exe("/usr/sbin/sshd", key(21));
+        let upgraded = compile_lenient(&config(text), &host, Some(&first)).unwrap();
+        for sshd in [key(20), key(21)] {
+            assert_eq!(
+                upgraded.ancestor[&sshd],
+                AncestorMasks {
+                    parent: 0b01,
+                    ancestor: 0b10
+                }
+            );
+        }
+        let child_of = |parent| TestIdentity {
+            ancestors: vec![parent, key(1)],
+            ..TestIdentity::default()
+        };
+        assert_eq!(simulate(&upgraded, &child_of(key(20))), Some(0));
+        assert_eq!(simulate(&upgraded, &child_of(key(21))), Some(0));
+        // One walk served both rules.
+        assert_eq!(host.walks.get(), 2);
+        assert_eq!(upgraded.warnings.len(), 2, "{:?}", upgraded.warnings);
+    }
+
+    #[test]
+    fn a_removed_exe_still_matches_its_running_processes() {
+        let mut host = host();
+        host.processes.insert(500, key(10));
+        let first = compile_lenient(&config(RELAY), &host, None).unwrap();
+        // Uninstalled, or between an upgrade's removal and its new file.
+        host.exes.remove(Path::new("/usr/bin/socat"));
+        let removed = compile_lenient(&config(RELAY), &host, Some(&first)).unwrap();
+        assert_eq!(removed.exe, BTreeMap::from([(key(10), 1)]));
+        assert_eq!(
+            removed.exe_paths[Path::new("/usr/bin/socat")],
+            ExeIdentities {
+                current: None,
+                kept: BTreeMap::from([(key(10), 500)]),
+            }
+        );
+        assert!(
+            removed.warnings.iter().any(|w| w.contains(
+                "until it resolves again, this value matches only the earlier file still running (pid 500)"
+            )),
+            "{:?}",
+            removed.warnings
+        );
+        // Once it exits, the rule matches nothing, but still constrains exe.
+        host.processes.clear();
+        let gone = compile_lenient(&config(RELAY), &host, Some(&removed)).unwrap();
+        assert!(gone.exe.is_empty());
+        assert_eq!(gone.settings.wild_exe, 0);
+        assert_eq!(simulate(&gone, &running(key(10))), None);
+    }
+
+    #[test]
+    fn without_history_deleted_files_started_from_the_path_are_kept() {
+        let mut host = host().with_exe("/usr/bin/other", key(50));
+        // Started from /usr/bin/socat before it was replaced: kept.
+        host.processes.insert(300, key(9));
+        host.deleted.insert(key(9), PathBuf::from("/usr/bin/socat"));
+        // Same name, other filesystem (another mount namespace): not kept.
+        let elsewhere = ExeKey::from_major_minor(0, 99, 9);
+        host.processes.insert(301, elsewhere);
+        host.deleted
+            .insert(elsewhere, PathBuf::from("/usr/bin/socat"));
+        // Deleted, but started from another path: not kept.
+        host.processes.insert(302, key(8));
+        host.deleted
+            .insert(key(8), PathBuf::from("/usr/bin/socat.old"));
+        // Running the current file: it is the current identity anyway.
+        host.processes.insert(303, key(10));
+
+        // check-config (strict) shows it as well as the daemon.
+        let policy = compile_ok(RELAY, &host);
+        assert_eq!(policy.exe, BTreeMap::from([(key(9), 1), (key(10), 1)]));
+        assert!(
+            policy.to_string().contains(
+                "/usr/bin/socat (dev 0:27 ino 9; replaced on disk, still running as pid 300)"
+            ),
+            "{policy}"
+        );
+        assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+        assert_eq!(host.walks.get(), 1);
+
+        // From then on, history decides: the kept file stays while pid 300
+        // runs it, without a walk.
+        let next = compile_lenient(&config(RELAY), &host, Some(&policy)).unwrap();
+        assert_eq!(next, policy);
+        assert_eq!(host.walks.get(), 1);
+    }
+
+    #[test]
+    fn one_walk_per_compile_at_most() {
+        let text = "catalog = false\n[[rule]]\nname = \"a\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/tmux\"]\nancestor_exe = \"/usr/sbin/sshd\"\n";
+        let mut host = host();
+        host.processes.insert(10, key(10));
+        host.processes.insert(30, key(30));
+        let first = compile_lenient(&config(text), &host, None).unwrap();
+        assert_eq!(host.walks.get(), 1);
+        host.put_exe("/usr/bin/socat", key(11));
+        host.put_exe("/usr/bin/tmux", key(31));
+        host.put_exe("/usr/sbin/sshd", key(21));
+        let next = compile_lenient(&config(text), &host, Some(&first)).unwrap();
+        assert_eq!(host.walks.get(), 2);
+        assert_eq!(
+            next.exe.keys().copied().collect::<Vec<_>>(),
+            [key(10), key(11), key(30), key(31)]
+        );
+        // sshd's old file runs nowhere: dropped at once.
+        assert_eq!(next.ancestor.keys().copied().collect::<Vec<_>>(), [key(21)]);
+    }
+
+    /// `host()` with `path` on a btrfs subvolume: `stat()` reports the
+    /// subvolume's anonymous device 0:46, the kernel the filesystem's 0:45.
+    fn on_btrfs(mut host: FakeResolver, path: &str, ino: u64) -> FakeResolver {
+        host.put_exe(path, ExeKey::from_major_minor(0, 46, ino));
+        if let Some((file, _)) = host.exes.get_mut(Path::new(path)) {
+            file.mount = Some(MountDev {
+                dev: ExeKey::from_major_minor(0, 45, 0).dev,
+                fs_type: "btrfs".to_owned(),
+                mount_point: PathBuf::from("/home"),
+            });
+        }
+        host
+    }
+
+    #[test]
+    fn an_exe_on_a_btrfs_subvolume_is_refused_with_what_to_use_instead() {
+        let host = on_btrfs(host(), "/home/u/bin/relay", 257);
+        let text = "catalog = false\n[[rule]]\nname = \"relay\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/home/u/bin/relay\"]\n";
+        let err = compile(&config(text), &host).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                PolicyError::ExeAmbiguous {
+                    field: "exe",
+                    stat_dev: 46,
+                    mount,
+                    ..
+                } if mount.dev == 45
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for expected in [
+            "test.toml:5:",
+            "rule `relay`: exe /home/u/bin/relay is on btrfs (mounted at /home)",
+            "stat() reports device 0:46",
+            "the filesystem's device 0:45",
+            "inode numbers repeat across btrfs subvolumes",
+            "`exe_name`",
+            "`cgroup`",
+            "move the binary to a filesystem without subvolumes",
+        ] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing: {message}"
+            );
+        }
+
+        // Re-resolution skips that value with the same explanation; the
+        // rule keeps its other value and never widens.
+        let policy = compile_lenient(&config(text), &host, None).unwrap();
+        assert_eq!(policy.exe, BTreeMap::from([(key(10), 1)]));
+        assert_eq!(policy.settings.wild_exe, 0);
+        assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+        assert!(policy.warnings[0].contains("is on btrfs"));
+        assert!(policy.warnings[0].ends_with("this value is skipped (it matches nothing)"));
+        // No alias key: another subvolume's inode 257 on 0:45 matches nothing.
+        let other_subvolume = ExeKey::from_major_minor(0, 45, 257);
+        assert_eq!(simulate(&policy, &running(other_subvolume)), None);
+        assert_eq!(
+            policy.exe_paths[Path::new("/home/u/bin/relay")],
+            ExeIdentities::default()
+        );
+    }
+
+    #[test]
+    fn lineage_paths_on_btrfs_are_refused_too() {
+        let host = on_btrfs(host(), "/home/u/bin/agent", 300);
+        for field in ["parent_exe", "ancestor_exe"] {
+            let text = format!(
+                "catalog = false\n[[rule]]\nname = \"l\"\naction = \"audit\"\n{field} = \"/home/u/bin/agent\"\n"
+            );
+            let err = compile(&config(&text), &host).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("rule `l`: {field} /home/u/bin/agent is on btrfs")),
+                "{err}"
+            );
+            let policy = compile_lenient(&config(&text), &host, None).unwrap();
+            assert!(policy.ancestor.is_empty());
+            assert_eq!(policy.settings.wild_ancestor, 0);
+        }
+        // Where stat() and the superblock agree (or mountinfo says nothing),
+        // nothing is refused.
+        let mut host = host;
+        if let Some((file, _)) = host.exes.get_mut(Path::new("/home/u/bin/agent")) {
+            file.mount = None;
+        }
+        compile_ok(
+            "catalog = false\n[[rule]]\nname = \"l\"\naction = \"audit\"\nparent_exe = \"/home/u/bin/agent\"\n",
+            &host,
+        );
+    }
+
+    #[test]
+    fn a_failed_user_lookup_is_not_an_unknown_user() {
+        let mut host = host();
+        host.broken_users.push("ldapuser".to_owned());
+        let text = "catalog = false\n[[rule]]\nname = \"u\"\naction = \"deny\"\nuser = [\"nobody\", \"ldapuser\"]\n";
+        let err = compile(&config(text), &host).unwrap_err();
+        assert!(matches!(err, PolicyError::UserLookup { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("rule `u`: looking up user `ldapuser` failed"),
+            "{err}"
+        );
+        // Re-resolution keeps the users that resolve, says why the other
+        // does not, and asks again next time.
+        let policy = compile_lenient(&config(text), &host, None).unwrap();
+        assert_eq!(policy.uid, BTreeMap::from([(65534, 1)]));
+        assert!(
+            policy.warnings[0].contains("failed: the directory did not answer; this value matches nothing until it resolves again"),
+            "{:?}",
+            policy.warnings
+        );
+        host.broken_users.clear();
+        host.users.insert("ldapuser".to_owned(), 70000);
+        let policy = compile_lenient(&config(text), &host, Some(&policy)).unwrap();
+        assert_eq!(policy.uid, BTreeMap::from([(65534, 1), (70000, 1)]));
+        assert!(policy.warnings.is_empty());
     }
 }

@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "hyperfine",
     "procps",
+    // A btrfs image with subvolumes (rules.rs: exe rules on btrfs are refused).
+    "btrfs-progs",
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

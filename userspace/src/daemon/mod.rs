@@ -174,13 +174,16 @@ impl Source {
 
 /// Compiles `config` and applies the `--mode` override. Names that do not
 /// resolve are warnings and match nothing (see [`policy::compile_lenient`]):
-/// one missing executable or user never leaves the rest unenforced.
+/// one missing executable or user never leaves the rest unenforced. The
+/// files `previous` matched for an executable path keep matching while
+/// processes still run them (an upgraded binary).
 fn compile_policy(
     config: &Config,
     resolver: &HostResolver,
     mode: Option<Mode>,
+    previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, DaemonError> {
-    let mut policy = policy::compile_lenient(config, resolver)?;
+    let mut policy = policy::compile_lenient(config, resolver, previous)?;
     if let Some(mode) = mode {
         apply_mode(&mut policy, mode);
     }
@@ -266,7 +269,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     // daemon exits (exit code EX_CONFIG, which the unit does not restart).
     let (config, policy) = match source.read() {
         Ok(config) => {
-            let policy = compile_policy(&config, &resolver, opts.mode)?;
+            let policy = compile_policy(&config, &resolver, opts.mode, None)?;
             (Some(config), Some(policy))
         }
         Err(e) if state == PinState::Compatible => {
@@ -539,7 +542,11 @@ impl Installed {
             .source
             .read()
             .map_err(DaemonError::from)
-            .and_then(|config| Ok((compile_policy(&config, &self.resolver, self.mode)?, config)));
+            .and_then(|config| {
+                let policy =
+                    compile_policy(&config, &self.resolver, self.mode, self.policy.as_ref())?;
+                Ok((policy, config))
+            });
         match fresh {
             Ok((policy, config)) => {
                 if self.policy.as_ref() == Some(&policy) {
@@ -558,7 +565,7 @@ impl Installed {
         let Some(config) = &self.config else {
             return;
         };
-        match compile_policy(config, &self.resolver, self.mode) {
+        match compile_policy(config, &self.resolver, self.mode, self.policy.as_ref()) {
             Ok(policy) => {
                 if self.refresh_error.take().is_some() {
                     info!("re-resolving the policy works again");
