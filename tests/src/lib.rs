@@ -447,8 +447,20 @@ impl Daemon {
             .args(["--log-format", "json"])
             .args(install.dir_args())
             .args(extra)
-            .env("LOOPWARDEN_LOG", log)
-            .stdin(Stdio::null())
+            .env("LOOPWARDEN_LOG", log);
+        Self::spawn_cmd(install, cmd)
+    }
+
+    /// Starts `cmd` (a `loopwarden run` of `install`, perhaps wrapped, e.g.
+    /// in `unshare`) and waits until it is ready.
+    pub fn start_cmd(install: &Arc<Install>, cmd: Command) -> Self {
+        let mut daemon = Self::spawn_cmd(install, cmd);
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn spawn_cmd(install: &Arc<Install>, mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| {

@@ -334,3 +334,51 @@ fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() 
     assert_eq!(raced, 0, "connects allowed unjudged");
     let _keep: Arc<Install> = Arc::clone(daemon.install());
 }
+
+#[test]
+fn sighup_picks_the_policy_source_again() {
+    let ns = Netns::new();
+    let _server = sink_server(&ns);
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+    // The daemon runs in a mount namespace of its own whose /etc is an
+    // overlay: a /etc/loopwarden/loopwarden.toml written there exists for it
+    // alone, and nothing of the host's /etc changes.
+    let overlay = TempDir::new("etc");
+    for d in ["upper", "work"] {
+        std::fs::create_dir(overlay.path().join(d)).expect("overlay dirs");
+    }
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir=/etc,upperdir={0}/upper,workdir={0}/work /etc \
+         && exec \"$0\" \"$@\"",
+        overlay.path().display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(loopwarden_bin())
+        .args(["run", "--log-format", "json"])
+        .args(install.dir_args());
+    // No --config and no default file: the embedded default (audit only,
+    // nothing is refused anywhere).
+    let daemon = Daemon::start_cmd(&install, cmd);
+    assert!(
+        daemon.stderr_text().contains("embedded default policy"),
+        "(a host with /etc/loopwarden/loopwarden.toml cannot run this test)\n{}",
+        daemon.stderr_text()
+    );
+    assert!(ns.socat_connect(&target).0, "audit mode refused");
+    // The file appears after the start, in the daemon's view of /etc.
+    let pid = daemon.pid().expect("running").to_string();
+    let config = policy(&ns, "enforce", "");
+    run_ok(Command::new("nsenter").args(["--mount", "--target", &pid, "sh", "-c"]).arg(format!(
+        "mkdir -p /etc/loopwarden && cat > /etc/loopwarden/loopwarden.toml <<'EOF'\n{config}\nEOF"
+    )));
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("SIGHUP: reloading /etc/loopwarden/loopwarden.toml", 1);
+    daemon.wait_stderr("installed: ", 1);
+    assert!(!ns.socat_connect(&target).0, "the new file is not enforced");
+    assert!(
+        !std::path::Path::new("/etc/loopwarden/loopwarden.toml").exists(),
+        "the host's /etc was written"
+    );
+}
