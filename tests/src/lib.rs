@@ -804,3 +804,78 @@ pub fn write_script(dir: &TempDir, name: &str, body: &str) -> String {
     std::fs::write(&path, body).unwrap_or_else(|e| panic!("writing {name} failed: {e}"));
     path.to_string_lossy().into_owned()
 }
+
+/// A cgroup directly below the cgroup v2 root (found in
+/// /proc/self/mountinfo), named `name`. On drop every process below it is
+/// moved back to the root and the cgroups are removed bottom-up.
+pub struct TestCgroup {
+    pub root: PathBuf,
+    pub name: String,
+    /// `root/name`.
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                post.starts_with("cgroup2 ")
+                    .then(|| pre.split(' ').nth(4).map(PathBuf::from))
+                    .flatten()
+            })
+            .expect("a cgroup v2 mount");
+        let path = root.join(name);
+        std::fs::create_dir(&path).expect("creating the test cgroup");
+        Self {
+            root,
+            name: name.to_owned(),
+            path,
+        }
+    }
+
+    /// Its `cgroup.procs` file: write a pid to move that process in.
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    fn remove(dir: &Path, root: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    Self::remove(&entry.path(), root);
+                }
+            }
+        }
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        Self::remove(&self.path, &self.root);
+    }
+}
+
+/// Fails unless the daemon's deny records are exactly those of `pids`.
+/// Records arrive in the order the kernel wrote them: once the last expected
+/// one is in, an earlier control's refusal would be too.
+pub fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
+    let mut denied: Vec<String> = daemon
+        .events()
+        .iter()
+        .filter(|e| e["verdict"] == "deny")
+        .map(|e| e["pid"].to_string())
+        .collect();
+    denied.sort();
+    let mut expected: Vec<String> = pids.iter().map(|p| (*p).to_owned()).collect();
+    expected.sort();
+    assert_eq!(denied, expected, "deny records: {:#?}", daemon.events());
+}

@@ -18,8 +18,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Fields, Netns, PROTECTED, SYSTEM_PYTHON, UNPROTECTED, exe_id, exe_name, policy, rule,
-    run_ok,
+    Daemon, Fields, Netns, PROTECTED, SYSTEM_PYTHON, UNPROTECTED, assert_denied_exactly, exe_id,
+    exe_name, policy, rule, run_ok,
 };
 use serde_json::Value;
 
@@ -71,23 +71,6 @@ fn expect_deny(daemon: &Daemon, rule: &str, pid: &str, exe: &Path) -> Value {
     assert_eq!(ev["exe_id"], exe_id(exe), "{ev}");
     assert_eq!(ev["exe_name"], exe_name(exe), "{ev}");
     ev
-}
-
-/// Panics unless exactly the processes in `pids` were refused, once each:
-/// the controls produced no deny record. Records arrive in the order the
-/// kernel wrote them, so once the last expected one is seen, an earlier
-/// control's refusal would have been seen too.
-fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
-    let mut denied: Vec<String> = daemon
-        .events()
-        .iter()
-        .filter(|e| e["verdict"] == "deny")
-        .map(|e| e["pid"].to_string())
-        .collect();
-    denied.sort();
-    let mut expected: Vec<String> = pids.iter().map(|p| (*p).to_owned()).collect();
-    expected.sort();
-    assert_eq!(denied, expected, "deny records: {:#?}", daemon.events());
 }
 
 fn python() -> &'static Path {

@@ -10,8 +10,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Fields, Netns, PROTECTED, SYSTEM_PYTHON, TempDir, exe_id, exe_name, policy, rule, run,
-    run_ok, write_script,
+    Daemon, Fields, Netns, PROTECTED, SYSTEM_PYTHON, TempDir, TestCgroup, assert_denied_exactly,
+    exe_id, exe_name, policy, rule, run, run_ok, write_script,
 };
 use serde_json::Value;
 
@@ -142,20 +142,6 @@ fn expect_record(daemon: &Daemon, verdict: &str, rule: &str, pid: &str) -> Value
 }
 
 /// Panics unless the deny records are exactly the processes in `pids`.
-/// Records arrive in the order the kernel wrote them: once the last
-/// expected one is in, an earlier control's refusal would be too.
-fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
-    let mut denied: Vec<String> = daemon
-        .events()
-        .iter()
-        .filter(|e| e["verdict"] == "deny")
-        .map(|e| e["pid"].to_string())
-        .collect();
-    denied.sort();
-    let mut expected: Vec<String> = pids.iter().map(|p| (*p).to_owned()).collect();
-    expected.sort();
-    assert_eq!(denied, expected, "records: {:#?}", daemon.events());
-}
 
 #[test]
 fn a_rule_with_two_criteria_matches_only_when_both_do() {
@@ -497,54 +483,13 @@ fn an_ancestor_exe_rule_matches_a_grandparent() {
     assert_denied_exactly(&daemon, &[&refused["pid"]]);
 }
 
-/// A cgroup directly below the cgroup v2 root (found in
-/// /proc/self/mountinfo), removed on drop after moving out anything left in
-/// it.
-struct TestCgroup {
-    root: PathBuf,
-    name: String,
-}
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                post.starts_with("cgroup2 ")
-                    .then(|| pre.split(' ').nth(4).map(PathBuf::from))
-                    .flatten()
-            })
-            .expect("a cgroup v2 mount");
-        let name = format!("lwt-{}-{tag}", std::process::id());
-        std::fs::create_dir(root.join(&name)).expect("creating the test cgroup");
-        Self { root, name }
-    }
-
-    fn procs(&self) -> PathBuf {
-        self.root.join(&self.name).join("cgroup.procs")
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(procs) = std::fs::read_to_string(self.procs()) {
-            for pid in procs.split_whitespace() {
-                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
-            }
-        }
-        let _ = std::fs::remove_dir(self.root.join(&self.name));
-    }
-}
-
 #[test]
 fn a_cgroup_rule_matches_a_shell_moved_into_the_cgroup() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let s = Scripts::new();
-    let matched = TestCgroup::new("match");
-    let other = TestCgroup::new("other");
+    let matched = TestCgroup::new(&format!("lwt-{}-match", std::process::id()));
+    let other = TestCgroup::new(&format!("lwt-{}-other", std::process::id()));
     // A path below the cgroup root (rules.rs covers the bare-name form).
     let rule = rule("in-cgroup", "deny", "cgroup", &format!("/{}", matched.name));
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
@@ -565,7 +510,7 @@ fn a_cgroup_rule_matches_a_shell_moved_into_the_cgroup() {
     assert_eq!(&refused["result"], "ECONNREFUSED");
     let ev = expect_record(&daemon, "deny", "in-cgroup", &refused["pid"]);
     // The cgroup id the kernel read is the cgroup directory's inode.
-    let id = std::fs::metadata(matched.root.join(&matched.name))
+    let id = std::fs::metadata(&matched.path)
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .expect("stat the test cgroup");
     assert_eq!(ev["cgroup_id"], id, "{ev}");

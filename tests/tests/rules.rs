@@ -11,7 +11,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, TempDir, exe_id, policy, require_root, rule, run, run_ok, wait_for,
+    Daemon, Netns, PROTECTED, TempDir, TestCgroup, exe_id, policy, require_root, rule, run, run_ok,
+    wait_for,
 };
 
 fn curl_url() -> String {
@@ -74,64 +75,11 @@ fn an_ancestor_rule_catches_children_of_a_relay() {
     );
 }
 
-/// A cgroup created for the test below the cgroup v2 root, removed on drop.
-struct TestCgroup {
-    path: std::path::PathBuf,
-    name: String,
-}
-
-impl TestCgroup {
-    fn new() -> Self {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (pre, post) = l.split_once(" - ")?;
-                post.starts_with("cgroup2 ")
-                    .then(|| pre.split(' ').nth(4).map(str::to_owned))
-                    .flatten()
-            })
-            .expect("a cgroup v2 mount");
-        let name = format!("lwt-{}.service", std::process::id());
-        let path = std::path::Path::new(&root).join(&name);
-        std::fs::create_dir(&path).expect("creating the test cgroup");
-        Self { path, name }
-    }
-}
-
-impl TestCgroup {
-    /// Moves every process below `dir` to `root`, then removes the (now
-    /// empty) cgroups bottom-up.
-    fn remove(dir: &std::path::Path, root: &std::path::Path) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    Self::remove(&entry.path(), root);
-                }
-            }
-        }
-        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            for pid in procs.split_whitespace() {
-                let _ = std::fs::write(root.join("cgroup.procs"), pid);
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Some(root) = self.path.parent() {
-            Self::remove(&self.path, root);
-        }
-    }
-}
-
 #[test]
 fn a_cgroup_rule_matches_a_unit_and_its_children() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let cg = TestCgroup::new();
+    let cg = TestCgroup::new(&format!("lwt-{}.service", std::process::id()));
     let rule = rule("unit", "deny", "cgroup", &cg.name);
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     // A child cgroup below the unit, as services often create.

@@ -200,11 +200,7 @@ impl Programs {
         cgroup_root: &Path,
         pins: &PinDir,
     ) -> Result<Takeover, LoaderError> {
-        let path = cgroup_root.display().to_string();
-        let cgroup = File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
-            path: path.clone(),
-            source,
-        })?;
+        let cgroup = open_cgroup(cgroup_root)?;
         let mut takeover = Takeover::Updated;
         for &name in self.names {
             let pin = pins.link(name);
@@ -231,13 +227,7 @@ impl Programs {
                 continue;
             }
             takeover = Takeover::Attached;
-            let link_id = prog
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| LoaderError::Attach {
-                    name,
-                    path: path.clone(),
-                    source,
-                })?;
+            let link_id = attach(prog, &cgroup, cgroup_root, name)?;
             let pin_failed = |message: String| LoaderError::PinLink {
                 name,
                 path: pin.display().to_string(),
@@ -262,24 +252,36 @@ impl Programs {
     /// The links live inside `self`: dropping it (or exiting) detaches the
     /// programs. Only the benchmark's baseline uses this.
     pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoaderError> {
-        let path = cgroup_root.display().to_string();
-        let cgroup = File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
-            path: path.clone(),
-            source,
-        })?;
+        let cgroup = open_cgroup(cgroup_root)?;
         for &name in self.names {
-            // `Single` is the mode bpf_link_create accepts here; links of
-            // other programs on the same cgroup still coexist.
-            program(&mut self.ebpf, name)?
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| LoaderError::Attach {
-                    name,
-                    path: path.clone(),
-                    source,
-                })?;
+            attach(program(&mut self.ebpf, name)?, &cgroup, cgroup_root, name)?;
         }
         Ok(())
     }
+}
+
+fn open_cgroup(cgroup_root: &Path) -> Result<File, LoaderError> {
+    File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
+        path: cgroup_root.display().to_string(),
+        source,
+    })
+}
+
+/// Attaches `prog` to the cgroup with a new link. `Single` is the mode
+/// bpf_link_create accepts here; links of other programs on the same cgroup
+/// still coexist.
+fn attach(
+    prog: &mut CgroupSockAddr,
+    cgroup: &File,
+    cgroup_root: &Path,
+    name: &'static str,
+) -> Result<aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId, LoaderError> {
+    prog.attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|source| LoaderError::Attach {
+            name,
+            path: cgroup_root.display().to_string(),
+            source,
+        })
 }
 
 /// The most verbose aya-log level (aya_log_common::Level: 1 error .. 5 trace)
