@@ -382,3 +382,71 @@ fn sighup_picks_the_policy_source_again() {
         "the host's /etc was written"
     );
 }
+
+#[test]
+fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
+    let ns = Netns::new();
+    let _server = sink_server(&ns);
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+    let config = policy(&ns, "enforce", "");
+    let maps = install.pin_dir().join("maps");
+    let mut first = Daemon::start_in(&install, &config, &[]);
+    first.kill9();
+
+    // An older layout: LW_META says version 1.
+    let mut meta = b"loopward".to_vec();
+    meta.extend(1u32.to_le_bytes());
+    meta.extend([0u8; 12]);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>();
+    run_ok(
+        Command::new("bpftool")
+            .args(["map", "update", "pinned"])
+            .arg(maps.join("LW_META"))
+            .args(["key", "hex", "00", "00", "00", "00", "value", "hex"])
+            .args(hex(&meta)),
+    );
+    let second = Daemon::start_in(&install, &config, &[]);
+    second.wait_stderr("layout version 1, this daemon uses", 1);
+    second.wait_stderr("replaced the pinned programs in place", 1);
+    assert!(
+        !ns.socat_connect(&target).0,
+        "not enforcing after the replacement"
+    );
+    drop(second);
+
+    // A map of another shape under a known name (as a future or broken
+    // version might leave): LW_STATS with too few counters.
+    std::fs::remove_file(maps.join("LW_STATS")).expect("unpin LW_STATS");
+    run_ok(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(maps.join("LW_STATS"))
+            .args([
+                "type",
+                "percpu_array",
+                "key",
+                "4",
+                "value",
+                "8",
+                "entries",
+                "2",
+                "name",
+                "LW_STATS",
+            ]),
+    );
+    let third = Daemon::start_in(&install, &config, &[]);
+    third.wait_stderr("pinned map LW_STATS is", 1);
+    third.wait_stderr("replaced the pinned programs in place", 1);
+    assert!(
+        !ns.socat_connect(&target).0,
+        "not enforcing after the replacement"
+    );
+    third.wait_event("a refusal reported by the new daemon", |e| {
+        e["verdict"] == "deny" && e["rule"] == "catalog:socat"
+    });
+    // Whatever is pinned now is this layout, and a restart adopts it.
+    drop(third);
+    let fourth = Daemon::start_in(&install, &config, &[]);
+    fourth.wait_stderr("adopted the pinned maps", 1);
+}
