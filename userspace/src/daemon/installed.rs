@@ -1,0 +1,205 @@
+//! The policy in force and where it comes from: the source (a file or the
+//! embedded default) that SIGHUP reads again, compiling with the `--mode`
+//! override, the host addresses installed with it, and [`Installed`], which
+//! reloads, re-resolves and installs, then asks the sweeper to cut what the
+//! new policy would have refused.
+
+use std::path::{Path, PathBuf};
+
+use loopwarden_common::flags;
+use tracing::{error, info, warn};
+
+use super::{DaemonError, sweeper::Sweeper};
+use crate::{
+    config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
+    events::Enricher,
+    kernel::maps::PolicyMaps,
+    policy::{self, CompiledPolicy, Mode},
+    resolve::{self, HostResolver},
+};
+
+/// Where the policy comes from, so SIGHUP can read it again.
+#[derive(Clone, Debug)]
+pub(super) enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl Source {
+    pub(super) fn pick(config: Option<&Path>) -> Self {
+        match config {
+            Some(path) => Source::File(path.to_owned()),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Source::File(PathBuf::from(DEFAULT_CONFIG_PATH))
+            }
+            None => Source::Embedded,
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Embedded => "embedded default policy".to_owned(),
+        }
+    }
+
+    pub(super) fn read(&self) -> Result<Config, ConfigError> {
+        match self {
+            Source::File(path) => Config::from_file(path),
+            Source::Embedded => Ok(Config::embedded_default()),
+        }
+    }
+}
+
+/// Compiles `config` and applies the `--mode` override. Names that do not
+/// resolve are warnings and match nothing (see [`policy::compile_lenient`]):
+/// one missing executable or user never leaves the rest unenforced. The
+/// files `previous` matched for an executable path keep matching while
+/// processes still run them (an upgraded binary).
+pub(super) fn compile_policy(
+    config: &Config,
+    resolver: &HostResolver,
+    mode: Option<Mode>,
+    previous: Option<&CompiledPolicy>,
+) -> Result<CompiledPolicy, DaemonError> {
+    let mut policy = policy::compile_lenient(config, resolver, previous)?;
+    if let Some(mode) = mode {
+        apply_mode(&mut policy, mode);
+    }
+    Ok(policy)
+}
+
+/// Sets the mode of a compiled policy (the `--mode` override).
+fn apply_mode(policy: &mut CompiledPolicy, mode: Mode) {
+    policy.mode = mode;
+    match mode {
+        Mode::Enforce => policy.settings.flags |= flags::ENFORCE,
+        Mode::Audit => policy.settings.flags &= !flags::ENFORCE,
+    }
+}
+
+/// The host's own non-loopback addresses for `host_addresses = true`: those
+/// of the namespaces the policy is scoped to, or of the daemon's own.
+pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
+    if !policy.host_addresses {
+        return Vec::new();
+    }
+    if policy.netns.is_empty() {
+        return resolve::interface_addresses().unwrap_or_else(|e| {
+            warn!("listing this host's addresses failed: {e}");
+            Vec::new()
+        });
+    }
+    let mut out = Vec::new();
+    for ns in &policy.netns {
+        match resolve::in_netns(Path::new(&ns.path), resolve::interface_addresses) {
+            Ok(addrs) => out.extend(addrs),
+            Err(e) => warn!("listing the addresses of {} failed: {e}", ns.path),
+        }
+    }
+    out
+}
+
+/// The installed policy and what it was compiled from.
+pub(super) struct Installed {
+    pub(super) source: Source,
+    /// `--config`, to pick the source again on SIGHUP.
+    pub(super) config_arg: Option<PathBuf>,
+    pub(super) mode: Option<Mode>,
+    pub(super) resolver: HostResolver,
+    /// The last config that compiled: the periodic refresh recompiles it, so
+    /// an edit to the file takes effect only on SIGHUP. `None` while the
+    /// policy pinned by a predecessor is in force.
+    pub(super) config: Option<Config>,
+    pub(super) policy: Option<CompiledPolicy>,
+    /// The host addresses installed with it.
+    pub(super) addrs: Vec<std::net::IpAddr>,
+    pub(super) maps: PolicyMaps,
+    /// The last periodic re-resolution error, reported once until it changes.
+    pub(super) refresh_error: Option<String>,
+    /// Cuts what a newly installed enforce-mode policy would have refused.
+    pub(super) sweeper: Sweeper,
+}
+
+impl Installed {
+    /// SIGHUP: picks the source again (a config file created since start is
+    /// read) and reads it. A bad config is reported and the running policy
+    /// stays.
+    pub(super) fn reload(&mut self, enricher: &mut Enricher) {
+        self.source = Source::pick(self.config_arg.as_deref());
+        info!("SIGHUP: reloading {}", self.source.describe());
+        let fresh = self
+            .source
+            .read()
+            .map_err(DaemonError::from)
+            .and_then(|config| {
+                let policy =
+                    compile_policy(&config, &self.resolver, self.mode, self.policy.as_ref())?;
+                Ok((policy, config))
+            });
+        match fresh {
+            Ok((policy, config)) => {
+                if self.policy.as_ref() == Some(&policy) {
+                    info!("policy unchanged");
+                }
+                self.config = Some(config);
+                self.install(policy, enricher);
+            }
+            Err(e) => error!("reload failed, keeping the running policy: {e}"),
+        }
+    }
+
+    /// Periodic: resolves the same config again, picking up executables
+    /// installed, cgroups created and host addresses changed since.
+    pub(super) fn refresh(&mut self, enricher: &mut Enricher) {
+        let Some(config) = &self.config else {
+            return;
+        };
+        match compile_policy(config, &self.resolver, self.mode, self.policy.as_ref()) {
+            Ok(policy) => {
+                if self.refresh_error.take().is_some() {
+                    info!("re-resolving the policy works again");
+                }
+                self.install(policy, enricher);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if self.refresh_error.as_deref() != Some(message.as_str()) {
+                    warn!(
+                        "re-resolving the policy failed, keeping the installed one (executables upgraded and cgroups created since are not picked up until this is fixed or the config reloaded): {message}"
+                    );
+                    self.refresh_error = Some(message);
+                }
+            }
+        }
+    }
+
+    /// Installs `fresh` unless it (and its host addresses) is what is in
+    /// force already.
+    pub(super) fn install(&mut self, fresh: CompiledPolicy, enricher: &mut Enricher) {
+        let addrs = host_addresses(&fresh);
+        let current = self.policy.as_ref();
+        if current == Some(&fresh) && self.addrs == addrs {
+            return;
+        }
+        for warning in fresh
+            .warnings
+            .iter()
+            .filter(|w| !current.is_some_and(|p| p.warnings.contains(w)))
+        {
+            warn!("{warning}");
+        }
+        let seq = match self.maps.install(&fresh, &addrs) {
+            Ok(seq) => seq,
+            Err(e) => {
+                error!("installing the new policy failed, keeping the running one: {e}");
+                return;
+            }
+        };
+        info!("policy #{seq} installed: {} rules", fresh.rules.len());
+        enricher.set_rules(seq, fresh.rules.clone());
+        self.sweeper.request(&fresh, &addrs);
+        self.policy = Some(fresh);
+        self.addrs = addrs;
+    }
+}
