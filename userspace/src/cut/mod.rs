@@ -278,6 +278,13 @@ fn cut(
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
                 debug!("cut: {} -> {} is already gone", sock.src, sock.dst);
             }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                warn!(
+                    "cut: the kernel cannot destroy sockets (it needs CONFIG_INET_DIAG_DESTROY=y): \
+                     {} -> {} of pid {} stays open; new connects are still refused",
+                    sock.src, sock.dst, owner.pid
+                );
+            }
             Err(source) => {
                 let e = SweepError::Destroy {
                     src: sock.src,
