@@ -405,7 +405,7 @@ fn compile_with(
             cgroup: BTreeMap::new(),
             ancestor: BTreeMap::new(),
             rules: Vec::with_capacity(config.rules.len() + catalog.len()),
-            warnings: Vec::new(),
+            warnings: config.warnings.clone(),
         },
     };
     compiler.netns(&config.protect.netns)?;
@@ -1251,7 +1251,7 @@ ancestor_exe = "/usr/sbin/sshd"
 
     #[test]
     fn catalog_follows_symlinked_binaries() {
-        let policy = compile_ok("", &host());
+        let policy = compile_ok("catalog = true\n", &host());
         let bore = TestIdentity {
             exe_name: "bore-x86_64",
             ..TestIdentity::default()
@@ -1396,6 +1396,32 @@ comm = "x"
                 .matches
                 .contains("later.service (not found)")
         );
+    }
+
+    #[test]
+    fn long_paths_fail_to_resolve_clearly() {
+        // The longest path Linux takes passes validation; resolving it on
+        // the real host fails with the file, line, rule and reason.
+        let path = format!("/{}", "a".repeat(199)).repeat(21)[..4095].to_owned();
+        let text = format!("[[rule]]\nname = \"long\"\naction = \"deny\"\nexe = \"{path}\"\n");
+        let resolver = crate::resolve::HostResolver::new(PathBuf::from("/nonexistent-cgroup"));
+        let err = compile(&config(&text), &resolver).unwrap_err();
+        assert!(matches!(err, PolicyError::Exe { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("test.toml:4:7: rule `long`: exe /aaa"),
+            "{message}"
+        );
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("No such file or directory"), "{source}");
+    }
+
+    #[test]
+    fn config_warnings_reach_the_policy() {
+        let policy = compile_ok("# all defaults\n", &host());
+        assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+        assert!(policy.warnings[0].contains("no settings"));
+        assert!(policy.to_string().contains("no settings"));
     }
 
     #[test]
