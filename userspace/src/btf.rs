@@ -853,6 +853,25 @@ mod tests {
         );
     }
 
+    /// The fuzz seeds (made by fuzz/seeds/make-seeds.py) hold every
+    /// structure offsets_from reads, in both byte orders, so the fuzzer
+    /// starts from inputs that reach the lookups.
+    #[test]
+    fn fuzz_seeds_have_every_offset() {
+        for data in [
+            &include_bytes!("../../fuzz/seeds/btf/structs-le.btf")[..],
+            &include_bytes!("../../fuzz/seeds/btf/structs-be.btf")[..],
+        ] {
+            let btf = Btf::parse(data).unwrap();
+            let o = offsets_from(&btf).unwrap();
+            assert_eq!(
+                (o.task_mm, o.task_tgid, o.task_start_boottime, o.file_dentry),
+                (64, 100, 160, 16)
+            );
+            assert_eq!((o.dentry_name, o.inode_ino, o.sb_dev), (24, 64, 16));
+        }
+    }
+
     #[test]
     fn missing_file_names_the_config_option() {
         let err = kernel_offsets(Path::new("/nonexistent/btf/vmlinux")).unwrap_err();

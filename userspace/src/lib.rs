@@ -9,13 +9,18 @@
 //! touches aya map types, [`loader`] loads and attaches the programs,
 //! [`events`] turns ring-buffer records into audit lines, and [`daemon`] ties
 //! them together.
+//!
+//! Fuzz builds (`cargo xtask fuzz`, `cfg(fuzzing)`) have no eBPF object
+//! (see build.rs) and therefore leave out [`loader`] and [`daemon`].
 
 pub mod btf;
 pub mod catalog;
 pub mod compat;
 pub mod config;
+#[cfg(not(fuzzing))]
 pub mod daemon;
 pub mod events;
+#[cfg(not(fuzzing))]
 pub mod loader;
 pub mod maps;
 pub mod policy;

@@ -409,7 +409,7 @@ fn search_dirs() -> Vec<PathBuf> {
 }
 
 /// The uid of `name` in `/etc/passwd`-format text.
-fn passwd_uid(passwd: &str, name: &str) -> Option<u32> {
+pub fn passwd_uid(passwd: &str, name: &str) -> Option<u32> {
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
         if fields.next()? != name {
