@@ -41,8 +41,20 @@
 //!
 //! Every key of every table is checked: a misspelt key is an error, not a
 //! silently ignored setting.
+//!
+//! A file is read only if it is UTF-8 and at most [`MAX_CONFIG_BYTES`] long;
+//! a file with no settings at all (empty, or only comments) is the
+//! [`Config::embedded_default`], with a warning that says so.
 
-use std::{collections::HashMap, fmt, ops::Range, path::Path, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fmt,
+    fs::File,
+    io::{self, Read as _},
+    ops::Range,
+    path::Path,
+    path::PathBuf,
+};
 
 use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES};
 use serde::{
@@ -61,6 +73,19 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/loopwarden/loopwarden.toml";
 
 /// Name [`Config::embedded_default`] reports as its source.
 pub const EMBEDDED_SOURCE: &str = "<built-in default>";
+
+/// The largest policy file loopwarden reads. A real policy is a few
+/// kilobytes (at most 64 rules of at most 1024 values per criterion); a
+/// bigger file is refused before it is read, so a wrong path (a log, an
+/// image, `/dev/zero`) fails at once instead of filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Longest path Linux accepts, in bytes, without the terminating NUL
+/// (`PATH_MAX` is 4096 with it).
+const MAX_PATH_BYTES: usize = libc::PATH_MAX as usize - 1;
+
+/// Longest file name Linux accepts (`NAME_MAX`).
+const MAX_NAME_BYTES: usize = 255;
 
 /// A position in the config file, both 1-based.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -197,6 +222,9 @@ pub struct Config {
     pub protect: Protect,
     /// User rules in file order.
     pub rules: Vec<Rule>,
+    /// Things an operator should know about the file that do not stop it
+    /// from loading; compiling copies them into the policy's warnings.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -217,14 +245,17 @@ impl Config {
                 host_addresses: false,
             },
             rules: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`: a directory, a file over
+    /// [`MAX_CONFIG_BYTES`] or one that is not UTF-8 is refused with an
+    /// error saying so.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
+        let read_error = |source: io::Error| {
+            if source.kind() == io::ErrorKind::NotFound {
                 ConfigError::NotFound {
                     path: path.to_owned(),
                 }
@@ -234,8 +265,55 @@ impl Config {
                     source,
                 }
             }
+        };
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(read_error)?;
+        let meta = file.metadata().map_err(read_error)?;
+        if meta.is_dir() {
+            return Err(ConfigError::IsDirectory {
+                path: path.to_owned(),
+            });
+        }
+        let too_large = |size| ConfigError::TooLarge {
+            file: name.clone(),
+            size,
+        };
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(too_large(Some(meta.len())));
+        }
+        // Pipes and devices report no size: read one byte past the limit.
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(too_large(None));
+        }
+        Self::from_bytes_named(&bytes, &name)
+    }
+
+    /// Like [`Config::from_str_named`], for the raw bytes of a file: they
+    /// must be UTF-8 and at most [`MAX_CONFIG_BYTES`] long.
+    pub fn from_bytes_named(bytes: &[u8], name: &str) -> Result<Self, ConfigError> {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                file: name.to_owned(),
+                size: Some(bytes.len() as u64),
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let valid = &bytes[..e.valid_up_to()];
+            let at = std::str::from_utf8(valid).map_or_else(
+                |_| Location::default(),
+                |v| LineIndex::new(v).locate(v.len()),
+            );
+            ConfigError::NotUtf8 {
+                file: name.to_owned(),
+                at,
+                byte: bytes.get(e.valid_up_to()).copied().unwrap_or_default(),
+            }
         })?;
-        Self::from_str_named(&text, &path.display().to_string())
+        Self::from_str_named(text, name)
     }
 
     /// Parses and validates `text`; `name` (usually the path) prefixes every
@@ -268,10 +346,36 @@ impl Config {
 pub enum ConfigError {
     #[error(
         "config file {} does not exist: create it, or pass --config with the file to use \
-         (`loopwarden check-config --config FILE` validates one)",
+         (`loopwarden check-config FILE` validates one)",
         path.display()
     )]
     NotFound { path: PathBuf },
+    #[error(
+        "config file {} is a directory: name the policy file itself (e.g. {})",
+        path.display(),
+        path.join("loopwarden.toml").display()
+    )]
+    IsDirectory { path: PathBuf },
+    #[error(
+        "config file {file} is {}the {MAX_CONFIG_BYTES}-byte (4 MiB) limit for policy files: is \
+         this the right file?",
+        size.map_or_else(|| "longer than ".to_owned(), |size| format!("{size} bytes, over "))
+    )]
+    TooLarge {
+        file: String,
+        /// `None` when the file does not say (a pipe or a device).
+        size: Option<u64>,
+    },
+    #[error(
+        "{}: not UTF-8 text (byte {byte:#04x}): policy files must be UTF-8",
+        Position(file, Some(at))
+    )]
+    NotUtf8 {
+        file: String,
+        /// Where the first byte that is not UTF-8 is.
+        at: Location,
+        byte: u8,
+    },
     #[error("cannot read config file {}", path.display())]
     Read {
         path: PathBuf,
@@ -323,6 +427,17 @@ pub enum Problem {
     CommTooLong { comm: String, len: usize },
     #[error("`{field}` must be an absolute path, not `{path}`")]
     RelativePath { field: &'static str, path: String },
+    #[error(
+        "`{field}` path is {len} bytes, longer than Linux allows ({MAX_PATH_BYTES}, PATH_MAX \
+         without its NUL)"
+    )]
+    PathTooLong { field: &'static str, len: usize },
+    #[error(
+        "`{field}` path has a {len}-byte component, longer than Linux allows ({MAX_NAME_BYTES}, \
+         NAME_MAX)"
+    )]
+    PathComponentTooLong { field: &'static str, len: usize },
+
     #[error("exe_name `{name}` contains `/`: it is the executable's file name; put paths in exe")]
     NotAFileName { name: String },
     #[error(
@@ -420,6 +535,18 @@ struct RawConfig {
     protect: Option<RawProtect>,
     #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+impl RawConfig {
+    /// Whether the file sets nothing at all.
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.deny_errno.is_none()
+            && self.catalog.is_none()
+            && self.log_allowed.is_none()
+            && self.protect.is_none()
+            && self.rule.is_empty()
+    }
 }
 
 #[derive(Deserialize)]
@@ -549,6 +676,16 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let defaults = Config::embedded_default();
+        let mut warnings = Vec::new();
+        if raw.is_empty() {
+            // Most likely a file truncated by accident, and the defaults
+            // only report: say so wherever warnings are shown.
+            warnings.push(format!(
+                "{}: the file has no settings (it is empty or only comments), so the built-in \
+                 defaults apply: audit mode, every port, the tunnel catalog",
+                self.file
+            ));
+        }
         let catalog = raw.catalog.unwrap_or(defaults.catalog);
         let catalog_rules = if catalog { CATALOG.len() } else { 0 };
         if raw.rule.len() + catalog_rules > MAX_RULES {
@@ -606,6 +743,7 @@ impl Validator<'_> {
             log_allowed: raw.log_allowed.unwrap_or(defaults.log_allowed),
             protect,
             rules,
+            warnings,
         })
     }
 
@@ -698,11 +836,22 @@ impl Validator<'_> {
         raw: Spanned<OneOrMany<String>>,
     ) -> Result<Vec<Located<PathBuf>>, ConfigError> {
         self.values(field, raw, |path| {
-            if Path::new(&path).is_absolute() {
-                Ok(PathBuf::from(path))
-            } else {
-                Err(Problem::RelativePath { field, path })
+            if !Path::new(&path).is_absolute() {
+                return Err(Problem::RelativePath { field, path });
             }
+            // Such a path could never resolve; say why instead of echoing it.
+            if path.len() > MAX_PATH_BYTES {
+                let len = path.len();
+                return Err(Problem::PathTooLong { field, len });
+            }
+            if let Some(len) = path
+                .split('/')
+                .map(str::len)
+                .find(|&len| len > MAX_NAME_BYTES)
+            {
+                return Err(Problem::PathComponentTooLong { field, len });
+            }
+            Ok(PathBuf::from(path))
         })
     }
 
@@ -812,14 +961,26 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_embedded_default() {
-        let config = parse("").unwrap();
-        assert_eq!(
-            config,
-            Config {
-                source: "test.toml".to_owned(),
-                ..Config::embedded_default()
-            }
-        );
+        for text in ["", "\n  \n", "# nothing yet\n\n# still nothing\n"] {
+            let config = parse(text).unwrap();
+            let [warning] = config.warnings.as_slice() else {
+                panic!("expected one warning: {:?}", config.warnings);
+            };
+            assert!(warning.starts_with("test.toml: "), "{warning}");
+            assert!(warning.contains("no settings"), "{warning}");
+            assert!(warning.contains("audit mode"), "{warning}");
+            assert_eq!(
+                config,
+                Config {
+                    source: "test.toml".to_owned(),
+                    warnings: config.warnings.clone(),
+                    ..Config::embedded_default()
+                }
+            );
+        }
+        // Any setting, even one that repeats a default, is no accident.
+        assert!(parse("mode = \"audit\"\n").unwrap().warnings.is_empty());
+        assert!(parse("[protect]\n").unwrap().warnings.is_empty());
         let d = Config::embedded_default();
         assert_eq!(d.mode, Mode::Audit);
         assert_eq!(d.deny_errno.errno(), 111);
@@ -1069,11 +1230,6 @@ uid = 33
 
     #[test]
     fn too_many_rules() {
-        let rules = |n: usize| -> String {
-            (0..n)
-                .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nuid = {i}\n"))
-                .collect()
-        };
         let fit = MAX_RULES - CATALOG.len();
         parse(&rules(fit)).unwrap();
         // Rule number `fit` (0-based) starts at line 4 * fit + 1; its name is
@@ -1096,6 +1252,204 @@ uid = 33
         );
         assert!(message.contains("--config"), "{message}");
         assert!(message.contains("check-config"), "{message}");
+    }
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("loopwarden-config-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rules(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nuid = {i}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn five_thousand_rules_are_refused_at_the_first_that_does_not_fit() {
+        let text = rules(5000);
+        let start = std::time::Instant::now();
+        let fit = MAX_RULES - CATALOG.len();
+        let err = expect_error(&text, 4 * fit + 2, "too many rules: 5000 in the file");
+        println!("5000 rules: {err} ({:?})", start.elapsed());
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                problem: Problem::TooManyRules { user: 5000, .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn every_port() {
+        let config = parse("[protect]\nports = \"1-65535\"\n").unwrap();
+        assert_eq!(
+            config.protect.ports,
+            PortSet::Ranges(vec![PortRange {
+                first: 1,
+                last: 65535
+            }])
+        );
+        // Each of the 65,535 listed on its own (about 400 KB of TOML).
+        let list: Vec<String> = (1..=u16::MAX).map(|p| p.to_string()).collect();
+        let text = format!("[protect]\nports = [{}]\n", list.join(", "));
+        let start = std::time::Instant::now();
+        let config = parse(&text).unwrap();
+        let elapsed = start.elapsed();
+        println!("65535 ports parsed in {elapsed:?}");
+        let PortSet::Ranges(ranges) = &config.protect.ports else {
+            panic!("expected ranges");
+        };
+        assert_eq!(ranges.len(), 65535);
+        assert_eq!(
+            ranges[65534],
+            PortRange {
+                first: 65535,
+                last: 65535
+            }
+        );
+        // Generous: a debug build on a busy machine takes well under a second.
+        assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+    }
+
+    #[test]
+    fn paths_longer_than_linux_allows() {
+        let long = |len: usize| {
+            // Components of 200 bytes: only the total is over the limit.
+            let mut path = format!("/{}", "a".repeat(199)).repeat(len / 200 + 1);
+            path.truncate(len);
+            path
+        };
+        for len in [10_000, libc::PATH_MAX as usize] {
+            let path = long(len);
+            assert_eq!(path.len(), len);
+            let err = expect_error(
+                &rule(&format!("exe = \"{path}\"")),
+                6,
+                &format!("`exe` path is {len} bytes, longer than Linux allows (4095"),
+            );
+            // The message says how long, without repeating the path.
+            assert!(err.to_string().len() < 200, "{err}");
+        }
+        // The longest Linux takes is valid here (it may still not exist).
+        let fits = long(libc::PATH_MAX as usize - 1);
+        let config = parse(&rule(&format!("ancestor_exe = \"{fits}\""))).unwrap();
+        assert_eq!(
+            config.rules[0].criteria.ancestor_exe[0]
+                .value
+                .as_os_str()
+                .len(),
+            4095
+        );
+        let component = format!("/usr/bin/{}", "x".repeat(256));
+        expect_error(
+            &format!("[protect]\nnetns = \"{component}\"\n"),
+            2,
+            "`netns` path has a 256-byte component, longer than Linux allows (255",
+        );
+        parse(&rule(&format!("exe = \"/usr/bin/{}\"", "x".repeat(255)))).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_named_with_the_position() {
+        let tmp = TempDir::new("utf8");
+        let path = tmp.file("latin1.toml", b"mode = \"audit\"\n# caf\xe9\n");
+        let err = Config::from_file(&path).unwrap_err();
+        assert!(matches!(err, ConfigError::NotUtf8 { .. }), "{err:?}");
+        let message = err.to_string();
+        assert_eq!(
+            message,
+            format!(
+                "{}:2:6: not UTF-8 text (byte 0xe9): policy files must be UTF-8",
+                path.display()
+            )
+        );
+        // A binary file fails at its first byte that is not UTF-8.
+        let err = Config::from_bytes_named(b"\x7fELF\x02\x01\x01\xff", "x").unwrap_err();
+        assert!(err.to_string().starts_with("x:1:8: not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_not_a_config_file() {
+        let tmp = TempDir::new("dir");
+        let err = Config::from_file(&tmp.0).unwrap_err();
+        assert!(matches!(err, ConfigError::IsDirectory { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("config file {} is a directory", tmp.0.display())),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default_policy_with_a_warning() {
+        let tmp = TempDir::new("empty");
+        let path = tmp.file("empty.toml", b"");
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.mode, Mode::Audit);
+        assert_eq!(config.protect.ports, PortSet::All);
+        assert_eq!(config.warnings.len(), 1);
+        assert!(
+            config.warnings[0].starts_with(&path.display().to_string()),
+            "{:?}",
+            config.warnings
+        );
+    }
+
+    #[test]
+    fn huge_files_are_refused_before_they_are_read() {
+        let tmp = TempDir::new("huge");
+        // 50 MiB, sparse: nothing is written, and nothing must be read.
+        let path = tmp.0.join("huge.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(50 << 20)
+            .unwrap();
+        let start = std::time::Instant::now();
+        let err = Config::from_file(&path).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "config file {} is 52428800 bytes, over the 4194304-byte (4 MiB) limit for policy \
+                 files: is this the right file?",
+                path.display()
+            )
+        );
+        // Exactly at the limit is read (and then parsed: all spaces is empty).
+        let path = tmp.file("limit.toml", &vec![b' '; MAX_CONFIG_BYTES as usize]);
+        assert!(Config::from_file(&path).is_ok());
+        // A device that never ends and says no size: read up to the limit only.
+        let err = Config::from_file("/dev/zero").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::TooLarge { size: None, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("is longer than the 4194304-byte"),
+            "{err}"
+        );
     }
 
     #[test]

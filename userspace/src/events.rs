@@ -435,7 +435,12 @@ fn proc_link(pid: u32, what: &str) -> Option<String> {
 }
 
 fn proc_cmdline(pid: u32) -> Option<String> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline_text(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+}
+
+/// The arguments of a `/proc/PID/cmdline` (NUL-separated) joined by spaces;
+/// `None` when there are none.
+pub fn cmdline_text(raw: &[u8]) -> Option<String> {
     let args: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
@@ -446,7 +451,11 @@ fn proc_cmdline(pid: u32) -> Option<String> {
 
 /// The cgroup v2 path (`0::/system.slice/x.service`) of a process.
 fn proc_cgroup(pid: u32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    cgroup_v2_path(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The cgroup v2 path in `/proc/PID/cgroup` text (its `0::` line).
+pub fn cgroup_v2_path(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(str::to_owned)
@@ -463,7 +472,7 @@ fn same_process(pid: u32, start_ns: u64) -> bool {
 
 /// Field 22 (starttime) of `/proc/PID/stat`; the comm (field 2) may hold
 /// spaces and parentheses, so fields are counted after its closing `)`.
-fn starttime_ticks(stat: &str) -> Option<u64> {
+pub fn starttime_ticks(stat: &str) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }

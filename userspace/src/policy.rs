@@ -605,7 +605,7 @@ fn compile_with(
             ancestor: BTreeMap::new(),
             exe_paths: BTreeMap::new(),
             rules: Vec::with_capacity(config.rules.len() + catalog.len()),
-            warnings: Vec::new(),
+            warnings: config.warnings.clone(),
         },
     };
     compiler.netns(&config.protect.netns)?;
@@ -638,11 +638,18 @@ fn ports(set: &PortSet) -> Ports {
     let PortSet::Ranges(ranges) = set else {
         return Ports::All;
     };
+    // In order, skipping ports already set, each port is set at most once
+    // however often the file repeats it: thousands of "1-65535" cost what
+    // one does.
+    let mut ranges: Vec<(u16, u16)> = ranges.iter().map(|r| (r.first, r.last)).collect();
+    ranges.sort_unstable();
     let mut words = Box::new([0u64; PORT_WORDS as usize]);
-    for range in ranges {
-        for port in range.first..=range.last {
-            words[usize::from(port >> 6)] |= 1 << (port & 63);
+    let mut unset = 0u32;
+    for (first, last) in ranges {
+        for port in u32::from(first).max(unset)..=u32::from(last) {
+            words[(port >> 6) as usize] |= 1 << (port & 63);
         }
+        unset = unset.max(u32::from(last) + 1);
     }
     Ports::Some(words)
 }
@@ -1094,6 +1101,7 @@ mod tests {
     use std::{cell::Cell, collections::HashMap, io};
 
     use super::*;
+    use crate::config::PortRange;
 
     fn not_found() -> io::Error {
         io::Error::from(io::ErrorKind::NotFound)
@@ -1619,7 +1627,7 @@ ancestor_exe = "/usr/sbin/sshd"
 
     #[test]
     fn catalog_follows_symlinked_binaries() {
-        let policy = compile_ok("", &host());
+        let policy = compile_ok("catalog = true\n", &host());
         let bore = TestIdentity {
             exe_name: "bore-x86_64",
             ..TestIdentity::default()
@@ -1764,6 +1772,86 @@ comm = "x"
                 .matches
                 .contains("later.service (not found)")
         );
+    }
+
+    #[test]
+    fn every_port_compiles_quickly() {
+        let all_but_zero = |policy: &CompiledPolicy| {
+            assert!(!policy.ports.contains(0));
+            assert!((1..=u16::MAX).all(|port| policy.ports.contains(port)));
+            assert_eq!(policy.ports.to_string(), "1-65535");
+            // Not the "all" fast path: port 0 stays unprotected.
+            assert_eq!(policy.settings.flags & flags::ALL_PORTS, 0);
+        };
+        all_but_zero(&compile_ok("[protect]\nports = \"1-65535\"\n", &host()));
+
+        let list: Vec<String> = (1..=u16::MAX).map(|p| p.to_string()).collect();
+        let text = format!("[protect]\nports = [{}]\n", list.join(", "));
+        let start = std::time::Instant::now();
+        let policy = compile_ok(&text, &host());
+        let elapsed = start.elapsed();
+        println!("65535 listed ports parsed and compiled in {elapsed:?}");
+        all_but_zero(&policy);
+        assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+    }
+
+    /// Setting every port of every range one by one took time proportional
+    /// to the ranges' total length: a 4 MiB file of "1-65535" entries made
+    /// tens of billions of steps.
+    #[test]
+    fn overlapping_port_ranges_cost_what_their_union_does() {
+        let every = PortRange {
+            first: 1,
+            last: u16::MAX,
+        };
+        let mut ranges = vec![every; 1_000_000];
+        ranges.push(PortRange { first: 0, last: 0 });
+        let start = std::time::Instant::now();
+        let merged = ports(&PortSet::Ranges(ranges));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(merged.ranges(), Some(vec![(0, u16::MAX)]));
+        // Nested and adjacent ranges, in any order.
+        let ranges = [
+            (9000, 9100),
+            (22, 22),
+            (9050, 9060),
+            (9101, 9101),
+            (80, 90),
+            (85, 95),
+        ];
+        let merged = ports(&PortSet::Ranges(
+            ranges
+                .iter()
+                .map(|&(first, last)| PortRange { first, last })
+                .collect(),
+        ));
+        assert_eq!(merged.to_string(), "22, 80-95, 9000-9101");
+    }
+
+    #[test]
+    fn long_paths_fail_to_resolve_clearly() {
+        // The longest path Linux takes passes validation; resolving it on
+        // the real host fails with the file, line, rule and reason.
+        let path = format!("/{}", "a".repeat(199)).repeat(21)[..4095].to_owned();
+        let text = format!("[[rule]]\nname = \"long\"\naction = \"deny\"\nexe = \"{path}\"\n");
+        let resolver = crate::resolve::HostResolver::new(PathBuf::from("/nonexistent-cgroup"));
+        let err = compile(&config(&text), &resolver).unwrap_err();
+        assert!(matches!(err, PolicyError::Exe { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("test.toml:4:7: rule `long`: exe /aaa"),
+            "{message}"
+        );
+        let source = std::error::Error::source(&err).unwrap().to_string();
+        assert!(source.contains("No such file or directory"), "{source}");
+    }
+
+    #[test]
+    fn config_warnings_reach_the_policy() {
+        let policy = compile_ok("# all defaults\n", &host());
+        assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+        assert!(policy.warnings[0].contains("no settings"));
+        assert!(policy.to_string().contains("no settings"));
     }
 
     #[test]

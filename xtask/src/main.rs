@@ -5,6 +5,7 @@
 
 mod bench;
 mod daemon;
+mod fuzz;
 mod proc;
 mod setup;
 mod test;
@@ -34,8 +35,12 @@ enum Command {
     Build(daemon::BuildArgs),
     /// Build the daemon and run it as root: `cargo xtask run -- [ARGS]`.
     Run(daemon::RunArgs),
-    /// Formatting, clippy, unit tests and the root integration tests.
+    /// Formatting, clippy, unit tests, a short fuzz run and the root
+    /// integration tests.
     Test(test::TestArgs),
+    /// Run the cargo-fuzz targets in fuzz/ for a bounded time each
+    /// (installs cargo-fuzz if missing); fails with any crashing input.
+    Fuzz(fuzz::FuzzArgs),
     /// Connect rates and per-program BPF cost: daemon absent vs audit vs enforce.
     Bench(bench::BenchArgs),
     /// Boot Debian's stock 6.1/6.12 kernels under QEMU and check the release
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         Command::Build(args) => daemon::build_cmd(&args),
         Command::Run(args) => daemon::run_cmd(&args),
         Command::Test(args) => test::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::VmTest(args) => vm::run(&args),
         Command::BenchServer(args) => bench::load::server(&args),

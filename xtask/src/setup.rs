@@ -66,7 +66,7 @@ pub fn test_prerequisites() -> anyhow::Result<()> {
     ensure_bore()
 }
 
-fn ensure_nightly() -> anyhow::Result<()> {
+pub fn ensure_nightly() -> anyhow::Result<()> {
     let list = proc::output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is needed to find the nightly toolchain")?;
     let has_nightly = list.lines().any(|line| {

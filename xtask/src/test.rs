@@ -1,5 +1,6 @@
 //! `cargo xtask test`: everything CI checks, in order: formatting, clippy,
-//! unit tests, then the root integration tests against the release daemon.
+//! unit tests, a short fuzz run, then the root integration tests against the
+//! release daemon.
 //! Each step runs even when an earlier one failed; a summary ends the run.
 
 use std::time::{Duration, Instant};
@@ -7,10 +8,18 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::{
-    daemon,
+    daemon, fuzz,
     proc::{self, say},
     setup,
 };
+
+/// Seconds each fuzz target runs in `cargo xtask test`: enough to replay the
+/// seeds and mutate them a few thousand times at least (the slowest target,
+/// config, does about a thousand inputs a second in this build), so a decoder
+/// that panics on easy input fails CI. With five targets that is about 25 s,
+/// after a build of about 1.5 minutes on a fresh clone (two cores), half a
+/// minute later on. Longer runs: `cargo xtask fuzz --seconds N`.
+const FUZZ_SECONDS: u64 = 5;
 
 #[derive(clap::Args)]
 pub struct TestArgs {
@@ -20,6 +29,9 @@ pub struct TestArgs {
     /// Only unit tests (and lints): no root integration tests.
     #[arg(long)]
     pub unit_only: bool,
+    /// Skip the short fuzz run.
+    #[arg(long)]
+    pub no_fuzz: bool,
 }
 
 struct Step {
@@ -76,6 +88,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             &mut tally.borrow_mut(),
         )
     });
+    if !args.no_fuzz {
+        step("fuzz", &|| fuzz::fuzz(FUZZ_SECONDS, false, &[]));
+    }
     if !args.unit_only {
         step("integration tests (root)", &|| {
             integration(&mut tally.borrow_mut())

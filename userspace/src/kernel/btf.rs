@@ -12,6 +12,7 @@
 //! members, including members nested in anonymous structs and unions.
 
 use std::{
+    collections::HashSet,
     fs,
     io::ErrorKind,
     path::{Path, PathBuf},
@@ -308,12 +309,12 @@ impl<'a> Btf<'a> {
         let mut owner = struct_name.to_owned();
         let mut steps = member.split('.').peekable();
         while let Some(step) = steps.next() {
-            let (found_bits, member_type) =
-                self.find_member(type_id, step, 0)?
-                    .ok_or_else(|| LookupError::MemberNotFound {
-                        struct_name: owner.clone(),
-                        member: step.to_owned(),
-                    })?;
+            let (found_bits, member_type) = self
+                .find_member(type_id, step, 0, &mut HashSet::from([type_id]))?
+                .ok_or_else(|| LookupError::MemberNotFound {
+                    struct_name: owner.clone(),
+                    member: step.to_owned(),
+                })?;
             bits += found_bits;
             if let Some(next) = steps.peek() {
                 let resolved = self.skip_modifiers(member_type)?;
@@ -355,12 +356,17 @@ impl<'a> Btf<'a> {
     }
 
     /// Bit offset and type of the member `name` of struct/union `type_id`,
-    /// looking inside anonymous members.
+    /// looking inside anonymous members. `searched` holds the types already
+    /// looked into: one that did not have the member the first time is not
+    /// searched again, so a blob whose anonymous members refer to one type
+    /// many times, or to themselves, costs one pass over its members instead
+    /// of exponential time.
     fn find_member(
         &self,
         type_id: u32,
         name: &str,
         depth: usize,
+        searched: &mut HashSet<u32>,
     ) -> Result<Option<(u64, u32)>, LookupError> {
         let entry = self.entry(type_id)?;
         for index in 0..usize::from(entry.vlen) {
@@ -375,10 +381,12 @@ impl<'a> Btf<'a> {
                 continue;
             }
             let inner = self.skip_modifiers(member.type_id)?;
-            if !matches!(self.entry(inner)?.kind, kind::STRUCT | kind::UNION) {
+            if !matches!(self.entry(inner)?.kind, kind::STRUCT | kind::UNION)
+                || !searched.insert(inner)
+            {
                 continue;
             }
-            if let Some((bits, found)) = self.find_member(inner, name, depth + 1)? {
+            if let Some((bits, found)) = self.find_member(inner, name, depth + 1, searched)? {
                 return Ok(Some((u64::from(member.bit_offset) + bits, found)));
             }
         }
@@ -793,6 +801,45 @@ mod tests {
         ));
     }
 
+    /// Found by the btf fuzz target (a timeout): anonymous members that
+    /// refer back to their own type, or many times to one type, made a
+    /// lookup take exponential time.
+    #[test]
+    fn shared_and_cyclic_anonymous_members_are_searched_once() {
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        // Type 2 refers to itself through 1000 anonymous members.
+        let members: Vec<(&str, u32, u32)> = (0..1000).map(|_| ("", 2, 0)).collect();
+        let cyclic = b.aggregate(kind::STRUCT, "", false, 8, &members);
+        assert_eq!(cyclic, 2);
+        // A chain of 40 types, each with two anonymous members naming the next.
+        let mut next = b.aggregate(kind::STRUCT, "", false, 8, &[("leaf", int, 0)]);
+        for _ in 0..40 {
+            next = b.aggregate(kind::STRUCT, "", false, 8, &[("", next, 0), ("", next, 32)]);
+        }
+        b.aggregate(
+            kind::STRUCT,
+            "task_struct",
+            false,
+            64,
+            &[("", cyclic, 0), ("", next, 64), ("a", int, 128)],
+        );
+        let data = b.build();
+        let btf = Btf::parse(&data).unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(
+            btf.member_offset("task_struct", "missing"),
+            Err(LookupError::MemberNotFound {
+                struct_name: "task_struct".into(),
+                member: "missing".into(),
+            })
+        );
+        assert_eq!(btf.member_offset("task_struct", "a"), Ok(16));
+        // More anonymous levels than MAX_DEPTH: not found (and not hung).
+        assert!(btf.member_offset("task_struct", "leaf").is_err());
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
     #[test]
     fn unknown_kind() {
         let mut b = Builder::new();
@@ -805,6 +852,25 @@ mod tests {
                 kind: 31
             }
         );
+    }
+
+    /// The fuzz seeds (made by fuzz/seeds/make-seeds.py) hold every
+    /// structure offsets_from reads, in both byte orders, so the fuzzer
+    /// starts from inputs that reach the lookups.
+    #[test]
+    fn fuzz_seeds_have_every_offset() {
+        for data in [
+            &include_bytes!("../../../fuzz/seeds/btf/structs-le.btf")[..],
+            &include_bytes!("../../../fuzz/seeds/btf/structs-be.btf")[..],
+        ] {
+            let btf = Btf::parse(data).unwrap();
+            let o = offsets_from(&btf).unwrap();
+            assert_eq!(
+                (o.task_mm, o.task_tgid, o.task_start_boottime, o.file_dentry),
+                (64, 100, 160, 16)
+            );
+            assert_eq!((o.dentry_name, o.inode_ino, o.sb_dev), (24, 64, 16));
+        }
     }
 
     #[test]

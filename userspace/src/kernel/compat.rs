@@ -155,7 +155,7 @@ pub fn in_child_cgroup_namespace() -> bool {
 
 /// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012`
 /// newline, `\134` backslash).
-pub(crate) fn unescape(field: &str) -> String {
+pub fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod compat;
+#[cfg(not(fuzzing))]
 pub mod loader;
 pub mod maps;
 pub mod pins;

@@ -1,0 +1,131 @@
+//! `loopwarden check-config` on odd files: the same clear errors the config
+//! module's unit tests check, as the operator sees them (exit status 1, one
+//! `loopwarden: error:` line naming the file), and never a panic.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "loopwarden-check-config-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `check-config FILE`: (success, stderr).
+fn check(file: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loopwarden"))
+        .arg("check-config")
+        .arg(file)
+        .env("LOOPWARDEN_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.success(), stderr)
+}
+
+fn expect_error(file: &Path, message: &str) {
+    let (ok, stderr) = check(file);
+    assert!(!ok, "{} was accepted", file.display());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("loopwarden: error: ") && stderr.contains(message),
+        "expected {message:?} in: {stderr}"
+    );
+}
+
+#[test]
+fn odd_files_get_clear_errors() {
+    let tmp = TempDir::new("odd");
+    let path = |name: &str| tmp.0.join(name).display().to_string();
+
+    let latin1 = tmp.file("latin1.toml", b"mode = \"audit\"\n# caf\xe9\n");
+    expect_error(
+        &latin1,
+        &format!("{}:2:6: not UTF-8 text (byte 0xe9)", path("latin1.toml")),
+    );
+
+    expect_error(
+        &tmp.0,
+        &format!("config file {} is a directory", tmp.0.display()),
+    );
+
+    let huge = tmp.0.join("huge.toml");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(50 << 20)
+        .unwrap();
+    expect_error(
+        &huge,
+        &format!(
+            "config file {} is 52428800 bytes, over the 4194304-byte (4 MiB) limit",
+            path("huge.toml")
+        ),
+    );
+
+    let rules: String = (0..5000)
+        .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nuid = {i}\n"))
+        .collect();
+    let many = tmp.file("many.toml", rules.as_bytes());
+    expect_error(
+        &many,
+        &format!(
+            "{}:178:8: too many rules: 5000 in the file",
+            path("many.toml")
+        ),
+    );
+
+    let long = format!("/{}", "a".repeat(199)).repeat(50);
+    let text = format!("[[rule]]\nname = \"long\"\naction = \"deny\"\nexe = \"{long}\"\n");
+    let long = tmp.file("long.toml", text.as_bytes());
+    expect_error(
+        &long,
+        &format!(
+            "{}:4:7: `exe` path is 10000 bytes, longer than Linux allows",
+            path("long.toml")
+        ),
+    );
+}
+
+#[test]
+fn an_empty_file_checks_as_the_defaults_with_a_warning() {
+    let tmp = TempDir::new("empty");
+    let empty = tmp.file("empty.toml", b"");
+    let out = Command::new(env!("CARGO_BIN_EXE_loopwarden"))
+        .arg("check-config")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("no settings"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("mode:        audit"), "{stdout}");
+    assert!(stdout.contains("ports:       all"), "{stdout}");
+}
