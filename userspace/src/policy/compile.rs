@@ -1,0 +1,548 @@
+//! Compiling a validated config into map contents: each rule gets a bit,
+//! each value of each criterion the bits of the rules accepting it; names
+//! are resolved through a [`Resolver`], leniently or strictly.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use loopwarden_common::{
+    ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED, MAX_RULES, PORT_WORDS, Settings, flags,
+};
+
+use super::{
+    Action, CompiledPolicy, ExeFile, ExeIdentities, LiveExes, Mode, Netns, PolicyError, Ports,
+    Resolver, RuleInfo, fixed_name, summary::ExeId,
+};
+use crate::{
+    catalog::{CATALOG, CatalogEntry},
+    config::{Config, Located, PortSet, Rule},
+};
+
+pub(super) fn compile_with(
+    config: &Config,
+    resolver: &dyn Resolver,
+    lenient: bool,
+    previous: Option<&BTreeMap<PathBuf, ExeIdentities>>,
+) -> Result<CompiledPolicy, PolicyError> {
+    let catalog: &[CatalogEntry] = if config.catalog { CATALOG } else { &[] };
+    if config.rules.len() + catalog.len() > MAX_RULES {
+        return Err(PolicyError::TooManyRules {
+            file: config.source.clone(),
+            user: config.rules.len(),
+            catalog: catalog.len(),
+            max: MAX_RULES,
+        });
+    }
+
+    let mut compiler = Compiler {
+        file: &config.source,
+        resolver,
+        lenient,
+        previous,
+        live: None,
+        policy: CompiledPolicy {
+            mode: config.mode,
+            settings: settings(config),
+            ports: ports(&config.protect.ports),
+            netns: Vec::with_capacity(config.protect.netns.len()),
+            host_addresses: config.protect.host_addresses,
+            exe: BTreeMap::new(),
+            exe_name: BTreeMap::new(),
+            comm: BTreeMap::new(),
+            uid: BTreeMap::new(),
+            cgroup: BTreeMap::new(),
+            ancestor: BTreeMap::new(),
+            exe_paths: BTreeMap::new(),
+            rules: Vec::with_capacity(config.rules.len() + catalog.len()),
+            warnings: config.warnings.clone(),
+        },
+    };
+    compiler.netns(&config.protect.netns)?;
+    for rule in &config.rules {
+        compiler.user_rule(rule)?;
+    }
+    for entry in catalog {
+        compiler.catalog_rule(entry);
+    }
+    Ok(compiler.policy)
+}
+
+/// The settings that follow from the config alone; rule masks come later.
+fn settings(config: &Config) -> Settings {
+    let mut flags = flags::ENABLED;
+    let set = |on: bool, flag: u32| if on { flag } else { 0 };
+    flags |= set(config.mode == Mode::Enforce, flags::ENFORCE);
+    flags |= set(config.protect.ports == PortSet::All, flags::ALL_PORTS);
+    flags |= set(!config.protect.netns.is_empty(), flags::NETNS_SCOPED);
+    flags |= set(config.protect.host_addresses, flags::HOST_ADDRS);
+    flags |= set(config.log_allowed, flags::LOG_ALLOWED);
+    Settings {
+        flags,
+        deny_errno: config.deny_errno.errno(),
+        ..Settings::default()
+    }
+}
+
+pub(super) fn ports(set: &PortSet) -> Ports {
+    let PortSet::Ranges(ranges) = set else {
+        return Ports::All;
+    };
+    // In order, skipping ports already set, each port is set at most once
+    // however often the file repeats it: thousands of "1-65535" cost what
+    // one does.
+    let mut ranges: Vec<(u16, u16)> = ranges.iter().map(|r| (r.first, r.last)).collect();
+    ranges.sort_unstable();
+    let mut words = Box::new([0u64; PORT_WORDS as usize]);
+    let mut unset = 0u32;
+    for (first, last) in ranges {
+        for port in u32::from(first).max(unset)..=u32::from(last) {
+            words[(port >> 6) as usize] |= 1 << (port & 63);
+        }
+        unset = unset.max(u32::from(last) + 1);
+    }
+    Ports::Some(words)
+}
+
+/// Which attributes a rule constrains; the others get its wildcard bit.
+#[derive(Default)]
+struct Constrains {
+    exe: bool,
+    exe_name: bool,
+    comm: bool,
+    uid: bool,
+    cgroup: bool,
+    ancestor: bool,
+}
+
+/// Builds a [`CompiledPolicy`] one rule at a time.
+struct Compiler<'a> {
+    file: &'a str,
+    resolver: &'a dyn Resolver,
+    /// Unresolvable values warn instead of failing (see [`compile_lenient`]).
+    lenient: bool,
+    /// What the executable paths stood for in the policy this one replaces.
+    previous: Option<&'a BTreeMap<PathBuf, ExeIdentities>>,
+    /// The running executables, looked up at most once per compile.
+    live: Option<LiveExes>,
+    policy: CompiledPolicy,
+}
+
+impl Compiler<'_> {
+    /// In lenient mode, records `err` as a warning and returns `None`;
+    /// otherwise returns it.
+    fn tolerate<T>(&mut self, result: Result<T, PolicyError>) -> Result<Option<T>, PolicyError> {
+        self.tolerate_as(result, "this value matches nothing until it resolves again")
+    }
+
+    /// [`Compiler::tolerate`], saying `meanwhile` about the value.
+    fn tolerate_as<T>(
+        &mut self,
+        result: Result<T, PolicyError>,
+        meanwhile: &str,
+    ) -> Result<Option<T>, PolicyError> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if self.lenient => {
+                self.policy
+                    .warnings
+                    .push(format!("{}; {meanwhile}", with_causes(&e)));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The running executables: one walk of `/proc`, the first time only.
+    fn live(&mut self) -> &LiveExes {
+        let resolver = self.resolver;
+        self.live.get_or_insert_with(|| resolver.live_exes())
+    }
+
+    fn netns(&mut self, paths: &[Located<PathBuf>]) -> Result<(), PolicyError> {
+        for path in paths {
+            let cookie = self
+                .resolver
+                .netns(&path.value)
+                .map_err(|source| PolicyError::Netns {
+                    file: self.file.to_owned(),
+                    at: path.at,
+                    path: path.value.clone(),
+                    source,
+                });
+            let Some(cookie) = self.tolerate(cookie)? else {
+                continue;
+            };
+            self.policy.netns.push(Netns {
+                path: path.value.display().to_string(),
+                cookie,
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers the next rule and returns its bit.
+    fn add_rule(&mut self, info: RuleInfo, constrains: &Constrains) -> u64 {
+        let bit = 1u64 << self.policy.rules.len();
+        let s = &mut self.policy.settings;
+        s.active |= bit;
+        match info.action {
+            Action::Deny => s.deny |= bit,
+            Action::Audit => s.audit |= bit,
+            Action::Allow => {}
+        }
+        let wild = |constrained: bool| if constrained { 0 } else { bit };
+        s.wild_exe |= wild(constrains.exe);
+        s.wild_exe_name |= wild(constrains.exe_name);
+        s.wild_comm |= wild(constrains.comm);
+        s.wild_uid |= wild(constrains.uid);
+        s.wild_cgroup |= wild(constrains.cgroup);
+        s.wild_ancestor |= wild(constrains.ancestor);
+        if constrains.ancestor {
+            s.flags |= flags::ANCESTORS;
+        }
+        self.policy.rules.push(info);
+        bit
+    }
+
+    fn user_rule(&mut self, rule: &Rule) -> Result<(), PolicyError> {
+        let c = &rule.criteria;
+        let constrains = Constrains {
+            exe: !c.exe.is_empty(),
+            exe_name: !c.exe_name.is_empty(),
+            comm: !c.comm.is_empty(),
+            uid: !c.uid.is_empty() || !c.user.is_empty(),
+            cgroup: !c.cgroup.is_empty(),
+            ancestor: !c.parent_exe.is_empty() || !c.ancestor_exe.is_empty(),
+        };
+
+        // Resolve everything first, so a failure leaves no half-added rule.
+        let exe = self.exes(rule, "exe", &c.exe)?;
+        let parent = self.exes(rule, "parent_exe", &c.parent_exe)?;
+        let ancestor = self.exes(rule, "ancestor_exe", &c.ancestor_exe)?;
+        let mut uids: Vec<(u32, String)> = c
+            .uid
+            .iter()
+            .map(|uid| (uid.value, uid.value.to_string()))
+            .collect();
+        for user in &c.user {
+            let uid = match self.resolver.user(&user.value) {
+                Ok(Some(uid)) => Ok(uid),
+                Ok(None) => Err(PolicyError::UnknownUser {
+                    file: self.file.to_owned(),
+                    at: user.at,
+                    rule: rule.name.clone(),
+                    user: user.value.clone(),
+                }),
+                Err(source) => Err(PolicyError::UserLookup {
+                    file: self.file.to_owned(),
+                    at: user.at,
+                    rule: rule.name.clone(),
+                    user: user.value.clone(),
+                    source,
+                }),
+            };
+            let Some(uid) = self.tolerate(uid)? else {
+                continue;
+            };
+            uids.push((uid, format!("{uid} (user {})", user.value)));
+        }
+        let mut cgroups = Vec::with_capacity(c.cgroup.len());
+        let mut levels = self.policy.settings.cgroup_levels;
+        for cgroup in &c.cgroup {
+            match self.resolver.cgroup(&cgroup.value) {
+                Ok(id)
+                    if id.level as usize <= MAX_CGROUP_LEVEL
+                        && (levels | 1 << id.level).count_ones() as usize
+                            > MAX_CGROUP_LEVELS_USED =>
+                {
+                    let err = Err(PolicyError::CgroupLevels {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.name.clone(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVELS_USED,
+                    });
+                    self.tolerate::<()>(err)?;
+                    cgroups.push((
+                        None,
+                        format!("{} (level {} over the limit)", cgroup.value, id.level),
+                    ));
+                }
+                Ok(id) if id.level as usize > MAX_CGROUP_LEVEL => {
+                    return Err(PolicyError::CgroupTooDeep {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.name.clone(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVEL,
+                    });
+                }
+                Ok(id) => {
+                    levels |= 1 << id.level;
+                    cgroups.push((
+                        Some(id),
+                        format!("{} (id {}, level {})", cgroup.value, id.id, id.level),
+                    ));
+                }
+                Err(e) => {
+                    self.policy.warnings.push(format!(
+                        "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
+                         this value matches nothing until the cgroup exists (the daemon looks again every second)",
+                        self.file, cgroup.at, rule.name, cgroup.value
+                    ));
+                    cgroups.push((None, format!("{} (not found)", cgroup.value)));
+                }
+            }
+        }
+
+        let mut parts = Vec::new();
+        describe(&mut parts, "exe", exe.iter().map(|(_, d)| d.clone()));
+        describe(
+            &mut parts,
+            "exe_name",
+            c.exe_name.iter().map(|n| n.value.clone()),
+        );
+        describe(&mut parts, "comm", c.comm.iter().map(|n| n.value.clone()));
+        describe(&mut parts, "uid", uids.iter().map(|(_, d)| d.clone()));
+        describe(&mut parts, "cgroup", cgroups.iter().map(|(_, d)| d.clone()));
+        let mut lineage = Vec::new();
+        describe(
+            &mut lineage,
+            "parent_exe",
+            parent.iter().map(|(_, d)| d.clone()),
+        );
+        describe(
+            &mut lineage,
+            "ancestor_exe",
+            ancestor.iter().map(|(_, d)| d.clone()),
+        );
+        match lineage.len() {
+            0 => {}
+            1 => parts.append(&mut lineage),
+            _ => parts.push(format!("({})", lineage.join(" or "))),
+        }
+
+        let bit = self.add_rule(
+            RuleInfo {
+                name: rule.name.clone(),
+                action: rule.action,
+                matches: parts.join(" and "),
+            },
+            &constrains,
+        );
+        let p = &mut self.policy;
+        for (key, _) in exe {
+            *p.exe.entry(key).or_default() |= bit;
+        }
+        for name in &c.exe_name {
+            *p.exe_name.entry(fixed_name(&name.value)).or_default() |= bit;
+        }
+        for comm in &c.comm {
+            *p.comm.entry(fixed_name(&comm.value)).or_default() |= bit;
+        }
+        for (uid, _) in uids {
+            *p.uid.entry(uid).or_default() |= bit;
+        }
+        for id in cgroups.into_iter().filter_map(|(id, _)| id) {
+            *p.cgroup.entry(id.id).or_default() |= bit;
+            p.settings.cgroup_levels |= 1 << id.level;
+        }
+        for (key, _) in parent {
+            p.ancestor.entry(key).or_default().parent |= bit;
+        }
+        for (key, _) in ancestor {
+            p.ancestor.entry(key).or_default().ancestor |= bit;
+        }
+        Ok(())
+    }
+
+    /// Resolves executable paths to keys, with a description of each: the
+    /// file at each path now, and earlier ones that processes still run.
+    fn exes(
+        &mut self,
+        rule: &Rule,
+        field: &'static str,
+        paths: &[Located<PathBuf>],
+    ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
+        let mut resolved = Vec::with_capacity(paths.len());
+        for path in paths {
+            let file = self
+                .resolver
+                .exe(&path.value)
+                .map_err(|source| PolicyError::Exe {
+                    file: self.file.to_owned(),
+                    at: path.at,
+                    rule: rule.name.clone(),
+                    field,
+                    path: path.value.clone(),
+                    source,
+                })
+                .and_then(|file| self.unambiguous(rule, field, path, file));
+            let kept = self.kept(&path.value, file.as_ref().ok());
+            let meanwhile = match (kept.first_key_value(), &file) {
+                (Some((_, pid)), _) => format!(
+                    "until it resolves again, this value matches only the earlier file still \
+                     running (pid {pid})"
+                ),
+                (None, Err(PolicyError::ExeAmbiguous { .. })) => {
+                    "this value is skipped (it matches nothing)".to_owned()
+                }
+                (None, _) => "this value matches nothing until it resolves again".to_owned(),
+            };
+            let current = self.tolerate_as(file, &meanwhile)?.map(|file| file.key);
+            let shown = path.value.display();
+            if let Some(key) = current {
+                resolved.push((key, format!("{shown} ({})", ExeId(key))));
+            }
+            for (&key, pid) in &kept {
+                self.policy.warnings.push(format!(
+                    "{}:{}: rule `{}`: {field} {shown} ({}) was replaced on disk; it still \
+                     matches while it runs (pid {pid}), and stops matching when no process \
+                     runs it any more",
+                    self.file,
+                    path.at,
+                    rule.name,
+                    ExeId(key)
+                ));
+                resolved.push((
+                    key,
+                    format!(
+                        "{shown} ({}; replaced on disk, still running as pid {pid})",
+                        ExeId(key)
+                    ),
+                ));
+            }
+            self.policy
+                .exe_paths
+                .insert(path.value.clone(), ExeIdentities { current, kept });
+        }
+        Ok(resolved)
+    }
+
+    /// Refuses a file whose `stat()` device is not the one the kernel reads
+    /// (btrfs, overlayfs over several filesystems): the kernel's key, the
+    /// superblock's device and the inode, may name another file too.
+    fn unambiguous(
+        &self,
+        rule: &Rule,
+        field: &'static str,
+        path: &Located<PathBuf>,
+        file: ExeFile,
+    ) -> Result<ExeFile, PolicyError> {
+        match &file.mount {
+            Some(mount) if mount.dev != file.key.dev => Err(PolicyError::ExeAmbiguous {
+                file: self.file.to_owned(),
+                at: path.at,
+                rule: rule.name.clone(),
+                field,
+                path: path.value.clone(),
+                stat_dev: file.key.dev,
+                mount: Box::new(mount.clone()),
+            }),
+            _ => Ok(file),
+        }
+    }
+
+    /// Earlier files of `path` that processes still run, with a pid running
+    /// each: those it stood for in the previous policy, or, when that one
+    /// did not have it, deleted files that processes were started from at
+    /// this very path.
+    fn kept(&mut self, path: &Path, current: Option<&ExeFile>) -> BTreeMap<ExeKey, u32> {
+        let now = current.map(|file| file.key);
+        let mut kept = BTreeMap::new();
+        let previous = self.previous;
+        match previous.and_then(|p| p.get(path)) {
+            Some(before) => {
+                for &key in before.current.iter().chain(before.kept.keys()) {
+                    if Some(key) == now || kept.contains_key(&key) {
+                        continue;
+                    }
+                    // While the process shown last time still runs the file,
+                    // no walk of /proc is needed.
+                    if let Some(&pid) = before.kept.get(&key)
+                        && self.resolver.running_exe(pid) == Some(key)
+                    {
+                        kept.insert(key, pid);
+                    } else if let Some(live) = self.live().get(&key) {
+                        kept.insert(key, live.pid);
+                    }
+                }
+            }
+            None => {
+                // Nothing known yet (start-up, check-config, a path new in a
+                // reloaded file). rename() cannot cross filesystems, so an
+                // upgrade leaves the old file on the device of the new one;
+                // that also keeps out a file of another mount namespace that
+                // happened to be deleted under the same name.
+                let Some(file) = current else {
+                    return kept;
+                };
+                for (&key, live) in self.live() {
+                    if key != file.key
+                        && key.dev == file.key.dev
+                        && live.deleted_path.as_deref() == Some(file.real_path.as_path())
+                    {
+                        kept.insert(key, live.pid);
+                    }
+                }
+            }
+        }
+        kept
+    }
+
+    fn catalog_rule(&mut self, entry: &CatalogEntry) {
+        let mut names: Vec<String> = entry.exe_names.iter().map(|n| (*n).to_owned()).collect();
+        for exe_name in entry.exe_names {
+            for path in self.resolver.find_executables(exe_name) {
+                // Not installed or unreadable: the plain name still matches.
+                if let Ok(real) = self.resolver.exe_file_name(&path)
+                    && !names.contains(&real)
+                {
+                    names.push(real);
+                }
+            }
+        }
+        let mut parts = Vec::new();
+        describe(&mut parts, "exe_name", names.iter().cloned());
+        let bit = self.add_rule(
+            RuleInfo {
+                name: entry.rule_name(),
+                action: entry.action,
+                matches: parts.join(" and "),
+            },
+            &Constrains {
+                exe_name: true,
+                ..Constrains::default()
+            },
+        );
+        for name in &names {
+            *self.policy.exe_name.entry(fixed_name(name)).or_default() |= bit;
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated, for a one-line warning.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Appends `field v` or `field in [a, b]` to `parts`; nothing for no values.
+fn describe(parts: &mut Vec<String>, field: &str, values: impl Iterator<Item = String>) {
+    let values: Vec<String> = values.collect();
+    match values.as_slice() {
+        [] => {}
+        [one] => parts.push(format!("{field} {one}")),
+        many => parts.push(format!("{field} in [{}]", many.join(", "))),
+    }
+}

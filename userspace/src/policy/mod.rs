@@ -1,0 +1,350 @@
+//! The compiled policy: what the kernel maps must hold for a validated
+//! [`crate::config::Config`]. Compiling resolves names (executable paths,
+//! users, cgroups, network namespaces) through a [`Resolver`], so the logic is
+//! testable without touching the host.
+//!
+//! An executable path stands for more than the file it names now: a process
+//! started before an upgrade replaced the file (a new inode) still runs the
+//! old one, and keeps matching the path's rules while it runs. Each compile
+//! records what every path stood for ([`CompiledPolicy::exe_paths`]); the next
+//! one keeps those earlier identities that some process still executes. A
+//! path the policy knows nothing about yet (start-up, `check-config`, a path
+//! new in a reloaded file) takes the files of running processes that were
+//! started from it and deleted since.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use loopwarden_common::{AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, PORT_WORDS, Settings};
+
+mod compile;
+mod matcher;
+mod summary;
+#[cfg(test)]
+mod tests;
+
+pub use self::matcher::ProcessIdentity;
+use self::{compile::compile_with, summary::DevName};
+use crate::config::{Config, Location};
+
+/// Global mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny rules are reported, never enforced.
+    Audit,
+    /// Deny rules refuse the connect.
+    Enforce,
+}
+
+/// What a rule does with a matching connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Deny,
+    Audit,
+    Allow,
+}
+
+/// Protected destination ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ports {
+    All,
+    /// Bitmap: bit `p % 64` of word `p / 64`.
+    Some(Box<[u64; PORT_WORDS as usize]>),
+}
+
+impl Ports {
+    pub fn contains(&self, port: u16) -> bool {
+        match self {
+            Ports::All => true,
+            Ports::Some(words) => words[usize::from(port >> 6)] >> (port & 63) & 1 == 1,
+        }
+    }
+}
+
+/// A network namespace the policy is scoped to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netns {
+    /// As written in the config (e.g. `/run/netns/blue`).
+    pub path: String,
+    /// `SO_NETNS_COOKIE` of the namespace.
+    pub cookie: u64,
+}
+
+/// What userspace keeps about each rule, for reporting.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleInfo {
+    /// Unique name; catalog rules are `catalog:<name>`.
+    pub name: String,
+    pub action: Action,
+    /// Human summary of what it matches, e.g. `exe_name in [socat]`.
+    pub matches: String,
+}
+
+/// A cgroup resolved to its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupId {
+    /// cgroup v2 id (the inode number of its directory).
+    pub id: u64,
+    /// Depth below the root cgroup (root = 0).
+    pub level: u32,
+}
+
+/// Everything the kernel maps hold for one policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub mode: Mode,
+    /// Flags, errno, masks, cgroup levels: `LW_SETTINGS[0]` as installed.
+    pub settings: Settings,
+    pub ports: Ports,
+    /// Empty: the policy applies in every network namespace.
+    pub netns: Vec<Netns>,
+    /// Protect the host's own non-loopback addresses as well.
+    pub host_addresses: bool,
+    pub exe: BTreeMap<ExeKey, u64>,
+    pub exe_name: BTreeMap<[u8; EXE_NAME_LEN], u64>,
+    pub comm: BTreeMap<[u8; COMM_LEN], u64>,
+    pub uid: BTreeMap<u32, u64>,
+    pub cgroup: BTreeMap<u64, u64>,
+    pub ancestor: BTreeMap<ExeKey, AncestorMasks>,
+    /// What each executable path of the rules stood for when this policy was
+    /// compiled; the next compile of the same config starts from it (see
+    /// [`compile_lenient`]).
+    pub exe_paths: BTreeMap<PathBuf, ExeIdentities>,
+    /// Indexed by rule number (bit position).
+    pub rules: Vec<RuleInfo>,
+    /// Things an operator should know that do not stop the policy from
+    /// loading (e.g. a cgroup that does not exist yet).
+    pub warnings: Vec<String>,
+}
+
+/// An executable file as `stat()` finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExeFile {
+    /// `stat()`'s device, in the kernel's encoding, and inode.
+    pub key: ExeKey,
+    /// The path with every symlink resolved: how `/proc/PID/exe` names it
+    /// for a process running it.
+    pub real_path: PathBuf,
+    /// The filesystem holding it; `None` when `/proc/self/mountinfo` does
+    /// not tell.
+    pub mount: Option<MountDev>,
+}
+
+/// The filesystem a file lives on, from `/proc/self/mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountDev {
+    /// The superblock's `s_dev` in the kernel's encoding: the device the
+    /// kernel programs read for a running executable. `stat()` reports
+    /// another one on btrfs (every subvolume has an anonymous device of its
+    /// own) and on overlayfs over several filesystems.
+    pub dev: u64,
+    /// `btrfs`, `ext4`, ...
+    pub fs_type: String,
+    pub mount_point: PathBuf,
+}
+
+/// An executable some process runs, found by [`Resolver::live_exes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveExe {
+    /// The lowest pid running it.
+    pub pid: u32,
+    /// For a file deleted since (replaced by an upgrade), the path it was
+    /// started from: `/proc/PID/exe` without its ` (deleted)` suffix.
+    pub deleted_path: Option<PathBuf>,
+}
+
+/// Running executables by identity (`stat()` device in the kernel's
+/// encoding, inode).
+pub type LiveExes = BTreeMap<ExeKey, LiveExe>;
+
+/// What an executable path of a rule stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExeIdentities {
+    /// The file at the path now; `None` when it does not resolve (or is
+    /// refused, see [`PolicyError::ExeAmbiguous`]).
+    pub current: Option<ExeKey>,
+    /// Earlier files of the path that processes still run, each with the
+    /// pid shown for it (the lowest running it when it was looked up).
+    pub kept: BTreeMap<ExeKey, u32>,
+}
+
+/// Turns names from the config into the kernel's identifiers. The real one
+/// ([`crate::resolve::HostResolver`]) asks the running system.
+pub trait Resolver {
+    /// The file at `path`, following symlinks.
+    fn exe(&self, path: &Path) -> std::io::Result<ExeFile>;
+    /// Every executable some process runs now, from one walk of `/proc`.
+    /// Compiling calls it at most once, and only when a path has earlier
+    /// identities to check or nothing is known about a path yet.
+    fn live_exes(&self) -> LiveExes;
+    /// The executable process `pid` runs, if it still exists: checks a
+    /// kept identity without a walk while the process shown for it lives.
+    fn running_exe(&self, pid: u32) -> Option<ExeKey>;
+    /// The file name the kernel sees for `path` after following symlinks
+    /// (the dentry name), e.g. `/usr/bin/python3` → `python3.11`.
+    fn exe_file_name(&self, path: &Path) -> std::io::Result<String>;
+    /// Finds an executable by file name in the usual system directories and
+    /// `PATH`; every distinct file found (after following symlinks).
+    fn find_executables(&self, name: &str) -> Vec<std::path::PathBuf>;
+    /// uid of a user name; `Ok(None)` when there is no such user.
+    fn user(&self, name: &str) -> std::io::Result<Option<u32>>;
+    /// A cgroup by path below the cgroup v2 root (`system.slice/foo.service`)
+    /// or, for a bare unit name (`foo.service`), wherever it is in the tree.
+    fn cgroup(&self, path_or_unit: &str) -> std::io::Result<CgroupId>;
+    /// Network namespace cookie of a namespace file (`/run/netns/x`,
+    /// `/proc/PID/ns/net`).
+    fn netns(&self, path: &Path) -> std::io::Result<u64>;
+}
+
+/// Pads a name into a fixed kernel-side buffer: at most `N - 1` bytes, NUL
+/// terminated, zero filled, the way the kernel's string copies leave it.
+pub fn fixed_name<const N: usize>(name: &str) -> [u8; N] {
+    fixed_bytes(name.as_bytes())
+}
+
+/// [`fixed_name`] for raw bytes (a comm or file name need not be UTF-8).
+pub fn fixed_bytes<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let len = bytes.len().min(N - 1);
+    out[..len].copy_from_slice(&bytes[..len]);
+    out
+}
+
+/// Reads a NUL-terminated kernel buffer back into a string (lossy).
+pub fn name_from_fixed(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Why a config could not be turned into map contents. Every variant that
+/// comes from a value in the file says where it was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "{file}: {} rules ({user} in the file, {catalog} from the catalog) but at most {max} fit",
+        user + catalog
+    )]
+    TooManyRules {
+        file: String,
+        user: usize,
+        catalog: usize,
+        max: usize,
+    },
+    #[error("{file}:{at}: rule `{rule}`: {field} {} cannot be resolved", path.display())]
+    Exe {
+        file: String,
+        at: Location,
+        rule: String,
+        /// `exe`, `parent_exe` or `ancestor_exe`.
+        field: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel identifies a running executable by its superblock's
+    /// device, which differs from what `stat()` reports here; the inode
+    /// number alone does not single the file out there.
+    #[error(
+        "{file}:{at}: rule `{rule}`: {field} {} is on {} (mounted at {}), where stat() \
+         reports device {} but the kernel identifies running executables by the filesystem's \
+         device {}, and inode numbers repeat across btrfs subvolumes (and overlayfs layers): \
+         matching it by device and inode could also match an unrelated file of another \
+         subvolume. Match it by `exe_name`, by `cgroup` (its unit), or move the binary to a \
+         filesystem without subvolumes (ext4, xfs)",
+        path.display(), mount.fs_type, mount.mount_point.display(), DevName(*stat_dev),
+        DevName(mount.dev)
+    )]
+    ExeAmbiguous {
+        file: String,
+        at: Location,
+        rule: String,
+        /// `exe`, `parent_exe` or `ancestor_exe`.
+        field: &'static str,
+        path: PathBuf,
+        /// `stat()`'s device, in the kernel's encoding.
+        stat_dev: u64,
+        /// The filesystem, with the device the kernel reads.
+        mount: Box<MountDev>,
+    },
+    #[error("{file}:{at}: rule `{rule}`: no user named `{user}`")]
+    UnknownUser {
+        file: String,
+        at: Location,
+        rule: String,
+        user: String,
+    },
+    #[error("{file}:{at}: rule `{rule}`: looking up user `{user}` failed")]
+    UserLookup {
+        file: String,
+        at: Location,
+        rule: String,
+        user: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{at}: network namespace {} cannot be resolved", path.display())]
+    Netns {
+        file: String,
+        at: Location,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{file}:{at}: rule `{rule}`: cgroup `{cgroup}` is at level {level}; rules can name \
+         cgroups down to level {max}"
+    )]
+    CgroupTooDeep {
+        file: String,
+        at: Location,
+        rule: String,
+        cgroup: String,
+        level: u32,
+        max: usize,
+    },
+    #[error(
+        "{file}:{at}: rule `{rule}`: cgroup `{cgroup}` is at level {level}, but the policy's cgroup \
+         rules may name cgroups at no more than {max} different levels (the kernel looks one up per \
+         level for every judged connect)"
+    )]
+    CgroupLevels {
+        file: String,
+        at: Location,
+        rule: String,
+        cgroup: String,
+        level: u32,
+        max: usize,
+    },
+}
+
+/// Compiles a validated config into map contents: the user's rules in file
+/// order get bits `0..`, then the catalog's (if enabled). Names are resolved
+/// through `resolver`; a user rule naming something that does not exist is an
+/// error, except a cgroup, which only warns (units are often not running
+/// yet). Catalog programs that are not installed are simply matched by name.
+/// An executable path also matches the deleted files that processes started
+/// from it still run (see the module documentation).
+pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolicy, PolicyError> {
+    compile_with(config, resolver, false, None)
+}
+
+/// Like [`compile`], for re-resolving a config that already loaded: a value
+/// that no longer resolves (an executable removed, a user deleted, a network
+/// namespace gone) becomes a warning and matches nothing, instead of failing
+/// the whole policy, so the rest keeps following the system. A rule keeps
+/// constraining that attribute, so it never widens to match everything.
+///
+/// `previous` is the policy this one replaces: every identity an executable
+/// path stood for there is kept as long as some process still runs it, so a
+/// process started before an upgrade replaced its binary keeps matching.
+pub fn compile_lenient(
+    config: &Config,
+    resolver: &dyn Resolver,
+    previous: Option<&CompiledPolicy>,
+) -> Result<CompiledPolicy, PolicyError> {
+    compile_with(config, resolver, true, previous.map(|p| &p.exe_paths))
+}

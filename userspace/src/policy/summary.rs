@@ -1,0 +1,152 @@
+//! How a compiled policy reads to people: the summary `loopwarden
+//! check-config` prints, and the names of modes, actions, ports and
+//! executable identities in messages.
+
+use std::fmt;
+
+use loopwarden_common::{ExeKey, flags};
+
+use super::{Action, CompiledPolicy, Mode, Ports};
+use crate::config::DenyErrno;
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Audit => "audit",
+            Mode::Enforce => "enforce",
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Action::Deny => "deny",
+            Action::Audit => "audit",
+            Action::Allow => "allow",
+        })
+    }
+}
+
+impl Ports {
+    /// The protected ports as inclusive ranges, lowest first; `None` for
+    /// [`Ports::All`].
+    pub fn ranges(&self) -> Option<Vec<(u16, u16)>> {
+        let Ports::Some(_) = self else { return None };
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for port in 0..=u16::MAX {
+            if !self.contains(port) {
+                continue;
+            }
+            match ranges.last_mut() {
+                Some((_, last)) if u32::from(*last) + 1 == u32::from(port) => *last = port,
+                _ => ranges.push((port, port)),
+            }
+        }
+        Some(ranges)
+    }
+}
+
+impl fmt::Display for Ports {
+    /// `all`, or compact ranges: `22, 8080, 9000-9100`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(ranges) = self.ranges() else {
+            return f.write_str("all");
+        };
+        if ranges.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, (first, last)) in ranges.into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if first == last {
+                write!(f, "{first}")?;
+            } else {
+                write!(f, "{first}-{last}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An [`ExeKey`] the way people read device numbers: `dev 8:1 ino 1234`.
+pub(super) struct ExeId(pub(super) ExeKey);
+
+impl fmt::Display for ExeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dev {} ino {}", DevName(self.0.dev), self.0.ino)
+    }
+}
+
+/// A device number in the kernel's encoding, shown as `major:minor`.
+pub(super) struct DevName(pub(super) u64);
+
+impl fmt::Display for DevName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.0 >> 20, self.0 & 0xf_ffff)
+    }
+}
+
+/// Symbolic name of the deny errnos the config allows.
+fn errno_name(errno: u32) -> Option<&'static str> {
+    [DenyErrno::Econnrefused, DenyErrno::Eperm]
+        .into_iter()
+        .find(|e| e.errno() == errno)
+        .map(DenyErrno::name)
+}
+
+impl fmt::Display for CompiledPolicy {
+    /// The summary `loopwarden check-config` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.settings;
+        let mode_note = match self.mode {
+            Mode::Audit => "deny rules are reported, not enforced",
+            Mode::Enforce => "deny rules refuse the connect",
+        };
+        writeln!(f, "mode:        {} ({mode_note})", self.mode)?;
+        match errno_name(s.deny_errno) {
+            Some(name) => writeln!(f, "deny errno:  {name} ({})", s.deny_errno)?,
+            None => writeln!(f, "deny errno:  {}", s.deny_errno)?,
+        }
+        writeln!(f, "ports:       {}", self.ports)?;
+        if self.netns.is_empty() {
+            writeln!(f, "netns:       all")?;
+        } else {
+            let list: Vec<String> = self
+                .netns
+                .iter()
+                .map(|n| format!("{} (cookie {})", n.path, n.cookie))
+                .collect();
+            writeln!(f, "netns:       {}", list.join(", "))?;
+        }
+        let addresses = if self.host_addresses {
+            "loopback and the host's own addresses"
+        } else {
+            "loopback"
+        };
+        writeln!(f, "addresses:   {addresses}")?;
+        let log_allowed = if s.flags & flags::LOG_ALLOWED != 0 {
+            "yes"
+        } else {
+            "no"
+        };
+        writeln!(f, "log allowed: {log_allowed}")?;
+        writeln!(f, "rules:       {} (first match wins)", self.rules.len())?;
+        let width = self.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
+        for (i, rule) in self.rules.iter().enumerate() {
+            writeln!(
+                f,
+                "  {i:>2}  {:<width$}  {:<5}  {}",
+                rule.name, rule.action, rule.matches
+            )?;
+        }
+        if !self.warnings.is_empty() {
+            writeln!(f, "warnings:")?;
+            for warning in &self.warnings {
+                writeln!(f, "  {warning}")?;
+            }
+        }
+        Ok(())
+    }
+}
