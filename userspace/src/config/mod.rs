@@ -1,0 +1,472 @@
+//! The TOML policy file: parsing, defaults and validation.
+//!
+//! This module owns the file format. It turns text into a validated
+//! [`Config`] in which every value remembers where it was written
+//! ([`Location`]), so later stages (name resolution in
+//! [`crate::policy::compile`]) can point at the offending line too. Nothing
+//! here touches the host beyond reading the file.
+//!
+//! # Format
+//!
+//! ```toml
+//! mode = "audit"                 # "audit" (default) | "enforce"
+//! deny_errno = "ECONNREFUSED"    # default; or "EPERM"
+//! catalog = true                 # default: append the built-in tunnel catalog after the rules below
+//! log_allowed = false            # default: report allowed connects to protected destinations too
+//!
+//! [protect]
+//! ports = "all"                  # default; or ports and ranges: [8080, "9000-9100"]
+//! netns = ["/run/netns/blue"]    # only check connects made in these network namespaces (absent = all)
+//! host_addresses = false         # default: also protect the host's own non-loopback addresses
+//!
+//! [[rule]]
+//! name = "relay-socat"           # required, unique, [A-Za-z0-9_.:-]+; "catalog:" is reserved
+//! action = "deny"                # required: "deny" | "audit" | "allow"
+//! exe = "/usr/bin/socat"         # executable path(s), resolved to device+inode at load
+//! exe_name = "socat"             # the executable file's name as the kernel sees it
+//! comm = "socat"                 # task comm (at most 15 bytes)
+//! uid = 0                        # uid(s)
+//! user = "nobody"                # user name(s), resolved to uids
+//! cgroup = "cloudflared.service" # cgroup v2 path below the root, or a bare unit name
+//! parent_exe = "/usr/sbin/sshd"  # the direct parent's executable path(s)
+//! ancestor_exe = "/usr/sbin/sshd" # any ancestor's executable path(s)
+//! ```
+//!
+//! Rules are tried in file order, then the catalog's; the first rule that
+//! matches decides. Every criterion takes one value or a list; a list matches
+//! when any of its values does, and a rule matches when all of its criteria
+//! do. Two pairs name the same attribute and therefore combine as one
+//! criterion (any value of either matches): `uid` with `user`, and
+//! `parent_exe` with `ancestor_exe`. A rule needs at least one criterion.
+//!
+//! Every key of every table is checked: a misspelt key is an error, not a
+//! silently ignored setting.
+//!
+//! A file is read only if it is UTF-8 and at most [`MAX_CONFIG_BYTES`] long;
+//! a file with no settings at all (empty, or only comments) is the
+//! [`Config::embedded_default`], with a warning that says so.
+
+use std::{
+    fmt,
+    fs::File,
+    io::{self, Read as _},
+    path::Path,
+    path::PathBuf,
+};
+
+use loopwarden_common::{COMM_LEN, EXE_NAME_LEN};
+use serde::Deserialize;
+
+mod lines;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use self::{
+    lines::{LineIndex, Position},
+    raw::RawConfig,
+    validate::Validator,
+};
+use crate::{
+    catalog::CATALOG_PREFIX,
+    policy::{Action, Mode},
+};
+
+/// Where the daemon looks for its policy when not given `--config`.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/loopwarden/loopwarden.toml";
+
+/// Name [`Config::embedded_default`] reports as its source.
+pub const EMBEDDED_SOURCE: &str = "<built-in default>";
+
+/// The largest policy file loopwarden reads. A real policy is a few
+/// kilobytes (at most 64 rules of at most 1024 values per criterion); a
+/// bigger file is refused before it is read, so a wrong path (a log, an
+/// image, `/dev/zero`) fails at once instead of filling memory.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// Longest path Linux accepts, in bytes, without the terminating NUL
+/// (`PATH_MAX` is 4096 with it).
+pub(crate) const MAX_PATH_BYTES: usize = libc::PATH_MAX as usize - 1;
+
+/// Longest file name Linux accepts (`NAME_MAX`).
+pub(crate) const MAX_NAME_BYTES: usize = 255;
+
+/// A position in the config file, both 1-based.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// A value and where it was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located<T> {
+    pub value: T,
+    pub at: Location,
+}
+
+/// The errno a denied connect() fails with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub enum DenyErrno {
+    /// "Connection refused": what a closed port looks like; tools give up
+    /// quietly.
+    #[default]
+    #[serde(rename = "ECONNREFUSED")]
+    Econnrefused,
+    /// "Operation not permitted": says a policy intervened.
+    #[serde(rename = "EPERM")]
+    Eperm,
+}
+
+impl DenyErrno {
+    /// The positive errno value.
+    pub const fn errno(self) -> u32 {
+        match self {
+            DenyErrno::Econnrefused => libc::ECONNREFUSED as u32,
+            DenyErrno::Eperm => libc::EPERM as u32,
+        }
+    }
+
+    /// The symbolic name, as written in the config.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DenyErrno::Econnrefused => "ECONNREFUSED",
+            DenyErrno::Eperm => "EPERM",
+        }
+    }
+}
+
+/// An inclusive range of destination ports; a single port is `first == last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// Which destination ports are protected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSet {
+    All,
+    /// Never empty.
+    Ranges(Vec<PortRange>),
+}
+
+/// The `[protect]` table: which connects are checked at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protect {
+    pub ports: PortSet,
+    /// Network namespace files; empty means every namespace.
+    pub netns: Vec<Located<PathBuf>>,
+    /// Also protect the host's own non-loopback addresses.
+    pub host_addresses: bool,
+}
+
+/// What a rule matches on. An empty list means the rule does not constrain
+/// that attribute (the file cannot give an empty list).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Criteria {
+    /// Absolute executable paths.
+    pub exe: Vec<Located<PathBuf>>,
+    /// Executable file names (no `/`).
+    pub exe_name: Vec<Located<String>>,
+    /// Task comms, at most `COMM_LEN - 1` bytes.
+    pub comm: Vec<Located<String>>,
+    pub uid: Vec<Located<u32>>,
+    /// User names, resolved to uids at compile time.
+    pub user: Vec<Located<String>>,
+    /// cgroup v2 paths below the root or bare unit names.
+    pub cgroup: Vec<Located<String>>,
+    /// Absolute executable paths of the direct parent.
+    pub parent_exe: Vec<Located<PathBuf>>,
+    /// Absolute executable paths of any ancestor.
+    pub ancestor_exe: Vec<Located<PathBuf>>,
+}
+
+impl Criteria {
+    /// Whether no criterion is given (such a rule would match everything).
+    pub fn is_empty(&self) -> bool {
+        self.exe.is_empty()
+            && self.exe_name.is_empty()
+            && self.comm.is_empty()
+            && self.uid.is_empty()
+            && self.user.is_empty()
+            && self.cgroup.is_empty()
+            && self.parent_exe.is_empty()
+            && self.ancestor_exe.is_empty()
+    }
+}
+
+/// One `[[rule]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    /// Where its name is written.
+    pub at: Location,
+    pub action: Action,
+    pub criteria: Criteria,
+}
+
+/// A validated policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where it was read from, for messages: a path or [`EMBEDDED_SOURCE`].
+    pub source: String,
+    pub mode: Mode,
+    pub deny_errno: DenyErrno,
+    /// Append the built-in catalog after the user's rules.
+    pub catalog: bool,
+    /// Report allowed connects to protected destinations too.
+    pub log_allowed: bool,
+    pub protect: Protect,
+    /// User rules in file order.
+    pub rules: Vec<Rule>,
+    /// Things an operator should know about the file that do not stop it
+    /// from loading; compiling copies them into the policy's warnings.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The policy the daemon runs when no file exists at
+    /// [`DEFAULT_CONFIG_PATH`] and none was named: audit mode, every port,
+    /// the catalog, no user rules, every network namespace. It is also the
+    /// single source of the defaults for keys a file leaves out.
+    pub fn embedded_default() -> Self {
+        Config {
+            source: EMBEDDED_SOURCE.to_owned(),
+            mode: Mode::Audit,
+            deny_errno: DenyErrno::Econnrefused,
+            catalog: true,
+            log_allowed: false,
+            protect: Protect {
+                ports: PortSet::All,
+                netns: Vec::new(),
+                host_addresses: false,
+            },
+            rules: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Reads and validates the file at `path`: a directory, a file over
+    /// [`MAX_CONFIG_BYTES`] or one that is not UTF-8 is refused with an
+    /// error saying so.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let read_error = |source: io::Error| {
+            if source.kind() == io::ErrorKind::NotFound {
+                ConfigError::NotFound {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        };
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(read_error)?;
+        let meta = file.metadata().map_err(read_error)?;
+        if meta.is_dir() {
+            return Err(ConfigError::IsDirectory {
+                path: path.to_owned(),
+            });
+        }
+        let too_large = |size| ConfigError::TooLarge {
+            file: name.clone(),
+            size,
+        };
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(too_large(Some(meta.len())));
+        }
+        // Pipes and devices report no size: read one byte past the limit.
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(too_large(None));
+        }
+        Self::from_bytes_named(&bytes, &name)
+    }
+
+    /// Like [`Config::from_str_named`], for the raw bytes of a file: they
+    /// must be UTF-8 and at most [`MAX_CONFIG_BYTES`] long.
+    pub fn from_bytes_named(bytes: &[u8], name: &str) -> Result<Self, ConfigError> {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                file: name.to_owned(),
+                size: Some(bytes.len() as u64),
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let valid = &bytes[..e.valid_up_to()];
+            let at = std::str::from_utf8(valid).map_or_else(
+                |_| Location::default(),
+                |v| LineIndex::new(v).locate(v.len()),
+            );
+            ConfigError::NotUtf8 {
+                file: name.to_owned(),
+                at,
+                byte: bytes.get(e.valid_up_to()).copied().unwrap_or_default(),
+            }
+        })?;
+        Self::from_str_named(text, name)
+    }
+
+    /// Parses and validates `text`; `name` (usually the path) prefixes every
+    /// error message.
+    pub fn from_str_named(text: &str, name: &str) -> Result<Self, ConfigError> {
+        let lines = LineIndex::new(text);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| lines.locate(span.start));
+            // One line, so it reads well in the journal.
+            let mut message = e.message().trim().replace('\n', "; ");
+            if let Some(context) = at.and_then(|at| lines.context(at)) {
+                message = format!("{context}: {message}");
+            }
+            ConfigError::Syntax {
+                file: name.to_owned(),
+                at,
+                message,
+            }
+        })?;
+        Validator {
+            file: name,
+            lines: &lines,
+        }
+        .config(raw)
+    }
+}
+
+/// Why a policy file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "config file {} does not exist: create it, or pass --config with the file to use \
+         (`loopwarden check-config FILE` validates one)",
+        path.display()
+    )]
+    NotFound { path: PathBuf },
+    #[error(
+        "config file {} is a directory: name the policy file itself (e.g. {})",
+        path.display(),
+        path.join("loopwarden.toml").display()
+    )]
+    IsDirectory { path: PathBuf },
+    #[error(
+        "config file {file} is {}the {MAX_CONFIG_BYTES}-byte (4 MiB) limit for policy files: is \
+         this the right file?",
+        size.map_or_else(|| "longer than ".to_owned(), |size| format!("{size} bytes, over "))
+    )]
+    TooLarge {
+        file: String,
+        /// `None` when the file does not say (a pipe or a device).
+        size: Option<u64>,
+    },
+    #[error(
+        "{}: not UTF-8 text (byte {byte:#04x}): policy files must be UTF-8",
+        Position(file, Some(at))
+    )]
+    NotUtf8 {
+        file: String,
+        /// Where the first byte that is not UTF-8 is.
+        at: Location,
+        byte: u8,
+    },
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, an unknown key, a missing key.
+    #[error("{}: {message}", Position(file, at.as_ref()))]
+    Syntax {
+        file: String,
+        /// Absent only when the parser could not say.
+        at: Option<Location>,
+        message: String,
+    },
+    /// Well-formed TOML with a value the policy cannot use.
+    #[error("{}: {problem}", Position(file, Some(at)))]
+    Invalid {
+        file: String,
+        at: Location,
+        problem: Problem,
+    },
+}
+
+/// What is wrong with a well-formed value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("rule name `{name}` may only contain letters, digits and `_ . : -`")]
+    BadRuleName { name: String },
+    #[error(
+        "rule name `{name}` starts with `{CATALOG_PREFIX}`, which is reserved for built-in rules"
+    )]
+    ReservedRuleName { name: String },
+    #[error("rule name `{name}` is already used by the rule at line {first_line}")]
+    DuplicateRuleName { name: String, first_line: usize },
+    #[error(
+        "rule `{rule}` has no criteria: give at least one of exe, exe_name, comm, uid, user, \
+         cgroup, parent_exe, ancestor_exe"
+    )]
+    NoCriteria { rule: String },
+    #[error("`{field}` is an empty list: remove the key or list at least one value")]
+    EmptyList { field: &'static str },
+    #[error("`{field}` is an empty string")]
+    EmptyValue { field: &'static str },
+    #[error(
+        "comm `{comm}` is {len} bytes but the kernel keeps at most {max}, so it could never match \
+         (match the executable with exe or exe_name instead)",
+        max = COMM_LEN - 1
+    )]
+    CommTooLong { comm: String, len: usize },
+    #[error("`{field}` must be an absolute path, not `{path}`")]
+    RelativePath { field: &'static str, path: String },
+    #[error(
+        "`{field}` path is {len} bytes, longer than Linux allows ({MAX_PATH_BYTES}, PATH_MAX \
+         without its NUL)"
+    )]
+    PathTooLong { field: &'static str, len: usize },
+    #[error(
+        "`{field}` path has a {len}-byte component, longer than Linux allows ({MAX_NAME_BYTES}, \
+         NAME_MAX)"
+    )]
+    PathComponentTooLong { field: &'static str, len: usize },
+
+    #[error("exe_name `{name}` contains `/`: it is the executable's file name; put paths in exe")]
+    NotAFileName { name: String },
+    #[error(
+        "exe_name `{name}` is {len} bytes but the kernel compares at most {max}, so it would also \
+         match every name sharing those bytes (match the file with exe instead)",
+        max = EXE_NAME_LEN - 1
+    )]
+    ExeNameTooLong { name: String, len: usize },
+    #[error("port {port} is out of range: ports are 1-65535")]
+    PortOutOfRange { port: i64 },
+    #[error("`{text}` is not a port range: write \"FIRST-LAST\", e.g. \"9000-9100\"")]
+    BadPortRange { text: String },
+    #[error("port range {first}-{last} is reversed: the first port must not exceed the last")]
+    ReversedPortRange { first: u16, last: u16 },
+    #[error("\"all\" cannot be combined with other ports")]
+    AllInList,
+    #[error(
+        "too many rules: {user} in the file plus {catalog} from the catalog make {total}, at most \
+         {max} fit (this is the first that does not); merge rules or set `catalog = false`",
+        total = user + catalog
+    )]
+    TooManyRules {
+        user: usize,
+        catalog: usize,
+        max: usize,
+    },
+}

@@ -1,0 +1,290 @@
+//! Validation: raw values to [`super::Config`], with positions.
+
+use std::{
+    collections::HashMap,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES};
+use toml::Spanned;
+
+use super::{
+    Config, ConfigError, Criteria, Located, MAX_NAME_BYTES, MAX_PATH_BYTES, PortRange, PortSet,
+    Problem, Protect, Rule,
+    lines::LineIndex,
+    raw::{OneOrMany, PortItem, RawConfig, RawRule},
+};
+use crate::catalog::{CATALOG, CATALOG_PREFIX};
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a str,
+    pub(super) lines: &'a LineIndex<'a>,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, span: &Range<usize>, problem: Problem) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            at: self.lines.locate(span.start),
+            problem,
+        }
+    }
+
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let defaults = Config::embedded_default();
+        let mut warnings = Vec::new();
+        if raw.is_empty() {
+            // Most likely a file truncated by accident, and the defaults
+            // only report: say so wherever warnings are shown.
+            warnings.push(format!(
+                "{}: the file has no settings (it is empty or only comments), so the built-in \
+                 defaults apply: audit mode, every port, the tunnel catalog",
+                self.file
+            ));
+        }
+        let catalog = raw.catalog.unwrap_or(defaults.catalog);
+        let catalog_rules = if catalog { CATALOG.len() } else { 0 };
+        if raw.rule.len() + catalog_rules > MAX_RULES {
+            // Point at the first rule that does not fit.
+            let first_over = MAX_RULES.saturating_sub(catalog_rules);
+            let span = raw.rule.get(first_over).map_or(0..0, |r| r.name.span());
+            return Err(self.invalid(
+                &span,
+                Problem::TooManyRules {
+                    user: raw.rule.len(),
+                    catalog: catalog_rules,
+                    max: MAX_RULES,
+                },
+            ));
+        }
+
+        let protect = match raw.protect {
+            None => defaults.protect,
+            Some(p) => Protect {
+                ports: match p.ports {
+                    None => defaults.protect.ports,
+                    Some(ports) => self.ports(ports)?,
+                },
+                netns: match p.netns {
+                    None => defaults.protect.netns,
+                    Some(netns) => self.paths("netns", netns)?,
+                },
+                host_addresses: p.host_addresses.unwrap_or(defaults.protect.host_addresses),
+            },
+        };
+
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        for raw_rule in raw.rule {
+            let rule = self.rule(raw_rule)?;
+            if let Some(&first_line) = seen.get(&rule.name) {
+                return Err(ConfigError::Invalid {
+                    file: self.file.to_owned(),
+                    at: rule.at,
+                    problem: Problem::DuplicateRuleName {
+                        name: rule.name,
+                        first_line,
+                    },
+                });
+            }
+            seen.insert(rule.name.clone(), rule.at.line);
+            rules.push(rule);
+        }
+
+        Ok(Config {
+            source: self.file.to_owned(),
+            mode: raw.mode.unwrap_or(defaults.mode),
+            deny_errno: raw.deny_errno.unwrap_or(defaults.deny_errno),
+            catalog,
+            log_allowed: raw.log_allowed.unwrap_or(defaults.log_allowed),
+            protect,
+            rules,
+            warnings,
+        })
+    }
+
+    fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
+        let name_span = raw.name.span();
+        let name = raw.name.into_inner();
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
+        if name.is_empty() || !name.chars().all(valid_char) {
+            return Err(self.invalid(&name_span, Problem::BadRuleName { name }));
+        }
+        if name.starts_with(CATALOG_PREFIX) {
+            return Err(self.invalid(&name_span, Problem::ReservedRuleName { name }));
+        }
+
+        let criteria = Criteria {
+            exe: self.opt_paths("exe", raw.exe)?,
+            exe_name: self.opt_values("exe_name", raw.exe_name, |name| {
+                if name.contains('/') {
+                    return Err(Problem::NotAFileName { name });
+                }
+                if name.len() >= EXE_NAME_LEN {
+                    let len = name.len();
+                    return Err(Problem::ExeNameTooLong { name, len });
+                }
+                non_empty("exe_name", name)
+            })?,
+            comm: self.opt_values("comm", raw.comm, |comm| {
+                if comm.len() >= COMM_LEN {
+                    let len = comm.len();
+                    return Err(Problem::CommTooLong { comm, len });
+                }
+                non_empty("comm", comm)
+            })?,
+            uid: self.opt_values("uid", raw.uid, Ok)?,
+            user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
+            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| non_empty("cgroup", cg))?,
+            parent_exe: self.opt_paths("parent_exe", raw.parent_exe)?,
+            ancestor_exe: self.opt_paths("ancestor_exe", raw.ancestor_exe)?,
+        };
+        if criteria.is_empty() {
+            return Err(self.invalid(&name_span, Problem::NoCriteria { rule: name }));
+        }
+        Ok(Rule {
+            name,
+            at: self.lines.locate(name_span.start),
+            action: raw.action,
+            criteria,
+        })
+    }
+
+    /// Checks each value of a one-or-many key with `check`, keeping positions.
+    fn values<T, U>(
+        &self,
+        field: &'static str,
+        raw: Spanned<OneOrMany<T>>,
+        check: impl Fn(T) -> Result<U, Problem>,
+    ) -> Result<Vec<Located<U>>, ConfigError> {
+        let outer = raw.span();
+        let items = raw.into_inner().0;
+        if items.is_empty() {
+            return Err(self.invalid(&outer, Problem::EmptyList { field }));
+        }
+        items
+            .into_iter()
+            .map(|(span, value)| {
+                let span = span.unwrap_or_else(|| outer.clone());
+                match check(value) {
+                    Ok(value) => Ok(Located {
+                        value,
+                        at: self.lines.locate(span.start),
+                    }),
+                    Err(problem) => Err(self.invalid(&span, problem)),
+                }
+            })
+            .collect()
+    }
+
+    fn opt_values<T, U>(
+        &self,
+        field: &'static str,
+        raw: Option<Spanned<OneOrMany<T>>>,
+        check: impl Fn(T) -> Result<U, Problem>,
+    ) -> Result<Vec<Located<U>>, ConfigError> {
+        raw.map_or_else(|| Ok(Vec::new()), |raw| self.values(field, raw, check))
+    }
+
+    fn paths(
+        &self,
+        field: &'static str,
+        raw: Spanned<OneOrMany<String>>,
+    ) -> Result<Vec<Located<PathBuf>>, ConfigError> {
+        self.values(field, raw, |path| {
+            if !Path::new(&path).is_absolute() {
+                return Err(Problem::RelativePath { field, path });
+            }
+            // Such a path could never resolve; say why instead of echoing it.
+            if path.len() > MAX_PATH_BYTES {
+                let len = path.len();
+                return Err(Problem::PathTooLong { field, len });
+            }
+            if let Some(len) = path
+                .split('/')
+                .map(str::len)
+                .find(|&len| len > MAX_NAME_BYTES)
+            {
+                return Err(Problem::PathComponentTooLong { field, len });
+            }
+            Ok(PathBuf::from(path))
+        })
+    }
+
+    fn opt_paths(
+        &self,
+        field: &'static str,
+        raw: Option<Spanned<OneOrMany<String>>>,
+    ) -> Result<Vec<Located<PathBuf>>, ConfigError> {
+        raw.map_or_else(|| Ok(Vec::new()), |raw| self.paths(field, raw))
+    }
+
+    fn ports(&self, raw: Spanned<OneOrMany<PortItem>>) -> Result<PortSet, ConfigError> {
+        let outer = raw.span();
+        let items = raw.into_inner().0;
+        if let [(_, PortItem::Text(text))] = items.as_slice()
+            && text == "all"
+        {
+            return Ok(PortSet::All);
+        }
+        if items.is_empty() {
+            return Err(self.invalid(&outer, Problem::EmptyList { field: "ports" }));
+        }
+        items
+            .into_iter()
+            .map(|(span, item)| {
+                let span = span.unwrap_or_else(|| outer.clone());
+                port_range(item).map_err(|problem| self.invalid(&span, problem))
+            })
+            .collect::<Result<_, _>>()
+            .map(PortSet::Ranges)
+    }
+}
+
+fn non_empty(field: &'static str, value: String) -> Result<String, Problem> {
+    if value.is_empty() {
+        Err(Problem::EmptyValue { field })
+    } else {
+        Ok(value)
+    }
+}
+
+fn port(port: i64) -> Result<u16, Problem> {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(Problem::PortOutOfRange { port }),
+    }
+}
+
+fn port_range(item: PortItem) -> Result<PortRange, Problem> {
+    let text = match item {
+        PortItem::Number(n) => {
+            let p = port(n)?;
+            return Ok(PortRange { first: p, last: p });
+        }
+        PortItem::Text(text) => text,
+    };
+    if text == "all" {
+        return Err(Problem::AllInList);
+    }
+    let bad = || Problem::BadPortRange { text: text.clone() };
+    let number = |s: &str| -> Result<u16, Problem> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        port(s.parse::<i64>().unwrap_or(i64::MAX))
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((a, b)) => (number(a)?, number(b)?),
+        None => {
+            let p = number(&text)?;
+            (p, p)
+        }
+    };
+    if first > last {
+        return Err(Problem::ReversedPortRange { first, last });
+    }
+    Ok(PortRange { first, last })
+}
