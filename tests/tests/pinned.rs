@@ -450,3 +450,31 @@ fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     let fourth = Daemon::start_in(&install, &config, &[]);
     fourth.wait_stderr("adopted the pinned maps", 1);
 }
+
+#[test]
+fn a_second_daemon_on_the_same_pins_is_refused_whatever_its_run_dir() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let _first = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
+    let other_run = TempDir::new("other-run");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(install.config_path())
+        .arg("--run-dir")
+        .arg(other_run.path())
+        .arg("--pin-dir")
+        .arg(install.pin_dir()));
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("uses the pin directory"), "{stderr}");
+    // Nor can a detach pull the pins from under the running daemon.
+    let detach = run(Command::new(loopwarden_bin())
+        .arg("detach")
+        .arg("--run-dir")
+        .arg(other_run.path())
+        .arg("--pin-dir")
+        .arg(install.pin_dir()));
+    assert!(!detach.status.success(), "{detach:?}");
+    assert!(install.pin_dir().join("links/lw_connect4").exists());
+}

@@ -114,7 +114,9 @@ impl DaemonError {
             DaemonError::Config(_) | DaemonError::Policy(_) => exit::CONFIG,
             DaemonError::Compat(CompatError::NotRoot { .. }) => exit::NO_PERMISSION,
             DaemonError::Compat(_) | DaemonError::Btf(_) => exit::UNSUPPORTED,
-            DaemonError::AlreadyRunning { .. } => exit::ALREADY_RUNNING,
+            DaemonError::AlreadyRunning { .. } | DaemonError::Pins(PinError::Busy { .. }) => {
+                exit::ALREADY_RUNNING
+            }
             _ => exit::FAILURE,
         }
     }
@@ -216,7 +218,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     let offsets = btf::kernel_offsets(&host.btf_path)?;
 
-    pins.prepare()?;
+    let _pin_lock = pins.prepare()?;
     let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
     let stats = StatsMap::take(&mut programs.ebpf)?;

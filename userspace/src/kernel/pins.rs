@@ -47,6 +47,12 @@ pub enum PinError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "another loopwarden uses the pin directory {} (its lock is held); stop it first, or give \
+         this one its own --pin-dir",
+        path.display()
+    )]
+    Busy { path: PathBuf },
     #[error("{what} {} failed", path.display())]
     Io {
         what: &'static str,
@@ -59,6 +65,11 @@ pub enum PinError {
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinError {
     let path = path.to_owned();
     move |source| PinError::Io { what, path, source }
+}
+
+/// The held lock of a pin directory; dropping it releases it.
+pub struct PinLock {
+    _dir: fs::File,
 }
 
 /// What a starting daemon finds pinned.
@@ -146,9 +157,11 @@ impl PinDir {
 
     /// Makes sure the directory exists on bpffs, mounting bpffs at
     /// [`BPFFS_MOUNT`] when the directory is under it and it is not mounted
-    /// (it is not at boot on some systems). Removes staging directories left
-    /// by daemons that died half-way through a replacement.
-    pub fn prepare(&self) -> Result<(), PinError> {
+    /// (it is not at boot on some systems), and takes its lock (one daemon
+    /// per pin directory, whatever run directory each was given). Then
+    /// removes staging directories left by daemons that died half-way
+    /// through a replacement. The lock lasts as long as the returned guard.
+    pub fn prepare(&self) -> Result<PinLock, PinError> {
         if self.root.starts_with(BPFFS_MOUNT) && !is_bpffs(Path::new(BPFFS_MOUNT)) {
             mount_bpffs()?;
         }
@@ -160,6 +173,7 @@ impl PinDir {
                 path: self.root.clone(),
             });
         }
+        let lock = self.lock()?;
         let own = self.staging();
         if let Ok(entries) = fs::read_dir(&self.root) {
             for entry in entries.flatten() {
@@ -171,7 +185,21 @@ impl PinDir {
                 }
             }
         }
-        Ok(())
+        Ok(lock)
+    }
+
+    /// Takes the pin directory's lock (an flock on the directory itself,
+    /// which bpffs supports like any filesystem), or says another daemon
+    /// holds it.
+    pub fn lock(&self) -> Result<PinLock, PinError> {
+        let dir = fs::File::open(&self.root).map_err(io_err("opening", &self.root))?;
+        match dir.try_lock() {
+            Ok(()) => Ok(PinLock { _dir: dir }),
+            Err(fs::TryLockError::WouldBlock) => Err(PinError::Busy {
+                path: self.root.clone(),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(io_err("locking", &self.root)(e)),
+        }
     }
 
     /// Compares what is pinned with what our object declares.
@@ -249,6 +277,7 @@ impl PinDir {
         if !self.root.exists() {
             return Ok(removed);
         }
+        let _lock = self.lock()?;
         let links = self.links_dir();
         for dir in [links.clone(), self.maps_dir()] {
             let Ok(entries) = fs::read_dir(&dir) else {
