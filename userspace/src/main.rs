@@ -142,6 +142,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 pin_dir,
                 replace,
             };
+            // One malloc arena: the daemon's few threads allocate little, and
+            // per-thread arenas would each keep their own freed memory resident.
+            // SAFETY: mallopt has no preconditions; called before any thread starts.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -160,6 +160,11 @@ impl Programs {
     ) -> Result<Self, LoaderError> {
         let log_level = kernel_log_level();
         let mut loader = EbpfLoader::new();
+        // No CO-RE: offsets come from our own BTF reader (`super::btf`), so
+        // the kernel BTF aya parsed for relocations is dropped at once, and
+        // its memory returned (see `release_heap`).
+        loader.btf(None);
+        release_heap();
         for (name, path) in pinned {
             loader.map_pin_path(name, path.as_path());
         }
@@ -258,6 +263,14 @@ impl Programs {
         }
         Ok(())
     }
+}
+
+/// Returns freed heap memory to the kernel: parsing the kernel BTF leaves
+/// megabytes of small freed allocations that glibc would otherwise keep
+/// resident for the daemon's whole life.
+pub fn release_heap() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn open_cgroup(cgroup_root: &Path) -> Result<File, LoaderError> {
