@@ -32,7 +32,7 @@
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -87,8 +87,15 @@ pub mod maps {
     pub const RULES_CGROUP: &str = "LW_RULES_CGROUP";
     /// `HashMap<GenKey<ExeKey>, AncestorMasks>`: rules by parent/ancestor executable.
     pub const RULES_ANCESTOR: &str = "LW_RULES_ANCESTOR";
-    /// `RingBuf` of [`super::ConnectEvent`].
+    /// `RingBuf` of [`super::ConnectEvent`]: every report but refusals.
     pub const EVENTS: &str = "LW_EVENTS";
+    /// `RingBuf` of [`super::ConnectEvent`]: refusals only, so that a flood
+    /// of other reports can never crowd one out.
+    pub const DENIALS: &str = "LW_DENIALS";
+    /// `Array<u64>`, one entry per [`super::verdict`] value, written by
+    /// userspace only: the `stats::DROPPED_BY_VERDICT` counts a daemon has
+    /// already reported, so the next reports only what was lost since.
+    pub const DROPS_REPORTED: &str = "LW_DROPS_REPORTED";
     /// `PerCpuArray<u64>` of [`super::stats::COUNT`] counters.
     pub const STATS: &str = "LW_STATS";
     /// `Array<Meta>`, one entry, written by userspace only: the layout
@@ -109,8 +116,10 @@ pub mod maps {
         RULES_CGROUP,
         RULES_ANCESTOR,
         EVENTS,
+        DENIALS,
         STATS,
         META,
+        DROPS_REPORTED,
     ];
 }
 
@@ -151,7 +160,7 @@ pub mod stats {
     pub const DENIED: u32 = 1;
     /// Events reported through the ring buffer.
     pub const REPORTED: u32 = 2;
-    /// Events lost because the ring buffer was full.
+    /// Events lost because their ring buffer was full (all verdicts).
     pub const DROPPED: u32 = 3;
     /// Judgements started again because the policy slot being read was
     /// rewritten meanwhile (see the sequence lock in the crate docs).
@@ -159,7 +168,9 @@ pub mod stats {
     /// Connects allowed unjudged because every attempt raced a rewrite (only
     /// possible if installs come faster than one program run).
     pub const RACED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// `DROPPED_BY_VERDICT + v`: events of [`super::verdict`] `v` lost.
+    pub const DROPPED_BY_VERDICT: u32 = 6;
+    pub const COUNT: u32 = DROPPED_BY_VERDICT + super::verdict::COUNT;
 }
 
 /// What the kernel did with a connect, in [`ConnectEvent::verdict`].
@@ -172,6 +183,8 @@ pub mod verdict {
     pub const WOULD_DENY: u8 = 2;
     /// Refused.
     pub const DENY: u8 = 3;
+    /// How many verdicts there are (they are `0..COUNT`).
+    pub const COUNT: u32 = 4;
 }
 
 /// Rule index in [`ConnectEvent::rule`] when no rule matched.

@@ -18,7 +18,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::debug;
 use loopwarden_common::{
     Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
     NO_RULE, PORT_WORDS, Settings, flags, stats, verdict,
@@ -27,8 +27,8 @@ use loopwarden_common::{
 use crate::{
     identity::{self, Task},
     maps::{
-        EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM, RULES_EXE,
-        RULES_EXE_NAME, RULES_UID, SETTINGS, count, generation, mask,
+        DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM,
+        RULES_EXE, RULES_EXE_NAME, RULES_UID, SETTINGS, count, generation, mask,
     },
 };
 
@@ -456,38 +456,58 @@ fn ancestor_mask(g: u32, task: Task) -> u64 {
 }
 
 /// Waking the reader costs about as much as the rest of the report (an
-/// irq_work per event), so only refusals wake it at once; other reports are
-/// collected by the daemon's periodic drain, except that the record which
-/// takes the backlog past [`WAKEUP_BACKLOG`] wakes it too (once per crossing).
+/// irq_work per event), so reports are collected by the daemon's periodic
+/// drain, and only these wake it at once:
+/// - a refusal that finds `LW_DENIALS` empty, and then one refusal in
+///   [`WAKEUP_EVERY`] while any are queued;
+/// - in `LW_EVENTS`, past a backlog of [`WAKEUP_BACKLOG`] bytes, one record
+///   in [`WAKEUP_EVERY`].
+///
+/// A reader already awake is not woken again for every record, and a wakeup
+/// it missed (it found the next record still being written and went back to
+/// sleep, or two CPUs raced past the mark) is made up a few records later,
+/// long before the ring buffer fills. Every record in a ring has the same
+/// size, so the queued bytes count whole records.
 #[inline(always)]
-fn wakeup_flags(outcome: u8) -> u64 {
-    if outcome == verdict::DENY {
-        return BPF_RB_FORCE_WAKEUP as u64;
-    }
+fn wakeup_flags(deny: bool) -> u64 {
+    let record = RECORD_BYTES;
     // Includes the record being submitted (reserved space counts).
-    let queued = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let record = core::mem::size_of::<ConnectEvent>() as u64;
-    if queued >= WAKEUP_BACKLOG && queued < WAKEUP_BACKLOG + 2 * record {
+    let queued = if deny {
+        DENIALS.query(BPF_RB_AVAIL_DATA as u64)
+    } else {
+        EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+    };
+    let backlog = if deny { record } else { WAKEUP_BACKLOG };
+    if (deny && queued <= record)
+        || (queued >= backlog && (queued / record).is_multiple_of(WAKEUP_EVERY))
+    {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
 }
 
-/// Writes the event straight into the ring buffer, every field (the reserved
-/// memory is not zeroed), so no stack copy of it is built.
+/// Bytes one report takes in a ring buffer: the record and its 8-byte header.
+const RECORD_BYTES: u64 = (core::mem::size_of::<ConnectEvent>() as u64 + 8 + 7) & !7;
+/// Past the backlog, one record in this many wakes the reader.
+const WAKEUP_EVERY: u64 = 32;
+
+/// Writes the event straight into its ring buffer (refusals into
+/// `LW_DENIALS`, the rest into `LW_EVENTS`), every field (the reserved memory
+/// is not zeroed), so no stack copy of it is built. A full ring buffer
+/// counts the loss by verdict: userspace reports it.
 #[inline(always)]
 fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq: u64) {
     let (task, exe_file) = (d.task, d.exe_file);
-    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
+    let deny = d.outcome == verdict::DENY;
+    let reserved = if deny {
+        DENIALS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    let Some(mut entry) = reserved else {
         count(stats::DROPPED);
-        // The diagnostics buffer is separate, so this can still get through.
-        warn!(
-            ctx,
-            "event ring buffer full: report of pid {} to port {} dropped",
-            (bpf_get_current_pid_tgid() >> 32) as u32,
-            dst.port
-        );
+        count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -522,6 +542,6 @@ fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, s
             .write_unaligned([0; EXE_NAME_LEN / 8]);
         let _ = identity::exe_name(exe_file, &mut *name.cast::<[u8; EXE_NAME_LEN]>());
     }
-    entry.submit(wakeup_flags(d.outcome));
+    entry.submit(wakeup_flags(deny));
     count(stats::REPORTED);
 }

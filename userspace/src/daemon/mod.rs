@@ -20,12 +20,13 @@ mod lock;
 mod sweeper;
 
 use std::{
-    io::{self, Write as _},
+    io,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
+use loopwarden_common::verdict;
 use tokio::{
     io::{
         Interest,
@@ -47,10 +48,11 @@ use crate::{
         btf::{self, BtfError},
         compat::{self, CompatError},
         loader::{self, LoaderError, Programs, Takeover},
-        maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
+        maps::{Counters, MapsError, PolicyMaps, StatsMap, take_denials, take_events},
         pins::{PinDir, PinError, PinState},
     },
     policy::{Mode, PolicyError},
+    report::Reporter,
     resolve::HostResolver,
 };
 
@@ -134,6 +136,9 @@ pub struct Options {
     /// Overrides the file's mode.
     pub mode: Option<Mode>,
     pub log_format: LogFormat,
+    /// Reports of one flow within this interval share a summary line; zero:
+    /// a line per report (see [`crate::report`]).
+    pub repeat_interval: Duration,
     pub run_dir: PathBuf,
     /// Where links and maps are pinned.
     pub pin_dir: PathBuf,
@@ -158,6 +163,7 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
 /// Runs the daemon until SIGINT or SIGTERM. Enforcement stays pinned when
 /// it returns: only `loopwarden detach` removes it.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let started = Instant::now();
     // Handlers first: a signal during start-up is acted on once ready,
     // instead of killing the process with its default action.
     let mut sigint =
@@ -219,8 +225,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     pins.prepare()?;
     let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
-    let stats = StatsMap::take(&mut programs.ebpf)?;
+    let mut stats = StatsMap::take(&mut programs.ebpf)?;
     let ring = take_events(&mut programs.ebpf)?;
+    let denials = take_denials(&mut programs.ebpf)?;
     let logger = match aya_log::EbpfLogger::init(&mut programs.ebpf) {
         Ok(logger) => Some(watch(logger, "watching the kernel log buffer")?),
         Err(e) => {
@@ -241,15 +248,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let takeover = programs.attach_pinned(&host.cgroup2_root, &pins)?;
     // What an earlier daemon already reported stays reported; drops since
-    // (e.g. while no daemon was reading) are reported now.
+    // (e.g. while no daemon was reading) are reported now. (Replaced maps
+    // start from zero on both sides.)
     let dropped_reported = match (&state, pins.meta()) {
         (PinState::Compatible, Ok(meta)) => meta.dropped_reported,
         _ => 0,
     };
+    let dropped_by_verdict = stats.drops_reported().unwrap_or_else(|e| {
+        warn!("reading LW_DROPS_REPORTED failed: {e}");
+        Default::default()
+    });
     pins.write_meta(dropped_reported)
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
+    // The heap the start-up needed (policy compilation, object parsing) is
+    // not needed again.
+    loader::release_heap();
     info!(
-        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}",
+        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}; enforcing {} ms after start",
         match &policy {
             Some(p) => format!("{} mode, {} rules", p.mode, p.rules.len()),
             None => "the pinned policy".to_owned(),
@@ -263,6 +278,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pins.root().display(),
         host.kernel_release,
         describe_start(&state, takeover),
+        started.elapsed().as_millis(),
     );
 
     // What a previous policy, an audit mode or no daemon at all let in.
@@ -272,6 +288,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         sweeper.request(policy, &host_addresses(policy));
     }
     let mut events = watch(ring, "watching the event ring buffer")?;
+    let mut denials = watch(denials, "watching the refusals' ring buffer")?;
+    let mut reporter = Reporter::new(enricher, opts.log_format, opts.repeat_interval);
     let mut logger = logger;
     let mut installed = Installed {
         source,
@@ -289,20 +307,27 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pins: pins.clone(),
         last: Counters {
             dropped: dropped_reported,
+            dropped_by_verdict,
             ..Counters::default()
         },
     };
-    counters.report(&stats);
+    counters.report(&mut stats);
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
+    let mut summary_tick = reporter.interval().map(tokio::time::interval);
 
     loop {
         tokio::select! {
+            guard = denials.readable_mut() => {
+                let mut guard = guard.map_err(io_err("waiting for refusals"))?;
+                guard.clear_ready();
+                drain(&mut [guard.get_inner_mut(), events.get_mut()], &mut reporter);
+            }
             guard = events.readable_mut() => {
                 let mut guard = guard.map_err(io_err("waiting for events"))?;
-                drain(guard.get_inner_mut(), &mut enricher, opts.log_format);
                 guard.clear_ready();
+                drain(&mut [denials.get_mut(), guard.get_inner_mut()], &mut reporter);
             }
             guard = readable(&mut logger) => {
                 if let Some(mut guard) = guard.map_err(io_err("waiting for kernel log records"))? {
@@ -311,22 +336,37 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 }
             }
             _ = drain_tick.tick() => {
-                drain(events.get_mut(), &mut enricher, opts.log_format);
+                drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+            }
+            _ = every(&mut summary_tick) => {
+                drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+                reporter.summarise();
             }
             _ = tick.tick() => {
-                counters.report(&stats);
-                installed.refresh(&mut enricher);
+                counters.report(&mut stats);
+                installed.refresh(reporter.enricher());
             }
             _ = sighup.recv() => {
-                installed.reload(&mut enricher);
+                installed.reload(reporter.enricher());
             }
             _ = sigint.recv() => { info!("SIGINT: exiting"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: exiting"); break; }
         }
     }
     // Whatever is still queued is reported before we go.
-    drain(events.get_mut(), &mut enricher, opts.log_format);
-    counters.report(&stats);
+    drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+    reporter.summarise();
+    counters.report(&mut stats);
+    let totals = reporter.totals();
+    info!(
+        reports = totals.reports,
+        lines = totals.lines,
+        summary_lines = totals.summaries,
+        summarised = totals.summarised,
+        "reported {} connects in {} lines",
+        totals.reports,
+        totals.lines
+    );
     info!(
         "exiting; enforcement stays attached and pinned in {} (`loopwarden detach` removes it)",
         pins.root().display()
@@ -371,27 +411,34 @@ async fn readable(
     }
 }
 
-/// Writes every queued event as an audit line on stdout.
-fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, format: LogFormat) {
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    while let Some(item) = ring.next() {
-        match parse_event(&item) {
-            Some(ev) => {
-                let line = enricher.enrich(&ev).format(format);
-                if let Err(e) = writeln!(out, "{line}") {
-                    error!("writing an audit line failed: {e}");
+/// Ticks of an optional interval; never, without one.
+async fn every(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Reports every queued event, the rings in the order given (refusals
+/// first), and writes the batch.
+fn drain(rings: &mut [&mut RingBuf<MapData>], reporter: &mut Reporter) {
+    for ring in rings.iter_mut() {
+        while let Some(item) = ring.next() {
+            match parse_event(&item) {
+                Some(ev) => {
+                    drop(item);
+                    reporter.event(&ev);
                 }
+                None => warn!(
+                    "ignoring a short record ({} bytes) from the kernel",
+                    item.len()
+                ),
             }
-            None => warn!(
-                "ignoring a short record ({} bytes) from the kernel",
-                item.len()
-            ),
         }
     }
-    if let Err(e) = out.flush() {
-        error!("flushing audit lines failed: {e}");
-    }
+    reporter.flush();
 }
 
 /// Reports events the ring buffer had to drop, and remembers in `LW_META`
@@ -402,7 +449,9 @@ struct CounterReport {
 }
 
 impl CounterReport {
-    fn report(&mut self, stats: &StatsMap) {
+    /// Once per refresh: the reports lost since the last call, per verdict
+    /// (`allow`, `audit`, `would-deny`, `deny`), in one line.
+    fn report(&mut self, stats: &mut StatsMap) {
         let now = match stats.read() {
             Ok(now) => now,
             Err(e) => {
@@ -410,13 +459,26 @@ impl CounterReport {
                 return;
             }
         };
-        if now.dropped > self.last.dropped {
+        let lost: Vec<u64> = now
+            .dropped_by_verdict
+            .iter()
+            .zip(self.last.dropped_by_verdict)
+            .map(|(now, last)| now.saturating_sub(last))
+            .collect();
+        if lost.iter().any(|&n| n > 0) {
             error!(
-                dropped = now.dropped - self.last.dropped,
+                lost_allow = lost[usize::from(verdict::ALLOW)],
+                lost_audit = lost[usize::from(verdict::AUDIT)],
+                lost_would_deny = lost[usize::from(verdict::WOULD_DENY)],
+                lost_deny = lost[usize::from(verdict::DENY)],
+                lost_total = lost.iter().sum::<u64>(),
                 total_dropped = now.dropped,
-                "events lost: the ring buffer was full, or no daemon was reading (the connects were \
+                "events lost: a ring buffer was full, or no daemon was reading (the connects were \
                  still judged; only their reports are missing)"
             );
+            if let Err(e) = stats.set_drops_reported(&now.dropped_by_verdict) {
+                warn!("recording the reported drops in LW_DROPS_REPORTED failed: {e}");
+            }
             if let Err(e) = self.pins.write_meta(now.dropped) {
                 warn!("recording the reported drops in LW_META failed: {e}");
             }
