@@ -15,6 +15,7 @@ pub mod config;
 pub mod cut;
 pub mod daemon;
 pub mod events;
+pub mod heap;
 pub mod kernel;
 pub mod policy;
 pub mod report;

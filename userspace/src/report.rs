@@ -25,10 +25,10 @@ use tracing::error;
 use crate::events::{Enricher, LogFormat, Repeat, Time, event_time};
 
 /// Flows tracked at once; past it every pending summary is written early and
-/// tracking starts over (a few hundred bytes per flow).
-const MAX_FLOWS: usize = 4096;
+/// tracking starts over (about 300 bytes per flow).
+const MAX_FLOWS: usize = 1024;
 /// Buffered output past which a batch is written before it ends.
-const FLUSH_AT: usize = 256 * 1024;
+const FLUSH_AT: usize = 64 * 1024;
 
 /// What makes two reports "the same" for summarising.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +101,8 @@ pub struct Reporter {
     totals: Totals,
     /// A write error already reported (said once until writes work again).
     write_failed: bool,
+    /// New flows since the last [`Reporter::take_busy`].
+    busy: bool,
 }
 
 impl Reporter {
@@ -124,10 +126,11 @@ impl Reporter {
             format,
             interval: (!interval.is_zero()).then_some(interval),
             flows: HashMap::new(),
-            buf: Vec::with_capacity(16 * 1024),
+            buf: Vec::with_capacity(FLUSH_AT + 4096),
             out,
             totals: Totals::default(),
             write_failed: false,
+            busy: false,
         }
     }
 
@@ -141,6 +144,12 @@ impl Reporter {
 
     pub fn totals(&self) -> Totals {
         self.totals
+    }
+
+    /// Whether new flows were seen since the last call: the heap a burst
+    /// grew is worth returning afterwards.
+    pub fn take_busy(&mut self) -> bool {
+        std::mem::take(&mut self.busy)
     }
 
     /// One report: a line now if its flow is new, else counted for the
@@ -161,6 +170,7 @@ impl Reporter {
                 self.summarise();
                 self.flows.clear();
             }
+            self.busy = true;
             self.flows.insert(
                 key,
                 Flow {
@@ -187,6 +197,10 @@ impl Reporter {
     /// pending; flows without any are forgotten.
     pub fn summarise(&mut self) {
         let mut pending = Vec::new();
+        // What a burst of flows needed is returned once they are quiet.
+        if self.flows.is_empty() && self.flows.capacity() > 0 {
+            self.flows = HashMap::new();
+        }
         self.flows.retain(|_, flow| {
             if flow.count == 0 {
                 return false;
@@ -223,9 +237,9 @@ impl Reporter {
             Err(_) => {}
         }
         self.buf.clear();
-        // A burst's buffer is not kept for the daemon's whole life.
-        if self.buf.capacity() > 4 * FLUSH_AT {
-            self.buf.shrink_to(FLUSH_AT);
+        // A long line's growth is not kept for the daemon's whole life.
+        if self.buf.capacity() > 2 * FLUSH_AT {
+            self.buf.shrink_to(FLUSH_AT + 4096);
         }
     }
 }

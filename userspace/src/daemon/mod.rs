@@ -262,7 +262,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     // The heap the start-up needed (policy compilation, object parsing) is
     // not needed again.
-    loader::release_heap();
+    crate::heap::release();
     info!(
         "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}; enforcing {} ms after start",
         match &policy {
@@ -345,6 +345,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             _ = tick.tick() => {
                 counters.report(&mut stats);
                 installed.refresh(reporter.enricher());
+                if reporter.take_busy() {
+                    crate::heap::release();
+                }
             }
             _ = sighup.recv() => {
                 installed.reload(reporter.enricher());

@@ -164,7 +164,7 @@ impl Programs {
         // the kernel BTF aya parsed for relocations is dropped at once, and
         // its memory returned (see `release_heap`).
         loader.btf(None);
-        release_heap();
+        crate::heap::release();
         for (name, path) in pinned {
             loader.map_pin_path(name, path.as_path());
         }
@@ -263,14 +263,6 @@ impl Programs {
         }
         Ok(())
     }
-}
-
-/// Returns freed heap memory to the kernel: parsing the kernel BTF leaves
-/// megabytes of small freed allocations that glibc would otherwise keep
-/// resident for the daemon's whole life.
-pub fn release_heap() {
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
 }
 
 fn open_cgroup(cgroup_root: &Path) -> Result<File, LoaderError> {
