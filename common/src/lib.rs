@@ -313,6 +313,50 @@ pub struct Settings {
     /// Sequence lock of this slot: odd while userspace rewrites it, else the
     /// install's unique even number (see the crate docs).
     pub seq: u64,
+    /// Filter of the executables `LW_RULES_EXE` names in this generation:
+    /// bit [`filter_bit`]`(`[`exe_filter_value`]`(key))` set for each. A
+    /// clear bit proves no rule names the executable, and the map lookup is
+    /// skipped; a set bit may be another's (the lookup decides).
+    pub exe_filter: [u64; FILTER_WORDS],
+    /// Filter of the executable names `LW_RULES_EXE_NAME` holds: bit
+    /// [`filter_bit`]`(`[`name_prefix`]`(name))` set for each.
+    pub exe_name_filter: [u64; FILTER_WORDS],
+}
+
+/// Words of a [`Settings`] filter: 256 bits.
+pub const FILTER_WORDS: usize = 4;
+const _: () = assert!(FILTER_WORDS.is_power_of_two());
+
+/// The bit (0..256) of a filter that value `v` sets: the top 8 bits of a
+/// Fibonacci hash.
+#[inline(always)]
+pub const fn filter_bit(v: u64) -> u32 {
+    (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u32
+}
+
+/// Whether `filter` has bit `bit` set.
+#[inline(always)]
+pub const fn filter_has(filter: &[u64; FILTER_WORDS], bit: u32) -> bool {
+    (filter[(bit >> 6) as usize % FILTER_WORDS] >> (bit & 63)) & 1 == 1
+}
+
+/// The value an executable identity is filtered by.
+#[inline(always)]
+pub const fn exe_filter_value(exe: &ExeKey) -> u64 {
+    exe.ino ^ exe.dev.rotate_left(32)
+}
+
+/// The value an executable name is filtered by: its first 7 bytes (fewer
+/// if it is shorter), zero-padded, as a native-endian word — what
+/// `bpf_probe_read_kernel_str` leaves in a zeroed 8-byte buffer.
+pub const fn name_prefix(name: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut i = 0;
+    while i < 7 && i < name.len() && name[i] != 0 {
+        bytes[i] = name[i];
+        i += 1;
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 /// `LW_META[0]`: written by userspace only, kept with the pinned maps.
@@ -374,7 +418,7 @@ const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
-const _: () = assert!(core::mem::size_of::<Settings>() == 96);
+const _: () = assert!(core::mem::size_of::<Settings>() == 96 + 2 * 8 * FILTER_WORDS);
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);

@@ -20,8 +20,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use loopwarden_common::{
-    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
-    NO_RULE, PORT_WORDS, Settings, flags, stats, verdict,
+    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, FILTER_WORDS, GenKey, MAX_ANCESTORS,
+    MAX_CGROUP_LEVELS_USED, NO_RULE, PORT_WORDS, Settings, exe_filter_value, filter_bit, flags,
+    stats, verdict,
 };
 
 use crate::{
@@ -234,7 +235,7 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     let task = Task::current();
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
-    let matched = match_rules(&s, g, task, exe_file);
+    let matched = match_rules(&s, settings, g, task, exe_file);
     let rule = if matched == 0 {
         NO_RULE
     } else {
@@ -299,7 +300,7 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
 /// Nothing is cached between steps: fewer branches keep the verifier's work
 /// (and so the oldest supported kernels' budget) small.
 #[inline(always)]
-fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
+fn match_rules(s: &Settings, live: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
     let mut m = s.active;
     if m & !s.wild_uid != 0 {
         let uid = bpf_get_current_uid_gid() as u32;
@@ -313,13 +314,26 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
         let process = CommKey::of_task(g, task.group_leader());
         m &= mask(&RULES_COMM, thread.key()) | mask(&RULES_COMM, process.key()) | s.wild_comm;
     }
+    // Names and executables are first checked against the settings'
+    // filters: a client no rule names (the common case) skips the lookups.
     if m & !s.wild_exe_name != 0 {
-        let name = ExeNameKey::of(g, exe_file);
-        m &= mask(&RULES_EXE_NAME, name.key()) | s.wild_exe_name;
+        let prefix = identity::exe_name_prefix(exe_file);
+        let named = if in_filter(&live.exe_name_filter, prefix) {
+            let name = ExeNameKey::of(g, exe_file);
+            mask(&RULES_EXE_NAME, name.key())
+        } else {
+            0
+        };
+        m &= named | s.wild_exe_name;
     }
     if m & !s.wild_exe != 0 {
-        let exe = GenKey::new(g, identity::exe_key(exe_file));
-        m &= mask(&RULES_EXE, &exe) | s.wild_exe;
+        let exe = identity::exe_key(exe_file);
+        let named = if in_filter(&live.exe_filter, exe_filter_value(&exe)) {
+            mask(&RULES_EXE, &GenKey::new(g, exe))
+        } else {
+            0
+        };
+        m &= named | s.wild_exe;
     }
     if m & !s.wild_cgroup != 0 {
         m &= cgroup_mask(g, s.cgroup_levels) | s.wild_cgroup;
@@ -328,6 +342,19 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
         m &= ancestor_mask(g, task) | s.wild_ancestor;
     }
     m
+}
+
+/// Whether `value`'s bit is set in a filter of the settings in the map
+/// (`live`, not the stack copy: one load at a bounded variable offset, no
+/// branches for the verifier to walk; volatile, so it stays inside the
+/// sequence-lock section).
+#[inline(always)]
+fn in_filter(filter: &[u64; FILTER_WORDS], value: u64) -> bool {
+    let bit = filter_bit(value);
+    // SAFETY: a reference into the map's value; the index is masked in bounds.
+    let word =
+        unsafe { core::ptr::read_volatile(&filter[(bit >> 6) as usize & (FILTER_WORDS - 1)]) };
+    (word >> (bit & 63)) & 1 == 1
 }
 
 /// A `GenKey<[u8; COMM_LEN]>` for the caller's comm, built from words: a

@@ -13,8 +13,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, GenKey, MAX_MAP_ENTRIES, MAX_NETNS,
-    PORT_WORDS, Settings, maps, stats, verdict,
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GenKey, MAX_MAP_ENTRIES,
+    MAX_NETNS, PORT_WORDS, Settings, exe_filter_value, filter_bit, maps, name_prefix, stats,
+    verdict,
 };
 
 use crate::policy::{CompiledPolicy, Ports};
@@ -223,6 +224,8 @@ impl PolicyMaps {
             next,
             &Settings {
                 seq: done,
+                exe_filter: filter(policy.exe.keys().map(exe_filter_value)),
+                exe_name_filter: filter(policy.exe_name.keys().map(|n| name_prefix(n))),
                 ..policy.settings
             },
         )?;
@@ -289,6 +292,16 @@ impl PolicyMaps {
                 source,
             })
     }
+}
+
+/// A settings filter with the bit of every value set.
+pub fn filter(values: impl Iterator<Item = u64>) -> [u64; FILTER_WORDS] {
+    let mut words = [0u64; FILTER_WORDS];
+    for v in values {
+        let bit = filter_bit(v);
+        words[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    words
 }
 
 /// Fails, before anything is written, if a map could not hold its share of
@@ -469,6 +482,33 @@ mod tests {
         let err = check_fits(&policy).unwrap_err().to_string();
         assert!(err.contains("1025 entries in map LW_RULES_UID"), "{err}");
         assert!(err.contains("holds 1024"), "{err}");
+    }
+
+    #[test]
+    fn filters_have_every_value_and_reject_most_others() {
+        use loopwarden_common::filter_has;
+        let names: Vec<[u8; EXE_NAME_LEN]> = ["cloudflared", "ngrok", "socat", "nc"]
+            .iter()
+            .map(|n| {
+                let mut key = [0u8; EXE_NAME_LEN];
+                key[..n.len()].copy_from_slice(n.as_bytes());
+                key
+            })
+            .collect();
+        let f = filter(names.iter().map(|n| name_prefix(n)));
+        for n in &names {
+            assert!(filter_has(&f, filter_bit(name_prefix(n))));
+        }
+        // What the kernel reads: at most 7 bytes, zero-padded.
+        assert_eq!(name_prefix(b"cloudflared"), name_prefix(b"cloudfl\0\0"));
+        assert_eq!(
+            name_prefix(b"nc\0junk"),
+            u64::from_ne_bytes(*b"nc\0\0\0\0\0\0")
+        );
+        let others = (0..1000u64)
+            .filter(|i| filter_has(&f, filter_bit(name_prefix(format!("x{i}").as_bytes()))))
+            .count();
+        assert!(others < 100, "{others} of 1000 other names pass the filter");
     }
 
     #[test]
