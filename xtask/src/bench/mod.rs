@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// Port the reporting phase reports every connect to (nothing listens).
     #[arg(long, default_value_t = 18082)]
     pub report_port: u16,
+    /// Only the reporting floods whose name contains this (e.g. `50k`).
+    #[arg(long)]
+    pub report_only: Option<String>,
     /// Skip the connect-cost rounds (only the reporting phase).
     #[arg(long)]
     pub skip_costs: bool,

@@ -32,6 +32,9 @@ const RATES: [u64; 3] = [10_000, 50_000, 100_000];
 const DISTINCT_RATE: u64 = 100_000;
 /// Resident size target (MiB), idle and under every flood.
 const RSS_TARGET_MIB: f64 = 15.0;
+/// The flood during which the daemon is stopped (SIGSTOP) for 40% of the
+/// time: reports must be lost, and counted exactly.
+const PAUSED: &str = "distinct, paused";
 /// How long the idle daemon is watched.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -180,6 +183,11 @@ impl Bench<'_> {
             .map(|&r| (format!("{}k/s one flow", r / 1000), r, false))
             .collect();
         floods.push(("distinct flows".to_owned(), DISTINCT_RATE, true));
+        // Loss forced: the reader is stopped for a while mid-flood.
+        floods.push((PAUSED.to_owned(), DISTINCT_RATE, true));
+        if let Some(only) = &self.args.report_only {
+            floods.retain(|(name, _, _)| name.contains(only.as_str()));
+        }
         let mut rows = Vec::new();
         for (name, rate, distinct) in floods {
             for format in ["human", "json"] {
@@ -287,9 +295,29 @@ impl Bench<'_> {
             .spawn()
             .with_context(|| format!("cannot start `{}`", proc::display(&cmd)))?;
         let mut rss_max = rss_mib(pid);
+        let paused = name == PAUSED;
+        let mut stopped = false;
         while child.try_wait()?.is_none() {
             std::thread::sleep(Duration::from_millis(100));
             rss_max = rss_max.max(rss_mib(pid));
+            let t = started.elapsed().as_secs_f64();
+            let signal = if paused && !stopped && t > seconds * 0.2 && t < seconds * 0.6 {
+                stopped = true;
+                Some(libc::SIGSTOP)
+            } else if stopped && t >= seconds * 0.6 {
+                stopped = false;
+                Some(libc::SIGCONT)
+            } else {
+                None
+            };
+            if let Some(signal) = signal {
+                // SAFETY: kill(2) on the daemon we started.
+                unsafe { libc::kill(pid as libc::pid_t, signal) };
+            }
+        }
+        if stopped {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
         }
         // The last reports are drained and summarised within an interval.
         std::thread::sleep(Duration::from_millis(1200));
@@ -417,6 +445,13 @@ pub fn print(results: &Results, seconds: f64, misses: &mut Vec<String>) {
             ));
         }
         let single = !row.flood.contains("distinct");
+        if row.flood == PAUSED && row.lost == 0 {
+            verdict.push("NOTHING LOST?");
+            misses.push(format!(
+                "{} ({}): the reader was stopped, yet nothing was lost",
+                row.flood, row.format
+            ));
+        }
         if single && row.lost > 0 {
             verdict.push("LOST");
             misses.push(format!(
