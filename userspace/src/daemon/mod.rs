@@ -316,6 +316,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
     let mut summary_tick = reporter.interval().map(tokio::time::interval);
+    let mut refresh_cost = Cost::default();
 
     loop {
         tokio::select! {
@@ -343,8 +344,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 reporter.summarise();
             }
             _ = tick.tick() => {
+                let begun = Instant::now();
                 counters.report(&mut stats);
                 installed.refresh(reporter.enricher());
+                refresh_cost.add(begun.elapsed());
                 if reporter.take_busy() {
                     crate::heap::release();
                 }
@@ -369,6 +372,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         "reported {} connects in {} lines",
         totals.reports,
         totals.lines
+    );
+    info!(
+        runs = refresh_cost.runs,
+        mean_us = refresh_cost.mean().as_micros() as u64,
+        max_us = refresh_cost.max.as_micros() as u64,
+        "the 1 s refresh (counters, policy re-resolved) took {} µs on average",
+        refresh_cost.mean().as_micros()
     );
     info!(
         "exiting; enforcement stays attached and pinned in {} (`loopwarden detach` removes it)",
@@ -411,6 +421,28 @@ async fn readable(
     match logger {
         Some(fd) => fd.readable_mut().await.map(Some),
         None => std::future::pending().await,
+    }
+}
+
+/// Wall time spent in a periodic task.
+#[derive(Default)]
+struct Cost {
+    runs: u64,
+    total: Duration,
+    max: Duration,
+}
+
+impl Cost {
+    fn add(&mut self, took: Duration) {
+        self.runs += 1;
+        self.total += took;
+        self.max = self.max.max(took);
+    }
+
+    fn mean(&self) -> Duration {
+        self.total
+            .checked_div(u32::try_from(self.runs).unwrap_or(u32::MAX))
+            .unwrap_or_default()
     }
 }
 
