@@ -456,11 +456,19 @@ async fn every(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Reports every queued event, the rings in the order given (refusals
+/// Records taken from one ring per [`drain`]: a flood the daemon cannot
+/// keep up with still lets it turn to refusals, ticks and signals (what is
+/// left is taken at the next wakeup or drain tick).
+const DRAIN_BATCH: usize = 16 * 1024;
+
+/// Reports the queued events, the rings in the order given (refusals
 /// first), and writes the batch.
 fn drain(rings: &mut [&mut RingBuf<MapData>], reporter: &mut Reporter) {
     for ring in rings.iter_mut() {
-        while let Some(item) = ring.next() {
+        for _ in 0..DRAIN_BATCH {
+            let Some(item) = ring.next() else {
+                break;
+            };
             match parse_event(&item) {
                 Some(ev) => {
                     drop(item);
