@@ -32,7 +32,7 @@
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -87,8 +87,15 @@ pub mod maps {
     pub const RULES_CGROUP: &str = "LW_RULES_CGROUP";
     /// `HashMap<GenKey<ExeKey>, AncestorMasks>`: rules by parent/ancestor executable.
     pub const RULES_ANCESTOR: &str = "LW_RULES_ANCESTOR";
-    /// `RingBuf` of [`super::ConnectEvent`].
+    /// `RingBuf` of [`super::ConnectEvent`]: every report but refusals.
     pub const EVENTS: &str = "LW_EVENTS";
+    /// `RingBuf` of [`super::ConnectEvent`]: refusals only, so that a flood
+    /// of other reports can never crowd one out.
+    pub const DENIALS: &str = "LW_DENIALS";
+    /// `Array<u64>`, one entry per [`super::verdict`] value, written by
+    /// userspace only: the `stats::DROPPED_BY_VERDICT` counts a daemon has
+    /// already reported, so the next reports only what was lost since.
+    pub const DROPS_REPORTED: &str = "LW_DROPS_REPORTED";
     /// `PerCpuArray<u64>` of [`super::stats::COUNT`] counters.
     pub const STATS: &str = "LW_STATS";
     /// `Array<Meta>`, one entry, written by userspace only: the layout
@@ -109,8 +116,10 @@ pub mod maps {
         RULES_CGROUP,
         RULES_ANCESTOR,
         EVENTS,
+        DENIALS,
         STATS,
         META,
+        DROPS_REPORTED,
     ];
 }
 
@@ -151,7 +160,7 @@ pub mod stats {
     pub const DENIED: u32 = 1;
     /// Events reported through the ring buffer.
     pub const REPORTED: u32 = 2;
-    /// Events lost because the ring buffer was full.
+    /// Events lost because their ring buffer was full (all verdicts).
     pub const DROPPED: u32 = 3;
     /// Judgements started again because the policy slot being read was
     /// rewritten meanwhile (see the sequence lock in the crate docs).
@@ -159,7 +168,9 @@ pub mod stats {
     /// Connects allowed unjudged because every attempt raced a rewrite (only
     /// possible if installs come faster than one program run).
     pub const RACED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// `DROPPED_BY_VERDICT + v`: events of [`super::verdict`] `v` lost.
+    pub const DROPPED_BY_VERDICT: u32 = 6;
+    pub const COUNT: u32 = DROPPED_BY_VERDICT + super::verdict::COUNT;
 }
 
 /// What the kernel did with a connect, in [`ConnectEvent::verdict`].
@@ -172,6 +183,8 @@ pub mod verdict {
     pub const WOULD_DENY: u8 = 2;
     /// Refused.
     pub const DENY: u8 = 3;
+    /// How many verdicts there are (they are `0..COUNT`).
+    pub const COUNT: u32 = 4;
 }
 
 /// Rule index in [`ConnectEvent::rule`] when no rule matched.
@@ -300,6 +313,50 @@ pub struct Settings {
     /// Sequence lock of this slot: odd while userspace rewrites it, else the
     /// install's unique even number (see the crate docs).
     pub seq: u64,
+    /// Filter of the executables `LW_RULES_EXE` names in this generation:
+    /// bit [`filter_bit`]`(`[`exe_filter_value`]`(key))` set for each. A
+    /// clear bit proves no rule names the executable, and the map lookup is
+    /// skipped; a set bit may be another's (the lookup decides).
+    pub exe_filter: [u64; FILTER_WORDS],
+    /// Filter of the executable names `LW_RULES_EXE_NAME` holds: bit
+    /// [`filter_bit`]`(`[`name_prefix`]`(name))` set for each.
+    pub exe_name_filter: [u64; FILTER_WORDS],
+}
+
+/// Words of a [`Settings`] filter: 256 bits.
+pub const FILTER_WORDS: usize = 4;
+const _: () = assert!(FILTER_WORDS.is_power_of_two());
+
+/// The bit (0..256) of a filter that value `v` sets: the top 8 bits of a
+/// Fibonacci hash.
+#[inline(always)]
+pub const fn filter_bit(v: u64) -> u32 {
+    (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u32
+}
+
+/// Whether `filter` has bit `bit` set.
+#[inline(always)]
+pub const fn filter_has(filter: &[u64; FILTER_WORDS], bit: u32) -> bool {
+    (filter[(bit >> 6) as usize % FILTER_WORDS] >> (bit & 63)) & 1 == 1
+}
+
+/// The value an executable identity is filtered by.
+#[inline(always)]
+pub const fn exe_filter_value(exe: &ExeKey) -> u64 {
+    exe.ino ^ exe.dev.rotate_left(32)
+}
+
+/// The value an executable name is filtered by: its first 7 bytes (fewer
+/// if it is shorter), zero-padded, as a native-endian word — what
+/// `bpf_probe_read_kernel_str` leaves in a zeroed 8-byte buffer.
+pub const fn name_prefix(name: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut i = 0;
+    while i < 7 && i < name.len() && name[i] != 0 {
+        bytes[i] = name[i];
+        i += 1;
+    }
+    u64::from_ne_bytes(bytes)
 }
 
 /// `LW_META[0]`: written by userspace only, kept with the pinned maps.
@@ -361,7 +418,7 @@ const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
-const _: () = assert!(core::mem::size_of::<Settings>() == 96);
+const _: () = assert!(core::mem::size_of::<Settings>() == 96 + 2 * 8 * FILTER_WORDS);
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);

@@ -18,17 +18,18 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use aya_log_ebpf::{debug, warn};
+use aya_log_ebpf::debug;
 use loopwarden_common::{
-    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
-    NO_RULE, PORT_WORDS, Settings, flags, stats, verdict,
+    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, FILTER_WORDS, GenKey, MAX_ANCESTORS,
+    MAX_CGROUP_LEVELS_USED, NO_RULE, PORT_WORDS, Settings, exe_filter_value, filter_bit, flags,
+    stats, verdict,
 };
 
 use crate::{
     identity::{self, Task},
     maps::{
-        EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM, RULES_EXE,
-        RULES_EXE_NAME, RULES_UID, SETTINGS, count, generation, mask,
+        DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM,
+        RULES_EXE, RULES_EXE_NAME, RULES_UID, SETTINGS, count, generation, mask,
     },
 };
 
@@ -234,7 +235,7 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     let task = Task::current();
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
-    let matched = match_rules(&s, g, task, exe_file);
+    let matched = match_rules(&s, settings, g, task, exe_file);
     let rule = if matched == 0 {
         NO_RULE
     } else {
@@ -299,7 +300,7 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
 /// Nothing is cached between steps: fewer branches keep the verifier's work
 /// (and so the oldest supported kernels' budget) small.
 #[inline(always)]
-fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
+fn match_rules(s: &Settings, live: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
     let mut m = s.active;
     if m & !s.wild_uid != 0 {
         let uid = bpf_get_current_uid_gid() as u32;
@@ -313,13 +314,26 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
         let process = CommKey::of_task(g, task.group_leader());
         m &= mask(&RULES_COMM, thread.key()) | mask(&RULES_COMM, process.key()) | s.wild_comm;
     }
+    // Names and executables are first checked against the settings'
+    // filters: a client no rule names (the common case) skips the lookups.
     if m & !s.wild_exe_name != 0 {
-        let name = ExeNameKey::of(g, exe_file);
-        m &= mask(&RULES_EXE_NAME, name.key()) | s.wild_exe_name;
+        let prefix = identity::exe_name_prefix(exe_file);
+        let named = if in_filter(&live.exe_name_filter, prefix) {
+            let name = ExeNameKey::of(g, exe_file);
+            mask(&RULES_EXE_NAME, name.key())
+        } else {
+            0
+        };
+        m &= named | s.wild_exe_name;
     }
     if m & !s.wild_exe != 0 {
-        let exe = GenKey::new(g, identity::exe_key(exe_file));
-        m &= mask(&RULES_EXE, &exe) | s.wild_exe;
+        let exe = identity::exe_key(exe_file);
+        let named = if in_filter(&live.exe_filter, exe_filter_value(&exe)) {
+            mask(&RULES_EXE, &GenKey::new(g, exe))
+        } else {
+            0
+        };
+        m &= named | s.wild_exe;
     }
     if m & !s.wild_cgroup != 0 {
         m &= cgroup_mask(g, s.cgroup_levels) | s.wild_cgroup;
@@ -328,6 +342,19 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
         m &= ancestor_mask(g, task) | s.wild_ancestor;
     }
     m
+}
+
+/// Whether `value`'s bit is set in a filter of the settings in the map
+/// (`live`, not the stack copy: one load at a bounded variable offset, no
+/// branches for the verifier to walk; volatile, so it stays inside the
+/// sequence-lock section).
+#[inline(always)]
+fn in_filter(filter: &[u64; FILTER_WORDS], value: u64) -> bool {
+    let bit = filter_bit(value);
+    // SAFETY: a reference into the map's value; the index is masked in bounds.
+    let word =
+        unsafe { core::ptr::read_volatile(&filter[(bit >> 6) as usize & (FILTER_WORDS - 1)]) };
+    (word >> (bit & 63)) & 1 == 1
 }
 
 /// A `GenKey<[u8; COMM_LEN]>` for the caller's comm, built from words: a
@@ -456,38 +483,58 @@ fn ancestor_mask(g: u32, task: Task) -> u64 {
 }
 
 /// Waking the reader costs about as much as the rest of the report (an
-/// irq_work per event), so only refusals wake it at once; other reports are
-/// collected by the daemon's periodic drain, except that the record which
-/// takes the backlog past [`WAKEUP_BACKLOG`] wakes it too (once per crossing).
+/// irq_work per event), so reports are collected by the daemon's periodic
+/// drain, and only these wake it at once:
+/// - a refusal that finds `LW_DENIALS` empty, and then one refusal in
+///   [`WAKEUP_EVERY`] while any are queued;
+/// - in `LW_EVENTS`, past a backlog of [`WAKEUP_BACKLOG`] bytes, one record
+///   in [`WAKEUP_EVERY`].
+///
+/// A reader already awake is not woken again for every record, and a wakeup
+/// it missed (it found the next record still being written and went back to
+/// sleep, or two CPUs raced past the mark) is made up a few records later,
+/// long before the ring buffer fills. Every record in a ring has the same
+/// size, so the queued bytes count whole records.
 #[inline(always)]
-fn wakeup_flags(outcome: u8) -> u64 {
-    if outcome == verdict::DENY {
-        return BPF_RB_FORCE_WAKEUP as u64;
-    }
+fn wakeup_flags(deny: bool) -> u64 {
+    let record = RECORD_BYTES;
     // Includes the record being submitted (reserved space counts).
-    let queued = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let record = core::mem::size_of::<ConnectEvent>() as u64;
-    if queued >= WAKEUP_BACKLOG && queued < WAKEUP_BACKLOG + 2 * record {
+    let queued = if deny {
+        DENIALS.query(BPF_RB_AVAIL_DATA as u64)
+    } else {
+        EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+    };
+    let backlog = if deny { record } else { WAKEUP_BACKLOG };
+    if (deny && queued <= record)
+        || (queued >= backlog && (queued / record).is_multiple_of(WAKEUP_EVERY))
+    {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
 }
 
-/// Writes the event straight into the ring buffer, every field (the reserved
-/// memory is not zeroed), so no stack copy of it is built.
+/// Bytes one report takes in a ring buffer: the record and its 8-byte header.
+const RECORD_BYTES: u64 = (core::mem::size_of::<ConnectEvent>() as u64 + 8 + 7) & !7;
+/// Past the backlog, one record in this many wakes the reader.
+const WAKEUP_EVERY: u64 = 32;
+
+/// Writes the event straight into its ring buffer (refusals into
+/// `LW_DENIALS`, the rest into `LW_EVENTS`), every field (the reserved memory
+/// is not zeroed), so no stack copy of it is built. A full ring buffer
+/// counts the loss by verdict: userspace reports it.
 #[inline(always)]
 fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq: u64) {
     let (task, exe_file) = (d.task, d.exe_file);
-    let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
+    let deny = d.outcome == verdict::DENY;
+    let reserved = if deny {
+        DENIALS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    let Some(mut entry) = reserved else {
         count(stats::DROPPED);
-        // The diagnostics buffer is separate, so this can still get through.
-        warn!(
-            ctx,
-            "event ring buffer full: report of pid {} to port {} dropped",
-            (bpf_get_current_pid_tgid() >> 32) as u32,
-            dst.port
-        );
+        count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -522,6 +569,6 @@ fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, s
             .write_unaligned([0; EXE_NAME_LEN / 8]);
         let _ = identity::exe_name(exe_file, &mut *name.cast::<[u8; EXE_NAME_LEN]>());
     }
-    entry.submit(wakeup_flags(d.outcome));
+    entry.submit(wakeup_flags(deny));
     count(stats::REPORTED);
 }

@@ -135,3 +135,17 @@ pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
     unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, name)? };
     Ok(())
 }
+
+/// [`loopwarden_common::name_prefix`] of an executable `struct file *`'s
+/// file name: up to 7 bytes, read into a zeroed word.
+#[inline(always)]
+pub fn exe_name_prefix(file: u64) -> u64 {
+    let o = LW_OFFSETS.load();
+    let dentry: u64 = load(file, o.file_dentry);
+    let name_ptr: u64 = load(dentry, o.dentry_name);
+    let mut word = [0u8; 8];
+    // SAFETY: probe_read_kernel_str validates the source; dest is our
+    // buffer. A failed read leaves it zeroed: the empty name, in no rule.
+    let _ = unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut word) };
+    u64::from_ne_bytes(word)
+}

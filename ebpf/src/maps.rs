@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use loopwarden_common::{
     Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, GENERATIONS, GenKey, MAX_MAP_ENTRIES,
-    MAX_NETNS, Meta, PORT_WORDS, Settings, stats,
+    MAX_NETNS, Meta, PORT_WORDS, Settings, stats, verdict,
 };
 
 #[map(name = "LW_GENERATION")]
@@ -52,9 +52,15 @@ pub static RULES_CGROUP: HashMap<GenKey<u64>, u64> =
 pub static RULES_ANCESTOR: HashMap<GenKey<ExeKey>, AncestorMasks> =
     HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
-/// 1 MiB: about 6500 events before userspace must catch up.
+/// 1 MiB: about 6200 events (168 bytes with the record header) before
+/// userspace must catch up.
 #[map(name = "LW_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Refusals only, apart from the other reports so a flood of those cannot
+/// push a refusal out: 256 KiB, about 1500 refusals.
+#[map(name = "LW_DENIALS")]
+pub static DENIALS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
 
 #[map(name = "LW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
@@ -62,6 +68,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT,
 /// Userspace's bookkeeping beside the pinned maps; the programs never read it.
 #[map(name = "LW_META")]
 pub static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// Userspace's count of the losses it reported, per verdict; never read here.
+#[map(name = "LW_DROPS_REPORTED")]
+pub static DROPS_REPORTED: Array<u64> = Array::with_max_entries(verdict::COUNT, 0);
 
 /// Adds one to a per-CPU counter (no atomics needed: the slot is this CPU's).
 #[inline(always)]

@@ -282,18 +282,23 @@ impl Drop for Netns {
 
 /// Shared, growing capture of a child's output lines.
 type Lines = Arc<Mutex<Vec<String>>>;
+/// When each captured line arrived (same indexes as its [`Lines`]).
+type Arrivals = Arc<Mutex<Vec<std::time::SystemTime>>>;
 
-fn capture(stream: impl std::io::Read + Send + 'static) -> Lines {
+fn capture(stream: impl std::io::Read + Send + 'static) -> (Lines, Arrivals) {
     let lines: Lines = Arc::default();
-    let sink = Arc::clone(&lines);
+    let arrivals: Arrivals = Arc::default();
+    let (sink, times) = (Arc::clone(&lines), Arc::clone(&arrivals));
     thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if let Ok(mut v) = sink.lock() {
+            let now = std::time::SystemTime::now();
+            if let (Ok(mut v), Ok(mut t)) = (sink.lock(), times.lock()) {
                 v.push(line);
+                t.push(now);
             }
         }
     });
-    lines
+    (lines, arrivals)
 }
 
 /// Where one test's daemons live: a directory for the config and the
@@ -395,6 +400,7 @@ impl Drop for Install {
 pub struct Daemon {
     child: Option<Child>,
     stdout: Lines,
+    stdout_arrivals: Arrivals,
     stderr: Lines,
     install: Arc<Install>,
     /// Substrings of ERROR lines this test expects.
@@ -436,6 +442,10 @@ impl Daemon {
     }
 
     /// Starts a daemon in `install` without waiting for it.
+    ///
+    /// Unless `extra` says otherwise, with `--repeat-interval 0`: a line per
+    /// report, which is what tests that count records rely on. Tests of
+    /// summaries pass `--repeat-interval` themselves.
     pub fn spawn_in(install: &Arc<Install>, config: &str, extra: &[&str], log: &str) -> Self {
         require_root();
         let config_path = install.config_path();
@@ -445,9 +455,11 @@ impl Daemon {
             .arg("--config")
             .arg(&config_path)
             .args(["--log-format", "json"])
-            .args(install.dir_args())
-            .args(extra)
-            .env("LOOPWARDEN_LOG", log);
+            .args(install.dir_args());
+        if !extra.contains(&"--repeat-interval") {
+            cmd.args(["--repeat-interval", "0"]);
+        }
+        cmd.args(extra).env("LOOPWARDEN_LOG", log);
         Self::spawn_cmd(install, cmd)
     }
 
@@ -466,11 +478,12 @@ impl Daemon {
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!("starting {cmd:?} failed: {e} (build it: cargo xtask build)")
         });
-        let stdout = capture(child.stdout.take().expect("piped stdout"));
-        let stderr = capture(child.stderr.take().expect("piped stderr"));
+        let (stdout, stdout_arrivals) = capture(child.stdout.take().expect("piped stdout"));
+        let (stderr, _) = capture(child.stderr.take().expect("piped stderr"));
         Self {
             child: Some(child),
             stdout,
+            stdout_arrivals,
             stderr,
             install: Arc::clone(install),
             allowed_errors: Mutex::new(Vec::new()),
@@ -582,6 +595,22 @@ impl Daemon {
     /// Raw stdout lines so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Audit records (JSON lines on stdout) so far, each with the time this
+    /// process read it from the daemon's stdout.
+    pub fn timed_events(&self) -> Vec<(std::time::SystemTime, Value)> {
+        let lines = self.stdout_lines();
+        let times = self
+            .stdout_arrivals
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        lines
+            .iter()
+            .zip(times)
+            .filter_map(|(l, t)| Some((t, serde_json::from_str(l).ok()?)))
+            .collect()
     }
 
     /// ERROR lines on stderr that no [`Daemon::allow_error`] covers.

@@ -202,13 +202,13 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
 }
 
 #[test]
-fn events_the_ring_buffer_drops_are_counted_and_reported() {
+fn events_the_ring_buffer_drops_are_counted_exactly_by_verdict() {
     let ns = Netns::new();
     let rule = rule("py", "deny", "exe", "/usr/bin/python3");
-    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
+    let daemon = Daemon::start_with(&policy(&ns, "enforce", &rule), &["--repeat-interval", "1s"]);
     daemon.allow_error("events lost");
-    // Freeze the reader, flood the 1 MiB ring buffer with refused connects
-    // (160 bytes each), then let the reader go.
+    // Freeze the reader, flood the refusals' ring buffer (256 KiB, 168
+    // bytes a record) with refused connects, then let the reader go.
     daemon.signal(libc::SIGSTOP);
     let script = format!(
         r#"
@@ -232,11 +232,44 @@ print(refused)
         "{out:?}"
     );
     daemon.wait_stderr("events lost", 1);
-    let reported = daemon.events().len();
-    assert!(
-        reported < 12000,
-        "all {reported} events fit: the test did not overflow the buffer"
+    // Every refusal is either in a line (alone or counted in a summary) or
+    // in the lost count: exactly, per verdict.
+    let accounted = loopwarden_tests::wait_for(
+        "every refusal reported or counted lost",
+        std::time::Duration::from_secs(10),
+        || {
+            let reported: u64 = daemon
+                .events()
+                .iter()
+                .filter(|e| e["verdict"] == "deny")
+                .map(|e| e["repeat"]["count"].as_u64().unwrap_or(1))
+                .sum();
+            let lost = lost(&daemon, "lost_deny");
+            (reported + lost == 12000).then_some((reported, lost))
+        },
     );
+    assert!(
+        accounted.1 > 0,
+        "all {} refusals fit: the test did not overflow the buffer",
+        accounted.0
+    );
+    for other in ["lost_allow", "lost_audit", "lost_would_deny"] {
+        assert_eq!(lost(&daemon, other), 0, "{other}");
+    }
+}
+
+/// The sum of a `lost_*` field over the daemon's `events lost` lines.
+fn lost(daemon: &Daemon, field: &str) -> u64 {
+    daemon
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("events lost"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 #[test]

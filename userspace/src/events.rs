@@ -5,32 +5,37 @@
 //! connect(). What the kernel cannot cheaply give (the executable's path,
 //! the command line, the cgroup path, the user name) is added here from
 //! `/proc`, best effort: a process that has already exited keeps its kernel
-//! identity and shows `?` for the rest. User names come from NSS (so SSSD,
-//! LDAP and `DynamicUser=` users are named) through a cache that forgets: a
-//! uid without a name is asked about again a few seconds later, a name is
-//! kept for a minute (a dynamic uid may pass to another unit's user).
+//! identity and shows `?` for the rest. What `/proc` said about a process is
+//! cached by pid and start time (which name one process for the life of the
+//! boot), checked against the executable, parent and cgroup each event
+//! reports, so a flood from one process costs one set of `/proc` reads.
+//! User names come from NSS (so SSSD, LDAP and `DynamicUser=` users are
+//! named) through a cache that forgets: a uid without a name is asked about
+//! again a few seconds later, a name is kept for a minute (a dynamic uid may
+//! pass to another unit's user).
+//!
+//! Records borrow what they can from those caches and are written straight
+//! into the caller's buffer ([`AuditRecord::write_line`]): no allocation per
+//! line once the caches are warm.
 //!
 //! Connections cut by [`crate::cut`] are reported through the same record
 //! ([`Enricher::cut`]), built from `/proc` alone: see there for the fields
 //! that are only best effort.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
-    fmt::Write as _,
-    fs,
+    fmt, fs,
+    io::Write as _,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
 
 use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE, verdict};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::{
-    cut::Cut,
-    kernel::maps::addr_from_key,
-    policy::{RuleInfo, name_from_fixed},
-};
+use crate::{cut::Cut, kernel::maps::addr_from_key, policy::RuleInfo};
 
 /// How audit lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -41,45 +46,102 @@ pub enum LogFormat {
     Json,
 }
 
+/// An executable's identity as `major:minor:inode` (the kernel's device
+/// encoding split back into major and minor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExeId(pub ExeKey);
+
+impl fmt::Display for ExeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ExeKey { dev, ino } = self.0;
+        write!(f, "{}:{}:{}", dev >> 20, dev & 0xf_ffff, ino)
+    }
+}
+
+/// A wall-clock time shown as RFC 3339, UTC, milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Time(pub SystemTime);
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&humantime::format_rfc3339_millis(self.0), f)
+    }
+}
+
+fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// Repeats summarised into one record (see [`crate::report`]): `count`
+/// connects identical to this record's (same process, destination, verdict
+/// and rule) between `first` and `last`, after the previous line of the same
+/// flow, none of them with a line of its own. The record's own fields are
+/// those of the last of them.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Repeat {
+    pub count: u64,
+    #[serde(serialize_with = "display")]
+    pub first: Time,
+    #[serde(serialize_with = "display")]
+    pub last: Time,
+}
+
 /// One audit record: a kernel event with what userspace could add.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct AuditRecord {
+pub struct AuditRecord<'a> {
     /// RFC 3339, UTC, milliseconds.
-    pub time: String,
+    #[serde(serialize_with = "display")]
+    pub time: Time,
     /// `deny`, `would-deny` (audit mode), `audit` or `allow`; `cut` for an
     /// open connection destroyed when a policy started to deny it.
     pub verdict: &'static str,
     /// Name of the matched rule, if any.
-    pub rule: Option<String>,
-    pub dst: String,
+    pub rule: Option<Cow<'a, str>>,
+    #[serde(serialize_with = "display")]
+    pub dst: SocketAddr,
     /// The client's own address and port: known for a `cut` connection,
     /// not at connect() (the port is chosen after the hook), so absent
     /// there.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub src: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "display_opt"
+    )]
+    pub src: Option<SocketAddr>,
     pub dst_port: u16,
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
     pub uid: u32,
-    pub user: Option<String>,
+    pub user: Option<&'a str>,
     pub gid: u32,
-    pub comm: String,
+    pub comm: Cow<'a, str>,
     /// Path of the executable, from `/proc/PID/exe`; `None` once the process exited.
-    pub exe: Option<String>,
+    pub exe: Option<&'a str>,
     /// The executable's file name as the kernel saw it at connect time.
-    pub exe_name: String,
+    pub exe_name: Cow<'a, str>,
     /// The executable's identity as the kernel saw it: `major:minor:inode`.
-    pub exe_id: String,
+    #[serde(serialize_with = "display")]
+    pub exe_id: ExeId,
     /// The parent's executable path and identity, from `/proc/PPID/exe`
     /// (the kernel reports the parent's pid, read at connect time).
-    pub parent_exe: Option<String>,
-    pub parent_exe_id: Option<String>,
-    pub cmdline: Option<String>,
-    pub cgroup: Option<String>,
+    pub parent_exe: Option<&'a str>,
+    #[serde(serialize_with = "display_opt")]
+    pub parent_exe_id: Option<ExeId>,
+    pub cmdline: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,
+    /// Present on a summary line only (see [`Repeat`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Repeat>,
 }
 
 /// Rule lists of this many recent installs are kept, so a report queued
@@ -94,6 +156,25 @@ const USER_MISSING_TTL: Duration = Duration::from_secs(5);
 /// Past this many cached uids, expired entries are dropped (all of them, if
 /// none has expired): the cache stays small however many uids connect.
 const USER_CACHE_MAX: usize = 4096;
+/// Processes whose `/proc` details are kept; past it the cache starts over
+/// (a few hundred bytes each).
+const PROC_CACHE_MAX: usize = 2048;
+/// Executable paths kept by identity; past it the cache starts over.
+const EXE_CACHE_MAX: usize = 1024;
+
+/// What `/proc` told about one process (pid and start time), and the kernel
+/// facts it was read for: an event reporting another executable (an exec
+/// since), parent or cgroup reads it again.
+struct ProcInfo {
+    exe_key: ExeKey,
+    ppid: u32,
+    cgroup_id: u64,
+    exe: Option<String>,
+    cmdline: Option<String>,
+    cgroup: Option<String>,
+    parent_exe: Option<String>,
+    parent_exe_id: Option<ExeKey>,
+}
 
 /// Turns kernel events into [`AuditRecord`]s.
 pub struct Enricher {
@@ -103,8 +184,14 @@ pub struct Enricher {
     /// the kernel reported.
     cgroup_root: PathBuf,
     users: UserNames,
-    /// Executable paths seen before, by identity, for processes that exit
-    /// before userspace reads their `/proc` entry.
+    procs: ProcCache,
+}
+
+/// `/proc` details by (pid, start time), and executable paths by identity
+/// for processes that exit before userspace reads their `/proc` entry.
+#[derive(Default)]
+struct ProcCache {
+    by_process: HashMap<(u32, u64), ProcInfo>,
     exes: HashMap<ExeKey, String>,
 }
 
@@ -114,7 +201,7 @@ impl Enricher {
             rules: std::collections::VecDeque::new(),
             cgroup_root,
             users: UserNames::default(),
-            exes: HashMap::new(),
+            procs: ProcCache::default(),
         }
     }
 
@@ -128,7 +215,7 @@ impl Enricher {
 
     /// The name of rule `index` of the policy installed as `seq`; `#N` for
     /// a policy this daemon did not install (adopted from a predecessor).
-    fn rule_name(&self, seq: u64, index: u8) -> Option<String> {
+    fn rule_name(&self, seq: u64, index: u8) -> Option<Cow<'_, str>> {
         if index == NO_RULE {
             return None;
         }
@@ -138,18 +225,133 @@ impl Enricher {
             .rev()
             .find(|(s, _)| *s == seq)
             .and_then(|(_, rules)| rules.get(usize::from(index)))
-            .map_or_else(|| format!("#{index}"), |r| r.name.clone());
+            .map_or_else(
+                || Cow::Owned(format!("#{index}")),
+                |r| Cow::Borrowed(r.name.as_str()),
+            );
         Some(name)
     }
 
-    pub fn enrich(&mut self, ev: &ConnectEvent) -> AuditRecord {
+    /// The record of a kernel event, `/proc` details from the cache (read
+    /// now for a process not seen before).
+    pub fn enrich<'a>(&'a mut self, ev: &'a ConnectEvent) -> AuditRecord<'a> {
+        let now = Instant::now();
+        self.procs.fill(ev, &self.cgroup_root);
+        self.users.refresh(ev.uid, now);
+        let info = self.procs.get(ev);
         let ip = addr_from_key(&ev.daddr);
         // Show plain IPv4 for an IPv4 socket; keep the mapped form a v6 socket used.
         let ip = match (ev.family, ip.to_ipv4_mapped()) {
             (2, Some(v4)) => IpAddr::V4(v4),
             _ => IpAddr::V6(ip),
         };
-        let rule = self.rule_name(ev.policy_seq, ev.rule);
+        AuditRecord {
+            // Taken afresh for every record: the lines follow the wall
+            // clock when NTP steps it.
+            time: Time(event_time(ev.ktime_ns)),
+            verdict: verdict_name(ev.verdict),
+            rule: self.rule_name(ev.policy_seq, ev.rule),
+            dst: SocketAddr::new(ip, ev.dport),
+            src: None,
+            dst_port: ev.dport,
+            pid: ev.tgid,
+            tid: ev.pid,
+            ppid: ev.ppid,
+            uid: ev.uid,
+            user: self.users.cached(ev.uid),
+            gid: ev.gid,
+            comm: str_from_fixed(&ev.comm),
+            exe: info.and_then(|i| i.exe.as_deref()),
+            exe_name: str_from_fixed(&ev.exe_name),
+            exe_id: ExeId(ev.exe),
+            parent_exe: info.and_then(|i| i.parent_exe.as_deref()),
+            parent_exe_id: info.and_then(|i| i.parent_exe_id).map(ExeId),
+            cmdline: info.and_then(|i| i.cmdline.as_deref()),
+            cgroup: info.and_then(|i| i.cgroup.as_deref()),
+            cgroup_id: ev.cgroup_id,
+            netns_cookie: ev.netns_cookie,
+            socket_cookie: ev.socket_cookie,
+            repeat: None,
+        }
+    }
+
+    /// The record of a connection [`crate::cut`] destroyed. Everything
+    /// comes from `/proc` as the owner is now, not from the kernel at
+    /// connect(): `time` is when it was cut; `tid` is the pid (which thread
+    /// connected is not known); `comm` is the process's (main thread's);
+    /// `uid`/`gid` are the real ids; `exe_name` is the file name of the
+    /// `/proc/PID/exe` link target; `cgroup_id` is the inode of the cgroup's
+    /// directory (0 if it could not be read).
+    pub fn cut<'a>(&'a mut self, cut: &'a Cut) -> AuditRecord<'a> {
+        let owner = &cut.owner;
+        let id = &owner.identity;
+        let parent = id
+            .ancestors
+            .first()
+            .filter(|key| **key != ExeKey::default());
+        self.users.refresh(id.uid, Instant::now());
+        AuditRecord {
+            time: Time(SystemTime::now()),
+            verdict: CUT,
+            rule: Some(Cow::Borrowed(cut.rule_name.as_str())),
+            dst: cut.socket.dst,
+            src: Some(cut.socket.src),
+            dst_port: cut.socket.dst.port(),
+            pid: owner.pid,
+            tid: owner.pid,
+            ppid: owner.ppid,
+            uid: id.uid,
+            user: self.users.cached(id.uid),
+            gid: owner.gid,
+            comm: Cow::Borrowed(owner.comm.as_str()),
+            exe: owner.exe.as_deref(),
+            exe_name: String::from_utf8_lossy(&id.exe_name),
+            exe_id: ExeId(id.exe),
+            parent_exe: owner.parent_exe.as_deref(),
+            parent_exe_id: parent.copied().map(ExeId),
+            cmdline: owner.cmdline.as_deref(),
+            cgroup: owner.cgroup.as_deref(),
+            cgroup_id: id.cgroups.last().copied().unwrap_or(0),
+            netns_cookie: cut.netns_cookie,
+            socket_cookie: cut.socket.cookie,
+            repeat: None,
+        }
+    }
+}
+
+/// A NUL-padded kernel string, borrowed when it is valid UTF-8.
+fn str_from_fixed(buf: &[u8]) -> Cow<'_, str> {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end])
+}
+
+/// The wall-clock time of a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp.
+pub fn event_time(ktime_ns: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + boot_offset() + Duration::from_nanos(ktime_ns)
+}
+
+impl ProcCache {
+    fn get(&self, ev: &ConnectEvent) -> Option<&ProcInfo> {
+        self.by_process.get(&(ev.tgid, ev.start_boottime_ns))
+    }
+
+    /// Reads `/proc` for the process of `ev` unless what is cached was
+    /// read for the same executable, parent and cgroup.
+    fn fill(&mut self, ev: &ConnectEvent, cgroup_root: &std::path::Path) {
+        let key = (ev.tgid, ev.start_boottime_ns);
+        if self.by_process.get(&key).is_some_and(|i| {
+            i.exe_key == ev.exe && i.ppid == ev.ppid && i.cgroup_id == ev.cgroup_id
+        }) {
+            return;
+        }
+        let info = self.read(ev, cgroup_root);
+        if self.by_process.len() >= PROC_CACHE_MAX {
+            self.by_process.clear();
+        }
+        self.by_process.insert(key, info);
+    }
+
+    fn read(&mut self, ev: &ConnectEvent, cgroup_root: &std::path::Path) -> ProcInfo {
         let pid = ev.tgid;
         // /proc/PID speaks for the caller only while PID is still the same
         // process (same start time); a recycled pid lends it nothing.
@@ -157,7 +359,7 @@ impl Enricher {
         // A forked child that did not exec (socat's per-connection child) has
         // its parent's executable: when it is already gone, the parent still
         // tells its path, command line and cgroup.
-        let parent_id = (ev.ppid != 0)
+        let parent_exe_id = (ev.ppid != 0)
             .then(|| file_id(&format!("/proc/{}/exe", ev.ppid)))
             .flatten();
         let forked = ev.exe != ExeKey::default() && proc_exe(ev.ppid, &ev.exe).is_some();
@@ -167,6 +369,9 @@ impl Enricher {
             .or_else(|| forked.then(|| proc_exe(ev.ppid, &ev.exe)).flatten())
             .or_else(|| self.cached_exe(&ev.exe));
         if let Some(path) = &exe {
+            if self.exes.len() >= EXE_CACHE_MAX {
+                self.exes.clear();
+            }
             self.exes.insert(ev.exe, path.clone());
         }
         let cmdline = alive
@@ -178,85 +383,17 @@ impl Enricher {
             .into_iter()
             .flatten()
             .filter_map(proc_cgroup)
-            .find(|path| self.cgroup_id_of(path) == Some(ev.cgroup_id));
-        AuditRecord {
-            time: humantime::format_rfc3339_millis(
-                // Taken afresh for every record: the lines follow the wall
-                // clock when NTP steps it.
-                SystemTime::UNIX_EPOCH + boot_offset() + Duration::from_nanos(ev.ktime_ns),
-            )
-            .to_string(),
-            verdict: verdict_name(ev.verdict),
-            rule,
-            dst: SocketAddr::new(ip, ev.dport).to_string(),
-            src: None,
-            dst_port: ev.dport,
-            pid,
-            tid: ev.pid,
+            .find(|path| cgroup_id_of(cgroup_root, path) == Some(ev.cgroup_id));
+        ProcInfo {
+            exe_key: ev.exe,
             ppid: ev.ppid,
-            uid: ev.uid,
-            user: self.users.name(ev.uid, Instant::now()),
-            gid: ev.gid,
-            comm: name_from_fixed(&ev.comm),
+            cgroup_id: ev.cgroup_id,
             exe,
-            exe_name: name_from_fixed(&ev.exe_name),
-            exe_id: exe_id(ev.exe.dev, ev.exe.ino),
-            parent_exe: proc_link(ev.ppid, "exe"),
-            parent_exe_id: parent_id.map(|id| exe_id(id.dev, id.ino)),
             cmdline,
             cgroup,
-            cgroup_id: ev.cgroup_id,
-            netns_cookie: ev.netns_cookie,
-            socket_cookie: ev.socket_cookie,
+            parent_exe: proc_link(ev.ppid, "exe"),
+            parent_exe_id,
         }
-    }
-
-    /// The record of a connection [`crate::cut`] destroyed. Everything
-    /// comes from `/proc` as the owner is now, not from the kernel at
-    /// connect(): `time` is when it was cut; `tid` is the pid (which thread
-    /// connected is not known); `comm` is the process's (main thread's);
-    /// `uid`/`gid` are the real ids; `exe_name` is the file name of the
-    /// `/proc/PID/exe` link target; `cgroup_id` is the inode of the cgroup's
-    /// directory (0 if it could not be read).
-    pub fn cut(&mut self, cut: &Cut) -> AuditRecord {
-        let owner = &cut.owner;
-        let id = &owner.identity;
-        let parent = id
-            .ancestors
-            .first()
-            .filter(|key| **key != ExeKey::default());
-        AuditRecord {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            verdict: CUT,
-            rule: Some(cut.rule_name.clone()),
-            dst: cut.socket.dst.to_string(),
-            src: Some(cut.socket.src.to_string()),
-            dst_port: cut.socket.dst.port(),
-            pid: owner.pid,
-            tid: owner.pid,
-            ppid: owner.ppid,
-            uid: id.uid,
-            user: self.users.name(id.uid, Instant::now()),
-            gid: owner.gid,
-            comm: owner.comm.clone(),
-            exe: owner.exe.clone(),
-            exe_name: String::from_utf8_lossy(&id.exe_name).into_owned(),
-            exe_id: exe_id(id.exe.dev, id.exe.ino),
-            parent_exe: owner.parent_exe.clone(),
-            parent_exe_id: parent.map(|key| exe_id(key.dev, key.ino)),
-            cmdline: owner.cmdline.clone(),
-            cgroup: owner.cgroup.clone(),
-            cgroup_id: id.cgroups.last().copied().unwrap_or(0),
-            netns_cookie: cut.netns_cookie,
-            socket_cookie: cut.socket.cookie,
-        }
-    }
-
-    /// The id (directory inode) of a cgroup v2 path like `/system.slice/x`.
-    fn cgroup_id_of(&self, path: &str) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt as _;
-        let dir = self.cgroup_root.join(path.trim_start_matches('/'));
-        fs::metadata(dir).ok().map(|m| m.ino())
     }
 
     /// A path seen earlier for this identity, if it still names the same file.
@@ -264,6 +401,13 @@ impl Enricher {
         let path = self.exes.get(id)?;
         is_file(path, path, id).then(|| path.clone())
     }
+}
+
+/// The id (directory inode) of a cgroup v2 path like `/system.slice/x`.
+fn cgroup_id_of(cgroup_root: &std::path::Path, path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    fs::metadata(dir).ok().map(|m| m.ino())
 }
 
 /// User names by uid, from NSS, cached for a while (see the module
@@ -285,11 +429,24 @@ impl Default for UserNames {
 }
 
 impl UserNames {
-    fn name(&mut self, uid: u32, now: Instant) -> Option<String> {
-        if let Some((name, until)) = self.cache.get(&uid)
+    /// The name of `uid`, asking NSS when the cached answer has expired.
+    #[cfg(test)]
+    fn name(&mut self, uid: u32, now: Instant) -> Option<&str> {
+        self.refresh(uid, now);
+        self.cached(uid)
+    }
+
+    /// The name cached for `uid` (see [`UserNames::refresh`]).
+    fn cached(&self, uid: u32) -> Option<&str> {
+        self.cache.get(&uid).and_then(|(name, _)| name.as_deref())
+    }
+
+    /// Asks NSS about `uid` unless a cached answer is still fresh.
+    fn refresh(&mut self, uid: u32, now: Instant) {
+        if let Some((_, until)) = self.cache.get(&uid)
             && now < *until
         {
-            return name.clone();
+            return;
         }
         // A failed lookup shows no name and is retried like a missing one.
         let name = (self.lookup)(uid).ok().flatten();
@@ -304,8 +461,7 @@ impl UserNames {
                 self.cache.clear();
             }
         }
-        self.cache.insert(uid, (name.clone(), now + ttl));
-        name
+        self.cache.insert(uid, (name, now + ttl));
     }
 }
 
@@ -321,69 +477,107 @@ pub fn verdict_name(v: u8) -> &'static str {
     }
 }
 
-impl AuditRecord {
+impl AuditRecord<'_> {
     /// One line, without the trailing newline.
     pub fn format(&self, format: LogFormat) -> String {
-        match format {
-            LogFormat::Json => serde_json::to_string(self).unwrap_or_else(|e| {
-                format!("{{\"error\":\"serializing an audit record failed: {e}\"}}")
-            }),
-            LogFormat::Human => self.human(),
-        }
+        let mut buf = Vec::new();
+        self.write_line(format, &mut buf);
+        buf.pop();
+        String::from_utf8_lossy(&buf).into_owned()
     }
 
-    fn human(&self) -> String {
+    /// Appends one line, newline included, to `buf`.
+    pub fn write_line(&self, format: LogFormat, buf: &mut Vec<u8>) {
+        match format {
+            LogFormat::Json => {
+                let start = buf.len();
+                if let Err(e) = serde_json::to_writer(&mut *buf, self) {
+                    buf.truncate(start);
+                    let _ = write!(
+                        buf,
+                        "{{\"error\":\"serializing an audit record failed: {e}\"}}"
+                    );
+                }
+            }
+            LogFormat::Human => self.human(buf),
+        }
+        buf.push(b'\n');
+    }
+
+    fn human(&self, buf: &mut Vec<u8>) {
         let unknown = "?";
-        let src = self
-            .src
-            .as_deref()
-            .map(|src| format!(" src={src}"))
-            .unwrap_or_default();
-        let mut line = format!(
-            "{} {} rule={} dst={}{src} pid={} ppid={} uid={}({}) comm={} exe={} exe_name={} exe_id={} parent_exe={}",
+        let _ = write!(
+            buf,
+            "{} {} rule={} dst={}",
             self.time,
-            self.verdict.to_uppercase(),
+            Upper(self.verdict),
             self.rule.as_deref().unwrap_or("-"),
             self.dst,
+        );
+        if let Some(src) = &self.src {
+            let _ = write!(buf, " src={src}");
+        }
+        let _ = write!(
+            buf,
+            " pid={} ppid={} uid={}({}) comm={} exe={} exe_name={} exe_id={} parent_exe={}",
             self.pid,
             self.ppid,
             self.uid,
-            self.user.as_deref().unwrap_or(unknown),
-            quote(&self.comm),
-            quote(self.exe.as_deref().unwrap_or(unknown)),
-            quote(&self.exe_name),
+            self.user.unwrap_or(unknown),
+            Quoted(&self.comm),
+            Quoted(self.exe.unwrap_or(unknown)),
+            Quoted(&self.exe_name),
             self.exe_id,
-            quote(self.parent_exe.as_deref().unwrap_or(unknown)),
+            Quoted(self.parent_exe.unwrap_or(unknown)),
         );
         let _ = write!(
-            line,
+            buf,
             " cmdline={} cgroup={}",
-            quote(self.cmdline.as_deref().unwrap_or(unknown)),
-            quote(self.cgroup.as_deref().unwrap_or(unknown)),
+            Quoted(self.cmdline.unwrap_or(unknown)),
+            Quoted(self.cgroup.unwrap_or(unknown)),
         );
         // A cut names the socket that was destroyed.
         if self.verdict == CUT {
-            let _ = write!(line, " socket_cookie={}", self.socket_cookie);
+            let _ = write!(buf, " socket_cookie={}", self.socket_cookie);
         }
-        line
+        if let Some(r) = &self.repeat {
+            let _ = write!(
+                buf,
+                " repeated={} first={} last={}",
+                r.count, r.first, r.last
+            );
+        }
     }
 }
 
-/// Quotes a value when it has spaces, quotes or control characters.
-fn quote(value: &str) -> String {
-    if !value.is_empty()
-        && value
+/// An ASCII string in upper case.
+struct Upper<'a>(&'a str);
+
+impl fmt::Display for Upper<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        self.0
             .chars()
-            .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\')
-    {
-        value.to_owned()
-    } else {
-        format!("{value:?}")
+            .try_for_each(|c| f.write_char(c.to_ascii_uppercase()))
     }
 }
 
-fn exe_id(kdev: u64, ino: u64) -> String {
-    format!("{}:{}:{}", kdev >> 20, kdev & 0xf_ffff, ino)
+/// A value quoted when it has spaces, quotes or control characters.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = self.0;
+        if !value.is_empty()
+            && value
+                .chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\')
+        {
+            f.write_str(value)
+        } else {
+            write!(f, "{value:?}")
+        }
+    }
 }
 
 /// `/proc/PID/exe`, checked against the kernel's identity so a recycled pid
@@ -643,7 +837,8 @@ mod tests {
 
     #[test]
     fn cut_records_name_the_socket() {
-        let record = enricher().cut(&cut());
+        let (mut cutter, cut) = (enricher(), cut());
+        let record = cutter.cut(&cut);
         let line = record.format(LogFormat::Human);
         assert!(
             line.contains(
@@ -678,11 +873,11 @@ mod tests {
     fn user_names_come_from_nss() {
         let mut users = UserNames::default();
         let now = Instant::now();
-        assert_eq!(users.name(0, now).as_deref(), Some("root"));
+        assert_eq!(users.name(0, now), Some("root"));
         let nobody = crate::resolve::uid_by_name("nobody")
             .unwrap()
             .expect("a user named nobody");
-        assert_eq!(users.name(nobody, now).as_deref(), Some("nobody"));
+        assert_eq!(users.name(nobody, now), Some("nobody"));
         assert_eq!(users.name(u32::MAX - 1, now), None);
     }
 
@@ -709,12 +904,9 @@ mod tests {
         assert_eq!(users.name(1000, t0 + Duration::from_secs(1)), None);
         // ...then asked again.
         let t1 = t0 + USER_MISSING_TTL;
-        assert_eq!(users.name(1000, t1).as_deref(), Some("late"));
+        assert_eq!(users.name(1000, t1), Some("late"));
         LATE_USER_EXISTS.store(false, Ordering::SeqCst);
-        assert_eq!(
-            users.name(1000, t1 + Duration::from_secs(1)).as_deref(),
-            Some("late")
-        );
+        assert_eq!(users.name(1000, t1 + Duration::from_secs(1)), Some("late"));
         // A name is kept a minute, then asked about again (a dynamic uid
         // may have gone).
         assert_eq!(users.name(1000, t1 + USER_NAME_TTL), None);

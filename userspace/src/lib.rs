@@ -6,7 +6,8 @@
 //! into map contents through a [`policy::Resolver`] ([`resolve`] is the real
 //! one), [`kernel`] owns everything that touches BPF (host checks, BTF
 //! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer
-//! records into audit lines, [`cut`] destroys connections a newly enforced
+//! records into audit lines, [`report`] summarises repeats and batches
+//! the lines, [`cut`] destroys connections a newly enforced
 //! policy would have refused, and [`daemon`] ties them together.
 //!
 //! Fuzz builds (`cargo xtask fuzz`, `cfg(fuzzing)`) have no eBPF object
@@ -18,6 +19,8 @@ pub mod cut;
 #[cfg(not(fuzzing))]
 pub mod daemon;
 pub mod events;
+pub mod heap;
 pub mod kernel;
 pub mod policy;
+pub mod report;
 pub mod resolve;

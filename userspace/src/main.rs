@@ -48,6 +48,12 @@ enum Command {
         /// Audit line format on stdout.
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
+        /// Reports of one flow (same process, destination, verdict and
+        /// rule) within this interval: the first gets its line at once, the
+        /// rest one summary line at the end of the interval. `0` writes a
+        /// line per report.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        repeat_interval: std::time::Duration,
         /// Directory for the instance lock (one daemon per directory).
         #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
@@ -130,6 +136,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             config,
             mode,
             log_format,
+            repeat_interval,
             run_dir,
             pin_dir,
             replace,
@@ -138,10 +145,15 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 config,
                 mode: mode.map(Mode::from),
                 log_format,
+                repeat_interval,
                 run_dir,
                 pin_dir,
                 replace,
             };
+            // One malloc arena: the daemon's few threads allocate little, and
+            // per-thread arenas would each keep their own freed memory resident.
+            // SAFETY: mallopt has no preconditions; called before any thread starts.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -249,7 +249,14 @@ impl Resolver for HostResolver {
         let mut seen = HashSet::new();
         let mut found = Vec::new();
         for dir in search_dirs() {
-            let Ok(real) = fs::canonicalize(dir.join(name)) else {
+            let candidate = dir.join(name);
+            // Most names are in few directories: one lstat rules a miss out,
+            // where canonicalize() would read every component's link (this
+            // runs for every name in every directory at each refresh).
+            if fs::symlink_metadata(&candidate).is_err() {
+                continue;
+            }
+            let Ok(real) = fs::canonicalize(candidate) else {
                 continue;
             };
             let executable = fs::metadata(&real)

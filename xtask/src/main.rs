@@ -52,6 +52,9 @@ enum Command {
     /// Bench helper: connect+close in a loop for a while, print the count.
     #[command(hide = true)]
     BenchClient(bench::load::ClientArgs),
+    /// Bench helper: connects at a fixed rate to a port nothing listens on.
+    #[command(hide = true)]
+    BenchFlood(bench::reporting::FloodArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
         Command::VmTest(args) => vm::run(&args),
         Command::BenchServer(args) => bench::load::server(&args),
         Command::BenchClient(args) => bench::load::client(&args),
+        Command::BenchFlood(args) => bench::reporting::flood(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

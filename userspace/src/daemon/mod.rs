@@ -20,12 +20,13 @@ mod lock;
 mod sweeper;
 
 use std::{
-    io::{self, Write as _},
+    io,
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
+use loopwarden_common::verdict;
 use tokio::{
     io::{
         Interest,
@@ -47,10 +48,11 @@ use crate::{
         btf::{self, BtfError},
         compat::{self, CompatError},
         loader::{self, LoaderError, Programs, Takeover},
-        maps::{Counters, MapsError, PolicyMaps, StatsMap, take_events},
+        maps::{Counters, MapsError, PolicyMaps, StatsMap, take_denials, take_events},
         pins::{PinDir, PinError, PinState},
     },
     policy::{Mode, PolicyError},
+    report::Reporter,
     resolve::HostResolver,
 };
 
@@ -136,6 +138,9 @@ pub struct Options {
     /// Overrides the file's mode.
     pub mode: Option<Mode>,
     pub log_format: LogFormat,
+    /// Reports of one flow within this interval share a summary line; zero:
+    /// a line per report (see [`crate::report`]).
+    pub repeat_interval: Duration,
     pub run_dir: PathBuf,
     /// Where links and maps are pinned.
     pub pin_dir: PathBuf,
@@ -160,6 +165,7 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
 /// Runs the daemon until SIGINT or SIGTERM. Enforcement stays pinned when
 /// it returns: only `loopwarden detach` removes it.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let started = Instant::now();
     // Handlers first: a signal during start-up is acted on once ready,
     // instead of killing the process with its default action.
     let mut sigint =
@@ -221,8 +227,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _pin_lock = pins.prepare()?;
     let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
-    let stats = StatsMap::take(&mut programs.ebpf)?;
+    let mut stats = StatsMap::take(&mut programs.ebpf)?;
     let ring = take_events(&mut programs.ebpf)?;
+    let denials = take_denials(&mut programs.ebpf)?;
     let logger = match aya_log::EbpfLogger::init(&mut programs.ebpf) {
         Ok(logger) => Some(watch(logger, "watching the kernel log buffer")?),
         Err(e) => {
@@ -243,15 +250,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let takeover = programs.attach_pinned(&host.cgroup2_root, &pins)?;
     // What an earlier daemon already reported stays reported; drops since
-    // (e.g. while no daemon was reading) are reported now.
+    // (e.g. while no daemon was reading) are reported now. (Replaced maps
+    // start from zero on both sides.)
     let dropped_reported = match (&state, pins.meta()) {
         (PinState::Compatible, Ok(meta)) => meta.dropped_reported,
         _ => 0,
     };
+    let dropped_by_verdict = stats.drops_reported().unwrap_or_else(|e| {
+        warn!("reading LW_DROPS_REPORTED failed: {e}");
+        Default::default()
+    });
     pins.write_meta(dropped_reported)
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
+    // The heap the start-up needed (policy compilation, object parsing) is
+    // not needed again.
+    crate::heap::release();
     info!(
-        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}",
+        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}; enforcing {} ms after start",
         match &policy {
             Some(p) => format!("{} mode, {} rules", p.mode, p.rules.len()),
             None => "the pinned policy".to_owned(),
@@ -265,6 +280,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pins.root().display(),
         host.kernel_release,
         describe_start(&state, takeover),
+        started.elapsed().as_millis(),
     );
 
     // What a previous policy, an audit mode or no daemon at all let in.
@@ -274,6 +290,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         sweeper.request(policy, &host_addresses(policy));
     }
     let mut events = watch(ring, "watching the event ring buffer")?;
+    let mut denials = watch(denials, "watching the refusals' ring buffer")?;
+    let mut reporter = Reporter::new(enricher, opts.log_format, opts.repeat_interval);
     let mut logger = logger;
     let mut installed = Installed {
         source,
@@ -291,20 +309,28 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pins: pins.clone(),
         last: Counters {
             dropped: dropped_reported,
+            dropped_by_verdict,
             ..Counters::default()
         },
     };
-    counters.report(&stats);
+    counters.report(&mut stats);
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
+    let mut summary_tick = reporter.interval().map(tokio::time::interval);
+    let mut refresh_cost = Cost::default();
 
     loop {
         tokio::select! {
+            guard = denials.readable_mut() => {
+                let mut guard = guard.map_err(io_err("waiting for refusals"))?;
+                guard.clear_ready();
+                drain(&mut [guard.get_inner_mut(), events.get_mut()], &mut reporter);
+            }
             guard = events.readable_mut() => {
                 let mut guard = guard.map_err(io_err("waiting for events"))?;
-                drain(guard.get_inner_mut(), &mut enricher, opts.log_format);
                 guard.clear_ready();
+                drain(&mut [denials.get_mut(), guard.get_inner_mut()], &mut reporter);
             }
             guard = readable(&mut logger) => {
                 if let Some(mut guard) = guard.map_err(io_err("waiting for kernel log records"))? {
@@ -313,22 +339,49 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 }
             }
             _ = drain_tick.tick() => {
-                drain(events.get_mut(), &mut enricher, opts.log_format);
+                drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+            }
+            _ = every(&mut summary_tick) => {
+                drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+                reporter.summarise();
             }
             _ = tick.tick() => {
-                counters.report(&stats);
-                installed.refresh(&mut enricher);
+                let begun = Instant::now();
+                counters.report(&mut stats);
+                installed.refresh(reporter.enricher());
+                refresh_cost.add(begun.elapsed());
+                if reporter.take_busy() {
+                    crate::heap::release();
+                }
             }
             _ = sighup.recv() => {
-                installed.reload(&mut enricher);
+                installed.reload(reporter.enricher());
             }
             _ = sigint.recv() => { info!("SIGINT: exiting"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: exiting"); break; }
         }
     }
     // Whatever is still queued is reported before we go.
-    drain(events.get_mut(), &mut enricher, opts.log_format);
-    counters.report(&stats);
+    drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+    reporter.summarise();
+    counters.report(&mut stats);
+    let totals = reporter.totals();
+    info!(
+        reports = totals.reports,
+        lines = totals.lines,
+        summary_lines = totals.summaries,
+        summarised = totals.summarised,
+        "reported {} connects in {} lines",
+        totals.reports,
+        totals.lines
+    );
+    info!(
+        runs = refresh_cost.runs,
+        mean_us = refresh_cost.mean().as_micros() as u64,
+        max_us = refresh_cost.max.as_micros() as u64,
+        "the 1 s refresh (counters, policy re-resolved) took {} µs on average",
+        refresh_cost.mean().as_micros()
+    );
     info!(
         "exiting; enforcement stays attached and pinned in {} (`loopwarden detach` removes it)",
         pins.root().display()
@@ -373,27 +426,64 @@ async fn readable(
     }
 }
 
-/// Writes every queued event as an audit line on stdout.
-fn drain(ring: &mut RingBuf<MapData>, enricher: &mut Enricher, format: LogFormat) {
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    while let Some(item) = ring.next() {
-        match parse_event(&item) {
-            Some(ev) => {
-                let line = enricher.enrich(&ev).format(format);
-                if let Err(e) = writeln!(out, "{line}") {
-                    error!("writing an audit line failed: {e}");
+/// Wall time spent in a periodic task.
+#[derive(Default)]
+struct Cost {
+    runs: u64,
+    total: Duration,
+    max: Duration,
+}
+
+impl Cost {
+    fn add(&mut self, took: Duration) {
+        self.runs += 1;
+        self.total += took;
+        self.max = self.max.max(took);
+    }
+
+    fn mean(&self) -> Duration {
+        self.total
+            .checked_div(u32::try_from(self.runs).unwrap_or(u32::MAX))
+            .unwrap_or_default()
+    }
+}
+
+/// Ticks of an optional interval; never, without one.
+async fn every(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Records taken from one ring per [`drain`]: a flood the daemon cannot
+/// keep up with still lets it turn to refusals, ticks and signals (what is
+/// left is taken at the next wakeup or drain tick).
+const DRAIN_BATCH: usize = 16 * 1024;
+
+/// Reports the queued events, the rings in the order given (refusals
+/// first), and writes the batch.
+fn drain(rings: &mut [&mut RingBuf<MapData>], reporter: &mut Reporter) {
+    for ring in rings.iter_mut() {
+        for _ in 0..DRAIN_BATCH {
+            let Some(item) = ring.next() else {
+                break;
+            };
+            match parse_event(&item) {
+                Some(ev) => {
+                    drop(item);
+                    reporter.event(&ev);
                 }
+                None => warn!(
+                    "ignoring a short record ({} bytes) from the kernel",
+                    item.len()
+                ),
             }
-            None => warn!(
-                "ignoring a short record ({} bytes) from the kernel",
-                item.len()
-            ),
         }
     }
-    if let Err(e) = out.flush() {
-        error!("flushing audit lines failed: {e}");
-    }
+    reporter.flush();
 }
 
 /// Reports events the ring buffer had to drop, and remembers in `LW_META`
@@ -404,7 +494,9 @@ struct CounterReport {
 }
 
 impl CounterReport {
-    fn report(&mut self, stats: &StatsMap) {
+    /// Once per refresh: the reports lost since the last call, per verdict
+    /// (`allow`, `audit`, `would-deny`, `deny`), in one line.
+    fn report(&mut self, stats: &mut StatsMap) {
         let now = match stats.read() {
             Ok(now) => now,
             Err(e) => {
@@ -412,13 +504,26 @@ impl CounterReport {
                 return;
             }
         };
-        if now.dropped > self.last.dropped {
+        let lost: Vec<u64> = now
+            .dropped_by_verdict
+            .iter()
+            .zip(self.last.dropped_by_verdict)
+            .map(|(now, last)| now.saturating_sub(last))
+            .collect();
+        if lost.iter().any(|&n| n > 0) {
             error!(
-                dropped = now.dropped - self.last.dropped,
+                lost_allow = lost[usize::from(verdict::ALLOW)],
+                lost_audit = lost[usize::from(verdict::AUDIT)],
+                lost_would_deny = lost[usize::from(verdict::WOULD_DENY)],
+                lost_deny = lost[usize::from(verdict::DENY)],
+                lost_total = lost.iter().sum::<u64>(),
                 total_dropped = now.dropped,
-                "events lost: the ring buffer was full, or no daemon was reading (the connects were \
+                "events lost: a ring buffer was full, or no daemon was reading (the connects were \
                  still judged; only their reports are missing)"
             );
+            if let Err(e) = stats.set_drops_reported(&now.dropped_by_verdict) {
+                warn!("recording the reported drops in LW_DROPS_REPORTED failed: {e}");
+            }
             if let Err(e) = self.pins.write_meta(now.dropped) {
                 warn!("recording the reported drops in LW_META failed: {e}");
             }

@@ -160,6 +160,11 @@ impl Programs {
     ) -> Result<Self, LoaderError> {
         let log_level = kernel_log_level();
         let mut loader = EbpfLoader::new();
+        // No CO-RE: offsets come from our own BTF reader (`super::btf`), so
+        // the kernel BTF aya parsed for relocations is dropped at once, and
+        // its memory returned (see `release_heap`).
+        loader.btf(None);
+        crate::heap::release();
         for (name, path) in pinned {
             loader.map_pin_path(name, path.as_path());
         }

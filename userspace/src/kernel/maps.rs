@@ -13,8 +13,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, GenKey, MAX_MAP_ENTRIES, MAX_NETNS,
-    PORT_WORDS, Settings, maps, stats,
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GenKey, MAX_MAP_ENTRIES,
+    MAX_NETNS, PORT_WORDS, Settings, exe_filter_value, filter_bit, maps, name_prefix, stats,
+    verdict,
 };
 
 use crate::policy::{CompiledPolicy, Ports};
@@ -223,6 +224,8 @@ impl PolicyMaps {
             next,
             &Settings {
                 seq: done,
+                exe_filter: filter(policy.exe.keys().map(exe_filter_value)),
+                exe_name_filter: filter(policy.exe_name.keys().map(|n| name_prefix(n))),
                 ..policy.settings
             },
         )?;
@@ -291,6 +294,16 @@ impl PolicyMaps {
     }
 }
 
+/// A settings filter with the bit of every value set.
+pub fn filter(values: impl Iterator<Item = u64>) -> [u64; FILTER_WORDS] {
+    let mut words = [0u64; FILTER_WORDS];
+    for v in values {
+        let bit = filter_bit(v);
+        words[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    words
+}
+
 /// Fails, before anything is written, if a map could not hold its share of
 /// the policy: an install never stops half-way for lack of room.
 pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
@@ -348,22 +361,66 @@ pub struct Counters {
     pub dropped: u64,
     pub retried: u64,
     pub raced: u64,
+    /// Reports lost, indexed by `verdict` value.
+    pub dropped_by_verdict: [u64; verdict::COUNT as usize],
 }
 
-/// Reader for `LW_STATS`.
-pub struct StatsMap(PerCpuArray<MapData, u64>);
+/// Reader for `LW_STATS`, and `LW_DROPS_REPORTED`: the losses already
+/// reported, kept beside the pinned counters for the next daemon.
+pub struct StatsMap {
+    stats: PerCpuArray<MapData, u64>,
+    drops_reported: Array<MapData, u64>,
+}
 
 impl StatsMap {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        take(ebpf, maps::STATS).map(Self)
+        Ok(Self {
+            stats: take(ebpf, maps::STATS)?,
+            drops_reported: take(ebpf, maps::DROPS_REPORTED)?,
+        })
+    }
+
+    /// The per-verdict losses a daemon (this one or a predecessor on the
+    /// same pinned maps) has already reported.
+    pub fn drops_reported(&self) -> Result<[u64; verdict::COUNT as usize], MapsError> {
+        let mut out = [0; verdict::COUNT as usize];
+        for (v, slot) in out.iter_mut().enumerate() {
+            *slot =
+                self.drops_reported
+                    .get(&(v as u32), 0)
+                    .map_err(|source| MapsError::Update {
+                        name: maps::DROPS_REPORTED,
+                        source,
+                    })?;
+        }
+        Ok(out)
+    }
+
+    /// Records the per-verdict losses reported so far.
+    pub fn set_drops_reported(
+        &mut self,
+        dropped: &[u64; verdict::COUNT as usize],
+    ) -> Result<(), MapsError> {
+        for (v, value) in dropped.iter().enumerate() {
+            self.drops_reported
+                .set(v as u32, *value, 0)
+                .map_err(|source| MapsError::Update {
+                    name: maps::DROPS_REPORTED,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     pub fn read(&self) -> Result<Counters, MapsError> {
         let get = |index: u32| -> Result<u64, MapsError> {
-            let values = self.0.get(&index, 0).map_err(|source| MapsError::Update {
-                name: maps::STATS,
-                source,
-            })?;
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(|source| MapsError::Update {
+                    name: maps::STATS,
+                    source,
+                })?;
             Ok(values.iter().sum())
         };
         Ok(Counters {
@@ -373,13 +430,24 @@ impl StatsMap {
             dropped: get(stats::DROPPED)?,
             retried: get(stats::RETRIED)?,
             raced: get(stats::RACED)?,
+            dropped_by_verdict: [
+                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::ALLOW))?,
+                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::AUDIT))?,
+                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::WOULD_DENY))?,
+                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::DENY))?,
+            ],
         })
     }
 }
 
-/// Takes the event ring buffer.
+/// Takes the event ring buffer (every report but refusals).
 pub fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, MapsError> {
     take(ebpf, maps::EVENTS)
+}
+
+/// Takes the refusals' ring buffer.
+pub fn take_denials(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, MapsError> {
+    take(ebpf, maps::DENIALS)
 }
 
 #[cfg(test)]
@@ -414,6 +482,33 @@ mod tests {
         let err = check_fits(&policy).unwrap_err().to_string();
         assert!(err.contains("1025 entries in map LW_RULES_UID"), "{err}");
         assert!(err.contains("holds 1024"), "{err}");
+    }
+
+    #[test]
+    fn filters_have_every_value_and_reject_most_others() {
+        use loopwarden_common::filter_has;
+        let names: Vec<[u8; EXE_NAME_LEN]> = ["cloudflared", "ngrok", "socat", "nc"]
+            .iter()
+            .map(|n| {
+                let mut key = [0u8; EXE_NAME_LEN];
+                key[..n.len()].copy_from_slice(n.as_bytes());
+                key
+            })
+            .collect();
+        let f = filter(names.iter().map(|n| name_prefix(n)));
+        for n in &names {
+            assert!(filter_has(&f, filter_bit(name_prefix(n))));
+        }
+        // What the kernel reads: at most 7 bytes, zero-padded.
+        assert_eq!(name_prefix(b"cloudflared"), name_prefix(b"cloudfl\0\0"));
+        assert_eq!(
+            name_prefix(b"nc\0junk"),
+            u64::from_ne_bytes(*b"nc\0\0\0\0\0\0")
+        );
+        let others = (0..1000u64)
+            .filter(|i| filter_has(&f, filter_bit(name_prefix(format!("x{i}").as_bytes()))))
+            .count();
+        assert!(others < 100, "{others} of 1000 other names pass the filter");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! interleaved rounds inside a private network namespace; plus each program's
 //! own cost per run from the kernel's BPF statistics, net of the statistics'
 //! own overhead, calibrated each round with a no-op program
-//! (`loopwarden baseline`).
+//! (`loopwarden baseline`). Then the reporting phase ([`reporting`]):
+//! floods of reports at fixed rates, counted in the daemon's output, with its
+//! CPU and resident size.
 
 pub mod load;
 mod netns;
 mod report;
+pub mod reporting;
 mod stats;
 mod warden;
 
@@ -48,6 +51,21 @@ pub struct BenchArgs {
     /// Bench this daemon binary instead of building target/release/loopwarden.
     #[arg(long)]
     pub daemon: Option<PathBuf>,
+    /// Seconds per flood of the reporting phase.
+    #[arg(long, default_value_t = 5.0)]
+    pub report_seconds: f64,
+    /// Port the reporting phase reports every connect to (nothing listens).
+    #[arg(long, default_value_t = 18082)]
+    pub report_port: u16,
+    /// Only the reporting floods whose name contains this (e.g. `50k`).
+    #[arg(long)]
+    pub report_only: Option<String>,
+    /// Skip the connect-cost rounds (only the reporting phase).
+    #[arg(long)]
+    pub skip_costs: bool,
+    /// Skip the reporting phase.
+    #[arg(long)]
+    pub skip_reporting: bool,
 }
 
 /// Whether and how the daemon runs during a measurement.
@@ -172,13 +190,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let loaded_before = stats::snapshot(None)?;
     let bench = Bench::new(args, bin, xtask)?;
-    let samples = bench.measure();
-    if samples.is_err() {
+    let samples = if args.skip_costs {
+        Ok(Vec::new())
+    } else {
+        bench.measure()
+    };
+    let reporting = match &samples {
+        Ok(_) if !args.skip_reporting => bench.measure_reporting().map(Some),
+        _ => Ok(None),
+    };
+    if samples.is_err() || reporting.is_err() {
         bench.dir.keep();
     }
     drop(bench);
     warn_left_behind(&loaded_before);
-    report::print(args, &samples?)
+    report::print(args, &samples?, reporting?.as_ref())
 }
 
 /// Warns about `lw_*` programs that are loaded now but were not before the

@@ -13,7 +13,7 @@ use super::{BenchArgs, Config, Sample, Target, stats::Counters};
 use crate::proc::say;
 
 /// ns per run of a connect hook on the protected path, with full identity.
-const PROTECTED_TARGET_NS: f64 = 300.0;
+const PROTECTED_TARGET_NS: f64 = 250.0;
 /// ns per run of a connect hook on the unprotected path.
 const UNPROTECTED_TARGET_NS: f64 = 50.0;
 const TARGETS: [Target; 2] = [Target::Protected, Target::Unprotected];
@@ -62,15 +62,26 @@ impl Rates {
     }
 }
 
-pub fn print(args: &BenchArgs, samples: &[Sample]) -> anyhow::Result<()> {
+pub fn print(
+    args: &BenchArgs,
+    samples: &[Sample],
+    reporting: Option<&super::reporting::Results>,
+) -> anyhow::Result<()> {
     let mut misses = Vec::new();
     println!();
     println!(
-        "loopwarden bench: {} rounds × {} s per measurement, IPv4 loopback in a private netns",
-        args.rounds, args.seconds
+        "loopwarden bench on {}: {} rounds × {} s per measurement, IPv4 loopback in a private netns",
+        host_description(),
+        args.rounds,
+        args.seconds
     );
-    print_rates(samples, &mut misses);
-    print_costs(samples, &mut misses);
+    if !samples.is_empty() {
+        print_rates(samples, &mut misses);
+        print_costs(samples, &mut misses);
+    }
+    if let Some(reporting) = reporting {
+        super::reporting::print(reporting, args.report_seconds, &mut misses);
+    }
 
     println!();
     if misses.is_empty() {
@@ -280,4 +291,21 @@ fn ran_anywhere(samples: &[Sample], name: &str) -> bool {
     samples
         .iter()
         .any(|sample| sample.progs.get(name).is_some_and(|c| c.run_cnt > 0))
+}
+
+/// The host, as the README names it: CPU model, CPUs, kernel.
+fn host_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cpus} CPUs, Linux {kernel}")
 }

@@ -33,6 +33,17 @@ impl Warden {
     /// Starts `bin run --config config --run-dir run_dir`, its stdout and
     /// stderr going to `log`, and waits until it reports ready.
     pub fn start(bin: &Path, config: &Path, run_dir: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, config, run_dir, log, &[])
+    }
+
+    /// Like [`Warden::start`], with more `run` arguments.
+    pub fn start_with(
+        bin: &Path,
+        config: &Path,
+        run_dir: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         fs::create_dir_all(run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
         let pin_dir = PathBuf::from(format!(
@@ -46,7 +57,8 @@ impl Warden {
             .arg("--run-dir")
             .arg(run_dir)
             .arg("--pin-dir")
-            .arg(&pin_dir);
+            .arg(&pin_dir)
+            .args(extra);
         let mut detach = Command::new(bin);
         detach
             .arg("detach")

@@ -1,0 +1,47 @@
+//! The settings' filters (which executables and names some rule names) only
+//! ever skip a lookup that would have found nothing: every named client is
+//! still judged by its rule, and a client no rule names passes.
+
+use loopwarden_tests::{Daemon, Netns, PROTECTED, policy, rule, run};
+
+fn bash_connects(ns: &Netns) -> bool {
+    let out = run(ns
+        .cmd("bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{PROTECTED}")]));
+    out.status.success()
+}
+
+#[test]
+fn named_clients_are_judged_and_unnamed_ones_pass() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let rules = format!(
+        "{}{}",
+        rule("by-exe", "deny", "exe", "/usr/bin/python3"),
+        rule("by-name", "deny", "exe_name", "curl"),
+    );
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rules));
+    // By executable identity.
+    let py = run(ns.cmd("/usr/bin/python3").args([
+        "-c",
+        &format!("import socket; socket.create_connection(('127.0.0.1', {PROTECTED}))"),
+    ]));
+    assert!(!py.status.success(), "python3 got through");
+    // By name: one of ours, one of the catalog's.
+    assert!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")).is_err());
+    assert!(!ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}")).0);
+    // Named by no rule.
+    assert!(bash_connects(&ns), "bash was refused");
+    for (rule, exe_name) in [
+        ("by-exe", None),
+        ("by-name", Some("curl")),
+        ("catalog:socat", Some("socat")),
+    ] {
+        daemon.wait_event(&format!("a refusal by {rule}"), |e| {
+            e["verdict"] == "deny"
+                && e["rule"] == rule
+                && exe_name.is_none_or(|n| e["exe_name"] == n)
+        });
+    }
+    assert!(daemon.events().iter().all(|e| e["comm"] != "bash"));
+}

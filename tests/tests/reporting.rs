@@ -1,0 +1,232 @@
+//! Reporting at any rate: a flood of reports from one process becomes a
+//! line per interval whose counts add up to the connects made, a new flow
+//! inside a flood is reported at once, and no refusal waits longer than the
+//! interval.
+
+use std::time::{Duration, SystemTime};
+
+use loopwarden_tests::{Daemon, Netns, PROTECTED, Proc, TempDir, policy, rule, run, wait_for};
+
+/// A server on the protected port that accepts and closes at once, with a
+/// deep backlog.
+fn sink_server(ns: &Netns) -> Proc {
+    let script = format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", {PROTECTED}))
+s.listen(4096)
+while True:
+    c, _ = s.accept()
+    c.close()
+"#
+    );
+    let server = ns.spawn("/usr/bin/python3", &["-c", &script]);
+    ns.wait_listening(PROTECTED);
+    server
+}
+
+/// A python client connecting to the protected port as fast as it can for
+/// `seconds`; prints `pid ok refused` when done (reset on close: no
+/// TIME_WAIT, so ports never run out).
+fn flood_script(seconds: f64) -> String {
+    format!(
+        r#"
+import os, socket, struct, time
+ok = refused = 0
+end = time.monotonic() + {seconds}
+while time.monotonic() < end:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    try:
+        s.connect(("127.0.0.1", {PROTECTED}))
+        ok += 1
+    except ConnectionRefusedError:
+        refused += 1
+    s.close()
+print(os.getpid(), ok, refused)
+"#
+    )
+}
+
+fn flood(ns: &Netns, seconds: f64) -> (u32, u64, u64) {
+    let out = run(ns
+        .cmd("/usr/bin/python3")
+        .args(["-c", &flood_script(seconds)]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("a number"));
+    let pid = it.next().expect("pid") as u32;
+    (pid, it.next().expect("ok"), it.next().expect("refused"))
+}
+
+/// Connects a record stands for: 1, or its summary's count.
+fn connects(e: &serde_json::Value) -> u64 {
+    e["repeat"]["count"].as_u64().unwrap_or(1)
+}
+
+fn of_pid(daemon: &Daemon, pid: u32, verdict: &str) -> Vec<serde_json::Value> {
+    daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["pid"] == pid && e["verdict"] == verdict)
+        .collect()
+}
+
+#[test]
+fn a_flood_from_one_relay_is_summarised_and_the_counts_add_up() {
+    let ns = Netns::new();
+    let _server = sink_server(&ns);
+    let daemon = Daemon::start_with(
+        &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
+        &["--repeat-interval", "1s"],
+    );
+    let (pid, ok, refused) = flood(&ns, 3.0);
+    assert_eq!(refused, 0);
+    assert!(ok > 3000, "only {ok} connects: not a flood");
+    let records = wait_for(
+        "summaries adding up to the connects made",
+        Duration::from_secs(10),
+        || {
+            let records = of_pid(&daemon, pid, "allow");
+            (records.iter().map(connects).sum::<u64>() >= ok).then_some(records)
+        },
+    );
+    assert_eq!(
+        records.iter().map(connects).sum::<u64>(),
+        ok,
+        "summaries count more connects than were made"
+    );
+    // One line at once, then a summary per second (a few more if the
+    // interval boundaries fall badly).
+    assert!(
+        records.len() <= 6,
+        "{} lines for a 3 s flood",
+        records.len()
+    );
+    let summaries: Vec<_> = records.iter().filter(|e| e["repeat"].is_object()).collect();
+    assert!(!summaries.is_empty());
+    for s in summaries {
+        assert!(s["repeat"]["first"].as_str() <= s["repeat"]["last"].as_str());
+        assert_eq!(s["repeat"]["last"], s["time"], "{s}");
+    }
+    assert!(
+        !daemon.stderr_text().contains("events lost"),
+        "{}",
+        daemon.stderr_text()
+    );
+}
+
+#[test]
+fn a_new_flow_inside_a_flood_is_reported_at_once() {
+    let ns = Netns::new();
+    let _server = sink_server(&ns);
+    // A long interval: a line held for the summary would show.
+    let daemon = Daemon::start_with(
+        &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
+        &["--repeat-interval", "10s"],
+    );
+    let dir = TempDir::new("newflow");
+    let script = dir.path().join("flood.py");
+    std::fs::write(&script, flood_script(4.0)).expect("script");
+    let mut flood = ns.spawn("/usr/bin/python3", &[script.to_str().expect("utf-8")]);
+    std::thread::sleep(Duration::from_millis(1000));
+    flood.assert_running();
+    // Another process, mid-flood.
+    let sent = SystemTime::now();
+    let out = run(ns.cmd("/usr/bin/python3").args([
+        "-c",
+        &format!(
+            "import os, socket; s = socket.create_connection(('127.0.0.1', {PROTECTED})); print(os.getpid())"
+        ),
+    ]));
+    let pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("pid");
+    let (arrived, _) = wait_for("the new flow's line", Duration::from_secs(5), || {
+        daemon
+            .timed_events()
+            .into_iter()
+            .find(|(_, e)| e["pid"] == pid)
+    });
+    let delay = arrived.duration_since(sent).unwrap_or_default();
+    assert!(
+        delay < Duration::from_millis(1500),
+        "the new flow's line took {delay:?} (the interval is 10 s)"
+    );
+    drop(flood);
+}
+
+#[test]
+fn a_refusal_line_is_never_later_than_the_interval() {
+    let ns = Netns::new();
+    let _server = sink_server(&ns);
+    let interval = Duration::from_secs(1);
+    let daemon = Daemon::start_with(
+        &policy(
+            &ns,
+            "enforce",
+            &rule("py", "deny", "exe", "/usr/bin/python3"),
+        ),
+        &["--repeat-interval", "1s"],
+    );
+    let (pid, ok, refused) = flood(&ns, 3.0);
+    assert_eq!(ok, 0);
+    assert!(refused > 1000, "only {refused} refusals");
+    let records = wait_for("every refusal reported", Duration::from_secs(10), || {
+        let records: Vec<_> = daemon
+            .timed_events()
+            .into_iter()
+            .filter(|(_, e)| e["pid"] == pid && e["verdict"] == "deny")
+            .collect();
+        (records.iter().map(|(_, e)| connects(e)).sum::<u64>() >= refused).then_some(records)
+    });
+    assert_eq!(
+        records.iter().map(|(_, e)| connects(e)).sum::<u64>(),
+        refused
+    );
+    // A line's oldest refusal (a summary's first, else the line's own) is
+    // on stdout within the interval, plus scheduling slack.
+    let slack = Duration::from_millis(400);
+    for (arrived, e) in &records {
+        let oldest = e["repeat"]["first"]
+            .as_str()
+            .or(e["time"].as_str())
+            .expect("a time");
+        let oldest = humantime::parse_rfc3339(oldest).expect("RFC 3339");
+        let delay = arrived.duration_since(oldest).unwrap_or_default();
+        assert!(
+            delay <= interval + slack,
+            "a refusal reported {delay:?} after it happened: {e}"
+        );
+    }
+}
+
+#[test]
+fn human_summaries_carry_the_count() {
+    let ns = Netns::new();
+    let _server = sink_server(&ns);
+    let daemon = Daemon::start_with(
+        &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
+        &["--repeat-interval", "1s", "--log-format", "human"],
+    );
+    let (pid, ok, _) = flood(&ns, 1.5);
+    let pid_field = format!(" pid={pid} ");
+    let total = wait_for("human lines adding up", Duration::from_secs(10), || {
+        let total: u64 = daemon
+            .stdout_lines()
+            .iter()
+            .filter(|l| l.contains(&pid_field))
+            .map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("repeated="))
+                    .map_or(1, |n| n.parse().expect("a count"))
+            })
+            .sum();
+        (total >= ok).then_some(total)
+    });
+    assert_eq!(total, ok);
+}

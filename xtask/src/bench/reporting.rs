@@ -1,0 +1,531 @@
+//! The reporting phase of `cargo xtask bench`: how the daemon's audit trail
+//! holds up when reports come faster than anyone reads them.
+//!
+//! A policy with `log_allowed = true` on one port that nothing listens on,
+//! so every connect is judged, reported (verdict `allow`) and then refused
+//! by TCP itself (a reset: cheap, no server, no TIME_WAIT). `bench-flood`
+//! offers a fixed rate of such connects from one process (one flow), or
+//! each to another `127.1.x.y` address (every connect a new flow). After the
+//! daemon stops, its output is counted: lines, summary lines and the
+//! connects they stand for, and the `events lost` lines' counts. Every
+//! connect must be accounted for — on a line, in a summary's count, or
+//! lost. Daemon CPU under a flood comes from `/proc/PID/task/*/schedstat`
+//! (ns on CPU of the live threads), idle from `/proc/PID/stat` (ticks, over
+//! 10 s, threads that exited included); its resident size is sampled from
+//! `/proc/PID/status` every 100 ms.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use super::{Bench, toml_str, warden::Warden};
+use crate::proc::{self, say};
+
+/// Reports per second the targets name.
+const RATES: [u64; 3] = [10_000, 50_000, 100_000];
+/// Offered rate of the distinct-flow flood (as fast as the client can,
+/// capped here).
+const DISTINCT_RATE: u64 = 100_000;
+/// Resident size target (MiB), idle and under every flood.
+const RSS_TARGET_MIB: f64 = 15.0;
+/// The flood during which the daemon is stopped (SIGSTOP) for 40% of the
+/// time: reports must be lost, and counted exactly.
+const PAUSED: &str = "distinct, paused";
+/// How long the idle daemon is watched.
+const IDLE: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args)]
+pub struct FloodArgs {
+    #[arg(long)]
+    pub port: u16,
+    #[arg(long)]
+    pub seconds: f64,
+    /// Connects per second offered (all threads together).
+    #[arg(long)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+    /// Each connect to another 127.1.x.y address: every report a new flow.
+    #[arg(long)]
+    pub distinct: bool,
+}
+
+/// `bench-flood`: paced connects; prints `attempts=N refused=R elapsed_ns=T`.
+pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and has no other effects.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let duration = Duration::from_secs_f64(args.seconds);
+    let per_thread = args.rate as f64 / f64::from(args.threads);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.threads)
+        .map(|t| {
+            let (port, distinct) = (args.port, args.distinct);
+            std::thread::spawn(move || {
+                let (mut attempts, mut refused) = (0u64, 0u64);
+                let mut addr = 0u32;
+                while start.elapsed() < duration {
+                    // Paced in steps of 64 connects.
+                    let due = start + Duration::from_secs_f64(attempts as f64 / per_thread);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    for _ in 0..64 {
+                        let ip = if distinct {
+                            addr = addr.wrapping_add(1);
+                            let a = (addr & 0x7fff) | (t << 15);
+                            Ipv4Addr::new(127, 1, (a >> 8) as u8, a as u8)
+                        } else {
+                            Ipv4Addr::LOCALHOST
+                        };
+                        attempts += 1;
+                        match TcpStream::connect(SocketAddr::from((ip, port))) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                refused += 1;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+                (attempts, refused)
+            })
+        })
+        .collect();
+    let (mut attempts, mut refused) = (0, 0);
+    for thread in threads {
+        let (a, r) = thread.join().expect("a flood thread panicked");
+        attempts += a;
+        refused += r;
+    }
+    println!(
+        "attempts={attempts} refused={refused} elapsed_ns={}",
+        start.elapsed().as_nanos()
+    );
+    Ok(())
+}
+
+/// One reporting measurement.
+pub struct Row {
+    pub flood: String,
+    pub format: &'static str,
+    pub offered: u64,
+    pub achieved: f64,
+    pub attempts: u64,
+    pub lines: u64,
+    pub summaries: u64,
+    /// Connects counted in summary lines.
+    pub summarised: u64,
+    pub lost: u64,
+    pub cpu_percent: f64,
+    pub rss_max_mib: f64,
+}
+
+impl Row {
+    /// Connects the output accounts for.
+    fn accounted(&self) -> u64 {
+        self.lines - self.summaries + self.summarised + self.lost
+    }
+}
+
+/// The idle daemon.
+pub struct Idle {
+    pub ready_ms: u64,
+    /// Mean wall time of the daemon's 1 s refresh, its own count.
+    pub refresh_us: u64,
+    pub start_to_ready_ms: u64,
+    pub cpu_ms_per_s: f64,
+    pub rss_mib: f64,
+}
+
+pub struct Results {
+    pub idle: Idle,
+    pub rows: Vec<Row>,
+}
+
+/// Bytes on CPU of every thread of `pid`, in ns.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// User and system time of `pid` in ns, threads that exited included
+/// (`/proc/PID/stat`, clock ticks: 10 ms resolution).
+fn cpu_ns_with_exited(pid: u32) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        hz if hz > 0 => hz as u64,
+        _ => 100,
+    };
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime: fields 14 and 15, 11 and 12 after the comm.
+            let ticks =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks * 1_000_000_000 / hz)
+        })
+        .unwrap_or(0)
+}
+
+/// `VmRSS` of `pid` in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+impl Bench<'_> {
+    pub fn measure_reporting(&self) -> anyhow::Result<Results> {
+        let seconds = self.args.report_seconds;
+        let idle = self.measure_idle()?;
+        say!(
+            "idle daemon: ready {} ms after start (its own count: {} ms), {:.2} ms CPU per second, RSS {:.1} MiB",
+            idle.start_to_ready_ms,
+            idle.ready_ms,
+            idle.cpu_ms_per_s,
+            idle.rss_mib
+        );
+        let mut floods: Vec<(String, u64, bool)> = RATES
+            .iter()
+            .map(|&r| (format!("{}k/s one flow", r / 1000), r, false))
+            .collect();
+        floods.push(("distinct flows".to_owned(), DISTINCT_RATE, true));
+        // Loss forced: the reader is stopped for a while mid-flood.
+        floods.push((PAUSED.to_owned(), DISTINCT_RATE, true));
+        if let Some(only) = &self.args.report_only {
+            floods.retain(|(name, _, _)| name.contains(only.as_str()));
+        }
+        let mut rows = Vec::new();
+        for (name, rate, distinct) in floods {
+            for format in ["human", "json"] {
+                super::check_interrupted()?;
+                let row = self.measure_flood(&name, rate, distinct, format, seconds)?;
+                say!(
+                    "reporting {name:<16} {format:<5} {:>8.0}/s offered {rate}: {} lines, {} summarised, {} lost, accounted {}/{}, CPU {:.1}%, RSS ≤ {:.1} MiB",
+                    row.achieved,
+                    row.lines,
+                    row.summarised,
+                    row.lost,
+                    row.accounted(),
+                    row.attempts,
+                    row.cpu_percent,
+                    row.rss_max_mib
+                );
+                rows.push(row);
+            }
+        }
+        Ok(Results { idle, rows })
+    }
+
+    fn reporting_config(&self) -> String {
+        format!(
+            "mode = \"audit\"\nlog_allowed = true\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
+             [[rule]]\nname = \"bench-deny-other\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n",
+            port = self.args.report_port,
+            netns = toml_str(&self.netns.path()),
+        )
+    }
+
+    fn start_reporting_daemon(
+        &self,
+        tag: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Warden, std::path::PathBuf, Duration)> {
+        let file = self.dir.path().join("reporting.toml");
+        fs::write(&file, self.reporting_config())
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        let log = self.dir.path().join(format!("reporting-{tag}.log"));
+        let run_dir = self.dir.path().join(format!("run-reporting-{tag}"));
+        let started = Instant::now();
+        let warden = Warden::start_with(&self.bin, &file, &run_dir, &log, extra)?;
+        Ok((warden, log, started.elapsed()))
+    }
+
+    fn measure_idle(&self) -> anyhow::Result<Idle> {
+        let (warden, log, to_ready) = self.start_reporting_daemon("idle", &[])?;
+        let pid = warden.pid().context("the daemon has no pid")?;
+        // Past start-up, then a quiet stretch.
+        std::thread::sleep(Duration::from_secs(2));
+        // The refresh runs a short-lived thread in a scoped namespace: count
+        // exited threads too.
+        let before = cpu_ns_with_exited(pid);
+        std::thread::sleep(IDLE);
+        let cpu = cpu_ns_with_exited(pid).saturating_sub(before);
+        let rss = rss_mib(pid);
+        warden.stop()?;
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let ready_ms = text
+            .lines()
+            .find_map(|l| {
+                l.split("enforcing ")
+                    .nth(1)?
+                    .split(" ms")
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        let refresh_us = text
+            .lines()
+            .find(|l| l.contains("the 1 s refresh"))
+            .and_then(|l| word_value(l, "mean_us="))
+            .unwrap_or(0);
+        Ok(Idle {
+            ready_ms,
+            refresh_us,
+            start_to_ready_ms: to_ready.as_millis() as u64,
+            cpu_ms_per_s: cpu as f64 / 1e6 / IDLE.as_secs_f64(),
+            rss_mib: rss,
+        })
+    }
+
+    fn measure_flood(
+        &self,
+        name: &str,
+        rate: u64,
+        distinct: bool,
+        format: &'static str,
+        seconds: f64,
+    ) -> anyhow::Result<Row> {
+        let tag = format!("{}-{format}", name.replace([' ', '/'], "-"));
+        let (warden, log, _) = self.start_reporting_daemon(&tag, &["--log-format", format])?;
+        let pid = warden.pid().context("the daemon has no pid")?;
+        let mut cmd = self.netns.exec(&self.xtask);
+        cmd.args(["bench-flood", "--port", &self.args.report_port.to_string()])
+            .args([
+                "--seconds",
+                &seconds.to_string(),
+                "--rate",
+                &rate.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if distinct {
+            cmd.arg("--distinct");
+        }
+        let cpu_before = cpu_ns(pid);
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", proc::display(&cmd)))?;
+        let mut rss_max = rss_mib(pid);
+        let paused = name == PAUSED;
+        let mut stopped = false;
+        while child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+            rss_max = rss_max.max(rss_mib(pid));
+            let t = started.elapsed().as_secs_f64();
+            let signal = if paused && !stopped && t > seconds * 0.2 && t < seconds * 0.6 {
+                stopped = true;
+                Some(libc::SIGSTOP)
+            } else if stopped && t >= seconds * 0.6 {
+                stopped = false;
+                Some(libc::SIGCONT)
+            } else {
+                None
+            };
+            if let Some(signal) = signal {
+                // SAFETY: kill(2) on the daemon we started.
+                unsafe { libc::kill(pid as libc::pid_t, signal) };
+            }
+        }
+        if stopped {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+        }
+        // The last reports are drained and summarised within an interval.
+        std::thread::sleep(Duration::from_millis(1200));
+        rss_max = rss_max.max(rss_mib(pid));
+        let cpu = cpu_ns(pid).saturating_sub(cpu_before);
+        let wall = started.elapsed();
+        let out = child.wait_with_output()?;
+        warden.stop()?;
+        let out = String::from_utf8_lossy(&out.stdout);
+        let field = |key: &str| -> anyhow::Result<u64> {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("bench-flood printed no {key}: {out:?}"))
+        };
+        let attempts = field("attempts")?;
+        let elapsed = Duration::from_nanos(field("elapsed_ns")?);
+        let counts = count_output(&log)?;
+        Ok(Row {
+            flood: name.to_owned(),
+            format,
+            offered: rate,
+            achieved: attempts as f64 / elapsed.as_secs_f64(),
+            attempts,
+            lines: counts.lines,
+            summaries: counts.summaries,
+            summarised: counts.summarised,
+            lost: counts.lost,
+            cpu_percent: cpu as f64 / wall.as_nanos() as f64 * 100.0,
+            rss_max_mib: rss_max,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    lines: u64,
+    summaries: u64,
+    summarised: u64,
+    lost: u64,
+}
+
+/// Counts a daemon log (stdout and stderr together): audit lines (JSON
+/// objects, or human lines with ` rule=` and ` dst=`), summaries and their
+/// counts, and the `lost_total` of `events lost` lines.
+fn count_output(log: &Path) -> anyhow::Result<Counts> {
+    let text = fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
+    let mut c = Counts::default();
+    for line in text.lines() {
+        if line.contains("events lost") {
+            c.lost += word_value(line, "lost_total=").unwrap_or(0);
+            continue;
+        }
+        let json = line.starts_with('{');
+        if !(json || (line.contains(" rule=") && line.contains(" dst="))) {
+            continue;
+        }
+        c.lines += 1;
+        let count = if json {
+            line.split("\"repeat\":{\"count\":")
+                .nth(1)
+                .and_then(|rest| rest.split([',', '}']).next()?.parse().ok())
+        } else {
+            word_value(line, "repeated=")
+        };
+        if let Some(n) = count {
+            c.summaries += 1;
+            c.summarised += n;
+        }
+    }
+    Ok(c)
+}
+
+fn word_value(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.parse().ok())
+}
+
+/// Prints the reporting table and adds missed targets to `misses`.
+pub fn print(results: &Results, seconds: f64, misses: &mut Vec<String>) {
+    let idle = &results.idle;
+    println!();
+    println!(
+        "reporting (log_allowed on one port, audit mode; {seconds} s per flood; counts from the daemon's own output)"
+    );
+    println!(
+        "  idle: enforcing {} ms after start ({} ms to the ready line as seen from outside); \
+         {:.2} ms CPU per second ({:.3}% of a core), of which the 1 s refresh takes {} µs (its own \
+         count, wall time); RSS {:.1} MiB",
+        idle.ready_ms,
+        idle.start_to_ready_ms,
+        idle.cpu_ms_per_s,
+        idle.cpu_ms_per_s / 10.0,
+        idle.refresh_us,
+        idle.rss_mib
+    );
+    if idle.rss_mib > RSS_TARGET_MIB {
+        misses.push(format!(
+            "idle RSS {:.1} MiB > {RSS_TARGET_MIB} MiB",
+            idle.rss_mib
+        ));
+    }
+    println!(
+        "  {:<16} {:<6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>8} {:>9} {:>7} {:>8}  verdict",
+        "flood",
+        "format",
+        "offered/s",
+        "achieved/s",
+        "connects",
+        "lines",
+        "summarised",
+        "lost",
+        "accounted",
+        "CPU %",
+        "RSS MiB"
+    );
+    for row in &results.rows {
+        let mut verdict = Vec::new();
+        if row.accounted() != row.attempts {
+            verdict.push("NOT EXACT");
+            misses.push(format!(
+                "{} ({}): {} connects, the output accounts for {}",
+                row.flood,
+                row.format,
+                row.attempts,
+                row.accounted()
+            ));
+        }
+        let single = !row.flood.contains("distinct");
+        if row.flood == PAUSED && row.lost == 0 {
+            verdict.push("NOTHING LOST?");
+            misses.push(format!(
+                "{} ({}): the reader was stopped, yet nothing was lost",
+                row.flood, row.format
+            ));
+        }
+        if single && row.lost > 0 {
+            verdict.push("LOST");
+            misses.push(format!(
+                "{} ({}): {} reports lost",
+                row.flood, row.format, row.lost
+            ));
+        }
+        if row.rss_max_mib > RSS_TARGET_MIB {
+            verdict.push("RSS OVER");
+            misses.push(format!(
+                "{} ({}): RSS {:.1} MiB > {RSS_TARGET_MIB} MiB",
+                row.flood, row.format, row.rss_max_mib
+            ));
+        }
+        println!(
+            "  {:<16} {:<6} {:>9} {:>10.0} {:>9} {:>9} {:>10} {:>8} {:>9} {:>7.1} {:>8.1}  {}",
+            row.flood,
+            row.format,
+            row.offered,
+            row.achieved,
+            row.attempts,
+            row.lines,
+            row.summarised,
+            row.lost,
+            if row.accounted() == row.attempts {
+                "exact".to_owned()
+            } else {
+                row.accounted().to_string()
+            },
+            row.cpu_percent,
+            row.rss_max_mib,
+            if verdict.is_empty() {
+                "ok".to_owned()
+            } else {
+                verdict.join(", ")
+            },
+        );
+    }
+    println!(
+        "  targets: 0 lost for one flow at every rate, every connect accounted for (a line, a summary's count, or lost), RSS ≤ {RSS_TARGET_MIB} MiB"
+    );
+}
