@@ -7,10 +7,12 @@
 //! one), [`kernel`] owns everything that touches BPF (host checks, BTF
 //! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer
 //! records into audit lines, [`cut`] destroys connections a newly enforced
-//! policy would have refused, and [`daemon`] ties them together.
+//! policy would have refused, and [`daemon`] ties them together. [`ops`]
+//! holds `loopwarden status` (what the pins enforce right now) and
+//! `loopwarden doctor` (what the host offers).
 //!
 //! Fuzz builds (`cargo xtask fuzz`, `cfg(fuzzing)`) have no eBPF object
-//! (see build.rs) and therefore leave out the loader and [`daemon`].
+//! (see build.rs) and therefore leave out the loader, [`daemon`] and [`ops`].
 
 pub mod catalog;
 pub mod config;
@@ -19,5 +21,7 @@ pub mod cut;
 pub mod daemon;
 pub mod events;
 pub mod kernel;
+#[cfg(not(fuzzing))]
+pub mod ops;
 pub mod policy;
 pub mod resolve;

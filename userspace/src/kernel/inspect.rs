@@ -143,27 +143,22 @@ pub struct InForce {
 /// Reads `LW_GENERATION` and the settings of the slot it names. Call only
 /// after [`meta`] succeeded.
 pub fn in_force(pins: &PinDir) -> Result<InForce, InspectError> {
-    let opened = |name: &'static str| -> Result<Map, InspectError> {
-        Ok(Map::Array(open(pins, name)?))
-    };
+    let opened =
+        |name: &'static str| -> Result<Map, InspectError> { Ok(Map::Array(open(pins, name)?)) };
     let generation: Array<MapData, u32> =
         Array::try_from(opened(maps::GENERATION)?).map_err(|source| InspectError::Open {
             name: maps::GENERATION,
             source,
         })?;
-    let settings: Array<MapData, Settings> = Array::try_from(opened(maps::SETTINGS)?).map_err(
-        |source| InspectError::Open {
+    let settings: Array<MapData, Settings> =
+        Array::try_from(opened(maps::SETTINGS)?).map_err(|source| InspectError::Open {
             name: maps::SETTINGS,
             source,
-        },
-    )?;
-    let slot = generation
-        .get(&0, 0)
-        .map_err(|source| InspectError::Read {
-            name: maps::GENERATION,
-            source,
-        })?
-        & 1;
+        })?;
+    let slot = generation.get(&0, 0).map_err(|source| InspectError::Read {
+        name: maps::GENERATION,
+        source,
+    })? & 1;
     let settings = settings
         .get(&slot, 0)
         .map_err(|source| InspectError::Read {
@@ -187,7 +182,7 @@ pub fn counter_name(index: u32) -> Option<&'static str> {
 }
 
 /// One `LW_STATS` counter, summed over CPUs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Counter {
     pub index: u32,
     /// [`counter_name`], or `counter[i]` for an index this build does not know.
@@ -216,7 +211,8 @@ pub fn counters(pins: &PinDir) -> Result<Vec<Counter>, InspectError> {
                 })?;
             Ok(Counter {
                 index,
-                name: counter_name(index).map_or_else(|| format!("counter[{index}]"), str::to_owned),
+                name: counter_name(index)
+                    .map_or_else(|| format!("counter[{index}]"), str::to_owned),
                 value: values.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)),
             })
         })
@@ -230,7 +226,10 @@ mod tests {
     #[test]
     fn every_known_counter_has_a_name_and_others_an_index() {
         for index in 0..stats::COUNT {
-            assert!(counter_name(index).is_some(), "LW_STATS[{index}] has no name");
+            assert!(
+                counter_name(index).is_some(),
+                "LW_STATS[{index}] has no name"
+            );
         }
         assert_eq!(counter_name(stats::COUNT + 3), None);
     }
