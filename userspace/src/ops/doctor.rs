@@ -133,7 +133,7 @@ impl Report {
 /// Runs every check.
 pub fn run() -> Report {
     let cgroup_root = compat::find_cgroup2_root();
-    let checks = vec![
+    let mut checks = vec![
         root(),
         capabilities(),
         kernel_release(),
@@ -141,15 +141,37 @@ pub fn run() -> Report {
         cgroup_namespace(),
         btf(),
         bpffs(),
-        program_type(),
-        connect_programs(),
-        helpers(),
-        map_types(),
-        link_update(cgroup_root.as_deref()),
-        lockdown(),
-        unprivileged_bpf(),
-        sock_destroy(),
     ];
+    // Without the privileges the daemon has, every probe fails with EPERM
+    // and says nothing about the kernel: say so once per probe instead.
+    let privileged = checks[..2].iter().all(|c| c.level == Level::Ok);
+    type Probe<'a> = (&'static str, bool, Box<dyn FnOnce() -> Check + 'a>);
+    let probes: Vec<Probe<'_>> = vec![
+        ("program type", true, Box::new(program_type)),
+        ("connect hooks", true, Box::new(connect_programs)),
+        ("helpers", true, Box::new(helpers)),
+        ("map types", true, Box::new(map_types)),
+        (
+            "link update",
+            true,
+            Box::new(|| link_update(cgroup_root.as_deref())),
+        ),
+        ("lockdown", false, Box::new(lockdown)),
+        ("unprivileged bpf", false, Box::new(unprivileged_bpf)),
+        ("sock destroy", false, Box::new(sock_destroy)),
+    ];
+    for (name, required, probe) in probes {
+        if privileged || name == "unprivileged bpf" {
+            checks.push(probe());
+        } else {
+            checks.push(Check::bad(
+                name,
+                required,
+                "not probed: needs root with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN",
+                "run loopwarden doctor as root",
+            ));
+        }
+    }
     Report {
         ok: checks.iter().all(|c| !c.required || c.level == Level::Ok),
         checks,
