@@ -7,11 +7,13 @@
 //! one), [`kernel`] owns everything that touches BPF (host checks, BTF
 //! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer
 //! records into audit lines, [`report`] summarises repeats and batches
-//! the lines, [`cut`] destroys connections a newly enforced
-//! policy would have refused, and [`daemon`] ties them together.
+//! the lines, [`cut`] destroys connections a newly enforced policy would
+//! have refused, and [`daemon`] ties them together. [`ops`] holds
+//! `loopwarden status` (what the pins enforce right now) and `loopwarden
+//! doctor` (what the host offers).
 //!
 //! Fuzz builds (`cargo xtask fuzz`, `cfg(fuzzing)`) have no eBPF object
-//! (see build.rs) and therefore leave out the loader and [`daemon`].
+//! (see build.rs) and therefore leave out the loader, [`daemon`] and [`ops`].
 
 pub mod catalog;
 pub mod config;
@@ -21,6 +23,8 @@ pub mod daemon;
 pub mod events;
 pub mod heap;
 pub mod kernel;
+#[cfg(not(fuzzing))]
+pub mod ops;
 pub mod policy;
 pub mod report;
 pub mod resolve;

@@ -10,6 +10,7 @@ use loopwarden::{
     daemon::{self, DEFAULT_RUN_DIR, DaemonError},
     events::LogFormat,
     kernel::{compat, loader::Programs, pins::DEFAULT_PIN_DIR},
+    ops,
     policy::{self, Mode},
     resolve::HostResolver,
 };
@@ -76,6 +77,40 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Say whether enforcement is attached and pinned, the policy in force
+    /// (mode, sequence number, rules), the kernel's counters, and which
+    /// daemon (if any) reports for it. Read from the pins in bpffs, not from
+    /// the daemon.
+    ///
+    /// Exit codes: 0 programs attached and pinned with a policy in force
+    /// (enforce or audit mode; also when no daemon runs), 3 nothing enforces
+    /// (nothing pinned, detached, links not attached, or the policy
+    /// disabled), 4 the pins cannot be read or are of an incompatible layout.
+    #[command(
+        after_help = "Exit codes: 0 active (attached, pinned, a policy in force), \
+                            3 not enforcing, 4 pins unreadable or of an incompatible layout."
+    )]
+    Status {
+        /// The pin directory to read.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// The run directory of the daemon (its lock and status.json).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this host: probe the program type, helpers, maps and link
+    /// updates the programs need, BTF, the cgroup v2 mount and namespace,
+    /// bpffs, capabilities, lockdown, unprivileged BPF and SOCK_DESTROY.
+    /// One line per check with what to change; exits 0 when every required
+    /// check passes, 1 otherwise.
+    Doctor {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a policy file and print the compiled policy; exits non-zero
     /// on any error (file, line and what is wrong).
     CheckConfig {
@@ -119,7 +154,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match dispatch(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("loopwarden: error: {e:#}");
             let code = e
@@ -130,7 +165,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<()> {
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             config,
@@ -159,7 +194,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(daemon::run(opts))?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Detach { run_dir, pin_dir } => {
             let removed = daemon::detach(&pin_dir, &run_dir)?;
@@ -172,7 +207,29 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     pin_dir.display()
                 );
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            pin_dir,
+            run_dir,
+            json,
+        } => {
+            let report = ops::status::gather(&pin_dir, &run_dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(ExitCode::from(report.exit_code))
+        }
+        Command::Doctor { json } => {
+            let report = ops::doctor::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(ExitCode::from(report.exit_code()))
         }
         Command::CheckConfig { file, default } => {
             let (config, name) = if default {
@@ -190,7 +247,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             println!("# {name}: OK");
             print!("{compiled}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Baseline => {
             let host = compat::check_host()?;
@@ -214,7 +271,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
             drop(programs);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Catalog => {
             for entry in CATALOG {
@@ -226,7 +283,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
                     entry.why
                 );
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

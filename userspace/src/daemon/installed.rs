@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use loopwarden_common::flags;
 use tracing::{error, info, warn};
 
-use super::{DaemonError, sweeper::Sweeper};
+use super::{DaemonError, status_file, sweeper::Sweeper};
 use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     events::Enricher,
@@ -143,9 +143,13 @@ impl Installed {
                     info!("policy unchanged");
                 }
                 self.config = Some(config);
-                self.install(policy, enricher);
+                let outcome = self.install(policy, enricher).map(drop);
+                status_file::record(self, Some(outcome));
             }
-            Err(e) => error!("reload failed, keeping the running policy: {e}"),
+            Err(e) => {
+                error!("reload failed, keeping the running policy: {e}");
+                status_file::record(self, Some(Err(e.to_string())));
+            }
         }
     }
 
@@ -160,7 +164,11 @@ impl Installed {
                 if self.refresh_error.take().is_some() {
                     info!("re-resolving the policy works again");
                 }
-                self.install(policy, enricher);
+                match self.install(policy, enricher) {
+                    Ok(true) => status_file::record(self, None),
+                    Ok(false) => {}
+                    Err(e) => status_file::record(self, Some(Err(e))),
+                }
             }
             Err(e) => {
                 let message = e.to_string();
@@ -175,12 +183,16 @@ impl Installed {
     }
 
     /// Installs `fresh` unless it (and its host addresses) is what is in
-    /// force already.
-    pub(super) fn install(&mut self, fresh: CompiledPolicy, enricher: &mut Enricher) {
+    /// force already; says whether it installed, or why it could not.
+    pub(super) fn install(
+        &mut self,
+        fresh: CompiledPolicy,
+        enricher: &mut Enricher,
+    ) -> Result<bool, String> {
         let addrs = host_addresses(&fresh);
         let current = self.policy.as_ref();
         if current == Some(&fresh) && self.addrs == addrs {
-            return;
+            return Ok(false);
         }
         for warning in fresh
             .warnings
@@ -193,7 +205,7 @@ impl Installed {
             Ok(seq) => seq,
             Err(e) => {
                 error!("installing the new policy failed, keeping the running one: {e}");
-                return;
+                return Err(format!("installing the new policy failed: {e}"));
             }
         };
         info!("policy #{seq} installed: {} rules", fresh.rules.len());
@@ -201,5 +213,6 @@ impl Installed {
         self.sweeper.request(&fresh, &addrs);
         self.policy = Some(fresh);
         self.addrs = addrs;
+        Ok(true)
     }
 }

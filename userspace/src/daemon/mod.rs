@@ -17,6 +17,7 @@
 mod detach;
 mod installed;
 mod lock;
+pub mod status_file;
 mod sweeper;
 
 use std::{
@@ -314,6 +315,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         },
     };
     counters.report(&mut stats);
+    status_file::started(&opts.run_dir, &installed);
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);

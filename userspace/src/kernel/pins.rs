@@ -343,7 +343,7 @@ fn remove_tree(path: &Path) -> io::Result<()> {
 
 /// Whether `path` (or, if it does not exist yet, its nearest existing
 /// ancestor) is on bpffs.
-fn is_bpffs(path: &Path) -> bool {
+pub fn is_bpffs(path: &Path) -> bool {
     let Some(existing) = path.ancestors().find(|p| p.exists()) else {
         return false;
     };

@@ -1,8 +1,10 @@
-//! The three `bpf(2)` commands pinned enforcement needs that aya 0.14 keeps
+//! The `bpf(2)` commands pinned enforcement needs that aya 0.14 keeps
 //! crate-private: opening a pinned object, replacing a link's program in
-//! place (`BPF_LINK_UPDATE`), and asking a link which program it runs.
-//! Each builds the command's `union bpf_attr` member as laid out in
-//! include/uapi/linux/bpf.h.
+//! place (`BPF_LINK_UPDATE`), and asking a link which program it runs and
+//! where. For `loopwarden status` and `doctor` also: which programs a cgroup
+//! runs (`BPF_PROG_QUERY`), and loading and linking a program of a few
+//! hand-written instructions (the `BPF_LINK_UPDATE` probe). Each builds the
+//! command's `union bpf_attr` member as laid out in include/uapi/linux/bpf.h.
 
 use std::{
     ffi::CString,
@@ -14,7 +16,10 @@ use std::{
     path::Path,
 };
 
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 /// `BPF_F_REPLACE`: update only if the link still runs `old_prog_fd`.
@@ -78,4 +83,168 @@ pub fn link_prog_id(link: impl AsFd) -> io::Result<u32> {
     ];
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr, 16)?;
     Ok((info[1] & 0xffff_ffff) as u32)
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says about a cgroup link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// `BPF_LINK_TYPE_*`; [`LINK_TYPE_CGROUP`] for ours.
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// For a cgroup link: the cgroup's id (0 once the cgroup is gone).
+    pub cgroup_id: u64,
+    /// For a cgroup link: the `BPF_CGROUP_*` attach type.
+    pub attach_type: u32,
+}
+
+/// `BPF_LINK_TYPE_CGROUP`.
+pub const LINK_TYPE_CGROUP: u32 = 3;
+/// `BPF_CGROUP_INET4_CONNECT`.
+pub const ATTACH_INET4_CONNECT: u32 = 10;
+/// `BPF_CGROUP_INET6_CONNECT`.
+pub const ATTACH_INET6_CONNECT: u32 = 11;
+/// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`.
+pub const PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+
+/// A link's type, id, program and (for a cgroup link) cgroup and attach type.
+pub fn link_info(link: impl AsFd) -> io::Result<LinkInfo> {
+    // struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id; union {
+    //   struct { __u64 cgroup_id; __u32 attach_type; } cgroup; ... } } (the
+    // union is 8-aligned: offset 16)
+    let mut info = [0u64; 16];
+    let mut attr = [
+        u64::from(link.as_fd().as_raw_fd() as u32) | ((size_of_val(&info) as u64) << 32),
+        info.as_mut_ptr() as u64,
+    ];
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr, 16)?;
+    Ok(LinkInfo {
+        link_type: (info[0] & 0xffff_ffff) as u32,
+        id: (info[0] >> 32) as u32,
+        prog_id: (info[1] & 0xffff_ffff) as u32,
+        cgroup_id: info[2],
+        attach_type: (info[3] & 0xffff_ffff) as u32,
+    })
+}
+
+/// Ids of the programs attached directly to the cgroup `cgroup` for
+/// `attach_type` (not inherited ones), in run order.
+pub fn prog_query(cgroup: impl AsFd, attach_type: u32) -> io::Result<Vec<u32>> {
+    // A cgroup holds at most BPF_CGROUP_MAX_PROGS (64) per attach type.
+    let mut ids = [0u32; 64];
+    // struct { __u32 target_fd; __u32 attach_type; __u32 query_flags;
+    //   __u32 attach_flags; __aligned_u64 prog_ids; __u32 prog_cnt; ... }
+    let mut attr = [
+        u64::from(cgroup.as_fd().as_raw_fd() as u32) | (u64::from(attach_type) << 32),
+        0,
+        ids.as_mut_ptr() as u64,
+        ids.len() as u64,
+    ];
+    bpf(BPF_PROG_QUERY, &mut attr, 32)?;
+    let count = ((attr[3] & 0xffff_ffff) as usize).min(ids.len());
+    Ok(ids[..count].to_vec())
+}
+
+/// One eBPF instruction (`struct bpf_insn`), for probe programs.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Insn {
+    pub code: u8,
+    /// `dst_reg` in the low nibble, `src_reg` in the high one.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+impl Insn {
+    /// `r0 = imm` (64-bit move).
+    pub const fn mov_r0(imm: i32) -> Self {
+        Self::mov(0, imm)
+    }
+
+    /// `rN = imm` (64-bit move).
+    pub const fn mov(reg: u8, imm: i32) -> Self {
+        // BPF_ALU64 | BPF_MOV | BPF_K
+        Self {
+            code: 0xb7,
+            regs: reg,
+            off: 0,
+            imm,
+        }
+    }
+
+    /// Calls helper number `helper`.
+    pub const fn call(helper: i32) -> Self {
+        // BPF_JMP | BPF_CALL
+        Self {
+            code: 0x85,
+            regs: 0,
+            off: 0,
+            imm: helper,
+        }
+    }
+
+    /// `exit`.
+    pub const fn exit() -> Self {
+        // BPF_JMP | BPF_EXIT
+        Self {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        }
+    }
+}
+
+/// Loads a GPL-licensed `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` program of
+/// `insns` for `attach_type`; on refusal the error carries the start of
+/// the verifier's log.
+pub fn load_sock_addr_prog(insns: &[Insn], attach_type: u32) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    // struct { __u32 prog_type; __u32 insn_cnt; __aligned_u64 insns;
+    //   __aligned_u64 license; __u32 log_level; __u32 log_size;
+    //   __aligned_u64 log_buf; __u32 kern_version; __u32 prog_flags;
+    //   char prog_name[16]; __u32 prog_ifindex; __u32 expected_attach_type; }
+    let mut attr = [0u64; 9];
+    attr[0] = u64::from(PROG_TYPE_CGROUP_SOCK_ADDR) | ((insns.len() as u64) << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[3] = 1 | ((log.len() as u64) << 32);
+    attr[4] = log.as_mut_ptr() as u64;
+    attr[6] = u64::from_ne_bytes(*b"lw_probe");
+    attr[8] = u64::from(attach_type) << 32;
+    let size = size_of_val(&attr);
+    match bpf(BPF_PROG_LOAD, &mut attr, size) {
+        // SAFETY: the kernel returned a new descriptor that nobody else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end.min(300)]);
+            let text = text.trim();
+            if text.is_empty() {
+                Err(e)
+            } else {
+                Err(io::Error::new(e.kind(), format!("{e}: {text}")))
+            }
+        }
+    }
+}
+
+/// Attaches `prog` to the cgroup `cgroup` through a new link
+/// (`BPF_LINK_CREATE`); the program is detached when the link's last
+/// descriptor closes.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    // struct { __u32 prog_fd; __u32 target_fd; __u32 attach_type; __u32 flags; }
+    let mut attr = [
+        u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32),
+        u64::from(attach_type),
+    ];
+    let fd = bpf(BPF_LINK_CREATE, &mut attr, 16)?;
+    // SAFETY: the kernel returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

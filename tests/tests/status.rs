@@ -1,0 +1,266 @@
+//! `loopwarden status` and `loopwarden doctor` against the real state: with
+//! nothing pinned, with a daemon enforcing, after a SIGKILL of the daemon
+//! (pinned, no daemon), with an incompatible LW_META, and after detach; and
+//! doctor on this host.
+
+use std::process::Command;
+
+use loopwarden_tests::{Daemon, Install, Netns, PROTECTED, loopwarden_bin, policy, run, run_ok};
+use serde_json::Value;
+
+/// `loopwarden status` of `install`: exit code, text, and the `--json` form
+/// (read right after the text).
+fn status(install: &Install) -> (Option<i32>, String, Value) {
+    let text = run(Command::new(loopwarden_bin())
+        .arg("status")
+        .args(install.dir_args()));
+    let json = run(Command::new(loopwarden_bin())
+        .args(["status", "--json"])
+        .args(install.dir_args()));
+    assert_eq!(
+        text.status.code(),
+        json.status.code(),
+        "text and --json disagree"
+    );
+    let value: Value = serde_json::from_slice(&json.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json is not JSON ({e}): {}",
+            String::from_utf8_lossy(&json.stdout)
+        )
+    });
+    (
+        text.status.code(),
+        String::from_utf8_lossy(&text.stdout).into_owned(),
+        value,
+    )
+}
+
+/// The policy sequence number the daemon's ready line names.
+fn ready_seq(daemon: &Daemon) -> u64 {
+    let stderr = daemon.stderr_text();
+    let at = stderr
+        .find("policy #")
+        .expect("a policy # in the ready line")
+        + "policy #".len();
+    stderr[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a sequence number")
+}
+
+fn counter(report: &Value, name: &str) -> u64 {
+    report["counters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .and_then(|c| c["value"].as_u64())
+        .unwrap_or_else(|| panic!("no counter {name}: {report:#}"))
+}
+
+fn prog_ids(report: &Value) -> Vec<u64> {
+    report["links"]
+        .as_array()
+        .map(|ls| ls.iter().filter_map(|l| l["prog_id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+
+    // Nothing pinned.
+    let (code, text, json) = status(&install);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("not enforcing: nothing pinned"), "{text}");
+    assert_eq!(json["state"], "not-enforcing");
+    assert_eq!(json["daemon"]["running"], false);
+    // Positive control: the relay reaches the service without loopwarden.
+    assert!(
+        ns.socat_connect(&target).0,
+        "control: socat reaches the service"
+    );
+
+    // A daemon enforcing.
+    let mut daemon = Daemon::start_in(&install, &policy(&ns, "enforce", ""), &[]);
+    let (ok, err) = ns.socat_connect(&target);
+    assert!(!ok, "the relay was not refused");
+    assert!(err.contains("Connection refused"), "{err}");
+    daemon.wait_event("the relay's refusal", |e| e["verdict"] == "deny");
+    let (code, text, json) = status(&install);
+    assert_eq!(code, Some(0), "{text}");
+    let pid = daemon.pid().expect("running");
+    let version =
+        String::from_utf8_lossy(&run_ok(Command::new(loopwarden_bin()).arg("--version")).stdout)
+            .trim()
+            .trim_start_matches("loopwarden ")
+            .to_owned();
+    assert!(
+        text.contains(&format!("running: pid {pid}, version {version}")),
+        "{text}"
+    );
+    assert!(text.contains("mode enforce"), "{text}");
+    assert_eq!(json["state"], "active");
+    assert_eq!(json["daemon"]["running"], true);
+    assert_eq!(json["daemon"]["reported"]["pid"], pid);
+    assert_eq!(json["daemon"]["reported"]["version"], version.as_str());
+    assert_eq!(json["policy"]["mode"], "enforce");
+    let seq = ready_seq(&daemon);
+    assert_eq!(json["policy"]["seq"], seq, "{json:#}");
+    assert!(text.contains(&format!("#{seq} ")), "{text}");
+    assert_eq!(
+        prog_ids(&json),
+        install.linked_prog_ids(),
+        "status names other programs than bpftool"
+    );
+    assert!(
+        json["links"]
+            .as_array()
+            .is_some_and(|ls| ls.iter().all(|l| l["attached_at_root"] == true)),
+        "{json:#}"
+    );
+    assert!(counter(&json, "denied") >= 1, "{json:#}");
+    assert!(counter(&json, "checked") >= counter(&json, "denied"));
+    let denied_before = counter(&json, "denied");
+    assert!(!ns.socat_connect(&target).0, "refused once, not twice");
+    let (_, _, json) = status(&install);
+    assert!(
+        counter(&json, "denied") > denied_before,
+        "the denied counter did not move: {json:#}"
+    );
+
+    // A reload that fails: the daemon says so, the policy stays.
+    std::fs::write(install.config_path(), "mode = \"enforce\"\nbogus = 1\n").expect("rewrite");
+    daemon.allow_error("reload failed");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("reload failed", 1);
+    let (code, text, json) = loopwarden_tests::wait_for(
+        "status.json to record the failed reload",
+        std::time::Duration::from_secs(5),
+        || {
+            let got = status(&install);
+            (got.2["daemon"]["reported"]["last_reload"]["ok"] == false).then_some(got)
+        },
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("FAILED at"), "{text}");
+    assert_eq!(
+        json["policy"]["seq"], seq,
+        "a failed reload changed the policy"
+    );
+
+    // SIGKILL: enforcement stays, nobody reports.
+    daemon.kill9();
+    let (code, text, json) = status(&install);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("no daemon: enforcing the pinned policy, unreported"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("the last one: pid {pid}")), "{text}");
+    assert_eq!(json["daemon"]["running"], false);
+    assert_eq!(json["policy"]["seq"], seq);
+    assert_eq!(prog_ids(&json), install.linked_prog_ids());
+    assert!(
+        !ns.socat_connect(&target).0,
+        "not refused after the SIGKILL"
+    );
+
+    // LW_META of another layout: status refuses to decode the maps.
+    let meta_path = install.pin_dir().join("maps/LW_META");
+    let mut meta = b"loopward".to_vec();
+    meta.extend(1u32.to_le_bytes());
+    meta.extend([0u8; 12]);
+    let hex: Vec<String> = meta.iter().map(|b| format!("{b:02x}")).collect();
+    run_ok(
+        Command::new("bpftool")
+            .args(["map", "update", "pinned"])
+            .arg(&meta_path)
+            .args(["key", "hex", "00", "00", "00", "00", "value", "hex"])
+            .args(&hex),
+    );
+    let (code, text, json) = status(&install);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("incompatible layout 1"), "{text}");
+    assert_eq!(json["state"], "unreadable");
+    assert_eq!(json["layout"], 1);
+    assert!(json["policy"].is_null() && json["counters"] == serde_json::json!([]));
+
+    // Detached: nothing enforces, and the relay gets through again.
+    let out = install.detach();
+    assert!(out.status.success(), "{out:?}");
+    let (code, text, json) = status(&install);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("never started, or detached"), "{text}");
+    assert_eq!(json["state"], "not-enforcing");
+    assert!(
+        ns.socat_connect(&target).0,
+        "the relay is still refused after detach"
+    );
+}
+
+#[test]
+fn doctor_passes_on_this_host_and_json_parses() {
+    let text = run(Command::new(loopwarden_bin()).arg("doctor"));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(0), "{stdout}");
+    for line in stdout.lines().filter(|l| !l.starts_with("every required")) {
+        let level = line.split_whitespace().next().unwrap_or_default();
+        assert!(
+            ["ok", "warn", "FAIL"].contains(&level),
+            "a line without a level: {line}"
+        );
+    }
+    let json = run(Command::new(loopwarden_bin()).args(["doctor", "--json"]));
+    assert_eq!(json.status.code(), Some(0));
+    let report: Value = serde_json::from_slice(&json.stdout).expect("doctor --json parses");
+    assert_eq!(report["ok"], true);
+    let checks = report["checks"].as_array().expect("checks");
+    for name in [
+        "capabilities",
+        "cgroup v2",
+        "cgroup namespace",
+        "BTF",
+        "bpffs",
+        "program type",
+        "connect hooks",
+        "helpers",
+        "map types",
+        "link update",
+    ] {
+        let check = checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {report:#}"));
+        assert_eq!(check["required"], true, "{check:#}");
+        assert_eq!(check["level"], "ok", "{check:#}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(name)),
+            "{stdout}"
+        );
+    }
+    assert!(
+        checks
+            .iter()
+            .filter(|c| c["required"] == true)
+            .all(|c| c["level"] == "ok"),
+        "{report:#}"
+    );
+    // The probes leave nothing behind.
+    let cgroup_root = String::from_utf8_lossy(
+        &run_ok(
+            Command::new("sh").args(["-c", "ls /sys/fs/cgroup /sys/fs/cgroup/unified 2>/dev/null"]),
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        !cgroup_root.contains("loopwarden-doctor-"),
+        "a probe cgroup was left: {cgroup_root}"
+    );
+}

@@ -1,0 +1,191 @@
+//! `<run_dir>/status.json`: what a running daemon says about itself for
+//! `loopwarden status` (pid, version, start time, policy source, the policy
+//! in force and the last reload's outcome). Written at start and after each
+//! install or failed reload, atomically (a temporary file renamed over it),
+//! so a reader sees a whole file or the previous one.
+//!
+//! The file is a report, not a proof of life: it stays behind when the
+//! daemon dies. `loopwarden status` believes it only while the run
+//! directory's lock is held by the pid it names; the kernel state (links,
+//! policy, counters) is always read from the pins, never from here.
+//!
+//! One daemon runs per process, so the parts that never change (run
+//! directory, start time) and the last reload's outcome live in a
+//! process-wide cell set once at start.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
+    time::SystemTime,
+};
+
+use loopwarden_common::flags;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::installed::Installed;
+
+/// Its name in the run directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// The file's content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    /// The daemon's `CARGO_PKG_VERSION`.
+    pub version: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// When this file was last written.
+    pub updated_at: String,
+    /// The policy file, or "embedded default policy".
+    pub policy_source: String,
+    /// Whether the policy in force is one this daemon installed (`false`:
+    /// it keeps a predecessor's pinned policy, its own file did not parse).
+    pub own_policy: bool,
+    /// `enforce`, `audit` or `disabled`, as the pinned settings say.
+    pub mode: Option<String>,
+    /// The in-force policy's sequence number.
+    pub policy_seq: Option<u64>,
+    /// Rules of the policy in force.
+    pub rules: Option<u32>,
+    /// The last SIGHUP reload or install, if any since start.
+    pub last_reload: Option<Reload>,
+}
+
+/// Outcome of a reload or install.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reload {
+    pub at: String,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+struct Cell {
+    path: PathBuf,
+    started_at: String,
+    last_reload: Option<Reload>,
+}
+
+static CELL: OnceLock<Mutex<Cell>> = OnceLock::new();
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// At start, once the daemon is ready: remembers where to write, and writes.
+pub(super) fn started(run_dir: &Path, installed: &Installed) {
+    let cell = Cell {
+        path: run_dir.join(STATUS_FILE),
+        started_at: now(),
+        last_reload: None,
+    };
+    if CELL.set(Mutex::new(cell)).is_err() {
+        warn!("status file: started twice");
+    }
+    record(installed, None);
+}
+
+/// After an install (`None`), or a reload or install that ended with
+/// `outcome`: rewrites the file. Does nothing before [`started`].
+pub(super) fn record(installed: &Installed, outcome: Option<Result<(), String>>) {
+    let Some(cell) = CELL.get() else {
+        return;
+    };
+    let Ok(mut cell) = cell.lock() else {
+        return;
+    };
+    if let Some(outcome) = outcome {
+        cell.last_reload = Some(Reload {
+            at: now(),
+            ok: outcome.is_ok(),
+            error: outcome.err(),
+        });
+    }
+    let in_force = installed.maps.in_force().ok().map(|(_, s)| s);
+    let status = DaemonStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: cell.started_at.clone(),
+        updated_at: now(),
+        policy_source: installed.source.describe(),
+        own_policy: installed.policy.is_some(),
+        mode: in_force.map(|s| mode_name(s.flags).to_owned()),
+        policy_seq: in_force.map(|s| s.seq),
+        rules: in_force.map(|s| s.active.count_ones()),
+        last_reload: cell.last_reload.clone(),
+    };
+    if let Err(e) = write(&cell.path, &status) {
+        warn!("writing {} failed: {e}", cell.path.display());
+    }
+}
+
+/// The mode the settings flags say.
+pub fn mode_name(settings_flags: u32) -> &'static str {
+    if settings_flags & flags::ENABLED == 0 {
+        "disabled"
+    } else if settings_flags & flags::ENFORCE != 0 {
+        "enforce"
+    } else {
+        "audit"
+    }
+}
+
+/// Writes `status` to `path` through a temporary file in the same directory.
+pub fn write(path: &Path, status: &DaemonStatus) -> io::Result<()> {
+    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+    let mut text = serde_json::to_string_pretty(status).map_err(io::Error::other)?;
+    text.push('\n');
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Reads `<run_dir>/status.json`; `None` when there is none or it does not parse.
+pub fn read(run_dir: &Path) -> Option<DaemonStatus> {
+    let text = fs::read_to_string(run_dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_atomically_and_read_back() {
+        let dir = std::env::temp_dir().join(format!("lw-status-file-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let status = DaemonStatus {
+            pid: 42,
+            version: "0.1.0".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:01Z".into(),
+            policy_source: "embedded default policy".into(),
+            own_policy: true,
+            mode: Some("audit".into()),
+            policy_seq: Some(2),
+            rules: Some(20),
+            last_reload: Some(Reload {
+                at: "2026-01-01T00:00:01Z".into(),
+                ok: false,
+                error: Some("bad file".into()),
+            }),
+        };
+        write(&dir.join(STATUS_FILE), &status).unwrap();
+        assert_eq!(read(&dir), Some(status));
+        let left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "the temporary file was left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mode_follows_the_flags() {
+        assert_eq!(mode_name(0), "disabled");
+        assert_eq!(mode_name(flags::ENFORCE), "disabled");
+        assert_eq!(mode_name(flags::ENABLED), "audit");
+        assert_eq!(mode_name(flags::ENABLED | flags::ENFORCE), "enforce");
+    }
+}

@@ -1,0 +1,585 @@
+//! `loopwarden status`: is anything enforcing, and what?
+//!
+//! Everything about enforcement comes from the kernel through the pins,
+//! never from a daemon: whether `links/lw_connect4` and `links/lw_connect6`
+//! are pinned, which programs they run and whether the cgroup v2 root runs
+//! them ([`inspect::link`]); the layout of the pinned maps (`LW_META`), the
+//! policy in force (`LW_GENERATION`, `LW_SETTINGS`) and the counters
+//! (`LW_STATS`). The daemon's own report (`<run_dir>/status.json`: pid,
+//! version, policy source, last reload) is shown only while the run
+//! directory's lock is held by the pid it names.
+//!
+//! Exit codes ([`exit`]): 0 a policy is in force through attached, pinned
+//! programs (with or without a daemon); 3 nothing enforces; 4 the pins
+//! cannot be read or are of another layout.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use loopwarden_common::{Meta, flags, stats};
+use serde::Serialize;
+
+use crate::{
+    daemon::status_file::{self, DaemonStatus},
+    kernel::{
+        compat,
+        inspect::{self, Counter, InspectError, LinkState},
+        pins::PinDir,
+    },
+};
+
+/// Exit codes of `loopwarden status`.
+pub mod exit {
+    /// Attached and pinned, a policy enabled (enforce or audit mode).
+    pub const ACTIVE: u8 = 0;
+    /// Nothing enforces: nothing pinned (never started, or detached), the
+    /// links are gone or not attached, or the pinned policy is disabled.
+    pub const NOT_ENFORCING: u8 = 3;
+    /// The pins cannot be read (not root, a broken pin) or are of another
+    /// layout: what they enforce is unknown to this build.
+    pub const UNREADABLE: u8 = 4;
+}
+
+/// The verdict, for scripts (`state` in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Active,
+    NotEnforcing,
+    Unreadable,
+}
+
+impl State {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            State::Active => exit::ACTIVE,
+            State::NotEnforcing => exit::NOT_ENFORCING,
+            State::Unreadable => exit::UNREADABLE,
+        }
+    }
+}
+
+/// One pinned link.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkReport {
+    pub program: String,
+    pub pinned: bool,
+    pub link_id: Option<u32>,
+    pub prog_id: Option<u32>,
+    /// The name of the program the link runs (`None`: not loaded).
+    pub prog_name: Option<String>,
+    /// Whether the cgroup v2 root runs it for its connect hook.
+    pub attached_at_root: Option<bool>,
+    pub error: Option<String>,
+}
+
+impl LinkReport {
+    fn attached(&self) -> bool {
+        self.pinned && self.prog_name.is_some() && self.attached_at_root == Some(true)
+    }
+}
+
+/// The policy in force.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyReport {
+    pub seq: u64,
+    pub slot: u32,
+    /// `enforce`, `audit` or `disabled`.
+    pub mode: String,
+    pub enabled: bool,
+    pub deny_errno: String,
+    pub rules: u32,
+    pub all_ports: bool,
+    pub netns_scoped: bool,
+    pub host_addresses: bool,
+}
+
+/// Reports the kernel could not queue.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LostReport {
+    /// Every report lost since the maps were created.
+    pub total: u64,
+    /// Of those, lost since a daemon last reported the count (e.g. while no
+    /// daemon read).
+    pub unreported: u64,
+}
+
+/// The daemon, as its run directory shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DaemonReport {
+    pub running: bool,
+    /// The pid holding the run directory's lock, if any.
+    pub lock_holder: Option<u32>,
+    /// What it (or, when not running, the last one) wrote in status.json.
+    pub reported: Option<DaemonStatus>,
+}
+
+/// Everything `status` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub state: State,
+    pub exit_code: u8,
+    /// One sentence: what enforces, or why nothing does.
+    pub summary: String,
+    pub pin_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub cgroup2_root: Option<PathBuf>,
+    pub links: Vec<LinkReport>,
+    /// The pinned maps' layout version, when `LW_META` could be read.
+    pub layout: Option<u32>,
+    /// Why the maps were not decoded.
+    pub maps_error: Option<String>,
+    pub policy: Option<PolicyReport>,
+    pub counters: Vec<Counter>,
+    pub lost_reports: Option<LostReport>,
+    pub daemon: DaemonReport,
+}
+
+/// Reads everything; never fails (what it cannot read, it says).
+pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
+    let pins = PinDir::new(pin_dir);
+    let cgroup2_root = compat::find_cgroup2_root();
+    let daemon = daemon_report(run_dir);
+    let mut report = Report {
+        state: State::Unreadable,
+        exit_code: exit::UNREADABLE,
+        summary: String::new(),
+        pin_dir: pin_dir.to_owned(),
+        run_dir: run_dir.to_owned(),
+        cgroup2_root: cgroup2_root.clone(),
+        links: Vec::new(),
+        layout: None,
+        maps_error: None,
+        policy: None,
+        counters: Vec::new(),
+        lost_reports: None,
+        daemon,
+    };
+    if compat::require_root().is_err() {
+        return report.finish(
+            State::Unreadable,
+            "cannot read the pins: bpffs and bpf(2) need root (run it with sudo)".to_owned(),
+        );
+    }
+    report.links = inspect::LINKS
+        .iter()
+        .map(|&(program, hook)| {
+            link_report(
+                program,
+                inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
+            )
+        })
+        .collect();
+    let any_map = pins.map(loopwarden_common::maps::META).exists();
+    let any_link = report.links.iter().any(|l| l.pinned);
+    if !any_link && !any_map {
+        let summary = if pins.exists() {
+            format!("not enforcing: nothing pinned in {}", pin_dir.display())
+        } else {
+            format!(
+                "not enforcing: nothing pinned ({} does not exist: never started, or detached)",
+                pin_dir.display()
+            )
+        };
+        return report.finish(State::NotEnforcing, summary);
+    }
+    let meta = match inspect::meta(&pins) {
+        Ok(meta) => Some(meta),
+        Err(e) => {
+            if let InspectError::Layout { found } = e {
+                report.layout = Some(found);
+            }
+            report.maps_error = Some(e.to_string());
+            None
+        }
+    };
+    if let Some(meta) = meta {
+        report.layout = Some(meta.layout);
+        if let Err(e) = report.read_maps(&pins, &meta) {
+            report.maps_error = Some(e.to_string());
+        }
+    }
+    if let Some(broken) = report.links.iter().find(|l| l.error.is_some()) {
+        let why = broken.error.clone().unwrap_or_default();
+        return report.finish(State::Unreadable, format!("unreadable link pin: {why}"));
+    }
+    if let Some(why) = &report.maps_error {
+        let summary = match (report.links.iter().all(LinkReport::attached), report.layout) {
+            (true, Some(layout)) if layout != loopwarden_common::LAYOUT_VERSION => format!(
+                "unknown: programs attached, but the pinned maps have incompatible layout \
+                 {layout}; this loopwarden cannot say what they enforce"
+            ),
+            _ => format!("unknown: {why}"),
+        };
+        return report.finish(State::Unreadable, summary);
+    }
+    if let Some(missing) = report.links.iter().find(|l| !l.attached()) {
+        let why = if !missing.pinned {
+            "is not pinned"
+        } else if missing.prog_name.is_none() {
+            "runs no loaded program"
+        } else {
+            "is not attached at the cgroup v2 root"
+        };
+        let summary = format!("not enforcing: link {} {why}", missing.program);
+        return report.finish(State::NotEnforcing, summary);
+    }
+    let Some(policy) = report.policy.clone() else {
+        return report.finish(State::Unreadable, "unknown: no policy read".to_owned());
+    };
+    if !policy.enabled {
+        return report.finish(
+            State::NotEnforcing,
+            "not enforcing: programs attached, but the pinned policy is disabled".to_owned(),
+        );
+    }
+    let what = match policy.mode.as_str() {
+        "enforce" => "refusing",
+        _ => "reporting only (audit mode)",
+    };
+    let who = if report.daemon.running {
+        "reported by the daemon".to_owned()
+    } else {
+        "no daemon: enforcing the pinned policy, unreported".to_owned()
+    };
+    let summary = format!(
+        "active: policy #{} in {} mode, {what}; {who}",
+        policy.seq, policy.mode
+    );
+    report.finish(State::Active, summary)
+}
+
+impl Report {
+    fn finish(mut self, state: State, summary: String) -> Self {
+        self.state = state;
+        self.exit_code = state.exit_code();
+        self.summary = summary;
+        self
+    }
+
+    fn read_maps(&mut self, pins: &PinDir, meta: &Meta) -> Result<(), InspectError> {
+        let in_force = inspect::in_force(pins)?;
+        let s = in_force.settings;
+        self.policy = Some(PolicyReport {
+            seq: s.seq,
+            slot: in_force.slot,
+            mode: status_file::mode_name(s.flags).to_owned(),
+            enabled: s.flags & flags::ENABLED != 0,
+            deny_errno: errno_name(s.deny_errno),
+            rules: s.active.count_ones(),
+            all_ports: s.flags & flags::ALL_PORTS != 0,
+            netns_scoped: s.flags & flags::NETNS_SCOPED != 0,
+            host_addresses: s.flags & flags::HOST_ADDRS != 0,
+        });
+        self.counters = inspect::counters(pins)?;
+        if let Some(dropped) = self.counters.iter().find(|c| c.index == stats::DROPPED) {
+            self.lost_reports = Some(LostReport {
+                total: dropped.value,
+                unreported: dropped.value.saturating_sub(meta.dropped_reported),
+            });
+        }
+        Ok(())
+    }
+
+    /// The human-readable form.
+    pub fn human(&self) -> String {
+        let mut out = format!("loopwarden: {}\n", self.summary);
+        let mut line = |label: &str, text: String| {
+            out.push_str(&format!("{label:<10}{text}\n"));
+        };
+        line("pins", self.pin_dir.display().to_string());
+        let root = self
+            .cgroup2_root
+            .as_ref()
+            .map_or("(no cgroup v2 mount)".to_owned(), |p| {
+                p.display().to_string()
+            });
+        for link in &self.links {
+            let text = if let Some(e) = &link.error {
+                format!("{}: unreadable: {e}", link.program)
+            } else if !link.pinned {
+                format!("{}: not pinned", link.program)
+            } else {
+                format!(
+                    "{}: link {} runs program {} ({}), {}",
+                    link.program,
+                    opt(link.link_id),
+                    opt(link.prog_id),
+                    link.prog_name.as_deref().unwrap_or("not loaded"),
+                    match link.attached_at_root {
+                        Some(true) => format!("attached at the cgroup v2 root {root}"),
+                        Some(false) => format!("NOT attached at the cgroup v2 root {root}"),
+                        None => "attachment unknown (no cgroup v2 root to ask)".to_owned(),
+                    }
+                )
+            };
+            line("link", text);
+        }
+        match (&self.layout, &self.maps_error) {
+            (_, Some(e)) => line("maps", format!("not decoded: {e}")),
+            (Some(layout), None) => line("maps", format!("layout {layout} (this build's)")),
+            (None, None) => {}
+        }
+        if let Some(p) = &self.policy {
+            line(
+                "policy",
+                format!(
+                    "#{} (slot {}): mode {}, {} rules, deny errno {}, ports {}{}{}",
+                    p.seq,
+                    p.slot,
+                    p.mode,
+                    p.rules,
+                    p.deny_errno,
+                    if p.all_ports { "all" } else { "listed" },
+                    if p.netns_scoped {
+                        ", scoped to network namespaces"
+                    } else {
+                        ""
+                    },
+                    if p.host_addresses {
+                        ", host addresses too"
+                    } else {
+                        ""
+                    },
+                ),
+            );
+        }
+        line("daemon", self.daemon.describe());
+        if let Some(r) = self
+            .daemon
+            .reported
+            .as_ref()
+            .filter(|_| self.daemon.running)
+        {
+            line(
+                "source",
+                format!(
+                    "{}{}",
+                    r.policy_source,
+                    if r.own_policy {
+                        ""
+                    } else {
+                        " (did not parse: the pinned policy of a predecessor is kept)"
+                    }
+                ),
+            );
+            if let Some(reload) = &r.last_reload {
+                let text = match &reload.error {
+                    None => format!("ok at {}", reload.at),
+                    Some(e) => format!("FAILED at {}: {e}", reload.at),
+                };
+                line("reload", text);
+            }
+        }
+        if !self.counters.is_empty() {
+            let counters: Vec<String> = self
+                .counters
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect();
+            line("counters", counters.join(" "));
+        }
+        if let Some(lost) = &self.lost_reports {
+            line(
+                "lost",
+                format!(
+                    "{} reports lost (ring buffer full or no daemon reading), {} not yet reported by a daemon",
+                    lost.total, lost.unreported
+                ),
+            );
+        }
+        out
+    }
+}
+
+impl DaemonReport {
+    fn describe(&self) -> String {
+        let r = self.reported.as_ref();
+        if self.running {
+            match r {
+                Some(r) => format!(
+                    "running: pid {}, version {}, started {}",
+                    r.pid, r.version, r.started_at
+                ),
+                None => format!(
+                    "running: pid {} (it wrote no status.json: an older version?)",
+                    opt(self.lock_holder)
+                ),
+            }
+        } else {
+            match r {
+                Some(r) => format!(
+                    "no daemon (the last one: pid {}, version {}, started {}, is gone)",
+                    r.pid, r.version, r.started_at
+                ),
+                None => "no daemon".to_owned(),
+            }
+        }
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("?".to_owned(), |v| v.to_string())
+}
+
+fn link_report(program: &str, state: LinkState) -> LinkReport {
+    let mut report = LinkReport {
+        program: program.to_owned(),
+        pinned: false,
+        link_id: None,
+        prog_id: None,
+        prog_name: None,
+        attached_at_root: None,
+        error: None,
+    };
+    match state {
+        LinkState::Absent => {}
+        LinkState::Unreadable(e) => {
+            report.pinned = true;
+            report.error = Some(e);
+        }
+        LinkState::Pinned(link) => {
+            report.pinned = true;
+            report.link_id = Some(link.link_id);
+            report.prog_id = Some(link.prog_id);
+            report.prog_name = link.prog_name;
+            report.attached_at_root = link.attached_at_root.map(|at| at && link.cgroup_link);
+        }
+    }
+    report
+}
+
+fn errno_name(errno: u32) -> String {
+    match errno as i32 {
+        libc::ECONNREFUSED => "ECONNREFUSED".to_owned(),
+        libc::EPERM => "EPERM".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Who holds `<run_dir>/loopwarden.lock`, and what status.json says.
+///
+/// The lock is looked up in `/proc/locks` rather than by trying to take it:
+/// a `status` that held the lock even for a moment could make a daemon
+/// starting at that instant, or a `detach`, fail with "another loopwarden is
+/// already running". Only when `/proc/locks` cannot be read is the lock
+/// tried (and released at once).
+fn daemon_report(run_dir: &Path) -> DaemonReport {
+    let reported = status_file::read(run_dir);
+    let lock = run_dir.join("loopwarden.lock");
+    let holder = lock_holder(&lock);
+    let running = match (&holder, &reported) {
+        (LockState::Held(Some(pid)), Some(r)) => *pid == r.pid && alive(r.pid),
+        (LockState::Held(_), Some(r)) => alive(r.pid),
+        (LockState::Held(Some(pid)), None) => alive(*pid),
+        (LockState::Held(None), None) => true,
+        (LockState::Free, _) => false,
+    };
+    DaemonReport {
+        running,
+        lock_holder: match holder {
+            LockState::Held(pid) => pid,
+            LockState::Free => None,
+        },
+        reported,
+    }
+}
+
+enum LockState {
+    Free,
+    /// Held, by this pid when known.
+    Held(Option<u32>),
+}
+
+fn lock_holder(lock: &Path) -> LockState {
+    let Ok(meta) = fs::metadata(lock) else {
+        return LockState::Free;
+    };
+    match fs::read_to_string("/proc/locks") {
+        Ok(locks) => {
+            let dev = meta.dev();
+            let key = format!(
+                "{:02x}:{:02x}:{}",
+                libc::major(dev),
+                libc::minor(dev),
+                meta.ino()
+            );
+            proc_locks_holder(&locks, &key).map_or(LockState::Free, LockState::Held)
+        }
+        Err(_) => match fs::File::open(lock).map(|f| f.try_lock()) {
+            Ok(Ok(())) => LockState::Free,
+            Ok(Err(_)) => LockState::Held(None),
+            Err(_) => LockState::Free,
+        },
+    }
+}
+
+/// The holder of an `flock` on the file `key` (`major:minor:inode` as
+/// `/proc/locks` prints it, hex device numbers): `Some(pid)`, `Some(None)`
+/// when held by a process this pid namespace cannot name, `None` when free.
+fn proc_locks_holder(locks: &str, key: &str) -> Option<Option<u32>> {
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:1018081 0 EOF"; waiters
+        // ("1: -> FLOCK ...") hold nothing.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") || fields.get(5) != Some(&key) {
+            return None;
+        }
+        Some(fields.get(4).and_then(|p| p.parse().ok()))
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_names_the_flock_holder_of_exactly_that_file() {
+        let locks = "\
+1: POSIX  ADVISORY  WRITE 77 fe:00:1018081 0 EOF
+2: FLOCK  ADVISORY  WRITE 28520 fe:00:1018081 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 999 fe:00:1018081 0 EOF
+3: FLOCK  ADVISORY  WRITE 12 fe:00:10180810 0 EOF
+";
+        assert_eq!(proc_locks_holder(locks, "fe:00:1018081"), Some(Some(28520)));
+        assert_eq!(proc_locks_holder(locks, "fe:00:10180810"), Some(Some(12)));
+        assert_eq!(proc_locks_holder(locks, "fe:01:1018081"), None);
+        assert_eq!(proc_locks_holder("", "fe:00:1"), None);
+    }
+
+    #[test]
+    fn a_held_lock_of_this_process_is_seen() {
+        let dir = std::env::temp_dir().join(format!("lw-status-lock-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("loopwarden.lock");
+        let file = fs::File::create(&path).unwrap();
+        assert!(matches!(lock_holder(&path), LockState::Free));
+        file.lock().unwrap();
+        match lock_holder(&path) {
+            LockState::Held(pid) => assert_eq!(pid, Some(std::process::id())),
+            LockState::Free => panic!("a held lock reads as free"),
+        }
+        drop(file);
+        assert!(matches!(lock_holder(&path), LockState::Free));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_run_dir_means_no_daemon() {
+        let report = daemon_report(Path::new("/nonexistent/loopwarden-run"));
+        assert!(!report.running);
+        assert_eq!(report.describe(), "no daemon");
+    }
+}
