@@ -1,0 +1,276 @@
+//! [`Enricher`]: kernel events and cut connections to [`AuditRecord`]s, with
+//! what `/proc` says about each process cached by pid and start time.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Instant, SystemTime},
+};
+
+use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE};
+
+use super::{
+    AuditRecord, CUT, ExeId, Time, event_time,
+    proc::{file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process},
+    users::UserNames,
+    verdict_name,
+};
+use crate::{cut::Cut, kernel::maps::addr_from_key, policy::RuleInfo};
+
+/// Rule lists of this many recent installs are kept, so a report queued
+/// before a policy change still names the rule that judged it.
+const RULE_LISTS_KEPT: usize = 64;
+/// How long a uid NSS had no name for (or failed on) shows none before
+/// asking again: a user created meanwhile (a `DynamicUser=` unit starting)
+/// Past this many cached uids, expired entries are dropped (all of them, if
+/// Processes whose `/proc` details are kept; past it the cache starts over
+/// (a few hundred bytes each).
+const PROC_CACHE_MAX: usize = 2048;
+/// Executable paths kept by identity; past it the cache starts over.
+const EXE_CACHE_MAX: usize = 1024;
+
+/// What `/proc` told about one process (pid and start time), and the kernel
+/// facts it was read for: an event reporting another executable (an exec
+/// since), parent or cgroup reads it again.
+struct ProcInfo {
+    exe_key: ExeKey,
+    ppid: u32,
+    cgroup_id: u64,
+    exe: Option<String>,
+    cmdline: Option<String>,
+    cgroup: Option<String>,
+    parent_exe: Option<String>,
+    parent_exe_id: Option<ExeKey>,
+}
+
+/// Turns kernel events into [`AuditRecord`]s.
+pub struct Enricher {
+    /// Rule lists by the `policy_seq` of their install, newest last.
+    rules: std::collections::VecDeque<(u64, Vec<RuleInfo>)>,
+    /// The cgroup v2 mount, to check a `/proc` cgroup path against the id
+    /// the kernel reported.
+    cgroup_root: PathBuf,
+    users: UserNames,
+    procs: ProcCache,
+}
+
+/// `/proc` details by (pid, start time), and executable paths by identity
+/// for processes that exit before userspace reads their `/proc` entry.
+#[derive(Default)]
+struct ProcCache {
+    by_process: HashMap<(u32, u64), ProcInfo>,
+    exes: HashMap<ExeKey, String>,
+}
+
+impl Enricher {
+    pub fn new(cgroup_root: PathBuf) -> Self {
+        Self {
+            rules: std::collections::VecDeque::new(),
+            cgroup_root,
+            users: UserNames::default(),
+            procs: ProcCache::default(),
+        }
+    }
+
+    /// Records the rule names of the policy installed as `seq`.
+    pub fn set_rules(&mut self, seq: u64, rules: Vec<RuleInfo>) {
+        if self.rules.len() == RULE_LISTS_KEPT {
+            self.rules.pop_front();
+        }
+        self.rules.push_back((seq, rules));
+    }
+
+    /// The name of rule `index` of the policy installed as `seq`; `#N` for
+    /// a policy this daemon did not install (adopted from a predecessor).
+    fn rule_name(&self, seq: u64, index: u8) -> Option<Cow<'_, str>> {
+        if index == NO_RULE {
+            return None;
+        }
+        let name = self
+            .rules
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .and_then(|(_, rules)| rules.get(usize::from(index)))
+            .map_or_else(
+                || Cow::Owned(format!("#{index}")),
+                |r| Cow::Borrowed(r.name.as_str()),
+            );
+        Some(name)
+    }
+
+    /// The record of a kernel event, `/proc` details from the cache (read
+    /// now for a process not seen before).
+    pub fn enrich<'a>(&'a mut self, ev: &'a ConnectEvent) -> AuditRecord<'a> {
+        let now = Instant::now();
+        self.procs.fill(ev, &self.cgroup_root);
+        self.users.refresh(ev.uid, now);
+        let info = self.procs.get(ev);
+        let ip = addr_from_key(&ev.daddr);
+        // Show plain IPv4 for an IPv4 socket; keep the mapped form a v6 socket used.
+        let ip = match (ev.family, ip.to_ipv4_mapped()) {
+            (2, Some(v4)) => IpAddr::V4(v4),
+            _ => IpAddr::V6(ip),
+        };
+        AuditRecord {
+            // Taken afresh for every record: the lines follow the wall
+            // clock when NTP steps it.
+            time: Time(event_time(ev.ktime_ns)),
+            verdict: verdict_name(ev.verdict),
+            rule: self.rule_name(ev.policy_seq, ev.rule),
+            dst: SocketAddr::new(ip, ev.dport),
+            src: None,
+            dst_port: ev.dport,
+            pid: ev.tgid,
+            tid: ev.pid,
+            ppid: ev.ppid,
+            uid: ev.uid,
+            user: self.users.cached(ev.uid),
+            gid: ev.gid,
+            comm: str_from_fixed(&ev.comm),
+            exe: info.and_then(|i| i.exe.as_deref()),
+            exe_name: str_from_fixed(&ev.exe_name),
+            exe_id: ExeId(ev.exe),
+            parent_exe: info.and_then(|i| i.parent_exe.as_deref()),
+            parent_exe_id: info.and_then(|i| i.parent_exe_id).map(ExeId),
+            cmdline: info.and_then(|i| i.cmdline.as_deref()),
+            cgroup: info.and_then(|i| i.cgroup.as_deref()),
+            cgroup_id: ev.cgroup_id,
+            netns_cookie: ev.netns_cookie,
+            socket_cookie: ev.socket_cookie,
+            repeat: None,
+        }
+    }
+
+    /// The record of a connection [`crate::cut`] destroyed. Everything
+    /// comes from `/proc` as the owner is now, not from the kernel at
+    /// connect(): `time` is when it was cut; `tid` is the pid (which thread
+    /// connected is not known); `comm` is the process's (main thread's);
+    /// `uid`/`gid` are the real ids; `exe_name` is the file name of the
+    /// `/proc/PID/exe` link target; `cgroup_id` is the inode of the cgroup's
+    /// directory (0 if it could not be read).
+    pub fn cut<'a>(&'a mut self, cut: &'a Cut) -> AuditRecord<'a> {
+        let owner = &cut.owner;
+        let id = &owner.identity;
+        let parent = id
+            .ancestors
+            .first()
+            .filter(|key| **key != ExeKey::default());
+        self.users.refresh(id.uid, Instant::now());
+        AuditRecord {
+            time: Time(SystemTime::now()),
+            verdict: CUT,
+            rule: Some(Cow::Borrowed(cut.rule_name.as_str())),
+            dst: cut.socket.dst,
+            src: Some(cut.socket.src),
+            dst_port: cut.socket.dst.port(),
+            pid: owner.pid,
+            tid: owner.pid,
+            ppid: owner.ppid,
+            uid: id.uid,
+            user: self.users.cached(id.uid),
+            gid: owner.gid,
+            comm: Cow::Borrowed(owner.comm.as_str()),
+            exe: owner.exe.as_deref(),
+            exe_name: String::from_utf8_lossy(&id.exe_name),
+            exe_id: ExeId(id.exe),
+            parent_exe: owner.parent_exe.as_deref(),
+            parent_exe_id: parent.copied().map(ExeId),
+            cmdline: owner.cmdline.as_deref(),
+            cgroup: owner.cgroup.as_deref(),
+            cgroup_id: id.cgroups.last().copied().unwrap_or(0),
+            netns_cookie: cut.netns_cookie,
+            socket_cookie: cut.socket.cookie,
+            repeat: None,
+        }
+    }
+}
+
+/// A NUL-padded kernel string, borrowed when it is valid UTF-8.
+fn str_from_fixed(buf: &[u8]) -> Cow<'_, str> {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end])
+}
+
+impl ProcCache {
+    fn get(&self, ev: &ConnectEvent) -> Option<&ProcInfo> {
+        self.by_process.get(&(ev.tgid, ev.start_boottime_ns))
+    }
+
+    /// Reads `/proc` for the process of `ev` unless what is cached was
+    /// read for the same executable, parent and cgroup.
+    fn fill(&mut self, ev: &ConnectEvent, cgroup_root: &std::path::Path) {
+        let key = (ev.tgid, ev.start_boottime_ns);
+        if self.by_process.get(&key).is_some_and(|i| {
+            i.exe_key == ev.exe && i.ppid == ev.ppid && i.cgroup_id == ev.cgroup_id
+        }) {
+            return;
+        }
+        let info = self.read(ev, cgroup_root);
+        if self.by_process.len() >= PROC_CACHE_MAX {
+            self.by_process.clear();
+        }
+        self.by_process.insert(key, info);
+    }
+
+    fn read(&mut self, ev: &ConnectEvent, cgroup_root: &std::path::Path) -> ProcInfo {
+        let pid = ev.tgid;
+        // /proc/PID speaks for the caller only while PID is still the same
+        // process (same start time); a recycled pid lends it nothing.
+        let alive = same_process(pid, ev.start_boottime_ns);
+        // A forked child that did not exec (socat's per-connection child) has
+        // its parent's executable: when it is already gone, the parent still
+        // tells its path, command line and cgroup.
+        let parent_exe_id = (ev.ppid != 0)
+            .then(|| file_id(&format!("/proc/{}/exe", ev.ppid)))
+            .flatten();
+        let forked = ev.exe != ExeKey::default() && proc_exe(ev.ppid, &ev.exe).is_some();
+        let exe = alive
+            .then(|| proc_exe(pid, &ev.exe))
+            .flatten()
+            .or_else(|| forked.then(|| proc_exe(ev.ppid, &ev.exe)).flatten())
+            .or_else(|| self.cached_exe(&ev.exe));
+        if let Some(path) = &exe {
+            if self.exes.len() >= EXE_CACHE_MAX {
+                self.exes.clear();
+            }
+            self.exes.insert(ev.exe, path.clone());
+        }
+        let cmdline = alive
+            .then(|| proc_cmdline(pid))
+            .flatten()
+            .or_else(|| forked.then(|| proc_cmdline(ev.ppid)).flatten());
+        // The kernel's cgroup id decides which path is right.
+        let cgroup = [alive.then_some(pid), forked.then_some(ev.ppid)]
+            .into_iter()
+            .flatten()
+            .filter_map(proc_cgroup)
+            .find(|path| cgroup_id_of(cgroup_root, path) == Some(ev.cgroup_id));
+        ProcInfo {
+            exe_key: ev.exe,
+            ppid: ev.ppid,
+            cgroup_id: ev.cgroup_id,
+            exe,
+            cmdline,
+            cgroup,
+            parent_exe: proc_link(ev.ppid, "exe"),
+            parent_exe_id,
+        }
+    }
+
+    /// A path seen earlier for this identity, if it still names the same file.
+    fn cached_exe(&self, id: &ExeKey) -> Option<String> {
+        let path = self.exes.get(id)?;
+        is_file(path, path, id).then(|| path.clone())
+    }
+}
+
+/// The id (directory inode) of a cgroup v2 path like `/system.slice/x`.
+fn cgroup_id_of(cgroup_root: &std::path::Path, path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = cgroup_root.join(path.trim_start_matches('/'));
+    fs::metadata(dir).ok().map(|m| m.ino())
+}

@@ -1,0 +1,297 @@
+//! From kernel records to audit lines.
+//!
+//! The kernel's [`ConnectEvent`] is the authority on who connected: pid,
+//! uid, comm, cgroup id and the executable's identity were read inside
+//! connect(). What the kernel cannot cheaply give (the executable's path,
+//! the command line, the cgroup path, the user name) is added here from
+//! `/proc`, best effort: a process that has already exited keeps its kernel
+//! identity and shows `?` for the rest. What `/proc` said about a process is
+//! cached by pid and start time (which name one process for the life of the
+//! boot), checked against the executable, parent and cgroup each event
+//! reports, so a flood from one process costs one set of `/proc` reads.
+//! User names come from NSS (so SSSD, LDAP and `DynamicUser=` users are
+//! named) through a cache that forgets: a uid without a name is asked about
+//! again a few seconds later, a name is kept for a minute (a dynamic uid may
+//! pass to another unit's user).
+//!
+//! Records borrow what they can from those caches and are written straight
+//! into the caller's buffer ([`AuditRecord::write_line`]): no allocation per
+//! line once the caches are warm.
+//!
+//! Connections cut by [`crate::cut`] are reported through the same record
+//! ([`Enricher::cut`]), built from `/proc` alone: see there for the fields
+//! that are only best effort.
+
+use std::{
+    borrow::Cow,
+    fmt,
+    io::Write as _,
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
+
+use loopwarden_common::{ConnectEvent, ExeKey, verdict};
+use serde::{Serialize, Serializer};
+
+mod enrich;
+mod proc;
+#[cfg(test)]
+mod tests;
+mod users;
+
+pub use self::{
+    enrich::Enricher,
+    proc::{cgroup_v2_path, cmdline_text, starttime_ticks},
+};
+
+/// How audit lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `key=value` pairs after a timestamp and verdict, for people.
+    Human,
+    /// One JSON object per line, for machines.
+    Json,
+}
+
+/// An executable's identity as `major:minor:inode` (the kernel's device
+/// encoding split back into major and minor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExeId(pub ExeKey);
+
+impl fmt::Display for ExeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ExeKey { dev, ino } = self.0;
+        write!(f, "{}:{}:{}", dev >> 20, dev & 0xf_ffff, ino)
+    }
+}
+
+/// A wall-clock time shown as RFC 3339, UTC, milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Time(pub SystemTime);
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&humantime::format_rfc3339_millis(self.0), f)
+    }
+}
+
+fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+/// Repeats summarised into one record (see [`crate::report`]): `count`
+/// connects identical to this record's (same process, destination, verdict
+/// and rule) between `first` and `last`, after the previous line of the same
+/// flow, none of them with a line of its own. The record's own fields are
+/// those of the last of them.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Repeat {
+    pub count: u64,
+    #[serde(serialize_with = "display")]
+    pub first: Time,
+    #[serde(serialize_with = "display")]
+    pub last: Time,
+}
+
+/// One audit record: a kernel event with what userspace could add.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AuditRecord<'a> {
+    /// RFC 3339, UTC, milliseconds.
+    #[serde(serialize_with = "display")]
+    pub time: Time,
+    /// `deny`, `would-deny` (audit mode), `audit` or `allow`; `cut` for an
+    /// open connection destroyed when a policy started to deny it.
+    pub verdict: &'static str,
+    /// Name of the matched rule, if any.
+    pub rule: Option<Cow<'a, str>>,
+    #[serde(serialize_with = "display")]
+    pub dst: SocketAddr,
+    /// The client's own address and port: known for a `cut` connection,
+    /// not at connect() (the port is chosen after the hook), so absent
+    /// there.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "display_opt"
+    )]
+    pub src: Option<SocketAddr>,
+    pub dst_port: u16,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub user: Option<&'a str>,
+    pub gid: u32,
+    pub comm: Cow<'a, str>,
+    /// Path of the executable, from `/proc/PID/exe`; `None` once the process exited.
+    pub exe: Option<&'a str>,
+    /// The executable's file name as the kernel saw it at connect time.
+    pub exe_name: Cow<'a, str>,
+    /// The executable's identity as the kernel saw it: `major:minor:inode`.
+    #[serde(serialize_with = "display")]
+    pub exe_id: ExeId,
+    /// The parent's executable path and identity, from `/proc/PPID/exe`
+    /// (the kernel reports the parent's pid, read at connect time).
+    pub parent_exe: Option<&'a str>,
+    #[serde(serialize_with = "display_opt")]
+    pub parent_exe_id: Option<ExeId>,
+    pub cmdline: Option<&'a str>,
+    pub cgroup: Option<&'a str>,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+    /// Present on a summary line only (see [`Repeat`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Repeat>,
+}
+
+/// Verdict of a record made by [`Enricher::cut`].
+pub const CUT: &str = "cut";
+
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        verdict::DENY => "deny",
+        verdict::WOULD_DENY => "would-deny",
+        verdict::AUDIT => "audit",
+        _ => "allow",
+    }
+}
+
+impl AuditRecord<'_> {
+    /// One line, without the trailing newline.
+    pub fn format(&self, format: LogFormat) -> String {
+        let mut buf = Vec::new();
+        self.write_line(format, &mut buf);
+        buf.pop();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Appends one line, newline included, to `buf`.
+    pub fn write_line(&self, format: LogFormat, buf: &mut Vec<u8>) {
+        match format {
+            LogFormat::Json => {
+                let start = buf.len();
+                if let Err(e) = serde_json::to_writer(&mut *buf, self) {
+                    buf.truncate(start);
+                    let _ = write!(
+                        buf,
+                        "{{\"error\":\"serializing an audit record failed: {e}\"}}"
+                    );
+                }
+            }
+            LogFormat::Human => self.human(buf),
+        }
+        buf.push(b'\n');
+    }
+
+    fn human(&self, buf: &mut Vec<u8>) {
+        let unknown = "?";
+        let _ = write!(
+            buf,
+            "{} {} rule={} dst={}",
+            self.time,
+            Upper(self.verdict),
+            self.rule.as_deref().unwrap_or("-"),
+            self.dst,
+        );
+        if let Some(src) = &self.src {
+            let _ = write!(buf, " src={src}");
+        }
+        let _ = write!(
+            buf,
+            " pid={} ppid={} uid={}({}) comm={} exe={} exe_name={} exe_id={} parent_exe={}",
+            self.pid,
+            self.ppid,
+            self.uid,
+            self.user.unwrap_or(unknown),
+            Quoted(&self.comm),
+            Quoted(self.exe.unwrap_or(unknown)),
+            Quoted(&self.exe_name),
+            self.exe_id,
+            Quoted(self.parent_exe.unwrap_or(unknown)),
+        );
+        let _ = write!(
+            buf,
+            " cmdline={} cgroup={}",
+            Quoted(self.cmdline.unwrap_or(unknown)),
+            Quoted(self.cgroup.unwrap_or(unknown)),
+        );
+        // A cut names the socket that was destroyed.
+        if self.verdict == CUT {
+            let _ = write!(buf, " socket_cookie={}", self.socket_cookie);
+        }
+        if let Some(r) = &self.repeat {
+            let _ = write!(
+                buf,
+                " repeated={} first={} last={}",
+                r.count, r.first, r.last
+            );
+        }
+    }
+}
+
+/// An ASCII string in upper case.
+struct Upper<'a>(&'a str);
+
+impl fmt::Display for Upper<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        self.0
+            .chars()
+            .try_for_each(|c| f.write_char(c.to_ascii_uppercase()))
+    }
+}
+
+/// A value quoted when it has spaces, quotes or control characters.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = self.0;
+        if !value.is_empty()
+            && value
+                .chars()
+                .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\')
+        {
+            f.write_str(value)
+        } else {
+            write!(f, "{value:?}")
+        }
+    }
+}
+
+/// The wall-clock time of a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp.
+pub fn event_time(ktime_ns: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + boot_offset() + Duration::from_nanos(ktime_ns)
+}
+
+/// Wall-clock time of CLOCK_MONOTONIC zero.
+fn boot_offset() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(mono)
+}
+
+/// Reads a [`ConnectEvent`] out of a ring-buffer record.
+pub fn parse_event(bytes: &[u8]) -> Option<ConnectEvent> {
+    if bytes.len() < std::mem::size_of::<ConnectEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked; ConnectEvent is plain integers, valid for
+    // any bit pattern, and read_unaligned needs no alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnectEvent>()) })
+}

@@ -1,0 +1,106 @@
+//! The `/proc` files an audit line borrows from: executable, command line,
+//! cgroup and start time of a pid, each checked against what the kernel
+//! reported so a recycled pid lends nothing.
+
+use std::fs;
+
+use loopwarden_common::ExeKey;
+
+/// `/proc/PID/exe`, checked against the kernel's identity so a recycled pid
+/// never lends its executable to another process's event.
+pub(super) fn proc_exe(pid: u32, id: &ExeKey) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    let path = proc_link(pid, "exe")?;
+    is_file(&format!("/proc/{pid}/exe"), &path, id).then_some(path)
+}
+
+/// Whether the file reached through `stat_path`, known by the name `path`,
+/// is the one the kernel identified as `id`: by `stat()`, or, where `stat()`
+/// reports another device than the superblock's (btrfs subvolumes), by the
+/// superblock device of the mount holding `path`.
+pub(super) fn is_file(stat_path: &str, path: &str, id: &ExeKey) -> bool {
+    let Some(seen) = file_id(stat_path) else {
+        return false;
+    };
+    if seen == *id {
+        return true;
+    }
+    seen.ino == id.ino
+        && fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|info| crate::resolve::superblock_dev(&info, std::path::Path::new(path)))
+            .is_some_and(|(major, minor)| ExeKey::from_major_minor(major, minor, seen.ino) == *id)
+}
+
+/// The kernel-encoded identity of the file at `path` (symlinks followed).
+pub(super) fn file_id(path: &str) -> Option<ExeKey> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).ok()?;
+    Some(ExeKey::from_major_minor(
+        u64::from(libc::major(meta.dev())),
+        u64::from(libc::minor(meta.dev())),
+        meta.ino(),
+    ))
+}
+
+pub(super) fn proc_link(pid: u32, what: &str) -> Option<String> {
+    if pid == 0 {
+        return None;
+    }
+    fs::read_link(format!("/proc/{pid}/{what}"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+pub(super) fn proc_cmdline(pid: u32) -> Option<String> {
+    cmdline_text(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+}
+
+/// The arguments of a `/proc/PID/cmdline` (NUL-separated) joined by spaces;
+/// `None` when there are none.
+pub fn cmdline_text(raw: &[u8]) -> Option<String> {
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (!args.is_empty()).then(|| args.join(" "))
+}
+
+/// The cgroup v2 path (`0::/system.slice/x.service`) of a process.
+pub(super) fn proc_cgroup(pid: u32) -> Option<String> {
+    cgroup_v2_path(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The cgroup v2 path in `/proc/PID/cgroup` text (its `0::` line).
+pub fn cgroup_v2_path(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// Whether `/proc/PID` is still the process that started at `start_ns`
+/// (CLOCK_BOOTTIME), compared the way the kernel reports it: in clock ticks.
+pub(super) fn same_process(pid: u32, start_ns: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    starttime_ticks(&stat) == Some(start_ns / (1_000_000_000 / clock_ticks()))
+}
+
+/// Field 22 (starttime) of `/proc/PID/stat`; the comm (field 2) may hold
+/// spaces and parentheses, so fields are counted after its closing `)`.
+pub fn starttime_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+pub(super) fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        ticks if ticks > 0 => ticks as u64,
+        _ => 100,
+    }
+}

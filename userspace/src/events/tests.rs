@@ -1,0 +1,251 @@
+//! Audit records and lines from made-up kernel events and cuts.
+
+use std::{collections::HashMap, fs, path::PathBuf, time::Instant};
+
+use loopwarden_common::{Addr, NO_RULE};
+
+use super::{
+    proc::{clock_ticks, same_process, starttime_ticks},
+    users::{USER_CACHE_MAX, USER_MISSING_TTL, USER_NAME_TTL, UserNames},
+    *,
+};
+use crate::{
+    cut::{
+        Cut,
+        procs::Owner,
+        sock_diag::{SockId, TcpSocket},
+    },
+    kernel::maps::addr_key,
+    policy::{Action, ProcessIdentity, RuleInfo},
+};
+
+fn event() -> ConnectEvent {
+    let mut comm = [0u8; 16];
+    comm[..5].copy_from_slice(b"socat");
+    let mut exe_name = [0u8; 32];
+    exe_name[..5].copy_from_slice(b"socat");
+    ConnectEvent {
+        ktime_ns: 1,
+        policy_seq: 2,
+        socket_cookie: 7,
+        netns_cookie: 9,
+        start_boottime_ns: 0,
+        cgroup_id: 11,
+        exe: ExeKey::from_major_minor(254, 1, 4242),
+        daddr: addr_key(&"127.0.0.2".parse().unwrap()),
+        tgid: u32::MAX - 1,
+        pid: u32::MAX - 1,
+        ppid: 0,
+        uid: 0,
+        gid: 0,
+        dport: 8080,
+        family: 2,
+        verdict: verdict::DENY,
+        rule: 0,
+        _pad0: 0,
+        _pad1: 0,
+        comm,
+        exe_name,
+    }
+}
+
+fn enricher() -> Enricher {
+    let mut enricher = Enricher::new(PathBuf::from("/nonexistent"));
+    enricher.set_rules(
+        2,
+        vec![RuleInfo {
+            name: "catalog:socat".into(),
+            action: Action::Deny,
+            matches: "exe_name in [socat]".into(),
+        }],
+    );
+    enricher
+}
+
+#[test]
+fn a_rule_of_an_unknown_policy_is_named_by_its_index() {
+    let mut ev = event();
+    ev.policy_seq = 99;
+    let line = enricher().enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains(" rule=#0 "), "{line}");
+}
+
+#[test]
+fn human_line_names_verdict_rule_destination_and_identity() {
+    let line = enricher().enrich(&event()).format(LogFormat::Human);
+    assert!(
+        line.contains(" DENY rule=catalog:socat dst=127.0.0.2:8080 "),
+        "{line}"
+    );
+    assert!(line.contains("comm=socat"), "{line}");
+    assert!(line.contains("exe_id=254:1:4242"), "{line}");
+    // No such process: the path is unknown, not guessed.
+    assert!(line.contains("exe=?"), "{line}");
+}
+
+#[test]
+fn json_line_parses_back() {
+    let mut ev = event();
+    ev.family = 10;
+    ev.daddr = Addr {
+        words: addr_key(&"::ffff:127.0.0.1".parse().unwrap()).words,
+    };
+    ev.verdict = verdict::WOULD_DENY;
+    ev.rule = NO_RULE;
+    let line = enricher().enrich(&ev).format(LogFormat::Json);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["verdict"], "would-deny");
+    assert_eq!(v["dst"], "[::ffff:127.0.0.1]:8080");
+    assert_eq!(v["rule"], serde_json::Value::Null);
+    assert_eq!(v["exe_name"], "socat");
+}
+
+fn cut() -> Cut {
+    Cut {
+        rule: 0,
+        rule_name: "catalog:socat".into(),
+        socket: TcpSocket {
+            family: 2,
+            state: 1,
+            src: "127.0.0.1:40000".parse().unwrap(),
+            dst: "127.0.0.2:8080".parse().unwrap(),
+            cookie: 4711,
+            inode: 99,
+            uid: 0,
+            id: SockId::zero(),
+        },
+        netns_cookie: 9,
+        owner: Owner {
+            pid: 321,
+            ppid: 320,
+            gid: 0,
+            comm: "socat".into(),
+            exe: Some("/usr/bin/socat".into()),
+            parent_exe: Some("/usr/bin/socat".into()),
+            cmdline: Some("socat TCP-LISTEN:9001,fork TCP:127.0.0.2:8080".into()),
+            cgroup: Some("/".into()),
+            identity: ProcessIdentity {
+                exe: ExeKey::from_major_minor(254, 1, 4242),
+                exe_name: b"socat".to_vec(),
+                comms: vec![b"socat".to_vec()],
+                uid: 0,
+                cgroups: vec![1],
+                ancestors: vec![ExeKey::from_major_minor(254, 1, 4242)],
+            },
+        },
+    }
+}
+
+#[test]
+fn cut_records_name_the_socket() {
+    let (mut cutter, cut) = (enricher(), cut());
+    let record = cutter.cut(&cut);
+    let line = record.format(LogFormat::Human);
+    assert!(
+        line.contains(
+            " CUT rule=catalog:socat dst=127.0.0.2:8080 src=127.0.0.1:40000 pid=321 ppid=320 "
+        ),
+        "{line}"
+    );
+    assert!(line.contains("exe=/usr/bin/socat"), "{line}");
+    assert!(line.contains("exe_id=254:1:4242"), "{line}");
+    assert!(line.contains("cmdline=\"socat TCP-LISTEN"), "{line}");
+    assert!(line.ends_with(" socket_cookie=4711"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&record.format(LogFormat::Json)).unwrap();
+    assert_eq!(v["verdict"], "cut");
+    assert_eq!(v["src"], "127.0.0.1:40000");
+    assert_eq!(v["dst_port"], 8080);
+    assert_eq!(v["socket_cookie"], 4711);
+    assert_eq!(v["parent_exe_id"], "254:1:4242");
+    assert_eq!(v["cgroup_id"], 1);
+    // Kernel records have no source: the field is left out, not null.
+    let kernel = enricher().enrich(&event()).format(LogFormat::Json);
+    let v: serde_json::Value = serde_json::from_str(&kernel).unwrap();
+    assert!(v.get("src").is_none(), "{kernel}");
+    assert!(
+        !enricher()
+            .enrich(&event())
+            .format(LogFormat::Human)
+            .contains("socket_cookie")
+    );
+}
+
+#[test]
+fn user_names_come_from_nss() {
+    let mut users = UserNames::default();
+    let now = Instant::now();
+    assert_eq!(users.name(0, now), Some("root"));
+    let nobody = crate::resolve::uid_by_name("nobody")
+        .unwrap()
+        .expect("a user named nobody");
+    assert_eq!(users.name(nobody, now), Some("nobody"));
+    assert_eq!(users.name(u32::MAX - 1, now), None);
+}
+
+/// A lookup that knows uid 1000 only once the test "creates" it.
+fn late_user(uid: u32) -> std::io::Result<Option<String>> {
+    use std::sync::atomic::Ordering;
+    Ok((uid == 1000 && LATE_USER_EXISTS.load(Ordering::SeqCst)).then(|| "late".to_owned()))
+}
+
+static LATE_USER_EXISTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[test]
+fn a_missing_user_is_asked_for_again_and_names_expire() {
+    use std::sync::atomic::Ordering;
+    let mut users = UserNames {
+        lookup: late_user,
+        cache: HashMap::new(),
+    };
+    let t0 = Instant::now();
+    assert_eq!(users.name(1000, t0), None);
+    LATE_USER_EXISTS.store(true, Ordering::SeqCst);
+    // Still cached as missing for a moment...
+    assert_eq!(users.name(1000, t0 + Duration::from_secs(1)), None);
+    // ...then asked again.
+    let t1 = t0 + USER_MISSING_TTL;
+    assert_eq!(users.name(1000, t1), Some("late"));
+    LATE_USER_EXISTS.store(false, Ordering::SeqCst);
+    assert_eq!(users.name(1000, t1 + Duration::from_secs(1)), Some("late"));
+    // A name is kept a minute, then asked about again (a dynamic uid
+    // may have gone).
+    assert_eq!(users.name(1000, t1 + USER_NAME_TTL), None);
+}
+
+#[test]
+fn the_user_cache_stays_bounded() {
+    let mut users = UserNames {
+        lookup: |_| Ok(None),
+        cache: HashMap::new(),
+    };
+    let t0 = Instant::now();
+    for uid in 0..USER_CACHE_MAX as u32 {
+        users.name(uid, t0);
+    }
+    assert_eq!(users.cache.len(), USER_CACHE_MAX);
+    // Nothing expired yet: the cache starts over.
+    users.name(u32::MAX, t0);
+    assert_eq!(users.cache.len(), 1);
+}
+
+#[test]
+fn starttime_is_field_22_even_with_odd_comms() {
+    let stat =
+        "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+    assert_eq!(starttime_ticks(stat), Some(987654));
+    assert_eq!(starttime_ticks("garbage"), None);
+}
+
+#[test]
+fn this_process_is_recognised_by_its_start_time() {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    let ticks = starttime_ticks(&stat).unwrap();
+    let ns = ticks * (1_000_000_000 / clock_ticks());
+    assert!(same_process(std::process::id(), ns));
+    assert!(!same_process(std::process::id(), ns + 10_000_000_000));
+}
+
+#[test]
+fn short_records_are_rejected() {
+    assert!(parse_event(&[0u8; 10]).is_none());
+}
