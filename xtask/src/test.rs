@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use crate::{
     daemon, fuzz,
     proc::{self, say},
-    setup,
+    setup, vm,
 };
 
 /// Seconds each fuzz target runs in `cargo xtask test`: enough to replay the
@@ -32,6 +32,9 @@ pub struct TestArgs {
     /// Skip the short fuzz run.
     #[arg(long)]
     pub no_fuzz: bool,
+    /// Skip booting Debian's 6.1 and 6.12 kernels under QEMU (`cargo xtask vm-test`).
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 struct Step {
@@ -95,6 +98,13 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         step("integration tests (root)", &|| {
             integration(&mut tally.borrow_mut())
         });
+        if !args.no_vm {
+            // The programs must verify and enforce on the kernels users run,
+            // not only on this host's: Debian 12's 6.1 and 6.12.
+            step("vm-test (Debian 6.1, 6.12)", &|| {
+                vm::run(&vm::VmTestArgs::default())
+            });
+        }
     }
 
     summarize(&steps, tally.into_inner())

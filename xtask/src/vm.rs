@@ -89,6 +89,19 @@ pub struct VmTestArgs {
     pub verbose: bool,
 }
 
+impl Default for VmTestArgs {
+    /// Both kernels, the release build, the default timeout, TCG, quiet.
+    fn default() -> Self {
+        Self {
+            kernel: KernelChoice::All,
+            binary: None,
+            timeout: 300,
+            kvm: false,
+            verbose: false,
+        }
+    }
+}
+
 /// One booted kernel's outcome.
 struct Outcome {
     kernel: String,
@@ -160,14 +173,99 @@ fn ensure_qemu() -> anyhow::Result<PathBuf> {
         return Ok(path);
     }
     setup::require_root("installing qemu-system-x86")?;
-    say!("vm-test: installing qemu-system-x86 ...");
-    setup::apt_install(&["qemu-system-x86"]).context(
-        "installing qemu-system-x86 failed (apt refuses when it would remove other packages, \
-         likely a qemu-utils from backports): install a qemu-system-x86 matching it, e.g. `apt-get install -t \
-         bookworm-backports qemu-system-x86`",
-    )?;
+    say!("vm-test: installing qemu-system-x86 (about a minute) ...");
+    if let Err(err) = setup::apt_install(&["qemu-system-x86"]) {
+        // apt refuses when the install would remove something: typically a
+        // qemu-utils from backports that the distribution's qemu-system-x86
+        // does not match. The same backports suite has the matching one.
+        let Some(suite) = backports_suite("qemu-utils") else {
+            return Err(err.context(
+                "installing qemu-system-x86 failed and it would not be solved from backports: \
+                 install a qemu-system-x86 matching the installed qemu packages",
+            ));
+        };
+        say!(
+            "vm-test: apt would remove packages; installing the matching qemu-system-x86 from {suite}"
+        );
+        install_from_suite(&suite, "qemu-system-x86")?;
+    }
     proc::which("qemu-system-x86_64")
         .context("qemu-system-x86 is installed but qemu-system-x86_64 is not on PATH")
+}
+
+/// The backports suite an installed package came from, read from its
+/// version (`…~bpo12+1` is bookworm-backports), when that is where it came
+/// from.
+fn backports_suite(package: &str) -> Option<String> {
+    let version = proc::probe(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))?;
+    let bpo = version.split("~bpo").nth(1)?;
+    let release: u32 = bpo
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    let codename = match release {
+        11 => "bullseye",
+        12 => "bookworm",
+        13 => "trixie",
+        _ => return None,
+    };
+    Some(format!("{codename}-backports"))
+}
+
+/// Installs `package` from `suite` (never removing anything) through a
+/// source list that exists only for the install: the mirror is the one the
+/// machine's own Debian sources name.
+fn install_from_suite(suite: &str, package: &str) -> anyhow::Result<()> {
+    let mirror = debian_mirror().context(
+        "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list",
+    )?;
+    let list = Path::new("/etc/apt/sources.list.d/loopwarden-vm-test.list");
+    fs::write(list, format!("deb {mirror} {suite} main\n"))
+        .with_context(|| format!("cannot write {}", list.display()))?;
+    let installed = proc::run(Command::new("apt-get").arg("update")).and_then(|()| {
+        proc::run(
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "--no-remove",
+                    "--no-install-recommends",
+                    "-t",
+                ])
+                .arg(suite)
+                .arg(package)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
+    fs::remove_file(list).ok();
+    proc::run(Command::new("apt-get").arg("update")).ok();
+    installed.with_context(|| format!("installing {package} from {suite} failed"))
+}
+
+/// The first Debian archive URI of the machine's apt sources (deb822
+/// `URIs:` or one-line `deb URI suite ...`), not the security archive.
+fn debian_mirror() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        for entry in dir.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "sources") {
+                texts.extend(fs::read_to_string(entry.path()).ok());
+            }
+        }
+    }
+    texts.extend(fs::read_to_string("/etc/apt/sources.list").ok());
+    texts.iter().flat_map(|t| t.lines()).find_map(|line| {
+        let line = line.trim();
+        let uri = line
+            .strip_prefix("URIs:")
+            .and_then(|rest| rest.split_whitespace().next())
+            .or_else(|| {
+                let mut words = line.strip_prefix("deb ")?.split_whitespace();
+                words.find(|w| !w.starts_with('['))
+            })?;
+        (uri.ends_with("/debian") || uri.ends_with("/debian/")).then(|| uri.to_owned())
+    })
 }
 
 /// A static busybox unpacked from Debian's `busybox-static` into the cache
