@@ -242,6 +242,27 @@ impl Netns {
         p
     }
 
+    /// A server on the protected port that accepts and closes at once, with
+    /// a backlog deep enough for a connect flood (python's http.server
+    /// queues 5).
+    pub fn sink_server(&self) -> Proc {
+        let script = format!(
+            r#"
+import socket
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", {PROTECTED}))
+s.listen(4096)
+while True:
+    c, _ = s.accept()
+    c.close()
+"#
+        );
+        let server = self.spawn("/usr/bin/python3", &["-c", &script]);
+        self.wait_listening(PROTECTED);
+        server
+    }
+
     /// A one-shot `socat` connect to `target`; returns its stderr (socat
     /// reports the connect() error there) and whether it succeeded.
     pub fn socat_connect(&self, target: &str) -> (bool, String) {

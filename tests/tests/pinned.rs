@@ -15,26 +15,6 @@ use loopwarden_tests::{
     run_ok,
 };
 
-/// A server on the protected port that accepts and closes at once, with a
-/// backlog deep enough for a connect flood (python's http.server queues 5).
-fn sink_server(ns: &Netns) -> Proc {
-    let script = format!(
-        r#"
-import socket
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", {PROTECTED}))
-s.listen(4096)
-while True:
-    c, _ = s.accept()
-    c.close()
-"#
-    );
-    let server = ns.spawn("/usr/bin/python3", &["-c", &script]);
-    ns.wait_listening(PROTECTED);
-    server
-}
-
 /// A python client that connects to the protected port in a loop until
 /// `stop` exists, then writes `ok refused` counts to `out`. A connect that
 /// times out (a SYN the server's backlog dropped) passed the hook: it counts
@@ -86,7 +66,7 @@ fn python_deny() -> String {
 #[test]
 fn no_relay_connect_gets_through_a_sigkill_a_restart_or_a_program_replacement() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     let dir = TempDir::new("flood");
     let config = policy(&ns, "enforce", &python_deny());
 
@@ -234,7 +214,7 @@ const FLOODERS: usize = 6;
 #[test]
 fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     // Both policies match the client, differently: A refuses it (deny by
     // exe), B lets it through and reports it (audit by uid). A connect
     // judged by A's settings with B's rule maps, or the reverse, matches no
@@ -338,7 +318,7 @@ fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() 
 #[test]
 fn sighup_picks_the_policy_source_again() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     let target = format!("TCP:127.0.0.1:{PROTECTED}");
     let install = Install::new();
     // The daemon runs in a mount namespace of its own whose /etc is an
@@ -386,7 +366,7 @@ fn sighup_picks_the_policy_source_again() {
 #[test]
 fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     let target = format!("TCP:127.0.0.1:{PROTECTED}");
     let install = Install::new();
     let config = policy(&ns, "enforce", "");

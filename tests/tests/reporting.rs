@@ -5,27 +5,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, Proc, TempDir, policy, rule, run, wait_for};
-
-/// A server on the protected port that accepts and closes at once, with a
-/// deep backlog.
-fn sink_server(ns: &Netns) -> Proc {
-    let script = format!(
-        r#"
-import socket
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", {PROTECTED}))
-s.listen(4096)
-while True:
-    c, _ = s.accept()
-    c.close()
-"#
-    );
-    let server = ns.spawn("/usr/bin/python3", &["-c", &script]);
-    ns.wait_listening(PROTECTED);
-    server
-}
+use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, policy, rule, run, wait_for};
 
 /// A python client connecting to the protected port as fast as it can for
 /// `seconds`; prints `pid ok refused` when done (reset on close: no
@@ -78,7 +58,7 @@ fn of_pid(daemon: &Daemon, pid: u32, verdict: &str) -> Vec<serde_json::Value> {
 #[test]
 fn a_flood_from_one_relay_is_summarised_and_the_counts_add_up() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     let daemon = Daemon::start_with(
         &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
         &["--repeat-interval", "1s"],
@@ -122,7 +102,7 @@ fn a_flood_from_one_relay_is_summarised_and_the_counts_add_up() {
 #[test]
 fn a_new_flow_inside_a_flood_is_reported_at_once() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     // A long interval: a line held for the summary would show.
     let daemon = Daemon::start_with(
         &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
@@ -163,7 +143,7 @@ fn a_new_flow_inside_a_flood_is_reported_at_once() {
 #[test]
 fn a_refusal_line_is_never_later_than_the_interval() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     let interval = Duration::from_secs(1);
     let daemon = Daemon::start_with(
         &policy(
@@ -208,7 +188,7 @@ fn a_refusal_line_is_never_later_than_the_interval() {
 #[test]
 fn human_summaries_carry_the_count() {
     let ns = Netns::new();
-    let _server = sink_server(&ns);
+    let _server = ns.sink_server();
     let daemon = Daemon::start_with(
         &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
         &["--repeat-interval", "1s", "--log-format", "human"],
