@@ -28,3 +28,16 @@ pub mod ops;
 pub mod policy;
 pub mod report;
 pub mod resolve;
+
+/// An error and its causes on one line, `: `-separated, for a warning or a
+/// report line (the `{:#}` of anyhow, for library errors).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

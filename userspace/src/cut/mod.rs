@@ -50,6 +50,7 @@ use self::{
     sock_diag::{Dumped, SockDiag, TcpSocket, state},
 };
 use crate::{
+    error_chain,
     policy::{CompiledPolicy, Mode},
     resolve,
 };
@@ -407,18 +408,6 @@ fn is_local(ip: IpAddr) -> bool {
         IpAddr::V4(v4) => v4.octets()[0] == 127 || v4.is_unspecified(),
         IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified(),
     }
-}
-
-/// `error: cause: cause` on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 #[cfg(test)]

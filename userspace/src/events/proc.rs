@@ -36,13 +36,9 @@ pub(super) fn is_file(stat_path: &str, path: &str, id: &ExeKey) -> bool {
 
 /// The kernel-encoded identity of the file at `path` (symlinks followed).
 pub(super) fn file_id(path: &str) -> Option<ExeKey> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = fs::metadata(path).ok()?;
-    Some(ExeKey::from_major_minor(
-        u64::from(libc::major(meta.dev())),
-        u64::from(libc::minor(meta.dev())),
-        meta.ino(),
-    ))
+    fs::metadata(path)
+        .ok()
+        .map(|meta| crate::resolve::exe_key(&meta))
 }
 
 pub(super) fn proc_link(pid: u32, what: &str) -> Option<String> {

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use crate::{
     cut::sock_diag::{SockDiag, state},
+    error_chain,
     kernel::{
         btf::{VMLINUX_BTF, kernel_offsets},
         compat,
@@ -414,14 +415,9 @@ const HELPERS: [(&str, BpfHelper); 13] = [
 
 fn helpers() -> Check {
     const NAME: &str = "helpers";
-    let mut missing = Vec::new();
-    for (name, helper) in HELPERS {
-        match is_helper_supported(ProgramType::CgroupSockAddr, helper) {
-            Ok(true) => {}
-            Ok(false) => missing.push(name.to_owned()),
-            Err(e) => missing.push(format!("{name} (probe failed: {})", error_chain(&e))),
-        }
-    }
+    let missing = unsupported(HELPERS, |helper| {
+        is_helper_supported(ProgramType::CgroupSockAddr, helper)
+    });
     if missing.is_empty() {
         Check::ok(
             NAME,
@@ -442,6 +438,21 @@ fn helpers() -> Check {
     }
 }
 
+/// The names whose probe says no, or failed (with why).
+fn unsupported<T, E: std::error::Error>(
+    items: impl IntoIterator<Item = (&'static str, T)>,
+    probe: impl Fn(T) -> Result<bool, E>,
+) -> Vec<String> {
+    items
+        .into_iter()
+        .filter_map(|(name, item)| match probe(item) {
+            Ok(true) => None,
+            Ok(false) => Some(name.to_owned()),
+            Err(e) => Some(format!("{name} (probe failed: {})", error_chain(&e))),
+        })
+        .collect()
+}
+
 fn map_types() -> Check {
     const NAME: &str = "map types";
     let types = [
@@ -450,14 +461,7 @@ fn map_types() -> Check {
         ("hash", MapType::Hash),
         ("array", MapType::Array),
     ];
-    let mut missing = Vec::new();
-    for (name, map_type) in types {
-        match is_map_supported(map_type) {
-            Ok(true) => {}
-            Ok(false) => missing.push(name.to_owned()),
-            Err(e) => missing.push(format!("{name} (probe failed: {})", error_chain(&e))),
-        }
-    }
+    let missing = unsupported(types, is_map_supported);
     if missing.is_empty() {
         Check::ok(
             NAME,
@@ -670,17 +674,6 @@ fn sock_destroy() -> Check {
         ),
         Err(e) => Check::bad(NAME, false, format!("probe failed: {e}"), FIX),
     }
-}
-
-/// An error and its sources, `: `-joined.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     catalog::{CATALOG, CatalogEntry},
     config::{Config, Located, PortSet, Rule},
+    error_chain,
 };
 
 pub(super) fn compile_with(
@@ -147,7 +148,7 @@ impl Compiler<'_> {
             Err(e) if self.lenient => {
                 self.policy
                     .warnings
-                    .push(format!("{}; {meanwhile}", with_causes(&e)));
+                    .push(format!("{}; {meanwhile}", error_chain(&e)));
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -523,18 +524,6 @@ impl Compiler<'_> {
             *self.policy.exe_name.entry(fixed_name(name)).or_default() |= bit;
         }
     }
-}
-
-/// An error and its causes, `: `-separated, for a one-line warning.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Appends `field v` or `field in [a, b]` to `parts`; nothing for no values.
