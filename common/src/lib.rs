@@ -32,7 +32,7 @@
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -50,6 +50,12 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of the executable's file name (its dentry name) the kernel copies.
 /// Longer names are truncated to `EXE_NAME_LEN - 1` bytes on both sides.
 pub const EXE_NAME_LEN: usize = 32;
+/// Last byte of an `LW_RULES_EXE_NAME` key in prefix form.
+pub const EXE_NAME_PREFIX_MARK: u8 = 1;
+/// Separators before which a name is cut for its prefix forms.
+pub const EXE_NAME_SEPARATORS: [u8; 3] = *b"-_.";
+/// How many separators of a name give a prefix form.
+pub const MAX_PREFIX_CANDIDATES: usize = 3;
 /// Policy generations kept side by side: the one in force and the next.
 pub const GENERATIONS: u32 = 2;
 /// Entries one policy may put in each rule-value map (`LW_RULES_*`), and
@@ -59,6 +65,16 @@ pub const MAX_MAP_ENTRIES: u32 = 1024;
 pub const MAX_NETNS: u32 = 256;
 /// Entries of the protected-port bitmap: 65536 ports / 64 bits per entry.
 pub const PORT_WORDS: u32 = 1024;
+/// Bytes of an interpreted script's path (as its command line gives it) the
+/// kernel keeps; longer paths are truncated to `SCRIPT_LEN - 1` bytes.
+pub const SCRIPT_LEN: usize = 64;
+/// Processes whose network-facing state, lineage or script the kernel
+/// tracks at once (`LW_PROCS`); past it new ones are counted, not tracked.
+pub const MAX_TRACKED: u32 = 32768;
+/// Outbound connections to non-local peers awaiting their handshake.
+pub const MAX_PENDING: u32 = 8192;
+/// Listening sockets on non-loopback addresses the kernel remembers.
+pub const MAX_LISTENERS: u32 = 8192;
 
 /// Map names, shared so userspace never spells one differently.
 pub mod maps {
@@ -101,6 +117,18 @@ pub mod maps {
     /// `Array<Meta>`, one entry, written by userspace only: the layout
     /// version of the pinned maps and bookkeeping that must survive restarts.
     pub const META: &str = "LW_META";
+    /// `HashMap<GenKey<u64>, u64>`: rules by interpreted script
+    /// ([`super::script_hash`] of its path).
+    pub const RULES_SCRIPT: &str = "LW_RULES_SCRIPT";
+    /// `HashMap<u32, ProcState>`: per process (tgid), what made it
+    /// network-facing, its catalogued lineage and its script.
+    pub const PROCS: &str = "LW_PROCS";
+    /// `LruHashMap<u64, Pending>`: outbound TCP connects to non-local peers
+    /// by socket cookie, until their handshake completes or fails.
+    pub const PENDING: &str = "LW_PENDING";
+    /// `HashMap<ListenerKey, u32>`: the process (tgid) that put each
+    /// non-loopback socket into LISTEN.
+    pub const LISTENERS: &str = "LW_LISTENERS";
 
     /// Every map that is pinned and adopted across daemon restarts.
     pub const PINNED: &[&str] = &[
@@ -120,6 +148,10 @@ pub mod maps {
         STATS,
         META,
         DROPS_REPORTED,
+        RULES_SCRIPT,
+        PROCS,
+        PENDING,
+        LISTENERS,
     ];
 }
 
@@ -129,6 +161,28 @@ pub mod programs {
     pub const CONNECT6: &str = "lw_connect6";
     /// No-op connect4 program for benchmarks: the cost of measuring.
     pub const BASELINE4: &str = "lw_baseline4";
+    /// `tp_btf/inet_sock_set_state`: listeners, accepted and completed
+    /// connections with non-local peers.
+    pub const SOCK_STATE: &str = "lw_sock_state";
+    /// `tp_btf/skb_copy_datagram_iovec`: data received from non-local peers.
+    pub const RECEIVE: &str = "lw_receive";
+    /// `tp_btf/sched_process_fork`: children inherit their parent's state.
+    pub const FORK: &str = "lw_fork";
+    /// `tp_btf/sched_process_exec`: a new program starts with a clean state.
+    pub const EXEC: &str = "lw_exec";
+    /// `tp_btf/sched_process_exit`: an exited process's state goes.
+    pub const EXIT: &str = "lw_exit";
+    /// No-op `tp_btf/skb_copy_datagram_iovec` program for benchmarks.
+    pub const BASELINE_RECEIVE: &str = "lw_baseline_receive";
+
+    /// The tracking programs and the kernel tracepoints they attach to.
+    pub const TRACKERS: &[(&str, &str)] = &[
+        (SOCK_STATE, "inet_sock_set_state"),
+        (RECEIVE, "skb_copy_datagram_iovec"),
+        (FORK, "sched_process_fork"),
+        (EXEC, "sched_process_exec"),
+        (EXIT, "sched_process_exit"),
+    ];
 }
 
 /// Name of the global holding [`KernelOffsets`].
@@ -150,6 +204,12 @@ pub mod flags {
     pub const ANCESTORS: u32 = 1 << 5;
     /// Report allowed connects to protected destinations as well.
     pub const LOG_ALLOWED: u32 = 1 << 6;
+    /// Connects by network-facing processes get the relay verdict (audit).
+    pub const RELAY: u32 = 1 << 7;
+    /// ... and the relay verdict denies (in enforce mode).
+    pub const RELAY_DENY: u32 = 1 << 8;
+    /// Some rule names an interpreted script.
+    pub const SCRIPTS: u32 = 1 << 9;
 }
 
 /// Indexes of the `LW_STATS` per-CPU counters.
@@ -170,7 +230,11 @@ pub mod stats {
     pub const RACED: u32 = 5;
     /// `DROPPED_BY_VERDICT + v`: events of [`super::verdict`] `v` lost.
     pub const DROPPED_BY_VERDICT: u32 = 6;
-    pub const COUNT: u32 = DROPPED_BY_VERDICT + super::verdict::COUNT;
+    /// Processes not tracked because `LW_PROCS` was full.
+    pub const UNTRACKED: u32 = DROPPED_BY_VERDICT + super::verdict::COUNT;
+    /// Connects judged as relayed (the relay verdict decided).
+    pub const RELAYED: u32 = UNTRACKED + 1;
+    pub const COUNT: u32 = RELAYED + 1;
 }
 
 /// What the kernel did with a connect, in [`ConnectEvent::verdict`].
@@ -189,6 +253,88 @@ pub mod verdict {
 
 /// Rule index in [`ConnectEvent::rule`] when no rule matched.
 pub const NO_RULE: u8 = u8::MAX;
+/// Rule index in [`ConnectEvent::rule`] when the relay verdict decided.
+pub const RELAY_RULE: u8 = u8::MAX - 1;
+
+/// How a process became network-facing: [`Evidence::kind`].
+pub mod evidence {
+    /// No evidence.
+    pub const NONE: u8 = 0;
+    /// It put a socket on a non-loopback address into LISTEN.
+    pub const LISTENING: u8 = 1;
+    /// One of its listeners completed a handshake with a non-local peer.
+    pub const ACCEPTED: u8 = 2;
+    /// It received data from a non-local peer.
+    pub const RECEIVED: u8 = 3;
+    /// Its connection to a non-local peer completed its handshake.
+    pub const CONNECTED: u8 = 4;
+}
+
+/// One piece of evidence that a process faces the network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The non-local peer (for [`evidence::LISTENING`], the listening address).
+    pub addr: Addr,
+    /// `bpf_ktime_get_ns()` when it was seen.
+    pub ktime_ns: u64,
+    /// The peer's port (the listening port), host order.
+    pub port: u16,
+    /// [`evidence`] value.
+    pub kind: u8,
+    pub _pad: [u8; 5],
+}
+
+/// `LW_PROCS` value: what the kernel knows about one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcState {
+    /// Listening or accepted: holds until the process executes another
+    /// program; children inherit it.
+    pub standing: Evidence,
+    /// Received or connected: counts only within the relay window.
+    pub recent: Evidence,
+    /// File name of the nearest catalogued executable this process or an
+    /// ancestor ran (zero: none): catalog rules apply to its descendants.
+    pub lineage: [u8; EXE_NAME_LEN],
+    /// The script an interpreter was started with (zero: none).
+    pub script: [u8; SCRIPT_LEN],
+    /// [`script_hash`] of `script` (0: none): what script rules key on.
+    pub script_hash: u64,
+}
+
+/// FNV-1a of a script path's bytes up to its first NUL (at most
+/// `SCRIPT_LEN - 1` of them); never 0, which means "no script". The kernel
+/// computes it at exec, userspace for `script` rules.
+#[inline(always)]
+pub const fn script_hash(script: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < script.len() && i < SCRIPT_LEN - 1 && script[i] != 0 {
+        h ^= script[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    if h == 0 { 1 } else { h }
+}
+
+/// `LW_PENDING` value: an outbound connect awaiting its handshake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// `LW_LISTENERS` key: a listening port in one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerKey {
+    /// Inode number of the network namespace.
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
 
 /// Identity of an executable file: the kernel's `sb->s_dev`
 /// (`major << 20 | minor`, not userspace's `st_dev` encoding) and inode number.
@@ -279,6 +425,42 @@ pub struct KernelOffsets {
     pub sb_dev: u32,
     /// `task_struct.comm`
     pub task_comm: u32,
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `mm_struct.arg_start`
+    pub mm_arg_start: u32,
+    /// `mm_struct.arg_end`
+    pub mm_arg_end: u32,
+    /// `sock.__sk_common.skc_daddr`
+    pub sk_daddr: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`
+    pub sk_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_dport` (network order)
+    pub sk_dport: u32,
+    /// `sock.__sk_common.skc_num` (host order)
+    pub sk_num: u32,
+    /// `sock.__sk_common.skc_family`
+    pub sk_family: u32,
+    /// `sock.__sk_common.skc_v6_daddr`
+    pub sk_v6_daddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`
+    pub sk_v6_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_net.net`
+    pub sk_net: u32,
+    /// `sock.__sk_common.skc_cookie`
+    pub sk_cookie: u32,
+    /// `sock.sk_protocol`
+    pub sk_protocol: u32,
+    /// `net.ns.inum`
+    pub net_inum: u32,
+    /// `sk_buff.head`
+    pub skb_head: u32,
+    /// `sk_buff.network_header`
+    pub skb_network_header: u32,
+    /// `sk_buff.transport_header`
+    pub skb_transport_header: u32,
+    /// `sk_buff.protocol` (network order)
+    pub skb_protocol: u32,
 }
 
 /// The policy-wide settings, `LW_SETTINGS[0]`.
@@ -310,6 +492,16 @@ pub struct Settings {
     pub wild_cgroup: u64,
     /// ... the parent or ancestors.
     pub wild_ancestor: u64,
+    /// Rules that do not constrain the interpreted script.
+    pub wild_script: u64,
+    /// The user's `allow` rules: a process they match is exempt from the
+    /// relay verdict.
+    pub exempt: u64,
+    /// Catalog rules that extend to descendants: they also match a process
+    /// whose lineage (`ProcState::lineage`) names their executables.
+    pub inherited: u64,
+    /// How recent received/connected evidence must be to count, in ns.
+    pub relay_window_ns: u64,
     /// Sequence lock of this slot: odd while userspace rewrites it, else the
     /// install's unique even number (see the crate docs).
     pub seq: u64,
@@ -412,15 +604,25 @@ pub struct ConnectEvent {
     pub _pad1: u32,
     pub comm: [u8; COMM_LEN],
     pub exe_name: [u8; EXE_NAME_LEN],
+    /// What made the caller network-facing; kind [`evidence::NONE`] if
+    /// nothing (or only evidence older than the window).
+    pub via: Evidence,
+    /// The script an interpreter caller runs (zero: none or unknown).
+    pub script: [u8; SCRIPT_LEN],
 }
 
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 52);
-const _: () = assert!(core::mem::size_of::<Settings>() == 96 + 2 * 8 * FILTER_WORDS);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 31);
+const _: () = assert!(core::mem::size_of::<Evidence>() == 32);
+const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + SCRIPT_LEN);
+const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
+const _: () = assert!(core::mem::size_of::<Pending>() == 8);
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 128 + 2 * 8 * FILTER_WORDS);
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
-const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160);
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160 + 32 + SCRIPT_LEN);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);
 const _: () = assert!(core::mem::size_of::<GenKey<u32>>() == 12);
 const _: () = assert!(core::mem::size_of::<GenKey<u64>>() == 16);
@@ -433,8 +635,8 @@ const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey, GenKey, KernelOffsets,
-        Meta, Settings,
+        Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, Evidence, ExeKey, GenKey,
+        KernelOffsets, ListenerKey, Meta, Pending, ProcState, Settings,
     };
 
     // SAFETY: all are #[repr(C)], made of integers only, with no implicit padding
@@ -446,6 +648,10 @@ mod user {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ConnectEvent {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for Evidence {}
+    unsafe impl aya::Pod for ProcState {}
+    unsafe impl aya::Pod for Pending {}
+    unsafe impl aya::Pod for ListenerKey {}
     // SAFETY: #[repr(C)] of integers with the size assertions above showing
     // no implicit padding for exactly these value types.
     unsafe impl aya::Pod for GenKey<u32> {}

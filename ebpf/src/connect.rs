@@ -20,17 +20,21 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use loopwarden_common::{
-    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, FILTER_WORDS, GenKey, MAX_ANCESTORS,
-    MAX_CGROUP_LEVELS_USED, NO_RULE, PORT_WORDS, Settings, exe_filter_value, filter_bit, flags,
+    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
+    NO_RULE, PORT_WORDS, ProcState, RELAY_RULE, SCRIPT_LEN, Settings, exe_filter_value, flags,
     stats, verdict,
 };
 
 use crate::{
+    addr::V4_MAPPED_WORD,
     identity::{self, Task},
     maps::{
-        DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM,
-        RULES_EXE, RULES_EXE_NAME, RULES_UID, SETTINGS, count, generation, mask,
+        DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM,
+        RULES_EXE, RULES_SCRIPT, RULES_UID, SETTINGS, count, generation, in_filter, mask,
     },
+    names::{self, Words},
+    procs::{self, NO_EVIDENCE, now},
+    sockets,
 };
 
 const ALLOW: i32 = 1;
@@ -43,8 +47,6 @@ const IPPROTO_MPTCP: u32 = 262;
 const EPERM: u32 = 1;
 /// Queued bytes (a quarter of the ring) past which every report wakes the reader.
 const WAKEUP_BACKLOG: u64 = 256 * 1024;
-/// `::ffff:0:0/96` third word, host order.
-const V4_MAPPED_WORD: u32 = 0x0000_ffff;
 
 #[cgroup_sock_addr(connect4)]
 pub fn lw_connect4(ctx: SockAddrContext) -> i32 {
@@ -141,6 +143,14 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let dst = destination(sa, family);
+    if !dst.loopback {
+        // Not judged here (unless it is a protected host address), but
+        // once its handshake completes the caller has connected to a
+        // non-local peer: `connected` evidence (see `sockets`).
+        // SAFETY: plain helper call valid for sock_addr programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        sockets::connecting(cookie, (bpf_get_current_pid_tgid() >> 32) as u32);
+    }
     for _ in 0..ATTEMPTS {
         // One generation slot for the whole decision, read under its
         // sequence lock: `seq` before and after must agree (and be even),
@@ -183,6 +193,11 @@ struct Decision {
     netns_cookie: u64,
     task: Task,
     exe_file: u64,
+    /// What made the caller network-facing: which of its state's pieces of
+    /// evidence ([`procs::Which`]).
+    via: procs::Which,
+    /// The caller's `LW_PROCS` entry (null if none): its script.
+    state: *const ProcState,
 }
 
 impl Decision {
@@ -197,8 +212,19 @@ impl Decision {
             netns_cookie: 0,
             task: Task::null(),
             exe_file: 0,
+            via: procs::Which::Neither,
+            state: core::ptr::null(),
         }
     }
+}
+
+/// A volatile load of a field of the policy in the map: every load between
+/// the two reads of `seq` must be one (see `try_connect`).
+macro_rules! rd {
+    ($place:expr) => {
+        // SAFETY: a field of a reference into the map's value.
+        unsafe { core::ptr::read_volatile(&$place) }
+    };
 }
 
 /// Filters the destination and judges the caller by generation `g`, whose
@@ -230,38 +256,67 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     {
         return Decision::pass();
     }
-    // SAFETY: as above.
-    let s: Settings = unsafe { core::ptr::read_volatile(settings) };
+    let s = settings;
     let task = Task::current();
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
-    let matched = match_rules(&s, settings, g, task, exe_file);
-    let rule = if matched == 0 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let state = match PROCS.get_ptr(tgid) {
+        Some(p) => p,
+        None => core::ptr::null(),
+    };
+    let matched = match_rules(s, g, task, exe_file, state);
+    let mut rule = if matched == 0 {
         NO_RULE
     } else {
         matched.trailing_zeros() as u8
     };
     let bit = if matched == 0 { 0 } else { 1u64 << rule };
-    let (outcome, report) = if bit & s.deny != 0 {
-        if s.flags & flags::ENFORCE != 0 {
-            (verdict::DENY, true)
-        } else {
-            (verdict::WOULD_DENY, true)
-        }
-    } else if bit & s.audit != 0 {
+    let deny = if rd!(s.flags) & flags::ENFORCE != 0 {
+        verdict::DENY
+    } else {
+        verdict::WOULD_DENY
+    };
+    let (mut outcome, mut report) = if bit & rd!(s.deny) != 0 {
+        (deny, true)
+    } else if bit & rd!(s.audit) != 0 {
         (verdict::AUDIT, true)
     } else {
-        (verdict::ALLOW, s.flags & flags::LOG_ALLOWED != 0)
+        (verdict::ALLOW, rd!(s.flags) & flags::LOG_ALLOWED != 0)
     };
+    // The relay verdict: a network-facing caller, unless a user's allow
+    // rule exempts it. The stricter of it and the rule's verdict stands.
+    let mut via = procs::Which::Neither;
+    if !state.is_null() {
+        // SAFETY: a non-null pointer to the map's value.
+        via = procs::network_facing(unsafe { &*state }, now(), rd!(s.relay_window_ns));
+        if via != procs::Which::Neither
+            && rd!(s.flags) & flags::RELAY != 0
+            && bit & rd!(s.exempt) == 0
+        {
+            let relay = if rd!(s.flags) & flags::RELAY_DENY != 0 {
+                deny
+            } else {
+                verdict::AUDIT
+            };
+            if relay > outcome {
+                outcome = relay;
+                rule = RELAY_RULE;
+                report = true;
+            }
+        }
+    }
     Decision {
         pass: false,
         outcome,
         report,
         rule,
-        deny_errno: s.deny_errno,
+        deny_errno: rd!(s.deny_errno),
         netns_cookie,
         task,
         exe_file,
+        via,
+        state,
     }
 }
 
@@ -272,6 +327,9 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
         return ALLOW;
     }
     count(stats::CHECKED);
+    if d.rule == RELAY_RULE {
+        count(stats::RELAYED);
+    }
     if d.report {
         report(ctx, d, dst, family, seq);
     }
@@ -300,61 +358,63 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
 /// Nothing is cached between steps: fewer branches keep the verifier's work
 /// (and so the oldest supported kernels' budget) small.
 #[inline(always)]
-fn match_rules(s: &Settings, live: &Settings, g: u32, task: Task, exe_file: u64) -> u64 {
-    let mut m = s.active;
-    if m & !s.wild_uid != 0 {
+fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, state: *const ProcState) -> u64 {
+    let mut m = rd!(s.active);
+    if m & !rd!(s.wild_uid) != 0 {
         let uid = bpf_get_current_uid_gid() as u32;
-        m &= mask(&RULES_UID, &GenKey::new(g, uid)) | s.wild_uid;
+        m &= mask(&RULES_UID, &GenKey::new(g, uid)) | rd!(s.wild_uid);
     }
-    if m & !s.wild_comm != 0 {
+    if m & !rd!(s.wild_comm) != 0 {
         // The thread's own name or its process's (the main thread's): a
         // process cannot slip past a comm rule by connecting from a thread
         // it renamed, and a rule naming a thread still matches it.
         let thread = CommKey::current(g);
         let process = CommKey::of_task(g, task.group_leader());
-        m &= mask(&RULES_COMM, thread.key()) | mask(&RULES_COMM, process.key()) | s.wild_comm;
+        m &= mask(&RULES_COMM, thread.key()) | mask(&RULES_COMM, process.key()) | rd!(s.wild_comm);
     }
     // Names and executables are first checked against the settings'
     // filters: a client no rule names (the common case) skips the lookups.
-    if m & !s.wild_exe_name != 0 {
-        let prefix = identity::exe_name_prefix(exe_file);
-        let named = if in_filter(&live.exe_name_filter, prefix) {
-            let name = ExeNameKey::of(g, exe_file);
-            mask(&RULES_EXE_NAME, name.key())
-        } else {
-            0
-        };
-        m &= named | s.wild_exe_name;
+    if m & !rd!(s.wild_exe_name) != 0 {
+        let name = identity::exe_name_words(exe_file);
+        let mut named = names::name_mask(g, s, &name);
+        // Catalog rules that extend to descendants also match through the
+        // lineage the caller inherited.
+        if rd!(s.inherited) != 0 && !state.is_null() {
+            // SAFETY: a non-null pointer to the map's value, whose lineage
+            // is 8-byte aligned (checked in loopwarden_common).
+            let lineage = unsafe { &*(*state).lineage.as_ptr().cast::<Words>() };
+            if lineage[0] != 0 {
+                named |= names::name_mask(g, s, lineage) & rd!(s.inherited);
+            }
+        }
+        m &= named | rd!(s.wild_exe_name);
     }
-    if m & !s.wild_exe != 0 {
+    if m & !rd!(s.wild_script) != 0 {
+        let named = if state.is_null() {
+            0
+        } else {
+            // SAFETY: as above.
+            let hash = unsafe { core::ptr::read_volatile(&(*state).script_hash) };
+            mask(&RULES_SCRIPT, &GenKey::new(g, hash))
+        };
+        m &= named | rd!(s.wild_script);
+    }
+    if m & !rd!(s.wild_exe) != 0 {
         let exe = identity::exe_key(exe_file);
-        let named = if in_filter(&live.exe_filter, exe_filter_value(&exe)) {
+        let named = if in_filter(&s.exe_filter, exe_filter_value(&exe)) {
             mask(&RULES_EXE, &GenKey::new(g, exe))
         } else {
             0
         };
-        m &= named | s.wild_exe;
+        m &= named | rd!(s.wild_exe);
     }
-    if m & !s.wild_cgroup != 0 {
-        m &= cgroup_mask(g, s.cgroup_levels) | s.wild_cgroup;
+    if m & !rd!(s.wild_cgroup) != 0 {
+        m &= cgroup_mask(g, rd!(s.cgroup_levels)) | rd!(s.wild_cgroup);
     }
-    if m & !s.wild_ancestor != 0 && s.flags & flags::ANCESTORS != 0 {
-        m &= ancestor_mask(g, task) | s.wild_ancestor;
+    if m & !rd!(s.wild_ancestor) != 0 && rd!(s.flags) & flags::ANCESTORS != 0 {
+        m &= ancestor_mask(g, task) | rd!(s.wild_ancestor);
     }
     m
-}
-
-/// Whether `value`'s bit is set in a filter of the settings in the map
-/// (`live`, not the stack copy: one load at a bounded variable offset, no
-/// branches for the verifier to walk; volatile, so it stays inside the
-/// sequence-lock section).
-#[inline(always)]
-fn in_filter(filter: &[u64; FILTER_WORDS], value: u64) -> bool {
-    let bit = filter_bit(value);
-    // SAFETY: a reference into the map's value; the index is masked in bounds.
-    let word =
-        unsafe { core::ptr::read_volatile(&filter[(bit >> 6) as usize & (FILTER_WORDS - 1)]) };
-    (word >> (bit & 63)) & 1 == 1
 }
 
 /// A `GenKey<[u8; COMM_LEN]>` for the caller's comm, built from words: a
@@ -399,38 +459,6 @@ impl CommKey {
         // SAFETY: same size and field offsets (both #[repr(C)]); the view
         // needs less alignment than the words have.
         unsafe { &*(self as *const Self).cast::<GenKey<[u8; COMM_LEN]>>() }
-    }
-}
-
-/// A `GenKey<[u8; EXE_NAME_LEN]>` for an executable's file name, built from
-/// words like [`CommKey`].
-#[repr(C)]
-struct ExeNameKey {
-    generation: u32,
-    _pad: u32,
-    name: [u64; EXE_NAME_LEN / 8],
-}
-
-impl ExeNameKey {
-    #[inline(always)]
-    fn of(generation: u32, exe_file: u64) -> Self {
-        let mut key = ExeNameKey {
-            generation,
-            _pad: 0,
-            name: [0; EXE_NAME_LEN / 8],
-        };
-        // A failed read leaves the name empty, which no rule names.
-        // SAFETY: same size, u8 has no alignment requirement.
-        let _ = identity::exe_name(exe_file, unsafe {
-            &mut *key.name.as_mut_ptr().cast::<[u8; EXE_NAME_LEN]>()
-        });
-        key
-    }
-
-    #[inline(always)]
-    fn key(&self) -> &GenKey<[u8; EXE_NAME_LEN]> {
-        // SAFETY: as for CommKey::key.
-        unsafe { &*(self as *const Self).cast::<GenKey<[u8; EXE_NAME_LEN]>>() }
     }
 }
 
@@ -568,6 +596,18 @@ fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, s
         name.cast::<[u64; EXE_NAME_LEN / 8]>()
             .write_unaligned([0; EXE_NAME_LEN / 8]);
         let _ = identity::exe_name(exe_file, &mut *name.cast::<[u8; EXE_NAME_LEN]>());
+        let script = (*ev).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>();
+        if d.state.is_null() {
+            (*ev).via = NO_EVIDENCE;
+            script.write_unaligned([0; SCRIPT_LEN / 8]);
+        } else {
+            (*ev).via = match d.via {
+                procs::Which::Standing => (*d.state).standing,
+                procs::Which::Recent => (*d.state).recent,
+                procs::Which::Neither => NO_EVIDENCE,
+            };
+            script.write_unaligned(core::ptr::read_volatile((*d.state).script.as_ptr().cast()));
+        }
     }
     entry.submit(wakeup_flags(deny));
     count(stats::REPORTED);

@@ -33,16 +33,40 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     inode_sb: 0,
     sb_dev: 0,
     task_comm: 0,
+    task_pid: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    sk_daddr: 0,
+    sk_rcv_saddr: 0,
+    sk_dport: 0,
+    sk_num: 0,
+    sk_family: 0,
+    sk_v6_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_net: 0,
+    sk_cookie: 0,
+    sk_protocol: 0,
+    net_inum: 0,
+    skb_head: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
+    skb_protocol: 0,
 });
+
+/// The offsets userspace patched in.
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    LW_OFFSETS.load()
+}
 
 /// A `struct task_struct *` as the verifier sees it: BTF-typed.
 #[derive(Clone, Copy)]
-pub struct Task(u64);
+pub struct Task(pub u64);
 
 /// Loads a field at a load-time-constant offset from a BTF-typed pointer.
 /// A NULL or stale pointer reads as 0 (the load is fault-handled).
 #[inline(always)]
-fn load<T>(base: u64, offset: u32) -> T {
+pub fn load<T>(base: u64, offset: u32) -> T {
     // SAFETY: `base` is a BTF-typed kernel pointer; the verifier checks the
     // access against the kernel's BTF and makes it a fault-handled load.
     unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast::<T>()) }
@@ -86,6 +110,21 @@ impl Task {
     #[inline(always)]
     pub fn tgid(self) -> u32 {
         load(self.0, LW_OFFSETS.load().task_tgid)
+    }
+
+    /// `task->pid`: the thread's id.
+    #[inline(always)]
+    pub fn pid(self) -> u32 {
+        load(self.0, LW_OFFSETS.load().task_pid)
+    }
+
+    /// `task->mm->arg_start` and `arg_end`: where the command line lies in
+    /// the process's memory (0 for kernel threads).
+    #[inline(always)]
+    pub fn args(self) -> (u64, u64) {
+        let o = LW_OFFSETS.load();
+        let mm: u64 = load(self.0, o.task_mm);
+        (load(mm, o.mm_arg_start), load(mm, o.mm_arg_end))
     }
 
     /// `task->group_leader->start_boottime`: when the process started.
@@ -136,16 +175,14 @@ pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
     Ok(())
 }
 
-/// [`loopwarden_common::name_prefix`] of an executable `struct file *`'s
-/// file name: up to 7 bytes, read into a zeroed word.
+/// The file name of an executable `struct file *` as words (see
+/// [`crate::names`]); zero when it cannot be read.
 #[inline(always)]
-pub fn exe_name_prefix(file: u64) -> u64 {
-    let o = LW_OFFSETS.load();
-    let dentry: u64 = load(file, o.file_dentry);
-    let name_ptr: u64 = load(dentry, o.dentry_name);
-    let mut word = [0u8; 8];
-    // SAFETY: probe_read_kernel_str validates the source; dest is our
-    // buffer. A failed read leaves it zeroed: the empty name, in no rule.
-    let _ = unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut word) };
-    u64::from_ne_bytes(word)
+pub fn exe_name_words(file: u64) -> crate::names::Words {
+    let mut words = [0u64; EXE_NAME_LEN / 8];
+    // SAFETY: same size, u8 has no alignment requirement.
+    let _ = exe_name(file, unsafe {
+        &mut *words.as_mut_ptr().cast::<[u8; EXE_NAME_LEN]>()
+    });
+    words
 }

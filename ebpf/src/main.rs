@@ -12,10 +12,15 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod addr;
 mod baseline;
 mod connect;
 mod identity;
 mod maps;
+mod names;
+mod process;
+mod procs;
+mod sockets;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, GENERATIONS, GenKey, MAX_MAP_ENTRIES,
-    MAX_NETNS, Meta, PORT_WORDS, Settings, stats, verdict,
+    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GENERATIONS, GenKey,
+    ListenerKey, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_PENDING, MAX_TRACKED, Meta,
+    PORT_WORDS, Pending, ProcState, Settings, filter_bit, stats, verdict,
 };
 
 #[map(name = "LW_GENERATION")]
@@ -94,6 +95,19 @@ pub fn mask<K>(map: &HashMap<K, u64>, key: &K) -> u64 {
     }
 }
 
+/// Whether `value`'s bit is set in a filter of the settings in the map
+/// (`live`, not a stack copy: one load at a bounded variable offset, no
+/// branches for the verifier to walk; volatile, so it stays inside the
+/// sequence-lock section).
+#[inline(always)]
+pub fn in_filter(filter: &[u64; FILTER_WORDS], value: u64) -> bool {
+    let bit = filter_bit(value);
+    // SAFETY: a reference into the map's value; the index is masked in bounds.
+    let word =
+        unsafe { core::ptr::read_volatile(&filter[(bit >> 6) as usize & (FILTER_WORDS - 1)]) };
+    (word >> (bit & 63)) & 1 == 1
+}
+
 /// The policy generation slot in force: 0 or 1.
 #[inline(always)]
 pub fn generation() -> u32 {
@@ -104,3 +118,23 @@ pub fn generation() -> u32 {
         None => 0,
     }
 }
+
+/// Rules by interpreted script (the path on the interpreter's command line).
+#[map(name = "LW_RULES_SCRIPT")]
+pub static RULES_SCRIPT: HashMap<GenKey<u64>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
+
+/// What the kernel knows about each tracked process, by tgid. Entries go
+/// when the process exits; a full map counts `stats::UNTRACKED`.
+#[map(name = "LW_PROCS")]
+pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(MAX_TRACKED, 0);
+
+/// Outbound connects to non-local peers, by socket cookie, until the
+/// handshake completes (evidence) or fails.
+#[map(name = "LW_PENDING")]
+pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_PENDING, 0);
+
+/// Who listens on each non-loopback port: accepted connections are the
+/// listener's evidence.
+#[map(name = "LW_LISTENERS")]
+pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);

@@ -314,6 +314,8 @@ mod tests {
             _pad1: 0,
             comm: [0; 16],
             exe_name: [0; 32],
+            via: Default::default(),
+            script: [0; loopwarden_common::SCRIPT_LEN],
         }
     }
 

@@ -10,10 +10,10 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE};
+use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE, RELAY_RULE, evidence};
 
 use super::{
-    AuditRecord, CUT, ExeId, Time, event_time,
+    AuditRecord, CUT, ExeId, RELAY_RULE_NAME, Time, event_time, evidence_name,
     proc::{file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process},
     users::UserNames,
     verdict_name,
@@ -89,6 +89,9 @@ impl Enricher {
         if index == NO_RULE {
             return None;
         }
+        if index == RELAY_RULE {
+            return Some(Cow::Borrowed(RELAY_RULE_NAME));
+        }
         let name = self
             .rules
             .iter()
@@ -115,6 +118,18 @@ impl Enricher {
             (2, Some(v4)) => IpAddr::V4(v4),
             _ => IpAddr::V6(ip),
         };
+        let via_how = evidence_name(ev.via.kind);
+        // The evidence's peer: IPv4 peers are kept IPv4-mapped.
+        let via = via_how.map(|_| {
+            let peer = addr_from_key(&ev.via.addr);
+            let peer = peer.to_ipv4_mapped().map_or(IpAddr::V6(peer), IpAddr::V4);
+            SocketAddr::new(peer, ev.via.port)
+        });
+        let via_ago_ms = match ev.via.kind {
+            evidence::LISTENING | evidence::NONE => None,
+            _ => Some(ev.ktime_ns.saturating_sub(ev.via.ktime_ns) / 1_000_000),
+        };
+        let script = (ev.script[0] != 0).then(|| str_from_fixed(&ev.script));
         AuditRecord {
             // Taken afresh for every record: the lines follow the wall
             // clock when NTP steps it.
@@ -141,6 +156,10 @@ impl Enricher {
             cgroup_id: ev.cgroup_id,
             netns_cookie: ev.netns_cookie,
             socket_cookie: ev.socket_cookie,
+            script,
+            via,
+            via_how,
+            via_ago_ms,
             repeat: None,
         }
     }
@@ -184,6 +203,10 @@ impl Enricher {
             cgroup_id: id.cgroups.last().copied().unwrap_or(0),
             netns_cookie: cut.netns_cookie,
             socket_cookie: cut.socket.cookie,
+            script: None,
+            via: None,
+            via_how: None,
+            via_ago_ms: None,
             repeat: None,
         }
     }

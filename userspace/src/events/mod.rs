@@ -30,7 +30,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use loopwarden_common::{ConnectEvent, ExeKey, verdict};
+use loopwarden_common::{ConnectEvent, ExeKey, evidence, verdict};
 use serde::{Serialize, Serializer};
 
 mod enrich;
@@ -146,13 +146,44 @@ pub struct AuditRecord<'a> {
     pub cgroup_id: u64,
     pub netns_cookie: u64,
     pub socket_cookie: u64,
+    /// The script an interpreter caller runs, as its command line gave it
+    /// (read by the kernel at exec).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<Cow<'a, str>>,
+    /// What made the caller network-facing: the non-local peer (for
+    /// `listening`, the listening address) ...
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "display_opt"
+    )]
+    pub via: Option<SocketAddr>,
+    /// ... how: `accepted`, `listening`, `received` or `connected` ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via_how: Option<&'static str>,
+    /// ... and how long before the connect (not for `listening`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via_ago_ms: Option<u64>,
     /// Present on a summary line only (see [`Repeat`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat: Option<Repeat>,
 }
 
+/// The rule a record names when the relay verdict decided.
+pub const RELAY_RULE_NAME: &str = "relay";
+
 /// Verdict of a record made by [`Enricher::cut`].
 pub const CUT: &str = "cut";
+
+/// The name of an [`loopwarden_common::evidence`] kind; `None` for none.
+pub fn evidence_name(kind: u8) -> Option<&'static str> {
+    match kind {
+        evidence::LISTENING => Some("listening"),
+        evidence::ACCEPTED => Some("accepted"),
+        evidence::RECEIVED => Some("received"),
+        evidence::CONNECTED => Some("connected"),
+        _ => None,
+    }
+}
 
 pub fn verdict_name(v: u8) -> &'static str {
     match v {
@@ -222,6 +253,19 @@ impl AuditRecord<'_> {
             Quoted(self.cmdline.unwrap_or(unknown)),
             Quoted(self.cgroup.unwrap_or(unknown)),
         );
+        if let Some(script) = &self.script {
+            let _ = write!(buf, " script={}", Quoted(script));
+        }
+        if let (Some(via), Some(how)) = (&self.via, self.via_how) {
+            match self.via_ago_ms {
+                Some(ms) => {
+                    let _ = write!(buf, " via={via}({how} {ms}ms before)");
+                }
+                None => {
+                    let _ = write!(buf, " via={via}({how})");
+                }
+            }
+        }
         // A cut names the socket that was destroyed.
         if self.verdict == CUT {
             let _ = write!(buf, " socket_cookie={}", self.socket_cookie);

@@ -46,6 +46,8 @@ fn event() -> ConnectEvent {
         _pad1: 0,
         comm,
         exe_name,
+        via: Default::default(),
+        script: [0; loopwarden_common::SCRIPT_LEN],
     }
 }
 

@@ -14,8 +14,8 @@
 use std::{collections::HashMap, fs::File, io, path::Path};
 
 use aya::{
-    Ebpf, EbpfError, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
 use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
 
@@ -76,6 +76,21 @@ pub enum LoaderError {
     },
     #[error("the eBPF object cannot be parsed: {0}")]
     Object(String),
+    #[error(
+        "reading the kernel's BTF (/sys/kernel/btf/vmlinux) for the tracking programs failed \
+         (the kernel needs CONFIG_DEBUG_INFO_BTF)"
+    )]
+    Btf(#[source] BtfError),
+    #[error(
+        "attaching {name} to the tracepoint {tracepoint} failed (tp_btf programs need Linux \
+         5.5+ with BTF)"
+    )]
+    Track {
+        name: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 fn verifier_hint(err: &ProgramError) -> String {
@@ -85,7 +100,7 @@ fn verifier_hint(err: &ProgramError) -> String {
     }
 }
 
-/// The programs the daemon runs.
+/// The programs the daemon runs in the cgroup hooks.
 const ENFORCER: &[&str] = &[programs::CONNECT4, programs::CONNECT6];
 /// The no-op program benchmarks use to measure the cost of measuring.
 const BASELINE: &[&str] = &[programs::BASELINE4];
@@ -94,6 +109,8 @@ const BASELINE: &[&str] = &[programs::BASELINE4];
 pub struct Programs {
     pub ebpf: Ebpf,
     names: &'static [&'static str],
+    /// The tracking programs (`tp_btf`) are loaded too.
+    tracking: bool,
     /// Maps were created fresh in the staging directory (replacing an
     /// incompatible pinned set); they move into place after the takeover.
     staged: bool,
@@ -142,6 +159,7 @@ impl Programs {
             .map(|&name| (name, dir.join(name)))
             .collect();
         let mut programs = Self::load_only(&paths, offsets, ENFORCER)?;
+        programs.load_trackers()?;
         programs.staged = staged;
         Ok(programs)
     }
@@ -191,8 +209,25 @@ impl Programs {
         Ok(Self {
             ebpf,
             names,
+            tracking: false,
             staged: false,
         })
+    }
+
+    /// Verifies the tracking programs (see `ebpf/src/sockets.rs` and
+    /// `process.rs`) against the kernel's BTF, which is parsed for this
+    /// and dropped again.
+    fn load_trackers(&mut self) -> Result<(), LoaderError> {
+        let btf = Btf::from_sys_fs().map_err(LoaderError::Btf)?;
+        for &(name, tracepoint) in programs::TRACKERS {
+            let prog = tracker(&mut self.ebpf, name)?;
+            prog.load(tracepoint, &btf)
+                .map_err(|source| LoaderError::Verify { name, source })?;
+        }
+        drop(btf);
+        crate::heap::release();
+        self.tracking = true;
+        Ok(())
     }
 
     /// Makes the pinned links run these programs: each pinned link is
@@ -246,11 +281,46 @@ impl Programs {
             // pin keeps the link, and with it the program, attached.
             link.pin(&pin).map_err(|e| pin_failed(e.to_string()))?;
         }
+        if self.tracking {
+            self.attach_trackers(pins)?;
+        }
         if self.staged {
             pins.promote_staging()?;
             self.staged = false;
         }
         Ok(takeover)
+    }
+
+    /// Attaches each tracking program with a new link, pinned over the
+    /// previous daemon's (a tracing link cannot take a new program in
+    /// place): for an instant both run, which only records some evidence
+    /// twice; at no instant does neither.
+    fn attach_trackers(&mut self, pins: &PinDir) -> Result<(), LoaderError> {
+        for &(name, tracepoint) in programs::TRACKERS {
+            let prog = tracker(&mut self.ebpf, name)?;
+            let link_id = prog.attach().map_err(|source| LoaderError::Track {
+                name,
+                tracepoint,
+                source,
+            })?;
+            let pin = pins.link(name);
+            let pin_failed = |message: String| LoaderError::PinLink {
+                name,
+                path: pin.display().to_string(),
+                message,
+            };
+            let link: FdLink = prog
+                .take_link(link_id)
+                .map_err(|e| pin_failed(e.to_string()))?
+                .into();
+            // bpffs refuses names with dots.
+            let fresh = pins.link(&format!("{name}_new"));
+            let _ = std::fs::remove_file(&fresh);
+            link.pin(&fresh)
+                .map_err(|e| pin_failed(crate::error_chain(&e)))?;
+            std::fs::rename(&fresh, &pin).map_err(|e| pin_failed(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Attaches the programs to the cgroup v2 root without pinning them.
@@ -300,6 +370,16 @@ fn kernel_log_level() -> u8 {
         LevelFilter::WARN => 2,
         _ => 1,
     }
+}
+
+fn tracker<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut BtfTracePoint, LoaderError> {
+    ebpf.program_mut(name)
+        .ok_or(LoaderError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoaderError::Verify { name, source })
 }
 
 fn program<'a>(

@@ -1,0 +1,188 @@
+//! Executable names as the rule maps key them: the exact file name, and the
+//! prefix forms through which a catalog entry also matches its project's
+//! release-asset and wrapper names (`cloudflared-linux-amd64`,
+//! `chisel_1.10.1_linux_amd64`, `.tailscaled-wrapped`). This mirrors
+//! `loopwarden_common::exe_name_candidates`, word by word: one leading `.`
+//! dropped, then the whole name and its truncations before each of its
+//! first [`MAX_PREFIX_CANDIDATES`] separators (`-`, `_`, `.`), each with
+//! [`EXE_NAME_PREFIX_MARK`] in its last byte.
+
+use loopwarden_common::{
+    EXE_NAME_LEN, EXE_NAME_PREFIX_MARK, GenKey, MAX_PREFIX_CANDIDATES, Settings,
+};
+
+use crate::maps::{RULES_EXE_NAME, in_filter, mask};
+
+/// A name (at most `EXE_NAME_LEN - 1` bytes, NUL-padded) as little-endian
+/// words: byte `i` is bits `8 * (i % 8)..` of word `i / 8`.
+pub type Words = [u64; EXE_NAME_LEN / 8];
+
+/// The mark in the last byte of a prefix-form key.
+const MARK: u64 = (EXE_NAME_PREFIX_MARK as u64) << 56;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// 0x80 in exactly the bytes of `w` that are zero.
+#[inline(always)]
+fn zero_bytes(w: u64) -> u64 {
+    !(((w & LOW7).wrapping_add(LOW7)) | w | LOW7)
+}
+
+/// 0x80 in the bytes of `w` that are a separator.
+#[inline(always)]
+fn separators(w: u64) -> u64 {
+    zero_bytes(w ^ (ONES * b'-' as u64))
+        | zero_bytes(w ^ (ONES * b'_' as u64))
+        | zero_bytes(w ^ (ONES * b'.' as u64))
+}
+
+/// `n` without one leading `.`.
+#[inline(always)]
+fn normalized(n: &Words) -> Words {
+    if n[0] & 0xff != u64::from(b'.') {
+        return *n;
+    }
+    [
+        (n[0] >> 8) | (n[1] << 56),
+        (n[1] >> 8) | (n[2] << 56),
+        (n[2] >> 8) | (n[3] << 56),
+        n[3] >> 8,
+    ]
+}
+
+/// The first 7 bytes of a key, as the settings' name filter takes them
+/// (`loopwarden_common::name_prefix`).
+#[inline(always)]
+pub fn filter_value(key: &Words) -> u64 {
+    key[0] & 0x00ff_ffff_ffff_ffff
+}
+
+/// Calls `f` with each prefix-form key of `name`, the whole (normalized)
+/// name first.
+#[inline(always)]
+pub fn for_each_prefix_key(name: &Words, mut f: impl FnMut(&Words)) {
+    let n = normalized(name);
+    f(&[n[0], n[1], n[2], n[3] | MARK]);
+    // A separator at index 0 cuts nothing; the last byte is always NUL.
+    let mut seps = [
+        separators(n[0]) & !0x80,
+        separators(n[1]),
+        separators(n[2]),
+        separators(n[3]),
+    ];
+    for _ in 0..MAX_PREFIX_CANDIDATES {
+        let (word, bits) = if seps[0] != 0 {
+            (0, seps[0])
+        } else if seps[1] != 0 {
+            (1, seps[1])
+        } else if seps[2] != 0 {
+            (2, seps[2])
+        } else if seps[3] != 0 {
+            (3, seps[3])
+        } else {
+            break;
+        };
+        // Bytes of word `word` before the separator.
+        let keep = (1u64 << (bits.trailing_zeros() & !7)) - 1;
+        let key = match word {
+            0 => [n[0] & keep, 0, 0, MARK],
+            1 => [n[0], n[1] & keep, 0, MARK],
+            2 => [n[0], n[1], n[2] & keep, MARK],
+            _ => [n[0], n[1], n[2], (n[3] & keep) | MARK],
+        };
+        f(&key);
+        match word {
+            0 => seps[0] &= seps[0] - 1,
+            1 => seps[1] &= seps[1] - 1,
+            2 => seps[2] &= seps[2] - 1,
+            _ => seps[3] &= seps[3] - 1,
+        }
+    }
+}
+
+/// Names of interpreters whose first operand is the program they run: a
+/// prefix-form key (`python3.11` gives `python3`) equal to one of these
+/// makes the exec handler read the script from the command line.
+const INTERPRETERS: [u64; 9] = [
+    word(b"python"),
+    word(b"python2"),
+    word(b"python3"),
+    word(b"node"),
+    word(b"nodejs"),
+    word(b"perl"),
+    word(b"ruby"),
+    word(b"php"),
+    word(b"deno"),
+];
+
+const fn word(name: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let mut i = 0;
+    while i < name.len() {
+        bytes[i] = name[i];
+        i += 1;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Whether an executable of this file name is an interpreter whose
+/// operand is a script.
+#[inline(always)]
+pub fn is_interpreter(name: &Words) -> bool {
+    let mut found = false;
+    for_each_prefix_key(name, |key| {
+        if key[1] == 0 && key[2] == 0 && key[3] == MARK {
+            for w in INTERPRETERS {
+                found |= key[0] == w;
+            }
+        }
+    });
+    found
+}
+
+/// A `GenKey<[u8; EXE_NAME_LEN]>` built from words: a byte array would be
+/// zeroed by a `memset` subprogram the verifier walks byte by byte.
+#[repr(C)]
+pub struct NameKey {
+    generation: u32,
+    _pad: u32,
+    name: Words,
+}
+
+impl NameKey {
+    #[inline(always)]
+    pub fn new(generation: u32, name: &Words) -> Self {
+        NameKey {
+            generation,
+            _pad: 0,
+            name: *name,
+        }
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> &GenKey<[u8; EXE_NAME_LEN]> {
+        // SAFETY: same size and field offsets (both #[repr(C)]); the view
+        // needs less alignment than the words have.
+        unsafe { &*(self as *const Self).cast::<GenKey<[u8; EXE_NAME_LEN]>>() }
+    }
+}
+
+/// Rules of generation `g` (whose live settings are `live`) naming the
+/// executable file name `name`: exactly, or through one of its prefix
+/// forms. Each key is checked against the settings' name filter first.
+///
+/// A BPF subprogram of its own: the keys' stack then is not part of every
+/// caller's frame (the verifier's limit is 512 bytes per call chain).
+#[inline(never)]
+pub fn name_mask(g: u32, live: &Settings, name: &Words) -> u64 {
+    let mut m = 0;
+    if in_filter(&live.exe_name_filter, filter_value(name)) {
+        m |= mask(&RULES_EXE_NAME, NameKey::new(g, name).key());
+    }
+    for_each_prefix_key(name, |key| {
+        if in_filter(&live.exe_name_filter, filter_value(key)) {
+            m |= mask(&RULES_EXE_NAME, NameKey::new(g, key).key());
+        }
+    });
+    m
+}

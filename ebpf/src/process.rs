@@ -1,0 +1,153 @@
+//! Process tracepoints: keep `LW_PROCS` true to each process's life.
+//!
+//! - fork: a child process (not a thread) starts with a copy of its
+//!   parent's state: socat's and sshd's forked children carry the accepted
+//!   connection they were forked for, nginx's workers their master's
+//!   listeners, a tunnel's children its lineage.
+//! - exec: a new program starts with no evidence (a login shell execed by
+//!   sshd is not sshd). It keeps its lineage, or takes its own if its file
+//!   name is in a catalog rule that extends to descendants; an interpreter
+//!   records the script on its command line.
+//! - exit: the process's state goes with it.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use loopwarden_common::{EXE_NAME_LEN, ProcState, SCRIPT_LEN, script_hash};
+
+use crate::{
+    identity::{self, Task},
+    maps::{PROCS, SETTINGS, generation},
+    names::{self, Words, is_interpreter},
+    procs::{NO_EVIDENCE, empty, insert},
+};
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn lw_fork(ctx: BtfTracePointContext) -> i32 {
+    let parent = Task(ctx.arg(0));
+    let child = Task(ctx.arg(1));
+    let (from, to) = (parent.tgid(), child.tgid());
+    if from == to {
+        return 0;
+    }
+    // SAFETY: a copy of plain data out of the map.
+    if let Some(state) = unsafe { PROCS.get(from) } {
+        let copy: ProcState = *state;
+        insert(to, &copy);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn lw_exit(ctx: BtfTracePointContext) -> i32 {
+    let task = Task(ctx.arg(0));
+    let tgid = task.tgid();
+    // The main thread's exit ends the process's entry.
+    if task.pid() == tgid {
+        let _ = PROCS.remove(tgid);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let task = Task::current();
+    let name = identity::exe_name_words(task.exe_file());
+    let catalogued = inherited_rules(&name) != 0;
+    let interpreter = is_interpreter(&name);
+    let mut state = match PROCS.get_ptr(tgid) {
+        // SAFETY: a copy of plain data out of the map.
+        Some(s) => unsafe { *s },
+        None if catalogued || interpreter => empty(),
+        None => return 0,
+    };
+    state.standing = NO_EVIDENCE;
+    state.recent = NO_EVIDENCE;
+    if catalogued {
+        // SAFETY: same size, u8 has no alignment requirement.
+        state.lineage = unsafe { *name.as_ptr().cast::<[u8; EXE_NAME_LEN]>() };
+    }
+    state.script = [0; SCRIPT_LEN];
+    state.script_hash = 0;
+    if interpreter {
+        read_script(task, &mut state.script);
+        if state.script[0] != 0 {
+            state.script_hash = script_hash(&state.script);
+        }
+    }
+    if state.lineage[0] == 0 && state.script[0] == 0 {
+        let _ = PROCS.remove(tgid);
+    } else {
+        insert(tgid, &state);
+    }
+    0
+}
+
+/// Rules that extend to descendants and name this file name. Read without
+/// the policy's sequence lock: a policy switch racing an exec can at worst
+/// give that one process a lineage one of the two policies would give it.
+#[inline(always)]
+fn inherited_rules(name: &Words) -> u64 {
+    let g = generation();
+    let Some(live) = SETTINGS.get_ptr(g) else {
+        return 0;
+    };
+    // SAFETY: a reference into the map's value.
+    let live = unsafe { &*live };
+    let inherited = live.inherited;
+    if inherited == 0 {
+        return 0;
+    }
+    names::name_mask(g, live, name) & inherited
+}
+
+/// Arguments looked at for the script: the interpreter's name and options.
+const MAX_ARGS: usize = 6;
+
+/// The interpreter's first operand (the script) into `out`: options are
+/// skipped, and `-c`, `-e` or `-m` (code or a module, not a file) mean none.
+#[inline(always)]
+fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
+    let (mut at, end) = task.args();
+    for i in 0..MAX_ARGS {
+        if at == 0 || at >= end {
+            return;
+        }
+        let mut buf = [0u64; SCRIPT_LEN / 8];
+        // SAFETY: the helper checks the source and writes at most
+        // SCRIPT_LEN bytes, NUL included, into our buffer.
+        let n = unsafe {
+            bpf_probe_read_user_str(buf.as_mut_ptr().cast(), SCRIPT_LEN as u32, at as *const _)
+        };
+        // A failed read, or an argument that may have been cut short (so
+        // the next one cannot be found).
+        if n <= 0 || (n as usize >= SCRIPT_LEN && i == 0) {
+            return;
+        }
+        at += n as u64;
+        if i == 0 {
+            continue;
+        }
+        if buf[0] & 0xff == u64::from(b'-') {
+            let two = buf[0] & 0xff_ffff;
+            if two == option(b'c') || two == option(b'e') || two == option(b'm') {
+                return;
+            }
+            if n as usize >= SCRIPT_LEN {
+                return;
+            }
+            continue;
+        }
+        // SAFETY: same size, u8 has no alignment requirement.
+        *out = unsafe { *buf.as_ptr().cast::<[u8; SCRIPT_LEN]>() };
+        return;
+    }
+}
+
+/// `-x` and its NUL as the low bytes of a little-endian word.
+const fn option(letter: u8) -> u64 {
+    b'-' as u64 | (letter as u64) << 8
+}

@@ -1,0 +1,120 @@
+//! Per-process state (`LW_PROCS`): the evidence that a process faces the
+//! network, its catalogued lineage and its script. Written by the tracking
+//! programs ([`crate::sockets`], [`crate::process`]), read by the connect
+//! hooks.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use loopwarden_common::{Addr, EXE_NAME_LEN, Evidence, ProcState, SCRIPT_LEN, evidence, stats};
+
+use crate::maps::{PROCS, count};
+
+/// Which of a process's two kinds of evidence a new one replaces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Listening or accepted: no time limit.
+    Standing,
+    /// Received or connected: counts within the relay window.
+    Recent,
+}
+
+/// A state with nothing in it.
+#[inline(always)]
+pub const fn empty() -> ProcState {
+    ProcState {
+        standing: NO_EVIDENCE,
+        recent: NO_EVIDENCE,
+        lineage: [0; EXE_NAME_LEN],
+        script: [0; SCRIPT_LEN],
+        script_hash: 0,
+    }
+}
+
+pub const NO_EVIDENCE: Evidence = Evidence {
+    addr: Addr { words: [0; 4] },
+    ktime_ns: 0,
+    port: 0,
+    kind: evidence::NONE,
+    _pad: [0; 5],
+};
+
+/// Records evidence of `kind` about the peer `addr`:`port` for process
+/// `tgid`, now. Accepted evidence is not overwritten by a later listen.
+#[inline(always)]
+pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
+    let ev = Evidence {
+        addr,
+        ktime_ns: now(),
+        port,
+        kind,
+        _pad: [0; 5],
+    };
+    if let Some(state) = PROCS.get_ptr_mut(tgid) {
+        // SAFETY: a pointer to the map's value; a racing writer can at worst
+        // interleave two pieces of evidence, each of which is true.
+        unsafe {
+            match slot {
+                Slot::Standing => {
+                    if !(kind == evidence::LISTENING
+                        && (*state).standing.kind == evidence::ACCEPTED)
+                    {
+                        (*state).standing = ev;
+                    }
+                }
+                Slot::Recent => (*state).recent = ev,
+            }
+        }
+        return;
+    }
+    let mut state = empty();
+    match slot {
+        Slot::Standing => state.standing = ev,
+        Slot::Recent => state.recent = ev,
+    }
+    insert(tgid, &state);
+}
+
+/// Adds or replaces `tgid`'s state, counting a full map.
+#[inline(always)]
+pub fn insert(tgid: u32, state: &ProcState) {
+    if PROCS.insert(tgid, state, 0).is_err() {
+        count(stats::UNTRACKED);
+    }
+}
+
+/// Which of a process's pieces of evidence makes it network-facing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Neither,
+    Standing,
+    Recent,
+}
+
+/// The evidence that makes a process network-facing at `now`: recent
+/// evidence within `window_ns` first (it names the party behind this very
+/// connect), else standing evidence.
+#[inline(always)]
+pub fn network_facing(state: &ProcState, now: u64, window_ns: u64) -> Which {
+    // SAFETY: reads of a map value's fields (volatile: see connect's
+    // sequence-lock section).
+    let (recent, at, standing) = unsafe {
+        (
+            core::ptr::read_volatile(&state.recent.kind),
+            core::ptr::read_volatile(&state.recent.ktime_ns),
+            core::ptr::read_volatile(&state.standing.kind),
+        )
+    };
+    if recent != evidence::NONE && now.wrapping_sub(at) <= window_ns {
+        Which::Recent
+    } else if standing != evidence::NONE {
+        Which::Standing
+    } else {
+        Which::Neither
+    }
+}
+
+/// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, as evidence is timed.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}

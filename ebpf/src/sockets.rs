@@ -1,0 +1,233 @@
+//! Socket tracepoints: the evidence that a process faces the network, as it
+//! happens.
+//!
+//! - `inet_sock_set_state` (TCP state changes): a socket on a non-loopback
+//!   address entering LISTEN (in the listening process: `listening`, and
+//!   the port's owner is remembered); a passive handshake completing with a
+//!   non-local peer (in softirq: the evidence goes to the port's listener,
+//!   `accepted`); an active one completing (the connecting process is found
+//!   by socket cookie from its connect: `connected`).
+//! - `skb_copy_datagram_iovec` (data copied to a reader, TCP or UDP, in the
+//!   reading process): a packet whose source is not loopback, other than a
+//!   DNS answer, is `received` evidence.
+//!
+//! Both run in tp_btf programs: their arguments are BTF-typed, so field
+//! loads are checked by the verifier and run as direct loads.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use loopwarden_common::{Addr, ListenerKey, Pending, evidence};
+
+use crate::{
+    addr::{is_loopback, v4_mapped},
+    identity::{load, offsets},
+    maps::{LISTENERS, PENDING},
+    procs::{Slot, record},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const IPPROTO_UDP: u8 = 17;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+/// `ETH_P_IP`, `ETH_P_IPV6` as `sk_buff.protocol` holds them (network order).
+const ETH_P_IP: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
+/// DNS and mDNS answers are not evidence.
+const DNS_PORTS: [u16; 2] = [53, 5353];
+
+/// One side of a socket: address and port (host order).
+struct End {
+    addr: Addr,
+    port: u16,
+}
+
+/// The peer (`remote`) or local end of `sk`; `None` for other families.
+#[inline(always)]
+fn end(sk: u64, remote: bool) -> Option<End> {
+    let o = offsets();
+    let family: u16 = load(sk, o.sk_family);
+    let (v4, v6, port) = if remote {
+        (
+            o.sk_daddr,
+            o.sk_v6_daddr,
+            u16::from_be(load(sk, o.sk_dport)),
+        )
+    } else {
+        (o.sk_rcv_saddr, o.sk_v6_rcv_saddr, load(sk, o.sk_num))
+    };
+    let addr = match family {
+        AF_INET => v4_mapped(load(sk, v4)),
+        AF_INET6 => Addr {
+            words: [
+                load(sk, v6),
+                load(sk, v6 + 4),
+                load(sk, v6 + 8),
+                load(sk, v6 + 12),
+            ],
+        },
+        _ => return None,
+    };
+    Some(End { addr, port })
+}
+
+/// The network namespace's inode number and the local port: whose
+/// listener a socket belongs to.
+#[inline(always)]
+fn listener_key(sk: u64, port: u16) -> ListenerKey {
+    let o = offsets();
+    let net: u64 = load(sk, o.sk_net);
+    ListenerKey {
+        netns: load(net, o.net_inum),
+        port,
+        _pad: 0,
+    }
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let o = offsets();
+    let protocol: u16 = load(sk, o.sk_protocol);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    match (old, new) {
+        (_, TCP_LISTEN) => {
+            // In the process calling listen().
+            let Some(local) = end(sk, false) else {
+                return 0;
+            };
+            if is_loopback(&local.addr) {
+                return 0;
+            }
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            let _ = LISTENERS.insert(listener_key(sk, local.port), tgid, 0);
+            record(
+                tgid,
+                Slot::Standing,
+                evidence::LISTENING,
+                local.addr,
+                local.port,
+            );
+        }
+        (TCP_LISTEN, _) => {
+            if let Some(local) = end(sk, false) {
+                let _ = LISTENERS.remove(listener_key(sk, local.port));
+            }
+        }
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            // Softirq: the current task is nobody in particular.
+            let (Some(peer), Some(local)) = (end(sk, true), end(sk, false)) else {
+                return 0;
+            };
+            if is_loopback(&peer.addr) {
+                return 0;
+            }
+            // SAFETY: the value is a plain tgid.
+            if let Some(tgid) = unsafe { LISTENERS.get(listener_key(sk, local.port)) } {
+                record(
+                    *tgid,
+                    Slot::Standing,
+                    evidence::ACCEPTED,
+                    peer.addr,
+                    peer.port,
+                );
+            }
+        }
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            let cookie: u64 = load(sk, o.sk_cookie);
+            // SAFETY: the value is plain data.
+            let Some(pending) = (unsafe { PENDING.get(cookie) }).copied() else {
+                return 0;
+            };
+            let _ = PENDING.remove(cookie);
+            if let Some(peer) = end(sk, true) {
+                record(
+                    pending.tgid,
+                    Slot::Recent,
+                    evidence::CONNECTED,
+                    peer.addr,
+                    peer.port,
+                );
+            }
+        }
+        (TCP_SYN_SENT, TCP_CLOSE) => {
+            let cookie: u64 = load(sk, o.sk_cookie);
+            let _ = PENDING.remove(cookie);
+        }
+        _ => {}
+    }
+    0
+}
+
+/// Remembers an outbound TCP connect to a non-local peer (called from the
+/// connect hooks): its completion becomes `connected` evidence.
+#[inline(always)]
+pub fn connecting(cookie: u64, tgid: u32) {
+    let _ = PENDING.insert(cookie, Pending { tgid, _pad: 0 }, 0);
+}
+
+/// The first bytes of an IPv4 or IPv6 header: enough for the version, the
+/// protocol and the source address of either.
+#[repr(C)]
+struct IpHead {
+    bytes: [u32; 6],
+}
+
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let o = offsets();
+    // Only IP packets: netlink, unix and other sockets copy skbs too.
+    let l3: u16 = load(skb, o.skb_protocol);
+    if l3 != ETH_P_IP && l3 != ETH_P_IPV6 {
+        return 0;
+    }
+    let head: u64 = load(skb, o.skb_head);
+    let network: u16 = load(skb, o.skb_network_header);
+    // SAFETY: probe_read_kernel checks the source; a failed read is ignored.
+    let Ok(ip) = (unsafe { bpf_probe_read_kernel((head + u64::from(network)) as *const IpHead) })
+    else {
+        return 0;
+    };
+    let first = u32::from_be(ip.bytes[0]);
+    let (addr, protocol) = match first >> 28 {
+        4 => (
+            v4_mapped(ip.bytes[3]),
+            (u32::from_be(ip.bytes[2]) >> 16) as u8,
+        ),
+        6 => (
+            Addr {
+                words: [ip.bytes[2], ip.bytes[3], ip.bytes[4], ip.bytes[5]],
+            },
+            (u32::from_be(ip.bytes[1]) >> 8) as u8,
+        ),
+        _ => return 0,
+    };
+    if is_loopback(&addr) {
+        return 0;
+    }
+    let transport: u16 = load(skb, o.skb_transport_header);
+    // SAFETY: as above.
+    let Ok(port) = (unsafe { bpf_probe_read_kernel((head + u64::from(transport)) as *const u16) })
+    else {
+        return 0;
+    };
+    let port = u16::from_be(port);
+    if (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP as u8) || DNS_PORTS.contains(&port) {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    record(tgid, Slot::Recent, evidence::RECEIVED, addr, port);
+    0
+}
