@@ -50,12 +50,15 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of the executable's file name (its dentry name) the kernel copies.
 /// Longer names are truncated to `EXE_NAME_LEN - 1` bytes on both sides.
 pub const EXE_NAME_LEN: usize = 32;
-/// Last byte of an `LW_RULES_EXE_NAME` key in prefix form.
+/// Last byte (index `EXE_NAME_LEN - 1`) of a *prefix-form* key of
+/// `LW_RULES_EXE_NAME`. A plain key is a file name NUL-padded, so its last
+/// byte is always 0; a prefix-form key matches every name whose
+/// [`exe_name_candidates`] include it (see there).
 pub const EXE_NAME_PREFIX_MARK: u8 = 1;
-/// Separators before which a name is cut for its prefix forms.
-pub const EXE_NAME_SEPARATORS: [u8; 3] = *b"-_.";
-/// How many separators of a name give a prefix form.
+/// How many separator positions of a name [`exe_name_candidates`] cuts at.
 pub const MAX_PREFIX_CANDIDATES: usize = 3;
+/// Bytes that end a prefix in [`exe_name_candidates`].
+pub const EXE_NAME_SEPARATORS: [u8; 3] = *b"-_.";
 /// Policy generations kept side by side: the one in force and the next.
 pub const GENERATIONS: u32 = 2;
 /// Entries one policy may put in each rule-value map (`LW_RULES_*`), and
@@ -551,6 +554,101 @@ pub const fn name_prefix(name: &[u8]) -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
+/// The prefix-form key of `name`: its first `EXE_NAME_LEN - 1` bytes (up to
+/// a NUL), NUL-padded, with [`EXE_NAME_PREFIX_MARK`] as the last byte.
+pub const fn exe_name_prefix_key(name: &[u8]) -> [u8; EXE_NAME_LEN] {
+    let mut key = [0u8; EXE_NAME_LEN];
+    let mut i = 0;
+    while i < EXE_NAME_LEN - 1 && i < name.len() && name[i] != 0 {
+        key[i] = name[i];
+        i += 1;
+    }
+    key[EXE_NAME_LEN - 1] = EXE_NAME_PREFIX_MARK;
+    key
+}
+
+/// The prefix-form keys ([`exe_name_prefix_key`]) an executable file name is
+/// looked up by, besides its plain key. The name is read as the kernel
+/// copies it: up to the first NUL, at most `EXE_NAME_LEN - 1` bytes. One
+/// leading `.` is dropped (wrappers such as NixOS's `.tailscaled-wrapped`),
+/// then the keys are, in order:
+///
+/// 1. the whole normalized name;
+/// 2. the normalized name cut just before each of its first
+///    [`MAX_PREFIX_CANDIDATES`] [`EXE_NAME_SEPARATORS`] at index 1 or later.
+///
+/// So `chisel_1.10.1_linux_amd64` yields `chisel_1.10.1_linux_amd64`,
+/// `chisel`, `chisel_1` and `chisel_1.10`: a rule inserting the prefix-form
+/// key of `chisel` matches it, and `chisel` itself, but not `chiseled`. A
+/// name that is empty once normalized yields nothing.
+///
+/// The kernel's matcher (`ebpf/src/connect.rs`) mirrors this function; the
+/// two must change together (and [`LAYOUT_VERSION`] with them).
+pub fn exe_name_candidates(name: &[u8]) -> ExeNameCandidates {
+    let mut len = 0;
+    while len < EXE_NAME_LEN - 1 && len < name.len() && name[len] != 0 {
+        len += 1;
+    }
+    let start = if len > 0 && name[0] == b'.' { 1 } else { 0 };
+    let normalized = &name[start..len];
+    let mut cuts = [0u8; MAX_PREFIX_CANDIDATES];
+    let mut count = 0;
+    let mut i = 1;
+    while i < normalized.len() && count < MAX_PREFIX_CANDIDATES {
+        let b = normalized[i];
+        if b == EXE_NAME_SEPARATORS[0] || b == EXE_NAME_SEPARATORS[1] || b == EXE_NAME_SEPARATORS[2]
+        {
+            cuts[count] = i as u8;
+            count += 1;
+        }
+        i += 1;
+    }
+    ExeNameCandidates {
+        key: exe_name_prefix_key(normalized),
+        len: normalized.len() as u8,
+        cuts,
+        count: count as u8,
+        next: 0,
+    }
+}
+
+/// Iterator of [`exe_name_candidates`].
+#[derive(Clone, Debug)]
+pub struct ExeNameCandidates {
+    /// Prefix-form key of the whole normalized name.
+    key: [u8; EXE_NAME_LEN],
+    /// Length of the normalized name.
+    len: u8,
+    /// Separator indexes, `count` of them.
+    cuts: [u8; MAX_PREFIX_CANDIDATES],
+    count: u8,
+    /// 0: the whole name is next; `n`: the cut at `cuts[n - 1]`.
+    next: u8,
+}
+
+impl Iterator for ExeNameCandidates {
+    type Item = [u8; EXE_NAME_LEN];
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.len == 0 || self.next > self.count {
+            return None;
+        }
+        let n = self.next as usize;
+        self.next += 1;
+        if n == 0 {
+            return Some(self.key);
+        }
+        let mut key = self.key;
+        let cut = self.cuts[n - 1] as usize;
+        let mut i = cut;
+        while i < EXE_NAME_LEN - 1 {
+            key[i] = 0;
+            i += 1;
+        }
+        Some(key)
+    }
+}
+
 /// `LW_META[0]`: written by userspace only, kept with the pinned maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -660,4 +758,98 @@ mod user {
     unsafe impl aya::Pod for GenKey<Addr> {}
     unsafe impl aya::Pod for GenKey<[u8; COMM_LEN]> {}
     unsafe impl aya::Pod for GenKey<[u8; EXE_NAME_LEN]> {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The candidates of `name` as strings (mark checked and removed).
+    fn candidates(name: &[u8]) -> [Option<[u8; EXE_NAME_LEN]>; 5] {
+        let mut out = [None; 5];
+        for (slot, key) in out.iter_mut().zip(exe_name_candidates(name)) {
+            assert_eq!(key[EXE_NAME_LEN - 1], EXE_NAME_PREFIX_MARK);
+            *slot = Some(key);
+        }
+        out
+    }
+
+    fn expect(name: &[u8], want: &[&[u8]]) {
+        let got = candidates(name);
+        assert!(want.len() <= 1 + MAX_PREFIX_CANDIDATES);
+        for (i, slot) in got.iter().enumerate() {
+            match (slot, want.get(i)) {
+                (Some(key), Some(w)) => assert_eq!(*key, exe_name_prefix_key(w), "{i}"),
+                (None, None) => {}
+                (got, want) => panic!("candidate {i}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_keys_are_padded_and_marked() {
+        let key = exe_name_prefix_key(b"bore");
+        assert_eq!(&key[..4], b"bore");
+        assert!(key[4..EXE_NAME_LEN - 1].iter().all(|&b| b == 0));
+        assert_eq!(key[EXE_NAME_LEN - 1], EXE_NAME_PREFIX_MARK);
+        assert_eq!(exe_name_prefix_key(b"bo\0re"), exe_name_prefix_key(b"bo"));
+        let long = [b'a'; 40];
+        let key = exe_name_prefix_key(&long);
+        assert!(key[..EXE_NAME_LEN - 1].iter().all(|&b| b == b'a'));
+        assert_eq!(key[EXE_NAME_LEN - 1], EXE_NAME_PREFIX_MARK);
+        // The filter hashes the same first bytes as for the plain name.
+        assert_eq!(name_prefix(&key), name_prefix(&long));
+    }
+
+    #[test]
+    fn candidates_cut_at_the_first_separators() {
+        expect(b"bore", &[b"bore"]);
+        expect(
+            b"chisel_1.10.1_linux_amd64",
+            &[
+                b"chisel_1.10.1_linux_amd64",
+                b"chisel",
+                b"chisel_1",
+                b"chisel_1.10",
+            ],
+        );
+        expect(
+            b"cloudflared-linux-amd64",
+            &[
+                b"cloudflared-linux-amd64",
+                b"cloudflared",
+                b"cloudflared-linux",
+            ],
+        );
+        expect(
+            b".tailscaled-wrapped",
+            &[b"tailscaled-wrapped", b"tailscaled"],
+        );
+        // Only one leading dot is dropped; a separator at index 0 is no cut.
+        expect(b"..x-y", &[b".x-y", b".x"]);
+        expect(b"-x", &[b"-x"]);
+        expect(b"x-", &[b"x-", b"x"]);
+        expect(b"a--b", &[b"a--b", b"a", b"a-"]);
+        expect(b"", &[]);
+        expect(b".", &[]);
+        expect(b"\0x", &[]);
+        expect(b"nc.openbsd\0junk", &[b"nc.openbsd", b"nc"]);
+    }
+
+    #[test]
+    fn candidates_read_what_the_kernel_copies() {
+        // 31 bytes are read; a separator beyond them is no cut.
+        let name = b"abcdefghijklmnopqrstuvwxyz01234-x";
+        expect(name, &[&name[..EXE_NAME_LEN - 1]]);
+        let name = b"abcdefghijklmnopqrstuvwxyz0123-x";
+        expect(
+            name,
+            &[&name[..EXE_NAME_LEN - 1], &name[..EXE_NAME_LEN - 2]],
+        );
+        let name = b".bcdefghijklmnopqrstuvwxyz0123-x";
+        expect(
+            name,
+            &[&name[1..EXE_NAME_LEN - 1], &name[1..EXE_NAME_LEN - 2]],
+        );
+    }
 }

@@ -274,12 +274,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog => {
-            for entry in CATALOG {
+            let width = CATALOG.iter().map(|e| e.name.len()).max().unwrap_or(0);
+            for entry in CATALOG.iter() {
                 println!(
-                    "catalog:{:<12} {:<6} exe_name in [{}]  {}",
+                    "catalog:{:<width$} {:<6} exe_name in [{}]  {}",
                     entry.name,
                     format!("{:?}", entry.action).to_lowercase(),
-                    entry.exe_names.join(", "),
+                    entry.shown_names().join(", "),
                     entry.why
                 );
             }

@@ -16,7 +16,7 @@ use super::{
     Resolver, RuleInfo, fixed_name, summary::ExeId,
 };
 use crate::{
-    catalog::{CATALOG, CatalogEntry},
+    catalog::{CATALOG, CatalogEntry, NameMatch},
     config::{Config, Located, PortSet, Rule},
     error_chain,
 };
@@ -27,7 +27,7 @@ pub(super) fn compile_with(
     lenient: bool,
     previous: Option<&BTreeMap<PathBuf, ExeIdentities>>,
 ) -> Result<CompiledPolicy, PolicyError> {
-    let catalog: &[CatalogEntry] = if config.catalog { CATALOG } else { &[] };
+    let catalog: &[CatalogEntry] = if config.catalog { &CATALOG } else { &[] };
     if config.rules.len() + catalog.len() > MAX_RULES {
         return Err(PolicyError::TooManyRules {
             file: config.source.clone(),
@@ -496,19 +496,28 @@ impl Compiler<'_> {
     }
 
     fn catalog_rule(&mut self, entry: &CatalogEntry) {
-        let mut names: Vec<String> = entry.exe_names.iter().map(|n| (*n).to_owned()).collect();
-        for exe_name in entry.exe_names {
+        // Each name matches as the entry says; so does the real file name
+        // of every installed copy found for it (a symlink's target).
+        let mut names: Vec<(String, NameMatch)> = entry
+            .names()
+            .map(|(name, how)| (name.to_owned(), how))
+            .collect();
+        for (exe_name, how) in entry.names() {
             for path in self.resolver.find_executables(exe_name) {
                 // Not installed or unreadable: the plain name still matches.
                 if let Ok(real) = self.resolver.exe_file_name(&path)
-                    && !names.contains(&real)
+                    && !names.iter().any(|(name, _)| *name == real)
                 {
-                    names.push(real);
+                    names.push((real, how));
                 }
             }
         }
         let mut parts = Vec::new();
-        describe(&mut parts, "exe_name", names.iter().cloned());
+        describe(
+            &mut parts,
+            "exe_name",
+            names.iter().map(|(name, how)| how.show(name)),
+        );
         let bit = self.add_rule(
             RuleInfo {
                 name: entry.rule_name(),
@@ -520,8 +529,8 @@ impl Compiler<'_> {
                 ..Constrains::default()
             },
         );
-        for name in &names {
-            *self.policy.exe_name.entry(fixed_name(name)).or_default() |= bit;
+        for (name, how) in &names {
+            *self.policy.exe_name.entry(how.key(name)).or_default() |= bit;
         }
     }
 }

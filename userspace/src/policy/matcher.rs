@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use loopwarden_common::{ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, flags};
+use loopwarden_common::{
+    ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, exe_name_candidates, flags,
+};
 
 use super::{CompiledPolicy, fixed_bytes};
 
@@ -33,8 +35,9 @@ pub struct ProcessIdentity {
 impl CompiledPolicy {
     /// The rule the kernel's `match_rules` (ebpf/src/connect.rs) picks for a
     /// caller with this identity: per criterion, the OR of the masks of the
-    /// caller's values plus the criterion's wildcard mask; the AND over all
-    /// criteria; the lowest set bit. `None` when no rule matches.
+    /// caller's values (for the executable name: its plain key and each of
+    /// its [`exe_name_candidates`]) plus the criterion's wildcard mask; the
+    /// AND over all criteria; the lowest set bit. `None` when no rule matches.
     pub fn first_match(&self, id: &ProcessIdentity) -> Option<usize> {
         fn mask<K: Ord>(map: &BTreeMap<K, u64>, k: &K) -> u64 {
             map.get(k).copied().unwrap_or(0)
@@ -47,7 +50,12 @@ impl CompiledPolicy {
             .iter()
             .fold(0, |acc, c| acc | mask(&self.comm, &fixed_bytes(c)));
         m &= comm | s.wild_comm;
-        m &= mask(&self.exe_name, &fixed_bytes(&id.exe_name)) | s.wild_exe_name;
+        // The plain name, then its prefix-form keys (catalog prefixes).
+        let exe_name = exe_name_candidates(&id.exe_name).fold(
+            mask(&self.exe_name, &fixed_bytes(&id.exe_name)),
+            |acc, key| acc | mask(&self.exe_name, &key),
+        );
+        m &= exe_name | s.wild_exe_name;
         m &= mask(&self.exe, &id.exe) | s.wild_exe;
         if m & !s.wild_cgroup != 0 {
             // One ancestor lookup per level some rule names, lowest level
