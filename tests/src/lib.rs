@@ -98,6 +98,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Kills the process now (what drop does) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Panics if the process already exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -108,8 +114,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -928,4 +933,123 @@ pub fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
     let mut expected: Vec<String> = pids.iter().map(|p| (*p).to_owned()).collect();
     expected.sort();
     assert_eq!(denied, expected, "deny records: {:#?}", daemon.events());
+}
+
+// ---------------------------------------------------------------------------
+// An sshd for the port-forwarding tests.
+
+/// How many [`Sshd`]s are running, and whether one of them created
+/// `/run/sshd` (removed again when the last one stops).
+static SSHD_PRIVSEP: Mutex<(usize, bool)> = Mutex::new((0, false));
+
+/// An sshd in a namespace listening on `addr:port`, with a throwaway host
+/// key and a client key (`key`) authorized for root.
+pub struct Sshd {
+    proc: Proc,
+    /// The client's private key (`ssh -i`).
+    pub key: String,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Sshd {
+    pub fn start(ns: &Netns, addr: &str, port: u16) -> Self {
+        let dir = TempDir::new("sshd");
+        let d = dir.path().to_str().expect("utf-8 temp dir").to_owned();
+        for key in ["host", "client"] {
+            run_ok(Command::new("ssh-keygen").args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &format!("{d}/{key}"),
+            ]));
+        }
+        std::fs::copy(format!("{d}/client.pub"), format!("{d}/authorized_keys"))
+            .expect("authorized_keys");
+        // sshd insists on its privilege-separation directory.
+        {
+            let mut privsep = SSHD_PRIVSEP.lock().unwrap_or_else(|e| e.into_inner());
+            let dir = Path::new("/run/sshd");
+            if privsep.0 == 0 && !dir.exists() {
+                std::fs::create_dir_all(dir).expect("creating /run/sshd");
+                privsep.1 = true;
+            }
+            privsep.0 += 1;
+        }
+        let proc = ns.spawn(
+            "/usr/sbin/sshd",
+            &[
+                "-D",
+                "-e",
+                "-f",
+                "/dev/null",
+                "-p",
+                &port.to_string(),
+                "-h",
+                &format!("{d}/host"),
+                "-o",
+                &format!("ListenAddress={addr}"),
+                "-o",
+                &format!("AuthorizedKeysFile={d}/authorized_keys"),
+                "-o",
+                "StrictModes=no",
+                "-o",
+                "PidFile=none",
+                "-o",
+                "UsePAM=no",
+                "-o",
+                "PermitRootLogin=prohibit-password",
+                "-o",
+                "AllowTcpForwarding=yes",
+            ],
+        );
+        // Constructed before waiting, so a timeout still stops it.
+        let sshd = Self {
+            proc,
+            key: format!("{d}/client"),
+            port,
+            _dir: dir,
+        };
+        ns.wait_listening(port);
+        sshd
+    }
+
+    /// Options for an `ssh` client of this server (key, no host key checks,
+    /// no prompts, fail if a forward cannot be set up, the port), to be
+    /// followed by the client's own options and `root@ADDR`.
+    pub fn client_args(&self) -> Vec<String> {
+        [
+            "-i",
+            &self.key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            &self.port.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.proc.kill();
+        let mut privsep = SSHD_PRIVSEP.lock().unwrap_or_else(|e| e.into_inner());
+        privsep.0 = privsep.0.saturating_sub(1);
+        if privsep.0 == 0 && privsep.1 {
+            let _ = std::fs::remove_dir("/run/sshd");
+            privsep.1 = false;
+        }
+    }
 }
