@@ -173,6 +173,18 @@ impl Netns {
         );
     }
 
+    /// Waits until something is bound to UDP `port` in the namespace.
+    pub fn wait_udp_bound(&self, port: u16) {
+        wait_for(
+            &format!("a UDP socket on port {port} in {}", self.name),
+            Duration::from_secs(10),
+            || {
+                let out = run(self.cmd("ss").args(["-Hlun", &format!("sport = :{port}")]));
+                (!out.stdout.is_empty()).then_some(())
+            },
+        );
+    }
+
     /// Starts the test HTTP services: `PROTECTED` and `UNPROTECTED` on `[::]`.
     pub fn http_servers(&self) -> (Proc, Proc) {
         let dir = std::env::temp_dir();
@@ -936,7 +948,92 @@ pub fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
 }
 
 // ---------------------------------------------------------------------------
-// An sshd for the port-forwarding tests.
+// Two namespaces joined by a veth pair (relays.rs), an sshd (enforce.rs,
+// relays.rs) and policies with the catalog and relay settings spelled out.
+
+/// The local namespace's address on the link to the remote one.
+pub const LOCAL_ADDR: &str = "10.77.0.1";
+/// The remote namespace's address on the link to the local one.
+pub const REMOTE_ADDR: &str = "10.77.0.2";
+/// The local namespace's IPv6 address on that link.
+pub const LOCAL_ADDR6: &str = "fd77::1";
+/// The remote namespace's IPv6 address on that link.
+pub const REMOTE_ADDR6: &str = "fd77::2";
+
+/// A "local" namespace (where the protected service, the policy and the
+/// relays are) and a "remote" one standing for the rest of the network,
+/// joined by a veth pair that exists only inside them: `lw0` in local with
+/// [`LOCAL_ADDR`]/24 and [`LOCAL_ADDR6`]/64, `lw1` in remote with
+/// [`REMOTE_ADDR`]/24 and [`REMOTE_ADDR6`]/64. Deleting the namespaces (on
+/// drop) deletes the pair.
+pub struct Topology {
+    pub local: Netns,
+    pub remote: Netns,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        let local = Netns::new();
+        let remote = Netns::new();
+        let ip = |ns: &Netns, args: &[&str]| {
+            run_ok(Command::new("ip").args(["-n", ns.name()]).args(args));
+        };
+        ip(
+            &local,
+            &[
+                "link",
+                "add",
+                "lw0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lw1",
+                "netns",
+                remote.name(),
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&local, "lw0", LOCAL_ADDR, LOCAL_ADDR6),
+            (&remote, "lw1", REMOTE_ADDR, REMOTE_ADDR6),
+        ] {
+            ip(ns, &["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            // nodad: usable at once, no tentative period.
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            ip(ns, &["link", "set", dev, "up"]);
+        }
+        for (ns, dev) in [(&local, "lw0"), (&remote, "lw1")] {
+            wait_for(
+                &format!("{dev} up in {}", ns.name()),
+                Duration::from_secs(10),
+                || {
+                    let out = run(Command::new("ip").args(["-n", ns.name(), "link", "show", dev]));
+                    String::from_utf8_lossy(&out.stdout)
+                        .contains("LOWER_UP")
+                        .then_some(())
+                },
+            );
+        }
+        Self { local, remote }
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// How many [`Sshd`]s are running, and whether one of them created
 /// `/run/sshd` (removed again when the last one stops).
@@ -1051,5 +1148,87 @@ impl Drop for Sshd {
             let _ = std::fs::remove_dir("/run/sshd");
             privsep.1 = false;
         }
+    }
+}
+
+/// A policy scoped to one namespace, with every setting the relay tests
+/// vary spelled out: `Policy::new(&ns, "enforce").catalog(false).relay("deny").text()`.
+/// Defaults: the catalog on, `PROTECTED` only, no `[relay]` table.
+pub struct Policy {
+    mode: String,
+    catalog: bool,
+    ports: Vec<u16>,
+    netns: String,
+    relay_action: Option<String>,
+    window_ms: Option<u64>,
+    extra: String,
+}
+
+impl Policy {
+    pub fn new(ns: &Netns, mode: &str) -> Self {
+        Self {
+            mode: mode.to_owned(),
+            catalog: true,
+            ports: vec![PROTECTED],
+            netns: ns.path(),
+            relay_action: None,
+            window_ms: None,
+            extra: String::new(),
+        }
+    }
+
+    /// `catalog = true|false`.
+    pub fn catalog(mut self, on: bool) -> Self {
+        self.catalog = on;
+        self
+    }
+
+    /// The protected ports (replacing `PROTECTED`).
+    pub fn ports(mut self, ports: &[u16]) -> Self {
+        self.ports = ports.to_vec();
+        self
+    }
+
+    /// `[relay] action = "..."`.
+    pub fn relay(mut self, action: &str) -> Self {
+        self.relay_action = Some(action.to_owned());
+        self
+    }
+
+    /// `[relay] window_ms = ...`.
+    pub fn window_ms(mut self, ms: u64) -> Self {
+        self.window_ms = Some(ms);
+        self
+    }
+
+    /// More tables (e.g. `[[rule]]`s from [`rule`]) at the end.
+    pub fn extra(mut self, tables: &str) -> Self {
+        self.extra.push_str(tables);
+        self.extra.push('\n');
+        self
+    }
+
+    /// The TOML text.
+    pub fn text(&self) -> String {
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let mut text = format!(
+            "mode = \"{}\"\ncatalog = {}\n\n[protect]\nports = [{}]\nnetns = [\"{}\"]\n\n",
+            self.mode,
+            self.catalog,
+            ports.join(", "),
+            self.netns
+        );
+        if self.relay_action.is_some() || self.window_ms.is_some() {
+            text.push_str("[relay]\n");
+            if let Some(action) = &self.relay_action {
+                text.push_str(&format!("action = \"{action}\"\n"));
+            }
+            if let Some(ms) = self.window_ms {
+                text.push_str(&format!("window_ms = {ms}\n"));
+            }
+            text.push('\n');
+        }
+        text.push_str(&self.extra);
+        text
     }
 }
