@@ -718,6 +718,8 @@ fn direct_clients_are_never_flagged(mode: &str) {
     daemon.wait_event("the marker relay", |e| {
         e["rule"] == "relay" && marker.is_its(e)
     });
+    // Refusals have a ring of their own: give the other one a moment too.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let flagged: Vec<Value> = daemon
         .events()
         .into_iter()
@@ -759,6 +761,7 @@ fn an_allow_rule_exempts_a_relay_from_the_relay_verdict() {
     daemon.wait_event("the marker relay", |e| {
         e["verdict"] == "deny" && marker.is_its(e)
     });
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let refused: Vec<Value> = daemon
         .events()
         .into_iter()
