@@ -98,6 +98,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Kills the process now (what drop does) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Panics if the process already exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -108,8 +114,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -163,6 +168,18 @@ impl Netns {
             Duration::from_secs(10),
             || {
                 let out = run(self.cmd("ss").args(["-Hltn", &format!("sport = :{port}")]));
+                (!out.stdout.is_empty()).then_some(())
+            },
+        );
+    }
+
+    /// Waits until something is bound to UDP `port` in the namespace.
+    pub fn wait_udp_bound(&self, port: u16) {
+        wait_for(
+            &format!("a UDP socket on port {port} in {}", self.name),
+            Duration::from_secs(10),
+            || {
+                let out = run(self.cmd("ss").args(["-Hlun", &format!("sport = :{port}")]));
                 (!out.stdout.is_empty()).then_some(())
             },
         );
@@ -928,4 +945,290 @@ pub fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
     let mut expected: Vec<String> = pids.iter().map(|p| (*p).to_owned()).collect();
     expected.sort();
     assert_eq!(denied, expected, "deny records: {:#?}", daemon.events());
+}
+
+// ---------------------------------------------------------------------------
+// Two namespaces joined by a veth pair (relays.rs), an sshd (enforce.rs,
+// relays.rs) and policies with the catalog and relay settings spelled out.
+
+/// The local namespace's address on the link to the remote one.
+pub const LOCAL_ADDR: &str = "10.77.0.1";
+/// The remote namespace's address on the link to the local one.
+pub const REMOTE_ADDR: &str = "10.77.0.2";
+/// The local namespace's IPv6 address on that link.
+pub const LOCAL_ADDR6: &str = "fd77::1";
+/// The remote namespace's IPv6 address on that link.
+pub const REMOTE_ADDR6: &str = "fd77::2";
+
+/// A "local" namespace (where the protected service, the policy and the
+/// relays are) and a "remote" one standing for the rest of the network,
+/// joined by a veth pair that exists only inside them: `lw0` in local with
+/// [`LOCAL_ADDR`]/24 and [`LOCAL_ADDR6`]/64, `lw1` in remote with
+/// [`REMOTE_ADDR`]/24 and [`REMOTE_ADDR6`]/64. Deleting the namespaces (on
+/// drop) deletes the pair.
+pub struct Topology {
+    pub local: Netns,
+    pub remote: Netns,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        let local = Netns::new();
+        let remote = Netns::new();
+        let ip = |ns: &Netns, args: &[&str]| {
+            run_ok(Command::new("ip").args(["-n", ns.name()]).args(args));
+        };
+        ip(
+            &local,
+            &[
+                "link",
+                "add",
+                "lw0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "lw1",
+                "netns",
+                remote.name(),
+            ],
+        );
+        for (ns, dev, v4, v6) in [
+            (&local, "lw0", LOCAL_ADDR, LOCAL_ADDR6),
+            (&remote, "lw1", REMOTE_ADDR, REMOTE_ADDR6),
+        ] {
+            ip(ns, &["addr", "add", &format!("{v4}/24"), "dev", dev]);
+            // nodad: usable at once, no tentative period.
+            ip(
+                ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            );
+            ip(ns, &["link", "set", dev, "up"]);
+        }
+        for (ns, dev) in [(&local, "lw0"), (&remote, "lw1")] {
+            wait_for(
+                &format!("{dev} up in {}", ns.name()),
+                Duration::from_secs(10),
+                || {
+                    let out = run(Command::new("ip").args(["-n", ns.name(), "link", "show", dev]));
+                    String::from_utf8_lossy(&out.stdout)
+                        .contains("LOWER_UP")
+                        .then_some(())
+                },
+            );
+        }
+        Self { local, remote }
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How many [`Sshd`]s are running, and whether one of them created
+/// `/run/sshd` (removed again when the last one stops).
+static SSHD_PRIVSEP: Mutex<(usize, bool)> = Mutex::new((0, false));
+
+/// An sshd in a namespace listening on `addr:port`, with a throwaway host
+/// key and a client key (`key`) authorized for root.
+pub struct Sshd {
+    proc: Proc,
+    /// The client's private key (`ssh -i`).
+    pub key: String,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Sshd {
+    pub fn start(ns: &Netns, addr: &str, port: u16) -> Self {
+        let dir = TempDir::new("sshd");
+        let d = dir.path().to_str().expect("utf-8 temp dir").to_owned();
+        for key in ["host", "client"] {
+            run_ok(Command::new("ssh-keygen").args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &format!("{d}/{key}"),
+            ]));
+        }
+        std::fs::copy(format!("{d}/client.pub"), format!("{d}/authorized_keys"))
+            .expect("authorized_keys");
+        // sshd insists on its privilege-separation directory.
+        {
+            let mut privsep = SSHD_PRIVSEP.lock().unwrap_or_else(|e| e.into_inner());
+            let dir = Path::new("/run/sshd");
+            if privsep.0 == 0 && !dir.exists() {
+                std::fs::create_dir_all(dir).expect("creating /run/sshd");
+                privsep.1 = true;
+            }
+            privsep.0 += 1;
+        }
+        let proc = ns.spawn(
+            "/usr/sbin/sshd",
+            &[
+                "-D",
+                "-e",
+                "-f",
+                "/dev/null",
+                "-p",
+                &port.to_string(),
+                "-h",
+                &format!("{d}/host"),
+                "-o",
+                &format!("ListenAddress={addr}"),
+                "-o",
+                &format!("AuthorizedKeysFile={d}/authorized_keys"),
+                "-o",
+                "StrictModes=no",
+                "-o",
+                "PidFile=none",
+                "-o",
+                "UsePAM=no",
+                "-o",
+                "PermitRootLogin=prohibit-password",
+                "-o",
+                "AllowTcpForwarding=yes",
+            ],
+        );
+        // Constructed before waiting, so a timeout still stops it.
+        let sshd = Self {
+            proc,
+            key: format!("{d}/client"),
+            port,
+            _dir: dir,
+        };
+        ns.wait_listening(port);
+        sshd
+    }
+
+    /// Options for an `ssh` client of this server (key, no host key checks,
+    /// no prompts, fail if a forward cannot be set up, the port), to be
+    /// followed by the client's own options and `root@ADDR`.
+    pub fn client_args(&self) -> Vec<String> {
+        [
+            "-i",
+            &self.key,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-p",
+            &self.port.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.proc.kill();
+        let mut privsep = SSHD_PRIVSEP.lock().unwrap_or_else(|e| e.into_inner());
+        privsep.0 = privsep.0.saturating_sub(1);
+        if privsep.0 == 0 && privsep.1 {
+            let _ = std::fs::remove_dir("/run/sshd");
+            privsep.1 = false;
+        }
+    }
+}
+
+/// A policy scoped to one namespace, with every setting the relay tests
+/// vary spelled out: `Policy::new(&ns, "enforce").catalog(false).relay("deny").text()`.
+/// Defaults: the catalog on, `PROTECTED` only, no `[relay]` table.
+pub struct Policy {
+    mode: String,
+    catalog: bool,
+    ports: Vec<u16>,
+    netns: String,
+    relay_action: Option<String>,
+    window_ms: Option<u64>,
+    extra: String,
+}
+
+impl Policy {
+    pub fn new(ns: &Netns, mode: &str) -> Self {
+        Self {
+            mode: mode.to_owned(),
+            catalog: true,
+            ports: vec![PROTECTED],
+            netns: ns.path(),
+            relay_action: None,
+            window_ms: None,
+            extra: String::new(),
+        }
+    }
+
+    /// `catalog = true|false`.
+    pub fn catalog(mut self, on: bool) -> Self {
+        self.catalog = on;
+        self
+    }
+
+    /// The protected ports (replacing `PROTECTED`).
+    pub fn ports(mut self, ports: &[u16]) -> Self {
+        self.ports = ports.to_vec();
+        self
+    }
+
+    /// `[relay] action = "..."`.
+    pub fn relay(mut self, action: &str) -> Self {
+        self.relay_action = Some(action.to_owned());
+        self
+    }
+
+    /// `[relay] window_ms = ...`.
+    pub fn window_ms(mut self, ms: u64) -> Self {
+        self.window_ms = Some(ms);
+        self
+    }
+
+    /// More tables (e.g. `[[rule]]`s from [`rule`]) at the end.
+    pub fn extra(mut self, tables: &str) -> Self {
+        self.extra.push_str(tables);
+        self.extra.push('\n');
+        self
+    }
+
+    /// The TOML text.
+    pub fn text(&self) -> String {
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let mut text = format!(
+            "mode = \"{}\"\ncatalog = {}\n\n[protect]\nports = [{}]\nnetns = [\"{}\"]\n\n",
+            self.mode,
+            self.catalog,
+            ports.join(", "),
+            self.netns
+        );
+        if self.relay_action.is_some() || self.window_ms.is_some() {
+            text.push_str("[relay]\n");
+            if let Some(action) = &self.relay_action {
+                text.push_str(&format!("action = \"{action}\"\n"));
+            }
+            if let Some(ms) = self.window_ms {
+                text.push_str(&format!("window_ms = {ms}\n"));
+            }
+            text.push('\n');
+        }
+        text.push_str(&self.extra);
+        text
+    }
 }

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, UNPROTECTED, policy, rule, run_ok};
+use loopwarden_tests::{
+    Daemon, Netns, PROTECTED, Sshd, TempDir, UNPROTECTED, policy, rule, run_ok,
+};
 use serde_json::Value;
 
 fn is_deny_by(exe_name: &'static str) -> impl Fn(&Value) -> bool {
@@ -146,88 +148,11 @@ fn eperm_can_be_chosen_instead_of_econnrefused() {
     assert!(stderr.contains("Operation not permitted"), "{stderr}");
 }
 
-/// An sshd on a loopback port in the namespace, with a throwaway host key
-/// and a client key authorized for root.
-struct Sshd {
-    _proc: loopwarden_tests::Proc,
-    key: String,
-    _dir: TempDir,
-    created_privsep: bool,
-}
-
-impl Sshd {
-    fn start(ns: &Netns, port: u16) -> Self {
-        let dir = TempDir::new("sshd");
-        let d = dir.path().to_str().expect("utf-8 temp dir").to_owned();
-        for key in ["host", "client"] {
-            run_ok(Command::new("ssh-keygen").args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                &format!("{d}/{key}"),
-            ]));
-        }
-        std::fs::copy(format!("{d}/client.pub"), format!("{d}/authorized_keys"))
-            .expect("authorized_keys");
-        // sshd insists on its privilege-separation directory.
-        let privsep = std::path::Path::new("/run/sshd");
-        let created_privsep = !privsep.exists();
-        if created_privsep {
-            std::fs::create_dir_all(privsep).expect("creating /run/sshd");
-        }
-        let proc = ns.spawn(
-            "/usr/sbin/sshd",
-            &[
-                "-D",
-                "-e",
-                "-f",
-                "/dev/null",
-                "-p",
-                &port.to_string(),
-                "-h",
-                &format!("{d}/host"),
-                "-o",
-                "ListenAddress=127.0.0.1",
-                "-o",
-                &format!("AuthorizedKeysFile={d}/authorized_keys"),
-                "-o",
-                "StrictModes=no",
-                "-o",
-                "PidFile=none",
-                "-o",
-                "UsePAM=no",
-                "-o",
-                "PermitRootLogin=prohibit-password",
-                "-o",
-                "AllowTcpForwarding=yes",
-            ],
-        );
-        ns.wait_listening(port);
-        Self {
-            _proc: proc,
-            key: format!("{d}/client"),
-            _dir: dir,
-            created_privsep,
-        }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        if self.created_privsep {
-            let _ = std::fs::remove_dir("/run/sshd");
-        }
-    }
-}
-
 #[test]
 fn ssh_local_forward_is_refused() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let sshd = Sshd::start(&ns, 2222);
+    let sshd = Sshd::start(&ns, "127.0.0.1", 2222);
     let daemon = Daemon::start(&policy(&ns, "enforce", ""));
     let mut forward = ns.spawn(
         "ssh",
