@@ -120,7 +120,9 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 local.port,
             );
         }
-        (TCP_LISTEN, _) => {
+        // (A connection's socket is cloned from its listener's, so it
+        // goes from LISTEN to SYN_RECV: only CLOSE ends a listener.)
+        (TCP_LISTEN, TCP_CLOSE) => {
             if let Some(local) = end(sk, false) {
                 let _ = LISTENERS.remove(listener_key(sk, local.port));
             }

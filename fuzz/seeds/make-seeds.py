@@ -65,11 +65,22 @@ def btf(endian):
     agg(STRUCT, "file", 64, [("f_lock", u32, 0), ("f_path", path_t, 64), ("f_inode", ptr, 192)])
     agg(STRUCT, "inode", 128, [("i_mode", u32, 0), ("i_sb", ptr, 320), ("i_ino", u64, 512)])
     agg(STRUCT, "super_block", 64, [("s_list", u64, 0), ("s_dev", u32, 128)])
-    agg(STRUCT, "mm_struct", 64, [("mmap", ptr, 0), ("exe_file", ptr, 448)])
+    agg(STRUCT, "mm_struct", 64, [("mmap", ptr, 0), ("exe_file", ptr, 448),
+        ("arg_start", u64, 256), ("arg_end", u64, 320)])
+    pnet = agg(STRUCT, "", 8, [("net", ptr, 0)])
+    addrs = agg(STRUCT, "", 8, [("skc_daddr", u32, 0), ("skc_rcv_saddr", u32, 32)])
+    common = agg(STRUCT, "sock_common", 128, [("", addrs, 0), ("skc_dport", u32, 96),
+        ("skc_num", u32, 112), ("skc_family", u32, 128), ("skc_net", pnet, 192),
+        ("skc_v6_daddr", arr, 256), ("skc_v6_rcv_saddr", arr, 384), ("skc_cookie", u64, 512)])
+    agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u32, 1024)])
+    ns = agg(STRUCT, "ns_common", 16, [("stashed", ptr, 0), ("inum", u32, 64)])
+    agg(STRUCT, "net", 64, [("passive", u32, 0), ("ns", ns, 128)])
+    agg(STRUCT, "sk_buff", 256, [("head", ptr, 1536), ("protocol", u32, 1408),
+        ("transport_header", u32, 1440), ("network_header", u32, 1456)])
     ty("task_struct", FWD)
     agg(STRUCT, "task_struct", 256, [
         ("__state", u32, 0), ("flags", u32, (3 << 24) | 32), ("mm", ptr, 512),
-        ("tgid", u32, 800), ("real_parent", ptr, 1024), ("group_leader", ptr, 1088),
+        ("pid", u32, 768), ("tgid", u32, 800), ("real_parent", ptr, 1024), ("group_leader", ptr, 1088),
         ("start_boottime", u64, 1280), ("comm", arr, 1536), ("", arr, 1664)], kflag=1)
     magic = struct.pack(endian + "HBB", 0xeb9f, 1, 0)
     hdr = magic + struct.pack(endian + "IIIII", 24, 0, len(types), len(types), len(strings))

@@ -812,9 +812,12 @@ pub fn exe_id(path: &Path) -> String {
 pub fn exe_name(path: &Path) -> String {
     let real = std::fs::canonicalize(path)
         .unwrap_or_else(|e| panic!("resolving {} failed: {e}", path.display()));
-    real.file_name()
+    // The kernel reports at most 31 bytes of it.
+    let name = real
+        .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    name.chars().take(31).collect()
 }
 
 /// The `key=value` words of the last line a test script printed; indexing a

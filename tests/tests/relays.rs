@@ -582,7 +582,7 @@ fn bore_under_a_release_asset_name_is_catalogued() {
             e["verdict"] == "deny" && relay.is_its(e)
         });
         assert_eq!(ev["rule"], "catalog:bore", "{ev:#}");
-        assert_eq!(ev["exe_name"], name, "{ev:#}");
+        assert_eq!(ev["exe_name"], exe_name(&copy), "{ev:#}");
     }
 }
 

@@ -69,6 +69,10 @@ pub struct CatalogEntry {
     /// How each of `exe_names` matches.
     pub matching: Vec<NameMatch>,
     pub action: Action,
+    /// The rule also matches the entry's descendants (the kernel's lineage:
+    /// a tunnel that runs its forwarding in child programs, such as VS
+    /// Code's tunnel server). Never for tools that start login sessions.
+    pub children: bool,
     /// Why it is in the catalog, for `check-config` and the documentation.
     pub why: String,
 }
@@ -114,6 +118,8 @@ struct RawEntry {
     #[serde(default, rename = "match")]
     matching: NameMatch,
     exe_names: Vec<RawName>,
+    #[serde(default)]
+    children: bool,
     why: String,
 }
 
@@ -157,6 +163,7 @@ fn parse(text: &str) -> Vec<CatalogEntry> {
                 exe_names,
                 matching,
                 action: e.action,
+                children: e.children,
                 why: e.why,
             }
         })

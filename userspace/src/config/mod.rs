@@ -19,6 +19,11 @@
 //! netns = ["/run/netns/blue"]    # only check connects made in these network namespaces (absent = all)
 //! host_addresses = false         # default: also protect the host's own non-loopback addresses
 //!
+//! [relay]
+//! action = "audit"               # default: the verdict for a connect by a network-facing process;
+//!                                # "deny" refuses it (in enforce mode); "allow" turns it off
+//! window_ms = 2000               # default: how recent received/connected evidence must be
+//!
 //! [[rule]]
 //! name = "relay-socat"           # required, unique, [A-Za-z0-9_.:-]+; "catalog:" is reserved
 //! action = "deny"                # required: "deny" | "audit" | "allow"
@@ -30,10 +35,13 @@
 //! cgroup = "cloudflared.service" # cgroup v2 path below the root, or a bare unit name
 //! parent_exe = "/usr/sbin/sshd"  # the direct parent's executable path(s)
 //! ancestor_exe = "/usr/sbin/sshd" # any ancestor's executable path(s)
+//! script = "/opt/relay/relay.py" # the script an interpreter runs, as its command line gives it
 //! ```
 //!
 //! Rules are tried in file order, then the catalog's; the first rule that
-//! matches decides. Every criterion takes one value or a list; a list matches
+//! matches decides, unless the caller is network-facing and the relay
+//! verdict is stricter (a user rule with `action = "allow"` exempts a
+//! process from the relay verdict). Every criterion takes one value or a list; a list matches
 //! when any of its values does, and a rule matches when all of its criteria
 //! do. Two pairs name the same attribute and therefore combine as one
 //! criterion (any value of either matches): `uid` with `user`, and
@@ -187,6 +195,8 @@ pub struct Criteria {
     pub parent_exe: Vec<Located<PathBuf>>,
     /// Absolute executable paths of any ancestor.
     pub ancestor_exe: Vec<Located<PathBuf>>,
+    /// Scripts as an interpreter's command line names them.
+    pub script: Vec<Located<String>>,
 }
 
 impl Criteria {
@@ -200,8 +210,21 @@ impl Criteria {
             && self.cgroup.is_empty()
             && self.parent_exe.is_empty()
             && self.ancestor_exe.is_empty()
+            && self.script.is_empty()
     }
 }
+
+/// The `[relay]` table: the verdict for connects by network-facing processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Relay {
+    /// `Allow` turns the relay verdict off.
+    pub action: Action,
+    /// How recent received/connected evidence must be, in milliseconds.
+    pub window_ms: u32,
+}
+
+/// Bounds of `[relay] window_ms`.
+pub const RELAY_WINDOW_MS: std::ops::RangeInclusive<i64> = 1..=600_000;
 
 /// One `[[rule]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -225,6 +248,7 @@ pub struct Config {
     /// Report allowed connects to protected destinations too.
     pub log_allowed: bool,
     pub protect: Protect,
+    pub relay: Relay,
     /// User rules in file order.
     pub rules: Vec<Rule>,
     /// Things an operator should know about the file that do not stop it
@@ -248,6 +272,10 @@ impl Config {
                 ports: PortSet::All,
                 netns: Vec::new(),
                 host_addresses: false,
+            },
+            relay: Relay {
+                action: Action::Audit,
+                window_ms: 2000,
             },
             rules: Vec::new(),
             warnings: Vec::new(),
@@ -417,9 +445,21 @@ pub enum Problem {
     DuplicateRuleName { name: String, first_line: usize },
     #[error(
         "rule `{rule}` has no criteria: give at least one of exe, exe_name, comm, uid, user, \
-         cgroup, parent_exe, ancestor_exe"
+         cgroup, parent_exe, ancestor_exe, script"
     )]
     NoCriteria { rule: String },
+    #[error(
+        "window_ms is {value}: give milliseconds from {} to {}",
+        RELAY_WINDOW_MS.start(),
+        RELAY_WINDOW_MS.end()
+    )]
+    RelayWindow { value: i64 },
+    #[error(
+        "script `{script}` is {len} bytes but the kernel keeps at most {max}, so it could never \
+         match",
+        max = loopwarden_common::SCRIPT_LEN - 1
+    )]
+    ScriptTooLong { script: String, len: usize },
     #[error("`{field}` is an empty list: remove the key or list at least one value")]
     EmptyList { field: &'static str },
     #[error("`{field}` is an empty string")]

@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub(super) catalog: Option<bool>,
     pub(super) log_allowed: Option<bool>,
     pub(super) protect: Option<RawProtect>,
+    pub(super) relay: Option<RawRelay>,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
 }
@@ -32,6 +33,7 @@ impl RawConfig {
             && self.catalog.is_none()
             && self.log_allowed.is_none()
             && self.protect.is_none()
+            && self.relay.is_none()
             && self.rule.is_empty()
     }
 }
@@ -42,6 +44,13 @@ pub(super) struct RawProtect {
     pub(super) ports: Option<Spanned<OneOrMany<PortItem>>>,
     pub(super) netns: Option<Spanned<OneOrMany<String>>>,
     pub(super) host_addresses: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRelay {
+    pub(super) action: Option<Action>,
+    pub(super) window_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +66,7 @@ pub(super) struct RawRule {
     pub(super) cgroup: Option<Spanned<OneOrMany<String>>>,
     pub(super) parent_exe: Option<Spanned<OneOrMany<String>>>,
     pub(super) ancestor_exe: Option<Spanned<OneOrMany<String>>>,
+    pub(super) script: Option<Spanned<OneOrMany<String>>>,
 }
 
 /// A value or a list of values. List elements keep their own spans; a single

@@ -6,12 +6,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES};
+use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES, SCRIPT_LEN};
 use toml::Spanned;
 
 use super::{
     Config, ConfigError, Criteria, Located, MAX_NAME_BYTES, MAX_PATH_BYTES, PortRange, PortSet,
-    Problem, Protect, Rule,
+    Problem, Protect, RELAY_WINDOW_MS, Relay, Rule,
     lines::LineIndex,
     raw::{OneOrMany, PortItem, RawConfig, RawRule},
 };
@@ -74,6 +74,24 @@ impl Validator<'_> {
             },
         };
 
+        let relay = match raw.relay {
+            None => defaults.relay,
+            Some(r) => Relay {
+                action: r.action.unwrap_or(defaults.relay.action),
+                window_ms: match r.window_ms {
+                    None => defaults.relay.window_ms,
+                    Some(w) => {
+                        let span = w.span();
+                        let value = w.into_inner();
+                        if !RELAY_WINDOW_MS.contains(&value) {
+                            return Err(self.invalid(&span, Problem::RelayWindow { value }));
+                        }
+                        value as u32
+                    }
+                },
+            },
+        };
+
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
@@ -99,6 +117,7 @@ impl Validator<'_> {
             catalog,
             log_allowed: raw.log_allowed.unwrap_or(defaults.log_allowed),
             protect,
+            relay,
             rules,
             warnings,
         })
@@ -139,6 +158,13 @@ impl Validator<'_> {
             cgroup: self.opt_values("cgroup", raw.cgroup, |cg| non_empty("cgroup", cg))?,
             parent_exe: self.opt_paths("parent_exe", raw.parent_exe)?,
             ancestor_exe: self.opt_paths("ancestor_exe", raw.ancestor_exe)?,
+            script: self.opt_values("script", raw.script, |script| {
+                if script.len() >= SCRIPT_LEN {
+                    let len = script.len();
+                    return Err(Problem::ScriptTooLong { script, len });
+                }
+                non_empty("script", script)
+            })?,
         };
         if criteria.is_empty() {
             return Err(self.invalid(&name_span, Problem::NoCriteria { rule: name }));

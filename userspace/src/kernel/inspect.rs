@@ -177,6 +177,8 @@ pub fn counter_name(index: u32) -> Option<&'static str> {
         stats::DROPPED => "dropped",
         stats::RETRIED => "retried",
         stats::RACED => "raced",
+        stats::UNTRACKED => "untracked",
+        stats::RELAYED => "relayed",
         i if i == stats::DROPPED_BY_VERDICT + u32::from(verdict::ALLOW) => "lost_allow",
         i if i == stats::DROPPED_BY_VERDICT + u32::from(verdict::AUDIT) => "lost_audit",
         i if i == stats::DROPPED_BY_VERDICT + u32::from(verdict::WOULD_DENY) => "lost_would_deny",

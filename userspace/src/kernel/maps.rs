@@ -69,6 +69,7 @@ pub struct PolicyMaps {
     uid: HashMap<MapData, GenKey<u32>, u64>,
     cgroup: HashMap<MapData, GenKey<u64>, u64>,
     ancestor: HashMap<MapData, GenKey<ExeKey>, AncestorMasks>,
+    script: HashMap<MapData, GenKey<u64>, u64>,
     /// What each slot's port words hold, once known: an install writes only
     /// the words that change (each is a syscall).
     port_words: [Option<Box<[u64; PORT_WORDS as usize]>>; 2],
@@ -132,6 +133,7 @@ impl PolicyMaps {
             uid: take(ebpf, maps::RULES_UID)?,
             cgroup: take(ebpf, maps::RULES_CGROUP)?,
             ancestor: take(ebpf, maps::RULES_ANCESTOR)?,
+            script: take(ebpf, maps::RULES_SCRIPT)?,
             port_words: [None, None],
         })
     }
@@ -220,6 +222,7 @@ impl PolicyMaps {
             next,
             &policy.ancestor,
         )?;
+        write_generation(&mut self.script, maps::RULES_SCRIPT, next, &policy.script)?;
         self.write_settings(
             next,
             &Settings {
@@ -281,7 +284,8 @@ impl PolicyMaps {
         clear_generation(&mut self.comm, maps::RULES_COMM, g)?;
         clear_generation(&mut self.uid, maps::RULES_UID, g)?;
         clear_generation(&mut self.cgroup, maps::RULES_CGROUP, g)?;
-        clear_generation(&mut self.ancestor, maps::RULES_ANCESTOR, g)
+        clear_generation(&mut self.ancestor, maps::RULES_ANCESTOR, g)?;
+        clear_generation(&mut self.script, maps::RULES_SCRIPT, g)
     }
 
     fn write_settings(&mut self, g: u32, settings: &Settings) -> Result<(), MapsError> {
@@ -315,6 +319,7 @@ pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
         (maps::RULES_UID, policy.uid.len(), MAX_MAP_ENTRIES),
         (maps::RULES_CGROUP, policy.cgroup.len(), MAX_MAP_ENTRIES),
         (maps::RULES_ANCESTOR, policy.ancestor.len(), MAX_MAP_ENTRIES),
+        (maps::RULES_SCRIPT, policy.script.len(), MAX_MAP_ENTRIES),
     ];
     for (name, needed, capacity) in sizes {
         if needed > capacity as usize {

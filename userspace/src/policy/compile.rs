@@ -9,6 +9,7 @@ use std::{
 
 use loopwarden_common::{
     ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED, MAX_RULES, PORT_WORDS, Settings, flags,
+    script_hash,
 };
 
 use super::{
@@ -55,6 +56,7 @@ pub(super) fn compile_with(
             uid: BTreeMap::new(),
             cgroup: BTreeMap::new(),
             ancestor: BTreeMap::new(),
+            script: BTreeMap::new(),
             exe_paths: BTreeMap::new(),
             rules: Vec::with_capacity(config.rules.len() + catalog.len()),
             warnings: config.warnings.clone(),
@@ -79,9 +81,12 @@ fn settings(config: &Config) -> Settings {
     flags |= set(!config.protect.netns.is_empty(), flags::NETNS_SCOPED);
     flags |= set(config.protect.host_addresses, flags::HOST_ADDRS);
     flags |= set(config.log_allowed, flags::LOG_ALLOWED);
+    flags |= set(config.relay.action != Action::Allow, flags::RELAY);
+    flags |= set(config.relay.action == Action::Deny, flags::RELAY_DENY);
     Settings {
         flags,
         deny_errno: config.deny_errno.errno(),
+        relay_window_ns: u64::from(config.relay.window_ms) * 1_000_000,
         ..Settings::default()
     }
 }
@@ -115,6 +120,7 @@ struct Constrains {
     uid: bool,
     cgroup: bool,
     ancestor: bool,
+    script: bool,
 }
 
 /// Builds a [`CompiledPolicy`] one rule at a time.
@@ -200,6 +206,10 @@ impl Compiler<'_> {
         s.wild_uid |= wild(constrains.uid);
         s.wild_cgroup |= wild(constrains.cgroup);
         s.wild_ancestor |= wild(constrains.ancestor);
+        s.wild_script |= wild(constrains.script);
+        if constrains.script {
+            s.flags |= flags::SCRIPTS;
+        }
         if constrains.ancestor {
             s.flags |= flags::ANCESTORS;
         }
@@ -216,6 +226,7 @@ impl Compiler<'_> {
             uid: !c.uid.is_empty() || !c.user.is_empty(),
             cgroup: !c.cgroup.is_empty(),
             ancestor: !c.parent_exe.is_empty() || !c.ancestor_exe.is_empty(),
+            script: !c.script.is_empty(),
         };
 
         // Resolve everything first, so a failure leaves no half-added rule.
@@ -326,6 +337,11 @@ impl Compiler<'_> {
             1 => parts.append(&mut lineage),
             _ => parts.push(format!("({})", lineage.join(" or "))),
         }
+        describe(
+            &mut parts,
+            "script",
+            c.script.iter().map(|n| n.value.clone()),
+        );
 
         let bit = self.add_rule(
             RuleInfo {
@@ -336,6 +352,15 @@ impl Compiler<'_> {
             &constrains,
         );
         let p = &mut self.policy;
+        // A user's allow rule is an exemption from the relay verdict too.
+        if rule.action == Action::Allow {
+            p.settings.exempt |= bit;
+        }
+        for script in &c.script {
+            *p.script
+                .entry(script_hash(script.value.as_bytes()))
+                .or_default() |= bit;
+        }
         for (key, _) in exe {
             *p.exe.entry(key).or_default() |= bit;
         }
@@ -531,6 +556,9 @@ impl Compiler<'_> {
         );
         for (name, how) in &names {
             *self.policy.exe_name.entry(how.key(name)).or_default() |= bit;
+        }
+        if entry.children {
+            self.policy.settings.inherited |= bit;
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct CompiledPolicy {
     pub uid: BTreeMap<u32, u64>,
     pub cgroup: BTreeMap<u64, u64>,
     pub ancestor: BTreeMap<ExeKey, AncestorMasks>,
+    /// Rules by [`loopwarden_common::script_hash`] of a script path.
+    pub script: BTreeMap<u64, u64>,
     /// What each executable path of the rules stood for when this policy was
     /// compiled; the next compile of the same config starts from it (see
     /// [`compile_lenient`]).

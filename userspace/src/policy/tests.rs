@@ -261,7 +261,7 @@ ancestor_exe = "/usr/bin/tmux"
     assert_eq!(s.cgroup_levels, 1 << 2);
     assert_eq!(
         s.flags,
-        flags::ENABLED | flags::ALL_PORTS | flags::ANCESTORS
+        flags::ENABLED | flags::ALL_PORTS | flags::ANCESTORS | flags::RELAY
     );
     assert_eq!(s.deny_errno, 111);
 
@@ -688,7 +688,8 @@ fn embedded_default_compiles_on_a_bare_host() {
     assert!(policy.netns.is_empty());
     assert!(policy.warnings.is_empty());
     let s = &policy.settings;
-    assert_eq!(s.flags, flags::ENABLED | flags::ALL_PORTS);
+    assert_eq!(s.flags, flags::ENABLED | flags::ALL_PORTS | flags::RELAY);
+    assert_eq!(s.relay_window_ns, 2_000_000_000);
     assert_eq!(s.active.count_ones() as usize, CATALOG.len());
     assert_eq!(s.wild_exe_name, 0);
     assert_eq!(s.wild_exe, s.active);
@@ -722,6 +723,7 @@ comm = "x"
             | flags::NETNS_SCOPED
             | flags::HOST_ADDRS
             | flags::LOG_ALLOWED
+            | flags::RELAY
     );
     assert_eq!(s.deny_errno, 1);
     assert!(policy.host_addresses);
@@ -1275,4 +1277,55 @@ fn a_failed_user_lookup_is_not_an_unknown_user() {
     let policy = compile_lenient(&config(text), &host, Some(&policy)).unwrap();
     assert_eq!(policy.uid, BTreeMap::from([(65534, 1), (70000, 1)]));
     assert!(policy.warnings.is_empty());
+}
+
+#[test]
+fn relay_settings_exemptions_scripts_and_inherited_catalog_rules() {
+    let policy = compile_ok(
+        r#"
+[relay]
+action = "deny"
+window_ms = 250
+[[rule]]
+name = "bridge"
+action = "allow"
+script = "/opt/bridge/bridge.py"
+[[rule]]
+name = "watched"
+action = "audit"
+script = ["relay.py", "/srv/relay.js"]
+"#,
+        &host(),
+    );
+    let s = &policy.settings;
+    assert_eq!(
+        s.flags & (flags::RELAY | flags::RELAY_DENY),
+        flags::RELAY | flags::RELAY_DENY
+    );
+    assert_ne!(s.flags & flags::SCRIPTS, 0);
+    assert_eq!(s.relay_window_ns, 250_000_000);
+    // Only the user's allow rule exempts; catalog rules never do.
+    assert_eq!(s.exempt, 0b01);
+    assert_eq!(s.wild_script & 0b11, 0);
+    assert_eq!(s.wild_script >> 2, s.active >> 2);
+    assert_eq!(
+        policy
+            .script
+            .get(&loopwarden_common::script_hash(b"/opt/bridge/bridge.py")),
+        Some(&0b01)
+    );
+    assert_eq!(
+        policy
+            .script
+            .get(&loopwarden_common::script_hash(b"relay.py")),
+        Some(&0b10)
+    );
+    // Catalog entries marked `children` extend to descendants.
+    for (i, entry) in CATALOG.iter().enumerate() {
+        let bit = 1u64 << (i + 2);
+        assert_eq!(s.inherited & bit != 0, entry.children, "{}", entry.name);
+    }
+
+    let off = compile_ok("[relay]\naction = \"allow\"\n", &host());
+    assert_eq!(off.settings.flags & (flags::RELAY | flags::RELAY_DENY), 0);
 }
