@@ -233,7 +233,8 @@ pub mod stats {
     pub const RACED: u32 = 5;
     /// `DROPPED_BY_VERDICT + v`: events of [`super::verdict`] `v` lost.
     pub const DROPPED_BY_VERDICT: u32 = 6;
-    /// Processes not tracked because `LW_PROCS` was full.
+    /// Processes (or listeners) not tracked because `LW_PROCS` (or
+    /// `LW_LISTENERS`) was full.
     pub const UNTRACKED: u32 = DROPPED_BY_VERDICT + super::verdict::COUNT;
     /// Connects judged as relayed (the relay verdict decided).
     pub const RELAYED: u32 = UNTRACKED + 1;

@@ -19,12 +19,12 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use loopwarden_common::{Addr, ListenerKey, Pending, evidence};
+use loopwarden_common::{Addr, ListenerKey, Pending, evidence, stats};
 
 use crate::{
     addr::{is_loopback, v4_mapped},
     identity::{load, offsets},
-    maps::{LISTENERS, PENDING},
+    maps::{LISTENERS, PENDING, count},
     procs::{Slot, record},
 };
 
@@ -111,7 +111,12 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             }
             let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            let _ = LISTENERS.insert(listener_key(sk, local.port), tgid, 0);
+            if LISTENERS
+                .insert(listener_key(sk, local.port), tgid, 0)
+                .is_err()
+            {
+                count(stats::UNTRACKED);
+            }
             record(
                 tgid,
                 Slot::Standing,

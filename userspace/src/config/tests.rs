@@ -531,3 +531,30 @@ fn line_index() {
     assert_eq!(lines.locate(8), Location { line: 3, column: 1 });
     assert_eq!(lines.locate(9), Location { line: 4, column: 1 });
 }
+
+#[test]
+fn relay_table_and_script_criterion() {
+    let config = parse(
+        "[relay]\naction = \"deny\"\nwindow_ms = 500\n\n[[rule]]\nname = \"s\"\naction = \"allow\"\nscript = [\"relay.py\", \"/srv/x.js\"]\n",
+    )
+    .unwrap();
+    assert_eq!(config.relay.action, Action::Deny);
+    assert_eq!(config.relay.window_ms, 500);
+    assert_eq!(config.rules[0].criteria.script.len(), 2);
+    assert_eq!(config.rules[0].criteria.script[1].at.line, 8);
+    // Left out: the defaults.
+    let config = parse("[relay]\n").unwrap();
+    assert_eq!(config.relay, Config::embedded_default().relay);
+    assert_eq!(config.relay.action, Action::Audit);
+
+    expect_error("[relay]\nwindow_ms = 0\n", 2, "window_ms is 0");
+    expect_error("[relay]\nwindow_ms = 700000\n", 2, "from 1 to 600000");
+    expect_error("[relay]\naction = \"maybe\"\n", 2, "unknown variant");
+    expect_error("[relay]\nwindows = 5\n", 2, "unknown field");
+    let long = "x".repeat(64);
+    expect_error(
+        &format!("[[rule]]\nname = \"s\"\naction = \"deny\"\nscript = \"{long}\"\n"),
+        4,
+        "at most 63",
+    );
+}

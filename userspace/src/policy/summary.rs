@@ -132,7 +132,24 @@ impl fmt::Display for CompiledPolicy {
             "no"
         };
         writeln!(f, "log allowed: {log_allowed}")?;
-        writeln!(f, "rules:       {} (first match wins)", self.rules.len())?;
+        let window_ms = s.relay_window_ns / 1_000_000;
+        match (
+            s.flags & flags::RELAY != 0,
+            s.flags & flags::RELAY_DENY != 0,
+        ) {
+            (false, _) => writeln!(f, "relay:       off")?,
+            (true, deny) => writeln!(
+                f,
+                "relay:       {} network-facing callers (evidence window {window_ms} ms; user \
+                 allow rules exempt)",
+                if deny { "deny" } else { "audit" }
+            )?,
+        }
+        writeln!(
+            f,
+            "rules:       {} (first match wins; the relay verdict when stricter)",
+            self.rules.len()
+        )?;
         let width = self.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
         for (i, rule) in self.rules.iter().enumerate() {
             writeln!(
