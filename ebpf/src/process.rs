@@ -15,13 +15,13 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use loopwarden_common::{EXE_NAME_LEN, ProcState, SCRIPT_LEN, script_hash};
+use loopwarden_common::{SCRIPT_LEN, evidence, script_hash};
 
 use crate::{
     identity::{self, Task},
     maps::{PROCS, SETTINGS, generation},
     names::{self, Words, is_interpreter},
-    procs::{NO_EVIDENCE, empty, insert},
+    procs::{entry, insert},
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
@@ -32,10 +32,10 @@ pub fn lw_fork(ctx: BtfTracePointContext) -> i32 {
     if from == to {
         return 0;
     }
-    // SAFETY: a copy of plain data out of the map.
-    if let Some(state) = unsafe { PROCS.get(from) } {
-        let copy: ProcState = *state;
-        insert(to, &copy);
+    // The value is copied by the map straight from the parent's entry.
+    if let Some(state) = PROCS.get_ptr(from) {
+        // SAFETY: a pointer to the map's value, valid for this run.
+        insert(to, unsafe { &*state });
     }
     0
 }
@@ -58,30 +58,40 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
     let name = identity::exe_name_words(task.exe_file());
     let catalogued = inherited_rules(&name) != 0;
     let interpreter = is_interpreter(&name);
-    let mut state = match PROCS.get_ptr(tgid) {
-        // SAFETY: a copy of plain data out of the map.
-        Some(s) => unsafe { *s },
-        None if catalogued || interpreter => empty(),
+    let mut script = [0u64; SCRIPT_LEN / 8];
+    if interpreter {
+        // SAFETY: same size, u8 has no alignment requirement.
+        read_script(task, unsafe {
+            &mut *script.as_mut_ptr().cast::<[u8; SCRIPT_LEN]>()
+        });
+    }
+    let state = match PROCS.get_ptr_mut(tgid) {
+        Some(s) => s,
+        None if catalogued || script[0] != 0 => match entry(tgid) {
+            Some(s) => s,
+            None => return 0,
+        },
         None => return 0,
     };
-    state.standing = NO_EVIDENCE;
-    state.recent = NO_EVIDENCE;
-    if catalogued {
-        // SAFETY: same size, u8 has no alignment requirement.
-        state.lineage = unsafe { *name.as_ptr().cast::<[u8; EXE_NAME_LEN]>() };
-    }
-    state.script = [0; SCRIPT_LEN];
-    state.script_hash = 0;
-    if interpreter {
-        read_script(task, &mut state.script);
-        if state.script[0] != 0 {
-            state.script_hash = script_hash(&state.script);
+    // SAFETY: a pointer to the map's value, valid for this run; only this
+    // process's exec writes its lineage and script.
+    unsafe {
+        (*state).standing.kind = evidence::NONE;
+        (*state).recent.kind = evidence::NONE;
+        let lineage = (*state).lineage.as_mut_ptr().cast::<Words>();
+        if catalogued {
+            *lineage = name;
         }
-    }
-    if state.lineage[0] == 0 && state.script[0] == 0 {
-        let _ = PROCS.remove(tgid);
-    } else {
-        insert(tgid, &state);
+        let hash = if script[0] == 0 {
+            0
+        } else {
+            script_hash(&*script.as_ptr().cast::<[u8; SCRIPT_LEN]>())
+        };
+        *(*state).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>() = script;
+        (*state).script_hash = hash;
+        if (*lineage)[0] == 0 && hash == 0 {
+            let _ = PROCS.remove(tgid);
+        }
     }
     0
 }

@@ -17,16 +17,27 @@ pub enum Slot {
     Recent,
 }
 
-/// A state with nothing in it.
+/// A state with nothing in it, in read-only data: new entries are copied
+/// from it and then written in place, so no program builds one on its
+/// stack (the verifier allows 512 bytes for a whole call chain, and
+/// Linux 6.1 counts frames more coarsely than later kernels).
+static EMPTY: ProcState = ProcState {
+    standing: NO_EVIDENCE,
+    recent: NO_EVIDENCE,
+    lineage: [0; EXE_NAME_LEN],
+    script: [0; SCRIPT_LEN],
+    script_hash: 0,
+};
+
+/// `tgid`'s entry, created empty if it has none; `None` if the map is full
+/// (counted).
 #[inline(always)]
-pub const fn empty() -> ProcState {
-    ProcState {
-        standing: NO_EVIDENCE,
-        recent: NO_EVIDENCE,
-        lineage: [0; EXE_NAME_LEN],
-        script: [0; SCRIPT_LEN],
-        script_hash: 0,
+pub fn entry(tgid: u32) -> Option<*mut ProcState> {
+    if let Some(state) = PROCS.get_ptr_mut(tgid) {
+        return Some(state);
     }
+    insert(tgid, &EMPTY);
+    PROCS.get_ptr_mut(tgid)
 }
 
 pub const NO_EVIDENCE: Evidence = Evidence {
@@ -48,29 +59,21 @@ pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
         kind,
         _pad: [0; 5],
     };
-    if let Some(state) = PROCS.get_ptr_mut(tgid) {
-        // SAFETY: a pointer to the map's value; a racing writer can at worst
-        // interleave two pieces of evidence, each of which is true.
-        unsafe {
-            match slot {
-                Slot::Standing => {
-                    if !(kind == evidence::LISTENING
-                        && (*state).standing.kind == evidence::ACCEPTED)
-                    {
-                        (*state).standing = ev;
-                    }
-                }
-                Slot::Recent => (*state).recent = ev,
-            }
-        }
+    let Some(state) = entry(tgid) else {
         return;
+    };
+    // SAFETY: a pointer to the map's value; a racing writer can at worst
+    // interleave two pieces of evidence, each of which is true.
+    unsafe {
+        match slot {
+            Slot::Standing => {
+                if !(kind == evidence::LISTENING && (*state).standing.kind == evidence::ACCEPTED) {
+                    (*state).standing = ev;
+                }
+            }
+            Slot::Recent => (*state).recent = ev,
+        }
     }
-    let mut state = empty();
-    match slot {
-        Slot::Standing => state.standing = ev,
-        Slot::Recent => state.recent = ev,
-    }
-    insert(tgid, &state);
 }
 
 /// Adds or replaces `tgid`'s state, counting a full map.
