@@ -124,6 +124,19 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     );
     assert!(counter(&json, "denied") >= 1, "{json:#}");
     assert!(counter(&json, "checked") >= counter(&json, "denied"));
+    // The tracking programs run too, and the relay verdict is shown.
+    let tracking = json["tracking"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tracking.len(), 5, "{json:#}");
+    for t in &tracking {
+        assert_eq!(t["pinned"], true, "{t:#}");
+        assert_eq!(t["prog_name"], t["program"], "{t:#}");
+    }
+    assert_eq!(json["policy"]["relay"], "audit", "{json:#}");
+    assert!(
+        text.contains("relay verdict audit (window 2000 ms)"),
+        "{text}"
+    );
+    assert!(!text.contains("incomplete"), "{text}");
     let denied_before = counter(&json, "denied");
     assert!(!ns.socat_connect(&target).0, "refused once, not twice");
     let (_, _, json) = status(&install);
@@ -168,6 +181,21 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
         !ns.socat_connect(&target).0,
         "not refused after the SIGKILL"
     );
+
+    // A tracking program whose pin is gone (and so detached): still
+    // active, but status says relay detection is incomplete.
+    std::fs::remove_file(install.pin_dir().join("links/lw_receive")).expect("unpinning");
+    let (code, text, json) = status(&install);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("relay detection incomplete (lw_receive is not running)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lw_receive (skb_copy_datagram_iovec): not pinned"),
+        "{text}"
+    );
+    assert_eq!(json["state"], "active");
 
     // LW_META of another layout: status refuses to decode the maps.
     let meta_path = install.pin_dir().join("maps/LW_META");

@@ -5,7 +5,8 @@
 //! are pinned, which programs they run and whether the cgroup v2 root runs
 //! them ([`inspect::link`]); the layout of the pinned maps (`LW_META`), the
 //! policy in force (`LW_GENERATION`, `LW_SETTINGS`) and the counters
-//! (`LW_STATS`). The daemon's own report (`<run_dir>/status.json`: pid,
+//! (`LW_STATS`); whether the tracking programs that recognise relays
+//! (`links/lw_sock_state`, ...) are pinned and run. The daemon's own report (`<run_dir>/status.json`: pid,
 //! version, policy source, last reload) is shown only while the run
 //! directory's lock is held by the pid it names.
 //!
@@ -95,6 +96,28 @@ pub struct PolicyReport {
     pub all_ports: bool,
     pub netns_scoped: bool,
     pub host_addresses: bool,
+    /// The relay verdict: `audit`, `deny` or `off`.
+    pub relay: String,
+    /// How recent received/connected evidence must be, in ms.
+    pub relay_window_ms: u64,
+}
+
+/// One tracking program's pinned link (see `ebpf/src/sockets.rs`,
+/// `process.rs`): without it relays are recognised from less evidence.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrackerReport {
+    pub program: String,
+    pub tracepoint: String,
+    pub pinned: bool,
+    /// The program the link runs (`None`: not loaded).
+    pub prog_name: Option<String>,
+    pub error: Option<String>,
+}
+
+impl TrackerReport {
+    fn running(&self) -> bool {
+        self.pinned && self.prog_name.is_some()
+    }
 }
 
 /// Reports the kernel could not queue.
@@ -128,6 +151,7 @@ pub struct Report {
     pub run_dir: PathBuf,
     pub cgroup2_root: Option<PathBuf>,
     pub links: Vec<LinkReport>,
+    pub tracking: Vec<TrackerReport>,
     /// The pinned maps' layout version, when `LW_META` could be read.
     pub layout: Option<u32>,
     /// Why the maps were not decoded.
@@ -151,6 +175,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
         run_dir: run_dir.to_owned(),
         cgroup2_root: cgroup2_root.clone(),
         links: Vec::new(),
+        tracking: Vec::new(),
         layout: None,
         maps_error: None,
         policy: None,
@@ -171,6 +196,19 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
                 program,
                 inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
             )
+        })
+        .collect();
+    report.tracking = loopwarden_common::programs::TRACKERS
+        .iter()
+        .map(|&(program, tracepoint)| {
+            let link = link_report(program, inspect::link(&pins, program, 0, None));
+            TrackerReport {
+                program: program.to_owned(),
+                tracepoint: tracepoint.to_owned(),
+                pinned: link.pinned,
+                prog_name: link.prog_name,
+                error: link.error,
+            }
         })
         .collect();
     let any_map = pins.map(loopwarden_common::maps::META).exists();
@@ -245,8 +283,15 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
     } else {
         "no daemon: enforcing the pinned policy, unreported".to_owned()
     };
+    let tracking = match report.tracking.iter().find(|t| !t.running()) {
+        Some(t) if policy.relay != "off" => format!(
+            "; relay detection incomplete ({} is not running)",
+            t.program
+        ),
+        _ => String::new(),
+    };
     let summary = format!(
-        "active: policy #{} in {} mode, {what}; {who}",
+        "active: policy #{} in {} mode, {what}; {who}{tracking}",
         policy.seq, policy.mode
     );
     report.finish(State::Active, summary)
@@ -273,6 +318,16 @@ impl Report {
             all_ports: s.flags & flags::ALL_PORTS != 0,
             netns_scoped: s.flags & flags::NETNS_SCOPED != 0,
             host_addresses: s.flags & flags::HOST_ADDRS != 0,
+            relay: match (
+                s.flags & flags::RELAY != 0,
+                s.flags & flags::RELAY_DENY != 0,
+            ) {
+                (false, _) => "off",
+                (true, false) => "audit",
+                (true, true) => "deny",
+            }
+            .to_owned(),
+            relay_window_ms: s.relay_window_ns / 1_000_000,
         });
         self.counters = inspect::counters(pins)?;
         if let Some(dropped) = self.counters.iter().find(|c| c.index == stats::DROPPED) {
@@ -318,6 +373,21 @@ impl Report {
             };
             line("link", text);
         }
+        for t in &self.tracking {
+            let text = if let Some(e) = &t.error {
+                format!("{}: unreadable: {e}", t.program)
+            } else if !t.pinned {
+                format!("{} ({}): not pinned", t.program, t.tracepoint)
+            } else {
+                match &t.prog_name {
+                    Some(name) => {
+                        format!("{} ({}): attached, runs {name}", t.program, t.tracepoint)
+                    }
+                    None => format!("{} ({}): runs no loaded program", t.program, t.tracepoint),
+                }
+            };
+            line("tracking", text);
+        }
         match (&self.layout, &self.maps_error) {
             (_, Some(e)) => line("maps", format!("not decoded: {e}")),
             (Some(layout), None) => line("maps", format!("layout {layout} (this build's)")),
@@ -327,7 +397,8 @@ impl Report {
             line(
                 "policy",
                 format!(
-                    "#{} (slot {}): mode {}, {} rules, deny errno {}, ports {}{}{}",
+                    "#{} (slot {}): mode {}, {} rules, deny errno {}, ports {}{}{}; relay verdict {} \
+                     (window {} ms)",
                     p.seq,
                     p.slot,
                     p.mode,
@@ -344,6 +415,8 @@ impl Report {
                     } else {
                         ""
                     },
+                    p.relay,
+                    p.relay_window_ms,
                 ),
             );
         }
