@@ -15,7 +15,9 @@ use std::{
     time::Duration,
 };
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, Proc, policy, rule, run};
+use loopwarden_tests::{
+    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, Topology, policy, rule, run,
+};
 use serde_json::Value;
 
 /// Port the socat relay listens on (not protected).
@@ -279,4 +281,71 @@ fn a_policy_change_that_makes_the_relay_denied_cuts_it() {
     assert_socat_cut(&daemon);
     through_relay.assert_cut();
     assert!(connections_to_protected(&ns).is_empty());
+}
+
+/// A forwarder no catalog names, listening on the link to the remote
+/// namespace: per connection it connects to the echo server, then pumps.
+const FORWARDER: &str = r#"
+import socket, sys, threading
+def pump(a, b):
+    try:
+        while d := a.recv(65536): b.sendall(d)
+    except OSError: pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(c):
+    u = socket.create_connection(("127.0.0.1", int(sys.argv[3])))
+    threading.Thread(target=pump, args=(c, u), daemon=True).start(); pump(u, c)
+l = socket.create_server((sys.argv[1], int(sys.argv[2])))
+while True: threading.Thread(target=serve, args=(l.accept()[0],), daemon=True).start()
+"#;
+
+#[test]
+fn a_switch_to_relay_deny_cuts_a_relayed_connection_and_spares_the_direct_client() {
+    let topo = Topology::new();
+    let ns = &topo.local;
+    let _server = ns.spawn("python3", &["-c", ECHO_SERVER, &PROTECTED.to_string()]);
+    ns.wait_listening(PROTECTED);
+    let relayed = |action: &str| {
+        Policy::new(ns, "enforce")
+            .catalog(false)
+            .relay(action)
+            .text()
+    };
+    let daemon = Daemon::start(&relayed("audit"));
+    let _forwarder = ns.spawn(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            FORWARDER,
+            LOCAL_ADDR,
+            &RELAY.to_string(),
+            &PROTECTED.to_string(),
+        ],
+    );
+    ns.wait_listening(RELAY);
+
+    // The relay verdict audits: a remote user's connection through the
+    // forwarder is let in, and so is a direct client's.
+    let mut remote = LineClient::connect(&topo.remote, LOCAL_ADDR, RELAY);
+    let mut direct = LineClient::connect(ns, "127.0.0.1", PROTECTED);
+    remote.assert_works("relayed-before");
+    direct.assert_works("direct-before");
+    let let_in = daemon.wait_event("the relay audit", |e| e["rule"] == "relay");
+    assert_eq!(let_in["verdict"], "audit", "{let_in}");
+
+    std::fs::write(daemon.config_path(), relayed("deny")).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    let cut = daemon.wait_event("the cut of the relayed connection", |e| {
+        e["verdict"] == "cut"
+    });
+    assert_eq!(cut["rule"], "relay", "{cut}");
+    assert_eq!(
+        cut["socket_cookie"], let_in["socket_cookie"],
+        "{cut}\n{let_in}"
+    );
+    daemon.wait_stderr("cut 1 connections", 1);
+    remote.assert_cut();
+    direct.assert_works("direct-after");
 }

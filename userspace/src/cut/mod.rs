@@ -8,9 +8,10 @@
 //! This module owns that sweep: [`sock_diag`] lists the TCP sockets of a
 //! network namespace and destroys one by its exact id (cookie included);
 //! [`procs`] finds which processes hold a socket and reads who they are from
-//! `/proc`; [`sweep`] ties them to the policy through
-//! [`CompiledPolicy::denying_rule`], the userspace copy of the kernel's
-//! matcher.
+//! `/proc`, and what the kernel's tracking programs know of them from
+//! `LW_PROCS` (their evidence of facing the network, lineage and script);
+//! [`sweep`] ties them to the policy through [`CompiledPolicy::denial`],
+//! the userspace copy of the kernel's judgement (rules and relay verdict).
 //!
 //! Which socket is cut: the client side, the one whose remote end is the
 //! protected destination (loopback, or one of the host's addresses with
@@ -43,6 +44,7 @@ use std::{
     time::Instant,
 };
 
+use loopwarden_common::{ProcState, RELAY_RULE};
 use tracing::{debug, warn};
 
 use self::{
@@ -51,6 +53,7 @@ use self::{
 };
 use crate::{
     error_chain,
+    events::RELAY_RULE_NAME,
     policy::{CompiledPolicy, Mode},
     resolve,
 };
@@ -70,7 +73,8 @@ const CLIENT_STATES: u32 = state::bit(state::SYN_SENT)
 /// One destroyed connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cut {
-    /// Index of the deny rule that matched the owner.
+    /// Index of the deny rule that matched the owner, or
+    /// [`loopwarden_common::RELAY_RULE`] for the relay verdict.
     pub rule: usize,
     pub rule_name: String,
     /// The client-side socket that was destroyed.
@@ -148,7 +152,12 @@ struct Entered {
 /// `SOCK_DESTROY`). Cost: one sock_diag dump per namespace and family, and,
 /// only when some connection is a candidate, one walk over every process's
 /// descriptor table in `/proc`.
-pub fn sweep(policy: &CompiledPolicy, host_addresses: &[IpAddr], cgroup_root: &Path) -> Vec<Cut> {
+pub fn sweep(
+    policy: &CompiledPolicy,
+    host_addresses: &[IpAddr],
+    cgroup_root: &Path,
+    tracked: &dyn Fn(u32) -> Option<ProcState>,
+) -> Vec<Cut> {
     if policy.mode != Mode::Enforce {
         return Vec::new();
     }
@@ -216,7 +225,7 @@ pub fn sweep(policy: &CompiledPolicy, host_addresses: &[IpAddr], cgroup_root: &P
     let cuts = if candidates.is_empty() {
         Vec::new()
     } else {
-        cut(policy, cgroup_root, &mut entered, &candidates)
+        cut(policy, cgroup_root, &mut entered, &candidates, tracked)
     };
     debug!(
         "cut: {} namespaces, {examined} sockets examined, {} candidates, {} cut in {:?}",
@@ -235,7 +244,9 @@ fn cut(
     cgroup_root: &Path,
     entered: &mut [Entered],
     candidates: &[(usize, TcpSocket)],
+    tracked: &dyn Fn(u32) -> Option<ProcState>,
 ) -> Vec<Cut> {
+    let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     let inodes: HashSet<u64> = candidates.iter().map(|(_, s)| s.inode).collect();
     let owners = match procs::socket_owners(&inodes) {
         Ok(owners) => owners,
@@ -256,20 +267,25 @@ fn cut(
             continue;
         };
         let hit = pids.iter().find_map(|&pid| {
-            let owner = reader.owner(pid)?;
-            let rule = policy.denying_rule(&owner.identity)?;
-            Some((rule, owner.clone()))
+            let mut owner = reader.owner(pid)?.clone();
+            owner.identity.tracked = tracked(pid);
+            let rule = policy.denial(&owner.identity, now)?;
+            Some((usize::from(rule), owner))
         });
         let Some((rule, owner)) = hit else { continue };
         let ns = &mut entered[*index];
         match ns.diag.destroy(sock) {
             Ok(()) => cuts.push(Cut {
                 rule,
-                rule_name: policy
-                    .rules
-                    .get(rule)
-                    .map(|r| r.name.clone())
-                    .unwrap_or_default(),
+                rule_name: if rule == usize::from(RELAY_RULE) {
+                    RELAY_RULE_NAME.to_owned()
+                } else {
+                    policy
+                        .rules
+                        .get(rule)
+                        .map(|r| r.name.clone())
+                        .unwrap_or_default()
+                },
                 socket: *sock,
                 netns_cookie: ns.cookie,
                 owner,
@@ -519,6 +535,6 @@ mod tests {
     #[test]
     fn audit_mode_sweeps_nothing() {
         let p = policy("mode = \"audit\"\n");
-        assert!(sweep(&p, &[], Path::new("/nonexistent")).is_empty());
+        assert!(sweep(&p, &[], Path::new("/nonexistent"), &|_| None).is_empty());
     }
 }

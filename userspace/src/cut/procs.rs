@@ -190,6 +190,7 @@ impl ProcReader {
             uid: status.ruid,
             cgroups: cgroup_ids,
             ancestors: self.ancestors(ppid),
+            tracked: None,
         };
         let cmdline = process
             .cmdline()

@@ -285,8 +285,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     );
 
     // What a previous policy, an audit mode or no daemon at all let in.
-    let sweeper = Sweeper::spawn(host.cgroup2_root.clone(), opts.log_format)
-        .map_err(io_err("starting the connection sweeper"))?;
+    let sweeper = Sweeper::spawn(
+        host.cgroup2_root.clone(),
+        pins.map(loopwarden_common::maps::PROCS),
+        opts.log_format,
+    )
+    .map_err(io_err("starting the connection sweeper"))?;
     if let Some(policy) = &policy {
         sweeper.request(policy, &host_addresses(policy));
     }

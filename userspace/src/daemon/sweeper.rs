@@ -9,11 +9,13 @@
 use std::{
     io::{self, Write as _},
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::mpsc::{self, Receiver, Sender},
     thread,
 };
 
+use aya::maps::{HashMap as AyaHashMap, Map, MapData};
+use loopwarden_common::ProcState;
 use tracing::{error, info, warn};
 
 use crate::{
@@ -34,11 +36,13 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// Starts the sweeping thread; it ends when the handle is dropped.
-    pub fn spawn(cgroup_root: PathBuf, format: LogFormat) -> io::Result<Self> {
+    /// `procs_pin`: the pinned `LW_PROCS`, what the kernel knows of each
+    /// process (the relay verdict's evidence, lineage, script).
+    pub fn spawn(cgroup_root: PathBuf, procs_pin: PathBuf, format: LogFormat) -> io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         thread::Builder::new()
             .name("lw-sweep".into())
-            .spawn(move || work(&queue, cgroup_root, format))?;
+            .spawn(move || work(&queue, cgroup_root, &procs_pin, format))?;
         Ok(Self { jobs })
     }
 
@@ -57,14 +61,34 @@ impl Sweeper {
     }
 }
 
-fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, format: LogFormat) {
+fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, procs_pin: &Path, format: LogFormat) {
     let mut enricher = Enricher::new(cgroup_root.clone());
     while let Ok(mut job) = queue.recv() {
         // Only the newest request matters: it carries the policy in force.
         while let Ok(newer) = queue.try_recv() {
             job = newer;
         }
-        let cuts = cut::sweep(&job.policy, &job.addrs, &cgroup_root);
+        // Opened per sweep: a daemon that replaced incompatible maps moved
+        // new ones into place after this thread started.
+        let procs = MapData::from_pin(procs_pin)
+            .map_err(|e| e.to_string())
+            .and_then(|data| {
+                AyaHashMap::<MapData, u32, ProcState>::try_from(Map::HashMap(data))
+                    .map_err(|e| e.to_string())
+            });
+        let procs = match procs {
+            Ok(map) => Some(map),
+            Err(e) => {
+                warn!(
+                    "cut: {} cannot be read ({e}): the relay verdict, lineage and script rules \
+                     are not applied to admitted connections",
+                    procs_pin.display()
+                );
+                None
+            }
+        };
+        let tracked = |pid: u32| procs.as_ref().and_then(|m| m.get(&pid, 0).ok());
+        let cuts = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &tracked);
         let stdout = io::stdout();
         let mut out = stdout.lock();
         for c in &cuts {

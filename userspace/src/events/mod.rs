@@ -317,13 +317,7 @@ pub fn event_time(ktime_ns: u64) -> SystemTime {
 
 /// Wall-clock time of CLOCK_MONOTONIC zero.
 fn boot_offset() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let mono = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let mono = crate::monotonic();
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()

@@ -133,6 +133,7 @@ fn cut() -> Cut {
                 uid: 0,
                 cgroups: vec![1],
                 ancestors: vec![ExeKey::from_major_minor(254, 1, 4242)],
+                tracked: None,
             },
         },
     }

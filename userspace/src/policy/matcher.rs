@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use loopwarden_common::{
-    ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, exe_name_candidates, flags,
+    ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, ProcState, RELAY_RULE, evidence,
+    exe_name_candidates, flags,
 };
 
 use super::{CompiledPolicy, fixed_bytes};
@@ -30,7 +31,14 @@ pub struct ProcessIdentity {
     /// them: the parent always, then one more generation while the last one
     /// has a pid above 1, at most [`MAX_ANCESTORS`] in all.
     pub ancestors: Vec<ExeKey>,
+    /// What the kernel's tracking programs know of the process
+    /// (`LW_PROCS`): its evidence, lineage and script; `None` if nothing.
+    pub tracked: Option<ProcState>,
 }
+
+/// Why a connect is refused: the first matching rule (its index), or the
+/// relay verdict ([`RELAY_RULE`]).
+pub type Denial = u8;
 
 impl CompiledPolicy {
     /// The rule the kernel's `match_rules` (ebpf/src/connect.rs) picks for a
@@ -51,11 +59,22 @@ impl CompiledPolicy {
             .fold(0, |acc, c| acc | mask(&self.comm, &fixed_bytes(c)));
         m &= comm | s.wild_comm;
         // The plain name, then its prefix-form keys (catalog prefixes).
-        let exe_name = exe_name_candidates(&id.exe_name).fold(
-            mask(&self.exe_name, &fixed_bytes(&id.exe_name)),
-            |acc, key| acc | mask(&self.exe_name, &key),
-        );
+        let names = |name: &[u8]| {
+            exe_name_candidates(name).fold(mask(&self.exe_name, &fixed_bytes(name)), |acc, key| {
+                acc | mask(&self.exe_name, &key)
+            })
+        };
+        let mut exe_name = names(&id.exe_name);
+        // Catalog rules that extend to descendants, through the lineage.
+        if let Some(t) = &id.tracked
+            && s.inherited != 0
+            && t.lineage[0] != 0
+        {
+            exe_name |= names(&t.lineage) & s.inherited;
+        }
         m &= exe_name | s.wild_exe_name;
+        let script = id.tracked.map_or(0, |t| t.script_hash);
+        m &= mask(&self.script, &script) | s.wild_script;
         m &= mask(&self.exe, &id.exe) | s.wild_exe;
         if m & !s.wild_cgroup != 0 {
             // One ancestor lookup per level some rule names, lowest level
@@ -89,9 +108,33 @@ impl CompiledPolicy {
         (m != 0).then(|| m.trailing_zeros() as usize)
     }
 
-    /// The first matching rule for this identity when it is a deny rule.
-    pub fn denying_rule(&self, id: &ProcessIdentity) -> Option<usize> {
-        self.first_match(id)
-            .filter(|&rule| self.settings.deny & 1 << rule != 0)
+    /// Whether the kernel's `decide` (ebpf/src/connect.rs) would refuse a
+    /// connect by this identity at `now_ns` (CLOCK_MONOTONIC, as the
+    /// kernel's evidence is timed): its first matching rule denies, or it
+    /// is network-facing, the relay verdict denies and no user allow rule
+    /// exempts it. Only in enforce mode does anything refuse.
+    pub fn denial(&self, id: &ProcessIdentity, now_ns: u64) -> Option<Denial> {
+        let s = &self.settings;
+        if s.flags & flags::ENFORCE == 0 {
+            return None;
+        }
+        let rule = self.first_match(id);
+        let bit = rule.map_or(0, |r| 1u64 << r);
+        if let Some(r) = rule
+            && s.deny & bit != 0
+        {
+            return Some(r as u8);
+        }
+        let facing = id
+            .tracked
+            .is_some_and(|t| network_facing(&t, now_ns, s.relay_window_ns));
+        (s.flags & flags::RELAY_DENY != 0 && bit & s.exempt == 0 && facing).then_some(RELAY_RULE)
     }
+}
+
+/// The kernel's `procs::network_facing`: recent evidence within the
+/// window, or any standing evidence.
+pub fn network_facing(state: &ProcState, now_ns: u64, window_ns: u64) -> bool {
+    (state.recent.kind != evidence::NONE && now_ns.wrapping_sub(state.recent.ktime_ns) <= window_ns)
+        || state.standing.kind != evidence::NONE
 }

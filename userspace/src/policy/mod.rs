@@ -25,7 +25,7 @@ mod summary;
 #[cfg(test)]
 mod tests;
 
-pub use self::matcher::ProcessIdentity;
+pub use self::matcher::{Denial, ProcessIdentity, network_facing};
 use self::{compile::compile_with, summary::DevName};
 use crate::config::{Config, Location};
 

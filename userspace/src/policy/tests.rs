@@ -153,6 +153,7 @@ fn simulate(policy: &CompiledPolicy, id: &TestIdentity) -> Option<usize> {
         uid: id.uid,
         cgroups: id.cgroups.clone(),
         ancestors: id.ancestors.clone(),
+        tracked: None,
     })
 }
 
@@ -387,6 +388,7 @@ uid = [0, 1000]
 fn comm_matches_any_of_the_callers_comms() {
     let policy = compile_ok(
         r#"
+mode = "enforce"
 catalog = false
 [[rule]]
 name = "local-curl"
@@ -405,10 +407,10 @@ comm = "relay"
     };
     // The thread's comm or the process's: either one decides.
     assert_eq!(policy.first_match(&id(&["main", "relay"])), Some(1));
-    assert_eq!(policy.denying_rule(&id(&["relay", "main"])), Some(1));
+    assert_eq!(policy.denial(&id(&["relay", "main"]), 0), Some(1));
     // First match wins across the list too: the allow rule comes first.
     assert_eq!(policy.first_match(&id(&["relay", "curl"])), Some(0));
-    assert_eq!(policy.denying_rule(&id(&["relay", "curl"])), None);
+    assert_eq!(policy.denial(&id(&["relay", "curl"]), 0), None);
     assert_eq!(policy.first_match(&id(&["main"])), None);
     assert_eq!(policy.first_match(&id(&[])), None);
 }
@@ -1328,4 +1330,72 @@ script = ["relay.py", "/srv/relay.js"]
 
     let off = compile_ok("[relay]\naction = \"allow\"\n", &host());
     assert_eq!(off.settings.flags & (flags::RELAY | flags::RELAY_DENY), 0);
+}
+
+#[test]
+fn the_userspace_judgement_follows_the_kernels_relay_lineage_and_script_rules() {
+    use loopwarden_common::{Evidence, ProcState, RELAY_RULE, evidence};
+    let policy = compile_ok(
+        r#"
+mode = "enforce"
+[relay]
+action = "deny"
+window_ms = 1000
+[[rule]]
+name = "bridge"
+action = "allow"
+script = "bridge.py"
+"#,
+        &host(),
+    );
+    let mut state = ProcState {
+        standing: Evidence::default(),
+        recent: Evidence::default(),
+        lineage: [0; 32],
+        script: [0; 64],
+        script_hash: 0,
+    };
+    let id = |state: ProcState, name: &str| ProcessIdentity {
+        exe_name: name.as_bytes().to_vec(),
+        tracked: Some(state),
+        ..ProcessIdentity::default()
+    };
+    // Nothing known: allowed.
+    assert_eq!(policy.denial(&id(state, "python3.11"), 5_000_000_000), None);
+    // Received 0.5 s ago, window 1 s: a relay; 1.5 s ago: not any more.
+    state.recent = Evidence {
+        kind: evidence::RECEIVED,
+        ktime_ns: 4_500_000_000,
+        ..Evidence::default()
+    };
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 5_000_000_000),
+        Some(RELAY_RULE)
+    );
+    assert_eq!(policy.denial(&id(state, "python3.11"), 5_500_000_001), None);
+    // Standing evidence has no window.
+    state.standing.kind = evidence::ACCEPTED;
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 99_000_000_000),
+        Some(RELAY_RULE)
+    );
+    // The user's allow rule on its script exempts it.
+    state.script_hash = loopwarden_common::script_hash(b"bridge.py");
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 99_000_000_000),
+        None
+    );
+    state.script_hash = 0;
+    // A descendant of VS Code's tunnel matches catalog:code-tunnel through
+    // its lineage, whatever it is called.
+    state.standing.kind = evidence::NONE;
+    state.lineage[..11].copy_from_slice(b"code-tunnel");
+    let rule = policy.denial(&id(state, "node"), 0).map(usize::from);
+    assert_eq!(
+        rule.and_then(|r| policy.rules.get(r))
+            .map(|r| r.name.as_str()),
+        Some("catalog:code-tunnel")
+    );
+    state.lineage = [0; 32];
+    assert_eq!(policy.denial(&id(state, "node"), 0), None);
 }
