@@ -298,8 +298,9 @@ pub struct ProcState {
     pub standing: Evidence,
     /// Received or connected: counts only within the relay window.
     pub recent: Evidence,
-    /// File name of the nearest catalogued executable this process or an
-    /// ancestor ran (zero: none): catalog rules apply to its descendants.
+    /// The `LW_RULES_EXE_NAME` key (exact or prefix form) through which a
+    /// catalog rule extending to descendants named the nearest such
+    /// executable this process or an ancestor ran (zero: none).
     pub lineage: [u8; EXE_NAME_LEN],
     /// The script an interpreter was started with (zero: none).
     pub script: [u8; SCRIPT_LEN],

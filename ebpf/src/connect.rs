@@ -378,13 +378,14 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, state: *const Pr
         let name = identity::exe_name_words(exe_file);
         let mut named = names::name_mask(g, s, &name);
         // Catalog rules that extend to descendants also match through the
-        // lineage the caller inherited.
+        // lineage the caller inherited: the key that named its catalogued
+        // ancestor.
         if rd!(s.inherited) != 0 && !state.is_null() {
             // SAFETY: a non-null pointer to the map's value, whose lineage
             // is 8-byte aligned (checked in loopwarden_common).
             let lineage = unsafe { &*(*state).lineage.as_ptr().cast::<Words>() };
             if lineage[0] != 0 {
-                named |= names::name_mask(g, s, lineage) & rd!(s.inherited);
+                named |= names::key_mask(g, s, lineage) & rd!(s.inherited);
             }
         }
         m &= named | rd!(s.wild_exe_name);

@@ -176,13 +176,37 @@ impl NameKey {
 #[inline(never)]
 pub fn name_mask(g: u32, live: &Settings, name: &Words) -> u64 {
     let mut m = 0;
-    if in_filter(&live.exe_name_filter, filter_value(name)) {
-        m |= mask(&RULES_EXE_NAME, NameKey::new(g, name).key());
-    }
-    for_each_prefix_key(name, |key| {
-        if in_filter(&live.exe_name_filter, filter_value(key)) {
-            m |= mask(&RULES_EXE_NAME, NameKey::new(g, key).key());
+    for_each_key(name, |key| m |= key_mask(g, live, key));
+    m
+}
+
+/// The first of `name`'s keys (the exact one, then the prefix forms) that
+/// some rule of `rules` names in generation `g`: what a process's lineage
+/// records, so that a connect later costs one lookup, not the candidates.
+#[inline(always)]
+pub fn first_key(g: u32, live: &Settings, name: &Words, rules: u64) -> Option<Words> {
+    let mut found = None;
+    for_each_key(name, |key| {
+        if found.is_none() && key_mask(g, live, key) & rules != 0 {
+            found = Some(*key);
         }
     });
-    m
+    found
+}
+
+/// `name`'s exact key, then its prefix forms.
+#[inline(always)]
+fn for_each_key(name: &Words, mut f: impl FnMut(&Words)) {
+    f(name);
+    for_each_prefix_key(name, f);
+}
+
+/// The rules naming `key`, after the settings' name filter.
+#[inline(always)]
+pub fn key_mask(g: u32, live: &Settings, key: &Words) -> u64 {
+    if in_filter(&live.exe_name_filter, filter_value(key)) {
+        mask(&RULES_EXE_NAME, NameKey::new(g, key).key())
+    } else {
+        0
+    }
 }

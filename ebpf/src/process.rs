@@ -56,7 +56,8 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let task = Task::current();
     let name = identity::exe_name_words(task.exe_file());
-    let catalogued = inherited_rules(&name) != 0;
+    let lineage = inherited_key(&name);
+    let catalogued = lineage.is_some();
     let interpreter = is_interpreter(&name);
     let mut script = [0u64; SCRIPT_LEN / 8];
     if interpreter {
@@ -78,9 +79,9 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
     unsafe {
         (*state).standing.kind = evidence::NONE;
         (*state).recent.kind = evidence::NONE;
-        let lineage = (*state).lineage.as_mut_ptr().cast::<Words>();
-        if catalogued {
-            *lineage = name;
+        let stored = (*state).lineage.as_mut_ptr().cast::<Words>();
+        if let Some(key) = lineage {
+            *stored = key;
         }
         let hash = if script[0] == 0 {
             0
@@ -89,29 +90,29 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
         };
         *(*state).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>() = script;
         (*state).script_hash = hash;
-        if (*lineage)[0] == 0 && hash == 0 {
+        if (*stored)[0] == 0 && hash == 0 {
             let _ = PROCS.remove(tgid);
         }
     }
     0
 }
 
-/// Rules that extend to descendants and name this file name. Read without
-/// the policy's sequence lock: a policy switch racing an exec can at worst
-/// give that one process a lineage one of the two policies would give it.
+/// The key (exact or prefix form) through which a catalog rule that
+/// extends to descendants names this file name; `None` if none does. Read
+/// without the policy's sequence lock: a policy switch racing an exec can
+/// at worst give that one process a lineage one of the two policies would
+/// give it.
 #[inline(always)]
-fn inherited_rules(name: &Words) -> u64 {
+fn inherited_key(name: &Words) -> Option<Words> {
     let g = generation();
-    let Some(live) = SETTINGS.get_ptr(g) else {
-        return 0;
-    };
+    let live = SETTINGS.get_ptr(g)?;
     // SAFETY: a reference into the map's value.
     let live = unsafe { &*live };
     let inherited = live.inherited;
     if inherited == 0 {
-        return 0;
+        return None;
     }
-    names::name_mask(g, live, name) & inherited
+    names::first_key(g, live, name, inherited)
 }
 
 /// Arguments looked at for the script: the interpreter's name and options.

@@ -144,7 +144,7 @@ fn an_upgraded_executable_is_picked_up_without_a_reload() {
     let old_file = dir.path().join("relay-before-upgrade");
     std::fs::hard_link(&relay, &old_file).expect("hard link");
     let old_id = exe_id(&relay);
-    let rule = rule("relay", "deny", "exe", &relay.display().to_string());
+    let rule = rule("relay-exe", "deny", "exe", &relay.display().to_string());
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
     assert!(!connect_from(&ns, &relay), "the relay is refused");
 
@@ -186,7 +186,7 @@ fn an_upgraded_executable_is_picked_up_without_a_reload() {
         "the upgraded relay is refused too"
     );
     daemon.wait_event("a deny of the new binary", |e| {
-        e["rule"] == "relay" && e["exe_id"] == new_id.as_str()
+        e["rule"] == "relay-exe" && e["exe_id"] == new_id.as_str()
     });
     let through_old = ns.curl(&format!("http://127.0.0.1:{relay_port}/"));
     assert!(
@@ -194,7 +194,7 @@ fn an_upgraded_executable_is_picked_up_without_a_reload() {
         "the relay started before the upgrade got through: {through_old:?}"
     );
     daemon.wait_event("a deny of the old relay's child", |e| {
-        e["rule"] == "relay" && e["exe_id"] == old_id.as_str() && e["ppid"] == old_relay.pid()
+        e["rule"] == "relay-exe" && e["exe_id"] == old_id.as_str() && e["ppid"] == old_relay.pid()
     });
 
     // The old relay exits: its file is dropped from the policy at the next

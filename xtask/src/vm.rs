@@ -125,6 +125,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     if !binary.is_file() {
         bail!("{} does not exist", binary.display());
     }
+    let relay = build_relay()?;
     let qemu = ensure_qemu()?;
     let busybox = ensure_busybox(&dir)?;
     let mut kernels = Vec::new();
@@ -139,7 +140,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         binary.display(),
         busybox.display()
     );
-    build_initramfs(&binary, &busybox, &initrd)?;
+    build_initramfs(&binary, &relay, &busybox, &initrd)?;
 
     let mut outcomes = Vec::new();
     for kernel in &kernels {
@@ -564,19 +565,42 @@ if socat_fetch $V4 >/dev/null; then
     fail "catalog:socat (exe_name socat) connect to $V4 was NOT refused"
 fi
 echo "LW-VM: socat (catalog exe_name rule) -> $V4 refused"
-
+# Relay detection: lw-relay, named by no rule, listens on a non-loopback
+# address (10.0.2.15 on lo: the guest has no other link) and forwards to
+# the service; a client of that address is a non-local peer.
+ip addr add 10.0.2.15/32 dev lo || fail "adding 10.0.2.15 to lo failed"
+lw-relay 10.0.2.15:9100 127.0.0.1:8080 &
+RELAYPID=$!
 i=0
-while [ "$(grep -c '"verdict":"deny"' /tmp/audit)" -lt 4 ]; do
+until netstat -ltn 2>/dev/null | grep -q '10.0.2.15:9100'; do
     i=$((i + 1))
-    [ $i -ge 100 ] && fail "expected 4 deny lines in the audit output"
+    [ $i -ge 50 ] && fail "lw-relay did not listen"
     sleep 0.1
 done
-grep -q '"rule":"relay"' /tmp/audit || fail "no deny line names the relay rule"
+if fetch http://10.0.2.15:9100/ >/dev/null; then
+    fail "the relay verdict did not refuse lw-relay (an unnamed forwarder)"
+fi
+i=0
+until grep -q '"rule":"relay".*"exe_name":"lw-relay".*"via":"10.0.2.15:[0-9]*","via_how":"accepted"' /tmp/audit; do
+    i=$((i + 1))
+    [ $i -ge 50 ] && fail "no relay-verdict deny of lw-relay with accepted evidence"
+    sleep 0.1
+done
+grep '"exe_name":"lw-relay"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: relay verdict: /'
+kill $RELAYPID
+
+i=0
+while [ "$(grep -c '"verdict":"deny"' /tmp/audit)" -lt 5 ]; do
+    i=$((i + 1))
+    [ $i -ge 100 ] && fail "expected 5 deny lines in the audit output"
+    sleep 0.1
+done
+grep -q '"rule":"relay-exe"' /tmp/audit || fail "no deny line names the relay-exe rule"
 grep -q '"rule":"catalog:socat"' /tmp/audit || fail "no deny line names catalog:socat"
 # (`exe` comes from /proc after the fact and is null once wget has exited;
 # exe_name is what the kernel read.)
 grep -q '"exe_name":"relay"' /tmp/audit || fail "no audit line shows exe_name relay"
-grep '"rule":"relay"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: audit: /'
+grep '"rule":"relay-exe"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: audit: /'
 if grep -q '"rule":"netcat"\|"verdict":"deny".*"exe":"/bin/busybox"' /tmp/audit; then
     fail "busybox itself was judged"
 fi
@@ -619,8 +643,11 @@ const CONFIG: &str = r#"mode = "enforce"
 [protect]
 ports = [8080]
 
+[relay]
+action = "deny"
+
 [[rule]]
-name = "relay"
+name = "relay-exe"
 action = "deny"
 exe = "/bin/relay"
 "#;
@@ -629,7 +656,24 @@ const PASSWD: &str =
     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
-fn build_initramfs(binary: &Path, busybox: &Path, out: &Path) -> anyhow::Result<()> {
+/// Builds `lw-relay` (tests/src/bin/lw-relay.rs), the guest's relay that no
+/// catalog names.
+fn build_relay() -> anyhow::Result<PathBuf> {
+    say!("vm-test: building lw-relay ...");
+    let mut cmd = proc::cargo();
+    cmd.args([
+        "build",
+        "--release",
+        "-p",
+        "loopwarden-tests",
+        "--bin",
+        "lw-relay",
+    ]);
+    proc::run(&mut cmd)?;
+    Ok(proc::target_dir().join("release").join("lw-relay"))
+}
+
+fn build_initramfs(binary: &Path, relay: &Path, busybox: &Path, out: &Path) -> anyhow::Result<()> {
     let mut cpio = Cpio::default();
     for dir in [
         "/bin", "/dev", "/etc", "/proc", "/sys", "/run", "/tmp", "/root", "/relay", "/socat",
@@ -657,7 +701,14 @@ fn build_initramfs(binary: &Path, busybox: &Path, out: &Path) -> anyhow::Result<
 
     let bytes = fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
     cpio.file("/bin/loopwarden", 0o755, &bytes);
-    let libs = shared_libraries(binary)?;
+    let bytes = fs::read(relay).with_context(|| format!("cannot read {}", relay.display()))?;
+    cpio.file("/bin/lw-relay", 0o755, &bytes);
+    let mut libs = shared_libraries(binary)?;
+    for lib in shared_libraries(relay)? {
+        if !libs.contains(&lib) {
+            libs.push(lib);
+        }
+    }
     for lib in libs {
         let bytes = fs::read(&lib).with_context(|| format!("cannot read {}", lib.display()))?;
         let path = lib.to_string_lossy().into_owned();

@@ -441,6 +441,8 @@ pub enum Problem {
         "rule name `{name}` starts with `{CATALOG_PREFIX}`, which is reserved for built-in rules"
     )]
     ReservedRuleName { name: String },
+    #[error("rule name `relay` is reserved: lines name the relay verdict so")]
+    RelayRuleName,
     #[error("rule name `{name}` is already used by the rule at line {first_line}")]
     DuplicateRuleName { name: String, first_line: usize },
     #[error(

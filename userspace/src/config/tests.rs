@@ -548,6 +548,11 @@ fn relay_table_and_script_criterion() {
     assert_eq!(config.relay.action, Action::Audit);
 
     expect_error("[relay]\nwindow_ms = 0\n", 2, "window_ms is 0");
+    expect_error(
+        "[[rule]]\nname = \"relay\"\naction = \"deny\"\ncomm = \"x\"\n",
+        2,
+        "`relay` is reserved",
+    );
     expect_error("[relay]\nwindow_ms = 700000\n", 2, "from 1 to 600000");
     expect_error("[relay]\naction = \"maybe\"\n", 2, "unknown variant");
     expect_error("[relay]\nwindows = 5\n", 2, "unknown field");

@@ -15,7 +15,10 @@ use super::{
     lines::LineIndex,
     raw::{OneOrMany, PortItem, RawConfig, RawRule},
 };
-use crate::catalog::{CATALOG, CATALOG_PREFIX};
+use crate::{
+    catalog::{CATALOG, CATALOG_PREFIX},
+    events::RELAY_RULE_NAME,
+};
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a str,
@@ -132,6 +135,9 @@ impl Validator<'_> {
         }
         if name.starts_with(CATALOG_PREFIX) {
             return Err(self.invalid(&name_span, Problem::ReservedRuleName { name }));
+        }
+        if name == RELAY_RULE_NAME {
+            return Err(self.invalid(&name_span, Problem::RelayRuleName));
         }
 
         let criteria = Criteria {

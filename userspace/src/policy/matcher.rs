@@ -70,7 +70,7 @@ impl CompiledPolicy {
             && s.inherited != 0
             && t.lineage[0] != 0
         {
-            exe_name |= names(&t.lineage) & s.inherited;
+            exe_name |= mask(&self.exe_name, &t.lineage) & s.inherited;
         }
         m &= exe_name | s.wild_exe_name;
         let script = id.tracked.map_or(0, |t| t.script_hash);

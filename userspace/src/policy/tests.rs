@@ -952,7 +952,7 @@ exe = "/usr/bin/socat"
 }
 
 const RELAY: &str =
-    "catalog = false\n[[rule]]\nname = \"relay\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n";
+    "catalog = false\n[[rule]]\nname = \"relay-exe\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n";
 
 fn running(exe: ExeKey) -> TestIdentity {
     TestIdentity {
@@ -1003,7 +1003,7 @@ fn an_upgraded_exe_keeps_matching_while_the_old_file_runs() {
     let warning = &upgraded.warnings[0];
     assert!(warning.starts_with("test.toml:5:"), "{warning}");
     assert!(
-        warning.contains("rule `relay`: exe /usr/bin/socat (dev 0:27 ino 10) was replaced on disk"),
+        warning.contains("rule `relay-exe`: exe /usr/bin/socat (dev 0:27 ino 10) was replaced on disk"),
         "{warning}"
     );
     assert!(warning.contains("pid 500"), "{warning}");
@@ -1177,7 +1177,7 @@ fn on_btrfs(mut host: FakeResolver, path: &str, ino: u64) -> FakeResolver {
 #[test]
 fn an_exe_on_a_btrfs_subvolume_is_refused_with_what_to_use_instead() {
     let host = on_btrfs(host(), "/home/u/bin/relay", 257);
-    let text = "catalog = false\n[[rule]]\nname = \"relay\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/home/u/bin/relay\"]\n";
+    let text = "catalog = false\n[[rule]]\nname = \"relay-exe\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/home/u/bin/relay\"]\n";
     let err = compile(&config(text), &host).unwrap_err();
     assert!(
         matches!(
@@ -1194,7 +1194,7 @@ fn an_exe_on_a_btrfs_subvolume_is_refused_with_what_to_use_instead() {
     let message = err.to_string();
     for expected in [
         "test.toml:5:",
-        "rule `relay`: exe /home/u/bin/relay is on btrfs (mounted at /home)",
+        "rule `relay-exe`: exe /home/u/bin/relay is on btrfs (mounted at /home)",
         "stat() reports device 0:46",
         "the filesystem's device 0:45",
         "inode numbers repeat across btrfs subvolumes",
@@ -1389,7 +1389,7 @@ script = "bridge.py"
     // A descendant of VS Code's tunnel matches catalog:code-tunnel through
     // its lineage, whatever it is called.
     state.standing.kind = evidence::NONE;
-    state.lineage[..11].copy_from_slice(b"code-tunnel");
+    state.lineage = loopwarden_common::exe_name_prefix_key(b"code-tunnel");
     let rule = policy.denial(&id(state, "node"), 0).map(usize::from);
     assert_eq!(
         rule.and_then(|r| policy.rules.get(r))
