@@ -123,8 +123,9 @@ enum Command {
     },
     /// List the built-in catalog of tunnels and relays.
     Catalog,
-    /// For benchmarks: attach a no-op connect4 program until SIGINT/SIGTERM,
-    /// so `kernel.bpf_stats_enabled` can measure the cost of measuring.
+    /// For benchmarks: attach a no-op connect4 program and a no-op tracing
+    /// program on skb_copy_datagram_iovec until SIGINT/SIGTERM, so
+    /// `kernel.bpf_stats_enabled` can measure the cost of measuring.
     #[command(hide = true)]
     Baseline,
 }
@@ -252,9 +253,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Baseline => {
             let host = compat::check_host()?;
             let mut programs = Programs::load_baseline()?;
-            programs.attach(&host.cgroup2_root)?;
+            programs.attach_baseline(&host.cgroup2_root)?;
             eprintln!(
-                "baseline ready: lw_baseline4 attached to {}",
+                "baseline ready: lw_baseline4 attached to {}, lw_baseline_receive to \
+                 skb_copy_datagram_iovec",
                 host.cgroup2_root.display()
             );
             let runtime = tokio::runtime::Builder::new_current_thread()

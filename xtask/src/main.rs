@@ -52,6 +52,15 @@ enum Command {
     /// Bench helper: connect+close in a loop for a while, print the count.
     #[command(hide = true)]
     BenchClient(bench::load::ClientArgs),
+    /// Bench helper: receive a TCP stream or UDP datagrams, print the count.
+    #[command(hide = true)]
+    BenchReceive(bench::load::ReceiveArgs),
+    /// Bench helper: send a TCP stream or UDP datagrams as fast as possible.
+    #[command(hide = true)]
+    BenchSend(bench::load::SendArgs),
+    /// Bench helper: spawn a program in a loop for a while, print the count.
+    #[command(hide = true)]
+    BenchSpawn(bench::load::SpawnArgs),
     /// Bench helper: connects at a fixed rate to a port nothing listens on.
     #[command(hide = true)]
     BenchFlood(bench::reporting::FloodArgs),
@@ -69,6 +78,9 @@ fn main() -> ExitCode {
         Command::VmTest(args) => vm::run(&args),
         Command::BenchServer(args) => bench::load::server(&args),
         Command::BenchClient(args) => bench::load::client(&args),
+        Command::BenchReceive(args) => bench::load::receive(&args),
+        Command::BenchSend(args) => bench::load::send(&args),
+        Command::BenchSpawn(args) => bench::load::spawn(&args),
         Command::BenchFlood(args) => bench::reporting::flood(&args),
     };
     match result {

@@ -104,6 +104,8 @@ fn verifier_hint(err: &ProgramError) -> String {
 const ENFORCER: &[&str] = &[programs::CONNECT4, programs::CONNECT6];
 /// The no-op program benchmarks use to measure the cost of measuring.
 const BASELINE: &[&str] = &[programs::BASELINE4];
+/// Its tracing counterpart (`tp_btf`), on the tracepoint of `lw_receive`.
+const BASELINE_TRACKER: (&str, &str) = (programs::BASELINE_RECEIVE, "skb_copy_datagram_iovec");
 
 /// The loaded (not yet attached) programs and their maps.
 pub struct Programs {
@@ -164,9 +166,16 @@ impl Programs {
         Ok(programs)
     }
 
-    /// Loads only the no-op baseline program (see `ebpf/src/baseline.rs`).
+    /// Loads only the no-op baseline programs (see `ebpf/src/baseline.rs`):
+    /// the connect4 one and the tracing one.
     pub fn load_baseline() -> Result<Self, LoaderError> {
-        Self::load_only(&[], &KernelOffsets::default(), BASELINE)
+        let mut programs = Self::load_only(&[], &KernelOffsets::default(), BASELINE)?;
+        let btf = Btf::from_sys_fs().map_err(LoaderError::Btf)?;
+        let (name, tracepoint) = BASELINE_TRACKER;
+        tracker(&mut programs.ebpf, name)?
+            .load(tracepoint, &btf)
+            .map_err(|source| LoaderError::Verify { name, source })?;
+        Ok(programs)
     }
 
     /// Loads the object, each map in `pinned` reused from (or created and
@@ -323,14 +332,23 @@ impl Programs {
         Ok(())
     }
 
-    /// Attaches the programs to the cgroup v2 root without pinning them.
-    /// The links live inside `self`: dropping it (or exiting) detaches the
-    /// programs. Only the benchmark's baseline uses this.
-    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), LoaderError> {
+    /// Attaches the baseline programs of [`Programs::load_baseline`]
+    /// without pinning them: the connect4 one to the cgroup v2 root, the
+    /// tracing one to its tracepoint. The links live inside `self`: dropping
+    /// it (or exiting) detaches the programs.
+    pub fn attach_baseline(&mut self, cgroup_root: &Path) -> Result<(), LoaderError> {
         let cgroup = open_cgroup(cgroup_root)?;
         for &name in self.names {
             attach(program(&mut self.ebpf, name)?, &cgroup, cgroup_root, name)?;
         }
+        let (name, tracepoint) = BASELINE_TRACKER;
+        tracker(&mut self.ebpf, name)?
+            .attach()
+            .map_err(|source| LoaderError::Track {
+                name,
+                tracepoint,
+                source,
+            })?;
         Ok(())
     }
 }

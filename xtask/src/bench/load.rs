@@ -1,14 +1,16 @@
 //! The bench's load: a listener that accepts and immediately closes, and a
-//! client that connects and closes in a loop. Both are hidden xtask
-//! subcommands started inside the bench namespace with `ip netns exec`, so the
-//! client's executable is this binary (the daemon's rules can name it).
+//! client that connects and closes in a loop; a receiver and a sender (a TCP
+//! stream or UDP datagrams); a loop spawning `/bin/true`. All are hidden
+//! xtask subcommands started inside the bench namespaces with `ip netns
+//! exec`, so the client's executable is this binary (the daemon's rules can
+//! name it). Each prints one line, `ops=N bytes=B errors=E elapsed_ns=T`.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     path::Path,
-    process::{Child, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -19,7 +21,7 @@ use crate::proc::{self, say};
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
-    /// Ports to listen on (127.0.0.1).
+    /// Ports to listen on (127.0.0.1 and ::1).
     #[arg(required = true)]
     pub ports: Vec<u16>,
 }
@@ -30,15 +32,87 @@ pub struct ClientArgs {
     pub port: u16,
     #[arg(long)]
     pub seconds: f64,
+    /// Connect to ::1 instead of 127.0.0.1.
+    #[arg(long)]
+    pub ipv6: bool,
 }
 
-/// `bench-server`: one accept loop per port; prints `listening` once all are bound.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ReceiveArgs {
+    #[arg(long, value_enum)]
+    pub proto: Proto,
+    /// Address and port to receive on.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Seconds to count for, from the first data received.
+    #[arg(long)]
+    pub seconds: f64,
+}
+
+#[derive(clap::Args)]
+pub struct SendArgs {
+    #[arg(long, value_enum)]
+    pub proto: Proto,
+    /// Address and port to send to.
+    #[arg(long)]
+    pub to: SocketAddr,
+    /// Bytes per write (TCP) or per datagram (UDP).
+    #[arg(long)]
+    pub size: usize,
+    /// Give up after this many seconds (the bench stops it sooner).
+    #[arg(long)]
+    pub seconds: f64,
+}
+
+#[derive(clap::Args)]
+pub struct SpawnArgs {
+    #[arg(long)]
+    pub seconds: f64,
+    /// The program spawned (no arguments), waited for each time.
+    #[arg(long, default_value = "/bin/true")]
+    pub program: String,
+}
+
+/// Bytes per UDP datagram of the receive loads: small, so the per-packet
+/// path (where `lw_receive` runs) dominates.
+pub const DATAGRAM_SIZE: usize = 64;
+/// Bytes per write of the TCP stream (and per read of its receiver).
+pub const STREAM_CHUNK: usize = 64 * 1024;
+/// A helper that stops delivering for this long has failed.
+const STALL: Duration = Duration::from_secs(2);
+
+/// `bench-server`: one accept loop per port and family; prints `listening`
+/// once all are bound.
 pub fn server(args: &ServerArgs) -> anyhow::Result<()> {
     die_with_parent();
     let mut threads = Vec::new();
-    for &port in &args.ports {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let loopbacks = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    for (&port, addr) in args
+        .ports
+        .iter()
+        .flat_map(|port| loopbacks.iter().map(move |addr| (port, addr)))
+    {
+        let addr = SocketAddr::new(*addr, port);
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         // A full accept queue drops SYNs and costs the client a 1 s retransmit:
         // raise std's backlog to the namespace's somaxconn (listen(2) again
         // on a listening socket only updates the backlog).
@@ -65,10 +139,15 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<()> {
 }
 
 /// `bench-client`: connect()+close() for `seconds`, then prints
-/// `connects=N errors=E elapsed_ns=T`.
+/// `ops=N bytes=0 errors=E elapsed_ns=T` (ops: connects).
 pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     die_with_parent();
-    let addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+    let ip = if args.ipv6 {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    };
+    let addr = SocketAddr::new(ip, args.port);
     let duration = Duration::from_secs_f64(args.seconds);
     let (mut connects, mut errors) = (0u64, 0u64);
     let mut first_error = None;
@@ -90,10 +169,157 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     if let Some(err) = first_error {
         eprintln!("bench-client: {errors} connects failed, first: {err}");
     }
+    print_result(connects, 0, errors, elapsed);
+    Ok(())
+}
+
+fn print_result(ops: u64, bytes: u64, errors: u64, elapsed: Duration) {
     println!(
-        "connects={connects} errors={errors} elapsed_ns={}",
+        "ops={ops} bytes={bytes} errors={errors} elapsed_ns={}",
         elapsed.as_nanos()
     );
+}
+
+/// `bench-receive`: receives on `listen` (accepting one TCP connection, or
+/// UDP datagrams) and counts reads and bytes for `seconds` from the first
+/// read, then prints `ops=N bytes=B errors=0 elapsed_ns=T` (ops: reads).
+/// Prints `listening` once bound.
+pub fn receive(args: &ReceiveArgs) -> anyhow::Result<()> {
+    die_with_parent();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let listen = args.listen;
+    let mut buf = vec![0u8; STREAM_CHUNK];
+    let mut read: Box<Reader> = match args.proto {
+        Proto::Tcp => {
+            let listener =
+                TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+            announce()?;
+            let mut stream = accept_within(&listener, STALL)?;
+            stream.set_read_timeout(Some(STALL))?;
+            Box::new(move |buf| stream.read(buf))
+        }
+        Proto::Udp => {
+            let socket =
+                UdpSocket::bind(listen).with_context(|| format!("cannot bind {listen}"))?;
+            socket.set_read_timeout(Some(STALL))?;
+            announce()?;
+            Box::new(move |buf| socket.recv(buf))
+        }
+    };
+    // The first read starts the clock and is not counted.
+    let first = read(&mut buf).context("waiting for the first data")?;
+    if first == 0 {
+        bail!("the sender closed the stream at once");
+    }
+    let (mut ops, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    loop {
+        let n = read(&mut buf).context("receiving")?;
+        if n == 0 && args.proto == Proto::Tcp {
+            bail!("the sender closed the stream early");
+        }
+        ops += 1;
+        bytes += n as u64;
+        if start.elapsed() >= duration {
+            break;
+        }
+    }
+    print_result(ops, bytes, 0, start.elapsed());
+    Ok(())
+}
+
+/// One read from the receiving socket.
+type Reader = dyn FnMut(&mut [u8]) -> std::io::Result<usize>;
+
+/// Accepts one connection, failing if none comes within `limit`.
+fn accept_within(listener: &TcpListener, limit: Duration) -> anyhow::Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(err) if err.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(err) => return Err(err).context("accepting the stream"),
+        }
+    }
+}
+
+fn announce() -> anyhow::Result<()> {
+    println!("listening");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// `bench-send`: writes a TCP stream or sends UDP datagrams of `size` bytes
+/// to `to` as fast as it can, until the receiver goes away or `seconds` pass.
+pub fn send(args: &SendArgs) -> anyhow::Result<()> {
+    die_with_parent();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let buf = vec![0x5au8; args.size];
+    let to = args.to;
+    match args.proto {
+        Proto::Tcp => {
+            let mut stream =
+                TcpStream::connect(to).with_context(|| format!("cannot connect to {to}"))?;
+            while Instant::now() < deadline {
+                if stream.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        }
+        Proto::Udp => {
+            let any: SocketAddr = match to {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let socket = UdpSocket::bind(any)?;
+            socket
+                .connect(to)
+                .with_context(|| format!("cannot connect to {to}"))?;
+            while Instant::now() < deadline {
+                match socket.send(&buf) {
+                    Ok(_) => {}
+                    // A full qdisc or device queue: try again.
+                    Err(err)
+                        if matches!(err.kind(), ErrorKind::WouldBlock)
+                            || err.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    // ECONNREFUSED: the receiver has gone.
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bench-spawn`: spawns `program` and waits for it, in a loop, for
+/// `seconds`; prints `ops=N bytes=0 errors=E elapsed_ns=T` (ops: spawns).
+pub fn spawn(args: &SpawnArgs) -> anyhow::Result<()> {
+    die_with_parent();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let (mut spawns, mut errors) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let status = Command::new(&args.program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(status) if status.success() => spawns += 1,
+            Ok(_) => {
+                spawns += 1;
+                errors += 1;
+            }
+            Err(err) => bail!("cannot spawn {}: {err}", args.program),
+        }
+    }
+    print_result(spawns, 0, errors, start.elapsed());
     Ok(())
 }
 
@@ -157,41 +383,160 @@ impl Drop for Server {
     }
 }
 
-/// What one client run measured.
-pub struct ClientRun {
-    pub connects: u64,
+/// What one load run measured: operations (connects, reads, spawns) and
+/// bytes over the elapsed time.
+pub struct Run {
+    pub ops: u64,
+    pub bytes: u64,
     pub errors: u64,
     pub elapsed: Duration,
 }
 
-impl ClientRun {
+impl Run {
+    /// Operations per second.
     pub fn rate(&self) -> f64 {
-        self.connects as f64 / self.elapsed.as_secs_f64()
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Bytes per second.
+    pub fn byte_rate(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Parses a helper's `ops=N bytes=B errors=E elapsed_ns=T` line.
+    fn parse(helper: &str, out: &str) -> anyhow::Result<Self> {
+        let field = |key: &str| -> anyhow::Result<u64> {
+            out.split_whitespace()
+                .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|value| value.parse().ok())
+                .with_context(|| format!("{helper} printed no {key}: {out:?}"))
+        };
+        Ok(Self {
+            ops: field("ops")?,
+            bytes: field("bytes")?,
+            errors: field("errors")?,
+            elapsed: Duration::from_nanos(field("elapsed_ns")?),
+        })
     }
 }
 
-/// Runs `bench-client` inside `netns` against `port` for `seconds`.
+/// Runs `bench-client` inside `netns` against `port` (on ::1 with `ipv6`)
+/// for `seconds`.
 pub fn run_client(
     netns: &Netns,
     xtask: &Path,
     port: u16,
+    ipv6: bool,
     seconds: f64,
-) -> anyhow::Result<ClientRun> {
-    let out = proc::output(
-        netns
-            .exec(xtask)
-            .args(["bench-client", "--port", &port.to_string(), "--seconds"])
-            .arg(seconds.to_string()),
-    )?;
-    let field = |key: &str| -> anyhow::Result<u64> {
-        out.split_whitespace()
-            .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-            .and_then(|value| value.parse().ok())
-            .with_context(|| format!("bench-client printed no {key}: {out:?}"))
+) -> anyhow::Result<Run> {
+    let mut cmd = netns.exec(xtask);
+    cmd.args(["bench-client", "--port", &port.to_string(), "--seconds"])
+        .arg(seconds.to_string());
+    if ipv6 {
+        cmd.arg("--ipv6");
+    }
+    Run::parse("bench-client", &proc::output(&mut cmd)?)
+}
+
+/// Runs `bench-spawn` inside `netns` for `seconds`.
+pub fn run_spawn(netns: &Netns, xtask: &Path, seconds: f64) -> anyhow::Result<Run> {
+    Run::parse(
+        "bench-spawn",
+        &proc::output(
+            netns
+                .exec(xtask)
+                .args(["bench-spawn", "--seconds"])
+                .arg(seconds.to_string()),
+        )?,
+    )
+}
+
+/// Runs `bench-receive` on `listen` inside `receiver` and `bench-send` to it
+/// from `sender`, for `seconds` of receiving.
+pub fn run_receive(
+    receiver: &Netns,
+    sender: &Netns,
+    xtask: &Path,
+    proto: Proto,
+    listen: SocketAddr,
+    seconds: f64,
+) -> anyhow::Result<Run> {
+    let mut cmd = receiver.exec(xtask);
+    cmd.args(["bench-receive", "--proto", proto.as_str(), "--listen"])
+        .arg(listen.to_string())
+        .arg("--seconds")
+        .arg(seconds.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut receive = Helper::spawn(&mut cmd)?;
+    let mut stdout = BufReader::new(receive.stdout()?);
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .context("reading bench-receive's output")?;
+    if line.trim() != "listening" {
+        bail!("bench-receive did not start (said {:?})", line.trim());
+    }
+    let size = match proto {
+        Proto::Tcp => STREAM_CHUNK,
+        Proto::Udp => DATAGRAM_SIZE,
     };
-    Ok(ClientRun {
-        connects: field("connects")?,
-        errors: field("errors")?,
-        elapsed: Duration::from_nanos(field("elapsed_ns")?),
-    })
+    let _send = Helper::spawn(
+        sender
+            .exec(xtask)
+            .args(["bench-send", "--proto", proto.as_str(), "--to"])
+            .arg(listen.to_string())
+            .args(["--size", &size.to_string(), "--seconds"])
+            .arg((seconds + 10.0).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    )?;
+    // The receiver stops by itself after `seconds` of data, or a stall.
+    let mut out = String::new();
+    stdout
+        .read_to_string(&mut out)
+        .context("reading bench-receive's output")?;
+    let status = receive.wait()?;
+    if !status.success() {
+        bail!("bench-receive failed ({status}) on {proto:?} {listen}");
+    }
+    Run::parse("bench-receive", &out)
+}
+
+/// A helper process, killed on drop unless waited for.
+struct Helper {
+    child: Option<Child>,
+}
+
+impl Helper {
+    fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", proc::display(cmd)))?;
+        Ok(Self { child: Some(child) })
+    }
+
+    fn stdout(&mut self) -> anyhow::Result<ChildStdout> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.stdout.take())
+            .context("the helper's stdout is not piped")
+    }
+
+    fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .context("the helper was already waited for")?;
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -1,9 +1,12 @@
 //! `cargo xtask bench`: connects per second to a protected and an unprotected
-//! port with the daemon absent, in audit mode and in enforce mode, measured as
-//! interleaved rounds inside a private network namespace; plus each program's
-//! own cost per run from the kernel's BPF statistics, net of the statistics'
-//! own overhead, calibrated each round with a no-op program
-//! (`loopwarden baseline`). Then the reporting phase ([`reporting`]):
+//! port (IPv4, and the protected one over IPv6), receive throughput (a TCP
+//! stream and UDP datagrams from a second namespace over a veth pair, UDP
+//! datagrams over loopback) and spawns per second, with the daemon absent,
+//! in audit mode and in enforce mode, measured as interleaved rounds inside
+//! private network namespaces; plus each program's own cost per run from the
+//! kernel's BPF statistics, net of the statistics' own overhead, calibrated
+//! each round with no-op programs (`loopwarden baseline`: one on connect4,
+//! one on the receive tracepoint). Then the reporting phase ([`reporting`]):
 //! floods of reports at fixed rates, counted in the daemon's output, with its
 //! CPU and resident size.
 
@@ -17,6 +20,7 @@ mod warden;
 use std::{
     cell::Cell,
     fmt, fs,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -24,7 +28,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    load::{ClientRun, Server},
+    load::{Proto, Run, Server},
     netns::Netns,
     stats::{Snapshot, StatsEnabled},
     warden::Warden,
@@ -33,7 +37,8 @@ use crate::{daemon, proc::say, setup};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Rounds of (absent, baseline, audit, enforce) × (protected, unprotected).
+    /// Rounds of (absent, baseline, audit, enforce, report-all) × workloads
+    /// (connects, receives, spawns; report-all runs only the connects).
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
     /// Seconds per measurement.
@@ -54,13 +59,16 @@ pub struct BenchArgs {
     /// Seconds per flood of the reporting phase.
     #[arg(long, default_value_t = 5.0)]
     pub report_seconds: f64,
+    /// Port the receive loads use (TCP and UDP; not protected).
+    #[arg(long, default_value_t = 18083)]
+    pub receive_port: u16,
     /// Port the reporting phase reports every connect to (nothing listens).
     #[arg(long, default_value_t = 18082)]
     pub report_port: u16,
     /// Only the reporting floods whose name contains this (e.g. `50k`).
     #[arg(long)]
     pub report_only: Option<String>,
-    /// Skip the connect-cost rounds (only the reporting phase).
+    /// Skip the cost rounds (only the reporting phase).
     #[arg(long)]
     pub skip_costs: bool,
     /// Skip the reporting phase.
@@ -95,6 +103,15 @@ impl Config {
         Self::ReportAll,
     ];
 
+    /// The workloads measured in this phase: report-all is about the cost
+    /// of reporting connects, so it runs only those.
+    fn workloads(self) -> &'static [Workload] {
+        match self {
+            Self::ReportAll => &Workload::CONNECTS,
+            _ => &Workload::ALL,
+        }
+    }
+
     /// The daemon's `--mode`.
     fn mode(self) -> &'static str {
         match self {
@@ -116,29 +133,123 @@ impl fmt::Display for Config {
     }
 }
 
-/// Which port the client connects to.
+/// What runs during one measurement window.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub enum Target {
+pub enum Workload {
+    /// connect()+close() to the protected port on 127.0.0.1.
     Protected,
+    /// ... to the unprotected port.
     Unprotected,
+    /// ... to the protected port on ::1.
+    Protected6,
+    /// A TCP stream from the peer namespace over the veth pair: `lw_receive`'s
+    /// full path (a non-local peer).
+    ReceiveTcp,
+    /// UDP datagrams from the peer namespace over the veth pair. The kernel
+    /// copies a linear UDP skb to the reader without the tracepoint
+    /// `lw_receive` hooks: this shows whether it runs at all.
+    ReceiveUdp,
+    /// A TCP stream over loopback: `lw_receive`'s early exit.
+    ReceiveLoopback,
+    /// `/bin/true` spawned and waited for in a loop: fork, exec, exit.
+    Spawn,
 }
 
-impl fmt::Display for Target {
+impl Workload {
+    const CONNECTS: [Self; 3] = [Self::Protected, Self::Unprotected, Self::Protected6];
+    const ALL: [Self; 7] = [
+        Self::Protected,
+        Self::Unprotected,
+        Self::Protected6,
+        Self::ReceiveTcp,
+        Self::ReceiveUdp,
+        Self::ReceiveLoopback,
+        Self::Spawn,
+    ];
+
+    pub fn is_receive(self) -> bool {
+        matches!(
+            self,
+            Self::ReceiveTcp | Self::ReceiveUdp | Self::ReceiveLoopback
+        )
+    }
+
+    /// What one operation of the load is.
+    pub fn op(self) -> &'static str {
+        match self {
+            Self::Protected | Self::Unprotected | Self::Protected6 => "connect",
+            Self::ReceiveTcp | Self::ReceiveLoopback => "read",
+            Self::ReceiveUdp => "datagram",
+            Self::Spawn => "spawn",
+        }
+    }
+
+    /// The unit of [`Workload::rate`].
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::ReceiveTcp | Self::ReceiveLoopback => "MB/s",
+            Self::ReceiveUdp => "datagrams/s",
+            Self::Spawn => "spawns/s",
+            _ => "connects/s",
+        }
+    }
+
+    /// Whether the load is a TCP stream, measured in bytes.
+    pub fn is_stream(self) -> bool {
+        matches!(self, Self::ReceiveTcp | Self::ReceiveLoopback)
+    }
+
+    /// The rate the rate table compares: bytes (MB/s) for the streams,
+    /// operations per second otherwise.
+    pub fn rate(self, run: &load::Run) -> f64 {
+        if self.is_stream() {
+            run.byte_rate() / 1e6
+        } else {
+            run.rate()
+        }
+    }
+
+    /// The loopwarden programs this load makes run; the cost table shows
+    /// these.
+    pub fn programs(self) -> &'static [&'static str] {
+        use loopwarden_common::programs as p;
+        match self {
+            Self::Protected | Self::Unprotected => &[p::CONNECT4, p::SOCK_STATE],
+            Self::Protected6 => &[p::CONNECT6, p::SOCK_STATE],
+            Self::ReceiveTcp | Self::ReceiveUdp | Self::ReceiveLoopback => &[p::RECEIVE],
+            Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
+        }
+    }
+
+    /// Whether `loopwarden baseline` puts a no-op program on this load's
+    /// path (connect4 and the receive tracepoint; not connect6 or the
+    /// process tracepoints).
+    pub fn has_noop_hook(self) -> bool {
+        matches!(self, Self::Protected | Self::Unprotected) || self.is_receive()
+    }
+}
+
+impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(match self {
             Self::Protected => "protected",
             Self::Unprotected => "unprotected",
+            Self::Protected6 => "protected6",
+            Self::ReceiveTcp => "recv-tcp",
+            Self::ReceiveUdp => "recv-udp",
+            Self::ReceiveLoopback => "recv-lo",
+            Self::Spawn => "spawn",
         })
     }
 }
 
-/// One measurement: a client run plus the BPF counters that moved meanwhile.
+/// One measurement: a load run plus the BPF counters that moved meanwhile.
 pub struct Sample {
     /// 0-based.
     pub round: u32,
     pub config: Config,
-    pub target: Target,
-    pub run: ClientRun,
+    pub workload: Workload,
+    pub run: Run,
     pub progs: Snapshot,
 }
 
@@ -236,10 +347,13 @@ struct Bench<'a> {
     args: &'a BenchArgs,
     bin: PathBuf,
     xtask: PathBuf,
-    // Fields drop in declaration order: scratch dir, listeners, namespace, sysctl.
+    // Fields drop in declaration order: scratch dir, listeners, namespaces
+    // (with the veth pair), sysctl.
     dir: TempDir,
     _server: Server,
     netns: Netns,
+    /// The receive loads' senders run here, across the veth pair.
+    peer: Netns,
     _stats: StatsEnabled,
 }
 
@@ -248,6 +362,8 @@ impl<'a> Bench<'a> {
         let pid = std::process::id();
         let stats = StatsEnabled::enable()?;
         let netns = Netns::create(format!("lwbench-{pid}"))?;
+        let peer = Netns::create(format!("lwbench-{pid}-peer"))?;
+        netns.link_veth(&peer)?;
         let server = Server::start(
             &netns,
             &xtask,
@@ -261,6 +377,7 @@ impl<'a> Bench<'a> {
             dir,
             _server: server,
             netns,
+            peer,
             _stats: stats,
         })
     }
@@ -275,36 +392,34 @@ impl<'a> Bench<'a> {
             );
         }
         say!("warming up ...");
-        load::run_client(
-            &self.netns,
-            &self.xtask,
-            args.unprotected_port,
-            args.seconds.min(1.0),
-        )?;
+        for workload in Workload::ALL {
+            self.run_load(workload, args.seconds.min(0.5))?;
+        }
 
-        let total = args.rounds as usize * Config::PHASES.len() * 2;
+        let per_round: usize = Config::PHASES.iter().map(|c| c.workloads().len()).sum();
+        let total = args.rounds as usize * per_round;
         let mut samples = Vec::with_capacity(total);
         for round in 0..args.rounds {
-            // Alternate the order within a pair so neither path always goes first.
-            let targets = if round % 2 == 0 {
-                [Target::Protected, Target::Unprotected]
-            } else {
-                [Target::Unprotected, Target::Protected]
-            };
             for config in Config::PHASES {
                 check_interrupted()?;
                 let warden = self.start_daemon(config, round)?;
                 let pid = warden.as_ref().and_then(Warden::pid);
-                for target in targets {
+                // Alternate the order so no load always goes first.
+                let mut workloads = config.workloads().to_vec();
+                if round % 2 == 1 {
+                    workloads.reverse();
+                }
+                for workload in workloads {
                     check_interrupted()?;
-                    let sample = self.measure_one(round, config, target, pid)?;
+                    let sample = self.measure_one(round, config, workload, pid)?;
                     say!(
-                        "[{}/{total}] round {} {config:<8} {target:<11} {:>9.0} connects/s{}",
+                        "[{}/{total}] round {} {config:<10} {workload:<11} {:>10.0} {}{}",
                         samples.len() + 1,
                         round + 1,
-                        sample.run.rate(),
+                        workload.rate(&sample.run),
+                        workload.unit(),
                         if sample.run.errors > 0 {
-                            format!(" ({} connect errors)", sample.run.errors)
+                            format!(" ({} errors)", sample.run.errors)
                         } else {
                             String::new()
                         }
@@ -323,26 +438,47 @@ impl<'a> Bench<'a> {
         &self,
         round: u32,
         config: Config,
-        target: Target,
+        workload: Workload,
         pid: Option<u32>,
     ) -> anyhow::Result<Sample> {
-        let port = match target {
-            Target::Protected => self.args.protected_port,
-            Target::Unprotected => self.args.unprotected_port,
-        };
         let before = stats::snapshot(pid)?;
-        let run = load::run_client(&self.netns, &self.xtask, port, self.args.seconds)?;
+        let run = self.run_load(workload, self.args.seconds)?;
         let after = stats::snapshot(pid)?;
-        if run.connects == 0 {
-            bail!("no connect to port {port} succeeded ({config}, {target})");
+        if run.ops == 0 {
+            bail!("{workload}: no {} succeeded ({config})", workload.op());
         }
         Ok(Sample {
             round,
             config,
-            target,
+            workload,
             run,
             progs: stats::delta(&before, &after),
         })
+    }
+
+    /// Runs `workload` for `seconds`.
+    fn run_load(&self, workload: Workload, seconds: f64) -> anyhow::Result<Run> {
+        let args = self.args;
+        let (netns, xtask) = (&self.netns, self.xtask.as_path());
+        let receive = |sender: &Netns, proto: Proto, addr: Ipv4Addr| {
+            let listen = SocketAddr::from((addr, args.receive_port));
+            load::run_receive(netns, sender, xtask, proto, listen, seconds)
+        };
+        match workload {
+            Workload::Protected => {
+                load::run_client(netns, xtask, args.protected_port, false, seconds)
+            }
+            Workload::Unprotected => {
+                load::run_client(netns, xtask, args.unprotected_port, false, seconds)
+            }
+            Workload::Protected6 => {
+                load::run_client(netns, xtask, args.protected_port, true, seconds)
+            }
+            Workload::ReceiveTcp => receive(&self.peer, Proto::Tcp, netns::VETH_LOCAL),
+            Workload::ReceiveUdp => receive(&self.peer, Proto::Udp, netns::VETH_LOCAL),
+            Workload::ReceiveLoopback => receive(netns, Proto::Tcp, Ipv4Addr::LOCALHOST),
+            Workload::Spawn => load::run_spawn(netns, xtask, seconds),
+        }
     }
 
     fn start_daemon(&self, config: Config, round: u32) -> anyhow::Result<Option<Warden>> {

@@ -1,24 +1,31 @@
-//! Turns the bench samples into two tables: connect rates as ratios against
-//! the daemon-absent runs (whose spread is the noise estimate), and each BPF
-//! program's cost per run, per connect and as a share of the connect cycle,
-//! checked against the targets. Costs are reported raw and net of the
-//! measurement floor: what the no-op `lw_baseline4` costs when measured the
-//! same way (the BPF statistics' own clock reads and counter updates).
+//! Turns the bench samples into two tables: rates (connects, receive
+//! throughput, spawns) as ratios against the daemon-absent runs (whose spread
+//! is the noise estimate), and each BPF program's cost per run, per operation
+//! of the load and as a share of its cycle, checked against the targets.
+//! Costs are reported raw and net of the measurement floor: what a no-op
+//! program costs when measured the same way (the BPF statistics' own clock
+//! reads and counter updates) — `lw_baseline4` for the connect programs,
+//! `lw_baseline_receive` for the tracing ones.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::bail;
+use loopwarden_common::programs;
 
-use super::{BenchArgs, Config, Sample, Target, stats::Counters};
+use super::{BenchArgs, Config, Sample, Workload, stats::Counters};
 use crate::proc::say;
 
 /// ns per run of a connect hook on the protected path, with full identity.
-const PROTECTED_TARGET_NS: f64 = 250.0;
+const PROTECTED_TARGET_NS: f64 = 300.0;
 /// ns per run of a connect hook on the unprotected path.
 const UNPROTECTED_TARGET_NS: f64 = 50.0;
-const TARGETS: [Target; 2] = [Target::Protected, Target::Unprotected];
-/// The no-op program `loopwarden baseline` attaches.
-const BASELINE_PROG: &str = "lw_baseline4";
+/// ns per run of `lw_receive`.
+const RECEIVE_TARGET_NS: f64 = 50.0;
+/// The no-op programs `loopwarden baseline` attaches: the floor of the
+/// connect programs ...
+const CONNECT_FLOOR_PROG: &str = "lw_baseline4";
+/// ... and of the tracing programs.
+const TRACING_FLOOR_PROG: &str = "lw_baseline_receive";
 
 struct Rates {
     median: f64,
@@ -27,12 +34,12 @@ struct Rates {
 }
 
 impl Rates {
-    fn of(samples: &[Sample], config: Config, target: Target) -> Option<Self> {
+    fn of(samples: &[Sample], config: Config, workload: Workload) -> Option<Self> {
         Self::from_values(
             samples
                 .iter()
-                .filter(|sample| sample.config == config && sample.target == target)
-                .map(|sample| sample.run.rate())
+                .filter(|sample| sample.config == config && sample.workload == workload)
+                .map(|sample| workload.rate(&sample.run))
                 .collect(),
         )
     }
@@ -70,7 +77,8 @@ pub fn print(
     let mut misses = Vec::new();
     println!();
     println!(
-        "loopwarden bench on {}: {} rounds × {} s per measurement, IPv4 loopback in a private netns",
+        "loopwarden bench on {}: {} rounds × {} s per measurement, in private netns (loopback, \
+         veth pair)",
         host_description(),
         args.rounds,
         args.seconds
@@ -101,25 +109,32 @@ pub fn print(
 
 fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
     println!();
-    println!("connect rate (connect+close per second; median, min..max over rounds)");
+    println!("rates (per second; median, min..max over rounds)");
     println!(
-        "  {:<10} {:<12} {:>10} {:>21} {:>9} {:>9}  verdict",
-        "daemon", "port", "median/s", "min..max", "vs absent", "vs hook"
+        "  {:<10} {:<12} {:>10} {:<12} {:>21} {:>9} {:>9}  verdict",
+        "daemon", "load", "median", "unit", "min..max", "vs absent", "vs no-op"
     );
-    for target in TARGETS {
-        let Some(absent) = Rates::of(samples, Config::Absent, target) else {
+    for workload in Workload::ALL {
+        let Some(absent) = Rates::of(samples, Config::Absent, workload) else {
             continue;
         };
         // Any cgroup connect program, even one that does nothing, makes the
-        // kernel lock the socket and copy the address around it: the no-op
-        // program's rate is the floor loopwarden is judged against.
-        let hook = Rates::of(samples, Config::Baseline, target);
+        // kernel lock the socket and copy the address around it; any program
+        // on a tracepoint enables it: the no-op program's rate is the floor
+        // loopwarden is judged against, where the baseline has one.
+        let hook = workload
+            .has_noop_hook()
+            .then(|| Rates::of(samples, Config::Baseline, workload))
+            .flatten();
         let noise = absent.spread();
         for config in [Config::Absent, Config::Baseline]
             .into_iter()
             .chain(Config::ALL.into_iter().filter(|c| *c != Config::Absent))
         {
-            let Some(rates) = Rates::of(samples, config, target) else {
+            if config == Config::Baseline && hook.is_none() {
+                continue;
+            }
+            let Some(rates) = Rates::of(samples, config, workload) else {
                 continue;
             };
             let ratio = rates.median / absent.median;
@@ -129,7 +144,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
                 (Config::Baseline, _) => "no-op program (the hook's own cost)".to_owned(),
                 (_, Some(vs_hook)) if 1.0 - vs_hook > noise => {
                     misses.push(format!(
-                        "{config} on the {target} port: rate {vs_hook:.3}× the no-op hook's, \
+                        "{config}, {workload}: rate {vs_hook:.3}× the no-op program's, \
                          worse than noise (±{:.1}%)",
                         noise * 100.0
                     ));
@@ -137,7 +152,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
                 }
                 (_, None) if 1.0 - ratio > noise => {
                     misses.push(format!(
-                        "{config} on the {target} port: rate ratio {ratio:.3} is worse than noise (±{:.1}%)",
+                        "{config}, {workload}: rate ratio {ratio:.3} is worse than noise (±{:.1}%)",
                         noise * 100.0
                     ));
                     "WORSE than noise".to_owned()
@@ -145,10 +160,11 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
                 _ => "within noise".to_owned(),
             };
             println!(
-                "  {:<10} {:<12} {:>10.0} {:>21} {:>9.3} {:>9}  {verdict}",
+                "  {:<10} {:<12} {:>10.0} {:<12} {:>21} {:>9.3} {:>9}  {verdict}",
                 config,
-                target,
+                workload,
                 rates.median,
+                workload.unit(),
                 format!("{:.0}..{:.0}", rates.min, rates.max),
                 ratio,
                 vs_hook.map_or("-".to_owned(), |r| format!("{r:.3}")),
@@ -157,15 +173,15 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
     }
 }
 
-/// The measurement floor: `lw_baseline4`'s ns/run in each round of the
-/// baseline phase (both ports pooled); median, min and max over rounds.
-fn measurement_floor(samples: &[Sample]) -> Option<(Rates, usize)> {
+/// The measurement floor: the no-op `prog`'s ns/run in each round of the
+/// baseline phase (in `workload`, or all loads pooled); median, min and max
+/// over rounds.
+fn measurement_floor(samples: &[Sample], prog: &str, workload: Option<Workload>) -> Option<Floor> {
     let mut rounds: BTreeMap<u32, Counters> = BTreeMap::new();
-    for sample in samples
-        .iter()
-        .filter(|sample| sample.config == Config::Baseline)
-    {
-        if let Some(counters) = sample.progs.get(BASELINE_PROG) {
+    for sample in samples.iter().filter(|sample| {
+        sample.config == Config::Baseline && workload.is_none_or(|w| sample.workload == w)
+    }) {
+        if let Some(counters) = sample.progs.get(prog) {
             rounds.entry(sample.round).or_default().add(*counters);
         }
     }
@@ -178,81 +194,167 @@ fn measurement_floor(samples: &[Sample]) -> Option<(Rates, usize)> {
     Rates::from_values(per_round).map(|floor| (floor, n))
 }
 
+/// The no-op program whose cost is `prog`'s floor.
+fn floor_prog(prog: &str) -> &'static str {
+    if prog.starts_with("lw_connect") {
+        CONNECT_FLOOR_PROG
+    } else {
+        TRACING_FLOOR_PROG
+    }
+}
+
+/// The floors: `lw_baseline4` pooled over the baseline phase, and
+/// `lw_baseline_receive` per receive load (`lw_receive`'s matching floor:
+/// same tracepoint, same load).
+struct Floors(BTreeMap<(&'static str, Option<Workload>), Option<Floor>>);
+
+/// A floor over rounds, and how many rounds measured it.
+type Floor = (Rates, usize);
+
+impl Floors {
+    fn measure(samples: &[Sample]) -> Self {
+        let mut floors = BTreeMap::new();
+        floors.insert(
+            (CONNECT_FLOOR_PROG, None),
+            measurement_floor(samples, CONNECT_FLOOR_PROG, None),
+        );
+        // The UDP load does not reach the tracepoint (see `Workload::ReceiveUdp`).
+        for workload in Workload::ALL
+            .into_iter()
+            .filter(|w| w.is_receive() && *w != Workload::ReceiveUdp)
+        {
+            floors.insert(
+                (TRACING_FLOOR_PROG, Some(workload)),
+                measurement_floor(samples, TRACING_FLOOR_PROG, Some(workload)),
+            );
+        }
+        Self(floors)
+    }
+
+    fn get(&self, prog: &'static str, workload: Option<Workload>) -> Option<&Rates> {
+        self.0
+            .get(&(prog, workload))
+            .and_then(Option::as_ref)
+            .map(|(floor, _)| floor)
+    }
+
+    /// The floor subtracted from `prog`'s runs under `workload`, in ns: the
+    /// connect programs' is `lw_baseline4`'s; `lw_receive`'s that of
+    /// `lw_baseline_receive` in the same load; the other tracing programs
+    /// run where no no-op tracing program does, and take the smallest
+    /// receive-load floor (subtracting less never flatters them).
+    fn ns(&self, prog: &str, workload: Workload) -> f64 {
+        let floor = floor_prog(prog);
+        if floor == CONNECT_FLOOR_PROG {
+            return self.get(floor, None).map_or(0.0, |f| f.median);
+        }
+        let matching = (prog == programs::RECEIVE)
+            .then(|| self.get(floor, Some(workload)))
+            .flatten();
+        matching.map_or_else(
+            || {
+                self.0
+                    .iter()
+                    .filter(|((p, _), _)| *p == floor)
+                    .filter_map(|(_, f)| f.as_ref())
+                    .map(|(f, _)| f.median)
+                    .reduce(f64::min)
+                    .unwrap_or(0.0)
+            },
+            |f| f.median,
+        )
+    }
+}
+
+/// The target for `prog`'s net ns/run under `workload`, if any. Report-all
+/// shows what reporting every connect costs: no target.
+fn target_ns(prog: &str, config: Config, workload: Workload) -> Option<f64> {
+    match workload {
+        _ if config == Config::ReportAll => None,
+        Workload::Protected | Workload::Protected6 if prog.starts_with("lw_connect") => {
+            Some(PROTECTED_TARGET_NS)
+        }
+        Workload::Unprotected if prog.starts_with("lw_connect") => Some(UNPROTECTED_TARGET_NS),
+        _ if workload.is_receive() && prog == programs::RECEIVE => Some(RECEIVE_TARGET_NS),
+        _ => None,
+    }
+}
+
 fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     println!();
     println!(
         "BPF program cost (kernel.bpf_stats_enabled: run_time_ns / run_cnt, summed over rounds; \
-         targets apply to net ns/run)"
+         targets apply to net ns/run; op: a connect, a read of a stream, a datagram, a spawn)"
     );
-    let floor = measurement_floor(samples);
-    let floor_ns = floor.as_ref().map_or(0.0, |(floor, _)| floor.median);
+    let floors = Floors::measure(samples);
     println!(
-        "  {:<10} {:<12} {:<16} {:>10} {:>10} {:>12} {:>11} {:>8}  target (net)",
-        "daemon",
-        "port",
-        "program",
-        "raw ns/run",
-        "net ns/run",
-        "runs/connect",
-        "net ns/conn",
-        "of cycle"
+        "  {:<10} {:<12} {:<16} {:>10} {:>10} {:>9} {:>10} {:>8}  target (net)",
+        "daemon", "load", "program", "raw ns/run", "net ns/run", "runs/op", "net ns/op", "of op"
     );
     let mut seen_any = false;
-    let mut idle = BTreeSet::new();
     for config in [Config::Audit, Config::Enforce, Config::ReportAll] {
-        for target in TARGETS {
-            let Some(rates) = Rates::of(samples, config, target) else {
+        for &workload in config.workloads() {
+            let Some(rates) = Rates::of(samples, config, workload) else {
                 continue;
             };
-            let cycle_ns = 1e9 / rates.median;
-            let mut connects = 0;
+            let mut ops = 0;
+            let mut elapsed = 0.0;
             let mut progs: BTreeMap<&str, Counters> = BTreeMap::new();
             for sample in samples
                 .iter()
-                .filter(|sample| sample.config == config && sample.target == target)
+                .filter(|sample| sample.config == config && sample.workload == workload)
             {
-                connects += sample.run.connects;
+                ops += sample.run.ops;
+                elapsed += sample.run.elapsed.as_secs_f64();
                 for (name, counters) in &sample.progs {
                     progs.entry(name).or_default().add(*counters);
                 }
             }
-            for (name, counters) in progs {
+            // One op's share of the wall time (pooled over rounds; the
+            // median rate of the stream is in MB/s, not ops).
+            let cycle_ns = if workload.is_stream() {
+                elapsed * 1e9 / ops as f64
+            } else {
+                1e9 / rates.median
+            };
+            for &name in workload.programs() {
+                let Some(counters) = progs.get(name) else {
+                    continue;
+                };
                 seen_any = true;
                 if counters.run_cnt == 0 {
-                    idle.insert(name);
+                    println!(
+                        "  {:<10} {:<12} {:<16} {:>10} {:>10} {:>9.2} {:>10} {:>8}  - (never ran)",
+                        config, workload, name, "-", "-", 0.0, "-", "-"
+                    );
                     continue;
                 }
                 let raw = counters.run_time_ns as f64 / counters.run_cnt as f64;
-                let net = raw - floor_ns;
-                let runs_per_connect = counters.run_cnt as f64 / connects as f64;
-                let per_connect = net * runs_per_connect;
-                // Report-all shows what reporting every connect costs: no target.
-                let judged = name.starts_with("lw_connect") && config != Config::ReportAll;
-                let limit = judged.then_some(match target {
-                    Target::Protected => PROTECTED_TARGET_NS,
-                    Target::Unprotected => UNPROTECTED_TARGET_NS,
-                });
-                let verdict = match limit {
+                let floor = floors.ns(name, workload);
+                let net = raw - floor;
+                let runs_per_op = counters.run_cnt as f64 / ops as f64;
+                let per_op = net * runs_per_op;
+                let verdict = match target_ns(name, config, workload) {
                     None => "-".to_owned(),
                     Some(limit) if net <= limit => format!("≤ {limit:.0} ns PASS"),
                     Some(limit) => {
                         misses.push(format!(
-                            "{name} ({config}, {target} port): {net:.0} ns net per run \
-                             ({raw:.0} raw − {floor_ns:.0} floor), target {limit:.0} ns"
+                            "{name} ({config}, {workload}): {net:.0} ns net per run \
+                             ({raw:.0} raw − {floor:.0} floor), target {limit:.0} ns"
                         ));
                         format!("≤ {limit:.0} ns OVER TARGET")
                     }
                 };
                 println!(
-                    "  {:<10} {:<12} {:<16} {:>10.0} {:>10.0} {:>12.2} {:>11.0} {:>7.2}%  {verdict}",
+                    "  {:<10} {:<12} {:<16} {:>10.0} {:>10.0} {:>9.2} {:>10.0} {:>7.2}%  {verdict}",
                     config,
-                    target,
+                    workload,
                     name,
                     raw,
                     net,
-                    runs_per_connect,
-                    per_connect,
-                    per_connect / cycle_ns * 100.0,
+                    runs_per_op,
+                    per_op,
+                    per_op / cycle_ns * 100.0,
                 );
             }
         }
@@ -261,25 +363,36 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
         println!("  (no loopwarden programs found: are they loaded under lw_* names?)");
         return;
     }
-    match floor {
-        Some((floor, rounds)) => println!(
-            "  floor: a no-op program measured the same way costs {:.0} ns/run; net = raw − floor \
-             (median of {rounds} round(s), {:.0}..{:.0})",
-            floor.median, floor.min, floor.max
-        ),
-        None => {
-            println!(
-                "  floor: {BASELINE_PROG} never ran in the baseline phase; net = raw (floor 0)"
-            );
-            misses.push(format!(
-                "no measurement floor: {BASELINE_PROG} did not run, net figures are raw"
-            ));
+    for ((prog, workload), floor) in &floors.0 {
+        let of = match workload {
+            None => "the connect programs".to_owned(),
+            Some(workload) => format!("the tracing programs on {workload}"),
+        };
+        match floor {
+            Some((floor, rounds)) => println!(
+                "  floor of {of}: the no-op {prog} measured the same way costs {:.0} ns/run \
+                 (median of {rounds} round(s), {:.0}..{:.0})",
+                floor.median, floor.min, floor.max
+            ),
+            None => {
+                println!("  floor of {of}: {prog} never ran in the baseline phase");
+                misses.push(format!(
+                    "no measurement floor for {of}: {prog} did not run in the baseline phase"
+                ));
+            }
         }
     }
-    // Programs that never ran during any measurement (e.g. lw_connect6: the
-    // bench client connects over IPv4 only).
-    let idle: Vec<&str> = idle
-        .into_iter()
+    println!(
+        "  net = raw − floor: the connect programs' floor is {CONNECT_FLOOR_PROG}'s; \
+         lw_receive's is {TRACING_FLOOR_PROG}'s in the same load; the other tracing programs \
+         (no no-op runs on their tracepoints) take the smallest {TRACING_FLOOR_PROG} floor, \
+         a net figure near or below 0 being within the floors' noise"
+    );
+    // Programs that never ran during any measurement.
+    let idle: Vec<&str> = programs::TRACKERS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain([programs::CONNECT4, programs::CONNECT6])
         .filter(|name| !ran_anywhere(samples, name))
         .collect();
     if !idle.is_empty() {
