@@ -57,6 +57,10 @@ pub const EXE_NAME_LEN: usize = 32;
 pub const EXE_NAME_PREFIX_MARK: u8 = 1;
 /// How many separator positions of a name [`exe_name_candidates`] cuts at.
 pub const MAX_PREFIX_CANDIDATES: usize = 3;
+/// [`exe_name_candidates`] cuts only before separators at indexes below
+/// this (in the name's first two words: fewer paths for the verifier); a
+/// catalog prefix name is shorter.
+pub const PREFIX_CUT_LIMIT: usize = 16;
 /// Bytes that end a prefix in [`exe_name_candidates`].
 pub const EXE_NAME_SEPARATORS: [u8; 3] = *b"-_.";
 /// Policy generations kept side by side: the one in force and the next.
@@ -596,7 +600,7 @@ pub fn exe_name_candidates(name: &[u8]) -> ExeNameCandidates {
     let mut cuts = [0u8; MAX_PREFIX_CANDIDATES];
     let mut count = 0;
     let mut i = 1;
-    while i < normalized.len() && count < MAX_PREFIX_CANDIDATES {
+    while i < normalized.len() && i < PREFIX_CUT_LIMIT && count < MAX_PREFIX_CANDIDATES {
         let b = normalized[i];
         if b == EXE_NAME_SEPARATORS[0] || b == EXE_NAME_SEPARATORS[1] || b == EXE_NAME_SEPARATORS[2]
         {

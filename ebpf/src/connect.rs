@@ -21,8 +21,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use loopwarden_common::{
     Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
-    NO_RULE, PORT_WORDS, ProcState, RELAY_RULE, SCRIPT_LEN, Settings, exe_filter_value, flags,
-    stats, verdict,
+    NO_RULE, PORT_WORDS, RELAY_RULE, SCRIPT_LEN, Settings, exe_filter_value, flags, stats, verdict,
 };
 
 use crate::{
@@ -193,11 +192,12 @@ struct Decision {
     netns_cookie: u64,
     task: Task,
     exe_file: u64,
-    /// What made the caller network-facing: which of its state's pieces of
-    /// evidence ([`procs::Which`]).
-    via: procs::Which,
-    /// The caller's `LW_PROCS` entry (null if none): its script.
-    state: *const ProcState,
+    /// The relay window the judgement used.
+    window_ns: u64,
+    /// The caller's process: the report reads its `LW_PROCS` entry again
+    /// (a pointer or a few-valued summary kept across the judgement would
+    /// multiply the paths the verifier walks).
+    tgid: u32,
 }
 
 impl Decision {
@@ -212,8 +212,8 @@ impl Decision {
             netns_cookie: 0,
             task: Task::null(),
             exe_file: 0,
-            via: procs::Which::Neither,
-            state: core::ptr::null(),
+            window_ns: 0,
+            tgid: 0,
         }
     }
 }
@@ -261,11 +261,31 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let state = match PROCS.get_ptr(tgid) {
-        Some(p) => p,
-        None => core::ptr::null(),
+    // What the tracking programs know, copied out of the entry at once as
+    // values loaded from memory.
+    // (Compared only after the rules: a comparison's result kept live
+    // across them would double the paths the verifier walks.)
+    let mut tracked = Tracked {
+        script_hash: 0,
+        lineage: [0; EXE_NAME_LEN / 8],
     };
-    let matched = match_rules(s, g, task, exe_file, state);
+    if let Some(p) = PROCS.get_ptr(tgid) {
+        // SAFETY: a pointer to the map's value; volatile reads (see
+        // try_connect) of its fields, the lineage 8-byte aligned (checked
+        // in loopwarden_common).
+        unsafe {
+            tracked.script_hash = core::ptr::read_volatile(&(*p).script_hash);
+            tracked.lineage = core::ptr::read_volatile((*p).lineage.as_ptr().cast());
+        }
+    }
+    let matched = match_rules(s, g, task, exe_file, &tracked);
+    let facing = match PROCS.get_ptr(tgid) {
+        // SAFETY: a pointer to the map's value.
+        Some(p) => unsafe {
+            procs::network_facing(&*p, now(), rd!(s.relay_window_ns)) != procs::Which::Neither
+        },
+        None => false,
+    };
     let mut rule = if matched == 0 {
         NO_RULE
     } else {
@@ -286,14 +306,8 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     };
     // The relay verdict: a network-facing caller, unless a user's allow
     // rule exempts it. The stricter of it and the rule's verdict stands.
-    let mut via = procs::Which::Neither;
-    if !state.is_null() {
-        // SAFETY: a non-null pointer to the map's value.
-        via = procs::network_facing(unsafe { &*state }, now(), rd!(s.relay_window_ns));
-        if via != procs::Which::Neither
-            && rd!(s.flags) & flags::RELAY != 0
-            && bit & rd!(s.exempt) == 0
-        {
+    {
+        if facing && rd!(s.flags) & flags::RELAY != 0 && bit & rd!(s.exempt) == 0 {
             let relay = if rd!(s.flags) & flags::RELAY_DENY != 0 {
                 deny
             } else {
@@ -315,9 +329,15 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
         netns_cookie,
         task,
         exe_file,
-        via,
-        state,
+        window_ns: rd!(s.relay_window_ns),
+        tgid,
     }
+}
+
+/// What `LW_PROCS` says of the caller that rules match on.
+struct Tracked {
+    script_hash: u64,
+    lineage: Words,
 }
 
 /// Carries out a decision: counts, reports and refuses as it says.
@@ -358,7 +378,7 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
 /// Nothing is cached between steps: fewer branches keep the verifier's work
 /// (and so the oldest supported kernels' budget) small.
 #[inline(always)]
-fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, state: *const ProcState) -> u64 {
+fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, tracked: &Tracked) -> u64 {
     let mut m = rd!(s.active);
     if m & !rd!(s.wild_uid) != 0 {
         let uid = bpf_get_current_uid_gid() as u32;
@@ -380,25 +400,13 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, state: *const Pr
         // Catalog rules that extend to descendants also match through the
         // lineage the caller inherited: the key that named its catalogued
         // ancestor.
-        if rd!(s.inherited) != 0 && !state.is_null() {
-            // SAFETY: a non-null pointer to the map's value, whose lineage
-            // is 8-byte aligned (checked in loopwarden_common).
-            let lineage = unsafe { &*(*state).lineage.as_ptr().cast::<Words>() };
-            if lineage[0] != 0 {
-                named |= names::key_mask(g, s, lineage) & rd!(s.inherited);
-            }
+        if rd!(s.inherited) != 0 {
+            named |= names::key_mask(g, s, &tracked.lineage) & rd!(s.inherited);
         }
         m &= named | rd!(s.wild_exe_name);
     }
     if m & !rd!(s.wild_script) != 0 {
-        let named = if state.is_null() {
-            0
-        } else {
-            // SAFETY: as above.
-            let hash = unsafe { core::ptr::read_volatile(&(*state).script_hash) };
-            mask(&RULES_SCRIPT, &GenKey::new(g, hash))
-        };
-        m &= named | rd!(s.wild_script);
+        m &= mask(&RULES_SCRIPT, &GenKey::new(g, tracked.script_hash)) | rd!(s.wild_script);
     }
     if m & !rd!(s.wild_exe) != 0 {
         let exe = identity::exe_key(exe_file);
@@ -598,16 +606,19 @@ fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, s
             .write_unaligned([0; EXE_NAME_LEN / 8]);
         let _ = identity::exe_name(exe_file, &mut *name.cast::<[u8; EXE_NAME_LEN]>());
         let script = (*ev).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>();
-        if d.state.is_null() {
-            (*ev).via = NO_EVIDENCE;
-            script.write_unaligned([0; SCRIPT_LEN / 8]);
-        } else {
-            (*ev).via = match d.via {
-                procs::Which::Standing => (*d.state).standing,
-                procs::Which::Recent => (*d.state).recent,
-                procs::Which::Neither => NO_EVIDENCE,
-            };
-            script.write_unaligned(core::ptr::read_volatile((*d.state).script.as_ptr().cast()));
+        match PROCS.get_ptr(d.tgid) {
+            None => {
+                (*ev).via = NO_EVIDENCE;
+                script.write_unaligned([0; SCRIPT_LEN / 8]);
+            }
+            Some(state) => {
+                (*ev).via = match procs::network_facing(&*state, now(), d.window_ns) {
+                    procs::Which::Standing => (*state).standing,
+                    procs::Which::Recent => (*state).recent,
+                    procs::Which::Neither => NO_EVIDENCE,
+                };
+                script.write_unaligned(core::ptr::read_volatile((*state).script.as_ptr().cast()));
+            }
         }
     }
     entry.submit(wakeup_flags(deny));

@@ -4,7 +4,8 @@
 //! `chisel_1.10.1_linux_amd64`, `.tailscaled-wrapped`). This mirrors
 //! `loopwarden_common::exe_name_candidates`, word by word: one leading `.`
 //! dropped, then the whole name and its truncations before each of its
-//! first [`MAX_PREFIX_CANDIDATES`] separators (`-`, `_`, `.`), each with
+//! first [`MAX_PREFIX_CANDIDATES`] separators (`-`, `_`, `.`) among its
+//! first `PREFIX_CUT_LIMIT` bytes, each with
 //! [`EXE_NAME_PREFIX_MARK`] in its last byte.
 
 use loopwarden_common::{
@@ -63,40 +64,24 @@ pub fn filter_value(key: &Words) -> u64 {
 pub fn for_each_prefix_key(name: &Words, mut f: impl FnMut(&Words)) {
     let n = normalized(name);
     f(&[n[0], n[1], n[2], n[3] | MARK]);
-    // A separator at index 0 cuts nothing; the last byte is always NUL.
-    let mut seps = [
-        separators(n[0]) & !0x80,
-        separators(n[1]),
-        separators(n[2]),
-        separators(n[3]),
-    ];
+    // Cuts only before separators in the first PREFIX_CUT_LIMIT (16)
+    // bytes, the first two words; one at index 0 cuts nothing.
+    let mut low = separators(n[0]) & !0x80;
+    let mut high = separators(n[1]);
     for _ in 0..MAX_PREFIX_CANDIDATES {
-        let (word, bits) = if seps[0] != 0 {
-            (0, seps[0])
-        } else if seps[1] != 0 {
-            (1, seps[1])
-        } else if seps[2] != 0 {
-            (2, seps[2])
-        } else if seps[3] != 0 {
-            (3, seps[3])
+        let key = if low != 0 {
+            // Bytes of the first word before the separator.
+            let keep = (1u64 << (low.trailing_zeros() & !7)) - 1;
+            low &= low - 1;
+            [n[0] & keep, 0, 0, MARK]
+        } else if high != 0 {
+            let keep = (1u64 << (high.trailing_zeros() & !7)) - 1;
+            high &= high - 1;
+            [n[0], n[1] & keep, 0, MARK]
         } else {
             break;
         };
-        // Bytes of word `word` before the separator.
-        let keep = (1u64 << (bits.trailing_zeros() & !7)) - 1;
-        let key = match word {
-            0 => [n[0] & keep, 0, 0, MARK],
-            1 => [n[0], n[1] & keep, 0, MARK],
-            2 => [n[0], n[1], n[2] & keep, MARK],
-            _ => [n[0], n[1], n[2], (n[3] & keep) | MARK],
-        };
         f(&key);
-        match word {
-            0 => seps[0] &= seps[0] - 1,
-            1 => seps[1] &= seps[1] - 1,
-            2 => seps[2] &= seps[2] - 1,
-            _ => seps[3] &= seps[3] - 1,
-        }
     }
 }
 

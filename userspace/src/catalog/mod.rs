@@ -174,7 +174,9 @@ fn parse(text: &str) -> Vec<CatalogEntry> {
 mod tests {
     use std::collections::HashSet;
 
-    use loopwarden_common::{EXE_NAME_SEPARATORS, MAX_PREFIX_CANDIDATES, MAX_RULES};
+    use loopwarden_common::{
+        EXE_NAME_SEPARATORS, MAX_PREFIX_CANDIDATES, MAX_RULES, PREFIX_CUT_LIMIT,
+    };
 
     use super::*;
 
@@ -228,6 +230,9 @@ mod tests {
                         .skip(1)
                         .filter(|b| EXE_NAME_SEPARATORS.contains(b));
                     assert!(separators.count() < MAX_PREFIX_CANDIDATES, "{exe}");
+                    // Names are cut only before separators in their first
+                    // PREFIX_CUT_LIMIT bytes.
+                    assert!(exe.len() < PREFIX_CUT_LIMIT, "{exe}");
                 }
             }
             assert!(!entry.why.trim().is_empty(), "{}", entry.name);

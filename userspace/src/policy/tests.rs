@@ -951,8 +951,7 @@ exe = "/usr/bin/socat"
     );
 }
 
-const RELAY: &str =
-    "catalog = false\n[[rule]]\nname = \"relay-exe\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n";
+const RELAY: &str = "catalog = false\n[[rule]]\nname = \"relay-exe\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n";
 
 fn running(exe: ExeKey) -> TestIdentity {
     TestIdentity {
@@ -1003,7 +1002,9 @@ fn an_upgraded_exe_keeps_matching_while_the_old_file_runs() {
     let warning = &upgraded.warnings[0];
     assert!(warning.starts_with("test.toml:5:"), "{warning}");
     assert!(
-        warning.contains("rule `relay-exe`: exe /usr/bin/socat (dev 0:27 ino 10) was replaced on disk"),
+        warning.contains(
+            "rule `relay-exe`: exe /usr/bin/socat (dev 0:27 ino 10) was replaced on disk"
+        ),
         "{warning}"
     );
     assert!(warning.contains("pid 500"), "{warning}");
