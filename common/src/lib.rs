@@ -179,8 +179,17 @@ pub mod programs {
     pub const EXEC: &str = "lw_exec";
     /// `tp_btf/sched_process_exit`: an exited process's state goes.
     pub const EXIT: &str = "lw_exit";
+    /// `cgroup/recvmsg4` and `recvmsg6`: datagrams unconnected UDP
+    /// sockets receive from non-local peers.
+    pub const RECVMSG4: &str = "lw_recvmsg4";
+    pub const RECVMSG6: &str = "lw_recvmsg6";
     /// No-op `tp_btf/skb_copy_datagram_iovec` program for benchmarks.
     pub const BASELINE_RECEIVE: &str = "lw_baseline_receive";
+
+    /// The tracking programs in cgroup hooks (attached and pinned like the
+    /// connect hooks) and the hooks.
+    pub const CGROUP_TRACKERS: &[(&str, &str)] =
+        &[(RECVMSG4, "cgroup/recvmsg4"), (RECVMSG6, "cgroup/recvmsg6")];
 
     /// The tracking programs and the kernel tracepoints they attach to.
     pub const TRACKERS: &[(&str, &str)] = &[
@@ -462,14 +471,8 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `net.ns.inum`
     pub net_inum: u32,
-    /// `sk_buff.head`
-    pub skb_head: u32,
-    /// `sk_buff.network_header`
-    pub skb_network_header: u32,
-    /// `sk_buff.transport_header`
-    pub skb_transport_header: u32,
-    /// `sk_buff.protocol` (network order)
-    pub skb_protocol: u32,
+    /// `sk_buff.sk`
+    pub skb_sk: u32,
 }
 
 /// The policy-wide settings, `LW_SETTINGS[0]`.
@@ -718,7 +721,7 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 31);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 28);
 const _: () = assert!(core::mem::size_of::<Evidence>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + SCRIPT_LEN);
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);

@@ -29,3 +29,10 @@ pub fn is_loopback(a: &Addr) -> bool {
         && ((w[2] == 0 && u32::from_be(w[3]) == 1)
             || (u32::from_be(w[2]) == V4_MAPPED_WORD && is_loopback_v4(u32::from_be(w[3]))))
 }
+
+/// `::` or `::ffff:0.0.0.0`: no peer (an unconnected socket).
+#[inline(always)]
+pub fn is_unspecified(a: &Addr) -> bool {
+    let w = a.words;
+    w[0] == 0 && w[1] == 0 && w[3] == 0 && (w[2] == 0 || u32::from_be(w[2]) == V4_MAPPED_WORD)
+}

@@ -38,8 +38,8 @@ use crate::{
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_MPTCP: u32 = 262;
@@ -61,15 +61,16 @@ pub fn lw_connect6(ctx: SockAddrContext) -> i32 {
     }
 }
 
-/// Where the connect goes, as read from the context.
-struct Destination {
-    addr: Addr,
-    port: u16,
-    loopback: bool,
+/// Where the connect goes, as read from the context (for recvmsg: where
+/// the datagram came from).
+pub struct Destination {
+    pub addr: Addr,
+    pub port: u16,
+    pub loopback: bool,
 }
 
 #[inline(always)]
-fn destination(sa: *const bpf_sock_addr, family: u16) -> Destination {
+pub fn destination(sa: *const bpf_sock_addr, family: u16) -> Destination {
     // SAFETY: `sa` is the context pointer the kernel passed us. Each field is
     // read with its own 32-bit load: the verifier rejects wider loads of
     // user_ip6, and volatile keeps LLVM from merging them.

@@ -47,10 +47,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_cookie: 0,
     sk_protocol: 0,
     net_inum: 0,
-    skb_head: 0,
-    skb_network_header: 0,
-    skb_transport_header: 0,
-    skb_protocol: 0,
+    skb_sk: 0,
 });
 
 /// The offsets userspace patched in.

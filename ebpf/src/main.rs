@@ -20,6 +20,7 @@ mod maps;
 mod names;
 mod process;
 mod procs;
+mod recvmsg;
 mod sockets;
 
 #[cfg(target_arch = "bpf")]

@@ -7,22 +7,22 @@
 //!   non-local peer (in softirq: the evidence goes to the port's listener,
 //!   `accepted`); an active one completing (the connecting process is found
 //!   by socket cookie from its connect: `connected`).
-//! - `skb_copy_datagram_iovec` (data copied to a reader, TCP or UDP, in the
-//!   reading process): a packet whose source is not loopback, other than a
-//!   DNS answer, is `received` evidence.
+//! - `skb_copy_datagram_iovec` (data copied to a reader, in the reading
+//!   process): data from a connected socket (TCP, or connected UDP whose
+//!   datagram is copied this way) whose peer is not loopback, other than a
+//!   DNS answer, is `received` evidence. Unconnected UDP is seen by the
+//!   `recvmsg` hooks ([`crate::recvmsg`]).
 //!
 //! Both run in tp_btf programs: their arguments are BTF-typed, so field
 //! loads are checked by the verifier and run as direct loads.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use loopwarden_common::{Addr, ListenerKey, Pending, evidence, stats};
 
 use crate::{
-    addr::{is_loopback, v4_mapped},
+    addr::{is_loopback, is_unspecified, v4_mapped},
     identity::{load, offsets},
     maps::{LISTENERS, PENDING, count},
     procs::{Slot, record},
@@ -31,17 +31,14 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
-const IPPROTO_UDP: u8 = 17;
+const IPPROTO_UDP: u16 = 17;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
-/// `ETH_P_IP`, `ETH_P_IPV6` as `sk_buff.protocol` holds them (network order).
-const ETH_P_IP: u16 = 0x0800u16.to_be();
-const ETH_P_IPV6: u16 = 0x86DDu16.to_be();
 /// DNS and mDNS answers are not evidence.
-const DNS_PORTS: [u16; 2] = [53, 5353];
+pub const DNS_PORTS: [u16; 2] = [53, 5353];
 
 /// One side of a socket: address and port (host order).
 struct End {
@@ -184,57 +181,27 @@ pub fn connecting(cookie: u64, tgid: u32) {
     let _ = PENDING.insert(cookie, Pending { tgid, _pad: 0 }, 0);
 }
 
-/// The first bytes of an IPv4 or IPv6 header: enough for the version, the
-/// protocol and the source address of either.
-#[repr(C)]
-struct IpHead {
-    bytes: [u32; 6],
-}
-
 #[btf_tracepoint(function = "skb_copy_datagram_iovec")]
 pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let o = offsets();
-    // Only IP packets: netlink, unix and other sockets copy skbs too.
-    let l3: u16 = load(skb, o.skb_protocol);
-    if l3 != ETH_P_IP && l3 != ETH_P_IPV6 {
+    // The socket the data is copied from: a TCP connection's peer is its
+    // remote end. (The verifier wants the NULL check before any offset.)
+    let sk: u64 = load(skb, o.skb_sk);
+    if sk == 0 {
         return 0;
     }
-    let head: u64 = load(skb, o.skb_head);
-    let network: u16 = load(skb, o.skb_network_header);
-    // SAFETY: probe_read_kernel checks the source; a failed read is ignored.
-    let Ok(ip) = (unsafe { bpf_probe_read_kernel((head + u64::from(network)) as *const IpHead) })
-    else {
+    let Some(peer) = end(sk, true) else {
         return 0;
     };
-    let first = u32::from_be(ip.bytes[0]);
-    let (addr, protocol) = match first >> 28 {
-        4 => (
-            v4_mapped(ip.bytes[3]),
-            (u32::from_be(ip.bytes[2]) >> 16) as u8,
-        ),
-        6 => (
-            Addr {
-                words: [ip.bytes[2], ip.bytes[3], ip.bytes[4], ip.bytes[5]],
-            },
-            (u32::from_be(ip.bytes[1]) >> 8) as u8,
-        ),
-        _ => return 0,
-    };
-    if is_loopback(&addr) {
+    if is_loopback(&peer.addr) || is_unspecified(&peer.addr) {
         return 0;
     }
-    let transport: u16 = load(skb, o.skb_transport_header);
-    // SAFETY: as above.
-    let Ok(port) = (unsafe { bpf_probe_read_kernel((head + u64::from(transport)) as *const u16) })
-    else {
-        return 0;
-    };
-    let port = u16::from_be(port);
-    if (protocol != IPPROTO_UDP && protocol != IPPROTO_TCP as u8) || DNS_PORTS.contains(&port) {
+    let protocol: u16 = load(sk, o.sk_protocol);
+    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) || DNS_PORTS.contains(&peer.port) {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    record(tgid, Slot::Recent, evidence::RECEIVED, addr, port);
+    record(tgid, Slot::Recent, evidence::RECEIVED, peer.addr, peer.port);
     0
 }

@@ -75,8 +75,7 @@ def btf(endian):
     agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u32, 1024)])
     ns = agg(STRUCT, "ns_common", 16, [("stashed", ptr, 0), ("inum", u32, 64)])
     agg(STRUCT, "net", 64, [("passive", u32, 0), ("ns", ns, 128)])
-    agg(STRUCT, "sk_buff", 256, [("head", ptr, 1536), ("protocol", u32, 1408),
-        ("transport_header", u32, 1440), ("network_header", u32, 1456)])
+    agg(STRUCT, "sk_buff", 256, [("sk", ptr, 192), ("head", ptr, 1536)])
     ty("task_struct", FWD)
     agg(STRUCT, "task_struct", 256, [
         ("__state", u32, 0), ("flags", u32, (3 << 24) | 32), ("mm", ptr, 512),

@@ -126,7 +126,7 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     assert!(counter(&json, "checked") >= counter(&json, "denied"));
     // The tracking programs run too, and the relay verdict is shown.
     let tracking = json["tracking"].as_array().cloned().unwrap_or_default();
-    assert_eq!(tracking.len(), 5, "{json:#}");
+    assert_eq!(tracking.len(), 7, "{json:#}");
     for t in &tracking {
         assert_eq!(t["pinned"], true, "{t:#}");
         assert_eq!(t["prog_name"], t["program"], "{t:#}");

@@ -188,10 +188,7 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         sk_cookie: btf.member_offset("sock", "__sk_common.skc_cookie")?,
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
         net_inum: btf.member_offset("net", "ns.inum")?,
-        skb_head: btf.member_offset("sk_buff", "head")?,
-        skb_network_header: btf.member_offset("sk_buff", "network_header")?,
-        skb_transport_header: btf.member_offset("sk_buff", "transport_header")?,
-        skb_protocol: btf.member_offset("sk_buff", "protocol")?,
+        skb_sk: btf.member_offset("sk_buff", "sk")?,
     })
 }
 

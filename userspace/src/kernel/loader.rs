@@ -100,8 +100,14 @@ fn verifier_hint(err: &ProgramError) -> String {
     }
 }
 
-/// The programs the daemon runs in the cgroup hooks.
-const ENFORCER: &[&str] = &[programs::CONNECT4, programs::CONNECT6];
+/// The programs the daemon runs in the cgroup hooks: the judges and the
+/// UDP receive trackers.
+const ENFORCER: &[&str] = &[
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::RECVMSG4,
+    programs::RECVMSG6,
+];
 /// The no-op program benchmarks use to measure the cost of measuring.
 const BASELINE: &[&str] = &[programs::BASELINE4];
 /// Its tracing counterpart (`tp_btf`), on the tracepoint of `lw_receive`.

@@ -200,6 +200,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
         .collect();
     report.tracking = loopwarden_common::programs::TRACKERS
         .iter()
+        .chain(loopwarden_common::programs::CGROUP_TRACKERS)
         .map(|&(program, tracepoint)| {
             let link = link_report(program, inspect::link(&pins, program, 0, None));
             TrackerReport {

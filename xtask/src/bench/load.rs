@@ -203,7 +203,9 @@ pub fn receive(args: &ReceiveArgs) -> anyhow::Result<()> {
                 UdpSocket::bind(listen).with_context(|| format!("cannot bind {listen}"))?;
             socket.set_read_timeout(Some(STALL))?;
             announce()?;
-            Box::new(move |buf| socket.recv(buf))
+            // With the source address, as UDP tunnels (QUIC, WireGuard)
+            // read: what makes the recvmsg hooks run.
+            Box::new(move |buf| socket.recv_from(buf).map(|(n, _)| n))
         }
     };
     // The first read starts the clock and is not counted.

@@ -216,7 +216,8 @@ impl Workload {
         match self {
             Self::Protected | Self::Unprotected => &[p::CONNECT4, p::SOCK_STATE],
             Self::Protected6 => &[p::CONNECT6, p::SOCK_STATE],
-            Self::ReceiveTcp | Self::ReceiveUdp | Self::ReceiveLoopback => &[p::RECEIVE],
+            Self::ReceiveTcp | Self::ReceiveLoopback => &[p::RECEIVE],
+            Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
             Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
         }
     }

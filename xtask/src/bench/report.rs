@@ -196,7 +196,8 @@ fn measurement_floor(samples: &[Sample], prog: &str, workload: Option<Workload>)
 
 /// The no-op program whose cost is `prog`'s floor.
 fn floor_prog(prog: &str) -> &'static str {
-    if prog.starts_with("lw_connect") {
+    // The cgroup hooks' floor is the no-op connect4 program's.
+    if prog.starts_with("lw_connect") || prog.starts_with("lw_recvmsg") {
         CONNECT_FLOOR_PROG
     } else {
         TRACING_FLOOR_PROG
@@ -275,7 +276,11 @@ fn target_ns(prog: &str, config: Config, workload: Workload) -> Option<f64> {
             Some(PROTECTED_TARGET_NS)
         }
         Workload::Unprotected if prog.starts_with("lw_connect") => Some(UNPROTECTED_TARGET_NS),
-        _ if workload.is_receive() && prog == programs::RECEIVE => Some(RECEIVE_TARGET_NS),
+        _ if workload.is_receive()
+            && (prog == programs::RECEIVE || prog.starts_with("lw_recvmsg")) =>
+        {
+            Some(RECEIVE_TARGET_NS)
+        }
         _ => None,
     }
 }
@@ -392,7 +397,7 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     let idle: Vec<&str> = programs::TRACKERS
         .iter()
         .map(|(name, _)| *name)
-        .chain([programs::CONNECT4, programs::CONNECT6])
+        .chain([programs::CONNECT4, programs::CONNECT6, programs::RECVMSG4])
         .filter(|name| !ran_anywhere(samples, name))
         .collect();
     if !idle.is_empty() {
