@@ -11,8 +11,8 @@
 use std::path::Path;
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology,
-    exe_name, write_script,
+    Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
+    write_script,
 };
 use serde_json::Value;
 
@@ -84,7 +84,11 @@ fn a_forking_socat_started_before_the_daemon_is_refused() {
     // socat's listener, and the service's own on [::].
     assert!(seeded_listeners(&daemon) >= 2, "{}", daemon.stderr_text());
     let result = topo.remote.curl(&url);
-    assert_ne!(result, Ok(200), "socat started before the daemon got through");
+    assert_ne!(
+        result,
+        Ok(200),
+        "socat started before the daemon got through"
+    );
     let socat = exe_name(Path::new("/usr/bin/socat"));
     let ev = daemon.wait_event("the relay deny of socat", |e| {
         e["verdict"] == "deny" && e["exe_name"] == socat.as_str()
