@@ -8,7 +8,8 @@
 //! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer
 //! records into audit lines, [`report`] summarises repeats and batches
 //! the lines, [`cut`] destroys connections a newly enforced policy would
-//! have refused, and [`daemon`] ties them together. [`ops`] holds
+//! have refused, [`track`] seeds the kernel's relay tracking from `/proc`
+//! at start, and [`daemon`] ties them together. [`ops`] holds
 //! `loopwarden status` (what the pins enforce right now) and `loopwarden
 //! doctor` (what the host offers).
 //!
@@ -28,6 +29,7 @@ pub mod ops;
 pub mod policy;
 pub mod report;
 pub mod resolve;
+pub mod track;
 
 /// An error and its causes on one line, `: `-separated, for a warning or a
 /// report line (the `{:#}` of anyhow, for library errors).

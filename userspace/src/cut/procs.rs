@@ -286,7 +286,7 @@ fn exe_key(process: &Process) -> ExeKey {
 /// The executable's file name (its dentry name) from the `/proc/PID/exe`
 /// link target: the last component, without the ` (deleted)` the kernel
 /// appends for an unlinked file.
-fn exe_file_name(link: &Path) -> Vec<u8> {
+pub(crate) fn exe_file_name(link: &Path) -> Vec<u8> {
     let name = link.file_name().map(OsStr::as_bytes).unwrap_or_default();
     name.strip_suffix(DELETED).unwrap_or(name).to_vec()
 }

@@ -250,6 +250,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         None => None,
     };
     let takeover = programs.attach_pinned(&host.cgroup2_root, &pins)?;
+    // With the tracking programs running, what happened before they did
+    // (listeners, accepted connections, interpreters' scripts) is read
+    // from /proc: from now on nothing is missed between the two.
+    crate::track::seed(&mut programs.ebpf);
     // What an earlier daemon already reported stays reported; drops since
     // (e.g. while no daemon was reading) are reported now. (Replaced maps
     // start from zero on both sides.)

@@ -1,0 +1,149 @@
+//! Relays started before the daemon: the tracking programs never saw their
+//! listen, so the kernel knows their listeners (and their scripts) only
+//! because the daemon seeds its tracking maps from `/proc` at start. A
+//! connection such a relay accepts after the start is then `accepted`
+//! evidence like any other, and its connect to the service is refused.
+//!
+//! Each relay is first shown to work with no daemon (so a refusal is
+//! loopwarden's doing); it keeps running, unchanged, while the daemon
+//! starts.
+
+use std::path::Path;
+
+use loopwarden_tests::{
+    Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
+    write_script,
+};
+use serde_json::Value;
+
+const SOCAT_PORT: u16 = 9001;
+const FORWARDER_PORT: u16 = 9006;
+
+/// The protected service as relays reach it.
+fn service() -> String {
+    format!("127.0.0.1:{PROTECTED}")
+}
+
+/// Catalog off (only the relay verdict can refuse), relay deny, enforce.
+fn start_daemon(topo: &Topology) -> Daemon {
+    let daemon = Daemon::start(
+        &Policy::new(&topo.local, "enforce")
+            .catalog(false)
+            .relay("deny")
+            .text(),
+    );
+    daemon.wait_stderr("from /proc (in ", 1);
+    daemon
+}
+
+/// Checks a refusal by the relay verdict on seeded evidence: the remote
+/// client, accepted by the listener the daemon seeded.
+fn assert_refused_as_accepted(ev: &Value) {
+    assert_eq!(ev["verdict"], "deny", "{ev:#}");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["dst"], service(), "{ev:#}");
+    assert_eq!(ev["via_how"], "accepted", "{ev:#}");
+    let via = ev["via"].as_str().unwrap_or_default();
+    assert!(via.starts_with(&format!("{REMOTE_ADDR}:")), "{ev:#}");
+}
+
+/// The number of listeners the daemon's seeding line reports.
+fn seeded_listeners(daemon: &Daemon) -> usize {
+    let stderr = daemon.stderr_text();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("from /proc (in "))
+        .unwrap_or_else(|| panic!("no seeding line:\n{stderr}"));
+    line.split("seeded ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no listener count in {line:?}"))
+}
+
+#[test]
+fn a_forking_socat_started_before_the_daemon_is_refused() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let _socat = topo.local.spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{SOCAT_PORT},bind={LOCAL_ADDR},fork,reuseaddr"),
+            &format!("TCP:{}", service()),
+        ],
+    );
+    topo.local.wait_listening(SOCAT_PORT);
+    let url = format!("http://{LOCAL_ADDR}:{SOCAT_PORT}/");
+    assert_eq!(
+        topo.remote.curl(&url),
+        Ok(200),
+        "socat does not relay even without loopwarden"
+    );
+
+    let daemon = start_daemon(&topo);
+    // socat's listener, and the service's own on [::].
+    assert!(seeded_listeners(&daemon) >= 2, "{}", daemon.stderr_text());
+    let result = topo.remote.curl(&url);
+    assert_ne!(
+        result,
+        Ok(200),
+        "socat started before the daemon got through"
+    );
+    let socat = exe_name(Path::new("/usr/bin/socat"));
+    let ev = daemon.wait_event("the relay deny of socat", |e| {
+        e["verdict"] == "deny" && e["exe_name"] == socat.as_str()
+    });
+    assert_refused_as_accepted(&ev);
+}
+
+#[test]
+fn a_python_forwarder_started_before_the_daemon_is_refused_with_its_script() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("seed-forwarder");
+    // Per connection it connects to the service before reading.
+    let script = write_script(
+        &dir,
+        "forwarder.py",
+        &format!(
+            r#"import socket, threading
+def pump(a, b):
+    try:
+        while d := a.recv(65536): b.sendall(d)
+    except OSError: pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(c):
+    try: u = socket.create_connection(("127.0.0.1", {PROTECTED}))
+    except OSError: return c.close()
+    threading.Thread(target=pump, args=(c, u), daemon=True).start(); pump(u, c)
+l = socket.create_server(("{LOCAL_ADDR}", {FORWARDER_PORT}))
+while True: threading.Thread(target=serve, args=(l.accept()[0],), daemon=True).start()
+"#
+        ),
+    );
+    let _forwarder = topo.local.spawn(SYSTEM_PYTHON, &[&script]);
+    topo.local.wait_listening(FORWARDER_PORT);
+    let url = format!("http://{LOCAL_ADDR}:{FORWARDER_PORT}/");
+    assert_eq!(
+        topo.remote.curl(&url),
+        Ok(200),
+        "the forwarder does not relay even without loopwarden"
+    );
+
+    let daemon = start_daemon(&topo);
+    let result = topo.remote.curl(&url);
+    assert_ne!(
+        result,
+        Ok(200),
+        "the forwarder started before the daemon got through"
+    );
+    let python = exe_name(Path::new(SYSTEM_PYTHON));
+    let ev = daemon.wait_event("the relay deny of the forwarder", |e| {
+        e["verdict"] == "deny" && e["exe_name"] == python.as_str()
+    });
+    assert_refused_as_accepted(&ev);
+    // The script as the kernel would have read it at exec.
+    assert_eq!(ev["script"], script.as_str(), "{ev:#}");
+}
