@@ -280,11 +280,10 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
         }
     }
     let matched = match_rules(s, g, task, exe_file, &tracked);
+    let window_ns = rd!(s.relay_window_ns);
     let facing = match PROCS.get_ptr(tgid) {
         // SAFETY: a pointer to the map's value.
-        Some(p) => unsafe {
-            procs::network_facing(&*p, now(), rd!(s.relay_window_ns)) != procs::Which::Neither
-        },
+        Some(p) => procs::network_facing(unsafe { &*p }, now(), window_ns) != procs::Which::Neither,
         None => false,
     };
     let mut rule = if matched == 0 {

@@ -318,10 +318,13 @@ mod tests {
             "tor",
             "code",
             "code-insiders",
+            // A system binary, never a release asset, and longer than the
+            // prefix cut limit.
+            "systemd-socket-proxyd",
         ] {
             assert_eq!(how(exe), NameMatch::Exact, "{exe}");
         }
-        for exe in ["socat", "cloudflared", "sshd", "systemd-socket-proxyd"] {
+        for exe in ["socat", "cloudflared", "sshd"] {
             assert_eq!(how(exe), NameMatch::Prefix, "{exe}");
         }
         assert_eq!(entry("socat").shown_names(), ["socat*", "socat1"]);
