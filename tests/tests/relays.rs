@@ -849,3 +849,131 @@ fn a_catalogued_tunnels_children_are_matched_through_lineage() {
     });
     assert_eq!(ev["rule"], "catalog:code-tunnel", "{ev:#}");
 }
+
+/// Port the UDP tunnel client below is told about connections on.
+const UDP_TUNNEL_PORT: u16 = 9010;
+
+/// A UDP tunnel client in miniature (QUIC and WireGuard tunnels read their
+/// unconnected socket with the source address): for each datagram from
+/// its "server" it connects to the service and prints what happened.
+const UDP_TUNNEL: &str = r#"
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    _, peer = u.recvfrom(512)
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        print("status " + s.recv(64).split()[1].decode(), flush=True)
+    except OSError as e:
+        print("error " + str(e.errno), flush=True)
+"#;
+
+/// The remote "server" tells the local UDP tunnel client about a
+/// connection; returns what the client printed.
+fn udp_open(topo: &Topology, client: &mut LineReader) -> String {
+    run_ok(topo.remote.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'open', (sys.argv[1], int(sys.argv[2])))",
+        LOCAL_ADDR,
+        &UDP_TUNNEL_PORT.to_string(),
+    ]));
+    client.next_line()
+}
+
+/// A child's stdout, line by line.
+struct LineReader {
+    _proc: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineReader {
+    fn spawn(mut cmd: std::process::Command) -> Self {
+        use std::io::BufRead as _;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the UDP tunnel client");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            _proc: child,
+            lines,
+        }
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| "(no answer)".to_owned())
+    }
+}
+
+impl Drop for LineReader {
+    fn drop(&mut self) {
+        let _ = self._proc.kill();
+        let _ = self._proc.wait();
+    }
+}
+
+/// UDP evidence: what a datagram from a non-local peer makes of the
+/// process that reads it with its source (the recvmsg hooks).
+#[test]
+fn a_udp_tunnel_client_is_a_relay() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let start = || {
+        let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
+        cmd.args([
+            "-c",
+            UDP_TUNNEL,
+            LOCAL_ADDR,
+            &UDP_TUNNEL_PORT.to_string(),
+            &PROTECTED.to_string(),
+        ]);
+        let client = LineReader::spawn(cmd);
+        topo.local.wait_udp_bound(UDP_TUNNEL_PORT);
+        client
+    };
+    // Without loopwarden it reaches the service.
+    {
+        let mut client = start();
+        assert_eq!(udp_open(&topo, &mut client), "status 200");
+    }
+    // Audit: the relay verdict names the UDP peer.
+    {
+        let policy = Policy::new(&topo.local, "audit").catalog(false);
+        let daemon = Daemon::start(&policy.text());
+        let mut client = start();
+        assert_eq!(udp_open(&topo, &mut client), "status 200");
+        let ev = daemon.wait_event("the UDP tunnel's relay audit", |e| e["rule"] == "relay");
+        assert_eq!(ev["verdict"], "audit", "{ev:#}");
+        assert_eq!(ev["via_how"], "received", "{ev:#}");
+        assert!(
+            ev["via"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(&format!("{REMOTE_ADDR}:"))),
+            "{ev:#}"
+        );
+    }
+    // Enforce with relay deny: refused.
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    let mut client = start();
+    assert_eq!(udp_open(&topo, &mut client), "error 111");
+    let ev = daemon.wait_event("the UDP tunnel's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+}
