@@ -21,7 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use loopwarden_common::{
     Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
-    NO_RULE, PORT_WORDS, RELAY_RULE, SCRIPT_LEN, Settings, exe_filter_value, flags, stats, verdict,
+    NO_RULE, PORT_WORDS, RELAY_RULE, SCRIPT_LEN, Settings, evidence, exe_filter_value, flags,
+    stats, verdict,
 };
 
 use crate::{
@@ -266,26 +267,28 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     // values loaded from memory.
     // (Compared only after the rules: a comparison's result kept live
     // across them would double the paths the verifier walks.)
-    let mut tracked = Tracked {
-        script_hash: 0,
-        lineage: [0; EXE_NAME_LEN / 8],
+    // A process with no entry reads the zeroed one: either way the values
+    // are loads from map memory, so the verifier's paths merge here.
+    let p = match PROCS.get_ptr(tgid) {
+        Some(p) => p,
+        None => procs::empty(),
     };
-    if let Some(p) = PROCS.get_ptr(tgid) {
-        // SAFETY: a pointer to the map's value; volatile reads (see
-        // try_connect) of its fields, the lineage 8-byte aligned (checked
-        // in loopwarden_common).
-        unsafe {
-            tracked.script_hash = core::ptr::read_volatile(&(*p).script_hash);
-            tracked.lineage = core::ptr::read_volatile((*p).lineage.as_ptr().cast());
+    // SAFETY: a pointer to a map's value; volatile reads (see try_connect)
+    // of its fields, the lineage 8-byte aligned (checked in
+    // loopwarden_common).
+    let tracked = unsafe {
+        Tracked {
+            script_hash: core::ptr::read_volatile(&(*p).script_hash),
+            lineage: core::ptr::read_volatile((*p).lineage.as_ptr().cast()),
+            recent_kind: core::ptr::read_volatile(&(*p).recent.kind),
+            recent_at: core::ptr::read_volatile(&(*p).recent.ktime_ns),
+            standing_kind: core::ptr::read_volatile(&(*p).standing.kind),
         }
-    }
-    let matched = match_rules(s, g, task, exe_file, &tracked);
-    let window_ns = rd!(s.relay_window_ns);
-    let facing = match PROCS.get_ptr(tgid) {
-        // SAFETY: a pointer to the map's value.
-        Some(p) => procs::network_facing(unsafe { &*p }, now(), window_ns) != procs::Which::Neither,
-        None => false,
     };
+    let matched = match_rules(s, g, task, exe_file, &tracked);
+    let facing = tracked.standing_kind != evidence::NONE
+        || (tracked.recent_kind != evidence::NONE
+            && now().wrapping_sub(tracked.recent_at) <= rd!(s.relay_window_ns));
     let mut rule = if matched == 0 {
         NO_RULE
     } else {
@@ -334,10 +337,14 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     }
 }
 
-/// What `LW_PROCS` says of the caller that rules match on.
+/// What `LW_PROCS` says of the caller: what rules match on, and its
+/// evidence's kinds and time (compared after the rules).
 struct Tracked {
     script_hash: u64,
     lineage: Words,
+    recent_kind: u8,
+    recent_at: u64,
+    standing_kind: u8,
 }
 
 /// Carries out a decision: counts, reports and refuses as it says.
@@ -395,12 +402,17 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, tracked: &Tracke
     // Names and executables are first checked against the settings'
     // filters: a client no rule names (the common case) skips the lookups.
     if m & !rd!(s.wild_exe_name) != 0 {
-        let name = identity::exe_name_words(exe_file);
-        let mut named = names::name_mask(g, s, &name);
+        // The filter first, on the name's head: a client no rule names
+        // (the common case) reads no more of it and looks nothing up.
+        let mut named = if names::may_be_named(s, &identity::exe_name_head(exe_file)) {
+            names::name_mask(g, s, &identity::exe_name_words(exe_file))
+        } else {
+            0
+        };
         // Catalog rules that extend to descendants also match through the
         // lineage the caller inherited: the key that named its catalogued
         // ancestor.
-        if rd!(s.inherited) != 0 {
+        if tracked.lineage[0] != 0 && rd!(s.inherited) != 0 {
             named |= names::key_mask(g, s, &tracked.lineage) & rd!(s.inherited);
         }
         m &= named | rd!(s.wild_exe_name);

@@ -13,7 +13,9 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task_btf},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_task_btf,
+    },
 };
 use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, ExeKey, KernelOffsets};
 
@@ -172,14 +174,56 @@ pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
     Ok(())
 }
 
+/// The first `8 * N` bytes at an executable `struct file *`'s file name,
+/// as words, every byte from the first NUL on zeroed (a failed read: all
+/// zero, the empty name, in no rule).
+///
+/// One fixed-size `bpf_probe_read_kernel` instead of the byte-by-byte
+/// string copy, and within bounds: a name shorter than the dentry's inline
+/// buffer (`d_iname`, at least 32 bytes) is stored there, a longer one in
+/// an allocation longer than 32 bytes.
+#[inline(always)]
+fn exe_name_fixed<const N: usize>(file: u64) -> [u64; N] {
+    let o = LW_OFFSETS.load();
+    let dentry: u64 = load(file, o.file_dentry);
+    let name_ptr: u64 = load(dentry, o.dentry_name);
+    // SAFETY: probe_read_kernel checks the source.
+    let mut words = unsafe { bpf_probe_read_kernel(name_ptr as *const [u64; N]) }.unwrap_or([0; N]);
+    let mut ended = false;
+    for w in words.iter_mut() {
+        if ended {
+            *w = 0;
+            continue;
+        }
+        let nul = crate::names::zero_bytes(*w);
+        if nul != 0 {
+            // Keep the bytes before the first NUL.
+            *w &= (1u64 << (nul.trailing_zeros() & !7)) - 1;
+            ended = true;
+        }
+    }
+    words
+}
+
+/// The first 15 bytes of an executable `struct file *`'s file name (NUL
+/// padded) as two words: enough for [`crate::names::may_be_named`]. Only
+/// the first word is read unless the name starts with a dot.
+#[inline(always)]
+pub fn exe_name_head(file: u64) -> [u64; 2] {
+    let [w] = exe_name_fixed::<1>(file);
+    if w & 0xff == u64::from(b'.') {
+        exe_name_fixed::<2>(file)
+    } else {
+        [w, 0]
+    }
+}
+
 /// The file name of an executable `struct file *` as words (see
-/// [`crate::names`]); zero when it cannot be read.
+/// [`crate::names`]): its first 31 bytes, NUL padded.
 #[inline(always)]
 pub fn exe_name_words(file: u64) -> crate::names::Words {
-    let mut words = [0u64; EXE_NAME_LEN / 8];
-    // SAFETY: same size, u8 has no alignment requirement.
-    let _ = exe_name(file, unsafe {
-        &mut *words.as_mut_ptr().cast::<[u8; EXE_NAME_LEN]>()
-    });
+    let mut words = exe_name_fixed::<{ EXE_NAME_LEN / 8 }>(file);
+    // What the string copy keeps of a longer name: 31 bytes.
+    words[EXE_NAME_LEN / 8 - 1] &= !(0xffu64 << 56);
     words
 }

@@ -138,3 +138,22 @@ pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_
 /// listener's evidence.
 #[map(name = "LW_LISTENERS")]
 pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// Per CPU, the received/connected evidence last written to `LW_PROCS`:
+/// the same again within the same jiffy is not written again (a stream's
+/// every read would otherwise look the process up). A cache of
+/// this load's programs only: not pinned.
+#[map(name = "LW_RECORDED")]
+pub static RECORDED: PerCpuArray<Recorded> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`RECORDED`]'s value.
+#[repr(C)]
+pub struct Recorded {
+    pub addr: Addr,
+    /// `bpf_jiffies64()` when it was written.
+    pub jiffies: u64,
+    pub tgid: u32,
+    pub port: u16,
+    pub kind: u8,
+    pub _pad: u8,
+}

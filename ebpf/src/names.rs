@@ -25,7 +25,7 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 
 /// 0x80 in exactly the bytes of `w` that are zero.
 #[inline(always)]
-fn zero_bytes(w: u64) -> u64 {
+pub fn zero_bytes(w: u64) -> u64 {
     !(((w & LOW7).wrapping_add(LOW7)) | w | LOW7)
 }
 
@@ -51,11 +51,43 @@ fn normalized(n: &Words) -> Words {
     ]
 }
 
+/// Whether any key of the name beginning with `head` (its first 15 bytes)
+/// can be in the settings' name filter: the exact name, the normalized
+/// one, and each cut before a separator in the normalized name's first 7
+/// bytes (a later cut leaves the same first 7 bytes, which is all the
+/// filter sees). False proves no rule names the executable, so its whole
+/// name is not even read.
+#[inline(always)]
+pub fn may_be_named(live: &Settings, head: &[u64; 2]) -> bool {
+    let w = head[0];
+    let n = if w & 0xff == u64::from(b'.') {
+        (w >> 8) | (head[1] << 56)
+    } else {
+        w
+    };
+    let mut hit = in_filter(&live.exe_name_filter, w & FIRST7)
+        || in_filter(&live.exe_name_filter, n & FIRST7);
+    // Separators at indexes 1..7 of the normalized name.
+    let mut seps = separators(n) & 0x0080_8080_8080_8000;
+    for _ in 0..MAX_PREFIX_CANDIDATES {
+        if seps == 0 {
+            break;
+        }
+        let keep = (1u64 << (seps.trailing_zeros() & !7)) - 1;
+        seps &= seps - 1;
+        hit |= in_filter(&live.exe_name_filter, n & keep);
+    }
+    hit
+}
+
+/// The first 7 bytes of a word.
+const FIRST7: u64 = 0x00ff_ffff_ffff_ffff;
+
 /// The first 7 bytes of a key, as the settings' name filter takes them
 /// (`loopwarden_common::name_prefix`).
 #[inline(always)]
 pub fn filter_value(key: &Words) -> u64 {
-    key[0] & 0x00ff_ffff_ffff_ffff
+    key[0] & FIRST7
 }
 
 /// Calls `f` with each prefix-form key of `name`, the whole (normalized)

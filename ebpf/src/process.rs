@@ -21,7 +21,7 @@ use crate::{
     identity::{self, Task},
     maps::{PROCS, SETTINGS, generation},
     names::{self, Words, is_interpreter},
-    procs::{entry, insert},
+    procs::{entry, forget_recorded, insert},
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
@@ -66,6 +66,7 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
             &mut *script.as_mut_ptr().cast::<[u8; SCRIPT_LEN]>()
         });
     }
+    forget_recorded();
     let state = match PROCS.get_ptr_mut(tgid) {
         Some(s) => s,
         None if catalogued || script[0] != 0 => match entry(tgid) {

@@ -3,10 +3,10 @@
 //! programs ([`crate::sockets`], [`crate::process`]), read by the connect
 //! hooks.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64};
 use loopwarden_common::{Addr, EXE_NAME_LEN, Evidence, ProcState, SCRIPT_LEN, evidence, stats};
 
-use crate::maps::{PROCS, count};
+use crate::maps::{PROCS, RECORDED, count};
 
 /// Which of a process's two kinds of evidence a new one replaces.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,12 @@ static EMPTY: ProcState = ProcState {
     script: [0; SCRIPT_LEN],
     script_hash: 0,
 };
+
+/// The zeroed state, for a process with none.
+#[inline(always)]
+pub fn empty() -> *const ProcState {
+    &EMPTY
+}
 
 /// `tgid`'s entry, created empty if it has none; `None` if the map is full
 /// (counted).
@@ -52,6 +58,9 @@ pub const NO_EVIDENCE: Evidence = Evidence {
 /// `tgid`, now. Accepted evidence is not overwritten by a later listen.
 #[inline(always)]
 pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
+    if slot == Slot::Recent && recorded_lately(tgid, kind, &addr, port) {
+        return;
+    }
     let ev = Evidence {
         addr,
         ktime_ns: now(),
@@ -73,6 +82,48 @@ pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
             }
             Slot::Recent => (*state).recent = ev,
         }
+    }
+}
+
+/// Whether this CPU wrote this very evidence within the current jiffy (a
+/// clock tick: 1 to 10 ms); if not, notes that it is writing it now. So
+/// evidence can be a tick older than it says, which the window dwarfs. The
+/// tick is read, not the clock: on virtual machines `bpf_ktime_get_ns()`
+/// costs more than the rest of the receive path. (A program preempted
+/// between the check and the write can at worst make another skip one
+/// write, or write once more.)
+#[inline(always)]
+fn recorded_lately(tgid: u32, kind: u8, addr: &Addr, port: u16) -> bool {
+    // SAFETY: a plain helper call.
+    let at = unsafe { bpf_jiffies64() };
+    let Some(last) = RECORDED.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a pointer to this CPU's slot of the map.
+    unsafe {
+        if (*last).tgid == tgid
+            && (*last).kind == kind
+            && (*last).port == port
+            && (*last).addr == *addr
+            && (*last).jiffies == at
+        {
+            return true;
+        }
+        (*last).tgid = tgid;
+        (*last).kind = kind;
+        (*last).port = port;
+        (*last).addr = *addr;
+        (*last).jiffies = at;
+    }
+    false
+}
+
+/// Forgets this CPU's last write (an exec cleared that process's evidence).
+#[inline(always)]
+pub fn forget_recorded() {
+    if let Some(last) = RECORDED.get_ptr_mut(0) {
+        // SAFETY: a pointer to this CPU's slot of the map.
+        unsafe { (*last).tgid = 0 };
     }
 }
 
