@@ -53,13 +53,13 @@ pub static RULES_CGROUP: HashMap<GenKey<u64>, u64> =
 pub static RULES_ANCESTOR: HashMap<GenKey<ExeKey>, AncestorMasks> =
     HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
-/// 1 MiB: about 6200 events (168 bytes with the record header) before
+/// 1 MiB: about 3970 events (264 bytes with the record header) before
 /// userspace must catch up.
 #[map(name = "LW_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// Refusals only, apart from the other reports so a flood of those cannot
-/// push a refusal out: 256 KiB, about 1500 refusals.
+/// push a refusal out: 256 KiB, about 990 refusals.
 #[map(name = "LW_DENIALS")]
 pub static DENIALS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
 

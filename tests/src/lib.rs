@@ -1235,3 +1235,80 @@ impl Policy {
         text
     }
 }
+
+/// A threaded TCP forwarder no catalog names, in Python: `FORWARDER
+/// LISTEN_ADDR LISTEN_PORT TARGET_PORT` accepts on the listen address and,
+/// per connection, connects to 127.0.0.1:TARGET_PORT before reading, then
+/// pumps both ways.
+pub const FORWARDER: &str = r#"import socket, sys, threading
+def pump(a, b):
+    try:
+        while d := a.recv(65536): b.sendall(d)
+    except OSError: pass
+    for s in (a, b):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(c):
+    try: u = socket.create_connection(("127.0.0.1", int(sys.argv[3])))
+    except OSError: return c.close()
+    threading.Thread(target=pump, args=(c, u), daemon=True).start(); pump(u, c)
+l = socket.create_server((sys.argv[1], int(sys.argv[2])))
+while True: threading.Thread(target=serve, args=(l.accept()[0],), daemon=True).start()
+"#;
+
+/// Starts [`FORWARDER`] in `ns` as `python3 DIR/forwarder.py` (a script
+/// file, as interpreters' scripts are matched), listening on
+/// `addr`:`port`, relaying to the protected service; returns the process
+/// and the script's path.
+pub fn spawn_forwarder(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> (Proc, String) {
+    let script = write_script(dir, "forwarder.py", FORWARDER);
+    let proc = ns.spawn(
+        SYSTEM_PYTHON,
+        &[&script, addr, &port.to_string(), &PROTECTED.to_string()],
+    );
+    ns.wait_listening(port);
+    (proc, script)
+}
+
+/// nginx (`/usr/sbin/nginx`, in the foreground, everything it writes in
+/// `dir`) in `ns` as a reverse proxy: listening on `listen` (`ADDR:PORT`),
+/// passing every request to the protected service on 127.0.0.1.
+pub fn nginx_proxy(ns: &Netns, dir: &TempDir, listen: &str, port: u16) -> Proc {
+    let d = dir.path().display();
+    let conf = format!(
+        r#"
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {listen}:{port};
+        location / {{ proxy_pass http://127.0.0.1:{PROTECTED}; }}
+    }}
+}}
+"#
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let proc = ns.spawn(
+        "/usr/sbin/nginx",
+        &[
+            "-p",
+            &d.to_string(),
+            "-e",
+            &format!("{d}/error.log"),
+            "-c",
+            &conf_path.display().to_string(),
+            "-g",
+            "daemon off;",
+        ],
+    );
+    ns.wait_listening(port);
+    proc
+}

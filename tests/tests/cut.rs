@@ -16,7 +16,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, Topology, policy, rule, run,
+    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, TempDir, Topology, policy, rule, run,
+    spawn_forwarder,
 };
 use serde_json::Value;
 
@@ -283,24 +284,6 @@ fn a_policy_change_that_makes_the_relay_denied_cuts_it() {
     assert!(connections_to_protected(&ns).is_empty());
 }
 
-/// A forwarder no catalog names, listening on the link to the remote
-/// namespace: per connection it connects to the echo server, then pumps.
-const FORWARDER: &str = r#"
-import socket, sys, threading
-def pump(a, b):
-    try:
-        while d := a.recv(65536): b.sendall(d)
-    except OSError: pass
-    for s in (a, b):
-        try: s.shutdown(socket.SHUT_RDWR)
-        except OSError: pass
-def serve(c):
-    u = socket.create_connection(("127.0.0.1", int(sys.argv[3])))
-    threading.Thread(target=pump, args=(c, u), daemon=True).start(); pump(u, c)
-l = socket.create_server((sys.argv[1], int(sys.argv[2])))
-while True: threading.Thread(target=serve, args=(l.accept()[0],), daemon=True).start()
-"#;
-
 #[test]
 fn a_switch_to_relay_deny_cuts_a_relayed_connection_and_spares_the_direct_client() {
     let topo = Topology::new();
@@ -314,17 +297,8 @@ fn a_switch_to_relay_deny_cuts_a_relayed_connection_and_spares_the_direct_client
             .text()
     };
     let daemon = Daemon::start(&relayed("audit"));
-    let _forwarder = ns.spawn(
-        "/usr/bin/python3",
-        &[
-            "-c",
-            FORWARDER,
-            LOCAL_ADDR,
-            &RELAY.to_string(),
-            &PROTECTED.to_string(),
-        ],
-    );
-    ns.wait_listening(RELAY);
+    let dir = TempDir::new("cut-forwarder");
+    let _forwarder = spawn_forwarder(ns, &dir, LOCAL_ADDR, RELAY);
 
     // The relay verdict audits: a remote user's connection through the
     // forwarder is let in, and so is a direct client's.

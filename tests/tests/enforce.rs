@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, Sshd, TempDir, UNPROTECTED, policy, rule, run_ok,
+    Daemon, Netns, PROTECTED, Sshd, TempDir, UNPROTECTED, nginx_proxy, policy, rule, run_ok,
 };
 use serde_json::Value;
 
@@ -154,27 +154,15 @@ fn ssh_local_forward_is_refused() {
     let _servers = ns.http_servers();
     let sshd = Sshd::start(&ns, "127.0.0.1", 2222);
     let daemon = Daemon::start(&policy(&ns, "enforce", ""));
-    let mut forward = ns.spawn(
-        "ssh",
-        &[
-            "-N",
-            "-i",
-            &sshd.key,
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-p",
-            "2222",
-            "-L",
-            &format!("9003:127.0.0.1:{PROTECTED}"),
-            "root@127.0.0.1",
-        ],
-    );
+    let mut args = sshd.client_args();
+    args.extend([
+        "-N".to_owned(),
+        "-L".to_owned(),
+        format!("9003:127.0.0.1:{PROTECTED}"),
+        "root@127.0.0.1".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut forward = ns.spawn("ssh", &args);
     ns.wait_listening(9003);
     forward.assert_running();
     assert!(ns.curl("http://127.0.0.1:9003/").is_err());
@@ -244,44 +232,12 @@ fn connections_outside_the_policy_namespace_are_untouched() {
     );
 }
 
-/// nginx as a reverse proxy in the namespace, listening on `port`.
-fn nginx_proxy(ns: &Netns, dir: &TempDir, port: u16) -> loopwarden_tests::Proc {
-    let d = dir.path().display();
-    let conf = format!(
-        r#"
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ proxy_pass http://127.0.0.1:{PROTECTED}; }}
-    }}
-}}
-"#
-    );
-    let path = dir.path().join("nginx.conf");
-    std::fs::write(&path, conf).expect("nginx.conf");
-    let p = ns.spawn(
-        "nginx",
-        &["-c", &path.display().to_string(), "-g", "daemon off;"],
-    );
-    ns.wait_listening(port);
-    p
-}
-
 #[test]
 fn a_reverse_proxy_is_reported_by_the_catalog_and_refused_by_a_user_rule() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let dir = TempDir::new("nginx");
-    let _nginx = nginx_proxy(&ns, &dir, 9004);
+    let _nginx = nginx_proxy(&ns, &dir, "127.0.0.1", 9004);
 
     // The catalog only audits reverse proxies: the request goes through and is reported.
     {

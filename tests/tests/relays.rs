@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use loopwarden_tests::{
     Daemon, Fields, LOCAL_ADDR, LOCAL_ADDR6, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR,
-    REMOTE_ADDR6, SYSTEM_PYTHON, Sshd, TempDir, Topology, exe_name, rule, run, run_ok,
-    write_script,
+    REMOTE_ADDR6, SYSTEM_PYTHON, Sshd, TempDir, Topology, exe_name, nginx_proxy, rule, run, run_ok,
+    spawn_forwarder,
 };
 use serde_json::Value;
 
@@ -160,43 +160,7 @@ fn socat(topo: &Topology) -> Relay {
 
 fn nginx(topo: &Topology) -> Relay {
     let dir = TempDir::new("nginx");
-    let d = dir.path().display();
-    let conf = format!(
-        r#"
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen {LOCAL_ADDR}:{NGINX_PORT};
-        location / {{ proxy_pass http://{}; }}
-    }}
-}}
-"#,
-        service()
-    );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("nginx.conf");
-    let proc = topo.local.spawn(
-        "/usr/sbin/nginx",
-        &[
-            "-p",
-            &d.to_string(),
-            "-e",
-            &format!("{d}/error.log"),
-            "-c",
-            &conf_path.display().to_string(),
-            "-g",
-            "daemon off;",
-        ],
-    );
-    topo.local.wait_listening(NGINX_PORT);
+    let proc = nginx_proxy(&topo.local, &dir, LOCAL_ADDR, NGINX_PORT);
     Relay {
         _parts: vec![Box::new(proc), Box::new(dir)],
         url: format!("http://{LOCAL_ADDR}:{NGINX_PORT}/"),
@@ -292,29 +256,7 @@ fn bore(topo: &Topology, program: &Path) -> Relay {
 /// connects to the service before reading, then pumps both ways.
 fn forwarder(topo: &Topology) -> Relay {
     let dir = TempDir::new("forwarder");
-    let script = write_script(
-        &dir,
-        "forwarder.py",
-        &format!(
-            r#"import socket, threading
-def pump(a, b):
-    try:
-        while d := a.recv(65536): b.sendall(d)
-    except OSError: pass
-    for s in (a, b):
-        try: s.shutdown(socket.SHUT_RDWR)
-        except OSError: pass
-def serve(c):
-    try: u = socket.create_connection(("127.0.0.1", {PROTECTED}))
-    except OSError: return c.close()
-    threading.Thread(target=pump, args=(c, u), daemon=True).start(); pump(u, c)
-l = socket.create_server(("{LOCAL_ADDR}", {FORWARDER_PORT}))
-while True: threading.Thread(target=serve, args=(l.accept()[0],), daemon=True).start()
-"#
-        ),
-    );
-    let proc = topo.local.spawn(SYSTEM_PYTHON, &[&script]);
-    topo.local.wait_listening(FORWARDER_PORT);
+    let (proc, _) = spawn_forwarder(&topo.local, &dir, LOCAL_ADDR, FORWARDER_PORT);
     Relay {
         _parts: vec![Box::new(proc), Box::new(dir)],
         url: format!("http://{LOCAL_ADDR}:{FORWARDER_PORT}/"),

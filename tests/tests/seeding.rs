@@ -12,7 +12,7 @@ use std::path::Path;
 
 use loopwarden_tests::{
     Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
-    write_script,
+    spawn_forwarder,
 };
 use serde_json::Value;
 
@@ -102,29 +102,7 @@ fn a_python_forwarder_started_before_the_daemon_is_refused_with_its_script() {
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("seed-forwarder");
     // Per connection it connects to the service before reading.
-    let script = write_script(
-        &dir,
-        "forwarder.py",
-        &format!(
-            r#"import socket, threading
-def pump(a, b):
-    try:
-        while d := a.recv(65536): b.sendall(d)
-    except OSError: pass
-    for s in (a, b):
-        try: s.shutdown(socket.SHUT_RDWR)
-        except OSError: pass
-def serve(c):
-    try: u = socket.create_connection(("127.0.0.1", {PROTECTED}))
-    except OSError: return c.close()
-    threading.Thread(target=pump, args=(c, u), daemon=True).start(); pump(u, c)
-l = socket.create_server(("{LOCAL_ADDR}", {FORWARDER_PORT}))
-while True: threading.Thread(target=serve, args=(l.accept()[0],), daemon=True).start()
-"#
-        ),
-    );
-    let _forwarder = topo.local.spawn(SYSTEM_PYTHON, &[&script]);
-    topo.local.wait_listening(FORWARDER_PORT);
+    let (_forwarder, script) = spawn_forwarder(&topo.local, &dir, LOCAL_ADDR, FORWARDER_PORT);
     let url = format!("http://{LOCAL_ADDR}:{FORWARDER_PORT}/");
     assert_eq!(
         topo.remote.curl(&url),
