@@ -78,6 +78,9 @@ pub const SCRIPT_LEN: usize = 64;
 /// Processes whose network-facing state, lineage or script the kernel
 /// tracks at once (`LW_PROCS`); past it new ones are counted, not tracked.
 pub const MAX_TRACKED: u32 = 32768;
+/// Entries of `LW_TRACKED`: one byte per possible tgid (`PID_MAX_LIMIT`,
+/// 4,194,304 on 64-bit), 64 to an entry.
+pub const TRACKED_ENTRIES: u32 = 4_194_304 / 64;
 /// Outbound connections to non-local peers awaiting their handshake.
 pub const MAX_PENDING: u32 = 8192;
 /// Listening sockets on non-loopback addresses the kernel remembers.
@@ -130,6 +133,11 @@ pub mod maps {
     /// `HashMap<u32, ProcState>`: per process (tgid), what made it
     /// network-facing, its catalogued lineage and its script.
     pub const PROCS: &str = "LW_PROCS";
+    /// `Array<[u8; 64]>` of [`super::TRACKED_ENTRIES`]: byte `tgid % 64` of
+    /// entry `tgid / 64` is 1 while `LW_PROCS` may hold `tgid` (set before
+    /// an entry is made, cleared after it goes): a connect by a process
+    /// without one costs a byte load, not a hash lookup.
+    pub const TRACKED: &str = "LW_TRACKED";
     /// `LruHashMap<u64, Pending>`: outbound TCP connects to non-local peers
     /// by socket cookie, until their handshake completes or fails.
     pub const PENDING: &str = "LW_PENDING";
@@ -157,6 +165,7 @@ pub mod maps {
         DROPS_REPORTED,
         RULES_SCRIPT,
         PROCS,
+        TRACKED,
         PENDING,
         LISTENERS,
     ];

@@ -269,7 +269,12 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     // across them would double the paths the verifier walks.)
     // A process with no entry reads the zeroed one: either way the values
     // are loads from map memory, so the verifier's paths merge here.
-    let p = match PROCS.get_ptr(tgid) {
+    let found = if procs::maybe_tracked(tgid) {
+        PROCS.get_ptr(tgid)
+    } else {
+        None
+    };
+    let p = match found {
         Some(p) => p,
         None => procs::empty(),
     };

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use loopwarden_common::{
     Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GENERATIONS, GenKey,
     ListenerKey, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_PENDING, MAX_TRACKED, Meta,
-    PORT_WORDS, Pending, ProcState, Settings, filter_bit, stats, verdict,
+    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit, stats, verdict,
 };
 
 #[map(name = "LW_GENERATION")]
@@ -128,6 +128,10 @@ pub static RULES_SCRIPT: HashMap<GenKey<u64>, u64> =
 /// when the process exits; a full map counts `stats::UNTRACKED`.
 #[map(name = "LW_PROCS")]
 pub static PROCS: HashMap<u32, ProcState> = HashMap::with_max_entries(MAX_TRACKED, 0);
+
+/// Which tgids may have an `LW_PROCS` entry (see loopwarden_common::maps::TRACKED).
+#[map(name = "LW_TRACKED")]
+pub static TRACKED: Array<[u8; 64]> = Array::with_max_entries(TRACKED_ENTRIES, 0);
 
 /// Outbound connects to non-local peers, by socket cookie, until the
 /// handshake completes (evidence) or fails.

@@ -21,7 +21,7 @@ use crate::{
     identity::{self, Task},
     maps::{PROCS, SETTINGS, generation},
     names::{self, Words, is_interpreter},
-    procs::{entry, forget_recorded, insert},
+    procs::{self, entry, forget_recorded, insert},
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
@@ -46,7 +46,7 @@ pub fn lw_exit(ctx: BtfTracePointContext) -> i32 {
     let tgid = task.tgid();
     // The main thread's exit ends the process's entry.
     if task.pid() == tgid {
-        let _ = PROCS.remove(tgid);
+        procs::remove(tgid);
     }
     0
 }
@@ -92,7 +92,7 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
         *(*state).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>() = script;
         (*state).script_hash = hash;
         if (*stored)[0] == 0 && hash == 0 {
-            let _ = PROCS.remove(tgid);
+            procs::remove(tgid);
         }
     }
     0

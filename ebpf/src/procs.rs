@@ -6,7 +6,7 @@
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64};
 use loopwarden_common::{Addr, EXE_NAME_LEN, Evidence, ProcState, SCRIPT_LEN, evidence, stats};
 
-use crate::maps::{PROCS, RECORDED, count};
+use crate::maps::{PROCS, RECORDED, TRACKED, count};
 
 /// Which of a process's two kinds of evidence a new one replaces.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,7 @@ pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
     let Some(state) = entry(tgid) else {
         return;
     };
+    mark(tgid);
     // SAFETY: a pointer to the map's value; a racing writer can at worst
     // interleave two pieces of evidence, each of which is true.
     unsafe {
@@ -127,9 +128,49 @@ pub fn forget_recorded() {
     }
 }
 
+/// `tgid`'s byte in `LW_TRACKED`.
+#[inline(always)]
+fn tracked_byte(tgid: u32) -> Option<*mut u8> {
+    let entry = TRACKED.get_ptr_mut(tgid >> 6)?;
+    // SAFETY: a pointer into the map's value; the index is masked in bounds.
+    Some(unsafe { (*entry).as_mut_ptr().add((tgid & 63) as usize) })
+}
+
+/// Whether `LW_PROCS` may hold `tgid` (no: it surely does not).
+#[inline(always)]
+pub fn maybe_tracked(tgid: u32) -> bool {
+    match tracked_byte(tgid) {
+        // SAFETY: a pointer into the map's value.
+        Some(b) => (unsafe { core::ptr::read_volatile(b) }) != 0,
+        None => true,
+    }
+}
+
+/// Notes that `LW_PROCS` may hold `tgid`: before an entry is made, and
+/// again at each write (which mends a note a racing removal cleared).
+#[inline(always)]
+pub fn mark(tgid: u32) {
+    if let Some(b) = tracked_byte(tgid) {
+        // SAFETY: a pointer into the map's value; one byte per tgid, so
+        // no other process's note shares the store.
+        unsafe { core::ptr::write_volatile(b, 1) };
+    }
+}
+
+/// Removes `tgid`'s entry, then its note.
+#[inline(always)]
+pub fn remove(tgid: u32) {
+    let _ = PROCS.remove(tgid);
+    if let Some(b) = tracked_byte(tgid) {
+        // SAFETY: as in mark.
+        unsafe { core::ptr::write_volatile(b, 0) };
+    }
+}
+
 /// Adds or replaces `tgid`'s state, counting a full map.
 #[inline(always)]
 pub fn insert(tgid: u32, state: &ProcState) {
+    mark(tgid);
     if PROCS.insert(tgid, state, 0).is_err() {
         count(stats::UNTRACKED);
     }

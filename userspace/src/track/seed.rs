@@ -38,7 +38,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, MapError},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
     sys::SyscallError,
 };
 use loopwarden_common::{
@@ -103,7 +103,7 @@ pub fn seed(ebpf: &mut Ebpf) -> Seeded {
 }
 
 fn try_seed(ebpf: &mut Ebpf) -> Result<Seeded, String> {
-    let now = monotonic_ns();
+    let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     let scan = scan().map_err(|e| format!("listing processes: {e}"))?;
     let mut plan = Plan::default();
     for (netns, pids) in &scan.netns {
@@ -113,7 +113,27 @@ fn try_seed(ebpf: &mut Ebpf) -> Result<Seeded, String> {
     }
     let mut procs: BpfHashMap<_, u32, ProcState> = take(ebpf, maps::PROCS)?;
     let mut listeners: BpfHashMap<_, ListenerKey, u32> = take(ebpf, maps::LISTENERS)?;
-    Ok(write(&plan, &scan.scripts, &mut procs, &mut listeners))
+    let tracked = ebpf
+        .take_map(maps::TRACKED)
+        .ok_or_else(|| format!("the eBPF object has no map {}", maps::TRACKED))?;
+    let mut tracked: Array<_, [u8; 64]> =
+        Array::try_from(tracked).map_err(|e| format!("map {}: {e}", maps::TRACKED))?;
+    Ok(write(
+        &plan,
+        &scan.scripts,
+        &mut procs,
+        &mut listeners,
+        &mut tracked,
+    ))
+}
+
+/// Sets `tgid`'s note in `LW_TRACKED` (read, set, written back: a note the
+/// kernel sets in the same entry meanwhile can be lost, and is set again
+/// at that process's next write).
+fn mark(tracked: &mut Array<MapData, [u8; 64]>, tgid: u32) -> Result<(), MapError> {
+    let mut entry = tracked.get(&(tgid >> 6), 0)?;
+    entry[(tgid & 63) as usize] = 1;
+    tracked.set(tgid >> 6, entry, 0)
 }
 
 /// The hash map `name`, taken out of the object (the programs keep it).
@@ -125,19 +145,6 @@ fn take<K: aya::Pod, V: aya::Pod>(
         .take_map(name)
         .ok_or_else(|| format!("the eBPF object has no map {name}"))?;
     BpfHashMap::try_from(map).map_err(|e| format!("map {name}: {e}"))
-}
-
-/// `bpf_ktime_get_ns()`'s clock, now.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// One pass over `/proc`: which network namespaces have processes, who
@@ -461,6 +468,7 @@ fn write(
     scripts: &HashMap<u32, [u8; SCRIPT_LEN]>,
     procs: &mut BpfHashMap<MapData, u32, ProcState>,
     listeners: &mut BpfHashMap<MapData, ListenerKey, u32>,
+    tracked: &mut Array<MapData, [u8; 64]>,
 ) -> Seeded {
     let mut seeded = Seeded::default();
     let mut failed = Failures::default();
@@ -495,6 +503,11 @@ fn write(
         if let Some(script) = scripts.get(&tgid) {
             state.script = *script;
             state.script_hash = script_hash(script);
+        }
+        // Noted before the entry is made, as the kernel does.
+        if let Err(e) = mark(tracked, tgid) {
+            failed.add(format_args!("pid {tgid}"), &e);
+            continue;
         }
         match procs.insert(tgid, state, NOEXIST) {
             Ok(()) => seeded.processes += 1,
