@@ -831,13 +831,10 @@ mod tests {
                 b"chisel_1.10",
             ],
         );
+        // (The second `-` is at index 17, past PREFIX_CUT_LIMIT.)
         expect(
             b"cloudflared-linux-amd64",
-            &[
-                b"cloudflared-linux-amd64",
-                b"cloudflared",
-                b"cloudflared-linux",
-            ],
+            &[b"cloudflared-linux-amd64", b"cloudflared"],
         );
         expect(
             b".tailscaled-wrapped",
@@ -856,18 +853,16 @@ mod tests {
 
     #[test]
     fn candidates_read_what_the_kernel_copies() {
-        // 31 bytes are read; a separator beyond them is no cut.
+        // 31 bytes are read.
         let name = b"abcdefghijklmnopqrstuvwxyz01234-x";
         expect(name, &[&name[..EXE_NAME_LEN - 1]]);
-        let name = b"abcdefghijklmnopqrstuvwxyz0123-x";
-        expect(
-            name,
-            &[&name[..EXE_NAME_LEN - 1], &name[..EXE_NAME_LEN - 2]],
-        );
-        let name = b".bcdefghijklmnopqrstuvwxyz0123-x";
-        expect(
-            name,
-            &[&name[1..EXE_NAME_LEN - 1], &name[1..EXE_NAME_LEN - 2]],
-        );
+        // Cuts only before separators at indexes below PREFIX_CUT_LIMIT
+        // (counted in the normalized name).
+        let name = b"abcdefghijklmno-x";
+        expect(name, &[name, &name[..PREFIX_CUT_LIMIT - 1]]);
+        let name = b"abcdefghijklmnop-x";
+        expect(name, &[name]);
+        let name = b".bcdefghijklmno-x";
+        expect(name, &[&name[1..], &name[1..PREFIX_CUT_LIMIT - 1]]);
     }
 }
