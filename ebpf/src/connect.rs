@@ -263,12 +263,11 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // What the tracking programs know, copied out of the entry at once as
-    // values loaded from memory.
-    // (Compared only after the rules: a comparison's result kept live
-    // across them would double the paths the verifier walks.)
-    // A process with no entry reads the zeroed one: either way the values
-    // are loads from map memory, so the verifier's paths merge here.
+    // What the tracking programs know of the caller, copied out of its
+    // entry at once (a process without one reads the zeroed state: either
+    // way the values are loads from map memory, so the verifier's paths
+    // merge here), and compared only after the rules (a comparison's
+    // result kept live across them would double the paths it walks).
     let found = if procs::maybe_tracked(tgid) {
         PROCS.get_ptr(tgid)
     } else {
@@ -314,18 +313,16 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     };
     // The relay verdict: a network-facing caller, unless a user's allow
     // rule exempts it. The stricter of it and the rule's verdict stands.
-    {
-        if facing && rd!(s.flags) & flags::RELAY != 0 && bit & rd!(s.exempt) == 0 {
-            let relay = if rd!(s.flags) & flags::RELAY_DENY != 0 {
-                deny
-            } else {
-                verdict::AUDIT
-            };
-            if relay > outcome {
-                outcome = relay;
-                rule = RELAY_RULE;
-                report = true;
-            }
+    if facing && rd!(s.flags) & flags::RELAY != 0 && bit & rd!(s.exempt) == 0 {
+        let relay = if rd!(s.flags) & flags::RELAY_DENY != 0 {
+            deny
+        } else {
+            verdict::AUDIT
+        };
+        if relay > outcome {
+            outcome = relay;
+            rule = RELAY_RULE;
+            report = true;
         }
     }
     Decision {
@@ -407,8 +404,8 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, tracked: &Tracke
     // Names and executables are first checked against the settings'
     // filters: a client no rule names (the common case) skips the lookups.
     if m & !rd!(s.wild_exe_name) != 0 {
-        // The filter first, on the name's head: a client no rule names
-        // (the common case) reads no more of it and looks nothing up.
+        // The name's head is checked first; only a possible match reads
+        // the whole name.
         let mut named = if names::may_be_named(s, &identity::exe_name_head(exe_file)) {
             names::name_mask(g, s, &identity::exe_name_words(exe_file))
         } else {

@@ -5,7 +5,11 @@
 //! sent. For a TCP connect to a protected destination (a loopback address, or
 //! the host's own address when the policy asks) on a protected port, they read
 //! the calling task's identity, match it against the policy maps and refuse,
-//! report or allow the connect.
+//! report or allow the connect ([`connect`]). The tracking programs keep,
+//! per process, the evidence that it faces the network, its lineage and
+//! its script, for the relay verdict: socket tracepoints ([`sockets`]),
+//! the UDP receive hooks ([`recvmsg`]) and process tracepoints
+//! ([`process`]).
 //!
 //! # Minimum kernel version
 //! 5.18 (`bpf_set_retval` in cgroup programs); 5.8 for the ring buffer.
