@@ -311,6 +311,17 @@ pub struct Evidence {
     pub _pad: [u8; 5],
 }
 
+impl Evidence {
+    /// No evidence.
+    pub const NONE: Evidence = Evidence {
+        addr: Addr { words: [0; 4] },
+        ktime_ns: 0,
+        port: 0,
+        kind: evidence::NONE,
+        _pad: [0; 5],
+    };
+}
+
 /// `LW_PROCS` value: what the kernel knows about one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -329,6 +340,27 @@ pub struct ProcState {
     /// [`script_hash`] of `script` (0: none): what script rules key on.
     pub script_hash: u64,
 }
+
+impl ProcState {
+    /// A state with nothing in it.
+    pub const EMPTY: ProcState = ProcState {
+        standing: Evidence::NONE,
+        recent: Evidence::NONE,
+        lineage: [0; EXE_NAME_LEN],
+        script: [0; SCRIPT_LEN],
+        script_hash: 0,
+    };
+}
+
+/// Interpreters whose first operand is the script they run: an executable
+/// one of whose prefix-form keys ([`exe_name_candidates`]) is one of these
+/// names has its script read at exec (and by the seeding from `/proc`).
+pub const INTERPRETERS: [&[u8]; 9] = [
+    b"python", b"python2", b"python3", b"node", b"nodejs", b"perl", b"ruby", b"php", b"deno",
+];
+/// Command-line arguments looked at for an interpreter's script: argv[0]
+/// and the five after it.
+pub const SCRIPT_MAX_ARGS: usize = 6;
 
 /// FNV-1a of a script path's bytes up to its first NUL (at most
 /// `SCRIPT_LEN - 1` of them); never 0, which means "no script". The kernel

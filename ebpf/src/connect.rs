@@ -20,9 +20,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use loopwarden_common::{
-    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, GenKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED,
-    NO_RULE, PORT_WORDS, RELAY_RULE, SCRIPT_LEN, Settings, evidence, exe_filter_value, flags,
-    stats, verdict,
+    Addr, COMM_LEN, ConnectEvent, EXE_NAME_LEN, Evidence, GenKey, MAX_ANCESTORS,
+    MAX_CGROUP_LEVELS_USED, NO_RULE, PORT_WORDS, RELAY_RULE, SCRIPT_LEN, Settings, evidence,
+    exe_filter_value, flags, stats, verdict,
 };
 
 use crate::{
@@ -33,7 +33,7 @@ use crate::{
         RULES_EXE, RULES_SCRIPT, RULES_UID, SETTINGS, count, generation, in_filter, mask,
     },
     names::{self, Words},
-    procs::{self, NO_EVIDENCE, now},
+    procs::{self, now},
     sockets,
 };
 
@@ -622,14 +622,14 @@ fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, s
         let script = (*ev).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>();
         match PROCS.get_ptr(d.tgid) {
             None => {
-                (*ev).via = NO_EVIDENCE;
+                (*ev).via = Evidence::NONE;
                 script.write_unaligned([0; SCRIPT_LEN / 8]);
             }
             Some(state) => {
                 (*ev).via = match procs::network_facing(&*state, now(), d.window_ns) {
                     procs::Which::Standing => (*state).standing,
                     procs::Which::Recent => (*state).recent,
-                    procs::Which::Neither => NO_EVIDENCE,
+                    procs::Which::Neither => Evidence::NONE,
                 };
                 script.write_unaligned(core::ptr::read_volatile((*state).script.as_ptr().cast()));
             }

@@ -9,7 +9,7 @@
 //! [`EXE_NAME_PREFIX_MARK`] in its last byte.
 
 use loopwarden_common::{
-    EXE_NAME_LEN, EXE_NAME_PREFIX_MARK, GenKey, MAX_PREFIX_CANDIDATES, Settings,
+    EXE_NAME_LEN, EXE_NAME_PREFIX_MARK, GenKey, INTERPRETERS, MAX_PREFIX_CANDIDATES, Settings,
 };
 
 use crate::maps::{RULES_EXE_NAME, in_filter, mask};
@@ -117,20 +117,18 @@ pub fn for_each_prefix_key(name: &Words, mut f: impl FnMut(&Words)) {
     }
 }
 
-/// Names of interpreters whose first operand is the program they run: a
-/// prefix-form key (`python3.11` gives `python3`) equal to one of these
-/// makes the exec handler read the script from the command line.
-const INTERPRETERS: [u64; 9] = [
-    word(b"python"),
-    word(b"python2"),
-    word(b"python3"),
-    word(b"node"),
-    word(b"nodejs"),
-    word(b"perl"),
-    word(b"ruby"),
-    word(b"php"),
-    word(b"deno"),
-];
+/// [`INTERPRETERS`] as words: a prefix-form key (`python3.11` gives
+/// `python3`) equal to one of these makes the exec handler read the
+/// script from the command line.
+const INTERPRETER_WORDS: [u64; INTERPRETERS.len()] = {
+    let mut words = [0; INTERPRETERS.len()];
+    let mut i = 0;
+    while i < INTERPRETERS.len() {
+        words[i] = word(INTERPRETERS[i]);
+        i += 1;
+    }
+    words
+};
 
 const fn word(name: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
@@ -149,7 +147,7 @@ pub fn is_interpreter(name: &Words) -> bool {
     let mut found = false;
     for_each_prefix_key(name, |key| {
         if key[1] == 0 && key[2] == 0 && key[3] == MARK {
-            for w in INTERPRETERS {
+            for w in INTERPRETER_WORDS {
                 found |= key[0] == w;
             }
         }

@@ -15,7 +15,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use loopwarden_common::{SCRIPT_LEN, evidence, script_hash};
+use loopwarden_common::{SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence, script_hash};
 
 use crate::{
     identity::{self, Task},
@@ -116,15 +116,12 @@ fn inherited_key(name: &Words) -> Option<Words> {
     names::first_key(g, live, name, inherited)
 }
 
-/// Arguments looked at for the script: the interpreter's name and options.
-const MAX_ARGS: usize = 6;
-
 /// The interpreter's first operand (the script) into `out`: options are
 /// skipped, and `-c`, `-e` or `-m` (code or a module, not a file) mean none.
 #[inline(always)]
 fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
     let (mut at, end) = task.args();
-    for i in 0..MAX_ARGS {
+    for i in 0..SCRIPT_MAX_ARGS {
         if at == 0 || at >= end {
             return;
         }

@@ -4,7 +4,7 @@
 //! hooks.
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64};
-use loopwarden_common::{Addr, EXE_NAME_LEN, Evidence, ProcState, SCRIPT_LEN, evidence, stats};
+use loopwarden_common::{Addr, Evidence, ProcState, evidence, stats};
 
 use crate::maps::{PROCS, RECORDED, TRACKED, count};
 
@@ -21,13 +21,7 @@ pub enum Slot {
 /// from it and then written in place, so no program builds one on its
 /// stack (the verifier allows 512 bytes for a whole call chain, and
 /// Linux 6.1 counts frames more coarsely than later kernels).
-static EMPTY: ProcState = ProcState {
-    standing: NO_EVIDENCE,
-    recent: NO_EVIDENCE,
-    lineage: [0; EXE_NAME_LEN],
-    script: [0; SCRIPT_LEN],
-    script_hash: 0,
-};
+static EMPTY: ProcState = ProcState::EMPTY;
 
 /// The zeroed state, for a process with none.
 #[inline(always)]
@@ -45,14 +39,6 @@ pub fn entry(tgid: u32) -> Option<*mut ProcState> {
     insert(tgid, &EMPTY);
     PROCS.get_ptr_mut(tgid)
 }
-
-pub const NO_EVIDENCE: Evidence = Evidence {
-    addr: Addr { words: [0; 4] },
-    ktime_ns: 0,
-    port: 0,
-    kind: evidence::NONE,
-    _pad: [0; 5],
-};
 
 /// Records evidence of `kind` about the peer `addr`:`port` for process
 /// `tgid`, now. Accepted evidence is not overwritten by a later listen.

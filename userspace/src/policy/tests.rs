@@ -1349,13 +1349,7 @@ script = "bridge.py"
 "#,
         &host(),
     );
-    let mut state = ProcState {
-        standing: Evidence::default(),
-        recent: Evidence::default(),
-        lineage: [0; 32],
-        script: [0; 64],
-        script_hash: 0,
-    };
+    let mut state = ProcState::EMPTY;
     let id = |state: ProcState, name: &str| ProcessIdentity {
         exe_name: name.as_bytes().to_vec(),
         tracked: Some(state),

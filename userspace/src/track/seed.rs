@@ -42,8 +42,8 @@ use aya::{
     sys::SyscallError,
 };
 use loopwarden_common::{
-    EXE_NAME_LEN, Evidence, ListenerKey, ProcState, SCRIPT_LEN, evidence, exe_name_candidates,
-    exe_name_prefix_key, maps, script_hash,
+    Evidence, INTERPRETERS, ListenerKey, ProcState, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence,
+    exe_name_candidates, exe_name_prefix_key, maps, script_hash,
 };
 use procfs::{
     ProcError,
@@ -61,16 +61,6 @@ const EXIST: u64 = aya_obj::generated::BPF_EXIST as u64;
 /// Pids kept per network namespace to read its socket tables through (one
 /// may exit meanwhile).
 const PIDS_PER_NETNS: usize = 4;
-
-/// Interpreters whose first operand is the script they run: the kernel's
-/// list (`ebpf/src/names.rs`), matched the same way.
-const INTERPRETERS: [&[u8]; 9] = [
-    b"python", b"python2", b"python3", b"node", b"nodejs", b"perl", b"ruby", b"php", b"deno",
-];
-
-/// Command-line arguments the kernel looks at for the script: argv[0] and
-/// the five after it (`MAX_ARGS` in `ebpf/src/process.rs`).
-const MAX_ARGS: usize = 6;
 
 /// What a seeding wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -249,7 +239,7 @@ fn script_of(cmdline: &[u8]) -> Option<[u8; SCRIPT_LEN]> {
     if argv0.len() >= SCRIPT_LEN - 1 {
         return None;
     }
-    for arg in args.take(MAX_ARGS - 1) {
+    for arg in args.take(SCRIPT_MAX_ARGS - 1) {
         match arg.first() {
             Some(b'-') => {
                 if matches!(arg, b"-c" | b"-e" | b"-m") || arg.len() >= SCRIPT_LEN - 1 {
@@ -410,23 +400,6 @@ impl Plan {
     }
 }
 
-/// A process state with nothing in it.
-const EMPTY: ProcState = ProcState {
-    standing: NO_EVIDENCE,
-    recent: NO_EVIDENCE,
-    lineage: [0; EXE_NAME_LEN],
-    script: [0; SCRIPT_LEN],
-    script_hash: 0,
-};
-
-const NO_EVIDENCE: Evidence = Evidence {
-    addr: loopwarden_common::Addr { words: [0; 4] },
-    ktime_ns: 0,
-    port: 0,
-    kind: evidence::NONE,
-    _pad: [0; 5],
-};
-
 /// The errno of a failed map syscall.
 fn errno(e: &MapError) -> Option<i32> {
     match e {
@@ -496,7 +469,7 @@ fn write(
         .collect();
     for tgid in tgids {
         let standing = plan.standing.get(&tgid).copied();
-        let mut state = EMPTY;
+        let mut state = ProcState::EMPTY;
         if let Some(ev) = standing {
             state.standing = ev;
         }
