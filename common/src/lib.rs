@@ -28,11 +28,13 @@
 //! `LW_META` carries the same version and every map has the shape it expects.
 #![no_std]
 
+pub mod origin;
+
 /// Version of the pinned maps' layout and meaning. Bump it with any change
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -85,6 +87,13 @@ pub const TRACKED_ENTRIES: u32 = 4_194_304 / 64;
 pub const MAX_PENDING: u32 = 8192;
 /// Listening sockets on non-loopback addresses the kernel remembers.
 pub const MAX_LISTENERS: u32 = 8192;
+/// Protected connects between connect() and the client's handshake
+/// completing (`LW_ORIGIN_PENDING`, LRU: one never completed is evicted).
+pub const MAX_ORIGIN_PENDING: u32 = 4096;
+/// Live connections to protected destinations the daemon can list and
+/// answer for (`LW_CONNS`, LRU: past it the oldest stop being listed; the
+/// socket's own tag, which `getsockopt` reads, is kept regardless).
+pub const MAX_CONNS: u32 = 65536;
 
 /// Map names, shared so userspace never spells one differently.
 pub mod maps {
@@ -145,6 +154,21 @@ pub mod maps {
     /// non-loopback socket into LISTEN.
     pub const LISTENERS: &str = "LW_LISTENERS";
 
+    /// `LruHashMap<u64, ConnectEvent>`: protected connects allowed to
+    /// proceed, by client socket cookie, until the client's handshake
+    /// completes (see [`super::origin`]).
+    pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
+    /// `LruHashMap<ConnKey, OriginRecord>`: protected connections by
+    /// their addresses, from the client's handshake to the accepted
+    /// socket's close: what the daemon lists and answers from.
+    pub const CONNS: &str = "LW_CONNS";
+    /// `SkStorage<OriginRecord>`: the tag on each accepted socket of a
+    /// protected connection, freed with the socket; `getsockopt` reads it.
+    pub const SK_ORIGIN: &str = "LW_SK_ORIGIN";
+    /// `PerCpuArray<ConnectEvent>`, one entry: where the connect hook
+    /// builds a record before copying it out (not pinned).
+    pub const SCRATCH: &str = "LW_SCRATCH";
+
     /// Every map that is pinned and adopted across daemon restarts.
     pub const PINNED: &[&str] = &[
         GENERATION,
@@ -168,6 +192,9 @@ pub mod maps {
         TRACKED,
         PENDING,
         LISTENERS,
+        ORIGIN_PENDING,
+        CONNS,
+        SK_ORIGIN,
     ];
 }
 
@@ -194,6 +221,12 @@ pub mod programs {
     pub const RECVMSG6: &str = "lw_recvmsg6";
     /// No-op `tp_btf/skb_copy_datagram_iovec` program for benchmarks.
     pub const BASELINE_RECEIVE: &str = "lw_baseline_receive";
+    /// `cgroup/getsockopt`: answers `SOL_LOOPWARDEN`/`LW_ORIGIN` on an
+    /// accepted socket with its [`crate::origin::OriginRecord`].
+    pub const GETSOCKOPT: &str = "lw_getsockopt";
+    /// No-op `cgroup/getsockopt` program for benchmarks: what any program
+    /// on that hook costs every getsockopt.
+    pub const BASELINE_GETSOCKOPT: &str = "lw_baseline_getsockopt";
 
     /// The tracking programs in cgroup hooks (attached and pinned like the
     /// connect hooks) and the hooks.
@@ -235,6 +268,9 @@ pub mod flags {
     pub const RELAY_DENY: u32 = 1 << 8;
     /// Some rule names an interpreted script.
     pub const SCRIPTS: u32 = 1 << 9;
+    /// Protected connects that proceed are tagged with their origin
+    /// (see [`super::origin`]).
+    pub const PROVENANCE: u32 = 1 << 10;
 }
 
 /// Indexes of the `LW_STATS` per-CPU counters.
@@ -514,6 +550,8 @@ pub struct KernelOffsets {
     pub net_inum: u32,
     /// `sk_buff.sk`
     pub skb_sk: u32,
+    /// `sock.sk_uid`
+    pub sk_uid: u32,
 }
 
 /// The policy-wide settings, `LW_SETTINGS[0]`.
@@ -713,6 +751,37 @@ pub struct Meta {
     pub dropped_reported: u64,
 }
 
+impl ConnectEvent {
+    /// All zero (no caller, no evidence).
+    pub const fn zeroed() -> Self {
+        ConnectEvent {
+            ktime_ns: 0,
+            policy_seq: 0,
+            socket_cookie: 0,
+            netns_cookie: 0,
+            start_boottime_ns: 0,
+            cgroup_id: 0,
+            exe: ExeKey { dev: 0, ino: 0 },
+            daddr: Addr { words: [0; 4] },
+            tgid: 0,
+            pid: 0,
+            ppid: 0,
+            uid: 0,
+            gid: 0,
+            dport: 0,
+            family: 0,
+            verdict: 0,
+            rule: 0,
+            _pad0: 0,
+            _pad1: 0,
+            comm: [0; COMM_LEN],
+            exe_name: [0; EXE_NAME_LEN],
+            via: Evidence::NONE,
+            script: [0; SCRIPT_LEN],
+        }
+    }
+}
+
 /// One reported connect, written by the kernel into `LW_EVENTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -762,7 +831,7 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 28);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 29);
 const _: () = assert!(core::mem::size_of::<Evidence>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + SCRIPT_LEN);
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
@@ -800,6 +869,8 @@ mod user {
     unsafe impl aya::Pod for ProcState {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for super::origin::OriginRecord {}
+    unsafe impl aya::Pod for super::origin::ConnKey {}
     // SAFETY: #[repr(C)] of integers with the size assertions above showing
     // no implicit padding for exactly these value types.
     unsafe impl aya::Pod for GenKey<u32> {}

@@ -30,9 +30,11 @@ use crate::{
     identity::{self, Task},
     maps::{
         DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM,
-        RULES_EXE, RULES_SCRIPT, RULES_UID, SETTINGS, count, generation, in_filter, mask,
+        RULES_EXE, RULES_SCRIPT, RULES_UID, SCRATCH, SCRATCH_CONNECT, SETTINGS, count, generation,
+        in_filter, mask,
     },
     names::{self, Words},
+    origin,
     procs::{self, now},
     sockets,
 };
@@ -196,6 +198,8 @@ struct Decision {
     exe_file: u64,
     /// The relay window the judgement used.
     window_ns: u64,
+    /// Tag the connection with its origin if it proceeds.
+    tag: bool,
     /// The caller's process: the report reads its `LW_PROCS` entry again
     /// (a pointer or a few-valued summary kept across the judgement would
     /// multiply the paths the verifier walks).
@@ -215,6 +219,7 @@ impl Decision {
             task: Task::null(),
             exe_file: 0,
             window_ns: 0,
+            tag: false,
             tgid: 0,
         }
     }
@@ -335,6 +340,7 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
         task,
         exe_file,
         window_ns: rd!(s.relay_window_ns),
+        tag: rd!(s.flags) & flags::PROVENANCE != 0,
         tgid,
     }
 }
@@ -359,8 +365,9 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
     if d.rule == RELAY_RULE {
         count(stats::RELAYED);
     }
-    if d.report {
-        report(ctx, d, dst, family, seq);
+    let tag = d.tag && d.outcome != verdict::DENY;
+    if d.report || tag {
+        record(ctx, d, dst, family, seq, tag);
     }
     if d.outcome != verdict::DENY {
         return ALLOW;
@@ -570,30 +577,70 @@ const RECORD_BYTES: u64 = (core::mem::size_of::<ConnectEvent>() as u64 + 8 + 7) 
 /// Past the backlog, one record in this many wakes the reader.
 const WAKEUP_EVERY: u64 = 32;
 
-/// Writes the event straight into its ring buffer (refusals into
-/// `LW_DENIALS`, the rest into `LW_EVENTS`), every field (the reserved memory
-/// is not zeroed), so no stack copy of it is built. A full ring buffer
-/// counts the loss by verdict: userspace reports it.
+/// Builds the connect's record in this CPU's scratch slot, then reports
+/// it (refusals into `LW_DENIALS`, the rest into `LW_EVENTS`) if the
+/// decision says so, and keeps it as the connection's origin if `tag`
+/// (see [`crate::origin`]). A full ring buffer counts the loss by
+/// verdict: userspace reports it.
 #[inline(always)]
-fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq: u64) {
-    let (task, exe_file) = (d.task, d.exe_file);
-    let deny = d.outcome == verdict::DENY;
-    let reserved = if deny {
-        DENIALS.reserve::<ConnectEvent>(0)
-    } else {
-        EVENTS.reserve::<ConnectEvent>(0)
-    };
-    let Some(mut entry) = reserved else {
-        count(stats::DROPPED);
-        count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
+fn record(
+    ctx: &SockAddrContext,
+    d: &Decision,
+    dst: &Destination,
+    family: u16,
+    seq: u64,
+    tag: bool,
+) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(SCRATCH_CONNECT) else {
         return;
     };
-    let ev = entry.as_mut_ptr();
+    // SAFETY: this CPU's scratch slot; the connect hooks never run nested
+    // on one CPU (they run in a syscall, never in an interrupt).
+    let ev = unsafe { &raw mut (*scratch).origin };
+    fill(ev, ctx, d, dst, family, seq);
+    if d.report {
+        let reserved = if d.outcome == verdict::DENY {
+            DENIALS.reserve::<ConnectEvent>(0)
+        } else {
+            EVENTS.reserve::<ConnectEvent>(0)
+        };
+        match reserved {
+            None => {
+                count(stats::DROPPED);
+                count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
+            }
+            Some(mut entry) => {
+                // SAFETY: a reserved, exclusively owned record of the
+                // right size, written whole.
+                unsafe { entry.as_mut_ptr().write(core::ptr::read(ev)) };
+                entry.submit(wakeup_flags(d.outcome == verdict::DENY));
+                count(stats::REPORTED);
+            }
+        }
+    }
+    if tag {
+        // SAFETY: as above; read only.
+        let ev = unsafe { &*ev };
+        origin::connecting(ev.socket_cookie, ev);
+    }
+}
+
+/// Writes every field of the record at `ev` (scratch memory is not zeroed).
+#[inline(always)]
+fn fill(
+    ev: *mut ConnectEvent,
+    ctx: &SockAddrContext,
+    d: &Decision,
+    dst: &Destination,
+    family: u16,
+    seq: u64,
+) {
+    let (task, exe_file) = (d.task, d.exe_file);
     let parent = task.parent();
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer record
-    // of the right size; fields are written through raw pointers.
+    // SAFETY: `ev` points at this CPU's scratch record; fields are
+    // written through raw pointers.
     unsafe {
         (*ev).ktime_ns = bpf_ktime_get_ns();
         (*ev).policy_seq = seq;
@@ -635,6 +682,4 @@ fn report(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, s
             }
         }
     }
-    entry.submit(wakeup_flags(deny));
-    count(stats::REPORTED);
 }

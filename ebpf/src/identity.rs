@@ -50,6 +50,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_protocol: 0,
     net_inum: 0,
     skb_sk: 0,
+    sk_uid: 0,
 });
 
 /// The offsets userspace patched in.

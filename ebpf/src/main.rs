@@ -9,7 +9,9 @@
 //! per process, the evidence that it faces the network, its lineage and
 //! its script, for the relay verdict: socket tracepoints ([`sockets`]),
 //! the UDP receive hooks ([`recvmsg`]) and process tracepoints
-//! ([`process`]).
+//! ([`process`]). Provenance ([`origin`]) binds each protected
+//! connection's origin to the accepted socket and answers the service's
+//! `getsockopt` about it.
 //!
 //! # Minimum kernel version
 //! 5.18 (`bpf_set_retval` in cgroup programs); 5.8 for the ring buffer.
@@ -22,6 +24,7 @@ mod connect;
 mod identity;
 mod maps;
 mod names;
+mod origin;
 mod process;
 mod procs;
 mod recvmsg;

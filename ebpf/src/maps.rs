@@ -2,13 +2,17 @@
 //! `loopwarden_common::maps`; userspace sizes some of them at load time.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GENERATIONS, GenKey,
-    ListenerKey, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_PENDING, MAX_TRACKED, Meta,
-    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit, stats, verdict,
+    Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GENERATIONS,
+    GenKey, ListenerKey, MAX_CONNS, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_ORIGIN_PENDING,
+    MAX_PENDING, MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES,
+    filter_bit,
+    origin::{ConnKey, OriginRecord},
+    stats, verdict,
 };
 
 #[map(name = "LW_GENERATION")]
@@ -160,4 +164,36 @@ pub struct Recorded {
     pub port: u16,
     pub kind: u8,
     pub _pad: u8,
+}
+
+/// Protected connects that proceed, by client socket cookie, until the
+/// client's handshake completes (see [`crate::origin`]).
+#[map(name = "LW_ORIGIN_PENDING")]
+pub static ORIGIN_PENDING: LruHashMap<u64, ConnectEvent> =
+    LruHashMap::with_max_entries(MAX_ORIGIN_PENDING, 0);
+
+/// Protected connections by their addresses, from the client's handshake
+/// to the accepted socket's close.
+#[map(name = "LW_CONNS")]
+pub static CONNS: LruHashMap<ConnKey, OriginRecord> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// The origin tag on each accepted socket of a protected connection; the
+/// kernel frees it with the socket.
+#[btf_map(name = "LW_SK_ORIGIN")]
+pub static SK_ORIGIN: SkStorage<OriginRecord> = SkStorage::new();
+
+/// Where records are built before they are copied into a map: slot
+/// [`SCRATCH_CONNECT`] for the connect hooks, [`SCRATCH_STATE`] for the
+/// state tracepoint (which may interrupt a connect hook on the same CPU,
+/// but never itself: the kernel skips a tracing program's nested run).
+/// Not pinned.
+#[map(name = "LW_SCRATCH")]
+pub static SCRATCH: PerCpuArray<OriginRecord> = PerCpuArray::with_max_entries(2, 0);
+pub const SCRATCH_CONNECT: u32 = 0;
+pub const SCRATCH_STATE: u32 = 1;
+
+/// `SK_ORIGIN` as a helper's map argument.
+#[inline(always)]
+pub fn sk_origin() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&SK_ORIGIN).cast_mut().cast()
 }

@@ -13,18 +13,22 @@
 //!   DNS answer, is `received` evidence. Unconnected UDP is seen by the
 //!   `recvmsg` hooks ([`crate::recvmsg`]).
 //!
+//! The state changes also carry protected connections' origins to the
+//! accepted socket ([`crate::origin`]).
+//!
 //! Both run in tp_btf programs: their arguments are BTF-typed, so field
 //! loads are checked by the verifier and run as direct loads.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use loopwarden_common::{Addr, ListenerKey, Pending, evidence, stats};
+use loopwarden_common::{Addr, ListenerKey, Pending, evidence, origin::ConnKey, stats};
 
 use crate::{
     addr::{is_loopback, is_unspecified, v4_mapped},
     identity::{load, offsets},
     maps::{LISTENERS, PENDING, count},
+    origin,
     procs::{Slot, record},
 };
 
@@ -73,6 +77,20 @@ fn end(sk: u64, remote: bool) -> Option<End> {
         _ => return None,
     };
     Some(End { addr, port })
+}
+
+/// A connection as `LW_CONNS` names it.
+#[inline(always)]
+fn conn_key(sk: u64, client: &End, server: &End) -> ConnKey {
+    let o = offsets();
+    let net: u64 = load(sk, o.sk_net);
+    ConnKey {
+        netns: load(net, o.net_inum),
+        client_port: client.port,
+        server_port: server.port,
+        client: client.addr,
+        server: server.addr,
+    }
 }
 
 /// The network namespace's inode number and the local port: whose
@@ -134,6 +152,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             let (Some(peer), Some(local)) = (end(sk, true), end(sk, false)) else {
                 return 0;
             };
+            origin::server_established(sk, &conn_key(sk, &peer, &local), load(sk, o.sk_uid));
             if is_loopback(&peer.addr) {
                 return 0;
             }
@@ -150,25 +169,30 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
             let cookie: u64 = load(sk, o.sk_cookie);
+            let (Some(local), Some(peer)) = (end(sk, false), end(sk, true)) else {
+                return 0;
+            };
+            // A protected connect's origin moves on, whatever the peer.
+            origin::client_established(cookie, &conn_key(sk, &local, &peer));
             // SAFETY: the value is plain data.
             let Some(pending) = (unsafe { PENDING.get(cookie) }).copied() else {
                 return 0;
             };
             let _ = PENDING.remove(cookie);
-            if let Some(peer) = end(sk, true) {
-                record(
-                    pending.tgid,
-                    Slot::Recent,
-                    evidence::CONNECTED,
-                    peer.addr,
-                    peer.port,
-                );
-            }
+            record(
+                pending.tgid,
+                Slot::Recent,
+                evidence::CONNECTED,
+                peer.addr,
+                peer.port,
+            );
         }
         (TCP_SYN_SENT, TCP_CLOSE) => {
             let cookie: u64 = load(sk, o.sk_cookie);
             let _ = PENDING.remove(cookie);
+            origin::connect_failed(cookie);
         }
+        (_, TCP_CLOSE) => origin::closed(sk),
         _ => {}
     }
     0

@@ -72,7 +72,8 @@ def btf(endian):
     common = agg(STRUCT, "sock_common", 128, [("", addrs, 0), ("skc_dport", u32, 96),
         ("skc_num", u32, 112), ("skc_family", u32, 128), ("skc_net", pnet, 192),
         ("skc_v6_daddr", arr, 256), ("skc_v6_rcv_saddr", arr, 384), ("skc_cookie", u64, 512)])
-    agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u32, 1024)])
+    agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u32, 1024),
+        ("sk_uid", u32, 1088)])
     ns = agg(STRUCT, "ns_common", 16, [("stashed", ptr, 0), ("inum", u32, 64)])
     agg(STRUCT, "net", 64, [("passive", u32, 0), ("ns", ns, 128)])
     agg(STRUCT, "sk_buff", 256, [("sk", ptr, 192), ("head", ptr, 1536)])

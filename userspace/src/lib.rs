@@ -9,7 +9,8 @@
 //! records into audit lines, [`report`] summarises repeats and batches
 //! the lines, [`cut`] destroys connections a newly enforced policy would
 //! have refused, [`track`] seeds the kernel's relay tracking from `/proc`
-//! at start, and [`daemon`] ties them together. [`ops`] holds
+//! at start, [`provenance`] reads the origins the kernel bound to
+//! protected connections, and [`daemon`] ties them together. [`ops`] holds
 //! `loopwarden status` (what the pins enforce right now) and `loopwarden
 //! doctor` (what the host offers).
 //!
@@ -27,6 +28,7 @@ pub mod kernel;
 #[cfg(not(fuzzing))]
 pub mod ops;
 pub mod policy;
+pub mod provenance;
 pub mod report;
 pub mod resolve;
 pub mod track;

@@ -24,6 +24,19 @@
 //!                                # "deny" refuses it (in enforce mode); "allow" turns it off
 //! window_ms = 2000               # default: how recent received/connected evidence must be
 //!
+//! [provenance]
+//! tag = true                     # default: bind each protected connection's origin to it
+//! getsockopt = true              # default: services ask with getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)
+//!                                # (a cgroup/getsockopt program at the root: every getsockopt pays for it)
+//! query = true                   # default: answer on <run_dir>/query.sock (and `who`, `conns`)
+//!
+//! [ident]
+//! listen = ["127.0.0.1:113", "[::1]:113"] # default: none (off); the RFC 1413 responder's addresses
+//! netns = "/run/netns/blue"      # bind those addresses inside this network namespace
+//! relayed = "NO-USER"            # default: the error a relayed or flagged client gets;
+//!                                # or "HIDDEN-USER", "UNKNOWN-ERROR"
+//! timeout_ms = 30000             # default: how long a silent ident client is kept
+//!
 //! [[rule]]
 //! name = "relay-socat"           # required, unique, [A-Za-z0-9_.:-]+; "catalog:" is reserved
 //! action = "deny"                # required: "deny" | "audit" | "allow"
@@ -223,6 +236,56 @@ pub struct Relay {
     pub window_ms: u32,
 }
 
+/// The `[provenance]` table: what is bound to protected connections and
+/// who can ask about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provenance {
+    /// Tag each protected connection that proceeds with its origin.
+    pub tag: bool,
+    /// Attach the `cgroup/getsockopt` program that hands the tag to the
+    /// accepting service.
+    pub getsockopt: bool,
+    /// Serve the query socket.
+    pub query: bool,
+}
+
+/// The error an ident client gets for a connection that is not a direct
+/// local user's (RFC 1413 error tokens).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub enum IdentError {
+    #[default]
+    #[serde(rename = "NO-USER")]
+    NoUser,
+    #[serde(rename = "HIDDEN-USER")]
+    HiddenUser,
+    #[serde(rename = "UNKNOWN-ERROR")]
+    UnknownError,
+}
+
+impl IdentError {
+    /// The token as the reply spells it.
+    pub const fn token(self) -> &'static str {
+        match self {
+            IdentError::NoUser => "NO-USER",
+            IdentError::HiddenUser => "HIDDEN-USER",
+            IdentError::UnknownError => "UNKNOWN-ERROR",
+        }
+    }
+}
+
+/// The `[ident]` table: the RFC 1413 responder (off without `listen`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ident {
+    pub listen: Vec<Located<std::net::SocketAddr>>,
+    /// Network namespace file to bind the listeners in; none: the daemon's.
+    pub netns: Option<Located<PathBuf>>,
+    pub relayed: IdentError,
+    pub timeout_ms: u32,
+}
+
+/// Bounds of `[ident] timeout_ms`.
+pub const IDENT_TIMEOUT_MS: std::ops::RangeInclusive<i64> = 100..=600_000;
+
 /// Bounds of `[relay] window_ms`.
 pub const RELAY_WINDOW_MS: std::ops::RangeInclusive<i64> = 1..=600_000;
 
@@ -249,6 +312,8 @@ pub struct Config {
     pub log_allowed: bool,
     pub protect: Protect,
     pub relay: Relay,
+    pub provenance: Provenance,
+    pub ident: Ident,
     /// User rules in file order.
     pub rules: Vec<Rule>,
     /// Things an operator should know about the file that do not stop it
@@ -276,6 +341,17 @@ impl Config {
             relay: Relay {
                 action: Action::Audit,
                 window_ms: 2000,
+            },
+            provenance: Provenance {
+                tag: true,
+                getsockopt: true,
+                query: true,
+            },
+            ident: Ident {
+                listen: Vec::new(),
+                netns: None,
+                relayed: IdentError::NoUser,
+                timeout_ms: 30_000,
             },
             rules: Vec::new(),
             warnings: Vec::new(),
@@ -456,6 +532,14 @@ pub enum Problem {
         RELAY_WINDOW_MS.end()
     )]
     RelayWindow { value: i64 },
+    #[error(
+        "timeout_ms is {value}: give milliseconds from {} to {}",
+        IDENT_TIMEOUT_MS.start(),
+        IDENT_TIMEOUT_MS.end()
+    )]
+    IdentTimeout { value: i64 },
+    #[error("`{text}` is not a socket address: write \"127.0.0.1:113\" or \"[::1]:113\"")]
+    BadSocketAddr { text: String },
     #[error(
         "script `{script}` is {len} bytes but the kernel keeps at most {max}, so it could never \
          match",

@@ -9,7 +9,7 @@ use serde::{
 };
 use toml::Spanned;
 
-use super::DenyErrno;
+use super::{DenyErrno, IdentError};
 use crate::policy::{Action, Mode};
 
 #[derive(Deserialize)]
@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) log_allowed: Option<bool>,
     pub(super) protect: Option<RawProtect>,
     pub(super) relay: Option<RawRelay>,
+    pub(super) provenance: Option<RawProvenance>,
+    pub(super) ident: Option<RawIdent>,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
 }
@@ -34,6 +36,8 @@ impl RawConfig {
             && self.log_allowed.is_none()
             && self.protect.is_none()
             && self.relay.is_none()
+            && self.provenance.is_none()
+            && self.ident.is_none()
             && self.rule.is_empty()
     }
 }
@@ -51,6 +55,23 @@ pub(super) struct RawProtect {
 pub(super) struct RawRelay {
     pub(super) action: Option<Action>,
     pub(super) window_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvenance {
+    pub(super) tag: Option<bool>,
+    pub(super) getsockopt: Option<bool>,
+    pub(super) query: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIdent {
+    pub(super) listen: Option<Spanned<OneOrMany<String>>>,
+    pub(super) netns: Option<Spanned<String>>,
+    pub(super) relayed: Option<IdentError>,
+    pub(super) timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

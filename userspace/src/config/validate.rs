@@ -10,10 +10,10 @@ use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES, SCRIPT_LEN};
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, Criteria, Located, MAX_NAME_BYTES, MAX_PATH_BYTES, PortRange, PortSet,
-    Problem, Protect, RELAY_WINDOW_MS, Relay, Rule,
+    Config, ConfigError, Criteria, IDENT_TIMEOUT_MS, Ident, Located, MAX_NAME_BYTES,
+    MAX_PATH_BYTES, PortRange, PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS, Relay, Rule,
     lines::LineIndex,
-    raw::{OneOrMany, PortItem, RawConfig, RawRule},
+    raw::{OneOrMany, PortItem, RawConfig, RawIdent, RawRule},
 };
 use crate::{
     catalog::{CATALOG, CATALOG_PREFIX},
@@ -95,6 +95,20 @@ impl Validator<'_> {
             },
         };
 
+        let provenance = match raw.provenance {
+            None => defaults.provenance,
+            Some(p) => Provenance {
+                tag: p.tag.unwrap_or(defaults.provenance.tag),
+                getsockopt: p.getsockopt.unwrap_or(defaults.provenance.getsockopt),
+                query: p.query.unwrap_or(defaults.provenance.query),
+            },
+        };
+
+        let ident = match raw.ident {
+            None => defaults.ident,
+            Some(i) => self.ident(i, defaults.ident)?,
+        };
+
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
@@ -121,8 +135,51 @@ impl Validator<'_> {
             log_allowed: raw.log_allowed.unwrap_or(defaults.log_allowed),
             protect,
             relay,
+            provenance,
+            ident,
             rules,
             warnings,
+        })
+    }
+
+    fn ident(&self, raw: RawIdent, defaults: Ident) -> Result<Ident, ConfigError> {
+        let listen = match raw.listen {
+            None => defaults.listen,
+            Some(list) => self.values("listen", list, |text: String| {
+                text.parse::<std::net::SocketAddr>()
+                    .map_err(|_| Problem::BadSocketAddr { text })
+            })?,
+        };
+        let netns = match raw.netns {
+            None => None,
+            Some(path) => {
+                let span = path.span();
+                let mut one = self.paths(
+                    "netns",
+                    Spanned::new(
+                        span.clone(),
+                        OneOrMany(vec![(Some(span), path.into_inner())]),
+                    ),
+                )?;
+                one.pop()
+            }
+        };
+        let timeout_ms = match raw.timeout_ms {
+            None => defaults.timeout_ms,
+            Some(t) => {
+                let span = t.span();
+                let value = t.into_inner();
+                if !IDENT_TIMEOUT_MS.contains(&value) {
+                    return Err(self.invalid(&span, Problem::IdentTimeout { value }));
+                }
+                value as u32
+            }
+        };
+        Ok(Ident {
+            listen,
+            netns,
+            relayed: raw.relayed.unwrap_or(defaults.relayed),
+            timeout_ms,
         })
     }
 

@@ -249,7 +249,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
         None => None,
     };
-    let takeover = programs.attach_pinned(&host.cgroup2_root, &pins)?;
+    let takeover = programs.attach_pinned(
+        &host.cgroup2_root,
+        &pins,
+        config.as_ref().map(|c| c.provenance.getsockopt),
+    )?;
     // With the tracking programs running, what happened before they did
     // (listeners, accepted connections, interpreters' scripts) is read
     // from /proc: from now on nothing is missed between the two.

@@ -187,6 +187,7 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         sk_net: btf.member_offset("sock", "__sk_common.skc_net.net")?,
         sk_cookie: btf.member_offset("sock", "__sk_common.skc_cookie")?,
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
+        sk_uid: btf.member_offset("sock", "sk_uid")?,
         net_inum: btf.member_offset("net", "ns.inum")?,
         skb_sk: btf.member_offset("sk_buff", "sk")?,
     })

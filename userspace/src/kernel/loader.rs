@@ -15,7 +15,9 @@ use std::{collections::HashMap, fs::File, io, path::Path};
 
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, links::FdLink,
+    },
 };
 use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
 
@@ -55,6 +57,16 @@ pub enum LoaderError {
         path: String,
         #[source]
         source: ProgramError,
+    },
+    #[error(
+        "attaching {name} to the cgroup v2 root {path} failed (cgroup sockopt programs need \
+         Linux 5.3+ with CONFIG_CGROUP_BPF)"
+    )]
+    AttachRaw {
+        name: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
     },
     #[error(transparent)]
     Pin(#[from] PinError),
@@ -168,6 +180,10 @@ impl Programs {
             .collect();
         let mut programs = Self::load_only(&paths, offsets, ENFORCER)?;
         programs.load_trackers()?;
+        let name = programs::GETSOCKOPT;
+        sockopt(&mut programs.ebpf, name)?
+            .load()
+            .map_err(|source| LoaderError::Verify { name, source })?;
         programs.staged = staged;
         Ok(programs)
     }
@@ -250,10 +266,15 @@ impl Programs {
     /// program judges every connect until the update, the new one every
     /// connect after); a link not pinned yet is created and pinned. Staged
     /// maps then replace the old pinned maps.
+    ///
+    /// `getsockopt` says whether the `cgroup/getsockopt` program answers
+    /// services (attached, or updated in place, and pinned) or not (its
+    /// pinned link, if any, is removed); `None` leaves it as pinned.
     pub fn attach_pinned(
         &mut self,
         cgroup_root: &Path,
         pins: &PinDir,
+        getsockopt: Option<bool>,
     ) -> Result<Takeover, LoaderError> {
         let cgroup = open_cgroup(cgroup_root)?;
         let mut takeover = Takeover::Updated;
@@ -261,24 +282,7 @@ impl Programs {
             let pin = pins.link(name);
             let prog = program(&mut self.ebpf, name)?;
             if pin.exists() {
-                let update = |source| LoaderError::LinkUpdate {
-                    name,
-                    path: pin.display().to_string(),
-                    source,
-                };
-                let link = sys::obj_get(&pin).map_err(update)?;
-                let prog_fd = prog
-                    .fd()
-                    .map_err(|source| LoaderError::Verify { name, source })?;
-                use std::os::fd::AsFd as _;
-                sys::link_update(link.as_fd(), prog_fd.as_fd(), None).map_err(update)?;
-                let want = prog.info().map(|i| i.id()).ok();
-                let runs = sys::link_prog_id(&link).ok();
-                if want.is_some() && want != runs {
-                    return Err(update(io::Error::other(format!(
-                        "the link runs program {runs:?} after the update, not {want:?}"
-                    ))));
-                }
+                update_link(name, &pin, prog)?;
                 continue;
             }
             takeover = Takeover::Attached;
@@ -299,11 +303,57 @@ impl Programs {
         if self.tracking {
             self.attach_trackers(pins)?;
         }
+        if let Some(want) = getsockopt {
+            self.attach_getsockopt(&cgroup, cgroup_root, pins, want)?;
+        }
         if self.staged {
             pins.promote_staging()?;
             self.staged = false;
         }
         Ok(takeover)
+    }
+
+    /// Makes the pinned `cgroup/getsockopt` link run our program (`want`),
+    /// or removes it. Removing the pin detaches the program once no
+    /// process holds the link either.
+    fn attach_getsockopt(
+        &mut self,
+        cgroup: &File,
+        cgroup_root: &Path,
+        pins: &PinDir,
+        want: bool,
+    ) -> Result<(), LoaderError> {
+        let name = programs::GETSOCKOPT;
+        let pin = pins.link(name);
+        let pin_failed = |message: String| LoaderError::PinLink {
+            name,
+            path: pin.display().to_string(),
+            message,
+        };
+        if !want {
+            return match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_failed(e.to_string())),
+                _ => Ok(()),
+            };
+        }
+        let prog = sockopt(&mut self.ebpf, name)?;
+        if pin.exists() {
+            return update_link(name, &pin, prog);
+        }
+        // aya 0.14 cannot turn a sockopt link into a pinnable FdLink: the
+        // link is created and pinned with our own bpf(2) calls.
+        let prog_fd = prog
+            .fd()
+            .map_err(|source| LoaderError::Verify { name, source })?;
+        use std::os::fd::AsFd as _;
+        let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), sys::ATTACH_GETSOCKOPT)
+            .map_err(|e| LoaderError::AttachRaw {
+                name,
+                path: cgroup_root.display().to_string(),
+                source: e,
+            })?;
+        sys::obj_pin(link.as_fd(), &pin).map_err(|e| pin_failed(e.to_string()))?;
+        Ok(())
     }
 
     /// Attaches each tracking program with a new link, pinned over the
@@ -359,6 +409,55 @@ impl Programs {
     }
 }
 
+/// Switches the cgroup link pinned at `pin` to `prog` in place
+/// (`BPF_LINK_UPDATE`) and checks that it runs it.
+fn update_link(
+    name: &'static str,
+    pin: &Path,
+    prog: &mut impl ProgramFd,
+) -> Result<(), LoaderError> {
+    let update = |source| LoaderError::LinkUpdate {
+        name,
+        path: pin.display().to_string(),
+        source,
+    };
+    let link = sys::obj_get(pin).map_err(update)?;
+    let (prog_fd, want) = prog
+        .fd_and_id()
+        .map_err(|source| LoaderError::Verify { name, source })?;
+    use std::os::fd::AsFd as _;
+    sys::link_update(link.as_fd(), prog_fd.as_fd(), None).map_err(update)?;
+    let runs = sys::link_prog_id(&link).ok();
+    if want.is_some() && want != runs {
+        return Err(update(io::Error::other(format!(
+            "the link runs program {runs:?} after the update, not {want:?}"
+        ))));
+    }
+    Ok(())
+}
+
+/// What [`update_link`] needs of a loaded program, whatever its type.
+trait ProgramFd {
+    /// A duplicate of the program's descriptor, and its id if the kernel
+    /// says.
+    fn fd_and_id(&self) -> Result<(std::os::fd::OwnedFd, Option<u32>), ProgramError>;
+}
+
+use std::os::fd::AsFd as _;
+
+macro_rules! program_fd {
+    ($($ty:ty),*) => {$(
+        impl ProgramFd for $ty {
+            fn fd_and_id(&self) -> Result<(std::os::fd::OwnedFd, Option<u32>), ProgramError> {
+                let fd = self.fd()?.as_fd().try_clone_to_owned()?;
+                let id = self.info().map(|i| i.id()).ok();
+                Ok((fd, id))
+            }
+        }
+    )*};
+}
+program_fd!(CgroupSockAddr, CgroupSockopt);
+
 fn open_cgroup(cgroup_root: &Path) -> Result<File, LoaderError> {
     File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
         path: cgroup_root.display().to_string(),
@@ -400,6 +499,16 @@ fn tracker<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut BtfTracePoint, LoaderError> {
+    ebpf.program_mut(name)
+        .ok_or(LoaderError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoaderError::Verify { name, source })
+}
+
+fn sockopt<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockopt, LoaderError> {
     ebpf.program_mut(name)
         .ok_or(LoaderError::MissingProgram { name })?
         .try_into()

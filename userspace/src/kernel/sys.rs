@@ -3,7 +3,9 @@
 //! place (`BPF_LINK_UPDATE`), and asking a link which program it runs and
 //! where. For `loopwarden status` and `doctor` also: which programs a cgroup
 //! runs (`BPF_PROG_QUERY`), and loading and linking a program of a few
-//! hand-written instructions (the `BPF_LINK_UPDATE` probe). Each builds the
+//! hand-written instructions (the `BPF_LINK_UPDATE` probe). And linking
+//! and pinning a program whose link type aya cannot pin
+//! (`cgroup/getsockopt`). Each builds the
 //! command's `union bpf_attr` member as laid out in include/uapi/linux/bpf.h.
 
 use std::{
@@ -17,6 +19,7 @@ use std::{
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -35,6 +38,18 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64], size: usize) -> io::Result<i64> {
     } else {
         Ok(rc)
     }
+}
+
+/// Pins a BPF object at `path` in bpffs (`BPF_OBJ_PIN`).
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains NUL"))?;
+    // struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; }
+    let mut attr = [0u64; 2];
+    attr[0] = c_path.as_ptr() as u64;
+    attr[1] = u64::from(fd.as_raw_fd() as u32);
+    bpf(BPF_OBJ_PIN, &mut attr, 16)?;
+    Ok(())
 }
 
 /// Opens a pinned BPF object (`BPF_OBJ_GET`).
@@ -104,6 +119,8 @@ pub const LINK_TYPE_CGROUP: u32 = 3;
 pub const ATTACH_INET4_CONNECT: u32 = 10;
 /// `BPF_CGROUP_INET6_CONNECT`.
 pub const ATTACH_INET6_CONNECT: u32 = 11;
+/// `BPF_CGROUP_GETSOCKOPT`.
+pub const ATTACH_GETSOCKOPT: u32 = 21;
 /// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`.
 pub const PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 

@@ -83,6 +83,7 @@ fn settings(config: &Config) -> Settings {
     flags |= set(config.log_allowed, flags::LOG_ALLOWED);
     flags |= set(config.relay.action != Action::Allow, flags::RELAY);
     flags |= set(config.relay.action == Action::Deny, flags::RELAY_DENY);
+    flags |= set(config.provenance.tag, flags::PROVENANCE);
     Settings {
         flags,
         deny_errno: config.deny_errno.errno(),

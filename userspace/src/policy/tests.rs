@@ -262,7 +262,7 @@ ancestor_exe = "/usr/bin/tmux"
     assert_eq!(s.cgroup_levels, 1 << 2);
     assert_eq!(
         s.flags,
-        flags::ENABLED | flags::ALL_PORTS | flags::ANCESTORS | flags::RELAY
+        flags::ENABLED | flags::ALL_PORTS | flags::ANCESTORS | flags::RELAY | flags::PROVENANCE
     );
     assert_eq!(s.deny_errno, 111);
 
@@ -690,7 +690,10 @@ fn embedded_default_compiles_on_a_bare_host() {
     assert!(policy.netns.is_empty());
     assert!(policy.warnings.is_empty());
     let s = &policy.settings;
-    assert_eq!(s.flags, flags::ENABLED | flags::ALL_PORTS | flags::RELAY);
+    assert_eq!(
+        s.flags,
+        flags::ENABLED | flags::ALL_PORTS | flags::RELAY | flags::PROVENANCE
+    );
     assert_eq!(s.relay_window_ns, 2_000_000_000);
     assert_eq!(s.active.count_ones() as usize, CATALOG.len());
     assert_eq!(s.wild_exe_name, 0);
@@ -726,6 +729,7 @@ comm = "x"
             | flags::HOST_ADDRS
             | flags::LOG_ALLOWED
             | flags::RELAY
+            | flags::PROVENANCE
     );
     assert_eq!(s.deny_errno, 1);
     assert!(policy.host_addresses);

@@ -1,0 +1,107 @@
+//! Provenance: the origin of a protected connection, bound to it for its
+//! whole life and handed to the service that accepted it.
+//!
+//! The connect hook records the caller (a [`ConnectEvent`]) by the client
+//! socket's cookie (`LW_ORIGIN_PENDING`); when the client's handshake
+//! completes, the record moves to `LW_CONNS` under the connection's
+//! addresses ([`ConnKey`]); when the server's side completes, it is copied
+//! into the accepted socket's storage (`LW_SK_ORIGIN`), which the kernel
+//! frees with the socket, and the `LW_CONNS` entry goes when that socket
+//! closes. A service asks with one `getsockopt(fd, SOL_LOOPWARDEN,
+//! LW_ORIGIN, &record, &len)` on the accepted socket and gets an
+//! [`OriginRecord`]; the daemon answers the same from `LW_CONNS`.
+
+use crate::{Addr, ConnectEvent};
+
+/// The private `getsockopt` level the `cgroup/getsockopt` program answers
+/// ("LW"; no kernel protocol level is near it).
+pub const SOL_LOOPWARDEN: i32 = 0x4c57;
+/// The option at [`SOL_LOOPWARDEN`]: the connection's [`OriginRecord`].
+pub const LW_ORIGIN: i32 = 1;
+
+/// [`OriginRecord::magic`]: "LWOR", little-endian.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"LWOR");
+/// [`OriginRecord::version`]: bumped when a field changes meaning or
+/// moves. Fields may be added at the end without a bump; `size` grows.
+pub const VERSION: u16 = 1;
+
+/// [`OriginRecord::status`] values.
+pub mod status {
+    /// loopwarden knows nothing of this connection: not to a protected
+    /// destination, older than the tag, or not TCP. Every other field but
+    /// the header is zero.
+    pub const UNKNOWN: u8 = 0;
+    /// The origin below was recorded at connect time.
+    pub const KNOWN: u8 = 1;
+}
+
+/// The answer to `getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)` and the value of
+/// `LW_CONNS` and `LW_SK_ORIGIN`: a fixed layout, native byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginRecord {
+    /// [`MAGIC`].
+    pub magic: u32,
+    /// [`VERSION`].
+    pub version: u16,
+    /// Bytes of the record as this kernel side wrote it.
+    pub size: u16,
+    /// [`status`] value.
+    pub status: u8,
+    pub _pad0: [u8; 3],
+    /// Owner (uid) of the accepted socket: the uid of the process that
+    /// created the listener. Who may ask the daemon about the connection.
+    pub server_uid: u32,
+    /// CLOCK_MONOTONIC when the server's side of the handshake completed
+    /// (0 while it has not).
+    pub established_ns: u64,
+    /// Socket cookie of the accepted socket (0 until it is established).
+    pub server_cookie: u64,
+    /// The connection: namespace and both ends.
+    pub conn: ConnKey,
+    /// The caller of connect() as judged: `socket_cookie` is the client
+    /// socket's, `daddr`/`dport` where it connected, `ktime_ns` when.
+    pub origin: ConnectEvent,
+}
+
+impl OriginRecord {
+    /// The answer for a socket loopwarden knows nothing of.
+    pub const fn unknown() -> Self {
+        OriginRecord {
+            magic: MAGIC,
+            version: VERSION,
+            size: core::mem::size_of::<OriginRecord>() as u16,
+            status: status::UNKNOWN,
+            _pad0: [0; 3],
+            server_uid: 0,
+            established_ns: 0,
+            server_cookie: 0,
+            conn: ConnKey {
+                netns: 0,
+                client_port: 0,
+                server_port: 0,
+                client: Addr { words: [0; 4] },
+                server: Addr { words: [0; 4] },
+            },
+            origin: ConnectEvent::zeroed(),
+        }
+    }
+}
+
+/// Names a TCP connection in `LW_CONNS`: the network namespace (inode
+/// number, as `/proc/PID/ns/net` shows it) and both ends, addresses in
+/// IPv4-mapped form for IPv4, ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub netns: u32,
+    /// The connecting side's port.
+    pub client_port: u16,
+    /// The accepting side's (the protected) port.
+    pub server_port: u16,
+    pub client: Addr,
+    pub server: Addr,
+}
+
+const _: () = assert!(core::mem::size_of::<OriginRecord>() == 32 + 40 + 256);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);

@@ -1,0 +1,151 @@
+//! `LW_CONNS`, read from its pin: the live protected connections and their
+//! origins, by the connection's addresses.
+
+use std::{
+    io,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use aya::maps::{HashMap as AyaHashMap, Map, MapData, MapError};
+use loopwarden_common::{
+    Addr,
+    origin::{ConnKey, OriginRecord},
+};
+
+/// Errors opening the map.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnsError {
+    #[error(
+        "opening {} failed (is a loopwarden daemon of this version enforcing? `loopwarden \
+         status` says)",
+        path.display()
+    )]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// The pinned `LW_CONNS`.
+pub struct Conns {
+    map: AyaHashMap<MapData, ConnKey, OriginRecord>,
+}
+
+impl Conns {
+    /// Opens the map pinned at `path` (`PinDir::map(maps::CONNS)`).
+    pub fn open(path: &Path) -> Result<Self, ConnsError> {
+        let open_error = |source| ConnsError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let data = MapData::from_pin(path).map_err(open_error)?;
+        let map = AyaHashMap::try_from(Map::LruHashMap(data)).map_err(open_error)?;
+        Ok(Self { map })
+    }
+
+    /// The origin of the connection `key`, once the server's side has
+    /// accepted it (before that it is no connection a service could ask
+    /// about).
+    pub fn get(&self, key: &ConnKey) -> Option<OriginRecord> {
+        self.map
+            .get(key, 0)
+            .ok()
+            .filter(|record| record.established_ns != 0)
+    }
+
+    /// Every accepted protected connection the map holds.
+    pub fn list(&self) -> Vec<OriginRecord> {
+        self.map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, record)| record)
+            .filter(|record| record.established_ns != 0)
+            .collect()
+    }
+
+    /// The connection whose accepted socket has cookie `cookie`.
+    pub fn by_cookie(&self, cookie: u64) -> Option<OriginRecord> {
+        self.list()
+            .into_iter()
+            .find(|record| record.server_cookie == cookie)
+    }
+}
+
+/// The key naming the connection from `client` to `server` in the
+/// network namespace `netns` (an inode number, see [`netns_of`]).
+pub fn conn_key(netns: u32, client: SocketAddr, server: SocketAddr) -> ConnKey {
+    ConnKey {
+        netns,
+        client_port: client.port(),
+        server_port: server.port(),
+        client: addr(client.ip()),
+        server: addr(server.ip()),
+    }
+}
+
+/// An address as the kernel keys it: IPv4 in its IPv6-mapped form, words
+/// in network order.
+fn addr(ip: IpAddr) -> Addr {
+    let v6 = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let o = v6.octets();
+    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    Addr {
+        words: [word(0), word(4), word(8), word(12)],
+    }
+}
+
+/// The socket address `addr`:`port` as the kernel stored it (IPv4-mapped
+/// addresses shown as IPv4).
+pub fn socket_addr(addr: &Addr, port: u16) -> SocketAddr {
+    let mut octets = [0u8; 16];
+    for (i, word) in addr.words.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let v6 = Ipv6Addr::from(octets);
+    let ip = match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// The network namespace of process `pid`, as its inode number (what the
+/// kernel keys connections by).
+pub fn netns_of(pid: u32) -> io::Result<u32> {
+    let meta = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;
+    Ok(meta.ino() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_round_trip_in_kernel_form() {
+        for text in [
+            "127.0.0.1:8080",
+            "[::1]:443",
+            "[fd77::2]:22",
+            "10.77.0.2:53422",
+        ] {
+            let sa: SocketAddr = text.parse().unwrap();
+            let key = conn_key(7, sa, sa);
+            assert_eq!(socket_addr(&key.client, key.client_port), sa);
+        }
+        // What the kernel writes for 127.0.0.1: ::ffff:127.0.0.1, network order.
+        let key = conn_key(
+            0,
+            "127.0.0.1:1".parse().unwrap(),
+            "[::1]:2".parse().unwrap(),
+        );
+        assert_eq!(key.client.words[2], 0x0000_ffffu32.to_be());
+        assert_eq!(key.client.words[3], 0x7f00_0001u32.to_be());
+        assert_eq!(key.server.words[3], 1u32.to_be());
+    }
+}
