@@ -61,6 +61,9 @@ enum Command {
     /// Bench helper: spawn a program in a loop for a while, print the count.
     #[command(hide = true)]
     BenchSpawn(bench::load::SpawnArgs),
+    /// Bench helper: getsockopt(SO_RCVBUF) in a loop for a while, print the count.
+    #[command(hide = true)]
+    BenchGetsockopt(bench::load::GetsockoptArgs),
     /// Bench helper: connects at a fixed rate to a port nothing listens on.
     #[command(hide = true)]
     BenchFlood(bench::reporting::FloodArgs),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::BenchReceive(args) => bench::load::receive(&args),
         Command::BenchSend(args) => bench::load::send(&args),
         Command::BenchSpawn(args) => bench::load::spawn(&args),
+        Command::BenchGetsockopt(args) => bench::load::getsockopt(&args),
         Command::BenchFlood(args) => bench::reporting::flood(&args),
     };
     match result {

@@ -125,7 +125,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
     if !binary.is_file() {
         bail!("{} does not exist", binary.display());
     }
-    let relay = build_relay()?;
+    let guest_bins = build_guest_bins()?;
     let qemu = ensure_qemu()?;
     let busybox = ensure_busybox(&dir)?;
     let mut kernels = Vec::new();
@@ -140,7 +140,7 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         binary.display(),
         busybox.display()
     );
-    build_initramfs(&binary, &relay, &busybox, &initrd)?;
+    build_initramfs(&binary, &guest_bins, &busybox, &initrd)?;
 
     let mut outcomes = Vec::new();
     for kernel in &kernels {
@@ -552,6 +552,11 @@ while ! grep -q 'ready:' /tmp/err; do
 done
 echo "LW-VM: $(grep 'ready:' /tmp/err)"
 
+# Provenance: the accepted socket's getsockopt names its client (8082 is
+# protected, 8083 not).
+lw-origin-probe 8082 8083 >/tmp/probe 2>&1 || fail "getsockopt origin: $(cat /tmp/probe)"
+sed 's/^/LW-VM: origin /' /tmp/probe
+
 for url in $V4 $V6 $MAPPED; do
     if relay $url >/dev/null; then
         fail "relay connect to $url was NOT refused"
@@ -641,7 +646,7 @@ finish
 const CONFIG: &str = r#"mode = "enforce"
 
 [protect]
-ports = [8080]
+ports = [8080, 8082]
 
 [relay]
 action = "deny"
@@ -656,24 +661,31 @@ const PASSWD: &str =
     "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
-/// Builds `lw-relay` (tests/src/bin/lw-relay.rs), the guest's relay that no
-/// catalog names.
-fn build_relay() -> anyhow::Result<PathBuf> {
-    say!("vm-test: building lw-relay ...");
+/// The guest's helpers from tests/src/bin: `lw-relay`, the relay that no
+/// catalog names, and `lw-origin-probe`, which asks getsockopt.
+const GUEST_BINS: [&str; 2] = ["lw-relay", "lw-origin-probe"];
+
+/// Builds [`GUEST_BINS`]; their paths.
+fn build_guest_bins() -> anyhow::Result<Vec<PathBuf>> {
+    say!("vm-test: building {} ...", GUEST_BINS.join(", "));
     let mut cmd = proc::cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "-p",
-        "loopwarden-tests",
-        "--bin",
-        "lw-relay",
-    ]);
+    cmd.args(["build", "--release", "-p", "loopwarden-tests"]);
+    for bin in GUEST_BINS {
+        cmd.args(["--bin", bin]);
+    }
     proc::run(&mut cmd)?;
-    Ok(proc::target_dir().join("release").join("lw-relay"))
+    Ok(GUEST_BINS
+        .iter()
+        .map(|bin| proc::target_dir().join("release").join(bin))
+        .collect())
 }
 
-fn build_initramfs(binary: &Path, relay: &Path, busybox: &Path, out: &Path) -> anyhow::Result<()> {
+fn build_initramfs(
+    binary: &Path,
+    guest_bins: &[PathBuf],
+    busybox: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
     let mut cpio = Cpio::default();
     for dir in [
         "/bin", "/dev", "/etc", "/proc", "/sys", "/run", "/tmp", "/root", "/relay", "/socat",
@@ -701,12 +713,15 @@ fn build_initramfs(binary: &Path, relay: &Path, busybox: &Path, out: &Path) -> a
 
     let bytes = fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
     cpio.file("/bin/loopwarden", 0o755, &bytes);
-    let bytes = fs::read(relay).with_context(|| format!("cannot read {}", relay.display()))?;
-    cpio.file("/bin/lw-relay", 0o755, &bytes);
     let mut libs = shared_libraries(binary)?;
-    for lib in shared_libraries(relay)? {
-        if !libs.contains(&lib) {
-            libs.push(lib);
+    for bin in guest_bins {
+        let bytes = fs::read(bin).with_context(|| format!("cannot read {}", bin.display()))?;
+        let name = bin.file_name().map(|n| n.to_string_lossy().into_owned());
+        cpio.file(&format!("/bin/{}", name.unwrap_or_default()), 0o755, &bytes);
+        for lib in shared_libraries(bin)? {
+            if !libs.contains(&lib) {
+                libs.push(lib);
+            }
         }
     }
     for lib in libs {

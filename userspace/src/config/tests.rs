@@ -563,3 +563,45 @@ fn relay_table_and_script_criterion() {
         "at most 63",
     );
 }
+
+#[test]
+fn provenance_and_ident_tables() {
+    let config = parse(
+        "[provenance]\ngetsockopt = false\n\n[ident]\nlisten = [\"127.0.0.1:113\", \"[::1]:113\"]\n\
+         netns = \"/run/netns/blue\"\nrelayed = \"HIDDEN-USER\"\ntimeout_ms = 500\n",
+    )
+    .unwrap();
+    assert!(config.provenance.tag && config.provenance.query);
+    assert!(!config.provenance.getsockopt);
+    let listen: Vec<String> = config
+        .ident
+        .listen
+        .iter()
+        .map(|l| l.value.to_string())
+        .collect();
+    assert_eq!(listen, ["127.0.0.1:113", "[::1]:113"]);
+    assert_eq!(config.ident.listen[1].at.line, 5);
+    assert_eq!(
+        config.ident.netns.as_ref().map(|n| n.value.clone()),
+        Some(PathBuf::from("/run/netns/blue"))
+    );
+    assert_eq!(config.ident.relayed.token(), "HIDDEN-USER");
+    assert_eq!(config.ident.timeout_ms, 500);
+
+    // Off by default; the embedded default tags and answers.
+    let default = Config::embedded_default();
+    assert!(default.ident.listen.is_empty());
+    assert_eq!(default.ident.relayed.token(), "NO-USER");
+    assert!(default.provenance.tag && default.provenance.getsockopt && default.provenance.query);
+
+    expect_error(
+        "[ident]\nlisten = [\"localhost:113\"]\n",
+        2,
+        "not a socket address",
+    );
+    expect_error("[ident]\nlisten = []\n", 2, "empty list");
+    expect_error("[ident]\nnetns = \"blue\"\n", 2, "absolute path");
+    expect_error("[ident]\ntimeout_ms = 0\n", 2, "from 100 to 600000");
+    expect_error("[ident]\nrelayed = \"LIES\"\n", 2, "unknown variant");
+    expect_error("[provenance]\ntagging = true\n", 2, "unknown field");
+}

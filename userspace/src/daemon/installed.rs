@@ -100,6 +100,22 @@ pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
     out
 }
 
+/// The settings a reload does not apply (they bind sockets or attach
+/// programs at start) that differ between `old` and `new`.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.provenance.getsockopt != new.provenance.getsockopt {
+        changed.push("[provenance] getsockopt");
+    }
+    if old.provenance.query != new.provenance.query {
+        changed.push("[provenance] query");
+    }
+    if old.ident != new.ident {
+        changed.push("[ident]");
+    }
+    changed
+}
+
 /// The installed policy and what it was compiled from.
 pub(super) struct Installed {
     pub(super) source: Source,
@@ -141,6 +157,11 @@ impl Installed {
             Ok((policy, config)) => {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
+                }
+                if let Some(old) = &self.config {
+                    for what in needs_restart(old, &config) {
+                        warn!("{what} changed: that takes effect when the daemon restarts");
+                    }
                 }
                 self.config = Some(config);
                 let outcome = self.install(policy, enricher).map(drop);

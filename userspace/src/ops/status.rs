@@ -20,7 +20,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loopwarden_common::{Meta, flags, stats};
+use loopwarden_common::{Meta, flags, maps, programs, stats};
 use serde::Serialize;
 
 use crate::{
@@ -29,7 +29,9 @@ use crate::{
         compat,
         inspect::{self, Counter, InspectError, LinkState},
         pins::PinDir,
+        sys,
     },
+    provenance::Conns,
 };
 
 /// Exit codes of `loopwarden status`.
@@ -120,6 +122,18 @@ impl TrackerReport {
     }
 }
 
+/// Provenance: whether protected connections are tagged with their
+/// origin and services can ask (see `ebpf/src/origin.rs`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ProvenanceReport {
+    /// The policy in force tags connections (`[provenance] tag`).
+    pub tag: bool,
+    /// The `cgroup/getsockopt` link that answers services.
+    pub getsockopt: LinkReport,
+    /// Accepted protected connections `LW_CONNS` holds now.
+    pub connections: Option<usize>,
+}
+
 /// Reports the kernel could not queue.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct LostReport {
@@ -152,6 +166,7 @@ pub struct Report {
     pub cgroup2_root: Option<PathBuf>,
     pub links: Vec<LinkReport>,
     pub tracking: Vec<TrackerReport>,
+    pub provenance: ProvenanceReport,
     /// The pinned maps' layout version, when `LW_META` could be read.
     pub layout: Option<u32>,
     /// Why the maps were not decoded.
@@ -176,6 +191,11 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
         cgroup2_root: cgroup2_root.clone(),
         links: Vec::new(),
         tracking: Vec::new(),
+        provenance: ProvenanceReport {
+            tag: false,
+            getsockopt: link_report(programs::GETSOCKOPT, LinkState::Absent),
+            connections: None,
+        },
         layout: None,
         maps_error: None,
         policy: None,
@@ -198,6 +218,15 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
             )
         })
         .collect();
+    report.provenance.getsockopt = link_report(
+        programs::GETSOCKOPT,
+        inspect::link(
+            &pins,
+            programs::GETSOCKOPT,
+            sys::ATTACH_GETSOCKOPT,
+            cgroup2_root.as_deref(),
+        ),
+    );
     report.tracking = loopwarden_common::programs::TRACKERS
         .iter()
         .chain(loopwarden_common::programs::CGROUP_TRACKERS)
@@ -330,6 +359,10 @@ impl Report {
             .to_owned(),
             relay_window_ms: s.relay_window_ns / 1_000_000,
         });
+        self.provenance.tag = s.flags & flags::PROVENANCE != 0;
+        self.provenance.connections = Conns::open(&pins.map(maps::CONNS))
+            .ok()
+            .map(|conns| conns.list().len());
         self.counters = inspect::counters(pins)?;
         if let Some(dropped) = self.counters.iter().find(|c| c.index == stats::DROPPED) {
             self.lost_reports = Some(LostReport {
@@ -389,6 +422,21 @@ impl Report {
             };
             line("tracking", text);
         }
+        let p = &self.provenance;
+        let answering = match (&p.getsockopt.error, p.getsockopt.attached()) {
+            (Some(e), _) => format!("getsockopt link unreadable: {e}"),
+            (None, true) => "services can ask with getsockopt (attached at the root)".to_owned(),
+            (None, false) if p.getsockopt.pinned => {
+                "the getsockopt link is pinned but not attached at the root".to_owned()
+            }
+            (None, false) => "no getsockopt answers ([provenance] getsockopt = false)".to_owned(),
+        };
+        let tagged = match (p.tag, p.connections) {
+            (false, _) => "connections are not tagged ([provenance] tag = false)".to_owned(),
+            (true, Some(n)) => format!("connections are tagged, {n} live"),
+            (true, None) => "connections are tagged".to_owned(),
+        };
+        line("provenance", format!("{tagged}; {answering}"));
         match (&self.layout, &self.maps_error) {
             (_, Some(e)) => line("maps", format!("not decoded: {e}")),
             (Some(layout), None) => line("maps", format!("layout {layout} (this build's)")),

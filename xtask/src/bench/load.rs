@@ -88,6 +88,12 @@ pub struct SpawnArgs {
     pub program: String,
 }
 
+#[derive(clap::Args)]
+pub struct GetsockoptArgs {
+    #[arg(long)]
+    pub seconds: f64,
+}
+
 /// Bytes per UDP datagram of the receive loads: small, so the per-packet
 /// path (where `lw_receive` runs) dominates.
 pub const DATAGRAM_SIZE: usize = 64;
@@ -323,6 +329,55 @@ pub fn spawn(args: &SpawnArgs) -> anyhow::Result<()> {
     }
     print_result(spawns, 0, errors, start.elapsed());
     Ok(())
+}
+
+/// `bench-getsockopt`: `getsockopt(SOL_SOCKET, SO_RCVBUF)` on a TCP
+/// socket in a loop for `seconds`; prints `ops=N ...` (ops: calls). Every
+/// getsockopt in a cgroup with a `cgroup/getsockopt` program pays for it,
+/// whatever the option.
+pub fn getsockopt(args: &GetsockoptArgs) -> anyhow::Result<()> {
+    die_with_parent();
+    let socket = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("cannot open a socket to ask")?;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let (mut calls, mut errors) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        // Between clock reads, a batch: the clock costs about as much as the call.
+        for _ in 0..256 {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid socket, and a buffer and length we own.
+            let rc = unsafe {
+                libc::getsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&raw mut value).cast(),
+                    &mut len,
+                )
+            };
+            calls += 1;
+            if rc != 0 {
+                errors += 1;
+            }
+        }
+    }
+    print_result(calls, 0, errors, start.elapsed());
+    Ok(())
+}
+
+/// Runs `bench-getsockopt` inside `netns` for `seconds`.
+pub fn run_getsockopt(netns: &Netns, xtask: &Path, seconds: f64) -> anyhow::Result<Run> {
+    Run::parse(
+        "bench-getsockopt",
+        &proc::output(
+            netns
+                .exec(xtask)
+                .args(["bench-getsockopt", "--seconds"])
+                .arg(seconds.to_string()),
+        )?,
+    )
 }
 
 fn linger_zero(stream: &TcpStream) {

@@ -153,11 +153,14 @@ pub enum Workload {
     ReceiveLoopback,
     /// `/bin/true` spawned and waited for in a loop: fork, exec, exit.
     Spawn,
+    /// getsockopt(SO_RCVBUF) in a loop: what `lw_getsockopt` (attached at
+    /// the root) costs every getsockopt on the host.
+    Getsockopt,
 }
 
 impl Workload {
     const CONNECTS: [Self; 3] = [Self::Protected, Self::Unprotected, Self::Protected6];
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Protected,
         Self::Unprotected,
         Self::Protected6,
@@ -165,6 +168,7 @@ impl Workload {
         Self::ReceiveUdp,
         Self::ReceiveLoopback,
         Self::Spawn,
+        Self::Getsockopt,
     ];
 
     pub fn is_receive(self) -> bool {
@@ -181,6 +185,7 @@ impl Workload {
             Self::ReceiveTcp | Self::ReceiveLoopback => "read",
             Self::ReceiveUdp => "datagram",
             Self::Spawn => "spawn",
+            Self::Getsockopt => "getsockopt",
         }
     }
 
@@ -190,6 +195,7 @@ impl Workload {
             Self::ReceiveTcp | Self::ReceiveLoopback => "MB/s",
             Self::ReceiveUdp => "datagrams/s",
             Self::Spawn => "spawns/s",
+            Self::Getsockopt => "calls/s",
             _ => "connects/s",
         }
     }
@@ -219,6 +225,7 @@ impl Workload {
             Self::ReceiveTcp | Self::ReceiveLoopback => &[p::RECEIVE],
             Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
             Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
+            Self::Getsockopt => &[p::GETSOCKOPT],
         }
     }
 
@@ -240,6 +247,7 @@ impl fmt::Display for Workload {
             Self::ReceiveUdp => "recv-udp",
             Self::ReceiveLoopback => "recv-lo",
             Self::Spawn => "spawn",
+            Self::Getsockopt => "getsockopt",
         })
     }
 }
@@ -479,6 +487,7 @@ impl<'a> Bench<'a> {
             Workload::ReceiveUdp => receive(&self.peer, Proto::Udp, netns::VETH_LOCAL),
             Workload::ReceiveLoopback => receive(netns, Proto::Tcp, Ipv4Addr::LOCALHOST),
             Workload::Spawn => load::run_spawn(netns, xtask, seconds),
+            Workload::Getsockopt => load::run_getsockopt(netns, xtask, seconds),
         }
     }
 
