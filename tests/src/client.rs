@@ -3,7 +3,7 @@
 //! Python and a Rust origin server) and a `curl` that reports its own pid
 //! and the answer's body.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::Command};
 
 use serde_json::Value;
 
@@ -20,7 +20,9 @@ pub fn contrib_python() -> PathBuf {
 pub fn gateway(ns: &Netns, port: u16, args: &[&str]) -> Proc {
     let script = contrib_python().join("examples/aiohttp_gateway.py");
     let port_arg = port.to_string();
+    // -B: no __pycache__ in the source tree.
     let mut all = vec![
+        "-B",
         script.to_str().expect("utf-8 path"),
         "--host",
         "127.0.0.1",
@@ -70,6 +72,7 @@ pub fn py_origin_server(ns: &Netns, port: u16) -> Proc {
     let proc = ns.spawn(
         SYSTEM_PYTHON,
         &[
+            "-B",
             "-c",
             PY_ORIGIN_SERVER,
             module_dir.to_str().expect("utf-8 path"),
@@ -79,6 +82,19 @@ pub fn py_origin_server(ns: &Netns, port: u16) -> Proc {
     );
     ns.wait_listening(port);
     proc
+}
+
+/// Runs `contrib/python/test_loopwarden.py` (the module's unit tests: no
+/// kernel, no daemon); panics with its report if one fails.
+pub fn python_unit_tests() {
+    let out = run(Command::new(SYSTEM_PYTHON)
+        .args(["-B", "-m", "unittest", "-v", "test_loopwarden"])
+        .current_dir(contrib_python()));
+    assert!(
+        out.status.success(),
+        "test_loopwarden.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Starts `lw-origin-server` (the binary at `bin`) in `ns` on

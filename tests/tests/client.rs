@@ -10,7 +10,8 @@
 //! - A Python server using `contrib/python/loopwarden.py` and a Rust one
 //!   using `loopwarden-client` (`lw-origin-server`) report the same origins
 //!   for the same clients: who connected, the verdict, the relayed party,
-//!   and nothing for an unprotected port.
+//!   and nothing for an unprotected port. The Python module's unit tests
+//!   (`contrib/python/test_loopwarden.py`) run here too.
 //!
 //! `Error::NotAnswering` needs loopwarden's getsockopt program absent from
 //! the root cgroup, which other daemons on the host may hold: not tested
@@ -21,7 +22,7 @@ use std::path::Path;
 use loopwarden_tests::{
     Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir,
     Topology, UNPROTECTED,
-    client::{Fetched, fetch, gateway, py_origin_server, rs_origin_server},
+    client::{Fetched, fetch, gateway, py_origin_server, python_unit_tests, rs_origin_server},
     exe_name, spawn_forwarder,
 };
 use serde_json::Value;
@@ -224,6 +225,12 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
 #[test]
 fn the_python_module_reports_origins() {
     origins_are_reported(py_origin_server);
+}
+
+/// The module's own tests: hand-built records and a fake query socket.
+#[test]
+fn the_python_module_passes_its_unit_tests() {
+    python_unit_tests();
 }
 
 #[test]
