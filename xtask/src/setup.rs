@@ -25,6 +25,7 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "curl",
     "python3",
+    "python3-aiohttp", // contrib/python/examples/aiohttp_gateway.py (client.rs)
     "util-linux",
     "hyperfine",
     "procps",

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""An OpenAI-compatible API gateway on aiohttp that refuses relayed requests.
+
+Agent gateways and local model servers often listen on 127.0.0.1 and trust
+whoever reaches them there: "only local processes can connect". A tunnel
+or relay (socat, ssh -R, a forwarder somebody left running) breaks that
+promise: the connection to 127.0.0.1 is local, the person behind it is not.
+
+``loopwarden_middleware`` asks loopwarden, per request, who made the
+connection (one getsockopt on the request's socket) and answers 403 with a
+``loopwarden_relayed`` error when it was not a direct local client. The
+API itself is a stand-in: ``GET /v1/models`` and ``POST
+/v1/chat/completions``, which echoes the last user message.
+
+Run it (loopwarden protecting the port, e.g. ``[protect] ports = [8080]``)::
+
+    PYTHONPATH=contrib/python python3 contrib/python/examples/aiohttp_gateway.py \\
+        --host 127.0.0.1 --port 8080
+
+Connections loopwarden knows nothing of (status unknown: a port it does not
+protect, a connection older than the daemon) pass by default, or get 403
+with ``--unknown refuse``. When loopwarden is not answering at all (daemon
+never started, detached, ``[provenance] getsockopt = false``) the gateway
+answers 503 by default: it was deployed relying on loopwarden, so it fails
+closed; ``--not-answering pass`` serves anyway.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+try:
+    import loopwarden
+except ImportError:  # run from a checkout: the module is one directory up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import loopwarden
+
+MODEL = "echo-1"
+
+# Application keys of the two settings (plain strings: aiohttp 3.8 has no AppKey).
+UNKNOWN = "loopwarden_unknown"
+NOT_ANSWERING = "loopwarden_not_answering"
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+
+
+def _refusal(o: "loopwarden.Origin") -> str:
+    """Why a non-direct origin is refused, naming who relayed it for whom."""
+    host, port = o.server
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    who = f"{o.exe_name or o.comm} (pid {o.pid})"
+    if o.via is not None:
+        return (
+            f"refused: this request was relayed to {server} by {who} for {o.via} "
+            f"({o.via.how}); loopwarden saw a network-facing process connect "
+            f"on a remote party's behalf (verdict {o.verdict})"
+        )
+    rule = "the relay verdict" if o.rule == "relay" else f"rule #{o.rule}"
+    return (
+        f"refused: this request was relayed to {server} by {who}; "
+        f"loopwarden flagged its connect ({o.verdict}, {rule})"
+    )
+
+
+@web.middleware
+async def loopwarden_middleware(request: web.Request, handler):
+    """403 unless loopwarden says a local process connected directly."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return _error(503, "loopwarden_unavailable", "the request's socket is gone")
+    try:
+        origin = loopwarden.origin(sock)
+    except loopwarden.NotAnswering:
+        if request.app[NOT_ANSWERING] == "pass":
+            return await handler(request)
+        return _error(
+            503,
+            "loopwarden_not_answering",
+            "loopwarden is not answering on this host, so the origin of this "
+            "request cannot be checked: start loopwarden (with [provenance] "
+            "getsockopt = true) or run the gateway with --not-answering pass",
+        )
+    except (OSError, loopwarden.BadRecord) as e:
+        return _error(503, "loopwarden_error", f"reading the request's origin failed: {e}")
+    if origin is None:
+        if request.app[UNKNOWN] == "pass":
+            return await handler(request)
+        return _error(
+            403,
+            "loopwarden_unknown",
+            "refused: loopwarden knows nothing of this connection (is this port "
+            "in its [protect] ports?); the gateway runs with --unknown refuse",
+        )
+    if not origin.is_direct:
+        return _error(403, "loopwarden_relayed", _refusal(origin))
+    return await handler(request)
+
+
+async def models(_request: web.Request) -> web.Response:
+    return web.json_response(
+        {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "example"}]}
+    )
+
+
+async def chat_completions(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        messages = body["messages"]
+        text = next(
+            (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return _error(
+            400, "invalid_request_error", "expected JSON with a `messages` list"
+        )
+    now = int(time.time())
+    return web.json_response(
+        {
+            "id": f"chatcmpl-{now}",
+            "object": "chat.completion",
+            "created": now,
+            "model": body.get("model", MODEL),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": f"echo: {text}"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+    )
+
+
+def app(unknown: str = "pass", not_answering: str = "refuse") -> web.Application:
+    """The gateway, with loopwarden_middleware in front of every route."""
+    application = web.Application(middlewares=[loopwarden_middleware])
+    application[UNKNOWN] = unknown
+    application[NOT_ANSWERING] = not_answering
+    application.add_routes(
+        [web.get("/v1/models", models), web.post("/v1/chat/completions", chat_completions)]
+    )
+    return application
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    parser.add_argument(
+        "--unknown",
+        choices=["pass", "refuse"],
+        default="pass",
+        help="connections loopwarden knows nothing of (default: pass)",
+    )
+    parser.add_argument(
+        "--not-answering",
+        choices=["pass", "refuse"],
+        default="refuse",
+        help="when loopwarden is not answering at all (default: refuse, with 503)",
+    )
+    args = parser.parse_args()
+    web.run_app(app(args.unknown, args.not_answering), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

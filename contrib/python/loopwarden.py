@@ -1,0 +1,317 @@
+"""Ask loopwarden who is on the other end of a TCP connection you accepted.
+
+loopwarden judges every connect() to a protected local port in the kernel
+and binds what it saw (the calling process, the verdict, and whether a
+network-facing process made the connect on someone else's behalf) to the
+connection. This module (standard library only, Python 3.9+) reads it back:
+
+- ``origin(sock)``: one ``getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)`` on the
+  accepted socket. Returns an ``Origin``, ``None`` when loopwarden knows
+  nothing of the connection, and raises ``NotAnswering`` when loopwarden's
+  program is not attached at all.
+- ``who(peer, local)`` / ``conns()``: the daemon's query socket, which adds
+  the user name, executable path and command line.
+
+The protocol is in loopwarden's README, "Asking loopwarden from your
+service". Example::
+
+    conn, _ = listener.accept()
+    o = loopwarden.origin(conn)
+    if o is not None and not o.is_direct:
+        conn.close()  # relayed to us by o.exe_name (pid o.pid) for o.via
+"""
+
+import errno
+import ipaddress
+import json
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+__all__ = [
+    "SOL_LOOPWARDEN",
+    "LW_ORIGIN",
+    "RECORD_SIZE",
+    "DEFAULT_QUERY_PATH",
+    "NotAnswering",
+    "BadRecord",
+    "QueryError",
+    "Via",
+    "Origin",
+    "origin",
+    "decode",
+    "who",
+    "who_cookie",
+    "conns",
+]
+
+SOL_LOOPWARDEN = 0x4C57
+"""The private getsockopt level loopwarden answers ("LW")."""
+LW_ORIGIN = 1
+"""The option at SOL_LOOPWARDEN: the connection's origin record."""
+RECORD_SIZE = 328
+"""Bytes of a version-1 origin record."""
+DEFAULT_QUERY_PATH = "/run/loopwarden/query.sock"
+"""Where the daemon serves its query socket by default."""
+
+_MAGIC = 0x524F574C  # "LWOR", little-endian
+_VERSION = 1
+_KNOWN, _UNKNOWN = 1, 0
+_NO_RULE, _RELAY_RULE = 255, 254
+
+# The record, native byte order, padding spelled out (common/src/origin.rs).
+_RECORD = struct.Struct(
+    "=IHHB3xIQQ"  # magic version size status pad server_uid established server_cookie
+    "IHH16s16s"  # conn: netns client_port server_port client server
+    "QQQQQQ"  # ktime policy_seq socket_cookie netns_cookie start_boottime cgroup_id
+    "16s16s"  # exe (dev, ino) daddr
+    "IIIIIHH"  # tgid pid ppid uid gid dport family
+    "BB2x4x"  # verdict rule pad
+    "16s32s"  # comm exe_name
+    "16sQHB5x"  # via: addr ktime port kind pad
+    "64s"  # script
+)
+assert _RECORD.size == RECORD_SIZE
+
+_VERDICTS = {0: "allow", 1: "audit", 2: "would-deny", 3: "deny"}
+_HOWS = {1: "listening", 2: "accepted", 3: "received", 4: "connected"}
+
+
+class NotAnswering(OSError):
+    """Nothing answers SOL_LOOPWARDEN on this socket (ENOPROTOOPT/EOPNOTSUPP).
+
+    loopwarden's getsockopt program is not attached (the daemon never ran,
+    was detached, or runs with ``[provenance] getsockopt = false``), or the
+    socket is not TCP. Unlike ``origin()`` returning ``None``, this says
+    nothing about the connection.
+    """
+
+
+class BadRecord(ValueError):
+    """The answer is not a version-1 loopwarden origin record."""
+
+
+class QueryError(Exception):
+    """The query socket answered an error.
+
+    ``code`` is the protocol's error token: ``forbidden`` (the accepted
+    socket is another uid's), ``timeout`` (the daemon closed an idle
+    connection), ``bad-request``, ``too-long``; or ``closed`` when the
+    daemon closed the connection without answering, ``protocol`` when the
+    answer was not what the protocol says.
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"loopwarden query failed ({code}): {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Via:
+    """What made the caller network-facing: the party it relayed for."""
+
+    host: str
+    """The non-local peer (for ``listening``, the listening address)."""
+    port: int
+    how: str
+    """``listening``, ``accepted``, ``received``, ``connected`` (or ``unknown``)."""
+    ago_ms: Optional[int]
+    """How long before the connect() it was seen; None for ``listening``."""
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who called connect(), as the kernel saw it then, and the verdict."""
+
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    comm: str
+    exe_name: str
+    script: Optional[str]
+    verdict: str
+    """``allow``, ``audit``, ``would-deny`` (``deny`` never connects)."""
+    rule: Optional[Union[int, str]]
+    """The deciding rule's index, ``"relay"`` for the relay verdict, or None."""
+    via: Optional[Via]
+    client: Tuple[str, int]
+    server: Tuple[str, int]
+    netns: int
+    cgroup_id: int
+    connected_ns: int
+    """CLOCK_MONOTONIC at the connect()."""
+    established_ns: int
+    """CLOCK_MONOTONIC when the server's side of the handshake completed."""
+    server_uid: int
+    server_cookie: int
+    client_cookie: int
+
+    @property
+    def is_direct(self) -> bool:
+        """A local process connected by itself: allowed, and no relay evidence."""
+        return self.verdict == "allow" and self.via is None
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _ip(raw: bytes) -> str:
+    ip = ipaddress.IPv6Address(raw)
+    return str(ip.ipv4_mapped or ip)
+
+
+def decode(data: bytes) -> Optional[Origin]:
+    """Checks and decodes an origin record; None for status unknown.
+
+    Raises BadRecord for a short, foreign or other-version record.
+    """
+    if len(data) < RECORD_SIZE:
+        raise BadRecord(f"the origin record is {len(data)} bytes, shorter than {RECORD_SIZE}")
+    (
+        magic, version, size, status, server_uid, established, server_cookie,
+        netns, client_port, server_port, client, server,
+        ktime, _policy_seq, client_cookie, _netns_cookie, _start, cgroup_id,
+        _exe, _daddr,
+        tgid, tid, ppid, uid, gid, _dport, _family,
+        verdict, rule,
+        comm, exe_name,
+        via_addr, via_ktime, via_port, via_kind,
+        script,
+    ) = _RECORD.unpack_from(data)  # fmt: skip
+    if magic != _MAGIC:
+        raise BadRecord(f"not a loopwarden origin record: magic {magic:#010x}")
+    if version != _VERSION:
+        raise BadRecord(f"origin record version {version}; this module reads {_VERSION}")
+    if size < RECORD_SIZE:
+        raise BadRecord(f"the origin record says it is {size} bytes, less than {RECORD_SIZE}")
+    if status == _UNKNOWN:
+        return None
+    if status != _KNOWN:
+        raise BadRecord(f"origin record status {status} is neither 1 (known) nor 0 (unknown)")
+    via = None
+    if via_kind:
+        how = _HOWS.get(via_kind, "unknown")
+        ago = None if how == "listening" else max(ktime - via_ktime, 0) // 1_000_000
+        via = Via(_ip(via_addr), via_port, how, ago)
+    script_text = _text(script)
+    return Origin(
+        pid=tgid,
+        tid=tid,
+        ppid=ppid,
+        uid=uid,
+        gid=gid,
+        comm=_text(comm),
+        exe_name=_text(exe_name),
+        script=script_text or None,
+        verdict=_VERDICTS.get(verdict, "unknown"),
+        rule=None if rule == _NO_RULE else "relay" if rule == _RELAY_RULE else rule,
+        via=via,
+        client=(_ip(client), client_port),
+        server=(_ip(server), server_port),
+        netns=netns,
+        cgroup_id=cgroup_id,
+        connected_ns=ktime,
+        established_ns=established,
+        server_uid=server_uid,
+        server_cookie=server_cookie,
+        client_cookie=client_cookie,
+    )
+
+
+def origin(sock: Any) -> Optional[Origin]:
+    """The origin of the connection on ``sock``, an accepted TCP socket.
+
+    ``sock`` is anything with ``getsockopt`` (a ``socket.socket``, the
+    ``TransportSocket`` asyncio hands out). Returns None when loopwarden
+    knows nothing of the connection (a port it does not protect, a
+    connection older than the tag); raises NotAnswering when loopwarden's
+    program does not answer; BadRecord when something else did.
+    """
+    try:
+        data = sock.getsockopt(SOL_LOOPWARDEN, LW_ORIGIN, RECORD_SIZE)
+    except OSError as e:
+        if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+            raise NotAnswering(e.errno, NotAnswering.__doc__.split("\n", 1)[0]) from e
+        raise
+    return decode(data)
+
+
+def _addr(a: Union[str, Tuple]) -> str:
+    """``host:port`` text of an address given as text or a socket tuple."""
+    if isinstance(a, str):
+        return a
+    host, port = a[0], a[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[str, Any]]:
+    """One request on a fresh connection: the answer, None for ``unknown``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except OSError as e:
+            raise QueryError(
+                "connect",
+                f"cannot connect to {path}: {e.strerror or e} "
+                "(is the daemon running, with [provenance] query = true?)",
+            ) from e
+        s.sendall(json.dumps(req).encode() + b"\n")
+        line = s.makefile("rb").readline()
+    if not line:
+        raise QueryError("closed", "the daemon closed the connection before answering")
+    try:
+        answer = json.loads(line)
+    except ValueError as e:
+        raise QueryError("protocol", f"not JSON: {line[:200]!r}") from e
+    if not isinstance(answer, dict) or answer.get("v") != 1:
+        raise QueryError("protocol", f"not a version-1 answer: {answer!r}")
+    if answer.get("ok") is True:
+        return answer
+    code = str(answer.get("error", "protocol"))
+    if code == "unknown":
+        return None
+    raise QueryError(code, str(answer.get("message", "")))
+
+
+def who(
+    peer: Union[str, Tuple],
+    local: Union[str, Tuple],
+    path: str = DEFAULT_QUERY_PATH,
+    timeout: float = 10.0,
+) -> Optional[Dict[str, Any]]:
+    """The origin of the connection ``peer`` -> ``local``, from the daemon.
+
+    ``peer`` is ``sock.getpeername()`` of the accepted socket, ``local``
+    its ``sock.getsockname()`` (tuples or ``"host:port"`` text). Returns the
+    origin object (the audit line's fields plus the connection's), or None
+    when loopwarden knows nothing of the connection. Raises QueryError.
+    """
+    req = {"op": "who", "peer": _addr(peer), "local": _addr(local)}
+    answer = _request(req, path, timeout)
+    return None if answer is None else answer["origin"]
+
+
+def who_cookie(
+    cookie: int, path: str = DEFAULT_QUERY_PATH, timeout: float = 10.0
+) -> Optional[Dict[str, Any]]:
+    """The origin of the connection whose accepted socket has SO_COOKIE ``cookie``."""
+    answer = _request({"op": "who", "cookie": cookie}, path, timeout)
+    return None if answer is None else answer["origin"]
+
+
+def conns(path: str = DEFAULT_QUERY_PATH, timeout: float = 10.0) -> List[Dict[str, Any]]:
+    """Every tagged connection the caller may see (root: all)."""
+    answer = _request({"op": "conns"}, path, timeout)
+    if answer is None:
+        raise QueryError("protocol", "`unknown` answered to `conns`")
+    return answer["conns"]

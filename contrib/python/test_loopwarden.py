@@ -1,0 +1,137 @@
+"""Unit tests of loopwarden.py: hand-built records, and the query client
+against a fake query socket. Run: python3 -m unittest test_loopwarden
+(from contrib/python); tests/tests/client.rs runs them too."""
+
+import ipaddress
+import json
+import os
+import socket
+import struct
+import tempfile
+import threading
+import unittest
+
+import loopwarden
+
+
+def _addr(text):
+    ip = ipaddress.ip_address(text)
+    if ip.version == 4:
+        ip = ipaddress.IPv6Address("::ffff:" + text)
+    return ip.packed
+
+
+def record(status=1, magic=0x524F574C, version=1, size=328, verdict=1, rule=254, via_kind=2):
+    """socat (pid 4242, parent 4200) relaying 10.77.0.2:5555 to 127.0.0.1:8080."""
+    return loopwarden._RECORD.pack(
+        magic, version, size, status, 33, 5_000_100_000, 77,
+        4026531840, 53422, 8080, _addr("127.0.0.1"), _addr("127.0.0.1"),
+        5_000_000_000, 1, 76, 2, 1000, 9,
+        bytes(16), _addr("127.0.0.1"),
+        4242, 4243, 4200, 1000, 100, 8080, 2,
+        verdict, rule,
+        b"socat", b"py\xffthon",
+        _addr("10.77.0.2"), 4_997_000_000, 5555, via_kind,
+        b"/srv/fwd.py",
+    )  # fmt: skip
+
+
+class Decode(unittest.TestCase):
+    def test_relayed(self):
+        o = loopwarden.decode(record())
+        self.assertEqual((o.pid, o.tid, o.ppid, o.uid, o.gid), (4242, 4243, 4200, 1000, 100))
+        self.assertEqual((o.comm, o.exe_name, o.script), ("socat", "py\ufffdthon", "/srv/fwd.py"))
+        self.assertEqual((o.verdict, o.rule), ("audit", "relay"))
+        self.assertEqual(o.via, loopwarden.Via("10.77.0.2", 5555, "accepted", 3))
+        self.assertEqual(str(o.via), "10.77.0.2:5555")
+        self.assertEqual((o.client, o.server), (("127.0.0.1", 53422), ("127.0.0.1", 8080)))
+        self.assertFalse(o.is_direct)
+
+    def test_direct(self):
+        o = loopwarden.decode(record(verdict=0, rule=255, via_kind=0))
+        self.assertEqual((o.verdict, o.rule, o.via), ("allow", None, None))
+        self.assertTrue(o.is_direct)
+        self.assertFalse(loopwarden.decode(record(verdict=2, rule=3, via_kind=0)).is_direct)
+
+    def test_unknown(self):
+        self.assertIsNone(loopwarden.decode(record(status=0)))
+
+    def test_damaged(self):
+        for bad, text in [
+            (record(magic=0), "magic"),
+            (record(version=2), "version 2"),
+            (record(size=32), "32 bytes"),
+            (record(status=7), "status 7"),
+            (record()[:100], "100 bytes"),
+        ]:
+            with self.assertRaisesRegex(loopwarden.BadRecord, text):
+                loopwarden.decode(bad)
+
+
+class Query(unittest.TestCase):
+    def serve(self, answers):
+        """A fake query socket answering each request line from ``answers``."""
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "query.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen()
+        self.requests = []
+
+        def run():
+            for answer in answers:
+                c, _ = listener.accept()
+                with c:
+                    self.requests.append(json.loads(c.makefile("rb").readline()))
+                    c.sendall(answer.encode() + b"\n")
+            listener.close()
+            os.unlink(path)
+            os.rmdir(d)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        self.addCleanup(t.join)
+        return path
+
+    def test_who_and_conns(self):
+        path = self.serve([
+            '{"v":1,"ok":true,"origin":{"pid":7,"verdict":"allow"}}',
+            '{"v":1,"ok":false,"error":"unknown","message":"no such connection"}',
+            '{"v":1,"ok":true,"conns":[{"pid":7}]}',
+            '{"v":1,"ok":true,"origin":{"pid":8}}',
+        ])  # fmt: skip
+        self.assertEqual(
+            loopwarden.who(("::1", 53422, 0, 0), "127.0.0.1:8080", path=path)["pid"], 7
+        )
+        self.assertIsNone(loopwarden.who("127.0.0.1:1", "127.0.0.1:2", path=path))
+        self.assertEqual(loopwarden.conns(path=path), [{"pid": 7}])
+        self.assertEqual(loopwarden.who_cookie(4711, path=path)["pid"], 8)
+        self.assertEqual(
+            self.requests,
+            [
+                {"op": "who", "peer": "[::1]:53422", "local": "127.0.0.1:8080"},
+                {"op": "who", "peer": "127.0.0.1:1", "local": "127.0.0.1:2"},
+                {"op": "conns"},
+                {"op": "who", "cookie": 4711},
+            ],
+        )
+
+    def test_errors(self):
+        path = self.serve([
+            '{"v":1,"ok":false,"error":"forbidden","message":"uid 33\'s socket"}',
+            "not json",
+        ])  # fmt: skip
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.who_cookie(1, path=path)
+        self.assertEqual((e.exception.code, e.exception.message), ("forbidden", "uid 33's socket"))
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.conns(path=path)
+        self.assertEqual(e.exception.code, "protocol")
+
+    def test_no_daemon(self):
+        with self.assertRaisesRegex(loopwarden.QueryError, r"\[provenance\] query"):
+            loopwarden.conns(path="/nonexistent/query.sock")
+
+
+if __name__ == "__main__":
+    unittest.main()

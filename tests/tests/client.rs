@@ -1,0 +1,240 @@
+//! The client side of provenance, end to end: services that ask loopwarden
+//! who connected (`getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)`) through the
+//! client libraries, with real clients and real relays.
+//!
+//! - The aiohttp gateway example (`contrib/python/examples`) serves a
+//!   direct `curl` and refuses what socat (named by the catalog) or a
+//!   Python forwarder (named by nothing, refused for facing the network)
+//!   relays to it; on a port loopwarden does not protect, the same relay
+//!   passes.
+//! - A Python server using `contrib/python/loopwarden.py` and a Rust one
+//!   using `loopwarden-client` (`lw-origin-server`) report the same origins
+//!   for the same clients: who connected, the verdict, the relayed party,
+//!   and nothing for an unprotected port. The Python module's unit tests
+//!   (`contrib/python/test_loopwarden.py`) run here too.
+//!
+//! `Error::NotAnswering` needs loopwarden's getsockopt program absent from
+//! the root cgroup, which other daemons on the host may hold: not tested
+//! here.
+
+use std::path::Path;
+
+use loopwarden_tests::{
+    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir,
+    Topology, UNPROTECTED,
+    client::{Fetched, fetch, gateway, py_origin_server, python_unit_tests, rs_origin_server},
+    exe_name, spawn_forwarder,
+};
+use serde_json::Value;
+
+/// socat relaying to the protected port.
+const SOCAT_PORT: u16 = 9001;
+/// socat relaying to the unprotected port.
+const SOCAT_OPEN_PORT: u16 = 9002;
+/// The Python forwarder, on the local link address.
+const FORWARDER_PORT: u16 = 9006;
+/// A gateway that refuses unknown connections, on an unprotected port.
+const STRICT_PORT: u16 = 8082;
+
+const CHAT: &str = r#"{"model":"echo-1","messages":[{"role":"user","content":"hello"}]}"#;
+
+fn local_url(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+/// The gateway's error of a refused request: (type, message).
+fn refusal(f: &Fetched) -> (&str, &str) {
+    let err = &f.body["error"];
+    (
+        err["type"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error: {f:?}")),
+        err["message"].as_str().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn the_aiohttp_gateway_refuses_relayed_requests() {
+    let topo = Topology::new();
+    let _daemon = Daemon::start(&Policy::new(&topo.local, "audit").text());
+    let _gateway = gateway(&topo.local, PROTECTED, &[]);
+    let _open_gateway = gateway(&topo.local, UNPROTECTED, &[]);
+    let _strict_gateway = gateway(&topo.local, STRICT_PORT, &["--unknown", "refuse"]);
+
+    // A local client connecting by itself gets its completion.
+    let direct = fetch(
+        &topo.local,
+        &local_url(PROTECTED, "/v1/chat/completions"),
+        Some(CHAT),
+    );
+    assert_eq!(direct.status, 200, "{direct:?}");
+    assert_eq!(
+        direct.body["choices"][0]["message"]["content"], "echo: hello",
+        "{direct:?}"
+    );
+
+    // socat (the catalog's) relaying to it: refused, naming socat.
+    let _socat = topo
+        .local
+        .socat_relay(SOCAT_PORT, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    let relayed = fetch(
+        &topo.local,
+        &local_url(SOCAT_PORT, "/v1/chat/completions"),
+        Some(CHAT),
+    );
+    assert_eq!(relayed.status, 403, "{relayed:?}");
+    let (kind, message) = refusal(&relayed);
+    assert_eq!(kind, "loopwarden_relayed");
+    assert!(
+        message.starts_with(&format!(
+            "refused: this request was relayed to 127.0.0.1:{PROTECTED} by socat (pid "
+        )),
+        "{message}"
+    );
+    assert!(message.contains("would-deny"), "{message}");
+
+    // A forwarder no catalog names, carrying a remote client's request:
+    // refused, naming the forwarder and the remote party.
+    let dir = TempDir::new("client-forwarder");
+    let (forwarder, _) = spawn_forwarder(&topo.local, &dir, LOCAL_ADDR, FORWARDER_PORT);
+    let remote = fetch(
+        &topo.remote,
+        &format!("http://{LOCAL_ADDR}:{FORWARDER_PORT}/v1/models"),
+        None,
+    );
+    assert_eq!(remote.status, 403, "{remote:?}");
+    let (kind, message) = refusal(&remote);
+    assert_eq!(kind, "loopwarden_relayed");
+    let python = exe_name(Path::new(SYSTEM_PYTHON));
+    assert!(
+        message.contains(&format!(
+            "by {python} (pid {}) for {REMOTE_ADDR}:",
+            forwarder.pid()
+        )),
+        "{message}"
+    );
+    assert!(message.contains("(accepted)"), "{message}");
+
+    // The same kind of relay to the same gateway on a port loopwarden does
+    // not protect: unknown, passed (the default).
+    let _open_socat = topo.local.socat_relay(
+        SOCAT_OPEN_PORT,
+        &format!("TCP:127.0.0.1:{UNPROTECTED}"),
+        None,
+    );
+    let open = fetch(&topo.local, &local_url(SOCAT_OPEN_PORT, "/v1/models"), None);
+    assert_eq!(open.status, 200, "{open:?}");
+    assert_eq!(open.body["data"][0]["id"], "echo-1", "{open:?}");
+
+    // A gateway run with `--unknown refuse` fails closed there, even for a
+    // direct client (which the default gateway on that port served).
+    let direct_open = fetch(&topo.local, &local_url(UNPROTECTED, "/v1/models"), None);
+    assert_eq!(direct_open.status, 200, "{direct_open:?}");
+    let strict = fetch(&topo.local, &local_url(STRICT_PORT, "/v1/models"), None);
+    assert_eq!(strict.status, 403, "{strict:?}");
+    assert_eq!(refusal(&strict).0, "loopwarden_unknown");
+}
+
+/// The origin a server reported for `f`'s request.
+fn origin(f: &Fetched) -> &Value {
+    assert_eq!(f.status, 200, "{f:?}");
+    f.body
+        .get("origin")
+        .unwrap_or_else(|| panic!("the server could not tell: {f:?}"))
+}
+
+/// A server started by `start(ns, port)` reports, for its connections, what
+/// loopwarden bound to them: a direct curl, socat (the catalog's), a
+/// Python forwarder carrying a remote client (the relay verdict), and
+/// nothing on a port loopwarden does not protect.
+fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
+    let topo = Topology::new();
+    let daemon = Daemon::start(&Policy::new(&topo.local, "audit").text());
+    let _protected = start(&topo.local, PROTECTED);
+    let _unprotected = start(&topo.local, UNPROTECTED);
+
+    let direct = fetch(&topo.local, &local_url(PROTECTED, "/"), None);
+    let o = origin(&direct);
+    assert_eq!(o["pid"], direct.pid, "{o:#}");
+    assert_eq!(o["comm"], "curl", "{o:#}");
+    assert_eq!(o["exe_name"], "curl", "{o:#}");
+    assert_eq!(o["uid"], 0, "{o:#}");
+    assert_eq!(o["verdict"], "allow", "{o:#}");
+    assert_eq!(o["rule"], Value::Null, "{o:#}");
+    assert_eq!(o["via"], Value::Null, "{o:#}");
+    assert_eq!(o["server"], format!("127.0.0.1:{PROTECTED}"), "{o:#}");
+    assert!(
+        o["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{o:#}"
+    );
+    assert_eq!(o["direct"], true, "{o:#}");
+
+    // socat forks per connection: its child connects.
+    let socat = topo
+        .local
+        .socat_relay(SOCAT_PORT, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    let relayed = fetch(&topo.local, &local_url(SOCAT_PORT, "/"), None);
+    let o = origin(&relayed);
+    assert_eq!(o["comm"], "socat", "{o:#}");
+    assert_eq!(o["exe_name"], "socat", "{o:#}");
+    assert_eq!(o["ppid"], socat.pid(), "{o:#}");
+    assert_eq!(o["verdict"], "would-deny", "{o:#}");
+    assert!(o["rule"].is_u64(), "{o:#}");
+    assert_eq!(o["direct"], false, "{o:#}");
+    // The daemon's audit record of that connect names the same process.
+    let ev = daemon.wait_event("would-deny by socat", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(ev["pid"], o["pid"], "{ev:#}");
+    assert_eq!(ev["rule"], "catalog:socat", "{ev:#}");
+
+    // The forwarder is threaded: the process is the one started.
+    let dir = TempDir::new("client-forwarder");
+    let (forwarder, _) = spawn_forwarder(&topo.local, &dir, LOCAL_ADDR, FORWARDER_PORT);
+    let remote = fetch(
+        &topo.remote,
+        &format!("http://{LOCAL_ADDR}:{FORWARDER_PORT}/"),
+        None,
+    );
+    let o = origin(&remote);
+    assert_eq!(o["pid"], forwarder.pid(), "{o:#}");
+    assert_eq!(
+        o["exe_name"],
+        exe_name(Path::new(SYSTEM_PYTHON)).as_str(),
+        "{o:#}"
+    );
+    assert_eq!(o["verdict"], "audit", "{o:#}");
+    assert_eq!(o["rule"], "relay", "{o:#}");
+    assert!(
+        o["via"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(&format!("{REMOTE_ADDR}:"))),
+        "{o:#}"
+    );
+    assert_eq!(o["via_how"], "accepted", "{o:#}");
+    assert_eq!(o["direct"], false, "{o:#}");
+
+    // A port loopwarden does not protect: known to the server, unknown to
+    // loopwarden.
+    let open = fetch(&topo.local, &local_url(UNPROTECTED, "/"), None);
+    assert_eq!(origin(&open), &Value::Null, "{open:?}");
+}
+
+#[test]
+fn the_python_module_reports_origins() {
+    origins_are_reported(py_origin_server);
+}
+
+/// The module's own tests: hand-built records and a fake query socket.
+#[test]
+fn the_python_module_passes_its_unit_tests() {
+    python_unit_tests();
+}
+
+#[test]
+fn the_rust_client_reports_origins() {
+    let bin = env!("CARGO_BIN_EXE_lw-origin-server");
+    origins_are_reported(|ns, port| rs_origin_server(ns, bin, port));
+}
