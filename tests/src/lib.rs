@@ -7,6 +7,8 @@
 //! assertion fails: processes in the namespace are killed, the namespace is
 //! deleted, and the daemon is stopped (its programs detach when it exits).
 
+pub mod ident;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},

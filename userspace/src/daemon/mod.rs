@@ -272,11 +272,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     pins.write_meta(dropped_reported)
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     // The RFC 1413 responder, when `[ident] listen` names addresses.
-    if let Some(ident) = config.as_ref().map(|c| &c.ident)
-        && !ident.listen.is_empty()
-    {
+    if let Some(config) = config.as_ref().filter(|c| !c.ident.listen.is_empty()) {
         let conns = pins.map(loopwarden_common::maps::CONNS);
-        let serving = crate::provenance::ident::start(ident, &conns)
+        let serving = crate::provenance::ident::start(config, &conns)
             .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
         info!("ident (RFC 1413): answering on {serving}");
     }

@@ -30,7 +30,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
 use super::{Conns, ConnsError, netns_of};
-use crate::config::{Ident, IdentError, Location};
+use crate::config::{Config, IdentError, Location};
 
 /// Clients served at once; one more is closed at once.
 pub const MAX_CLIENTS: usize = 64;
@@ -42,19 +42,22 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug, thiserror::Error)]
 pub enum IdentStartError {
     #[error(
-        "[ident] listen \"{addr}\" ({at}): cannot bind it{}: {source}{}",
+        "{file}:{at}: [ident] listen \"{addr}\": cannot bind it{}{}",
         netns.as_ref().map(|p| format!(" in network namespace {}", p.display())).unwrap_or_default(),
         bind_hint(source, *addr)
     )]
     Bind {
+        /// The config file.
+        file: String,
         addr: SocketAddr,
         at: Location,
         netns: Option<PathBuf>,
         #[source]
         source: io::Error,
     },
-    #[error("[ident] netns \"{}\" ({at}): {source}", path.display())]
+    #[error("{file}:{at}: [ident] netns \"{}\"", path.display())]
     Netns {
+        file: String,
         path: PathBuf,
         at: Location,
         #[source]
@@ -105,14 +108,17 @@ impl fmt::Display for Serving {
     }
 }
 
-/// Binds every `[ident] listen` address and serves them on the current
-/// tokio runtime, answering from the `LW_CONNS` pinned at `conns`.
-pub fn start(config: &Ident, conns: &Path) -> Result<Serving, IdentStartError> {
+/// Binds every `[ident] listen` address of `config` and serves them on the
+/// current tokio runtime, answering from the `LW_CONNS` pinned at `conns`.
+pub fn start(config: &Config, conns: &Path) -> Result<Serving, IdentStartError> {
+    let file = &config.source;
+    let config = &config.ident;
     let conns = Conns::open(conns)?;
     let netns_path = config.netns.as_ref().map(|n| n.value.clone());
     let (netns, bound) = match &config.netns {
         Some(located) => {
             let netns_error = |source| IdentStartError::Netns {
+                file: file.clone(),
                 path: located.value.clone(),
                 at: located.at,
                 source,
@@ -134,6 +140,7 @@ pub fn start(config: &Ident, conns: &Path) -> Result<Serving, IdentStartError> {
     let mut listeners = Vec::with_capacity(bound.len());
     for (located, result) in config.listen.iter().zip(bound) {
         let bind_error = |source| IdentStartError::Bind {
+            file: file.clone(),
             addr: located.value,
             at: located.at,
             netns: netns_path.clone(),

@@ -1,14 +1,14 @@
 //! One ident client: its queries answered in order, each from `LW_CONNS`,
 //! until it closes, stays silent too long, or sends an invalid query.
 
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, pin::Pin, sync::Arc};
 
 use loopwarden_common::{
     evidence,
     origin::{OriginRecord, status},
     verdict,
 };
-use tokio::{net::TcpStream, time::timeout};
+use tokio::{io::AsyncWrite as _, net::TcpStream, time::timeout};
 use tracing::debug;
 
 use super::{
@@ -16,6 +16,10 @@ use super::{
     request::{self, Answer, Echo, INVALID_PORT, MAX_REQUEST, NO_USER, Ports},
 };
 use crate::provenance::conn_key;
+
+/// The most a client refused for an invalid query may still send before
+/// its connection is closed regardless.
+const DRAIN_MAX: usize = 64 * 1024;
 
 /// What loopwarden knows of the connection a query names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,19 +59,18 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     loop {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let parsed = request::parse(&line[..end]);
-            let reply = match parsed {
-                Ok(ports) => answer(ports, local, peer, &shared).await,
-                Err(echo) => request::reply(echo, Answer::Error(INVALID_PORT)),
-            };
-            if !send(&stream, &reply, &shared).await || parsed.is_err() {
-                return;
+            match request::parse(&line[..end]) {
+                Ok(ports) => {
+                    let reply = answer(ports, local, peer, &shared).await;
+                    if !send(&stream, &reply, &shared).await {
+                        return;
+                    }
+                }
+                Err(echo) => return refuse(stream, echo, &shared).await,
             }
         }
         if pending.len() > MAX_REQUEST {
-            let reply = request::reply(Echo::default(), Answer::Error(INVALID_PORT));
-            send(&stream, &reply, &shared).await;
-            return;
+            return refuse(stream, Echo::default(), &shared).await;
         }
         match timeout(shared.timeout, read(&stream, &mut chunk)).await {
             Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&chunk[..n]),
@@ -84,11 +87,35 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
+/// Answers an invalid query with `INVALID-PORT` and ends the connection:
+/// the reply, then FIN, then what the client still sends is read and
+/// dropped until it closes, falls silent or sends [`DRAIN_MAX`] bytes
+/// (closing with unread data would reset the connection, and the client
+/// could lose the reply).
+async fn refuse(mut stream: TcpStream, echo: Echo, shared: &Shared) {
+    let reply = request::reply(echo, Answer::Error(INVALID_PORT));
+    if !send(&stream, &reply, shared).await {
+        return;
+    }
+    let shut = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_shutdown(cx));
+    if !matches!(timeout(shared.timeout, shut).await, Ok(Ok(()))) {
+        return;
+    }
+    let mut sink = [0u8; 512];
+    let mut drained = 0;
+    while drained < DRAIN_MAX {
+        match timeout(shared.timeout, read(&stream, &mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
 /// Writes one reply in a single write; false when the client is gone or
 /// does not read it in time.
 async fn send(stream: &TcpStream, reply: &str, shared: &Shared) -> bool {
     matches!(
-        timeout(shared.timeout, write_all(&stream, reply.as_bytes())).await,
+        timeout(shared.timeout, write_all(stream, reply.as_bytes())).await,
         Ok(Ok(()))
     )
 }
