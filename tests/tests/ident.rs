@@ -254,7 +254,14 @@ fn an_address_that_cannot_be_bound_stops_the_start_with_a_clear_error() {
     // Something else holds the ident port in the namespace.
     let mut other_identd = holding_server(&ns, IDENT_PORT);
     let install = Install::new();
-    std::fs::write(install.config_path(), config(&ns, PROTECTED)).expect("config");
+    let text = config(&ns, PROTECTED);
+    std::fs::write(install.config_path(), &text).expect("config");
+    // Where the first listen address is written (1-based).
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| Some((i + 1, l.strip_prefix("listen = ")?.find('"')? + 10)))
+        .expect("a listen line");
     let out = run(Command::new(loopwarden_bin())
         .arg("run")
         .arg("--config")
@@ -267,7 +274,7 @@ fn an_address_that_cannot_be_bound_stops_the_start_with_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Where in the file, what, where, why, and what to do.
     let expected = format!(
-        "{}:9:11: [ident] listen \"127.0.0.1:{IDENT_PORT}\": cannot bind it in network namespace \
+        "{}:{line}:{column}: [ident] listen \"127.0.0.1:{IDENT_PORT}\": cannot bind it in network namespace \
          {} (another identd, or another loopwarden, listens there): Address already in use",
         install.config_path().display(),
         ns.path()

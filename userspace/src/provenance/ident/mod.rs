@@ -12,7 +12,8 @@
 //! were made in), and connections are looked up in that namespace. Each
 //! client is served by a task of its own, with a deadline on every read and
 //! write and at most [`MAX_CLIENTS`] at once, so no client can stall the
-//! daemon or another client.
+//! daemon or another client. The `[ident]` table is read at start only: a
+//! reload (SIGHUP) leaves the responder as it is.
 
 mod request;
 mod session;
@@ -65,7 +66,7 @@ pub enum IdentStartError {
     },
     #[error("reading this daemon's own network namespace failed")]
     OwnNetns(#[source] io::Error),
-    #[error("the ident responder needs LW_CONNS: {0}")]
+    #[error("the ident responder needs LW_CONNS")]
     Conns(#[from] ConnsError),
 }
 
@@ -115,6 +116,7 @@ pub fn start(config: &Config, conns: &Path) -> Result<Serving, IdentStartError> 
     let config = &config.ident;
     let conns = Conns::open(conns)?;
     let netns_path = config.netns.as_ref().map(|n| n.value.clone());
+    let addrs: Vec<SocketAddr> = config.listen.iter().map(|l| l.value).collect();
     let (netns, bound) = match &config.netns {
         Some(located) => {
             let netns_error = |source| IdentStartError::Netns {
@@ -126,14 +128,13 @@ pub fn start(config: &Config, conns: &Path) -> Result<Serving, IdentStartError> 
             let inode = std::fs::metadata(&located.value)
                 .map_err(netns_error)?
                 .ino() as u32;
-            let addrs: Vec<SocketAddr> = config.listen.iter().map(|l| l.value).collect();
-            let bound = crate::resolve::in_netns(&located.value, move || Ok(bind_all(&addrs)))
+            let wanted = addrs.clone();
+            let bound = crate::resolve::in_netns(&located.value, move || Ok(bind_all(&wanted)))
                 .map_err(netns_error)?;
             (inode, bound)
         }
         None => {
             let inode = netns_of(std::process::id()).map_err(IdentStartError::OwnNetns)?;
-            let addrs: Vec<SocketAddr> = config.listen.iter().map(|l| l.value).collect();
             (inode, bind_all(&addrs))
         }
     };
@@ -165,7 +166,7 @@ pub fn start(config: &Config, conns: &Path) -> Result<Serving, IdentStartError> 
         ));
     }
     Ok(Serving {
-        addrs: config.listen.iter().map(|l| l.value).collect(),
+        addrs,
         netns: netns_path,
     })
 }
