@@ -8,6 +8,7 @@
 //! deleted, and the daemon is stopped (its programs detach when it exits).
 
 pub mod client;
+pub mod ident;
 
 use std::{
     io::{BufRead as _, BufReader},

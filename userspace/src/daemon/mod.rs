@@ -271,6 +271,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     });
     pins.write_meta(dropped_reported)
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
+    // The RFC 1413 responder, when `[ident] listen` names addresses.
+    if let Some(config) = config.as_ref().filter(|c| !c.ident.listen.is_empty()) {
+        let conns = pins.map(loopwarden_common::maps::CONNS);
+        let serving = crate::provenance::ident::start(config, &conns)
+            .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
+        info!("ident (RFC 1413): answering on {serving}");
+    }
     // The heap the start-up needed (policy compilation, object parsing) is
     // not needed again.
     crate::heap::release();

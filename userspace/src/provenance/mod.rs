@@ -4,5 +4,6 @@
 //! operators.
 
 mod conns;
+pub mod ident;
 
 pub use self::conns::{Conns, ConnsError, conn_key, netns_of, socket_addr};
