@@ -18,10 +18,10 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd, Topology,
-    UNPROTECTED, exe_id, exe_name, loopwarden_bin,
+    Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
+    Topology, UNPROTECTED, exe_id, exe_name, loopwarden_bin,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
-    run, wait_for,
+    rule, run, wait_for,
 };
 use serde_json::{Value, json};
 
@@ -223,6 +223,38 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     // SAFETY: plain kill(2) of the child the client left behind.
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
     wait_gone(&ns, &run_dir, &peer, &local);
+}
+
+#[test]
+fn rules_are_named_by_the_policy_that_judged_the_connect() {
+    let ns = Netns::new();
+    let python = exe_name(Path::new(SYSTEM_PYTHON));
+    let with_rule = |name: &str| {
+        let policy = Policy::new(&ns, "audit").catalog(false).relay("audit");
+        policy
+            .extra(&rule(name, "audit", "exe_name", &python))
+            .text()
+    };
+    let daemon = Daemon::start(&with_rule("watch-python"));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    let _first = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let (peer1, local1) = ends(&holder.wait_accepted(1));
+    let origin = who(&ns, None, &run_dir, &peer1, &local1).expect("the first connection");
+    assert_eq!(origin["verdict"], "audit", "{origin:#}");
+    assert_eq!(origin["rule"], "watch-python", "{origin:#}");
+
+    // The rule renamed by a reload: new connects carry the new name, the
+    // open one keeps the name of the policy that judged it.
+    std::fs::write(daemon.config_path(), with_rule("python-watched")).expect("rewrite");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("installed: ", 1);
+    let _second = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let (peer2, local2) = ends(&holder.wait_accepted(2));
+    let origin = who(&ns, None, &run_dir, &peer2, &local2).expect("the second connection");
+    assert_eq!(origin["rule"], "python-watched", "{origin:#}");
+    let origin = who(&ns, None, &run_dir, &peer1, &local1).expect("the first connection");
+    assert_eq!(origin["rule"], "watch-python", "{origin:#}");
 }
 
 #[test]
@@ -446,9 +478,17 @@ fn read_answer(stream: &UnixStream) -> Value {
 #[test]
 fn misbehaving_query_clients_do_not_keep_others_waiting() {
     let ns = Netns::new();
-    let mut daemon = Daemon::start(&config(&ns));
-    let run_dir = daemon.install().run_dir();
+    // A socket file left by a daemon that died is replaced.
+    let install = Install::new();
+    let run_dir = install.run_dir();
     let socket = run_dir.join("query.sock");
+    std::fs::create_dir_all(&run_dir).expect("creating the run directory");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("a stale socket"));
+    assert!(
+        UnixStream::connect(&socket).is_err(),
+        "nothing answers there"
+    );
+    let mut daemon = Daemon::start_in(&install, &config(&ns), &[]);
     let holder = Holder::start(&ns, &[PROTECTED], None);
     let client = holder.hold_client(&ns, "::1", PROTECTED);
     let (peer, local) = ends(&holder.wait_accepted(1));
