@@ -135,7 +135,7 @@ enum Command {
     /// looked up in the caller's network namespace; a user sees only those
     /// whose accepted socket it owns, root sees all.
     #[command(
-        after_help = "Exit codes: 0 found, 1 unknown (or none),                             2 usage, connection or permission errors."
+        after_help = "Exit codes: 0 found, 1 unknown (or none), 2 usage, connection or permission errors."
     )]
     Who {
         /// The client's end: ADDR:PORT, or ADDR without LOCAL.
@@ -159,7 +159,7 @@ enum Command {
     /// those whose accepted socket it owns, in its network namespace; for
     /// root, all), asked from the daemon through its query socket.
     #[command(
-        after_help = "Exit codes: 0 some listed, 1 none,                             2 usage, connection or permission errors."
+        after_help = "Exit codes: 0 some listed, 1 none, 2 usage, connection or permission errors."
     )]
     Conns {
         /// Print a JSON array of origins instead of a table.

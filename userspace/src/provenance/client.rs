@@ -33,12 +33,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "no loopwarden daemon answers at {} ({source}): start it (`loopwarden run`, or \
+        "no loopwarden daemon answers at {} ({error}): start it (`loopwarden run`, or \
          `systemctl start loopwarden`) with `[provenance] query = true`, or point --run-dir at \
          its run directory",
         path.display()
     )]
-    NotRunning { path: PathBuf, source: io::Error },
+    NotRunning { path: PathBuf, error: io::Error },
     #[error("asking the daemon at {} failed", path.display())]
     Io {
         path: PathBuf,
@@ -111,7 +111,7 @@ pub fn ask(run_dir: &Path, request: &Value) -> Result<Value, ClientError> {
     let mut stream = UnixStream::connect(&path).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
             path: path.clone(),
-            source,
+            error: source,
         },
         _ => io_error(source),
     })?;

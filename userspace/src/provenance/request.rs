@@ -80,10 +80,9 @@ impl Reply {
     /// The answer as one line, newline included.
     pub fn line(&self) -> Vec<u8> {
         let mut line = serde_json::to_vec(self).unwrap_or_else(|e| {
-            format!(
-                r#"{{"v":{VERSION},"ok":false,"error":"unavailable","message":"serializing the answer failed: {e}"}}"#
-            )
-            .into_bytes()
+            let message = format!("serializing the answer failed: {e}");
+            let reply = serde_json::json!({"v": VERSION, "ok": false, "error": "unavailable", "message": message});
+            reply.to_string().into_bytes()
         });
         line.push(b'\n');
         line
