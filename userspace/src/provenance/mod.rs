@@ -3,12 +3,14 @@
 //! read from the pinned `LW_CONNS` ([`Conns`]) to answer services and
 //! operators: [`query`] serves the query socket, [`request`] answers its
 //! requests, [`answer`] turns a record into the origin they carry, and
-//! [`client`] is `loopwarden who` / `loopwarden conns`.
+//! [`client`] is `loopwarden who` / `loopwarden conns` (printed by
+//! `show`).
 
 pub mod answer;
 pub mod client;
 mod conns;
 pub mod query;
 pub mod request;
+mod show;
 
 pub use self::conns::{Conns, ConnsError, conn_key, netns_of, socket_addr};
