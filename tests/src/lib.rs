@@ -24,6 +24,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod provenance;
+
 /// Port of the protected HTTP service in every test namespace.
 pub const PROTECTED: u16 = 8080;
 /// Port of a second HTTP service the policy does not protect.

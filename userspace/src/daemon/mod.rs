@@ -335,6 +335,22 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     counters.report(&mut stats);
     status_file::started(&opts.run_dir, &installed);
+    // The query socket (`[provenance] query`), removed when the daemon exits.
+    let _query = installed
+        .config
+        .as_ref()
+        .is_some_and(|c| c.provenance.query)
+        .then(|| {
+            crate::provenance::query::serve(
+                &opts.run_dir,
+                pins.map(loopwarden_common::maps::CONNS),
+                host.cgroup2_root.clone(),
+                reporter.enricher().shared_rules(),
+            )
+            .inspect_err(|e| error!("the query socket is off: {}", crate::error_chain(e)))
+            .ok()
+        })
+        .flatten();
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
