@@ -19,9 +19,9 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
-    Topology, UNPROTECTED, exe_id, exe_name, loopwarden_bin,
+    TempDir, Topology, UNPROTECTED, exe_id, exe_name, loopwarden_bin,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
-    rule, run, wait_for,
+    rule, run, wait_for, write_script,
 };
 use serde_json::{Value, json};
 
@@ -560,4 +560,109 @@ fn misbehaving_query_clients_do_not_keep_others_waiting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no loopwarden daemon answers"), "{stderr}");
     assert!(stderr.contains("loopwarden run"), "{stderr}");
+}
+
+/// Accepts one connection on `127.0.0.1:PORT` and asks its origin every
+/// 50 ms for as long as it runs, appending one JSON line per ask to OUT:
+/// `n` (a count), `status` and `tgid`, or `errno` when the call failed.
+const REASK: &str = r#"import json, socket, struct, sys, time
+out = open(sys.argv[1], "a")
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[2])))
+s.listen(1)
+c, _ = s.accept()
+n = 0
+while True:
+    line = {"n": n}
+    try:
+        rec = c.getsockopt(0x4c57, 1, 328)
+        line.update(status=rec[8], tgid=struct.unpack_from("=I", rec, 152)[0])
+    except OSError as e:
+        line["errno"] = e.errno
+    out.write(json.dumps(line) + "\n")
+    out.flush()
+    n += 1
+    time.sleep(0.05)
+"#;
+
+/// The asks [`REASK`] has written so far.
+fn asked(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits for an ask made after the first `after` ones that satisfies `ok`.
+fn wait_ask(out: &Path, after: usize, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(10), || {
+        asked(out).into_iter().skip(after).find(|a| ok(a))
+    })
+}
+
+#[test]
+fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_turned_off() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let config = config(&ns);
+    let mut daemon = Daemon::start_in(&install, &config, &[]);
+    let dir = TempDir::new("reask");
+    let script = write_script(&dir, "reask.py", REASK);
+    let out = dir.path().join("asked.jsonl");
+    let port = PROTECTED.to_string();
+    let _service = ns.spawn(SYSTEM_PYTHON, &[&script, &out.display().to_string(), &port]);
+    ns.wait_listening(PROTECTED);
+    let dir2 = TempDir::new("reask-client");
+    let hold = write_script(
+        &dir2,
+        "hold.py",
+        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+         while True: time.sleep(3600)\n",
+    );
+    let client = ns.spawn(SYSTEM_PYTHON, &[&hold, &port]);
+    let me = u64::from(client.pid());
+    let named = |a: &Value| a["status"] == 1 && a["tgid"] == me;
+    wait_ask(&out, 0, "the connection's origin", named);
+
+    // No daemon: the pinned program and storage still answer.
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+    let n = asked(&out).len();
+    wait_ask(&out, n, "the origin with no daemon running", named);
+
+    // A new daemon adopts the pins: the socket keeps its tag, and the
+    // daemon's table still names the connection.
+    let mut daemon = Daemon::start_in(&install, &config, &[]);
+    let n = asked(&out).len();
+    wait_ask(&out, n, "the origin after the restart", named);
+    let listed = conns(&ns, None, &install.run_dir());
+    assert!(
+        listed.iter().any(|o| o["pid"] == me),
+        "conns after the restart: {listed:#?}"
+    );
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+
+    // `[provenance] getsockopt = false`: this loopwarden no longer answers
+    // (the call fails, or another loopwarden on the host says "unknown");
+    // the query socket still names the connection.
+    let off = format!("{config}\n[provenance]\ngetsockopt = false\n");
+    let mut daemon = Daemon::start_in(&install, &off, &[]);
+    let n = asked(&out).len();
+    let after = wait_ask(&out, n, "getsockopt no longer answered", |a| {
+        a.get("errno").is_some() || a["status"] == 0
+    });
+    if let Some(errno) = after.get("errno") {
+        assert!(
+            *errno == libc::ENOPROTOOPT || *errno == libc::EOPNOTSUPP,
+            "{after}"
+        );
+    }
+    let listed = conns(&ns, None, &install.run_dir());
+    assert!(
+        listed.iter().any(|o| o["pid"] == me),
+        "conns with getsockopt off: {listed:#?}"
+    );
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+    drop(client);
 }
