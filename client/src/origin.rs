@@ -4,7 +4,7 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     os::fd::{AsFd, AsRawFd as _},
     time::Duration,
 };
@@ -312,16 +312,9 @@ fn text(buf: &[u8]) -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// An address as the kernel keys it (IPv6 words in network order, IPv4
-/// mapped), shown as IPv4 when it is IPv4-mapped.
+/// An address as the kernel keys it, shown as IPv4 when it is IPv4-mapped.
 fn socket_addr(addr: &Addr, port: u16) -> SocketAddr {
-    let mut octets = [0u8; 16];
-    for (chunk, word) in octets.chunks_exact_mut(4).zip(addr.words) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    let v6 = Ipv6Addr::from(octets);
-    let ip = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
-    SocketAddr::new(ip, port)
+    SocketAddr::new(addr.to_ip(), port)
 }
 
 #[cfg(test)]

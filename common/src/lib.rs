@@ -489,6 +489,40 @@ pub struct Addr {
     pub words: [u32; 4],
 }
 
+impl Addr {
+    /// The kernel's form of `ip`: IPv4 as `::ffff:a.b.c.d`, the words as
+    /// they sit in memory (network order).
+    pub fn from_ip(ip: core::net::IpAddr) -> Self {
+        let octets = match ip {
+            core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            core::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let word =
+            |i: usize| u32::from_ne_bytes([octets[i], octets[i + 1], octets[i + 2], octets[i + 3]]);
+        Addr {
+            words: [word(0), word(4), word(8), word(12)],
+        }
+    }
+
+    /// The address as IPv6, IPv4-mapped ones as they are.
+    pub fn to_ipv6(&self) -> core::net::Ipv6Addr {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(self.words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        core::net::Ipv6Addr::from(octets)
+    }
+
+    /// The address, IPv4-mapped ones shown as IPv4.
+    pub fn to_ip(&self) -> core::net::IpAddr {
+        let v6 = self.to_ipv6();
+        match v6.to_ipv4_mapped() {
+            Some(v4) => core::net::IpAddr::V4(v4),
+            None => core::net::IpAddr::V6(v6),
+        }
+    }
+}
+
 /// Offsets into kernel structures, read from the running kernel's BTF at
 /// load time and passed to the programs as a read-only global.
 #[repr(C)]
@@ -884,6 +918,24 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_round_trip_in_kernel_form() {
+        let v4: core::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let a = Addr::from_ip(v4);
+        assert_eq!(a.words[2], 0x0000_ffffu32.to_be());
+        assert_eq!(a.words[3], 0x7f00_0001u32.to_be());
+        assert_eq!(a.to_ip(), v4);
+        assert_eq!(
+            a.to_ipv6(),
+            "::ffff:127.0.0.1".parse::<core::net::Ipv6Addr>().unwrap()
+        );
+        for text in ["::1", "fd77::2", "::ffff:10.77.0.2"] {
+            let ip: core::net::IpAddr = text.parse().unwrap();
+            let v6: core::net::Ipv6Addr = text.parse().unwrap();
+            assert_eq!(Addr::from_ip(ip).to_ipv6(), v6);
+        }
+    }
 
     /// The candidates of `name` as strings (mark checked and removed).
     fn candidates(name: &[u8]) -> [Option<[u8; EXE_NAME_LEN]>; 5] {

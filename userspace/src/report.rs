@@ -264,7 +264,7 @@ mod tests {
     use loopwarden_common::verdict;
 
     use super::*;
-    use crate::kernel::maps::addr_key;
+    use loopwarden_common::Addr;
 
     /// Output shared with the test.
     #[derive(Clone, Default)]
@@ -300,7 +300,7 @@ mod tests {
             start_boottime_ns: 5,
             cgroup_id: 1,
             exe: ExeKey::default(),
-            daddr: addr_key(&"127.0.0.1".parse().unwrap()),
+            daddr: Addr::from_ip("127.0.0.1".parse().unwrap()),
             tgid,
             pid: tgid,
             ppid: 0,

@@ -14,15 +14,7 @@ use loopwarden_common::{
 use super::{Error, How, Rule, Verdict, decode, origin};
 
 fn key(ip: IpAddr) -> Addr {
-    let v6 = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let o = v6.octets();
-    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-    Addr {
-        words: [word(0), word(4), word(8), word(12)],
-    }
+    Addr::from_ip(ip)
 }
 
 fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {

@@ -19,7 +19,7 @@ use super::{
     users::UserNames,
     verdict_name,
 };
-use crate::{cut::Cut, kernel::maps::addr_from_key, policy::RuleInfo};
+use crate::{cut::Cut, policy::RuleInfo};
 
 /// Rule lists of this many recent installs are kept, so a report queued
 /// before a policy change still names the rule that judged it.
@@ -150,7 +150,7 @@ impl Enricher {
         self.procs.fill(ev, &self.cgroup_root);
         self.users.refresh(ev.uid, now);
         let info = self.procs.get(ev);
-        let ip = addr_from_key(&ev.daddr);
+        let ip = ev.daddr.to_ipv6();
         // Show plain IPv4 for an IPv4 socket; keep the mapped form a v6 socket used.
         let ip = match (ev.family, ip.to_ipv4_mapped()) {
             (2, Some(v4)) => IpAddr::V4(v4),
@@ -158,11 +158,7 @@ impl Enricher {
         };
         let via_how = evidence_name(ev.via.kind);
         // The evidence's peer: IPv4 peers are kept IPv4-mapped.
-        let via = via_how.map(|_| {
-            let peer = addr_from_key(&ev.via.addr);
-            let peer = peer.to_ipv4_mapped().map_or(IpAddr::V6(peer), IpAddr::V4);
-            SocketAddr::new(peer, ev.via.port)
-        });
+        let via = via_how.map(|_| SocketAddr::new(ev.via.addr.to_ip(), ev.via.port));
         let via_ago_ms = match ev.via.kind {
             evidence::LISTENING | evidence::NONE => None,
             _ => Some(ev.ktime_ns.saturating_sub(ev.via.ktime_ns) / 1_000_000),

@@ -15,7 +15,6 @@ use crate::{
         procs::Owner,
         sock_diag::{SockId, TcpSocket},
     },
-    kernel::maps::addr_key,
     policy::{Action, ProcessIdentity, RuleInfo},
 };
 
@@ -32,7 +31,7 @@ fn event() -> ConnectEvent {
         start_boottime_ns: 0,
         cgroup_id: 11,
         exe: ExeKey::from_major_minor(254, 1, 4242),
-        daddr: addr_key(&"127.0.0.2".parse().unwrap()),
+        daddr: Addr::from_ip("127.0.0.2".parse().unwrap()),
         tgid: u32::MAX - 1,
         pid: u32::MAX - 1,
         ppid: 0,
@@ -90,7 +89,7 @@ fn json_line_parses_back() {
     let mut ev = event();
     ev.family = 10;
     ev.daddr = Addr {
-        words: addr_key(&"::ffff:127.0.0.1".parse().unwrap()).words,
+        words: Addr::from_ip("::ffff:127.0.0.1".parse().unwrap()).words,
     };
     ev.verdict = verdict::WOULD_DENY;
     ev.rule = NO_RULE;

@@ -181,7 +181,7 @@ impl PolicyMaps {
         host_addrs: &[IpAddr],
     ) -> Result<u64, MapsError> {
         check_fits(policy)?;
-        let addrs: BTreeMap<Addr, u8> = host_addrs.iter().map(|a| (addr_key(a), 1)).collect();
+        let addrs: BTreeMap<Addr, u8> = host_addrs.iter().map(|a| (Addr::from_ip(*a), 1)).collect();
         if addrs.len() > MAX_MAP_ENTRIES as usize {
             return Err(MapsError::TooLarge {
                 name: maps::HOST_ADDRS,
@@ -333,30 +333,6 @@ pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
     Ok(())
 }
 
-/// The kernel-side form of an address: IPv6 words as they sit in memory
-/// (network order), IPv4 as `::ffff:a.b.c.d`.
-pub fn addr_key(addr: &IpAddr) -> Addr {
-    let octets = match addr {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    let mut words = [0u32; 4];
-    for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
-        *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-    }
-    Addr { words }
-}
-
-/// The reverse of [`addr_key`]: IPv4-mapped addresses stay IPv6, as the
-/// caller wrote them.
-pub fn addr_from_key(addr: &Addr) -> std::net::Ipv6Addr {
-    let mut octets = [0u8; 16];
-    for (chunk, word) in octets.chunks_exact_mut(4).zip(addr.words) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    std::net::Ipv6Addr::from(octets)
-}
-
 /// The kernel's counters (see `loopwarden_common::stats`), summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -457,22 +433,8 @@ pub fn take_denials(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, MapsError> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-
-    #[test]
-    fn ipv4_becomes_mapped_words_in_network_order() {
-        let key = addr_key(&IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
-        assert_eq!(key.words[0], 0);
-        assert_eq!(key.words[1], 0);
-        assert_eq!(key.words[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);
-        assert_eq!(key.words[3].to_ne_bytes(), [127, 0, 0, 1]);
-        assert_eq!(
-            addr_from_key(&key),
-            Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()
-        );
-    }
 
     #[test]
     fn a_policy_larger_than_a_map_is_refused_before_any_write() {
@@ -514,11 +476,5 @@ mod tests {
             .filter(|i| filter_has(&f, filter_bit(name_prefix(format!("x{i}").as_bytes()))))
             .count();
         assert!(others < 100, "{others} of 1000 other names pass the filter");
-    }
-
-    #[test]
-    fn ipv6_round_trips() {
-        let ip = Ipv6Addr::LOCALHOST;
-        assert_eq!(addr_from_key(&addr_key(&IpAddr::V6(ip))), ip);
     }
 }

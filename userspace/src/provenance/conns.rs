@@ -1,12 +1,7 @@
 //! `LW_CONNS`, read from its pin: the live protected connections and their
 //! origins, by the connection's addresses.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-};
+use std::{io, net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path};
 
 use aya::maps::{HashMap as AyaHashMap, Map, MapData, MapError};
 use loopwarden_common::{
@@ -81,38 +76,15 @@ pub fn conn_key(netns: u32, client: SocketAddr, server: SocketAddr) -> ConnKey {
         netns,
         client_port: client.port(),
         server_port: server.port(),
-        client: addr(client.ip()),
-        server: addr(server.ip()),
-    }
-}
-
-/// An address as the kernel keys it: IPv4 in its IPv6-mapped form, words
-/// in network order.
-fn addr(ip: IpAddr) -> Addr {
-    let v6 = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let o = v6.octets();
-    let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-    Addr {
-        words: [word(0), word(4), word(8), word(12)],
+        client: Addr::from_ip(client.ip()),
+        server: Addr::from_ip(server.ip()),
     }
 }
 
 /// The socket address `addr`:`port` as the kernel stored it (IPv4-mapped
 /// addresses shown as IPv4).
 pub fn socket_addr(addr: &Addr, port: u16) -> SocketAddr {
-    let mut octets = [0u8; 16];
-    for (i, word) in addr.words.iter().enumerate() {
-        octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
-    let v6 = Ipv6Addr::from(octets);
-    let ip = match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    };
-    SocketAddr::new(ip, port)
+    SocketAddr::new(addr.to_ip(), port)
 }
 
 /// The network namespace of process `pid`, as its inode number (what the

@@ -42,7 +42,7 @@ use aya::{
     sys::SyscallError,
 };
 use loopwarden_common::{
-    Evidence, INTERPRETERS, ListenerKey, ProcState, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence,
+    Addr, Evidence, INTERPRETERS, ListenerKey, ProcState, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence,
     exe_name_candidates, exe_name_prefix_key, maps, script_hash,
 };
 use procfs::{
@@ -52,7 +52,7 @@ use procfs::{
 };
 use tracing::{info, warn};
 
-use crate::{cut::procs::exe_file_name, kernel::maps::addr_key};
+use crate::cut::procs::exe_file_name;
 
 /// `bpf_map_update_elem` flags: create only, update only.
 const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
@@ -336,7 +336,7 @@ fn is_loopback(ip: IpAddr) -> bool {
 /// Evidence of `kind` about `at`, stamped `now`.
 fn evidence_at(kind: u8, at: SocketAddr, now: u64) -> Evidence {
     Evidence {
-        addr: addr_key(&at.ip()),
+        addr: Addr::from_ip(at.ip()),
         ktime_ns: now,
         port: at.port(),
         kind,
@@ -704,13 +704,13 @@ mod tests {
         let accepted = plan.standing[&101];
         assert_eq!(
             accepted.addr,
-            addr_key(&IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)))
+            Addr::from_ip(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)))
         );
         assert_eq!((accepted.port, accepted.ktime_ns), (40000, NOW));
         let listening = plan.standing[&100];
         assert_eq!(
             listening.addr,
-            addr_key(&IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)))
+            Addr::from_ip(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)))
         );
         assert_eq!(listening.port, 9001);
 
