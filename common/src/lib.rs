@@ -165,8 +165,8 @@ pub mod maps {
     /// `SkStorage<OriginRecord>`: the tag on each accepted socket of a
     /// protected connection, freed with the socket; `getsockopt` reads it.
     pub const SK_ORIGIN: &str = "LW_SK_ORIGIN";
-    /// `PerCpuArray<ConnectEvent>`, one entry: where the connect hook
-    /// builds a record before copying it out (not pinned).
+    /// `PerCpuArray<OriginRecord>`, one entry: where the state tracepoint
+    /// builds a record before copying it into `LW_CONNS` (not pinned).
     pub const SCRATCH: &str = "LW_SCRATCH";
 
     /// Every map that is pinned and adopted across daemon restarts.

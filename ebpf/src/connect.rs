@@ -30,8 +30,7 @@ use crate::{
     identity::{self, Task},
     maps::{
         DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM,
-        RULES_EXE, RULES_SCRIPT, RULES_UID, SCRATCH, SCRATCH_CONNECT, SETTINGS, count, generation,
-        in_filter, mask,
+        RULES_EXE, RULES_SCRIPT, RULES_UID, SETTINGS, count, generation, in_filter, mask,
     },
     names::{self, Words},
     origin,
@@ -361,18 +360,15 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
     if d.pass {
         return ALLOW;
     }
-    let Some(v) = Verdict::of(d) else {
-        return ALLOW;
-    };
     count(stats::CHECKED);
-    if v.rule == RELAY_RULE {
+    if d.rule == RELAY_RULE {
         count(stats::RELAYED);
     }
-    let tag = v.tag && v.outcome != verdict::DENY;
-    if v.report || tag {
-        record(ctx, d, &v, dst, family, seq, tag);
+    let tag = d.tag && d.outcome != verdict::DENY;
+    if d.report || tag {
+        record(ctx, d, dst, family, seq, tag);
     }
-    if v.outcome != verdict::DENY {
+    if d.outcome != verdict::DENY {
         return ALLOW;
     }
     count(stats::DENIED);
@@ -382,47 +378,13 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
         "refused: pid {} to port {} by rule {}",
         (bpf_get_current_pid_tgid() >> 32) as u32,
         dst.port,
-        v.rule
+        d.rule
     );
     if d.deny_errno != EPERM {
         // SAFETY: plain helper call; the negative errno replaces EPERM.
         unsafe { bpf_set_retval(-(d.deny_errno as i32)) };
     }
     REFUSE
-}
-
-/// A decision's outcome, written to and read back from this CPU's scratch
-/// slot: the verifier then knows nothing of its values, so it walks what
-/// follows (the record, the report, the tag) once for all of them instead
-/// of once per path the judgement took (which doubled its work).
-struct Verdict {
-    outcome: u8,
-    rule: u8,
-    report: bool,
-    tag: bool,
-}
-
-impl Verdict {
-    #[inline(always)]
-    fn of(d: &Decision) -> Option<Self> {
-        let slot = SCRATCH.get_ptr_mut(SCRATCH_CONNECT)?;
-        // SAFETY: this CPU's scratch slot (see `record`); its fields are
-        // written before `fill` overwrites them.
-        unsafe {
-            let ev = &raw mut (*slot).origin;
-            let bits = u16::from(d.report) | (u16::from(d.tag) << 1);
-            core::ptr::write_volatile(&raw mut (*ev).verdict, d.outcome);
-            core::ptr::write_volatile(&raw mut (*ev).rule, d.rule);
-            core::ptr::write_volatile(&raw mut (*ev)._pad0, bits);
-            let bits = core::ptr::read_volatile(&(*ev)._pad0);
-            Some(Verdict {
-                outcome: core::ptr::read_volatile(&(*ev).verdict),
-                rule: core::ptr::read_volatile(&(*ev).rule),
-                report: bits & 1 != 0,
-                tag: bits & 2 != 0,
-            })
-        }
-    }
 }
 
 /// Bitmask of the rules that match the caller. An attribute no rule
@@ -614,62 +576,64 @@ const RECORD_BYTES: u64 = (core::mem::size_of::<ConnectEvent>() as u64 + 8 + 7) 
 /// Past the backlog, one record in this many wakes the reader.
 const WAKEUP_EVERY: u64 = 32;
 
-/// Builds the connect's record in this CPU's scratch slot, then reports
-/// it (refusals into `LW_DENIALS`, the rest into `LW_EVENTS`) if the
-/// decision says so, and keeps it as the connection's origin if `tag`
-/// (see [`crate::origin`]). A full ring buffer counts the loss by
-/// verdict: userspace reports it.
+/// Writes the connect's record: kept as the connection's origin if `tag`
+/// (built in place in its `LW_ORIGIN_PENDING` entry, see
+/// [`crate::origin`]), and reported (refusals into `LW_DENIALS`, the rest
+/// into `LW_EVENTS`) if the decision says so: copied from the origin, or
+/// built in place in the ring buffer. No per-CPU scratch: a cgroup program
+/// can be preempted (it only runs with migration disabled), so another
+/// task's connect on the same CPU could overwrite it mid-record. A full
+/// ring buffer counts the loss by verdict: userspace reports it.
 #[inline(always)]
 fn record(
     ctx: &SockAddrContext,
     d: &Decision,
-    v: &Verdict,
     dst: &Destination,
     family: u16,
     seq: u64,
     tag: bool,
 ) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(SCRATCH_CONNECT) else {
+    let kept = if tag {
+        // SAFETY: plain helper call valid for sock_addr programs.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        origin::connecting(cookie)
+    } else {
+        None
+    };
+    if let Some(ev) = kept {
+        fill(ev, ctx, d, dst, family, seq);
+    }
+    if !d.report {
+        return;
+    }
+    let deny = d.outcome == verdict::DENY;
+    let reserved = if deny {
+        DENIALS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    let Some(mut entry) = reserved else {
+        count(stats::DROPPED);
+        count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
         return;
     };
-    // SAFETY: this CPU's scratch slot; the connect hooks never run nested
-    // on one CPU (they run in a syscall, never in an interrupt).
-    let ev = unsafe { &raw mut (*scratch).origin };
-    fill(ev, ctx, d, v, dst, family, seq);
-    if v.report {
-        let reserved = if v.outcome == verdict::DENY {
-            DENIALS.reserve::<ConnectEvent>(0)
-        } else {
-            EVENTS.reserve::<ConnectEvent>(0)
-        };
-        match reserved {
-            None => {
-                count(stats::DROPPED);
-                count(stats::DROPPED_BY_VERDICT + u32::from(v.outcome & 3));
-            }
-            Some(mut entry) => {
-                // SAFETY: a reserved, exclusively owned record of the
-                // right size, written whole.
-                unsafe { entry.as_mut_ptr().write(core::ptr::read(ev)) };
-                entry.submit(wakeup_flags(v.outcome == verdict::DENY));
-                count(stats::REPORTED);
-            }
-        }
+    let out = entry.as_mut_ptr();
+    match kept {
+        // SAFETY: a reserved, exclusively owned record of the right size,
+        // written whole from this socket's own pending entry.
+        Some(ev) => unsafe { out.write(core::ptr::read(ev)) },
+        None => fill(out, ctx, d, dst, family, seq),
     }
-    if tag {
-        // SAFETY: as above; read only.
-        let ev = unsafe { &*ev };
-        origin::connecting(ev.socket_cookie, ev);
-    }
+    entry.submit(wakeup_flags(deny));
+    count(stats::REPORTED);
 }
 
-/// Writes every field of the record at `ev` (scratch memory is not zeroed).
+/// Writes every field of the record at `ev` (reserved memory is not zeroed).
 #[inline(always)]
 fn fill(
     ev: *mut ConnectEvent,
     ctx: &SockAddrContext,
     d: &Decision,
-    v: &Verdict,
     dst: &Destination,
     family: u16,
     seq: u64,
@@ -696,8 +660,8 @@ fn fill(
         (*ev).gid = (uid_gid >> 32) as u32;
         (*ev).dport = dst.port;
         (*ev).family = family;
-        (*ev).verdict = v.outcome;
-        (*ev).rule = v.rule;
+        (*ev).verdict = d.outcome;
+        (*ev).rule = d.rule;
         (*ev)._pad0 = 0;
         (*ev)._pad1 = 0;
         bpf_get_current_comm((*ev).comm.as_mut_ptr().cast(), COMM_LEN as u32);

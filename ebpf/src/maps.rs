@@ -182,15 +182,13 @@ pub static CONNS: LruHashMap<ConnKey, OriginRecord> = LruHashMap::with_max_entri
 #[btf_map(name = "LW_SK_ORIGIN")]
 pub static SK_ORIGIN: SkStorage<OriginRecord> = SkStorage::new();
 
-/// Where records are built before they are copied into a map: slot
-/// [`SCRATCH_CONNECT`] for the connect hooks, [`SCRATCH_STATE`] for the
-/// state tracepoint (which may interrupt a connect hook on the same CPU,
-/// but never itself: the kernel skips a tracing program's nested run).
-/// Not pinned.
+/// Where the state tracepoint builds a record before copying it into
+/// `LW_CONNS`. The tracepoint runs with preemption disabled and the kernel
+/// skips its nested runs on one CPU, so the slot is never shared mid-use.
+/// (The cgroup hooks can be preempted: they use no per-CPU scratch.) Not
+/// pinned.
 #[map(name = "LW_SCRATCH")]
-pub static SCRATCH: PerCpuArray<OriginRecord> = PerCpuArray::with_max_entries(2, 0);
-pub const SCRATCH_CONNECT: u32 = 0;
-pub const SCRATCH_STATE: u32 = 1;
+pub static SCRATCH: PerCpuArray<OriginRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// `SK_ORIGIN` as a helper's map argument.
 #[inline(always)]

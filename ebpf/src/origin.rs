@@ -29,7 +29,7 @@ use loopwarden_common::{
     origin::{self, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
 };
 
-use crate::maps::{CONNS, ORIGIN_PENDING, SCRATCH, SCRATCH_STATE, sk_origin};
+use crate::maps::{CONNS, ORIGIN_PENDING, SCRATCH, sk_origin};
 
 const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
 /// What a cgroup sockopt program sees of a larger `optval`.
@@ -37,11 +37,17 @@ const PAGE_SIZE: i32 = 4096;
 
 /// The answer for a socket without a tag (read-only data).
 static UNKNOWN: OriginRecord = OriginRecord::unknown();
+/// What a pending origin starts as, before the connect hook fills it.
+static NO_EVENT: ConnectEvent = ConnectEvent::zeroed();
 
-/// A protected connect that proceeds: its origin waits for the handshake.
+/// A protected connect that proceeds: its origin waits for the handshake
+/// in `LW_ORIGIN_PENDING` under the socket's cookie. Returns the entry,
+/// zeroed, for the caller to fill in place (nothing else writes this
+/// cookie's entry: the handshake has not begun).
 #[inline(always)]
-pub fn connecting(cookie: u64, ev: &ConnectEvent) {
-    let _ = ORIGIN_PENDING.insert(cookie, ev, 0);
+pub fn connecting(cookie: u64) -> Option<*mut ConnectEvent> {
+    ORIGIN_PENDING.insert(cookie, &NO_EVENT, 0).ok()?;
+    ORIGIN_PENDING.get_ptr_mut(cookie)
 }
 
 /// A connect that failed before its handshake completed.
@@ -57,7 +63,7 @@ pub fn client_established(cookie: u64, key: &ConnKey) {
     let Some(ev) = ORIGIN_PENDING.get_ptr(cookie) else {
         return;
     };
-    let Some(rec) = SCRATCH.get_ptr_mut(SCRATCH_STATE) else {
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: `rec` is this CPU's scratch slot, which only this program
