@@ -640,7 +640,9 @@ fn bind_table() {
     // Exemptions without ports do nothing: say so.
     let idle = parse("[bind]\nallow_uid = 33\n").unwrap();
     assert!(
-        idle.warnings.iter().any(|w| w.contains("bind guard is off")),
+        idle.warnings
+            .iter()
+            .any(|w| w.contains("bind guard is off")),
         "{:?}",
         idle.warnings
     );
