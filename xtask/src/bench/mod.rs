@@ -156,11 +156,14 @@ pub enum Workload {
     /// getsockopt(SO_RCVBUF) in a loop: what `lw_getsockopt` (attached at
     /// the root) costs every getsockopt on the host.
     Getsockopt,
+    /// socket()+bind(0.0.0.0:0)+close() in a loop: what `lw_bind4` costs a
+    /// TCP bind the guard (on, for the protected port) does not name.
+    Bind,
 }
 
 impl Workload {
     const CONNECTS: [Self; 3] = [Self::Protected, Self::Unprotected, Self::Protected6];
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Protected,
         Self::Unprotected,
         Self::Protected6,
@@ -169,6 +172,7 @@ impl Workload {
         Self::ReceiveLoopback,
         Self::Spawn,
         Self::Getsockopt,
+        Self::Bind,
     ];
 
     pub fn is_receive(self) -> bool {
@@ -186,6 +190,7 @@ impl Workload {
             Self::ReceiveUdp => "datagram",
             Self::Spawn => "spawn",
             Self::Getsockopt => "getsockopt",
+            Self::Bind => "bind",
         }
     }
 
@@ -196,6 +201,7 @@ impl Workload {
             Self::ReceiveUdp => "datagrams/s",
             Self::Spawn => "spawns/s",
             Self::Getsockopt => "calls/s",
+            Self::Bind => "binds/s",
             _ => "connects/s",
         }
     }
@@ -226,6 +232,7 @@ impl Workload {
             Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
             Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
             Self::Getsockopt => &[p::GETSOCKOPT],
+            Self::Bind => &[p::BIND4],
         }
     }
 
@@ -248,6 +255,7 @@ impl fmt::Display for Workload {
             Self::ReceiveLoopback => "recv-lo",
             Self::Spawn => "spawn",
             Self::Getsockopt => "getsockopt",
+            Self::Bind => "bind",
         })
     }
 }
@@ -488,6 +496,7 @@ impl<'a> Bench<'a> {
             Workload::ReceiveLoopback => receive(netns, Proto::Tcp, Ipv4Addr::LOCALHOST),
             Workload::Spawn => load::run_spawn(netns, xtask, seconds),
             Workload::Getsockopt => load::run_getsockopt(netns, xtask, seconds),
+            Workload::Bind => load::run_bind(netns, xtask, seconds),
         }
     }
 
@@ -512,7 +521,8 @@ impl<'a> Bench<'a> {
     /// rule for another executable, so connects succeed but take the full
     /// identity and matching path, as an ordinary client does under a real
     /// policy. Report-all: an audit rule matching the bench client, so every
-    /// protected connect is also reported.
+    /// protected connect is also reported. The bind guard is on for the
+    /// protected port (the bind load binds others).
     fn daemon_config(&self, config: Config) -> String {
         let (name, action, exe) = match config {
             Config::ReportAll => ("bench-audit", "audit", self.xtask.as_path()),
@@ -520,7 +530,7 @@ impl<'a> Bench<'a> {
         };
         format!(
             "mode = {mode}\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
-             [[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
+             [bind]\nloopback_only = [{port}]\n\n[[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
             mode = toml_str(config.mode()),
             port = self.args.protected_port,
             netns = toml_str(&self.netns.path()),
