@@ -424,7 +424,24 @@ pub fn report_guard(
         report: true,
         tag: false,
     };
-    record(ctx, &d, &v, at, family, seq, false);
+    // Written straight into the ring buffer: no tag to keep, so no scratch.
+    let deny = outcome == verdict::DENY;
+    let reserved = if deny {
+        DENIALS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    match reserved {
+        None => {
+            count(stats::DROPPED);
+            count(stats::DROPPED_BY_VERDICT + u32::from(outcome & 3));
+        }
+        Some(mut entry) => {
+            fill(entry.as_mut_ptr(), ctx, &d, &v, at, family, seq);
+            entry.submit(wakeup_flags(deny));
+            count(stats::REPORTED);
+        }
+    }
 }
 
 /// A decision's outcome, written to and read back from this CPU's scratch
