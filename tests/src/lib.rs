@@ -8,6 +8,7 @@
 //! deleted, and the daemon is stopped (its programs detach when it exits).
 
 pub mod client;
+pub mod ident;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -22,6 +23,8 @@ use std::{
 };
 
 use serde_json::Value;
+
+pub mod provenance;
 
 /// Port of the protected HTTP service in every test namespace.
 pub const PROTECTED: u16 = 8080;

@@ -12,6 +12,7 @@ use loopwarden::{
     kernel::{compat, loader::Programs, pins::DEFAULT_PIN_DIR},
     ops,
     policy::{self, Mode},
+    provenance::{self, client::Printed},
     resolve::HostResolver,
 };
 use tracing_subscriber::EnvFilter;
@@ -123,6 +124,51 @@ enum Command {
     },
     /// List the built-in catalog of tunnels and relays.
     Catalog,
+    /// Who is on the other end of a protected connection: the process that
+    /// called connect() (pid, user, executable, command line), the verdict
+    /// and rule that judged it, and the relay evidence, asked from the
+    /// daemon through its query socket.
+    ///
+    /// PEER is the client's end as the service sees it (getpeername), LOCAL
+    /// the service's (getsockname). Without LOCAL, every connection from
+    /// PEER (which may then be an address without a port). Connections are
+    /// looked up in the caller's network namespace; a user sees only those
+    /// whose accepted socket it owns, root sees all.
+    #[command(
+        after_help = "Exit codes: 0 found, 1 unknown (or none), 2 usage, connection or permission errors."
+    )]
+    Who {
+        /// The client's end: ADDR:PORT, or ADDR without LOCAL.
+        #[arg(value_name = "PEER", value_parser = clap::value_parser!(provenance::client::Peer))]
+        peer: provenance::client::Peer,
+        /// The service's end: ADDR:PORT.
+        #[arg(value_name = "LOCAL")]
+        local: Option<std::net::SocketAddr>,
+        /// Print JSON (an origin object; an array without LOCAL).
+        #[arg(long)]
+        json: bool,
+        /// The run directory of the daemon (where query.sock is).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Look in this network namespace (root only): a file such as
+        /// /run/netns/NAME or /proc/PID/ns/net, or an inode number.
+        #[arg(long, value_name = "PATH_OR_INODE", value_parser = provenance::client::parse_netns)]
+        netns: Option<u32>,
+    },
+    /// List the open protected connections and their origins (for a user,
+    /// those whose accepted socket it owns, in its network namespace; for
+    /// root, all), asked from the daemon through its query socket.
+    #[command(
+        after_help = "Exit codes: 0 some listed, 1 none, 2 usage, connection or permission errors."
+    )]
+    Conns {
+        /// Print a JSON array of origins instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The run directory of the daemon (where query.sock is).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
     /// For benchmarks: attach a no-op connect4 program and a no-op tracing
     /// program on skb_copy_datagram_iovec until SIGINT/SIGTERM, so
     /// `kernel.bpf_stats_enabled` can measure the cost of measuring.
@@ -162,6 +208,23 @@ fn main() -> ExitCode {
                 .downcast_ref::<DaemonError>()
                 .map_or(daemon::exit::FAILURE, DaemonError::exit_code);
             ExitCode::from(code)
+        }
+    }
+}
+
+/// Prints what `who`/`conns` found, or their error, and gives their exit code.
+fn print(result: Result<Printed, provenance::client::ClientError>) -> ExitCode {
+    match result {
+        Ok(printed) => {
+            print!("{}", printed.text);
+            if let Some(note) = printed.note {
+                eprintln!("loopwarden: {note}");
+            }
+            ExitCode::from(printed.code)
+        }
+        Err(e) => {
+            eprintln!("loopwarden: error: {}", loopwarden::error_chain(&e));
+            ExitCode::from(provenance::client::exit::ERROR)
         }
     }
 }
@@ -275,6 +338,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             drop(programs);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Who {
+            peer,
+            local,
+            json,
+            run_dir,
+            netns,
+        } => Ok(print(provenance::client::who(
+            &run_dir, peer, local, netns, json,
+        ))),
+        Command::Conns { json, run_dir } => Ok(print(provenance::client::conns(&run_dir, json))),
         Command::Catalog => {
             let width = CATALOG.iter().map(|e| e.name.len()).max().unwrap_or(0);
             for entry in CATALOG.iter() {

@@ -31,6 +31,8 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     // A btrfs image with subvolumes (rules.rs: exe rules on btrfs are refused).
     "btrfs-progs",
+    // A real ident client (ident.rs: PostgreSQL's `ident` authentication).
+    "postgresql",
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

@@ -271,6 +271,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     });
     pins.write_meta(dropped_reported)
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
+    // The RFC 1413 responder, when `[ident] listen` names addresses.
+    if let Some(config) = config.as_ref().filter(|c| !c.ident.listen.is_empty()) {
+        let conns = pins.map(loopwarden_common::maps::CONNS);
+        let serving = crate::provenance::ident::start(config, &conns)
+            .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
+        info!("ident (RFC 1413): answering on {serving}");
+    }
     // The heap the start-up needed (policy compilation, object parsing) is
     // not needed again.
     crate::heap::release();
@@ -328,6 +335,22 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     counters.report(&mut stats);
     status_file::started(&opts.run_dir, &installed);
+    // The query socket (`[provenance] query`), removed when the daemon exits.
+    let _query = installed
+        .config
+        .as_ref()
+        .is_some_and(|c| c.provenance.query)
+        .then(|| {
+            crate::provenance::query::serve(
+                &opts.run_dir,
+                pins.map(loopwarden_common::maps::CONNS),
+                host.cgroup2_root.clone(),
+                reporter.enricher().shared_rules(),
+            )
+            .inspect_err(|e| error!("the query socket is off: {}", crate::error_chain(e)))
+            .ok()
+        })
+        .flatten();
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);

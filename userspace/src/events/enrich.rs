@@ -7,6 +7,7 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::{Arc, PoisonError, RwLock},
     time::{Instant, SystemTime},
 };
 
@@ -46,10 +47,33 @@ struct ProcInfo {
     parent_exe_id: Option<ExeKey>,
 }
 
+/// Rule lists by the `policy_seq` of their install, newest last.
+type RuleLists = std::collections::VecDeque<(u64, Arc<Vec<RuleInfo>>)>;
+
+/// The rule lists an [`Enricher`] knows, shared with readers off the event
+/// path (the query socket): [`Enricher::set_rules`] writes them; the event
+/// path reads its own copy, never this lock.
+#[derive(Clone, Default)]
+pub struct SharedRules(Arc<RwLock<RuleLists>>);
+
+impl SharedRules {
+    fn snapshot(&self) -> RuleLists {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn publish(&self, lists: &RuleLists) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = lists.clone();
+    }
+}
+
 /// Turns kernel events into [`AuditRecord`]s.
 pub struct Enricher {
-    /// Rule lists by the `policy_seq` of their install, newest last.
-    rules: std::collections::VecDeque<(u64, Vec<RuleInfo>)>,
+    rules: RuleLists,
+    /// The same lists, for other readers.
+    shared: SharedRules,
     /// The cgroup v2 mount, to check a `/proc` cgroup path against the id
     /// the kernel reported.
     cgroup_root: PathBuf,
@@ -67,8 +91,15 @@ struct ProcCache {
 
 impl Enricher {
     pub fn new(cgroup_root: PathBuf) -> Self {
+        Self::with_rules(cgroup_root, SharedRules::default())
+    }
+
+    /// An enricher naming rules from `shared` as they are now (another
+    /// enricher's [`Enricher::shared_rules`]), with caches of its own.
+    pub fn with_rules(cgroup_root: PathBuf, shared: SharedRules) -> Self {
         Self {
-            rules: std::collections::VecDeque::new(),
+            rules: shared.snapshot(),
+            shared,
             cgroup_root,
             users: UserNames::default(),
             procs: ProcCache::default(),
@@ -80,7 +111,14 @@ impl Enricher {
         if self.rules.len() == RULE_LISTS_KEPT {
             self.rules.pop_front();
         }
-        self.rules.push_back((seq, rules));
+        self.rules.push_back((seq, Arc::new(rules)));
+        self.shared.publish(&self.rules);
+    }
+
+    /// The rule lists this enricher knows, kept up to date by
+    /// [`Enricher::set_rules`], for readers in other tasks and threads.
+    pub fn shared_rules(&self) -> SharedRules {
+        self.shared.clone()
     }
 
     /// The name of rule `index` of the policy installed as `seq`; `#N` for

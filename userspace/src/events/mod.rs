@@ -40,8 +40,8 @@ mod tests;
 mod users;
 
 pub use self::{
-    enrich::Enricher,
-    proc::{cgroup_v2_path, cmdline_text, starttime_ticks},
+    enrich::{Enricher, SharedRules},
+    proc::{cgroup_v2_path, cmdline_text, same_process, starttime_ticks},
 };
 
 /// How audit lines are written.

@@ -79,7 +79,7 @@ pub fn cgroup_v2_path(text: &str) -> Option<String> {
 
 /// Whether `/proc/PID` is still the process that started at `start_ns`
 /// (CLOCK_BOOTTIME), compared the way the kernel reports it: in clock ticks.
-pub(super) fn same_process(pid: u32, start_ns: u64) -> bool {
+pub fn same_process(pid: u32, start_ns: u64) -> bool {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

@@ -1,8 +1,17 @@
 //! Provenance in userspace: the origins the kernel bound to protected
 //! connections (see `ebpf/src/origin.rs` and [`loopwarden_common::origin`]),
 //! read from the pinned `LW_CONNS` ([`Conns`]) to answer services and
-//! operators.
+//! operators: [`query`] serves the query socket, [`request`] answers its
+//! requests, [`answer`] turns a record into the origin they carry, and
+//! [`client`] is `loopwarden who` / `loopwarden conns` (printed by
+//! `show`); [`ident`] is the RFC 1413 responder.
 
+pub mod answer;
+pub mod client;
 mod conns;
+pub mod ident;
+pub mod query;
+pub mod request;
+mod show;
 
 pub use self::conns::{Conns, ConnsError, conn_key, netns_of, socket_addr};

@@ -21,9 +21,12 @@ use crate::proc::{self, say};
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
-    /// Ports to listen on (127.0.0.1 and ::1).
+    /// Ports to listen on (127.0.0.1 and ::1, or `--addr`).
     #[arg(required = true)]
     pub ports: Vec<u16>,
+    /// Listen on this address instead of the loopback ones.
+    #[arg(long)]
+    pub addr: Option<IpAddr>,
 }
 
 #[derive(clap::Args)]
@@ -35,6 +38,9 @@ pub struct ClientArgs {
     /// Connect to ::1 instead of 127.0.0.1.
     #[arg(long)]
     pub ipv6: bool,
+    /// Connect to this address instead (overrides `--ipv6`).
+    #[arg(long)]
+    pub addr: Option<IpAddr>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -113,14 +119,17 @@ const STALL: Duration = Duration::from_secs(2);
 pub fn server(args: &ServerArgs) -> anyhow::Result<()> {
     die_with_parent();
     let mut threads = Vec::new();
-    let loopbacks = [
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ];
+    let addrs = match args.addr {
+        Some(addr) => vec![addr],
+        None => vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ],
+    };
     for (&port, addr) in args
         .ports
         .iter()
-        .flat_map(|port| loopbacks.iter().map(move |addr| (port, addr)))
+        .flat_map(|port| addrs.iter().map(move |addr| (port, addr)))
     {
         let addr = SocketAddr::new(*addr, port);
         let listener =
@@ -154,10 +163,10 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<()> {
 /// `ops=N bytes=0 errors=E elapsed_ns=T` (ops: connects).
 pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     die_with_parent();
-    let ip = if args.ipv6 {
-        IpAddr::V6(Ipv6Addr::LOCALHOST)
-    } else {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    let ip = match (args.addr, args.ipv6) {
+        (Some(addr), _) => addr,
+        (None, true) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        (None, false) => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     let addr = SocketAddr::new(ip, args.port);
     let duration = Duration::from_secs_f64(args.seconds);
@@ -469,13 +478,31 @@ pub struct Server {
     child: Child,
 }
 
+/// Where `bench-client` connects.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    Loopback4,
+    Loopback6,
+    /// An address across the veth pair: an outbound connect.
+    Addr(IpAddr),
+}
+
 impl Server {
-    pub fn start(netns: &Netns, xtask: &Path, ports: &[u16]) -> anyhow::Result<Self> {
+    /// Listens on `ports` in `netns`: on the loopback addresses, or on
+    /// `addr`.
+    pub fn start(
+        netns: &Netns,
+        xtask: &Path,
+        ports: &[u16],
+        addr: Option<IpAddr>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = netns.exec(xtask);
         cmd.arg("bench-server")
-            .args(ports.iter().map(u16::to_string))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+            .args(ports.iter().map(u16::to_string));
+        if let Some(addr) = addr {
+            cmd.arg("--addr").arg(addr.to_string());
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         say!("starting listeners on {ports:?} in {}", netns.name());
         let mut child = cmd
             .spawn()
@@ -543,14 +570,20 @@ pub fn run_client(
     netns: &Netns,
     xtask: &Path,
     port: u16,
-    ipv6: bool,
+    to: Target,
     seconds: f64,
 ) -> anyhow::Result<Run> {
     let mut cmd = netns.exec(xtask);
     cmd.args(["bench-client", "--port", &port.to_string(), "--seconds"])
         .arg(seconds.to_string());
-    if ipv6 {
-        cmd.arg("--ipv6");
+    match to {
+        Target::Loopback4 => {}
+        Target::Loopback6 => {
+            cmd.arg("--ipv6");
+        }
+        Target::Addr(addr) => {
+            cmd.arg("--addr").arg(addr.to_string());
+        }
     }
     Run::parse("bench-client", &proc::output(&mut cmd)?)
 }

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    load::{Proto, Run, Server},
+    load::{Proto, Run, Server, Target},
     netns::Netns,
     stats::{Snapshot, StatsEnabled},
     warden::Warden,
@@ -84,8 +84,13 @@ pub enum Config {
     /// attached, to measure what the BPF statistics cost by themselves. Not
     /// part of the rate comparison.
     Baseline,
+    /// Audit mode, the default `[provenance]`: protected connects that
+    /// proceed are tagged with their origin.
     Audit,
     Enforce,
+    /// Audit mode with `[provenance] tag = false`: the judgement alone, the
+    /// path the protected-connect target is about. Connect loads only.
+    Untagged,
     /// Audit mode with a rule matching the bench client: every protected
     /// connect is reported. The cost of reporting, not a realistic policy.
     ReportAll,
@@ -93,21 +98,28 @@ pub enum Config {
 
 impl Config {
     /// The configurations compared in the rate table.
-    const ALL: [Self; 4] = [Self::Absent, Self::Audit, Self::Enforce, Self::ReportAll];
+    const ALL: [Self; 5] = [
+        Self::Absent,
+        Self::Audit,
+        Self::Enforce,
+        Self::Untagged,
+        Self::ReportAll,
+    ];
     /// Every phase of a round, in the order it runs.
-    const PHASES: [Self; 5] = [
+    const PHASES: [Self; 6] = [
         Self::Absent,
         Self::Baseline,
         Self::Audit,
         Self::Enforce,
+        Self::Untagged,
         Self::ReportAll,
     ];
 
-    /// The workloads measured in this phase: report-all is about the cost
-    /// of reporting connects, so it runs only those.
+    /// The workloads measured in this phase: report-all and untagged are
+    /// about the cost of protected connects, so they run only the connects.
     fn workloads(self) -> &'static [Workload] {
         match self {
-            Self::ReportAll => &Workload::CONNECTS,
+            Self::ReportAll | Self::Untagged => &Workload::CONNECTS,
             _ => &Workload::ALL,
         }
     }
@@ -128,6 +140,7 @@ impl fmt::Display for Config {
             Self::Baseline => "baseline",
             Self::Audit => "audit",
             Self::Enforce => "enforce",
+            Self::Untagged => "untagged",
             Self::ReportAll => "report-all",
         })
     }
@@ -153,6 +166,10 @@ pub enum Workload {
     ReceiveLoopback,
     /// `/bin/true` spawned and waited for in a loop: fork, exec, exit.
     Spawn,
+    /// connect()+close() to a server in the peer namespace across the veth
+    /// pair: every outbound connection on the host (the connect hook's
+    /// early exit plus `LW_PENDING`, the state tracepoint's `connected`).
+    Outbound,
     /// getsockopt(SO_RCVBUF) in a loop: what `lw_getsockopt` (attached at
     /// the root) costs every getsockopt on the host.
     Getsockopt,
@@ -163,10 +180,11 @@ pub enum Workload {
 
 impl Workload {
     const CONNECTS: [Self; 3] = [Self::Protected, Self::Unprotected, Self::Protected6];
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Protected,
         Self::Unprotected,
         Self::Protected6,
+        Self::Outbound,
         Self::ReceiveTcp,
         Self::ReceiveUdp,
         Self::ReceiveLoopback,
@@ -185,7 +203,7 @@ impl Workload {
     /// What one operation of the load is.
     pub fn op(self) -> &'static str {
         match self {
-            Self::Protected | Self::Unprotected | Self::Protected6 => "connect",
+            Self::Protected | Self::Unprotected | Self::Protected6 | Self::Outbound => "connect",
             Self::ReceiveTcp | Self::ReceiveLoopback => "read",
             Self::ReceiveUdp => "datagram",
             Self::Spawn => "spawn",
@@ -226,7 +244,7 @@ impl Workload {
     pub fn programs(self) -> &'static [&'static str] {
         use loopwarden_common::programs as p;
         match self {
-            Self::Protected | Self::Unprotected => &[p::CONNECT4, p::SOCK_STATE],
+            Self::Protected | Self::Unprotected | Self::Outbound => &[p::CONNECT4, p::SOCK_STATE],
             Self::Protected6 => &[p::CONNECT6, p::SOCK_STATE],
             Self::ReceiveTcp | Self::ReceiveLoopback => &[p::RECEIVE],
             Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
@@ -240,7 +258,7 @@ impl Workload {
     /// path (connect4 and the receive tracepoint; not connect6 or the
     /// process tracepoints).
     pub fn has_noop_hook(self) -> bool {
-        matches!(self, Self::Protected | Self::Unprotected) || self.is_receive()
+        matches!(self, Self::Protected | Self::Unprotected | Self::Outbound) || self.is_receive()
     }
 }
 
@@ -250,6 +268,7 @@ impl fmt::Display for Workload {
             Self::Protected => "protected",
             Self::Unprotected => "unprotected",
             Self::Protected6 => "protected6",
+            Self::Outbound => "outbound",
             Self::ReceiveTcp => "recv-tcp",
             Self::ReceiveUdp => "recv-udp",
             Self::ReceiveLoopback => "recv-lo",
@@ -367,7 +386,8 @@ struct Bench<'a> {
     // Fields drop in declaration order: scratch dir, listeners, namespaces
     // (with the veth pair), sysctl.
     dir: TempDir,
-    _server: Server,
+    /// The loopback listeners, and the outbound load's in the peer namespace.
+    _servers: [Server; 2],
     netns: Netns,
     /// The receive loads' senders run here, across the veth pair.
     peer: Netns,
@@ -385,6 +405,14 @@ impl<'a> Bench<'a> {
             &netns,
             &xtask,
             &[args.protected_port, args.unprotected_port],
+            None,
+        )?;
+        // The outbound load's server, across the veth pair.
+        let peer_server = Server::start(
+            &peer,
+            &xtask,
+            &[args.unprotected_port],
+            Some(netns::VETH_PEER.into()),
         )?;
         let dir = TempDir::create(std::env::temp_dir().join(format!("lwbench-{pid}")))?;
         Ok(Self {
@@ -392,7 +420,7 @@ impl<'a> Bench<'a> {
             bin,
             xtask,
             dir,
-            _server: server,
+            _servers: [server, peer_server],
             netns,
             peer,
             _stats: stats,
@@ -482,14 +510,30 @@ impl<'a> Bench<'a> {
             load::run_receive(netns, sender, xtask, proto, listen, seconds)
         };
         match workload {
-            Workload::Protected => {
-                load::run_client(netns, xtask, args.protected_port, false, seconds)
-            }
-            Workload::Unprotected => {
-                load::run_client(netns, xtask, args.unprotected_port, false, seconds)
-            }
-            Workload::Protected6 => {
-                load::run_client(netns, xtask, args.protected_port, true, seconds)
+            Workload::Protected => load::run_client(
+                netns,
+                xtask,
+                args.protected_port,
+                Target::Loopback4,
+                seconds,
+            ),
+            Workload::Unprotected => load::run_client(
+                netns,
+                xtask,
+                args.unprotected_port,
+                Target::Loopback4,
+                seconds,
+            ),
+            Workload::Protected6 => load::run_client(
+                netns,
+                xtask,
+                args.protected_port,
+                Target::Loopback6,
+                seconds,
+            ),
+            Workload::Outbound => {
+                let to = Target::Addr(netns::VETH_PEER.into());
+                load::run_client(netns, xtask, args.unprotected_port, to, seconds)
             }
             Workload::ReceiveTcp => receive(&self.peer, Proto::Tcp, netns::VETH_LOCAL),
             Workload::ReceiveUdp => receive(&self.peer, Proto::Udp, netns::VETH_LOCAL),
@@ -507,7 +551,9 @@ impl<'a> Bench<'a> {
                 let log = self.dir.path().join(format!("baseline-{}.log", round + 1));
                 return Warden::start_baseline(&self.bin, &log).map(Some);
             }
-            Config::Audit | Config::Enforce | Config::ReportAll => config.to_string(),
+            Config::Audit | Config::Enforce | Config::Untagged | Config::ReportAll => {
+                config.to_string()
+            }
         };
         let file = self.dir.path().join(format!("{mode}.toml"));
         fs::write(&file, self.daemon_config(config))
@@ -530,8 +576,11 @@ impl<'a> Bench<'a> {
         };
         format!(
             "mode = {mode}\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
-             [bind]\nloopback_only = [{port}]\n\n[[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
+             [provenance]\ntag = {tag}\n\n\
+             [bind]\nloopback_only = [{port}]\n\n\
+             [[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
             mode = toml_str(config.mode()),
+            tag = config != Config::Untagged,
             port = self.args.protected_port,
             netns = toml_str(&self.netns.path()),
             name = toml_str(name),

@@ -277,7 +277,11 @@ impl Floors {
 fn target_ns(prog: &str, config: Config, workload: Workload) -> Option<f64> {
     match workload {
         _ if config == Config::ReportAll => None,
-        Workload::Protected | Workload::Protected6 if prog.starts_with("lw_connect") => {
+        // The target is the judgement's: the origin tag (on in the other
+        // phases) comes on top, with no target of its own.
+        Workload::Protected | Workload::Protected6
+            if prog.starts_with("lw_connect") && config == Config::Untagged =>
+        {
             Some(PROTECTED_TARGET_NS)
         }
         Workload::Unprotected if prog.starts_with("lw_connect") => Some(UNPROTECTED_TARGET_NS),
@@ -303,7 +307,12 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
         "daemon", "load", "program", "raw ns/run", "net ns/run", "runs/op", "net ns/op", "of op"
     );
     let mut seen_any = false;
-    for config in [Config::Audit, Config::Enforce, Config::ReportAll] {
+    for config in [
+        Config::Audit,
+        Config::Enforce,
+        Config::Untagged,
+        Config::ReportAll,
+    ] {
         for &workload in config.workloads() {
             let Some(rates) = Rates::of(samples, config, workload) else {
                 continue;

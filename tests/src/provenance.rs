@@ -1,0 +1,263 @@
+//! Helpers of the provenance tests: a service that accepts and holds
+//! connections and asks the kernel (`getsockopt(SOL_LOOPWARDEN,
+//! LW_ORIGIN)`) about each, clients that hold a connection open (one that
+//! exits while a forked child keeps the socket), and ways to ask the daemon:
+//! `loopwarden who` / `loopwarden conns` and the raw query socket, run in a
+//! namespace as a chosen uid.
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{Netns, Proc, SYSTEM_PYTHON, TempDir, loopwarden_bin, run, wait_for, write_script};
+
+/// A service on `127.0.0.1:PORT` and `[::1]:PORT` for every port given
+/// (`holder.py OUT PORT...`) that accepts, never answers, and closes only
+/// when the client does.
+/// For each accepted connection it appends one JSON line to OUT: the
+/// addresses as it sees them (`peer`, `local`), its `SO_COOKIE`, and what
+/// `getsockopt(0x4c57, 1, 328)` said (`status`, `server_uid`, `tgid`,
+/// `server_cookie`; `errno` if the call failed).
+const HOLDER: &str = r#"import json, os, select, socket, struct, sys
+out = open(sys.argv[1], "a")
+listeners = []
+for port in sys.argv[2:]:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        s = socket.socket(family)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, int(port)))
+        s.listen(256)
+        listeners.append(s)
+def name(addr):
+    return ("[%s]:%d" if ":" in addr[0] else "%s:%d") % addr[:2]
+held = []
+while True:
+    for r in select.select(listeners + held, [], [])[0]:
+        if r not in listeners:
+            # Requests are never answered; the client's close is, with ours.
+            if not r.recv(65536):
+                held.remove(r)
+                r.close()
+            continue
+        c, _ = r.accept()
+        held.append(c)
+        line = {"peer": name(c.getpeername()), "local": name(c.getsockname()),
+                "cookie": struct.unpack("=Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]}
+        try:
+            rec = c.getsockopt(0x4c57, 1, 328)
+            line.update(status=rec[8], server_uid=struct.unpack_from("=I", rec, 12)[0],
+                        server_cookie=struct.unpack_from("=Q", rec, 24)[0],
+                        tgid=struct.unpack_from("=I", rec, 152)[0])
+        except OSError as e:
+            line["errno"] = e.errno
+        out.write(json.dumps(line) + "\n")
+        out.flush()
+"#;
+
+/// Connects to `ADDR PORT` and holds the connection until killed.
+const HOLD_CLIENT: &str = r#"import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+while True: time.sleep(3600)
+"#;
+
+/// Connects to `ADDR PORT`, forks a child that keeps the socket (and
+/// nothing else) open, prints `pid=PARENT child=CHILD port=LOCAL_PORT` and
+/// exits: the connection outlives the process that made it.
+const FORK_CLIENT: &str = r#"import os, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+child = os.fork()
+if child == 0:
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2): os.dup2(devnull, fd)
+    while True: time.sleep(3600)
+print("pid=%d child=%d port=%d" % (os.getpid(), child, s.getsockname()[1]), flush=True)
+os._exit(0)
+"#;
+
+/// Sends each line of stdin to the query socket `argv[1]` and prints each
+/// answer line, reading while it writes (so a flood of requests never
+/// deadlocks on full socket buffers); a missing answer prints nothing.
+const RAW_QUERY: &str = r#"import socket, sys, threading
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+lines = sys.stdin.buffer.read()
+def send():
+    try:
+        s.sendall(lines)
+        s.shutdown(socket.SHUT_WR)
+    except OSError: pass
+threading.Thread(target=send, daemon=True).start()
+try:
+    for answer in s.makefile("rb"):
+        sys.stdout.buffer.write(answer)
+except ConnectionResetError:
+    pass  # closed by the daemon with requests unread (after too-long)
+"#;
+
+/// The holding service ([`HOLDER`]) and what it has accepted.
+pub struct Holder {
+    _proc: Proc,
+    out: PathBuf,
+    dir: TempDir,
+}
+
+impl Holder {
+    /// Starts it in `ns` on `ports`, as `uid` (through `setpriv`) if given.
+    pub fn start(ns: &Netns, ports: &[u16], uid: Option<u32>) -> Self {
+        let dir = TempDir::new("holder");
+        make_world_readable(dir.path());
+        let script = write_script(&dir, "holder.py", HOLDER);
+        let out = dir.path().join("accepted.jsonl");
+        std::fs::write(&out, "").expect("creating the holder's output");
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod the holder's output");
+        let mut args: Vec<String> = vec![script, out.display().to_string()];
+        args.extend(ports.iter().map(u16::to_string));
+        let proc = Proc::spawn(as_uid(ns, uid, SYSTEM_PYTHON).args(&args));
+        for port in ports {
+            ns.wait_listening(*port);
+        }
+        Self {
+            _proc: proc,
+            out,
+            dir,
+        }
+    }
+
+    /// What it accepted so far, oldest first.
+    pub fn accepted(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until it has accepted `count` connections; returns the last.
+    pub fn wait_accepted(&self, count: usize) -> Value {
+        wait_for(
+            &format!("connection #{count} accepted by the holding service"),
+            Duration::from_secs(10),
+            || self.accepted().get(count - 1).cloned(),
+        )
+    }
+
+    /// Starts [`HOLD_CLIENT`] in `ns`, connecting to `addr`:`port`.
+    pub fn hold_client(&self, ns: &Netns, addr: &str, port: u16) -> Proc {
+        let script = write_script(&self.dir, "hold_client.py", HOLD_CLIENT);
+        ns.spawn(SYSTEM_PYTHON, &[&script, addr, &port.to_string()])
+    }
+
+    /// Runs [`FORK_CLIENT`] in `ns` against `addr`:`port`; returns the pid
+    /// that connected (gone now) and the child that holds the socket.
+    pub fn fork_client(&self, ns: &Netns, addr: &str, port: u16) -> (u32, u32) {
+        let script = write_script(&self.dir, "fork_client.py", FORK_CLIENT);
+        let out = crate::run_ok(
+            ns.cmd(SYSTEM_PYTHON)
+                .args([&script, addr, &port.to_string()]),
+        );
+        let fields = crate::Fields::of(&out);
+        let pid = fields["pid"].parse().expect("pid");
+        let child = fields["child"].parse().expect("child");
+        (pid, child)
+    }
+}
+
+/// Lets other uids read (and traverse) `dir`.
+fn make_world_readable(dir: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the test directory");
+}
+
+/// `program` in `ns`, as `uid` (and the same gid, no groups) if given.
+pub fn as_uid(ns: &Netns, uid: Option<u32>, program: &str) -> Command {
+    match uid {
+        None => ns.cmd(program),
+        Some(uid) => {
+            let id = uid.to_string();
+            let mut cmd = ns.cmd("setpriv");
+            cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups", program]);
+            cmd
+        }
+    }
+}
+
+/// `loopwarden ARGS --run-dir RUN_DIR` in `ns`, as `uid` if given.
+pub fn loopwarden(ns: &Netns, uid: Option<u32>, run_dir: &Path, args: &[&str]) -> Output {
+    run(
+        as_uid(ns, uid, loopwarden_bin().to_str().expect("utf-8 path"))
+            .args(args)
+            .arg("--run-dir")
+            .arg(run_dir),
+    )
+}
+
+/// `loopwarden who PEER LOCAL --json` in `ns` as `uid`: the origin, or the
+/// exit code and stderr.
+pub fn who(
+    ns: &Netns,
+    uid: Option<u32>,
+    run_dir: &Path,
+    peer: &str,
+    local: &str,
+) -> Result<Value, (i32, String)> {
+    let out = loopwarden(ns, uid, run_dir, &["who", peer, local, "--json"]);
+    match out.status.code() {
+        Some(0) => Ok(serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("who printed no JSON ({e}): {out:?}"))),
+        code => Err((
+            code.unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )),
+    }
+}
+
+/// `loopwarden conns --json` in `ns` as `uid`: the origins listed (none
+/// when it exits 1, which it must do exactly when there are none).
+pub fn conns(ns: &Netns, uid: Option<u32>, run_dir: &Path) -> Vec<Value> {
+    let out = loopwarden(ns, uid, run_dir, &["conns", "--json"]);
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("conns printed no JSON array ({e}): {out:?}"));
+    let want = if listed.is_empty() { 1 } else { 0 };
+    assert_eq!(out.status.code(), Some(want), "{out:?}");
+    listed
+}
+
+/// Sends `requests` (lines, newline added) to the query socket of
+/// `run_dir` from `ns` as `uid`, on one connection; the answers.
+pub fn raw_query(ns: &Netns, uid: Option<u32>, run_dir: &Path, requests: &[String]) -> Vec<Value> {
+    let socket = run_dir.join("query.sock");
+    let mut child = as_uid(ns, uid, SYSTEM_PYTHON)
+        .args(["-c", RAW_QUERY])
+        .arg(&socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the raw query client");
+    let mut input = requests.join("\n");
+    input.push('\n');
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .expect("writing the requests");
+    }
+    let out = child.wait_with_output().expect("the raw query client");
+    assert!(out.status.success(), "the raw query client failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("answer {l:?}: {e}")))
+        .collect()
+}
+
+/// The inode of `ns`'s namespace file, as the daemon names namespaces.
+pub fn netns_inode(ns: &Netns) -> u64 {
+    std::fs::metadata(ns.path()).expect("stat the netns").ino()
+}

@@ -1,0 +1,293 @@
+//! The RFC 1413 ident responder (`[ident]`), end to end: bound inside the
+//! test's namespace, asked by a raw client and by PostgreSQL's `ident`
+//! authentication. A direct local client's connection is answered with
+//! its user; a relay's with `NO-USER`, so the relay's uid never vouches
+//! for whoever is behind it.
+
+use std::process::Command;
+
+use loopwarden_tests::{
+    Daemon, Install, Netns, PROTECTED, Policy, TempDir, UNPROTECTED,
+    ident::{
+        HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, holding_server,
+        ident_exchange, ident_query, uid_of,
+    },
+    loopwarden_bin, run,
+};
+
+/// Where a relay listens in the test namespace.
+const RELAY_PORT: u16 = 9001;
+/// PostgreSQL's port in the test namespace.
+const PG_PORT: u16 = 5432;
+/// `[ident] timeout_ms` in these tests: short, so a silent client is
+/// closed soon (the tests read the close, they do not time it).
+const TIMEOUT_MS: u32 = 300;
+
+/// A policy for `ns` in audit mode protecting `port`, with the responder
+/// on 127.0.0.1 and ::1 inside `ns`.
+fn config(ns: &Netns, port: u16) -> String {
+    Policy::new(ns, "audit")
+        .ports(&[port])
+        .extra(&format!(
+            "[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\", \"[::1]:{IDENT_PORT}\"]\nnetns = \
+             \"{}\"\ntimeout_ms = {TIMEOUT_MS}\n",
+            ns.path()
+        ))
+        .text()
+}
+
+/// Starts the daemon on [`config`] and checks it says where it answers.
+fn daemon(ns: &Netns, port: u16) -> Daemon {
+    let daemon = Daemon::start(&config(ns, port));
+    daemon.wait_stderr(
+        &format!(
+            "ident (RFC 1413): answering on 127.0.0.1:{IDENT_PORT}, [::1]:{IDENT_PORT} in network \
+             namespace {}",
+            ns.path()
+        ),
+        1,
+    );
+    daemon
+}
+
+fn user_reply(here: u16, there: u16, user: &str) -> String {
+    format!("{here} , {there} : USERID : UNIX : {user}\r\n")
+}
+
+fn error_reply(here: impl std::fmt::Display, there: impl std::fmt::Display, token: &str) -> String {
+    format!("{here} , {there} : ERROR : {token}\r\n")
+}
+
+#[test]
+fn direct_connections_are_named_and_relayed_or_unknown_ones_are_not() {
+    let ns = Netns::new();
+    let dir = TempDir::new("ident");
+    let _protected = holding_server(&ns, PROTECTED);
+    let _unprotected = holding_server(&ns, UNPROTECTED);
+    let daemon = daemon(&ns, PROTECTED);
+
+    // Direct clients, as root and as nobody, over IPv4 and IPv6.
+    let root = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
+    let nobody = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, Some(65534));
+    let root6 = HeldConnection::open(&ns, &dir, "::1", PROTECTED, None);
+    let ask = |conn: &HeldConnection| format!("{} , {PROTECTED}", conn.local_port);
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &ask(&root)),
+        user_reply(root.local_port, PROTECTED, "root")
+    );
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &ask(&nobody)),
+        user_reply(nobody.local_port, PROTECTED, "nobody")
+    );
+    assert_eq!(
+        ident_query(&ns, "::1", &ask(&root6)),
+        user_reply(root6.local_port, PROTECTED, "root")
+    );
+    // The IPv6 connection is not found through the IPv4 responder: the
+    // query's addresses are part of the connection asked about.
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &ask(&root6)),
+        error_reply(root6.local_port, PROTECTED, "NO-USER")
+    );
+
+    // A socat relay's connection to the service: flagged (catalog:socat),
+    // so no user is named, though the relay runs as root.
+    let _relay = ns.socat_relay(RELAY_PORT, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    let behind_relay = HeldConnection::open(&ns, &dir, "127.0.0.1", RELAY_PORT, None);
+    let socat_port = connection_port_of(&ns, "socat", PROTECTED);
+    daemon.wait_event("would-deny by socat", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &format!("{socat_port} , {PROTECTED}")),
+        error_reply(socat_port, PROTECTED, "NO-USER")
+    );
+    // Connections loopwarden does not know: to an unprotected port (the
+    // client's own, to the relay; another to UNPROTECTED), and the direct
+    // connection's ports swapped.
+    let unprotected = HeldConnection::open(&ns, &dir, "127.0.0.1", UNPROTECTED, None);
+    for (here, there) in [
+        (behind_relay.local_port, RELAY_PORT),
+        (unprotected.local_port, UNPROTECTED),
+        (PROTECTED, root.local_port),
+    ] {
+        assert_eq!(
+            ident_query(&ns, "127.0.0.1", &format!("{here} , {there}")),
+            error_reply(here, there, "NO-USER")
+        );
+    }
+
+    // Several queries on one connection, answered in order; tabs and bare
+    // LF accepted; the client closes first.
+    let exchange = ident_exchange(
+        &ns,
+        "127.0.0.1",
+        &[
+            format!(
+                "{}\t,{PROTECTED}\r\n{socat_port} , {PROTECTED}\r\n",
+                nobody.local_port
+            )
+            .as_bytes(),
+            format!("  {},{PROTECTED}\n", root.local_port).as_bytes(),
+        ],
+        true,
+    );
+    assert!(exchange.closed, "{exchange:?}");
+    assert_eq!(
+        exchange.lines(),
+        [
+            user_reply(nobody.local_port, PROTECTED, "nobody"),
+            error_reply(socat_port, PROTECTED, "NO-USER"),
+            user_reply(root.local_port, PROTECTED, "root"),
+        ]
+    );
+}
+
+#[test]
+fn malformed_queries_get_invalid_port_and_silent_clients_are_closed() {
+    let ns = Netns::new();
+    let dir = TempDir::new("ident");
+    let _protected = holding_server(&ns, PROTECTED);
+    let _daemon = daemon(&ns, PROTECTED);
+    let direct = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
+    let valid = format!("{} , {PROTECTED}\r\n", direct.local_port);
+
+    // A valid query on a connection the client keeps open: answered, and
+    // the connection stays usable for the next one.
+    let exchange = ident_exchange(
+        &ns,
+        "127.0.0.1",
+        &[valid.as_bytes(), valid.as_bytes()],
+        false,
+    );
+    let answer = user_reply(direct.local_port, PROTECTED, "root");
+    assert_eq!(exchange.lines(), [answer.clone(), answer], "{exchange:?}");
+
+    // Each malformed query gets INVALID-PORT and the responder closes the
+    // connection: the valid query after it on the same connection is never
+    // answered. The client itself never closes.
+    let too_long = format!("{}{valid}", " ".repeat(1000));
+    for (query, echo) in [
+        ("abc\r\n", (0, 0)),
+        ("0 , 80\r\n", (0, 80)),
+        ("70000 , 80\r\n", (70000, 80)),
+        ("80 : 81\r\n", (0, 0)),
+        (too_long.as_str(), (0, 0)),
+    ] {
+        let exchange = ident_exchange(
+            &ns,
+            "127.0.0.1",
+            &[format!("{query}{valid}").as_bytes()],
+            false,
+        );
+        assert!(exchange.closed, "{query:?}: {exchange:?}");
+        assert_eq!(
+            exchange.replies,
+            error_reply(echo.0, echo.1, "INVALID-PORT"),
+            "{query:?}"
+        );
+    }
+    // An over-long line with no end in sight: refused as soon as it is
+    // too long, not read for ever.
+    let endless = "1".repeat(2000);
+    let exchange = ident_exchange(&ns, "127.0.0.1", &[endless.as_bytes()], false);
+    assert!(exchange.closed, "{exchange:?}");
+    assert_eq!(exchange.replies, error_reply(0, 0, "INVALID-PORT"));
+
+    // A client that sends nothing is closed after timeout_ms, unanswered.
+    let silent = ident_exchange(&ns, "127.0.0.1", &[], false);
+    assert!(
+        silent.closed,
+        "the responder kept a silent client: {silent:?}"
+    );
+    assert_eq!(silent.replies, "");
+    // So is one that stops half-way through a query.
+    let partial = ident_exchange(&ns, "::1", &[b"123 , "], false);
+    assert!(partial.closed, "{partial:?}");
+    assert_eq!(partial.replies, "");
+}
+
+#[test]
+fn postgresql_ident_authentication_accepts_a_direct_client_and_not_a_relay() {
+    let ns = Netns::new();
+    let pg = Postgres::start(&ns, PG_PORT);
+    let daemon = daemon(&ns, PG_PORT);
+
+    // psql run by the OS user postgres: PostgreSQL asks the responder,
+    // which names postgres, and the login succeeds.
+    let direct = pg.select_one(&ns, PG_PORT);
+    assert_eq!(
+        direct.as_deref(),
+        Ok("1\n"),
+        "the direct login failed; PostgreSQL's log:\n{}",
+        pg.log()
+    );
+
+    // The same login through a socat relay run by the same OS user: a
+    // classic identd would name postgres (the relay's owner); the
+    // responder names no one, and PostgreSQL refuses the login. The relay
+    // did carry the connection: the refusal is PostgreSQL's own.
+    let _relay = ns.socat_relay(
+        RELAY_PORT,
+        &format!("TCP:127.0.0.1:{}", pg.port()),
+        Some(uid_of(PG_USER)),
+    );
+    let relayed = pg.select_one(&ns, RELAY_PORT);
+    let refusal = relayed.expect_err("a login through the relay succeeded");
+    assert!(
+        refusal.contains(&format!(
+            "Ident authentication failed for user \"{PG_USER}\""
+        )),
+        "{refusal}"
+    );
+    daemon.wait_event("would-deny by socat", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+
+    // And a direct login still works afterwards.
+    assert_eq!(pg.select_one(&ns, PG_PORT).as_deref(), Ok("1\n"));
+}
+
+#[test]
+fn an_address_that_cannot_be_bound_stops_the_start_with_a_clear_error() {
+    let ns = Netns::new();
+    // Something else holds the ident port in the namespace.
+    let mut other_identd = holding_server(&ns, IDENT_PORT);
+    let install = Install::new();
+    let text = config(&ns, PROTECTED);
+    std::fs::write(install.config_path(), &text).expect("config");
+    // Where the first listen address is written (1-based).
+    let (line, column) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| Some((i + 1, l.strip_prefix("listen = ")?.find('"')? + 10)))
+        .expect("a listen line");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(install.config_path())
+        .args(install.dir_args()));
+    assert!(
+        !out.status.success(),
+        "started with port {IDENT_PORT} taken"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Where in the file, what, where, why, and what to do.
+    let expected = format!(
+        "{}:{line}:{column}: [ident] listen \"127.0.0.1:{IDENT_PORT}\": cannot bind it in network namespace \
+         {} (another identd, or another loopwarden, listens there): Address already in use",
+        install.config_path().display(),
+        ns.path()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("ready:"), "{stderr}");
+
+    // With the port free, the same config starts and serves.
+    other_identd.kill();
+    let daemon = Daemon::start_in(&install, &config(&ns, PROTECTED), &[]);
+    daemon.wait_stderr("ident (RFC 1413): answering on", 1);
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", "1 , 2"),
+        error_reply(1, 2, "NO-USER")
+    );
+}

@@ -1,0 +1,563 @@
+//! Provenance, end to end: a service in a test namespace accepts protected
+//! connections (on 127.0.0.1 and [::1]) and holds them open; the origin the
+//! kernel bound to each is asked for three ways — `getsockopt(SOL_LOOPWARDEN,
+//! LW_ORIGIN)` on the accepted socket, `loopwarden who` / `loopwarden conns`,
+//! and the raw query socket — and must name the process that connected
+//! (also after it exited), the verdict, the rule and, for relays (socat,
+//! `ssh -L`), the remote party. Each uid sees only the connections its own
+//! sockets accepted, closed connections disappear, a connection to an
+//! unprotected port is unknown, and misbehaving query clients do not keep
+//! the daemon from answering the others.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use loopwarden_tests::{
+    Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
+    Topology, UNPROTECTED, exe_id, exe_name, loopwarden_bin,
+    provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
+    rule, run, wait_for,
+};
+use serde_json::{Value, json};
+
+/// The uid the service runs as in the access test.
+const NOBODY: u32 = 65534;
+/// Another unprivileged uid (needs no passwd entry).
+const OTHER: u32 = 4242;
+const SOCAT_PORT: u16 = 9001;
+const SSH_L_PORT: u16 = 9003;
+const SSHD_PORT: u16 = 2222;
+
+/// Audit mode, `PROTECTED` only, no catalog, the relay verdict `audit`,
+/// allowed connects reported too (their audit lines are compared with the
+/// origins).
+fn config(ns: &Netns) -> String {
+    let policy = Policy::new(ns, "audit").catalog(false).relay("audit");
+    format!("log_allowed = true\n{}", policy.text())
+}
+
+/// `peer` and `local` of a connection the holding service accepted.
+fn ends(accepted: &Value) -> (String, String) {
+    let text = |k: &str| accepted[k].as_str().expect("address").to_owned();
+    (text("peer"), text("local"))
+}
+
+/// The audit line of the connect by `pid`.
+fn audit_line(daemon: &Daemon, pid: u64) -> Value {
+    daemon.wait_event(&format!("for pid {pid}"), |e| e["pid"] == pid)
+}
+
+/// The origin repeats what the audit line said about the same connect.
+fn assert_matches_audit(origin: &Value, audit: &Value, fields: &[&str]) {
+    for field in fields {
+        assert_eq!(
+            origin[field], audit[field],
+            "{field}: {origin:#} vs {audit:#}"
+        );
+    }
+    assert_eq!(
+        origin["client_cookie"], audit["socket_cookie"],
+        "{origin:#}"
+    );
+}
+
+/// Fields an origin and its audit line share whether or not the process
+/// still runs.
+const KERNEL_FIELDS: [&str; 11] = [
+    "pid",
+    "tid",
+    "ppid",
+    "uid",
+    "comm",
+    "exe_name",
+    "exe_id",
+    "cgroup_id",
+    "verdict",
+    "rule",
+    "via_how",
+];
+
+/// Waits until neither `who` nor `conns` knows the connection from `peer`.
+fn wait_gone(ns: &Netns, run_dir: &Path, peer: &str, local: &str) {
+    wait_for(
+        &format!("the connection from {peer} to leave the daemon's answers"),
+        Duration::from_secs(10),
+        || {
+            let unknown = matches!(who(ns, None, run_dir, peer, local), Err((1, _)));
+            let listed = conns(ns, None, run_dir).iter().any(|o| o["client"] == peer);
+            (unknown && !listed).then_some(())
+        },
+    );
+}
+
+/// One request line.
+fn line(request: Value) -> String {
+    request.to_string()
+}
+
+#[test]
+fn direct_clients_are_named_while_connected_and_after_they_exit() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+
+    // curl over IPv4, waiting for an answer that never comes.
+    let mut curl = ns.spawn(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "300",
+            &format!("http://127.0.0.1:{PROTECTED}/"),
+        ],
+    );
+    let accepted = holder.wait_accepted(1);
+    let (peer, local) = ends(&accepted);
+    assert_eq!(local, format!("127.0.0.1:{PROTECTED}"));
+    let pid = u64::from(curl.pid());
+    // The service's own question, answered by the kernel.
+    assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["tgid"], pid, "{accepted}");
+    assert_eq!(accepted["server_cookie"], accepted["cookie"], "{accepted}");
+
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("who knows curl's connection");
+    let curl_path = std::fs::canonicalize("/usr/bin/curl").expect("curl");
+    assert_eq!(origin["pid"], pid, "{origin:#}");
+    assert_eq!(origin["comm"], "curl");
+    assert_eq!(origin["exe_name"], exe_name(&curl_path));
+    assert_eq!(origin["exe_id"], exe_id(&curl_path));
+    assert_eq!(origin["exe"], curl_path.to_str().unwrap());
+    assert!(
+        origin["cmdline"].as_str().unwrap().starts_with("curl -s"),
+        "{origin:#}"
+    );
+    assert_eq!(origin["alive"], true);
+    assert_eq!(origin["verdict"], "allow");
+    assert_eq!(origin["rule"], Value::Null);
+    assert_eq!(origin["client"], peer);
+    assert_eq!(origin["server"], local);
+    assert_eq!(origin["server_uid"], 0);
+    assert_eq!(origin["server_cookie"], accepted["cookie"]);
+    assert_eq!(origin["netns"], netns_inode(&ns));
+    for stamp in ["connected_at", "established_at"] {
+        let text = origin[stamp].as_str().unwrap_or_default();
+        assert!(
+            humantime::parse_rfc3339(text).is_ok(),
+            "{stamp}: {origin:#}"
+        );
+    }
+    let audit = audit_line(&daemon, pid);
+    assert_matches_audit(&origin, &audit, &KERNEL_FIELDS);
+    assert_matches_audit(&origin, &audit, &["user", "exe", "cmdline", "cgroup"]);
+
+    // The raw socket: by the two ends (with an id), by cookie, and conns.
+    let answers = raw_query(
+        &ns,
+        None,
+        &run_dir,
+        &[
+            line(json!({"op": "who", "peer": peer, "local": local, "id": 7})),
+            line(json!({"op": "who", "cookie": accepted["cookie"], "id": "c"})),
+            line(json!({"op": "conns"})),
+        ],
+    );
+    assert_eq!(answers.len(), 3, "{answers:#?}");
+    assert_eq!(answers[0]["v"], 1);
+    assert_eq!(answers[0]["ok"], true, "{answers:#?}");
+    assert_eq!(answers[0]["id"], 7);
+    assert_eq!(answers[1]["id"], "c");
+    assert_eq!(answers[0]["origin"]["pid"], pid);
+    assert_eq!(answers[1]["origin"]["pid"], pid, "{answers:#?}");
+    let listed = answers[2]["conns"].as_array().expect("conns");
+    assert_eq!(listed.len(), 1, "{answers:#?}");
+    assert_eq!(listed[0]["pid"], pid);
+
+    // For people: aligned lines, and every connection from the peer's address.
+    let out = loopwarden(&ns, None, &run_dir, &["who", &peer, &local]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(&format!("\npid:            {pid} (running)\n")),
+        "{text}"
+    );
+    assert!(text.contains("\ncomm:           curl\n"), "{text}");
+    let out = loopwarden(&ns, None, &run_dir, &["who", "127.0.0.1", "--json"]);
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    assert_eq!(all.len(), 1, "{out:?}");
+    assert_eq!(all[0]["pid"], pid);
+
+    // A closed connection disappears.
+    curl.kill();
+    wait_gone(&ns, &run_dir, &peer, &local);
+
+    // Over IPv6, from a process that exits while its child keeps the socket.
+    let (pid, child) = holder.fork_client(&ns, "::1", PROTECTED);
+    let accepted = holder.wait_accepted(2);
+    let (peer, local) = ends(&accepted);
+    assert_eq!(local, format!("[::1]:{PROTECTED}"));
+    assert_eq!(accepted["tgid"], pid, "{accepted}");
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("who knows it after exit");
+    assert_eq!(origin["pid"], pid, "{origin:#}");
+    assert_eq!(origin["alive"], false);
+    assert_eq!(
+        origin["exe"],
+        Value::Null,
+        "/proc of an exited process lends nothing"
+    );
+    assert_eq!(origin["cmdline"], Value::Null);
+    assert_eq!(origin["exe_name"], exe_name(Path::new(SYSTEM_PYTHON)));
+    assert_matches_audit(
+        &origin,
+        &audit_line(&daemon, u64::from(pid)),
+        &KERNEL_FIELDS,
+    );
+    let listed = conns(&ns, None, &run_dir);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["pid"], pid);
+    // SAFETY: plain kill(2) of the child the client left behind.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    wait_gone(&ns, &run_dir, &peer, &local);
+}
+
+#[test]
+fn rules_are_named_by_the_policy_that_judged_the_connect() {
+    let ns = Netns::new();
+    let python = exe_name(Path::new(SYSTEM_PYTHON));
+    let with_rule = |name: &str| {
+        let policy = Policy::new(&ns, "audit").catalog(false).relay("audit");
+        policy
+            .extra(&rule(name, "audit", "exe_name", &python))
+            .text()
+    };
+    let daemon = Daemon::start(&with_rule("watch-python"));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    let _first = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let (peer1, local1) = ends(&holder.wait_accepted(1));
+    let origin = who(&ns, None, &run_dir, &peer1, &local1).expect("the first connection");
+    assert_eq!(origin["verdict"], "audit", "{origin:#}");
+    assert_eq!(origin["rule"], "watch-python", "{origin:#}");
+
+    // The rule renamed by a reload: new connects carry the new name, the
+    // open one keeps the name of the policy that judged it.
+    std::fs::write(daemon.config_path(), with_rule("python-watched")).expect("rewrite");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("installed: ", 1);
+    let _second = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let (peer2, local2) = ends(&holder.wait_accepted(2));
+    let origin = who(&ns, None, &run_dir, &peer2, &local2).expect("the second connection");
+    assert_eq!(origin["rule"], "python-watched", "{origin:#}");
+    let origin = who(&ns, None, &run_dir, &peer1, &local1).expect("the first connection");
+    assert_eq!(origin["rule"], "watch-python", "{origin:#}");
+}
+
+#[test]
+fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
+
+    let _unprotected = holder.hold_client(&ns, "127.0.0.1", UNPROTECTED);
+    let plain = holder.wait_accepted(1);
+    let protected_client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let tagged = holder.wait_accepted(2);
+
+    // getsockopt from the service: known with the caller's tgid, or status 0.
+    assert_eq!(tagged["status"], 1, "{tagged}");
+    assert_eq!(tagged["tgid"], protected_client.pid(), "{tagged}");
+    assert_eq!(tagged["server_uid"], 0, "{tagged}");
+    assert!(tagged.get("errno").is_none(), "{tagged}");
+    assert_eq!(plain["status"], 0, "{plain}");
+    assert_eq!(plain["tgid"], 0, "{plain}");
+    assert!(plain.get("errno").is_none(), "{plain}");
+
+    // The daemon: the same.
+    let (peer, local) = ends(&tagged);
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("the protected one is known");
+    assert_eq!(origin["pid"], protected_client.pid());
+    let (peer, local) = ends(&plain);
+    let (code, stderr) = who(&ns, None, &run_dir, &peer, &local).expect_err("unknown");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unknown"), "{stderr}");
+    let answers = raw_query(
+        &ns,
+        None,
+        &run_dir,
+        &[line(json!({"op": "who", "peer": peer, "local": local}))],
+    );
+    assert_eq!(answers[0]["ok"], false, "{answers:#?}");
+    assert_eq!(answers[0]["error"], "unknown", "{answers:#?}");
+    let listed = conns(&ns, None, &run_dir);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["pid"], protected_client.pid());
+}
+
+/// A client in the remote namespace holds a connection through a relay in
+/// the local one; the relay's connect to the service is accepted as
+/// connection `n`. Returns the client and the service's record of it.
+fn through_relay(
+    topo: &Topology,
+    holder: &Holder,
+    n: usize,
+    addr: &str,
+    port: u16,
+) -> (Proc, Value) {
+    let client = holder.hold_client(&topo.remote, addr, port);
+    (client, holder.wait_accepted(n))
+}
+
+#[test]
+fn relays_are_named_with_the_remote_party() {
+    let topo = Topology::new();
+    let daemon = Daemon::start(&config(&topo.local));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&topo.local, &[PROTECTED], None);
+    let service = format!("TCP:127.0.0.1:{PROTECTED}");
+
+    // socat, forking per connection, connects right after accepting.
+    let socat = topo.local.socat_relay(SOCAT_PORT, &service, None);
+    let (_socat_client, accepted) = through_relay(&topo, &holder, 1, LOCAL_ADDR, SOCAT_PORT);
+    let (peer, local) = ends(&accepted);
+    let origin = who(&topo.local, None, &run_dir, &peer, &local).expect("socat's connection");
+    assert_eq!(
+        origin["exe_name"],
+        exe_name(Path::new("/usr/bin/socat")),
+        "{origin:#}"
+    );
+    assert_eq!(origin["pid"], accepted["tgid"]);
+    assert_eq!(origin["ppid"], socat.pid(), "socat's per-connection child");
+    assert_eq!(origin["verdict"], "audit");
+    assert_eq!(origin["rule"], "relay");
+    assert!(
+        origin["via"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{REMOTE_ADDR}:"))
+    );
+    assert_eq!(origin["via_how"], "accepted", "{origin:#}");
+    let socat_pid = origin["pid"].as_u64().unwrap();
+    assert_matches_audit(&origin, &audit_line(&daemon, socat_pid), &KERNEL_FIELDS);
+    assert_matches_audit(&origin, &audit_line(&daemon, socat_pid), &["via"]);
+
+    // sshd carrying an `ssh -L` forward from the remote namespace.
+    let sshd = Sshd::start(&topo.local, LOCAL_ADDR, SSHD_PORT);
+    let mut args = sshd.client_args();
+    let forward = format!("{SSH_L_PORT}:127.0.0.1:{PROTECTED}");
+    args.extend(["-N", "-L", &forward, &format!("root@{LOCAL_ADDR}")].map(str::to_owned));
+    let mut ssh = Proc::spawn(topo.remote.cmd("ssh").args(&args));
+    topo.remote.wait_listening(SSH_L_PORT);
+    ssh.assert_running();
+    let (_ssh_client, accepted) = through_relay(&topo, &holder, 2, "127.0.0.1", SSH_L_PORT);
+    let (peer, local) = ends(&accepted);
+    let origin = who(&topo.local, None, &run_dir, &peer, &local).expect("sshd's connection");
+    assert_eq!(
+        origin["exe_name"],
+        exe_name(Path::new("/usr/sbin/sshd")),
+        "{origin:#}"
+    );
+    assert_eq!(origin["pid"], accepted["tgid"]);
+    assert_eq!(origin["verdict"], "audit");
+    assert_eq!(origin["rule"], "relay");
+    assert!(
+        origin["via"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{REMOTE_ADDR}:"))
+    );
+    assert_eq!(origin["via_how"], "received", "{origin:#}");
+    let sshd_pid = origin["pid"].as_u64().unwrap();
+    assert_matches_audit(&origin, &audit_line(&daemon, sshd_pid), &KERNEL_FIELDS);
+
+    // Both in `conns`, as JSON and as a table.
+    let listed = conns(&topo.local, None, &run_dir);
+    let pids: Vec<&Value> = listed.iter().map(|o| &o["pid"]).collect();
+    assert_eq!(pids, [socat_pid, sshd_pid], "{listed:#?}");
+    let out = loopwarden(&topo.local, None, &run_dir, &["conns"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "CLIENT", "SERVER", "PID", "USER", "EXE", "VERDICT", "RULE", "VIA", "AGE"
+        ],
+        "{table}"
+    );
+    assert_eq!(rows.len(), 3, "{table}");
+    for (row, pid) in rows[1..].iter().zip([socat_pid, sshd_pid]) {
+        assert_eq!(row[2], pid.to_string(), "{table}");
+        assert_eq!(row[5..7], ["audit", "relay"], "{table}");
+        assert!(row[7].starts_with(REMOTE_ADDR), "{table}");
+    }
+}
+
+#[test]
+fn each_uid_sees_only_the_connections_its_sockets_accepted() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED], Some(NOBODY));
+    let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let accepted = holder.wait_accepted(1);
+    assert_eq!(accepted["server_uid"], NOBODY, "{accepted}");
+    let (peer, local) = ends(&accepted);
+    let requests = [
+        line(json!({"op": "who", "peer": peer, "local": local})),
+        line(json!({"op": "who", "cookie": accepted["cookie"]})),
+        line(json!({"op": "conns"})),
+    ];
+
+    // The uid that owns the accepted socket, and root: the origin.
+    for uid in [Some(NOBODY), None] {
+        let origin = who(&ns, uid, &run_dir, &peer, &local)
+            .unwrap_or_else(|e| panic!("who as {uid:?}: {e:?}"));
+        assert_eq!(origin["pid"], client.pid());
+        assert_eq!(origin["server_uid"], NOBODY);
+        let answers = raw_query(&ns, uid, &run_dir, &requests);
+        assert_eq!(answers[0]["origin"]["pid"], client.pid(), "{answers:#?}");
+        assert_eq!(answers[1]["origin"]["pid"], client.pid(), "{answers:#?}");
+        assert_eq!(answers[2]["conns"].as_array().map(Vec::len), Some(1));
+        assert_eq!(conns(&ns, uid, &run_dir).len(), 1);
+    }
+
+    // Another uid: forbidden, and nothing listed.
+    let (code, stderr) = who(&ns, Some(OTHER), &run_dir, &peer, &local).expect_err("forbidden");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("forbidden"), "{stderr}");
+    let answers = raw_query(&ns, Some(OTHER), &run_dir, &requests);
+    assert_eq!(answers[0]["error"], "forbidden", "{answers:#?}");
+    assert_eq!(answers[1]["error"], "forbidden", "{answers:#?}");
+    assert_eq!(answers[2]["conns"], json!([]), "{answers:#?}");
+    assert!(conns(&ns, Some(OTHER), &run_dir).is_empty());
+
+    // Only root may name another namespace.
+    let elsewhere = line(json!({"op": "who", "peer": peer, "local": local, "netns": 1}));
+    let answers = raw_query(
+        &ns,
+        Some(NOBODY),
+        &run_dir,
+        std::slice::from_ref(&elsewhere),
+    );
+    assert_eq!(answers[0]["error"], "forbidden", "{answers:#?}");
+    let answers = raw_query(&ns, None, &run_dir, &[elsewhere]);
+    assert_eq!(answers[0]["error"], "unknown", "{answers:#?}");
+    // Root asking from the root namespace, naming the test's.
+    let out = run(Command::new(loopwarden_bin())
+        .args([
+            "who",
+            &peer,
+            &local,
+            "--json",
+            "--netns",
+            &ns.path(),
+            "--run-dir",
+        ])
+        .arg(&run_dir));
+    let origin: Value = serde_json::from_slice(&out.stdout).expect("who --netns");
+    assert_eq!(origin["pid"], client.pid());
+}
+
+/// Reads one answer line from `stream`.
+fn read_answer(stream: &UnixStream) -> Value {
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("reading an answer");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}"))
+}
+
+#[test]
+fn misbehaving_query_clients_do_not_keep_others_waiting() {
+    let ns = Netns::new();
+    // A socket file left by a daemon that died is replaced.
+    let install = Install::new();
+    let run_dir = install.run_dir();
+    let socket = run_dir.join("query.sock");
+    std::fs::create_dir_all(&run_dir).expect("creating the run directory");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("a stale socket"));
+    assert!(
+        UnixStream::connect(&socket).is_err(),
+        "nothing answers there"
+    );
+    let mut daemon = Daemon::start_in(&install, &config(&ns), &[]);
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    let client = holder.hold_client(&ns, "::1", PROTECTED);
+    let (peer, local) = ends(&holder.wait_accepted(1));
+    let who_request = line(json!({"op": "who", "peer": peer, "local": local}));
+
+    // A client that never sends, held open throughout.
+    let silent = UnixStream::connect(&socket).expect("connecting");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+
+    // Ten thousand malformed lines, then a good one, on one connection.
+    let mut flood = vec!["{\"op\": not json".to_owned(); 10_000];
+    flood.push(who_request.clone());
+    let answers = raw_query(&ns, None, &run_dir, &flood);
+    assert_eq!(answers.len(), 10_001);
+    assert!(
+        answers[..10_000]
+            .iter()
+            .all(|a| a["ok"] == false && a["error"] == "bad-request"),
+        "{:#?}",
+        &answers[..3]
+    );
+    assert_eq!(answers[10_000]["origin"]["pid"], client.pid());
+
+    // An over-long line: too-long, and the connection closes unanswered.
+    let answers = raw_query(
+        &ns,
+        None,
+        &run_dir,
+        &["x".repeat(5000), who_request.clone()],
+    );
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert_eq!(answers[0]["error"], "too-long");
+    // 4096 bytes is still a line: a (bad) request, answered.
+    let (head, tail) = (r#"{"op":"who","pad":""#, r#""}"#);
+    let padded = format!("{head}{}{tail}", "x".repeat(4096 - head.len() - tail.len()));
+    let answers = raw_query(&ns, None, &run_dir, &[padded, who_request.clone()]);
+    assert_eq!(answers[0]["error"], "bad-request", "{answers:#?}");
+    assert_eq!(answers[1]["origin"]["pid"], client.pid(), "{answers:#?}");
+
+    // Meanwhile the silent one is told and closed.
+    let answer = read_answer(&silent);
+    assert_eq!(answer["error"], "timeout", "{answer}");
+    assert_eq!((&silent).read(&mut [0; 1]).expect("EOF"), 0);
+
+    // Past the client limit: one `busy` line; served again once one leaves.
+    let mut idle: Vec<UnixStream> = (0..128)
+        .map(|_| UnixStream::connect(&socket).expect("connecting"))
+        .collect();
+    let extra = UnixStream::connect(&socket).expect("connecting");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(read_answer(&extra)["error"], "busy");
+    idle.pop();
+    wait_for("a query served again", Duration::from_secs(10), || {
+        let answers = raw_query(&ns, None, &run_dir, std::slice::from_ref(&who_request));
+        (answers[0]["origin"]["pid"] == client.pid()).then_some(())
+    });
+    drop(idle);
+
+    // The daemon's exit removes the socket; the CLI says what to do.
+    assert!(socket.exists());
+    assert!(daemon.stop(), "the daemon did not exit 0");
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    let out = loopwarden(&ns, None, &run_dir, &["who", &peer, &local]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no loopwarden daemon answers"), "{stderr}");
+    assert!(stderr.contains("loopwarden run"), "{stderr}");
+}

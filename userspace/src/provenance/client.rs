@@ -1,0 +1,261 @@
+//! `loopwarden who` and `loopwarden conns`: a client of the query socket
+//! ([`super::query`]) that prints origins for people (aligned `key: value`
+//! lines, a table) or as JSON.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr},
+    os::unix::{fs::MetadataExt as _, net::UnixStream},
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use super::{query::SOCKET_NAME, show};
+
+/// Exit codes of `who` and `conns`.
+pub mod exit {
+    /// At least one connection found.
+    pub const FOUND: u8 = 0;
+    /// None known (or none the caller may see).
+    pub const NONE: u8 = 1;
+    /// Bad arguments, no daemon to ask, or a refused request.
+    pub const ERROR: u8 = 2;
+}
+
+/// How long the daemon may take to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors asking the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no loopwarden daemon answers at {} ({error}): start it (`loopwarden run`, or \
+         `systemctl start loopwarden`) with `[provenance] query = true`, or point --run-dir at \
+         its run directory",
+        path.display()
+    )]
+    NotRunning { path: PathBuf, error: io::Error },
+    #[error("asking the daemon at {} failed", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the daemon's answer is not JSON: {0}")]
+    BadAnswer(#[from] serde_json::Error),
+    /// The daemon refused the request (anything but `unknown`).
+    #[error("{code}: {message}")]
+    Refused { code: String, message: String },
+}
+
+/// The client end of a connection: `ADDR:PORT`, or just `ADDR` (any port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Socket(SocketAddr),
+    Ip(IpAddr),
+}
+
+impl FromStr for Peer {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map(Peer::Socket)
+            .or_else(|_| s.trim_matches(['[', ']']).parse().map(Peer::Ip))
+            .map_err(|_| {
+                format!("{s:?} is not ADDR:PORT or ADDR (e.g. 127.0.0.1:53422, [::1]:53422, ::1)")
+            })
+    }
+}
+
+impl Peer {
+    fn matches(self, client: SocketAddr) -> bool {
+        match self {
+            Peer::Socket(addr) => addr == client,
+            Peer::Ip(ip) => ip == client.ip(),
+        }
+    }
+}
+
+/// A network namespace named by a file (`/run/netns/NAME`,
+/// `/proc/PID/ns/net`) or by its inode number, as its inode.
+pub fn parse_netns(s: &str) -> Result<u32, String> {
+    if let Ok(inode) = s.parse() {
+        return Ok(inode);
+    }
+    std::fs::metadata(s)
+        .map(|meta| meta.ino() as u32)
+        .map_err(|e| {
+            format!("{s}: {e} (give a namespace file such as /run/netns/NAME or an inode number)")
+        })
+}
+
+/// What a command prints (on stdout; `note` on stderr) and its exit code.
+pub struct Printed {
+    pub text: String,
+    pub note: Option<&'static str>,
+    pub code: u8,
+}
+
+/// Sends one request to the daemon of `run_dir` and returns its answer.
+pub fn ask(run_dir: &Path, request: &Value) -> Result<Value, ClientError> {
+    let path = run_dir.join(SOCKET_NAME);
+    let io_error = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(&path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+            path: path.clone(),
+            error: source,
+        },
+        _ => io_error(source),
+    })?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(io_error)?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_error)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(io_error)?;
+    Ok(serde_json::from_str(&answer)?)
+}
+
+/// The answer's payload, `None` for `unknown`, or the refusal.
+fn payload(mut answer: Value, field: &str) -> Result<Option<Value>, ClientError> {
+    if answer["ok"] == true {
+        return Ok(Some(answer[field].take()));
+    }
+    let code = answer["error"].as_str().unwrap_or("?").to_owned();
+    if code == "unknown" {
+        return Ok(None);
+    }
+    let message = answer["message"].as_str().unwrap_or("").to_owned();
+    Err(ClientError::Refused { code, message })
+}
+
+/// `loopwarden who PEER [LOCAL]`: the origin of the connection from `peer`
+/// to `local`, or of every connection from `peer` without `local`.
+pub fn who(
+    run_dir: &Path,
+    peer: Peer,
+    local: Option<SocketAddr>,
+    netns: Option<u32>,
+    json: bool,
+) -> Result<Printed, ClientError> {
+    let origins = match (peer, local) {
+        (Peer::Socket(peer), Some(local)) => {
+            let mut request = json!({"op": "who", "peer": peer, "local": local});
+            if let Some(netns) = netns {
+                request["netns"] = netns.into();
+            }
+            let origin = payload(ask(run_dir, &request)?, "origin")?;
+            if json {
+                return Ok(match origin {
+                    Some(origin) => found(format!("{origin:#}\n")),
+                    None => none(),
+                });
+            }
+            origin.into_iter().collect()
+        }
+        (Peer::Ip(ip), Some(_)) => {
+            return Err(ClientError::Refused {
+                code: "bad-request".to_owned(),
+                message: format!("with LOCAL, PEER needs its port too (e.g. {ip}:53422)"),
+            });
+        }
+        (peer, None) => all_conns(run_dir, netns)?
+            .into_iter()
+            .filter(|o| client_of(o).is_some_and(|c| peer.matches(c)))
+            .collect::<Vec<_>>(),
+    };
+    if origins.is_empty() {
+        return Ok(none());
+    }
+    if json {
+        return Ok(found(format!("{:#}\n", Value::Array(origins))));
+    }
+    let blocks: Vec<String> = origins.iter().map(show::describe).collect();
+    Ok(found(blocks.join("\n")))
+}
+
+/// `loopwarden conns`: every open protected connection the caller may see.
+pub fn conns(run_dir: &Path, json: bool) -> Result<Printed, ClientError> {
+    let origins = all_conns(run_dir, None)?;
+    let text = if json {
+        format!("{:#}\n", Value::Array(origins.clone()))
+    } else if origins.is_empty() {
+        String::new()
+    } else {
+        show::table(&origins)
+    };
+    if origins.is_empty() {
+        return Ok(Printed {
+            text,
+            note: Some("no protected connection (that you may see) is open"),
+            code: exit::NONE,
+        });
+    }
+    Ok(found(text))
+}
+
+fn all_conns(run_dir: &Path, netns: Option<u32>) -> Result<Vec<Value>, ClientError> {
+    let mut request = json!({"op": "conns"});
+    if let Some(netns) = netns {
+        request["netns"] = netns.into();
+    }
+    let conns = payload(ask(run_dir, &request)?, "conns")?;
+    Ok(match conns {
+        Some(Value::Array(conns)) => conns,
+        _ => Vec::new(),
+    })
+}
+
+fn found(text: String) -> Printed {
+    Printed {
+        text,
+        note: None,
+        code: exit::FOUND,
+    }
+}
+
+fn none() -> Printed {
+    Printed {
+        text: String::new(),
+        note: Some("unknown: no such protected connection is open (or it is not yours to see)"),
+        code: exit::NONE,
+    }
+}
+
+fn client_of(origin: &Value) -> Option<SocketAddr> {
+    origin["client"].as_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_with_or_without_a_port() {
+        assert_eq!(
+            "127.0.0.1:53422".parse(),
+            Ok(Peer::Socket("127.0.0.1:53422".parse().unwrap()))
+        );
+        assert_eq!("::1".parse(), Ok(Peer::Ip("::1".parse().unwrap())));
+        assert_eq!("[::1]".parse(), Ok(Peer::Ip("::1".parse().unwrap())));
+        assert!(
+            "localhost:80"
+                .parse::<Peer>()
+                .unwrap_err()
+                .contains("ADDR:PORT")
+        );
+        assert!(Peer::Ip("::1".parse().unwrap()).matches("[::1]:5".parse().unwrap()));
+        assert!(!Peer::Socket("[::1]:6".parse().unwrap()).matches("[::1]:5".parse().unwrap()));
+    }
+}

@@ -1,0 +1,228 @@
+//! One ident client: its queries answered in order, each from `LW_CONNS`,
+//! until it closes, stays silent too long, or sends an invalid query.
+
+use std::{io, net::SocketAddr, pin::Pin, sync::Arc};
+
+use loopwarden_common::{
+    evidence,
+    origin::{OriginRecord, status},
+    verdict,
+};
+use tokio::{io::AsyncWrite as _, net::TcpStream, time::timeout};
+use tracing::debug;
+
+use super::{
+    Shared,
+    request::{self, Answer, Echo, INVALID_PORT, MAX_REQUEST, NO_USER, Ports},
+};
+use crate::provenance::conn_key;
+
+/// The most a client refused for an invalid query may still send before
+/// its connection is closed regardless.
+const DRAIN_MAX: usize = 64 * 1024;
+
+/// What loopwarden knows of the connection a query names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// Made by a local process the policy allowed, with no relay evidence:
+    /// its uid is the user.
+    Direct { uid: u32 },
+    /// Made by a relay, or by a caller a rule reported: no user is named.
+    Flagged,
+    /// Not a protected connection loopwarden tagged.
+    Unknown,
+}
+
+impl Origin {
+    /// The origin a `LW_CONNS` entry records.
+    pub(super) fn of(record: Option<&OriginRecord>) -> Self {
+        match record {
+            Some(r) if r.status == status::KNOWN => {
+                if r.origin.verdict == verdict::ALLOW && r.origin.via.kind == evidence::NONE {
+                    Origin::Direct { uid: r.origin.uid }
+                } else {
+                    Origin::Flagged
+                }
+            }
+            _ => Origin::Unknown,
+        }
+    }
+}
+
+/// Serves one client until it is done (see the module documentation).
+pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+        return;
+    };
+    let mut pending = Vec::with_capacity(64);
+    let mut chunk = [0u8; 512];
+    loop {
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            match request::parse(&line[..end]) {
+                Ok(ports) => {
+                    let reply = answer(ports, local, peer, &shared).await;
+                    if !send(&stream, &reply, &shared).await {
+                        return;
+                    }
+                }
+                Err(echo) => return refuse(stream, echo, &shared).await,
+            }
+        }
+        if pending.len() > MAX_REQUEST {
+            return refuse(stream, Echo::default(), &shared).await;
+        }
+        match timeout(shared.timeout, read(&stream, &mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                debug!("ident: reading from {peer} failed: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!("ident: {peer} was silent for {:?}; closing", shared.timeout);
+                return;
+            }
+        }
+    }
+}
+
+/// Answers an invalid query with `INVALID-PORT` and ends the connection:
+/// the reply, then FIN, then what the client still sends is read and
+/// dropped until it closes, falls silent or sends [`DRAIN_MAX`] bytes
+/// (closing with unread data would reset the connection, and the client
+/// could lose the reply).
+async fn refuse(mut stream: TcpStream, echo: Echo, shared: &Shared) {
+    let reply = request::reply(echo, Answer::Error(INVALID_PORT));
+    if !send(&stream, &reply, shared).await {
+        return;
+    }
+    let shut = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_shutdown(cx));
+    if !matches!(timeout(shared.timeout, shut).await, Ok(Ok(()))) {
+        return;
+    }
+    let mut sink = [0u8; 512];
+    let mut drained = 0;
+    while drained < DRAIN_MAX {
+        match timeout(shared.timeout, read(&stream, &mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
+/// Writes one reply in a single write; false when the client is gone or
+/// does not read it in time.
+async fn send(stream: &TcpStream, reply: &str, shared: &Shared) -> bool {
+    matches!(
+        timeout(shared.timeout, write_all(stream, reply.as_bytes())).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Reads what the client sent (0: it closed its side).
+async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Writes all of `bytes`: one `write()` for a reply, which fits any send
+/// buffer, more only if the kernel takes less.
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The reply to a valid query on the connection `local` (this host's end,
+/// the responder's address) ← `peer` (the querying host).
+async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Shared) -> String {
+    let key = conn_key(
+        shared.netns,
+        SocketAddr::new(local.ip(), ports.here),
+        SocketAddr::new(peer.ip(), ports.there),
+    );
+    let origin = Origin::of(shared.conns.get(&key).as_ref());
+    debug!(
+        "ident: {peer} asked about {}:{} -> {}:{}: {origin:?}",
+        local.ip(),
+        ports.here,
+        peer.ip(),
+        ports.there
+    );
+    let echo = Echo::from(ports);
+    match origin {
+        Origin::Direct { uid } => {
+            let name = user_name(uid).await;
+            request::reply(echo, Answer::User(&name))
+        }
+        Origin::Flagged => request::reply(echo, Answer::Error(shared.relayed.token())),
+        Origin::Unknown => request::reply(echo, Answer::Error(NO_USER)),
+    }
+}
+
+/// The name NSS gives `uid`, else the uid in decimal. Asked off the
+/// runtime's thread: a slow directory service delays this reply only.
+async fn user_name(uid: u32) -> String {
+    let found = tokio::task::spawn_blocking(move || crate::resolve::user_name(uid))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    // A name the reply line could not carry is not used.
+    found
+        .filter(|name| !name.is_empty() && !name.contains(['\r', '\n', '\0', ':']))
+        .unwrap_or_else(|| uid.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use loopwarden_common::{RELAY_RULE, origin::OriginRecord};
+
+    use super::*;
+
+    fn known(verdict: u8, via: u8) -> OriginRecord {
+        let mut r = OriginRecord::unknown();
+        r.status = status::KNOWN;
+        r.origin.uid = 1000;
+        r.origin.verdict = verdict;
+        r.origin.via.kind = via;
+        r
+    }
+
+    #[test]
+    fn only_an_allowed_connect_without_evidence_is_direct() {
+        assert_eq!(
+            Origin::of(Some(&known(verdict::ALLOW, evidence::NONE))),
+            Origin::Direct { uid: 1000 }
+        );
+        for (v, via) in [
+            (verdict::AUDIT, evidence::NONE),
+            (verdict::WOULD_DENY, evidence::NONE),
+            (verdict::ALLOW, evidence::ACCEPTED),
+            (verdict::AUDIT, evidence::RECEIVED),
+        ] {
+            assert_eq!(Origin::of(Some(&known(v, via))), Origin::Flagged);
+        }
+        let mut relayed = known(verdict::AUDIT, evidence::CONNECTED);
+        relayed.origin.rule = RELAY_RULE;
+        assert_eq!(Origin::of(Some(&relayed)), Origin::Flagged);
+    }
+
+    #[test]
+    fn no_record_or_an_unknown_one_names_no_one() {
+        assert_eq!(Origin::of(None), Origin::Unknown);
+        assert_eq!(Origin::of(Some(&OriginRecord::unknown())), Origin::Unknown);
+    }
+}

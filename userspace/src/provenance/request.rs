@@ -1,0 +1,363 @@
+//! One query-socket request, from its line to its answer line: parsing
+//! ([`Request::parse`]), who may see what ([`Caller`]), and the lookup in
+//! `LW_CONNS` ([`Request::answer`]). The protocol is the README's "The
+//! query socket".
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use loopwarden_common::origin::OriginRecord;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Conns, answer::origin, conns::conn_key};
+use crate::events::{Enricher, SharedRules};
+
+/// Protocol version in every answer (`"v"`).
+pub const VERSION: u8 = 1;
+
+/// Why a request got no origin (`"error"` of an answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// No such connection is known (or it is not protected).
+    Unknown,
+    /// The connection's accepted socket is another uid's.
+    Forbidden,
+    /// Not JSON, or not a request this protocol has.
+    BadRequest,
+    /// A line over [`super::query::MAX_LINE`] bytes; the connection closes.
+    TooLong,
+    /// No request within [`super::query::IDLE`]; the connection closes.
+    Timeout,
+    /// All client slots are taken; the connection closes.
+    Busy,
+    /// The daemon cannot read its connection table right now.
+    Unavailable,
+}
+
+/// One answer line.
+#[derive(Debug, Serialize)]
+pub struct Reply {
+    v: u8,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conns: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl Reply {
+    pub fn error(id: Option<Value>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Reply {
+            v: VERSION,
+            ok: false,
+            id,
+            origin: None,
+            conns: None,
+            error: Some(code),
+            message: Some(message.into()),
+        }
+    }
+
+    fn ok(id: Option<Value>) -> Self {
+        Reply {
+            v: VERSION,
+            ok: true,
+            id,
+            origin: None,
+            conns: None,
+            error: None,
+            message: None,
+        }
+    }
+
+    /// The answer as one line, newline included.
+    pub fn line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|e| {
+            let message = format!("serializing the answer failed: {e}");
+            let reply = serde_json::json!({"v": VERSION, "ok": false, "error": "unavailable", "message": message});
+            reply.to_string().into_bytes()
+        });
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Who asks, from the socket's `SO_PEERCRED`.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    /// The caller's network namespace (inode); `None` when its pid is not
+    /// visible to the daemon (another pid namespace) or already gone.
+    pub netns: Option<u32>,
+}
+
+impl Caller {
+    fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Whether the caller may see `record`: its own uid owns the accepted
+    /// socket, or it is root.
+    fn may_see(&self, record: &OriginRecord) -> bool {
+        self.is_root() || record.server_uid == self.uid
+    }
+}
+
+/// A request line as sent.
+#[derive(Debug, Deserialize)]
+struct Wire {
+    op: String,
+    peer: Option<String>,
+    local: Option<String>,
+    cookie: Option<u64>,
+    netns: Option<u32>,
+}
+
+/// What a request asks.
+#[derive(Debug, PartialEq, Eq)]
+enum Op {
+    /// The connection from `peer` to `local`.
+    Who { peer: SocketAddr, local: SocketAddr },
+    /// The connection whose accepted socket has this `SO_COOKIE`.
+    Cookie(u64),
+    /// Every connection the caller may see.
+    Conns,
+}
+
+/// A parsed request.
+#[derive(Debug)]
+pub struct Request {
+    id: Option<Value>,
+    op: Op,
+    /// The namespace root asked about (`"netns"`).
+    netns: Option<u32>,
+}
+
+impl Request {
+    /// Parses one line (without its newline); a bad line gets its answer.
+    pub fn parse(line: &[u8]) -> Result<Self, Box<Reply>> {
+        let bad = |id: Option<Value>, message: String| {
+            Box::new(Reply::error(id, ErrorCode::BadRequest, message))
+        };
+        let value: Value = serde_json::from_slice(line)
+            .map_err(|e| bad(None, format!("not a JSON object: {e}")))?;
+        let id = value.get("id").cloned();
+        let wire: Wire = serde_json::from_value(value)
+            .map_err(|e| bad(id.clone(), format!("not a request: {e}")))?;
+        let addr = |name: &str, text: &Option<String>| -> Result<Option<SocketAddr>, String> {
+            text.as_deref()
+                .map(|t| {
+                    t.parse().map_err(|_| {
+                        format!(
+                            "{name} {t:?} is not ADDRESS:PORT (e.g. 127.0.0.1:53422 or [::1]:53422)"
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let peer = addr("peer", &wire.peer).map_err(|m| bad(id.clone(), m))?;
+        let local = addr("local", &wire.local).map_err(|m| bad(id.clone(), m))?;
+        let op = match (wire.op.as_str(), peer, local, wire.cookie) {
+            ("who", Some(peer), Some(local), None) => Op::Who { peer, local },
+            ("who", None, None, Some(cookie)) => Op::Cookie(cookie),
+            ("who", ..) => {
+                return Err(bad(
+                    id,
+                    "\"who\" takes \"peer\" and \"local\", or \"cookie\"".to_owned(),
+                ));
+            }
+            ("conns", None, None, None) => Op::Conns,
+            ("conns", ..) => {
+                return Err(bad(
+                    id,
+                    "\"conns\" takes no peer, local or cookie".to_owned(),
+                ));
+            }
+            (other, ..) => {
+                return Err(bad(
+                    id,
+                    format!("unknown op {other:?}: \"who\" or \"conns\""),
+                ));
+            }
+        };
+        Ok(Request {
+            id,
+            op,
+            netns: wire.netns,
+        })
+    }
+
+    /// Answers the request from `conns` (blocking: reads the map and
+    /// `/proc`, and may ask NSS for a user name).
+    pub fn answer(
+        self,
+        caller: Caller,
+        conns: Result<&Conns, &str>,
+        cgroup_root: PathBuf,
+        rules: SharedRules,
+    ) -> Reply {
+        let id = self.id;
+        if let Some(asked) = self.netns
+            && !caller.is_root()
+            && Some(asked) != caller.netns
+        {
+            return Reply::error(
+                id,
+                ErrorCode::Forbidden,
+                "only root may ask about another network namespace",
+            );
+        }
+        let conns = match conns {
+            Ok(conns) => conns,
+            Err(e) => return Reply::error(id, ErrorCode::Unavailable, e),
+        };
+        let netns = self.netns.or(caller.netns);
+        let mut enricher = Enricher::with_rules(cgroup_root, rules);
+        let found = match self.op {
+            Op::Conns => {
+                let mut records: Vec<OriginRecord> = conns
+                    .list()
+                    .into_iter()
+                    .filter(|r| caller.may_see(r))
+                    .filter(|r| match (caller.is_root(), self.netns) {
+                        // Root sees every namespace unless it names one.
+                        (true, None) => true,
+                        _ => Some(r.conn.netns) == netns,
+                    })
+                    .collect();
+                records.sort_by_key(|r| r.established_ns);
+                let mut reply = Reply::ok(id);
+                reply.conns = Some(records.iter().map(|r| origin(r, &mut enricher)).collect());
+                return reply;
+            }
+            Op::Cookie(cookie) => conns.by_cookie(cookie),
+            Op::Who { peer, local } => {
+                let Some(netns) = netns else {
+                    return Reply::error(
+                        id,
+                        ErrorCode::Unavailable,
+                        "the caller's network namespace cannot be read (is it in another pid \
+                         namespace?); root may name one with \"netns\"",
+                    );
+                };
+                conns.get(&conn_key(netns, peer, local))
+            }
+        };
+        match found {
+            None => Reply::error(
+                id,
+                ErrorCode::Unknown,
+                "no such protected connection is open (not to a protected port, closed, or \
+                 older than the tagging)",
+            ),
+            Some(record) if !caller.may_see(&record) => Reply::error(
+                id,
+                ErrorCode::Forbidden,
+                format!(
+                    "the connection's accepted socket belongs to uid {}: ask as that user or \
+                     as root",
+                    record.server_uid
+                ),
+            ),
+            Some(record) => {
+                let mut reply = Reply::ok(id);
+                reply.origin = Some(origin(&record, &mut enricher));
+                reply
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Request, Value> {
+        Request::parse(line.as_bytes())
+            .map_err(|reply| serde_json::from_slice(&reply.line()).unwrap())
+    }
+
+    #[test]
+    fn requests_parse() {
+        let r = parse(r#"{"op":"who","peer":"127.0.0.1:53422","local":"127.0.0.1:8080","id":7}"#)
+            .unwrap();
+        assert_eq!(r.id, Some(Value::from(7)));
+        assert_eq!(
+            r.op,
+            Op::Who {
+                peer: "127.0.0.1:53422".parse().unwrap(),
+                local: "127.0.0.1:8080".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"op":"who","cookie":4711}"#).unwrap().op,
+            Op::Cookie(4711)
+        );
+        let r = parse(r#"{"op":"conns","netns":4026531840}"#).unwrap();
+        assert_eq!((r.op, r.netns), (Op::Conns, Some(4026531840)));
+    }
+
+    #[test]
+    fn bad_requests_say_why_and_echo_the_id() {
+        for (line, why) in [
+            ("{", "not a JSON object"),
+            ("[1]", "not a request"),
+            (r#"{"op":"who","id":"a"}"#, "takes"),
+            (
+                r#"{"op":"who","peer":"x","local":"127.0.0.1:1","id":"a"}"#,
+                "ADDRESS:PORT",
+            ),
+            (
+                r#"{"op":"who","peer":"127.0.0.1:1","cookie":1,"id":"a"}"#,
+                "takes",
+            ),
+            (r#"{"op":"conns","cookie":1,"id":"a"}"#, "takes no"),
+            (r#"{"op":"whom","id":"a"}"#, "unknown op"),
+        ] {
+            let reply = parse(line).unwrap_err();
+            assert_eq!(reply["ok"], false, "{line}");
+            assert_eq!(reply["v"], 1);
+            assert_eq!(reply["error"], "bad-request", "{line}");
+            let message = reply["message"].as_str().unwrap();
+            assert!(message.contains(why), "{line}: {message}");
+            if line.contains("\"id\"") {
+                assert_eq!(reply["id"], "a", "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_namespaces_are_root_only() {
+        let request = parse(r#"{"op":"conns","netns":1,"id":1}"#).unwrap();
+        let caller = Caller {
+            uid: 1000,
+            netns: Some(2),
+        };
+        let reply = request.answer(
+            caller,
+            Err("not consulted"),
+            PathBuf::from("/sys/fs/cgroup"),
+            SharedRules::default(),
+        );
+        let reply: Value = serde_json::from_slice(&reply.line()).unwrap();
+        assert_eq!(reply["error"], "forbidden");
+        // Its own namespace named explicitly passes the check.
+        let request = parse(r#"{"op":"conns","netns":2}"#).unwrap();
+        let reply = request.answer(
+            caller,
+            Err("no map"),
+            PathBuf::from("/sys/fs/cgroup"),
+            SharedRules::default(),
+        );
+        let reply: Value = serde_json::from_slice(&reply.line()).unwrap();
+        assert_eq!(reply["error"], "unavailable");
+        assert_eq!(reply["message"], "no map");
+    }
+}

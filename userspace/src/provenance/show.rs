@@ -1,0 +1,165 @@
+//! Origins for people: aligned `key: value` lines (`loopwarden who`) and
+//! a table (`loopwarden conns`).
+
+use std::{fmt::Write as _, time::SystemTime};
+
+use serde_json::Value;
+
+/// A field as text: strings as they are, `-` for none.
+fn text(origin: &Value, field: &str) -> String {
+    match &origin[field] {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `via` with how and when, or `-`.
+fn via(origin: &Value) -> String {
+    match (&origin["via"], &origin["via_how"], &origin["via_ago_ms"]) {
+        (Value::String(via), Value::String(how), Value::Number(ms)) => {
+            format!("{via} ({how} {ms} ms before)")
+        }
+        (Value::String(via), Value::String(how), _) => format!("{via} ({how})"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// One origin as aligned `key: value` lines.
+pub(super) fn describe(origin: &Value) -> String {
+    let alive = if origin["alive"] == true {
+        "running"
+    } else {
+        "exited"
+    };
+    let user = format!("{} (uid {})", text(origin, "user"), text(origin, "uid"));
+    let mut rows = vec![
+        ("client", text(origin, "client")),
+        ("server", text(origin, "server")),
+        ("pid", format!("{} ({alive})", text(origin, "pid"))),
+        ("user", user),
+        ("comm", text(origin, "comm")),
+        ("exe", text(origin, "exe")),
+        ("exe_name", text(origin, "exe_name")),
+        ("cmdline", text(origin, "cmdline")),
+        ("cgroup", text(origin, "cgroup")),
+        ("verdict", text(origin, "verdict")),
+        ("rule", text(origin, "rule")),
+        ("via", via(origin)),
+    ];
+    if origin["script"].is_string() {
+        rows.push(("script", text(origin, "script")));
+    }
+    rows.extend([
+        ("connected_at", text(origin, "connected_at")),
+        ("established_at", text(origin, "established_at")),
+        ("netns", text(origin, "netns")),
+        ("server_uid", text(origin, "server_uid")),
+    ]);
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in rows {
+        let _ = writeln!(out, "{:<width$} {value}", format!("{key}:"));
+    }
+    out
+}
+
+/// Origins as a table, one line each.
+pub(super) fn table(origins: &[Value]) -> String {
+    let now = SystemTime::now();
+    let header = [
+        "CLIENT", "SERVER", "PID", "USER", "EXE", "VERDICT", "RULE", "VIA", "AGE",
+    ];
+    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    for o in origins {
+        let user = match &o["user"] {
+            Value::String(name) => name.clone(),
+            _ => text(o, "uid"),
+        };
+        let via = match (&o["via"], &o["via_how"]) {
+            (Value::String(via), Value::String(how)) => format!("{via}({how})"),
+            _ => "-".to_owned(),
+        };
+        rows.push(vec![
+            text(o, "client"),
+            text(o, "server"),
+            text(o, "pid"),
+            user,
+            text(o, "exe_name"),
+            text(o, "verdict"),
+            text(o, "rule"),
+            via,
+            age(o, now),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// How long ago the connection was established, coarsely (`42s`, `5m`,
+/// `3h`, `2d`).
+fn age(origin: &Value, now: SystemTime) -> String {
+    let Some(since) = origin["established_at"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+    else {
+        return "-".to_owned();
+    };
+    let secs = now.duration_since(since).unwrap_or_default().as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn origins_print_as_lines_and_rows() {
+        let origin = json!({
+            "client": "127.0.0.1:53422", "server": "127.0.0.1:8080", "pid": 42, "uid": 1000,
+            "user": "alice", "comm": "socat", "exe": null, "exe_name": "socat",
+            "verdict": "audit", "rule": "relay", "via": "10.77.0.2:4444", "via_how": "accepted",
+            "via_ago_ms": 3, "alive": false, "established_at": "2020-01-01T00:00:00.000Z",
+        });
+        let lines = describe(&origin);
+        assert!(lines.contains("pid:            42 (exited)\n"), "{lines}");
+        assert!(lines.contains("exe:            -\n"), "{lines}");
+        assert!(lines.contains("via:            10.77.0.2:4444 (accepted 3 ms before)\n"));
+        let table = table(&[origin]);
+        let mut rows = table.lines();
+        assert!(rows.next().unwrap().starts_with("CLIENT           SERVER"));
+        let row: Vec<&str> = rows.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            row[..8],
+            [
+                "127.0.0.1:53422",
+                "127.0.0.1:8080",
+                "42",
+                "alice",
+                "socat",
+                "audit",
+                "relay",
+                "10.77.0.2:4444(accepted)"
+            ]
+        );
+        assert!(row[8].ends_with('d'), "{row:?}");
+    }
+}
