@@ -34,7 +34,7 @@ pub mod origin;
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -165,6 +165,14 @@ pub mod maps {
     /// `SkStorage<OriginRecord>`: the tag on each accepted socket of a
     /// protected connection, freed with the socket; `getsockopt` reads it.
     pub const SK_ORIGIN: &str = "LW_SK_ORIGIN";
+    /// `Array<u64>` of [`super::PORT_WORDS`] per generation, like
+    /// [`PORTS`]: the ports the bind guard keeps on loopback, consulted
+    /// when [`super::flags::BIND_GUARD`] is set.
+    pub const BIND_PORTS: &str = "LW_BIND_PORTS";
+    /// `HashMap<GenKey<ExeKey>, u8>`: executables the bind guard exempts.
+    pub const BIND_EXE: &str = "LW_BIND_EXE";
+    /// `HashMap<GenKey<u32>, u8>`: uids the bind guard exempts.
+    pub const BIND_UID: &str = "LW_BIND_UID";
     /// `PerCpuArray<OriginRecord>`, one entry: where the state tracepoint
     /// builds a record before copying it into `LW_CONNS` (not pinned).
     pub const SCRATCH: &str = "LW_SCRATCH";
@@ -195,6 +203,9 @@ pub mod maps {
         ORIGIN_PENDING,
         CONNS,
         SK_ORIGIN,
+        BIND_PORTS,
+        BIND_EXE,
+        BIND_UID,
     ];
 }
 
@@ -227,6 +238,13 @@ pub mod programs {
     /// No-op `cgroup/getsockopt` program for benchmarks: what any program
     /// on that hook costs every getsockopt.
     pub const BASELINE_GETSOCKOPT: &str = "lw_baseline_getsockopt";
+
+    /// `cgroup/bind4` and `bind6`: the bind guard (keeps the ports of
+    /// `[bind] loopback_only` on loopback addresses).
+    pub const BIND4: &str = "lw_bind4";
+    pub const BIND6: &str = "lw_bind6";
+    /// The bind guard's programs and their hooks.
+    pub const BIND_GUARDS: &[(&str, &str)] = &[(BIND4, "cgroup/bind4"), (BIND6, "cgroup/bind6")];
 
     /// The tracking programs in cgroup hooks (attached and pinned like the
     /// connect hooks) and the hooks.
@@ -271,6 +289,10 @@ pub mod flags {
     /// Protected connects that proceed are tagged with their origin
     /// (see [`super::origin`]).
     pub const PROVENANCE: u32 = 1 << 10;
+    /// The bind guard is on: a TCP bind() of a port in `LW_BIND_PORTS` to
+    /// an address other than loopback is refused (with `ENFORCE`) or
+    /// reported, unless `LW_BIND_EXE`/`LW_BIND_UID` exempt the caller.
+    pub const BIND_GUARD: u32 = 1 << 11;
 }
 
 /// Indexes of the `LW_STATS` per-CPU counters.
@@ -317,6 +339,9 @@ pub mod verdict {
 pub const NO_RULE: u8 = u8::MAX;
 /// Rule index in [`ConnectEvent::rule`] when the relay verdict decided.
 pub const RELAY_RULE: u8 = u8::MAX - 1;
+/// Rule index in [`ConnectEvent::rule`] of a bind the bind guard judged:
+/// `daddr`/`dport` are then the address and port bound.
+pub const BIND_RULE: u8 = u8::MAX - 2;
 
 /// How a process became network-facing: [`Evidence::kind`].
 pub mod evidence {
@@ -875,6 +900,7 @@ const _: () = assert!(core::mem::size_of::<Settings>() == 128 + 2 * 8 * FILTER_W
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160 + 32 + SCRIPT_LEN);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);
+const _: () = assert!(MAX_RULES <= BIND_RULE as usize);
 const _: () = assert!(core::mem::size_of::<GenKey<u32>>() == 12);
 const _: () = assert!(core::mem::size_of::<GenKey<u64>>() == 16);
 const _: () = assert!(core::mem::size_of::<GenKey<ExeKey>>() == 24);

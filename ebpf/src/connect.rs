@@ -42,9 +42,9 @@ const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
-const SOCK_STREAM: u32 = 1;
-const IPPROTO_TCP: u32 = 6;
-const IPPROTO_MPTCP: u32 = 262;
+pub const SOCK_STREAM: u32 = 1;
+pub const IPPROTO_TCP: u32 = 6;
+pub const IPPROTO_MPTCP: u32 = 262;
 const EPERM: u32 = 1;
 /// Queued bytes (a quarter of the ring) past which every report wakes the reader.
 const WAKEUP_BACKLOG: u64 = 256 * 1024;
@@ -385,6 +385,53 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
         unsafe { bpf_set_retval(-(d.deny_errno as i32)) };
     }
     REFUSE
+}
+
+/// Reports the verdict of a guard other than the rules (the bind guard's
+/// [`loopwarden_common::BIND_RULE`]) about the calling process, the way a
+/// connect's report is made; `at` is the address the guard judged.
+#[inline(always)]
+pub fn report_guard(
+    ctx: &SockAddrContext,
+    at: &Destination,
+    family: u16,
+    seq: u64,
+    outcome: u8,
+    rule: u8,
+    netns_cookie: u64,
+) {
+    let task = Task::current();
+    let d = Decision {
+        pass: false,
+        outcome,
+        report: true,
+        rule,
+        deny_errno: 0,
+        netns_cookie,
+        task,
+        exe_file: task.exe_file(),
+        window_ns: 0,
+        tag: false,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+    };
+    // Written straight into the ring buffer.
+    let deny = outcome == verdict::DENY;
+    let reserved = if deny {
+        DENIALS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    match reserved {
+        None => {
+            count(stats::DROPPED);
+            count(stats::DROPPED_BY_VERDICT + u32::from(outcome & 3));
+        }
+        Some(mut entry) => {
+            fill(entry.as_mut_ptr(), ctx, &d, at, family, seq);
+            entry.submit(wakeup_flags(deny));
+            count(stats::REPORTED);
+        }
+    }
 }
 
 /// Bitmask of the rules that match the caller. An attribute no rule

@@ -11,7 +11,8 @@
 //! the UDP receive hooks ([`recvmsg`]) and process tracepoints
 //! ([`process`]). Provenance ([`origin`]) binds each protected
 //! connection's origin to the accepted socket and answers the service's
-//! `getsockopt` about it.
+//! `getsockopt` about it. The bind guard ([`bind`]) keeps the ports the
+//! policy names on loopback addresses.
 //!
 //! # Minimum kernel version
 //! 5.18 (`bpf_set_retval` in cgroup programs); 5.8 for the ring buffer.
@@ -20,6 +21,7 @@
 
 mod addr;
 mod baseline;
+mod bind;
 mod connect;
 mod identity;
 mod maps;

@@ -182,6 +182,19 @@ pub static CONNS: LruHashMap<ConnKey, OriginRecord> = LruHashMap::with_max_entri
 #[btf_map(name = "LW_SK_ORIGIN")]
 pub static SK_ORIGIN: SkStorage<OriginRecord> = SkStorage::new();
 
+// The bind guard's policy (see [`crate::bind`]), generational like the rest.
+
+#[map(name = "LW_BIND_PORTS")]
+pub static BIND_PORTS: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_WORDS, 0);
+
+#[map(name = "LW_BIND_EXE")]
+pub static BIND_EXE: HashMap<GenKey<ExeKey>, u8> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
+
+#[map(name = "LW_BIND_UID")]
+pub static BIND_UID: HashMap<GenKey<u32>, u8> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
+
 /// Where the state tracepoint builds a record before copying it into
 /// `LW_CONNS`. The tracepoint runs with preemption disabled and the kernel
 /// skips its nested runs on one CPU, so the slot is never shared mid-use.

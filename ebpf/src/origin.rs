@@ -46,6 +46,8 @@ static NO_EVENT: ConnectEvent = ConnectEvent::zeroed();
 /// cookie's entry: the handshake has not begun).
 #[inline(always)]
 pub fn connecting(cookie: u64) -> Option<*mut ConnectEvent> {
+    // By reference: the helper copies from the read-only data in place.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     ORIGIN_PENDING.insert(cookie, &NO_EVENT, 0).ok()?;
     ORIGIN_PENDING.get_ptr_mut(cookie)
 }

@@ -64,6 +64,9 @@ enum Command {
     /// Bench helper: getsockopt(SO_RCVBUF) in a loop for a while, print the count.
     #[command(hide = true)]
     BenchGetsockopt(bench::load::GetsockoptArgs),
+    /// Bench helper: socket()+bind(0.0.0.0:0)+close() in a loop, print the count.
+    #[command(hide = true)]
+    BenchBind(bench::load::BindArgs),
     /// Bench helper: connects at a fixed rate to a port nothing listens on.
     #[command(hide = true)]
     BenchFlood(bench::reporting::FloodArgs),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::BenchSend(args) => bench::load::send(&args),
         Command::BenchSpawn(args) => bench::load::spawn(&args),
         Command::BenchGetsockopt(args) => bench::load::getsockopt(&args),
+        Command::BenchBind(args) => bench::load::bind(&args),
         Command::BenchFlood(args) => bench::reporting::flood(&args),
     };
     match result {

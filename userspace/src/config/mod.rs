@@ -37,6 +37,14 @@
 //!                                # or "HIDDEN-USER", "UNKNOWN-ERROR"
 //! timeout_ms = 30000             # default: how long a silent ident client is kept
 //!
+//! [bind]
+//! loopback_only = [11434, "9000-9100"] # default: none (off); ports a TCP bind() may put on
+//!                                # loopback addresses only: elsewhere (0.0.0.0, ::, a host
+//!                                # address) it fails with EADDRNOTAVAIL (enforce) or is reported
+//! allow_exe = ["/usr/sbin/nginx"] # executables that may bind those ports anywhere
+//! allow_user = ["www-data"]      # ... users (resolved to uids)
+//! allow_uid = [33]               # ... uids
+//!
 //! [[rule]]
 //! name = "relay-socat"           # required, unique, [A-Za-z0-9_.:-]+; "catalog:" is reserved
 //! action = "deny"                # required: "deny" | "audit" | "allow"
@@ -283,6 +291,20 @@ pub struct Ident {
     pub timeout_ms: u32,
 }
 
+/// The `[bind]` table: the bind guard. It follows the global `mode`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bind {
+    /// Ports a TCP bind() may put on loopback addresses only; empty: the
+    /// guard is off.
+    pub loopback_only: Vec<PortRange>,
+    /// Executables exempt from the guard (they may bind anywhere).
+    pub allow_exe: Vec<Located<PathBuf>>,
+    /// Users exempt from the guard, resolved to uids at compile time.
+    pub allow_user: Vec<Located<String>>,
+    /// uids exempt from the guard.
+    pub allow_uid: Vec<Located<u32>>,
+}
+
 /// Bounds of `[ident] timeout_ms`.
 pub const IDENT_TIMEOUT_MS: std::ops::RangeInclusive<i64> = 100..=600_000;
 
@@ -314,6 +336,7 @@ pub struct Config {
     pub relay: Relay,
     pub provenance: Provenance,
     pub ident: Ident,
+    pub bind: Bind,
     /// User rules in file order.
     pub rules: Vec<Rule>,
     /// Things an operator should know about the file that do not stop it
@@ -353,6 +376,7 @@ impl Config {
                 relayed: IdentError::NoUser,
                 timeout_ms: 30_000,
             },
+            bind: Bind::default(),
             rules: Vec::new(),
             warnings: Vec::new(),
         }
@@ -519,6 +543,8 @@ pub enum Problem {
     ReservedRuleName { name: String },
     #[error("rule name `relay` is reserved: lines name the relay verdict so")]
     RelayRuleName,
+    #[error("rule name `bind-guard` is reserved: lines name the bind guard so")]
+    BindRuleName,
     #[error("rule name `{name}` is already used by the rule at line {first_line}")]
     DuplicateRuleName { name: String, first_line: usize },
     #[error(
@@ -585,6 +611,11 @@ pub enum Problem {
     ReversedPortRange { first: u16, last: u16 },
     #[error("\"all\" cannot be combined with other ports")]
     AllInList,
+    #[error(
+        "loopback_only takes ports and ranges, not \"all\": list the ports services must keep \
+         on loopback, e.g. [11434, \"9000-9100\"]"
+    )]
+    BindAllPorts,
     #[error(
         "too many rules: {user} in the file plus {catalog} from the catalog make {total}, at most \
          {max} fit (this is the first that does not); merge rules or set `catalog = false`",

@@ -605,3 +605,67 @@ fn provenance_and_ident_tables() {
     expect_error("[ident]\nrelayed = \"LIES\"\n", 2, "unknown variant");
     expect_error("[provenance]\ntagging = true\n", 2, "unknown field");
 }
+
+#[test]
+fn bind_table() {
+    assert_eq!(parse("mode = \"audit\"\n").unwrap().bind, Bind::default());
+    let config = parse(
+        "[bind]\nloopback_only = [11434, \"9000-9100\"]\nallow_exe = \"/usr/sbin/nginx\"\n\
+         allow_user = [\"www-data\"]\nallow_uid = [33, 0]\n",
+    )
+    .unwrap();
+    let b = &config.bind;
+    assert_eq!(
+        b.loopback_only,
+        [
+            PortRange {
+                first: 11434,
+                last: 11434
+            },
+            PortRange {
+                first: 9000,
+                last: 9100
+            }
+        ]
+    );
+    assert_eq!(b.allow_exe[0].value, PathBuf::from("/usr/sbin/nginx"));
+    assert_eq!(b.allow_exe[0].at.line, 3);
+    assert_eq!(b.allow_user[0].value, "www-data");
+    let uids: Vec<u32> = b.allow_uid.iter().map(|u| u.value).collect();
+    assert_eq!(uids, [33, 0]);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // An empty list turns the guard off, like leaving the key out.
+    let off = parse("[bind]\nloopback_only = []\n").unwrap();
+    assert!(off.bind.loopback_only.is_empty());
+    // Exemptions without ports do nothing: say so.
+    let idle = parse("[bind]\nallow_uid = 33\n").unwrap();
+    assert!(
+        idle.warnings
+            .iter()
+            .any(|w| w.contains("bind guard is off")),
+        "{:?}",
+        idle.warnings
+    );
+}
+
+#[test]
+fn bad_bind_table() {
+    expect_error("[bind]\nloopback_only = \"all\"\n", 2, "not \"all\"");
+    expect_error("[bind]\nloopback_only = [80, \"all\"]\n", 2, "not \"all\"");
+    expect_error(
+        "[bind]\nloopback_only = [80, 0]\n",
+        2,
+        "port 0 is out of range",
+    );
+    expect_error("[bind]\nloopback_only = [\"9-1\"]\n", 2, "reversed");
+    expect_error("[bind]\nloopback_only = [\"x\"]\n", 2, "not a port range");
+    expect_error("[bind]\n\nallow_exe = \"nginx\"\n", 3, "absolute path");
+    expect_error("[bind]\nallow_uid = []\n", 2, "empty list");
+    expect_error("[bind]\nallow_user = \"\"\n", 2, "empty string");
+    expect_error("[bind]\nports = [80]\n", 2, "unknown field");
+    expect_error(
+        "[[rule]]\nname = \"bind-guard\"\naction = \"deny\"\nuid = 0\n",
+        2,
+        "reserved",
+    );
+}

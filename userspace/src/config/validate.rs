@@ -10,14 +10,14 @@ use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES, SCRIPT_LEN};
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, Criteria, IDENT_TIMEOUT_MS, Ident, Located, MAX_NAME_BYTES,
+    Bind, Config, ConfigError, Criteria, IDENT_TIMEOUT_MS, Ident, Located, MAX_NAME_BYTES,
     MAX_PATH_BYTES, PortRange, PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS, Relay, Rule,
     lines::LineIndex,
-    raw::{OneOrMany, PortItem, RawConfig, RawIdent, RawRule},
+    raw::{OneOrMany, PortItem, RawBind, RawConfig, RawIdent, RawRule},
 };
 use crate::{
     catalog::{CATALOG, CATALOG_PREFIX},
-    events::RELAY_RULE_NAME,
+    events::{BIND_RULE_NAME, RELAY_RULE_NAME},
 };
 
 pub(super) struct Validator<'a> {
@@ -109,6 +109,11 @@ impl Validator<'_> {
             Some(i) => self.ident(i, defaults.ident)?,
         };
 
+        let bind = match raw.bind {
+            None => defaults.bind,
+            Some(b) => self.bind(b, &mut warnings)?,
+        };
+
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
@@ -137,6 +142,7 @@ impl Validator<'_> {
             relay,
             provenance,
             ident,
+            bind,
             rules,
             warnings,
         })
@@ -183,6 +189,38 @@ impl Validator<'_> {
         })
     }
 
+    fn bind(&self, raw: RawBind, warnings: &mut Vec<String>) -> Result<Bind, ConfigError> {
+        let mut loopback_only = Vec::new();
+        if let Some(ports) = raw.loopback_only {
+            let outer = ports.span();
+            for (span, item) in ports.into_inner().0 {
+                let span = span.unwrap_or_else(|| outer.clone());
+                let range = match item {
+                    PortItem::Text(text) if text == "all" => Err(Problem::BindAllPorts),
+                    item => port_range(item),
+                };
+                loopback_only.push(range.map_err(|problem| self.invalid(&span, problem))?);
+            }
+        }
+        let bind = Bind {
+            loopback_only,
+            allow_exe: self.opt_paths("allow_exe", raw.allow_exe)?,
+            allow_user: self.opt_values("allow_user", raw.allow_user, |user| {
+                non_empty("allow_user", user)
+            })?,
+            allow_uid: self.opt_values("allow_uid", raw.allow_uid, Ok)?,
+        };
+        let allowed =
+            !bind.allow_exe.is_empty() || !bind.allow_user.is_empty() || !bind.allow_uid.is_empty();
+        if bind.loopback_only.is_empty() && allowed {
+            warnings.push(format!(
+                "{}: [bind] lists exemptions but no loopback_only ports, so the bind guard is off",
+                self.file
+            ));
+        }
+        Ok(bind)
+    }
+
     fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
@@ -195,6 +233,9 @@ impl Validator<'_> {
         }
         if name == RELAY_RULE_NAME {
             return Err(self.invalid(&name_span, Problem::RelayRuleName));
+        }
+        if name == BIND_RULE_NAME {
+            return Err(self.invalid(&name_span, Problem::BindRuleName));
         }
 
         let criteria = Criteria {

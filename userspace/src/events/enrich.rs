@@ -11,10 +11,10 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use loopwarden_common::{ConnectEvent, ExeKey, NO_RULE, RELAY_RULE, evidence};
+use loopwarden_common::{BIND_RULE, ConnectEvent, ExeKey, NO_RULE, RELAY_RULE, evidence};
 
 use super::{
-    AuditRecord, CUT, ExeId, RELAY_RULE_NAME, Time, event_time, evidence_name,
+    AuditRecord, BIND_RULE_NAME, CUT, ExeId, RELAY_RULE_NAME, Time, event_time, evidence_name,
     proc::{file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process},
     users::UserNames,
     verdict_name,
@@ -129,6 +129,9 @@ impl Enricher {
         }
         if index == RELAY_RULE {
             return Some(Cow::Borrowed(RELAY_RULE_NAME));
+        }
+        if index == BIND_RULE {
+            return Some(Cow::Borrowed(BIND_RULE_NAME));
         }
         let name = self
             .rules

@@ -171,6 +171,10 @@ pub struct AuditRecord<'a> {
 /// The rule a record names when the relay verdict decided.
 pub const RELAY_RULE_NAME: &str = "relay";
 
+/// The rule a record names when the bind guard judged a bind()
+/// ([`loopwarden_common::BIND_RULE`]).
+pub const BIND_RULE_NAME: &str = "bind-guard";
+
 /// Verdict of a record made by [`Enricher::cut`].
 pub const CUT: &str = "cut";
 

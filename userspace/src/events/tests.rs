@@ -72,6 +72,20 @@ fn a_rule_of_an_unknown_policy_is_named_by_its_index() {
 }
 
 #[test]
+fn the_guards_reserved_rules_are_named_whatever_the_policy() {
+    let mut ev = event();
+    ev.rule = loopwarden_common::BIND_RULE;
+    ev.daddr = Addr::from_ip("::".parse().unwrap());
+    ev.family = 10;
+    ev.dport = 11434;
+    let line = enricher().enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains("rule=bind-guard dst=[::]:11434"), "{line}");
+    ev.rule = loopwarden_common::RELAY_RULE;
+    let line = enricher().enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains("rule=relay "), "{line}");
+}
+
+#[test]
 fn human_line_names_verdict_rule_destination_and_identity() {
     let line = enricher().enrich(&event()).format(LogFormat::Human);
     assert!(

@@ -80,6 +80,13 @@ pub const LINKS: [(&str, u32); 2] = [
     ),
 ];
 
+/// The bind guard's links and their hooks: attached while a daemon runs,
+/// doing nothing unless the policy turns the guard on.
+pub const BIND_LINKS: [(&str, u32); 2] = [
+    (loopwarden_common::programs::BIND4, sys::ATTACH_INET4_BIND),
+    (loopwarden_common::programs::BIND6, sys::ATTACH_INET6_BIND),
+];
+
 /// Looks at the pinned link of `program` (hook `attach_type`), and whether
 /// the cgroup v2 root at `cgroup_root` runs its program.
 pub fn link(

@@ -112,13 +112,16 @@ fn verifier_hint(err: &ProgramError) -> String {
     }
 }
 
-/// The programs the daemon runs in the cgroup hooks: the judges and the
-/// UDP receive trackers.
+/// The programs the daemon runs in the cgroup hooks: the judges, the
+/// UDP receive trackers and the bind guard (attached whether or not the
+/// policy turns it on, like the trackers: the policy maps say).
 const ENFORCER: &[&str] = &[
     programs::CONNECT4,
     programs::CONNECT6,
     programs::RECVMSG4,
     programs::RECVMSG6,
+    programs::BIND4,
+    programs::BIND6,
 ];
 /// The no-op program benchmarks use to measure the cost of measuring.
 const BASELINE: &[&str] = &[programs::BASELINE4];

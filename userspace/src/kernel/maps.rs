@@ -60,7 +60,7 @@ where
 pub struct PolicyMaps {
     generation: Array<MapData, u32>,
     settings: Array<MapData, Settings>,
-    ports: Array<MapData, u64>,
+    ports: PortBitmap,
     netns: HashMap<MapData, GenKey<u64>, u8>,
     host_addrs: HashMap<MapData, GenKey<Addr>, u8>,
     exe: HashMap<MapData, GenKey<ExeKey>, u64>,
@@ -70,9 +70,64 @@ pub struct PolicyMaps {
     cgroup: HashMap<MapData, GenKey<u64>, u64>,
     ancestor: HashMap<MapData, GenKey<ExeKey>, AncestorMasks>,
     script: HashMap<MapData, GenKey<u64>, u64>,
-    /// What each slot's port words hold, once known: an install writes only
+    bind_ports: PortBitmap,
+    bind_exe: HashMap<MapData, GenKey<ExeKey>, u8>,
+    bind_uid: HashMap<MapData, GenKey<u32>, u8>,
+}
+
+/// A per-generation port bitmap (`LW_PORTS`, `LW_BIND_PORTS`).
+struct PortBitmap {
+    map: Array<MapData, u64>,
+    name: &'static str,
+    /// What each slot's words hold, once known: an install writes only
     /// the words that change (each is a syscall).
-    port_words: [Option<Box<[u64; PORT_WORDS as usize]>>; 2],
+    words: [Option<Box<[u64; PORT_WORDS as usize]>>; 2],
+}
+
+impl PortBitmap {
+    fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
+        Ok(Self {
+            map: take(ebpf, name)?,
+            name,
+            words: [None, None],
+        })
+    }
+
+    /// Writes slot `g`'s bitmap, only the words that differ from what it
+    /// holds (read once, then remembered).
+    fn write(&mut self, g: u32, want: &[u64; PORT_WORDS as usize]) -> Result<(), MapsError> {
+        let name = self.name;
+        let update = |source| MapsError::Update { name, source };
+        let slot = g as usize;
+        if self.words[slot].is_none() {
+            let mut have = Box::new([0u64; PORT_WORDS as usize]);
+            for (i, word) in have.iter_mut().enumerate() {
+                *word = self
+                    .map
+                    .get(&(g * PORT_WORDS + i as u32), 0)
+                    .map_err(update)?;
+            }
+            self.words[slot] = Some(have);
+        }
+        let have = self.words[slot].as_mut().expect("filled above");
+        for (i, (old, new)) in have.iter_mut().zip(want.iter()).enumerate() {
+            if old != new {
+                self.map
+                    .set(g * PORT_WORDS + i as u32, *new, 0)
+                    .map_err(update)?;
+                *old = *new;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The words of a port set: every bit for [`Ports::All`].
+fn port_words(ports: &Ports) -> Box<[u64; PORT_WORDS as usize]> {
+    match ports {
+        Ports::All => Box::new([u64::MAX; PORT_WORDS as usize]),
+        Ports::Some(words) => words.clone(),
+    }
 }
 
 /// Writes `want` into `map` under generation `g`.
@@ -124,7 +179,7 @@ impl PolicyMaps {
         Ok(Self {
             generation: take(ebpf, maps::GENERATION)?,
             settings: take(ebpf, maps::SETTINGS)?,
-            ports: take(ebpf, maps::PORTS)?,
+            ports: PortBitmap::take(ebpf, maps::PORTS)?,
             netns: take(ebpf, maps::NETNS)?,
             host_addrs: take(ebpf, maps::HOST_ADDRS)?,
             exe: take(ebpf, maps::RULES_EXE)?,
@@ -134,7 +189,9 @@ impl PolicyMaps {
             cgroup: take(ebpf, maps::RULES_CGROUP)?,
             ancestor: take(ebpf, maps::RULES_ANCESTOR)?,
             script: take(ebpf, maps::RULES_SCRIPT)?,
-            port_words: [None, None],
+            bind_ports: PortBitmap::take(ebpf, maps::BIND_PORTS)?,
+            bind_exe: take(ebpf, maps::BIND_EXE)?,
+            bind_uid: take(ebpf, maps::BIND_UID)?,
         })
     }
 
@@ -202,7 +259,7 @@ impl PolicyMaps {
             },
         )?;
         self.clear(next)?;
-        self.write_ports(next, &policy.ports)?;
+        self.ports.write(next, &port_words(&policy.ports))?;
         let netns: BTreeMap<u64, u8> = policy.netns.iter().map(|n| (n.cookie, 1)).collect();
         write_generation(&mut self.netns, maps::NETNS, next, &netns)?;
         write_generation(&mut self.host_addrs, maps::HOST_ADDRS, next, &addrs)?;
@@ -223,6 +280,14 @@ impl PolicyMaps {
             &policy.ancestor,
         )?;
         write_generation(&mut self.script, maps::RULES_SCRIPT, next, &policy.script)?;
+        let bind = &policy.bind;
+        let no_ports = Ports::Some(Box::new([0; PORT_WORDS as usize]));
+        self.bind_ports
+            .write(next, &port_words(bind.ports.as_ref().unwrap_or(&no_ports)))?;
+        let exe: BTreeMap<ExeKey, u8> = bind.exe.keys().map(|&k| (k, 1)).collect();
+        write_generation(&mut self.bind_exe, maps::BIND_EXE, next, &exe)?;
+        let uid: BTreeMap<u32, u8> = bind.uid.keys().map(|&u| (u, 1)).collect();
+        write_generation(&mut self.bind_uid, maps::BIND_UID, next, &uid)?;
         self.write_settings(
             next,
             &Settings {
@@ -241,40 +306,6 @@ impl PolicyMaps {
         Ok(done)
     }
 
-    /// Writes slot `g`'s port bitmap, only the words that differ from what
-    /// it holds (read once, then remembered).
-    fn write_ports(&mut self, g: u32, ports: &Ports) -> Result<(), MapsError> {
-        let update = |source| MapsError::Update {
-            name: maps::PORTS,
-            source,
-        };
-        let want: Box<[u64; PORT_WORDS as usize]> = match ports {
-            Ports::All => Box::new([u64::MAX; PORT_WORDS as usize]),
-            Ports::Some(words) => words.clone(),
-        };
-        let slot = g as usize;
-        if self.port_words[slot].is_none() {
-            let mut have = Box::new([0u64; PORT_WORDS as usize]);
-            for (i, word) in have.iter_mut().enumerate() {
-                *word = self
-                    .ports
-                    .get(&(g * PORT_WORDS + i as u32), 0)
-                    .map_err(update)?;
-            }
-            self.port_words[slot] = Some(have);
-        }
-        let have = self.port_words[slot].as_mut().expect("filled above");
-        for (i, (old, new)) in have.iter_mut().zip(want.iter()).enumerate() {
-            if old != new {
-                self.ports
-                    .set(g * PORT_WORDS + i as u32, *new, 0)
-                    .map_err(update)?;
-                *old = *new;
-            }
-        }
-        Ok(())
-    }
-
     /// Empties generation `g`'s entries.
     fn clear(&mut self, g: u32) -> Result<(), MapsError> {
         clear_generation(&mut self.netns, maps::NETNS, g)?;
@@ -285,7 +316,9 @@ impl PolicyMaps {
         clear_generation(&mut self.uid, maps::RULES_UID, g)?;
         clear_generation(&mut self.cgroup, maps::RULES_CGROUP, g)?;
         clear_generation(&mut self.ancestor, maps::RULES_ANCESTOR, g)?;
-        clear_generation(&mut self.script, maps::RULES_SCRIPT, g)
+        clear_generation(&mut self.script, maps::RULES_SCRIPT, g)?;
+        clear_generation(&mut self.bind_exe, maps::BIND_EXE, g)?;
+        clear_generation(&mut self.bind_uid, maps::BIND_UID, g)
     }
 
     fn write_settings(&mut self, g: u32, settings: &Settings) -> Result<(), MapsError> {
@@ -320,6 +353,8 @@ pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
         (maps::RULES_CGROUP, policy.cgroup.len(), MAX_MAP_ENTRIES),
         (maps::RULES_ANCESTOR, policy.ancestor.len(), MAX_MAP_ENTRIES),
         (maps::RULES_SCRIPT, policy.script.len(), MAX_MAP_ENTRIES),
+        (maps::BIND_EXE, policy.bind.exe.len(), MAX_MAP_ENTRIES),
+        (maps::BIND_UID, policy.bind.uid.len(), MAX_MAP_ENTRIES),
     ];
     for (name, needed, capacity) in sizes {
         if needed > capacity as usize {

@@ -122,6 +122,15 @@ impl TrackerReport {
     }
 }
 
+/// The bind guard: whether the policy turns it on, and its links.
+#[derive(Clone, Debug, Serialize)]
+pub struct BindReport {
+    /// The policy in force keeps `[bind] loopback_only` ports on loopback.
+    pub guard: bool,
+    /// `lw_bind4` and `lw_bind6`.
+    pub links: Vec<LinkReport>,
+}
+
 /// Provenance: whether protected connections are tagged with their
 /// origin and services can ask (see `ebpf/src/origin.rs`).
 #[derive(Clone, Debug, Serialize)]
@@ -166,6 +175,7 @@ pub struct Report {
     pub cgroup2_root: Option<PathBuf>,
     pub links: Vec<LinkReport>,
     pub tracking: Vec<TrackerReport>,
+    pub bind: BindReport,
     pub provenance: ProvenanceReport,
     /// The pinned maps' layout version, when `LW_META` could be read.
     pub layout: Option<u32>,
@@ -191,6 +201,10 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
         cgroup2_root: cgroup2_root.clone(),
         links: Vec::new(),
         tracking: Vec::new(),
+        bind: BindReport {
+            guard: false,
+            links: Vec::new(),
+        },
         provenance: ProvenanceReport {
             tag: false,
             getsockopt: link_report(programs::GETSOCKOPT, LinkState::Absent),
@@ -210,6 +224,15 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
         );
     }
     report.links = inspect::LINKS
+        .iter()
+        .map(|&(program, hook)| {
+            link_report(
+                program,
+                inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
+            )
+        })
+        .collect();
+    report.bind.links = inspect::BIND_LINKS
         .iter()
         .map(|&(program, hook)| {
             link_report(
@@ -320,8 +343,14 @@ pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
         ),
         _ => String::new(),
     };
+    let bind = match report.bind.links.iter().find(|l| !l.attached()) {
+        Some(l) if report.bind.guard => {
+            format!("; bind guard incomplete ({} is not attached)", l.program)
+        }
+        _ => String::new(),
+    };
     let summary = format!(
-        "active: policy #{} in {} mode, {what}; {who}{tracking}",
+        "active: policy #{} in {} mode, {what}; {who}{tracking}{bind}",
         policy.seq, policy.mode
     );
     report.finish(State::Active, summary)
@@ -360,6 +389,7 @@ impl Report {
             relay_window_ms: s.relay_window_ns / 1_000_000,
         });
         self.provenance.tag = s.flags & flags::PROVENANCE != 0;
+        self.bind.guard = s.flags & flags::BIND_GUARD != 0;
         self.provenance.connections = Conns::open(&pins.map(maps::CONNS))
             .ok()
             .map(|conns| conns.list().len());
@@ -422,6 +452,23 @@ impl Report {
             };
             line("tracking", text);
         }
+        let bind: Vec<String> = self
+            .bind
+            .links
+            .iter()
+            .map(|l| match (&l.error, l.attached()) {
+                (Some(e), _) => format!("{} unreadable: {e}", l.program),
+                (None, true) => format!("{} attached", l.program),
+                (None, false) if l.pinned => format!("{} NOT attached at the root", l.program),
+                (None, false) => format!("{} not pinned", l.program),
+            })
+            .collect();
+        let guard = if self.bind.guard {
+            "guard on ([bind] loopback_only)"
+        } else {
+            "guard off"
+        };
+        line("bind", format!("{guard}; {}", bind.join(", ")));
         let p = &self.provenance;
         let answering = match (&p.getsockopt.error, p.getsockopt.attached()) {
             (Some(e), _) => format!("getsockopt link unreadable: {e}"),

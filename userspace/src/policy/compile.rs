@@ -13,13 +13,14 @@ use loopwarden_common::{
 };
 
 use super::{
-    Action, CompiledPolicy, ExeFile, ExeIdentities, LiveExes, Mode, Netns, PolicyError, Ports,
-    Resolver, RuleInfo, fixed_name, summary::ExeId,
+    Action, BindGuard, CompiledPolicy, ExeFile, ExeIdentities, LiveExes, Mode, Netns, PolicyError,
+    Ports, Resolver, RuleInfo, fixed_name, summary::ExeId,
 };
 use crate::{
     catalog::{CATALOG, CatalogEntry, NameMatch},
-    config::{Config, Located, PortSet, Rule},
+    config::{Bind, Config, Located, PortSet, Rule},
     error_chain,
+    events::BIND_RULE_NAME,
 };
 
 pub(super) fn compile_with(
@@ -59,10 +60,12 @@ pub(super) fn compile_with(
             script: BTreeMap::new(),
             exe_paths: BTreeMap::new(),
             rules: Vec::with_capacity(config.rules.len() + catalog.len()),
+            bind: BindGuard::default(),
             warnings: config.warnings.clone(),
         },
     };
     compiler.netns(&config.protect.netns)?;
+    compiler.bind(&config.bind)?;
     for rule in &config.rules {
         compiler.user_rule(rule)?;
     }
@@ -231,35 +234,18 @@ impl Compiler<'_> {
         };
 
         // Resolve everything first, so a failure leaves no half-added rule.
-        let exe = self.exes(rule, "exe", &c.exe)?;
-        let parent = self.exes(rule, "parent_exe", &c.parent_exe)?;
-        let ancestor = self.exes(rule, "ancestor_exe", &c.ancestor_exe)?;
+        let exe = self.exes(&rule.name, "exe", &c.exe)?;
+        let parent = self.exes(&rule.name, "parent_exe", &c.parent_exe)?;
+        let ancestor = self.exes(&rule.name, "ancestor_exe", &c.ancestor_exe)?;
         let mut uids: Vec<(u32, String)> = c
             .uid
             .iter()
             .map(|uid| (uid.value, uid.value.to_string()))
             .collect();
         for user in &c.user {
-            let uid = match self.resolver.user(&user.value) {
-                Ok(Some(uid)) => Ok(uid),
-                Ok(None) => Err(PolicyError::UnknownUser {
-                    file: self.file.to_owned(),
-                    at: user.at,
-                    rule: rule.name.clone(),
-                    user: user.value.clone(),
-                }),
-                Err(source) => Err(PolicyError::UserLookup {
-                    file: self.file.to_owned(),
-                    at: user.at,
-                    rule: rule.name.clone(),
-                    user: user.value.clone(),
-                    source,
-                }),
-            };
-            let Some(uid) = self.tolerate(uid)? else {
-                continue;
-            };
-            uids.push((uid, format!("{uid} (user {})", user.value)));
+            if let Some(uid) = self.user(&rule.name, user)? {
+                uids.push((uid, format!("{uid} (user {})", user.value)));
+            }
         }
         let mut cgroups = Vec::with_capacity(c.cgroup.len());
         let mut levels = self.policy.settings.cgroup_levels;
@@ -387,11 +373,59 @@ impl Compiler<'_> {
         Ok(())
     }
 
+    /// Resolves a user name of rule `rule` to its uid (`None`: it does
+    /// not resolve, tolerated).
+    fn user(&mut self, rule: &str, user: &Located<String>) -> Result<Option<u32>, PolicyError> {
+        let uid = match self.resolver.user(&user.value) {
+            Ok(Some(uid)) => Ok(uid),
+            Ok(None) => Err(PolicyError::UnknownUser {
+                file: self.file.to_owned(),
+                at: user.at,
+                rule: rule.to_owned(),
+                user: user.value.clone(),
+            }),
+            Err(source) => Err(PolicyError::UserLookup {
+                file: self.file.to_owned(),
+                at: user.at,
+                rule: rule.to_owned(),
+                user: user.value.clone(),
+                source,
+            }),
+        };
+        self.tolerate(uid)
+    }
+
+    /// The bind guard: its ports and exemptions (resolved like a rule's,
+    /// errors naming the rule [`BIND_RULE_NAME`]).
+    fn bind(&mut self, bind: &Bind) -> Result<(), PolicyError> {
+        if bind.loopback_only.is_empty() {
+            return Ok(());
+        }
+        self.policy.settings.flags |= flags::BIND_GUARD;
+        let exe = self.exes(BIND_RULE_NAME, "allow_exe", &bind.allow_exe)?;
+        let mut uid: BTreeMap<u32, String> = bind
+            .allow_uid
+            .iter()
+            .map(|u| (u.value, u.value.to_string()))
+            .collect();
+        for user in &bind.allow_user {
+            if let Some(id) = self.user(BIND_RULE_NAME, user)? {
+                uid.insert(id, format!("{id} (user {})", user.value));
+            }
+        }
+        self.policy.bind = BindGuard {
+            ports: Some(ports(&PortSet::Ranges(bind.loopback_only.clone()))),
+            exe: exe.into_iter().collect(),
+            uid,
+        };
+        Ok(())
+    }
+
     /// Resolves executable paths to keys, with a description of each: the
     /// file at each path now, and earlier ones that processes still run.
     fn exes(
         &mut self,
-        rule: &Rule,
+        rule: &str,
         field: &'static str,
         paths: &[Located<PathBuf>],
     ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
@@ -403,7 +437,7 @@ impl Compiler<'_> {
                 .map_err(|source| PolicyError::Exe {
                     file: self.file.to_owned(),
                     at: path.at,
-                    rule: rule.name.clone(),
+                    rule: rule.to_owned(),
                     field,
                     path: path.value.clone(),
                     source,
@@ -432,7 +466,7 @@ impl Compiler<'_> {
                      runs it any more",
                     self.file,
                     path.at,
-                    rule.name,
+                    rule,
                     ExeId(key)
                 ));
                 resolved.push((
@@ -455,7 +489,7 @@ impl Compiler<'_> {
     /// superblock's device and the inode, may name another file too.
     fn unambiguous(
         &self,
-        rule: &Rule,
+        rule: &str,
         field: &'static str,
         path: &Located<PathBuf>,
         file: ExeFile,
@@ -464,7 +498,7 @@ impl Compiler<'_> {
             Some(mount) if mount.dev != file.key.dev => Err(PolicyError::ExeAmbiguous {
                 file: self.file.to_owned(),
                 at: path.at,
-                rule: rule.name.clone(),
+                rule: rule.to_owned(),
                 field,
                 path: path.value.clone(),
                 stat_dev: file.key.dev,

@@ -118,9 +118,23 @@ pub struct CompiledPolicy {
     pub exe_paths: BTreeMap<PathBuf, ExeIdentities>,
     /// Indexed by rule number (bit position).
     pub rules: Vec<RuleInfo>,
+    /// The bind guard (`LW_BIND_*`).
+    pub bind: BindGuard,
     /// Things an operator should know that do not stop the policy from
     /// loading (e.g. a cgroup that does not exist yet).
     pub warnings: Vec<String>,
+}
+
+/// What the bind guard's maps hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BindGuard {
+    /// Ports a TCP bind() may put on loopback only (always
+    /// [`Ports::Some`]); `None`: the guard is off.
+    pub ports: Option<Ports>,
+    /// Exempt executables, each with how people read it.
+    pub exe: BTreeMap<ExeKey, String>,
+    /// Exempt uids, each with how people read it.
+    pub uid: BTreeMap<u32, String>,
 }
 
 /// An executable file as `stat()` finds it.

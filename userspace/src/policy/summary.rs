@@ -145,6 +145,31 @@ impl fmt::Display for CompiledPolicy {
                 if deny { "deny" } else { "audit" }
             )?,
         }
+        match &self.bind.ports {
+            None => writeln!(f, "bind guard:  off")?,
+            Some(ports) => {
+                let what = match self.mode {
+                    Mode::Audit => "reported",
+                    Mode::Enforce => "refused with EADDRNOTAVAIL",
+                };
+                writeln!(
+                    f,
+                    "bind guard:  ports {ports} on loopback only (other TCP binds are {what})"
+                )?;
+                let exempt: Vec<&str> = self
+                    .bind
+                    .exe
+                    .values()
+                    .map(|d| d.as_str())
+                    .chain(self.bind.uid.values().map(|d| d.as_str()))
+                    .collect();
+                if exempt.is_empty() {
+                    writeln!(f, "  exempt:    none")?;
+                } else {
+                    writeln!(f, "  exempt:    {}", exempt.join(", "))?;
+                }
+            }
+        }
         writeln!(
             f,
             "rules:       {} (first match wins; the relay verdict when stricter)",

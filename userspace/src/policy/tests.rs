@@ -1398,3 +1398,50 @@ script = "bridge.py"
     state.lineage = [0; 32];
     assert_eq!(policy.denial(&id(state, "node"), 0), None);
 }
+
+#[test]
+fn the_bind_guard_compiles_to_ports_and_exemptions() {
+    let off = compile_ok("catalog = false\n", &host());
+    assert_eq!(off.bind, BindGuard::default());
+    assert_eq!(off.settings.flags & flags::BIND_GUARD, 0);
+    assert!(off.to_string().contains("bind guard:  off"));
+
+    let text = "catalog = false\nmode = \"enforce\"\n[bind]\nloopback_only = [11434, \"9000-9002\"]\n\
+                allow_exe = \"/usr/bin/socat\"\nallow_user = \"nobody\"\nallow_uid = 33\n";
+    let p = compile_ok(text, &host());
+    assert_ne!(p.settings.flags & flags::BIND_GUARD, 0);
+    let ports = p.bind.ports.as_ref().expect("guard on");
+    for port in [11434, 9000, 9001, 9002] {
+        assert!(ports.contains(port), "{port}");
+    }
+    for port in [11433, 11435, 8999, 9003, 0] {
+        assert!(!ports.contains(port), "{port}");
+    }
+    assert_eq!(p.bind.exe.keys().copied().collect::<Vec<_>>(), [key(10)]);
+    assert_eq!(p.bind.uid.keys().copied().collect::<Vec<_>>(), [33, 65534]);
+    let shown = p.to_string();
+    assert!(
+        shown.contains("bind guard:  ports 9000-9002, 11434 on loopback only"),
+        "{shown}"
+    );
+    assert!(shown.contains("refused with EADDRNOTAVAIL"), "{shown}");
+    assert!(shown.contains("/usr/bin/socat"), "{shown}");
+    assert!(shown.contains("65534 (user nobody)"), "{shown}");
+
+    // Exemptions that do not resolve fail like a rule's, naming the guard.
+    let err = compile(
+        &config("[bind]\nloopback_only = 80\nallow_user = \"ghost\"\n"),
+        &host(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("test.toml:3:"), "{err}");
+    assert!(err.contains("bind-guard") && err.contains("ghost"), "{err}");
+    let err = compile(
+        &config("[bind]\nloopback_only = 80\nallow_exe = \"/nope\"\n"),
+        &host(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("allow_exe /nope cannot be resolved"), "{err}");
+}

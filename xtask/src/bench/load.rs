@@ -100,6 +100,12 @@ pub struct GetsockoptArgs {
     pub seconds: f64,
 }
 
+#[derive(clap::Args)]
+pub struct BindArgs {
+    #[arg(long)]
+    pub seconds: f64,
+}
+
 /// Bytes per UDP datagram of the receive loads: small, so the per-packet
 /// path (where `lw_receive` runs) dominates.
 pub const DATAGRAM_SIZE: usize = 64;
@@ -384,6 +390,60 @@ pub fn run_getsockopt(netns: &Netns, xtask: &Path, seconds: f64) -> anyhow::Resu
             netns
                 .exec(xtask)
                 .args(["bench-getsockopt", "--seconds"])
+                .arg(seconds.to_string()),
+        )?,
+    )
+}
+
+/// `bench-bind`: a TCP socket bound to `0.0.0.0:0` (a port the kernel
+/// picks, which no guard names) and closed, in a loop for `seconds`;
+/// prints `ops=N ...` (ops: binds).
+pub fn bind(args: &BindArgs) -> anyhow::Result<()> {
+    die_with_parent();
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    };
+    let duration = Duration::from_secs_f64(args.seconds);
+    let (mut binds, mut errors) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        for _ in 0..64 {
+            // SAFETY: plain socket calls on a descriptor we own and close,
+            // with an address we own and its size.
+            let rc = unsafe {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                if fd < 0 {
+                    bail!("socket() failed: {}", std::io::Error::last_os_error());
+                }
+                let rc = libc::bind(
+                    fd,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                );
+                libc::close(fd);
+                rc
+            };
+            binds += 1;
+            if rc != 0 {
+                errors += 1;
+            }
+        }
+    }
+    print_result(binds, 0, errors, start.elapsed());
+    Ok(())
+}
+
+/// Runs `bench-bind` inside `netns` for `seconds`.
+pub fn run_bind(netns: &Netns, xtask: &Path, seconds: f64) -> anyhow::Result<Run> {
+    Run::parse(
+        "bench-bind",
+        &proc::output(
+            netns
+                .exec(xtask)
+                .args(["bench-bind", "--seconds"])
                 .arg(seconds.to_string()),
         )?,
     )

@@ -173,11 +173,14 @@ pub enum Workload {
     /// getsockopt(SO_RCVBUF) in a loop: what `lw_getsockopt` (attached at
     /// the root) costs every getsockopt on the host.
     Getsockopt,
+    /// socket()+bind(0.0.0.0:0)+close() in a loop: what `lw_bind4` costs a
+    /// TCP bind the guard (on, for the protected port) does not name.
+    Bind,
 }
 
 impl Workload {
     const CONNECTS: [Self; 3] = [Self::Protected, Self::Unprotected, Self::Protected6];
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Protected,
         Self::Unprotected,
         Self::Protected6,
@@ -187,6 +190,7 @@ impl Workload {
         Self::ReceiveLoopback,
         Self::Spawn,
         Self::Getsockopt,
+        Self::Bind,
     ];
 
     pub fn is_receive(self) -> bool {
@@ -204,6 +208,7 @@ impl Workload {
             Self::ReceiveUdp => "datagram",
             Self::Spawn => "spawn",
             Self::Getsockopt => "getsockopt",
+            Self::Bind => "bind",
         }
     }
 
@@ -214,6 +219,7 @@ impl Workload {
             Self::ReceiveUdp => "datagrams/s",
             Self::Spawn => "spawns/s",
             Self::Getsockopt => "calls/s",
+            Self::Bind => "binds/s",
             _ => "connects/s",
         }
     }
@@ -244,6 +250,7 @@ impl Workload {
             Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
             Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
             Self::Getsockopt => &[p::GETSOCKOPT],
+            Self::Bind => &[p::BIND4],
         }
     }
 
@@ -267,6 +274,7 @@ impl fmt::Display for Workload {
             Self::ReceiveLoopback => "recv-lo",
             Self::Spawn => "spawn",
             Self::Getsockopt => "getsockopt",
+            Self::Bind => "bind",
         })
     }
 }
@@ -532,6 +540,7 @@ impl<'a> Bench<'a> {
             Workload::ReceiveLoopback => receive(netns, Proto::Tcp, Ipv4Addr::LOCALHOST),
             Workload::Spawn => load::run_spawn(netns, xtask, seconds),
             Workload::Getsockopt => load::run_getsockopt(netns, xtask, seconds),
+            Workload::Bind => load::run_bind(netns, xtask, seconds),
         }
     }
 
@@ -558,7 +567,8 @@ impl<'a> Bench<'a> {
     /// rule for another executable, so connects succeed but take the full
     /// identity and matching path, as an ordinary client does under a real
     /// policy. Report-all: an audit rule matching the bench client, so every
-    /// protected connect is also reported.
+    /// protected connect is also reported. The bind guard is on for the
+    /// protected port (the bind load binds others).
     fn daemon_config(&self, config: Config) -> String {
         let (name, action, exe) = match config {
             Config::ReportAll => ("bench-audit", "audit", self.xtask.as_path()),
@@ -567,6 +577,7 @@ impl<'a> Bench<'a> {
         format!(
             "mode = {mode}\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
              [provenance]\ntag = {tag}\n\n\
+             [bind]\nloopback_only = [{port}]\n\n\
              [[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
             mode = toml_str(config.mode()),
             tag = config != Config::Untagged,

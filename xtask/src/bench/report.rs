@@ -21,6 +21,8 @@ const PROTECTED_TARGET_NS: f64 = 300.0;
 const UNPROTECTED_TARGET_NS: f64 = 50.0;
 /// ns per run of `lw_receive`.
 const RECEIVE_TARGET_NS: f64 = 50.0;
+/// ns per run of `lw_bind4` on a bind the guard does not name.
+const BIND_TARGET_NS: f64 = 50.0;
 /// The no-op programs `loopwarden baseline` attaches: the floor of the
 /// connect programs ...
 const CONNECT_FLOOR_PROG: &str = "lw_baseline4";
@@ -197,7 +199,10 @@ fn measurement_floor(samples: &[Sample], prog: &str, workload: Option<Workload>)
 /// The no-op program whose cost is `prog`'s floor.
 fn floor_prog(prog: &str) -> &'static str {
     // The cgroup hooks' floor is the no-op connect4 program's.
-    if prog.starts_with("lw_connect") || prog.starts_with("lw_recvmsg") {
+    if prog.starts_with("lw_connect")
+        || prog.starts_with("lw_recvmsg")
+        || prog.starts_with("lw_bind")
+    {
         CONNECT_FLOOR_PROG
     } else {
         TRACING_FLOOR_PROG
@@ -280,6 +285,7 @@ fn target_ns(prog: &str, config: Config, workload: Workload) -> Option<f64> {
             Some(PROTECTED_TARGET_NS)
         }
         Workload::Unprotected if prog.starts_with("lw_connect") => Some(UNPROTECTED_TARGET_NS),
+        Workload::Bind if prog == programs::BIND4 => Some(BIND_TARGET_NS),
         _ if workload.is_receive()
             && (prog == programs::RECEIVE || prog.starts_with("lw_recvmsg")) =>
         {
@@ -293,7 +299,7 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     println!();
     println!(
         "BPF program cost (kernel.bpf_stats_enabled: run_time_ns / run_cnt, summed over rounds; \
-         targets apply to net ns/run; op: a connect, a read of a stream, a datagram, a spawn)"
+         targets apply to net ns/run; op: a connect, a read of a stream, a datagram, a spawn, a bind)"
     );
     let floors = Floors::measure(samples);
     println!(
@@ -406,7 +412,12 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     let idle: Vec<&str> = programs::TRACKERS
         .iter()
         .map(|(name, _)| *name)
-        .chain([programs::CONNECT4, programs::CONNECT6, programs::RECVMSG4])
+        .chain([
+            programs::CONNECT4,
+            programs::CONNECT6,
+            programs::RECVMSG4,
+            programs::BIND4,
+        ])
         .filter(|name| !ran_anywhere(samples, name))
         .collect();
     if !idle.is_empty() {
