@@ -24,6 +24,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod metrics;
 pub mod provenance;
 
 /// Port of the protected HTTP service in every test namespace.

@@ -23,6 +23,7 @@ pub(super) struct RawConfig {
     pub(super) relay: Option<RawRelay>,
     pub(super) provenance: Option<RawProvenance>,
     pub(super) ident: Option<RawIdent>,
+    pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
 }
@@ -38,6 +39,7 @@ impl RawConfig {
             && self.relay.is_none()
             && self.provenance.is_none()
             && self.ident.is_none()
+            && self.metrics.is_none()
             && self.rule.is_empty()
     }
 }
@@ -72,6 +74,13 @@ pub(super) struct RawIdent {
     pub(super) netns: Option<Spanned<String>>,
     pub(super) relayed: Option<IdentError>,
     pub(super) timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) socket: Option<bool>,
+    pub(super) listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

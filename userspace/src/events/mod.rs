@@ -35,6 +35,7 @@ use serde::{Serialize, Serializer};
 
 mod enrich;
 mod proc;
+pub mod tally;
 #[cfg(test)]
 mod tests;
 mod users;
