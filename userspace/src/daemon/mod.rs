@@ -568,7 +568,8 @@ impl CounterReport {
             .map(|(now, last)| now.saturating_sub(last))
             .collect();
         if lost.iter().any(|&n| n > 0) {
-            error!(
+            // At warning, as refusals: what `journalctl -p warning` shows.
+            warn!(
                 lost_allow = lost[usize::from(verdict::ALLOW)],
                 lost_audit = lost[usize::from(verdict::AUDIT)],
                 lost_would_deny = lost[usize::from(verdict::WOULD_DENY)],
