@@ -519,15 +519,15 @@ fn render(shared: &Shared) -> String {
         page.single(
             "loopwarden_last_reload_success",
             Kind::Gauge,
-            "1 if the last reload (SIGHUP) or install since start succeeded, 0 if it failed (the \
-             running policy stayed). Absent before the first.",
+            "1 if the last reload (SIGHUP) since start succeeded, 0 if it (or the install of a \
+             re-resolved policy) failed and the running policy stayed. Absent before either.",
             u64::from(reload.ok),
         );
         let at = humantime::parse_rfc3339(&reload.at).map_or(0, unix_seconds);
         page.single(
             "loopwarden_last_reload_timestamp_seconds",
             Kind::Gauge,
-            "When the last reload or install since start ended, in seconds since the epoch.",
+            "When that reload or failed install ended, in seconds since the epoch.",
             at,
         );
     }
