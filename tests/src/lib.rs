@@ -24,6 +24,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod metrics;
 pub mod provenance;
 
 /// Port of the protected HTTP service in every test namespace.
@@ -498,6 +499,8 @@ impl Daemon {
             .arg("--config")
             .arg(&config_path)
             .args(["--log-format", "json"])
+            // Tests read diagnostics as `key=value` text.
+            .args(["--diagnostics-format", "human"])
             .args(install.dir_args());
         if !extra.contains(&"--repeat-interval") {
             cmd.args(["--repeat-interval", "0"]);
@@ -667,7 +670,11 @@ impl Daemon {
             .lock()
             .map(|v| {
                 v.iter()
-                    .filter(|l| l.contains(" ERROR ") || l.contains("loopwarden: error:"))
+                    .filter(|l| {
+                        l.contains(" ERROR ")
+                            || l.contains("\"level\":\"error\"")
+                            || l.contains("loopwarden: error:")
+                    })
                     .filter(|l| !allowed.iter().any(|a| l.contains(a.as_str())))
                     .cloned()
                     .collect()

@@ -8,7 +8,7 @@ use loopwarden::{
     catalog::CATALOG,
     config::{Config, DEFAULT_CONFIG_PATH},
     daemon::{self, DEFAULT_RUN_DIR, DaemonError},
-    events::LogFormat,
+    events::{LogFormat, diagnostics::Diagnostics},
     kernel::{compat, loader::Programs, pins::DEFAULT_PIN_DIR},
     ops,
     policy::{self, Mode},
@@ -47,9 +47,14 @@ enum Command {
         /// Override the policy's mode: `audit` reports, `enforce` refuses.
         #[arg(long, value_enum)]
         mode: Option<CliMode>,
-        /// Audit line format on stdout.
+        /// Audit line format on stdout (and of diagnostics on stderr,
+        /// unless --diagnostics-format says otherwise). `json` lines carry
+        /// `"v":1` and `"host"`.
         #[arg(long, value_enum, default_value = "human")]
         log_format: LogFormat,
+        /// Diagnostics format on stderr; default: as --log-format.
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        diagnostics_format: Option<LogFormat>,
         /// Reports of one flow (same process, destination, verdict and
         /// rule) within this interval: the first gets its line at once, the
         /// rest one summary line at the end of the interval. `0` writes a
@@ -193,12 +198,23 @@ impl From<CliMode> for Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let diagnostics = match &cli.command {
+        Command::Run {
+            log_format,
+            diagnostics_format,
+            ..
+        } => diagnostics_format.unwrap_or(*log_format),
+        _ => LogFormat::Human,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("LOOPWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && diagnostics == LogFormat::Human,
+        )
+        .event_format(Diagnostics::new(diagnostics))
         .init();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -235,6 +251,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             mode,
             log_format,
+            diagnostics_format: _,
             repeat_interval,
             run_dir,
             pin_dir,

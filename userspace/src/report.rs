@@ -22,7 +22,7 @@ use std::{
 use loopwarden_common::{Addr, ConnectEvent, ExeKey};
 use tracing::error;
 
-use crate::events::{Enricher, LogFormat, Repeat, Time, event_time};
+use crate::events::{Enricher, LogFormat, Repeat, Time, event_time, tally::Tally};
 
 /// Flows tracked at once; past it every pending summary is written early and
 /// tracking starts over (about 300 bytes per flow).
@@ -103,6 +103,8 @@ pub struct Reporter {
     write_failed: bool,
     /// New flows since the last [`Reporter::take_busy`].
     busy: bool,
+    /// The reports by rule, port and verdict, for the metrics.
+    tally: Tally,
 }
 
 impl Reporter {
@@ -131,6 +133,7 @@ impl Reporter {
             totals: Totals::default(),
             write_failed: false,
             busy: false,
+            tally: Tally::default(),
         }
     }
 
@@ -146,6 +149,18 @@ impl Reporter {
         self.totals
     }
 
+    /// The per rule, port and verdict counts of the reports so far.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// Hands the counts since the last call to the tally's readers.
+    pub fn publish_tally(&mut self) {
+        let enricher = &self.enricher;
+        self.tally
+            .publish(|seq, rule| enricher.rule_name(seq, rule).map(|n| n.into_owned()));
+    }
+
     /// Whether new flows were seen since the last call: the heap a burst
     /// grew is worth returning afterwards.
     pub fn take_busy(&mut self) -> bool {
@@ -156,6 +171,7 @@ impl Reporter {
     /// flow's summary.
     pub fn event(&mut self, ev: &ConnectEvent) {
         self.totals.reports += 1;
+        self.tally.add(ev);
         if self.interval.is_some() {
             let key = FlowKey::of(ev);
             if let Some(flow) = self.flows.get_mut(&key) {

@@ -44,6 +44,10 @@
 //! allow_exe = ["/usr/sbin/nginx"] # executables that may bind those ports anywhere
 //! allow_user = ["www-data"]      # ... users (resolved to uids)
 //! allow_uid = [33]               # ... uids
+//! [metrics]
+//! socket = true                  # default: Prometheus metrics on <run_dir>/metrics.sock
+//! listen = "127.0.0.1:9477"      # default: none; also serve them on this loopback address
+//!                                # (its port joins a listed `[protect] ports`)
 //!
 //! [[rule]]
 //! name = "relay-socat"           # required, unique, [A-Za-z0-9_.:-]+; "catalog:" is reserved
@@ -305,6 +309,15 @@ pub struct Bind {
     pub allow_uid: Vec<Located<u32>>,
 }
 
+/// The `[metrics]` table: where the Prometheus metrics are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// Serve them on `<run_dir>/metrics.sock`.
+    pub socket: bool,
+    /// Also serve them over TCP on this loopback address.
+    pub listen: Option<Located<std::net::SocketAddr>>,
+}
+
 /// Bounds of `[ident] timeout_ms`.
 pub const IDENT_TIMEOUT_MS: std::ops::RangeInclusive<i64> = 100..=600_000;
 
@@ -337,6 +350,7 @@ pub struct Config {
     pub provenance: Provenance,
     pub ident: Ident,
     pub bind: Bind,
+    pub metrics: Metrics,
     /// User rules in file order.
     pub rules: Vec<Rule>,
     /// Things an operator should know about the file that do not stop it
@@ -377,6 +391,10 @@ impl Config {
                 timeout_ms: 30_000,
             },
             bind: Bind::default(),
+            metrics: Metrics {
+                socket: true,
+                listen: None,
+            },
             rules: Vec::new(),
             warnings: Vec::new(),
         }
@@ -566,6 +584,11 @@ pub enum Problem {
     IdentTimeout { value: i64 },
     #[error("`{text}` is not a socket address: write \"127.0.0.1:113\" or \"[::1]:113\"")]
     BadSocketAddr { text: String },
+    #[error(
+        "metrics listen address `{addr}` is not a loopback address: write e.g. \"127.0.0.1:9477\" \
+         (to scrape from elsewhere, put a proxy in front)"
+    )]
+    MetricsNotLoopback { addr: std::net::SocketAddr },
     #[error(
         "script `{script}` is {len} bytes but the kernel keeps at most {max}, so it could never \
          match",

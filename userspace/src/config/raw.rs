@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub(super) provenance: Option<RawProvenance>,
     pub(super) ident: Option<RawIdent>,
     pub(super) bind: Option<RawBind>,
+    pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
 }
@@ -40,6 +41,7 @@ impl RawConfig {
             && self.provenance.is_none()
             && self.ident.is_none()
             && self.bind.is_none()
+            && self.metrics.is_none()
             && self.rule.is_empty()
     }
 }
@@ -83,6 +85,13 @@ pub(super) struct RawBind {
     pub(super) allow_exe: Option<Spanned<OneOrMany<String>>>,
     pub(super) allow_user: Option<Spanned<OneOrMany<String>>>,
     pub(super) allow_uid: Option<Spanned<OneOrMany<u32>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) socket: Option<bool>,
+    pub(super) listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

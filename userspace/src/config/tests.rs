@@ -669,3 +669,53 @@ fn bad_bind_table() {
         "reserved",
     );
 }
+
+#[test]
+fn metrics_table() {
+    let default = parse("").unwrap();
+    assert!(default.metrics.socket);
+    assert_eq!(default.metrics.listen, None);
+
+    let config =
+        parse("[protect]\nports = [8080, \"9000-9100\"]\n\n[metrics]\nsocket = false\nlisten = \"127.0.0.1:9477\"\n")
+            .unwrap();
+    assert!(!config.metrics.socket);
+    let listen = config.metrics.listen.as_ref().unwrap();
+    assert_eq!(listen.value, "127.0.0.1:9477".parse().unwrap());
+    assert_eq!(listen.at.line, 6);
+    // The metrics port joins a listed port set, once.
+    let PortSet::Ranges(ranges) = &config.protect.ports else {
+        panic!("ports: {:?}", config.protect.ports);
+    };
+    assert_eq!(
+        ranges.last(),
+        Some(&PortRange {
+            first: 9477,
+            last: 9477
+        })
+    );
+    let inside =
+        parse("[protect]\nports = [\"9000-9500\"]\n[metrics]\nlisten = \"[::1]:9477\"\n").unwrap();
+    assert_eq!(
+        inside.protect.ports,
+        PortSet::Ranges(vec![PortRange {
+            first: 9000,
+            last: 9500
+        }])
+    );
+    // "all" already covers it.
+    let all = parse("[metrics]\nlisten = \"127.0.0.1:9477\"\n").unwrap();
+    assert_eq!(all.protect.ports, PortSet::All);
+
+    expect_error(
+        "[metrics]\nlisten = \"0.0.0.0:9477\"\n",
+        2,
+        "not a loopback address",
+    );
+    expect_error(
+        "[metrics]\nlisten = \"localhost\"\n",
+        2,
+        "not a socket address",
+    );
+    expect_error("[metrics]\nport = 9477\n", 2, "unknown field");
+}

@@ -11,9 +11,10 @@ use toml::Spanned;
 
 use super::{
     Bind, Config, ConfigError, Criteria, IDENT_TIMEOUT_MS, Ident, Located, MAX_NAME_BYTES,
-    MAX_PATH_BYTES, PortRange, PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS, Relay, Rule,
+    MAX_PATH_BYTES, Metrics, PortRange, PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS,
+    Relay, Rule,
     lines::LineIndex,
-    raw::{OneOrMany, PortItem, RawBind, RawConfig, RawIdent, RawRule},
+    raw::{OneOrMany, PortItem, RawBind, RawConfig, RawIdent, RawMetrics, RawRule},
 };
 use crate::{
     catalog::{CATALOG, CATALOG_PREFIX},
@@ -62,7 +63,7 @@ impl Validator<'_> {
             ));
         }
 
-        let protect = match raw.protect {
+        let mut protect = match raw.protect {
             None => defaults.protect,
             Some(p) => Protect {
                 ports: match p.ports {
@@ -113,6 +114,21 @@ impl Validator<'_> {
             None => defaults.bind,
             Some(b) => self.bind(b, &mut warnings)?,
         };
+        let metrics = match raw.metrics {
+            None => defaults.metrics,
+            Some(m) => self.metrics(m, defaults.metrics)?,
+        };
+        // The metrics port is protected like any other: a relay to it is
+        // judged by the policy.
+        if let (Some(listen), PortSet::Ranges(ranges)) = (&metrics.listen, &mut protect.ports) {
+            let port = listen.value.port();
+            if !ranges.iter().any(|r| (r.first..=r.last).contains(&port)) {
+                ranges.push(PortRange {
+                    first: port,
+                    last: port,
+                });
+            }
+        }
 
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
@@ -143,8 +159,33 @@ impl Validator<'_> {
             provenance,
             ident,
             bind,
+            metrics,
             rules,
             warnings,
+        })
+    }
+
+    fn metrics(&self, raw: RawMetrics, defaults: Metrics) -> Result<Metrics, ConfigError> {
+        let listen = match raw.listen {
+            None => defaults.listen,
+            Some(text) => {
+                let span = text.span();
+                let text = text.into_inner();
+                let addr = text
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| self.invalid(&span, Problem::BadSocketAddr { text }))?;
+                if !addr.ip().is_loopback() {
+                    return Err(self.invalid(&span, Problem::MetricsNotLoopback { addr }));
+                }
+                Some(Located {
+                    value: addr,
+                    at: self.lines.locate(span.start),
+                })
+            }
+        };
+        Ok(Metrics {
+            socket: raw.socket.unwrap_or(defaults.socket),
+            listen,
         })
     }
 

@@ -113,6 +113,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.ident != new.ident {
         changed.push("[ident]");
     }
+    if old.metrics != new.metrics {
+        changed.push("[metrics]");
+    }
     changed
 }
 

@@ -23,7 +23,7 @@ mod sweeper;
 use std::{
     io,
     path::PathBuf,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -351,6 +351,25 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             .ok()
         })
         .flatten();
+    // The Prometheus metrics (`[metrics]`, read at start), removed when
+    // the daemon exits.
+    let metrics_config = installed.config.as_ref().map_or_else(
+        || crate::config::Config::embedded_default().metrics,
+        |c| c.metrics.clone(),
+    );
+    let sources = crate::ops::metrics::Sources {
+        pins: pins.clone(),
+        reported: reporter.tally().subscribe(),
+        started: SystemTime::now() - started.elapsed(),
+    };
+    let _metrics = crate::ops::metrics::serve(&opts.run_dir, &metrics_config, sources)
+        .inspect(|m| {
+            if !m.serving.is_empty() {
+                info!("metrics: serving on {}", m.serving.join(" and "));
+            }
+        })
+        .inspect_err(|e| error!("the metrics are off: {}", crate::error_chain(e)))
+        .ok();
     notify_systemd_ready();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
@@ -385,6 +404,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             _ = tick.tick() => {
                 let begun = Instant::now();
                 counters.report(&mut stats);
+                reporter.publish_tally();
                 installed.refresh(reporter.enricher());
                 refresh_cost.add(begun.elapsed());
                 if reporter.take_busy() {
@@ -548,7 +568,8 @@ impl CounterReport {
             .map(|(now, last)| now.saturating_sub(last))
             .collect();
         if lost.iter().any(|&n| n > 0) {
-            error!(
+            // At warning, as refusals: what `journalctl -p warning` shows.
+            warn!(
                 lost_allow = lost[usize::from(verdict::ALLOW)],
                 lost_audit = lost[usize::from(verdict::AUDIT)],
                 lost_would_deny = lost[usize::from(verdict::WOULD_DENY)],

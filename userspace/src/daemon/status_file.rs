@@ -122,6 +122,11 @@ pub(super) fn record(installed: &Installed, outcome: Option<Result<(), String>>)
     }
 }
 
+/// The last reload's or install's outcome since start, if any.
+pub fn last_reload() -> Option<Reload> {
+    CELL.get()?.lock().ok()?.last_reload.clone()
+}
+
 /// The mode the settings flags say.
 pub fn mode_name(settings_flags: u32) -> &'static str {
     if settings_flags & flags::ENABLED == 0 {

@@ -123,7 +123,7 @@ impl Enricher {
 
     /// The name of rule `index` of the policy installed as `seq`; `#N` for
     /// a policy this daemon did not install (adopted from a predecessor).
-    fn rule_name(&self, seq: u64, index: u8) -> Option<Cow<'_, str>> {
+    pub(crate) fn rule_name(&self, seq: u64, index: u8) -> Option<Cow<'_, str>> {
         if index == NO_RULE {
             return None;
         }

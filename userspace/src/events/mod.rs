@@ -33,8 +33,11 @@ use std::{
 use loopwarden_common::{ConnectEvent, ExeKey, evidence, verdict};
 use serde::{Serialize, Serializer};
 
+pub mod diagnostics;
 mod enrich;
+pub mod output;
 mod proc;
+pub mod tally;
 #[cfg(test)]
 mod tests;
 mod users;
@@ -168,6 +171,15 @@ pub struct AuditRecord<'a> {
     pub repeat: Option<Repeat>,
 }
 
+/// A JSON line: the format's version and the host, then the record.
+#[derive(Serialize)]
+struct Versioned<'r, T> {
+    v: u32,
+    host: &'static str,
+    #[serde(flatten)]
+    record: &'r T,
+}
+
 /// The rule a record names when the relay verdict decided.
 pub const RELAY_RULE_NAME: &str = "relay";
 
@@ -207,12 +219,24 @@ impl AuditRecord<'_> {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
-    /// Appends one line, newline included, to `buf`.
+    /// Appends one line, newline included, to `buf`: with its priority
+    /// first when stdout is the journal's (see [`output`]); in JSON with
+    /// the format's version and the host name.
     pub fn write_line(&self, format: LogFormat, buf: &mut Vec<u8>) {
+        output::write_priority(
+            buf,
+            output::journal().stdout,
+            output::verdict_priority(self.verdict),
+        );
         match format {
             LogFormat::Json => {
                 let start = buf.len();
-                if let Err(e) = serde_json::to_writer(&mut *buf, self) {
+                let line = Versioned {
+                    v: output::JSON_VERSION,
+                    host: output::host(),
+                    record: self,
+                };
+                if let Err(e) = serde_json::to_writer(&mut *buf, &line) {
                     buf.truncate(start);
                     let _ = write!(
                         buf,

@@ -115,6 +115,46 @@ fn json_line_parses_back() {
     assert_eq!(v["exe_name"], "socat");
 }
 
+/// The fields of a JSON audit line (version and host first): what the
+/// README's table documents (format version 1).
+#[test]
+fn json_lines_carry_the_version_and_host_and_the_documented_fields() {
+    let line = enricher().enrich(&event()).format(LogFormat::Json);
+    assert!(line.starts_with("{\"v\":1,\"host\":"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["host"], super::output::host());
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut documented = [
+        "v",
+        "host",
+        "time",
+        "verdict",
+        "rule",
+        "dst",
+        "dst_port",
+        "pid",
+        "tid",
+        "ppid",
+        "uid",
+        "user",
+        "gid",
+        "comm",
+        "exe",
+        "exe_name",
+        "exe_id",
+        "parent_exe",
+        "parent_exe_id",
+        "cmdline",
+        "cgroup",
+        "cgroup_id",
+        "netns_cookie",
+        "socket_cookie",
+    ];
+    documented.sort_unstable();
+    assert_eq!(keys, documented);
+}
+
 fn cut() -> Cut {
     Cut {
         rule: 0,

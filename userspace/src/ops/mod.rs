@@ -1,7 +1,9 @@
 //! Operating a host: `loopwarden status` ([`status`]) reads what enforces
 //! right now from the pins in bpffs (and, for the daemon's side, its run
 //! directory); `loopwarden doctor` ([`doctor`]) probes what the host offers
-//! the programs and says what to change.
+//! the programs and says what to change; the daemon serves Prometheus
+//! [`metrics`].
 
 pub mod doctor;
+pub mod metrics;
 pub mod status;

@@ -1,0 +1,255 @@
+//! The Prometheus metrics, scraped from a real daemon: the kernel's
+//! counters move by exactly the connects the test caused, the per-rule
+//! tally by exactly its reports, and the capacities are the maps'.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use loopwarden_common::{MAX_CONNS, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED};
+use loopwarden_tests::{
+    Daemon, Netns, PROTECTED, UNPROTECTED,
+    metrics::{Page, scrape_tcp, scrape_unix},
+    wait_for,
+};
+
+/// Enforce mode scoped to `ns`, allowed connects reported too, with `extra`.
+fn config(ns: &Netns, extra: &str) -> String {
+    format!(
+        "mode = \"enforce\"\ncatalog = true\nlog_allowed = true\n\n[protect]\nports = \
+         [{PROTECTED}]\nnetns = [\"{}\"]\n\n{extra}\n",
+        ns.path()
+    )
+}
+
+fn socket(daemon: &Daemon) -> PathBuf {
+    daemon.install().run_dir().join("metrics.sock")
+}
+
+/// The first scrape, once the socket is there.
+fn first_scrape(daemon: &Daemon) -> Page {
+    let path = socket(daemon);
+    wait_for(
+        "the metrics socket",
+        std::time::Duration::from_secs(10),
+        || path.exists().then_some(()),
+    );
+    scrape_unix(&path)
+}
+
+const CHECKED: &str = "loopwarden_connects_checked_total";
+const DENIED: &str = "loopwarden_connects_denied_total";
+const REPORTED: &str = "loopwarden_reported_connects_total";
+
+#[test]
+fn a_scrape_counts_exactly_the_refusals_and_connects_the_test_caused() {
+    const REFUSALS: u64 = 7;
+    const ALLOWED: u64 = 4;
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start(&config(&ns, ""));
+    let before = first_scrape(&daemon);
+    assert_eq!(before.must("loopwarden_up", &[]), 1);
+    assert_eq!(
+        before.must(
+            "loopwarden_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1
+    );
+    assert_eq!(before.must("loopwarden_kernel_counters_readable", &[]), 1);
+    assert_eq!(
+        before.must("loopwarden_policy_mode", &[("mode", "enforce")]),
+        1
+    );
+    assert!(before.must("loopwarden_policy_sequence", &[]) > 0);
+    for (map, capacity) in [
+        ("LW_PROCS", MAX_TRACKED),
+        ("LW_LISTENERS", MAX_LISTENERS),
+        ("LW_PENDING", MAX_PENDING),
+        ("LW_CONNS", MAX_CONNS),
+    ] {
+        assert_eq!(
+            before.must("loopwarden_map_capacity", &[("map", map)]),
+            u64::from(capacity),
+            "{map}"
+        );
+        assert!(
+            before.must("loopwarden_map_entries", &[("map", map)]) <= u64::from(capacity),
+            "{map}"
+        );
+    }
+
+    let deny = [
+        ("verdict", "deny"),
+        ("rule", "catalog:socat"),
+        ("port", "8080"),
+    ];
+    let allow = [("verdict", "allow"), ("rule", "-"), ("port", "8080")];
+    for _ in 0..REFUSALS {
+        let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+        assert!(!ok && stderr.contains("Connection refused"), "{stderr}");
+    }
+    for _ in 0..ALLOWED {
+        assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+    }
+    // The kernel counted at connect(); the daemon's tally is published
+    // once a second, so wait for it (not for the kernel).
+    let after = wait_for(
+        "the reports in the tally",
+        std::time::Duration::from_secs(10),
+        || {
+            let page = scrape_unix(&socket(&daemon));
+            (page.count(REPORTED, &deny) >= before.count(REPORTED, &deny) + REFUSALS
+                && page.count(REPORTED, &allow) >= before.count(REPORTED, &allow) + ALLOWED)
+                .then_some(page)
+        },
+    );
+    assert_eq!(
+        after.must(DENIED, &[]) - before.must(DENIED, &[]),
+        REFUSALS,
+        "the kernel's refusals"
+    );
+    assert_eq!(
+        after.must(CHECKED, &[]) - before.must(CHECKED, &[]),
+        REFUSALS + ALLOWED,
+        "the kernel's checked connects"
+    );
+    assert_eq!(
+        after.count(REPORTED, &deny) - before.count(REPORTED, &deny),
+        REFUSALS
+    );
+    assert_eq!(
+        after.count(REPORTED, &allow) - before.count(REPORTED, &allow),
+        ALLOWED
+    );
+    // The lines on stdout say the same.
+    let lines = daemon.events();
+    let denials = lines
+        .iter()
+        .filter(|e| e["verdict"] == "deny" && e["rule"] == "catalog:socat")
+        .count() as u64;
+    assert_eq!(denials, REFUSALS, "refusal lines");
+    for v in ["allow", "audit", "would-deny", "deny"] {
+        assert_eq!(
+            after.must("loopwarden_reports_lost_total", &[("verdict", v)]),
+            0,
+            "{v}"
+        );
+    }
+    assert_eq!(
+        after.must("loopwarden_kernel_reports_total", &[])
+            - before.must("loopwarden_kernel_reports_total", &[]),
+        REFUSALS + ALLOWED
+    );
+
+    // A connect to a port the policy does not protect moves nothing.
+    assert_eq!(
+        ns.curl(&format!("http://127.0.0.1:{UNPROTECTED}/")),
+        Ok(200)
+    );
+    let unprotected = scrape_unix(&socket(&daemon));
+    for name in [CHECKED, DENIED, "loopwarden_kernel_reports_total"] {
+        assert_eq!(unprotected.must(name, &[]), after.must(name, &[]), "{name}");
+    }
+    let reported_8081 = unprotected
+        .samples
+        .iter()
+        .filter(|s| s.name == REPORTED && s.labels["port"] == UNPROTECTED.to_string())
+        .count();
+    assert_eq!(reported_8081, 0);
+
+    // Reloads: none yet, then a good one (with a rule more: a new
+    // policy), then a bad one (the running policy stays, and the gauge
+    // says the reload failed).
+    assert_eq!(after.get("loopwarden_last_reload_success", &[]), None);
+    let more = format!(
+        "{}{}",
+        config(&ns, ""),
+        loopwarden_tests::rule("nothing", "audit", "exe_name", "lw-no-such-program")
+    );
+    std::fs::write(daemon.config_path(), more).expect("writing the config");
+    daemon.signal(libc::SIGHUP);
+    let reloaded = wait_for(
+        "a successful reload in the metrics",
+        std::time::Duration::from_secs(10),
+        || {
+            let page = scrape_unix(&socket(&daemon));
+            (page.get("loopwarden_last_reload_success", &[]) == Some(1.0)).then_some(page)
+        },
+    );
+    assert!(reloaded.must("loopwarden_last_reload_timestamp_seconds", &[]) > 0);
+    assert!(
+        reloaded.must("loopwarden_policy_sequence", &[])
+            > before.must("loopwarden_policy_sequence", &[])
+    );
+    daemon.allow_error("reload failed, keeping the running policy");
+    std::fs::write(daemon.config_path(), "mode = \"sideways\"\n").expect("writing a bad config");
+    daemon.signal(libc::SIGHUP);
+    let failed = wait_for(
+        "a failed reload in the metrics",
+        std::time::Duration::from_secs(10),
+        || {
+            let page = scrape_unix(&socket(&daemon));
+            (page.get("loopwarden_last_reload_success", &[]) == Some(0.0)).then_some(page)
+        },
+    );
+    assert_eq!(
+        failed.must("loopwarden_policy_sequence", &[]),
+        reloaded.must("loopwarden_policy_sequence", &[]),
+        "a failed reload installed something"
+    );
+}
+
+/// A free port on 127.0.0.1 in this (the daemon's) network namespace.
+fn free_loopback_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a probe");
+    probe.local_addr().expect("its address").port()
+}
+
+#[test]
+fn the_opt_in_loopback_port_serves_the_metrics_and_is_protected() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let port = free_loopback_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let daemon = Daemon::start(&config(
+        &ns,
+        &format!("[metrics]\nsocket = false\nlisten = \"{addr}\"\n"),
+    ));
+    daemon.wait_stderr(&format!("http://{addr}/metrics"), 1);
+    let page = scrape_tcp(addr);
+    assert_eq!(page.must("loopwarden_up", &[]), 1);
+    assert_eq!(
+        page.must("loopwarden_policy_mode", &[("mode", "enforce")]),
+        1
+    );
+    // `socket = false`: no Unix socket.
+    assert!(!socket(&daemon).exists());
+
+    // The metrics port joined the protected ports: a relay's connect to
+    // it (in the test's namespace, where the policy applies) is refused
+    // and reported; the same relay to a port that is not protected is not.
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{port}"));
+    assert!(!ok && stderr.contains("Connection refused"), "{stderr}");
+    let ev = daemon.wait_event("the refusal on the metrics port", |e| {
+        e["verdict"] == "deny" && e["dst_port"] == port
+    });
+    assert_eq!(ev["rule"], "catalog:socat");
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{UNPROTECTED}"));
+    assert!(ok, "{stderr}");
+    // The tally is published once a second.
+    let port_label = port.to_string();
+    let series = [
+        ("verdict", "deny"),
+        ("rule", "catalog:socat"),
+        ("port", port_label.as_str()),
+    ];
+    wait_for(
+        "the refusal in the tally",
+        std::time::Duration::from_secs(10),
+        || (scrape_tcp(addr).count(REPORTED, &series) == 1).then_some(()),
+    );
+    assert!(
+        daemon.events().iter().all(|e| e["dst_port"] != UNPROTECTED),
+        "a connect to the unprotected port was reported"
+    );
+}

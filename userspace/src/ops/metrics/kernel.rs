@@ -1,0 +1,126 @@
+//! What the metrics read from the pinned maps: the kernel's own counters
+//! (`LW_STATS`, per CPU, summed), the policy in force, and how full the
+//! tracking maps are. Blocking (map syscalls): called on the blocking pool.
+//!
+//! Counting a hash map's entries walks its keys (`BPF_MAP_GET_NEXT_KEY`),
+//! at most its capacity of steps (a walk that races deletions may start
+//! over; it stops there). The counts are kept for [`USAGE_TTL`], so
+//! scrapes however frequent cost at most one walk per second.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Pod,
+    maps::{HashMap as AyaHashMap, Map, MapData},
+};
+use loopwarden_common::{
+    ListenerKey, Pending, ProcState, maps,
+    origin::{ConnKey, OriginRecord},
+};
+
+use crate::kernel::{
+    inspect::{self, Counter, InForce},
+    pins::PinDir,
+};
+
+/// How long map entry counts are reused.
+pub const USAGE_TTL: Duration = Duration::from_secs(1);
+
+/// The maps whose use is reported: the kernel's tracking state, each
+/// bounded (past capacity the kernel counts `untracked` or evicts).
+pub const USAGE_MAPS: [&str; 4] = [maps::PROCS, maps::LISTENERS, maps::PENDING, maps::CONNS];
+
+/// A map's entries and capacity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub map: &'static str,
+    pub entries: u32,
+    pub capacity: u32,
+}
+
+/// One reading of the pins.
+pub struct Reading {
+    pub counters: Result<Vec<Counter>, String>,
+    pub in_force: Option<InForce>,
+    pub usage: Vec<Usage>,
+}
+
+/// Reads the pins, with map usage cached.
+pub struct KernelSource {
+    pins: PinDir,
+    usage: Mutex<Option<(Instant, Vec<Usage>)>>,
+}
+
+impl KernelSource {
+    pub fn new(pins: PinDir) -> Self {
+        Self {
+            pins,
+            usage: Mutex::new(None),
+        }
+    }
+
+    /// Counters and policy afresh; map usage at most [`USAGE_TTL`] old.
+    pub fn read(&self) -> Reading {
+        let meta = inspect::meta(&self.pins).map_err(|e| crate::error_chain(&e));
+        let counters = meta
+            .clone()
+            .and_then(|_| inspect::counters(&self.pins).map_err(|e| crate::error_chain(&e)));
+        let in_force = meta.ok().and_then(|_| inspect::in_force(&self.pins).ok());
+        Reading {
+            counters,
+            in_force,
+            usage: self.usage(),
+        }
+    }
+
+    fn usage(&self) -> Vec<Usage> {
+        let mut cached = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, usage)) = &*cached
+            && at.elapsed() < USAGE_TTL
+        {
+            return usage.clone();
+        }
+        let usage: Vec<Usage> = USAGE_MAPS
+            .iter()
+            .filter_map(|&name| self.count(name))
+            .collect();
+        *cached = Some((Instant::now(), usage.clone()));
+        usage
+    }
+
+    /// Entries and capacity of the pinned map `name`; `None` when it
+    /// cannot be opened as ours.
+    fn count(&self, name: &'static str) -> Option<Usage> {
+        let data = MapData::from_pin(self.pins.map(name)).ok()?;
+        let capacity = data.info().ok()?.max_entries();
+        let entries = match name {
+            maps::PROCS => keys::<u32, ProcState>(Map::HashMap(data), capacity),
+            maps::LISTENERS => keys::<ListenerKey, u32>(Map::HashMap(data), capacity),
+            maps::PENDING => keys::<u64, Pending>(Map::LruHashMap(data), capacity),
+            maps::CONNS => keys::<ConnKey, OriginRecord>(Map::LruHashMap(data), capacity),
+            _ => None,
+        }?;
+        Some(Usage {
+            map: name,
+            entries,
+            capacity,
+        })
+    }
+}
+
+/// Keys of a hash map, walking at most `capacity` of them.
+fn keys<K: Pod, V: Pod>(map: Map, capacity: u32) -> Option<u32> {
+    let map: AyaHashMap<MapData, K, V> = AyaHashMap::try_from(map).ok()?;
+    let walked = map
+        .keys()
+        .take(capacity as usize)
+        .take_while(Result::is_ok)
+        .count();
+    u32::try_from(walked).ok()
+}

@@ -1,0 +1,559 @@
+//! Prometheus metrics, served by the daemon on `<run_dir>/metrics.sock`
+//! (`[metrics] socket`, on by default) and, opt-in, on a loopback TCP
+//! address (`[metrics] listen`): `GET /metrics` in HTTP/1.x, answered with
+//! the text exposition format ([`text`]) and `Connection: close`.
+//!
+//! What the numbers come from is part of each family's HELP: the kernel's
+//! own per-CPU counters (`LW_STATS`) and maps, read from the pins at each
+//! scrape ([`kernel`]; map entry counts at most once a second), or the
+//! reports the daemon read ([`crate::events::tally`]: per rule and port, which the kernel
+//! does not count). Nothing is parsed back from log lines.
+//!
+//! Every client runs in a task of its own with deadlines on reading the
+//! request and writing the answer, at most [`MAX_CLIENTS`] at once; the map
+//! reads run on the blocking pool. A scrape never holds up the event loop.
+
+mod kernel;
+pub mod text;
+
+use std::{
+    fs, io,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use loopwarden_common::verdict;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, UnixListener},
+    sync::{Semaphore, watch},
+    task::JoinHandle,
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+pub use self::kernel::USAGE_MAPS;
+use self::{
+    kernel::KernelSource,
+    text::{Exposition, Kind},
+};
+use crate::{
+    config::Metrics,
+    daemon::status_file,
+    events::{tally::Totals, verdict_name},
+    kernel::pins::PinDir,
+};
+
+/// The socket's file name in the run directory.
+pub const SOCKET_NAME: &str = "metrics.sock";
+/// Longest request (request line and headers).
+pub const MAX_REQUEST: usize = 8192;
+/// How long a client may take to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to read the answer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients served at once; more are closed unanswered.
+pub const MAX_CLIENTS: usize = 16;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{} exists and is not a socket; move it away or give the daemon another --run-dir", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("{what} {where_} failed")]
+    Io {
+        what: &'static str,
+        where_: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the numbers are read from.
+pub struct Sources {
+    pub pins: PinDir,
+    /// Per rule, port and verdict, from [`crate::events::tally::Tally::subscribe`].
+    pub reported: watch::Receiver<Arc<Totals>>,
+    pub started: SystemTime,
+}
+
+/// The running server; dropping it stops accepting and removes the socket
+/// file.
+pub struct MetricsServer {
+    socket: Option<PathBuf>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Where it serves, for the log.
+    pub serving: Vec<String>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(path) = &self.socket
+            && let Err(e) = fs::remove_file(path)
+        {
+            warn!("removing {} failed: {e}", path.display());
+        }
+    }
+}
+
+struct Shared {
+    kernel: KernelSource,
+    reported: watch::Receiver<Arc<Totals>>,
+    started: SystemTime,
+    slots: Arc<Semaphore>,
+}
+
+/// Serves the metrics as `config` says (nothing when it says neither).
+/// Replaces a stale socket file; the caller holds the run directory's
+/// instance lock. Must run inside the runtime.
+pub fn serve(
+    run_dir: &Path,
+    config: &Metrics,
+    sources: Sources,
+) -> Result<MetricsServer, MetricsError> {
+    let shared = Arc::new(Shared {
+        kernel: KernelSource::new(sources.pins),
+        reported: sources.reported,
+        started: sources.started,
+        slots: Arc::new(Semaphore::new(MAX_CLIENTS)),
+    });
+    let mut server = MetricsServer {
+        socket: None,
+        tasks: Vec::new(),
+        serving: Vec::new(),
+    };
+    if let Some(listen) = &config.listen {
+        let addr = listen.value;
+        let io_error = |what, source| MetricsError::Io {
+            what,
+            where_: addr.to_string(),
+            source,
+        };
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| io_error("binding", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_error("configuring", e))?;
+        let listener = TcpListener::from_std(listener).map_err(|e| io_error("registering", e))?;
+        server.serving.push(format!("http://{addr}/metrics"));
+        server
+            .tasks
+            .push(tokio::spawn(accept_tcp(listener, shared.clone())));
+    }
+    if config.socket {
+        let path = run_dir.join(SOCKET_NAME);
+        let io_error = |what, source| MetricsError::Io {
+            what,
+            where_: path.display().to_string(),
+            source,
+        };
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                fs::remove_file(&path).map_err(|e| io_error("removing the stale socket", e))?;
+            }
+            Ok(_) => return Err(MetricsError::NotASocket { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("inspecting", e)),
+        }
+        let listener = UnixListener::bind(&path).map_err(|e| io_error("binding", e))?;
+        // Any local user may scrape, as any may through a loopback port.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
+            .map_err(|e| io_error("setting the mode of", e))?;
+        server.serving.push(path.display().to_string());
+        server.socket = Some(path);
+        server
+            .tasks
+            .push(tokio::spawn(accept_unix(listener, shared)));
+    }
+    Ok(server)
+}
+
+async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => client(stream, &shared),
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => client(stream, &shared),
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+/// An accept error (out of descriptors): said, and tried again shortly.
+async fn accept_failed(e: io::Error) {
+    warn!("metrics: accepting a client failed: {e}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Serves one client in a task of its own, if a slot is free.
+fn client<S>(stream: S, shared: &Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+        debug!("metrics: {MAX_CLIENTS} clients already; closing another");
+        return;
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        if let Err(e) = answer(stream, &shared).await {
+            debug!("metrics: a client went away: {e}");
+        }
+    });
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    Metrics,
+    NotFound,
+    BadMethod,
+    Bad,
+}
+
+/// The request line of a complete request head.
+fn parse_request(head: &[u8]) -> Request {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Request::Bad;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Request::Bad;
+    }
+    if method != "GET" && method != "HEAD" {
+        return Request::BadMethod;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    if path == "/metrics" {
+        Request::Metrics
+    } else {
+        Request::NotFound
+    }
+}
+
+/// Reads a request head (up to the blank line), at most [`MAX_REQUEST`]
+/// bytes: `None` when it is longer or the client stopped sending.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(head));
+        }
+        if head.len() > MAX_REQUEST {
+            return Ok(None);
+        }
+    }
+}
+
+async fn answer<S>(mut stream: S, shared: &Arc<Shared>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = match timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(head) => head?,
+        Err(_) => None,
+    };
+    let request = head.as_deref().map_or(Request::Bad, parse_request);
+    let head_only = head.as_deref().is_some_and(|h| h.starts_with(b"HEAD "));
+    let (status, content_type, body) = match request {
+        Request::Metrics => {
+            let shared = shared.clone();
+            let body = tokio::task::spawn_blocking(move || render(&shared))
+                .await
+                .map_err(io::Error::other)?;
+            ("200 OK", text::CONTENT_TYPE, body)
+        }
+        Request::NotFound => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "the metrics are at /metrics\n".to_owned(),
+        ),
+        Request::BadMethod => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET /metrics\n".to_owned(),
+        ),
+        Request::Bad => (
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            format!("send `GET /metrics HTTP/1.0` and a blank line, within {MAX_REQUEST} bytes\n"),
+        ),
+    };
+    let mut reply = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        reply.extend_from_slice(body.as_bytes());
+    }
+    match timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await
+    })
+    .await
+    {
+        Ok(written) => written,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Seconds since the epoch.
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+const VERDICTS: [u8; 4] = [
+    verdict::ALLOW,
+    verdict::AUDIT,
+    verdict::WOULD_DENY,
+    verdict::DENY,
+];
+
+/// The kernel's counters as metric families: name, HELP.
+fn counter_family(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name {
+        "checked" => (
+            "loopwarden_connects_checked_total",
+            "Connects to a protected destination the kernel judged (after the port and network \
+             namespace filters). Kernel counter LW_STATS checked.",
+        ),
+        "denied" => (
+            "loopwarden_connects_denied_total",
+            "Connects the kernel refused (verdict deny). Kernel counter LW_STATS denied.",
+        ),
+        "relayed" => (
+            "loopwarden_connects_relayed_total",
+            "Connects the relay verdict decided. Kernel counter LW_STATS relayed.",
+        ),
+        "reported" => (
+            "loopwarden_kernel_reports_total",
+            "Reports the kernel queued for the daemon (ring buffers). Kernel counter LW_STATS \
+             reported.",
+        ),
+        "retried" => (
+            "loopwarden_judgements_retried_total",
+            "Judgements started again because the policy slot was rewritten meanwhile. Kernel \
+             counter LW_STATS retried.",
+        ),
+        "raced" => (
+            "loopwarden_connects_raced_total",
+            "Connects allowed unjudged because every attempt raced a policy rewrite. Kernel \
+             counter LW_STATS raced.",
+        ),
+        "untracked" => (
+            "loopwarden_untracked_total",
+            "Processes or listeners the tracking maps had no room for. Kernel counter LW_STATS \
+             untracked.",
+        ),
+        _ => return None,
+    })
+}
+
+/// The page, from the pins and the daemon's tally.
+fn render(shared: &Shared) -> String {
+    let mut page = Exposition::default();
+    page.single(
+        "loopwarden_up",
+        Kind::Gauge,
+        "1: the daemon answered this scrape.",
+        1,
+    );
+    page.family(
+        "loopwarden_build_info",
+        Kind::Gauge,
+        "The daemon's version, as a label; always 1.",
+    );
+    page.sample(
+        "loopwarden_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    page.single(
+        "loopwarden_start_time_seconds",
+        Kind::Gauge,
+        "When the daemon started, in seconds since the epoch.",
+        unix_seconds(shared.started),
+    );
+
+    let reading = shared.kernel.read();
+    page.single(
+        "loopwarden_kernel_counters_readable",
+        Kind::Gauge,
+        "1 when the pinned LW_STATS could be read (the kernel counters below are present only \
+         then).",
+        u64::from(reading.counters.is_ok()),
+    );
+    match &reading.counters {
+        Ok(counters) => {
+            for counter in counters {
+                if let Some((name, help)) = counter_family(&counter.name) {
+                    page.single(name, Kind::Counter, help, counter.value);
+                }
+            }
+            page.family(
+                "loopwarden_reports_lost_total",
+                Kind::Counter,
+                "Reports lost because a ring buffer was full or no daemon read (the connects were \
+                 judged all the same), by verdict. Kernel counters LW_STATS lost_*.",
+            );
+            for v in VERDICTS {
+                let lost = format!("lost_{}", verdict_name(v).replace('-', "_"));
+                if let Some(counter) = counters.iter().find(|c| c.name == lost) {
+                    page.sample(
+                        "loopwarden_reports_lost_total",
+                        &[("verdict", verdict_name(v))],
+                        counter.value,
+                    );
+                }
+            }
+        }
+        Err(e) => debug!("metrics: kernel counters unreadable: {e}"),
+    }
+
+    page.family(
+        "loopwarden_reported_connects_total",
+        Kind::Counter,
+        "Connects reported to this daemon, by verdict, rule (- for none) and destination port \
+         (other: past 2048 series), each once whether on a line or in a summary. Counted by the \
+         daemon from the reports it read (the kernel has no per-rule or per-port counter); reports \
+         lost in the kernel are not included.",
+    );
+    let reported = shared.reported.borrow().clone();
+    for (series, count) in reported.iter() {
+        let port = series
+            .port
+            .map_or_else(|| "other".to_owned(), |p| p.to_string());
+        page.sample(
+            "loopwarden_reported_connects_total",
+            &[
+                ("verdict", verdict_name(series.verdict)),
+                ("rule", &series.rule),
+                ("port", &port),
+            ],
+            *count,
+        );
+    }
+
+    page.family(
+        "loopwarden_map_entries",
+        Kind::Gauge,
+        "Entries in the kernel's tracking maps (counted by walking their keys, at most once a \
+         second).",
+    );
+    for usage in &reading.usage {
+        page.sample(
+            "loopwarden_map_entries",
+            &[("map", usage.map)],
+            u64::from(usage.entries),
+        );
+    }
+    page.family(
+        "loopwarden_map_capacity",
+        Kind::Gauge,
+        "Capacity (max_entries) of the kernel's tracking maps.",
+    );
+    for usage in &reading.usage {
+        page.sample(
+            "loopwarden_map_capacity",
+            &[("map", usage.map)],
+            u64::from(usage.capacity),
+        );
+    }
+
+    if let Some(in_force) = &reading.in_force {
+        page.single(
+            "loopwarden_policy_sequence",
+            Kind::Gauge,
+            "Sequence number of the policy in force (pinned LW_SETTINGS); it grows with every \
+             install.",
+            in_force.settings.seq,
+        );
+        page.single(
+            "loopwarden_policy_generation",
+            Kind::Gauge,
+            "The policy slot in force (LW_GENERATION, 0 or 1).",
+            u64::from(in_force.slot),
+        );
+        page.single(
+            "loopwarden_policy_rules",
+            Kind::Gauge,
+            "Rules of the policy in force.",
+            u64::from(in_force.settings.active.count_ones()),
+        );
+        page.family(
+            "loopwarden_policy_mode",
+            Kind::Gauge,
+            "The mode of the policy in force (enforce, audit or disabled), as a label; always 1.",
+        );
+        page.sample(
+            "loopwarden_policy_mode",
+            &[("mode", status_file::mode_name(in_force.settings.flags))],
+            1,
+        );
+    }
+    if let Some(reload) = status_file::last_reload() {
+        page.single(
+            "loopwarden_last_reload_success",
+            Kind::Gauge,
+            "1 if the last reload (SIGHUP) since start succeeded, 0 if it (or the install of a \
+             re-resolved policy) failed and the running policy stayed. Absent before either.",
+            u64::from(reload.ok),
+        );
+        let at = humantime::parse_rfc3339(&reload.at).map_or(0, unix_seconds);
+        page.single(
+            "loopwarden_last_reload_timestamp_seconds",
+            Kind::Gauge,
+            "When that reload or failed install ended, in seconds since the epoch.",
+            at,
+        );
+    }
+    page.into_text()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.0\r\n\r\n"),
+            Request::Metrics
+        );
+        assert_eq!(
+            parse_request(b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Metrics
+        );
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
+        assert_eq!(
+            parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Request::BadMethod
+        );
+        assert_eq!(parse_request(b"GET /metrics\r\n\r\n"), Request::Bad);
+        assert_eq!(parse_request(b"hello\n\n"), Request::Bad);
+    }
+}
