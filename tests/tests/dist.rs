@@ -267,7 +267,6 @@ fn the_deb_installs_works_and_purge_ends_enforcement() {
     let purge = run_ok(Command::new("dpkg").args(["--purge", PACKAGE]));
     let said = text(&purge);
     assert!(said.contains("no longer enforces"), "{said}");
-    drop(installed);
     for path in [BIN, UNIT, MAN, CONFIG_DIR, PIN_DIR, RUN_DIR] {
         assert!(!Path::new(path).exists(), "{path} is left after the purge");
     }
@@ -285,4 +284,6 @@ fn the_deb_installs_works_and_purge_ends_enforcement() {
     );
     // The same connect that was refused now reaches the service.
     assert!(socat_reaches(&ns), "socat still refused after the purge");
+    // Only now: the guard's clean-up would hide what the purge left.
+    drop(installed);
 }

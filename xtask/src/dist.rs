@@ -72,7 +72,7 @@ pub fn run(args: &DistArgs) -> anyhow::Result<()> {
 
 /// Stages the package tree for `bin` under `target/dist/` and builds the
 /// `.deb`; returns its path.
-fn package(bin: &Path) -> anyhow::Result<PathBuf> {
+pub fn package(bin: &Path) -> anyhow::Result<PathBuf> {
     let version = proc::output(Command::new(bin).arg("--version"))?;
     let version = version
         .trim()
