@@ -455,11 +455,18 @@ fn notify_systemd_ready() {
 /// (`WatchdogSec=` sets `WATCHDOG_USEC`, and `WATCHDOG_PID` when it names
 /// one process), as `sd_watchdog_enabled` decides.
 fn systemd_watchdog() -> bool {
-    let usec = std::env::var("WATCHDOG_USEC").ok();
-    let pid = std::env::var("WATCHDOG_PID").ok();
+    watchdog_enabled(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+/// [`systemd_watchdog`] on the variables' values and our pid.
+fn watchdog_enabled(usec: Option<&str>, pid: Option<&str>, own: u32) -> bool {
     usec.and_then(|u| u.parse::<u64>().ok())
         .is_some_and(|u| u > 0)
-        && pid.is_none_or(|p| p.parse() == Ok(std::process::id()))
+        && pid.is_none_or(|p| p.parse() == Ok(own))
 }
 
 /// Sends `state` to systemd's `$NOTIFY_SOCKET`, if set; the error names the
@@ -608,5 +615,20 @@ impl CounterReport {
             );
         }
         self.last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watchdog_enabled;
+
+    #[test]
+    fn the_watchdog_is_fed_only_when_systemd_asks_this_process() {
+        assert!(watchdog_enabled(Some("30000000"), None, 42));
+        assert!(watchdog_enabled(Some("30000000"), Some("42"), 42));
+        assert!(!watchdog_enabled(Some("30000000"), Some("41"), 42));
+        assert!(!watchdog_enabled(Some("0"), None, 42));
+        assert!(!watchdog_enabled(Some("soon"), None, 42));
+        assert!(!watchdog_enabled(None, None, 42));
     }
 }
