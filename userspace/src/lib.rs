@@ -12,7 +12,8 @@
 //! at start, [`provenance`] reads the origins the kernel bound to
 //! protected connections, and [`daemon`] ties them together. [`ops`] holds
 //! `loopwarden status` (what the pins enforce right now) and `loopwarden
-//! doctor` (what the host offers).
+//! doctor` (what the host offers). [`generate`] renders the man pages and
+//! shell completions from the command line's definitions.
 //!
 //! Fuzz builds (`cargo xtask fuzz`, `cfg(fuzzing)`) have no eBPF object
 //! (see build.rs) and therefore leave out the loader, [`daemon`] and [`ops`].
@@ -23,6 +24,7 @@ pub mod cut;
 #[cfg(not(fuzzing))]
 pub mod daemon;
 pub mod events;
+pub mod generate;
 pub mod heap;
 pub mod kernel;
 #[cfg(not(fuzzing))]

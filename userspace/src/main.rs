@@ -3,12 +3,13 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use loopwarden::{
     catalog::CATALOG,
     config::{Config, DEFAULT_CONFIG_PATH},
     daemon::{self, DEFAULT_RUN_DIR, DaemonError},
     events::{LogFormat, diagnostics::Diagnostics},
+    generate::{self, Artifact},
     kernel::{compat, loader::Programs, pins::DEFAULT_PIN_DIR},
     ops,
     policy::{self, Mode},
@@ -179,6 +180,15 @@ enum Command {
     /// `kernel.bpf_stats_enabled` can measure the cost of measuring.
     #[command(hide = true)]
     Baseline,
+    /// For packaging (`cargo xtask dist`): write the man pages or the bash,
+    /// zsh and fish completions, generated from these definitions, into DIR.
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Artifact,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -365,6 +375,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             &run_dir, peer, local, netns, json,
         ))),
         Command::Conns { json, run_dir } => Ok(print(provenance::client::conns(&run_dir, json))),
+        Command::Generate { what, dir } => {
+            for path in generate::generate(what, Cli::command(), &dir)
+                .with_context(|| format!("writing into {}", dir.display()))?
+            {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Catalog => {
             let width = CATALOG.iter().map(|e| e.name.len()).max().unwrap_or(0);
             for entry in CATALOG.iter() {

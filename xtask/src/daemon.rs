@@ -38,7 +38,14 @@ pub fn build_cmd(args: &BuildArgs) -> anyhow::Result<()> {
 /// Builds `loopwarden` and returns the binary's absolute path.
 pub fn build(release: bool) -> anyhow::Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
-    say!("building loopwarden ({profile}) ...");
+    if proc::target_dir().join(profile).join("loopwarden").exists() {
+        say!("building loopwarden ({profile}) ...");
+    } else {
+        say!(
+            "building loopwarden ({profile}) for the first time: the eBPF object (with -Z build-std) \
+             and about 120 crates, takes 3-6 minutes ..."
+        );
+    }
     let mut cmd = proc::cargo();
     cmd.args(["build", "-p", "loopwarden"]);
     if release {

@@ -5,6 +5,7 @@
 
 mod bench;
 mod daemon;
+mod dist;
 mod fuzz;
 mod proc;
 mod setup;
@@ -35,6 +36,9 @@ enum Command {
     Build(daemon::BuildArgs),
     /// Build the daemon and run it as root: `cargo xtask run -- [ARGS]`.
     Run(daemon::RunArgs),
+    /// Build the release binary and a Debian package of it in target/dist/
+    /// (binary, unit, commented audit-mode config, man pages, completions).
+    Dist(dist::DistArgs),
     /// Formatting, clippy, unit tests, a short fuzz run and the root
     /// integration tests.
     Test(test::TestArgs),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Setup(args) => setup::run(&args),
         Command::Build(args) => daemon::build_cmd(&args),
         Command::Run(args) => daemon::run_cmd(&args),
+        Command::Dist(args) => dist::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Bench(args) => bench::run(&args),

@@ -81,7 +81,9 @@ pub fn ensure_nightly() -> anyhow::Result<()> {
     }
     // The eBPF crate needs nightly (-Z build-std); try to get it, and say
     // plainly what to do if rustup cannot reach its server.
-    say!("setup: no nightly toolchain; installing it with rustup ...");
+    say!(
+        "setup: no nightly toolchain; installing it with rustup (downloads about 100 MB: 1-3 minutes) ..."
+    );
     proc::run(Command::new("rustup").args([
         "toolchain",
         "install",
@@ -108,7 +110,7 @@ fn ensure_rust_src() -> anyhow::Result<()> {
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
-    say!("installing rust-src for the nightly toolchain ...");
+    say!("installing rust-src for the nightly toolchain (a download: under a minute) ...");
     proc::run(Command::new("rustup").args([
         "component",
         "add",
@@ -146,7 +148,8 @@ fn ensure_bpf_linker(force: bool) -> anyhow::Result<()> {
     link_llvm_prefix(&sysroot.join("lib"), &prefix.join("lib"), major)?;
 
     say!(
-        "installing bpf-linker {BPF_LINKER_VERSION} against nightly LLVM {major} (LLVM_PREFIX={}) ...",
+        "building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} (LLVM_PREFIX={}): \
+         compiles it and its dependencies, takes 3-6 minutes ...",
         prefix.display()
     );
     proc::run(
@@ -261,7 +264,10 @@ fn ensure_packages() -> anyhow::Result<()> {
     }
     require_root(&format!("installing {}", missing.join(" ")))?;
 
-    say!("installing test packages: {} ...", missing.join(" "));
+    say!(
+        "installing test packages with apt-get (1-3 minutes): {} ...",
+        missing.join(" ")
+    );
     proc::run(Command::new("apt-get").arg("update"))?;
     if let Err(err) = apt_install(&missing) {
         // Without an init system, a package's postinst may fail starting its
@@ -319,7 +325,7 @@ fn ensure_bore() -> anyhow::Result<()> {
     if proc::probe(Command::new("bore").arg("--version")).is_some() {
         return Ok(());
     }
-    say!("installing bore (crates.io bore-cli) ...");
+    say!("building bore (crates.io bore-cli; takes about a minute) ...");
     proc::run(Command::new("cargo").args(["install", "bore-cli", "--locked"]))
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::{
-    daemon, fuzz,
+    daemon, dist, fuzz,
     proc::{self, say},
     setup, vm,
 };
@@ -116,6 +116,8 @@ fn integration(tally: &mut proc::Tally) -> anyhow::Result<()> {
     let bin = bin
         .canonicalize()
         .with_context(|| format!("{} was not built", bin.display()))?;
+    // tests/tests/dist.rs installs and purges this package.
+    let deb = dist::package(&bin)?;
     proc::run_tests(
         proc::cargo()
             .args([
@@ -127,7 +129,8 @@ fn integration(tally: &mut proc::Tally) -> anyhow::Result<()> {
                 "--",
                 "--test-threads=1",
             ])
-            .env("LOOPWARDEN_BIN", &bin),
+            .env("LOOPWARDEN_BIN", &bin)
+            .env("LOOPWARDEN_DEB", &deb),
         tally,
     )
 }

@@ -719,3 +719,42 @@ fn metrics_table() {
     );
     expect_error("[metrics]\nport = 9477\n", 2, "unknown field");
 }
+
+/// The commented file the package installs (`contrib/loopwarden.toml`) is the
+/// embedded default as it stands, and still is with every `#key = value`
+/// uncommented: the values it shows are the defaults. Its example rules parse.
+#[test]
+fn shipped_file_shows_the_defaults() {
+    let text = include_str!("../../../contrib/loopwarden.toml");
+    let default = |config: &Config| Config {
+        source: config.source.clone(),
+        ..Config::embedded_default()
+    };
+    let shipped = parse(text).unwrap();
+    assert!(shipped.warnings.is_empty(), "{:?}", shipped.warnings);
+    assert_eq!(shipped, default(&shipped));
+
+    let (settings, examples) = text.split_once("#[[rule]]").unwrap();
+    let is_key = |l: &str| {
+        l.strip_prefix('#')
+            .and_then(|l| l.split_once(" = "))
+            .is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+    };
+    let uncommented: String = settings
+        .lines()
+        .map(|l| if is_key(l) { &l[1..] } else { l })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    assert!(uncommented.matches("\n").count() > 10 && uncommented.contains("\nwindow_ms = 2000\n"));
+    let all_keys = parse(&uncommented).unwrap();
+    assert_eq!(all_keys, default(&all_keys));
+
+    let rules: String = format!("#[[rule]]{examples}")
+        .lines()
+        .map(|l| l.strip_prefix('#').unwrap_or(l))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    assert_eq!(parse(&rules).unwrap().rules.len(), 2);
+}

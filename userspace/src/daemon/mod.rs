@@ -12,7 +12,9 @@
 //! stays. Every second the policy is resolved again, so executables
 //! installed, cgroups (units) started and addresses added after start-up
 //! are picked up. Whenever a policy in enforce mode is installed, open
-//! connections it would have refused are cut ([`crate::cut`]).
+//! connections it would have refused are cut ([`crate::cut`]). Under
+//! systemd it sends `READY=1` once attached and, with `WatchdogSec=`,
+//! `WATCHDOG=1` from that 1 s tick.
 
 mod detach;
 mod installed;
@@ -100,9 +102,12 @@ pub enum DaemonError {
 pub mod exit {
     /// The policy file is bad (EX_CONFIG).
     pub const CONFIG: u8 = 78;
-    /// The kernel or host lacks something loopwarden needs (EX_UNAVAILABLE).
+    /// The kernel or host lacks something loopwarden needs: cgroup v2, BTF,
+    /// a recent enough kernel, or a program the kernel refuses to load
+    /// (EX_UNAVAILABLE).
     pub const UNSUPPORTED: u8 = 69;
-    /// Not privileged enough (EX_NOPERM).
+    /// Not privileged enough: a capability the daemon uses is not
+    /// effective (EX_NOPERM).
     pub const NO_PERMISSION: u8 = 77;
     /// Another daemon holds the lock (EX_TEMPFAIL: a later try may work).
     pub const ALREADY_RUNNING: u8 = 75;
@@ -115,8 +120,14 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Config(_) | DaemonError::Policy(_) => exit::CONFIG,
-            DaemonError::Compat(CompatError::NotRoot { .. }) => exit::NO_PERMISSION,
-            DaemonError::Compat(_) | DaemonError::Btf(_) => exit::UNSUPPORTED,
+            DaemonError::Compat(
+                CompatError::NotRoot { .. } | CompatError::MissingCapabilities { .. },
+            ) => exit::NO_PERMISSION,
+            // The kernel refusing a program is a helper, program type or
+            // verifier limit it lacks: a restart would be refused the same way.
+            DaemonError::Compat(_)
+            | DaemonError::Btf(_)
+            | DaemonError::Loader(LoaderError::Verify { .. }) => exit::UNSUPPORTED,
             DaemonError::AlreadyRunning { .. } | DaemonError::Pins(PinError::Busy { .. }) => {
                 exit::ALREADY_RUNNING
             }
@@ -371,6 +382,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .inspect_err(|e| error!("the metrics are off: {}", crate::error_chain(e)))
         .ok();
     notify_systemd_ready();
+    // Kept alive from the refresh tick: a stuck event loop stops it, and
+    // systemd restarts the daemon (enforcement stays pinned meanwhile).
+    let mut watchdog = systemd_watchdog();
     let mut tick = tokio::time::interval(REFRESH);
     let mut drain_tick = tokio::time::interval(DRAIN);
     let mut summary_tick = reporter.interval().map(tokio::time::interval);
@@ -410,6 +424,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 if reporter.take_busy() {
                     crate::heap::release();
                 }
+                if watchdog && let Err((path, e)) = notify_systemd(b"WATCHDOG=1") {
+                    warn!("the systemd watchdog at {path} is no longer fed: {e}");
+                    watchdog = false;
+                }
             }
             _ = sighup.recv() => {
                 installed.reload(reporter.enricher());
@@ -448,20 +466,45 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
 /// Tells systemd (`Type=notify`) the programs are attached, if it asked.
 fn notify_systemd_ready() {
+    if let Err((path, e)) = notify_systemd(b"READY=1") {
+        warn!("notifying systemd at {path} failed: {e}");
+    }
+}
+
+/// Whether systemd's watchdog expects `WATCHDOG=1` from this process
+/// (`WatchdogSec=` sets `WATCHDOG_USEC`, and `WATCHDOG_PID` when it names
+/// one process), as `sd_watchdog_enabled` decides.
+fn systemd_watchdog() -> bool {
+    watchdog_enabled(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+/// [`systemd_watchdog`] on the variables' values and our pid.
+fn watchdog_enabled(usec: Option<&str>, pid: Option<&str>, own: u32) -> bool {
+    usec.and_then(|u| u.parse::<u64>().ok())
+        .is_some_and(|u| u > 0)
+        && pid.is_none_or(|p| p.parse() == Ok(own))
+}
+
+/// Sends `state` to systemd's `$NOTIFY_SOCKET`, if set; the error names the
+/// socket.
+fn notify_systemd(state: &[u8]) -> Result<(), (String, io::Error)> {
     use std::os::{linux::net::SocketAddrExt as _, unix::net::UnixDatagram};
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
+        return Ok(());
     };
     let path = path.to_string_lossy().into_owned();
     let addr = match path.strip_prefix('@') {
         Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()),
         None => std::os::unix::net::SocketAddr::from_pathname(&path),
     };
-    let sent = UnixDatagram::unbound()
-        .and_then(|sock| addr.and_then(|addr| sock.send_to_addr(b"READY=1", &addr)));
-    if let Err(e) = sent {
-        warn!("notifying systemd at {path} failed: {e}");
-    }
+    UnixDatagram::unbound()
+        .and_then(|sock| addr.and_then(|addr| sock.send_to_addr(state, &addr)))
+        .map(drop)
+        .map_err(|e| (path, e))
 }
 
 type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -593,5 +636,20 @@ impl CounterReport {
             );
         }
         self.last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::watchdog_enabled;
+
+    #[test]
+    fn the_watchdog_is_fed_only_when_systemd_asks_this_process() {
+        assert!(watchdog_enabled(Some("30000000"), None, 42));
+        assert!(watchdog_enabled(Some("30000000"), Some("42"), 42));
+        assert!(!watchdog_enabled(Some("30000000"), Some("41"), 42));
+        assert!(!watchdog_enabled(Some("0"), None, 42));
+        assert!(!watchdog_enabled(Some("soon"), None, 42));
+        assert!(!watchdog_enabled(None, None, 42));
     }
 }

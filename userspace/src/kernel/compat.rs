@@ -1,7 +1,8 @@
 //! Does this host have what the kernel programs need?
 //!
 //! Owns the start-up checks, each failing with a message that says what is
-//! missing and how to fix it: root, a mounted cgroup v2 hierarchy (found in
+//! missing and how to fix it: the capabilities the daemon uses (checked
+//! themselves, not uid 0, so a unit can bound them), a mounted cgroup v2 hierarchy (found in
 //! `/proc/self/mountinfo`, never assumed), the kernel's own BTF, and a kernel
 //! recent enough for the helpers the programs call.
 //!
@@ -23,6 +24,26 @@ pub const MIN_KERNEL: (u32, u32) = (5, 18);
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
+/// The capabilities the daemon uses (bits from
+/// include/uapi/linux/capability.h), each for:
+/// - `CAP_BPF`: loading programs and creating maps;
+/// - `CAP_PERFMON`: tracing programs (tp_btf, fentry) and the probe_read helpers;
+/// - `CAP_NET_ADMIN`: cgroup socket programs, and SOCK_DESTROY (the cut);
+/// - `CAP_SYS_ADMIN`: mounting bpffs, `setns` into network namespaces named
+///   by the policy, and looking up programs and links by id;
+/// - `CAP_SYS_PTRACE`: `/proc/PID/{exe,fd,ns}` of other users' processes and
+///   of processes with more capabilities (attribution, seeding, the cut);
+/// - `CAP_DAC_READ_SEARCH`: resolving rule paths in directories root cannot
+///   search without it (e.g. a 0700 home).
+pub const REQUIRED_CAPS: [(&str, u32); 6] = [
+    ("CAP_BPF", 39),
+    ("CAP_PERFMON", 38),
+    ("CAP_NET_ADMIN", 12),
+    ("CAP_SYS_ADMIN", 21),
+    ("CAP_SYS_PTRACE", 19),
+    ("CAP_DAC_READ_SEARCH", 2),
+];
+
 /// What the checks found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
@@ -41,6 +62,18 @@ pub enum CompatError {
         "loopwarden must run as root (it loads eBPF programs and attaches them to the root cgroup): run it with sudo"
     )]
     NotRoot { euid: u32 },
+    #[error(
+        "loopwarden lacks {}: it needs {} effective; run it as root, or add the missing ones to the \
+         unit's CapabilityBoundingSet= (and AmbientCapabilities= when not root)",
+        missing.join(", "),
+        required_names().join(" ")
+    )]
+    MissingCapabilities { missing: Vec<&'static str> },
+    #[error("reading the capabilities in /proc/self/status failed")]
+    Capabilities {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading {} to find the cgroup v2 mount failed", path.display())]
     MountInfo {
         path: PathBuf,
@@ -81,9 +114,9 @@ pub enum CompatError {
     },
 }
 
-/// Runs every check, in order: root, cgroup v2, BTF, kernel version.
+/// Runs every check, in order: capabilities, cgroup v2, BTF, kernel version.
 pub fn check_host() -> Result<Host, CompatError> {
-    require_root()?;
+    require_capabilities()?;
     let mountinfo = fs::read_to_string(MOUNTINFO).map_err(|source| CompatError::MountInfo {
         path: MOUNTINFO.into(),
         source,
@@ -114,6 +147,42 @@ pub fn require_root() -> Result<(), CompatError> {
     } else {
         Err(CompatError::NotRoot { euid })
     }
+}
+
+/// Fails unless every one of [`REQUIRED_CAPS`] is effective, naming those
+/// that are not.
+pub fn require_capabilities() -> Result<(), CompatError> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|source| CompatError::Capabilities { source })?;
+    let eff = cap_eff(&status).ok_or_else(|| CompatError::Capabilities {
+        source: std::io::Error::other("no CapEff line"),
+    })?;
+    let missing = missing_capabilities(eff);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CompatError::MissingCapabilities { missing })
+    }
+}
+
+/// The names of [`REQUIRED_CAPS`] not in the capability mask `eff`.
+pub fn missing_capabilities(eff: u64) -> Vec<&'static str> {
+    REQUIRED_CAPS
+        .iter()
+        .filter(|(_, bit)| eff & (1u64 << bit) == 0)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// The names of [`REQUIRED_CAPS`].
+pub fn required_names() -> Vec<&'static str> {
+    REQUIRED_CAPS.iter().map(|(name, _)| *name).collect()
+}
+
+/// The `CapEff:` mask of `/proc/PID/status` text.
+pub fn cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 /// The cgroup v2 mount point of this process's mount namespace, if any.
@@ -363,6 +432,18 @@ mod tests {
     fn messages_say_how_to_fix() {
         let root = CompatError::NotRoot { euid: 1000 }.to_string();
         assert!(root.contains("sudo"), "{root}");
+        let caps = CompatError::MissingCapabilities {
+            missing: missing_capabilities(!(1u64 << 19)),
+        }
+        .to_string();
+        assert!(
+            caps.starts_with("loopwarden lacks CAP_SYS_PTRACE:")
+                && caps.contains("CapabilityBoundingSet="),
+            "{caps}"
+        );
+        assert!(missing_capabilities(0x1ff_ffff_ffff).is_empty());
+        assert_eq!(cap_eff("CapEff:\t0000000000001000\n"), Some(1 << 12));
+        assert_eq!(cap_eff("Name: x\n"), None);
         let cg = CompatError::NoCgroup2 {
             mountinfo: MOUNTINFO.into(),
         }

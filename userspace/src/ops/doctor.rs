@@ -168,7 +168,7 @@ pub fn run() -> Report {
             checks.push(Check::bad(
                 name,
                 required,
-                "not probed: needs root with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN",
+                "not probed: needs root with the capabilities above",
                 "run loopwarden doctor as root",
             ));
         }
@@ -191,18 +191,10 @@ fn root() -> Check {
     }
 }
 
-/// Capability bits (include/uapi/linux/capability.h).
-const CAPS: [(&str, u32); 4] = [
-    ("CAP_NET_ADMIN", 12),
-    ("CAP_SYS_ADMIN", 21),
-    ("CAP_PERFMON", 38),
-    ("CAP_BPF", 39),
-];
-
 fn capabilities() -> Check {
     const NAME: &str = "capabilities";
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(eff) = cap_eff(&status) else {
+    let Some(eff) = compat::cap_eff(&status) else {
         return Check::bad(
             NAME,
             true,
@@ -210,16 +202,12 @@ fn capabilities() -> Check {
             "check that /proc is mounted",
         );
     };
-    let missing: Vec<&str> = CAPS
-        .iter()
-        .filter(|(_, bit)| eff & (1u64 << bit) == 0)
-        .map(|(name, _)| *name)
-        .collect();
+    let missing = compat::missing_capabilities(eff);
     if missing.is_empty() {
         Check::ok(
             NAME,
             true,
-            "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN effective",
+            format!("{} effective", compat::required_names().join(" ")),
         )
     } else {
         Check::bad(
@@ -229,12 +217,6 @@ fn capabilities() -> Check {
             "run as root with a full capability set (systemd: no CapabilityBoundingSet= that drops them)",
         )
     }
-}
-
-/// The `CapEff:` mask of `/proc/PID/status` text.
-fn cap_eff(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 fn kernel_release() -> Check {
@@ -679,15 +661,6 @@ fn sock_destroy() -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cap_eff_is_read_from_status_text() {
-        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        let eff = cap_eff(status).unwrap();
-        assert!(CAPS.iter().all(|(_, bit)| eff & (1 << bit) != 0));
-        assert_eq!(cap_eff("CapEff:\t0000000000001000\n"), Some(1 << 12));
-        assert_eq!(cap_eff("Name: x\n"), None);
-    }
 
     #[test]
     fn a_required_failure_fails_the_report() {

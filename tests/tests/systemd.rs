@@ -1,0 +1,91 @@
+//! What `contrib/loopwarden.service` relies on from the daemon, shown without
+//! systemd as init: `READY=1` and then `WATCHDOG=1` every refresh tick on
+//! `$NOTIFY_SOCKET` (`Type=notify`, `WatchdogSec=`), and a capability the
+//! unit's bounding set lacks refused at start with exit 77 naming it
+//! (`RestartPreventExitStatus=`), while the full set starts.
+
+use std::{os::unix::net::UnixDatagram, process::Command, time::Duration};
+
+use loopwarden_tests::{
+    Daemon, Install, Netns, TempDir, loopwarden_bin, policy, require_root, run,
+};
+
+/// `loopwarden run` of `install` on `config`, as the harness starts it,
+/// through `wrapper` (a program and its options) if given.
+fn run_cmd(wrapper: &[&str], install: &Install, config: &str) -> Command {
+    std::fs::write(install.config_path(), config).expect("writing the test config");
+    let mut cmd = match wrapper {
+        [] => Command::new(loopwarden_bin()),
+        [program, args @ ..] => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(loopwarden_bin());
+            cmd
+        }
+    };
+    cmd.arg("run")
+        .arg("--config")
+        .arg(install.config_path())
+        .args(["--log-format", "json"])
+        .args(install.dir_args());
+    cmd
+}
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_then_feeds_the_watchdog() {
+    require_root();
+    let ns = Netns::new();
+    let dir = TempDir::new("notify");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("binding the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+
+    let install = Install::new();
+    let mut cmd = run_cmd(&[], &install, &policy(&ns, "audit", ""));
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "30000000");
+    let daemon = Daemon::start_cmd(&install, cmd);
+
+    let mut buf = [0u8; 256];
+    let mut receive = || {
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification: {e}\n{}", daemon.stderr_text()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(receive(), "READY=1");
+    for _ in 0..3 {
+        assert_eq!(receive(), "WATCHDOG=1");
+    }
+}
+
+#[test]
+fn a_missing_capability_is_refused_with_exit_77_naming_it() {
+    require_root();
+    let ns = Netns::new();
+    let config = policy(&ns, "audit", "");
+
+    // Root without CAP_SYS_PTRACE in its bounding set (hence not effective
+    // after exec): what a unit that bounded it away would give.
+    let install = Install::new();
+    let out = run(&mut run_cmd(
+        &["setpriv", "--bounding-set=-sys_ptrace", "--"],
+        &install,
+        &config,
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains("loopwarden lacks CAP_SYS_PTRACE"),
+        "{stderr}"
+    );
+    assert!(
+        !install.pin_dir().exists(),
+        "a refused start pinned something"
+    );
+
+    // Positive control: the same start with the full set gets ready.
+    let install = Install::new();
+    let _daemon = Daemon::start_cmd(&install, run_cmd(&["setpriv", "--"], &install, &config));
+}
