@@ -394,17 +394,22 @@ struct Counts {
 }
 
 /// Counts a daemon log (stdout and stderr together): audit lines (JSON
-/// objects, or human lines with ` rule=` and ` dst=`), summaries and their
-/// counts, and the `lost_total` of `events lost` lines.
+/// objects with a verdict, or human lines with ` rule=` and ` dst=`),
+/// summaries and their counts, and the `lost_total` of `events lost` lines
+/// (human or JSON diagnostics).
 fn count_output(log: &Path) -> anyhow::Result<Counts> {
     let text = fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
     let mut c = Counts::default();
     for line in text.lines() {
         if line.contains("events lost") {
-            c.lost += word_value(line, "lost_total=").unwrap_or(0);
+            // A human diagnostic (`lost_total=N`) or a JSON one (`"lost_total":N`).
+            c.lost += word_value(line, "lost_total=")
+                .or_else(|| json_number(line, "lost_total"))
+                .unwrap_or(0);
             continue;
         }
-        let json = line.starts_with('{');
+        // JSON diagnostics are objects too: audit lines are those with a verdict.
+        let json = line.starts_with('{') && line.contains("\"verdict\":");
         if !(json || (line.contains(" rule=") && line.contains(" dst="))) {
             continue;
         }
@@ -422,6 +427,12 @@ fn count_output(log: &Path) -> anyhow::Result<Counts> {
         }
     }
     Ok(c)
+}
+
+/// The number after `"key":` in a JSON line.
+fn json_number(line: &str, key: &str) -> Option<u64> {
+    let rest = line.split(&format!("\"{key}\":")).nth(1)?;
+    rest.split([',', '}']).next()?.trim().parse().ok()
 }
 
 fn word_value(line: &str, key: &str) -> Option<u64> {
