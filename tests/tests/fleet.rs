@@ -198,3 +198,126 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
     let (_, report) = status(&pod, bind.path(), &install, None);
     assert!(!all_attached_at_root(&report), "{report:#}");
 }
+
+/// contrib/kubernetes/daemonset.yaml parses (PyYAML) and holds what the
+/// daemon relies on: hostPID, the host root passed through the variable
+/// loopwarden reads, the host's cgroup and bpffs mounted, the ConfigMap's
+/// policy where `--config` looks and accepted by `check-config`, JSON lines,
+/// a `status` liveness probe, tolerations for every node, and the
+/// capabilities the systemd unit bounds it to.
+#[test]
+fn the_daemonset_manifest_holds_what_the_daemon_needs() {
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib");
+    let out = run(Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(contrib.join("kubernetes/daemonset.yaml")));
+    assert!(
+        out.status.success(),
+        "the manifest does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON from python");
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} in the manifest"))
+    };
+    let policy = kind("ConfigMap")["data"]["loopwarden.toml"]
+        .as_str()
+        .expect("the ConfigMap's loopwarden.toml");
+    let spec = &kind("DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(spec["tolerations"][0]["operator"], "Exists");
+    let container = &spec["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(args.contains(&"--log-format=json"), "{args:?}");
+    assert_eq!(
+        container["livenessProbe"]["exec"]["command"],
+        serde_json::json!(["loopwarden", "status"])
+    );
+    // Where each volume is mounted, and from which host path.
+    let host_path = |mount: &str| {
+        let name = container["volumeMounts"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["mountPath"] == mount))
+            .unwrap_or_else(|| panic!("nothing mounted at {mount}"))["name"]
+            .clone();
+        spec["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == name))
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    };
+    let env = container["env"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|v| v["name"] == "LOOPWARDEN_HOST_CGROUP_ROOT")
+        })
+        .expect("LOOPWARDEN_HOST_CGROUP_ROOT set");
+    let root = env["value"].as_str().expect("its value");
+    assert_eq!(host_path(root)["hostPath"]["path"], "/sys/fs/cgroup");
+    assert_eq!(host_path("/sys/fs/bpf")["hostPath"]["path"], "/sys/fs/bpf");
+    assert_eq!(
+        host_path("/sys/kernel/btf")["hostPath"]["path"],
+        "/sys/kernel/btf"
+    );
+    let config = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--config="))
+        .expect("--config=");
+    let (dir, file) = config.rsplit_once('/').expect("a path");
+    assert_eq!(
+        host_path(dir)["configMap"]["name"],
+        kind("ConfigMap")["metadata"]["name"]
+    );
+    assert_eq!(file, "loopwarden.toml");
+    // The ConfigMap's policy is one loopwarden accepts, in audit mode.
+    let dir = TempDir::new("k8s");
+    let file = dir.path().join("loopwarden.toml");
+    std::fs::write(&file, policy).expect("writing the policy");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("check-config")
+        .arg(&file));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mode:") && l.contains("audit")),
+        "{text}"
+    );
+    // The unit's capabilities, no more and no less.
+    let unit = std::fs::read_to_string(contrib.join("loopwarden.service")).expect("the unit");
+    let mut bounded: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_owned())
+        .collect();
+    let caps = &container["securityContext"]["capabilities"];
+    let mut added: Vec<String> = caps["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    bounded.sort();
+    added.sort();
+    assert_eq!(added, bounded);
+    assert_eq!(caps["drop"], serde_json::json!(["ALL"]));
+}
