@@ -72,6 +72,8 @@ enum Command {
         /// Replace the pinned programs and maps even if they are compatible.
         #[arg(long, hide = true)]
         replace: bool,
+        #[command(flatten)]
+        host_cgroup: HostCgroup,
     },
     /// Stop enforcing: remove the pinned links and maps. The daemon leaves
     /// enforcement in place when it exits (so a restart or upgrade never
@@ -107,6 +109,8 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        host_cgroup: HostCgroup,
     },
     /// Check this host: probe the program type, helpers, maps and link
     /// updates the programs need, BTF, the cgroup v2 mount and namespace,
@@ -117,6 +121,8 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        host_cgroup: HostCgroup,
     },
     /// Validate a policy file and print the compiled policy; exits non-zero
     /// on any error (file, line and what is wrong).
@@ -127,6 +133,8 @@ enum Command {
         /// Check the embedded default policy instead of a file.
         #[arg(long, conflicts_with = "file")]
         default: bool,
+        #[command(flatten)]
+        host_cgroup: HostCgroup,
     },
     /// List the built-in catalog of tunnels and relays.
     Catalog,
@@ -189,6 +197,19 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+/// `--host-cgroup-root`, for the commands that attach to, inspect or
+/// resolve names in the cgroup v2 hierarchy.
+#[derive(Debug, clap::Args)]
+struct HostCgroup {
+    /// Where the host's cgroup v2 hierarchy root is mounted, for a
+    /// loopwarden in a container whose cgroup namespace is not the host's
+    /// (e.g. the host's /sys/fs/cgroup as a hostPath volume at
+    /// /host/sys/fs/cgroup). It must be a cgroup2 mount of the hierarchy's
+    /// root; without it, a child cgroup namespace is refused.
+    #[arg(long, value_name = "PATH", env = "LOOPWARDEN_HOST_CGROUP_ROOT")]
+    host_cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -266,6 +287,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             run_dir,
             pin_dir,
             replace,
+            host_cgroup,
         } => {
             let opts = daemon::Options {
                 config,
@@ -275,6 +297,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 run_dir,
                 pin_dir,
                 replace,
+                host_cgroup_root: host_cgroup.host_cgroup_root,
             };
             // One malloc arena: the daemon's few threads allocate little, and
             // per-thread arenas would each keep their own freed memory resident.
@@ -304,8 +327,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             pin_dir,
             run_dir,
             json,
+            host_cgroup,
         } => {
-            let report = ops::status::gather(&pin_dir, &run_dir);
+            let report =
+                ops::status::gather(&pin_dir, &run_dir, host_cgroup.host_cgroup_root.as_deref());
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -313,8 +338,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(report.exit_code))
         }
-        Command::Doctor { json } => {
-            let report = ops::doctor::run();
+        Command::Doctor { json, host_cgroup } => {
+            let report = ops::doctor::run(host_cgroup.host_cgroup_root.as_deref());
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -322,15 +347,23 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::from(report.exit_code()))
         }
-        Command::CheckConfig { file, default } => {
+        Command::CheckConfig {
+            file,
+            default,
+            host_cgroup,
+        } => {
             let (config, name) = if default {
                 (Config::embedded_default(), "embedded default".to_owned())
             } else {
                 let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
                 (Config::from_file(&path)?, path.display().to_string())
             };
-            let cgroup_root =
-                compat::find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+            let cgroup_root = match host_cgroup.host_cgroup_root.as_deref() {
+                Some(path) => loopwarden::kernel::host_cgroup::use_host_root(path)?,
+                None => {
+                    compat::find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+                }
+            };
             let compiled = policy::compile(&config, &HostResolver::new(cgroup_root))?;
             loopwarden::kernel::maps::check_fits(&compiled)?;
             for warning in &compiled.warnings {
@@ -341,7 +374,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Baseline => {
-            let host = compat::check_host()?;
+            let host = compat::check_host(None)?;
             let mut programs = Programs::load_baseline()?;
             programs.attach_baseline(&host.cgroup2_root)?;
             eprintln!(

@@ -178,7 +178,7 @@ impl ProcReader {
             .cgroups()
             .ok()
             .and_then(|c| c.0.into_iter().find(|c| c.hierarchy == 0))
-            .map(|c| c.pathname);
+            .map(|c| crate::kernel::host_cgroup::host_path(&c.pathname));
         let cgroup_ids = cgroup
             .as_deref()
             .map(|path| self.cgroup_ids(path))

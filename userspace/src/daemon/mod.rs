@@ -159,6 +159,9 @@ pub struct Options {
     /// Replace whatever is pinned even if it is compatible (new maps, the
     /// programs swapped in place through the links).
     pub replace: bool,
+    /// The host's cgroup v2 root, for a daemon in a child cgroup namespace
+    /// (see [`crate::kernel::host_cgroup`]); `None`: this mount namespace's.
+    pub host_cgroup_root: Option<PathBuf>,
 }
 
 /// What start-up found pinned and did about it, for the ready line.
@@ -185,7 +188,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
-    let host = compat::check_host()?;
+    let host = compat::check_host(opts.host_cgroup_root.as_deref())?;
     let _lock = InstanceLock::acquire(&opts.run_dir)?;
     // Inspecting creates nothing: a start that fails on its config leaves
     // no trace in bpffs.

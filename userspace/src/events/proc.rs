@@ -65,9 +65,11 @@ pub fn cmdline_text(raw: &[u8]) -> Option<String> {
     (!args.is_empty()).then(|| args.join(" "))
 }
 
-/// The cgroup v2 path (`0::/system.slice/x.service`) of a process.
+/// The cgroup v2 path (`0::/system.slice/x.service`) of a process, below
+/// the host's root (see [`crate::kernel::host_cgroup::host_path`]).
 pub(super) fn proc_cgroup(pid: u32) -> Option<String> {
     cgroup_v2_path(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+        .map(|path| crate::kernel::host_cgroup::host_path(&path))
 }
 
 /// The cgroup v2 path in `/proc/PID/cgroup` text (its `0::` line).

@@ -3,7 +3,8 @@
 //! Owns the start-up checks, each failing with a message that says what is
 //! missing and how to fix it: the capabilities the daemon uses (checked
 //! themselves, not uid 0, so a unit can bound them), a mounted cgroup v2 hierarchy (found in
-//! `/proc/self/mountinfo`, never assumed), the kernel's own BTF, and a kernel
+//! `/proc/self/mountinfo`, never assumed, in the host's cgroup namespace; or
+//! given with `--host-cgroup-root`, see [`host_cgroup`]), the kernel's own BTF, and a kernel
 //! recent enough for the helpers the programs call.
 //!
 //! # Minimum kernel version
@@ -17,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::kernel::btf::VMLINUX_BTF;
+use crate::kernel::{btf::VMLINUX_BTF, host_cgroup};
 
 /// The oldest kernel (major, minor) the programs load on.
 pub const MIN_KERNEL: (u32, u32) = (5, 18);
@@ -89,9 +90,13 @@ pub enum CompatError {
     #[error(
         "loopwarden runs in a cgroup namespace: attached at its root it would judge only the \
          connects of processes in that namespace's subtree; run it in the host's cgroup namespace \
-         (e.g. outside the container, or with --cgroupns=host)"
+         (e.g. outside the container, or with --cgroupns=host), or mount the host's cgroup v2 \
+         hierarchy into the container and name it with --host-cgroup-root PATH (or {})",
+        crate::kernel::host_cgroup::ENV
     )]
     CgroupNamespace,
+    #[error(transparent)]
+    HostCgroup(#[from] crate::kernel::host_cgroup::HostCgroupError),
     #[error(
         "kernel BTF not found at {}: the kernel needs CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.x have it)",
         path.display()
@@ -115,18 +120,15 @@ pub enum CompatError {
 }
 
 /// Runs every check, in order: capabilities, cgroup v2, BTF, kernel version.
-pub fn check_host() -> Result<Host, CompatError> {
+/// With `host_cgroup_root` (`--host-cgroup-root`), the cgroup v2 root is
+/// that path, checked by [`host_cgroup::use_host_root`], in whatever cgroup
+/// namespace this process runs.
+pub fn check_host(host_cgroup_root: Option<&Path>) -> Result<Host, CompatError> {
     require_capabilities()?;
-    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(|source| CompatError::MountInfo {
-        path: MOUNTINFO.into(),
-        source,
-    })?;
-    let cgroup2_root = mountinfo_cgroup2(&mountinfo).ok_or_else(|| CompatError::NoCgroup2 {
-        mountinfo: MOUNTINFO.into(),
-    })?;
-    if in_child_cgroup_namespace() {
-        return Err(CompatError::CgroupNamespace);
-    }
+    let cgroup2_root = match host_cgroup_root {
+        Some(path) => host_cgroup::use_host_root(path)?,
+        None => own_cgroup2_root()?,
+    };
     let btf_path = PathBuf::from(VMLINUX_BTF);
     require_btf(&btf_path)?;
     let kernel_release = kernel_release().map_err(|source| CompatError::Uname { source })?;
@@ -136,6 +138,22 @@ pub fn check_host() -> Result<Host, CompatError> {
         btf_path,
         kernel_release,
     })
+}
+
+/// The cgroup v2 root of this process's mount namespace, refused in a child
+/// cgroup namespace.
+fn own_cgroup2_root() -> Result<PathBuf, CompatError> {
+    if in_child_cgroup_namespace() {
+        return Err(CompatError::CgroupNamespace);
+    }
+    let mountinfo = fs::read_to_string(MOUNTINFO).map_err(|source| CompatError::MountInfo {
+        path: MOUNTINFO.into(),
+        source,
+    })?;
+    let cgroup2_root = mountinfo_cgroup2(&mountinfo).ok_or_else(|| CompatError::NoCgroup2 {
+        mountinfo: MOUNTINFO.into(),
+    })?;
+    Ok(cgroup2_root)
 }
 
 /// Fails unless the effective uid is 0.
@@ -183,6 +201,16 @@ pub fn required_names() -> Vec<&'static str> {
 pub fn cap_eff(status: &str) -> Option<u64> {
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The cgroup v2 root for the read-only commands: `given`
+/// (`--host-cgroup-root`) if it passes [`host_cgroup::use_host_root`], else
+/// [`find_cgroup2_root`].
+pub fn cgroup2_root(given: Option<&Path>) -> Option<PathBuf> {
+    match given {
+        Some(path) => host_cgroup::use_host_root(path).ok(),
+        None => find_cgroup2_root(),
+    }
 }
 
 /// The cgroup v2 mount point of this process's mount namespace, if any.
@@ -449,5 +477,10 @@ mod tests {
         }
         .to_string();
         assert!(cg.contains("mount -t cgroup2 none /sys/fs/cgroup"), "{cg}");
+        let ns = CompatError::CgroupNamespace.to_string();
+        assert!(
+            ns.contains("--host-cgroup-root PATH") && ns.contains(host_cgroup::ENV),
+            "{ns}"
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! Everything that talks to the kernel's BPF side: the host checks
-//! ([`compat`]), structure offsets from BTF ([`btf`]), loading, attaching and
+//! ([`compat`], and [`host_cgroup`] for a container given the host's cgroups), structure offsets from BTF ([`btf`]), loading, attaching and
 //! pinning the programs ([`loader`], [`pins`]), the typed maps ([`maps`]),
 //! and read-only views of what is pinned for `loopwarden status` ([`inspect`]).
 
 pub mod btf;
 pub mod compat;
+pub mod host_cgroup;
 pub mod inspect;
 #[cfg(not(fuzzing))]
 pub mod loader;

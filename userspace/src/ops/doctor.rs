@@ -31,7 +31,7 @@ use crate::{
     error_chain,
     kernel::{
         btf::{VMLINUX_BTF, kernel_offsets},
-        compat,
+        compat, host_cgroup,
         pins::{BPFFS_MOUNT, is_bpffs},
         sys::{self, Insn},
     },
@@ -131,15 +131,36 @@ impl Report {
     }
 }
 
-/// Runs every check.
-pub fn run() -> Report {
-    let cgroup_root = compat::find_cgroup2_root();
+/// Runs every check; `host_cgroup_root` is `--host-cgroup-root`.
+pub fn run(host_cgroup_root: Option<&Path>) -> Report {
+    let (cgroup_root, cgroup2_check) = match host_cgroup_root {
+        Some(path) => match host_cgroup::use_host_root(path) {
+            Ok(root) => {
+                let check = cgroup2(Some(&root));
+                (Some(root), check)
+            }
+            Err(e) => (
+                None,
+                Check::bad(
+                    "cgroup v2",
+                    true,
+                    e.to_string(),
+                    "mount the host's cgroup v2 root there",
+                ),
+            ),
+        },
+        None => {
+            let root = compat::find_cgroup2_root();
+            let check = cgroup2(root.as_deref());
+            (root, check)
+        }
+    };
     let mut checks = vec![
         root(),
         capabilities(),
         kernel_release(),
-        cgroup2(cgroup_root.as_deref()),
-        cgroup_namespace(),
+        cgroup2_check,
+        cgroup_namespace(host_cgroup_root.is_some()),
         btf(),
         bpffs(),
     ];
@@ -248,13 +269,23 @@ fn cgroup2(root: Option<&Path>) -> Check {
     }
 }
 
-fn cgroup_namespace() -> Check {
+/// With `host_root_given`, a child namespace is fine: the cgroup v2
+/// check says whether the given root is the host's.
+fn cgroup_namespace(host_root_given: bool) -> Check {
     if compat::in_child_cgroup_namespace() {
+        if host_root_given {
+            return Check::ok(
+                "cgroup namespace",
+                true,
+                "a child namespace, with the host's root given (--host-cgroup-root)",
+            );
+        }
         Check::bad(
             "cgroup namespace",
             true,
             "running in a child cgroup namespace: its root is only a subtree",
-            "run in the host's cgroup namespace (outside the container, or --cgroupns=host)",
+            "run in the host's cgroup namespace (outside the container, or --cgroupns=host), \
+             or mount the host's cgroup v2 root and pass --host-cgroup-root PATH",
         )
     } else {
         Check::ok("cgroup namespace", true, "the host's (initial) namespace")

@@ -188,9 +188,10 @@ pub struct Report {
 }
 
 /// Reads everything; never fails (what it cannot read, it says).
-pub fn gather(pin_dir: &Path, run_dir: &Path) -> Report {
+/// `host_cgroup_root` is `--host-cgroup-root` (see [`compat::cgroup2_root`]).
+pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -> Report {
     let pins = PinDir::new(pin_dir);
-    let cgroup2_root = compat::find_cgroup2_root();
+    let cgroup2_root = compat::cgroup2_root(host_cgroup_root);
     let daemon = daemon_report(run_dir);
     let mut report = Report {
         state: State::Unreadable,
