@@ -93,7 +93,7 @@ pub const MAX_ORIGIN_PENDING: u32 = 4096;
 /// Live connections to protected destinations the daemon can list and
 /// answer for (`LW_CONNS`, LRU: past it the oldest stop being listed; the
 /// socket's own tag, which `getsockopt` reads, is kept regardless).
-pub const MAX_CONNS: u32 = 65536;
+pub const MAX_CONNS: u32 = 16384;
 
 /// Map names, shared so userspace never spells one differently.
 pub mod maps {
