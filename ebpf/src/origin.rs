@@ -32,6 +32,9 @@ use loopwarden_common::{
 use crate::maps::{CONNS, ORIGIN_PENDING, SCRATCH, sk_origin};
 
 const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
+/// The longest a connect's handshake can take: Linux gives up on a SYN
+/// after about 127 s (`tcp_syn_retries` 6); 3 minutes leaves room.
+const HANDSHAKE_NS: u64 = 180_000_000_000;
 /// What a cgroup sockopt program sees of a larger `optval`.
 const PAGE_SIZE: i32 = 4096;
 
@@ -99,8 +102,16 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
     // SAFETY: `rec` points into the map's value; `sk` is the tracepoint's
     // socket argument, a full socket in its handshake's last step.
     unsafe {
+        // An entry another accepted socket took, or one whose connect is
+        // older than any handshake, is a dead connection's (its close was
+        // not seen, or its server never accepted it) that happens to share
+        // these addresses: never this socket's origin.
+        let now = bpf_ktime_get_ns();
+        if (*rec).established_ns != 0 || now.wrapping_sub((*rec).origin.ktime_ns) > HANDSHAKE_NS {
+            return;
+        }
         (*rec).server_uid = uid;
-        (*rec).established_ns = bpf_ktime_get_ns();
+        (*rec).established_ns = now;
         (*rec).server_cookie = bpf_get_socket_cookie(sk as *mut c_void);
         // The new storage starts as a copy of `rec`.
         bpf_sk_storage_get(
