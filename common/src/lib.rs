@@ -34,7 +34,7 @@ pub mod origin;
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -318,7 +318,10 @@ pub mod stats {
     pub const UNTRACKED: u32 = DROPPED_BY_VERDICT + super::verdict::COUNT;
     /// Connects judged as relayed (the relay verdict decided).
     pub const RELAYED: u32 = UNTRACKED + 1;
-    pub const COUNT: u32 = RELAYED + 1;
+    /// `DECIDED_BY_VERDICT + v`: judged connects whose verdict was
+    /// [`super::verdict`] `v` (reported or not).
+    pub const DECIDED_BY_VERDICT: u32 = RELAYED + 1;
+    pub const COUNT: u32 = DECIDED_BY_VERDICT + super::verdict::COUNT;
 }
 
 /// What the kernel did with a connect, in [`ConnectEvent::verdict`].

@@ -367,6 +367,9 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
     let tag = d.tag && d.outcome != verdict::DENY;
     if d.report || tag {
         record(ctx, d, dst, family, seq, tag);
+    } else {
+        // Unreported and untagged: an allow (every other verdict reports).
+        count(stats::DECIDED_BY_VERDICT + u32::from(verdict::ALLOW));
     }
     if d.outcome != verdict::DENY {
         return ALLOW;
@@ -649,6 +652,7 @@ fn record(
     };
     if let Some(ev) = kept {
         fill(ev, ctx, d, dst, family, seq);
+        decided(ev);
     }
     if !d.report {
         return;
@@ -662,6 +666,9 @@ fn record(
     let Some(mut entry) = reserved else {
         count(stats::DROPPED);
         count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
+        if kept.is_none() {
+            count(stats::DECIDED_BY_VERDICT + u32::from(d.outcome & 3));
+        }
         return;
     };
     let out = entry.as_mut_ptr();
@@ -669,10 +676,24 @@ fn record(
         // SAFETY: a reserved, exclusively owned record of the right size,
         // written whole from this socket's own pending entry.
         Some(ev) => unsafe { out.write(core::ptr::read(ev)) },
-        None => fill(out, ctx, d, dst, family, seq),
+        None => {
+            fill(out, ctx, d, dst, family, seq);
+            decided(out);
+        }
     }
     entry.submit(wakeup_flags(deny));
     count(stats::REPORTED);
+}
+
+/// Counts the decision `ev` records, by its verdict as read back from the
+/// record: the verifier then knows the index only as a number from memory,
+/// so the paths that reached here with different verdicts are walked once
+/// (a constant index per path would be walked once per verdict).
+#[inline(always)]
+fn decided(ev: *const ConnectEvent) {
+    // SAFETY: a record this program owns and has just written.
+    let v = unsafe { core::ptr::read_volatile(&(*ev).verdict) };
+    count(stats::DECIDED_BY_VERDICT + u32::from(v & 3));
 }
 
 /// Writes every field of the record at `ev` (reserved memory is not zeroed).

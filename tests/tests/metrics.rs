@@ -37,6 +37,7 @@ fn first_scrape(daemon: &Daemon) -> Page {
 
 const CHECKED: &str = "loopwarden_connects_checked_total";
 const DENIED: &str = "loopwarden_connects_denied_total";
+const DECISIONS: &str = "loopwarden_decisions_total";
 const REPORTED: &str = "loopwarden_reported_connects_total";
 
 #[test]
@@ -113,6 +114,16 @@ fn a_scrape_counts_exactly_the_refusals_and_connects_the_test_caused() {
         REFUSALS + ALLOWED,
         "the kernel's checked connects"
     );
+    // The kernel's own decisions by verdict: the same, reported or not.
+    let decided = |page: &Page, v| page.must(DECISIONS, &[("verdict", v)]);
+    assert_eq!(decided(&after, "deny") - decided(&before, "deny"), REFUSALS);
+    assert_eq!(
+        decided(&after, "allow") - decided(&before, "allow"),
+        ALLOWED
+    );
+    for v in ["audit", "would-deny"] {
+        assert_eq!(decided(&after, v), decided(&before, v), "{v}");
+    }
     assert_eq!(
         after.count(REPORTED, &deny) - before.count(REPORTED, &deny),
         REFUSALS

@@ -190,6 +190,12 @@ pub fn counter_name(index: u32) -> Option<&'static str> {
         i if i == stats::DROPPED_BY_VERDICT + u32::from(verdict::AUDIT) => "lost_audit",
         i if i == stats::DROPPED_BY_VERDICT + u32::from(verdict::WOULD_DENY) => "lost_would_deny",
         i if i == stats::DROPPED_BY_VERDICT + u32::from(verdict::DENY) => "lost_deny",
+        i if i == stats::DECIDED_BY_VERDICT + u32::from(verdict::ALLOW) => "decided_allow",
+        i if i == stats::DECIDED_BY_VERDICT + u32::from(verdict::AUDIT) => "decided_audit",
+        i if i == stats::DECIDED_BY_VERDICT + u32::from(verdict::WOULD_DENY) => {
+            "decided_would_deny"
+        }
+        i if i == stats::DECIDED_BY_VERDICT + u32::from(verdict::DENY) => "decided_deny",
         _ => return None,
     })
 }

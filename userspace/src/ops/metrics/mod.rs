@@ -415,6 +415,22 @@ fn render(shared: &Shared) -> String {
                 }
             }
             page.family(
+                "loopwarden_decisions_total",
+                Kind::Counter,
+                "Connects to a protected destination the kernel judged, by verdict (reported or \
+                 not). Kernel counters LW_STATS decided_*.",
+            );
+            for v in VERDICTS {
+                let decided = format!("decided_{}", verdict_name(v).replace('-', "_"));
+                if let Some(counter) = counters.iter().find(|c| c.name == decided) {
+                    page.sample(
+                        "loopwarden_decisions_total",
+                        &[("verdict", verdict_name(v))],
+                        counter.value,
+                    );
+                }
+            }
+            page.family(
                 "loopwarden_reports_lost_total",
                 Kind::Counter,
                 "Reports lost because a ring buffer was full or no daemon read (the connects were \
