@@ -313,6 +313,18 @@ fn through_relay(
     (client, holder.wait_accepted(n))
 }
 
+/// The origin of a relayed connection: the process the holding service's
+/// getsockopt named, audited by the relay verdict, with the remote party
+/// and how it was seen (`how`).
+fn assert_relayed(origin: &Value, accepted: &Value, how: &str) {
+    assert_eq!(origin["pid"], accepted["tgid"], "{origin:#}");
+    assert_eq!(origin["verdict"], "audit", "{origin:#}");
+    assert_eq!(origin["rule"], "relay", "{origin:#}");
+    let via = origin["via"].as_str().unwrap_or_default();
+    assert!(via.starts_with(&format!("{REMOTE_ADDR}:")), "{origin:#}");
+    assert_eq!(origin["via_how"], how, "{origin:#}");
+}
+
 #[test]
 fn relays_are_named_with_the_remote_party() {
     let topo = Topology::new();
@@ -331,17 +343,8 @@ fn relays_are_named_with_the_remote_party() {
         exe_name(Path::new("/usr/bin/socat")),
         "{origin:#}"
     );
-    assert_eq!(origin["pid"], accepted["tgid"]);
     assert_eq!(origin["ppid"], socat.pid(), "socat's per-connection child");
-    assert_eq!(origin["verdict"], "audit");
-    assert_eq!(origin["rule"], "relay");
-    assert!(
-        origin["via"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with(&format!("{REMOTE_ADDR}:"))
-    );
-    assert_eq!(origin["via_how"], "accepted", "{origin:#}");
+    assert_relayed(&origin, &accepted, "accepted");
     let socat_pid = origin["pid"].as_u64().unwrap();
     assert_matches_audit(&origin, &audit_line(&daemon, socat_pid), &KERNEL_FIELDS);
     assert_matches_audit(&origin, &audit_line(&daemon, socat_pid), &["via"]);
@@ -362,16 +365,7 @@ fn relays_are_named_with_the_remote_party() {
         exe_name(Path::new("/usr/sbin/sshd")),
         "{origin:#}"
     );
-    assert_eq!(origin["pid"], accepted["tgid"]);
-    assert_eq!(origin["verdict"], "audit");
-    assert_eq!(origin["rule"], "relay");
-    assert!(
-        origin["via"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with(&format!("{REMOTE_ADDR}:"))
-    );
-    assert_eq!(origin["via_how"], "received", "{origin:#}");
+    assert_relayed(&origin, &accepted, "received");
     let sshd_pid = origin["pid"].as_u64().unwrap();
     assert_matches_audit(&origin, &audit_line(&daemon, sshd_pid), &KERNEL_FIELDS);
 

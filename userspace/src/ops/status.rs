@@ -224,24 +224,19 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             "cannot read the pins: bpffs and bpf(2) need root (run it with sudo)".to_owned(),
         );
     }
-    report.links = inspect::LINKS
-        .iter()
-        .map(|&(program, hook)| {
-            link_report(
-                program,
-                inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
-            )
-        })
-        .collect();
-    report.bind.links = inspect::BIND_LINKS
-        .iter()
-        .map(|&(program, hook)| {
-            link_report(
-                program,
-                inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
-            )
-        })
-        .collect();
+    let cgroup_links = |links: &[(&str, u32)]| -> Vec<LinkReport> {
+        links
+            .iter()
+            .map(|&(program, hook)| {
+                link_report(
+                    program,
+                    inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
+                )
+            })
+            .collect()
+    };
+    report.links = cgroup_links(&inspect::LINKS);
+    report.bind.links = cgroup_links(&inspect::BIND_LINKS);
     report.provenance.getsockopt = link_report(
         programs::GETSOCKOPT,
         inspect::link(
