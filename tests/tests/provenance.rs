@@ -660,3 +660,83 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     assert!(daemon.stop(), "the daemon did not exit cleanly");
     drop(client);
 }
+
+#[test]
+fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
+    const SECOND: u16 = 8082;
+    let ns = Netns::new();
+    let cgroup =
+        loopwarden_tests::TestCgroup::new(&format!("lwt-getsockopt-{}", std::process::id()));
+    let policy = Policy::new(&ns, "audit")
+        .catalog(false)
+        .relay("audit")
+        .ports(&[PROTECTED, SECOND]);
+    let config = format!(
+        "{}\n[provenance]\ngetsockopt_cgroups = [\"{}\"]\n",
+        policy.text(),
+        cgroup.name
+    );
+    let daemon = Daemon::start(&config);
+    let dir = TempDir::new("scoped");
+    let script = write_script(&dir, "reask.py", REASK);
+    let hold = write_script(
+        &dir,
+        "hold.py",
+        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+         while True: time.sleep(3600)\n",
+    );
+    // One service started in the named cgroup (its listener, and so its
+    // accepted sockets, belong to it), one in the test's own cgroup.
+    let inside = dir.path().join("inside.jsonl");
+    let outside = dir.path().join("outside.jsonl");
+    // (Moved in from here: `ip netns exec` gives the service a /sys without
+    // the cgroup mount. It waits for the move before it listens.)
+    let go = dir.path().join("go");
+    let in_cgroup = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; exec {SYSTEM_PYTHON} {script} {} {PROTECTED}",
+        inside.display(),
+        go = go.display()
+    );
+    let inside_service = Proc::spawn(ns.cmd("sh").args(["-c", &in_cgroup]));
+    std::fs::write(cgroup.procs(), inside_service.pid().to_string()).expect("moving the service");
+    std::fs::write(&go, "").expect("starting the service");
+    let _outside_service = ns.spawn(
+        SYSTEM_PYTHON,
+        &[&script, &outside.display().to_string(), &SECOND.to_string()],
+    );
+    ns.wait_listening(PROTECTED);
+    ns.wait_listening(SECOND);
+    let a = ns.spawn(SYSTEM_PYTHON, &[&hold, &PROTECTED.to_string()]);
+    let b = ns.spawn(SYSTEM_PYTHON, &[&hold, &SECOND.to_string()]);
+    let (a_pid, b_pid) = (u64::from(a.pid()), u64::from(b.pid()));
+
+    // Inside: the socket's origin.
+    wait_ask(&inside, 0, "the origin inside the named cgroup", |x| {
+        x["status"] == 1 && x["tgid"] == a_pid
+    });
+    // Outside: this loopwarden does not answer (the call fails, or another
+    // loopwarden on the host says "unknown") ...
+    let asked = wait_ask(&outside, 0, "an ask outside the named cgroup", |_| true);
+    assert!(
+        asked.get("errno").is_some() || asked["status"] == 0,
+        "answered outside the named cgroup: {asked}"
+    );
+    // ... though the connection is tagged: the daemon names it.
+    let listed = conns(&ns, None, &daemon.install().run_dir());
+    assert!(listed.iter().any(|o| o["pid"] == b_pid), "{listed:#?}");
+    assert!(listed.iter().any(|o| o["pid"] == a_pid), "{listed:#?}");
+
+    // `status` shows the scoped link and no root one.
+    let out = run(Command::new(loopwarden_bin())
+        .args(["status", "--json"])
+        .args(daemon.install().dir_args()));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let provenance = &json["provenance"];
+    assert_eq!(provenance["getsockopt"]["pinned"], false, "{provenance:#}");
+    let scoped = provenance["getsockopt_scoped"]
+        .as_array()
+        .expect("scoped links");
+    assert_eq!(scoped.len(), 1, "{provenance:#}");
+    assert_eq!(scoped[0]["prog_name"], "lw_getsockopt", "{provenance:#}");
+    drop((a, b, inside_service));
+}

@@ -116,9 +116,31 @@ impl HostResolver {
         }
     }
 
+    /// The directory of a cgroup given as a rule's `cgroup` is (a path
+    /// below the root, or a bare unit name found below it): where a program
+    /// is attached for it.
+    pub fn cgroup_dir(&self, path_or_unit: &str) -> io::Result<PathBuf> {
+        if path_or_unit.contains('/') {
+            self.cgroup_by_path(path_or_unit)?;
+            Ok(self.cgroup_root.join(path_or_unit.trim_start_matches('/')))
+        } else {
+            self.find_unit(path_or_unit).map(|(dir, _)| dir)
+        }
+    }
+
     /// A cgroup directory named `unit` anywhere below the root, shallowest
     /// first.
     fn cgroup_by_name(&self, unit: &str) -> io::Result<CgroupId> {
+        let (dir, level) = self.find_unit(unit)?;
+        Ok(CgroupId {
+            id: fs::metadata(dir)?.ino(),
+            level,
+        })
+    }
+
+    /// The directory named `unit` anywhere below the root, shallowest first,
+    /// and its level.
+    fn find_unit(&self, unit: &str) -> io::Result<(PathBuf, u32)> {
         if unit.is_empty() || unit == "." || unit == ".." {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -136,11 +158,7 @@ impl HostResolver {
                     continue;
                 }
                 if entry.file_name() == OsStr::new(unit) {
-                    let meta = entry.metadata()?;
-                    return Ok(CgroupId {
-                        id: meta.ino(),
-                        level: level + 1,
-                    });
+                    return Ok((entry.path(), level + 1));
                 }
                 if level + 1 < UNIT_SEARCH_DEPTH {
                     queue.push_back((entry.path(), level + 1));

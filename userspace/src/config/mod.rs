@@ -28,6 +28,8 @@
 //! tag = true                     # default: bind each protected connection's origin to it
 //! getsockopt = true              # default: services ask with getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)
 //!                                # (a cgroup/getsockopt program at the root: every getsockopt pays for it)
+//! getsockopt_cgroups = ["ollama.service"] # default: none (the root); attach it only in these
+//!                                # cgroups and their subtrees: where the protected services run
 //! query = true                   # default: answer on <run_dir>/query.sock (and `who`, `conns`)
 //!
 //! [ident]
@@ -250,13 +252,16 @@ pub struct Relay {
 
 /// The `[provenance]` table: what is bound to protected connections and
 /// who can ask about it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Provenance {
     /// Tag each protected connection that proceeds with its origin.
     pub tag: bool,
     /// Attach the `cgroup/getsockopt` program that hands the tag to the
     /// accepting service.
     pub getsockopt: bool,
+    /// Where: these cgroups (paths below the root or bare unit names, like
+    /// a rule's `cgroup`) and their subtrees; empty: the cgroup v2 root.
+    pub getsockopt_cgroups: Vec<Located<String>>,
     /// Serve the query socket.
     pub query: bool,
 }
@@ -382,6 +387,7 @@ impl Config {
             provenance: Provenance {
                 tag: true,
                 getsockopt: true,
+                getsockopt_cgroups: Vec::new(),
                 query: true,
             },
             ident: Ident {

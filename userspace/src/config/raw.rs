@@ -66,6 +66,7 @@ pub(super) struct RawRelay {
 pub(super) struct RawProvenance {
     pub(super) tag: Option<bool>,
     pub(super) getsockopt: Option<bool>,
+    pub(super) getsockopt_cgroups: Option<Spanned<OneOrMany<String>>>,
     pub(super) query: Option<bool>,
 }
 

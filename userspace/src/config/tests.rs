@@ -604,6 +604,22 @@ fn provenance_and_ident_tables() {
     expect_error("[ident]\ntimeout_ms = 0\n", 2, "from 100 to 600000");
     expect_error("[ident]\nrelayed = \"LIES\"\n", 2, "unknown variant");
     expect_error("[provenance]\ntagging = true\n", 2, "unknown field");
+    let scoped =
+        parse("[provenance]\ngetsockopt_cgroups = [\"ollama.service\", \"x/y\"]\n").unwrap();
+    let named: Vec<&str> = scoped
+        .provenance
+        .getsockopt_cgroups
+        .iter()
+        .map(|c| c.value.as_str())
+        .collect();
+    assert_eq!(named, ["ollama.service", "x/y"]);
+    assert!(default.provenance.getsockopt_cgroups.is_empty());
+    expect_error("[provenance]\ngetsockopt_cgroups = []\n", 2, "empty list");
+    expect_error(
+        "[provenance]\ngetsockopt_cgroups = \"\"\n",
+        2,
+        "empty string",
+    );
 }
 
 #[test]

@@ -101,6 +101,11 @@ impl Validator<'_> {
             Some(p) => Provenance {
                 tag: p.tag.unwrap_or(defaults.provenance.tag),
                 getsockopt: p.getsockopt.unwrap_or(defaults.provenance.getsockopt),
+                getsockopt_cgroups: self.opt_values(
+                    "getsockopt_cgroups",
+                    p.getsockopt_cgroups,
+                    |cg| non_empty("getsockopt_cgroups", cg),
+                )?,
                 query: p.query.unwrap_or(defaults.provenance.query),
             },
         };

@@ -104,7 +104,11 @@ pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
 /// programs at start) that differ between `old` and `new`.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if old.provenance.getsockopt != new.provenance.getsockopt {
+    let cgroups = |c: &Config| -> Vec<String> {
+        let list = &c.provenance.getsockopt_cgroups;
+        list.iter().map(|l| l.value.clone()).collect()
+    };
+    if old.provenance.getsockopt != new.provenance.getsockopt || cgroups(old) != cgroups(new) {
         changed.push("[provenance] getsockopt");
     }
     if old.provenance.query != new.provenance.query {

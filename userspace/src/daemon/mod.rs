@@ -263,11 +263,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
         None => None,
     };
-    let takeover = programs.attach_pinned(
-        &host.cgroup2_root,
-        &pins,
-        config.as_ref().map(|c| c.provenance.getsockopt),
-    )?;
+    let getsockopt = config.as_ref().map(|c| getsockopt_targets(c, &resolver));
+    let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt.as_deref())?;
     // With the tracking programs running, what happened before they did
     // (listeners, accepted connections, interpreters' scripts) is read
     // from /proc: from now on nothing is missed between the two.
@@ -468,6 +465,37 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 }
 
 /// Tells systemd (`Type=notify`) the programs are attached, if it asked.
+/// Where the `cgroup/getsockopt` program is attached: nowhere when
+/// `[provenance] getsockopt` is off, at the root unless
+/// `getsockopt_cgroups` names cgroups, else in each of those that exists
+/// (one that does not is skipped with a warning: a restart attaches it).
+fn getsockopt_targets(
+    config: &crate::config::Config,
+    resolver: &HostResolver,
+) -> Vec<std::path::PathBuf> {
+    let p = &config.provenance;
+    if !p.getsockopt {
+        return Vec::new();
+    }
+    if p.getsockopt_cgroups.is_empty() {
+        return vec![resolver.cgroup_root().to_owned()];
+    }
+    p.getsockopt_cgroups
+        .iter()
+        .filter_map(|cg| match resolver.cgroup_dir(&cg.value) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                warn!(
+                    "{}:{}: getsockopt_cgroups {:?}: {e}; services there cannot ask with \
+                     getsockopt until a restart finds it",
+                    config.source, cg.at, cg.value
+                );
+                None
+            }
+        })
+        .collect()
+}
+
 fn notify_systemd_ready() {
     if let Err((path, e)) = notify_systemd(b"READY=1") {
         warn!("notifying systemd at {path} failed: {e}");

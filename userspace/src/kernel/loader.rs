@@ -11,7 +11,12 @@
 //! # Minimum kernel version
 //! 5.18: `bpf_set_retval` in cgroup programs (enforced by [`crate::kernel::compat`]).
 
-use std::{collections::HashMap, fs::File, io, path::Path};
+use std::{
+    collections::HashMap,
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
@@ -270,14 +275,15 @@ impl Programs {
     /// connect after); a link not pinned yet is created and pinned. Staged
     /// maps then replace the old pinned maps.
     ///
-    /// `getsockopt` says whether the `cgroup/getsockopt` program answers
-    /// services (attached, or updated in place, and pinned) or not (its
-    /// pinned link, if any, is removed); `None` leaves it as pinned.
+    /// `getsockopt` names the cgroups where the `cgroup/getsockopt` program
+    /// answers services (attached, or updated in place, and pinned; the
+    /// pinned links of other cgroups are removed, all of them for an empty
+    /// list); `None` leaves them as pinned.
     pub fn attach_pinned(
         &mut self,
         cgroup_root: &Path,
         pins: &PinDir,
-        getsockopt: Option<bool>,
+        getsockopt: Option<&[PathBuf]>,
     ) -> Result<Takeover, LoaderError> {
         let cgroup = open_cgroup(cgroup_root)?;
         let mut takeover = Takeover::Updated;
@@ -306,8 +312,8 @@ impl Programs {
         if self.tracking {
             self.attach_trackers(pins)?;
         }
-        if let Some(want) = getsockopt {
-            self.attach_getsockopt(&cgroup, cgroup_root, pins, want)?;
+        if let Some(targets) = getsockopt {
+            self.attach_getsockopt(cgroup_root, pins, targets)?;
         }
         if self.staged {
             pins.promote_staging()?;
@@ -316,46 +322,63 @@ impl Programs {
         Ok(takeover)
     }
 
-    /// Makes the pinned `cgroup/getsockopt` link run our program (`want`),
-    /// or removes it. Removing the pin detaches the program once no
-    /// process holds the link either.
+    /// Makes a pinned `cgroup/getsockopt` link run our program in each
+    /// cgroup of `targets` (the root, or the cgroups the policy names),
+    /// and removes the pinned links of cgroups no longer named (an empty
+    /// `targets` removes them all). Removing a pin detaches the program
+    /// once no process holds the link either.
     fn attach_getsockopt(
         &mut self,
-        cgroup: &File,
         cgroup_root: &Path,
         pins: &PinDir,
-        want: bool,
+        targets: &[PathBuf],
     ) -> Result<(), LoaderError> {
         let name = programs::GETSOCKOPT;
-        let pin = pins.link(name);
-        let pin_failed = |message: String| LoaderError::PinLink {
+        let pin_failed = |pin: &Path, message: String| LoaderError::PinLink {
             name,
             path: pin.display().to_string(),
             message,
         };
-        if !want {
-            return match std::fs::remove_file(&pin) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(pin_failed(e.to_string())),
-                _ => Ok(()),
-            };
+        let mut wanted = Vec::with_capacity(targets.len());
+        for dir in targets {
+            let pin = pins.link(&getsockopt_pin(dir, cgroup_root).map_err(|source| {
+                LoaderError::OpenCgroup {
+                    path: dir.display().to_string(),
+                    source,
+                }
+            })?);
+            wanted.push((pin, dir));
+        }
+        if let Ok(entries) = std::fs::read_dir(pins.links_dir()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let ours = entry.file_name().to_string_lossy().starts_with(name);
+                if ours && !wanted.iter().any(|(pin, _)| *pin == path) {
+                    std::fs::remove_file(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
+                }
+            }
         }
         let prog = sockopt(&mut self.ebpf, name)?;
-        if pin.exists() {
-            return update_link(name, &pin, prog);
+        for (pin, dir) in wanted {
+            if pin.exists() {
+                update_link(name, &pin, prog)?;
+                continue;
+            }
+            // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
+            // the link is created and pinned with our own bpf(2) calls.
+            let prog_fd = prog
+                .fd()
+                .map_err(|source| LoaderError::Verify { name, source })?;
+            let cgroup = open_cgroup(dir)?;
+            use std::os::fd::AsFd as _;
+            let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), sys::ATTACH_GETSOCKOPT)
+                .map_err(|e| LoaderError::AttachRaw {
+                    name,
+                    path: dir.display().to_string(),
+                    source: e,
+                })?;
+            sys::obj_pin(link.as_fd(), &pin).map_err(|e| pin_failed(&pin, e.to_string()))?;
         }
-        // aya 0.14 cannot turn a sockopt link into a pinnable FdLink: the
-        // link is created and pinned with our own bpf(2) calls.
-        let prog_fd = prog
-            .fd()
-            .map_err(|source| LoaderError::Verify { name, source })?;
-        use std::os::fd::AsFd as _;
-        let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), sys::ATTACH_GETSOCKOPT)
-            .map_err(|e| LoaderError::AttachRaw {
-                name,
-                path: cgroup_root.display().to_string(),
-                source: e,
-            })?;
-        sys::obj_pin(link.as_fd(), &pin).map_err(|e| pin_failed(e.to_string()))?;
         Ok(())
     }
 
@@ -410,6 +433,17 @@ impl Programs {
             })?;
         Ok(())
     }
+}
+
+/// The pin name of the `cgroup/getsockopt` link in cgroup `dir`: the
+/// program's name at the root, with the cgroup's id below it.
+pub fn getsockopt_pin(dir: &Path, cgroup_root: &Path) -> io::Result<String> {
+    if dir == cgroup_root {
+        return Ok(programs::GETSOCKOPT.to_owned());
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let id = std::fs::metadata(dir)?.ino();
+    Ok(format!("{}_{id:x}", programs::GETSOCKOPT))
 }
 
 /// Switches the cgroup link pinned at `pin` to `prog` in place

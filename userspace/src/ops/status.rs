@@ -137,8 +137,10 @@ pub struct BindReport {
 pub struct ProvenanceReport {
     /// The policy in force tags connections (`[provenance] tag`).
     pub tag: bool,
-    /// The `cgroup/getsockopt` link that answers services.
+    /// The `cgroup/getsockopt` link that answers services, at the root.
     pub getsockopt: LinkReport,
+    /// Its links in the cgroups `[provenance] getsockopt_cgroups` names.
+    pub getsockopt_scoped: Vec<LinkReport>,
     /// Accepted protected connections `LW_CONNS` holds now.
     pub connections: Option<usize>,
 }
@@ -209,6 +211,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         provenance: ProvenanceReport {
             tag: false,
             getsockopt: link_report(programs::GETSOCKOPT, LinkState::Absent),
+            getsockopt_scoped: Vec::new(),
             connections: None,
         },
         layout: None,
@@ -246,6 +249,22 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             cgroup2_root.as_deref(),
         ),
     );
+    // Its links in named cgroups: `lw_getsockopt_<cgroup id>`.
+    let scoped_prefix = format!("{}_", programs::GETSOCKOPT);
+    let mut scoped: Vec<String> = fs::read_dir(pins.links_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(&scoped_prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    scoped.sort();
+    report.provenance.getsockopt_scoped = scoped
+        .iter()
+        .map(|pin| link_report(pin, inspect::link(&pins, pin, sys::ATTACH_GETSOCKOPT, None)))
+        .collect();
     report.tracking = loopwarden_common::programs::TRACKERS
         .iter()
         .chain(loopwarden_common::programs::CGROUP_TRACKERS)
@@ -466,12 +485,18 @@ impl Report {
         };
         line("bind", format!("{guard}; {}", bind.join(", ")));
         let p = &self.provenance;
+        let scoped = p.getsockopt_scoped.iter().filter(|l| l.prog_name.is_some());
         let answering = match (&p.getsockopt.error, p.getsockopt.attached()) {
             (Some(e), _) => format!("getsockopt link unreadable: {e}"),
             (None, true) => "services can ask with getsockopt (attached at the root)".to_owned(),
             (None, false) if p.getsockopt.pinned => {
                 "the getsockopt link is pinned but not attached at the root".to_owned()
             }
+            (None, false) if scoped.clone().count() > 0 => format!(
+                "services can ask with getsockopt in {} cgroup(s) ([provenance] \
+                 getsockopt_cgroups)",
+                scoped.count()
+            ),
             (None, false) => "no getsockopt answers ([provenance] getsockopt = false)".to_owned(),
         };
         let tagged = match (p.tag, p.connections) {
