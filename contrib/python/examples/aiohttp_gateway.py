@@ -83,7 +83,8 @@ async def loopwarden_middleware(request: web.Request, handler):
             "loopwarden_not_answering",
             "loopwarden is not answering on this host, so the origin of this "
             "request cannot be checked: start loopwarden (with [provenance] "
-            "getsockopt = true) or run the gateway with --not-answering pass",
+            "getsockopt = true, and getsockopt_cgroups, if set, naming this "
+            "gateway's cgroup) or run the gateway with --not-answering pass",
         )
     except (OSError, loopwarden.BadRecord) as e:
         return _error(503, "loopwarden_error", f"reading the request's origin failed: {e}")

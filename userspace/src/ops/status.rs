@@ -504,7 +504,7 @@ impl Report {
             (true, Some(n)) => format!("connections are tagged, {n} live"),
             (true, None) => "connections are tagged".to_owned(),
         };
-        line("provenance", format!("{tagged}; {answering}"));
+        line("origins", format!("{tagged}; {answering}"));
         match (&self.layout, &self.maps_error) {
             (_, Some(e)) => line("maps", format!("not decoded: {e}")),
             (Some(layout), None) => line("maps", format!("layout {layout} (this build's)")),
