@@ -10,7 +10,8 @@
 //! the lines, [`cut`] destroys connections a newly enforced policy would
 //! have refused, [`track`] seeds the kernel's relay tracking from `/proc`
 //! at start, [`provenance`] reads the origins the kernel bound to
-//! protected connections, and [`daemon`] ties them together. [`ops`] holds
+//! protected connections, [`run_socket`] binds the daemon's Unix sockets
+//! (query, metrics), and [`daemon`] ties them together. [`ops`] holds
 //! `loopwarden status` (what the pins enforce right now) and `loopwarden
 //! doctor` (what the host offers). [`generate`] renders the man pages and
 //! shell completions from the command line's definitions.
@@ -33,6 +34,7 @@ pub mod policy;
 pub mod provenance;
 pub mod report;
 pub mod resolve;
+pub mod run_socket;
 pub mod track;
 
 /// An error and its causes on one line, `: `-separated, for a warning or a

@@ -11,8 +11,6 @@
 //! an answer (closed).
 
 use std::{
-    fs, io,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -31,7 +29,10 @@ use super::{
     Conns, netns_of,
     request::{Caller, ErrorCode, Reply, Request},
 };
-use crate::events::SharedRules;
+use crate::{
+    events::SharedRules,
+    run_socket::{self, RunSocket, RunSocketError},
+};
 
 /// The socket's file name in the run directory.
 pub const SOCKET_NAME: &str = "query.sock";
@@ -44,33 +45,16 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clients served at once.
 pub const MAX_CLIENTS: usize = 128;
 
-/// Errors starting the server.
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("{} exists and is not a socket; move it away or give the daemon another --run-dir", path.display())]
-    NotASocket { path: PathBuf },
-    #[error("{what} {} failed", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
 /// The running server; dropping it stops accepting and removes the socket
 /// file (clients being served finish their current request).
 pub struct QueryServer {
-    path: PathBuf,
     accept: JoinHandle<()>,
+    _socket: RunSocket,
 }
 
 impl Drop for QueryServer {
     fn drop(&mut self) {
         self.accept.abort();
-        if let Err(e) = fs::remove_file(&self.path) {
-            warn!("removing {} failed: {e}", self.path.display());
-        }
     }
 }
 
@@ -104,25 +88,9 @@ pub fn serve(
     conns_pin: PathBuf,
     cgroup_root: PathBuf,
     rules: SharedRules,
-) -> Result<QueryServer, QueryError> {
-    let path = run_dir.join(SOCKET_NAME);
-    let io_error = |what, source| QueryError::Io {
-        what,
-        path: path.clone(),
-        source,
-    };
-    match fs::symlink_metadata(&path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            fs::remove_file(&path).map_err(|e| io_error("removing the stale socket", e))?;
-        }
-        Ok(_) => return Err(QueryError::NotASocket { path }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error("inspecting", e)),
-    }
-    let listener = UnixListener::bind(&path).map_err(|e| io_error("binding", e))?;
+) -> Result<QueryServer, RunSocketError> {
     // Anyone may connect: each request is judged by its SO_PEERCRED.
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
-        .map_err(|e| io_error("setting the mode of", e))?;
+    let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
     let shared = Arc::new(Shared {
         conns_pin,
         conns: Mutex::new(None),
@@ -130,7 +98,10 @@ pub fn serve(
         rules,
     });
     let accept = tokio::spawn(accept_loop(listener, shared));
-    Ok(QueryServer { path, accept })
+    Ok(QueryServer {
+        accept,
+        _socket: socket,
+    })
 }
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {

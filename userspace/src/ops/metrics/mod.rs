@@ -17,9 +17,8 @@ mod kernel;
 pub mod text;
 
 use std::{
-    fs, io,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    io,
+    path::Path,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -44,6 +43,7 @@ use crate::{
     daemon::status_file,
     events::{tally::Totals, verdict_name},
     kernel::pins::PinDir,
+    run_socket::{self, RunSocket, RunSocketError},
 };
 
 /// The socket's file name in the run directory.
@@ -60,12 +60,12 @@ pub const MAX_CLIENTS: usize = 16;
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("{} exists and is not a socket; move it away or give the daemon another --run-dir", path.display())]
-    NotASocket { path: PathBuf },
-    #[error("{what} {where_} failed")]
-    Io {
+    #[error(transparent)]
+    Socket(#[from] RunSocketError),
+    #[error("{what} {addr} failed")]
+    Tcp {
         what: &'static str,
-        where_: String,
+        addr: std::net::SocketAddr,
         #[source]
         source: io::Error,
     },
@@ -82,8 +82,8 @@ pub struct Sources {
 /// The running server; dropping it stops accepting and removes the socket
 /// file.
 pub struct MetricsServer {
-    socket: Option<PathBuf>,
     tasks: Vec<JoinHandle<()>>,
+    socket: Option<RunSocket>,
     /// Where it serves, for the log.
     pub serving: Vec<String>,
 }
@@ -92,11 +92,6 @@ impl Drop for MetricsServer {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
-        }
-        if let Some(path) = &self.socket
-            && let Err(e) = fs::remove_file(path)
-        {
-            warn!("removing {} failed: {e}", path.display());
         }
     }
 }
@@ -129,42 +124,22 @@ pub fn serve(
     };
     if let Some(listen) = &config.listen {
         let addr = listen.value;
-        let io_error = |what, source| MetricsError::Io {
-            what,
-            where_: addr.to_string(),
-            source,
-        };
-        let listener = std::net::TcpListener::bind(addr).map_err(|e| io_error("binding", e))?;
+        let tcp_error = |what, source| MetricsError::Tcp { what, addr, source };
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| tcp_error("binding", e))?;
         listener
             .set_nonblocking(true)
-            .map_err(|e| io_error("configuring", e))?;
-        let listener = TcpListener::from_std(listener).map_err(|e| io_error("registering", e))?;
+            .map_err(|e| tcp_error("configuring", e))?;
+        let listener = TcpListener::from_std(listener).map_err(|e| tcp_error("registering", e))?;
         server.serving.push(format!("http://{addr}/metrics"));
         server
             .tasks
             .push(tokio::spawn(accept_tcp(listener, shared.clone())));
     }
     if config.socket {
-        let path = run_dir.join(SOCKET_NAME);
-        let io_error = |what, source| MetricsError::Io {
-            what,
-            where_: path.display().to_string(),
-            source,
-        };
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_socket() => {
-                fs::remove_file(&path).map_err(|e| io_error("removing the stale socket", e))?;
-            }
-            Ok(_) => return Err(MetricsError::NotASocket { path }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("inspecting", e)),
-        }
-        let listener = UnixListener::bind(&path).map_err(|e| io_error("binding", e))?;
         // Any local user may scrape, as any may through a loopback port.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
-            .map_err(|e| io_error("setting the mode of", e))?;
-        server.serving.push(path.display().to_string());
-        server.socket = Some(path);
+        let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
+        server.serving.push(socket.path().display().to_string());
+        server.socket = Some(socket);
         server
             .tasks
             .push(tokio::spawn(accept_unix(listener, shared)));
