@@ -21,7 +21,8 @@ use std::{
 use aya::{
     Btf, BtfError, Ebpf, EbpfError, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, links::FdLink,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, Program, ProgramError,
+        links::FdLink,
     },
 };
 use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
@@ -189,7 +190,7 @@ impl Programs {
         let mut programs = Self::load_only(&paths, offsets, ENFORCER)?;
         programs.load_trackers()?;
         let name = programs::GETSOCKOPT;
-        sockopt(&mut programs.ebpf, name)?
+        typed::<CgroupSockopt>(&mut programs.ebpf, name)?
             .load()
             .map_err(|source| LoaderError::Verify { name, source })?;
         programs.staged = staged;
@@ -202,7 +203,7 @@ impl Programs {
         let mut programs = Self::load_only(&[], &KernelOffsets::default(), BASELINE)?;
         let btf = Btf::from_sys_fs().map_err(LoaderError::Btf)?;
         let (name, tracepoint) = BASELINE_TRACKER;
-        tracker(&mut programs.ebpf, name)?
+        typed::<BtfTracePoint>(&mut programs.ebpf, name)?
             .load(tracepoint, &btf)
             .map_err(|source| LoaderError::Verify { name, source })?;
         Ok(programs)
@@ -232,7 +233,7 @@ impl Programs {
             .load(EBPF_OBJECT)
             .map_err(LoaderError::Load)?;
         for &name in names {
-            let prog = program(&mut ebpf, name)?;
+            let prog = typed::<CgroupSockAddr>(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| LoaderError::Verify { name, source })?;
             // How much of the verifier's budget (1M instructions) it took:
@@ -259,7 +260,7 @@ impl Programs {
     fn load_trackers(&mut self) -> Result<(), LoaderError> {
         let btf = Btf::from_sys_fs().map_err(LoaderError::Btf)?;
         for &(name, tracepoint) in programs::TRACKERS {
-            let prog = tracker(&mut self.ebpf, name)?;
+            let prog = typed::<BtfTracePoint>(&mut self.ebpf, name)?;
             prog.load(tracepoint, &btf)
                 .map_err(|source| LoaderError::Verify { name, source })?;
         }
@@ -289,7 +290,7 @@ impl Programs {
         let mut takeover = Takeover::Updated;
         for &name in self.names {
             let pin = pins.link(name);
-            let prog = program(&mut self.ebpf, name)?;
+            let prog = typed::<CgroupSockAddr>(&mut self.ebpf, name)?;
             if pin.exists() {
                 update_link(name, &pin, prog)?;
                 continue;
@@ -358,7 +359,7 @@ impl Programs {
                 }
             }
         }
-        let prog = sockopt(&mut self.ebpf, name)?;
+        let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
         for (pin, dir) in wanted {
             if pin.exists() {
                 update_link(name, &pin, prog)?;
@@ -388,7 +389,7 @@ impl Programs {
     /// twice; at no instant does neither.
     fn attach_trackers(&mut self, pins: &PinDir) -> Result<(), LoaderError> {
         for &(name, tracepoint) in programs::TRACKERS {
-            let prog = tracker(&mut self.ebpf, name)?;
+            let prog = typed::<BtfTracePoint>(&mut self.ebpf, name)?;
             let link_id = prog.attach().map_err(|source| LoaderError::Track {
                 name,
                 tracepoint,
@@ -421,10 +422,15 @@ impl Programs {
     pub fn attach_baseline(&mut self, cgroup_root: &Path) -> Result<(), LoaderError> {
         let cgroup = open_cgroup(cgroup_root)?;
         for &name in self.names {
-            attach(program(&mut self.ebpf, name)?, &cgroup, cgroup_root, name)?;
+            attach(
+                typed::<CgroupSockAddr>(&mut self.ebpf, name)?,
+                &cgroup,
+                cgroup_root,
+                name,
+            )?;
         }
         let (name, tracepoint) = BASELINE_TRACKER;
-        tracker(&mut self.ebpf, name)?
+        typed::<BtfTracePoint>(&mut self.ebpf, name)?
             .attach()
             .map_err(|source| LoaderError::Track {
                 name,
@@ -532,30 +538,12 @@ fn kernel_log_level() -> u8 {
     }
 }
 
-fn tracker<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut BtfTracePoint, LoaderError> {
-    ebpf.program_mut(name)
-        .ok_or(LoaderError::MissingProgram { name })?
-        .try_into()
-        .map_err(|source| LoaderError::Verify { name, source })
-}
-
-fn sockopt<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockopt, LoaderError> {
-    ebpf.program_mut(name)
-        .ok_or(LoaderError::MissingProgram { name })?
-        .try_into()
-        .map_err(|source| LoaderError::Verify { name, source })
-}
-
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, LoaderError> {
+/// The program `name` of the object, as its type `P` (`CgroupSockAddr`,
+/// `CgroupSockopt`, `BtfTracePoint`).
+fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoaderError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(LoaderError::MissingProgram { name })?
         .try_into()
