@@ -82,17 +82,12 @@ impl Validator<'_> {
             None => defaults.relay,
             Some(r) => Relay {
                 action: r.action.unwrap_or(defaults.relay.action),
-                window_ms: match r.window_ms {
-                    None => defaults.relay.window_ms,
-                    Some(w) => {
-                        let span = w.span();
-                        let value = w.into_inner();
-                        if !RELAY_WINDOW_MS.contains(&value) {
-                            return Err(self.invalid(&span, Problem::RelayWindow { value }));
-                        }
-                        value as u32
-                    }
-                },
+                window_ms: self.millis(
+                    r.window_ms,
+                    defaults.relay.window_ms,
+                    RELAY_WINDOW_MS,
+                    |value| Problem::RelayWindow { value },
+                )?,
             },
         };
 
@@ -194,6 +189,26 @@ impl Validator<'_> {
         })
     }
 
+    /// A duration in milliseconds within `bounds` (`default` when absent);
+    /// `problem` says what is wrong with one outside them.
+    fn millis(
+        &self,
+        raw: Option<Spanned<i64>>,
+        default: u32,
+        bounds: std::ops::RangeInclusive<i64>,
+        problem: impl FnOnce(i64) -> Problem,
+    ) -> Result<u32, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        let span = raw.span();
+        let value = raw.into_inner();
+        if !bounds.contains(&value) {
+            return Err(self.invalid(&span, problem(value)));
+        }
+        Ok(value as u32)
+    }
+
     fn ident(&self, raw: RawIdent, defaults: Ident) -> Result<Ident, ConfigError> {
         let listen = match raw.listen {
             None => defaults.listen,
@@ -216,17 +231,12 @@ impl Validator<'_> {
                 one.pop()
             }
         };
-        let timeout_ms = match raw.timeout_ms {
-            None => defaults.timeout_ms,
-            Some(t) => {
-                let span = t.span();
-                let value = t.into_inner();
-                if !IDENT_TIMEOUT_MS.contains(&value) {
-                    return Err(self.invalid(&span, Problem::IdentTimeout { value }));
-                }
-                value as u32
-            }
-        };
+        let timeout_ms = self.millis(
+            raw.timeout_ms,
+            defaults.timeout_ms,
+            IDENT_TIMEOUT_MS,
+            |value| Problem::IdentTimeout { value },
+        )?;
         Ok(Ident {
             listen,
             netns,
