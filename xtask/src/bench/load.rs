@@ -324,25 +324,39 @@ pub fn send(args: &SendArgs) -> anyhow::Result<()> {
 /// `seconds`; prints `ops=N bytes=0 errors=E elapsed_ns=T` (ops: spawns).
 pub fn spawn(args: &SpawnArgs) -> anyhow::Result<()> {
     die_with_parent();
-    let duration = Duration::from_secs_f64(args.seconds);
-    let (mut spawns, mut errors) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < duration {
+    timed(args.seconds, 1, || {
         let status = Command::new(&args.program)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         match status {
-            Ok(status) if status.success() => spawns += 1,
-            Ok(_) => {
-                spawns += 1;
-                errors += 1;
-            }
+            Ok(status) => Ok(status.success()),
             Err(err) => bail!("cannot spawn {}: {err}", args.program),
         }
+    })
+}
+
+/// Runs `op` for `seconds`, in batches of `batch` between clock reads (a
+/// clock read costs about as much as a fast operation), and prints
+/// `ops=N bytes=0 errors=E elapsed_ns=T`; `op` says whether it succeeded.
+fn timed(
+    seconds: f64,
+    batch: u32,
+    mut op: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let duration = Duration::from_secs_f64(seconds);
+    let (mut ops, mut errors) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        for _ in 0..batch {
+            ops += 1;
+            if !op()? {
+                errors += 1;
+            }
+        }
     }
-    print_result(spawns, 0, errors, start.elapsed());
+    print_result(ops, 0, errors, start.elapsed());
     Ok(())
 }
 
@@ -354,45 +368,21 @@ pub fn getsockopt(args: &GetsockoptArgs) -> anyhow::Result<()> {
     die_with_parent();
     let socket = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .context("cannot open a socket to ask")?;
-    let duration = Duration::from_secs_f64(args.seconds);
-    let (mut calls, mut errors) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        // Between clock reads, a batch: the clock costs about as much as the call.
-        for _ in 0..256 {
-            let mut value: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: a valid socket, and a buffer and length we own.
-            let rc = unsafe {
-                libc::getsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    (&raw mut value).cast(),
-                    &mut len,
-                )
-            };
-            calls += 1;
-            if rc != 0 {
-                errors += 1;
-            }
-        }
-    }
-    print_result(calls, 0, errors, start.elapsed());
-    Ok(())
-}
-
-/// Runs `bench-getsockopt` inside `netns` for `seconds`.
-pub fn run_getsockopt(netns: &Netns, xtask: &Path, seconds: f64) -> anyhow::Result<Run> {
-    Run::parse(
-        "bench-getsockopt",
-        &proc::output(
-            netns
-                .exec(xtask)
-                .args(["bench-getsockopt", "--seconds"])
-                .arg(seconds.to_string()),
-        )?,
-    )
+    timed(args.seconds, 256, || {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket, and a buffer and length we own.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw mut value).cast(),
+                &mut len,
+            )
+        };
+        Ok(rc == 0)
+    })
 }
 
 /// `bench-bind`: a TCP socket bound to `0.0.0.0:0` (a port the kernel
@@ -406,47 +396,23 @@ pub fn bind(args: &BindArgs) -> anyhow::Result<()> {
         sin_addr: libc::in_addr { s_addr: 0 },
         sin_zero: [0; 8],
     };
-    let duration = Duration::from_secs_f64(args.seconds);
-    let (mut binds, mut errors) = (0u64, 0u64);
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        for _ in 0..64 {
-            // SAFETY: plain socket calls on a descriptor we own and close,
-            // with an address we own and its size.
-            let rc = unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-                if fd < 0 {
-                    bail!("socket() failed: {}", std::io::Error::last_os_error());
-                }
-                let rc = libc::bind(
-                    fd,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                );
-                libc::close(fd);
-                rc
-            };
-            binds += 1;
-            if rc != 0 {
-                errors += 1;
+    timed(args.seconds, 64, || {
+        // SAFETY: plain socket calls on a descriptor we own and close, with
+        // an address we own and its size.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                bail!("socket() failed: {}", std::io::Error::last_os_error());
             }
+            let rc = libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            libc::close(fd);
+            Ok(rc == 0)
         }
-    }
-    print_result(binds, 0, errors, start.elapsed());
-    Ok(())
-}
-
-/// Runs `bench-bind` inside `netns` for `seconds`.
-pub fn run_bind(netns: &Netns, xtask: &Path, seconds: f64) -> anyhow::Result<Run> {
-    Run::parse(
-        "bench-bind",
-        &proc::output(
-            netns
-                .exec(xtask)
-                .args(["bench-bind", "--seconds"])
-                .arg(seconds.to_string()),
-        )?,
-    )
+    })
 }
 
 fn linger_zero(stream: &TcpStream) {
@@ -588,14 +554,15 @@ pub fn run_client(
     Run::parse("bench-client", &proc::output(&mut cmd)?)
 }
 
-/// Runs `bench-spawn` inside `netns` for `seconds`.
-pub fn run_spawn(netns: &Netns, xtask: &Path, seconds: f64) -> anyhow::Result<Run> {
+/// Runs the timed loop `helper` (`bench-spawn`, `bench-getsockopt`,
+/// `bench-bind`) inside `netns` for `seconds`.
+pub fn run_timed(netns: &Netns, xtask: &Path, helper: &str, seconds: f64) -> anyhow::Result<Run> {
     Run::parse(
-        "bench-spawn",
+        helper,
         &proc::output(
             netns
                 .exec(xtask)
-                .args(["bench-spawn", "--seconds"])
+                .args([helper, "--seconds"])
                 .arg(seconds.to_string()),
         )?,
     )

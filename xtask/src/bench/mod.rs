@@ -538,9 +538,9 @@ impl<'a> Bench<'a> {
             Workload::ReceiveTcp => receive(&self.peer, Proto::Tcp, netns::VETH_LOCAL),
             Workload::ReceiveUdp => receive(&self.peer, Proto::Udp, netns::VETH_LOCAL),
             Workload::ReceiveLoopback => receive(netns, Proto::Tcp, Ipv4Addr::LOCALHOST),
-            Workload::Spawn => load::run_spawn(netns, xtask, seconds),
-            Workload::Getsockopt => load::run_getsockopt(netns, xtask, seconds),
-            Workload::Bind => load::run_bind(netns, xtask, seconds),
+            Workload::Spawn => load::run_timed(netns, xtask, "bench-spawn", seconds),
+            Workload::Getsockopt => load::run_timed(netns, xtask, "bench-getsockopt", seconds),
+            Workload::Bind => load::run_timed(netns, xtask, "bench-bind", seconds),
         }
     }
 
