@@ -18,27 +18,32 @@ use loopwarden_tests::{
 /// A python client that connects to the protected port in a loop until
 /// `stop` exists, then writes `ok refused` counts to `out`. A connect that
 /// times out (a SYN the server's backlog dropped) passed the hook: it counts
-/// as ok.
+/// as ok. Any other error stops it and is written to `counts.err`, which
+/// [`flood_counts`] reports.
 fn flood(ns: &Netns, dir: &TempDir, pause: f64) -> (Proc, std::path::PathBuf, std::path::PathBuf) {
     let out = dir.path().join("counts");
     let stop = dir.path().join("stop");
     let script = format!(
         r#"
-import os, socket, time
+import os, socket, time, traceback
 ok = refused = 0
-while not os.path.exists({stop:?}):
-    s = socket.socket()
-    s.settimeout(2)
-    try:
-        s.connect(("127.0.0.1", {PROTECTED}))
-        ok += 1
-    except ConnectionRefusedError:
-        refused += 1
-    except socket.timeout:
-        ok += 1
-    s.close()
-    if {pause} > 0:
-        time.sleep({pause})
+try:
+    while not os.path.exists({stop:?}):
+        s = socket.socket()
+        s.settimeout(2)
+        try:
+            s.connect(("127.0.0.1", {PROTECTED}))
+            ok += 1
+        except ConnectionRefusedError:
+            refused += 1
+        except socket.timeout:
+            ok += 1
+        s.close()
+        if {pause} > 0:
+            time.sleep({pause})
+except BaseException:
+    open({out:?} + ".err", "w").write(f"after {{ok}} ok, {{refused}} refused:\n" + traceback.format_exc())
+    raise
 open({out:?} + ".tmp", "w").write(f"{{ok}} {{refused}}")
 os.rename({out:?} + ".tmp", {out:?})
 "#,
@@ -52,7 +57,11 @@ os.rename({out:?} + ".tmp", {out:?})
 /// Stops a [`flood`] and returns `(ok, refused)`.
 fn flood_counts(out: &std::path::Path, stop: &std::path::Path) -> (u64, u64) {
     std::fs::write(stop, "").expect("stop file");
+    let failed = out.with_extension("err");
     let text = loopwarden_tests::wait_for("the flood's counts", Duration::from_secs(20), || {
+        if let Ok(error) = std::fs::read_to_string(&failed) {
+            panic!("the flood stopped early, {error}");
+        }
         std::fs::read_to_string(out).ok()
     });
     let mut it = text.split_whitespace().map(|n| n.parse().expect("a count"));
