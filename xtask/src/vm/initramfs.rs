@@ -1,0 +1,423 @@
+//! The guest: its `/init` script, its policy, and the newc cpio archive
+//! holding them with the loopwarden binary, the test helpers and busybox.
+
+/// What `/init` runs inside the guest. Ends with `poweroff -f` in every case.
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::proc::{self, say};
+
+/// What `/init` runs inside the guest. Ends with `poweroff -f` in every case.
+const INIT: &str = r#"#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+ip link set lo up
+KREL=$(uname -r)
+echo "LW-VM: kernel $KREL, $(nproc) cpu(s), lsm=$(cat /sys/kernel/security/lsm 2>/dev/null)"
+
+finish() {
+    sync
+    poweroff -f
+    sleep 5
+    reboot -f
+}
+
+dump() {
+    echo "LW-VM: ---- daemon stderr ----"
+    sed 's/^/LW-VM-ERR: /' /tmp/err 2>/dev/null
+    echo "LW-VM: ---- daemon stdout (audit) ----"
+    sed 's/^/LW-VM-OUT: /' /tmp/audit 2>/dev/null
+    echo "LW-VM: ---- end ----"
+}
+
+fail() {
+    dump
+    echo "LW-VM-RESULT: FAIL kernel=$KREL $*"
+    finish
+}
+
+# fetch URL: prints the page or fails; the error goes to /tmp/fetch.err.
+# (busybox 1.35's `wget -T` segfaults: time out with `timeout` instead.)
+fetch() { timeout 10 wget -q -O - "$1" 2>/tmp/fetch.err; }
+# relay URL: the same through the relay executable (a copy of busybox).
+relay() { timeout 10 /relay/wget -q -O - "$1" 2>/tmp/fetch.err; }
+socat_fetch() { timeout 10 /socat/wget -q -O - "$1" 2>/tmp/fetch.err; }
+
+V4=http://127.0.0.1:8080/
+V6=http://[::1]:8080/
+MAPPED=http://[::ffff:127.0.0.1]:8080/
+
+mkdir -p /www
+echo lw-ok > /www/index.html
+httpd -p 8080 -h /www || fail "httpd did not start"
+for url in $V4 $V6 $MAPPED; do
+    fetch $url | grep -q lw-ok || fail "before the daemon: $url unreachable: $(cat /tmp/fetch.err)"
+    relay $url | grep -q lw-ok || fail "before the daemon: relay to $url failed: $(cat /tmp/fetch.err)"
+done
+echo "LW-VM: listener up on 8080 (v4, v6, v4-mapped)"
+
+loopwarden run --config /etc/lw.toml --log-format json >/tmp/audit 2>/tmp/err &
+LW=$!
+i=0
+while ! grep -q 'ready:' /tmp/err; do
+    kill -0 $LW 2>/dev/null || fail "daemon exited before it was ready"
+    i=$((i + 1))
+    [ $i -ge 1200 ] && fail "daemon not ready after 120 s"
+    sleep 0.1
+done
+echo "LW-VM: $(grep 'ready:' /tmp/err)"
+
+# Provenance: the accepted socket's getsockopt names its client (8082 is
+# protected, 8083 not).
+lw-origin-probe 8082 8083 >/tmp/probe 2>&1 || fail "getsockopt origin: $(cat /tmp/probe)"
+sed 's/^/LW-VM: origin /' /tmp/probe
+
+for url in $V4 $V6 $MAPPED; do
+    if relay $url >/dev/null; then
+        fail "relay connect to $url was NOT refused"
+    fi
+    grep -qi 'refused' /tmp/fetch.err || fail "relay to $url failed, but not with connection refused: $(cat /tmp/fetch.err)"
+    echo "LW-VM: relay -> $url refused: $(cat /tmp/fetch.err)"
+    fetch $url | grep -q lw-ok || fail "busybox to $url was refused: $(cat /tmp/fetch.err)"
+    echo "LW-VM: busybox -> $url allowed"
+done
+if socat_fetch $V4 >/dev/null; then
+    fail "catalog:socat (exe_name socat) connect to $V4 was NOT refused"
+fi
+echo "LW-VM: socat (catalog exe_name rule) -> $V4 refused"
+# Relay detection: lw-relay, named by no rule, listens on a non-loopback
+# address (10.0.2.15 on lo: the guest has no other link) and forwards to
+# the service; a client of that address is a non-local peer.
+ip addr add 10.0.2.15/32 dev lo || fail "adding 10.0.2.15 to lo failed"
+lw-relay 10.0.2.15:9100 127.0.0.1:8080 &
+RELAYPID=$!
+i=0
+until netstat -ltn 2>/dev/null | grep -q '10.0.2.15:9100'; do
+    i=$((i + 1))
+    [ $i -ge 50 ] && fail "lw-relay did not listen"
+    sleep 0.1
+done
+if fetch http://10.0.2.15:9100/ >/dev/null; then
+    fail "the relay verdict did not refuse lw-relay (an unnamed forwarder)"
+fi
+i=0
+until grep -q '"rule":"relay".*"exe_name":"lw-relay".*"via":"10.0.2.15:[0-9]*","via_how":"accepted"' /tmp/audit; do
+    i=$((i + 1))
+    [ $i -ge 50 ] && fail "no relay-verdict deny of lw-relay with accepted evidence"
+    sleep 0.1
+done
+grep '"exe_name":"lw-relay"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: relay verdict: /'
+kill $RELAYPID
+
+i=0
+while [ "$(grep -c '"verdict":"deny"' /tmp/audit)" -lt 5 ]; do
+    i=$((i + 1))
+    [ $i -ge 100 ] && fail "expected 5 deny lines in the audit output"
+    sleep 0.1
+done
+grep -q '"rule":"relay-exe"' /tmp/audit || fail "no deny line names the relay-exe rule"
+grep -q '"rule":"catalog:socat"' /tmp/audit || fail "no deny line names catalog:socat"
+# (`exe` comes from /proc after the fact and is null once wget has exited;
+# exe_name is what the kernel read.)
+grep -q '"exe_name":"relay"' /tmp/audit || fail "no audit line shows exe_name relay"
+grep '"rule":"relay-exe"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: audit: /'
+if grep -q '"rule":"netcat"\|"verdict":"deny".*"exe":"/bin/busybox"' /tmp/audit; then
+    fail "busybox itself was judged"
+fi
+
+# A SIGKILL leaves enforcement pinned; a new daemon adopts it.
+kill -9 $LW
+wait $LW
+relay $V4 >/dev/null && fail "the relay got through after the daemon was killed"
+echo "LW-VM: after SIGKILL the pinned programs still refuse the relay"
+loopwarden run --config /etc/lw.toml --log-format json >>/tmp/audit 2>>/tmp/err &
+LW=$!
+i=0
+while [ "$(grep -c 'ready:' /tmp/err)" -lt 2 ]; do
+    kill -0 $LW 2>/dev/null || fail "the second daemon exited before it was ready"
+    i=$((i + 1))
+    [ $i -ge 1200 ] && fail "the second daemon was not ready after 120 s"
+    sleep 0.1
+done
+grep -q 'adopted the pinned maps' /tmp/err || fail "the second daemon did not adopt the pinned maps"
+relay $V4 >/dev/null && fail "the relay got through after the restart"
+echo "LW-VM: a restarted daemon adopted the pinned maps and links"
+kill $LW
+wait $LW
+relay $V4 >/dev/null && fail "the relay got through after SIGTERM"
+loopwarden detach || fail "loopwarden detach failed"
+i=0
+until relay $V4 >/dev/null; do
+    i=$((i + 1))
+    [ $i -ge 50 ] && fail "relay still refused 5 s after loopwarden detach"
+    sleep 0.1
+done
+echo "LW-VM: after loopwarden detach the relay connects again"
+dump
+echo "LW-VM-RESULT: PASS kernel=$KREL"
+finish
+"#;
+
+const CONFIG: &str = r#"mode = "enforce"
+
+[protect]
+ports = [8080, 8082]
+
+[relay]
+action = "deny"
+
+[[rule]]
+name = "relay-exe"
+action = "deny"
+exe = "/bin/relay"
+"#;
+
+const PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+/// The guest's helpers from tests/src/bin: `lw-relay`, the relay that no
+/// catalog names, and `lw-origin-probe`, which asks getsockopt.
+const GUEST_BINS: [&str; 2] = ["lw-relay", "lw-origin-probe"];
+
+/// Builds [`GUEST_BINS`]; their paths.
+pub(super) fn build_guest_bins() -> anyhow::Result<Vec<PathBuf>> {
+    say!("vm-test: building {} ...", GUEST_BINS.join(", "));
+    let mut cmd = proc::cargo();
+    cmd.args(["build", "--release", "-p", "loopwarden-tests"]);
+    for bin in GUEST_BINS {
+        cmd.args(["--bin", bin]);
+    }
+    proc::run(&mut cmd)?;
+    Ok(GUEST_BINS
+        .iter()
+        .map(|bin| proc::target_dir().join("release").join(bin))
+        .collect())
+}
+
+pub(super) fn build_initramfs(
+    binary: &Path,
+    guest_bins: &[PathBuf],
+    busybox: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let mut cpio = Cpio::default();
+    for dir in [
+        "/bin", "/dev", "/etc", "/proc", "/sys", "/run", "/tmp", "/root", "/relay", "/socat",
+    ] {
+        cpio.dir(dir);
+    }
+    // The kernel opens /dev/console for /init before devtmpfs is mounted.
+    cpio.char_dev("/dev/console", 0o600, 5, 1);
+
+    let busybox_bytes =
+        fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?;
+    cpio.file("/bin/busybox", 0o755, &busybox_bytes);
+    let applets = proc::output(Command::new(busybox).arg("--list"))?;
+    for applet in applets.lines().map(str::trim) {
+        if !applet.is_empty() && applet != "busybox" {
+            cpio.symlink(&format!("/bin/{applet}"), "busybox");
+        }
+    }
+    // Separate copies: their own inodes and file names. Applets are picked by
+    // argv[0], hence the symlinks named after the applet.
+    cpio.file("/bin/relay", 0o755, &busybox_bytes);
+    cpio.symlink("/relay/wget", "/bin/relay");
+    cpio.file("/bin/socat", 0o755, &busybox_bytes);
+    cpio.symlink("/socat/wget", "/bin/socat");
+
+    let bytes = fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    cpio.file("/bin/loopwarden", 0o755, &bytes);
+    let mut libs = shared_libraries(binary)?;
+    for bin in guest_bins {
+        let bytes = fs::read(bin).with_context(|| format!("cannot read {}", bin.display()))?;
+        let name = bin.file_name().map(|n| n.to_string_lossy().into_owned());
+        cpio.file(&format!("/bin/{}", name.unwrap_or_default()), 0o755, &bytes);
+        for lib in shared_libraries(bin)? {
+            if !libs.contains(&lib) {
+                libs.push(lib);
+            }
+        }
+    }
+    for lib in libs {
+        let bytes = fs::read(&lib).with_context(|| format!("cannot read {}", lib.display()))?;
+        let path = lib.to_string_lossy().into_owned();
+        cpio.parents(&path);
+        cpio.file(&path, 0o755, &bytes);
+    }
+
+    cpio.file("/init", 0o755, INIT.as_bytes());
+    cpio.file("/etc/lw.toml", 0o644, CONFIG.as_bytes());
+    cpio.file("/etc/passwd", 0o644, PASSWD.as_bytes());
+    cpio.file("/etc/group", 0o644, GROUP.as_bytes());
+    let archive = cpio.finish();
+
+    let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut gzip = Command::new("gzip")
+        .args(["-6", "-n"])
+        .stdin(Stdio::piped())
+        .stdout(file)
+        .spawn()
+        .context("could not start gzip")?;
+    gzip.stdin
+        .take()
+        .context("gzip stdin")?
+        .write_all(&archive)
+        .context("writing to gzip")?;
+    let status = gzip.wait()?;
+    if !status.success() {
+        bail!("gzip failed ({status})");
+    }
+    Ok(())
+}
+
+/// The libraries (and dynamic loader) `ldd` says `binary` needs, by the
+/// paths it loads them from.
+fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let Some(out) = proc::probe(Command::new("ldd").arg(binary)) else {
+        // Static binaries make ldd fail: nothing to copy.
+        return Ok(Vec::new());
+    };
+    Ok(ldd_paths(&out))
+}
+
+fn ldd_paths(ldd: &str) -> Vec<PathBuf> {
+    ldd.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// A newc cpio archive built in memory: no staging directory, no root needed
+/// for device nodes or ownership.
+#[derive(Default)]
+struct Cpio {
+    data: Vec<u8>,
+    next_ino: u32,
+    dirs: std::collections::BTreeSet<String>,
+}
+
+impl Cpio {
+    fn entry(&mut self, path: &str, mode: u32, rdev: (u32, u32), body: &[u8]) {
+        self.next_ino += 1;
+        let name = path.trim_start_matches('/');
+        let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };
+        let fields = [
+            self.next_ino,
+            mode,
+            0, // uid
+            0, // gid
+            nlink,
+            0, // mtime
+            u32::try_from(body.len()).expect("initramfs member under 4 GiB"),
+            0, // dev major
+            0, // dev minor
+            rdev.0,
+            rdev.1,
+            u32::try_from(name.len() + 1).expect("short name"),
+            0, // check
+        ];
+        self.data.extend_from_slice(b"070701");
+        for field in fields {
+            self.data
+                .extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        self.data.extend_from_slice(name.as_bytes());
+        self.data.push(0);
+        self.pad();
+        self.data.extend_from_slice(body);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.data.len().is_multiple_of(4) {
+            self.data.push(0);
+        }
+    }
+
+    fn dir(&mut self, path: &str) {
+        if self.dirs.insert(path.to_owned()) {
+            self.entry(path, 0o040755, (0, 0), &[]);
+        }
+    }
+
+    /// Creates the missing parent directories of `path`.
+    fn parents(&mut self, path: &str) {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            prefix.push('/');
+            prefix.push_str(part);
+            let dir = prefix.clone();
+            self.dir(&dir);
+        }
+    }
+
+    fn file(&mut self, path: &str, perm: u32, body: &[u8]) {
+        self.entry(path, 0o100000 | perm, (0, 0), body);
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.entry(path, 0o120777, (0, 0), target.as_bytes());
+    }
+
+    fn char_dev(&mut self, path: &str, perm: u32, major: u32, minor: u32) {
+        self.entry(path, 0o020000 | perm, (major, minor), &[]);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.next_ino = 0;
+        self.entry("TRAILER!!!", 0, (0, 0), &[]);
+        self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ldd_output() {
+        let out = "\tlinux-vdso.so.1 (0x00007f44c184c000)\n\
+                   \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f44c13e0000)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f44c11fe000)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f44c184e000)\n";
+        assert_eq!(
+            ldd_paths(out),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn cpio_is_newc_with_trailer() {
+        let mut cpio = Cpio::default();
+        cpio.dir("/bin");
+        cpio.file("/bin/x", 0o755, b"abc");
+        let data = cpio.finish();
+        assert!(data.starts_with(b"070701"));
+        assert!(data.len().is_multiple_of(4));
+        assert!(data.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
+}
