@@ -19,8 +19,10 @@
 mod detach;
 mod installed;
 mod lock;
+mod rings;
 pub mod status_file;
 mod sweeper;
+mod systemd;
 
 use std::{
     io,
@@ -28,25 +30,19 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use aya::maps::{MapData, RingBuf};
-use loopwarden_common::verdict;
-use tokio::{
-    io::{
-        Interest,
-        unix::{AsyncFd, AsyncFdReadyMutGuard},
-    },
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 pub use self::{detach::detach, lock::InstanceLock};
 use self::{
     installed::{Installed, Source, compile_policy, host_addresses},
+    rings::{CounterReport, drain, readable, watch},
     sweeper::Sweeper,
+    systemd::{notify_systemd, notify_systemd_ready, systemd_watchdog},
 };
 use crate::{
     config::ConfigError,
-    events::{Enricher, LogFormat, parse_event},
+    events::{Enricher, LogFormat},
     kernel::{
         btf::{self, BtfError},
         compat::{self, CompatError},
@@ -496,67 +492,6 @@ fn getsockopt_targets(
         .collect()
 }
 
-fn notify_systemd_ready() {
-    if let Err((path, e)) = notify_systemd(b"READY=1") {
-        warn!("notifying systemd at {path} failed: {e}");
-    }
-}
-
-/// Whether systemd's watchdog expects `WATCHDOG=1` from this process
-/// (`WatchdogSec=` sets `WATCHDOG_USEC`, and `WATCHDOG_PID` when it names
-/// one process), as `sd_watchdog_enabled` decides.
-fn systemd_watchdog() -> bool {
-    watchdog_enabled(
-        std::env::var("WATCHDOG_USEC").ok().as_deref(),
-        std::env::var("WATCHDOG_PID").ok().as_deref(),
-        std::process::id(),
-    )
-}
-
-/// [`systemd_watchdog`] on the variables' values and our pid.
-fn watchdog_enabled(usec: Option<&str>, pid: Option<&str>, own: u32) -> bool {
-    usec.and_then(|u| u.parse::<u64>().ok())
-        .is_some_and(|u| u > 0)
-        && pid.is_none_or(|p| p.parse() == Ok(own))
-}
-
-/// Sends `state` to systemd's `$NOTIFY_SOCKET`, if set; the error names the
-/// socket.
-fn notify_systemd(state: &[u8]) -> Result<(), (String, io::Error)> {
-    use std::os::{linux::net::SocketAddrExt as _, unix::net::UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
-    };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()),
-        None => std::os::unix::net::SocketAddr::from_pathname(&path),
-    };
-    UnixDatagram::unbound()
-        .and_then(|sock| addr.and_then(|addr| sock.send_to_addr(state, &addr)))
-        .map(drop)
-        .map_err(|e| (path, e))
-}
-
-type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
-
-/// Registers a ring buffer's descriptor with the reactor.
-fn watch<T: std::os::fd::AsRawFd>(inner: T, what: &str) -> Result<AsyncFd<T>, DaemonError> {
-    // SAFETY: `inner` owns its descriptor (an aya map fd) and keeps it open and
-    // unchanged until the AsyncFd, which owns `inner`, is dropped.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
-        .map_err(|e| io_err(what)(io::Error::from(e)))
-}
-
-async fn readable(
-    logger: &mut Option<AsyncFd<KernelLogger>>,
-) -> io::Result<Option<AsyncFdReadyMutGuard<'_, KernelLogger>>> {
-    match logger {
-        Some(fd) => fd.readable_mut().await.map(Some),
-        None => std::future::pending().await,
-    }
-}
-
 /// Wall time spent in a periodic task.
 #[derive(Default)]
 struct Cost {
@@ -586,101 +521,5 @@ async fn every(interval: &mut Option<tokio::time::Interval>) {
             interval.tick().await;
         }
         None => std::future::pending().await,
-    }
-}
-
-/// Records taken from one ring per [`drain`]: a flood the daemon cannot
-/// keep up with still lets it turn to refusals, ticks and signals (what is
-/// left is taken at the next wakeup or drain tick).
-const DRAIN_BATCH: usize = 16 * 1024;
-
-/// Reports the queued events, the rings in the order given (refusals
-/// first), and writes the batch.
-fn drain(rings: &mut [&mut RingBuf<MapData>], reporter: &mut Reporter) {
-    for ring in rings.iter_mut() {
-        for _ in 0..DRAIN_BATCH {
-            let Some(item) = ring.next() else {
-                break;
-            };
-            match parse_event(&item) {
-                Some(ev) => {
-                    drop(item);
-                    reporter.event(&ev);
-                }
-                None => warn!(
-                    "ignoring a short record ({} bytes) from the kernel",
-                    item.len()
-                ),
-            }
-        }
-    }
-    reporter.flush();
-}
-
-/// Reports events the ring buffer had to drop, and remembers in `LW_META`
-/// what was reported, so the next daemon reports only what it missed.
-struct CounterReport {
-    pins: PinDir,
-    last: Counters,
-}
-
-impl CounterReport {
-    /// Once per refresh: the reports lost since the last call, per verdict
-    /// (`allow`, `audit`, `would-deny`, `deny`), in one line.
-    fn report(&mut self, stats: &mut StatsMap) {
-        let now = match stats.read() {
-            Ok(now) => now,
-            Err(e) => {
-                warn!("reading kernel counters failed: {e}");
-                return;
-            }
-        };
-        let lost: Vec<u64> = now
-            .dropped_by_verdict
-            .iter()
-            .zip(self.last.dropped_by_verdict)
-            .map(|(now, last)| now.saturating_sub(last))
-            .collect();
-        if lost.iter().any(|&n| n > 0) {
-            // At warning, as refusals: what `journalctl -p warning` shows.
-            warn!(
-                lost_allow = lost[usize::from(verdict::ALLOW)],
-                lost_audit = lost[usize::from(verdict::AUDIT)],
-                lost_would_deny = lost[usize::from(verdict::WOULD_DENY)],
-                lost_deny = lost[usize::from(verdict::DENY)],
-                lost_total = lost.iter().sum::<u64>(),
-                total_dropped = now.dropped,
-                "events lost: a ring buffer was full, or no daemon was reading (the connects were \
-                 still judged; only their reports are missing)"
-            );
-            if let Err(e) = stats.set_drops_reported(&now.dropped_by_verdict) {
-                warn!("recording the reported drops in LW_DROPS_REPORTED failed: {e}");
-            }
-            if let Err(e) = self.pins.write_meta(now.dropped) {
-                warn!("recording the reported drops in LW_META failed: {e}");
-            }
-        }
-        if now.raced > self.last.raced {
-            warn!(
-                allowed = now.raced - self.last.raced,
-                "connects allowed unjudged: the policy was rewritten faster than they could be judged"
-            );
-        }
-        self.last = now;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::watchdog_enabled;
-
-    #[test]
-    fn the_watchdog_is_fed_only_when_systemd_asks_this_process() {
-        assert!(watchdog_enabled(Some("30000000"), None, 42));
-        assert!(watchdog_enabled(Some("30000000"), Some("42"), 42));
-        assert!(!watchdog_enabled(Some("30000000"), Some("41"), 42));
-        assert!(!watchdog_enabled(Some("0"), None, 42));
-        assert!(!watchdog_enabled(Some("soon"), None, 42));
-        assert!(!watchdog_enabled(None, None, 42));
     }
 }
