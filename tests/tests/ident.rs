@@ -249,7 +249,7 @@ fn postgresql_ident_authentication_accepts_a_direct_client_and_not_a_relay() {
 }
 
 #[test]
-fn an_address_that_cannot_be_bound_stops_the_start_with_a_clear_error() {
+fn an_address_that_cannot_be_bound_stops_the_start_before_anything_is_loaded() {
     let ns = Netns::new();
     // Something else holds the ident port in the namespace.
     let mut other_identd = holding_server(&ns, IDENT_PORT);
@@ -281,6 +281,12 @@ fn an_address_that_cannot_be_bound_stops_the_start_with_a_clear_error() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!stderr.contains("ready:"), "{stderr}");
+    // It stopped before loading anything: no program pinned, none attached.
+    assert!(
+        !install.pin_dir().exists(),
+        "{} exists after a start that could not bind",
+        install.pin_dir().display()
+    );
 
     // With the port free, the same config starts and serves.
     other_identd.kill();

@@ -234,6 +234,15 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     }
     let offsets = btf::kernel_offsets(&host.btf_path)?;
+    // The RFC 1413 responder's addresses (`[ident] listen`), bound before
+    // the programs load: one that cannot be bound stops the start with
+    // nothing changed.
+    let ident = config
+        .as_ref()
+        .filter(|c| !c.ident.listen.is_empty())
+        .map(crate::provenance::ident::bind)
+        .transpose()
+        .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
 
     let _pin_lock = pins.prepare()?;
     let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
@@ -278,10 +287,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     });
     pins.write_meta(dropped_reported)
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
-    // The RFC 1413 responder, when `[ident] listen` names addresses.
-    if let Some(config) = config.as_ref().filter(|c| !c.ident.listen.is_empty()) {
+    // The RFC 1413 responder, bound before anything was loaded.
+    if let Some(bound) = ident {
         let conns = pins.map(loopwarden_common::maps::CONNS);
-        let serving = crate::provenance::ident::start(config, &conns)
+        let serving = bound
+            .serve(&conns)
             .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
         info!("ident (RFC 1413): answering on {serving}");
     }

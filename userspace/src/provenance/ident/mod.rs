@@ -7,7 +7,8 @@
 //! uid is never handed out as the remote party's; `NO-USER` for a
 //! connection loopwarden knows nothing of.
 //!
-//! The listeners are bound at start, in `[ident] netns` when it is set (by
+//! The listeners are bound at start, before the programs are attached
+//! ([`bind`]), in `[ident] netns` when it is set (by
 //! a short-lived thread that enters it: sockets keep the namespace they
 //! were made in), and connections are looked up in that namespace. Each
 //! client is served by a task of its own, with a deadline on every read and
@@ -109,12 +110,23 @@ impl fmt::Display for Serving {
     }
 }
 
-/// Binds every `[ident] listen` address of `config` and serves them on the
-/// current tokio runtime, answering from the `LW_CONNS` pinned at `conns`.
-pub fn start(config: &Config, conns: &Path) -> Result<Serving, IdentStartError> {
+/// The responder's listeners, bound but not yet served: binding comes
+/// before the programs are attached, so an address that cannot be bound
+/// stops the start with nothing changed.
+pub struct Bound {
+    listeners: Vec<TcpListener>,
+    /// The listeners' network namespace (inode number).
+    netns: u32,
+    serving: Serving,
+    relayed: IdentError,
+    timeout: Duration,
+}
+
+/// Binds every `[ident] listen` address of `config` (in `[ident] netns`
+/// when it is set), on the current tokio runtime.
+pub fn bind(config: &Config) -> Result<Bound, IdentStartError> {
     let file = &config.source;
     let config = &config.ident;
-    let conns = Conns::open(conns)?;
     let netns_path = config.netns.as_ref().map(|n| n.value.clone());
     let addrs: Vec<SocketAddr> = config.listen.iter().map(|l| l.value).collect();
     let (netns, bound) = match &config.netns {
@@ -151,24 +163,38 @@ pub fn start(config: &Config, conns: &Path) -> Result<Serving, IdentStartError> 
         let listener = TcpListener::from_std(std_listener).map_err(bind_error)?;
         listeners.push(listener);
     }
-    let shared = Arc::new(Shared {
-        conns,
+    Ok(Bound {
+        listeners,
         netns,
+        serving: Serving {
+            addrs,
+            netns: netns_path,
+        },
         relayed: config.relayed,
         timeout: Duration::from_millis(u64::from(config.timeout_ms)),
-    });
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    for listener in listeners {
-        tokio::spawn(accept_loop(
-            listener,
-            Arc::clone(&shared),
-            Arc::clone(&slots),
-        ));
-    }
-    Ok(Serving {
-        addrs,
-        netns: netns_path,
     })
+}
+
+impl Bound {
+    /// Serves the listeners, answering from the `LW_CONNS` pinned at
+    /// `conns`.
+    pub fn serve(self, conns: &Path) -> Result<Serving, IdentStartError> {
+        let shared = Arc::new(Shared {
+            conns: Conns::open(conns)?,
+            netns: self.netns,
+            relayed: self.relayed,
+            timeout: self.timeout,
+        });
+        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+        for listener in self.listeners {
+            tokio::spawn(accept_loop(
+                listener,
+                Arc::clone(&shared),
+                Arc::clone(&slots),
+            ));
+        }
+        Ok(self.serving)
+    }
 }
 
 /// Binds each address (std sets `SO_REUSEADDR`, so a restart does not
