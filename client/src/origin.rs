@@ -117,6 +117,9 @@ pub enum How {
     Received,
     /// Its connection to `addr` completed.
     Connected,
+    /// It was executed with a connection from `addr` as its stdin or stdout
+    /// (an inetd-style server's per-connection program).
+    Stdio,
     /// A value this client does not know.
     Other(u8),
 }
@@ -129,6 +132,7 @@ impl How {
             How::Accepted => "accepted",
             How::Received => "received",
             How::Connected => "connected",
+            How::Stdio => "stdio",
             How::Other(_) => "unknown",
         }
     }
@@ -267,6 +271,7 @@ fn known(r: &OriginRecord) -> Origin {
         evidence::ACCEPTED => Some(How::Accepted),
         evidence::RECEIVED => Some(How::Received),
         evidence::CONNECTED => Some(How::Connected),
+        evidence::STDIO => Some(How::Stdio),
         other => Some(How::Other(other)),
     };
     let via = how.map(|how| Via {

@@ -358,6 +358,10 @@ pub mod evidence {
     pub const RECEIVED: u8 = 3;
     /// Its connection to a non-local peer completed its handshake.
     pub const CONNECTED: u8 = 4;
+    /// It was executed with a TCP connection from a non-local peer as its
+    /// standard input or output (an inetd-style server's per-connection
+    /// program).
+    pub const STDIO: u8 = 5;
 }
 
 /// One piece of evidence that a process faces the network.
@@ -614,6 +618,20 @@ pub struct KernelOffsets {
     pub skb_sk: u32,
     /// `sock.sk_uid`
     pub sk_uid: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.fd`
+    pub fdtable_fd: u32,
+    /// `fdtable.max_fds`
+    pub fdtable_max_fds: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `inode.i_mode`
+    pub inode_mode: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
 }
 
 /// The policy-wide settings, `LW_SETTINGS[0]`.
@@ -893,7 +911,7 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 29);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 36);
 const _: () = assert!(core::mem::size_of::<Evidence>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + SCRIPT_LEN);
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);

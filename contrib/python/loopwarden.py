@@ -75,7 +75,7 @@ _RECORD = struct.Struct(
 assert _RECORD.size == RECORD_SIZE
 
 _VERDICTS = {0: "allow", 1: "audit", 2: "would-deny", 3: "deny"}
-_HOWS = {1: "listening", 2: "accepted", 3: "received", 4: "connected"}
+_HOWS = {1: "listening", 2: "accepted", 3: "received", 4: "connected", 5: "stdio"}
 
 
 class NotAnswering(OSError):

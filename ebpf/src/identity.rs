@@ -51,6 +51,13 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     net_inum: 0,
     skb_sk: 0,
     sk_uid: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_fd: 0,
+    fdtable_max_fds: 0,
+    file_private_data: 0,
+    inode_mode: 0,
+    socket_sk: 0,
 });
 
 /// The offsets userspace patched in.
@@ -70,6 +77,15 @@ pub fn load<T>(base: u64, offset: u32) -> T {
     // SAFETY: `base` is a BTF-typed kernel pointer; the verifier checks the
     // access against the kernel's BTF and makes it a fault-handled load.
     unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast::<T>()) }
+}
+
+/// Copies a `T` from kernel address `addr` with `bpf_probe_read_kernel`,
+/// for addresses the verifier has no BTF type for; 0 (the default) when
+/// it cannot be read.
+#[inline(always)]
+pub fn probe<T: Copy + Default>(addr: u64) -> T {
+    // SAFETY: the helper checks the address and copies nothing on a fault.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.unwrap_or_default()
 }
 
 impl Task {

@@ -31,6 +31,7 @@ mod process;
 mod procs;
 mod recvmsg;
 mod sockets;
+mod stdio;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

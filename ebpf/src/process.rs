@@ -5,7 +5,8 @@
 //!   connection they were forked for, nginx's workers their master's
 //!   listeners, a tunnel's children its lineage.
 //! - exec: a new program starts with no evidence (a login shell execed by
-//!   sshd is not sshd). It keeps its lineage, or takes its own if its file
+//!   sshd is not sshd), unless its standard input or output is a TCP
+//!   connection from a non-local peer ([`crate::stdio`]: `stdio`). It keeps its lineage, or takes its own if its file
 //!   name is in a catalog rule that extends to descendants; an interpreter
 //!   records the script on its command line.
 //! - exit: the process's state goes with it.
@@ -21,7 +22,8 @@ use crate::{
     identity::{self, Task},
     maps::{PROCS, SETTINGS, generation},
     names::{self, Words, is_interpreter},
-    procs::{self, entry, forget_recorded, insert},
+    procs::{self, Slot, entry, forget_recorded, insert, record},
+    stdio,
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
@@ -55,6 +57,17 @@ pub fn lw_exit(ctx: BtfTracePointContext) -> i32 {
 pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let task = Task::current();
+    start_over(tgid, task);
+    if let Some((addr, port)) = stdio::peer(task) {
+        record(tgid, Slot::Standing, evidence::STDIO, addr, port);
+    }
+    0
+}
+
+/// The state an exec leaves: no evidence; the lineage kept or taken from
+/// the new file name; the script, if an interpreter runs one.
+#[inline(always)]
+fn start_over(tgid: u32, task: Task) {
     let name = identity::exe_name_words(task.exe_file());
     let lineage = inherited_key(&name);
     let catalogued = lineage.is_some();
@@ -71,9 +84,9 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
         Some(s) => s,
         None if catalogued || script[0] != 0 => match entry(tgid) {
             Some(s) => s,
-            None => return 0,
+            None => return,
         },
-        None => return 0,
+        None => return,
     };
     // SAFETY: a pointer to the map's value, valid for this run; only this
     // process's exec writes its lineage and script.
@@ -95,7 +108,6 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
             procs::remove(tgid);
         }
     }
-    0
 }
 
 /// The key (exact or prefix form) through which a catalog rule that

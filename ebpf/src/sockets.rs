@@ -26,7 +26,7 @@ use loopwarden_common::{Addr, ListenerKey, Pending, evidence, origin::ConnKey, s
 
 use crate::{
     addr::{is_loopback, is_unspecified, v4_mapped},
-    identity::{load, offsets},
+    identity::{load, offsets, probe},
     maps::{LISTENERS, PENDING, count},
     origin,
     procs::{Slot, record},
@@ -34,7 +34,7 @@ use crate::{
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_TCP: u16 = 6;
 const IPPROTO_UDP: u16 = 17;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -45,33 +45,66 @@ const TCP_LISTEN: i32 = 10;
 pub const DNS_PORTS: [u16; 2] = [53, 5353];
 
 /// One side of a socket: address and port (host order).
-struct End {
-    addr: Addr,
-    port: u16,
+pub struct End {
+    pub addr: Addr,
+    pub port: u16,
+}
+
+/// How a `struct sock`'s fields are read: [`Btf`] loads from a BTF-typed
+/// pointer (a tracepoint's argument), [`Probe`] copies from an address the
+/// verifier has no type for (one read out of an fd table).
+pub trait Reader {
+    fn at<T: Copy + Default>(base: u64, offset: u32) -> T;
+}
+
+/// Direct, fault-handled loads ([`load`]).
+pub struct Btf;
+
+impl Reader for Btf {
+    #[inline(always)]
+    fn at<T: Copy + Default>(base: u64, offset: u32) -> T {
+        load(base, offset)
+    }
+}
+
+/// `bpf_probe_read_kernel` ([`probe`]).
+pub struct Probe;
+
+impl Reader for Probe {
+    #[inline(always)]
+    fn at<T: Copy + Default>(base: u64, offset: u32) -> T {
+        probe(base + u64::from(offset))
+    }
 }
 
 /// The peer (`remote`) or local end of `sk`; `None` for other families.
 #[inline(always)]
 fn end(sk: u64, remote: bool) -> Option<End> {
+    end_by::<Btf>(sk, remote)
+}
+
+/// [`end`], read with `R`.
+#[inline(always)]
+pub fn end_by<R: Reader>(sk: u64, remote: bool) -> Option<End> {
     let o = offsets();
-    let family: u16 = load(sk, o.sk_family);
+    let family: u16 = R::at(sk, o.sk_family);
     let (v4, v6, port) = if remote {
         (
             o.sk_daddr,
             o.sk_v6_daddr,
-            u16::from_be(load(sk, o.sk_dport)),
+            u16::from_be(R::at(sk, o.sk_dport)),
         )
     } else {
-        (o.sk_rcv_saddr, o.sk_v6_rcv_saddr, load(sk, o.sk_num))
+        (o.sk_rcv_saddr, o.sk_v6_rcv_saddr, R::at(sk, o.sk_num))
     };
     let addr = match family {
-        AF_INET => v4_mapped(load(sk, v4)),
+        AF_INET => v4_mapped(R::at(sk, v4)),
         AF_INET6 => Addr {
             words: [
-                load(sk, v6),
-                load(sk, v6 + 4),
-                load(sk, v6 + 8),
-                load(sk, v6 + 12),
+                R::at(sk, v6),
+                R::at(sk, v6 + 4),
+                R::at(sk, v6 + 8),
+                R::at(sk, v6 + 12),
             ],
         },
         _ => return None,

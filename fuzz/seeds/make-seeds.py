@@ -62,7 +62,11 @@ def btf(endian):
     agg(STRUCT, "dentry", 64, [("d_flags", vol, 0), ("d_parent", ptr, 64), ("d_name", qstr, 128)])
     path = agg(STRUCT, "path", 16, [("mnt", ptr, 0), ("dentry", ptr, 64)])
     path_t = ty("path_t", TYPEDEF, 0, path)
-    agg(STRUCT, "file", 64, [("f_lock", u32, 0), ("f_path", path_t, 64), ("f_inode", ptr, 192)])
+    agg(STRUCT, "file", 64, [("f_lock", u32, 0), ("f_path", path_t, 64), ("f_inode", ptr, 192),
+        ("private_data", ptr, 256)])
+    agg(STRUCT, "files_struct", 64, [("count", u32, 0), ("fdt", ptr, 64)])
+    agg(STRUCT, "fdtable", 32, [("max_fds", u32, 0), ("fd", ptr, 64)])
+    agg(STRUCT, "socket", 64, [("state", u32, 0), ("sk", ptr, 256)])
     agg(STRUCT, "inode", 128, [("i_mode", u32, 0), ("i_sb", ptr, 320), ("i_ino", u64, 512)])
     agg(STRUCT, "super_block", 64, [("s_list", u64, 0), ("s_dev", u32, 128)])
     agg(STRUCT, "mm_struct", 64, [("mmap", ptr, 0), ("exe_file", ptr, 448),
@@ -81,7 +85,8 @@ def btf(endian):
     agg(STRUCT, "task_struct", 256, [
         ("__state", u32, 0), ("flags", u32, (3 << 24) | 32), ("mm", ptr, 512),
         ("pid", u32, 768), ("tgid", u32, 800), ("real_parent", ptr, 1024), ("group_leader", ptr, 1088),
-        ("start_boottime", u64, 1280), ("comm", arr, 1536), ("", arr, 1664)], kflag=1)
+        ("start_boottime", u64, 1280), ("comm", arr, 1536), ("", arr, 1664), ("files", ptr, 1792)],
+        kflag=1)
     magic = struct.pack(endian + "HBB", 0xeb9f, 1, 0)
     hdr = magic + struct.pack(endian + "IIIII", 24, 0, len(types), len(types), len(strings))
     return hdr + bytes(types) + bytes(strings)

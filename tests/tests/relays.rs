@@ -26,6 +26,7 @@ const SSH_L_PORT: u16 = 9003;
 const SSH_R_PORT: u16 = 9004;
 const BORE_PORT: u16 = 9005;
 const FORWARDER_PORT: u16 = 9006;
+const INETD_PORT: u16 = 9007;
 const SOCAT6_PORT: u16 = 9011;
 const SSHD_PORT: u16 = 2222;
 /// bore's control port (fixed in bore).
@@ -70,15 +71,19 @@ enum Kind {
     Bore,
     /// A threaded python forwarder on the local link address.
     Forwarder,
+    /// inetd-style: socat forks per connection and execs a second socat
+    /// with the accepted socket as its stdin and stdout.
+    Inetd,
 }
 
-const ALL: [Kind; 6] = [
+const ALL: [Kind; 7] = [
     Kind::Socat,
     Kind::Nginx,
     Kind::SshL,
     Kind::SshR,
     Kind::Bore,
     Kind::Forwarder,
+    Kind::Inetd,
 ];
 
 /// What `via` should show for a relay's connect.
@@ -94,8 +99,15 @@ impl Kind {
         let (port, how): (Option<u16>, &'static [&'static str]) = match self {
             // Connects right after accept, before reading.
             Kind::Socat | Kind::Forwarder => (None, &["accepted"]),
-            // Reads the request (or the channel open) first.
-            Kind::Nginx | Kind::SshL => (None, &["received"]),
+            // Reads the request first.
+            Kind::Nginx => (None, &["received"]),
+            // Reads the channel open first; an sshd that re-executes itself
+            // per connection (OpenSSH's default) runs with the connection
+            // as its stdin and stdout.
+            Kind::SshL => (None, &["received", "stdio"]),
+            // Executed with the connection as stdin and stdout, it
+            // connects before it reads.
+            Kind::Inetd => (None, &["stdio"]),
             // The ssh client hears of the forwarded connection from sshd.
             Kind::SshR => (Some(SSHD_PORT), &["received"]),
             // bore local hears of it on its control connection, then
@@ -117,6 +129,7 @@ impl Kind {
             Kind::SshR => ssh_remote_forward(topo),
             Kind::Bore => bore(topo, &bore_bin()),
             Kind::Forwarder => forwarder(topo),
+            Kind::Inetd => inetd(topo),
         }
     }
 }
@@ -264,6 +277,30 @@ fn forwarder(topo: &Topology) -> Relay {
     }
 }
 
+/// An inetd-style server: socat accepts on the local link address and,
+/// per connection, executes (`nofork`: in place of its forked child) a
+/// second socat whose stdin and stdout are the accepted socket and which
+/// connects to the service before reading anything.
+fn inetd(topo: &Topology) -> Relay {
+    let proc = topo.local.spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{INETD_PORT},bind={LOCAL_ADDR},fork,reuseaddr"),
+            // Colons inside the command are escaped from socat's parser.
+            &format!(
+                "EXEC:socat STDIO {},nofork",
+                format!("TCP:{}", service()).replace(':', "\\:")
+            ),
+        ],
+    );
+    topo.local.wait_listening(INETD_PORT);
+    Relay {
+        _parts: vec![Box::new(proc)],
+        url: format!("http://{LOCAL_ADDR}:{INETD_PORT}/"),
+        exe_name: exe_name(Path::new("/usr/bin/socat")),
+    }
+}
+
 /// socat on the local link's IPv6 address.
 fn socat6(topo: &Topology) -> Relay {
     let proc = topo.local.spawn(
@@ -309,7 +346,7 @@ fn assert_via(ev: &Value, want: &Via) {
     );
     match how {
         "listening" => assert!(ev.get("via_ago_ms").is_none(), "{ev:#}"),
-        "accepted" => assert!(ev["via_ago_ms"].is_u64(), "{ev:#}"),
+        "accepted" | "stdio" => assert!(ev["via_ago_ms"].is_u64(), "{ev:#}"),
         _ => assert!(
             ev["via_ago_ms"].as_u64().is_some_and(|ms| ms <= WINDOW_MS),
             "evidence older than the window: {ev:#}"
@@ -446,6 +483,11 @@ fn bore_is_a_relay() {
 #[test]
 fn a_python_forwarder_with_no_catalogued_name_is_a_relay() {
     relay_is_reported_and_refused(Kind::Forwarder);
+}
+
+#[test]
+fn an_inetd_style_program_executed_with_the_connection_as_stdio_is_a_relay() {
+    relay_is_reported_and_refused(Kind::Inetd);
 }
 
 #[test]

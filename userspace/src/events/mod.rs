@@ -197,6 +197,7 @@ pub fn evidence_name(kind: u8) -> Option<&'static str> {
         evidence::ACCEPTED => Some("accepted"),
         evidence::RECEIVED => Some("received"),
         evidence::CONNECTED => Some("connected"),
+        evidence::STDIO => Some("stdio"),
         _ => None,
     }
 }

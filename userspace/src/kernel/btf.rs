@@ -188,6 +188,13 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         sk_cookie: btf.member_offset("sock", "__sk_common.skc_cookie")?,
         sk_protocol: btf.member_offset("sock", "sk_protocol")?,
         sk_uid: btf.member_offset("sock", "sk_uid")?,
+        task_files: btf.member_offset("task_struct", "files")?,
+        files_fdt: btf.member_offset("files_struct", "fdt")?,
+        fdtable_fd: btf.member_offset("fdtable", "fd")?,
+        fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
+        file_private_data: btf.member_offset("file", "private_data")?,
+        inode_mode: btf.member_offset("inode", "i_mode")?,
+        socket_sk: btf.member_offset("socket", "sk")?,
         net_inum: btf.member_offset("net", "ns.inum")?,
         skb_sk: btf.member_offset("sk_buff", "sk")?,
     })
