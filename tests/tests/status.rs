@@ -130,6 +130,16 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     for t in &tracking {
         assert_eq!(t["pinned"], true, "{t:#}");
         assert_eq!(t["prog_name"], t["program"], "{t:#}");
+        // The UDP receive hooks are cgroup hooks: checked at the root.
+        let cgroup_hook = t["tracepoint"]
+            .as_str()
+            .is_some_and(|tp| tp.starts_with("cgroup/"));
+        let at_root = if cgroup_hook {
+            Value::Bool(true)
+        } else {
+            Value::Null
+        };
+        assert_eq!(t["attached_at_root"], at_root, "{t:#}");
     }
     assert_eq!(json["policy"]["relay"], "audit", "{json:#}");
     assert!(

@@ -80,6 +80,19 @@ pub const LINKS: [(&str, u32); 2] = [
     ),
 ];
 
+/// The tracking programs attached at the cgroup root (the UDP receive
+/// hooks) and their hooks.
+pub const CGROUP_TRACKER_LINKS: [(&str, u32); 2] = [
+    (
+        loopwarden_common::programs::RECVMSG4,
+        sys::ATTACH_UDP4_RECVMSG,
+    ),
+    (
+        loopwarden_common::programs::RECVMSG6,
+        sys::ATTACH_UDP6_RECVMSG,
+    ),
+];
+
 /// The bind guard's links and their hooks: attached while a daemon runs,
 /// doing nothing unless the policy turns the guard on.
 pub const BIND_LINKS: [(&str, u32); 2] = [

@@ -113,12 +113,15 @@ pub struct TrackerReport {
     pub pinned: bool,
     /// The program the link runs (`None`: not loaded).
     pub prog_name: Option<String>,
+    /// For a cgroup hook (the UDP receive hooks): whether the cgroup v2
+    /// root runs it. `None` for tracepoints.
+    pub attached_at_root: Option<bool>,
     pub error: Option<String>,
 }
 
 impl TrackerReport {
     fn running(&self) -> bool {
-        self.pinned && self.prog_name.is_some()
+        self.pinned && self.prog_name.is_some() && self.attached_at_root != Some(false)
     }
 }
 
@@ -269,12 +272,22 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         .iter()
         .chain(loopwarden_common::programs::CGROUP_TRACKERS)
         .map(|&(program, tracepoint)| {
-            let link = link_report(program, inspect::link(&pins, program, 0, None));
+            // The cgroup hooks are checked at the root like the connect
+            // links; a tracepoint's link runs wherever it is pinned.
+            let state = match inspect::CGROUP_TRACKER_LINKS
+                .iter()
+                .find(|&&(name, _)| name == program)
+            {
+                Some(&(_, hook)) => inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
+                None => inspect::link(&pins, program, 0, None),
+            };
+            let link = link_report(program, state);
             TrackerReport {
                 program: program.to_owned(),
                 tracepoint: tracepoint.to_owned(),
                 pinned: link.pinned,
                 prog_name: link.prog_name,
+                attached_at_root: link.attached_at_root,
                 error: link.error,
             }
         })
@@ -458,11 +471,17 @@ impl Report {
             } else if !t.pinned {
                 format!("{} ({}): not pinned", t.program, t.tracepoint)
             } else {
-                match &t.prog_name {
-                    Some(name) => {
+                match (&t.prog_name, t.attached_at_root) {
+                    (None, _) => {
+                        format!("{} ({}): runs no loaded program", t.program, t.tracepoint)
+                    }
+                    (Some(_), Some(false)) => format!(
+                        "{} ({}): NOT attached at the cgroup v2 root",
+                        t.program, t.tracepoint
+                    ),
+                    (Some(name), _) => {
                         format!("{} ({}): attached, runs {name}", t.program, t.tracepoint)
                     }
-                    None => format!("{} ({}): runs no loaded program", t.program, t.tracepoint),
                 }
             };
             line("tracking", text);
