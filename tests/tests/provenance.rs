@@ -529,15 +529,31 @@ fn misbehaving_query_clients_do_not_keep_others_waiting() {
     assert_eq!(answer["error"], "timeout", "{answer}");
     assert_eq!((&silent).read(&mut [0; 1]).expect("EOF"), 0);
 
-    // Past the client limit: one `busy` line; served again once one leaves.
-    let mut idle: Vec<UnixStream> = (0..128)
+    // Past one uid's client limit (16): one `busy` line naming it; another
+    // uid is still served; served again once one leaves.
+    let mut idle: Vec<UnixStream> = (0..16)
         .map(|_| UnixStream::connect(&socket).expect("connecting"))
         .collect();
     let extra = UnixStream::connect(&socket).expect("connecting");
     extra
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    assert_eq!(read_answer(&extra)["error"], "busy");
+    let busy = read_answer(&extra);
+    assert_eq!(busy["error"], "busy", "{busy}");
+    assert!(
+        busy["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("16 clients of uid 0")),
+        "{busy}"
+    );
+    let answers = raw_query(
+        &ns,
+        Some(65534),
+        &run_dir,
+        std::slice::from_ref(&who_request),
+    );
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert_ne!(answers[0]["error"], "busy", "another uid was turned away");
     idle.pop();
     wait_for("a query served again", Duration::from_secs(10), || {
         let answers = raw_query(&ns, None, &run_dir, std::slice::from_ref(&who_request));

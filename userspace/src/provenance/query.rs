@@ -5,12 +5,14 @@
 //! Every client runs in a task of its own; the lookups (map reads, `/proc`,
 //! NSS) run on the blocking pool, and every read and write has a deadline,
 //! so no client can hold up the daemon's event loop or another client.
-//! Bounds: [`MAX_CLIENTS`] at once (the next gets `busy` and is closed), a
+//! Bounds: [`MAX_CLIENTS`] at once, at most [`MAX_CLIENTS_PER_UID`] of them
+//! one user's (the next gets `busy` and is closed), a
 //! request line of at most [`MAX_LINE`] bytes (`too-long`, then closed),
 //! [`IDLE`] to send one (`timeout`, then closed), [`WRITE_TIMEOUT`] to take
 //! an answer (closed).
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -18,8 +20,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    net::{UnixListener, UnixStream, unix::UCred},
     task::JoinHandle,
     time::timeout,
 };
@@ -44,6 +45,63 @@ pub const IDLE: Duration = Duration::from_secs(10);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clients served at once.
 pub const MAX_CLIENTS: usize = 128;
+/// Clients of one uid served at once, so that one user's clients cannot
+/// take every slot from the others (root's included).
+pub const MAX_CLIENTS_PER_UID: usize = 16;
+
+/// The clients being served, counted by uid.
+#[derive(Default)]
+struct Slots {
+    by_uid: Mutex<HashMap<u32, usize>>,
+}
+
+/// Why a client was not taken.
+#[derive(Debug, PartialEq, Eq)]
+enum Full {
+    All,
+    Uid(u32),
+}
+
+impl Slots {
+    /// A slot for a client of `uid`, given back when the [`Slot`] drops.
+    fn take(self: &Arc<Self>, uid: u32) -> Result<Slot, Full> {
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(PoisonError::into_inner);
+        if by_uid.values().sum::<usize>() >= MAX_CLIENTS {
+            return Err(Full::All);
+        }
+        let held = by_uid.entry(uid).or_default();
+        if *held >= MAX_CLIENTS_PER_UID {
+            return Err(Full::Uid(uid));
+        }
+        *held += 1;
+        Ok(Slot {
+            slots: Arc::clone(self),
+            uid,
+        })
+    }
+}
+
+/// One client's place in [`Slots`].
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut by_uid = self
+            .slots
+            .by_uid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = by_uid.get_mut(&self.uid) {
+            *held -= 1;
+            if *held == 0 {
+                by_uid.remove(&self.uid);
+            }
+        }
+    }
+}
 
 /// The running server; dropping it stops accepting and removes the socket
 /// file (clients being served finish their current request).
@@ -105,7 +163,7 @@ pub fn serve(
 }
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let slots = Arc::new(Slots::default());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -116,41 +174,43 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                tokio::spawn(client(stream, shared.clone(), slot));
+        let cred = match stream.peer_cred() {
+            Ok(cred) => cred,
+            Err(e) => {
+                debug!("reading a query client's credentials failed: {e}");
+                continue;
             }
-            Err(_) => {
-                tokio::spawn(refuse(stream));
+        };
+        match slots.take(cred.uid()) {
+            Ok(slot) => {
+                tokio::spawn(client(stream, cred, shared.clone(), slot));
+            }
+            Err(full) => {
+                tokio::spawn(refuse(stream, full));
             }
         }
     }
 }
 
-/// One error line for a client over [`MAX_CLIENTS`], then close.
-async fn refuse(mut stream: UnixStream) {
-    let reply = Reply::error(
-        None,
-        ErrorCode::Busy,
-        format!("{MAX_CLIENTS} clients are being served; try again shortly"),
-    );
+/// One error line for a client past [`MAX_CLIENTS`] or
+/// [`MAX_CLIENTS_PER_UID`], then close.
+async fn refuse(mut stream: UnixStream, full: Full) {
+    let why = match full {
+        Full::All => format!("{MAX_CLIENTS} clients are being served"),
+        Full::Uid(uid) => format!("{MAX_CLIENTS_PER_UID} clients of uid {uid} are being served"),
+    };
+    let reply = Reply::error(None, ErrorCode::Busy, format!("{why}; try again shortly"));
     let _ = timeout(WRITE_TIMEOUT, stream.write_all(&reply.line())).await;
 }
 
 /// Serves one client until it closes, misbehaves or times out.
-async fn client(stream: UnixStream, shared: Arc<Shared>, _slot: OwnedSemaphorePermit) {
-    let caller = match stream.peer_cred() {
-        Ok(cred) => Caller {
-            uid: cred.uid(),
-            netns: cred
-                .pid()
-                .and_then(|pid| u32::try_from(pid).ok())
-                .and_then(|pid| netns_of(pid).ok()),
-        },
-        Err(e) => {
-            debug!("reading a query client's credentials failed: {e}");
-            return;
-        }
+async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, _slot: Slot) {
+    let caller = Caller {
+        uid: cred.uid(),
+        netns: cred
+            .pid()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .and_then(|pid| netns_of(pid).ok()),
     };
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
@@ -214,4 +274,38 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
             format!("the lookup failed: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_takes_at_most_its_share_and_all_together_at_most_the_total() {
+        let slots = Arc::new(Slots::default());
+        let root: Vec<Slot> = (0..MAX_CLIENTS_PER_UID)
+            .map(|_| slots.take(0).expect("a slot for root"))
+            .collect();
+        assert_eq!(slots.take(0).err(), Some(Full::Uid(0)));
+        // Another user is still served.
+        let other = slots.take(1000).expect("a slot for uid 1000");
+        drop(other);
+        // Fill the rest with other users: then nobody gets one.
+        let mut rest = Vec::new();
+        let mut uid = 1;
+        while rest.len() + root.len() < MAX_CLIENTS {
+            match slots.take(uid) {
+                Ok(slot) => rest.push(slot),
+                Err(Full::Uid(_)) => uid += 1,
+                Err(Full::All) => unreachable!("full before {MAX_CLIENTS}"),
+            }
+        }
+        assert_eq!(slots.take(uid + 1).err(), Some(Full::All));
+        // A slot given back is taken again, and the counts go with it.
+        drop(rest.pop());
+        assert!(slots.take(uid + 1).is_ok());
+        drop(root);
+        drop(rest);
+        assert!(slots.by_uid.lock().unwrap().is_empty());
+    }
 }
