@@ -6,7 +6,8 @@
 //!
 //! Each relay is first shown to work with no daemon (so a refusal is
 //! loopwarden's doing); it keeps running, unchanged, while the daemon
-//! starts.
+//! starts. Likewise a catalogued tunnel's lineage reaches the processes
+//! already running below it.
 
 use std::path::Path;
 
@@ -124,4 +125,59 @@ fn a_python_forwarder_started_before_the_daemon_is_refused_with_its_script() {
     assert_refused_as_accepted(&ev);
     // The script as the kernel would have read it at exec.
     assert_eq!(ev["script"], script.as_str(), "{ev:#}");
+}
+
+/// A shell that waits for `go` to exist, then fetches the service and
+/// writes curl's status code to `out` ("000": refused).
+fn fetch_on_go(go: &Path, out: &Path) -> String {
+    format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; \
+         curl -sS -o /dev/null --max-time 5 -w %{{http_code}} http://{service}/ > {out}.tmp; \
+         mv {out}.tmp {out}",
+        go = go.display(),
+        out = out.display(),
+        service = service(),
+    )
+}
+
+/// VS Code's tunnel (`code-tunnel`, catalogued with `children`) started
+/// before the daemon, with a shell below it that runs a client only after
+/// the start: the seeding gives both the tunnel's lineage, so the client
+/// the shell forks is refused as `catalog:code-tunnel`. The same shell
+/// under a plain bash, started alongside, is the control.
+#[test]
+fn a_catalogued_tunnels_descendants_started_before_the_daemon_are_matched_through_lineage() {
+    let ns = loopwarden_tests::Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("seed-lineage");
+    let tunnel = dir.path().join("code-tunnel");
+    std::fs::copy("/bin/bash", &tunnel).expect("copying bash");
+    let go = dir.path().join("go");
+    let (under_tunnel, under_bash) = (dir.path().join("tunnel"), dir.path().join("bash"));
+    // The tunnel runs a second bash (not catalogued) that does the waiting;
+    // `; true` keeps the tunnel from executing it in its own place.
+    let nested = format!("/bin/bash -c '{}'; true", fetch_on_go(&go, &under_tunnel));
+    let _tunnel = ns.spawn(tunnel.to_str().expect("utf-8"), &["-c", &nested]);
+    let _plain = ns.spawn("/bin/bash", &["-c", &fetch_on_go(&go, &under_bash)]);
+
+    let daemon = Daemon::start(&Policy::new(&ns, "enforce").relay("allow").text());
+    daemon.wait_stderr("from /proc (in ", 1);
+    std::fs::write(&go, "").expect("go");
+    let status = |out: &Path| {
+        loopwarden_tests::wait_for(
+            "the client's status",
+            std::time::Duration::from_secs(20),
+            || std::fs::read_to_string(out).ok(),
+        )
+    };
+    assert_eq!(status(&under_bash), "200", "the control was refused");
+    assert_eq!(
+        status(&under_tunnel),
+        "000",
+        "the tunnel's descendant got through"
+    );
+    let ev = daemon.wait_event("the descendant's refusal", |e| {
+        e["verdict"] == "deny" && e["exe_name"] == "curl"
+    });
+    assert_eq!(ev["rule"], "catalog:code-tunnel", "{ev:#}");
 }

@@ -273,7 +273,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     // With the tracking programs running, what happened before they did
     // (listeners, accepted connections, interpreters' scripts) is read
     // from /proc: from now on nothing is missed between the two.
-    crate::track::seed(&mut programs.ebpf);
+    crate::track::seed(&mut programs.ebpf, policy.as_ref());
     // What an earlier daemon already reported stays reported; drops since
     // (e.g. while no daemon was reading) are reported now. (Replaced maps
     // start from zero on both sides.)

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use loopwarden_common::{
-    ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, ProcState, RELAY_RULE, evidence,
+    EXE_NAME_LEN, ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, ProcState, RELAY_RULE, evidence,
     exe_name_candidates, flags,
 };
 
@@ -41,6 +41,23 @@ pub struct ProcessIdentity {
 pub type Denial = u8;
 
 impl CompiledPolicy {
+    /// The lineage the kernel's exec handler gives a process executing a
+    /// file of this name (`inherited_key` in ebpf/src/process.rs): the
+    /// first of its keys (the plain name, then its prefix forms) that a
+    /// catalog rule extending to descendants names; `None` if none does.
+    pub fn lineage_key(&self, name: &[u8]) -> Option<[u8; EXE_NAME_LEN]> {
+        let inherited = self.settings.inherited;
+        if inherited == 0 {
+            return None;
+        }
+        let names = |key: &[u8; EXE_NAME_LEN]| {
+            self.exe_name.get(key).copied().unwrap_or(0) & inherited != 0
+        };
+        std::iter::once(fixed_bytes(name))
+            .chain(exe_name_candidates(name))
+            .find(names)
+    }
+
     /// The rule the kernel's `match_rules` (ebpf/src/connect.rs) picks for a
     /// caller with this identity: per criterion, the OR of the masks of the
     /// caller's values (for the executable name: its plain key and each of

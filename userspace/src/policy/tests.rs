@@ -1397,6 +1397,14 @@ script = "bridge.py"
     );
     state.lineage = [0; 32];
     assert_eq!(policy.denial(&id(state, "node"), 0), None);
+    // The lineage the seeding gives a running tunnel is the key the
+    // exec handler would have: its prefix form for a release name too.
+    let key = loopwarden_common::exe_name_prefix_key(b"code-tunnel");
+    assert_eq!(policy.lineage_key(b"code-tunnel"), Some(key));
+    assert_eq!(policy.lineage_key(b"code-tunnel-insiders"), Some(key));
+    // Catalogued without `children`, or not at all: none.
+    assert_eq!(policy.lineage_key(b"cloudflared"), None);
+    assert_eq!(policy.lineage_key(b"bash"), None);
 }
 
 #[test]

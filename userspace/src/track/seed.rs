@@ -15,11 +15,17 @@
 //!   (an accepted connection): `accepted` evidence, naming the peer, for
 //!   each process holding it;
 //! - each interpreter's script, read from its command line as the exec
-//!   handler reads it.
+//!   handler reads it;
+//! - lineage: a process running a catalogued tunnel whose rule extends to
+//!   descendants (`children = true`), and each process below one, gets the
+//!   key the exec handler would have given the tunnel, so what the tunnel
+//!   runs after the start is matched through it.
 //!
 //! Not seeded: `received` and `connected` evidence (anything from before
-//! the start is older than any sensible window) and lineage (it needs the
-//! exec of the catalogued ancestor).
+//! the start is older than any sensible window). Lineage is read from the
+//! processes' current executables and parents: a process that executed a
+//! tunnel and then another program, or one reparented away from its
+//! tunnel, is not given it.
 //!
 //! What the kernel recorded always wins: entries are created with
 //! `BPF_NOEXIST`, a listener the kernel already knows is left alone, and an
@@ -42,8 +48,8 @@ use aya::{
     sys::SyscallError,
 };
 use loopwarden_common::{
-    Addr, Evidence, INTERPRETERS, ListenerKey, ProcState, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence,
-    exe_name_candidates, exe_name_prefix_key, maps, script_hash,
+    Addr, EXE_NAME_LEN, Evidence, INTERPRETERS, ListenerKey, ProcState, SCRIPT_LEN,
+    SCRIPT_MAX_ARGS, evidence, exe_name_candidates, exe_name_prefix_key, maps, script_hash,
 };
 use procfs::{
     ProcError,
@@ -52,7 +58,7 @@ use procfs::{
 };
 use tracing::{info, warn};
 
-use crate::cut::procs::exe_file_name;
+use crate::{cut::procs::exe_file_name, policy::CompiledPolicy};
 
 /// `bpf_map_update_elem` flags: create only, update only.
 const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
@@ -72,11 +78,12 @@ pub struct Seeded {
 }
 
 /// Seeds `LW_LISTENERS` and `LW_PROCS` of the loaded (and attached)
-/// object from `/proc`, and logs what it did. Failures are warnings: the
-/// kernel's own tracking goes on regardless.
-pub fn seed(ebpf: &mut Ebpf) -> Seeded {
+/// object from `/proc`, lineage by `policy` (the one installed, if any),
+/// and logs what it did. Failures are warnings: the kernel's own tracking
+/// goes on regardless.
+pub fn seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Seeded {
     let started = Instant::now();
-    let seeded = match try_seed(ebpf) {
+    let seeded = match try_seed(ebpf, policy) {
         Ok(seeded) => seeded,
         Err(e) => {
             warn!("seeding process tracking from /proc failed: {e}");
@@ -92,7 +99,7 @@ pub fn seed(ebpf: &mut Ebpf) -> Seeded {
     seeded
 }
 
-fn try_seed(ebpf: &mut Ebpf) -> Result<Seeded, String> {
+fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, String> {
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     let scan = scan().map_err(|e| format!("listing processes: {e}"))?;
     let mut plan = Plan::default();
@@ -100,6 +107,9 @@ fn try_seed(ebpf: &mut Ebpf) -> Result<Seeded, String> {
         if let Some(socks) = tcp_sockets(*netns, pids) {
             plan.add_namespace(*netns, &socks, &scan.owners, now);
         }
+    }
+    if let Some(policy) = policy {
+        plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
     }
     let mut procs: BpfHashMap<_, u32, ProcState> = take(ebpf, maps::PROCS)?;
     let mut listeners: BpfHashMap<_, ListenerKey, u32> = take(ebpf, maps::LISTENERS)?;
@@ -148,6 +158,8 @@ struct Scan {
     owners: HashMap<u64, Vec<u32>>,
     /// Interpreters' scripts, by pid.
     scripts: HashMap<u32, [u8; SCRIPT_LEN]>,
+    /// Each process's parent and executable's file name, by pid.
+    family: HashMap<u32, (u32, Vec<u8>)>,
 }
 
 /// Walks every process once. A process that vanishes or cannot be read
@@ -183,11 +195,18 @@ fn scan() -> Result<Scan, ProcError> {
                 }
             }
         }
-        if let Ok(exe) = process.exe()
-            && is_interpreter(&exe_file_name(&exe))
-            && let Some(script) = read_cmdline(&process).and_then(|c| script_of(&c))
-        {
-            scan.scripts.insert(pid, script);
+        if let Ok(exe) = process.exe() {
+            let name = exe_file_name(&exe);
+            if is_interpreter(&name)
+                && let Some(script) = read_cmdline(&process).and_then(|c| script_of(&c))
+            {
+                scan.scripts.insert(pid, script);
+            }
+            if let Ok(stat) = process.stat()
+                && let Ok(ppid) = u32::try_from(stat.ppid)
+            {
+                scan.family.insert(pid, (ppid, name));
+            }
         }
     }
     for pids in scan.owners.values_mut() {
@@ -351,7 +370,14 @@ struct Plan {
     listeners: BTreeMap<(u32, u16), u32>,
     /// Standing evidence by tgid.
     standing: BTreeMap<u32, Evidence>,
+    /// Lineage by tgid.
+    lineage: BTreeMap<u32, [u8; EXE_NAME_LEN]>,
 }
+
+/// Generations walked up from a process looking for its tunnel: far more
+/// than real process trees have, and an end to a cycle (pid reuse while
+/// the walk ran).
+const MAX_GENERATIONS: usize = 64;
 
 impl Plan {
     /// Adds what one network namespace's TCP sockets show; `owners` maps
@@ -400,6 +426,38 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Adds the lineage of every process of `family` (pid → parent and file
+    /// name): the key `lineage_key` gives its own file name, else its
+    /// parent's lineage, as fork and exec pass it on in the kernel.
+    fn add_lineage(
+        &mut self,
+        family: &HashMap<u32, (u32, Vec<u8>)>,
+        lineage_key: impl Fn(&[u8]) -> Option<[u8; EXE_NAME_LEN]>,
+    ) {
+        let keys: HashMap<u32, [u8; EXE_NAME_LEN]> = family
+            .iter()
+            .filter_map(|(&pid, (_, name))| Some((pid, lineage_key(name)?)))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        for &pid in family.keys() {
+            let mut at = pid;
+            for _ in 0..MAX_GENERATIONS {
+                if let Some(key) = keys.get(&at) {
+                    self.lineage.insert(pid, *key);
+                    break;
+                }
+                match family.get(&at) {
+                    Some(&(parent, _)) if parent > 1 => at = parent,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
 /// The errno of a failed map syscall.
 fn errno(e: &MapError) -> Option<i32> {
     match e {
@@ -434,6 +492,29 @@ impl Failures {
     }
 }
 
+/// Gives a process's entry the seeded standing evidence and lineage it
+/// lacks; whether it gained anything.
+fn fill_gaps(
+    state: &mut ProcState,
+    standing: Option<Evidence>,
+    lineage: Option<[u8; EXE_NAME_LEN]>,
+) -> bool {
+    let mut gained = false;
+    if let Some(ev) = standing
+        && state.standing.kind == evidence::NONE
+    {
+        state.standing = ev;
+        gained = true;
+    }
+    if let Some(key) = lineage
+        && state.lineage[0] == 0
+    {
+        state.lineage = key;
+        gained = true;
+    }
+    gained
+}
+
 /// Writes `plan` and `scripts` into the maps, never over what the kernel
 /// recorded.
 fn write(
@@ -465,10 +546,12 @@ fn write(
         .standing
         .keys()
         .chain(scripts.keys())
+        .chain(plan.lineage.keys())
         .copied()
         .collect();
     for tgid in tgids {
         let standing = plan.standing.get(&tgid).copied();
+        let lineage = plan.lineage.get(&tgid).copied();
         let mut state = ProcState::EMPTY;
         if let Some(ev) = standing {
             state.standing = ev;
@@ -476,6 +559,9 @@ fn write(
         if let Some(script) = scripts.get(&tgid) {
             state.script = *script;
             state.script_hash = script_hash(script);
+        }
+        if let Some(key) = lineage {
+            state.lineage = key;
         }
         // Noted before the entry is made, as the kernel does.
         if let Err(e) = mark(tracked, tgid) {
@@ -487,14 +573,15 @@ fn write(
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
                 // The kernel has an entry (a fork, an exec with a script,
                 // evidence since the attach): it only gains standing
-                // evidence where it has none, read and written back. A
-                // kernel write to the entry in between is lost: at worst
-                // one piece of recent evidence, which the process's next
-                // receive brings back.
-                let Some(ev) = standing else { continue };
+                // evidence and lineage where it has none, read and written
+                // back. A kernel write to the entry in between is lost: at
+                // worst one piece of recent evidence, which the process's
+                // next receive brings back.
                 match procs.get(&tgid, 0) {
-                    Ok(mut current) if current.standing.kind == evidence::NONE => {
-                        current.standing = ev;
+                    Ok(mut current) => {
+                        if !fill_gaps(&mut current, standing, lineage) {
+                            continue;
+                        }
                         match procs.insert(tgid, current, EXIST) {
                             Ok(()) => seeded.processes += 1,
                             // It exited meanwhile.
@@ -502,7 +589,7 @@ fn write(
                             Err(e) => failed.add(format_args!("pid {tgid}"), &e),
                         }
                     }
-                    Ok(_) | Err(MapError::KeyNotFound) => {}
+                    Err(MapError::KeyNotFound) => {}
                     Err(e) => failed.add(format_args!("pid {tgid}"), &e),
                 }
             }
@@ -533,6 +620,41 @@ mod tests {
             bytes.push(0);
         }
         bytes
+    }
+
+    #[test]
+    fn lineage_passes_from_a_tunnel_to_every_process_below_it() {
+        let key = exe_name_prefix_key(b"code-tunnel");
+        let family: HashMap<u32, (u32, Vec<u8>)> = [
+            (10, (1, "code-tunnel")),
+            (11, (10, "bash")),
+            (12, (11, "curl")),
+            // A nested tunnel gives its own key (here the same one).
+            (13, (12, "code-tunnel-insiders")),
+            (20, (1, "bash")),
+            (21, (20, "curl")),
+            // Its parent is gone: nothing to inherit.
+            (30, (29, "curl")),
+            // A cycle (pids reused during the walk) ends.
+            (40, (41, "sh")),
+            (41, (40, "sh")),
+        ]
+        .into_iter()
+        .map(|(pid, (ppid, name))| (pid, (ppid, name.as_bytes().to_vec())))
+        .collect();
+        let mut plan = Plan::default();
+        plan.add_lineage(&family, |name| {
+            name.starts_with(b"code-tunnel").then_some(key)
+        });
+        assert_eq!(
+            plan.lineage.keys().copied().collect::<Vec<_>>(),
+            [10, 11, 12, 13]
+        );
+        assert!(plan.lineage.values().all(|k| *k == key));
+        // No tunnel: nothing is written.
+        let mut plan = Plan::default();
+        plan.add_lineage(&family, |_| None);
+        assert!(plan.lineage.is_empty());
     }
 
     #[test]
