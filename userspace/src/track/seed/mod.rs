@@ -1,0 +1,310 @@
+//! Seeding the kernel's tracking maps from `/proc` when the daemon starts.
+//!
+//! The tracking programs record evidence as it happens (see
+//! `ebpf/src/sockets.rs` and `process.rs`): a process that was already
+//! listening when they were first attached has no `listening` evidence and,
+//! worse, its listener is not in `LW_LISTENERS`, so the connections it
+//! accepts later never become `accepted` evidence. Right after the programs
+//! are attached, [`seed`] reads what is true now and writes what the kernel
+//! would have recorded:
+//!
+//! - each TCP socket in LISTEN on a non-loopback address, in every network
+//!   namespace that has processes: its `(netns, port)` in `LW_LISTENERS`,
+//!   and `listening` evidence for each process holding it;
+//! - each established connection on such a port with a non-loopback peer
+//!   (an accepted connection): `accepted` evidence, naming the peer, for
+//!   each process holding it;
+//! - each interpreter's script, read from its command line as the exec
+//!   handler reads it;
+//! - lineage: a process running a catalogued tunnel whose rule extends to
+//!   descendants (`children = true`), and each process below one, gets the
+//!   key the exec handler would have given the tunnel, so what the tunnel
+//!   runs after the start is matched through it.
+//!
+//! Not seeded: `received` and `connected` evidence (anything from before
+//! the start is older than any sensible window). Lineage is read from the
+//! processes' current executables and parents: a process that executed a
+//! tunnel and then another program, or one reparented away from its
+//! tunnel, is not given it.
+//!
+//! What the kernel recorded always wins: entries are created with
+//! `BPF_NOEXIST`, a listener the kernel already knows is left alone, and an
+//! existing process entry only gains standing evidence where it has none.
+//! A process seen here may exec or exit (and its pid be reused) before its
+//! entry is written; the window is the few milliseconds of the walk, and
+//! the worst outcome is evidence about what the process was a moment ago.
+
+mod plan;
+mod scan;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Instant,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
+    sys::SyscallError,
+};
+use loopwarden_common::{
+    EXE_NAME_LEN, Evidence, ListenerKey, ProcState, SCRIPT_LEN, evidence, maps, script_hash,
+};
+use tracing::{info, warn};
+
+use self::{
+    plan::Plan,
+    scan::{scan, tcp_sockets},
+};
+use crate::policy::CompiledPolicy;
+
+/// `bpf_map_update_elem` flags: create only, update only.
+const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
+const EXIST: u64 = aya_obj::generated::BPF_EXIST as u64;
+
+/// What a seeding wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seeded {
+    /// `LW_LISTENERS` entries created.
+    pub listeners: usize,
+    /// `LW_PROCS` entries created, or given standing evidence they lacked.
+    pub processes: usize,
+}
+
+/// Seeds `LW_LISTENERS` and `LW_PROCS` of the loaded (and attached)
+/// object from `/proc`, lineage by `policy` (the one installed, if any),
+/// and logs what it did. Failures are warnings: the kernel's own tracking
+/// goes on regardless.
+pub fn seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Seeded {
+    let started = Instant::now();
+    let seeded = match try_seed(ebpf, policy) {
+        Ok(seeded) => seeded,
+        Err(e) => {
+            warn!("seeding process tracking from /proc failed: {e}");
+            return Seeded::default();
+        }
+    };
+    info!(
+        "seeded {} listeners, {} processes from /proc (in {} ms)",
+        seeded.listeners,
+        seeded.processes,
+        started.elapsed().as_millis()
+    );
+    seeded
+}
+
+fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, String> {
+    let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
+    let scan = scan().map_err(|e| format!("listing processes: {e}"))?;
+    let mut plan = Plan::default();
+    for (netns, pids) in &scan.netns {
+        if let Some(socks) = tcp_sockets(*netns, pids) {
+            plan.add_namespace(*netns, &socks, &scan.owners, now);
+        }
+    }
+    if let Some(policy) = policy {
+        plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
+    }
+    let mut procs: BpfHashMap<_, u32, ProcState> = take(ebpf, maps::PROCS)?;
+    let mut listeners: BpfHashMap<_, ListenerKey, u32> = take(ebpf, maps::LISTENERS)?;
+    let tracked = ebpf
+        .take_map(maps::TRACKED)
+        .ok_or_else(|| format!("the eBPF object has no map {}", maps::TRACKED))?;
+    let mut tracked: Array<_, [u8; 64]> =
+        Array::try_from(tracked).map_err(|e| format!("map {}: {e}", maps::TRACKED))?;
+    Ok(write(
+        &plan,
+        &scan.scripts,
+        &mut procs,
+        &mut listeners,
+        &mut tracked,
+    ))
+}
+
+/// Sets `tgid`'s note in `LW_TRACKED` (read, set, written back: a note the
+/// kernel sets in the same entry meanwhile can be lost, and is set again
+/// at that process's next write).
+fn mark(tracked: &mut Array<MapData, [u8; 64]>, tgid: u32) -> Result<(), MapError> {
+    let mut entry = tracked.get(&(tgid >> 6), 0)?;
+    entry[(tgid & 63) as usize] = 1;
+    tracked.set(tgid >> 6, entry, 0)
+}
+
+/// The hash map `name`, taken out of the object (the programs keep it).
+fn take<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<MapData, K, V>, String> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| format!("the eBPF object has no map {name}"))?;
+    BpfHashMap::try_from(map).map_err(|e| format!("map {name}: {e}"))
+}
+
+/// The errno of a failed map syscall.
+fn errno(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Failed writes to one map: how many, and the first error.
+#[derive(Default)]
+struct Failures {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn add(&mut self, tgid_or_key: impl std::fmt::Display, e: &MapError) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(format!("{tgid_or_key}: {}", crate::error_chain(e)));
+        }
+    }
+
+    fn warn(&self, name: &str) {
+        if let Some(first) = &self.first {
+            warn!(
+                "seeding {name}: {} writes failed (the first, {first}); those processes are \
+                 tracked from their next listen, accept or receive",
+                self.count
+            );
+        }
+    }
+}
+
+/// Gives a process's entry the seeded standing evidence and lineage it
+/// lacks; whether it gained anything.
+fn fill_gaps(
+    state: &mut ProcState,
+    standing: Option<Evidence>,
+    lineage: Option<[u8; EXE_NAME_LEN]>,
+) -> bool {
+    let mut gained = false;
+    if let Some(ev) = standing
+        && state.standing.kind == evidence::NONE
+    {
+        state.standing = ev;
+        gained = true;
+    }
+    if let Some(key) = lineage
+        && state.lineage[0] == 0
+    {
+        state.lineage = key;
+        gained = true;
+    }
+    gained
+}
+
+/// Writes `plan` and `scripts` into the maps, never over what the kernel
+/// recorded.
+fn write(
+    plan: &Plan,
+    scripts: &HashMap<u32, [u8; SCRIPT_LEN]>,
+    procs: &mut BpfHashMap<MapData, u32, ProcState>,
+    listeners: &mut BpfHashMap<MapData, ListenerKey, u32>,
+    tracked: &mut Array<MapData, [u8; 64]>,
+) -> Seeded {
+    let mut seeded = Seeded::default();
+    let mut failed = Failures::default();
+    for (&(netns, port), tgid) in &plan.listeners {
+        let key = ListenerKey {
+            netns,
+            port,
+            _pad: 0,
+        };
+        match listeners.insert(key, tgid, NOEXIST) {
+            Ok(()) => seeded.listeners += 1,
+            // A listen the kernel saw since the programs were attached.
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            Err(e) => failed.add(format_args!("netns {netns} port {port}"), &e),
+        }
+    }
+    failed.warn(maps::LISTENERS);
+
+    let mut failed = Failures::default();
+    let tgids: BTreeSet<u32> = plan
+        .standing
+        .keys()
+        .chain(scripts.keys())
+        .chain(plan.lineage.keys())
+        .copied()
+        .collect();
+    for tgid in tgids {
+        let standing = plan.standing.get(&tgid).copied();
+        let lineage = plan.lineage.get(&tgid).copied();
+        let mut state = ProcState::EMPTY;
+        if let Some(ev) = standing {
+            state.standing = ev;
+        }
+        if let Some(script) = scripts.get(&tgid) {
+            state.script = *script;
+            state.script_hash = script_hash(script);
+        }
+        if let Some(key) = lineage {
+            state.lineage = key;
+        }
+        // Noted before the entry is made, as the kernel does.
+        if let Err(e) = mark(tracked, tgid) {
+            failed.add(format_args!("pid {tgid}"), &e);
+            continue;
+        }
+        match procs.insert(tgid, state, NOEXIST) {
+            Ok(()) => seeded.processes += 1,
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                // The kernel has an entry (a fork, an exec with a script,
+                // evidence since the attach): it only gains standing
+                // evidence and lineage where it has none, read and written
+                // back. A kernel write to the entry in between is lost: at
+                // worst one piece of recent evidence, which the process's
+                // next receive brings back.
+                match procs.get(&tgid, 0) {
+                    Ok(mut current) => {
+                        if !fill_gaps(&mut current, standing, lineage) {
+                            continue;
+                        }
+                        match procs.insert(tgid, current, EXIST) {
+                            Ok(()) => seeded.processes += 1,
+                            // It exited meanwhile.
+                            Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+                            Err(e) => failed.add(format_args!("pid {tgid}"), &e),
+                        }
+                    }
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => failed.add(format_args!("pid {tgid}"), &e),
+                }
+            }
+            Err(e) => failed.add(format_args!("pid {tgid}"), &e),
+        }
+    }
+    failed.warn(maps::PROCS);
+    seeded
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    #[test]
+    fn this_process_listener_is_found_by_a_scan() {
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let scan = scan().unwrap();
+        let me = std::process::id();
+        let ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let (_, pids) = scan
+            .netns
+            .iter()
+            .find(|(inode, _)| *inode == ns)
+            .expect("our namespace");
+        let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");
+        let mut plan = Plan::default();
+        plan.add_namespace(ns, &socks, &scan.owners, 1);
+        assert_eq!(plan.listeners.get(&(ns, port)), Some(&me), "{plan:?}");
+        assert_eq!(plan.standing[&me].kind, evidence::LISTENING);
+    }
+}

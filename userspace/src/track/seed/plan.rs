@@ -1,0 +1,309 @@
+//! What the seeding writes, decided from the scan before anything is
+//! written: listeners and standing evidence from the TCP sockets, lineage
+//! from the process tree.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use loopwarden_common::{Addr, EXE_NAME_LEN, Evidence, evidence};
+use procfs::net::{TcpNetEntry, TcpState};
+
+/// What a TCP socket's state means here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    Listen,
+    Established,
+    Other,
+}
+
+/// A TCP socket as `/proc/PID/net/tcp` (or `tcp6`) lists it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Sock {
+    local: SocketAddr,
+    remote: SocketAddr,
+    state: State,
+    inode: u64,
+}
+
+impl From<&TcpNetEntry> for Sock {
+    fn from(e: &TcpNetEntry) -> Self {
+        Sock {
+            local: e.local_address,
+            remote: e.remote_address,
+            state: match e.state {
+                TcpState::Listen => State::Listen,
+                TcpState::Established => State::Established,
+                _ => State::Other,
+            },
+            inode: e.inode,
+        }
+    }
+}
+
+/// 127.0.0.0/8, `::1` and `::ffff:127.0.0.0/104`: what the kernel's
+/// `is_loopback` (`ebpf/src/addr.rs`) calls loopback.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Evidence of `kind` about `at`, stamped `now`.
+fn evidence_at(kind: u8, at: SocketAddr, now: u64) -> Evidence {
+    Evidence {
+        addr: Addr::from_ip(at.ip()),
+        ktime_ns: now,
+        port: at.port(),
+        kind,
+        _pad: [0; 5],
+    }
+}
+
+/// What the seeding writes, decided before anything is written.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// `(netns, port)` → the tgid its listener is credited to.
+    pub(super) listeners: BTreeMap<(u32, u16), u32>,
+    /// Standing evidence by tgid.
+    pub(super) standing: BTreeMap<u32, Evidence>,
+    /// Lineage by tgid.
+    pub(super) lineage: BTreeMap<u32, [u8; EXE_NAME_LEN]>,
+}
+
+/// Generations walked up from a process looking for its tunnel: far more
+/// than real process trees have, and an end to a cycle (pid reuse while
+/// the walk ran).
+const MAX_GENERATIONS: usize = 64;
+
+impl Plan {
+    /// Adds what one network namespace's TCP sockets show; `owners` maps
+    /// socket inodes to the pids holding them, ascending.
+    pub(super) fn add_namespace(
+        &mut self,
+        netns: u32,
+        socks: &[Sock],
+        owners: &HashMap<u64, Vec<u32>>,
+        now: u64,
+    ) {
+        let holders = |inode: u64| owners.get(&inode).map(Vec::as_slice).unwrap_or_default();
+        let mut ports = HashSet::new();
+        for sock in socks
+            .iter()
+            .filter(|s| s.state == State::Listen && !is_loopback(s.local.ip()))
+        {
+            let port = sock.local.port();
+            ports.insert(port);
+            let pids = holders(sock.inode);
+            // Of the processes sharing a listener (a forking server and its
+            // children, nginx's master and workers) the lowest pid is
+            // credited: most likely the one that called listen(), and the
+            // one that outlives the others. Its forked children inherit
+            // what it accepts, as they would have from the kernel.
+            if let Some(&first) = pids.first() {
+                self.listeners.entry((netns, port)).or_insert(first);
+            }
+            for &pid in pids {
+                // A listen never replaces an accept (as in the kernel).
+                self.standing
+                    .entry(pid)
+                    .or_insert_with(|| evidence_at(evidence::LISTENING, sock.local, now));
+            }
+        }
+        for sock in socks.iter().filter(|s| {
+            s.state == State::Established
+                && ports.contains(&s.local.port())
+                && !is_loopback(s.remote.ip())
+        }) {
+            for &pid in holders(sock.inode) {
+                self.standing
+                    .insert(pid, evidence_at(evidence::ACCEPTED, sock.remote, now));
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// Adds the lineage of every process of `family` (pid → parent and file
+    /// name): the key `lineage_key` gives its own file name, else its
+    /// parent's lineage, as fork and exec pass it on in the kernel.
+    pub(super) fn add_lineage(
+        &mut self,
+        family: &HashMap<u32, (u32, Vec<u8>)>,
+        lineage_key: impl Fn(&[u8]) -> Option<[u8; EXE_NAME_LEN]>,
+    ) {
+        let keys: HashMap<u32, [u8; EXE_NAME_LEN]> = family
+            .iter()
+            .filter_map(|(&pid, (_, name))| Some((pid, lineage_key(name)?)))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        for &pid in family.keys() {
+            let mut at = pid;
+            for _ in 0..MAX_GENERATIONS {
+                if let Some(key) = keys.get(&at) {
+                    self.lineage.insert(pid, *key);
+                    break;
+                }
+                match family.get(&at) {
+                    Some(&(parent, _)) if parent > 1 => at = parent,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use loopwarden_common::exe_name_prefix_key;
+
+    use super::*;
+
+    #[test]
+    fn lineage_passes_from_a_tunnel_to_every_process_below_it() {
+        let key = exe_name_prefix_key(b"code-tunnel");
+        let family: HashMap<u32, (u32, Vec<u8>)> = [
+            (10, (1, "code-tunnel")),
+            (11, (10, "bash")),
+            (12, (11, "curl")),
+            // A nested tunnel gives its own key (here the same one).
+            (13, (12, "code-tunnel-insiders")),
+            (20, (1, "bash")),
+            (21, (20, "curl")),
+            // Its parent is gone: nothing to inherit.
+            (30, (29, "curl")),
+            // A cycle (pids reused during the walk) ends.
+            (40, (41, "sh")),
+            (41, (40, "sh")),
+        ]
+        .into_iter()
+        .map(|(pid, (ppid, name))| (pid, (ppid, name.as_bytes().to_vec())))
+        .collect();
+        let mut plan = Plan::default();
+        plan.add_lineage(&family, |name| {
+            name.starts_with(b"code-tunnel").then_some(key)
+        });
+        assert_eq!(
+            plan.lineage.keys().copied().collect::<Vec<_>>(),
+            [10, 11, 12, 13]
+        );
+        assert!(plan.lineage.values().all(|k| *k == key));
+        // No tunnel: nothing is written.
+        let mut plan = Plan::default();
+        plan.add_lineage(&family, |_| None);
+        assert!(plan.lineage.is_empty());
+    }
+
+    #[test]
+    fn loopback_is_the_kernels_loopback() {
+        for ip in [
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(127, 5, 0, 9)),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped()),
+        ] {
+            assert!(is_loopback(ip), "{ip}");
+        }
+        for ip in [
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)),
+            IpAddr::V6(Ipv4Addr::new(10, 77, 0, 1).to_ipv6_mapped()),
+            IpAddr::V6("fd77::1".parse().unwrap()),
+        ] {
+            assert!(!is_loopback(ip), "{ip}");
+        }
+    }
+
+    fn sock(local: &str, remote: &str, state: State, inode: u64) -> Sock {
+        Sock {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+            inode,
+        }
+    }
+
+    #[test]
+    fn listeners_and_accepted_connections_are_planned() {
+        const NS: u32 = 4026531840;
+        const NOW: u64 = 77;
+        let socks = [
+            // socat's listener (parent 100) and a forked child's accepted
+            // connection (101).
+            sock("10.77.0.1:9001", "0.0.0.0:0", State::Listen, 1),
+            sock("10.77.0.1:9001", "10.77.0.2:40000", State::Established, 2),
+            // Its outbound half: not accepted (local port not a listener's).
+            sock("127.0.0.1:50000", "127.0.0.1:8080", State::Established, 3),
+            // nginx master and workers share one wildcard listener.
+            sock("[::]:80", "[::]:0", State::Listen, 4),
+            // A loopback-only listener and a connection to it from loopback.
+            sock("127.0.0.1:8080", "0.0.0.0:0", State::Listen, 5),
+            sock("127.0.0.1:8080", "127.0.0.1:50000", State::Established, 6),
+            // A connection on the wildcard listener from loopback.
+            sock(
+                "[::ffff:127.0.0.1]:80",
+                "[::ffff:127.0.0.1]:41000",
+                State::Established,
+                7,
+            ),
+            // A listener nobody holds (closing): its port still counts.
+            sock("0.0.0.0:7000", "0.0.0.0:0", State::Listen, 8),
+            sock("10.77.0.1:7000", "10.77.0.2:41000", State::Other, 9),
+        ];
+        let owners = HashMap::from([
+            (1, vec![100]),
+            (2, vec![101]),
+            (3, vec![101]),
+            (4, vec![200, 201, 202]),
+            (5, vec![300]),
+            (6, vec![300]),
+            (7, vec![201]),
+        ]);
+        let mut plan = Plan::default();
+        plan.add_namespace(NS, &socks, &owners, NOW);
+        assert_eq!(
+            plan.listeners,
+            BTreeMap::from([((NS, 9001), 100), ((NS, 80), 200)])
+        );
+        let kinds: Vec<(u32, u8)> = plan.standing.iter().map(|(&p, e)| (p, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (100, evidence::LISTENING),
+                (101, evidence::ACCEPTED),
+                (200, evidence::LISTENING),
+                (201, evidence::LISTENING),
+                (202, evidence::LISTENING),
+            ]
+        );
+        let accepted = plan.standing[&101];
+        assert_eq!(
+            accepted.addr,
+            Addr::from_ip(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)))
+        );
+        assert_eq!((accepted.port, accepted.ktime_ns), (40000, NOW));
+        let listening = plan.standing[&100];
+        assert_eq!(
+            listening.addr,
+            Addr::from_ip(IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)))
+        );
+        assert_eq!(listening.port, 9001);
+
+        // The same pid listening in another namespace keeps its accept, and
+        // the other namespace's listener is its own key.
+        let other = [sock("0.0.0.0:9001", "0.0.0.0:0", State::Listen, 10)];
+        let owners = HashMap::from([(10, vec![101])]);
+        plan.add_namespace(NS + 1, &other, &owners, NOW);
+        assert_eq!(plan.standing[&101].kind, evidence::ACCEPTED);
+        assert_eq!(plan.listeners[&(NS + 1, 9001)], 101);
+    }
+}

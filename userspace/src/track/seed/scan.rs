@@ -1,0 +1,288 @@
+//! One pass over `/proc` for the seeding: which network namespaces have
+//! processes and their TCP sockets, who holds which socket, each process's
+//! parent and executable, and the interpreters' scripts as the exec
+//! handler reads them.
+
+use std::{collections::HashMap, io::Read as _, os::unix::fs::MetadataExt as _};
+
+use loopwarden_common::{
+    INTERPRETERS, SCRIPT_LEN, SCRIPT_MAX_ARGS, exe_name_candidates, exe_name_prefix_key,
+};
+use procfs::{
+    ProcError,
+    process::{FDTarget, Process, all_processes},
+};
+use tracing::warn;
+
+use super::plan::Sock;
+use crate::cut::procs::exe_file_name;
+
+/// Pids kept per network namespace to read its socket tables through (one
+/// may exit meanwhile).
+const PIDS_PER_NETNS: usize = 4;
+
+/// One pass over `/proc`: which network namespaces have processes, who
+/// holds which socket, and the interpreters' scripts.
+#[derive(Default)]
+pub(super) struct Scan {
+    /// Network namespace inode number → some of its pids, in order of
+    /// first appearance.
+    pub(super) netns: Vec<(u32, Vec<u32>)>,
+    /// Socket inode → the pids holding a descriptor to it, ascending.
+    pub(super) owners: HashMap<u64, Vec<u32>>,
+    /// Interpreters' scripts, by pid.
+    pub(super) scripts: HashMap<u32, [u8; SCRIPT_LEN]>,
+    /// Each process's parent and executable's file name, by pid.
+    pub(super) family: HashMap<u32, (u32, Vec<u8>)>,
+}
+
+/// Walks every process once. A process that vanishes or cannot be read
+/// midway is skipped (or only partly seen): that is normal.
+pub(super) fn scan() -> Result<Scan, ProcError> {
+    let mut scan = Scan::default();
+    let mut index: HashMap<u32, usize> = HashMap::new();
+    for process in all_processes()?.flatten() {
+        let Ok(pid) = u32::try_from(process.pid) else {
+            continue;
+        };
+        // The namespace of the main thread (one stat: procfs's
+        // namespaces() stats them all).
+        if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            && let Ok(inode) = u32::try_from(meta.ino())
+        {
+            match index.get(&inode) {
+                Some(&i) if scan.netns[i].1.len() < PIDS_PER_NETNS => scan.netns[i].1.push(pid),
+                Some(_) => {}
+                None => {
+                    index.insert(inode, scan.netns.len());
+                    scan.netns.push((inode, vec![pid]));
+                }
+            }
+        }
+        if let Ok(fds) = process.fd() {
+            for fd in fds.flatten() {
+                if let FDTarget::Socket(inode) = fd.target {
+                    let pids = scan.owners.entry(inode).or_default();
+                    if pids.last() != Some(&pid) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        if let Ok(exe) = process.exe() {
+            let name = exe_file_name(&exe);
+            if is_interpreter(&name)
+                && let Some(script) = read_cmdline(&process).and_then(|c| script_of(&c))
+            {
+                scan.scripts.insert(pid, script);
+            }
+            if let Ok(stat) = process.stat()
+                && let Ok(ppid) = u32::try_from(stat.ppid)
+            {
+                scan.family.insert(pid, (ppid, name));
+            }
+        }
+    }
+    for pids in scan.owners.values_mut() {
+        pids.sort_unstable();
+        pids.dedup();
+    }
+    Ok(scan)
+}
+
+/// `/proc/PID/cmdline` as bytes (through the pid's directory, so a
+/// recycled pid cannot answer for it).
+fn read_cmdline(process: &Process) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    process
+        .open_relative("cmdline")
+        .ok()?
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
+
+/// Whether an executable of this file name is an interpreter whose operand
+/// is a script: one of its prefix-form candidates is an interpreter's name
+/// (`python3.11` gives `python3`), as `names::is_interpreter` decides in
+/// the kernel.
+fn is_interpreter(name: &[u8]) -> bool {
+    exe_name_candidates(name).any(|key| {
+        INTERPRETERS
+            .iter()
+            .any(|interpreter| key == exe_name_prefix_key(interpreter))
+    })
+}
+
+/// The script the kernel's exec handler (`read_script` in
+/// `ebpf/src/process.rs`) reads from this command line (`/proc/PID/cmdline`:
+/// arguments each ending in a NUL): the first operand after argv[0], options
+/// skipped, none at `-c`, `-e` or `-m`, at most five arguments looked at;
+/// kept to `SCRIPT_LEN - 1` bytes, NUL-padded. The kernel reads each
+/// argument as a string of at most `SCRIPT_LEN` bytes, NUL included, and
+/// gives up where one was cut short before the script (it cannot find the
+/// next).
+fn script_of(cmdline: &[u8]) -> Option<[u8; SCRIPT_LEN]> {
+    let body = cmdline.strip_suffix(&[0]).unwrap_or(cmdline);
+    if body.is_empty() {
+        return None;
+    }
+    let mut args = body.split(|&b| b == 0);
+    let argv0 = args.next()?;
+    if argv0.len() >= SCRIPT_LEN - 1 {
+        return None;
+    }
+    for arg in args.take(SCRIPT_MAX_ARGS - 1) {
+        match arg.first() {
+            Some(b'-') => {
+                if matches!(arg, b"-c" | b"-e" | b"-m") || arg.len() >= SCRIPT_LEN - 1 {
+                    return None;
+                }
+            }
+            // An empty operand: the kernel keeps its NUL, i.e. nothing.
+            None => return None,
+            Some(_) => {
+                let mut script = [0; SCRIPT_LEN];
+                let len = arg.len().min(SCRIPT_LEN - 1);
+                script[..len].copy_from_slice(&arg[..len]);
+                return Some(script);
+            }
+        }
+    }
+    None
+}
+
+/// The TCP sockets of network namespace `netns`, read through the first of
+/// `pids` whose tables can be read; `None` (warned about unless the
+/// processes were simply gone) if none could.
+pub(super) fn tcp_sockets(netns: u32, pids: &[u32]) -> Option<Vec<Sock>> {
+    let mut last = None;
+    for &pid in pids {
+        let process = match Process::new(pid as i32) {
+            Ok(p) => p,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let v4 = match process.tcp() {
+            Ok(v4) => v4,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        // No tcp6 table: IPv6 is disabled.
+        let v6 = process.tcp6().unwrap_or_default();
+        return Some(v4.iter().chain(&v6).map(Sock::from).collect());
+    }
+    match last {
+        Some(ProcError::NotFound(_)) | None => {}
+        Some(e) => warn!("reading the TCP sockets of network namespace {netns} failed: {e}"),
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(text: &str) -> Option<[u8; SCRIPT_LEN]> {
+        let mut out = [0; SCRIPT_LEN];
+        let len = text.len().min(SCRIPT_LEN - 1);
+        out[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Some(out)
+    }
+
+    fn cmdline(args: &[&str]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for arg in args {
+            bytes.extend_from_slice(arg.as_bytes());
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    #[test]
+    fn interpreters_are_known_by_prefix_form() {
+        for name in [
+            "python3",
+            "python3.12",
+            "python",
+            "node",
+            "nodejs",
+            "perl",
+            "ruby",
+            "php",
+            "deno",
+            ".python3-wrapped",
+        ] {
+            assert!(is_interpreter(name.as_bytes()), "{name}");
+        }
+        // Cuts are at separators only, as in the kernel: `perl5.36.0` gives
+        // `perl5`, not `perl` (and `ruby3.1` `ruby3`).
+        for name in [
+            "socat",
+            "pythonista",
+            "nodemon",
+            "bash",
+            "phpstorm",
+            "perl5.36.0",
+            "ruby3.1",
+            "",
+        ] {
+            assert!(!is_interpreter(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_script_is_the_first_operand_as_the_kernel_reads_it() {
+        assert_eq!(
+            script_of(&cmdline(&["/usr/bin/python3", "/srv/fwd.py", "-v"])),
+            script("/srv/fwd.py")
+        );
+        assert_eq!(
+            script_of(&cmdline(&["python3", "-u", "-X", "dev", "relay.py"])),
+            script("dev"),
+            "an option's value is an operand to the kernel too"
+        );
+        assert_eq!(
+            script_of(&cmdline(&["node", "--inspect", "server.js"])),
+            script("server.js")
+        );
+        for code in ["-c", "-e", "-m"] {
+            assert_eq!(script_of(&cmdline(&["python3", "-u", code, "x"])), None);
+        }
+        // "-cfoo" is not "-c": an option to skip.
+        assert_eq!(
+            script_of(&cmdline(&["perl", "-cw", "x.pl"])),
+            script("x.pl")
+        );
+        // At most five arguments after argv[0].
+        assert_eq!(
+            script_of(&cmdline(&["python3", "-a", "-b", "-d", "-f", "-g", "x.py"])),
+            None
+        );
+        assert_eq!(
+            script_of(&cmdline(&["python3", "-a", "-b", "-d", "-f", "x.py"])),
+            script("x.py")
+        );
+        assert_eq!(script_of(&cmdline(&["python3"])), None);
+        assert_eq!(script_of(&cmdline(&["python3", ""])), None);
+        assert_eq!(script_of(b""), None);
+        // Long paths are cut to SCRIPT_LEN - 1 bytes.
+        let long = format!("/{}", "a".repeat(100));
+        assert_eq!(
+            script_of(&cmdline(&["python3", &long])),
+            script(&long[..SCRIPT_LEN - 1])
+        );
+        // A long argv[0], or a long option before the operand: the kernel
+        // cannot find the next argument.
+        let long_name = format!("/{}/python3", "d".repeat(70));
+        assert_eq!(script_of(&cmdline(&[&long_name, "x.py"])), None);
+        let long_opt = format!("--{}", "o".repeat(70));
+        assert_eq!(script_of(&cmdline(&["python3", &long_opt, "x.py"])), None);
+        // Without the final NUL (a rewritten command line) too.
+        assert_eq!(script_of(b"python3\0x.py"), script("x.py"));
+    }
+}
