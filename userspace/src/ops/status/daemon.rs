@@ -1,0 +1,131 @@
+//! Whether a daemon runs for a run directory: who holds its instance lock
+//! (from `/proc/locks`), and what its `status.json` says.
+
+use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
+
+use super::DaemonReport;
+use crate::daemon::status_file;
+
+/// Who holds `<run_dir>/loopwarden.lock`, and what status.json says.
+///
+/// The lock is looked up in `/proc/locks` rather than by trying to take it:
+/// a `status` that held the lock even for a moment could make a daemon
+/// starting at that instant, or a `detach`, fail with "another loopwarden is
+/// already running". Only when `/proc/locks` cannot be read is the lock
+/// tried (and released at once).
+pub(super) fn daemon_report(run_dir: &Path) -> DaemonReport {
+    let reported = status_file::read(run_dir);
+    let lock = run_dir.join("loopwarden.lock");
+    let holder = lock_holder(&lock);
+    let running = match (&holder, &reported) {
+        (LockState::Held(Some(pid)), Some(r)) => *pid == r.pid && alive(r.pid),
+        (LockState::Held(_), Some(r)) => alive(r.pid),
+        (LockState::Held(Some(pid)), None) => alive(*pid),
+        (LockState::Held(None), None) => true,
+        (LockState::Free, _) => false,
+    };
+    DaemonReport {
+        running,
+        lock_holder: match holder {
+            LockState::Held(pid) => pid,
+            LockState::Free => None,
+        },
+        reported,
+    }
+}
+
+enum LockState {
+    Free,
+    /// Held, by this pid when known.
+    Held(Option<u32>),
+}
+
+fn lock_holder(lock: &Path) -> LockState {
+    let Ok(meta) = fs::metadata(lock) else {
+        return LockState::Free;
+    };
+    match fs::read_to_string("/proc/locks") {
+        Ok(locks) => {
+            let dev = meta.dev();
+            let key = format!(
+                "{:02x}:{:02x}:{}",
+                libc::major(dev),
+                libc::minor(dev),
+                meta.ino()
+            );
+            proc_locks_holder(&locks, &key).map_or(LockState::Free, LockState::Held)
+        }
+        Err(_) => match fs::File::open(lock).map(|f| f.try_lock()) {
+            Ok(Ok(())) => LockState::Free,
+            Ok(Err(_)) => LockState::Held(None),
+            Err(_) => LockState::Free,
+        },
+    }
+}
+
+/// The holder of an `flock` on the file `key` (`major:minor:inode` as
+/// `/proc/locks` prints it, hex device numbers): `Some(pid)`, `Some(None)`
+/// when held by a process this pid namespace cannot name, `None` when free.
+fn proc_locks_holder(locks: &str, key: &str) -> Option<Option<u32>> {
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:1018081 0 EOF"; waiters
+        // ("1: -> FLOCK ...") hold nothing.
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") || fields.get(5) != Some(&key) {
+            return None;
+        }
+        Some(fields.get(4).and_then(|p| p.parse().ok()))
+    })
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_names_the_flock_holder_of_exactly_that_file() {
+        let locks = "\
+1: POSIX  ADVISORY  WRITE 77 fe:00:1018081 0 EOF
+2: FLOCK  ADVISORY  WRITE 28520 fe:00:1018081 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 999 fe:00:1018081 0 EOF
+3: FLOCK  ADVISORY  WRITE 12 fe:00:10180810 0 EOF
+";
+        assert_eq!(proc_locks_holder(locks, "fe:00:1018081"), Some(Some(28520)));
+        assert_eq!(proc_locks_holder(locks, "fe:00:10180810"), Some(Some(12)));
+        assert_eq!(proc_locks_holder(locks, "fe:01:1018081"), None);
+        assert_eq!(proc_locks_holder("", "fe:00:1"), None);
+    }
+
+    #[test]
+    fn a_held_lock_of_this_process_is_seen() {
+        let dir = std::env::temp_dir().join(format!("lw-status-lock-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("loopwarden.lock");
+        let file = fs::File::create(&path).unwrap();
+        assert!(matches!(lock_holder(&path), LockState::Free));
+        file.lock().unwrap();
+        match lock_holder(&path) {
+            LockState::Held(pid) => assert_eq!(pid, Some(std::process::id())),
+            LockState::Free => panic!("a held lock reads as free"),
+        }
+        drop(file);
+        assert!(matches!(lock_holder(&path), LockState::Free));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn no_run_dir_means_no_daemon() {
+        let report = daemon_report(Path::new("/nonexistent/loopwarden-run"));
+        assert!(!report.running);
+        assert_eq!(report.describe(), "no daemon");
+    }
+}

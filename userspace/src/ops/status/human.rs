@@ -1,0 +1,207 @@
+//! `loopwarden status` as text: one labelled line per fact.
+
+use super::{DaemonReport, Report};
+
+impl Report {
+    /// The human-readable form.
+    pub fn human(&self) -> String {
+        let mut out = format!("loopwarden: {}\n", self.summary);
+        let mut line = |label: &str, text: String| {
+            out.push_str(&format!("{label:<10}{text}\n"));
+        };
+        line("pins", self.pin_dir.display().to_string());
+        let root = self
+            .cgroup2_root
+            .as_ref()
+            .map_or("(no cgroup v2 mount)".to_owned(), |p| {
+                p.display().to_string()
+            });
+        for link in &self.links {
+            let text = if let Some(e) = &link.error {
+                format!("{}: unreadable: {e}", link.program)
+            } else if !link.pinned {
+                format!("{}: not pinned", link.program)
+            } else {
+                format!(
+                    "{}: link {} runs program {} ({}), {}",
+                    link.program,
+                    opt(link.link_id),
+                    opt(link.prog_id),
+                    link.prog_name.as_deref().unwrap_or("not loaded"),
+                    match link.attached_at_root {
+                        Some(true) => format!("attached at the cgroup v2 root {root}"),
+                        Some(false) => format!("NOT attached at the cgroup v2 root {root}"),
+                        None => "attachment unknown (no cgroup v2 root to ask)".to_owned(),
+                    }
+                )
+            };
+            line("link", text);
+        }
+        for t in &self.tracking {
+            let text = if let Some(e) = &t.error {
+                format!("{}: unreadable: {e}", t.program)
+            } else if !t.pinned {
+                format!("{} ({}): not pinned", t.program, t.tracepoint)
+            } else {
+                match (&t.prog_name, t.attached_at_root) {
+                    (None, _) => {
+                        format!("{} ({}): runs no loaded program", t.program, t.tracepoint)
+                    }
+                    (Some(_), Some(false)) => format!(
+                        "{} ({}): NOT attached at the cgroup v2 root",
+                        t.program, t.tracepoint
+                    ),
+                    (Some(name), _) => {
+                        format!("{} ({}): attached, runs {name}", t.program, t.tracepoint)
+                    }
+                }
+            };
+            line("tracking", text);
+        }
+        let bind: Vec<String> = self
+            .bind
+            .links
+            .iter()
+            .map(|l| match (&l.error, l.attached()) {
+                (Some(e), _) => format!("{} unreadable: {e}", l.program),
+                (None, true) => format!("{} attached", l.program),
+                (None, false) if l.pinned => format!("{} NOT attached at the root", l.program),
+                (None, false) => format!("{} not pinned", l.program),
+            })
+            .collect();
+        let guard = if self.bind.guard {
+            "guard on ([bind] loopback_only)"
+        } else {
+            "guard off"
+        };
+        line("bind", format!("{guard}; {}", bind.join(", ")));
+        let p = &self.provenance;
+        let scoped = p.getsockopt_scoped.iter().filter(|l| l.prog_name.is_some());
+        let answering = match (&p.getsockopt.error, p.getsockopt.attached()) {
+            (Some(e), _) => format!("getsockopt link unreadable: {e}"),
+            (None, true) => "services can ask with getsockopt (attached at the root)".to_owned(),
+            (None, false) if p.getsockopt.pinned => {
+                "the getsockopt link is pinned but not attached at the root".to_owned()
+            }
+            (None, false) if scoped.clone().count() > 0 => format!(
+                "services can ask with getsockopt in {} cgroup(s) ([provenance] \
+                 getsockopt_cgroups)",
+                scoped.count()
+            ),
+            (None, false) => "no getsockopt answers ([provenance] getsockopt = false)".to_owned(),
+        };
+        let tagged = match (p.tag, p.connections) {
+            (false, _) => "connections are not tagged ([provenance] tag = false)".to_owned(),
+            (true, Some(n)) => format!("connections are tagged, {n} live"),
+            (true, None) => "connections are tagged".to_owned(),
+        };
+        line("origins", format!("{tagged}; {answering}"));
+        match (&self.layout, &self.maps_error) {
+            (_, Some(e)) => line("maps", format!("not decoded: {e}")),
+            (Some(layout), None) => line("maps", format!("layout {layout} (this build's)")),
+            (None, None) => {}
+        }
+        if let Some(p) = &self.policy {
+            line(
+                "policy",
+                format!(
+                    "#{} (slot {}): mode {}, {} rules, deny errno {}, ports {}{}{}; relay verdict {} \
+                     (window {} ms)",
+                    p.seq,
+                    p.slot,
+                    p.mode,
+                    p.rules,
+                    p.deny_errno,
+                    if p.all_ports { "all" } else { "listed" },
+                    if p.netns_scoped {
+                        ", scoped to network namespaces"
+                    } else {
+                        ""
+                    },
+                    if p.host_addresses {
+                        ", host addresses too"
+                    } else {
+                        ""
+                    },
+                    p.relay,
+                    p.relay_window_ms,
+                ),
+            );
+        }
+        line("daemon", self.daemon.describe());
+        if let Some(r) = self
+            .daemon
+            .reported
+            .as_ref()
+            .filter(|_| self.daemon.running)
+        {
+            line(
+                "source",
+                format!(
+                    "{}{}",
+                    r.policy_source,
+                    if r.own_policy {
+                        ""
+                    } else {
+                        " (did not parse: the pinned policy of a predecessor is kept)"
+                    }
+                ),
+            );
+            if let Some(reload) = &r.last_reload {
+                let text = match &reload.error {
+                    None => format!("ok at {}", reload.at),
+                    Some(e) => format!("FAILED at {}: {e}", reload.at),
+                };
+                line("reload", text);
+            }
+        }
+        if !self.counters.is_empty() {
+            let counters: Vec<String> = self
+                .counters
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect();
+            line("counters", counters.join(" "));
+        }
+        if let Some(lost) = &self.lost_reports {
+            line(
+                "lost",
+                format!(
+                    "{} reports lost (ring buffer full or no daemon reading), {} not yet reported by a daemon",
+                    lost.total, lost.unreported
+                ),
+            );
+        }
+        out
+    }
+}
+
+impl DaemonReport {
+    pub(super) fn describe(&self) -> String {
+        let r = self.reported.as_ref();
+        if self.running {
+            match r {
+                Some(r) => format!(
+                    "running: pid {}, version {}, started {}",
+                    r.pid, r.version, r.started_at
+                ),
+                None => format!(
+                    "running: pid {} (it wrote no status.json: an older version?)",
+                    opt(self.lock_holder)
+                ),
+            }
+        } else {
+            match r {
+                Some(r) => format!(
+                    "no daemon (the last one: pid {}, version {}, started {}, is gone)",
+                    r.pid, r.version, r.started_at
+                ),
+                None => "no daemon".to_owned(),
+            }
+        }
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("?".to_owned(), |v| v.to_string())
+}
