@@ -1,0 +1,149 @@
+//! Checks of the host: privileges, the kernel release, cgroup v2, BTF and
+//! bpffs.
+
+use std::{fs, path::Path};
+
+use super::Check;
+use crate::{
+    error_chain,
+    kernel::{
+        btf::{VMLINUX_BTF, kernel_offsets},
+        compat,
+        pins::{BPFFS_MOUNT, is_bpffs},
+    },
+};
+
+pub(super) fn root() -> Check {
+    match compat::require_root() {
+        Ok(()) => Check::ok("root", true, "effective uid 0"),
+        Err(_) => Check::bad(
+            "root",
+            true,
+            "not root: the daemon refuses to start, and the probes below fail",
+            "run loopwarden (and doctor) as root",
+        ),
+    }
+}
+
+pub(super) fn capabilities() -> Check {
+    const NAME: &str = "capabilities";
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(eff) = compat::cap_eff(&status) else {
+        return Check::bad(
+            NAME,
+            true,
+            "CapEff not found in /proc/self/status",
+            "check that /proc is mounted",
+        );
+    };
+    let missing = compat::missing_capabilities(eff);
+    if missing.is_empty() {
+        Check::ok(
+            NAME,
+            true,
+            format!("{} effective", compat::required_names().join(" ")),
+        )
+    } else {
+        Check::bad(
+            NAME,
+            true,
+            format!("missing {}", missing.join(" ")),
+            "run as root with a full capability set (systemd: no CapabilityBoundingSet= that drops them)",
+        )
+    }
+}
+
+pub(super) fn kernel_release() -> Check {
+    match compat::kernel_release() {
+        Ok(release) => Check::ok(
+            "kernel",
+            false,
+            format!(
+                "{release} (for the record: the checks below probe, they do not go by version)"
+            ),
+        ),
+        Err(e) => Check::bad("kernel", false, format!("uname failed: {e}"), "none needed"),
+    }
+}
+
+pub(super) fn cgroup2(root: Option<&Path>) -> Check {
+    match root {
+        Some(root) => Check::ok(
+            "cgroup v2",
+            true,
+            format!("hierarchy root mounted at {}", root.display()),
+        ),
+        None => Check::bad(
+            "cgroup v2",
+            true,
+            "no cgroup2 mount of the hierarchy's root",
+            "mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1",
+        ),
+    }
+}
+
+/// With `host_root_given`, a child namespace is fine: the cgroup v2
+/// check says whether the given root is the host's.
+pub(super) fn cgroup_namespace(host_root_given: bool) -> Check {
+    if compat::in_child_cgroup_namespace() {
+        if host_root_given {
+            return Check::ok(
+                "cgroup namespace",
+                true,
+                "a child namespace, with the host's root given (--host-cgroup-root)",
+            );
+        }
+        Check::bad(
+            "cgroup namespace",
+            true,
+            "running in a child cgroup namespace: its root is only a subtree",
+            "run in the host's cgroup namespace (outside the container, or --cgroupns=host), \
+             or mount the host's cgroup v2 root and pass --host-cgroup-root PATH",
+        )
+    } else {
+        Check::ok("cgroup namespace", true, "the host's (initial) namespace")
+    }
+}
+
+pub(super) fn btf() -> Check {
+    match kernel_offsets(Path::new(VMLINUX_BTF)) {
+        Ok(o) => Check::ok(
+            "BTF",
+            true,
+            format!(
+                "{VMLINUX_BTF} parsed: task_struct.mm={} mm_struct.exe_file={} file.f_inode={}",
+                o.task_mm, o.mm_exe_file, o.file_inode
+            ),
+        ),
+        Err(e) => Check::bad(
+            "BTF",
+            true,
+            error_chain(&e),
+            "a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        ),
+    }
+}
+
+pub(super) fn bpffs() -> Check {
+    if is_bpffs(Path::new(BPFFS_MOUNT)) {
+        return Check::ok("bpffs", true, format!("mounted at {BPFFS_MOUNT}"));
+    }
+    let known = fs::read_to_string("/proc/filesystems").is_ok_and(|f| {
+        f.lines()
+            .any(|l| l.split_whitespace().last() == Some("bpf"))
+    });
+    if known {
+        Check::ok(
+            "bpffs",
+            true,
+            format!("not mounted, but the kernel has it: the daemon mounts it on {BPFFS_MOUNT}"),
+        )
+    } else {
+        Check::bad(
+            "bpffs",
+            true,
+            "the kernel has no bpf filesystem (not in /proc/filesystems)",
+            "a kernel with CONFIG_BPF_SYSCALL=y",
+        )
+    }
+}

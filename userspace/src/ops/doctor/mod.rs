@@ -1,0 +1,214 @@
+//! `loopwarden doctor`: can this host run loopwarden, and if not, what to
+//! change. Each check probes the running kernel instead of guessing from its
+//! version: the program type, every helper and map type the programs use
+//! are loaded or created for real (aya's feature probes where aya has one),
+//! `BPF_LINK_UPDATE` is tried on a throwaway cgroup, BTF is parsed, and
+//! `SOCK_DESTROY` is tried on a listening socket of our own.
+//!
+//! A probe leaves nothing behind: probe programs are unloaded when their
+//! descriptors close, the throwaway cgroup (which no process ever joins) is
+//! removed, and securityfs, if it had to be mounted to read the lockdown
+//! mode, is unmounted again.
+//!
+//! `host` checks privileges and the host's setup, `probes` the kernel's BPF
+//! features, `security` lockdown and unprivileged BPF.
+
+mod host;
+mod probes;
+mod security;
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use self::{
+    host::{bpffs, btf, capabilities, cgroup_namespace, cgroup2, kernel_release, root},
+    probes::{connect_programs, helpers, link_update, map_types, program_type, sock_destroy},
+    security::{lockdown, unprivileged_bpf},
+};
+use crate::kernel::{compat, host_cgroup};
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    fn word(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        }
+    }
+}
+
+/// One check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    /// Whether loopwarden cannot run without it (exit 1 unless ok).
+    pub required: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, required: bool, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            level: Level::Ok,
+            required,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn bad(
+        name: &'static str,
+        required: bool,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            name,
+            level: if required { Level::Fail } else { Level::Warn },
+            required,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Every check's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Every required check is ok.
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        if self.ok { 0 } else { 1 }
+    }
+
+    /// One line per check: `ok|warn|FAIL  name  detail  (fix: ...)`.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            out.push_str(&format!(
+                "{:<5} {:<22} {}",
+                c.level.word(),
+                c.name,
+                c.detail
+            ));
+            if let Some(fix) = &c.fix {
+                out.push_str(&format!("  (fix: {fix})"));
+            }
+            out.push('\n');
+        }
+        out.push_str(if self.ok {
+            "every required check passed\n"
+        } else {
+            "some required check failed: loopwarden cannot run here as is\n"
+        });
+        out
+    }
+}
+
+/// Runs every check; `host_cgroup_root` is `--host-cgroup-root`.
+pub fn run(host_cgroup_root: Option<&Path>) -> Report {
+    let (cgroup_root, cgroup2_check) = match host_cgroup_root {
+        Some(path) => match host_cgroup::use_host_root(path) {
+            Ok(root) => {
+                let check = cgroup2(Some(&root));
+                (Some(root), check)
+            }
+            Err(e) => (
+                None,
+                Check::bad(
+                    "cgroup v2",
+                    true,
+                    e.to_string(),
+                    "mount the host's cgroup v2 root there",
+                ),
+            ),
+        },
+        None => {
+            let root = compat::find_cgroup2_root();
+            let check = cgroup2(root.as_deref());
+            (root, check)
+        }
+    };
+    let mut checks = vec![
+        root(),
+        capabilities(),
+        kernel_release(),
+        cgroup2_check,
+        cgroup_namespace(host_cgroup_root.is_some()),
+        btf(),
+        bpffs(),
+    ];
+    // Without the privileges the daemon has, every probe fails with EPERM
+    // and says nothing about the kernel: say so once per probe instead.
+    let privileged = checks[..2].iter().all(|c| c.level == Level::Ok);
+    type Probe<'a> = (&'static str, bool, Box<dyn FnOnce() -> Check + 'a>);
+    let probes: Vec<Probe<'_>> = vec![
+        ("program type", true, Box::new(program_type)),
+        ("connect hooks", true, Box::new(connect_programs)),
+        ("helpers", true, Box::new(helpers)),
+        ("map types", true, Box::new(map_types)),
+        (
+            "link update",
+            true,
+            Box::new(|| link_update(cgroup_root.as_deref())),
+        ),
+        ("lockdown", false, Box::new(lockdown)),
+        ("unprivileged bpf", false, Box::new(unprivileged_bpf)),
+        ("sock destroy", false, Box::new(sock_destroy)),
+    ];
+    for (name, required, probe) in probes {
+        if privileged || name == "unprivileged bpf" {
+            checks.push(probe());
+        } else {
+            checks.push(Check::bad(
+                name,
+                required,
+                "not probed: needs root with the capabilities above",
+                "run loopwarden doctor as root",
+            ));
+        }
+    }
+    Report {
+        ok: checks.iter().all(|c| !c.required || c.level == Level::Ok),
+        checks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_failure_fails_the_report() {
+        let report = |checks: Vec<Check>| Report {
+            ok: checks.iter().all(|c| !c.required || c.level == Level::Ok),
+            checks,
+        };
+        let warn = Check::bad("x", false, "meh", "later");
+        assert_eq!(warn.level, Level::Warn);
+        assert_eq!(report(vec![warn.clone()]).exit_code(), 0);
+        let fail = Check::bad("y", true, "broken", "fix it");
+        assert_eq!(fail.level, Level::Fail);
+        let r = report(vec![warn, fail]);
+        assert_eq!(r.exit_code(), 1);
+        assert!(r.human().contains("FAIL  y"), "{}", r.human());
+        assert!(r.human().contains("(fix: fix it)"), "{}", r.human());
+    }
+}

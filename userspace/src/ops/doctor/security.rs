@@ -1,0 +1,113 @@
+//! The security settings that bear on loopwarden: kernel lockdown (read
+//! from securityfs, mounted for the read if it must be) and unprivileged
+//! BPF.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{self, ErrorKind},
+    path::Path,
+};
+
+use super::Check;
+use crate::kernel::compat;
+
+const SECURITYFS: &str = "/sys/kernel/security";
+
+pub(super) fn lockdown() -> Check {
+    const NAME: &str = "lockdown";
+    let file = Path::new(SECURITYFS).join("lockdown");
+    let text = match read_lockdown(&file) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Check::ok(NAME, false, "no lockdown LSM in this kernel"),
+        Err(e) => {
+            return Check::bad(
+                NAME,
+                false,
+                format!("not read: {e}"),
+                "mount -t securityfs securityfs /sys/kernel/security and run doctor again",
+            );
+        }
+    };
+    // "none [integrity] confidentiality": the bracketed one is in force.
+    let mode = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+        .unwrap_or("?")
+        .to_owned();
+    match mode.as_str() {
+        "confidentiality" => Check::bad(
+            NAME,
+            false,
+            "confidentiality: bpf_probe_read_kernel is refused (see helpers)",
+            "boot with lockdown=integrity or without lockdown",
+        ),
+        _ => Check::ok(NAME, false, format!("{mode}: kernel reads allowed")),
+    }
+}
+
+/// The lockdown file's text; `None` when the kernel has no lockdown LSM.
+/// Mounts securityfs when it is not mounted, and unmounts it afterwards.
+pub(super) fn read_lockdown(file: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(file) {
+        Ok(text) => return Ok(Some(text)),
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    if securityfs_mounted() {
+        return Ok(None);
+    }
+    let c = |s: &str| CString::new(s).expect("no NUL in constants");
+    let (source, target) = (c("securityfs"), c(SECURITYFS));
+    // SAFETY: NUL-terminated strings that outlive the call; no data.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let text = match fs::read_to_string(file) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    };
+    // SAFETY: as above.
+    unsafe { libc::umount2(target.as_ptr(), 0) };
+    text
+}
+
+pub(super) fn securityfs_mounted() -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        info.lines().any(|l| {
+            let mount_point = l.split_whitespace().nth(4).map(compat::unescape);
+            let fstype = l
+                .split_once(" - ")
+                .and_then(|(_, r)| r.split_whitespace().next());
+            mount_point.as_deref() == Some(SECURITYFS) && fstype == Some("securityfs")
+        })
+    })
+}
+
+pub(super) fn unprivileged_bpf() -> Check {
+    const NAME: &str = "unprivileged bpf";
+    match fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled") {
+        Ok(v) if v.trim() == "0" => Check::bad(
+            NAME,
+            false,
+            "kernel.unprivileged_bpf_disabled=0: any user may load BPF programs",
+            "sysctl -w kernel.unprivileged_bpf_disabled=2 (loopwarden runs as root and needs no unprivileged BPF)",
+        ),
+        Ok(v) => Check::ok(
+            NAME,
+            false,
+            format!("kernel.unprivileged_bpf_disabled={}", v.trim()),
+        ),
+        Err(e) => Check::ok(NAME, false, format!("sysctl not present ({e})")),
+    }
+}
