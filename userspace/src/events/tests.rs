@@ -58,6 +58,7 @@ fn enricher() -> Enricher {
             name: "catalog:socat".into(),
             action: Action::Deny,
             matches: "exe_name in [socat]".into(),
+            browser: false,
         }],
     );
     enricher

@@ -407,10 +407,10 @@ comm = "relay"
     };
     // The thread's comm or the process's: either one decides.
     assert_eq!(policy.first_match(&id(&["main", "relay"])), Some(1));
-    assert_eq!(policy.denial(&id(&["relay", "main"]), 0), Some(1));
+    assert_eq!(policy.denial(&id(&["relay", "main"]), 8080, 0), Some(1));
     // First match wins across the list too: the allow rule comes first.
     assert_eq!(policy.first_match(&id(&["relay", "curl"])), Some(0));
-    assert_eq!(policy.denial(&id(&["relay", "curl"]), 0), None);
+    assert_eq!(policy.denial(&id(&["relay", "curl"]), 8080, 0), None);
     assert_eq!(policy.first_match(&id(&["main"])), None);
     assert_eq!(policy.first_match(&id(&[])), None);
 }
@@ -1360,7 +1360,10 @@ script = "bridge.py"
         ..ProcessIdentity::default()
     };
     // Nothing known: allowed.
-    assert_eq!(policy.denial(&id(state, "python3.11"), 5_000_000_000), None);
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 8080, 5_000_000_000),
+        None
+    );
     // Received 0.5 s ago, window 1 s: a relay; 1.5 s ago: not any more.
     state.recent = Evidence {
         kind: evidence::RECEIVED,
@@ -1368,20 +1371,23 @@ script = "bridge.py"
         ..Evidence::default()
     };
     assert_eq!(
-        policy.denial(&id(state, "python3.11"), 5_000_000_000),
+        policy.denial(&id(state, "python3.11"), 8080, 5_000_000_000),
         Some(RELAY_RULE)
     );
-    assert_eq!(policy.denial(&id(state, "python3.11"), 5_500_000_001), None);
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 8080, 5_500_000_001),
+        None
+    );
     // Standing evidence has no window.
     state.standing.kind = evidence::ACCEPTED;
     assert_eq!(
-        policy.denial(&id(state, "python3.11"), 99_000_000_000),
+        policy.denial(&id(state, "python3.11"), 8080, 99_000_000_000),
         Some(RELAY_RULE)
     );
     // The user's allow rule on its script exempts it.
     state.script_hash = loopwarden_common::script_hash(b"bridge.py");
     assert_eq!(
-        policy.denial(&id(state, "python3.11"), 99_000_000_000),
+        policy.denial(&id(state, "python3.11"), 8080, 99_000_000_000),
         None
     );
     state.script_hash = 0;
@@ -1389,14 +1395,14 @@ script = "bridge.py"
     // its lineage, whatever it is called.
     state.standing.kind = evidence::NONE;
     state.lineage = loopwarden_common::exe_name_prefix_key(b"code-tunnel");
-    let rule = policy.denial(&id(state, "node"), 0).map(usize::from);
+    let rule = policy.denial(&id(state, "node"), 8080, 0).map(usize::from);
     assert_eq!(
         rule.and_then(|r| policy.rules.get(r))
             .map(|r| r.name.as_str()),
         Some("catalog:code-tunnel")
     );
     state.lineage = [0; 32];
-    assert_eq!(policy.denial(&id(state, "node"), 0), None);
+    assert_eq!(policy.denial(&id(state, "node"), 8080, 0), None);
 }
 
 #[test]
