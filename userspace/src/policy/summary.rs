@@ -30,25 +30,26 @@ impl CompiledPolicy {
         let rules = self.rules.iter().filter(|r| r.browser).count();
         writeln!(
             f,
-            "browsers:    {rules} browser-class rules (action `port` below): judged by port"
+            "browsers:    {rules} browser-class rules (action `port` below), judged by the port:"
         )?;
-        let show = |action: Action| match (action, self.mode) {
-            (Action::Deny, Mode::Audit) => "deny (would-deny in audit mode)",
-            (Action::Deny, Mode::Enforce) => "deny (refused)",
-            (Action::Audit, _) => "audit (let in, reported)",
-            (Action::Allow, _) => "allow (let in)",
+        let what = |action: Action| match (action, self.mode) {
+            (Action::Deny, Mode::Audit) => "would-deny: audit mode",
+            (Action::Deny, Mode::Enforce) => "refused",
+            (Action::Audit, _) => "let in, reported",
+            (Action::Allow, _) => "let in",
         };
         for (action, ranges) in &self.browsers.listed {
             if ranges.is_empty() {
                 continue;
             }
             let ports: Vec<String> = ranges.iter().map(ToString::to_string).collect();
-            writeln!(f, "  {:<10} ports {}", show(*action), ports.join(", "))?;
+            writeln!(f, "  {action:<5}  {} ({})", ports.join(", "), what(*action))?;
         }
+        let action = self.browsers.action;
         writeln!(
             f,
-            "  {:<10} every other protected port",
-            show(self.browsers.action)
+            "  {action:<5}  every other protected port ({})",
+            what(action)
         )
     }
 }

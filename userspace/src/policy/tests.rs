@@ -16,7 +16,7 @@ fn not_found() -> io::Error {
 
 /// A host made of hash maps.
 #[derive(Default)]
-struct FakeResolver {
+pub(super) struct FakeResolver {
     /// Path → (file, kernel-visible file name).
     exes: HashMap<PathBuf, (ExeFile, String)>,
     found: HashMap<String, Vec<PathBuf>>,
@@ -34,7 +34,7 @@ struct FakeResolver {
 }
 
 impl FakeResolver {
-    fn with_exe(mut self, path: &str, key: ExeKey) -> Self {
+    pub(super) fn with_exe(mut self, path: &str, key: ExeKey) -> Self {
         self.put_exe(path, key);
         self
     }
@@ -140,7 +140,7 @@ impl Default for TestIdentity {
 
 const ROOT_CGROUP: u64 = 1;
 
-fn key(ino: u64) -> ExeKey {
+pub(super) fn key(ino: u64) -> ExeKey {
     ExeKey::from_major_minor(0, 27, ino)
 }
 
@@ -164,14 +164,14 @@ fn config(text: &str) -> Config {
     }
 }
 
-fn compile_ok(text: &str, resolver: &FakeResolver) -> CompiledPolicy {
+pub(super) fn compile_ok(text: &str, resolver: &FakeResolver) -> CompiledPolicy {
     match compile(&config(text), resolver) {
         Ok(policy) => policy,
         Err(e) => panic!("{e}"),
     }
 }
 
-fn host() -> FakeResolver {
+pub(super) fn host() -> FakeResolver {
     let mut r = FakeResolver::default()
         .with_exe("/usr/bin/socat", key(10))
         .with_exe("/usr/sbin/sshd", key(20))
@@ -698,7 +698,12 @@ fn embedded_default_compiles_on_a_bare_host() {
     assert_eq!(s.active.count_ones() as usize, CATALOG.len());
     assert_eq!(s.wild_exe_name, 0);
     assert_eq!(s.wild_exe, s.active);
-    assert_eq!(s.deny | s.audit, s.active);
+    // Browsers are judged by port, not by an action of their own.
+    assert_eq!(s.deny | s.audit | s.browser, s.active);
+    assert_eq!(s.browser.count_ones(), 3);
+    assert_eq!(s.browser & (s.deny | s.audit), 0);
+    let audit = policy.browsers.verdict(11434);
+    assert_eq!(audit, loopwarden_common::verdict::AUDIT);
 }
 
 #[test]
