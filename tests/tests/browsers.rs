@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use loopwarden_tests::{Daemon, Netns, Proc, TempDir, run};
+use loopwarden_tests::{Daemon, Netns, Proc, SYSTEM_PYTHON, TempDir, run, run_ok};
 use serde_json::Value;
 
 /// The API port: `[browsers] deny`.
@@ -222,11 +222,12 @@ fn outcome(dom: &str) -> String {
 }
 
 /// The policy: API and UI protected in `ns`, browsers denied on API and
-/// allowed on UI, other protected ports audited.
-fn browsers_policy(ns: &Netns, mode: &str) -> String {
+/// allowed on UI, other protected ports audited; `extra` goes into
+/// `[browsers]`.
+fn browsers_policy(ns: &Netns, mode: &str, extra: &str) -> String {
     format!(
         "mode = \"{mode}\"\ncatalog = true\n\n[protect]\nports = [{API}, {UI}]\nnetns = [\"{}\"]\n\n\
-         [browsers]\naction = \"audit\"\ndeny = [{API}]\nallow = [{UI}]\n",
+         [browsers]\naction = \"audit\"\ndeny = [{API}]\nallow = [{UI}]\n{extra}",
         ns.path()
     )
 }
@@ -295,7 +296,7 @@ fn browser_event(daemon: &Daemon, verdict: &str, port: u16) -> Value {
 #[test]
 fn enforce_refuses_a_browser_on_an_api_port_and_lets_it_into_a_ui_port() {
     let scene = Scene::new();
-    let daemon = Daemon::start(&browsers_policy(&scene.ns, "enforce"));
+    let daemon = Daemon::start(&browsers_policy(&scene.ns, "enforce", ""));
 
     let result = scene.browse();
     assert!(result.contains(&format!("{API}=failed")), "{result}");
@@ -335,7 +336,7 @@ fn enforce_refuses_a_browser_on_an_api_port_and_lets_it_into_a_ui_port() {
 #[test]
 fn audit_mode_reports_a_browser_on_an_api_port_as_would_deny() {
     let scene = Scene::new();
-    let daemon = Daemon::start(&browsers_policy(&scene.ns, "audit"));
+    let daemon = Daemon::start(&browsers_policy(&scene.ns, "audit", ""));
 
     let result = scene.browse();
     assert!(result.contains(&format!("{API}=sent")), "{result}");
@@ -351,4 +352,78 @@ fn audit_mode_reports_a_browser_on_an_api_port_as_would_deny() {
     );
     browser_event(&daemon, "would-deny", API);
     assert_eq!(scene.curl_post().trim(), "{}");
+}
+
+/// Renames itself (comm `argv[1]`, as a tab process might), then connects
+/// to each port of its other arguments and prints `PORT ERRNO` (0: connected).
+const CONNECTOR: &str = r#"import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME
+for port in sys.argv[2:]:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", int(port)))
+        err = 0
+    except OSError as e:
+        err = e.errno
+    s.close()
+    print(port, err, flush=True)
+"#;
+
+/// Runs [`CONNECTOR`] with `python` in `ns`, named `comm`: each port's errno.
+fn connect_as(ns: &Netns, python: &Path, comm: &str) -> Vec<(u16, i32)> {
+    let out = run_ok(ns.cmd(&python.display().to_string()).args([
+        "-c",
+        CONNECTOR,
+        comm,
+        &API.to_string(),
+        &UI.to_string(),
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (port, err) = l.split_once(' ')?;
+            Some((port.parse().ok()?, err.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn identity_is_the_executable_and_exe_name_adds_browsers() {
+    let scene = Scene::new();
+    let dir = TempDir::new("browsers-exe");
+    // Python under a browser's file name, and under an app's name that
+    // only `[browsers] exe_name` makes a browser.
+    let copy = |name: &str| {
+        let path = dir.path().join(name);
+        let real = std::fs::canonicalize(SYSTEM_PYTHON).expect("resolving python");
+        std::fs::copy(real, &path).expect("copying python");
+        path
+    };
+    let chromium = copy("chromium");
+    let app = copy("lw-electron-app");
+    let daemon = Daemon::start(&browsers_policy(
+        &scene.ns,
+        "enforce",
+        "exe_name = [\"lw-electron-app\"]\n",
+    ));
+    let refused = vec![(API, libc::ECONNREFUSED), (UI, 0)];
+    // A "tab" that renamed itself curl is still the browser's executable.
+    assert_eq!(connect_as(&scene.ns, &chromium, "curl"), refused);
+    assert_eq!(connect_as(&scene.ns, &app, "lw-app"), refused);
+    // Control: the system Python under the same names reaches both.
+    let python = Path::new(SYSTEM_PYTHON);
+    assert_eq!(
+        connect_as(&scene.ns, python, "chromium"),
+        vec![(API, 0), (UI, 0)]
+    );
+    let by_chromium = daemon.wait_event("the renamed chromium's refusal", |e| {
+        e["rule"] == "catalog:chromium" && e["verdict"] == "deny" && e["comm"] == "curl"
+    });
+    assert_eq!(by_chromium["browser"], "deny");
+    assert_eq!(by_chromium["dst_port"], API);
+    let by_app = daemon.wait_event("the app's refusal", |e| {
+        e["rule"] == "browsers" && e["verdict"] == "deny"
+    });
+    assert_eq!(by_app["exe_name"], "lw-electron-app");
+    assert_eq!(by_app["browser"], "deny");
 }
