@@ -806,27 +806,31 @@ fn browsers_table() {
 #[test]
 fn bad_browsers_table() {
     // A port gets one treatment: the second listing names the first.
-    expect_error(
-        "[browsers]\ndeny = [11434]\nallow = [3000, 11434]\n",
-        3,
-        "port 11434 is already listed in [browsers] deny at line 2",
-    );
-    expect_error(
-        "[browsers]\ndeny = [\"8000-8100\"]\n\naudit = [\"8100-8200\"]\n",
-        4,
-        "port 8100 is already listed in [browsers] deny at line 2",
-    );
-    expect_error(
-        "[browsers]\ndeny = [80, 80]\n",
-        2,
-        "already listed in [browsers] deny at line 2",
-    );
-    expect_error("[browsers]\ndeny = \"all\"\n", 2, "not \"all\"");
-    expect_error("[browsers]\nallow = [0]\n", 2, "port 0 is out of range");
-    expect_error("[browsers]\naction = \"block\"\n", 2, "unknown variant");
-    expect_error("[browsers]\nports = [80]\n", 2, "unknown field");
-    expect_error("[browsers]\nexe_name = \"a/b\"\n", 2, "file name");
-    expect_error("[browsers]\nexe = \"app\"\n", 2, "absolute path");
+    let twice = "already listed in [browsers] deny at line 2";
+    for (text, line, phrase) in [
+        (
+            "deny = [11434]\nallow = [3000, 11434]\n",
+            3,
+            "port 11434 is already listed",
+        ),
+        (
+            "deny = [\"8000-8100\"]\n\naudit = [\"8100-8200\"]\n",
+            4,
+            "port 8100 is already",
+        ),
+        ("deny = [80, 80]\n", 2, twice),
+        ("deny = \"all\"\n", 2, "not \"all\""),
+        ("allow = [0]\n", 2, "port 0 is out of range"),
+        ("action = \"block\"\n", 2, "unknown variant"),
+        ("ports = [80]\n", 2, "unknown field"),
+        ("exe_name = \"a/b\"\n", 2, "file name"),
+        ("exe = \"app\"\n", 2, "absolute path"),
+    ] {
+        let err = expect_error(&format!("[browsers]\n{text}"), line, phrase);
+        if phrase.contains("already") {
+            assert!(err.to_string().contains(twice), "{err}");
+        }
+    }
     expect_error(
         "[[rule]]\nname = \"browsers\"\naction = \"deny\"\ncomm = \"x\"\n",
         2,
