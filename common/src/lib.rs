@@ -34,7 +34,7 @@ pub mod origin;
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -74,6 +74,9 @@ pub const MAX_MAP_ENTRIES: u32 = 1024;
 pub const MAX_NETNS: u32 = 256;
 /// Entries of the protected-port bitmap: 65536 ports / 64 bits per entry.
 pub const PORT_WORDS: u32 = 1024;
+/// Entries of the browser verdicts of one generation (`LW_BROWSER_PORTS`):
+/// two bits per port, 32 ports per entry.
+pub const BROWSER_PORT_WORDS: u32 = 2 * PORT_WORDS;
 /// Bytes of an interpreted script's path (as its command line gives it) the
 /// kernel keeps; longer paths are truncated to `SCRIPT_LEN - 1` bytes.
 pub const SCRIPT_LEN: usize = 64;
@@ -173,6 +176,10 @@ pub mod maps {
     pub const BIND_EXE: &str = "LW_BIND_EXE";
     /// `HashMap<GenKey<u32>, u8>`: uids the bind guard exempts.
     pub const BIND_UID: &str = "LW_BIND_UID";
+    /// `Array<u64>` of [`super::BROWSER_PORT_WORDS`] per generation: the
+    /// [`super::verdict`] a browser-class rule ([`super::Settings::browser`])
+    /// gets at each port, two bits per port (see [`super::browser_verdict`]).
+    pub const BROWSER_PORTS: &str = "LW_BROWSER_PORTS";
     /// `PerCpuArray<OriginRecord>`, one entry: where the state tracepoint
     /// builds a record before copying it into `LW_CONNS` (not pinned).
     pub const SCRATCH: &str = "LW_SCRATCH";
@@ -206,6 +213,7 @@ pub mod maps {
         BIND_PORTS,
         BIND_EXE,
         BIND_UID,
+        BROWSER_PORTS,
     ];
 }
 
@@ -671,6 +679,10 @@ pub struct Settings {
     /// Catalog rules that extend to descendants: they also match a process
     /// whose lineage (`ProcState::lineage`) names their executables.
     pub inherited: u64,
+    /// Browser-class rules (the catalog's browsers and `[browsers]
+    /// exe`/`exe_name`): when one matches first, the verdict is the port's
+    /// in `LW_BROWSER_PORTS`, not the rule's action.
+    pub browser: u64,
     /// How recent received/connected evidence must be to count, in ns.
     pub relay_window_ns: u64,
     /// Sequence lock of this slot: odd while userspace rewrites it, else the
@@ -685,6 +697,24 @@ pub struct Settings {
     /// [`filter_bit`]`(`[`name_prefix`]`(name))` set for each.
     pub exe_name_filter: [u64; FILTER_WORDS],
 }
+
+/// Where port `port`'s browser verdict sits in `LW_BROWSER_PORTS` of
+/// generation `g`: the entry's index and the shift of its two bits.
+#[inline(always)]
+pub const fn browser_slot(g: u32, port: u16) -> (u32, u32) {
+    (
+        g * BROWSER_PORT_WORDS + (port as u32 >> 5),
+        (port as u32 & 31) * 2,
+    )
+}
+
+/// The browser verdict of a port, read from the entry [`browser_slot`] names.
+#[inline(always)]
+pub const fn browser_verdict(word: u64, shift: u32) -> u8 {
+    ((word >> shift) & 3) as u8
+}
+
+const _: () = assert!(verdict::COUNT == 4, "a browser verdict takes two bits");
 
 /// Words of a [`Settings`] filter: 256 bits.
 pub const FILTER_WORDS: usize = 4;
@@ -917,7 +947,7 @@ const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + S
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<Pending>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Settings>() == 128 + 2 * 8 * FILTER_WORDS);
+const _: () = assert!(core::mem::size_of::<Settings>() == 136 + 2 * 8 * FILTER_WORDS);
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160 + 32 + SCRIPT_LEN);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);

@@ -29,8 +29,9 @@ use crate::{
     addr::V4_MAPPED_WORD,
     identity::{self, Task},
     maps::{
-        DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR, RULES_CGROUP, RULES_COMM,
-        RULES_EXE, RULES_SCRIPT, RULES_UID, SETTINGS, count, generation, in_filter, mask,
+        BROWSER_PORTS, DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR,
+        RULES_CGROUP, RULES_COMM, RULES_EXE, RULES_SCRIPT, RULES_UID, SETTINGS, count, generation,
+        in_filter, mask,
     },
     names::{self, Words},
     origin,
@@ -123,6 +124,22 @@ fn port_protected(generation: u32, port: u16) -> bool {
         // SAFETY: a pointer into the map's value (volatile: see try_connect).
         Some(word) => (unsafe { core::ptr::read_volatile(word) } >> (port & 63)) & 1 == 1,
         None => false,
+    }
+}
+
+/// The verdict a browser-class rule gets at `port` in generation `g`
+/// (userspace resolved the port's `[browsers]` treatment and the mode into
+/// it): one load, and a number from map memory, so the verifier walks one
+/// path for all four verdicts.
+#[inline(always)]
+fn browser_verdict(g: u32, port: u16) -> u8 {
+    let (index, shift) = loopwarden_common::browser_slot(g, port);
+    match BROWSER_PORTS.get_ptr(index) {
+        // SAFETY: a pointer into the map's value (volatile: see try_connect).
+        Some(word) => {
+            loopwarden_common::browser_verdict(unsafe { core::ptr::read_volatile(word) }, shift)
+        }
+        None => verdict::ALLOW,
     }
 }
 
@@ -308,7 +325,14 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     } else {
         verdict::WOULD_DENY
     };
-    let (mut outcome, mut report) = if bit & rd!(s.deny) != 0 {
+    let (mut outcome, mut report) = if bit & rd!(s.browser) != 0 {
+        // A browser: the port's treatment of browsers decides.
+        let v = browser_verdict(g, dst.port);
+        (
+            v,
+            v != verdict::ALLOW || rd!(s.flags) & flags::LOG_ALLOWED != 0,
+        )
+    } else if bit & rd!(s.deny) != 0 {
         (deny, true)
     } else if bit & rd!(s.audit) != 0 {
         (verdict::AUDIT, true)

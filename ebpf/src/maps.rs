@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GENERATIONS,
-    GenKey, ListenerKey, MAX_CONNS, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_ORIGIN_PENDING,
-    MAX_PENDING, MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES,
-    filter_bit,
+    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey,
+    FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_LISTENERS, MAX_MAP_ENTRIES,
+    MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState,
+    Settings, TRACKED_ENTRIES, filter_bit,
     origin::{ConnKey, OriginRecord},
     stats, verdict,
 };
@@ -183,6 +183,11 @@ pub static CONNS: LruHashMap<ConnKey, OriginRecord> = LruHashMap::with_max_entri
 pub static SK_ORIGIN: SkStorage<OriginRecord> = SkStorage::new();
 
 // The bind guard's policy (see [`crate::bind`]), generational like the rest.
+
+// The browsers' verdict per port (see `connect::browser_verdict`).
+
+#[map(name = "LW_BROWSER_PORTS")]
+pub static BROWSER_PORTS: Array<u64> = Array::with_max_entries(GENERATIONS * BROWSER_PORT_WORDS, 0);
 
 #[map(name = "LW_BIND_PORTS")]
 pub static BIND_PORTS: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_WORDS, 0);

@@ -419,10 +419,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Catalog => {
             let width = CATALOG.iter().map(|e| e.name.len()).max().unwrap_or(0);
             for entry in CATALOG.iter() {
+                // A browser's verdict is the port's `[browsers]` treatment.
+                let action = entry.action.map_or("ports", |a| a.name());
                 println!(
-                    "catalog:{:<width$} {:<6} exe_name in [{}]  {}",
+                    "catalog:{:<width$} {:<7} {:<6} exe_name in [{}]  {}",
                     entry.name,
-                    format!("{:?}", entry.action).to_lowercase(),
+                    format!("{:?}", entry.class).to_lowercase(),
+                    action,
                     entry.shown_names().join(", "),
                     entry.why
                 );

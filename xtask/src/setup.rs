@@ -33,6 +33,8 @@ const TEST_PACKAGES: &[&str] = &[
     "btrfs-progs",
     // A real ident client (ident.rs: PostgreSQL's `ident` authentication).
     "postgresql",
+    // A real browser (browsers.rs: a page's no-cors POST to an API port).
+    "chromium",
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

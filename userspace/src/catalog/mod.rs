@@ -18,6 +18,10 @@
 //! Tunnels and relays whose purpose is to carry outside traffic to a local
 //! port are `deny`. Reverse proxies and netcat are `audit`: they are often
 //! intended, but an operator should see what they reach.
+//!
+//! Entries of [`Class::Browser`] (Chromium, Firefox, Electron) carry no
+//! action: the policy's `[browsers]` table says per port how browsers are
+//! judged (an API port refuses them, a web UI port lets them in).
 
 use std::sync::LazyLock;
 
@@ -59,6 +63,17 @@ impl NameMatch {
     }
 }
 
+/// What kind of program an entry names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// A tunnel, relay or proxy: judged by the entry's action.
+    #[default]
+    Tunnel,
+    /// A web browser: judged by the port's `[browsers]` treatment.
+    Browser,
+}
+
 /// One built-in rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogEntry {
@@ -68,7 +83,10 @@ pub struct CatalogEntry {
     pub exe_names: Vec<String>,
     /// How each of `exe_names` matches.
     pub matching: Vec<NameMatch>,
-    pub action: Action,
+    pub class: Class,
+    /// The verdict of a tunnel entry; `None` for a browser (the port's
+    /// `[browsers]` treatment decides).
+    pub action: Option<Action>,
     /// The rule also matches the entry's descendants (the kernel's lineage:
     /// a tunnel that runs its forwarding in child programs, such as VS
     /// Code's tunnel server). Never for tools that start login sessions.
@@ -114,7 +132,9 @@ struct RawCatalog {
 #[serde(deny_unknown_fields)]
 struct RawEntry {
     name: String,
-    action: Action,
+    #[serde(default)]
+    class: Class,
+    action: Option<Action>,
     #[serde(default, rename = "match")]
     matching: NameMatch,
     exe_names: Vec<RawName>,
@@ -145,11 +165,18 @@ fn parse(text: &str) -> Vec<CatalogEntry> {
     raw.entry
         .into_iter()
         .map(|e| {
-            assert!(
-                e.action != Action::Allow,
-                "catalog entry {}: action must be deny or audit",
-                e.name
-            );
+            match e.class {
+                Class::Tunnel => assert!(
+                    matches!(e.action, Some(Action::Deny | Action::Audit)),
+                    "catalog entry {}: action must be deny or audit",
+                    e.name
+                ),
+                Class::Browser => assert!(
+                    e.action.is_none(),
+                    "catalog entry {}: a browser has no action ([browsers] judges it)",
+                    e.name
+                ),
+            }
             let (exe_names, matching) = e
                 .exe_names
                 .into_iter()
@@ -162,6 +189,7 @@ fn parse(text: &str) -> Vec<CatalogEntry> {
                 name: e.name,
                 exe_names,
                 matching,
+                class: e.class,
                 action: e.action,
                 children: e.children,
                 why: e.why,
@@ -236,17 +264,56 @@ mod tests {
                 }
             }
             assert!(!entry.why.trim().is_empty(), "{}", entry.name);
-            assert!(
-                matches!(entry.action, Action::Deny | Action::Audit),
-                "{}",
-                entry.name
-            );
+            match entry.class {
+                Class::Tunnel => assert!(
+                    matches!(entry.action, Some(Action::Deny | Action::Audit)),
+                    "{}",
+                    entry.name
+                ),
+                Class::Browser => {
+                    assert_eq!(entry.action, None, "{}", entry.name);
+                    // A browser's children are its own processes (same
+                    // binary) or programs it starts for the user.
+                    assert!(!entry.children, "{}", entry.name);
+                }
+            }
         }
     }
 
     #[test]
     fn leaves_room_for_user_rules() {
-        assert!(CATALOG.len() <= MAX_RULES / 2);
+        let tunnels = CATALOG.iter().filter(|e| e.class == Class::Tunnel);
+        assert!(tunnels.count() <= MAX_RULES / 2);
+        // The browsers, and `[browsers]`'s own rule, take a few more.
+        assert!(CATALOG.len() < MAX_RULES / 2 + 4);
+    }
+
+    #[test]
+    fn browsers() {
+        let browser = |name: &str| {
+            let e = entry(name);
+            assert_eq!((e.class, e.action), (Class::Browser, None), "{name}");
+            e
+        };
+        // Debian's real binary is /usr/lib/chromium/chromium (/usr/bin/chromium
+        // is a shell script); Chrome's is /opt/google/chrome/chrome.
+        let chromium = browser("chromium");
+        for exe in ["chromium", "chrome", "msedge", "brave"] {
+            assert!(chromium.exe_names.iter().any(|n| n == exe), "{exe}");
+        }
+        // Exact: `chrome` must not match `chrome-remote-desktop-host` or
+        // the crash handler `chrome_crashpad_handler`.
+        assert!(chromium.matching.iter().all(|&m| m == NameMatch::Exact));
+        // A prefix: firefox-esr, firefox-bin.
+        assert_eq!(browser("firefox").shown_names(), ["firefox*"]);
+        browser("electron");
+        // Tunnels are tried first (the browsers come last in the file).
+        let first_browser = CATALOG.iter().position(|e| e.class == Class::Browser);
+        assert!(
+            CATALOG[first_browser.expect("browsers")..]
+                .iter()
+                .all(|e| e.class == Class::Browser)
+        );
     }
 
     #[test]
@@ -275,7 +342,7 @@ mod tests {
             "rinetd",
             "redir",
         ] {
-            assert_eq!(entry(name).action, Action::Deny, "{name}");
+            assert_eq!(entry(name).action, Some(Action::Deny), "{name}");
         }
         for name in [
             "nginx",
@@ -288,7 +355,7 @@ mod tests {
             "kubectl",
             "systemd-socket-proxyd",
         ] {
-            assert_eq!(entry(name).action, Action::Audit, "{name}");
+            assert_eq!(entry(name).action, Some(Action::Audit), "{name}");
         }
         assert!(entry_for_rule("sshd").is_none());
         let sshd = entry("sshd");
@@ -357,7 +424,8 @@ why = "x"
 "#,
         );
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].action, Action::Audit);
+        assert_eq!(c[0].action, Some(Action::Audit));
+        assert_eq!(c[0].class, Class::Tunnel);
         assert_eq!(c[0].exe_names, ["a", "a-b"]);
         assert_eq!(c[0].matching, [NameMatch::Exact, NameMatch::Prefix]);
     }
@@ -366,6 +434,36 @@ why = "x"
     #[should_panic(expected = "deny or audit")]
     fn parse_refuses_allow() {
         parse("[[entry]]\nname = \"a\"\naction = \"allow\"\nexe_names = [\"a\"]\nwhy = \"x\"\n");
+    }
+
+    #[test]
+    fn parse_reads_a_browser() {
+        let c = parse(
+            "[[entry]]\nname = \"b\"\nclass = \"browser\"\nexe_names = [\"b\"]\nwhy = \"x\"\n",
+        );
+        assert_eq!((c[0].class, c[0].action), (Class::Browser, None));
+    }
+
+    #[test]
+    #[should_panic(expected = "a browser has no action")]
+    fn parse_refuses_a_browser_with_an_action() {
+        parse(
+            "[[entry]]\nname = \"b\"\nclass = \"browser\"\naction = \"deny\"\nexe_names = [\"b\"]\nwhy = \"x\"\n",
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "action must be deny or audit")]
+    fn parse_refuses_a_tunnel_without_an_action() {
+        parse("[[entry]]\nname = \"a\"\nexe_names = [\"a\"]\nwhy = \"x\"\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "does not parse")]
+    fn parse_refuses_an_unknown_class() {
+        parse(
+            "[[entry]]\nname = \"a\"\nclass = \"toaster\"\naction = \"deny\"\nexe_names = [\"a\"]\nwhy = \"x\"\n",
+        );
     }
 
     #[test]

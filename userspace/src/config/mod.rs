@@ -46,6 +46,17 @@
 //! allow_exe = ["/usr/sbin/nginx"] # executables that may bind those ports anywhere
 //! allow_user = ["www-data"]      # ... users (resolved to uids)
 //! allow_uid = [33]               # ... uids
+//!
+//! [browsers]
+//! action = "audit"               # default: how browsers (the catalog's browser class and the
+//!                                # programs below) are judged on protected ports not listed here:
+//!                                # "deny" | "audit" | "allow"
+//! deny = [11434, "8000-8100"]    # API ports: browsers refused (enforce) or would-deny (audit mode)
+//! audit = []                     # ports where browsers are let in and reported
+//! allow = [3000]                 # web UI ports: browsers let in silently
+//! exe_name = ["slack"]           # programs also treated as browsers (Electron shells), by file name
+//! exe = ["/opt/app/app"]         # ... by executable path
+//!
 //! [metrics]
 //! socket = true                  # default: Prometheus metrics on <run_dir>/metrics.sock
 //! listen = "127.0.0.1:9477"      # default: none; also serve them on this loopback address
@@ -185,6 +196,17 @@ pub struct PortRange {
     pub last: u16,
 }
 
+impl fmt::Display for PortRange {
+    /// `8080` or `9000-9100`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
 /// Which destination ports are protected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortSet {
@@ -314,6 +336,42 @@ pub struct Bind {
     pub allow_uid: Vec<Located<u32>>,
 }
 
+/// The `[browsers]` table: how browser-class rules are judged, per port.
+/// A browser is judged by the first rule it matches like any caller; when
+/// that is a browser-class rule (the catalog's browsers, or the rule made
+/// of `exe_name`/`exe`), the port's treatment is the verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Browsers {
+    /// The treatment of protected ports no list names.
+    pub action: Action,
+    /// Ports where browsers are refused (would-deny in audit mode).
+    pub deny: Vec<Located<PortRange>>,
+    /// Ports where browsers are let in and reported.
+    pub audit: Vec<Located<PortRange>>,
+    /// Ports where browsers are let in silently.
+    pub allow: Vec<Located<PortRange>>,
+    /// Executable file names also treated as browsers.
+    pub exe_name: Vec<Located<String>>,
+    /// Executable paths also treated as browsers.
+    pub exe: Vec<Located<PathBuf>>,
+}
+
+impl Browsers {
+    /// How many rules the table adds: one for `exe_name`, one for `exe`.
+    pub fn rules(&self) -> usize {
+        usize::from(!self.exe_name.is_empty()) + usize::from(!self.exe.is_empty())
+    }
+
+    /// The port lists with the treatment each gives.
+    pub fn lists(&self) -> [(Action, &[Located<PortRange>]); 3] {
+        [
+            (Action::Deny, &self.deny),
+            (Action::Audit, &self.audit),
+            (Action::Allow, &self.allow),
+        ]
+    }
+}
+
 /// The `[metrics]` table: where the Prometheus metrics are served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metrics {
@@ -355,6 +413,7 @@ pub struct Config {
     pub provenance: Provenance,
     pub ident: Ident,
     pub bind: Bind,
+    pub browsers: Browsers,
     pub metrics: Metrics,
     /// User rules in file order.
     pub rules: Vec<Rule>,
@@ -397,6 +456,16 @@ impl Config {
                 timeout_ms: 30_000,
             },
             bind: Bind::default(),
+            // Audit: the default policy only reports, and a browser on a
+            // local port is as often a web UI as an attack.
+            browsers: Browsers {
+                action: Action::Audit,
+                deny: Vec::new(),
+                audit: Vec::new(),
+                allow: Vec::new(),
+                exe_name: Vec::new(),
+                exe: Vec::new(),
+            },
             metrics: Metrics {
                 socket: true,
                 listen: None,
@@ -645,6 +714,22 @@ pub enum Problem {
          on loopback, e.g. [11434, \"9000-9100\"]"
     )]
     BindAllPorts,
+    #[error(
+        "[browsers] {list} takes ports and ranges, not \"all\": the table's `action` says what \
+         ports no list names get"
+    )]
+    BrowsersAllPorts { list: &'static str },
+    #[error(
+        "port {port} is already listed in [browsers] {first_list} at line {first_line}: a port \
+         gets one treatment"
+    )]
+    BrowsersPortTwice {
+        port: u16,
+        first_list: &'static str,
+        first_line: usize,
+    },
+    #[error("rule name `browsers` is reserved: lines name the rule of [browsers] exe/exe_name so")]
+    BrowsersRuleName,
     #[error(
         "too many rules: {user} in the file plus {catalog} from the catalog make {total}, at most \
          {max} fit (this is the first that does not); merge rules or set `catalog = false`",

@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub(super) provenance: Option<RawProvenance>,
     pub(super) ident: Option<RawIdent>,
     pub(super) bind: Option<RawBind>,
+    pub(super) browsers: Option<RawBrowsers>,
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
@@ -41,6 +42,7 @@ impl RawConfig {
             && self.provenance.is_none()
             && self.ident.is_none()
             && self.bind.is_none()
+            && self.browsers.is_none()
             && self.metrics.is_none()
             && self.rule.is_empty()
     }
@@ -93,6 +95,17 @@ pub(super) struct RawBind {
 pub(super) struct RawMetrics {
     pub(super) socket: Option<bool>,
     pub(super) listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBrowsers {
+    pub(super) action: Option<Action>,
+    pub(super) deny: Option<Spanned<OneOrMany<PortItem>>>,
+    pub(super) audit: Option<Spanned<OneOrMany<PortItem>>>,
+    pub(super) allow: Option<Spanned<OneOrMany<PortItem>>>,
+    pub(super) exe_name: Option<Spanned<OneOrMany<String>>>,
+    pub(super) exe: Option<Spanned<OneOrMany<String>>>,
 }
 
 #[derive(Deserialize)]

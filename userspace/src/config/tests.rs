@@ -774,3 +774,88 @@ fn shipped_file_shows_the_defaults() {
         .collect();
     assert_eq!(parse(&rules).unwrap().rules.len(), 2);
 }
+
+#[test]
+fn browsers_table() {
+    let d = parse("mode = \"audit\"\n").unwrap().browsers;
+    assert_eq!(d, Config::embedded_default().browsers);
+    assert_eq!(d.action, Action::Audit);
+    assert_eq!(d.rules(), 0);
+    let config = parse(
+        "[protect]\nports = [3000, 11434, \"8000-8100\"]\n[browsers]\naction = \"allow\"\n\
+         deny = [11434, \"8000-8100\"]\nallow = [3000]\naudit = []\n\
+         exe_name = [\"code\", \"slack\"]\nexe = \"/opt/app/app\"\n",
+    )
+    .unwrap();
+    let b = &config.browsers;
+    assert_eq!(b.action, Action::Allow);
+    let ranges = |list: &[Located<PortRange>]| -> Vec<String> {
+        list.iter()
+            .map(|r| format!("{}@{}", r.value, r.at.line))
+            .collect()
+    };
+    assert_eq!(ranges(&b.deny), ["11434@5", "8000-8100@5"]);
+    assert_eq!(ranges(&b.allow), ["3000@6"]);
+    assert!(b.audit.is_empty());
+    assert_eq!(b.exe_name[1].value, "slack");
+    assert_eq!(b.exe[0].value, PathBuf::from("/opt/app/app"));
+    assert_eq!(b.rules(), 2);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
+fn bad_browsers_table() {
+    // A port gets one treatment: the second listing names the first.
+    let twice = "already listed in [browsers] deny at line 2";
+    for (text, line, phrase) in [
+        (
+            "deny = [11434]\nallow = [3000, 11434]\n",
+            3,
+            "port 11434 is already listed",
+        ),
+        (
+            "deny = [\"8000-8100\"]\n\naudit = [\"8100-8200\"]\n",
+            4,
+            "port 8100 is already",
+        ),
+        ("deny = [80, 80]\n", 2, twice),
+        ("deny = \"all\"\n", 2, "not \"all\""),
+        ("allow = [0]\n", 2, "port 0 is out of range"),
+        ("action = \"block\"\n", 2, "unknown variant"),
+        ("ports = [80]\n", 2, "unknown field"),
+        ("exe_name = \"a/b\"\n", 2, "file name"),
+        ("exe = \"app\"\n", 2, "absolute path"),
+    ] {
+        let err = expect_error(&format!("[browsers]\n{text}"), line, phrase);
+        if phrase.contains("already") {
+            assert!(err.to_string().contains(twice), "{err}");
+        }
+    }
+    expect_error(
+        "[[rule]]\nname = \"browsers\"\naction = \"deny\"\ncomm = \"x\"\n",
+        2,
+        "reserved",
+    );
+    // A listed port the policy does not protect is never judged: say so.
+    let config = parse("[protect]\nports = [8080]\n[browsers]\ndeny = [\"8080-8081\"]\n").unwrap();
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("test.toml:4: [browsers] lists 8080-8081")),
+        "{:?}",
+        config.warnings
+    );
+}
+
+#[test]
+fn browsers_rules_count_towards_the_limit() {
+    let fit = MAX_RULES - CATALOG.len() - 1;
+    let rules: String = (0..=fit)
+        .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\ncomm = \"x\"\n"))
+        .collect();
+    let ok = rules.rsplit_once("[[rule]]").map_or("", |(head, _)| head);
+    parse(&format!("[browsers]\nexe_name = \"slack\"\n{ok}")).unwrap();
+    let err = parse(&format!("[browsers]\nexe_name = \"slack\"\n{rules}")).unwrap_err();
+    assert!(err.to_string().contains("too many rules"), "{err}");
+}

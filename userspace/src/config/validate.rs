@@ -10,15 +10,16 @@ use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES, SCRIPT_LEN};
 use toml::Spanned;
 
 use super::{
-    Bind, Config, ConfigError, Criteria, IDENT_TIMEOUT_MS, Ident, Located, MAX_NAME_BYTES,
-    MAX_PATH_BYTES, Metrics, PortRange, PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS,
-    Relay, Rule,
+    Bind, Browsers, Config, ConfigError, Criteria, IDENT_TIMEOUT_MS, Ident, Located,
+    MAX_NAME_BYTES, MAX_PATH_BYTES, Metrics, PortRange, PortSet, Problem, Protect, Provenance,
+    RELAY_WINDOW_MS, Relay, Rule,
     lines::LineIndex,
-    raw::{OneOrMany, PortItem, RawBind, RawConfig, RawIdent, RawMetrics, RawRule},
+    raw::{OneOrMany, PortItem, RawBind, RawBrowsers, RawConfig, RawIdent, RawMetrics, RawRule},
 };
 use crate::{
     catalog::{CATALOG, CATALOG_PREFIX},
-    events::{BIND_RULE_NAME, RELAY_RULE_NAME},
+    events::{BIND_RULE_NAME, BROWSERS_RULE_NAME, RELAY_RULE_NAME},
+    policy::Action,
 };
 
 pub(super) struct Validator<'a> {
@@ -48,7 +49,12 @@ impl Validator<'_> {
             ));
         }
         let catalog = raw.catalog.unwrap_or(defaults.catalog);
-        let catalog_rules = if catalog { CATALOG.len() } else { 0 };
+        // The built-in rules: the catalog's, and the one of [browsers]
+        // exe/exe_name.
+        let browsers_rules = raw.browsers.as_ref().map_or(0, |b| {
+            usize::from(b.exe_name.is_some()) + usize::from(b.exe.is_some())
+        });
+        let catalog_rules = if catalog { CATALOG.len() } else { 0 } + browsers_rules;
         if raw.rule.len() + catalog_rules > MAX_RULES {
             // Point at the first rule that does not fit.
             let first_over = MAX_RULES.saturating_sub(catalog_rules);
@@ -114,6 +120,25 @@ impl Validator<'_> {
             None => defaults.bind,
             Some(b) => self.bind(b, &mut warnings)?,
         };
+        let browsers = match raw.browsers {
+            None => defaults.browsers,
+            Some(b) => self.browsers(b, defaults.browsers.action)?,
+        };
+        if let PortSet::Ranges(protected) = &protect.ports {
+            let inside = |r: &PortRange| {
+                (r.first..=r.last)
+                    .all(|p| protected.iter().any(|q| (q.first..=q.last).contains(&p)))
+            };
+            for (_, list) in browsers.lists() {
+                for range in list.iter().filter(|r| !inside(&r.value)) {
+                    warnings.push(format!(
+                        "{}:{}: [browsers] lists {} but [protect] ports does not protect all of \
+                         it: connects to an unprotected port are never judged",
+                        self.file, range.at.line, range.value
+                    ));
+                }
+            }
+        }
         let metrics = match raw.metrics {
             None => defaults.metrics,
             Some(m) => self.metrics(m, defaults.metrics)?,
@@ -159,6 +184,7 @@ impl Validator<'_> {
             provenance,
             ident,
             bind,
+            browsers,
             metrics,
             rules,
             warnings,
@@ -277,6 +303,51 @@ impl Validator<'_> {
         Ok(bind)
     }
 
+    fn browsers(&self, raw: RawBrowsers, action: Action) -> Result<Browsers, ConfigError> {
+        // Each port's first listing: a later one is an error naming it.
+        let mut listed: Vec<(PortRange, &'static str, usize)> = Vec::new();
+        let mut list = |name: &'static str, raw: Option<Spanned<OneOrMany<PortItem>>>| {
+            let mut ranges = Vec::new();
+            let Some(raw) = raw else {
+                return Ok(ranges);
+            };
+            let outer = raw.span();
+            for (span, item) in raw.into_inner().0 {
+                let span = span.unwrap_or_else(|| outer.clone());
+                let range = match item {
+                    PortItem::Text(text) if text == "all" => {
+                        Err(Problem::BrowsersAllPorts { list: name })
+                    }
+                    item => port_range(item),
+                }
+                .map_err(|problem| self.invalid(&span, problem))?;
+                let at = self.lines.locate(span.start);
+                if let Some((other, first_list, first_line)) = listed
+                    .iter()
+                    .find(|(r, _, _)| r.first <= range.last && range.first <= r.last)
+                {
+                    let problem = Problem::BrowsersPortTwice {
+                        port: range.first.max(other.first),
+                        first_list,
+                        first_line: *first_line,
+                    };
+                    return Err(self.invalid(&span, problem));
+                }
+                listed.push((range, name, at.line));
+                ranges.push(Located { value: range, at });
+            }
+            Ok(ranges)
+        };
+        Ok(Browsers {
+            action: raw.action.unwrap_or(action),
+            deny: list("deny", raw.deny)?,
+            audit: list("audit", raw.audit)?,
+            allow: list("allow", raw.allow)?,
+            exe_name: self.opt_values("exe_name", raw.exe_name, exe_name)?,
+            exe: self.opt_paths("exe", raw.exe)?,
+        })
+    }
+
     fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
@@ -293,19 +364,13 @@ impl Validator<'_> {
         if name == BIND_RULE_NAME {
             return Err(self.invalid(&name_span, Problem::BindRuleName));
         }
+        if name == BROWSERS_RULE_NAME {
+            return Err(self.invalid(&name_span, Problem::BrowsersRuleName));
+        }
 
         let criteria = Criteria {
             exe: self.opt_paths("exe", raw.exe)?,
-            exe_name: self.opt_values("exe_name", raw.exe_name, |name| {
-                if name.contains('/') {
-                    return Err(Problem::NotAFileName { name });
-                }
-                if name.len() >= EXE_NAME_LEN {
-                    let len = name.len();
-                    return Err(Problem::ExeNameTooLong { name, len });
-                }
-                non_empty("exe_name", name)
-            })?,
+            exe_name: self.opt_values("exe_name", raw.exe_name, exe_name)?,
             comm: self.opt_values("comm", raw.comm, |comm| {
                 if comm.len() >= COMM_LEN {
                     let len = comm.len();
@@ -426,6 +491,18 @@ impl Validator<'_> {
             .collect::<Result<_, _>>()
             .map(PortSet::Ranges)
     }
+}
+
+/// An executable file name as the kernel compares it.
+fn exe_name(name: String) -> Result<String, Problem> {
+    if name.contains('/') {
+        return Err(Problem::NotAFileName { name });
+    }
+    if name.len() >= EXE_NAME_LEN {
+        let len = name.len();
+        return Err(Problem::ExeNameTooLong { name, len });
+    }
+    non_empty("exe_name", name)
 }
 
 fn non_empty(field: &'static str, value: String) -> Result<String, Problem> {

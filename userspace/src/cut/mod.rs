@@ -269,7 +269,7 @@ fn cut(
         let hit = pids.iter().find_map(|&pid| {
             let mut owner = reader.owner(pid)?.clone();
             owner.identity.tracked = tracked(pid);
-            let rule = policy.denial(&owner.identity, now)?;
+            let rule = policy.denial(&owner.identity, sock.dst.port(), now)?;
             Some((usize::from(rule), owner))
         });
         let Some((rule, owner)) = hit else { continue };

@@ -16,6 +16,7 @@ use loopwarden_common::{BIND_RULE, ConnectEvent, ExeKey, NO_RULE, RELAY_RULE, ev
 use super::{
     AuditRecord, BIND_RULE_NAME, CUT, ExeId, RELAY_RULE_NAME, Time, event_time, evidence_name,
     proc::{file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process},
+    treatment_name,
     users::UserNames,
     verdict_name,
 };
@@ -121,6 +122,16 @@ impl Enricher {
         self.shared.clone()
     }
 
+    /// Rule `index` of the policy installed as `seq`, if this daemon
+    /// installed it.
+    fn rule(&self, seq: u64, index: u8) -> Option<&RuleInfo> {
+        self.rules
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .and_then(|(_, rules)| rules.get(usize::from(index)))
+    }
+
     /// The name of rule `index` of the policy installed as `seq`; `#N` for
     /// a policy this daemon did not install (adopted from a predecessor).
     pub(crate) fn rule_name(&self, seq: u64, index: u8) -> Option<Cow<'_, str>> {
@@ -133,16 +144,10 @@ impl Enricher {
         if index == BIND_RULE {
             return Some(Cow::Borrowed(BIND_RULE_NAME));
         }
-        let name = self
-            .rules
-            .iter()
-            .rev()
-            .find(|(s, _)| *s == seq)
-            .and_then(|(_, rules)| rules.get(usize::from(index)))
-            .map_or_else(
-                || Cow::Owned(format!("#{index}")),
-                |r| Cow::Borrowed(r.name.as_str()),
-            );
+        let name = self.rule(seq, index).map_or_else(
+            || Cow::Owned(format!("#{index}")),
+            |r| Cow::Borrowed(r.name.as_str()),
+        );
         Some(name)
     }
 
@@ -173,6 +178,10 @@ impl Enricher {
             time: Time(event_time(ev.ktime_ns)),
             verdict: verdict_name(ev.verdict),
             rule: self.rule_name(ev.policy_seq, ev.rule),
+            browser: self
+                .rule(ev.policy_seq, ev.rule)
+                .filter(|r| r.browser)
+                .map(|_| treatment_name(ev.verdict)),
             dst: SocketAddr::new(ip, ev.dport),
             src: None,
             dst_port: ev.dport,
@@ -220,6 +229,7 @@ impl Enricher {
             time: Time(SystemTime::now()),
             verdict: CUT,
             rule: Some(Cow::Borrowed(cut.rule_name.as_str())),
+            browser: None,
             dst: cut.socket.dst,
             src: Some(cut.socket.src),
             dst_port: cut.socket.dst.port(),

@@ -114,6 +114,10 @@ pub struct AuditRecord<'a> {
     pub verdict: &'static str,
     /// Name of the matched rule, if any.
     pub rule: Option<Cow<'a, str>>,
+    /// The port's treatment of browsers (`deny`, `audit`, `allow`) when the
+    /// rule is a browser-class one: that treatment gave the verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser: Option<&'static str>,
     #[serde(serialize_with = "display")]
     pub dst: SocketAddr,
     /// The client's own address and port: known for a `cut` connection,
@@ -187,6 +191,9 @@ pub const RELAY_RULE_NAME: &str = "relay";
 /// ([`loopwarden_common::BIND_RULE`]).
 pub const BIND_RULE_NAME: &str = "bind-guard";
 
+/// The rule `[browsers] exe`/`exe_name` make (a browser-class rule).
+pub const BROWSERS_RULE_NAME: &str = "browsers";
+
 /// Verdict of a record made by [`Enricher::cut`].
 pub const CUT: &str = "cut";
 
@@ -206,6 +213,15 @@ pub fn verdict_name(v: u8) -> &'static str {
     match v {
         verdict::DENY => "deny",
         verdict::WOULD_DENY => "would-deny",
+        verdict::AUDIT => "audit",
+        _ => "allow",
+    }
+}
+
+/// The `[browsers]` treatment that gives verdict `v`.
+pub fn treatment_name(v: u8) -> &'static str {
+    match v {
+        verdict::DENY | verdict::WOULD_DENY => "deny",
         verdict::AUDIT => "audit",
         _ => "allow",
     }
@@ -260,6 +276,9 @@ impl AuditRecord<'_> {
             self.rule.as_deref().unwrap_or("-"),
             self.dst,
         );
+        if let Some(treatment) = self.browser {
+            let _ = write!(buf, " browser={treatment}");
+        }
         if let Some(src) = &self.src {
             let _ = write!(buf, " src={src}");
         }

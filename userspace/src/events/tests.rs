@@ -58,6 +58,7 @@ fn enricher() -> Enricher {
             name: "catalog:socat".into(),
             action: Action::Deny,
             matches: "exe_name in [socat]".into(),
+            browser: false,
         }],
     );
     enricher
@@ -304,4 +305,44 @@ fn this_process_is_recognised_by_its_start_time() {
 #[test]
 fn short_records_are_rejected() {
     assert!(parse_event(&[0u8; 10]).is_none());
+}
+
+#[test]
+fn a_browser_rule_says_which_treatment_of_the_port_decided() {
+    let mut enricher = enricher();
+    enricher.set_rules(
+        3,
+        vec![RuleInfo {
+            name: "catalog:chromium".into(),
+            action: Action::Audit,
+            matches: "exe_name chromium".into(),
+            browser: true,
+        }],
+    );
+    let mut ev = event();
+    ev.policy_seq = 3;
+    ev.dport = 11434;
+    let record = enricher.enrich(&ev);
+    assert_eq!(record.browser, Some("deny"));
+    let line = record.format(LogFormat::Human);
+    assert!(
+        line.contains(" DENY rule=catalog:chromium dst=127.0.0.2:11434 browser=deny "),
+        "{line}"
+    );
+    let json = enricher.enrich(&ev).format(LogFormat::Json);
+    assert!(
+        json.contains(r#""rule":"catalog:chromium","browser":"deny""#),
+        "{json}"
+    );
+    for (verdict, treatment) in [
+        (verdict::WOULD_DENY, "deny"),
+        (verdict::AUDIT, "audit"),
+        (verdict::ALLOW, "allow"),
+    ] {
+        ev.verdict = verdict;
+        assert_eq!(enricher.enrich(&ev).browser, Some(treatment));
+    }
+    // Other rules' records carry no browser field.
+    let line = enricher.enrich(&event()).format(LogFormat::Json);
+    assert!(!line.contains("browser"), "{line}");
 }

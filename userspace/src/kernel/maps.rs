@@ -13,9 +13,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GenKey, MAX_MAP_ENTRIES,
-    MAX_NETNS, PORT_WORDS, Settings, exe_filter_value, filter_bit, maps, name_prefix, stats,
-    verdict,
+    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GenKey,
+    MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS, Settings, exe_filter_value, filter_bit, maps,
+    name_prefix, stats, verdict,
 };
 
 use crate::policy::{CompiledPolicy, Ports};
@@ -73,18 +73,20 @@ pub struct PolicyMaps {
     bind_ports: PortBitmap,
     bind_exe: HashMap<MapData, GenKey<ExeKey>, u8>,
     bind_uid: HashMap<MapData, GenKey<u32>, u8>,
+    browser_ports: PortBitmap<{ BROWSER_PORT_WORDS as usize }>,
 }
 
-/// A per-generation port bitmap (`LW_PORTS`, `LW_BIND_PORTS`).
-struct PortBitmap {
+/// A per-generation array of `N` words (`LW_PORTS`, `LW_BIND_PORTS`:
+/// bitmaps of [`PORT_WORDS`]; `LW_BROWSER_PORTS`).
+struct PortBitmap<const N: usize = { PORT_WORDS as usize }> {
     map: Array<MapData, u64>,
     name: &'static str,
     /// What each slot's words hold, once known: an install writes only
     /// the words that change (each is a syscall).
-    words: [Option<Box<[u64; PORT_WORDS as usize]>>; 2],
+    words: [Option<Box<[u64; N]>>; 2],
 }
 
-impl PortBitmap {
+impl<const N: usize> PortBitmap<N> {
     fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
         Ok(Self {
             map: take(ebpf, name)?,
@@ -95,26 +97,22 @@ impl PortBitmap {
 
     /// Writes slot `g`'s bitmap, only the words that differ from what it
     /// holds (read once, then remembered).
-    fn write(&mut self, g: u32, want: &[u64; PORT_WORDS as usize]) -> Result<(), MapsError> {
+    fn write(&mut self, g: u32, want: &[u64; N]) -> Result<(), MapsError> {
         let name = self.name;
         let update = |source| MapsError::Update { name, source };
         let slot = g as usize;
+        let base = g * N as u32;
         if self.words[slot].is_none() {
-            let mut have = Box::new([0u64; PORT_WORDS as usize]);
+            let mut have = Box::new([0u64; N]);
             for (i, word) in have.iter_mut().enumerate() {
-                *word = self
-                    .map
-                    .get(&(g * PORT_WORDS + i as u32), 0)
-                    .map_err(update)?;
+                *word = self.map.get(&(base + i as u32), 0).map_err(update)?;
             }
             self.words[slot] = Some(have);
         }
         let have = self.words[slot].as_mut().expect("filled above");
         for (i, (old, new)) in have.iter_mut().zip(want.iter()).enumerate() {
             if old != new {
-                self.map
-                    .set(g * PORT_WORDS + i as u32, *new, 0)
-                    .map_err(update)?;
+                self.map.set(base + i as u32, *new, 0).map_err(update)?;
                 *old = *new;
             }
         }
@@ -192,6 +190,7 @@ impl PolicyMaps {
             bind_ports: PortBitmap::take(ebpf, maps::BIND_PORTS)?,
             bind_exe: take(ebpf, maps::BIND_EXE)?,
             bind_uid: take(ebpf, maps::BIND_UID)?,
+            browser_ports: PortBitmap::take(ebpf, maps::BROWSER_PORTS)?,
         })
     }
 
@@ -288,6 +287,9 @@ impl PolicyMaps {
         write_generation(&mut self.bind_exe, maps::BIND_EXE, next, &exe)?;
         let uid: BTreeMap<u32, u8> = bind.uid.keys().map(|&u| (u, 1)).collect();
         write_generation(&mut self.bind_uid, maps::BIND_UID, next, &uid)?;
+        // The browsers' verdicts (compiled for slot 0: every slot's entries
+        // are laid out alike).
+        self.browser_ports.write(next, &policy.browsers.words)?;
         self.write_settings(
             next,
             &Settings {

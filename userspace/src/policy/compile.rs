@@ -13,14 +13,14 @@ use loopwarden_common::{
 };
 
 use super::{
-    Action, BindGuard, CompiledPolicy, ExeFile, ExeIdentities, LiveExes, Mode, Netns, PolicyError,
-    Ports, Resolver, RuleInfo, fixed_name, summary::ExeId,
+    Action, BindGuard, BrowserPorts, CompiledPolicy, ExeFile, ExeIdentities, LiveExes, Mode, Netns,
+    PolicyError, Ports, Resolver, RuleInfo, fixed_name, summary::ExeId,
 };
 use crate::{
-    catalog::{CATALOG, CatalogEntry, NameMatch},
-    config::{Bind, Config, Located, PortSet, Rule},
+    catalog::{CATALOG, CatalogEntry, Class, NameMatch},
+    config::{Bind, Browsers, Config, Located, PortSet, Rule},
     error_chain,
-    events::BIND_RULE_NAME,
+    events::{BIND_RULE_NAME, BROWSERS_RULE_NAME},
 };
 
 pub(super) fn compile_with(
@@ -30,11 +30,12 @@ pub(super) fn compile_with(
     previous: Option<&BTreeMap<PathBuf, ExeIdentities>>,
 ) -> Result<CompiledPolicy, PolicyError> {
     let catalog: &[CatalogEntry] = if config.catalog { &CATALOG } else { &[] };
-    if config.rules.len() + catalog.len() > MAX_RULES {
+    let builtin = catalog.len() + config.browsers.rules();
+    if config.rules.len() + builtin > MAX_RULES {
         return Err(PolicyError::TooManyRules {
             file: config.source.clone(),
             user: config.rules.len(),
-            catalog: catalog.len(),
+            catalog: builtin,
             max: MAX_RULES,
         });
     }
@@ -61,6 +62,7 @@ pub(super) fn compile_with(
             exe_paths: BTreeMap::new(),
             rules: Vec::with_capacity(config.rules.len() + catalog.len()),
             bind: BindGuard::default(),
+            browsers: BrowserPorts::compile(&config.browsers, config.mode),
             warnings: config.warnings.clone(),
         },
     };
@@ -69,8 +71,9 @@ pub(super) fn compile_with(
     for rule in &config.rules {
         compiler.user_rule(rule)?;
     }
+    compiler.browsers_rule(&config.browsers)?;
     for entry in catalog {
-        compiler.catalog_rule(entry);
+        compiler.catalog_rule(entry, config.browsers.action);
     }
     Ok(compiler.policy)
 }
@@ -199,6 +202,8 @@ impl Compiler<'_> {
         let s = &mut self.policy.settings;
         s.active |= bit;
         match info.action {
+            // A browser's verdict is the port's (`LW_BROWSER_PORTS`).
+            _ if info.browser => s.browser |= bit,
             Action::Deny => s.deny |= bit,
             Action::Audit => s.audit |= bit,
             Action::Allow => {}
@@ -335,6 +340,7 @@ impl Compiler<'_> {
                 name: rule.name.clone(),
                 action: rule.action,
                 matches: parts.join(" and "),
+                browser: false,
             },
             &constrains,
         );
@@ -555,7 +561,53 @@ impl Compiler<'_> {
         kept
     }
 
-    fn catalog_rule(&mut self, entry: &CatalogEntry) {
+    /// The rule of `[browsers] exe_name`/`exe`: programs judged as
+    /// browsers, after the user's rules (a user's rule for them wins) and
+    /// before the catalog. A rule matches when all its criteria do, so
+    /// names and paths make one rule each.
+    fn browsers_rule(&mut self, browsers: &Browsers) -> Result<(), PolicyError> {
+        let info = |matches: String| RuleInfo {
+            name: BROWSERS_RULE_NAME.to_owned(),
+            action: browsers.action,
+            matches,
+            browser: true,
+        };
+        if !browsers.exe_name.is_empty() {
+            let mut parts = Vec::new();
+            let names = browsers.exe_name.iter().map(|n| n.value.clone());
+            describe(&mut parts, "exe_name", names);
+            let constrains = Constrains {
+                exe_name: true,
+                ..Constrains::default()
+            };
+            let bit = self.add_rule(info(parts.join("")), &constrains);
+            for name in &browsers.exe_name {
+                *self
+                    .policy
+                    .exe_name
+                    .entry(fixed_name(&name.value))
+                    .or_default() |= bit;
+            }
+        }
+        if !browsers.exe.is_empty() {
+            let exe = self.exes(BROWSERS_RULE_NAME, "exe", &browsers.exe)?;
+            let mut parts = Vec::new();
+            describe(&mut parts, "exe", exe.iter().map(|(_, d)| d.clone()));
+            let constrains = Constrains {
+                exe: true,
+                ..Constrains::default()
+            };
+            let bit = self.add_rule(info(parts.join("")), &constrains);
+            for (key, _) in exe {
+                *self.policy.exe.entry(key).or_default() |= bit;
+            }
+        }
+        Ok(())
+    }
+
+    /// A catalog entry's rule; a browser's action is `browsers`, the
+    /// treatment of ports `[browsers]` does not list.
+    fn catalog_rule(&mut self, entry: &CatalogEntry, browsers: Action) {
         // Each name matches as the entry says; so does the real file name
         // of every installed copy found for it (a symlink's target).
         let mut names: Vec<(String, NameMatch)> = entry
@@ -581,8 +633,9 @@ impl Compiler<'_> {
         let bit = self.add_rule(
             RuleInfo {
                 name: entry.rule_name(),
-                action: entry.action,
+                action: entry.action.unwrap_or(browsers),
                 matches: parts.join(" and "),
+                browser: entry.class == Class::Browser,
             },
             &Constrains {
                 exe_name: true,

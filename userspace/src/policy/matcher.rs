@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use loopwarden_common::{
     EXE_NAME_LEN, ExeKey, MAX_ANCESTORS, MAX_CGROUP_LEVELS_USED, ProcState, RELAY_RULE, evidence,
-    exe_name_candidates, flags,
+    exe_name_candidates, flags, verdict,
 };
 
 use super::{CompiledPolicy, fixed_bytes};
@@ -126,19 +126,25 @@ impl CompiledPolicy {
     }
 
     /// Whether the kernel's `decide` (ebpf/src/connect.rs) would refuse a
-    /// connect by this identity at `now_ns` (CLOCK_MONOTONIC, as the
-    /// kernel's evidence is timed): its first matching rule denies, or it
-    /// is network-facing, the relay verdict denies and no user allow rule
+    /// connect by this identity to `port` at `now_ns` (CLOCK_MONOTONIC, as
+    /// the kernel's evidence is timed): its first matching rule denies (a
+    /// browser-class rule: the port's browser verdict is deny), or it is
+    /// network-facing, the relay verdict denies and no user allow rule
     /// exempts it. Only in enforce mode does anything refuse.
-    pub fn denial(&self, id: &ProcessIdentity, now_ns: u64) -> Option<Denial> {
+    pub fn denial(&self, id: &ProcessIdentity, port: u16, now_ns: u64) -> Option<Denial> {
         let s = &self.settings;
         if s.flags & flags::ENFORCE == 0 {
             return None;
         }
         let rule = self.first_match(id);
         let bit = rule.map_or(0, |r| 1u64 << r);
+        let denies = if s.browser & bit != 0 {
+            self.browsers.verdict(port) == verdict::DENY
+        } else {
+            s.deny & bit != 0
+        };
         if let Some(r) = rule
-            && s.deny & bit != 0
+            && denies
         {
             return Some(r as u8);
         }

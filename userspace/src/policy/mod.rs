@@ -19,13 +19,17 @@ use std::{
 
 use loopwarden_common::{AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, PORT_WORDS, Settings};
 
+mod browsers;
 mod compile;
 mod matcher;
 mod summary;
 #[cfg(test)]
 mod tests;
 
-pub use self::matcher::{Denial, ProcessIdentity, network_facing};
+pub use self::{
+    browsers::BrowserPorts,
+    matcher::{Denial, ProcessIdentity, network_facing},
+};
 use self::{compile::compile_with, summary::DevName};
 use crate::config::{Config, Location};
 
@@ -46,6 +50,17 @@ pub enum Action {
     Deny,
     Audit,
     Allow,
+}
+
+impl Action {
+    /// As the config spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Deny => "deny",
+            Action::Audit => "audit",
+            Action::Allow => "allow",
+        }
+    }
 }
 
 /// Protected destination ports.
@@ -82,6 +97,9 @@ pub struct RuleInfo {
     pub action: Action,
     /// Human summary of what it matches, e.g. `exe_name in [socat]`.
     pub matches: String,
+    /// A browser-class rule: the port's `[browsers]` treatment is the
+    /// verdict, `action` only that of ports no list names.
+    pub browser: bool,
 }
 
 /// A cgroup resolved to its id.
@@ -120,6 +138,8 @@ pub struct CompiledPolicy {
     pub rules: Vec<RuleInfo>,
     /// The bind guard (`LW_BIND_*`).
     pub bind: BindGuard,
+    /// The verdicts of browser-class rules per port (`LW_BROWSER_PORTS`).
+    pub browsers: BrowserPorts,
     /// Things an operator should know that do not stop the policy from
     /// loading (e.g. a cgroup that does not exist yet).
     pub warnings: Vec<String>,

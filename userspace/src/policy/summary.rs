@@ -20,11 +20,37 @@ impl fmt::Display for Mode {
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Action::Deny => "deny",
-            Action::Audit => "audit",
-            Action::Allow => "allow",
-        })
+        f.pad(self.name())
+    }
+}
+
+impl CompiledPolicy {
+    /// The `browsers:` lines: each treatment and its ports.
+    fn browsers_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rules = self.rules.iter().filter(|r| r.browser).count();
+        writeln!(
+            f,
+            "browsers:    {rules} browser-class rules (action `port` below), judged by the port:"
+        )?;
+        let what = |action: Action| match (action, self.mode) {
+            (Action::Deny, Mode::Audit) => "would-deny: audit mode",
+            (Action::Deny, Mode::Enforce) => "refused",
+            (Action::Audit, _) => "let in, reported",
+            (Action::Allow, _) => "let in",
+        };
+        for (action, ranges) in &self.browsers.listed {
+            if ranges.is_empty() {
+                continue;
+            }
+            let ports: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+            writeln!(f, "  {action:<5}  {} ({})", ports.join(", "), what(*action))?;
+        }
+        let action = self.browsers.action;
+        writeln!(
+            f,
+            "  {action:<5}  every other protected port ({})",
+            what(action)
+        )
     }
 }
 
@@ -170,6 +196,7 @@ impl fmt::Display for CompiledPolicy {
                 }
             }
         }
+        self.browsers_summary(f)?;
         writeln!(
             f,
             "rules:       {} (first match wins; the relay verdict when stricter)",
@@ -177,10 +204,16 @@ impl fmt::Display for CompiledPolicy {
         )?;
         let width = self.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
         for (i, rule) in self.rules.iter().enumerate() {
+            // A browser-class rule's verdict is the port's.
+            let action = if rule.browser {
+                "port"
+            } else {
+                rule.action.name()
+            };
             writeln!(
                 f,
                 "  {i:>2}  {:<width$}  {:<5}  {}",
-                rule.name, rule.action, rule.matches
+                rule.name, action, rule.matches
             )?;
         }
         if !self.warnings.is_empty() {

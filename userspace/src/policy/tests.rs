@@ -16,7 +16,7 @@ fn not_found() -> io::Error {
 
 /// A host made of hash maps.
 #[derive(Default)]
-struct FakeResolver {
+pub(super) struct FakeResolver {
     /// Path → (file, kernel-visible file name).
     exes: HashMap<PathBuf, (ExeFile, String)>,
     found: HashMap<String, Vec<PathBuf>>,
@@ -34,7 +34,7 @@ struct FakeResolver {
 }
 
 impl FakeResolver {
-    fn with_exe(mut self, path: &str, key: ExeKey) -> Self {
+    pub(super) fn with_exe(mut self, path: &str, key: ExeKey) -> Self {
         self.put_exe(path, key);
         self
     }
@@ -140,7 +140,7 @@ impl Default for TestIdentity {
 
 const ROOT_CGROUP: u64 = 1;
 
-fn key(ino: u64) -> ExeKey {
+pub(super) fn key(ino: u64) -> ExeKey {
     ExeKey::from_major_minor(0, 27, ino)
 }
 
@@ -164,14 +164,14 @@ fn config(text: &str) -> Config {
     }
 }
 
-fn compile_ok(text: &str, resolver: &FakeResolver) -> CompiledPolicy {
+pub(super) fn compile_ok(text: &str, resolver: &FakeResolver) -> CompiledPolicy {
     match compile(&config(text), resolver) {
         Ok(policy) => policy,
         Err(e) => panic!("{e}"),
     }
 }
 
-fn host() -> FakeResolver {
+pub(super) fn host() -> FakeResolver {
     let mut r = FakeResolver::default()
         .with_exe("/usr/bin/socat", key(10))
         .with_exe("/usr/sbin/sshd", key(20))
@@ -407,10 +407,10 @@ comm = "relay"
     };
     // The thread's comm or the process's: either one decides.
     assert_eq!(policy.first_match(&id(&["main", "relay"])), Some(1));
-    assert_eq!(policy.denial(&id(&["relay", "main"]), 0), Some(1));
+    assert_eq!(policy.denial(&id(&["relay", "main"]), 8080, 0), Some(1));
     // First match wins across the list too: the allow rule comes first.
     assert_eq!(policy.first_match(&id(&["relay", "curl"])), Some(0));
-    assert_eq!(policy.denial(&id(&["relay", "curl"]), 0), None);
+    assert_eq!(policy.denial(&id(&["relay", "curl"]), 8080, 0), None);
     assert_eq!(policy.first_match(&id(&["main"])), None);
     assert_eq!(policy.first_match(&id(&[])), None);
 }
@@ -698,7 +698,12 @@ fn embedded_default_compiles_on_a_bare_host() {
     assert_eq!(s.active.count_ones() as usize, CATALOG.len());
     assert_eq!(s.wild_exe_name, 0);
     assert_eq!(s.wild_exe, s.active);
-    assert_eq!(s.deny | s.audit, s.active);
+    // Browsers are judged by port, not by an action of their own.
+    assert_eq!(s.deny | s.audit | s.browser, s.active);
+    assert_eq!(s.browser.count_ones(), 3);
+    assert_eq!(s.browser & (s.deny | s.audit), 0);
+    let audit = policy.browsers.verdict(11434);
+    assert_eq!(audit, loopwarden_common::verdict::AUDIT);
 }
 
 #[test]
@@ -1360,7 +1365,10 @@ script = "bridge.py"
         ..ProcessIdentity::default()
     };
     // Nothing known: allowed.
-    assert_eq!(policy.denial(&id(state, "python3.11"), 5_000_000_000), None);
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 8080, 5_000_000_000),
+        None
+    );
     // Received 0.5 s ago, window 1 s: a relay; 1.5 s ago: not any more.
     state.recent = Evidence {
         kind: evidence::RECEIVED,
@@ -1368,20 +1376,23 @@ script = "bridge.py"
         ..Evidence::default()
     };
     assert_eq!(
-        policy.denial(&id(state, "python3.11"), 5_000_000_000),
+        policy.denial(&id(state, "python3.11"), 8080, 5_000_000_000),
         Some(RELAY_RULE)
     );
-    assert_eq!(policy.denial(&id(state, "python3.11"), 5_500_000_001), None);
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 8080, 5_500_000_001),
+        None
+    );
     // Standing evidence has no window.
     state.standing.kind = evidence::ACCEPTED;
     assert_eq!(
-        policy.denial(&id(state, "python3.11"), 99_000_000_000),
+        policy.denial(&id(state, "python3.11"), 8080, 99_000_000_000),
         Some(RELAY_RULE)
     );
     // The user's allow rule on its script exempts it.
     state.script_hash = loopwarden_common::script_hash(b"bridge.py");
     assert_eq!(
-        policy.denial(&id(state, "python3.11"), 99_000_000_000),
+        policy.denial(&id(state, "python3.11"), 8080, 99_000_000_000),
         None
     );
     state.script_hash = 0;
@@ -1389,14 +1400,14 @@ script = "bridge.py"
     // its lineage, whatever it is called.
     state.standing.kind = evidence::NONE;
     state.lineage = loopwarden_common::exe_name_prefix_key(b"code-tunnel");
-    let rule = policy.denial(&id(state, "node"), 0).map(usize::from);
+    let rule = policy.denial(&id(state, "node"), 8080, 0).map(usize::from);
     assert_eq!(
         rule.and_then(|r| policy.rules.get(r))
             .map(|r| r.name.as_str()),
         Some("catalog:code-tunnel")
     );
     state.lineage = [0; 32];
-    assert_eq!(policy.denial(&id(state, "node"), 0), None);
+    assert_eq!(policy.denial(&id(state, "node"), 8080, 0), None);
     // The lineage the seeding gives a running tunnel is the key the
     // exec handler would have: its prefix form for a release name too.
     let key = loopwarden_common::exe_name_prefix_key(b"code-tunnel");

@@ -110,6 +110,7 @@ mod tests {
                 name: "socat".to_owned(),
                 action: Action::Audit,
                 matches: String::new(),
+                browser: false,
             }],
         );
         let origin = origin(&record, &mut enricher);
