@@ -6,9 +6,10 @@
 //!   listeners, a tunnel's children its lineage.
 //! - exec: a new program starts with no evidence (a login shell execed by
 //!   sshd is not sshd), unless its standard input or output is a TCP
-//!   connection from a non-local peer ([`crate::stdio`]: `stdio`). It keeps its lineage, or takes its own if its file
-//!   name is in a catalog rule that extends to descendants; an interpreter
-//!   records the script on its command line.
+//!   connection from a non-local peer ([`crate::stdio`]: `stdio`). It keeps
+//!   its lineage, or takes its own if its file name is in a catalog rule
+//!   that extends to descendants; an interpreter records the script on its
+//!   command line.
 //! - exit: the process's state goes with it.
 
 use aya_ebpf::{
