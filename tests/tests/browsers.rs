@@ -356,8 +356,15 @@ fn audit_mode_reports_a_browser_on_an_api_port_as_would_deny() {
 
 /// Renames itself (comm `argv[1]`, as a tab process might), then connects
 /// to each port of its other arguments and prints `PORT ERRNO` (0: connected).
-const CONNECTOR: &str = r#"import ctypes, socket, sys
+/// With `LW_LISTEN` set it first listens on the wildcard address, which
+/// makes it network-facing (`listening` evidence), as a browser that just
+/// loaded a page is (`received`, `connected`).
+const CONNECTOR: &str = r#"import ctypes, os, socket, sys
 ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME
+if os.environ.get("LW_LISTEN"):
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
 for port in sys.argv[2:]:
     s = socket.socket()
     try:
@@ -371,13 +378,18 @@ for port in sys.argv[2:]:
 
 /// Runs [`CONNECTOR`] with `python` in `ns`, named `comm`: each port's errno.
 fn connect_as(ns: &Netns, python: &Path, comm: &str) -> Vec<(u16, i32)> {
-    let out = run_ok(ns.cmd(&python.display().to_string()).args([
-        "-c",
-        CONNECTOR,
-        comm,
-        &API.to_string(),
-        &UI.to_string(),
-    ]));
+    connect_with(ns.cmd(&python.display().to_string()), comm)
+}
+
+/// [`connect_as`], network-facing first (`LW_LISTEN`).
+fn connect_facing(ns: &Netns, python: &Path, comm: &str) -> Vec<(u16, i32)> {
+    let mut cmd = ns.cmd(&python.display().to_string());
+    cmd.env("LW_LISTEN", "1");
+    connect_with(cmd, comm)
+}
+
+fn connect_with(mut cmd: std::process::Command, comm: &str) -> Vec<(u16, i32)> {
+    let out = run_ok(cmd.args(["-c", CONNECTOR, comm, &API.to_string(), &UI.to_string()]));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -426,4 +438,49 @@ fn identity_is_the_executable_and_exe_name_adds_browsers() {
     });
     assert_eq!(by_app["exe_name"], "lw-electron-app");
     assert_eq!(by_app["browser"], "deny");
+}
+
+/// A browser is network-facing by nature (every page it loads is data from
+/// the network), so the relay verdict does not judge it: the port's
+/// browser treatment does. With `[relay] action = "deny"`, a network-facing
+/// "chromium" is refused on the API port by the browser treatment and let
+/// into the UI port, while the same program under another name, just as
+/// network-facing, is refused on both by the relay verdict.
+#[test]
+fn a_network_facing_browser_is_judged_by_its_ports_treatment_not_the_relay_verdict() {
+    let scene = Scene::new();
+    let dir = TempDir::new("browsers-facing");
+    let real = std::fs::canonicalize(SYSTEM_PYTHON).expect("resolving python");
+    let chromium = dir.path().join("chromium");
+    std::fs::copy(&real, &chromium).expect("copying python");
+    let policy = browsers_policy(&scene.ns, "enforce", "")
+        .replace("\n[browsers]", "\n[relay]\naction = \"deny\"\n\n[browsers]");
+    assert!(policy.contains("[relay]"), "{policy}");
+    let daemon = Daemon::start(&policy);
+    // Not network-facing, the control reaches both ports.
+    let python = Path::new(SYSTEM_PYTHON);
+    assert_eq!(connect_as(&scene.ns, python, "py"), vec![(API, 0), (UI, 0)]);
+    assert_eq!(
+        connect_facing(&scene.ns, &chromium, "chromium"),
+        vec![(API, libc::ECONNREFUSED), (UI, 0)]
+    );
+    assert_eq!(
+        connect_facing(&scene.ns, python, "py"),
+        vec![(API, libc::ECONNREFUSED), (UI, libc::ECONNREFUSED)]
+    );
+    let browser = daemon.wait_event("the browser's refusal", |e| {
+        e["rule"] == "catalog:chromium" && e["verdict"] == "deny"
+    });
+    assert_eq!(browser["dst_port"], API, "{browser:#}");
+    let relayed = daemon.wait_event("the relay verdict on the UI port", |e| {
+        e["rule"] == "relay" && e["verdict"] == "deny" && e["dst_port"] == UI
+    });
+    assert_eq!(relayed["via_how"], "listening", "{relayed:#}");
+    assert!(
+        !daemon
+            .events()
+            .iter()
+            .any(|e| e["rule"] == "relay" && e["exe_name"] == "chromium"),
+        "the relay verdict judged the browser"
+    );
 }

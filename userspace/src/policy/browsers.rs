@@ -132,7 +132,9 @@ uid = 1000
         );
         // Their action is the unlisted ports' treatment; no deny/audit bit.
         assert_eq!(policy.rules[rule("catalog:chromium")].action, Action::Audit);
-        assert_eq!(s.browser & (s.deny | s.audit | s.exempt), 0);
+        assert_eq!(s.browser & (s.deny | s.audit), 0);
+        // The port's treatment alone judges a browser: never the relay verdict.
+        assert_eq!(s.browser & s.exempt, s.browser);
         assert_eq!(policy.exe.get(&key(30)), Some(&(1 << 2)));
 
         let b = &policy.browsers;

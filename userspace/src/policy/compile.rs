@@ -202,8 +202,14 @@ impl Compiler<'_> {
         let s = &mut self.policy.settings;
         s.active |= bit;
         match info.action {
-            // A browser's verdict is the port's (`LW_BROWSER_PORTS`).
-            _ if info.browser => s.browser |= bit,
+            // A browser's verdict is the port's (`LW_BROWSER_PORTS`), and
+            // it alone: a browser is network-facing by nature (every page
+            // it loads comes from the network), so the relay verdict is
+            // not for it.
+            _ if info.browser => {
+                s.browser |= bit;
+                s.exempt |= bit;
+            }
             Action::Deny => s.deny |= bit,
             Action::Audit => s.audit |= bit,
             Action::Allow => {}

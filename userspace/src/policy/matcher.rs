@@ -129,8 +129,9 @@ impl CompiledPolicy {
     /// connect by this identity to `port` at `now_ns` (CLOCK_MONOTONIC, as
     /// the kernel's evidence is timed): its first matching rule denies (a
     /// browser-class rule: the port's browser verdict is deny), or it is
-    /// network-facing, the relay verdict denies and no user allow rule
-    /// exempts it. Only in enforce mode does anything refuse.
+    /// network-facing, the relay verdict denies and neither a user allow
+    /// rule nor a browser-class rule exempts it. Only in enforce mode does
+    /// anything refuse.
     pub fn denial(&self, id: &ProcessIdentity, port: u16, now_ns: u64) -> Option<Denial> {
         let s = &self.settings;
         if s.flags & flags::ENFORCE == 0 {

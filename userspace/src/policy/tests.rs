@@ -1316,8 +1316,10 @@ script = ["relay.py", "/srv/relay.js"]
     );
     assert_ne!(s.flags & flags::SCRIPTS, 0);
     assert_eq!(s.relay_window_ns, 250_000_000);
-    // Only the user's allow rule exempts; catalog rules never do.
-    assert_eq!(s.exempt, 0b01);
+    // The user's allow rule exempts, and the catalog's browser-class rules
+    // (judged by the port's browser treatment); tunnel entries never do.
+    assert_eq!(s.exempt, 0b01 | s.browser);
+    assert_ne!(s.browser, 0);
     assert_eq!(s.wild_script & 0b11, 0);
     assert_eq!(s.wild_script >> 2, s.active >> 2);
     assert_eq!(
