@@ -10,7 +10,8 @@
 //!
 //! The fd array's elements have no BTF type the verifier can follow, so
 //! the file, its inode, its socket and the socket's fields are copied with
-//! `bpf_probe_read_kernel`: a few hundred nanoseconds, once per exec.
+//! `bpf_probe_read_kernel`: 70–350 ns more per exec here (README,
+//! Performance).
 
 use loopwarden_common::Addr;
 
