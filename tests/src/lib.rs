@@ -809,6 +809,18 @@ pub fn map_generations(path: &Path) -> Vec<u8> {
 /// `PATH` may be another one, e.g. pyenv's shim).
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 
+/// A copy of the system Python's executable at `dir/name`: a distinct
+/// executable (its own identity) a policy can name.
+pub fn python_copy(dir: &TempDir, name: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::copy(
+        std::fs::canonicalize(SYSTEM_PYTHON).expect("resolving python"),
+        &path,
+    )
+    .expect("copying python");
+    path
+}
+
 /// `major:minor:inode` of the file at `path` (symlinks followed): the
 /// identity audit records show as `exe_id`, read by the kernel.
 pub fn exe_id(path: &Path) -> String {

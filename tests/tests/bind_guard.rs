@@ -5,13 +5,11 @@
 //! does not name pass; the rest fail with EADDRNOTAVAIL (enforce) or pass
 //! and are reported (audit).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use loopwarden_tests::{
-    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, loopwarden_bin, run, run_ok,
+    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, loopwarden_bin, python_copy,
+    run, run_ok,
 };
 use serde_json::Value;
 
@@ -247,17 +245,6 @@ fn the_guard_applies_only_in_the_policys_network_namespaces() {
         e["rule"] == "bind-guard" && e["pid"] == inside.pid
     });
     assert!(reports(&daemon, outside.pid).is_empty());
-}
-
-/// A copy of the system Python's executable at `dir/name`.
-fn python_copy(dir: &TempDir, name: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    std::fs::copy(
-        std::fs::canonicalize(SYSTEM_PYTHON).expect("resolving python"),
-        &path,
-    )
-    .expect("copying python");
-    path
 }
 
 #[test]

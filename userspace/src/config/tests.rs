@@ -5,13 +5,13 @@ use loopwarden_common::MAX_RULES;
 use super::{lines::LineIndex, *};
 use crate::catalog::CATALOG;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_str_named(text, "test.toml")
 }
 
 /// Parses `text`, expecting an error whose message names `test.toml` at
 /// `line` and contains `phrase`.
-fn expect_error(text: &str, line: usize, phrase: &str) -> ConfigError {
+pub(super) fn expect_error(text: &str, line: usize, phrase: &str) -> ConfigError {
     let err = match parse(text) {
         Ok(config) => panic!("expected an error containing {phrase:?}, parsed {config:?}"),
         Err(err) => err,

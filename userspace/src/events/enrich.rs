@@ -11,10 +11,14 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use loopwarden_common::{BIND_RULE, ConnectEvent, ExeKey, NO_RULE, RELAY_RULE, evidence};
+use loopwarden_common::{
+    BIND_RULE, ConnectEvent, EGRESS_RULE_BASE, ExeKey, MAX_EGRESS_RULES, NO_RULE, RELAY_RULE,
+    evidence,
+};
 
 use super::{
-    AuditRecord, BIND_RULE_NAME, CUT, ExeId, RELAY_RULE_NAME, Time, event_time, evidence_name,
+    AuditRecord, BIND_RULE_NAME, CUT, EGRESS_PREFIX, ExeId, RELAY_RULE_NAME, Time, event_time,
+    evidence_name,
     proc::{file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process},
     users::UserNames,
     verdict_name,
@@ -133,16 +137,30 @@ impl Enricher {
         if index == BIND_RULE {
             return Some(Cow::Borrowed(BIND_RULE_NAME));
         }
-        let name = self
-            .rules
-            .iter()
-            .rev()
-            .find(|(s, _)| *s == seq)
-            .and_then(|(_, rules)| rules.get(usize::from(index)))
-            .map_or_else(
-                || Cow::Owned(format!("#{index}")),
-                |r| Cow::Borrowed(r.name.as_str()),
-            );
+        let rules = self.rules.iter().rev().find(|(s, _)| *s == seq);
+        let egress = usize::from(index.wrapping_sub(EGRESS_RULE_BASE));
+        let name = if index >= EGRESS_RULE_BASE && egress < MAX_EGRESS_RULES {
+            // Egress rules follow the others in the list (see
+            // `CompiledPolicy::named_rules`).
+            rules
+                .and_then(|(_, rules)| {
+                    rules
+                        .iter()
+                        .filter(|r| r.name.starts_with(EGRESS_PREFIX))
+                        .nth(egress)
+                })
+                .map_or_else(
+                    || Cow::Owned(format!("{EGRESS_PREFIX}#{egress}")),
+                    |r| Cow::Borrowed(r.name.as_str()),
+                )
+        } else {
+            rules
+                .and_then(|(_, rules)| rules.get(usize::from(index)))
+                .map_or_else(
+                    || Cow::Owned(format!("#{index}")),
+                    |r| Cow::Borrowed(r.name.as_str()),
+                )
+        };
         Some(name)
     }
 

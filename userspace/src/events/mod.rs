@@ -187,6 +187,10 @@ pub const RELAY_RULE_NAME: &str = "relay";
 /// ([`loopwarden_common::BIND_RULE`]).
 pub const BIND_RULE_NAME: &str = "bind-guard";
 
+/// How records name egress rule `r` ([`loopwarden_common::EGRESS_RULE_BASE`]
+/// `+ r`): this prefix and the rule's name.
+pub const EGRESS_PREFIX: &str = "egress:";
+
 /// Verdict of a record made by [`Enricher::cut`].
 pub const CUT: &str = "cut";
 
