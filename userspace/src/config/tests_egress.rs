@@ -46,7 +46,7 @@ fn a_full_egress_rule() {
         ]
     );
     assert_eq!(rule.allow[1].value.to_string(), "169.254.0.0/16");
-    assert_eq!(rule.allow[1].at.line, 7);
+    assert_eq!(rule.allow[1].at.line, 8);
 }
 
 #[test]
