@@ -36,7 +36,7 @@ use loopwarden_common::{
 
 use crate::{
     addr::{self, V4_MAPPED_WORD},
-    connect::{Destination, cgroup_mask, destination, report_guard},
+    connect::{Destination, cgroup_mask, report_guard},
     identity::Task,
     maps::{
         EGRESS_CGROUP, EGRESS_DST, EGRESS_EXE, EGRESS_UID, NETNS, SETTINGS, count, generation, mask,
