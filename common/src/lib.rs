@@ -727,6 +727,10 @@ pub struct Settings {
     /// Bit `l` set: some egress rule names a cgroup at level `l`.
     pub egress_cgroup_levels: u32,
     pub _pad_egress: u32,
+    /// Filter of the executables `LW_EGRESS_EXE` names, like
+    /// [`Settings::exe_filter`]: a process no egress rule names skips the
+    /// lookup.
+    pub egress_exe_filter: [u64; FILTER_WORDS],
 }
 
 /// Words of a [`Settings`] filter: 256 bits.
@@ -960,7 +964,7 @@ const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + S
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<Pending>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Settings>() == 128 + 2 * 8 * FILTER_WORDS + 48);
+const _: () = assert!(core::mem::size_of::<Settings>() == 128 + 3 * 8 * FILTER_WORDS + 48);
 const _: () = assert!(core::mem::size_of::<EgressKey>() == 20);
 const _: () = assert!(EGRESS_RULE_BASE as usize + MAX_EGRESS_RULES <= BIND_RULE as usize);
 const _: () = assert!(MAX_RULES <= EGRESS_RULE_BASE as usize);

@@ -152,7 +152,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     // verifier walks the judgement once after the guard's paths (they
     // meet at the call with the same few registers), and the two stack
     // frames are never live together.
-    if egress::refuses(ctx, &dst, family) {
+    if egress::on() && egress::refuses(ctx, &dst, family) {
         return Ok(REFUSE);
     }
     Ok(judge_connect(ctx, &dst, family))

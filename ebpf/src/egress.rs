@@ -31,7 +31,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use loopwarden_common::{
-    Addr, EGRESS_RULE_BASE, EgressKey, GenKey, Settings, flags, stats, verdict,
+    Addr, EGRESS_RULE_BASE, EgressKey, GenKey, Settings, exe_filter_value, flags, stats, verdict,
 };
 
 use crate::{
@@ -39,7 +39,8 @@ use crate::{
     connect::{Destination, cgroup_mask, report_guard},
     identity::Task,
     maps::{
-        EGRESS_CGROUP, EGRESS_DST, EGRESS_EXE, EGRESS_UID, NETNS, SETTINGS, count, generation, mask,
+        EGRESS_CGROUP, EGRESS_DST, EGRESS_EXE, EGRESS_UID, NETNS, SETTINGS, count, generation,
+        in_filter, mask,
     },
 };
 
@@ -115,6 +116,18 @@ pub fn refuses(ctx: &SockAddrContext, dst: &Destination, family: u16) -> bool {
     true
 }
 
+/// Whether the policy in force has egress rules: the one flag test a
+/// connect pays without them (the judgement reads the policy again under
+/// its sequence lock).
+#[inline(always)]
+pub fn on() -> bool {
+    match SETTINGS.get_ptr(generation()) {
+        // SAFETY: a pointer into the map's value, read once.
+        Some(s) => (unsafe { core::ptr::read_volatile(&(*s).flags) }) & flags::EGRESS != 0,
+        None => false,
+    }
+}
+
 /// A volatile load of a field of the policy in the map.
 macro_rules! rd {
     ($place:expr) => {
@@ -143,7 +156,12 @@ fn judge(ctx: &SockAddrContext, s: &Settings, g: u32, dst: &Destination) -> Opti
             cgroup_mask(&EGRESS_CGROUP, g, rd!(s.egress_cgroup_levels)) | rd!(s.egress_wild_cgroup);
     }
     if m & !rd!(s.egress_wild_exe) != 0 {
-        let named = mask(&EGRESS_EXE, &GenKey::new(g, Task::current().exe()));
+        let exe = Task::current().exe();
+        let named = if in_filter(&s.egress_exe_filter, exe_filter_value(&exe)) {
+            mask(&EGRESS_EXE, &GenKey::new(g, exe))
+        } else {
+            0
+        };
         m &= named | rd!(s.egress_wild_exe);
     }
     if m == 0 {

@@ -772,5 +772,7 @@ fn shipped_file_shows_the_defaults() {
         .map(|l| l.strip_prefix('#').unwrap_or(l))
         .flat_map(|l| [l, "\n"])
         .collect();
-    assert_eq!(parse(&rules).unwrap().rules.len(), 2);
+    let examples = parse(&rules).unwrap();
+    assert_eq!(examples.rules.len(), 2);
+    assert_eq!(examples.egress.len(), 1);
 }
