@@ -22,20 +22,21 @@ const REFUSED: i32 = 1;
 
 /// Names the client resolves, and the addresses `/etc/hosts` gives them.
 const HOSTS: &str = "10.79.0.2 internal.lw-test\n\
+                     fd79::2 internal6.lw-test\n\
                      169.254.169.254 metadata.lw-test\n\
                      10.20.0.5 allowed.lw-test\n\
                      169.254.7.7 linklocal.lw-test\n";
 
 /// Connects to `HOST PORT` for each host of its arguments (by name: it
-/// resolves them with getaddrinfo; a literal IPv6 address with an AF_INET6
-/// socket) and prints `pid=PID`, then `HOST ERRNO` per connect (0: it
+/// resolves them with getaddrinfo, and uses a socket of the family it
+/// answers) and prints `pid=PID`, then `HOST ERRNO` per connect (0: it
 /// connected).
 const CLIENT: &str = r#"import os, socket, sys
 print(f"pid={os.getpid()}", flush=True)
 port = int(sys.argv[1])
 for host in sys.argv[2:]:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    info = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    info = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    family = info[0][0]
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(3)
     try:
@@ -73,14 +74,16 @@ impl Site {
         ] {
             ip(&["addr", "add", addr, "dev", "lw-a"]);
         }
+        ip(&["addr", "add", "fd79::2/64", "dev", "lw-a", "nodad"]);
         let server = ns.spawn(
             SYSTEM_PYTHON,
             &[
                 "-c",
                 &format!(
-                    "import socket, time\ns = socket.socket()\n\
+                    "import socket, time\ns = socket.socket(socket.AF_INET6)\n\
                      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                     s.bind(('0.0.0.0', {PORT}))\ns.listen(128)\n\
+                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+                     s.bind(('::', {PORT}))\ns.listen(128)\n\
                      while True:\n    c, _ = s.accept()\n    c.close()\n"
                 ),
             ],
@@ -148,14 +151,15 @@ impl Connects {
 }
 
 /// The policy: scoped to the site's namespace; one egress rule naming
-/// `client`, denying metadata, private and link-local ranges but allowing
-/// 10.20.0.0/16 and all of 169.254.0.0/16 (which cannot re-open metadata).
+/// `client`, denying metadata, private, link-local and loopback ranges but
+/// allowing 10.20.0.0/16 and all of 169.254.0.0/16 (which cannot re-open
+/// metadata).
 fn guard(site: &Site, mode: &str, client: &Path) -> String {
     Policy::new(&site.ns, mode)
         .catalog(false)
         .extra(&format!(
             "[[egress]]\nname = \"agent-fetch\"\naction = \"deny\"\nexe = \"{}\"\n\
-             deny = [\"metadata\", \"private\", \"link-local\"]\n\
+             deny = [\"metadata\", \"private\", \"link-local\", \"loopback\"]\n\
              allow = [\"10.20.0.0/16\", \"169.254.0.0/16\"]\n",
             client.display()
         ))
@@ -172,12 +176,28 @@ fn reports(daemon: &Daemon, pid: u32) -> Vec<Value> {
         .collect()
 }
 
-const ALL: [&str; 5] = [
+const ALL: [&str; 9] = [
     "internal.lw-test",
+    "internal6.lw-test",
     "metadata.lw-test",
     "allowed.lw-test",
     "linklocal.lw-test",
     "::ffff:10.79.0.2",
+    "127.0.0.1",
+    "0.0.0.0",
+    "::",
+];
+
+/// What the named client is refused (the others it reaches).
+const REFUSED_HOSTS: [&str; 7] = [
+    "internal.lw-test",
+    "internal6.lw-test",
+    "metadata.lw-test",
+    "::ffff:10.79.0.2",
+    "127.0.0.1",
+    // Where the kernel connects them: 127.0.0.1 and ::1.
+    "0.0.0.0",
+    "::",
 ];
 
 #[test]
@@ -187,10 +207,10 @@ fn enforce_refuses_the_named_service_after_dns_and_not_others() {
     let daemon = Daemon::start(&guard(&site, "enforce", &client));
 
     let named = site.connect(&client, &ALL);
-    assert_eq!(named.errno("internal.lw-test"), REFUSED, "private");
-    assert_eq!(named.errno("metadata.lw-test"), REFUSED, "metadata");
-    assert_eq!(named.errno("::ffff:10.79.0.2"), REFUSED, "mapped");
-    // Allowed ranges stay reachable, metadata inside one does not (above).
+    for host in REFUSED_HOSTS {
+        assert_eq!(named.errno(host), REFUSED, "{host}");
+    }
+    // Allowed ranges stay reachable; metadata inside one does not (above).
     assert_eq!(named.errno("allowed.lw-test"), 0, "allowed");
     assert_eq!(named.errno("linklocal.lw-test"), 0, "allowed link-local");
 
@@ -201,10 +221,8 @@ fn enforce_refuses_the_named_service_after_dns_and_not_others() {
         assert_eq!(other.errno(host), 0, "{host}");
     }
 
-    daemon.wait_event("the refusal of the mapped address", |e| {
-        e["rule"] == "egress:agent-fetch"
-            && e["pid"] == named.pid
-            && e["dst"] == "[::ffff:10.79.0.2]:8090"
+    daemon.wait_event("the refusal of the last address", |e| {
+        e["rule"] == "egress:agent-fetch" && e["pid"] == named.pid && e["dst"] == "[::]:8090"
     });
     let reported = reports(&daemon, named.pid);
     let mut dsts: Vec<&str> = reported
@@ -212,15 +230,18 @@ fn enforce_refuses_the_named_service_after_dns_and_not_others() {
         .map(|e| e["dst"].as_str().unwrap_or_default())
         .collect();
     dsts.sort();
-    assert_eq!(
-        dsts,
-        [
-            "10.79.0.2:8090",
-            "169.254.169.254:8090",
-            "[::ffff:10.79.0.2]:8090"
-        ],
-        "{reported:#?}"
-    );
+    // As the process gave them (0.0.0.0 and :: too).
+    let mut want = [
+        "10.79.0.2:8090",
+        "[fd79::2]:8090",
+        "169.254.169.254:8090",
+        "[::ffff:10.79.0.2]:8090",
+        "127.0.0.1:8090",
+        "0.0.0.0:8090",
+        "[::]:8090",
+    ];
+    want.sort();
+    assert_eq!(dsts, want, "{reported:#?}");
     for e in &reported {
         assert_eq!(e["verdict"], "deny", "{e}");
     }
@@ -246,7 +267,7 @@ fn audit_reports_would_deny_and_lets_the_connect_through() {
     assert_eq!(ev["verdict"], "would-deny", "{ev}");
     assert_eq!(ev["comm"], "lw-egress-agent", "{ev}");
     let reported = reports(&daemon, named.pid);
-    assert_eq!(reported.len(), 3, "{reported:#?}");
+    assert_eq!(reported.len(), REFUSED_HOSTS.len(), "{reported:#?}");
     assert!(reported.iter().all(|e| e["verdict"] == "would-deny"));
 
     // check-config lists the rule, whom it names, its lists and prefixes.
