@@ -10,7 +10,8 @@
 use std::{path::Path, process::Command};
 
 use loopwarden_tests::{
-    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, loopwarden_bin, python_copy, run_ok,
+    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, loopwarden_bin, probe_lines, python_copy,
+    run_ok,
 };
 use serde_json::Value;
 
@@ -60,21 +61,13 @@ struct Site {
 impl Site {
     fn new() -> Self {
         let ns = Netns::new();
-        let ip = |args: &[&str]| run_ok(Command::new("ip").args(["-n", ns.name()]).args(args));
-        ip(&[
-            "link", "add", "lw-a", "type", "veth", "peer", "name", "lw-b",
-        ]);
-        ip(&["link", "set", "lw-a", "up"]);
-        ip(&["link", "set", "lw-b", "up"]);
-        for addr in [
+        ns.add_addresses(&[
             "10.79.0.2/24",
             "169.254.169.254/32",
             "10.20.0.5/32",
             "169.254.7.7/32",
-        ] {
-            ip(&["addr", "add", addr, "dev", "lw-a"]);
-        }
-        ip(&["addr", "add", "fd79::2/64", "dev", "lw-a", "nodad"]);
+            "fd79::2/64",
+        ]);
         let server = ns.spawn(
             SYSTEM_PYTHON,
             &[
@@ -115,21 +108,14 @@ impl Site {
         .arg(python)
         .args(["-c", CLIENT, &PORT.to_string()])
         .args(hosts);
-        let out = run_ok(&mut cmd);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines();
-        let pid = lines
-            .next()
-            .and_then(|l| l.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no pid line: {text}"));
+        let (pid, lines) = probe_lines(&run_ok(&mut cmd), hosts.len());
         let results: Vec<(String, i32)> = lines
+            .iter()
             .map(|l| {
                 let (host, err) = l.split_once(' ').expect("HOST ERRNO");
                 (host.to_owned(), err.parse().expect("errno"))
             })
             .collect();
-        assert_eq!(results.len(), hosts.len(), "{text}");
         Connects { pid, results }
     }
 }
@@ -169,11 +155,7 @@ fn guard(site: &Site, mode: &str, client: &Path) -> String {
 
 /// The egress guard's records about process `pid`.
 fn reports(daemon: &Daemon, pid: u32) -> Vec<Value> {
-    daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["rule"] == "egress:agent-fetch" && e["pid"] == pid)
-        .collect()
+    daemon.reports("egress:agent-fetch", pid)
 }
 
 const ALL: [&str; 9] = [
