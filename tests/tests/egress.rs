@@ -268,6 +268,15 @@ fn audit_reports_would_deny_and_lets_the_connect_through() {
         text.contains("allow: 10.20.0.0/16, 169.254.0.0/16"),
         "{text}"
     );
+
+    // `status` shows the guard of the policy in force.
+    let status = run_ok(
+        Command::new(loopwarden_bin())
+            .arg("status")
+            .args(daemon.install().dir_args()),
+    );
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("guard on: 1 [[egress]] rule(s)"), "{text}");
 }
 
 #[test]
