@@ -727,9 +727,9 @@ pub struct Settings {
     /// Bit `l` set: some egress rule names a cgroup at level `l`.
     pub egress_cgroup_levels: u32,
     pub _pad_egress: u32,
-    /// Filter of the executables `LW_EGRESS_EXE` names, like
-    /// [`Settings::exe_filter`]: a process no egress rule names skips the
-    /// lookup.
+    /// Filter of the executables `LW_EGRESS_EXE` names: bit
+    /// [`filter_bit`]`(ino)` set for each. A process no egress rule names
+    /// skips the lookup (and the reads of its executable's device).
     pub egress_exe_filter: [u64; FILTER_WORDS],
 }
 

@@ -31,7 +31,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use loopwarden_common::{
-    Addr, EGRESS_RULE_BASE, EgressKey, GenKey, Settings, exe_filter_value, flags, stats, verdict,
+    Addr, EGRESS_RULE_BASE, EgressKey, GenKey, Settings, flags, stats, verdict,
 };
 
 use crate::{
@@ -156,9 +156,9 @@ fn judge(ctx: &SockAddrContext, s: &Settings, g: u32, dst: &Destination) -> Opti
             cgroup_mask(&EGRESS_CGROUP, g, rd!(s.egress_cgroup_levels)) | rd!(s.egress_wild_cgroup);
     }
     if m & !rd!(s.egress_wild_exe) != 0 {
-        let exe = Task::current().exe();
-        let named = if in_filter(&s.egress_exe_filter, exe_filter_value(&exe)) {
-            mask(&EGRESS_EXE, &GenKey::new(g, exe))
+        let task = Task::current();
+        let named = if in_filter(&s.egress_exe_filter, task.exe_ino()) {
+            mask(&EGRESS_EXE, &GenKey::new(g, task.exe()))
         } else {
             0
         };

@@ -306,7 +306,7 @@ impl PolicyMaps {
                 seq: done,
                 exe_filter: filter(policy.exe.keys().map(exe_filter_value)),
                 exe_name_filter: filter(policy.exe_name.keys().map(|n| name_prefix(n))),
-                egress_exe_filter: filter(policy.egress.exe.keys().map(exe_filter_value)),
+                egress_exe_filter: filter(policy.egress.exe.keys().map(|k| k.ino)),
                 ..policy.settings
             },
         )?;
