@@ -297,3 +297,40 @@ fn the_guard_applies_only_in_the_policys_network_namespaces() {
     });
     assert!(reports(&daemon, there.pid).is_empty());
 }
+
+#[test]
+fn an_audit_rule_reports_in_enforce_mode_and_a_deny_rule_still_refuses() {
+    let site = Site::new();
+    let client = python_copy(&site.dir, "lw-egress-agent");
+    let watched = python_copy(&site.dir, "lw-egress-watch");
+    let config = format!(
+        "{}\n[[egress]]\nname = \"watch\"\naction = \"audit\"\nexe = \"{}\"\ndeny = \"private\"\n",
+        guard(&site, "enforce", &client),
+        watched.display()
+    );
+    let daemon = Daemon::start(&config);
+
+    // The audit rule's client connects, reported as audited; metadata,
+    // which every egress rule blocks, is audited too, not refused.
+    let audited = site.connect(
+        &watched,
+        &["internal.lw-test", "metadata.lw-test", "allowed.lw-test"],
+    );
+    assert_eq!(audited.errno("internal.lw-test"), 0);
+    assert_eq!(audited.errno("metadata.lw-test"), 0);
+    assert_eq!(audited.errno("allowed.lw-test"), 0);
+    daemon.wait_event("the audit of the metadata address", |e| {
+        e["rule"] == "egress:watch" && e["pid"] == audited.pid && e["dst"] == "169.254.169.254:8090"
+    });
+    let reported = daemon.reports("egress:watch", audited.pid);
+    // 10.20.0.5 is private and this rule allows nothing.
+    assert_eq!(reported.len(), 3, "{reported:#?}");
+    assert!(
+        reported.iter().all(|e| e["verdict"] == "audit"),
+        "{reported:#?}"
+    );
+
+    // Control: the deny rule's client is refused in the same policy.
+    let denied = site.connect(&client, &["internal.lw-test"]);
+    assert_eq!(denied.errno("internal.lw-test"), REFUSED);
+}
