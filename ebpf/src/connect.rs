@@ -407,7 +407,8 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
 }
 
 /// Reports the verdict of a guard other than the rules (the bind guard's
-/// [`loopwarden_common::BIND_RULE`]) about the calling process, the way a
+/// [`loopwarden_common::BIND_RULE`], the egress guard's
+/// [`loopwarden_common::EGRESS_RULE_BASE`]` + r`) about the calling process, the way a
 /// connect's report is made; `at` is the address the guard judged.
 #[inline(always)]
 pub fn report_guard(
