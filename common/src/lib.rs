@@ -97,6 +97,11 @@ pub const MAX_ORIGIN_PENDING: u32 = 4096;
 /// answer for (`LW_CONNS`, LRU: past it the oldest stop being listed; the
 /// socket's own tag, which `getsockopt` reads, is kept regardless).
 pub const MAX_CONNS: u32 = 16384;
+/// Most `[[egress]]` rules a policy can hold: one bit each in a `u64` mask.
+pub const MAX_EGRESS_RULES: usize = 64;
+/// Destination prefixes (the union over every egress rule's lists and the
+/// built-in metadata addresses) one policy may put in `LW_EGRESS_DST`.
+pub const MAX_EGRESS_PREFIXES: u32 = 4096;
 
 /// Map names, shared so userspace never spells one differently.
 pub mod maps {
@@ -180,6 +185,18 @@ pub mod maps {
     /// [`super::verdict`] a browser-class rule ([`super::Settings::browser`])
     /// gets at each port, two bits per port (see [`super::browser_verdict`]).
     pub const BROWSER_PORTS: &str = "LW_BROWSER_PORTS";
+    /// `LpmTrie<EgressKey, u64>`: per generation, each destination prefix
+    /// of the egress guard with the mask of the egress rules that block it
+    /// (see [`super::EgressKey`]), consulted when
+    /// [`super::flags::EGRESS`] is set.
+    pub const EGRESS_DST: &str = "LW_EGRESS_DST";
+    /// `HashMap<GenKey<u32>, u64>`: egress rules by uid.
+    pub const EGRESS_UID: &str = "LW_EGRESS_UID";
+    /// `HashMap<GenKey<ExeKey>, u64>`: egress rules by executable identity.
+    pub const EGRESS_EXE: &str = "LW_EGRESS_EXE";
+    /// `HashMap<GenKey<u64>, u64>`: egress rules by cgroup id (the task's
+    /// cgroup or an ancestor at [`super::Settings::egress_cgroup_levels`]).
+    pub const EGRESS_CGROUP: &str = "LW_EGRESS_CGROUP";
     /// `PerCpuArray<OriginRecord>`, one entry: where the state tracepoint
     /// builds a record before copying it into `LW_CONNS` (not pinned).
     pub const SCRATCH: &str = "LW_SCRATCH";
@@ -214,6 +231,10 @@ pub mod maps {
         BIND_EXE,
         BIND_UID,
         BROWSER_PORTS,
+        EGRESS_DST,
+        EGRESS_UID,
+        EGRESS_EXE,
+        EGRESS_CGROUP,
     ];
 }
 
@@ -301,6 +322,10 @@ pub mod flags {
     /// an address other than loopback is refused (with `ENFORCE`) or
     /// reported, unless `LW_BIND_EXE`/`LW_BIND_UID` exempt the caller.
     pub const BIND_GUARD: u32 = 1 << 11;
+    /// The egress guard is on: a TCP connect by a process some egress rule
+    /// names, to a destination `LW_EGRESS_DST` says that rule blocks, is
+    /// reported, and refused (with `ENFORCE`) if the rule's action is deny.
+    pub const EGRESS: u32 = 1 << 12;
 }
 
 /// Indexes of the `LW_STATS` per-CPU counters.
@@ -353,6 +378,26 @@ pub const RELAY_RULE: u8 = u8::MAX - 1;
 /// Rule index in [`ConnectEvent::rule`] of a bind the bind guard judged:
 /// `daddr`/`dport` are then the address and port bound.
 pub const BIND_RULE: u8 = u8::MAX - 2;
+/// Rule index in [`ConnectEvent::rule`] of egress rule `r`:
+/// `EGRESS_RULE_BASE + r` (`r < MAX_EGRESS_RULES`).
+pub const EGRESS_RULE_BASE: u8 = 128;
+
+/// `LW_EGRESS_DST` key data: the generation, big-endian so that it is the
+/// first 32 bits of the prefix, then the destination as the kernel sees it
+/// (IPv4 as `::ffff:a.b.c.d`, words in network order). A prefix of `n`
+/// address bits has `prefix_len = 32 + n`; a lookup uses 160.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EgressKey {
+    /// The generation slot, `to_be()`.
+    pub generation_be: u32,
+    pub addr: Addr,
+}
+
+impl EgressKey {
+    /// Prefix bits a lookup of a whole address uses.
+    pub const FULL_PREFIX: u32 = 32 + 128;
+}
 
 /// How a process became network-facing: [`Evidence::kind`].
 pub mod evidence {
@@ -696,6 +741,26 @@ pub struct Settings {
     /// Filter of the executable names `LW_RULES_EXE_NAME` holds: bit
     /// [`filter_bit`]`(`[`name_prefix`]`(name))` set for each.
     pub exe_name_filter: [u64; FILTER_WORDS],
+
+    // The egress guard ([`flags::EGRESS`]): its own rule masks, bit `r`
+    // for egress rule `r`.
+    /// Egress rules present in the policy.
+    pub egress_active: u64,
+    /// Egress rules whose action is deny (the others audit).
+    pub egress_deny: u64,
+    /// Egress rules that do not constrain the uid.
+    pub egress_wild_uid: u64,
+    /// ... the executable identity.
+    pub egress_wild_exe: u64,
+    /// ... the cgroup.
+    pub egress_wild_cgroup: u64,
+    /// Bit `l` set: some egress rule names a cgroup at level `l`.
+    pub egress_cgroup_levels: u32,
+    pub _pad_egress: u32,
+    /// Filter of the executables `LW_EGRESS_EXE` names: bit
+    /// [`filter_bit`]`(ino)` set for each. A process no egress rule names
+    /// skips the lookup (and the reads of its executable's device).
+    pub egress_exe_filter: [u64; FILTER_WORDS],
 }
 
 /// Where port `port`'s browser verdict sits in `LW_BROWSER_PORTS` of
@@ -947,7 +1012,11 @@ const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + S
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<Pending>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Settings>() == 136 + 2 * 8 * FILTER_WORDS);
+const _: () = assert!(core::mem::size_of::<Settings>() == 136 + 3 * 8 * FILTER_WORDS + 48);
+const _: () = assert!(core::mem::size_of::<EgressKey>() == 20);
+const _: () = assert!(EGRESS_RULE_BASE as usize + MAX_EGRESS_RULES <= BIND_RULE as usize);
+const _: () = assert!(MAX_RULES <= EGRESS_RULE_BASE as usize);
+const _: () = assert!(MAX_EGRESS_RULES == u64::BITS as usize);
 const _: () = assert!(core::mem::size_of::<Meta>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 160 + 32 + SCRIPT_LEN);
 const _: () = assert!(MAX_RULES == u64::BITS as usize);
@@ -963,8 +1032,8 @@ const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 #[cfg(feature = "user")]
 mod user {
     use super::{
-        Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, Evidence, ExeKey, GenKey,
-        KernelOffsets, ListenerKey, Meta, Pending, ProcState, Settings,
+        Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, EgressKey, Evidence, ExeKey,
+        GenKey, KernelOffsets, ListenerKey, Meta, Pending, ProcState, Settings,
     };
 
     // SAFETY: all are #[repr(C)], made of integers only, with no implicit padding
@@ -980,6 +1049,7 @@ mod user {
     unsafe impl aya::Pod for ProcState {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for EgressKey {}
     unsafe impl aya::Pod for super::origin::OriginRecord {}
     unsafe impl aya::Pod for super::origin::ConnKey {}
     // SAFETY: #[repr(C)] of integers with the size assertions above showing

@@ -16,6 +16,7 @@ use aya_ebpf::{
         },
     },
     macros::cgroup_sock_addr,
+    maps::HashMap,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
@@ -27,6 +28,7 @@ use loopwarden_common::{
 
 use crate::{
     addr::V4_MAPPED_WORD,
+    egress,
     identity::{self, Task},
     maps::{
         BROWSER_PORTS, DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR,
@@ -162,6 +164,20 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let dst = destination(sa, family);
+    // The egress guard (SSRF after DNS): every destination, before the
+    // protected-destination judgement. Both are BPF subprograms: the
+    // verifier walks the judgement once after the guard's paths (they
+    // meet at the call with the same few registers), and the two stack
+    // frames are never live together.
+    if egress::on() && egress::refuses(ctx, &dst, family) {
+        return Ok(REFUSE);
+    }
+    Ok(judge_connect(ctx, &dst, family))
+}
+
+/// The protected-destination judgement of a TCP connect to `dst`.
+#[inline(never)]
+fn judge_connect(ctx: &SockAddrContext, dst: &Destination, family: u16) -> i32 {
     if !dst.loopback {
         // Not judged here (unless it is a protected host address), but
         // once its handshake completes the caller has connected to a
@@ -177,7 +193,7 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         // the generation now in force.
         let generation = generation();
         let Some(settings) = SETTINGS.get_ptr(generation) else {
-            return Ok(ALLOW);
+            return ALLOW;
         };
         // Every load of policy memory in between is volatile too (or a
         // helper call), so the compiler keeps them all between the two
@@ -186,17 +202,17 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         // SAFETY: a pointer into the map's value.
         let seq = unsafe { core::ptr::read_volatile(&(*settings).seq) };
         // SAFETY: as above; the copy is checked by the second `seq` read.
-        let decision = decide(ctx, unsafe { &*settings }, generation, &dst);
+        let decision = decide(ctx, unsafe { &*settings }, generation, dst);
         // SAFETY: as above.
         let again = unsafe { core::ptr::read_volatile(&(*settings).seq) };
         if seq != again || seq & 1 == 1 {
             count(stats::RETRIED);
             continue;
         }
-        return Ok(act(ctx, &decision, &dst, family, seq));
+        return act(ctx, &decision, dst, family, seq);
     }
     count(stats::RACED);
-    Ok(ALLOW)
+    ALLOW
 }
 
 /// What one policy generation says about a connect. Computed without side
@@ -415,7 +431,8 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
 }
 
 /// Reports the verdict of a guard other than the rules (the bind guard's
-/// [`loopwarden_common::BIND_RULE`]) about the calling process, the way a
+/// [`loopwarden_common::BIND_RULE`], the egress guard's
+/// [`loopwarden_common::EGRESS_RULE_BASE`]` + r`) about the calling process, the way a
 /// connect's report is made; `at` is the address the guard judged.
 #[inline(always)]
 pub fn report_guard(
@@ -512,7 +529,7 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, tracked: &Tracke
         m &= named | rd!(s.wild_exe);
     }
     if m & !rd!(s.wild_cgroup) != 0 {
-        m &= cgroup_mask(g, rd!(s.cgroup_levels)) | rd!(s.wild_cgroup);
+        m &= cgroup_mask(&RULES_CGROUP, g, rd!(s.cgroup_levels)) | rd!(s.wild_cgroup);
     }
     if m & !rd!(s.wild_ancestor) != 0 && rd!(s.flags) & flags::ANCESTORS != 0 {
         m &= ancestor_mask(g, task) | rd!(s.wild_ancestor);
@@ -565,11 +582,12 @@ impl CommKey {
     }
 }
 
-/// Rules naming one of the caller's cgroup ancestors (or its own cgroup) at
-/// the levels some rule names a cgroup at: at most
-/// [`MAX_CGROUP_LEVELS_USED`] distinct levels (userspace enforces it).
+/// Rules of `map` (`LW_RULES_CGROUP`, `LW_EGRESS_CGROUP`) naming one of the
+/// caller's cgroup ancestors (or its own cgroup) at the levels some rule
+/// names a cgroup at: at most [`MAX_CGROUP_LEVELS_USED`] distinct levels
+/// (userspace enforces it).
 #[inline(always)]
-fn cgroup_mask(g: u32, levels: u32) -> u64 {
+pub fn cgroup_mask(map: &HashMap<GenKey<u64>, u64>, g: u32, levels: u32) -> u64 {
     let mut m = 0u64;
     let mut left = levels;
     for _ in 0..MAX_CGROUP_LEVELS_USED {
@@ -580,7 +598,7 @@ fn cgroup_mask(g: u32, levels: u32) -> u64 {
         left &= left - 1;
         // SAFETY: plain helper call; 0 means the caller is above `level`.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-        m |= mask(&RULES_CGROUP, &GenKey::new(g, id));
+        m |= mask(map, &GenKey::new(g, id));
     }
     m
 }

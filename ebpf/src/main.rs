@@ -12,7 +12,9 @@
 //! ([`process`]). Provenance ([`origin`]) binds each protected
 //! connection's origin to the accepted socket and answers the service's
 //! `getsockopt` about it. The bind guard ([`bind`]) keeps the ports the
-//! policy names on loopback addresses.
+//! policy names on loopback addresses. The egress guard ([`egress`])
+//! keeps the services its rules name from connecting to the destinations
+//! they list (cloud metadata, private ranges: SSRF after DNS).
 //!
 //! # Minimum kernel version
 //! 5.18 (`bpf_set_retval` in cgroup programs); 5.8 for the ring buffer.
@@ -23,6 +25,7 @@ mod addr;
 mod baseline;
 mod bind;
 mod connect;
+mod egress;
 mod identity;
 mod maps;
 mod names;

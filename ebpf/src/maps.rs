@@ -4,13 +4,13 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, ConnectEvent, EXE_NAME_LEN, ExeKey,
-    FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_LISTENERS, MAX_MAP_ENTRIES,
-    MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState,
-    Settings, TRACKED_ENTRIES, filter_bit,
+    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, ConnectEvent, EXE_NAME_LEN, EgressKey,
+    ExeKey, FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES,
+    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta,
+    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
     origin::{ConnKey, OriginRecord},
     stats, verdict,
 };
@@ -198,6 +198,27 @@ pub static BIND_EXE: HashMap<GenKey<ExeKey>, u8> =
 
 #[map(name = "LW_BIND_UID")]
 pub static BIND_UID: HashMap<GenKey<u32>, u8> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
+
+// The egress guard's policy (see [`crate::egress`]), generational like the
+// rest: the LPM trie's keys start with the generation.
+
+/// Destination prefixes and the egress rules blocking each (an LPM trie
+/// is created without preallocation: aya adds `BPF_F_NO_PREALLOC`).
+#[map(name = "LW_EGRESS_DST")]
+pub static EGRESS_DST: LpmTrie<EgressKey, u64> =
+    LpmTrie::with_max_entries(GENERATIONS * MAX_EGRESS_PREFIXES, 0);
+
+#[map(name = "LW_EGRESS_UID")]
+pub static EGRESS_UID: HashMap<GenKey<u32>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
+
+#[map(name = "LW_EGRESS_EXE")]
+pub static EGRESS_EXE: HashMap<GenKey<ExeKey>, u64> =
+    HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
+
+#[map(name = "LW_EGRESS_CGROUP")]
+pub static EGRESS_CGROUP: HashMap<GenKey<u64>, u64> =
     HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
 /// Where the state tracepoint builds a record before copying it into

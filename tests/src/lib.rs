@@ -154,6 +154,26 @@ impl Netns {
         format!("/run/netns/{}", self.name)
     }
 
+    /// Gives the namespace addresses of its own besides loopback: a veth
+    /// pair with both ends inside (this kernel has no dummy links; it goes
+    /// with the namespace), `addrs` (CIDRs, IPv6 without duplicate address
+    /// detection) on its end `lw-a`.
+    pub fn add_addresses(&self, addrs: &[&str]) {
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(["-n", &self.name]).args(args));
+        ip(&[
+            "link", "add", "lw-a", "type", "veth", "peer", "name", "lw-b",
+        ]);
+        ip(&["link", "set", "lw-a", "up"]);
+        ip(&["link", "set", "lw-b", "up"]);
+        for addr in addrs {
+            if addr.contains(':') {
+                ip(&["addr", "add", addr, "dev", "lw-a", "nodad"]);
+            } else {
+                ip(&["addr", "add", addr, "dev", "lw-a"]);
+            }
+        }
+    }
+
     /// A command that runs `program` inside the namespace.
     pub fn cmd(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");
@@ -586,6 +606,14 @@ impl Daemon {
             .unwrap_or_default()
     }
 
+    /// The audit records of rule `rule` about process `pid` so far.
+    pub fn reports(&self, rule: &str, pid: u32) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["rule"] == rule && e["pid"] == pid)
+            .collect()
+    }
+
     /// Waits for an audit record matching `pred`.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -808,6 +836,33 @@ pub fn map_generations(path: &Path) -> Vec<u8> {
 /// The system Python the tests' connect scripts run under (`python3` on
 /// `PATH` may be another one, e.g. pyenv's shim).
 pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// The output of a probe script that prints `pid=PID` and then one line
+/// per thing it tried: the pid and those lines, `expected` of them.
+pub fn probe_lines(out: &Output, expected: usize) -> (u32, Vec<String>) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let pid = lines
+        .next()
+        .and_then(|l| l.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid line: {text}"));
+    let lines: Vec<String> = lines.map(str::to_owned).collect();
+    assert_eq!(lines.len(), expected, "{text}");
+    (pid, lines)
+}
+
+/// A copy of the system Python's executable at `dir/name`: a distinct
+/// executable (its own identity) a policy can name.
+pub fn python_copy(dir: &TempDir, name: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::copy(
+        std::fs::canonicalize(SYSTEM_PYTHON).expect("resolving python"),
+        &path,
+    )
+    .expect("copying python");
+    path
+}
 
 /// `major:minor:inode` of the file at `path` (symlinks followed): the
 /// identity audit records show as `exe_id`, read by the kernel.

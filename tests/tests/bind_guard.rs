@@ -5,13 +5,11 @@
 //! does not name pass; the rest fail with EADDRNOTAVAIL (enforce) or pass
 //! and are reported (audit).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use loopwarden_tests::{
-    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, loopwarden_bin, run, run_ok,
+    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, loopwarden_bin, probe_lines,
+    python_copy, run, run_ok,
 };
 use serde_json::Value;
 
@@ -73,46 +71,24 @@ fn probe(ns: &Netns, prefix: &[&str], python: &Path, binds: &[(&str, u16)]) -> B
         argv.push(port.to_string());
     }
     let out = run_ok(ns.cmd(&argv[0]).args(&argv[1..]));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut lines = text.lines();
-    let pid = lines
-        .next()
-        .and_then(|l| l.strip_prefix("pid="))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid line: {text}"));
+    let (pid, lines) = probe_lines(&out, binds.len());
     let results = lines
+        .iter()
         .map(|l| {
             let words: Vec<&str> = l.split(' ').collect();
             let [addr, port, err] = words[..] else {
-                panic!("bad probe line {l:?} in {text}");
+                panic!("bad probe line {l:?}");
             };
             (addr.to_owned(), port.parse().unwrap(), err.parse().unwrap())
         })
         .collect::<Vec<_>>();
-    assert_eq!(results.len(), binds.len(), "{text}");
     Binds { pid, results }
 }
 
 /// The test namespace with addresses of its own besides loopback.
 fn namespace() -> Netns {
     let ns = Netns::new();
-    let ip = |args: &[&str]| run_ok(Command::new("ip").args(["-n", ns.name()]).args(args));
-    // A veth pair with both ends inside (this kernel has no dummy links);
-    // it goes with the namespace.
-    ip(&[
-        "link", "add", "lw-a", "type", "veth", "peer", "name", "lw-b",
-    ]);
-    ip(&["link", "set", "lw-a", "up"]);
-    ip(&["link", "set", "lw-b", "up"]);
-    ip(&["addr", "add", &format!("{HOST_V4}/24"), "dev", "lw-a"]);
-    ip(&[
-        "addr",
-        "add",
-        &format!("{HOST_V6}/64"),
-        "dev",
-        "lw-a",
-        "nodad",
-    ]);
+    ns.add_addresses(&[&format!("{HOST_V4}/24"), &format!("{HOST_V6}/64")]);
     ns
 }
 
@@ -127,11 +103,7 @@ fn guard(ns: &Netns, mode: &str, bind: &str) -> String {
 
 /// The bind-guard records about process `pid`.
 fn reports(daemon: &Daemon, pid: u32) -> Vec<Value> {
-    daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["rule"] == "bind-guard" && e["pid"] == pid)
-        .collect()
+    daemon.reports("bind-guard", pid)
 }
 
 /// Everything a service could bind that is not loopback, in both families
@@ -247,17 +219,6 @@ fn the_guard_applies_only_in_the_policys_network_namespaces() {
         e["rule"] == "bind-guard" && e["pid"] == inside.pid
     });
     assert!(reports(&daemon, outside.pid).is_empty());
-}
-
-/// A copy of the system Python's executable at `dir/name`.
-fn python_copy(dir: &TempDir, name: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    std::fs::copy(
-        std::fs::canonicalize(SYSTEM_PYTHON).expect("resolving python"),
-        &path,
-    )
-    .expect("copying python");
-    path
 }
 
 #[test]

@@ -62,6 +62,16 @@
 //! listen = "127.0.0.1:9477"      # default: none; also serve them on this loopback address
 //!                                # (its port joins a listed `[protect] ports`)
 //!
+//! [[egress]]                    # the egress guard (SSRF after DNS); one table per rule
+//! name = "agent-fetch"           # required, unique among egress rules; events name it `egress:agent-fetch`
+//! action = "deny"                # required: "deny" (refused in enforce mode) | "audit"
+//! exe = "/usr/bin/python3"       # who: exe, user, uid, cgroup as in [[rule]] (ANDed; at least one)
+//! deny = ["metadata", "private", "link-local", "loopback", "203.0.113.0/24"] # required:
+//!                                # built-in sets and CIDRs it may not connect to (cloud metadata
+//!                                # addresses are refused by every egress rule, listed or not)
+//! allow = ["10.20.0.0/16"]       # CIDRs inside the denied ranges that stay reachable
+//!                                # (never inside a metadata address)
+//!
 //! [[rule]]
 //! name = "relay-socat"           # required, unique, [A-Za-z0-9_.:-]+; "catalog:" is reserved
 //! action = "deny"                # required: "deny" | "audit" | "allow"
@@ -107,6 +117,8 @@ mod lines;
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_egress;
 mod validate;
 
 use self::{
@@ -381,6 +393,49 @@ pub struct Metrics {
     pub listen: Option<Located<std::net::SocketAddr>>,
 }
 
+/// One `[[egress]]` table: a rule of the egress guard. It follows the
+/// global `mode` and `deny_errno`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Egress {
+    pub name: String,
+    /// Where its name is written.
+    pub at: Location,
+    /// `Deny` or `Audit`.
+    pub action: Action,
+    /// Who it applies to: `uid`/`user` with `exe` and `cgroup` (only these
+    /// criteria are read).
+    pub criteria: Criteria,
+    pub deny: Vec<Located<EgressDestination>>,
+    /// CIDRs that stay reachable inside the denied ranges.
+    pub allow: Vec<Located<ipnet::IpNet>>,
+}
+
+/// An entry of an egress rule's `deny` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressDestination {
+    Set(crate::policy::egress::Builtin),
+    Cidr(ipnet::IpNet),
+}
+
+impl EgressDestination {
+    /// Its prefixes in the kernel's form.
+    pub fn prefixes(self) -> Vec<ipnet::Ipv6Net> {
+        match self {
+            EgressDestination::Set(set) => set.prefixes().collect(),
+            EgressDestination::Cidr(net) => vec![crate::policy::egress::mapped(net)],
+        }
+    }
+}
+
+impl fmt::Display for EgressDestination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EgressDestination::Set(set) => f.write_str(set.name()),
+            EgressDestination::Cidr(net) => write!(f, "{net}"),
+        }
+    }
+}
+
 /// Bounds of `[ident] timeout_ms`.
 pub const IDENT_TIMEOUT_MS: std::ops::RangeInclusive<i64> = 100..=600_000;
 
@@ -417,6 +472,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// User rules in file order.
     pub rules: Vec<Rule>,
+    /// Egress guard rules in file order.
+    pub egress: Vec<Egress>,
     /// Things an operator should know about the file that do not stop it
     /// from loading; compiling copies them into the policy's warnings.
     pub warnings: Vec<String>,
@@ -471,6 +528,7 @@ impl Config {
                 listen: None,
             },
             rules: Vec::new(),
+            egress: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -714,6 +772,36 @@ pub enum Problem {
          on loopback, e.g. [11434, \"9000-9100\"]"
     )]
     BindAllPorts,
+    #[error("egress rule name `{name}` is already used by the egress rule at line {first_line}")]
+    DuplicateEgressName { name: String, first_line: usize },
+    #[error("egress rule `{rule}`: action must be \"deny\" or \"audit\"")]
+    EgressAction { rule: String },
+    #[error(
+        "egress rule `{rule}` names no service: give at least one of exe, user, uid, cgroup \
+         (to keep every process from a destination, use a firewall)"
+    )]
+    EgressNoSubject { rule: String },
+    #[error(
+        "`{text}` is neither a CIDR nor a built-in set: write a CIDR like \"203.0.113.0/24\" or \
+         one of metadata, loopback, link-local, private"
+    )]
+    EgressUnknown { text: String },
+    #[error("`{text}` is not a CIDR: write e.g. \"10.20.0.0/16\" or \"2001:db8::/32\"")]
+    BadCidr { text: String },
+    #[error("`{text}` has host bits set: write its network, {network}")]
+    CidrHostBits { text: String, network: ipnet::IpNet },
+    #[error(
+        "allow `{allow}` lies inside the cloud metadata address {metadata}, which every egress rule \
+         refuses: an allow can never re-open it"
+    )]
+    AllowInMetadata { allow: String, metadata: String },
+    #[error("too many egress rules: {count}, at most {max} fit (this is the first that does not)")]
+    TooManyEgressRules { count: usize, max: usize },
+    #[error(
+        "the egress rules list {count} distinct prefixes (with the built-in metadata addresses), \
+         at most {max} fit (this rule's are the first that do not): use wider ranges"
+    )]
+    TooManyEgressPrefixes { count: usize, max: u32 },
     #[error(
         "[browsers] {list} takes ports and ranges, not \"all\": the table's `action` says what \
          ports no list names get"

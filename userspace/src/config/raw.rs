@@ -28,6 +28,8 @@ pub(super) struct RawConfig {
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]
     pub(super) rule: Vec<RawRule>,
+    #[serde(default)]
+    pub(super) egress: Vec<RawEgress>,
 }
 
 impl RawConfig {
@@ -45,6 +47,7 @@ impl RawConfig {
             && self.browsers.is_none()
             && self.metrics.is_none()
             && self.rule.is_empty()
+            && self.egress.is_empty()
     }
 }
 
@@ -122,6 +125,20 @@ pub(super) struct RawRule {
     pub(super) parent_exe: Option<Spanned<OneOrMany<String>>>,
     pub(super) ancestor_exe: Option<Spanned<OneOrMany<String>>>,
     pub(super) script: Option<Spanned<OneOrMany<String>>>,
+}
+
+/// One `[[egress]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEgress {
+    pub(super) name: Spanned<String>,
+    pub(super) action: Spanned<Action>,
+    pub(super) exe: Option<Spanned<OneOrMany<String>>>,
+    pub(super) uid: Option<Spanned<OneOrMany<u32>>>,
+    pub(super) user: Option<Spanned<OneOrMany<String>>>,
+    pub(super) cgroup: Option<Spanned<OneOrMany<String>>>,
+    pub(super) deny: Spanned<OneOrMany<String>>,
+    pub(super) allow: Option<Spanned<OneOrMany<String>>>,
 }
 
 /// A value or a list of values. List elements keep their own spans; a single

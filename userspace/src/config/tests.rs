@@ -5,13 +5,13 @@ use loopwarden_common::MAX_RULES;
 use super::{lines::LineIndex, *};
 use crate::catalog::CATALOG;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::from_str_named(text, "test.toml")
 }
 
 /// Parses `text`, expecting an error whose message names `test.toml` at
 /// `line` and contains `phrase`.
-fn expect_error(text: &str, line: usize, phrase: &str) -> ConfigError {
+pub(super) fn expect_error(text: &str, line: usize, phrase: &str) -> ConfigError {
     let err = match parse(text) {
         Ok(config) => panic!("expected an error containing {phrase:?}, parsed {config:?}"),
         Err(err) => err,
@@ -772,7 +772,9 @@ fn shipped_file_shows_the_defaults() {
         .map(|l| l.strip_prefix('#').unwrap_or(l))
         .flat_map(|l| [l, "\n"])
         .collect();
-    assert_eq!(parse(&rules).unwrap().rules.len(), 2);
+    let examples = parse(&rules).unwrap();
+    assert_eq!(examples.rules.len(), 2);
+    assert_eq!(examples.egress.len(), 1);
 }
 
 #[test]

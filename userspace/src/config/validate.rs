@@ -6,20 +6,28 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, MAX_RULES, SCRIPT_LEN};
+use loopwarden_common::{
+    COMM_LEN, EXE_NAME_LEN, MAX_EGRESS_PREFIXES, MAX_EGRESS_RULES, MAX_RULES, SCRIPT_LEN,
+};
 use toml::Spanned;
 
 use super::{
-    Bind, Browsers, Config, ConfigError, Criteria, IDENT_TIMEOUT_MS, Ident, Located,
-    MAX_NAME_BYTES, MAX_PATH_BYTES, Metrics, PortRange, PortSet, Problem, Protect, Provenance,
-    RELAY_WINDOW_MS, Relay, Rule,
+    Bind, Browsers, Config, ConfigError, Criteria, Egress, EgressDestination, IDENT_TIMEOUT_MS,
+    Ident, Located, MAX_NAME_BYTES, MAX_PATH_BYTES, Metrics, PortRange, PortSet, Problem, Protect,
+    Provenance, RELAY_WINDOW_MS, Relay, Rule,
     lines::LineIndex,
-    raw::{OneOrMany, PortItem, RawBind, RawBrowsers, RawConfig, RawIdent, RawMetrics, RawRule},
+    raw::{
+        OneOrMany, PortItem, RawBind, RawBrowsers, RawConfig, RawEgress, RawIdent, RawMetrics,
+        RawRule,
+    },
 };
 use crate::{
     catalog::{CATALOG, CATALOG_PREFIX},
     events::{BIND_RULE_NAME, BROWSERS_RULE_NAME, RELAY_RULE_NAME},
-    policy::Action,
+    policy::{
+        Action,
+        egress::{self, Builtin},
+    },
 };
 
 pub(super) struct Validator<'a> {
@@ -173,6 +181,8 @@ impl Validator<'_> {
             rules.push(rule);
         }
 
+        let egress = self.egress_rules(raw.egress)?;
+
         Ok(Config {
             source: self.file.to_owned(),
             mode: raw.mode.unwrap_or(defaults.mode),
@@ -187,6 +197,7 @@ impl Validator<'_> {
             browsers,
             metrics,
             rules,
+            egress,
             warnings,
         })
     }
@@ -348,13 +359,109 @@ impl Validator<'_> {
         })
     }
 
-    fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
+    /// The `[[egress]]` tables, with the limits that span them: names
+    /// unique, at most [`MAX_EGRESS_RULES`] rules and
+    /// [`MAX_EGRESS_PREFIXES`] distinct prefixes.
+    fn egress_rules(&self, raw: Vec<RawEgress>) -> Result<Vec<Egress>, ConfigError> {
+        if raw.len() > MAX_EGRESS_RULES {
+            return Err(self.invalid(
+                &raw[MAX_EGRESS_RULES].name.span(),
+                Problem::TooManyEgressRules {
+                    count: raw.len(),
+                    max: MAX_EGRESS_RULES,
+                },
+            ));
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut prefixes: std::collections::BTreeSet<ipnet::Ipv6Net> = egress::metadata().collect();
+        let mut rules = Vec::with_capacity(raw.len());
+        for r in raw {
+            let span = r.name.span();
+            let rule = self.egress(r)?;
+            if let Some(&first_line) = seen.get(&rule.name) {
+                return Err(self.invalid(
+                    &span,
+                    Problem::DuplicateEgressName {
+                        name: rule.name,
+                        first_line,
+                    },
+                ));
+            }
+            seen.insert(rule.name.clone(), rule.at.line);
+            prefixes.extend(rule.deny.iter().flat_map(|d| d.value.prefixes()));
+            prefixes.extend(rule.allow.iter().map(|a| egress::mapped(a.value)));
+            if prefixes.len() > MAX_EGRESS_PREFIXES as usize {
+                return Err(self.invalid(
+                    &span,
+                    Problem::TooManyEgressPrefixes {
+                        count: prefixes.len(),
+                        max: MAX_EGRESS_PREFIXES,
+                    },
+                ));
+            }
+            rules.push(rule);
+        }
+        Ok(rules)
+    }
+
+    fn egress(&self, raw: RawEgress) -> Result<Egress, ConfigError> {
         let name_span = raw.name.span();
-        let name = raw.name.into_inner();
+        let name = self.rule_name(raw.name)?;
+        let action = match raw.action.get_ref() {
+            Action::Deny | Action::Audit => *raw.action.get_ref(),
+            Action::Allow => {
+                return Err(self.invalid(&raw.action.span(), Problem::EgressAction { rule: name }));
+            }
+        };
+        let criteria = Criteria {
+            exe: self.opt_paths("exe", raw.exe)?,
+            uid: self.opt_values("uid", raw.uid, Ok)?,
+            user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
+            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| non_empty("cgroup", cg))?,
+            ..Criteria::default()
+        };
+        if criteria.is_empty() {
+            return Err(self.invalid(&name_span, Problem::EgressNoSubject { rule: name }));
+        }
+        let deny = self.values("deny", raw.deny, |text| match Builtin::from_name(&text) {
+            Some(set) => Ok(EgressDestination::Set(set)),
+            None => cidr(text).map(EgressDestination::Cidr),
+        })?;
+        let allow = self.opt_values("allow", raw.allow, |text| {
+            let net = cidr(text.clone())?;
+            let inside = egress::metadata().find(|m| m.contains(&egress::mapped(net)));
+            match inside {
+                Some(metadata) => Err(Problem::AllowInMetadata {
+                    allow: text,
+                    metadata: egress::show(&metadata),
+                }),
+                None => Ok(net),
+            }
+        })?;
+        Ok(Egress {
+            name,
+            at: self.lines.locate(name_span.start),
+            action,
+            criteria,
+            deny,
+            allow,
+        })
+    }
+
+    /// A rule's name: letters, digits and `_ . : -`.
+    fn rule_name(&self, raw: Spanned<String>) -> Result<String, ConfigError> {
+        let span = raw.span();
+        let name = raw.into_inner();
         let valid_char = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
         if name.is_empty() || !name.chars().all(valid_char) {
-            return Err(self.invalid(&name_span, Problem::BadRuleName { name }));
+            return Err(self.invalid(&span, Problem::BadRuleName { name }));
         }
+        Ok(name)
+    }
+
+    fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
+        let name_span = raw.name.span();
+        let name = self.rule_name(raw.name)?;
         if name.starts_with(CATALOG_PREFIX) {
             return Err(self.invalid(&name_span, Problem::ReservedRuleName { name }));
         }
@@ -503,6 +610,16 @@ fn exe_name(name: String) -> Result<String, Problem> {
         return Err(Problem::ExeNameTooLong { name, len });
     }
     non_empty("exe_name", name)
+}
+
+/// A CIDR (or a bare address) of an egress list.
+fn cidr(text: String) -> Result<ipnet::IpNet, Problem> {
+    match egress::parse_cidr(&text) {
+        Ok(net) => Ok(net),
+        Err(Some(network)) => Err(Problem::CidrHostBits { text, network }),
+        Err(None) if text.contains(['/', ':', '.']) => Err(Problem::BadCidr { text }),
+        Err(None) => Err(Problem::EgressUnknown { text }),
+    }
 }
 
 fn non_empty(field: &'static str, value: String) -> Result<String, Problem> {

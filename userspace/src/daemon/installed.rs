@@ -237,7 +237,7 @@ impl Installed {
             }
         };
         info!("policy #{seq} installed: {} rules", fresh.rules.len());
-        enricher.set_rules(seq, fresh.rules.clone());
+        enricher.set_rules(seq, fresh.named_rules());
         self.sweeper.request(&fresh, &addrs);
         self.policy = Some(fresh);
         self.addrs = addrs;

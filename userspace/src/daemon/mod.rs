@@ -263,7 +263,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let installed_seq = match &policy {
         Some(policy) => {
             let seq = policy_maps.install(policy, &host_addresses(policy))?;
-            enricher.set_rules(seq, policy.rules.clone());
+            enricher.set_rules(seq, policy.named_rules());
             Some(seq)
         }
         None => None,

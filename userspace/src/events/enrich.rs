@@ -11,10 +11,14 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use loopwarden_common::{BIND_RULE, ConnectEvent, ExeKey, NO_RULE, RELAY_RULE, evidence};
+use loopwarden_common::{
+    BIND_RULE, ConnectEvent, EGRESS_RULE_BASE, ExeKey, MAX_EGRESS_RULES, NO_RULE, RELAY_RULE,
+    evidence,
+};
 
 use super::{
-    AuditRecord, BIND_RULE_NAME, CUT, ExeId, RELAY_RULE_NAME, Time, event_time, evidence_name,
+    AuditRecord, BIND_RULE_NAME, CUT, EGRESS_PREFIX, ExeId, RELAY_RULE_NAME, Time, event_time,
+    evidence_name,
     proc::{file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process},
     treatment_name,
     users::UserNames,
@@ -90,6 +94,12 @@ struct ProcCache {
     exes: HashMap<ExeKey, String>,
 }
 
+/// Egress rule `r` of a report's rule index ([`EGRESS_RULE_BASE`] `+ r`).
+fn egress_index(index: u8) -> Option<usize> {
+    let egress = usize::from(index.wrapping_sub(EGRESS_RULE_BASE));
+    (index >= EGRESS_RULE_BASE && egress < MAX_EGRESS_RULES).then_some(egress)
+}
+
 impl Enricher {
     pub fn new(cgroup_root: PathBuf) -> Self {
         Self::with_rules(cgroup_root, SharedRules::default())
@@ -125,11 +135,16 @@ impl Enricher {
     /// Rule `index` of the policy installed as `seq`, if this daemon
     /// installed it.
     fn rule(&self, seq: u64, index: u8) -> Option<&RuleInfo> {
-        self.rules
-            .iter()
-            .rev()
-            .find(|(s, _)| *s == seq)
-            .and_then(|(_, rules)| rules.get(usize::from(index)))
+        let (_, rules) = self.rules.iter().rev().find(|(s, _)| *s == seq)?;
+        match egress_index(index) {
+            // Egress rules follow the others in the list (see
+            // `CompiledPolicy::named_rules`).
+            Some(egress) => rules
+                .iter()
+                .filter(|r| r.name.starts_with(EGRESS_PREFIX))
+                .nth(egress),
+            None => rules.get(usize::from(index)),
+        }
     }
 
     /// The name of rule `index` of the policy installed as `seq`; `#N` for
@@ -144,10 +159,11 @@ impl Enricher {
         if index == BIND_RULE {
             return Some(Cow::Borrowed(BIND_RULE_NAME));
         }
-        let name = self.rule(seq, index).map_or_else(
-            || Cow::Owned(format!("#{index}")),
-            |r| Cow::Borrowed(r.name.as_str()),
-        );
+        let name = match (self.rule(seq, index), egress_index(index)) {
+            (Some(r), _) => Cow::Borrowed(r.name.as_str()),
+            (None, Some(egress)) => Cow::Owned(format!("{EGRESS_PREFIX}#{egress}")),
+            (None, None) => Cow::Owned(format!("#{index}")),
+        };
         Some(name)
     }
 

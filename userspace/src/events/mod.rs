@@ -193,6 +193,9 @@ pub const BIND_RULE_NAME: &str = "bind-guard";
 
 /// The rule `[browsers] exe`/`exe_name` make (a browser-class rule).
 pub const BROWSERS_RULE_NAME: &str = "browsers";
+/// How records name egress rule `r` ([`loopwarden_common::EGRESS_RULE_BASE`]
+/// `+ r`): this prefix and the rule's name.
+pub const EGRESS_PREFIX: &str = "egress:";
 
 /// Verdict of a record made by [`Enricher::cut`].
 pub const CUT: &str = "cut";

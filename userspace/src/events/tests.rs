@@ -87,6 +87,50 @@ fn the_guards_reserved_rules_are_named_whatever_the_policy() {
 }
 
 #[test]
+fn egress_rules_are_named_after_the_policys_egress_tables() {
+    let mut e = enricher();
+    e.set_rules(
+        3,
+        vec![
+            RuleInfo {
+                name: "mine".into(),
+                action: Action::Deny,
+                matches: "uid 0".into(),
+                browser: false,
+            },
+            RuleInfo {
+                name: "egress:agent-fetch".into(),
+                action: Action::Deny,
+                matches: "uid 1000".into(),
+                browser: false,
+            },
+            RuleInfo {
+                name: "egress:other".into(),
+                action: Action::Audit,
+                matches: "uid 1001".into(),
+                browser: false,
+            },
+        ],
+    );
+    let mut ev = event();
+    ev.policy_seq = 3;
+    ev.rule = loopwarden_common::EGRESS_RULE_BASE + 1;
+    let line = e.enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains(" rule=egress:other "), "{line}");
+    ev.rule = loopwarden_common::EGRESS_RULE_BASE;
+    let line = e.enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains(" rule=egress:agent-fetch "), "{line}");
+    ev.rule = 0;
+    let line = e.enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains(" rule=mine "), "{line}");
+    // A policy this daemon did not install: named by egress index.
+    ev.policy_seq = 99;
+    ev.rule = loopwarden_common::EGRESS_RULE_BASE + 2;
+    let line = e.enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains(" rule=egress:#2 "), "{line}");
+}
+
+#[test]
 fn human_line_names_verdict_rule_destination_and_identity() {
     let line = enricher().enrich(&event()).format(LogFormat::Human);
     assert!(

@@ -10,15 +10,18 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, EXE_NAME_LEN, ExeKey, FILTER_WORDS, GenKey,
-    MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS, Settings, exe_filter_value, filter_bit, maps,
-    name_prefix, stats, verdict,
+    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, EXE_NAME_LEN, EgressKey, ExeKey,
+    FILTER_WORDS, GenKey, MAX_EGRESS_PREFIXES, MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS, Settings,
+    exe_filter_value, filter_bit, maps, name_prefix, stats, verdict,
 };
 
-use crate::policy::{CompiledPolicy, Ports};
+use crate::policy::{CompiledPolicy, Ports, egress};
 
 /// Errors touching the kernel maps.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,10 @@ pub struct PolicyMaps {
     bind_exe: HashMap<MapData, GenKey<ExeKey>, u8>,
     bind_uid: HashMap<MapData, GenKey<u32>, u8>,
     browser_ports: PortBitmap<{ BROWSER_PORT_WORDS as usize }>,
+    egress_dst: LpmTrie<MapData, EgressKey, u64>,
+    egress_uid: HashMap<MapData, GenKey<u32>, u64>,
+    egress_exe: HashMap<MapData, GenKey<ExeKey>, u64>,
+    egress_cgroup: HashMap<MapData, GenKey<u64>, u64>,
 }
 
 /// A per-generation array of `N` words (`LW_PORTS`, `LW_BIND_PORTS`:
@@ -191,6 +198,10 @@ impl PolicyMaps {
             bind_exe: take(ebpf, maps::BIND_EXE)?,
             bind_uid: take(ebpf, maps::BIND_UID)?,
             browser_ports: PortBitmap::take(ebpf, maps::BROWSER_PORTS)?,
+            egress_dst: take(ebpf, maps::EGRESS_DST)?,
+            egress_uid: take(ebpf, maps::EGRESS_UID)?,
+            egress_exe: take(ebpf, maps::EGRESS_EXE)?,
+            egress_cgroup: take(ebpf, maps::EGRESS_CGROUP)?,
         })
     }
 
@@ -290,12 +301,14 @@ impl PolicyMaps {
         // The browsers' verdicts (compiled for slot 0: every slot's entries
         // are laid out alike).
         self.browser_ports.write(next, &policy.browsers.words)?;
+        self.write_egress(next, policy)?;
         self.write_settings(
             next,
             &Settings {
                 seq: done,
                 exe_filter: filter(policy.exe.keys().map(exe_filter_value)),
                 exe_name_filter: filter(policy.exe_name.keys().map(|n| name_prefix(n))),
+                egress_exe_filter: filter(policy.egress.exe.keys().map(|k| k.ino)),
                 ..policy.settings
             },
         )?;
@@ -320,7 +333,56 @@ impl PolicyMaps {
         clear_generation(&mut self.ancestor, maps::RULES_ANCESTOR, g)?;
         clear_generation(&mut self.script, maps::RULES_SCRIPT, g)?;
         clear_generation(&mut self.bind_exe, maps::BIND_EXE, g)?;
-        clear_generation(&mut self.bind_uid, maps::BIND_UID, g)
+        clear_generation(&mut self.bind_uid, maps::BIND_UID, g)?;
+        clear_generation(&mut self.egress_uid, maps::EGRESS_UID, g)?;
+        clear_generation(&mut self.egress_exe, maps::EGRESS_EXE, g)?;
+        clear_generation(&mut self.egress_cgroup, maps::EGRESS_CGROUP, g)?;
+        self.clear_egress_dst(g)
+    }
+
+    /// Writes the egress guard's maps of generation `g`.
+    fn write_egress(&mut self, g: u32, policy: &CompiledPolicy) -> Result<(), MapsError> {
+        let guard = &policy.egress;
+        write_generation(&mut self.egress_uid, maps::EGRESS_UID, g, &guard.uid)?;
+        write_generation(&mut self.egress_exe, maps::EGRESS_EXE, g, &guard.exe)?;
+        write_generation(
+            &mut self.egress_cgroup,
+            maps::EGRESS_CGROUP,
+            g,
+            &guard.cgroup,
+        )?;
+        for (net, mask) in &guard.prefixes {
+            let (len, data) = egress::trie_key(g, net);
+            self.egress_dst
+                .insert(&Key::new(len, data), mask, 0)
+                .map_err(|source| MapsError::Update {
+                    name: maps::EGRESS_DST,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes generation `g`'s prefixes from `LW_EGRESS_DST`.
+    fn clear_egress_dst(&mut self, g: u32) -> Result<(), MapsError> {
+        let stale: Vec<Key<EgressKey>> = self
+            .egress_dst
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| u32::from_be(key.data().generation_be) == g)
+            .collect();
+        for key in stale {
+            match self.egress_dst.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapsError::Update {
+                        name: maps::EGRESS_DST,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     fn write_settings(&mut self, g: u32, settings: &Settings) -> Result<(), MapsError> {
@@ -357,6 +419,18 @@ pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
         (maps::RULES_SCRIPT, policy.script.len(), MAX_MAP_ENTRIES),
         (maps::BIND_EXE, policy.bind.exe.len(), MAX_MAP_ENTRIES),
         (maps::BIND_UID, policy.bind.uid.len(), MAX_MAP_ENTRIES),
+        (maps::EGRESS_UID, policy.egress.uid.len(), MAX_MAP_ENTRIES),
+        (maps::EGRESS_EXE, policy.egress.exe.len(), MAX_MAP_ENTRIES),
+        (
+            maps::EGRESS_CGROUP,
+            policy.egress.cgroup.len(),
+            MAX_MAP_ENTRIES,
+        ),
+        (
+            maps::EGRESS_DST,
+            policy.egress.prefixes.len(),
+            MAX_EGRESS_PREFIXES,
+        ),
     ];
     for (name, needed, capacity) in sizes {
         if needed > capacity as usize {

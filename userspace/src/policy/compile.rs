@@ -13,14 +13,15 @@ use loopwarden_common::{
 };
 
 use super::{
-    Action, BindGuard, BrowserPorts, CompiledPolicy, ExeFile, ExeIdentities, LiveExes, Mode, Netns,
-    PolicyError, Ports, Resolver, RuleInfo, fixed_name, summary::ExeId,
+    Action, BindGuard, BrowserPorts, CgroupId, CompiledPolicy, EgressGuard, EgressRuleInfo,
+    ExeFile, ExeIdentities, LiveExes, Mode, Netns, PolicyError, Ports, Resolver, RuleInfo, egress,
+    fixed_name, summary::ExeId,
 };
 use crate::{
     catalog::{CATALOG, CatalogEntry, Class, NameMatch},
-    config::{Bind, Browsers, Config, Located, PortSet, Rule},
+    config::{Bind, Browsers, Config, Criteria, Egress, Located, PortSet, Rule},
     error_chain,
-    events::{BIND_RULE_NAME, BROWSERS_RULE_NAME},
+    events::{BIND_RULE_NAME, BROWSERS_RULE_NAME, EGRESS_PREFIX},
 };
 
 pub(super) fn compile_with(
@@ -63,11 +64,13 @@ pub(super) fn compile_with(
             rules: Vec::with_capacity(config.rules.len() + catalog.len()),
             bind: BindGuard::default(),
             browsers: BrowserPorts::compile(&config.browsers, config.mode),
+            egress: EgressGuard::default(),
             warnings: config.warnings.clone(),
         },
     };
     compiler.netns(&config.protect.netns)?;
     compiler.bind(&config.bind)?;
+    compiler.egress(&config.egress)?;
     for rule in &config.rules {
         compiler.user_rule(rule)?;
     }
@@ -248,66 +251,8 @@ impl Compiler<'_> {
         let exe = self.exes(&rule.name, "exe", &c.exe)?;
         let parent = self.exes(&rule.name, "parent_exe", &c.parent_exe)?;
         let ancestor = self.exes(&rule.name, "ancestor_exe", &c.ancestor_exe)?;
-        let mut uids: Vec<(u32, String)> = c
-            .uid
-            .iter()
-            .map(|uid| (uid.value, uid.value.to_string()))
-            .collect();
-        for user in &c.user {
-            if let Some(uid) = self.user(&rule.name, user)? {
-                uids.push((uid, format!("{uid} (user {})", user.value)));
-            }
-        }
-        let mut cgroups = Vec::with_capacity(c.cgroup.len());
-        let mut levels = self.policy.settings.cgroup_levels;
-        for cgroup in &c.cgroup {
-            match self.resolver.cgroup(&cgroup.value) {
-                Ok(id)
-                    if id.level as usize <= MAX_CGROUP_LEVEL
-                        && (levels | 1 << id.level).count_ones() as usize
-                            > MAX_CGROUP_LEVELS_USED =>
-                {
-                    let err = Err(PolicyError::CgroupLevels {
-                        file: self.file.to_owned(),
-                        at: cgroup.at,
-                        rule: rule.name.clone(),
-                        cgroup: cgroup.value.clone(),
-                        level: id.level,
-                        max: MAX_CGROUP_LEVELS_USED,
-                    });
-                    self.tolerate::<()>(err)?;
-                    cgroups.push((
-                        None,
-                        format!("{} (level {} over the limit)", cgroup.value, id.level),
-                    ));
-                }
-                Ok(id) if id.level as usize > MAX_CGROUP_LEVEL => {
-                    return Err(PolicyError::CgroupTooDeep {
-                        file: self.file.to_owned(),
-                        at: cgroup.at,
-                        rule: rule.name.clone(),
-                        cgroup: cgroup.value.clone(),
-                        level: id.level,
-                        max: MAX_CGROUP_LEVEL,
-                    });
-                }
-                Ok(id) => {
-                    levels |= 1 << id.level;
-                    cgroups.push((
-                        Some(id),
-                        format!("{} (id {}, level {})", cgroup.value, id.id, id.level),
-                    ));
-                }
-                Err(e) => {
-                    self.policy.warnings.push(format!(
-                        "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
-                         this value matches nothing until the cgroup exists (the daemon looks again every second)",
-                        self.file, cgroup.at, rule.name, cgroup.value
-                    ));
-                    cgroups.push((None, format!("{} (not found)", cgroup.value)));
-                }
-            }
-        }
+        let uids = self.uids(&rule.name, c)?;
+        let cgroups = self.cgroups(&rule.name, &c.cgroup, self.policy.settings.cgroup_levels)?;
 
         let mut parts = Vec::new();
         describe(&mut parts, "exe", exe.iter().map(|(_, d)| d.clone()));
@@ -382,6 +327,149 @@ impl Compiler<'_> {
         for (key, _) in ancestor {
             p.ancestor.entry(key).or_default().ancestor |= bit;
         }
+        Ok(())
+    }
+
+    /// Resolves the cgroups of rule `rule`, each with a description; the
+    /// levels they add to `levels` (those already named) stay within
+    /// [`MAX_CGROUP_LEVELS_USED`]. A cgroup not found only warns.
+    fn cgroups(
+        &mut self,
+        rule: &str,
+        cgroups: &[Located<String>],
+        levels: u32,
+    ) -> Result<Vec<(Option<CgroupId>, String)>, PolicyError> {
+        let mut resolved = Vec::with_capacity(cgroups.len());
+        let mut levels = levels;
+        for cgroup in cgroups {
+            match self.resolver.cgroup(&cgroup.value) {
+                Ok(id)
+                    if id.level as usize <= MAX_CGROUP_LEVEL
+                        && (levels | 1 << id.level).count_ones() as usize
+                            > MAX_CGROUP_LEVELS_USED =>
+                {
+                    let err = Err(PolicyError::CgroupLevels {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.to_owned(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVELS_USED,
+                    });
+                    self.tolerate::<()>(err)?;
+                    resolved.push((
+                        None,
+                        format!("{} (level {} over the limit)", cgroup.value, id.level),
+                    ));
+                }
+                Ok(id) if id.level as usize > MAX_CGROUP_LEVEL => {
+                    return Err(PolicyError::CgroupTooDeep {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.to_owned(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVEL,
+                    });
+                }
+                Ok(id) => {
+                    levels |= 1 << id.level;
+                    resolved.push((
+                        Some(id),
+                        format!("{} (id {}, level {})", cgroup.value, id.id, id.level),
+                    ));
+                }
+                Err(e) => {
+                    self.policy.warnings.push(format!(
+                        "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
+                         this value matches nothing until the cgroup exists (the daemon looks again every second)",
+                        self.file, cgroup.at, rule, cgroup.value
+                    ));
+                    resolved.push((None, format!("{} (not found)", cgroup.value)));
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// The uids of a rule's `uid` and `user` criteria, each with a
+    /// description.
+    fn uids(&mut self, rule: &str, c: &Criteria) -> Result<Vec<(u32, String)>, PolicyError> {
+        let mut uids: Vec<(u32, String)> = c
+            .uid
+            .iter()
+            .map(|uid| (uid.value, uid.value.to_string()))
+            .collect();
+        for user in &c.user {
+            if let Some(uid) = self.user(rule, user)? {
+                uids.push((uid, format!("{uid} (user {})", user.value)));
+            }
+        }
+        Ok(uids)
+    }
+
+    /// The egress guard: each `[[egress]]` rule gets a bit; its subjects go
+    /// into the `LW_EGRESS_*` maps, its destinations (with the metadata
+    /// addresses) into the prefix masks of `LW_EGRESS_DST`.
+    fn egress(&mut self, rules: &[Egress]) -> Result<(), PolicyError> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let mut guard = EgressGuard::default();
+        let mut prefixes = Vec::with_capacity(rules.len());
+        let mut levels = 0u32;
+        for (r, rule) in rules.iter().enumerate() {
+            let label = format!("{EGRESS_PREFIX}{}", rule.name);
+            let c = &rule.criteria;
+            let exe = self.exes(&label, "exe", &c.exe)?;
+            let uids = self.uids(&label, c)?;
+            let cgroups = self.cgroups(&label, &c.cgroup, levels)?;
+            let bit = 1u64 << r;
+            let s = &mut self.policy.settings;
+            s.egress_active |= bit;
+            if rule.action == Action::Deny {
+                s.egress_deny |= bit;
+            }
+            let wild = |values: usize| if values == 0 { bit } else { 0 };
+            s.egress_wild_uid |= wild(c.uid.len() + c.user.len());
+            s.egress_wild_exe |= wild(c.exe.len());
+            s.egress_wild_cgroup |= wild(c.cgroup.len());
+            let mut who = Vec::new();
+            describe(&mut who, "exe", exe.iter().map(|(_, d)| d.clone()));
+            describe(&mut who, "uid", uids.iter().map(|(_, d)| d.clone()));
+            describe(&mut who, "cgroup", cgroups.iter().map(|(_, d)| d.clone()));
+            for (key, _) in exe {
+                *guard.exe.entry(key).or_default() |= bit;
+            }
+            for (uid, _) in uids {
+                *guard.uid.entry(uid).or_default() |= bit;
+            }
+            for id in cgroups.into_iter().filter_map(|(id, _)| id) {
+                *guard.cgroup.entry(id.id).or_default() |= bit;
+                levels |= 1 << id.level;
+            }
+            let own = egress::RulePrefixes {
+                deny: egress::metadata()
+                    .chain(rule.deny.iter().flat_map(|d| d.value.prefixes()))
+                    .collect(),
+                allow: rule.allow.iter().map(|a| egress::mapped(a.value)).collect(),
+            };
+            let distinct: std::collections::BTreeSet<_> =
+                own.deny.iter().chain(&own.allow).collect();
+            guard.rules.push(EgressRuleInfo {
+                name: rule.name.clone(),
+                action: rule.action,
+                subjects: who.join(" and "),
+                deny: rule.deny.iter().map(|d| d.value.to_string()).collect(),
+                allow: rule.allow.iter().map(|a| a.value.to_string()).collect(),
+                prefixes: distinct.len(),
+            });
+            prefixes.push(own);
+        }
+        guard.prefixes = egress::blocking_masks(&prefixes);
+        self.policy.settings.egress_cgroup_levels = levels;
+        self.policy.settings.flags |= flags::EGRESS;
+        self.policy.egress = guard;
         Ok(())
     }
 

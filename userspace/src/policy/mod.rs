@@ -21,6 +21,7 @@ use loopwarden_common::{AncestorMasks, COMM_LEN, EXE_NAME_LEN, ExeKey, PORT_WORD
 
 mod browsers;
 mod compile;
+pub mod egress;
 mod matcher;
 mod summary;
 #[cfg(test)]
@@ -140,6 +141,8 @@ pub struct CompiledPolicy {
     pub bind: BindGuard,
     /// The verdicts of browser-class rules per port (`LW_BROWSER_PORTS`).
     pub browsers: BrowserPorts,
+    /// The egress guard (`LW_EGRESS_*`).
+    pub egress: EgressGuard,
     /// Things an operator should know that do not stop the policy from
     /// loading (e.g. a cgroup that does not exist yet).
     pub warnings: Vec<String>,
@@ -155,6 +158,49 @@ pub struct BindGuard {
     pub exe: BTreeMap<ExeKey, String>,
     /// Exempt uids, each with how people read it.
     pub uid: BTreeMap<u32, String>,
+}
+
+/// What the egress guard's maps hold (bit `r`: egress rule `r`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EgressGuard {
+    /// Indexed by egress rule number (bit position).
+    pub rules: Vec<EgressRuleInfo>,
+    pub uid: BTreeMap<u32, u64>,
+    pub exe: BTreeMap<ExeKey, u64>,
+    pub cgroup: BTreeMap<u64, u64>,
+    /// `LW_EGRESS_DST`: every prefix (kernel form) with the rules blocking
+    /// it (see [`egress::blocking_masks`]).
+    pub prefixes: BTreeMap<ipnet::Ipv6Net, u64>,
+}
+
+/// What userspace keeps about each egress rule, for reporting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressRuleInfo {
+    pub name: String,
+    /// `Deny` or `Audit`.
+    pub action: Action,
+    /// Who it applies to, e.g. `exe /usr/bin/python3 (...)`.
+    pub subjects: String,
+    /// Its `deny` and `allow` lists as written.
+    pub deny: Vec<String>,
+    pub allow: Vec<String>,
+    /// Distinct prefixes of its own (with the metadata addresses).
+    pub prefixes: usize,
+}
+
+impl CompiledPolicy {
+    /// The rules as events name them: the policy's rules by index, then
+    /// the egress rules as `egress:<name>` in their order (see
+    /// [`crate::events::Enricher::rule_name`]).
+    pub fn named_rules(&self) -> Vec<RuleInfo> {
+        let egress = self.egress.rules.iter().map(|r| RuleInfo {
+            name: format!("{}{}", crate::events::EGRESS_PREFIX, r.name),
+            action: r.action,
+            matches: r.subjects.clone(),
+            browser: false,
+        });
+        self.rules.iter().cloned().chain(egress).collect()
+    }
 }
 
 /// An executable file as `stat()` finds it.

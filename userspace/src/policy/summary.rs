@@ -197,6 +197,7 @@ impl fmt::Display for CompiledPolicy {
             }
         }
         self.browsers_summary(f)?;
+        self.egress_summary(f)?;
         writeln!(
             f,
             "rules:       {} (first match wins; the relay verdict when stricter)",
@@ -221,6 +222,49 @@ impl fmt::Display for CompiledPolicy {
             for warning in &self.warnings {
                 writeln!(f, "  {warning}")?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl CompiledPolicy {
+    /// The egress guard's lines: each rule, whom it names, its lists and
+    /// prefix counts.
+    fn egress_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let guard = &self.egress;
+        if guard.rules.is_empty() {
+            return writeln!(f, "egress:      off");
+        }
+        let errno = errno_name(self.settings.deny_errno).unwrap_or("the deny errno");
+        let what = match self.mode {
+            Mode::Audit => "reported as would-deny".to_owned(),
+            Mode::Enforce => format!("refused with {errno}"),
+        };
+        writeln!(
+            f,
+            "egress:      {} rule(s), {} prefixes in the trie (deny rules' blocked TCP connects are \
+             {what}; metadata always blocked)",
+            guard.rules.len(),
+            guard.prefixes.len()
+        )?;
+        for (i, rule) in guard.rules.iter().enumerate() {
+            writeln!(
+                f,
+                "  {i:>2}  {}{}  {:<5}  {}",
+                crate::events::EGRESS_PREFIX,
+                rule.name,
+                rule.action,
+                rule.subjects
+            )?;
+            writeln!(f, "        deny:  {}", rule.deny.join(", "))?;
+            if !rule.allow.is_empty() {
+                writeln!(f, "        allow: {}", rule.allow.join(", "))?;
+            }
+            writeln!(
+                f,
+                "        {} prefixes (with the built-in metadata addresses)",
+                rule.prefixes
+            )?;
         }
         Ok(())
     }

@@ -1466,3 +1466,51 @@ fn the_bind_guard_compiles_to_ports_and_exemptions() {
     .to_string();
     assert!(err.contains("allow_exe /nope cannot be resolved"), "{err}");
 }
+
+#[test]
+fn egress_rules_compile_to_their_own_masks_and_prefixes() {
+    let p = compile_ok(
+        "catalog = false\n\
+         [[egress]]\nname = \"fetch\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\nuser = \"nobody\"\n\
+         deny = [\"private\"]\nallow = [\"10.20.0.0/16\"]\n\
+         [[egress]]\nname = \"watch\"\naction = \"audit\"\ncgroup = \"cloudflared.service\"\n\
+         deny = [\"loopback\", \"2001:db8::/32\"]\n",
+        &host(),
+    );
+    let s = &p.settings;
+    assert_ne!(s.flags & flags::EGRESS, 0);
+    assert_eq!(s.egress_active, 0b11);
+    assert_eq!(s.egress_deny, 0b01);
+    assert_eq!(s.egress_wild_uid, 0b10);
+    assert_eq!(s.egress_wild_exe, 0b10);
+    assert_eq!(s.egress_wild_cgroup, 0b01);
+    assert_eq!(s.egress_cgroup_levels, 1 << 2);
+    // The rules' own maps, not the [[rule]] ones.
+    assert!(p.uid.is_empty() && p.exe.is_empty() && p.cgroup.is_empty());
+    assert_eq!(p.egress.uid.get(&65534), Some(&0b01));
+    assert_eq!(p.egress.exe.get(&key(10)), Some(&0b01));
+    assert_eq!(p.egress.cgroup.get(&21), Some(&0b10));
+    let blocks = |ip: &str| egress::lookup(&p.egress.prefixes, ip.parse().unwrap());
+    assert_eq!(blocks("10.1.1.1"), 0b01);
+    assert_eq!(blocks("10.20.1.1"), 0b00);
+    assert_eq!(blocks("127.0.0.1"), 0b10);
+    assert_eq!(blocks("2001:db8::1"), 0b10);
+    // Metadata is every rule's, listed or not.
+    assert_eq!(blocks("169.254.169.254"), 0b11);
+    assert_eq!(blocks("8.8.8.8"), 0);
+    assert_eq!(p.egress.rules[0].prefixes, 7 + 5 + 1);
+    // Events name them after the rules.
+    let named: Vec<String> = p.named_rules().into_iter().map(|r| r.name).collect();
+    assert_eq!(named, ["egress:fetch", "egress:watch"]);
+    let text = p.to_string();
+    assert!(text.contains("egress:      2 rule(s)"), "{text}");
+    assert!(
+        text.contains("egress:fetch  deny   exe /usr/bin/socat"),
+        "{text}"
+    );
+    assert!(text.contains("deny:  loopback, 2001:db8::/32"), "{text}");
+    // No egress table: the guard is off.
+    let off = compile_ok("catalog = false\n", &host());
+    assert_eq!(off.settings.flags & flags::EGRESS, 0);
+    assert!(off.to_string().contains("egress:      off"));
+}

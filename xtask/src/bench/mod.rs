@@ -10,6 +10,7 @@
 //! floods of reports at fixed rates, counted in the daemon's output, with its
 //! CPU and resident size.
 
+mod egress;
 pub mod load;
 mod netns;
 mod report;
@@ -94,25 +95,35 @@ pub enum Config {
     /// Audit mode with a rule matching the bench client: every protected
     /// connect is reported. The cost of reporting, not a realistic policy.
     ReportAll,
+    /// Audit mode with an egress rule of [`egress::CIDRS`] prefixes naming
+    /// the bench client, its destination allowed: the guard's whole path.
+    /// Outbound load only.
+    EgressNamed,
+    /// ... naming another executable: what a process no rule names pays.
+    EgressOther,
 }
 
 impl Config {
     /// The configurations compared in the rate table.
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
         Self::Absent,
         Self::Audit,
         Self::Enforce,
         Self::Untagged,
         Self::ReportAll,
+        Self::EgressNamed,
+        Self::EgressOther,
     ];
     /// Every phase of a round, in the order it runs.
-    const PHASES: [Self; 6] = [
+    const PHASES: [Self; 8] = [
         Self::Absent,
         Self::Baseline,
         Self::Audit,
         Self::Enforce,
         Self::Untagged,
         Self::ReportAll,
+        Self::EgressNamed,
+        Self::EgressOther,
     ];
 
     /// The workloads measured in this phase: report-all and untagged are
@@ -120,6 +131,7 @@ impl Config {
     fn workloads(self) -> &'static [Workload] {
         match self {
             Self::ReportAll | Self::Untagged => &Workload::CONNECTS,
+            Self::EgressNamed | Self::EgressOther => &[Workload::Outbound],
             _ => &Workload::ALL,
         }
     }
@@ -142,6 +154,8 @@ impl fmt::Display for Config {
             Self::Enforce => "enforce",
             Self::Untagged => "untagged",
             Self::ReportAll => "report-all",
+            Self::EgressNamed => "egress-named",
+            Self::EgressOther => "egress-other",
         })
     }
 }
@@ -551,9 +565,12 @@ impl<'a> Bench<'a> {
                 let log = self.dir.path().join(format!("baseline-{}.log", round + 1));
                 return Warden::start_baseline(&self.bin, &log).map(Some);
             }
-            Config::Audit | Config::Enforce | Config::Untagged | Config::ReportAll => {
-                config.to_string()
-            }
+            Config::Audit
+            | Config::Enforce
+            | Config::Untagged
+            | Config::ReportAll
+            | Config::EgressNamed
+            | Config::EgressOther => config.to_string(),
         };
         let file = self.dir.path().join(format!("{mode}.toml"));
         fs::write(&file, self.daemon_config(config))
@@ -568,13 +585,19 @@ impl<'a> Bench<'a> {
     /// identity and matching path, as an ordinary client does under a real
     /// policy. Report-all: an audit rule matching the bench client, so every
     /// protected connect is also reported. The bind guard is on for the
-    /// protected port (the bind load binds others).
+    /// protected port (the bind load binds others). The egress phases add
+    /// an `[[egress]]` rule (see [`egress`]).
     fn daemon_config(&self, config: Config) -> String {
         let (name, action, exe) = match config {
             Config::ReportAll => ("bench-audit", "audit", self.xtask.as_path()),
             _ => ("bench-deny-other", "deny", Path::new("/usr/bin/socat")),
         };
-        format!(
+        let egress = match config {
+            Config::EgressNamed => egress::table(&self.xtask),
+            Config::EgressOther => egress::table(Path::new("/usr/bin/socat")),
+            _ => String::new(),
+        };
+        let policy = format!(
             "mode = {mode}\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
              [provenance]\ntag = {tag}\n\n\
              [bind]\nloopback_only = [{port}]\n\n\
@@ -586,7 +609,8 @@ impl<'a> Bench<'a> {
             name = toml_str(name),
             action = toml_str(action),
             exe = toml_str(&exe.to_string_lossy()),
-        )
+        );
+        format!("{policy}\n{egress}")
     }
 }
 

@@ -88,6 +88,7 @@ pub fn print(
     if !samples.is_empty() {
         print_rates(samples, &mut misses);
         print_costs(samples, &mut misses);
+        super::egress::print(samples, &mut misses);
     }
     if let Some(reporting) = reporting {
         super::reporting::print(reporting, args.report_seconds, &mut misses);
@@ -312,6 +313,8 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
         Config::Enforce,
         Config::Untagged,
         Config::ReportAll,
+        Config::EgressNamed,
+        Config::EgressOther,
     ] {
         for &workload in config.workloads() {
             let Some(rates) = Rates::of(samples, config, workload) else {

@@ -54,6 +54,7 @@ fetch() { timeout 10 wget -q -O - "$1" 2>/tmp/fetch.err; }
 # relay URL: the same through the relay executable (a copy of busybox).
 relay() { timeout 10 /relay/wget -q -O - "$1" 2>/tmp/fetch.err; }
 socat_fetch() { timeout 10 /socat/wget -q -O - "$1" 2>/tmp/fetch.err; }
+egress_fetch() { timeout 10 /egress/wget -q -O - "$1" 2>/tmp/fetch.err; }
 
 V4=http://127.0.0.1:8080/
 V6=http://[::1]:8080/
@@ -121,6 +122,24 @@ done
 grep '"exe_name":"lw-relay"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: relay verdict: /'
 kill $RELAYPID
 
+# The egress guard: lw-egress (a copy of busybox an [[egress]] rule names)
+# may not reach a private or the metadata address; busybox itself may.
+ip addr add 169.254.169.254/32 dev lo || fail "adding 169.254.169.254 to lo failed"
+for url in http://10.0.2.15:8080/ http://169.254.169.254:8080/; do
+    if egress_fetch $url >/dev/null; then
+        fail "the egress guard let lw-egress reach $url"
+    fi
+    grep -qi 'refused' /tmp/fetch.err || fail "lw-egress to $url failed, but not with connection refused: $(cat /tmp/fetch.err)"
+    fetch $url | grep -q lw-ok || fail "busybox to $url was refused: $(cat /tmp/fetch.err)"
+    echo "LW-VM: egress guard: lw-egress -> $url refused, busybox allowed"
+done
+i=0
+until grep -q '"verdict":"deny","rule":"egress:vm-egress","dst":"169.254.169.254:8080"' /tmp/audit; do
+    i=$((i + 1))
+    [ $i -ge 50 ] && fail "no egress:vm-egress refusal of 169.254.169.254:8080"
+    sleep 0.1
+done
+
 i=0
 while [ "$(grep -c '"verdict":"deny"' /tmp/audit)" -lt 5 ]; do
     i=$((i + 1))
@@ -182,6 +201,12 @@ action = "deny"
 name = "relay-exe"
 action = "deny"
 exe = "/bin/relay"
+
+[[egress]]
+name = "vm-egress"
+action = "deny"
+exe = "/bin/lw-egress"
+deny = ["metadata", "private"]
 "#;
 
 const PASSWD: &str =
@@ -216,6 +241,7 @@ pub(super) fn build_initramfs(
     let mut cpio = Cpio::default();
     for dir in [
         "/bin", "/dev", "/etc", "/proc", "/sys", "/run", "/tmp", "/root", "/relay", "/socat",
+        "/egress",
     ] {
         cpio.dir(dir);
     }
@@ -237,6 +263,8 @@ pub(super) fn build_initramfs(
     cpio.symlink("/relay/wget", "/bin/relay");
     cpio.file("/bin/socat", 0o755, &busybox_bytes);
     cpio.symlink("/socat/wget", "/bin/socat");
+    cpio.file("/bin/lw-egress", 0o755, &busybox_bytes);
+    cpio.symlink("/egress/wget", "/bin/lw-egress");
 
     let bytes = fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
     cpio.file("/bin/loopwarden", 0o755, &bytes);

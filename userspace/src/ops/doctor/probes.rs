@@ -162,13 +162,14 @@ pub(super) fn map_types() -> Check {
         ("percpu_array", MapType::PerCpuArray),
         ("hash", MapType::Hash),
         ("array", MapType::Array),
+        ("lpm_trie", MapType::LpmTrie),
     ];
     let missing = unsupported(types, is_map_supported);
     if missing.is_empty() {
         Check::ok(
             NAME,
             true,
-            "ringbuf, percpu_array, hash and array maps can be created",
+            "ringbuf, percpu_array, hash, array and lpm_trie maps can be created",
         )
     } else {
         Check::bad(

@@ -75,6 +75,13 @@ impl Report {
             "guard off"
         };
         line("bind", format!("{guard}; {}", bind.join(", ")));
+        line(
+            "egress",
+            match self.egress_rules {
+                0 => "guard off".to_owned(),
+                n => format!("guard on: {n} [[egress]] rule(s), judged in the connect programs"),
+            },
+        );
         let p = &self.provenance;
         let scoped = p.getsockopt_scoped.iter().filter(|l| l.prog_name.is_some());
         let answering = match (&p.getsockopt.error, p.getsockopt.attached()) {

@@ -184,6 +184,9 @@ pub struct Report {
     pub links: Vec<LinkReport>,
     pub tracking: Vec<TrackerReport>,
     pub bind: BindReport,
+    /// Egress rules in the policy in force (0: the egress guard is off);
+    /// they are judged in the connect programs.
+    pub egress_rules: u32,
     pub provenance: ProvenanceReport,
     /// The pinned maps' layout version, when `LW_META` could be read.
     pub layout: Option<u32>,
@@ -214,6 +217,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             guard: false,
             links: Vec::new(),
         },
+        egress_rules: 0,
         provenance: ProvenanceReport {
             tag: false,
             getsockopt: link_report(programs::GETSOCKOPT, LinkState::Absent),
@@ -421,6 +425,11 @@ impl Report {
         });
         self.provenance.tag = s.flags & flags::PROVENANCE != 0;
         self.bind.guard = s.flags & flags::BIND_GUARD != 0;
+        self.egress_rules = if s.flags & flags::EGRESS != 0 {
+            s.egress_active.count_ones()
+        } else {
+            0
+        };
         self.provenance.connections = Conns::open(&pins.map(maps::CONNS))
             .ok()
             .map(|conns| conns.list().len());
