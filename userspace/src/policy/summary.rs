@@ -167,7 +167,7 @@ impl fmt::Display for CompiledPolicy {
             (true, deny) => writeln!(
                 f,
                 "relay:       {} network-facing callers (evidence window {window_ms} ms; user \
-                 allow rules exempt)",
+                 allow rules and browsers exempt)",
                 if deny { "deny" } else { "audit" }
             )?,
         }

@@ -47,6 +47,21 @@ fail() {
     echo "LW-VM-RESULT: FAIL kernel=$KREL $*"
     finish
 }
+# await TRIES WHAT CMD...: runs CMD every 0.1 s until it succeeds; fails
+# with WHAT after TRIES tries.
+await() {
+    tries=$1
+    what=$2
+    shift 2
+    i=0
+    until "$@"; do
+        i=$((i + 1))
+        [ $i -ge "$tries" ] && fail "$what"
+        sleep 0.1
+    done
+}
+listening() { netstat -ltn 2>/dev/null | grep -q "$1"; }
+denials_at_least() { [ "$(grep -c '"verdict":"deny"' /tmp/audit)" -ge "$1" ]; }
 
 # fetch URL: prints the page or fails; the error goes to /tmp/fetch.err.
 # (busybox 1.35's `wget -T` segfaults: time out with `timeout` instead.)
@@ -104,21 +119,12 @@ echo "LW-VM: socat (catalog exe_name rule) -> $V4 refused"
 ip addr add 10.0.2.15/32 dev lo || fail "adding 10.0.2.15 to lo failed"
 lw-relay 10.0.2.15:9100 127.0.0.1:8080 &
 RELAYPID=$!
-i=0
-until netstat -ltn 2>/dev/null | grep -q '10.0.2.15:9100'; do
-    i=$((i + 1))
-    [ $i -ge 50 ] && fail "lw-relay did not listen"
-    sleep 0.1
-done
+await 50 "lw-relay did not listen" listening 10.0.2.15:9100
 if fetch http://10.0.2.15:9100/ >/dev/null; then
     fail "the relay verdict did not refuse lw-relay (an unnamed forwarder)"
 fi
-i=0
-until grep -q '"rule":"relay".*"exe_name":"lw-relay".*"via":"10.0.2.15:[0-9]*","via_how":"accepted"' /tmp/audit; do
-    i=$((i + 1))
-    [ $i -ge 50 ] && fail "no relay-verdict deny of lw-relay with accepted evidence"
-    sleep 0.1
-done
+await 50 "no relay-verdict deny of lw-relay with accepted evidence" \
+    grep -q '"rule":"relay".*"exe_name":"lw-relay".*"via":"10.0.2.15:[0-9]*","via_how":"accepted"' /tmp/audit
 grep '"exe_name":"lw-relay"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: relay verdict: /'
 kill $RELAYPID
 
@@ -133,19 +139,10 @@ for url in http://10.0.2.15:8080/ http://169.254.169.254:8080/; do
     fetch $url | grep -q lw-ok || fail "busybox to $url was refused: $(cat /tmp/fetch.err)"
     echo "LW-VM: egress guard: lw-egress -> $url refused, busybox allowed"
 done
-i=0
-until grep -q '"verdict":"deny","rule":"egress:vm-egress","dst":"169.254.169.254:8080"' /tmp/audit; do
-    i=$((i + 1))
-    [ $i -ge 50 ] && fail "no egress:vm-egress refusal of 169.254.169.254:8080"
-    sleep 0.1
-done
+await 50 "no egress:vm-egress refusal of 169.254.169.254:8080" \
+    grep -q '"verdict":"deny","rule":"egress:vm-egress","dst":"169.254.169.254:8080"' /tmp/audit
 
-i=0
-while [ "$(grep -c '"verdict":"deny"' /tmp/audit)" -lt 5 ]; do
-    i=$((i + 1))
-    [ $i -ge 100 ] && fail "expected 5 deny lines in the audit output"
-    sleep 0.1
-done
+await 100 "expected 5 deny lines in the audit output" denials_at_least 5
 grep -q '"rule":"relay-exe"' /tmp/audit || fail "no deny line names the relay-exe rule"
 grep -q '"rule":"catalog:socat"' /tmp/audit || fail "no deny line names catalog:socat"
 # (`exe` comes from /proc after the fact and is null once wget has exited;
@@ -177,12 +174,8 @@ kill $LW
 wait $LW
 relay $V4 >/dev/null && fail "the relay got through after SIGTERM"
 loopwarden detach || fail "loopwarden detach failed"
-i=0
-until relay $V4 >/dev/null; do
-    i=$((i + 1))
-    [ $i -ge 50 ] && fail "relay still refused 5 s after loopwarden detach"
-    sleep 0.1
-done
+relay_ok() { relay $V4 >/dev/null; }
+await 50 "relay still refused 5 s after loopwarden detach" relay_ok
 echo "LW-VM: after loopwarden detach the relay connects again"
 dump
 echo "LW-VM-RESULT: PASS kernel=$KREL"
