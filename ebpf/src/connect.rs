@@ -356,7 +356,8 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
         (verdict::ALLOW, rd!(s.flags) & flags::LOG_ALLOWED != 0)
     };
     // The relay verdict: a network-facing caller, unless a user's allow
-    // rule exempts it. The stricter of it and the rule's verdict stands.
+    // rule or a browser-class rule (judged by the port alone) exempts it.
+    // The stricter of it and the rule's verdict stands.
     if facing && rd!(s.flags) & flags::RELAY != 0 && bit & rd!(s.exempt) == 0 {
         let relay = if rd!(s.flags) & flags::RELAY_DENY != 0 {
             deny
