@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
             name: name.to_owned(),
             action: Action::Deny,
             matches: "exe_name in [socat]".to_owned(),
+            browser: false,
         })
         .collect();
     let mut enricher = Enricher::new(PathBuf::from("/nonexistent-cgroup-root"));
