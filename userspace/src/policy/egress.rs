@@ -162,12 +162,9 @@ pub fn blocking_masks(rules: &[RulePrefixes]) -> BTreeMap<Ipv6Net, u64> {
         .map(|p| {
             let mut mask = 0u64;
             for (r, prefixes) in own.iter().enumerate() {
-                // r's longest prefix containing p: p's supernets, longest first.
-                let blocks = (0..=p.prefix_len()).rev().find_map(|len| {
-                    let net = Ipv6Net::new(p.network(), len).expect("len <= 128").trunc();
-                    prefixes.get(&net).copied()
-                });
-                if blocks == Some(true) {
+                // r's longest prefix containing p.
+                let blocks = longest_match(p.network(), p.prefix_len(), |net| prefixes.get(net));
+                if blocks == Some(&true) {
                     mask |= 1 << r;
                 }
             }
@@ -188,19 +185,25 @@ pub fn trie_key(g: u32, net: &Ipv6Net) -> (u32, EgressKey) {
     )
 }
 
-/// Which of `masks`'s rules block `ip`: what the kernel's lookup answers
-/// (for tests and `check-config` explanations).
-pub fn lookup(masks: &BTreeMap<Ipv6Net, u64>, ip: IpAddr) -> u64 {
-    let v6: Ipv6Addr = match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    (0..=128u8)
+/// What `get` holds for the longest of `addr`'s prefixes of at most
+/// `max_len` bits (`addr`'s supernets, longest first).
+fn longest_match<'a, V>(
+    addr: Ipv6Addr,
+    max_len: u8,
+    get: impl Fn(&Ipv6Net) -> Option<&'a V>,
+) -> Option<&'a V> {
+    (0..=max_len)
         .rev()
-        .find_map(|len| {
-            let net = Ipv6Net::new(v6, len).expect("len <= 128").trunc();
-            masks.get(&net).copied()
-        })
+        .find_map(|len| get(&Ipv6Net::new(addr, len).expect("len <= 128").trunc()))
+}
+
+/// Which of `masks`'s rules block `ip`: what the kernel's lookup answers
+/// (for the tests).
+#[cfg(test)]
+pub fn lookup(masks: &BTreeMap<Ipv6Net, u64>, ip: IpAddr) -> u64 {
+    let host = mapped(IpNet::from(ip));
+    longest_match(host.network(), host.prefix_len(), |net| masks.get(net))
+        .copied()
         .unwrap_or(0)
 }
 
