@@ -100,6 +100,23 @@ fn egress_index(index: u8) -> Option<usize> {
     (index >= EGRESS_RULE_BASE && egress < MAX_EGRESS_RULES).then_some(egress)
 }
 
+/// The name records give rule `index`: the reserved rules', else `rule`'s
+/// (as [`Enricher::rule`] found it), else `#N` (`egress:#N` for an egress
+/// rule) for a policy this daemon did not install.
+fn name_of(index: u8, rule: Option<&RuleInfo>) -> Option<Cow<'_, str>> {
+    let name = match index {
+        NO_RULE => return None,
+        RELAY_RULE => Cow::Borrowed(RELAY_RULE_NAME),
+        BIND_RULE => Cow::Borrowed(BIND_RULE_NAME),
+        _ => match (rule, egress_index(index)) {
+            (Some(r), _) => Cow::Borrowed(r.name.as_str()),
+            (None, Some(egress)) => Cow::Owned(format!("{EGRESS_PREFIX}#{egress}")),
+            (None, None) => Cow::Owned(format!("#{index}")),
+        },
+    };
+    Some(name)
+}
+
 impl Enricher {
     pub fn new(cgroup_root: PathBuf) -> Self {
         Self::with_rules(cgroup_root, SharedRules::default())
@@ -150,21 +167,7 @@ impl Enricher {
     /// The name of rule `index` of the policy installed as `seq`; `#N` for
     /// a policy this daemon did not install (adopted from a predecessor).
     pub(crate) fn rule_name(&self, seq: u64, index: u8) -> Option<Cow<'_, str>> {
-        if index == NO_RULE {
-            return None;
-        }
-        if index == RELAY_RULE {
-            return Some(Cow::Borrowed(RELAY_RULE_NAME));
-        }
-        if index == BIND_RULE {
-            return Some(Cow::Borrowed(BIND_RULE_NAME));
-        }
-        let name = match (self.rule(seq, index), egress_index(index)) {
-            (Some(r), _) => Cow::Borrowed(r.name.as_str()),
-            (None, Some(egress)) => Cow::Owned(format!("{EGRESS_PREFIX}#{egress}")),
-            (None, None) => Cow::Owned(format!("#{index}")),
-        };
-        Some(name)
+        name_of(index, self.rule(seq, index))
     }
 
     /// The record of a kernel event, `/proc` details from the cache (read
@@ -188,14 +191,14 @@ impl Enricher {
             _ => Some(ev.ktime_ns.saturating_sub(ev.via.ktime_ns) / 1_000_000),
         };
         let script = (ev.script[0] != 0).then(|| str_from_fixed(&ev.script));
+        let rule = self.rule(ev.policy_seq, ev.rule);
         AuditRecord {
             // Taken afresh for every record: the lines follow the wall
             // clock when NTP steps it.
             time: Time(event_time(ev.ktime_ns)),
             verdict: verdict_name(ev.verdict),
-            rule: self.rule_name(ev.policy_seq, ev.rule),
-            browser: self
-                .rule(ev.policy_seq, ev.rule)
+            rule: name_of(ev.rule, rule),
+            browser: rule
                 .filter(|r| r.browser)
                 .map(|_| treatment_name(ev.verdict)),
             dst: SocketAddr::new(ip, ev.dport),
