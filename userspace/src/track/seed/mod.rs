@@ -95,14 +95,16 @@ pub fn seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Seeded {
 
 fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, String> {
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
-    let scan = scan().map_err(|e| format!("listing processes: {e}"))?;
+    // Lineage only comes from catalog rules that extend to descendants.
+    let lineage = policy.filter(|p| p.settings.inherited != 0);
+    let scan = scan(lineage.is_some()).map_err(|e| format!("listing processes: {e}"))?;
     let mut plan = Plan::default();
     for (netns, pids) in &scan.netns {
         if let Some(socks) = tcp_sockets(*netns, pids) {
             plan.add_namespace(*netns, &socks, &scan.owners, now);
         }
     }
-    if let Some(policy) = policy {
+    if let Some(policy) = lineage {
         plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
     }
     let mut procs: BpfHashMap<_, u32, ProcState> = take(ebpf, maps::PROCS)?;
@@ -293,7 +295,7 @@ mod tests {
     fn this_process_listener_is_found_by_a_scan() {
         let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let scan = scan().unwrap();
+        let scan = scan(false).unwrap();
         let me = std::process::id();
         let ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
         let (_, pids) = scan

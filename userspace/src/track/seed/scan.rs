@@ -32,13 +32,15 @@ pub(super) struct Scan {
     pub(super) owners: HashMap<u64, Vec<u32>>,
     /// Interpreters' scripts, by pid.
     pub(super) scripts: HashMap<u32, [u8; SCRIPT_LEN]>,
-    /// Each process's parent and executable's file name, by pid.
+    /// Each process's parent and executable's file name, by pid (only
+    /// when the scan was asked for them).
     pub(super) family: HashMap<u32, (u32, Vec<u8>)>,
 }
 
-/// Walks every process once. A process that vanishes or cannot be read
-/// midway is skipped (or only partly seen): that is normal.
-pub(super) fn scan() -> Result<Scan, ProcError> {
+/// Walks every process once, reading each one's parent too (one more
+/// file) if `family`. A process that vanishes or cannot be read midway is
+/// skipped (or only partly seen): that is normal.
+pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
     let mut scan = Scan::default();
     let mut index: HashMap<u32, usize> = HashMap::new();
     for process in all_processes()?.flatten() {
@@ -76,7 +78,8 @@ pub(super) fn scan() -> Result<Scan, ProcError> {
             {
                 scan.scripts.insert(pid, script);
             }
-            if let Ok(stat) = process.stat()
+            if family
+                && let Ok(stat) = process.stat()
                 && let Ok(ppid) = u32::try_from(stat.ppid)
             {
                 scan.family.insert(pid, (ppid, name));
