@@ -60,10 +60,27 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     socket_sk: 0,
 });
 
-/// The offsets userspace patched in.
+/// One field of the offsets userspace patched in, as one volatile load
+/// (volatile: the compiler would fold a plain read of the static to its
+/// zero initialiser). `Global::load` would copy the whole struct, a load
+/// per field, at every use.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: `Global` is `repr(transparent)` over the value: a read
+        // of one field of a static.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*$crate::identity::offsets_ptr()).$field
+            ))
+        }
+    };
+}
+pub(crate) use offset;
+
+/// Where [`offset!`] reads.
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    LW_OFFSETS.load()
+pub fn offsets_ptr() -> *const KernelOffsets {
+    (&raw const LW_OFFSETS).cast()
 }
 
 /// A `struct task_struct *` as the verifier sees it: BTF-typed.
@@ -104,19 +121,19 @@ impl Task {
     /// `task->real_parent`.
     #[inline(always)]
     pub fn parent(self) -> Task {
-        Task(load(self.0, LW_OFFSETS.load().task_real_parent))
+        Task(load(self.0, offset!(task_real_parent)))
     }
 
     /// `task->group_leader`: the process's main thread.
     #[inline(always)]
     pub fn group_leader(self) -> Task {
-        Task(load(self.0, LW_OFFSETS.load().task_group_leader))
+        Task(load(self.0, offset!(task_group_leader)))
     }
 
     /// `task->comm` into `comm` (NUL-terminated, the rest left as it was).
     #[inline(always)]
     pub fn comm(self, comm: &mut [u8; COMM_LEN]) {
-        let src = self.0 + u64::from(LW_OFFSETS.load().task_comm);
+        let src = self.0 + u64::from(offset!(task_comm));
         // SAFETY: probe_read_kernel_str validates the source; a failed read
         // leaves the buffer as it was (zeroed by the caller).
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, comm) };
@@ -125,39 +142,36 @@ impl Task {
     /// `task->tgid`.
     #[inline(always)]
     pub fn tgid(self) -> u32 {
-        load(self.0, LW_OFFSETS.load().task_tgid)
+        load(self.0, offset!(task_tgid))
     }
 
     /// `task->pid`: the thread's id.
     #[inline(always)]
     pub fn pid(self) -> u32 {
-        load(self.0, LW_OFFSETS.load().task_pid)
+        load(self.0, offset!(task_pid))
     }
 
     /// `task->mm->arg_start` and `arg_end`: where the command line lies in
     /// the process's memory (0 for kernel threads).
     #[inline(always)]
     pub fn args(self) -> (u64, u64) {
-        let o = LW_OFFSETS.load();
-        let mm: u64 = load(self.0, o.task_mm);
-        (load(mm, o.mm_arg_start), load(mm, o.mm_arg_end))
+        let mm: u64 = load(self.0, offset!(task_mm));
+        (load(mm, offset!(mm_arg_start)), load(mm, offset!(mm_arg_end)))
     }
 
     /// `task->group_leader->start_boottime`: when the process started.
     #[inline(always)]
     pub fn process_start(self) -> u64 {
-        let o = LW_OFFSETS.load();
-        let leader: u64 = load(self.0, o.task_group_leader);
-        load(leader, o.task_start_boottime)
+        let leader: u64 = load(self.0, offset!(task_group_leader));
+        load(leader, offset!(task_start_boottime))
     }
 
     /// `task->mm->exe_file`; 0 for kernel threads (whose `mm` is NULL: the
     /// fault-handled load through it reads 0).
     #[inline(always)]
     pub fn exe_file(self) -> u64 {
-        let o = LW_OFFSETS.load();
-        let mm: u64 = load(self.0, o.task_mm);
-        load(mm, o.mm_exe_file)
+        let mm: u64 = load(self.0, offset!(task_mm));
+        load(mm, offset!(mm_exe_file))
     }
 
     /// Device and inode of the task's executable; zero for kernel threads.
@@ -170,31 +184,28 @@ impl Task {
     /// [`Task::exe`]: what a filter is asked before the lookup).
     #[inline(always)]
     pub fn exe_ino(self) -> u64 {
-        let o = LW_OFFSETS.load();
-        let inode: u64 = load(self.exe_file(), o.file_inode);
-        load(inode, o.inode_ino)
+        let inode: u64 = load(self.exe_file(), offset!(file_inode));
+        load(inode, offset!(inode_ino))
     }
 }
 
 /// Device and inode of an executable `struct file *`.
 #[inline(always)]
 pub fn exe_key(file: u64) -> ExeKey {
-    let o = LW_OFFSETS.load();
-    let inode: u64 = load(file, o.file_inode);
-    let sb: u64 = load(inode, o.inode_sb);
-    let dev: u32 = load(sb, o.sb_dev);
+    let inode: u64 = load(file, offset!(file_inode));
+    let sb: u64 = load(inode, offset!(inode_sb));
+    let dev: u32 = load(sb, offset!(sb_dev));
     ExeKey {
         dev: u64::from(dev),
-        ino: load(inode, o.inode_ino),
+        ino: load(inode, offset!(inode_ino)),
     }
 }
 
 /// The file name (dentry name) of an executable `struct file *` into `name`.
 #[inline(always)]
 pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
-    let o = LW_OFFSETS.load();
-    let dentry: u64 = load(file, o.file_dentry);
-    let name_ptr: u64 = load(dentry, o.dentry_name);
+    let dentry: u64 = load(file, offset!(file_dentry));
+    let name_ptr: u64 = load(dentry, offset!(dentry_name));
     // SAFETY: probe_read_kernel_str validates the source; dest is our buffer.
     unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, name)? };
     Ok(())
@@ -210,9 +221,8 @@ pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
 /// an allocation longer than 32 bytes.
 #[inline(always)]
 fn exe_name_fixed<const N: usize>(file: u64) -> [u64; N] {
-    let o = LW_OFFSETS.load();
-    let dentry: u64 = load(file, o.file_dentry);
-    let name_ptr: u64 = load(dentry, o.dentry_name);
+    let dentry: u64 = load(file, offset!(file_dentry));
+    let name_ptr: u64 = load(dentry, offset!(dentry_name));
     // SAFETY: probe_read_kernel checks the source.
     let mut words = unsafe { bpf_probe_read_kernel(name_ptr as *const [u64; N]) }.unwrap_or([0; N]);
     let mut ended = false;

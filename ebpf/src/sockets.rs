@@ -26,7 +26,7 @@ use loopwarden_common::{Addr, ListenerKey, Pending, evidence, origin::ConnKey, s
 
 use crate::{
     addr::{is_loopback, is_unspecified, v4_mapped},
-    identity::{load, offsets, probe},
+    identity::{load, offset, probe},
     maps::{LISTENERS, PENDING, count},
     origin,
     procs::{Slot, record},
@@ -86,16 +86,15 @@ fn end(sk: u64, remote: bool) -> Option<End> {
 /// [`end`], read with `R`.
 #[inline(always)]
 pub fn end_by<R: Reader>(sk: u64, remote: bool) -> Option<End> {
-    let o = offsets();
-    let family: u16 = R::at(sk, o.sk_family);
+    let family: u16 = R::at(sk, offset!(sk_family));
     let (v4, v6, port) = if remote {
         (
-            o.sk_daddr,
-            o.sk_v6_daddr,
-            u16::from_be(R::at(sk, o.sk_dport)),
+            offset!(sk_daddr),
+            offset!(sk_v6_daddr),
+            u16::from_be(R::at(sk, offset!(sk_dport))),
         )
     } else {
-        (o.sk_rcv_saddr, o.sk_v6_rcv_saddr, R::at(sk, o.sk_num))
+        (offset!(sk_rcv_saddr), offset!(sk_v6_rcv_saddr), R::at(sk, offset!(sk_num)))
     };
     let addr = match family {
         AF_INET => v4_mapped(R::at(sk, v4)),
@@ -115,10 +114,9 @@ pub fn end_by<R: Reader>(sk: u64, remote: bool) -> Option<End> {
 /// A connection as `LW_CONNS` names it.
 #[inline(always)]
 fn conn_key(sk: u64, client: &End, server: &End) -> ConnKey {
-    let o = offsets();
-    let net: u64 = load(sk, o.sk_net);
+    let net: u64 = load(sk, offset!(sk_net));
     ConnKey {
-        netns: load(net, o.net_inum),
+        netns: load(net, offset!(net_inum)),
         client_port: client.port,
         server_port: server.port,
         client: client.addr,
@@ -130,10 +128,9 @@ fn conn_key(sk: u64, client: &End, server: &End) -> ConnKey {
 /// listener a socket belongs to.
 #[inline(always)]
 fn listener_key(sk: u64, port: u16) -> ListenerKey {
-    let o = offsets();
-    let net: u64 = load(sk, o.sk_net);
+    let net: u64 = load(sk, offset!(sk_net));
     ListenerKey {
-        netns: load(net, o.net_inum),
+        netns: load(net, offset!(net_inum)),
         port,
         _pad: 0,
     }
@@ -144,8 +141,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    let o = offsets();
-    let protocol: u16 = load(sk, o.sk_protocol);
+    let protocol: u16 = load(sk, offset!(sk_protocol));
     if protocol != IPPROTO_TCP {
         return 0;
     }
@@ -185,7 +181,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             let (Some(peer), Some(local)) = (end(sk, true), end(sk, false)) else {
                 return 0;
             };
-            origin::server_established(sk, &conn_key(sk, &peer, &local), load(sk, o.sk_uid));
+            origin::server_established(sk, &conn_key(sk, &peer, &local), load(sk, offset!(sk_uid)));
             if is_loopback(&peer.addr) {
                 return 0;
             }
@@ -201,7 +197,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             }
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
-            let cookie: u64 = load(sk, o.sk_cookie);
+            let cookie: u64 = load(sk, offset!(sk_cookie));
             let (Some(local), Some(peer)) = (end(sk, false), end(sk, true)) else {
                 return 0;
             };
@@ -221,7 +217,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             );
         }
         (TCP_SYN_SENT, TCP_CLOSE) => {
-            let cookie: u64 = load(sk, o.sk_cookie);
+            let cookie: u64 = load(sk, offset!(sk_cookie));
             let _ = PENDING.remove(cookie);
             origin::connect_failed(cookie);
         }
@@ -241,10 +237,9 @@ pub fn connecting(cookie: u64, tgid: u32) {
 #[btf_tracepoint(function = "skb_copy_datagram_iovec")]
 pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    let o = offsets();
     // The socket the data is copied from: a TCP connection's peer is its
     // remote end. (The verifier wants the NULL check before any offset.)
-    let sk: u64 = load(skb, o.skb_sk);
+    let sk: u64 = load(skb, offset!(skb_sk));
     if sk == 0 {
         return 0;
     }
@@ -254,7 +249,7 @@ pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
     if is_loopback(&peer.addr) || is_unspecified(&peer.addr) {
         return 0;
     }
-    let protocol: u16 = load(sk, o.sk_protocol);
+    let protocol: u16 = load(sk, offset!(sk_protocol));
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) || DNS_PORTS.contains(&peer.port) {
         return 0;
     }

@@ -17,7 +17,7 @@ use loopwarden_common::Addr;
 
 use crate::{
     addr::{is_loopback, is_unspecified},
-    identity::{Task, load, offsets, probe},
+    identity::{Task, load, offset, probe},
     sockets::{IPPROTO_TCP, Probe, end_by},
 };
 
@@ -31,17 +31,16 @@ const STDIO_FDS: u32 = 2;
 /// BTF-typed) holds as fd 0 or 1, if any.
 #[inline(always)]
 pub fn peer(task: Task) -> Option<(Addr, u16)> {
-    let o = offsets();
-    let files: u64 = load(task.0, o.task_files);
+    let files: u64 = load(task.0, offset!(task_files));
     if files == 0 {
         return None;
     }
-    let fdt: u64 = load(files, o.files_fdt);
+    let fdt: u64 = load(files, offset!(files_fdt));
     if fdt == 0 {
         return None;
     }
-    let max_fds: u32 = load(fdt, o.fdtable_max_fds);
-    let fds: u64 = load(fdt, o.fdtable_fd);
+    let max_fds: u32 = load(fdt, offset!(fdtable_max_fds));
+    let fds: u64 = load(fdt, offset!(fdtable_fd));
     for fd in 0..STDIO_FDS {
         if fd >= max_fds {
             break;
@@ -60,18 +59,17 @@ fn socket_peer(file: u64) -> Option<(Addr, u16)> {
     if file == 0 {
         return None;
     }
-    let o = offsets();
-    let inode: u64 = probe(file + u64::from(o.file_inode));
-    let mode: u16 = probe(inode + u64::from(o.inode_mode));
+    let inode: u64 = probe(file + u64::from(offset!(file_inode)));
+    let mode: u16 = probe(inode + u64::from(offset!(inode_mode)));
     if inode == 0 || mode & S_IFMT != S_IFSOCK {
         return None;
     }
-    let socket: u64 = probe(file + u64::from(o.file_private_data));
-    let sk: u64 = probe(socket + u64::from(o.socket_sk));
+    let socket: u64 = probe(file + u64::from(offset!(file_private_data)));
+    let sk: u64 = probe(socket + u64::from(offset!(socket_sk)));
     if socket == 0 || sk == 0 {
         return None;
     }
-    let protocol: u16 = probe(sk + u64::from(o.sk_protocol));
+    let protocol: u16 = probe(sk + u64::from(offset!(sk_protocol)));
     if protocol != IPPROTO_TCP {
         return None;
     }
