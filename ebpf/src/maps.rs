@@ -160,10 +160,11 @@ pub struct Recorded {
     pub addr: Addr,
     /// `bpf_jiffies64()` when it was written.
     pub jiffies: u64,
-    pub tgid: u32,
+    /// A tgid, or a task's address (see `procs::recorded_lately`).
+    pub who: u64,
     pub port: u16,
     pub kind: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Protected connects that proceed, by client socket cookie, until the

@@ -6,7 +6,10 @@
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64};
 use loopwarden_common::{Addr, Evidence, ProcState, evidence, stats};
 
-use crate::maps::{PROCS, RECORDED, TRACKED, count};
+use crate::{
+    identity::Task,
+    maps::{PROCS, RECORDED, TRACKED, count},
+};
 
 /// Which of a process's two kinds of evidence a new one replaces.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -44,9 +47,29 @@ pub fn entry(tgid: u32) -> Option<*mut ProcState> {
 /// `tgid`, now. Accepted evidence is not overwritten by a later listen.
 #[inline(always)]
 pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
-    if slot == Slot::Recent && recorded_lately(tgid, kind, &addr, port) {
+    if slot == Slot::Recent && recorded_lately(u64::from(tgid), kind, &addr, port) {
         return;
     }
+    write(tgid, slot, kind, addr, port);
+}
+
+/// Records `received` evidence about `addr`:`port` for the current
+/// process. The per-CPU note of the last write is keyed by the current
+/// task, a pointer (which the JIT reads inline on Linux 6.14 and later),
+/// so a receive already recorded this tick makes no helper call; the tgid
+/// is read only for a write.
+#[inline(always)]
+pub fn record_received(addr: Addr, port: u16) {
+    let task = Task::current();
+    if recorded_lately(task.0, evidence::RECEIVED, &addr, port) {
+        return;
+    }
+    write(task.tgid(), Slot::Recent, evidence::RECEIVED, addr, port);
+}
+
+/// [`record`]'s write.
+#[inline(always)]
+fn write(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
     let ev = Evidence {
         addr,
         ktime_ns: now(),
@@ -73,14 +96,15 @@ pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
 }
 
 /// Whether this CPU wrote this very evidence within the current jiffy (a
-/// clock tick: 1 to 10 ms); if not, notes that it is writing it now. So
-/// evidence can be a tick older than it says, which the window dwarfs. The
-/// tick is read, not the clock: on virtual machines `bpf_ktime_get_ns()`
+/// clock tick: 1 to 10 ms) for `who` (a tgid, or the current task's
+/// pointer: kernel addresses never equal a tgid); if not, notes that it
+/// is writing it now. So evidence can be a tick older than it says, which
+/// the window dwarfs. The tick is read, not the clock: on virtual machines `bpf_ktime_get_ns()`
 /// costs more than the rest of the receive path. (A program preempted
 /// between the check and the write can at worst make another skip one
 /// write, or write once more.)
 #[inline(always)]
-fn recorded_lately(tgid: u32, kind: u8, addr: &Addr, port: u16) -> bool {
+fn recorded_lately(who: u64, kind: u8, addr: &Addr, port: u16) -> bool {
     // SAFETY: a plain helper call.
     let at = unsafe { bpf_jiffies64() };
     let Some(last) = RECORDED.get_ptr_mut(0) else {
@@ -88,7 +112,7 @@ fn recorded_lately(tgid: u32, kind: u8, addr: &Addr, port: u16) -> bool {
     };
     // SAFETY: a pointer to this CPU's slot of the map.
     unsafe {
-        if (*last).tgid == tgid
+        if (*last).who == who
             && (*last).kind == kind
             && (*last).port == port
             && (*last).addr == *addr
@@ -96,7 +120,7 @@ fn recorded_lately(tgid: u32, kind: u8, addr: &Addr, port: u16) -> bool {
         {
             return true;
         }
-        (*last).tgid = tgid;
+        (*last).who = who;
         (*last).kind = kind;
         (*last).port = port;
         (*last).addr = *addr;
@@ -110,7 +134,7 @@ fn recorded_lately(tgid: u32, kind: u8, addr: &Addr, port: u16) -> bool {
 pub fn forget_recorded() {
     if let Some(last) = RECORDED.get_ptr_mut(0) {
         // SAFETY: a pointer to this CPU's slot of the map.
-        unsafe { (*last).tgid = 0 };
+        unsafe { (*last).who = 0 };
     }
 }
 

@@ -6,14 +6,11 @@
 //! non-local peer other than a DNS answer is `received` evidence. They
 //! never change what the caller gets (they return 1).
 
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, programs::SockAddrContext,
-};
-use loopwarden_common::evidence;
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
 use crate::{
     connect::{AF_INET, AF_INET6, destination},
-    procs::{Slot, record},
+    procs::record_received,
     sockets::DNS_PORTS,
 };
 
@@ -36,6 +33,5 @@ fn received(ctx: &SockAddrContext, family: u16) {
     if src.loopback || DNS_PORTS.contains(&src.port) {
         return;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    record(tgid, Slot::Recent, evidence::RECEIVED, src.addr, src.port);
+    record_received(src.addr, src.port);
 }

@@ -29,7 +29,7 @@ use crate::{
     identity::{load, offset, probe},
     maps::{LISTENERS, PENDING, count},
     origin,
-    procs::{Slot, record},
+    procs::{Slot, record, record_received},
 };
 
 const AF_INET: u16 = 2;
@@ -253,7 +253,6 @@ pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
     if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) || DNS_PORTS.contains(&peer.port) {
         return 0;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    record(tgid, Slot::Recent, evidence::RECEIVED, peer.addr, peer.port);
+    record_received(peer.addr, peer.port);
     0
 }
