@@ -99,8 +99,9 @@ fn write(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
 /// clock tick: 1 to 10 ms) for `who` (a tgid, or the current task's
 /// pointer: kernel addresses never equal a tgid); if not, notes that it
 /// is writing it now. So evidence can be a tick older than it says, which
-/// the window dwarfs. The tick is read, not the clock: on virtual machines `bpf_ktime_get_ns()`
-/// costs more than the rest of the receive path. (A program preempted
+/// the window dwarfs. The tick is read, not the clock: on virtual machines
+/// `bpf_ktime_get_ns()` costs more than the rest of the receive path. (A
+/// program preempted
 /// between the check and the write can at worst make another skip one
 /// write, or write once more.)
 #[inline(always)]
