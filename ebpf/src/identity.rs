@@ -156,7 +156,10 @@ impl Task {
     #[inline(always)]
     pub fn args(self) -> (u64, u64) {
         let mm: u64 = load(self.0, offset!(task_mm));
-        (load(mm, offset!(mm_arg_start)), load(mm, offset!(mm_arg_end)))
+        (
+            load(mm, offset!(mm_arg_start)),
+            load(mm, offset!(mm_arg_end)),
+        )
     }
 
     /// `task->group_leader->start_boottime`: when the process started.

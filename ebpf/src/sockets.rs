@@ -94,7 +94,11 @@ pub fn end_by<R: Reader>(sk: u64, remote: bool) -> Option<End> {
             u16::from_be(R::at(sk, offset!(sk_dport))),
         )
     } else {
-        (offset!(sk_rcv_saddr), offset!(sk_v6_rcv_saddr), R::at(sk, offset!(sk_num)))
+        (
+            offset!(sk_rcv_saddr),
+            offset!(sk_v6_rcv_saddr),
+            R::at(sk, offset!(sk_num)),
+        )
     };
     let addr = match family {
         AF_INET => v4_mapped(R::at(sk, v4)),

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use loopwarden_common::programs;
 
-use super::{Config, Sample, Workload, netns, stats::Counters, toml_str};
+use super::{Config, Sample, Workload, netns, report::Rates, toml_str};
 
 /// Deny prefixes of the bench's egress rule.
 pub const CIDRS: usize = 1000;
@@ -40,18 +40,9 @@ pub fn table(exe: &Path) -> String {
     )
 }
 
-/// `lw_connect4`'s pooled ns/run in `config`'s outbound runs.
+/// `lw_connect4`'s ns/run in `config`'s outbound runs: the median over rounds.
 fn ns_per_run(samples: &[Sample], config: Config) -> Option<f64> {
-    let mut total = Counters::default();
-    for sample in samples
-        .iter()
-        .filter(|s| s.config == config && s.workload == Workload::Outbound)
-    {
-        if let Some(c) = sample.progs.get(programs::CONNECT4) {
-            total.add(*c);
-        }
-    }
-    (total.run_cnt > 0).then(|| total.run_time_ns as f64 / total.run_cnt as f64)
+    Rates::ns_per_run(samples, config, Workload::Outbound, programs::CONNECT4).map(|r| r.median)
 }
 
 /// The egress lines: each phase's added cost against its target.
@@ -61,8 +52,8 @@ pub fn print(samples: &[Sample], misses: &mut Vec<String>) {
     };
     println!();
     println!(
-        "egress guard ({CIDRS} deny CIDRs; outbound connects; lw_connect4 ns/run pooled over \
-         rounds, added = minus the audit phase's {without:.0} ns without the egress rule)"
+        "egress guard ({CIDRS} deny CIDRs; outbound connects; lw_connect4 ns/run, median over \
+         rounds; added = minus the audit phase's {without:.0} ns without the egress rule)"
     );
     for (config, what, limit) in [
         (

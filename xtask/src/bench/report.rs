@@ -29,13 +29,33 @@ const CONNECT_FLOOR_PROG: &str = "lw_baseline4";
 /// ... and of the tracing programs.
 const TRACING_FLOOR_PROG: &str = "lw_baseline_receive";
 
-struct Rates {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(super) struct Rates {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl Rates {
+    /// `prog`'s ns per run in each round of `config` × `workload`: the
+    /// median and range over rounds (a round disturbed by the host moves
+    /// the range, not the figure).
+    pub(super) fn ns_per_run(
+        samples: &[Sample],
+        config: Config,
+        workload: Workload,
+        prog: &str,
+    ) -> Option<Self> {
+        Self::from_values(
+            samples
+                .iter()
+                .filter(|sample| sample.config == config && sample.workload == workload)
+                .filter_map(|sample| sample.progs.get(prog))
+                .filter(|c| c.run_cnt > 0)
+                .map(|c| c.run_time_ns as f64 / c.run_cnt as f64)
+                .collect(),
+        )
+    }
+
     fn of(samples: &[Sample], config: Config, workload: Workload) -> Option<Self> {
         Self::from_values(
             samples
@@ -299,13 +319,22 @@ fn target_ns(prog: &str, config: Config, workload: Workload) -> Option<f64> {
 fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     println!();
     println!(
-        "BPF program cost (kernel.bpf_stats_enabled: run_time_ns / run_cnt, summed over rounds; \
-         targets apply to net ns/run; op: a connect, a read of a stream, a datagram, a spawn, a bind)"
+        "BPF program cost (kernel.bpf_stats_enabled: run_time_ns / run_cnt of each round, the \
+         median over rounds and its range; targets apply to net ns/run; op: a connect, a read of \
+         a stream, a datagram, a spawn, a bind)"
     );
     let floors = Floors::measure(samples);
     println!(
-        "  {:<10} {:<12} {:<16} {:>10} {:>10} {:>9} {:>10} {:>8}  target (net)",
-        "daemon", "load", "program", "raw ns/run", "net ns/run", "runs/op", "net ns/op", "of op"
+        "  {:<10} {:<12} {:<16} {:>10} {:>11} {:>10} {:>9} {:>10} {:>8}  target (net)",
+        "daemon",
+        "load",
+        "program",
+        "raw ns/run",
+        "raw range",
+        "net ns/run",
+        "runs/op",
+        "net ns/op",
+        "of op"
     );
     let mut seen_any = false;
     for config in [
@@ -345,14 +374,15 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
                     continue;
                 };
                 seen_any = true;
-                if counters.run_cnt == 0 {
+                let Some(per_round) = Rates::ns_per_run(samples, config, workload, name) else {
                     println!(
-                        "  {:<10} {:<12} {:<16} {:>10} {:>10} {:>9.2} {:>10} {:>8}  - (never ran)",
-                        config, workload, name, "-", "-", 0.0, "-", "-"
+                        "  {:<10} {:<12} {:<16} {:>10} {:>11} {:>10} {:>9.2} {:>10} {:>8}  - (never ran)",
+                        config, workload, name, "-", "-", "-", 0.0, "-", "-"
                     );
                     continue;
-                }
-                let raw = counters.run_time_ns as f64 / counters.run_cnt as f64;
+                };
+                let raw = per_round.median;
+                let range = format!("{:.0}..{:.0}", per_round.min, per_round.max);
                 let floor = floors.ns(name, workload);
                 let net = raw - floor;
                 let runs_per_op = counters.run_cnt as f64 / ops as f64;
@@ -369,11 +399,12 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
                     }
                 };
                 println!(
-                    "  {:<10} {:<12} {:<16} {:>10.0} {:>10.0} {:>9.2} {:>10.0} {:>7.2}%  {verdict}",
+                    "  {:<10} {:<12} {:<16} {:>10.0} {:>11} {:>10.0} {:>9.2} {:>10.0} {:>7.2}%  {verdict}",
                     config,
                     workload,
                     name,
                     raw,
+                    range,
                     net,
                     runs_per_op,
                     per_op,
