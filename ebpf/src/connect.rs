@@ -538,9 +538,8 @@ fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, tracked: &Tracke
     m
 }
 
-/// A `GenKey<[u8; COMM_LEN]>` for the caller's comm, built from words: a
-/// byte array would be zeroed by a `memset` subprogram the verifier walks
-/// byte by byte at every call site.
+/// A `GenKey<[u8; COMM_LEN]>` for the caller's comm, built from words
+/// (zeroed and compared a word at a time).
 #[repr(C)]
 struct CommKey {
     generation: u32,

@@ -155,8 +155,8 @@ pub fn is_interpreter(name: &Words) -> bool {
     found
 }
 
-/// A `GenKey<[u8; EXE_NAME_LEN]>` built from words: a byte array would be
-/// zeroed by a `memset` subprogram the verifier walks byte by byte.
+/// A `GenKey<[u8; EXE_NAME_LEN]>` built from words (copied a word at a
+/// time).
 #[repr(C)]
 pub struct NameKey {
     generation: u32,
