@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
             bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval,
@@ -472,7 +472,9 @@ pub fn report_guard(
             count(stats::DROPPED_BY_VERDICT + u32::from(outcome & 3));
         }
         Some(mut entry) => {
-            fill(entry.as_mut_ptr(), ctx, &d, at, family, seq);
+            // SAFETY: plain helper call valid for sock_addr programs.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            fill(entry.as_mut_ptr(), cookie, &d, at, family, seq);
             entry.submit(wakeup_flags(deny));
             count(stats::REPORTED);
         }
@@ -685,15 +687,15 @@ fn record(
     seq: u64,
     tag: bool,
 ) {
+    // SAFETY: plain helper call valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let kept = if tag {
-        // SAFETY: plain helper call valid for sock_addr programs.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         origin::connecting(cookie)
     } else {
         None
     };
     if let Some(ev) = kept {
-        fill(ev, ctx, d, dst, family, seq);
+        fill(ev, cookie, d, dst, family, seq);
         decided(ev);
     }
     if !d.report {
@@ -719,7 +721,7 @@ fn record(
         // written whole from this socket's own pending entry.
         Some(ev) => unsafe { out.write(core::ptr::read(ev)) },
         None => {
-            fill(out, ctx, d, dst, family, seq);
+            fill(out, cookie, d, dst, family, seq);
             decided(out);
         }
     }
@@ -742,7 +744,7 @@ fn decided(ev: *const ConnectEvent) {
 #[inline(always)]
 fn fill(
     ev: *mut ConnectEvent,
-    ctx: &SockAddrContext,
+    cookie: u64,
     d: &Decision,
     dst: &Destination,
     family: u16,
@@ -752,12 +754,15 @@ fn fill(
     let parent = task.parent();
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: `ev` points at this CPU's scratch record; fields are
-    // written through raw pointers.
+    // One clock read: the connect's time, and the evidence's age at it.
+    let at = now();
+    // SAFETY: `ev` points at a record this program owns (the socket's
+    // pending origin or a reserved ring-buffer record); fields are written
+    // through raw pointers.
     unsafe {
-        (*ev).ktime_ns = bpf_ktime_get_ns();
+        (*ev).ktime_ns = at;
         (*ev).policy_seq = seq;
-        (*ev).socket_cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        (*ev).socket_cookie = cookie;
         (*ev).netns_cookie = d.netns_cookie;
         (*ev).start_boottime_ns = task.process_start();
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
@@ -786,7 +791,7 @@ fn fill(
                 script.write_unaligned([0; SCRIPT_LEN / 8]);
             }
             Some(state) => {
-                (*ev).via = match procs::network_facing(&*state, now(), d.window_ns) {
+                (*ev).via = match procs::network_facing(&*state, at, d.window_ns) {
                     procs::Which::Standing => (*state).standing,
                     procs::Which::Recent => (*state).recent,
                     procs::Which::Neither => Evidence::NONE,
