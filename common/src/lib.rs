@@ -247,7 +247,8 @@ pub mod programs {
     /// `tp_btf/inet_sock_set_state`: listeners, accepted and completed
     /// connections with non-local peers.
     pub const SOCK_STATE: &str = "lw_sock_state";
-    /// `tp_btf/skb_copy_datagram_iovec`: data received from non-local peers.
+    /// `tp_btf/tcp_rcv_space_adjust`: TCP data read (or spliced) from
+    /// non-local peers.
     pub const RECEIVE: &str = "lw_receive";
     /// `tp_btf/sched_process_fork`: children inherit their parent's state.
     pub const FORK: &str = "lw_fork";
@@ -259,7 +260,7 @@ pub mod programs {
     /// sockets receive from non-local peers.
     pub const RECVMSG4: &str = "lw_recvmsg4";
     pub const RECVMSG6: &str = "lw_recvmsg6";
-    /// No-op `tp_btf/skb_copy_datagram_iovec` program for benchmarks.
+    /// No-op program on [`RECEIVE`]'s tracepoint, for benchmarks.
     pub const BASELINE_RECEIVE: &str = "lw_baseline_receive";
     /// `cgroup/getsockopt`: answers `SOL_LOOPWARDEN`/`LW_ORIGIN` on an
     /// accepted socket with its [`crate::origin::OriginRecord`].
@@ -280,10 +281,13 @@ pub mod programs {
     pub const CGROUP_TRACKERS: &[(&str, &str)] =
         &[(RECVMSG4, "cgroup/recvmsg4"), (RECVMSG6, "cgroup/recvmsg6")];
 
+    /// [`RECEIVE`]'s tracepoint (and its no-op floor's).
+    pub const RECEIVE_TRACEPOINT: &str = "tcp_rcv_space_adjust";
+
     /// The tracking programs and the kernel tracepoints they attach to.
     pub const TRACKERS: &[(&str, &str)] = &[
         (SOCK_STATE, "inet_sock_set_state"),
-        (RECEIVE, "skb_copy_datagram_iovec"),
+        (RECEIVE, RECEIVE_TRACEPOINT),
         (FORK, "sched_process_fork"),
         (EXEC, "sched_process_exec"),
         (EXIT, "sched_process_exit"),
@@ -667,8 +671,8 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `net.ns.inum`
     pub net_inum: u32,
-    /// `sk_buff.sk`
-    pub skb_sk: u32,
+    /// `sock.sk_lock.owned`: a task holds the socket lock (`lock_sock`).
+    pub sk_lock_owned: u32,
     /// `sock.sk_uid`
     pub sk_uid: u32,
     /// `task_struct.files`

@@ -15,7 +15,7 @@ pub fn lw_baseline4(_ctx: SockAddrContext) -> i32 {
 }
 
 /// The floor of the tracking programs (tp_btf), on the receive path.
-#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
 pub fn lw_baseline_receive(_ctx: BtfTracePointContext) -> i32 {
     0
 }

@@ -49,7 +49,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_cookie: 0,
     sk_protocol: 0,
     net_inum: 0,
-    skb_sk: 0,
+    sk_lock_owned: 0,
     sk_uid: 0,
     task_files: 0,
     files_fdt: 0,

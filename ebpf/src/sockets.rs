@@ -7,11 +7,11 @@
 //!   non-local peer (in softirq: the evidence goes to the port's listener,
 //!   `accepted`); an active one completing (the connecting process is found
 //!   by socket cookie from its connect: `connected`).
-//! - `skb_copy_datagram_iovec` (data copied to a reader, in the reading
-//!   process): data from a connected socket (TCP, or connected UDP whose
-//!   datagram is copied this way) whose peer is not loopback, other than a
-//!   DNS answer, is `received` evidence. Unconnected UDP is seen by the
-//!   `recvmsg` hooks ([`crate::recvmsg`]).
+//! - `tcp_rcv_space_adjust` (TCP data consumed by a reader, in the reading
+//!   process, after each segment `recvmsg` copies and after each `splice`
+//!   or zero-copy read): data from a peer that is not loopback, other than
+//!   a DNS answer, is `received` evidence. UDP is seen by the `recvmsg`
+//!   hooks ([`crate::recvmsg`]).
 //!
 //! The state changes also carry protected connections' origins to the
 //! accepted socket ([`crate::origin`]).
@@ -35,7 +35,6 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
-const IPPROTO_UDP: u16 = 17;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
@@ -238,23 +237,21 @@ pub fn connecting(cookie: u64, tgid: u32) {
     let _ = PENDING.insert(cookie, Pending { tgid, _pad: 0 }, 0);
 }
 
-#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
 pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
-    let skb: u64 = ctx.arg(0);
-    // The socket the data is copied from: a TCP connection's peer is its
-    // remote end. (The verifier wants the NULL check before any offset.)
-    let sk: u64 = load(skb, offset!(skb_sk));
-    if sk == 0 {
-        return 0;
-    }
+    // The TCP socket read from: its peer is the connection's remote end.
+    let sk: u64 = ctx.arg(0);
     let Some(peer) = end(sk, true) else {
         return 0;
     };
-    if is_loopback(&peer.addr) || is_unspecified(&peer.addr) {
+    if is_loopback(&peer.addr) || is_unspecified(&peer.addr) || DNS_PORTS.contains(&peer.port) {
         return 0;
     }
-    let protocol: u16 = load(sk, offset!(sk_protocol));
-    if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) || DNS_PORTS.contains(&peer.port) {
+    // A read by a task holds the socket lock (`lock_sock`); the kernel's
+    // own readers in softirq (a TLS or sockmap stream parser) do not, and
+    // the task they interrupted is nobody's reader.
+    let owned: i32 = load(sk, offset!(sk_lock_owned));
+    if owned == 0 {
         return 0;
     }
     record_received(peer.addr, peer.port);

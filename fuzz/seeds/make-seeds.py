@@ -76,11 +76,12 @@ def btf(endian):
     common = agg(STRUCT, "sock_common", 128, [("", addrs, 0), ("skc_dport", u32, 96),
         ("skc_num", u32, 112), ("skc_family", u32, 128), ("skc_net", pnet, 192),
         ("skc_v6_daddr", arr, 256), ("skc_v6_rcv_saddr", arr, 384), ("skc_cookie", u64, 512)])
+    lock = agg(STRUCT, "", 8, [("slock", u32, 0), ("owned", u32, 32)])
+    lock_t = ty("socket_lock_t", TYPEDEF, 0, lock)
     agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u32, 1024),
-        ("sk_uid", u32, 1088)])
+        ("sk_uid", u32, 1088), ("sk_lock", lock_t, 1152)])
     ns = agg(STRUCT, "ns_common", 16, [("stashed", ptr, 0), ("inum", u32, 64)])
     agg(STRUCT, "net", 64, [("passive", u32, 0), ("ns", ns, 128)])
-    agg(STRUCT, "sk_buff", 256, [("sk", ptr, 192), ("head", ptr, 1536)])
     ty("task_struct", FWD)
     agg(STRUCT, "task_struct", 256, [
         ("__state", u32, 0), ("flags", u32, (3 << 24) | 32), ("mm", ptr, 512),

@@ -961,3 +961,104 @@ fn a_udp_tunnel_client_is_a_relay() {
     let ev = daemon.wait_event("the UDP tunnel's refusal", |e| e["verdict"] == "deny");
     assert_eq!(ev["rule"], "relay", "{ev:#}");
 }
+
+/// Port of the remote end the splicing client below reads from.
+const SPLICE_SERVER_PORT: u16 = 9012;
+
+/// A tunnel client that moves what it receives with splice(2) (as Go's
+/// `io.Copy` between two TCP connections does on Linux), so no byte of it
+/// is copied to the process: it connects to its server, and for each
+/// message spliced out of that connection connects to the service.
+const SPLICE_TUNNEL: &str = r#"
+import os, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+r, w = os.pipe()
+while True:
+    n = os.splice(c.fileno(), w, 512)
+    if n == 0:
+        break
+    os.read(r, n)
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        print("status " + s.recv(64).split()[1].decode(), flush=True)
+    except OSError as e:
+        print("error " + str(e.errno), flush=True)
+"#;
+
+/// The remote server: accepts the client, waits past the relay window (so
+/// the client's `connected` evidence has expired), then sends one message.
+const SPLICE_SERVER: &str = r#"
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+c, _ = s.accept()
+time.sleep(1.0)
+c.sendall(b"open")
+time.sleep(30)
+"#;
+
+/// The window of the splice test: well under the server's wait.
+const SPLICE_WINDOW_MS: u64 = 300;
+
+/// Starts the remote server and the splicing client; returns the client's
+/// first line (what its connect to the service did) and the server.
+fn splice_open(topo: &Topology) -> (String, Proc) {
+    let port = SPLICE_SERVER_PORT.to_string();
+    let server = topo
+        .remote
+        .spawn(SYSTEM_PYTHON, &["-c", SPLICE_SERVER, REMOTE_ADDR, &port]);
+    topo.remote.wait_listening(SPLICE_SERVER_PORT);
+    let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
+    cmd.args([
+        "-c",
+        SPLICE_TUNNEL,
+        REMOTE_ADDR,
+        &port,
+        &PROTECTED.to_string(),
+    ]);
+    let client = LineReader::spawn(cmd);
+    (client.next_line(), server)
+}
+
+/// Data received by splice(2) is `received` evidence like data read with
+/// recv(): the relay verdict names the server it came from.
+#[test]
+fn a_tunnel_client_that_splices_what_it_receives_is_a_relay() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    // Without loopwarden it reaches the service.
+    assert_eq!(splice_open(&topo).0, "status 200");
+    // Audit: the relay verdict, from the data spliced out of the
+    // connection (the connect to the server is older than the window).
+    {
+        let policy = Policy::new(&topo.local, "audit")
+            .catalog(false)
+            .window_ms(SPLICE_WINDOW_MS);
+        let daemon = Daemon::start(&policy.text());
+        let (line, _server) = splice_open(&topo);
+        assert_eq!(line, "status 200");
+        let ev = daemon.wait_event("the splicing client's relay audit", |e| {
+            e["rule"] == "relay"
+        });
+        assert_eq!(ev["verdict"], "audit", "{ev:#}");
+        assert_eq!(ev["via_how"], "received", "{ev:#}");
+        assert_eq!(
+            ev["via"],
+            format!("{REMOTE_ADDR}:{SPLICE_SERVER_PORT}"),
+            "{ev:#}"
+        );
+    }
+    // Enforce with relay deny: refused.
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny")
+        .window_ms(SPLICE_WINDOW_MS);
+    let daemon = Daemon::start(&policy.text());
+    let (line, _server) = splice_open(&topo);
+    assert_eq!(line, "error 111");
+    let ev = daemon.wait_event("the splicing client's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+}

@@ -202,7 +202,7 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
         "{text}"
     );
     assert!(
-        text.contains("lw_receive (skb_copy_datagram_iovec): not pinned"),
+        text.contains("lw_receive (tcp_rcv_space_adjust): not pinned"),
         "{text}"
     );
     assert_eq!(json["state"], "active");

@@ -184,7 +184,7 @@ enum Command {
         run_dir: PathBuf,
     },
     /// For benchmarks: attach a no-op connect4 program and a no-op tracing
-    /// program on skb_copy_datagram_iovec until SIGINT/SIGTERM, so
+    /// program on lw_receive's tracepoint until SIGINT/SIGTERM, so
     /// `kernel.bpf_stats_enabled` can measure the cost of measuring.
     #[command(hide = true)]
     Baseline,
@@ -378,9 +378,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let mut programs = Programs::load_baseline()?;
             programs.attach_baseline(&host.cgroup2_root)?;
             eprintln!(
-                "baseline ready: lw_baseline4 attached to {}, lw_baseline_receive to \
-                 skb_copy_datagram_iovec",
-                host.cgroup2_root.display()
+                "baseline ready: lw_baseline4 attached to {}, lw_baseline_receive to {}",
+                host.cgroup2_root.display(),
+                loopwarden_common::programs::RECEIVE_TRACEPOINT
             );
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -2,11 +2,18 @@
 //! `cargo xtask vm-test`, whose guests have busybox but no relay of their
 //! own. Per accepted connection it connects to TARGET before reading, then
 //! copies both ways: what the relay verdict must recognise by behaviour.
+//!
+//! `lw-relay --greet LISTEN`: accepts one connection and sends it a line.
+//! `lw-relay --dial SERVER TARGET`: a tunnel client in miniature: connects
+//! to SERVER, takes its first message with splice(2) (no byte is copied to
+//! the process), then connects to TARGET; exits 1 if that connect fails.
 
 use std::{
-    io,
+    io::{self, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     thread,
+    time::Duration,
 };
 
 fn pump(mut from: TcpStream, mut to: TcpStream) {
@@ -23,10 +30,66 @@ fn serve(client: TcpStream, target: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Accepts one connection, greets it, and keeps it open a while.
+fn greet(listen: &str) -> io::Result<()> {
+    let (mut client, _) = TcpListener::bind(listen)?.accept()?;
+    client.write_all(b"open\n")?;
+    thread::sleep(Duration::from_secs(30));
+    Ok(())
+}
+
+/// Splices the server's first message into a pipe, then connects to
+/// `target`.
+fn dial(server: &str, target: &str) -> io::Result<()> {
+    let upstream = TcpStream::connect(server)?;
+    let mut pipe = [0; 2];
+    // SAFETY: a two-int array for the new descriptors.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: valid descriptors; no offsets (a socket and a pipe).
+    let n = unsafe {
+        libc::splice(
+            upstream.as_raw_fd(),
+            std::ptr::null_mut(),
+            pipe[1],
+            std::ptr::null_mut(),
+            512,
+            0,
+        )
+    };
+    if n <= 0 {
+        return Err(io::Error::other(format!(
+            "splice from {server}: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    TcpStream::connect(target).map(drop)
+}
+
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [_, "--greet", listen] => return greet(listen),
+        [_, "--dial", server, target] => {
+            if let Err(e) = dial(server, target) {
+                eprintln!("lw-relay: {e}");
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let [_, listen, target] = args.as_slice() else {
-        eprintln!("usage: lw-relay LISTEN_ADDR:PORT TARGET_ADDR:PORT");
+        eprintln!(
+            "usage: lw-relay LISTEN_ADDR:PORT TARGET_ADDR:PORT | --greet LISTEN_ADDR:PORT | \
+             --dial SERVER_ADDR:PORT TARGET_ADDR:PORT"
+        );
         std::process::exit(2);
     };
     let listener = TcpListener::bind(listen)?;

@@ -196,7 +196,7 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         inode_mode: btf.member_offset("inode", "i_mode")?,
         socket_sk: btf.member_offset("socket", "sk")?,
         net_inum: btf.member_offset("net", "ns.inum")?,
-        skb_sk: btf.member_offset("sk_buff", "sk")?,
+        sk_lock_owned: btf.member_offset("sock", "sk_lock.owned")?,
     })
 }
 

@@ -132,7 +132,7 @@ const ENFORCER: &[&str] = &[
 /// The no-op program benchmarks use to measure the cost of measuring.
 const BASELINE: &[&str] = &[programs::BASELINE4];
 /// Its tracing counterpart (`tp_btf`), on the tracepoint of `lw_receive`.
-const BASELINE_TRACKER: (&str, &str) = (programs::BASELINE_RECEIVE, "skb_copy_datagram_iovec");
+const BASELINE_TRACKER: (&str, &str) = (programs::BASELINE_RECEIVE, programs::RECEIVE_TRACEPOINT);
 
 /// The loaded (not yet attached) programs and their maps.
 pub struct Programs {

@@ -127,6 +127,19 @@ await 50 "no relay-verdict deny of lw-relay with accepted evidence" \
     grep -q '"rule":"relay".*"exe_name":"lw-relay".*"via":"10.0.2.15:[0-9]*","via_how":"accepted"' /tmp/audit
 grep '"exe_name":"lw-relay"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: relay verdict: /'
 kill $RELAYPID
+# Received evidence (tcp_rcv_space_adjust): a tunnel client takes its
+# server's greeting with splice(2), then connects to the service.
+lw-relay --greet 10.0.2.15:9101 &
+GREETPID=$!
+await 50 "the greeter did not listen" listening 10.0.2.15:9101
+if lw-relay --dial 10.0.2.15:9101 127.0.0.1:8080 2>/tmp/dial.err; then
+    fail "the relay verdict did not refuse a client that spliced data from a non-local peer"
+fi
+grep -qi 'refused' /tmp/dial.err || fail "the splicing client failed, but not with connection refused: $(cat /tmp/dial.err)"
+await 50 "no relay-verdict deny with received evidence from the greeter" \
+    grep -q '"rule":"relay".*"via":"10.0.2.15:9101","via_how":"received"' /tmp/audit
+echo "LW-VM: splicing client refused, via=10.0.2.15:9101 (received)"
+kill $GREETPID
 
 # The egress guard: lw-egress (a copy of busybox an [[egress]] rule names)
 # may not reach a private or the metadata address; busybox itself may.
