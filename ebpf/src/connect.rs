@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
             bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval,
@@ -184,7 +184,7 @@ fn judge_connect(ctx: &SockAddrContext, dst: &Destination, family: u16) -> i32 {
         // non-local peer: `connected` evidence (see `sockets`).
         // SAFETY: plain helper call valid for sock_addr programs.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        sockets::connecting(cookie, (bpf_get_current_pid_tgid() >> 32) as u32);
+        sockets::connecting(cookie, Task::current().tgid());
     }
     for _ in 0..ATTEMPTS {
         // One generation slot for the whole decision, read under its
@@ -299,7 +299,10 @@ fn decide(ctx: &SockAddrContext, settings: &Settings, g: u32, dst: &Destination)
     let task = Task::current();
     // NULL for kernel threads: every read through it then yields 0.
     let exe_file = task.exe_file();
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Loads from the task, not `bpf_get_current_pid_tgid()`: the JIT reads
+    // the current task inline (Linux 6.14 and later), a helper call costs
+    // the connect tens of ns.
+    let tgid = task.tgid();
     // What the tracking programs know of the caller, copied out of its
     // entry at once (a process without one reads the zeroed state: either
     // way the values are loads from map memory, so the verifier's paths
@@ -419,10 +422,7 @@ fn act(ctx: &SockAddrContext, d: &Decision, dst: &Destination, family: u16, seq:
     // Off unless the daemon runs with debug logging (AYA_LOG_LEVEL).
     debug!(
         ctx,
-        "refused: pid {} to port {} by rule {}",
-        (bpf_get_current_pid_tgid() >> 32) as u32,
-        dst.port,
-        d.rule
+        "refused: pid {} to port {} by rule {}", d.tgid, dst.port, d.rule
     );
     if d.deny_errno != EPERM {
         // SAFETY: plain helper call; the negative errno replaces EPERM.
@@ -457,7 +457,7 @@ pub fn report_guard(
         exe_file: task.exe_file(),
         window_ns: 0,
         tag: false,
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        tgid: task.tgid(),
     };
     // Written straight into the ring buffer.
     let deny = outcome == verdict::DENY;
@@ -752,7 +752,6 @@ fn fill(
 ) {
     let (task, exe_file) = (d.task, d.exe_file);
     let parent = task.parent();
-    let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     // One clock read: the connect's time, and the evidence's age at it.
     let at = now();
@@ -768,8 +767,8 @@ fn fill(
         (*ev).cgroup_id = bpf_get_current_cgroup_id();
         (*ev).exe = identity::exe_key(exe_file);
         (*ev).daddr = dst.addr;
-        (*ev).tgid = (pid_tgid >> 32) as u32;
-        (*ev).pid = pid_tgid as u32;
+        (*ev).tgid = d.tgid;
+        (*ev).pid = task.pid();
         (*ev).ppid = parent.tgid();
         (*ev).uid = uid_gid as u32;
         (*ev).gid = (uid_gid >> 32) as u32;
