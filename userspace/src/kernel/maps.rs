@@ -588,4 +588,16 @@ mod tests {
             .count();
         assert!(others < 100, "{others} of 1000 other names pass the filter");
     }
+
+    /// With as many values as the catalog puts in the name filter, few
+    /// other names pass it: the name lookups are for the names rules have.
+    #[test]
+    fn a_catalog_sized_filter_passes_few_other_names() {
+        use loopwarden_common::filter_has;
+        let f = filter((0..80u64).map(|i| name_prefix(format!("tool{i}").as_bytes())));
+        let others = (0..10_000u64)
+            .filter(|i| filter_has(&f, filter_bit(name_prefix(format!("c{i}").as_bytes()))))
+            .count();
+        assert!(others < 400, "{others} of 10,000 other names pass the filter");
+    }
 }
