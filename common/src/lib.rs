@@ -689,6 +689,9 @@ pub struct KernelOffsets {
     pub inode_mode: u32,
     /// `socket.sk`
     pub socket_sk: u32,
+    /// `dentry.d_shortname` (Linux 6.14 and later) or `dentry.d_iname`: the
+    /// buffer a short name is stored in, inside the dentry.
+    pub dentry_inline_name: u32,
 }
 
 /// The policy-wide settings, `LW_SETTINGS[0]`.
@@ -1023,7 +1026,7 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 36);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 37);
 const _: () = assert!(core::mem::size_of::<Evidence>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + SCRIPT_LEN);
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);

@@ -58,6 +58,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     file_private_data: 0,
     inode_mode: 0,
     socket_sk: 0,
+    dentry_inline_name: 0,
 });
 
 /// One field of the offsets userspace patched in, as one volatile load
@@ -249,11 +250,36 @@ fn exe_name_fixed<const N: usize>(file: u64) -> [u64; N] {
 /// the first word is read unless the name starts with a dot.
 #[inline(always)]
 pub fn exe_name_head(file: u64) -> [u64; 2] {
+    let dentry: u64 = load(file, offset!(file_dentry));
+    let name_ptr: u64 = load(dentry, offset!(dentry_name));
+    let inline = offset!(dentry_inline_name);
+    // A short name (most are) lies in the dentry itself, whose loads the
+    // verifier checks against BTF: two loads instead of a
+    // `bpf_probe_read_kernel` call.
+    if name_ptr == dentry + u64::from(inline) {
+        let w = until_nul(load(dentry, inline));
+        return if w & 0xff == u64::from(b'.') && (w >> 56) != 0 {
+            [w, until_nul(load(dentry, inline + 8))]
+        } else {
+            [w, 0]
+        };
+    }
     let [w] = exe_name_fixed::<1>(file);
     if w & 0xff == u64::from(b'.') {
         exe_name_fixed::<2>(file)
     } else {
         [w, 0]
+    }
+}
+
+/// `w` with every byte from its first NUL on zeroed.
+#[inline(always)]
+fn until_nul(w: u64) -> u64 {
+    let nul = crate::names::zero_bytes(w);
+    if nul == 0 {
+        w
+    } else {
+        w & ((1u64 << (nul.trailing_zeros() & !7)) - 1)
     }
 }
 

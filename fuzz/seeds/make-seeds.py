@@ -59,7 +59,8 @@ def btf(endian):
     hl = agg(STRUCT, "", 8, [("hash", u32, 0), ("len", u32, 32)])
     un = agg(UNION, "", 8, [("", hl, 0), ("hash_len", u64, 0)])
     qstr = agg(STRUCT, "qstr", 16, [("", un, 0), ("name", cptr, 64)])
-    agg(STRUCT, "dentry", 64, [("d_flags", vol, 0), ("d_parent", ptr, 64), ("d_name", qstr, 128)])
+    agg(STRUCT, "dentry", 64, [("d_flags", vol, 0), ("d_parent", ptr, 64), ("d_name", qstr, 128),
+        ("d_iname", arr, 256)])
     path = agg(STRUCT, "path", 16, [("mnt", ptr, 0), ("dentry", ptr, 64)])
     path_t = ty("path_t", TYPEDEF, 0, path)
     agg(STRUCT, "file", 64, [("f_lock", u32, 0), ("f_path", path_t, 64), ("f_inode", ptr, 192),

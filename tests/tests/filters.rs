@@ -2,7 +2,11 @@
 //! ever skip a lookup that would have found nothing: every named client is
 //! still judged by its rule, and a client no rule names passes.
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, policy, rule, run};
+use std::path::Path;
+
+use loopwarden_tests::{
+    Daemon, Netns, PROTECTED, SYSTEM_PYTHON, TempDir, policy, python_copy, rule, run,
+};
 
 fn bash_connects(ns: &Netns) -> bool {
     let out = run(ns
@@ -44,4 +48,42 @@ fn named_clients_are_judged_and_unnamed_ones_pass() {
         });
     }
     assert!(daemon.events().iter().all(|e| e["comm"] != "bash"));
+}
+
+/// A file name too long for the dentry's inline buffer (40 bytes on recent
+/// kernels, 32 on older ones) is read where the kernel keeps it, a short
+/// one from the dentry itself: a catalogued tunnel under either release
+/// name is refused.
+#[test]
+fn long_and_short_file_names_are_both_read() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("names");
+    let short = python_copy(&dir, "cloudflared-linux-amd64");
+    let long = python_copy(
+        &dir,
+        "cloudflared-linux-amd64-a-release-asset-name-beyond-forty-bytes",
+    );
+    let connects = |exe: &Path| {
+        run(ns.cmd(&exe.to_string_lossy()).args([
+            "-c",
+            &format!("import socket; socket.create_connection(('127.0.0.1', {PROTECTED}))"),
+        ]))
+        .status
+        .success()
+    };
+    // Without loopwarden both connect.
+    assert!(connects(&short) && connects(&long));
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    assert!(!connects(&short), "the short name got through");
+    assert!(!connects(&long), "the long name got through");
+    assert!(connects(Path::new(SYSTEM_PYTHON)), "python3 was refused");
+    for (what, long_name) in [("short", false), ("long", true)] {
+        daemon.wait_event(&format!("the {what} name's refusal"), |e| {
+            let name = e["exe_name"].as_str().unwrap_or_default();
+            e["verdict"] == "deny"
+                && e["rule"] == "catalog:cloudflared"
+                && (name.len() > "cloudflared-linux-amd64".len()) == long_name
+        });
+    }
 }

@@ -195,6 +195,9 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         file_private_data: btf.member_offset("file", "private_data")?,
         inode_mode: btf.member_offset("inode", "i_mode")?,
         socket_sk: btf.member_offset("socket", "sk")?,
+        dentry_inline_name: btf
+            .member_offset("dentry", "d_shortname")
+            .or_else(|_| btf.member_offset("dentry", "d_iname"))?,
         net_inum: btf.member_offset("net", "ns.inum")?,
         sk_lock_owned: btf.member_offset("sock", "sk_lock.owned")?,
     })

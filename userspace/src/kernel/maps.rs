@@ -598,6 +598,9 @@ mod tests {
         let others = (0..10_000u64)
             .filter(|i| filter_has(&f, filter_bit(name_prefix(format!("c{i}").as_bytes()))))
             .count();
-        assert!(others < 400, "{others} of 10,000 other names pass the filter");
+        assert!(
+            others < 400,
+            "{others} of 10,000 other names pass the filter"
+        );
     }
 }
