@@ -779,10 +779,11 @@ fn fill(
         (*ev)._pad0 = 0;
         (*ev)._pad1 = 0;
         bpf_get_current_comm((*ev).comm.as_mut_ptr().cast(), COMM_LEN as u32);
-        let name = (*ev).exe_name.as_mut_ptr();
-        name.cast::<[u64; EXE_NAME_LEN / 8]>()
-            .write_unaligned([0; EXE_NAME_LEN / 8]);
-        let _ = identity::exe_name(exe_file, &mut *name.cast::<[u8; EXE_NAME_LEN]>());
+        (*ev)
+            .exe_name
+            .as_mut_ptr()
+            .cast::<[u64; EXE_NAME_LEN / 8]>()
+            .write_unaligned(identity::exe_name_words(exe_file));
         let script = (*ev).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>();
         match PROCS.get_ptr(d.tgid) {
             None => {

@@ -205,30 +205,30 @@ pub fn exe_key(file: u64) -> ExeKey {
     }
 }
 
-/// The file name (dentry name) of an executable `struct file *` into `name`.
-#[inline(always)]
-pub fn exe_name(file: u64, name: &mut [u8; EXE_NAME_LEN]) -> Result<(), i32> {
-    let dentry: u64 = load(file, offset!(file_dentry));
-    let name_ptr: u64 = load(dentry, offset!(dentry_name));
-    // SAFETY: probe_read_kernel_str validates the source; dest is our buffer.
-    unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, name)? };
-    Ok(())
-}
-
-/// The first `8 * N` bytes at an executable `struct file *`'s file name,
-/// as words, every byte from the first NUL on zeroed (a failed read: all
-/// zero, the empty name, in no rule).
+/// The first `8 * N` bytes (at most 32) of an executable `struct file *`'s
+/// file name, as words, every byte from the first NUL on zeroed (a failed
+/// read: all zero, the empty name, in no rule).
 ///
-/// One fixed-size `bpf_probe_read_kernel` instead of the byte-by-byte
-/// string copy, and within bounds: a name shorter than the dentry's inline
-/// buffer (`d_iname`, at least 32 bytes) is stored there, a longer one in
-/// an allocation longer than 32 bytes.
+/// A short name (most are) lies in the dentry itself (`d_shortname`, or
+/// `d_iname` before Linux 6.14; at least 32 bytes), whose loads the
+/// verifier checks against BTF: `N` loads, no helper call. A longer one
+/// is in an allocation longer than 32 bytes, copied with one fixed-size
+/// `bpf_probe_read_kernel` (not the byte-by-byte string copy).
 #[inline(always)]
 fn exe_name_fixed<const N: usize>(file: u64) -> [u64; N] {
+    const { assert!(N * 8 <= 32) };
     let dentry: u64 = load(file, offset!(file_dentry));
     let name_ptr: u64 = load(dentry, offset!(dentry_name));
-    // SAFETY: probe_read_kernel checks the source.
-    let mut words = unsafe { bpf_probe_read_kernel(name_ptr as *const [u64; N]) }.unwrap_or([0; N]);
+    let inline = offset!(dentry_inline_name);
+    let mut words = [0u64; N];
+    if name_ptr == dentry + u64::from(inline) {
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = load(dentry, inline + 8 * i as u32);
+        }
+    } else {
+        // SAFETY: probe_read_kernel checks the source.
+        words = unsafe { bpf_probe_read_kernel(name_ptr as *const [u64; N]) }.unwrap_or([0; N]);
+    }
     let mut ended = false;
     for w in words.iter_mut() {
         if ended {
@@ -250,36 +250,11 @@ fn exe_name_fixed<const N: usize>(file: u64) -> [u64; N] {
 /// the first word is read unless the name starts with a dot.
 #[inline(always)]
 pub fn exe_name_head(file: u64) -> [u64; 2] {
-    let dentry: u64 = load(file, offset!(file_dentry));
-    let name_ptr: u64 = load(dentry, offset!(dentry_name));
-    let inline = offset!(dentry_inline_name);
-    // A short name (most are) lies in the dentry itself, whose loads the
-    // verifier checks against BTF: two loads instead of a
-    // `bpf_probe_read_kernel` call.
-    if name_ptr == dentry + u64::from(inline) {
-        let w = until_nul(load(dentry, inline));
-        return if w & 0xff == u64::from(b'.') && (w >> 56) != 0 {
-            [w, until_nul(load(dentry, inline + 8))]
-        } else {
-            [w, 0]
-        };
-    }
     let [w] = exe_name_fixed::<1>(file);
     if w & 0xff == u64::from(b'.') {
         exe_name_fixed::<2>(file)
     } else {
         [w, 0]
-    }
-}
-
-/// `w` with every byte from its first NUL on zeroed.
-#[inline(always)]
-fn until_nul(w: u64) -> u64 {
-    let nul = crate::names::zero_bytes(w);
-    if nul == 0 {
-        w
-    } else {
-        w & ((1u64 << (nul.trailing_zeros() & !7)) - 1)
     }
 }
 
