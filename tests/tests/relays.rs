@@ -837,22 +837,37 @@ fn a_catalogued_tunnels_children_are_matched_through_lineage() {
 /// Port the UDP tunnel client below is told about connections on.
 const UDP_TUNNEL_PORT: u16 = 9010;
 
-/// A UDP tunnel client in miniature (QUIC and WireGuard tunnels read their
-/// unconnected socket with the source address): for each datagram from
-/// its "server" it connects to the service and prints what happened.
-const UDP_TUNNEL: &str = r#"
-import socket, sys
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.bind((sys.argv[1], int(sys.argv[2])))
-while True:
-    _, peer = u.recvfrom(512)
+/// The tunnel clients' Python: `open_service()` connects to the service
+/// (port `sys.argv[3]`), asks for `/` and prints `status N` or `error
+/// ERRNO`.
+macro_rules! open_service_py {
+    () => {
+        r#"
+import os, socket, sys
+def open_service():
     try:
         s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=3)
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         print("status " + s.recv(64).split()[1].decode(), flush=True)
     except OSError as e:
         print("error " + str(e.errno), flush=True)
-"#;
+"#
+    };
+}
+
+/// A UDP tunnel client in miniature (QUIC and WireGuard tunnels read their
+/// unconnected socket with the source address): for each datagram from
+/// its "server" it connects to the service and prints what happened.
+const UDP_TUNNEL: &str = concat!(
+    open_service_py!(),
+    r#"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    _, peer = u.recvfrom(512)
+    open_service()
+"#
+);
 
 /// The remote "server" tells the local UDP tunnel client about a
 /// connection; returns what the client printed.
@@ -969,8 +984,9 @@ const SPLICE_SERVER_PORT: u16 = 9012;
 /// `io.Copy` between two TCP connections does on Linux), so no byte of it
 /// is copied to the process: it connects to its server, and for each
 /// message spliced out of that connection connects to the service.
-const SPLICE_TUNNEL: &str = r#"
-import os, socket, sys
+const SPLICE_TUNNEL: &str = concat!(
+    open_service_py!(),
+    r#"
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 r, w = os.pipe()
 while True:
@@ -978,13 +994,9 @@ while True:
     if n == 0:
         break
     os.read(r, n)
-    try:
-        s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=3)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        print("status " + s.recv(64).split()[1].decode(), flush=True)
-    except OSError as e:
-        print("error " + str(e.errno), flush=True)
-"#;
+    open_service()
+"#
+);
 
 /// The remote server: accepts the client, waits past the relay window (so
 /// the client's `connected` evidence has expired), then sends one message.
