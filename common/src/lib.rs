@@ -103,277 +103,18 @@ pub const MAX_EGRESS_RULES: usize = 64;
 /// built-in metadata addresses) one policy may put in `LW_EGRESS_DST`.
 pub const MAX_EGRESS_PREFIXES: u32 = 4096;
 
-/// Map names, shared so userspace never spells one differently.
-pub mod maps {
-    /// `Array<u32>`, one entry: the generation in force (0 or 1).
-    pub const GENERATION: &str = "LW_GENERATION";
-    /// `Array<Settings>`, one entry per generation.
-    pub const SETTINGS: &str = "LW_SETTINGS";
-    /// `Array<u64>` of [`super::PORT_WORDS`] per generation: bit `p % 64` of
-    /// entry `generation * PORT_WORDS + p / 64` set when port `p` is protected.
-    pub const PORTS: &str = "LW_PORTS";
-    /// `HashMap<GenKey<u64>, u8>`: network namespace cookies the policy
-    /// applies in, consulted when [`super::flags::NETNS_SCOPED`] is set.
-    pub const NETNS: &str = "LW_NETNS";
-    /// `HashMap<GenKey<Addr>, u8>`: the host's own non-loopback addresses,
-    /// consulted when [`super::flags::HOST_ADDRS`] is set.
-    pub const HOST_ADDRS: &str = "LW_HOST_ADDRS";
-    /// `HashMap<GenKey<ExeKey>, u64>`: rules by executable identity.
-    pub const RULES_EXE: &str = "LW_RULES_EXE";
-    /// `HashMap<GenKey<[u8; EXE_NAME_LEN]>, u64>`: rules by executable file name.
-    pub const RULES_EXE_NAME: &str = "LW_RULES_EXE_NAME";
-    /// `HashMap<GenKey<[u8; COMM_LEN]>, u64>`: rules by comm.
-    pub const RULES_COMM: &str = "LW_RULES_COMM";
-    /// `HashMap<GenKey<u32>, u64>`: rules by uid.
-    pub const RULES_UID: &str = "LW_RULES_UID";
-    /// `HashMap<GenKey<u64>, u64>`: rules by cgroup id (the task's cgroup or an ancestor).
-    pub const RULES_CGROUP: &str = "LW_RULES_CGROUP";
-    /// `HashMap<GenKey<ExeKey>, AncestorMasks>`: rules by parent/ancestor executable.
-    pub const RULES_ANCESTOR: &str = "LW_RULES_ANCESTOR";
-    /// `RingBuf` of [`super::ConnectEvent`]: every report but refusals.
-    pub const EVENTS: &str = "LW_EVENTS";
-    /// `RingBuf` of [`super::ConnectEvent`]: refusals only, so that a flood
-    /// of other reports can never crowd one out.
-    pub const DENIALS: &str = "LW_DENIALS";
-    /// `Array<u64>`, one entry per [`super::verdict`] value, written by
-    /// userspace only: the `stats::DROPPED_BY_VERDICT` counts a daemon has
-    /// already reported, so the next reports only what was lost since.
-    pub const DROPS_REPORTED: &str = "LW_DROPS_REPORTED";
-    /// `PerCpuArray<u64>` of [`super::stats::COUNT`] counters.
-    pub const STATS: &str = "LW_STATS";
-    /// `Array<Meta>`, one entry, written by userspace only: the layout
-    /// version of the pinned maps and bookkeeping that must survive restarts.
-    pub const META: &str = "LW_META";
-    /// `HashMap<GenKey<u64>, u64>`: rules by interpreted script
-    /// ([`super::script_hash`] of its path).
-    pub const RULES_SCRIPT: &str = "LW_RULES_SCRIPT";
-    /// `HashMap<u32, ProcState>`: per process (tgid), what made it
-    /// network-facing, its catalogued lineage and its script.
-    pub const PROCS: &str = "LW_PROCS";
-    /// `Array<[u8; 64]>` of [`super::TRACKED_ENTRIES`]: byte `tgid % 64` of
-    /// entry `tgid / 64` is 1 while `LW_PROCS` may hold `tgid` (set before
-    /// an entry is made, cleared after it goes): a connect by a process
-    /// without one costs a byte load, not a hash lookup.
-    pub const TRACKED: &str = "LW_TRACKED";
-    /// `LruHashMap<u64, Pending>`: outbound TCP connects to non-local peers
-    /// by socket cookie, until their handshake completes or fails.
-    pub const PENDING: &str = "LW_PENDING";
-    /// `HashMap<ListenerKey, u32>`: the process (tgid) that put each
-    /// non-loopback socket into LISTEN.
-    pub const LISTENERS: &str = "LW_LISTENERS";
+pub mod maps;
 
-    /// `LruHashMap<u64, ConnectEvent>`: protected connects allowed to
-    /// proceed, by client socket cookie, until the client's handshake
-    /// completes (see [`super::origin`]).
-    pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
-    /// `LruHashMap<ConnKey, OriginRecord>`: protected connections by
-    /// their addresses, from the client's handshake to the accepted
-    /// socket's close: what the daemon lists and answers from.
-    pub const CONNS: &str = "LW_CONNS";
-    /// `SkStorage<OriginRecord>`: the tag on each accepted socket of a
-    /// protected connection, freed with the socket; `getsockopt` reads it.
-    pub const SK_ORIGIN: &str = "LW_SK_ORIGIN";
-    /// `Array<u64>` of [`super::PORT_WORDS`] per generation, like
-    /// [`PORTS`]: the ports the bind guard keeps on loopback, consulted
-    /// when [`super::flags::BIND_GUARD`] is set.
-    pub const BIND_PORTS: &str = "LW_BIND_PORTS";
-    /// `HashMap<GenKey<ExeKey>, u8>`: executables the bind guard exempts.
-    pub const BIND_EXE: &str = "LW_BIND_EXE";
-    /// `HashMap<GenKey<u32>, u8>`: uids the bind guard exempts.
-    pub const BIND_UID: &str = "LW_BIND_UID";
-    /// `Array<u64>` of [`super::BROWSER_PORT_WORDS`] per generation: the
-    /// [`super::verdict`] a browser-class rule ([`super::Settings::browser`])
-    /// gets at each port, two bits per port (see [`super::browser_verdict`]).
-    pub const BROWSER_PORTS: &str = "LW_BROWSER_PORTS";
-    /// `LpmTrie<EgressKey, u64>`: per generation, each destination prefix
-    /// of the egress guard with the mask of the egress rules that block it
-    /// (see [`super::EgressKey`]), consulted when
-    /// [`super::flags::EGRESS`] is set.
-    pub const EGRESS_DST: &str = "LW_EGRESS_DST";
-    /// `HashMap<GenKey<u32>, u64>`: egress rules by uid.
-    pub const EGRESS_UID: &str = "LW_EGRESS_UID";
-    /// `HashMap<GenKey<ExeKey>, u64>`: egress rules by executable identity.
-    pub const EGRESS_EXE: &str = "LW_EGRESS_EXE";
-    /// `HashMap<GenKey<u64>, u64>`: egress rules by cgroup id (the task's
-    /// cgroup or an ancestor at [`super::Settings::egress_cgroup_levels`]).
-    pub const EGRESS_CGROUP: &str = "LW_EGRESS_CGROUP";
-    /// `PerCpuArray<OriginRecord>`, one entry: where the state tracepoint
-    /// builds a record before copying it into `LW_CONNS` (not pinned).
-    pub const SCRATCH: &str = "LW_SCRATCH";
-
-    /// Every map that is pinned and adopted across daemon restarts.
-    pub const PINNED: &[&str] = &[
-        GENERATION,
-        SETTINGS,
-        PORTS,
-        NETNS,
-        HOST_ADDRS,
-        RULES_EXE,
-        RULES_EXE_NAME,
-        RULES_COMM,
-        RULES_UID,
-        RULES_CGROUP,
-        RULES_ANCESTOR,
-        EVENTS,
-        DENIALS,
-        STATS,
-        META,
-        DROPS_REPORTED,
-        RULES_SCRIPT,
-        PROCS,
-        TRACKED,
-        PENDING,
-        LISTENERS,
-        ORIGIN_PENDING,
-        CONNS,
-        SK_ORIGIN,
-        BIND_PORTS,
-        BIND_EXE,
-        BIND_UID,
-        BROWSER_PORTS,
-        EGRESS_DST,
-        EGRESS_UID,
-        EGRESS_EXE,
-        EGRESS_CGROUP,
-    ];
-}
-
-/// Names of the kernel programs.
-pub mod programs {
-    pub const CONNECT4: &str = "lw_connect4";
-    pub const CONNECT6: &str = "lw_connect6";
-    /// No-op connect4 program for benchmarks: the cost of measuring.
-    pub const BASELINE4: &str = "lw_baseline4";
-    /// `tp_btf/inet_sock_set_state`: listeners, accepted and completed
-    /// connections with non-local peers.
-    pub const SOCK_STATE: &str = "lw_sock_state";
-    /// `tp_btf/tcp_rcv_space_adjust`: TCP data read (or spliced) from
-    /// non-local peers.
-    pub const RECEIVE: &str = "lw_receive";
-    /// `tp_btf/sched_process_fork`: children inherit their parent's state.
-    pub const FORK: &str = "lw_fork";
-    /// `tp_btf/sched_process_exec`: a new program starts with a clean state.
-    pub const EXEC: &str = "lw_exec";
-    /// `tp_btf/sched_process_exit`: an exited process's state goes.
-    pub const EXIT: &str = "lw_exit";
-    /// `cgroup/recvmsg4` and `recvmsg6`: datagrams unconnected UDP
-    /// sockets receive from non-local peers.
-    pub const RECVMSG4: &str = "lw_recvmsg4";
-    pub const RECVMSG6: &str = "lw_recvmsg6";
-    /// No-op program on [`RECEIVE`]'s tracepoint, for benchmarks.
-    pub const BASELINE_RECEIVE: &str = "lw_baseline_receive";
-    /// `cgroup/getsockopt`: answers `SOL_LOOPWARDEN`/`LW_ORIGIN` on an
-    /// accepted socket with its [`crate::origin::OriginRecord`].
-    pub const GETSOCKOPT: &str = "lw_getsockopt";
-    /// No-op `cgroup/getsockopt` program for benchmarks: what any program
-    /// on that hook costs every getsockopt.
-    pub const BASELINE_GETSOCKOPT: &str = "lw_baseline_getsockopt";
-
-    /// `cgroup/bind4` and `bind6`: the bind guard (keeps the ports of
-    /// `[bind] loopback_only` on loopback addresses).
-    pub const BIND4: &str = "lw_bind4";
-    pub const BIND6: &str = "lw_bind6";
-    /// The bind guard's programs and their hooks.
-    pub const BIND_GUARDS: &[(&str, &str)] = &[(BIND4, "cgroup/bind4"), (BIND6, "cgroup/bind6")];
-
-    /// The tracking programs in cgroup hooks (attached and pinned like the
-    /// connect hooks) and the hooks.
-    pub const CGROUP_TRACKERS: &[(&str, &str)] =
-        &[(RECVMSG4, "cgroup/recvmsg4"), (RECVMSG6, "cgroup/recvmsg6")];
-
-    /// [`RECEIVE`]'s tracepoint (and its no-op floor's).
-    pub const RECEIVE_TRACEPOINT: &str = "tcp_rcv_space_adjust";
-
-    /// The tracking programs and the kernel tracepoints they attach to.
-    pub const TRACKERS: &[(&str, &str)] = &[
-        (SOCK_STATE, "inet_sock_set_state"),
-        (RECEIVE, RECEIVE_TRACEPOINT),
-        (FORK, "sched_process_fork"),
-        (EXEC, "sched_process_exec"),
-        (EXIT, "sched_process_exit"),
-    ];
-}
+pub mod programs;
 
 /// Name of the global holding [`KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "LW_OFFSETS";
 
-/// Bits of [`Settings::flags`].
-pub mod flags {
-    /// A policy is installed. Without it every connect is allowed untouched.
-    pub const ENABLED: u32 = 1 << 0;
-    /// Deny rules deny (enforce mode). Without it they are only reported.
-    pub const ENFORCE: u32 = 1 << 1;
-    /// Every destination port is protected (the port bitmap is not read).
-    pub const ALL_PORTS: u32 = 1 << 2;
-    /// Only connects from the network namespaces in `LW_NETNS` are checked.
-    pub const NETNS_SCOPED: u32 = 1 << 3;
-    /// The host's own addresses in `LW_HOST_ADDRS` are protected too.
-    pub const HOST_ADDRS: u32 = 1 << 4;
-    /// Some rule matches on a parent or ancestor executable.
-    pub const ANCESTORS: u32 = 1 << 5;
-    /// Report allowed connects to protected destinations as well.
-    pub const LOG_ALLOWED: u32 = 1 << 6;
-    /// Connects by network-facing processes get the relay verdict (audit).
-    pub const RELAY: u32 = 1 << 7;
-    /// ... and the relay verdict denies (in enforce mode).
-    pub const RELAY_DENY: u32 = 1 << 8;
-    /// Some rule names an interpreted script.
-    pub const SCRIPTS: u32 = 1 << 9;
-    /// Protected connects that proceed are tagged with their origin
-    /// (see [`super::origin`]).
-    pub const PROVENANCE: u32 = 1 << 10;
-    /// The bind guard is on: a TCP bind() of a port in `LW_BIND_PORTS` to
-    /// an address other than loopback is refused (with `ENFORCE`) or
-    /// reported, unless `LW_BIND_EXE`/`LW_BIND_UID` exempt the caller.
-    pub const BIND_GUARD: u32 = 1 << 11;
-    /// The egress guard is on: a TCP connect by a process some egress rule
-    /// names, to a destination `LW_EGRESS_DST` says that rule blocks, is
-    /// reported, and refused (with `ENFORCE`) if the rule's action is deny.
-    pub const EGRESS: u32 = 1 << 12;
-}
+pub mod flags;
 
-/// Indexes of the `LW_STATS` per-CPU counters.
-pub mod stats {
-    /// Connects to a protected destination (after port and netns filters).
-    pub const CHECKED: u32 = 0;
-    /// Connects refused.
-    pub const DENIED: u32 = 1;
-    /// Events reported through the ring buffer.
-    pub const REPORTED: u32 = 2;
-    /// Events lost because their ring buffer was full (all verdicts).
-    pub const DROPPED: u32 = 3;
-    /// Judgements started again because the policy slot being read was
-    /// rewritten meanwhile (see the sequence lock in the crate docs).
-    pub const RETRIED: u32 = 4;
-    /// Connects allowed unjudged because every attempt raced a rewrite (only
-    /// possible if installs come faster than one program run).
-    pub const RACED: u32 = 5;
-    /// `DROPPED_BY_VERDICT + v`: events of [`super::verdict`] `v` lost.
-    pub const DROPPED_BY_VERDICT: u32 = 6;
-    /// Processes (or listeners) not tracked because `LW_PROCS` (or
-    /// `LW_LISTENERS`) was full.
-    pub const UNTRACKED: u32 = DROPPED_BY_VERDICT + super::verdict::COUNT;
-    /// Connects judged as relayed (the relay verdict decided).
-    pub const RELAYED: u32 = UNTRACKED + 1;
-    /// `DECIDED_BY_VERDICT + v`: judged connects whose verdict was
-    /// [`super::verdict`] `v` (reported or not).
-    pub const DECIDED_BY_VERDICT: u32 = RELAYED + 1;
-    pub const COUNT: u32 = DECIDED_BY_VERDICT + super::verdict::COUNT;
-}
+pub mod stats;
 
-/// What the kernel did with a connect, in [`ConnectEvent::verdict`].
-pub mod verdict {
-    /// Allowed; reported only with `LOG_ALLOWED`.
-    pub const ALLOW: u8 = 0;
-    /// Allowed and reported by an `audit` rule.
-    pub const AUDIT: u8 = 1;
-    /// A `deny` rule matched in audit mode: allowed, reported.
-    pub const WOULD_DENY: u8 = 2;
-    /// Refused.
-    pub const DENY: u8 = 3;
-    /// How many verdicts there are (they are `0..COUNT`).
-    pub const COUNT: u32 = 4;
-}
+pub mod verdict;
 
 /// Rule index in [`ConnectEvent::rule`] when no rule matched.
 pub const NO_RULE: u8 = u8::MAX;
@@ -403,23 +144,7 @@ impl EgressKey {
     pub const FULL_PREFIX: u32 = 32 + 128;
 }
 
-/// How a process became network-facing: [`Evidence::kind`].
-pub mod evidence {
-    /// No evidence.
-    pub const NONE: u8 = 0;
-    /// It put a socket on a non-loopback address into LISTEN.
-    pub const LISTENING: u8 = 1;
-    /// One of its listeners completed a handshake with a non-local peer.
-    pub const ACCEPTED: u8 = 2;
-    /// It received data from a non-local peer.
-    pub const RECEIVED: u8 = 3;
-    /// Its connection to a non-local peer completed its handshake.
-    pub const CONNECTED: u8 = 4;
-    /// It was executed with a TCP connection from a non-local peer as its
-    /// standard input or output (an inetd-style server's per-connection
-    /// program).
-    pub const STDIO: u8 = 5;
-}
+pub mod evidence;
 
 /// One piece of evidence that a process faces the network.
 #[repr(C)]
@@ -483,7 +208,7 @@ impl ProcState {
 pub const INTERPRETERS: [&[u8]; 9] = [
     b"python", b"python2", b"python3", b"node", b"nodejs", b"perl", b"ruby", b"php", b"deno",
 ];
-/// Command-line arguments looked at for an interpreter's script: argv[0]
+/// Command-line arguments looked at for an interpreter's script: `argv[0]`
 /// and the five after it.
 pub const SCRIPT_MAX_ARGS: usize = 6;
 

@@ -1,0 +1,16 @@
+//! How a process became network-facing: [`crate::Evidence::kind`].
+
+/// No evidence.
+pub const NONE: u8 = 0;
+/// It put a socket on a non-loopback address into LISTEN.
+pub const LISTENING: u8 = 1;
+/// One of its listeners completed a handshake with a non-local peer.
+pub const ACCEPTED: u8 = 2;
+/// It received data from a non-local peer.
+pub const RECEIVED: u8 = 3;
+/// Its connection to a non-local peer completed its handshake.
+pub const CONNECTED: u8 = 4;
+/// It was executed with a TCP connection from a non-local peer as its
+/// standard input or output (an inetd-style server's per-connection
+/// program).
+pub const STDIO: u8 = 5;
