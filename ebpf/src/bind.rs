@@ -29,16 +29,13 @@ use crate::{
         report_guard,
     },
     identity::Task,
-    maps::{BIND_EXE, BIND_PORTS, BIND_UID, NETNS, SETTINGS, count, generation},
+    maps::{ATTEMPTS, BIND_EXE, BIND_PORTS, BIND_UID, NETNS, SETTINGS, count, generation},
 };
 
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 /// What a refused bind() fails with.
 const EADDRNOTAVAIL: i32 = 99;
-/// Judgements attempted before giving up on a policy that keeps being
-/// rewritten under the program (as in `connect`).
-const ATTEMPTS: usize = 2;
 
 #[cgroup_sock_addr(bind4)]
 pub fn lw_bind4(ctx: SockAddrContext) -> i32 {

@@ -31,9 +31,9 @@ use crate::{
     egress,
     identity::{self, Task},
     maps::{
-        BROWSER_PORTS, DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR,
+        ATTEMPTS, BROWSER_PORTS, DENIALS, EVENTS, HOST_ADDRS, NETNS, PORTS, PROCS, RULES_ANCESTOR,
         RULES_CGROUP, RULES_COMM, RULES_EXE, RULES_SCRIPT, RULES_UID, SETTINGS, count, generation,
-        in_filter, mask,
+        in_filter, mask, rd,
     },
     names::{self, Words},
     origin,
@@ -145,10 +145,6 @@ fn browser_verdict(g: u32, port: u16) -> u8 {
     }
 }
 
-/// Judgements attempted before giving up on a policy that keeps being
-/// rewritten under the program (see the sequence lock in loopwarden_common).
-const ATTEMPTS: usize = 2;
-
 #[inline(always)]
 fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     let sa = ctx.sock_addr;
@@ -255,15 +251,6 @@ impl Decision {
             tgid: 0,
         }
     }
-}
-
-/// A volatile load of a field of the policy in the map: every load between
-/// the two reads of `seq` must be one (see `try_connect`).
-macro_rules! rd {
-    ($place:expr) => {
-        // SAFETY: a field of a reference into the map's value.
-        unsafe { core::ptr::read_volatile(&$place) }
-    };
 }
 
 /// Filters the destination and judges the caller by generation `g`, whose

@@ -39,22 +39,10 @@ use crate::{
     connect::{Destination, cgroup_mask, report_guard},
     identity::Task,
     maps::{
-        EGRESS_CGROUP, EGRESS_DST, EGRESS_EXE, EGRESS_UID, NETNS, SETTINGS, count, generation,
-        in_filter, mask,
+        ATTEMPTS, EGRESS_CGROUP, EGRESS_DST, EGRESS_EXE, EGRESS_UID, NETNS, SETTINGS, count,
+        generation, in_filter, mask, rd,
     },
 };
-
-/// A volatile load of a field of the policy in the map.
-macro_rules! rd {
-    ($place:expr) => {
-        // SAFETY: a field of a reference into the map's value.
-        unsafe { core::ptr::read_volatile(&$place) }
-    };
-}
-
-/// Judgements attempted before giving up on a policy that keeps being
-/// rewritten under the program (as in `connect`).
-const ATTEMPTS: usize = 2;
 
 /// What the guard found in one generation: the rule that blocks the
 /// connect and how.

@@ -112,6 +112,20 @@ pub fn in_filter(filter: &[u64; FILTER_WORDS], value: u64) -> bool {
     (word >> (bit & 63)) & 1 == 1
 }
 
+/// Judgements attempted before giving up on a policy that keeps being
+/// rewritten under the program (see the sequence lock in loopwarden_common).
+pub const ATTEMPTS: usize = 2;
+
+/// A volatile load of a field of the policy in the map: every load between
+/// the two reads of `seq` must be one (see `connect::judge_connect`).
+macro_rules! rd {
+    ($place:expr) => {
+        // SAFETY: a field of a reference into the map's value.
+        unsafe { core::ptr::read_volatile(&$place) }
+    };
+}
+pub(crate) use rd;
+
 /// The policy generation slot in force: 0 or 1.
 #[inline(always)]
 pub fn generation() -> u32 {
