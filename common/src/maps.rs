@@ -61,13 +61,15 @@ pub const LISTENERS: &str = "LW_LISTENERS";
 /// proceed, by client socket cookie, until the client's handshake
 /// completes (see [`super::origin`]).
 pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
-/// `LruHashMap<ConnKey, OriginRecord>`: protected connections by
-/// their addresses, from the client's handshake to the accepted
-/// socket's close: what the daemon lists and answers from.
+/// `LruHashMap<ConnKey, ConnEntry>`: protected connections by their
+/// addresses, from the client's handshake to the accepted socket's close:
+/// what `getsockopt` and the daemon answer from.
 pub const CONNS: &str = "LW_CONNS";
-/// `SkStorage<OriginRecord>`: the tag on each accepted socket of a
-/// protected connection, freed with the socket; `getsockopt` reads it.
-pub const SK_ORIGIN: &str = "LW_SK_ORIGIN";
+/// `LruHashMap<u64, u32>`: network namespaces' inode numbers by cookie,
+/// written for each tagged connection's namespace, so that `getsockopt`
+/// (which learns only its socket's namespace cookie) names a connection
+/// as `LW_CONNS` does.
+pub const NETNS_INUM: &str = "LW_NETNS_INUM";
 /// `Array<u64>` of [`super::PORT_WORDS`] per generation, like
 /// [`PORTS`]: the ports the bind guard keeps on loopback, consulted
 /// when [`super::flags::BIND_GUARD`] is set.
@@ -92,8 +94,8 @@ pub const EGRESS_EXE: &str = "LW_EGRESS_EXE";
 /// `HashMap<GenKey<u64>, u64>`: egress rules by cgroup id (the task's
 /// cgroup or an ancestor at [`super::Settings::egress_cgroup_levels`]).
 pub const EGRESS_CGROUP: &str = "LW_EGRESS_CGROUP";
-/// `PerCpuArray<OriginRecord>`, one entry: where the state tracepoint
-/// builds a record before copying it into `LW_CONNS` (not pinned).
+/// `PerCpuArray<ConnEntry>`, one entry: where the state tracepoint
+/// builds an entry before copying it into `LW_CONNS` (not pinned).
 pub const SCRATCH: &str = "LW_SCRATCH";
 
 /// Every map that is pinned and adopted across daemon restarts.
@@ -121,7 +123,7 @@ pub const PINNED: &[&str] = &[
     LISTENERS,
     ORIGIN_PENDING,
     CONNS,
-    SK_ORIGIN,
+    NETNS_INUM,
     BIND_PORTS,
     BIND_EXE,
     BIND_UID,

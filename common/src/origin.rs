@@ -4,12 +4,11 @@
 //! The connect hook records the caller (a [`ConnectEvent`]) by the client
 //! socket's cookie (`LW_ORIGIN_PENDING`); when the client's handshake
 //! completes, the record moves to `LW_CONNS` under the connection's
-//! addresses ([`ConnKey`]); when the server's side completes, it is copied
-//! into the accepted socket's storage (`LW_SK_ORIGIN`), which the kernel
-//! frees with the socket, and the `LW_CONNS` entry goes when that socket
-//! closes. A service asks with one `getsockopt(fd, SOL_LOOPWARDEN,
-//! LW_ORIGIN, &record, &len)` on the accepted socket and gets an
-//! [`OriginRecord`]; the daemon answers the same from `LW_CONNS`.
+//! addresses ([`ConnKey`]); when the server's side completes, the entry is
+//! bound to the accepted socket ([`ConnEntry::first_seq`]), and it goes
+//! when that socket closes. A service asks with one `getsockopt(fd,
+//! SOL_LOOPWARDEN, LW_ORIGIN, &record, &len)` on the accepted socket and
+//! gets an [`OriginRecord`]; the daemon answers the same from `LW_CONNS`.
 
 use crate::{Addr, ConnectEvent};
 
@@ -35,8 +34,8 @@ pub mod status {
     pub const KNOWN: u8 = 1;
 }
 
-/// The answer to `getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)` and the value of
-/// `LW_CONNS` and `LW_SK_ORIGIN`: a fixed layout, native byte order.
+/// The answer to `getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)`, kept in
+/// `LW_CONNS` ([`ConnEntry`]): a fixed layout, native byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OriginRecord {
@@ -88,6 +87,21 @@ impl OriginRecord {
     }
 }
 
+/// `LW_CONNS`'s value: the record and what binds it to the accepted socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEntry {
+    pub record: OriginRecord,
+    /// The accepted socket's `rcv_nxt - bytes_received` (mod 2^32) when
+    /// its handshake completed: the client's initial sequence number plus
+    /// one, the same for the connection's whole life (data and FIN count
+    /// in both). `getsockopt` answers only a socket whose value matches,
+    /// so an entry a missed close left behind is never the answer for a
+    /// later connection between the same addresses.
+    pub first_seq: u32,
+    pub _pad: u32,
+}
+
 /// Names a TCP connection in `LW_CONNS`: the network namespace (inode
 /// number, as `/proc/PID/ns/net` shows it) and both ends, addresses in
 /// IPv4-mapped form for IPv4, ports in host order.
@@ -105,3 +119,4 @@ pub struct ConnKey {
 
 const _: () = assert!(core::mem::size_of::<OriginRecord>() == 32 + 40 + 256);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 328 + 8);

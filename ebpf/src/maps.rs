@@ -2,16 +2,15 @@
 //! `loopwarden_common::maps`; userspace sizes some of them at load time.
 
 use aya_ebpf::{
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
+    macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
     Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, ConnectEvent, EXE_NAME_LEN, EgressKey,
     ExeKey, FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES,
-    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta,
-    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
-    origin::{ConnKey, OriginRecord},
+    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_NETNS_INUM, MAX_ORIGIN_PENDING, MAX_PENDING,
+    MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
+    origin::{ConnEntry, ConnKey},
     stats, verdict,
 };
 
@@ -190,12 +189,12 @@ pub static ORIGIN_PENDING: LruHashMap<u64, ConnectEvent> =
 /// Protected connections by their addresses, from the client's handshake
 /// to the accepted socket's close.
 #[map(name = "LW_CONNS")]
-pub static CONNS: LruHashMap<ConnKey, OriginRecord> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+pub static CONNS: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
-/// The origin tag on each accepted socket of a protected connection; the
-/// kernel frees it with the socket.
-#[btf_map(name = "LW_SK_ORIGIN")]
-pub static SK_ORIGIN: SkStorage<OriginRecord> = SkStorage::new();
+/// Network namespaces' inode numbers (what `LW_CONNS` keys by) by cookie
+/// (what `getsockopt` learns of its socket's namespace).
+#[map(name = "LW_NETNS_INUM")]
+pub static NETNS_INUM: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_NETNS_INUM, 0);
 
 // The bind guard's policy (see [`crate::bind`]), generational like the rest.
 
@@ -236,16 +235,10 @@ pub static EGRESS_EXE: HashMap<GenKey<ExeKey>, u64> =
 pub static EGRESS_CGROUP: HashMap<GenKey<u64>, u64> =
     HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
 
-/// Where the state tracepoint builds a record before copying it into
+/// Where the state tracepoint builds an entry before copying it into
 /// `LW_CONNS`. The tracepoint runs with preemption disabled and the kernel
 /// skips its nested runs on one CPU, so the slot is never shared mid-use.
 /// (The cgroup hooks can be preempted: they use no per-CPU scratch.) Not
 /// pinned.
 #[map(name = "LW_SCRATCH")]
-pub static SCRATCH: PerCpuArray<OriginRecord> = PerCpuArray::with_max_entries(1, 0);
-
-/// `SK_ORIGIN` as a helper's map argument.
-#[inline(always)]
-pub fn sk_origin() -> *mut core::ffi::c_void {
-    core::ptr::from_ref(&SK_ORIGIN).cast_mut().cast()
-}
+pub static SCRATCH: PerCpuArray<ConnEntry> = PerCpuArray::with_max_entries(1, 0);

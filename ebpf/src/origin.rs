@@ -8,28 +8,39 @@
 //!    SYN_SENT→ESTABLISHED, see [`crate::sockets`]): the record moves to
 //!    `LW_CONNS` under the connection's addresses ([`client_established`]).
 //! 3. The server's side completes (SYN_RECV→ESTABLISHED on the accepted
-//!    socket, after the client's: the client's ACK creates it): the record
-//!    is copied into the socket's storage, `LW_SK_ORIGIN`, which the kernel
-//!    frees with the socket ([`server_established`]).
+//!    socket, after the client's: the client's ACK creates it): the entry
+//!    is bound to that socket by its cookie and the client's first
+//!    sequence number ([`server_established`]).
 //! 4. The accepted socket closes: its `LW_CONNS` entry goes ([`closed`]).
+//!
+//! `getsockopt` finds the entry by the socket's addresses and namespace
+//! ([`lw_getsockopt`]). (Socket-local storage would hold the record on the
+//! socket itself, but allocating and freeing it, charged to the memory
+//! cgroup and freed after an RCU grace period, cost more per connection
+//! than everything else the tag does.)
 
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    bindings::{bpf_sock, bpf_sockopt},
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_tcp_sock},
     },
     macros::cgroup_sockopt,
     programs::SockoptContext,
 };
 use loopwarden_common::{
-    ConnectEvent,
-    origin::{self, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
+    Addr, ConnectEvent,
+    origin::{self, ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
 };
 
-use crate::maps::{CONNS, ORIGIN_PENDING, SCRATCH, sk_origin};
+use crate::{
+    addr::v4_mapped,
+    identity::{load, offset},
+    maps::{CONNS, NETNS_INUM, ORIGIN_PENDING, SCRATCH},
+    sockets::tcp_sock,
+};
 
 const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
 /// The longest a connect's handshake can take: Linux gives up on a SYN
@@ -37,6 +48,8 @@ const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
 const HANDSHAKE_NS: u64 = 180_000_000_000;
 /// What a cgroup sockopt program sees of a larger `optval`.
 const PAGE_SIZE: i32 = 4096;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 /// The answer for a socket without a tag (read-only data).
 static UNKNOWN: OriginRecord = OriginRecord::unknown();
@@ -68,13 +81,16 @@ pub fn client_established(cookie: u64, key: &ConnKey) {
     let Some(ev) = ORIGIN_PENDING.get_ptr(cookie) else {
         return;
     };
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+    let Some(entry) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: `rec` is this CPU's scratch slot, which only this program
+    // SAFETY: `entry` is this CPU's scratch slot, which only this program
     // uses (and the kernel never runs it nested on one CPU); `ev` points
     // into a map value, copied whole.
     unsafe {
+        (*entry).first_seq = 0;
+        (*entry)._pad = 0;
+        let rec = &raw mut (*entry).record;
         (*rec).magic = origin::MAGIC;
         (*rec).version = origin::VERSION;
         (*rec).size = RECORD_SIZE as u16;
@@ -85,23 +101,31 @@ pub fn client_established(cookie: u64, key: &ConnKey) {
         (*rec).server_cookie = 0;
         (*rec).conn = *key;
         (*rec).origin = ptr::read(ev);
-        // By reference: a by-value record would be copied to the stack.
+        // By reference: a by-value entry would be copied to the stack.
         #[allow(clippy::needless_borrows_for_generic_args)]
-        let _ = CONNS.insert(key, &*rec, 0);
+        let _ = CONNS.insert(key, &*entry, 0);
     }
     let _ = ORIGIN_PENDING.remove(cookie);
 }
 
 /// The accepted socket `sk` (owned by `uid`) completed its handshake on
-/// the connection `key`: a recorded origin becomes the socket's tag.
+/// the connection `key`: a recorded origin becomes the socket's, and the
+/// socket's namespace is one `getsockopt` can name.
 #[inline(always)]
 pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
-    let Some(rec) = CONNS.get_ptr_mut(key) else {
+    let Some(entry) = CONNS.get_ptr_mut(key) else {
         return;
     };
-    // SAFETY: `rec` points into the map's value; `sk` is the tracepoint's
-    // socket argument, a full socket in its handshake's last step.
+    let Some(tcp) = tcp_sock(sk) else {
+        return;
+    };
+    let seq = first_seq(
+        load(tcp, offset!(tcp_rcv_nxt)),
+        load(tcp, offset!(tcp_bytes_received)),
+    );
+    // SAFETY: `entry` points into the map's value.
     unsafe {
+        let rec = &raw mut (*entry).record;
         // An entry another accepted socket took, or one whose connect is
         // older than any handshake, is a dead connection's (its close was
         // not seen, or its server never accepted it) that happens to share
@@ -111,37 +135,44 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
             return;
         }
         (*rec).server_uid = uid;
-        (*rec).established_ns = now;
         (*rec).server_cookie = bpf_get_socket_cookie(sk as *mut c_void);
-        // The new storage starts as a copy of `rec`.
-        bpf_sk_storage_get(
-            sk_origin(),
-            sk as *mut c_void,
-            rec.cast(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        );
+        (*entry).first_seq = seq;
+        // Written last: `getsockopt` and the daemon take an entry with it
+        // set as complete.
+        (*rec).established_ns = now;
+    }
+    let net: u64 = load(sk, offset!(sk_net));
+    let cookie: u64 = load(net, offset!(net_cookie));
+    // SAFETY: the value is a plain inode number.
+    if unsafe { NETNS_INUM.get(cookie) }.is_none() {
+        let _ = NETNS_INUM.insert(cookie, key.netns, 0);
     }
 }
 
-/// Socket `sk` closed: if it carries a tag, its connection leaves `LW_CONNS`
-/// (the tag itself goes with the socket).
+/// The client's initial sequence number plus one, from a TCP socket's
+/// `rcv_nxt` and `bytes_received` at any point of its life.
 #[inline(always)]
-pub fn closed(sk: u64) {
-    // SAFETY: a lookup without creation on the tracepoint's socket.
-    let tag = unsafe { bpf_sk_storage_get(sk_origin(), sk as *mut c_void, ptr::null_mut(), 0) }
-        .cast::<OriginRecord>();
-    if tag.is_null() {
+fn first_seq(rcv_nxt: u32, bytes_received: u64) -> u32 {
+    rcv_nxt.wrapping_sub(bytes_received as u32)
+}
+
+/// Socket `sk` (socket cookie `cookie`) closed on the connection `key` (as
+/// its accepting side would name it): if it is that side, the connection
+/// leaves `LW_CONNS`.
+#[inline(always)]
+pub fn closed(cookie: u64, key: &ConnKey) {
+    // SAFETY: the value is plain data.
+    let Some(entry) = (unsafe { CONNS.get(key) }) else {
         return;
+    };
+    if entry.record.server_cookie == cookie {
+        let _ = CONNS.remove(key);
     }
-    // SAFETY: non-NULL: the socket's storage; its key is read in place
-    // (by reference: the map helper takes a pointer to it).
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let _ = CONNS.remove(unsafe { &(*tag).conn });
 }
 
 /// `getsockopt(fd, SOL_LOOPWARDEN, LW_ORIGIN, buf, &len)`: the accepted
-/// socket's tag, or [`OriginRecord::unknown`] when it has none; `len`
-/// must be at least the record's size (else the kernel's own answer,
+/// socket's origin, or [`OriginRecord::unknown`] when loopwarden has none;
+/// `len` must be at least the record's size (else the kernel's own answer,
 /// ENOPROTOOPT, stands). Every other option is left to the kernel.
 #[cgroup_sockopt(getsockopt)]
 pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
@@ -162,25 +193,80 @@ pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
         if optval.add(RECORD_SIZE) > end {
             return 1;
         }
-        let sk = (*so).__bindgen_anon_1.sk;
-        let tag =
-            bpf_sk_storage_get(sk_origin(), sk.cast(), ptr::null_mut(), 0).cast::<OriginRecord>();
+        let entry = entry_of(so);
         // The kernel's buffer for optval is allocated (or on its stack,
         // for small ones) 8-byte aligned: the record is copied in words.
         let out = optval.cast::<OriginRecord>();
-        if tag.is_null() {
+        match entry {
+            Some(entry) => out.write(ptr::read(&raw const (*entry).record)),
             // Another loopwarden's program (a second pin directory) may
             // have answered already: its answer stands.
-            if ptr::read_volatile(&(*so).retval) == 0 {
-                return 1;
-            }
-            out.write(UNKNOWN);
-        } else {
-            out.write(ptr::read(tag));
+            None if ptr::read_volatile(&(*so).retval) == 0 => return 1,
+            None => out.write(UNKNOWN),
         }
         // Two 32-bit stores: the verifier refuses a merged 64-bit one.
         ptr::write_volatile(&raw mut (*so).optlen, RECORD_SIZE as i32);
         ptr::write_volatile(&raw mut (*so).retval, 0);
     }
     1
+}
+
+/// The `LW_CONNS` entry of the connection `so`'s socket accepted, if that
+/// socket is its accepting side.
+///
+/// # Safety
+/// `so` is the program's context.
+#[inline(always)]
+unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*const ConnEntry> {
+    // SAFETY: the context's socket, read field by field as the program
+    // type allows; `tcp` is checked for NULL.
+    unsafe {
+        let sk: *mut bpf_sock = (*so).__bindgen_anon_1.sk;
+        // Every address field is read before the family picks: read in
+        // the branches, the compiler merges the loads into one at a
+        // chosen offset, which the verifier refuses on a socket.
+        let (dst4, src4) = (
+            ptr::read_volatile(&(*sk).dst_ip4),
+            ptr::read_volatile(&(*sk).src_ip4),
+        );
+        let (dst6, src6) = (ip6(&(*sk).dst_ip6), ip6(&(*sk).src_ip6));
+        let (client, server) = match ptr::read_volatile(&(*sk).family) {
+            AF_INET => (v4_mapped(dst4), v4_mapped(src4)),
+            AF_INET6 => (dst6, src6),
+            _ => return None,
+        };
+        let cookie = bpf_get_netns_cookie(so.cast());
+        let netns = *NETNS_INUM.get(cookie)?;
+        let key = ConnKey {
+            netns,
+            client_port: u16::from_be(ptr::read_volatile(&(*sk).dst_port)),
+            server_port: ptr::read_volatile(&(*sk).src_port) as u16,
+            client,
+            server,
+        };
+        let entry = CONNS.get_ptr(key)?;
+        if ptr::read_volatile(&(*entry).record.established_ns) == 0 {
+            return None;
+        }
+        let tcp = bpf_tcp_sock(sk);
+        if tcp.is_null() || first_seq((*tcp).rcv_nxt, (*tcp).bytes_received) != (*entry).first_seq {
+            return None;
+        }
+        Some(entry)
+    }
+}
+
+/// An IPv6 address from a `bpf_sock` field, a 32-bit load per word (the
+/// only width the context allows).
+#[inline(always)]
+fn ip6(words: &[u32; 4]) -> Addr {
+    Addr {
+        words: [
+            // SAFETY: reads of a context array the program type allows.
+            unsafe { ptr::read_volatile(&words[0]) },
+            unsafe { ptr::read_volatile(&words[1]) },
+            unsafe { ptr::read_volatile(&words[2]) },
+            unsafe { ptr::read_volatile(&words[3]) },
+        ],
+    }
 }

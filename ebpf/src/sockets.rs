@@ -19,8 +19,12 @@
 //! Both run in tp_btf programs: their arguments are BTF-typed, so field
 //! loads are checked by the verifier and run as direct loads.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_skc_to_tcp_sock},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 use loopwarden_common::{Addr, ListenerKey, Pending, evidence, origin::ConnKey, stats};
 
@@ -112,6 +116,18 @@ pub fn end_by<R: Reader>(sk: u64, remote: bool) -> Option<End> {
         _ => return None,
     };
     Some(End { addr, port })
+}
+
+/// `sk` as the `tcp_sock` it is (the verifier allows reads past `struct
+/// sock` through it); `None` were it not a TCP socket.
+#[inline(always)]
+pub fn tcp_sock(sk: u64) -> Option<u64> {
+    // SAFETY: the helper checks what `sk` is and returns NULL if not TCP.
+    let tcp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
+    if tcp.is_null() {
+        return None;
+    }
+    Some(tcp as u64)
 }
 
 /// A connection as `LW_CONNS` names it.
@@ -224,7 +240,24 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             let _ = PENDING.remove(cookie);
             origin::connect_failed(cookie);
         }
-        (_, TCP_CLOSE) => origin::closed(sk),
+        (_, TCP_CLOSE) => {
+            // An accepted socket whose cookie nobody took (nearly all of
+            // them) carries no origin: the server's side of a tagged
+            // connection took its cookie when its handshake completed.
+            let cookie: u64 = load(sk, offset!(sk_cookie));
+            if cookie == 0 {
+                return 0;
+            }
+            // The kernel may have released the local port already
+            // (`inet_num` reads 0): the source port it sent from stands.
+            let (Some(peer), Some(mut local), Some(tcp)) =
+                (end(sk, true), end(sk, false), tcp_sock(sk))
+            else {
+                return 0;
+            };
+            local.port = u16::from_be(load(tcp, offset!(tcp_inet_sport)));
+            origin::closed(cookie, &conn_key(sk, &peer, &local));
+        }
         _ => {}
     }
     0

@@ -82,7 +82,11 @@ def btf(endian):
     agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u32, 1024),
         ("sk_uid", u32, 1088), ("sk_lock", lock_t, 1152)])
     ns = agg(STRUCT, "ns_common", 16, [("stashed", ptr, 0), ("inum", u32, 64)])
-    agg(STRUCT, "net", 64, [("passive", u32, 0), ("ns", ns, 128)])
+    agg(STRUCT, "net", 64, [("passive", u32, 0), ("ns", ns, 128), ("net_cookie", u64, 256)])
+    inet = agg(STRUCT, "inet_sock", 128, [("inet_saddr", u32, 0), ("inet_sport", u32, 512)])
+    icsk = agg(STRUCT, "inet_connection_sock", 256, [("icsk_inet", inet, 0)])
+    agg(STRUCT, "tcp_sock", 512, [("inet_conn", icsk, 0), ("rcv_nxt", u32, 2048),
+        ("bytes_received", u64, 2112)])
     ty("task_struct", FWD)
     agg(STRUCT, "task_struct", 256, [
         ("__state", u32, 0), ("flags", u32, (3 << 24) | 32), ("mm", ptr, 512),

@@ -59,9 +59,11 @@ while True:
         out.flush()
 "#;
 
-/// Connects to `ADDR PORT` and holds the connection until killed.
+/// Connects to `ADDR PORT` (from `ADDR:FROM` if given) and holds the
+/// connection until killed.
 const HOLD_CLIENT: &str = r#"import socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+src = (sys.argv[1], int(sys.argv[3])) if len(sys.argv) > 3 else None
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), source_address=src)
 while True: time.sleep(3600)
 "#;
 
@@ -151,6 +153,15 @@ impl Holder {
     pub fn hold_client(&self, ns: &Netns, addr: &str, port: u16) -> Proc {
         let script = write_script(&self.dir, "hold_client.py", HOLD_CLIENT);
         ns.spawn(SYSTEM_PYTHON, &[&script, addr, &port.to_string()])
+    }
+
+    /// [`Holder::hold_client`] from local port `from`.
+    pub fn hold_client_from(&self, ns: &Netns, addr: &str, port: u16, from: u16) -> Proc {
+        let script = write_script(&self.dir, "hold_client.py", HOLD_CLIENT);
+        ns.spawn(
+            SYSTEM_PYTHON,
+            &[&script, addr, &port.to_string(), &from.to_string()],
+        )
     }
 
     /// Runs [`FORK_CLIENT`] in `ns` against `addr`:`port`; returns the pid

@@ -6,7 +6,7 @@ use std::{io, net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path};
 use aya::maps::{HashMap as AyaHashMap, Map, MapData, MapError};
 use loopwarden_common::{
     Addr,
-    origin::{ConnKey, OriginRecord},
+    origin::{ConnEntry, ConnKey, OriginRecord},
 };
 
 /// Errors opening the map.
@@ -26,7 +26,7 @@ pub enum ConnsError {
 
 /// The pinned `LW_CONNS`.
 pub struct Conns {
-    map: AyaHashMap<MapData, ConnKey, OriginRecord>,
+    map: AyaHashMap<MapData, ConnKey, ConnEntry>,
 }
 
 impl Conns {
@@ -48,6 +48,7 @@ impl Conns {
         self.map
             .get(key, 0)
             .ok()
+            .map(|entry| entry.record)
             .filter(|record| record.established_ns != 0)
     }
 
@@ -56,7 +57,7 @@ impl Conns {
         self.map
             .iter()
             .filter_map(Result::ok)
-            .map(|(_, record)| record)
+            .map(|(_, entry)| entry.record)
             .filter(|record| record.established_ns != 0)
             .collect()
     }

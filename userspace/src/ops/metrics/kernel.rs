@@ -18,7 +18,7 @@ use aya::{
 };
 use loopwarden_common::{
     ListenerKey, Pending, ProcState, maps,
-    origin::{ConnKey, OriginRecord},
+    origin::{ConnEntry, ConnKey},
 };
 
 use crate::kernel::{
@@ -103,7 +103,7 @@ impl KernelSource {
             maps::PROCS => keys::<u32, ProcState>(Map::HashMap(data), capacity),
             maps::LISTENERS => keys::<ListenerKey, u32>(Map::HashMap(data), capacity),
             maps::PENDING => keys::<u64, Pending>(Map::LruHashMap(data), capacity),
-            maps::CONNS => keys::<ConnKey, OriginRecord>(Map::LruHashMap(data), capacity),
+            maps::CONNS => keys::<ConnKey, ConnEntry>(Map::LruHashMap(data), capacity),
             _ => None,
         }?;
         Some(Usage {
