@@ -57,9 +57,9 @@ pub const PENDING: &str = "LW_PENDING";
 /// non-loopback socket into LISTEN.
 pub const LISTENERS: &str = "LW_LISTENERS";
 
-/// `LruHashMap<u64, ConnectEvent>`: protected connects allowed to
-/// proceed, by client socket cookie, until the client's handshake
-/// completes (see [`super::origin`]).
+/// `LruHashMap<u64, ConnEntry>`: protected connects allowed to proceed,
+/// by client socket cookie, until the client's handshake completes and
+/// the entry moves to [`CONNS`] (see [`super::origin`]).
 pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
 /// `LruHashMap<ConnKey, ConnEntry>`: protected connections by their
 /// addresses, from the client's handshake to the accepted socket's close:
@@ -94,9 +94,6 @@ pub const EGRESS_EXE: &str = "LW_EGRESS_EXE";
 /// `HashMap<GenKey<u64>, u64>`: egress rules by cgroup id (the task's
 /// cgroup or an ancestor at [`super::Settings::egress_cgroup_levels`]).
 pub const EGRESS_CGROUP: &str = "LW_EGRESS_CGROUP";
-/// `PerCpuArray<ConnEntry>`, one entry: where the state tracepoint
-/// builds an entry before copying it into `LW_CONNS` (not pinned).
-pub const SCRATCH: &str = "LW_SCRATCH";
 
 /// Every map that is pinned and adopted across daemon restarts.
 pub const PINNED: &[&str] = &[

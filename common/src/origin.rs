@@ -102,6 +102,23 @@ pub struct ConnEntry {
     pub _pad: u32,
 }
 
+impl ConnEntry {
+    /// What a protected connect's entry starts as, waiting for its
+    /// handshake: a known record whose caller (`origin`) the connect hook
+    /// fills in and whose connection (`conn`) and server side the state
+    /// tracepoint does.
+    pub const fn pending() -> Self {
+        ConnEntry {
+            record: OriginRecord {
+                status: status::KNOWN,
+                ..OriginRecord::unknown()
+            },
+            first_seq: 0,
+            _pad: 0,
+        }
+    }
+}
+
 /// Names a TCP connection in `LW_CONNS`: the network namespace (inode
 /// number, as `/proc/PID/ns/net` shows it) and both ends, addresses in
 /// IPv4-mapped form for IPv4, ports in host order.

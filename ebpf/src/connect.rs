@@ -537,6 +537,10 @@ struct CommKey {
 }
 
 impl CommKey {
+    /// The calling thread's comm. (Here a helper's copy, not
+    /// [`Task::comm_words`]: comm values loaded into registers make the
+    /// verifier walk the rest of the rules for tens of thousands more
+    /// instructions.)
     #[inline(always)]
     fn current(generation: u32) -> Self {
         let mut key = CommKey {
@@ -765,14 +769,23 @@ fn fill(
         (*ev).rule = d.rule;
         (*ev)._pad0 = 0;
         (*ev)._pad1 = 0;
-        bpf_get_current_comm((*ev).comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        (*ev)
+            .comm
+            .as_mut_ptr()
+            .cast::<[u64; COMM_LEN / 8]>()
+            .write_unaligned(task.comm_words());
         (*ev)
             .exe_name
             .as_mut_ptr()
             .cast::<[u64; EXE_NAME_LEN / 8]>()
             .write_unaligned(identity::exe_name_words(exe_file));
         let script = (*ev).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>();
-        match PROCS.get_ptr(d.tgid) {
+        let found = if procs::maybe_tracked(d.tgid) {
+            PROCS.get_ptr(d.tgid)
+        } else {
+            None
+        };
+        match found {
             None => {
                 (*ev).via = Evidence::NONE;
                 script.write_unaligned([0; SCRIPT_LEN / 8]);

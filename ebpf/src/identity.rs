@@ -144,6 +144,16 @@ impl Task {
         let _ = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, comm) };
     }
 
+    /// `task->comm` as two words: two loads where `bpf_get_current_comm`
+    /// is a helper call and a string copy (the kernel keeps the name
+    /// NUL-terminated and padded; a concurrent rename can tear it, as it
+    /// can the helper's copy).
+    #[inline(always)]
+    pub fn comm_words(self) -> [u64; COMM_LEN / 8] {
+        let at = offset!(task_comm);
+        [load(self.0, at), load(self.0, at + 8)]
+    }
+
     /// `task->tgid`.
     #[inline(always)]
     pub fn tgid(self) -> u32 {

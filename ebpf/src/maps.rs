@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, ConnectEvent, EXE_NAME_LEN, EgressKey,
-    ExeKey, FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES,
-    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_NETNS_INUM, MAX_ORIGIN_PENDING, MAX_PENDING,
-    MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
+    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, EXE_NAME_LEN, EgressKey, ExeKey,
+    FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES, MAX_LISTENERS,
+    MAX_MAP_ENTRIES, MAX_NETNS, MAX_NETNS_INUM, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta,
+    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
     origin::{ConnEntry, ConnKey},
     stats, verdict,
 };
@@ -183,7 +183,7 @@ pub struct Recorded {
 /// Protected connects that proceed, by client socket cookie, until the
 /// client's handshake completes (see [`crate::origin`]).
 #[map(name = "LW_ORIGIN_PENDING")]
-pub static ORIGIN_PENDING: LruHashMap<u64, ConnectEvent> =
+pub static ORIGIN_PENDING: LruHashMap<u64, ConnEntry> =
     LruHashMap::with_max_entries(MAX_ORIGIN_PENDING, 0);
 
 /// Protected connections by their addresses, from the client's handshake
@@ -234,11 +234,3 @@ pub static EGRESS_EXE: HashMap<GenKey<ExeKey>, u64> =
 #[map(name = "LW_EGRESS_CGROUP")]
 pub static EGRESS_CGROUP: HashMap<GenKey<u64>, u64> =
     HashMap::with_max_entries(GENERATIONS * MAX_MAP_ENTRIES, 0);
-
-/// Where the state tracepoint builds an entry before copying it into
-/// `LW_CONNS`. The tracepoint runs with preemption disabled and the kernel
-/// skips its nested runs on one CPU, so the slot is never shared mid-use.
-/// (The cgroup hooks can be preempted: they use no per-CPU scratch.) Not
-/// pinned.
-#[map(name = "LW_SCRATCH")]
-pub static SCRATCH: PerCpuArray<ConnEntry> = PerCpuArray::with_max_entries(1, 0);

@@ -32,13 +32,13 @@ use aya_ebpf::{
 };
 use loopwarden_common::{
     Addr, ConnectEvent,
-    origin::{self, ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
+    origin::{ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
 };
 
 use crate::{
     addr::v4_mapped,
     identity::{load, offset},
-    maps::{CONNS, NETNS_INUM, ORIGIN_PENDING, SCRATCH},
+    maps::{CONNS, NETNS_INUM, ORIGIN_PENDING},
     sockets::tcp_sock,
 };
 
@@ -53,19 +53,22 @@ const AF_INET6: u32 = 10;
 
 /// The answer for a socket without a tag (read-only data).
 static UNKNOWN: OriginRecord = OriginRecord::unknown();
-/// What a pending origin starts as, before the connect hook fills it.
-static NO_EVENT: ConnectEvent = ConnectEvent::zeroed();
+/// What a pending entry starts as, before the connect hook fills it.
+static PENDING_ENTRY: ConnEntry = ConnEntry::pending();
 
 /// A protected connect that proceeds: its origin waits for the handshake
-/// in `LW_ORIGIN_PENDING` under the socket's cookie. Returns the entry,
-/// zeroed, for the caller to fill in place (nothing else writes this
-/// cookie's entry: the handshake has not begun).
+/// in `LW_ORIGIN_PENDING` under the socket's cookie, in the entry it will
+/// have in `LW_CONNS`. Returns the caller's part of it, zeroed, for the
+/// connect hook to fill in place (nothing else writes this cookie's entry:
+/// the handshake has not begun).
 #[inline(always)]
 pub fn connecting(cookie: u64) -> Option<*mut ConnectEvent> {
     // By reference: the helper copies from the read-only data in place.
     #[allow(clippy::needless_borrows_for_generic_args)]
-    ORIGIN_PENDING.insert(cookie, &NO_EVENT, 0).ok()?;
-    ORIGIN_PENDING.get_ptr_mut(cookie)
+    ORIGIN_PENDING.insert(cookie, &PENDING_ENTRY, 0).ok()?;
+    let entry = ORIGIN_PENDING.get_ptr_mut(cookie)?;
+    // SAFETY: a pointer into the map's value.
+    Some(unsafe { &raw mut (*entry).record.origin })
 }
 
 /// A connect that failed before its handshake completed.
@@ -75,33 +78,18 @@ pub fn connect_failed(cookie: u64) {
 }
 
 /// The client socket with cookie `cookie` completed its handshake on the
-/// connection `key`: a pending origin moves to `LW_CONNS`.
+/// connection `key`: a pending entry, named for its connection, moves to
+/// `LW_CONNS`.
 #[inline(always)]
 pub fn client_established(cookie: u64, key: &ConnKey) {
-    let Some(ev) = ORIGIN_PENDING.get_ptr(cookie) else {
+    let Some(entry) = ORIGIN_PENDING.get_ptr_mut(cookie) else {
         return;
     };
-    let Some(entry) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: `entry` is this CPU's scratch slot, which only this program
-    // uses (and the kernel never runs it nested on one CPU); `ev` points
-    // into a map value, copied whole.
+    // SAFETY: a pointer into the map's value, which only this socket's
+    // connect and handshake write; copied whole into the new entry (by
+    // reference: a by-value entry would be copied to the stack).
     unsafe {
-        (*entry).first_seq = 0;
-        (*entry)._pad = 0;
-        let rec = &raw mut (*entry).record;
-        (*rec).magic = origin::MAGIC;
-        (*rec).version = origin::VERSION;
-        (*rec).size = RECORD_SIZE as u16;
-        (*rec).status = origin::status::KNOWN;
-        (*rec)._pad0 = [0; 3];
-        (*rec).server_uid = 0;
-        (*rec).established_ns = 0;
-        (*rec).server_cookie = 0;
-        (*rec).conn = *key;
-        (*rec).origin = ptr::read(ev);
-        // By reference: a by-value entry would be copied to the stack.
+        (*entry).record.conn = *key;
         #[allow(clippy::needless_borrows_for_generic_args)]
         let _ = CONNS.insert(key, &*entry, 0);
     }
