@@ -144,8 +144,8 @@ fn first_seq(rcv_nxt: u32, bytes_received: u64) -> u32 {
     rcv_nxt.wrapping_sub(bytes_received as u32)
 }
 
-/// Socket `sk` (socket cookie `cookie`) closed on the connection `key` (as
-/// its accepting side would name it): if it is that side, the connection
+/// The socket with cookie `cookie` closed on the connection `key` (as its
+/// accepting side would name it): if it is that side, the connection
 /// leaves `LW_CONNS`.
 #[inline(always)]
 pub fn closed(cookie: u64, key: &ConnKey) {
