@@ -7,7 +7,9 @@
 //! `ssh -L`), the remote party. Each uid sees only the connections its own
 //! sockets accepted, closed connections disappear, a connection to an
 //! unprotected port is unknown, and misbehaving query clients do not keep
-//! the daemon from answering the others.
+//! the daemon from answering the others. getsockopt also knows an IPv4
+//! client of a dual-stack listener, and never answers with an entry a
+//! missed close left behind.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -357,6 +359,50 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     assert_eq!(fresh["status"], 1, "{fresh}");
     assert_eq!(fresh["tgid"], client.pid(), "{fresh}");
     assert_eq!(fresh["server_cookie"], fresh["cookie"], "{fresh}");
+}
+
+/// A dual-stack listener (`[::]`, not v6-only) accepts an IPv4 client on
+/// an IPv6 socket whose addresses are IPv4-mapped, while the client's
+/// socket is IPv4: getsockopt on the accepted socket must still find the
+/// connection the client's side named. The same listener on the
+/// unprotected port is the control: "unknown".
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_known_to_getsockopt() {
+    const DUAL_STACK: &str = r#"import json, os, socket, struct, sys
+out = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    s.listen(1)
+    c = socket.create_connection(("127.0.0.1", port))
+    a, peer = s.accept()
+    rec = a.getsockopt(0x4c57, 1, 328)
+    out.append({"port": port, "family": a.family, "peer": peer[0], "status": rec[8],
+                "tgid": struct.unpack_from("=I", rec, 152)[0]})
+print(json.dumps({"pid": os.getpid(), "answers": out}))
+"#;
+    let ns = Netns::new();
+    let _daemon = Daemon::start(&config(&ns));
+    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        DUAL_STACK,
+        &PROTECTED.to_string(),
+        &UNPROTECTED.to_string(),
+    ]));
+    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    let (protected, unprotected) = (&said["answers"][0], &said["answers"][1]);
+    for answer in [protected, unprotected] {
+        assert_eq!(answer["family"], libc::AF_INET6, "{said}");
+        assert_eq!(answer["peer"], "::ffff:127.0.0.1", "{said}");
+    }
+    assert_eq!(protected["status"], 1, "{said}");
+    assert_eq!(protected["tgid"], said["pid"], "{said}");
+    assert_eq!(
+        (&unprotected["status"], &unprotected["tgid"]),
+        (&json!(0), &json!(0)),
+        "{said}"
+    );
 }
 
 /// Where `ConnEntry` (common/src/origin.rs) keeps the connect's time
