@@ -37,6 +37,7 @@ use loopwarden_common::{
 
 use crate::{
     addr::v4_mapped,
+    connect::{AF_INET, AF_INET6},
     identity::{load, offset},
     maps::{CONNS, NETNS_INUM, ORIGIN_PENDING},
     sockets::tcp_sock,
@@ -48,8 +49,6 @@ const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
 const HANDSHAKE_NS: u64 = 180_000_000_000;
 /// What a cgroup sockopt program sees of a larger `optval`.
 const PAGE_SIZE: i32 = 4096;
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 /// The answer for a socket without a tag (read-only data).
 static UNKNOWN: OriginRecord = OriginRecord::unknown();
@@ -218,7 +217,8 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*const ConnEntry> {
             ptr::read_volatile(&(*sk).src_ip4),
         );
         let (dst6, src6) = (ip6(&(*sk).dst_ip6), ip6(&(*sk).src_ip6));
-        let (client, server) = match ptr::read_volatile(&(*sk).family) {
+        // The kernel's family is 16 bits wide: the context widens it.
+        let (client, server) = match ptr::read_volatile(&(*sk).family) as u16 {
             AF_INET => (v4_mapped(dst4), v4_mapped(src4)),
             AF_INET6 => (dst6, src6),
             _ => return None,

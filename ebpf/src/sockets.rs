@@ -30,14 +30,13 @@ use loopwarden_common::{Addr, ListenerKey, Pending, evidence, origin::ConnKey, s
 
 use crate::{
     addr::{is_loopback, is_unspecified, v4_mapped},
+    connect::{AF_INET, AF_INET6},
     identity::{load, offset, probe},
     maps::{LISTENERS, PENDING, count},
     origin,
     procs::{Slot, record, record_received},
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;

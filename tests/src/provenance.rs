@@ -151,17 +151,20 @@ impl Holder {
 
     /// Starts [`HOLD_CLIENT`] in `ns`, connecting to `addr`:`port`.
     pub fn hold_client(&self, ns: &Netns, addr: &str, port: u16) -> Proc {
-        let script = write_script(&self.dir, "hold_client.py", HOLD_CLIENT);
-        ns.spawn(SYSTEM_PYTHON, &[&script, addr, &port.to_string()])
+        self.hold(ns, &[addr, &port.to_string()])
     }
 
     /// [`Holder::hold_client`] from local port `from`.
     pub fn hold_client_from(&self, ns: &Netns, addr: &str, port: u16, from: u16) -> Proc {
+        self.hold(ns, &[addr, &port.to_string(), &from.to_string()])
+    }
+
+    /// Starts [`HOLD_CLIENT`] in `ns` with `args`.
+    fn hold(&self, ns: &Netns, args: &[&str]) -> Proc {
         let script = write_script(&self.dir, "hold_client.py", HOLD_CLIENT);
-        ns.spawn(
-            SYSTEM_PYTHON,
-            &[&script, addr, &port.to_string(), &from.to_string()],
-        )
+        let mut argv = vec![script.as_str()];
+        argv.extend_from_slice(args);
+        ns.spawn(SYSTEM_PYTHON, &argv)
     }
 
     /// Runs [`FORK_CLIENT`] in `ns` against `addr`:`port`; returns the pid
