@@ -34,7 +34,7 @@ pub mod origin;
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -86,6 +86,8 @@ pub const MAX_TRACKED: u32 = 32768;
 /// Entries of `LW_TRACKED`: one byte per possible tgid (`PID_MAX_LIMIT`,
 /// 4,194,304 on 64-bit), 64 to an entry.
 pub const TRACKED_ENTRIES: u32 = 4_194_304 / 64;
+/// Entries of `LW_CONN_PORTS`: a byte for each of the 65,536 ports.
+pub const CONN_PORT_ENTRIES: u32 = 65_536 / 64;
 /// Outbound connections to non-local peers awaiting their handshake.
 pub const MAX_PENDING: u32 = 8192;
 /// Listening sockets on non-loopback addresses the kernel remembers.

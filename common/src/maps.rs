@@ -70,6 +70,12 @@ pub const CONNS: &str = "LW_CONNS";
 /// (which learns only its socket's namespace cookie) names a connection
 /// as `LW_CONNS` does.
 pub const NETNS_INUM: &str = "LW_NETNS_INUM";
+/// `Array<[u8; 64]>` of [`super::CONN_PORT_ENTRIES`]: byte `port % 64` of
+/// entry `port / 64` is 1 once an accepted socket on local port `port`
+/// was bound to a [`CONNS`] entry (never cleared): a closing socket on an
+/// unmarked port has no entry to remove, which spares nearly every client
+/// socket's close a hash lookup.
+pub const CONN_PORTS: &str = "LW_CONN_PORTS";
 /// `Array<u64>` of [`super::PORT_WORDS`] per generation, like
 /// [`PORTS`]: the ports the bind guard keeps on loopback, consulted
 /// when [`super::flags::BIND_GUARD`] is set.
@@ -121,6 +127,7 @@ pub const PINNED: &[&str] = &[
     ORIGIN_PENDING,
     CONNS,
     NETNS_INUM,
+    CONN_PORTS,
     BIND_PORTS,
     BIND_EXE,
     BIND_UID,

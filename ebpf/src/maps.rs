@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, EXE_NAME_LEN, EgressKey, ExeKey,
-    FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES, MAX_LISTENERS,
-    MAX_MAP_ENTRIES, MAX_NETNS, MAX_NETNS_INUM, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta,
-    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
+    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, CONN_PORT_ENTRIES, EXE_NAME_LEN, EgressKey,
+    ExeKey, FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES,
+    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_NETNS_INUM, MAX_ORIGIN_PENDING, MAX_PENDING,
+    MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
     origin::{ConnEntry, ConnKey},
     stats, verdict,
 };
@@ -195,6 +195,11 @@ pub static CONNS: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(
 /// (what `getsockopt` learns of its socket's namespace).
 #[map(name = "LW_NETNS_INUM")]
 pub static NETNS_INUM: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_NETNS_INUM, 0);
+
+/// Local ports accepted sockets of tagged connections were on (see
+/// loopwarden_common::maps::CONN_PORTS).
+#[map(name = "LW_CONN_PORTS")]
+pub static CONN_PORTS: Array<[u8; 64]> = Array::with_max_entries(CONN_PORT_ENTRIES, 0);
 
 // The bind guard's policy (see [`crate::bind`]), generational like the rest.
 

@@ -11,7 +11,10 @@
 //!    socket, after the client's: the client's ACK creates it): the entry
 //!    is bound to that socket by its cookie and the client's first
 //!    sequence number ([`server_established`]).
+//!    Its local port is marked in `LW_CONN_PORTS`.
 //! 4. The accepted socket closes: its `LW_CONNS` entry goes ([`closed`]).
+//!    Sockets closing on unmarked ports (clients' ephemeral ones) are not
+//!    looked up ([`port_marked`]).
 //!
 //! `getsockopt` finds the entry by the socket's addresses and namespace
 //! ([`lw_getsockopt`]). (Socket-local storage would hold the record on the
@@ -39,7 +42,7 @@ use crate::{
     addr::v4_mapped,
     connect::{AF_INET, AF_INET6},
     identity::{load, offset},
-    maps::{CONNS, NETNS_INUM, ORIGIN_PENDING},
+    maps::{CONN_PORTS, CONNS, NETNS_INUM, ORIGIN_PENDING},
     sockets::tcp_sock,
 };
 
@@ -128,11 +131,46 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         // set as complete.
         (*rec).established_ns = now;
     }
+    mark_port(key.server_port);
     let net: u64 = load(sk, offset!(sk_net));
     let cookie: u64 = load(net, offset!(net_cookie));
     // SAFETY: the value is a plain inode number.
     if unsafe { NETNS_INUM.get(cookie) }.is_none() {
         let _ = NETNS_INUM.insert(cookie, key.netns, 0);
+    }
+}
+
+/// `port`'s byte in `LW_CONN_PORTS`.
+#[inline(always)]
+fn port_byte(port: u16) -> Option<*mut u8> {
+    let entry = CONN_PORTS.get_ptr_mut(u32::from(port >> 6))?;
+    // SAFETY: a pointer into the map's value; the index is masked in bounds.
+    Some(unsafe { (*entry).as_mut_ptr().add(usize::from(port & 63)) })
+}
+
+/// Notes that accepted sockets on local port `port` may have `LW_CONNS`
+/// entries. A byte store, not a bit in a shared word: two CPUs marking
+/// neighbouring ports at once cannot undo each other's mark.
+#[inline(always)]
+fn mark_port(port: u16) {
+    if let Some(b) = port_byte(port) {
+        // SAFETY: a pointer into the map's value.
+        unsafe {
+            if ptr::read_volatile(b) == 0 {
+                ptr::write_volatile(b, 1);
+            }
+        }
+    }
+}
+
+/// Whether a socket closing on local port `port` may be the accepting side
+/// of a tagged connection (no: no accepted socket on that port ever was).
+#[inline(always)]
+pub fn port_marked(port: u16) -> bool {
+    match port_byte(port) {
+        // SAFETY: a pointer into the map's value.
+        Some(b) => (unsafe { ptr::read_volatile(b) }) != 0,
+        None => true,
     }
 }
 

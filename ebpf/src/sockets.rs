@@ -221,6 +221,10 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             };
             // A protected connect's origin moves on, whatever the peer.
             origin::client_established(cookie, &conn_key(sk, &local, &peer));
+            // A connect to loopback is never pending here (see `connecting`).
+            if is_loopback(&peer.addr) {
+                return 0;
+            }
             // SAFETY: the value is plain data.
             let Some(pending) = (unsafe { PENDING.get(cookie) }).copied() else {
                 return 0;
@@ -249,12 +253,18 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             }
             // The kernel may have released the local port already
             // (`inet_num` reads 0): the source port it sent from stands.
-            let (Some(peer), Some(mut local), Some(tcp)) =
-                (end(sk, true), end(sk, false), tcp_sock(sk))
-            else {
+            let Some(tcp) = tcp_sock(sk) else {
                 return 0;
             };
-            local.port = u16::from_be(load(tcp, offset!(tcp_inet_sport)));
+            let port = u16::from_be(load(tcp, offset!(tcp_inet_sport)));
+            // A client socket's port (an ephemeral one) is not marked.
+            if !origin::port_marked(port) {
+                return 0;
+            }
+            let (Some(peer), Some(mut local)) = (end(sk, true), end(sk, false)) else {
+                return 0;
+            };
+            local.port = port;
             origin::closed(cookie, &conn_key(sk, &peer, &local));
         }
         _ => {}
