@@ -304,9 +304,10 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
 /// A close the state tracepoint never sees (the kernel skips a run nested
 /// on one CPU) leaves a connection's entry in `LW_CONNS`. Written back by
 /// hand under the addresses of a later, untagged connection, it must not
-/// be that connection's getsockopt answer; the same entry written before
-/// its connection's handshake (as the kernel writes one) is: the positive
-/// control, through the same lookup.
+/// be that connection's answer, from getsockopt or from the daemon (`who`,
+/// `conns`); the same entry written before its connection's handshake (as
+/// the kernel writes one) is: the positive control, through the same
+/// lookups.
 #[test]
 fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     const STALE_FROM: u16 = 41001;
@@ -347,6 +348,10 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
         (&json!(0), &json!(0)),
         "{stale}"
     );
+    let run_dir = install.run_dir();
+    let (stale_peer, stale_local) = ends(&stale);
+    let said = who(&ns, None, &run_dir, &stale_peer, &stale_local);
+    assert!(matches!(said, Err((1, _))), "{said:?}");
 
     // Waiting for its handshake (not established, connected just now).
     let mut pending = entry.clone();
@@ -359,6 +364,17 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     assert_eq!(fresh["status"], 1, "{fresh}");
     assert_eq!(fresh["tgid"], client.pid(), "{fresh}");
     assert_eq!(fresh["server_cookie"], fresh["cookie"], "{fresh}");
+    let (fresh_peer, fresh_local) = ends(&fresh);
+    let origin = who(&ns, None, &run_dir, &fresh_peer, &fresh_local).expect("the fresh entry");
+    assert_eq!(origin["pid"], client.pid(), "{origin:#}");
+    let listed: Vec<Value> = conns(&ns, None, &run_dir)
+        .into_iter()
+        .map(|o| o["client"].clone())
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for expected in [&peer, &fresh_peer] {
+        assert!(listed.contains(&json!(expected)), "{listed:?}");
+    }
 }
 
 /// A dual-stack listener (`[::]`, not v6-only) accepts an IPv4 client on

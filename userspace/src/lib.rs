@@ -8,7 +8,7 @@
 //! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer
 //! records into audit lines, [`report`] summarises repeats and batches
 //! the lines, [`cut`] destroys connections a newly enforced policy would
-//! have refused, [`track`] seeds the kernel's relay tracking from `/proc`
+//! have refused ([`sock_diag`] lists and destroys sockets), [`track`] seeds the kernel's relay tracking from `/proc`
 //! at start, [`provenance`] reads the origins the kernel bound to
 //! protected connections, [`run_socket`] binds the daemon's Unix sockets
 //! (query, metrics), and [`daemon`] ties them together. [`ops`] holds
@@ -35,6 +35,7 @@ pub mod provenance;
 pub mod report;
 pub mod resolve;
 pub mod run_socket;
+pub mod sock_diag;
 pub mod track;
 
 /// An error and its causes on one line, `: `-separated, for a warning or a

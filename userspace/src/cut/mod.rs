@@ -5,7 +5,7 @@
 //! reported as a `cut`. Connections of clients the policy allows are never
 //! touched.
 //!
-//! This module owns that sweep: [`sock_diag`] lists the TCP sockets of a
+//! This module owns that sweep: [`crate::sock_diag`] lists the TCP sockets of a
 //! network namespace and destroys one by its exact id (cookie included);
 //! [`procs`] finds which processes hold a socket and reads who they are from
 //! `/proc`, and what the kernel's tracking programs know of them from
@@ -34,7 +34,6 @@
 //! changed its uid, comm or cgroup since connect() is judged as it is now.
 
 pub mod procs;
-pub mod sock_diag;
 
 use std::{
     collections::HashSet,
@@ -47,15 +46,13 @@ use std::{
 use loopwarden_common::{ProcState, RELAY_RULE};
 use tracing::{debug, warn};
 
-use self::{
-    procs::{Owner, ProcReader},
-    sock_diag::{Dumped, SockDiag, TcpSocket, state},
-};
+use self::procs::{Owner, ProcReader};
 use crate::{
     error_chain,
     events::RELAY_RULE_NAME,
     policy::{CompiledPolicy, Mode},
     resolve,
+    sock_diag::{Dumped, SockDiag, TcpSocket, state},
 };
 
 /// Most sockets one sweep examines over all namespaces (each is a few dozen
@@ -428,7 +425,8 @@ fn is_local(ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{sock_diag::SockId, *};
+    use super::*;
+    use crate::sock_diag::SockId;
     use crate::{config::Config, policy, resolve::HostResolver};
 
     fn sock(state: u8, src: &str, dst: &str, inode: u64) -> TcpSocket {

@@ -10,12 +10,9 @@ use super::{
     *,
 };
 use crate::{
-    cut::{
-        Cut,
-        procs::Owner,
-        sock_diag::{SockId, TcpSocket},
-    },
+    cut::{Cut, procs::Owner},
     policy::{Action, ProcessIdentity, RuleInfo},
+    sock_diag::{SockId, TcpSocket},
 };
 
 fn event() -> ConnectEvent {

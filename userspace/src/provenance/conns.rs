@@ -1,5 +1,6 @@
 //! `LW_CONNS`, read from its pin: the live protected connections and their
-//! origins, by the connection's addresses.
+//! origins, by the connection's addresses. Only entries whose accepted
+//! socket is still open are answered ([`Liveness`]).
 
 use std::{io, net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path};
 
@@ -8,6 +9,8 @@ use loopwarden_common::{
     Addr,
     origin::{ConnEntry, ConnKey, OriginRecord},
 };
+
+use super::live::Liveness;
 
 /// Errors opening the map.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,7 @@ pub enum ConnsError {
 /// The pinned `LW_CONNS`.
 pub struct Conns {
     map: AyaHashMap<MapData, ConnKey, ConnEntry>,
+    live: Liveness,
 }
 
 impl Conns {
@@ -38,28 +42,34 @@ impl Conns {
         };
         let data = MapData::from_pin(path).map_err(open_error)?;
         let map = AyaHashMap::try_from(Map::LruHashMap(data)).map_err(open_error)?;
-        Ok(Self { map })
+        Ok(Self {
+            map,
+            live: Liveness::new(),
+        })
     }
 
     /// The origin of the connection `key`, once the server's side has
     /// accepted it (before that it is no connection a service could ask
-    /// about).
+    /// about) and while it is open.
     pub fn get(&self, key: &ConnKey) -> Option<OriginRecord> {
         self.map
             .get(key, 0)
             .ok()
-            .map(|entry| entry.record)
-            .filter(|record| record.established_ns != 0)
+            .map(|entry| named(*key, entry))
+            .filter(|record| record.established_ns != 0 && self.live.is_open(record))
     }
 
-    /// Every accepted protected connection the map holds.
+    /// Every accepted protected connection the map holds that is open.
     pub fn list(&self) -> Vec<OriginRecord> {
-        self.map
+        let mut records: Vec<OriginRecord> = self
+            .map
             .iter()
             .filter_map(Result::ok)
-            .map(|(_, entry)| entry.record)
+            .map(|(key, entry)| named(key, entry))
             .filter(|record| record.established_ns != 0)
-            .collect()
+            .collect();
+        self.live.retain_open(&mut records);
+        records
     }
 
     /// The connection whose accepted socket has cookie `cookie`.
@@ -67,6 +77,16 @@ impl Conns {
         self.list()
             .into_iter()
             .find(|record| record.server_cookie == cookie)
+    }
+}
+
+/// The record of `entry`, naming the connection it is found under (the
+/// kernel writes the same into the record; what is checked to be open and
+/// answered is what was asked about).
+fn named(key: ConnKey, entry: ConnEntry) -> OriginRecord {
+    OriginRecord {
+        conn: key,
+        ..entry.record
     }
 }
 

@@ -4,12 +4,14 @@
 //! operators: [`query`] serves the query socket, [`request`] answers its
 //! requests, [`answer`] turns a record into the origin they carry, and
 //! [`client`] is `loopwarden who` / `loopwarden conns` (printed by
-//! `show`); [`ident`] is the RFC 1413 responder.
+//! `show`); [`ident`] is the RFC 1413 responder. [`live`] checks that a
+//! connection an entry names is still open.
 
 pub mod answer;
 pub mod client;
 mod conns;
 pub mod ident;
+pub mod live;
 pub mod query;
 pub mod request;
 mod show;

@@ -19,9 +19,9 @@ use aya::{
 
 use super::Check;
 use crate::{
-    cut::sock_diag::{SockDiag, state},
     error_chain,
     kernel::sys::{self, Insn},
+    sock_diag::{SockDiag, state},
 };
 
 pub(super) fn program_type() -> Check {

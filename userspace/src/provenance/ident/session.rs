@@ -147,13 +147,20 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 
 /// The reply to a valid query on the connection `local` (this host's end,
 /// the responder's address) ← `peer` (the querying host).
-async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Shared) -> String {
+async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<Shared>) -> String {
     let key = conn_key(
         shared.netns,
         SocketAddr::new(local.ip(), ports.here),
         SocketAddr::new(peer.ip(), ports.there),
     );
-    let origin = Origin::of(shared.conns.get(&key).as_ref());
+    // Blocking: reads the map, and may enter a namespace to see that the
+    // connection is open.
+    let lookup = shared.clone();
+    let record = tokio::task::spawn_blocking(move || lookup.conns.get(&key))
+        .await
+        .ok()
+        .flatten();
+    let origin = Origin::of(record.as_ref());
     debug!(
         "ident: {peer} asked about {}:{} -> {}:{}: {origin:?}",
         local.ip(),

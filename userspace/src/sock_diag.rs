@@ -1,5 +1,6 @@
 //! TCP sockets through `NETLINK_SOCK_DIAG` (what `ss` uses): a dump of the
-//! sockets of one network namespace, and `SOCK_DESTROY` of one of them.
+//! sockets of one network namespace, one socket found by its exact id, and
+//! `SOCK_DESTROY` of one of them.
 //!
 //! A sock_diag socket answers for the network namespace it was created in,
 //! whichever thread uses it later: [`SockDiag::open`] is called inside the
@@ -239,6 +240,39 @@ impl SockDiag {
                             taken += 1;
                         }
                     }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The socket `id` names exactly (addresses, ports and cookie, unless
+    /// both cookie words are `INET_DIAG_NOCOOKIE`, `u32::MAX`) among the
+    /// connected TCP sockets of `family`, if it exists.
+    /// An IPv4 `id` also finds an IPv6 socket with IPv4-mapped addresses.
+    pub fn find(&mut self, family: u8, id: &SockId) -> io::Result<Option<TcpSocket>> {
+        let flags = libc::NLM_F_REQUEST as u16;
+        let seq = self.send(SOCK_DIAG_BY_FAMILY, flags, family, u32::MAX, id)?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let len = self.recv(&mut buf)?;
+            for msg in Messages::new(&buf[..len]) {
+                if msg.seq != seq {
+                    continue;
+                }
+                match msg.kind {
+                    SOCK_DIAG_BY_FAMILY => return Ok(TcpSocket::parse(msg.payload)),
+                    // No such socket; or one with these addresses, another
+                    // cookie.
+                    NLMSG_ERROR
+                        if matches!(
+                            error_code(msg.payload),
+                            Some(e) if e == -libc::ENOENT || e == -libc::ESTALE
+                        ) =>
+                    {
+                        return Ok(None);
+                    }
+                    NLMSG_ERROR => return Err(error_status(msg.payload)),
                     _ => {}
                 }
             }

@@ -1,0 +1,217 @@
+//! Whether the connection an `LW_CONNS` entry names is still open: its
+//! accepted socket, found through sock_diag in the connection's network
+//! namespace by its addresses and cookie.
+//!
+//! The kernel removes an entry when the accepted socket closes, but it
+//! skips a tracing program's run nested on one CPU, so a close can go
+//! unseen and its entry stay until the LRU map evicts it. `getsockopt`
+//! never answers from such an entry (the client's first sequence number
+//! differs); with this check the daemon does not either: `who`, `conns`,
+//! the query socket and ident never name a closed connection, nor answer
+//! for a later connection between the same addresses with a closed one's
+//! origin.
+//!
+//! Where the check cannot be made (a namespace no process is in and no
+//! `/run/netns` file names, a sock_diag error) an entry is taken as the
+//! kernel left it, and a debug line says so.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs, io,
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+};
+
+use loopwarden_common::{Addr, origin::OriginRecord};
+use tracing::debug;
+
+use super::conns::netns_of;
+use crate::{
+    cut::procs::network_namespaces,
+    error_chain, resolve,
+    sock_diag::{SockDiag, SockId, state},
+};
+
+/// Where bind-mounted namespace files live (`ip netns add`).
+const NAMED_NETNS: &str = "/run/netns";
+
+/// Finds accepted sockets in any network namespace.
+pub struct Liveness {
+    /// The caller's own namespace (inode number), entered by nothing.
+    own: Option<u32>,
+    /// A namespace file that was namespace N the last time it was entered.
+    paths: Mutex<HashMap<u32, PathBuf>>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Liveness {
+    pub fn new() -> Self {
+        Self {
+            own: netns_of(std::process::id()).ok(),
+            paths: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `record`'s accepted socket is open.
+    pub fn is_open(&self, record: &OriginRecord) -> bool {
+        let mut one = vec![*record];
+        self.retain_open(&mut one);
+        !one.is_empty()
+    }
+
+    /// Keeps the records whose accepted socket is open (one sock_diag
+    /// lookup each, one namespace entered per namespace).
+    pub fn retain_open(&self, records: &mut Vec<OriginRecord>) {
+        let mut by_netns: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, record) in records.iter().enumerate() {
+            by_netns.entry(record.conn.netns).or_default().push(i);
+        }
+        let mut open = vec![true; records.len()];
+        for (netns, indices) in by_netns {
+            let checked = self.diag(netns).and_then(|mut diag| {
+                indices
+                    .iter()
+                    .map(|&i| accepted_socket_open(&mut diag, &records[i]))
+                    .collect::<io::Result<Vec<bool>>>()
+            });
+            match checked {
+                Ok(found) => {
+                    for (&i, found) in indices.iter().zip(found) {
+                        open[i] = found;
+                    }
+                }
+                Err(e) => debug!(
+                    "provenance: cannot tell whether the connections of network namespace \
+                     net:[{netns}] are still open, taking them as the kernel left them: {}",
+                    error_chain(&e)
+                ),
+            }
+        }
+        let mut keep = open.into_iter();
+        records.retain(|_| keep.next().unwrap_or(true));
+    }
+
+    /// A sock_diag socket in namespace `netns`.
+    fn diag(&self, netns: u32) -> io::Result<SockDiag> {
+        if Some(netns) == self.own {
+            return SockDiag::open();
+        }
+        let known = self
+            .paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&netns)
+            .cloned();
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no process is in network namespace net:[{netns}] and no {NAMED_NETNS} file \
+                 names it"
+            ),
+        );
+        // The file that worked last time and the named ones first: walking
+        // /proc is the costly way.
+        let cheap = known.into_iter().chain(named_files());
+        if let Some(diag) = self.enter(netns, cheap, &mut last) {
+            return Ok(diag);
+        }
+        self.enter(netns, process_files(netns), &mut last)
+            .ok_or(last)
+    }
+
+    /// A sock_diag socket opened in namespace `netns` through the first of
+    /// `paths` that is that namespace and can be entered (remembered for
+    /// next time); `last` keeps the last failure.
+    fn enter(
+        &self,
+        netns: u32,
+        paths: impl IntoIterator<Item = PathBuf>,
+        last: &mut io::Error,
+    ) -> Option<SockDiag> {
+        for path in paths {
+            // The file may name another namespace by now (a pid reused).
+            if fs::metadata(&path).map(|m| m.ino() as u32).ok() != Some(netns) {
+                continue;
+            }
+            match resolve::in_netns(&path, SockDiag::open) {
+                Ok(diag) => {
+                    self.paths
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(netns, path);
+                    return Some(diag);
+                }
+                Err(e) => *last = e,
+            }
+        }
+        None
+    }
+}
+
+/// The files in [`NAMED_NETNS`].
+fn named_files() -> Vec<PathBuf> {
+    fs::read_dir(NAMED_NETNS)
+        .map(|dir| dir.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default()
+}
+
+/// `/proc/PID/ns/net` of a few processes in namespace `netns` (a walk
+/// over every process).
+fn process_files(netns: u32) -> Vec<PathBuf> {
+    network_namespaces()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| ns.id.1 as u32 == netns)
+        .flat_map(|ns| ns.pids)
+        .map(|pid| Path::new("/proc").join(pid.to_string()).join("ns/net"))
+        .collect()
+}
+
+/// Whether the accepted socket of `record` (the server's end, with the
+/// cookie the kernel bound) is among `diag`'s namespace's open sockets.
+fn accepted_socket_open(diag: &mut SockDiag, record: &OriginRecord) -> io::Result<bool> {
+    let conn = &record.conn;
+    let (family, src, dst) = match (address(&conn.server), address(&conn.client)) {
+        (IpAddr::V4(server), IpAddr::V4(client)) => {
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src[..4].copy_from_slice(&server.octets());
+            dst[..4].copy_from_slice(&client.octets());
+            (libc::AF_INET as u8, src, dst)
+        }
+        (server, client) => (libc::AF_INET6 as u8, v6(server), v6(client)),
+    };
+    let cookie = record.server_cookie;
+    let id = SockId {
+        sport: conn.server_port.to_be_bytes(),
+        dport: conn.client_port.to_be_bytes(),
+        src,
+        dst,
+        interface: 0,
+        cookie: [cookie as u32, (cookie >> 32) as u32],
+    };
+    // A socket in TIME_WAIT is a connection its server closed.
+    Ok(diag
+        .find(family, &id)?
+        .is_some_and(|socket| socket.state != state::TIME_WAIT))
+}
+
+/// An address as the kernel stores it, IPv4-mapped ones as IPv4 (an IPv4
+/// lookup also finds an IPv6 socket with IPv4-mapped addresses).
+fn address(addr: &Addr) -> IpAddr {
+    addr.to_ip().to_canonical()
+}
+
+fn v6(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
