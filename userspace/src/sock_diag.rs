@@ -220,30 +220,20 @@ impl SockDiag {
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
         let seq = self.send(SOCK_DIAG_BY_FAMILY, flags, family, states, &SockId::zero())?;
         let mut taken = 0usize;
-        let mut buf = vec![0u8; RECV_BUF];
-        loop {
-            let len = self.recv(&mut buf)?;
-            for msg in Messages::new(&buf[..len]) {
-                if msg.seq != seq {
-                    continue;
+        self.until(seq, RECV_BUF, |msg| match msg.kind {
+            NLMSG_DONE => Some(done_status(msg.payload).map(|()| Dumped::Complete)),
+            NLMSG_ERROR => Some(Err(error_status(msg.payload))),
+            // The rest of the dump is dropped with the socket's queue.
+            SOCK_DIAG_BY_FAMILY if taken == limit => Some(Ok(Dumped::Truncated)),
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(sock) = TcpSocket::parse(msg.payload) {
+                    out.push(sock);
+                    taken += 1;
                 }
-                match msg.kind {
-                    NLMSG_DONE => return done_status(msg.payload).map(|()| Dumped::Complete),
-                    NLMSG_ERROR => return Err(error_status(msg.payload)),
-                    SOCK_DIAG_BY_FAMILY => {
-                        if taken == limit {
-                            // The rest of the dump is dropped with the socket's queue.
-                            return Ok(Dumped::Truncated);
-                        }
-                        if let Some(sock) = TcpSocket::parse(msg.payload) {
-                            out.push(sock);
-                            taken += 1;
-                        }
-                    }
-                    _ => {}
-                }
+                None
             }
-        }
+            _ => None,
+        })?
     }
 
     /// The socket `id` names exactly (addresses, ports and cookie, unless
@@ -253,30 +243,15 @@ impl SockDiag {
     pub fn find(&mut self, family: u8, id: &SockId) -> io::Result<Option<TcpSocket>> {
         let flags = libc::NLM_F_REQUEST as u16;
         let seq = self.send(SOCK_DIAG_BY_FAMILY, flags, family, u32::MAX, id)?;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let len = self.recv(&mut buf)?;
-            for msg in Messages::new(&buf[..len]) {
-                if msg.seq != seq {
-                    continue;
-                }
-                match msg.kind {
-                    SOCK_DIAG_BY_FAMILY => return Ok(TcpSocket::parse(msg.payload)),
-                    // No such socket; or one with these addresses, another
-                    // cookie.
-                    NLMSG_ERROR
-                        if matches!(
-                            error_code(msg.payload),
-                            Some(e) if e == -libc::ENOENT || e == -libc::ESTALE
-                        ) =>
-                    {
-                        return Ok(None);
-                    }
-                    NLMSG_ERROR => return Err(error_status(msg.payload)),
-                    _ => {}
-                }
-            }
-        }
+        self.until(seq, 4096, |msg| match msg.kind {
+            SOCK_DIAG_BY_FAMILY => Some(Ok(TcpSocket::parse(msg.payload))),
+            // No such socket; or one with these addresses, another cookie.
+            NLMSG_ERROR => Some(match error_code(msg.payload) {
+                Some(e) if e == -libc::ENOENT || e == -libc::ESTALE => Ok(None),
+                _ => Err(error_status(msg.payload)),
+            }),
+            _ => None,
+        })?
     }
 
     /// Destroys one socket (`SOCK_DESTROY`): the kernel aborts it as
@@ -284,15 +259,30 @@ impl SockDiag {
     pub fn destroy(&mut self, sock: &TcpSocket) -> io::Result<()> {
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
         let seq = self.send(SOCK_DESTROY, flags, sock.family, u32::MAX, &sock.id)?;
-        let mut buf = vec![0u8; 4096];
+        self.until(seq, 4096, |msg| {
+            (msg.kind == NLMSG_ERROR).then(|| match error_code(msg.payload) {
+                Some(0) => Ok(()),
+                _ => Err(error_status(msg.payload)),
+            })
+        })?
+    }
+
+    /// Reads the kernel's messages answering request `seq` (into a buffer
+    /// of `buf_len` bytes) until `on` returns what one of them says.
+    fn until<R>(
+        &self,
+        seq: u32,
+        buf_len: usize,
+        mut on: impl FnMut(&Message<'_>) -> Option<R>,
+    ) -> io::Result<R> {
+        let mut buf = vec![0u8; buf_len];
         loop {
             let len = self.recv(&mut buf)?;
             for msg in Messages::new(&buf[..len]) {
-                if msg.seq == seq && msg.kind == NLMSG_ERROR {
-                    return match error_code(msg.payload) {
-                        Some(0) => Ok(()),
-                        _ => Err(error_status(msg.payload)),
-                    };
+                if msg.seq == seq
+                    && let Some(said) = on(&msg)
+                {
+                    return Ok(said);
                 }
             }
         }
