@@ -161,15 +161,17 @@ pub(super) fn map_types() -> Check {
         ("ringbuf", MapType::RingBuf),
         ("percpu_array", MapType::PerCpuArray),
         ("hash", MapType::Hash),
+        ("lru_hash", MapType::LruHash),
         ("array", MapType::Array),
         ("lpm_trie", MapType::LpmTrie),
     ];
+    let names: Vec<&str> = types.iter().map(|(name, _)| *name).collect();
     let missing = unsupported(types, is_map_supported);
     if missing.is_empty() {
         Check::ok(
             NAME,
             true,
-            "ringbuf, percpu_array, hash, array and lpm_trie maps can be created",
+            format!("{} maps can be created", names.join(", ")),
         )
     } else {
         Check::bad(
