@@ -61,22 +61,26 @@ impl Conns {
 
     /// Every accepted protected connection the map holds that is open.
     pub fn list(&self) -> Vec<OriginRecord> {
-        let mut records: Vec<OriginRecord> = self
-            .map
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, entry)| named(key, entry))
-            .filter(|record| record.established_ns != 0)
-            .collect();
+        let mut records: Vec<OriginRecord> = self.accepted().collect();
         self.live.retain_open(&mut records);
         records
     }
 
-    /// The connection whose accepted socket has cookie `cookie`.
+    /// The connection whose accepted socket has cookie `cookie`, while it
+    /// is open.
     pub fn by_cookie(&self, cookie: u64) -> Option<OriginRecord> {
-        self.list()
-            .into_iter()
+        self.accepted()
             .find(|record| record.server_cookie == cookie)
+            .filter(|record| self.live.is_open(record))
+    }
+
+    /// Every entry the server's side has accepted, open or not.
+    fn accepted(&self) -> impl Iterator<Item = OriginRecord> + '_ {
+        self.map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, entry)| named(key, entry))
+            .filter(|record| record.established_ns != 0)
     }
 }
 
