@@ -125,6 +125,27 @@ macro_rules! rd {
 }
 pub(crate) use rd;
 
+/// Byte `index % 64` of entry `index / 64` of a byte-per-index array
+/// (`LW_TRACKED`, `LW_CONN_PORTS`): one byte each, so a store to one
+/// index never races with a store to another.
+#[inline(always)]
+pub fn byte_of(map: &Array<[u8; 64]>, index: u32) -> Option<*mut u8> {
+    let entry = map.get_ptr_mut(index >> 6)?;
+    // SAFETY: a pointer into the map's value; the index is masked in bounds.
+    Some(unsafe { (*entry).as_mut_ptr().add((index & 63) as usize) })
+}
+
+/// Whether `index`'s byte in `map` is set: these arrays are filters in
+/// front of a hash lookup, so an unreadable byte counts as set.
+#[inline(always)]
+pub fn byte_set(map: &Array<[u8; 64]>, index: u32) -> bool {
+    match byte_of(map, index) {
+        // SAFETY: a pointer into the map's value.
+        Some(b) => (unsafe { core::ptr::read_volatile(b) }) != 0,
+        None => true,
+    }
+}
+
 /// The policy generation slot in force: 0 or 1.
 #[inline(always)]
 pub fn generation() -> u32 {

@@ -42,7 +42,7 @@ use crate::{
     addr::v4_mapped,
     connect::{AF_INET, AF_INET6},
     identity::{load, offset},
-    maps::{CONN_PORTS, CONNS, NETNS_INUM, ORIGIN_PENDING},
+    maps::{CONN_PORTS, CONNS, NETNS_INUM, ORIGIN_PENDING, byte_of, byte_set},
     sockets::tcp_sock,
 };
 
@@ -140,20 +140,14 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
     }
 }
 
-/// `port`'s byte in `LW_CONN_PORTS`.
-#[inline(always)]
-fn port_byte(port: u16) -> Option<*mut u8> {
-    let entry = CONN_PORTS.get_ptr_mut(u32::from(port >> 6))?;
-    // SAFETY: a pointer into the map's value; the index is masked in bounds.
-    Some(unsafe { (*entry).as_mut_ptr().add(usize::from(port & 63)) })
-}
-
 /// Notes that accepted sockets on local port `port` may have `LW_CONNS`
 /// entries. A byte store, not a bit in a shared word: two CPUs marking
-/// neighbouring ports at once cannot undo each other's mark.
+/// neighbouring ports at once cannot undo each other's mark. Stored only
+/// when unset (marks are never cleared): a busy port's cache line is not
+/// written at every connection.
 #[inline(always)]
 fn mark_port(port: u16) {
-    if let Some(b) = port_byte(port) {
+    if let Some(b) = byte_of(&CONN_PORTS, u32::from(port)) {
         // SAFETY: a pointer into the map's value.
         unsafe {
             if ptr::read_volatile(b) == 0 {
@@ -167,11 +161,7 @@ fn mark_port(port: u16) {
 /// of a tagged connection (no: no accepted socket on that port ever was).
 #[inline(always)]
 pub fn port_marked(port: u16) -> bool {
-    match port_byte(port) {
-        // SAFETY: a pointer into the map's value.
-        Some(b) => (unsafe { ptr::read_volatile(b) }) != 0,
-        None => true,
-    }
+    byte_set(&CONN_PORTS, u32::from(port))
 }
 
 /// The client's initial sequence number plus one, from a TCP socket's

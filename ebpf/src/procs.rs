@@ -8,7 +8,7 @@ use loopwarden_common::{Addr, Evidence, ProcState, evidence, stats};
 
 use crate::{
     identity::Task,
-    maps::{PROCS, RECORDED, TRACKED, count},
+    maps::{PROCS, RECORDED, TRACKED, byte_of, byte_set, count},
 };
 
 /// Which of a process's two kinds of evidence a new one replaces.
@@ -139,29 +139,17 @@ pub fn forget_recorded() {
     }
 }
 
-/// `tgid`'s byte in `LW_TRACKED`.
-#[inline(always)]
-fn tracked_byte(tgid: u32) -> Option<*mut u8> {
-    let entry = TRACKED.get_ptr_mut(tgid >> 6)?;
-    // SAFETY: a pointer into the map's value; the index is masked in bounds.
-    Some(unsafe { (*entry).as_mut_ptr().add((tgid & 63) as usize) })
-}
-
 /// Whether `LW_PROCS` may hold `tgid` (no: it surely does not).
 #[inline(always)]
 pub fn maybe_tracked(tgid: u32) -> bool {
-    match tracked_byte(tgid) {
-        // SAFETY: a pointer into the map's value.
-        Some(b) => (unsafe { core::ptr::read_volatile(b) }) != 0,
-        None => true,
-    }
+    byte_set(&TRACKED, tgid)
 }
 
 /// Notes that `LW_PROCS` may hold `tgid`: before an entry is made, and
 /// again at each write (which mends a note a racing removal cleared).
 #[inline(always)]
 pub fn mark(tgid: u32) {
-    if let Some(b) = tracked_byte(tgid) {
+    if let Some(b) = byte_of(&TRACKED, tgid) {
         // SAFETY: a pointer into the map's value; one byte per tgid, so
         // no other process's note shares the store.
         unsafe { core::ptr::write_volatile(b, 1) };
@@ -172,7 +160,7 @@ pub fn mark(tgid: u32) {
 #[inline(always)]
 pub fn remove(tgid: u32) {
     let _ = PROCS.remove(tgid);
-    if let Some(b) = tracked_byte(tgid) {
+    if let Some(b) = byte_of(&TRACKED, tgid) {
         // SAFETY: as in mark.
         unsafe { core::ptr::write_volatile(b, 0) };
     }
