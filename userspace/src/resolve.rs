@@ -361,6 +361,25 @@ pub fn in_netns<T: Send + 'static>(
     in_netns_file(file, path, f)
 }
 
+/// Runs `f` inside the first of `paths` (namespace files) that can be
+/// entered and on which `f` succeeds: `f`'s result and that path. `None`
+/// when none did; `last` then holds the last failure (as it was if no path
+/// was tried).
+pub fn in_first_netns<T: Send + 'static>(
+    paths: impl IntoIterator<Item = PathBuf>,
+    f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
+    last: &mut io::Error,
+) -> Option<(T, PathBuf)> {
+    for path in paths {
+        match in_netns(&path, f.clone()) {
+            Ok(value) => return Some((value, path)),
+            // A process entered by may have exited meanwhile: the next one.
+            Err(e) => *last = e,
+        }
+    }
+    None
+}
+
 fn in_netns_file<T: Send + 'static>(
     file: File,
     path: &Path,

@@ -344,29 +344,23 @@ fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError> {
 /// Opens a sock_diag socket inside the target namespace.
 fn enter(target: &Target) -> Result<Entered, SweepError> {
     let mut last = io::Error::from(io::ErrorKind::NotFound);
-    for path in &target.paths {
-        let opened = resolve::in_netns(path, || {
-            let diag = SockDiag::open()?;
-            // Only for the audit line: 0 where the kernel lacks it (< 5.14).
-            let cookie = resolve::current_netns_cookie().unwrap_or(0);
-            Ok((diag, cookie))
-        });
-        match opened {
-            Ok((diag, cookie)) => {
-                return Ok(Entered {
-                    label: target.label.clone(),
-                    diag,
-                    cookie,
-                });
-            }
-            // The process we entered by may have exited: try the next one.
-            Err(e) => last = e,
-        }
+    let open = || {
+        let diag = SockDiag::open()?;
+        // Only for the audit line: 0 where the kernel lacks it (< 5.14).
+        let cookie = resolve::current_netns_cookie().unwrap_or(0);
+        Ok((diag, cookie))
+    };
+    match resolve::in_first_netns(target.paths.iter().cloned(), open, &mut last) {
+        Some(((diag, cookie), _)) => Ok(Entered {
+            label: target.label.clone(),
+            diag,
+            cookie,
+        }),
+        None => Err(SweepError::Open {
+            netns: target.label.clone(),
+            source: last,
+        }),
     }
-    Err(SweepError::Open {
-        netns: target.label.clone(),
-        source: last,
-    })
 }
 
 /// The namespace's listening sockets, then its sockets in client states,

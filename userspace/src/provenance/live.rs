@@ -135,23 +135,16 @@ impl Liveness {
         paths: impl IntoIterator<Item = PathBuf>,
         last: &mut io::Error,
     ) -> Option<SockDiag> {
-        for path in paths {
-            // The file may name another namespace by now (a pid reused).
-            if fs::metadata(&path).map(|m| m.ino() as u32).ok() != Some(netns) {
-                continue;
-            }
-            match resolve::in_netns(&path, SockDiag::open) {
-                Ok(diag) => {
-                    self.paths
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(netns, path);
-                    return Some(diag);
-                }
-                Err(e) => *last = e,
-            }
-        }
-        None
+        // The file may name another namespace by now (a pid reused).
+        let this_netns = paths
+            .into_iter()
+            .filter(|path| fs::metadata(path).map(|m| m.ino() as u32).ok() == Some(netns));
+        let (diag, path) = resolve::in_first_netns(this_netns, SockDiag::open, last)?;
+        self.paths
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(netns, path);
+        Some(diag)
     }
 }
 
