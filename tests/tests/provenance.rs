@@ -84,17 +84,35 @@ const KERNEL_FIELDS: [&str; 11] = [
     "via_how",
 ];
 
-/// Waits until neither `who` nor `conns` knows the connection from `peer`.
-fn wait_gone(ns: &Netns, run_dir: &Path, peer: &str, local: &str) {
+/// Waits until neither `who` nor `conns` knows the connection from `peer`
+/// and the kernel has removed its `LW_CONNS` entry (the daemon does not
+/// answer from an entry a missed close left, so its answers alone would
+/// not show that the close removed it).
+fn wait_gone(ns: &Netns, install: &Install, peer: &str, local: &str) {
+    let run_dir = install.run_dir();
+    let port = port_of(peer);
     wait_for(
-        &format!("the connection from {peer} to leave the daemon's answers"),
+        &format!("the connection from {peer} to leave the daemon's answers and LW_CONNS"),
         Duration::from_secs(10),
         || {
-            let unknown = matches!(who(ns, None, run_dir, peer, local), Err((1, _)));
-            let listed = conns(ns, None, run_dir).iter().any(|o| o["client"] == peer);
-            (unknown && !listed).then_some(())
+            let unknown = matches!(who(ns, None, &run_dir, peer, local), Err((1, _)));
+            let listed = conns(ns, None, &run_dir)
+                .iter()
+                .any(|o| o["client"] == peer);
+            let kept = conns_entries(install)
+                .iter()
+                .any(|(key, _)| key[4..6] == port.to_ne_bytes());
+            (unknown && !listed && !kept).then_some(())
         },
     );
+}
+
+/// The port of `addr` (`ip:port` or `[ip]:port`).
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
 }
 
 /// One request line.
@@ -196,7 +214,7 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
 
     // A closed connection disappears.
     curl.kill();
-    wait_gone(&ns, &run_dir, &peer, &local);
+    wait_gone(&ns, daemon.install(), &peer, &local);
 
     // Over IPv6, from a process that exits while its child keeps the socket.
     let (pid, child) = holder.fork_client(&ns, "::1", PROTECTED);
@@ -224,7 +242,7 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     assert_eq!(listed[0]["pid"], pid);
     // SAFETY: plain kill(2) of the child the client left behind.
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
-    wait_gone(&ns, &run_dir, &peer, &local);
+    wait_gone(&ns, daemon.install(), &peer, &local);
 }
 
 #[test]
@@ -320,11 +338,7 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     let tagged = holder.wait_accepted(1);
     assert_eq!(tagged["status"], 1, "{tagged}");
     let (peer, _) = ends(&tagged);
-    let port: u16 = peer
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("a port");
+    let port = port_of(&peer);
     let (key, entry) = conns_entries(install)
         .into_iter()
         .find(|(key, _)| key[4..6] == port.to_ne_bytes())
