@@ -34,7 +34,7 @@ pub mod origin;
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -99,9 +99,6 @@ pub const MAX_ORIGIN_PENDING: u32 = 4096;
 /// answer for (`LW_CONNS`, LRU: past it the oldest are forgotten, and
 /// `getsockopt` and the daemon answer "unknown" for them).
 pub const MAX_CONNS: u32 = 16384;
-/// Network namespaces `getsockopt` can name (`LW_NETNS_INUM`, LRU: a
-/// namespace forgotten is written again by its next tagged connection).
-pub const MAX_NETNS_INUM: u32 = 4096;
 /// Most `[[egress]]` rules a policy can hold: one bit each in a `u64` mask.
 pub const MAX_EGRESS_RULES: usize = 64;
 /// Destination prefixes (the union over every egress rule's lists and the
@@ -401,8 +398,6 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `net.ns.inum`
     pub net_inum: u32,
-    /// `net.net_cookie`: what `bpf_get_netns_cookie` returns.
-    pub net_cookie: u32,
     /// `tcp_sock.rcv_nxt`
     pub tcp_rcv_nxt: u32,
     /// `tcp_sock.bytes_received`: sequence space received (data and FIN).
@@ -765,7 +760,7 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 41);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 40);
 const _: () = assert!(core::mem::size_of::<Evidence>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + SCRIPT_LEN);
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);

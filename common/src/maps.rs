@@ -65,11 +65,6 @@ pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
 /// addresses, from the client's handshake to the accepted socket's close:
 /// what `getsockopt` and the daemon answer from.
 pub const CONNS: &str = "LW_CONNS";
-/// `LruHashMap<u64, u32>`: network namespaces' inode numbers by cookie,
-/// written for each tagged connection's namespace, so that `getsockopt`
-/// (which learns only its socket's namespace cookie) names a connection
-/// as `LW_CONNS` does.
-pub const NETNS_INUM: &str = "LW_NETNS_INUM";
 /// `Array<[u8; 64]>` of [`super::CONN_PORT_ENTRIES`]: byte `port % 64` of
 /// entry `port / 64` is 1 once an accepted socket on local port `port`
 /// was bound to a [`CONNS`] entry (never cleared): a closing socket on an
@@ -126,7 +121,6 @@ pub const PINNED: &[&str] = &[
     LISTENERS,
     ORIGIN_PENDING,
     CONNS,
-    NETNS_INUM,
     CONN_PORTS,
     BIND_PORTS,
     BIND_EXE,

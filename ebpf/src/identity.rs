@@ -49,7 +49,6 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_cookie: 0,
     sk_protocol: 0,
     net_inum: 0,
-    net_cookie: 0,
     tcp_rcv_nxt: 0,
     tcp_bytes_received: 0,
     tcp_inet_sport: 0,

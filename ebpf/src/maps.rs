@@ -8,8 +8,8 @@ use aya_ebpf::{
 use loopwarden_common::{
     Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, CONN_PORT_ENTRIES, EXE_NAME_LEN, EgressKey,
     ExeKey, FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES,
-    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_NETNS_INUM, MAX_ORIGIN_PENDING, MAX_PENDING,
-    MAX_TRACKED, Meta, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
+    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta,
+    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
     origin::{ConnEntry, ConnKey},
     stats, verdict,
 };
@@ -211,11 +211,6 @@ pub static ORIGIN_PENDING: LruHashMap<u64, ConnEntry> =
 /// to the accepted socket's close.
 #[map(name = "LW_CONNS")]
 pub static CONNS: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(MAX_CONNS, 0);
-
-/// Network namespaces' inode numbers (what `LW_CONNS` keys by) by cookie
-/// (what `getsockopt` learns of its socket's namespace).
-#[map(name = "LW_NETNS_INUM")]
-pub static NETNS_INUM: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_NETNS_INUM, 0);
 
 /// Local ports accepted sockets of tagged connections were on (see
 /// loopwarden_common::maps::CONN_PORTS).

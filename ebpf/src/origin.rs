@@ -17,10 +17,10 @@
 //!    looked up ([`port_marked`]).
 //!
 //! `getsockopt` finds the entry by the socket's addresses and namespace
-//! ([`lw_getsockopt`]). (Socket-local storage would hold the record on the
-//! socket itself, but allocating and freeing it, charged to the memory
-//! cgroup and freed after an RCU grace period, cost more per connection
-//! than everything else the tag does.)
+//! ([`lw_getsockopt`], [`netns_inum`]). (Socket-local storage would hold
+//! the record on the socket itself, but allocating and freeing it, charged
+//! to the memory cgroup and freed after an RCU grace period, cost more per
+//! connection than everything else the tag does.)
 
 use core::{ffi::c_void, ptr};
 
@@ -28,7 +28,7 @@ use aya_ebpf::{
     bindings::{bpf_sock, bpf_sockopt},
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_tcp_sock},
+        generated::{bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_tcp_sock},
     },
     macros::cgroup_sockopt,
     programs::SockoptContext,
@@ -41,8 +41,8 @@ use loopwarden_common::{
 use crate::{
     addr::v4_mapped,
     connect::{AF_INET, AF_INET6},
-    identity::{load, offset},
-    maps::{CONN_PORTS, CONNS, NETNS_INUM, ORIGIN_PENDING, byte_of, byte_set},
+    identity::{load, offset, probe},
+    maps::{CONN_PORTS, CONNS, ORIGIN_PENDING, byte_of, byte_set},
     sockets::tcp_sock,
 };
 
@@ -99,8 +99,7 @@ pub fn client_established(cookie: u64, key: &ConnKey) {
 }
 
 /// The accepted socket `sk` (owned by `uid`) completed its handshake on
-/// the connection `key`: a recorded origin becomes the socket's, and the
-/// socket's namespace is one `getsockopt` can name.
+/// the connection `key`: a recorded origin becomes the socket's.
 #[inline(always)]
 pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
     let Some(entry) = CONNS.get_ptr_mut(key) else {
@@ -132,12 +131,6 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         (*rec).established_ns = now;
     }
     mark_port(key.server_port);
-    let net: u64 = load(sk, offset!(sk_net));
-    let cookie: u64 = load(net, offset!(net_cookie));
-    // SAFETY: the value is a plain inode number.
-    if unsafe { NETNS_INUM.get(cookie) }.is_none() {
-        let _ = NETNS_INUM.insert(cookie, key.netns, 0);
-    }
 }
 
 /// Notes that accepted sockets on local port `port` may have `LW_CONNS`
@@ -171,18 +164,18 @@ fn first_seq(rcv_nxt: u32, bytes_received: u64) -> u32 {
     rcv_nxt.wrapping_sub(bytes_received as u32)
 }
 
-/// The socket with cookie `cookie` closed on the connection `key` (as its
-/// accepting side would name it): if it is that side, the connection
-/// leaves `LW_CONNS`.
+/// A socket closed on the connection `key` (as its accepting side would
+/// name it): the connection leaves `LW_CONNS`, without a lookup first.
+/// Whatever entry these addresses have is no open connection's but this
+/// one's: while a socket is open no other connection in its namespace
+/// can have its two ends, in either direction. So the entry is this
+/// socket's, if it is the accepting side, or a dead connection's whose
+/// close was not seen (left for the daemon to filter); a client socket
+/// (on a marked port by chance) names its connection the wrong way round,
+/// which only a dead connection's entry could match.
 #[inline(always)]
-pub fn closed(cookie: u64, key: &ConnKey) {
-    // SAFETY: the value is plain data.
-    let Some(entry) = (unsafe { CONNS.get(key) }) else {
-        return;
-    };
-    if entry.record.server_cookie == cookie {
-        let _ = CONNS.remove(key);
-    }
+pub fn closed(key: &ConnKey) {
+    let _ = CONNS.remove(key);
 }
 
 /// `getsockopt(fd, SOL_LOOPWARDEN, LW_ORIGIN, buf, &len)`: the accepted
@@ -251,10 +244,8 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*const ConnEntry> {
             AF_INET6 => (dst6, src6),
             _ => return None,
         };
-        let cookie = bpf_get_netns_cookie(so.cast());
-        let netns = *NETNS_INUM.get(cookie)?;
         let key = ConnKey {
-            netns,
+            netns: netns_inum(sk)?,
             client_port: u16::from_be(ptr::read_volatile(&(*sk).dst_port)),
             server_port: ptr::read_volatile(&(*sk).src_port) as u16,
             client,
@@ -270,6 +261,38 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*const ConnEntry> {
         }
         Some(entry)
     }
+}
+
+/// Words of `struct sock` read to find its namespace: `skc_net` lies
+/// within them (48 bytes in on x86_64 Linux 6.18; the BTF offset is
+/// checked against the bound).
+const SOCK_PREFIX_WORDS: usize = 16;
+
+/// The inode number of the network namespace of the socket `sk`.
+/// `getsockopt` programs may not type the socket as a kernel `struct sock`
+/// (`bpf_skc_to_tcp_sock` is refused) nor offset its pointer, so the
+/// start of the socket is copied with `bpf_probe_read_kernel` and the
+/// namespace pointer taken from it at its BTF offset.
+#[inline(always)]
+fn netns_inum(sk: *mut bpf_sock) -> Option<u32> {
+    let index = (offset!(sk_net) / 8) as usize;
+    if index >= SOCK_PREFIX_WORDS {
+        return None;
+    }
+    let mut prefix = [0u64; SOCK_PREFIX_WORDS];
+    // SAFETY: the helper copies from any kernel address and fails cleanly.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            prefix.as_mut_ptr().cast(),
+            (SOCK_PREFIX_WORDS * 8) as u32,
+            sk as *const c_void,
+        )
+    };
+    if copied != 0 {
+        return None;
+    }
+    let net = prefix[index];
+    (net != 0).then(|| probe::<u32>(net + u64::from(offset!(net_inum))))
 }
 
 /// An IPv6 address from a `bpf_sock` field, a 32-bit load per word (the

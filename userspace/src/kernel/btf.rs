@@ -199,7 +199,6 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
             .member_offset("dentry", "d_shortname")
             .or_else(|_| btf.member_offset("dentry", "d_iname"))?,
         net_inum: btf.member_offset("net", "ns.inum")?,
-        net_cookie: btf.member_offset("net", "net_cookie")?,
         tcp_rcv_nxt: btf.member_offset("tcp_sock", "rcv_nxt")?,
         tcp_bytes_received: btf.member_offset("tcp_sock", "bytes_received")?,
         tcp_inet_sport: btf.member_offset("tcp_sock", "inet_conn.icsk_inet.inet_sport")?,
@@ -901,13 +900,8 @@ mod tests {
             );
             assert_eq!((o.dentry_name, o.inode_ino, o.sb_dev), (24, 64, 16));
             assert_eq!(
-                (
-                    o.net_cookie,
-                    o.tcp_rcv_nxt,
-                    o.tcp_bytes_received,
-                    o.tcp_inet_sport
-                ),
-                (32, 256, 264, 64)
+                (o.tcp_rcv_nxt, o.tcp_bytes_received, o.tcp_inet_sport),
+                (256, 264, 64)
             );
         }
     }
