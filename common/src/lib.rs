@@ -407,6 +407,20 @@ pub struct KernelOffsets {
     pub tcp_inet_sport: u32,
     /// `sock.sk_lock.owned`: a task holds the socket lock (`lock_sock`).
     pub sk_lock_owned: u32,
+    /// `task_struct.cred`: the task's subjective credentials.
+    pub task_cred: u32,
+    /// `cred.uid.val`
+    pub cred_uid: u32,
+    /// `cred.gid.val`
+    pub cred_gid: u32,
+    /// `task_struct.cgroups`
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`: the task's cgroup in the v2 hierarchy.
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: the cgroup's id (its directory's inode number).
+    pub kernfs_node_id: u32,
     /// `sock.sk_uid`
     pub sk_uid: u32,
     /// `task_struct.files`
@@ -760,7 +774,7 @@ pub struct ConnectEvent {
 const _: () = assert!(core::mem::size_of::<ExeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AncestorMasks>() == 16);
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 40);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 4 * 47);
 const _: () = assert!(core::mem::size_of::<Evidence>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + SCRIPT_LEN);
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);

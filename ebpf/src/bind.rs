@@ -13,10 +13,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_uid_gid,
-        generated::{bpf_get_netns_cookie, bpf_set_retval},
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -119,7 +116,7 @@ fn judge(ctx: &SockAddrContext, g: u32, policy_flags: u32, at: &Destination) -> 
         {
             return None;
         }
-        let uid = bpf_get_current_uid_gid() as u32;
+        let uid = Task::current().uid_gid() as u32;
         if BIND_UID.get(GenKey::new(g, uid)).is_some() {
             return None;
         }

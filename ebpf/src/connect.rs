@@ -8,12 +8,9 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, bpf_sock_addr},
-    helpers::{
-        bpf_get_current_uid_gid,
-        generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-            bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval,
-        },
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_netns_cookie,
+        bpf_get_socket_cookie, bpf_set_retval,
     },
     macros::cgroup_sock_addr,
     maps::HashMap,
@@ -477,7 +474,7 @@ pub fn report_guard(
 fn match_rules(s: &Settings, g: u32, task: Task, exe_file: u64, tracked: &Tracked) -> u64 {
     let mut m = rd!(s.active);
     if m & !rd!(s.wild_uid) != 0 {
-        let uid = bpf_get_current_uid_gid() as u32;
+        let uid = task.uid_gid() as u32;
         m &= mask(&RULES_UID, &GenKey::new(g, uid)) | rd!(s.wild_uid);
     }
     if m & !rd!(s.wild_comm) != 0 {
@@ -743,7 +740,7 @@ fn fill(
 ) {
     let (task, exe_file) = (d.task, d.exe_file);
     let parent = task.parent();
-    let uid_gid = bpf_get_current_uid_gid();
+    let uid_gid = task.uid_gid();
     // One clock read: the connect's time, and the evidence's age at it.
     let at = now();
     // SAFETY: `ev` points at a record this program owns (the socket's
@@ -755,7 +752,7 @@ fn fill(
         (*ev).socket_cookie = cookie;
         (*ev).netns_cookie = d.netns_cookie;
         (*ev).start_boottime_ns = task.process_start();
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
+        (*ev).cgroup_id = task.cgroup_id();
         (*ev).exe = identity::exe_key(exe_file);
         (*ev).daddr = dst.addr;
         (*ev).tgid = d.tgid;

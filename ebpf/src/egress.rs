@@ -23,10 +23,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_uid_gid,
-        generated::{bpf_get_netns_cookie, bpf_set_retval},
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_set_retval},
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
@@ -151,7 +148,7 @@ fn judge(ctx: &SockAddrContext, s: &Settings, g: u32, dst: &Destination) -> Opti
     }
     let mut m = rd!(s.egress_active);
     if m & !rd!(s.egress_wild_uid) != 0 {
-        let uid = bpf_get_current_uid_gid() as u32;
+        let uid = Task::current().uid_gid() as u32;
         m &= mask(&EGRESS_UID, &GenKey::new(g, uid)) | rd!(s.egress_wild_uid);
     }
     if m & !rd!(s.egress_wild_cgroup) != 0 {

@@ -87,11 +87,18 @@ def btf(endian):
     icsk = agg(STRUCT, "inet_connection_sock", 256, [("icsk_inet", inet, 0)])
     agg(STRUCT, "tcp_sock", 512, [("inet_conn", icsk, 0), ("rcv_nxt", u32, 2048),
         ("bytes_received", u64, 2112)])
+    kuid = agg(STRUCT, "", 4, [("val", u32, 0)])
+    kuid_t = ty("kuid_t", TYPEDEF, 0, kuid)
+    agg(STRUCT, "cred", 64, [("usage", u32, 0), ("uid", kuid_t, 32), ("gid", kuid_t, 64)])
+    agg(STRUCT, "css_set", 64, [("subsys", ptr, 0), ("dfl_cgrp", ptr, 128)])
+    agg(STRUCT, "cgroup", 64, [("self", u64, 0), ("kn", ptr, 256)])
+    agg(STRUCT, "kernfs_node", 64, [("count", u32, 0), ("id", u64, 320)])
     ty("task_struct", FWD)
     agg(STRUCT, "task_struct", 256, [
         ("__state", u32, 0), ("flags", u32, (3 << 24) | 32), ("mm", ptr, 512),
         ("pid", u32, 768), ("tgid", u32, 800), ("real_parent", ptr, 1024), ("group_leader", ptr, 1088),
-        ("start_boottime", u64, 1280), ("comm", arr, 1536), ("", arr, 1664), ("files", ptr, 1792)],
+        ("start_boottime", u64, 1280), ("comm", arr, 1536), ("", arr, 1664), ("files", ptr, 1792),
+        ("cred", ptr, 1856), ("cgroups", ptr, 1920)],
         kflag=1)
     magic = struct.pack(endian + "HBB", 0xeb9f, 1, 0)
     hdr = magic + struct.pack(endian + "IIIII", 24, 0, len(types), len(types), len(strings))

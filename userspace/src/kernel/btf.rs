@@ -203,6 +203,13 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         tcp_bytes_received: btf.member_offset("tcp_sock", "bytes_received")?,
         tcp_inet_sport: btf.member_offset("tcp_sock", "inet_conn.icsk_inet.inet_sport")?,
         sk_lock_owned: btf.member_offset("sock", "sk_lock.owned")?,
+        task_cred: btf.member_offset("task_struct", "cred")?,
+        cred_uid: btf.member_offset("cred", "uid.val")?,
+        cred_gid: btf.member_offset("cred", "gid.val")?,
+        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
     })
 }
 
@@ -902,6 +909,10 @@ mod tests {
             assert_eq!(
                 (o.tcp_rcv_nxt, o.tcp_bytes_received, o.tcp_inet_sport),
                 (256, 264, 64)
+            );
+            assert_eq!(
+                (o.task_cred, o.cred_uid, o.cred_gid, o.kernfs_node_id),
+                (232, 4, 8, 40)
             );
         }
     }
