@@ -129,12 +129,18 @@ pub fn tcp_sock(sk: u64) -> Option<u64> {
     Some(tcp as u64)
 }
 
+/// The inode number of `sk`'s network namespace.
+#[inline(always)]
+fn netns(sk: u64) -> u32 {
+    let net: u64 = load(sk, offset!(sk_net));
+    load(net, offset!(net_inum))
+}
+
 /// A connection as `LW_CONNS` names it.
 #[inline(always)]
 fn conn_key(sk: u64, client: &End, server: &End) -> ConnKey {
-    let net: u64 = load(sk, offset!(sk_net));
     ConnKey {
-        netns: load(net, offset!(net_inum)),
+        netns: netns(sk),
         client_port: client.port,
         server_port: server.port,
         client: client.addr,
@@ -146,9 +152,8 @@ fn conn_key(sk: u64, client: &End, server: &End) -> ConnKey {
 /// listener a socket belongs to.
 #[inline(always)]
 fn listener_key(sk: u64, port: u16) -> ListenerKey {
-    let net: u64 = load(sk, offset!(sk_net));
     ListenerKey {
-        netns: load(net, offset!(net_inum)),
+        netns: netns(sk),
         port,
         _pad: 0,
     }

@@ -24,7 +24,7 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use loopwarden_common::{Addr, origin::OriginRecord};
+use loopwarden_common::origin::OriginRecord;
 use tracing::debug;
 
 use super::conns::netns_of;
@@ -171,7 +171,9 @@ fn process_files(netns: u32) -> Vec<PathBuf> {
 /// cookie the kernel bound) is among `diag`'s namespace's open sockets.
 fn accepted_socket_open(diag: &mut SockDiag, record: &OriginRecord) -> io::Result<bool> {
     let conn = &record.conn;
-    let (family, src, dst) = match (address(&conn.server), address(&conn.client)) {
+    // IPv4 (IPv4-mapped as the kernel stores it) is looked up as IPv4,
+    // which also finds an IPv6 socket with IPv4-mapped addresses.
+    let (family, src, dst) = match (conn.server.to_ip(), conn.client.to_ip()) {
         (IpAddr::V4(server), IpAddr::V4(client)) => {
             let mut src = [0u8; 16];
             let mut dst = [0u8; 16];
@@ -179,7 +181,11 @@ fn accepted_socket_open(diag: &mut SockDiag, record: &OriginRecord) -> io::Resul
             dst[..4].copy_from_slice(&client.octets());
             (libc::AF_INET as u8, src, dst)
         }
-        (server, client) => (libc::AF_INET6 as u8, v6(server), v6(client)),
+        _ => (
+            libc::AF_INET6 as u8,
+            conn.server.to_ipv6().octets(),
+            conn.client.to_ipv6().octets(),
+        ),
     };
     let cookie = record.server_cookie;
     let id = SockId {
@@ -194,17 +200,4 @@ fn accepted_socket_open(diag: &mut SockDiag, record: &OriginRecord) -> io::Resul
     Ok(diag
         .find(family, &id)?
         .is_some_and(|socket| socket.state != state::TIME_WAIT))
-}
-
-/// An address as the kernel stores it, IPv4-mapped ones as IPv4 (an IPv4
-/// lookup also finds an IPv6 socket with IPv4-mapped addresses).
-fn address(addr: &Addr) -> IpAddr {
-    addr.to_ip().to_canonical()
-}
-
-fn v6(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
 }
