@@ -408,7 +408,7 @@ fn client_sockets<'a>(
 }
 
 /// The destinations the kernel programs treat as loopback
-/// (`ebpf/src/connect.rs`): 127.0.0.0/8 and 0.0.0.0, `::1` and `::`, and
+/// (`ebpf/src/connect/mod.rs`): 127.0.0.0/8 and 0.0.0.0, `::1` and `::`, and
 /// the IPv4-mapped forms of the IPv4 ones.
 fn is_local(ip: IpAddr) -> bool {
     match ip.to_canonical() {

@@ -60,7 +60,7 @@ pub const DEFAULT_RUN_DIR: &str = "/run/loopwarden";
 /// How often the policy is re-resolved and kernel counters are read.
 const REFRESH: Duration = Duration::from_secs(1);
 /// How often queued reports are collected: the kernel wakes the daemon at
-/// once only for refusals and for a backlog (see `ebpf/src/connect.rs`).
+/// once only for refusals and for a backlog (see `ebpf/src/connect/record.rs`).
 const DRAIN: Duration = Duration::from_millis(100);
 
 /// Everything that can stop the daemon.

@@ -1,5 +1,5 @@
 //! The userspace copy of the kernel's matcher (`match_rules` in
-//! ebpf/src/connect.rs): which rule a process with a given identity matches.
+//! ebpf/src/connect/rules.rs): which rule a process with a given identity matches.
 //! The cut of admitted connections judges their owners with it, and the unit
 //! tests check compiled policies against it.
 
@@ -58,7 +58,7 @@ impl CompiledPolicy {
             .find(names)
     }
 
-    /// The rule the kernel's `match_rules` (ebpf/src/connect.rs) picks for a
+    /// The rule the kernel's `match_rules` (ebpf/src/connect/rules.rs) picks for a
     /// caller with this identity: per criterion, the OR of the masks of the
     /// caller's values (for the executable name: its plain key and each of
     /// its [`exe_name_candidates`]) plus the criterion's wildcard mask; the
@@ -125,7 +125,7 @@ impl CompiledPolicy {
         (m != 0).then(|| m.trailing_zeros() as usize)
     }
 
-    /// Whether the kernel's `decide` (ebpf/src/connect.rs) would refuse a
+    /// Whether the kernel's `decide` (ebpf/src/connect/decide.rs) would refuse a
     /// connect by this identity to `port` at `now_ns` (CLOCK_MONOTONIC, as
     /// the kernel's evidence is timed): its first matching rule denies (a
     /// browser-class rule: the port's browser verdict is deny), or it is

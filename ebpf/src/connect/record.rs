@@ -1,0 +1,251 @@
+//! The connect's record: kept as the connection's origin, reported into
+//! the ring buffers, and the reader's wakeups.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_get_socket_cookie,
+    programs::SockAddrContext,
+};
+use loopwarden_common::{
+    COMM_LEN, ConnectEvent, EXE_NAME_LEN, Evidence, SCRIPT_LEN, stats, verdict,
+};
+
+use super::{Destination, decide::Decision};
+use crate::{
+    identity::{self, Task},
+    maps::{DENIALS, EVENTS, PROCS, count},
+    origin,
+    procs::{self, now},
+};
+
+/// Queued bytes (a quarter of the ring) past which every report wakes the reader.
+const WAKEUP_BACKLOG: u64 = 256 * 1024;
+
+/// Reports the verdict of a guard other than the rules (the bind guard's
+/// [`loopwarden_common::BIND_RULE`], the egress guard's
+/// [`loopwarden_common::EGRESS_RULE_BASE`]` + r`) about the calling process, the way a
+/// connect's report is made; `at` is the address the guard judged.
+#[inline(always)]
+pub fn report_guard(
+    ctx: &SockAddrContext,
+    at: &Destination,
+    family: u16,
+    seq: u64,
+    outcome: u8,
+    rule: u8,
+    netns_cookie: u64,
+) {
+    let task = Task::current();
+    let d = Decision {
+        pass: false,
+        outcome,
+        report: true,
+        rule,
+        deny_errno: 0,
+        netns_cookie,
+        task,
+        exe_file: task.exe_file(),
+        window_ns: 0,
+        tag: false,
+        tgid: task.tgid(),
+    };
+    // Written straight into the ring buffer.
+    let deny = outcome == verdict::DENY;
+    let reserved = if deny {
+        DENIALS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    match reserved {
+        None => {
+            count(stats::DROPPED);
+            count(stats::DROPPED_BY_VERDICT + u32::from(outcome & 3));
+        }
+        Some(mut entry) => {
+            // SAFETY: plain helper call valid for sock_addr programs.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            fill(entry.as_mut_ptr(), cookie, &d, at, family, seq);
+            entry.submit(wakeup_flags(deny));
+            count(stats::REPORTED);
+        }
+    }
+}
+
+/// Waking the reader costs about as much as the rest of the report (an
+/// irq_work per event), so reports are collected by the daemon's periodic
+/// drain, and only these wake it at once:
+/// - a refusal that finds `LW_DENIALS` empty, and then one refusal in
+///   [`WAKEUP_EVERY`] while any are queued;
+/// - in `LW_EVENTS`, past a backlog of [`WAKEUP_BACKLOG`] bytes, one record
+///   in [`WAKEUP_EVERY`].
+///
+/// A reader already awake is not woken again for every record, and a wakeup
+/// it missed (it found the next record still being written and went back to
+/// sleep, or two CPUs raced past the mark) is made up a few records later,
+/// long before the ring buffer fills. Every record in a ring has the same
+/// size, so the queued bytes count whole records.
+#[inline(always)]
+fn wakeup_flags(deny: bool) -> u64 {
+    let record = RECORD_BYTES;
+    // Includes the record being submitted (reserved space counts).
+    let queued = if deny {
+        DENIALS.query(BPF_RB_AVAIL_DATA as u64)
+    } else {
+        EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+    };
+    let backlog = if deny { record } else { WAKEUP_BACKLOG };
+    if (deny && queued <= record)
+        || (queued >= backlog && (queued / record).is_multiple_of(WAKEUP_EVERY))
+    {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Bytes one report takes in a ring buffer: the record and its 8-byte header.
+const RECORD_BYTES: u64 = (core::mem::size_of::<ConnectEvent>() as u64 + 8 + 7) & !7;
+/// Past the backlog, one record in this many wakes the reader.
+const WAKEUP_EVERY: u64 = 32;
+
+/// Writes the connect's record: kept as the connection's origin if `tag`
+/// (built in place in its `LW_ORIGIN_PENDING` entry, see
+/// [`crate::origin`]), and reported (refusals into `LW_DENIALS`, the rest
+/// into `LW_EVENTS`) if the decision says so: copied from the origin, or
+/// built in place in the ring buffer. No per-CPU scratch: a cgroup program
+/// can be preempted (it only runs with migration disabled), so another
+/// task's connect on the same CPU could overwrite it mid-record. A full
+/// ring buffer counts the loss by verdict: userspace reports it.
+#[inline(always)]
+pub(super) fn record(
+    ctx: &SockAddrContext,
+    d: &Decision,
+    dst: &Destination,
+    family: u16,
+    seq: u64,
+    tag: bool,
+) {
+    // SAFETY: plain helper call valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let kept = if tag {
+        origin::connecting(cookie)
+    } else {
+        None
+    };
+    if let Some(ev) = kept {
+        fill(ev, cookie, d, dst, family, seq);
+        decided(ev);
+    }
+    if !d.report {
+        return;
+    }
+    let deny = d.outcome == verdict::DENY;
+    let reserved = if deny {
+        DENIALS.reserve::<ConnectEvent>(0)
+    } else {
+        EVENTS.reserve::<ConnectEvent>(0)
+    };
+    let Some(mut entry) = reserved else {
+        count(stats::DROPPED);
+        count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
+        if kept.is_none() {
+            count(stats::DECIDED_BY_VERDICT + u32::from(d.outcome & 3));
+        }
+        return;
+    };
+    let out = entry.as_mut_ptr();
+    match kept {
+        // SAFETY: a reserved, exclusively owned record of the right size,
+        // written whole from this socket's own pending entry.
+        Some(ev) => unsafe { out.write(core::ptr::read(ev)) },
+        None => {
+            fill(out, cookie, d, dst, family, seq);
+            decided(out);
+        }
+    }
+    entry.submit(wakeup_flags(deny));
+    count(stats::REPORTED);
+}
+
+/// Counts the decision `ev` records, by its verdict as read back from the
+/// record: the verifier then knows the index only as a number from memory,
+/// so the paths that reached here with different verdicts are walked once
+/// (a constant index per path would be walked once per verdict).
+#[inline(always)]
+pub(super) fn decided(ev: *const ConnectEvent) {
+    // SAFETY: a record this program owns and has just written.
+    let v = unsafe { core::ptr::read_volatile(&(*ev).verdict) };
+    count(stats::DECIDED_BY_VERDICT + u32::from(v & 3));
+}
+
+/// Writes every field of the record at `ev` (reserved memory is not zeroed).
+#[inline(always)]
+fn fill(
+    ev: *mut ConnectEvent,
+    cookie: u64,
+    d: &Decision,
+    dst: &Destination,
+    family: u16,
+    seq: u64,
+) {
+    let (task, exe_file) = (d.task, d.exe_file);
+    let parent = task.parent();
+    let uid_gid = task.uid_gid();
+    // One clock read: the connect's time, and the evidence's age at it.
+    let at = now();
+    // SAFETY: `ev` points at a record this program owns (the socket's
+    // pending origin or a reserved ring-buffer record); fields are written
+    // through raw pointers.
+    unsafe {
+        (*ev).ktime_ns = at;
+        (*ev).policy_seq = seq;
+        (*ev).socket_cookie = cookie;
+        (*ev).netns_cookie = d.netns_cookie;
+        (*ev).start_boottime_ns = task.process_start();
+        (*ev).cgroup_id = task.cgroup_id();
+        (*ev).exe = identity::exe_key(exe_file);
+        (*ev).daddr = dst.addr;
+        (*ev).tgid = d.tgid;
+        (*ev).pid = task.pid();
+        (*ev).ppid = parent.tgid();
+        (*ev).uid = uid_gid as u32;
+        (*ev).gid = (uid_gid >> 32) as u32;
+        (*ev).dport = dst.port;
+        (*ev).family = family;
+        (*ev).verdict = d.outcome;
+        (*ev).rule = d.rule;
+        (*ev)._pad0 = 0;
+        (*ev)._pad1 = 0;
+        (*ev)
+            .comm
+            .as_mut_ptr()
+            .cast::<[u64; COMM_LEN / 8]>()
+            .write_unaligned(task.comm_words());
+        (*ev)
+            .exe_name
+            .as_mut_ptr()
+            .cast::<[u64; EXE_NAME_LEN / 8]>()
+            .write_unaligned(identity::exe_name_words(exe_file));
+        let script = (*ev).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>();
+        let found = if procs::maybe_tracked(d.tgid) {
+            PROCS.get_ptr(d.tgid)
+        } else {
+            None
+        };
+        match found {
+            None => {
+                (*ev).via = Evidence::NONE;
+                script.write_unaligned([0; SCRIPT_LEN / 8]);
+            }
+            Some(state) => {
+                (*ev).via = match procs::network_facing(&*state, at, d.window_ns) {
+                    procs::Which::Standing => (*state).standing,
+                    procs::Which::Recent => (*state).recent,
+                    procs::Which::Neither => Evidence::NONE,
+                };
+                script.write_unaligned(core::ptr::read_volatile((*state).script.as_ptr().cast()));
+            }
+        }
+    }
+}
