@@ -28,7 +28,15 @@
 //! `LW_META` carries the same version and every map has the shape it expects.
 #![no_std]
 
+mod names;
+mod offsets;
 pub mod origin;
+
+pub use names::{
+    ExeNameCandidates, FILTER_WORDS, exe_filter_value, exe_name_candidates, exe_name_prefix_key,
+    filter_bit, filter_has, name_prefix,
+};
+pub use offsets::KernelOffsets;
 
 /// Version of the pinned maps' layout and meaning. Bump it with any change
 /// to a map's key, value, size or interpretation: a daemon then replaces the
@@ -339,109 +347,6 @@ impl Addr {
     }
 }
 
-/// Offsets into kernel structures, read from the running kernel's BTF at
-/// load time and passed to the programs as a read-only global.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
-    /// `task_struct.mm`
-    pub task_mm: u32,
-    /// `task_struct.real_parent`
-    pub task_real_parent: u32,
-    /// `task_struct.tgid`
-    pub task_tgid: u32,
-    /// `task_struct.group_leader`
-    pub task_group_leader: u32,
-    /// `task_struct.start_boottime` (what `/proc/PID/stat` reports as starttime)
-    pub task_start_boottime: u32,
-    /// `mm_struct.exe_file`
-    pub mm_exe_file: u32,
-    /// `file.f_inode`
-    pub file_inode: u32,
-    /// `file.f_path.dentry`
-    pub file_dentry: u32,
-    /// `dentry.d_name.name`
-    pub dentry_name: u32,
-    /// `inode.i_ino`
-    pub inode_ino: u32,
-    /// `inode.i_sb`
-    pub inode_sb: u32,
-    /// `super_block.s_dev`
-    pub sb_dev: u32,
-    /// `task_struct.comm`
-    pub task_comm: u32,
-    /// `task_struct.pid`
-    pub task_pid: u32,
-    /// `mm_struct.arg_start`
-    pub mm_arg_start: u32,
-    /// `mm_struct.arg_end`
-    pub mm_arg_end: u32,
-    /// `sock.__sk_common.skc_daddr`
-    pub sk_daddr: u32,
-    /// `sock.__sk_common.skc_rcv_saddr`
-    pub sk_rcv_saddr: u32,
-    /// `sock.__sk_common.skc_dport` (network order)
-    pub sk_dport: u32,
-    /// `sock.__sk_common.skc_num` (host order)
-    pub sk_num: u32,
-    /// `sock.__sk_common.skc_family`
-    pub sk_family: u32,
-    /// `sock.__sk_common.skc_v6_daddr`
-    pub sk_v6_daddr: u32,
-    /// `sock.__sk_common.skc_v6_rcv_saddr`
-    pub sk_v6_rcv_saddr: u32,
-    /// `sock.__sk_common.skc_net.net`
-    pub sk_net: u32,
-    /// `sock.__sk_common.skc_cookie`
-    pub sk_cookie: u32,
-    /// `sock.sk_protocol`
-    pub sk_protocol: u32,
-    /// `net.ns.inum`
-    pub net_inum: u32,
-    /// `tcp_sock.rcv_nxt`
-    pub tcp_rcv_nxt: u32,
-    /// `tcp_sock.bytes_received`: sequence space received (data and FIN).
-    pub tcp_bytes_received: u32,
-    /// `tcp_sock.inet_conn.icsk_inet.inet_sport` (network order): the
-    /// local port, still set when a closing socket's `skc_num` is not.
-    pub tcp_inet_sport: u32,
-    /// `sock.sk_lock.owned`: a task holds the socket lock (`lock_sock`).
-    pub sk_lock_owned: u32,
-    /// `task_struct.cred`: the task's subjective credentials.
-    pub task_cred: u32,
-    /// `cred.uid.val`
-    pub cred_uid: u32,
-    /// `cred.gid.val`
-    pub cred_gid: u32,
-    /// `task_struct.cgroups`
-    pub task_cgroups: u32,
-    /// `css_set.dfl_cgrp`: the task's cgroup in the v2 hierarchy.
-    pub css_set_dfl_cgrp: u32,
-    /// `cgroup.kn`
-    pub cgroup_kn: u32,
-    /// `kernfs_node.id`: the cgroup's id (its directory's inode number).
-    pub kernfs_node_id: u32,
-    /// `sock.sk_uid`
-    pub sk_uid: u32,
-    /// `task_struct.files`
-    pub task_files: u32,
-    /// `files_struct.fdt`
-    pub files_fdt: u32,
-    /// `fdtable.fd`
-    pub fdtable_fd: u32,
-    /// `fdtable.max_fds`
-    pub fdtable_max_fds: u32,
-    /// `file.private_data`
-    pub file_private_data: u32,
-    /// `inode.i_mode`
-    pub inode_mode: u32,
-    /// `socket.sk`
-    pub socket_sk: u32,
-    /// `dentry.d_shortname` (Linux 6.14 and later) or `dentry.d_iname`: the
-    /// buffer a short name is stored in, inside the dentry.
-    pub dentry_inline_name: u32,
-}
-
 /// The policy-wide settings, `LW_SETTINGS[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -544,141 +449,6 @@ pub const fn browser_verdict(word: u64, shift: u32) -> u8 {
 }
 
 const _: () = assert!(verdict::COUNT == 4, "a browser verdict takes two bits");
-
-/// Words of a [`Settings`] filter: 4,096 bits. The catalog alone puts about
-/// 70 values in the name filter: at 256 bits a fifth of the names no rule
-/// has passed it (and took the name lookups), at 4,096 under 2%.
-pub const FILTER_WORDS: usize = 64;
-/// log2 of a filter's bits.
-const FILTER_BITS_LOG2: u32 = (FILTER_WORDS * 64).trailing_zeros();
-const _: () = assert!(FILTER_WORDS.is_power_of_two());
-
-/// The bit (0..4096) of a filter that value `v` sets: the top 12 bits of a
-/// Fibonacci hash.
-#[inline(always)]
-pub const fn filter_bit(v: u64) -> u32 {
-    (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FILTER_BITS_LOG2)) as u32
-}
-
-/// Whether `filter` has bit `bit` set.
-#[inline(always)]
-pub const fn filter_has(filter: &[u64; FILTER_WORDS], bit: u32) -> bool {
-    (filter[(bit >> 6) as usize % FILTER_WORDS] >> (bit & 63)) & 1 == 1
-}
-
-/// The value an executable identity is filtered by.
-#[inline(always)]
-pub const fn exe_filter_value(exe: &ExeKey) -> u64 {
-    exe.ino ^ exe.dev.rotate_left(32)
-}
-
-/// The value an executable name is filtered by: its first 7 bytes (fewer
-/// if it is shorter), zero-padded, as a native-endian word — what
-/// `bpf_probe_read_kernel_str` leaves in a zeroed 8-byte buffer.
-pub const fn name_prefix(name: &[u8]) -> u64 {
-    let mut bytes = [0u8; 8];
-    let mut i = 0;
-    while i < 7 && i < name.len() && name[i] != 0 {
-        bytes[i] = name[i];
-        i += 1;
-    }
-    u64::from_ne_bytes(bytes)
-}
-
-/// The prefix-form key of `name`: its first `EXE_NAME_LEN - 1` bytes (up to
-/// a NUL), NUL-padded, with [`EXE_NAME_PREFIX_MARK`] as the last byte.
-pub const fn exe_name_prefix_key(name: &[u8]) -> [u8; EXE_NAME_LEN] {
-    let mut key = [0u8; EXE_NAME_LEN];
-    let mut i = 0;
-    while i < EXE_NAME_LEN - 1 && i < name.len() && name[i] != 0 {
-        key[i] = name[i];
-        i += 1;
-    }
-    key[EXE_NAME_LEN - 1] = EXE_NAME_PREFIX_MARK;
-    key
-}
-
-/// The prefix-form keys ([`exe_name_prefix_key`]) an executable file name is
-/// looked up by, besides its plain key. The name is read as the kernel
-/// copies it: up to the first NUL, at most `EXE_NAME_LEN - 1` bytes. One
-/// leading `.` is dropped (wrappers such as NixOS's `.tailscaled-wrapped`),
-/// then the keys are, in order:
-///
-/// 1. the whole normalized name;
-/// 2. the normalized name cut just before each of its first
-///    [`MAX_PREFIX_CANDIDATES`] [`EXE_NAME_SEPARATORS`] at index 1 or later.
-///
-/// So `chisel_1.10.1_linux_amd64` yields `chisel_1.10.1_linux_amd64`,
-/// `chisel`, `chisel_1` and `chisel_1.10`: a rule inserting the prefix-form
-/// key of `chisel` matches it, and `chisel` itself, but not `chiseled`. A
-/// name that is empty once normalized yields nothing.
-///
-/// The kernel's matcher (`ebpf/src/connect.rs`) mirrors this function; the
-/// two must change together (and [`LAYOUT_VERSION`] with them).
-pub fn exe_name_candidates(name: &[u8]) -> ExeNameCandidates {
-    let mut len = 0;
-    while len < EXE_NAME_LEN - 1 && len < name.len() && name[len] != 0 {
-        len += 1;
-    }
-    let start = if len > 0 && name[0] == b'.' { 1 } else { 0 };
-    let normalized = &name[start..len];
-    let mut cuts = [0u8; MAX_PREFIX_CANDIDATES];
-    let mut count = 0;
-    let mut i = 1;
-    while i < normalized.len() && i < PREFIX_CUT_LIMIT && count < MAX_PREFIX_CANDIDATES {
-        let b = normalized[i];
-        if b == EXE_NAME_SEPARATORS[0] || b == EXE_NAME_SEPARATORS[1] || b == EXE_NAME_SEPARATORS[2]
-        {
-            cuts[count] = i as u8;
-            count += 1;
-        }
-        i += 1;
-    }
-    ExeNameCandidates {
-        key: exe_name_prefix_key(normalized),
-        len: normalized.len() as u8,
-        cuts,
-        count: count as u8,
-        next: 0,
-    }
-}
-
-/// Iterator of [`exe_name_candidates`].
-#[derive(Clone, Debug)]
-pub struct ExeNameCandidates {
-    /// Prefix-form key of the whole normalized name.
-    key: [u8; EXE_NAME_LEN],
-    /// Length of the normalized name.
-    len: u8,
-    /// Separator indexes, `count` of them.
-    cuts: [u8; MAX_PREFIX_CANDIDATES],
-    count: u8,
-    /// 0: the whole name is next; `n`: the cut at `cuts[n - 1]`.
-    next: u8,
-}
-
-impl Iterator for ExeNameCandidates {
-    type Item = [u8; EXE_NAME_LEN];
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.len == 0 || self.next > self.count {
-            return None;
-        }
-        let n = self.next as usize;
-        self.next += 1;
-        if n == 0 {
-            return Some(self.key);
-        }
-        let mut key = self.key;
-        let cut = self.cuts[n - 1] as usize;
-        let mut i = cut;
-        while i < EXE_NAME_LEN - 1 {
-            key[i] = 0;
-            i += 1;
-        }
-        Some(key)
-    }
-}
 
 /// `LW_META[0]`: written by userspace only, kept with the pinned maps.
 #[repr(C)]
