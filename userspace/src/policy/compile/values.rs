@@ -1,0 +1,279 @@
+//! Resolving the values a rule names: executables (with the earlier files
+//! still running), users, cgroups and network namespaces.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use loopwarden_common::{ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED};
+
+use super::Compiler;
+use crate::config::{Criteria, Located};
+use crate::policy::{CgroupId, ExeFile, ExeIdentities, Netns, PolicyError, summary::ExeId};
+
+impl Compiler<'_> {
+    pub(super) fn netns(&mut self, paths: &[Located<PathBuf>]) -> Result<(), PolicyError> {
+        for path in paths {
+            let cookie = self
+                .resolver
+                .netns(&path.value)
+                .map_err(|source| PolicyError::Netns {
+                    file: self.file.to_owned(),
+                    at: path.at,
+                    path: path.value.clone(),
+                    source,
+                });
+            let Some(cookie) = self.tolerate(cookie)? else {
+                continue;
+            };
+            self.policy.netns.push(Netns {
+                path: path.value.display().to_string(),
+                cookie,
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolves the cgroups of rule `rule`, each with a description; the
+    /// levels they add to `levels` (those already named) stay within
+    /// [`MAX_CGROUP_LEVELS_USED`]. A cgroup not found only warns.
+    pub(super) fn cgroups(
+        &mut self,
+        rule: &str,
+        cgroups: &[Located<String>],
+        levels: u32,
+    ) -> Result<Vec<(Option<CgroupId>, String)>, PolicyError> {
+        let mut resolved = Vec::with_capacity(cgroups.len());
+        let mut levels = levels;
+        for cgroup in cgroups {
+            match self.resolver.cgroup(&cgroup.value) {
+                Ok(id)
+                    if id.level as usize <= MAX_CGROUP_LEVEL
+                        && (levels | 1 << id.level).count_ones() as usize
+                            > MAX_CGROUP_LEVELS_USED =>
+                {
+                    let err = Err(PolicyError::CgroupLevels {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.to_owned(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVELS_USED,
+                    });
+                    self.tolerate::<()>(err)?;
+                    resolved.push((
+                        None,
+                        format!("{} (level {} over the limit)", cgroup.value, id.level),
+                    ));
+                }
+                Ok(id) if id.level as usize > MAX_CGROUP_LEVEL => {
+                    return Err(PolicyError::CgroupTooDeep {
+                        file: self.file.to_owned(),
+                        at: cgroup.at,
+                        rule: rule.to_owned(),
+                        cgroup: cgroup.value.clone(),
+                        level: id.level,
+                        max: MAX_CGROUP_LEVEL,
+                    });
+                }
+                Ok(id) => {
+                    levels |= 1 << id.level;
+                    resolved.push((
+                        Some(id),
+                        format!("{} (id {}, level {})", cgroup.value, id.id, id.level),
+                    ));
+                }
+                Err(e) => {
+                    self.policy.warnings.push(format!(
+                        "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
+                         this value matches nothing until the cgroup exists (the daemon looks again every second)",
+                        self.file, cgroup.at, rule, cgroup.value
+                    ));
+                    resolved.push((None, format!("{} (not found)", cgroup.value)));
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// The uids of a rule's `uid` and `user` criteria, each with a
+    /// description.
+    pub(super) fn uids(
+        &mut self,
+        rule: &str,
+        c: &Criteria,
+    ) -> Result<Vec<(u32, String)>, PolicyError> {
+        let mut uids: Vec<(u32, String)> = c
+            .uid
+            .iter()
+            .map(|uid| (uid.value, uid.value.to_string()))
+            .collect();
+        for user in &c.user {
+            if let Some(uid) = self.user(rule, user)? {
+                uids.push((uid, format!("{uid} (user {})", user.value)));
+            }
+        }
+        Ok(uids)
+    }
+
+    /// Resolves a user name of rule `rule` to its uid (`None`: it does
+    /// not resolve, tolerated).
+    pub(super) fn user(
+        &mut self,
+        rule: &str,
+        user: &Located<String>,
+    ) -> Result<Option<u32>, PolicyError> {
+        let uid = match self.resolver.user(&user.value) {
+            Ok(Some(uid)) => Ok(uid),
+            Ok(None) => Err(PolicyError::UnknownUser {
+                file: self.file.to_owned(),
+                at: user.at,
+                rule: rule.to_owned(),
+                user: user.value.clone(),
+            }),
+            Err(source) => Err(PolicyError::UserLookup {
+                file: self.file.to_owned(),
+                at: user.at,
+                rule: rule.to_owned(),
+                user: user.value.clone(),
+                source,
+            }),
+        };
+        self.tolerate(uid)
+    }
+
+    /// Resolves executable paths to keys, with a description of each: the
+    /// file at each path now, and earlier ones that processes still run.
+    pub(super) fn exes(
+        &mut self,
+        rule: &str,
+        field: &'static str,
+        paths: &[Located<PathBuf>],
+    ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
+        let mut resolved = Vec::with_capacity(paths.len());
+        for path in paths {
+            let file = self
+                .resolver
+                .exe(&path.value)
+                .map_err(|source| PolicyError::Exe {
+                    file: self.file.to_owned(),
+                    at: path.at,
+                    rule: rule.to_owned(),
+                    field,
+                    path: path.value.clone(),
+                    source,
+                })
+                .and_then(|file| self.unambiguous(rule, field, path, file));
+            let kept = self.kept(&path.value, file.as_ref().ok());
+            let meanwhile = match (kept.first_key_value(), &file) {
+                (Some((_, pid)), _) => format!(
+                    "until it resolves again, this value matches only the earlier file still \
+                     running (pid {pid})"
+                ),
+                (None, Err(PolicyError::ExeAmbiguous { .. })) => {
+                    "this value is skipped (it matches nothing)".to_owned()
+                }
+                (None, _) => "this value matches nothing until it resolves again".to_owned(),
+            };
+            let current = self.tolerate_as(file, &meanwhile)?.map(|file| file.key);
+            let shown = path.value.display();
+            if let Some(key) = current {
+                resolved.push((key, format!("{shown} ({})", ExeId(key))));
+            }
+            for (&key, pid) in &kept {
+                self.policy.warnings.push(format!(
+                    "{}:{}: rule `{}`: {field} {shown} ({}) was replaced on disk; it still \
+                     matches while it runs (pid {pid}), and stops matching when no process \
+                     runs it any more",
+                    self.file,
+                    path.at,
+                    rule,
+                    ExeId(key)
+                ));
+                resolved.push((
+                    key,
+                    format!(
+                        "{shown} ({}; replaced on disk, still running as pid {pid})",
+                        ExeId(key)
+                    ),
+                ));
+            }
+            self.policy
+                .exe_paths
+                .insert(path.value.clone(), ExeIdentities { current, kept });
+        }
+        Ok(resolved)
+    }
+
+    /// Refuses a file whose `stat()` device is not the one the kernel reads
+    /// (btrfs, overlayfs over several filesystems): the kernel's key, the
+    /// superblock's device and the inode, may name another file too.
+    pub(super) fn unambiguous(
+        &self,
+        rule: &str,
+        field: &'static str,
+        path: &Located<PathBuf>,
+        file: ExeFile,
+    ) -> Result<ExeFile, PolicyError> {
+        match &file.mount {
+            Some(mount) if mount.dev != file.key.dev => Err(PolicyError::ExeAmbiguous {
+                file: self.file.to_owned(),
+                at: path.at,
+                rule: rule.to_owned(),
+                field,
+                path: path.value.clone(),
+                stat_dev: file.key.dev,
+                mount: Box::new(mount.clone()),
+            }),
+            _ => Ok(file),
+        }
+    }
+
+    /// Earlier files of `path` that processes still run, with a pid running
+    /// each: those it stood for in the previous policy, or, when that one
+    /// did not have it, deleted files that processes were started from at
+    /// this very path.
+    pub(super) fn kept(&mut self, path: &Path, current: Option<&ExeFile>) -> BTreeMap<ExeKey, u32> {
+        let now = current.map(|file| file.key);
+        let mut kept = BTreeMap::new();
+        let previous = self.previous;
+        match previous.and_then(|p| p.get(path)) {
+            Some(before) => {
+                for &key in before.current.iter().chain(before.kept.keys()) {
+                    if Some(key) == now || kept.contains_key(&key) {
+                        continue;
+                    }
+                    // While the process shown last time still runs the file,
+                    // no walk of /proc is needed.
+                    if let Some(&pid) = before.kept.get(&key)
+                        && self.resolver.running_exe(pid) == Some(key)
+                    {
+                        kept.insert(key, pid);
+                    } else if let Some(live) = self.live().get(&key) {
+                        kept.insert(key, live.pid);
+                    }
+                }
+            }
+            None => {
+                // Nothing known yet (start-up, check-config, a path new in a
+                // reloaded file). rename() cannot cross filesystems, so an
+                // upgrade leaves the old file on the device of the new one;
+                // that also keeps out a file of another mount namespace that
+                // happened to be deleted under the same name.
+                let Some(file) = current else {
+                    return kept;
+                };
+                for (&key, live) in self.live() {
+                    if key != file.key
+                        && key.dev == file.key.dev
+                        && live.deleted_path.as_deref() == Some(file.real_path.as_path())
+                    {
+                        kept.insert(key, live.pid);
+                    }
+                }
+            }
+        }
+        kept
+    }
+}
