@@ -459,7 +459,14 @@ impl<'a> Bench<'a> {
         let total = args.rounds as usize * per_round;
         let mut samples = Vec::with_capacity(total);
         for round in 0..args.rounds {
-            for config in Config::PHASES {
+            // Odd rounds run the phases backwards: a host that slows down
+            // over a round does not always favour the phases that run first
+            // (absent among them).
+            let mut phases = Config::PHASES.to_vec();
+            if round % 2 == 1 {
+                phases.reverse();
+            }
+            for config in phases {
                 check_interrupted()?;
                 let warden = self.start_daemon(config, round)?;
                 let pid = warden.as_ref().and_then(Warden::pid);
