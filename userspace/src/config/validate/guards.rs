@@ -1,0 +1,198 @@
+//! The guards' tables: `[bind]`, `[browsers]` and `[[egress]]`.
+
+use std::collections::HashMap;
+
+use loopwarden_common::{MAX_EGRESS_PREFIXES, MAX_EGRESS_RULES};
+use toml::Spanned;
+
+use super::{
+    Validator,
+    rules::{cidr, exe_name, non_empty, port_range},
+};
+use crate::{
+    config::{
+        Bind, Browsers, ConfigError, Criteria, Egress, EgressDestination, Located, PortRange,
+        Problem,
+        raw::{OneOrMany, PortItem, RawBind, RawBrowsers, RawEgress},
+    },
+    policy::{
+        Action,
+        egress::{self, Builtin},
+    },
+};
+
+impl Validator<'_> {
+    pub(super) fn bind(
+        &self,
+        raw: RawBind,
+        warnings: &mut Vec<String>,
+    ) -> Result<Bind, ConfigError> {
+        let mut loopback_only = Vec::new();
+        if let Some(ports) = raw.loopback_only {
+            let outer = ports.span();
+            for (span, item) in ports.into_inner().0 {
+                let span = span.unwrap_or_else(|| outer.clone());
+                let range = match item {
+                    PortItem::Text(text) if text == "all" => Err(Problem::BindAllPorts),
+                    item => port_range(item),
+                };
+                loopback_only.push(range.map_err(|problem| self.invalid(&span, problem))?);
+            }
+        }
+        let bind = Bind {
+            loopback_only,
+            allow_exe: self.opt_paths("allow_exe", raw.allow_exe)?,
+            allow_user: self.opt_values("allow_user", raw.allow_user, |user| {
+                non_empty("allow_user", user)
+            })?,
+            allow_uid: self.opt_values("allow_uid", raw.allow_uid, Ok)?,
+        };
+        let allowed =
+            !bind.allow_exe.is_empty() || !bind.allow_user.is_empty() || !bind.allow_uid.is_empty();
+        if bind.loopback_only.is_empty() && allowed {
+            warnings.push(format!(
+                "{}: [bind] lists exemptions but no loopback_only ports, so the bind guard is off",
+                self.file
+            ));
+        }
+        Ok(bind)
+    }
+
+    pub(super) fn browsers(
+        &self,
+        raw: RawBrowsers,
+        action: Action,
+    ) -> Result<Browsers, ConfigError> {
+        // Each port's first listing: a later one is an error naming it.
+        let mut listed: Vec<(PortRange, &'static str, usize)> = Vec::new();
+        let mut list = |name: &'static str, raw: Option<Spanned<OneOrMany<PortItem>>>| {
+            let mut ranges = Vec::new();
+            let Some(raw) = raw else {
+                return Ok(ranges);
+            };
+            let outer = raw.span();
+            for (span, item) in raw.into_inner().0 {
+                let span = span.unwrap_or_else(|| outer.clone());
+                let range = match item {
+                    PortItem::Text(text) if text == "all" => {
+                        Err(Problem::BrowsersAllPorts { list: name })
+                    }
+                    item => port_range(item),
+                }
+                .map_err(|problem| self.invalid(&span, problem))?;
+                let at = self.lines.locate(span.start);
+                if let Some((other, first_list, first_line)) = listed
+                    .iter()
+                    .find(|(r, _, _)| r.first <= range.last && range.first <= r.last)
+                {
+                    let problem = Problem::BrowsersPortTwice {
+                        port: range.first.max(other.first),
+                        first_list,
+                        first_line: *first_line,
+                    };
+                    return Err(self.invalid(&span, problem));
+                }
+                listed.push((range, name, at.line));
+                ranges.push(Located { value: range, at });
+            }
+            Ok(ranges)
+        };
+        Ok(Browsers {
+            action: raw.action.unwrap_or(action),
+            deny: list("deny", raw.deny)?,
+            audit: list("audit", raw.audit)?,
+            allow: list("allow", raw.allow)?,
+            exe_name: self.opt_values("exe_name", raw.exe_name, exe_name)?,
+            exe: self.opt_paths("exe", raw.exe)?,
+        })
+    }
+
+    /// The `[[egress]]` tables, with the limits that span them: names
+    /// unique, at most [`MAX_EGRESS_RULES`] rules and
+    /// [`MAX_EGRESS_PREFIXES`] distinct prefixes.
+    pub(super) fn egress_rules(&self, raw: Vec<RawEgress>) -> Result<Vec<Egress>, ConfigError> {
+        if raw.len() > MAX_EGRESS_RULES {
+            return Err(self.invalid(
+                &raw[MAX_EGRESS_RULES].name.span(),
+                Problem::TooManyEgressRules {
+                    count: raw.len(),
+                    max: MAX_EGRESS_RULES,
+                },
+            ));
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut prefixes: std::collections::BTreeSet<ipnet::Ipv6Net> = egress::metadata().collect();
+        let mut rules = Vec::with_capacity(raw.len());
+        for r in raw {
+            let span = r.name.span();
+            let rule = self.egress(r)?;
+            if let Some(&first_line) = seen.get(&rule.name) {
+                return Err(self.invalid(
+                    &span,
+                    Problem::DuplicateEgressName {
+                        name: rule.name,
+                        first_line,
+                    },
+                ));
+            }
+            seen.insert(rule.name.clone(), rule.at.line);
+            prefixes.extend(rule.deny.iter().flat_map(|d| d.value.prefixes()));
+            prefixes.extend(rule.allow.iter().map(|a| egress::mapped(a.value)));
+            if prefixes.len() > MAX_EGRESS_PREFIXES as usize {
+                return Err(self.invalid(
+                    &span,
+                    Problem::TooManyEgressPrefixes {
+                        count: prefixes.len(),
+                        max: MAX_EGRESS_PREFIXES,
+                    },
+                ));
+            }
+            rules.push(rule);
+        }
+        Ok(rules)
+    }
+
+    fn egress(&self, raw: RawEgress) -> Result<Egress, ConfigError> {
+        let name_span = raw.name.span();
+        let name = self.rule_name(raw.name)?;
+        let action = match raw.action.get_ref() {
+            Action::Deny | Action::Audit => *raw.action.get_ref(),
+            Action::Allow => {
+                return Err(self.invalid(&raw.action.span(), Problem::EgressAction { rule: name }));
+            }
+        };
+        let criteria = Criteria {
+            exe: self.opt_paths("exe", raw.exe)?,
+            uid: self.opt_values("uid", raw.uid, Ok)?,
+            user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
+            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| non_empty("cgroup", cg))?,
+            ..Criteria::default()
+        };
+        if criteria.is_empty() {
+            return Err(self.invalid(&name_span, Problem::EgressNoSubject { rule: name }));
+        }
+        let deny = self.values("deny", raw.deny, |text| match Builtin::from_name(&text) {
+            Some(set) => Ok(EgressDestination::Set(set)),
+            None => cidr(text).map(EgressDestination::Cidr),
+        })?;
+        let allow = self.opt_values("allow", raw.allow, |text| {
+            let net = cidr(text.clone())?;
+            let inside = egress::metadata().find(|m| m.contains(&egress::mapped(net)));
+            match inside {
+                Some(metadata) => Err(Problem::AllowInMetadata {
+                    allow: text,
+                    metadata: egress::show(&metadata),
+                }),
+                None => Ok(net),
+            }
+        })?;
+        Ok(Egress {
+            name,
+            at: self.lines.locate(name_span.start),
+            action,
+            criteria,
+            deny,
+            allow,
+        })
+    }
+}

@@ -1,0 +1,275 @@
+//! Validation: raw values to [`super::Config`], with positions. This file
+//! holds the top level and the small tables (`[metrics]`, `[ident]`); the
+//! guards' tables are in [`guards`], rules and the values lists hold in
+//! [`rules`].
+
+mod guards;
+mod rules;
+
+use self::rules::non_empty;
+
+use std::{collections::HashMap, ops::Range};
+
+use loopwarden_common::MAX_RULES;
+use toml::Spanned;
+
+use super::{
+    Config, ConfigError, IDENT_TIMEOUT_MS, Ident, Located, Metrics, PortRange, PortSet, Problem,
+    Protect, Provenance, RELAY_WINDOW_MS, Relay,
+    lines::LineIndex,
+    raw::{OneOrMany, RawConfig, RawIdent, RawMetrics},
+};
+use crate::catalog::CATALOG;
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a str,
+    pub(super) lines: &'a LineIndex<'a>,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, span: &Range<usize>, problem: Problem) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            at: self.lines.locate(span.start),
+            problem,
+        }
+    }
+
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let defaults = Config::embedded_default();
+        let mut warnings = Vec::new();
+        if raw.is_empty() {
+            // Most likely a file truncated by accident, and the defaults
+            // only report: say so wherever warnings are shown.
+            warnings.push(format!(
+                "{}: the file has no settings (it is empty or only comments), so the built-in \
+                 defaults apply: audit mode, every port, the tunnel catalog",
+                self.file
+            ));
+        }
+        let catalog = raw.catalog.unwrap_or(defaults.catalog);
+        // The built-in rules: the catalog's, and the one of [browsers]
+        // exe/exe_name.
+        let browsers_rules = raw.browsers.as_ref().map_or(0, |b| {
+            usize::from(b.exe_name.is_some()) + usize::from(b.exe.is_some())
+        });
+        let catalog_rules = if catalog { CATALOG.len() } else { 0 } + browsers_rules;
+        if raw.rule.len() + catalog_rules > MAX_RULES {
+            // Point at the first rule that does not fit.
+            let first_over = MAX_RULES.saturating_sub(catalog_rules);
+            let span = raw.rule.get(first_over).map_or(0..0, |r| r.name.span());
+            return Err(self.invalid(
+                &span,
+                Problem::TooManyRules {
+                    user: raw.rule.len(),
+                    catalog: catalog_rules,
+                    max: MAX_RULES,
+                },
+            ));
+        }
+
+        let mut protect = match raw.protect {
+            None => defaults.protect,
+            Some(p) => Protect {
+                ports: match p.ports {
+                    None => defaults.protect.ports,
+                    Some(ports) => self.ports(ports)?,
+                },
+                netns: match p.netns {
+                    None => defaults.protect.netns,
+                    Some(netns) => self.paths("netns", netns)?,
+                },
+                host_addresses: p.host_addresses.unwrap_or(defaults.protect.host_addresses),
+            },
+        };
+
+        let relay = match raw.relay {
+            None => defaults.relay,
+            Some(r) => Relay {
+                action: r.action.unwrap_or(defaults.relay.action),
+                window_ms: self.millis(
+                    r.window_ms,
+                    defaults.relay.window_ms,
+                    RELAY_WINDOW_MS,
+                    |value| Problem::RelayWindow { value },
+                )?,
+            },
+        };
+
+        let provenance = match raw.provenance {
+            None => defaults.provenance,
+            Some(p) => Provenance {
+                tag: p.tag.unwrap_or(defaults.provenance.tag),
+                getsockopt: p.getsockopt.unwrap_or(defaults.provenance.getsockopt),
+                getsockopt_cgroups: self.opt_values(
+                    "getsockopt_cgroups",
+                    p.getsockopt_cgroups,
+                    |cg| non_empty("getsockopt_cgroups", cg),
+                )?,
+                query: p.query.unwrap_or(defaults.provenance.query),
+            },
+        };
+
+        let ident = match raw.ident {
+            None => defaults.ident,
+            Some(i) => self.ident(i, defaults.ident)?,
+        };
+
+        let bind = match raw.bind {
+            None => defaults.bind,
+            Some(b) => self.bind(b, &mut warnings)?,
+        };
+        let browsers = match raw.browsers {
+            None => defaults.browsers,
+            Some(b) => self.browsers(b, defaults.browsers.action)?,
+        };
+        if let PortSet::Ranges(protected) = &protect.ports {
+            let inside = |r: &PortRange| {
+                (r.first..=r.last)
+                    .all(|p| protected.iter().any(|q| (q.first..=q.last).contains(&p)))
+            };
+            for (_, list) in browsers.lists() {
+                for range in list.iter().filter(|r| !inside(&r.value)) {
+                    warnings.push(format!(
+                        "{}:{}: [browsers] lists {} but [protect] ports does not protect all of \
+                         it: connects to an unprotected port are never judged",
+                        self.file, range.at.line, range.value
+                    ));
+                }
+            }
+        }
+        let metrics = match raw.metrics {
+            None => defaults.metrics,
+            Some(m) => self.metrics(m, defaults.metrics)?,
+        };
+        // The metrics port is protected like any other: a relay to it is
+        // judged by the policy.
+        if let (Some(listen), PortSet::Ranges(ranges)) = (&metrics.listen, &mut protect.ports) {
+            let port = listen.value.port();
+            if !ranges.iter().any(|r| (r.first..=r.last).contains(&port)) {
+                ranges.push(PortRange {
+                    first: port,
+                    last: port,
+                });
+            }
+        }
+
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        for raw_rule in raw.rule {
+            let rule = self.rule(raw_rule)?;
+            if let Some(&first_line) = seen.get(&rule.name) {
+                return Err(ConfigError::Invalid {
+                    file: self.file.to_owned(),
+                    at: rule.at,
+                    problem: Problem::DuplicateRuleName {
+                        name: rule.name,
+                        first_line,
+                    },
+                });
+            }
+            seen.insert(rule.name.clone(), rule.at.line);
+            rules.push(rule);
+        }
+
+        let egress = self.egress_rules(raw.egress)?;
+
+        Ok(Config {
+            source: self.file.to_owned(),
+            mode: raw.mode.unwrap_or(defaults.mode),
+            deny_errno: raw.deny_errno.unwrap_or(defaults.deny_errno),
+            catalog,
+            log_allowed: raw.log_allowed.unwrap_or(defaults.log_allowed),
+            protect,
+            relay,
+            provenance,
+            ident,
+            bind,
+            browsers,
+            metrics,
+            rules,
+            egress,
+            warnings,
+        })
+    }
+
+    fn metrics(&self, raw: RawMetrics, defaults: Metrics) -> Result<Metrics, ConfigError> {
+        let listen = match raw.listen {
+            None => defaults.listen,
+            Some(text) => {
+                let span = text.span();
+                let text = text.into_inner();
+                let addr = text
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| self.invalid(&span, Problem::BadSocketAddr { text }))?;
+                if !addr.ip().is_loopback() {
+                    return Err(self.invalid(&span, Problem::MetricsNotLoopback { addr }));
+                }
+                Some(Located {
+                    value: addr,
+                    at: self.lines.locate(span.start),
+                })
+            }
+        };
+        Ok(Metrics {
+            socket: raw.socket.unwrap_or(defaults.socket),
+            listen,
+        })
+    }
+
+    /// A duration in milliseconds within `bounds` (`default` when absent);
+    /// `problem` says what is wrong with one outside them.
+    fn millis(
+        &self,
+        raw: Option<Spanned<i64>>,
+        default: u32,
+        bounds: std::ops::RangeInclusive<i64>,
+        problem: impl FnOnce(i64) -> Problem,
+    ) -> Result<u32, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(default);
+        };
+        let span = raw.span();
+        let value = raw.into_inner();
+        if !bounds.contains(&value) {
+            return Err(self.invalid(&span, problem(value)));
+        }
+        Ok(value as u32)
+    }
+
+    fn ident(&self, raw: RawIdent, defaults: Ident) -> Result<Ident, ConfigError> {
+        let listen = match raw.listen {
+            None => defaults.listen,
+            Some(list) => self.values("listen", list, |text: String| {
+                text.parse::<std::net::SocketAddr>()
+                    .map_err(|_| Problem::BadSocketAddr { text })
+            })?,
+        };
+        let netns = match raw.netns {
+            None => None,
+            Some(path) => {
+                let span = path.span();
+                let mut one = self.paths(
+                    "netns",
+                    Spanned::new(
+                        span.clone(),
+                        OneOrMany(vec![(Some(span), path.into_inner())]),
+                    ),
+                )?;
+                one.pop()
+            }
+        };
+        let timeout_ms = self.millis(
+            raw.timeout_ms,
+            defaults.timeout_ms,
+            IDENT_TIMEOUT_MS,
+            |value| Problem::IdentTimeout { value },
+        )?;
+        Ok(Ident {
+            listen,
+            netns,
+            relayed: raw.relayed.unwrap_or(defaults.relayed),
+            timeout_ms,
+        })
+    }
+}

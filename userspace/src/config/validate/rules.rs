@@ -1,0 +1,241 @@
+//! Rules (`[[rule]]`) and the values lists hold: one value or many, with
+//! their positions; paths, names, ports and CIDRs.
+
+use std::path::{Path, PathBuf};
+
+use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, SCRIPT_LEN};
+use toml::Spanned;
+
+use super::Validator;
+use crate::{
+    catalog::CATALOG_PREFIX,
+    config::{
+        ConfigError, Criteria, Located, MAX_NAME_BYTES, MAX_PATH_BYTES, PortRange, PortSet,
+        Problem, Rule,
+        raw::{OneOrMany, PortItem, RawRule},
+    },
+    events::{BIND_RULE_NAME, BROWSERS_RULE_NAME, RELAY_RULE_NAME},
+    policy::egress,
+};
+
+impl Validator<'_> {
+    /// A rule's name: letters, digits and `_ . : -`.
+    pub(super) fn rule_name(&self, raw: Spanned<String>) -> Result<String, ConfigError> {
+        let span = raw.span();
+        let name = raw.into_inner();
+        let valid_char = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
+        if name.is_empty() || !name.chars().all(valid_char) {
+            return Err(self.invalid(&span, Problem::BadRuleName { name }));
+        }
+        Ok(name)
+    }
+
+    pub(super) fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
+        let name_span = raw.name.span();
+        let name = self.rule_name(raw.name)?;
+        if name.starts_with(CATALOG_PREFIX) {
+            return Err(self.invalid(&name_span, Problem::ReservedRuleName { name }));
+        }
+        if name == RELAY_RULE_NAME {
+            return Err(self.invalid(&name_span, Problem::RelayRuleName));
+        }
+        if name == BIND_RULE_NAME {
+            return Err(self.invalid(&name_span, Problem::BindRuleName));
+        }
+        if name == BROWSERS_RULE_NAME {
+            return Err(self.invalid(&name_span, Problem::BrowsersRuleName));
+        }
+
+        let criteria = Criteria {
+            exe: self.opt_paths("exe", raw.exe)?,
+            exe_name: self.opt_values("exe_name", raw.exe_name, exe_name)?,
+            comm: self.opt_values("comm", raw.comm, |comm| {
+                if comm.len() >= COMM_LEN {
+                    let len = comm.len();
+                    return Err(Problem::CommTooLong { comm, len });
+                }
+                non_empty("comm", comm)
+            })?,
+            uid: self.opt_values("uid", raw.uid, Ok)?,
+            user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
+            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| non_empty("cgroup", cg))?,
+            parent_exe: self.opt_paths("parent_exe", raw.parent_exe)?,
+            ancestor_exe: self.opt_paths("ancestor_exe", raw.ancestor_exe)?,
+            script: self.opt_values("script", raw.script, |script| {
+                if script.len() >= SCRIPT_LEN {
+                    let len = script.len();
+                    return Err(Problem::ScriptTooLong { script, len });
+                }
+                non_empty("script", script)
+            })?,
+        };
+        if criteria.is_empty() {
+            return Err(self.invalid(&name_span, Problem::NoCriteria { rule: name }));
+        }
+        Ok(Rule {
+            name,
+            at: self.lines.locate(name_span.start),
+            action: raw.action,
+            criteria,
+        })
+    }
+
+    /// Checks each value of a one-or-many key with `check`, keeping positions.
+    pub(super) fn values<T, U>(
+        &self,
+        field: &'static str,
+        raw: Spanned<OneOrMany<T>>,
+        check: impl Fn(T) -> Result<U, Problem>,
+    ) -> Result<Vec<Located<U>>, ConfigError> {
+        let outer = raw.span();
+        let items = raw.into_inner().0;
+        if items.is_empty() {
+            return Err(self.invalid(&outer, Problem::EmptyList { field }));
+        }
+        items
+            .into_iter()
+            .map(|(span, value)| {
+                let span = span.unwrap_or_else(|| outer.clone());
+                match check(value) {
+                    Ok(value) => Ok(Located {
+                        value,
+                        at: self.lines.locate(span.start),
+                    }),
+                    Err(problem) => Err(self.invalid(&span, problem)),
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn opt_values<T, U>(
+        &self,
+        field: &'static str,
+        raw: Option<Spanned<OneOrMany<T>>>,
+        check: impl Fn(T) -> Result<U, Problem>,
+    ) -> Result<Vec<Located<U>>, ConfigError> {
+        raw.map_or_else(|| Ok(Vec::new()), |raw| self.values(field, raw, check))
+    }
+
+    pub(super) fn paths(
+        &self,
+        field: &'static str,
+        raw: Spanned<OneOrMany<String>>,
+    ) -> Result<Vec<Located<PathBuf>>, ConfigError> {
+        self.values(field, raw, |path| {
+            if !Path::new(&path).is_absolute() {
+                return Err(Problem::RelativePath { field, path });
+            }
+            // Such a path could never resolve; say why instead of echoing it.
+            if path.len() > MAX_PATH_BYTES {
+                let len = path.len();
+                return Err(Problem::PathTooLong { field, len });
+            }
+            if let Some(len) = path
+                .split('/')
+                .map(str::len)
+                .find(|&len| len > MAX_NAME_BYTES)
+            {
+                return Err(Problem::PathComponentTooLong { field, len });
+            }
+            Ok(PathBuf::from(path))
+        })
+    }
+
+    pub(super) fn opt_paths(
+        &self,
+        field: &'static str,
+        raw: Option<Spanned<OneOrMany<String>>>,
+    ) -> Result<Vec<Located<PathBuf>>, ConfigError> {
+        raw.map_or_else(|| Ok(Vec::new()), |raw| self.paths(field, raw))
+    }
+
+    pub(super) fn ports(&self, raw: Spanned<OneOrMany<PortItem>>) -> Result<PortSet, ConfigError> {
+        let outer = raw.span();
+        let items = raw.into_inner().0;
+        if let [(_, PortItem::Text(text))] = items.as_slice()
+            && text == "all"
+        {
+            return Ok(PortSet::All);
+        }
+        if items.is_empty() {
+            return Err(self.invalid(&outer, Problem::EmptyList { field: "ports" }));
+        }
+        items
+            .into_iter()
+            .map(|(span, item)| {
+                let span = span.unwrap_or_else(|| outer.clone());
+                port_range(item).map_err(|problem| self.invalid(&span, problem))
+            })
+            .collect::<Result<_, _>>()
+            .map(PortSet::Ranges)
+    }
+}
+
+/// An executable file name as the kernel compares it.
+pub(super) fn exe_name(name: String) -> Result<String, Problem> {
+    if name.contains('/') {
+        return Err(Problem::NotAFileName { name });
+    }
+    if name.len() >= EXE_NAME_LEN {
+        let len = name.len();
+        return Err(Problem::ExeNameTooLong { name, len });
+    }
+    non_empty("exe_name", name)
+}
+
+/// A CIDR (or a bare address) of an egress list.
+pub(super) fn cidr(text: String) -> Result<ipnet::IpNet, Problem> {
+    match egress::parse_cidr(&text) {
+        Ok(net) => Ok(net),
+        Err(Some(network)) => Err(Problem::CidrHostBits { text, network }),
+        Err(None) if text.contains(['/', ':', '.']) => Err(Problem::BadCidr { text }),
+        Err(None) => Err(Problem::EgressUnknown { text }),
+    }
+}
+
+pub(super) fn non_empty(field: &'static str, value: String) -> Result<String, Problem> {
+    if value.is_empty() {
+        Err(Problem::EmptyValue { field })
+    } else {
+        Ok(value)
+    }
+}
+
+fn port(port: i64) -> Result<u16, Problem> {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(Problem::PortOutOfRange { port }),
+    }
+}
+
+pub(super) fn port_range(item: PortItem) -> Result<PortRange, Problem> {
+    let text = match item {
+        PortItem::Number(n) => {
+            let p = port(n)?;
+            return Ok(PortRange { first: p, last: p });
+        }
+        PortItem::Text(text) => text,
+    };
+    if text == "all" {
+        return Err(Problem::AllInList);
+    }
+    let bad = || Problem::BadPortRange { text: text.clone() };
+    let number = |s: &str| -> Result<u16, Problem> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        port(s.parse::<i64>().unwrap_or(i64::MAX))
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((a, b)) => (number(a)?, number(b)?),
+        None => {
+            let p = number(&text)?;
+            (p, p)
+        }
+    };
+    if first > last {
+        return Err(Problem::ReversedPortRange { first, last });
+    }
+    Ok(PortRange { first, last })
+}
