@@ -7,7 +7,8 @@
 //! found on the usual search paths, user names into uids (through NSS),
 //! cgroup paths and unit names into cgroup v2 ids (directory inode numbers),
 //! and network namespace files into `SO_NETNS_COOKIE` values; and finding
-//! which executables processes run now.
+//! which executables processes run now. Network namespaces (cookies,
+//! running code inside one, interface addresses) are in [`netns`].
 //!
 //! Users are looked up through NSS (`getpwnam_r`/`getpwuid_r`), so users
 //! from SSSD/LDAP and systemd's `DynamicUser=` resolve like those in
@@ -16,21 +17,22 @@
 //! truncating, and adds no cache of its own (`uzers` keeps one, which would
 //! hide a user created later; the callers here decide what to cache).
 
+mod netns;
+
 use std::{
     collections::{HashSet, VecDeque},
     ffi::OsStr,
     fs::{self, File},
     io,
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::{MetadataExt, PermissionsExt},
-    },
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Component, Path, PathBuf},
 };
 
 use loopwarden_common::ExeKey;
 use nix::unistd::{Uid, User};
 
+use self::netns::cookie_via_setns;
+pub use self::netns::{current_netns_cookie, in_first_netns, in_netns, interface_addresses};
 use crate::policy::{CgroupId, ExeFile, LiveExe, LiveExes, MountDev, Resolver};
 
 /// Directories searched for executables by name, before `$PATH`.
@@ -50,12 +52,6 @@ const EXTRA_DIRS: &[&str] = &["/root/.cargo/bin"];
 const OPT_DIR: &str = "/opt";
 /// Deepest level below the cgroup root a bare unit name is searched at.
 const UNIT_SEARCH_DEPTH: u32 = 6;
-
-/// `SO_NETNS_COOKIE` (Linux 5.14), not exported by every libc version.
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-const SO_NETNS_COOKIE: libc::c_int = 0x0050;
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// Resolves names against this host.
 #[derive(Clone, Debug)]
@@ -309,137 +305,6 @@ impl Resolver for HostResolver {
         }
         cookie_via_setns(file, path)
     }
-}
-
-/// `SO_NETNS_COOKIE` of the calling thread's network namespace (Linux 5.14+).
-pub fn current_netns_cookie() -> io::Result<u64> {
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(with_context(
-            io::Error::last_os_error(),
-            "creating a socket",
-        ));
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: cookie and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(with_context(
-            io::Error::last_os_error(),
-            "reading SO_NETNS_COOKIE (needs Linux 5.14 or newer)",
-        ));
-    }
-    Ok(cookie)
-}
-
-/// Enters the namespace in a short-lived thread of its own and reads the
-/// cookie there; the calling thread never changes namespace.
-fn cookie_via_setns(file: File, path: &Path) -> io::Result<u64> {
-    in_netns_file(file, path, current_netns_cookie)
-}
-
-/// Runs `f` in a short-lived thread that has entered the network namespace
-/// at `path`; the calling thread never changes namespace. Needs root.
-pub fn in_netns<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    let file = File::open(path)
-        .map_err(|e| with_context(e, &format!("opening network namespace {}", path.display())))?;
-    in_netns_file(file, path, f)
-}
-
-/// Runs `f` inside the first of `paths` (namespace files) that can be
-/// entered and on which `f` succeeds: `f`'s result and that path. `None`
-/// when none did; `last` then holds the last failure (as it was if no path
-/// was tried).
-pub fn in_first_netns<T: Send + 'static>(
-    paths: impl IntoIterator<Item = PathBuf>,
-    f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
-    last: &mut io::Error,
-) -> Option<(T, PathBuf)> {
-    for path in paths {
-        match in_netns(&path, f.clone()) {
-            Ok(value) => return Some((value, path)),
-            // A process entered by may have exited meanwhile: the next one.
-            Err(e) => *last = e,
-        }
-    }
-    None
-}
-
-fn in_netns_file<T: Send + 'static>(
-    file: File,
-    path: &Path,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    let shown = path.display().to_string();
-    let worker = std::thread::Builder::new()
-        .name("lw-netns".into())
-        .spawn(move || {
-            // SAFETY: file is an open namespace descriptor, alive for the call.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(with_context(
-                    io::Error::last_os_error(),
-                    &format!("entering network namespace {shown} (needs root)"),
-                ));
-            }
-            f()
-        })?;
-    worker.join().unwrap_or_else(|_| {
-        Err(io::Error::other(
-            "the network namespace worker thread panicked",
-        ))
-    })
-}
-
-/// The non-loopback addresses of every interface in the calling thread's
-/// network namespace.
-pub fn interface_addresses() -> io::Result<Vec<std::net::IpAddr>> {
-    let mut out = Vec::new();
-    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates the list; it is freed below.
-    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut cur = ifap;
-    while !cur.is_null() {
-        // SAFETY: `cur` walks the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: the family field says which sockaddr type this is.
-            let addr = unsafe {
-                match i32::from((*ifa.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                        Some(std::net::IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()))
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                        Some(std::net::IpAddr::from(sin6.sin6_addr.s6_addr))
-                    }
-                    _ => None,
-                }
-            };
-            out.extend(addr.filter(|a| !a.is_loopback()));
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: frees the list from getifaddrs exactly once.
-    unsafe { libc::freeifaddrs(ifap) };
-    Ok(out)
 }
 
 /// The superblock device (`major:minor` as mountinfo prints `sb->s_dev`) of

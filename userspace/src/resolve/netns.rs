@@ -1,0 +1,128 @@
+//! Network namespaces: a namespace's cookie, running code inside another
+//! namespace (in a short-lived thread of its own), and the addresses of
+//! the interfaces in one.
+
+use std::{
+    fs::File,
+    io,
+    net::IpAddr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use super::with_context;
+
+/// `SO_NETNS_COOKIE` (Linux 5.14), not exported by every libc version.
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_NETNS_COOKIE: libc::c_int = 0x0050;
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// `SO_NETNS_COOKIE` of the calling thread's network namespace (Linux 5.14+).
+pub fn current_netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(with_context(
+            io::Error::last_os_error(),
+            "creating a socket",
+        ));
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(with_context(
+            io::Error::last_os_error(),
+            "reading SO_NETNS_COOKIE (needs Linux 5.14 or newer)",
+        ));
+    }
+    Ok(cookie)
+}
+
+/// Enters the namespace in a short-lived thread of its own and reads the
+/// cookie there; the calling thread never changes namespace.
+pub(super) fn cookie_via_setns(file: File, path: &Path) -> io::Result<u64> {
+    in_netns_file(file, path, current_netns_cookie)
+}
+
+/// Runs `f` in a short-lived thread that has entered the network namespace
+/// at `path`; the calling thread never changes namespace. Needs root.
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let file = File::open(path)
+        .map_err(|e| with_context(e, &format!("opening network namespace {}", path.display())))?;
+    in_netns_file(file, path, f)
+}
+
+/// Runs `f` inside the first of `paths` (namespace files) that can be
+/// entered and on which `f` succeeds: `f`'s result and that path. `None`
+/// when none did; `last` then holds the last failure (as it was if no path
+/// was tried).
+pub fn in_first_netns<T: Send + 'static>(
+    paths: impl IntoIterator<Item = PathBuf>,
+    f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
+    last: &mut io::Error,
+) -> Option<(T, PathBuf)> {
+    for path in paths {
+        match in_netns(&path, f.clone()) {
+            Ok(value) => return Some((value, path)),
+            // A process entered by may have exited meanwhile: the next one.
+            Err(e) => *last = e,
+        }
+    }
+    None
+}
+
+fn in_netns_file<T: Send + 'static>(
+    file: File,
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let shown = path.display().to_string();
+    let worker = std::thread::Builder::new()
+        .name("lw-netns".into())
+        .spawn(move || {
+            // SAFETY: file is an open namespace descriptor, alive for the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(with_context(
+                    io::Error::last_os_error(),
+                    &format!("entering network namespace {shown} (needs root)"),
+                ));
+            }
+            f()
+        })?;
+    worker.join().unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the network namespace worker thread panicked",
+        ))
+    })
+}
+
+/// The non-loopback addresses of every interface in the calling thread's
+/// network namespace.
+pub fn interface_addresses() -> io::Result<Vec<IpAddr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter_map(|ifa| {
+            let addr = ifa.address?;
+            addr.as_sockaddr_in()
+                .map(|sin| IpAddr::V4(sin.ip()))
+                .or_else(|| addr.as_sockaddr_in6().map(|sin6| IpAddr::V6(sin6.ip())))
+        })
+        .filter(|a| !a.is_loopback())
+        .collect())
+}
