@@ -1,0 +1,271 @@
+//! Attaching the loaded programs: the cgroup hooks' pinned links (updated
+//! in place when pinned already), the `cgroup/getsockopt` links of the
+//! cgroups the policy names, the tracing links, and the benchmark's
+//! unpinned baseline.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, ProgramError, links::FdLink,
+};
+use loopwarden_common::programs;
+
+use super::{BASELINE_TRACKER, LoaderError, Programs, Takeover, typed};
+use crate::kernel::{pins::PinDir, sys};
+
+impl Programs {
+    /// Makes the pinned links run these programs: each pinned link is
+    /// switched to its new program in place (`BPF_LINK_UPDATE`: the old
+    /// program judges every connect until the update, the new one every
+    /// connect after); a link not pinned yet is created and pinned. Staged
+    /// maps then replace the old pinned maps.
+    ///
+    /// `getsockopt` names the cgroups where the `cgroup/getsockopt` program
+    /// answers services (attached, or updated in place, and pinned; the
+    /// pinned links of other cgroups are removed, all of them for an empty
+    /// list); `None` leaves them as pinned.
+    pub fn attach_pinned(
+        &mut self,
+        cgroup_root: &Path,
+        pins: &PinDir,
+        getsockopt: Option<&[PathBuf]>,
+    ) -> Result<Takeover, LoaderError> {
+        let cgroup = open_cgroup(cgroup_root)?;
+        let mut takeover = Takeover::Updated;
+        for &name in self.names {
+            let pin = pins.link(name);
+            let prog = typed::<CgroupSockAddr>(&mut self.ebpf, name)?;
+            if pin.exists() {
+                update_link(name, &pin, prog)?;
+                continue;
+            }
+            takeover = Takeover::Attached;
+            let link_id = attach(prog, &cgroup, cgroup_root, name)?;
+            let pin_failed = |message: String| LoaderError::PinLink {
+                name,
+                path: pin.display().to_string(),
+                message,
+            };
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| pin_failed(e.to_string()))?;
+            let link = FdLink::try_from(link).map_err(|e| pin_failed(e.to_string()))?;
+            // Dropping the returned handle closes our descriptor only: the
+            // pin keeps the link, and with it the program, attached.
+            link.pin(&pin).map_err(|e| pin_failed(e.to_string()))?;
+        }
+        if self.tracking {
+            self.attach_trackers(pins)?;
+        }
+        if let Some(targets) = getsockopt {
+            self.attach_getsockopt(cgroup_root, pins, targets)?;
+        }
+        if self.staged {
+            pins.promote_staging()?;
+            self.staged = false;
+        }
+        Ok(takeover)
+    }
+
+    /// Makes a pinned `cgroup/getsockopt` link run our program in each
+    /// cgroup of `targets` (the root, or the cgroups the policy names),
+    /// and removes the pinned links of cgroups no longer named (an empty
+    /// `targets` removes them all). Removing a pin detaches the program
+    /// once no process holds the link either.
+    fn attach_getsockopt(
+        &mut self,
+        cgroup_root: &Path,
+        pins: &PinDir,
+        targets: &[PathBuf],
+    ) -> Result<(), LoaderError> {
+        let name = programs::GETSOCKOPT;
+        let pin_failed = |pin: &Path, message: String| LoaderError::PinLink {
+            name,
+            path: pin.display().to_string(),
+            message,
+        };
+        let mut wanted = Vec::with_capacity(targets.len());
+        for dir in targets {
+            let pin = pins.link(&getsockopt_pin(dir, cgroup_root).map_err(|source| {
+                LoaderError::OpenCgroup {
+                    path: dir.display().to_string(),
+                    source,
+                }
+            })?);
+            wanted.push((pin, dir));
+        }
+        if let Ok(entries) = std::fs::read_dir(pins.links_dir()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let ours = entry.file_name().to_string_lossy().starts_with(name);
+                if ours && !wanted.iter().any(|(pin, _)| *pin == path) {
+                    std::fs::remove_file(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
+                }
+            }
+        }
+        let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
+        for (pin, dir) in wanted {
+            if pin.exists() {
+                update_link(name, &pin, prog)?;
+                continue;
+            }
+            // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
+            // the link is created and pinned with our own bpf(2) calls.
+            let prog_fd = prog
+                .fd()
+                .map_err(|source| LoaderError::Verify { name, source })?;
+            let cgroup = open_cgroup(dir)?;
+            let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), sys::ATTACH_GETSOCKOPT)
+                .map_err(|e| LoaderError::AttachRaw {
+                    name,
+                    path: dir.display().to_string(),
+                    source: e,
+                })?;
+            sys::obj_pin(link.as_fd(), &pin).map_err(|e| pin_failed(&pin, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches each tracking program with a new link, pinned over the
+    /// previous daemon's (a tracing link cannot take a new program in
+    /// place): for an instant both run, which only records some evidence
+    /// twice; at no instant does neither.
+    fn attach_trackers(&mut self, pins: &PinDir) -> Result<(), LoaderError> {
+        for &(name, tracepoint) in programs::TRACKERS {
+            let prog = typed::<BtfTracePoint>(&mut self.ebpf, name)?;
+            let link_id = prog.attach().map_err(|source| LoaderError::Track {
+                name,
+                tracepoint,
+                source,
+            })?;
+            let pin = pins.link(name);
+            let pin_failed = |message: String| LoaderError::PinLink {
+                name,
+                path: pin.display().to_string(),
+                message,
+            };
+            let link: FdLink = prog
+                .take_link(link_id)
+                .map_err(|e| pin_failed(e.to_string()))?
+                .into();
+            // bpffs refuses names with dots.
+            let fresh = pins.link(&format!("{name}_new"));
+            let _ = std::fs::remove_file(&fresh);
+            link.pin(&fresh)
+                .map_err(|e| pin_failed(crate::error_chain(&e)))?;
+            std::fs::rename(&fresh, &pin).map_err(|e| pin_failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the baseline programs of [`Programs::load_baseline`]
+    /// without pinning them: the connect4 one to the cgroup v2 root, the
+    /// tracing one to its tracepoint. The links live inside `self`: dropping
+    /// it (or exiting) detaches the programs.
+    pub fn attach_baseline(&mut self, cgroup_root: &Path) -> Result<(), LoaderError> {
+        let cgroup = open_cgroup(cgroup_root)?;
+        for &name in self.names {
+            attach(
+                typed::<CgroupSockAddr>(&mut self.ebpf, name)?,
+                &cgroup,
+                cgroup_root,
+                name,
+            )?;
+        }
+        let (name, tracepoint) = BASELINE_TRACKER;
+        typed::<BtfTracePoint>(&mut self.ebpf, name)?
+            .attach()
+            .map_err(|source| LoaderError::Track {
+                name,
+                tracepoint,
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+/// The pin name of the `cgroup/getsockopt` link in cgroup `dir`: the
+/// program's name at the root, with the cgroup's id below it.
+fn getsockopt_pin(dir: &Path, cgroup_root: &Path) -> io::Result<String> {
+    if dir == cgroup_root {
+        return Ok(programs::GETSOCKOPT.to_owned());
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let id = std::fs::metadata(dir)?.ino();
+    Ok(format!("{}_{id:x}", programs::GETSOCKOPT))
+}
+
+/// Switches the cgroup link pinned at `pin` to `prog` in place
+/// (`BPF_LINK_UPDATE`) and checks that it runs it.
+fn update_link(
+    name: &'static str,
+    pin: &Path,
+    prog: &mut impl ProgramFd,
+) -> Result<(), LoaderError> {
+    let update = |source| LoaderError::LinkUpdate {
+        name,
+        path: pin.display().to_string(),
+        source,
+    };
+    let link = sys::obj_get(pin).map_err(update)?;
+    let (prog_fd, want) = prog
+        .fd_and_id()
+        .map_err(|source| LoaderError::Verify { name, source })?;
+    sys::link_update(link.as_fd(), prog_fd.as_fd(), None).map_err(update)?;
+    let runs = sys::link_prog_id(&link).ok();
+    if want.is_some() && want != runs {
+        return Err(update(io::Error::other(format!(
+            "the link runs program {runs:?} after the update, not {want:?}"
+        ))));
+    }
+    Ok(())
+}
+
+/// What [`update_link`] needs of a loaded program, whatever its type.
+trait ProgramFd {
+    /// A duplicate of the program's descriptor, and its id if the kernel
+    /// says.
+    fn fd_and_id(&self) -> Result<(std::os::fd::OwnedFd, Option<u32>), ProgramError>;
+}
+
+macro_rules! program_fd {
+    ($($ty:ty),*) => {$(
+        impl ProgramFd for $ty {
+            fn fd_and_id(&self) -> Result<(std::os::fd::OwnedFd, Option<u32>), ProgramError> {
+                let fd = self.fd()?.as_fd().try_clone_to_owned()?;
+                let id = self.info().map(|i| i.id()).ok();
+                Ok((fd, id))
+            }
+        }
+    )*};
+}
+program_fd!(CgroupSockAddr, CgroupSockopt);
+
+fn open_cgroup(cgroup_root: &Path) -> Result<File, LoaderError> {
+    File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
+        path: cgroup_root.display().to_string(),
+        source,
+    })
+}
+
+/// Attaches `prog` to the cgroup with a new link. `Single` is the mode
+/// bpf_link_create accepts here; links of other programs on the same cgroup
+/// still coexist.
+fn attach(
+    prog: &mut CgroupSockAddr,
+    cgroup: &File,
+    cgroup_root: &Path,
+    name: &'static str,
+) -> Result<aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId, LoaderError> {
+    prog.attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|source| LoaderError::Attach {
+            name,
+            path: cgroup_root.display().to_string(),
+            source,
+        })
+}

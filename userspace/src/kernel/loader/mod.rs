@@ -1,0 +1,210 @@
+//! Loading the kernel programs and attaching them to the cgroup v2 root.
+//!
+//! The daemon's links and maps are pinned in bpffs (see [`super::pins`]):
+//! enforcement outlives the process that attached it, whatever ends that
+//! process. A starting daemon loads its programs against the pinned maps
+//! (or fresh ones when the pinned set is incompatible) and puts them into
+//! the pinned links in place, so at no instant is no program attached.
+//! Only `loopwarden detach` removes enforcement. The benchmark's baseline
+//! program is attached unpinned and goes with its process.
+//!
+//! This file loads; [`attach`] attaches, [`error`] says what failed.
+//!
+//! # Minimum kernel version
+//! 5.18: `bpf_set_retval` in cgroup programs (enforced by [`crate::kernel::compat`]).
+
+mod attach;
+mod error;
+
+use std::collections::HashMap;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, CgroupSockAddr, CgroupSockopt, Program, ProgramError},
+};
+use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
+
+pub use self::error::LoaderError;
+use super::pins::{self, MapShape, PinDir, PinError, PinState};
+
+/// The kernel programs, built by `build.rs` from the `ebpf` crate.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/loopwarden-ebpf"));
+
+/// The programs the daemon runs in the cgroup hooks: the judges, the
+/// UDP receive trackers and the bind guard (attached whether or not the
+/// policy turns it on, like the trackers: the policy maps say).
+const ENFORCER: &[&str] = &[
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::RECVMSG4,
+    programs::RECVMSG6,
+    programs::BIND4,
+    programs::BIND6,
+];
+/// The no-op program benchmarks use to measure the cost of measuring.
+const BASELINE: &[&str] = &[programs::BASELINE4];
+/// Its tracing counterpart (`tp_btf`), on the tracepoint of `lw_receive`.
+const BASELINE_TRACKER: (&str, &str) = (programs::BASELINE_RECEIVE, programs::RECEIVE_TRACEPOINT);
+
+/// The loaded (not yet attached) programs and their maps.
+pub struct Programs {
+    pub ebpf: Ebpf,
+    names: &'static [&'static str],
+    /// The tracking programs (`tp_btf`) are loaded too.
+    tracking: bool,
+    /// Maps were created fresh in the staging directory (replacing an
+    /// incompatible pinned set); they move into place after the takeover.
+    staged: bool,
+}
+
+/// How the pinned links came to run this daemon's programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// No link was pinned: attached and pinned now.
+    Attached,
+    /// The pinned links now run our programs (replaced in place).
+    Updated,
+}
+
+/// The shapes of the maps our object pins.
+pub fn object_shapes() -> Result<HashMap<String, MapShape>, LoaderError> {
+    pins::object_shapes(EBPF_OBJECT).map_err(LoaderError::Object)
+}
+
+impl Programs {
+    /// Loads the object with the kernel structure offsets patched in, and
+    /// verifies both programs. Nothing is attached yet.
+    ///
+    /// The maps are the pinned ones when `state` says they are compatible
+    /// (or none are pinned yet: they are created and pinned now); otherwise
+    /// fresh maps are created in the staging directory.
+    pub fn load_pinned(
+        offsets: &KernelOffsets,
+        pins: &PinDir,
+        state: &PinState,
+    ) -> Result<Self, LoaderError> {
+        let staged = matches!(state, PinState::Incompatible { .. });
+        let dir = if staged {
+            let dir = pins.staging();
+            std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
+                what: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+            dir
+        } else {
+            pins.maps_dir()
+        };
+        let paths: Vec<(&'static str, std::path::PathBuf)> = maps::PINNED
+            .iter()
+            .map(|&name| (name, dir.join(name)))
+            .collect();
+        let mut programs = Self::load_only(&paths, offsets, ENFORCER)?;
+        programs.load_trackers()?;
+        let name = programs::GETSOCKOPT;
+        typed::<CgroupSockopt>(&mut programs.ebpf, name)?
+            .load()
+            .map_err(|source| LoaderError::Verify { name, source })?;
+        programs.staged = staged;
+        Ok(programs)
+    }
+
+    /// Loads only the no-op baseline programs (see `ebpf/src/baseline.rs`):
+    /// the connect4 one and the tracing one.
+    pub fn load_baseline() -> Result<Self, LoaderError> {
+        let mut programs = Self::load_only(&[], &KernelOffsets::default(), BASELINE)?;
+        let btf = Btf::from_sys_fs().map_err(LoaderError::Btf)?;
+        let (name, tracepoint) = BASELINE_TRACKER;
+        typed::<BtfTracePoint>(&mut programs.ebpf, name)?
+            .load(tracepoint, &btf)
+            .map_err(|source| LoaderError::Verify { name, source })?;
+        Ok(programs)
+    }
+
+    /// Loads the object, each map in `pinned` reused from (or created and
+    /// pinned at) its path, and verifies the programs `names`.
+    fn load_only(
+        pinned: &[(&'static str, std::path::PathBuf)],
+        offsets: &KernelOffsets,
+        names: &'static [&'static str],
+    ) -> Result<Self, LoaderError> {
+        let log_level = kernel_log_level();
+        let mut loader = EbpfLoader::new();
+        // No CO-RE: offsets come from our own BTF reader (`super::btf`), so
+        // the kernel BTF aya parsed for relocations is dropped at once, and
+        // its memory returned (see `release_heap`).
+        loader.btf(None);
+        crate::heap::release();
+        for (name, path) in pinned {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .override_global(OFFSETS_GLOBAL, offsets, true)
+            // Kernel-side aya-log calls below this level cost one compare.
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
+            .load(EBPF_OBJECT)
+            .map_err(LoaderError::Load)?;
+        for &name in names {
+            let prog = typed::<CgroupSockAddr>(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| LoaderError::Verify { name, source })?;
+            // How much of the verifier's budget (1M instructions) it took:
+            // the margin that matters on older kernels with weaker pruning.
+            if let Some(count) = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                tracing::debug!("{name}: verified after {count} instructions");
+            }
+        }
+        Ok(Self {
+            ebpf,
+            names,
+            tracking: false,
+            staged: false,
+        })
+    }
+
+    /// Verifies the tracking programs (see `ebpf/src/sockets.rs` and
+    /// `process.rs`) against the kernel's BTF, which is parsed for this
+    /// and dropped again.
+    fn load_trackers(&mut self) -> Result<(), LoaderError> {
+        let btf = Btf::from_sys_fs().map_err(LoaderError::Btf)?;
+        for &(name, tracepoint) in programs::TRACKERS {
+            let prog = typed::<BtfTracePoint>(&mut self.ebpf, name)?;
+            prog.load(tracepoint, &btf)
+                .map_err(|source| LoaderError::Verify { name, source })?;
+        }
+        drop(btf);
+        crate::heap::release();
+        self.tracking = true;
+        Ok(())
+    }
+}
+
+/// The most verbose aya-log level (aya_log_common::Level: 1 error .. 5 trace)
+/// the programs emit: as verbose as this process's own log filter.
+fn kernel_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 5,
+        LevelFilter::DEBUG => 4,
+        LevelFilter::INFO => 3,
+        LevelFilter::WARN => 2,
+        _ => 1,
+    }
+}
+
+/// The program `name` of the object, as its type `P` (`CgroupSockAddr`,
+/// `CgroupSockopt`, `BtfTracePoint`).
+fn typed<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoaderError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoaderError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoaderError::Verify { name, source })
+}
