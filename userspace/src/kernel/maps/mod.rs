@@ -4,23 +4,29 @@
 //!
 //! Installing a policy writes a whole new generation beside the running one
 //! and switches to it with one write (see [`PolicyMaps::install`]), so a
-//! connect is never judged by a mix of two policies.
+//! connect is never judged by a mix of two policies ([`generation`] writes
+//! one generation). The counters and ring buffers are in [`counters`].
+
+mod counters;
+mod generation;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
-    Ebpf, Pod,
+    Ebpf,
     maps::{
-        Array, HashMap, MapData, MapError, PerCpuArray, RingBuf,
+        Array, HashMap, MapData, MapError,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use loopwarden_common::{
     Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, EXE_NAME_LEN, EgressKey, ExeKey,
     FILTER_WORDS, GenKey, MAX_EGRESS_PREFIXES, MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS, Settings,
-    exe_filter_value, filter_bit, maps, name_prefix, stats, verdict,
+    exe_filter_value, filter_bit, maps, name_prefix,
 };
 
+pub use self::counters::{Counters, StatsMap, take_denials, take_events};
+use self::generation::{PortBitmap, clear_generation, port_words, write_generation};
 use crate::policy::{CompiledPolicy, Ports, egress};
 
 /// Errors touching the kernel maps.
@@ -81,101 +87,6 @@ pub struct PolicyMaps {
     egress_uid: HashMap<MapData, GenKey<u32>, u64>,
     egress_exe: HashMap<MapData, GenKey<ExeKey>, u64>,
     egress_cgroup: HashMap<MapData, GenKey<u64>, u64>,
-}
-
-/// A per-generation array of `N` words (`LW_PORTS`, `LW_BIND_PORTS`:
-/// bitmaps of [`PORT_WORDS`]; `LW_BROWSER_PORTS`).
-struct PortBitmap<const N: usize = { PORT_WORDS as usize }> {
-    map: Array<MapData, u64>,
-    name: &'static str,
-    /// What each slot's words hold, once known: an install writes only
-    /// the words that change (each is a syscall).
-    words: [Option<Box<[u64; N]>>; 2],
-}
-
-impl<const N: usize> PortBitmap<N> {
-    fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Self, MapsError> {
-        Ok(Self {
-            map: take(ebpf, name)?,
-            name,
-            words: [None, None],
-        })
-    }
-
-    /// Writes slot `g`'s bitmap, only the words that differ from what it
-    /// holds (read once, then remembered).
-    fn write(&mut self, g: u32, want: &[u64; N]) -> Result<(), MapsError> {
-        let name = self.name;
-        let update = |source| MapsError::Update { name, source };
-        let slot = g as usize;
-        let base = g * N as u32;
-        if self.words[slot].is_none() {
-            let mut have = Box::new([0u64; N]);
-            for (i, word) in have.iter_mut().enumerate() {
-                *word = self.map.get(&(base + i as u32), 0).map_err(update)?;
-            }
-            self.words[slot] = Some(have);
-        }
-        let have = self.words[slot].as_mut().expect("filled above");
-        for (i, (old, new)) in have.iter_mut().zip(want.iter()).enumerate() {
-            if old != new {
-                self.map.set(base + i as u32, *new, 0).map_err(update)?;
-                *old = *new;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The words of a port set: every bit for [`Ports::All`].
-fn port_words(ports: &Ports) -> Box<[u64; PORT_WORDS as usize]> {
-    match ports {
-        Ports::All => Box::new([u64::MAX; PORT_WORDS as usize]),
-        Ports::Some(words) => words.clone(),
-    }
-}
-
-/// Writes `want` into `map` under generation `g`.
-fn write_generation<K, V>(
-    map: &mut HashMap<MapData, GenKey<K>, V>,
-    name: &'static str,
-    g: u32,
-    want: &BTreeMap<K, V>,
-) -> Result<(), MapsError>
-where
-    K: Copy,
-    GenKey<K>: Pod,
-    V: Pod,
-{
-    for (key, value) in want {
-        map.insert(GenKey::new(g, *key), value, 0)
-            .map_err(|source| MapsError::Update { name, source })?;
-    }
-    Ok(())
-}
-
-/// Removes every entry of generation `g` from `map`.
-fn clear_generation<K, V>(
-    map: &mut HashMap<MapData, GenKey<K>, V>,
-    name: &'static str,
-    g: u32,
-) -> Result<(), MapsError>
-where
-    GenKey<K>: Pod,
-    V: Pod,
-{
-    let stale: Vec<GenKey<K>> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|key| key.generation == g)
-        .collect();
-    for key in stale {
-        match map.remove(&key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => return Err(MapsError::Update { name, source }),
-        }
-    }
-    Ok(())
 }
 
 impl PolicyMaps {
@@ -442,104 +353,6 @@ pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
         }
     }
     Ok(())
-}
-
-/// The kernel's counters (see `loopwarden_common::stats`), summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub checked: u64,
-    pub denied: u64,
-    pub reported: u64,
-    pub dropped: u64,
-    pub retried: u64,
-    pub raced: u64,
-    /// Reports lost, indexed by `verdict` value.
-    pub dropped_by_verdict: [u64; verdict::COUNT as usize],
-}
-
-/// Reader for `LW_STATS`, and `LW_DROPS_REPORTED`: the losses already
-/// reported, kept beside the pinned counters for the next daemon.
-pub struct StatsMap {
-    stats: PerCpuArray<MapData, u64>,
-    drops_reported: Array<MapData, u64>,
-}
-
-impl StatsMap {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
-        Ok(Self {
-            stats: take(ebpf, maps::STATS)?,
-            drops_reported: take(ebpf, maps::DROPS_REPORTED)?,
-        })
-    }
-
-    /// The per-verdict losses a daemon (this one or a predecessor on the
-    /// same pinned maps) has already reported.
-    pub fn drops_reported(&self) -> Result<[u64; verdict::COUNT as usize], MapsError> {
-        let mut out = [0; verdict::COUNT as usize];
-        for (v, slot) in out.iter_mut().enumerate() {
-            *slot =
-                self.drops_reported
-                    .get(&(v as u32), 0)
-                    .map_err(|source| MapsError::Update {
-                        name: maps::DROPS_REPORTED,
-                        source,
-                    })?;
-        }
-        Ok(out)
-    }
-
-    /// Records the per-verdict losses reported so far.
-    pub fn set_drops_reported(
-        &mut self,
-        dropped: &[u64; verdict::COUNT as usize],
-    ) -> Result<(), MapsError> {
-        for (v, value) in dropped.iter().enumerate() {
-            self.drops_reported
-                .set(v as u32, *value, 0)
-                .map_err(|source| MapsError::Update {
-                    name: maps::DROPS_REPORTED,
-                    source,
-                })?;
-        }
-        Ok(())
-    }
-
-    pub fn read(&self) -> Result<Counters, MapsError> {
-        let get = |index: u32| -> Result<u64, MapsError> {
-            let values = self
-                .stats
-                .get(&index, 0)
-                .map_err(|source| MapsError::Update {
-                    name: maps::STATS,
-                    source,
-                })?;
-            Ok(values.iter().sum())
-        };
-        Ok(Counters {
-            checked: get(stats::CHECKED)?,
-            denied: get(stats::DENIED)?,
-            reported: get(stats::REPORTED)?,
-            dropped: get(stats::DROPPED)?,
-            retried: get(stats::RETRIED)?,
-            raced: get(stats::RACED)?,
-            dropped_by_verdict: [
-                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::ALLOW))?,
-                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::AUDIT))?,
-                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::WOULD_DENY))?,
-                get(stats::DROPPED_BY_VERDICT + u32::from(verdict::DENY))?,
-            ],
-        })
-    }
-}
-
-/// Takes the event ring buffer (every report but refusals).
-pub fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, MapsError> {
-    take(ebpf, maps::EVENTS)
-}
-
-/// Takes the refusals' ring buffer.
-pub fn take_denials(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, MapsError> {
-    take(ebpf, maps::DENIALS)
 }
 
 #[cfg(test)]
