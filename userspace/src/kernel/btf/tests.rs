@@ -1,0 +1,421 @@
+use super::{
+    reader::{HEADER_LEN, MAGIC, kind},
+    *,
+};
+
+/// Builds little-endian BTF blobs by hand.
+#[derive(Default)]
+struct Builder {
+    strings: Vec<u8>,
+    types: Vec<u8>,
+    next_id: u32,
+}
+
+impl Builder {
+    fn new() -> Self {
+        Self {
+            strings: vec![0],
+            types: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    fn str(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return 0;
+        }
+        let off = self.strings.len() as u32;
+        self.strings.extend_from_slice(s.as_bytes());
+        self.strings.push(0);
+        off
+    }
+
+    fn words(&mut self, words: &[u32]) {
+        for w in words {
+            self.types.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Adds a record header and returns its type id.
+    fn ty(&mut self, name: &str, kind: u8, kind_flag: bool, vlen: u16, size_or_type: u32) -> u32 {
+        let name = self.str(name);
+        let info = (u32::from(kind_flag) << 31) | (u32::from(kind) << 24) | u32::from(vlen);
+        self.words(&[name, info, size_or_type]);
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn int(&mut self, name: &str, bytes: u32) -> u32 {
+        let id = self.ty(name, kind::INT, false, 0, bytes);
+        self.words(&[bytes * 8]);
+        id
+    }
+
+    /// A struct or union; members are (name, type, raw offset field).
+    fn aggregate(
+        &mut self,
+        kind: u8,
+        name: &str,
+        kind_flag: bool,
+        size: u32,
+        members: &[(&str, u32, u32)],
+    ) -> u32 {
+        let id = self.ty(name, kind, kind_flag, members.len() as u16, size);
+        for &(m, ty, off) in members {
+            let m = self.str(m);
+            self.words(&[m, ty, off]);
+        }
+        id
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        let type_len = self.types.len() as u32;
+        for w in [
+            HEADER_LEN as u32,
+            0,
+            type_len,
+            type_len,
+            self.strings.len() as u32,
+        ] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.extend_from_slice(&self.types);
+        out.extend_from_slice(&self.strings);
+        out
+    }
+}
+
+/// A blob with one record of every kind before the structs, so a wrong
+/// record size for any kind misplaces everything after it.
+fn sample() -> Vec<u8> {
+    let mut b = Builder::new();
+    let int = b.int("int", 4); // 1
+    let long = b.int("long", 8); // 2
+    let ptr = b.ty("", kind::PTR, false, 0, int); // 3
+    b.ty("", kind::ARRAY, false, 0, 0); // 4
+    b.words(&[int, int, 4]);
+    b.ty("e", kind::ENUM, false, 2, 4); // 5
+    b.words(&[0, 1, 0, 2]);
+    b.ty("task_struct", kind::FWD, false, 0, 0); // 6: the forward declaration comes first
+    b.ty("v", kind::VOLATILE, false, 0, int); // 7
+    b.ty("", kind::RESTRICT, false, 0, ptr); // 8
+    let proto = b.ty("", kind::FUNC_PROTO, false, 3, int); // 9
+    b.words(&[0, int, 0, long, 0, ptr]);
+    b.ty("f", kind::FUNC, false, 0, proto); // 10
+    b.ty("var", kind::VAR, false, 0, int); // 11
+    b.words(&[1]);
+    b.ty(".data", kind::DATASEC, false, 1, 4); // 12
+    b.words(&[11, 0, 4]);
+    b.ty("double", kind::FLOAT, false, 0, 8); // 13
+    b.ty("tag", kind::DECL_TAG, false, 0, 10); // 14
+    b.words(&[u32::MAX]);
+    b.ty("user", kind::TYPE_TAG, false, 0, int); // 15
+    b.ty("e64", kind::ENUM64, false, 1, 8); // 16
+    b.words(&[0, 1, 0]);
+
+    // struct { long c; long d; } inside union { long b; struct {...}; }
+    let inner = b.aggregate(
+        kind::STRUCT,
+        "",
+        false,
+        16,
+        &[("c", long, 0), ("d", long, 64)],
+    );
+    let inner_const = b.ty("", kind::CONST, false, 0, inner);
+    let union = b.aggregate(
+        kind::UNION,
+        "",
+        false,
+        16,
+        &[("b", long, 0), ("", inner_const, 0)],
+    );
+    let union_td = b.ty("anon_t", kind::TYPEDEF, false, 0, union);
+    // struct path { long mnt; long *dentry; }
+    let path = b.aggregate(
+        kind::STRUCT,
+        "path",
+        false,
+        16,
+        &[("mnt", long, 0), ("dentry", ptr, 64)],
+    );
+    let path_td = b.ty("path_t", kind::TYPEDEF, false, 0, path);
+    b.aggregate(
+        kind::STRUCT,
+        "task_struct",
+        false,
+        64,
+        &[
+            ("a", long, 0),
+            ("", union_td, 64),
+            ("f_path", path_td, 192),
+            ("e", long, 320),
+        ],
+    );
+    // Bitfields: the high 8 bits are the bitfield size.
+    b.aggregate(
+        kind::STRUCT,
+        "bits",
+        true,
+        16,
+        &[
+            ("x", int, 32),
+            ("y", int, (3 << 24) | 72),
+            ("z", int, (1 << 24) | 75),
+        ],
+    );
+    b.build()
+}
+
+#[test]
+fn direct_and_anonymous_members() {
+    let data = sample();
+    let btf = Btf::parse(&data).unwrap();
+    assert_eq!(btf.member_offset("task_struct", "a"), Ok(0));
+    assert_eq!(btf.member_offset("task_struct", "b"), Ok(8));
+    assert_eq!(btf.member_offset("task_struct", "c"), Ok(8));
+    assert_eq!(btf.member_offset("task_struct", "d"), Ok(16));
+    assert_eq!(btf.member_offset("task_struct", "e"), Ok(40));
+}
+
+#[test]
+fn dotted_path_through_typedef() {
+    let data = sample();
+    let btf = Btf::parse(&data).unwrap();
+    assert_eq!(
+        btf.member_offset("task_struct", "f_path.dentry"),
+        Ok(24 + 8)
+    );
+    assert_eq!(
+        btf.member_offset("task_struct", "a.b"),
+        Err(LookupError::NotAggregate {
+            struct_name: "task_struct".into(),
+            member: "a".into(),
+            next: "b".into(),
+        })
+    );
+    assert_eq!(
+        btf.member_offset("task_struct", "f_path.nope"),
+        Err(LookupError::MemberNotFound {
+            struct_name: "task_struct.f_path".into(),
+            member: "nope".into(),
+        })
+    );
+}
+
+#[test]
+fn kind_flag_bitfield_offsets() {
+    let data = sample();
+    let btf = Btf::parse(&data).unwrap();
+    assert_eq!(btf.member_offset("bits", "x"), Ok(4));
+    assert_eq!(btf.member_offset("bits", "y"), Ok(9));
+    assert_eq!(
+        btf.member_offset("bits", "z"),
+        Err(LookupError::Unaligned {
+            struct_name: "bits".into(),
+            member: "z".into(),
+            bit_offset: 75,
+        })
+    );
+}
+
+#[test]
+fn missing_struct_and_member() {
+    let data = sample();
+    let btf = Btf::parse(&data).unwrap();
+    assert_eq!(
+        btf.member_offset("mm_struct", "exe_file"),
+        Err(LookupError::StructNotFound {
+            name: "mm_struct".into()
+        })
+    );
+    assert_eq!(
+        btf.member_offset("task_struct", "mm"),
+        Err(LookupError::MemberNotFound {
+            struct_name: "task_struct".into(),
+            member: "mm".into(),
+        })
+    );
+}
+
+#[test]
+fn bad_magic() {
+    let mut data = sample();
+    data[0] = 0;
+    assert!(matches!(
+        Btf::parse(&data),
+        Err(FormatError::BadMagic { .. })
+    ));
+    assert!(matches!(
+        Btf::parse(b"ELF\x7f"),
+        Err(FormatError::BadMagic { .. })
+    ));
+}
+
+#[test]
+fn truncated() {
+    let data = sample();
+    assert!(matches!(
+        Btf::parse(&data[..1]),
+        Err(FormatError::Truncated { .. })
+    ));
+    assert!(matches!(
+        Btf::parse(&data[..10]),
+        Err(FormatError::Truncated { .. })
+    ));
+    // Sections run past the end of the file.
+    assert!(matches!(
+        Btf::parse(&data[..data.len() - 1]),
+        Err(FormatError::Truncated {
+            what: "string section",
+            ..
+        })
+    ));
+    // A type section that ends inside a record.
+    let mut short = data.clone();
+    let type_len = u32::from_le_bytes(short[12..16].try_into().unwrap());
+    short[12..16].copy_from_slice(&(type_len - 4).to_le_bytes());
+    assert!(matches!(
+        Btf::parse(&short),
+        Err(FormatError::Truncated {
+            what: "type record",
+            ..
+        })
+    ));
+}
+
+/// Found by the btf fuzz target (a timeout): anonymous members that
+/// refer back to their own type, or many times to one type, made a
+/// lookup take exponential time.
+#[test]
+fn shared_and_cyclic_anonymous_members_are_searched_once() {
+    let mut b = Builder::new();
+    let int = b.int("int", 4);
+    // Type 2 refers to itself through 1000 anonymous members.
+    let members: Vec<(&str, u32, u32)> = (0..1000).map(|_| ("", 2, 0)).collect();
+    let cyclic = b.aggregate(kind::STRUCT, "", false, 8, &members);
+    assert_eq!(cyclic, 2);
+    // A chain of 40 types, each with two anonymous members naming the next.
+    let mut next = b.aggregate(kind::STRUCT, "", false, 8, &[("leaf", int, 0)]);
+    for _ in 0..40 {
+        next = b.aggregate(kind::STRUCT, "", false, 8, &[("", next, 0), ("", next, 32)]);
+    }
+    b.aggregate(
+        kind::STRUCT,
+        "task_struct",
+        false,
+        64,
+        &[("", cyclic, 0), ("", next, 64), ("a", int, 128)],
+    );
+    let data = b.build();
+    let btf = Btf::parse(&data).unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(
+        btf.member_offset("task_struct", "missing"),
+        Err(LookupError::MemberNotFound {
+            struct_name: "task_struct".into(),
+            member: "missing".into(),
+        })
+    );
+    assert_eq!(btf.member_offset("task_struct", "a"), Ok(16));
+    // More anonymous levels than MAX_DEPTH: not found (and not hung).
+    assert!(btf.member_offset("task_struct", "leaf").is_err());
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn unknown_kind() {
+    let mut b = Builder::new();
+    b.int("int", 4);
+    b.ty("", 31, false, 0, 0);
+    assert_eq!(
+        Btf::parse(&b.build()).unwrap_err(),
+        FormatError::UnknownKind {
+            type_id: 2,
+            kind: 31
+        }
+    );
+}
+
+/// The fuzz seeds (made by fuzz/seeds/make-seeds.py) hold every
+/// structure offsets_from reads, in both byte orders, so the fuzzer
+/// starts from inputs that reach the lookups.
+#[test]
+fn fuzz_seeds_have_every_offset() {
+    for data in [
+        &include_bytes!("../../../../fuzz/seeds/btf/structs-le.btf")[..],
+        &include_bytes!("../../../../fuzz/seeds/btf/structs-be.btf")[..],
+    ] {
+        let btf = Btf::parse(data).unwrap();
+        let o = offsets_from(&btf).unwrap();
+        assert_eq!(
+            (o.task_mm, o.task_tgid, o.task_start_boottime, o.file_dentry),
+            (64, 100, 160, 16)
+        );
+        assert_eq!((o.dentry_name, o.inode_ino, o.sb_dev), (24, 64, 16));
+        assert_eq!(
+            (o.tcp_rcv_nxt, o.tcp_bytes_received, o.tcp_inet_sport),
+            (256, 264, 64)
+        );
+        assert_eq!(
+            (o.task_cred, o.cred_uid, o.cred_gid, o.kernfs_node_id),
+            (232, 4, 8, 40)
+        );
+    }
+}
+
+#[test]
+fn missing_file_names_the_config_option() {
+    let err = kernel_offsets(Path::new("/nonexistent/btf/vmlinux")).unwrap_err();
+    assert!(matches!(err, BtfError::NotFound { .. }));
+    assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF=y"), "{err}");
+}
+
+#[test]
+fn running_kernel() {
+    let path = Path::new(VMLINUX_BTF);
+    if !path.exists() {
+        println!("skipped: {VMLINUX_BTF} does not exist (kernel without CONFIG_DEBUG_INFO_BTF)");
+        return;
+    }
+    let o = kernel_offsets(path).unwrap();
+    let all = [
+        o.task_mm,
+        o.task_real_parent,
+        o.task_tgid,
+        o.mm_exe_file,
+        o.file_inode,
+        o.file_dentry,
+        o.dentry_name,
+        o.inode_ino,
+        o.inode_sb,
+        o.sb_dev,
+    ];
+    assert!(all.iter().all(|&off| off < 8192), "{o:?}");
+    for off in [
+        o.task_mm,
+        o.task_real_parent,
+        o.task_tgid,
+        o.mm_exe_file,
+        o.file_dentry,
+        o.dentry_name,
+    ] {
+        assert_ne!(off, 0, "{o:?}");
+    }
+    // Pointers and the pointer-sized i_ino are 8-byte aligned.
+    for off in [
+        o.task_mm,
+        o.task_real_parent,
+        o.mm_exe_file,
+        o.file_inode,
+        o.file_dentry,
+        o.inode_ino,
+        o.inode_sb,
+    ] {
+        assert_eq!(off % 8, 0, "{o:?}");
+    }
+    assert_eq!(o.task_tgid % 4, 0, "{o:?}");
+}
