@@ -1,0 +1,174 @@
+//! The event loop: reports from the ring buffers, the 1 s refresh
+//! (counters, the policy resolved again, the systemd watchdog), SIGHUP
+//! reloads; at SIGINT or SIGTERM the last reports and the run's totals.
+
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{info, warn};
+
+use super::{
+    DaemonError, io_err,
+    rings::{drain, readable},
+    start::Running,
+    systemd::{notify_systemd, systemd_watchdog},
+};
+
+/// How often the policy is re-resolved and kernel counters are read.
+const REFRESH: Duration = Duration::from_secs(1);
+/// How often queued reports are collected: the kernel wakes the daemon at
+/// once only for refusals and for a backlog (see `ebpf/src/connect/record.rs`).
+const DRAIN: Duration = Duration::from_millis(100);
+
+/// The signals the daemon handles.
+pub(super) struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    pub(super) fn install() -> Result<Self, DaemonError> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())
+                .map_err(io_err("installing SIGINT handler"))?,
+            terminate: signal(SignalKind::terminate())
+                .map_err(io_err("installing SIGTERM handler"))?,
+            hangup: signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?,
+        })
+    }
+}
+
+impl Running {
+    /// Runs until SIGINT or SIGTERM.
+    pub(super) async fn serve(self, signals: Signals) -> Result<(), DaemonError> {
+        let Self {
+            mut installed,
+            mut reporter,
+            mut counters,
+            mut stats,
+            mut events,
+            mut denials,
+            mut logger,
+            pins,
+            ..
+        } = self;
+        let Signals {
+            interrupt: mut sigint,
+            terminate: mut sigterm,
+            hangup: mut sighup,
+        } = signals;
+        // Kept alive from the refresh tick: a stuck event loop stops it, and
+        // systemd restarts the daemon (enforcement stays pinned meanwhile).
+        let mut watchdog = systemd_watchdog();
+        let mut tick = tokio::time::interval(REFRESH);
+        let mut drain_tick = tokio::time::interval(DRAIN);
+        let mut summary_tick = reporter.interval().map(tokio::time::interval);
+        let mut refresh_cost = Cost::default();
+
+        loop {
+            tokio::select! {
+                guard = denials.readable_mut() => {
+                    let mut guard = guard.map_err(io_err("waiting for refusals"))?;
+                    guard.clear_ready();
+                    drain(&mut [guard.get_inner_mut(), events.get_mut()], &mut reporter);
+                }
+                guard = events.readable_mut() => {
+                    let mut guard = guard.map_err(io_err("waiting for events"))?;
+                    guard.clear_ready();
+                    drain(&mut [denials.get_mut(), guard.get_inner_mut()], &mut reporter);
+                }
+                guard = readable(&mut logger) => {
+                    if let Some(mut guard) = guard.map_err(io_err("waiting for kernel log records"))? {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                }
+                _ = drain_tick.tick() => {
+                    drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+                }
+                _ = every(&mut summary_tick) => {
+                    drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+                    reporter.summarise();
+                }
+                _ = tick.tick() => {
+                    let begun = Instant::now();
+                    counters.report(&mut stats);
+                    reporter.publish_tally();
+                    installed.refresh(reporter.enricher());
+                    refresh_cost.add(begun.elapsed());
+                    if reporter.take_busy() {
+                        crate::heap::release();
+                    }
+                    if watchdog && let Err((path, e)) = notify_systemd(b"WATCHDOG=1") {
+                        warn!("the systemd watchdog at {path} is no longer fed: {e}");
+                        watchdog = false;
+                    }
+                }
+                _ = sighup.recv() => {
+                    installed.reload(reporter.enricher());
+                }
+                _ = sigint.recv() => { info!("SIGINT: exiting"); break; }
+                _ = sigterm.recv() => { info!("SIGTERM: exiting"); break; }
+            }
+        }
+        // Whatever is still queued is reported before we go.
+        drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+        reporter.summarise();
+        counters.report(&mut stats);
+        let totals = reporter.totals();
+        info!(
+            reports = totals.reports,
+            lines = totals.lines,
+            summary_lines = totals.summaries,
+            summarised = totals.summarised,
+            "reported {} connects in {} lines",
+            totals.reports,
+            totals.lines
+        );
+        info!(
+            runs = refresh_cost.runs,
+            mean_us = refresh_cost.mean().as_micros() as u64,
+            max_us = refresh_cost.max.as_micros() as u64,
+            "the 1 s refresh (counters, policy re-resolved) took {} µs on average",
+            refresh_cost.mean().as_micros()
+        );
+        info!(
+            "exiting; enforcement stays attached and pinned in {} (`loopwarden detach` removes it)",
+            pins.root().display()
+        );
+        Ok(())
+    }
+}
+
+/// Wall time spent in a periodic task.
+#[derive(Default)]
+struct Cost {
+    runs: u64,
+    total: Duration,
+    max: Duration,
+}
+
+impl Cost {
+    fn add(&mut self, took: Duration) {
+        self.runs += 1;
+        self.total += took;
+        self.max = self.max.max(took);
+    }
+
+    fn mean(&self) -> Duration {
+        self.total
+            .checked_div(u32::try_from(self.runs).unwrap_or(u32::MAX))
+            .unwrap_or_default()
+    }
+}
+
+/// Ticks of an optional interval; never, without one.
+async fn every(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,279 @@
+//! Start-up: checks the host, takes the instance lock, reads and compiles
+//! the policy, loads the programs against the pinned maps (or fresh ones),
+//! installs the policy, makes the pinned links run the programs, and says
+//! ready. Nothing is changed until the policy has compiled and the ident
+//! responder's addresses are bound.
+
+use std::{io, path::PathBuf, time::Instant};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tracing::{error, info, warn};
+
+use super::{
+    DaemonError, InstanceLock, Options,
+    installed::{Installed, Source, compile_policy, host_addresses},
+    io_err,
+    rings::{CounterReport, KernelLogger, watch},
+    status_file,
+    sweeper::Sweeper,
+};
+use crate::{
+    events::Enricher,
+    kernel::{
+        btf, compat,
+        loader::{self, Programs, Takeover},
+        maps::{Counters, PolicyMaps, StatsMap, take_denials, take_events},
+        pins::{PinDir, PinLock, PinState},
+    },
+    report::Reporter,
+    resolve::HostResolver,
+};
+
+/// A started daemon: what its event loop works with, and the locks and
+/// the loaded object it holds until it exits.
+pub(super) struct Running {
+    pub(super) installed: Installed,
+    pub(super) reporter: Reporter,
+    pub(super) counters: CounterReport,
+    pub(super) stats: StatsMap,
+    pub(super) events: AsyncFd<RingBuf<MapData>>,
+    pub(super) denials: AsyncFd<RingBuf<MapData>>,
+    pub(super) logger: Option<AsyncFd<KernelLogger>>,
+    pub(super) pins: PinDir,
+    /// The host's cgroup v2 root.
+    pub(super) cgroup_root: PathBuf,
+    _lock: InstanceLock,
+    _pin_lock: PinLock,
+    /// Its links and maps are pinned; the object is kept while it runs.
+    _programs: Programs,
+}
+
+/// Starts the daemon, up to and including the ready line and the sweeper.
+pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonError> {
+    let host = compat::check_host(opts.host_cgroup_root.as_deref())?;
+    let lock = InstanceLock::acquire(&opts.run_dir)?;
+    // Inspecting creates nothing: a start that fails on its config leaves
+    // no trace in bpffs.
+    let pins = PinDir::new(&opts.pin_dir);
+    let shapes = loader::object_shapes()?;
+    let state = if opts.replace {
+        PinState::Incompatible {
+            why: "--replace was given".to_owned(),
+        }
+    } else {
+        pins.inspect(&shapes)
+    };
+    if let PinState::Incompatible { why } = &state {
+        info!("the pinned objects will be replaced: {why}");
+    }
+
+    let source = Source::pick(opts.config.as_deref());
+    let resolver = HostResolver::new(host.cgroup2_root.clone());
+    // A policy that does not parse: enforcement already pinned by a
+    // predecessor of this layout stays in force and this daemon reports for
+    // it until a reload brings a good file; with nothing to keep, the
+    // daemon exits (exit code EX_CONFIG, which the unit does not restart).
+    let (config, policy) = match source.read() {
+        Ok(config) => {
+            let policy = compile_policy(&config, &resolver, opts.mode, None)?;
+            (Some(config), Some(policy))
+        }
+        Err(e) if state == PinState::Compatible => {
+            error!(
+                "{e}; the policy pinned by the previous daemon stays in force until a reload \
+                 (SIGHUP) reads a valid file"
+            );
+            (None, None)
+        }
+        Err(e) if matches!(state, PinState::Incompatible { .. }) => {
+            error!(
+                "{e}; the previously pinned programs keep enforcing their policy, unreported, \
+                 until a daemon starts with a valid file (or `loopwarden detach`)"
+            );
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(policy) = &policy {
+        for warning in &policy.warnings {
+            warn!("{warning}");
+        }
+    }
+    let offsets = btf::kernel_offsets(&host.btf_path)?;
+    // The RFC 1413 responder's addresses (`[ident] listen`), bound before
+    // the programs load: one that cannot be bound stops the start with
+    // nothing changed.
+    let ident = config
+        .as_ref()
+        .filter(|c| !c.ident.listen.is_empty())
+        .map(crate::provenance::ident::bind)
+        .transpose()
+        .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
+
+    let pin_lock = pins.prepare()?;
+    let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
+    let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
+    let mut stats = StatsMap::take(&mut programs.ebpf)?;
+    let ring = take_events(&mut programs.ebpf)?;
+    let denials = take_denials(&mut programs.ebpf)?;
+    let logger = match aya_log::EbpfLogger::init(&mut programs.ebpf) {
+        Ok(logger) => Some(watch(logger, "watching the kernel log buffer")?),
+        Err(e) => {
+            warn!("kernel program diagnostics unavailable: {e}");
+            None
+        }
+    };
+    let mut enricher = Enricher::new(host.cgroup2_root.clone());
+    // Installed before the programs take over the links, so the first
+    // connect they judge is judged by this policy.
+    let installed_seq = match &policy {
+        Some(policy) => {
+            let seq = policy_maps.install(policy, &host_addresses(policy))?;
+            enricher.set_rules(seq, policy.named_rules());
+            Some(seq)
+        }
+        None => None,
+    };
+    let getsockopt = config.as_ref().map(|c| getsockopt_targets(c, &resolver));
+    let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt.as_deref())?;
+    // With the tracking programs running, what happened before they did
+    // (listeners, accepted connections, interpreters' scripts) is read
+    // from /proc: from now on nothing is missed between the two.
+    crate::track::seed(&mut programs.ebpf, policy.as_ref());
+    // What an earlier daemon already reported stays reported; drops since
+    // (e.g. while no daemon was reading) are reported now. (Replaced maps
+    // start from zero on both sides.)
+    let dropped_reported = match (&state, pins.meta()) {
+        (PinState::Compatible, Ok(meta)) => meta.dropped_reported,
+        _ => 0,
+    };
+    let dropped_by_verdict = stats.drops_reported().unwrap_or_else(|e| {
+        warn!("reading LW_DROPS_REPORTED failed: {e}");
+        Default::default()
+    });
+    pins.write_meta(dropped_reported)
+        .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
+    // The RFC 1413 responder, bound before anything was loaded.
+    if let Some(bound) = ident {
+        let conns = pins.map(loopwarden_common::maps::CONNS);
+        let serving = bound
+            .serve(&conns)
+            .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
+        info!("ident (RFC 1413): answering on {serving}");
+    }
+    // The heap the start-up needed (policy compilation, object parsing) is
+    // not needed again.
+    crate::heap::release();
+    info!(
+        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}; enforcing {} ms after start",
+        match &policy {
+            Some(p) => format!("{} mode, {} rules", p.mode, p.rules.len()),
+            None => "the pinned policy".to_owned(),
+        },
+        match installed_seq {
+            Some(seq) => format!("policy #{seq}"),
+            None => "no new policy".to_owned(),
+        },
+        source.describe(),
+        host.cgroup2_root.display(),
+        pins.root().display(),
+        host.kernel_release,
+        describe_start(&state, takeover),
+        started.elapsed().as_millis(),
+    );
+
+    // What a previous policy, an audit mode or no daemon at all let in.
+    let sweeper = Sweeper::spawn(
+        host.cgroup2_root.clone(),
+        pins.map(loopwarden_common::maps::PROCS),
+        opts.log_format,
+    )
+    .map_err(io_err("starting the connection sweeper"))?;
+    if let Some(policy) = &policy {
+        sweeper.request(policy, &host_addresses(policy));
+    }
+    let events = watch(ring, "watching the event ring buffer")?;
+    let denials = watch(denials, "watching the refusals' ring buffer")?;
+    let reporter = Reporter::new(enricher, opts.log_format, opts.repeat_interval);
+    let installed = Installed {
+        source,
+        config_arg: opts.config.clone(),
+        mode: opts.mode,
+        resolver,
+        config,
+        addrs: policy.as_ref().map(host_addresses).unwrap_or_default(),
+        policy,
+        maps: policy_maps,
+        refresh_error: None,
+        sweeper,
+    };
+    let mut counters = CounterReport {
+        pins: pins.clone(),
+        last: Counters {
+            dropped: dropped_reported,
+            dropped_by_verdict,
+            ..Counters::default()
+        },
+    };
+    counters.report(&mut stats);
+    status_file::started(&opts.run_dir, &installed);
+    Ok(Running {
+        cgroup_root: host.cgroup2_root,
+        installed,
+        reporter,
+        counters,
+        stats,
+        events,
+        denials,
+        logger,
+        pins,
+        _lock: lock,
+        _pin_lock: pin_lock,
+        _programs: programs,
+    })
+}
+
+/// What start-up found pinned and did about it, for the ready line.
+fn describe_start(state: &PinState, takeover: Takeover) -> String {
+    match (state, takeover) {
+        (PinState::Absent, _) | (_, Takeover::Attached) => "attached and pinned".to_owned(),
+        (PinState::Compatible, Takeover::Updated) => {
+            "adopted the pinned maps; the pinned links now run this daemon's programs".to_owned()
+        }
+        (PinState::Incompatible { why }, Takeover::Updated) => {
+            format!("replaced the pinned programs in place and their maps ({why})")
+        }
+    }
+}
+
+/// Where the `cgroup/getsockopt` program is attached: nowhere when
+/// `[provenance] getsockopt` is off, at the root unless
+/// `getsockopt_cgroups` names cgroups, else in each of those that exists
+/// (one that does not is skipped with a warning: a restart attaches it).
+fn getsockopt_targets(
+    config: &crate::config::Config,
+    resolver: &HostResolver,
+) -> Vec<std::path::PathBuf> {
+    let p = &config.provenance;
+    if !p.getsockopt {
+        return Vec::new();
+    }
+    if p.getsockopt_cgroups.is_empty() {
+        return vec![resolver.cgroup_root().to_owned()];
+    }
+    p.getsockopt_cgroups
+        .iter()
+        .filter_map(|cg| match resolver.cgroup_dir(&cg.value) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                warn!(
+                    "{}:{}: getsockopt_cgroups {:?}: {e}; services there cannot ask with \
+                     getsockopt until a restart finds it",
+                    config.source, cg.at, cg.value
+                );
+                None
+            }
+        })
+        .collect()
+}
