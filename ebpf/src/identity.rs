@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use loopwarden_common::{COMM_LEN, EXE_NAME_LEN, ExeKey, KernelOffsets};
 
-/// Patched by userspace at load time (see `userspace/src/kernel/btf.rs`).
+/// Patched by userspace at load time (see `userspace/src/kernel/btf/mod.rs`).
 #[unsafe(no_mangle)]
 static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_mm: 0,
