@@ -495,6 +495,7 @@ impl Drop for Server {
 
 /// What one load run measured: operations (connects, reads, spawns) and
 /// bytes over the elapsed time.
+#[derive(Clone, Copy)]
 pub struct Run {
     pub ops: u64,
     pub bytes: u64,

@@ -42,9 +42,13 @@ pub struct BenchArgs {
     /// (connects, receives, spawns; report-all runs only the connects).
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
-    /// Seconds per measurement.
+    /// Seconds per rate measurement (BPF statistics off).
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// Seconds per count of the programs' runs (statistics on), after each
+    /// rate measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub stats_seconds: f64,
     /// Fail when a target is missed or a rate ratio is worse than noise.
     #[arg(long)]
     pub strict: bool,
@@ -299,7 +303,10 @@ pub struct Sample {
     pub round: u32,
     pub config: Config,
     pub workload: Workload,
+    /// The rate window (BPF statistics off).
     pub run: Run,
+    /// The window `progs` counts (statistics on).
+    pub counted: Run,
     pub progs: Snapshot,
 }
 
@@ -326,8 +333,8 @@ fn check_interrupted() -> anyhow::Result<()> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.rounds == 0 || args.seconds <= 0.0 {
-        bail!("--rounds and --seconds must be positive");
+    if args.rounds == 0 || args.seconds <= 0.0 || args.stats_seconds <= 0.0 {
+        bail!("--rounds, --seconds and --stats-seconds must be positive");
     }
     setup::require_root("the bench (network namespaces, eBPF, sysctls)")?;
     let bin = match &args.daemon {
@@ -405,7 +412,7 @@ struct Bench<'a> {
     netns: Netns,
     /// The receive loads' senders run here, across the veth pair.
     peer: Netns,
-    _stats: StatsEnabled,
+    stats: StatsEnabled,
 }
 
 impl<'a> Bench<'a> {
@@ -437,7 +444,7 @@ impl<'a> Bench<'a> {
             _servers: [server, peer_server],
             netns,
             peer,
-            _stats: stats,
+            stats,
         })
     }
 
@@ -507,10 +514,15 @@ impl<'a> Bench<'a> {
         workload: Workload,
         pid: Option<u32>,
     ) -> anyhow::Result<Sample> {
-        let before = stats::snapshot(pid)?;
+        // The rate without the statistics' clock reads, then the programs'
+        // runs counted in a window of their own.
+        self.stats.set(false)?;
         let run = self.run_load(workload, self.args.seconds)?;
+        self.stats.set(true)?;
+        let before = stats::snapshot(pid)?;
+        let counted = self.run_load(workload, self.args.stats_seconds)?;
         let after = stats::snapshot(pid)?;
-        if run.ops == 0 {
+        if run.ops == 0 || counted.ops == 0 {
             bail!("{workload}: no {} succeeded ({config})", workload.op());
         }
         Ok(Sample {
@@ -518,6 +530,7 @@ impl<'a> Bench<'a> {
             config,
             workload,
             run,
+            counted,
             progs: stats::delta(&before, &after),
         })
     }

@@ -429,8 +429,8 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
                 .iter()
                 .filter(|sample| sample.config == config && sample.workload == workload)
             {
-                ops += sample.run.ops;
-                elapsed += sample.run.elapsed.as_secs_f64();
+                ops += sample.counted.ops;
+                elapsed += sample.counted.elapsed.as_secs_f64();
                 for (name, counters) in &sample.progs {
                     progs.entry(name).or_default().add(*counters);
                 }
@@ -563,16 +563,18 @@ mod tests {
     use crate::bench::load::Run;
 
     fn sample(round: u32, config: Config, ops: u64) -> Sample {
+        let run = Run {
+            ops,
+            bytes: 0,
+            errors: 0,
+            elapsed: Duration::from_secs(1),
+        };
         Sample {
             round,
             config,
             workload: Workload::Protected,
-            run: Run {
-                ops,
-                bytes: 0,
-                errors: 0,
-                elapsed: Duration::from_secs(1),
-            },
+            run,
+            counted: run,
             progs: Default::default(),
         }
     }

@@ -10,7 +10,11 @@ use crate::proc::{self, say};
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// Turns BPF run-time statistics on; restores the previous setting on drop.
+/// BPF run-time statistics, switched on for the windows that count program
+/// runs and off for those that measure rates (with them on, every program
+/// run pays two clock reads, which no production host does); restores the
+/// previous setting on drop. Left on throughout when something else had
+/// turned them on.
 pub struct StatsEnabled {
     previous: String,
 }
@@ -22,8 +26,26 @@ impl StatsEnabled {
             .trim()
             .to_owned();
         say!("enabling kernel.bpf_stats_enabled (was {previous})");
-        fs::write(SYSCTL, "1").with_context(|| format!("cannot write {SYSCTL}"))?;
-        Ok(Self { previous })
+        let stats = Self { previous };
+        stats.set(true)?;
+        if stats.kept_on() {
+            say!(
+                "warning: kernel.bpf_stats_enabled was on already, so it stays on: the rates \
+                 include the statistics' cost of every program run"
+            );
+        }
+        Ok(stats)
+    }
+
+    /// Whether statistics stay on throughout (someone else turned them on).
+    pub fn kept_on(&self) -> bool {
+        self.previous != "0"
+    }
+
+    /// Switches statistics on or off (never off when [`Self::kept_on`]).
+    pub fn set(&self, on: bool) -> anyhow::Result<()> {
+        let value = if on || self.kept_on() { "1" } else { "0" };
+        fs::write(SYSCTL, value).with_context(|| format!("cannot write {SYSCTL}"))
     }
 }
 
