@@ -154,6 +154,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     // instead of killing the process with its default action.
     let signals = Signals::install()?;
     let mut running = start::start(&opts, started)?;
+    // Removed before `running` lets the locks go (locals drop in reverse).
     let _query = running.query_socket(&opts.run_dir);
     let _metrics = running.metrics(&opts.run_dir, started);
     notify_systemd_ready();

@@ -41,15 +41,15 @@ impl Signals {
 
 impl Running {
     /// Runs until SIGINT or SIGTERM.
-    pub(super) async fn serve(self, signals: Signals) -> Result<(), DaemonError> {
+    pub(super) async fn serve(&mut self, signals: Signals) -> Result<(), DaemonError> {
         let Self {
-            mut installed,
-            mut reporter,
-            mut counters,
-            mut stats,
-            mut events,
-            mut denials,
-            mut logger,
+            installed,
+            reporter,
+            counters,
+            stats,
+            events,
+            denials,
+            logger,
             pins,
             ..
         } = self;
@@ -71,29 +71,29 @@ impl Running {
                 guard = denials.readable_mut() => {
                     let mut guard = guard.map_err(io_err("waiting for refusals"))?;
                     guard.clear_ready();
-                    drain(&mut [guard.get_inner_mut(), events.get_mut()], &mut reporter);
+                    drain(&mut [guard.get_inner_mut(), events.get_mut()], reporter);
                 }
                 guard = events.readable_mut() => {
                     let mut guard = guard.map_err(io_err("waiting for events"))?;
                     guard.clear_ready();
-                    drain(&mut [denials.get_mut(), guard.get_inner_mut()], &mut reporter);
+                    drain(&mut [denials.get_mut(), guard.get_inner_mut()], reporter);
                 }
-                guard = readable(&mut logger) => {
+                guard = readable(logger) => {
                     if let Some(mut guard) = guard.map_err(io_err("waiting for kernel log records"))? {
                         guard.get_inner_mut().flush();
                         guard.clear_ready();
                     }
                 }
                 _ = drain_tick.tick() => {
-                    drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+                    drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                 }
                 _ = every(&mut summary_tick) => {
-                    drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+                    drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                     reporter.summarise();
                 }
                 _ = tick.tick() => {
                     let begun = Instant::now();
-                    counters.report(&mut stats);
+                    counters.report(stats);
                     reporter.publish_tally();
                     installed.refresh(reporter.enricher());
                     refresh_cost.add(begun.elapsed());
@@ -113,9 +113,9 @@ impl Running {
             }
         }
         // Whatever is still queued is reported before we go.
-        drain(&mut [denials.get_mut(), events.get_mut()], &mut reporter);
+        drain(&mut [denials.get_mut(), events.get_mut()], reporter);
         reporter.summarise();
-        counters.report(&mut stats);
+        counters.report(stats);
         let totals = reporter.totals();
         info!(
             reports = totals.reports,

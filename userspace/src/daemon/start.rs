@@ -43,10 +43,12 @@ pub(super) struct Running {
     pub(super) pins: PinDir,
     /// The host's cgroup v2 root.
     pub(super) cgroup_root: PathBuf,
-    _lock: InstanceLock,
-    _pin_lock: PinLock,
-    /// Its links and maps are pinned; the object is kept while it runs.
+    // Dropped last, in this order: the loaded object (its links and maps
+    // are pinned), the pin directory's lock, then the instance lock, so a
+    // daemon started next finds both free once it holds the first.
     _programs: Programs,
+    _pin_lock: PinLock,
+    _lock: InstanceLock,
 }
 
 /// Starts the daemon, up to and including the ready line and the sweeper.
@@ -228,9 +230,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         denials,
         logger,
         pins,
-        _lock: lock,
-        _pin_lock: pin_lock,
         _programs: programs,
+        _pin_lock: pin_lock,
+        _lock: lock,
     })
 }
 
