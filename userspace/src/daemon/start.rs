@@ -1,8 +1,8 @@
 //! Start-up: checks the host, takes the instance lock, reads and compiles
 //! the policy, loads the programs against the pinned maps (or fresh ones),
 //! installs the policy, makes the pinned links run the programs, and says
-//! ready. Nothing is changed until the policy has compiled and the ident
-//! responder's addresses are bound.
+//! ready. Nothing in bpffs is changed until the policy has compiled and
+//! the ident responder's addresses are bound.
 
 use std::{io, path::PathBuf, time::Instant};
 
