@@ -3,10 +3,11 @@
 //! stream and UDP datagrams from a second namespace over a veth pair, UDP
 //! datagrams over loopback) and spawns per second, with the daemon absent,
 //! in audit mode and in enforce mode, measured as interleaved rounds inside
-//! private network namespaces; plus each program's own cost per run from the
-//! kernel's BPF statistics, net of the statistics' own overhead, calibrated
-//! each round with no-op programs (`loopwarden baseline`: one on connect4,
-//! one on the receive tracepoint). Then the reporting phase ([`reporting`]):
+//! private network namespaces (rates with BPF statistics off); plus each
+//! program's own cost per run from the kernel's BPF statistics, counted in
+//! a window of its own after each rate window, net of their own overhead,
+//! calibrated each round with no-op programs (`loopwarden baseline`: one on
+//! connect4, one on the receive tracepoint). Then the reporting phase ([`reporting`]):
 //! floods of reports at fixed rates, counted in the daemon's output, with its
 //! CPU and resident size.
 

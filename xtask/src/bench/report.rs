@@ -145,11 +145,12 @@ pub fn print(
     let mut misses = Vec::new();
     println!();
     println!(
-        "loopwarden bench on {}: {} rounds × {} s per measurement, in private netns (loopback, \
-         veth pair)",
+        "loopwarden bench on {}: {} rounds × {} s per rate measurement (+ {} s counting program \
+         runs), in private netns (loopback, veth pair)",
         host_description(),
         args.rounds,
-        args.seconds
+        args.seconds,
+        args.stats_seconds
     );
     if !samples.is_empty() {
         print_rates(samples, &mut misses);
