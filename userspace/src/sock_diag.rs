@@ -9,7 +9,10 @@
 //!
 //! Messages are encoded by hand; the layouts are `struct nlmsghdr`
 //! (`include/uapi/linux/netlink.h`), `struct inet_diag_req_v2` and
-//! `struct inet_diag_msg` (`include/uapi/linux/inet_diag.h`).
+//! `struct inet_diag_msg` (`include/uapi/linux/inet_diag.h`). Not with
+//! `netlink-packet-sock-diag`: it sends every message as
+//! `SOCK_DIAG_BY_FAMILY`, so it cannot say `SOCK_DESTROY`, and it brings
+//! `netlink-packet-core` and `netlink-sys` for three fixed layouts.
 //!
 //! # Minimum kernel version
 //! `SOCK_DESTROY` needs Linux 4.5 and `CONFIG_INET_DIAG_DESTROY`, and
