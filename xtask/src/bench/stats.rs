@@ -1,60 +1,59 @@
-//! The kernel's own accounting of BPF program run time
-//! (`kernel.bpf_stats_enabled`): cumulative `run_time_ns` and `run_cnt` per
-//! program, read with `bpftool -j prog show`.
+//! The kernel's own accounting of BPF program run time: cumulative
+//! `run_time_ns` and `run_cnt` per program, switched on with
+//! `BPF_ENABLE_STATS` and read from each program's info (aya's
+//! `enable_stats` and `loaded_programs`).
 
-use std::{collections::BTreeMap, fs, process::Command};
+use std::{cell::RefCell, collections::BTreeMap, fs, os::fd::OwnedFd};
 
 use anyhow::Context as _;
+use aya::sys::{Stats, enable_stats};
+use loopwarden_common::programs;
 
-use crate::proc::{self, say};
+use crate::proc::say;
 
+/// The sysctl that turns statistics on for everyone, until turned off.
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-/// BPF run-time statistics, switched on for the windows that count program
-/// runs and off for those that measure rates (with them on, every program
-/// run pays two clock reads, which no production host does); restores the
-/// previous setting on drop. Left on throughout when something else had
-/// turned them on.
+/// BPF run-time statistics, on while this holds the descriptor
+/// `BPF_ENABLE_STATS` returned (the kernel counts its holders, so closing
+/// it never turns off what someone else turned on): on for the windows
+/// that count program runs, off for those that measure rates (with them
+/// on, every program run pays two clock reads, which no production host
+/// does).
 pub struct StatsEnabled {
-    previous: String,
+    fd: RefCell<Option<OwnedFd>>,
 }
 
 impl StatsEnabled {
     pub fn enable() -> anyhow::Result<Self> {
-        let previous = fs::read_to_string(SYSCTL)
-            .with_context(|| format!("cannot read {SYSCTL}"))?
-            .trim()
-            .to_owned();
-        say!("enabling kernel.bpf_stats_enabled (was {previous})");
-        let stats = Self { previous };
+        let stats = Self {
+            fd: RefCell::new(None),
+        };
         stats.set(true)?;
-        if stats.kept_on() {
+        let sysctl = fs::read_to_string(SYSCTL).unwrap_or_default();
+        if sysctl.trim() != "0" {
             say!(
-                "warning: kernel.bpf_stats_enabled was on already, so it stays on: the rates \
-                 include the statistics' cost of every program run"
+                "warning: kernel.bpf_stats_enabled is on, so statistics stay on throughout: the \
+                 rates include their cost to every program run"
             );
         }
         Ok(stats)
     }
 
-    /// Whether statistics stay on throughout (someone else turned them on).
-    pub fn kept_on(&self) -> bool {
-        self.previous != "0"
-    }
-
-    /// Switches statistics on or off (never off when [`Self::kept_on`]).
+    /// Switches this holder's statistics on or off.
     pub fn set(&self, on: bool) -> anyhow::Result<()> {
-        let value = if on || self.kept_on() { "1" } else { "0" };
-        fs::write(SYSCTL, value).with_context(|| format!("cannot write {SYSCTL}"))
-    }
-}
-
-impl Drop for StatsEnabled {
-    fn drop(&mut self) {
-        say!("restoring kernel.bpf_stats_enabled = {}", self.previous);
-        if let Err(err) = fs::write(SYSCTL, &self.previous) {
-            say!("warning: cannot restore {SYSCTL}: {err}");
+        let mut fd = self.fd.borrow_mut();
+        match (on, fd.is_some()) {
+            (true, false) => {
+                *fd = Some(
+                    enable_stats(Stats::RunTime)
+                        .context("BPF_ENABLE_STATS failed (BPF statistics need Linux 5.8)")?,
+                );
+            }
+            (false, true) => *fd = None,
+            _ => {}
         }
+        Ok(())
     }
 }
 
@@ -86,16 +85,14 @@ pub type Snapshot = BTreeMap<String, Counters>;
 /// fdinfo), or when that finds none, every program whose name starts with `lw_`.
 pub fn snapshot(daemon_pid: Option<u32>) -> anyhow::Result<Snapshot> {
     let owned = daemon_pid.map(owned_prog_ids).unwrap_or_default();
-    let json = proc::output(Command::new("bpftool").args(["-j", "prog", "show"]))?;
-    let progs: serde_json::Value =
-        serde_json::from_str(&json).context("cannot parse `bpftool -j prog show` output")?;
     let mut snapshot = Snapshot::new();
-    for prog in progs
-        .as_array()
-        .context("bpftool did not print a JSON array")?
-    {
-        let id = prog["id"].as_u64().unwrap_or(0);
-        let name = prog["name"].as_str().unwrap_or("");
+    for info in aya::programs::loaded_programs() {
+        // A program unloaded while the list is walked is gone for both.
+        let Ok(info) = info else {
+            continue;
+        };
+        let id = u64::from(info.id());
+        let name = info.name_as_str().unwrap_or("");
         let ours = if owned.is_empty() {
             name.starts_with("lw_")
         } else {
@@ -107,14 +104,26 @@ pub fn snapshot(daemon_pid: Option<u32>) -> anyhow::Result<Snapshot> {
         let name = if name.is_empty() {
             format!("prog#{id}")
         } else {
-            name.to_owned()
+            full_name(name).to_owned()
         };
         snapshot.entry(name).or_default().add(Counters {
-            run_time_ns: prog["run_time_ns"].as_u64().unwrap_or(0),
-            run_cnt: prog["run_cnt"].as_u64().unwrap_or(0),
+            run_time_ns: info.run_time().as_nanos() as u64,
+            run_cnt: info.run_count(),
         });
     }
     Ok(snapshot)
+}
+
+/// The kernel keeps a program's name to 15 bytes (`BPF_OBJ_NAME_LEN`);
+/// our longer names, by which the report knows them.
+const LONG_NAMES: &[&str] = &[programs::BASELINE_RECEIVE];
+
+/// `name` as the kernel keeps it, or the longer name it was cut from.
+fn full_name(name: &str) -> &str {
+    LONG_NAMES
+        .iter()
+        .find(|long| name.len() == 15 && long.starts_with(name))
+        .unwrap_or(&name)
 }
 
 /// The per-program deltas between two snapshots.
@@ -144,4 +153,17 @@ fn owned_prog_ids(pid: u32) -> Vec<u64> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_kernel_cut_are_known_by_their_full_name() {
+        assert_eq!(full_name("lw_baseline_rec"), programs::BASELINE_RECEIVE);
+        assert_eq!(full_name(programs::SOCK_STATE), programs::SOCK_STATE);
+        // A shorter prefix is another program's whole name, not a cut one.
+        assert_eq!(full_name("lw_baseline"), "lw_baseline");
+    }
 }
