@@ -194,6 +194,8 @@ fn rss_mib(pid: u32) -> f64 {
 
 impl Bench<'_> {
     pub fn measure_reporting(&self) -> anyhow::Result<Results> {
+        // Nothing here reads program counters: no clock reads around runs.
+        self.stats.set(false)?;
         let seconds = self.args.report_seconds;
         let idle = self.measure_idle()?;
         say!(
