@@ -34,6 +34,8 @@ pub(super) struct Rates {
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    /// How many values (rounds) these are of.
+    pub n: usize,
 }
 
 impl Rates {
@@ -83,6 +85,7 @@ impl Rates {
             median,
             min: values[0],
             max: values[values.len() - 1],
+            n: values.len(),
         })
     }
 
@@ -124,13 +127,13 @@ impl Rates {
 /// 32 runs (a sign test).
 const VERDICT_ROUNDS: usize = 5;
 
-/// How `ratios` (a phase's rate over its reference's, per round, over
-/// `rounds` rounds) compares with noise: `Err` when the phase was slower in
-/// every round of enough of them.
-fn verdict(ratios: &Rates, rounds: usize) -> Result<&'static str, &'static str> {
+/// How `ratios` (a phase's rate over its reference's, one per paired
+/// round) compares with noise: `Err` when the phase was slower in every
+/// round of enough of them.
+fn verdict(ratios: &Rates) -> Result<&'static str, &'static str> {
     if ratios.max >= 1.0 {
         Ok("within noise")
-    } else if rounds < VERDICT_ROUNDS {
+    } else if ratios.n < VERDICT_ROUNDS {
         Ok("slower, too few rounds to judge")
     } else {
         Err("WORSE than noise")
@@ -217,26 +220,23 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
                 .then(|| Rates::paired(samples, config, Config::Baseline, workload))
                 .flatten();
             let judged = Rates::paired(samples, config, reference, workload);
-            let rounds = samples
-                .iter()
-                .filter(|s| s.config == config && s.workload == workload)
-                .count();
             let verdict = match (config, &judged) {
                 (Config::Absent, _) => format!("spread ±{:.1}%", absent.spread() * 100.0),
                 (Config::Baseline, _) => "no-op program (the hook's own cost)".to_owned(),
                 (_, None) => "-".to_owned(),
-                (_, Some(ratios)) => match verdict(ratios, rounds) {
+                (_, Some(ratios)) => match verdict(ratios) {
                     Ok(verdict) => verdict.to_owned(),
                     Err(verdict) => {
                         misses.push(format!(
                             "{config}, {workload}: rate {:.3}× {}'s, slower in every one of \
-                             {rounds} rounds ({:.3}..{:.3})",
+                             {} rounds ({:.3}..{:.3})",
                             ratios.median,
                             if reference == Config::Baseline {
                                 "the no-op program"
                             } else {
                                 "no daemon"
                             },
+                            ratios.n,
                             ratios.min,
                             ratios.max,
                         ));
@@ -608,16 +608,17 @@ mod tests {
 
     #[test]
     fn only_a_phase_slower_in_every_round_of_enough_is_worse_than_noise() {
-        let ratios = |min: f64, max: f64| Rates {
+        let ratios = |min: f64, max: f64, n: usize| Rates {
             median: (min + max) / 2.0,
             min,
             max,
+            n,
         };
-        assert_eq!(verdict(&ratios(0.85, 0.95), 5), Err("WORSE than noise"));
+        assert_eq!(verdict(&ratios(0.85, 0.95, 5)), Err("WORSE than noise"));
         // One round as fast as the reference: not shown to cost.
-        assert_eq!(verdict(&ratios(0.80, 1.0), 5), Ok("within noise"));
+        assert_eq!(verdict(&ratios(0.80, 1.0, 5)), Ok("within noise"));
         assert_eq!(
-            verdict(&ratios(0.85, 0.95), 4),
+            verdict(&ratios(0.85, 0.95, 4)),
             Ok("slower, too few rounds to judge")
         );
     }
