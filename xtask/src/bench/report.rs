@@ -287,8 +287,7 @@ fn measurement_floor(samples: &[Sample], prog: &str, workload: Option<Workload>)
         .filter(|counters| counters.run_cnt > 0)
         .map(|counters| counters.run_time_ns as f64 / counters.run_cnt as f64)
         .collect();
-    let n = per_round.len();
-    Rates::from_values(per_round).map(|floor| (floor, n))
+    Rates::from_values(per_round)
 }
 
 /// The no-op program whose cost is `prog`'s floor.
@@ -309,8 +308,8 @@ fn floor_prog(prog: &str) -> &'static str {
 /// same tracepoint, same load).
 struct Floors(BTreeMap<(&'static str, Option<Workload>), Option<Floor>>);
 
-/// A floor over rounds, and how many rounds measured it.
-type Floor = (Rates, usize);
+/// A floor over rounds (`n`: how many rounds measured it).
+type Floor = Rates;
 
 impl Floors {
     fn measure(samples: &[Sample]) -> Self {
@@ -333,10 +332,7 @@ impl Floors {
     }
 
     fn get(&self, prog: &'static str, workload: Option<Workload>) -> Option<&Rates> {
-        self.0
-            .get(&(prog, workload))
-            .and_then(Option::as_ref)
-            .map(|(floor, _)| floor)
+        self.0.get(&(prog, workload)).and_then(Option::as_ref)
     }
 
     /// The floor subtracted from `prog`'s runs under `workload`, in ns: the
@@ -358,7 +354,7 @@ impl Floors {
                     .iter()
                     .filter(|((p, _), _)| *p == floor)
                     .filter_map(|(_, f)| f.as_ref())
-                    .map(|(f, _)| f.median)
+                    .map(|f| f.median)
                     .reduce(f64::min)
                     .unwrap_or(0.0)
             },
@@ -497,10 +493,10 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
             Some(workload) => format!("the tracing programs on {workload}"),
         };
         match floor {
-            Some((floor, rounds)) => println!(
+            Some(floor) => println!(
                 "  floor of {of}: the no-op {prog} measured the same way costs {:.0} ns/run \
-                 (median of {rounds} round(s), {:.0}..{:.0})",
-                floor.median, floor.min, floor.max
+                 (median of {} round(s), {:.0}..{:.0})",
+                floor.median, floor.n, floor.min, floor.max
             ),
             None => {
                 println!("  floor of {of}: {prog} never ran in the baseline phase");
