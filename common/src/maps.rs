@@ -66,10 +66,10 @@ pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
 /// what `getsockopt` and the daemon answer from.
 pub const CONNS: &str = "LW_CONNS";
 /// `Array<[u8; 64]>` of [`super::CONN_PORT_ENTRIES`]: byte `port % 64` of
-/// entry `port / 64` is 1 once an accepted socket on local port `port`
-/// was bound to a [`CONNS`] entry (never cleared): a closing socket on an
-/// unmarked port has no entry to remove, which spares nearly every client
-/// socket's close a hash lookup.
+/// entry `port / 64` is 1 once a tagged connect went to port `port`
+/// (never cleared): a connection to an unmarked port has no origin, which
+/// spares every other TCP connection's handshakes and closes a hash
+/// lookup each.
 pub const CONN_PORTS: &str = "LW_CONN_PORTS";
 /// `Array<u64>` of [`super::PORT_WORDS`] per generation, like
 /// [`PORTS`]: the ports the bind guard keeps on loopback, consulted

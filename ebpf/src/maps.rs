@@ -212,7 +212,7 @@ pub static ORIGIN_PENDING: LruHashMap<u64, ConnEntry> =
 #[map(name = "LW_CONNS")]
 pub static CONNS: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 
-/// Local ports accepted sockets of tagged connections were on (see
+/// Ports tagged connects went to (see
 /// loopwarden_common::maps::CONN_PORTS).
 #[map(name = "LW_CONN_PORTS")]
 pub static CONN_PORTS: Array<[u8; 64]> = Array::with_max_entries(CONN_PORT_ENTRIES, 0);

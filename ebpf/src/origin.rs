@@ -3,7 +3,8 @@
 //! program that hands it to the service.
 //!
 //! 1. The connect hook records the caller by the client socket's cookie
-//!    ([`connecting`], `LW_ORIGIN_PENDING`).
+//!    ([`connecting`], `LW_ORIGIN_PENDING`), and marks the destination
+//!    port in `LW_CONN_PORTS`.
 //! 2. The client's handshake completes (`inet_sock_set_state`
 //!    SYN_SENT→ESTABLISHED, see [`crate::sockets`]): the record moves to
 //!    `LW_CONNS` under the connection's addresses ([`client_established`]).
@@ -11,10 +12,12 @@
 //!    socket, after the client's: the client's ACK creates it): the entry
 //!    is bound to that socket by its cookie and the client's first
 //!    sequence number ([`server_established`]).
-//!    Its local port is marked in `LW_CONN_PORTS`.
 //! 4. The accepted socket closes: its `LW_CONNS` entry goes ([`closed`]).
-//!    Sockets closing on unmarked ports (clients' ephemeral ones) are not
-//!    looked up ([`port_marked`]).
+//!
+//! Steps 2 to 4 look a connection up only when its server's port is
+//! marked ([`port_marked`]): every other TCP connection on the host (an
+//! untagged one, a client's socket closing on its ephemeral port) pays a
+//! byte load instead of a hash lookup at each of them.
 //!
 //! `getsockopt` finds the entry by the socket's addresses and namespace
 //! ([`lw_getsockopt`], [`netns_inum`]). (Socket-local storage would hold
@@ -58,13 +61,15 @@ static UNKNOWN: OriginRecord = OriginRecord::unknown();
 /// What a pending entry starts as, before the connect hook fills it.
 static PENDING_ENTRY: ConnEntry = ConnEntry::pending();
 
-/// A protected connect that proceeds: its origin waits for the handshake
-/// in `LW_ORIGIN_PENDING` under the socket's cookie, in the entry it will
-/// have in `LW_CONNS`. Returns the caller's part of it, zeroed, for the
-/// connect hook to fill in place (nothing else writes this cookie's entry:
-/// the handshake has not begun).
+/// A protected connect to port `port` that proceeds: its origin waits for
+/// the handshake in `LW_ORIGIN_PENDING` under the socket's cookie, in the
+/// entry it will have in `LW_CONNS`, and the port is marked (before the
+/// SYN leaves, so its handshake finds the mark). Returns the caller's part
+/// of the entry, zeroed, for the connect hook to fill in place (nothing
+/// else writes this cookie's entry: the handshake has not begun).
 #[inline(always)]
-pub fn connecting(cookie: u64) -> Option<*mut ConnectEvent> {
+pub fn connecting(cookie: u64, port: u16) -> Option<*mut ConnectEvent> {
+    mark_port(port);
     // By reference: the helper copies from the read-only data in place.
     #[allow(clippy::needless_borrows_for_generic_args)]
     ORIGIN_PENDING.insert(cookie, &PENDING_ENTRY, 0).ok()?;
@@ -130,11 +135,10 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         // set as complete.
         (*rec).established_ns = now;
     }
-    mark_port(key.server_port);
 }
 
-/// Notes that accepted sockets on local port `port` may have `LW_CONNS`
-/// entries. A byte store, not a bit in a shared word: two CPUs marking
+/// Notes that connections to local port `port` may have origins in
+/// `LW_ORIGIN_PENDING` and `LW_CONNS`. A byte store, not a bit in a shared word: two CPUs marking
 /// neighbouring ports at once cannot undo each other's mark. Stored only
 /// when unset (marks are never cleared): a busy port's cache line is not
 /// written at every connection.
@@ -150,8 +154,10 @@ fn mark_port(port: u16) {
     }
 }
 
-/// Whether a socket closing on local port `port` may be the accepting side
-/// of a tagged connection (no: no accepted socket on that port ever was).
+/// Whether a connection whose server is on port `port` may have an origin
+/// (no: no tagged connect ever went to that port). A client socket's
+/// handshake is asked with its peer's port; an accepted socket's, and any
+/// socket's close, with its local port.
 #[inline(always)]
 pub fn port_marked(port: u16) -> bool {
     byte_set(&CONN_PORTS, u32::from(port))

@@ -204,7 +204,10 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             let (Some(peer), Some(local)) = (end(sk, true), end(sk, false)) else {
                 return 0;
             };
-            origin::server_established(sk, &conn_key(sk, &peer, &local), load(sk, offset!(sk_uid)));
+            if origin::port_marked(local.port) {
+                let uid = load(sk, offset!(sk_uid));
+                origin::server_established(sk, &conn_key(sk, &peer, &local), uid);
+            }
             if is_loopback(&peer.addr) {
                 return 0;
             }
@@ -225,7 +228,9 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             };
             // A protected connect's origin moves on, whatever the peer.
-            origin::client_established(cookie, &conn_key(sk, &local, &peer));
+            if origin::port_marked(peer.port) {
+                origin::client_established(cookie, &conn_key(sk, &local, &peer));
+            }
             // A connect to loopback is never pending here (see `connecting`).
             if is_loopback(&peer.addr) {
                 return 0;
@@ -246,7 +251,9 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
         (TCP_SYN_SENT, TCP_CLOSE) => {
             let cookie: u64 = load(sk, offset!(sk_cookie));
             let _ = PENDING.remove(cookie);
-            origin::connect_failed(cookie);
+            if end(sk, true).is_some_and(|peer| origin::port_marked(peer.port)) {
+                origin::connect_failed(cookie);
+            }
         }
         (_, TCP_CLOSE) => {
             // An accepted socket whose cookie nobody took (nearly all of

@@ -319,13 +319,102 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
     assert_eq!(listed[0]["pid"], protected_client.pid());
 }
 
+/// A protected connect whose handshake never completes leaves nothing
+/// behind: its origin waits in `LW_ORIGIN_PENDING` while its SYN is
+/// unanswered (the listener's accept queue is full, so the kernel drops
+/// it: the positive control), and goes when the socket closes; so does a
+/// refused one's.
+#[test]
+fn a_connect_that_never_completes_leaves_no_pending_origin() {
+    const STALLED: &str = r#"import os, socket, sys, time
+port, dir = int(sys.argv[1]), sys.argv[2]
+def wait(name):
+    while not os.path.exists(os.path.join(dir, name)):
+        time.sleep(0.02)
+def say(name):
+    open(os.path.join(dir, name), "w").close()
+listener = socket.socket()
+listener.bind(("127.0.0.1", port))
+listener.listen(0)
+queued = socket.create_connection(("127.0.0.1", port))
+stalled = socket.socket()
+stalled.setblocking(False)
+assert stalled.connect_ex(("127.0.0.1", port)) == 115  # EINPROGRESS
+say("stalled")
+wait("close")
+stalled.close()
+queued.close()
+listener.close()
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=5)
+    sys.exit("a connect to a closed port succeeded")
+except ConnectionRefusedError:
+    pass
+say("closed")
+wait("exit")
+"#;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let pending = daemon.install().pin_dir().join("maps/LW_ORIGIN_PENDING");
+    let entries = || {
+        let out = run(Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(&pending));
+        assert!(out.status.success(), "{out:?}");
+        let dump: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+        dump.len()
+    };
+    let dir = TempDir::new("stalled");
+    let script = write_script(&dir, "stalled.py", STALLED);
+    let mut proc = ns.spawn(
+        SYSTEM_PYTHON,
+        &[
+            &script,
+            &PROTECTED.to_string(),
+            &dir.path().to_string_lossy(),
+        ],
+    );
+    let said = |name: &str| dir.path().join(name).exists().then_some(());
+    wait_for("the stalled connect", Duration::from_secs(10), || {
+        said("stalled")
+    });
+    // The queued connection's origin moved on to `LW_CONNS`; the stalled
+    // one's waits.
+    assert_eq!(entries(), 1, "the stalled connect's pending origin");
+    std::fs::write(dir.path().join("close"), "").expect("writing the close mark");
+    wait_for("the refused connect", Duration::from_secs(10), || {
+        proc.assert_running();
+        said("closed")
+    });
+    assert_eq!(
+        entries(),
+        0,
+        "pending origins after the close and the refusal"
+    );
+    // Both were tagged connects: their reports say so.
+    let pid = proc.pid();
+    let reports = || {
+        let events = daemon.events();
+        let n = events
+            .iter()
+            .filter(|e| e["pid"] == pid && e["dst_port"] == PROTECTED)
+            .count();
+        (n >= 3).then_some(n)
+    };
+    let n = wait_for("three reports", Duration::from_secs(10), reports);
+    assert_eq!(n, 3, "{:#?}", daemon.events());
+    std::fs::write(dir.path().join("exit"), "").expect("writing the exit mark");
+}
+
 /// A close the state tracepoint never sees (the kernel skips a run nested
 /// on one CPU) leaves a connection's entry in `LW_CONNS`. Written back by
 /// hand under the addresses of a later, untagged connection, it must not
 /// be that connection's answer, from getsockopt or from the daemon (`who`,
 /// `conns`); the same entry written before its connection's handshake (as
 /// the kernel writes one) is: the positive control, through the same
-/// lookups.
+/// lookups. (The later connections go to the unprotected port, which the
+/// test marks in `LW_CONN_PORTS` as a tagged connect would have: the
+/// kernel looks up only connections to marked ports.)
 #[test]
 fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     const STALE_FROM: u16 = 41001;
@@ -351,6 +440,8 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
         key[6..8].copy_from_slice(&UNPROTECTED.to_ne_bytes());
         key
     };
+
+    mark_port(install, UNPROTECTED);
 
     // Left behind: established, bound to the first connection's socket.
     write_entry(install, &under(STALE_FROM), &entry);
@@ -473,6 +564,43 @@ fn write_entry(install: &Install, key: &[u8], value: &[u8]) {
         .args(hex(key))
         .args(["value", "hex"])
         .args(hex(value)));
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Marks `port` in `LW_CONN_PORTS` of `install` (bpftool), keeping the
+/// other ports' marks in its entry: 64 bytes, one per port.
+fn mark_port(install: &Install, port: u16) {
+    let map = install.pin_dir().join("maps/LW_CONN_PORTS");
+    let key = (u32::from(port) / 64)
+        .to_ne_bytes()
+        .map(|b| format!("{b:02x}"));
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(&map)
+        .args(["key", "hex"])
+        .args(&key));
+    assert!(out.status.success(), "{out:?}");
+    let found: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    let mut bytes: Vec<String> = found["value"]
+        .as_array()
+        .expect("a byte list")
+        .iter()
+        .map(|b| {
+            b.as_str()
+                .expect("a hex byte")
+                .trim_start_matches("0x")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(bytes.len(), 64, "{found}");
+    bytes[usize::from(port % 64)] = "01".to_owned();
+    let out = run(Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&map)
+        .args(["key", "hex"])
+        .args(&key)
+        .args(["value", "hex"])
+        .args(&bytes));
     assert!(out.status.success(), "{out:?}");
 }
 

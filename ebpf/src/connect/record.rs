@@ -129,7 +129,7 @@ pub(super) fn record(
     // SAFETY: plain helper call valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let kept = if tag {
-        origin::connecting(cookie)
+        origin::connecting(cookie, dst.port)
     } else {
         None
     };
