@@ -6,8 +6,13 @@ use std::{
     fs::File,
     io,
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
+};
+
+use nix::{
+    sched::{self, CloneFlags},
+    sys::socket::{self, AddressFamily, SockFlag, SockType},
 };
 
 use super::with_context;
@@ -19,17 +24,15 @@ const SO_NETNS_COOKIE: libc::c_int = 0x0050;
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// `SO_NETNS_COOKIE` of the calling thread's network namespace (Linux 5.14+).
+/// (nix has no option for it: the getsockopt is libc's.)
 pub fn current_netns_cookie() -> io::Result<u64> {
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(with_context(
-            io::Error::last_os_error(),
-            "creating a socket",
-        ));
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| with_context(e.into(), "creating a socket"))?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: cookie and len are valid for writes of the sizes given.
@@ -96,13 +99,12 @@ fn in_netns_file<T: Send + 'static>(
     let worker = std::thread::Builder::new()
         .name("lw-netns".into())
         .spawn(move || {
-            // SAFETY: file is an open namespace descriptor, alive for the call.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(with_context(
-                    io::Error::last_os_error(),
+            sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                with_context(
+                    e.into(),
                     &format!("entering network namespace {shown} (needs root)"),
-                ));
-            }
+                )
+            })?;
             f()
         })?;
     worker.join().unwrap_or_else(|_| {
