@@ -137,11 +137,11 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
     }
 }
 
-/// Notes that connections to local port `port` may have origins in
-/// `LW_ORIGIN_PENDING` and `LW_CONNS`. A byte store, not a bit in a shared word: two CPUs marking
-/// neighbouring ports at once cannot undo each other's mark. Stored only
-/// when unset (marks are never cleared): a busy port's cache line is not
-/// written at every connection.
+/// Notes that connections whose server is on port `port` may have origins
+/// in `LW_ORIGIN_PENDING` and `LW_CONNS`. A byte store, not a bit in a
+/// shared word: two CPUs marking neighbouring ports at once cannot undo
+/// each other's mark. Stored only when unset (marks are never cleared): a
+/// busy port's cache line is not written at every connection.
 #[inline(always)]
 fn mark_port(port: u16) {
     if let Some(b) = byte_of(&CONN_PORTS, u32::from(port)) {
