@@ -391,7 +391,7 @@ wait("exit")
         0,
         "pending origins after the close and the refusal"
     );
-    // Both were tagged connects: their reports say so.
+    // The queued, the stalled and the refused connect were each judged.
     let pid = proc.pid();
     let reports = || {
         let events = daemon.events();
@@ -538,32 +538,38 @@ fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
         .args(["-j", "map", "dump", "pinned"])
         .arg(&map));
     assert!(out.status.success(), "{out:?}");
-    let bytes = |v: &Value| -> Vec<u8> {
-        v.as_array()
-            .expect("a byte list")
-            .iter()
-            .map(|b| {
-                let hex = b.as_str().expect("a hex byte").trim_start_matches("0x");
-                u8::from_str_radix(hex, 16).expect("a hex byte")
-            })
-            .collect()
-    };
     let dump: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
     dump.iter()
-        .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+        .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
         .collect()
+}
+
+/// The bytes of a bpftool JSON byte list (`["0x01", ...]`).
+fn hex_bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .expect("a byte list")
+        .iter()
+        .map(|b| {
+            let hex = b.as_str().expect("a hex byte").trim_start_matches("0x");
+            u8::from_str_radix(hex, 16).expect("a hex byte")
+        })
+        .collect()
+}
+
+/// `bytes` as bpftool's `hex` arguments.
+fn hex_args(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes one `LW_CONNS` entry of `install` (bpftool).
 fn write_entry(install: &Install, key: &[u8], value: &[u8]) {
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>();
     let out = run(Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(install.pin_dir().join("maps/LW_CONNS"))
         .args(["key", "hex"])
-        .args(hex(key))
+        .args(hex_args(key))
         .args(["value", "hex"])
-        .args(hex(value)));
+        .args(hex_args(value)));
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -571,9 +577,7 @@ fn write_entry(install: &Install, key: &[u8], value: &[u8]) {
 /// other ports' marks in its entry: 64 bytes, one per port.
 fn mark_port(install: &Install, port: u16) {
     let map = install.pin_dir().join("maps/LW_CONN_PORTS");
-    let key = (u32::from(port) / 64)
-        .to_ne_bytes()
-        .map(|b| format!("{b:02x}"));
+    let key = hex_args(&(u32::from(port) / 64).to_ne_bytes());
     let out = run(Command::new("bpftool")
         .args(["-j", "map", "lookup", "pinned"])
         .arg(&map)
@@ -581,26 +585,16 @@ fn mark_port(install: &Install, port: u16) {
         .args(&key));
     assert!(out.status.success(), "{out:?}");
     let found: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-    let mut bytes: Vec<String> = found["value"]
-        .as_array()
-        .expect("a byte list")
-        .iter()
-        .map(|b| {
-            b.as_str()
-                .expect("a hex byte")
-                .trim_start_matches("0x")
-                .to_owned()
-        })
-        .collect();
+    let mut bytes = hex_bytes(&found["value"]);
     assert_eq!(bytes.len(), 64, "{found}");
-    bytes[usize::from(port % 64)] = "01".to_owned();
+    bytes[usize::from(port % 64)] = 1;
     let out = run(Command::new("bpftool")
         .args(["map", "update", "pinned"])
         .arg(&map)
         .args(["key", "hex"])
         .args(&key)
         .args(["value", "hex"])
-        .args(&bytes));
+        .args(hex_args(&bytes)));
     assert!(out.status.success(), "{out:?}");
 }
 
