@@ -355,15 +355,7 @@ wait("exit")
 "#;
     let ns = Netns::new();
     let daemon = Daemon::start(&config(&ns));
-    let pending = daemon.install().pin_dir().join("maps/LW_ORIGIN_PENDING");
-    let entries = || {
-        let out = run(Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(&pending));
-        assert!(out.status.success(), "{out:?}");
-        let dump: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-        dump.len()
-    };
+    let entries = || map_dump(daemon.install(), "LW_ORIGIN_PENDING").len();
     let dir = TempDir::new("stalled");
     let script = write_script(&dir, "stalled.py", STALLED);
     let mut proc = ns.spawn(
@@ -533,15 +525,20 @@ const ENTRY_FIRST_SEQ: usize = 328;
 
 /// Every `LW_CONNS` entry of `install`, as (key, value) bytes.
 fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let map = install.pin_dir().join("maps/LW_CONNS");
+    map_dump(install, "LW_CONNS")
+        .iter()
+        .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
+        .collect()
+}
+
+/// Every entry of `install`'s pinned map `name`, as bpftool dumps it.
+fn map_dump(install: &Install, name: &str) -> Vec<Value> {
+    let map = install.pin_dir().join("maps").join(name);
     let out = run(Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(&map));
     assert!(out.status.success(), "{out:?}");
-    let dump: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
-    dump.iter()
-        .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
-        .collect()
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
 }
 
 /// The bytes of a bpftool JSON byte list (`["0x01", ...]`).
