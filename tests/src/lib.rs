@@ -807,6 +807,33 @@ pub fn prog_ids(name: &str) -> Vec<u64> {
         .unwrap_or_default()
 }
 
+/// Every entry of `install`'s pinned map `name`, as bpftool dumps it.
+pub fn map_dump(install: &Install, name: &str) -> Vec<Value> {
+    let map = install.pin_dir().join("maps").join(name);
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&map));
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+}
+
+/// The bytes of a bpftool JSON byte list (`["0x01", ...]`).
+pub fn hex_bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .expect("a byte list")
+        .iter()
+        .map(|b| {
+            let hex = b.as_str().expect("a hex byte").trim_start_matches("0x");
+            u8::from_str_radix(hex, 16).expect("a hex byte")
+        })
+        .collect()
+}
+
+/// `bytes` as bpftool's `hex` arguments.
+pub fn hex_args(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The policy generation (first key word) of every entry in the pinned
 /// map at `path` (one of a test install's own maps).
 pub fn map_generations(path: &Path) -> Vec<u8> {

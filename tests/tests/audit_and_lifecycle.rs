@@ -5,7 +5,8 @@
 use std::process::Command;
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, TempDir, loopwarden_bin, map_generations, policy, prog_ids, rule, run,
+    Daemon, Netns, PROTECTED, TempDir, hex_bytes, loopwarden_bin, map_dump, map_generations,
+    policy, prog_ids, rule, run,
 };
 
 #[test]
@@ -321,13 +322,7 @@ fn sigint_exits_cleanly_and_enforcement_stays() {
 
 /// The generation slot in force, read from the install's own pinned map.
 fn pinned_generation(install: &loopwarden_tests::Install) -> u8 {
-    let path = install.pin_dir().join("maps/LW_GENERATION");
-    let out = run(Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&path));
-    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    let byte = dump[0]["value"][0].as_str().expect("a value byte");
-    u8::from_str_radix(byte.trim_start_matches("0x"), 16).expect("hex")
+    hex_bytes(&map_dump(install, "LW_GENERATION")[0]["value"])[0]
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, Proc, TempDir, loopwarden_bin, policy, prog_ids, rule, run,
-    run_ok,
+    Daemon, Install, Netns, PROTECTED, Proc, TempDir, hex_args, hex_bytes, loopwarden_bin,
+    map_dump, policy, prog_ids, rule, run, run_ok,
 };
 
 /// A python client that connects to the protected port in a loop until
@@ -313,29 +313,18 @@ fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() 
     );
     // The kernel's own counters: the sequence lock's retries, if any, and
     // no connect let through unjudged.
-    let stats = run_ok(
-        Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(daemon.install().pin_dir().join("maps/LW_STATS")),
-    );
-    let dump: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
-    let raced: u64 = dump
-        .as_array()
-        .and_then(|entries| entries.iter().find(|e| e["key"][0] == "0x05"))
+    let raced: u64 = map_dump(daemon.install(), "LW_STATS")
+        .iter()
+        .find(|e| e["key"][0] == "0x05")
         .and_then(|e| e["values"].as_array())
         .map(|per_cpu| {
             per_cpu
                 .iter()
-                .filter_map(|v| v["value"].as_array())
-                .map(|bytes| {
-                    bytes
+                .map(|v| {
+                    hex_bytes(&v["value"])
                         .iter()
                         .rev()
-                        .filter_map(|b| b.as_str())
-                        .fold(0u64, |acc, b| {
-                            acc << 8
-                                | u64::from_str_radix(b.trim_start_matches("0x"), 16).unwrap_or(0)
-                        })
+                        .fold(0u64, |acc, &b| acc << 8 | u64::from(b))
                 })
                 .sum()
         })
@@ -407,13 +396,12 @@ fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     let mut meta = b"loopward".to_vec();
     meta.extend(1u32.to_le_bytes());
     meta.extend([0u8; 12]);
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>();
     run_ok(
         Command::new("bpftool")
             .args(["map", "update", "pinned"])
             .arg(maps.join("LW_META"))
             .args(["key", "hex", "00", "00", "00", "00", "value", "hex"])
-            .args(hex(&meta)),
+            .args(hex_args(&meta)),
     );
     let second = Daemon::start_in(&install, &config, &[]);
     second.wait_stderr("layout version 1, this daemon uses", 1);

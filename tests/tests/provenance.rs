@@ -21,7 +21,8 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
-    TempDir, Topology, UNPROTECTED, exe_id, exe_name, loopwarden_bin,
+    TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes, loopwarden_bin,
+    map_dump,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
     rule, run, wait_for, write_script,
 };
@@ -529,33 +530,6 @@ fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
         .iter()
         .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
         .collect()
-}
-
-/// Every entry of `install`'s pinned map `name`, as bpftool dumps it.
-fn map_dump(install: &Install, name: &str) -> Vec<Value> {
-    let map = install.pin_dir().join("maps").join(name);
-    let out = run(Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&map));
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
-}
-
-/// The bytes of a bpftool JSON byte list (`["0x01", ...]`).
-fn hex_bytes(v: &Value) -> Vec<u8> {
-    v.as_array()
-        .expect("a byte list")
-        .iter()
-        .map(|b| {
-            let hex = b.as_str().expect("a hex byte").trim_start_matches("0x");
-            u8::from_str_radix(hex, 16).expect("a hex byte")
-        })
-        .collect()
-}
-
-/// `bytes` as bpftool's `hex` arguments.
-fn hex_args(bytes: &[u8]) -> Vec<String> {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes one `LW_CONNS` entry of `install` (bpftool).
