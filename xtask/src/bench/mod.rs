@@ -7,9 +7,9 @@
 //! program's own cost per run from the kernel's BPF statistics, counted in
 //! a window of its own after each rate window, net of their own overhead,
 //! calibrated each round with no-op programs (`loopwarden baseline`: one on
-//! connect4, one on the receive tracepoint). Then the reporting phase ([`reporting`]):
-//! floods of reports at fixed rates, counted in the daemon's output, with its
-//! CPU and resident size.
+//! connect4, one on the receive tracepoint). Then the reporting phase
+//! ([`reporting`]): floods of reports at fixed rates, counted in the
+//! daemon's output, with its CPU and resident size.
 
 mod egress;
 pub mod load;

@@ -389,9 +389,9 @@ fn target_ns(prog: &str, config: Config, workload: Workload) -> Option<f64> {
 fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     println!();
     println!(
-        "BPF program cost (BPF statistics, BPF_ENABLE_STATS: run_time_ns / run_cnt of each round, the \
-         median over rounds and its range; targets apply to net ns/run; op: a connect, a read of \
-         a stream, a datagram, a spawn, a bind)"
+        "BPF program cost (BPF statistics, BPF_ENABLE_STATS: run_time_ns / run_cnt of each \
+         round, the median over rounds and its range; targets apply to net ns/run; op: a \
+         connect, a read of a stream, a datagram, a spawn, a bind)"
     );
     let floors = Floors::measure(samples);
     println!(
