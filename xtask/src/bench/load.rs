@@ -27,6 +27,10 @@ pub struct ServerArgs {
     /// Listen on this address instead of the loopback ones.
     #[arg(long)]
     pub addr: Option<IpAddr>,
+    /// Answer each connection's request ([`REQUEST`]) with [`RESPONSE`],
+    /// one connection at a time, instead of closing it at once.
+    #[arg(long)]
+    pub respond: bool,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +45,10 @@ pub struct ClientArgs {
     /// Connect to this address instead (overrides `--ipv6`).
     #[arg(long)]
     pub addr: Option<IpAddr>,
+    /// Send [`REQUEST`] on each connection and read the whole [`RESPONSE`]
+    /// before closing (a server started with `--respond`).
+    #[arg(long)]
+    pub request: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -113,6 +121,12 @@ pub const DATAGRAM_SIZE: usize = 64;
 pub const STREAM_CHUNK: usize = 64 * 1024;
 /// A helper that stops delivering for this long has failed.
 const STALL: Duration = Duration::from_secs(2);
+/// What `bench-client --request` sends on each connection: an HTTP/1.0
+/// request, the shape of what the services loopwarden protects receive.
+pub const REQUEST: &[u8] = b"GET /v1/models HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+/// What `bench-server --respond` answers it with.
+pub const RESPONSE: &[u8] =
+    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"data\":[]}";
 
 /// `bench-server`: one accept loop per port and family; prints `listening`
 /// once all are bound.
@@ -142,11 +156,16 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<()> {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("cannot raise the backlog on port {port}"));
         }
+        let respond = args.respond;
         threads.push(std::thread::spawn(move || {
             loop {
                 // Errors (e.g. a connection reset before accept) are expected under load.
                 if let Ok((stream, _)) = listener.accept() {
-                    linger_zero(&stream);
+                    if respond {
+                        let _ = answer(stream);
+                    } else {
+                        linger_zero(&stream);
+                    }
                 }
             }
         }));
@@ -159,8 +178,50 @@ pub fn server(args: &ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bench-client`: connect()+close() for `seconds`, then prints
-/// `ops=N bytes=0 errors=E elapsed_ns=T` (ops: connects).
+/// One connection of `bench-server --respond`: reads the request up to
+/// its blank line, answers in one write, and waits for the client to close
+/// (with a reset: neither side keeps a TIME_WAIT socket).
+fn answer(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(STALL))?;
+    let mut request = [0u8; 1024];
+    let mut len = 0;
+    while !request[..len].ends_with(b"\r\n\r\n") {
+        match stream.read(&mut request[len..])? {
+            0 => return Ok(()),
+            n => len += n,
+        }
+        if len == request.len() {
+            return Ok(());
+        }
+    }
+    stream.write_all(RESPONSE)?;
+    loop {
+        match stream.read(&mut request) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // The client's close, as it closes: with a reset.
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => return Ok(()),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// `bench-client --request`'s exchange on a connected `stream`: the request
+/// out, the whole response in.
+fn exchange(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(STALL))?;
+    stream.write_all(REQUEST)?;
+    let mut response = [0u8; RESPONSE.len()];
+    stream.read_exact(&mut response)?;
+    if response != RESPONSE {
+        return Err(std::io::Error::other("unexpected response"));
+    }
+    Ok(())
+}
+
+/// `bench-client`: connect()+close() (with `--request`, an exchange in
+/// between) for `seconds`, then prints `ops=N bytes=0 errors=E
+/// elapsed_ns=T` (ops: connections).
 pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     die_with_parent();
     let ip = match (args.addr, args.ipv6) {
@@ -174,7 +235,12 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     let mut first_error = None;
     let start = Instant::now();
     while start.elapsed() < duration {
-        match TcpStream::connect(addr) {
+        match TcpStream::connect(addr).and_then(|mut stream| {
+            if args.request {
+                exchange(&mut stream)?;
+            }
+            Ok(stream)
+        }) {
             Ok(stream) => {
                 // RST on close: no TIME_WAIT, so ephemeral ports never run out.
                 linger_zero(&stream);
@@ -455,18 +521,22 @@ pub enum Target {
 
 impl Server {
     /// Listens on `ports` in `netns`: on the loopback addresses, or on
-    /// `addr`.
+    /// `addr`; answering each connection's request with `respond`.
     pub fn start(
         netns: &Netns,
         xtask: &Path,
         ports: &[u16],
         addr: Option<IpAddr>,
+        respond: bool,
     ) -> anyhow::Result<Self> {
         let mut cmd = netns.exec(xtask);
         cmd.arg("bench-server")
             .args(ports.iter().map(u16::to_string));
         if let Some(addr) = addr {
             cmd.arg("--addr").arg(addr.to_string());
+        }
+        if respond {
+            cmd.arg("--respond");
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         say!("starting listeners on {ports:?} in {}", netns.name());
@@ -531,18 +601,23 @@ impl Run {
     }
 }
 
-/// Runs `bench-client` inside `netns` against `port` (on ::1 with `ipv6`)
-/// for `seconds`.
+/// Runs `bench-client` inside `netns` against `port` at `to` for
+/// `seconds`; with `request`, each connection carries a request and its
+/// response (a server started with `respond`).
 pub fn run_client(
     netns: &Netns,
     xtask: &Path,
     port: u16,
     to: Target,
     seconds: f64,
+    request: bool,
 ) -> anyhow::Result<Run> {
     let mut cmd = netns.exec(xtask);
     cmd.args(["bench-client", "--port", &port.to_string(), "--seconds"])
         .arg(seconds.to_string());
+    if request {
+        cmd.arg("--request");
+    }
     match to {
         Target::Loopback4 => {}
         Target::Loopback6 => {
@@ -656,5 +731,32 @@ impl Drop for Helper {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    use super::{answer, exchange, linger_zero};
+
+    #[test]
+    fn a_request_gets_the_whole_response_and_the_server_sees_the_close() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                answer(stream).unwrap();
+            }
+        });
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            exchange(&mut stream).unwrap();
+            linger_zero(&stream);
+        }
+        // Each answer returned once its client closed: the second
+        // connection was accepted after the first one's answer ended.
+        server.join().unwrap();
     }
 }

@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: connects per second to a protected and an unprotected
-//! port (IPv4, and the protected one over IPv6), receive throughput (a TCP
+//! port (IPv4, and the protected one over IPv6), requests per second to a
+//! protected port (a connection carrying one request and its response),
+//! receive throughput (a TCP
 //! stream and UDP datagrams from a second namespace over a veth pair, UDP
 //! datagrams over loopback) and spawns per second, with the daemon absent,
 //! in audit mode and in enforce mode, measured as interleaved rounds inside
@@ -68,6 +70,10 @@ pub struct BenchArgs {
     /// Port the receive loads use (TCP and UDP; not protected).
     #[arg(long, default_value_t = 18083)]
     pub receive_port: u16,
+    /// Protected port whose server answers a request on each connection
+    /// (the request load).
+    #[arg(long, default_value_t = 18084)]
+    pub request_port: u16,
     /// Port the reporting phase reports every connect to (nothing listens).
     #[arg(long, default_value_t = 18082)]
     pub report_port: u16,
@@ -174,6 +180,12 @@ pub enum Workload {
     Unprotected,
     /// ... to the protected port on ::1.
     Protected6,
+    /// A connection to another protected port on 127.0.0.1 that carries
+    /// one HTTP/1.0 request and its response before it closes: what a
+    /// service loopwarden protects sees of each client (the server answers
+    /// at once; a real one takes longer, so its share of the cost is
+    /// smaller).
+    Request,
     /// A TCP stream from the peer namespace over the veth pair: `lw_receive`'s
     /// full path (a non-local peer).
     ReceiveTcp,
@@ -198,11 +210,17 @@ pub enum Workload {
 }
 
 impl Workload {
-    const CONNECTS: [Self; 3] = [Self::Protected, Self::Unprotected, Self::Protected6];
-    const ALL: [Self; 10] = [
+    const CONNECTS: [Self; 4] = [
         Self::Protected,
         Self::Unprotected,
         Self::Protected6,
+        Self::Request,
+    ];
+    const ALL: [Self; 11] = [
+        Self::Protected,
+        Self::Unprotected,
+        Self::Protected6,
+        Self::Request,
         Self::Outbound,
         Self::ReceiveTcp,
         Self::ReceiveUdp,
@@ -223,6 +241,7 @@ impl Workload {
     pub fn op(self) -> &'static str {
         match self {
             Self::Protected | Self::Unprotected | Self::Protected6 | Self::Outbound => "connect",
+            Self::Request => "request",
             Self::ReceiveTcp | Self::ReceiveLoopback => "read",
             Self::ReceiveUdp => "datagram",
             Self::Spawn => "spawn",
@@ -239,6 +258,7 @@ impl Workload {
             Self::Spawn => "spawns/s",
             Self::Getsockopt => "calls/s",
             Self::Bind => "binds/s",
+            Self::Request => "requests/s",
             _ => "connects/s",
         }
     }
@@ -265,6 +285,7 @@ impl Workload {
         match self {
             Self::Protected | Self::Unprotected | Self::Outbound => &[p::CONNECT4, p::SOCK_STATE],
             Self::Protected6 => &[p::CONNECT6, p::SOCK_STATE],
+            Self::Request => &[p::CONNECT4, p::SOCK_STATE, p::RECEIVE],
             Self::ReceiveTcp | Self::ReceiveLoopback => &[p::RECEIVE],
             Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
             Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
@@ -277,7 +298,10 @@ impl Workload {
     /// path (connect4 and the receive tracepoint; not connect6 or the
     /// process tracepoints).
     pub fn has_noop_hook(self) -> bool {
-        matches!(self, Self::Protected | Self::Unprotected | Self::Outbound) || self.is_receive()
+        matches!(
+            self,
+            Self::Protected | Self::Unprotected | Self::Outbound | Self::Request
+        ) || self.is_receive()
     }
 }
 
@@ -287,6 +311,7 @@ impl fmt::Display for Workload {
             Self::Protected => "protected",
             Self::Unprotected => "unprotected",
             Self::Protected6 => "protected6",
+            Self::Request => "request",
             Self::Outbound => "outbound",
             Self::ReceiveTcp => "recv-tcp",
             Self::ReceiveUdp => "recv-udp",
@@ -408,8 +433,9 @@ struct Bench<'a> {
     // Fields drop in declaration order: scratch dir, listeners, namespaces
     // (with the veth pair), sysctl.
     dir: TempDir,
-    /// The loopback listeners, and the outbound load's in the peer namespace.
-    _servers: [Server; 2],
+    /// The loopback listeners (the request load's apart), and the outbound
+    /// load's in the peer namespace.
+    _servers: [Server; 3],
     netns: Netns,
     /// The receive loads' senders run here, across the veth pair.
     peer: Netns,
@@ -428,13 +454,16 @@ impl<'a> Bench<'a> {
             &xtask,
             &[args.protected_port, args.unprotected_port],
             None,
+            false,
         )?;
+        let responder = Server::start(&netns, &xtask, &[args.request_port], None, true)?;
         // The outbound load's server, across the veth pair.
         let peer_server = Server::start(
             &peer,
             &xtask,
             &[args.unprotected_port],
             Some(netns::VETH_PEER.into()),
+            false,
         )?;
         let dir = TempDir::create(std::env::temp_dir().join(format!("lwbench-{pid}")))?;
         Ok(Self {
@@ -442,7 +471,7 @@ impl<'a> Bench<'a> {
             bin,
             xtask,
             dir,
-            _servers: [server, peer_server],
+            _servers: [server, responder, peer_server],
             netns,
             peer,
             stats,
@@ -551,6 +580,7 @@ impl<'a> Bench<'a> {
                 args.protected_port,
                 Target::Loopback4,
                 seconds,
+                false,
             ),
             Workload::Unprotected => load::run_client(
                 netns,
@@ -558,6 +588,7 @@ impl<'a> Bench<'a> {
                 args.unprotected_port,
                 Target::Loopback4,
                 seconds,
+                false,
             ),
             Workload::Protected6 => load::run_client(
                 netns,
@@ -565,10 +596,19 @@ impl<'a> Bench<'a> {
                 args.protected_port,
                 Target::Loopback6,
                 seconds,
+                false,
+            ),
+            Workload::Request => load::run_client(
+                netns,
+                xtask,
+                args.request_port,
+                Target::Loopback4,
+                seconds,
+                true,
             ),
             Workload::Outbound => {
                 let to = Target::Addr(netns::VETH_PEER.into());
-                load::run_client(netns, xtask, args.unprotected_port, to, seconds)
+                load::run_client(netns, xtask, args.unprotected_port, to, seconds, false)
             }
             Workload::ReceiveTcp => receive(&self.peer, Proto::Tcp, netns::VETH_LOCAL),
             Workload::ReceiveUdp => receive(&self.peer, Proto::Udp, netns::VETH_LOCAL),
@@ -619,13 +659,14 @@ impl<'a> Bench<'a> {
             _ => String::new(),
         };
         let policy = format!(
-            "mode = {mode}\n\n[protect]\nports = [{port}]\nnetns = [{netns}]\n\n\
+            "mode = {mode}\n\n[protect]\nports = [{port}, {request_port}]\nnetns = [{netns}]\n\n\
              [provenance]\ntag = {tag}\n\n\
              [bind]\nloopback_only = [{port}]\n\n\
              [[rule]]\nname = {name}\naction = {action}\nexe = {exe}\n",
             mode = toml_str(config.mode()),
             tag = config != Config::Untagged,
             port = self.args.protected_port,
+            request_port = self.args.request_port,
             netns = toml_str(&self.netns.path()),
             name = toml_str(name),
             action = toml_str(action),

@@ -391,7 +391,7 @@ fn print_costs(samples: &[Sample], misses: &mut Vec<String>) {
     println!(
         "BPF program cost (BPF statistics, BPF_ENABLE_STATS: run_time_ns / run_cnt of each \
          round, the median over rounds and its range; targets apply to net ns/run; op: a \
-         connect, a read of a stream, a datagram, a spawn, a bind)"
+         connect, a request, a read of a stream, a datagram, a spawn, a bind)"
     );
     let floors = Floors::measure(samples);
     println!(
