@@ -112,23 +112,13 @@ pub fn refuses(ctx: &SockAddrContext, dst: &Destination, family: u16) -> bool {
 /// Whether this connect goes to the guard's judgement ([`refuses`], a BPF
 /// subprogram: the call and its return cost a connect about 50 ns on a
 /// host with return-thunk mitigations, more than the rest of the guard's
-/// work for a process no rule names). Not without egress rules (one flag
-/// test); and when every egress rule names an executable, only for a
-/// caller whose executable the rules' filter may hold. A policy rewritten
-/// while this reads it sends the connect to the judgement, which reads it
-/// again under its sequence lock.
+/// work for a process no rule names), asked only when the policy in force
+/// (settings `s`, read at `seq`) has egress rules: when every one names an
+/// executable, only for a caller whose executable the rules' filter may
+/// hold. A policy rewritten while this reads it sends the connect to the
+/// judgement, which reads it again under its sequence lock.
 #[inline(always)]
-pub fn on() -> bool {
-    let Some(s) = SETTINGS.get_ptr(generation()) else {
-        return false;
-    };
-    // SAFETY: pointers into the map's value; volatile loads between the
-    // two `seq` reads (see `connect::try_connect`).
-    let s = unsafe { &*s };
-    let seq = rd!(s.seq);
-    if rd!(s.flags) & flags::EGRESS == 0 {
-        return false;
-    }
+pub fn applies(s: &Settings, seq: u64) -> bool {
     if rd!(s.egress_active) & rd!(s.egress_wild_exe) != 0 {
         return true;
     }

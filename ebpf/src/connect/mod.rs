@@ -143,12 +143,28 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     let dst = destination(sa, family);
+    // The policy in force, read once for the two checks below, each of
+    // which sends a connect it cannot settle on to a judgement that reads
+    // the policy again under its sequence lock.
+    let g = generation();
+    let Some(s) = SETTINGS.get_ptr(g) else {
+        // As the judgements: no settings, no policy.
+        return Ok(ALLOW);
+    };
+    // SAFETY: a pointer into the map's value; volatile loads between the
+    // two `seq` reads (see `judge_connect`).
+    let s = unsafe { &*s };
+    let seq = rd!(s.seq);
+    let policy_flags = rd!(s.flags);
     // The egress guard (SSRF after DNS): every destination, before the
     // protected-destination judgement. Both are BPF subprograms: the
     // verifier walks the judgement once after the guard's paths (they
     // meet at the call with the same few registers), and the two stack
     // frames are never live together.
-    if egress::on() && egress::refuses(ctx, &dst, family) {
+    if policy_flags & flags::EGRESS != 0
+        && egress::applies(s, seq)
+        && egress::refuses(ctx, &dst, family)
+    {
         return Ok(REFUSE);
     }
     if !dst.loopback {
@@ -159,36 +175,24 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         sockets::connecting(cookie, Task::current().tgid());
     }
-    if passes(&dst) {
+    if passes(g, policy_flags, &dst) && seq & 1 == 0 && rd!(s.seq) == seq {
         return Ok(ALLOW);
     }
     Ok(judge_connect(ctx, &dst, family))
 }
 
-/// Whether the policy in force lets a connect to `dst` pass unjudged, as
-/// [`decide`] would: no policy, an outbound destination while no host
-/// address is protected, or a port it does not protect. Most connects on
-/// a host are these, and they skip the judgement's subprogram call (the
-/// call and its return cost a connect about 50 ns on a host with
-/// return-thunk mitigations, more than this check). A policy rewritten
-/// while this reads it sends the connect to the judgement, which reads it
-/// again under its sequence lock.
+/// Whether generation `g`, whose flags are `policy_flags`, lets a connect
+/// to `dst` pass unjudged, as [`decide`] would: no policy, an outbound
+/// destination while no host address is protected, or a port it does not
+/// protect. Most connects on a host are these, and they skip the
+/// judgement's subprogram call (the call and its return cost a connect
+/// about 50 ns on a host with return-thunk mitigations, more than this
+/// check).
 #[inline(always)]
-fn passes(dst: &Destination) -> bool {
-    let g = generation();
-    let Some(s) = SETTINGS.get_ptr(g) else {
-        // As the judgement: no settings, no policy.
-        return true;
-    };
-    // SAFETY: a pointer into the map's value; volatile loads between the
-    // two `seq` reads (see `judge_connect`).
-    let s = unsafe { &*s };
-    let seq = rd!(s.seq);
-    let policy_flags = rd!(s.flags);
-    let pass = policy_flags & flags::ENABLED == 0
+fn passes(g: u32, policy_flags: u32, dst: &Destination) -> bool {
+    policy_flags & flags::ENABLED == 0
         || (!dst.loopback && policy_flags & flags::HOST_ADDRS == 0)
-        || (policy_flags & flags::ALL_PORTS == 0 && !port_protected(g, dst.port));
-    pass && seq & 1 == 0 && rd!(s.seq) == seq
+        || (policy_flags & flags::ALL_PORTS == 0 && !port_protected(g, dst.port))
 }
 
 /// The protected-destination judgement of a TCP connect to `dst`.
