@@ -251,7 +251,10 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
         (TCP_SYN_SENT, TCP_CLOSE) => {
             let cookie: u64 = load(sk, offset!(sk_cookie));
             let _ = PENDING.remove(cookie);
-            if end(sk, true).is_some_and(|peer| origin::port_marked(peer.port)) {
+            // Only the peer's port is needed (a TCP socket's family is
+            // always one `end` reads).
+            let peer_port = u16::from_be(load(sk, offset!(sk_dport)));
+            if origin::port_marked(peer_port) {
                 origin::connect_failed(cookie);
             }
         }
