@@ -1,17 +1,16 @@
 //! `cargo xtask bench`: connects per second to a protected and an unprotected
 //! port (IPv4, and the protected one over IPv6), requests per second to a
-//! protected port (a connection carrying one request and its response),
-//! receive throughput (a TCP
-//! stream and UDP datagrams from a second namespace over a veth pair, UDP
-//! datagrams over loopback) and spawns per second, with the daemon absent,
-//! in audit mode and in enforce mode, measured as interleaved rounds inside
-//! private network namespaces (rates with BPF statistics off); plus each
-//! program's own cost per run from the kernel's BPF statistics, counted in
-//! a window of its own after each rate window, net of their own overhead,
-//! calibrated each round with no-op programs (`loopwarden baseline`: one on
-//! connect4, one on the receive tracepoint). Then the reporting phase
-//! ([`reporting`]): floods of reports at fixed rates, counted in the
-//! daemon's output, with its CPU and resident size.
+//! protected port (a connection carrying one request and its response), receive
+//! throughput (a TCP stream and UDP datagrams from a second namespace over a
+//! veth pair, UDP datagrams over loopback) and spawns per second, with the
+//! daemon absent, in audit mode and in enforce mode, measured as interleaved
+//! rounds inside private network namespaces (rates with BPF statistics off);
+//! plus each program's own cost per run from the kernel's BPF statistics,
+//! counted in a window of its own after each rate window, net of their own
+//! overhead, calibrated each round with no-op programs (`loopwarden baseline`:
+//! one on connect4, one on the receive tracepoint). Then the reporting phase
+//! ([`reporting`]): floods of reports at fixed rates, counted in the daemon's
+//! output, with its CPU and resident size.
 
 mod egress;
 pub mod load;
@@ -641,13 +640,14 @@ impl<'a> Bench<'a> {
         Warden::start(&self.bin, &file, &run_dir, &log).map(Some)
     }
 
-    /// The policy under test, with the catalog on. Audit and enforce: a deny
-    /// rule for another executable, so connects succeed but take the full
-    /// identity and matching path, as an ordinary client does under a real
-    /// policy. Report-all: an audit rule matching the bench client, so every
-    /// protected connect is also reported. The bind guard is on for the
-    /// protected port (the bind load binds others). The egress phases add
-    /// an `[[egress]]` rule (see [`egress`]).
+    /// The policy under test, with the catalog on, protecting the connect
+    /// loads' protected port and the request load's. Audit and enforce: a
+    /// deny rule for another executable, so connects succeed but take the
+    /// full identity and matching path, as an ordinary client does under a
+    /// real policy. Report-all: an audit rule matching the bench client, so
+    /// every protected connect is also reported. The bind guard is on for
+    /// the protected port (the bind load binds others). The egress phases
+    /// add an `[[egress]]` rule (see [`egress`]).
     fn daemon_config(&self, config: Config) -> String {
         let (name, action, exe) = match config {
             Config::ReportAll => ("bench-audit", "audit", self.xtask.as_path()),
