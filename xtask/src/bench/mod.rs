@@ -572,42 +572,19 @@ impl<'a> Bench<'a> {
             let listen = SocketAddr::from((addr, args.receive_port));
             load::run_receive(netns, sender, xtask, proto, listen, seconds)
         };
+        // The connect loads: port, where, and whether each connection
+        // carries a request.
+        let client = |port: u16, to: Target, request: bool| {
+            load::run_client(netns, xtask, port, to, seconds, request)
+        };
         match workload {
-            Workload::Protected => load::run_client(
-                netns,
-                xtask,
-                args.protected_port,
-                Target::Loopback4,
-                seconds,
-                false,
-            ),
-            Workload::Unprotected => load::run_client(
-                netns,
-                xtask,
-                args.unprotected_port,
-                Target::Loopback4,
-                seconds,
-                false,
-            ),
-            Workload::Protected6 => load::run_client(
-                netns,
-                xtask,
-                args.protected_port,
-                Target::Loopback6,
-                seconds,
-                false,
-            ),
-            Workload::Request => load::run_client(
-                netns,
-                xtask,
-                args.request_port,
-                Target::Loopback4,
-                seconds,
-                true,
-            ),
+            Workload::Protected => client(args.protected_port, Target::Loopback4, false),
+            Workload::Unprotected => client(args.unprotected_port, Target::Loopback4, false),
+            Workload::Protected6 => client(args.protected_port, Target::Loopback6, false),
+            Workload::Request => client(args.request_port, Target::Loopback4, true),
             Workload::Outbound => {
                 let to = Target::Addr(netns::VETH_PEER.into());
-                load::run_client(netns, xtask, args.unprotected_port, to, seconds, false)
+                client(args.unprotected_port, to, false)
             }
             Workload::ReceiveTcp => receive(&self.peer, Proto::Tcp, netns::VETH_LOCAL),
             Workload::ReceiveUdp => receive(&self.peer, Proto::Udp, netns::VETH_LOCAL),
