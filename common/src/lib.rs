@@ -105,7 +105,9 @@ pub const MAX_LISTENERS: u32 = 8192;
 pub const MAX_ORIGIN_PENDING: u32 = 4096;
 /// Live connections to protected destinations the daemon can list and
 /// answer for (`LW_CONNS`, LRU: past it the oldest are forgotten, and
-/// `getsockopt` and the daemon answer "unknown" for them).
+/// `getsockopt` and the daemon answer "unknown" for them): the object's
+/// size, and the default of `[provenance] connections`, which the loader
+/// sets instead.
 pub const MAX_CONNS: u32 = 16384;
 /// Most `[[egress]]` rules a policy can hold: one bit each in a `u64` mask.
 pub const MAX_EGRESS_RULES: usize = 64;

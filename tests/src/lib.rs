@@ -817,6 +817,17 @@ pub fn map_dump(install: &Install, name: &str) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
 }
 
+/// What bpftool shows of `install`'s pinned map `name` (`id`,
+/// `max_entries`, ...).
+pub fn map_show(install: &Install, name: &str) -> Value {
+    let map = install.pin_dir().join("maps").join(name);
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&map));
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+}
+
 /// The bytes of a bpftool JSON byte list (`["0x01", ...]`).
 pub fn hex_bytes(v: &Value) -> Vec<u8> {
     v.as_array()

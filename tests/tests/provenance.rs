@@ -22,7 +22,7 @@ use std::{
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
     TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes, loopwarden_bin,
-    map_dump,
+    map_dump, map_show,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
     rule, run, wait_for, write_script,
 };
@@ -937,11 +937,50 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     );
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 
+    // `[provenance] connections` changed: `LW_CONNS` alone is replaced at
+    // the new size, the open connection's origin copied into it; every
+    // other map (the policy, the tracking state) is adopted.
+    let shown = |name: &str| map_show(&install, name);
+    let (procs, before) = (shown("LW_PROCS"), shown("LW_CONNS"));
+    assert_eq!(before["max_entries"], loopwarden_common::MAX_CONNS);
+    let config = format!("{config}\n[provenance]\nconnections = 2048\n");
+    let mut daemon = Daemon::start_in(&install, &config, &[]);
+    daemon.wait_stderr(
+        "LW_CONNS holds 16384 entries and [provenance] connections asks for 2048",
+        1,
+    );
+    daemon.wait_stderr("LW_CONNS resized: 1 entries copied over", 1);
+    let after = shown("LW_CONNS");
+    assert_eq!(after["max_entries"], 2048, "{after}");
+    assert_ne!(after["id"], before["id"], "LW_CONNS was not replaced");
+    assert_eq!(
+        shown("LW_PROCS")["id"],
+        procs["id"],
+        "LW_PROCS was replaced"
+    );
+    let n = asked(&out).len();
+    wait_ask(&out, n, "the origin after the resize", named);
+    let listed = conns(&ns, None, &install.run_dir());
+    assert!(
+        listed.iter().any(|o| o["pid"] == me),
+        "conns after the resize: {listed:#?}"
+    );
+    let status = run(Command::new(loopwarden_bin())
+        .arg("status")
+        .args(install.dir_args()));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("connections are tagged, 1 live of 2048"),
+        "{text}"
+    );
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+
     // `[provenance] getsockopt = false`: this loopwarden no longer answers
     // (the call fails, or another loopwarden on the host says "unknown");
     // the query socket still names the connection.
-    let off = format!("{config}\n[provenance]\ngetsockopt = false\n");
+    let off = config.replace("[provenance]\n", "[provenance]\ngetsockopt = false\n");
     let mut daemon = Daemon::start_in(&install, &off, &[]);
+    daemon.wait_stderr("adopted the pinned maps;", 1);
     let n = asked(&out).len();
     let after = wait_ask(&out, n, "getsockopt no longer answered", |a| {
         a.get("errno").is_some() || a["status"] == 0

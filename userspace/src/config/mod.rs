@@ -31,6 +31,9 @@
 //! getsockopt_cgroups = ["ollama.service"] # default: none (the root); attach it only in these
 //!                                # cgroups and their subtrees: where the protected services run
 //! query = true                   # default: answer on <run_dir>/query.sock (and `who`, `conns`)
+//! connections = 16384            # default: live tagged connections the kernel holds origins for
+//!                                # (about 430 bytes each, preallocated); past it the oldest become
+//!                                # "unknown". A change takes effect at the next start, keeping them
 //!
 //! [ident]
 //! listen = ["127.0.0.1:113", "[::1]:113"] # default: none (off); the RFC 1413 responder's addresses
@@ -298,6 +301,9 @@ pub struct Provenance {
     pub getsockopt_cgroups: Vec<Located<String>>,
     /// Serve the query socket.
     pub query: bool,
+    /// How many live tagged connections `LW_CONNS` holds (its
+    /// `max_entries`).
+    pub connections: u32,
 }
 
 /// The error an ident client gets for a connection that is not a direct
@@ -442,6 +448,10 @@ pub const IDENT_TIMEOUT_MS: std::ops::RangeInclusive<i64> = 100..=600_000;
 /// Bounds of `[relay] window_ms`.
 pub const RELAY_WINDOW_MS: std::ops::RangeInclusive<i64> = 1..=600_000;
 
+/// Bounds of `[provenance] connections`: at the top, about 450 MiB of
+/// kernel memory, preallocated.
+pub const CONNECTIONS: std::ops::RangeInclusive<i64> = 1024..=1_048_576;
+
 /// One `[[rule]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -505,6 +515,7 @@ impl Config {
                 getsockopt: true,
                 getsockopt_cgroups: Vec::new(),
                 query: true,
+                connections: loopwarden_common::MAX_CONNS,
             },
             ident: Ident {
                 listen: Vec::new(),
@@ -715,6 +726,12 @@ pub enum Problem {
         IDENT_TIMEOUT_MS.end()
     )]
     IdentTimeout { value: i64 },
+    #[error(
+        "connections is {value}: give how many live tagged connections to hold, from {} to {}",
+        CONNECTIONS.start(),
+        CONNECTIONS.end()
+    )]
+    Connections { value: i64 },
     #[error("`{text}` is not a socket address: write \"127.0.0.1:113\" or \"[::1]:113\"")]
     BadSocketAddr { text: String },
     #[error(

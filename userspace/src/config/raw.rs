@@ -73,6 +73,7 @@ pub(super) struct RawProvenance {
     pub(super) getsockopt: Option<bool>,
     pub(super) getsockopt_cgroups: Option<Spanned<OneOrMany<String>>>,
     pub(super) query: Option<bool>,
+    pub(super) connections: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

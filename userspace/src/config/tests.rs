@@ -623,6 +623,32 @@ fn provenance_and_ident_tables() {
 }
 
 #[test]
+fn provenance_connections_sizes_the_kernel_table_within_bounds() {
+    let default = Config::embedded_default();
+    assert_eq!(default.provenance.connections, loopwarden_common::MAX_CONNS);
+    assert_eq!(
+        parse("[provenance]\nconnections = 65536\n")
+            .unwrap()
+            .provenance
+            .connections,
+        65536
+    );
+    // Both bounds are accepted; one past either is refused at its line.
+    for ok in [1024, 1_048_576] {
+        let config = parse(&format!("[provenance]\nconnections = {ok}\n")).unwrap();
+        assert_eq!(i64::from(config.provenance.connections), ok);
+    }
+    for bad in ["1023", "1048577", "0", "-1"] {
+        expect_error(
+            &format!("[provenance]\ntag = true\nconnections = {bad}\n"),
+            3,
+            "from 1024 to 1048576",
+        );
+    }
+    expect_error("[provenance]\nconnections = \"many\"\n", 2, "invalid type");
+}
+
+#[test]
 fn bind_table() {
     assert_eq!(parse("mode = \"audit\"\n").unwrap().bind, Bind::default());
     let config = parse(

@@ -114,6 +114,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.provenance.query != new.provenance.query {
         changed.push("[provenance] query");
     }
+    if old.provenance.connections != new.provenance.connections {
+        changed.push("[provenance] connections");
+    }
     if old.ident != new.ident {
         changed.push("[ident]");
     }

@@ -7,6 +7,7 @@
 use std::{io, path::PathBuf, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
+use loopwarden_common::{MAX_CONNS, maps};
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
@@ -58,7 +59,15 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // Inspecting creates nothing: a start that fails on its config leaves
     // no trace in bpffs.
     let pins = PinDir::new(&opts.pin_dir);
-    let shapes = loader::object_shapes()?;
+    let source = Source::pick(opts.config.as_deref());
+    let read = source.read();
+    // The capacity the config asks for; without a config, what is pinned
+    // (adopted as it is) or the default.
+    let conns = match &read {
+        Ok(config) => config.provenance.connections,
+        Err(_) => pins.max_entries(maps::CONNS).unwrap_or(MAX_CONNS),
+    };
+    let shapes = loader::object_shapes(conns)?;
     let state = if opts.replace {
         PinState::Incompatible {
             why: "--replace was given".to_owned(),
@@ -66,17 +75,25 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     } else {
         pins.inspect(&shapes)
     };
-    if let PinState::Incompatible { why } = &state {
-        info!("the pinned objects will be replaced: {why}");
+    match &state {
+        PinState::Incompatible { why } => info!("the pinned objects will be replaced: {why}"),
+        PinState::Resized {
+            map,
+            pinned,
+            wanted,
+        } => info!(
+            "{map} holds {pinned} entries and [provenance] connections asks for {wanted}: it is \
+             replaced alone, its entries copied over"
+        ),
+        PinState::Absent | PinState::Compatible => {}
     }
 
-    let source = Source::pick(opts.config.as_deref());
     let resolver = HostResolver::new(host.cgroup2_root.clone());
     // A policy that does not parse: enforcement already pinned by a
     // predecessor of this layout stays in force and this daemon reports for
     // it until a reload brings a good file; with nothing to keep, the
     // daemon exits (exit code EX_CONFIG, which the unit does not restart).
-    let (config, policy) = match source.read() {
+    let (config, policy) = match read {
         Ok(config) => {
             let policy = compile_policy(&config, &resolver, opts.mode, None)?;
             (Some(config), Some(policy))
@@ -114,7 +131,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
 
     let pin_lock = pins.prepare()?;
-    let mut programs = Programs::load_pinned(&offsets, &pins, &state)?;
+    let mut programs = Programs::load_pinned(&offsets, &pins, &state, conns)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
     let mut stats = StatsMap::take(&mut programs.ebpf)?;
     let ring = take_events(&mut programs.ebpf)?;
@@ -138,7 +155,29 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         None => None,
     };
     let getsockopt = config.as_ref().map(|c| getsockopt_targets(c, &resolver));
+    // A resized `LW_CONNS`: the one pinned now is opened before the
+    // takeover unpins it, and its connections copied into ours after it
+    // (once no program of the old set writes it any more).
+    let resized = match &state {
+        PinState::Resized { map, .. } => Some(crate::provenance::Conns::open(&pins.map(map))),
+        _ => None,
+    };
     let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt.as_deref())?;
+    if let Some(old) = resized {
+        let carried = match (old, programs.ebpf.map_mut(maps::CONNS)) {
+            (Ok(old), Some(new)) => old.copy_into(new).map_err(|e| crate::error_chain(&e)),
+            (Err(e), _) => Err(crate::error_chain(&e)),
+            (_, None) => Err(format!("our object has no {}", maps::CONNS)),
+        };
+        match carried {
+            Ok(n) => info!("{} resized: {n} entries copied over", maps::CONNS),
+            Err(e) => warn!(
+                "copying the connections' origins into the resized {} failed: {e}; the \
+                 connections open now are \"unknown\"",
+                maps::CONNS
+            ),
+        }
+    }
     // With the tracking programs running, what happened before they did
     // (listeners, accepted connections, interpreters' scripts) is read
     // from /proc: from now on nothing is missed between the two.
@@ -147,7 +186,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // (e.g. while no daemon was reading) are reported now. (Replaced maps
     // start from zero on both sides.)
     let dropped_reported = match (&state, pins.meta()) {
-        (PinState::Compatible, Ok(meta)) => meta.dropped_reported,
+        (PinState::Compatible | PinState::Resized { .. }, Ok(meta)) => meta.dropped_reported,
         _ => 0,
     };
     let dropped_by_verdict = stats.drops_reported().unwrap_or_else(|e| {
@@ -158,7 +197,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     // The RFC 1413 responder, bound before anything was loaded.
     if let Some(bound) = ident {
-        let conns = pins.map(loopwarden_common::maps::CONNS);
+        let conns = pins.map(maps::CONNS);
         let serving = bound
             .serve(&conns)
             .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
@@ -188,7 +227,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // What a previous policy, an audit mode or no daemon at all let in.
     let sweeper = Sweeper::spawn(
         host.cgroup2_root.clone(),
-        pins.map(loopwarden_common::maps::PROCS),
+        pins.map(maps::PROCS),
         opts.log_format,
     )
     .map_err(io_err("starting the connection sweeper"))?;
@@ -243,6 +282,10 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
         (PinState::Compatible, Takeover::Updated) => {
             "adopted the pinned maps; the pinned links now run this daemon's programs".to_owned()
         }
+        (PinState::Resized { map, wanted, .. }, Takeover::Updated) => format!(
+            "adopted the pinned maps but {map}, resized to {wanted}; the pinned links now run \
+             this daemon's programs"
+        ),
         (PinState::Incompatible { why }, Takeover::Updated) => {
             format!("replaced the pinned programs in place and their maps ({why})")
         }

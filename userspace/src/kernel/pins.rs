@@ -5,12 +5,14 @@
 //! <pin dir>/links/lw_connect4   the cgroup links: while pinned, the programs stay attached
 //! <pin dir>/links/lw_connect6
 //! <pin dir>/maps/LW_*           every map the programs use (policy, events, counters, meta)
-//! <pin dir>/staging-<pid>/LW_*  fresh maps of a daemon replacing an incompatible set
+//! <pin dir>/staging-<pid>/LW_*  fresh maps of a daemon replacing an incompatible set (or resizing one)
 //! ```
 //!
 //! A daemon adopts pinned maps only when `LW_META` carries its
 //! [`LAYOUT_VERSION`] and every map has exactly the type, key, value and
-//! size its own object declares; anything else is replaced, never misread.
+//! size its own object declares (the capacity of a [`RESIZABLE`] map as
+//! its config asks); anything else is replaced, never misread. A
+//! resizable map pinned with another capacity is replaced alone.
 //! Replacement never leaves a gap: the new programs, with their own fresh
 //! maps already holding the policy, take over the pinned links in place
 //! (`BPF_LINK_UPDATE`), and only then are the old map pins swapped.
@@ -80,10 +82,22 @@ pub enum PinState {
     /// Maps of this layout: adopt them (the policy in force stays until the
     /// new one is installed into them).
     Compatible,
+    /// Maps of this layout, but `map` (one of [`RESIZABLE`]) is pinned
+    /// with another capacity than the config asks for: that one map is
+    /// replaced (staged fresh, its entries copied over), the rest adopted.
+    Resized {
+        map: &'static str,
+        pinned: u32,
+        wanted: u32,
+    },
     /// Something else is pinned (another layout version, a map of another
     /// shape, a half-finished replacement): replace it.
     Incompatible { why: String },
 }
+
+/// The pinned maps whose capacity the config sets (`[provenance]
+/// connections`): a change replaces that map alone.
+pub const RESIZABLE: &[&str] = &[maps::CONNS];
 
 /// The shape a map must have: type, key size, value size, max entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +244,7 @@ impl PinDir {
             Ok(_) => {}
             Err(e) => return incompatible(format!("LW_META cannot be read: {e}")),
         }
+        let mut resized = None;
         for &name in maps::PINNED {
             let Some(want) = shapes.get(name) else {
                 return incompatible(format!("our object has no map {name}"));
@@ -244,27 +259,53 @@ impl PinDir {
                 value_size: info.value_size(),
                 max_entries: info.max_entries(),
             };
-            if have != *want {
+            let resizable = RESIZABLE.contains(&name)
+                && MapShape {
+                    max_entries: want.max_entries,
+                    ..have
+                } == *want;
+            if have == *want {
+                continue;
+            }
+            if !resizable || resized.is_some() {
                 return incompatible(format!(
                     "pinned map {name} is {have:?}, this daemon expects {want:?}"
                 ));
             }
+            resized = Some(PinState::Resized {
+                map: name,
+                pinned: have.max_entries,
+                wanted: want.max_entries,
+            });
         }
-        PinState::Compatible
+        resized.unwrap_or(PinState::Compatible)
+    }
+
+    /// The capacity (`max_entries`) of the pinned map `name`, if one is
+    /// pinned and readable.
+    pub fn max_entries(&self, name: &str) -> Option<u32> {
+        MapInfo::from_pin(self.map(name))
+            .ok()
+            .map(|info| info.max_entries())
     }
 
     /// After the links run programs bound to the staged maps: replaces the
-    /// pinned maps by them (old pins removed, staged pins moved in).
+    /// pinned maps by them (old pins removed, staged pins moved in). Only
+    /// the maps staged are replaced: all of them for an incompatible set,
+    /// one for a resize.
     pub fn promote_staging(&self) -> Result<(), PinError> {
         let staging = self.staging();
         for &name in maps::PINNED {
+            let staged = staging.join(name);
+            if !staged.exists() {
+                continue;
+            }
             let pinned = self.map(name);
             match fs::remove_file(&pinned) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("removing", &pinned)(e)),
             }
-            let staged = staging.join(name);
             fs::rename(&staged, &pinned).map_err(io_err("moving", &staged))?;
         }
         fs::remove_dir(&staging).map_err(io_err("removing", &staging))

@@ -74,6 +74,27 @@ impl Conns {
             .filter(|record| self.live.is_open(record))
     }
 
+    /// Copies every entry into `into`, the `LW_CONNS` of a freshly loaded
+    /// set of programs (a resize: same entries, another capacity), keeping
+    /// any entry `into` already holds (the new programs' own, newer).
+    /// Returns how many were copied; past `into`'s capacity the LRU map
+    /// drops the oldest.
+    pub fn copy_into(&self, into: &mut Map) -> Result<usize, MapError> {
+        /// `BPF_NOEXIST`: insert only where no entry is.
+        const NOEXIST: u64 = 1;
+        let mut into: AyaHashMap<&mut MapData, ConnKey, ConnEntry> = AyaHashMap::try_from(into)?;
+        let mut copied = 0;
+        for (key, entry) in self.map.iter().filter_map(Result::ok) {
+            match into.insert(key, entry, NOEXIST) {
+                Ok(()) => copied += 1,
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(copied)
+    }
+
     /// Every entry the server's side has accepted, open or not.
     fn accepted(&self) -> impl Iterator<Item = OriginRecord> + '_ {
         self.map

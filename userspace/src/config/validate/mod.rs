@@ -14,8 +14,8 @@ use loopwarden_common::MAX_RULES;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, IDENT_TIMEOUT_MS, Ident, Located, Metrics, PortRange, PortSet, Problem,
-    Protect, Provenance, RELAY_WINDOW_MS, Relay,
+    CONNECTIONS, Config, ConfigError, IDENT_TIMEOUT_MS, Ident, Located, Metrics, PortRange,
+    PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS, Relay,
     lines::LineIndex,
     raw::{OneOrMany, RawConfig, RawIdent, RawMetrics},
 };
@@ -87,7 +87,7 @@ impl Validator<'_> {
             None => defaults.relay,
             Some(r) => Relay {
                 action: r.action.unwrap_or(defaults.relay.action),
-                window_ms: self.millis(
+                window_ms: self.bounded(
                     r.window_ms,
                     defaults.relay.window_ms,
                     RELAY_WINDOW_MS,
@@ -107,6 +107,12 @@ impl Validator<'_> {
                     |cg| non_empty("getsockopt_cgroups", cg),
                 )?,
                 query: p.query.unwrap_or(defaults.provenance.query),
+                connections: self.bounded(
+                    p.connections,
+                    defaults.provenance.connections,
+                    CONNECTIONS,
+                    |value| Problem::Connections { value },
+                )?,
             },
         };
 
@@ -217,9 +223,9 @@ impl Validator<'_> {
         })
     }
 
-    /// A duration in milliseconds within `bounds` (`default` when absent);
+    /// A count or a duration within `bounds` (`default` when absent);
     /// `problem` says what is wrong with one outside them.
-    fn millis(
+    fn bounded(
         &self,
         raw: Option<Spanned<i64>>,
         default: u32,
@@ -259,7 +265,7 @@ impl Validator<'_> {
                 one.pop()
             }
         };
-        let timeout_ms = self.millis(
+        let timeout_ms = self.bounded(
             raw.timeout_ms,
             defaults.timeout_ms,
             IDENT_TIMEOUT_MS,

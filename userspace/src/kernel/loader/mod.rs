@@ -67,9 +67,14 @@ pub enum Takeover {
     Updated,
 }
 
-/// The shapes of the maps our object pins.
-pub fn object_shapes() -> Result<HashMap<String, MapShape>, LoaderError> {
-    pins::object_shapes(EBPF_OBJECT).map_err(LoaderError::Object)
+/// The shapes of the maps our object pins, `LW_CONNS` holding `conns`
+/// entries (`[provenance] connections`).
+pub fn object_shapes(conns: u32) -> Result<HashMap<String, MapShape>, LoaderError> {
+    let mut shapes = pins::object_shapes(EBPF_OBJECT).map_err(LoaderError::Object)?;
+    if let Some(shape) = shapes.get_mut(maps::CONNS) {
+        shape.max_entries = conns;
+    }
+    Ok(shapes)
 }
 
 impl Programs {
@@ -78,29 +83,41 @@ impl Programs {
     ///
     /// The maps are the pinned ones when `state` says they are compatible
     /// (or none are pinned yet: they are created and pinned now); otherwise
-    /// fresh maps are created in the staging directory.
+    /// fresh maps are created in the staging directory: all of them for an
+    /// incompatible set, the resized one alone for a resize. `LW_CONNS`
+    /// is created with `conns` entries.
     pub fn load_pinned(
         offsets: &KernelOffsets,
         pins: &PinDir,
         state: &PinState,
+        conns: u32,
     ) -> Result<Self, LoaderError> {
-        let staged = matches!(state, PinState::Incompatible { .. });
-        let dir = if staged {
+        let fresh = |name: &str| match state {
+            PinState::Incompatible { .. } => true,
+            PinState::Resized { map, .. } => *map == name,
+            PinState::Absent | PinState::Compatible => false,
+        };
+        let staged = maps::PINNED.iter().any(|name| fresh(name));
+        if staged {
             let dir = pins.staging();
             std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
                 what: "creating",
                 path: dir.clone(),
                 source,
             })?;
-            dir
-        } else {
-            pins.maps_dir()
-        };
+        }
         let paths: Vec<(&'static str, std::path::PathBuf)> = maps::PINNED
             .iter()
-            .map(|&name| (name, dir.join(name)))
+            .map(|&name| {
+                let dir = if fresh(name) {
+                    pins.staging()
+                } else {
+                    pins.maps_dir()
+                };
+                (name, dir.join(name))
+            })
             .collect();
-        let mut programs = Self::load_only(&paths, offsets, ENFORCER)?;
+        let mut programs = Self::load_only(&paths, offsets, ENFORCER, conns)?;
         programs.load_trackers()?;
         let name = programs::GETSOCKOPT;
         typed::<CgroupSockopt>(&mut programs.ebpf, name)?
@@ -113,7 +130,12 @@ impl Programs {
     /// Loads only the no-op baseline programs (see `ebpf/src/baseline.rs`):
     /// the connect4 one and the tracing one.
     pub fn load_baseline() -> Result<Self, LoaderError> {
-        let mut programs = Self::load_only(&[], &KernelOffsets::default(), BASELINE)?;
+        let mut programs = Self::load_only(
+            &[],
+            &KernelOffsets::default(),
+            BASELINE,
+            loopwarden_common::MAX_CONNS,
+        )?;
         let btf = Btf::from_sys_fs().map_err(LoaderError::Btf)?;
         let (name, tracepoint) = BASELINE_TRACKER;
         typed::<BtfTracePoint>(&mut programs.ebpf, name)?
@@ -123,11 +145,13 @@ impl Programs {
     }
 
     /// Loads the object, each map in `pinned` reused from (or created and
-    /// pinned at) its path, and verifies the programs `names`.
+    /// pinned at) its path, `LW_CONNS` sized for `conns` entries, and
+    /// verifies the programs `names`.
     fn load_only(
         pinned: &[(&'static str, std::path::PathBuf)],
         offsets: &KernelOffsets,
         names: &'static [&'static str],
+        conns: u32,
     ) -> Result<Self, LoaderError> {
         let log_level = kernel_log_level();
         let mut loader = EbpfLoader::new();
@@ -139,6 +163,7 @@ impl Programs {
         for (name, path) in pinned {
             loader.map_pin_path(name, path.as_path());
         }
+        loader.map_max_entries(maps::CONNS, conns);
         let mut ebpf = loader
             .override_global(OFFSETS_GLOBAL, offsets, true)
             // Kernel-side aya-log calls below this level cost one compare.

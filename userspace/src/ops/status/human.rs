@@ -97,10 +97,11 @@ impl Report {
             ),
             (None, false) => "no getsockopt answers ([provenance] getsockopt = false)".to_owned(),
         };
-        let tagged = match (p.tag, p.connections) {
-            (false, _) => "connections are not tagged ([provenance] tag = false)".to_owned(),
-            (true, Some(n)) => format!("connections are tagged, {n} live"),
-            (true, None) => "connections are tagged".to_owned(),
+        let tagged = match (p.tag, p.connections, p.capacity) {
+            (false, ..) => "connections are not tagged ([provenance] tag = false)".to_owned(),
+            (true, Some(n), Some(max)) => format!("connections are tagged, {n} live of {max}"),
+            (true, Some(n), None) => format!("connections are tagged, {n} live"),
+            (true, None, _) => "connections are tagged".to_owned(),
         };
         line("origins", format!("{tagged}; {answering}"));
         match (&self.layout, &self.maps_error) {

@@ -149,6 +149,8 @@ pub struct ProvenanceReport {
     pub getsockopt_scoped: Vec<LinkReport>,
     /// Accepted protected connections `LW_CONNS` holds now.
     pub connections: Option<usize>,
+    /// How many it can hold (`[provenance] connections`).
+    pub capacity: Option<u32>,
 }
 
 /// Reports the kernel could not queue.
@@ -223,6 +225,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             getsockopt: link_report(programs::GETSOCKOPT, LinkState::Absent),
             getsockopt_scoped: Vec::new(),
             connections: None,
+            capacity: None,
         },
         layout: None,
         maps_error: None,
@@ -433,6 +436,7 @@ impl Report {
         self.provenance.connections = Conns::open(&pins.map(maps::CONNS))
             .ok()
             .map(|conns| conns.list().len());
+        self.provenance.capacity = pins.max_entries(maps::CONNS);
         self.counters = inspect::counters(pins)?;
         if let Some(dropped) = self.counters.iter().find(|c| c.index == stats::DROPPED) {
             self.lost_reports = Some(LostReport {
