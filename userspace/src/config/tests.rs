@@ -1,5 +1,7 @@
 //! Parsing and validation tests: every bad input names file, line and problem.
 
+use std::path::PathBuf;
+
 use loopwarden_common::MAX_RULES;
 
 use super::{lines::LineIndex, *};
