@@ -1,0 +1,103 @@
+//! What the kernel tracks per process: network-facing evidence, lineage,
+//! interpreted scripts, outbound connects awaiting their handshake, listeners.
+
+use crate::{Addr, EXE_NAME_LEN, SCRIPT_LEN, evidence};
+
+/// One piece of evidence that a process faces the network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The non-local peer (for [`evidence::LISTENING`], the listening address).
+    pub addr: Addr,
+    /// `bpf_ktime_get_ns()` when it was seen.
+    pub ktime_ns: u64,
+    /// The peer's port (the listening port), host order.
+    pub port: u16,
+    /// [`evidence`] value.
+    pub kind: u8,
+    pub _pad: [u8; 5],
+}
+
+impl Evidence {
+    /// No evidence.
+    pub const NONE: Evidence = Evidence {
+        addr: Addr { words: [0; 4] },
+        ktime_ns: 0,
+        port: 0,
+        kind: evidence::NONE,
+        _pad: [0; 5],
+    };
+}
+
+/// `LW_PROCS` value: what the kernel knows about one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcState {
+    /// Listening or accepted: holds until the process executes another
+    /// program; children inherit it.
+    pub standing: Evidence,
+    /// Received or connected: counts only within the relay window.
+    pub recent: Evidence,
+    /// The `LW_RULES_EXE_NAME` key (exact or prefix form) through which a
+    /// catalog rule extending to descendants named the nearest such
+    /// executable this process or an ancestor ran (zero: none).
+    pub lineage: [u8; EXE_NAME_LEN],
+    /// The script an interpreter was started with (zero: none).
+    pub script: [u8; SCRIPT_LEN],
+    /// [`script_hash`] of `script` (0: none): what script rules key on.
+    pub script_hash: u64,
+}
+
+impl ProcState {
+    /// A state with nothing in it.
+    pub const EMPTY: ProcState = ProcState {
+        standing: Evidence::NONE,
+        recent: Evidence::NONE,
+        lineage: [0; EXE_NAME_LEN],
+        script: [0; SCRIPT_LEN],
+        script_hash: 0,
+    };
+}
+
+/// Interpreters whose first operand is the script they run: an executable
+/// one of whose prefix-form keys ([`exe_name_candidates`](crate::exe_name_candidates)) is one of these
+/// names has its script read at exec (and by the seeding from `/proc`).
+pub const INTERPRETERS: [&[u8]; 9] = [
+    b"python", b"python2", b"python3", b"node", b"nodejs", b"perl", b"ruby", b"php", b"deno",
+];
+/// Command-line arguments looked at for an interpreter's script: `argv[0]`
+/// and the five after it.
+pub const SCRIPT_MAX_ARGS: usize = 6;
+
+/// FNV-1a of a script path's bytes up to its first NUL (at most
+/// `SCRIPT_LEN - 1` of them); never 0, which means "no script". The kernel
+/// computes it at exec, userspace for `script` rules.
+#[inline(always)]
+pub const fn script_hash(script: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < script.len() && i < SCRIPT_LEN - 1 && script[i] != 0 {
+        h ^= script[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    if h == 0 { 1 } else { h }
+}
+
+/// `LW_PENDING` value: an outbound connect awaiting its handshake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// `LW_LISTENERS` key: a listening port in one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerKey {
+    /// Inode number of the network namespace.
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
