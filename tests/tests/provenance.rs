@@ -1079,3 +1079,82 @@ fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
     assert_eq!(scoped[0]["prog_name"], "lw_getsockopt", "{provenance:#}");
     drop((a, b, inside_service));
 }
+
+/// Accepts every connection on 127.0.0.1:PORT and holds it until killed.
+const HOLD_ALL: &str = r#"import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(4096)
+held = []
+while True:
+    held.append(s.accept()[0])
+"#;
+
+/// Opens N connections to 127.0.0.1:PORT, writes N to DONE once all are
+/// established, and holds them until killed.
+const OPEN_N: &str = r#"import socket, sys, time
+n, port, done = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+open(done, "w").write(str(len(held)))
+while True:
+    time.sleep(3600)
+"#;
+
+#[test]
+fn a_nearly_full_connection_table_is_warned_of_once_and_eased() {
+    let ns = Netns::new();
+    let dir = TempDir::new("full");
+    let config = format!("{}\n[provenance]\nconnections = 1024\n", config(&ns));
+    let daemon = Daemon::start(&config);
+    let port = PROTECTED.to_string();
+    let server = write_script(&dir, "hold_all.py", HOLD_ALL);
+    let mut server = ns.spawn(SYSTEM_PYTHON, &[&server, &port]);
+    ns.wait_listening(PROTECTED);
+    let open = write_script(&dir, "open_n.py", OPEN_N);
+    let hold = |n: usize, tag: &str| {
+        let done = dir.path().join(tag);
+        let client = ns.spawn(
+            SYSTEM_PYTHON,
+            &[&open, &n.to_string(), &port, &done.display().to_string()],
+        );
+        wait_for(
+            &format!("{n} connections held"),
+            Duration::from_secs(30),
+            || {
+                std::fs::metadata(&done)
+                    .is_ok_and(|m| m.len() > 0)
+                    .then_some(())
+            },
+        );
+        client
+    };
+    let warning = "LW_CONNS holds";
+
+    // 600 of 1024 (58%), for longer than the 10 s between two counts:
+    // no warning.
+    let mut first = hold(600, "first");
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        !daemon.stderr_text().contains(warning),
+        "warned at 58%: {}",
+        daemon.stderr_text()
+    );
+    // 950 (93%): one warning, with the numbers and what to do.
+    let mut second = hold(350, "second");
+    daemon.wait_stderr("LW_CONNS holds 950 of 1024 entries", 1);
+    assert!(
+        daemon
+            .stderr_text()
+            .contains("raise [provenance] connections"),
+        "{}",
+        daemon.stderr_text()
+    );
+    // Every connection closed (the server's sockets too): eased, and the
+    // warning was given once.
+    second.kill();
+    first.kill();
+    server.kill();
+    daemon.wait_stderr("LW_CONNS is below 75% full again (0 of 1024)", 1);
+    assert_eq!(daemon.stderr_text().matches(warning).count(), 1);
+}

@@ -20,6 +20,7 @@
 //! socket and the metrics; [`serve`] is the event loop.
 
 mod detach;
+mod fullness;
 mod installed;
 mod lock;
 mod rings;

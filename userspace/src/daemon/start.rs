@@ -231,6 +231,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         opts.log_format,
     )
     .map_err(io_err("starting the connection sweeper"))?;
+    super::fullness::watch(pins.clone()).map_err(io_err("starting the map fullness watch"))?;
     if let Some(policy) = &policy {
         sweeper.request(policy, &host_addresses(policy));
     }

@@ -5,7 +5,8 @@
 //! Counting a hash map's entries walks its keys (`BPF_MAP_GET_NEXT_KEY`),
 //! at most its capacity of steps (a walk that races deletions may start
 //! over; it stops there). The counts are kept for [`USAGE_TTL`], so
-//! scrapes however frequent cost at most one walk per second.
+//! scrapes however frequent cost at most one walk per second. The daemon
+//! counts with [`usage`] too, to warn of a map nearly full.
 
 use std::{
     sync::Mutex,
@@ -86,32 +87,38 @@ impl KernelSource {
         {
             return usage.clone();
         }
-        let usage: Vec<Usage> = USAGE_MAPS
-            .iter()
-            .filter_map(|&name| self.count(name))
-            .collect();
+        let usage = usage(&self.pins);
         *cached = Some((Instant::now(), usage.clone()));
         usage
     }
+}
 
-    /// Entries and capacity of the pinned map `name`; `None` when it
-    /// cannot be opened as ours.
-    fn count(&self, name: &'static str) -> Option<Usage> {
-        let data = MapData::from_pin(self.pins.map(name)).ok()?;
-        let capacity = data.info().ok()?.max_entries();
-        let entries = match name {
-            maps::PROCS => keys::<u32, ProcState>(Map::HashMap(data), capacity),
-            maps::LISTENERS => keys::<ListenerKey, u32>(Map::HashMap(data), capacity),
-            maps::PENDING => keys::<u64, Pending>(Map::LruHashMap(data), capacity),
-            maps::CONNS => keys::<ConnKey, ConnEntry>(Map::LruHashMap(data), capacity),
-            _ => None,
-        }?;
-        Some(Usage {
-            map: name,
-            entries,
-            capacity,
-        })
-    }
+/// Entries and capacity of each of [`USAGE_MAPS`] pinned in `pins` (one
+/// that cannot be opened as ours is left out).
+pub fn usage(pins: &PinDir) -> Vec<Usage> {
+    USAGE_MAPS
+        .iter()
+        .filter_map(|&name| count(pins, name))
+        .collect()
+}
+
+/// Entries and capacity of the pinned map `name`; `None` when it cannot
+/// be opened as ours.
+fn count(pins: &PinDir, name: &'static str) -> Option<Usage> {
+    let data = MapData::from_pin(pins.map(name)).ok()?;
+    let capacity = data.info().ok()?.max_entries();
+    let entries = match name {
+        maps::PROCS => keys::<u32, ProcState>(Map::HashMap(data), capacity),
+        maps::LISTENERS => keys::<ListenerKey, u32>(Map::HashMap(data), capacity),
+        maps::PENDING => keys::<u64, Pending>(Map::LruHashMap(data), capacity),
+        maps::CONNS => keys::<ConnKey, ConnEntry>(Map::LruHashMap(data), capacity),
+        _ => None,
+    }?;
+    Some(Usage {
+        map: name,
+        entries,
+        capacity,
+    })
 }
 
 /// Keys of a hash map, walking at most `capacity` of them.

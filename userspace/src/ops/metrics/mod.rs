@@ -33,7 +33,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-pub use self::kernel::USAGE_MAPS;
+pub use self::kernel::{USAGE_MAPS, Usage, usage};
 use self::{kernel::KernelSource, render::render};
 use crate::{
     config::Metrics,

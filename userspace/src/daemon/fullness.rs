@@ -1,0 +1,152 @@
+//! Warns when a kernel tracking map nears its capacity, before what fills
+//! it is lost: past it new processes go untracked (`LW_PROCS`), new
+//! listeners unremembered (`LW_LISTENERS`), and the oldest outbound
+//! connects (`LW_PENDING`) and connections' origins (`LW_CONNS`, then
+//! "unknown" to services) are forgotten.
+//!
+//! Counting a map walks its keys (one syscall per entry, see
+//! `ops::metrics`), so it runs on a thread of its own every [`EVERY`],
+//! never in the event loop. A map warns once when it reaches [`HIGH`]
+//! percent and again only after it fell below [`LOW`].
+
+use std::{thread, time::Duration};
+
+use loopwarden_common::maps;
+use tracing::{info, warn};
+
+use crate::{
+    kernel::pins::PinDir,
+    ops::metrics::{Usage, usage},
+};
+
+/// How often the maps are counted.
+const EVERY: Duration = Duration::from_secs(10);
+/// Percent full at which a map warns.
+const HIGH: u64 = 90;
+/// Percent full below which a map that warned may warn again.
+const LOW: u64 = 75;
+
+/// Which maps have warned and not yet fallen below [`LOW`].
+#[derive(Default)]
+struct Fullness {
+    warned: Vec<&'static str>,
+}
+
+/// What one reading says: a map that became full, or one that is no
+/// longer.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    Full(Usage),
+    Eased(Usage),
+}
+
+impl Fullness {
+    fn check(&mut self, usage: Vec<Usage>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for u in usage {
+            let percent = u64::from(u.entries) * 100 / u64::from(u.capacity.max(1));
+            let warned = self.warned.contains(&u.map);
+            if !warned && percent >= HIGH {
+                self.warned.push(u.map);
+                changes.push(Change::Full(u));
+            } else if warned && percent < LOW {
+                self.warned.retain(|m| *m != u.map);
+                changes.push(Change::Eased(u));
+            }
+        }
+        changes
+    }
+}
+
+/// What a full map costs, and what to do about it.
+fn consequence(map: &str) -> &'static str {
+    match map {
+        maps::CONNS => {
+            "past it the oldest connections' origins are dropped and become \"unknown\" to \
+             getsockopt, the query socket and ident; raise [provenance] connections"
+        }
+        maps::PROCS => {
+            "past it new processes are not tracked (no relay evidence, lineage or script for \
+             them; counted as untracked)"
+        }
+        maps::LISTENERS => "past it new non-loopback listeners are not remembered",
+        maps::PENDING => {
+            "past it the oldest outbound connects are forgotten before their handshake (no \
+             connected evidence for them)"
+        }
+        _ => "past it entries are lost",
+    }
+}
+
+/// Starts the thread that counts the tracking maps pinned in `pins`.
+pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
+    thread::Builder::new()
+        .name("lw-fullness".to_owned())
+        .spawn(move || {
+            let mut fullness = Fullness::default();
+            loop {
+                thread::sleep(EVERY);
+                for change in fullness.check(usage(&pins)) {
+                    match change {
+                        Change::Full(u) => warn!(
+                            map = u.map,
+                            entries = u.entries,
+                            capacity = u.capacity,
+                            "{} holds {} of {} entries: {}",
+                            u.map,
+                            u.entries,
+                            u.capacity,
+                            consequence(u.map)
+                        ),
+                        Change::Eased(u) => info!(
+                            map = u.map,
+                            entries = u.entries,
+                            capacity = u.capacity,
+                            "{} is below {LOW}% full again ({} of {})",
+                            u.map,
+                            u.entries,
+                            u.capacity
+                        ),
+                    }
+                }
+            }
+        })
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conns(entries: u32) -> Vec<Usage> {
+        vec![Usage {
+            map: maps::CONNS,
+            entries,
+            capacity: 1000,
+        }]
+    }
+
+    #[test]
+    fn a_map_warns_once_per_crossing() {
+        let mut f = Fullness::default();
+        assert_eq!(f.check(conns(899)), []);
+        assert!(matches!(f.check(conns(900)).as_slice(), [Change::Full(u)] if u.entries == 900));
+        // Still full, or eased but not below LOW: nothing new.
+        assert_eq!(f.check(conns(1000)), []);
+        assert_eq!(f.check(conns(750)), []);
+        assert!(matches!(f.check(conns(749)).as_slice(), [Change::Eased(u)] if u.entries == 749));
+        assert_eq!(f.check(conns(100)), []);
+        assert!(matches!(f.check(conns(950)).as_slice(), [Change::Full(_)]));
+    }
+
+    #[test]
+    fn a_zero_capacity_reading_does_not_divide_by_zero() {
+        let mut f = Fullness::default();
+        let empty = Usage {
+            map: maps::PROCS,
+            entries: 0,
+            capacity: 0,
+        };
+        assert_eq!(f.check(vec![empty]), []);
+    }
+}
