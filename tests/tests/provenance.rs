@@ -9,7 +9,8 @@
 //! unprotected port is unknown, and misbehaving query clients do not keep
 //! the daemon from answering the others. getsockopt also knows an IPv4
 //! client of a dual-stack listener, and never answers with an entry a
-//! missed close left behind.
+//! missed close left behind. A resized connection table keeps the open
+//! connections' origins, and a nearly full one is warned of.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
