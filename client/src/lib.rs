@@ -36,7 +36,10 @@
 //!             o.pid,
 //!             o.via.map(|v| v.addr),
 //!         ),
-//!         Ok(None) => { /* loopwarden does not protect this port */ }
+//!         // A port loopwarden does not protect, a connection older than
+//!         // it, or one past `[provenance] connections`: not known to be
+//!         // direct, so refuse it where loopwarden protects the port.
+//!         Ok(None) => eprintln!("refused: loopwarden knows nothing of this connection"),
 //!         Err(loopwarden_client::Error::NotAnswering) => { /* not running: fail open or closed */ }
 //!         Err(e) => eprintln!("{e}"),
 //!     }

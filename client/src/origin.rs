@@ -206,7 +206,9 @@ impl Origin {
 
 /// The origin of the connection on `fd`, an accepted TCP socket:
 /// `Ok(None)` when loopwarden knows nothing of it (a port it does not
-/// protect, a connection older than the tag), [`Error::NotAnswering`] when
+/// protect, a connection older than the tag, one of more live connections
+/// than `[provenance] connections`: not to be taken for a direct client),
+/// [`Error::NotAnswering`] when
 /// loopwarden's program does not answer at all.
 pub fn origin(fd: impl AsFd) -> Result<Option<Origin>, Error> {
     /// The record's own alignment, so the kernel copies it in words.

@@ -5,8 +5,8 @@
 //! - The aiohttp gateway example (`contrib/python/examples`) serves a
 //!   direct `curl` and refuses what socat (named by the catalog) or a
 //!   Python forwarder (named by nothing, refused for facing the network)
-//!   relays to it; on a port loopwarden does not protect, the same relay
-//!   passes.
+//!   relays to it; on a port loopwarden does not protect it fails closed
+//!   (unknown: 403), and with `--unknown pass` the same relay passes.
 //! - A Python server using `contrib/python/loopwarden.py` and a Rust one
 //!   using `loopwarden-client` (`lw-origin-server`) report the same origins
 //!   for the same clients: who connected, the verdict, the relayed party,
@@ -33,7 +33,8 @@ const SOCAT_PORT: u16 = 9001;
 const SOCAT_OPEN_PORT: u16 = 9002;
 /// The Python forwarder, on the local link address.
 const FORWARDER_PORT: u16 = 9006;
-/// A gateway that refuses unknown connections, on an unprotected port.
+/// A gateway with the default (unknown connections refused), on an
+/// unprotected port.
 const STRICT_PORT: u16 = 8082;
 
 const CHAT: &str = r#"{"model":"echo-1","messages":[{"role":"user","content":"hello"}]}"#;
@@ -58,8 +59,8 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     let topo = Topology::new();
     let _daemon = Daemon::start(&Policy::new(&topo.local, "audit").text());
     let _gateway = gateway(&topo.local, PROTECTED, &[]);
-    let _open_gateway = gateway(&topo.local, UNPROTECTED, &[]);
-    let _strict_gateway = gateway(&topo.local, STRICT_PORT, &["--unknown", "refuse"]);
+    let _open_gateway = gateway(&topo.local, UNPROTECTED, &["--unknown", "pass"]);
+    let _strict_gateway = gateway(&topo.local, STRICT_PORT, &[]);
 
     // A local client connecting by itself gets its completion.
     let direct = fetch(
@@ -116,7 +117,7 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert!(message.contains("(accepted)"), "{message}");
 
     // The same kind of relay to the same gateway on a port loopwarden does
-    // not protect: unknown, passed (the default).
+    // not protect, run with `--unknown pass`: unknown, passed.
     let _open_socat = topo.local.socat_relay(
         SOCAT_OPEN_PORT,
         &format!("TCP:127.0.0.1:{UNPROTECTED}"),
@@ -126,13 +127,16 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert_eq!(open.status, 200, "{open:?}");
     assert_eq!(open.body["data"][0]["id"], "echo-1", "{open:?}");
 
-    // A gateway run with `--unknown refuse` fails closed there, even for a
-    // direct client (which the default gateway on that port served).
+    // The default gateway fails closed there, even for a direct client
+    // (which the `--unknown pass` gateway on that port served), and says
+    // what to check.
     let direct_open = fetch(&topo.local, &local_url(UNPROTECTED, "/v1/models"), None);
     assert_eq!(direct_open.status, 200, "{direct_open:?}");
     let strict = fetch(&topo.local, &local_url(STRICT_PORT, "/v1/models"), None);
     assert_eq!(strict.status, 403, "{strict:?}");
-    assert_eq!(refusal(&strict).0, "loopwarden_unknown");
+    let (kind, message) = refusal(&strict);
+    assert_eq!(kind, "loopwarden_unknown");
+    assert!(message.contains("--unknown pass"), "{message}");
 }
 
 /// The origin a server reported for `f`'s request.

@@ -17,12 +17,14 @@ Run it (loopwarden protecting the port, e.g. ``[protect] ports = [8080]``)::
     PYTHONPATH=contrib/python python3 contrib/python/examples/aiohttp_gateway.py \\
         --host 127.0.0.1 --port 8080
 
+The gateway was deployed relying on loopwarden, so it fails closed.
 Connections loopwarden knows nothing of (status unknown: a port it does not
-protect, a connection older than the daemon) pass by default, or get 403
-with ``--unknown refuse``. When loopwarden is not answering at all (daemon
-never started, detached, ``[provenance] getsockopt = false``) the gateway
-answers 503 by default: it was deployed relying on loopwarden, so it fails
-closed; ``--not-answering pass`` serves anyway.
+protect, a connection older than the daemon, one of more live connections
+than ``[provenance] connections`` holds, which a relayed client can cause
+by opening that many) get 403 by default; ``--unknown pass`` serves them.
+When loopwarden is not answering at all (daemon never started, detached,
+``[provenance] getsockopt = false``) the gateway answers 503 by default;
+``--not-answering pass`` serves anyway.
 """
 
 import argparse
@@ -95,7 +97,9 @@ async def loopwarden_middleware(request: web.Request, handler):
             403,
             "loopwarden_unknown",
             "refused: loopwarden knows nothing of this connection (is this port "
-            "in its [protect] ports?); the gateway runs with --unknown refuse",
+            "in its [protect] ports? were more connections open than its "
+            "[provenance] connections?); run the gateway with --unknown pass to "
+            "serve such connections",
         )
     if not origin.is_direct:
         return _error(403, "loopwarden_relayed", _refusal(origin))
@@ -138,7 +142,7 @@ async def chat_completions(request: web.Request) -> web.Response:
     )
 
 
-def app(unknown: str = "pass", not_answering: str = "refuse") -> web.Application:
+def app(unknown: str = "refuse", not_answering: str = "refuse") -> web.Application:
     """The gateway, with loopwarden_middleware in front of every route."""
     application = web.Application(middlewares=[loopwarden_middleware])
     application[UNKNOWN] = unknown
@@ -156,8 +160,8 @@ def main() -> None:
     parser.add_argument(
         "--unknown",
         choices=["pass", "refuse"],
-        default="pass",
-        help="connections loopwarden knows nothing of (default: pass)",
+        default="refuse",
+        help="connections loopwarden knows nothing of (default: refuse, with 403)",
     )
     parser.add_argument(
         "--not-answering",
