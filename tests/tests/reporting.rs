@@ -5,7 +5,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use loopwarden_tests::{Daemon, Netns, PROTECTED, TempDir, policy, rule, run, wait_for};
+use loopwarden_tests::{
+    Daemon, Netns, PROTECTED, TempDir, policy, rule, run, wait_for, wait_for_explained,
+};
 
 /// A python client connecting to the protected port as fast as it can for
 /// `seconds`; prints `pid ok refused` when done (reset on close: no
@@ -156,14 +158,28 @@ fn a_refusal_line_is_never_later_than_the_interval() {
     let (pid, ok, refused) = flood(&ns, 3.0);
     assert_eq!(ok, 0);
     assert!(refused > 1000, "only {refused} refusals");
-    let records = wait_for("every refusal reported", Duration::from_secs(10), || {
-        let records: Vec<_> = daemon
+    let refusals = || -> Vec<_> {
+        daemon
             .timed_events()
             .into_iter()
             .filter(|(_, e)| e["pid"] == pid && e["verdict"] == "deny")
-            .collect();
-        (records.iter().map(|(_, e)| connects(e)).sum::<u64>() >= refused).then_some(records)
-    });
+            .collect()
+    };
+    let records = wait_for_explained(
+        "every refusal reported",
+        Duration::from_secs(10),
+        || {
+            let records = refusals();
+            (records.iter().map(|(_, e)| connects(e)).sum::<u64>() >= refused).then_some(records)
+        },
+        || {
+            let reported: u64 = refusals().iter().map(|(_, e)| connects(e)).sum();
+            format!(
+                ": {reported} of {refused} reported; the daemon's stderr:\n{}",
+                daemon.stderr_text()
+            )
+        },
+    );
     assert_eq!(
         records.iter().map(|(_, e)| connects(e)).sum::<u64>(),
         refused

@@ -92,6 +92,9 @@ impl Running {
                     reporter.summarise();
                 }
                 _ = tick.tick() => {
+                    // The refresh runs on this thread: it starts with the
+                    // rings empty, so all their room covers it.
+                    drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                     let begun = Instant::now();
                     counters.report(stats);
                     reporter.publish_tally();
@@ -106,6 +109,7 @@ impl Running {
                     }
                 }
                 _ = sighup.recv() => {
+                    drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                     installed.reload(reporter.enricher());
                 }
                 _ = sigint.recv() => { info!("SIGINT: exiting"); break; }
