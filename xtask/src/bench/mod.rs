@@ -15,6 +15,7 @@
 mod egress;
 pub mod load;
 mod netns;
+mod plan;
 mod report;
 pub mod reporting;
 mod stats;
@@ -22,7 +23,7 @@ mod warden;
 
 use std::{
     cell::Cell,
-    fmt, fs,
+    fs,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
@@ -30,6 +31,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub use self::plan::{Config, Sample, Workload};
 use self::{
     load::{Proto, Run, Server, Target},
     netns::Netns,
@@ -85,254 +87,6 @@ pub struct BenchArgs {
     /// Skip the reporting phase.
     #[arg(long)]
     pub skip_reporting: bool,
-}
-
-/// Whether and how the daemon runs during a measurement.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub enum Config {
-    Absent,
-    /// Calibration: only `loopwarden baseline`'s no-op `lw_baseline4` is
-    /// attached, to measure what the BPF statistics cost by themselves. Not
-    /// part of the rate comparison.
-    Baseline,
-    /// Audit mode, the default `[provenance]`: protected connects that
-    /// proceed are tagged with their origin.
-    Audit,
-    Enforce,
-    /// Audit mode with `[provenance] tag = false`: the judgement alone, the
-    /// path the protected-connect target is about. Connect loads only.
-    Untagged,
-    /// Audit mode with a rule matching the bench client: every protected
-    /// connect is reported. The cost of reporting, not a realistic policy.
-    ReportAll,
-    /// Audit mode with an egress rule of [`egress::CIDRS`] prefixes naming
-    /// the bench client, its destination allowed: the guard's whole path.
-    /// Outbound load only.
-    EgressNamed,
-    /// ... naming another executable: what a process no rule names pays.
-    EgressOther,
-}
-
-impl Config {
-    /// The configurations compared in the rate table.
-    const ALL: [Self; 7] = [
-        Self::Absent,
-        Self::Audit,
-        Self::Enforce,
-        Self::Untagged,
-        Self::ReportAll,
-        Self::EgressNamed,
-        Self::EgressOther,
-    ];
-    /// Every phase of a round, in the order it runs.
-    const PHASES: [Self; 8] = [
-        Self::Absent,
-        Self::Baseline,
-        Self::Audit,
-        Self::Enforce,
-        Self::Untagged,
-        Self::ReportAll,
-        Self::EgressNamed,
-        Self::EgressOther,
-    ];
-
-    /// The workloads measured in this phase: report-all and untagged are
-    /// about the cost of protected connects, so they run only the connects.
-    fn workloads(self) -> &'static [Workload] {
-        match self {
-            Self::ReportAll | Self::Untagged => &Workload::CONNECTS,
-            Self::EgressNamed | Self::EgressOther => &[Workload::Outbound],
-            _ => &Workload::ALL,
-        }
-    }
-
-    /// The daemon's `--mode`.
-    fn mode(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            _ => "audit",
-        }
-    }
-}
-
-impl fmt::Display for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::Absent => "absent",
-            Self::Baseline => "baseline",
-            Self::Audit => "audit",
-            Self::Enforce => "enforce",
-            Self::Untagged => "untagged",
-            Self::ReportAll => "report-all",
-            Self::EgressNamed => "egress-named",
-            Self::EgressOther => "egress-other",
-        })
-    }
-}
-
-/// What runs during one measurement window.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-pub enum Workload {
-    /// connect()+close() to the protected port on 127.0.0.1.
-    Protected,
-    /// ... to the unprotected port.
-    Unprotected,
-    /// ... to the protected port on ::1.
-    Protected6,
-    /// A connection to another protected port on 127.0.0.1 that carries
-    /// one HTTP/1.0 request and its response before it closes: what a
-    /// service loopwarden protects sees of each client (the server answers
-    /// at once; a real one takes longer, so its share of the cost is
-    /// smaller).
-    Request,
-    /// A TCP stream from the peer namespace over the veth pair: `lw_receive`'s
-    /// full path (a non-local peer).
-    ReceiveTcp,
-    /// UDP datagrams from the peer namespace over the veth pair. The kernel
-    /// copies a linear UDP skb to the reader without the tracepoint
-    /// `lw_receive` hooks: this shows whether it runs at all.
-    ReceiveUdp,
-    /// A TCP stream over loopback: `lw_receive`'s early exit.
-    ReceiveLoopback,
-    /// `/bin/true` spawned and waited for in a loop: fork, exec, exit.
-    Spawn,
-    /// connect()+close() to a server in the peer namespace across the veth
-    /// pair: every outbound connection on the host (the connect hook's
-    /// early exit plus `LW_PENDING`, the state tracepoint's `connected`).
-    Outbound,
-    /// getsockopt(SO_RCVBUF) in a loop: what `lw_getsockopt` (attached at
-    /// the root) costs every getsockopt on the host.
-    Getsockopt,
-    /// socket()+bind(0.0.0.0:0)+close() in a loop: what `lw_bind4` costs a
-    /// TCP bind the guard (on, for the protected port) does not name.
-    Bind,
-}
-
-impl Workload {
-    const CONNECTS: [Self; 4] = [
-        Self::Protected,
-        Self::Unprotected,
-        Self::Protected6,
-        Self::Request,
-    ];
-    const ALL: [Self; 11] = [
-        Self::Protected,
-        Self::Unprotected,
-        Self::Protected6,
-        Self::Request,
-        Self::Outbound,
-        Self::ReceiveTcp,
-        Self::ReceiveUdp,
-        Self::ReceiveLoopback,
-        Self::Spawn,
-        Self::Getsockopt,
-        Self::Bind,
-    ];
-
-    pub fn is_receive(self) -> bool {
-        matches!(
-            self,
-            Self::ReceiveTcp | Self::ReceiveUdp | Self::ReceiveLoopback
-        )
-    }
-
-    /// What one operation of the load is.
-    pub fn op(self) -> &'static str {
-        match self {
-            Self::Protected | Self::Unprotected | Self::Protected6 | Self::Outbound => "connect",
-            Self::Request => "request",
-            Self::ReceiveTcp | Self::ReceiveLoopback => "read",
-            Self::ReceiveUdp => "datagram",
-            Self::Spawn => "spawn",
-            Self::Getsockopt => "getsockopt",
-            Self::Bind => "bind",
-        }
-    }
-
-    /// The unit of [`Workload::rate`].
-    pub fn unit(self) -> &'static str {
-        match self {
-            Self::ReceiveTcp | Self::ReceiveLoopback => "MB/s",
-            Self::ReceiveUdp => "datagrams/s",
-            Self::Spawn => "spawns/s",
-            Self::Getsockopt => "calls/s",
-            Self::Bind => "binds/s",
-            Self::Request => "requests/s",
-            _ => "connects/s",
-        }
-    }
-
-    /// Whether the load is a TCP stream, measured in bytes.
-    pub fn is_stream(self) -> bool {
-        matches!(self, Self::ReceiveTcp | Self::ReceiveLoopback)
-    }
-
-    /// The rate the rate table compares: bytes (MB/s) for the streams,
-    /// operations per second otherwise.
-    pub fn rate(self, run: &load::Run) -> f64 {
-        if self.is_stream() {
-            run.byte_rate() / 1e6
-        } else {
-            run.rate()
-        }
-    }
-
-    /// The loopwarden programs this load makes run; the cost table shows
-    /// these.
-    pub fn programs(self) -> &'static [&'static str] {
-        use loopwarden_common::programs as p;
-        match self {
-            Self::Protected | Self::Unprotected | Self::Outbound => &[p::CONNECT4, p::SOCK_STATE],
-            Self::Protected6 => &[p::CONNECT6, p::SOCK_STATE],
-            Self::Request => &[p::CONNECT4, p::SOCK_STATE, p::RECEIVE],
-            Self::ReceiveTcp | Self::ReceiveLoopback => &[p::RECEIVE],
-            Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
-            Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
-            Self::Getsockopt => &[p::GETSOCKOPT],
-            Self::Bind => &[p::BIND4],
-        }
-    }
-
-    /// Whether `loopwarden baseline` puts a no-op program on this load's
-    /// path (connect4 and the receive tracepoint; not connect6 or the
-    /// process tracepoints).
-    pub fn has_noop_hook(self) -> bool {
-        matches!(
-            self,
-            Self::Protected | Self::Unprotected | Self::Outbound | Self::Request
-        ) || self.is_receive()
-    }
-}
-
-impl fmt::Display for Workload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
-            Self::Protected => "protected",
-            Self::Unprotected => "unprotected",
-            Self::Protected6 => "protected6",
-            Self::Request => "request",
-            Self::Outbound => "outbound",
-            Self::ReceiveTcp => "recv-tcp",
-            Self::ReceiveUdp => "recv-udp",
-            Self::ReceiveLoopback => "recv-lo",
-            Self::Spawn => "spawn",
-            Self::Getsockopt => "getsockopt",
-            Self::Bind => "bind",
-        })
-    }
-}
-
-/// One measurement: a load run plus the BPF counters that moved meanwhile.
-pub struct Sample {
-    /// 0-based.
-    pub round: u32,
-    pub config: Config,
-    pub workload: Workload,
-    /// The rate window (BPF statistics off).
-    pub run: Run,
-    /// The window `progs` counts (statistics on).
-    pub counted: Run,
-    pub progs: Snapshot,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

@@ -3,21 +3,22 @@
 //! stream or UDP datagrams); a loop spawning `/bin/true`. All are hidden
 //! xtask subcommands started inside the bench namespaces with `ip netns
 //! exec`, so the client's executable is this binary (the daemon's rules can
-//! name it). Each prints one line, `ops=N bytes=B errors=E elapsed_ns=T`.
+//! name it). Each prints one line, `ops=N bytes=B errors=E elapsed_ns=T`,
+//! which [`drive`] reads back.
 
 use std::{
-    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    io::{ErrorKind, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
-    path::Path,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use super::netns::Netns;
-use crate::proc::{self, say};
+mod drive;
+
+pub use self::drive::{Run, Server, Target, run_client, run_receive, run_timed};
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
@@ -503,235 +504,6 @@ fn linger_zero(stream: &TcpStream) {
 fn die_with_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and has no other effects.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-}
-
-/// A running `bench-server`, killed on drop.
-pub struct Server {
-    child: Child,
-}
-
-/// Where `bench-client` connects.
-#[derive(Clone, Copy, Debug)]
-pub enum Target {
-    Loopback4,
-    Loopback6,
-    /// An address across the veth pair: an outbound connect.
-    Addr(IpAddr),
-}
-
-impl Server {
-    /// Listens on `ports` in `netns`: on the loopback addresses, or on
-    /// `addr`; answering each connection's request with `respond`.
-    pub fn start(
-        netns: &Netns,
-        xtask: &Path,
-        ports: &[u16],
-        addr: Option<IpAddr>,
-        respond: bool,
-    ) -> anyhow::Result<Self> {
-        let mut cmd = netns.exec(xtask);
-        cmd.arg("bench-server")
-            .args(ports.iter().map(u16::to_string));
-        if let Some(addr) = addr {
-            cmd.arg("--addr").arg(addr.to_string());
-        }
-        if respond {
-            cmd.arg("--respond");
-        }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-        say!("starting listeners on {ports:?} in {}", netns.name());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", proc::display(&cmd)))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let server = Self { child };
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .context("reading bench-server's output")?;
-        if line.trim() != "listening" {
-            bail!("bench-server did not start (said {:?})", line.trim());
-        }
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What one load run measured: operations (connects, reads, spawns) and
-/// bytes over the elapsed time.
-#[derive(Clone, Copy)]
-pub struct Run {
-    pub ops: u64,
-    pub bytes: u64,
-    pub errors: u64,
-    pub elapsed: Duration,
-}
-
-impl Run {
-    /// Operations per second.
-    pub fn rate(&self) -> f64 {
-        self.ops as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// Bytes per second.
-    pub fn byte_rate(&self) -> f64 {
-        self.bytes as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// Parses a helper's `ops=N bytes=B errors=E elapsed_ns=T` line.
-    fn parse(helper: &str, out: &str) -> anyhow::Result<Self> {
-        let field = |key: &str| -> anyhow::Result<u64> {
-            out.split_whitespace()
-                .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-                .and_then(|value| value.parse().ok())
-                .with_context(|| format!("{helper} printed no {key}: {out:?}"))
-        };
-        Ok(Self {
-            ops: field("ops")?,
-            bytes: field("bytes")?,
-            errors: field("errors")?,
-            elapsed: Duration::from_nanos(field("elapsed_ns")?),
-        })
-    }
-}
-
-/// Runs `bench-client` inside `netns` against `port` at `to` for
-/// `seconds`; with `request`, each connection carries a request and its
-/// response (a server started with `respond`).
-pub fn run_client(
-    netns: &Netns,
-    xtask: &Path,
-    port: u16,
-    to: Target,
-    seconds: f64,
-    request: bool,
-) -> anyhow::Result<Run> {
-    let mut cmd = netns.exec(xtask);
-    cmd.args(["bench-client", "--port", &port.to_string(), "--seconds"])
-        .arg(seconds.to_string());
-    if request {
-        cmd.arg("--request");
-    }
-    match to {
-        Target::Loopback4 => {}
-        Target::Loopback6 => {
-            cmd.arg("--ipv6");
-        }
-        Target::Addr(addr) => {
-            cmd.arg("--addr").arg(addr.to_string());
-        }
-    }
-    Run::parse("bench-client", &proc::output(&mut cmd)?)
-}
-
-/// Runs the timed loop `helper` (`bench-spawn`, `bench-getsockopt`,
-/// `bench-bind`) inside `netns` for `seconds`.
-pub fn run_timed(netns: &Netns, xtask: &Path, helper: &str, seconds: f64) -> anyhow::Result<Run> {
-    Run::parse(
-        helper,
-        &proc::output(
-            netns
-                .exec(xtask)
-                .args([helper, "--seconds"])
-                .arg(seconds.to_string()),
-        )?,
-    )
-}
-
-/// Runs `bench-receive` on `listen` inside `receiver` and `bench-send` to it
-/// from `sender`, for `seconds` of receiving.
-pub fn run_receive(
-    receiver: &Netns,
-    sender: &Netns,
-    xtask: &Path,
-    proto: Proto,
-    listen: SocketAddr,
-    seconds: f64,
-) -> anyhow::Result<Run> {
-    let mut cmd = receiver.exec(xtask);
-    cmd.args(["bench-receive", "--proto", proto.as_str(), "--listen"])
-        .arg(listen.to_string())
-        .arg("--seconds")
-        .arg(seconds.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    let mut receive = Helper::spawn(&mut cmd)?;
-    let mut stdout = BufReader::new(receive.stdout()?);
-    let mut line = String::new();
-    stdout
-        .read_line(&mut line)
-        .context("reading bench-receive's output")?;
-    if line.trim() != "listening" {
-        bail!("bench-receive did not start (said {:?})", line.trim());
-    }
-    let size = match proto {
-        Proto::Tcp => STREAM_CHUNK,
-        Proto::Udp => DATAGRAM_SIZE,
-    };
-    let _send = Helper::spawn(
-        sender
-            .exec(xtask)
-            .args(["bench-send", "--proto", proto.as_str(), "--to"])
-            .arg(listen.to_string())
-            .args(["--size", &size.to_string(), "--seconds"])
-            .arg((seconds + 10.0).to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null()),
-    )?;
-    // The receiver stops by itself after `seconds` of data, or a stall.
-    let mut out = String::new();
-    stdout
-        .read_to_string(&mut out)
-        .context("reading bench-receive's output")?;
-    let status = receive.wait()?;
-    if !status.success() {
-        bail!("bench-receive failed ({status}) on {proto:?} {listen}");
-    }
-    Run::parse("bench-receive", &out)
-}
-
-/// A helper process, killed on drop unless waited for.
-struct Helper {
-    child: Option<Child>,
-}
-
-impl Helper {
-    fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{}`", proc::display(cmd)))?;
-        Ok(Self { child: Some(child) })
-    }
-
-    fn stdout(&mut self) -> anyhow::Result<ChildStdout> {
-        self.child
-            .as_mut()
-            .and_then(|child| child.stdout.take())
-            .context("the helper's stdout is not piped")
-    }
-
-    fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let mut child = self
-            .child
-            .take()
-            .context("the helper was already waited for")?;
-        Ok(child.wait()?)
-    }
-}
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 #[cfg(test)]
