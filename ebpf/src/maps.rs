@@ -62,13 +62,9 @@ pub static RULES_ANCESTOR: HashMap<GenKey<ExeKey>, AncestorMasks> =
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
 /// Refusals only, apart from the other reports so a flood of those cannot
-/// push a refusal out: 1 MiB, about 3970 refusals. As large as `LW_EVENTS`:
-/// a refused connect costs the client no handshake, so one process offers
-/// refusals about three times as fast as allowed connects (some 28,000 a
-/// second from one python loop here), and the ring is what carries them
-/// over a moment the reader is off the CPU.
+/// push a refusal out: 256 KiB, about 990 refusals.
 #[map(name = "LW_DENIALS")]
-pub static DENIALS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static DENIALS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
 
 #[map(name = "LW_STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);

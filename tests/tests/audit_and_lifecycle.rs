@@ -208,9 +208,8 @@ fn events_the_ring_buffer_drops_are_counted_exactly_by_verdict() {
     let rule = rule("py", "deny", "exe", "/usr/bin/python3");
     let daemon = Daemon::start_with(&policy(&ns, "enforce", &rule), &["--repeat-interval", "1s"]);
     daemon.allow_error("events lost");
-    // Freeze the reader, flood the refusals' ring buffer (1 MiB, 264
-    // bytes a record: about 3970) with refused connects, then let the
-    // reader go.
+    // Freeze the reader, flood the refusals' ring buffer (256 KiB, 168
+    // bytes a record) with refused connects, then let the reader go.
     daemon.signal(libc::SIGSTOP);
     let script = format!(
         r#"

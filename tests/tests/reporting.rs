@@ -9,16 +9,20 @@ use loopwarden_tests::{
     Daemon, Netns, PROTECTED, TempDir, policy, rule, run, wait_for, wait_for_explained,
 };
 
-/// A python client connecting to the protected port as fast as it can for
-/// `seconds`; prints `pid ok refused` when done (reset on close: no
-/// TIME_WAIT, so ports never run out).
-fn flood_script(seconds: f64) -> String {
+/// A python client connecting to the protected port for `seconds`, as fast
+/// as it can or at most `per_second` (0: no limit); prints `pid ok refused`
+/// when done (reset on close: no TIME_WAIT, so ports never run out).
+fn flood_script(seconds: f64, per_second: u32) -> String {
     format!(
         r#"
 import os, socket, struct, time
 ok = refused = 0
-end = time.monotonic() + {seconds}
+start = time.monotonic()
+end = start + {seconds}
 while time.monotonic() < end:
+    if {per_second} and ok + refused >= {per_second} * (time.monotonic() - start):
+        time.sleep(0.001)
+        continue
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     try:
@@ -32,10 +36,10 @@ print(os.getpid(), ok, refused)
     )
 }
 
-fn flood(ns: &Netns, seconds: f64) -> (u32, u64, u64) {
+fn flood(ns: &Netns, seconds: f64, per_second: u32) -> (u32, u64, u64) {
     let out = run(ns
         .cmd("/usr/bin/python3")
-        .args(["-c", &flood_script(seconds)]));
+        .args(["-c", &flood_script(seconds, per_second)]));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut it = text
         .split_whitespace()
@@ -65,7 +69,7 @@ fn a_flood_from_one_relay_is_summarised_and_the_counts_add_up() {
         &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
         &["--repeat-interval", "1s"],
     );
-    let (pid, ok, refused) = flood(&ns, 3.0);
+    let (pid, ok, refused) = flood(&ns, 3.0, 0);
     assert_eq!(refused, 0);
     assert!(ok > 3000, "only {ok} connects: not a flood");
     let records = wait_for(
@@ -112,7 +116,7 @@ fn a_new_flow_inside_a_flood_is_reported_at_once() {
     );
     let dir = TempDir::new("newflow");
     let script = dir.path().join("flood.py");
-    std::fs::write(&script, flood_script(4.0)).expect("script");
+    std::fs::write(&script, flood_script(4.0, 0)).expect("script");
     let mut flood = ns.spawn("/usr/bin/python3", &[script.to_str().expect("utf-8")]);
     std::thread::sleep(Duration::from_millis(1000));
     flood.assert_running();
@@ -155,9 +159,14 @@ fn a_refusal_line_is_never_later_than_the_interval() {
         ),
         &["--repeat-interval", "1s"],
     );
-    let (pid, ok, refused) = flood(&ns, 3.0);
+    // Paced: unpaced, python offers some 28,000 refusals a second, which
+    // the refusals' ring (about 990 records) carries over only ~35 ms of
+    // the daemon off the CPU, and a busy host can take that from it. What
+    // this test is about is when the lines come, not the ring's size
+    // (`audit_and_lifecycle::events_the_ring_buffer_drops_*` overflows it).
+    let (pid, ok, refused) = flood(&ns, 3.0, 5000);
     assert_eq!(ok, 0);
-    assert!(refused > 1000, "only {refused} refusals");
+    assert!(refused > 3000, "only {refused} refusals");
     let refusals = || -> Vec<_> {
         daemon
             .timed_events()
@@ -209,7 +218,7 @@ fn human_summaries_carry_the_count() {
         &format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
         &["--repeat-interval", "1s", "--log-format", "human"],
     );
-    let (pid, ok, _) = flood(&ns, 1.5);
+    let (pid, ok, _) = flood(&ns, 1.5, 0);
     let pid_field = format!(" pid={pid} ");
     let total = wait_for("human lines adding up", Duration::from_secs(10), || {
         let total: u64 = daemon
