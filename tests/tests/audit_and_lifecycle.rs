@@ -202,20 +202,15 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
     assert!(!ns.socat_connect(&target).0, "still enforcing");
 }
 
-#[test]
-fn events_the_ring_buffer_drops_are_counted_exactly_by_verdict() {
-    let ns = Netns::new();
-    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
-    let daemon = Daemon::start_with(&policy(&ns, "enforce", &rule), &["--repeat-interval", "1s"]);
-    daemon.allow_error("events lost");
-    // Freeze the reader, flood the refusals' ring buffer (256 KiB, 168
-    // bytes a record) with refused connects, then let the reader go.
+/// Refused connects from python3 while the daemon is frozen (SIGSTOP),
+/// then lets it go; returns how many connects were refused.
+fn refused_while_frozen(ns: &Netns, daemon: &Daemon, connects: u32) -> u64 {
     daemon.signal(libc::SIGSTOP);
     let script = format!(
         r#"
 import socket
 refused = 0
-for _ in range(12000):
+for _ in range({connects}):
     s = socket.socket()
     try:
         s.connect(("127.0.0.1", {PROTECTED}))
@@ -227,11 +222,61 @@ print(refused)
     );
     let out = run(ns.cmd("/usr/bin/python3").args(["-c", &script]));
     daemon.signal(libc::SIGCONT);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "12000",
-        "{out:?}"
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{out:?}"))
+}
+
+/// Refusals the daemon's lines stand for (alone or in a summary's count).
+fn refusals_reported(daemon: &Daemon) -> u64 {
+    daemon
+        .events()
+        .iter()
+        .filter(|e| e["verdict"] == "deny")
+        .map(|e| e["repeat"]["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+#[test]
+fn refusals_past_their_own_ring_buffer_spill_into_the_other_and_none_is_lost() {
+    let ns = Netns::new();
+    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
+    let daemon = Daemon::start_with(&policy(&ns, "enforce", &rule), &["--repeat-interval", "1s"]);
+    // Three times what `LW_DENIALS` holds (256 KiB, 264 bytes a record:
+    // about 990), less than it and `LW_EVENTS` (1 MiB) together.
+    assert_eq!(refused_while_frozen(&ns, &daemon, 3000), 3000);
+    loopwarden_tests::wait_for_explained(
+        "every refusal reported",
+        std::time::Duration::from_secs(10),
+        || (refusals_reported(&daemon) == 3000).then_some(()),
+        || {
+            format!(
+                ": {} reported; the daemon's stderr:\n{}",
+                refusals_reported(&daemon),
+                daemon.stderr_text()
+            )
+        },
     );
+    // A full count of the kernel's counters (once a second) later: nothing
+    // was counted lost.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !daemon.stderr_text().contains("events lost"),
+        "{}",
+        daemon.stderr_text()
+    );
+}
+
+#[test]
+fn events_the_ring_buffer_drops_are_counted_exactly_by_verdict() {
+    let ns = Netns::new();
+    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
+    let daemon = Daemon::start_with(&policy(&ns, "enforce", &rule), &["--repeat-interval", "1s"]);
+    daemon.allow_error("events lost");
+    // More refusals than both ring buffers hold (about 4,960 records:
+    // refusals spill from `LW_DENIALS` into `LW_EVENTS`).
+    assert_eq!(refused_while_frozen(&ns, &daemon, 12000), 12000);
     daemon.wait_stderr("events lost", 1);
     // Every refusal is either in a line (alone or counted in a summary) or
     // in the lost count: exactly, per verdict.
@@ -239,12 +284,7 @@ print(refused)
         "every refusal reported or counted lost",
         std::time::Duration::from_secs(10),
         || {
-            let reported: u64 = daemon
-                .events()
-                .iter()
-                .filter(|e| e["verdict"] == "deny")
-                .map(|e| e["repeat"]["count"].as_u64().unwrap_or(1))
-                .sum();
+            let reported = refusals_reported(&daemon);
             let lost = lost(&daemon, "lost_deny");
             (reported + lost == 12000).then_some((reported, lost))
         },

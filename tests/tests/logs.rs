@@ -38,12 +38,13 @@ fn one_of_each(ns: &Netns) {
     assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
 }
 
-/// Freezes the daemon while python3 makes 3,000 refused connects (more
-/// than the refusals' ring buffer holds), then lets it go.
+/// Freezes the daemon while python3 makes 8,000 refused connects (more
+/// than the ring buffers hold: about 4,960, refusals spilling from their
+/// own into the other), then lets it go.
 fn overflow(ns: &Netns, daemon: &Daemon) {
     daemon.signal(libc::SIGSTOP);
     let script = format!(
-        "import socket\nfor _ in range(3000):\n    s = socket.socket()\n    try:\n        \
+        "import socket\nfor _ in range(8000):\n    s = socket.socket()\n    try:\n        \
          s.connect(('127.0.0.1', {PROTECTED}))\n    except ConnectionRefusedError:\n        \
          pass\n    s.close()\n"
     );

@@ -175,11 +175,16 @@ impl Reporter {
         if self.interval.is_some() {
             let key = FlowKey::of(ev);
             if let Some(flow) = self.flows.get_mut(&key) {
-                if flow.count == 0 {
+                // Refusals that spilled into the other ring (see
+                // `ebpf/src/connect/record.rs`) are read after newer ones:
+                // the summary spans the earliest and the latest.
+                if flow.count == 0 || ev.ktime_ns < flow.first_ktime_ns {
                     flow.first_ktime_ns = ev.ktime_ns;
                 }
+                if flow.count == 0 || ev.ktime_ns >= flow.last.ktime_ns {
+                    flow.last = *ev;
+                }
                 flow.count += 1;
-                flow.last = *ev;
                 return;
             }
             if self.flows.len() >= MAX_FLOWS {
@@ -376,6 +381,33 @@ mod tests {
                 summaries: 1,
                 summarised: 999
             }
+        );
+    }
+
+    #[test]
+    fn a_summary_spans_reports_read_out_of_order() {
+        // Refusals read from the refusals' ring, then older ones that
+        // spilled into the other ring (times in seconds since boot).
+        let (mut r, out) = reporter(Duration::from_secs(1));
+        for second in [1, 5, 6, 2, 3] {
+            let ktime = second * 1_000_000_000;
+            r.event(&event(u32::MAX - 3, 8080, ktime, verdict::DENY));
+        }
+        r.summarise();
+        let lines = out.lines();
+        let repeat = &lines[1]["repeat"];
+        assert_eq!(repeat["count"], 4);
+        assert_eq!(
+            lines[1]["socket_cookie"], 6_000_000_000u64,
+            "the latest report's fields"
+        );
+        assert_eq!(repeat["last"], lines[1]["time"]);
+        let at = |field: &str| humantime::parse_rfc3339(repeat[field].as_str().unwrap()).unwrap();
+        // From the earliest of the four (2 s) to the latest (6 s).
+        let span = at("last").duration_since(at("first")).unwrap();
+        assert!(
+            span.abs_diff(Duration::from_secs(4)) < Duration::from_millis(5),
+            "{repeat}"
         );
     }
 

@@ -5,6 +5,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_get_socket_cookie,
+    maps::ring_buf::RingBufEntry,
     programs::SockAddrContext,
 };
 use loopwarden_common::{
@@ -51,30 +52,44 @@ pub fn report_guard(
         tgid: task.tgid(),
     };
     // Written straight into the ring buffer.
-    let deny = outcome == verdict::DENY;
-    let reserved = if deny {
-        DENIALS.reserve::<ConnectEvent>(0)
-    } else {
-        EVENTS.reserve::<ConnectEvent>(0)
-    };
-    match reserved {
+    match reserve(outcome == verdict::DENY) {
         None => {
             count(stats::DROPPED);
             count(stats::DROPPED_BY_VERDICT + u32::from(outcome & 3));
         }
-        Some(mut entry) => {
+        Some((mut entry, in_denials)) => {
             // SAFETY: plain helper call valid for sock_addr programs.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             fill(entry.as_mut_ptr(), cookie, &d, at, family, seq);
-            entry.submit(wakeup_flags(deny));
+            entry.submit(wakeup_flags(in_denials));
             count(stats::REPORTED);
         }
     }
 }
 
+/// A record for a report, and whether it is in `LW_DENIALS` (for the
+/// wakeup). A refusal's goes in `LW_DENIALS`, or, when that ring is full,
+/// in `LW_EVENTS`: refusals are lost only once both are full (about 4,960
+/// records; `LW_DENIALS` alone carries a fast refusal flood over only some
+/// 35 ms of the reader off the CPU). Every other report's goes in
+/// `LW_EVENTS`, which a flood of those may fill without touching
+/// `LW_DENIALS`. A refusal tries `LW_EVENTS` only when `LW_DENIALS` is
+/// full: this costs it nothing otherwise.
+#[inline(always)]
+fn reserve(deny: bool) -> Option<(RingBufEntry<ConnectEvent>, bool)> {
+    if deny && let Some(entry) = DENIALS.reserve::<ConnectEvent>(0) {
+        return Some((entry, true));
+    }
+    EVENTS
+        .reserve::<ConnectEvent>(0)
+        .map(|entry| (entry, false))
+}
+
 /// Waking the reader costs about as much as the rest of the report (an
 /// irq_work per event), so reports are collected by the daemon's periodic
-/// drain, and only these wake it at once:
+/// drain, and only these wake it at once (`denials`: the record is in
+/// `LW_DENIALS`; a refusal spilled into `LW_EVENTS` is woken for as the
+/// other reports there are):
 /// - a refusal that finds `LW_DENIALS` empty, and then one refusal in
 ///   [`WAKEUP_EVERY`] while any are queued;
 /// - in `LW_EVENTS`, past a backlog of [`WAKEUP_BACKLOG`] bytes, one record
@@ -86,16 +101,16 @@ pub fn report_guard(
 /// long before the ring buffer fills. Every record in a ring has the same
 /// size, so the queued bytes count whole records.
 #[inline(always)]
-fn wakeup_flags(deny: bool) -> u64 {
+fn wakeup_flags(denials: bool) -> u64 {
     let record = RECORD_BYTES;
     // Includes the record being submitted (reserved space counts).
-    let queued = if deny {
+    let queued = if denials {
         DENIALS.query(BPF_RB_AVAIL_DATA as u64)
     } else {
         EVENTS.query(BPF_RB_AVAIL_DATA as u64)
     };
-    let backlog = if deny { record } else { WAKEUP_BACKLOG };
-    if (deny && queued <= record)
+    let backlog = if denials { record } else { WAKEUP_BACKLOG };
+    if (denials && queued <= record)
         || (queued >= backlog && (queued / record).is_multiple_of(WAKEUP_EVERY))
     {
         BPF_RB_FORCE_WAKEUP as u64
@@ -111,8 +126,8 @@ const WAKEUP_EVERY: u64 = 32;
 
 /// Writes the connect's record: kept as the connection's origin if `tag`
 /// (built in place in its `LW_ORIGIN_PENDING` entry, see
-/// [`crate::origin`]), and reported (refusals into `LW_DENIALS`, the rest
-/// into `LW_EVENTS`) if the decision says so: copied from the origin, or
+/// [`crate::origin`]), and reported (into the ring [`reserve`] picks) if
+/// the decision says so: copied from the origin, or
 /// built in place in the ring buffer. No per-CPU scratch: a cgroup program
 /// can be preempted (it only runs with migration disabled), so another
 /// task's connect on the same CPU could overwrite it mid-record. A full
@@ -140,13 +155,7 @@ pub(super) fn record(
     if !d.report {
         return;
     }
-    let deny = d.outcome == verdict::DENY;
-    let reserved = if deny {
-        DENIALS.reserve::<ConnectEvent>(0)
-    } else {
-        EVENTS.reserve::<ConnectEvent>(0)
-    };
-    let Some(mut entry) = reserved else {
+    let Some((mut entry, in_denials)) = reserve(d.outcome == verdict::DENY) else {
         count(stats::DROPPED);
         count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
         if kept.is_none() {
@@ -164,7 +173,7 @@ pub(super) fn record(
             decided(out);
         }
     }
-    entry.submit(wakeup_flags(deny));
+    entry.submit(wakeup_flags(in_denials));
     count(stats::REPORTED);
 }
 
