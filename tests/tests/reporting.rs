@@ -160,10 +160,10 @@ fn a_refusal_line_is_never_later_than_the_interval() {
         &["--repeat-interval", "1s"],
     );
     // Paced: unpaced, python offers some 28,000 refusals a second, which
-    // the refusals' ring (about 990 records) carries over only ~35 ms of
-    // the daemon off the CPU, and a busy host can take that from it. What
-    // this test is about is when the lines come, not the ring's size
-    // (`audit_and_lifecycle::events_the_ring_buffer_drops_*` overflows it).
+    // the rings (about 990 records in `LW_DENIALS`, then room in
+    // `LW_EVENTS`) carry over only ~175 ms of the daemon off the CPU, and a
+    // busy host can take that from it. What this test is about is when the
+    // lines come, not the rings' size (`audit_and_lifecycle` fills them).
     let (pid, ok, refused) = flood(&ns, 3.0, 5000);
     assert_eq!(ok, 0);
     assert!(refused > 3000, "only {refused} refusals");
