@@ -70,6 +70,11 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Connects an audit record stands for: 1, or its summary's count.
+pub fn connects(record: &Value) -> u64 {
+    record["repeat"]["count"].as_u64().unwrap_or(1)
+}
+
 /// Waits until `f` returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
     wait_for_explained(what, timeout, f, String::new)
@@ -600,6 +605,13 @@ impl Daemon {
             );
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Fails unless the daemon's stderr is free of `events lost` lines (no
+    /// report the kernel could not queue).
+    pub fn assert_no_reports_lost(&self) {
+        let stderr = self.stderr_text();
+        assert!(!stderr.contains("events lost"), "{stderr}");
     }
 
     /// Everything the daemon wrote to stderr so far.

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, TempDir, policy, rule, run, wait_for, wait_for_explained,
+    Daemon, Netns, PROTECTED, TempDir, connects, policy, rule, run, wait_for, wait_for_explained,
 };
 
 /// A python client connecting to the protected port for `seconds`, as fast
@@ -46,11 +46,6 @@ fn flood(ns: &Netns, seconds: f64, per_second: u32) -> (u32, u64, u64) {
         .map(|n| n.parse::<u64>().expect("a number"));
     let pid = it.next().expect("pid") as u32;
     (pid, it.next().expect("ok"), it.next().expect("refused"))
-}
-
-/// Connects a record stands for: 1, or its summary's count.
-fn connects(e: &serde_json::Value) -> u64 {
-    e["repeat"]["count"].as_u64().unwrap_or(1)
 }
 
 fn of_pid(daemon: &Daemon, pid: u32, verdict: &str) -> Vec<serde_json::Value> {
@@ -98,11 +93,7 @@ fn a_flood_from_one_relay_is_summarised_and_the_counts_add_up() {
         assert!(s["repeat"]["first"].as_str() <= s["repeat"]["last"].as_str());
         assert_eq!(s["repeat"]["last"], s["time"], "{s}");
     }
-    assert!(
-        !daemon.stderr_text().contains("events lost"),
-        "{}",
-        daemon.stderr_text()
-    );
+    daemon.assert_no_reports_lost();
 }
 
 #[test]
