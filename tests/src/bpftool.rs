@@ -1,0 +1,83 @@
+//! What `bpftool` shows of the kernel: loaded programs, and a test
+//! install's pinned maps and their entries.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+use crate::{Install, run};
+
+/// Ids of loaded programs named `name` (from `bpftool`).
+pub fn prog_ids(name: &str) -> Vec<u64> {
+    let out = run(Command::new("bpftool").args(["-j", "prog", "show"]));
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    progs
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|p| p["name"] == name)
+                .filter_map(|p| p["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every entry of `install`'s pinned map `name`, as bpftool dumps it.
+pub fn map_dump(install: &Install, name: &str) -> Vec<Value> {
+    let map = install.pin_dir().join("maps").join(name);
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&map));
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+}
+
+/// What bpftool shows of `install`'s pinned map `name` (`id`,
+/// `max_entries`, ...).
+pub fn map_show(install: &Install, name: &str) -> Value {
+    let map = install.pin_dir().join("maps").join(name);
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&map));
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+}
+
+/// The bytes of a bpftool JSON byte list (`["0x01", ...]`).
+pub fn hex_bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .expect("a byte list")
+        .iter()
+        .map(|b| {
+            let hex = b.as_str().expect("a hex byte").trim_start_matches("0x");
+            u8::from_str_radix(hex, 16).expect("a hex byte")
+        })
+        .collect()
+}
+
+/// `bytes` as bpftool's `hex` arguments.
+pub fn hex_args(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The policy generation (first key word) of every entry in the pinned
+/// map at `path` (one of a test install's own maps).
+pub fn map_generations(path: &Path) -> Vec<u8> {
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(path));
+    let dump: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let entries: Vec<&Value> = match &dump {
+        // One map: a list of entries; several: a list of lists.
+        Value::Array(items) if items.iter().all(Value::is_array) => {
+            items.iter().filter_map(Value::as_array).flatten().collect()
+        }
+        Value::Array(items) => items.iter().collect(),
+        _ => Vec::new(),
+    };
+    entries
+        .iter()
+        .filter_map(|e| e["key"].as_array()?.first()?.as_str().map(str::to_owned))
+        .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+        .collect()
+}

@@ -1,0 +1,451 @@
+//! The daemon under test: where its pins and config live ([`Install`]),
+//! the running `loopwarden run` with its captured output ([`Daemon`]), and
+//! the checks made on what it reported.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{TempDir, loopwarden_bin, require_root, run, wait_for};
+
+/// Shared, growing capture of a child's output lines.
+type Lines = Arc<Mutex<Vec<String>>>;
+/// When each captured line arrived (same indexes as its [`Lines`]).
+type Arrivals = Arc<Mutex<Vec<std::time::SystemTime>>>;
+
+fn capture(stream: impl std::io::Read + Send + 'static) -> (Lines, Arrivals) {
+    let lines: Lines = Arc::default();
+    let arrivals: Arrivals = Arc::default();
+    let (sink, times) = (Arc::clone(&lines), Arc::clone(&arrivals));
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let now = std::time::SystemTime::now();
+            if let (Ok(mut v), Ok(mut t)) = (sink.lock(), times.lock()) {
+                v.push(line);
+                t.push(now);
+            }
+        }
+    });
+    (lines, arrivals)
+}
+
+/// Where one test's daemons live: a directory for the config and the
+/// instance lock, and a bpffs pin directory of the test's own. Daemons
+/// started in the same `Install` (one after another) adopt each other's
+/// pins, as a restarted daemon does. On drop, `loopwarden detach` removes
+/// whatever is pinned, and the test fails if anything is left.
+pub struct Install {
+    dir: TempDir,
+    pin_dir: PathBuf,
+}
+
+impl Install {
+    pub fn new() -> Arc<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        require_root();
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/lwt-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        Arc::new(Self {
+            dir: TempDir::new("daemon"),
+            pin_dir,
+        })
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("loopwarden.toml")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// `--run-dir DIR --pin-dir DIR` for a loopwarden command.
+    pub fn dir_args(&self) -> Vec<String> {
+        vec![
+            "--run-dir".into(),
+            self.run_dir().display().to_string(),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+        ]
+    }
+
+    /// Runs `loopwarden detach` for this install.
+    pub fn detach(&self) -> Output {
+        run(Command::new(loopwarden_bin())
+            .arg("detach")
+            .args(self.dir_args()))
+    }
+
+    /// Ids of the programs the pinned links run (bpftool), this install's only.
+    pub fn linked_prog_ids(&self) -> Vec<u64> {
+        ["lw_connect4", "lw_connect6"]
+            .iter()
+            .filter_map(|name| {
+                let pin = self.pin_dir.join("links").join(name);
+                let out = run(Command::new("bpftool")
+                    .args(["-j", "link", "show", "pinned"])
+                    .arg(&pin));
+                let link: Value = serde_json::from_slice(&out.stdout).ok()?;
+                link["prog_id"].as_u64()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        let out = self.detach();
+        let left = self.pin_dir.exists();
+        if left {
+            // Never leave enforcement behind, even when detach failed.
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+        if !thread::panicking() {
+            assert!(
+                out.status.success(),
+                "loopwarden detach failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                !left,
+                "{} still existed after detach",
+                self.pin_dir.display()
+            );
+        }
+    }
+}
+
+/// A running `loopwarden run`. On drop it is stopped with SIGTERM and the
+/// test fails (unless it is already failing) if the daemon exited non-zero
+/// or logged an error the test did not declare with [`Daemon::allow_error`].
+pub struct Daemon {
+    child: Option<Child>,
+    stdout: Lines,
+    stdout_arrivals: Arrivals,
+    stderr: Lines,
+    install: Arc<Install>,
+    /// Substrings of ERROR lines this test expects.
+    allowed_errors: Mutex<Vec<String>>,
+    /// Killed on purpose: its exit status says nothing.
+    killed: bool,
+}
+
+impl Daemon {
+    /// Starts the daemon on `config` (TOML text) with JSON audit lines, and
+    /// waits until it reports ready.
+    pub fn start(config: &str) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra `run` arguments.
+    pub fn start_with(config: &str, extra: &[&str]) -> Self {
+        Self::start_in(&Install::new(), config, extra)
+    }
+
+    /// Starts a daemon in an existing install (adopting what an earlier
+    /// daemon of that install pinned) and waits until it is ready.
+    pub fn start_in(install: &Arc<Install>, config: &str, extra: &[&str]) -> Self {
+        let mut daemon = Self::spawn_in(install, config, extra, "info");
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Like [`Daemon::start`], with debug logging (kernel-side debug records too).
+    pub fn start_debug(config: &str) -> Self {
+        let mut daemon = Self::spawn_in(&Install::new(), config, &[], "debug");
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts the daemon without waiting for it.
+    pub fn spawn(config: &str, extra: &[&str]) -> Self {
+        Self::spawn_in(&Install::new(), config, extra, "info")
+    }
+
+    /// Starts a daemon in `install` without waiting for it.
+    ///
+    /// Unless `extra` says otherwise, with `--repeat-interval 0`: a line per
+    /// report, which is what tests that count records rely on. Tests of
+    /// summaries pass `--repeat-interval` themselves.
+    pub fn spawn_in(install: &Arc<Install>, config: &str, extra: &[&str], log: &str) -> Self {
+        require_root();
+        let config_path = install.config_path();
+        std::fs::write(&config_path, config).expect("writing the test config");
+        let mut cmd = Command::new(loopwarden_bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--log-format", "json"])
+            // Tests read diagnostics as `key=value` text.
+            .args(["--diagnostics-format", "human"])
+            .args(install.dir_args());
+        if !extra.contains(&"--repeat-interval") {
+            cmd.args(["--repeat-interval", "0"]);
+        }
+        cmd.args(extra).env("LOOPWARDEN_LOG", log);
+        Self::spawn_cmd(install, cmd)
+    }
+
+    /// Starts `cmd` (a `loopwarden run` of `install`, perhaps wrapped, e.g.
+    /// in `unshare`) and waits until it is ready.
+    pub fn start_cmd(install: &Arc<Install>, cmd: Command) -> Self {
+        let mut daemon = Self::spawn_cmd(install, cmd);
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn spawn_cmd(install: &Arc<Install>, mut cmd: Command) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("starting {cmd:?} failed: {e} (build it: cargo xtask build)")
+        });
+        let (stdout, stdout_arrivals) = capture(child.stdout.take().expect("piped stdout"));
+        let (stderr, _) = capture(child.stderr.take().expect("piped stderr"));
+        Self {
+            child: Some(child),
+            stdout,
+            stdout_arrivals,
+            stderr,
+            install: Arc::clone(install),
+            allowed_errors: Mutex::new(Vec::new()),
+            killed: false,
+        }
+    }
+
+    /// The install (config, run and pin directories) of this daemon.
+    pub fn install(&self) -> &Arc<Install> {
+        &self.install
+    }
+
+    /// Declares that an ERROR line containing `text` is expected.
+    pub fn allow_error(&self, text: &str) {
+        if let Ok(mut v) = self.allowed_errors.lock() {
+            v.push(text.to_owned());
+        }
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.stderr_text().contains("ready:") {
+            // A daemon that died will never be ready: fail with its output.
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "the daemon exited ({status}) before ready:\n{}",
+                    self.stderr_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the daemon to report ready:\n{}",
+                self.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails unless the daemon's stderr is free of `events lost` lines (no
+    /// report the kernel could not queue).
+    pub fn assert_no_reports_lost(&self) {
+        let stderr = self.stderr_text();
+        assert!(!stderr.contains("events lost"), "{stderr}");
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|v| v.join("\n")).unwrap_or_default()
+    }
+
+    /// Audit records (JSON lines on stdout) so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The audit records of rule `rule` about process `pid` so far.
+    pub fn reports(&self, rule: &str, pid: u32) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["rule"] == rule && e["pid"] == pid)
+            .collect()
+    }
+
+    /// Waits for an audit record matching `pred`.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit record {what}; records: {:#?}\nstderr:\n{}",
+                self.events(),
+                self.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The config file the daemon was started with (tests may rewrite it).
+    pub fn config_path(&self) -> PathBuf {
+        self.install.config_path()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// SIGKILL, and waits until the process is gone: what an OOM kill does.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.killed = true;
+    }
+
+    /// Waits until the daemon's stderr contains `text` (at least `count` times).
+    pub fn wait_stderr(&self, text: &str, count: usize) {
+        wait_for(
+            &format!("{text:?} on the daemon's stderr"),
+            Duration::from_secs(15),
+            || (self.stderr_text().matches(text).count() >= count).then_some(()),
+        );
+    }
+
+    /// Raw stdout lines so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Audit records (JSON lines on stdout) so far, each with the time this
+    /// process read it from the daemon's stdout.
+    pub fn timed_events(&self) -> Vec<(std::time::SystemTime, Value)> {
+        let lines = self.stdout_lines();
+        let times = self
+            .stdout_arrivals
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        lines
+            .iter()
+            .zip(times)
+            .filter_map(|(l, t)| Some((t, serde_json::from_str(l).ok()?)))
+            .collect()
+    }
+
+    /// ERROR lines on stderr that no [`Daemon::allow_error`] covers.
+    pub fn unexpected_errors(&self) -> Vec<String> {
+        let allowed = self
+            .allowed_errors
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        self.stderr
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|l| {
+                        l.contains(" ERROR ")
+                            || l.contains("\"level\":\"error\"")
+                            || l.contains("loopwarden: error:")
+                    })
+                    .filter(|l| !allowed.iter().any(|a| l.contains(a.as_str())))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let running = self.child.is_some();
+        let clean = self.stop();
+        if thread::panicking() {
+            return;
+        }
+        assert!(
+            !running || clean || self.killed,
+            "the daemon did not exit 0 on SIGTERM:\n{}",
+            self.stderr_text()
+        );
+        let errors = self.unexpected_errors();
+        assert!(
+            errors.is_empty(),
+            "the daemon logged errors the test did not expect:\n{}",
+            errors.join("\n")
+        );
+    }
+}
+
+/// Fails unless the daemon's deny records are exactly those of `pids`.
+/// Records arrive in the order the kernel wrote them: once the last expected
+/// one is in, an earlier control's refusal would be too.
+pub fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
+    let mut denied: Vec<String> = daemon
+        .events()
+        .iter()
+        .filter(|e| e["verdict"] == "deny")
+        .map(|e| e["pid"].to_string())
+        .collect();
+    denied.sort();
+    let mut expected: Vec<String> = pids.iter().map(|p| (*p).to_owned()).collect();
+    expected.sort();
+    assert_eq!(denied, expected, "deny records: {:#?}", daemon.events());
+}
