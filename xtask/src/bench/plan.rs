@@ -36,17 +36,8 @@ pub enum Config {
 }
 
 impl Config {
-    /// The configurations compared in the rate table.
-    pub(super) const ALL: [Self; 7] = [
-        Self::Absent,
-        Self::Audit,
-        Self::Enforce,
-        Self::Untagged,
-        Self::ReportAll,
-        Self::EgressNamed,
-        Self::EgressOther,
-    ];
-    /// Every phase of a round, in the order it runs.
+    /// Every phase of a round, in the order it runs (and the rate table's
+    /// rows).
     pub(super) const PHASES: [Self; 8] = [
         Self::Absent,
         Self::Baseline,

@@ -205,10 +205,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
         } else {
             Config::Absent
         };
-        for config in [Config::Absent, Config::Baseline]
-            .into_iter()
-            .chain(Config::ALL.into_iter().filter(|c| *c != Config::Absent))
-        {
+        for config in Config::PHASES {
             if config == Config::Baseline && reference != Config::Baseline {
                 continue;
             }
