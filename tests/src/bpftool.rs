@@ -24,20 +24,20 @@ pub fn prog_ids(name: &str) -> Vec<u64> {
 
 /// Every entry of `install`'s pinned map `name`, as bpftool dumps it.
 pub fn map_dump(install: &Install, name: &str) -> Vec<Value> {
-    let map = install.pin_dir().join("maps").join(name);
-    let out = run(Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&map));
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).expect("bpftool's JSON")
+    serde_json::from_value(pinned_map(install, "dump", name)).expect("bpftool's entry list")
 }
 
 /// What bpftool shows of `install`'s pinned map `name` (`id`,
 /// `max_entries`, ...).
 pub fn map_show(install: &Install, name: &str) -> Value {
+    pinned_map(install, "show", name)
+}
+
+/// `bpftool -j map VERB pinned` of `install`'s map `name`, which must succeed.
+fn pinned_map(install: &Install, verb: &str, name: &str) -> Value {
     let map = install.pin_dir().join("maps").join(name);
     let out = run(Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
+        .args(["-j", "map", verb, "pinned"])
         .arg(&map));
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).expect("bpftool's JSON")

@@ -116,23 +116,21 @@ impl Netns {
     /// Waits until something listens on TCP `port` in the namespace (checked
     /// with `ss`, without connecting).
     pub fn wait_listening(&self, port: u16) {
-        wait_for(
-            &format!("a listener on port {port} in {}", self.name),
-            Duration::from_secs(10),
-            || {
-                let out = run(self.cmd("ss").args(["-Hltn", &format!("sport = :{port}")]));
-                (!out.stdout.is_empty()).then_some(())
-            },
-        );
+        self.wait_bound("-Hltn", &format!("a listener on port {port}"), port);
     }
 
     /// Waits until something is bound to UDP `port` in the namespace.
     pub fn wait_udp_bound(&self, port: u16) {
+        self.wait_bound("-Hlun", &format!("a UDP socket on port {port}"), port);
+    }
+
+    /// Waits until `ss FLAGS` lists a socket on local `port`.
+    fn wait_bound(&self, flags: &str, what: &str, port: u16) {
         wait_for(
-            &format!("a UDP socket on port {port} in {}", self.name),
+            &format!("{what} in {}", self.name),
             Duration::from_secs(10),
             || {
-                let out = run(self.cmd("ss").args(["-Hlun", &format!("sport = :{port}")]));
+                let out = run(self.cmd("ss").args([flags, &format!("sport = :{port}")]));
                 (!out.stdout.is_empty()).then_some(())
             },
         );
