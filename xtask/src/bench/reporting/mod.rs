@@ -16,8 +16,6 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -26,6 +24,13 @@ use anyhow::Context as _;
 
 use super::{Bench, toml_str, warden::Warden};
 use crate::proc::{self, say};
+
+mod flood;
+mod output;
+
+pub use flood::{FloodArgs, flood};
+pub use output::print;
+use output::{count_output, word_value};
 
 /// Reports per second the targets name.
 const RATES: [u64; 3] = [10_000, 50_000, 100_000];
@@ -39,76 +44,6 @@ const RSS_TARGET_MIB: f64 = 15.0;
 const PAUSED: &str = "distinct, paused";
 /// How long the idle daemon is watched.
 const IDLE: Duration = Duration::from_secs(10);
-
-#[derive(clap::Args)]
-pub struct FloodArgs {
-    #[arg(long)]
-    pub port: u16,
-    #[arg(long)]
-    pub seconds: f64,
-    /// Connects per second offered (all threads together).
-    #[arg(long)]
-    pub rate: u64,
-    #[arg(long, default_value_t = 2)]
-    pub threads: u32,
-    /// Each connect to another 127.1.x.y address: every report a new flow.
-    #[arg(long)]
-    pub distinct: bool,
-}
-
-/// `bench-flood`: paced connects; prints `attempts=N refused=R elapsed_ns=T`.
-pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and has no other effects.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let duration = Duration::from_secs_f64(args.seconds);
-    let per_thread = args.rate as f64 / f64::from(args.threads);
-    let start = Instant::now();
-    let threads: Vec<_> = (0..args.threads)
-        .map(|t| {
-            let (port, distinct) = (args.port, args.distinct);
-            std::thread::spawn(move || {
-                let (mut attempts, mut refused) = (0u64, 0u64);
-                let mut addr = 0u32;
-                while start.elapsed() < duration {
-                    // Paced in steps of 64 connects.
-                    let due = start + Duration::from_secs_f64(attempts as f64 / per_thread);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    for _ in 0..64 {
-                        let ip = if distinct {
-                            addr = addr.wrapping_add(1);
-                            let a = (addr & 0x7fff) | (t << 15);
-                            Ipv4Addr::new(127, 1, (a >> 8) as u8, a as u8)
-                        } else {
-                            Ipv4Addr::LOCALHOST
-                        };
-                        attempts += 1;
-                        match TcpStream::connect(SocketAddr::from((ip, port))) {
-                            Ok(_) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                                refused += 1;
-                            }
-                            Err(_) => {}
-                        }
-                    }
-                }
-                (attempts, refused)
-            })
-        })
-        .collect();
-    let (mut attempts, mut refused) = (0, 0);
-    for thread in threads {
-        let (a, r) = thread.join().expect("a flood thread panicked");
-        attempts += a;
-        refused += r;
-    }
-    println!(
-        "attempts={attempts} refused={refused} elapsed_ns={}",
-        start.elapsed().as_nanos()
-    );
-    Ok(())
-}
 
 /// One reporting measurement.
 pub struct Row {
@@ -148,7 +83,7 @@ pub struct Results {
     pub rows: Vec<Row>,
 }
 
-/// Bytes on CPU of every thread of `pid`, in ns.
+/// Time on CPU of every thread of `pid`, in ns.
 fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
@@ -385,160 +320,4 @@ impl Bench<'_> {
             rss_max_mib: rss_max,
         })
     }
-}
-
-#[derive(Default)]
-struct Counts {
-    lines: u64,
-    summaries: u64,
-    summarised: u64,
-    lost: u64,
-}
-
-/// Counts a daemon log (stdout and stderr together): audit lines (JSON
-/// objects with a verdict, or human lines with ` rule=` and ` dst=`),
-/// summaries and their counts, and the `lost_total` of `events lost` lines
-/// (human or JSON diagnostics).
-fn count_output(log: &Path) -> anyhow::Result<Counts> {
-    let text = fs::read_to_string(log).with_context(|| format!("cannot read {}", log.display()))?;
-    let mut c = Counts::default();
-    for line in text.lines() {
-        if line.contains("events lost") {
-            // A human diagnostic (`lost_total=N`) or a JSON one (`"lost_total":N`).
-            c.lost += word_value(line, "lost_total=")
-                .or_else(|| json_number(line, "lost_total"))
-                .unwrap_or(0);
-            continue;
-        }
-        // JSON diagnostics are objects too: audit lines are those with a verdict.
-        let json = line.starts_with('{') && line.contains("\"verdict\":");
-        if !(json || (line.contains(" rule=") && line.contains(" dst="))) {
-            continue;
-        }
-        c.lines += 1;
-        let count = if json {
-            line.split("\"repeat\":{\"count\":")
-                .nth(1)
-                .and_then(|rest| rest.split([',', '}']).next()?.parse().ok())
-        } else {
-            word_value(line, "repeated=")
-        };
-        if let Some(n) = count {
-            c.summaries += 1;
-            c.summarised += n;
-        }
-    }
-    Ok(c)
-}
-
-/// The number after `"key":` in a JSON line.
-fn json_number(line: &str, key: &str) -> Option<u64> {
-    let rest = line.split(&format!("\"{key}\":")).nth(1)?;
-    rest.split([',', '}']).next()?.trim().parse().ok()
-}
-
-fn word_value(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.parse().ok())
-}
-
-/// Prints the reporting table and adds missed targets to `misses`.
-pub fn print(results: &Results, seconds: f64, misses: &mut Vec<String>) {
-    let idle = &results.idle;
-    println!();
-    println!(
-        "reporting (log_allowed on one port, audit mode; {seconds} s per flood; counts from the daemon's own output)"
-    );
-    println!(
-        "  idle: enforcing {} ms after start ({} ms to the ready line as seen from outside); \
-         {:.2} ms CPU per second ({:.3}% of a core), of which the 1 s refresh takes {} µs (its own \
-         count, wall time); RSS {:.1} MiB",
-        idle.ready_ms,
-        idle.start_to_ready_ms,
-        idle.cpu_ms_per_s,
-        idle.cpu_ms_per_s / 10.0,
-        idle.refresh_us,
-        idle.rss_mib
-    );
-    if idle.rss_mib > RSS_TARGET_MIB {
-        misses.push(format!(
-            "idle RSS {:.1} MiB > {RSS_TARGET_MIB} MiB",
-            idle.rss_mib
-        ));
-    }
-    println!(
-        "  {:<16} {:<6} {:>9} {:>10} {:>9} {:>9} {:>10} {:>8} {:>9} {:>7} {:>8}  verdict",
-        "flood",
-        "format",
-        "offered/s",
-        "achieved/s",
-        "connects",
-        "lines",
-        "summarised",
-        "lost",
-        "accounted",
-        "CPU %",
-        "RSS MiB"
-    );
-    for row in &results.rows {
-        let mut verdict = Vec::new();
-        if row.accounted() != row.attempts {
-            verdict.push("NOT EXACT");
-            misses.push(format!(
-                "{} ({}): {} connects, the output accounts for {}",
-                row.flood,
-                row.format,
-                row.attempts,
-                row.accounted()
-            ));
-        }
-        let single = !row.flood.contains("distinct");
-        if row.flood == PAUSED && row.lost == 0 {
-            verdict.push("NOTHING LOST?");
-            misses.push(format!(
-                "{} ({}): the reader was stopped, yet nothing was lost",
-                row.flood, row.format
-            ));
-        }
-        if single && row.lost > 0 {
-            verdict.push("LOST");
-            misses.push(format!(
-                "{} ({}): {} reports lost",
-                row.flood, row.format, row.lost
-            ));
-        }
-        if row.rss_max_mib > RSS_TARGET_MIB {
-            verdict.push("RSS OVER");
-            misses.push(format!(
-                "{} ({}): RSS {:.1} MiB > {RSS_TARGET_MIB} MiB",
-                row.flood, row.format, row.rss_max_mib
-            ));
-        }
-        println!(
-            "  {:<16} {:<6} {:>9} {:>10.0} {:>9} {:>9} {:>10} {:>8} {:>9} {:>7.1} {:>8.1}  {}",
-            row.flood,
-            row.format,
-            row.offered,
-            row.achieved,
-            row.attempts,
-            row.lines,
-            row.summarised,
-            row.lost,
-            if row.accounted() == row.attempts {
-                "exact".to_owned()
-            } else {
-                row.accounted().to_string()
-            },
-            row.cpu_percent,
-            row.rss_max_mib,
-            if verdict.is_empty() {
-                "ok".to_owned()
-            } else {
-                verdict.join(", ")
-            },
-        );
-    }
-    println!(
-        "  targets: 0 lost for one flow at every rate, every connect accounted for (a line, a summary's count, or lost), RSS ≤ {RSS_TARGET_MIB} MiB"
-    );
 }
