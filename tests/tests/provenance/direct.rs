@@ -1,0 +1,283 @@
+//! Direct clients named while connected and after they exit, the rule
+//! that judged them, unprotected connections unknown, and a connect that
+//! never completes leaving no pending origin.
+
+use super::*;
+
+#[test]
+fn direct_clients_are_named_while_connected_and_after_they_exit() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+
+    // curl over IPv4, waiting for an answer that never comes.
+    let mut curl = ns.spawn(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "300",
+            &format!("http://127.0.0.1:{PROTECTED}/"),
+        ],
+    );
+    let accepted = holder.wait_accepted(1);
+    let (peer, local) = ends(&accepted);
+    assert_eq!(local, format!("127.0.0.1:{PROTECTED}"));
+    let pid = u64::from(curl.pid());
+    // The service's own question, answered by the kernel.
+    assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["tgid"], pid, "{accepted}");
+    assert_eq!(accepted["server_cookie"], accepted["cookie"], "{accepted}");
+
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("who knows curl's connection");
+    let curl_path = std::fs::canonicalize("/usr/bin/curl").expect("curl");
+    assert_eq!(origin["pid"], pid, "{origin:#}");
+    assert_eq!(origin["comm"], "curl");
+    assert_eq!(origin["exe_name"], exe_name(&curl_path));
+    assert_eq!(origin["exe_id"], exe_id(&curl_path));
+    assert_eq!(origin["exe"], curl_path.to_str().unwrap());
+    assert!(
+        origin["cmdline"].as_str().unwrap().starts_with("curl -s"),
+        "{origin:#}"
+    );
+    assert_eq!(origin["alive"], true);
+    assert_eq!(origin["verdict"], "allow");
+    assert_eq!(origin["rule"], Value::Null);
+    assert_eq!(origin["client"], peer);
+    assert_eq!(origin["server"], local);
+    assert_eq!(origin["server_uid"], 0);
+    assert_eq!(origin["server_cookie"], accepted["cookie"]);
+    assert_eq!(origin["netns"], netns_inode(&ns));
+    for stamp in ["connected_at", "established_at"] {
+        let text = origin[stamp].as_str().unwrap_or_default();
+        assert!(
+            humantime::parse_rfc3339(text).is_ok(),
+            "{stamp}: {origin:#}"
+        );
+    }
+    let audit = audit_line(&daemon, pid);
+    assert_matches_audit(&origin, &audit, &KERNEL_FIELDS);
+    assert_matches_audit(&origin, &audit, &["user", "exe", "cmdline", "cgroup"]);
+
+    // The raw socket: by the two ends (with an id), by cookie, and conns.
+    let answers = raw_query(
+        &ns,
+        None,
+        &run_dir,
+        &[
+            line(json!({"op": "who", "peer": peer, "local": local, "id": 7})),
+            line(json!({"op": "who", "cookie": accepted["cookie"], "id": "c"})),
+            line(json!({"op": "conns"})),
+        ],
+    );
+    assert_eq!(answers.len(), 3, "{answers:#?}");
+    assert_eq!(answers[0]["v"], 1);
+    assert_eq!(answers[0]["ok"], true, "{answers:#?}");
+    assert_eq!(answers[0]["id"], 7);
+    assert_eq!(answers[1]["id"], "c");
+    assert_eq!(answers[0]["origin"]["pid"], pid);
+    assert_eq!(answers[1]["origin"]["pid"], pid, "{answers:#?}");
+    let listed = answers[2]["conns"].as_array().expect("conns");
+    assert_eq!(listed.len(), 1, "{answers:#?}");
+    assert_eq!(listed[0]["pid"], pid);
+
+    // For people: aligned lines, and every connection from the peer's address.
+    let out = loopwarden(&ns, None, &run_dir, &["who", &peer, &local]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(&format!("\npid:            {pid} (running)\n")),
+        "{text}"
+    );
+    assert!(text.contains("\ncomm:           curl\n"), "{text}");
+    let out = loopwarden(&ns, None, &run_dir, &["who", "127.0.0.1", "--json"]);
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    assert_eq!(all.len(), 1, "{out:?}");
+    assert_eq!(all[0]["pid"], pid);
+
+    // A closed connection disappears.
+    curl.kill();
+    wait_gone(&ns, daemon.install(), &peer, &local);
+
+    // Over IPv6, from a process that exits while its child keeps the socket.
+    let (pid, child) = holder.fork_client(&ns, "::1", PROTECTED);
+    let accepted = holder.wait_accepted(2);
+    let (peer, local) = ends(&accepted);
+    assert_eq!(local, format!("[::1]:{PROTECTED}"));
+    assert_eq!(accepted["tgid"], pid, "{accepted}");
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("who knows it after exit");
+    assert_eq!(origin["pid"], pid, "{origin:#}");
+    assert_eq!(origin["alive"], false);
+    assert_eq!(
+        origin["exe"],
+        Value::Null,
+        "/proc of an exited process lends nothing"
+    );
+    assert_eq!(origin["cmdline"], Value::Null);
+    assert_eq!(origin["exe_name"], exe_name(Path::new(SYSTEM_PYTHON)));
+    assert_matches_audit(
+        &origin,
+        &audit_line(&daemon, u64::from(pid)),
+        &KERNEL_FIELDS,
+    );
+    let listed = conns(&ns, None, &run_dir);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["pid"], pid);
+    // SAFETY: plain kill(2) of the child the client left behind.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    wait_gone(&ns, daemon.install(), &peer, &local);
+}
+
+#[test]
+fn rules_are_named_by_the_policy_that_judged_the_connect() {
+    let ns = Netns::new();
+    let python = exe_name(Path::new(SYSTEM_PYTHON));
+    let with_rule = |name: &str| {
+        let policy = Policy::new(&ns, "audit").catalog(false).relay("audit");
+        policy
+            .extra(&rule(name, "audit", "exe_name", &python))
+            .text()
+    };
+    let daemon = Daemon::start(&with_rule("watch-python"));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    let _first = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let (peer1, local1) = ends(&holder.wait_accepted(1));
+    let origin = who(&ns, None, &run_dir, &peer1, &local1).expect("the first connection");
+    assert_eq!(origin["verdict"], "audit", "{origin:#}");
+    assert_eq!(origin["rule"], "watch-python", "{origin:#}");
+
+    // The rule renamed by a reload: new connects carry the new name, the
+    // open one keeps the name of the policy that judged it.
+    std::fs::write(daemon.config_path(), with_rule("python-watched")).expect("rewrite");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("installed: ", 1);
+    let _second = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let (peer2, local2) = ends(&holder.wait_accepted(2));
+    let origin = who(&ns, None, &run_dir, &peer2, &local2).expect("the second connection");
+    assert_eq!(origin["rule"], "python-watched", "{origin:#}");
+    let origin = who(&ns, None, &run_dir, &peer1, &local1).expect("the first connection");
+    assert_eq!(origin["rule"], "watch-python", "{origin:#}");
+}
+
+#[test]
+fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
+
+    let _unprotected = holder.hold_client(&ns, "127.0.0.1", UNPROTECTED);
+    let plain = holder.wait_accepted(1);
+    let protected_client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let tagged = holder.wait_accepted(2);
+
+    // getsockopt from the service: known with the caller's tgid, or status 0.
+    assert_eq!(tagged["status"], 1, "{tagged}");
+    assert_eq!(tagged["tgid"], protected_client.pid(), "{tagged}");
+    assert_eq!(tagged["server_uid"], 0, "{tagged}");
+    assert!(tagged.get("errno").is_none(), "{tagged}");
+    assert_eq!(plain["status"], 0, "{plain}");
+    assert_eq!(plain["tgid"], 0, "{plain}");
+    assert!(plain.get("errno").is_none(), "{plain}");
+
+    // The daemon: the same.
+    let (peer, local) = ends(&tagged);
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("the protected one is known");
+    assert_eq!(origin["pid"], protected_client.pid());
+    let (peer, local) = ends(&plain);
+    let (code, stderr) = who(&ns, None, &run_dir, &peer, &local).expect_err("unknown");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unknown"), "{stderr}");
+    let answers = raw_query(
+        &ns,
+        None,
+        &run_dir,
+        &[line(json!({"op": "who", "peer": peer, "local": local}))],
+    );
+    assert_eq!(answers[0]["ok"], false, "{answers:#?}");
+    assert_eq!(answers[0]["error"], "unknown", "{answers:#?}");
+    let listed = conns(&ns, None, &run_dir);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["pid"], protected_client.pid());
+}
+
+/// A protected connect whose handshake never completes leaves nothing
+/// behind: its origin waits in `LW_ORIGIN_PENDING` while its SYN is
+/// unanswered (the listener's accept queue is full, so the kernel drops
+/// it: the positive control), and goes when the socket closes; so does a
+/// refused one's.
+#[test]
+fn a_connect_that_never_completes_leaves_no_pending_origin() {
+    const STALLED: &str = r#"import os, socket, sys, time
+port, dir = int(sys.argv[1]), sys.argv[2]
+def wait(name):
+    while not os.path.exists(os.path.join(dir, name)):
+        time.sleep(0.02)
+def say(name):
+    open(os.path.join(dir, name), "w").close()
+listener = socket.socket()
+listener.bind(("127.0.0.1", port))
+listener.listen(0)
+queued = socket.create_connection(("127.0.0.1", port))
+stalled = socket.socket()
+stalled.setblocking(False)
+assert stalled.connect_ex(("127.0.0.1", port)) == 115  # EINPROGRESS
+say("stalled")
+wait("close")
+stalled.close()
+queued.close()
+listener.close()
+try:
+    socket.create_connection(("127.0.0.1", port), timeout=5)
+    sys.exit("a connect to a closed port succeeded")
+except ConnectionRefusedError:
+    pass
+say("closed")
+wait("exit")
+"#;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let entries = || map_dump(daemon.install(), "LW_ORIGIN_PENDING").len();
+    let dir = TempDir::new("stalled");
+    let script = write_script(&dir, "stalled.py", STALLED);
+    let mut proc = ns.spawn(
+        SYSTEM_PYTHON,
+        &[
+            &script,
+            &PROTECTED.to_string(),
+            &dir.path().to_string_lossy(),
+        ],
+    );
+    let said = |name: &str| dir.path().join(name).exists().then_some(());
+    wait_for("the stalled connect", Duration::from_secs(10), || {
+        said("stalled")
+    });
+    // The queued connection's origin moved on to `LW_CONNS`; the stalled
+    // one's waits.
+    assert_eq!(entries(), 1, "the stalled connect's pending origin");
+    std::fs::write(dir.path().join("close"), "").expect("writing the close mark");
+    wait_for("the refused connect", Duration::from_secs(10), || {
+        proc.assert_running();
+        said("closed")
+    });
+    assert_eq!(
+        entries(),
+        0,
+        "pending origins after the close and the refusal"
+    );
+    // The queued, the stalled and the refused connect were each judged.
+    let pid = proc.pid();
+    let reports = || {
+        let events = daemon.events();
+        let n = events
+            .iter()
+            .filter(|e| e["pid"] == pid && e["dst_port"] == PROTECTED)
+            .count();
+        (n >= 3).then_some(n)
+    };
+    let n = wait_for("three reports", Duration::from_secs(10), reports);
+    assert_eq!(n, 3, "{:#?}", daemon.events());
+    std::fs::write(dir.path().join("exit"), "").expect("writing the exit mark");
+}

@@ -1,0 +1,307 @@
+//! Origins across daemon restarts and a resized table, getsockopt scoped to
+//! the policy's cgroups, and the nearly-full table warning.
+
+use super::*;
+
+/// Accepts one connection on `127.0.0.1:PORT` and asks its origin every
+/// 50 ms for as long as it runs, appending one JSON line per ask to OUT:
+/// `n` (a count), `status` and `tgid`, or `errno` when the call failed.
+const REASK: &str = r#"import json, socket, struct, sys, time
+out = open(sys.argv[1], "a")
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[2])))
+s.listen(1)
+c, _ = s.accept()
+n = 0
+while True:
+    line = {"n": n}
+    try:
+        rec = c.getsockopt(0x4c57, 1, 328)
+        line.update(status=rec[8], tgid=struct.unpack_from("=I", rec, 152)[0])
+    except OSError as e:
+        line["errno"] = e.errno
+    out.write(json.dumps(line) + "\n")
+    out.flush()
+    n += 1
+    time.sleep(0.05)
+"#;
+
+/// The asks [`REASK`] has written so far.
+fn asked(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits for an ask made after the first `after` ones that satisfies `ok`.
+fn wait_ask(out: &Path, after: usize, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(10), || {
+        asked(out).into_iter().skip(after).find(|a| ok(a))
+    })
+}
+
+#[test]
+fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_turned_off() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let config = config(&ns);
+    let mut daemon = Daemon::start_in(&install, &config, &[]);
+    let dir = TempDir::new("reask");
+    let script = write_script(&dir, "reask.py", REASK);
+    let out = dir.path().join("asked.jsonl");
+    let port = PROTECTED.to_string();
+    let _service = ns.spawn(SYSTEM_PYTHON, &[&script, &out.display().to_string(), &port]);
+    ns.wait_listening(PROTECTED);
+    let dir2 = TempDir::new("reask-client");
+    let hold = write_script(
+        &dir2,
+        "hold.py",
+        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+         while True: time.sleep(3600)\n",
+    );
+    let client = ns.spawn(SYSTEM_PYTHON, &[&hold, &port]);
+    let me = u64::from(client.pid());
+    let named = |a: &Value| a["status"] == 1 && a["tgid"] == me;
+    wait_ask(&out, 0, "the connection's origin", named);
+
+    // No daemon: the pinned program and maps still answer.
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+    let n = asked(&out).len();
+    wait_ask(&out, n, "the origin with no daemon running", named);
+
+    // A new daemon adopts the pins: the socket keeps its tag, and the
+    // daemon's table still names the connection.
+    let mut daemon = Daemon::start_in(&install, &config, &[]);
+    let n = asked(&out).len();
+    wait_ask(&out, n, "the origin after the restart", named);
+    let listed = conns(&ns, None, &install.run_dir());
+    assert!(
+        listed.iter().any(|o| o["pid"] == me),
+        "conns after the restart: {listed:#?}"
+    );
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+
+    // `[provenance] connections` changed: `LW_CONNS` alone is replaced at
+    // the new size, the open connection's origin copied into it; every
+    // other map (the policy, the tracking state) is adopted.
+    let shown = |name: &str| map_show(&install, name);
+    let (procs, before) = (shown("LW_PROCS"), shown("LW_CONNS"));
+    assert_eq!(before["max_entries"], loopwarden_common::MAX_CONNS);
+    let config = format!("{config}\n[provenance]\nconnections = 2048\n");
+    let mut daemon = Daemon::start_in(&install, &config, &[]);
+    daemon.wait_stderr(
+        "LW_CONNS holds 16384 entries and [provenance] connections asks for 2048",
+        1,
+    );
+    daemon.wait_stderr("LW_CONNS resized: 1 entries copied over", 1);
+    let after = shown("LW_CONNS");
+    assert_eq!(after["max_entries"], 2048, "{after}");
+    assert_ne!(after["id"], before["id"], "LW_CONNS was not replaced");
+    assert_eq!(
+        shown("LW_PROCS")["id"],
+        procs["id"],
+        "LW_PROCS was replaced"
+    );
+    let n = asked(&out).len();
+    wait_ask(&out, n, "the origin after the resize", named);
+    let listed = conns(&ns, None, &install.run_dir());
+    assert!(
+        listed.iter().any(|o| o["pid"] == me),
+        "conns after the resize: {listed:#?}"
+    );
+    let status = run(Command::new(loopwarden_bin())
+        .arg("status")
+        .args(install.dir_args()));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("connections are tagged, 1 live of 2048"),
+        "{text}"
+    );
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+
+    // `[provenance] getsockopt = false`: this loopwarden no longer answers
+    // (the call fails, or another loopwarden on the host says "unknown");
+    // the query socket still names the connection.
+    let off = config.replace("[provenance]\n", "[provenance]\ngetsockopt = false\n");
+    let mut daemon = Daemon::start_in(&install, &off, &[]);
+    daemon.wait_stderr("adopted the pinned maps;", 1);
+    let n = asked(&out).len();
+    let after = wait_ask(&out, n, "getsockopt no longer answered", |a| {
+        a.get("errno").is_some() || a["status"] == 0
+    });
+    if let Some(errno) = after.get("errno") {
+        assert!(
+            *errno == libc::ENOPROTOOPT || *errno == libc::EOPNOTSUPP,
+            "{after}"
+        );
+    }
+    let listed = conns(&ns, None, &install.run_dir());
+    assert!(
+        listed.iter().any(|o| o["pid"] == me),
+        "conns with getsockopt off: {listed:#?}"
+    );
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+    drop(client);
+}
+
+#[test]
+fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
+    const SECOND: u16 = 8082;
+    let ns = Netns::new();
+    let cgroup =
+        loopwarden_tests::TestCgroup::new(&format!("lwt-getsockopt-{}", std::process::id()));
+    let policy = Policy::new(&ns, "audit")
+        .catalog(false)
+        .relay("audit")
+        .ports(&[PROTECTED, SECOND]);
+    let config = format!(
+        "{}\n[provenance]\ngetsockopt_cgroups = [\"{}\"]\n",
+        policy.text(),
+        cgroup.name
+    );
+    let daemon = Daemon::start(&config);
+    let dir = TempDir::new("scoped");
+    let script = write_script(&dir, "reask.py", REASK);
+    let hold = write_script(
+        &dir,
+        "hold.py",
+        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+         while True: time.sleep(3600)\n",
+    );
+    // One service started in the named cgroup (its listener, and so its
+    // accepted sockets, belong to it), one in the test's own cgroup.
+    let inside = dir.path().join("inside.jsonl");
+    let outside = dir.path().join("outside.jsonl");
+    // (Moved in from here: `ip netns exec` gives the service a /sys without
+    // the cgroup mount. It waits for the move before it listens.)
+    let go = dir.path().join("go");
+    let in_cgroup = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; exec {SYSTEM_PYTHON} {script} {} {PROTECTED}",
+        inside.display(),
+        go = go.display()
+    );
+    let inside_service = Proc::spawn(ns.cmd("sh").args(["-c", &in_cgroup]));
+    std::fs::write(cgroup.procs(), inside_service.pid().to_string()).expect("moving the service");
+    std::fs::write(&go, "").expect("starting the service");
+    let _outside_service = ns.spawn(
+        SYSTEM_PYTHON,
+        &[&script, &outside.display().to_string(), &SECOND.to_string()],
+    );
+    ns.wait_listening(PROTECTED);
+    ns.wait_listening(SECOND);
+    let a = ns.spawn(SYSTEM_PYTHON, &[&hold, &PROTECTED.to_string()]);
+    let b = ns.spawn(SYSTEM_PYTHON, &[&hold, &SECOND.to_string()]);
+    let (a_pid, b_pid) = (u64::from(a.pid()), u64::from(b.pid()));
+
+    // Inside: the socket's origin.
+    wait_ask(&inside, 0, "the origin inside the named cgroup", |x| {
+        x["status"] == 1 && x["tgid"] == a_pid
+    });
+    // Outside: this loopwarden does not answer (the call fails, or another
+    // loopwarden on the host says "unknown") ...
+    let asked = wait_ask(&outside, 0, "an ask outside the named cgroup", |_| true);
+    assert!(
+        asked.get("errno").is_some() || asked["status"] == 0,
+        "answered outside the named cgroup: {asked}"
+    );
+    // ... though the connection is tagged: the daemon names it.
+    let listed = conns(&ns, None, &daemon.install().run_dir());
+    assert!(listed.iter().any(|o| o["pid"] == b_pid), "{listed:#?}");
+    assert!(listed.iter().any(|o| o["pid"] == a_pid), "{listed:#?}");
+
+    // `status` shows the scoped link and no root one.
+    let out = run(Command::new(loopwarden_bin())
+        .args(["status", "--json"])
+        .args(daemon.install().dir_args()));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let provenance = &json["provenance"];
+    assert_eq!(provenance["getsockopt"]["pinned"], false, "{provenance:#}");
+    let scoped = provenance["getsockopt_scoped"]
+        .as_array()
+        .expect("scoped links");
+    assert_eq!(scoped.len(), 1, "{provenance:#}");
+    assert_eq!(scoped[0]["prog_name"], "lw_getsockopt", "{provenance:#}");
+    drop((a, b, inside_service));
+}
+
+/// Accepts every connection on 127.0.0.1:PORT and holds it until killed.
+const HOLD_ALL: &str = r#"import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(4096)
+held = []
+while True:
+    held.append(s.accept()[0])
+"#;
+
+/// Opens N connections to 127.0.0.1:PORT, writes N to DONE once all are
+/// established, and holds them until killed.
+const OPEN_N: &str = r#"import socket, sys, time
+n, port, done = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+open(done, "w").write(str(len(held)))
+while True:
+    time.sleep(3600)
+"#;
+
+#[test]
+fn a_nearly_full_connection_table_is_warned_of_once_and_eased() {
+    let ns = Netns::new();
+    let dir = TempDir::new("full");
+    let config = format!("{}\n[provenance]\nconnections = 1024\n", config(&ns));
+    let daemon = Daemon::start(&config);
+    let port = PROTECTED.to_string();
+    let server = write_script(&dir, "hold_all.py", HOLD_ALL);
+    let mut server = ns.spawn(SYSTEM_PYTHON, &[&server, &port]);
+    ns.wait_listening(PROTECTED);
+    let open = write_script(&dir, "open_n.py", OPEN_N);
+    let hold = |n: usize, tag: &str| {
+        let done = dir.path().join(tag);
+        let client = ns.spawn(
+            SYSTEM_PYTHON,
+            &[&open, &n.to_string(), &port, &done.display().to_string()],
+        );
+        wait_for(
+            &format!("{n} connections held"),
+            Duration::from_secs(30),
+            || {
+                std::fs::metadata(&done)
+                    .is_ok_and(|m| m.len() > 0)
+                    .then_some(())
+            },
+        );
+        client
+    };
+    let warning = "LW_CONNS holds";
+
+    // 600 of 1024 (58%), for longer than the 10 s between two counts:
+    // no warning.
+    let mut first = hold(600, "first");
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        !daemon.stderr_text().contains(warning),
+        "warned at 58%: {}",
+        daemon.stderr_text()
+    );
+    // 950 (93%): one warning, with the numbers and what to do.
+    let mut second = hold(350, "second");
+    daemon.wait_stderr("LW_CONNS holds 950 of 1024 entries", 1);
+    assert!(
+        daemon
+            .stderr_text()
+            .contains("raise [provenance] connections"),
+        "{}",
+        daemon.stderr_text()
+    );
+    // Every connection closed (the server's sockets too): eased, and the
+    // warning was given once.
+    second.kill();
+    first.kill();
+    server.kill();
+    daemon.wait_stderr("LW_CONNS is below 75% full again (0 of 1024)", 1);
+    assert_eq!(daemon.stderr_text().matches(warning).count(), 1);
+}

@@ -1,0 +1,193 @@
+//! Provenance, end to end: a service in a test namespace accepts protected
+//! connections (on 127.0.0.1 and [::1]) and holds them open; the origin the
+//! kernel bound to each is asked for three ways — `getsockopt(SOL_LOOPWARDEN,
+//! LW_ORIGIN)` on the accepted socket, `loopwarden who` / `loopwarden conns`,
+//! and the raw query socket — and must name the process that connected
+//! (also after it exited), the verdict, the rule and, for relays (socat,
+//! `ssh -L`), the remote party. Each uid sees only the connections its own
+//! sockets accepted, closed connections disappear, a connection to an
+//! unprotected port is unknown, and misbehaving query clients do not keep
+//! the daemon from answering the others. getsockopt also knows an IPv4
+//! client of a dual-stack listener, and never answers with an entry a
+//! missed close left behind. A resized connection table keeps the open
+//! connections' origins, and a nearly full one is warned of.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use loopwarden_tests::{
+    Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
+    TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes, loopwarden_bin,
+    map_dump, map_show,
+    provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
+    rule, run, wait_for, write_script,
+};
+use serde_json::{Value, json};
+
+mod direct;
+mod lifecycle;
+mod query;
+mod relayed;
+mod stale;
+
+/// The uid the service runs as in the access test.
+const NOBODY: u32 = 65534;
+/// Another unprivileged uid (needs no passwd entry).
+const OTHER: u32 = 4242;
+const SOCAT_PORT: u16 = 9001;
+const SSH_L_PORT: u16 = 9003;
+const SSHD_PORT: u16 = 2222;
+
+/// Audit mode, `PROTECTED` only, no catalog, the relay verdict `audit`,
+/// allowed connects reported too (their audit lines are compared with the
+/// origins).
+fn config(ns: &Netns) -> String {
+    let policy = Policy::new(ns, "audit").catalog(false).relay("audit");
+    format!("log_allowed = true\n{}", policy.text())
+}
+
+/// `peer` and `local` of a connection the holding service accepted.
+fn ends(accepted: &Value) -> (String, String) {
+    let text = |k: &str| accepted[k].as_str().expect("address").to_owned();
+    (text("peer"), text("local"))
+}
+
+/// The audit line of the connect by `pid`.
+fn audit_line(daemon: &Daemon, pid: u64) -> Value {
+    daemon.wait_event(&format!("for pid {pid}"), |e| e["pid"] == pid)
+}
+
+/// The origin repeats what the audit line said about the same connect.
+fn assert_matches_audit(origin: &Value, audit: &Value, fields: &[&str]) {
+    for field in fields {
+        assert_eq!(
+            origin[field], audit[field],
+            "{field}: {origin:#} vs {audit:#}"
+        );
+    }
+    assert_eq!(
+        origin["client_cookie"], audit["socket_cookie"],
+        "{origin:#}"
+    );
+}
+
+/// Fields an origin and its audit line share whether or not the process
+/// still runs.
+const KERNEL_FIELDS: [&str; 11] = [
+    "pid",
+    "tid",
+    "ppid",
+    "uid",
+    "comm",
+    "exe_name",
+    "exe_id",
+    "cgroup_id",
+    "verdict",
+    "rule",
+    "via_how",
+];
+
+/// Waits until neither `who` nor `conns` knows the connection from `peer`
+/// and the kernel has removed its `LW_CONNS` entry (the daemon does not
+/// answer from an entry a missed close left, so its answers alone would
+/// not show that the close removed it).
+fn wait_gone(ns: &Netns, install: &Install, peer: &str, local: &str) {
+    let run_dir = install.run_dir();
+    let port = port_of(peer);
+    wait_for(
+        &format!("the connection from {peer} to leave the daemon's answers and LW_CONNS"),
+        Duration::from_secs(10),
+        || {
+            let unknown = matches!(who(ns, None, &run_dir, peer, local), Err((1, _)));
+            let listed = conns(ns, None, &run_dir)
+                .iter()
+                .any(|o| o["client"] == peer);
+            let kept = conns_entries(install)
+                .iter()
+                .any(|(key, _)| key[4..6] == port.to_ne_bytes());
+            (unknown && !listed && !kept).then_some(())
+        },
+    );
+}
+
+/// The port of `addr` (`ip:port` or `[ip]:port`).
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+/// One request line.
+fn line(request: Value) -> String {
+    request.to_string()
+}
+
+/// Where `ConnEntry` (common/src/origin.rs) keeps the connect's time
+/// (`record.origin.ktime_ns`) and `first_seq`.
+const ENTRY_CONNECT_NS: usize = 72;
+const ENTRY_FIRST_SEQ: usize = 328;
+
+/// Every `LW_CONNS` entry of `install`, as (key, value) bytes.
+fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
+    map_dump(install, "LW_CONNS")
+        .iter()
+        .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
+        .collect()
+}
+
+/// Writes one `LW_CONNS` entry of `install` (bpftool).
+fn write_entry(install: &Install, key: &[u8], value: &[u8]) {
+    let out = run(Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(install.pin_dir().join("maps/LW_CONNS"))
+        .args(["key", "hex"])
+        .args(hex_args(key))
+        .args(["value", "hex"])
+        .args(hex_args(value)));
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Marks `port` in `LW_CONN_PORTS` of `install` (bpftool), keeping the
+/// other ports' marks in its entry: 64 bytes, one per port.
+fn mark_port(install: &Install, port: u16) {
+    let map = install.pin_dir().join("maps/LW_CONN_PORTS");
+    let key = hex_args(&(u32::from(port) / 64).to_ne_bytes());
+    let out = run(Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(&map)
+        .args(["key", "hex"])
+        .args(&key));
+    assert!(out.status.success(), "{out:?}");
+    let found: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
+    let mut bytes = hex_bytes(&found["value"]);
+    assert_eq!(bytes.len(), 64, "{found}");
+    bytes[usize::from(port % 64)] = 1;
+    let out = run(Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&map)
+        .args(["key", "hex"])
+        .args(&key)
+        .args(["value", "hex"])
+        .args(hex_args(&bytes)));
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns`).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,116 @@
+//! The query socket under misbehaving clients: malformed, oversized and
+//! silent ones do not keep the others waiting.
+
+use super::*;
+
+/// Reads one answer line from `stream`.
+fn read_answer(stream: &UnixStream) -> Value {
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("reading an answer");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}"))
+}
+
+#[test]
+fn misbehaving_query_clients_do_not_keep_others_waiting() {
+    let ns = Netns::new();
+    // A socket file left by a daemon that died is replaced.
+    let install = Install::new();
+    let run_dir = install.run_dir();
+    let socket = run_dir.join("query.sock");
+    std::fs::create_dir_all(&run_dir).expect("creating the run directory");
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("a stale socket"));
+    assert!(
+        UnixStream::connect(&socket).is_err(),
+        "nothing answers there"
+    );
+    let mut daemon = Daemon::start_in(&install, &config(&ns), &[]);
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    let client = holder.hold_client(&ns, "::1", PROTECTED);
+    let (peer, local) = ends(&holder.wait_accepted(1));
+    let who_request = line(json!({"op": "who", "peer": peer, "local": local}));
+
+    // A client that never sends, held open throughout.
+    let silent = UnixStream::connect(&socket).expect("connecting");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+
+    // Ten thousand malformed lines, then a good one, on one connection.
+    let mut flood = vec!["{\"op\": not json".to_owned(); 10_000];
+    flood.push(who_request.clone());
+    let answers = raw_query(&ns, None, &run_dir, &flood);
+    assert_eq!(answers.len(), 10_001);
+    assert!(
+        answers[..10_000]
+            .iter()
+            .all(|a| a["ok"] == false && a["error"] == "bad-request"),
+        "{:#?}",
+        &answers[..3]
+    );
+    assert_eq!(answers[10_000]["origin"]["pid"], client.pid());
+
+    // An over-long line: too-long, and the connection closes unanswered.
+    let answers = raw_query(
+        &ns,
+        None,
+        &run_dir,
+        &["x".repeat(5000), who_request.clone()],
+    );
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert_eq!(answers[0]["error"], "too-long");
+    // 4096 bytes is still a line: a (bad) request, answered.
+    let (head, tail) = (r#"{"op":"who","pad":""#, r#""}"#);
+    let padded = format!("{head}{}{tail}", "x".repeat(4096 - head.len() - tail.len()));
+    let answers = raw_query(&ns, None, &run_dir, &[padded, who_request.clone()]);
+    assert_eq!(answers[0]["error"], "bad-request", "{answers:#?}");
+    assert_eq!(answers[1]["origin"]["pid"], client.pid(), "{answers:#?}");
+
+    // Meanwhile the silent one is told and closed.
+    let answer = read_answer(&silent);
+    assert_eq!(answer["error"], "timeout", "{answer}");
+    assert_eq!((&silent).read(&mut [0; 1]).expect("EOF"), 0);
+
+    // Past one uid's client limit (16): one `busy` line naming it; another
+    // uid is still served; served again once one leaves.
+    let mut idle: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&socket).expect("connecting"))
+        .collect();
+    let extra = UnixStream::connect(&socket).expect("connecting");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let busy = read_answer(&extra);
+    assert_eq!(busy["error"], "busy", "{busy}");
+    assert!(
+        busy["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("16 clients of uid 0")),
+        "{busy}"
+    );
+    let answers = raw_query(
+        &ns,
+        Some(65534),
+        &run_dir,
+        std::slice::from_ref(&who_request),
+    );
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    assert_ne!(answers[0]["error"], "busy", "another uid was turned away");
+    idle.pop();
+    wait_for("a query served again", Duration::from_secs(10), || {
+        let answers = raw_query(&ns, None, &run_dir, std::slice::from_ref(&who_request));
+        (answers[0]["origin"]["pid"] == client.pid()).then_some(())
+    });
+    drop(idle);
+
+    // The daemon's exit removes the socket; the CLI says what to do.
+    assert!(socket.exists());
+    assert!(daemon.stop(), "the daemon did not exit 0");
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    let out = loopwarden(&ns, None, &run_dir, &["who", &peer, &local]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no loopwarden daemon answers"), "{stderr}");
+    assert!(stderr.contains("loopwarden run"), "{stderr}");
+}

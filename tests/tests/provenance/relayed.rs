@@ -1,0 +1,165 @@
+//! Relayed connections (socat, `ssh -L`) named with the remote party, and
+//! each uid seeing only the connections its own sockets accepted.
+
+use super::*;
+
+/// A client in the remote namespace holds a connection through a relay in
+/// the local one; the relay's connect to the service is accepted as
+/// connection `n`. Returns the client and the service's record of it.
+fn through_relay(
+    topo: &Topology,
+    holder: &Holder,
+    n: usize,
+    addr: &str,
+    port: u16,
+) -> (Proc, Value) {
+    let client = holder.hold_client(&topo.remote, addr, port);
+    (client, holder.wait_accepted(n))
+}
+
+/// The origin of a relayed connection: the process the holding service's
+/// getsockopt named, audited by the relay verdict, with the remote party
+/// and how it was seen (`how`).
+fn assert_relayed(origin: &Value, accepted: &Value, how: &str) {
+    assert_eq!(origin["pid"], accepted["tgid"], "{origin:#}");
+    assert_eq!(origin["verdict"], "audit", "{origin:#}");
+    assert_eq!(origin["rule"], "relay", "{origin:#}");
+    let via = origin["via"].as_str().unwrap_or_default();
+    assert!(via.starts_with(&format!("{REMOTE_ADDR}:")), "{origin:#}");
+    assert_eq!(origin["via_how"], how, "{origin:#}");
+}
+
+#[test]
+fn relays_are_named_with_the_remote_party() {
+    let topo = Topology::new();
+    let daemon = Daemon::start(&config(&topo.local));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&topo.local, &[PROTECTED], None);
+    let service = format!("TCP:127.0.0.1:{PROTECTED}");
+
+    // socat, forking per connection, connects right after accepting.
+    let socat = topo.local.socat_relay(SOCAT_PORT, &service, None);
+    let (_socat_client, accepted) = through_relay(&topo, &holder, 1, LOCAL_ADDR, SOCAT_PORT);
+    let (peer, local) = ends(&accepted);
+    let origin = who(&topo.local, None, &run_dir, &peer, &local).expect("socat's connection");
+    assert_eq!(
+        origin["exe_name"],
+        exe_name(Path::new("/usr/bin/socat")),
+        "{origin:#}"
+    );
+    assert_eq!(origin["ppid"], socat.pid(), "socat's per-connection child");
+    assert_relayed(&origin, &accepted, "accepted");
+    let socat_pid = origin["pid"].as_u64().unwrap();
+    assert_matches_audit(&origin, &audit_line(&daemon, socat_pid), &KERNEL_FIELDS);
+    assert_matches_audit(&origin, &audit_line(&daemon, socat_pid), &["via"]);
+
+    // sshd carrying an `ssh -L` forward from the remote namespace.
+    let sshd = Sshd::start(&topo.local, LOCAL_ADDR, SSHD_PORT);
+    let mut args = sshd.client_args();
+    let forward = format!("{SSH_L_PORT}:127.0.0.1:{PROTECTED}");
+    args.extend(["-N", "-L", &forward, &format!("root@{LOCAL_ADDR}")].map(str::to_owned));
+    let mut ssh = Proc::spawn(topo.remote.cmd("ssh").args(&args));
+    topo.remote.wait_listening(SSH_L_PORT);
+    ssh.assert_running();
+    let (_ssh_client, accepted) = through_relay(&topo, &holder, 2, "127.0.0.1", SSH_L_PORT);
+    let (peer, local) = ends(&accepted);
+    let origin = who(&topo.local, None, &run_dir, &peer, &local).expect("sshd's connection");
+    assert_eq!(
+        origin["exe_name"],
+        exe_name(Path::new("/usr/sbin/sshd")),
+        "{origin:#}"
+    );
+    assert_relayed(&origin, &accepted, "received");
+    let sshd_pid = origin["pid"].as_u64().unwrap();
+    assert_matches_audit(&origin, &audit_line(&daemon, sshd_pid), &KERNEL_FIELDS);
+
+    // Both in `conns`, as JSON and as a table.
+    let listed = conns(&topo.local, None, &run_dir);
+    let pids: Vec<&Value> = listed.iter().map(|o| &o["pid"]).collect();
+    assert_eq!(pids, [socat_pid, sshd_pid], "{listed:#?}");
+    let out = loopwarden(&topo.local, None, &run_dir, &["conns"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        [
+            "CLIENT", "SERVER", "PID", "USER", "EXE", "VERDICT", "RULE", "VIA", "AGE"
+        ],
+        "{table}"
+    );
+    assert_eq!(rows.len(), 3, "{table}");
+    for (row, pid) in rows[1..].iter().zip([socat_pid, sshd_pid]) {
+        assert_eq!(row[2], pid.to_string(), "{table}");
+        assert_eq!(row[5..7], ["audit", "relay"], "{table}");
+        assert!(row[7].starts_with(REMOTE_ADDR), "{table}");
+    }
+}
+
+#[test]
+fn each_uid_sees_only_the_connections_its_sockets_accepted() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let holder = Holder::start(&ns, &[PROTECTED], Some(NOBODY));
+    let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let accepted = holder.wait_accepted(1);
+    assert_eq!(accepted["server_uid"], NOBODY, "{accepted}");
+    let (peer, local) = ends(&accepted);
+    let requests = [
+        line(json!({"op": "who", "peer": peer, "local": local})),
+        line(json!({"op": "who", "cookie": accepted["cookie"]})),
+        line(json!({"op": "conns"})),
+    ];
+
+    // The uid that owns the accepted socket, and root: the origin.
+    for uid in [Some(NOBODY), None] {
+        let origin = who(&ns, uid, &run_dir, &peer, &local)
+            .unwrap_or_else(|e| panic!("who as {uid:?}: {e:?}"));
+        assert_eq!(origin["pid"], client.pid());
+        assert_eq!(origin["server_uid"], NOBODY);
+        let answers = raw_query(&ns, uid, &run_dir, &requests);
+        assert_eq!(answers[0]["origin"]["pid"], client.pid(), "{answers:#?}");
+        assert_eq!(answers[1]["origin"]["pid"], client.pid(), "{answers:#?}");
+        assert_eq!(answers[2]["conns"].as_array().map(Vec::len), Some(1));
+        assert_eq!(conns(&ns, uid, &run_dir).len(), 1);
+    }
+
+    // Another uid: forbidden, and nothing listed.
+    let (code, stderr) = who(&ns, Some(OTHER), &run_dir, &peer, &local).expect_err("forbidden");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("forbidden"), "{stderr}");
+    let answers = raw_query(&ns, Some(OTHER), &run_dir, &requests);
+    assert_eq!(answers[0]["error"], "forbidden", "{answers:#?}");
+    assert_eq!(answers[1]["error"], "forbidden", "{answers:#?}");
+    assert_eq!(answers[2]["conns"], json!([]), "{answers:#?}");
+    assert!(conns(&ns, Some(OTHER), &run_dir).is_empty());
+
+    // Only root may name another namespace.
+    let elsewhere = line(json!({"op": "who", "peer": peer, "local": local, "netns": 1}));
+    let answers = raw_query(
+        &ns,
+        Some(NOBODY),
+        &run_dir,
+        std::slice::from_ref(&elsewhere),
+    );
+    assert_eq!(answers[0]["error"], "forbidden", "{answers:#?}");
+    let answers = raw_query(&ns, None, &run_dir, &[elsewhere]);
+    assert_eq!(answers[0]["error"], "unknown", "{answers:#?}");
+    // Root asking from the root namespace, naming the test's.
+    let out = run(Command::new(loopwarden_bin())
+        .args([
+            "who",
+            &peer,
+            &local,
+            "--json",
+            "--netns",
+            &ns.path(),
+            "--run-dir",
+        ])
+        .arg(&run_dir));
+    let origin: Value = serde_json::from_slice(&out.stdout).expect("who --netns");
+    assert_eq!(origin["pid"], client.pid());
+}

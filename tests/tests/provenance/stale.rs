@@ -1,0 +1,125 @@
+//! Entries that are not the connection's: one a missed close left is never
+//! a later connection's answer; an IPv4 client of a dual-stack listener is
+//! still its own.
+
+use super::*;
+
+/// A close the state tracepoint never sees (the kernel skips a run nested
+/// on one CPU) leaves a connection's entry in `LW_CONNS`. Written back by
+/// hand under the addresses of a later, untagged connection, it must not
+/// be that connection's answer, from getsockopt or from the daemon (`who`,
+/// `conns`); the same entry written before its connection's handshake (as
+/// the kernel writes one) is: the positive control, through the same
+/// lookups. (The later connections go to the unprotected port, which the
+/// test marks in `LW_CONN_PORTS` as a tagged connect would have: the
+/// kernel looks up only connections to marked ports.)
+#[test]
+fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
+    const STALE_FROM: u16 = 41001;
+    const FRESH_FROM: u16 = 41002;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let install = daemon.install();
+    let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
+    let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let tagged = holder.wait_accepted(1);
+    assert_eq!(tagged["status"], 1, "{tagged}");
+    let (peer, _) = ends(&tagged);
+    let port = port_of(&peer);
+    let (key, entry) = conns_entries(install)
+        .into_iter()
+        .find(|(key, _)| key[4..6] == port.to_ne_bytes())
+        .expect("the tagged connection's entry");
+    // The same entry, as if for a connection from `from` to the
+    // unprotected port (which the kernel never tags).
+    let under = |from: u16| {
+        let mut key = key.clone();
+        key[4..6].copy_from_slice(&from.to_ne_bytes());
+        key[6..8].copy_from_slice(&UNPROTECTED.to_ne_bytes());
+        key
+    };
+
+    mark_port(install, UNPROTECTED);
+
+    // Left behind: established, bound to the first connection's socket.
+    write_entry(install, &under(STALE_FROM), &entry);
+    let _stale = holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, STALE_FROM);
+    let stale = holder.wait_accepted(2);
+    assert_eq!(stale["peer"], format!("127.0.0.1:{STALE_FROM}"), "{stale}");
+    assert_eq!(
+        (&stale["status"], &stale["tgid"]),
+        (&json!(0), &json!(0)),
+        "{stale}"
+    );
+    let run_dir = install.run_dir();
+    let (stale_peer, stale_local) = ends(&stale);
+    let said = who(&ns, None, &run_dir, &stale_peer, &stale_local);
+    assert!(matches!(said, Err((1, _))), "{said:?}");
+
+    // Waiting for its handshake (not established, connected just now).
+    let mut pending = entry.clone();
+    pending[16..32].fill(0); // established_ns, server_cookie
+    pending[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&monotonic_ns().to_ne_bytes());
+    pending[ENTRY_FIRST_SEQ..ENTRY_FIRST_SEQ + 4].fill(0);
+    write_entry(install, &under(FRESH_FROM), &pending);
+    let _fresh = holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, FRESH_FROM);
+    let fresh = holder.wait_accepted(3);
+    assert_eq!(fresh["status"], 1, "{fresh}");
+    assert_eq!(fresh["tgid"], client.pid(), "{fresh}");
+    assert_eq!(fresh["server_cookie"], fresh["cookie"], "{fresh}");
+    let (fresh_peer, fresh_local) = ends(&fresh);
+    let origin = who(&ns, None, &run_dir, &fresh_peer, &fresh_local).expect("the fresh entry");
+    assert_eq!(origin["pid"], client.pid(), "{origin:#}");
+    let listed: Vec<Value> = conns(&ns, None, &run_dir)
+        .into_iter()
+        .map(|o| o["client"].clone())
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for expected in [&peer, &fresh_peer] {
+        assert!(listed.contains(&json!(expected)), "{listed:?}");
+    }
+}
+
+/// A dual-stack listener (`[::]`, not v6-only) accepts an IPv4 client on
+/// an IPv6 socket whose addresses are IPv4-mapped, while the client's
+/// socket is IPv4: getsockopt on the accepted socket must still find the
+/// connection the client's side named. The same listener on the
+/// unprotected port is the control: "unknown".
+#[test]
+fn an_ipv4_client_of_a_dual_stack_listener_is_known_to_getsockopt() {
+    const DUAL_STACK: &str = r#"import json, os, socket, struct, sys
+out = []
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    s.listen(1)
+    c = socket.create_connection(("127.0.0.1", port))
+    a, peer = s.accept()
+    rec = a.getsockopt(0x4c57, 1, 328)
+    out.append({"port": port, "family": a.family, "peer": peer[0], "status": rec[8],
+                "tgid": struct.unpack_from("=I", rec, 152)[0]})
+print(json.dumps({"pid": os.getpid(), "answers": out}))
+"#;
+    let ns = Netns::new();
+    let _daemon = Daemon::start(&config(&ns));
+    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        DUAL_STACK,
+        &PROTECTED.to_string(),
+        &UNPROTECTED.to_string(),
+    ]));
+    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    let (protected, unprotected) = (&said["answers"][0], &said["answers"][1]);
+    for answer in [protected, unprotected] {
+        assert_eq!(answer["family"], libc::AF_INET6, "{said}");
+        assert_eq!(answer["peer"], "::ffff:127.0.0.1", "{said}");
+    }
+    assert_eq!(protected["status"], 1, "{said}");
+    assert_eq!(protected["tgid"], said["pid"], "{said}");
+    assert_eq!(
+        (&unprotected["status"], &unprotected["tgid"]),
+        (&json!(0), &json!(0)),
+        "{said}"
+    );
+}

@@ -1,0 +1,245 @@
+//! Tunnel clients that carry connections in ways a socket's reads do not
+//! show: over UDP datagrams, and moved with splice(2).
+
+use super::*;
+
+/// Port the UDP tunnel client below is told about connections on.
+const UDP_TUNNEL_PORT: u16 = 9010;
+
+/// The tunnel clients' Python: `open_service()` connects to the service
+/// (port `sys.argv[3]`), asks for `/` and prints `status N` or `error
+/// ERRNO`.
+macro_rules! open_service_py {
+    () => {
+        r#"
+import os, socket, sys
+def open_service():
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        print("status " + s.recv(64).split()[1].decode(), flush=True)
+    except OSError as e:
+        print("error " + str(e.errno), flush=True)
+"#
+    };
+}
+
+/// A UDP tunnel client in miniature (QUIC and WireGuard tunnels read their
+/// unconnected socket with the source address): for each datagram from
+/// its "server" it connects to the service and prints what happened.
+const UDP_TUNNEL: &str = concat!(
+    open_service_py!(),
+    r#"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    _, peer = u.recvfrom(512)
+    open_service()
+"#
+);
+
+/// The remote "server" tells the local UDP tunnel client about a
+/// connection; returns what the client printed.
+fn udp_open(topo: &Topology, client: &mut LineReader) -> String {
+    run_ok(topo.remote.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'open', (sys.argv[1], int(sys.argv[2])))",
+        LOCAL_ADDR,
+        &UDP_TUNNEL_PORT.to_string(),
+    ]));
+    client.next_line()
+}
+
+/// A child's stdout, line by line.
+struct LineReader {
+    _proc: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LineReader {
+    fn spawn(mut cmd: std::process::Command) -> Self {
+        use std::io::BufRead as _;
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the UDP tunnel client");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            _proc: child,
+            lines,
+        }
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| "(no answer)".to_owned())
+    }
+}
+
+impl Drop for LineReader {
+    fn drop(&mut self) {
+        let _ = self._proc.kill();
+        let _ = self._proc.wait();
+    }
+}
+
+/// UDP evidence: what a datagram from a non-local peer makes of the
+/// process that reads it with its source (the recvmsg hooks).
+#[test]
+fn a_udp_tunnel_client_is_a_relay() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let start = || {
+        let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
+        cmd.args([
+            "-c",
+            UDP_TUNNEL,
+            LOCAL_ADDR,
+            &UDP_TUNNEL_PORT.to_string(),
+            &PROTECTED.to_string(),
+        ]);
+        let client = LineReader::spawn(cmd);
+        topo.local.wait_udp_bound(UDP_TUNNEL_PORT);
+        client
+    };
+    // Without loopwarden it reaches the service.
+    {
+        let mut client = start();
+        assert_eq!(udp_open(&topo, &mut client), "status 200");
+    }
+    // Audit: the relay verdict names the UDP peer.
+    {
+        let policy = Policy::new(&topo.local, "audit").catalog(false);
+        let daemon = Daemon::start(&policy.text());
+        let mut client = start();
+        assert_eq!(udp_open(&topo, &mut client), "status 200");
+        let ev = daemon.wait_event("the UDP tunnel's relay audit", |e| e["rule"] == "relay");
+        assert_eq!(ev["verdict"], "audit", "{ev:#}");
+        assert_eq!(ev["via_how"], "received", "{ev:#}");
+        assert!(
+            ev["via"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(&format!("{REMOTE_ADDR}:"))),
+            "{ev:#}"
+        );
+    }
+    // Enforce with relay deny: refused.
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    let mut client = start();
+    assert_eq!(udp_open(&topo, &mut client), "error 111");
+    let ev = daemon.wait_event("the UDP tunnel's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+}
+
+/// Port of the remote end the splicing client below reads from.
+const SPLICE_SERVER_PORT: u16 = 9012;
+
+/// A tunnel client that moves what it receives with splice(2) (as Go's
+/// `io.Copy` between two TCP connections does on Linux), so no byte of it
+/// is copied to the process: it connects to its server, and for each
+/// message spliced out of that connection connects to the service.
+const SPLICE_TUNNEL: &str = concat!(
+    open_service_py!(),
+    r#"
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+r, w = os.pipe()
+while True:
+    n = os.splice(c.fileno(), w, 512)
+    if n == 0:
+        break
+    os.read(r, n)
+    open_service()
+"#
+);
+
+/// The remote server: accepts the client, waits past the relay window (so
+/// the client's `connected` evidence has expired), then sends one message.
+const SPLICE_SERVER: &str = r#"
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+c, _ = s.accept()
+time.sleep(1.0)
+c.sendall(b"open")
+time.sleep(30)
+"#;
+
+/// The window of the splice test: well under the server's wait.
+const SPLICE_WINDOW_MS: u64 = 300;
+
+/// Starts the remote server and the splicing client; returns the client's
+/// first line (what its connect to the service did) and the server.
+fn splice_open(topo: &Topology) -> (String, Proc) {
+    let port = SPLICE_SERVER_PORT.to_string();
+    let server = topo
+        .remote
+        .spawn(SYSTEM_PYTHON, &["-c", SPLICE_SERVER, REMOTE_ADDR, &port]);
+    topo.remote.wait_listening(SPLICE_SERVER_PORT);
+    let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
+    cmd.args([
+        "-c",
+        SPLICE_TUNNEL,
+        REMOTE_ADDR,
+        &port,
+        &PROTECTED.to_string(),
+    ]);
+    let client = LineReader::spawn(cmd);
+    (client.next_line(), server)
+}
+
+/// Data received by splice(2) is `received` evidence like data read with
+/// recv(): the relay verdict names the server it came from.
+#[test]
+fn a_tunnel_client_that_splices_what_it_receives_is_a_relay() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    // Without loopwarden it reaches the service.
+    assert_eq!(splice_open(&topo).0, "status 200");
+    // Audit: the relay verdict, from the data spliced out of the
+    // connection (the connect to the server is older than the window).
+    {
+        let policy = Policy::new(&topo.local, "audit")
+            .catalog(false)
+            .window_ms(SPLICE_WINDOW_MS);
+        let daemon = Daemon::start(&policy.text());
+        let (line, _server) = splice_open(&topo);
+        assert_eq!(line, "status 200");
+        let ev = daemon.wait_event("the splicing client's relay audit", |e| {
+            e["rule"] == "relay"
+        });
+        assert_eq!(ev["verdict"], "audit", "{ev:#}");
+        assert_eq!(ev["via_how"], "received", "{ev:#}");
+        assert_eq!(
+            ev["via"],
+            format!("{REMOTE_ADDR}:{SPLICE_SERVER_PORT}"),
+            "{ev:#}"
+        );
+    }
+    // Enforce with relay deny: refused.
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny")
+        .window_ms(SPLICE_WINDOW_MS);
+    let daemon = Daemon::start(&policy.text());
+    let (line, _server) = splice_open(&topo);
+    assert_eq!(line, "error 111");
+    let ev = daemon.wait_event("the splicing client's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+}
