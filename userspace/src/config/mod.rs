@@ -118,8 +118,6 @@ mod raw;
 mod tables;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_egress;
 mod validate;
 
 pub use self::{

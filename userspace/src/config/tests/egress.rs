@@ -3,10 +3,7 @@
 
 use loopwarden_common::{MAX_EGRESS_PREFIXES, MAX_EGRESS_RULES};
 
-use super::{
-    EgressDestination,
-    tests::{expect_error, parse},
-};
+use super::{EgressDestination, expect_error, parse};
 use crate::policy::{Action, egress::Builtin};
 
 /// An egress table with `body` after its name.

@@ -1,0 +1,109 @@
+//! The file itself: missing, not UTF-8, a directory, empty, huge; and
+//! the line index errors are named with.
+
+use super::*;
+
+#[test]
+fn missing_file_says_how_to_fix() {
+    let err = Config::from_file("/nonexistent/loopwarden.toml").unwrap_err();
+    assert!(matches!(err, ConfigError::NotFound { .. }));
+    let message = err.to_string();
+    assert!(
+        message.contains("/nonexistent/loopwarden.toml"),
+        "{message}"
+    );
+    assert!(message.contains("--config"), "{message}");
+    assert!(message.contains("check-config"), "{message}");
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_named_with_the_position() {
+    let tmp = TempDir::new("utf8");
+    let path = tmp.file("latin1.toml", b"mode = \"audit\"\n# caf\xe9\n");
+    let err = Config::from_file(&path).unwrap_err();
+    assert!(matches!(err, ConfigError::NotUtf8 { .. }), "{err:?}");
+    let message = err.to_string();
+    assert_eq!(
+        message,
+        format!(
+            "{}:2:6: not UTF-8 text (byte 0xe9): policy files must be UTF-8",
+            path.display()
+        )
+    );
+    // A binary file fails at its first byte that is not UTF-8.
+    let err = Config::from_bytes_named(b"\x7fELF\x02\x01\x01\xff", "x").unwrap_err();
+    assert!(err.to_string().starts_with("x:1:8: not UTF-8"), "{err}");
+}
+
+#[test]
+fn a_directory_is_not_a_config_file() {
+    let tmp = TempDir::new("dir");
+    let err = Config::from_file(&tmp.0).unwrap_err();
+    assert!(matches!(err, ConfigError::IsDirectory { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("config file {} is a directory", tmp.0.display())),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_empty_file_is_the_default_policy_with_a_warning() {
+    let tmp = TempDir::new("empty");
+    let path = tmp.file("empty.toml", b"");
+    let config = Config::from_file(&path).unwrap();
+    assert_eq!(config.mode, Mode::Audit);
+    assert_eq!(config.protect.ports, PortSet::All);
+    assert_eq!(config.warnings.len(), 1);
+    assert!(
+        config.warnings[0].starts_with(&path.display().to_string()),
+        "{:?}",
+        config.warnings
+    );
+}
+
+#[test]
+fn huge_files_are_refused_before_they_are_read() {
+    let tmp = TempDir::new("huge");
+    // 50 MiB, sparse: nothing is written, and nothing must be read.
+    let path = tmp.0.join("huge.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(50 << 20)
+        .unwrap();
+    let start = std::time::Instant::now();
+    let err = Config::from_file(&path).unwrap_err();
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "config file {} is 52428800 bytes, over the 4194304-byte (4 MiB) limit for policy \
+             files: is this the right file?",
+            path.display()
+        )
+    );
+    // Exactly at the limit is read (and then parsed: all spaces is empty).
+    let path = tmp.file("limit.toml", &vec![b' '; MAX_CONFIG_BYTES as usize]);
+    assert!(Config::from_file(&path).is_ok());
+    // A device that never ends and says no size: read up to the limit only.
+    let err = Config::from_file("/dev/zero").unwrap_err();
+    assert!(
+        matches!(err, ConfigError::TooLarge { size: None, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("is longer than the 4194304-byte"),
+        "{err}"
+    );
+}
+
+#[test]
+fn line_index() {
+    let lines = LineIndex::new("ab\nc\u{e9}d\n\nx");
+    assert_eq!(lines.locate(0), Location { line: 1, column: 1 });
+    assert_eq!(lines.locate(2), Location { line: 1, column: 3 });
+    assert_eq!(lines.locate(3), Location { line: 2, column: 1 });
+    assert_eq!(lines.locate(6), Location { line: 2, column: 3 });
+    assert_eq!(lines.locate(8), Location { line: 3, column: 1 });
+    assert_eq!(lines.locate(9), Location { line: 4, column: 1 });
+}

@@ -1,0 +1,119 @@
+//! `[[rule]]` tables: criteria, names, paths and how many fit.
+
+use super::*;
+
+#[test]
+fn bad_rules() {
+    expect_error(&rule(""), 4, "rule `r` has no criteria");
+    expect_error(
+        &rule("comm = \"a-very-long-comm-name\""),
+        6,
+        "is 21 bytes but the kernel keeps at most 15",
+    );
+    // Exactly 15 bytes is fine.
+    parse(&rule("comm = \"fifteen-bytes-x\"")).unwrap();
+    expect_error(
+        &rule(&format!("exe_name = \"{}\"", "x".repeat(32))),
+        6,
+        "is 32 bytes but the kernel compares at most 31",
+    );
+    parse(&rule(&format!("exe_name = \"{}\"", "x".repeat(31)))).unwrap();
+    expect_error(
+        &rule("exe = [\"/usr/bin/a\",\n  \"bin/socat\"]"),
+        7,
+        "`exe` must be an absolute path, not `bin/socat`",
+    );
+    expect_error(
+        &rule("parent_exe = \"sshd\""),
+        6,
+        "`parent_exe` must be an absolute path",
+    );
+    expect_error(&rule("exe_name = \"/usr/bin/x\""), 6, "put paths in exe");
+    expect_error(&rule("comm = []"), 6, "`comm` is an empty list");
+    expect_error(&rule("user = \"\""), 6, "`user` is an empty string");
+    expect_error(&rule("uid = -1"), 6, "invalid value");
+    expect_error(&rule("uid = [\"root\"]"), 6, "invalid type");
+    expect_error(
+        "[protect]\nnetns = \"blue\"\n",
+        2,
+        "`netns` must be an absolute path",
+    );
+}
+
+#[test]
+fn bad_rule_names() {
+    let named =
+        |name: &str| format!("[[rule]]\nname = \"{name}\"\naction = \"deny\"\ncomm = \"x\"\n");
+    expect_error(&named("has space"), 2, "may only contain");
+    expect_error(&named(""), 2, "may only contain");
+    expect_error(&named("catalog:socat"), 2, "reserved for built-in rules");
+    let twice = format!("{}\n{}", named("same"), named("same"));
+    expect_error(&twice, 7, "already used by the rule at line 2");
+}
+
+#[test]
+fn too_many_rules() {
+    let fit = MAX_RULES - CATALOG.len();
+    parse(&rules(fit)).unwrap();
+    // Rule number `fit` (0-based) starts at line 4 * fit + 1; its name is
+    // on the next line.
+    expect_error(&rules(fit + 1), 4 * fit + 2, "too many rules");
+    let without_catalog = format!("catalog = false\n{}", rules(MAX_RULES));
+    parse(&without_catalog).unwrap();
+    let over = format!("catalog = false\n{}", rules(MAX_RULES + 1));
+    expect_error(&over, 4 * MAX_RULES + 3, "set `catalog = false`");
+}
+
+#[test]
+fn five_thousand_rules_are_refused_at_the_first_that_does_not_fit() {
+    let text = rules(5000);
+    let start = std::time::Instant::now();
+    let fit = MAX_RULES - CATALOG.len();
+    let err = expect_error(&text, 4 * fit + 2, "too many rules: 5000 in the file");
+    println!("5000 rules: {err} ({:?})", start.elapsed());
+    assert!(matches!(
+        err,
+        ConfigError::Invalid {
+            problem: Problem::TooManyRules { user: 5000, .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn paths_longer_than_linux_allows() {
+    let long = |len: usize| {
+        // Components of 200 bytes: only the total is over the limit.
+        let mut path = format!("/{}", "a".repeat(199)).repeat(len / 200 + 1);
+        path.truncate(len);
+        path
+    };
+    for len in [10_000, libc::PATH_MAX as usize] {
+        let path = long(len);
+        assert_eq!(path.len(), len);
+        let err = expect_error(
+            &rule(&format!("exe = \"{path}\"")),
+            6,
+            &format!("`exe` path is {len} bytes, longer than Linux allows (4095"),
+        );
+        // The message says how long, without repeating the path.
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+    // The longest Linux takes is valid here (it may still not exist).
+    let fits = long(libc::PATH_MAX as usize - 1);
+    let config = parse(&rule(&format!("ancestor_exe = \"{fits}\""))).unwrap();
+    assert_eq!(
+        config.rules[0].criteria.ancestor_exe[0]
+            .value
+            .as_os_str()
+            .len(),
+        4095
+    );
+    let component = format!("/usr/bin/{}", "x".repeat(256));
+    expect_error(
+        &format!("[protect]\nnetns = \"{component}\"\n"),
+        2,
+        "`netns` path has a 256-byte component, longer than Linux allows (255",
+    );
+    parse(&rule(&format!("exe = \"/usr/bin/{}\"", "x".repeat(255)))).unwrap();
+}

@@ -1,0 +1,286 @@
+//! What compiling yields and refuses: settings, ports, netns, unresolvable
+//! or missing names, limits, warnings and the summary.
+
+use super::*;
+
+#[test]
+fn settings_flags_ports_and_netns() {
+    let policy = compile_ok(
+        r#"
+mode = "enforce"
+deny_errno = "EPERM"
+catalog = false
+log_allowed = true
+[protect]
+ports = [22, "8080", "9000-9100", 9101]
+netns = "/run/netns/blue"
+host_addresses = true
+[[rule]]
+name = "r"
+action = "deny"
+comm = "x"
+"#,
+        &host(),
+    );
+    let s = &policy.settings;
+    assert_eq!(
+        s.flags,
+        flags::ENABLED
+            | flags::ENFORCE
+            | flags::NETNS_SCOPED
+            | flags::HOST_ADDRS
+            | flags::LOG_ALLOWED
+            | flags::RELAY
+            | flags::PROVENANCE
+    );
+    assert_eq!(s.deny_errno, 1);
+    assert!(policy.host_addresses);
+    assert_eq!(
+        policy.netns,
+        [Netns {
+            path: "/run/netns/blue".to_owned(),
+            cookie: 4096
+        }]
+    );
+    for port in [22, 8080, 9000, 9050, 9100, 9101] {
+        assert!(policy.ports.contains(port), "{port}");
+    }
+    for port in [0, 21, 23, 8081, 8999, 9102, 65535] {
+        assert!(!policy.ports.contains(port), "{port}");
+    }
+    let Ports::Some(words) = &policy.ports else {
+        panic!("expected a bitmap");
+    };
+    assert_eq!(words[0], 1 << 22);
+    assert_eq!(policy.ports.to_string(), "22, 8080, 9000-9101");
+}
+
+#[test]
+fn unresolvable_names_in_user_rules_are_errors() {
+    let text = "catalog = false\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/gone\"]\n";
+    let err = compile(&config(text), &host()).unwrap_err();
+    assert!(matches!(err, PolicyError::Exe { field: "exe", .. }));
+    let message = err.to_string();
+    assert!(message.starts_with("test.toml:5:"), "{message}");
+    assert!(message.contains("rule `gone`"), "{message}");
+    assert!(message.contains("/usr/bin/gone"), "{message}");
+
+    let text = "[[rule]]\nname = \"u\"\naction = \"deny\"\nancestor_exe = \"/usr/bin/gone\"\n";
+    let err = compile(&config(text), &host()).unwrap_err().to_string();
+    assert!(err.starts_with("test.toml:4:"), "{err}");
+    assert!(err.contains("ancestor_exe /usr/bin/gone"), "{err}");
+
+    let text = "[[rule]]\nname = \"u\"\naction = \"deny\"\nuser = \"mallory\"\n";
+    let err = compile(&config(text), &host()).unwrap_err().to_string();
+    assert!(err.starts_with("test.toml:4:"), "{err}");
+    assert!(err.contains("rule `u`: no user named `mallory`"), "{err}");
+
+    let text = "[protect]\nnetns = [\"/run/netns/blue\", \"/run/netns/red\"]\n";
+    let err = compile(&config(text), &host()).unwrap_err().to_string();
+    assert!(err.starts_with("test.toml:2:29:"), "{err}");
+    assert!(err.contains("/run/netns/red"), "{err}");
+}
+
+#[test]
+fn lenient_recompile_drops_vanished_values_without_widening_the_rule() {
+    let text = "catalog = false\n[protect]\nnetns = [\"/run/netns/blue\", \"/run/netns/red\"]\n\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/gone\"]\n\n[[rule]]\nname = \"nobody\"\naction = \"deny\"\nuser = \"mallory\"\n";
+    assert!(compile(&config(text), &host()).is_err());
+    let policy = compile_lenient(&config(text), &host(), None).unwrap();
+    assert_eq!(policy.warnings.len(), 3, "{:?}", policy.warnings);
+    assert!(policy.warnings.iter().any(|w| w.contains("/usr/bin/gone")));
+    // Still scoped (to the namespace that exists), still two rules.
+    assert_ne!(policy.settings.flags & flags::NETNS_SCOPED, 0);
+    assert_eq!(policy.netns.len(), 1);
+    assert_eq!(policy.settings.active, 0b11);
+    // Rule 0 keeps its resolvable exe; rule 1 constrains uid with no
+    // value left, so it matches nobody instead of everybody.
+    assert_eq!(policy.exe.len(), 1);
+    assert_eq!(policy.settings.wild_exe & 0b01, 0);
+    assert_eq!(policy.settings.wild_uid & 0b10, 0);
+    assert!(policy.uid.is_empty());
+}
+
+#[test]
+fn missing_cgroup_is_a_warning() {
+    let policy = compile_ok(
+        "catalog = false\n[[rule]]\nname = \"tunnel\"\naction = \"deny\"\ncgroup = [\"later.service\", \"system.slice\"]\n",
+        &host(),
+    );
+    assert_eq!(policy.warnings.len(), 1);
+    let warning = &policy.warnings[0];
+    assert!(warning.starts_with("test.toml:5:"), "{warning}");
+    assert!(warning.contains("rule `tunnel`"), "{warning}");
+    assert!(warning.contains("later.service"), "{warning}");
+    // The rule is loaded, constrained to the cgroup that exists.
+    assert_eq!(policy.settings.active, 1);
+    assert_eq!(policy.settings.wild_cgroup, 0);
+    assert_eq!(policy.cgroup, BTreeMap::from([(10, 1)]));
+    assert!(
+        policy.rules[0]
+            .matches
+            .contains("later.service (not found)")
+    );
+}
+
+#[test]
+fn every_port_compiles_quickly() {
+    let all_but_zero = |policy: &CompiledPolicy| {
+        assert!(!policy.ports.contains(0));
+        assert!((1..=u16::MAX).all(|port| policy.ports.contains(port)));
+        assert_eq!(policy.ports.to_string(), "1-65535");
+        // Not the "all" fast path: port 0 stays unprotected.
+        assert_eq!(policy.settings.flags & flags::ALL_PORTS, 0);
+    };
+    all_but_zero(&compile_ok("[protect]\nports = \"1-65535\"\n", &host()));
+
+    let list: Vec<String> = (1..=u16::MAX).map(|p| p.to_string()).collect();
+    let text = format!("[protect]\nports = [{}]\n", list.join(", "));
+    let start = std::time::Instant::now();
+    let policy = compile_ok(&text, &host());
+    let elapsed = start.elapsed();
+    println!("65535 listed ports parsed and compiled in {elapsed:?}");
+    all_but_zero(&policy);
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+}
+
+/// Setting every port of every range one by one took time proportional
+/// to the ranges' total length: a 4 MiB file of "1-65535" entries made
+/// tens of billions of steps.
+#[test]
+fn overlapping_port_ranges_cost_what_their_union_does() {
+    let every = PortRange {
+        first: 1,
+        last: u16::MAX,
+    };
+    let mut ranges = vec![every; 1_000_000];
+    ranges.push(PortRange { first: 0, last: 0 });
+    let start = std::time::Instant::now();
+    let merged = ports(&PortSet::Ranges(ranges));
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(merged.ranges(), Some(vec![(0, u16::MAX)]));
+    // Nested and adjacent ranges, in any order.
+    let ranges = [
+        (9000, 9100),
+        (22, 22),
+        (9050, 9060),
+        (9101, 9101),
+        (80, 90),
+        (85, 95),
+    ];
+    let merged = ports(&PortSet::Ranges(
+        ranges
+            .iter()
+            .map(|&(first, last)| PortRange { first, last })
+            .collect(),
+    ));
+    assert_eq!(merged.to_string(), "22, 80-95, 9000-9101");
+}
+
+#[test]
+fn long_paths_fail_to_resolve_clearly() {
+    // The longest path Linux takes passes validation; resolving it on
+    // the real host fails with the file, line, rule and reason.
+    let path = format!("/{}", "a".repeat(199)).repeat(21)[..4095].to_owned();
+    let text = format!("[[rule]]\nname = \"long\"\naction = \"deny\"\nexe = \"{path}\"\n");
+    let resolver = crate::resolve::HostResolver::new(PathBuf::from("/nonexistent-cgroup"));
+    let err = compile(&config(&text), &resolver).unwrap_err();
+    assert!(matches!(err, PolicyError::Exe { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("test.toml:4:7: rule `long`: exe /aaa"),
+        "{message}"
+    );
+    let source = std::error::Error::source(&err).unwrap().to_string();
+    assert!(source.contains("No such file or directory"), "{source}");
+}
+
+#[test]
+fn config_warnings_reach_the_policy() {
+    let policy = compile_ok("# all defaults\n", &host());
+    assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+    assert!(policy.warnings[0].contains("no settings"));
+    assert!(policy.to_string().contains("no settings"));
+}
+
+#[test]
+fn too_deep_cgroup_and_too_many_rules() {
+    let mut resolver = host();
+    resolver
+        .cgroups
+        .insert("deep".to_owned(), CgroupId { id: 5, level: 32 });
+    let text = "[[rule]]\nname = \"d\"\naction = \"deny\"\ncgroup = \"deep\"\n";
+    let err = compile(&config(text), &resolver).unwrap_err();
+    assert!(matches!(err, PolicyError::CgroupTooDeep { level: 32, .. }));
+
+    // A hand-built config past the limit is refused, not truncated.
+    let mut config = config("[[rule]]\nname = \"r\"\naction = \"deny\"\nuid = 1\n");
+    let rule = config.rules[0].clone();
+    config.rules = vec![rule; MAX_RULES];
+    let err = compile(&config, &resolver).unwrap_err();
+    assert!(matches!(err, PolicyError::TooManyRules { .. }), "{err}");
+}
+
+#[test]
+fn summary() {
+    let policy = compile_ok(
+        r#"
+mode = "enforce"
+[protect]
+ports = [22, "8000-8100"]
+netns = "/run/netns/blue"
+[[rule]]
+name = "relay-socat"
+action = "deny"
+exe = "/usr/bin/socat"
+"#,
+        &host(),
+    );
+    let text = policy.to_string();
+    for expected in [
+        "mode:        enforce",
+        "deny errno:  ECONNREFUSED (111)",
+        "ports:       22, 8000-8100",
+        "netns:       /run/netns/blue (cookie 4096)",
+        "relay-socat",
+        "exe /usr/bin/socat (dev 0:27 ino 10)",
+        "catalog:cloudflared",
+        "exe_name in [sshd*, sshd-session*, dropbear*]",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("   0  relay-socat")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_failed_user_lookup_is_not_an_unknown_user() {
+    let mut host = host();
+    host.broken_users.push("ldapuser".to_owned());
+    let text = "catalog = false\n[[rule]]\nname = \"u\"\naction = \"deny\"\nuser = [\"nobody\", \"ldapuser\"]\n";
+    let err = compile(&config(text), &host).unwrap_err();
+    assert!(matches!(err, PolicyError::UserLookup { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("rule `u`: looking up user `ldapuser` failed"),
+        "{err}"
+    );
+    // Re-resolution keeps the users that resolve, says why the other
+    // does not, and asks again next time.
+    let policy = compile_lenient(&config(text), &host, None).unwrap();
+    assert_eq!(policy.uid, BTreeMap::from([(65534, 1)]));
+    assert!(
+        policy.warnings[0].contains("failed: the directory did not answer; this value matches nothing until it resolves again"),
+        "{:?}",
+        policy.warnings
+    );
+    host.broken_users.clear();
+    host.users.insert("ldapuser".to_owned(), 70000);
+    let policy = compile_lenient(&config(text), &host, Some(&policy)).unwrap();
+    assert_eq!(policy.uid, BTreeMap::from([(65534, 1), (70000, 1)]));
+    assert!(policy.warnings.is_empty());
+}
