@@ -4,6 +4,10 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -91,6 +95,28 @@ impl Install {
         run(Command::new(loopwarden_bin())
             .arg("detach")
             .args(self.dir_args()))
+    }
+
+    /// A reference to the link pinned as `links/NAME`, held until the fd is
+    /// dropped (`BPF_OBJ_GET`): what a second process holding the link
+    /// (bpftool, a leaked descriptor) keeps alive after its pin is gone.
+    pub fn hold_link(&self, name: &str) -> OwnedFd {
+        let path = self.pin_dir.join("links").join(name);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a pin path");
+        // union bpf_attr for BPF_OBJ_GET (7): { __aligned_u64 pathname;
+        // __u32 bpf_fd; __u32 file_flags; }
+        let mut attr = [c_path.as_ptr() as u64, 0u64];
+        // SAFETY: `attr` is the command's 16-byte attribute; the kernel
+        // only reads the path it points at.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 7, attr.as_mut_ptr(), 16) };
+        assert!(
+            fd >= 0,
+            "opening {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor the kernel returned, owned by nobody else.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
     }
 
     /// Ids of the programs the pinned links run (bpftool), this install's only.

@@ -121,6 +121,42 @@ fn sigterm_leaves_enforcement_pinned_and_detach_removes_it() {
     assert!(!install.pin_dir().exists(), "pins left behind");
 }
 
+/// `detach` ends enforcement before it returns, even while another
+/// process still holds the links: removing a pin only drops a reference,
+/// which the kernel releases later (after an RCU grace period, from a work
+/// queue) or, with another holder, not at all.
+#[test]
+fn detach_ends_enforcement_at_once_even_while_the_links_are_held() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let target6 = format!("TCP6:[::1]:{PROTECTED}");
+    assert!(ns.socat_connect(&target).0, "reachable without loopwarden");
+    assert!(
+        ns.socat_connect(&target6).0,
+        "reachable over IPv6 without loopwarden"
+    );
+    let mut daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    let install = std::sync::Arc::clone(daemon.install());
+    assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
+    assert!(
+        !ns.socat_connect(&target).0,
+        "enforcing after the daemon's exit"
+    );
+    assert!(!ns.socat_connect(&target6).0, "enforcing over IPv6 too");
+    let held = [
+        install.hold_link("lw_connect4"),
+        install.hold_link("lw_connect6"),
+    ];
+    let out = install.detach();
+    assert!(out.status.success(), "{out:?}");
+    let (ok, stderr) = ns.socat_connect(&target);
+    assert!(ok, "still refused after detach: {stderr}");
+    let (ok, stderr) = ns.socat_connect(&target6);
+    assert!(ok, "still refused over IPv6 after detach: {stderr}");
+    drop(held);
+}
+
 #[test]
 fn not_root_is_a_clear_error() {
     let out = run(Command::new("setpriv")

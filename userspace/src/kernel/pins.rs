@@ -21,12 +21,14 @@ use std::{
     collections::HashMap,
     ffi::CString,
     fs, io,
-    os::unix::ffi::OsStrExt as _,
+    os::{fd::AsFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
 };
 
 use aya::maps::{Array, MapData, MapInfo};
 use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, Meta, maps};
+
+use super::sys;
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/loopwarden";
@@ -311,8 +313,10 @@ impl PinDir {
         fs::remove_dir(&staging).map_err(io_err("removing", &staging))
     }
 
-    /// Removes every pin: links first (that detaches the programs), then
-    /// maps, then the directories. What was removed, for the report.
+    /// Removes every pin: links first, each detached from its hook before
+    /// its pin goes (so enforcement has ended when this returns, see
+    /// [`remove_link`]), then maps, then the directories. What was removed,
+    /// for the report.
     pub fn remove_all(&self) -> Result<Vec<PathBuf>, PinError> {
         let mut removed = Vec::new();
         if !self.root.exists() {
@@ -326,7 +330,12 @@ impl PinDir {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
-                fs::remove_file(&path).map_err(io_err("removing", &path))?;
+                if dir == links {
+                    remove_link(&path)
+                } else {
+                    fs::remove_file(&path)
+                }
+                .map_err(io_err("removing", &path))?;
                 removed.push(path);
             }
         }
@@ -372,6 +381,19 @@ fn read_meta(path: &Path) -> Result<Meta, String> {
     let meta: Array<MapData, Meta> =
         Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())?;
     meta.get(&0, 0).map_err(|e| e.to_string())
+}
+
+/// Removes the link pinned at `path`, detaching it from its hook first
+/// so its program has stopped when this returns ([`sys::link_detach`]).
+/// The detach is best effort: a tracing link cannot be detached this way,
+/// and the kernel detaches any link soon after its last pin goes anyway.
+pub fn remove_link(path: &Path) -> io::Result<()> {
+    match sys::obj_get(path).and_then(|link| sys::link_detach(link.as_fd())) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {}
+        Err(e) => tracing::debug!("detaching {} at once failed: {e}", path.display()),
+    }
+    fs::remove_file(path)
 }
 
 /// Removes a directory tree (bpffs pins are unlinked like files).

@@ -5,7 +5,8 @@
 //! runs (`BPF_PROG_QUERY`), and loading and linking a program of a few
 //! hand-written instructions (the `BPF_LINK_UPDATE` probe). And linking
 //! and pinning a program whose link type aya cannot pin
-//! (`cgroup/getsockopt`). Each builds the
+//! (`cgroup/getsockopt`), and detaching a link at once (`BPF_LINK_DETACH`:
+//! aya's links detach only when dropped). Each builds the
 //! command's `union bpf_attr` member as laid out in include/uapi/linux/bpf.h.
 
 use std::{
@@ -25,6 +26,7 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 /// `BPF_F_REPLACE`: update only if the link still runs `old_prog_fd`.
 const BPF_F_REPLACE: u32 = 1 << 2;
 
@@ -85,6 +87,19 @@ pub fn link_update(
         u64::from(words[2]) | (u64::from(words[3]) << 32),
     ];
     bpf(BPF_LINK_UPDATE, &mut attr, 16).map(drop)
+}
+
+/// Detaches a link from its hook before returning (`BPF_LINK_DETACH`,
+/// Linux 5.9): its program runs no more, whoever still holds the link.
+/// Removing a link's last pin does not: the kernel drops that reference
+/// after an RCU grace period and frees the link from a work queue, so
+/// the program can still run for a moment after the unlink returns.
+/// Cgroup links support it; tracing links refuse it (EOPNOTSUPP or
+/// EINVAL) and go with their last reference.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    // struct { __u32 link_fd; }
+    let mut attr = [u64::from(link.as_raw_fd() as u32)];
+    bpf(BPF_LINK_DETACH, &mut attr, 8).map(drop)
 }
 
 /// The id of the program a link runs (`bpf_link_info.prog_id`).

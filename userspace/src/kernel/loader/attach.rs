@@ -16,7 +16,10 @@ use aya::programs::{
 use loopwarden_common::programs;
 
 use super::{BASELINE_TRACKER, LoaderError, Programs, Takeover, typed};
-use crate::kernel::{pins::PinDir, sys};
+use crate::kernel::{
+    pins::{PinDir, remove_link},
+    sys,
+};
 
 impl Programs {
     /// Makes the pinned links run these programs: each pinned link is
@@ -104,7 +107,7 @@ impl Programs {
                 let path = entry.path();
                 let ours = entry.file_name().to_string_lossy().starts_with(name);
                 if ours && !wanted.iter().any(|(pin, _)| *pin == path) {
-                    std::fs::remove_file(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
+                    remove_link(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
                 }
             }
         }
