@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     os::{
-        fd::{FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
@@ -117,6 +117,22 @@ impl Install {
         );
         // SAFETY: a new descriptor the kernel returned, owned by nobody else.
         unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    /// Detaches the link pinned as `links/NAME` from its hook and leaves
+    /// the pin (`BPF_LINK_DETACH`): what a `detach` killed between the two
+    /// steps leaves behind.
+    pub fn detach_link_in_place(&self, name: &str) {
+        let link = self.hold_link(name);
+        // union bpf_attr for BPF_LINK_DETACH (34): { __u32 link_fd; }
+        let mut attr = [u64::from(link.as_raw_fd() as u32)];
+        // SAFETY: `attr` is the command's attribute; the kernel reads the fd.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, 34, attr.as_mut_ptr(), 8) };
+        assert!(
+            rc == 0,
+            "detaching {name}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Ids of the programs the pinned links run (bpftool), this install's only.

@@ -157,6 +157,40 @@ fn detach_ends_enforcement_at_once_even_while_the_links_are_held() {
     drop(held);
 }
 
+/// A link pinned but detached already (a `detach` killed between its two
+/// steps) runs nothing: the next daemon attaches a new one in its place
+/// instead of failing to update it, and enforces again.
+#[test]
+fn a_start_over_a_pinned_but_detached_link_attaches_anew() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let target6 = format!("TCP6:[::1]:{PROTECTED}");
+    let config = policy(&ns, "enforce", "");
+    let mut daemon = Daemon::start(&config);
+    let install = std::sync::Arc::clone(daemon.install());
+    assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
+    assert!(
+        !ns.socat_connect(&target).0,
+        "enforcing after the daemon's exit"
+    );
+    install.detach_link_in_place("lw_connect4");
+    install.detach_link_in_place("lw_connect6");
+    assert!(
+        ns.socat_connect(&target).0,
+        "the detached link refuses nothing"
+    );
+    assert!(ns.socat_connect(&target6).0, "nor over IPv6");
+    let daemon = Daemon::start_in(&install, &config, &[]);
+    daemon.wait_stderr("was detached already", 2);
+    assert!(
+        !ns.socat_connect(&target).0,
+        "enforcing again after the start"
+    );
+    assert!(!ns.socat_connect(&target6).0, "over IPv6 too");
+    assert_eq!(install.linked_prog_ids().len(), 2, "both links pinned anew");
+}
+
 #[test]
 fn not_root_is_a_clear_error() {
     let out = run(Command::new("setpriv")

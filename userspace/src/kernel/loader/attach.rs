@@ -43,8 +43,7 @@ impl Programs {
         for &name in self.names {
             let pin = pins.link(name);
             let prog = typed::<CgroupSockAddr>(&mut self.ebpf, name)?;
-            if pin.exists() {
-                update_link(name, &pin, prog)?;
+            if pin.exists() && update_link(name, &pin, prog)? {
                 continue;
             }
             takeover = Takeover::Attached;
@@ -78,8 +77,7 @@ impl Programs {
     /// Makes a pinned `cgroup/getsockopt` link run our program in each
     /// cgroup of `targets` (the root, or the cgroups the policy names),
     /// and removes the pinned links of cgroups no longer named (an empty
-    /// `targets` removes them all). Removing a pin detaches the program
-    /// once no process holds the link either.
+    /// `targets` removes them all, each detached at once: [`remove_link`]).
     fn attach_getsockopt(
         &mut self,
         cgroup_root: &Path,
@@ -113,8 +111,7 @@ impl Programs {
         }
         let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
         for (pin, dir) in wanted {
-            if pin.exists() {
-                update_link(name, &pin, prog)?;
+            if pin.exists() && update_link(name, &pin, prog)? {
                 continue;
             }
             // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
@@ -204,12 +201,15 @@ fn getsockopt_pin(dir: &Path, cgroup_root: &Path) -> io::Result<String> {
 }
 
 /// Switches the cgroup link pinned at `pin` to `prog` in place
-/// (`BPF_LINK_UPDATE`) and checks that it runs it.
+/// (`BPF_LINK_UPDATE`) and checks that it runs it: true. False when the
+/// pinned link is detached already (`ENOLINK`: a `detach` stopped between
+/// detaching it and removing its pin, or its cgroup was removed): nothing
+/// runs through it, so its pin is removed for the caller to attach anew.
 fn update_link(
     name: &'static str,
     pin: &Path,
     prog: &mut impl ProgramFd,
-) -> Result<(), LoaderError> {
+) -> Result<bool, LoaderError> {
     let update = |source| LoaderError::LinkUpdate {
         name,
         path: pin.display().to_string(),
@@ -219,14 +219,25 @@ fn update_link(
     let (prog_fd, want) = prog
         .fd_and_id()
         .map_err(|source| LoaderError::Verify { name, source })?;
-    sys::link_update(link.as_fd(), prog_fd.as_fd(), None).map_err(update)?;
+    match sys::link_update(link.as_fd(), prog_fd.as_fd(), None) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+            tracing::warn!(
+                "the link pinned at {} was detached already; attaching {name} anew",
+                pin.display()
+            );
+            std::fs::remove_file(pin).map_err(update)?;
+            return Ok(false);
+        }
+        Err(e) => return Err(update(e)),
+    }
     let runs = sys::link_prog_id(&link).ok();
     if want.is_some() && want != runs {
         return Err(update(io::Error::other(format!(
             "the link runs program {runs:?} after the update, not {want:?}"
         ))));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// What [`update_link`] needs of a loaded program, whatever its type.
