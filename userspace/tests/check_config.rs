@@ -7,31 +7,11 @@ use std::{
     process::Command,
 };
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "loopwarden-check-config-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes `contents` to `name` in `dir`; its path.
+fn write(dir: &tempfile::TempDir, name: &str, contents: &[u8]) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
 }
 
 /// Runs `check-config FILE`: (success, stderr).
@@ -59,21 +39,21 @@ fn expect_error(file: &Path, message: &str) {
 
 #[test]
 fn odd_files_get_clear_errors() {
-    let tmp = TempDir::new("odd");
-    let path = |name: &str| tmp.0.join(name).display().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| tmp.path().join(name).display().to_string();
 
-    let latin1 = tmp.file("latin1.toml", b"mode = \"audit\"\n# caf\xe9\n");
+    let latin1 = write(&tmp, "latin1.toml", b"mode = \"audit\"\n# caf\xe9\n");
     expect_error(
         &latin1,
         &format!("{}:2:6: not UTF-8 text (byte 0xe9)", path("latin1.toml")),
     );
 
     expect_error(
-        &tmp.0,
-        &format!("config file {} is a directory", tmp.0.display()),
+        tmp.path(),
+        &format!("config file {} is a directory", tmp.path().display()),
     );
 
-    let huge = tmp.0.join("huge.toml");
+    let huge = tmp.path().join("huge.toml");
     std::fs::File::create(&huge)
         .unwrap()
         .set_len(50 << 20)
@@ -89,7 +69,7 @@ fn odd_files_get_clear_errors() {
     let rules: String = (0..5000)
         .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nuid = {i}\n"))
         .collect();
-    let many = tmp.file("many.toml", rules.as_bytes());
+    let many = write(&tmp, "many.toml", rules.as_bytes());
     // Four lines a rule; the error points at the name of the first that does not fit.
     let fit = loopwarden_common::MAX_RULES - loopwarden::catalog::CATALOG.len();
     expect_error(
@@ -103,7 +83,7 @@ fn odd_files_get_clear_errors() {
 
     let long = format!("/{}", "a".repeat(199)).repeat(50);
     let text = format!("[[rule]]\nname = \"long\"\naction = \"deny\"\nexe = \"{long}\"\n");
-    let long = tmp.file("long.toml", text.as_bytes());
+    let long = write(&tmp, "long.toml", text.as_bytes());
     expect_error(
         &long,
         &format!(
@@ -115,8 +95,8 @@ fn odd_files_get_clear_errors() {
 
 #[test]
 fn an_empty_file_checks_as_the_defaults_with_a_warning() {
-    let tmp = TempDir::new("empty");
-    let empty = tmp.file("empty.toml", b"");
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = write(&tmp, "empty.toml", b"");
     let out = Command::new(env!("CARGO_BIN_EXE_loopwarden"))
         .arg("check-config")
         .arg(&empty)

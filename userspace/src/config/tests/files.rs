@@ -18,8 +18,8 @@ fn missing_file_says_how_to_fix() {
 
 #[test]
 fn a_file_that_is_not_utf8_is_named_with_the_position() {
-    let tmp = TempDir::new("utf8");
-    let path = tmp.file("latin1.toml", b"mode = \"audit\"\n# caf\xe9\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(&tmp, "latin1.toml", b"mode = \"audit\"\n# caf\xe9\n");
     let err = Config::from_file(&path).unwrap_err();
     assert!(matches!(err, ConfigError::NotUtf8 { .. }), "{err:?}");
     let message = err.to_string();
@@ -37,20 +37,23 @@ fn a_file_that_is_not_utf8_is_named_with_the_position() {
 
 #[test]
 fn a_directory_is_not_a_config_file() {
-    let tmp = TempDir::new("dir");
-    let err = Config::from_file(&tmp.0).unwrap_err();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Config::from_file(tmp.path()).unwrap_err();
     assert!(matches!(err, ConfigError::IsDirectory { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
-        message.starts_with(&format!("config file {} is a directory", tmp.0.display())),
+        message.starts_with(&format!(
+            "config file {} is a directory",
+            tmp.path().display()
+        )),
         "{message}"
     );
 }
 
 #[test]
 fn an_empty_file_is_the_default_policy_with_a_warning() {
-    let tmp = TempDir::new("empty");
-    let path = tmp.file("empty.toml", b"");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(&tmp, "empty.toml", b"");
     let config = Config::from_file(&path).unwrap();
     assert_eq!(config.mode, Mode::Audit);
     assert_eq!(config.protect.ports, PortSet::All);
@@ -64,9 +67,9 @@ fn an_empty_file_is_the_default_policy_with_a_warning() {
 
 #[test]
 fn huge_files_are_refused_before_they_are_read() {
-    let tmp = TempDir::new("huge");
+    let tmp = tempfile::tempdir().unwrap();
     // 50 MiB, sparse: nothing is written, and nothing must be read.
-    let path = tmp.0.join("huge.toml");
+    let path = tmp.path().join("huge.toml");
     std::fs::File::create(&path)
         .unwrap()
         .set_len(50 << 20)
@@ -83,7 +86,7 @@ fn huge_files_are_refused_before_they_are_read() {
         )
     );
     // Exactly at the limit is read (and then parsed: all spaces is empty).
-    let path = tmp.file("limit.toml", &vec![b' '; MAX_CONFIG_BYTES as usize]);
+    let path = write(&tmp, "limit.toml", &vec![b' '; MAX_CONFIG_BYTES as usize]);
     assert!(Config::from_file(&path).is_ok());
     // A device that never ends and says no size: read up to the limit only.
     let err = Config::from_file("/dev/zero").unwrap_err();
