@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, TempDir, connects, hex_bytes, loopwarden_bin, map_dump,
+    Daemon, Install, Netns, PROTECTED, TempDir, connects, hex_bytes, loopwarden_bin, map_dump,
     map_generations, policy, prog_ids, rule, run,
 };
 
@@ -121,6 +121,37 @@ fn sigterm_leaves_enforcement_pinned_and_detach_removes_it() {
     assert!(!install.pin_dir().exists(), "pins left behind");
 }
 
+/// socat addresses of the protected service over IPv4 and IPv6.
+fn protected_targets() -> [String; 2] {
+    [
+        format!("TCP:127.0.0.1:{PROTECTED}"),
+        format!("TCP6:[::1]:{PROTECTED}"),
+    ]
+}
+
+/// Fails with `what` (and socat's error) unless a connect from `ns` to each
+/// of `targets` succeeds exactly when `reached`.
+fn assert_reached(ns: &Netns, targets: &[String], reached: bool, what: &str) {
+    for target in targets {
+        let (ok, stderr) = ns.socat_connect(target);
+        assert_eq!(ok, reached, "{what} ({target}): {stderr}");
+    }
+}
+
+/// Starts an enforcing daemon on `config` and stops it with SIGTERM; its
+/// install, whose pinned links must still refuse `targets`.
+fn enforcement_left_pinned(
+    ns: &Netns,
+    config: &str,
+    targets: &[String],
+) -> std::sync::Arc<Install> {
+    let mut daemon = Daemon::start(config);
+    let install = std::sync::Arc::clone(daemon.install());
+    assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
+    assert_reached(ns, targets, false, "enforcing after the daemon's exit");
+    install
+}
+
 /// `detach` ends enforcement before it returns, even while another
 /// process still holds the links: removing a pin only drops a reference,
 /// which the kernel releases later (after an RCU grace period, from a work
@@ -129,31 +160,16 @@ fn sigterm_leaves_enforcement_pinned_and_detach_removes_it() {
 fn detach_ends_enforcement_at_once_even_while_the_links_are_held() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let target = format!("TCP:127.0.0.1:{PROTECTED}");
-    let target6 = format!("TCP6:[::1]:{PROTECTED}");
-    assert!(ns.socat_connect(&target).0, "reachable without loopwarden");
-    assert!(
-        ns.socat_connect(&target6).0,
-        "reachable over IPv6 without loopwarden"
-    );
-    let mut daemon = Daemon::start(&policy(&ns, "enforce", ""));
-    let install = std::sync::Arc::clone(daemon.install());
-    assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
-    assert!(
-        !ns.socat_connect(&target).0,
-        "enforcing after the daemon's exit"
-    );
-    assert!(!ns.socat_connect(&target6).0, "enforcing over IPv6 too");
+    let targets = protected_targets();
+    assert_reached(&ns, &targets, true, "reachable without loopwarden");
+    let install = enforcement_left_pinned(&ns, &policy(&ns, "enforce", ""), &targets);
     let held = [
         install.hold_link("lw_connect4"),
         install.hold_link("lw_connect6"),
     ];
     let out = install.detach();
     assert!(out.status.success(), "{out:?}");
-    let (ok, stderr) = ns.socat_connect(&target);
-    assert!(ok, "still refused after detach: {stderr}");
-    let (ok, stderr) = ns.socat_connect(&target6);
-    assert!(ok, "still refused over IPv6 after detach: {stderr}");
+    assert_reached(&ns, &targets, true, "still refused after detach");
     drop(held);
 }
 
@@ -164,30 +180,15 @@ fn detach_ends_enforcement_at_once_even_while_the_links_are_held() {
 fn a_start_over_a_pinned_but_detached_link_attaches_anew() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let target = format!("TCP:127.0.0.1:{PROTECTED}");
-    let target6 = format!("TCP6:[::1]:{PROTECTED}");
+    let targets = protected_targets();
     let config = policy(&ns, "enforce", "");
-    let mut daemon = Daemon::start(&config);
-    let install = std::sync::Arc::clone(daemon.install());
-    assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
-    assert!(
-        !ns.socat_connect(&target).0,
-        "enforcing after the daemon's exit"
-    );
+    let install = enforcement_left_pinned(&ns, &config, &targets);
     install.detach_link_in_place("lw_connect4");
     install.detach_link_in_place("lw_connect6");
-    assert!(
-        ns.socat_connect(&target).0,
-        "the detached link refuses nothing"
-    );
-    assert!(ns.socat_connect(&target6).0, "nor over IPv6");
+    assert_reached(&ns, &targets, true, "the detached links refuse nothing");
     let daemon = Daemon::start_in(&install, &config, &[]);
     daemon.wait_stderr("was detached already", 2);
-    assert!(
-        !ns.socat_connect(&target).0,
-        "enforcing again after the start"
-    );
-    assert!(!ns.socat_connect(&target6).0, "over IPv6 too");
+    assert_reached(&ns, &targets, false, "enforcing again after the start");
     assert_eq!(install.linked_prog_ids().len(), 2, "both links pinned anew");
 }
 
