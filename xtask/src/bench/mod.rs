@@ -8,13 +8,16 @@
 //! plus each program's own cost per run from the kernel's BPF statistics,
 //! counted in a window of its own after each rate window, net of their own
 //! overhead, calibrated each round with no-op programs (`loopwarden baseline`:
-//! one on connect4, one on the receive tracepoint). Then the reporting phase
+//! one on connect4, one on the receive tracepoint). Then protected against
+//! unprotected connects in alternating windows of one client, under no
+//! daemon, untagged and tagged ([`paired`]), and the reporting phase
 //! ([`reporting`]): floods of reports at fixed rates, counted in the daemon's
 //! output, with its CPU and resident size.
 
 mod egress;
 pub mod load;
 mod netns;
+mod paired;
 mod plan;
 mod report;
 pub mod reporting;
@@ -87,6 +90,14 @@ pub struct BenchArgs {
     /// Skip the reporting phase.
     #[arg(long)]
     pub skip_reporting: bool,
+    /// Seconds per configuration (no daemon, untagged, tagged) of the
+    /// paired comparison after the rounds: one client alternating between
+    /// the protected and the unprotected port (0: skip it).
+    #[arg(long, default_value_t = 20.0)]
+    pub paired_seconds: f64,
+    /// Seconds per window of the paired comparison.
+    #[arg(long, default_value_t = 0.5)]
+    pub window: f64,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -112,8 +123,11 @@ fn check_interrupted() -> anyhow::Result<()> {
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    if args.rounds == 0 || args.seconds <= 0.0 || args.stats_seconds <= 0.0 {
-        bail!("--rounds, --seconds and --stats-seconds must be positive");
+    if args.rounds == 0 || args.seconds <= 0.0 || args.stats_seconds <= 0.0 || args.window <= 0.0 {
+        bail!("--rounds, --seconds, --stats-seconds and --window must be positive");
+    }
+    if args.paired_seconds < 0.0 {
+        bail!("--paired-seconds must not be negative (0 skips the paired comparison)");
     }
     setup::require_root("the bench (network namespaces, eBPF, sysctls)")?;
     let bin = match &args.daemon {
@@ -142,16 +156,20 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         bench.measure()
     };
-    let reporting = match &samples {
-        Ok(_) if !args.skip_reporting => bench.measure_reporting().map(Some),
+    let paired = match &samples {
+        Ok(_) if !args.skip_costs && args.paired_seconds > 0.0 => bench.measure_paired(),
+        _ => Ok(Vec::new()),
+    };
+    let reporting = match (&samples, &paired) {
+        (Ok(_), Ok(_)) if !args.skip_reporting => bench.measure_reporting().map(Some),
         _ => Ok(None),
     };
-    if samples.is_err() || reporting.is_err() {
+    if samples.is_err() || paired.is_err() || reporting.is_err() {
         bench.dir.keep();
     }
     drop(bench);
     warn_left_behind(&loaded_before);
-    report::print(args, &samples?, reporting?.as_ref())
+    report::print(args, &samples?, &paired?, reporting?.as_ref())
 }
 
 /// Warns about `lw_*` programs that are loaded now but were not before the

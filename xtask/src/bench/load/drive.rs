@@ -142,6 +142,56 @@ pub fn run_client(
     Run::parse("bench-client", &proc::output(&mut cmd)?)
 }
 
+/// Runs `bench-client --alternate` inside `netns` on 127.0.0.1 for
+/// `seconds`: windows of `window` seconds alternating between `port` and
+/// `other`. Returns each whole pair's runs, `port`'s first.
+pub fn run_alternating(
+    netns: &Netns,
+    xtask: &Path,
+    [port, other]: [u16; 2],
+    seconds: f64,
+    window: f64,
+) -> anyhow::Result<Vec<[Run; 2]>> {
+    let out = proc::output(
+        netns
+            .exec(xtask)
+            .args(["bench-client", "--port", &port.to_string()])
+            .args(["--alternate", &other.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .args(["--window", &window.to_string()]),
+    )?;
+    windows_in_pairs(port, &out)
+}
+
+/// The `window port=P ...` lines of `bench-client --alternate`'s output
+/// `out`, paired in order, `port`'s run first in each pair.
+fn windows_in_pairs(port: u16, out: &str) -> anyhow::Result<Vec<[Run; 2]>> {
+    let mut windows = Vec::new();
+    for line in out.lines() {
+        let Some(rest) = line.strip_prefix("window port=") else {
+            continue;
+        };
+        let (p, fields) = rest
+            .split_once(' ')
+            .with_context(|| format!("bench-client printed a bad window line: {line:?}"))?;
+        let p: u16 = p
+            .parse()
+            .with_context(|| format!("bench-client printed a bad port: {line:?}"))?;
+        windows.push((p == port, Run::parse("bench-client", fields)?));
+    }
+    let pairs: Vec<[Run; 2]> = windows
+        .chunks_exact(2)
+        .filter_map(|pair| match pair {
+            [(true, a), (false, b)] | [(false, b), (true, a)] => Some([*a, *b]),
+            _ => None,
+        })
+        .collect();
+    if pairs.len() * 2 != windows.len() {
+        bail!("bench-client's windows do not alternate between the two ports: {out:?}");
+    }
+    Ok(pairs)
+}
+
 /// Runs the timed loop `helper` (`bench-spawn`, `bench-getsockopt`,
 /// `bench-bind`) inside `netns` for `seconds`.
 pub fn run_timed(netns: &Netns, xtask: &Path, helper: &str, seconds: f64) -> anyhow::Result<Run> {
@@ -243,5 +293,31 @@ impl Drop for Helper {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::windows_in_pairs;
+
+    #[test]
+    fn windows_pair_up_whichever_port_ran_first() {
+        let out = "window port=1 ops=10 bytes=0 errors=0 elapsed_ns=100\n\
+                   window port=2 ops=20 bytes=0 errors=1 elapsed_ns=100\n\
+                   window port=2 ops=30 bytes=0 errors=0 elapsed_ns=100\n\
+                   window port=1 ops=40 bytes=0 errors=0 elapsed_ns=100\n\
+                   ops=100 bytes=0 errors=1 elapsed_ns=400\n";
+        let pairs = windows_in_pairs(1, out).unwrap();
+        let ops: Vec<[u64; 2]> = pairs.iter().map(|[a, b]| [a.ops, b.ops]).collect();
+        assert_eq!(ops, [[10, 20], [40, 30]]);
+        assert_eq!(pairs[0][1].errors, 1);
+    }
+
+    #[test]
+    fn windows_that_do_not_alternate_are_an_error() {
+        let out = "window port=1 ops=10 bytes=0 errors=0 elapsed_ns=100\n\
+                   window port=1 ops=20 bytes=0 errors=0 elapsed_ns=100\n";
+        assert!(windows_in_pairs(1, out).is_err());
+        assert!(windows_in_pairs(1, "window port=x ops=1\n").is_err());
     }
 }

@@ -3,8 +3,9 @@
 //! stream or UDP datagrams); a loop spawning `/bin/true`. All are hidden
 //! xtask subcommands started inside the bench namespaces with `ip netns
 //! exec`, so the client's executable is this binary (the daemon's rules can
-//! name it). Each prints one line, `ops=N bytes=B errors=E elapsed_ns=T`,
-//! which [`drive`] reads back.
+//! name it). Each prints one line, `ops=N bytes=B errors=E elapsed_ns=T`
+//! (`bench-client --alternate` one per window before it), which [`drive`]
+//! reads back.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
@@ -18,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 mod drive;
 
-pub use self::drive::{Run, Server, Target, run_client, run_receive, run_timed};
+pub use self::drive::{Run, Server, Target, run_alternating, run_client, run_receive, run_timed};
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
@@ -50,6 +51,14 @@ pub struct ClientArgs {
     /// before closing (a server started with `--respond`).
     #[arg(long)]
     pub request: bool,
+    /// Alternate between `--port` and this port in windows of `--window`
+    /// seconds, a pair at a time (each pair in the other order than the
+    /// last), printing a line per window before the total.
+    #[arg(long)]
+    pub alternate: Option<u16>,
+    /// Seconds per window of `--alternate`.
+    #[arg(long, default_value_t = 0.5)]
+    pub window: f64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
@@ -222,7 +231,8 @@ fn exchange(stream: &mut TcpStream) -> std::io::Result<()> {
 
 /// `bench-client`: connect()+close() (with `--request`, an exchange in
 /// between) for `seconds`, then prints `ops=N bytes=0 errors=E
-/// elapsed_ns=T` (ops: connections).
+/// elapsed_ns=T` (ops: connections). With `--alternate`, first a line
+/// `window port=P ops=N bytes=0 errors=E elapsed_ns=T` per window.
 pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     die_with_parent();
     let ip = match (args.addr, args.ipv6) {
@@ -230,35 +240,84 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
         (None, true) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         (None, false) => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
-    let addr = SocketAddr::new(ip, args.port);
     let duration = Duration::from_secs_f64(args.seconds);
-    let (mut connects, mut errors) = (0u64, 0u64);
-    let mut first_error = None;
+    let mut total = Loop::default();
     let start = Instant::now();
-    while start.elapsed() < duration {
-        match TcpStream::connect(addr).and_then(|mut stream| {
-            if args.request {
-                exchange(&mut stream)?;
+    match args.alternate {
+        None => total = Loop::run(SocketAddr::new(ip, args.port), args.request, duration),
+        Some(other) => {
+            let window = Duration::from_secs_f64(args.window);
+            let mut pair = 0u32;
+            while start.elapsed() < duration {
+                let mut ports = [args.port, other];
+                if pair % 2 == 1 {
+                    ports.reverse();
+                }
+                for port in ports {
+                    let run = Loop::run(SocketAddr::new(ip, port), args.request, window);
+                    print!("window port={port} ");
+                    print_result(run.connects, 0, run.errors, run.elapsed);
+                    total.add(run);
+                }
+                pair += 1;
             }
-            Ok(stream)
-        }) {
-            Ok(stream) => {
-                // RST on close: no TIME_WAIT, so ephemeral ports never run out.
-                linger_zero(&stream);
-                connects += 1;
-            }
-            Err(err) => {
-                errors += 1;
-                first_error.get_or_insert(err);
-            }
+            total.elapsed = start.elapsed();
         }
     }
-    let elapsed = start.elapsed();
-    if let Some(err) = first_error {
-        eprintln!("bench-client: {errors} connects failed, first: {err}");
+    if let Some(err) = &total.first_error {
+        eprintln!(
+            "bench-client: {} connects failed, first: {err}",
+            total.errors
+        );
     }
-    print_result(connects, 0, errors, elapsed);
+    print_result(total.connects, 0, total.errors, total.elapsed);
     Ok(())
+}
+
+/// What a connect loop did.
+#[derive(Default)]
+struct Loop {
+    connects: u64,
+    errors: u64,
+    first_error: Option<std::io::Error>,
+    elapsed: Duration,
+}
+
+impl Loop {
+    /// Connects to `addr` and closes (with `request`, an exchange in
+    /// between) until `duration` has passed.
+    fn run(addr: SocketAddr, request: bool, duration: Duration) -> Self {
+        let mut done = Self::default();
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            match TcpStream::connect(addr).and_then(|mut stream| {
+                if request {
+                    exchange(&mut stream)?;
+                }
+                Ok(stream)
+            }) {
+                Ok(stream) => {
+                    // RST on close: no TIME_WAIT, so ephemeral ports never run out.
+                    linger_zero(&stream);
+                    done.connects += 1;
+                }
+                Err(err) => {
+                    done.errors += 1;
+                    done.first_error.get_or_insert(err);
+                }
+            }
+        }
+        done.elapsed = start.elapsed();
+        done
+    }
+
+    fn add(&mut self, other: Self) {
+        self.connects += other.connects;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
 }
 
 fn print_result(ops: u64, bytes: u64, errors: u64, elapsed: Duration) {

@@ -130,6 +130,7 @@ fn verdict(ratios: &Rates) -> Result<&'static str, &'static str> {
 pub fn print(
     args: &BenchArgs,
     samples: &[Sample],
+    paired: &[super::paired::Paired],
     reporting: Option<&super::reporting::Results>,
 ) -> anyhow::Result<()> {
     let mut misses = Vec::new();
@@ -147,6 +148,7 @@ pub fn print(
         costs::print(samples, &mut misses);
         super::egress::print(samples, &mut misses);
     }
+    super::paired::print(paired, args.window, &mut misses);
     if let Some(reporting) = reporting {
         super::reporting::print(reporting, args.report_seconds, &mut misses);
     }

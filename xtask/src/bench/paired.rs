@@ -1,0 +1,235 @@
+//! Protected against unprotected connects, in one client that alternates
+//! between the two ports in short windows while one daemon runs
+//! throughout: each pair of windows sees the same moment of the host, so
+//! the protected path's cost shows through drift that moves whole rounds
+//! (the rate table's rounds run tens of seconds apart). With no daemon the
+//! two ports' ratio shows the method's own noise; a configuration is worse
+//! than noise when its ratios are lower than those with no daemon by a
+//! one-sided rank-sum (Mann-Whitney) test at 5%.
+
+use super::{Bench, Config, check_interrupted, load};
+use crate::proc::say;
+
+/// The configurations compared: no daemon (the method's noise), the
+/// judgement alone, and the judgement with the tag (the default).
+const CONFIGS: [Config; 3] = [Config::Absent, Config::Untagged, Config::Audit];
+
+/// One configuration's pairs: protected rate over unprotected rate, per
+/// pair of windows.
+pub struct Paired {
+    pub config: Config,
+    pub ratios: Vec<f64>,
+}
+
+impl Bench<'_> {
+    /// Runs the alternating client under each of [`CONFIGS`] for
+    /// `--paired-seconds`, BPF statistics off.
+    pub(super) fn measure_paired(&self) -> anyhow::Result<Vec<Paired>> {
+        let args = self.args;
+        self.stats.set(false)?;
+        let mut results = Vec::new();
+        for config in CONFIGS {
+            check_interrupted()?;
+            let warden = self.start_daemon(config, args.rounds)?;
+            let pairs = load::run_alternating(
+                &self.netns,
+                &self.xtask,
+                [args.protected_port, args.unprotected_port],
+                args.paired_seconds,
+                args.window,
+            )?;
+            if let Some(warden) = warden {
+                warden.stop()?;
+            }
+            let ratios: Vec<f64> = pairs
+                .iter()
+                .filter(|[p, u]| p.ops > 0 && u.ops > 0)
+                .map(|[p, u]| p.rate() / u.rate())
+                .collect();
+            if ratios.is_empty() {
+                anyhow::bail!("paired windows: no connect succeeded ({config})");
+            }
+            let median = Interval::of(&ratios).median;
+            say!(
+                "paired {config:<10} {} pairs, protected / unprotected {median:.3}",
+                ratios.len()
+            );
+            results.push(Paired { config, ratios });
+        }
+        Ok(results)
+    }
+}
+
+/// The median of some values and a distribution-free interval for it
+/// (order statistics: the true median lies below `low` or above `high`
+/// each with probability at most [`TAIL`]).
+#[derive(Debug, PartialEq)]
+struct Interval {
+    median: f64,
+    low: f64,
+    high: f64,
+    /// Whether there were enough values for the interval (at least 5:
+    /// with fewer, it is the whole range, and `TAIL` does not hold).
+    sure: bool,
+}
+
+/// Each tail of [`Interval`]: 5%, a 90% interval.
+const TAIL: f64 = 0.05;
+
+impl Interval {
+    /// `values` must not be empty.
+    fn of(values: &[f64]) -> Self {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        // The largest k with P(Binomial(n, 1/2) < k) ≤ TAIL: the median is
+        // below the k-th smallest value with at most that probability.
+        let mut k = 0;
+        let mut below = 0.0;
+        let mut term = 0.5f64.powi(n as i32); // P(X = 0)
+        for i in 0..n {
+            if below + term > TAIL {
+                break;
+            }
+            below += term;
+            k = i + 1;
+            term *= (n - i) as f64 / (i + 1) as f64;
+        }
+        let (low, high) = if k == 0 {
+            (v[0], v[n - 1])
+        } else {
+            (v[k - 1], v[n - k])
+        };
+        Self {
+            median,
+            low,
+            high,
+            sure: k > 0,
+        }
+    }
+}
+
+/// z of the rank-sum (Mann-Whitney U) statistic of `a` against `b`, in
+/// the normal approximation (fine from about 8 values each): below −1.645,
+/// `a` is lower than `b` at 5% one-sided. Ties take their mean rank.
+fn rank_sum_z(a: &[f64], b: &[f64]) -> f64 {
+    let mut all: Vec<(f64, bool)> = a.iter().map(|&v| (v, true)).collect();
+    all.extend(b.iter().map(|&v| (v, false)));
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut rank_sum_a = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        // Ranks i+1..=j+1 share their mean.
+        let rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum_a += rank * all[i..=j].iter().filter(|(_, in_a)| *in_a).count() as f64;
+        i = j + 1;
+    }
+    let (n, m) = (a.len() as f64, b.len() as f64);
+    let u = rank_sum_a - n * (n + 1.0) / 2.0;
+    (u - n * m / 2.0) / (n * m * (n + m + 1.0) / 12.0).sqrt()
+}
+
+/// The one-sided 5% point of the normal distribution.
+const Z_5: f64 = -1.645;
+/// Values per side before the rank-sum test's normal approximation is used.
+const MIN_PAIRS: usize = 8;
+
+/// Prints the comparison; a configuration worse than the no-daemon noise
+/// is a finding.
+pub fn print(results: &[Paired], window: f64, misses: &mut Vec<String>) {
+    let Some(noise) = results.iter().find(|r| r.config == Config::Absent) else {
+        return;
+    };
+    let at_noise = Interval::of(&noise.ratios);
+    println!();
+    println!(
+        "protected / unprotected connects, one client alternating {window} s windows while one \
+         daemon runs (statistics off): median ratio over pairs, 90% interval of the median, \
+         pairs slower, rank-sum z against no daemon (below {Z_5}: worse at 5%)"
+    );
+    println!(
+        "  {:<10} {:>6} {:>8} {:>16} {:>7} {:>7}  verdict",
+        "daemon", "pairs", "median", "interval", "slower", "z"
+    );
+    for result in results {
+        let at = Interval::of(&result.ratios);
+        let slower = result.ratios.iter().filter(|&&r| r < 1.0).count();
+        let z = rank_sum_z(&result.ratios, &noise.ratios);
+        let verdict = if result.config == Config::Absent {
+            "the method's noise"
+        } else if result.ratios.len().min(noise.ratios.len()) < MIN_PAIRS {
+            "too few pairs to judge"
+        } else if z < Z_5 {
+            misses.push(format!(
+                "protected connects worse than noise ({}): {:.3} of the unprotected rate \
+                 (interval {:.3}..{:.3}) against {:.3} ({:.3}..{:.3}) with no daemon, z {z:.2}",
+                result.config,
+                at.median,
+                at.low,
+                at.high,
+                at_noise.median,
+                at_noise.low,
+                at_noise.high
+            ));
+            "WORSE than noise"
+        } else {
+            "within noise"
+        };
+        println!(
+            "  {:<10} {:>6} {:>8.3} {:>7.3}..{:<7.3} {:>7} {:>7.2}  {verdict}",
+            result.config.to_string(),
+            result.ratios.len(),
+            at.median,
+            at.low,
+            at.high,
+            slower,
+            z
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Interval, rank_sum_z};
+
+    #[test]
+    fn the_rank_sum_test_sees_a_shift_and_not_a_shuffle() {
+        let b: Vec<f64> = (0..20).map(|i| 1.0 + f64::from(i % 5) * 0.01).collect();
+        // The same values: z 0.
+        assert!(rank_sum_z(&b, &b).abs() < 1e-9);
+        // Every value of `a` below every one of `b`: U = 0, z = −5.41.
+        let a: Vec<f64> = b.iter().map(|v| v - 0.1).collect();
+        let z = rank_sum_z(&a, &b);
+        assert!((z - -5.41).abs() < 0.01, "{z}");
+        assert!((rank_sum_z(&b, &a) - 5.41).abs() < 0.01);
+        // Interleaved halves: U 210 of 400, z 0.27.
+        let (odd, even): (Vec<f64>, Vec<f64>) =
+            (0..40).map(f64::from).partition(|v| v % 2.0 == 1.0);
+        assert!(rank_sum_z(&odd, &even).abs() < 0.3);
+    }
+
+    #[test]
+    fn the_interval_is_the_order_statistics_a_binomial_tail_allows() {
+        // n = 20: P(X ≤ 5) = 0.0207, P(X ≤ 6) = 0.0577: the 6th and 15th.
+        let values: Vec<f64> = (1..=20).map(f64::from).collect();
+        let at = Interval::of(&values);
+        assert_eq!(
+            (at.median, at.low, at.high, at.sure),
+            (10.5, 6.0, 15.0, true)
+        );
+        // n = 5: P(X = 0) = 0.031 allows the extremes; n = 4 allows nothing.
+        let at = Interval::of(&[5.0, 1.0, 3.0, 2.0, 4.0]);
+        assert_eq!((at.median, at.low, at.high, at.sure), (3.0, 1.0, 5.0, true));
+        assert!(!Interval::of(&[1.0, 2.0, 3.0, 4.0]).sure);
+        assert_eq!(Interval::of(&[2.0]).median, 2.0);
+    }
+}
