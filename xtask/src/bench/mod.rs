@@ -78,6 +78,10 @@ pub struct BenchArgs {
     /// (the request load).
     #[arg(long, default_value_t = 18084)]
     pub request_port: u16,
+    /// Unprotected port with the same server (the paired comparison's
+    /// reference for requests).
+    #[arg(long, default_value_t = 18085)]
+    pub request_unprotected_port: u16,
     /// Port the reporting phase reports every connect to (nothing listens).
     #[arg(long, default_value_t = 18082)]
     pub report_port: u16,
@@ -90,9 +94,10 @@ pub struct BenchArgs {
     /// Skip the reporting phase.
     #[arg(long)]
     pub skip_reporting: bool,
-    /// Seconds per configuration (no daemon, untagged, tagged) of the
-    /// paired comparison after the rounds: one client alternating between
-    /// the protected and the unprotected port (0: skip it).
+    /// Seconds per configuration (no daemon, untagged, tagged) and load
+    /// (bare connects, requests) of the paired comparison after the
+    /// rounds: one client alternating between a protected and an
+    /// unprotected port (0: skip it).
     #[arg(long, default_value_t = 20.0)]
     pub paired_seconds: f64,
     /// Seconds per window of the paired comparison.
@@ -227,7 +232,13 @@ impl<'a> Bench<'a> {
             None,
             false,
         )?;
-        let responder = Server::start(&netns, &xtask, &[args.request_port], None, true)?;
+        let responder = Server::start(
+            &netns,
+            &xtask,
+            &[args.request_port, args.request_unprotected_port],
+            None,
+            true,
+        )?;
         // The outbound load's server, across the veth pair.
         let peer_server = Server::start(
             &peer,

@@ -1,29 +1,34 @@
-//! Protected against unprotected connects, in one client that alternates
-//! between the two ports in short windows while one daemon runs
+//! Protected against unprotected connections, in one client that
+//! alternates between the two ports in short windows while one daemon runs
 //! throughout: each pair of windows sees the same moment of the host, so
 //! the protected path's cost shows through drift that moves whole rounds
-//! (the rate table's rounds run tens of seconds apart). With no daemon the
-//! two ports' ratio shows the method's own noise; a configuration is worse
-//! than noise when its ratios are lower than those with no daemon by a
-//! one-sided rank-sum (Mann-Whitney) test at 5%.
+//! (the rate table's rounds run tens of seconds apart). Two loads: bare
+//! connects, and connections that each carry a request and its response
+//! (what a protected service sees). With no daemon the two ports' ratio
+//! shows the method's own noise; a configuration is worse than noise when
+//! its ratios are lower than those with no daemon by a one-sided rank-sum
+//! (Mann-Whitney) test at 5%.
 
-use super::{Bench, Config, check_interrupted, load};
+use super::{Bench, Config, Workload, check_interrupted, load};
 use crate::proc::say;
 
 /// The configurations compared: no daemon (the method's noise), the
 /// judgement alone, and the judgement with the tag (the default).
 const CONFIGS: [Config; 3] = [Config::Absent, Config::Untagged, Config::Audit];
+/// The loads, by the rate table's names for their protected side.
+const LOADS: [Workload; 2] = [Workload::Protected, Workload::Request];
 
-/// One configuration's pairs: protected rate over unprotected rate, per
-/// pair of windows.
+/// One configuration's pairs under one load: protected rate over
+/// unprotected rate, per pair of windows.
 pub struct Paired {
     pub config: Config,
+    pub load: Workload,
     pub ratios: Vec<f64>,
 }
 
 impl Bench<'_> {
-    /// Runs the alternating client under each of [`CONFIGS`] for
-    /// `--paired-seconds`, BPF statistics off.
+    /// Runs the alternating client under each of [`CONFIGS`], each of
+    /// [`LOADS`] for `--paired-seconds`, BPF statistics off.
     pub(super) fn measure_paired(&self) -> anyhow::Result<Vec<Paired>> {
         let args = self.args;
         self.stats.set(false)?;
@@ -31,30 +36,41 @@ impl Bench<'_> {
         for config in CONFIGS {
             check_interrupted()?;
             let warden = self.start_daemon(config, args.rounds)?;
-            let pairs = load::run_alternating(
-                &self.netns,
-                &self.xtask,
-                [args.protected_port, args.unprotected_port],
-                args.paired_seconds,
-                args.window,
-            )?;
+            for load in LOADS {
+                let (ports, request) = match load {
+                    Workload::Request => ([args.request_port, args.request_unprotected_port], true),
+                    _ => ([args.protected_port, args.unprotected_port], false),
+                };
+                let pairs = load::run_alternating(
+                    &self.netns,
+                    &self.xtask,
+                    ports,
+                    request,
+                    args.paired_seconds,
+                    args.window,
+                )?;
+                let ratios: Vec<f64> = pairs
+                    .iter()
+                    .filter(|[p, u]| p.ops > 0 && u.ops > 0)
+                    .map(|[p, u]| p.rate() / u.rate())
+                    .collect();
+                if ratios.is_empty() {
+                    anyhow::bail!("paired windows: no {} succeeded ({config})", load.op());
+                }
+                let median = Interval::of(&ratios).median;
+                say!(
+                    "paired {config:<10} {load:<10} {} pairs, protected / unprotected {median:.3}",
+                    ratios.len()
+                );
+                results.push(Paired {
+                    config,
+                    load,
+                    ratios,
+                });
+            }
             if let Some(warden) = warden {
                 warden.stop()?;
             }
-            let ratios: Vec<f64> = pairs
-                .iter()
-                .filter(|[p, u]| p.ops > 0 && u.ops > 0)
-                .map(|[p, u]| p.rate() / u.rate())
-                .collect();
-            if ratios.is_empty() {
-                anyhow::bail!("paired windows: no connect succeeded ({config})");
-            }
-            let median = Interval::of(&ratios).median;
-            say!(
-                "paired {config:<10} {} pairs, protected / unprotected {median:.3}",
-                ratios.len()
-            );
-            results.push(Paired { config, ratios });
         }
         Ok(results)
     }
@@ -146,54 +162,63 @@ const MIN_PAIRS: usize = 8;
 /// Prints the comparison; a configuration worse than the no-daemon noise
 /// is a finding.
 pub fn print(results: &[Paired], window: f64, misses: &mut Vec<String>) {
-    let Some(noise) = results.iter().find(|r| r.config == Config::Absent) else {
+    if results.is_empty() {
         return;
-    };
-    let at_noise = Interval::of(&noise.ratios);
+    }
     println!();
     println!(
-        "protected / unprotected connects, one client alternating {window} s windows while one \
-         daemon runs (statistics off): median ratio over pairs, 90% interval of the median, \
-         pairs slower, rank-sum z against no daemon (below {Z_5}: worse at 5%)"
+        "protected / unprotected, one client alternating {window} s windows while one daemon \
+         runs (statistics off): median ratio over pairs, 90% interval of the median, pairs \
+         slower, rank-sum z against no daemon (below {Z_5}: worse at 5%)"
     );
     println!(
-        "  {:<10} {:>6} {:>8} {:>16} {:>7} {:>7}  verdict",
-        "daemon", "pairs", "median", "interval", "slower", "z"
+        "  {:<10} {:<10} {:>6} {:>8} {:>16} {:>7} {:>7}  verdict",
+        "daemon", "load", "pairs", "median", "interval", "slower", "z"
     );
-    for result in results {
-        let at = Interval::of(&result.ratios);
-        let slower = result.ratios.iter().filter(|&&r| r < 1.0).count();
-        let z = rank_sum_z(&result.ratios, &noise.ratios);
-        let verdict = if result.config == Config::Absent {
-            "the method's noise"
-        } else if result.ratios.len().min(noise.ratios.len()) < MIN_PAIRS {
-            "too few pairs to judge"
-        } else if z < Z_5 {
-            misses.push(format!(
-                "protected connects worse than noise ({}): {:.3} of the unprotected rate \
-                 (interval {:.3}..{:.3}) against {:.3} ({:.3}..{:.3}) with no daemon, z {z:.2}",
-                result.config,
+    for load in LOADS {
+        let Some(noise) = results
+            .iter()
+            .find(|r| r.config == Config::Absent && r.load == load)
+        else {
+            continue;
+        };
+        let at_noise = Interval::of(&noise.ratios);
+        for result in results.iter().filter(|r| r.load == load) {
+            let at = Interval::of(&result.ratios);
+            let slower = result.ratios.iter().filter(|&&r| r < 1.0).count();
+            let z = rank_sum_z(&result.ratios, &noise.ratios);
+            let verdict = if result.config == Config::Absent {
+                "the method's noise"
+            } else if result.ratios.len().min(noise.ratios.len()) < MIN_PAIRS {
+                "too few pairs to judge"
+            } else if z < Z_5 {
+                misses.push(format!(
+                    "{load} worse than noise ({}): {:.3} of the unprotected rate (interval \
+                     {:.3}..{:.3}) against {:.3} ({:.3}..{:.3}) with no daemon, z {z:.2}",
+                    result.config,
+                    at.median,
+                    at.low,
+                    at.high,
+                    at_noise.median,
+                    at_noise.low,
+                    at_noise.high
+                ));
+                "WORSE than noise"
+            } else {
+                "within noise"
+            };
+            println!(
+                "  {:<10} {:<10} {:>6} {:>8.3} {:>7.3}..{:<7.3} {:>7} {:>7.2}  {verdict}",
+                result.config.to_string(),
+                load.to_string(),
+                result.ratios.len(),
                 at.median,
                 at.low,
                 at.high,
-                at_noise.median,
-                at_noise.low,
-                at_noise.high
-            ));
-            "WORSE than noise"
-        } else {
-            "within noise"
-        };
-        println!(
-            "  {:<10} {:>6} {:>8.3} {:>7.3}..{:<7.3} {:>7} {:>7.2}  {verdict}",
-            result.config.to_string(),
-            result.ratios.len(),
-            at.median,
-            at.low,
-            at.high,
-            slower,
-            z
-        );
+                slower,
+                z
+            );
+        }
     }
 }
 

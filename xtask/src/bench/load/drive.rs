@@ -144,23 +144,25 @@ pub fn run_client(
 
 /// Runs `bench-client --alternate` inside `netns` on 127.0.0.1 for
 /// `seconds`: windows of `window` seconds alternating between `port` and
-/// `other`. Returns each whole pair's runs, `port`'s first.
+/// `other`, each connection carrying a request with `request`. Returns
+/// each whole pair's runs, `port`'s first.
 pub fn run_alternating(
     netns: &Netns,
     xtask: &Path,
     [port, other]: [u16; 2],
+    request: bool,
     seconds: f64,
     window: f64,
 ) -> anyhow::Result<Vec<[Run; 2]>> {
-    let out = proc::output(
-        netns
-            .exec(xtask)
-            .args(["bench-client", "--port", &port.to_string()])
-            .args(["--alternate", &other.to_string()])
-            .args(["--seconds", &seconds.to_string()])
-            .args(["--window", &window.to_string()]),
-    )?;
-    windows_in_pairs(port, &out)
+    let mut cmd = netns.exec(xtask);
+    cmd.args(["bench-client", "--port", &port.to_string()])
+        .args(["--alternate", &other.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--window", &window.to_string()]);
+    if request {
+        cmd.arg("--request");
+    }
+    windows_in_pairs(port, &proc::output(&mut cmd)?)
 }
 
 /// The `window port=P ...` lines of `bench-client --alternate`'s output
