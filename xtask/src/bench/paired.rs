@@ -9,7 +9,7 @@
 //! its ratios are lower than those with no daemon by a one-sided rank-sum
 //! (Mann-Whitney) test at 5%.
 
-use super::{Bench, Config, Workload, check_interrupted, load};
+use super::{Bench, Config, Workload, check_interrupted, load, report::median_of_sorted};
 use crate::proc::say;
 
 /// The configurations compared: no daemon (the method's noise), the
@@ -96,11 +96,7 @@ impl Interval {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
+        let median = median_of_sorted(&v);
         // The largest k with P(Binomial(n, 1/2) < k) ≤ TAIL: the median is
         // below the k-th smallest value with at most that probability.
         // Summed exactly while 2^-n is a normal f64; past that, the normal

@@ -62,14 +62,8 @@ impl Rates {
             return None;
         }
         values.sort_by(f64::total_cmp);
-        let mid = values.len() / 2;
-        let median = if values.len() % 2 == 1 {
-            values[mid]
-        } else {
-            (values[mid - 1] + values[mid]) / 2.0
-        };
         Some(Self {
-            median,
+            median: median_of_sorted(&values),
             min: values[0],
             max: values[values.len() - 1],
             n: values.len(),
@@ -105,6 +99,17 @@ impl Rates {
                 .filter_map(|(round, rate)| Some(rate / reference.get(&round)?))
                 .collect(),
         )
+    }
+}
+
+/// The median of `sorted` (ascending, not empty): the middle value, or
+/// the mean of the middle two.
+pub(super) fn median_of_sorted(sorted: &[f64]) -> f64 {
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
     }
 }
 
