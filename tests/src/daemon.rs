@@ -20,7 +20,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{TempDir, loopwarden_bin, require_root, run, wait_for};
+use crate::{TempDir, loopwarden_bin, require_root, run, wait_for_explained};
 
 /// Shared, growing capture of a child's output lines.
 type Lines = Arc<Mutex<Vec<String>>>;
@@ -382,10 +382,11 @@ impl Daemon {
 
     /// Waits until the daemon's stderr contains `text` (at least `count` times).
     pub fn wait_stderr(&self, text: &str, count: usize) {
-        wait_for(
+        wait_for_explained(
             &format!("{text:?} on the daemon's stderr"),
             Duration::from_secs(15),
             || (self.stderr_text().matches(text).count() >= count).then_some(()),
+            || format!("; the daemon's stderr:\n{}", self.stderr_text()),
         );
     }
 

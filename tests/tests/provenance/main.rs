@@ -25,7 +25,7 @@ use loopwarden_tests::{
     TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes, loopwarden_bin,
     map_dump, map_show,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
-    rule, run, wait_for, write_script,
+    rule, run, wait_for, wait_for_explained, write_script,
 };
 use serde_json::{Value, json};
 
