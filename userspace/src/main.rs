@@ -229,6 +229,14 @@ impl From<CliMode> for Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A one-shot command's output piped into `head` ends quietly, as
+        // other Unix tools do, not with a panic on EPIPE. The daemon keeps
+        // SIGPIPE ignored: a closed stdout is an error it logs and lives
+        // through (`report::Reporter::flush`).
+        // SAFETY: restoring the default disposition, before any thread.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let diagnostics = match &cli.command {
         Command::Run {
             log_format,
