@@ -343,8 +343,9 @@ impl fmt::Display for Upper<'_> {
     }
 }
 
-/// A value quoted when it has spaces, quotes or control characters.
-struct Quoted<'a>(&'a str);
+/// A value quoted when it has spaces, quotes or control characters (the
+/// audit line's fields, `loopwarden conns`'s cells).
+pub(crate) struct Quoted<'a>(pub &'a str);
 
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,12 +5,29 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use serde_json::Value;
 
-/// A field as text: strings as they are, `-` for none.
+use crate::events::Quoted;
+
+/// A field as text: strings as they are, `-` for none. A string with a
+/// control character (a command line or file name the caller chose, with
+/// a newline or an escape sequence in it) is quoted with Rust's escapes,
+/// so it can neither forge a line of its own nor move the terminal's
+/// cursor; so is one starting with a quote, which would read as quoted.
 fn text(origin: &Value, field: &str) -> String {
     match &origin[field] {
         Value::Null => "-".to_owned(),
+        Value::String(s) if s.starts_with('"') || s.chars().any(char::is_control) => {
+            format!("{s:?}")
+        }
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// A table cell: quoted also when it has spaces, which would split it.
+fn cell(origin: &Value, field: &str) -> String {
+    match &origin[field] {
+        Value::String(s) => Quoted(s).to_string(),
+        _ => text(origin, field),
     }
 }
 
@@ -73,7 +90,7 @@ pub(super) fn table(origins: &[Value]) -> String {
     let mut rows = vec![header.map(str::to_owned).to_vec()];
     for o in origins {
         let user = match &o["user"] {
-            Value::String(name) => name.clone(),
+            Value::String(_) => cell(o, "user"),
             _ => text(o, "uid"),
         };
         let via = match (&o["via"], &o["via_how"]) {
@@ -85,9 +102,9 @@ pub(super) fn table(origins: &[Value]) -> String {
             text(o, "server"),
             text(o, "pid"),
             user,
-            text(o, "exe_name"),
+            cell(o, "exe_name"),
             text(o, "verdict"),
-            text(o, "rule"),
+            cell(o, "rule"),
             via,
             age(o, now),
         ]);
@@ -161,5 +178,31 @@ mod tests {
             ]
         );
         assert!(row[8].ends_with('d'), "{row:?}");
+    }
+
+    #[test]
+    fn a_chosen_command_line_cannot_forge_lines_or_cells() {
+        let origin = json!({
+            "pid": 42, "uid": 0, "user": "root", "verdict": "would-deny",
+            "cmdline": "socat\nverdict:        allow\x1b[2K",
+            "exe_name": "my relay", "comm": "\"quoted\"",
+            "established_at": "2020-01-01T00:00:00.000Z",
+        });
+        let lines = describe(&origin);
+        assert!(
+            lines.contains("cmdline:        \"socat\\nverdict:        allow\\u{1b}[2K\"\n"),
+            "{lines}"
+        );
+        let verdicts = lines.lines().filter(|l| l.starts_with("verdict:"));
+        assert_eq!(verdicts.count(), 1, "{lines}");
+        assert!(lines.contains("verdict:        would-deny\n"), "{lines}");
+        assert!(
+            lines.contains("comm:           \"\\\"quoted\\\"\"\n"),
+            "{lines}"
+        );
+        assert!(lines.contains("exe_name:       my relay\n"), "{lines}");
+        let table = table(&[origin]);
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("\"my relay\""), "{row}");
     }
 }
