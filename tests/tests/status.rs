@@ -3,9 +3,11 @@
 //! (pinned, no daemon), with an incompatible LW_META, and after detach; and
 //! doctor on this host.
 
-use std::process::Command;
+use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
-use loopwarden_tests::{Daemon, Install, Netns, PROTECTED, loopwarden_bin, policy, run, run_ok};
+use loopwarden_tests::{
+    Daemon, Install, Netns, PROTECTED, TempDir, loopwarden_bin, policy, run, run_ok,
+};
 use serde_json::Value;
 
 /// `loopwarden status` of `install`: exit code, text, and the `--json` form
@@ -32,6 +34,26 @@ fn status(install: &Install) -> (Option<i32>, String, Value) {
         text.status.code(),
         String::from_utf8_lossy(&text.stdout).into_owned(),
         value,
+    )
+}
+
+/// `loopwarden status` of `install` as uid 65534 (nobody), run from a
+/// copy of the binary nobody may execute: exit code and text.
+fn status_as_nobody(install: &Install) -> (Option<i32>, String) {
+    let dir = TempDir::new("status-nobody");
+    let bin = dir.path().join("loopwarden");
+    std::fs::copy(loopwarden_bin(), &bin).expect("copy the binary");
+    for path in [dir.path(), bin.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
+    }
+    let out = run(Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("status")
+        .args(install.dir_args()));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
@@ -76,6 +98,14 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     let (code, text, json) = status(&install);
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("not enforcing: nothing pinned"), "{text}");
+    assert!(
+        text.contains("\nbind      guard off (nothing pinned);"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\norigins   nothing tagged (nothing pinned);"),
+        "{text}"
+    );
     assert_eq!(json["state"], "not-enforcing");
     assert_eq!(json["daemon"]["running"], false);
     // Positive control: the relay reaches the service without loopwarden.
@@ -103,7 +133,23 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
         "{text}"
     );
     assert!(text.contains("mode enforce"), "{text}");
+    assert!(text.contains("\nbind      guard off;"), "{text}");
+    assert!(text.contains("\negress    guard off\n"), "{text}");
+    assert!(
+        text.contains("\norigins   connections are tagged, "),
+        "{text}"
+    );
     assert_eq!(json["state"], "active");
+    // Without root nothing is read, and nothing read is stated.
+    let (nobody_code, nobody_text) = status_as_nobody(&install);
+    assert_eq!(nobody_code, Some(4), "{nobody_text}");
+    assert!(nobody_text.contains("need root"), "{nobody_text}");
+    for unread in ["\nbind ", "\negress ", "\norigins ", "\nlink "] {
+        assert!(
+            !nobody_text.contains(unread),
+            "{unread:?} stated without root: {nobody_text}"
+        );
+    }
     assert_eq!(json["daemon"]["running"], true);
     assert_eq!(json["daemon"]["reported"]["pid"], pid);
     assert_eq!(json["daemon"]["reported"]["version"], version.as_str());
@@ -223,6 +269,18 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     let (code, text, json) = status(&install);
     assert_eq!(code, Some(4), "{text}");
     assert!(text.contains("incompatible layout 1"), "{text}");
+    assert!(
+        text.contains("\nbind      guard unknown (no policy read);"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\negress    guard unknown (no policy read)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\norigins   tagging unknown (no policy read);"),
+        "{text}"
+    );
     assert_eq!(json["state"], "unreadable");
     assert_eq!(json["layout"], 1);
     assert!(json["policy"].is_null() && json["counters"] == serde_json::json!([]));

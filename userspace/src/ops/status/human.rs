@@ -58,52 +58,14 @@ impl Report {
             };
             line("tracking", text);
         }
-        let bind: Vec<String> = self
-            .bind
-            .links
-            .iter()
-            .map(|l| match (&l.error, l.attached()) {
-                (Some(e), _) => format!("{} unreadable: {e}", l.program),
-                (None, true) => format!("{} attached", l.program),
-                (None, false) if l.pinned => format!("{} NOT attached at the root", l.program),
-                (None, false) => format!("{} not pinned", l.program),
-            })
-            .collect();
-        let guard = if self.bind.guard {
-            "guard on ([bind] loopback_only)"
-        } else {
-            "guard off"
-        };
-        line("bind", format!("{guard}; {}", bind.join(", ")));
-        line(
-            "egress",
-            match self.egress_rules {
-                0 => "guard off".to_owned(),
-                n => format!("guard on: {n} [[egress]] rule(s), judged in the connect programs"),
-            },
-        );
-        let p = &self.provenance;
-        let scoped = p.getsockopt_scoped.iter().filter(|l| l.prog_name.is_some());
-        let answering = match (&p.getsockopt.error, p.getsockopt.attached()) {
-            (Some(e), _) => format!("getsockopt link unreadable: {e}"),
-            (None, true) => "services can ask with getsockopt (attached at the root)".to_owned(),
-            (None, false) if p.getsockopt.pinned => {
-                "the getsockopt link is pinned but not attached at the root".to_owned()
-            }
-            (None, false) if scoped.clone().count() > 0 => format!(
-                "services can ask with getsockopt in {} cgroup(s) ([provenance] \
-                 getsockopt_cgroups)",
-                scoped.count()
-            ),
-            (None, false) => "no getsockopt answers ([provenance] getsockopt = false)".to_owned(),
-        };
-        let tagged = match (p.tag, p.connections, p.capacity) {
-            (false, ..) => "connections are not tagged ([provenance] tag = false)".to_owned(),
-            (true, Some(n), Some(max)) => format!("connections are tagged, {n} live of {max}"),
-            (true, Some(n), None) => format!("connections are tagged, {n} live"),
-            (true, None, _) => "connections are tagged".to_owned(),
-        };
-        line("origins", format!("{tagged}; {answering}"));
+        // What the policy switches on (bind, egress, origins) is known only
+        // once it was read: before that these lines would say "off" of
+        // what was never seen (for a user without root, of anything).
+        if !self.links.is_empty() {
+            line("bind", self.bind_text());
+            line("egress", self.egress_text());
+            line("origins", self.origins_text());
+        }
         match (&self.layout, &self.maps_error) {
             (_, Some(e)) => line("maps", format!("not decoded: {e}")),
             (Some(layout), None) => line("maps", format!("layout {layout} (this build's)")),
@@ -181,6 +143,81 @@ impl Report {
             );
         }
         out
+    }
+
+    /// Whether no connect link is pinned: with no policy read, the
+    /// policy's switches are then off, not unknown.
+    fn nothing_pinned(&self) -> bool {
+        !self.links.iter().any(|l| l.pinned)
+    }
+
+    /// The bind guard, and its links.
+    fn bind_text(&self) -> String {
+        let links: Vec<String> = self
+            .bind
+            .links
+            .iter()
+            .map(|l| match (&l.error, l.attached()) {
+                (Some(e), _) => format!("{} unreadable: {e}", l.program),
+                (None, true) => format!("{} attached", l.program),
+                (None, false) if l.pinned => format!("{} NOT attached at the root", l.program),
+                (None, false) => format!("{} not pinned", l.program),
+            })
+            .collect();
+        let guard = match (&self.policy, self.bind.guard) {
+            (None, _) if self.nothing_pinned() => "guard off (nothing pinned)",
+            (None, _) => "guard unknown (no policy read)",
+            (Some(_), true) => "guard on ([bind] loopback_only)",
+            (Some(_), false) => "guard off",
+        };
+        format!("{guard}; {}", links.join(", "))
+    }
+
+    /// The egress guard.
+    fn egress_text(&self) -> String {
+        match (&self.policy, self.egress_rules) {
+            (None, _) if self.nothing_pinned() => "guard off (nothing pinned)".to_owned(),
+            (None, _) => "guard unknown (no policy read)".to_owned(),
+            (Some(_), 0) => "guard off".to_owned(),
+            (Some(_), n) => {
+                format!("guard on: {n} [[egress]] rule(s), judged in the connect programs")
+            }
+        }
+    }
+
+    /// Whether connections are tagged, and how services can ask.
+    fn origins_text(&self) -> String {
+        let p = &self.provenance;
+        let scoped = p.getsockopt_scoped.iter().filter(|l| l.prog_name.is_some());
+        let answering = match (&p.getsockopt.error, p.getsockopt.attached()) {
+            (Some(e), _) => format!("getsockopt link unreadable: {e}"),
+            (None, true) => "services can ask with getsockopt (attached at the root)".to_owned(),
+            (None, false) if p.getsockopt.pinned => {
+                "the getsockopt link is pinned but not attached at the root".to_owned()
+            }
+            (None, false) if scoped.clone().count() > 0 => format!(
+                "services can ask with getsockopt in {} cgroup(s) ([provenance] \
+                 getsockopt_cgroups)",
+                scoped.count()
+            ),
+            (None, false) if self.policy.is_some() => {
+                "no getsockopt answers ([provenance] getsockopt = false)".to_owned()
+            }
+            (None, false) => "no getsockopt link pinned".to_owned(),
+        };
+        let tagged = match (&self.policy, p.tag, p.connections, p.capacity) {
+            (None, ..) if self.nothing_pinned() => "nothing tagged (nothing pinned)".to_owned(),
+            (None, ..) => "tagging unknown (no policy read)".to_owned(),
+            (Some(_), false, ..) => {
+                "connections are not tagged ([provenance] tag = false)".to_owned()
+            }
+            (Some(_), true, Some(n), Some(max)) => {
+                format!("connections are tagged, {n} live of {max}")
+            }
+            (Some(_), true, Some(n), None) => format!("connections are tagged, {n} live"),
+            (Some(_), true, None, _) => "connections are tagged".to_owned(),
+        };
+        format!("{tagged}; {answering}")
     }
 }
 
