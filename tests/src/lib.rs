@@ -41,6 +41,16 @@ pub const PROTECTED: u16 = 8080;
 /// Port of a second HTTP service the policy does not protect.
 pub const UNPROTECTED: u16 = 8081;
 
+/// `setpriv` arguments that run the rest as uid/gid 65534 (nobody).
+pub const AS_NOBODY: [&str; 6] = [
+    "setpriv",
+    "--reuid",
+    "65534",
+    "--regid",
+    "65534",
+    "--clear-groups",
+];
+
 /// The `loopwarden` binary under test: `$LOOPWARDEN_BIN`, or the release build.
 pub fn loopwarden_bin() -> PathBuf {
     std::env::var_os("LOOPWARDEN_BIN")

@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, TempDir, connects, hex_bytes, loopwarden_bin, map_dump,
-    map_generations, policy, prog_ids, rule, run,
+    AS_NOBODY, Daemon, Install, Netns, PROTECTED, TempDir, connects, hex_bytes, loopwarden_bin,
+    map_dump, map_generations, policy, prog_ids, rule, run,
 };
 
 #[test]
@@ -194,8 +194,8 @@ fn a_start_over_a_pinned_but_detached_link_attaches_anew() {
 
 #[test]
 fn not_root_is_a_clear_error() {
-    let out = run(Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+    let out = run(Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
         .arg(loopwarden_bin())
         .args(["run", "--run-dir", "/tmp/loopwarden-nonroot-test"]));
     assert!(!out.status.success());

@@ -8,8 +8,8 @@
 use std::{path::Path, process::Command};
 
 use loopwarden_tests::{
-    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, loopwarden_bin, probe_lines,
-    python_copy, run, run_ok,
+    AS_NOBODY, Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, loopwarden_bin,
+    probe_lines, python_copy, run, run_ok,
 };
 use serde_json::Value;
 
@@ -238,19 +238,7 @@ fn exempt_executables_and_users_may_bind_anywhere() {
     let wildcard = [("0.0.0.0", GUARDED), ("::", GUARDED), (HOST_V4, GUARDED)];
 
     let exempt = probe(&ns, &[], &allowed, &wildcard);
-    let nobody = probe(
-        &ns,
-        &[
-            "setpriv",
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-        ],
-        python,
-        &wildcard,
-    );
+    let nobody = probe(&ns, &AS_NOBODY, python, &wildcard);
     // Control: the system Python as root is no exempt process.
     let refused = probe(&ns, &[], python, &wildcard);
     for (addr, port) in wildcard {

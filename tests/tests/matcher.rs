@@ -10,8 +10,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Fields, Netns, PROTECTED, SYSTEM_PYTHON, TempDir, TestCgroup, assert_denied_exactly,
-    exe_id, exe_name, policy, rule, run, run_ok, write_script,
+    AS_NOBODY, Daemon, Fields, Netns, PROTECTED, SYSTEM_PYTHON, TempDir, TestCgroup,
+    assert_denied_exactly, exe_id, exe_name, policy, rule, run, run_ok, write_script,
 };
 use serde_json::Value;
 
@@ -110,16 +110,6 @@ impl Scripts {
 fn python() -> &'static Path {
     Path::new(SYSTEM_PYTHON)
 }
-
-/// `setpriv` arguments that run the rest as uid/gid 65534 (nobody).
-const AS_NOBODY: [&str; 6] = [
-    "setpriv",
-    "--reuid",
-    "65534",
-    "--regid",
-    "65534",
-    "--clear-groups",
-];
 
 /// Runs `argv` inside `ns` and parses the script's report.
 fn in_ns(ns: &Netns, argv: &[&str]) -> Fields {

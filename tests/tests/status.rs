@@ -6,7 +6,7 @@
 use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, TempDir, loopwarden_bin, policy, run, run_ok,
+    AS_NOBODY, Daemon, Install, Netns, PROTECTED, TempDir, loopwarden_bin, policy, run, run_ok,
 };
 use serde_json::Value;
 
@@ -46,8 +46,8 @@ fn status_as_nobody(install: &Install) -> (Option<i32>, String) {
     for path in [dir.path(), bin.as_path()] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod 755");
     }
-    let out = run(Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+    let out = run(Command::new(AS_NOBODY[0])
+        .args(&AS_NOBODY[1..])
         .arg(&bin)
         .arg("status")
         .args(install.dir_args()));
