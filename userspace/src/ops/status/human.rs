@@ -58,9 +58,9 @@ impl Report {
             };
             line("tracking", text);
         }
-        // What the policy switches on (bind, egress, origins) is known only
-        // once it was read: before that these lines would say "off" of
-        // what was never seen (for a user without root, of anything).
+        // Without root no pin was inspected (`links` is empty): nothing is
+        // said of the guards and the tag, rather than "off". Otherwise each
+        // line says what the policy read states, or why it is not known.
         if !self.links.is_empty() {
             line("bind", self.bind_text());
             line("egress", self.egress_text());
