@@ -37,6 +37,13 @@ fn status(install: &Install) -> (Option<i32>, String, Value) {
     )
 }
 
+/// What no policy read could tell is `null` in `status --json`.
+fn assert_unread(json: &Value) {
+    assert!(json["bind"]["guard"].is_null(), "{json:#}");
+    assert!(json["egress_rules"].is_null(), "{json:#}");
+    assert!(json["provenance"]["tag"].is_null(), "{json:#}");
+}
+
 /// `loopwarden status` of `install` as uid 65534 (nobody), run from a
 /// copy of the binary nobody may execute: exit code and text.
 fn status_as_nobody(install: &Install) -> (Option<i32>, String) {
@@ -107,6 +114,7 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
         "{text}"
     );
     assert_eq!(json["state"], "not-enforcing");
+    assert_unread(&json);
     assert_eq!(json["daemon"]["running"], false);
     // Positive control: the relay reaches the service without loopwarden.
     assert!(
@@ -140,6 +148,9 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
         "{text}"
     );
     assert_eq!(json["state"], "active");
+    assert_eq!(json["bind"]["guard"], false, "{json:#}");
+    assert_eq!(json["egress_rules"], 0, "{json:#}");
+    assert_eq!(json["provenance"]["tag"], true, "{json:#}");
     // Without root nothing is read, and nothing read is stated.
     let (nobody_code, nobody_text) = status_as_nobody(&install);
     assert_eq!(nobody_code, Some(4), "{nobody_text}");
@@ -281,6 +292,7 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
         text.contains("\norigins   tagging unknown (no policy read);"),
         "{text}"
     );
+    assert_unread(&json);
     assert_eq!(json["state"], "unreadable");
     assert_eq!(json["layout"], 1);
     assert!(json["policy"].is_null() && json["counters"] == serde_json::json!([]));

@@ -164,24 +164,22 @@ impl Report {
                 (None, false) => format!("{} not pinned", l.program),
             })
             .collect();
-        let guard = match (&self.policy, self.bind.guard) {
-            (None, _) if self.nothing_pinned() => "guard off (nothing pinned)",
-            (None, _) => "guard unknown (no policy read)",
-            (Some(_), true) => "guard on ([bind] loopback_only)",
-            (Some(_), false) => "guard off",
+        let guard = match self.bind.guard {
+            None if self.nothing_pinned() => "guard off (nothing pinned)",
+            None => "guard unknown (no policy read)",
+            Some(true) => "guard on ([bind] loopback_only)",
+            Some(false) => "guard off",
         };
         format!("{guard}; {}", links.join(", "))
     }
 
     /// The egress guard.
     fn egress_text(&self) -> String {
-        match (&self.policy, self.egress_rules) {
-            (None, _) if self.nothing_pinned() => "guard off (nothing pinned)".to_owned(),
-            (None, _) => "guard unknown (no policy read)".to_owned(),
-            (Some(_), 0) => "guard off".to_owned(),
-            (Some(_), n) => {
-                format!("guard on: {n} [[egress]] rule(s), judged in the connect programs")
-            }
+        match self.egress_rules {
+            None if self.nothing_pinned() => "guard off (nothing pinned)".to_owned(),
+            None => "guard unknown (no policy read)".to_owned(),
+            Some(0) => "guard off".to_owned(),
+            Some(n) => format!("guard on: {n} [[egress]] rule(s), judged in the connect programs"),
         }
     }
 
@@ -200,22 +198,20 @@ impl Report {
                  getsockopt_cgroups)",
                 scoped.count()
             ),
-            (None, false) if self.policy.is_some() => {
+            (None, false) if p.tag.is_some() => {
                 "no getsockopt answers ([provenance] getsockopt = false)".to_owned()
             }
             (None, false) => "no getsockopt link pinned".to_owned(),
         };
-        let tagged = match (&self.policy, p.tag, p.connections, p.capacity) {
+        let tagged = match (p.tag, p.connections, p.capacity) {
             (None, ..) if self.nothing_pinned() => "nothing tagged (nothing pinned)".to_owned(),
             (None, ..) => "tagging unknown (no policy read)".to_owned(),
-            (Some(_), false, ..) => {
-                "connections are not tagged ([provenance] tag = false)".to_owned()
-            }
-            (Some(_), true, Some(n), Some(max)) => {
+            (Some(false), ..) => "connections are not tagged ([provenance] tag = false)".to_owned(),
+            (Some(true), Some(n), Some(max)) => {
                 format!("connections are tagged, {n} live of {max}")
             }
-            (Some(_), true, Some(n), None) => format!("connections are tagged, {n} live"),
-            (Some(_), true, None, _) => "connections are tagged".to_owned(),
+            (Some(true), Some(n), None) => format!("connections are tagged, {n} live"),
+            (Some(true), None, _) => "connections are tagged".to_owned(),
         };
         format!("{tagged}; {answering}")
     }

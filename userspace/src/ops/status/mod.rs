@@ -131,8 +131,9 @@ impl TrackerReport {
 /// The bind guard: whether the policy turns it on, and its links.
 #[derive(Clone, Debug, Serialize)]
 pub struct BindReport {
-    /// The policy in force keeps `[bind] loopback_only` ports on loopback.
-    pub guard: bool,
+    /// The policy in force keeps `[bind] loopback_only` ports on loopback
+    /// (`None`: no policy was read).
+    pub guard: Option<bool>,
     /// `lw_bind4` and `lw_bind6`.
     pub links: Vec<LinkReport>,
 }
@@ -141,8 +142,9 @@ pub struct BindReport {
 /// origin and services can ask (see `ebpf/src/origin.rs`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ProvenanceReport {
-    /// The policy in force tags connections (`[provenance] tag`).
-    pub tag: bool,
+    /// The policy in force tags connections (`[provenance] tag`; `None`:
+    /// no policy was read).
+    pub tag: Option<bool>,
     /// The `cgroup/getsockopt` link that answers services, at the root.
     pub getsockopt: LinkReport,
     /// Its links in the cgroups `[provenance] getsockopt_cgroups` names.
@@ -186,9 +188,9 @@ pub struct Report {
     pub links: Vec<LinkReport>,
     pub tracking: Vec<TrackerReport>,
     pub bind: BindReport,
-    /// Egress rules in the policy in force (0: the egress guard is off);
-    /// they are judged in the connect programs.
-    pub egress_rules: u32,
+    /// Egress rules in the policy in force (0: the egress guard is off;
+    /// `None`: no policy was read); they are judged in the connect programs.
+    pub egress_rules: Option<u32>,
     pub provenance: ProvenanceReport,
     /// The pinned maps' layout version, when `LW_META` could be read.
     pub layout: Option<u32>,
@@ -216,12 +218,12 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         links: Vec::new(),
         tracking: Vec::new(),
         bind: BindReport {
-            guard: false,
+            guard: None,
             links: Vec::new(),
         },
-        egress_rules: 0,
+        egress_rules: None,
         provenance: ProvenanceReport {
-            tag: false,
+            tag: None,
             getsockopt: link_report(programs::GETSOCKOPT, LinkState::Absent),
             getsockopt_scoped: Vec::new(),
             connections: None,
@@ -382,7 +384,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         _ => String::new(),
     };
     let bind = match report.bind.links.iter().find(|l| !l.attached()) {
-        Some(l) if report.bind.guard => {
+        Some(l) if report.bind.guard == Some(true) => {
             format!("; bind guard incomplete ({} is not attached)", l.program)
         }
         _ => String::new(),
@@ -426,13 +428,13 @@ impl Report {
             .to_owned(),
             relay_window_ms: s.relay_window_ns / 1_000_000,
         });
-        self.provenance.tag = s.flags & flags::PROVENANCE != 0;
-        self.bind.guard = s.flags & flags::BIND_GUARD != 0;
-        self.egress_rules = if s.flags & flags::EGRESS != 0 {
+        self.provenance.tag = Some(s.flags & flags::PROVENANCE != 0);
+        self.bind.guard = Some(s.flags & flags::BIND_GUARD != 0);
+        self.egress_rules = Some(if s.flags & flags::EGRESS != 0 {
             s.egress_active.count_ones()
         } else {
             0
-        };
+        });
         self.provenance.connections = Conns::open(&pins.map(maps::CONNS))
             .ok()
             .map(|conns| conns.list().len());
