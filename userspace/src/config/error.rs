@@ -125,6 +125,11 @@ pub enum Problem {
     #[error("`{field}` is an empty string")]
     EmptyValue { field: &'static str },
     #[error(
+        "{field} `{cgroup}` has a `..` component: name a cgroup by its path below the cgroup v2 \
+         root (such as `system.slice/app.service`) or by its unit name"
+    )]
+    CgroupParentDir { field: &'static str, cgroup: String },
+    #[error(
         "comm `{comm}` is {len} bytes but the kernel keeps at most {max}, so it could never match \
          (match the executable with exe or exe_name instead)",
         max = COMM_LEN - 1

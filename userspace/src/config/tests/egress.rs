@@ -71,6 +71,14 @@ fn bad_destinations_name_their_line() {
         5,
         "`deny` is an empty list",
     );
+    expect_error(
+        &egress(
+            "a",
+            "action = \"deny\"\ncgroup = \"../x\"\ndeny = \"private\"\n",
+        ),
+        4,
+        "cgroup `../x` has a `..` component",
+    );
     // A set is no CIDR in `allow`.
     expect_error(
         &egress(

@@ -31,6 +31,11 @@ fn bad_rules() {
     expect_error(&rule("exe_name = \"/usr/bin/x\""), 6, "put paths in exe");
     expect_error(&rule("comm = []"), 6, "`comm` is an empty list");
     expect_error(&rule("user = \"\""), 6, "`user` is an empty string");
+    expect_error(
+        &rule("cgroup = [\"app.service\", \"system.slice/../../x\"]"),
+        6,
+        "cgroup `system.slice/../../x` has a `..` component",
+    );
     expect_error(&rule("uid = -1"), 6, "invalid value");
     expect_error(&rule("uid = [\"root\"]"), 6, "invalid type");
     expect_error(

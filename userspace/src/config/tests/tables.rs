@@ -91,6 +91,11 @@ fn provenance_and_ident_tables() {
         2,
         "empty string",
     );
+    expect_error(
+        "[provenance]\ngetsockopt_cgroups = [\"..\"]\n",
+        2,
+        "getsockopt_cgroups `..` has a `..` component: name a cgroup by its path",
+    );
 }
 
 #[test]

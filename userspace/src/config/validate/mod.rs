@@ -6,7 +6,7 @@
 mod guards;
 mod rules;
 
-use self::rules::non_empty;
+use self::rules::cgroup;
 
 use std::{collections::HashMap, ops::Range};
 
@@ -104,7 +104,7 @@ impl Validator<'_> {
                 getsockopt_cgroups: self.opt_values(
                     "getsockopt_cgroups",
                     p.getsockopt_cgroups,
-                    |cg| non_empty("getsockopt_cgroups", cg),
+                    |cg| cgroup("getsockopt_cgroups", cg),
                 )?,
                 query: p.query.unwrap_or(defaults.provenance.query),
                 connections: self.bounded(

@@ -58,7 +58,7 @@ impl Validator<'_> {
             })?,
             uid: self.opt_values("uid", raw.uid, Ok)?,
             user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
-            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| non_empty("cgroup", cg))?,
+            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| cgroup("cgroup", cg))?,
             parent_exe: self.opt_paths("parent_exe", raw.parent_exe)?,
             ancestor_exe: self.opt_paths("ancestor_exe", raw.ancestor_exe)?,
             script: self.opt_values("script", raw.script, |script| {
@@ -199,6 +199,21 @@ pub(super) fn non_empty(field: &'static str, value: String) -> Result<String, Pr
     } else {
         Ok(value)
     }
+}
+
+/// A cgroup as a rule or setting names it: a path below the cgroup v2
+/// root or a unit name, never one with a `..` component (the resolver
+/// refuses those, so the daemon would look for it every second and never
+/// find it).
+pub(super) fn cgroup(field: &'static str, value: String) -> Result<String, Problem> {
+    let value = non_empty(field, value)?;
+    if value.split('/').any(|part| part == "..") {
+        return Err(Problem::CgroupParentDir {
+            field,
+            cgroup: value,
+        });
+    }
+    Ok(value)
 }
 
 fn port(port: i64) -> Result<u16, Problem> {
