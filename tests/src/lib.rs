@@ -51,6 +51,24 @@ pub const AS_NOBODY: [&str; 6] = [
     "--clear-groups",
 ];
 
+/// The CPUs this host may ever have (`/sys/devices/system/cpu/possible`,
+/// ranges such as `0-3,8`): the kernel's per-CPU lists are this many.
+pub fn possible_cpus() -> u32 {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .expect("reading /sys/devices/system/cpu/possible");
+    text.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((first, last)) => {
+                last.parse::<u32>().expect("a CPU number")
+                    - first.parse::<u32>().expect("a CPU number")
+                    + 1
+            }
+            None => 1,
+        })
+        .sum()
+}
+
 /// The `loopwarden` binary under test: `$LOOPWARDEN_BIN`, or the release build.
 pub fn loopwarden_bin() -> PathBuf {
     std::env::var_os("LOOPWARDEN_BIN")

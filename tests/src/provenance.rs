@@ -167,18 +167,42 @@ impl Holder {
         ns.spawn(SYSTEM_PYTHON, &argv)
     }
 
-    /// Runs [`FORK_CLIENT`] in `ns` against `addr`:`port`; returns the pid
-    /// that connected (gone now) and the child that holds the socket.
-    pub fn fork_client(&self, ns: &Netns, addr: &str, port: u16) -> (u32, u32) {
-        let script = write_script(&self.dir, "fork_client.py", FORK_CLIENT);
-        let out = crate::run_ok(
-            ns.cmd(SYSTEM_PYTHON)
-                .args([&script, addr, &port.to_string()]),
-        );
-        let fields = crate::Fields::of(&out);
-        let pid = fields["pid"].parse().expect("pid");
-        let child = fields["child"].parse().expect("child");
-        (pid, child)
+    /// [`fork_client`] with the holder's scratch directory.
+    pub fn fork_client(&self, ns: &Netns, addr: &str, port: u16) -> ForkedClient {
+        fork_client(ns, &self.dir, addr, port)
+    }
+}
+
+/// A client whose connecting process has exited while its child keeps
+/// the socket open; the child is killed on drop.
+pub struct ForkedClient {
+    /// The process that connected (gone).
+    pub pid: u32,
+    /// The child holding the socket.
+    pub child: u32,
+    /// The client's local port.
+    pub port: u16,
+}
+
+impl Drop for ForkedClient {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of the child the client left behind.
+        unsafe { libc::kill(self.child as i32, libc::SIGKILL) };
+    }
+}
+
+/// Runs [`FORK_CLIENT`] (written to `dir`) in `ns` against `addr`:`port`.
+pub fn fork_client(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> ForkedClient {
+    let script = write_script(dir, "fork_client.py", FORK_CLIENT);
+    let out = crate::run_ok(
+        ns.cmd(SYSTEM_PYTHON)
+            .args([&script, addr, &port.to_string()]),
+    );
+    let fields = crate::Fields::of(&out);
+    ForkedClient {
+        pid: fields["pid"].parse().expect("pid"),
+        child: fields["child"].parse().expect("child"),
+        port: fields["port"].parse().expect("port"),
     }
 }
 

@@ -12,7 +12,9 @@ use loopwarden_tests::{
         HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, holding_server,
         ident_exchange, ident_query, uid_of,
     },
-    loopwarden_bin, run,
+    loopwarden_bin,
+    provenance::fork_client,
+    run,
 };
 
 /// Where a relay listens in the test namespace.
@@ -82,6 +84,13 @@ fn direct_connections_are_named_and_relayed_or_unknown_ones_are_not() {
     assert_eq!(
         ident_query(&ns, "::1", &ask(&root6)),
         user_reply(root6.local_port, PROTECTED, "root")
+    );
+    // A client whose connecting process exited (its child keeps the
+    // socket): still named.
+    let forked = fork_client(&ns, &dir, "127.0.0.1", PROTECTED);
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &format!("{} , {PROTECTED}", forked.port)),
+        user_reply(forked.port, PROTECTED, "root")
     );
     // The IPv6 connection is not found through the IPv4 responder: the
     // query's addresses are part of the connection asked about.

@@ -101,7 +101,8 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     wait_gone(&ns, daemon.install(), &peer, &local);
 
     // Over IPv6, from a process that exits while its child keeps the socket.
-    let (pid, child) = holder.fork_client(&ns, "::1", PROTECTED);
+    let client = holder.fork_client(&ns, "::1", PROTECTED);
+    let pid = client.pid;
     let accepted = holder.wait_accepted(2);
     let (peer, local) = ends(&accepted);
     assert_eq!(local, format!("[::1]:{PROTECTED}"));
@@ -124,8 +125,7 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     let listed = conns(&ns, None, &run_dir);
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["pid"], pid);
-    // SAFETY: plain kill(2) of the child the client left behind.
-    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    drop(client);
     wait_gone(&ns, daemon.install(), &peer, &local);
 }
 

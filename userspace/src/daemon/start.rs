@@ -24,6 +24,7 @@ use crate::{
     kernel::{
         btf, compat,
         loader::{self, Programs, Takeover},
+        lru,
         maps::{Counters, PolicyMaps, StatsMap, take_denials, take_events},
         pins::{PinDir, PinLock, PinState},
     },
@@ -65,7 +66,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // (adopted as it is) or the default.
     let conns = match &read {
         Ok(config) => config.provenance.connections,
-        Err(_) => pins.max_entries(maps::CONNS).unwrap_or(MAX_CONNS),
+        Err(_) => pins
+            .max_entries(maps::CONNS)
+            .map_or(MAX_CONNS, |made| lru::capacity(maps::CONNS, made)),
     };
     let shapes = loader::object_shapes(conns)?;
     let state = if opts.replace {
@@ -82,8 +85,10 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             pinned,
             wanted,
         } => info!(
-            "{map} holds {pinned} entries and [provenance] connections asks for {wanted}: it is \
-             replaced alone, its entries copied over"
+            "{map} holds {} entries and [provenance] connections asks for {}: it is replaced \
+             alone, its entries copied over",
+            lru::capacity(map, *pinned),
+            lru::capacity(map, *wanted)
         ),
         PinState::Absent | PinState::Compatible => {}
     }
@@ -284,8 +289,9 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
             "adopted the pinned maps; the pinned links now run this daemon's programs".to_owned()
         }
         (PinState::Resized { map, wanted, .. }, Takeover::Updated) => format!(
-            "adopted the pinned maps but {map}, resized to {wanted}; the pinned links now run \
-             this daemon's programs"
+            "adopted the pinned maps but {map}, resized to {}; the pinned links now run this \
+             daemon's programs",
+            lru::capacity(map, *wanted)
         ),
         (PinState::Incompatible { why }, Takeover::Updated) => {
             format!("replaced the pinned programs in place and their maps ({why})")

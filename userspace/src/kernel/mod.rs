@@ -1,6 +1,7 @@
 //! Everything that talks to the kernel's BPF side: the host checks
 //! ([`compat`], and [`host_cgroup`] for a container given the host's cgroups), structure offsets from BTF ([`btf`]), loading, attaching and
-//! pinning the programs ([`loader`], [`pins`]), the typed maps ([`maps`]),
+//! pinning the programs ([`loader`], [`pins`]), the LRU maps' sizes
+//! ([`lru`]), the typed maps ([`maps`]),
 //! and read-only views of what is pinned for `loopwarden status` ([`inspect`]).
 
 pub mod btf;
@@ -9,6 +10,7 @@ pub mod host_cgroup;
 pub mod inspect;
 #[cfg(not(fuzzing))]
 pub mod loader;
+pub mod lru;
 pub mod maps;
 pub mod pins;
 pub mod sys;

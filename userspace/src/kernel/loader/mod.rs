@@ -25,7 +25,10 @@ use aya::{
 use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
 
 pub use self::error::LoaderError;
-use super::pins::{self, MapShape, PinDir, PinError, PinState};
+use super::{
+    lru,
+    pins::{self, MapShape, PinDir, PinError, PinState},
+};
 
 /// The kernel programs, built by `build.rs` from the `ebpf` crate.
 static EBPF_OBJECT: &[u8] =
@@ -68,13 +71,32 @@ pub enum Takeover {
 }
 
 /// The shapes of the maps our object pins, `LW_CONNS` holding `conns`
-/// entries (`[provenance] connections`).
+/// entries (`[provenance] connections`), each LRU map with room for the
+/// kernel's per-CPU batches ([`lru`]).
 pub fn object_shapes(conns: u32) -> Result<HashMap<String, MapShape>, LoaderError> {
     let mut shapes = pins::object_shapes(EBPF_OBJECT).map_err(LoaderError::Object)?;
-    if let Some(shape) = shapes.get_mut(maps::CONNS) {
-        shape.max_entries = conns;
+    for (name, max_entries) in lru_sizes(conns) {
+        if let Some(shape) = shapes.get_mut(name) {
+            shape.max_entries = max_entries;
+        }
     }
     Ok(shapes)
+}
+
+/// `max_entries` of each LRU map, `LW_CONNS` holding `conns` live entries
+/// and the others what the object declares.
+fn lru_sizes(conns: u32) -> [(&'static str, u32); 3] {
+    [
+        (maps::CONNS, lru::max_entries(conns)),
+        (
+            maps::ORIGIN_PENDING,
+            lru::max_entries(loopwarden_common::MAX_ORIGIN_PENDING),
+        ),
+        (
+            maps::PENDING,
+            lru::max_entries(loopwarden_common::MAX_PENDING),
+        ),
+    ]
 }
 
 impl Programs {
@@ -145,7 +167,7 @@ impl Programs {
     }
 
     /// Loads the object, each map in `pinned` reused from (or created and
-    /// pinned at) its path, `LW_CONNS` sized for `conns` entries, and
+    /// pinned at) its path, `LW_CONNS` sized for `conns` live entries, and
     /// verifies the programs `names`.
     fn load_only(
         pinned: &[(&'static str, std::path::PathBuf)],
@@ -163,7 +185,9 @@ impl Programs {
         for (name, path) in pinned {
             loader.map_pin_path(name, path.as_path());
         }
-        loader.map_max_entries(maps::CONNS, conns);
+        for (name, max_entries) in lru_sizes(conns) {
+            loader.map_max_entries(name, max_entries);
+        }
         let mut ebpf = loader
             .override_global(OFFSETS_GLOBAL, offsets, true)
             // Kernel-side aya-log calls below this level cost one compare.

@@ -24,6 +24,7 @@ use loopwarden_common::{
 
 use crate::kernel::{
     inspect::{self, Counter, InForce},
+    lru,
     pins::PinDir,
 };
 
@@ -106,18 +107,18 @@ pub fn usage(pins: &PinDir) -> Vec<Usage> {
 /// be opened as ours.
 fn count(pins: &PinDir, name: &'static str) -> Option<Usage> {
     let data = MapData::from_pin(pins.map(name)).ok()?;
-    let capacity = data.info().ok()?.max_entries();
+    let max_entries = data.info().ok()?.max_entries();
     let entries = match name {
-        maps::PROCS => keys::<u32, ProcState>(Map::HashMap(data), capacity),
-        maps::LISTENERS => keys::<ListenerKey, u32>(Map::HashMap(data), capacity),
-        maps::PENDING => keys::<u64, Pending>(Map::LruHashMap(data), capacity),
-        maps::CONNS => keys::<ConnKey, ConnEntry>(Map::LruHashMap(data), capacity),
+        maps::PROCS => keys::<u32, ProcState>(Map::HashMap(data), max_entries),
+        maps::LISTENERS => keys::<ListenerKey, u32>(Map::HashMap(data), max_entries),
+        maps::PENDING => keys::<u64, Pending>(Map::LruHashMap(data), max_entries),
+        maps::CONNS => keys::<ConnKey, ConnEntry>(Map::LruHashMap(data), max_entries),
         _ => None,
     }?;
     Some(Usage {
         map: name,
         entries,
-        capacity,
+        capacity: lru::capacity(name, max_entries),
     })
 }
 

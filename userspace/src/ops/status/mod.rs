@@ -31,6 +31,7 @@ use crate::{
     kernel::{
         compat,
         inspect::{self, Counter, InspectError, LinkState},
+        lru,
         pins::PinDir,
         sys,
     },
@@ -438,7 +439,9 @@ impl Report {
         self.provenance.connections = Conns::open(&pins.map(maps::CONNS))
             .ok()
             .map(|conns| conns.list().len());
-        self.provenance.capacity = pins.max_entries(maps::CONNS);
+        self.provenance.capacity = pins
+            .max_entries(maps::CONNS)
+            .map(|made| lru::capacity(maps::CONNS, made));
         self.counters = inspect::counters(pins)?;
         if let Some(dropped) = self.counters.iter().find(|c| c.index == stats::DROPPED) {
             self.lost_reports = Some(LostReport {
