@@ -264,24 +264,7 @@ fn a_nearly_full_connection_table_is_warned_of_once_and_eased() {
     let server = write_script(&dir, "hold_all.py", HOLD_ALL);
     let mut server = ns.spawn(SYSTEM_PYTHON, &[&server, &port]);
     ns.wait_listening(PROTECTED);
-    let open = write_script(&dir, "open_n.py", OPEN_N);
-    let hold = |n: usize, tag: &str| {
-        let done = dir.path().join(tag);
-        let client = ns.spawn(
-            SYSTEM_PYTHON,
-            &[&open, &n.to_string(), &port, &done.display().to_string()],
-        );
-        wait_for(
-            &format!("{n} connections held"),
-            Duration::from_secs(30),
-            || {
-                std::fs::metadata(&done)
-                    .is_ok_and(|m| m.len() > 0)
-                    .then_some(())
-            },
-        );
-        client
-    };
+    let hold = |n: usize, tag: &str| hold_open(&ns, &dir, n, tag, None);
     let warning = "LW_CONNS holds";
 
     // 600 of 1024 (58%), for longer than the 10 s between two counts:
@@ -315,6 +298,69 @@ fn a_nearly_full_connection_table_is_warned_of_once_and_eased() {
     let left = counted(&daemon, "LW_CONNS is below 75% full again (", " of 1024)");
     assert!(left < 768, "{}", daemon.stderr_text());
     assert_eq!(daemon.stderr_text().matches(warning).count(), 1);
+}
+
+/// Opens `n` connections to [`PROTECTED`] in `ns` from one process (on
+/// CPU `cpu` only, if given) and holds them; returns once they are open.
+fn hold_open(ns: &Netns, dir: &TempDir, n: usize, tag: &str, cpu: Option<u32>) -> Proc {
+    let open = write_script(dir, "open_n.py", OPEN_N);
+    let done = dir.path().join(tag);
+    let (n_text, port, done_text) = (
+        n.to_string(),
+        PROTECTED.to_string(),
+        done.display().to_string(),
+    );
+    let client_args = [open.as_str(), &n_text, &port, &done_text];
+    let client = match cpu {
+        None => ns.spawn(SYSTEM_PYTHON, &client_args),
+        Some(cpu) => {
+            let cpu = cpu.to_string();
+            let mut args = vec!["-c", &cpu, SYSTEM_PYTHON];
+            args.extend(client_args);
+            ns.spawn("taskset", &args)
+        }
+    };
+    wait_for(
+        &format!("{n} connections held"),
+        Duration::from_secs(30),
+        || {
+            std::fs::metadata(&done)
+                .is_ok_and(|m| m.len() > 0)
+                .then_some(())
+        },
+    );
+    client
+}
+
+#[test]
+fn a_connection_table_holds_its_capacity_whichever_cpus_filled_it() {
+    // The kernel's LRU map keeps batches of free entries per CPU: entries
+    // another CPU took a batch for are not there for this one, and a map
+    // of exactly the named capacity evicted live origins (128 of these
+    // 1,005: the batch CPU 1 kept).
+    let online = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        online >= 2,
+        "this test needs two CPUs, this host has {online}"
+    );
+    let ns = Netns::new();
+    let dir = TempDir::new("cpus");
+    let config = format!("{}\n[provenance]\nconnections = 1024\n", config(&ns));
+    let daemon = Daemon::start(&config);
+    let server = write_script(&dir, "hold_all.py", HOLD_ALL);
+    let mut server = ns.spawn(SYSTEM_PYTHON, &[&server, &PROTECTED.to_string()]);
+    ns.wait_listening(PROTECTED);
+    // Five connections from CPU 1; their client exits, the server holds
+    // its ends (their origins stay). Then 1,000 from CPU 0.
+    let mut early = hold_open(&ns, &dir, 5, "cpu1", Some(1));
+    early.kill();
+    let mut rest = hold_open(&ns, &dir, 1000, "cpu0", Some(0));
+    let entries = map_dump(daemon.install(), "LW_CONNS").len();
+    assert_eq!(entries, 1005, "origins lost below the named capacity");
+    let listed = conns(&ns, None, &daemon.install().run_dir());
+    assert_eq!(listed.len(), 1005);
+    rest.kill();
+    server.kill();
 }
 
 /// The count in the daemon's first stderr line with `before` COUNT
