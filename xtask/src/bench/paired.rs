@@ -100,10 +100,10 @@ impl Interval {
         // The largest k with P(Binomial(n, 1/2) < k) ≤ TAIL: the median is
         // below the k-th smallest value with at most that probability.
         // Summed exactly while 2^-n is a normal f64; past that, the normal
-        // approximation (exact enough at such n).
+        // approximation (exact enough at such n): TAIL's point is Z_5.
         let mut k = 0;
         if n > 1000 {
-            k = ((n as f64 - 1.645 * (n as f64).sqrt()) / 2.0).floor() as usize;
+            k = ((n as f64 + Z_5 * (n as f64).sqrt()) / 2.0).floor() as usize;
         } else {
             let mut below = 0.0;
             let mut term = 0.5f64.powi(n as i32); // P(X = 0)
