@@ -14,13 +14,26 @@
 //! which is what the config asks for and what `status`, the metrics and
 //! the fullness warning show.
 
-use loopwarden_common::maps;
+use loopwarden_common::{MAX_CONNS, MAX_ORIGIN_PENDING, MAX_PENDING, maps};
 
 /// Free elements the kernel's common LRU may hold back for one CPU.
 const PER_CPU_BATCH: u32 = 128;
 
-/// The LRU hash maps, sized by [`max_entries`].
-pub const MAPS: [&str; 3] = [maps::CONNS, maps::ORIGIN_PENDING, maps::PENDING];
+/// The LRU hash maps and the nominal capacity the object declares for
+/// each (`LW_CONNS`'s is the config's, [`sizes`]).
+const MAPS: [(&str, u32); 3] = [
+    (maps::CONNS, MAX_CONNS),
+    (maps::ORIGIN_PENDING, MAX_ORIGIN_PENDING),
+    (maps::PENDING, MAX_PENDING),
+];
+
+/// Each LRU map's `max_entries`, `LW_CONNS` holding `conns` live entries.
+pub fn sizes(conns: u32) -> [(&'static str, u32); 3] {
+    MAPS.map(|(name, declared)| {
+        let capacity = if name == maps::CONNS { conns } else { declared };
+        (name, max_entries(capacity))
+    })
+}
 
 /// The elements the per-CPU batches may hold back on this host.
 fn held_back() -> u32 {
@@ -33,14 +46,14 @@ fn held_back() -> u32 {
 }
 
 /// `max_entries` of an LRU map that must hold `capacity` live entries.
-pub fn max_entries(capacity: u32) -> u32 {
+fn max_entries(capacity: u32) -> u32 {
     capacity.saturating_add(held_back())
 }
 
 /// The nominal capacity of the map `name` created with `max_entries`
-/// (for a map not in [`MAPS`], `max_entries` itself).
+/// (for a map that is not an LRU map, `max_entries` itself).
 pub fn capacity(name: &str, max_entries: u32) -> u32 {
-    if MAPS.contains(&name) {
+    if MAPS.iter().any(|&(lru, _)| lru == name) {
         max_entries.saturating_sub(held_back())
     } else {
         max_entries
@@ -57,6 +70,12 @@ mod tests {
         assert!(made >= 16_384 + PER_CPU_BATCH, "{made}");
         assert_eq!(capacity(maps::CONNS, made), 16_384);
         assert_eq!(capacity(maps::PENDING, max_entries(8192)), 8192);
+        let conns = sizes(1024);
+        assert_eq!(conns[0], (maps::CONNS, max_entries(1024)));
+        assert_eq!(
+            capacity(maps::ORIGIN_PENDING, conns[1].1),
+            MAX_ORIGIN_PENDING
+        );
         // A plain hash map is shown as it is.
         assert_eq!(capacity(maps::PROCS, 32_768), 32_768);
     }

@@ -75,28 +75,12 @@ pub enum Takeover {
 /// kernel's per-CPU batches ([`lru`]).
 pub fn object_shapes(conns: u32) -> Result<HashMap<String, MapShape>, LoaderError> {
     let mut shapes = pins::object_shapes(EBPF_OBJECT).map_err(LoaderError::Object)?;
-    for (name, max_entries) in lru_sizes(conns) {
+    for (name, max_entries) in lru::sizes(conns) {
         if let Some(shape) = shapes.get_mut(name) {
             shape.max_entries = max_entries;
         }
     }
     Ok(shapes)
-}
-
-/// `max_entries` of each LRU map, `LW_CONNS` holding `conns` live entries
-/// and the others what the object declares.
-fn lru_sizes(conns: u32) -> [(&'static str, u32); 3] {
-    [
-        (maps::CONNS, lru::max_entries(conns)),
-        (
-            maps::ORIGIN_PENDING,
-            lru::max_entries(loopwarden_common::MAX_ORIGIN_PENDING),
-        ),
-        (
-            maps::PENDING,
-            lru::max_entries(loopwarden_common::MAX_PENDING),
-        ),
-    ]
 }
 
 impl Programs {
@@ -185,7 +169,7 @@ impl Programs {
         for (name, path) in pinned {
             loader.map_pin_path(name, path.as_path());
         }
-        for (name, max_entries) in lru_sizes(conns) {
+        for (name, max_entries) in lru::sizes(conns) {
             loader.map_max_entries(name, max_entries);
         }
         let mut ebpf = loader
