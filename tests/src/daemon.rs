@@ -5,7 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
     path::{Path, PathBuf},
@@ -100,8 +100,11 @@ impl Install {
     /// A reference to the link pinned as `links/NAME`, held until the fd is
     /// dropped (`BPF_OBJ_GET`): what a second process holding the link
     /// (bpftool, a leaked descriptor) keeps alive after its pin is gone.
+    /// By hand: the descriptor must be this process's, which bpftool
+    /// cannot give, and this crate tests the daemon from outside, through
+    /// its binary, without linking aya or the daemon's own `kernel::sys`.
     pub fn hold_link(&self, name: &str) -> OwnedFd {
-        let path = self.pin_dir.join("links").join(name);
+        let path = self.link_pin(name);
         let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a pin path");
         // union bpf_attr for BPF_OBJ_GET (7): { __aligned_u64 pathname;
         // __u32 bpf_fd; __u32 file_flags; }
@@ -120,19 +123,18 @@ impl Install {
     }
 
     /// Detaches the link pinned as `links/NAME` from its hook and leaves
-    /// the pin (`BPF_LINK_DETACH`): what a `detach` killed between the two
-    /// steps leaves behind.
+    /// the pin (`bpftool link detach`, `BPF_LINK_DETACH`): what a `detach`
+    /// killed between the two steps leaves behind.
     pub fn detach_link_in_place(&self, name: &str) {
-        let link = self.hold_link(name);
-        // union bpf_attr for BPF_LINK_DETACH (34): { __u32 link_fd; }
-        let mut attr = [u64::from(link.as_raw_fd() as u32)];
-        // SAFETY: `attr` is the command's attribute; the kernel reads the fd.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, 34, attr.as_mut_ptr(), 8) };
-        assert!(
-            rc == 0,
-            "detaching {name}: {}",
-            std::io::Error::last_os_error()
-        );
+        let out = run(Command::new("bpftool")
+            .args(["link", "detach", "pinned"])
+            .arg(self.link_pin(name)));
+        assert!(out.status.success(), "detaching {name}: {out:?}");
+    }
+
+    /// The pin of the link `name`.
+    fn link_pin(&self, name: &str) -> PathBuf {
+        self.pin_dir.join("links").join(name)
     }
 
     /// Ids of the programs the pinned links run (bpftool), this install's only.
