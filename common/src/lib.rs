@@ -52,7 +52,7 @@ pub use tracking::{
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -111,8 +111,17 @@ pub const MAX_PENDING: u32 = 8192;
 /// Listening sockets on non-loopback addresses the kernel remembers.
 pub const MAX_LISTENERS: u32 = 8192;
 /// Protected connects between connect() and the client's handshake
-/// completing (`LW_ORIGIN_PENDING`, LRU: one never completed is evicted).
+/// completing (`LW_ORIGIN_PENDING`, LRU: one never completed is evicted),
+/// past those in `LW_ORIGIN_SLOTS`.
 pub const MAX_ORIGIN_PENDING: u32 = 4096;
+/// Slots of `LW_ORIGIN_SLOTS` (a power of two), where protected connects
+/// wait for their handshake without a hash-map operation: few, so they
+/// stay in the CPU's cache (a loopback handshake completes within its
+/// connect() call, so few are taken at once).
+pub const ORIGIN_SLOTS: u32 = 128;
+/// Slots a connect tries, from the one its socket cookie hashes to, before
+/// it waits in `LW_ORIGIN_PENDING` instead.
+pub const ORIGIN_SLOT_PROBES: u32 = 4;
 /// Live connections to protected destinations the daemon can list and
 /// answer for (`LW_CONNS`, LRU: past it the oldest are forgotten, and
 /// `getsockopt` and the daemon answer "unknown" for them): the object's

@@ -61,6 +61,11 @@ pub const LISTENERS: &str = "LW_LISTENERS";
 /// by client socket cookie, until the client's handshake completes and
 /// the entry moves to [`CONNS`] (see [`super::origin`]).
 pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
+/// `Array<OriginSlot>` of [`super::ORIGIN_SLOTS`]: protected connects
+/// allowed to proceed, until the client's handshake completes, in slots
+/// claimed by socket cookie (see [`super::origin::OriginSlot`]); a connect
+/// that finds none free waits in [`ORIGIN_PENDING`].
+pub const ORIGIN_SLOTS: &str = "LW_ORIGIN_SLOTS";
 /// `LruHashMap<ConnKey, ConnEntry>`: protected connections by their
 /// addresses, from the client's handshake to the accepted socket's close:
 /// what `getsockopt` and the daemon answer from.
@@ -120,6 +125,7 @@ pub const PINNED: &[&str] = &[
     PENDING,
     LISTENERS,
     ORIGIN_PENDING,
+    ORIGIN_SLOTS,
     CONNS,
     CONN_PORTS,
     BIND_PORTS,

@@ -119,6 +119,20 @@ impl ConnEntry {
     }
 }
 
+/// `LW_ORIGIN_SLOTS`' value: a protected connect's entry while its
+/// handshake is under way, kept without a hash-map operation. The slot is
+/// the connect's while `owner` holds its socket cookie: claimed by
+/// compare-and-swap from 0 (or from a claim older than any handshake,
+/// `claimed_ns` being CLOCK_MONOTONIC when it was made), given back when
+/// the entry moves to `LW_CONNS` or the connect fails.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginSlot {
+    pub owner: u64,
+    pub claimed_ns: u64,
+    pub entry: ConnEntry,
+}
+
 /// Names a TCP connection in `LW_CONNS`: the network namespace (inode
 /// number, as `/proc/PID/ns/net` shows it) and both ends, addresses in
 /// IPv4-mapped form for IPv4, ports in host order.
@@ -137,3 +151,4 @@ pub struct ConnKey {
 const _: () = assert!(core::mem::size_of::<OriginRecord>() == 32 + 40 + 256);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 328 + 8);
+const _: () = assert!(core::mem::size_of::<OriginSlot>() == 16 + 336);

@@ -20,8 +20,12 @@
 //! 5.18 (`bpf_set_retval` in cgroup programs); 5.8 for the ring buffer.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `atomic_cxchg` (see `atomic`): the BPF target has no atomic compare-and-swap in core.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod addr;
+mod atomic;
 mod baseline;
 mod bind;
 mod connect;

@@ -9,8 +9,9 @@ use loopwarden_common::{
     Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, CONN_PORT_ENTRIES, EXE_NAME_LEN, EgressKey,
     ExeKey, FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES,
     MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta,
-    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
-    origin::{ConnEntry, ConnKey},
+    ORIGIN_SLOTS as ORIGIN_SLOTS_LEN, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES,
+    filter_bit,
+    origin::{ConnEntry, ConnKey, OriginSlot},
     stats, verdict,
 };
 
@@ -201,8 +202,13 @@ pub struct Recorded {
     pub _pad: [u8; 5],
 }
 
-/// Protected connects that proceed, by client socket cookie, until the
-/// client's handshake completes (see [`crate::origin`]).
+/// Protected connects that proceed, in slots claimed by client socket
+/// cookie, until the client's handshake completes (see [`crate::origin`]).
+#[map(name = "LW_ORIGIN_SLOTS")]
+pub static ORIGIN_SLOTS: Array<OriginSlot> = Array::with_max_entries(ORIGIN_SLOTS_LEN, 0);
+
+/// Protected connects that proceed and found no free slot, by client
+/// socket cookie, until the client's handshake completes.
 #[map(name = "LW_ORIGIN_PENDING")]
 pub static ORIGIN_PENDING: LruHashMap<u64, ConnEntry> =
     LruHashMap::with_max_entries(MAX_ORIGIN_PENDING, 0);

@@ -3,8 +3,9 @@
 //! program that hands it to the service.
 //!
 //! 1. The connect hook records the caller by the client socket's cookie
-//!    ([`connecting`], `LW_ORIGIN_PENDING`), and marks the destination
-//!    port in `LW_CONN_PORTS`.
+//!    ([`connecting`]: in a slot of `LW_ORIGIN_SLOTS`, without a hash-map
+//!    operation, or in `LW_ORIGIN_PENDING` when its slots are taken), and
+//!    marks the destination port in `LW_CONN_PORTS`.
 //! 2. The client's handshake completes (`inet_sock_set_state`
 //!    SYN_SENT→ESTABLISHED, see [`crate::sockets`]): the record moves to
 //!    `LW_CONNS` under the connection's addresses ([`client_established`]).
@@ -37,15 +38,16 @@ use aya_ebpf::{
     programs::SockoptContext,
 };
 use loopwarden_common::{
-    Addr, ConnectEvent,
-    origin::{ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
+    Addr, ConnectEvent, ORIGIN_SLOT_PROBES, ORIGIN_SLOTS,
+    origin::{ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, OriginSlot, SOL_LOOPWARDEN},
 };
 
 use crate::{
     addr::v4_mapped,
+    atomic::cas,
     connect::{AF_INET, AF_INET6},
     identity::{load, offset, probe},
-    maps::{CONN_PORTS, CONNS, ORIGIN_PENDING, byte_of, byte_set},
+    maps::{CONN_PORTS, CONNS, ORIGIN_PENDING, ORIGIN_SLOTS as SLOTS, byte_of, byte_set},
     sockets::tcp_sock,
 };
 
@@ -61,19 +63,46 @@ static UNKNOWN: OriginRecord = OriginRecord::unknown();
 /// What a pending entry starts as, before the connect hook fills it.
 static PENDING_ENTRY: ConnEntry = ConnEntry::pending();
 
-/// A protected connect to port `port` that proceeds: its origin waits for
-/// the handshake in `LW_ORIGIN_PENDING` under the socket's cookie, in the
-/// entry it will have in `LW_CONNS`, and the port is marked (before the
-/// SYN leaves, so its handshake finds the mark). Returns the caller's part
-/// of the entry, zeroed, for the connect hook to fill in place (nothing
-/// else writes this cookie's entry: the handshake has not begun).
+/// A protected connect to port `port` that proceeds, at `now`: its origin
+/// waits for the handshake in a slot of `LW_ORIGIN_SLOTS` it claims by the
+/// socket's cookie, or, when the slots it may use are taken, in
+/// `LW_ORIGIN_PENDING` under the cookie; in the entry it will have in
+/// `LW_CONNS`. The port is marked (before the SYN leaves, so its
+/// handshake finds the mark). Returns the caller's part of the entry for
+/// the connect hook to fill in place (nothing else writes this cookie's
+/// entry: the handshake has not begun).
 #[inline(always)]
-pub fn connecting(cookie: u64, port: u16) -> Option<*mut ConnectEvent> {
+pub fn connecting(cookie: u64, port: u16, now: u64) -> Option<*mut ConnectEvent> {
     mark_port(port);
-    // By reference: the helper copies from the read-only data in place.
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    ORIGIN_PENDING.insert(cookie, &PENDING_ENTRY, 0).ok()?;
-    let entry = ORIGIN_PENDING.get_ptr_mut(cookie)?;
+    let entry = match claim(cookie, now) {
+        Some(slot) => {
+            // SAFETY: the slot is this connect's; its entry is written
+            // whole but for `conn` (the handshake's) and `origin` (the
+            // caller's), field by field rather than copied from read-only
+            // data.
+            unsafe {
+                let entry = &raw mut (*slot).entry;
+                let rec = &raw mut (*entry).record;
+                (*rec).magic = PENDING_ENTRY.record.magic;
+                (*rec).version = PENDING_ENTRY.record.version;
+                (*rec).size = PENDING_ENTRY.record.size;
+                (*rec).status = PENDING_ENTRY.record.status;
+                (*rec)._pad0 = [0; 3];
+                (*rec).server_uid = 0;
+                (*rec).established_ns = 0;
+                (*rec).server_cookie = 0;
+                (*entry).first_seq = 0;
+                (*entry)._pad = 0;
+                entry
+            }
+        }
+        None => {
+            // By reference: the helper copies from the read-only data in place.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            ORIGIN_PENDING.insert(cookie, &PENDING_ENTRY, 0).ok()?;
+            ORIGIN_PENDING.get_ptr_mut(cookie)?
+        }
+    };
     // SAFETY: a pointer into the map's value.
     Some(unsafe { &raw mut (*entry).record.origin })
 }
@@ -81,26 +110,126 @@ pub fn connecting(cookie: u64, port: u16) -> Option<*mut ConnectEvent> {
 /// A connect that failed before its handshake completed.
 #[inline(always)]
 pub fn connect_failed(cookie: u64) {
-    let _ = ORIGIN_PENDING.remove(cookie);
+    match owned_slot(cookie) {
+        Some(slot) => {
+            release(slot, cookie);
+        }
+        None => {
+            let _ = ORIGIN_PENDING.remove(cookie);
+        }
+    }
 }
 
 /// The client socket with cookie `cookie` completed its handshake on the
-/// connection `key`: a pending entry, named for its connection, moves to
+/// connection `key`: its pending entry, named for its connection, moves to
 /// `LW_CONNS`.
 #[inline(always)]
 pub fn client_established(cookie: u64, key: &ConnKey) {
+    if let Some(slot) = owned_slot(cookie) {
+        // SAFETY: a pointer into the map's value, which only this
+        // socket's connect and handshake write while it owns the slot;
+        // copied whole into the new entry (by reference: a by-value entry
+        // would be copied to the stack).
+        unsafe {
+            let entry = &raw mut (*slot).entry;
+            (*entry).record.conn = *key;
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = CONNS.insert(key, &*entry, 0);
+        }
+        // Still this connect's after the copy, so no claim (which takes
+        // the slot before it writes) wrote into it meanwhile. Only a claim
+        // older than any handshake is ever taken over: a handshake that
+        // completed that late (`tcp_syn_retries` raised) and lost its slot
+        // has no origin, never a mixed one.
+        if !release(slot, cookie) {
+            let _ = CONNS.remove(key);
+        }
+        return;
+    }
     let Some(entry) = ORIGIN_PENDING.get_ptr_mut(cookie) else {
         return;
     };
     // SAFETY: a pointer into the map's value, which only this socket's
-    // connect and handshake write; copied whole into the new entry (by
-    // reference: a by-value entry would be copied to the stack).
+    // connect and handshake write; copied whole into the new entry.
     unsafe {
         (*entry).record.conn = *key;
         #[allow(clippy::needless_borrows_for_generic_args)]
         let _ = CONNS.insert(key, &*entry, 0);
     }
     let _ = ORIGIN_PENDING.remove(cookie);
+}
+
+/// The first slot a connect with socket cookie `cookie` may use: a
+/// multiplicative hash of the cookie (cookies are handed out in per-CPU
+/// runs, and a server's accepted sockets take every other one), so
+/// neighbouring cookies scatter over the slots.
+#[inline(always)]
+fn first_slot(cookie: u64) -> u32 {
+    (cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ORIGIN_SLOTS.trailing_zeros())) as u32
+}
+
+/// A slot of `LW_ORIGIN_SLOTS` claimed for the connect with socket cookie
+/// `cookie` at `now`: the first of its [`ORIGIN_SLOT_PROBES`] that is free,
+/// already this socket's, or whose claim is older than any handshake (its connect's failure was
+/// not seen: refused by a program after this one, or failed before it
+/// sent a SYN). `claimed_ns` is written before the claim, so a slot seen
+/// taken shows its claim's time (a claim that loses the race has written a
+/// time as recent).
+#[inline(always)]
+fn claim(cookie: u64, now: u64) -> Option<*mut OriginSlot> {
+    let first = first_slot(cookie);
+    for i in 0..ORIGIN_SLOT_PROBES {
+        let Some(slot) = SLOTS.get_ptr_mut((first + i) & (ORIGIN_SLOTS - 1)) else {
+            continue;
+        };
+        // SAFETY: pointers into the map's value; the owner word changes
+        // only by compare-and-swap.
+        unsafe {
+            let owner = ptr::read_volatile(&(*slot).owner);
+            // (A slot this socket holds already is its own: a connect that
+            // a later program refused, tried again.)
+            if owner != 0
+                && owner != cookie
+                && now.wrapping_sub(ptr::read_volatile(&(*slot).claimed_ns)) <= HANDSHAKE_NS
+            {
+                continue;
+            }
+            ptr::write_volatile(&raw mut (*slot).claimed_ns, now);
+            if cas(&raw mut (*slot).owner, owner, cookie) {
+                return Some(slot);
+            }
+        }
+    }
+    None
+}
+
+/// The slot the connect with socket cookie `cookie` holds, if it holds one.
+/// A socket without a cookie (0: no program asked for one, so no tagged
+/// connect made it) holds none: 0 is a free slot's owner word.
+#[inline(always)]
+fn owned_slot(cookie: u64) -> Option<*mut OriginSlot> {
+    if cookie == 0 {
+        return None;
+    }
+    let first = first_slot(cookie);
+    for i in 0..ORIGIN_SLOT_PROBES {
+        let Some(slot) = SLOTS.get_ptr_mut((first + i) & (ORIGIN_SLOTS - 1)) else {
+            continue;
+        };
+        // SAFETY: a pointer into the map's value.
+        if unsafe { ptr::read_volatile(&(*slot).owner) } == cookie {
+            return Some(slot);
+        }
+    }
+    None
+}
+
+/// Gives the slot back if the connect with socket cookie `cookie` still
+/// holds it; whether it did.
+#[inline(always)]
+fn release(slot: *mut OriginSlot, cookie: u64) -> bool {
+    // SAFETY: a pointer into the map's value, 8-byte aligned.
+    unsafe { cas(&raw mut (*slot).owner, cookie, 0) }
 }
 
 /// The accepted socket `sk` (owned by `uid`) completed its handshake on

@@ -60,7 +60,7 @@ pub fn report_guard(
         Some((mut entry, in_denials)) => {
             // SAFETY: plain helper call valid for sock_addr programs.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            fill(entry.as_mut_ptr(), cookie, &d, at, family, seq);
+            fill(entry.as_mut_ptr(), cookie, &d, at, family, seq, now());
             entry.submit(wakeup_flags(in_denials));
             count(stats::REPORTED);
         }
@@ -143,13 +143,16 @@ pub(super) fn record(
 ) {
     // SAFETY: plain helper call valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // One clock read: the connect's time, its slot's claim, and the
+    // evidence's age at it.
+    let at = now();
     let kept = if tag {
-        origin::connecting(cookie, dst.port)
+        origin::connecting(cookie, dst.port, at)
     } else {
         None
     };
     if let Some(ev) = kept {
-        fill(ev, cookie, d, dst, family, seq);
+        fill(ev, cookie, d, dst, family, seq, at);
         decided(ev);
     }
     if !d.report {
@@ -169,7 +172,7 @@ pub(super) fn record(
         // written whole from this socket's own pending entry.
         Some(ev) => unsafe { out.write(core::ptr::read(ev)) },
         None => {
-            fill(out, cookie, d, dst, family, seq);
+            fill(out, cookie, d, dst, family, seq, at);
             decided(out);
         }
     }
@@ -188,7 +191,8 @@ pub(super) fn decided(ev: *const ConnectEvent) {
     count(stats::DECIDED_BY_VERDICT + u32::from(v & 3));
 }
 
-/// Writes every field of the record at `ev` (reserved memory is not zeroed).
+/// Writes every field of the record at `ev` (reserved memory is not
+/// zeroed), made at `at` (CLOCK_MONOTONIC).
 #[inline(always)]
 fn fill(
     ev: *mut ConnectEvent,
@@ -197,12 +201,11 @@ fn fill(
     dst: &Destination,
     family: u16,
     seq: u64,
+    at: u64,
 ) {
     let (task, exe_file) = (d.task, d.exe_file);
     let parent = task.parent();
     let uid_gid = task.uid_gid();
-    // One clock read: the connect's time, and the evidence's age at it.
-    let at = now();
     // SAFETY: `ev` points at a record this program owns (the socket's
     // pending origin or a reserved ring-buffer record); fields are written
     // through raw pointers.

@@ -1,6 +1,7 @@
 //! Direct clients named while connected and after they exit, the rule
-//! that judged them, unprotected connections unknown, and a connect that
-//! never completes leaving no pending origin.
+//! that judged them, unprotected connections unknown, an origin kept when
+//! its slots are taken, and a connect that never completes leaving no
+//! pending origin.
 
 use super::*;
 
@@ -203,8 +204,58 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
     assert_eq!(listed[0]["pid"], protected_client.pid());
 }
 
+/// A connect whose slots in `LW_ORIGIN_SLOTS` are all taken (by claims
+/// written here, made now) keeps its origin in `LW_ORIGIN_PENDING` instead
+/// and is named all the same, leaving the slots alone; once those claims
+/// are older than any handshake, the next connect takes one over, and
+/// gives it back when its handshake completes.
+#[test]
+fn an_origin_is_kept_when_its_slots_are_taken_and_a_stale_slot_is_taken_over() {
+    /// Older than any handshake (the kernel's bound is 180 s).
+    const STALE_NS: u64 = 181_000_000_000;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let install = daemon.install();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    let fake = |i: u32| 0xdead_0000_0000_0000 | u64::from(i);
+    let fakes_left = |install: &Install| {
+        slot_owners(install)
+            .iter()
+            .enumerate()
+            .filter(|&(i, &owner)| owner == fake(i as u32))
+            .count()
+    };
+    let slots = loopwarden_common::ORIGIN_SLOTS as usize;
+
+    take_slots(install, fake, monotonic_ns());
+    let first = holder.fork_client(&ns, "127.0.0.1", PROTECTED);
+    let accepted = holder.wait_accepted(1);
+    assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["tgid"], first.pid, "{accepted}");
+    assert_eq!(fakes_left(install), slots, "taken slots are left alone");
+    assert!(map_dump(install, "LW_ORIGIN_PENDING").is_empty());
+
+    // Wrapping, as the kernel compares: stale whatever the uptime.
+    take_slots(install, fake, monotonic_ns().wrapping_sub(STALE_NS));
+    let second = holder.fork_client(&ns, "::1", PROTECTED);
+    let accepted = holder.wait_accepted(2);
+    assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["tgid"], second.pid, "{accepted}");
+    let owners = slot_owners(install);
+    assert_eq!(
+        fakes_left(install),
+        slots - 1,
+        "one stale slot taken over: {owners:x?}"
+    );
+    assert_eq!(
+        owners.iter().filter(|&&owner| owner == 0).count(),
+        1,
+        "and given back: {owners:x?}"
+    );
+}
+
 /// A protected connect whose handshake never completes leaves nothing
-/// behind: its origin waits in `LW_ORIGIN_PENDING` while its SYN is
+/// behind: its origin waits in `LW_ORIGIN_SLOTS` while its SYN is
 /// unanswered (the listener's accept queue is full, so the kernel drops
 /// it: the positive control), and goes when the socket closes; so does a
 /// refused one's.
@@ -239,7 +290,11 @@ wait("exit")
 "#;
     let ns = Netns::new();
     let daemon = Daemon::start(&config(&ns));
-    let entries = || map_dump(daemon.install(), "LW_ORIGIN_PENDING").len();
+    let entries = || {
+        let install = daemon.install();
+        let slots = slot_owners(install).iter().filter(|&&o| o != 0).count();
+        slots + map_dump(install, "LW_ORIGIN_PENDING").len()
+    };
     let dir = TempDir::new("stalled");
     let script = write_script(&dir, "stalled.py", STALLED);
     let mut proc = ns.spawn(

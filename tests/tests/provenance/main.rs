@@ -178,6 +178,48 @@ fn mark_port(install: &Install, port: u16) {
     assert!(out.status.success(), "{out:?}");
 }
 
+/// The owner word (a socket cookie, 0 when free) of each slot of
+/// `LW_ORIGIN_SLOTS` of `install`.
+fn slot_owners(install: &Install) -> Vec<u64> {
+    map_dump(install, "LW_ORIGIN_SLOTS")
+        .iter()
+        .map(|e| {
+            let value = hex_bytes(&e["value"]);
+            u64::from_ne_bytes(value[..8].try_into().expect("an owner word"))
+        })
+        .collect()
+}
+
+/// Writes every slot of `LW_ORIGIN_SLOTS` of `install` as claimed by a
+/// connect that is not there: owner `owner(i)` for slot `i`, claimed at
+/// `claimed_ns` (CLOCK_MONOTONIC), the entry zeroed.
+fn take_slots(install: &Install, owner: impl Fn(u32) -> u64, claimed_ns: u64) {
+    let entry = [0; std::mem::size_of::<loopwarden_common::origin::ConnEntry>()];
+    for i in 0..loopwarden_common::ORIGIN_SLOTS {
+        write_slot(install, i, owner(i), claimed_ns, &entry);
+    }
+}
+
+/// Writes slot `index` of `LW_ORIGIN_SLOTS` of `install` (bpftool): its
+/// owner word, claim time and entry.
+fn write_slot(install: &Install, index: u32, owner: u64, claimed_ns: u64, entry: &[u8]) {
+    let mut value = owner.to_ne_bytes().to_vec();
+    value.extend_from_slice(&claimed_ns.to_ne_bytes());
+    value.extend_from_slice(entry);
+    assert_eq!(
+        value.len(),
+        std::mem::size_of::<loopwarden_common::origin::OriginSlot>()
+    );
+    let out = run(Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(install.pin_dir().join("maps/LW_ORIGIN_SLOTS"))
+        .args(["key", "hex"])
+        .args(hex_args(&index.to_ne_bytes()))
+        .args(["value", "hex"])
+        .args(hex_args(&value)));
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns`).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -1,6 +1,6 @@
 //! Entries that are not the connection's: one a missed close left is never
-//! a later connection's answer; an IPv4 client of a dual-stack listener is
-//! still its own.
+//! a later connection's answer, nor is a free slot's; an IPv4 client of a
+//! dual-stack listener is still its own.
 
 use super::*;
 
@@ -78,6 +78,66 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     for expected in [&peer, &fresh_peer] {
         assert!(listed.contains(&json!(expected)), "{listed:?}");
     }
+}
+
+/// A free slot of `LW_ORIGIN_SLOTS` keeps the entry of the connect that
+/// last held it. A connection whose client socket has no cookie (no
+/// tagged connect asked for one: here one to the unprotected port, marked
+/// by the test) must not take it for its own at its handshake, since a
+/// free slot's owner word is 0 too. The slots its cookie would use are
+/// written with a pending copy of a tagged connection's entry (recent,
+/// not established: what the server's handshake would bind). The
+/// positive control is the tagged connection itself, named through the
+/// same lookups.
+#[test]
+fn a_free_slot_is_never_an_untagged_connections_origin() {
+    const FROM: u16 = 41003;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let install = daemon.install();
+    let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
+    let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let tagged = holder.wait_accepted(1);
+    assert_eq!(tagged["status"], 1, "{tagged}");
+    assert_eq!(tagged["tgid"], client.pid(), "{tagged}");
+    let (peer, _) = ends(&tagged);
+    let (_, entry) = conns_entries(install)
+        .into_iter()
+        .find(|(key, _)| key[4..6] == port_of(&peer).to_ne_bytes())
+        .expect("the tagged connection's entry");
+    let mut pending = entry.clone();
+    pending[16..32].fill(0); // established_ns, server_cookie
+    pending[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&monotonic_ns().to_ne_bytes());
+    pending[ENTRY_FIRST_SEQ..ENTRY_FIRST_SEQ + 4].fill(0);
+    // Cookie 0 hashes to slot 0; its probes go on from there.
+    for index in 0..loopwarden_common::ORIGIN_SLOT_PROBES {
+        write_slot(install, index, 0, 0, &pending);
+    }
+    mark_port(install, UNPROTECTED);
+
+    let _untagged = holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, FROM);
+    let untagged = holder.wait_accepted(2);
+    assert_eq!(untagged["peer"], format!("127.0.0.1:{FROM}"), "{untagged}");
+    assert_eq!(
+        (&untagged["status"], &untagged["tgid"]),
+        (&json!(0), &json!(0)),
+        "{untagged}"
+    );
+    assert!(
+        !conns_entries(install)
+            .iter()
+            .any(|(key, _)| key[4..6] == FROM.to_ne_bytes()),
+        "no entry for the untagged connection"
+    );
+    let (untagged_peer, untagged_local) = ends(&untagged);
+    let said = who(
+        &ns,
+        None,
+        &install.run_dir(),
+        &untagged_peer,
+        &untagged_local,
+    );
+    assert!(matches!(said, Err((1, _))), "{said:?}");
 }
 
 /// A dual-stack listener (`[::]`, not v6-only) accepts an IPv4 client on
