@@ -168,18 +168,24 @@ fn first_slot(cookie: u64) -> u32 {
     (cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ORIGIN_SLOTS.trailing_zeros())) as u32
 }
 
+/// Slot `i` of those the connect with socket cookie `cookie` may use
+/// (`i` < [`ORIGIN_SLOT_PROBES`]): the following ones, from the first.
+#[inline(always)]
+fn probe_slot(cookie: u64, i: u32) -> Option<*mut OriginSlot> {
+    SLOTS.get_ptr_mut((first_slot(cookie) + i) & (ORIGIN_SLOTS - 1))
+}
+
 /// A slot of `LW_ORIGIN_SLOTS` claimed for the connect with socket cookie
-/// `cookie` at `now`: the first of its [`ORIGIN_SLOT_PROBES`] that is free,
-/// already this socket's, or whose claim is older than any handshake (its connect's failure was
-/// not seen: refused by a program after this one, or failed before it
-/// sent a SYN). `claimed_ns` is written before the claim, so a slot seen
-/// taken shows its claim's time (a claim that loses the race has written a
-/// time as recent).
+/// `cookie` at `now`: the first of its [`ORIGIN_SLOT_PROBES`] that is
+/// free, already this socket's, or whose claim is older than any
+/// handshake (its connect's failure was not seen: refused by a program
+/// after this one, or failed before it sent a SYN). `claimed_ns` is
+/// written before the claim, so a slot seen taken shows its claim's time
+/// (a claim that loses the race has written a time as recent).
 #[inline(always)]
 fn claim(cookie: u64, now: u64) -> Option<*mut OriginSlot> {
-    let first = first_slot(cookie);
     for i in 0..ORIGIN_SLOT_PROBES {
-        let Some(slot) = SLOTS.get_ptr_mut((first + i) & (ORIGIN_SLOTS - 1)) else {
+        let Some(slot) = probe_slot(cookie, i) else {
             continue;
         };
         // SAFETY: pointers into the map's value; the owner word changes
@@ -211,9 +217,8 @@ fn owned_slot(cookie: u64) -> Option<*mut OriginSlot> {
     if cookie == 0 {
         return None;
     }
-    let first = first_slot(cookie);
     for i in 0..ORIGIN_SLOT_PROBES {
-        let Some(slot) = SLOTS.get_ptr_mut((first + i) & (ORIGIN_SLOTS - 1)) else {
+        let Some(slot) = probe_slot(cookie, i) else {
             continue;
         };
         // SAFETY: a pointer into the map's value.

@@ -21,15 +21,7 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     let daemon = Daemon::start(&config(&ns));
     let install = daemon.install();
     let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
-    let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
-    let tagged = holder.wait_accepted(1);
-    assert_eq!(tagged["status"], 1, "{tagged}");
-    let (peer, _) = ends(&tagged);
-    let port = port_of(&peer);
-    let (key, entry) = conns_entries(install)
-        .into_iter()
-        .find(|(key, _)| key[4..6] == port.to_ne_bytes())
-        .expect("the tagged connection's entry");
+    let (client, peer, key, entry) = tagged_connection(&ns, install, &holder);
     // The same entry, as if for a connection from `from` to the
     // unprotected port (which the kernel never tags).
     let under = |from: u16| {
@@ -57,11 +49,7 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     assert!(matches!(said, Err((1, _))), "{said:?}");
 
     // Waiting for its handshake (not established, connected just now).
-    let mut pending = entry.clone();
-    pending[16..32].fill(0); // established_ns, server_cookie
-    pending[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&monotonic_ns().to_ne_bytes());
-    pending[ENTRY_FIRST_SEQ..ENTRY_FIRST_SEQ + 4].fill(0);
-    write_entry(install, &under(FRESH_FROM), &pending);
+    write_entry(install, &under(FRESH_FROM), &as_pending(&entry));
     let _fresh = holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, FRESH_FROM);
     let fresh = holder.wait_accepted(3);
     assert_eq!(fresh["status"], 1, "{fresh}");
@@ -96,22 +84,10 @@ fn a_free_slot_is_never_an_untagged_connections_origin() {
     let daemon = Daemon::start(&config(&ns));
     let install = daemon.install();
     let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
-    let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
-    let tagged = holder.wait_accepted(1);
-    assert_eq!(tagged["status"], 1, "{tagged}");
-    assert_eq!(tagged["tgid"], client.pid(), "{tagged}");
-    let (peer, _) = ends(&tagged);
-    let (_, entry) = conns_entries(install)
-        .into_iter()
-        .find(|(key, _)| key[4..6] == port_of(&peer).to_ne_bytes())
-        .expect("the tagged connection's entry");
-    let mut pending = entry.clone();
-    pending[16..32].fill(0); // established_ns, server_cookie
-    pending[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&monotonic_ns().to_ne_bytes());
-    pending[ENTRY_FIRST_SEQ..ENTRY_FIRST_SEQ + 4].fill(0);
+    let (_client, _, _, entry) = tagged_connection(&ns, install, &holder);
     // Cookie 0 hashes to slot 0; its probes go on from there.
     for index in 0..loopwarden_common::ORIGIN_SLOT_PROBES {
-        write_slot(install, index, 0, 0, &pending);
+        write_slot(install, index, 0, 0, &as_pending(&entry));
     }
     mark_port(install, UNPROTECTED);
 
@@ -138,6 +114,36 @@ fn a_free_slot_is_never_an_untagged_connections_origin() {
         &untagged_local,
     );
     assert!(matches!(said, Err((1, _))), "{said:?}");
+}
+
+/// A connection to the protected port held open by `holder`'s client,
+/// tagged and named by getsockopt: the client, its address (the peer's),
+/// and its `LW_CONNS` key and entry.
+fn tagged_connection(
+    ns: &Netns,
+    install: &Install,
+    holder: &Holder,
+) -> (Proc, String, Vec<u8>, Vec<u8>) {
+    let client = holder.hold_client(ns, "127.0.0.1", PROTECTED);
+    let tagged = holder.wait_accepted(1);
+    assert_eq!(tagged["status"], 1, "{tagged}");
+    assert_eq!(tagged["tgid"], client.pid(), "{tagged}");
+    let (peer, _) = ends(&tagged);
+    let (key, entry) = conns_entries(install)
+        .into_iter()
+        .find(|(key, _)| key[4..6] == port_of(&peer).to_ne_bytes())
+        .expect("the tagged connection's entry");
+    (client, peer, key, entry)
+}
+
+/// `entry` as it waits for its handshake: not established, not bound,
+/// connected just now.
+fn as_pending(entry: &[u8]) -> Vec<u8> {
+    let mut pending = entry.to_vec();
+    pending[16..32].fill(0); // established_ns, server_cookie
+    pending[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&monotonic_ns().to_ne_bytes());
+    pending[ENTRY_FIRST_SEQ..ENTRY_FIRST_SEQ + 4].fill(0);
+    pending
 }
 
 /// A dual-stack listener (`[::]`, not v6-only) accepts an IPv4 client on
