@@ -382,6 +382,16 @@ impl Daemon {
         self.killed = true;
     }
 
+    /// Waits until the daemon has installed `count` policies since its
+    /// start (each reload's "policy #N installed: K rules"). The space
+    /// before "installed" matters: every line the daemon's `installed`
+    /// module logs, a reload's first ("SIGHUP: reloading ...") too,
+    /// carries its target `loopwarden::daemon::installed: `, which a bare
+    /// "installed: " would take for the policy in force.
+    pub fn wait_installed(&self, count: usize) {
+        self.wait_stderr(" installed: ", count);
+    }
+
     /// Waits until the daemon's stderr contains `text` (at least `count` times).
     pub fn wait_stderr(&self, text: &str, count: usize) {
         wait_for_explained(

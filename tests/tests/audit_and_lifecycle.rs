@@ -253,7 +253,7 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
     let install = daemon.install();
     let before = pinned_generation(install);
     daemon.signal(libc::SIGHUP);
-    daemon.wait_stderr("installed: ", 1);
+    daemon.wait_installed(1);
     assert!(!ns.socat_connect(&target).0, "enforcing after the reload");
     // The reload went in as a whole generation in the other slot.
     assert_eq!(pinned_generation(install), 1 - before);

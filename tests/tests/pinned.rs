@@ -198,10 +198,12 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
     // A good file and SIGHUP: installed.
     std::fs::write(install.config_path(), policy(&ns, "audit", "")).expect("rewrite");
     second.signal(libc::SIGHUP);
-    second.wait_stderr("installed: ", 1);
+    second.wait_installed(1);
+    let (reached, why) = ns.socat_connect(&target);
     assert!(
-        ns.socat_connect(&target).0,
-        "the reloaded audit policy refuses"
+        reached,
+        "the reloaded audit policy refuses: {why}\n{}",
+        second.stderr_text()
     );
 }
 
@@ -373,7 +375,7 @@ fn sighup_picks_the_policy_source_again() {
     )));
     daemon.signal(libc::SIGHUP);
     daemon.wait_stderr("SIGHUP: reloading /etc/loopwarden/loopwarden.toml", 1);
-    daemon.wait_stderr("installed: ", 1);
+    daemon.wait_installed(1);
     assert!(!ns.socat_connect(&target).0, "the new file is not enforced");
     assert!(
         !std::path::Path::new("/etc/loopwarden/loopwarden.toml").exists(),

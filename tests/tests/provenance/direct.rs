@@ -153,7 +153,7 @@ fn rules_are_named_by_the_policy_that_judged_the_connect() {
     // open one keeps the name of the policy that judged it.
     std::fs::write(daemon.config_path(), with_rule("python-watched")).expect("rewrite");
     daemon.signal(libc::SIGHUP);
-    daemon.wait_stderr("installed: ", 1);
+    daemon.wait_installed(1);
     let _second = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
     let (peer2, local2) = ends(&holder.wait_accepted(2));
     let origin = who(&ns, None, &run_dir, &peer2, &local2).expect("the second connection");
