@@ -127,15 +127,8 @@ pub fn connect_failed(cookie: u64) {
 pub fn client_established(cookie: u64, key: &ConnKey) {
     if let Some(slot) = owned_slot(cookie) {
         // SAFETY: a pointer into the map's value, which only this
-        // socket's connect and handshake write while it owns the slot;
-        // copied whole into the new entry (by reference: a by-value entry
-        // would be copied to the stack).
-        unsafe {
-            let entry = &raw mut (*slot).entry;
-            (*entry).record.conn = *key;
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = CONNS.insert(key, &*entry, 0);
-        }
+        // socket's connect and handshake write while it owns the slot.
+        unsafe { insert_conn(&raw mut (*slot).entry, key) };
         // Still this connect's after the copy, so no claim (which takes
         // the slot before it writes) wrote into it meanwhile. Only a claim
         // older than any handshake is ever taken over: a handshake that
@@ -150,13 +143,26 @@ pub fn client_established(cookie: u64, key: &ConnKey) {
         return;
     };
     // SAFETY: a pointer into the map's value, which only this socket's
-    // connect and handshake write; copied whole into the new entry.
+    // connect and handshake write.
+    unsafe { insert_conn(entry, key) };
+    let _ = ORIGIN_PENDING.remove(cookie);
+}
+
+/// The pending entry at `entry`, named for its connection `key`, copied
+/// whole into `LW_CONNS` (by reference: a by-value entry would be copied
+/// to the stack).
+///
+/// # Safety
+/// `entry` points into a map value only this connection's connect and
+/// handshake write.
+#[inline(always)]
+unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey) {
+    // SAFETY: as the caller promises.
     unsafe {
         (*entry).record.conn = *key;
         #[allow(clippy::needless_borrows_for_generic_args)]
         let _ = CONNS.insert(key, &*entry, 0);
     }
-    let _ = ORIGIN_PENDING.remove(cookie);
 }
 
 /// The first slot a connect with socket cookie `cookie` may use: a
