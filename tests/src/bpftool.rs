@@ -33,6 +33,19 @@ pub fn map_show(install: &Install, name: &str) -> Value {
     pinned_map(install, "show", name)
 }
 
+/// Writes `value` under `key` in `install`'s pinned map `name`
+/// (`bpftool map update`), which must succeed.
+pub fn map_update(install: &Install, name: &str, key: &[u8], value: &[u8]) {
+    let out = run(Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(install.pin_dir().join("maps").join(name))
+        .args(["key", "hex"])
+        .args(hex_args(key))
+        .args(["value", "hex"])
+        .args(hex_args(value)));
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// `bpftool -j map VERB pinned` of `install`'s map `name`, which must succeed.
 fn pinned_map(install: &Install, verb: &str, name: &str) -> Value {
     let map = install.pin_dir().join("maps").join(name);

@@ -11,8 +11,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, Proc, TempDir, hex_args, hex_bytes, loopwarden_bin,
-    map_dump, policy, prog_ids, rule, run, run_ok,
+    Daemon, Install, Netns, PROTECTED, Proc, TempDir, hex_bytes, loopwarden_bin, map_dump,
+    map_update, policy, prog_ids, rule, run, run_ok,
 };
 
 /// A python client that connects to the protected port in a loop until
@@ -398,13 +398,7 @@ fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     let mut meta = b"loopward".to_vec();
     meta.extend(1u32.to_le_bytes());
     meta.extend([0u8; 12]);
-    run_ok(
-        Command::new("bpftool")
-            .args(["map", "update", "pinned"])
-            .arg(maps.join("LW_META"))
-            .args(["key", "hex", "00", "00", "00", "00", "value", "hex"])
-            .args(hex_args(&meta)),
-    );
+    map_update(&install, "LW_META", &0u32.to_ne_bytes(), &meta);
     let second = Daemon::start_in(&install, &config, &[]);
     second.wait_stderr("layout version 1, this daemon uses", 1);
     second.wait_stderr("replaced the pinned programs in place", 1);

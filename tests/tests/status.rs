@@ -6,7 +6,8 @@
 use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
 use loopwarden_tests::{
-    AS_NOBODY, Daemon, Install, Netns, PROTECTED, TempDir, loopwarden_bin, policy, run, run_ok,
+    AS_NOBODY, Daemon, Install, Netns, PROTECTED, TempDir, loopwarden_bin, map_update, policy, run,
+    run_ok,
 };
 use serde_json::Value;
 
@@ -265,18 +266,10 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     assert_eq!(json["state"], "active");
 
     // LW_META of another layout: status refuses to decode the maps.
-    let meta_path = install.pin_dir().join("maps/LW_META");
     let mut meta = b"loopward".to_vec();
     meta.extend(1u32.to_le_bytes());
     meta.extend([0u8; 12]);
-    let hex: Vec<String> = meta.iter().map(|b| format!("{b:02x}")).collect();
-    run_ok(
-        Command::new("bpftool")
-            .args(["map", "update", "pinned"])
-            .arg(&meta_path)
-            .args(["key", "hex", "00", "00", "00", "00", "value", "hex"])
-            .args(&hex),
-    );
+    map_update(&install, "LW_META", &0u32.to_ne_bytes(), &meta);
     let (code, text, json) = status(&install);
     assert_eq!(code, Some(4), "{text}");
     assert!(text.contains("incompatible layout 1"), "{text}");

@@ -23,7 +23,7 @@ use std::{
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
     TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes, loopwarden_bin,
-    map_dump, map_show, possible_cpus,
+    map_dump, map_show, map_update, possible_cpus,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
     rule, run, wait_for, wait_for_explained, write_script,
 };
@@ -143,39 +143,24 @@ fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Writes one `LW_CONNS` entry of `install` (bpftool).
 fn write_entry(install: &Install, key: &[u8], value: &[u8]) {
-    let out = run(Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(install.pin_dir().join("maps/LW_CONNS"))
-        .args(["key", "hex"])
-        .args(hex_args(key))
-        .args(["value", "hex"])
-        .args(hex_args(value)));
-    assert!(out.status.success(), "{out:?}");
+    map_update(install, "LW_CONNS", key, value);
 }
 
 /// Marks `port` in `LW_CONN_PORTS` of `install` (bpftool), keeping the
 /// other ports' marks in its entry: 64 bytes, one per port.
 fn mark_port(install: &Install, port: u16) {
-    let map = install.pin_dir().join("maps/LW_CONN_PORTS");
-    let key = hex_args(&(u32::from(port) / 64).to_ne_bytes());
+    let key = (u32::from(port) / 64).to_ne_bytes();
     let out = run(Command::new("bpftool")
         .args(["-j", "map", "lookup", "pinned"])
-        .arg(&map)
+        .arg(install.pin_dir().join("maps/LW_CONN_PORTS"))
         .args(["key", "hex"])
-        .args(&key));
+        .args(hex_args(&key)));
     assert!(out.status.success(), "{out:?}");
     let found: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
     let mut bytes = hex_bytes(&found["value"]);
     assert_eq!(bytes.len(), 64, "{found}");
     bytes[usize::from(port % 64)] = 1;
-    let out = run(Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(&map)
-        .args(["key", "hex"])
-        .args(&key)
-        .args(["value", "hex"])
-        .args(hex_args(&bytes)));
-    assert!(out.status.success(), "{out:?}");
+    map_update(install, "LW_CONN_PORTS", &key, &bytes);
 }
 
 /// The owner word (a socket cookie, 0 when free) of each slot of
@@ -210,14 +195,7 @@ fn write_slot(install: &Install, index: u32, owner: u64, claimed_ns: u64, entry:
         value.len(),
         std::mem::size_of::<loopwarden_common::origin::OriginSlot>()
     );
-    let out = run(Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(install.pin_dir().join("maps/LW_ORIGIN_SLOTS"))
-        .args(["key", "hex"])
-        .args(hex_args(&index.to_ne_bytes()))
-        .args(["value", "hex"])
-        .args(hex_args(&value)));
-    assert!(out.status.success(), "{out:?}");
+    map_update(install, "LW_ORIGIN_SLOTS", &index.to_ne_bytes(), &value);
 }
 
 /// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns`).
