@@ -52,7 +52,7 @@ pub use tracking::{
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -122,6 +122,15 @@ pub const ORIGIN_SLOTS: u32 = 128;
 /// Slots a connect tries, from the one its socket cookie hashes to, before
 /// it waits in `LW_ORIGIN_PENDING` instead.
 pub const ORIGIN_SLOT_PROBES: u32 = 4;
+/// Slots of `LW_CONN_SLOTS` (a power of two), where protected
+/// connections are kept from the client's handshake to the accepted
+/// socket's close without a hash-map operation: few, so they stay in the
+/// CPU's cache; a connection that finds its slots taken (by long-lived
+/// connections) is kept in `LW_CONNS` instead.
+pub const CONN_SLOTS: u32 = 256;
+/// Slots a connection tries, from the one its addresses hash to, before it
+/// is kept in `LW_CONNS` instead.
+pub const CONN_SLOT_PROBES: u32 = 4;
 /// Live connections to protected destinations the daemon can list and
 /// answer for (`LW_CONNS`, LRU: past it the oldest are forgotten, and
 /// `getsockopt` and the daemon answer "unknown" for them): the object's
@@ -210,6 +219,7 @@ mod user {
     unsafe impl aya::Pod for super::origin::OriginRecord {}
     unsafe impl aya::Pod for super::origin::ConnKey {}
     unsafe impl aya::Pod for super::origin::ConnEntry {}
+    unsafe impl aya::Pod for super::origin::ConnSlot {}
     // SAFETY: #[repr(C)] of integers with the size assertions above showing
     // no implicit padding for exactly these value types.
     unsafe impl aya::Pod for GenKey<u32> {}

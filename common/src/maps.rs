@@ -66,9 +66,14 @@ pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
 /// claimed by socket cookie (see [`super::origin::OriginSlot`]); a connect
 /// that finds none free waits in [`ORIGIN_PENDING`].
 pub const ORIGIN_SLOTS: &str = "LW_ORIGIN_SLOTS";
+/// `Array<ConnSlot>` of [`super::CONN_SLOTS`]: protected connections from
+/// the client's handshake to the accepted socket's close, each in one of
+/// the slots its addresses hash to (see [`super::origin::ConnSlot`]); what
+/// `getsockopt` and the daemon answer from first.
+pub const CONN_SLOTS: &str = "LW_CONN_SLOTS";
 /// `LruHashMap<ConnKey, ConnEntry>`: protected connections by their
-/// addresses, from the client's handshake to the accepted socket's close:
-/// what `getsockopt` and the daemon answer from.
+/// addresses, from the client's handshake to the accepted socket's close,
+/// that found their slots in [`CONN_SLOTS`] taken.
 pub const CONNS: &str = "LW_CONNS";
 /// `Array<[u8; 64]>` of [`super::CONN_PORT_ENTRIES`]: byte `port % 64` of
 /// entry `port / 64` is 1 once a tagged connect went to port `port`
@@ -126,6 +131,7 @@ pub const PINNED: &[&str] = &[
     LISTENERS,
     ORIGIN_PENDING,
     ORIGIN_SLOTS,
+    CONN_SLOTS,
     CONNS,
     CONN_PORTS,
     BIND_PORTS,

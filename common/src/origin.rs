@@ -10,7 +10,7 @@
 //! SOL_LOOPWARDEN, LW_ORIGIN, &record, &len)` on the accepted socket and
 //! gets an [`OriginRecord`]; the daemon answers the same from `LW_CONNS`.
 
-use crate::{Addr, ConnectEvent};
+use crate::{Addr, CONN_SLOTS, ConnectEvent};
 
 /// The private `getsockopt` level the `cgroup/getsockopt` program answers
 /// ("LW"; no kernel protocol level is near it).
@@ -133,6 +133,22 @@ pub struct OriginSlot {
     pub entry: ConnEntry,
 }
 
+/// `LW_CONN_SLOTS`' value: a protected connection's entry, from the
+/// client's handshake to the accepted socket's close, kept without a
+/// hash-map operation in one of the [`crate::CONN_SLOT_PROBES`] slots from
+/// [`ConnKey::first_slot`]. The slot is taken while `owner` holds the
+/// client socket's cookie: claimed by compare-and-swap from 0 (or from a
+/// dead connection's entry: one with the same addresses, or one whose
+/// server never completed its handshake), given back when the accepted
+/// socket closes. A free slot's key has client port 0, which no
+/// connection has.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnSlot {
+    pub owner: u64,
+    pub entry: ConnEntry,
+}
+
 /// Names a TCP connection in `LW_CONNS`: the network namespace (inode
 /// number, as `/proc/PID/ns/net` shows it) and both ends, addresses in
 /// IPv4-mapped form for IPv4, ports in host order.
@@ -148,7 +164,28 @@ pub struct ConnKey {
     pub server: Addr,
 }
 
+impl ConnKey {
+    /// The first slot of `LW_CONN_SLOTS` the connection may be kept in: a
+    /// multiplicative hash of its namespace, ports and client address (a
+    /// client's connections differ in their ports; their addresses are
+    /// mostly loopback), so neighbouring client ports scatter.
+    #[inline(always)]
+    pub fn first_slot(&self) -> u32 {
+        let x = ((u64::from(self.netns) ^ u64::from(self.client.words[3])) << 32)
+            | (u64::from(self.client_port) << 16)
+            | u64::from(self.server_port);
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CONN_SLOTS.trailing_zeros())) as u32
+    }
+
+    /// Slot `i` (< [`crate::CONN_SLOT_PROBES`]) the connection may be kept in.
+    #[inline(always)]
+    pub fn slot(&self, i: u32) -> u32 {
+        (self.first_slot() + i) & (CONN_SLOTS - 1)
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<OriginRecord>() == 32 + 40 + 256);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 328 + 8);
 const _: () = assert!(core::mem::size_of::<OriginSlot>() == 16 + 336);
+const _: () = assert!(core::mem::size_of::<ConnSlot>() == 8 + 336);

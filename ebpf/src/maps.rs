@@ -6,12 +6,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use loopwarden_common::{
-    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, CONN_PORT_ENTRIES, EXE_NAME_LEN, EgressKey,
-    ExeKey, FILTER_WORDS, GENERATIONS, GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES,
-    MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta,
-    ORIGIN_SLOTS as ORIGIN_SLOTS_LEN, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES,
-    filter_bit,
-    origin::{ConnEntry, ConnKey, OriginSlot},
+    Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, CONN_PORT_ENTRIES,
+    CONN_SLOTS as CONN_SLOTS_LEN, EXE_NAME_LEN, EgressKey, ExeKey, FILTER_WORDS, GENERATIONS,
+    GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS,
+    MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta, ORIGIN_SLOTS as ORIGIN_SLOTS_LEN,
+    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
+    origin::{ConnEntry, ConnKey, ConnSlot, OriginSlot},
     stats, verdict,
 };
 
@@ -213,8 +213,13 @@ pub static ORIGIN_SLOTS: Array<OriginSlot> = Array::with_max_entries(ORIGIN_SLOT
 pub static ORIGIN_PENDING: LruHashMap<u64, ConnEntry> =
     LruHashMap::with_max_entries(MAX_ORIGIN_PENDING, 0);
 
+/// Protected connections in slots their addresses hash to, from the
+/// client's handshake to the accepted socket's close.
+#[map(name = "LW_CONN_SLOTS")]
+pub static CONN_SLOTS: Array<ConnSlot> = Array::with_max_entries(CONN_SLOTS_LEN, 0);
+
 /// Protected connections by their addresses, from the client's handshake
-/// to the accepted socket's close.
+/// to the accepted socket's close, that found their slots taken.
 #[map(name = "LW_CONNS")]
 pub static CONNS: LruHashMap<ConnKey, ConnEntry> = LruHashMap::with_max_entries(MAX_CONNS, 0);
 

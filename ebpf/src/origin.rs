@@ -7,13 +7,19 @@
 //!    operation, or in `LW_ORIGIN_PENDING` when its slots are taken), and
 //!    marks the destination port in `LW_CONN_PORTS`.
 //! 2. The client's handshake completes (`inet_sock_set_state`
-//!    SYN_SENT→ESTABLISHED, see [`crate::sockets`]): the record moves to
-//!    `LW_CONNS` under the connection's addresses ([`client_established`]).
+//!    SYN_SENT→ESTABLISHED, see [`crate::sockets`]): the record moves to a
+//!    slot of `LW_CONN_SLOTS` its connection's addresses hash to, or to
+//!    `LW_CONNS` under them when those slots are taken
+//!    ([`client_established`]).
 //! 3. The server's side completes (SYN_RECV→ESTABLISHED on the accepted
 //!    socket, after the client's: the client's ACK creates it): the entry
 //!    is bound to that socket by its cookie and the client's first
 //!    sequence number ([`server_established`]).
-//! 4. The accepted socket closes: its `LW_CONNS` entry goes ([`closed`]).
+//! 4. The accepted socket closes: its entry goes ([`closed`]).
+//!
+//! The slots are arrays the program indexes directly (the verifier inlines
+//! the lookup): a connection kept in them costs no hash-map operation from
+//! connect to close.
 //!
 //! Steps 2 to 4 look a connection up only when its server's port is
 //! marked ([`port_marked`]): every other TCP connection on the host (an
@@ -21,7 +27,7 @@
 //! byte load instead of a hash lookup at each of them.
 //!
 //! `getsockopt` finds the entry by the socket's addresses and namespace
-//! ([`lw_getsockopt`], [`netns_inum`]). (Socket-local storage would hold
+//! ([`lw_getsockopt`], [`netns_inum`], [`find_conn`]). (Socket-local storage would hold
 //! the record on the socket itself, but allocating and freeing it, charged
 //! to the memory cgroup and freed after an RCU grace period, cost more per
 //! connection than everything else the tag does.)
@@ -38,8 +44,8 @@ use aya_ebpf::{
     programs::SockoptContext,
 };
 use loopwarden_common::{
-    Addr, ConnectEvent, ORIGIN_SLOT_PROBES, ORIGIN_SLOTS,
-    origin::{ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, OriginSlot, SOL_LOOPWARDEN},
+    Addr, CONN_SLOT_PROBES, ConnectEvent, ORIGIN_SLOT_PROBES, ORIGIN_SLOTS,
+    origin::{ConnEntry, ConnKey, ConnSlot, LW_ORIGIN, OriginRecord, OriginSlot, SOL_LOOPWARDEN},
 };
 
 use crate::{
@@ -47,7 +53,9 @@ use crate::{
     atomic::cas,
     connect::{AF_INET, AF_INET6},
     identity::{load, offset, probe},
-    maps::{CONN_PORTS, CONNS, ORIGIN_PENDING, ORIGIN_SLOTS as SLOTS, byte_of, byte_set},
+    maps::{
+        CONN_PORTS, CONN_SLOTS, CONNS, ORIGIN_PENDING, ORIGIN_SLOTS as SLOTS, byte_of, byte_set,
+    },
     sockets::tcp_sock,
 };
 
@@ -122,20 +130,20 @@ pub fn connect_failed(cookie: u64) {
 
 /// The client socket with cookie `cookie` completed its handshake on the
 /// connection `key`: its pending entry, named for its connection, moves to
-/// `LW_CONNS`.
+/// a slot of `LW_CONN_SLOTS` or to `LW_CONNS`.
 #[inline(always)]
 pub fn client_established(cookie: u64, key: &ConnKey) {
     if let Some(slot) = owned_slot(cookie) {
         // SAFETY: a pointer into the map's value, which only this
         // socket's connect and handshake write while it owns the slot.
-        unsafe { insert_conn(&raw mut (*slot).entry, key) };
+        unsafe { insert_conn(&raw mut (*slot).entry, key, cookie) };
         // Still this connect's after the copy, so no claim (which takes
         // the slot before it writes) wrote into it meanwhile. Only a claim
         // older than any handshake is ever taken over: a handshake that
         // completed that late (`tcp_syn_retries` raised) and lost its slot
         // has no origin, never a mixed one.
         if !release(slot, cookie) {
-            let _ = CONNS.remove(key);
+            closed(key);
         }
         return;
     }
@@ -144,24 +152,102 @@ pub fn client_established(cookie: u64, key: &ConnKey) {
     };
     // SAFETY: a pointer into the map's value, which only this socket's
     // connect and handshake write.
-    unsafe { insert_conn(entry, key) };
+    unsafe { insert_conn(entry, key, cookie) };
     let _ = ORIGIN_PENDING.remove(cookie);
 }
 
-/// The pending entry at `entry`, named for its connection `key`, copied
-/// whole into `LW_CONNS` (by reference: a by-value entry would be copied
-/// to the stack).
+/// The pending entry at `entry` of the client socket with cookie `cookie`,
+/// named for its connection `key`, copied whole into a slot of
+/// `LW_CONN_SLOTS` it claims, or into `LW_CONNS` (by reference: a
+/// by-value entry would be copied to the stack).
 ///
 /// # Safety
 /// `entry` points into a map value only this connection's connect and
 /// handshake write.
 #[inline(always)]
-unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey) {
-    // SAFETY: as the caller promises.
+unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey, cookie: u64) {
+    // SAFETY: as the caller promises; `slot` is this connection's.
     unsafe {
         (*entry).record.conn = *key;
+        if let Some(slot) = claim_conn(key, cookie) {
+            ptr::copy_nonoverlapping(entry, &raw mut (*slot).entry, 1);
+            return;
+        }
         #[allow(clippy::needless_borrows_for_generic_args)]
         let _ = CONNS.insert(key, &*entry, 0);
+    }
+}
+
+/// Slot `i` of `LW_CONN_SLOTS` the connection `key` may be kept in.
+#[inline(always)]
+fn conn_probe(key: &ConnKey, i: u32) -> Option<*mut ConnSlot> {
+    CONN_SLOTS.get_ptr_mut(key.slot(i))
+}
+
+/// A slot of `LW_CONN_SLOTS` claimed for the connection `key`,
+/// whose client socket has cookie `cookie`: the first of its
+/// [`CONN_SLOT_PROBES`] that holds a dead connection's entry with its
+/// addresses (its close was not seen: while a socket is open no other
+/// connection has its two ends), else the first that is free or holds a
+/// connection whose server's handshake never completed (connected longer
+/// ago than any handshake takes). Claimed whole before it is written
+/// (the claim does not wait for a slot's writer: a client's handshake
+/// completes before its server's side, the only other writer, starts).
+#[inline(always)]
+fn claim_conn(key: &ConnKey, cookie: u64) -> Option<*mut ConnSlot> {
+    let mut free: Option<(*mut ConnSlot, u64)> = None;
+    for i in 0..CONN_SLOT_PROBES {
+        let Some(slot) = conn_probe(key, i) else {
+            continue;
+        };
+        // SAFETY: pointers into the map's value; the owner word changes
+        // only by compare-and-swap.
+        unsafe {
+            let owner = ptr::read_volatile(&(*slot).owner);
+            let rec = &raw const (*slot).entry.record;
+            if owner != 0 && (*rec).conn == *key {
+                return cas(&raw mut (*slot).owner, owner, cookie).then_some(slot);
+            }
+            // (The clock is read only for a taken slot whose server's
+            // handshake has not completed: rarely.)
+            let dead = owner == 0
+                || (ptr::read_volatile(&(*rec).established_ns) == 0
+                    && bpf_ktime_get_ns().wrapping_sub((*rec).origin.ktime_ns) > HANDSHAKE_NS);
+            if dead && free.is_none() {
+                free = Some((slot, owner));
+            }
+        }
+    }
+    let (slot, owner) = free?;
+    // SAFETY: as above.
+    unsafe { cas(&raw mut (*slot).owner, owner, cookie) }.then_some(slot)
+}
+
+/// The slot of `LW_CONN_SLOTS` that holds the connection `key`, if one
+/// does.
+#[inline(always)]
+fn conn_slot(key: &ConnKey) -> Option<*mut ConnSlot> {
+    for i in 0..CONN_SLOT_PROBES {
+        let Some(slot) = conn_probe(key, i) else {
+            continue;
+        };
+        // SAFETY: a pointer into the map's value.
+        unsafe {
+            if ptr::read_volatile(&(*slot).owner) != 0 && (*slot).entry.record.conn == *key {
+                return Some(slot);
+            }
+        }
+    }
+    None
+}
+
+/// The entry of the connection `key`: in its slot, or in `LW_CONNS`.
+#[inline(always)]
+fn find_conn(key: &ConnKey) -> Option<*mut ConnEntry> {
+    match conn_slot(key) {
+        // SAFETY: a pointer into the map's value.
+        Some(slot) => Some(unsafe { &raw mut (*slot).entry }),
+        None => CONNS.get_ptr_mut(key),
     }
 }
 
@@ -247,7 +333,7 @@ fn release(slot: *mut OriginSlot, cookie: u64) -> bool {
 /// the connection `key`: a recorded origin becomes the socket's.
 #[inline(always)]
 pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
-    let Some(entry) = CONNS.get_ptr_mut(key) else {
+    let Some(entry) = find_conn(key) else {
         return;
     };
     let Some(tcp) = tcp_sock(sk) else {
@@ -311,17 +397,29 @@ fn first_seq(rcv_nxt: u32, bytes_received: u64) -> u32 {
 }
 
 /// A socket closed on the connection `key` (as its accepting side would
-/// name it): the connection leaves `LW_CONNS`, without a lookup first.
-/// Whatever entry these addresses have is no open connection's but this
-/// one's: while a socket is open no other connection in its namespace
-/// can have its two ends, in either direction. So the entry is this
-/// socket's, if it is the accepting side, or a dead connection's whose
-/// close was not seen (left for the daemon to filter); a client socket
-/// (on a marked port by chance) names its connection the wrong way round,
-/// which only a dead connection's entry could match.
+/// name it): the connection's slot is given back, or, if it has none, its
+/// `LW_CONNS` entry goes (without a lookup first). Whatever entry these
+/// addresses have is no open connection's but this one's: while a socket
+/// is open no other connection in its namespace can have its two ends, in
+/// either direction. So the entry is this socket's, if it is the
+/// accepting side, or a dead connection's whose close was not seen (left
+/// for the daemon to filter); a client socket (on a marked port by
+/// chance) names its connection the wrong way round, which only a dead
+/// connection's entry could match.
 #[inline(always)]
 pub fn closed(key: &ConnKey) {
-    let _ = CONNS.remove(key);
+    let Some(slot) = conn_slot(key) else {
+        let _ = CONNS.remove(key);
+        return;
+    };
+    // SAFETY: a pointer into the map's value. The key is unnamed (client
+    // port 0, no connection's) before the slot is free, so no lookup
+    // matches it while its next connection writes it.
+    unsafe {
+        let owner = ptr::read_volatile(&(*slot).owner);
+        ptr::write_volatile(&raw mut (*slot).entry.record.conn.client_port, 0);
+        cas(&raw mut (*slot).owner, owner, 0);
+    }
 }
 
 /// `getsockopt(fd, SOL_LOOPWARDEN, LW_ORIGIN, buf, &len)`: the accepted
@@ -365,13 +463,13 @@ pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
     1
 }
 
-/// The `LW_CONNS` entry of the connection `so`'s socket accepted, if that
-/// socket is its accepting side.
+/// The entry of the connection `so`'s socket accepted, if that socket is
+/// its accepting side.
 ///
 /// # Safety
 /// `so` is the program's context.
 #[inline(always)]
-unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*const ConnEntry> {
+unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*mut ConnEntry> {
     // SAFETY: the context's socket, read field by field as the program
     // type allows; `tcp` is checked for NULL.
     unsafe {
@@ -397,7 +495,7 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*const ConnEntry> {
             client,
             server,
         };
-        let entry = CONNS.get_ptr(key)?;
+        let entry = find_conn(&key)?;
         if ptr::read_volatile(&(*entry).record.established_ns) == 0 {
             return None;
         }

@@ -254,6 +254,53 @@ fn an_origin_is_kept_when_its_slots_are_taken_and_a_stale_slot_is_taken_over() {
     );
 }
 
+/// A connection whose slots in `LW_CONN_SLOTS` are all taken (by
+/// connections written here, made now, not yet accepted) is kept in
+/// `LW_CONNS` instead and named all the same, leaving the slots alone;
+/// once those connections are older than any handshake (their servers
+/// never completed theirs), the next connection takes one over.
+#[test]
+fn a_connection_is_kept_when_its_slots_are_taken_and_a_dead_slot_is_taken_over() {
+    /// Older than any handshake (the kernel's bound is 180 s).
+    const STALE_NS: u64 = 181_000_000_000;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let install = daemon.install();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    let fakes_left = |install: &Install| {
+        owners(install, "LW_CONN_SLOTS")
+            .iter()
+            .enumerate()
+            .filter(|&(i, &owner)| owner == fake_conn_owner(i as u32))
+            .count()
+    };
+    let slots = loopwarden_common::CONN_SLOTS as usize;
+    let run_dir = install.run_dir();
+
+    take_conn_slots(install, monotonic_ns());
+    let first = holder.fork_client(&ns, "127.0.0.1", PROTECTED);
+    let accepted = holder.wait_accepted(1);
+    assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["tgid"], first.pid, "{accepted}");
+    assert_eq!(fakes_left(install), slots, "taken slots are left alone");
+    assert_eq!(map_dump(install, "LW_CONNS").len(), 1);
+    let (peer, local) = ends(&accepted);
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("who knows the first");
+    assert_eq!(origin["pid"], first.pid, "{origin:#}");
+
+    // Wrapping, as the kernel compares: stale whatever the uptime.
+    take_conn_slots(install, monotonic_ns().wrapping_sub(STALE_NS));
+    let second = holder.fork_client(&ns, "::1", PROTECTED);
+    let accepted = holder.wait_accepted(2);
+    assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["tgid"], second.pid, "{accepted}");
+    assert_eq!(fakes_left(install), slots - 1, "one dead slot taken over");
+    assert_eq!(map_dump(install, "LW_CONNS").len(), 1, "the first's alone");
+    let (peer, local) = ends(&accepted);
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("who knows the second");
+    assert_eq!(origin["pid"], second.pid, "{origin:#}");
+}
+
 /// A protected connect whose handshake never completes leaves nothing
 /// behind: its origin waits in `LW_ORIGIN_SLOTS` while its SYN is
 /// unanswered (the listener's accept queue is full, so the kernel drops

@@ -49,6 +49,9 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     let install = Install::new();
     let config = config(&ns);
     let mut daemon = Daemon::start_in(&install, &config, &[]);
+    // The connection is kept in `LW_CONNS`, the map a resize replaces (the
+    // slots, fixed in size, are adopted like every other map).
+    take_conn_slots(&install, monotonic_ns());
     let dir = TempDir::new("reask");
     let script = write_script(&dir, "reask.py", REASK);
     let out = dir.path().join("asked.jsonl");
@@ -88,7 +91,7 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     // the new size, the open connection's origin copied into it; every
     // other map (the policy, the tracking state) is adopted.
     let shown = |name: &str| map_show(&install, name);
-    let (procs, before) = (shown("LW_PROCS"), shown("LW_CONNS"));
+    let (procs, slots, before) = (shown("LW_PROCS"), shown("LW_CONN_SLOTS"), shown("LW_CONNS"));
     // Each LRU map is made 128 entries per possible CPU larger than what it
     // must hold: the kernel's per-CPU batches of free entries.
     let batches = 128 * possible_cpus();
@@ -106,11 +109,9 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     let after = shown("LW_CONNS");
     assert_eq!(after["max_entries"], 2048 + batches, "{after}");
     assert_ne!(after["id"], before["id"], "LW_CONNS was not replaced");
-    assert_eq!(
-        shown("LW_PROCS")["id"],
-        procs["id"],
-        "LW_PROCS was replaced"
-    );
+    for (name, was) in [("LW_PROCS", procs), ("LW_CONN_SLOTS", slots)] {
+        assert_eq!(shown(name)["id"], was["id"], "{name} was replaced");
+    }
     let n = asked(&out).len();
     wait_ask(&out, n, "the origin after the resize", named);
     let listed = conns(&ns, None, &install.run_dir());
@@ -260,6 +261,8 @@ fn a_nearly_full_connection_table_is_warned_of_once_and_eased() {
     let dir = TempDir::new("full");
     let config = format!("{}\n[provenance]\nconnections = 1024\n", config(&ns));
     let daemon = Daemon::start(&config);
+    // Every connection is kept in `LW_CONNS`, whose fullness is warned of.
+    take_conn_slots(daemon.install(), monotonic_ns());
     let port = PROTECTED.to_string();
     let server = write_script(&dir, "hold_all.py", HOLD_ALL);
     let mut server = ns.spawn(SYSTEM_PYTHON, &[&server, &port]);
@@ -347,6 +350,8 @@ fn a_connection_table_holds_its_capacity_whichever_cpus_filled_it() {
     let dir = TempDir::new("cpus");
     let config = format!("{}\n[provenance]\nconnections = 1024\n", config(&ns));
     let daemon = Daemon::start(&config);
+    // Every connection is kept in `LW_CONNS`, the LRU map.
+    take_conn_slots(daemon.install(), monotonic_ns());
     let server = write_script(&dir, "hold_all.py", HOLD_ALL);
     let mut server = ns.spawn(SYSTEM_PYTHON, &[&server, &PROTECTED.to_string()]);
     ns.wait_listening(PROTECTED);

@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use loopwarden_common::{Addr, origin::ConnKey};
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
     TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes, loopwarden_bin,
@@ -133,17 +134,91 @@ fn line(request: Value) -> String {
 const ENTRY_CONNECT_NS: usize = 72;
 const ENTRY_FIRST_SEQ: usize = 328;
 
-/// Every `LW_CONNS` entry of `install`, as (key, value) bytes.
+/// Where `ConnEntry` keeps its connection's key (`record.conn`).
+const ENTRY_KEY: std::ops::Range<usize> = 32..72;
+/// Bytes of a `ConnSlot` before its entry (the owner word).
+const SLOT_ENTRY: usize = 8;
+
+/// Every connection `install` keeps, in a taken slot of `LW_CONN_SLOTS` or
+/// in `LW_CONNS`, as (key, entry) bytes.
 fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
-    map_dump(install, "LW_CONNS")
+    let in_slots = map_dump(install, "LW_CONN_SLOTS")
         .iter()
-        .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
-        .collect()
+        .map(|e| hex_bytes(&e["value"]))
+        .filter(|slot| slot[..SLOT_ENTRY] != [0; SLOT_ENTRY])
+        .map(|slot| {
+            let entry = slot[SLOT_ENTRY..].to_vec();
+            (entry[ENTRY_KEY].to_vec(), entry)
+        })
+        .collect::<Vec<_>>();
+    let in_map = map_dump(install, "LW_CONNS");
+    let in_map = in_map
+        .iter()
+        .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])));
+    in_slots.into_iter().chain(in_map).collect()
 }
 
-/// Writes one `LW_CONNS` entry of `install` (bpftool).
-fn write_entry(install: &Install, key: &[u8], value: &[u8]) {
-    map_update(install, "LW_CONNS", key, value);
+/// Where a test writes a connection's entry: where the kernel keeps it.
+#[derive(Clone, Copy, Debug)]
+enum Home {
+    /// `LW_CONNS`, under the connection's key.
+    Map,
+    /// The first slot of `LW_CONN_SLOTS` the key hashes to, taken by a
+    /// made-up client cookie.
+    Slot,
+}
+
+/// Writes the entry of the connection `key` (bytes) where `home` says, as
+/// the kernel would (bpftool).
+fn write_entry(install: &Install, home: Home, key: &[u8], entry: &[u8]) {
+    match home {
+        Home::Map => map_update(install, "LW_CONNS", key, entry),
+        Home::Slot => {
+            let mut entry = entry.to_vec();
+            entry[ENTRY_KEY].copy_from_slice(key);
+            let mut value = 0x10c_0ffe_u64.to_ne_bytes().to_vec();
+            value.extend_from_slice(&entry);
+            let index = conn_key(key).slot(0);
+            map_update(install, "LW_CONN_SLOTS", &index.to_ne_bytes(), &value);
+        }
+    }
+}
+
+/// The owner word a test writes into slot `i` of `LW_CONN_SLOTS`: no
+/// socket's cookie.
+fn fake_conn_owner(i: u32) -> u64 {
+    0x5107_0000_0000_0000 | u64::from(i)
+}
+
+/// Writes every slot of `LW_CONN_SLOTS` of `install` as taken by a
+/// connection whose server has not accepted it yet, connected at
+/// `connected_ns` (CLOCK_MONOTONIC) and named nowhere (client port 0);
+/// the owner words are [`fake_conn_owner`]'s. Made recent, a connection
+/// made next is kept in `LW_CONNS`.
+fn take_conn_slots(install: &Install, connected_ns: u64) {
+    let mut entry = [0; std::mem::size_of::<loopwarden_common::origin::ConnEntry>()];
+    entry[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&connected_ns.to_ne_bytes());
+    for i in 0..loopwarden_common::CONN_SLOTS {
+        let mut value = fake_conn_owner(i).to_ne_bytes().to_vec();
+        value.extend_from_slice(&entry);
+        map_update(install, "LW_CONN_SLOTS", &i.to_ne_bytes(), &value);
+    }
+}
+
+/// The `ConnKey` whose bytes are `key`.
+fn conn_key(key: &[u8]) -> ConnKey {
+    let word = |at: usize| u32::from_ne_bytes(key[at..at + 4].try_into().expect("a word"));
+    let port = |at: usize| u16::from_ne_bytes(key[at..at + 2].try_into().expect("a port"));
+    let addr = |at: usize| Addr {
+        words: [word(at), word(at + 4), word(at + 8), word(at + 12)],
+    };
+    ConnKey {
+        netns: word(0),
+        client_port: port(4),
+        server_port: port(6),
+        client: addr(8),
+        server: addr(24),
+    }
 }
 
 /// Marks `port` in `LW_CONN_PORTS` of `install` (bpftool), keeping the
@@ -166,7 +241,13 @@ fn mark_port(install: &Install, port: u16) {
 /// The owner word (a socket cookie, 0 when free) of each slot of
 /// `LW_ORIGIN_SLOTS` of `install`.
 fn slot_owners(install: &Install) -> Vec<u64> {
-    map_dump(install, "LW_ORIGIN_SLOTS")
+    owners(install, "LW_ORIGIN_SLOTS")
+}
+
+/// The owner word (a socket cookie, 0 when free) of each slot of the
+/// array `map` (`LW_ORIGIN_SLOTS`, `LW_CONN_SLOTS`) of `install`.
+fn owners(install: &Install, map: &str) -> Vec<u64> {
+    map_dump(install, map)
         .iter()
         .map(|e| {
             let value = hex_bytes(&e["value"]);

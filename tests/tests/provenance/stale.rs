@@ -5,18 +5,17 @@
 use super::*;
 
 /// A close the state tracepoint never sees (the kernel skips a run nested
-/// on one CPU) leaves a connection's entry in `LW_CONNS`. Written back by
-/// hand under the addresses of a later, untagged connection, it must not
-/// be that connection's answer, from getsockopt or from the daemon (`who`,
-/// `conns`); the same entry written before its connection's handshake (as
-/// the kernel writes one) is: the positive control, through the same
-/// lookups. (The later connections go to the unprotected port, which the
-/// test marks in `LW_CONN_PORTS` as a tagged connect would have: the
-/// kernel looks up only connections to marked ports.)
+/// on one CPU) leaves a connection's entry in its slot of `LW_CONN_SLOTS`
+/// or in `LW_CONNS`. Written back by hand, in either, under the addresses
+/// of a later, untagged connection, it must not be that connection's
+/// answer, from getsockopt or from the daemon (`who`, `conns`); the same
+/// entry written before its connection's handshake (as the kernel writes
+/// one) is: the positive control, through the same lookups. (The later
+/// connections go to the unprotected port, which the test marks in
+/// `LW_CONN_PORTS` as a tagged connect would have: the kernel looks up
+/// only connections to marked ports.)
 #[test]
 fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
-    const STALE_FROM: u16 = 41001;
-    const FRESH_FROM: u16 = 41002;
     let ns = Netns::new();
     let daemon = Daemon::start(&config(&ns));
     let install = daemon.install();
@@ -30,41 +29,49 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
         key[6..8].copy_from_slice(&UNPROTECTED.to_ne_bytes());
         key
     };
-
     mark_port(install, UNPROTECTED);
-
-    // Left behind: established, bound to the first connection's socket.
-    write_entry(install, &under(STALE_FROM), &entry);
-    let _stale = holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, STALE_FROM);
-    let stale = holder.wait_accepted(2);
-    assert_eq!(stale["peer"], format!("127.0.0.1:{STALE_FROM}"), "{stale}");
-    assert_eq!(
-        (&stale["status"], &stale["tgid"]),
-        (&json!(0), &json!(0)),
-        "{stale}"
-    );
     let run_dir = install.run_dir();
-    let (stale_peer, stale_local) = ends(&stale);
-    let said = who(&ns, None, &run_dir, &stale_peer, &stale_local);
-    assert!(matches!(said, Err((1, _))), "{said:?}");
+    let mut held = Vec::new();
+    let mut fresh_peers = vec![peer];
+    for (round, home) in [Home::Map, Home::Slot].into_iter().enumerate() {
+        let stale_from = 41001 + 2 * round as u16;
+        let fresh_from = stale_from + 1;
+        let accepted = 2 + 2 * round;
 
-    // Waiting for its handshake (not established, connected just now).
-    write_entry(install, &under(FRESH_FROM), &as_pending(&entry));
-    let _fresh = holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, FRESH_FROM);
-    let fresh = holder.wait_accepted(3);
-    assert_eq!(fresh["status"], 1, "{fresh}");
-    assert_eq!(fresh["tgid"], client.pid(), "{fresh}");
-    assert_eq!(fresh["server_cookie"], fresh["cookie"], "{fresh}");
-    let (fresh_peer, fresh_local) = ends(&fresh);
-    let origin = who(&ns, None, &run_dir, &fresh_peer, &fresh_local).expect("the fresh entry");
-    assert_eq!(origin["pid"], client.pid(), "{origin:#}");
-    let listed: Vec<Value> = conns(&ns, None, &run_dir)
-        .into_iter()
-        .map(|o| o["client"].clone())
-        .collect();
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    for expected in [&peer, &fresh_peer] {
-        assert!(listed.contains(&json!(expected)), "{listed:?}");
+        // Left behind: established, bound to the first connection's socket.
+        write_entry(install, home, &under(stale_from), &entry);
+        held.push(holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, stale_from));
+        let stale = holder.wait_accepted(accepted);
+        assert_eq!(stale["peer"], format!("127.0.0.1:{stale_from}"), "{stale}");
+        assert_eq!(
+            (&stale["status"], &stale["tgid"]),
+            (&json!(0), &json!(0)),
+            "{home:?}: {stale}"
+        );
+        let (stale_peer, stale_local) = ends(&stale);
+        let said = who(&ns, None, &run_dir, &stale_peer, &stale_local);
+        assert!(matches!(said, Err((1, _))), "{home:?}: {said:?}");
+
+        // Waiting for its handshake (not established, connected just now).
+        write_entry(install, home, &under(fresh_from), &as_pending(&entry));
+        held.push(holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, fresh_from));
+        let fresh = holder.wait_accepted(accepted + 1);
+        assert_eq!(fresh["status"], 1, "{home:?}: {fresh}");
+        assert_eq!(fresh["tgid"], client.pid(), "{home:?}: {fresh}");
+        assert_eq!(fresh["server_cookie"], fresh["cookie"], "{home:?}: {fresh}");
+        let (fresh_peer, fresh_local) = ends(&fresh);
+        let origin = who(&ns, None, &run_dir, &fresh_peer, &fresh_local)
+            .unwrap_or_else(|e| panic!("{home:?}: the fresh entry: {e:?}"));
+        assert_eq!(origin["pid"], client.pid(), "{home:?}: {origin:#}");
+        fresh_peers.push(fresh_peer);
+        let listed: Vec<Value> = conns(&ns, None, &run_dir)
+            .into_iter()
+            .map(|o| o["client"].clone())
+            .collect();
+        assert_eq!(listed.len(), fresh_peers.len(), "{home:?}: {listed:?}");
+        for expected in &fresh_peers {
+            assert!(listed.contains(&json!(expected)), "{home:?}: {listed:?}");
+        }
     }
 }
 
@@ -118,7 +125,7 @@ fn a_free_slot_is_never_an_untagged_connections_origin() {
 
 /// A connection to the protected port held open by `holder`'s client,
 /// tagged and named by getsockopt: the client, its address (the peer's),
-/// and its `LW_CONNS` key and entry.
+/// and its key and entry (from its slot or `LW_CONNS`).
 fn tagged_connection(
     ns: &Netns,
     install: &Install,

@@ -26,7 +26,7 @@ impl Running {
             .then(|| {
                 query::serve(
                     run_dir,
-                    self.pins.map(loopwarden_common::maps::CONNS),
+                    self.pins.maps_dir(),
                     self.cgroup_root.clone(),
                     self.reporter.enricher().shared_rules(),
                 )

@@ -164,7 +164,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // takeover unpins it, and its connections copied into ours after it
     // (once no program of the old set writes it any more).
     let resized = match &state {
-        PinState::Resized { map, .. } => Some(crate::provenance::Conns::open(&pins.map(map))),
+        PinState::Resized { .. } => Some(crate::provenance::Conns::open(&pins.maps_dir())),
         _ => None,
     };
     let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt.as_deref())?;
@@ -202,9 +202,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     // The RFC 1413 responder, bound before anything was loaded.
     if let Some(bound) = ident {
-        let conns = pins.map(maps::CONNS);
         let serving = bound
-            .serve(&conns)
+            .serve(&pins.maps_dir())
             .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
         info!("ident (RFC 1413): answering on {serving}");
     }

@@ -1,13 +1,20 @@
-//! `LW_CONNS`, read from its pin: the live protected connections and their
-//! origins, by the connection's addresses. Only entries whose accepted
-//! socket is still open are answered ([`Liveness`]).
+//! `LW_CONN_SLOTS` and `LW_CONNS`, read from their pins: the live
+//! protected connections and their origins, by the connection's
+//! addresses. Only entries whose accepted socket is still open are
+//! answered ([`Liveness`]).
 
-use std::{io, net::SocketAddr, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    collections::HashSet,
+    io,
+    net::SocketAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
-use aya::maps::{HashMap as AyaHashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, MapError};
 use loopwarden_common::{
-    Addr,
-    origin::{ConnEntry, ConnKey, OriginRecord},
+    Addr, CONN_SLOT_PROBES, maps,
+    origin::{ConnEntry, ConnKey, ConnSlot, OriginRecord},
 };
 
 use super::live::Liveness;
@@ -21,28 +28,38 @@ pub enum ConnsError {
         path.display()
     )]
     Open {
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: MapError,
     },
 }
 
-/// The pinned `LW_CONNS`.
+/// The pinned `LW_CONN_SLOTS` and `LW_CONNS`.
 pub struct Conns {
+    slots: Array<MapData, ConnSlot>,
     map: AyaHashMap<MapData, ConnKey, ConnEntry>,
     live: Liveness,
 }
 
 impl Conns {
-    /// Opens the map pinned at `path` (`PinDir::map(maps::CONNS)`).
-    pub fn open(path: &Path) -> Result<Self, ConnsError> {
-        let open_error = |source| ConnsError::Open {
-            path: path.to_owned(),
-            source,
+    /// Opens the two maps pinned in `maps_dir` (`PinDir::maps_dir`).
+    pub fn open(maps_dir: &Path) -> Result<Self, ConnsError> {
+        let open = |name: &str, wrap: fn(MapData) -> Map| {
+            let path = maps_dir.join(name);
+            MapData::from_pin(&path)
+                .map(wrap)
+                .map_err(|source| ConnsError::Open { path, source })
         };
-        let data = MapData::from_pin(path).map_err(open_error)?;
-        let map = AyaHashMap::try_from(Map::LruHashMap(data)).map_err(open_error)?;
+        let wrong = |name: &str| {
+            let path = maps_dir.join(name);
+            move |source| ConnsError::Open { path, source }
+        };
+        let slots = Array::try_from(open(maps::CONN_SLOTS, Map::Array)?)
+            .map_err(wrong(maps::CONN_SLOTS))?;
+        let map = AyaHashMap::try_from(open(maps::CONNS, Map::LruHashMap)?)
+            .map_err(wrong(maps::CONNS))?;
         Ok(Self {
+            slots,
             map,
             live: Liveness::new(),
         })
@@ -50,16 +67,19 @@ impl Conns {
 
     /// The origin of the connection `key`, once the server's side has
     /// accepted it (before that it is no connection a service could ask
-    /// about) and while it is open.
+    /// about) and while it is open: from its slot, as the kernel finds it,
+    /// or from `LW_CONNS`.
     pub fn get(&self, key: &ConnKey) -> Option<OriginRecord> {
-        self.map
-            .get(key, 0)
-            .ok()
+        (0..CONN_SLOT_PROBES)
+            .filter_map(|i| self.slots.get(&key.slot(i), 0).ok())
+            .find(|slot| slot.owner != 0 && slot.entry.record.conn == *key)
+            .map(|slot| slot.entry)
+            .or_else(|| self.map.get(key, 0).ok())
             .map(|entry| named(*key, entry))
             .filter(|record| record.established_ns != 0 && self.live.is_open(record))
     }
 
-    /// Every accepted protected connection the map holds that is open.
+    /// Every accepted protected connection the maps hold that is open.
     pub fn list(&self) -> Vec<OriginRecord> {
         let mut records: Vec<OriginRecord> = self.accepted().collect();
         self.live.retain_open(&mut records);
@@ -74,7 +94,7 @@ impl Conns {
             .filter(|record| self.live.is_open(record))
     }
 
-    /// Copies every entry into `into`, the `LW_CONNS` of a freshly loaded
+    /// Copies every entry of `LW_CONNS` into `into`, the `LW_CONNS` of a freshly loaded
     /// set of programs (a resize: same entries, another capacity), keeping
     /// any entry `into` already holds (the new programs' own, newer).
     /// Returns how many were copied; past `into`'s capacity the LRU map
@@ -95,12 +115,27 @@ impl Conns {
         Ok(copied)
     }
 
-    /// Every entry the server's side has accepted, open or not.
+    /// Every entry the server's side has accepted, open or not: those in
+    /// slots, then those in `LW_CONNS` (but for a connection a slot holds:
+    /// the kernel answers from the slot).
     fn accepted(&self) -> impl Iterator<Item = OriginRecord> + '_ {
-        self.map
+        let in_slots: Vec<ConnEntry> = self
+            .slots
             .iter()
             .filter_map(Result::ok)
-            .map(|(key, entry)| named(key, entry))
+            .filter(|slot| slot.owner != 0)
+            .map(|slot| slot.entry)
+            .collect();
+        let keys: HashSet<ConnKey> = in_slots.iter().map(|e| e.record.conn).collect();
+        let in_map = self
+            .map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(move |(key, _)| !keys.contains(key));
+        in_slots
+            .into_iter()
+            .map(|entry| named(entry.record.conn, entry))
+            .chain(in_map.map(|(key, entry)| named(key, entry)))
             .filter(|record| record.established_ns != 0)
     }
 }

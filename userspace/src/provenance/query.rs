@@ -118,9 +118,9 @@ impl Drop for QueryServer {
 
 /// What every client task shares.
 struct Shared {
-    conns_pin: PathBuf,
-    /// `LW_CONNS`, opened at the first request that needs it (and again
-    /// after a failed open).
+    maps_dir: PathBuf,
+    /// The connection maps, opened at the first request that needs them
+    /// (and again after a failed open).
     conns: Mutex<Option<Arc<Conns>>>,
     cgroup_root: PathBuf,
     rules: SharedRules,
@@ -132,25 +132,25 @@ impl Shared {
         if let Some(open) = &*conns {
             return Ok(open.clone());
         }
-        let open = Arc::new(Conns::open(&self.conns_pin).map_err(|e| crate::error_chain(&e))?);
+        let open = Arc::new(Conns::open(&self.maps_dir).map_err(|e| crate::error_chain(&e))?);
         *conns = Some(open.clone());
         Ok(open)
     }
 }
 
 /// Serves `<run_dir>/query.sock` (replacing a stale socket file; the caller
-/// holds the run directory's instance lock) from the `LW_CONNS` pinned at
-/// `conns_pin`, naming rules from `rules`. Must run inside the runtime.
+/// holds the run directory's instance lock) from the connection maps
+/// pinned in `maps_dir`, naming rules from `rules`. Must run inside the runtime.
 pub fn serve(
     run_dir: &Path,
-    conns_pin: PathBuf,
+    maps_dir: PathBuf,
     cgroup_root: PathBuf,
     rules: SharedRules,
 ) -> Result<QueryServer, RunSocketError> {
     // Anyone may connect: each request is judged by its SO_PEERCRED.
     let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
     let shared = Arc::new(Shared {
-        conns_pin,
+        maps_dir,
         conns: Mutex::new(None),
         cgroup_root,
         rules,

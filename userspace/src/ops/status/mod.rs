@@ -436,7 +436,7 @@ impl Report {
         } else {
             0
         });
-        self.provenance.connections = Conns::open(&pins.map(maps::CONNS))
+        self.provenance.connections = Conns::open(&pins.maps_dir())
             .ok()
             .map(|conns| conns.list().len());
         self.provenance.capacity = pins

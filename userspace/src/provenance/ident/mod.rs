@@ -67,7 +67,7 @@ pub enum IdentStartError {
     },
     #[error("reading this daemon's own network namespace failed")]
     OwnNetns(#[source] io::Error),
-    #[error("the ident responder needs LW_CONNS")]
+    #[error("the ident responder needs the connection maps (LW_CONN_SLOTS, LW_CONNS)")]
     Conns(#[from] ConnsError),
 }
 
@@ -176,11 +176,11 @@ pub fn bind(config: &Config) -> Result<Bound, IdentStartError> {
 }
 
 impl Bound {
-    /// Serves the listeners, answering from the `LW_CONNS` pinned at
-    /// `conns`.
-    pub fn serve(self, conns: &Path) -> Result<Serving, IdentStartError> {
+    /// Serves the listeners, answering from the connection maps pinned in
+    /// `maps_dir`.
+    pub fn serve(self, maps_dir: &Path) -> Result<Serving, IdentStartError> {
         let shared = Arc::new(Shared {
-            conns: Conns::open(conns)?,
+            conns: Conns::open(maps_dir)?,
             netns: self.netns,
             relayed: self.relayed,
             timeout: self.timeout,
