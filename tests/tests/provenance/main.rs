@@ -163,8 +163,9 @@ fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
 enum Home {
     /// `LW_CONNS`, under the connection's key.
     Map,
-    /// The first slot of `LW_CONN_SLOTS` the key hashes to, taken by a
-    /// made-up client cookie.
+    /// The first free slot of `LW_CONN_SLOTS` among those the key hashes
+    /// to (the one the kernel would claim), taken by a made-up client
+    /// cookie.
     Slot,
 }
 
@@ -178,7 +179,11 @@ fn write_entry(install: &Install, home: Home, key: &[u8], entry: &[u8]) {
             entry[ENTRY_KEY].copy_from_slice(key);
             let mut value = 0x10c_0ffe_u64.to_ne_bytes().to_vec();
             value.extend_from_slice(&entry);
-            let index = conn_key(key).slot(0);
+            let (key_at, taken) = (conn_key(key), owners(install, "LW_CONN_SLOTS"));
+            let index = (0..loopwarden_common::CONN_SLOT_PROBES)
+                .map(|i| key_at.slot(i))
+                .find(|&i| taken[i as usize] == 0)
+                .expect("a free slot for the entry");
             map_update(install, "LW_CONN_SLOTS", &index.to_ne_bytes(), &value);
         }
     }
