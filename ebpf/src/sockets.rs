@@ -267,11 +267,18 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             }
             // The kernel may have released the local port already
-            // (`inet_num` reads 0): the source port it sent from stands.
-            let Some(tcp) = tcp_sock(sk) else {
-                return 0;
+            // (`inet_num` reads 0): then the source port it sent from
+            // stands, read through the helper that types the socket as
+            // TCP (a call the usual case does without).
+            let port = match load::<u16>(sk, offset!(sk_num)) {
+                0 => {
+                    let Some(tcp) = tcp_sock(sk) else {
+                        return 0;
+                    };
+                    u16::from_be(load(tcp, offset!(tcp_inet_sport)))
+                }
+                num => num,
             };
-            let port = u16::from_be(load(tcp, offset!(tcp_inet_sport)));
             // A client socket's port (an ephemeral one) is not marked.
             if !origin::port_marked(port) {
                 return 0;
