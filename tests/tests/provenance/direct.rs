@@ -204,6 +204,9 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
     assert_eq!(listed[0]["pid"], protected_client.pid());
 }
 
+/// Older than any handshake (the kernel's bound is 180 s).
+const STALE_NS: u64 = 181_000_000_000;
+
 /// A connect whose slots in `LW_ORIGIN_SLOTS` are all taken (by claims
 /// written here, made now) keeps its origin in `LW_ORIGIN_PENDING` instead
 /// and is named all the same, leaving the slots alone; once those claims
@@ -211,8 +214,6 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
 /// gives it back when its handshake completes.
 #[test]
 fn an_origin_is_kept_when_its_slots_are_taken_and_a_stale_slot_is_taken_over() {
-    /// Older than any handshake (the kernel's bound is 180 s).
-    const STALE_NS: u64 = 181_000_000_000;
     let ns = Netns::new();
     let daemon = Daemon::start(&config(&ns));
     let install = daemon.install();
@@ -261,8 +262,6 @@ fn an_origin_is_kept_when_its_slots_are_taken_and_a_stale_slot_is_taken_over() {
 /// never completed theirs), the next connection takes one over.
 #[test]
 fn a_connection_is_kept_when_its_slots_are_taken_and_a_dead_slot_is_taken_over() {
-    /// Older than any handshake (the kernel's bound is 180 s).
-    const STALE_NS: u64 = 181_000_000_000;
     let ns = Netns::new();
     let daemon = Daemon::start(&config(&ns));
     let install = daemon.install();
