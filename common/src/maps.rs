@@ -59,7 +59,7 @@ pub const LISTENERS: &str = "LW_LISTENERS";
 
 /// `LruHashMap<u64, ConnEntry>`: protected connects allowed to proceed,
 /// by client socket cookie, until the client's handshake completes and
-/// the entry moves to [`CONNS`] (see [`super::origin`]).
+/// the entry moves to [`CONN_SLOTS`] or [`CONNS`] (see [`super::origin`]).
 pub const ORIGIN_PENDING: &str = "LW_ORIGIN_PENDING";
 /// `Array<OriginSlot>` of [`super::ORIGIN_SLOTS`]: protected connects
 /// allowed to proceed, until the client's handshake completes, in slots

@@ -2,13 +2,15 @@
 //! whole life and handed to the service that accepted it.
 //!
 //! The connect hook records the caller (a [`ConnectEvent`]) by the client
-//! socket's cookie (`LW_ORIGIN_PENDING`); when the client's handshake
-//! completes, the record moves to `LW_CONNS` under the connection's
-//! addresses ([`ConnKey`]); when the server's side completes, the entry is
-//! bound to the accepted socket ([`ConnEntry::first_seq`]), and it goes
-//! when that socket closes. A service asks with one `getsockopt(fd,
-//! SOL_LOOPWARDEN, LW_ORIGIN, &record, &len)` on the accepted socket and
-//! gets an [`OriginRecord`]; the daemon answers the same from `LW_CONNS`.
+//! socket's cookie (in a slot of `LW_ORIGIN_SLOTS`, [`OriginSlot`], or in
+//! `LW_ORIGIN_PENDING`); when the client's handshake completes, the record
+//! moves, named by the connection's addresses ([`ConnKey`]), to a slot of
+//! `LW_CONN_SLOTS` ([`ConnSlot`]) or to `LW_CONNS`; when the server's side
+//! completes, the entry is bound to the accepted socket
+//! ([`ConnEntry::first_seq`]), and it goes when that socket closes. A
+//! service asks with one `getsockopt(fd, SOL_LOOPWARDEN, LW_ORIGIN,
+//! &record, &len)` on the accepted socket and gets an [`OriginRecord`];
+//! the daemon answers the same from those two maps.
 
 use crate::{Addr, CONN_SLOTS, ConnectEvent};
 
@@ -34,8 +36,8 @@ pub mod status {
     pub const KNOWN: u8 = 1;
 }
 
-/// The answer to `getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)`, kept in
-/// `LW_CONNS` ([`ConnEntry`]): a fixed layout, native byte order.
+/// The answer to `getsockopt(SOL_LOOPWARDEN, LW_ORIGIN)`, kept in a
+/// [`ConnEntry`]: a fixed layout, native byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OriginRecord {
@@ -87,7 +89,8 @@ impl OriginRecord {
     }
 }
 
-/// `LW_CONNS`'s value: the record and what binds it to the accepted socket.
+/// A connection's entry (`LW_CONNS`' value, and a [`ConnSlot`]'s): the
+/// record and what binds it to the accepted socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnEntry {
@@ -124,7 +127,8 @@ impl ConnEntry {
 /// the connect's while `owner` holds its socket cookie: claimed by
 /// compare-and-swap from 0 (or from a claim older than any handshake,
 /// `claimed_ns` being CLOCK_MONOTONIC when it was made), given back when
-/// the entry moves to `LW_CONNS` or the connect fails.
+/// the entry moves on (to `LW_CONN_SLOTS` or `LW_CONNS`) or the connect
+/// fails.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OriginSlot {
@@ -149,7 +153,8 @@ pub struct ConnSlot {
     pub entry: ConnEntry,
 }
 
-/// Names a TCP connection in `LW_CONNS`: the network namespace (inode
+/// Names a TCP connection (`LW_CONNS`' key, and in a [`ConnSlot`]'s
+/// entry): the network namespace (inode
 /// number, as `/proc/PID/ns/net` shows it) and both ends, addresses in
 /// IPv4-mapped form for IPv4, ports in host order.
 #[repr(C)]

@@ -27,10 +27,10 @@
 //! byte load instead of a hash lookup at each of them.
 //!
 //! `getsockopt` finds the entry by the socket's addresses and namespace
-//! ([`lw_getsockopt`], [`netns_inum`], [`find_conn`]). (Socket-local storage would hold
-//! the record on the socket itself, but allocating and freeing it, charged
-//! to the memory cgroup and freed after an RCU grace period, cost more per
-//! connection than everything else the tag does.)
+//! ([`lw_getsockopt`], [`netns_inum`], [`find_conn`]). (Socket-local
+//! storage would hold the record on the socket itself, but allocating and
+//! freeing it, charged to the memory cgroup and freed after an RCU grace
+//! period, cost more per connection than everything else the tag does.)
 
 use core::{ffi::c_void, ptr};
 
@@ -74,8 +74,8 @@ static PENDING_ENTRY: ConnEntry = ConnEntry::pending();
 /// A protected connect to port `port` that proceeds, at `now`: its origin
 /// waits for the handshake in a slot of `LW_ORIGIN_SLOTS` it claims by the
 /// socket's cookie, or, when the slots it may use are taken, in
-/// `LW_ORIGIN_PENDING` under the cookie; in the entry it will have in
-/// `LW_CONNS`. The port is marked (before the SYN leaves, so its
+/// `LW_ORIGIN_PENDING` under the cookie; in the entry it will have once
+/// connected. The port is marked (before the SYN leaves, so its
 /// handshake finds the mark). Returns the caller's part of the entry for
 /// the connect hook to fill in place (nothing else writes this cookie's
 /// entry: the handshake has not begun).
@@ -184,8 +184,8 @@ fn conn_probe(key: &ConnKey, i: u32) -> Option<*mut ConnSlot> {
     CONN_SLOTS.get_ptr_mut(key.slot(i))
 }
 
-/// A slot of `LW_CONN_SLOTS` claimed for the connection `key`,
-/// whose client socket has cookie `cookie`: the first of its
+/// A slot of `LW_CONN_SLOTS` claimed for the connection `key`, whose
+/// client socket has cookie `cookie`: the first of its
 /// [`CONN_SLOT_PROBES`] that holds a dead connection's entry with its
 /// addresses (its close was not seen: while a socket is open no other
 /// connection has its two ends), else the first that is free or holds a
@@ -364,10 +364,10 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
 }
 
 /// Notes that connections whose server is on port `port` may have origins
-/// in `LW_ORIGIN_PENDING` and `LW_CONNS`. A byte store, not a bit in a
-/// shared word: two CPUs marking neighbouring ports at once cannot undo
-/// each other's mark. Stored only when unset (marks are never cleared): a
-/// busy port's cache line is not written at every connection.
+/// (pending, or in `LW_CONN_SLOTS` or `LW_CONNS`). A byte store, not a bit
+/// in a shared word: two CPUs marking neighbouring ports at once cannot
+/// undo each other's mark. Stored only when unset (marks are never
+/// cleared): a busy port's cache line is not written at every connection.
 #[inline(always)]
 fn mark_port(port: u16) {
     if let Some(b) = byte_of(&CONN_PORTS, u32::from(port)) {

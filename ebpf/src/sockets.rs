@@ -136,7 +136,7 @@ fn netns(sk: u64) -> u32 {
     load(net, offset!(net_inum))
 }
 
-/// A connection as `LW_CONNS` names it.
+/// A connection as `LW_CONN_SLOTS` and `LW_CONNS` name it.
 #[inline(always)]
 fn conn_key(sk: u64, client: &End, server: &End) -> ConnKey {
     ConnKey {

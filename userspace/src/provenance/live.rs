@@ -1,10 +1,11 @@
-//! Whether the connection an `LW_CONNS` entry names is still open: its
-//! accepted socket, found through sock_diag in the connection's network
-//! namespace by its addresses and cookie.
+//! Whether the connection an entry (in `LW_CONN_SLOTS` or `LW_CONNS`)
+//! names is still open: its accepted socket, found through sock_diag in
+//! the connection's network namespace by its addresses and cookie.
 //!
 //! The kernel removes an entry when the accepted socket closes, but it
 //! skips a tracing program's run nested on one CPU, so a close can go
-//! unseen and its entry stay until the LRU map evicts it. `getsockopt`
+//! unseen and its entry stay until a connection with the same addresses
+//! takes its slot over, or the LRU map evicts it. `getsockopt`
 //! never answers from such an entry (the client's first sequence number
 //! differs); with this check the daemon does not either: `who`, `conns`,
 //! the query socket and ident never name a closed connection, nor answer
