@@ -138,7 +138,7 @@ pub struct Provenance {
     /// Serve the query socket.
     pub query: bool,
     /// How many live tagged connections `LW_CONNS` holds (its
-    /// `max_entries`).
+    /// `max_entries`), besides those in `LW_CONN_SLOTS`' slots.
     pub connections: u32,
 }
 

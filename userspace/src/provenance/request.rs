@@ -1,6 +1,6 @@
 //! One query-socket request, from its line to its answer line: parsing
 //! ([`Request::parse`]), who may see what ([`Caller`]), and the lookup in
-//! `LW_CONNS` ([`Request::answer`]). The protocol is the README's "The
+//! `LW_CONN_SLOTS` and `LW_CONNS` ([`Request::answer`]). The protocol is the README's "The
 //! query socket".
 
 use std::{net::SocketAddr, path::PathBuf};

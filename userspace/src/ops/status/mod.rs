@@ -150,7 +150,8 @@ pub struct ProvenanceReport {
     pub getsockopt: LinkReport,
     /// Its links in the cgroups `[provenance] getsockopt_cgroups` names.
     pub getsockopt_scoped: Vec<LinkReport>,
-    /// Accepted protected connections `LW_CONNS` holds now.
+    /// Accepted protected connections `LW_CONN_SLOTS` and `LW_CONNS` hold
+    /// now, open ones.
     pub connections: Option<usize>,
     /// How many it can hold (`[provenance] connections`).
     pub capacity: Option<u32>,

@@ -2,10 +2,10 @@
 //! (PostgreSQL's `ident` authentication, IRC servers, ...) ask it which
 //! user holds the other end of a TCP connection, and it answers from the
 //! origin loopwarden bound to that connection at `connect()`
-//! (`LW_CONNS`): the user only for a direct connection (allowed, no relay
-//! evidence); `[ident] relayed` for a relayed or reported one, so a relay's
-//! uid is never handed out as the remote party's; `NO-USER` for a
-//! connection loopwarden knows nothing of.
+//! (`LW_CONN_SLOTS`, `LW_CONNS`): the user only for a direct connection
+//! (allowed, no relay evidence); `[ident] relayed` for a relayed or
+//! reported one, so a relay's uid is never handed out as the remote
+//! party's; `NO-USER` for a connection loopwarden knows nothing of.
 //!
 //! The listeners are bound at start, before the programs are attached
 //! ([`bind`]), in `[ident] netns` when it is set (by
