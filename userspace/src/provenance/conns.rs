@@ -44,20 +44,16 @@ pub struct Conns {
 impl Conns {
     /// Opens the two maps pinned in `maps_dir` (`PinDir::maps_dir`).
     pub fn open(maps_dir: &Path) -> Result<Self, ConnsError> {
-        let open = |name: &str, wrap: fn(MapData) -> Map| {
+        let pinned = |name: &str, kind: fn(MapData) -> Map| {
             let path = maps_dir.join(name);
-            MapData::from_pin(&path)
-                .map(wrap)
-                .map_err(|source| ConnsError::Open { path, source })
+            let map = MapData::from_pin(&path).map(kind);
+            (path, map)
         };
-        let wrong = |name: &str| {
-            let path = maps_dir.join(name);
-            move |source| ConnsError::Open { path, source }
-        };
-        let slots = Array::try_from(open(maps::CONN_SLOTS, Map::Array)?)
-            .map_err(wrong(maps::CONN_SLOTS))?;
-        let map = AyaHashMap::try_from(open(maps::CONNS, Map::LruHashMap)?)
-            .map_err(wrong(maps::CONNS))?;
+        let failed = |path| move |source| ConnsError::Open { path, source };
+        let (path, slots) = pinned(maps::CONN_SLOTS, Map::Array);
+        let slots = slots.and_then(Array::try_from).map_err(failed(path))?;
+        let (path, map) = pinned(maps::CONNS, Map::LruHashMap);
+        let map = map.and_then(AyaHashMap::try_from).map_err(failed(path))?;
         Ok(Self {
             slots,
             map,
@@ -94,9 +90,10 @@ impl Conns {
             .filter(|record| self.live.is_open(record))
     }
 
-    /// Copies every entry of `LW_CONNS` into `into`, the `LW_CONNS` of a freshly loaded
-    /// set of programs (a resize: same entries, another capacity), keeping
-    /// any entry `into` already holds (the new programs' own, newer).
+    /// Copies every entry of `LW_CONNS` into `into`, the `LW_CONNS` of a
+    /// freshly loaded set of programs (a resize: same entries, another
+    /// capacity; the slots are adopted as they are), keeping any entry
+    /// `into` already holds (the new programs' own, newer).
     /// Returns how many were copied; past `into`'s capacity the LRU map
     /// drops the oldest.
     pub fn copy_into(&self, into: &mut Map) -> Result<usize, MapError> {
