@@ -1,11 +1,11 @@
 //! Provenance in userspace: the origins the kernel bound to protected
-//! connections (see `ebpf/src/origin.rs` and [`loopwarden_common::origin`]),
-//! read from the pinned `LW_CONNS` ([`Conns`]) to answer services and
-//! operators: [`query`] serves the query socket, [`request`] answers its
-//! requests, [`answer`] turns a record into the origin they carry, and
-//! [`client`] is `loopwarden who` / `loopwarden conns` (printed by
-//! `show`); [`ident`] is the RFC 1413 responder. [`live`] checks that a
-//! connection an entry names is still open.
+//! connections (see `ebpf/src/origin/` and [`loopwarden_common::origin`]),
+//! read from the pinned `LW_CONN_SLOTS` and `LW_CONNS` ([`Conns`]) to
+//! answer services and operators: [`query`] serves the query socket,
+//! [`request`] answers its requests, [`answer`] turns a record into the
+//! origin they carry, and [`client`] is `loopwarden who` / `loopwarden
+//! conns` (printed by `show`); [`ident`] is the RFC 1413 responder.
+//! [`live`] checks that a connection an entry names is still open.
 
 pub mod answer;
 pub mod client;

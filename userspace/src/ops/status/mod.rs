@@ -140,7 +140,7 @@ pub struct BindReport {
 }
 
 /// Provenance: whether protected connections are tagged with their
-/// origin and services can ask (see `ebpf/src/origin.rs`).
+/// origin and services can ask (see `ebpf/src/origin/`).
 #[derive(Clone, Debug, Serialize)]
 pub struct ProvenanceReport {
     /// The policy in force tags connections (`[provenance] tag`; `None`:

@@ -1,0 +1,162 @@
+//! `cgroup/getsockopt`: the service asks about a socket it accepted and
+//! gets its connection's origin record, or "unknown".
+
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sockopt},
+    helpers::generated::{bpf_probe_read_kernel, bpf_tcp_sock},
+    macros::cgroup_sockopt,
+    programs::SockoptContext,
+};
+use loopwarden_common::{
+    Addr,
+    origin::{ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
+};
+
+use super::{conns::find_conn, first_seq};
+use crate::{
+    addr::v4_mapped,
+    connect::{AF_INET, AF_INET6},
+    identity::{offset, probe},
+};
+
+const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
+
+/// What a cgroup sockopt program sees of a larger `optval`.
+const PAGE_SIZE: i32 = 4096;
+
+/// The answer for a socket without a tag (read-only data).
+static UNKNOWN: OriginRecord = OriginRecord::unknown();
+
+/// `getsockopt(fd, SOL_LOOPWARDEN, LW_ORIGIN, buf, &len)`: the accepted
+/// socket's origin, or [`OriginRecord::unknown`] when loopwarden has none;
+/// `len` must be at least the record's size (else the kernel's own answer,
+/// ENOPROTOOPT, stands). Every other option is left to the kernel.
+#[cgroup_sockopt(getsockopt)]
+pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
+    let so = ctx.sockopt;
+    // SAFETY: context fields the getsockopt program type may read and write.
+    unsafe {
+        if (*so).level != SOL_LOOPWARDEN || (*so).optname != LW_ORIGIN {
+            // Past a page the program sees a truncated copy: leave the
+            // caller's buffer as the kernel filled it (on kernels before
+            // 6.5 a larger optlen left standing fails the call).
+            if ptr::read_volatile(&(*so).optlen) > PAGE_SIZE {
+                ptr::write_volatile(&raw mut (*so).optlen, 0);
+            }
+            return 1;
+        }
+        let optval = (*so).__bindgen_anon_2.optval as *mut u8;
+        let end = (*so).__bindgen_anon_3.optval_end as *mut u8;
+        if optval.add(RECORD_SIZE) > end {
+            return 1;
+        }
+        let entry = entry_of(so);
+        // The kernel's buffer for optval is allocated (or on its stack,
+        // for small ones) 8-byte aligned: the record is copied in words.
+        let out = optval.cast::<OriginRecord>();
+        match entry {
+            Some(entry) => out.write(ptr::read(&raw const (*entry).record)),
+            // Another loopwarden's program (a second pin directory) may
+            // have answered already: its answer stands.
+            None if ptr::read_volatile(&(*so).retval) == 0 => return 1,
+            None => out.write(UNKNOWN),
+        }
+        // Two 32-bit stores: the verifier refuses a merged 64-bit one.
+        ptr::write_volatile(&raw mut (*so).optlen, RECORD_SIZE as i32);
+        ptr::write_volatile(&raw mut (*so).retval, 0);
+    }
+    1
+}
+
+/// The entry of the connection `so`'s socket accepted, if that socket is
+/// its accepting side.
+///
+/// # Safety
+/// `so` is the program's context.
+#[inline(always)]
+unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*mut ConnEntry> {
+    // SAFETY: the context's socket, read field by field as the program
+    // type allows; `tcp` is checked for NULL.
+    unsafe {
+        let sk: *mut bpf_sock = (*so).__bindgen_anon_1.sk;
+        // Every address field is read before the family picks: read in
+        // the branches, the compiler merges the loads into one at a
+        // chosen offset, which the verifier refuses on a socket.
+        let (dst4, src4) = (
+            ptr::read_volatile(&(*sk).dst_ip4),
+            ptr::read_volatile(&(*sk).src_ip4),
+        );
+        let (dst6, src6) = (ip6(&(*sk).dst_ip6), ip6(&(*sk).src_ip6));
+        // The kernel's family is 16 bits wide: the context widens it.
+        let (client, server) = match ptr::read_volatile(&(*sk).family) as u16 {
+            AF_INET => (v4_mapped(dst4), v4_mapped(src4)),
+            AF_INET6 => (dst6, src6),
+            _ => return None,
+        };
+        let key = ConnKey {
+            netns: netns_inum(sk)?,
+            client_port: u16::from_be(ptr::read_volatile(&(*sk).dst_port)),
+            server_port: ptr::read_volatile(&(*sk).src_port) as u16,
+            client,
+            server,
+        };
+        let entry = find_conn(&key)?;
+        if ptr::read_volatile(&(*entry).record.established_ns) == 0 {
+            return None;
+        }
+        let tcp = bpf_tcp_sock(sk);
+        if tcp.is_null() || first_seq((*tcp).rcv_nxt, (*tcp).bytes_received) != (*entry).first_seq {
+            return None;
+        }
+        Some(entry)
+    }
+}
+
+/// Words of `struct sock` read to find its namespace: `skc_net` lies
+/// within them (48 bytes in on x86_64 Linux 6.18; the BTF offset is
+/// checked against the bound).
+const SOCK_PREFIX_WORDS: usize = 16;
+
+/// The inode number of the network namespace of the socket `sk`.
+/// `getsockopt` programs may not type the socket as a kernel `struct sock`
+/// (`bpf_skc_to_tcp_sock` is refused) nor offset its pointer, so the
+/// start of the socket is copied with `bpf_probe_read_kernel` and the
+/// namespace pointer taken from it at its BTF offset.
+#[inline(always)]
+fn netns_inum(sk: *mut bpf_sock) -> Option<u32> {
+    let index = (offset!(sk_net) / 8) as usize;
+    if index >= SOCK_PREFIX_WORDS {
+        return None;
+    }
+    let mut prefix = [0u64; SOCK_PREFIX_WORDS];
+    // SAFETY: the helper copies from any kernel address and fails cleanly.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            prefix.as_mut_ptr().cast(),
+            (SOCK_PREFIX_WORDS * 8) as u32,
+            sk as *const c_void,
+        )
+    };
+    if copied != 0 {
+        return None;
+    }
+    let net = prefix[index];
+    (net != 0).then(|| probe::<u32>(net + u64::from(offset!(net_inum))))
+}
+
+/// An IPv6 address from a `bpf_sock` field, a 32-bit load per word (the
+/// only width the context allows).
+#[inline(always)]
+fn ip6(words: &[u32; 4]) -> Addr {
+    Addr {
+        words: [
+            // SAFETY: reads of a context array the program type allows.
+            unsafe { ptr::read_volatile(&words[0]) },
+            unsafe { ptr::read_volatile(&words[1]) },
+            unsafe { ptr::read_volatile(&words[2]) },
+            unsafe { ptr::read_volatile(&words[3]) },
+        ],
+    }
+}
