@@ -261,7 +261,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
     }
 }
 
-/// The host, as the README names it: CPU model, CPUs, kernel.
+/// The host, as docs/performance.md names it: CPU model, CPUs, kernel.
 fn host_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
