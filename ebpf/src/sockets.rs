@@ -266,10 +266,13 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             if cookie == 0 {
                 return 0;
             }
-            // The kernel may have released the local port already
-            // (`inet_num` reads 0): then the source port it sent from
-            // stands, read through the helper that types the socket as
-            // TCP (a call the usual case does without).
+            // By now the kernel has given the local port back (`inet_num`
+            // reads 0) unless the socket holds `SOCK_BINDPORT_LOCK`: a
+            // client's port and an accepted socket's alike (a child does
+            // not inherit its listener's lock). The source port it sent
+            // from stands, read through the helper that types the socket
+            // as TCP; only a socket bound to its port by its own bind()
+            // does without the call.
             let port = match load::<u16>(sk, offset!(sk_num)) {
                 0 => {
                     let Some(tcp) = tcp_sock(sk) else {
