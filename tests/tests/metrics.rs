@@ -210,6 +210,66 @@ fn a_scrape_counts_exactly_the_refusals_and_connects_the_test_caused() {
     );
 }
 
+const TAGGED: &str = "loopwarden_tagged_connections";
+
+#[test]
+fn tagged_connections_are_counted_while_open() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let daemon = Daemon::start(&config(&ns, ""));
+    let before = first_scrape(&daemon).must(TAGGED, &[]);
+    let tagged_reads = |want: u64| {
+        wait_for(
+            &format!("{TAGGED} to read {want}"),
+            std::time::Duration::from_secs(10),
+            || (scrape_unix(&socket(&daemon)).must(TAGGED, &[]) == want).then_some(()),
+        );
+    };
+    // A client that connects and holds the connection open; the server
+    // waits for its request.
+    let hold = |port: u16| {
+        ns.spawn(
+            "python3",
+            &[
+                "-c",
+                &format!(
+                    "import socket, time\n\
+                     s = socket.create_connection(('127.0.0.1', {port}))\n\
+                     time.sleep(300)"
+                ),
+            ],
+        )
+    };
+    let mut held = hold(PROTECTED);
+    tagged_reads(before + 1);
+    // A connection to a port the policy does not protect carries no origin.
+    let unprotected = hold(UNPROTECTED);
+    wait_for(
+        "the unprotected connection",
+        std::time::Duration::from_secs(10),
+        || {
+            let out = ns
+                .cmd("ss")
+                .args(["-Htn", "state", "established"])
+                .arg(format!("dport = :{UNPROTECTED}"))
+                .output()
+                .expect("ss");
+            (!out.stdout.is_empty()).then_some(())
+        },
+    );
+    // Past the count's cache, so the scrape below counts afresh.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        scrape_unix(&socket(&daemon)).must(TAGGED, &[]),
+        before + 1,
+        "an unprotected connection was counted"
+    );
+    drop(unprotected);
+    // Closed (the client exits, the server closes its side): gone.
+    held.kill();
+    tagged_reads(before);
+}
+
 /// A free port on 127.0.0.1 in this (the daemon's) network namespace.
 fn free_loopback_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a probe");

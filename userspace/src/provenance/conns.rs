@@ -82,6 +82,14 @@ impl Conns {
         records
     }
 
+    /// How many accepted connections the maps hold, open or not (a
+    /// connection whose close the kernel missed counts until its entry is
+    /// taken over or evicted): one read of each slot and a walk of
+    /// `LW_CONNS`, no check of the sockets.
+    pub fn held(&self) -> usize {
+        self.accepted().count()
+    }
+
     /// The connection whose accepted socket has cookie `cookie`, while it
     /// is open.
     pub fn by_cookie(&self, cookie: u64) -> Option<OriginRecord> {

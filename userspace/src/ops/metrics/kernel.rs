@@ -1,6 +1,7 @@
 //! What the metrics read from the pinned maps: the kernel's own counters
-//! (`LW_STATS`, per CPU, summed), the policy in force, and how full the
-//! tracking maps are. Blocking (map syscalls): called on the blocking pool.
+//! (`LW_STATS`, per CPU, summed), the policy in force, how full the
+//! tracking maps are, and how many connections carry an origin. Blocking
+//! (map syscalls): called on the blocking pool.
 //!
 //! Counting a hash map's entries walks its keys (`BPF_MAP_GET_NEXT_KEY`),
 //! at most its capacity of steps (a walk that races deletions may start
@@ -22,10 +23,13 @@ use loopwarden_common::{
     origin::{ConnEntry, ConnKey},
 };
 
-use crate::kernel::{
-    inspect::{self, Counter, InForce},
-    lru,
-    pins::PinDir,
+use crate::{
+    kernel::{
+        inspect::{self, Counter, InForce},
+        lru,
+        pins::PinDir,
+    },
+    provenance::Conns,
 };
 
 /// How long map entry counts are reused.
@@ -48,49 +52,67 @@ pub struct Reading {
     pub counters: Result<Vec<Counter>, String>,
     pub in_force: Option<InForce>,
     pub usage: Vec<Usage>,
+    /// Accepted protected connections whose origin the kernel holds, in
+    /// `LW_CONN_SLOTS` and `LW_CONNS` (`None`: they cannot be opened).
+    pub tagged: Option<usize>,
+}
+
+/// What walking the maps counted.
+#[derive(Clone)]
+struct Counted {
+    usage: Vec<Usage>,
+    tagged: Option<usize>,
 }
 
 /// Reads the pins, with map usage cached.
 pub struct KernelSource {
     pins: PinDir,
-    usage: Mutex<Option<(Instant, Vec<Usage>)>>,
+    counted: Mutex<Option<(Instant, Counted)>>,
 }
 
 impl KernelSource {
     pub fn new(pins: PinDir) -> Self {
         Self {
             pins,
-            usage: Mutex::new(None),
+            counted: Mutex::new(None),
         }
     }
 
-    /// Counters and policy afresh; map usage at most [`USAGE_TTL`] old.
+    /// Counters and policy afresh; map usage and the tagged connections
+    /// at most [`USAGE_TTL`] old.
     pub fn read(&self) -> Reading {
         let meta = inspect::meta(&self.pins).map_err(|e| crate::error_chain(&e));
         let counters = meta
             .clone()
             .and_then(|_| inspect::counters(&self.pins).map_err(|e| crate::error_chain(&e)));
         let in_force = meta.ok().and_then(|_| inspect::in_force(&self.pins).ok());
+        let Counted { usage, tagged } = self.counted();
         Reading {
             counters,
             in_force,
-            usage: self.usage(),
+            usage,
+            tagged,
         }
     }
 
-    fn usage(&self) -> Vec<Usage> {
+    fn counted(&self) -> Counted {
         let mut cached = self
-            .usage
+            .counted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, usage)) = &*cached
+        if let Some((at, counted)) = &*cached
             && at.elapsed() < USAGE_TTL
         {
-            return usage.clone();
+            return counted.clone();
         }
-        let usage = usage(&self.pins);
-        *cached = Some((Instant::now(), usage.clone()));
-        usage
+        let counted = Counted {
+            usage: usage(&self.pins),
+            tagged: Conns::open(&self.pins.maps_dir())
+                .ok()
+                .map(|conns| conns.held()),
+        };
+        *cached = Some((Instant::now(), counted.clone()));
+        counted
     }
 }
 

@@ -190,6 +190,17 @@ pub(super) fn render(shared: &Shared) -> String {
             u64::from(usage.capacity),
         );
     }
+    if let Some(tagged) = reading.tagged {
+        page.single(
+            "loopwarden_tagged_connections",
+            Kind::Gauge,
+            "Accepted protected connections whose origin the kernel holds for getsockopt, the \
+             query socket and ident (in LW_CONN_SLOTS and LW_CONNS; counted at most once a \
+             second). One whose close the kernel missed counts until its entry is taken over or \
+             evicted.",
+            tagged as u64,
+        );
+    }
 
     if let Some(in_force) = &reading.in_force {
         page.single(
