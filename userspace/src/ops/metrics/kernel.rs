@@ -64,7 +64,7 @@ struct Counted {
     tagged: Option<usize>,
 }
 
-/// Reads the pins, with map usage cached.
+/// Reads the pins, with map usage and the tagged connections cached.
 pub struct KernelSource {
     pins: PinDir,
     counted: Mutex<Option<(Instant, Counted)>>,
