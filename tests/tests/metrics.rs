@@ -8,6 +8,7 @@ use loopwarden_common::{MAX_CONNS, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED};
 use loopwarden_tests::{
     Daemon, Netns, PROTECTED, UNPROTECTED,
     metrics::{Page, scrape_tcp, scrape_unix},
+    provenance::Holder,
     wait_for,
 };
 
@@ -215,7 +216,7 @@ const TAGGED: &str = "loopwarden_tagged_connections";
 #[test]
 fn tagged_connections_are_counted_while_open() {
     let ns = Netns::new();
-    let _servers = ns.http_servers();
+    let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
     let daemon = Daemon::start(&config(&ns, ""));
     let before = first_scrape(&daemon).must(TAGGED, &[]);
     let tagged_reads = |want: u64| {
@@ -225,38 +226,12 @@ fn tagged_connections_are_counted_while_open() {
             || (scrape_unix(&socket(&daemon)).must(TAGGED, &[]) == want).then_some(()),
         );
     };
-    // A client that connects and holds the connection open; the server
-    // waits for its request.
-    let hold = |port: u16| {
-        ns.spawn(
-            "python3",
-            &[
-                "-c",
-                &format!(
-                    "import socket, time\n\
-                     s = socket.create_connection(('127.0.0.1', {port}))\n\
-                     time.sleep(300)"
-                ),
-            ],
-        )
-    };
-    let mut held = hold(PROTECTED);
+    let mut held = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    holder.wait_accepted(1);
     tagged_reads(before + 1);
     // A connection to a port the policy does not protect carries no origin.
-    let unprotected = hold(UNPROTECTED);
-    wait_for(
-        "the unprotected connection",
-        std::time::Duration::from_secs(10),
-        || {
-            let out = ns
-                .cmd("ss")
-                .args(["-Htn", "state", "established"])
-                .arg(format!("dport = :{UNPROTECTED}"))
-                .output()
-                .expect("ss");
-            (!out.stdout.is_empty()).then_some(())
-        },
-    );
+    let unprotected = holder.hold_client(&ns, "127.0.0.1", UNPROTECTED);
+    holder.wait_accepted(2);
     // Past the count's cache, so the scrape below counts afresh.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(
@@ -265,7 +240,7 @@ fn tagged_connections_are_counted_while_open() {
         "an unprotected connection was counted"
     );
     drop(unprotected);
-    // Closed (the client exits, the server closes its side): gone.
+    // Closed (the client exits, the holder closes its side): gone.
     held.kill();
     tagged_reads(before);
 }
