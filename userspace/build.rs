@@ -28,6 +28,14 @@ fn main() -> anyhow::Result<()> {
             "bpf-linker is not on PATH: run `cargo xtask setup` (it builds bpf-linker against the nightly toolchain's LLVM)"
         ));
     }
+    // The workspace's release profile links the daemon whole-program
+    // (`lto`, see Cargo.toml). The kernel object keeps the build it was
+    // verified and measured with: bpf-linker links its crates' bitcode
+    // itself, and rustc's LTO before it only reshuffles the subprograms.
+    // A profile cannot set `lto` per package, so the nested cargo is told.
+    // SAFETY: build scripts run single-threaded; nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("CARGO_PROFILE_RELEASE_LTO", "false") };
     aya_build::build_ebpf([ebpf], Toolchain::Nightly)
         .context("building the eBPF programs failed; `cargo xtask setup` installs the nightly toolchain, rust-src and bpf-linker")
 }
