@@ -149,6 +149,29 @@ fn rank_sum_z(a: &[f64], b: &[f64]) -> f64 {
     (u - n * m / 2.0) / (n * m * (n + m + 1.0) / 12.0).sqrt()
 }
 
+/// The Hodges-Lehmann estimate of how far `a` lies from `b` (the median
+/// of every difference `a_i - b_j`) and its distribution-free interval
+/// (the rank-sum test's: the differences the test at [`TAIL`] each side
+/// cannot tell from the shift, in the normal approximation), as an
+/// [`Interval`] whose `median` is the estimate. Both must not be empty.
+fn shift(a: &[f64], b: &[f64]) -> Interval {
+    let mut d: Vec<f64> = a
+        .iter()
+        .flat_map(|x| b.iter().map(move |y| x - y))
+        .collect();
+    d.sort_by(f64::total_cmp);
+    let (n, m) = (a.len() as f64, b.len() as f64);
+    let nm = d.len();
+    // The k-th smallest and largest differences bound it; `Z_5` is negative.
+    let k = (nm as f64 / 2.0 + Z_5 * (n * m * (n + m + 1.0) / 12.0).sqrt()).floor();
+    let k = (k.max(1.0) as usize).min(nm.div_ceil(2));
+    Interval {
+        median: median_of_sorted(&d),
+        low: d[k - 1],
+        high: d[nm - k],
+    }
+}
+
 /// The one-sided 5% point of the normal distribution.
 const Z_5: f64 = -1.645;
 /// Values per side before the rank-sum test's normal approximation is used.
@@ -167,8 +190,8 @@ pub fn print(results: &[Paired], window: f64, misses: &mut Vec<String>) {
          slower, rank-sum z against no daemon (below {Z_5}: worse at 5%)"
     );
     println!(
-        "  {:<10} {:<10} {:>6} {:>8} {:>16} {:>7} {:>7}  verdict",
-        "daemon", "load", "pairs", "median", "interval", "slower", "z"
+        "  {:<10} {:<10} {:>6} {:>8} {:>16} {:>7} {:>7} {:>26}  verdict",
+        "daemon", "load", "pairs", "median", "interval", "slower", "z", "shift from no daemon"
     );
     for load in LOADS {
         let Some(noise) = results
@@ -182,6 +205,7 @@ pub fn print(results: &[Paired], window: f64, misses: &mut Vec<String>) {
             let at = Interval::of(&result.ratios);
             let slower = result.ratios.iter().filter(|&&r| r < 1.0).count();
             let z = rank_sum_z(&result.ratios, &noise.ratios);
+            let by = shift(&result.ratios, &noise.ratios);
             let verdict = if result.config == Config::Absent {
                 "the method's noise"
             } else if result.ratios.len().min(noise.ratios.len()) < MIN_PAIRS {
@@ -189,21 +213,26 @@ pub fn print(results: &[Paired], window: f64, misses: &mut Vec<String>) {
             } else if z < Z_5 {
                 misses.push(format!(
                     "{load} worse than noise ({}): {:.3} of the unprotected rate (interval \
-                     {:.3}..{:.3}) against {:.3} ({:.3}..{:.3}) with no daemon, z {z:.2}",
+                     {:.3}..{:.3}) against {:.3} ({:.3}..{:.3}) with no daemon, z {z:.2}, \
+                     shifted by {:+.3} ({:+.3}..{:+.3})",
                     result.config,
                     at.median,
                     at.low,
                     at.high,
                     at_noise.median,
                     at_noise.low,
-                    at_noise.high
+                    at_noise.high,
+                    by.median,
+                    by.low,
+                    by.high
                 ));
                 "WORSE than noise"
             } else {
                 "within noise"
             };
             println!(
-                "  {:<10} {:<10} {:>6} {:>8.3} {:>7.3}..{:<7.3} {:>7} {:>7.2}  {verdict}",
+                "  {:<10} {:<10} {:>6} {:>8.3} {:>7.3}..{:<7.3} {:>7} {:>7.2} {:>+8.3} ({:+.3}..{:+.3})  \
+                 {verdict}",
                 result.config.to_string(),
                 load.to_string(),
                 result.ratios.len(),
@@ -211,7 +240,10 @@ pub fn print(results: &[Paired], window: f64, misses: &mut Vec<String>) {
                 at.low,
                 at.high,
                 slower,
-                z
+                z,
+                by.median,
+                by.low,
+                by.high
             );
         }
     }
@@ -219,7 +251,7 @@ pub fn print(results: &[Paired], window: f64, misses: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Interval, rank_sum_z};
+    use super::{Interval, rank_sum_z, shift};
 
     #[test]
     fn the_rank_sum_test_sees_a_shift_and_not_a_shuffle() {
@@ -255,5 +287,30 @@ mod tests {
         // k = 963, as the exact sum gives: the 963rd and 1,038th values.
         let values: Vec<f64> = (1..=2000).map(f64::from).collect();
         assert_eq!(interval(&values), (1000.5, 963.0, 1038.0));
+    }
+
+    #[test]
+    fn the_shift_is_the_median_difference_within_the_rank_sum_interval() {
+        let b: Vec<f64> = (0..40).map(|i| 1.0 + f64::from(i) * 0.001).collect();
+        // The same values: no shift, an interval around 0.
+        let same = shift(&b, &b);
+        assert!(same.median.abs() < 1e-12, "{same:?}");
+        assert!(same.low < 0.0 && same.high > 0.0, "{same:?}");
+        // Moved down by 0.05: exactly that, and an interval that holds it
+        // and leaves out 0.
+        let a: Vec<f64> = b.iter().map(|v| v - 0.05).collect();
+        let moved = shift(&a, &b);
+        assert!((moved.median + 0.05).abs() < 1e-9, "{moved:?}");
+        assert!(
+            moved.low < -0.05 && moved.high > -0.05 && moved.high < 0.0,
+            "{moved:?}"
+        );
+        // n = m = 40: k = floor(800 - 1.645 * sqrt(40 * 40 * 81 / 12)) = 629,
+        // the 629th smallest and largest of the 1,600 differences. They
+        // are 0.001 apart from -0.039 up, the t-th value t times: the
+        // first 35 values take 630 places, so the 629th is the 35th,
+        // -0.005.
+        assert!((same.low - -0.005).abs() < 1e-9, "{same:?}");
+        assert!((same.high - 0.005).abs() < 1e-9, "{same:?}");
     }
 }
