@@ -43,7 +43,7 @@ pub use names::{
     filter_bit, filter_has, name_prefix,
 };
 pub use offsets::KernelOffsets;
-pub use settings::{Meta, Settings, browser_slot, browser_verdict};
+pub use settings::{Meta, NETNS_INLINE, NETNS_NOT_INLINE, Settings, browser_slot, browser_verdict};
 pub use tracking::{
     Evidence, INTERPRETERS, ListenerKey, Pending, ProcState, SCRIPT_MAX_ARGS, script_hash,
 };
@@ -52,7 +52,7 @@ pub use tracking::{
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 14;
+pub const LAYOUT_VERSION: u32 = 15;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -178,7 +178,9 @@ const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + S
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<Pending>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Settings>() == 136 + 3 * 8 * FILTER_WORDS + 48);
+const _: () = assert!(
+    core::mem::size_of::<Settings>() == 136 + 3 * 8 * FILTER_WORDS + 48 + 8 + 8 * NETNS_INLINE
+);
 const _: () = assert!(core::mem::size_of::<EgressKey>() == 20);
 const _: () = assert!(EGRESS_RULE_BASE as usize + MAX_EGRESS_RULES <= BIND_RULE as usize);
 const _: () = assert!(MAX_RULES <= EGRESS_RULE_BASE as usize);

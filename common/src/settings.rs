@@ -77,7 +77,22 @@ pub struct Settings {
     /// [`filter_bit`](crate::filter_bit)`(ino)` set for each. A process no egress rule names
     /// skips the lookup (and the reads of its executable's device).
     pub egress_exe_filter: [u64; FILTER_WORDS],
+
+    /// The namespaces a scoped policy ([`NETNS_SCOPED`](crate::flags::NETNS_SCOPED)) applies
+    /// in, by cookie, when it names at most [`NETNS_INLINE`] of them: the
+    /// programs compare these (`netns[..netns_inline]`) and skip the
+    /// `LW_NETNS` lookup. [`NETNS_NOT_INLINE`] when it names more: the
+    /// lookup decides.
+    pub netns_inline: u32,
+    pub _pad_netns: u32,
+    pub netns: [u64; NETNS_INLINE],
 }
+
+/// Namespace cookies a generation's settings carry inline.
+pub const NETNS_INLINE: usize = 4;
+/// `Settings::netns_inline` of a policy scoped to more namespaces than
+/// [`NETNS_INLINE`].
+pub const NETNS_NOT_INLINE: u32 = u32::MAX;
 
 // (By hand: `Default` is not derived for arrays of more than 32.)
 impl Default for Settings {

@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use loopwarden_common::{BIND_RULE, GenKey, PORT_WORDS, flags, stats, verdict};
+use loopwarden_common::{BIND_RULE, GenKey, PORT_WORDS, Settings, flags, stats, verdict};
 
 use crate::{
     addr,
@@ -26,7 +26,7 @@ use crate::{
         report_guard,
     },
     identity::Task,
-    maps::{ATTEMPTS, BIND_EXE, BIND_PORTS, BIND_UID, NETNS, SETTINGS, count, generation},
+    maps::{ATTEMPTS, BIND_EXE, BIND_PORTS, BIND_UID, SETTINGS, count, generation, netns_in_scope},
 };
 
 const ALLOW: i32 = 1;
@@ -71,7 +71,8 @@ fn try_bind(ctx: &SockAddrContext, family: u16) -> i32 {
         let seq = unsafe { core::ptr::read_volatile(&(*settings).seq) };
         // SAFETY: as above.
         let policy_flags = unsafe { core::ptr::read_volatile(&(*settings).flags) };
-        let judged = judge(ctx, g, policy_flags, &at);
+        // SAFETY: a reference into the map's value.
+        let judged = judge(ctx, unsafe { &*settings }, g, policy_flags, &at);
         // SAFETY: as above.
         let again = unsafe { core::ptr::read_volatile(&(*settings).seq) };
         if seq != again || seq & 1 == 1 {
@@ -99,23 +100,27 @@ fn try_bind(ctx: &SockAddrContext, family: u16) -> i32 {
     ALLOW
 }
 
-/// Whether generation `g` (whose flags are `policy_flags`) guards this
-/// bind: `Some(netns cookie)` if the caller may not make it.
+/// Whether generation `g` (settings `s`, whose flags are `policy_flags`)
+/// guards this bind: `Some(netns cookie)` if the caller may not make it.
 #[inline(always)]
-fn judge(ctx: &SockAddrContext, g: u32, policy_flags: u32, at: &Destination) -> Option<u64> {
+fn judge(
+    ctx: &SockAddrContext,
+    s: &Settings,
+    g: u32,
+    policy_flags: u32,
+    at: &Destination,
+) -> Option<u64> {
     let on = flags::ENABLED | flags::BIND_GUARD;
     if policy_flags & on != on || !port_guarded(g, at.port) {
         return None;
     }
     // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if !netns_in_scope(s, g, policy_flags, netns_cookie) {
+        return None;
+    }
     // SAFETY: the values are plain u8 flags, only tested for presence.
     unsafe {
-        if policy_flags & flags::NETNS_SCOPED != 0
-            && NETNS.get(GenKey::new(g, netns_cookie)).is_none()
-        {
-            return None;
-        }
         let uid = Task::current().uid_gid() as u32;
         if BIND_UID.get(GenKey::new(g, uid)).is_some() {
             return None;

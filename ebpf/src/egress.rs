@@ -36,8 +36,8 @@ use crate::{
     connect::{Destination, cgroup_mask, report_guard},
     identity::Task,
     maps::{
-        ATTEMPTS, EGRESS_CGROUP, EGRESS_DST, EGRESS_EXE, EGRESS_UID, NETNS, SETTINGS, count,
-        generation, in_filter, mask, rd,
+        ATTEMPTS, EGRESS_CGROUP, EGRESS_DST, EGRESS_EXE, EGRESS_UID, SETTINGS, count, generation,
+        in_filter, mask, netns_in_scope, rd,
     },
 };
 
@@ -175,10 +175,7 @@ fn judge(ctx: &SockAddrContext, s: &Settings, g: u32, dst: &Destination) -> Opti
     }
     // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is a plain u8 flag, only tested for presence.
-    if policy_flags & flags::NETNS_SCOPED != 0
-        && unsafe { NETNS.get(GenKey::new(g, netns_cookie)).is_none() }
-    {
+    if !netns_in_scope(s, g, policy_flags, netns_cookie) {
         return None;
     }
     // A deny rule decides before an audit rule; the lowest index first.

@@ -9,8 +9,9 @@ use loopwarden_common::{
     Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, CONN_PORT_ENTRIES,
     CONN_SLOTS as CONN_SLOTS_LEN, EXE_NAME_LEN, EgressKey, ExeKey, FILTER_WORDS, GENERATIONS,
     GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS,
-    MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta, ORIGIN_SLOTS as ORIGIN_SLOTS_LEN,
-    PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES, filter_bit,
+    MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta, NETNS_INLINE, NETNS_NOT_INLINE,
+    ORIGIN_SLOTS as ORIGIN_SLOTS_LEN, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES,
+    filter_bit, flags,
     origin::{ConnEntry, ConnKey, ConnSlot, OriginSlot},
     stats, verdict,
 };
@@ -110,6 +111,33 @@ pub fn in_filter(filter: &[u64; FILTER_WORDS], value: u64) -> bool {
     let word =
         unsafe { core::ptr::read_volatile(&filter[(bit >> 6) as usize & (FILTER_WORDS - 1)]) };
     (word >> (bit & 63)) & 1 == 1
+}
+
+/// Whether a policy (settings `s` of generation `g`, flags
+/// `policy_flags`) applies in the network namespace with cookie `cookie`:
+/// everywhere unless it is scoped ([`flags::NETNS_SCOPED`]). The cookies
+/// the settings carry inline are compared (no hash lookup, on every
+/// judged connect of a scoped policy); only a policy scoped to more
+/// namespaces than they hold looks `LW_NETNS` up. Volatile loads, inside
+/// the sequence-lock section.
+#[inline(always)]
+pub fn netns_in_scope(s: &Settings, g: u32, policy_flags: u32, cookie: u64) -> bool {
+    if policy_flags & flags::NETNS_SCOPED == 0 {
+        return true;
+    }
+    let inline = rd!(s.netns_inline);
+    if inline == NETNS_NOT_INLINE {
+        // SAFETY: the value is a plain u8 flag, only tested for presence.
+        return unsafe { NETNS.get(GenKey::new(g, cookie)).is_some() };
+    }
+    let mut i = 0;
+    while i < NETNS_INLINE {
+        if (i as u32) < inline && rd!(s.netns[i]) == cookie {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Judgements attempted before giving up on a policy that keeps being

@@ -232,6 +232,55 @@ fn connections_outside_the_policy_namespace_are_untouched() {
     );
 }
 
+/// A policy scoped to up to four namespaces carries them in its settings
+/// (compared inline); one scoped to more has the programs look them up in
+/// `LW_NETNS`. Both judge in every namespace they name, and in no other.
+#[test]
+fn a_policy_scoped_to_many_namespaces_judges_in_each_and_in_no_other() {
+    let named: Vec<Netns> = (0..5).map(|_| Netns::new()).collect();
+    let other = Netns::new();
+    let every: Vec<&Netns> = named.iter().chain([&other]).collect();
+    let _servers: Vec<_> = every.iter().map(|ns| ns.http_servers()).collect();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    for ns in &every {
+        let (ok, stderr) = ns.socat_connect(&target);
+        assert!(
+            ok,
+            "a relay in {} failed before the daemon: {stderr}",
+            ns.name()
+        );
+    }
+    // Four fill the settings' inline cookies (in cookie order, which is not
+    // the order of creation: every one is tried); five go to the lookup.
+    for count in [4, 5] {
+        let paths: Vec<String> = named[..count]
+            .iter()
+            .map(|ns| format!("\"{}\"", ns.path()))
+            .collect();
+        let _daemon = Daemon::start(&format!(
+            "mode = \"enforce\"\ncatalog = true\n[protect]\nports = [{PROTECTED}]\nnetns = [{}]\n",
+            paths.join(", ")
+        ));
+        for (i, ns) in every.iter().enumerate() {
+            let (ok, stderr) = ns.socat_connect(&target);
+            if i < count {
+                assert!(
+                    !ok,
+                    "scoped to {count}: a relay in {} was not refused",
+                    ns.name()
+                );
+                assert!(stderr.contains("Connection refused"), "{stderr}");
+            } else {
+                assert!(
+                    ok,
+                    "scoped to {count}: a relay in {} was judged: {stderr}",
+                    ns.name()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_reverse_proxy_is_reported_by_the_catalog_and_refused_by_a_user_rule() {
     let ns = Netns::new();

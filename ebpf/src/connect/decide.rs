@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     identity::Task,
-    maps::{HOST_ADDRS, NETNS, PROCS, count, rd},
+    maps::{HOST_ADDRS, PROCS, count, netns_in_scope, rd},
     names::Words,
     procs::{self, now},
 };
@@ -91,10 +91,7 @@ pub(super) fn decide(
     }
     // SAFETY: helper valid for cgroup sock_addr programs (5.8+).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    // SAFETY: the value is a plain u8 flag, only tested for presence.
-    if policy_flags & flags::NETNS_SCOPED != 0
-        && unsafe { NETNS.get(GenKey::new(g, netns_cookie)).is_none() }
-    {
+    if !netns_in_scope(settings, g, policy_flags, netns_cookie) {
         return Decision::pass();
     }
     let s = settings;

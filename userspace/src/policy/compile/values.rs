@@ -6,7 +6,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loopwarden_common::{ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED};
+use loopwarden_common::{
+    ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED, NETNS_INLINE, NETNS_NOT_INLINE, Settings,
+};
 
 use super::Compiler;
 use crate::config::{Criteria, Located};
@@ -32,6 +34,7 @@ impl Compiler<'_> {
                 cookie,
             });
         }
+        inline_netns(&mut self.policy.settings, &self.policy.netns);
         Ok(())
     }
 
@@ -276,4 +279,21 @@ impl Compiler<'_> {
         }
         kept
     }
+}
+
+/// Puts the distinct cookies of `netns` into `settings` when there are at
+/// most [`NETNS_INLINE`], so the programs compare them instead of looking
+/// `LW_NETNS` up (which holds them either way); else marks them
+/// [`NETNS_NOT_INLINE`].
+fn inline_netns(settings: &mut Settings, netns: &[Netns]) {
+    let mut cookies: Vec<u64> = netns.iter().map(|n| n.cookie).collect();
+    cookies.sort_unstable();
+    cookies.dedup();
+    settings.netns = [0; NETNS_INLINE];
+    if cookies.len() > NETNS_INLINE {
+        settings.netns_inline = NETNS_NOT_INLINE;
+        return;
+    }
+    settings.netns[..cookies.len()].copy_from_slice(&cookies);
+    settings.netns_inline = cookies.len() as u32;
 }

@@ -1,6 +1,8 @@
 //! What compiling yields and refuses: settings, ports, netns, unresolvable
 //! or missing names, limits, warnings and the summary.
 
+use loopwarden_common::{NETNS_INLINE, NETNS_NOT_INLINE};
+
 use super::*;
 
 #[test]
@@ -53,6 +55,40 @@ comm = "x"
     };
     assert_eq!(words[0], 1 << 22);
     assert_eq!(policy.ports.to_string(), "22, 8080, 9000-9101");
+    // One namespace: compared inline, without the map lookup.
+    assert_eq!((s.netns_inline, s.netns), (1, [4096, 0, 0, 0]));
+}
+
+#[test]
+fn up_to_four_namespaces_are_compared_inline_more_are_looked_up() {
+    let mut host = host();
+    let names = ["a", "b", "c", "d", "e"];
+    for (i, name) in names.iter().enumerate() {
+        host.netns
+            .insert(PathBuf::from(format!("/run/netns/{name}")), 100 + i as u64);
+    }
+    let scoped = |names: &[&str]| {
+        let list: Vec<String> = names
+            .iter()
+            .map(|n| format!("\"/run/netns/{n}\""))
+            .collect();
+        let text = format!(
+            "catalog = false\n[protect]\nnetns = [{}]\n",
+            list.join(", ")
+        );
+        compile(&config(&text), &host).unwrap().settings
+    };
+    // The same namespace twice counts once.
+    let s = scoped(&["d", "a", "d", "c", "b"]);
+    assert_eq!((s.netns_inline, s.netns), (4, [100, 101, 102, 103]));
+    let s = scoped(&names);
+    assert_eq!(s.netns_inline, NETNS_NOT_INLINE);
+    assert_eq!(s.netns, [0; NETNS_INLINE]);
+    // Unscoped: nothing inline (the programs do not look).
+    let s = compile(&config("catalog = false\n"), &host)
+        .unwrap()
+        .settings;
+    assert_eq!((s.netns_inline, s.flags & flags::NETNS_SCOPED), (0, 0));
 }
 
 #[test]
