@@ -146,7 +146,13 @@ fn rank_sum_z(a: &[f64], b: &[f64]) -> f64 {
     }
     let (n, m) = (a.len() as f64, b.len() as f64);
     let u = rank_sum_a - n * (n + 1.0) / 2.0;
-    (u - n * m / 2.0) / (n * m * (n + m + 1.0) / 12.0).sqrt()
+    (u - n * m / 2.0) / u_sd(n, m)
+}
+
+/// The standard deviation of the rank-sum statistic U of `n` values
+/// against `m` when neither side lies above the other (ties aside).
+fn u_sd(n: f64, m: f64) -> f64 {
+    (n * m * (n + m + 1.0) / 12.0).sqrt()
 }
 
 /// The Hodges-Lehmann estimate of how far `a` lies from `b` (the median
@@ -160,10 +166,9 @@ fn shift(a: &[f64], b: &[f64]) -> Interval {
         .flat_map(|x| b.iter().map(move |y| x - y))
         .collect();
     d.sort_by(f64::total_cmp);
-    let (n, m) = (a.len() as f64, b.len() as f64);
     let nm = d.len();
     // The k-th smallest and largest differences bound it; `Z_5` is negative.
-    let k = (nm as f64 / 2.0 + Z_5 * (n * m * (n + m + 1.0) / 12.0).sqrt()).floor();
+    let k = (nm as f64 / 2.0 + Z_5 * u_sd(a.len() as f64, b.len() as f64)).floor();
     let k = (k.max(1.0) as usize).min(nm.div_ceil(2));
     Interval {
         median: median_of_sorted(&d),
@@ -312,5 +317,18 @@ mod tests {
         // -0.005.
         assert!((same.low - -0.005).abs() < 1e-9, "{same:?}");
         assert!((same.high - 0.005).abs() < 1e-9, "{same:?}");
+        // Without ties (every difference a_i - b_j distinct), the bounds
+        // are exactly the 629th smallest and largest: 628 differences lie
+        // below the one, 628 above the other.
+        let a: Vec<f64> = (0..40).map(f64::from).collect();
+        let pairs = |keep: &dyn Fn(f64) -> bool| {
+            a.iter()
+                .flat_map(|x| b.iter().map(move |y| x - y))
+                .filter(|&d| keep(d))
+                .count()
+        };
+        let spread = shift(&a, &b);
+        assert_eq!(pairs(&|d| d < spread.low), 628, "{spread:?}");
+        assert_eq!(pairs(&|d| d > spread.high), 628, "{spread:?}");
     }
 }
