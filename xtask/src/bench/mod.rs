@@ -13,6 +13,9 @@
 //! daemon, untagged and tagged ([`paired`]), and the reporting phase
 //! ([`reporting`]): floods of reports at fixed rates, counted in the daemon's
 //! output, with its CPU and resident size.
+//!
+//! `--versus OTHER` runs none of that: two daemon builds, each in turn in
+//! every round, on the protected connect loads ([`versus`]).
 
 mod egress;
 pub mod load;
@@ -22,6 +25,7 @@ mod plan;
 mod report;
 pub mod reporting;
 mod stats;
+mod versus;
 mod warden;
 
 use std::{
@@ -103,6 +107,13 @@ pub struct BenchArgs {
     /// Seconds per window of the paired comparison.
     #[arg(long, default_value_t = 0.5)]
     pub window: f64,
+    /// Compare the daemon with this other build instead of the usual
+    /// phases: `--rounds` rounds of each build in turn, tagged and
+    /// untagged, on bare connects and requests (`--seconds` each, then
+    /// `--stats-seconds` counted), B's rate over A's and each program's
+    /// ns per run, B minus A, per round.
+    #[arg(long, value_name = "DAEMON")]
+    pub versus: Option<PathBuf>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -152,10 +163,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let xtask = std::env::current_exe()
         .and_then(|exe| exe.canonicalize())
         .context("cannot find the xtask binary")?;
+    let versus = match &args.versus {
+        Some(other) => Some(
+            other
+                .canonicalize()
+                .with_context(|| format!("cannot find {}", other.display()))?,
+        ),
+        None => None,
+    };
     catch_signals();
 
     let loaded_before = stats::snapshot(None)?;
     let bench = Bench::new(args, bin, xtask)?;
+    if let Some(other) = versus {
+        let measured = bench.measure_versus(&other);
+        if measured.is_err() {
+            bench.dir.keep();
+        }
+        let a = bench.bin.clone();
+        drop(bench);
+        warn_left_behind(&loaded_before);
+        versus::print(&versus::compare(&measured?), &a, &other, args.rounds);
+        return Ok(());
+    }
     let samples = if args.skip_costs {
         Ok(Vec::new())
     } else {
@@ -379,11 +409,26 @@ impl<'a> Bench<'a> {
     }
 
     fn start_daemon(&self, config: Config, round: u32) -> anyhow::Result<Option<Warden>> {
+        self.start_build(&self.bin, "", config, round)
+    }
+
+    /// [`Bench::start_daemon`] with the daemon binary `bin`, its files'
+    /// names marked with `label` (two builds in one round).
+    fn start_build(
+        &self,
+        bin: &Path,
+        label: &str,
+        config: Config,
+        round: u32,
+    ) -> anyhow::Result<Option<Warden>> {
         let mode = match config {
             Config::Absent => return Ok(None),
             Config::Baseline => {
-                let log = self.dir.path().join(format!("baseline-{}.log", round + 1));
-                return Warden::start_baseline(&self.bin, &log).map(Some);
+                let log = self
+                    .dir
+                    .path()
+                    .join(format!("baseline{label}-{}.log", round + 1));
+                return Warden::start_baseline(bin, &log).map(Some);
             }
             Config::Audit
             | Config::Enforce
@@ -395,9 +440,15 @@ impl<'a> Bench<'a> {
         let file = self.dir.path().join(format!("{mode}.toml"));
         fs::write(&file, self.daemon_config(config))
             .with_context(|| format!("cannot write {}", file.display()))?;
-        let log = self.dir.path().join(format!("{mode}-{}.log", round + 1));
-        let run_dir = self.dir.path().join(format!("run-{mode}-{}", round + 1));
-        Warden::start(&self.bin, &file, &run_dir, &log).map(Some)
+        let log = self
+            .dir
+            .path()
+            .join(format!("{mode}{label}-{}.log", round + 1));
+        let run_dir = self
+            .dir
+            .path()
+            .join(format!("run-{mode}{label}-{}", round + 1));
+        Warden::start(bin, &file, &run_dir, &log).map(Some)
     }
 
     /// The policy under test, with the catalog on, protecting the connect

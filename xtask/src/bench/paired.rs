@@ -81,10 +81,10 @@ impl Bench<'_> {
 /// each with probability at most [`TAIL`]; with fewer than 5 values no
 /// order statistic is that sure, and the interval is the whole range).
 #[derive(Debug, PartialEq)]
-struct Interval {
-    median: f64,
-    low: f64,
-    high: f64,
+pub struct Interval {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
 }
 
 /// Each tail of [`Interval`]: 5%, a 90% interval.
@@ -92,7 +92,7 @@ const TAIL: f64 = 0.05;
 
 impl Interval {
     /// `values` must not be empty.
-    fn of(values: &[f64]) -> Self {
+    pub fn of(values: &[f64]) -> Self {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
