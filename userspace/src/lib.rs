@@ -5,16 +5,17 @@
 //! [`catalog`] holds the built-in tunnel rules, [`policy`] compiles a config
 //! into map contents through a [`policy::Resolver`] ([`resolve`] is the real
 //! one), [`kernel`] owns everything that touches BPF (host checks, BTF
-//! offsets, loading, pinning, the typed maps), [`events`] turns ring-buffer
-//! records into audit lines, [`report`] summarises repeats and batches
-//! the lines, [`cut`] destroys connections a newly enforced policy would
-//! have refused ([`sock_diag`] lists and destroys sockets), [`track`] seeds the kernel's relay tracking from `/proc`
+//! offsets, loading, pinning, the typed maps; TCP sockets through
+//! sock_diag), [`events`] turns ring-buffer records into audit lines
+//! (and [`events::report`] summarises repeats and batches the lines),
+//! [`cut`] destroys connections a newly enforced policy would have
+//! refused, [`track`] seeds the kernel's relay tracking from `/proc`
 //! at start, [`provenance`] reads the origins the kernel bound to
 //! protected connections, [`run_socket`] binds the daemon's Unix sockets
 //! (query, metrics), and [`daemon`] ties them together. [`ops`] holds
 //! `loopwarden status` (what the pins enforce right now) and `loopwarden
-//! doctor` (what the host offers). [`generate`] renders the man pages and
-//! shell completions from the command line's definitions.
+//! doctor` (what the host offers), and [`ops::generate`] renders the man
+//! pages and shell completions from the command line's definitions.
 //!
 //! Fuzz builds (`cargo xtask fuzz`, `cfg(fuzzing)`) have no eBPF object
 //! (see build.rs) and therefore leave out the loader, [`daemon`] and [`ops`].
@@ -25,17 +26,14 @@ pub mod cut;
 #[cfg(not(fuzzing))]
 pub mod daemon;
 pub mod events;
-pub mod generate;
 pub mod heap;
 pub mod kernel;
 #[cfg(not(fuzzing))]
 pub mod ops;
 pub mod policy;
 pub mod provenance;
-pub mod report;
 pub mod resolve;
 pub mod run_socket;
-pub mod sock_diag;
 pub mod track;
 
 /// An error and its causes on one line, `: `-separated, for a warning or a

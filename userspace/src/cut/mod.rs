@@ -5,7 +5,7 @@
 //! reported as a `cut`. Connections of clients the policy allows are never
 //! touched.
 //!
-//! This module owns that sweep: [`crate::sock_diag`] lists the TCP sockets of a
+//! This module owns that sweep: [`crate::kernel::sock_diag`] lists the TCP sockets of a
 //! network namespace and destroys one by its exact id (cookie included);
 //! [`procs`] finds which processes hold a socket and reads who they are from
 //! `/proc`, and what the kernel's tracking programs know of them from
@@ -50,9 +50,9 @@ use self::procs::{Owner, ProcReader};
 use crate::{
     error_chain,
     events::RELAY_RULE_NAME,
+    kernel::sock_diag::{Dumped, SockDiag, TcpSocket, state},
     policy::{CompiledPolicy, Mode},
     resolve,
-    sock_diag::{Dumped, SockDiag, TcpSocket, state},
 };
 
 /// Most sockets one sweep examines over all namespaces (each is a few dozen
@@ -420,7 +420,7 @@ fn is_local(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sock_diag::SockId;
+    use crate::kernel::sock_diag::SockId;
     use crate::{config::Config, policy, resolve::HostResolver};
 
     fn sock(state: u8, src: &str, dst: &str, inode: u64) -> TcpSocket {

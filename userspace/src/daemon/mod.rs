@@ -134,7 +134,7 @@ pub struct Options {
     pub mode: Option<Mode>,
     pub log_format: LogFormat,
     /// Reports of one flow within this interval share a summary line; zero:
-    /// a line per report (see [`crate::report`]).
+    /// a line per report (see [`crate::events::report`]).
     pub repeat_interval: Duration,
     pub run_dir: PathBuf,
     /// Where links and maps are pinned.

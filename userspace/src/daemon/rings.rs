@@ -14,12 +14,11 @@ use tracing::warn;
 
 use super::{DaemonError, io_err};
 use crate::{
-    events::parse_event,
+    events::{parse_event, report::Reporter},
     kernel::{
         maps::{Counters, StatsMap},
         pins::PinDir,
     },
-    report::Reporter,
 };
 
 pub(super) type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;

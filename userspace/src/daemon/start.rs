@@ -20,7 +20,7 @@ use super::{
     sweeper::Sweeper,
 };
 use crate::{
-    events::Enricher,
+    events::{Enricher, report::Reporter},
     kernel::{
         btf, compat,
         loader::{self, Programs, Takeover},
@@ -28,7 +28,6 @@ use crate::{
         maps::{Counters, PolicyMaps, StatsMap, take_denials, take_events},
         pins::{PinDir, PinLock, PinState},
     },
-    report::Reporter,
     resolve::HostResolver,
 };
 

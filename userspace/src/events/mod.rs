@@ -37,6 +37,7 @@ pub mod diagnostics;
 mod enrich;
 pub mod output;
 mod proc;
+pub mod report;
 pub mod tally;
 #[cfg(test)]
 mod tests;
@@ -89,7 +90,7 @@ fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Resul
     }
 }
 
-/// Repeats summarised into one record (see [`crate::report`]): `count`
+/// Repeats summarised into one record (see [`report`]): `count`
 /// connects identical to this record's (same process, destination, verdict
 /// and rule) between `first` and `last`, after the previous line of the same
 /// flow, none of them with a line of its own. The record's own fields are

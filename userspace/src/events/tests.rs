@@ -11,8 +11,8 @@ use super::{
 };
 use crate::{
     cut::{Cut, procs::Owner},
+    kernel::sock_diag::{SockId, TcpSocket},
     policy::{Action, ProcessIdentity, RuleInfo},
-    sock_diag::{SockId, TcpSocket},
 };
 
 fn event() -> ConnectEvent {

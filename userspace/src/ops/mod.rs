@@ -2,8 +2,10 @@
 //! right now from the pins in bpffs (and, for the daemon's side, its run
 //! directory); `loopwarden doctor` ([`doctor`]) probes what the host offers
 //! the programs and says what to change; the daemon serves Prometheus
-//! [`metrics`].
+//! [`metrics`]; `loopwarden generate` ([`generate`]) renders the man pages
+//! and completions the package installs.
 
 pub mod doctor;
+pub mod generate;
 pub mod metrics;
 pub mod status;

@@ -31,8 +31,9 @@ use tracing::debug;
 use super::conns::netns_of;
 use crate::{
     cut::procs::network_namespaces,
-    error_chain, resolve,
-    sock_diag::{SockDiag, SockId, state},
+    error_chain,
+    kernel::sock_diag::{SockDiag, SockId, state},
+    resolve,
 };
 
 /// Where bind-mounted namespace files live (`ip netns add`).

@@ -20,8 +20,10 @@ use aya::{
 use super::Check;
 use crate::{
     error_chain,
-    kernel::sys::{self, Insn},
-    sock_diag::{SockDiag, state},
+    kernel::{
+        sock_diag::{SockDiag, state},
+        sys::{self, Insn},
+    },
 };
 
 pub(super) fn program_type() -> Check {
