@@ -146,6 +146,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--paired-seconds must not be negative (0 skips the paired comparison)");
     }
     setup::require_root("the bench (network namespaces, eBPF, sysctls)")?;
+    // Checked before a build: a mistyped path should not wait for one.
+    let versus = match &args.versus {
+        Some(other) => Some(
+            other
+                .canonicalize()
+                .with_context(|| format!("cannot find the --versus daemon {}", other.display()))?,
+        ),
+        None => None,
+    };
     let bin = match &args.daemon {
         Some(bin) => {
             setup::test_prerequisites()?;
@@ -163,14 +172,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let xtask = std::env::current_exe()
         .and_then(|exe| exe.canonicalize())
         .context("cannot find the xtask binary")?;
-    let versus = match &args.versus {
-        Some(other) => Some(
-            other
-                .canonicalize()
-                .with_context(|| format!("cannot find {}", other.display()))?,
-        ),
-        None => None,
-    };
     catch_signals();
 
     let loaded_before = stats::snapshot(None)?;
