@@ -5,13 +5,14 @@
 //! reported as a `cut`. Connections of clients the policy allows are never
 //! touched.
 //!
-//! This module owns that sweep: [`crate::kernel::sock_diag`] lists the TCP sockets of a
-//! network namespace and destroys one by its exact id (cookie included);
-//! [`procs`] finds which processes hold a socket and reads who they are from
-//! `/proc`, and what the kernel's tracking programs know of them from
-//! `LW_PROCS` (their evidence of facing the network, lineage and script);
-//! [`sweep`] ties them to the policy through [`CompiledPolicy::denial`],
-//! the userspace copy of the kernel's judgement (rules and relay verdict).
+//! This module owns that sweep: [`crate::kernel::sock_diag`] lists the
+//! TCP sockets of a network namespace and destroys one by its exact id
+//! (cookie included); [`procs`] finds which processes hold a socket and
+//! reads who they are from `/proc`, and what the kernel's tracking
+//! programs know of them from `LW_PROCS` (their evidence of facing the
+//! network, lineage and script); [`sweep`] ties them to the policy
+//! through [`CompiledPolicy::denial`], the userspace copy of the kernel's
+//! judgement (rules and relay verdict).
 //!
 //! Which socket is cut: the client side, the one whose remote end is the
 //! protected destination (loopback, or one of the host's addresses with
