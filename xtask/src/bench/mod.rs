@@ -300,10 +300,7 @@ impl<'a> Bench<'a> {
                 lingering.keys().cloned().collect::<Vec<_>>().join(", ")
             );
         }
-        say!("warming up ...");
-        for workload in Workload::ALL {
-            self.run_load(workload, args.seconds.min(0.5))?;
-        }
+        self.warm_up(&Workload::ALL)?;
 
         let per_round: usize = Config::PHASES.iter().map(|c| c.workloads().len()).sum();
         let total = args.rounds as usize * per_round;
@@ -348,6 +345,15 @@ impl<'a> Bench<'a> {
             }
         }
         Ok(samples)
+    }
+
+    /// Runs each of `loads` briefly, unmeasured, before the first window.
+    fn warm_up(&self, loads: &[Workload]) -> anyhow::Result<()> {
+        say!("warming up ...");
+        for &load in loads {
+            self.run_load(load, self.args.seconds.min(0.5))?;
+        }
+        Ok(())
     }
 
     fn measure_one(

@@ -76,6 +76,11 @@ impl Counters {
         self.run_time_ns += other.run_time_ns;
         self.run_cnt += other.run_cnt;
     }
+
+    /// Mean ns per run, if the program ran.
+    pub fn ns_per_run(self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
 }
 
 /// Counters by program name.
@@ -158,6 +163,16 @@ fn owned_prog_ids(pid: u32) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_that_did_not_run_has_no_cost_per_run() {
+        let ran = Counters {
+            run_time_ns: 300,
+            run_cnt: 3,
+        };
+        assert_eq!(ran.ns_per_run(), Some(100.0));
+        assert_eq!(Counters::default().ns_per_run(), None);
+    }
 
     #[test]
     fn names_the_kernel_cut_are_known_by_their_full_name() {

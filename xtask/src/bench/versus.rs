@@ -10,9 +10,7 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use super::{
-    Bench, Config, Sample, Workload, check_interrupted, paired::Interval, stats::Counters,
-};
+use super::{Bench, Config, Sample, Workload, check_interrupted, paired::Interval};
 use crate::proc::say;
 
 /// The policies compared under: the default (tagged) and the judgement
@@ -41,10 +39,7 @@ impl Bench<'_> {
     /// each of [`LOADS`] per daemon start.
     pub(super) fn measure_versus(&self, other: &Path) -> anyhow::Result<Vec<Measured>> {
         let args = self.args;
-        say!("warming up ...");
-        for load in LOADS {
-            self.run_load(load, args.seconds.min(0.5))?;
-        }
+        self.warm_up(&LOADS)?;
         let mut measured = Vec::new();
         for round in 0..args.rounds {
             let sides = if round % 2 == 0 {
@@ -136,9 +131,7 @@ pub fn compare(measured: &[Measured]) -> Vec<Compared> {
                     let c = s.progs.get(name).copied()?;
                     // A program the load runs (not one the bench's own
                     // processes happened to run a few times).
-                    (c.run_cnt * 10 >= s.counted.ops)
-                        .then_some(c)
-                        .and_then(ns_per_run)
+                    (c.run_cnt * 10 >= s.counted.ops).then_some(c)?.ns_per_run()
                 };
                 let both: Vec<(f64, f64)> = pairs
                     .iter()
@@ -165,11 +158,6 @@ pub fn compare(measured: &[Measured]) -> Vec<Compared> {
         }
     }
     out
-}
-
-/// Mean ns per run, if it ran.
-fn ns_per_run(c: Counters) -> Option<f64> {
-    (c.run_cnt > 0).then(|| c.run_time_ns as f64 / c.run_cnt as f64)
 }
 
 /// Prints the comparison of `a` (the bench's daemon) and `b`.
@@ -204,7 +192,10 @@ pub fn print(compared: &[Compared], a: &Path, b: &Path, rounds: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{load::Run, stats::Snapshot};
+    use crate::bench::{
+        load::Run,
+        stats::{Counters, Snapshot},
+    };
 
     fn measured(side: Side, round: u32, config: Config, ops: u64, sock_ns: u64) -> Measured {
         let mut progs = Snapshot::new();

@@ -38,8 +38,7 @@ fn measurement_floor(samples: &[Sample], prog: &str, workload: Option<Workload>)
     }
     let per_round: Vec<f64> = rounds
         .values()
-        .filter(|counters| counters.run_cnt > 0)
-        .map(|counters| counters.run_time_ns as f64 / counters.run_cnt as f64)
+        .filter_map(|counters| counters.ns_per_run())
         .collect();
     Rates::from_values(per_round)
 }

@@ -39,9 +39,7 @@ impl Rates {
             samples
                 .iter()
                 .filter(|sample| sample.config == config && sample.workload == workload)
-                .filter_map(|sample| sample.progs.get(prog))
-                .filter(|c| c.run_cnt > 0)
-                .map(|c| c.run_time_ns as f64 / c.run_cnt as f64)
+                .filter_map(|sample| sample.progs.get(prog)?.ns_per_run())
                 .collect(),
         )
     }
