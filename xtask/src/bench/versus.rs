@@ -95,6 +95,7 @@ pub struct Compared {
 /// build has no measurement are left out.
 pub fn compare(measured: &[Measured]) -> Vec<Compared> {
     let mut out = Vec::new();
+    let rounds: BTreeSet<u32> = measured.iter().map(|m| m.sample.round).collect();
     for config in CONFIGS {
         for load in LOADS {
             let of = |side: Side, round: u32| {
@@ -108,10 +109,9 @@ pub fn compare(measured: &[Measured]) -> Vec<Compared> {
                     })
                     .map(|m| &m.sample)
             };
-            let rounds: BTreeSet<u32> = measured.iter().map(|m| m.sample.round).collect();
             let pairs: Vec<(&Sample, &Sample)> = rounds
-                .into_iter()
-                .filter_map(|round| Some((of(Side::A, round)?, of(Side::B, round)?)))
+                .iter()
+                .filter_map(|&round| Some((of(Side::A, round)?, of(Side::B, round)?)))
                 .filter(|(a, b)| a.run.ops > 0 && b.run.ops > 0)
                 .collect();
             if pairs.is_empty() {
