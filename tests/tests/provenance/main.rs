@@ -10,7 +10,9 @@
 //! the daemon from answering the others. getsockopt also knows an IPv4
 //! client of a dual-stack listener, and never answers with an entry a
 //! missed close left behind. A resized connection table keeps the open
-//! connections' origins, and a nearly full one is warned of.
+//! connections' origins, and a nearly full one is warned of. Clients on
+//! both CPUs at once, hundreds of connections held and thousands made,
+//! each get their own origin, and nothing is left behind.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -30,6 +32,7 @@ use loopwarden_tests::{
 };
 use serde_json::{Value, json};
 
+mod concurrent;
 mod direct;
 mod lifecycle;
 mod query;

@@ -1,0 +1,265 @@
+//! Many clients at once, on both CPUs and both families: every accepted
+//! socket's origin is its own client's, whichever slot or map entry
+//! carried it, and nothing is left behind once they all closed.
+//!
+//! The slots that carry origins are claimed and given back by
+//! compare-and-swap from the connect, both handshakes and the close, on
+//! whichever CPUs those run; the single-connection tests never race them.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// Threads per client process.
+const THREADS: usize = 4;
+/// Connections each thread holds open: 4 processes of 4 threads hold 800,
+/// more than `LW_CONN_SLOTS` has, so some are kept in `LW_CONNS`.
+const HOLD: usize = 50;
+/// Connections each thread then makes, closing its oldest with each.
+const CHURN: usize = 1000;
+
+/// `stress.py serve MODULE_DIR OUT PORT`: accepts on 127.0.0.1:PORT and
+/// [::1]:PORT, asks `loopwarden.origin()` about each accepted socket, and
+/// checks it against the 8 bytes the client sends (its tgid and thread
+/// id): the pid, the thread, the client's address and port, and the
+/// server cookie must all be this connection's. It rewrites OUT (JSON) at
+/// least every 0.2 s: the right answers per family, the unknown and the
+/// mismatched ones (and the first 20 of those), and what it holds open.
+///
+/// `stress.py client ADDR PORT THREADS HOLD CHURN GO DONE`: THREADS
+/// threads each open HOLD connections and send their ids; once the file GO
+/// exists each makes CHURN more, closing its oldest with each new one,
+/// then closes the rest. Writes `ok` (or the error) to DONE.
+const STRESS: &str = r#"import collections, json, os, select, socket, struct, sys, threading, time
+
+def serve(module_dir, out_path, port):
+    sys.path.insert(0, module_dir)
+    import loopwarden
+    poll, listeners = select.epoll(), {}
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        s = socket.socket(family)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+        s.listen(4096)
+        s.setblocking(False)
+        listeners[s.fileno()] = s
+        poll.register(s, select.EPOLLIN)
+    open_ = {}
+    tally = {"ipv4": 0, "ipv6": 0, "unknown": 0, "mismatched": 0, "held": 0, "wrong": []}
+    def wrong(what):
+        if len(tally["wrong"]) < 20:
+            tally["wrong"].append(what)
+    written = 0
+    while True:
+        for fd, _ in poll.poll(0.2):
+            if fd in listeners:
+                while True:
+                    try:
+                        c, peer = listeners[fd].accept()
+                    except BlockingIOError:
+                        break
+                    cookie = struct.unpack("=Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
+                    o = loopwarden.origin(c)
+                    if o is None:
+                        tally["unknown"] += 1
+                        wrong("unknown: %s" % (peer,))
+                    open_[c.fileno()] = (c, o, peer, cookie, bytearray())
+                    poll.register(c, select.EPOLLIN)
+                continue
+            c, o, peer, cookie, got = open_[fd]
+            data = c.recv(64)
+            if data:
+                got += data
+                if len(got) == 8 and o is not None:
+                    tgid, tid = struct.unpack("=II", got)
+                    if (o.pid, o.tid, o.client, o.server_cookie) == (tgid, tid, peer[:2], cookie):
+                        tally["ipv6" if ":" in peer[0] else "ipv4"] += 1
+                    else:
+                        tally["mismatched"] += 1
+                        wrong("sent by %d/%d from %s, cookie %d: %s" % (tgid, tid, peer, cookie, o))
+                continue
+            poll.unregister(c)
+            del open_[fd]
+            c.close()
+        tally["held"] = len(open_)
+        if time.monotonic() - written >= 0.2:
+            with open(out_path + ".tmp", "w") as f:
+                json.dump(tally, f)
+            os.rename(out_path + ".tmp", out_path)
+            written = time.monotonic()
+
+def client(addr, port, threads, hold, churn, go, done):
+    errors = []
+    def work():
+        try:
+            me = struct.pack("=II", os.getpid(), threading.get_native_id())
+            held = collections.deque()
+            def connect():
+                s = socket.create_connection((addr, port), timeout=30)
+                s.sendall(me)
+                held.append(s)
+            for _ in range(hold):
+                connect()
+            while not os.path.exists(go):
+                time.sleep(0.02)
+            for _ in range(churn):
+                connect()
+                held.popleft().close()
+            while held:
+                held.popleft().close()
+        except Exception as e:
+            errors.append(repr(e))
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    with open(done, "w") as f:
+        f.write("; ".join(errors) or "ok")
+
+if sys.argv[1] == "serve":
+    serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+else:
+    a = sys.argv[2:]
+    client(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), a[5], a[6])
+"#;
+
+#[test]
+fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
+    let online = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        online >= 2,
+        "this test needs two CPUs, this host has {online}"
+    );
+    let ns = Netns::new();
+    let dir = TempDir::new("concurrent");
+    let daemon = Daemon::start(&Policy::new(&ns, "audit").catalog(false).text());
+    let install = daemon.install();
+    let script = write_script(&dir, "stress.py", STRESS);
+    let out = dir.path().join("tally.json");
+    let module_dir = loopwarden_tests::client::contrib_python();
+    let _server = ns.spawn(
+        SYSTEM_PYTHON,
+        &[
+            "-B",
+            &script,
+            "serve",
+            module_dir.to_str().expect("utf-8 path"),
+            out.to_str().expect("utf-8 path"),
+            &PROTECTED.to_string(),
+        ],
+    );
+    ns.wait_listening(PROTECTED);
+
+    // Two clients per family, one on each CPU.
+    let go = dir.path().join("go");
+    let mut clients = Vec::new();
+    for (i, addr) in ["127.0.0.1", "::1", "127.0.0.1", "::1"].iter().enumerate() {
+        let done = dir.path().join(format!("done-{i}"));
+        let cpu = (i % 2).to_string();
+        let (threads, hold, churn) = (THREADS.to_string(), HOLD.to_string(), CHURN.to_string());
+        let proc = ns.spawn(
+            "taskset",
+            &[
+                "-c",
+                &cpu,
+                SYSTEM_PYTHON,
+                &script,
+                "client",
+                addr,
+                &PROTECTED.to_string(),
+                &threads,
+                &hold,
+                &churn,
+                go.to_str().expect("utf-8 path"),
+                done.to_str().expect("utf-8 path"),
+            ],
+        );
+        clients.push((proc, done));
+    }
+    let tally = || -> Value {
+        std::fs::read(&out)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    let held_total = clients.len() * THREADS * HOLD;
+    wait_for_explained(
+        &format!("{held_total} connections held"),
+        Duration::from_secs(60),
+        || (tally()["held"] == held_total).then_some(()),
+        || format!("; the server's tally: {}", tally()),
+    );
+
+    // All held: each is listed once, under the process that made it, and
+    // more than the slots hold is kept (some in `LW_CONNS`).
+    let listed = conns(&ns, None, &install.run_dir());
+    let mut per_pid = BTreeMap::new();
+    for c in &listed {
+        *per_pid
+            .entry(c["pid"].as_u64().expect("a pid"))
+            .or_insert(0) += 1;
+    }
+    let expected: BTreeMap<u64, usize> = clients
+        .iter()
+        .map(|(p, _)| (u64::from(p.pid()), THREADS * HOLD))
+        .collect();
+    assert_eq!(per_pid, expected, "the daemon's list of live connections");
+    let kept = conns_entries(install);
+    assert_eq!(kept.len(), held_total);
+    let in_map = map_dump(install, "LW_CONNS").len();
+    assert!(
+        in_map > 0 && in_map < held_total,
+        "{in_map} of {held_total} in LW_CONNS: both the slots and the map should hold some"
+    );
+
+    // Then every thread churns, on both CPUs at once.
+    std::fs::write(&go, "").expect("writing the go file");
+    for (_, done) in &clients {
+        let said = wait_for(
+            &format!("{} written", done.display()),
+            Duration::from_secs(120),
+            || std::fs::read_to_string(done).ok().filter(|s| !s.is_empty()),
+        );
+        assert_eq!(said, "ok", "a client failed");
+    }
+    let total = held_total + clients.len() * THREADS * CHURN;
+    let last = wait_for_explained(
+        &format!("{total} connections checked and closed"),
+        Duration::from_secs(60),
+        || {
+            let t = tally();
+            let seen: u64 = ["ipv4", "ipv6", "unknown", "mismatched"]
+                .iter()
+                .filter_map(|k| t[k].as_u64())
+                .sum();
+            (seen >= total as u64 && t["held"] == 0).then_some(t)
+        },
+        || format!("; the server's tally: {}", tally()),
+    );
+    assert_eq!(last["wrong"], json!([]), "{last}");
+    assert_eq!(last["unknown"], 0, "{last}");
+    assert_eq!(last["mismatched"], 0, "{last}");
+    assert_eq!(last["ipv4"], total / 2, "{last}");
+    assert_eq!(last["ipv6"], total / 2, "{last}");
+
+    // Nothing left behind: every slot free, both maps empty.
+    wait_for_explained(
+        "every origin given back",
+        Duration::from_secs(10),
+        || {
+            (conns_entries(install).is_empty()
+                && slot_owners(install).iter().all(|&o| o == 0)
+                && map_dump(install, "LW_ORIGIN_PENDING").is_empty())
+            .then_some(())
+        },
+        || {
+            format!(
+                "; {} connections kept, {} origin slots taken, {} pending",
+                conns_entries(install).len(),
+                slot_owners(install).iter().filter(|&&o| o != 0).count(),
+                map_dump(install, "LW_ORIGIN_PENDING").len()
+            )
+        },
+    );
+}
