@@ -1,6 +1,7 @@
 //! Many clients at once, on both CPUs and both families: every accepted
 //! socket's origin is its own client's, whichever slot or map entry
-//! carried it, and nothing is left behind once they all closed.
+//! carried it, and nothing is left behind once they all closed, nor by
+//! the connects refused meanwhile because nobody listened.
 //!
 //! The slots that carry origins are claimed and given back by
 //! compare-and-swap from the connect, both handshakes and the close, on
@@ -17,6 +18,9 @@ const THREADS: usize = 4;
 const HOLD: usize = 50;
 /// Connections each thread then makes, closing its oldest with each.
 const CHURN: usize = 1000;
+/// A protected port nobody listens on: its connects are refused (RST)
+/// after their origins were put aside.
+const NOBODY_LISTENS: u16 = 8082;
 
 /// `stress.py serve MODULE_DIR OUT PORT`: accepts on 127.0.0.1:PORT and
 /// [::1]:PORT, asks `loopwarden.origin()` about each accepted socket, and
@@ -30,6 +34,10 @@ const CHURN: usize = 1000;
 /// threads each open HOLD connections and send their ids; once the file GO
 /// exists each makes CHURN more, closing its oldest with each new one,
 /// then closes the rest. Writes `ok` (or the error) to DONE.
+///
+/// `stress.py refused ADDR PORT THREADS COUNT GO DONE`: once GO exists,
+/// THREADS threads each try COUNT connects, every one of which must be
+/// refused.
 const STRESS: &str = r#"import collections, json, os, select, socket, struct, sys, threading, time
 
 def serve(module_dir, out_path, port):
@@ -88,28 +96,14 @@ def serve(module_dir, out_path, port):
             os.rename(out_path + ".tmp", out_path)
             written = time.monotonic()
 
-def client(addr, port, threads, hold, churn, go, done):
+def threads_of(work, threads, done):
     errors = []
-    def work():
+    def run():
         try:
-            me = struct.pack("=II", os.getpid(), threading.get_native_id())
-            held = collections.deque()
-            def connect():
-                s = socket.create_connection((addr, port), timeout=30)
-                s.sendall(me)
-                held.append(s)
-            for _ in range(hold):
-                connect()
-            while not os.path.exists(go):
-                time.sleep(0.02)
-            for _ in range(churn):
-                connect()
-                held.popleft().close()
-            while held:
-                held.popleft().close()
+            work()
         except Exception as e:
             errors.append(repr(e))
-    workers = [threading.Thread(target=work) for _ in range(threads)]
+    workers = [threading.Thread(target=run) for _ in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
@@ -117,11 +111,46 @@ def client(addr, port, threads, hold, churn, go, done):
     with open(done, "w") as f:
         f.write("; ".join(errors) or "ok")
 
+def wait(go):
+    while not os.path.exists(go):
+        time.sleep(0.02)
+
+def client(addr, port, threads, hold, churn, go, done):
+    def work():
+        me = struct.pack("=II", os.getpid(), threading.get_native_id())
+        held = collections.deque()
+        def connect():
+            s = socket.create_connection((addr, port), timeout=30)
+            s.sendall(me)
+            held.append(s)
+        for _ in range(hold):
+            connect()
+        wait(go)
+        for _ in range(churn):
+            connect()
+            held.popleft().close()
+        while held:
+            held.popleft().close()
+    threads_of(work, threads, done)
+
+def refused(addr, port, threads, count, go, done):
+    def work():
+        wait(go)
+        for _ in range(count):
+            try:
+                socket.create_connection((addr, port), timeout=30).close()
+            except ConnectionRefusedError:
+                continue
+            raise RuntimeError("a connect to %s:%d was not refused" % (addr, port))
+    threads_of(work, threads, done)
+
+a = sys.argv[2:]
 if sys.argv[1] == "serve":
-    serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-else:
-    a = sys.argv[2:]
+    serve(a[0], a[1], int(a[2]))
+elif sys.argv[1] == "client":
     client(a[0], int(a[1]), int(a[2]), int(a[3]), int(a[4]), a[5], a[6])
+else:
+    refused(a[0], int(a[1]), int(a[2]), int(a[3]), a[4], a[5])
 "#;
 
 #[test]
@@ -133,7 +162,8 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
     );
     let ns = Netns::new();
     let dir = TempDir::new("concurrent");
-    let daemon = Daemon::start(&Policy::new(&ns, "audit").catalog(false).text());
+    let policy = Policy::new(&ns, "audit").catalog(false);
+    let daemon = Daemon::start(&policy.ports(&[PROTECTED, NOBODY_LISTENS]).text());
     let install = daemon.install();
     let script = write_script(&dir, "stress.py", STRESS);
     let out = dir.path().join("tally.json");
@@ -151,32 +181,31 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
     );
     ns.wait_listening(PROTECTED);
 
-    // Two clients per family, one on each CPU.
+    // Two clients per family, one on each CPU; and per family a client
+    // whose connects are refused, during the churn.
     let go = dir.path().join("go");
-    let mut clients = Vec::new();
-    for (i, addr) in ["127.0.0.1", "::1", "127.0.0.1", "::1"].iter().enumerate() {
+    let go = go.to_str().expect("utf-8 path");
+    let (port, threads) = (PROTECTED.to_string(), THREADS.to_string());
+    let (hold, churn) = (HOLD.to_string(), CHURN.to_string());
+    let spawn = |i: usize, args: &[&str]| {
         let done = dir.path().join(format!("done-{i}"));
         let cpu = (i % 2).to_string();
-        let (threads, hold, churn) = (THREADS.to_string(), HOLD.to_string(), CHURN.to_string());
-        let proc = ns.spawn(
-            "taskset",
-            &[
-                "-c",
-                &cpu,
-                SYSTEM_PYTHON,
-                &script,
-                "client",
-                addr,
-                &PROTECTED.to_string(),
-                &threads,
-                &hold,
-                &churn,
-                go.to_str().expect("utf-8 path"),
-                done.to_str().expect("utf-8 path"),
-            ],
-        );
-        clients.push((proc, done));
-    }
+        let mut all = vec!["-c", &cpu, SYSTEM_PYTHON, &script];
+        all.extend_from_slice(args);
+        all.push(done.to_str().expect("utf-8 path"));
+        (ns.spawn("taskset", &all), done)
+    };
+    let families = ["127.0.0.1", "::1"];
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = families[i % 2];
+            spawn(i, &["client", addr, &port, &threads, &hold, &churn, go])
+        })
+        .collect();
+    let nobody = NOBODY_LISTENS.to_string();
+    let refused: Vec<_> = (0..2)
+        .map(|i| spawn(4 + i, &["refused", families[i], &nobody, "2", "1000", go]))
+        .collect();
     let tally = || -> Value {
         std::fs::read(&out)
             .ok()
@@ -214,8 +243,8 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
     );
 
     // Then every thread churns, on both CPUs at once.
-    std::fs::write(&go, "").expect("writing the go file");
-    for (_, done) in &clients {
+    std::fs::write(go, "").expect("writing the go file");
+    for (_, done) in clients.iter().chain(&refused) {
         let said = wait_for(
             &format!("{} written", done.display()),
             Duration::from_secs(120),
