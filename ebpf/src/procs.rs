@@ -197,7 +197,7 @@ pub fn network_facing(state: &ProcState, now: u64, window_ns: u64) -> Which {
             core::ptr::read_volatile(&state.standing.kind),
         )
     };
-    if recent != evidence::NONE && now.wrapping_sub(at) <= window_ns {
+    if recent != evidence::NONE && elapsed(now, at) <= window_ns {
         Which::Recent
     } else if standing != evidence::NONE {
         Which::Standing
@@ -211,4 +211,12 @@ pub fn network_facing(state: &ProcState, now: u64, window_ns: u64) -> Which {
 pub fn now() -> u64 {
     // SAFETY: a plain helper call.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// How long before `now` the time `then` was; 0 when `then` is later: a
+/// time another CPU took after this program read its clock (a wrapping
+/// difference would make it about 584 years old).
+#[inline(always)]
+pub fn elapsed(now: u64, then: u64) -> u64 {
+    now.saturating_sub(then)
 }

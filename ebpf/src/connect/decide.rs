@@ -16,7 +16,7 @@ use crate::{
     identity::Task,
     maps::{HOST_ADDRS, PROCS, count, netns_in_scope, rd},
     names::Words,
-    procs::{self, now},
+    procs::{self, elapsed, now},
 };
 
 const EPERM: u32 = 1;
@@ -131,7 +131,7 @@ pub(super) fn decide(
     let matched = match_rules(s, g, task, exe_file, &tracked);
     let facing = tracked.standing_kind != evidence::NONE
         || (tracked.recent_kind != evidence::NONE
-            && now().wrapping_sub(tracked.recent_at) <= rd!(s.relay_window_ns));
+            && elapsed(now(), tracked.recent_at) <= rd!(s.relay_window_ns));
     let mut rule = if matched == 0 {
         NO_RULE
     } else {

@@ -16,6 +16,7 @@ use crate::{
     atomic::cas,
     identity::{load, offset},
     maps::{CONN_SLOTS, CONNS},
+    procs::elapsed,
     sockets::tcp_sock,
 };
 
@@ -75,7 +76,7 @@ fn claim_conn(key: &ConnKey, cookie: u64) -> Option<*mut ConnSlot> {
             // handshake has not completed: rarely.)
             let dead = owner == 0
                 || (ptr::read_volatile(&(*rec).established_ns) == 0
-                    && bpf_ktime_get_ns().wrapping_sub((*rec).origin.ktime_ns) > HANDSHAKE_NS);
+                    && elapsed(bpf_ktime_get_ns(), (*rec).origin.ktime_ns) > HANDSHAKE_NS);
             if dead && free.is_none() {
                 free = Some((slot, owner));
             }
@@ -136,7 +137,7 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         // not seen, or its server never accepted it) that happens to share
         // these addresses: never this socket's origin.
         let now = bpf_ktime_get_ns();
-        if (*rec).established_ns != 0 || now.wrapping_sub((*rec).origin.ktime_ns) > HANDSHAKE_NS {
+        if (*rec).established_ns != 0 || elapsed(now, (*rec).origin.ktime_ns) > HANDSHAKE_NS {
             return;
         }
         (*rec).server_uid = uid;

@@ -13,6 +13,7 @@ use super::{HANDSHAKE_NS, mark_port};
 use crate::{
     atomic::cas,
     maps::{ORIGIN_PENDING, ORIGIN_SLOTS as SLOTS},
+    procs::elapsed,
 };
 
 /// What a pending entry starts as, before the connect hook fills it.
@@ -97,7 +98,10 @@ fn probe_slot(cookie: u64, i: u32) -> Option<*mut OriginSlot> {
 /// handshake (its connect's failure was not seen: refused by a program
 /// after this one, or failed before it sent a SYN). `claimed_ns` is
 /// written before the claim, so a slot seen taken shows its claim's time
-/// (a claim that loses the race has written a time as recent).
+/// (a claim that loses the race has written a time as recent). A claim
+/// made after `now` was read (by a connect on another CPU, or while this
+/// one was preempted) is as recent as can be, never stale: taking it over
+/// mixed two connects' records and lost one of them.
 #[inline(always)]
 fn claim(cookie: u64, now: u64) -> Option<*mut OriginSlot> {
     for i in 0..ORIGIN_SLOT_PROBES {
@@ -112,7 +116,7 @@ fn claim(cookie: u64, now: u64) -> Option<*mut OriginSlot> {
             // a later program refused, tried again.)
             if owner != 0
                 && owner != cookie
-                && now.wrapping_sub(ptr::read_volatile(&(*slot).claimed_ns)) <= HANDSHAKE_NS
+                && elapsed(now, ptr::read_volatile(&(*slot).claimed_ns)) <= HANDSHAKE_NS
             {
                 continue;
             }
