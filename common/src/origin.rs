@@ -140,17 +140,38 @@ pub struct OriginSlot {
 /// `LW_CONN_SLOTS`' value: a protected connection's entry, from the
 /// client's handshake to the accepted socket's close, kept without a
 /// hash-map operation in one of the [`crate::CONN_SLOT_PROBES`] slots from
-/// [`ConnKey::first_slot`]. The slot is taken while `owner` holds the
-/// client socket's cookie: claimed by compare-and-swap from 0 (or from a
-/// dead connection's entry: one with the same addresses, or one whose
-/// server never completed its handshake), given back when the accepted
-/// socket closes. A free slot's key has client port 0, which no
-/// connection has.
+/// [`ConnKey::first_slot`]. `owner` holds the socket cookie of the socket
+/// the slot is for: the client socket's, which claims it by
+/// compare-and-swap from 0 (or from a dead connection's entry: one with
+/// the same addresses, or one whose server did not complete its handshake
+/// within any handshake's time of `claimed_ns`, the claimer's connect time
+/// (CLOCK_MONOTONIC), written before the claim, so a slot claimed and not
+/// yet written never looks dead), then the accepted socket's, which takes
+/// it over when its
+/// handshake completes and gives it back when it closes
+/// ([`CONN_RELEASING`] meanwhile). So a close frees only its own
+/// connection's slot, never that of a new connection between the same
+/// addresses and ports made while the kernel was closing the old one. A
+/// free slot's key has client port 0, which no connection has.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnSlot {
     pub owner: u64,
+    pub claimed_ns: u64,
     pub entry: ConnEntry,
+}
+
+/// A [`ConnSlot`]'s owner while its accepted socket's close gives it
+/// back: no socket's cookie (they count up from 1), so no lookup matches
+/// the slot and no claim takes it until it is free.
+pub const CONN_RELEASING: u64 = u64::MAX;
+
+impl ConnSlot {
+    /// Whether the slot holds a connection's entry (it is neither free
+    /// nor being given back).
+    pub const fn is_taken(&self) -> bool {
+        self.owner != 0 && self.owner != CONN_RELEASING
+    }
 }
 
 /// Names a TCP connection (`LW_CONNS`' key, and in a [`ConnSlot`]'s
@@ -195,7 +216,7 @@ const _: () = assert!(core::mem::size_of::<OriginRecord>() == 32 + 40 + 256);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 328 + 8);
 const _: () = assert!(core::mem::size_of::<OriginSlot>() == 16 + 336);
-const _: () = assert!(core::mem::size_of::<ConnSlot>() == 8 + 336);
+const _: () = assert!(core::mem::size_of::<ConnSlot>() == 16 + 336);
 
 #[cfg(test)]
 mod tests {

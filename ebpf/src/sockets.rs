@@ -290,7 +290,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             };
             local.port = port;
-            origin::closed(&conn_key(sk, &peer, &local));
+            origin::closed(&conn_key(sk, &peer, &local), cookie);
         }
         _ => {}
     }

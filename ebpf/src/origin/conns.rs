@@ -1,14 +1,14 @@
 //! Steps 2 to 4: a live connection's entry, named by its addresses and
 //! namespace, in a slot of `LW_CONN_SLOTS` they hash to or in `LW_CONNS`;
 //! bound to the accepted socket when its handshake completes, gone when
-//! it closes.
+//! that socket closes (and only then: see [`closed`]).
 
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_get_socket_cookie};
 use loopwarden_common::{
     CONN_SLOT_PROBES,
-    origin::{ConnEntry, ConnKey, ConnSlot},
+    origin::{CONN_RELEASING, ConnEntry, ConnKey, ConnSlot},
 };
 
 use super::{HANDSHAKE_NS, first_seq};
@@ -33,7 +33,7 @@ pub(super) unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey, cookie: u
     // SAFETY: as the caller promises; `slot` is this connection's.
     unsafe {
         (*entry).record.conn = *key;
-        if let Some(slot) = claim_conn(key, cookie) {
+        if let Some(slot) = claim_conn(key, cookie, (*entry).record.origin.ktime_ns) {
             ptr::copy_nonoverlapping(entry, &raw mut (*slot).entry, 1);
             return;
         }
@@ -49,34 +49,41 @@ fn conn_probe(key: &ConnKey, i: u32) -> Option<*mut ConnSlot> {
 }
 
 /// A slot of `LW_CONN_SLOTS` claimed for the connection `key`, whose
-/// client socket has cookie `cookie`: the first of its
+/// client socket has cookie `cookie` and connected at `connected_ns`: the
+/// first of its
 /// [`CONN_SLOT_PROBES`] that holds a dead connection's entry with its
-/// addresses (its close was not seen: while a socket is open no other
-/// connection has its two ends), else the first that is free or holds a
-/// connection whose server's handshake never completed (connected longer
-/// ago than any handshake takes). Claimed whole before it is written
-/// (the claim does not wait for a slot's writer: a client's handshake
-/// completes before its server's side, the only other writer, starts).
+/// addresses (its close was not seen, or has not reached this program
+/// yet: see [`closed`]), else the first that is free or holds a
+/// connection whose server's handshake did not complete (claimed longer
+/// before `connected_ns` than any handshake takes: this connect's time
+/// stands for the clock, which is not read); never one being given back.
+/// Claimed whole before it is written (the claim does not wait for a
+/// slot's writer: a client's handshake completes before its server's
+/// side, the only other writer, starts), its claim time written first: a
+/// claim that loses the race has written a time as recent.
 #[inline(always)]
-fn claim_conn(key: &ConnKey, cookie: u64) -> Option<*mut ConnSlot> {
+fn claim_conn(key: &ConnKey, cookie: u64, connected_ns: u64) -> Option<*mut ConnSlot> {
     let mut free: Option<(*mut ConnSlot, u64)> = None;
     for i in 0..CONN_SLOT_PROBES {
         let Some(slot) = conn_probe(key, i) else {
             continue;
         };
         // SAFETY: pointers into the map's value; the owner word changes
-        // only by compare-and-swap.
+        // only by compare-and-swap, but for the store that frees a slot
+        // being given back.
         unsafe {
             let owner = ptr::read_volatile(&(*slot).owner);
+            if owner == CONN_RELEASING {
+                continue;
+            }
             let rec = &raw const (*slot).entry.record;
             if owner != 0 && (*rec).conn == *key {
-                return cas(&raw mut (*slot).owner, owner, cookie).then_some(slot);
+                return take(slot, owner, cookie, connected_ns);
             }
-            // (The clock is read only for a taken slot whose server's
-            // handshake has not completed: rarely.)
             let dead = owner == 0
                 || (ptr::read_volatile(&(*rec).established_ns) == 0
-                    && elapsed(bpf_ktime_get_ns(), (*rec).origin.ktime_ns) > HANDSHAKE_NS);
+                    && elapsed(connected_ns, ptr::read_volatile(&(*slot).claimed_ns))
+                        > HANDSHAKE_NS);
             if dead && free.is_none() {
                 free = Some((slot, owner));
             }
@@ -84,21 +91,41 @@ fn claim_conn(key: &ConnKey, cookie: u64) -> Option<*mut ConnSlot> {
     }
     let (slot, owner) = free?;
     // SAFETY: as above.
-    unsafe { cas(&raw mut (*slot).owner, owner, cookie) }.then_some(slot)
+    unsafe { take(slot, owner, cookie, connected_ns) }
+}
+
+/// Claims `slot`, whose owner word read `owner`, for the client socket
+/// with cookie `cookie` that connected at `connected_ns`.
+///
+/// # Safety
+/// `slot` points into `LW_CONN_SLOTS`' value.
+#[inline(always)]
+unsafe fn take(
+    slot: *mut ConnSlot,
+    owner: u64,
+    cookie: u64,
+    connected_ns: u64,
+) -> Option<*mut ConnSlot> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        ptr::write_volatile(&raw mut (*slot).claimed_ns, connected_ns);
+        cas(&raw mut (*slot).owner, owner, cookie).then_some(slot)
+    }
 }
 
 /// The slot of `LW_CONN_SLOTS` that holds the connection `key`, if one
-/// does.
+/// does, and its owner word as read.
 #[inline(always)]
-fn conn_slot(key: &ConnKey) -> Option<*mut ConnSlot> {
+fn conn_slot(key: &ConnKey) -> Option<(*mut ConnSlot, u64)> {
     for i in 0..CONN_SLOT_PROBES {
         let Some(slot) = conn_probe(key, i) else {
             continue;
         };
         // SAFETY: a pointer into the map's value.
         unsafe {
-            if ptr::read_volatile(&(*slot).owner) != 0 && (*slot).entry.record.conn == *key {
-                return Some(slot);
+            let owner = ptr::read_volatile(&(*slot).owner);
+            if owner != 0 && owner != CONN_RELEASING && (*slot).entry.record.conn == *key {
+                return Some((slot, owner));
             }
         }
     }
@@ -110,17 +137,24 @@ fn conn_slot(key: &ConnKey) -> Option<*mut ConnSlot> {
 pub(super) fn find_conn(key: &ConnKey) -> Option<*mut ConnEntry> {
     match conn_slot(key) {
         // SAFETY: a pointer into the map's value.
-        Some(slot) => Some(unsafe { &raw mut (*slot).entry }),
+        Some((slot, _)) => Some(unsafe { &raw mut (*slot).entry }),
         None => CONNS.get_ptr_mut(key),
     }
 }
 
 /// The accepted socket `sk` (owned by `uid`) completed its handshake on
-/// the connection `key`: a recorded origin becomes the socket's.
+/// the connection `key`: a recorded origin becomes the socket's, and so
+/// does its slot (the owner word becomes the socket's cookie: only this
+/// socket's close gives it back).
 #[inline(always)]
 pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
-    let Some(entry) = find_conn(key) else {
-        return;
+    let (entry, slot) = match conn_slot(key) {
+        // SAFETY: a pointer into the map's value.
+        Some((slot, owner)) => (unsafe { &raw mut (*slot).entry }, Some((slot, owner))),
+        None => match CONNS.get_ptr_mut(key) {
+            Some(entry) => (entry, None),
+            None => return,
+        },
     };
     let Some(tcp) = tcp_sock(sk) else {
         return;
@@ -140,8 +174,17 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         if (*rec).established_ns != 0 || elapsed(now, (*rec).origin.ktime_ns) > HANDSHAKE_NS {
             return;
         }
+        let cookie = bpf_get_socket_cookie(sk as *mut c_void);
+        // Taken over from the client socket before it is written: a slot
+        // another connection took meanwhile (by these addresses, as a dead
+        // connection's) is left to it.
+        if let Some((slot, owner)) = slot
+            && !cas(&raw mut (*slot).owner, owner, cookie)
+        {
+            return;
+        }
         (*rec).server_uid = uid;
-        (*rec).server_cookie = bpf_get_socket_cookie(sk as *mut c_void);
+        (*rec).server_cookie = cookie;
         (*entry).first_seq = seq;
         // Written last: `getsockopt` and the daemon take an entry with it
         // set as complete.
@@ -149,28 +192,50 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
     }
 }
 
-/// A socket closed on the connection `key` (as its accepting side would
-/// name it): the connection's slot is given back, or, if it has none, its
-/// `LW_CONNS` entry goes (without a lookup first). Whatever entry these
-/// addresses have is no open connection's but this one's: while a socket
-/// is open no other connection in its namespace can have its two ends, in
-/// either direction. So the entry is this socket's, if it is the
-/// accepting side, or a dead connection's whose close was not seen (left
-/// for the daemon to filter); a client socket (on a marked port by
-/// chance) names its connection the wrong way round, which only a dead
-/// connection's entry could match.
+/// The socket with cookie `cookie` closed on the connection `key` (as
+/// its accepting side would name it): the connection's entry goes if it
+/// is that socket's, the accepted socket's since its handshake (or the
+/// client's, before: its cookie is the entry's `socket_cookie`). Its slot
+/// is found by its owner word, then given back: marked
+/// [`CONN_RELEASING`], its key unnamed (client port 0, no connection's,
+/// so no lookup matches it while its next connection writes it), then
+/// freed. An entry in `LW_CONNS` goes if it names the socket.
+///
+/// An entry under these addresses that is another socket's stays: a dead
+/// connection's whose close was not seen (taken over by the next
+/// connection between these ends), or a new connection's, made between
+/// the same addresses and ports while the kernel was closing this one
+/// (it unhashes a socket before its state change reaches this program).
 #[inline(always)]
-pub fn closed(key: &ConnKey) {
-    let Some(slot) = conn_slot(key) else {
-        let _ = CONNS.remove(key);
+pub fn closed(key: &ConnKey, cookie: u64) {
+    for i in 0..CONN_SLOT_PROBES {
+        let Some(slot) = conn_probe(key, i) else {
+            continue;
+        };
+        // SAFETY: pointers into the map's value; a slot marked releasing
+        // is written only by the close that marked it.
+        unsafe {
+            if ptr::read_volatile(&(*slot).owner) != cookie {
+                continue;
+            }
+            if cas(&raw mut (*slot).owner, cookie, CONN_RELEASING) {
+                ptr::write_volatile(&raw mut (*slot).entry.record.conn.client_port, 0);
+                ptr::write_volatile(&raw mut (*slot).owner, 0);
+            }
+        }
+        return;
+    }
+    let Some(entry) = CONNS.get_ptr(key) else {
         return;
     };
-    // SAFETY: a pointer into the map's value. The key is unnamed (client
-    // port 0, no connection's) before the slot is free, so no lookup
-    // matches it while its next connection writes it.
-    unsafe {
-        let owner = ptr::read_volatile(&(*slot).owner);
-        ptr::write_volatile(&raw mut (*slot).entry.record.conn.client_port, 0);
-        cas(&raw mut (*slot).owner, owner, 0);
+    // SAFETY: a pointer into the map's value.
+    let (server, client) = unsafe {
+        (
+            ptr::read_volatile(&(*entry).record.server_cookie),
+            ptr::read_volatile(&(*entry).record.origin.socket_cookie),
+        )
+    };
+    if server == cookie || client == cookie {
+        let _ = CONNS.remove(key);
     }
 }

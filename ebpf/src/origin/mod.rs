@@ -14,8 +14,10 @@
 //! 3. The server's side completes (SYN_RECV→ESTABLISHED on the accepted
 //!    socket, after the client's: the client's ACK creates it): the entry
 //!    is bound to that socket by its cookie and the client's first
-//!    sequence number ([`server_established`]).
-//! 4. The accepted socket closes: its entry goes ([`closed`]).
+//!    sequence number, and its slot becomes the socket's
+//!    ([`server_established`]).
+//! 4. The accepted socket closes: its entry goes, if it is still that
+//!    socket's ([`closed`]).
 //!
 //! The slots are arrays the program indexes directly (the verifier inlines
 //! the lookup): a connection kept in them costs no hash-map operation from
@@ -73,7 +75,7 @@ pub fn client_established(cookie: u64, key: &ConnKey) {
         // completed that late (`tcp_syn_retries` raised) and lost its slot
         // has no origin, never a mixed one.
         if !release(slot, cookie) {
-            closed(key);
+            closed(key, cookie);
         }
         return;
     }

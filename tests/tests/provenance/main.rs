@@ -139,8 +139,9 @@ const ENTRY_FIRST_SEQ: usize = 328;
 
 /// Where `ConnEntry` keeps its connection's key (`record.conn`).
 const ENTRY_KEY: std::ops::Range<usize> = 32..72;
-/// Bytes of a `ConnSlot` before its entry (the owner word).
-const SLOT_ENTRY: usize = 8;
+/// Bytes of a `ConnSlot` before its entry (the owner word and the claim
+/// time).
+const SLOT_ENTRY: usize = 16;
 
 /// Every connection `install` keeps, in a taken slot of `LW_CONN_SLOTS` or
 /// in `LW_CONNS`, as (key, entry) bytes.
@@ -148,7 +149,7 @@ fn conns_entries(install: &Install) -> Vec<(Vec<u8>, Vec<u8>)> {
     let in_slots = map_dump(install, "LW_CONN_SLOTS")
         .iter()
         .map(|e| hex_bytes(&e["value"]))
-        .filter(|slot| slot[..SLOT_ENTRY] != [0; SLOT_ENTRY])
+        .filter(|slot| slot[..8] != [0; 8])
         .map(|slot| {
             let entry = slot[SLOT_ENTRY..].to_vec();
             (entry[ENTRY_KEY].to_vec(), entry)
@@ -180,7 +181,9 @@ fn write_entry(install: &Install, home: Home, key: &[u8], entry: &[u8]) {
         Home::Slot => {
             let mut entry = entry.to_vec();
             entry[ENTRY_KEY].copy_from_slice(key);
+            // Claimed when its client connected.
             let mut value = 0x10c_0ffe_u64.to_ne_bytes().to_vec();
+            value.extend_from_slice(&entry[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8]);
             value.extend_from_slice(&entry);
             let (key_at, taken) = (conn_key(key), owners(install, "LW_CONN_SLOTS"));
             let index = (0..loopwarden_common::CONN_SLOT_PROBES)
@@ -199,8 +202,9 @@ fn fake_conn_owner(i: u32) -> u64 {
 }
 
 /// Writes every slot of `LW_CONN_SLOTS` of `install` as taken by a
-/// connection whose server has not accepted it yet, connected at
-/// `connected_ns` (CLOCK_MONOTONIC) and named nowhere (client port 0);
+/// connection whose server has not accepted it yet, connected (and its
+/// slot claimed) at `connected_ns` (CLOCK_MONOTONIC) and named nowhere
+/// (client port 0);
 /// the owner words are [`fake_conn_owner`]'s. Made recent, a connection
 /// made next is kept in `LW_CONNS`.
 fn take_conn_slots(install: &Install, connected_ns: u64) {
@@ -208,6 +212,7 @@ fn take_conn_slots(install: &Install, connected_ns: u64) {
     entry[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&connected_ns.to_ne_bytes());
     for i in 0..loopwarden_common::CONN_SLOTS {
         let mut value = fake_conn_owner(i).to_ne_bytes().to_vec();
+        value.extend_from_slice(&connected_ns.to_ne_bytes());
         value.extend_from_slice(&entry);
         map_update(install, "LW_CONN_SLOTS", &i.to_ne_bytes(), &value);
     }

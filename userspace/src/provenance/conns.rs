@@ -68,7 +68,7 @@ impl Conns {
     pub fn get(&self, key: &ConnKey) -> Option<OriginRecord> {
         (0..CONN_SLOT_PROBES)
             .filter_map(|i| self.slots.get(&key.slot(i), 0).ok())
-            .find(|slot| slot.owner != 0 && slot.entry.record.conn == *key)
+            .find(|slot| slot.is_taken() && slot.entry.record.conn == *key)
             .map(|slot| slot.entry)
             .or_else(|| self.map.get(key, 0).ok())
             .map(|entry| named(*key, entry))
@@ -128,7 +128,7 @@ impl Conns {
             .slots
             .iter()
             .filter_map(Result::ok)
-            .filter(|slot| slot.owner != 0)
+            .filter(ConnSlot::is_taken)
             .map(|slot| slot.entry)
             .collect();
         let keys: HashSet<ConnKey> = in_slots.iter().map(|e| e.record.conn).collect();
