@@ -140,16 +140,15 @@ pub struct OriginSlot {
 /// `LW_CONN_SLOTS`' value: a protected connection's entry, from the
 /// client's handshake to the accepted socket's close, kept without a
 /// hash-map operation in one of the [`crate::CONN_SLOT_PROBES`] slots from
-/// [`ConnKey::first_slot`]. `owner` holds the socket cookie of the socket
-/// the slot is for: the client socket's, which claims it by
-/// compare-and-swap from 0 (or from a dead connection's entry: one with
+/// [`ConnKey::first_slot`]. `owner` holds the cookie of the socket the
+/// slot is for. First the client socket's, which claims it by
+/// compare-and-swap from 0, or from a dead connection's entry: one with
 /// the same addresses, or one whose server did not complete its handshake
-/// within any handshake's time of `claimed_ns`, the claimer's connect time
-/// (CLOCK_MONOTONIC), written before the claim, so a slot claimed and not
-/// yet written never looks dead), then the accepted socket's, which takes
-/// it over when its
-/// handshake completes and gives it back when it closes
-/// ([`CONN_RELEASING`] meanwhile). So a close frees only its own
+/// within any handshake's time of `claimed_ns` (the claimer's connect
+/// time, CLOCK_MONOTONIC, written before the claim, so a slot claimed and
+/// not yet written never looks dead). Then the accepted socket's, which
+/// takes it over when its handshake completes and gives it back when it
+/// closes ([`CONN_RELEASING`] meanwhile). So a close frees only its own
 /// connection's slot, never that of a new connection between the same
 /// addresses and ports made while the kernel was closing the old one. A
 /// free slot's key has client port 0, which no connection has.

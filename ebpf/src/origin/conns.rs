@@ -192,7 +192,7 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
     }
 }
 
-/// The socket with cookie `cookie` closed on the connection `key` (as
+/// The socket with cookie `cookie` (not 0) closed on the connection `key` (as
 /// its accepting side would name it): the connection's entry goes if it
 /// is that socket's, the accepted socket's since its handshake (or the
 /// client's, before: its cookie is the entry's `socket_cookie`). Its slot
