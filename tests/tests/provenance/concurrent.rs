@@ -207,11 +207,7 @@ else:
 
 #[test]
 fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
-    let online = std::thread::available_parallelism().map_or(1, usize::from);
-    assert!(
-        online >= 2,
-        "this test needs two CPUs, this host has {online}"
-    );
+    assert_two_cpus();
     let ns = Netns::new();
     let dir = TempDir::new("concurrent");
     let policy = Policy::new(&ns, "audit").catalog(false);

@@ -341,11 +341,7 @@ fn a_connection_table_holds_its_capacity_whichever_cpus_filled_it() {
     // another CPU took a batch for are not there for this one, and a map
     // of exactly the named capacity evicted live origins (128 of these
     // 1,005: the batch CPU 1 kept).
-    let online = std::thread::available_parallelism().map_or(1, usize::from);
-    assert!(
-        online >= 2,
-        "this test needs two CPUs, this host has {online}"
-    );
+    assert_two_cpus();
     let ns = Netns::new();
     let dir = TempDir::new("cpus");
     let config = format!("{}\n[provenance]\nconnections = 1024\n", config(&ns));

@@ -55,6 +55,15 @@ fn config(ns: &Netns) -> String {
     format!("log_allowed = true\n{}", policy.text())
 }
 
+/// Fails a test that races two CPUs on a host with fewer.
+fn assert_two_cpus() {
+    let online = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        online >= 2,
+        "this test needs two CPUs, this host has {online}"
+    );
+}
+
 /// `peer` and `local` of a connection the holding service accepted.
 fn ends(accepted: &Value) -> (String, String) {
     let text = |k: &str| accepted[k].as_str().expect("address").to_owned();
