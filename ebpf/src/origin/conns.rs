@@ -42,6 +42,9 @@ pub(super) unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey, cookie: u
     }
 }
 
+/// A slot of `LW_CONN_SLOTS` and its owner word as read.
+type HeldSlot = (*mut ConnSlot, u64);
+
 /// Slot `i` of `LW_CONN_SLOTS` the connection `key` may be kept in.
 #[inline(always)]
 fn conn_probe(key: &ConnKey, i: u32) -> Option<*mut ConnSlot> {
@@ -63,7 +66,7 @@ fn conn_probe(key: &ConnKey, i: u32) -> Option<*mut ConnSlot> {
 /// claim that loses the race has written a time as recent.
 #[inline(always)]
 fn claim_conn(key: &ConnKey, cookie: u64, connected_ns: u64) -> Option<*mut ConnSlot> {
-    let mut free: Option<(*mut ConnSlot, u64)> = None;
+    let mut free: Option<HeldSlot> = None;
     for i in 0..CONN_SLOT_PROBES {
         let Some(slot) = conn_probe(key, i) else {
             continue;
@@ -116,7 +119,7 @@ unsafe fn take(
 /// The slot of `LW_CONN_SLOTS` that holds the connection `key`, if one
 /// does, and its owner word as read.
 #[inline(always)]
-fn conn_slot(key: &ConnKey) -> Option<(*mut ConnSlot, u64)> {
+fn conn_slot(key: &ConnKey) -> Option<HeldSlot> {
     for i in 0..CONN_SLOT_PROBES {
         let Some(slot) = conn_probe(key, i) else {
             continue;
@@ -132,13 +135,14 @@ fn conn_slot(key: &ConnKey) -> Option<(*mut ConnSlot, u64)> {
     None
 }
 
-/// The entry of the connection `key`: in its slot, or in `LW_CONNS`.
+/// The entry of the connection `key`: in its slot (returned too, with its
+/// owner word as read), or in `LW_CONNS`.
 #[inline(always)]
-pub(super) fn find_conn(key: &ConnKey) -> Option<*mut ConnEntry> {
+pub(super) fn find_conn(key: &ConnKey) -> Option<(*mut ConnEntry, Option<HeldSlot>)> {
     match conn_slot(key) {
         // SAFETY: a pointer into the map's value.
-        Some((slot, _)) => Some(unsafe { &raw mut (*slot).entry }),
-        None => CONNS.get_ptr_mut(key),
+        Some(held) => Some((unsafe { &raw mut (*held.0).entry }, Some(held))),
+        None => Some((CONNS.get_ptr_mut(key)?, None)),
     }
 }
 
@@ -148,13 +152,8 @@ pub(super) fn find_conn(key: &ConnKey) -> Option<*mut ConnEntry> {
 /// socket's close gives it back).
 #[inline(always)]
 pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
-    let (entry, slot) = match conn_slot(key) {
-        // SAFETY: a pointer into the map's value.
-        Some((slot, owner)) => (unsafe { &raw mut (*slot).entry }, Some((slot, owner))),
-        None => match CONNS.get_ptr_mut(key) {
-            Some(entry) => (entry, None),
-            None => return,
-        },
+    let Some((entry, slot)) = find_conn(key) else {
+        return;
     };
     let Some(tcp) = tcp_sock(sk) else {
         return;

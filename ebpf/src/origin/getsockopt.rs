@@ -102,7 +102,7 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*mut ConnEntry> {
             client,
             server,
         };
-        let entry = find_conn(&key)?;
+        let (entry, _) = find_conn(&key)?;
         if ptr::read_volatile(&(*entry).record.established_ns) == 0 {
             return None;
         }
