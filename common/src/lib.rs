@@ -119,8 +119,8 @@ pub const MAX_ORIGIN_PENDING: u32 = 4096;
 /// stay in the CPU's cache (a loopback handshake completes within its
 /// connect() call, so few are taken at once).
 pub const ORIGIN_SLOTS: u32 = 128;
-/// Slots a connect tries, from the one its socket cookie hashes to, before
-/// it waits in `LW_ORIGIN_PENDING` instead.
+/// Slots a connect tries (`OriginSlot::probe`, from its socket cookie)
+/// before it waits in `LW_ORIGIN_PENDING` instead.
 pub const ORIGIN_SLOT_PROBES: u32 = 4;
 /// Slots of `LW_CONN_SLOTS` (a power of two), where protected
 /// connections are kept from the client's handshake to the accepted

@@ -12,7 +12,7 @@
 //! &record, &len)` on the accepted socket and gets an [`OriginRecord`];
 //! the daemon answers the same from those two maps.
 
-use crate::{Addr, CONN_SLOTS, ConnectEvent};
+use crate::{Addr, CONN_SLOTS, ConnectEvent, ORIGIN_SLOTS};
 
 /// The private `getsockopt` level the `cgroup/getsockopt` program answers
 /// ("LW"; no kernel protocol level is near it).
@@ -137,6 +137,20 @@ pub struct OriginSlot {
     pub entry: ConnEntry,
 }
 
+impl OriginSlot {
+    /// Slot `i` (< [`crate::ORIGIN_SLOT_PROBES`]) of `LW_ORIGIN_SLOTS` the
+    /// connect whose client socket has cookie `cookie` may claim: the ones
+    /// following a multiplicative hash of the cookie (cookies are handed
+    /// out in per-CPU runs, and a server's accepted sockets take every
+    /// other one), so neighbouring cookies scatter over the slots.
+    #[inline(always)]
+    pub fn probe(cookie: u64, i: u32) -> u32 {
+        let first = (cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            >> (64 - ORIGIN_SLOTS.trailing_zeros())) as u32;
+        (first + i) & (ORIGIN_SLOTS - 1)
+    }
+}
+
 /// `LW_CONN_SLOTS`' value: a protected connection's entry, from the
 /// client's handshake to the accepted socket's close, kept without a
 /// hash-map operation in one of the [`crate::CONN_SLOT_PROBES`] slots from
@@ -243,6 +257,24 @@ mod tests {
                 assert_eq!(k.slot(i), (k.first_slot() + i) % CONN_SLOTS);
             }
         }
+    }
+
+    #[test]
+    fn neighbouring_cookies_scatter_over_the_origin_slots() {
+        // The first probes of cookies in a row (one CPU's connects: the
+        // accepted sockets take every other cookie) take most of the slots
+        // (random cookies would take about 81 of 128); and every probe is
+        // a slot.
+        let mut used = [false; ORIGIN_SLOTS as usize];
+        for n in 0..ORIGIN_SLOTS as u64 {
+            let cookie = 5 * 4096 + 2 * n;
+            used[OriginSlot::probe(cookie, 0) as usize] = true;
+            for i in 0..crate::ORIGIN_SLOT_PROBES {
+                assert!(OriginSlot::probe(cookie, i) < ORIGIN_SLOTS);
+            }
+        }
+        let distinct = used.iter().filter(|&&u| u).count();
+        assert!(distinct >= 85, "{distinct} distinct slots");
     }
 
     #[test]

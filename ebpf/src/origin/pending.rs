@@ -5,7 +5,7 @@
 use core::ptr;
 
 use loopwarden_common::{
-    ConnectEvent, ORIGIN_SLOT_PROBES, ORIGIN_SLOTS,
+    ConnectEvent, ORIGIN_SLOT_PROBES,
     origin::{ConnEntry, OriginSlot},
 };
 
@@ -76,20 +76,11 @@ pub fn connect_failed(cookie: u64) {
     }
 }
 
-/// The first slot a connect with socket cookie `cookie` may use: a
-/// multiplicative hash of the cookie (cookies are handed out in per-CPU
-/// runs, and a server's accepted sockets take every other one), so
-/// neighbouring cookies scatter over the slots.
-#[inline(always)]
-fn first_slot(cookie: u64) -> u32 {
-    (cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ORIGIN_SLOTS.trailing_zeros())) as u32
-}
-
 /// Slot `i` of those the connect with socket cookie `cookie` may use
-/// (`i` < [`ORIGIN_SLOT_PROBES`]): the following ones, from the first.
+/// (`i` < [`ORIGIN_SLOT_PROBES`]; see [`OriginSlot::probe`]).
 #[inline(always)]
 fn probe_slot(cookie: u64, i: u32) -> Option<*mut OriginSlot> {
-    SLOTS.get_ptr_mut((first_slot(cookie) + i) & (ORIGIN_SLOTS - 1))
+    SLOTS.get_ptr_mut(OriginSlot::probe(cookie, i))
 }
 
 /// A slot of `LW_ORIGIN_SLOTS` claimed for the connect with socket cookie

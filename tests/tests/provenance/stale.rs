@@ -81,9 +81,12 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
 /// by the test) must not take it for its own at its handshake, since a
 /// free slot's owner word is 0 too. The slots its cookie would use are
 /// written with a pending copy of a tagged connection's entry (recent,
-/// not established: what the server's handshake would bind). The
-/// positive control is the tagged connection itself, named through the
-/// same lookups.
+/// not established: what the server's handshake would bind), and every
+/// slot of `LW_CONN_SLOTS` is taken, so an entry moved on from them would
+/// be kept in `LW_CONNS` (one moved into a free connection slot would
+/// leave it free: its owner word, the cookie, is 0). The positive
+/// control is the tagged connection itself, named through the same
+/// lookups.
 #[test]
 fn a_free_slot_is_never_an_untagged_connections_origin() {
     const FROM: u16 = 41003;
@@ -92,10 +95,12 @@ fn a_free_slot_is_never_an_untagged_connections_origin() {
     let install = daemon.install();
     let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
     let (_client, _, _, entry) = tagged_connection(&ns, install, &holder);
-    // Cookie 0 hashes to slot 0; its probes go on from there.
-    for index in 0..loopwarden_common::ORIGIN_SLOT_PROBES {
+    // The slots cookie 0 may use.
+    for i in 0..loopwarden_common::ORIGIN_SLOT_PROBES {
+        let index = loopwarden_common::origin::OriginSlot::probe(0, i);
         write_slot(install, index, 0, 0, &as_pending(&entry));
     }
+    take_conn_slots(install, monotonic_ns());
     mark_port(install, UNPROTECTED);
 
     let _untagged = holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, FROM);
