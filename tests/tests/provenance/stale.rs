@@ -1,6 +1,6 @@
 //! Entries that are not the connection's: one a missed close left is never
-//! a later connection's answer, nor is a free slot's; an IPv4 client of a
-//! dual-stack listener is still its own.
+//! a later connection's answer, nor is a free slot's, and a close removes
+//! only its own; an IPv4 client of a dual-stack listener is still its own.
 
 use super::*;
 
@@ -126,6 +126,82 @@ fn a_free_slot_is_never_an_untagged_connections_origin() {
         &untagged_local,
     );
     assert!(matches!(said, Err((1, _))), "{said:?}");
+}
+
+/// A close removes the entry under its connection's addresses only if the
+/// entry names its socket. `LW_CONNS` can hold another socket's there: a
+/// new connection's, made between the same addresses and ports while the
+/// kernel was closing the old one (it unhashes a socket before its state
+/// change reaches the tracepoint), which the old close must leave. That
+/// race cannot be made on demand, so the entry of a connection kept in
+/// `LW_CONNS` is rewritten as another socket's (other client and server
+/// cookies) before the connection closes, and must stay. The positive
+/// control: a second connection, kept the same way and left as it is,
+/// whose close removes its entry.
+#[test]
+fn a_close_leaves_another_sockets_entry_under_its_addresses() {
+    use loopwarden_common::origin::ConnEntry;
+    const SERVER_COOKIE: usize = std::mem::offset_of!(ConnEntry, record.server_cookie);
+    const CLIENT_COOKIE: usize = std::mem::offset_of!(ConnEntry, record.origin.socket_cookie);
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let install = daemon.install();
+    let holder = Holder::start(&ns, &[PROTECTED], None);
+    // Connections made now are kept in `LW_CONNS`.
+    take_conn_slots(install, monotonic_ns());
+    let in_map = |port: u16| {
+        map_dump(install, "LW_CONNS")
+            .iter()
+            .map(|e| (hex_bytes(&e["key"]), hex_bytes(&e["value"])))
+            .find(|(key, _)| key[4..6] == port.to_ne_bytes())
+    };
+    let mut held = Vec::new();
+    for n in 1..=2 {
+        let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+        let accepted = holder.wait_accepted(n);
+        assert_eq!(accepted["status"], 1, "{accepted}");
+        assert_eq!(accepted["tgid"], client.pid(), "{accepted}");
+        let port = port_of(&ends(&accepted).0);
+        assert!(in_map(port).is_some(), "connection {n} kept in LW_CONNS");
+        held.push((client, port));
+    }
+    let (other, kept) = (held[0].1, held[1].1);
+    let (key, mut entry) = in_map(other).expect("the first connection's entry");
+    for at in [SERVER_COOKIE, CLIENT_COOKIE] {
+        let cookie = u64::from_ne_bytes(entry[at..at + 8].try_into().expect("a cookie"));
+        entry[at..at + 8].copy_from_slice(&(cookie + 1_000_000).to_ne_bytes());
+    }
+    map_update(install, "LW_CONNS", &key, &entry);
+
+    // The clients go; the holding service closes its side after each.
+    drop(held);
+    wait_for(
+        "the kept connection's entry removed at its close",
+        Duration::from_secs(10),
+        || in_map(kept).is_none().then_some(()),
+    );
+    wait_for(
+        "the holding service's sockets to close",
+        Duration::from_secs(10),
+        || {
+            let filter = format!("( sport = :{PROTECTED} )");
+            let states = [
+                "state",
+                "established",
+                "state",
+                "close-wait",
+                "state",
+                "last-ack",
+            ];
+            let open = run(ns.cmd("ss").arg("-Htn").args(states).arg(&filter));
+            (open.status.success() && open.stdout.is_empty()).then_some(())
+        },
+    );
+    let left = in_map(other).expect("another socket's entry left in place by the close");
+    assert_eq!(
+        left.1, entry,
+        "the entry under the closed connection's addresses"
+    );
 }
 
 /// A connection to the protected port held open by `holder`'s client,
