@@ -1,5 +1,7 @@
 //! Direct local clients (after a DNS lookup too) are never flagged in
-//! either mode, and an allow rule exempts a relay from the relay verdict.
+//! either mode, a process whose network evidence is older than the relay
+//! window is direct again, and an allow rule exempts a relay from the
+//! relay verdict.
 
 use super::*;
 
@@ -185,4 +187,90 @@ fn an_allow_rule_exempts_a_relay_from_the_relay_verdict() {
         .filter(|e| relay.is_its(e) && (e["verdict"] == "deny" || e["rule"] == "relay"))
         .collect();
     assert!(refused.is_empty(), "the exempted forwarder: {refused:#?}");
+}
+
+/// A remote server (in remote, on [`AGED_SERVER_PORT`]) that greets each
+/// client and closes.
+const GREETER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hello")
+    c.close()
+"#;
+
+/// Hears from the remote server, then asks the service at once and again
+/// after `WAIT` seconds, printing what each request got.
+const HEAR_THEN_ASK_TWICE: &str = r#"
+import socket, sys, time
+remote, remote_port, port, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+r = socket.create_connection((remote, remote_port), timeout=3)
+assert r.recv(16) == b"hello"
+r.close()
+def ask():
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return "status " + s.recv(64).split()[1].decode()
+    except OSError as e:
+        return "error %d" % e.errno
+print(ask(), flush=True)
+time.sleep(wait)
+print(ask(), flush=True)
+"#;
+
+const AGED_SERVER_PORT: u16 = 9013;
+/// The relay window of the aged-evidence test, well under its wait.
+const AGED_WINDOW_MS: u64 = 300;
+
+/// What [`HEAR_THEN_ASK_TWICE`] printed in local.
+fn hear_then_ask_twice(topo: &Topology) -> Vec<String> {
+    let out = run_ok(topo.local.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        HEAR_THEN_ASK_TWICE,
+        REMOTE_ADDR,
+        &AGED_SERVER_PORT.to_string(),
+        &PROTECTED.to_string(),
+        "1.0",
+    ]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The relay verdict looks back only as far as `[relay] window_ms`: a
+/// process that heard from a remote server and then connects to the
+/// service at once is refused as a relay (`relay = "deny"`), and the same
+/// process connecting again after the window has passed, with nothing
+/// heard since, is let through as a direct client. Without loopwarden
+/// both requests reach the service.
+#[test]
+fn evidence_older_than_the_window_no_longer_makes_a_relay() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let _greeter = topo.remote.spawn(
+        SYSTEM_PYTHON,
+        &["-c", GREETER, REMOTE_ADDR, &AGED_SERVER_PORT.to_string()],
+    );
+    topo.remote.wait_listening(AGED_SERVER_PORT);
+    assert_eq!(hear_then_ask_twice(&topo), ["status 200", "status 200"]);
+
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny")
+        .window_ms(AGED_WINDOW_MS);
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(hear_then_ask_twice(&topo), ["error 111", "status 200"]);
+    let ev = daemon.wait_event("the refusal within the window", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(
+        ev["via"],
+        format!("{REMOTE_ADDR}:{AGED_SERVER_PORT}"),
+        "{ev:#}"
+    );
 }
