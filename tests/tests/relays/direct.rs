@@ -1,7 +1,7 @@
 //! Direct local clients (after a DNS lookup too) are never flagged in
-//! either mode, a process whose network evidence is older than the relay
-//! window is direct again, and an allow rule exempts a relay from the
-//! relay verdict.
+//! either mode, nor is a proxy that listens only on loopback; a process
+//! whose network evidence is older than the relay window is direct
+//! again, and an allow rule exempts a relay from the relay verdict.
 
 use super::*;
 
@@ -273,4 +273,50 @@ fn evidence_older_than_the_window_no_longer_makes_a_relay() {
         format!("{REMOTE_ADDR}:{AGED_SERVER_PORT}"),
         "{ev:#}"
     );
+}
+
+const LOOPBACK_PROXY_PORT: u16 = 9014;
+const NETWORK_PROXY_PORT: u16 = 9015;
+
+/// Listening on loopback is not facing the network: a local proxy bound to
+/// 127.0.0.1 (serving local clients only) connects to the service for a
+/// local client, with the catalog off and `relay = "deny"`, unflagged.
+/// The positive control is the same forwarder script listening on the
+/// namespace's link address: refused as a relay when a client from remote
+/// comes through it.
+#[test]
+fn a_proxy_listening_only_on_loopback_is_not_a_relay() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("proxies");
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    let (local_proxy, _) = spawn_forwarder(&topo.local, &dir, "127.0.0.1", LOOPBACK_PROXY_PORT);
+    let (network_proxy, _) = spawn_forwarder(&topo.local, &dir, LOCAL_ADDR, NETWORK_PROXY_PORT);
+
+    let through = |ns: &Netns, host: &str, port: u16| ns.curl(&format!("http://{host}:{port}/"));
+    assert_eq!(
+        through(&topo.local, "127.0.0.1", LOOPBACK_PROXY_PORT),
+        Ok(200),
+        "a local client through the loopback proxy"
+    );
+    assert_ne!(
+        through(&topo.remote, LOCAL_ADDR, NETWORK_PROXY_PORT),
+        Ok(200),
+        "a remote client through the proxy on the link address"
+    );
+    let ev = daemon.wait_event("the network proxy's refusal", |e| {
+        e["verdict"] == "deny" && e["pid"] == network_proxy.pid()
+    });
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    // Refusals have a ring of their own: give the other one a moment too.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let flagged: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|e| is_flagged(e) && e["pid"] == local_proxy.pid())
+        .collect();
+    assert!(flagged.is_empty(), "the loopback proxy: {flagged:#?}");
 }
