@@ -102,6 +102,37 @@ fn blocking_connect_is_refused() {
     assert_denied_exactly(&daemon, &[&refused["pid"]]);
 }
 
+/// A blocking connect of an MPTCP socket (`IPPROTO_MPTCP`, 262: what Go
+/// programs may use): falls back to plain TCP against a TCP server.
+const MPTCP: &str = r#"
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+report(pid=os.getpid(), result=attempt(lambda: s.connect(("127.0.0.1", port))))
+"#;
+
+/// MPTCP connects are judged like TCP ones: a relay cannot pass by asking
+/// for MPTCP. (On Linux 6.18 the hook judges the connect of the MPTCP
+/// socket's first subflow, a TCP socket, so this holds even without the
+/// hook's own acceptance of `IPPROTO_MPTCP`.) The controls: the same
+/// connect before the daemon, and to the unprotected port under it.
+#[test]
+fn mptcp_connect_is_refused() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let before = py(&ns, MPTCP, PROTECTED);
+    assert_eq!(&before["result"], "connected", "control before the daemon");
+
+    let daemon = Daemon::start(&policy(&ns, "enforce", &python_rule()));
+    let unprotected = py(&ns, MPTCP, UNPROTECTED);
+    assert_eq!(
+        &unprotected["result"], "connected",
+        "control: unprotected port"
+    );
+    let refused = py(&ns, MPTCP, PROTECTED);
+    assert_eq!(&refused["result"], "ECONNREFUSED");
+    expect_deny(&daemon, "python", &refused["pid"], python());
+    assert_denied_exactly(&daemon, &[&refused["pid"]]);
+}
+
 /// A non-blocking connect: what it returned, whether the socket became
 /// writable, and SO_ERROR afterwards.
 const NONBLOCKING: &str = r#"
