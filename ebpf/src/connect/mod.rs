@@ -177,10 +177,13 @@ fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<i32, i32> {
     {
         return Ok(REFUSE);
     }
-    if !dst.loopback {
+    if !dst.loopback && !sockets::DNS_PORTS.contains(&dst.port) {
         // Not judged (unless it is a protected host address), but once its
         // handshake completes the caller has connected to a non-local
-        // peer: `connected` evidence (see `sockets`).
+        // peer: `connected` evidence (see `sockets`). Not for a DNS
+        // server's port: a resolver falls back to TCP for a truncated
+        // answer, and an answer is not evidence (nor is it read: see
+        // `lw_receive`).
         // SAFETY: plain helper call valid for sock_addr programs.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         sockets::connecting(cookie, Task::current().tgid());

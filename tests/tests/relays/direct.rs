@@ -1,5 +1,6 @@
-//! Direct local clients (after a DNS lookup too) are never flagged in
-//! either mode, nor is a proxy that listens only on loopback; a process
+//! Direct local clients (after a DNS lookup too, over UDP or TCP) are
+//! never flagged in either mode, nor is a proxy that listens only on
+//! loopback; a process
 //! whose network evidence is older than the relay window is direct
 //! again, and an allow rule exempts a relay from the relay verdict.
 
@@ -223,19 +224,30 @@ time.sleep(wait)
 print(ask(), flush=True)
 "#;
 
+/// Starts [`GREETER`] in remote on `port`.
+fn greeter(topo: &Topology, port: u16) -> Proc {
+    let proc = topo.remote.spawn(
+        SYSTEM_PYTHON,
+        &["-c", GREETER, REMOTE_ADDR, &port.to_string()],
+    );
+    topo.remote.wait_listening(port);
+    proc
+}
+
 const AGED_SERVER_PORT: u16 = 9013;
 /// The relay window of the aged-evidence test, well under its wait.
 const AGED_WINDOW_MS: u64 = 300;
 
-/// What [`HEAR_THEN_ASK_TWICE`] printed in local.
-fn hear_then_ask_twice(topo: &Topology) -> Vec<String> {
+/// What [`HEAR_THEN_ASK_TWICE`] printed in local, having heard from the
+/// greeter on `remote_port` and waited `wait` seconds between its asks.
+fn hear_then_ask_twice(topo: &Topology, remote_port: u16, wait: &str) -> Vec<String> {
     let out = run_ok(topo.local.cmd(SYSTEM_PYTHON).args([
         "-c",
         HEAR_THEN_ASK_TWICE,
         REMOTE_ADDR,
-        &AGED_SERVER_PORT.to_string(),
+        &remote_port.to_string(),
         &PROTECTED.to_string(),
-        "1.0",
+        wait,
     ]));
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -253,19 +265,16 @@ fn hear_then_ask_twice(topo: &Topology) -> Vec<String> {
 fn evidence_older_than_the_window_no_longer_makes_a_relay() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
-    let _greeter = topo.remote.spawn(
-        SYSTEM_PYTHON,
-        &["-c", GREETER, REMOTE_ADDR, &AGED_SERVER_PORT.to_string()],
-    );
-    topo.remote.wait_listening(AGED_SERVER_PORT);
-    assert_eq!(hear_then_ask_twice(&topo), ["status 200", "status 200"]);
+    let _greeter = greeter(&topo, AGED_SERVER_PORT);
+    let asked = || hear_then_ask_twice(&topo, AGED_SERVER_PORT, "1.0");
+    assert_eq!(asked(), ["status 200", "status 200"]);
 
     let policy = Policy::new(&topo.local, "enforce")
         .catalog(false)
         .relay("deny")
         .window_ms(AGED_WINDOW_MS);
     let daemon = Daemon::start(&policy.text());
-    assert_eq!(hear_then_ask_twice(&topo), ["error 111", "status 200"]);
+    assert_eq!(asked(), ["error 111", "status 200"]);
     let ev = daemon.wait_event("the refusal within the window", |e| e["verdict"] == "deny");
     assert_eq!(ev["rule"], "relay", "{ev:#}");
     assert_eq!(
@@ -319,4 +328,37 @@ fn a_proxy_listening_only_on_loopback_is_not_a_relay() {
         .filter(|e| is_flagged(e) && e["pid"] == local_proxy.pid())
         .collect();
     assert!(flagged.is_empty(), "the loopback proxy: {flagged:#?}");
+}
+
+/// DNS over TCP (what a resolver falls back to for a truncated answer) is
+/// not evidence, as over UDP: neither the connect to port 53 nor the answer
+/// read from it makes the process a relay (`relay = "deny"`). The positive
+/// control: the same exchange with a server on another port, then the same
+/// connect to the service, refused.
+#[test]
+fn a_dns_exchange_over_tcp_is_not_evidence() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let _dns = greeter(&topo, 53);
+    let _other = greeter(&topo, AGED_SERVER_PORT);
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(
+        hear_then_ask_twice(&topo, 53, "0"),
+        ["status 200", "status 200"],
+        "after a DNS exchange over TCP"
+    );
+    assert_eq!(
+        hear_then_ask_twice(&topo, AGED_SERVER_PORT, "0"),
+        ["error 111", "error 111"],
+        "after the same exchange on another port"
+    );
+    let ev = daemon.wait_event("the control's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(
+        ev["via"],
+        format!("{REMOTE_ADDR}:{AGED_SERVER_PORT}"),
+        "{ev:#}"
+    );
 }
