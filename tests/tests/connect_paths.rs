@@ -82,24 +82,34 @@ s = socket.socket()
 report(pid=os.getpid(), result=attempt(lambda: s.connect(("127.0.0.1", port))))
 "#;
 
-#[test]
-fn blocking_connect_is_refused() {
+/// Runs `body` (a connect that reports its `result`) in a namespace of its
+/// own: to the protected port before the daemon (connects), then under an
+/// enforcing deny rule on Python to the unprotected port (connects) and to
+/// the protected one (refused, by the only deny record). Returns that
+/// record.
+fn refused_with_controls(body: &str) -> Value {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let before = py(&ns, BLOCKING, PROTECTED);
+    let before = py(&ns, body, PROTECTED);
     assert_eq!(&before["result"], "connected", "control before the daemon");
 
     let daemon = Daemon::start(&policy(&ns, "enforce", &python_rule()));
-    let unprotected = py(&ns, BLOCKING, UNPROTECTED);
+    let unprotected = py(&ns, body, UNPROTECTED);
     assert_eq!(
         &unprotected["result"], "connected",
         "control: unprotected port"
     );
-    let refused = py(&ns, BLOCKING, PROTECTED);
+    let refused = py(&ns, body, PROTECTED);
     assert_eq!(&refused["result"], "ECONNREFUSED");
     let ev = expect_deny(&daemon, "python", &refused["pid"], python());
-    assert_eq!(ev["tid"], ev["pid"], "{ev}");
     assert_denied_exactly(&daemon, &[&refused["pid"]]);
+    ev
+}
+
+#[test]
+fn blocking_connect_is_refused() {
+    let ev = refused_with_controls(BLOCKING);
+    assert_eq!(ev["tid"], ev["pid"], "{ev}");
 }
 
 /// A blocking connect of an MPTCP socket (`IPPROTO_MPTCP`, 262: what Go
@@ -116,21 +126,7 @@ report(pid=os.getpid(), result=attempt(lambda: s.connect(("127.0.0.1", port))))
 /// connect before the daemon, and to the unprotected port under it.
 #[test]
 fn mptcp_connect_is_refused() {
-    let ns = Netns::new();
-    let _servers = ns.http_servers();
-    let before = py(&ns, MPTCP, PROTECTED);
-    assert_eq!(&before["result"], "connected", "control before the daemon");
-
-    let daemon = Daemon::start(&policy(&ns, "enforce", &python_rule()));
-    let unprotected = py(&ns, MPTCP, UNPROTECTED);
-    assert_eq!(
-        &unprotected["result"], "connected",
-        "control: unprotected port"
-    );
-    let refused = py(&ns, MPTCP, PROTECTED);
-    assert_eq!(&refused["result"], "ECONNREFUSED");
-    expect_deny(&daemon, "python", &refused["pid"], python());
-    assert_denied_exactly(&daemon, &[&refused["pid"]]);
+    refused_with_controls(MPTCP);
 }
 
 /// A non-blocking connect: what it returned, whether the socket became
