@@ -1,7 +1,10 @@
 //! Relays known by what they run and where they come from: an interpreted
-//! script a rule names, a catalogued tunnel's children.
+//! script a rule names, a catalogued tunnel's children, the evidence a
+//! forked child inherits and an exec clears.
 
 use super::*;
+use loopwarden_tests::write_script;
+
 use crate::kinds::forwarder;
 
 /// Item 4: an interpreter's script is known from exec, shown in the
@@ -82,4 +85,80 @@ fn a_catalogued_tunnels_children_are_matched_through_lineage() {
         e["verdict"] == "deny" && e["exe_name"] == "curl"
     });
     assert_eq!(ev["rule"], "catalog:code-tunnel", "{ev:#}");
+}
+
+/// Asks the service on 127.0.0.1:`argv[1]` once and prints what it got
+/// (a script file: see [`LISTEN_THEN_ASK`]).
+const ASK: &str = r#"
+import socket, sys
+try:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    print("status " + s.recv(64).split()[1].decode())
+except OSError as e:
+    print("error %d" % e.errno)
+"#;
+
+/// Listens on `ADDR:PORT` (network-facing from then on), then has the
+/// service asked twice: by a forked child running the [`ASK`] script file
+/// in place, and by a program a forked child executes (the interpreter
+/// running that script file, so the process keeps an entry for its script
+/// after the exec); prints `forked ...` and `executed ...`.
+const LISTEN_THEN_ASK: &str = r#"
+import os, socket, subprocess, sys
+addr, port, ask, target = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+listener = socket.create_server((addr, port))
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.dup2(w, 1)
+    sys.argv = [ask, target]
+    exec(open(ask).read())
+    sys.stdout.flush()
+    os._exit(0)
+os.close(w)
+os.waitpid(child, 0)
+print("forked", os.read(r, 64).decode().strip(), flush=True)
+run = subprocess.run([sys.executable, ask, target], capture_output=True, text=True)
+print("executed", run.stdout.strip(), flush=True)
+"#;
+
+const LISTENER_PORT: u16 = 9016;
+
+/// A forked child starts with its parent's evidence, and an executed
+/// program starts with none (a login shell that sshd starts is not sshd):
+/// a process listening on the link address has a forked child ask the
+/// service (refused as a relay, `relay = "deny"`, catalog off) and a
+/// program it executes ask it (served). Without the daemon both are
+/// served.
+#[test]
+fn a_forked_child_carries_its_parents_evidence_and_an_exec_clears_it() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("lineage");
+    let ask = write_script(&dir, "ask.py", ASK);
+    let asked = || {
+        let out = run_ok(topo.local.cmd(SYSTEM_PYTHON).args([
+            "-c",
+            LISTEN_THEN_ASK,
+            LOCAL_ADDR,
+            &LISTENER_PORT.to_string(),
+            &ask,
+            &PROTECTED.to_string(),
+        ]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(asked(), ["forked status 200", "executed status 200"]);
+
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(asked(), ["forked error 111", "executed status 200"]);
+    let ev = daemon.wait_event("the forked child's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "listening", "{ev:#}");
 }
