@@ -145,10 +145,16 @@ impl OriginSlot {
     /// other one), so neighbouring cookies scatter over the slots.
     #[inline(always)]
     pub fn probe(cookie: u64, i: u32) -> u32 {
-        let first = (cookie.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            >> (64 - ORIGIN_SLOTS.trailing_zeros())) as u32;
-        (first + i) & (ORIGIN_SLOTS - 1)
+        (hashed_slot(cookie, ORIGIN_SLOTS) + i) & (ORIGIN_SLOTS - 1)
     }
+}
+
+/// Which of `slots` (a power of two) the value `x` names: its Fibonacci
+/// (multiplicative) hash, whose top bits spread values in a row over the
+/// slots.
+#[inline(always)]
+const fn hashed_slot(x: u64, slots: u32) -> u32 {
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - slots.trailing_zeros())) as u32
 }
 
 /// `LW_CONN_SLOTS`' value: a protected connection's entry, from the
@@ -215,7 +221,7 @@ impl ConnKey {
         let x = ((u64::from(self.netns) ^ u64::from(self.client.words[3])) << 32)
             | (u64::from(self.server_port) << 16)
             | u64::from(self.client_port);
-        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CONN_SLOTS.trailing_zeros())) as u32
+        hashed_slot(x, CONN_SLOTS)
     }
 
     /// Slot `i` (< [`crate::CONN_SLOT_PROBES`]) the connection may be kept in.

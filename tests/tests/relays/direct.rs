@@ -1,8 +1,8 @@
 //! Direct local clients (after a DNS lookup too, over UDP or TCP) are
 //! never flagged in either mode, nor is a proxy that listens only on
-//! loopback; a process
-//! whose network evidence is older than the relay window is direct
-//! again, and an allow rule exempts a relay from the relay verdict.
+//! loopback; a process whose network evidence is older than the relay
+//! window is direct again, and an allow rule exempts a relay from the
+//! relay verdict.
 
 use super::*;
 
@@ -241,18 +241,14 @@ const AGED_WINDOW_MS: u64 = 300;
 /// What [`HEAR_THEN_ASK_TWICE`] printed in local, having heard from the
 /// greeter on `remote_port` and waited `wait` seconds between its asks.
 fn hear_then_ask_twice(topo: &Topology, remote_port: u16, wait: &str) -> Vec<String> {
-    let out = run_ok(topo.local.cmd(SYSTEM_PYTHON).args([
+    printed(topo.local.cmd(SYSTEM_PYTHON).args([
         "-c",
         HEAR_THEN_ASK_TWICE,
         REMOTE_ADDR,
         &remote_port.to_string(),
         &PROTECTED.to_string(),
         wait,
-    ]));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    ]))
 }
 
 /// The relay verdict looks back only as far as `[relay] window_ms`: a

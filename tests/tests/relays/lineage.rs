@@ -3,8 +3,6 @@
 //! forked child inherits and an exec clears.
 
 use super::*;
-use loopwarden_tests::write_script;
-
 use crate::kinds::forwarder;
 
 /// Item 4: an interpreter's script is known from exec, shown in the
@@ -138,18 +136,14 @@ fn a_forked_child_carries_its_parents_evidence_and_an_exec_clears_it() {
     let dir = TempDir::new("lineage");
     let ask = write_script(&dir, "ask.py", ASK);
     let asked = || {
-        let out = run_ok(topo.local.cmd(SYSTEM_PYTHON).args([
+        printed(topo.local.cmd(SYSTEM_PYTHON).args([
             "-c",
             LISTEN_THEN_ASK,
             LOCAL_ADDR,
             &LISTENER_PORT.to_string(),
             &ask,
             &PROTECTED.to_string(),
-        ]));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
+        ]))
     };
     assert_eq!(asked(), ["forked status 200", "executed status 200"]);
 

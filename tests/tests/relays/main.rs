@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use loopwarden_tests::{
     Daemon, Fields, LOCAL_ADDR, LOCAL_ADDR6, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR,
     REMOTE_ADDR6, SYSTEM_PYTHON, Sshd, TempDir, Topology, exe_name, nginx_proxy, rule, run, run_ok,
-    spawn_forwarder,
+    spawn_forwarder, write_script,
 };
 use serde_json::Value;
 
@@ -41,6 +41,15 @@ const SSHD_PORT: u16 = 2222;
 const BORE_CONTROL: u16 = 7835;
 /// The default `[relay] window_ms`.
 const WINDOW_MS: u64 = 2000;
+
+/// The lines `cmd` printed; it must succeed.
+fn printed(cmd: &mut std::process::Command) -> Vec<String> {
+    let out = run_ok(cmd);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
 
 /// The protected service as relays reach it.
 fn service() -> String {
