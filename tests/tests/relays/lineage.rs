@@ -1,6 +1,7 @@
 //! Relays known by what they run and where they come from: an interpreted
 //! script a rule names, a catalogued tunnel's children, the evidence a
-//! forked child inherits and an exec clears.
+//! forked child inherits and an exec clears, and none that a process
+//! with a dead one's pid could inherit.
 
 use super::*;
 use crate::kinds::forwarder;
@@ -153,6 +154,84 @@ fn a_forked_child_carries_its_parents_evidence_and_an_exec_clears_it() {
     let daemon = Daemon::start(&policy.text());
     assert_eq!(asked(), ["forked error 111", "executed status 200"]);
     let ev = daemon.wait_event("the forked child's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "listening", "{ev:#}");
+}
+
+/// Has a forked child listen on `ADDR:PORT` (network-facing from then on)
+/// and ask the service on 127.0.0.1:`TARGET`, and once it has exited,
+/// forks children that ask it until one gets the dead child's pid back
+/// (written to `ns_last_pid` before each fork); prints `listener ...` and
+/// `reused ...` (or `not reused`). This process has no state of its own
+/// in `LW_PROCS` (no script, no evidence), so a forked child starts with
+/// none: only what the dead child's pid left behind could give it any. No
+/// child executes anything (an exec starts a process's evidence over).
+const REUSE_A_LISTENERS_PID: &str = r#"
+import os, socket, sys
+addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def ask():
+    try:
+        s = socket.create_connection(("127.0.0.1", target), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return "status " + s.recv(64).split()[1].decode()
+    except OSError as e:
+        return "error %d" % e.errno
+def listen_and_ask():
+    listener = socket.create_server((addr, port))
+    return ask()
+def in_child(work):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, work().encode())
+        os._exit(0)
+    os.close(w)
+    out = os.read(r, 64).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    return pid, out
+pid, out = in_child(listen_and_ask)
+print("listener", out, flush=True)
+for _ in range(100):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    again, out = in_child(ask)
+    if again == pid:
+        print("reused", out, flush=True)
+        break
+else:
+    print("not reused", flush=True)
+"#;
+
+const REUSED_LISTENER_PORT: u16 = 9017;
+
+/// A process's evidence ends with it (`lw_exit`): a process that gets a
+/// dead relay's pid back starts with none. A forked child listening on the
+/// link address is refused as a relay (`relay = "deny"`, catalog off);
+/// after it exits, a child forked with its pid asks the service and is
+/// served. Without the daemon both are served. A build whose exit leaves
+/// the entry refuses the second one too.
+#[test]
+fn a_process_that_reuses_a_dead_relays_pid_starts_without_its_evidence() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let asked = || {
+        printed(topo.local.cmd(SYSTEM_PYTHON).args([
+            "-c",
+            REUSE_A_LISTENERS_PID,
+            LOCAL_ADDR,
+            &REUSED_LISTENER_PORT.to_string(),
+            &PROTECTED.to_string(),
+        ]))
+    };
+    assert_eq!(asked(), ["listener status 200", "reused status 200"]);
+
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(asked(), ["listener error 111", "reused status 200"]);
+    let ev = daemon.wait_event("the listener's refusal", |e| e["verdict"] == "deny");
     assert_eq!(ev["rule"], "relay", "{ev:#}");
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
 }
