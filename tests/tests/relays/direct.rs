@@ -1,8 +1,9 @@
 //! Direct local clients (after a DNS lookup too, over UDP or TCP) are
 //! never flagged in either mode, nor is a proxy that listens only on
-//! loopback; a process whose network evidence is older than the relay
-//! window is direct again, and an allow rule exempts a relay from the
-//! relay verdict.
+//! loopback, nor a program an inetd-style server there executes for a
+//! local client; a process whose network evidence is older than the
+//! relay window is direct again, and an allow rule exempts a relay from
+//! the relay verdict.
 
 use super::*;
 
@@ -324,6 +325,57 @@ fn a_proxy_listening_only_on_loopback_is_not_a_relay() {
         .filter(|e| is_flagged(e) && e["pid"] == local_proxy.pid())
         .collect();
     assert!(flagged.is_empty(), "the loopback proxy: {flagged:#?}");
+}
+
+const LOOPBACK_INETD_PORT: u16 = 9018;
+const NETWORK_INETD_PORT: u16 = 9019;
+
+/// A connection from a local client as a program's standard input and
+/// output is not `stdio` evidence: an inetd-style server on 127.0.0.1
+/// executes a program per connection that carries a local client's request
+/// to the service (catalog off, `relay = "deny"`), unflagged. The positive
+/// control is the same server on the namespace's link address: the program
+/// it executes for a remote client is refused as a relay, `via_how`
+/// `stdio`.
+#[test]
+fn a_program_executed_with_a_local_clients_connection_is_not_a_relay() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    let _local = kinds::spawn_inetd(&topo.local, "127.0.0.1", LOOPBACK_INETD_PORT);
+    let _network = kinds::spawn_inetd(&topo.local, LOCAL_ADDR, NETWORK_INETD_PORT);
+
+    let through = |ns: &Netns, host: &str, port: u16| ns.curl(&format!("http://{host}:{port}/"));
+    assert_eq!(
+        through(&topo.local, "127.0.0.1", LOOPBACK_INETD_PORT),
+        Ok(200),
+        "a local client through the inetd-style server on loopback"
+    );
+    assert_ne!(
+        through(&topo.remote, LOCAL_ADDR, NETWORK_INETD_PORT),
+        Ok(200),
+        "a remote client through the inetd-style server on the link address"
+    );
+    let ev = daemon.wait_event("the executed program's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "stdio", "{ev:#}");
+    // Refusals have a ring of their own: give the other one a moment too.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Only the remote client's program is flagged: one flagged for the
+    // local client would name 127.0.0.1 in `via`.
+    let remote = format!("{REMOTE_ADDR}:");
+    let flagged: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|e| is_flagged(e) && !e["via"].as_str().is_some_and(|v| v.starts_with(&remote)))
+        .collect();
+    assert!(
+        flagged.is_empty(),
+        "the loopback server's program: {flagged:#?}"
+    );
 }
 
 /// DNS over TCP (what a resolver falls back to for a truncated answer) is

@@ -229,10 +229,22 @@ pub(crate) fn forwarder(topo: &Topology) -> Relay {
 /// second socat whose stdin and stdout are the accepted socket and which
 /// connects to the service before reading anything.
 fn inetd(topo: &Topology) -> Relay {
-    let proc = topo.local.spawn(
+    let proc = spawn_inetd(&topo.local, LOCAL_ADDR, INETD_PORT);
+    Relay {
+        _parts: vec![Box::new(proc)],
+        url: format!("http://{LOCAL_ADDR}:{INETD_PORT}/"),
+        exe_name: exe_name(Path::new("/usr/bin/socat")),
+    }
+}
+
+/// An inetd-style server in `ns` on `addr`:`port`: socat forks per
+/// connection and execs a second socat, with the accepted socket as its
+/// stdin and stdout, that carries it to the protected service.
+pub(crate) fn spawn_inetd(ns: &Netns, addr: &str, port: u16) -> Proc {
+    let proc = ns.spawn(
         "socat",
         &[
-            &format!("TCP-LISTEN:{INETD_PORT},bind={LOCAL_ADDR},fork,reuseaddr"),
+            &format!("TCP-LISTEN:{port},bind={addr},fork,reuseaddr"),
             // Colons inside the command are escaped from socat's parser.
             &format!(
                 "EXEC:socat STDIO {},nofork",
@@ -240,12 +252,8 @@ fn inetd(topo: &Topology) -> Relay {
             ),
         ],
     );
-    topo.local.wait_listening(INETD_PORT);
-    Relay {
-        _parts: vec![Box::new(proc)],
-        url: format!("http://{LOCAL_ADDR}:{INETD_PORT}/"),
-        exe_name: exe_name(Path::new("/usr/bin/socat")),
-    }
+    ns.wait_listening(port);
+    proc
 }
 
 /// socat on the local link's IPv6 address.
