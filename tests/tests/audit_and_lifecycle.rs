@@ -411,6 +411,115 @@ fn human_log_lines_carry_the_whole_identity() {
     }
 }
 
+/// Forks a child that connects to 127.0.0.1:`argv[1]` and exits, then
+/// forks until a child gets that pid back (written to `ns_last_pid` before
+/// each fork) and executes a Python that sleeps, with `recycled-PID` in its
+/// command line (a marker this script's own text, the parent's command
+/// line, lacks);
+/// writes `PID REFUSED RECYCLED` to `argv[2]` and waits to be killed. Its
+/// own command line carries `argv[3]`.
+const RECYCLE_A_PID: &str = r#"
+import os, socket, sys, time
+port, report = int(sys.argv[1]), sys.argv[2]
+pid = os.fork()
+if pid == 0:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        os._exit(1)
+    except ConnectionRefusedError:
+        os._exit(0)
+_, status = os.waitpid(pid, 0)
+# /proc gives start times in clock ticks (10 ms): the next holder of the
+# pid starts in a later tick.
+time.sleep(0.05)
+recycled = 0
+for _ in range(100):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    child = os.fork()
+    if child == 0:
+        try:
+            sleep = "import time; time.sleep(15)"
+            os.execv(sys.executable, [sys.executable, "-c", sleep, "recycled-%d" % pid])
+        finally:
+            os._exit(1)
+    if child == pid:
+        recycled = child
+        break
+    os.kill(child, 9)
+    os.waitpid(child, 0)
+with open(report, "w") as f:
+    f.write("%d %d %d\n" % (pid, int(status == 0), recycled))
+time.sleep(30)
+"#;
+
+/// A report's command line is read from `/proc` only while its pid is
+/// still the process that connected: a forked child refused while the
+/// daemon was stopped, whose pid another process (the same executable, with
+/// a marker in its command line) holds by the time the daemon reads the
+/// report, is
+/// reported with its parent's command line (the same executable, still
+/// running: the positive control that the line is read at all), never the
+/// other program's.
+#[test]
+fn a_report_never_takes_the_command_line_of_a_later_process_with_its_pid() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
+    let dir = TempDir::new("recycle");
+    let report = dir.path().join("pids");
+    daemon.signal(libc::SIGSTOP);
+    let _driver = ns.spawn(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            RECYCLE_A_PID,
+            &PROTECTED.to_string(),
+            report.to_str().expect("utf-8 temp dir"),
+            "parent-marker",
+        ],
+    );
+    let line = loopwarden_tests::wait_for(
+        "the pid recycled",
+        std::time::Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&report)
+                .ok()
+                .filter(|l| l.ends_with('\n'))
+        },
+    );
+    daemon.signal(libc::SIGCONT);
+    let [pid, refused, recycled]: [u32; 3] = line
+        .split_whitespace()
+        .map(|w| w.parse().expect("a number"))
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap_or_else(|_| panic!("{line:?}"));
+    let _sleep = KillOnDrop(recycled);
+    assert_eq!(refused, 1, "the child's connect was not refused");
+    assert_eq!(recycled, pid, "no child got pid {pid} back");
+    let ev = daemon.wait_event("the child's refusal", |e| {
+        e["verdict"] == "deny" && e["pid"] == pid
+    });
+    let cmdline = ev["cmdline"].as_str().unwrap_or_default();
+    assert!(cmdline.contains("parent-marker"), "{ev:#}");
+    assert!(!cmdline.contains(&format!("recycled-{pid}")), "{ev:#}");
+}
+
+/// Kills a pid (not a child of the test) when dropped, also on failure.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            // SAFETY: a plain syscall.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
 #[test]
 fn sigint_exits_cleanly_and_enforcement_stays() {
     let ns = Netns::new();
