@@ -1,6 +1,7 @@
 //! Entries that are not the connection's: one a missed close left is never
-//! a later connection's answer, nor is a free slot's, and a close removes
-//! only its own; an IPv4 client of a dual-stack listener is still its own.
+//! a later connection's answer, nor the answer for its own connection once
+//! its server closed it, nor is a free slot's, and a close removes only
+//! its own; an IPv4 client of a dual-stack listener is still its own.
 
 use super::*;
 
@@ -73,6 +74,86 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
             assert!(listed.contains(&json!(expected)), "{home:?}: {listed:?}");
         }
     }
+}
+
+/// Makes a connection to 127.0.0.1:`argv[2]` with a server of its own,
+/// writes `CLIENT SERVER` to `argv[1]/open`, and once `argv[1]/close`
+/// exists closes the server's end first, then the client's (so the
+/// accepted socket's end waits in TIME_WAIT), writes `argv[1]/closed` and
+/// waits to be killed.
+const SERVER_CLOSES_FIRST: &str = r#"import os, socket, sys, time
+d, port = sys.argv[1], int(sys.argv[2])
+def say(name, text):
+    with open(os.path.join(d, name + ".tmp"), "w") as f:
+        f.write(text)
+    os.rename(os.path.join(d, name + ".tmp"), os.path.join(d, name))
+listener = socket.create_server(("127.0.0.1", port))
+client = socket.create_connection(("127.0.0.1", port))
+accepted, _ = listener.accept()
+say("open", "127.0.0.1:%d 127.0.0.1:%d" % (client.getsockname()[1], port))
+while not os.path.exists(os.path.join(d, "close")):
+    time.sleep(0.02)
+accepted.close()
+client.recv(1)
+client.close()
+time.sleep(0.1)
+say("closed", "")
+while True:
+    time.sleep(3600)
+"#;
+
+/// A connection its server closed first leaves the accepted socket's end
+/// in TIME_WAIT, which sock_diag still finds under its addresses and
+/// cookie. Its entry, written back by hand into `LW_CONNS` after the
+/// kernel removed it at the close (as if that close had not been seen),
+/// must not make `who` or `conns` name the closed connection. The positive
+/// control: the same lookups name it from the kernel's own entry while it
+/// is open.
+#[test]
+fn a_connection_its_server_closed_is_not_named_from_an_entry_left_behind() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let install = daemon.install();
+    let run_dir = install.run_dir();
+    let dir = TempDir::new("time-wait");
+    let script = write_script(&dir, "server_closes_first.py", SERVER_CLOSES_FIRST);
+    let said = |name: &str| std::fs::read_to_string(dir.path().join(name)).ok();
+    let pair = ns.spawn(
+        SYSTEM_PYTHON,
+        &[
+            &script,
+            &dir.path().display().to_string(),
+            &PROTECTED.to_string(),
+        ],
+    );
+    let open = wait_for("the connection", Duration::from_secs(10), || said("open"));
+    let (peer, local) = open.split_once(' ').expect("two addresses");
+    let origin = who(&ns, None, &run_dir, peer, local).expect("the open connection's origin");
+    assert_eq!(origin["pid"], pair.pid(), "{origin:#}");
+    let (key, entry) = conns_entries(install)
+        .into_iter()
+        .find(|(key, _)| key[4..6] == port_of(peer).to_ne_bytes())
+        .expect("the open connection's entry");
+
+    std::fs::write(dir.path().join("close"), "").expect("asking for the close");
+    wait_for("the close", Duration::from_secs(10), || said("closed"));
+    assert!(
+        conns_entries(install).iter().all(|(k, _)| *k != key),
+        "the entry stayed after the close"
+    );
+    let waiting = run(ns.cmd("ss").args(["-Htn", "state", "time-wait"]));
+    let waiting = String::from_utf8_lossy(&waiting.stdout);
+    assert!(
+        waiting
+            .lines()
+            .any(|l| l.contains(&format!("{local} ")) && l.contains(peer)),
+        "the accepted socket's end is not in TIME_WAIT: {waiting}"
+    );
+    write_entry(install, Home::Map, &key, &entry);
+    let said = who(&ns, None, &run_dir, peer, local);
+    assert!(matches!(said, Err((1, _))), "{said:?}");
+    let listed = conns(&ns, None, &run_dir);
+    assert!(listed.is_empty(), "{listed:#?}");
 }
 
 /// A free slot of `LW_ORIGIN_SLOTS` keeps the entry of the connect that
