@@ -2,8 +2,9 @@
 //! never flagged in either mode, nor is a proxy that listens only on
 //! loopback, nor a program an inetd-style server there executes for a
 //! local client; a process whose network evidence is older than the
-//! relay window is direct again, and an allow rule exempts a relay from
-//! the relay verdict.
+//! relay window is direct again, one that reads right after another from
+//! the same server has evidence of its own, and an allow rule exempts a
+//! relay from the relay verdict.
 
 use super::*;
 
@@ -235,6 +236,77 @@ fn greeter(topo: &Topology, port: u16) -> Proc {
     proc
 }
 
+/// On one CPU: hears from the remote greeter on `argv[1]:argv[2]` (the
+/// first two bytes), hands the connection to a child it forked before
+/// (so the child started with no evidence), and at once lets the child
+/// read the rest; the child then asks the service on 127.0.0.1:`argv[3]`
+/// and prints what it got.
+const HEAR_THEN_HAND_OVER: &str = r#"
+import os, socket, sys
+os.sched_setaffinity(0, {0})
+remote, remote_port, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+mine, theirs = socket.socketpair()
+child = os.fork()
+if child == 0:
+    _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
+    r = socket.socket(fileno=fds[0])
+    theirs.recv(1)
+    assert r.recv(16) == b"llo"
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        print("status " + s.recv(64).split()[1].decode(), flush=True)
+    except OSError as e:
+        print("error %d" % e.errno, flush=True)
+    os._exit(0)
+r = socket.create_connection((remote, remote_port), timeout=3)
+socket.send_fds(mine, [b"f"], [r.fileno()])
+assert r.recv(2) == b"he"
+mine.send(b"g")
+os.waitpid(child, 0)
+"#;
+
+/// Two processes that read from the same remote server on one CPU within
+/// one clock tick each get their evidence: the per-CPU note that spares a
+/// repeated write is the reader's own. A process hears from the greeter
+/// and at once hands the connection to a child forked before (no evidence
+/// of its own), which reads the rest and asks the service: refused as a
+/// relay (`relay = "deny"`, catalog off) with `via_how` `received`.
+/// Without the daemon it is served. A build whose note ignores the reader
+/// lets the child through (whenever both reads fall in one tick, nearly
+/// always).
+#[test]
+fn a_process_that_reads_right_after_another_from_the_same_server_has_its_own_evidence() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let _greeter = greeter(&topo, HANDED_OVER_PORT);
+    let asked = || {
+        printed(topo.local.cmd(SYSTEM_PYTHON).args([
+            "-c",
+            HEAR_THEN_HAND_OVER,
+            REMOTE_ADDR,
+            &HANDED_OVER_PORT.to_string(),
+            &PROTECTED.to_string(),
+        ]))
+    };
+    assert_eq!(asked(), ["status 200"]);
+
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(asked(), ["error 111"]);
+    let ev = daemon.wait_event("the child's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "received", "{ev:#}");
+    assert_eq!(
+        ev["via"],
+        format!("{REMOTE_ADDR}:{HANDED_OVER_PORT}"),
+        "{ev:#}"
+    );
+}
+
+const HANDED_OVER_PORT: u16 = 9020;
 const AGED_SERVER_PORT: u16 = 9013;
 /// The relay window of the aged-evidence test, well under its wait.
 const AGED_WINDOW_MS: u64 = 300;
