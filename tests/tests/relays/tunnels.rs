@@ -1,5 +1,6 @@
 //! Tunnel clients that carry connections in ways a socket's reads do not
-//! show: over UDP datagrams, and moved with splice(2).
+//! show: over UDP datagrams (and a local peer's datagrams are no
+//! evidence), and moved with splice(2).
 
 use super::*;
 
@@ -41,10 +42,16 @@ while True:
 /// The remote "server" tells the local UDP tunnel client about a
 /// connection; returns what the client printed.
 fn udp_open(topo: &Topology, client: &mut LineReader) -> String {
-    run_ok(topo.remote.cmd(SYSTEM_PYTHON).args([
+    udp_send(&topo.remote, LOCAL_ADDR, client)
+}
+
+/// A datagram from `ns` to the UDP tunnel client at `addr`; returns what
+/// the client printed.
+fn udp_send(ns: &Netns, addr: &str, client: &mut LineReader) -> String {
+    run_ok(ns.cmd(SYSTEM_PYTHON).args([
         "-c",
         "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'open', (sys.argv[1], int(sys.argv[2])))",
-        LOCAL_ADDR,
+        addr,
         &UDP_TUNNEL_PORT.to_string(),
     ]));
     client.next_line()
@@ -144,6 +151,51 @@ fn a_udp_tunnel_client_is_a_relay() {
     assert_eq!(udp_open(&topo, &mut client), "error 111");
     let ev = daemon.wait_event("the UDP tunnel's refusal", |e| e["verdict"] == "deny");
     assert_eq!(ev["rule"], "relay", "{ev:#}");
+}
+
+/// A datagram from a local peer is not evidence: the UDP tunnel client,
+/// bound to every address, hears from a local sender (127.0.0.1) and
+/// reaches the service under relay deny (catalog off); then it hears from
+/// the remote "server" and is refused (the positive control). Without the
+/// daemon it reaches the service both times.
+#[test]
+fn a_datagram_from_a_local_peer_is_not_evidence() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let asked = || {
+        let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
+        cmd.args([
+            "-c",
+            UDP_TUNNEL,
+            "0.0.0.0",
+            &UDP_TUNNEL_PORT.to_string(),
+            &PROTECTED.to_string(),
+        ]);
+        let mut client = LineReader::spawn(cmd);
+        topo.local.wait_udp_bound(UDP_TUNNEL_PORT);
+        [
+            udp_send(&topo.local, "127.0.0.1", &mut client),
+            udp_open(&topo, &mut client),
+        ]
+    };
+    assert_eq!(asked(), ["status 200", "status 200"]);
+
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(asked(), ["status 200", "error 111"]);
+    let ev = daemon.wait_event("the refusal after the remote datagram", |e| {
+        e["verdict"] == "deny"
+    });
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "received", "{ev:#}");
+    assert!(
+        ev["via"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(&format!("{REMOTE_ADDR}:"))),
+        "{ev:#}"
+    );
 }
 
 /// Port of the remote end the splicing client below reads from.
