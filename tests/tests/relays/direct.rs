@@ -208,23 +208,19 @@ while True:
 
 /// Hears from the remote server, then asks the service at once and again
 /// after `WAIT` seconds, printing what each request got.
-const HEAR_THEN_ASK_TWICE: &str = r#"
-import socket, sys, time
+const HEAR_THEN_ASK_TWICE: &str = concat!(
+    ask_py!(),
+    r#"
+import time
 remote, remote_port, port, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 r = socket.create_connection((remote, remote_port), timeout=3)
 assert r.recv(16) == b"hello"
 r.close()
-def ask():
-    try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=3)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        return "status " + s.recv(64).split()[1].decode()
-    except OSError as e:
-        return "error %d" % e.errno
-print(ask(), flush=True)
+print(ask(port), flush=True)
 time.sleep(wait)
-print(ask(), flush=True)
-"#;
+print(ask(port), flush=True)
+"#
+);
 
 /// Starts [`GREETER`] in remote on `port`.
 fn greeter(topo: &Topology, port: u16) -> Proc {
@@ -241,8 +237,9 @@ fn greeter(topo: &Topology, port: u16) -> Proc {
 /// (so the child started with no evidence), and at once lets the child
 /// read the rest; the child then asks the service on 127.0.0.1:`argv[3]`
 /// and prints what it got.
-const HEAR_THEN_HAND_OVER: &str = r#"
-import os, socket, sys
+const HEAR_THEN_HAND_OVER: &str = concat!(
+    ask_py!(),
+    r#"
 os.sched_setaffinity(0, {0})
 remote, remote_port, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 mine, theirs = socket.socketpair()
@@ -252,19 +249,15 @@ if child == 0:
     r = socket.socket(fileno=fds[0])
     theirs.recv(1)
     assert r.recv(16) == b"llo"
-    try:
-        s = socket.create_connection(("127.0.0.1", port), timeout=3)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        print("status " + s.recv(64).split()[1].decode(), flush=True)
-    except OSError as e:
-        print("error %d" % e.errno, flush=True)
+    print(ask(port), flush=True)
     os._exit(0)
 r = socket.create_connection((remote, remote_port), timeout=3)
 socket.send_fds(mine, [b"f"], [r.fileno()])
 assert r.recv(2) == b"he"
 mine.send(b"g")
 os.waitpid(child, 0)
-"#;
+"#
+);
 
 /// Two processes that read from the same remote server on one CPU within
 /// one clock tick each get their evidence: the per-CPU note that spares a

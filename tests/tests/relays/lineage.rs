@@ -88,15 +88,12 @@ fn a_catalogued_tunnels_children_are_matched_through_lineage() {
 
 /// Asks the service on 127.0.0.1:`argv[1]` once and prints what it got
 /// (a script file: see [`LISTEN_THEN_ASK`]).
-const ASK: &str = r#"
-import socket, sys
-try:
-    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
-    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-    print("status " + s.recv(64).split()[1].decode())
-except OSError as e:
-    print("error %d" % e.errno)
-"#;
+const ASK: &str = concat!(
+    ask_py!(),
+    r#"
+print(ask(int(sys.argv[1])))
+"#
+);
 
 /// Listens on `ADDR:PORT` (network-facing from then on), then has the
 /// service asked twice: by a forked child running the [`ASK`] script file
@@ -166,19 +163,13 @@ fn a_forked_child_carries_its_parents_evidence_and_an_exec_clears_it() {
 /// in `LW_PROCS` (no script, no evidence), so a forked child starts with
 /// none: only what the dead child's pid left behind could give it any. No
 /// child executes anything (an exec starts a process's evidence over).
-const REUSE_A_LISTENERS_PID: &str = r#"
-import os, socket, sys
+const REUSE_A_LISTENERS_PID: &str = concat!(
+    ask_py!(),
+    r#"
 addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def ask():
-    try:
-        s = socket.create_connection(("127.0.0.1", target), timeout=3)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        return "status " + s.recv(64).split()[1].decode()
-    except OSError as e:
-        return "error %d" % e.errno
 def listen_and_ask():
     listener = socket.create_server((addr, port))
-    return ask()
+    return ask(target)
 def in_child(work):
     r, w = os.pipe()
     pid = os.fork()
@@ -195,13 +186,14 @@ print("listener", out, flush=True)
 for _ in range(100):
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
         f.write(str(pid - 1))
-    again, out = in_child(ask)
+    again, out = in_child(lambda: ask(target))
     if again == pid:
         print("reused", out, flush=True)
         break
 else:
     print("not reused", flush=True)
-"#;
+"#
+);
 
 const REUSED_LISTENER_PORT: u16 = 9017;
 

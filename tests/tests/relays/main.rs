@@ -20,6 +20,24 @@ use loopwarden_tests::{
 };
 use serde_json::Value;
 
+/// Python: `ask(port)` asks the service on 127.0.0.1:`port` for `/` and
+/// returns `status N` or `error ERRNO` (what the relay tests' clients
+/// print).
+macro_rules! ask_py {
+    () => {
+        r#"
+import os, socket, sys
+def ask(port):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return "status " + s.recv(64).split()[1].decode()
+    except OSError as e:
+        return "error %d" % e.errno
+"#
+    };
+}
+
 mod catalogued;
 mod direct;
 mod kinds;

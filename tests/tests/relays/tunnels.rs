@@ -7,37 +7,34 @@ use super::*;
 /// Port the UDP tunnel client below is told about connections on.
 const UDP_TUNNEL_PORT: u16 = 9010;
 
-/// The tunnel clients' Python: `open_service()` connects to the service
-/// (port `sys.argv[3]`), asks for `/` and prints `status N` or `error
-/// ERRNO`.
-macro_rules! open_service_py {
-    () => {
-        r#"
-import os, socket, sys
-def open_service():
-    try:
-        s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=3)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        print("status " + s.recv(64).split()[1].decode(), flush=True)
-    except OSError as e:
-        print("error " + str(e.errno), flush=True)
-"#
-    };
-}
-
 /// A UDP tunnel client in miniature (QUIC and WireGuard tunnels read their
 /// unconnected socket with the source address): for each datagram from
 /// its "server" it connects to the service and prints what happened.
 const UDP_TUNNEL: &str = concat!(
-    open_service_py!(),
+    ask_py!(),
     r#"
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 u.bind((sys.argv[1], int(sys.argv[2])))
 while True:
     _, peer = u.recvfrom(512)
-    open_service()
+    print(ask(int(sys.argv[3])), flush=True)
 "#
 );
+
+/// [`UDP_TUNNEL`] in local, bound to `addr`, once its socket is bound.
+fn udp_tunnel_client(topo: &Topology, addr: &str) -> LineReader {
+    let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
+    cmd.args([
+        "-c",
+        UDP_TUNNEL,
+        addr,
+        &UDP_TUNNEL_PORT.to_string(),
+        &PROTECTED.to_string(),
+    ]);
+    let client = LineReader::spawn(cmd);
+    topo.local.wait_udp_bound(UDP_TUNNEL_PORT);
+    client
+}
 
 /// The remote "server" tells the local UDP tunnel client about a
 /// connection; returns what the client printed.
@@ -108,19 +105,7 @@ impl Drop for LineReader {
 fn a_udp_tunnel_client_is_a_relay() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
-    let start = || {
-        let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
-        cmd.args([
-            "-c",
-            UDP_TUNNEL,
-            LOCAL_ADDR,
-            &UDP_TUNNEL_PORT.to_string(),
-            &PROTECTED.to_string(),
-        ]);
-        let client = LineReader::spawn(cmd);
-        topo.local.wait_udp_bound(UDP_TUNNEL_PORT);
-        client
-    };
+    let start = || udp_tunnel_client(&topo, LOCAL_ADDR);
     // Without loopwarden it reaches the service.
     {
         let mut client = start();
@@ -163,16 +148,7 @@ fn a_datagram_from_a_local_peer_is_not_evidence() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let asked = || {
-        let mut cmd = topo.local.cmd(SYSTEM_PYTHON);
-        cmd.args([
-            "-c",
-            UDP_TUNNEL,
-            "0.0.0.0",
-            &UDP_TUNNEL_PORT.to_string(),
-            &PROTECTED.to_string(),
-        ]);
-        let mut client = LineReader::spawn(cmd);
-        topo.local.wait_udp_bound(UDP_TUNNEL_PORT);
+        let mut client = udp_tunnel_client(&topo, "0.0.0.0");
         [
             udp_send(&topo.local, "127.0.0.1", &mut client),
             udp_open(&topo, &mut client),
@@ -206,7 +182,7 @@ const SPLICE_SERVER_PORT: u16 = 9012;
 /// is copied to the process: it connects to its server, and for each
 /// message spliced out of that connection connects to the service.
 const SPLICE_TUNNEL: &str = concat!(
-    open_service_py!(),
+    ask_py!(),
     r#"
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 r, w = os.pipe()
@@ -215,7 +191,7 @@ while True:
     if n == 0:
         break
     os.read(r, n)
-    open_service()
+    print(ask(int(sys.argv[3])), flush=True)
 "#
 );
 
