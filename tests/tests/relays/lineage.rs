@@ -1,5 +1,6 @@
 //! Relays known by what they run and where they come from: an interpreted
-//! script a rule names, a catalogued tunnel's children, the evidence a
+//! script a rule names (past the interpreter's options, never a module or
+//! code), a catalogued tunnel's children, the evidence a
 //! forked child inherits and an exec clears, and none that a process
 //! with a dead one's pid could inherit.
 
@@ -53,6 +54,61 @@ fn a_script_rule_names_an_interpreted_relay() {
     });
     assert_eq!(ev["rule"], "scripted", "{ev:#}");
     assert_eq!(ev["script"], script.as_str(), "{ev:#}");
+}
+
+/// A script is the first operand past the interpreter's options, and `-m`
+/// or `-c` mean none: with rules naming the script file, the module name
+/// and the code, the file run plainly and run after `-u -B` is refused by
+/// the script's rule, while the same file imported as a module (`-m ask`)
+/// or by code (`-c "import ask"`) is served. Without the daemon all four
+/// are served.
+#[test]
+fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("script-options");
+    let ask = write_script(&dir, "ask.py", ASK);
+    let port = PROTECTED.to_string();
+    let asked = || -> Vec<String> {
+        [
+            vec![ask.as_str(), &port],
+            vec!["-u", "-B", &ask, &port],
+            vec!["-m", "ask", &port],
+            vec!["-c", "import ask", &port],
+        ]
+        .iter()
+        .flat_map(|args| printed(ns.cmd(SYSTEM_PYTHON).args(args).current_dir(dir.path())))
+        .collect()
+    };
+    assert_eq!(asked(), ["status 200"; 4]);
+
+    let rules = [
+        rule("by-file", "deny", "script", &ask),
+        rule("by-module", "deny", "script", "ask"),
+        rule("by-code", "deny", "script", "import ask"),
+    ]
+    .concat();
+    let policy = Policy::new(&ns, "enforce")
+        .catalog(false)
+        .relay("allow")
+        .extra(&rules);
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(
+        asked(),
+        ["error 111", "error 111", "status 200", "status 200"]
+    );
+    let refusals: Vec<Value> = wait_for("both refusals", Duration::from_secs(10), || {
+        let found: Vec<Value> = daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["verdict"] == "deny")
+            .collect();
+        (found.len() == 2).then_some(found)
+    });
+    for ev in &refusals {
+        assert_eq!(ev["rule"], "by-file", "{ev:#}");
+        assert_eq!(ev["script"], ask.as_str(), "{ev:#}");
+    }
 }
 
 /// A catalog entry marked `children` (VS Code's `code-tunnel`) also

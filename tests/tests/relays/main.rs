@@ -11,12 +11,15 @@
 //! refusal is loopwarden's doing. Relays are started after the daemon in
 //! each phase, so the kernel sees their listen, accept and traffic.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use loopwarden_tests::{
     Daemon, Fields, LOCAL_ADDR, LOCAL_ADDR6, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR,
     REMOTE_ADDR6, SYSTEM_PYTHON, Sshd, TempDir, Topology, exe_name, nginx_proxy, rule, run, run_ok,
-    spawn_forwarder, write_script,
+    spawn_forwarder, wait_for, write_script,
 };
 use serde_json::Value;
 
