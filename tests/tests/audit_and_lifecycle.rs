@@ -413,22 +413,22 @@ fn human_log_lines_carry_the_whole_identity() {
 
 /// Forks a child that connects to 127.0.0.1:`argv[1]` and exits, then
 /// forks until a child gets that pid back (written to `ns_last_pid` before
-/// each fork) and executes a Python that sleeps, with `recycled-PID` in its
-/// command line (a marker this script's own text, the parent's command
-/// line, lacks);
-/// writes `PID REFUSED RECYCLED` to `argv[2]` and waits to be killed. Its
-/// own command line carries `argv[3]`.
+/// each fork) and executes a Python that sleeps, with `recycled-PID` in
+/// its command line (a marker this script's own text, the parent's
+/// command line, lacks); writes `PID REFUSED RECYCLED` to `argv[2]` and
+/// waits to be killed. Its own command line carries `argv[3]`.
 const RECYCLE_A_PID: &str = r#"
 import os, socket, sys, time
 port, report = int(sys.argv[1]), sys.argv[2]
 pid = os.fork()
 if pid == 0:
-    s = socket.socket()
+    refused = False
     try:
-        s.connect(("127.0.0.1", port))
-        os._exit(1)
+        socket.create_connection(("127.0.0.1", port), timeout=3)
     except ConnectionRefusedError:
-        os._exit(0)
+        refused = True
+    finally:
+        os._exit(0 if refused else 1)
 _, status = os.waitpid(pid, 0)
 # /proc gives start times in clock ticks (10 ms): the next holder of the
 # pid starts in a later tick.
@@ -456,12 +456,11 @@ time.sleep(30)
 
 /// A report's command line is read from `/proc` only while its pid is
 /// still the process that connected: a forked child refused while the
-/// daemon was stopped, whose pid another process (the same executable, with
-/// a marker in its command line) holds by the time the daemon reads the
-/// report, is
-/// reported with its parent's command line (the same executable, still
-/// running: the positive control that the line is read at all), never the
-/// other program's.
+/// daemon was stopped, whose pid another process (the same executable,
+/// with a marker in its command line) holds by the time the daemon reads
+/// the report, is reported with its parent's command line (the same
+/// executable, still running: the positive control that the line is read
+/// at all), never the other process's.
 #[test]
 fn a_report_never_takes_the_command_line_of_a_later_process_with_its_pid() {
     let ns = Netns::new();
@@ -481,16 +480,18 @@ fn a_report_never_takes_the_command_line_of_a_later_process_with_its_pid() {
             "parent-marker",
         ],
     );
-    let line = loopwarden_tests::wait_for(
-        "the pid recycled",
-        std::time::Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(&report)
-                .ok()
-                .filter(|l| l.ends_with('\n'))
-        },
-    );
+    // Polled without panicking: the daemon is let go before any check.
+    let line = (0..200).find_map(|_| {
+        let line = std::fs::read_to_string(&report)
+            .ok()
+            .filter(|l| l.ends_with('\n'));
+        if line.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        line
+    });
     daemon.signal(libc::SIGCONT);
+    let line = line.expect("the driver reported no pid within 10 s");
     let [pid, refused, recycled]: [u32; 3] = line
         .split_whitespace()
         .map(|w| w.parse().expect("a number"))

@@ -245,12 +245,14 @@ remote, remote_port, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 mine, theirs = socket.socketpair()
 child = os.fork()
 if child == 0:
-    _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
-    r = socket.socket(fileno=fds[0])
-    theirs.recv(1)
-    assert r.recv(16) == b"llo"
-    print(ask(port), flush=True)
-    os._exit(0)
+    try:
+        _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
+        r = socket.socket(fileno=fds[0])
+        theirs.recv(1)
+        assert r.recv(16) == b"llo"
+        print(ask(port), flush=True)
+    finally:
+        os._exit(0)
 r = socket.create_connection((remote, remote_port), timeout=3)
 socket.send_fds(mine, [b"f"], [r.fileno()])
 assert r.recv(2) == b"he"
@@ -300,6 +302,7 @@ fn a_process_that_reads_right_after_another_from_the_same_server_has_its_own_evi
 }
 
 const HANDED_OVER_PORT: u16 = 9020;
+
 const AGED_SERVER_PORT: u16 = 9013;
 /// The relay window of the aged-evidence test, well under its wait.
 const AGED_WINDOW_MS: u64 = 300;

@@ -1,8 +1,8 @@
 //! Relays known by what they run and where they come from: an interpreted
 //! script a rule names (past the interpreter's options, never a module or
-//! code), a catalogued tunnel's children, the evidence a
-//! forked child inherits and an exec clears, and none that a process
-//! with a dead one's pid could inherit.
+//! code), a catalogued tunnel's children, the evidence a forked child
+//! inherits and an exec clears, and none that a process with a dead one's
+//! pid could inherit.
 
 use super::*;
 use crate::kinds::forwarder;
@@ -230,8 +230,10 @@ def in_child(work):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.write(w, work().encode())
-        os._exit(0)
+        try:
+            os.write(w, work().encode())
+        finally:
+            os._exit(0)
     os.close(w)
     out = os.read(r, 64).decode()
     os.close(r)
