@@ -3,8 +3,9 @@
 //! loopback, nor a program an inetd-style server there executes for a
 //! local client; a process whose network evidence is older than the
 //! relay window is direct again, one that reads right after another from
-//! the same server has evidence of its own, and an allow rule exempts a
-//! relay from the relay verdict.
+//! the same server has evidence of its own, a later listen leaves the
+//! accepted remote party in `via`, and an allow rule exempts a relay from
+//! the relay verdict.
 
 use super::*;
 
@@ -303,6 +304,71 @@ fn a_process_that_reads_right_after_another_from_the_same_server_has_its_own_evi
 
 const HANDED_OVER_PORT: u16 = 9020;
 
+/// A one-shot forwarder on `argv[1]`: accepts one client on port
+/// `argv[2]`, then listens on port `argv[3]` too, then asks the service on
+/// 127.0.0.1:`argv[4]` for the client before reading anything from it (as
+/// socat does), and answers the client 200 if the service answered, 502
+/// if not.
+const ACCEPT_LISTEN_ASK: &str = concat!(
+    ask_py!(),
+    r#"
+addr, first, second, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+listener = socket.create_server((addr, first))
+client, _ = listener.accept()
+another = socket.create_server((addr, second))
+status = "200 OK" if ask(port) == "status 200" else "502 Bad Gateway"
+client.sendall(("HTTP/1.0 %s\r\nContent-Length: 0\r\n\r\n" % status).encode())
+client.close()
+"#
+);
+
+const ACCEPTING_PORT: u16 = 9021;
+const LATER_LISTENING_PORT: u16 = 9022;
+
+/// A later listen does not overwrite `accepted` evidence, so a relay's
+/// record names the remote party behind its connect, not its own address:
+/// a forwarder on the link address accepts a remote client, then listens
+/// on a second port, then connects to the service for the client. Under
+/// relay deny it is refused, `via_how` `accepted` and `via` the remote
+/// client (whose request then gets 502). Without the daemon the request
+/// gets 200.
+#[test]
+fn a_later_listen_leaves_the_accepted_remote_party_in_via() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let fetched = || {
+        let _forwarder = topo.local.spawn(
+            SYSTEM_PYTHON,
+            &[
+                "-c",
+                ACCEPT_LISTEN_ASK,
+                LOCAL_ADDR,
+                &ACCEPTING_PORT.to_string(),
+                &LATER_LISTENING_PORT.to_string(),
+                &PROTECTED.to_string(),
+            ],
+        );
+        topo.local.wait_listening(ACCEPTING_PORT);
+        topo.remote
+            .curl(&format!("http://{LOCAL_ADDR}:{ACCEPTING_PORT}/"))
+    };
+    assert_eq!(fetched(), Ok(200));
+
+    let policy = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny");
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(fetched(), Ok(502));
+    let ev = daemon.wait_event("the forwarder's refusal", |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "accepted", "{ev:#}");
+    assert!(
+        ev["via"]
+            .as_str()
+            .is_some_and(|v| v.starts_with(&format!("{REMOTE_ADDR}:"))),
+        "{ev:#}"
+    );
+}
 const AGED_SERVER_PORT: u16 = 9013;
 /// The relay window of the aged-evidence test, well under its wait.
 const AGED_WINDOW_MS: u64 = 300;
