@@ -32,7 +32,8 @@ static UNKNOWN: OriginRecord = OriginRecord::unknown();
 /// `getsockopt(fd, SOL_LOOPWARDEN, LW_ORIGIN, buf, &len)`: the accepted
 /// socket's origin, or [`OriginRecord::unknown`] when loopwarden has none;
 /// `len` must be at least the record's size (else the kernel's own answer,
-/// ENOPROTOOPT, stands). Every other option is left to the kernel.
+/// EOPNOTSUPP or ENOPROTOOPT, stands). Every other option is left to the
+/// kernel.
 #[cgroup_sockopt(getsockopt)]
 pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
     let so = ctx.sockopt;
@@ -40,8 +41,10 @@ pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
     unsafe {
         if (*so).level != SOL_LOOPWARDEN || (*so).optname != LW_ORIGIN {
             // Past a page the program sees a truncated copy: leave the
-            // caller's buffer as the kernel filled it (on kernels before
-            // 6.5 a larger optlen left standing fails the call).
+            // caller's buffer as the kernel filled it (a kernel without
+            // 6.5's "bpf: Don't EFAULT for getsockopt with wrong optlen"
+            // fails the call when a larger optlen is left standing;
+            // Debian's 6.1 and 6.12 have it, so no test here can tell).
             if ptr::read_volatile(&(*so).optlen) > PAGE_SIZE {
                 ptr::write_volatile(&raw mut (*so).optlen, 0);
             }

@@ -204,6 +204,88 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
     assert_eq!(listed[0]["pid"], protected_client.pid());
 }
 
+/// Makes a connection to the port in argv[1] and asks its accepted socket
+/// (tagged, under the daemon), its client's and a Unix socket pair every
+/// other kind of getsockopt, and prints the answers as JSON: an integer, a
+/// structure (with a buffer past a page), a name, loopwarden's level with
+/// a buffer too short for the record and with another option, and an
+/// answer larger than a page (`SO_PEERGROUPS` of a pair made with 1,100
+/// supplementary groups: 4,400 bytes, of which a `cgroup/getsockopt`
+/// program sees one page). `origin` is the record's status, or the error.
+const OTHER_OPTIONS: &str = r#"
+import ctypes, json, os, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+# libc's, not Python's getsockopt: that takes at most 1,024 bytes.
+def answer(s, level, name, size):
+    buf, n = ctypes.create_string_buffer(size), ctypes.c_uint32(size)
+    if libc.getsockopt(s.fileno(), level, name, buf, ctypes.byref(n)) != 0:
+        return {"errno": ctypes.get_errno()}
+    return buf.raw[:n.value]
+GROUPS = range(100000, 101100)
+os.setgroups(GROUPS)
+port = int(sys.argv[1])
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", port))
+l.listen()
+c = socket.socket()
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+c.connect(("127.0.0.1", port))
+a, _ = l.accept()
+p, q = socket.socketpair()
+info = answer(a, socket.IPPROTO_TCP, socket.TCP_INFO, 8192)
+groups = answer(p, socket.SOL_SOCKET, 59, 8192)  # SO_PEERGROUPS
+record = answer(a, 0x4c57, 1, 400)
+print(json.dumps({
+    "origin": record if isinstance(record, dict) else record[8],
+    "type": struct.unpack("i", answer(a, socket.SOL_SOCKET, socket.SO_TYPE, 4))[0],
+    "rcvbuf": struct.unpack("i", answer(c, socket.SOL_SOCKET, socket.SO_RCVBUF, 4))[0],
+    "tcp_info": [len(info), info[0]],
+    "congestion": answer(a, socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0").decode(),
+    "short_buffer": answer(a, 0x4c57, 1, 8),
+    "other_option": answer(a, 0x4c57, 2, 400),
+    "peer_groups": [len(groups), struct.unpack("%dI" % (len(groups) // 4), groups) == tuple(GROUPS)],
+}))
+"#;
+
+/// With the getsockopt program attached at the root, every getsockopt but
+/// loopwarden's own, on a tagged connection's sockets or any other, is
+/// answered by the kernel as without it, also an answer larger than the
+/// page the program sees.
+#[test]
+fn other_getsockopt_options_get_the_kernels_own_answer() {
+    let ns = Netns::new();
+    let probe = || -> Value {
+        let out = ns
+            .cmd(SYSTEM_PYTHON)
+            .args(["-c", OTHER_OPTIONS, &PROTECTED.to_string()])
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("the probe's JSON")
+    };
+    // An IPv4 socket's answer to a level it does not know (an IPv6
+    // socket's is ENOPROTOOPT).
+    let unknown_level = json!({ "errno": libc::EOPNOTSUPP });
+    let mut without = probe();
+    assert_eq!(without["origin"], unknown_level, "{without:#}");
+    assert_eq!(without["tcp_info"][1], 1, "ESTABLISHED: {without:#}");
+    assert_eq!(without["short_buffer"], unknown_level, "{without:#}");
+    assert_eq!(without["other_option"], unknown_level, "{without:#}");
+    assert_eq!(without["peer_groups"], json!([4400, true]), "{without:#}");
+
+    let _daemon = Daemon::start(&config(&ns));
+    let mut with = probe();
+    assert_eq!(with["origin"], 1, "the accepted socket is tagged: {with:#}");
+    without["origin"].take();
+    with["origin"].take();
+    assert_eq!(with, without);
+}
+
 /// Older than any handshake (the kernel's bound is 180 s).
 const STALE_NS: u64 = 181_000_000_000;
 

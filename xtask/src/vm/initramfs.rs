@@ -96,7 +96,8 @@ done
 echo "LW-VM: $(grep 'ready:' /tmp/err)"
 
 # Provenance: the accepted socket's getsockopt names its client (8082 is
-# protected, 8083 not).
+# protected, 8083 not), and another option's answer longer than a page
+# (SO_PEERGROUPS) is the kernel's, whole.
 lw-origin-probe 8082 8083 >/tmp/probe 2>&1 || fail "getsockopt origin: $(cat /tmp/probe)"
 sed 's/^/LW-VM: origin /' /tmp/probe
 
