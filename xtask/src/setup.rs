@@ -21,6 +21,9 @@ const TEST_PACKAGES: &[&str] = &[
     "openssh-server",
     "openssh-client",
     "nginx-light",
+    // Two more real reverse proxies (relays/kinds.rs).
+    "haproxy",
+    "caddy",
     "bpftool",
     "iproute2",
     "curl",

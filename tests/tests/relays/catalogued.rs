@@ -73,6 +73,16 @@ fn an_inetd_style_program_executed_with_the_connection_as_stdio_is_a_relay() {
 }
 
 #[test]
+fn haproxy_is_a_relay() {
+    relay_is_reported_and_refused(Kind::HaProxy);
+}
+
+#[test]
+fn caddy_is_a_relay() {
+    relay_is_reported_and_refused(Kind::Caddy);
+}
+
+#[test]
 fn an_ipv6_peer_is_shown_bracketed() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();

@@ -21,9 +21,15 @@ pub(crate) enum Kind {
     /// inetd-style: socat forks per connection and execs a second socat
     /// with the accepted socket as its stdin and stdout.
     Inetd,
+    /// HAProxy in TCP mode on the local link address, one thread per CPU:
+    /// a connection accepted by one thread may be forwarded by another.
+    HaProxy,
+    /// Caddy's reverse proxy (Go: goroutines over a few threads) on the
+    /// local link address.
+    Caddy,
 }
 
-pub(crate) const ALL: [Kind; 7] = [
+pub(crate) const ALL: [Kind; 9] = [
     Kind::Socat,
     Kind::Nginx,
     Kind::SshL,
@@ -31,6 +37,8 @@ pub(crate) const ALL: [Kind; 7] = [
     Kind::Bore,
     Kind::Forwarder,
     Kind::Inetd,
+    Kind::HaProxy,
+    Kind::Caddy,
 ];
 
 /// What `via` should show for a relay's connect.
@@ -46,8 +54,12 @@ impl Kind {
         let (port, how): (Option<u16>, &'static [&'static str]) = match self {
             // Connects right after accept, before reading.
             Kind::Socat | Kind::Forwarder => (None, &["accepted"]),
+            // Sets its connect up as soon as it accepts, but often reads
+            // the request (sent right behind the handshake) first: the
+            // same remote client either way (each in about half the runs).
+            Kind::HaProxy => (None, &["accepted", "received"]),
             // Reads the request first.
-            Kind::Nginx => (None, &["received"]),
+            Kind::Nginx | Kind::Caddy => (None, &["received"]),
             // Reads the channel open first; an sshd that re-executes itself
             // per connection (OpenSSH's default) runs with the connection
             // as its stdin and stdout.
@@ -77,6 +89,8 @@ impl Kind {
             Kind::Bore => bore(topo, &bore_bin()),
             Kind::Forwarder => forwarder(topo),
             Kind::Inetd => inetd(topo),
+            Kind::HaProxy => haproxy(topo),
+            Kind::Caddy => caddy(topo),
         }
     }
 }
@@ -209,6 +223,68 @@ pub(crate) fn bore(topo: &Topology, program: &Path) -> Relay {
         _parts: vec![Box::new(client), Box::new(server)],
         url: format!("http://{REMOTE_ADDR}:{BORE_PORT}/"),
         exe_name: exe_name(program),
+    }
+}
+
+/// HAProxy in TCP mode (it connects to the server as soon as it accepts),
+/// in the foreground (`-db`), with as many threads as CPUs (its default).
+fn haproxy(topo: &Topology) -> Relay {
+    let dir = TempDir::new("haproxy");
+    let conf = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
+             timeout server 30s\n\
+             frontend relay\n    bind {LOCAL_ADDR}:{HAPROXY_PORT}\n    default_backend service\n\
+             backend service\n    server s {}\n",
+            service()
+        ),
+    )
+    .expect("haproxy.cfg");
+    let proc = topo.local.spawn(
+        "/usr/sbin/haproxy",
+        &["-db", "-f", conf.to_str().expect("utf-8 path")],
+    );
+    topo.local.wait_listening(HAPROXY_PORT);
+    Relay {
+        _parts: vec![Box::new(proc), Box::new(dir)],
+        url: format!("http://{LOCAL_ADDR}:{HAPROXY_PORT}/"),
+        exe_name: exe_name(Path::new("/usr/sbin/haproxy")),
+    }
+}
+
+/// Caddy (`caddy run`) with a Caddyfile that reverse-proxies plain HTTP on
+/// the local link address to the service: no admin endpoint, no automatic
+/// HTTPS, its data and autosaved config in a temporary directory.
+fn caddy(topo: &Topology) -> Relay {
+    let dir = TempDir::new("caddy");
+    let home = dir.path().to_str().expect("utf-8 path");
+    let conf = dir.path().join("Caddyfile");
+    std::fs::write(
+        &conf,
+        format!(
+            "{{\n    admin off\n    auto_https off\n}}\n\
+             http://{LOCAL_ADDR}:{CADDY_PORT} {{\n    bind {LOCAL_ADDR}\n    \
+             reverse_proxy {}\n}}\n",
+            service()
+        ),
+    )
+    .expect("Caddyfile");
+    let proc = Proc::spawn(
+        topo.local
+            .cmd("/usr/bin/caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&conf)
+            .env("HOME", home)
+            .env("XDG_DATA_HOME", home)
+            .env("XDG_CONFIG_HOME", home),
+    );
+    topo.local.wait_listening(CADDY_PORT);
+    Relay {
+        _parts: vec![Box::new(proc), Box::new(dir)],
+        url: format!("http://{LOCAL_ADDR}:{CADDY_PORT}/"),
+        exe_name: exe_name(Path::new("/usr/bin/caddy")),
     }
 }
 

@@ -56,6 +56,8 @@ const SSH_R_PORT: u16 = 9004;
 const BORE_PORT: u16 = 9005;
 const FORWARDER_PORT: u16 = 9006;
 const INETD_PORT: u16 = 9007;
+const HAPROXY_PORT: u16 = 9008;
+const CADDY_PORT: u16 = 9009;
 const SOCAT6_PORT: u16 = 9011;
 const SSHD_PORT: u16 = 2222;
 /// bore's control port (fixed in bore).
