@@ -9,8 +9,9 @@
 //! Then, as root, it asks a getsockopt whose answer is larger than a page
 //! (`SO_PEERGROUPS` with [`GROUPS`] supplementary groups): the
 //! `cgroup/getsockopt` program sees only a page of it and must leave the
-//! kernel's answer standing, whole (kernels before 6.5 fail the call with
-//! EFAULT when a program leaves that length as it found it).
+//! kernel's answer standing, whole (a kernel without 6.5's "bpf: Don't
+//! EFAULT for getsockopt with wrong optlen" fails the call when a program
+//! leaves that length as it found it; Debian's 6.1 has it backported).
 
 use std::{
     io::{Read as _, Write as _},

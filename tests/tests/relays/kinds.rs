@@ -21,8 +21,8 @@ pub(crate) enum Kind {
     /// inetd-style: socat forks per connection and execs a second socat
     /// with the accepted socket as its stdin and stdout.
     Inetd,
-    /// HAProxy in TCP mode on the local link address, one thread per CPU:
-    /// a connection accepted by one thread may be forwarded by another.
+    /// HAProxy in TCP mode on the local link address, one thread per CPU
+    /// (its default).
     HaProxy,
     /// Caddy's reverse proxy (Go: goroutines over a few threads) on the
     /// local link address.
@@ -226,8 +226,8 @@ pub(crate) fn bore(topo: &Topology, program: &Path) -> Relay {
     }
 }
 
-/// HAProxy in TCP mode (it connects to the server as soon as it accepts),
-/// in the foreground (`-db`), with as many threads as CPUs (its default).
+/// HAProxy in TCP mode (it forwards bytes, parsing no HTTP), in the
+/// foreground (`-db`), with as many threads as CPUs (its default).
 fn haproxy(topo: &Topology) -> Relay {
     let dir = TempDir::new("haproxy");
     let conf = dir.path().join("haproxy.cfg");
