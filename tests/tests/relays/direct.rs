@@ -170,10 +170,7 @@ fn an_allow_rule_exempts_a_relay_from_the_relay_verdict() {
     let _servers = topo.local.http_servers();
     let python = std::fs::canonicalize(SYSTEM_PYTHON).expect("resolving the system python");
     let python = python.to_str().expect("utf-8 path");
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny")
-        .extra(&rule("bridge", "allow", "exe", python));
+    let policy = relay_deny(&topo.local).extra(&rule("bridge", "allow", "exe", python));
     let daemon = Daemon::start(&policy.text());
     let relay = Kind::Forwarder.start(&topo);
     assert_eq!(relay.fetch(&topo), Ok(200), "the exempted forwarder");
@@ -287,13 +284,10 @@ fn a_process_that_reads_right_after_another_from_the_same_server_has_its_own_evi
     };
     assert_eq!(asked(), ["status 200"]);
 
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     assert_eq!(asked(), ["error 111"]);
-    let ev = daemon.wait_event("the child's refusal", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    let ev = relay_refusal(&daemon, "the child's refusal");
     assert_eq!(ev["via_how"], "received", "{ev:#}");
     assert_eq!(
         ev["via"],
@@ -354,13 +348,10 @@ fn a_later_listen_leaves_the_accepted_remote_party_in_via() {
     };
     assert_eq!(fetched(), Ok(200));
 
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     assert_eq!(fetched(), Ok(502));
-    let ev = daemon.wait_event("the forwarder's refusal", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    let ev = relay_refusal(&daemon, "the forwarder's refusal");
     assert_via(
         &ev,
         &Via {
@@ -402,14 +393,10 @@ fn evidence_older_than_the_window_no_longer_makes_a_relay() {
     let asked = || hear_then_ask_twice(&topo, AGED_SERVER_PORT, "1.0");
     assert_eq!(asked(), ["status 200", "status 200"]);
 
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny")
-        .window_ms(AGED_WINDOW_MS);
+    let policy = relay_deny(&topo.local).window_ms(AGED_WINDOW_MS);
     let daemon = Daemon::start(&policy.text());
     assert_eq!(asked(), ["error 111", "status 200"]);
-    let ev = daemon.wait_event("the refusal within the window", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    let ev = relay_refusal(&daemon, "the refusal within the window");
     assert_eq!(
         ev["via"],
         format!("{REMOTE_ADDR}:{AGED_SERVER_PORT}"),
@@ -431,9 +418,7 @@ fn a_proxy_listening_only_on_loopback_is_not_a_relay() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("proxies");
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     let (local_proxy, _) = spawn_forwarder(&topo.local, &dir, "127.0.0.1", LOOPBACK_PROXY_PORT);
     let (network_proxy, _) = spawn_forwarder(&topo.local, &dir, LOCAL_ADDR, NETWORK_PROXY_PORT);
@@ -477,9 +462,7 @@ const NETWORK_INETD_PORT: u16 = 9019;
 fn a_program_executed_with_a_local_clients_connection_is_not_a_relay() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     let _local = kinds::spawn_inetd(&topo.local, "127.0.0.1", LOOPBACK_INETD_PORT);
     let _network = kinds::spawn_inetd(&topo.local, LOCAL_ADDR, NETWORK_INETD_PORT);
@@ -495,8 +478,7 @@ fn a_program_executed_with_a_local_clients_connection_is_not_a_relay() {
         Ok(200),
         "a remote client through the inetd-style server on the link address"
     );
-    let ev = daemon.wait_event("the executed program's refusal", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    let ev = relay_refusal(&daemon, "the executed program's refusal");
     assert_eq!(ev["via_how"], "stdio", "{ev:#}");
     // Refusals have a ring of their own: give the other one a moment too.
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -525,9 +507,7 @@ fn a_dns_exchange_over_tcp_is_not_evidence() {
     let _servers = topo.local.http_servers();
     let _dns = greeter(&topo, 53);
     let _other = greeter(&topo, AGED_SERVER_PORT);
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     assert_eq!(
         hear_then_ask_twice(&topo, 53, "0"),

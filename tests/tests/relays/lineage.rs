@@ -201,13 +201,10 @@ fn a_forked_child_carries_its_parents_evidence_and_an_exec_clears_it() {
     };
     assert_eq!(asked(), ["forked status 200", "executed status 200"]);
 
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     assert_eq!(asked(), ["forked error 111", "executed status 200"]);
-    let ev = daemon.wait_event("the forked child's refusal", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    let ev = relay_refusal(&daemon, "the forked child's refusal");
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
 }
 
@@ -276,12 +273,9 @@ fn a_process_that_reuses_a_dead_relays_pid_starts_without_its_evidence() {
     };
     assert_eq!(asked(), ["listener status 200", "reused status 200"]);
 
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     assert_eq!(asked(), ["listener error 111", "reused status 200"]);
-    let ev = daemon.wait_event("the listener's refusal", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    let ev = relay_refusal(&daemon, "the listener's refusal");
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
 }

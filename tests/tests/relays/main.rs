@@ -140,6 +140,20 @@ fn is_flagged(e: &Value) -> bool {
         || e.get("via").is_some()
 }
 
+/// Enforce mode with the catalog off and `relay = "deny"`: relays are
+/// refused for what they do alone.
+fn relay_deny(ns: &Netns) -> Policy {
+    Policy::new(ns, "enforce").catalog(false).relay("deny")
+}
+
+/// The next refusal the daemon reports (`what` names it in a timeout),
+/// which must be the relay verdict's.
+fn relay_refusal(daemon: &Daemon, what: &str) -> Value {
+    let ev = daemon.wait_event(what, |e| e["verdict"] == "deny");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    ev
+}
+
 /// The relay works end to end without loopwarden.
 fn assert_relays(topo: &Topology, kind: Kind) {
     let relay = kind.start(topo);
@@ -172,9 +186,7 @@ fn relay_is_reported_and_refused(kind: Kind) {
     }
 
     {
-        let policy = Policy::new(&topo.local, "enforce")
-            .catalog(false)
-            .relay("deny");
+        let policy = relay_deny(&topo.local);
         let daemon = Daemon::start(&policy.text());
         let relay = kind.start(&topo);
         let result = relay.fetch(&topo);

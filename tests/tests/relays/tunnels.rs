@@ -122,14 +122,11 @@ fn a_udp_tunnel_client_is_a_relay() {
         assert_received_from_remote(&ev);
     }
     // Enforce with relay deny: refused.
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     let mut client = start();
     assert_eq!(udp_open(&topo, &mut client), "error 111");
-    let ev = daemon.wait_event("the UDP tunnel's refusal", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    relay_refusal(&daemon, "the UDP tunnel's refusal");
 }
 
 /// A datagram from a local peer is not evidence: the UDP tunnel client,
@@ -150,9 +147,7 @@ fn a_datagram_from_a_local_peer_is_not_evidence() {
     };
     assert_eq!(asked(), ["status 200", "status 200"]);
 
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny");
+    let policy = relay_deny(&topo.local);
     let daemon = Daemon::start(&policy.text());
     assert_eq!(asked(), ["status 200", "error 111"]);
     let ev = daemon.wait_event("the refusal after the remote datagram", |e| {
@@ -261,13 +256,9 @@ fn a_tunnel_client_that_splices_what_it_receives_is_a_relay() {
         );
     }
     // Enforce with relay deny: refused.
-    let policy = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny")
-        .window_ms(SPLICE_WINDOW_MS);
+    let policy = relay_deny(&topo.local).window_ms(SPLICE_WINDOW_MS);
     let daemon = Daemon::start(&policy.text());
     let (line, _server) = splice_open(&topo);
     assert_eq!(line, "error 111");
-    let ev = daemon.wait_event("the splicing client's refusal", |e| e["verdict"] == "deny");
-    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    relay_refusal(&daemon, "the splicing client's refusal");
 }
