@@ -101,4 +101,15 @@ pub struct KernelOffsets {
     /// `dentry.d_shortname` (Linux 6.14 and later) or `dentry.d_iname`: the
     /// buffer a short name is stored in, inside the dentry.
     pub dentry_inline_name: u32,
+    /// `super_block.s_magic`: which filesystem an inode is on.
+    pub sb_magic: u32,
+    /// `btrfs_inode.vfs_inode`: how far into its `btrfs_inode` an inode on
+    /// btrfs lies. 0 when this kernel's BTF has no btrfs (not built in and
+    /// the module not loaded): the programs then read no subvolume.
+    pub btrfs_inode_vfs: u32,
+    /// `btrfs_inode.root`: the inode's subvolume (`struct btrfs_root *`).
+    pub btrfs_inode_root: u32,
+    /// `btrfs_root.anon_dev`: the device `stat()` reports for the
+    /// subvolume's files.
+    pub btrfs_root_anon_dev: u32,
 }

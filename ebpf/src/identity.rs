@@ -69,6 +69,10 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     inode_mode: 0,
     socket_sk: 0,
     dentry_inline_name: 0,
+    sb_magic: 0,
+    btrfs_inode_vfs: 0,
+    btrfs_inode_root: 0,
+    btrfs_root_anon_dev: 0,
 });
 
 /// One field of the offsets userspace patched in, as one volatile load
@@ -239,12 +243,33 @@ impl Task {
     }
 }
 
-/// Device and inode of an executable `struct file *`.
+/// `BTRFS_SUPER_MAGIC`.
+const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;
+
+/// Device and inode of an executable `struct file *`: the device `stat()`
+/// reports for it. That is the superblock's, but on btrfs, where inode
+/// numbers repeat across subvolumes and every subvolume has an anonymous
+/// device of its own (`btrfs_getattr`), the subvolume's.
 #[inline(always)]
 pub fn exe_key(file: u64) -> ExeKey {
     let inode: u64 = load(file, offset!(file_inode));
     let sb: u64 = load(inode, offset!(inode_sb));
-    let dev: u32 = load(sb, offset!(sb_dev));
+    let mut dev: u32 = load(sb, offset!(sb_dev));
+    // A constant to the verifier (0 without btrfs): the branch is dropped
+    // on a kernel without it.
+    let vfs = offset!(btrfs_inode_vfs);
+    if vfs != 0 && load::<u64>(sb, offset!(sb_magic)) == BTRFS_SUPER_MAGIC {
+        // `BTRFS_I(inode)->root->anon_dev`. The `btrfs_inode` around the
+        // inode has no BTF type the verifier could check a load against
+        // (it lies before the pointer): copied with the helper.
+        let btrfs_inode = inode.wrapping_sub(u64::from(vfs));
+        let root: u64 = probe(btrfs_inode + u64::from(offset!(btrfs_inode_root)));
+        dev = if root == 0 {
+            0
+        } else {
+            probe(root + u64::from(offset!(btrfs_root_anon_dev)))
+        };
+    }
     ExeKey {
         dev: u64::from(dev),
         ino: load(inode, offset!(inode_ino)),

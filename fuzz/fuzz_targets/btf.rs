@@ -1,5 +1,6 @@
 //! Kernel BTF (`/sys/kernel/btf/vmlinux`): the header, the type index and
-//! the member lookups that give the kernel programs their offsets.
+//! the member lookups that give the kernel programs their offsets; and a
+//! module's split BTF over it (the same blob read as both).
 
 #![no_main]
 
@@ -21,5 +22,15 @@ fuzz_target!(|data: &[u8]| {
         ("", "x"),
     ] {
         let _ = btf.member_offset(name, member);
+    }
+    // Split over itself: ids and string offsets past the base's.
+    if let Ok(module) = Btf::parse_split(data, &btf) {
+        for (name, member) in [
+            ("btrfs_inode", "vfs_inode"),
+            ("task_struct", "f_path.dentry"),
+            ("dentry", "d_name.name"),
+        ] {
+            let _ = module.member_offset(name, member);
+        }
     }
 });

@@ -69,7 +69,7 @@ def btf(endian):
     agg(STRUCT, "fdtable", 32, [("max_fds", u32, 0), ("fd", ptr, 64)])
     agg(STRUCT, "socket", 64, [("state", u32, 0), ("sk", ptr, 256)])
     agg(STRUCT, "inode", 128, [("i_mode", u32, 0), ("i_sb", ptr, 320), ("i_ino", u64, 512)])
-    agg(STRUCT, "super_block", 64, [("s_list", u64, 0), ("s_dev", u32, 128)])
+    agg(STRUCT, "super_block", 64, [("s_list", u64, 0), ("s_dev", u32, 128), ("s_magic", u64, 192)])
     agg(STRUCT, "mm_struct", 64, [("mmap", ptr, 0), ("exe_file", ptr, 448),
         ("arg_start", u64, 256), ("arg_end", u64, 320)])
     pnet = agg(STRUCT, "", 8, [("net", ptr, 0)])

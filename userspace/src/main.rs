@@ -372,7 +372,14 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     compat::find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
                 }
             };
-            let compiled = policy::compile(&config, &HostResolver::new(cgroup_root))?;
+            // As the daemon would resolve it on this kernel: paths on btrfs
+            // are accepted where the programs can read subvolumes.
+            let btrfs = loopwarden::kernel::btf::kernel_offsets(std::path::Path::new(
+                loopwarden::kernel::btf::VMLINUX_BTF,
+            ))
+            .is_ok_and(|offsets| offsets.btrfs_inode_vfs != 0);
+            let resolver = HostResolver::new(cgroup_root).with_btrfs_subvolumes(btrfs);
+            let compiled = policy::compile(&config, &resolver)?;
             loopwarden::kernel::maps::check_fits(&compiled)?;
             for warning in &compiled.warnings {
                 eprintln!("loopwarden: warning: {warning}");

@@ -92,7 +92,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         PinState::Absent | PinState::Compatible => {}
     }
 
-    let resolver = HostResolver::new(host.cgroup2_root.clone());
+    let offsets = btf::kernel_offsets(&host.btf_path)?;
+    let resolver = HostResolver::new(host.cgroup2_root.clone())
+        .with_btrfs_subvolumes(offsets.btrfs_inode_vfs != 0);
     // A policy that does not parse: enforcement already pinned by a
     // predecessor of this layout stays in force and this daemon reports for
     // it until a reload brings a good file; with nothing to keep, the
@@ -123,7 +125,6 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             warn!("{warning}");
         }
     }
-    let offsets = btf::kernel_offsets(&host.btf_path)?;
     // The RFC 1413 responder's addresses (`[ident] listen`), bound before
     // the programs load: one that cannot be bound stops the start with
     // nothing changed.

@@ -219,10 +219,13 @@ pub struct ExeFile {
 /// The filesystem a file lives on, from `/proc/self/mountinfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountDev {
-    /// The superblock's `s_dev` in the kernel's encoding: the device the
-    /// kernel programs read for a running executable. `stat()` reports
-    /// another one on btrfs (every subvolume has an anonymous device of its
-    /// own) and on overlayfs over several filesystems.
+    /// The device the kernel programs read for a running executable there,
+    /// in the kernel's encoding: the superblock's `s_dev`, or on btrfs the
+    /// subvolume's device when the programs read it
+    /// ([`crate::resolve::HostResolver::with_btrfs_subvolumes`]). Without
+    /// that, `stat()` reports another one on btrfs (every subvolume has an
+    /// anonymous device of its own); and on overlayfs over several
+    /// filesystems.
     pub dev: u64,
     /// `btrfs`, `ext4`, ...
     pub fs_type: String,
@@ -329,14 +332,18 @@ pub enum PolicyError {
     },
     /// The kernel identifies a running executable by its superblock's
     /// device, which differs from what `stat()` reports here; the inode
-    /// number alone does not single the file out there.
+    /// number alone does not single the file out there. (On btrfs only
+    /// when the programs cannot read subvolumes: btrfs's BTF was missing
+    /// when they loaded.)
     #[error(
         "{file}:{at}: rule `{rule}`: {field} {} is on {} (mounted at {}), where stat() \
          reports device {} but the kernel identifies running executables by the filesystem's \
          device {}, and inode numbers repeat across btrfs subvolumes (and overlayfs layers): \
          matching it by device and inode could also match an unrelated file of another \
          subvolume. Match it by `exe_name`, by `cgroup` (its unit), or move the binary to a \
-         filesystem without subvolumes (ext4, xfs)",
+         filesystem without subvolumes (ext4, xfs). (On btrfs, loopwarden tells subvolumes \
+         apart when the kernel's BTF describes btrfs as it starts: built in, or the btrfs \
+         module loaded with CONFIG_DEBUG_INFO_BTF_MODULES; restart it once btrfs is loaded.)",
         path.display(), mount.fs_type, mount.mount_point.display(), DevName(*stat_dev),
         DevName(mount.dev)
     )]

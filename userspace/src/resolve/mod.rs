@@ -1,7 +1,7 @@
 //! [`HostResolver`]: the [`Resolver`] that asks the running system.
 //!
 //! Owns turning config names into the identifiers the kernel programs see:
-//! executable paths into `(s_dev, i_ino)` keys in the kernel's device
+//! executable paths into `(dev, i_ino)` keys in the kernel's device
 //! encoding (with the filesystem they live on, so that ones the kernel would
 //! see under another device can be refused), executable names into files
 //! found on the usual search paths, user names into uids (through NSS),
@@ -57,13 +57,25 @@ const UNIT_SEARCH_DEPTH: u32 = 6;
 #[derive(Clone, Debug)]
 pub struct HostResolver {
     cgroup_root: PathBuf,
+    btrfs_subvolumes: bool,
 }
 
 impl HostResolver {
     /// `cgroup_root` is the cgroup v2 mount point
     /// ([`crate::kernel::compat::Host::cgroup2_root`]).
     pub fn new(cgroup_root: PathBuf) -> Self {
-        Self { cgroup_root }
+        Self {
+            cgroup_root,
+            btrfs_subvolumes: false,
+        }
+    }
+
+    /// Whether the kernel programs read a btrfs file's subvolume device
+    /// (their offsets found btrfs, [`crate::kernel::btf::btrfs_offsets`]):
+    /// then they see a file on btrfs under the device `stat()` reports.
+    pub fn with_btrfs_subvolumes(mut self, yes: bool) -> Self {
+        self.btrfs_subvolumes = yes;
+        self
     }
 
     /// The cgroup v2 mount point it resolves cgroups under.
@@ -185,11 +197,19 @@ impl Resolver for HostResolver {
             ));
         }
         let real_path = fs::canonicalize(path)?;
-        let mount = fs::read_to_string("/proc/self/mountinfo")
+        let key = exe_key(&meta);
+        let mut mount = fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|info| mount_of(&info, &real_path));
+        if let Some(mount) = &mut mount
+            && self.btrfs_subvolumes
+            && mount.fs_type == "btrfs"
+        {
+            // The programs read the subvolume's device, as stat() does.
+            mount.dev = key.dev;
+        }
         Ok(ExeFile {
-            key: exe_key(&meta),
+            key,
             real_path,
             mount,
         })

@@ -111,7 +111,8 @@ pub enum LookupError {
 }
 
 /// Reads the offsets the kernel programs need from the BTF file at `path`
-/// (normally [`VMLINUX_BTF`]).
+/// (normally [`VMLINUX_BTF`]), and btrfs's from it or, when btrfs is a
+/// module, from the module's BTF beside it (see [`btrfs_offsets`]).
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     let data = fs::read(path).map_err(|source| match source.kind() {
         ErrorKind::NotFound => BtfError::NotFound {
@@ -126,10 +127,59 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         path: path.to_owned(),
         source,
     })?;
-    offsets_from(&btf).map_err(|source| BtfError::Lookup {
+    let mut offsets = offsets_from(&btf).map_err(|source| BtfError::Lookup {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    let module = path.with_file_name("btrfs");
+    if let Some(btrfs) = btrfs_offsets(&btf, &module) {
+        (
+            offsets.btrfs_inode_vfs,
+            offsets.btrfs_inode_root,
+            offsets.btrfs_root_anon_dev,
+        ) = btrfs;
+    }
+    Ok(offsets)
+}
+
+/// Where btrfs keeps a file's subvolume, `(btrfs_inode.vfs_inode,
+/// btrfs_inode.root, btrfs_root.anon_dev)`: from the kernel's BTF when
+/// btrfs is built in, else from the module's split BTF at `module`
+/// (`/sys/kernel/btf/btrfs`, there while the module is loaded). `None`
+/// without btrfs: no file can be on it then. A module loaded later (a
+/// btrfs filesystem mounted after the daemon started) is read at the next
+/// start; until then, paths on it are refused as without subvolume support.
+pub fn btrfs_offsets(kernel: &Btf<'_>, module: &Path) -> Option<(u32, u32, u32)> {
+    let read = |btf: &Btf<'_>| -> Result<(u32, u32, u32), LookupError> {
+        Ok((
+            btf.member_offset("btrfs_inode", "vfs_inode")?,
+            btf.member_offset("btrfs_inode", "root")?,
+            btf.member_offset("btrfs_root", "anon_dev")?,
+        ))
+    };
+    let found = match read(kernel) {
+        Ok(found) => Ok(found),
+        Err(LookupError::StructNotFound { .. }) => {
+            let data = fs::read(module).ok()?;
+            Btf::parse_split(&data, kernel)
+                .map_err(LookupError::from)
+                .and_then(|btf| read(&btf))
+        }
+        Err(e) => Err(e),
+    };
+    match found {
+        // `vfs_inode` at 0 would mean "no btrfs" to the programs; btrfs has
+        // never put it first.
+        Ok(found) if found.0 != 0 => Some(found),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(
+                "btrfs subvolumes cannot be told apart on this kernel ({e}): executable paths \
+                 on btrfs are refused in rules"
+            );
+            None
+        }
+    }
 }
 
 /// Fills [`KernelOffsets`] from parsed kernel BTF.
@@ -184,6 +234,10 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
         cgroup_kn: btf.member_offset("cgroup", "kn")?,
         kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
+        sb_magic: btf.member_offset("super_block", "s_magic")?,
+        btrfs_inode_vfs: 0,
+        btrfs_inode_root: 0,
+        btrfs_root_anon_dev: 0,
     })
 }
 

@@ -1,6 +1,8 @@
 //! The raw BTF format's reader: the header, the string section, and just
 //! enough of the type section to walk every record and look up struct
-//! members, including members nested in anonymous structs and unions.
+//! members, including members nested in anonymous structs and unions; for
+//! a module's split BTF (`/sys/kernel/btf/<module>`) on top of the
+//! kernel's.
 
 use std::collections::HashSet;
 
@@ -67,13 +69,36 @@ pub struct Btf<'a> {
     types_data: &'a [u8],
     strings: &'a [u8],
     big_endian: bool,
-    /// Indexed by type id; entry 0 (void) is a placeholder.
+    /// Indexed by type id less [`Btf::first_id`] plus one; entry 0 (void)
+    /// is a placeholder.
     types: Vec<TypeEntry>,
+    /// For split BTF, the BTF it extends (the kernel's): its type ids come
+    /// before this blob's and its strings before this blob's strings.
+    base: Option<&'a Btf<'a>>,
 }
 
 impl<'a> Btf<'a> {
     /// Reads the header and indexes every record of the type section.
     pub fn parse(data: &'a [u8]) -> Result<Self, FormatError> {
+        Self::parse_on(data, None)
+    }
+
+    /// Split BTF (a module's) over `base` (the kernel's, parsed).
+    pub fn parse_split(data: &'a [u8], base: &'a Btf<'a>) -> Result<Self, FormatError> {
+        Self::parse_on(data, Some(base))
+    }
+
+    /// The id of this blob's first type: 1, or the one after its base's last.
+    fn first_id(&self) -> u32 {
+        self.base.map_or(1, |base| base.first_id() + base.count())
+    }
+
+    /// How many types this blob itself defines.
+    fn count(&self) -> u32 {
+        u32::try_from(self.types.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    fn parse_on(data: &'a [u8], base: Option<&'a Btf<'a>>) -> Result<Self, FormatError> {
         let magic_bytes = slice(data, 0, 2, "header")?;
         let big_endian = match [magic_bytes[0], magic_bytes[1]] {
             m if u16::from_le_bytes(m) == MAGIC => false,
@@ -116,10 +141,14 @@ impl<'a> Btf<'a> {
                 vlen: 0,
                 size_or_type: 0,
             }],
+            base,
         };
+        let first_id = btf.first_id();
         let mut offset = 0;
         while offset < types_data.len() {
-            let type_id = u32::try_from(btf.types.len()).unwrap_or(u32::MAX);
+            let type_id = u32::try_from(btf.types.len() - 1)
+                .unwrap_or(u32::MAX)
+                .saturating_add(first_id);
             let name_off = btf.word(offset, "type record")?;
             let info = btf.word(offset + 4, "type record")?;
             let size_or_type = btf.word(offset + 8, "type record")?;
@@ -181,7 +210,7 @@ impl<'a> Btf<'a> {
             bits += found_bits;
             if let Some(next) = steps.peek() {
                 let resolved = self.skip_modifiers(member_type)?;
-                if !matches!(self.entry(resolved)?.kind, kind::STRUCT | kind::UNION) {
+                if !matches!(self.entry(resolved)?.1.kind, kind::STRUCT | kind::UNION) {
                     return Err(LookupError::NotAggregate {
                         struct_name: owner,
                         member: step.to_owned(),
@@ -206,11 +235,13 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// Id of the first `STRUCT` (not a forward declaration) named `name`.
+    /// Id of the first `STRUCT` (not a forward declaration) named `name`
+    /// that this blob defines (for split BTF, not its base).
     fn find_struct(&self, name: &str) -> Result<u32, LookupError> {
-        for (id, entry) in self.types.iter().enumerate().skip(1) {
+        for (index, entry) in self.types.iter().enumerate().skip(1) {
             if entry.kind == kind::STRUCT && self.name(entry.name_off)? == name.as_bytes() {
-                return Ok(u32::try_from(id).unwrap_or(u32::MAX));
+                let index = u32::try_from(index - 1).unwrap_or(u32::MAX);
+                return Ok(self.first_id().saturating_add(index));
             }
         }
         Err(LookupError::StructNotFound {
@@ -231,9 +262,9 @@ impl<'a> Btf<'a> {
         depth: usize,
         searched: &mut HashSet<u32>,
     ) -> Result<Option<(u64, u32)>, LookupError> {
-        let entry = self.entry(type_id)?;
+        let (owner, entry) = self.entry(type_id)?;
         for index in 0..usize::from(entry.vlen) {
-            let member = self.member(entry, index)?;
+            let member = owner.member(entry, index)?;
             if member.name_off != 0 {
                 if self.name(member.name_off)? == name.as_bytes() {
                     return Ok(Some((u64::from(member.bit_offset), member.type_id)));
@@ -244,7 +275,7 @@ impl<'a> Btf<'a> {
                 continue;
             }
             let inner = self.skip_modifiers(member.type_id)?;
-            if !matches!(self.entry(inner)?.kind, kind::STRUCT | kind::UNION)
+            if !matches!(self.entry(inner)?.1.kind, kind::STRUCT | kind::UNION)
                 || !searched.insert(inner)
             {
                 continue;
@@ -260,7 +291,7 @@ impl<'a> Btf<'a> {
     /// underlying type.
     fn skip_modifiers(&self, mut type_id: u32) -> Result<u32, LookupError> {
         for _ in 0..MAX_DEPTH {
-            let entry = self.entry(type_id)?;
+            let (_, entry) = self.entry(type_id)?;
             match entry.kind {
                 kind::TYPEDEF | kind::CONST | kind::VOLATILE | kind::RESTRICT | kind::TYPE_TAG => {
                     type_id = entry.size_or_type;
@@ -271,12 +302,20 @@ impl<'a> Btf<'a> {
         Ok(type_id)
     }
 
-    fn entry(&self, type_id: u32) -> Result<TypeEntry, LookupError> {
-        usize::try_from(type_id)
+    /// The record of type `type_id` and the blob holding it (this one, or
+    /// for an id below [`Btf::first_id`], its base).
+    fn entry(&self, type_id: u32) -> Result<(&Btf<'a>, TypeEntry), LookupError> {
+        let first = self.first_id();
+        if type_id < first {
+            return match self.base {
+                Some(base) => base.entry(type_id),
+                None => Err(LookupError::BadTypeId { type_id }),
+            };
+        }
+        usize::try_from(type_id - first + 1)
             .ok()
-            .filter(|&id| id != 0)
-            .and_then(|id| self.types.get(id))
-            .copied()
+            .and_then(|index| self.types.get(index))
+            .map(|entry| (self, *entry))
             .ok_or(LookupError::BadTypeId { type_id })
     }
 
@@ -296,9 +335,20 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// The NUL-terminated name at `offset` in the string section.
+    /// The NUL-terminated name at `offset` in the string section (for
+    /// split BTF, the base's strings come first).
     fn name(&self, offset: u32) -> Result<&'a [u8], FormatError> {
-        let rest = usize::try_from(offset)
+        let local = match self.base {
+            Some(base) => {
+                let before = u32::try_from(base.strings_len()).unwrap_or(u32::MAX);
+                if offset < before {
+                    return base.name(offset);
+                }
+                offset - before
+            }
+            None => offset,
+        };
+        let rest = usize::try_from(local)
             .ok()
             .and_then(|o| self.strings.get(o..))
             .ok_or(FormatError::BadString { offset })?;
@@ -307,6 +357,12 @@ impl<'a> Btf<'a> {
             .position(|&b| b == 0)
             .ok_or(FormatError::BadString { offset })?;
         Ok(&rest[..end])
+    }
+
+    /// Bytes of string section in this blob and its bases: where the
+    /// string offsets of a blob split from it begin.
+    fn strings_len(&self) -> usize {
+        self.base.map_or(0, Btf::strings_len) + self.strings.len()
     }
 
     fn word(&self, at: usize, what: &'static str) -> Result<u32, FormatError> {

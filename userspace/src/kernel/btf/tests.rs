@@ -367,6 +367,136 @@ fn fuzz_seeds_have_every_offset() {
     }
 }
 
+/// A module's split BTF over `base`: its type ids and strings continue
+/// the base's (as `/sys/kernel/btf/<module>` does).
+fn split_over(base: &Builder) -> Builder {
+    Builder {
+        strings: Vec::new(),
+        types: Vec::new(),
+        next_id: base.next_id,
+    }
+}
+
+impl Builder {
+    /// A name already in `base`'s string section (split BTF shares the
+    /// kernel's strings instead of repeating them).
+    fn base_str(base: &Builder, s: &str) -> u32 {
+        let needle = [s.as_bytes(), b"\0"].concat();
+        base.strings
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .expect("in the base strings") as u32
+    }
+
+    /// [`Builder::str`] for a split blob: offsets count from the end of
+    /// `base`'s strings.
+    fn split_str(&mut self, base: &Builder, s: &str) -> u32 {
+        base.strings.len() as u32 + self.str(s)
+    }
+}
+
+/// The kernel without btrfs, and btrfs as a module over it: `btrfs_inode`
+/// embeds the kernel's `struct inode` after a pointer to its root, whose
+/// member names are partly the kernel's strings.
+fn kernel_and_btrfs_module() -> (Vec<u8>, Vec<u8>) {
+    let mut k = Builder::new();
+    let u32_t = k.int("unsigned int", 4); // 1
+    let ptr = k.ty("", kind::PTR, false, 0, 0); // 2
+    let inode = k.aggregate(
+        kind::STRUCT,
+        "inode",
+        false,
+        64,
+        &[("i_ino", ptr, 0), ("root", u32_t, 64)],
+    ); // 3
+    let kernel = k.build();
+
+    let mut m = split_over(&k);
+    let root_name = Builder::base_str(&k, "root");
+    let inode_name = m.split_str(&k, "vfs_inode");
+    let anon = m.split_str(&k, "anon_dev");
+    let name = m.split_str(&k, "btrfs_root");
+    // struct btrfs_root { unsigned int x; dev_t anon_dev; } (id 4)
+    let first = m.split_str(&k, "x");
+    let info = (u32::from(kind::STRUCT) << 24) | 2;
+    m.words(&[name, info, 16, first, u32_t, 0, anon, u32_t, 96]);
+    m.next_id += 1;
+    // struct btrfs_inode { struct btrfs_root *root; ...; struct inode vfs_inode; } (id 5)
+    let name = m.split_str(&k, "btrfs_inode");
+    m.words(&[
+        name,
+        info,
+        200,
+        root_name,
+        ptr,
+        0,
+        inode_name,
+        inode,
+        8 * 136,
+    ]);
+    m.next_id += 1;
+    let mut module = Vec::new();
+    module.extend_from_slice(&MAGIC.to_le_bytes());
+    module.extend_from_slice(&[1, 0]);
+    let type_len = m.types.len() as u32;
+    for w in [
+        HEADER_LEN as u32,
+        0,
+        type_len,
+        type_len,
+        m.strings.len() as u32,
+    ] {
+        module.extend_from_slice(&w.to_le_bytes());
+    }
+    module.extend_from_slice(&m.types);
+    module.extend_from_slice(&m.strings);
+    (kernel, module)
+}
+
+#[test]
+fn a_modules_split_btf_reads_the_kernels_types_and_strings() {
+    let (kernel, module) = kernel_and_btrfs_module();
+    let base = Btf::parse(&kernel).unwrap();
+    let btrfs = Btf::parse_split(&module, &base).unwrap();
+    assert_eq!(btrfs.member_offset("btrfs_inode", "root"), Ok(0));
+    assert_eq!(btrfs.member_offset("btrfs_inode", "vfs_inode"), Ok(136));
+    // Through the embedded kernel struct, whose type is the base's.
+    assert_eq!(
+        btrfs.member_offset("btrfs_inode", "vfs_inode.root"),
+        Ok(144)
+    );
+    assert_eq!(btrfs.member_offset("btrfs_root", "anon_dev"), Ok(12));
+    // The kernel's own structs are not the module's to look up.
+    assert!(matches!(
+        btrfs.member_offset("inode", "i_ino"),
+        Err(LookupError::StructNotFound { .. })
+    ));
+    // Read alone, the module names strings and types it does not hold.
+    assert!(
+        Btf::parse(&module)
+            .unwrap()
+            .member_offset("btrfs_inode", "root")
+            .is_err()
+    );
+}
+
+#[test]
+fn btrfs_offsets_come_from_the_module_when_the_kernel_has_none() {
+    let (kernel, module) = kernel_and_btrfs_module();
+    let base = Btf::parse(&kernel).unwrap();
+    let dir = std::env::temp_dir().join(format!("lw-btf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("btrfs");
+    std::fs::write(&path, &module).unwrap();
+    assert_eq!(btrfs_offsets(&base, &path), Some((136, 0, 12)));
+    // No module loaded: no btrfs, nothing to read.
+    assert_eq!(btrfs_offsets(&base, &dir.join("absent")), None);
+    // A module whose BTF is not BTF: no subvolumes read, no failure.
+    std::fs::write(&path, b"not btf").unwrap();
+    assert_eq!(btrfs_offsets(&base, &path), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn missing_file_names_the_config_option() {
     let err = kernel_offsets(Path::new("/nonexistent/btf/vmlinux")).unwrap_err();
@@ -418,4 +548,12 @@ fn running_kernel() {
         assert_eq!(off % 8, 0, "{o:?}");
     }
     assert_eq!(o.task_tgid % 4, 0, "{o:?}");
+    // Where the kernel's BTF or a loaded module's describes btrfs (built
+    // in on the development VM), its subvolume is found.
+    let data = std::fs::read(path).unwrap();
+    let kernel = Btf::parse(&data).unwrap();
+    let described = kernel.member_offset("btrfs_inode", "root").is_ok()
+        || path.with_file_name("btrfs").exists();
+    assert_eq!(o.btrfs_inode_vfs != 0, described, "{o:?}");
+    assert_ne!(o.sb_magic, 0, "{o:?}");
 }

@@ -111,8 +111,16 @@ pub(super) fn btf() -> Check {
             "BTF",
             true,
             format!(
-                "{VMLINUX_BTF} parsed: task_struct.mm={} mm_struct.exe_file={} file.f_inode={}",
-                o.task_mm, o.mm_exe_file, o.file_inode
+                "{VMLINUX_BTF} parsed: task_struct.mm={} mm_struct.exe_file={} file.f_inode={}; \
+                 btrfs subvolumes {}",
+                o.task_mm,
+                o.mm_exe_file,
+                o.file_inode,
+                if o.btrfs_inode_vfs != 0 {
+                    "told apart (executable paths on btrfs may be named in rules)"
+                } else {
+                    "not described (no btrfs loaded): paths on btrfs would be refused"
+                }
             ),
         ),
         Err(e) => Check::bad(

@@ -1,5 +1,6 @@
 //! Executables' files over time: upgraded and removed ones keep matching
-//! their running processes, one walk per compile, btrfs subvolumes refused.
+//! their running processes, one walk per compile, btrfs subvolumes refused
+//! where the programs cannot tell them apart.
 
 use super::*;
 
