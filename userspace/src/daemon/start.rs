@@ -93,6 +93,14 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     }
 
     let offsets = btf::kernel_offsets(&host.btf_path)?;
+    if offsets.btrfs_inode_vfs != 0 {
+        info!(
+            "btrfs subvolumes are told apart: an executable on btrfs is known by its \
+             subvolume's device (btrfs_inode.vfs_inode at {}, .root at {}, btrfs_root.anon_dev \
+             at {})",
+            offsets.btrfs_inode_vfs, offsets.btrfs_inode_root, offsets.btrfs_root_anon_dev
+        );
+    }
     let resolver = HostResolver::new(host.cgroup2_root.clone())
         .with_btrfs_subvolumes(offsets.btrfs_inode_vfs != 0);
     // A policy that does not parse: enforcement already pinned by a

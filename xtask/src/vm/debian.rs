@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use super::modules::{self, Module};
 use crate::{
     proc::{self, say},
     setup,
@@ -152,10 +153,15 @@ pub(super) struct Kernel {
     /// The Debian package, e.g. `linux-image-6.1.0-56-amd64`.
     pub(super) package: String,
     pub(super) vmlinuz: PathBuf,
+    /// `uname -r` of the kernel, e.g. `6.1.0-56-amd64`.
+    pub(super) release: String,
+    /// btrfs, what it needs and `loop`, in load order, when btrfs is a
+    /// module (see [`super::modules`]); empty when it is built in or absent.
+    pub(super) modules: Vec<Module>,
 }
 
-/// The newest `linux-image-<series>...-amd64` apt knows, unpacked (only
-/// `/boot`) into `target/vm/kernels/<package>/`.
+/// The newest `linux-image-<series>...-amd64` apt knows, unpacked (its
+/// `/boot`, and btrfs's modules) into `target/vm/kernels/<package>/`.
 pub(super) fn ensure_kernel(dir: &Path, series: &str) -> anyhow::Result<Kernel> {
     let kernels = dir.join("kernels");
     let package = match newest_kernel_package(series)? {
@@ -174,10 +180,29 @@ pub(super) fn ensure_kernel(dir: &Path, series: &str) -> anyhow::Result<Kernel> 
     };
     let root = kernels.join(&package);
     let boot = root.join("boot");
-    if find_in(&boot, "vmlinuz-").is_none() {
-        say!("vm-test: fetching {package} (only its /boot is unpacked) ...");
+    let release = package
+        .strip_prefix("linux-image-")
+        .unwrap_or(&package)
+        .to_owned();
+    let modules_dir = root.join("lib/modules").join(&release).join("kernel");
+    // Unpacked before this test loaded btrfs: only /boot is there.
+    let stale = find_in(&boot, "config-")
+        .is_some_and(|config| config_value(&config, "CONFIG_BTRFS_FS") == "m")
+        && !modules_dir.join("drivers/block").is_dir();
+    if find_in(&boot, "vmlinuz-").is_none() || stale {
+        say!("vm-test: fetching {package} (its /boot and btrfs's modules are unpacked) ...");
         let deb = apt_download(dir, &package)?;
         extract(&deb, &root, &["./boot/"])?;
+        let config = find_in(&boot, "config-")
+            .with_context(|| format!("{package} has no /boot/config-*"))?;
+        if config_value(&config, "CONFIG_BTRFS_FS") == "m" {
+            let members = modules::members(&release);
+            extract(
+                &deb,
+                &root,
+                &members.iter().map(String::as_str).collect::<Vec<_>>(),
+            )?;
+        }
         fs::remove_file(&deb).ok();
     }
     let vmlinuz =
@@ -185,7 +210,17 @@ pub(super) fn ensure_kernel(dir: &Path, series: &str) -> anyhow::Result<Kernel> 
     let config =
         find_in(&boot, "config-").with_context(|| format!("{package} has no /boot/config-*"))?;
     check_config(&config)?;
-    Ok(Kernel { package, vmlinuz })
+    let modules = if config_value(&config, "CONFIG_BTRFS_FS") == "m" {
+        modules::for_guest(&modules_dir)?
+    } else {
+        Vec::new()
+    };
+    Ok(Kernel {
+        package,
+        vmlinuz,
+        release,
+        modules,
+    })
 }
 
 fn newest_kernel_package(series: &str) -> anyhow::Result<Option<String>> {
@@ -319,6 +354,19 @@ fn extract(deb: &Path, root: &Path, members: &[&str]) -> anyhow::Result<()> {
         bail!("`{line}` failed (dpkg-deb {dpkg}, tar {tar})");
     }
     Ok(())
+}
+
+/// `option`'s value in a kernel's `/boot/config-*` (`n` when unset or
+/// unreadable).
+fn config_value(config: &Path, option: &str) -> String {
+    fs::read_to_string(config)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(option)?.strip_prefix('='))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "n".to_owned())
 }
 
 fn check_config(config: &Path) -> anyhow::Result<()> {

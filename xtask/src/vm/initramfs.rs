@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use super::debian::Kernel;
 use crate::proc::{self, say};
 
 /// What `/init` runs inside the guest. Ends with `poweroff -f` in every case.
@@ -84,7 +85,34 @@ for url in $V4 $V6 $MAPPED; do
 done
 echo "LW-VM: listener up on 8080 (v4, v6, v4-mapped)"
 
-loopwarden run --config /etc/lw.toml --log-format json >/tmp/audit 2>/tmp/err &
+# btrfs as a module (as Debian builds it), loaded before the daemon: its
+# offsets then come from the module's split BTF. On a btrfs image, the same
+# program in two subvolumes (the same inode number in both): a rule naming
+# one's path must not match the other.
+CONFIG=/etc/lw.toml
+ORDER=/lib/modules/$KREL/guest.order
+if [ -f $ORDER ]; then
+    for m in $(cat $ORDER); do
+        insmod /lib/modules/$KREL/$m.ko 2>/tmp/insmod.err || fail "insmod $m: $(cat /tmp/insmod.err)"
+    done
+    [ -e /sys/kernel/btf/btrfs ] || fail "btrfs is loaded but /sys/kernel/btf/btrfs is missing"
+    echo "LW-VM: loaded as modules: $(tr '\n' ' ' <$ORDER)"
+    mkdir -p /mnt/btrfs
+    mount -t btrfs -o loop /btrfs.img /mnt/btrfs 2>/tmp/mount.err || fail "mounting the btrfs image: $(cat /tmp/mount.err)"
+    lw-subvol /mnt/btrfs a b 2>/tmp/subvol.err || fail "creating subvolumes: $(cat /tmp/subvol.err)"
+    for s in a b; do
+        cp /bin/busybox /mnt/btrfs/$s/relay && ln -s relay /mnt/btrfs/$s/wget || fail "copying busybox into subvolume $s"
+        timeout 10 /mnt/btrfs/$s/wget -q -O - $V4 2>/tmp/fetch.err | grep -q lw-ok || fail "before the daemon: /mnt/btrfs/$s/wget failed: $(cat /tmp/fetch.err)"
+    done
+    INO=$(stat -c %i /mnt/btrfs/a/relay)
+    [ "$INO" = "$(stat -c %i /mnt/btrfs/b/relay)" ] || fail "the two copies have different inode numbers: no alias to show"
+    echo "LW-VM: btrfs: /mnt/btrfs/a/relay and /mnt/btrfs/b/relay, inode $INO in both, devices $(stat -c %d /mnt/btrfs/a/relay) and $(stat -c %d /mnt/btrfs/b/relay)"
+    CONFIG=/tmp/lw.toml
+    cp /etc/lw.toml $CONFIG
+    printf '\n[[rule]]\nname = "btrfs-a"\naction = "deny"\nexe = "/mnt/btrfs/a/relay"\n' >>$CONFIG
+fi
+
+loopwarden run --config $CONFIG --log-format json >/tmp/audit 2>/tmp/err &
 LW=$!
 i=0
 while ! grep -q 'ready:' /tmp/err; do
@@ -94,6 +122,17 @@ while ! grep -q 'ready:' /tmp/err; do
     sleep 0.1
 done
 echo "LW-VM: $(grep 'ready:' /tmp/err)"
+if [ -f $ORDER ]; then
+    grep -q 'btrfs subvolumes are told apart' /tmp/err || fail "the daemon did not read btrfs's offsets from /sys/kernel/btf/btrfs"
+    echo "LW-VM: $(grep -o 'btrfs subvolumes are told apart[^"]*' /tmp/err | head -n 1)"
+    if timeout 10 /mnt/btrfs/a/wget -q -O - $V4 >/dev/null 2>/tmp/fetch.err; then
+        fail "the rule's file on btrfs (subvolume a) was NOT refused"
+    fi
+    grep -qi 'refused' /tmp/fetch.err || fail "subvolume a's wget failed, but not with connection refused: $(cat /tmp/fetch.err)"
+    timeout 10 /mnt/btrfs/b/wget -q -O - $V4 2>/tmp/fetch.err | grep -q lw-ok || fail "subvolume b's file (same inode number) was refused: $(cat /tmp/fetch.err)"
+    await 50 "no deny line names the btrfs-a rule" grep -q '"rule":"btrfs-a"' /tmp/audit
+    echo "LW-VM: btrfs: subvolume a's relay refused, subvolume b's (inode $INO too) allowed"
+fi
 
 # Provenance: the accepted socket's getsockopt names its client (8082 is
 # protected, 8083 not), and another option's answer longer than a page
@@ -172,7 +211,7 @@ kill -9 $LW
 wait $LW
 relay $V4 >/dev/null && fail "the relay got through after the daemon was killed"
 echo "LW-VM: after SIGKILL the pinned programs still refuse the relay"
-loopwarden run --config /etc/lw.toml --log-format json >>/tmp/audit 2>>/tmp/err &
+loopwarden run --config $CONFIG --log-format json >>/tmp/audit 2>>/tmp/err &
 LW=$!
 i=0
 while [ "$(grep -c 'ready:' /tmp/err)" -lt 2 ]; do
@@ -221,8 +260,9 @@ const PASSWD: &str =
 const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
 /// The guest's helpers from tests/src/bin: `lw-relay`, the relay that no
-/// catalog names, and `lw-origin-probe`, which asks getsockopt.
-const GUEST_BINS: [&str; 2] = ["lw-relay", "lw-origin-probe"];
+/// catalog names, `lw-origin-probe`, which asks getsockopt, and
+/// `lw-subvol`, which makes btrfs subvolumes.
+const GUEST_BINS: [&str; 3] = ["lw-relay", "lw-origin-probe", "lw-subvol"];
 
 /// Builds [`GUEST_BINS`]; their paths.
 pub(super) fn build_guest_bins() -> anyhow::Result<Vec<PathBuf>> {
@@ -243,6 +283,8 @@ pub(super) fn build_initramfs(
     binary: &Path,
     guest_bins: &[PathBuf],
     busybox: &Path,
+    kernels: &[Kernel],
+    btrfs_image: Option<&Path>,
     out: &Path,
 ) -> anyhow::Result<()> {
     let mut cpio = Cpio::default();
@@ -291,6 +333,24 @@ pub(super) fn build_initramfs(
         let path = lib.to_string_lossy().into_owned();
         cpio.parents(&path);
         cpio.file(&path, 0o755, &bytes);
+    }
+
+    // Each kernel's btrfs and loop modules, the order /init loads them in,
+    // and the empty btrfs image it mounts.
+    for kernel in kernels.iter().filter(|k| !k.modules.is_empty()) {
+        let dir = format!("/lib/modules/{}", kernel.release);
+        cpio.parents(&format!("{dir}/guest.order"));
+        let mut order = String::new();
+        for module in &kernel.modules {
+            cpio.file(&format!("{dir}/{}.ko", module.name), 0o644, &module.object);
+            order.push_str(&module.name);
+            order.push('\n');
+        }
+        cpio.file(&format!("{dir}/guest.order"), 0o644, order.as_bytes());
+    }
+    if let Some(image) = btrfs_image {
+        let bytes = fs::read(image).with_context(|| format!("cannot read {}", image.display()))?;
+        cpio.file("/btrfs.img", 0o644, &bytes);
     }
 
     cpio.file("/init", 0o755, INIT.as_bytes());

@@ -19,6 +19,7 @@
 mod boot;
 mod debian;
 mod initramfs;
+mod modules;
 
 use std::{fs, path::PathBuf, time::Instant};
 
@@ -123,7 +124,19 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
         binary.display(),
         busybox.display()
     );
-    initramfs::build_initramfs(&binary, &guest_bins, &busybox, &initrd)?;
+    let btrfs = if kernels.iter().any(|k| !k.modules.is_empty()) {
+        Some(modules::btrfs_image(&dir)?)
+    } else {
+        None
+    };
+    initramfs::build_initramfs(
+        &binary,
+        &guest_bins,
+        &busybox,
+        &kernels,
+        btrfs.as_deref(),
+        &initrd,
+    )?;
 
     let mut outcomes = Vec::new();
     for kernel in &kernels {
