@@ -435,22 +435,7 @@ fn kernel_and_btrfs_module() -> (Vec<u8>, Vec<u8>) {
         8 * 136,
     ]);
     m.next_id += 1;
-    let mut module = Vec::new();
-    module.extend_from_slice(&MAGIC.to_le_bytes());
-    module.extend_from_slice(&[1, 0]);
-    let type_len = m.types.len() as u32;
-    for w in [
-        HEADER_LEN as u32,
-        0,
-        type_len,
-        type_len,
-        m.strings.len() as u32,
-    ] {
-        module.extend_from_slice(&w.to_le_bytes());
-    }
-    module.extend_from_slice(&m.types);
-    module.extend_from_slice(&m.strings);
-    (kernel, module)
+    (kernel, m.build())
 }
 
 #[test]
