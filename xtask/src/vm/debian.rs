@@ -155,8 +155,9 @@ pub(super) struct Kernel {
     pub(super) vmlinuz: PathBuf,
     /// `uname -r` of the kernel, e.g. `6.1.0-56-amd64`.
     pub(super) release: String,
-    /// btrfs, what it needs and `loop`, in load order, when btrfs is a
-    /// module (see [`super::modules`]); empty when it is built in or absent.
+    /// btrfs, what it needs, `loop` and the socket diagnostics, in load
+    /// order, when btrfs is a module (see [`super::modules`]); empty when
+    /// it is built in or absent.
     pub(super) modules: Vec<Module>,
 }
 
@@ -188,7 +189,7 @@ pub(super) fn ensure_kernel(dir: &Path, series: &str) -> anyhow::Result<Kernel> 
     // Unpacked before this test loaded btrfs: only /boot is there.
     let stale = find_in(&boot, "config-")
         .is_some_and(|config| config_value(&config, "CONFIG_BTRFS_FS") == "m")
-        && !modules_dir.join("drivers/block").is_dir();
+        && !modules_dir.join("net/ipv4").is_dir();
     if find_in(&boot, "vmlinuz-").is_none() || stale {
         say!("vm-test: fetching {package} (its /boot and btrfs's modules are unpacked) ...");
         let deb = apt_download(dir, &package)?;

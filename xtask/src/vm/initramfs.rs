@@ -112,6 +112,15 @@ if [ -f $ORDER ]; then
     printf '\n[[rule]]\nname = "btrfs-a"\naction = "deny"\nexe = "/mnt/btrfs/a/relay"\n' >>$CONFIG
 fi
 
+# A relay's connection opened before the daemon (httpd waits up to a minute
+# for its request): the daemon cuts it as it starts enforcing, through
+# sock_diag (inet_diag and tcp_diag, loaded above where they are modules).
+established() { netstat -tn 2>/dev/null | grep -q "127.0.0.1:8080 .*ESTABLISHED"; }
+sleep 600 | /relay/nc 127.0.0.1 8080 >/dev/null 2>&1 &
+NCPID=$!
+await 50 "the relay's early connection is not established" established
+echo "LW-VM: a relay connection made before the daemon is up (nc, pid $NCPID)"
+
 loopwarden run --config $CONFIG --log-format json >/tmp/audit 2>/tmp/err &
 LW=$!
 i=0
@@ -133,6 +142,10 @@ if [ -f $ORDER ]; then
     await 50 "no deny line names the btrfs-a rule" grep -q '"rule":"btrfs-a"' /tmp/audit
     echo "LW-VM: btrfs: subvolume a's relay refused, subvolume b's (inode $INO too) allowed"
 fi
+await 100 "the relay's connection made before the daemon was not cut" grep -q '"verdict":"cut"' /tmp/audit
+nc_gone() { ! kill -0 $NCPID 2>/dev/null; }
+await 100 "nc outlived the cut of its connection" nc_gone
+echo "LW-VM: cut: $(grep -o '"verdict":"cut","rule":"[^"]*"' /tmp/audit | head -n 1), nc exited"
 
 # Provenance: the accepted socket's getsockopt names its client (8082 is
 # protected, 8083 not), and another option's answer longer than a page
@@ -310,6 +323,7 @@ pub(super) fn build_initramfs(
     // argv[0], hence the symlinks named after the applet.
     cpio.file("/bin/relay", 0o755, &busybox_bytes);
     cpio.symlink("/relay/wget", "/bin/relay");
+    cpio.symlink("/relay/nc", "/bin/relay");
     cpio.file("/bin/socat", 0o755, &busybox_bytes);
     cpio.symlink("/socat/wget", "/bin/socat");
     cpio.file("/bin/lw-egress", 0o755, &busybox_bytes);

@@ -3,7 +3,9 @@
 //! module's split BTF (`/sys/kernel/btf/btrfs`, there while it is loaded).
 //! The guest loads it, what it depends on and `loop` (for a btrfs image)
 //! before the daemon starts, so the test boots the kernels with the
-//! programs' btrfs path in place and a btrfs filesystem to run it on.
+//! programs' btrfs path in place and a btrfs filesystem to run it on; and
+//! `inet_diag`/`tcp_diag`, which a Debian host loads on demand (the guest
+//! has no modprobe), so the daemon can list and cut connections.
 
 use std::{
     collections::HashMap,
@@ -55,15 +57,26 @@ pub(super) struct Module {
 }
 
 /// The directories of a kernel package's `lib/modules/<release>/kernel`
-/// (tar members) that hold btrfs, what it needs, and `loop`.
+/// (tar members) that hold btrfs, what it needs, `loop` and the socket
+/// diagnostics.
 pub(super) fn members(release: &str) -> Vec<String> {
-    ["fs/btrfs/", "lib/", "crypto/", "drivers/block/"]
-        .iter()
-        .map(|dir| format!("./lib/modules/{release}/kernel/{dir}"))
-        .collect()
+    [
+        "fs/btrfs/",
+        "lib/",
+        "crypto/",
+        "drivers/block/",
+        "net/ipv4/",
+    ]
+    .iter()
+    .map(|dir| format!("./lib/modules/{release}/kernel/{dir}"))
+    .collect()
 }
 
-/// btrfs, the modules it depends on, and `loop`, from `kernel` (an
+/// Loaded after btrfs when the package has them as modules (a kernel that
+/// builds one in has no file for it).
+const OPTIONAL: &[&str] = &["loop", "inet_diag", "tcp_diag"];
+
+/// btrfs, the modules it depends on, and [`OPTIONAL`]'s, from `kernel` (an
 /// unpacked `lib/modules/<release>/kernel`), in the order to load them.
 pub(super) fn for_guest(kernel: &Path) -> anyhow::Result<Vec<Module>> {
     let files = index(kernel)?;
@@ -74,7 +87,11 @@ pub(super) fn for_guest(kernel: &Path) -> anyhow::Result<Vec<Module>> {
         }
     }
     visit("btrfs", &files, &mut order, 0)?;
-    visit("loop", &files, &mut order, 0)?;
+    for name in OPTIONAL {
+        if files.contains_key(*name) {
+            visit(name, &files, &mut order, 0)?;
+        }
+    }
     Ok(order)
 }
 
