@@ -186,12 +186,13 @@ pub(super) fn ensure_kernel(dir: &Path, series: &str) -> anyhow::Result<Kernel> 
         .unwrap_or(&package)
         .to_owned();
     let modules_dir = root.join("lib/modules").join(&release).join("kernel");
-    // Unpacked before this test loaded btrfs: only /boot is there.
+    // Unpacked by an earlier version of this test, which loaded no
+    // modules: only /boot is there (or not the socket diagnostics).
     let stale = find_in(&boot, "config-")
         .is_some_and(|config| config_value(&config, "CONFIG_BTRFS_FS") == "m")
         && !modules_dir.join("net/ipv4").is_dir();
     if find_in(&boot, "vmlinuz-").is_none() || stale {
-        say!("vm-test: fetching {package} (its /boot and btrfs's modules are unpacked) ...");
+        say!("vm-test: fetching {package} (its /boot and the guest's modules are unpacked) ...");
         let deb = apt_download(dir, &package)?;
         extract(&deb, &root, &["./boot/"])?;
         let config = find_in(&boot, "config-")
