@@ -25,6 +25,7 @@ use crate::{
 /// this little (the default layout needs 114 MiB), and it holds two copies
 /// of busybox.
 const IMAGE_BYTES: u64 = 32 << 20;
+
 /// An empty btrfs image for the guest (made here: the guest has no
 /// btrfs-progs), at `dir/btrfs.img`; installs btrfs-progs if it is missing.
 pub(super) fn btrfs_image(dir: &Path) -> anyhow::Result<PathBuf> {
