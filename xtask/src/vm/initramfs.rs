@@ -92,6 +92,12 @@ echo "LW-VM: listener up on 8080 (v4, v6, v4-mapped)"
 CONFIG=/etc/lw.toml
 ORDER=/lib/modules/$KREL/guest.order
 if [ -f $ORDER ]; then
+    # Before the socket diagnostics are loaded, doctor says what is missing.
+    if grep -qx tcp_diag $ORDER; then
+        loopwarden doctor >/tmp/doctor 2>&1
+        grep -q 'no TCP socket diagnostics.*modprobe tcp_diag' /tmp/doctor || fail "doctor did not name the missing tcp_diag: $(grep 'sock destroy' /tmp/doctor)"
+        echo "LW-VM: doctor before tcp_diag: $(grep -o 'no TCP socket diagnostics[^:]*' /tmp/doctor | head -n 1)"
+    fi
     for m in $(cat $ORDER); do
         insmod /lib/modules/$KREL/$m.ko 2>/tmp/insmod.err || fail "insmod $m: $(cat /tmp/insmod.err)"
     done

@@ -279,6 +279,18 @@ pub(super) fn sock_destroy() -> Check {
             "SOCK_DESTROY not supported: connections admitted earlier are not cut",
             FIX,
         ),
+        // The kernel answers a dump of a family it has no diagnostics
+        // module for with ENOENT: `inet_diag`/`tcp_diag` are modules on
+        // most distribution kernels, loaded on demand unless module
+        // loading is off (or, in a VM's initramfs, there is no modprobe).
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Check::bad(
+            NAME,
+            false,
+            "no TCP socket diagnostics (sock_diag has no tcp_diag): connections admitted \
+             earlier cannot be listed, so they are not cut",
+            "load the modules (`modprobe tcp_diag`, which loads inet_diag), or a kernel with \
+             CONFIG_INET_TCP_DIAG",
+        ),
         Err(e) => Check::bad(NAME, false, format!("probe failed: {e}"), FIX),
     }
 }
