@@ -51,7 +51,7 @@ use self::procs::{Owner, ProcReader};
 use crate::{
     error_chain,
     events::RELAY_RULE_NAME,
-    kernel::sock_diag::{Dumped, SockDiag, TcpSocket, state},
+    kernel::sock_diag::{self, Dumped, SockDiag, TcpSocket, state},
     policy::{CompiledPolicy, Mode},
     resolve,
 };
@@ -81,6 +81,44 @@ pub struct Cut {
     pub netns_cookie: u64,
     /// The owner that matched the deny rule.
     pub owner: Owner,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// The connections it destroyed.
+    pub cuts: Vec<Cut>,
+    /// Network namespaces whose sockets it listed.
+    pub namespaces: usize,
+    /// Sockets it examined over all of them.
+    pub examined: usize,
+    /// What kept it from checking or cutting everything, one line each, in
+    /// the order met (each also logged as a warning). Empty: complete.
+    pub problems: Vec<String>,
+}
+
+impl Sweep {
+    /// Logs `text` as a warning and keeps it.
+    fn problem(&mut self, text: String) {
+        warn!("cut: {text}");
+        self.problems.push(text);
+    }
+
+    /// Logs and keeps `e`, with how to fix what the kernel lacks when the
+    /// error is that.
+    fn error(&mut self, e: &SweepError) {
+        let fix = match e {
+            SweepError::Dump { source, .. } | SweepError::Destroy { source, .. } => {
+                sock_diag::missing_feature_fix(source)
+            }
+            _ => None,
+        };
+        let text = error_chain(e);
+        self.problem(match fix {
+            Some(fix) => format!("{text} ({fix})"),
+            None => text,
+        });
+    }
 }
 
 /// What went wrong in a sweep; logged, never fatal: whatever else can be
@@ -138,8 +176,8 @@ struct Entered {
 
 /// Destroys the established TCP connections to protected destinations
 /// whose client process matches a deny rule of `policy`, and returns one
-/// [`Cut`] per connection destroyed. Does nothing unless the policy is in
-/// enforce mode.
+/// [`Cut`] per connection destroyed, with what kept it from being complete.
+/// Does nothing unless the policy is in enforce mode.
 ///
 /// `host_addresses`: the addresses the kernel protects besides loopback
 /// (what the daemon installed with the policy; used only when
@@ -155,16 +193,17 @@ pub fn sweep(
     host_addresses: &[IpAddr],
     cgroup_root: &Path,
     tracked: &dyn Fn(u32) -> Option<ProcState>,
-) -> Vec<Cut> {
+) -> Sweep {
+    let mut sweep = Sweep::default();
     if policy.mode != Mode::Enforce {
-        return Vec::new();
+        return sweep;
     }
     let started = Instant::now();
     let targets = match targets(policy) {
         Ok(targets) => targets,
         Err(e) => {
-            warn!("cut: {}", error_chain(&e));
-            return Vec::new();
+            sweep.error(&e);
+            return sweep;
         }
     };
     let host: Vec<IpAddr> = if policy.host_addresses {
@@ -184,7 +223,7 @@ pub fn sweep(
         let mut ns = match enter(target) {
             Ok(ns) => ns,
             Err(e) => {
-                warn!("cut: {}", error_chain(&e));
+                sweep.error(&e);
                 continue;
             }
         };
@@ -204,61 +243,65 @@ pub fn sweep(
                 }
             }
             Err(source) => {
-                let e = SweepError::Dump {
+                sweep.error(&SweepError::Dump {
                     netns: ns.label.clone(),
                     source,
-                };
-                warn!("cut: {}", error_chain(&e));
+                });
                 continue;
             }
         }
         entered.push(ns);
     }
     if truncated {
-        warn!(
-            "cut: stopped after examining {MAX_SOCKETS} sockets; connections beyond them (and those of the namespace where the limit was hit) were not checked"
+        sweep.problem(format!(
+            "stopped after examining {MAX_SOCKETS} sockets; connections beyond them (and those of the namespace where the limit was hit) were not checked"
+        ));
+    }
+    sweep.namespaces = entered.len();
+    sweep.examined = examined;
+    if !candidates.is_empty() {
+        cut(
+            policy,
+            cgroup_root,
+            &mut entered,
+            &candidates,
+            tracked,
+            &mut sweep,
         );
     }
-
-    let cuts = if candidates.is_empty() {
-        Vec::new()
-    } else {
-        cut(policy, cgroup_root, &mut entered, &candidates, tracked)
-    };
     debug!(
         "cut: {} namespaces, {examined} sockets examined, {} candidates, {} cut in {:?}",
-        entered.len(),
+        sweep.namespaces,
         candidates.len(),
-        cuts.len(),
+        sweep.cuts.len(),
         started.elapsed()
     );
-    cuts
+    sweep
 }
 
 /// Finds the owners of the candidates, judges them, destroys the sockets of
-/// those a deny rule matches.
+/// those a deny rule matches, adding each to `sweep`.
 fn cut(
     policy: &CompiledPolicy,
     cgroup_root: &Path,
     entered: &mut [Entered],
     candidates: &[(usize, TcpSocket)],
     tracked: &dyn Fn(u32) -> Option<ProcState>,
-) -> Vec<Cut> {
+    sweep: &mut Sweep,
+) {
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     let inodes: HashSet<u64> = candidates.iter().map(|(_, s)| s.inode).collect();
     let owners = match procs::socket_owners(&inodes) {
         Ok(owners) => owners,
         Err(source) => {
-            let e = SweepError::Owners {
+            sweep.error(&SweepError::Owners {
                 sockets: inodes.len(),
                 source,
-            };
-            warn!("cut: {}", error_chain(&e));
-            return Vec::new();
+            });
+            return;
         }
     };
     let mut reader = ProcReader::new(cgroup_root.to_owned());
-    let mut cuts = Vec::new();
     for (index, sock) in candidates {
         // No owner: closed meanwhile, or held only by a process that is gone.
         let Some(pids) = owners.get(&sock.inode) else {
@@ -273,7 +316,7 @@ fn cut(
         let Some((rule, owner)) = hit else { continue };
         let ns = &mut entered[*index];
         match ns.diag.destroy(sock) {
-            Ok(()) => cuts.push(Cut {
+            Ok(()) => sweep.cuts.push(Cut {
                 rule,
                 rule_name: if rule == usize::from(RELAY_RULE) {
                     RELAY_RULE_NAME.to_owned()
@@ -293,27 +336,16 @@ fn cut(
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
                 debug!("cut: {} -> {} is already gone", sock.src, sock.dst);
             }
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                warn!(
-                    "cut: the kernel cannot destroy sockets (it needs CONFIG_INET_DIAG_DESTROY=y): \
-                     {} -> {} of pid {} stays open; new connects are still refused",
-                    sock.src, sock.dst, owner.pid
-                );
-            }
-            Err(source) => {
-                let e = SweepError::Destroy {
-                    src: sock.src,
-                    dst: sock.dst,
-                    cookie: sock.cookie,
-                    pid: owner.pid,
-                    netns: ns.label.clone(),
-                    source,
-                };
-                warn!("cut: {}", error_chain(&e));
-            }
+            Err(source) => sweep.error(&SweepError::Destroy {
+                src: sock.src,
+                dst: sock.dst,
+                cookie: sock.cookie,
+                pid: owner.pid,
+                netns: ns.label.clone(),
+                source,
+            }),
         }
     }
-    cuts
 }
 
 /// The namespaces to sweep: the policy's, or every one with processes.
@@ -528,6 +560,8 @@ mod tests {
     #[test]
     fn audit_mode_sweeps_nothing() {
         let p = policy("mode = \"audit\"\n");
-        assert!(sweep(&p, &[], Path::new("/nonexistent"), &|_| None).is_empty());
+        let swept = sweep(&p, &[], Path::new("/nonexistent"), &|_| None);
+        assert!(swept.cuts.is_empty() && swept.problems.is_empty());
+        assert_eq!(swept.namespaces, 0);
     }
 }

@@ -174,8 +174,16 @@ impl Installed {
                     }
                 }
                 self.config = Some(config);
-                let outcome = self.install(policy, enricher).map(drop);
-                status_file::record(self, Some(outcome));
+                let outcome = self.install(policy, enricher);
+                // An explicit reload sweeps again even when nothing changed:
+                // what kept the last sweep from cutting (socket diagnostics
+                // not loaded, say) may have been fixed since.
+                if outcome == Ok(false)
+                    && let Some(policy) = &self.policy
+                {
+                    self.sweeper.request(policy, &self.addrs);
+                }
+                status_file::record(self, Some(outcome.map(drop)));
             }
             Err(e) => {
                 error!("reload failed, keeping the running policy: {e}");

@@ -1,7 +1,8 @@
 //! `<run_dir>/status.json`: what a running daemon says about itself for
 //! `loopwarden status` (pid, version, start time, policy source, the policy
-//! in force and the last reload's outcome). Written at start and after each
-//! install or failed reload, atomically (a temporary file renamed over it),
+//! in force, the last reload's outcome and the last sweep's). Written at
+//! start, after each install or failed reload and after each sweep,
+//! atomically (a temporary file renamed over it),
 //! so a reader sees a whole file or the previous one.
 //!
 //! The file is a report, not a proof of life: it stays behind when the
@@ -10,8 +11,10 @@
 //! policy, counters) is always read from the pins, never from here.
 //!
 //! One daemon runs per process, so the parts that never change (run
-//! directory, start time) and the last reload's outcome live in a
-//! process-wide cell set once at start.
+//! directory, start time), the last reload's outcome and the last status
+//! written live in a process-wide cell set once at start. The last sweep's
+//! outcome has a cell of its own: the sweeper thread may finish the start's
+//! sweep before the daemon is ready to write the file.
 
 use std::{
     fs,
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::installed::Installed;
+use crate::cut::Sweep;
 
 /// Its name in the run directory.
 pub const STATUS_FILE: &str = "status.json";
@@ -53,6 +57,10 @@ pub struct DaemonStatus {
     pub rules: Option<u32>,
     /// The last SIGHUP reload or install, if any since start.
     pub last_reload: Option<Reload>,
+    /// The last sweep of admitted connections (enforce mode only), if any
+    /// since start. Absent in the files of earlier versions.
+    #[serde(default)]
+    pub last_sweep: Option<SweepOutcome>,
 }
 
 /// Outcome of a reload or install.
@@ -63,13 +71,56 @@ pub struct Reload {
     pub error: Option<String>,
 }
 
+/// Outcome of a sweep of admitted connections ([`crate::cut::sweep`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepOutcome {
+    pub at: String,
+    /// Connections destroyed.
+    pub cut: usize,
+    /// Network namespaces listed, and sockets examined in them.
+    pub namespaces: usize,
+    pub sockets: usize,
+    /// Whether it checked every connection it should have and cut each one
+    /// it judged (no problem).
+    pub complete: bool,
+    /// The first [`MAX_PROBLEMS`] problems, in the order met.
+    pub problems: Vec<String>,
+    /// How many more there were.
+    pub more_problems: usize,
+}
+
+/// Problems a sweep outcome keeps (a kernel without `SOCK_DESTROY` gives
+/// one per socket it would cut).
+pub const MAX_PROBLEMS: usize = 4;
+
+impl SweepOutcome {
+    pub fn new(sweep: &Sweep) -> Self {
+        Self {
+            at: now(),
+            cut: sweep.cuts.len(),
+            namespaces: sweep.namespaces,
+            sockets: sweep.examined,
+            complete: sweep.problems.is_empty(),
+            problems: sweep.problems.iter().take(MAX_PROBLEMS).cloned().collect(),
+            more_problems: sweep.problems.len().saturating_sub(MAX_PROBLEMS),
+        }
+    }
+}
+
 struct Cell {
     path: PathBuf,
     started_at: String,
     last_reload: Option<Reload>,
+    /// What the file holds now (`None`: not yet written).
+    written: Option<DaemonStatus>,
 }
 
 static CELL: OnceLock<Mutex<Cell>> = OnceLock::new();
+static LAST_SWEEP: Mutex<Option<SweepOutcome>> = Mutex::new(None);
+
+fn last_sweep() -> Option<SweepOutcome> {
+    LAST_SWEEP.lock().ok()?.clone()
+}
 
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
@@ -81,6 +132,7 @@ pub(super) fn started(run_dir: &Path, installed: &Installed) {
         path: run_dir.join(STATUS_FILE),
         started_at: now(),
         last_reload: None,
+        written: None,
     };
     if CELL.set(Mutex::new(cell)).is_err() {
         warn!("status file: started twice");
@@ -116,10 +168,33 @@ pub(super) fn record(installed: &Installed, outcome: Option<Result<(), String>>)
         policy_seq: in_force.map(|s| s.seq),
         rules: in_force.map(|s| s.active.count_ones()),
         last_reload: cell.last_reload.clone(),
+        last_sweep: last_sweep(),
     };
+    rewrite(&mut cell, status);
+}
+
+/// After a sweep: keeps its outcome, and rewrites the file with it once
+/// the daemon has written one.
+pub(super) fn swept(sweep: &Sweep) {
+    let outcome = SweepOutcome::new(sweep);
+    if let Ok(mut last) = LAST_SWEEP.lock() {
+        *last = Some(outcome.clone());
+    }
+    let Some(Ok(mut cell)) = CELL.get().map(Mutex::lock) else {
+        return;
+    };
+    if let Some(mut status) = cell.written.clone() {
+        status.updated_at = now();
+        status.last_sweep = Some(outcome);
+        rewrite(&mut cell, status);
+    }
+}
+
+fn rewrite(cell: &mut Cell, status: DaemonStatus) {
     if let Err(e) = write(&cell.path, &status) {
         warn!("writing {} failed: {e}", cell.path.display());
     }
+    cell.written = Some(status);
 }
 
 /// The last reload's or install's outcome since start, if any.
@@ -178,12 +253,47 @@ mod tests {
                 ok: false,
                 error: Some("bad file".into()),
             }),
+            last_sweep: Some(SweepOutcome {
+                at: "2026-01-01T00:00:02Z".into(),
+                cut: 1,
+                namespaces: 2,
+                sockets: 40,
+                complete: false,
+                problems: vec!["listing the TCP sockets of network namespace x failed".into()],
+                more_problems: 0,
+            }),
         };
         write(&dir.join(STATUS_FILE), &status).unwrap();
         assert_eq!(read(&dir), Some(status));
         let left: Vec<_> = fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(left.len(), 1, "the temporary file was left behind");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_of_an_earlier_version_without_a_sweep_still_reads() {
+        let text = r#"{"pid":7,"version":"0.1.0","started_at":"a","updated_at":"b",
+            "policy_source":"embedded default policy","own_policy":true,"mode":"audit",
+            "policy_seq":2,"rules":20,"last_reload":null}"#;
+        let status: DaemonStatus = serde_json::from_str(text).unwrap();
+        assert_eq!(status.last_sweep, None);
+    }
+
+    #[test]
+    fn a_sweep_keeps_its_first_problems_and_counts_the_rest() {
+        let sweep = Sweep {
+            namespaces: 1,
+            examined: 9,
+            problems: (0..MAX_PROBLEMS + 3).map(|i| format!("p{i}")).collect(),
+            ..Sweep::default()
+        };
+        let outcome = SweepOutcome::new(&sweep);
+        assert!(!outcome.complete);
+        assert_eq!(outcome.cut, 0);
+        assert_eq!((outcome.namespaces, outcome.sockets), (1, 9));
+        assert_eq!(outcome.problems, ["p0", "p1", "p2", "p3"]);
+        assert_eq!(outcome.more_problems, 3);
+        assert!(SweepOutcome::new(&Sweep::default()).complete);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! open connections ([`crate::cut::sweep`]) and writes a `cut` line for each
 //! one it destroys. A sweep walks `/proc` and can take tens of
 //! milliseconds; on its own thread it never delays reports, signals or the
-//! next install. Requests coalesce: a sweep always uses the newest policy
+//! next install. Each sweep's outcome goes to `status.json` (what was cut,
+//! and what kept it from being complete). Requests coalesce: a sweep always uses the newest policy
 //! asked for (the one in force), and one still queued behind it is dropped.
 
 use std::{
@@ -18,6 +19,7 @@ use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use loopwarden_common::ProcState;
 use tracing::{error, info, warn};
 
+use super::status_file;
 use crate::{
     cut,
     events::{Enricher, LogFormat},
@@ -88,10 +90,10 @@ fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, procs_pin: &Path, format: L
             }
         };
         let tracked = |pid: u32| procs.as_ref().and_then(|m| m.get(&pid, 0).ok());
-        let cuts = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &tracked);
+        let sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &tracked);
         let stdout = io::stdout();
         let mut out = stdout.lock();
-        for c in &cuts {
+        for c in &sweep.cuts {
             if let Err(e) = writeln!(out, "{}", enricher.cut(c).format(format)) {
                 error!("writing an audit line failed: {e}");
             }
@@ -100,6 +102,7 @@ fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, procs_pin: &Path, format: L
             error!("flushing audit lines failed: {e}");
         }
         drop(out);
-        info!("cut {} connections", cuts.len());
+        info!("cut {} connections", sweep.cuts.len());
+        status_file::swept(&sweep);
     }
 }

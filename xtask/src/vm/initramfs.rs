@@ -98,11 +98,12 @@ if [ -f $ORDER ]; then
         grep -q 'no TCP socket diagnostics.*modprobe tcp_diag' /tmp/doctor || fail "doctor did not name the missing tcp_diag: $(grep 'sock destroy' /tmp/doctor)"
         echo "LW-VM: doctor before tcp_diag: $(grep -o 'no TCP socket diagnostics[^:]*' /tmp/doctor | head -n 1)"
     fi
-    for m in $(cat $ORDER); do
+    # The socket diagnostics come after the daemon's first sweep (below).
+    for m in $(grep -vx 'inet_diag\|tcp_diag' $ORDER); do
         insmod /lib/modules/$KREL/$m.ko 2>/tmp/insmod.err || fail "insmod $m: $(cat /tmp/insmod.err)"
     done
     [ -e /sys/kernel/btf/btrfs ] || fail "btrfs is loaded but /sys/kernel/btf/btrfs is missing"
-    echo "LW-VM: loaded as modules: $(tr '\n' ' ' <$ORDER)"
+    echo "LW-VM: loaded as modules: $(grep -vx 'inet_diag\|tcp_diag' $ORDER | tr '\n' ' ')"
     mkdir -p /mnt/btrfs
     mount -t btrfs -o loop /btrfs.img /mnt/btrfs 2>/tmp/mount.err || fail "mounting the btrfs image: $(cat /tmp/mount.err)"
     lw-subvol /mnt/btrfs a b 2>/tmp/subvol.err || fail "creating subvolumes: $(cat /tmp/subvol.err)"
@@ -120,7 +121,10 @@ fi
 
 # A relay's connection opened before the daemon (httpd waits up to a minute
 # for its request): the daemon cuts it as it starts enforcing, through
-# sock_diag (inet_diag and tcp_diag, loaded above where they are modules).
+# sock_diag. Where inet_diag and tcp_diag are modules, they are loaded only
+# once the daemon has started: its first sweep cannot list the sockets,
+# status says so and how to fix it, and the sweep of a reload (SIGHUP)
+# after loading them cuts the connection.
 established() { netstat -tn 2>/dev/null | grep -q "127.0.0.1:8080 .*ESTABLISHED"; }
 sleep 600 | /relay/nc 127.0.0.1 8080 >/dev/null 2>&1 &
 NCPID=$!
@@ -137,6 +141,18 @@ while ! grep -q 'ready:' /tmp/err; do
     sleep 0.1
 done
 echo "LW-VM: $(grep 'ready:' /tmp/err)"
+if [ -f $ORDER ] && grep -qx tcp_diag $ORDER; then
+    swept() { loopwarden status >/tmp/status 2>&1; grep -q '^sweep' /tmp/status; }
+    await 100 "status never showed the first sweep" swept
+    grep -q '^sweep *INCOMPLETE.*0 connections cut.*modprobe tcp_diag' /tmp/status || fail "status did not say the sweep without tcp_diag was incomplete: $(grep '^sweep' /tmp/status)"
+    echo "LW-VM: $(grep '^sweep' /tmp/status)"
+    kill -0 $NCPID 2>/dev/null || fail "nc's connection went without the socket diagnostics"
+    for m in inet_diag tcp_diag; do
+        insmod /lib/modules/$KREL/$m.ko 2>/tmp/insmod.err || fail "insmod $m: $(cat /tmp/insmod.err)"
+    done
+    echo "LW-VM: loaded inet_diag and tcp_diag, then SIGHUP (the policy unchanged)"
+    kill -HUP $LW
+fi
 if [ -f $ORDER ]; then
     grep -q 'btrfs subvolumes are told apart' /tmp/err || fail "the daemon did not read btrfs's offsets from /sys/kernel/btf/btrfs"
     echo "LW-VM: $(grep -o 'btrfs subvolumes are told apart[^"]*' /tmp/err | head -n 1)"
@@ -152,6 +168,9 @@ await 100 "the relay's connection made before the daemon was not cut" grep -q '"
 nc_gone() { ! kill -0 $NCPID 2>/dev/null; }
 await 100 "nc outlived the cut of its connection" nc_gone
 echo "LW-VM: cut: $(grep -o '"verdict":"cut","rule":"[^"]*"' /tmp/audit | head -n 1), nc exited"
+swept_ok() { loopwarden status >/tmp/status 2>&1; grep -q '^sweep *ok at .*: 1 connection cut' /tmp/status; }
+await 50 "status did not show the sweep that cut nc's connection" swept_ok
+echo "LW-VM: $(grep '^sweep' /tmp/status)"
 
 # Provenance: the accepted socket's getsockopt names its client (8082 is
 # protected, 8083 not), and another option's answer longer than a page

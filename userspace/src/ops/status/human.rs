@@ -1,6 +1,7 @@
 //! `loopwarden status` as text: one labelled line per fact.
 
 use super::{DaemonReport, Report};
+use crate::daemon::status_file::SweepOutcome;
 
 impl Report {
     /// The human-readable form.
@@ -124,6 +125,9 @@ impl Report {
                 };
                 line("reload", text);
             }
+            if let Some(sweep) = &r.last_sweep {
+                line("sweep", sweep_text(sweep));
+            }
         }
         if !self.counters.is_empty() {
             let counters: Vec<String> = self
@@ -245,4 +249,62 @@ impl DaemonReport {
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("?".to_owned(), |v| v.to_string())
+}
+
+/// The last sweep of admitted connections, in one line: what it cut, and
+/// what kept it from being complete.
+fn sweep_text(sweep: &SweepOutcome) -> String {
+    let cut = format!(
+        "{} connection{} cut ({} namespace{}, {} sockets examined)",
+        sweep.cut,
+        if sweep.cut == 1 { "" } else { "s" },
+        sweep.namespaces,
+        if sweep.namespaces == 1 { "" } else { "s" },
+        sweep.sockets,
+    );
+    if sweep.complete {
+        return format!("ok at {}: {cut}", sweep.at);
+    }
+    let mut problems = sweep.problems.join("; ");
+    if sweep.more_problems > 0 {
+        problems.push_str(&format!("; and {} more", sweep.more_problems));
+    }
+    format!(
+        "INCOMPLETE at {}: {cut}; admitted connections may be left open: {problems}",
+        sweep.at
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(cut: usize, problems: &[&str], more_problems: usize) -> SweepOutcome {
+        SweepOutcome {
+            at: "T".into(),
+            cut,
+            namespaces: 1,
+            sockets: 12,
+            complete: problems.is_empty(),
+            problems: problems.iter().map(|p| (*p).to_owned()).collect(),
+            more_problems,
+        }
+    }
+
+    #[test]
+    fn a_complete_sweep_says_what_it_cut() {
+        assert_eq!(
+            sweep_text(&outcome(1, &[], 0)),
+            "ok at T: 1 connection cut (1 namespace, 12 sockets examined)"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_sweep_says_why_and_counts_the_rest() {
+        assert_eq!(
+            sweep_text(&outcome(0, &["a", "b"], 5)),
+            "INCOMPLETE at T: 0 connections cut (1 namespace, 12 sockets examined); \
+             admitted connections may be left open: a; b; and 5 more"
+        );
+    }
 }
