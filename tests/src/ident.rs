@@ -87,6 +87,115 @@ pub fn ident_query(ns: &Netns, host: &str, query: &str) -> String {
     exchange.replies
 }
 
+/// A client that trickles digits at the responder at `host`, one byte every
+/// 0.1 s for up to 4 s (never a whole query), reading between them: what
+/// it saw, `EOF` (the responder closed it), `DATA` (it answered something)
+/// or `OPEN` (it kept the client all along).
+pub fn trickle(ns: &Netns, host: &str) -> String {
+    const SCRIPT: &str = r#"import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s.setblocking(False)
+status = "OPEN"
+for i in range(40):
+    try:
+        s.send(b"1")
+        time.sleep(0.1)
+        if s.recv(4096) == b"":
+            status = "EOF"
+        else:
+            status = "DATA"
+        break
+    except BlockingIOError:
+        pass
+    except (BrokenPipeError, ConnectionResetError):
+        status = "EOF"
+        break
+print(status)
+"#;
+    let out = run_ok(
+        ns.cmd(SYSTEM_PYTHON)
+            .args(["-c", SCRIPT, host, &IDENT_PORT.to_string()]),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `n` clients of the responder at `host` that connect one after another,
+/// a few milliseconds apart, and send nothing.
+pub struct IdleClients {
+    proc: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl IdleClients {
+    const SCRIPT: &str = r#"import socket, sys, time
+socks = []
+for i in range(int(sys.argv[3])):
+    socks.append(socket.create_connection((sys.argv[1], int(sys.argv[2]))))
+    time.sleep(0.005)
+print("ready", flush=True)
+for line in sys.stdin:
+    states = []
+    for s in socks:
+        s.setblocking(False)
+        try:
+            states.append("closed" if s.recv(1) == b"" else "data")
+        except BlockingIOError:
+            states.append("open")
+        except ConnectionResetError:
+            states.append("closed")
+    print(" ".join(states), flush=True)
+"#;
+
+    pub fn open(ns: &Netns, host: &str, n: usize) -> Self {
+        use std::io::BufRead as _;
+        let mut proc = ns
+            .cmd(SYSTEM_PYTHON)
+            .args([
+                "-c",
+                Self::SCRIPT,
+                host,
+                &IDENT_PORT.to_string(),
+                &n.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the idle clients");
+        let stdin = proc.stdin.take().expect("their stdin");
+        let mut stdout = std::io::BufReader::new(proc.stdout.take().expect("their stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("reading from the idle clients");
+        assert_eq!(line.trim(), "ready", "the idle clients did not all connect");
+        Self {
+            proc,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Each client's connection, in the order they connected: `open`,
+    /// `closed` (by the responder) or `data` (it was sent something).
+    pub fn states(&mut self) -> Vec<String> {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(self.stdin, "check").expect("asking the idle clients");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("reading from the idle clients");
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for IdleClients {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
 /// A server on `port` (all addresses) that accepts connections and keeps
 /// them open, so the connections stay in `LW_CONNS`.
 pub fn holding_server(ns: &Netns, port: u16) -> Proc {

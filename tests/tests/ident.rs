@@ -4,18 +4,21 @@
 //! its user; a relay's with `NO-USER`, so the relay's uid never vouches
 //! for whoever is behind it.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Policy, TempDir, UNPROTECTED,
     ident::{
-        HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, holding_server,
-        ident_exchange, ident_query, uid_of,
+        HeldConnection, IDENT_PORT, IdleClients, PG_USER, Postgres, connection_port_of,
+        holding_server, ident_exchange, ident_query, trickle, uid_of,
     },
     loopwarden_bin,
     provenance::fork_client,
-    run,
+    run, wait_for,
 };
+
+/// The responder's slots (`provenance::ident::MAX_CLIENTS`).
+const MAX_CLIENTS: usize = 64;
 
 /// Where a relay listens in the test namespace.
 const RELAY_PORT: u16 = 9001;
@@ -28,11 +31,15 @@ const TIMEOUT_MS: u32 = 300;
 /// A policy for `ns` in audit mode protecting `port`, with the responder
 /// on 127.0.0.1 and ::1 inside `ns`.
 fn config(ns: &Netns, port: u16) -> String {
+    config_with_timeout(ns, port, TIMEOUT_MS)
+}
+
+fn config_with_timeout(ns: &Netns, port: u16, timeout_ms: u32) -> String {
     Policy::new(ns, "audit")
         .ports(&[port])
         .extra(&format!(
             "[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\", \"[::1]:{IDENT_PORT}\"]\nnetns = \
-             \"{}\"\ntimeout_ms = {TIMEOUT_MS}\n",
+             \"{}\"\ntimeout_ms = {timeout_ms}\n",
             ns.path()
         ))
         .text()
@@ -40,7 +47,11 @@ fn config(ns: &Netns, port: u16) -> String {
 
 /// Starts the daemon on [`config`] and checks it says where it answers.
 fn daemon(ns: &Netns, port: u16) -> Daemon {
-    let daemon = Daemon::start(&config(ns, port));
+    daemon_on(ns, &config(ns, port))
+}
+
+fn daemon_on(ns: &Netns, config: &str) -> Daemon {
+    let daemon = Daemon::start(config);
     daemon.wait_stderr(
         &format!(
             "ident (RFC 1413): answering on 127.0.0.1:{IDENT_PORT}, [::1]:{IDENT_PORT} in network \
@@ -214,6 +225,46 @@ fn malformed_queries_get_invalid_port_and_silent_clients_are_closed() {
     let partial = ident_exchange(&ns, "::1", &[b"123 , "], false);
     assert!(partial.closed, "{partial:?}");
     assert_eq!(partial.replies, "");
+    // And one that trickles a query in a byte at a time, each well within
+    // timeout_ms of the last: the timeout is for the whole query (the
+    // client would take 100 s to reach the 1000-byte limit).
+    assert_eq!(trickle(&ns, "127.0.0.1"), "EOF");
+}
+
+#[test]
+fn a_new_client_closes_the_one_idle_longest_when_all_slots_are_taken() {
+    let ns = Netns::new();
+    let dir = TempDir::new("ident");
+    let _protected = holding_server(&ns, PROTECTED);
+    // A minute to send a query: only a new client can close an idle one.
+    let _daemon = daemon_on(&ns, &config_with_timeout(&ns, PROTECTED, 60_000));
+    let direct = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
+
+    // Every slot taken by a client that sends nothing.
+    let mut idle = IdleClients::open(&ns, "127.0.0.1", MAX_CLIENTS);
+    let before = idle.states();
+    assert_eq!(before.len(), MAX_CLIENTS);
+    assert!(before.iter().all(|s| s == "open"), "{before:?}");
+
+    // One more client is answered ...
+    assert_eq!(
+        ident_query(
+            &ns,
+            "127.0.0.1",
+            &format!("{} , {PROTECTED}", direct.local_port)
+        ),
+        user_reply(direct.local_port, PROTECTED, "root")
+    );
+    // ... and the client that connected first, idle longest, made room.
+    let after = wait_for(
+        "the responder to close the client idle longest",
+        Duration::from_secs(10),
+        || {
+            let states = idle.states();
+            (states[0] == "closed").then_some(states)
+        },
+    );
+    assert!(after[1..].iter().all(|s| s == "open"), "{after:?}");
 }
 
 #[test]

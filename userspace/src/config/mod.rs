@@ -40,7 +40,7 @@
 //! netns = "/run/netns/blue"      # bind those addresses inside this network namespace
 //! relayed = "NO-USER"            # default: the error a relayed or flagged client gets;
 //!                                # or "HIDDEN-USER", "UNKNOWN-ERROR"
-//! timeout_ms = 30000             # default: how long a silent ident client is kept
+//! timeout_ms = 60000             # default: how long a client may take over each query
 //!
 //! [bind]
 //! loopback_only = [11434, "9000-9100"] # default: none (off); ports a TCP bind() may put on
@@ -229,7 +229,8 @@ impl Config {
                 listen: Vec::new(),
                 netns: None,
                 relayed: IdentError::NoUser,
-                timeout_ms: 30_000,
+                // RFC 1413 recommends an idle timeout of 60 to 180 s.
+                timeout_ms: 60_000,
             },
             bind: Bind::default(),
             // Audit: the default policy only reports, and a browser on a

@@ -173,6 +173,8 @@ pub struct Ident {
     /// Network namespace file to bind the listeners in; none: the daemon's.
     pub netns: Option<Located<PathBuf>>,
     pub relayed: IdentError,
+    /// How long a client may take over each query (from its connect or
+    /// its last reply: RFC 1413's idle timeout), and a reply to be taken.
     pub timeout_ms: u32,
 }
 

@@ -11,30 +11,35 @@
 //! ([`bind`]), in `[ident] netns` when it is set (by
 //! a short-lived thread that enters it: sockets keep the namespace they
 //! were made in), and connections are looked up in that namespace. Each
-//! client is served by a task of its own, with a deadline on every read and
-//! write and at most [`MAX_CLIENTS`] at once, so no client can stall the
-//! daemon or another client. The `[ident]` table is read at start only: a
+//! client is served by a task of its own, at most [`MAX_CLIENTS`] at once,
+//! so no client can stall the daemon or another client: a client has
+//! `[ident] timeout_ms` for each query (RFC 1413's idle timeout, counted
+//! from its connect or its last reply, however it trickles the bytes in),
+//! each reply as long to be taken, and a new client when all slots are
+//! taken closes the one idle longest, so clients that hold connections
+//! open keep no one else out. The `[ident]` table is read at start only: a
 //! reload (SIGHUP) leaves the responder as it is.
 
 mod request;
 mod session;
 
 use std::{
+    collections::HashMap,
     fmt, io,
     net::{SocketAddr, TcpListener as StdListener},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{net::TcpListener, sync::oneshot};
 use tracing::{debug, warn};
 
 use super::{Conns, ConnsError, netns_of};
 use crate::config::{Config, IdentError, Location};
 
-/// Clients served at once; one more is closed at once.
+/// Clients served at once; one more closes the one idle longest.
 pub const MAX_CLIENTS: usize = 64;
 /// Pause after a failed `accept()` (e.g. out of descriptors), so the
 /// failure does not spin.
@@ -89,8 +94,60 @@ struct Shared {
     /// The listeners' network namespace (inode number).
     netns: u32,
     relayed: IdentError,
-    /// How long a client may stay silent, and a reply may take to send.
+    /// How long a client may take over each query, and a reply to be taken.
     timeout: Duration,
+    clients: Mutex<Clients>,
+}
+
+/// The clients being served.
+#[derive(Default)]
+struct Clients {
+    next: u64,
+    /// Each client's id: since when it has been waited for (its connect or
+    /// its last reply), and its stop signal (dropping the sender ends the
+    /// session at its next wait).
+    live: HashMap<u64, (Instant, oneshot::Sender<()>)>,
+}
+
+impl Shared {
+    /// Admits a new client, closing the one idle longest if all
+    /// [`MAX_CLIENTS`] slots are taken: its id, and its stop signal.
+    fn admit(&self, peer: SocketAddr) -> (u64, oneshot::Receiver<()>) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if clients.live.len() >= MAX_CLIENTS {
+            let oldest = clients
+                .live
+                .iter()
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                clients.live.remove(&oldest);
+                debug!(
+                    "ident: {MAX_CLIENTS} clients are being served: closing the one idle \
+                     longest for {peer}"
+                );
+            }
+        }
+        let id = clients.next;
+        clients.next += 1;
+        let (stop, stopped) = oneshot::channel();
+        clients.live.insert(id, (Instant::now(), stop));
+        (id, stopped)
+    }
+
+    /// Client `id` was answered: its idle time starts again.
+    fn answered(&self, id: u64) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((since, _)) = clients.live.get_mut(&id) {
+            *since = Instant::now();
+        }
+    }
+
+    /// Client `id` is gone.
+    fn leave(&self, id: u64) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.live.remove(&id);
+    }
 }
 
 /// The running responder, as the daemon reports it.
@@ -184,14 +241,10 @@ impl Bound {
             netns: self.netns,
             relayed: self.relayed,
             timeout: self.timeout,
+            clients: Mutex::default(),
         });
-        let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
         for listener in self.listeners {
-            tokio::spawn(accept_loop(
-                listener,
-                Arc::clone(&shared),
-                Arc::clone(&slots),
-            ));
+            tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         }
         Ok(self.serving)
     }
@@ -210,21 +263,18 @@ fn bind_all(addrs: &[SocketAddr]) -> Vec<io::Result<StdListener>> {
         .collect()
 }
 
-/// Accepts clients for ever, each served by a task of its own while a
-/// slot is free.
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slots: Arc<Semaphore>) {
+/// Accepts clients for ever, each served by a task of its own.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(slot) => {
-                    let shared = Arc::clone(&shared);
-                    tokio::spawn(async move {
-                        session::serve(stream, shared).await;
-                        drop(slot);
-                    });
-                }
-                Err(_) => debug!("ident: closing {peer}: {MAX_CLIENTS} clients are being served"),
-            },
+            Ok((stream, peer)) => {
+                let (id, stop) = shared.admit(peer);
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    session::serve(stream, Arc::clone(&shared), id, stop).await;
+                    shared.leave(id);
+                });
+            }
             Err(e) => {
                 warn!("ident: accept() failed: {e}");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;

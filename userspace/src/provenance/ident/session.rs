@@ -1,5 +1,6 @@
 //! One ident client: its queries answered in order, each from `LW_CONNS`,
-//! until it closes, stays silent too long, or sends an invalid query.
+//! until it closes, takes too long over a query, sends an invalid one, or
+//! is closed to make room for a new client.
 
 use std::{io, net::SocketAddr, pin::Pin, sync::Arc};
 
@@ -8,7 +9,12 @@ use loopwarden_common::{
     origin::{OriginRecord, status},
     verdict,
 };
-use tokio::{io::AsyncWrite as _, net::TcpStream, time::timeout};
+use tokio::{
+    io::AsyncWrite as _,
+    net::TcpStream,
+    sync::oneshot,
+    time::{Instant, timeout, timeout_at},
+};
 use tracing::debug;
 
 use super::{
@@ -49,13 +55,21 @@ impl Origin {
     }
 }
 
-/// Serves one client until it is done (see the module documentation).
-pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+/// Serves client `id` until it is done (see the module documentation), or
+/// until `stop`'s sender is dropped.
+pub(super) async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    id: u64,
+    mut stop: oneshot::Receiver<()>,
+) {
     let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
         return;
     };
     let mut pending = Vec::with_capacity(64);
     let mut chunk = [0u8; 512];
+    // The next query must be whole by then (RFC 1413's idle timeout).
+    let mut deadline = Instant::now() + shared.timeout;
     loop {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
@@ -65,6 +79,8 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                     if !send(&stream, &reply, &shared).await {
                         return;
                     }
+                    shared.answered(id);
+                    deadline = Instant::now() + shared.timeout;
                 }
                 Err(echo) => return refuse(stream, echo, &shared).await,
             }
@@ -72,7 +88,14 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         if pending.len() > MAX_REQUEST {
             return refuse(stream, Echo::default(), &shared).await;
         }
-        match timeout(shared.timeout, read(&stream, &mut chunk)).await {
+        let read = tokio::select! {
+            read = timeout_at(deadline, read(&stream, &mut chunk)) => read,
+            _ = &mut stop => {
+                debug!("ident: closing {peer}, the client idle longest, for a new one");
+                return;
+            }
+        };
+        match read {
             Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&chunk[..n]),
             Ok(Ok(_)) => return,
             Ok(Err(e)) => {
@@ -80,7 +103,10 @@ pub(super) async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 return;
             }
             Err(_) => {
-                debug!("ident: {peer} was silent for {:?}; closing", shared.timeout);
+                debug!(
+                    "ident: {peer} sent no whole query in {:?}; closing",
+                    shared.timeout
+                );
                 return;
             }
         }
