@@ -50,4 +50,4 @@
 mod origin;
 pub mod query;
 
-pub use origin::{Error, How, Origin, Rule, Verdict, Via, decode, origin};
+pub use origin::{Error, ExeFile, How, Origin, Rule, Verdict, Via, decode, origin};

@@ -3,7 +3,7 @@
 //! [`Origin`].
 
 use std::{
-    io,
+    fmt, io,
     net::SocketAddr,
     os::fd::{AsFd, AsRawFd as _},
     time::Duration,
@@ -24,12 +24,16 @@ const RECORD_SIZE: usize = size_of::<OriginRecord>();
 pub enum Error {
     /// `ENOPROTOOPT`/`EOPNOTSUPP`: nothing answers `SOL_LOOPWARDEN` on this
     /// socket. loopwarden's `cgroup/getsockopt` program is not attached
-    /// (the daemon never ran, was detached, or runs with
-    /// `[provenance] getsockopt = false`), or the socket is not TCP. Unlike
-    /// `Ok(None)`, this says nothing about the connection.
+    /// here: the daemon never ran, was detached, runs with
+    /// `[provenance] getsockopt = false`, or its `getsockopt_cgroups` do
+    /// not hold this process. Unlike `Ok(None)`, this says nothing about
+    /// the connection. (Where the program is attached, every socket gets
+    /// an answer: one that is not TCP, as a TCP connection loopwarden did
+    /// not tag, is `Ok(None)`.)
     #[error(
         "loopwarden is not answering getsockopt(SOL_LOOPWARDEN, LW_ORIGIN) on this socket: \
-         is the daemon running with [provenance] getsockopt = true, and is this a TCP socket?"
+         is the daemon running with [provenance] getsockopt = true, and do its \
+         getsockopt_cgroups, if set, hold this process?"
     )]
     NotAnswering,
     /// Any other `getsockopt` failure (e.g. `EBADF`, `ENOTSOCK`).
@@ -149,6 +153,24 @@ pub struct Via {
     pub ago: Option<Duration>,
 }
 
+/// The file the caller was running, as `stat()` names it: with the
+/// executable's file name, it says which program connected even after the
+/// path was replaced. Shown as `MAJOR:MINOR:INODE`, as the audit lines'
+/// `exe_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExeFile {
+    /// The device's major and minor numbers.
+    pub major: u32,
+    pub minor: u32,
+    pub ino: u64,
+}
+
+impl fmt::Display for ExeFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.major, self.minor, self.ino)
+    }
+}
+
 /// The origin of a connection: who called `connect()`, as the kernel saw
 /// it then, and how loopwarden judged it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +187,8 @@ pub struct Origin {
     pub comm: String,
     /// The executable's file name (at most 31 bytes).
     pub exe_name: String,
+    /// The executable's file.
+    pub exe: ExeFile,
     /// The script an interpreter caller runs, as its command line gave it.
     pub script: Option<String>,
     pub verdict: Verdict,
@@ -296,6 +320,12 @@ fn known(r: &OriginRecord) -> Origin {
         gid: o.gid,
         comm: text(&o.comm),
         exe_name: text(&o.exe_name),
+        // The kernel's dev_t: 12 bits of major above 20 of minor.
+        exe: ExeFile {
+            major: (o.exe.dev >> 20) as u32,
+            minor: (o.exe.dev & 0xf_ffff) as u32,
+            ino: o.exe.ino,
+        },
         script: (!script.is_empty()).then_some(script),
         verdict: Verdict::from_raw(o.verdict),
         rule,

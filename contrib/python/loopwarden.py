@@ -81,10 +81,12 @@ _HOWS = {1: "listening", 2: "accepted", 3: "received", 4: "connected", 5: "stdio
 class NotAnswering(OSError):
     """Nothing answers SOL_LOOPWARDEN on this socket (ENOPROTOOPT/EOPNOTSUPP).
 
-    loopwarden's getsockopt program is not attached (the daemon never ran,
-    was detached, or runs with ``[provenance] getsockopt = false``), or the
-    socket is not TCP. Unlike ``origin()`` returning ``None``, this says
-    nothing about the connection.
+    loopwarden's getsockopt program is not attached here: the daemon never
+    ran, was detached, runs with ``[provenance] getsockopt = false``, or its
+    ``getsockopt_cgroups`` do not hold this process. Unlike ``origin()``
+    returning ``None``, this says nothing about the connection. (Where the
+    program is attached, every socket gets an answer: one that is not TCP,
+    as a TCP connection loopwarden did not tag, gets ``None``.)
     """
 
 
@@ -136,6 +138,12 @@ class Origin:
     gid: int
     comm: str
     exe_name: str
+    exe: Tuple[int, int, int]
+    """The executable's file: device major, minor and inode, as ``stat()``
+    gives them (the audit lines' ``exe_id``)."""
+    start_boottime_ns: int
+    """The caller's process start (CLOCK_BOOTTIME): with ``pid``, names the
+    process even after its pid is reused."""
     script: Optional[str]
     verdict: str
     """``allow``, ``audit``, ``would-deny`` (``deny`` never connects)."""
@@ -179,8 +187,8 @@ def decode(data: bytes) -> Optional[Origin]:
     (
         magic, version, size, status, server_uid, established, server_cookie,
         netns, client_port, server_port, client, server,
-        ktime, _policy_seq, client_cookie, _netns_cookie, _start, cgroup_id,
-        _exe, _daddr,
+        ktime, _policy_seq, client_cookie, _netns_cookie, start, cgroup_id,
+        exe, _daddr,
         tgid, tid, ppid, uid, gid, _dport, _family,
         verdict, rule,
         comm, exe_name,
@@ -203,6 +211,7 @@ def decode(data: bytes) -> Optional[Origin]:
         ago = None if how == "listening" else max(ktime - via_ktime, 0) // 1_000_000
         via = Via(_ip(via_addr), via_port, how, ago)
     script_text = _text(script)
+    exe_dev, exe_ino = struct.unpack("=QQ", exe)
     return Origin(
         pid=tgid,
         tid=tid,
@@ -211,6 +220,9 @@ def decode(data: bytes) -> Optional[Origin]:
         gid=gid,
         comm=_text(comm),
         exe_name=_text(exe_name),
+        # The kernel's dev_t: 12 bits of major above 20 of minor.
+        exe=(exe_dev >> 20, exe_dev & 0xFFFFF, exe_ino),
+        start_boottime_ns=start,
         script=script_text or None,
         verdict=_VERDICTS.get(verdict, "unknown"),
         rule=None if rule == _NO_RULE else "relay" if rule == _RELAY_RULE else rule,

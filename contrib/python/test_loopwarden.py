@@ -27,7 +27,7 @@ def record(status=1, magic=0x524F574C, version=1, size=328, verdict=1, rule=254,
         magic, version, size, status, 33, 5_000_100_000, 77,
         4026531840, 53422, 8080, _addr("127.0.0.1"), _addr("127.0.0.1"),
         5_000_000_000, 1, 76, 2, 1000, 9,
-        bytes(16), _addr("127.0.0.1"),
+        struct.pack("=QQ", (259 << 20) | 3, 1234567), _addr("127.0.0.1"),
         4242, 4243, 4200, 1000, 100, 8080, 2,
         verdict, rule,
         b"socat", b"py\xffthon",
@@ -41,6 +41,7 @@ class Decode(unittest.TestCase):
         o = loopwarden.decode(record())
         self.assertEqual((o.pid, o.tid, o.ppid, o.uid, o.gid), (4242, 4243, 4200, 1000, 100))
         self.assertEqual((o.comm, o.exe_name, o.script), ("socat", "py\ufffdthon", "/srv/fwd.py"))
+        self.assertEqual((o.exe, o.start_boottime_ns), ((259, 3, 1234567), 1000))
         self.assertEqual((o.verdict, o.rule), ("audit", "relay"))
         self.assertEqual(o.via, loopwarden.Via("10.77.0.2", 5555, "accepted", 3))
         self.assertEqual(str(o.via), "10.77.0.2:5555")

@@ -44,6 +44,7 @@ import loopwarden
 def describe(o):
     return {"pid": o.pid, "tid": o.tid, "ppid": o.ppid, "uid": o.uid, "gid": o.gid,
             "comm": o.comm, "exe_name": o.exe_name, "script": o.script,
+            "exe": "%d:%d:%d" % o.exe, "start_boottime_ns": o.start_boottime_ns,
             "verdict": o.verdict, "rule": o.rule,
             "via": str(o.via) if o.via else None, "via_how": o.via.how if o.via else None,
             "client": "%s:%d" % o.client, "server": "%s:%d" % o.server,

@@ -23,7 +23,7 @@ use loopwarden_tests::{
     Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir,
     Topology, UNPROTECTED,
     client::{Fetched, fetch, gateway, py_origin_server, python_unit_tests, rs_origin_server},
-    exe_name, spawn_forwarder,
+    exe_name, rule, run_ok, spawn_forwarder,
 };
 use serde_json::Value;
 
@@ -57,7 +57,11 @@ fn refusal(f: &Fetched) -> (&str, &str) {
 #[test]
 fn the_aiohttp_gateway_refuses_relayed_requests() {
     let topo = Topology::new();
-    let _daemon = Daemon::start(&Policy::new(&topo.local, "audit").text());
+    let _daemon = Daemon::start(
+        &Policy::new(&topo.local, "audit")
+            .extra(&rule("flagged", "audit", "comm", FLAGGED_COMM))
+            .text(),
+    );
     let _gateway = gateway(&topo.local, PROTECTED, &[]);
     let _open_gateway = gateway(&topo.local, UNPROTECTED, &["--unknown", "pass"]);
     let _strict_gateway = gateway(&topo.local, STRICT_PORT, &[]);
@@ -116,6 +120,26 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     );
     assert!(message.contains("(accepted)"), "{message}");
 
+    // A local client no relay evidence names, but a rule of the operator's
+    // flags (an audit rule on its comm): refused as flagged, naming the
+    // client, the verdict and the rule. The same client under another comm
+    // is served.
+    let (status, _) = py_fetch(&topo.local, "lw-other", PROTECTED);
+    assert_eq!(status, 200);
+    let (status, body) = py_fetch(&topo.local, FLAGGED_COMM, PROTECTED);
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(body["error"]["type"], "loopwarden_flagged", "{body}");
+    let python = exe_name(Path::new(SYSTEM_PYTHON));
+    assert!(
+        message.starts_with(&format!(
+            "refused: the connection to 127.0.0.1:{PROTECTED} carrying this request was made \
+             by {python} (pid "
+        )),
+        "{message}"
+    );
+    assert!(message.contains("(audit, rule #"), "{message}");
+
     // The same kind of relay to the same gateway on a port loopwarden does
     // not protect, run with `--unknown pass`: unknown, passed.
     let _open_socat = topo.local.socat_relay(
@@ -137,6 +161,30 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     let (kind, message) = refusal(&strict);
     assert_eq!(kind, "loopwarden_unknown");
     assert!(message.contains("--unknown pass"), "{message}");
+}
+
+/// The comm an audit rule of the gateway test flags.
+const FLAGGED_COMM: &str = "lw-flagged";
+
+/// `GET /v1/models` on 127.0.0.1:`port` from a Python client whose comm is
+/// `comm`: the HTTP status and the JSON body.
+fn py_fetch(ns: &Netns, comm: &str, port: u16) -> (u16, Value) {
+    const SCRIPT: &str = r#"import json, sys, urllib.error, urllib.request
+open("/proc/self/comm", "w").write(sys.argv[1])
+try:
+    r = urllib.request.urlopen("http://127.0.0.1:%s/v1/models" % sys.argv[2], timeout=10)
+    status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+print(json.dumps({"status": status, "body": json.loads(body)}))
+"#;
+    let out = run_ok(
+        ns.cmd(SYSTEM_PYTHON)
+            .args(["-c", SCRIPT, comm, &port.to_string()]),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
+    let status = v["status"].as_u64().and_then(|s| u16::try_from(s).ok());
+    (status.expect("an HTTP status"), v["body"].clone())
 }
 
 /// The origin a server reported for `f`'s request.
@@ -174,6 +222,8 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
         "{o:#}"
     );
     assert_eq!(o["direct"], true, "{o:#}");
+    // The file it ran, as stat() names it.
+    assert_eq!(o["exe"], exe_id(Path::new("/usr/bin/curl")), "{o:#}");
 
     // socat forks per connection: its child connects.
     let socat = topo
@@ -193,6 +243,7 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
     });
     assert_eq!(ev["pid"], o["pid"], "{ev:#}");
     assert_eq!(ev["rule"], "catalog:socat", "{ev:#}");
+    assert_eq!(ev["exe_id"], o["exe"], "{ev:#}");
 
     // The forwarder is threaded: the process is the one started.
     let dir = TempDir::new("client-forwarder");
@@ -204,6 +255,14 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
     );
     let o = origin(&remote);
     assert_eq!(o["pid"], forwarder.pid(), "{o:#}");
+    // Its start, which tells it from a later process with its pid: the
+    // start /proc gives, in clock ticks.
+    let start_ns = o["start_boottime_ns"].as_u64().expect("start_boottime_ns");
+    assert_eq!(
+        start_ns / (1_000_000_000 / clock_ticks()),
+        start_ticks(forwarder.pid()),
+        "{o:#}"
+    );
     assert_eq!(
         o["exe_name"],
         exe_name(Path::new(SYSTEM_PYTHON)).as_str(),
@@ -224,6 +283,37 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
     // loopwarden.
     let open = fetch(&topo.local, &local_url(UNPROTECTED, "/"), None);
     assert_eq!(origin(&open), &Value::Null, "{open:?}");
+}
+
+/// `MAJOR:MINOR:INODE` of the file at `path` (symbolic links followed).
+fn exe_id(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).expect("stat");
+    format!(
+        "{}:{}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    )
+}
+
+/// `sysconf(_SC_CLK_TCK)`.
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).expect("a clock tick rate")
+}
+
+/// Process `pid`'s start, in clock ticks since boot (`/proc/PID/stat`'s
+/// 22nd field).
+fn start_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name (which may hold spaces) start at the 3rd.
+    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+    after
+        .split_whitespace()
+        .nth(22 - 3)
+        .and_then(|t| t.parse().ok())
+        .expect("the start time")
 }
 
 #[test]

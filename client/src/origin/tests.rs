@@ -52,6 +52,8 @@ fn relayed() -> OriginRecord {
     o.rule = RELAY_RULE;
     o.comm = fixed(b"socat");
     o.exe_name = fixed(b"socat");
+    o.exe.dev = (259 << 20) | 3;
+    o.exe.ino = 1_234_567;
     o.via.addr = key("10.77.0.2".parse().unwrap());
     o.via.port = 5555;
     o.via.kind = evidence::ACCEPTED;
@@ -78,6 +80,8 @@ fn relayed_record_decodes() {
         (4242, 4243, 4200, 1000, 100)
     );
     assert_eq!((o.comm.as_str(), o.exe_name.as_str()), ("socat", "socat"));
+    assert_eq!(o.exe.to_string(), "259:3:1234567");
+    assert_eq!(o.start_boottime, Duration::from_micros(1));
     assert_eq!(o.script, None);
     assert_eq!(o.verdict, Verdict::Audit);
     assert_eq!(o.rule, Some(Rule::Relay));

@@ -7,8 +7,10 @@ or relay (socat, ssh -R, a forwarder somebody left running) breaks that
 promise: the connection to 127.0.0.1 is local, the person behind it is not.
 
 ``loopwarden_middleware`` asks loopwarden, per request, who made the
-connection (one getsockopt on the request's socket) and answers 403 with a
-``loopwarden_relayed`` error when it was not a direct local client. The
+connection (one getsockopt on the request's socket) and answers 403 when
+it was not a direct local client: a ``loopwarden_relayed`` error when relay
+evidence names the remote party, ``loopwarden_flagged`` when a rule matched
+the caller (a catalogued relay, or a rule of the operator's). The
 API itself is a stand-in: ``GET /v1/models`` and ``POST
 /v1/chat/completions``, which echoes the last user message.
 
@@ -51,21 +53,24 @@ def _error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind}}, status=status)
 
 
-def _refusal(o: "loopwarden.Origin") -> str:
-    """Why a non-direct origin is refused, naming who relayed it for whom."""
+def _refusal(o: "loopwarden.Origin") -> tuple:
+    """The error type and message for a non-direct origin: relayed (relay
+    evidence names the remote party) or flagged (a rule matched its caller,
+    a catalogued relay or a rule of the operator's)."""
     host, port = o.server
     server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     who = f"{o.exe_name or o.comm} (pid {o.pid})"
     if o.via is not None:
-        return (
+        return "loopwarden_relayed", (
             f"refused: this request was relayed to {server} by {who} for {o.via} "
             f"({o.via.how}); loopwarden saw a network-facing process connect "
             f"on a remote party's behalf (verdict {o.verdict})"
         )
     rule = "the relay verdict" if o.rule == "relay" else f"rule #{o.rule}"
-    return (
-        f"refused: this request was relayed to {server} by {who}; "
-        f"loopwarden flagged its connect ({o.verdict}, {rule})"
+    return "loopwarden_flagged", (
+        f"refused: the connection to {server} carrying this request was made by "
+        f"{who}, and loopwarden flagged that connect ({o.verdict}, {rule}); only "
+        f"a local client that connects by itself, and that no rule flags, is served"
     )
 
 
@@ -102,7 +107,7 @@ async def loopwarden_middleware(request: web.Request, handler):
             "serve such connections",
         )
     if not origin.is_direct:
-        return _error(403, "loopwarden_relayed", _refusal(origin))
+        return _error(403, *_refusal(origin))
     return await handler(request)
 
 

@@ -27,6 +27,8 @@ fn describe(o: &Origin) -> Value {
         "gid": o.gid,
         "comm": o.comm,
         "exe_name": o.exe_name,
+        "exe": o.exe.to_string(),
+        "start_boottime_ns": u64::try_from(o.start_boottime.as_nanos()).unwrap_or(u64::MAX),
         "script": o.script,
         "verdict": o.verdict.name(),
         "rule": match o.rule {

@@ -236,8 +236,13 @@ p, q = socket.socketpair()
 info = answer(a, socket.IPPROTO_TCP, socket.TCP_INFO, 8192)
 groups = answer(p, socket.SOL_SOCKET, 59, 8192)  # SO_PEERGROUPS
 record = answer(a, 0x4c57, 1, 400)
+status = lambda r: r if isinstance(r, dict) else r[8]
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", port))
 print(json.dumps({
-    "origin": record if isinstance(record, dict) else record[8],
+    "origin": status(record),
+    "udp_origin": status(answer(u, 0x4c57, 1, 400)),
+    "unix_origin": status(answer(p, 0x4c57, 1, 400)),
     "type": struct.unpack("i", answer(a, socket.SOL_SOCKET, socket.SO_TYPE, 4))[0],
     "rcvbuf": struct.unpack("i", answer(c, socket.SOL_SOCKET, socket.SO_RCVBUF, 4))[0],
     "tcp_info": [len(info), info[0]],
@@ -278,11 +283,20 @@ fn other_getsockopt_options_get_the_kernels_own_answer() {
     assert_eq!(without["other_option"], unknown_level, "{without:#}");
     assert_eq!(without["peer_groups"], json!([4400, true]), "{without:#}");
 
+    assert!(without["udp_origin"]["errno"].is_number(), "{without:#}");
+    assert!(without["unix_origin"]["errno"].is_number(), "{without:#}");
+
     let _daemon = Daemon::start(&config(&ns));
     let mut with = probe();
     assert_eq!(with["origin"], 1, "the accepted socket is tagged: {with:#}");
-    without["origin"].take();
-    with["origin"].take();
+    // Where the program is attached, a socket that is not TCP gets an
+    // answer too: status unknown, never an error (the clients document it).
+    assert_eq!(with["udp_origin"], 0, "{with:#}");
+    assert_eq!(with["unix_origin"], 0, "{with:#}");
+    for key in ["origin", "udp_origin", "unix_origin"] {
+        without[key].take();
+        with[key].take();
+    }
     assert_eq!(with, without);
 }
 

@@ -72,10 +72,16 @@ impl FromStr for Peer {
 }
 
 impl Peer {
+    /// Whether the connection's client is this peer. An IPv4-mapped
+    /// address (`[::ffff:127.0.0.1]:N`, what a dual-stack listener's
+    /// `getpeername` gives) is the IPv4 address the daemon prints.
     fn matches(self, client: SocketAddr) -> bool {
+        let client_ip = client.ip().to_canonical();
         match self {
-            Peer::Socket(addr) => addr == client,
-            Peer::Ip(ip) => ip == client.ip(),
+            Peer::Socket(addr) => {
+                addr.ip().to_canonical() == client_ip && addr.port() == client.port()
+            }
+            Peer::Ip(ip) => ip.to_canonical() == client_ip,
         }
     }
 }
@@ -257,5 +263,11 @@ mod tests {
         );
         assert!(Peer::Ip("::1".parse().unwrap()).matches("[::1]:5".parse().unwrap()));
         assert!(!Peer::Socket("[::1]:6".parse().unwrap()).matches("[::1]:5".parse().unwrap()));
+        let mapped: Peer = "[::ffff:127.0.0.1]:5".parse().unwrap();
+        assert!(mapped.matches("127.0.0.1:5".parse().unwrap()));
+        assert!(!mapped.matches("127.0.0.1:6".parse().unwrap()));
+        let mapped_ip: Peer = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(mapped_ip.matches("127.0.0.1:5".parse().unwrap()));
+        assert!(!mapped_ip.matches("127.0.0.2:5".parse().unwrap()));
     }
 }
