@@ -257,6 +257,15 @@ impl SockDiag {
         })?
     }
 
+    /// Whether the kernel has TCP socket diagnostics (`tcp_diag`): `Err`
+    /// with `ENOENT` when it has none. [`SockDiag::find`] cannot tell: it
+    /// answers `ENOENT` for a socket that is not there too. A dump of no
+    /// state can, in one round trip.
+    pub fn probe_tcp(&mut self) -> io::Result<()> {
+        self.dump(libc::AF_INET as u8, 0, 0, &mut Vec::new())
+            .map(drop)
+    }
+
     /// The socket `id` names exactly (addresses, ports and cookie, unless
     /// both cookie words are `INET_DIAG_NOCOOKIE`, `u32::MAX`) among the
     /// connected TCP sockets of `family`, if it exists.

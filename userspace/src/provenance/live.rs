@@ -13,26 +13,32 @@
 //! origin.
 //!
 //! Where the check cannot be made (a namespace no process is in and no
-//! `/run/netns` file names, a sock_diag error) an entry is taken as the
-//! kernel left it, and a debug line says so.
+//! `/run/netns` file names, a sock_diag error such as a kernel without
+//! `tcp_diag`) the connection is taken as closed: the daemon answers
+//! "unknown" rather than risk naming a closed connection's origin, and a
+//! warning says so, once per namespace. `getsockopt` does not depend on
+//! it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs, io,
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use loopwarden_common::origin::OriginRecord;
-use tracing::debug;
+use tracing::warn;
 
 use super::conns::netns_of;
 use crate::{
     cut::procs::network_namespaces,
     error_chain,
-    kernel::sock_diag::{SockDiag, SockId, state},
+    kernel::sock_diag::{self, SockDiag, SockId, state},
     resolve,
 };
 
@@ -45,6 +51,11 @@ pub struct Liveness {
     own: Option<u32>,
     /// A namespace file that was namespace N the last time it was entered.
     paths: Mutex<HashMap<u32, PathBuf>>,
+    /// Namespaces whose connections could not be checked, said once each.
+    warned: Mutex<HashSet<u32>>,
+    /// Whether the kernel was seen to have TCP socket diagnostics (probed
+    /// until it has: without them every lookup says "no such socket").
+    tcp_diag: AtomicBool,
 }
 
 impl Default for Liveness {
@@ -58,6 +69,8 @@ impl Liveness {
         Self {
             own: netns_of(std::process::id()).ok(),
             paths: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
+            tcp_diag: AtomicBool::new(false),
         }
     }
 
@@ -69,15 +82,20 @@ impl Liveness {
     }
 
     /// Keeps the records whose accepted socket is open (one sock_diag
-    /// lookup each, one namespace entered per namespace).
+    /// lookup each, one namespace entered per namespace); drops those it
+    /// cannot check.
     pub fn retain_open(&self, records: &mut Vec<OriginRecord>) {
         let mut by_netns: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, record) in records.iter().enumerate() {
             by_netns.entry(record.conn.netns).or_default().push(i);
         }
-        let mut open = vec![true; records.len()];
+        let mut open = vec![false; records.len()];
         for (netns, indices) in by_netns {
             let checked = self.diag(netns).and_then(|mut diag| {
+                if !self.tcp_diag.load(Ordering::Relaxed) {
+                    diag.probe_tcp()?;
+                    self.tcp_diag.store(true, Ordering::Relaxed);
+                }
                 indices
                     .iter()
                     .map(|&i| accepted_socket_open(&mut diag, &records[i]))
@@ -89,15 +107,29 @@ impl Liveness {
                         open[i] = found;
                     }
                 }
-                Err(e) => debug!(
-                    "provenance: cannot tell whether the connections of network namespace \
-                     net:[{netns}] are still open, taking them as the kernel left them: {}",
-                    error_chain(&e)
-                ),
+                Err(e) => {
+                    let first = self
+                        .warned
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(netns);
+                    if first {
+                        let fix = sock_diag::missing_feature_fix(&e)
+                            .map(|fix| format!(" ({fix})"))
+                            .unwrap_or_default();
+                        warn!(
+                            "provenance: cannot tell whether the connections of network \
+                             namespace net:[{netns}] are still open, so who, conns, the query \
+                             socket and ident answer unknown for them (getsockopt still \
+                             answers): {}{fix}",
+                            error_chain(&e)
+                        );
+                    }
+                }
             }
         }
         let mut keep = open.into_iter();
-        records.retain(|_| keep.next().unwrap_or(true));
+        records.retain(|_| keep.next().unwrap_or(false));
     }
 
     /// A sock_diag socket in namespace `netns`.

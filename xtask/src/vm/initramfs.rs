@@ -147,6 +147,17 @@ if [ -f $ORDER ] && grep -qx tcp_diag $ORDER; then
     grep -q '^sweep *INCOMPLETE.*0 connections cut.*modprobe tcp_diag' /tmp/status || fail "status did not say the sweep without tcp_diag was incomplete: $(grep '^sweep' /tmp/status)"
     echo "LW-VM: $(grep '^sweep' /tmp/status)"
     kill -0 $NCPID 2>/dev/null || fail "nc's connection went without the socket diagnostics"
+    # A direct client's connection, tagged: without the diagnostics the
+    # daemon cannot tell it is open, so it does not name it, and says why.
+    sleep 600 | nc 127.0.0.1 8080 >/dev/null 2>&1 &
+    DIRECT=$!
+    # Client sides (the remote end 8080): the relay's nc and this one.
+    direct_up() { [ "$(netstat -tn 2>/dev/null | grep -c '127.0.0.1:8080 *ESTABLISHED')" -ge 2 ]; }
+    await 50 "the direct client's connection is not established" direct_up
+    loopwarden conns --json >/tmp/conns 2>&1
+    grep -q '"exe_name"' /tmp/conns && fail "conns named a connection it could not check: $(cat /tmp/conns)"
+    grep -q 'cannot tell whether the connections of network namespace.*modprobe tcp_diag' /tmp/err || fail "the daemon did not say why it answers unknown without tcp_diag"
+    echo "LW-VM: without tcp_diag conns names nothing and the daemon says why"
     for m in inet_diag tcp_diag; do
         insmod /lib/modules/$KREL/$m.ko 2>/tmp/insmod.err || fail "insmod $m: $(cat /tmp/insmod.err)"
     done
@@ -171,6 +182,12 @@ echo "LW-VM: cut: $(grep -o '"verdict":"cut","rule":"[^"]*"' /tmp/audit | head -
 swept_ok() { loopwarden status >/tmp/status 2>&1; grep -q '^sweep *ok at .*: 1 connection cut' /tmp/status; }
 await 50 "status did not show the sweep that cut nc's connection" swept_ok
 echo "LW-VM: $(grep '^sweep' /tmp/status)"
+if [ -n "$DIRECT" ]; then
+    loopwarden conns --json >/tmp/conns 2>&1
+    grep -q '"exe_name": *"busybox"' /tmp/conns || fail "with tcp_diag, conns did not name the direct client: $(cat /tmp/conns)"
+    echo "LW-VM: with tcp_diag conns names the direct client (busybox nc)"
+    kill $DIRECT
+fi
 
 # Provenance: the accepted socket's getsockopt names its client (8082 is
 # protected, 8083 not), and another option's answer longer than a page
