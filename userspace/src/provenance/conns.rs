@@ -75,9 +75,11 @@ impl Conns {
             .filter(|record| record.established_ns != 0 && self.live.is_open(record))
     }
 
-    /// Every accepted protected connection the maps hold that is open.
-    pub fn list(&self) -> Vec<OriginRecord> {
-        let mut records: Vec<OriginRecord> = self.accepted().collect();
+    /// Every accepted protected connection the maps hold that `keep`
+    /// takes and that is open: only those `keep` takes are checked (a
+    /// sock_diag lookup each, and the namespaces entered for them).
+    pub fn list(&self, keep: impl Fn(&OriginRecord) -> bool) -> Vec<OriginRecord> {
+        let mut records: Vec<OriginRecord> = self.accepted().filter(|r| keep(r)).collect();
         self.live.retain_open(&mut records);
         records
     }

@@ -439,7 +439,7 @@ impl Report {
         });
         self.provenance.connections = Conns::open(&pins.maps_dir())
             .ok()
-            .map(|conns| conns.list().len());
+            .map(|conns| conns.list(|_| true).len());
         self.provenance.capacity = pins
             .max_entries(maps::CONNS)
             .map(|made| lru::capacity(maps::CONNS, made));
