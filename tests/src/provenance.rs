@@ -22,7 +22,8 @@ use crate::{Netns, Proc, SYSTEM_PYTHON, TempDir, loopwarden_bin, run, wait_for, 
 /// For each accepted connection it appends one JSON line to OUT: the
 /// addresses as it sees them (`peer`, `local`), its `SO_COOKIE`, and what
 /// `getsockopt(0x4c57, 1, 328)` said (`status`, `server_uid`, `tgid`,
-/// `server_cookie`; `errno` if the call failed).
+/// `server_cookie`, `verdict`, `rule`, `via_kind`; `errno` if the call
+/// failed).
 const HOLDER: &str = r#"import json, os, select, socket, struct, sys
 out = open(sys.argv[1], "a")
 listeners = []
@@ -52,7 +53,8 @@ while True:
             rec = c.getsockopt(0x4c57, 1, 328)
             line.update(status=rec[8], server_uid=struct.unpack_from("=I", rec, 12)[0],
                         server_cookie=struct.unpack_from("=Q", rec, 24)[0],
-                        tgid=struct.unpack_from("=I", rec, 152)[0])
+                        tgid=struct.unpack_from("=I", rec, 152)[0],
+                        verdict=rec[176], rule=rec[177], via_kind=rec[258])
         except OSError as e:
             line["errno"] = e.errno
         out.write(json.dumps(line) + "\n")

@@ -1,7 +1,7 @@
 //! Direct clients named while connected and after they exit, the rule
-//! that judged them, unprotected connections unknown, an origin kept when
-//! its slots are taken, and a connect that never completes leaving no
-//! pending origin.
+//! that judged them, unprotected connections and those older than the
+//! daemon unknown, an origin kept when its slots are taken, and a connect
+//! that never completes leaving no pending origin.
 
 use super::*;
 
@@ -101,10 +101,34 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     curl.kill();
     wait_gone(&ns, daemon.install(), &peer, &local);
 
+    // curl over IPv6: the service's getsockopt and the daemon name it too.
+    let mut curl6 = ns.spawn(
+        "curl",
+        &[
+            "-s",
+            "--max-time",
+            "300",
+            &format!("http://[::1]:{PROTECTED}/"),
+        ],
+    );
+    let accepted = holder.wait_accepted(2);
+    let (peer, local) = ends(&accepted);
+    assert_eq!(local, format!("[::1]:{PROTECTED}"));
+    assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["tgid"], curl6.pid(), "{accepted}");
+    assert_eq!(accepted["verdict"], 0, "allow: {accepted}");
+    assert_eq!(accepted["via_kind"], 0, "no evidence: {accepted}");
+    let origin = who(&ns, None, &run_dir, &peer, &local).expect("who knows curl over IPv6");
+    assert_eq!(origin["pid"], curl6.pid(), "{origin:#}");
+    assert_eq!(origin["comm"], "curl", "{origin:#}");
+    assert_eq!(origin["client"], peer, "{origin:#}");
+    curl6.kill();
+    wait_gone(&ns, daemon.install(), &peer, &local);
+
     // Over IPv6, from a process that exits while its child keeps the socket.
     let client = holder.fork_client(&ns, "::1", PROTECTED);
     let pid = client.pid;
-    let accepted = holder.wait_accepted(2);
+    let accepted = holder.wait_accepted(3);
     let (peer, local) = ends(&accepted);
     assert_eq!(local, format!("[::1]:{PROTECTED}"));
     assert_eq!(accepted["tgid"], pid, "{accepted}");
@@ -202,6 +226,110 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
     let listed = conns(&ns, None, &run_dir);
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["pid"], protected_client.pid());
+}
+
+/// Listens on 127.0.0.1:argv[1], makes one connection to it and prints
+/// `OLD_PORT`; then, for each line of stdin, makes another and prints as
+/// JSON what getsockopt(SOL_LOOPWARDEN) says of both accepted sockets
+/// (`status`, or `errno N`) and the new one's client port. Every
+/// connection is held until the process is killed.
+const OLD_AND_NEW: &str = r#"import json, socket, sys
+port = int(sys.argv[1])
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", port))
+l.listen()
+held = []
+def pair():
+    c = socket.create_connection(("127.0.0.1", port))
+    a, _ = l.accept()
+    held.append((c, a))
+    return c, a
+def status(a):
+    try:
+        return a.getsockopt(0x4c57, 1, 328)[8]
+    except OSError as e:
+        return "errno %d" % e.errno
+old = pair()
+print(old[0].getsockname()[1], flush=True)
+for line in sys.stdin:
+    new = pair()
+    print(json.dumps({"old": status(old[1]), "new": status(new[1]),
+                      "new_port": new[0].getsockname()[1]}), flush=True)
+"#;
+
+/// A connection made before the daemon first ran carries no origin: the
+/// kernel, the daemon and the ident responder all call it unknown, while
+/// a connection the same process makes once the daemon runs is named.
+#[test]
+fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
+    use std::{io::Write as _, process::Stdio};
+
+    use loopwarden_tests::ident::{IDENT_PORT, ident_query};
+
+    let ns = Netns::new();
+    let mut proc = ns
+        .cmd(SYSTEM_PYTHON)
+        .args(["-c", OLD_AND_NEW, &PROTECTED.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut stdin = proc.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(proc.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .expect("the old connection's port");
+    let old_port: u16 = line.trim().parse().expect("a port");
+
+    let daemon = Daemon::start(&format!(
+        "{}[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\"]\nnetns = \"{}\"\n",
+        config(&ns),
+        ns.path()
+    ));
+    let run_dir = daemon.install().run_dir();
+    writeln!(stdin, "new").expect("asking for a new connection");
+    line.clear();
+    stdout.read_line(&mut line).expect("the answers");
+    let answers: Value = serde_json::from_str(&line).expect("JSON");
+    let new_port = answers["new_port"].as_u64().expect("the new port");
+
+    // getsockopt: an answer for both, unknown for the old one.
+    assert_eq!(answers["old"], 0, "{answers}");
+    assert_eq!(answers["new"], 1, "{answers}");
+    // who: the same.
+    let local = format!("127.0.0.1:{PROTECTED}");
+    let (code, stderr) = who(
+        &ns,
+        None,
+        &run_dir,
+        &format!("127.0.0.1:{old_port}"),
+        &local,
+    )
+    .expect_err("unknown");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unknown"), "{stderr}");
+    let origin = who(
+        &ns,
+        None,
+        &run_dir,
+        &format!("127.0.0.1:{new_port}"),
+        &local,
+    )
+    .expect("the new connection is known");
+    assert_eq!(origin["pid"], proc.id(), "{origin:#}");
+    // ident: no user for the old one, root for the new one.
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &format!("{old_port} , {PROTECTED}")),
+        format!("{old_port} , {PROTECTED} : ERROR : NO-USER\r\n")
+    );
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &format!("{new_port} , {PROTECTED}")),
+        format!("{new_port} , {PROTECTED} : USERID : UNIX : root\r\n")
+    );
+    let _ = proc.kill();
+    let _ = proc.wait();
 }
 
 /// Makes a connection to the port in argv[1] and asks its accepted socket

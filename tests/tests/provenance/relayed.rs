@@ -19,9 +19,20 @@ fn through_relay(
 
 /// The origin of a relayed connection: the process the holding service's
 /// getsockopt named, audited by the relay verdict, with the remote party
-/// and how it was seen (`how`).
+/// and how it was seen (`how`), by the daemon and in the record getsockopt
+/// gave the service.
 fn assert_relayed(origin: &Value, accepted: &Value, how: &str) {
     assert_eq!(origin["pid"], accepted["tgid"], "{origin:#}");
+    // The record: verdict audit (1), the relay verdict's rule (254), and
+    // the evidence's kind.
+    let kind = ["listening", "accepted", "received", "connected", "stdio"]
+        .iter()
+        .position(|k| *k == how)
+        .expect("a kind of evidence")
+        + 1;
+    assert_eq!(accepted["verdict"], 1, "{accepted}");
+    assert_eq!(accepted["rule"], 254, "{accepted}");
+    assert_eq!(accepted["via_kind"], kind, "{accepted}");
     assert_eq!(origin["verdict"], "audit", "{origin:#}");
     assert_eq!(origin["rule"], "relay", "{origin:#}");
     let via = origin["via"].as_str().unwrap_or_default();
