@@ -12,18 +12,25 @@
 //!   for the same clients: who connected, the verdict, the relayed party,
 //!   and nothing for an unprotected port. The Python module's unit tests
 //!   (`contrib/python/test_loopwarden.py`) run here too.
+//! - Their query clients (the module's `who`, `who_cookie`, `conns`, and
+//!   `loopwarden-client`'s `Query`) ask the real daemon.
 //!
-//! `Error::NotAnswering` needs loopwarden's getsockopt program absent from
-//! the root cgroup, which other daemons on the host may hold: not tested
-//! here.
+//! - Where loopwarden's getsockopt program does not run (attached only in
+//!   another cgroup), the gateway answers 503, or passes with
+//!   `--not-answering pass`.
 
 use std::path::Path;
 
 use loopwarden_tests::{
     Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir,
-    Topology, UNPROTECTED,
-    client::{Fetched, fetch, gateway, py_origin_server, python_unit_tests, rs_origin_server},
-    exe_name, rule, run_ok, spawn_forwarder,
+    TestCgroup, Topology, UNPROTECTED,
+    client::{
+        Fetched, contrib_python, fetch, gateway, py_origin_server, python_unit_tests,
+        rs_origin_server,
+    },
+    exe_id, exe_name,
+    provenance::Holder,
+    rule, run_ok, spawn_forwarder,
 };
 use serde_json::Value;
 
@@ -285,18 +292,6 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
     assert_eq!(origin(&open), &Value::Null, "{open:?}");
 }
 
-/// `MAJOR:MINOR:INODE` of the file at `path` (symbolic links followed).
-fn exe_id(path: &Path) -> String {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).expect("stat");
-    format!(
-        "{}:{}:{}",
-        libc::major(meta.dev()),
-        libc::minor(meta.dev()),
-        meta.ino()
-    )
-}
-
 /// `sysconf(_SC_CLK_TCK)`.
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -331,4 +326,95 @@ fn the_python_module_passes_its_unit_tests() {
 fn the_rust_client_reports_origins() {
     let bin = env!("CARGO_BIN_EXE_lw-origin-server");
     origins_are_reported(|ns, port| rs_origin_server(ns, bin, port));
+}
+
+/// The Python module's query calls against the daemon: `PY_QUERY MODULE_DIR
+/// SOCKET PEER LOCAL COOKIE UNKNOWN_PEER UNKNOWN_LOCAL` prints what `who`,
+/// `who_cookie`, `conns` and `who` of an unknown connection answered, as
+/// `lw-query` does with the Rust client.
+const PY_QUERY: &str = r#"import json, sys
+sys.path.insert(0, sys.argv[1])
+import loopwarden
+path, peer, local, cookie, unknown_peer, unknown_local = sys.argv[2:8]
+print(json.dumps({
+    "who": loopwarden.who(peer, local, path=path),
+    "who_cookie": loopwarden.who_cookie(int(cookie), path=path),
+    "conns": loopwarden.conns(path=path),
+    "unknown": loopwarden.who(unknown_peer, unknown_local, path=path),
+}))
+"#;
+
+/// The query clients, the Python module's and `loopwarden-client`'s
+/// `Query`, asking the real daemon from the service's namespace: a tagged
+/// connection by its two ends and by cookie, `conns`, and a connection to
+/// an unprotected port, unknown.
+#[test]
+fn the_query_clients_ask_the_real_daemon() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&Policy::new(&ns, "audit").text());
+    let socket = daemon.install().run_dir().join("query.sock");
+    let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
+    let client = holder.hold_client(&ns, "127.0.0.1", PROTECTED);
+    let tagged = holder.wait_accepted(1);
+    let _plain_client = holder.hold_client(&ns, "127.0.0.1", UNPROTECTED);
+    let plain = holder.wait_accepted(2);
+    assert_eq!(tagged["status"], 1, "{tagged}");
+
+    let text = |v: &Value| v.as_str().expect("an address").to_owned();
+    let args = [
+        socket.display().to_string(),
+        text(&tagged["peer"]),
+        text(&tagged["local"]),
+        tagged["cookie"].to_string(),
+        text(&plain["peer"]),
+        text(&plain["local"]),
+    ];
+    let module_dir = contrib_python().display().to_string();
+    let python = run_ok(
+        ns.cmd(SYSTEM_PYTHON)
+            .args(["-c", PY_QUERY, &module_dir])
+            .args(&args),
+    );
+    let rust = run_ok(ns.cmd(env!("CARGO_BIN_EXE_lw-query")).args(&args));
+    for (name, out) in [("python", python), ("rust", rust)] {
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {out:?}"));
+        for key in ["who", "who_cookie"] {
+            assert_eq!(v[key]["pid"], client.pid(), "{name} {key}: {v:#}");
+            assert_eq!(v[key]["client"], tagged["peer"], "{name} {key}: {v:#}");
+            assert_eq!(v[key]["verdict"], "allow", "{name} {key}: {v:#}");
+        }
+        let conns = v["conns"].as_array().expect("a list");
+        assert_eq!(conns.len(), 1, "{name}: {v:#}");
+        assert_eq!(conns[0]["pid"], client.pid(), "{name}: {v:#}");
+        assert_eq!(v["unknown"], Value::Null, "{name}: {v:#}");
+    }
+}
+
+/// Where loopwarden's getsockopt program does not run (here: the policy
+/// attaches it only in a cgroup the gateway is not in), the gateway cannot
+/// tell who connected: it answers 503 by default, and passes the request
+/// with `--not-answering pass`. (Under a daemon that answers everywhere
+/// the same gateway serves a direct client: the first test.)
+#[test]
+fn the_gateway_answers_503_where_loopwarden_does_not_answer() {
+    let ns = Netns::new();
+    let cgroup = TestCgroup::new(&format!("lwt-gateway-{}", std::process::id()));
+    let _daemon = Daemon::start(&format!(
+        "{}\n[provenance]\ngetsockopt_cgroups = [\"{}\"]\n",
+        Policy::new(&ns, "audit")
+            .ports(&[PROTECTED, UNPROTECTED])
+            .text(),
+        cgroup.name
+    ));
+    let _strict = gateway(&ns, PROTECTED, &[]);
+    let _lenient = gateway(&ns, UNPROTECTED, &["--not-answering", "pass"]);
+    let strict = fetch(&ns, &local_url(PROTECTED, "/v1/models"), None);
+    assert_eq!(strict.status, 503, "{strict:?}");
+    let (kind, message) = refusal(&strict);
+    assert_eq!(kind, "loopwarden_not_answering");
+    assert!(message.contains("getsockopt_cgroups"), "{message}");
+    let lenient = fetch(&ns, &local_url(UNPROTECTED, "/v1/models"), None);
+    assert_eq!(lenient.status, 200, "{lenient:?}");
+    assert_eq!(lenient.body["data"][0]["id"], "echo-1", "{lenient:?}");
 }
