@@ -141,15 +141,30 @@ impl Install {
     pub fn linked_prog_ids(&self) -> Vec<u64> {
         ["lw_connect4", "lw_connect6"]
             .iter()
-            .filter_map(|name| {
-                let pin = self.pin_dir.join("links").join(name);
-                let out = run(Command::new("bpftool")
-                    .args(["-j", "link", "show", "pinned"])
-                    .arg(&pin));
-                let link: Value = serde_json::from_slice(&out.stdout).ok()?;
-                link["prog_id"].as_u64()
-            })
+            .filter_map(|name| self.linked_prog_id(name))
             .collect()
+    }
+
+    /// The id of the program the link pinned as `links/NAME` runs (bpftool).
+    fn linked_prog_id(&self, name: &str) -> Option<u64> {
+        let out = run(Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(self.link_pin(name)));
+        let link: Value = serde_json::from_slice(&out.stdout).ok()?;
+        link["prog_id"].as_u64()
+    }
+
+    /// The runs of the program the link `links/NAME` runs that the kernel
+    /// skipped, as bpftool reads them (`recursion_misses`, which it leaves
+    /// out when 0).
+    pub fn skipped_runs(&self, name: &str) -> u64 {
+        let id = self
+            .linked_prog_id(name)
+            .unwrap_or_else(|| panic!("no program behind links/{name}"));
+        let out = run(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]));
+        let prog: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("bpftool prog show id {id}: {e}: {out:?}"));
+        prog["recursion_misses"].as_u64().unwrap_or(0)
     }
 }
 

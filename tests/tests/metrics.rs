@@ -218,7 +218,14 @@ fn tagged_connections_are_counted_while_open() {
     let ns = Netns::new();
     let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
     let daemon = Daemon::start(&config(&ns, ""));
-    let before = first_scrape(&daemon).must(TAGGED, &[]);
+    let first = first_scrape(&daemon);
+    let before = first.must(TAGGED, &[]);
+    // The tag's tracking program's skipped runs, as bpftool reads them.
+    let skipped = first.must(
+        "loopwarden_program_skipped_runs_total",
+        &[("program", "lw_sock_state")],
+    );
+    assert_eq!(skipped, daemon.install().skipped_runs("lw_sock_state"));
     let tagged_reads = |want: u64| {
         wait_for(
             &format!("{TAGGED} to read {want}"),

@@ -198,6 +198,9 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
             Value::Null
         };
         assert_eq!(t["attached_at_root"], at_root, "{t:#}");
+        // The runs the kernel skipped, as bpftool reads them.
+        let program = t["program"].as_str().expect("a program");
+        assert_eq!(t["skipped_runs"], install.skipped_runs(program), "{t:#}");
     }
     assert_eq!(json["policy"]["relay"], "audit", "{json:#}");
     assert!(

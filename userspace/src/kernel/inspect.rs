@@ -59,6 +59,9 @@ pub struct PinnedLink {
     pub prog_id: u32,
     /// The program's name, if it is loaded (it is while a link holds it).
     pub prog_name: Option<String>,
+    /// Runs of the program the kernel skipped: it would have run nested on
+    /// a CPU already running it (`None`: not readable).
+    pub skipped_runs: Option<u64>,
     /// Whether the link is a cgroup link for the expected connect hook.
     pub cgroup_link: bool,
     /// The id of the cgroup the link is attached to (0: the cgroup is gone).
@@ -116,10 +119,15 @@ pub fn link(
         Ok(info) => info,
         Err(e) => return LinkState::Unreadable(format!("{}: {e}", pin.display())),
     };
-    let prog_name = aya::programs::loaded_programs()
+    let prog = aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .find(|p| p.id() == info.prog_id)
+        .find(|p| p.id() == info.prog_id);
+    let prog_name = prog
+        .as_ref()
         .map(|p| p.name_as_str().unwrap_or("?").to_owned());
+    let skipped_runs = prog
+        .and_then(|p| p.fd().ok())
+        .and_then(|fd| sys::prog_recursion_misses(&fd).ok());
     let attached_at_root = cgroup_root.and_then(|root| {
         let dir = fs::File::open(root).ok()?;
         let ids = sys::prog_query(&dir, attach_type).ok()?;
@@ -130,6 +138,7 @@ pub fn link(
         link_id: info.id,
         prog_id: info.prog_id,
         prog_name,
+        skipped_runs,
         cgroup_link: info.link_type == sys::LINK_TYPE_CGROUP && info.attach_type == attach_type,
         cgroup_id: info.cgroup_id,
         attached_at_root,

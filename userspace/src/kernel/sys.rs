@@ -6,7 +6,8 @@
 //! hand-written instructions (the `BPF_LINK_UPDATE` probe). And linking
 //! and pinning a program whose link type aya cannot pin
 //! (`cgroup/getsockopt`), and detaching a link at once (`BPF_LINK_DETACH`:
-//! aya's links detach only when dropped). Each builds the
+//! aya's links detach only when dropped). And the runs of a program the
+//! kernel skipped (`recursion_misses`). Each builds the
 //! command's `union bpf_attr` member as laid out in include/uapi/linux/bpf.h.
 
 use std::{
@@ -113,6 +114,24 @@ pub fn link_prog_id(link: impl AsFd) -> io::Result<u32> {
     ];
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr, 16)?;
     Ok((info[1] & 0xffff_ffff) as u32)
+}
+
+/// How many runs of the program `prog` the kernel skipped because it would
+/// have run nested on a CPU already running it
+/// (`bpf_prog_info.recursion_misses`: Linux 5.12 and later count it for
+/// tracing programs, the kernel before leaves it 0). aya 0.14's
+/// `ProgramInfo` does not expose the field.
+pub fn prog_recursion_misses(prog: impl AsFd) -> io::Result<u64> {
+    // SAFETY: a plain C struct of integers and arrays; all zeroes is valid
+    // (and what the kernel expects of the fields it does not fill).
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    // struct { __u32 bpf_fd; __u32 info_len; __aligned_u64 info; }
+    let mut attr = [
+        u64::from(prog.as_fd().as_raw_fd() as u32) | ((size_of_val(&info) as u64) << 32),
+        (&raw mut info) as u64,
+    ];
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr, 16)?;
+    Ok(info.recursion_misses)
 }
 
 /// What `BPF_OBJ_GET_INFO_BY_FD` says about a cgroup link.

@@ -1,6 +1,7 @@
 //! What the metrics read from the pinned maps: the kernel's own counters
 //! (`LW_STATS`, per CPU, summed), the policy in force, how full the
-//! tracking maps are, and how many connections carry an origin. Blocking
+//! tracking maps are, how many connections carry an origin, and the
+//! tracking programs' runs the kernel skipped. Blocking
 //! (map syscalls): called on the blocking pool.
 //!
 //! Counting a hash map's entries walks its keys (`BPF_MAP_GET_NEXT_KEY`),
@@ -55,13 +56,17 @@ pub struct Reading {
     /// Accepted protected connections whose origin the kernel holds, in
     /// `LW_CONN_SLOTS` and `LW_CONNS` (`None`: they cannot be opened).
     pub tagged: Option<usize>,
+    /// Each pinned tracking program's runs the kernel skipped (nested on a
+    /// CPU already running it).
+    pub skipped: Vec<(&'static str, u64)>,
 }
 
-/// What walking the maps counted.
+/// What walking the maps and the programs counted.
 #[derive(Clone)]
 struct Counted {
     usage: Vec<Usage>,
     tagged: Option<usize>,
+    skipped: Vec<(&'static str, u64)>,
 }
 
 /// Reads the pins, with map usage and the tagged connections cached.
@@ -86,12 +91,17 @@ impl KernelSource {
             .clone()
             .and_then(|_| inspect::counters(&self.pins).map_err(|e| crate::error_chain(&e)));
         let in_force = meta.ok().and_then(|_| inspect::in_force(&self.pins).ok());
-        let Counted { usage, tagged } = self.counted();
+        let Counted {
+            usage,
+            tagged,
+            skipped,
+        } = self.counted();
         Reading {
             counters,
             in_force,
             usage,
             tagged,
+            skipped,
         }
     }
 
@@ -110,10 +120,27 @@ impl KernelSource {
             tagged: Conns::open(&self.pins.maps_dir())
                 .ok()
                 .map(|conns| conns.held()),
+            skipped: skipped_runs(&self.pins),
         };
         *cached = Some((Instant::now(), counted.clone()));
         counted
     }
+}
+
+/// The skipped runs of each tracking program pinned in `pins` (one whose
+/// program cannot be read is left out). Each look walks the host's loaded
+/// programs: cached with the map counts.
+fn skipped_runs(pins: &PinDir) -> Vec<(&'static str, u64)> {
+    loopwarden_common::programs::TRACKERS
+        .iter()
+        .chain(loopwarden_common::programs::CGROUP_TRACKERS)
+        .filter_map(
+            |&(program, _)| match inspect::link(pins, program, 0, None) {
+                inspect::LinkState::Pinned(link) => Some((program, link.skipped_runs?)),
+                _ => None,
+            },
+        )
+        .collect()
 }
 
 /// Entries and capacity of each of [`USAGE_MAPS`] pinned in `pins` (one

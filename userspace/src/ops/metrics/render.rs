@@ -202,6 +202,25 @@ pub(super) fn render(shared: &Shared) -> String {
         );
     }
 
+    if !reading.skipped.is_empty() {
+        page.family(
+            "loopwarden_program_skipped_runs_total",
+            Kind::Counter,
+            "Runs of a tracking program the kernel skipped because it would have run nested on a \
+             CPU already running it (bpf_prog_info.recursion_misses; counted at most once a \
+             second). Each may be relay evidence, an origin or a connection's close that went \
+             unseen. Counts from the program's load; a restart that loads new programs starts \
+             again from 0.",
+        );
+        for (program, skipped) in &reading.skipped {
+            page.sample(
+                "loopwarden_program_skipped_runs_total",
+                &[("program", program)],
+                *skipped,
+            );
+        }
+    }
+
     if let Some(in_force) = &reading.in_force {
         page.single(
             "loopwarden_policy_sequence",

@@ -52,9 +52,12 @@ impl Report {
                         "{} ({}): NOT attached at the cgroup v2 root",
                         t.program, t.tracepoint
                     ),
-                    (Some(name), _) => {
-                        format!("{} ({}): attached, runs {name}", t.program, t.tracepoint)
-                    }
+                    (Some(name), _) => format!(
+                        "{} ({}): attached, runs {name}{}",
+                        t.program,
+                        t.tracepoint,
+                        skipped_text(t.skipped_runs)
+                    ),
                 }
             };
             line("tracking", text);
@@ -251,6 +254,17 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("?".to_owned(), |v| v.to_string())
 }
 
+/// What a tracking program's skipped runs mean, when there were any.
+fn skipped_text(skipped: Option<u64>) -> String {
+    match skipped {
+        Some(n) if n > 0 => format!(
+            "; {n} runs SKIPPED by the kernel (nested on a CPU already running it): \
+             evidence, an origin or a close may have gone unseen"
+        ),
+        _ => String::new(),
+    }
+}
+
 /// The last sweep of admitted connections, in one line: what it cut, and
 /// what kept it from being complete.
 fn sweep_text(sweep: &SweepOutcome) -> String {
@@ -289,6 +303,13 @@ mod tests {
             problems: problems.iter().map(|p| (*p).to_owned()).collect(),
             more_problems,
         }
+    }
+
+    #[test]
+    fn skipped_runs_are_said_only_when_there_were_some() {
+        assert_eq!(skipped_text(None), "");
+        assert_eq!(skipped_text(Some(0)), "");
+        assert!(skipped_text(Some(3)).starts_with("; 3 runs SKIPPED"));
     }
 
     #[test]
