@@ -129,9 +129,10 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     );
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 
-    // `[provenance] getsockopt = false`: this loopwarden no longer answers
-    // (the call fails, or another loopwarden on the host says "unknown");
-    // the query socket still names the connection.
+    // `[provenance] getsockopt = false`: nothing answers any more (the
+    // call fails as without loopwarden: no other loopwarden runs on a test
+    // host), which a client tells from "unknown"; the query socket still
+    // names the connection.
     let off = config.replace("[provenance]\n", "[provenance]\ngetsockopt = false\n");
     let mut daemon = Daemon::start_in(&install, &off, &[]);
     daemon.wait_stderr("adopted the pinned maps;", 1);
@@ -139,12 +140,16 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     let after = wait_ask(&out, n, "getsockopt no longer answered", |a| {
         a.get("errno").is_some() || a["status"] == 0
     });
-    if let Some(errno) = after.get("errno") {
-        assert!(
-            *errno == libc::ENOPROTOOPT || *errno == libc::EOPNOTSUPP,
-            "{after}"
-        );
-    }
+    let errno = after.get("errno").unwrap_or_else(|| {
+        panic!(
+            "still answered (status {}), the program is attached: {after}",
+            after["status"]
+        )
+    });
+    assert!(
+        *errno == libc::ENOPROTOOPT || *errno == libc::EOPNOTSUPP,
+        "{after}"
+    );
     let listed = conns(&ns, None, &install.run_dir());
     assert!(
         listed.iter().any(|o| o["pid"] == me),
