@@ -43,7 +43,7 @@ pub(super) unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey, cookie: u
 }
 
 /// A slot of `LW_CONN_SLOTS` and its owner word as read.
-type HeldSlot = (*mut ConnSlot, u64);
+pub(super) type HeldSlot = (*mut ConnSlot, u64);
 
 /// Slot `i` of `LW_CONN_SLOTS` the connection `key` may be kept in.
 #[inline(always)]

@@ -14,7 +14,10 @@ use loopwarden_common::{
     origin::{ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
 };
 
-use super::{conns::find_conn, first_seq};
+use super::{
+    conns::{HeldSlot, find_conn},
+    first_seq,
+};
 use crate::{
     addr::v4_mapped,
     connect::{AF_INET, AF_INET6},
@@ -55,12 +58,17 @@ pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
         if optval.add(RECORD_SIZE) > end {
             return 1;
         }
-        let entry = entry_of(so);
+        let found = entry_of(so);
         // The kernel's buffer for optval is allocated (or on its stack,
         // for small ones) 8-byte aligned: the record is copied in words.
         let out = optval.cast::<OriginRecord>();
-        match entry {
-            Some(entry) => out.write(ptr::read(&raw const (*entry).record)),
+        match found {
+            Some(found) => {
+                out.write(ptr::read(&raw const (*found.entry).record));
+                if !found.still_held() {
+                    out.write(UNKNOWN);
+                }
+            }
             // Another loopwarden's program (a second pin directory) may
             // have answered already: its answer stands.
             None if ptr::read_volatile(&(*so).retval) == 0 => return 1,
@@ -73,13 +81,47 @@ pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
     1
 }
 
+/// A connection's entry as [`entry_of`] found it, and what must still
+/// hold once its record is copied out.
+struct Found {
+    entry: *mut ConnEntry,
+    /// The accepted socket's first sequence number, which the entry bore.
+    seq: u32,
+    /// Its slot and the slot's owner word as read (`None`: in `LW_CONNS`).
+    slot: Option<HeldSlot>,
+}
+
+impl Found {
+    /// Whether the entry is still the connection's after the copy. Another
+    /// connection can take it over only once this socket is closing (from
+    /// another thread, while this one asks); a record copied meanwhile may
+    /// mix the two, and is not given out. A slot's owner word changes at
+    /// every release and claim (to cookies, never reused); an entry of
+    /// `LW_CONNS` recycled by the map is another connection's, whose first
+    /// sequence number is another.
+    ///
+    /// # Safety
+    /// The pointers are into the maps' values, as [`entry_of`] found them.
+    #[inline(always)]
+    unsafe fn still_held(&self) -> bool {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let seq = ptr::read_volatile(&(*self.entry).first_seq) == self.seq;
+            match self.slot {
+                Some((slot, owner)) => seq && ptr::read_volatile(&(*slot).owner) == owner,
+                None => seq,
+            }
+        }
+    }
+}
+
 /// The entry of the connection `so`'s socket accepted, if that socket is
 /// its accepting side.
 ///
 /// # Safety
 /// `so` is the program's context.
 #[inline(always)]
-unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*mut ConnEntry> {
+unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<Found> {
     // SAFETY: the context's socket, read field by field as the program
     // type allows; `tcp` is checked for NULL.
     unsafe {
@@ -105,15 +147,19 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<*mut ConnEntry> {
             client,
             server,
         };
-        let (entry, _) = find_conn(&key)?;
+        let (entry, slot) = find_conn(&key)?;
         if ptr::read_volatile(&(*entry).record.established_ns) == 0 {
             return None;
         }
         let tcp = bpf_tcp_sock(sk);
-        if tcp.is_null() || first_seq((*tcp).rcv_nxt, (*tcp).bytes_received) != (*entry).first_seq {
+        if tcp.is_null() {
             return None;
         }
-        Some(entry)
+        let seq = first_seq((*tcp).rcv_nxt, (*tcp).bytes_received);
+        if seq != ptr::read_volatile(&(*entry).first_seq) {
+            return None;
+        }
+        Some(Found { entry, seq, slot })
     }
 }
 
