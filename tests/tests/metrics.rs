@@ -226,6 +226,20 @@ fn tagged_connections_are_counted_while_open() {
         &[("program", "lw_sock_state")],
     );
     assert_eq!(skipped, daemon.install().skipped_runs("lw_sock_state"));
+    // The start's sweep (enforce mode), complete, nothing to cut.
+    let sweep = wait_for(
+        "the start's sweep in the metrics",
+        std::time::Duration::from_secs(10),
+        || {
+            let page = scrape_unix(&socket(&daemon));
+            let complete = page.get("loopwarden_last_sweep_complete", &[])?;
+            Some((
+                complete,
+                page.must("loopwarden_last_sweep_cut_connections", &[]),
+            ))
+        },
+    );
+    assert_eq!(sweep, (1.0, 0));
     let tagged_reads = |want: u64| {
         wait_for(
             &format!("{TAGGED} to read {want}"),

@@ -118,7 +118,8 @@ struct Cell {
 static CELL: OnceLock<Mutex<Cell>> = OnceLock::new();
 static LAST_SWEEP: Mutex<Option<SweepOutcome>> = Mutex::new(None);
 
-fn last_sweep() -> Option<SweepOutcome> {
+/// The last sweep's outcome since start, if any.
+pub fn last_sweep() -> Option<SweepOutcome> {
     LAST_SWEEP.lock().ok()?.clone()
 }
 

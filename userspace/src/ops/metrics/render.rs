@@ -268,5 +268,22 @@ pub(super) fn render(shared: &Shared) -> String {
             at,
         );
     }
+    if let Some(sweep) = status_file::last_sweep() {
+        page.single(
+            "loopwarden_last_sweep_complete",
+            Kind::Gauge,
+            "1 if the last sweep of admitted connections (enforce mode: at start, on each install \
+             and each SIGHUP) checked every connection and cut each one it judged, 0 if something \
+             kept it from that (see `loopwarden status` and the log: e.g. no tcp_diag). Absent \
+             before the first.",
+            u64::from(sweep.complete),
+        );
+        page.single(
+            "loopwarden_last_sweep_cut_connections",
+            Kind::Gauge,
+            "Connections the last sweep destroyed.",
+            sweep.cut as u64,
+        );
+    }
     page.into_text()
 }
