@@ -20,7 +20,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{TempDir, loopwarden_bin, require_root, run, wait_for_explained};
+use crate::{TempDir, loopwarden_bin, require_root, run, run_ok, wait_for_explained};
 
 /// Shared, growing capture of a child's output lines.
 type Lines = Arc<Mutex<Vec<String>>>;
@@ -88,6 +88,28 @@ impl Install {
             "--pin-dir".into(),
             self.pin_dir.display().to_string(),
         ]
+    }
+
+    /// `loopwarden status` of this install, which must succeed (exit 0: a
+    /// policy in force): its text.
+    pub fn status_text(&self) -> String {
+        let out = run_ok(
+            Command::new(loopwarden_bin())
+                .arg("status")
+                .args(self.dir_args()),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `loopwarden status --json` of this install, which must succeed.
+    pub fn status_json(&self) -> Value {
+        let out = run_ok(
+            Command::new(loopwarden_bin())
+                .args(["status", "--json"])
+                .args(self.dir_args()),
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out:?}"))
     }
 
     /// Runs `loopwarden detach` for this install.

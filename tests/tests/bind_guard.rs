@@ -5,11 +5,11 @@
 //! does not name pass; the rest fail with EADDRNOTAVAIL (enforce) or pass
 //! and are reported (audit).
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use loopwarden_tests::{
-    AS_NOBODY, Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, loopwarden_bin,
-    probe_lines, python_copy, run, run_ok,
+    AS_NOBODY, Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, exe_name, probe_lines,
+    python_copy, run, run_ok,
 };
 use serde_json::Value;
 
@@ -284,12 +284,7 @@ fn audit_reports_the_bind_and_lets_it_happen() {
     assert!(reported.iter().all(|e| e["verdict"] == "would-deny"));
 
     // `status` shows the guard and its links.
-    let status = run_ok(
-        Command::new(loopwarden_bin())
-            .arg("status")
-            .args(daemon.install().dir_args()),
-    );
-    let text = String::from_utf8_lossy(&status.stdout);
+    let text = daemon.install().status_text();
     assert!(
         text.contains("guard on ([bind] loopback_only); lw_bind4 attached, lw_bind6 attached"),
         "{text}"

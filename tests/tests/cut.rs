@@ -9,15 +9,15 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
     time::Duration,
 };
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, TempDir, Topology, loopwarden_bin, policy,
-    rule, run, run_ok, spawn_forwarder, wait_for,
+    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, TempDir, Topology, policy, rule, run,
+    spawn_forwarder, wait_for,
 };
 use serde_json::Value;
 
@@ -269,7 +269,7 @@ fn a_daemon_started_in_enforce_mode_cuts_a_relay_connection_made_before_it() {
         "status.json to hold the sweep",
         Duration::from_secs(5),
         || {
-            let json = status_json(&daemon);
+            let json = daemon.install().status_json();
             let sweep = json["daemon"]["reported"]["last_sweep"].clone();
             (!sweep.is_null()).then_some(sweep)
         },
@@ -286,28 +286,13 @@ fn a_daemon_started_in_enforce_mode_cuts_a_relay_connection_made_before_it() {
         sweep["sockets"].as_u64().is_some_and(|n| n >= 6),
         "{sweep:#}"
     );
-    let out = run_ok(
-        Command::new(loopwarden_bin())
-            .arg("status")
-            .args(daemon.install().dir_args()),
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = daemon.install().status_text();
     assert!(
         text.lines().any(|l| l.starts_with("sweep")
             && l.contains("1 connection cut (1 namespace, ")
             && l.contains("ok at")),
         "{text}"
     );
-}
-
-/// `loopwarden status --json` of the daemon's install.
-fn status_json(daemon: &Daemon) -> Value {
-    let out = run_ok(
-        Command::new(loopwarden_bin())
-            .args(["status", "--json"])
-            .args(daemon.install().dir_args()),
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {out:?}"))
 }
 
 #[test]

@@ -270,12 +270,7 @@ fn audit_reports_would_deny_and_lets_the_connect_through() {
     );
 
     // `status` shows the guard of the policy in force.
-    let status = run_ok(
-        Command::new(loopwarden_bin())
-            .arg("status")
-            .args(daemon.install().dir_args()),
-    );
-    let text = String::from_utf8_lossy(&status.stdout);
+    let text = daemon.install().status_text();
     assert!(text.contains("guard on: 1 [[egress]] rule(s)"), "{text}");
 }
 
