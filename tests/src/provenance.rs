@@ -23,8 +23,9 @@ use crate::{Netns, Proc, SYSTEM_PYTHON, TempDir, loopwarden_bin, run, wait_for, 
 /// addresses as it sees them (`peer`, `local`), its `SO_COOKIE`, and what
 /// `getsockopt(0x4c57, 1, 328)` said (`status`, `server_uid`, `tgid`,
 /// `server_cookie`, `verdict`, `rule`, `via_kind`; `errno` if the call
-/// failed).
-const HOLDER: &str = r#"import json, os, select, socket, struct, sys
+/// failed). On SIGUSR1 it asks again for every connection it holds and
+/// appends those lines too, marked `"reask": true`.
+const HOLDER: &str = r#"import json, os, select, signal, socket, struct, sys
 out = open(sys.argv[1], "a")
 listeners = []
 for port in sys.argv[2:]:
@@ -36,7 +37,24 @@ for port in sys.argv[2:]:
         listeners.append(s)
 def name(addr):
     return ("[%s]:%d" if ":" in addr[0] else "%s:%d") % addr[:2]
+def describe(c):
+    line = {"peer": name(c.getpeername()), "local": name(c.getsockname()),
+            "cookie": struct.unpack("=Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]}
+    try:
+        rec = c.getsockopt(0x4c57, 1, 328)
+        line.update(status=rec[8], server_uid=struct.unpack_from("=I", rec, 12)[0],
+                    server_cookie=struct.unpack_from("=Q", rec, 24)[0],
+                    tgid=struct.unpack_from("=I", rec, 152)[0],
+                    verdict=rec[176], rule=rec[177], via_kind=rec[258])
+    except OSError as e:
+        line["errno"] = e.errno
+    return line
 held = []
+def reask(*_):
+    for c in held:
+        out.write(json.dumps(dict(describe(c), reask=True)) + "\n")
+    out.flush()
+signal.signal(signal.SIGUSR1, reask)
 while True:
     for r in select.select(listeners + held, [], [])[0]:
         if r not in listeners:
@@ -47,17 +65,7 @@ while True:
             continue
         c, _ = r.accept()
         held.append(c)
-        line = {"peer": name(c.getpeername()), "local": name(c.getsockname()),
-                "cookie": struct.unpack("=Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]}
-        try:
-            rec = c.getsockopt(0x4c57, 1, 328)
-            line.update(status=rec[8], server_uid=struct.unpack_from("=I", rec, 12)[0],
-                        server_cookie=struct.unpack_from("=Q", rec, 24)[0],
-                        tgid=struct.unpack_from("=I", rec, 152)[0],
-                        verdict=rec[176], rule=rec[177], via_kind=rec[258])
-        except OSError as e:
-            line["errno"] = e.errno
-        out.write(json.dumps(line) + "\n")
+        out.write(json.dumps(describe(c)) + "\n")
         out.flush()
 "#;
 
@@ -135,6 +143,32 @@ impl Holder {
 
     /// What it accepted so far, oldest first.
     pub fn accepted(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.get("reask").is_none())
+            .collect()
+    }
+
+    /// Asks getsockopt again for every connection it holds (`held` of
+    /// them), now: the answers, one per connection, oldest first.
+    pub fn reask(&self, held: usize) -> Vec<Value> {
+        let reasked = |lines: Vec<Value>| -> Vec<Value> {
+            lines
+                .into_iter()
+                .filter(|l| l.get("reask").is_some())
+                .collect()
+        };
+        let before = reasked(self.lines()).len();
+        // SAFETY: kill(2) on the holder's pid.
+        let rc = unsafe { libc::kill(self._proc.pid() as i32, libc::SIGUSR1) };
+        assert_eq!(rc, 0, "signalling the holder");
+        wait_for("the holder to ask again", Duration::from_secs(10), || {
+            let now = reasked(self.lines());
+            (now.len() >= before + held).then(|| now[before..].to_vec())
+        })
+    }
+
+    fn lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
             .lines()

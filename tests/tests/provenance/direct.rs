@@ -142,6 +142,12 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     );
     assert_eq!(origin["cmdline"], Value::Null);
     assert_eq!(origin["exe_name"], exe_name(Path::new(SYSTEM_PYTHON)));
+    // The service asks the kernel again now that the process that
+    // connected is gone: the same answer.
+    let again = holder.reask(1);
+    assert_eq!(again[0]["peer"], accepted["peer"], "{again:#?}");
+    assert_eq!(again[0]["status"], 1, "{again:#?}");
+    assert_eq!(again[0]["tgid"], pid, "{again:#?}");
     assert_matches_audit(
         &origin,
         &audit_line(&daemon, u64::from(pid)),

@@ -1,6 +1,8 @@
 //! Relayed connections (socat, `ssh -L`) named with the remote party, and
 //! each uid seeing only the connections its own sockets accepted.
 
+use loopwarden_tests::ident::{IDENT_PORT, ident_query};
+
 use super::*;
 
 /// A client in the remote namespace holds a connection through a relay in
@@ -43,7 +45,11 @@ fn assert_relayed(origin: &Value, accepted: &Value, how: &str) {
 #[test]
 fn relays_are_named_with_the_remote_party() {
     let topo = Topology::new();
-    let daemon = Daemon::start(&config(&topo.local));
+    let daemon = Daemon::start(&format!(
+        "{}[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\"]\nnetns = \"{}\"\n",
+        config(&topo.local),
+        topo.local.path()
+    ));
     let run_dir = daemon.install().run_dir();
     let holder = Holder::start(&topo.local, &[PROTECTED], None);
     let service = format!("TCP:127.0.0.1:{PROTECTED}");
@@ -83,6 +89,25 @@ fn relays_are_named_with_the_remote_party() {
     assert_relayed(&origin, &accepted, "received");
     let sshd_pid = origin["pid"].as_u64().unwrap();
     assert_matches_audit(&origin, &audit_line(&daemon, sshd_pid), &KERNEL_FIELDS);
+    // The raw query socket by cookie, and ident, say the same of it: no
+    // user is named for a connection sshd made for a remote party.
+    let answers = raw_query(
+        &topo.local,
+        None,
+        &run_dir,
+        &[line(json!({"op": "who", "cookie": accepted["cookie"]}))],
+    );
+    assert_eq!(answers[0]["origin"]["pid"], sshd_pid, "{answers:#?}");
+    assert_eq!(answers[0]["origin"]["via_how"], "received", "{answers:#?}");
+    let client_port = peer.rsplit(':').next().expect("a port");
+    assert_eq!(
+        ident_query(
+            &topo.local,
+            "127.0.0.1",
+            &format!("{client_port} , {PROTECTED}")
+        ),
+        format!("{client_port} , {PROTECTED} : ERROR : NO-USER\r\n")
+    );
 
     // Both in `conns`, as JSON and as a table.
     let listed = conns(&topo.local, None, &run_dir);
