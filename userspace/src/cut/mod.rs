@@ -159,6 +159,15 @@ pub enum SweepError {
     },
 }
 
+impl SweepError {
+    /// Whether the namespace is gone since it was listed (its last process
+    /// exited, or its file was removed): it holds no connection to cut, so
+    /// the sweep is not the less complete for it.
+    fn namespace_gone(&self) -> bool {
+        matches!(self, SweepError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
 /// A network namespace to sweep: how to name it, and namespace files to
 /// enter it by (tried in order).
 #[derive(Clone, Debug)]
@@ -222,6 +231,10 @@ pub fn sweep(
         }
         let mut ns = match enter(target) {
             Ok(ns) => ns,
+            Err(e) if e.namespace_gone() => {
+                debug!("cut: {}", error_chain(&e));
+                continue;
+            }
             Err(e) => {
                 sweep.error(&e);
                 continue;
@@ -555,6 +568,21 @@ mod tests {
             .map(|s| s.inode)
             .collect();
         assert_eq!(found, [10]);
+    }
+
+    #[test]
+    fn only_a_namespace_that_is_gone_is_no_problem() {
+        let open = |kind: io::ErrorKind| SweepError::Open {
+            netns: "net:[1]".into(),
+            source: io::Error::from(kind),
+        };
+        assert!(open(io::ErrorKind::NotFound).namespace_gone());
+        assert!(!open(io::ErrorKind::PermissionDenied).namespace_gone());
+        let dump = SweepError::Dump {
+            netns: "net:[1]".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert!(!dump.namespace_gone(), "no tcp_diag is a problem");
     }
 
     #[test]
