@@ -12,12 +12,13 @@
 //! for a later connection between the same addresses with a closed one's
 //! origin.
 //!
-//! Where the check cannot be made (a namespace no process is in and no
-//! `/run/netns` file names, a sock_diag error such as a kernel without
-//! `tcp_diag`) the connection is taken as closed: the daemon answers
-//! "unknown" rather than risk naming a closed connection's origin, and a
-//! warning says so, once per namespace. `getsockopt` does not depend on
-//! it.
+//! A namespace no process is in and no `/run/netns` file names is gone,
+//! and its connections with it. Where the check cannot be made (a
+//! sock_diag error such as a kernel without `tcp_diag`, a namespace that
+//! cannot be entered) the connection is taken as closed too: the daemon
+//! answers "unknown" rather than risk naming a closed connection's origin,
+//! and a warning says so, once per namespace. `getsockopt` does not depend
+//! on it.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -32,7 +33,7 @@ use std::{
 };
 
 use loopwarden_common::origin::OriginRecord;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::conns::netns_of;
 use crate::{
@@ -91,11 +92,20 @@ impl Liveness {
         }
         let mut open = vec![false; records.len()];
         for (netns, indices) in by_netns {
-            let checked = self.diag(netns).and_then(|mut diag| {
-                if !self.tcp_diag.load(Ordering::Relaxed) {
-                    diag.probe_tcp()?;
-                    self.tcp_diag.store(true, Ordering::Relaxed);
+            let mut diag = match self.diag(netns) {
+                Ok(diag) => diag,
+                // No process is in it any more and no file names it: its
+                // connections went with it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    debug!("provenance: network namespace net:[{netns}] is gone: {e}");
+                    continue;
                 }
+                Err(e) => {
+                    self.cannot_check(netns, &e);
+                    continue;
+                }
+            };
+            let checked = self.probe_tcp(&mut diag).and_then(|()| {
                 indices
                     .iter()
                     .map(|&i| accepted_socket_open(&mut diag, &records[i]))
@@ -107,29 +117,41 @@ impl Liveness {
                         open[i] = found;
                     }
                 }
-                Err(e) => {
-                    let first = self
-                        .warned
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(netns);
-                    if first {
-                        let fix = sock_diag::missing_feature_fix(&e)
-                            .map(|fix| format!(" ({fix})"))
-                            .unwrap_or_default();
-                        warn!(
-                            "provenance: cannot tell whether the connections of network \
-                             namespace net:[{netns}] are still open, so who, conns, the query \
-                             socket and ident answer unknown for them (getsockopt still \
-                             answers): {}{fix}",
-                            error_chain(&e)
-                        );
-                    }
-                }
+                Err(e) => self.cannot_check(netns, &e),
             }
         }
         let mut keep = open.into_iter();
         records.retain(|_| keep.next().unwrap_or(false));
+    }
+
+    /// Whether the kernel has TCP socket diagnostics, asked until it has.
+    fn probe_tcp(&self, diag: &mut SockDiag) -> io::Result<()> {
+        if !self.tcp_diag.load(Ordering::Relaxed) {
+            diag.probe_tcp()?;
+            self.tcp_diag.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Says, once per namespace, that its connections cannot be checked
+    /// and are answered unknown.
+    fn cannot_check(&self, netns: u32, e: &io::Error) {
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(netns);
+        if first {
+            let fix = sock_diag::missing_feature_fix(e)
+                .map(|fix| format!(" ({fix})"))
+                .unwrap_or_default();
+            warn!(
+                "provenance: cannot tell whether the connections of network namespace \
+                 net:[{netns}] are still open, so who, conns, the query socket and ident answer \
+                 unknown for them (getsockopt still answers): {}{fix}",
+                error_chain(e)
+            );
+        }
     }
 
     /// A sock_diag socket in namespace `netns`.
