@@ -5,6 +5,19 @@
 
 use super::*;
 
+/// `loopwarden who PEER LOCAL` says the connection is unknown (exit 1).
+fn assert_unknown_to_who(ns: &Netns, run_dir: &Path, peer: &str, local: &str) {
+    let (code, stderr) = who(ns, None, run_dir, peer, local).expect_err("unknown");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unknown"), "{stderr}");
+}
+
+/// curl fetching `url` from a service that never answers: it holds its
+/// connection for up to 5 minutes.
+fn waiting_curl(ns: &Netns, url: &str) -> Proc {
+    ns.spawn("curl", &["-s", "--max-time", "300", url])
+}
+
 #[test]
 fn direct_clients_are_named_while_connected_and_after_they_exit() {
     let ns = Netns::new();
@@ -13,15 +26,7 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     let holder = Holder::start(&ns, &[PROTECTED], None);
 
     // curl over IPv4, waiting for an answer that never comes.
-    let mut curl = ns.spawn(
-        "curl",
-        &[
-            "-s",
-            "--max-time",
-            "300",
-            &format!("http://127.0.0.1:{PROTECTED}/"),
-        ],
-    );
+    let mut curl = waiting_curl(&ns, &format!("http://127.0.0.1:{PROTECTED}/"));
     let accepted = holder.wait_accepted(1);
     let (peer, local) = ends(&accepted);
     assert_eq!(local, format!("127.0.0.1:{PROTECTED}"));
@@ -102,15 +107,7 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     wait_gone(&ns, daemon.install(), &peer, &local);
 
     // curl over IPv6: the service's getsockopt and the daemon name it too.
-    let mut curl6 = ns.spawn(
-        "curl",
-        &[
-            "-s",
-            "--max-time",
-            "300",
-            &format!("http://[::1]:{PROTECTED}/"),
-        ],
-    );
+    let mut curl6 = waiting_curl(&ns, &format!("http://[::1]:{PROTECTED}/"));
     let accepted = holder.wait_accepted(2);
     let (peer, local) = ends(&accepted);
     assert_eq!(local, format!("[::1]:{PROTECTED}"));
@@ -218,9 +215,7 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
     let origin = who(&ns, None, &run_dir, &peer, &local).expect("the protected one is known");
     assert_eq!(origin["pid"], protected_client.pid());
     let (peer, local) = ends(&plain);
-    let (code, stderr) = who(&ns, None, &run_dir, &peer, &local).expect_err("unknown");
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("unknown"), "{stderr}");
+    assert_unknown_to_who(&ns, &run_dir, &peer, &local);
     let answers = raw_query(
         &ns,
         None,
@@ -306,16 +301,7 @@ fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
     assert_eq!(answers["new"], 1, "{answers}");
     // who: the same.
     let local = format!("127.0.0.1:{PROTECTED}");
-    let (code, stderr) = who(
-        &ns,
-        None,
-        &run_dir,
-        &format!("127.0.0.1:{old_port}"),
-        &local,
-    )
-    .expect_err("unknown");
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("unknown"), "{stderr}");
+    assert_unknown_to_who(&ns, &run_dir, &format!("127.0.0.1:{old_port}"), &local);
     let origin = who(
         &ns,
         None,
