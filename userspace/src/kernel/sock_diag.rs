@@ -41,6 +41,12 @@ const RECV_BUF: usize = 64 * 1024;
 /// No kernel answer for this long means something is wrong: give up.
 const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How to get TCP socket diagnostics where the kernel has none: said by
+/// `doctor`, the sweep and the daemon's answers alike.
+pub const NO_TCP_DIAG_FIX: &str = "the kernel has no TCP socket diagnostics: load them (`modprobe \
+                                   tcp_diag`, which loads inet_diag), or use a kernel with \
+                                   CONFIG_INET_TCP_DIAG";
+
 /// How to fix a sock_diag error the kernel gives for a missing feature, in
 /// a few words, or `None` for any other error. `ENOENT` answers a dump of a
 /// family no diagnostics module serves (`inet_diag`/`tcp_diag` are modules
@@ -48,10 +54,7 @@ const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// off); `EOPNOTSUPP` a `SOCK_DESTROY` the kernel was built without.
 pub fn missing_feature_fix(e: &io::Error) -> Option<&'static str> {
     match e.raw_os_error()? {
-        libc::ENOENT => Some(
-            "the kernel has no TCP socket diagnostics: load them (`modprobe tcp_diag`, which \
-             loads inet_diag), or use a kernel with CONFIG_INET_TCP_DIAG",
-        ),
+        libc::ENOENT => Some(NO_TCP_DIAG_FIX),
         libc::EOPNOTSUPP => {
             Some("the kernel cannot destroy sockets: use one with CONFIG_INET_DIAG_DESTROY=y")
         }

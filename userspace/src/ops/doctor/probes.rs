@@ -21,7 +21,7 @@ use super::Check;
 use crate::{
     error_chain,
     kernel::{
-        sock_diag::{SockDiag, state},
+        sock_diag::{self, SockDiag, state},
         sys::{self, Insn},
     },
 };
@@ -288,8 +288,7 @@ pub(super) fn sock_destroy() -> Check {
             false,
             "no TCP socket diagnostics (sock_diag has no tcp_diag): connections admitted \
              earlier cannot be listed, so they are not cut",
-            "load the modules (`modprobe tcp_diag`, which loads inet_diag), or a kernel with \
-             CONFIG_INET_TCP_DIAG",
+            sock_diag::NO_TCP_DIAG_FIX,
         ),
         Err(e) => Check::bad(NAME, false, format!("probe failed: {e}"), FIX),
     }
