@@ -78,10 +78,6 @@ pub struct LinkReport {
     pub prog_id: Option<u32>,
     /// The name of the program the link runs (`None`: not loaded).
     pub prog_name: Option<String>,
-    /// Runs of that program the kernel skipped, as it would have run nested
-    /// on a CPU already running it (counted for tracing programs, Linux
-    /// 5.12+; `None`: not readable).
-    pub skipped_runs: Option<u64>,
     /// Whether the cgroup v2 root runs it for its connect hook.
     pub attached_at_root: Option<bool>,
     pub error: Option<String>,
@@ -121,8 +117,10 @@ pub struct TrackerReport {
     pub pinned: bool,
     /// The program the link runs (`None`: not loaded).
     pub prog_name: Option<String>,
-    /// Runs of it the kernel skipped (see [`LinkReport::skipped_runs`]):
-    /// each may be a connection whose origin or close went unseen.
+    /// Runs of it the kernel skipped, as it would have run nested on a CPU
+    /// already running it (counted for tracing programs, Linux 5.12+;
+    /// `None`: not readable): each may be relay evidence, an origin or a
+    /// close that went unseen.
     pub skipped_runs: Option<u64>,
     /// For a cgroup hook (the UDP receive hooks): whether the cgroup v2
     /// root runs it. `None` for tracepoints.
@@ -302,13 +300,17 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
                 Some(&(_, hook)) => inspect::link(&pins, program, hook, cgroup2_root.as_deref()),
                 None => inspect::link(&pins, program, 0, None),
             };
+            let skipped_runs = match &state {
+                LinkState::Pinned(link) => link.skipped_runs,
+                _ => None,
+            };
             let link = link_report(program, state);
             TrackerReport {
                 program: program.to_owned(),
                 tracepoint: tracepoint.to_owned(),
                 pinned: link.pinned,
                 prog_name: link.prog_name,
-                skipped_runs: link.skipped_runs,
+                skipped_runs,
                 attached_at_root: link.attached_at_root,
                 error: link.error,
             }
@@ -469,7 +471,6 @@ fn link_report(program: &str, state: LinkState) -> LinkReport {
         link_id: None,
         prog_id: None,
         prog_name: None,
-        skipped_runs: None,
         attached_at_root: None,
         error: None,
     };
@@ -484,7 +485,6 @@ fn link_report(program: &str, state: LinkState) -> LinkReport {
             report.link_id = Some(link.link_id);
             report.prog_id = Some(link.prog_id);
             report.prog_name = link.prog_name;
-            report.skipped_runs = link.skipped_runs;
             report.attached_at_root = link.attached_at_root.map(|at| at && link.cgroup_link);
         }
     }
