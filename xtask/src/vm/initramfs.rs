@@ -99,11 +99,12 @@ if [ -f $ORDER ]; then
         echo "LW-VM: doctor before tcp_diag: $(grep -o 'no TCP socket diagnostics[^:]*' /tmp/doctor | head -n 1)"
     fi
     # The socket diagnostics come after the daemon's first sweep (below).
-    for m in $(grep -vx 'inet_diag\|tcp_diag' $ORDER); do
+    EARLY=$(grep -vx 'inet_diag\|tcp_diag' $ORDER)
+    for m in $EARLY; do
         insmod /lib/modules/$KREL/$m.ko 2>/tmp/insmod.err || fail "insmod $m: $(cat /tmp/insmod.err)"
     done
     [ -e /sys/kernel/btf/btrfs ] || fail "btrfs is loaded but /sys/kernel/btf/btrfs is missing"
-    echo "LW-VM: loaded as modules: $(grep -vx 'inet_diag\|tcp_diag' $ORDER | tr '\n' ' ')"
+    echo "LW-VM: loaded as modules: $(echo $EARLY)"
     mkdir -p /mnt/btrfs
     mount -t btrfs -o loop /btrfs.img /mnt/btrfs 2>/tmp/mount.err || fail "mounting the btrfs image: $(cat /tmp/mount.err)"
     lw-subvol /mnt/btrfs a b 2>/tmp/subvol.err || fail "creating subvolumes: $(cat /tmp/subvol.err)"
