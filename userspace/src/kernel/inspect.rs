@@ -119,15 +119,9 @@ pub fn link(
         Ok(info) => info,
         Err(e) => return LinkState::Unreadable(format!("{}: {e}", pin.display())),
     };
-    let prog = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == info.prog_id);
-    let prog_name = prog
-        .as_ref()
-        .map(|p| p.name_as_str().unwrap_or("?").to_owned());
-    let skipped_runs = prog
-        .and_then(|p| p.fd().ok())
-        .and_then(|fd| sys::prog_recursion_misses(&fd).ok());
+    let prog = sys::prog_by_id(info.prog_id).and_then(sys::prog_info).ok();
+    let prog_name = prog.as_ref().map(|p| p.name.clone());
+    let skipped_runs = prog.map(|p| p.recursion_misses);
     let attached_at_root = cgroup_root.and_then(|root| {
         let dir = fs::File::open(root).ok()?;
         let ids = sys::prog_query(&dir, attach_type).ok()?;

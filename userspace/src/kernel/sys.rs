@@ -7,7 +7,7 @@
 //! and pinning a program whose link type aya cannot pin
 //! (`cgroup/getsockopt`), and detaching a link at once (`BPF_LINK_DETACH`:
 //! aya's links detach only when dropped). And the runs of a program the
-//! kernel skipped (`recursion_misses`). Each builds the
+//! kernel skipped (`recursion_misses`), of a program opened by its id. Each builds the
 //! command's `union bpf_attr` member as laid out in include/uapi/linux/bpf.h.
 
 use std::{
@@ -23,6 +23,7 @@ use std::{
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -116,12 +117,31 @@ pub fn link_prog_id(link: impl AsFd) -> io::Result<u32> {
     Ok((info[1] & 0xffff_ffff) as u32)
 }
 
-/// How many runs of the program `prog` the kernel skipped because it would
-/// have run nested on a CPU already running it
-/// (`bpf_prog_info.recursion_misses`: Linux 5.12 and later count it for
-/// tracing programs, the kernel before leaves it 0). aya 0.14's
-/// `ProgramInfo` does not expose the field.
-pub fn prog_recursion_misses(prog: impl AsFd) -> io::Result<u64> {
+/// Opens the loaded program `id` (`BPF_PROG_GET_FD_BY_ID`). aya 0.14
+/// opens a program by id only inside its walk of every program loaded on
+/// the host (`loaded_programs`), a few syscalls per program.
+pub fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
+    // struct { __u32 prog_id; __u32 next_id; __u32 open_flags; }
+    let mut attr = [u64::from(id), 0];
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr, 12)?;
+    // SAFETY: the kernel returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says about a loaded program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgInfo {
+    /// The name it was loaded with (the kernel keeps 15 bytes of it).
+    pub name: String,
+    /// How many of its runs the kernel skipped because it would have run
+    /// nested on a CPU already running it (`recursion_misses`: Linux 5.12
+    /// and later count it for tracing programs, the kernel before leaves
+    /// it 0). aya 0.14's `ProgramInfo` does not expose the field.
+    pub recursion_misses: u64,
+}
+
+/// Asks the kernel about the program `prog`.
+pub fn prog_info(prog: impl AsFd) -> io::Result<ProgInfo> {
     // SAFETY: a plain C struct of integers and arrays; all zeroes is valid
     // (and what the kernel expects of the fields it does not fill).
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
@@ -131,7 +151,16 @@ pub fn prog_recursion_misses(prog: impl AsFd) -> io::Result<u64> {
         (&raw mut info) as u64,
     ];
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr, 16)?;
-    Ok(info.recursion_misses)
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&b| b != 0)
+        .collect();
+    Ok(ProgInfo {
+        name: String::from_utf8_lossy(&name).into_owned(),
+        recursion_misses: info.recursion_misses,
+    })
 }
 
 /// What `BPF_OBJ_GET_INFO_BY_FD` says about a cgroup link.

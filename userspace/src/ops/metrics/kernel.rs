@@ -128,8 +128,8 @@ impl KernelSource {
 }
 
 /// The skipped runs of each tracking program pinned in `pins` (one whose
-/// program cannot be read is left out). Each look walks the host's loaded
-/// programs: cached with the map counts.
+/// program cannot be read is left out): four syscalls a program, cached
+/// with the map counts.
 fn skipped_runs(pins: &PinDir) -> Vec<(&'static str, u64)> {
     loopwarden_common::programs::TRACKERS
         .iter()
