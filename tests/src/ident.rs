@@ -119,81 +119,31 @@ print(status)
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// `n` clients of the responder at `host` that connect one after another,
-/// a few milliseconds apart, and send nothing.
-pub struct IdleClients {
-    proc: Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl IdleClients {
+/// A client that sends an invalid query to the responder at `host`, reads
+/// its reply up to the responder's FIN, then goes on sending a byte every
+/// 0.1 s for up to 4 s: `CLOSED` once its sends are refused (the responder
+/// closed the connection), or `OPEN` (it kept reading them all along).
+pub fn trickle_after_refusal(ns: &Netns, host: &str) -> String {
     const SCRIPT: &str = r#"import socket, sys, time
-socks = []
-for i in range(int(sys.argv[3])):
-    socks.append(socket.create_connection((sys.argv[1], int(sys.argv[2]))))
-    time.sleep(0.005)
-print("ready", flush=True)
-for line in sys.stdin:
-    states = []
-    for s in socks:
-        s.setblocking(False)
-        try:
-            states.append("closed" if s.recv(1) == b"" else "data")
-        except BlockingIOError:
-            states.append("open")
-        except ConnectionResetError:
-            states.append("closed")
-    print(" ".join(states), flush=True)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s.sendall(b"abc\r\n")
+while s.recv(4096):
+    pass
+status = "OPEN"
+for i in range(40):
+    try:
+        s.send(b"1")
+    except (BrokenPipeError, ConnectionResetError):
+        status = "CLOSED"
+        break
+    time.sleep(0.1)
+print(status)
 "#;
-
-    pub fn open(ns: &Netns, host: &str, n: usize) -> Self {
-        use std::io::BufRead as _;
-        let mut proc = ns
-            .cmd(SYSTEM_PYTHON)
-            .args([
-                "-c",
-                Self::SCRIPT,
-                host,
-                &IDENT_PORT.to_string(),
-                &n.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the idle clients");
-        let stdin = proc.stdin.take().expect("their stdin");
-        let mut stdout = std::io::BufReader::new(proc.stdout.take().expect("their stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("reading from the idle clients");
-        assert_eq!(line.trim(), "ready", "the idle clients did not all connect");
-        Self {
-            proc,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Each client's connection, in the order they connected: `open`,
-    /// `closed` (by the responder) or `data` (it was sent something).
-    pub fn states(&mut self) -> Vec<String> {
-        use std::io::{BufRead as _, Write as _};
-        writeln!(self.stdin, "check").expect("asking the idle clients");
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("reading from the idle clients");
-        line.split_whitespace().map(str::to_owned).collect()
-    }
-}
-
-impl Drop for IdleClients {
-    fn drop(&mut self) {
-        let _ = self.proc.kill();
-        let _ = self.proc.wait();
-    }
+    let out = run_ok(
+        ns.cmd(SYSTEM_PYTHON)
+            .args(["-c", SCRIPT, host, &IDENT_PORT.to_string()]),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A server on `port` (all addresses) that accepts connections and keeps

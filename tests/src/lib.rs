@@ -11,6 +11,7 @@ pub mod bpftool;
 pub mod client;
 pub mod daemon;
 pub mod ident;
+pub mod idle;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

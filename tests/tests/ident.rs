@@ -9,9 +9,10 @@ use std::{process::Command, time::Duration};
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Policy, TempDir, UNPROTECTED,
     ident::{
-        HeldConnection, IDENT_PORT, IdleClients, PG_USER, Postgres, connection_port_of,
-        holding_server, ident_exchange, ident_query, trickle, uid_of,
+        HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, holding_server,
+        ident_exchange, ident_query, trickle, trickle_after_refusal, uid_of,
     },
+    idle::IdleClients,
     loopwarden_bin,
     provenance::fork_client,
     run, wait_for,
@@ -229,6 +230,9 @@ fn malformed_queries_get_invalid_port_and_silent_clients_are_closed() {
     // timeout_ms of the last: the timeout is for the whole query (the
     // client would take 100 s to reach the 1000-byte limit).
     assert_eq!(trickle(&ns, "127.0.0.1"), "EOF");
+    // A refused client gets timeout_ms in all to take its reply, not
+    // timeout_ms for each byte it goes on sending.
+    assert_eq!(trickle_after_refusal(&ns, "127.0.0.1"), "CLOSED");
 }
 
 #[test]
@@ -241,7 +245,7 @@ fn a_new_client_closes_the_one_idle_longest_when_all_slots_are_taken() {
     let direct = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
 
     // Every slot taken by a client that sends nothing.
-    let mut idle = IdleClients::open(&ns, "127.0.0.1", MAX_CLIENTS);
+    let mut idle = IdleClients::tcp(&ns, "127.0.0.1", IDENT_PORT, MAX_CLIENTS);
     let before = idle.states();
     assert_eq!(before.len(), MAX_CLIENTS);
     assert!(before.iter().all(|s| s == "open"), "{before:?}");

@@ -25,8 +25,9 @@ use std::{
 use loopwarden_common::{Addr, origin::ConnKey};
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, Sshd,
-    TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes, loopwarden_bin,
-    map_dump, map_show, map_update, possible_cpus,
+    TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes,
+    idle::IdleClients,
+    loopwarden_bin, map_dump, map_show, map_update, possible_cpus,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
     rule, run, wait_for, wait_for_explained, write_script,
 };

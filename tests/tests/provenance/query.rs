@@ -104,6 +104,24 @@ fn misbehaving_query_clients_do_not_keep_others_waiting() {
     });
     drop(idle);
 
+    // Every place taken (128: 16 clients of each of eight uids, each
+    // within its idle time): root's query is still answered, and the
+    // client idle longest, the first, is closed to make room.
+    let uids: Vec<u32> = (1..=8).flat_map(|uid| [uid; 16]).collect();
+    let mut full = IdleClients::unix(&socket, &uids);
+    let answers = raw_query(&ns, None, &run_dir, std::slice::from_ref(&who_request));
+    assert_eq!(answers[0]["origin"]["pid"], client.pid(), "{answers:#?}");
+    let states = wait_for(
+        "the daemon to close the client idle longest",
+        Duration::from_secs(5),
+        || {
+            let states = full.states();
+            (states[0] == "closed").then_some(states)
+        },
+    );
+    assert!(states[1..].iter().all(|s| s == "open"), "{states:?}");
+    drop(full);
+
     // The daemon's exit removes the socket; the CLI says what to do.
     assert!(socket.exists());
     assert!(daemon.stop(), "the daemon did not exit 0");

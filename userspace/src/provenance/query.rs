@@ -5,8 +5,9 @@
 //! Every client runs in a task of its own; the lookups (map reads, `/proc`,
 //! NSS) run on the blocking pool, and every read and write has a deadline,
 //! so no client can hold up the daemon's event loop or another client.
-//! Bounds: [`MAX_CLIENTS`] at once, at most [`MAX_CLIENTS_PER_UID`] of them
-//! one user's (the next gets `busy` and is closed), a
+//! Bounds: [`MAX_CLIENTS`] at once (the next closes the client idle
+//! longest), at most [`MAX_CLIENTS_PER_UID`] of them one user's (the next
+//! gets `busy` and is closed), a
 //! request line of at most [`MAX_LINE`] bytes (`too-long`, then closed),
 //! [`IDLE`] to send one (`timeout`, then closed), [`WRITE_TIMEOUT`] to take
 //! an answer (closed).
@@ -21,8 +22,9 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::UCred},
+    sync::oneshot,
     task::JoinHandle,
-    time::timeout,
+    time::{Instant, timeout},
 };
 use tracing::{debug, warn};
 
@@ -49,57 +51,88 @@ pub const MAX_CLIENTS: usize = 128;
 /// take every slot from the others (root's included).
 pub const MAX_CLIENTS_PER_UID: usize = 16;
 
-/// The clients being served, counted by uid.
+/// The clients being served.
 #[derive(Default)]
 struct Slots {
-    by_uid: Mutex<HashMap<u32, usize>>,
+    live: Mutex<Live>,
 }
 
-/// Why a client was not taken.
-#[derive(Debug, PartialEq, Eq)]
-enum Full {
-    All,
-    Uid(u32),
+#[derive(Default)]
+struct Live {
+    next: u64,
+    /// Each client's id: its uid, since when it has been waited for (its
+    /// connect or its last answer), and its stop signal (dropping the
+    /// sender ends its task).
+    clients: HashMap<u64, (u32, Instant, oneshot::Sender<()>)>,
 }
 
 impl Slots {
-    /// A slot for a client of `uid`, given back when the [`Slot`] drops.
-    fn take(self: &Arc<Self>, uid: u32) -> Result<Slot, Full> {
-        let mut by_uid = self.by_uid.lock().unwrap_or_else(PoisonError::into_inner);
-        if by_uid.values().sum::<usize>() >= MAX_CLIENTS {
-            return Err(Full::All);
+    /// A slot for a client of `uid`, given back when the [`Slot`] drops,
+    /// and the signal that it must stop; `Err` (the uid) when that uid
+    /// holds [`MAX_CLIENTS_PER_UID`] already. When all [`MAX_CLIENTS`] are
+    /// taken, the client idle longest is closed for the new one: clients
+    /// that keep their connections open cannot shut out the next, even by
+    /// sending a request now and then.
+    fn take(self: &Arc<Self>, uid: u32) -> Result<(Slot, oneshot::Receiver<()>), u32> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = live.clients.values().filter(|c| c.0 == uid).count();
+        if held >= MAX_CLIENTS_PER_UID {
+            return Err(uid);
         }
-        let held = by_uid.entry(uid).or_default();
-        if *held >= MAX_CLIENTS_PER_UID {
-            return Err(Full::Uid(uid));
+        if live.clients.len() >= MAX_CLIENTS {
+            let oldest = live
+                .clients
+                .iter()
+                .min_by_key(|(_, c)| c.1)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                live.clients.remove(&oldest);
+                debug!(
+                    "query socket: {MAX_CLIENTS} clients are being served: closing the one idle \
+                     longest for a client of uid {uid}"
+                );
+            }
         }
-        *held += 1;
-        Ok(Slot {
+        let id = live.next;
+        live.next += 1;
+        let (stop, stopped) = oneshot::channel();
+        live.clients.insert(id, (uid, Instant::now(), stop));
+        let slot = Slot {
             slots: Arc::clone(self),
-            uid,
-        })
+            id,
+        };
+        Ok((slot, stopped))
     }
 }
 
 /// One client's place in [`Slots`].
 struct Slot {
     slots: Arc<Slots>,
-    uid: u32,
+    id: u64,
+}
+
+impl Slot {
+    /// The client was answered: its idle time starts again.
+    fn answered(&self) {
+        let mut live = self
+            .slots
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = live.clients.get_mut(&self.id) {
+            client.1 = Instant::now();
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut by_uid = self
+        let mut live = self
             .slots
-            .by_uid
+            .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(held) = by_uid.get_mut(&self.uid) {
-            *held -= 1;
-            if *held == 0 {
-                by_uid.remove(&self.uid);
-            }
-        }
+        live.clients.remove(&self.id);
     }
 }
 
@@ -182,29 +215,41 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
             }
         };
         match slots.take(cred.uid()) {
-            Ok(slot) => {
-                tokio::spawn(client(stream, cred, shared.clone(), slot));
+            Ok((slot, stop)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = client(stream, cred, shared, &slot) => {}
+                        _ = stop => debug!(
+                            "query socket: closed a client of uid {}, idle longest",
+                            cred.uid()
+                        ),
+                    }
+                });
             }
-            Err(full) => {
-                tokio::spawn(refuse(stream, full));
+            Err(uid) => {
+                tokio::spawn(refuse(stream, uid));
             }
         }
     }
 }
 
-/// One error line for a client past [`MAX_CLIENTS`] or
-/// [`MAX_CLIENTS_PER_UID`], then close.
-async fn refuse(mut stream: UnixStream, full: Full) {
-    let why = match full {
-        Full::All => format!("{MAX_CLIENTS} clients are being served"),
-        Full::Uid(uid) => format!("{MAX_CLIENTS_PER_UID} clients of uid {uid} are being served"),
-    };
-    let reply = Reply::error(None, ErrorCode::Busy, format!("{why}; try again shortly"));
+/// One error line for a client of `uid` past [`MAX_CLIENTS_PER_UID`],
+/// then close.
+async fn refuse(mut stream: UnixStream, uid: u32) {
+    let reply = Reply::error(
+        None,
+        ErrorCode::Busy,
+        format!(
+            "{MAX_CLIENTS_PER_UID} clients of uid {uid} are being served; close one, or try \
+             again shortly"
+        ),
+    );
     let _ = timeout(WRITE_TIMEOUT, stream.write_all(&reply.line())).await;
 }
 
 /// Serves one client until it closes, misbehaves or times out.
-async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, _slot: Slot) {
+async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slot) {
     let caller = Caller {
         uid: cred.uid(),
         netns: cred
@@ -245,7 +290,7 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, _slot: Slo
             }
         };
         match timeout(WRITE_TIMEOUT, write.write_all(&reply.line())).await {
-            Ok(Ok(())) if !last => {}
+            Ok(Ok(())) if !last => slot.answered(),
             _ => return,
         }
     }
@@ -281,31 +326,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_uid_takes_at_most_its_share_and_all_together_at_most_the_total() {
+    fn one_uid_takes_at_most_its_share() {
         let slots = Arc::new(Slots::default());
-        let root: Vec<Slot> = (0..MAX_CLIENTS_PER_UID)
+        let root: Vec<_> = (0..MAX_CLIENTS_PER_UID)
             .map(|_| slots.take(0).expect("a slot for root"))
             .collect();
-        assert_eq!(slots.take(0).err(), Some(Full::Uid(0)));
+        assert_eq!(slots.take(0).err(), Some(0));
         // Another user is still served.
         let other = slots.take(1000).expect("a slot for uid 1000");
         drop(other);
-        // Fill the rest with other users: then nobody gets one.
-        let mut rest = Vec::new();
+        // A slot given back is taken again, and the counts go with it.
+        drop(root);
+        assert!(slots.take(0).is_ok());
+        assert!(slots.live.lock().unwrap().clients.is_empty());
+    }
+
+    #[test]
+    fn when_all_are_taken_the_client_idle_longest_makes_room() {
+        let slots = Arc::new(Slots::default());
+        let mut held = Vec::new();
         let mut uid = 1;
-        while rest.len() + root.len() < MAX_CLIENTS {
+        while held.len() < MAX_CLIENTS {
             match slots.take(uid) {
-                Ok(slot) => rest.push(slot),
-                Err(Full::Uid(_)) => uid += 1,
-                Err(Full::All) => unreachable!("full before {MAX_CLIENTS}"),
+                Ok(client) => held.push(client),
+                Err(_) => uid += 1,
             }
         }
-        assert_eq!(slots.take(uid + 1).err(), Some(Full::All));
-        // A slot given back is taken again, and the counts go with it.
-        drop(rest.pop());
-        assert!(slots.take(uid + 1).is_ok());
-        drop(root);
-        drop(rest);
-        assert!(slots.by_uid.lock().unwrap().is_empty());
+        // Every other client was answered since: the second is idle longest.
+        std::thread::sleep(Duration::from_millis(2));
+        for (i, (slot, _)) in held.iter().enumerate() {
+            if i != 1 {
+                slot.answered();
+            }
+        }
+        let (_root, mut root_stop) = slots.take(0).expect("a slot for root");
+        assert_eq!(slots.live.lock().unwrap().clients.len(), MAX_CLIENTS);
+        let stopped: Vec<usize> = held
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, (_, stop))| {
+                let closed = stop.try_recv() == Err(oneshot::error::TryRecvError::Closed);
+                closed.then_some(i)
+            })
+            .collect();
+        assert_eq!(stopped, [1]);
+        assert_eq!(
+            root_stop.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        );
     }
 }

@@ -56,14 +56,26 @@ impl Origin {
 }
 
 /// Serves client `id` until it is done (see the module documentation), or
-/// until `stop`'s sender is dropped.
+/// until `stop`'s sender is dropped, whatever the session is waiting for
+/// then (a read, a reply's write, the drain after a refusal).
 pub(super) async fn serve(
     stream: TcpStream,
     shared: Arc<Shared>,
     id: u64,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
 ) {
-    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    tokio::select! {
+        () = session(stream, &shared, id, peer) => {}
+        _ = stop => debug!("ident: closing {peer}, the client idle longest, for a new one"),
+    }
+}
+
+/// Answers client `peer`'s queries in order until it is done.
+async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketAddr) {
+    let Ok(local) = stream.local_addr() else {
         return;
     };
     let mut pending = Vec::with_capacity(64);
@@ -75,27 +87,20 @@ pub(super) async fn serve(
             let line: Vec<u8> = pending.drain(..=end).collect();
             match request::parse(&line[..end]) {
                 Ok(ports) => {
-                    let reply = answer(ports, local, peer, &shared).await;
-                    if !send(&stream, &reply, &shared).await {
+                    let reply = answer(ports, local, peer, shared).await;
+                    if !send(&stream, &reply, shared).await {
                         return;
                     }
                     shared.answered(id);
                     deadline = Instant::now() + shared.timeout;
                 }
-                Err(echo) => return refuse(stream, echo, &shared).await,
+                Err(echo) => return refuse(stream, echo, shared).await,
             }
         }
         if pending.len() > MAX_REQUEST {
-            return refuse(stream, Echo::default(), &shared).await;
+            return refuse(stream, Echo::default(), shared).await;
         }
-        let read = tokio::select! {
-            read = timeout_at(deadline, read(&stream, &mut chunk)) => read,
-            _ = &mut stop => {
-                debug!("ident: closing {peer}, the client idle longest, for a new one");
-                return;
-            }
-        };
-        match read {
+        match timeout_at(deadline, read(&stream, &mut chunk)).await {
             Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&chunk[..n]),
             Ok(Ok(_)) => return,
             Ok(Err(e)) => {
@@ -115,22 +120,27 @@ pub(super) async fn serve(
 
 /// Answers an invalid query with `INVALID-PORT` and ends the connection:
 /// the reply, then FIN, then what the client still sends is read and
-/// dropped until it closes, falls silent or sends [`DRAIN_MAX`] bytes
+/// dropped until it closes, sends [`DRAIN_MAX`] bytes, or the timeout
+/// (one, for the reply, the FIN and the drain together) runs out
 /// (closing with unread data would reset the connection, and the client
 /// could lose the reply).
 async fn refuse(mut stream: TcpStream, echo: Echo, shared: &Shared) {
+    let deadline = Instant::now() + shared.timeout;
     let reply = request::reply(echo, Answer::Error(INVALID_PORT));
-    if !send(&stream, &reply, shared).await {
+    if !matches!(
+        timeout_at(deadline, write_all(&stream, reply.as_bytes())).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     let shut = std::future::poll_fn(|cx| Pin::new(&mut stream).poll_shutdown(cx));
-    if !matches!(timeout(shared.timeout, shut).await, Ok(Ok(()))) {
+    if !matches!(timeout_at(deadline, shut).await, Ok(Ok(()))) {
         return;
     }
     let mut sink = [0u8; 512];
     let mut drained = 0;
     while drained < DRAIN_MAX {
-        match timeout(shared.timeout, read(&stream, &mut sink)).await {
+        match timeout_at(deadline, read(&stream, &mut sink)).await {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => return,
         }
