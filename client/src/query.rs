@@ -55,8 +55,9 @@ pub enum Error {
     /// Reading or writing failed (including the answer's timeout).
     #[error("talking to loopwarden's query socket failed: {0}")]
     Io(#[from] io::Error),
-    /// The daemon closed the connection before answering.
-    #[error("loopwarden closed the query connection before answering: connect again")]
+    /// The daemon closed the connection before answering, and again on a
+    /// new connection (it is stopping, or restarting).
+    #[error("loopwarden closed the query connection before answering")]
     Closed,
     /// `forbidden`: the accepted socket is another uid's.
     #[error(
@@ -64,8 +65,10 @@ pub enum Error {
          socket's owner, or root, may ask about a connection"
     )]
     Forbidden { message: String },
-    /// `timeout`: the daemon closed this connection, silent too long.
-    #[error("loopwarden closed the idle query connection (timeout): {message}; connect again")]
+    /// `timeout`, with this request's id: the daemon took the request as
+    /// incomplete for too long (its idle close, on the other hand, is
+    /// answered by a new connection).
+    #[error("loopwarden closed the query connection (timeout): {message}")]
     Timeout { message: String },
     /// Another error the daemon answered (`bad-request`, `too-long`, ...).
     #[error("loopwarden refused the query ({code}): {message}")]
@@ -75,12 +78,18 @@ pub enum Error {
     Protocol(String),
 }
 
-/// A connection to the query socket. Requests are answered in order; the
-/// daemon closes a connection idle for 10 s (a later request then fails
-/// with [`Error::Timeout`] or [`Error::Closed`]).
+/// A connection to the query socket. Requests are answered in order.
+/// The daemon closes a connection idle for 10 s; the next request then
+/// connects again and is asked again, once (every request only reads). A
+/// request that fails part-way (its answer timed out, or was not an
+/// answer) leaves the connection behind: the next one starts a new
+/// connection, so it never reads the answer meant for the one before.
 #[derive(Debug)]
 pub struct Query {
-    stream: BufReader<UnixStream>,
+    path: PathBuf,
+    timeout: Option<Duration>,
+    /// `None` once a request failed part-way.
+    stream: Option<BufReader<UnixStream>>,
     next_id: u64,
 }
 
@@ -88,25 +97,35 @@ impl Query {
     /// Connects to the query socket at `path` ([`DEFAULT_PATH`] for the
     /// daemon's default run directory).
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
-        let query = Query {
-            stream: BufReader::new(stream),
+        let mut query = Query {
+            path: path.as_ref().to_owned(),
+            timeout: Some(DEFAULT_TIMEOUT),
+            stream: None,
             next_id: 1,
         };
-        query.set_timeout(Some(DEFAULT_TIMEOUT))?;
+        query.stream = Some(query.open()?);
         Ok(query)
+    }
+
+    /// A new connection to the socket, with the timeout set.
+    fn open(&self) -> Result<BufReader<UnixStream>, Error> {
+        let stream = UnixStream::connect(&self.path).map_err(|source| Error::Connect {
+            path: self.path.clone(),
+            source,
+        })?;
+        stream.set_read_timeout(self.timeout)?;
+        stream.set_write_timeout(self.timeout)?;
+        Ok(BufReader::new(stream))
     }
 
     /// How long a request may wait to be sent and answered (`None`:
     /// forever). 10 s by default.
-    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        let stream = self.stream.get_ref();
-        stream.set_read_timeout(timeout)?;
-        stream.set_write_timeout(timeout)?;
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
+        self.timeout = timeout;
+        if let Some(stream) = &self.stream {
+            stream.get_ref().set_read_timeout(timeout)?;
+            stream.get_ref().set_write_timeout(timeout)?;
+        }
         Ok(())
     }
 
@@ -158,31 +177,28 @@ impl Query {
     }
 
     /// Sends one request line and reads its answer: the answer when `ok`,
-    /// `None` for the `unknown` error, [`Error`] for the others.
+    /// `None` for the `unknown` error, [`Error`] for the others. A
+    /// connection the daemon closed before the request reached it is
+    /// replaced and the request sent again, once.
     fn request(&mut self, req: Value) -> Result<Option<Value>, Error> {
         let mut line = req.to_string();
         line.push('\n');
-        self.stream.get_mut().write_all(line.as_bytes())?;
-        let mut answer = String::new();
-        if self.stream.read_line(&mut answer)? == 0 {
-            return Err(Error::Closed);
-        }
-        let answer: Value = serde_json::from_str(&answer)
-            .map_err(|e| Error::Protocol(format!("{e}: {}", answer.trim_end())))?;
-        if answer["v"].as_u64() != Some(VERSION) {
-            return Err(Error::Protocol(format!(
-                "protocol version {} (this client speaks {VERSION}): {answer}",
-                answer["v"]
-            )));
-        }
-        if let Some(id) = answer.get("id")
-            && *id != req["id"]
-        {
-            return Err(Error::Protocol(format!(
-                "answer to request {id}, expected {}: {answer}",
-                req["id"]
-            )));
-        }
+        let answer = match self.round_trip(&line, &req["id"]) {
+            Err(Error::Closed) => {
+                self.stream = None;
+                self.round_trip(&line, &req["id"])
+            }
+            answer => answer,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Part-way: what the daemon still sends belongs to this
+                // request, not the next.
+                self.stream = None;
+                return Err(e);
+            }
+        };
         match answer["ok"].as_bool() {
             Some(true) => Ok(Some(answer)),
             Some(false) => {
@@ -196,6 +212,50 @@ impl Query {
                 }
             }
             None => Err(Error::Protocol(format!("no `ok` in {answer}"))),
+        }
+    }
+
+    /// Writes `line` on the connection (a new one if there is none) and
+    /// reads the answer with id `id`. [`Error::Closed`] when the daemon had
+    /// closed the connection before it: the write found it gone, nothing
+    /// came back, or what came back is the notice of its idle close (no
+    /// id; it was sent before this request).
+    fn round_trip(&mut self, line: &str, id: &Value) -> Result<Value, Error> {
+        if self.stream.is_none() {
+            self.stream = Some(self.open()?);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(Error::Closed);
+        };
+        match stream.get_mut().write_all(line.as_bytes()) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                return Err(Error::Closed);
+            }
+            written => written?,
+        }
+        let mut text = String::new();
+        if stream.read_line(&mut text)? == 0 {
+            return Err(Error::Closed);
+        }
+        let answer: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Protocol(format!("{e}: {}", text.trim_end())))?;
+        if answer["v"].as_u64() != Some(VERSION) {
+            return Err(Error::Protocol(format!(
+                "protocol version {} (this client speaks {VERSION}): {answer}",
+                answer["v"]
+            )));
+        }
+        match answer.get("id") {
+            None if answer["error"] == "timeout" => Err(Error::Closed),
+            Some(got) if got != id => Err(Error::Protocol(format!(
+                "answer to request {got}, expected {id}: {answer}"
+            ))),
+            _ => Ok(answer),
         }
     }
 }

@@ -13,16 +13,30 @@ use serde_json::{Value, json};
 
 use super::{Error, Query, is_direct};
 
-/// A fake daemon serving one client; the socket file goes on drop.
+/// A fake daemon serving clients one after another; the socket file goes
+/// on drop.
 struct Fake {
     path: PathBuf,
     server: Option<JoinHandle<Vec<Value>>>,
 }
 
+/// Prefixes of a fake's scripted lines: written without waiting for a
+/// request, then the connection closed (the daemon's idle close); written
+/// after [`LATE`] (a slow answer).
+const NOTICE: &str = "notice:";
+const LATE: &str = "late:";
+const SLOW: std::time::Duration = std::time::Duration::from_millis(300);
+
 impl Fake {
     /// Answers the i-th request with `answers[i]` (`{id}` replaced by the
     /// request's id), then closes.
     fn new(answers: &[&str]) -> Self {
+        Self::connections(&[answers])
+    }
+
+    /// Serves one client per entry of `scripts`, each as [`Fake::new`]
+    /// would (or as a line's prefix says: [`NOTICE`], [`LATE`]).
+    fn connections(scripts: &[&[&str]]) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
             "lw-client-test-{}-{}.sock",
@@ -31,22 +45,40 @@ impl Fake {
         ));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
-        let answers: Vec<String> = answers.iter().map(|&a| a.to_owned()).collect();
+        let scripts: Vec<Vec<String>> = scripts
+            .iter()
+            .map(|script| script.iter().map(|&a| a.to_owned()).collect())
+            .collect();
         let server = thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut writer = stream;
             let mut seen = Vec::new();
-            for answer in answers {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap() == 0 {
-                    break;
+            for script in scripts {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                for answer in script {
+                    if let Some(notice) = answer.strip_prefix(NOTICE) {
+                        writer.write_all(notice.as_bytes()).unwrap();
+                        writer.write_all(b"\n").unwrap();
+                        break;
+                    }
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                    let req: Value = serde_json::from_str(&line).unwrap();
+                    let answer = match answer.strip_prefix(LATE) {
+                        Some(late) => {
+                            thread::sleep(SLOW);
+                            late.to_owned()
+                        }
+                        None => answer,
+                    };
+                    let answer = answer.replace("{id}", &req["id"].to_string());
+                    seen.push(req);
+                    // The client may have given up on a late answer.
+                    let _ = writer.write_all(answer.as_bytes());
+                    let _ = writer.write_all(b"\n");
                 }
-                let req: Value = serde_json::from_str(&line).unwrap();
-                let answer = answer.replace("{id}", &req["id"].to_string());
-                seen.push(req);
-                writer.write_all(answer.as_bytes()).unwrap();
-                writer.write_all(b"\n").unwrap();
             }
             seen
         });
@@ -128,7 +160,7 @@ fn errors_are_told_apart() {
     let fake = Fake::new(&[
         r#"{"v":1,"ok":false,"error":"forbidden","message":"the socket is uid 33's"}"#,
         r#"{"v":1,"ok":false,"error":"bad-request","message":"no op"}"#,
-        r#"{"v":1,"ok":false,"error":"timeout","message":"silent for 10 s"}"#,
+        r#"{"v":1,"ok":false,"id":{id},"error":"timeout","message":"a request takes 10 s at most"}"#,
     ]);
     let mut q = fake.connect();
     match q.who_cookie(1) {
@@ -148,24 +180,67 @@ fn errors_are_told_apart() {
         other => panic!("{other:?}"),
     }
     match q.who_cookie(1) {
-        Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains("connect again"), "{e}"),
+        Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains("10 s"), "{e}"),
         other => panic!("{other:?}"),
     }
-    // The fake has closed: the next request finds the end of the stream
-    // (or a broken pipe, if the write comes after the close is seen).
+    // The fake has closed, and takes no new connection: the next request
+    // finds the end of the stream (or a broken pipe), tries a new
+    // connection, and says it cannot connect.
     match q.conns() {
-        Err(Error::Closed | Error::Io(_)) => {}
+        Err(Error::Connect { .. }) => {}
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
+fn a_connection_the_daemon_closed_idle_is_replaced_and_the_request_asked_again() {
+    let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"verdict":"allow"}}"#;
+    let idle_close = format!(
+        r#"{NOTICE}{{"v":1,"ok":false,"error":"timeout","message":"no request within 10 s"}}"#
+    );
+    let fake = Fake::connections(&[&[ok, &idle_close], &[ok]]);
+    let mut q = fake.connect();
+    assert_eq!(q.who_cookie(1).unwrap().unwrap()["pid"], 7);
+    // The fake sends its idle close's notice and closes as the second
+    // request is sent (or before): it is asked again on a new connection.
+    assert_eq!(q.who_cookie(2).unwrap().unwrap()["pid"], 7);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1]["cookie"], 2);
+}
+
+#[test]
+fn a_late_answer_is_never_taken_for_the_next_requests() {
+    let late = format!(r#"{LATE}{{"v":1,"ok":true,"id":{{id}},"origin":{{"pid":1}}}}"#);
+    let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":2}}"#;
+    let fake = Fake::connections(&[&[&late, ok], &[ok]]);
+    let mut q = fake.connect();
+    q.set_timeout(Some(SLOW / 3)).unwrap();
+    match q.who_cookie(1) {
+        Err(Error::Io(e)) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    q.set_timeout(Some(SLOW * 10)).unwrap();
+    // On the first connection the late answer would be read now, and
+    // refused for its id; on a new one, this request's is.
+    assert_eq!(q.who_cookie(2).unwrap().unwrap()["pid"], 2);
+}
+
+#[test]
 fn malformed_answers_are_protocol_errors() {
-    let fake = Fake::new(&[
-        "not json",
-        r#"{"v":2,"ok":true,"id":{id},"origin":{}}"#,
-        r#"{"v":1,"ok":true,"id":99,"origin":{}}"#,
-        r#"{"v":1,"ok":true,"id":{id}}"#,
+    // Each on a connection of its own: after an answer that is not one,
+    // the client starts a new connection.
+    let fake = Fake::connections(&[
+        &["not json"],
+        &[r#"{"v":2,"ok":true,"id":{id},"origin":{}}"#],
+        &[r#"{"v":1,"ok":true,"id":99,"origin":{}}"#],
+        &[r#"{"v":1,"ok":true,"id":{id}}"#],
     ]);
     let mut q = fake.connect();
     for want in [
