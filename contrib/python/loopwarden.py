@@ -98,10 +98,14 @@ class QueryError(Exception):
     """The query socket answered an error.
 
     ``code`` is the protocol's error token: ``forbidden`` (the accepted
-    socket is another uid's), ``timeout`` (the daemon closed an idle
-    connection), ``bad-request``, ``too-long``; or ``closed`` when the
-    daemon closed the connection without answering, ``protocol`` when the
-    answer was not what the protocol says.
+    socket is another uid's), ``bad-request``, ``too-long``, ``timeout``
+    (the request took the daemon too long to receive), ``busy`` (too many
+    of this uid's clients at once), ``unavailable`` (the daemon cannot
+    read its connection table, or the caller's network namespace); or
+    this module's own: ``connect`` (no daemon answers at the path), ``io``
+    (sending or reading failed, or no answer within the timeout),
+    ``closed`` (the daemon closed the connection without answering),
+    ``protocol`` (the answer was not what the protocol says).
     """
 
     def __init__(self, code: str, message: str):
@@ -118,7 +122,7 @@ class Via:
     """The non-local peer (for ``listening``, the listening address)."""
     port: int
     how: str
-    """``listening``, ``accepted``, ``received``, ``connected`` (or ``unknown``)."""
+    """``listening``, ``accepted``, ``received``, ``connected``, ``stdio`` (or ``unknown``)."""
     ago_ms: Optional[int]
     """How long before the connect() it was seen; None for ``listening``."""
 
@@ -277,8 +281,13 @@ def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[st
                 f"cannot connect to {path}: {e.strerror or e} "
                 "(is the daemon running, with [provenance] query = true?)",
             ) from e
-        s.sendall(json.dumps(req).encode() + b"\n")
-        line = s.makefile("rb").readline()
+        try:
+            s.sendall(json.dumps(req).encode() + b"\n")
+            line = s.makefile("rb").readline()
+        except socket.timeout as e:
+            raise QueryError("io", f"no answer within {timeout} s") from e
+        except OSError as e:
+            raise QueryError("io", f"talking to {path} failed: {e.strerror or e}") from e
     if not line:
         raise QueryError("closed", "the daemon closed the connection before answering")
     try:

@@ -129,6 +129,20 @@ class Query(unittest.TestCase):
             loopwarden.conns(path=path)
         self.assertEqual(e.exception.code, "protocol")
 
+    def test_silent_daemon(self):
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "query.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen()  # and never accepts: the request is never answered
+        self.addCleanup(os.rmdir, d)
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(listener.close)
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.conns(path=path, timeout=0.2)
+        self.assertEqual(e.exception.code, "io")
+        self.assertIn("0.2 s", e.exception.message)
+
     def test_no_daemon(self):
         with self.assertRaisesRegex(loopwarden.QueryError, r"\[provenance\] query"):
             loopwarden.conns(path="/nonexistent/query.sock")

@@ -165,7 +165,7 @@ pub struct AuditRecord<'a> {
         serialize_with = "display_opt"
     )]
     pub via: Option<SocketAddr>,
-    /// ... how: `accepted`, `listening`, `received` or `connected` ...
+    /// ... how: `accepted`, `listening`, `received`, `connected` or `stdio` ...
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via_how: Option<&'static str>,
     /// ... and how long before the connect (not for `listening`).
