@@ -17,6 +17,9 @@ use loopwarden_common::{
 
 /// Bytes of the version-1 record.
 const RECORD_SIZE: usize = size_of::<OriginRecord>();
+/// The buffer [`origin`] passes: room for fields later versions append
+/// to the record (the program answers with as much as it has).
+const BUFFER: usize = 512;
 
 /// Why the origin of a socket could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -237,9 +240,9 @@ impl Origin {
 pub fn origin(fd: impl AsFd) -> Result<Option<Origin>, Error> {
     /// The record's own alignment, so the kernel copies it in words.
     #[repr(C, align(8))]
-    struct Buf([u8; RECORD_SIZE]);
-    let mut buf = Buf([0; RECORD_SIZE]);
-    let mut len = RECORD_SIZE as libc::socklen_t;
+    struct Buf([u8; BUFFER]);
+    let mut buf = Buf([0; BUFFER]);
+    let mut len = BUFFER as libc::socklen_t;
     // SAFETY: buf is valid for len bytes; the kernel writes at most len
     // and updates len.
     let rc = unsafe {
@@ -258,7 +261,7 @@ pub fn origin(fd: impl AsFd) -> Result<Option<Origin>, Error> {
             _ => e.into(),
         });
     }
-    let len = (len as usize).min(RECORD_SIZE);
+    let len = (len as usize).min(BUFFER);
     decode(&buf.0[..len])
 }
 

@@ -23,7 +23,9 @@ pub const LW_ORIGIN: i32 = 1;
 /// [`OriginRecord::magic`]: "LWOR", little-endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"LWOR");
 /// [`OriginRecord::version`]: bumped when a field changes meaning or
-/// moves. Fields may be added at the end without a bump; `size` grows.
+/// moves. Fields may be added at the end without a bump; `size` grows,
+/// and the program must then still answer a buffer of the version-1 size
+/// (328 bytes), with the record's first bytes.
 pub const VERSION: u16 = 1;
 
 /// [`OriginRecord::status`] values.

@@ -51,6 +51,7 @@ SOL_LOOPWARDEN = 0x4C57
 LW_ORIGIN = 1
 """The option at SOL_LOOPWARDEN: the connection's origin record."""
 RECORD_SIZE = 328
+_BUFFER = 512
 """Bytes of a version-1 origin record."""
 DEFAULT_QUERY_PATH = "/run/loopwarden/query.sock"
 """Where the daemon serves its query socket by default."""
@@ -253,7 +254,9 @@ def origin(sock: Any) -> Optional[Origin]:
     program does not answer; BadRecord when something else did.
     """
     try:
-        data = sock.getsockopt(SOL_LOOPWARDEN, LW_ORIGIN, RECORD_SIZE)
+        # Room for fields later versions append; the answer is as long as
+        # the record.
+        data = sock.getsockopt(SOL_LOOPWARDEN, LW_ORIGIN, _BUFFER)
     except OSError as e:
         if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
             raise NotAnswering(e.errno, NotAnswering.__doc__.split("\n", 1)[0]) from e

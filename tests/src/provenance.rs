@@ -21,8 +21,8 @@ use crate::{Netns, Proc, SYSTEM_PYTHON, TempDir, loopwarden_bin, run, wait_for, 
 /// when the client does.
 /// For each accepted connection it appends one JSON line to OUT: the
 /// addresses as it sees them (`peer`, `local`), its `SO_COOKIE`, and what
-/// `getsockopt(0x4c57, 1, 328)` said (`status`, `server_uid`, `tgid`,
-/// `server_cookie`, `verdict`, `rule`, `via_kind`; `errno` if the call
+/// `getsockopt(0x4c57, 1, 1024)` said (its `len`, `status`, `server_uid`,
+/// `tgid`, `server_cookie`, `verdict`, `rule`, `via_kind`; `errno` if the call
 /// failed). On SIGUSR1 it asks again for every connection it holds and
 /// appends those lines too, marked `"reask": true`.
 const HOLDER: &str = r#"import json, os, select, signal, socket, struct, sys
@@ -41,8 +41,8 @@ def describe(c):
     line = {"peer": name(c.getpeername()), "local": name(c.getsockname()),
             "cookie": struct.unpack("=Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]}
     try:
-        rec = c.getsockopt(0x4c57, 1, 328)
-        line.update(status=rec[8], server_uid=struct.unpack_from("=I", rec, 12)[0],
+        rec = c.getsockopt(0x4c57, 1, 1024)
+        line.update(len=len(rec), status=rec[8], server_uid=struct.unpack_from("=I", rec, 12)[0],
                     server_cookie=struct.unpack_from("=Q", rec, 24)[0],
                     tgid=struct.unpack_from("=I", rec, 152)[0],
                     verdict=rec[176], rule=rec[177], via_kind=rec[258])

@@ -31,8 +31,10 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     let (peer, local) = ends(&accepted);
     assert_eq!(local, format!("127.0.0.1:{PROTECTED}"));
     let pid = u64::from(curl.pid());
-    // The service's own question, answered by the kernel.
+    // The service's own question, answered by the kernel: with the
+    // record, whose length the answer tells however large the buffer.
     assert_eq!(accepted["status"], 1, "{accepted}");
+    assert_eq!(accepted["len"], 328, "{accepted}");
     assert_eq!(accepted["tgid"], pid, "{accepted}");
     assert_eq!(accepted["server_cookie"], accepted["cookie"], "{accepted}");
 
@@ -207,6 +209,7 @@ fn unprotected_connections_are_unknown_to_getsockopt_and_the_daemon() {
     assert_eq!(tagged["server_uid"], 0, "{tagged}");
     assert!(tagged.get("errno").is_none(), "{tagged}");
     assert_eq!(plain["status"], 0, "{plain}");
+    assert_eq!(plain["len"], 328, "{plain}");
     assert_eq!(plain["tgid"], 0, "{plain}");
     assert!(plain.get("errno").is_none(), "{plain}");
 
