@@ -77,9 +77,12 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
             line(json!({"op": "who", "peer": peer, "local": local, "id": 7})),
             line(json!({"op": "who", "cookie": accepted["cookie"], "id": "c"})),
             line(json!({"op": "conns"})),
+            // The cookie named with a namespace that does not hold it.
+            line(json!({"op": "who", "cookie": accepted["cookie"], "netns": 1})),
         ],
     );
-    assert_eq!(answers.len(), 3, "{answers:#?}");
+    assert_eq!(answers.len(), 4, "{answers:#?}");
+    assert_eq!(answers[3]["error"], "unknown", "{answers:#?}");
     assert_eq!(answers[0]["v"], 1);
     assert_eq!(answers[0]["ok"], true, "{answers:#?}");
     assert_eq!(answers[0]["id"], 7);

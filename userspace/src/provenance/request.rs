@@ -214,40 +214,40 @@ impl Request {
                 "only root may ask about another network namespace",
             );
         }
+        let netns = self.netns.or(caller.netns);
+        // Root's `conns` without a namespace named: every namespace's.
+        let every = caller.is_root() && self.netns.is_none() && matches!(self.op, Op::Conns);
+        // A cookie names one socket on the host, whatever its namespace.
+        if netns.is_none() && !every && !matches!(self.op, Op::Cookie(_)) {
+            return Reply::error(
+                id,
+                ErrorCode::Unavailable,
+                "the caller's network namespace cannot be read (is it in another pid \
+                 namespace?); root may name one with \"netns\"",
+            );
+        }
         let conns = match conns {
             Ok(conns) => conns,
             Err(e) => return Reply::error(id, ErrorCode::Unavailable, e),
         };
-        let netns = self.netns.or(caller.netns);
         let mut enricher = Enricher::with_rules(cgroup_root, rules);
         let found = match self.op {
             Op::Conns => {
                 // Filtered before the check that each is open, so that a
                 // user's request costs only its own connections' lookups.
-                let mut records: Vec<OriginRecord> = conns.list(|r| {
-                    caller.may_see(r)
-                        && match (caller.is_root(), self.netns) {
-                            // Root sees every namespace unless it names one.
-                            (true, None) => true,
-                            _ => Some(r.conn.netns) == netns,
-                        }
-                });
+                let mut records: Vec<OriginRecord> =
+                    conns.list(|r| caller.may_see(r) && (every || Some(r.conn.netns) == netns));
                 records.sort_by_key(|r| r.established_ns);
                 let mut reply = Reply::ok(id);
                 reply.conns = Some(records.iter().map(|r| origin(r, &mut enricher)).collect());
                 return reply;
             }
-            Op::Cookie(cookie) => conns.by_cookie(cookie),
+            // One root names must hold it.
+            Op::Cookie(cookie) => conns
+                .by_cookie(cookie)
+                .filter(|r| self.netns.is_none_or(|n| n == r.conn.netns)),
             Op::Who { peer, local } => {
-                let Some(netns) = netns else {
-                    return Reply::error(
-                        id,
-                        ErrorCode::Unavailable,
-                        "the caller's network namespace cannot be read (is it in another pid \
-                         namespace?); root may name one with \"netns\"",
-                    );
-                };
-                conns.get(&conn_key(netns, peer, local))
+                netns.and_then(|netns| conns.get(&conn_key(netns, peer, local)))
             }
         };
         match found {
@@ -359,5 +359,47 @@ mod tests {
         let reply: Value = serde_json::from_slice(&reply.line()).unwrap();
         assert_eq!(reply["error"], "unavailable");
         assert_eq!(reply["message"], "no map");
+    }
+
+    #[test]
+    fn a_caller_whose_namespace_cannot_be_read_is_told_so() {
+        let lost = Caller {
+            uid: 1000,
+            netns: None,
+        };
+        let ask = |line: &str, caller: Caller| -> Value {
+            let reply = parse(line).unwrap().answer(
+                caller,
+                Err("no map"),
+                PathBuf::from("/sys/fs/cgroup"),
+                SharedRules::default(),
+            );
+            serde_json::from_slice(&reply.line()).unwrap()
+        };
+        for line in [
+            r#"{"op":"conns"}"#,
+            r#"{"op":"who","peer":"127.0.0.1:1","local":"127.0.0.1:2"}"#,
+        ] {
+            let reply = ask(line, lost);
+            assert_eq!(reply["error"], "unavailable", "{line}: {reply}");
+            assert!(
+                reply["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("network namespace")),
+                "{line}: {reply}"
+            );
+        }
+        // A cookie needs no namespace; nor does root's every-namespace
+        // `conns`: both go on to the map.
+        let root = Caller {
+            uid: 0,
+            netns: None,
+        };
+        for (line, caller) in [
+            (r#"{"op":"who","cookie":7}"#, lost),
+            (r#"{"op":"conns"}"#, root),
+        ] {
+            assert_eq!(ask(line, caller)["message"], "no map", "{line}");
+        }
     }
 }
