@@ -6,9 +6,10 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::Duration,
 };
 
-use crate::{Netns, SYSTEM_PYTHON};
+use crate::{Netns, SYSTEM_PYTHON, wait_for};
 
 /// Idle clients, connected one after another a few milliseconds apart.
 pub struct IdleClients {
@@ -99,6 +100,20 @@ for line in sys.stdin:
             .read_line(&mut line)
             .expect("reading from the idle clients");
         line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Waits (up to 10 s) for `server` to close the first client, the one
+    /// idle longest, and checks that it closed no other.
+    pub fn assert_only_the_first_closed(&mut self, server: &str) {
+        let states = wait_for(
+            &format!("{server} to close the client idle longest"),
+            Duration::from_secs(10),
+            || {
+                let states = self.states();
+                (states[0] == "closed").then_some(states)
+            },
+        );
+        assert!(states[1..].iter().all(|s| s == "open"), "{states:?}");
     }
 }
 

@@ -4,7 +4,7 @@
 //! its user; a relay's with `NO-USER`, so the relay's uid never vouches
 //! for whoever is behind it.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Policy, TempDir, UNPROTECTED,
@@ -15,7 +15,7 @@ use loopwarden_tests::{
     idle::IdleClients,
     loopwarden_bin,
     provenance::fork_client,
-    run, wait_for,
+    run,
 };
 
 /// The responder's slots (`provenance::ident::MAX_CLIENTS`).
@@ -260,15 +260,7 @@ fn a_new_client_closes_the_one_idle_longest_when_all_slots_are_taken() {
         user_reply(direct.local_port, PROTECTED, "root")
     );
     // ... and the client that connected first, idle longest, made room.
-    let after = wait_for(
-        "the responder to close the client idle longest",
-        Duration::from_secs(10),
-        || {
-            let states = idle.states();
-            (states[0] == "closed").then_some(states)
-        },
-    );
-    assert!(after[1..].iter().all(|s| s == "open"), "{after:?}");
+    idle.assert_only_the_first_closed("the responder");
 }
 
 #[test]

@@ -111,15 +111,7 @@ fn misbehaving_query_clients_do_not_keep_others_waiting() {
     let mut full = IdleClients::unix(&socket, &uids);
     let answers = raw_query(&ns, None, &run_dir, std::slice::from_ref(&who_request));
     assert_eq!(answers[0]["origin"]["pid"], client.pid(), "{answers:#?}");
-    let states = wait_for(
-        "the daemon to close the client idle longest",
-        Duration::from_secs(5),
-        || {
-            let states = full.states();
-            (states[0] == "closed").then_some(states)
-        },
-    );
-    assert!(states[1..].iter().all(|s| s == "open"), "{states:?}");
+    full.assert_only_the_first_closed("the daemon");
     drop(full);
 
     // The daemon's exit removes the socket; the CLI says what to do.
