@@ -63,6 +63,11 @@ pub struct KernelOffsets {
     pub tcp_rcv_nxt: u32,
     /// `tcp_sock.bytes_received`: sequence space received (data and FIN).
     pub tcp_bytes_received: u32,
+    /// `tcp_sock.snd_una`: the first byte sent and not yet acknowledged.
+    pub tcp_snd_una: u32,
+    /// `tcp_sock.bytes_acked`: sequence space acknowledged (the SYN, data
+    /// and FIN).
+    pub tcp_bytes_acked: u32,
     /// `tcp_sock.inet_conn.icsk_inet.inet_sport` (network order): the
     /// local port, still set when a closing socket's `skc_num` is not.
     pub tcp_inet_sport: u32,

@@ -97,12 +97,14 @@ impl OriginRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnEntry {
     pub record: OriginRecord,
-    /// The accepted socket's `rcv_nxt - bytes_received` (mod 2^32) when
-    /// its handshake completed: the client's initial sequence number plus
-    /// one, the same for the connection's whole life (data and FIN count
-    /// in both). `getsockopt` answers only a socket whose value matches,
-    /// so an entry a missed close left behind is never the answer for a
-    /// later connection between the same addresses.
+    /// The client's initial sequence number plus one, written at the
+    /// client's handshake (its socket's `snd_una - bytes_acked + 1`, mod
+    /// 2^32): the accepted socket's `rcv_nxt - bytes_received` for the
+    /// connection's whole life (data and FIN count in both). The server's
+    /// handshake binds only an entry whose value matches its socket's, and
+    /// `getsockopt` answers only such a socket, so an entry a missed close
+    /// left behind, or one whose server never accepted it, is never the
+    /// answer for a later connection between the same addresses.
     pub first_seq: u32,
     pub _pad: u32,
 }

@@ -51,6 +51,8 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     net_inum: 0,
     tcp_rcv_nxt: 0,
     tcp_bytes_received: 0,
+    tcp_snd_una: 0,
+    tcp_bytes_acked: 0,
     tcp_inet_sport: 0,
     sk_lock_owned: 0,
     task_cred: 0,

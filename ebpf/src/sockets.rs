@@ -229,7 +229,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             };
             // A protected connect's origin moves on, whatever the peer.
             if origin::port_marked(peer.port) {
-                origin::client_established(cookie, &conn_key(sk, &local, &peer));
+                origin::client_established(sk, cookie, &conn_key(sk, &local, &peer));
             }
             // A connect to loopback is never pending here (see `connecting`).
             if is_loopback(&peer.addr) {

@@ -86,7 +86,7 @@ def btf(endian):
     inet = agg(STRUCT, "inet_sock", 128, [("inet_saddr", u32, 0), ("inet_sport", u32, 512)])
     icsk = agg(STRUCT, "inet_connection_sock", 256, [("icsk_inet", inet, 0)])
     agg(STRUCT, "tcp_sock", 512, [("inet_conn", icsk, 0), ("rcv_nxt", u32, 2048),
-        ("bytes_received", u64, 2112)])
+        ("bytes_received", u64, 2112), ("snd_una", u32, 2176), ("bytes_acked", u64, 2240)])
     kuid = agg(STRUCT, "", 4, [("val", u32, 0)])
     kuid_t = ty("kuid_t", TYPEDEF, 0, kuid)
     agg(STRUCT, "cred", 64, [("usage", u32, 0), ("uid", kuid_t, 32), ("gid", kuid_t, 64)])

@@ -20,19 +20,21 @@ use crate::{
     sockets::tcp_sock,
 };
 
-/// The pending entry at `entry` of the client socket with cookie `cookie`,
-/// named for its connection `key`, copied whole into a slot of
-/// `LW_CONN_SLOTS` it claims, or into `LW_CONNS` (by reference: a
-/// by-value entry would be copied to the stack).
+/// The pending entry at `entry` of the client socket with cookie `cookie`
+/// and first sequence number `seq`, named for its connection `key`,
+/// copied whole into a slot of `LW_CONN_SLOTS` it claims, or into
+/// `LW_CONNS` (by reference: a by-value entry would be copied to the
+/// stack).
 ///
 /// # Safety
 /// `entry` points into a map value only this connection's connect and
 /// handshake write.
 #[inline(always)]
-pub(super) unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey, cookie: u64) {
+pub(super) unsafe fn insert_conn(entry: *mut ConnEntry, key: &ConnKey, cookie: u64, seq: u32) {
     // SAFETY: as the caller promises; `slot` is this connection's.
     unsafe {
         (*entry).record.conn = *key;
+        (*entry).first_seq = seq;
         if let Some(slot) = claim_conn(key, cookie, (*entry).record.origin.ktime_ns) {
             ptr::copy_nonoverlapping(entry, &raw mut (*slot).entry, 1);
             return;
@@ -165,12 +167,16 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
     // SAFETY: `entry` points into the map's value.
     unsafe {
         let rec = &raw mut (*entry).record;
-        // An entry another accepted socket took, or one whose connect is
-        // older than any handshake, is a dead connection's (its close was
-        // not seen, or its server never accepted it) that happens to share
+        // An entry another accepted socket took, one whose client sent
+        // another first sequence number, or one whose connect is older
+        // than any handshake, is a dead connection's (its close was not
+        // seen, or its server never accepted it) that happens to share
         // these addresses: never this socket's origin.
         let now = bpf_ktime_get_ns();
-        if (*rec).established_ns != 0 || elapsed(now, (*rec).origin.ktime_ns) > HANDSHAKE_NS {
+        if (*rec).established_ns != 0
+            || ptr::read_volatile(&(*entry).first_seq) != seq
+            || elapsed(now, (*rec).origin.ktime_ns) > HANDSHAKE_NS
+        {
             return;
         }
         let cookie = bpf_get_socket_cookie(sk as *mut c_void);
@@ -184,7 +190,6 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         }
         (*rec).server_uid = uid;
         (*rec).server_cookie = cookie;
-        (*entry).first_seq = seq;
         // Written last: `getsockopt` and the daemon take an entry with it
         // set as complete.
         (*rec).established_ns = now;
@@ -207,6 +212,29 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
 /// (it unhashes a socket before its state change reaches this program).
 #[inline(always)]
 pub fn closed(key: &ConnKey, cookie: u64) {
+    if give_back(key, cookie) {
+        return;
+    }
+    let Some(entry) = CONNS.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: a pointer into the map's value.
+    let (server, client) = unsafe {
+        (
+            ptr::read_volatile(&(*entry).record.server_cookie),
+            ptr::read_volatile(&(*entry).record.origin.socket_cookie),
+        )
+    };
+    if server == cookie || client == cookie {
+        let _ = CONNS.remove(key);
+    }
+}
+
+/// Gives back the slot of the connection `key` that the socket with
+/// cookie `cookie` owns, if one is: marked [`CONN_RELEASING`], its key
+/// unnamed, then freed. Whether one was.
+#[inline(always)]
+fn give_back(key: &ConnKey, cookie: u64) -> bool {
     for i in 0..CONN_SLOT_PROBES {
         let Some(slot) = conn_probe(key, i) else {
             continue;
@@ -222,19 +250,25 @@ pub fn closed(key: &ConnKey, cookie: u64) {
                 ptr::write_volatile(&raw mut (*slot).owner, 0);
             }
         }
+        return true;
+    }
+    false
+}
+
+/// Takes back what [`insert_conn`] wrote for the client socket with
+/// cookie `cookie` on the connection `key` from a source that another
+/// connect may have written meanwhile (so the copy may mix two records):
+/// its slot, or its entry in `LW_CONNS` while no server's handshake has
+/// bound it, whichever client's cookie the copy holds.
+#[inline(always)]
+pub(super) fn discard(key: &ConnKey, cookie: u64) {
+    if give_back(key, cookie) {
         return;
     }
-    let Some(entry) = CONNS.get_ptr(key) else {
-        return;
-    };
-    // SAFETY: a pointer into the map's value.
-    let (server, client) = unsafe {
-        (
-            ptr::read_volatile(&(*entry).record.server_cookie),
-            ptr::read_volatile(&(*entry).record.origin.socket_cookie),
-        )
-    };
-    if server == cookie || client == cookie {
+    if let Some(entry) = CONNS.get_ptr(key)
+        // SAFETY: a pointer into the map's value.
+        && unsafe { ptr::read_volatile(&(*entry).record.established_ns) } == 0
+    {
         let _ = CONNS.remove(key);
     }
 }

@@ -46,46 +46,62 @@ use core::ptr;
 
 use loopwarden_common::origin::ConnKey;
 
-use self::{
-    conns::insert_conn,
-    pending::{owned_slot, release},
-};
 pub use self::{
     conns::{closed, server_established},
     pending::{connect_failed, connecting},
 };
-use crate::maps::{CONN_PORTS, ORIGIN_PENDING, byte_of, byte_set};
+use self::{
+    conns::{discard, insert_conn},
+    pending::{owned_slot, release},
+};
+use crate::{
+    identity::{load, offset},
+    maps::{CONN_PORTS, ORIGIN_PENDING, byte_of, byte_set},
+    sockets::tcp_sock,
+};
 
 /// The longest a connect's handshake can take: Linux gives up on a SYN
 /// after about 127 s (`tcp_syn_retries` 6); 3 minutes leaves room.
 const HANDSHAKE_NS: u64 = 180_000_000_000;
 
-/// The client socket with cookie `cookie` completed its handshake on the
-/// connection `key`: its pending entry, named for its connection, moves to
-/// a slot of `LW_CONN_SLOTS` or to `LW_CONNS`.
+/// The client socket `sk`, with cookie `cookie`, completed its handshake
+/// on the connection `key`: its pending entry, named for its connection
+/// and marked with its first sequence number, moves to a slot of
+/// `LW_CONN_SLOTS` or to `LW_CONNS`.
 #[inline(always)]
-pub fn client_established(cookie: u64, key: &ConnKey) {
+pub fn client_established(sk: u64, cookie: u64, key: &ConnKey) {
     if let Some(slot) = owned_slot(cookie) {
+        let seq = client_first_seq(sk);
         // SAFETY: a pointer into the map's value, which only this
         // socket's connect and handshake write while it owns the slot.
-        unsafe { insert_conn(&raw mut (*slot).entry, key, cookie) };
+        unsafe { insert_conn(&raw mut (*slot).entry, key, cookie, seq) };
         // Still this connect's after the copy, so no claim (which takes
         // the slot before it writes) wrote into it meanwhile. Only a claim
         // older than any handshake is ever taken over: a handshake that
         // completed that late (`tcp_syn_retries` raised) and lost its slot
         // has no origin, never a mixed one.
         if !release(slot, cookie) {
-            closed(key, cookie);
+            discard(key, cookie);
         }
         return;
     }
     let Some(entry) = ORIGIN_PENDING.get_ptr_mut(cookie) else {
         return;
     };
+    let seq = client_first_seq(sk);
     // SAFETY: a pointer into the map's value, which only this socket's
-    // connect and handshake write.
-    unsafe { insert_conn(entry, key, cookie) };
+    // connect and handshake write, unless the LRU map recycles it for
+    // another connect meanwhile (it may reuse even a recent element when
+    // full): then its cookie is the other's after the copy, and the copy
+    // is taken back.
+    let intact = unsafe {
+        insert_conn(entry, key, cookie, seq);
+        ptr::read_volatile(&(*entry).record.origin.socket_cookie) == cookie
+    };
     let _ = ORIGIN_PENDING.remove(cookie);
+    if !intact {
+        discard(key, cookie);
+    }
 }
 
 /// Notes that connections whose server is on port `port` may have origins
@@ -119,4 +135,19 @@ pub fn port_marked(port: u16) -> bool {
 #[inline(always)]
 fn first_seq(rcv_nxt: u32, bytes_received: u64) -> u32 {
     rcv_nxt.wrapping_sub(bytes_received as u32)
+}
+
+/// The same number from the client's side: its socket's `snd_una` minus
+/// `bytes_acked` is its initial sequence number at any point of its life
+/// (the SYN counts in both); 0 if the socket cannot be read as TCP.
+#[inline(always)]
+fn client_first_seq(sk: u64) -> u32 {
+    match tcp_sock(sk) {
+        Some(tcp) => {
+            let snd_una: u32 = load(tcp, offset!(tcp_snd_una));
+            let acked: u64 = load(tcp, offset!(tcp_bytes_acked));
+            snd_una.wrapping_sub(acked as u32).wrapping_add(1)
+        }
+        None => 0,
+    }
 }

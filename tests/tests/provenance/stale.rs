@@ -7,14 +7,16 @@ use super::*;
 
 /// A close the state tracepoint never sees (the kernel skips a run nested
 /// on one CPU) leaves a connection's entry in its slot of `LW_CONN_SLOTS`
-/// or in `LW_CONNS`. Written back by hand, in either, under the addresses
-/// of a later, untagged connection, it must not be that connection's
-/// answer, from getsockopt or from the daemon (`who`, `conns`); the same
-/// entry written before its connection's handshake (as the kernel writes
-/// one) is: the positive control, through the same lookups. (The later
-/// connections go to the unprotected port, which the test marks in
-/// `LW_CONN_PORTS` as a tagged connect would have: the kernel looks up
-/// only connections to marked ports.)
+/// or in `LW_CONNS`; so does a connection whose server never accepted it
+/// (reset while in the accept queue). Written back by hand, in either,
+/// under the addresses of a later, untagged connection, neither must be
+/// that connection's answer, from getsockopt or from the daemon (`who`,
+/// `conns`). The positive control, through the same lookups: the entry
+/// waiting for its handshake with the first sequence number of the
+/// connection it names, as the kernel writes one at the client's
+/// handshake. (The later connections go to ports the kernel never tags,
+/// which the test marks in `LW_CONN_PORTS` as a tagged connect would have:
+/// the kernel looks up only connections to marked ports.)
 #[test]
 fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     let ns = Netns::new();
@@ -22,57 +24,189 @@ fn an_entry_a_missed_close_left_is_never_a_later_connections_answer() {
     let install = daemon.install();
     let holder = Holder::start(&ns, &[PROTECTED, UNPROTECTED], None);
     let (client, peer, key, entry) = tagged_connection(&ns, install, &holder);
-    // The same entry, as if for a connection from `from` to the
-    // unprotected port (which the kernel never tags).
-    let under = |from: u16| {
+    // The same entry, as if for a connection from `from` to `to`.
+    let under = |from: u16, to: u16| {
         let mut key = key.clone();
         key[4..6].copy_from_slice(&from.to_ne_bytes());
-        key[6..8].copy_from_slice(&UNPROTECTED.to_ne_bytes());
+        key[6..8].copy_from_slice(&to.to_ne_bytes());
         key
     };
     mark_port(install, UNPROTECTED);
+    for round in 0..2 {
+        mark_port(install, DEFERRED_PORT + round);
+    }
     let run_dir = install.run_dir();
+    let dir = TempDir::new("stale");
     let mut held = Vec::new();
-    let mut fresh_peers = vec![peer];
+    let mut deferred_held = Vec::new();
+    let mut known_peers = vec![peer];
     for (round, home) in [Home::Map, Home::Slot].into_iter().enumerate() {
-        let stale_from = 41001 + 2 * round as u16;
-        let fresh_from = stale_from + 1;
+        let stale_from = 41001 + 3 * round as u16;
+        let unaccepted_from = stale_from + 1;
+        let control_from = stale_from + 2;
+        let deferred_port = DEFERRED_PORT + round as u16;
         let accepted = 2 + 2 * round;
 
         // Left behind: established, bound to the first connection's socket.
-        write_entry(install, home, &under(stale_from), &entry);
+        write_entry(install, home, &under(stale_from, UNPROTECTED), &entry);
         held.push(holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, stale_from));
         let stale = holder.wait_accepted(accepted);
         assert_eq!(stale["peer"], format!("127.0.0.1:{stale_from}"), "{stale}");
-        assert_eq!(
-            (&stale["status"], &stale["tgid"]),
-            (&json!(0), &json!(0)),
-            "{home:?}: {stale}"
-        );
-        let (stale_peer, stale_local) = ends(&stale);
-        let said = who(&ns, None, &run_dir, &stale_peer, &stale_local);
-        assert!(matches!(said, Err((1, _))), "{home:?}: {said:?}");
+        assert_unknown(&ns, &run_dir, &stale, home);
 
-        // Waiting for its handshake (not established, connected just now).
-        write_entry(install, home, &under(fresh_from), &as_pending(&entry));
-        held.push(holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, fresh_from));
-        let fresh = holder.wait_accepted(accepted + 1);
-        assert_eq!(fresh["status"], 1, "{home:?}: {fresh}");
-        assert_eq!(fresh["tgid"], client.pid(), "{home:?}: {fresh}");
-        assert_eq!(fresh["server_cookie"], fresh["cookie"], "{home:?}: {fresh}");
-        let (fresh_peer, fresh_local) = ends(&fresh);
-        let origin = who(&ns, None, &run_dir, &fresh_peer, &fresh_local)
-            .unwrap_or_else(|e| panic!("{home:?}: the fresh entry: {e:?}"));
+        // Left by a connection its server never accepted: waiting for its
+        // server's handshake, another client's first sequence number.
+        let unaccepted = as_pending(&entry, 0x5eed);
+        write_entry(
+            install,
+            home,
+            &under(unaccepted_from, UNPROTECTED),
+            &unaccepted,
+        );
+        held.push(holder.hold_client_from(&ns, "127.0.0.1", UNPROTECTED, unaccepted_from));
+        let later = holder.wait_accepted(accepted + 1);
+        assert_eq!(
+            later["peer"],
+            format!("127.0.0.1:{unaccepted_from}"),
+            "{later}"
+        );
+        assert_unknown(&ns, &run_dir, &later, home);
+
+        // The positive control: the client's handshake completes while
+        // its server defers the accept; the entry is written with the
+        // client's first sequence number; then the server's side completes.
+        let mut deferred = Deferred::connect(&ns, &dir, control_from, deferred_port);
+        let pending = as_pending(&entry, deferred.first_seq);
+        write_entry(install, home, &under(control_from, deferred_port), &pending);
+        let answer = deferred.accept();
+        assert_eq!(answer["status"], 1, "{home:?}: {answer}");
+        assert_eq!(answer["tgid"], client.pid(), "{home:?}: {answer}");
+        let origin = who(
+            &ns,
+            None,
+            &run_dir,
+            &format!("127.0.0.1:{control_from}"),
+            &format!("127.0.0.1:{deferred_port}"),
+        )
+        .unwrap_or_else(|e| panic!("{home:?}: the control's entry: {e:?}"));
         assert_eq!(origin["pid"], client.pid(), "{home:?}: {origin:#}");
-        fresh_peers.push(fresh_peer);
+        known_peers.push(format!("127.0.0.1:{control_from}"));
+        deferred_held.push(deferred);
         let listed: Vec<Value> = conns(&ns, None, &run_dir)
             .into_iter()
             .map(|o| o["client"].clone())
             .collect();
-        assert_eq!(listed.len(), fresh_peers.len(), "{home:?}: {listed:?}");
-        for expected in &fresh_peers {
+        assert_eq!(listed.len(), known_peers.len(), "{home:?}: {listed:?}");
+        for expected in &known_peers {
             assert!(listed.contains(&json!(expected)), "{home:?}: {listed:?}");
         }
+    }
+}
+
+/// getsockopt, as the holder reported it for `accepted`, and `who` know
+/// nothing of the connection.
+fn assert_unknown(ns: &Netns, run_dir: &Path, accepted: &Value, home: Home) {
+    assert_eq!(
+        (&accepted["status"], &accepted["tgid"]),
+        (&json!(0), &json!(0)),
+        "{home:?}: {accepted}"
+    );
+    let (peer, local) = ends(accepted);
+    let said = who(ns, None, run_dir, &peer, &local);
+    assert!(matches!(said, Err((1, _))), "{home:?}: {said:?}");
+}
+
+/// The first round's port of [`Deferred`]'s listener (the next, the next
+/// round's).
+const DEFERRED_PORT: u16 = 8082;
+
+/// A connection from 127.0.0.1:`argv[1]` to a listener on port `argv[2]`
+/// with `TCP_DEFER_ACCEPT`, whose server side completes
+/// only once the client sends: the client's first sequence number is
+/// read in between (`TCP_REPAIR`, `TCP_QUEUE_SEQ` of the send queue:
+/// its initial sequence number plus one) and printed; a line on stdin
+/// sends a byte; the server accepts, asks getsockopt and prints
+/// `status tgid`; then both are held until the process is killed.
+const DEFERRED: &str = r#"import socket, struct, sys, time
+from_port, port = int(sys.argv[1]), int(sys.argv[2])
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 30)
+l.bind(("127.0.0.1", port))
+l.listen(1)
+c = socket.socket()
+c.bind(("127.0.0.1", from_port))
+c.connect(("127.0.0.1", port))
+c.setsockopt(socket.IPPROTO_TCP, 19, 1)    # TCP_REPAIR
+c.setsockopt(socket.IPPROTO_TCP, 20, 2)    # TCP_REPAIR_QUEUE: TCP_SEND_QUEUE
+seq = c.getsockopt(socket.IPPROTO_TCP, 21)  # TCP_QUEUE_SEQ
+c.setsockopt(socket.IPPROTO_TCP, 19, 0)
+print(seq & 0xffffffff, flush=True)
+sys.stdin.readline()
+c.send(b"x")
+a, _ = l.accept()
+rec = a.getsockopt(0x4c57, 1, 328)
+print(rec[8], struct.unpack_from("=I", rec, 152)[0], flush=True)
+while True:
+    time.sleep(3600)
+"#;
+
+/// [`DEFERRED`], running.
+struct Deferred {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    /// The client's first sequence number (initial plus one).
+    first_seq: u32,
+}
+
+impl Deferred {
+    fn connect(ns: &Netns, dir: &TempDir, from: u16, port: u16) -> Self {
+        let script = write_script(dir, "deferred.py", DEFERRED);
+        let mut child = ns
+            .cmd(SYSTEM_PYTHON)
+            .arg(&script)
+            .args([from.to_string(), port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the deferred connection");
+        let stdin = child.stdin.take().expect("its stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("its stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("its first sequence number");
+        let first_seq = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("first sequence number {line:?}: {e}"));
+        Self {
+            child,
+            stdin,
+            stdout,
+            first_seq,
+        }
+    }
+
+    /// Lets the server's side complete: getsockopt's answer (`status`,
+    /// `tgid`).
+    fn accept(&mut self) -> Value {
+        use std::io::Write as _;
+        writeln!(self.stdin).expect("telling the client to send");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("getsockopt's answer");
+        let mut words = line.split_whitespace().map(|w| w.parse::<u64>().ok());
+        json!({"status": words.next().flatten(), "tgid": words.next().flatten()})
+    }
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -179,7 +313,7 @@ fn a_free_slot_is_never_an_untagged_connections_origin() {
     // The slots cookie 0 may use.
     for i in 0..loopwarden_common::ORIGIN_SLOT_PROBES {
         let index = loopwarden_common::origin::OriginSlot::probe(0, i);
-        write_slot(install, index, 0, 0, &as_pending(&entry));
+        write_slot(install, index, 0, 0, &as_pending(&entry, 0));
     }
     take_conn_slots(install, monotonic_ns());
     mark_port(install, UNPROTECTED);
@@ -305,13 +439,13 @@ fn tagged_connection(
     (client, peer, key, entry)
 }
 
-/// `entry` as it waits for its handshake: not established, not bound,
-/// connected just now.
-fn as_pending(entry: &[u8]) -> Vec<u8> {
+/// `entry` as it waits for its server's handshake: not established, not
+/// bound, connected just now, its client's first sequence number `seq`.
+fn as_pending(entry: &[u8], seq: u32) -> Vec<u8> {
     let mut pending = entry.to_vec();
     pending[16..32].fill(0); // established_ns, server_cookie
     pending[ENTRY_CONNECT_NS..ENTRY_CONNECT_NS + 8].copy_from_slice(&monotonic_ns().to_ne_bytes());
-    pending[ENTRY_FIRST_SEQ..ENTRY_FIRST_SEQ + 4].fill(0);
+    pending[ENTRY_FIRST_SEQ..ENTRY_FIRST_SEQ + 4].copy_from_slice(&seq.to_ne_bytes());
     pending
 }
 

@@ -225,6 +225,8 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         net_inum: btf.member_offset("net", "ns.inum")?,
         tcp_rcv_nxt: btf.member_offset("tcp_sock", "rcv_nxt")?,
         tcp_bytes_received: btf.member_offset("tcp_sock", "bytes_received")?,
+        tcp_snd_una: btf.member_offset("tcp_sock", "snd_una")?,
+        tcp_bytes_acked: btf.member_offset("tcp_sock", "bytes_acked")?,
         tcp_inet_sport: btf.member_offset("tcp_sock", "inet_conn.icsk_inet.inet_sport")?,
         sk_lock_owned: btf.member_offset("sock", "sk_lock.owned")?,
         task_cred: btf.member_offset("task_struct", "cred")?,

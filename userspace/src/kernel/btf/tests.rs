@@ -360,6 +360,7 @@ fn fuzz_seeds_have_every_offset() {
             (o.tcp_rcv_nxt, o.tcp_bytes_received, o.tcp_inet_sport),
             (256, 264, 64)
         );
+        assert_eq!((o.tcp_snd_una, o.tcp_bytes_acked), (272, 280));
         assert_eq!(
             (o.task_cred, o.cred_uid, o.cred_gid, o.kernfs_node_id),
             (232, 4, 8, 40)
