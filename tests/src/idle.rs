@@ -2,21 +2,12 @@
 //! connections open, each asked later whether the server closed it: how
 //! the tests fill a server's client slots.
 
-use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    path::Path,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use crate::{Netns, SYSTEM_PYTHON, wait_for};
+use crate::{Netns, SYSTEM_PYTHON, talk::Talker, wait_for};
 
 /// Idle clients, connected one after another a few milliseconds apart.
-pub struct IdleClients {
-    proc: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+pub struct IdleClients(Talker);
 
 impl IdleClients {
     /// argv: `tcp HOST PORT` or `unix PATH -`, then one entry per client:
@@ -72,33 +63,19 @@ for line in sys.stdin:
     }
 
     fn start(mut cmd: Command) -> Self {
-        let mut proc = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the idle clients");
-        let stdin = proc.stdin.take().expect("their stdin");
-        let mut stdout = BufReader::new(proc.stdout.take().expect("their stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("reading from the idle clients");
-        assert_eq!(line.trim(), "ready", "the idle clients did not all connect");
-        Self {
-            proc,
-            stdin,
-            stdout,
-        }
+        let mut clients = Talker::spawn(&mut cmd, "the idle clients");
+        assert_eq!(
+            clients.line(),
+            "ready",
+            "the idle clients did not all connect"
+        );
+        Self(clients)
     }
 
     /// Each client's connection, in the order they connected: `open`,
     /// `closed` (by the server) or `data` (it was sent something).
     pub fn states(&mut self) -> Vec<String> {
-        writeln!(self.stdin, "check").expect("asking the idle clients");
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("reading from the idle clients");
+        let line = self.0.ask("check");
         line.split_whitespace().map(str::to_owned).collect()
     }
 
@@ -114,12 +91,5 @@ for line in sys.stdin:
             },
         );
         assert!(states[1..].iter().all(|s| s == "open"), "{states:?}");
-    }
-}
-
-impl Drop for IdleClients {
-    fn drop(&mut self) {
-        let _ = self.proc.kill();
-        let _ = self.proc.wait();
     }
 }

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod provenance;
 pub mod scripts;
 pub mod services;
+pub mod talk;
 
 use std::{
     path::{Path, PathBuf},

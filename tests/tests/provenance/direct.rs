@@ -270,25 +270,15 @@ for line in sys.stdin:
 /// a connection the same process makes once the daemon runs is named.
 #[test]
 fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
-    use std::{io::Write as _, process::Stdio};
-
     use loopwarden_tests::ident::{IDENT_PORT, ident_query};
 
     let ns = Netns::new();
-    let mut proc = ns
-        .cmd(SYSTEM_PYTHON)
-        .args(["-c", OLD_AND_NEW, &PROTECTED.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let mut stdin = proc.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(proc.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout
-        .read_line(&mut line)
-        .expect("the old connection's port");
-    let old_port: u16 = line.trim().parse().expect("a port");
+    let mut proc = Talker::spawn(
+        ns.cmd(SYSTEM_PYTHON)
+            .args(["-c", OLD_AND_NEW, &PROTECTED.to_string()]),
+        "the client making an old and a new connection",
+    );
+    let old_port: u16 = proc.line().trim().parse().expect("a port");
 
     let daemon = Daemon::start(&format!(
         "{}[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\"]\nnetns = \"{}\"\n",
@@ -296,10 +286,7 @@ fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
         ns.path()
     ));
     let run_dir = daemon.install().run_dir();
-    writeln!(stdin, "new").expect("asking for a new connection");
-    line.clear();
-    stdout.read_line(&mut line).expect("the answers");
-    let answers: Value = serde_json::from_str(&line).expect("JSON");
+    let answers: Value = serde_json::from_str(&proc.ask("new")).expect("JSON");
     let new_port = answers["new_port"].as_u64().expect("the new port");
 
     // getsockopt: an answer for both, unknown for the old one.
@@ -316,7 +303,7 @@ fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
         &local,
     )
     .expect("the new connection is known");
-    assert_eq!(origin["pid"], proc.id(), "{origin:#}");
+    assert_eq!(origin["pid"], proc.pid(), "{origin:#}");
     // ident: no user for the old one, root for the new one.
     assert_eq!(
         ident_query(&ns, "127.0.0.1", &format!("{old_port} , {PROTECTED}")),
@@ -326,8 +313,7 @@ fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
         ident_query(&ns, "127.0.0.1", &format!("{new_port} , {PROTECTED}")),
         format!("{new_port} , {PROTECTED} : USERID : UNIX : root\r\n")
     );
-    let _ = proc.kill();
-    let _ = proc.wait();
+    drop(proc);
 }
 
 /// Makes a connection to the port in argv[1] and asks its accepted socket

@@ -29,7 +29,9 @@ use loopwarden_tests::{
     idle::IdleClients,
     loopwarden_bin, map_dump, map_show, map_update, possible_cpus,
     provenance::{Holder, conns, loopwarden, netns_inode, raw_query, who},
-    rule, run, wait_for, wait_for_explained, write_script,
+    rule, run,
+    talk::Talker,
+    wait_for, wait_for_explained, write_script,
 };
 use serde_json::{Value, json};
 

@@ -153,60 +153,34 @@ while True:
 
 /// [`DEFERRED`], running.
 struct Deferred {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    stdout: BufReader<std::process::ChildStdout>,
+    script: Talker,
     /// The client's first sequence number (initial plus one).
     first_seq: u32,
 }
 
 impl Deferred {
     fn connect(ns: &Netns, dir: &TempDir, from: u16, port: u16) -> Self {
-        let script = write_script(dir, "deferred.py", DEFERRED);
-        let mut child = ns
-            .cmd(SYSTEM_PYTHON)
-            .arg(&script)
-            .args([from.to_string(), port.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting the deferred connection");
-        let stdin = child.stdin.take().expect("its stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("its stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("its first sequence number");
+        let path = write_script(dir, "deferred.py", DEFERRED);
+        let mut script = Talker::spawn(
+            ns.cmd(SYSTEM_PYTHON)
+                .arg(&path)
+                .args([from.to_string(), port.to_string()]),
+            "the deferred connection",
+        );
+        let line = script.line();
         let first_seq = line
             .trim()
             .parse()
             .unwrap_or_else(|e| panic!("first sequence number {line:?}: {e}"));
-        Self {
-            child,
-            stdin,
-            stdout,
-            first_seq,
-        }
+        Self { script, first_seq }
     }
 
     /// Lets the server's side complete: getsockopt's answer (`status`,
     /// `tgid`).
     fn accept(&mut self) -> Value {
-        use std::io::Write as _;
-        writeln!(self.stdin).expect("telling the client to send");
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("getsockopt's answer");
+        let line = self.script.ask("");
         let mut words = line.split_whitespace().map(|w| w.parse::<u64>().ok());
         json!({"status": words.next().flatten(), "tgid": words.next().flatten()})
-    }
-}
-
-impl Drop for Deferred {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
