@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use loopwarden_common::flags;
 use tracing::{error, info, warn};
 
 use super::{DaemonError, status_file, sweeper::Sweeper};
@@ -51,31 +50,33 @@ impl Source {
     }
 }
 
-/// Compiles `config` and applies the `--mode` override. Names that do not
-/// resolve are warnings and match nothing (see [`policy::compile_lenient`]):
-/// one missing executable or user never leaves the rest unenforced. The
-/// files `previous` matched for an executable path keep matching while
-/// processes still run them (an upgraded binary).
+/// Compiles `config` with the `--mode` override in place of its `mode`.
+/// Names that do not resolve are warnings and match nothing (see
+/// [`policy::compile_lenient`]): one missing executable or user never
+/// leaves the rest unenforced. The files `previous` matched for an
+/// executable path keep matching while processes still run them (an
+/// upgraded binary).
 pub(super) fn compile_policy(
     config: &Config,
     resolver: &HostResolver,
     mode: Option<Mode>,
     previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, DaemonError> {
-    let mut policy = policy::compile_lenient(config, resolver, previous)?;
-    if let Some(mode) = mode {
-        apply_mode(&mut policy, mode);
-    }
-    Ok(policy)
-}
-
-/// Sets the mode of a compiled policy (the `--mode` override).
-fn apply_mode(policy: &mut CompiledPolicy, mode: Mode) {
-    policy.mode = mode;
-    match mode {
-        Mode::Enforce => policy.settings.flags |= flags::ENFORCE,
-        Mode::Audit => policy.settings.flags &= !flags::ENFORCE,
-    }
+    // The override replaces the file's mode before compiling, not in the
+    // compiled policy: the mode decides the browsers' per-port verdicts as
+    // well as the rules' flag.
+    let overridden;
+    let config = match mode {
+        Some(mode) if mode != config.mode => {
+            overridden = Config {
+                mode,
+                ..config.clone()
+            };
+            &overridden
+        }
+        _ => config,
+    };
+    Ok(policy::compile_lenient(config, resolver, previous)?)
 }
 
 /// The host's own non-loopback addresses for `host_addresses = true`: those
@@ -253,5 +254,40 @@ impl Installed {
         self.policy = Some(fresh);
         self.addrs = addrs;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loopwarden_common::{flags, verdict};
+
+    use super::*;
+
+    /// `--mode` decides what the file's `mode` would have: the rules' flag
+    /// and the verdict a browser gets at a port `[browsers]` denies.
+    #[test]
+    fn the_mode_override_decides_the_browsers_verdicts_too() {
+        let resolver = HostResolver::new(PathBuf::from("/nonexistent"));
+        for (file, flag, enforce, denied) in [
+            ("enforce", Some(Mode::Audit), false, verdict::WOULD_DENY),
+            ("audit", Some(Mode::Enforce), true, verdict::DENY),
+            ("enforce", None, true, verdict::DENY),
+            ("audit", None, false, verdict::WOULD_DENY),
+        ] {
+            let text = format!(
+                "mode = \"{file}\"\ncatalog = false\n[protect]\nports = [11434]\n\
+                 [browsers]\ndeny = [11434]\n"
+            );
+            let config = Config::from_str_named(&text, "t.toml").unwrap();
+            let policy = compile_policy(&config, &resolver, flag, None).unwrap();
+            let case = format!("file {file}, --mode {flag:?}");
+            assert_eq!(
+                policy.settings.flags & flags::ENFORCE != 0,
+                enforce,
+                "{case}"
+            );
+            assert_eq!(policy.browsers.verdict(11434), denied, "{case}");
+            assert_eq!(policy.mode == Mode::Enforce, enforce, "{case}");
+        }
     }
 }
