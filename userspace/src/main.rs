@@ -380,7 +380,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             .is_ok_and(|offsets| offsets.btrfs_inode_vfs != 0);
             let resolver = HostResolver::new(cgroup_root).with_btrfs_subvolumes(btrfs);
             let compiled = policy::compile(&config, &resolver)?;
-            loopwarden::kernel::maps::check_fits(&compiled)?;
             for warning in &compiled.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }

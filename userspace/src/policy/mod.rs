@@ -29,6 +29,7 @@ mod tests;
 
 pub use self::{
     browsers::BrowserPorts,
+    compile::capacity::{Capacity, first_over},
     matcher::{Denial, ProcessIdentity, network_facing},
 };
 use self::{compile::compile_with, summary::DevName};
@@ -318,6 +319,20 @@ pub enum PolicyError {
         user: usize,
         catalog: usize,
         max: usize,
+    },
+    #[error(
+        "{}: {part}: the policy would name {needed} different {what}, all its rules \
+         together, but at most {max} fit",
+        match at { Some(at) => format!("{file}:{at}"), None => file.clone() }
+    )]
+    TooManyValues {
+        file: String,
+        at: Option<Location>,
+        /// What was compiled last: the rule that filled the map.
+        part: String,
+        what: &'static str,
+        needed: usize,
+        max: u32,
     },
     #[error("{file}:{at}: rule `{rule}`: {field} {} cannot be resolved", path.display())]
     Exe {

@@ -21,13 +21,13 @@ use aya::{
 };
 use loopwarden_common::{
     Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, EXE_NAME_LEN, EgressKey, ExeKey,
-    FILTER_WORDS, GenKey, MAX_EGRESS_PREFIXES, MAX_MAP_ENTRIES, MAX_NETNS, PORT_WORDS, Settings,
-    exe_filter_value, filter_bit, maps, name_prefix,
+    FILTER_WORDS, GenKey, MAX_MAP_ENTRIES, PORT_WORDS, Settings, exe_filter_value, filter_bit,
+    maps, name_prefix,
 };
 
 pub use self::counters::{Counters, StatsMap, take_denials, take_events};
 use self::generation::{PortBitmap, clear_generation, port_words, write_generation};
-use crate::policy::{CompiledPolicy, Ports, egress};
+use crate::policy::{self, CompiledPolicy, Ports, egress};
 
 /// Errors touching the kernel maps.
 #[derive(Debug, thiserror::Error)]
@@ -317,63 +317,24 @@ pub fn filter(values: impl Iterator<Item = u64>) -> [u64; FILTER_WORDS] {
 }
 
 /// Fails, before anything is written, if a map could not hold its share of
-/// the policy: an install never stops half-way for lack of room.
+/// the policy: an install never stops half-way for lack of room. (The
+/// compiler refuses such a policy first, naming the rule; this keeps the
+/// maps safe from any other.)
 pub fn check_fits(policy: &CompiledPolicy) -> Result<(), MapsError> {
-    let sizes = [
-        (maps::NETNS, policy.netns.len(), MAX_NETNS),
-        (maps::RULES_EXE, policy.exe.len(), MAX_MAP_ENTRIES),
-        (maps::RULES_EXE_NAME, policy.exe_name.len(), MAX_MAP_ENTRIES),
-        (maps::RULES_COMM, policy.comm.len(), MAX_MAP_ENTRIES),
-        (maps::RULES_UID, policy.uid.len(), MAX_MAP_ENTRIES),
-        (maps::RULES_CGROUP, policy.cgroup.len(), MAX_MAP_ENTRIES),
-        (maps::RULES_ANCESTOR, policy.ancestor.len(), MAX_MAP_ENTRIES),
-        (maps::RULES_SCRIPT, policy.script.len(), MAX_MAP_ENTRIES),
-        (maps::BIND_EXE, policy.bind.exe.len(), MAX_MAP_ENTRIES),
-        (maps::BIND_UID, policy.bind.uid.len(), MAX_MAP_ENTRIES),
-        (maps::EGRESS_UID, policy.egress.uid.len(), MAX_MAP_ENTRIES),
-        (maps::EGRESS_EXE, policy.egress.exe.len(), MAX_MAP_ENTRIES),
-        (
-            maps::EGRESS_CGROUP,
-            policy.egress.cgroup.len(),
-            MAX_MAP_ENTRIES,
-        ),
-        (
-            maps::EGRESS_DST,
-            policy.egress.prefixes.len(),
-            MAX_EGRESS_PREFIXES,
-        ),
-    ];
-    for (name, needed, capacity) in sizes {
-        if needed > capacity as usize {
-            return Err(MapsError::TooLarge {
-                name,
-                needed,
-                capacity,
-            });
-        }
+    match policy::first_over(policy) {
+        None => Ok(()),
+        Some(over) => Err(MapsError::TooLarge {
+            name: over.map,
+            needed: over.needed,
+            capacity: over.max,
+        }),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
 
     use super::*;
-
-    #[test]
-    fn a_policy_larger_than_a_map_is_refused_before_any_write() {
-        use crate::{config::Config, policy::compile, resolve::HostResolver};
-        let uids: Vec<String> = (0..=MAX_MAP_ENTRIES).map(|u| u.to_string()).collect();
-        let text = format!(
-            "catalog = false\n[[rule]]\nname = \"many\"\naction = \"deny\"\nuid = [{}]\n",
-            uids.join(", ")
-        );
-        let config = Config::from_str_named(&text, "big.toml").unwrap();
-        let policy = compile(&config, &HostResolver::new("/nonexistent".into())).unwrap();
-        let err = check_fits(&policy).unwrap_err().to_string();
-        assert!(err.contains("1025 entries in map LW_RULES_UID"), "{err}");
-        assert!(err.contains("holds 1024"), "{err}");
-    }
 
     #[test]
     fn filters_have_every_value_and_reject_most_others() {

@@ -21,6 +21,7 @@ use crate::{
 };
 
 mod builtin;
+pub(super) mod capacity;
 mod guards;
 mod values;
 
@@ -68,16 +69,26 @@ pub(super) fn compile_with(
             warnings: config.warnings.clone(),
         },
     };
+    // Each step checks that the policy still fits its maps, so the error
+    // names the part that filled one.
     compiler.netns(&config.protect.netns)?;
+    compiler.fits(None, || "`[protect] netns`".to_owned())?;
     compiler.bind(&config.bind)?;
+    compiler.fits(None, || "`[bind]`".to_owned())?;
     compiler.egress(&config.egress)?;
+    compiler.fits(None, || "`[[egress]]`".to_owned())?;
     for rule in &config.rules {
         compiler.user_rule(rule)?;
+        compiler.fits(Some(rule.at), || format!("rule `{}`", rule.name))?;
     }
     compiler.browsers_rule(&config.browsers)?;
+    compiler.fits(None, || "`[browsers]`".to_owned())?;
     for entry in catalog {
         compiler.catalog_rule(entry, config.browsers.action);
     }
+    compiler.fits(None, || {
+        "the catalog's rules (`catalog = false` leaves them out)".to_owned()
+    })?;
     Ok(compiler.policy)
 }
 

@@ -29,6 +29,11 @@ impl Compiler<'_> {
             let Some(cookie) = self.tolerate(cookie)? else {
                 continue;
             };
+            // Two paths of one namespace (a bind mount and its source)
+            // take one place.
+            if self.policy.netns.iter().any(|ns| ns.cookie == cookie) {
+                continue;
+            }
             self.policy.netns.push(Netns {
                 path: path.value.display().to_string(),
                 cookie,

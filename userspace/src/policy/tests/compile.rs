@@ -256,6 +256,54 @@ fn too_deep_cgroup_and_too_many_rules() {
     assert!(matches!(err, PolicyError::TooManyRules { .. }), "{err}");
 }
 
+/// Each criterion's values are within the documented limit, but together
+/// the rules name more users than `LW_RULES_UID` holds: the compiler
+/// refuses, naming the rule that filled it and the numbers, before
+/// anything is written (the daemon and `check-config` alike).
+#[test]
+fn a_policy_whose_rules_together_overfill_a_map_is_refused_at_the_rule() {
+    let uids = |from: u32, to: u32| {
+        (from..=to)
+            .map(|u| u.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "catalog = false\n[[rule]]\nname = \"a\"\naction = \"deny\"\nuid = [{}]\n\n\
+         [[rule]]\nname = \"b\"\naction = \"deny\"\nuid = [{}]\n",
+        uids(1, 600),
+        uids(601, 1200)
+    );
+    let err = compile(&config(&text), &host()).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "test.toml:8:8: rule `b`: the policy would name 1200 different users (`uid` and `user`)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("at most 1024 fit"), "{err}");
+    // The same values in one rule fewer fit.
+    let text = format!(
+        "catalog = false\n[[rule]]\nname = \"a\"\naction = \"deny\"\nuid = [{}]\n",
+        uids(1, 1024)
+    );
+    compile_ok(&text, &host());
+}
+
+/// Two paths of one network namespace take one of the 256 places.
+#[test]
+fn a_namespace_named_twice_is_kept_once() {
+    let mut resolver = host();
+    resolver
+        .netns
+        .insert(PathBuf::from("/var/run/netns/blue"), 4096);
+    let policy = compile_ok(
+        "[protect]\nnetns = [\"/run/netns/blue\", \"/var/run/netns/blue\"]\n",
+        &resolver,
+    );
+    assert_eq!(policy.netns.len(), 1);
+}
+
 #[test]
 fn summary() {
     let policy = compile_ok(
