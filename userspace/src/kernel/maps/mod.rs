@@ -172,13 +172,17 @@ impl PolicyMaps {
         let newest = self.read_settings(0)?.seq.max(self.read_settings(1)?.seq);
         // The next even number above every sequence either slot has had.
         let done = (newest | 1) + 1;
-        self.write_settings(
-            next,
-            &Settings {
-                seq: done - 1,
-                ..Settings::default()
-            },
-        )?;
+        // The slot's settings as they are, with only `seq` made odd: the
+        // kernel copies a map value with `memcpy`, whose stores need not
+        // become visible in order, so a program still reading this slot
+        // could see any other field of this write before `seq`. Unchanged
+        // fields read the same either way; zeroed ones (the flags, without
+        // `ENABLED`) would let its connect pass unjudged.
+        let opening = Settings {
+            seq: done - 1,
+            ..self.read_settings(next)?
+        };
+        self.write_settings(next, &opening)?;
         self.clear(next)?;
         self.ports.write(next, &port_words(&policy.ports))?;
         let netns: BTreeMap<u64, u8> = policy.netns.iter().map(|n| (n.cookie, 1)).collect();
