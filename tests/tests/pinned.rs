@@ -377,6 +377,26 @@ fn sighup_picks_the_policy_source_again() {
     daemon.wait_stderr("SIGHUP: reloading /etc/loopwarden/loopwarden.toml", 1);
     daemon.wait_installed(1);
     assert!(!ns.socat_connect(&target).0, "the new file is not enforced");
+    // The file truncated to nothing, then removed: each reload fails and
+    // the policy in force stays (the defaults, or the embedded default,
+    // would have dropped the host to audit mode).
+    for (n, (why, shell)) in [
+        ("has no settings", ": > /etc/loopwarden/loopwarden.toml"),
+        ("is gone", "rm /etc/loopwarden/loopwarden.toml"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        daemon.allow_error(why);
+        run_ok(Command::new("nsenter").args(["--mount", "--target", &pid, "sh", "-c", shell]));
+        daemon.signal(libc::SIGHUP);
+        daemon.wait_stderr("reload failed, keeping the running policy", n + 1);
+        daemon.wait_stderr(why, 1);
+        assert!(
+            !ns.socat_connect(&target).0,
+            "{shell}: the policy in force lapsed"
+        );
+    }
     assert!(
         !std::path::Path::new("/etc/loopwarden/loopwarden.toml").exists(),
         "the host's /etc was written"

@@ -195,6 +195,10 @@ pub struct Config {
     /// Things an operator should know about the file that do not stop it
     /// from loading; compiling copies them into the policy's warnings.
     pub warnings: Vec<String>,
+    /// The file has no settings (it is empty or only comments): the
+    /// defaults, and most likely a file truncated by accident, which a
+    /// reload does not put in force.
+    pub empty: bool,
 }
 
 impl Config {
@@ -250,6 +254,7 @@ impl Config {
             rules: Vec::new(),
             egress: Vec::new(),
             warnings: Vec::new(),
+            empty: false,
         }
     }
 

@@ -151,20 +151,12 @@ pub(super) struct Installed {
 impl Installed {
     /// SIGHUP: picks the source again (a config file created since start is
     /// read) and reads it. A bad config is reported and the running policy
-    /// stays.
+    /// stays, with its source and config: the periodic refresh goes on
+    /// re-resolving what is in force, not what was refused.
     pub(super) fn reload(&mut self, enricher: &mut Enricher) {
-        self.source = Source::pick(self.config_arg.as_deref());
-        info!("SIGHUP: reloading {}", self.source.describe());
-        let fresh = self
-            .source
-            .read()
-            .map_err(DaemonError::from)
-            .and_then(|config| {
-                let policy =
-                    compile_policy(&config, &self.resolver, self.mode, self.policy.as_ref())?;
-                Ok((policy, config))
-            });
-        match fresh {
+        let source = Source::pick(self.config_arg.as_deref());
+        info!("SIGHUP: reloading {}", source.describe());
+        match self.read_fresh(&source) {
             Ok((policy, config)) => {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
@@ -174,8 +166,11 @@ impl Installed {
                         warn!("{what} changed: that takes effect when the daemon restarts");
                     }
                 }
-                self.config = Some(config);
                 let outcome = self.install(policy, enricher);
+                if outcome.is_ok() {
+                    self.source = source;
+                    self.config = Some(config);
+                }
                 // An explicit reload sweeps again even when nothing changed:
                 // what kept the last sweep from cutting (socket diagnostics
                 // not loaded, say) may have been fixed since.
@@ -188,9 +183,37 @@ impl Installed {
             }
             Err(e) => {
                 error!("reload failed, keeping the running policy: {e}");
-                status_file::record(self, Some(Err(e.to_string())));
+                status_file::record(self, Some(Err(e)));
             }
         }
+    }
+
+    /// The policy `source` holds now, compiled, and its config; why it is
+    /// not one to put in force. A policy file that is gone (the default
+    /// path, deleted or moved aside) does not give way to the embedded
+    /// default, nor does one without settings (truncated, most likely) to
+    /// the defaults: both would drop an enforcing host to audit mode.
+    fn read_fresh(&self, source: &Source) -> Result<(CompiledPolicy, Config), String> {
+        if let (Source::File(was), Source::Embedded) = (&self.source, source) {
+            return Err(format!(
+                "{} is gone; the embedded default replaces a policy file only at start (write \
+                 the file again and reload, or restart the daemon for the default)",
+                was.display()
+            ));
+        }
+        let config = source
+            .read()
+            .map_err(|e| crate::error_chain(&DaemonError::from(e)))?;
+        if config.empty {
+            return Err(format!(
+                "{} has no settings (it is empty or only comments: truncated?); the defaults \
+                 replace a running policy only at start (write `mode = \"audit\"` for them)",
+                config.source
+            ));
+        }
+        let policy = compile_policy(&config, &self.resolver, self.mode, self.policy.as_ref())
+            .map_err(|e| crate::error_chain(&e))?;
+        Ok((policy, config))
     }
 
     /// Periodic: resolves the same config again, picking up executables

@@ -18,13 +18,16 @@ fn empty_file_is_the_embedded_default() {
             Config {
                 source: "test.toml".to_owned(),
                 warnings: config.warnings.clone(),
+                empty: true,
                 ..Config::embedded_default()
             }
         );
     }
     // Any setting, even one that repeats a default, is no accident.
-    assert!(parse("mode = \"audit\"\n").unwrap().warnings.is_empty());
-    assert!(parse("[protect]\n").unwrap().warnings.is_empty());
+    for text in ["mode = \"audit\"\n", "[protect]\n"] {
+        let config = parse(text).unwrap();
+        assert!(config.warnings.is_empty() && !config.empty, "{text}");
+    }
     let d = Config::embedded_default();
     assert_eq!(d.mode, Mode::Audit);
     assert_eq!(d.deny_errno.errno(), 111);

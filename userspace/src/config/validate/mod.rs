@@ -38,7 +38,8 @@ impl Validator<'_> {
     pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let defaults = Config::embedded_default();
         let mut warnings = Vec::new();
-        if raw.is_empty() {
+        let empty = raw.is_empty();
+        if empty {
             // Most likely a file truncated by accident, and the defaults
             // only report: say so wherever warnings are shown.
             warnings.push(format!(
@@ -196,6 +197,7 @@ impl Validator<'_> {
             rules,
             egress,
             warnings,
+            empty,
         })
     }
 
