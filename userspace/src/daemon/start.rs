@@ -175,7 +175,14 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         PinState::Resized { .. } => Some(crate::provenance::Conns::open(&pins.maps_dir())),
         _ => None,
     };
-    let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt.as_deref())?;
+    // With the tracking programs running (attached before the connect
+    // programs take over), what happened before they did (listeners,
+    // accepted connections, interpreters' scripts) is read from /proc:
+    // from then on nothing is missed between the two.
+    let takeover =
+        programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt.as_deref(), |ebpf| {
+            crate::track::seed(ebpf, policy.as_ref());
+        })?;
     if let Some(old) = resized {
         let carried = match (old, programs.ebpf.map_mut(maps::CONNS)) {
             (Ok(old), Some(new)) => old.copy_into(new).map_err(|e| crate::error_chain(&e)),
@@ -191,10 +198,6 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             ),
         }
     }
-    // With the tracking programs running, what happened before they did
-    // (listeners, accepted connections, interpreters' scripts) is read
-    // from /proc: from now on nothing is missed between the two.
-    crate::track::seed(&mut programs.ebpf, policy.as_ref());
     // What an earlier daemon already reported stays reported; drops since
     // (e.g. while no daemon was reading) are reported now. (Replaced maps
     // start from zero on both sides.)

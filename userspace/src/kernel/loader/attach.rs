@@ -28,6 +28,13 @@ impl Programs {
     /// connect after); a link not pinned yet is created and pinned. Staged
     /// maps then replace the old pinned maps.
     ///
+    /// The connect programs take over last: the tracking programs are
+    /// attached and `seed` fills their maps from /proc first, so a new set
+    /// of maps (a replacement) never judges a connect while its evidence
+    /// and lineage are still empty; and the steps that can fail (a cgroup
+    /// to open, a link to attach) fail while the old programs still judge
+    /// with the maps they were given.
+    ///
     /// `getsockopt` names the cgroups where the `cgroup/getsockopt` program
     /// answers services (attached, or updated in place, and pinned; the
     /// pinned links of other cgroups are removed, all of them for an empty
@@ -37,8 +44,16 @@ impl Programs {
         cgroup_root: &Path,
         pins: &PinDir,
         getsockopt: Option<&[PathBuf]>,
+        seed: impl FnOnce(&mut aya::Ebpf),
     ) -> Result<Takeover, LoaderError> {
         let cgroup = open_cgroup(cgroup_root)?;
+        if self.tracking {
+            self.attach_trackers(pins)?;
+        }
+        seed(&mut self.ebpf);
+        if let Some(targets) = getsockopt {
+            self.attach_getsockopt(cgroup_root, pins, targets)?;
+        }
         let mut takeover = Takeover::Updated;
         for &name in self.names {
             let pin = pins.link(name);
@@ -60,12 +75,6 @@ impl Programs {
             // Dropping the returned handle closes our descriptor only: the
             // pin keeps the link, and with it the program, attached.
             link.pin(&pin).map_err(|e| pin_failed(e.to_string()))?;
-        }
-        if self.tracking {
-            self.attach_trackers(pins)?;
-        }
-        if let Some(targets) = getsockopt {
-            self.attach_getsockopt(cgroup_root, pins, targets)?;
         }
         if self.staged {
             pins.promote_staging()?;
