@@ -9,7 +9,7 @@ use super::{
     CONNECTIONS, IDENT_TIMEOUT_MS, Location, MAX_CONFIG_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES,
     RELAY_WINDOW_MS, lines::Position,
 };
-use crate::catalog::CATALOG_PREFIX;
+use crate::{catalog::CATALOG_PREFIX, events::EGRESS_PREFIX};
 
 /// Why a policy file was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +75,14 @@ pub enum Problem {
     #[error("rule name `{name}` may only contain letters, digits and `_ . : -`")]
     BadRuleName { name: String },
     #[error(
-        "rule name `{name}` starts with `{CATALOG_PREFIX}`, which is reserved for built-in rules"
+        "rule name `{name}` starts with `{prefix}`, which is reserved for built-in rules (`{}`) \
+         and `[[egress]]` rules (`{}`)",
+        CATALOG_PREFIX,
+        EGRESS_PREFIX
     )]
-    ReservedRuleName { name: String },
+    ReservedRuleName { name: String, prefix: &'static str },
+    #[error("rule name `-` is reserved: lines name no rule so")]
+    DashRuleName,
     #[error("rule name `relay` is reserved: lines name the relay verdict so")]
     RelayRuleName,
     #[error("rule name `bind-guard` is reserved: lines name the bind guard so")]
@@ -110,13 +115,18 @@ pub enum Problem {
     #[error("`{text}` is not a socket address: write \"127.0.0.1:113\" or \"[::1]:113\"")]
     BadSocketAddr { text: String },
     #[error(
+        "`{text}` has port 0, which would listen on a port chosen at random (and unprotected): \
+         name the port"
+    )]
+    ListenPortZero { text: String },
+    #[error(
         "metrics listen address `{addr}` is not a loopback address: write e.g. \"127.0.0.1:9477\" \
          (to scrape from elsewhere, put a proxy in front)"
     )]
     MetricsNotLoopback { addr: std::net::SocketAddr },
     #[error(
-        "script `{script}` is {len} bytes but the kernel keeps at most {max}, so it could never \
-         match",
+        "script `{script}` is {len} bytes, but the kernel keeps only the first {max} of a \
+         script's name: it could not tell this one from longer ones that start alike",
         max = loopwarden_common::SCRIPT_LEN - 1
     )]
     ScriptTooLong { script: String, len: usize },
@@ -129,6 +139,11 @@ pub enum Problem {
          root (such as `system.slice/app.service`) or by its unit name"
     )]
     CgroupParentDir { field: &'static str, cgroup: String },
+    #[error(
+        "{field} `{cgroup}` is the root cgroup, which holds every process: it narrows nothing \
+         (name the unit or the slice whose processes are meant)"
+    )]
+    RootCgroup { field: &'static str, cgroup: String },
     #[error(
         "comm `{comm}` is {len} bytes but the kernel keeps at most {max}, so it could never match \
          (match the executable with exe or exe_name instead)",
@@ -151,8 +166,9 @@ pub enum Problem {
     #[error("exe_name `{name}` contains `/`: it is the executable's file name; put paths in exe")]
     NotAFileName { name: String },
     #[error(
-        "exe_name `{name}` is {len} bytes but the kernel compares at most {max}, so it would also \
-         match every name sharing those bytes (match the file with exe instead)",
+        "exe_name `{name}` is {len} bytes, but the kernel reads only the first {max} of a file's \
+         name: it could not tell this one from longer ones that start alike (match the file with \
+         exe instead)",
         max = EXE_NAME_LEN - 1
     )]
     ExeNameTooLong { name: String, len: usize },

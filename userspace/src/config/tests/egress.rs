@@ -79,6 +79,14 @@ fn bad_destinations_name_their_line() {
         4,
         "cgroup `../x` has a `..` component",
     );
+    expect_error(
+        &egress(
+            "a",
+            "action = \"deny\"\ncgroup = \"/\"\ndeny = \"private\"\n",
+        ),
+        4,
+        "cgroup `/` is the root cgroup",
+    );
     // A set is no CIDR in `allow`.
     expect_error(
         &egress(

@@ -12,12 +12,16 @@ fn bad_rules() {
     );
     // Exactly 15 bytes is fine.
     parse(&rule("comm = \"fifteen-bytes-x\"")).unwrap();
-    expect_error(
-        &rule(&format!("exe_name = \"{}\"", "x".repeat(32))),
-        6,
-        "is 32 bytes but the kernel compares at most 31",
-    );
-    parse(&rule(&format!("exe_name = \"{}\"", "x".repeat(31)))).unwrap();
+    // The kernel reads 31 bytes of a file's name: a name of 31 reads as
+    // every longer one starting with it.
+    for len in [31, 32] {
+        expect_error(
+            &rule(&format!("exe_name = \"{}\"", "x".repeat(len))),
+            6,
+            &format!("is {len} bytes, but the kernel reads only the first 31"),
+        );
+    }
+    parse(&rule(&format!("exe_name = \"{}\"", "x".repeat(30)))).unwrap();
     expect_error(
         &rule("exe = [\"/usr/bin/a\",\n  \"bin/socat\"]"),
         7,
@@ -36,6 +40,13 @@ fn bad_rules() {
         6,
         "cgroup `system.slice/../../x` has a `..` component",
     );
+    for root in ["/", "/./", "."] {
+        expect_error(
+            &rule(&format!("cgroup = \"{root}\"")),
+            6,
+            "is the root cgroup, which holds every process",
+        );
+    }
     expect_error(&rule("uid = -1"), 6, "invalid value");
     expect_error(&rule("uid = [\"root\"]"), 6, "invalid type");
     expect_error(
@@ -51,7 +62,17 @@ fn bad_rule_names() {
         |name: &str| format!("[[rule]]\nname = \"{name}\"\naction = \"deny\"\ncomm = \"x\"\n");
     expect_error(&named("has space"), 2, "may only contain");
     expect_error(&named(""), 2, "may only contain");
-    expect_error(&named("catalog:socat"), 2, "reserved for built-in rules");
+    expect_error(
+        &named("catalog:socat"),
+        2,
+        "starts with `catalog:`, which is reserved",
+    );
+    expect_error(
+        &named("egress:x"),
+        2,
+        "starts with `egress:`, which is reserved",
+    );
+    expect_error(&named("-"), 2, "lines name no rule so");
     let twice = format!("{}\n{}", named("same"), named("same"));
     expect_error(&twice, 7, "already used by the rule at line 2");
 }

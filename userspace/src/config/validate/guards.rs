@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::{
     Validator,
-    rules::{cgroup, cidr, exe_name, non_empty, port_range},
+    rules::{cidr, exe_name, non_empty, port_range, subject_cgroup},
 };
 use crate::{
     config::{
@@ -165,7 +165,7 @@ impl Validator<'_> {
             exe: self.opt_paths("exe", raw.exe)?,
             uid: self.opt_values("uid", raw.uid, Ok)?,
             user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
-            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| cgroup("cgroup", cg))?,
+            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| subject_cgroup("cgroup", cg))?,
             ..Criteria::default()
         };
         if criteria.is_empty() {

@@ -207,9 +207,7 @@ impl Validator<'_> {
             Some(text) => {
                 let span = text.span();
                 let text = text.into_inner();
-                let addr = text
-                    .parse::<std::net::SocketAddr>()
-                    .map_err(|_| self.invalid(&span, Problem::BadSocketAddr { text }))?;
+                let addr = listen_addr(text).map_err(|problem| self.invalid(&span, problem))?;
                 if !addr.ip().is_loopback() {
                     return Err(self.invalid(&span, Problem::MetricsNotLoopback { addr }));
                 }
@@ -248,10 +246,7 @@ impl Validator<'_> {
     fn ident(&self, raw: RawIdent, defaults: Ident) -> Result<Ident, ConfigError> {
         let listen = match raw.listen {
             None => defaults.listen,
-            Some(list) => self.values("listen", list, |text: String| {
-                text.parse::<std::net::SocketAddr>()
-                    .map_err(|_| Problem::BadSocketAddr { text })
-            })?,
+            Some(list) => self.values("listen", list, listen_addr)?,
         };
         let netns = match raw.netns {
             None => None,
@@ -279,5 +274,14 @@ impl Validator<'_> {
             relayed: raw.relayed.unwrap_or(defaults.relayed),
             timeout_ms,
         })
+    }
+}
+
+/// An address the daemon listens on: a socket address with a port.
+fn listen_addr(text: String) -> Result<std::net::SocketAddr, Problem> {
+    match text.parse::<std::net::SocketAddr>() {
+        Err(_) => Err(Problem::BadSocketAddr { text }),
+        Ok(addr) if addr.port() == 0 => Err(Problem::ListenPortZero { text }),
+        Ok(addr) => Ok(addr),
     }
 }

@@ -14,6 +14,7 @@ use crate::{
         Problem, Rule,
         raw::{OneOrMany, PortItem, RawRule},
     },
+    events::EGRESS_PREFIX,
     events::{BIND_RULE_NAME, BROWSERS_RULE_NAME, RELAY_RULE_NAME},
     policy::egress,
 };
@@ -33,8 +34,16 @@ impl Validator<'_> {
     pub(super) fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {
         let name_span = raw.name.span();
         let name = self.rule_name(raw.name)?;
-        if name.starts_with(CATALOG_PREFIX) {
-            return Err(self.invalid(&name_span, Problem::ReservedRuleName { name }));
+        // Lines, metrics and `who` name the built-in and egress rules so
+        // (and find an egress rule's name by its prefix).
+        if let Some(prefix) = [CATALOG_PREFIX, EGRESS_PREFIX]
+            .into_iter()
+            .find(|p| name.starts_with(p))
+        {
+            return Err(self.invalid(&name_span, Problem::ReservedRuleName { name, prefix }));
+        }
+        if name == "-" {
+            return Err(self.invalid(&name_span, Problem::DashRuleName));
         }
         if name == RELAY_RULE_NAME {
             return Err(self.invalid(&name_span, Problem::RelayRuleName));
@@ -58,11 +67,13 @@ impl Validator<'_> {
             })?,
             uid: self.opt_values("uid", raw.uid, Ok)?,
             user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
-            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| cgroup("cgroup", cg))?,
+            cgroup: self.opt_values("cgroup", raw.cgroup, |cg| subject_cgroup("cgroup", cg))?,
             parent_exe: self.opt_paths("parent_exe", raw.parent_exe)?,
             ancestor_exe: self.opt_paths("ancestor_exe", raw.ancestor_exe)?,
             script: self.opt_values("script", raw.script, |script| {
-                if script.len() >= SCRIPT_LEN {
+                // The kernel keeps SCRIPT_LEN - 1 bytes: one that long
+                // reads the same as every longer one starting with it.
+                if script.len() >= SCRIPT_LEN - 1 {
                     let len = script.len();
                     return Err(Problem::ScriptTooLong { script, len });
                 }
@@ -176,7 +187,9 @@ pub(super) fn exe_name(name: String) -> Result<String, Problem> {
     if name.contains('/') {
         return Err(Problem::NotAFileName { name });
     }
-    if name.len() >= EXE_NAME_LEN {
+    // The kernel reads EXE_NAME_LEN - 1 bytes of a file's name: a name
+    // that long reads the same as every longer one starting with it.
+    if name.len() >= EXE_NAME_LEN - 1 {
         let len = name.len();
         return Err(Problem::ExeNameTooLong { name, len });
     }
@@ -209,6 +222,21 @@ pub(super) fn cgroup(field: &'static str, value: String) -> Result<String, Probl
     let value = non_empty(field, value)?;
     if value.split('/').any(|part| part == "..") {
         return Err(Problem::CgroupParentDir {
+            field,
+            cgroup: value,
+        });
+    }
+    Ok(value)
+}
+
+/// A cgroup a rule or an `[[egress]]` rule names as its subject: as
+/// [`cgroup`], and never the root, whose subtree is every process (a rule
+/// of it alone would match everyone, which the checks that a rule names
+/// someone refuse).
+pub(super) fn subject_cgroup(field: &'static str, value: String) -> Result<String, Problem> {
+    let value = cgroup(field, value)?;
+    if value.split('/').all(|part| part.is_empty() || part == ".") {
+        return Err(Problem::RootCgroup {
             field,
             cgroup: value,
         });
