@@ -29,11 +29,9 @@ use crate::{cut::Cut, policy::RuleInfo};
 /// Rule lists of this many recent installs are kept, so a report queued
 /// before a policy change still names the rule that judged it.
 const RULE_LISTS_KEPT: usize = 64;
-/// How long a uid NSS had no name for (or failed on) shows none before
-/// asking again: a user created meanwhile (a `DynamicUser=` unit starting)
-/// Past this many cached uids, expired entries are dropped (all of them, if
 /// Processes whose `/proc` details are kept; past it the cache starts over
-/// (a few hundred bytes each).
+/// (a few hundred bytes each, at most some 8 KiB: command lines are cut at
+/// [`super::proc::CMDLINE_MAX`]).
 const PROC_CACHE_MAX: usize = 2048;
 /// Executable paths kept by identity; past it the cache starts over.
 const EXE_CACHE_MAX: usize = 1024;

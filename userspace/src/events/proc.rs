@@ -50,8 +50,27 @@ pub(super) fn proc_link(pid: u32, what: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// The most of a command line an audit line, an answer or the cache
+/// carries: Linux lets a process have megabytes of arguments, which would
+/// make each of its lines, and each cached entry, that large.
+pub const CMDLINE_MAX: usize = 4096;
+
+/// The command line of `pid`, its first [`CMDLINE_MAX`] bytes, ` …` marking
+/// a longer one cut there.
 pub(super) fn proc_cmdline(pid: u32) -> Option<String> {
-    cmdline_text(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+    use std::io::Read as _;
+    let file = fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut raw = Vec::with_capacity(256);
+    file.take(CMDLINE_MAX as u64 + 1)
+        .read_to_end(&mut raw)
+        .ok()?;
+    let cut = raw.len() > CMDLINE_MAX;
+    raw.truncate(CMDLINE_MAX);
+    let mut text = cmdline_text(&raw)?;
+    if cut {
+        text.push_str(" …");
+    }
+    Some(text)
 }
 
 /// The arguments of a `/proc/PID/cmdline` (NUL-separated) joined by spaces;

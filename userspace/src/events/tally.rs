@@ -67,8 +67,10 @@ impl Tally {
             port: Some(ev.dport),
             verdict: ev.verdict,
         };
-        if self.pending.len() + self.totals.len() >= MAX_SERIES && !self.pending.contains_key(&raw)
-        {
+        // A second's distinct reports are bounded here; which series a
+        // total may start is [`Tally::publish`]'s to say (one that exists
+        // already goes on counting whatever the number of series).
+        if self.pending.len() >= MAX_SERIES && !self.pending.contains_key(&raw) {
             raw.port = None;
         }
         *self.pending.entry(raw).or_default() += 1;
@@ -156,5 +158,19 @@ mod tests {
             .map(|(_, n)| n)
             .sum();
         assert_eq!(counted, MAX_SERIES as u64 + 10, "a report went uncounted");
+
+        // With every series taken, one that exists goes on counting, and
+        // only a new one is counted as `other`.
+        tally.add(&event(1, 80, verdict::DENY));
+        tally.add(&event(1, 7, verdict::DENY));
+        tally.publish(name);
+        let totals = seen.borrow().clone();
+        assert_eq!(
+            totals.get(&deny),
+            Some(&5),
+            "an existing series stopped counting"
+        );
+        let other = Series { port: None, ..deny };
+        assert_eq!(totals.get(&other), Some(&1));
     }
 }

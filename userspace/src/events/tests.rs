@@ -5,7 +5,7 @@ use std::{collections::HashMap, fs, path::PathBuf, time::Instant};
 use loopwarden_common::{Addr, NO_RULE};
 
 use super::{
-    proc::{clock_ticks, same_process, starttime_ticks},
+    proc::{CMDLINE_MAX, clock_ticks, proc_cmdline, same_process, starttime_ticks},
     users::{USER_CACHE_MAX, USER_MISSING_TTL, USER_NAME_TTL, UserNames},
     *,
 };
@@ -341,6 +341,27 @@ fn this_process_is_recognised_by_its_start_time() {
     let ns = ticks * (1_000_000_000 / clock_ticks());
     assert!(same_process(std::process::id(), ns));
     assert!(!same_process(std::process::id(), ns + 10_000_000_000));
+}
+
+/// A process's 100 KiB of arguments are cut to their first 4 KiB, marked.
+#[test]
+fn a_long_command_line_is_cut_and_marked() {
+    let long = "x".repeat(100 << 10);
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "sleep 5"])
+        .arg(&long)
+        .spawn()
+        .unwrap();
+    let text = proc_cmdline(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = text.expect("the child's command line");
+    assert!(text.starts_with("sh -c sleep 5 xxx"), "{}", &text[..40]);
+    assert!(text.ends_with("x …"), "{}", &text[text.len() - 10..]);
+    assert_eq!(text.len(), CMDLINE_MAX + " …".len());
+    // A short one is whole.
+    let text = proc_cmdline(std::process::id()).unwrap();
+    assert!(!text.ends_with(" …"), "{text}");
 }
 
 #[test]

@@ -7,8 +7,11 @@ use std::{
 
 /// How long a user name found for a uid is used before asking NSS again.
 pub(super) const USER_NAME_TTL: Duration = Duration::from_secs(60);
+/// How long a uid NSS had no name for (or failed on) shows none before
+/// asking again: a user created meanwhile (a `DynamicUser=` unit starting)
 /// is named within this time.
 pub(super) const USER_MISSING_TTL: Duration = Duration::from_secs(5);
+/// Past this many cached uids, expired entries are dropped (all of them, if
 /// none has expired): the cache stays small however many uids connect.
 pub(super) const USER_CACHE_MAX: usize = 4096;
 /// User names by uid, from NSS, cached for a while (see the module
