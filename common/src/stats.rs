@@ -2,7 +2,8 @@
 
 /// Connects to a protected destination (after port and netns filters).
 pub const CHECKED: u32 = 0;
-/// Connects refused.
+/// Connects refused (by the rules, the relay verdict or the egress guard;
+/// the bind guard's refusals are binds).
 pub const DENIED: u32 = 1;
 /// Events reported through the ring buffer.
 pub const REPORTED: u32 = 2;

@@ -104,6 +104,8 @@ pub fn refuses(ctx: &SockAddrContext, dst: &Destination, family: u16) -> bool {
     if outcome != verdict::DENY {
         return false;
     }
+    // A refused connect, as the rules' refusals are counted.
+    count(stats::DENIED);
     // SAFETY: plain helper call; the negative errno replaces EPERM.
     unsafe { bpf_set_retval(-(b.deny_errno as i32)) };
     true

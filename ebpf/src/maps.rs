@@ -79,12 +79,17 @@ pub static META: Array<Meta> = Array::with_max_entries(1, 0);
 #[map(name = "LW_DROPS_REPORTED")]
 pub static DROPS_REPORTED: Array<u64> = Array::with_max_entries(verdict::COUNT, 0);
 
-/// Adds one to a per-CPU counter (no atomics needed: the slot is this CPU's).
+/// Adds one to a per-CPU counter. The slot is this CPU's, but not this
+/// program's alone: a cgroup program can be preempted by another task's
+/// (it runs with migration disabled, not preemption), and a softirq's
+/// tracepoint can interrupt it, so the add is one atomic instruction, not
+/// a load and a store another add could fall between.
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
-        // SAFETY: the pointer comes from a successful lookup of a per-CPU slot.
-        unsafe { *slot += 1 };
+        // SAFETY: the pointer comes from a successful lookup of a per-CPU
+        // slot: valid, and 8-byte aligned.
+        unsafe { crate::atomic::add(slot, 1) };
     }
 }
 

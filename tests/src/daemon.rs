@@ -541,3 +541,13 @@ pub fn assert_denied_exactly(daemon: &Daemon, pids: &[&str]) {
     expected.sort();
     assert_eq!(denied, expected, "deny records: {:#?}", daemon.events());
 }
+
+/// The kernel counter `name` (`checked`, `denied`, ...) in a `status --json`
+/// report.
+pub fn counter(report: &Value, name: &str) -> u64 {
+    report["counters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .and_then(|c| c["value"].as_u64())
+        .unwrap_or_else(|| panic!("no counter {name}: {report:#}"))
+}

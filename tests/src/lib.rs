@@ -29,7 +29,7 @@ use std::{
 };
 
 pub use bpftool::{hex_args, hex_bytes, map_dump, map_generations, map_show, map_update, prog_ids};
-pub use daemon::{Daemon, Install, assert_denied_exactly};
+pub use daemon::{Daemon, Install, assert_denied_exactly, counter};
 pub use netns::{LOCAL_ADDR, LOCAL_ADDR6, Netns, Proc, REMOTE_ADDR, REMOTE_ADDR6, Topology};
 pub use policy::{Policy, policy, rule};
 pub use scripts::{

@@ -10,8 +10,8 @@
 use std::{path::Path, process::Command};
 
 use loopwarden_tests::{
-    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, loopwarden_bin, probe_lines, python_copy,
-    run_ok,
+    Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, counter, loopwarden_bin, probe_lines,
+    python_copy, run_ok,
 };
 use serde_json::Value;
 
@@ -228,6 +228,10 @@ fn enforce_refuses_the_named_service_after_dns_and_not_others() {
         assert_eq!(e["verdict"], "deny", "{e}");
     }
     assert!(reports(&daemon, other.pid).is_empty());
+    // Counted as refused connects, as a rule's refusals are (metrics'
+    // `loopwarden_connects_denied_total`): nothing else here refuses.
+    let status = daemon.install().status_json();
+    assert_eq!(counter(&status, "denied"), want.len() as u64, "{status:#}");
 }
 
 #[test]

@@ -6,8 +6,8 @@
 use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
 use loopwarden_tests::{
-    AS_NOBODY, Daemon, Install, Netns, PROTECTED, TempDir, loopwarden_bin, map_update, policy, run,
-    run_ok,
+    AS_NOBODY, Daemon, Install, Netns, PROTECTED, TempDir, counter, loopwarden_bin, map_update,
+    policy, run, run_ok,
 };
 use serde_json::Value;
 
@@ -78,14 +78,6 @@ fn ready_seq(daemon: &Daemon) -> u64 {
         .collect::<String>()
         .parse()
         .expect("a sequence number")
-}
-
-fn counter(report: &Value, name: &str) -> u64 {
-    report["counters"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["value"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {name}: {report:#}"))
 }
 
 fn prog_ids(report: &Value) -> Vec<u64> {

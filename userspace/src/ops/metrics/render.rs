@@ -34,7 +34,8 @@ fn counter_family(name: &str) -> Option<(&'static str, &'static str)> {
         ),
         "denied" => (
             "loopwarden_connects_denied_total",
-            "Connects the kernel refused (verdict deny). Kernel counter LW_STATS denied.",
+            "Connects the kernel refused (verdict deny): by a rule, the relay verdict or the \
+             egress guard. Kernel counter LW_STATS denied.",
         ),
         "relayed" => (
             "loopwarden_connects_relayed_total",
