@@ -110,7 +110,11 @@ impl CounterReport {
             if let Err(e) = stats.set_drops_reported(&now.dropped_by_verdict) {
                 warn!("recording the reported drops in LW_DROPS_REPORTED failed: {e}");
             }
-            if let Err(e) = self.pins.write_meta(now.dropped) {
+            // What this line reported, the per-verdict counts: `dropped`,
+            // read apart from them, may count a loss made since, which is
+            // reported next time (and is unreported until then).
+            let reported = now.dropped_by_verdict.iter().sum();
+            if let Err(e) = self.pins.write_meta(reported) {
                 warn!("recording the reported drops in LW_META failed: {e}");
             }
         }

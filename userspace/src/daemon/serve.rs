@@ -66,22 +66,34 @@ impl Running {
         let mut summary_tick = reporter.interval().map(tokio::time::interval);
         let mut refresh_cost = Cost::default();
 
-        loop {
+        // An error ends the loop as a signal does, so what was read is
+        // still reported (below) before the daemon exits with it.
+        let ended: Result<(), DaemonError> = loop {
             tokio::select! {
                 guard = denials.readable_mut() => {
-                    let mut guard = guard.map_err(io_err("waiting for refusals"))?;
+                    let mut guard = match guard {
+                        Ok(guard) => guard,
+                        Err(e) => break Err(io_err("waiting for refusals")(e)),
+                    };
                     guard.clear_ready();
                     drain(&mut [guard.get_inner_mut(), events.get_mut()], reporter);
                 }
                 guard = events.readable_mut() => {
-                    let mut guard = guard.map_err(io_err("waiting for events"))?;
+                    let mut guard = match guard {
+                        Ok(guard) => guard,
+                        Err(e) => break Err(io_err("waiting for events")(e)),
+                    };
                     guard.clear_ready();
                     drain(&mut [denials.get_mut(), guard.get_inner_mut()], reporter);
                 }
                 guard = readable(logger) => {
-                    if let Some(mut guard) = guard.map_err(io_err("waiting for kernel log records"))? {
-                        guard.get_inner_mut().flush();
-                        guard.clear_ready();
+                    match guard {
+                        Ok(Some(mut guard)) => {
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                        Ok(None) => {}
+                        Err(e) => break Err(io_err("waiting for kernel log records")(e)),
                     }
                 }
                 _ = drain_tick.tick() => {
@@ -112,10 +124,10 @@ impl Running {
                     drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                     installed.reload(reporter.enricher());
                 }
-                _ = sigint.recv() => { info!("SIGINT: exiting"); break; }
-                _ = sigterm.recv() => { info!("SIGTERM: exiting"); break; }
+                _ = sigint.recv() => { info!("SIGINT: exiting"); break Ok(()); }
+                _ = sigterm.recv() => { info!("SIGTERM: exiting"); break Ok(()); }
             }
-        }
+        };
         // Whatever is still queued is reported before we go.
         drain(&mut [denials.get_mut(), events.get_mut()], reporter);
         reporter.summarise();
@@ -141,7 +153,7 @@ impl Running {
             "exiting; enforcement stays attached and pinned in {} (`loopwarden detach` removes it)",
             pins.root().display()
         );
-        Ok(())
+        ended
     }
 }
 

@@ -270,6 +270,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         last: Counters {
             dropped: dropped_reported,
             dropped_by_verdict,
+            // Races happen only under a daemon's installs, and that daemon
+            // reported them: not again at each start.
+            raced: stats.read().map_or(0, |now| now.raced),
             ..Counters::default()
         },
     };
