@@ -186,15 +186,36 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
     let install = Install::new();
     let mut first = Daemon::start_in(&install, &policy(&ns, "enforce", ""), &[]);
     first.kill9();
-    // The next daemon finds a file that does not parse: the pinned policy
-    // stays in force, and it keeps reporting.
-    let second = Daemon::start_in(&install, "mode = \"enforce\"\nbogus = 1\n", &[]);
-    second.allow_error("bogus");
-    second.wait_stderr("stays in force", 1);
-    assert!(!ns.socat_connect(&target).0, "the pinned policy lapsed");
-    second.wait_event("a report under the pinned policy", |e| {
-        e["verdict"] == "deny"
-    });
+    // The next daemons find a file that does not parse, then one that
+    // parses but does not compile (more users than a policy holds): the
+    // pinned policy stays in force, and each keeps reporting.
+    let uids: Vec<String> = (1..=1025).map(|u| u.to_string()).collect();
+    let too_large = format!(
+        "mode = \"audit\"\ncatalog = false\n[[rule]]\nname = \"u\"\naction = \"audit\"\n\
+         uid = [{}]\n",
+        uids.join(", ")
+    );
+    let mut second: Option<Daemon> = None;
+    for (bad, why) in [
+        ("mode = \"enforce\"\nbogus = 1\n".to_owned(), "bogus"),
+        (too_large, "at most 1024 fit"),
+    ] {
+        if let Some(mut before) = second.take() {
+            before.kill9();
+        }
+        let daemon = Daemon::start_in(&install, &bad, &[]);
+        daemon.allow_error(why);
+        daemon.wait_stderr("stays in force", 1);
+        assert!(
+            !ns.socat_connect(&target).0,
+            "{why}: the pinned policy lapsed"
+        );
+        daemon.wait_event("a report under the pinned policy", |e| {
+            e["verdict"] == "deny"
+        });
+        second = Some(daemon);
+    }
+    let second = second.expect("the last daemon");
     // A good file and SIGHUP: installed.
     std::fs::write(install.config_path(), policy(&ns, "audit", "")).expect("rewrite");
     second.signal(libc::SIGHUP);

@@ -103,15 +103,17 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     }
     let resolver = HostResolver::new(host.cgroup2_root.clone())
         .with_btrfs_subvolumes(offsets.btrfs_inode_vfs != 0);
-    // A policy that does not parse: enforcement already pinned by a
-    // predecessor of this layout stays in force and this daemon reports for
-    // it until a reload brings a good file; with nothing to keep, the
-    // daemon exits (exit code EX_CONFIG, which the unit does not restart).
-    let (config, policy) = match read {
-        Ok(config) => {
-            let policy = compile_policy(&config, &resolver, opts.mode, None)?;
-            (Some(config), Some(policy))
-        }
+    // A policy that does not parse or compile (one past the rules' or the
+    // maps' limits): enforcement already pinned by a predecessor of this
+    // layout stays in force and this daemon reports for it until a reload
+    // brings a good file; with nothing to keep, the daemon exits (exit code
+    // EX_CONFIG, which the unit does not restart).
+    let compiled = read.map_err(DaemonError::from).and_then(|config| {
+        let policy = compile_policy(&config, &resolver, opts.mode, None)?;
+        Ok((config, policy))
+    });
+    let (config, policy) = match compiled {
+        Ok((config, policy)) => (Some(config), Some(policy)),
         Err(e) if state == PinState::Compatible => {
             error!(
                 "{e}; the policy pinned by the previous daemon stays in force until a reload \
@@ -124,9 +126,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
                 "{e}; the previously pinned programs keep enforcing their policy, unreported, \
                  until a daemon starts with a valid file (or `loopwarden detach`)"
             );
-            return Err(e.into());
+            return Err(e);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     if let Some(policy) = &policy {
         for warning in &policy.warnings {
