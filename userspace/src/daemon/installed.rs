@@ -118,10 +118,18 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.provenance.connections != new.provenance.connections {
         changed.push("[provenance] connections");
     }
-    if old.ident != new.ident {
+    // By value: a line moved by an edit elsewhere in the file is no change.
+    let ident = |c: &Config| {
+        let i = &c.ident;
+        let listen: Vec<_> = i.listen.iter().map(|l| l.value).collect();
+        let netns = i.netns.as_ref().map(|n| n.value.clone());
+        (listen, netns, i.relayed, i.timeout_ms)
+    };
+    if ident(old) != ident(new) {
         changed.push("[ident]");
     }
-    if old.metrics != new.metrics {
+    let metrics = |c: &Config| (c.metrics.socket, c.metrics.listen.as_ref().map(|l| l.value));
+    if metrics(old) != metrics(new) {
         changed.push("[metrics]");
     }
     changed
@@ -161,10 +169,11 @@ impl Installed {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
                 }
-                if let Some(old) = &self.config {
-                    for what in needs_restart(old, &config) {
-                        warn!("{what} changed: that takes effect when the daemon restarts");
-                    }
+                // A daemon that started on a bad file (keeping the pinned
+                // policy) started these with the defaults.
+                let started = self.config.clone().unwrap_or_else(Config::embedded_default);
+                for what in needs_restart(&started, &config) {
+                    warn!("{what} changed: that takes effect when the daemon restarts");
                 }
                 let outcome = self.install(policy, enricher);
                 if outcome.is_ok() {
@@ -312,5 +321,23 @@ mod tests {
             assert_eq!(policy.browsers.verdict(11434), denied, "{case}");
             assert_eq!(policy.mode == Mode::Enforce, enforce, "{case}");
         }
+    }
+
+    /// What a reload cannot apply is named by value: the same settings on
+    /// other lines are no change.
+    #[test]
+    fn settings_read_at_start_are_compared_by_value() {
+        let parse = |text: &str| Config::from_str_named(text, "t.toml").unwrap();
+        let tables =
+            "[ident]\nlisten = \"127.0.0.1:113\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n";
+        let old = parse(tables);
+        let moved = parse(&format!("# a comment\n\n{tables}"));
+        assert!(needs_restart(&old, &moved).is_empty());
+        let other = parse(&tables.replace("9477", "9478").replace(":113", ":1113"));
+        assert_eq!(needs_restart(&old, &other), ["[ident]", "[metrics]"]);
+        // A daemon started on a bad file compares with the defaults.
+        let default = Config::embedded_default();
+        assert_eq!(needs_restart(&default, &old), ["[ident]", "[metrics]"]);
+        assert!(needs_restart(&default, &parse("mode = \"audit\"\n")).is_empty());
     }
 }

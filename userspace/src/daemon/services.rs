@@ -17,12 +17,16 @@ use crate::{
 };
 
 impl Running {
-    /// The query socket, if the policy asks for one.
+    /// The query socket, if the policy asks for one (or, started on a bad
+    /// file, if the defaults do).
     pub(super) fn query_socket(&mut self, run_dir: &Path) -> Option<QueryServer> {
         self.installed
             .config
             .as_ref()
-            .is_some_and(|c| c.provenance.query)
+            .map_or(
+                crate::config::Config::embedded_default().provenance.query,
+                |c| c.provenance.query,
+            )
             .then(|| {
                 query::serve(
                     run_dir,
