@@ -295,19 +295,31 @@ impl PinDir {
     /// pinned maps by them (old pins removed, staged pins moved in). Only
     /// the maps staged are replaced: all of them for an incompatible set,
     /// one for a resize.
+    ///
+    /// `LW_META` goes out first and comes in last: a daemon stopped in
+    /// between (a crash, SIGKILL) leaves no `LW_META`, which the next start
+    /// takes for a half-finished replacement, never a set of old and new
+    /// maps to adopt.
     pub fn promote_staging(&self) -> Result<(), PinError> {
         let staging = self.staging();
-        for &name in maps::PINNED {
+        let remove = |pinned: &Path| match fs::remove_file(pinned) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", pinned)(e)),
+        };
+        let meta_staged = staging.join(maps::META).exists();
+        if meta_staged {
+            remove(&self.map(maps::META))?;
+        }
+        let others = maps::PINNED.iter().filter(|&&name| name != maps::META);
+        let order = others.chain(meta_staged.then_some(&maps::META));
+        for &name in order {
             let staged = staging.join(name);
             if !staged.exists() {
                 continue;
             }
             let pinned = self.map(name);
-            match fs::remove_file(&pinned) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", &pinned)(e)),
-            }
+            remove(&pinned)?;
             fs::rename(&staged, &pinned).map_err(io_err("moving", &staged))?;
         }
         fs::remove_dir(&staging).map_err(io_err("removing", &staging))
