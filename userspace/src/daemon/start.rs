@@ -70,6 +70,10 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             .map_or(MAX_CONNS, |made| lru::capacity(maps::CONNS, made)),
     };
     let shapes = loader::object_shapes(conns)?;
+    // The pin directory's lock, if it exists, before what is pinned is
+    // looked at: a `detach` or a daemon given another run directory cannot
+    // change it between this look and the start's use of it.
+    let held = pins.exists().then(|| pins.lock()).transpose()?;
     let state = if opts.replace {
         PinState::Incompatible {
             why: "--replace was given".to_owned(),
@@ -145,7 +149,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .transpose()
         .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
 
-    let pin_lock = pins.prepare()?;
+    let pin_lock = pins.prepare(held)?;
     let mut programs = Programs::load_pinned(&offsets, &pins, &state, conns)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
     let mut stats = StatsMap::take(&mut programs.ebpf)?;

@@ -176,8 +176,9 @@ impl PinDir {
     /// (it is not at boot on some systems), and takes its lock (one daemon
     /// per pin directory, whatever run directory each was given). Then
     /// removes staging directories left by daemons that died half-way
-    /// through a replacement. The lock lasts as long as the returned guard.
-    pub fn prepare(&self) -> Result<PinLock, PinError> {
+    /// through a replacement. The lock lasts as long as the returned guard;
+    /// `held` is the lock taken already (before the pins were inspected).
+    pub fn prepare(&self, held: Option<PinLock>) -> Result<PinLock, PinError> {
         if self.root.starts_with(BPFFS_MOUNT) && !is_bpffs(Path::new(BPFFS_MOUNT)) {
             mount_bpffs()?;
         }
@@ -189,7 +190,10 @@ impl PinDir {
                 path: self.root.clone(),
             });
         }
-        let lock = self.lock()?;
+        let lock = match held {
+            Some(lock) => lock,
+            None => self.lock()?,
+        };
         let own = self.staging();
         if let Ok(entries) = fs::read_dir(&self.root) {
             for entry in entries.flatten() {
