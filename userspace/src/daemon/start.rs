@@ -82,7 +82,11 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         pins.inspect(&shapes)
     };
     match &state {
-        PinState::Incompatible { why } => info!("the pinned objects will be replaced: {why}"),
+        PinState::Incompatible { why } => warn!(
+            "the pinned objects will be replaced: {why}; reports the old programs queued and \
+             not yet read, and losses they counted since the last report, are not carried over \
+             (their layout may differ)"
+        ),
         PinState::Resized {
             map,
             pinned,
