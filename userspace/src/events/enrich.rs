@@ -13,13 +13,15 @@ use std::{
 
 use loopwarden_common::{
     BIND_RULE, ConnectEvent, EGRESS_RULE_BASE, ExeKey, MAX_EGRESS_RULES, NO_RULE, RELAY_RULE,
-    evidence,
+    SCRIPT_LEN, evidence,
 };
 
 use super::{
     AuditRecord, BIND_RULE_NAME, CUT, EGRESS_PREFIX, ExeId, RELAY_RULE_NAME, Time, event_time,
     evidence_name,
-    proc::{file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process},
+    proc::{
+        file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process, started_by,
+    },
     treatment_name,
     users::UserNames,
     verdict_name,
@@ -43,6 +45,9 @@ struct ProcInfo {
     exe_key: ExeKey,
     ppid: u32,
     cgroup_id: u64,
+    /// The script the kernel read at the process's last exec: another one
+    /// is an exec of the same interpreter since.
+    script: [u8; SCRIPT_LEN],
     exe: Option<String>,
     cmdline: Option<String>,
     cgroup: Option<String>,
@@ -288,11 +293,14 @@ impl ProcCache {
     }
 
     /// Reads `/proc` for the process of `ev` unless what is cached was
-    /// read for the same executable, parent and cgroup.
+    /// read for the same executable, script, parent and cgroup.
     fn fill(&mut self, ev: &ConnectEvent, cgroup_root: &std::path::Path) {
         let key = (ev.tgid, ev.start_boottime_ns);
         if self.by_process.get(&key).is_some_and(|i| {
-            i.exe_key == ev.exe && i.ppid == ev.ppid && i.cgroup_id == ev.cgroup_id
+            i.exe_key == ev.exe
+                && i.script == ev.script
+                && i.ppid == ev.ppid
+                && i.cgroup_id == ev.cgroup_id
         }) {
             return;
         }
@@ -308,13 +316,17 @@ impl ProcCache {
         // /proc/PID speaks for the caller only while PID is still the same
         // process (same start time); a recycled pid lends it nothing.
         let alive = same_process(pid, ev.start_boottime_ns);
+        // The parent's /proc speaks for the parent only if it started
+        // before the caller did: a pid taken after the parent exited lends
+        // nothing either.
+        let parent = ev.ppid != 0 && started_by(ev.ppid, ev.start_boottime_ns);
         // A forked child that did not exec (socat's per-connection child) has
         // its parent's executable: when it is already gone, the parent still
         // tells its path, command line and cgroup.
-        let parent_exe_id = (ev.ppid != 0)
+        let parent_exe_id = parent
             .then(|| file_id(&format!("/proc/{}/exe", ev.ppid)))
             .flatten();
-        let forked = ev.exe != ExeKey::default() && proc_exe(ev.ppid, &ev.exe).is_some();
+        let forked = parent && ev.exe != ExeKey::default() && proc_exe(ev.ppid, &ev.exe).is_some();
         let exe = alive
             .then(|| proc_exe(pid, &ev.exe))
             .flatten()
@@ -340,10 +352,11 @@ impl ProcCache {
             exe_key: ev.exe,
             ppid: ev.ppid,
             cgroup_id: ev.cgroup_id,
+            script: ev.script,
             exe,
             cmdline,
             cgroup,
-            parent_exe: proc_link(ev.ppid, "exe"),
+            parent_exe: parent.then(|| proc_link(ev.ppid, "exe")).flatten(),
             parent_exe_id,
         }
     }

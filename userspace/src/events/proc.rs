@@ -107,6 +107,16 @@ pub fn same_process(pid: u32, start_ns: u64) -> bool {
     starttime_ticks(&stat) == Some(start_ns / (1_000_000_000 / clock_ticks()))
 }
 
+/// Whether `/proc/PID` started no later than `start_ns` (CLOCK_BOOTTIME),
+/// in clock ticks: a process's parent did; a process that took the
+/// parent's pid after the parent exited did not.
+pub fn started_by(pid: u32, start_ns: u64) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    starttime_ticks(&stat).is_some_and(|t| t <= start_ns / (1_000_000_000 / clock_ticks()))
+}
+
 /// Field 22 (starttime) of `/proc/PID/stat`; the comm (field 2) may hold
 /// spaces and parentheses, so fields are counted after its closing `)`.
 pub fn starttime_ticks(stat: &str) -> Option<u64> {

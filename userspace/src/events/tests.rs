@@ -5,7 +5,7 @@ use std::{collections::HashMap, fs, path::PathBuf, time::Instant};
 use loopwarden_common::{Addr, NO_RULE};
 
 use super::{
-    proc::{CMDLINE_MAX, clock_ticks, proc_cmdline, same_process, starttime_ticks},
+    proc::{CMDLINE_MAX, clock_ticks, proc_cmdline, same_process, started_by, starttime_ticks},
     users::{USER_CACHE_MAX, USER_MISSING_TTL, USER_NAME_TTL, UserNames},
     *,
 };
@@ -341,6 +341,11 @@ fn this_process_is_recognised_by_its_start_time() {
     let ns = ticks * (1_000_000_000 / clock_ticks());
     assert!(same_process(std::process::id(), ns));
     assert!(!same_process(std::process::id(), ns + 10_000_000_000));
+    // This process's parent started no later than it did; a process that
+    // started after it (as one taking its parent's pid would) did not.
+    assert!(started_by(std::os::unix::process::parent_id(), ns));
+    assert!(started_by(std::process::id(), ns));
+    assert!(!started_by(std::process::id(), ns - 10_000_000_000));
 }
 
 /// A process's 100 KiB of arguments are cut to their first 4 KiB, marked.
@@ -352,7 +357,16 @@ fn a_long_command_line_is_cut_and_marked() {
         .arg(&long)
         .spawn()
         .unwrap();
-    let text = proc_cmdline(child.id());
+    // Once the child has executed `sh` (until then /proc shows the test's
+    // own command line, or none).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        match proc_cmdline(child.id()) {
+            Some(text) if text.starts_with("sh ") => break Some(text),
+            _ if std::time::Instant::now() > deadline => break None,
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    };
     let _ = child.kill();
     let _ = child.wait();
     let text = text.expect("the child's command line");
