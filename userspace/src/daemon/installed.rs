@@ -276,6 +276,8 @@ impl Installed {
         let seq = match self.maps.install(&fresh, &addrs) {
             Ok(seq) => seq,
             Err(e) => {
+                // With its causes: an update's errno is in its source.
+                let e = crate::error_chain(&e);
                 error!("installing the new policy failed, keeping the running one: {e}");
                 return Err(format!("installing the new policy failed: {e}"));
             }

@@ -68,7 +68,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Pins(#[from] PinError),
     #[error(
-        "another loopwarden is already running (lock {path} is held{}); stop it first, or give this one its own --run-dir",
+        "another loopwarden is already running (lock {path} is held{}); stop it first (a \
+         daemon for other pins runs beside it with its own --run-dir and --pin-dir)",
         holder.map(|p| format!(" by pid {p}")).unwrap_or_default()
     )]
     AlreadyRunning { path: PathBuf, holder: Option<u32> },
