@@ -292,7 +292,7 @@ impl AuditRecord<'_> {
             self.pid,
             self.ppid,
             self.uid,
-            self.user.unwrap_or(unknown),
+            Quoted(self.user.unwrap_or(unknown)),
             Quoted(&self.comm),
             Quoted(self.exe.unwrap_or(unknown)),
             Quoted(&self.exe_name),
@@ -351,16 +351,25 @@ pub(crate) struct Quoted<'a>(pub &'a str);
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let value = self.0;
-        if !value.is_empty()
-            && value
-                .chars()
-                .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\')
-        {
+        if !value.is_empty() && value.chars().all(plain) {
             f.write_str(value)
         } else {
             write!(f, "{value:?}")
         }
     }
+}
+
+/// Whether `c` may stand unquoted in a human line: not a separator, a
+/// quote, a control, or a character that changes how the rest displays
+/// (bidirectional overrides and isolates, zero-width ones: a name holding
+/// U+202E could show a line's fields reversed). The quoted form escapes
+/// them (`{:?}`).
+fn plain(c: char) -> bool {
+    !c.is_whitespace()
+        && !c.is_control()
+        && c != '"'
+        && c != '\\'
+        && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 /// The wall-clock time of a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp.

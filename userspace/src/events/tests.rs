@@ -422,3 +422,20 @@ fn a_browser_rule_says_which_treatment_of_the_port_decided() {
     let line = enricher.enrich(&event()).format(LogFormat::Json);
     assert!(!line.contains("browser"), "{line}");
 }
+
+/// A value that would break a human line, or change how it displays, is
+/// quoted and escaped; a plain one is not.
+#[test]
+fn human_values_are_quoted_when_they_could_mislead() {
+    use super::Quoted;
+    assert_eq!(Quoted("socat").to_string(), "socat");
+    assert_eq!(Quoted("domain user").to_string(), "\"domain user\"");
+    for sneaky in ["a\u{202e}b", "a\u{200b}b", "a\u{2066}b", "a\nverdict=allow"] {
+        let shown = Quoted(sneaky).to_string();
+        assert!(shown.starts_with('"'), "{shown}");
+        assert!(
+            !shown.contains(['\u{202e}', '\u{200b}', '\u{2066}', '\n']),
+            "{shown:?}"
+        );
+    }
+}
