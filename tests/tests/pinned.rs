@@ -424,6 +424,37 @@ fn sighup_picks_the_policy_source_again() {
     );
 }
 
+/// A link of a program this version does not have (what a downgrade past
+/// a version that added one leaves) goes with the maps it ran by; a
+/// compatible start leaves the pins alone.
+#[test]
+fn a_replacement_removes_the_links_of_programs_it_does_not_have() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let config = policy(&ns, "enforce", "");
+    let mut first = Daemon::start_in(&install, &config, &[]);
+    first.kill9();
+    // Another pin of the old fork tracker's link, under a name no program
+    // of this version has.
+    let links = install.pin_dir().join("links");
+    let foreign = links.join("lw_from_a_later_version");
+    run_ok(
+        Command::new("bpftool")
+            .args(["link", "pin", "pinned"])
+            .arg(links.join("lw_fork"))
+            .arg(&foreign),
+    );
+    let mut second = Daemon::start_in(&install, &config, &[]);
+    assert!(foreign.exists(), "a compatible start removed a pin");
+    second.kill9();
+    let third = Daemon::start_in(&install, &config, &["--replace"]);
+    third.wait_stderr("a program this version does not have", 1);
+    assert!(!foreign.exists(), "the foreign link is still pinned");
+    for ours in ["lw_connect4", "lw_connect6", "lw_fork", "lw_sock_state"] {
+        assert!(links.join(ours).exists(), "{ours} is gone");
+    }
+}
+
 #[test]
 fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     let ns = Netns::new();

@@ -77,10 +77,41 @@ impl Programs {
             link.pin(&pin).map_err(|e| pin_failed(e.to_string()))?;
         }
         if self.staged {
+            self.remove_foreign_links(pins);
             pins.promote_staging()?;
             self.staged = false;
         }
         Ok(takeover)
+    }
+
+    /// Removes the pinned links of programs this build does not attach
+    /// (a downgrade past a version that added one): they would go on
+    /// running, by the maps being replaced, until a `detach`. Best effort:
+    /// one that cannot be removed is said.
+    fn remove_foreign_links(&self, pins: &PinDir) {
+        let Ok(entries) = std::fs::read_dir(pins.links_dir()) else {
+            return;
+        };
+        let trackers = programs::TRACKERS.iter().map(|&(name, _)| name);
+        let ours: Vec<&str> = self.names.iter().copied().chain(trackers).collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ours.contains(&name.as_str()) || name.starts_with(programs::GETSOCKOPT) {
+                continue;
+            }
+            let path = entry.path();
+            match remove_link(&path) {
+                Ok(()) => tracing::info!(
+                    "removed the link pinned at {} (a program this version does not have)",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "removing the link pinned at {} (a program this version does not have) \
+                     failed: {e}",
+                    path.display()
+                ),
+            }
+        }
     }
 
     /// Makes a pinned `cgroup/getsockopt` link run our program in each
