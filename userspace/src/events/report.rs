@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use loopwarden_common::{Addr, ConnectEvent, ExeKey};
+use loopwarden_common::{Addr, ConnectEvent, ExeKey, SCRIPT_LEN};
 use tracing::error;
 
 use crate::events::{Enricher, LogFormat, Repeat, Time, event_time, tally::Tally};
@@ -36,7 +36,12 @@ struct FlowKey {
     tgid: u32,
     start_boottime_ns: u64,
     exe: ExeKey,
+    /// The script an interpreter runs: another after an exec of the same
+    /// interpreter is another flow.
+    script: [u8; SCRIPT_LEN],
     uid: u32,
+    gid: u32,
+    ppid: u32,
     cgroup_id: u64,
     netns_cookie: u64,
     daddr: Addr,
@@ -53,7 +58,10 @@ impl FlowKey {
             tgid: ev.tgid,
             start_boottime_ns: ev.start_boottime_ns,
             exe: ev.exe,
+            script: ev.script,
             uid: ev.uid,
+            gid: ev.gid,
+            ppid: ev.ppid,
             cgroup_id: ev.cgroup_id,
             netns_cookie: ev.netns_cookie,
             daddr: ev.daddr,
@@ -421,8 +429,16 @@ mod tests {
         r.event(&event(u32::MAX - 3, 8081, 200, verdict::ALLOW));
         r.event(&event(u32::MAX - 3, 8080, 201, verdict::DENY));
         r.event(&event(u32::MAX - 4, 8080, 202, verdict::ALLOW));
+        // The same process after a setgid, and after an exec of the same
+        // interpreter with another script.
+        let mut setgid = event(u32::MAX - 3, 8080, 203, verdict::ALLOW);
+        setgid.gid = 7;
+        r.event(&setgid);
+        let mut rescript = event(u32::MAX - 3, 8080, 204, verdict::ALLOW);
+        rescript.script[0] = b'b';
+        r.event(&rescript);
         r.flush();
-        assert_eq!(out.lines().len(), 4);
+        assert_eq!(out.lines().len(), 6);
     }
 
     #[test]
