@@ -361,9 +361,10 @@ fn cut(
     }
 }
 
-/// The namespaces to sweep: the policy's, or every one with processes.
+/// The namespaces to sweep: the policy's (none, if none of them
+/// resolved: the kernel judges nothing then), or every one with processes.
 fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError> {
-    if !policy.netns.is_empty() {
+    if policy.scoped() {
         return Ok(policy
             .netns
             .iter()
@@ -492,6 +493,20 @@ mod tests {
     fn policy(text: &str) -> CompiledPolicy {
         let config = Config::from_str_named(text, "test.toml").unwrap();
         policy::compile(&config, &HostResolver::new(PathBuf::from("/nonexistent"))).unwrap()
+    }
+
+    /// A policy scoped to namespaces none of which resolved sweeps none
+    /// (the kernel judges nothing then); an unscoped one sweeps them all.
+    #[test]
+    fn a_policy_scoped_to_no_resolved_namespace_sweeps_nothing() {
+        let text = "mode = \"enforce\"\n[protect]\nnetns = \"/nonexistent/netns\"\n";
+        let config = Config::from_str_named(text, "test.toml").unwrap();
+        let resolver = HostResolver::new(PathBuf::from("/nonexistent"));
+        let scoped = policy::compile_lenient(&config, &resolver, None).unwrap();
+        assert!(scoped.scoped() && scoped.netns.is_empty());
+        assert!(targets(&scoped).unwrap().is_empty());
+        let all = targets(&policy("mode = \"enforce\"\n")).unwrap();
+        assert!(!all.is_empty(), "not even this process's namespace");
     }
 
     #[test]

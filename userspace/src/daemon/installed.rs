@@ -80,12 +80,13 @@ pub(super) fn compile_policy(
 }
 
 /// The host's own non-loopback addresses for `host_addresses = true`: those
-/// of the namespaces the policy is scoped to, or of the daemon's own.
+/// of the namespaces the policy is scoped to (none if none resolved), or of
+/// the daemon's own.
 pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
     if !policy.host_addresses {
         return Vec::new();
     }
-    if policy.netns.is_empty() {
+    if !policy.scoped() {
         return resolve::interface_addresses().unwrap_or_else(|e| {
             warn!("listing this host's addresses failed: {e}");
             Vec::new()

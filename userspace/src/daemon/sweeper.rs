@@ -49,10 +49,9 @@ impl Sweeper {
     }
 
     /// Asks for a sweep under `policy` (nothing happens in audit mode).
+    /// Sent in audit mode too: it replaces an enforce-mode request still
+    /// queued, which must not cut under a policy no longer in force.
     pub fn request(&self, policy: &CompiledPolicy, addrs: &[IpAddr]) {
-        if policy.mode != Mode::Enforce {
-            return;
-        }
         let job = Job {
             policy: policy.clone(),
             addrs: addrs.to_vec(),
@@ -70,6 +69,9 @@ fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, procs_pin: &Path, format: L
         while let Ok(newer) = queue.try_recv() {
             job = newer;
         }
+        if job.policy.mode != Mode::Enforce {
+            continue;
+        }
         // Opened per sweep: a daemon that replaced incompatible maps moved
         // new ones into place after this thread started.
         let procs = MapData::from_pin(procs_pin)
@@ -78,19 +80,22 @@ fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, procs_pin: &Path, format: L
                 AyaHashMap::<MapData, u32, ProcState>::try_from(Map::HashMap(data))
                     .map_err(|e| e.to_string())
             });
-        let procs = match procs {
-            Ok(map) => Some(map),
+        let (procs, unread) = match procs {
+            Ok(map) => (Some(map), None),
             Err(e) => {
-                warn!(
-                    "cut: {} cannot be read ({e}): the relay verdict, lineage and script rules \
+                let text = format!(
+                    "{} cannot be read ({e}): the relay verdict, lineage and script rules \
                      are not applied to admitted connections",
                     procs_pin.display()
                 );
-                None
+                warn!("cut: {text}");
+                (None, Some(text))
             }
         };
         let tracked = |pid: u32| procs.as_ref().and_then(|m| m.get(&pid, 0).ok());
-        let sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &tracked);
+        let mut sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &tracked);
+        // An incomplete sweep, as status and the metrics say.
+        sweep.problems.extend(unread);
         let stdout = io::stdout();
         let mut out = stdout.lock();
         for c in &sweep.cuts {

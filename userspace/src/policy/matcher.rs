@@ -159,6 +159,9 @@ impl CompiledPolicy {
 /// The kernel's `procs::network_facing`: recent evidence within the
 /// window, or any standing evidence.
 pub fn network_facing(state: &ProcState, now_ns: u64, window_ns: u64) -> bool {
-    (state.recent.kind != evidence::NONE && now_ns.wrapping_sub(state.recent.ktime_ns) <= window_ns)
+    // Evidence written after `now_ns` was read (the sweep reads the clock
+    // before it walks /proc) is as recent as can be, as in the kernel.
+    (state.recent.kind != evidence::NONE
+        && now_ns.saturating_sub(state.recent.ktime_ns) <= window_ns)
         || state.standing.kind != evidence::NONE
 }

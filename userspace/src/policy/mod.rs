@@ -190,6 +190,13 @@ pub struct EgressRuleInfo {
 }
 
 impl CompiledPolicy {
+    /// Whether `[protect] netns` scopes the policy: to [`Self::netns`],
+    /// the namespaces that resolved, which may be none (nothing is judged
+    /// then, anywhere).
+    pub fn scoped(&self) -> bool {
+        self.settings.flags & loopwarden_common::flags::NETNS_SCOPED != 0
+    }
+
     /// The rules as events name them: the policy's rules by index, then
     /// the egress rules as `egress:<name>` in their order (see
     /// [`crate::events::Enricher::rule_name`]).

@@ -136,8 +136,13 @@ impl fmt::Display for CompiledPolicy {
             None => writeln!(f, "deny errno:  {}", s.deny_errno)?,
         }
         writeln!(f, "ports:       {}", self.ports)?;
-        if self.netns.is_empty() {
+        if !self.scoped() {
             writeln!(f, "netns:       all")?;
+        } else if self.netns.is_empty() {
+            writeln!(
+                f,
+                "netns:       none resolved (nothing is judged until one of them exists)"
+            )?;
         } else {
             let list: Vec<String> = self
                 .netns

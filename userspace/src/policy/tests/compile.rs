@@ -136,6 +136,18 @@ fn lenient_recompile_drops_vanished_values_without_widening_the_rule() {
     assert!(policy.uid.is_empty());
 }
 
+/// Scoped to namespaces none of which resolves: still scoped, to none, and
+/// the summary says so (it said `all`).
+#[test]
+fn a_policy_scoped_to_no_namespace_that_exists_is_scoped_to_none() {
+    let text = "[protect]\nnetns = \"/run/netns/red\"\n";
+    let policy = compile_lenient(&config(text), &host(), None).unwrap();
+    assert!(policy.scoped() && policy.netns.is_empty());
+    let summary = policy.to_string();
+    assert!(summary.contains("netns:       none resolved"), "{summary}");
+    assert!(!compile_ok("", &host()).scoped());
+}
+
 #[test]
 fn missing_cgroup_is_a_warning() {
     let policy = compile_ok(

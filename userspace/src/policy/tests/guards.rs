@@ -97,6 +97,13 @@ script = "bridge.py"
         policy.denial(&id(state, "python3.11"), 8080, 5_500_000_001),
         None
     );
+    // Written after the clock was read (the sweep reads it before its walk
+    // of /proc): as recent as can be, as the kernel takes it.
+    assert_eq!(
+        policy.denial(&id(state, "python3.11"), 8080, 4_000_000_000),
+        Some(RELAY_RULE)
+    );
+    state.recent = Evidence::default();
     // Standing evidence has no window.
     state.standing.kind = evidence::ACCEPTED;
     assert_eq!(
