@@ -39,6 +39,10 @@ pub fn lw_fork(ctx: BtfTracePointContext) -> i32 {
     if let Some(state) = PROCS.get_ptr(from) {
         // SAFETY: a pointer to the map's value, valid for this run.
         insert(to, unsafe { &*state });
+    } else if procs::maybe_tracked(to) {
+        // An entry left under the child's pid (a write that raced its
+        // last holder's exit) is not the child's.
+        procs::remove(to);
     }
     0
 }

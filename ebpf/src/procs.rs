@@ -50,7 +50,23 @@ pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
     if slot == Slot::Recent && recorded_lately(u64::from(tgid), kind, &addr, port) {
         return;
     }
-    write(tgid, slot, kind, addr, port);
+    if let Some(state) = entry(tgid) {
+        write(state, tgid, slot, kind, addr, port);
+    }
+}
+
+/// [`record`] for a process named by what it did earlier (the listener of
+/// an accepted connection, from softirq): written only into the entry it
+/// has. One that exited since has none, and no entry is made for its pid,
+/// which a later process may take.
+#[inline(always)]
+pub fn record_if_tracked(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
+    if !maybe_tracked(tgid) {
+        return;
+    }
+    if let Some(state) = PROCS.get_ptr_mut(tgid) {
+        write(state, tgid, slot, kind, addr, port);
+    }
 }
 
 /// Records `received` evidence about `addr`:`port` for the current
@@ -64,21 +80,21 @@ pub fn record_received(addr: Addr, port: u16) {
     if recorded_lately(task.0, evidence::RECEIVED, &addr, port) {
         return;
     }
-    write(task.tgid(), Slot::Recent, evidence::RECEIVED, addr, port);
+    let tgid = task.tgid();
+    if let Some(state) = entry(tgid) {
+        write(state, tgid, Slot::Recent, evidence::RECEIVED, addr, port);
+    }
 }
 
-/// [`record`]'s write.
+/// [`record`]'s write into `tgid`'s entry `state`.
 #[inline(always)]
-fn write(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
+fn write(state: *mut ProcState, tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
     let ev = Evidence {
         addr,
         ktime_ns: now(),
         port,
         kind,
         _pad: [0; 5],
-    };
-    let Some(state) = entry(tgid) else {
-        return;
     };
     mark(tgid);
     // SAFETY: a pointer to the map's value; a racing writer can at worst

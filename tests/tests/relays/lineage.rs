@@ -4,6 +4,8 @@
 //! inherits and an exec clears, and none that a process with a dead one's
 //! pid could inherit.
 
+use loopwarden_tests::talk::Talker;
+
 use super::*;
 use crate::kinds::forwarder;
 
@@ -278,4 +280,100 @@ fn a_process_that_reuses_a_dead_relays_pid_starts_without_its_evidence() {
     assert_eq!(asked(), ["listener error 111", "reused status 200"]);
     let ev = relay_refusal(&daemon, "the listener's refusal");
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
+}
+
+/// A listener whose process hands it to a child and exits (a daemon's
+/// parent that listened, forked and left), then reuses its pid; arguments
+/// ADDR PORT TARGET. Says `listened PID`, waits for a line (the remote
+/// side connects meanwhile), then asks the service from a child forked
+/// with that pid, executing nothing.
+const HAND_OVER_A_LISTENER: &str = concat!(
+    ask_py!(),
+    r#"
+addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held_r, held_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    listener = socket.create_server((addr, port))
+    if os.fork() == 0:
+        # The holder: keeps the listener until the script's end closes the pipe.
+        os.close(held_w)
+        os.read(held_r, 1)
+        os._exit(0)
+    os._exit(0)
+os.close(held_r)
+os.waitpid(pid, 0)
+print("listened", pid, flush=True)
+sys.stdin.readline()
+def in_child(work):
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.write(w, work().encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = os.read(r, 64).decode()
+    os.close(r)
+    os.waitpid(child, 0)
+    return child, out
+for _ in range(100):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    again, out = in_child(lambda: ask(target))
+    if again == pid:
+        print("reused", out, flush=True)
+        break
+else:
+    print("not reused", flush=True)
+"#
+);
+
+const HANDED_OVER_PORT: u16 = 9018;
+
+/// A connection accepted on a listener whose listening process has exited
+/// gives no evidence to its pid: a process that takes that pid afterwards,
+/// executing nothing, asks the service and is served. A build that wrote
+/// the `accepted` evidence under the dead pid (making a new entry) refused
+/// it as a relay. Without the daemon it is served too.
+#[test]
+fn an_accept_on_a_listener_whose_process_exited_gives_its_pid_no_evidence() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let round = || {
+        let mut script = Talker::spawn(
+            topo.local.cmd(SYSTEM_PYTHON).args([
+                "-c",
+                HAND_OVER_A_LISTENER,
+                LOCAL_ADDR,
+                &HANDED_OVER_PORT.to_string(),
+                &PROTECTED.to_string(),
+            ]),
+            "the listener's script",
+        );
+        let listened = script.line();
+        assert!(listened.starts_with("listened "), "{listened}");
+        // A remote client's handshake on the held listener.
+        let connect = format!(
+            "import socket; socket.create_connection(('{LOCAL_ADDR}', {HANDED_OVER_PORT}), \
+             timeout=3).close()"
+        );
+        run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
+        script.ask("go")
+    };
+    assert_eq!(round(), "reused status 200");
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    assert_eq!(round(), "reused status 200");
+    // The relay verdict is on: a process listening on the link address
+    // asking the service is refused.
+    let listener = printed(topo.local.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        REUSE_A_LISTENERS_PID,
+        LOCAL_ADDR,
+        &REUSED_LISTENER_PORT.to_string(),
+        &PROTECTED.to_string(),
+    ]));
+    assert_eq!(listener[0], "listener error 111", "{listener:?}");
+    relay_refusal(&daemon, "the listener's refusal");
 }
