@@ -34,7 +34,7 @@ use crate::{
     identity::{load, offset, probe},
     maps::{LISTENERS, PENDING, count},
     origin,
-    procs::{Slot, record, record_received},
+    procs::{Slot, record, record_if_tracked, record_received},
 };
 
 pub const IPPROTO_TCP: u16 = 6;
@@ -208,12 +208,14 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 let uid = load(sk, offset!(sk_uid));
                 origin::server_established(sk, &conn_key(sk, &peer, &local), uid);
             }
-            if is_loopback(&peer.addr) {
+            if is_loopback(&peer.addr) || same_host(&local, &peer) {
                 return 0;
             }
             // SAFETY: the value is a plain tgid.
             if let Some(tgid) = unsafe { LISTENERS.get(listener_key(sk, local.port)) } {
-                record(
+                // The listener may have exited (a daemon's parent that
+                // listened, forked and left): never an entry for its pid.
+                record_if_tracked(
                     *tgid,
                     Slot::Standing,
                     evidence::ACCEPTED,
@@ -240,6 +242,9 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             };
             let _ = PENDING.remove(cookie);
+            if same_host(&local, &peer) {
+                return 0;
+            }
             record(
                 pending.tgid,
                 Slot::Recent,
@@ -321,6 +326,18 @@ pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
     if owned == 0 {
         return 0;
     }
-    record_received(peer.addr, peer.port);
+    match end(sk, false) {
+        Some(local) if !same_host(&local, &peer) => record_received(peer.addr, peer.port),
+        _ => {}
+    }
     0
+}
+
+/// Whether a connection's two ends have one address: a connection to one
+/// of this host's own addresses, which the kernel routes over loopback
+/// and sends from that same address (a direct client of a protected host
+/// address, `[protect] host_addresses`). Not the network.
+#[inline(always)]
+fn same_host(local: &End, peer: &End) -> bool {
+    local.addr == peer.addr
 }

@@ -307,10 +307,9 @@ fn a_reverse_proxy_is_reported_by_the_catalog_and_refused_by_a_user_rule() {
     });
 }
 
-#[test]
-fn the_hosts_own_addresses_are_protected_when_asked() {
-    let ns = Netns::new();
-    // A non-loopback address of this (test) host: a veth pair inside the namespace.
+/// A non-loopback address of the (test) host in `ns`: 192.0.2.1 on one
+/// end of a veth pair inside it.
+fn host_address(ns: &Netns) {
     for args in [
         vec!["link", "add", "lwa", "type", "veth", "peer", "name", "lwb"],
         vec!["addr", "add", "192.0.2.1/32", "dev", "lwa"],
@@ -319,6 +318,49 @@ fn the_hosts_own_addresses_are_protected_when_asked() {
     ] {
         run_ok(Command::new("ip").args(["-n", ns.name()]).args(&args));
     }
+}
+
+/// Under relay deny, a client of the host's own protected address is no
+/// relay for having talked to that address: the connection's two ends are
+/// this host (it was `connected` and `received` evidence, so a client's
+/// second request within the window was refused as relayed).
+#[test]
+fn a_direct_client_of_a_host_address_is_not_a_relay() {
+    let ns = Netns::new();
+    host_address(&ns);
+    let _servers = ns.http_servers();
+    let config = format!(
+        "mode = \"enforce\"\n[protect]\nports = [{PROTECTED}]\nnetns = [\"{}\"]\n\
+         host_addresses = true\n[relay]\naction = \"deny\"\n",
+        ns.path()
+    );
+    let daemon = Daemon::start(&config);
+    // Three requests in a row, each reading its answer, well within the
+    // 2 s window.
+    let client = format!(
+        "import socket\n\
+         for i in range(3):\n\
+         \x20   s = socket.create_connection(('192.0.2.1', {PROTECTED}), timeout=5)\n\
+         \x20   s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   assert s.recv(64).startswith(b'HTTP/'), i\n\
+         \x20   s.close()\n\
+         print('served')\n"
+    );
+    let out = loopwarden_tests::run(ns.cmd("python3").args(["-c", &client]));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("served"),
+        "a direct client was refused: {out:?}"
+    );
+    // The relay verdict is on: a relay to the same address is refused.
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:192.0.2.1:{PROTECTED}"));
+    assert!(!ok, "a relay reached the host's own address: {stderr}");
+    drop(daemon);
+}
+
+#[test]
+fn the_hosts_own_addresses_are_protected_when_asked() {
+    let ns = Netns::new();
+    host_address(&ns);
     let _servers = ns.http_servers();
     let target = format!("TCP:192.0.2.1:{PROTECTED}");
     let (ok, stderr) = ns.socat_connect(&target);
