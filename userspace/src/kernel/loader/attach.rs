@@ -140,18 +140,10 @@ impl Programs {
             })?);
             wanted.push((pin, dir));
         }
-        if let Ok(entries) = std::fs::read_dir(pins.links_dir()) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let ours = entry.file_name().to_string_lossy().starts_with(name);
-                if ours && !wanted.iter().any(|(pin, _)| *pin == path) {
-                    remove_link(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
-                }
-            }
-        }
         let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
-        for (pin, dir) in wanted {
-            if pin.exists() && update_link(name, &pin, prog)? {
+        for (pin, dir) in &wanted {
+            let (pin, dir) = (pin.as_path(), dir.as_path());
+            if pin.exists() && update_link(name, pin, prog)? {
                 continue;
             }
             // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
@@ -166,7 +158,19 @@ impl Programs {
                     path: dir.display().to_string(),
                     source: e,
                 })?;
-            sys::obj_pin(link.as_fd(), &pin).map_err(|e| pin_failed(&pin, e.to_string()))?;
+            sys::obj_pin(link.as_fd(), pin).map_err(|e| pin_failed(pin, e.to_string()))?;
+        }
+        // The cgroups no longer named lose theirs only now: a move from the
+        // root to named cgroups (or back) never leaves a service between
+        // the two without an answer.
+        if let Ok(entries) = std::fs::read_dir(pins.links_dir()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let ours = entry.file_name().to_string_lossy().starts_with(name);
+                if ours && !wanted.iter().any(|(pin, _)| *pin == path) {
+                    remove_link(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
+                }
+            }
         }
         Ok(())
     }
