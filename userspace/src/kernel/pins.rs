@@ -407,7 +407,13 @@ pub fn remove_link(path: &Path) -> io::Result<()> {
     match sys::obj_get(path).and_then(|link| sys::link_detach(link.as_fd())) {
         Ok(()) => {}
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {}
-        Err(e) => tracing::debug!("detaching {} at once failed: {e}", path.display()),
+        // Said: its program may go on running while something else (a
+        // leaked descriptor, bpftool) holds the link.
+        Err(e) => tracing::warn!(
+            "detaching {} at once failed: {e}; its program runs until the last holder of the \
+             link closes it",
+            path.display()
+        ),
     }
     fs::remove_file(path)
 }
