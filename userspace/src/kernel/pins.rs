@@ -406,7 +406,12 @@ fn read_meta(path: &Path) -> Result<Meta, String> {
 pub fn remove_link(path: &Path) -> io::Result<()> {
     match sys::obj_get(path).and_then(|link| sys::link_detach(link.as_fd())) {
         Ok(()) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => {}
+        // Not detachable this way (tracing links), or detached already.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOLINK)
+            ) => {}
         // Said: its program may go on running while something else (a
         // leaked descriptor, bpftool) holds the link.
         Err(e) => tracing::warn!(
