@@ -306,18 +306,24 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
 
 /// What start-up found pinned and did about it, for the ready line.
 fn describe_start(state: &PinState, takeover: Takeover) -> String {
-    match (state, takeover) {
-        (PinState::Absent, _) | (_, Takeover::Attached) => "attached and pinned".to_owned(),
-        (PinState::Compatible, Takeover::Updated) => {
-            "adopted the pinned maps; the pinned links now run this daemon's programs".to_owned()
-        }
-        (PinState::Resized { map, wanted, .. }, Takeover::Updated) => format!(
+    // A link attached anew (a program the pinned set did not have) does
+    // not hide what was done to the rest.
+    let anew = match takeover {
+        Takeover::Updated => "",
+        Takeover::Attached => "; links attached and pinned where none was",
+    };
+    match state {
+        PinState::Absent => "attached and pinned".to_owned(),
+        PinState::Compatible => format!(
+            "adopted the pinned maps; the pinned links now run this daemon's programs{anew}"
+        ),
+        PinState::Resized { map, wanted, .. } => format!(
             "adopted the pinned maps but {map}, resized to {}; the pinned links now run this \
-             daemon's programs",
+             daemon's programs{anew}",
             lru::capacity(map, *wanted)
         ),
-        (PinState::Incompatible { why }, Takeover::Updated) => {
-            format!("replaced the pinned programs in place and their maps ({why})")
+        PinState::Incompatible { why } => {
+            format!("replaced the pinned programs in place and their maps ({why}){anew}")
         }
     }
 }
