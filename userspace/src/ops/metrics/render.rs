@@ -146,9 +146,10 @@ pub(super) fn render(shared: &Shared) -> String {
         "loopwarden_reported_connects_total",
         Kind::Counter,
         "Connects reported to this daemon, by verdict, rule (- for none) and destination port \
-         (other: past 2048 series), each once whether on a line or in a summary. Counted by the \
-         daemon from the reports it read (the kernel has no per-rule or per-port counter); reports \
-         lost in the kernel are not included.",
+         (other: past 2048 series), each once whether on a line or in a summary; the bind \
+         guard's reports are binds (rule bind-guard, port the bound one). Counted by the daemon \
+         from the reports it read (the kernel has no per-rule or per-port counter); reports lost \
+         in the kernel are not included.",
     );
     let reported = shared.reported.borrow().clone();
     for (series, count) in reported.iter() {
