@@ -336,6 +336,17 @@ impl Config {
             if let Some(context) = at.and_then(|at| lines.context(at)) {
                 message = format!("{context}: {message}");
             }
+            // `[rule]` written for `[[rule]]`: say how to write it.
+            if message.contains("expected a sequence") {
+                for table in ["rule", "egress"] {
+                    if text.lines().any(|l| l.trim() == format!("[{table}]")) {
+                        message.push_str(&format!(
+                            " (each `[[{table}]]` is written with double brackets: they are a \
+                             list of tables)"
+                        ));
+                    }
+                }
+            }
             ConfigError::Syntax {
                 file: name.to_owned(),
                 at,

@@ -73,6 +73,12 @@ fn bad_rule_names() {
         "starts with `egress:`, which is reserved",
     );
     expect_error(&named("-"), 2, "lines name no rule so");
+    // A rule written as a single table says how to write it.
+    expect_error(
+        "[rule]\nname = \"x\"\naction = \"deny\"\ncomm = \"x\"\n",
+        1,
+        "each `[[rule]]` is written with double brackets",
+    );
     let twice = format!("{}\n{}", named("same"), named("same"));
     expect_error(&twice, 7, "already used by the rule at line 2");
 }
