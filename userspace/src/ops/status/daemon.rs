@@ -74,7 +74,13 @@ fn proc_locks_holder(locks: &str, key: &str) -> Option<Option<u32>> {
         if fields.get(1) != Some(&"FLOCK") || fields.get(5) != Some(&key) {
             return None;
         }
-        Some(fields.get(4).and_then(|p| p.parse().ok()))
+        // A holder in a pid namespace this one cannot see is shown as 0.
+        Some(
+            fields
+                .get(4)
+                .and_then(|p| p.parse().ok())
+                .filter(|&pid: &u32| pid != 0),
+        )
     })
 }
 
@@ -103,6 +109,9 @@ mod tests {
         assert_eq!(proc_locks_holder(locks, "fe:00:10180810"), Some(Some(12)));
         assert_eq!(proc_locks_holder(locks, "fe:01:1018081"), None);
         assert_eq!(proc_locks_holder("", "fe:00:1"), None);
+        // Held from a pid namespace this one cannot name.
+        let hidden = "4: FLOCK  ADVISORY  WRITE 0 fe:00:42 0 EOF\n";
+        assert_eq!(proc_locks_holder(hidden, "fe:00:42"), Some(None));
     }
 
     #[test]
