@@ -211,8 +211,14 @@ fi
 echo "LW-VM: socat (catalog exe_name rule) -> $V4 refused"
 # Relay detection: lw-relay, named by no rule, listens on a non-loopback
 # address (10.0.2.15 on lo: the guest has no other link) and forwards to
-# the service; a client of that address is a non-local peer.
+# the service; a client of that address is a non-local peer. Its
+# connections come from 10.0.2.16, another address of the guest: one whose
+# two ends have the same address is the host talking to itself, which is
+# no evidence.
 ip addr add 10.0.2.15/32 dev lo || fail "adding 10.0.2.15 to lo failed"
+ip addr add 10.0.2.16/32 dev lo || fail "adding 10.0.2.16 to lo failed"
+ip route replace local 10.0.2.15 dev lo table local src 10.0.2.16 \
+    || fail "sourcing connections to 10.0.2.15 from 10.0.2.16 failed"
 lw-relay 10.0.2.15:9100 127.0.0.1:8080 &
 RELAYPID=$!
 await 50 "lw-relay did not listen" listening 10.0.2.15:9100
@@ -220,7 +226,7 @@ if fetch http://10.0.2.15:9100/ >/dev/null; then
     fail "the relay verdict did not refuse lw-relay (an unnamed forwarder)"
 fi
 await 50 "no relay-verdict deny of lw-relay with accepted evidence" \
-    grep -q '"rule":"relay".*"exe_name":"lw-relay".*"via":"10.0.2.15:[0-9]*","via_how":"accepted"' /tmp/audit
+    grep -q '"rule":"relay".*"exe_name":"lw-relay".*"via":"10.0.2.16:[0-9]*","via_how":"accepted"' /tmp/audit
 grep '"exe_name":"lw-relay"' /tmp/audit | head -n 1 | sed 's/^/LW-VM: relay verdict: /'
 kill $RELAYPID
 # Received evidence (tcp_rcv_space_adjust): a tunnel client takes its
