@@ -210,21 +210,14 @@ fn a_forked_child_carries_its_parents_evidence_and_an_exec_clears_it() {
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
 }
 
-/// Has a forked child listen on `ADDR:PORT` (network-facing from then on)
-/// and ask the service on 127.0.0.1:`TARGET`, and once it has exited,
-/// forks children that ask it until one gets the dead child's pid back
-/// (written to `ns_last_pid` before each fork); prints `listener ...` and
-/// `reused ...` (or `not reused`). This process has no state of its own
-/// in `LW_PROCS` (no script, no evidence), so a forked child starts with
-/// none: only what the dead child's pid left behind could give it any. No
-/// child executes anything (an exec starts a process's evidence over).
-const REUSE_A_LISTENERS_PID: &str = concat!(
-    ask_py!(),
-    r#"
-addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def listen_and_ask():
-    listener = socket.create_server((addr, port))
-    return ask(target)
+/// Python for the pid-reuse scripts: `in_child(work)` runs `work` in a
+/// forked child and returns its pid and what it returned;
+/// `in_reused_pid(pid, work)` forks such children (writing `ns_last_pid`
+/// before each) until one gets `pid`, and prints `reused ...` with what it
+/// returned (or `not reused`).
+macro_rules! reuse_py {
+    () => {
+        r#"
 def in_child(work):
     r, w = os.pipe()
     pid = os.fork()
@@ -238,17 +231,38 @@ def in_child(work):
     os.close(r)
     os.waitpid(pid, 0)
     return pid, out
+def in_reused_pid(pid, work):
+    for _ in range(100):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        again, out = in_child(work)
+        if again == pid:
+            print("reused", out, flush=True)
+            return
+    print("not reused", flush=True)
+"#
+    };
+}
+
+/// Has a forked child listen on `ADDR:PORT` (network-facing from then on)
+/// and ask the service on 127.0.0.1:`TARGET`, and once it has exited,
+/// forks children that ask it until one gets the dead child's pid back
+/// (written to `ns_last_pid` before each fork); prints `listener ...` and
+/// `reused ...` (or `not reused`). This process has no state of its own
+/// in `LW_PROCS` (no script, no evidence), so a forked child starts with
+/// none: only what the dead child's pid left behind could give it any. No
+/// child executes anything (an exec starts a process's evidence over).
+const REUSE_A_LISTENERS_PID: &str = concat!(
+    ask_py!(),
+    reuse_py!(),
+    r#"
+addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def listen_and_ask():
+    listener = socket.create_server((addr, port))
+    return ask(target)
 pid, out = in_child(listen_and_ask)
 print("listener", out, flush=True)
-for _ in range(100):
-    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-        f.write(str(pid - 1))
-    again, out = in_child(lambda: ask(target))
-    if again == pid:
-        print("reused", out, flush=True)
-        break
-else:
-    print("not reused", flush=True)
+in_reused_pid(pid, lambda: ask(target))
 "#
 );
 
@@ -289,6 +303,7 @@ fn a_process_that_reuses_a_dead_relays_pid_starts_without_its_evidence() {
 /// with that pid, executing nothing.
 const HAND_OVER_A_LISTENER: &str = concat!(
     ask_py!(),
+    reuse_py!(),
     r#"
 addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 held_r, held_w = os.pipe()
@@ -305,28 +320,7 @@ os.close(held_r)
 os.waitpid(pid, 0)
 print("listened", pid, flush=True)
 sys.stdin.readline()
-def in_child(work):
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.write(w, work().encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    out = os.read(r, 64).decode()
-    os.close(r)
-    os.waitpid(child, 0)
-    return child, out
-for _ in range(100):
-    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-        f.write(str(pid - 1))
-    again, out = in_child(lambda: ask(target))
-    if again == pid:
-        print("reused", out, flush=True)
-        break
-else:
-    print("not reused", flush=True)
+in_reused_pid(pid, lambda: ask(target))
 "#
 );
 
