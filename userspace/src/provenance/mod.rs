@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod client;
+mod clients;
 mod conns;
 pub mod ident;
 pub mod live;

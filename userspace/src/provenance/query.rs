@@ -13,7 +13,6 @@
 //! an answer (closed).
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -24,12 +23,14 @@ use tokio::{
     net::{UnixListener, UnixStream, unix::UCred},
     sync::oneshot,
     task::JoinHandle,
-    time::{Instant, timeout},
+    time::timeout,
 };
 use tracing::{debug, warn};
 
 use super::{
-    Conns, netns_of,
+    Conns,
+    clients::Clients,
+    netns_of,
     request::{Caller, ErrorCode, Reply, Request},
 };
 use crate::{
@@ -51,88 +52,34 @@ pub const MAX_CLIENTS: usize = 128;
 /// take every slot from the others (root's included).
 pub const MAX_CLIENTS_PER_UID: usize = 16;
 
-/// The clients being served.
-#[derive(Default)]
-struct Slots {
-    live: Mutex<Live>,
-}
-
-#[derive(Default)]
-struct Live {
-    next: u64,
-    /// Each client's id: its uid, since when it has been waited for (its
-    /// connect or its last answer), and its stop signal (dropping the
-    /// sender ends its task).
-    clients: HashMap<u64, (u32, Instant, oneshot::Sender<()>)>,
-}
-
-impl Slots {
-    /// A slot for a client of `uid`, given back when the [`Slot`] drops,
-    /// and the signal that it must stop; `Err` (the uid) when that uid
-    /// holds [`MAX_CLIENTS_PER_UID`] already. When all [`MAX_CLIENTS`] are
-    /// taken, the client idle longest is closed for the new one: clients
-    /// that keep their connections open cannot shut out the next, even by
-    /// sending a request now and then.
-    fn take(self: &Arc<Self>, uid: u32) -> Result<(Slot, oneshot::Receiver<()>), u32> {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        let held = live.clients.values().filter(|c| c.0 == uid).count();
-        if held >= MAX_CLIENTS_PER_UID {
-            return Err(uid);
-        }
-        if live.clients.len() >= MAX_CLIENTS {
-            let oldest = live
-                .clients
-                .iter()
-                .min_by_key(|(_, c)| c.1)
-                .map(|(id, _)| *id);
-            if let Some(oldest) = oldest {
-                live.clients.remove(&oldest);
-                debug!(
-                    "query socket: {MAX_CLIENTS} clients are being served: closing the one idle \
-                     longest for a client of uid {uid}"
-                );
-            }
-        }
-        let id = live.next;
-        live.next += 1;
-        let (stop, stopped) = oneshot::channel();
-        live.clients.insert(id, (uid, Instant::now(), stop));
-        let slot = Slot {
-            slots: Arc::clone(self),
-            id,
-        };
-        Ok((slot, stopped))
-    }
-}
-
-/// One client's place in [`Slots`].
+/// A client's place among those served, given back when it drops.
 struct Slot {
-    slots: Arc<Slots>,
+    clients: Arc<Clients<u32>>,
     id: u64,
 }
 
 impl Slot {
+    /// A place for a client of `uid`, and the signal that it must stop
+    /// (see [`Clients::admit`]); `Err` (the uid) when that uid holds
+    /// [`MAX_CLIENTS_PER_UID`] already.
+    fn take(clients: &Arc<Clients<u32>>, uid: u32) -> Result<(Slot, oneshot::Receiver<()>), u32> {
+        let (id, stop) = clients.admit_within(uid, MAX_CLIENTS_PER_UID)?;
+        let slot = Slot {
+            clients: Arc::clone(clients),
+            id,
+        };
+        Ok((slot, stop))
+    }
+
     /// The client was answered: its idle time starts again.
     fn answered(&self) {
-        let mut live = self
-            .slots
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(client) = live.clients.get_mut(&self.id) {
-            client.1 = Instant::now();
-        }
+        self.clients.answered(self.id);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut live = self
-            .slots
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        live.clients.remove(&self.id);
+        self.clients.leave(self.id);
     }
 }
 
@@ -196,7 +143,7 @@ pub fn serve(
 }
 
 async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Slots::default());
+    let clients = Arc::new(Clients::new("query socket", MAX_CLIENTS));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -214,7 +161,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        match slots.take(cred.uid()) {
+        match Slot::take(&clients, cred.uid()) {
             Ok((slot, stop)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
@@ -327,27 +274,27 @@ mod tests {
 
     #[test]
     fn one_uid_takes_at_most_its_share() {
-        let slots = Arc::new(Slots::default());
+        let slots = Arc::new(Clients::new("test", MAX_CLIENTS));
         let root: Vec<_> = (0..MAX_CLIENTS_PER_UID)
-            .map(|_| slots.take(0).expect("a slot for root"))
+            .map(|_| Slot::take(&slots, 0).expect("a slot for root"))
             .collect();
-        assert_eq!(slots.take(0).err(), Some(0));
+        assert_eq!(Slot::take(&slots, 0).err(), Some(0));
         // Another user is still served.
-        let other = slots.take(1000).expect("a slot for uid 1000");
+        let other = Slot::take(&slots, 1000).expect("a slot for uid 1000");
         drop(other);
         // A slot given back is taken again, and the counts go with it.
         drop(root);
-        assert!(slots.take(0).is_ok());
-        assert!(slots.live.lock().unwrap().clients.is_empty());
+        assert!(Slot::take(&slots, 0).is_ok());
+        assert_eq!(slots.len(), 0);
     }
 
     #[test]
     fn when_all_are_taken_the_client_idle_longest_makes_room() {
-        let slots = Arc::new(Slots::default());
+        let slots = Arc::new(Clients::new("test", MAX_CLIENTS));
         let mut held = Vec::new();
         let mut uid = 1;
         while held.len() < MAX_CLIENTS {
-            match slots.take(uid) {
+            match Slot::take(&slots, uid) {
                 Ok(client) => held.push(client),
                 Err(_) => uid += 1,
             }
@@ -359,8 +306,8 @@ mod tests {
                 slot.answered();
             }
         }
-        let (_root, mut root_stop) = slots.take(0).expect("a slot for root");
-        assert_eq!(slots.live.lock().unwrap().clients.len(), MAX_CLIENTS);
+        let (_root, mut root_stop) = Slot::take(&slots, 0).expect("a slot for root");
+        assert_eq!(slots.len(), MAX_CLIENTS);
         let stopped: Vec<usize> = held
             .iter_mut()
             .enumerate()

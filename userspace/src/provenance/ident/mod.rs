@@ -24,19 +24,18 @@ mod request;
 mod session;
 
 use std::{
-    collections::HashMap,
     fmt, io,
     net::{SocketAddr, TcpListener as StdListener},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
-use tokio::{net::TcpListener, sync::oneshot};
-use tracing::{debug, warn};
+use tokio::net::TcpListener;
+use tracing::warn;
 
-use super::{Conns, ConnsError, netns_of};
+use super::{Conns, ConnsError, clients::Clients, netns_of};
 use crate::config::{Config, IdentError, Location};
 
 /// Clients served at once; one more closes the one idle longest.
@@ -96,58 +95,7 @@ struct Shared {
     relayed: IdentError,
     /// How long a client may take over each query, and a reply to be taken.
     timeout: Duration,
-    clients: Mutex<Clients>,
-}
-
-/// The clients being served.
-#[derive(Default)]
-struct Clients {
-    next: u64,
-    /// Each client's id: since when it has been waited for (its connect or
-    /// its last reply), and its stop signal (dropping the sender ends the
-    /// session at its next wait).
-    live: HashMap<u64, (Instant, oneshot::Sender<()>)>,
-}
-
-impl Shared {
-    /// Admits a new client, closing the one idle longest if all
-    /// [`MAX_CLIENTS`] slots are taken: its id, and its stop signal.
-    fn admit(&self, peer: SocketAddr) -> (u64, oneshot::Receiver<()>) {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if clients.live.len() >= MAX_CLIENTS {
-            let oldest = clients
-                .live
-                .iter()
-                .min_by_key(|(_, (since, _))| *since)
-                .map(|(id, _)| *id);
-            if let Some(oldest) = oldest {
-                clients.live.remove(&oldest);
-                debug!(
-                    "ident: {MAX_CLIENTS} clients are being served: closing the one idle \
-                     longest for {peer}"
-                );
-            }
-        }
-        let id = clients.next;
-        clients.next += 1;
-        let (stop, stopped) = oneshot::channel();
-        clients.live.insert(id, (Instant::now(), stop));
-        (id, stopped)
-    }
-
-    /// Client `id` was answered: its idle time starts again.
-    fn answered(&self, id: u64) {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((since, _)) = clients.live.get_mut(&id) {
-            *since = Instant::now();
-        }
-    }
-
-    /// Client `id` is gone.
-    fn leave(&self, id: u64) {
-        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.live.remove(&id);
-    }
+    clients: Clients<SocketAddr>,
 }
 
 /// The running responder, as the daemon reports it.
@@ -241,7 +189,7 @@ impl Bound {
             netns: self.netns,
             relayed: self.relayed,
             timeout: self.timeout,
-            clients: Mutex::default(),
+            clients: Clients::new("ident", MAX_CLIENTS),
         });
         for listener in self.listeners {
             tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
@@ -268,11 +216,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let (id, stop) = shared.admit(peer);
+                let (id, stop) = shared.clients.admit(peer);
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     session::serve(stream, Arc::clone(&shared), id, stop).await;
-                    shared.leave(id);
+                    shared.clients.leave(id);
                 });
             }
             Err(e) => {

@@ -91,7 +91,7 @@ async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketA
                     if !send(&stream, &reply, shared).await {
                         return;
                     }
-                    shared.answered(id);
+                    shared.clients.answered(id);
                     deadline = Instant::now() + shared.timeout;
                 }
                 Err(echo) => return refuse(stream, echo, shared).await,

@@ -1,0 +1,107 @@
+//! The clients a local server (the query socket, the ident responder) is
+//! serving: at most a fixed number, the next past it closing the one idle
+//! longest, so clients that keep their connections open, even sending a
+//! request now and then, cannot shut out the next.
+
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    sync::{Mutex, PoisonError},
+};
+
+use tokio::{sync::oneshot, time::Instant};
+use tracing::debug;
+
+/// The clients being served, each tagged (the query socket: its uid;
+/// ident: its address).
+pub(super) struct Clients<T> {
+    /// The server's name, for the log.
+    server: &'static str,
+    max: usize,
+    table: Mutex<Table<T>>,
+}
+
+struct Table<T> {
+    next: u64,
+    /// By id: the tag, since when the client has been waited for (its
+    /// connect or its last answer), and its stop signal (dropping the
+    /// sender ends its task).
+    live: HashMap<u64, (T, Instant, oneshot::Sender<()>)>,
+}
+
+impl<T: Copy + PartialEq + Debug> Clients<T> {
+    pub(super) fn new(server: &'static str, max: usize) -> Self {
+        Self {
+            server,
+            max,
+            table: Mutex::new(Table {
+                next: 0,
+                live: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Admits a client tagged `tag`: its id and its stop signal, closing
+    /// the client idle longest if all `max` places are taken.
+    pub(super) fn admit(&self, tag: T) -> (u64, oneshot::Receiver<()>) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        self.insert(&mut table, tag)
+    }
+
+    /// [`Clients::admit`], unless `per_tag` clients of that tag are served
+    /// already: `Err(tag)`.
+    pub(super) fn admit_within(
+        &self,
+        tag: T,
+        per_tag: usize,
+    ) -> Result<(u64, oneshot::Receiver<()>), T> {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.live.values().filter(|c| c.0 == tag).count() >= per_tag {
+            return Err(tag);
+        }
+        Ok(self.insert(&mut table, tag))
+    }
+
+    fn insert(&self, table: &mut Table<T>, tag: T) -> (u64, oneshot::Receiver<()>) {
+        if table.live.len() >= self.max {
+            let oldest = table
+                .live
+                .iter()
+                .min_by_key(|(_, c)| c.1)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                table.live.remove(&oldest);
+                debug!(
+                    "{}: {} clients are being served: closing the one idle longest for {tag:?}",
+                    self.server, self.max
+                );
+            }
+        }
+        let id = table.next;
+        table.next += 1;
+        let (stop, stopped) = oneshot::channel();
+        table.live.insert(id, (tag, Instant::now(), stop));
+        (id, stopped)
+    }
+
+    /// Client `id` was answered: its idle time starts again.
+    pub(super) fn answered(&self, id: u64) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(client) = table.live.get_mut(&id) {
+            client.1 = Instant::now();
+        }
+    }
+
+    /// Client `id` is gone.
+    pub(super) fn leave(&self, id: u64) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        table.live.remove(&id);
+    }
+
+    /// How many are served.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        table.live.len()
+    }
+}
