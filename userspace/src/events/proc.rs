@@ -101,20 +101,24 @@ pub fn cgroup_v2_path(text: &str) -> Option<String> {
 /// Whether `/proc/PID` is still the process that started at `start_ns`
 /// (CLOCK_BOOTTIME), compared the way the kernel reports it: in clock ticks.
 pub fn same_process(pid: u32, start_ns: u64) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    starttime_ticks(&stat) == Some(start_ns / (1_000_000_000 / clock_ticks()))
+    start_ticks(pid) == Some(ticks(start_ns))
 }
 
 /// Whether `/proc/PID` started no later than `start_ns` (CLOCK_BOOTTIME),
 /// in clock ticks: a process's parent did; a process that took the
 /// parent's pid after the parent exited did not.
 pub fn started_by(pid: u32, start_ns: u64) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    starttime_ticks(&stat).is_some_and(|t| t <= start_ns / (1_000_000_000 / clock_ticks()))
+    start_ticks(pid).is_some_and(|began| began <= ticks(start_ns))
+}
+
+/// When `/proc/PID` started, in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    starttime_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A CLOCK_BOOTTIME time in ns, in clock ticks.
+fn ticks(ns: u64) -> u64 {
+    ns / (1_000_000_000 / clock_ticks())
 }
 
 /// Field 22 (starttime) of `/proc/PID/stat`; the comm (field 2) may hold
