@@ -133,6 +133,14 @@ enum Command {
         /// Check the embedded default policy instead of a file.
         #[arg(long, conflicts_with = "file")]
         default: bool,
+        /// Check the file as a running daemon's reload reads it (what the
+        /// unit's `ExecReload` runs): a value that does not resolve here
+        /// yet (an executable not installed, a user or network namespace
+        /// not created) is a warning and matches nothing until it does,
+        /// and a file with no settings is an error. Without it, any value
+        /// that does not resolve is an error.
+        #[arg(long, conflicts_with = "default")]
+        as_daemon: bool,
         #[command(flatten)]
         host_cgroup: HostCgroup,
     },
@@ -358,6 +366,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig {
             file,
             default,
+            as_daemon,
             host_cgroup,
         } => {
             let (config, name) = if default {
@@ -366,6 +375,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
                 (Config::from_file(&path)?, path.display().to_string())
             };
+            if as_daemon && config.empty {
+                anyhow::bail!(
+                    "{name} has no settings (it is empty or only comments: truncated?): a \
+                     running daemon refuses it on reload (write `mode = \"audit\"` for the \
+                     defaults)"
+                );
+            }
             let cgroup_root = match host_cgroup.host_cgroup_root.as_deref() {
                 Some(path) => loopwarden::kernel::host_cgroup::use_host_root(path)?,
                 None => {
@@ -379,7 +395,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ))
             .is_ok_and(|offsets| offsets.btrfs_inode_vfs != 0);
             let resolver = HostResolver::new(cgroup_root).with_btrfs_subvolumes(btrfs);
-            let compiled = policy::compile(&config, &resolver)?;
+            let compiled = if as_daemon {
+                policy::compile_lenient(&config, &resolver, None)?
+            } else {
+                policy::compile(&config, &resolver)?
+            };
             for warning in &compiled.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }
