@@ -43,7 +43,11 @@ use crate::{
     config::ConfigError,
     events::LogFormat,
     kernel::{
-        btf::BtfError, compat::CompatError, loader::LoaderError, maps::MapsError, pins::PinError,
+        btf::BtfError,
+        compat::CompatError,
+        loader::{Cause, LoaderError},
+        maps::MapsError,
+        pins::PinError,
     },
     policy::{Mode, PolicyError},
 };
@@ -112,6 +116,19 @@ impl DaemonError {
             DaemonError::Compat(_)
             | DaemonError::Btf(_)
             | DaemonError::Loader(LoaderError::Verify { .. }) => exit::UNSUPPORTED,
+            // A load or attach the kernel refused: by its errno, a feature
+            // it lacks (as above), a privilege, or memory (a restart may do).
+            DaemonError::Loader(
+                e @ (LoaderError::Load(_)
+                | LoaderError::Btf(_)
+                | LoaderError::Track { .. }
+                | LoaderError::Attach { .. }
+                | LoaderError::AttachRaw { .. }),
+            ) => match Cause::of(e) {
+                Cause::Kernel => exit::UNSUPPORTED,
+                Cause::Privilege => exit::NO_PERMISSION,
+                Cause::Memory => exit::FAILURE,
+            },
             DaemonError::AlreadyRunning { .. } | DaemonError::Pins(PinError::Busy { .. }) => {
                 exit::ALREADY_RUNNING
             }
@@ -161,4 +178,30 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _metrics = running.metrics(&opts.run_dir, started);
     notify_systemd_ready();
     running.serve(signals).await
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::{programs::ProgramError, sys::SyscallError};
+
+    use super::*;
+
+    #[test]
+    fn a_refused_attach_exits_by_what_its_errno_says() {
+        let attach = |errno| {
+            DaemonError::Loader(LoaderError::Attach {
+                name: "lw_connect4",
+                path: "/sys/fs/cgroup".into(),
+                source: ProgramError::SyscallError(SyscallError {
+                    call: "bpf_link_create",
+                    io_error: io::Error::from_raw_os_error(errno),
+                }),
+            })
+        };
+        // A restart cannot mend a kernel or privileges it lacks (the unit's
+        // RestartPreventExitStatus), and may mend a memory shortage.
+        assert_eq!(attach(libc::EINVAL).exit_code(), exit::UNSUPPORTED);
+        assert_eq!(attach(libc::EPERM).exit_code(), exit::NO_PERMISSION);
+        assert_eq!(attach(libc::ENOMEM).exit_code(), exit::FAILURE);
+    }
 }

@@ -46,7 +46,7 @@ pub enum PinError {
         path.display()
     )]
     NotBpffs { path: PathBuf },
-    #[error("mounting bpffs on {BPFFS_MOUNT} failed (the kernel needs CONFIG_BPF_SYSCALL)")]
+    #[error("mounting bpffs on {BPFFS_MOUNT} failed ({})", mount_hint(source))]
     Mount {
         #[source]
         source: io::Error,
@@ -447,6 +447,18 @@ pub fn is_bpffs(path: &Path) -> bool {
         return false;
     }
     st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Why a mount of bpffs failed, by its errno.
+fn mount_hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            "not permitted: it needs CAP_SYS_ADMIN in the initial mount namespace (systemd: \
+             the unit mounts it before start)"
+        }
+        Some(libc::ENODEV) => "the kernel has no bpf filesystem: it needs CONFIG_BPF_SYSCALL",
+        _ => "mount it by hand: mount -t bpf bpf /sys/fs/bpf",
+    }
 }
 
 fn mount_bpffs() -> Result<(), PinError> {

@@ -10,9 +10,7 @@ use crate::kernel::pins::PinError;
 /// Errors loading or attaching the programs.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    #[error(
-        "loading the eBPF object failed (the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF)"
-    )]
+    #[error("loading the eBPF object failed ({})", Cause::of(.0).hint())]
     Load(#[source] EbpfError),
     #[error("the eBPF object has no program named {name}")]
     MissingProgram { name: &'static str },
@@ -82,9 +80,91 @@ pub enum LoaderError {
     },
 }
 
+/// What the errno under a failed load, attach or mount says is wrong: the
+/// kernel (a missing feature: a restart will not help), the privileges, or
+/// the memory at hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    Kernel,
+    Privilege,
+    Memory,
+}
+
+impl Cause {
+    /// The cause the first errno in `err`'s chain names; the kernel's when
+    /// there is none (BTF relocations, an object the kernel cannot take).
+    pub fn of(err: &(dyn std::error::Error + 'static)) -> Self {
+        match errno_in(err) {
+            Some(libc::EPERM | libc::EACCES) => Cause::Privilege,
+            Some(libc::ENOMEM | libc::EAGAIN) => Cause::Memory,
+            _ => Cause::Kernel,
+        }
+    }
+
+    /// What to do about it, for an error message.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Cause::Kernel => "the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF",
+            Cause::Privilege => {
+                "not permitted: run as root with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and \
+                 CAP_SYS_ADMIN, and check the kernel lockdown mode"
+            }
+            Cause::Memory => {
+                "out of memory: a memory limit (the unit's or the container's cgroup) is too \
+                 low for the maps"
+            }
+        }
+    }
+}
+
+/// The first OS error number in `err` and its sources.
+pub fn errno_in(err: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(code) = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        next = e.source();
+    }
+    None
+}
+
 fn verifier_hint(err: &ProgramError) -> String {
     match err {
         ProgramError::LoadError { verifier_log, .. } => format!(":\n{verifier_log}"),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A load error as aya reports one: the syscall's errno under two
+    /// layers.
+    fn load_error(errno: i32) -> LoaderError {
+        LoaderError::Track {
+            name: "lw_exec",
+            tracepoint: "sched_process_exec",
+            source: ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_raw_tracepoint_open",
+                io_error: io::Error::from_raw_os_error(errno),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_errno_under_a_failure_names_its_cause() {
+        assert_eq!(Cause::of(&load_error(libc::EPERM)), Cause::Privilege);
+        assert_eq!(Cause::of(&load_error(libc::ENOMEM)), Cause::Memory);
+        assert_eq!(Cause::of(&load_error(libc::EINVAL)), Cause::Kernel);
+        assert_eq!(errno_in(&load_error(libc::EACCES)), Some(libc::EACCES));
+        // No errno at all: the kernel's (a relocation it cannot take).
+        let bare = LoaderError::Object("bad".into());
+        assert_eq!(errno_in(&bare), None);
+        assert_eq!(Cause::of(&bare), Cause::Kernel);
     }
 }

@@ -24,7 +24,7 @@ use aya::{
 };
 use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
 
-pub use self::error::LoaderError;
+pub use self::error::{Cause, LoaderError};
 use super::{
     lru,
     pins::{self, MapShape, PinDir, PinError, PinState},
