@@ -13,14 +13,17 @@ use crate::{
     },
 };
 
+/// Not required: the daemon needs the capabilities of the next check, not
+/// uid 0 (a unit may grant them with `AmbientCapabilities=`).
 pub(super) fn root() -> Check {
     match compat::require_root() {
-        Ok(()) => Check::ok("root", true, "effective uid 0"),
+        Ok(()) => Check::ok("root", false, "effective uid 0"),
         Err(_) => Check::bad(
             "root",
-            true,
-            "not root: the daemon refuses to start, and the probes below fail",
-            "run loopwarden (and doctor) as root",
+            false,
+            "not root: the daemon runs on the capabilities below, but the pins, bpffs and \
+             /run/loopwarden it writes must be writable to it",
+            "run as root, or grant the capabilities below and the write access",
         ),
     }
 }
