@@ -15,7 +15,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Policy, Proc, TempDir, TestCgroup, loopwarden_bin, rule,
-    run, wait_for,
+    run, run_failing_start, wait_for,
 };
 use serde_json::Value;
 
@@ -133,7 +133,7 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
     std::fs::write(install.config_path(), &config).expect("writing the config");
 
     // Without the option: refused, saying what to do.
-    let out = run(&mut in_container(&pod, bind.path(), &run_args(&install)));
+    let out = run_failing_start(&mut in_container(&pod, bind.path(), &run_args(&install)));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -150,7 +150,7 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
     // Nor does the container's own cgroup2 mount pass for the host's.
     let mut own = run_args(&install);
     own.extend(["--host-cgroup-root".into(), pod.root.display().to_string()]);
-    let out = run(&mut in_container(&pod, bind.path(), &own));
+    let out = run_failing_start(&mut in_container(&pod, bind.path(), &own));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -203,7 +203,7 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
 /// daemon relies on: hostPID, the host root passed through the variable
 /// loopwarden reads, the host's cgroup and bpffs mounted, the ConfigMap's
 /// policy where `--config` looks and accepted by `check-config`, JSON lines,
-/// a `status` liveness probe, tolerations for every node, and the
+/// a `status` and `conns` liveness probe, tolerations for every node, and the
 /// capabilities the systemd unit bounds it to.
 #[test]
 fn the_daemonset_manifest_holds_what_the_daemon_needs() {
@@ -243,7 +243,11 @@ fn the_daemonset_manifest_holds_what_the_daemon_needs() {
     assert!(args.contains(&"--log-format=json"), "{args:?}");
     assert_eq!(
         container["livenessProbe"]["exec"]["command"],
-        serde_json::json!(["loopwarden", "status"])
+        serde_json::json!([
+            "sh",
+            "-c",
+            "loopwarden status >/dev/null && loopwarden conns >/dev/null"
+        ])
     );
     // Where each volume is mounted, and from which host path.
     let host_path = |mount: &str| {
