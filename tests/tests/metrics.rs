@@ -278,6 +278,20 @@ fn the_opt_in_loopback_port_serves_the_metrics_and_is_protected() {
     let _servers = ns.http_servers();
     let port = free_loopback_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // The same port listens in the test's namespace too, and socat reaches
+    // it before the daemon starts: the refusal below is the policy's.
+    let _same_port = ns.spawn(
+        "python3",
+        &[
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    );
+    ns.wait_listening(port);
+    assert!(ns.socat_connect(&format!("TCP:127.0.0.1:{port}")).0);
     let daemon = Daemon::start(&config(
         &ns,
         &format!("[metrics]\nsocket = false\nlisten = \"{addr}\"\n"),
@@ -319,4 +333,23 @@ fn the_opt_in_loopback_port_serves_the_metrics_and_is_protected() {
         daemon.events().iter().all(|e| e["dst_port"] != UNPROTECTED),
         "a connect to the unprotected port was reported"
     );
+}
+
+/// A TCP port someone else holds turns off the TCP listener alone: the
+/// daemon says so and serves on its socket all the same.
+#[test]
+fn a_taken_metrics_port_leaves_the_socket_serving() {
+    let ns = Netns::new();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the holder");
+    let addr = holder.local_addr().expect("its address");
+    let daemon = Daemon::start(&config(&ns, &format!("[metrics]\nlisten = \"{addr}\"\n")));
+    daemon.allow_error("the metrics' TCP listener is off");
+    daemon.wait_stderr("the metrics' TCP listener is off", 1);
+    assert!(
+        daemon.stderr_text().contains("Address already in use"),
+        "{}",
+        daemon.stderr_text()
+    );
+    assert_eq!(first_scrape(&daemon).must("loopwarden_up", &[]), 1);
+    drop(holder);
 }

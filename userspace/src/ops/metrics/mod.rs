@@ -118,18 +118,22 @@ pub fn serve(
         tasks: Vec::new(),
         serving: Vec::new(),
     };
+    // Each endpoint on its own: a taken TCP port leaves the socket serving.
     if let Some(listen) = &config.listen {
-        let addr = listen.value;
-        let tcp_error = |what, source| MetricsError::Tcp { what, addr, source };
-        let listener = std::net::TcpListener::bind(addr).map_err(|e| tcp_error("binding", e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| tcp_error("configuring", e))?;
-        let listener = TcpListener::from_std(listener).map_err(|e| tcp_error("registering", e))?;
-        server.serving.push(format!("http://{addr}/metrics"));
-        server
-            .tasks
-            .push(tokio::spawn(accept_tcp(listener, shared.clone())));
+        match bind_tcp(listen.value) {
+            Ok(listener) => {
+                server
+                    .serving
+                    .push(format!("http://{}/metrics", listen.value));
+                server
+                    .tasks
+                    .push(tokio::spawn(accept_tcp(listener, shared.clone())));
+            }
+            Err(e) => tracing::error!(
+                "the metrics' TCP listener is off: {}",
+                crate::error_chain(&e)
+            ),
+        }
     }
     if config.socket {
         // Any local user may scrape, as any may through a loopback port.
@@ -141,6 +145,16 @@ pub fn serve(
             .push(tokio::spawn(accept_unix(listener, shared)));
     }
     Ok(server)
+}
+
+/// The opt-in TCP listener on `addr`, registered with the runtime.
+fn bind_tcp(addr: std::net::SocketAddr) -> Result<TcpListener, MetricsError> {
+    let tcp_error = |what, source| MetricsError::Tcp { what, addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| tcp_error("binding", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| tcp_error("configuring", e))?;
+    TcpListener::from_std(listener).map_err(|e| tcp_error("registering", e))
 }
 
 async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
