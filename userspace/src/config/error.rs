@@ -15,8 +15,8 @@ use crate::{catalog::CATALOG_PREFIX, events::EGRESS_PREFIX};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "config file {} does not exist: create it, or pass --config with the file to use \
-         (`loopwarden check-config FILE` validates one)",
+        "config file {} does not exist: create it, or name the file to use (`run --config \
+         FILE`, `check-config FILE`; `check-config --default` checks the embedded default)",
         path.display()
     )]
     NotFound { path: PathBuf },
