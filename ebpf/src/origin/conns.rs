@@ -199,7 +199,11 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
 /// The socket with cookie `cookie` (not 0) closed on the connection `key` (as
 /// its accepting side would name it): the connection's entry goes if it
 /// is that socket's, the accepted socket's since its handshake (or the
-/// client's, before: its cookie is the entry's `socket_cookie`). Its slot
+/// client's, before: its cookie is the entry's `socket_cookie`; the
+/// caller asks only for a socket whose local port is marked, so a client
+/// socket's close comes here only if it bound a protected port itself,
+/// and an entry whose server never accepted it waits to be taken over,
+/// see [`claim_conn`], or evicted from `LW_CONNS`). Its slot
 /// is found by its owner word, then given back: marked
 /// [`CONN_RELEASING`], its key unnamed (client port 0, no connection's,
 /// so no lookup matches it while its next connection writes it), then
