@@ -3,7 +3,12 @@
 //! release daemon.
 //! Each step runs even when an earlier one failed; a summary ends the run.
 
-use std::time::{Duration, Instant};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 
@@ -45,7 +50,10 @@ struct Step {
 
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::toolchain(false)?;
-    setup::test_prerequisites()?;
+    // The packages are the root suite's and the VM test's.
+    if !args.unit_only {
+        setup::test_prerequisites()?;
+    }
 
     let tally = std::cell::RefCell::new(proc::Tally::default());
     let mut steps = Vec::new();
@@ -116,23 +124,106 @@ fn integration(tally: &mut proc::Tally) -> anyhow::Result<()> {
     let bin = bin
         .canonicalize()
         .with_context(|| format!("{} was not built", bin.display()))?;
-    // tests/tests/dist.rs installs and purges this package.
-    let deb = dist::package(&bin)?;
-    proc::run_tests(
-        proc::cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "loopwarden-tests",
-                "--no-fail-fast",
-                "--",
-                "--test-threads=1",
-            ])
-            .env("LOOPWARDEN_BIN", &bin)
-            .env("LOOPWARDEN_DEB", &deb),
-        tally,
-    )
+    // tests/tests/dist.rs installs and purges this package. A packaging
+    // failure fails this step, but not before the rest of the suite ran
+    // (the dist tests then build their own package, and say why not).
+    let deb = dist::package(&bin);
+    if let Err(err) = &deb {
+        say!("packaging FAILED: {err:#}");
+    }
+    clear_stale_test_state();
+    let mut suite = proc::cargo();
+    suite.args([
+        "test",
+        "--profile",
+        "root-tests",
+        "-p",
+        "loopwarden-tests",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ]);
+    suite.env("LOOPWARDEN_BIN", &bin);
+    if let Ok(deb) = &deb {
+        suite.env("LOOPWARDEN_DEB", deb);
+    }
+    let result = proc::run_tests(&mut suite, tally);
+    // Each test removes what it made, also when it fails; a suite killed
+    // half-way (a CI timeout, ^C) cannot, and this is its cleanup.
+    clear_stale_test_state();
+    result.and(deb.map(drop))
+}
+
+/// Removes what a killed run of the root suite left behind, all of it named
+/// `lwt-*` by the harness (tests/src): network namespaces, bpffs pin
+/// directories (their links go with them) and empty cgroups at the root of
+/// the cgroup v2 hierarchy. Nothing else is touched, and a failure to
+/// remove one is said, not fatal.
+fn clear_stale_test_state() {
+    let names = |dir: &Path| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("lwt-"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for ns in names(Path::new("/run/netns")) {
+        let name = ns
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        say!("removing a stale test namespace: {name}");
+        if let Err(err) = proc::run(Command::new("ip").args(["netns", "del", &name])) {
+            say!("warning: {err:#}");
+        }
+    }
+    for pins in names(Path::new("/sys/fs/bpf")) {
+        say!("removing stale test pins: {}", pins.display());
+        if let Err(err) = fs::remove_dir_all(&pins) {
+            say!("warning: {}: {err}", pins.display());
+        }
+    }
+    if let Some(root) = cgroup2_root() {
+        for cgroup in names(&root) {
+            // Children first; a cgroup still holding processes stays.
+            let mut dirs: Vec<PathBuf> = walk_dirs(&cgroup);
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for dir in dirs {
+                if let Err(err) = fs::remove_dir(&dir) {
+                    say!("warning: stale test cgroup {}: {err}", dir.display());
+                }
+            }
+        }
+    }
+}
+
+/// `dir` and every directory below it.
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.extend(walk_dirs(&entry.path()));
+            }
+        }
+    }
+    found
+}
+
+/// Where the cgroup v2 hierarchy is mounted, from /proc/self/mountinfo.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        post.starts_with("cgroup2 ")
+            .then(|| pre.split(' ').nth(4).map(PathBuf::from))
+            .flatten()
+    })
 }
 
 fn summarize(steps: &[Step], tally: proc::Tally) -> anyhow::Result<()> {
