@@ -12,7 +12,7 @@ use std::{
     process::{Child, Command, Output, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -226,6 +226,9 @@ pub struct Daemon {
     allowed_errors: Mutex<Vec<String>>,
     /// Killed on purpose: its exit status says nothing.
     killed: bool,
+    /// Sent a signal that ends it (SIGINT, SIGTERM): an exit before
+    /// [`Daemon::stop`] is then expected.
+    told_to_exit: AtomicBool,
 }
 
 impl Daemon {
@@ -309,6 +312,7 @@ impl Daemon {
             install: Arc::clone(install),
             allowed_errors: Mutex::new(Vec::new()),
             killed: false,
+            told_to_exit: AtomicBool::new(false),
         }
     }
 
@@ -404,6 +408,9 @@ impl Daemon {
 
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: i32) {
+        if matches!(signal, libc::SIGINT | libc::SIGTERM) {
+            self.told_to_exit.store(true, Ordering::Relaxed);
+        }
         if let Some(pid) = self.pid() {
             // SAFETY: plain kill(2) on our own child.
             unsafe { libc::kill(pid as i32, signal) };
@@ -475,6 +482,9 @@ impl Daemon {
                         l.contains(" ERROR ")
                             || l.contains("\"level\":\"error\"")
                             || l.contains("loopwarden: error:")
+                            // A worker thread's panic: the daemon may run
+                            // on and exit 0, one part of it gone.
+                            || l.contains("panicked at")
                     })
                     .filter(|l| !allowed.iter().any(|a| l.contains(a.as_str())))
                     .cloned()
@@ -483,11 +493,19 @@ impl Daemon {
             .unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
+    /// Sends SIGTERM and waits for the exit; returns whether it exited 0
+    /// then. A daemon that had already exited without being told to (by
+    /// [`Daemon::signal`]) did not: it quit on its own.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
             return false;
         };
+        if !self.told_to_exit.load(Ordering::Relaxed)
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            eprintln!("the daemon exited ({status}) before the test stopped it");
+            return false;
+        }
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
