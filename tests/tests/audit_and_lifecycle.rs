@@ -6,7 +6,7 @@ use std::process::Command;
 
 use loopwarden_tests::{
     AS_NOBODY, Daemon, Install, Netns, PROTECTED, TempDir, connects, hex_bytes, loopwarden_bin,
-    map_dump, map_generations, policy, prog_ids, rule, run,
+    map_dump, map_generations, policy, prog_ids, rule, run, run_failing_start,
 };
 
 #[test]
@@ -56,12 +56,23 @@ fn a_second_instance_refuses_to_start() {
     let lock_dir = first_run_dir(&first);
     let config = run_dir.path().join("c.toml");
     std::fs::write(&config, policy(&ns, "audit", "")).expect("config");
-    let out = run(Command::new(loopwarden_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--run-dir")
-        .arg(&lock_dir));
+    // A pin dir of its own, never the host's: were it to start, nothing
+    // would be pinned where the host's daemon keeps its pins.
+    let pin_dir = format!("/sys/fs/bpf/lwt-second-{}", std::process::id());
+    let out = run_failing_start(
+        Command::new(loopwarden_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--run-dir")
+            .arg(&lock_dir)
+            .arg("--pin-dir")
+            .arg(&pin_dir),
+    );
+    assert!(
+        !std::path::Path::new(&pin_dir).exists(),
+        "the refused start pinned into {pin_dir}"
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already running"), "{stderr}");
@@ -194,10 +205,12 @@ fn a_start_over_a_pinned_but_detached_link_attaches_anew() {
 
 #[test]
 fn not_root_is_a_clear_error() {
-    let out = run(Command::new(AS_NOBODY[0])
-        .args(&AS_NOBODY[1..])
-        .arg(loopwarden_bin())
-        .args(["run", "--run-dir", "/tmp/loopwarden-nonroot-test"]));
+    let out = run_failing_start(
+        Command::new(AS_NOBODY[0])
+            .args(&AS_NOBODY[1..])
+            .arg(loopwarden_bin())
+            .args(["run", "--run-dir", "/tmp/loopwarden-nonroot-test"]),
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("root"), "{stderr}");
@@ -225,7 +238,7 @@ fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
             pin_dir.clone(),
         ],
     ] {
-        let out = run(Command::new(loopwarden_bin()).args(&args));
+        let out = run_failing_start(Command::new(loopwarden_bin()).args(&args));
         assert!(!out.status.success(), "{args:?} accepted a bad config");
         if args[0] == "run" {
             assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {out:?}");
@@ -262,11 +275,17 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_running_policy() {
 
     // A broken file is reported; enforcement stays as it was.
     daemon.allow_error("reload failed, keeping the running policy");
-    std::fs::write(daemon.config_path(), "mode = \"enforce\"\nnonsense = 1\n").expect("rewrite");
+    // (Scoped like the good one: were it ever taken, nothing outside the
+    // test would be judged by it.)
+    std::fs::write(
+        daemon.config_path(),
+        format!("nonsense = 1\n{}", policy(&ns, "enforce", "")),
+    )
+    .expect("rewrite");
     daemon.signal(libc::SIGHUP);
     daemon.wait_stderr("reload failed, keeping the running policy", 1);
     assert!(
-        daemon.stderr_text().contains("loopwarden.toml:2:"),
+        daemon.stderr_text().contains("loopwarden.toml:1:"),
         "{}",
         daemon.stderr_text()
     );
@@ -312,6 +331,10 @@ fn refusals_reported(daemon: &Daemon) -> u64 {
 #[test]
 fn refusals_past_their_own_ring_buffer_spill_into_the_other_and_none_is_lost() {
     let ns = Netns::new();
+    // A listener on the port, and a connect to it that succeeds before the
+    // daemon starts: each refusal counted below is the daemon's.
+    let _servers = ns.http_servers();
+    assert!(ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}")).0);
     let rule = rule("py", "deny", "exe", "/usr/bin/python3");
     let daemon = Daemon::start_with(&policy(&ns, "enforce", &rule), &["--repeat-interval", "1s"]);
     // Three times what `LW_DENIALS` holds (256 KiB, 264 bytes a record:
@@ -338,6 +361,10 @@ fn refusals_past_their_own_ring_buffer_spill_into_the_other_and_none_is_lost() {
 #[test]
 fn events_the_ring_buffer_drops_are_counted_exactly_by_verdict() {
     let ns = Netns::new();
+    // A listener on the port, and a connect to it that succeeds before the
+    // daemon starts: each refusal counted below is the daemon's.
+    let _servers = ns.http_servers();
+    assert!(ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}")).0);
     let rule = rule("py", "deny", "exe", "/usr/bin/python3");
     let daemon = Daemon::start_with(&policy(&ns, "enforce", &rule), &["--repeat-interval", "1s"]);
     daemon.allow_error("events lost");
@@ -567,17 +594,65 @@ fn check_config_prints_the_compiled_policy() {
     assert!(stdout.contains("catalog:socat"), "{stdout}");
 }
 
+/// `check-config --as-daemon` (the unit's `ExecReload`) judges a file as
+/// the daemon's reload does: an executable not installed here is a warning
+/// (plain `check-config` refuses it), an empty file an error (plain
+/// `check-config` takes it for the defaults).
+#[test]
+fn check_config_as_daemon_judges_a_file_as_a_reload_does() {
+    let dir = TempDir::new("reloadcfg");
+    let missing = dir.path().join("missing.toml");
+    std::fs::write(
+        &missing,
+        "mode = \"enforce\"\n[[rule]]\nname = \"t\"\naction = \"deny\"\n\
+         exe = \"/opt/not-installed/cloudflared\"\n",
+    )
+    .expect("config");
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "# truncated\n").expect("config");
+    let check = |extra: &[&str], path: &std::path::Path| {
+        let out = run(Command::new(loopwarden_bin())
+            .arg("check-config")
+            .args(extra)
+            .arg(path));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = check(&[], &missing);
+    assert!(
+        !ok && text.contains("/opt/not-installed/cloudflared"),
+        "{text}"
+    );
+    let (ok, text) = check(&["--as-daemon"], &missing);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning") && text.contains("not-installed"),
+        "{text}"
+    );
+    let (ok, text) = check(&[], &empty);
+    assert!(ok, "{text}");
+    let (ok, text) = check(&["--as-daemon"], &empty);
+    assert!(!ok && text.contains("no settings"), "{text}");
+}
+
 #[test]
 fn kernel_diagnostics_reach_the_daemon_log_through_aya_log() {
     let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    assert!(ns.socat_connect(&target).0, "reached without the daemon");
     let daemon = Daemon::start_debug(&policy(&ns, "enforce", ""));
     assert!(
         daemon.stderr_text().contains("verified after"),
         "{}",
         daemon.stderr_text()
     );
-    let (ok, _) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
-    assert!(!ok);
+    let (ok, _) = ns.socat_connect(&target);
+    assert!(!ok, "the catalog's socat rule refuses");
     // Written by the kernel program with aya-log's debug!, printed by the daemon.
     daemon.wait_stderr(&format!("to port {PROTECTED} by rule"), 1);
 }

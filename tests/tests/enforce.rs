@@ -139,11 +139,13 @@ except ConnectionRefusedError:
 fn eperm_can_be_chosen_instead_of_econnrefused() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    assert!(ns.socat_connect(&target).0, "reached without the daemon");
     let _daemon = Daemon::start(&format!(
         "deny_errno = \"EPERM\"\n{}",
         policy(&ns, "enforce", "")
     ));
-    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    let (ok, stderr) = ns.socat_connect(&target);
     assert!(!ok);
     assert!(stderr.contains("Operation not permitted"), "{stderr}");
 }
@@ -153,7 +155,6 @@ fn ssh_local_forward_is_refused() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let sshd = Sshd::start(&ns, "127.0.0.1", 2222);
-    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
     let mut args = sshd.client_args();
     args.extend([
         "-N".to_owned(),
@@ -162,8 +163,12 @@ fn ssh_local_forward_is_refused() {
         "root@127.0.0.1".to_owned(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The forward works before the daemon starts; then the same forward's
+    // next request (sshd connects anew for each) is refused.
     let mut forward = ns.spawn("ssh", &args);
     ns.wait_listening(9003);
+    assert_eq!(ns.curl("http://127.0.0.1:9003/"), Ok(200), "the forward");
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
     forward.assert_running();
     assert!(ns.curl("http://127.0.0.1:9003/").is_err());
     let ev = daemon.wait_event("deny by sshd", |e| {
@@ -334,6 +339,8 @@ fn a_direct_client_of_a_host_address_is_not_a_relay() {
          host_addresses = true\n[relay]\naction = \"deny\"\n",
         ns.path()
     );
+    let relayed = format!("TCP:192.0.2.1:{PROTECTED}");
+    assert!(ns.socat_connect(&relayed).0, "reached without the daemon");
     let daemon = Daemon::start(&config);
     // Three requests in a row, each reading its answer, well within the
     // 2 s window.
@@ -352,7 +359,7 @@ fn a_direct_client_of_a_host_address_is_not_a_relay() {
         "a direct client was refused: {out:?}"
     );
     // The relay verdict is on: a relay to the same address is refused.
-    let (ok, stderr) = ns.socat_connect(&format!("TCP:192.0.2.1:{PROTECTED}"));
+    let (ok, stderr) = ns.socat_connect(&relayed);
     assert!(!ok, "a relay reached the host's own address: {stderr}");
     drop(daemon);
 }

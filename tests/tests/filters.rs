@@ -24,16 +24,25 @@ fn named_clients_are_judged_and_unnamed_ones_pass() {
         rule("by-exe", "deny", "exe", "/usr/bin/python3"),
         rule("by-name", "deny", "exe_name", "curl"),
     );
+    let python = || {
+        run(ns.cmd("/usr/bin/python3").args([
+            "-c",
+            &format!("import socket; socket.create_connection(('127.0.0.1', {PROTECTED}))"),
+        ]))
+    };
+    let url = format!("http://127.0.0.1:{PROTECTED}/");
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    // Each of the three connects below reaches the service without the
+    // daemon.
+    assert!(python().status.success(), "python3 without the daemon");
+    assert_eq!(ns.curl(&url), Ok(200), "curl without the daemon");
+    assert!(ns.socat_connect(&target).0, "socat without the daemon");
     let daemon = Daemon::start(&policy(&ns, "enforce", &rules));
     // By executable identity.
-    let py = run(ns.cmd("/usr/bin/python3").args([
-        "-c",
-        &format!("import socket; socket.create_connection(('127.0.0.1', {PROTECTED}))"),
-    ]));
-    assert!(!py.status.success(), "python3 got through");
+    assert!(!python().status.success(), "python3 got through");
     // By name: one of ours, one of the catalog's.
-    assert!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")).is_err());
-    assert!(!ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}")).0);
+    assert!(ns.curl(&url).is_err());
+    assert!(!ns.socat_connect(&target).0);
     // Named by no rule.
     assert!(bash_connects(&ns), "bash was refused");
     for (rule, exe_name) in [

@@ -15,7 +15,7 @@ use loopwarden_tests::{
     idle::IdleClients,
     loopwarden_bin,
     provenance::fork_client,
-    run,
+    run_failing_start,
 };
 
 /// The responder's slots (`provenance::ident::MAX_CLIENTS`).
@@ -318,11 +318,13 @@ fn an_address_that_cannot_be_bound_stops_the_start_before_anything_is_loaded() {
         .enumerate()
         .find_map(|(i, l)| Some((i + 1, l.strip_prefix("listen = ")?.find('"')? + 10)))
         .expect("a listen line");
-    let out = run(Command::new(loopwarden_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(install.config_path())
-        .args(install.dir_args()));
+    let out = run_failing_start(
+        Command::new(loopwarden_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(install.config_path())
+            .args(install.dir_args()),
+    );
     assert!(
         !out.status.success(),
         "started with port {IDENT_PORT} taken"

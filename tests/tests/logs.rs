@@ -25,15 +25,21 @@ fn config(ns: &Netns) -> String {
     )
 }
 
-/// One refused connect from python3, one audited from socat, one allowed
-/// from curl.
-fn one_of_each(ns: &Netns) {
+/// A connect from python3 to the protected port: `connected` or `refused`.
+fn python_connects(ns: &Netns) -> String {
     let script = format!(
         "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {PROTECTED}))\n    \
          print('connected')\nexcept ConnectionRefusedError:\n    print('refused')\n"
     );
     let out = run(ns.cmd("/usr/bin/python3").args(["-c", &script]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// One refused connect from python3, one audited from socat, one allowed
+/// from curl. The refused one reaches the service without the daemon
+/// (each caller checks that before starting it).
+fn one_of_each(ns: &Netns) {
+    assert_eq!(python_connects(ns), "refused");
     assert!(ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}")).0);
     assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
 }
@@ -102,6 +108,7 @@ fn under_the_journal_refusals_and_losses_are_warnings_and_audits_notices() {
     .args(["--repeat-interval", "0"])
     .args(install.dir_args())
     .env("LOOPWARDEN_LOG", "info");
+    assert_eq!(python_connects(&ns), "connected", "without the daemon");
     let daemon = Daemon::start_cmd(&Arc::clone(&install), cmd);
     daemon.allow_error("events lost");
     assert!(line_with(&daemon.stderr_text(), "ready:").starts_with("<6>"));
@@ -155,6 +162,7 @@ fn without_the_journal_nothing_is_prefixed_and_json_diagnostics_are_versioned() 
         .args(install.dir_args())
         .env("LOOPWARDEN_LOG", "info")
         .env("JOURNAL_STREAM", "1:1");
+    assert_eq!(python_connects(&ns), "connected", "without the daemon");
     let daemon = Daemon::start_cmd(&install, cmd);
     daemon.allow_error("events lost");
 

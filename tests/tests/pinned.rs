@@ -12,7 +12,7 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Proc, TempDir, hex_bytes, loopwarden_bin, map_dump,
-    map_update, policy, prog_ids, rule, run, run_ok,
+    map_update, policy, prog_ids, rule, run, run_failing_start, run_ok,
 };
 
 /// A python client that connects to the protected port in a loop until
@@ -191,13 +191,19 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
     // pinned policy stays in force, and each keeps reporting.
     let uids: Vec<String> = (1..=1025).map(|u| u.to_string()).collect();
     let too_large = format!(
-        "mode = \"audit\"\ncatalog = false\n[[rule]]\nname = \"u\"\naction = \"audit\"\n\
-         uid = [{}]\n",
+        "mode = \"audit\"\ncatalog = false\n[protect]\nnetns = [\"{}\"]\n[[rule]]\nname = \"u\"\n\
+         action = \"audit\"\nuid = [{}]\n",
+        ns.path(),
         uids.join(", ")
     );
     let mut second: Option<Daemon> = None;
     for (bad, why) in [
-        ("mode = \"enforce\"\nbogus = 1\n".to_owned(), "bogus"),
+        // Each scoped to the test's namespace, so that were the file ever
+        // taken, nothing outside the test would be judged by it.
+        (
+            format!("bogus = 1\n{}", policy(&ns, "enforce", "")),
+            "bogus",
+        ),
         (too_large, "at most 1024 fit"),
     ] {
         if let Some(mut before) = second.take() {
@@ -232,11 +238,13 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
 fn a_bad_file_with_nothing_pinned_exits_with_ex_config() {
     let install = Install::new();
     std::fs::write(install.config_path(), "bogus = 1\n").expect("config");
-    let out = run(Command::new(loopwarden_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(install.config_path())
-        .args(install.dir_args()));
+    let out = run_failing_start(
+        Command::new(loopwarden_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(install.config_path())
+            .args(install.dir_args()),
+    );
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(
         !install.pin_dir().exists(),
@@ -293,7 +301,10 @@ fn a_policy_flipped_every_millisecond_judges_each_connect_by_one_whole_policy() 
         ok += o;
         refused += r;
     }
-    let installs = daemon.stderr_text().matches("installed: ").count();
+    // " installed: " is the install's line alone ("policy #N installed:
+    // ..."), as `wait_installed` counts: every line of the module that
+    // logs it starts `...::installed: `, the reloads' included.
+    let installs = daemon.stderr_text().matches(" installed: ").count();
     assert!(
         installs > 100,
         "only {installs} policy switches happened:\n{}",
@@ -522,14 +533,16 @@ fn a_second_daemon_on_the_same_pins_is_refused_whatever_its_run_dir() {
     let install = Install::new();
     let _first = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
     let other_run = TempDir::new("other-run");
-    let out = run(Command::new(loopwarden_bin())
-        .arg("run")
-        .arg("--config")
-        .arg(install.config_path())
-        .arg("--run-dir")
-        .arg(other_run.path())
-        .arg("--pin-dir")
-        .arg(install.pin_dir()));
+    let out = run_failing_start(
+        Command::new(loopwarden_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(install.config_path())
+            .arg("--run-dir")
+            .arg(other_run.path())
+            .arg("--pin-dir")
+            .arg(install.pin_dir()),
+    );
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("uses the pin directory"), "{stderr}");

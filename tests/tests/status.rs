@@ -209,7 +209,13 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     );
 
     // A reload that fails: the daemon says so, the policy stays.
-    std::fs::write(install.config_path(), "mode = \"enforce\"\nbogus = 1\n").expect("rewrite");
+    // Scoped like the good one: were it ever taken, nothing outside the
+    // test would be judged by it.
+    std::fs::write(
+        install.config_path(),
+        format!("bogus = 1\n{}", policy(&ns, "enforce", "")),
+    )
+    .expect("rewrite");
     daemon.allow_error("reload failed");
     daemon.signal(libc::SIGHUP);
     daemon.wait_stderr("reload failed", 1);
@@ -217,8 +223,12 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
         "status.json to record the failed reload",
         std::time::Duration::from_secs(5),
         || {
+            // The text is read before the JSON: both must show it (the
+            // daemon may write status.json between the two reads).
             let got = status(&install);
-            (got.2["daemon"]["reported"]["last_reload"]["ok"] == false).then_some(got)
+            (got.2["daemon"]["reported"]["last_reload"]["ok"] == false
+                && got.1.contains("FAILED at"))
+            .then_some(got)
         },
     );
     assert_eq!(code, Some(0), "{text}");

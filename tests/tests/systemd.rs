@@ -7,7 +7,7 @@
 use std::{os::unix::net::UnixDatagram, process::Command, time::Duration};
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, TempDir, loopwarden_bin, policy, require_root, run,
+    Daemon, Install, Netns, TempDir, loopwarden_bin, policy, require_root, run_failing_start,
 };
 
 /// `loopwarden run` of `install` on `config`, as the harness starts it,
@@ -69,7 +69,7 @@ fn a_missing_capability_is_refused_with_exit_77_naming_it() {
     // Root without CAP_SYS_PTRACE in its bounding set (hence not effective
     // after exec): what a unit that bounded it away would give.
     let install = Install::new();
-    let out = run(&mut run_cmd(
+    let out = run_failing_start(&mut run_cmd(
         &["setpriv", "--bounding-set=-sys_ptrace", "--"],
         &install,
         &config,

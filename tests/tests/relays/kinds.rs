@@ -49,6 +49,19 @@ pub(crate) struct Via {
 }
 
 impl Kind {
+    /// The rule that refuses it under the catalog and relay deny: the
+    /// catalog's deny entry for its executable, else (no entry, or an
+    /// audit one: the reverse proxies) the relay verdict.
+    pub(crate) fn refused_by(self) -> &'static str {
+        match self {
+            Kind::Socat | Kind::Inetd => "catalog:socat",
+            Kind::SshL => "catalog:sshd",
+            Kind::SshR => "catalog:ssh",
+            Kind::Bore => "catalog:bore",
+            Kind::Nginx | Kind::Caddy | Kind::HaProxy | Kind::Forwarder => "relay",
+        }
+    }
+
     /// The remote party the kernel saw and how.
     pub(crate) fn expected_via(self) -> Via {
         let (port, how): (Option<u16>, &'static [&'static str]) = match self {

@@ -124,10 +124,15 @@ fn a_catalogued_tunnels_children_are_matched_through_lineage() {
     let tunnel = dir.path().join("code-tunnel");
     std::fs::copy("/bin/bash", &tunnel).expect("copying bash");
     let tunnel = tunnel.to_str().expect("utf-8 temp dir").to_owned();
-    let daemon = Daemon::start(&Policy::new(&ns, "enforce").relay("allow").text());
     let client = format!(
         "curl -sS -o /dev/null --max-time 5 -w %{{http_code}} http://127.0.0.1:{PROTECTED}/"
     );
+    let before = run(ns.cmd(&tunnel).args(["-c", &client]));
+    assert!(
+        before.status.success(),
+        "the tunnel's child without the daemon: {before:?}"
+    );
+    let daemon = Daemon::start(&Policy::new(&ns, "enforce").relay("allow").text());
     let plain = run(ns.cmd("/bin/bash").args(["-c", &client]));
     assert!(
         plain.status.success(),

@@ -209,9 +209,5 @@ fn relay_is_reported_and_refused(kind: Kind) {
     let ev = daemon.wait_event(&format!("deny of {kind:?}"), |e| {
         e["verdict"] == "deny" && relay.is_its(e)
     });
-    let rule = ev["rule"].as_str().unwrap_or_default();
-    assert!(
-        rule == "relay" || rule.starts_with("catalog:"),
-        "{kind:?} refused by {rule:?}: {ev:#}"
-    );
+    assert_eq!(ev["rule"], kind.refused_by(), "{kind:?}: {ev:#}");
 }
