@@ -68,6 +68,18 @@ impl Install {
         })
     }
 
+    /// `loopwarden run` on this install's config file and directories,
+    /// which must fail (bounded: see [`crate::run_failing_start`]).
+    pub fn failing_start(&self) -> Output {
+        crate::run_failing_start(
+            Command::new(loopwarden_bin())
+                .arg("run")
+                .arg("--config")
+                .arg(self.config_path())
+                .args(self.dir_args()),
+        )
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("loopwarden.toml")
     }

@@ -2,7 +2,7 @@
 //! them ([`Proc`]), and two namespaces joined by a veth pair ([`Topology`]).
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -180,6 +180,15 @@ impl Netns {
         } else {
             Err(out.status.code().unwrap_or(-1))
         }
+    }
+
+    /// `curl` of `url` inside the namespace as uid/gid 65534 (nobody), its
+    /// body discarded: the whole output, for the exit code and stderr.
+    pub fn curl_as_nobody(&self, url: &str) -> Output {
+        run(self
+            .cmd(crate::AS_NOBODY[0])
+            .args(&crate::AS_NOBODY[1..])
+            .args(["curl", "-sS", "-o", "/dev/null", "--max-time", "5", url]))
     }
 
     /// Starts `socat` relaying TCP `listen` in the namespace to `target`

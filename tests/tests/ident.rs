@@ -4,8 +4,6 @@
 //! its user; a relay's with `NO-USER`, so the relay's uid never vouches
 //! for whoever is behind it.
 
-use std::process::Command;
-
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Policy, TempDir, UNPROTECTED,
     ident::{
@@ -13,9 +11,7 @@ use loopwarden_tests::{
         ident_exchange, ident_query, trickle, trickle_after_refusal, uid_of,
     },
     idle::IdleClients,
-    loopwarden_bin,
     provenance::fork_client,
-    run_failing_start,
 };
 
 /// The responder's slots (`provenance::ident::MAX_CLIENTS`).
@@ -318,13 +314,7 @@ fn an_address_that_cannot_be_bound_stops_the_start_before_anything_is_loaded() {
         .enumerate()
         .find_map(|(i, l)| Some((i + 1, l.strip_prefix("listen = ")?.find('"')? + 10)))
         .expect("a listen line");
-    let out = run_failing_start(
-        Command::new(loopwarden_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(install.config_path())
-            .args(install.dir_args()),
-    );
+    let out = install.failing_start();
     assert!(
         !out.status.success(),
         "started with port {IDENT_PORT} taken"

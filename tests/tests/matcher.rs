@@ -147,15 +147,7 @@ fn a_rule_with_two_criteria_matches_only_when_both_do() {
     let root = in_ns(&ns, &[SYSTEM_PYTHON, &s.connect, &p]);
     assert_eq!((&root["result"], &root["uid"]), ("connected", "0"));
     // Only the uid matches: curl as nobody.
-    let curl = run(ns.cmd(AS_NOBODY[0]).args(&AS_NOBODY[1..]).args([
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "--max-time",
-        "5",
-        &format!("http://127.0.0.1:{PROTECTED}/"),
-    ]));
+    let curl = ns.curl_as_nobody(&format!("http://127.0.0.1:{PROTECTED}/"));
     assert!(
         curl.status.success(),
         "curl as nobody: {}",

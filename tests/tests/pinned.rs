@@ -238,13 +238,7 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
 fn a_bad_file_with_nothing_pinned_exits_with_ex_config() {
     let install = Install::new();
     std::fs::write(install.config_path(), "bogus = 1\n").expect("config");
-    let out = run_failing_start(
-        Command::new(loopwarden_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(install.config_path())
-            .args(install.dir_args()),
-    );
+    let out = install.failing_start();
     assert_eq!(out.status.code(), Some(78), "{out:?}");
     assert!(
         !install.pin_dir().exists(),

@@ -24,26 +24,10 @@ fn a_user_rule_refuses_one_uid_only() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let rule = rule("no-nobody", "deny", "user", "nobody");
-    let curl_as_nobody = || {
-        run(ns.cmd("setpriv").args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            &curl_url(),
-        ]))
-    };
-    let before = curl_as_nobody();
+    let before = ns.curl_as_nobody(&curl_url());
     assert!(before.status.success(), "without the daemon: {before:?}");
     let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
-    let as_nobody = curl_as_nobody();
+    let as_nobody = ns.curl_as_nobody(&curl_url());
     assert!(!as_nobody.status.success(), "curl as nobody got through");
     // curl's "couldn't connect": the connect() itself failed.
     assert_eq!(as_nobody.status.code(), Some(7));
