@@ -212,7 +212,6 @@ fn fill(
     unsafe {
         (*ev).ktime_ns = at;
         (*ev).policy_seq = seq;
-        (*ev).socket_cookie = cookie;
         (*ev).netns_cookie = d.netns_cookie;
         (*ev).start_boottime_ns = task.process_start();
         (*ev).cgroup_id = task.cgroup_id();
@@ -259,5 +258,11 @@ fn fill(
                 script.write_unaligned(core::ptr::read_volatile((*state).script.as_ptr().cast()));
             }
         }
+        // Written last: a connect whose `LW_ORIGIN_PENDING` entry the LRU
+        // map handed to another connect while this one was preempted
+        // mid-record ends its late writes with its own cookie, so the
+        // other's handshake, which checks the cookie after copying the
+        // entry out, finds it not its own and takes no mixed record.
+        core::ptr::write_volatile(&raw mut (*ev).socket_cookie, cookie);
     }
 }

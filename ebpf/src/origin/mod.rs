@@ -71,6 +71,14 @@ const HANDSHAKE_NS: u64 = 180_000_000_000;
 #[inline(always)]
 pub fn client_established(sk: u64, cookie: u64, key: &ConnKey) {
     if let Some(slot) = owned_slot(cookie) {
+        // SAFETY: a pointer into the map's value.
+        if unsafe { ptr::read_volatile(&(*slot).entry.record.origin.dport) } != key.server_port {
+            // An earlier connect of this socket that failed unseen
+            // (refused by a later program, or before its SYN left) to
+            // another port: never this connection's origin.
+            release(slot, cookie);
+            return;
+        }
         let seq = client_first_seq(sk);
         // SAFETY: a pointer into the map's value, which only this
         // socket's connect and handshake write while it owns the slot.
@@ -88,12 +96,20 @@ pub fn client_established(sk: u64, cookie: u64, key: &ConnKey) {
     let Some(entry) = ORIGIN_PENDING.get_ptr_mut(cookie) else {
         return;
     };
+    // SAFETY: a pointer into the map's value.
+    if unsafe { ptr::read_volatile(&(*entry).record.origin.dport) } != key.server_port {
+        // As above: an earlier connect's to another port.
+        let _ = ORIGIN_PENDING.remove(cookie);
+        return;
+    }
     let seq = client_first_seq(sk);
     // SAFETY: a pointer into the map's value, which only this socket's
     // connect and handshake write, unless the LRU map recycles it for
     // another connect meanwhile (it may reuse even a recent element when
     // full): then its cookie is the other's after the copy, and the copy
-    // is taken back.
+    // is taken back. (A connect writes its record's cookie last, so one
+    // preempted mid-record whose entry went to this connect meanwhile
+    // leaves its own cookie behind its late writes.)
     let intact = unsafe {
         insert_conn(entry, key, cookie, seq);
         ptr::read_volatile(&(*entry).record.origin.socket_cookie) == cookie

@@ -466,3 +466,60 @@ print(json.dumps({"pid": os.getpid(), "answers": out}))
         "{said}"
     );
 }
+
+/// A socket whose tagged connect failed without the kernel's state change
+/// showing it (an IPv4-mapped address on an `IPV6_V6ONLY` socket fails
+/// after the connect hook, before a SYN) and that then connects, untagged,
+/// to another port whose connections may have origins: the first
+/// connect's record is never the second connection's origin. The positive
+/// control: a fresh socket's connect to the protected port is known.
+#[test]
+fn an_earlier_failed_connect_of_a_socket_is_never_its_next_connections_origin() {
+    const SCRIPT: &str = r#"import json, os, socket, struct, sys
+protected, unprotected = int(sys.argv[1]), int(sys.argv[2])
+def listener(port):
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::1", port))
+    s.listen(4)
+    return s
+def answer(srv):
+    a, _ = srv.accept()
+    rec = a.getsockopt(0x4c57, 1, 328)
+    return {"status": rec[8], "tgid": struct.unpack_from("=I", rec, 152)[0]}
+p, u = listener(protected), listener(unprotected)
+fresh = socket.socket(socket.AF_INET6)
+fresh.connect(("::1", protected))
+control = answer(p)
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+try:
+    s.connect(("::ffff:127.0.0.1", protected))
+    failed = 0
+except OSError as e:
+    failed = e.errno
+s.connect(("::1", unprotected))
+print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
+                  "next": answer(u)}))
+"#;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    // Connections to the unprotected port may have origins (as after a
+    // reload that stopped protecting a port tagged connects went to).
+    mark_port(daemon.install(), UNPROTECTED);
+    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        SCRIPT,
+        &PROTECTED.to_string(),
+        &UNPROTECTED.to_string(),
+    ]));
+    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    assert_eq!(said["control"]["status"], 1, "{said}");
+    assert_eq!(said["control"]["tgid"], said["pid"], "{said}");
+    assert_eq!(said["failed"], libc::ENETUNREACH, "{said}");
+    assert_eq!(
+        (&said["next"]["status"], &said["next"]["tgid"]),
+        (&json!(0), &json!(0)),
+        "the failed connect's record answered for the next connection: {said}"
+    );
+}
