@@ -27,6 +27,20 @@ pub struct Warden {
     what: &'static str,
     /// `loopwarden detach` for the daemon's pins, run after it stops.
     detach: Option<Command>,
+    /// The thread copying stderr to the log: joined once the process is
+    /// gone, so the log is whole (its last lines, the losses and the
+    /// refresh summary, come at exit) before anyone reads it.
+    copier: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The daemon's `ready: ...` line, or the baseline's `baseline ready: ...`;
+/// not a line that merely says "ready" ("already running", "was detached
+/// already").
+fn is_ready_line(line: &str) -> bool {
+    line.starts_with("ready: ")
+        || line.starts_with("baseline ready: ")
+        || line.contains(" ready: ")
+        || line.contains("\"ready: ")
 }
 
 impl Warden {
@@ -67,9 +81,7 @@ impl Warden {
             .arg("--pin-dir")
             .arg(&pin_dir)
             .stdout(Stdio::null());
-        let mut warden = Self::spawn(cmd, log, "the daemon")?;
-        warden.detach = Some(detach);
-        Ok(warden)
+        Self::spawn(cmd, log, "the daemon", Some(detach))
     }
 
     /// Starts `bin baseline` (a no-op `lw_baseline4` connect4 program at the
@@ -78,10 +90,19 @@ impl Warden {
     pub fn start_baseline(bin: &Path, log: &Path) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
         cmd.arg("baseline");
-        Self::spawn(cmd, log, "the baseline")
+        Self::spawn(cmd, log, "the baseline", None)
     }
 
-    fn spawn(mut cmd: Command, log: &Path, what: &'static str) -> anyhow::Result<Self> {
+    /// Starts `cmd` and waits for its ready line. `detach` is in place
+    /// before the wait: a daemon that fails or is interrupted before it is
+    /// ready has its pins removed all the same when the warden drops (its
+    /// links outlive it, host-wide).
+    fn spawn(
+        mut cmd: Command,
+        log: &Path,
+        what: &'static str,
+        detach: Option<Command>,
+    ) -> anyhow::Result<Self> {
         let mut log_file =
             File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         cmd.stdin(Stdio::null())
@@ -91,28 +112,29 @@ impl Warden {
             .spawn()
             .with_context(|| format!("cannot start `{}`", proc::display(&cmd)))?;
         let stderr = child.stderr.take().expect("stderr is piped");
-        let warden = Self {
+        let mut warden = Self {
             child: Some(child),
             log: log.to_owned(),
             what,
-            detach: None,
+            detach,
+            copier: None,
         };
 
         // Copy stderr to the log for the daemon's whole life (a full pipe would
         // block it) and report the first `ready` line.
         let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        warden.copier = Some(std::thread::spawn(move || {
             let mut ready_tx = Some(ready_tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let _ = writeln!(log_file, "{line}");
-                if line.contains("ready")
+                if is_ready_line(&line)
                     && let Some(tx) = ready_tx.take()
                 {
                     let _ = tx.send(());
                 }
             }
-        });
+        }));
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(()) => Ok(warden),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -147,6 +169,9 @@ impl Warden {
     /// daemon until detached).
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let status = self.kill_child();
+        if let Some(copier) = self.copier.take() {
+            let _ = copier.join();
+        }
         if let Some(mut detach) = self.detach.take() {
             proc::run(&mut detach).context("detaching the bench daemon's pinned programs")?;
         }
@@ -191,7 +216,7 @@ impl Warden {
 
 impl Drop for Warden {
     fn drop(&mut self) {
-        if self.child.is_some()
+        if (self.child.is_some() || self.detach.is_some())
             && let Err(err) = self.terminate()
         {
             say!("warning: {err:#}");
