@@ -45,10 +45,12 @@ fn measurement_floor(samples: &[Sample], prog: &str, workload: Option<Workload>)
 
 /// The no-op program whose cost is `prog`'s floor.
 fn floor_prog(prog: &str) -> &'static str {
-    // The cgroup hooks' floor is the no-op connect4 program's.
+    // The cgroup hooks' floor is the no-op connect4 program's (getsockopt's
+    // too: a cgroup hook, called the same way).
     if prog.starts_with("lw_connect")
         || prog.starts_with("lw_recvmsg")
         || prog.starts_with("lw_bind")
+        || prog.starts_with("lw_getsockopt")
     {
         CONNECT_FLOOR_PROG
     } else {
