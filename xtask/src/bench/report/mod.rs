@@ -83,21 +83,30 @@ impl Rates {
         reference: Config,
         workload: Workload,
     ) -> Option<Self> {
-        let per_round = |config: Config| -> BTreeMap<u32, f64> {
-            samples
-                .iter()
-                .filter(|sample| sample.config == config && sample.workload == workload)
-                .map(|sample| (sample.round, workload.rate(&sample.run)))
-                .collect()
-        };
-        let reference = per_round(reference);
-        Self::from_values(
-            per_round(config)
-                .into_iter()
-                .filter_map(|(round, rate)| Some(rate / reference.get(&round)?))
-                .collect(),
-        )
+        Self::from_values(paired_ratios(samples, config, reference, workload))
     }
+}
+
+/// `config`'s rate over `reference`'s under `workload`, one per round both
+/// measured.
+fn paired_ratios(
+    samples: &[Sample],
+    config: Config,
+    reference: Config,
+    workload: Workload,
+) -> Vec<f64> {
+    let per_round = |config: Config| -> BTreeMap<u32, f64> {
+        samples
+            .iter()
+            .filter(|sample| sample.config == config && sample.workload == workload)
+            .map(|sample| (sample.round, workload.rate(&sample.run)))
+            .collect()
+    };
+    let reference = per_round(reference);
+    per_round(config)
+        .into_iter()
+        .filter_map(|(round, rate)| Some(rate / reference.get(&round)?))
+        .collect()
 }
 
 /// The median of `sorted` (ascending, not empty): the middle value, or
@@ -111,22 +120,45 @@ pub(super) fn median_of_sorted(sorted: &[f64]) -> f64 {
     }
 }
 
-/// Rounds needed before a phase slower than its reference in every round
-/// counts as worse than noise: with no real difference, each round is as
-/// likely to come out slower as faster, so all of 5 do so by chance once in
-/// 32 runs (a sign test).
-const VERDICT_ROUNDS: usize = 5;
+/// The false-finding rate the rate table allows over all its judged rows
+/// together (Bonferroni: each row's test runs at this over their number).
+const FAMILY_ALPHA: f64 = 0.05;
+
+/// One-sided sign test of `slower` rounds out of `n` in which a phase was
+/// slower than its reference: with no real difference each round is as
+/// likely to come out slower as faster, so this is P(X >= slower) for X
+/// binomial(n, 1/2).
+fn sign_test_p(slower: usize, n: usize) -> f64 {
+    // Exact: sum of C(n, k) / 2^n for k >= slower (n is a few dozen at most).
+    let mut total = 0.0;
+    let mut c = 1.0_f64; // C(n, 0)
+    for k in 0..=n {
+        if k >= slower {
+            total += c;
+        }
+        c = c * (n - k) as f64 / (k + 1) as f64;
+    }
+    total / 2f64.powi(i32::try_from(n).unwrap_or(i32::MAX))
+}
 
 /// How `ratios` (a phase's rate over its reference's, one per paired
-/// round) compares with noise: `Err` when the phase was slower in every
-/// round of enough of them.
-fn verdict(ratios: &Rates) -> Result<&'static str, &'static str> {
-    if ratios.max >= 1.0 {
-        Ok("within noise")
-    } else if ratios.n < VERDICT_ROUNDS {
+/// round) compares with noise, when the table judges `rows` of them: `Err`
+/// when the rounds in which the phase was slower are too many for chance
+/// at [`FAMILY_ALPHA`] over all the rows (a phase slower in every one of 5
+/// rounds is once in 32 by chance, too often among 30 rows: it takes 10
+/// rounds all slower, or 20 with 17 slower, for a table of that size).
+fn verdict(ratios: &[f64], rows: usize) -> Result<&'static str, &'static str> {
+    let slower = ratios.iter().filter(|r| **r < 1.0).count();
+    if slower * 2 <= ratios.len() {
+        return Ok("within noise");
+    }
+    let alpha = FAMILY_ALPHA / rows.max(1) as f64;
+    if sign_test_p(ratios.len(), ratios.len()) > alpha {
         Ok("slower, too few rounds to judge")
-    } else {
+    } else if sign_test_p(slower, ratios.len()) <= alpha {
         Err("WORSE than noise")
+    } else {
+        Ok("within noise")
     }
 }
 
@@ -182,21 +214,32 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
         "  {:<10} {:<12} {:>10} {:<12} {:>21} {:>9} {:>9} {:>13}  verdict",
         "daemon", "load", "median", "unit", "min..max", "vs absent", "vs no-op", "per round"
     );
+    // Any cgroup connect program, even one that does nothing, makes the
+    // kernel lock the socket and copy the address around it; any program
+    // on a tracepoint enables it: the no-op program's rate is the floor
+    // loopwarden is judged against, where the baseline has one.
+    let reference_of = |workload: Workload| {
+        if workload.has_noop_hook() && Rates::of(samples, Config::Baseline, workload).is_some() {
+            Config::Baseline
+        } else {
+            Config::Absent
+        }
+    };
+    // The rows judged, for the correction over all of them.
+    let rows = Workload::ALL
+        .into_iter()
+        .filter(|w| Rates::of(samples, Config::Absent, *w).is_some())
+        .flat_map(|w| Config::PHASES.into_iter().map(move |c| (c, w)))
+        .filter(|(c, w)| {
+            !matches!(c, Config::Absent | Config::Baseline)
+                && Rates::paired(samples, *c, reference_of(*w), *w).is_some()
+        })
+        .count();
     for workload in Workload::ALL {
         let Some(absent) = Rates::of(samples, Config::Absent, workload) else {
             continue;
         };
-        // Any cgroup connect program, even one that does nothing, makes the
-        // kernel lock the socket and copy the address around it; any program
-        // on a tracepoint enables it: the no-op program's rate is the floor
-        // loopwarden is judged against, where the baseline has one.
-        let reference = if workload.has_noop_hook()
-            && Rates::of(samples, Config::Baseline, workload).is_some()
-        {
-            Config::Baseline
-        } else {
-            Config::Absent
-        };
+        let reference = reference_of(workload);
         for config in Config::PHASES {
             if config == Config::Baseline && reference != Config::Baseline {
                 continue;
@@ -213,25 +256,29 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
                 (Config::Absent, _) => format!("spread ±{:.1}%", absent.spread() * 100.0),
                 (Config::Baseline, _) => "no-op program (the hook's own cost)".to_owned(),
                 (_, None) => "-".to_owned(),
-                (_, Some(ratios)) => match verdict(ratios) {
-                    Ok(verdict) => verdict.to_owned(),
-                    Err(verdict) => {
-                        misses.push(format!(
-                            "{config}, {workload}: rate {:.3}× {}'s, slower in every one of \
-                             {} rounds ({:.3}..{:.3})",
-                            ratios.median,
-                            if reference == Config::Baseline {
-                                "the no-op program"
-                            } else {
-                                "no daemon"
-                            },
-                            ratios.n,
-                            ratios.min,
-                            ratios.max,
-                        ));
-                        verdict.to_owned()
+                (_, Some(ratios)) => {
+                    match verdict(&paired_ratios(samples, config, reference, workload), rows) {
+                        Ok(verdict) => verdict.to_owned(),
+                        Err(verdict) => {
+                            let each = paired_ratios(samples, config, reference, workload);
+                            misses.push(format!(
+                                "{config}, {workload}: rate {:.3}× {}'s, slower in {} of {} rounds \
+                             ({:.3}..{:.3}; sign test over {rows} rows)",
+                                ratios.median,
+                                if reference == Config::Baseline {
+                                    "the no-op program"
+                                } else {
+                                    "no daemon"
+                                },
+                                each.iter().filter(|r| **r < 1.0).count(),
+                                ratios.n,
+                                ratios.min,
+                                ratios.max,
+                            ));
+                            verdict.to_owned()
+                        }
                     }
-                },
+                }
             };
             let median = |r: &Option<Rates>| {
                 r.as_ref()
@@ -327,19 +374,28 @@ mod tests {
     }
 
     #[test]
-    fn only_a_phase_slower_in_every_round_of_enough_is_worse_than_noise() {
-        let ratios = |min: f64, max: f64, n: usize| Rates {
-            median: (min + max) / 2.0,
-            min,
-            max,
-            n,
+    fn the_sign_test_is_exact_and_corrected_for_the_rows() {
+        assert!((sign_test_p(5, 5) - 1.0 / 32.0).abs() < 1e-12);
+        assert!((sign_test_p(0, 7) - 1.0).abs() < 1e-12);
+        // P(X >= 9) for n = 10: (10 + 1) / 1024.
+        assert!((sign_test_p(9, 10) - 11.0 / 1024.0).abs() < 1e-12);
+        let slower = |n: usize, faster: usize| {
+            let mut v = vec![0.9; n - faster];
+            v.extend(std::iter::repeat_n(1.1, faster));
+            v
         };
-        assert_eq!(verdict(&ratios(0.85, 0.95, 5)), Err("WORSE than noise"));
-        // One round as fast as the reference: not shown to cost.
-        assert_eq!(verdict(&ratios(0.80, 1.0, 5)), Ok("within noise"));
+        // Alone, every one of 5 rounds slower is a finding.
+        assert_eq!(verdict(&slower(5, 0), 1), Err("WORSE than noise"));
+        // Among 30 rows, 5 rounds cannot show one; 10 all slower can.
         assert_eq!(
-            verdict(&ratios(0.85, 0.95, 4)),
+            verdict(&slower(5, 0), 30),
             Ok("slower, too few rounds to judge")
         );
+        assert_eq!(verdict(&slower(10, 0), 30), Err("WORSE than noise"));
+        // Enough rounds tolerate some faster ones, not many.
+        assert_eq!(verdict(&slower(20, 3), 30), Err("WORSE than noise"));
+        assert_eq!(verdict(&slower(20, 6), 30), Ok("within noise"));
+        // Mostly faster: within noise however many rounds.
+        assert_eq!(verdict(&slower(20, 15), 30), Ok("within noise"));
     }
 }
