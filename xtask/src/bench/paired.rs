@@ -26,51 +26,87 @@ pub struct Paired {
     pub ratios: Vec<f64>,
 }
 
+/// How many blocks the paired time is split into: the configurations run
+/// in turn within each block, in reverse order every other block (ABC CBA
+/// ABC CBA), so none of them always runs first and a host whose noise
+/// changes over the minutes of a run moves all three alike.
+const BLOCKS: usize = 4;
+
 impl Bench<'_> {
     /// Runs the alternating client under each of [`CONFIGS`], each of
-    /// [`LOADS`] for `--paired-seconds`, BPF statistics off.
+    /// [`LOADS`] for `--paired-seconds` in all, in [`BLOCKS`] blocks, BPF
+    /// statistics off. The first pair after each daemon start is left out
+    /// (the daemon's own work right after ready: the sweep's request, its
+    /// watchers, the status file), and so for every configuration alike.
     pub(super) fn measure_paired(&self) -> anyhow::Result<Vec<Paired>> {
         let args = self.args;
         self.stats.set(false)?;
-        let mut results = Vec::new();
-        for config in CONFIGS {
-            check_interrupted()?;
-            let warden = self.start_daemon(config, args.rounds)?;
-            for load in LOADS {
-                let (ports, request) = match load {
-                    Workload::Request => ([args.request_port, args.request_unprotected_port], true),
-                    _ => ([args.protected_port, args.unprotected_port], false),
-                };
-                let pairs = load::run_alternating(
-                    &self.netns,
-                    &self.xtask,
-                    ports,
-                    request,
-                    args.paired_seconds,
-                    args.window,
-                )?;
-                let ratios: Vec<f64> = pairs
-                    .iter()
-                    .filter(|[p, u]| p.ops > 0 && u.ops > 0)
-                    .map(|[p, u]| p.rate() / u.rate())
-                    .collect();
-                if ratios.is_empty() {
-                    anyhow::bail!("paired windows: no {} succeeded ({config})", load.op());
+        let mut results: Vec<Paired> = CONFIGS
+            .iter()
+            .flat_map(|config| {
+                LOADS.iter().map(|load| Paired {
+                    config: *config,
+                    load: *load,
+                    ratios: Vec::new(),
+                })
+            })
+            .collect();
+        let seconds = args.paired_seconds / BLOCKS as f64;
+        for block in 0..BLOCKS {
+            let mut order = CONFIGS.to_vec();
+            if block % 2 == 1 {
+                order.reverse();
+            }
+            for config in order {
+                check_interrupted()?;
+                let warden = self.start_daemon(config, args.rounds)?;
+                for load in LOADS {
+                    let (ports, request) = match load {
+                        Workload::Request => {
+                            ([args.request_port, args.request_unprotected_port], true)
+                        }
+                        _ => ([args.protected_port, args.unprotected_port], false),
+                    };
+                    let pairs = load::run_alternating(
+                        &self.netns,
+                        &self.xtask,
+                        ports,
+                        request,
+                        seconds,
+                        args.window,
+                    )?;
+                    let ratios = pairs
+                        .iter()
+                        .skip(1)
+                        .filter(|[p, u]| p.ops > 0 && u.ops > 0)
+                        .map(|[p, u]| p.rate() / u.rate());
+                    if let Some(entry) = results
+                        .iter_mut()
+                        .find(|r| r.config == config && r.load == load)
+                    {
+                        entry.ratios.extend(ratios);
+                    }
                 }
-                let median = Interval::of(&ratios).median;
-                say!(
-                    "paired {config:<10} {load:<10} {} pairs, protected / unprotected {median:.3}",
-                    ratios.len()
+                if let Some(warden) = warden {
+                    warden.stop()?;
+                }
+            }
+        }
+        for r in &results {
+            if r.ratios.is_empty() {
+                anyhow::bail!(
+                    "paired windows: no {} succeeded ({})",
+                    r.load.op(),
+                    r.config
                 );
-                results.push(Paired {
-                    config,
-                    load,
-                    ratios,
-                });
             }
-            if let Some(warden) = warden {
-                warden.stop()?;
-            }
+            say!(
+                "paired {:<10} {:<10} {} pairs, protected / unprotected {:.3}",
+                r.config,
+                r.load,
+                r.ratios.len(),
+                Interval::of(&r.ratios).median
+            );
         }
         Ok(results)
     }
