@@ -207,13 +207,13 @@ impl Workload {
     }
 
     /// Whether `loopwarden baseline` puts a no-op program on this load's
-    /// path (connect4 and the receive tracepoint; not connect6 or the
-    /// process tracepoints).
+    /// path (connect4 and the TCP receive tracepoint; not connect6, the
+    /// process tracepoints, or UDP, which never reaches that tracepoint).
     pub fn has_noop_hook(self) -> bool {
         matches!(
             self,
             Self::Protected | Self::Unprotected | Self::Outbound | Self::Request
-        ) || self.is_receive()
+        ) || (self.is_receive() && self != Self::ReceiveUdp)
     }
 }
 
