@@ -183,3 +183,27 @@ fn too_many_rules_or_prefixes() {
     );
     expect_error(&text, 8, "distinct prefixes");
 }
+
+/// `::/0` (or any IPv6 prefix holding `::ffff:0:0/96`) denies every IPv4
+/// address too: said, unless the rule names IPv4 itself.
+#[test]
+fn an_ipv6_deny_that_holds_every_ipv4_address_is_warned_of() {
+    let config = parse(&egress("v6", &format!("{WHO}deny = [\"::/0\"]\n"))).unwrap();
+    let [warning] = config.warnings.as_slice() else {
+        panic!("{:?}", config.warnings);
+    };
+    assert!(
+        warning.contains(":5: egress rule `v6` denies ::/0") && warning.contains("0.0.0.0/0"),
+        "{warning}"
+    );
+    for quiet in [
+        // IPv4 left out, or named on purpose.
+        "deny = [\"::/0\"]\nallow = [\"0.0.0.0/0\"]\n",
+        "deny = [\"::/0\", \"10.0.0.0/8\"]\n",
+        // Prefixes that do not hold ::ffff:0:0/96.
+        "deny = [\"2001:db8::/32\", \"fc00::/7\"]\n",
+    ] {
+        let config = parse(&egress("v6", &format!("{WHO}{quiet}"))).unwrap();
+        assert!(config.warnings.is_empty(), "{quiet}: {:?}", config.warnings);
+    }
+}

@@ -110,7 +110,11 @@ impl Validator<'_> {
     /// The `[[egress]]` tables, with the limits that span them: names
     /// unique, at most [`MAX_EGRESS_RULES`] rules and
     /// [`MAX_EGRESS_PREFIXES`] distinct prefixes.
-    pub(super) fn egress_rules(&self, raw: Vec<RawEgress>) -> Result<Vec<Egress>, ConfigError> {
+    pub(super) fn egress_rules(
+        &self,
+        raw: Vec<RawEgress>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<Egress>, ConfigError> {
         if raw.len() > MAX_EGRESS_RULES {
             return Err(self.invalid(
                 &raw[MAX_EGRESS_RULES].name.span(),
@@ -136,6 +140,7 @@ impl Validator<'_> {
                 ));
             }
             seen.insert(rule.name.clone(), rule.at.line);
+            self.warn_ipv4_in_ipv6(&rule, warnings);
             prefixes.extend(rule.deny.iter().flat_map(|d| d.value.prefixes()));
             prefixes.extend(rule.allow.iter().map(|a| egress::mapped(a.value)));
             if prefixes.len() > MAX_EGRESS_PREFIXES as usize {
@@ -150,6 +155,34 @@ impl Validator<'_> {
             rules.push(rule);
         }
         Ok(rules)
+    }
+
+    /// An IPv6 deny prefix short enough to hold `::ffff:0:0/96` (`::/0`,
+    /// `::/64`) also denies every IPv4 address, which the kernel looks up
+    /// in that form: said, unless the rule names IPv4 itself (a deny or
+    /// allow entry of its own there).
+    fn warn_ipv4_in_ipv6(&self, rule: &Egress, warnings: &mut Vec<String>) {
+        let v4_mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("a valid prefix");
+        let names_v4 = rule
+            .deny
+            .iter()
+            .any(|d| matches!(d.value, EgressDestination::Cidr(ipnet::IpNet::V4(_))))
+            || rule.allow.iter().any(|a| a.value.addr().is_ipv4());
+        if names_v4 {
+            return;
+        }
+        for d in &rule.deny {
+            if let EgressDestination::Cidr(net @ ipnet::IpNet::V6(v6)) = d.value
+                && v6.contains(&v4_mapped)
+            {
+                warnings.push(format!(
+                    "{}:{}: egress rule `{}` denies {net}, which holds every IPv4 address too \
+                     (IPv4 is looked up as ::ffff:a.b.c.d); add allow = [\"0.0.0.0/0\"] to \
+                     leave IPv4 out",
+                    self.file, d.at.line, rule.name
+                ));
+            }
+        }
     }
 
     fn egress(&self, raw: RawEgress) -> Result<Egress, ConfigError> {

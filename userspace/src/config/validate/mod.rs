@@ -179,7 +179,7 @@ impl Validator<'_> {
             rules.push(rule);
         }
 
-        let egress = self.egress_rules(raw.egress)?;
+        let egress = self.egress_rules(raw.egress, &mut warnings)?;
 
         Ok(Config {
             source: self.file.to_owned(),
