@@ -160,6 +160,15 @@ fn integration(tally: &mut proc::Tally) -> anyhow::Result<()> {
 /// the cgroup v2 hierarchy. Nothing else is touched, and a failure to
 /// remove one is said, not fatal.
 fn clear_stale_test_state() {
+    clear_stale(
+        Path::new("/run/netns"),
+        Path::new("/sys/fs/bpf"),
+        cgroup2_root().as_deref(),
+    );
+}
+
+/// [`clear_stale_test_state`] in these directories.
+fn clear_stale(netns_dir: &Path, bpffs: &Path, cgroup_root: Option<&Path>) {
     let names = |dir: &Path| -> Vec<PathBuf> {
         fs::read_dir(dir)
             .map(|entries| {
@@ -171,7 +180,7 @@ fn clear_stale_test_state() {
             })
             .unwrap_or_default()
     };
-    for ns in names(Path::new("/run/netns")) {
+    for ns in names(netns_dir) {
         let name = ns
             .file_name()
             .unwrap_or_default()
@@ -182,14 +191,16 @@ fn clear_stale_test_state() {
             say!("warning: {err:#}");
         }
     }
-    for pins in names(Path::new("/sys/fs/bpf")) {
+    let pin_dirs = names(bpffs);
+    stop_stale_daemons(&pin_dirs);
+    for pins in pin_dirs {
         say!("removing stale test pins: {}", pins.display());
         if let Err(err) = fs::remove_dir_all(&pins) {
             say!("warning: {}: {err}", pins.display());
         }
     }
-    if let Some(root) = cgroup2_root() {
-        for cgroup in names(&root) {
+    if let Some(root) = cgroup_root {
+        for cgroup in names(root) {
             // Children first; a cgroup still holding processes stays.
             let mut dirs: Vec<PathBuf> = walk_dirs(&cgroup);
             dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -199,6 +210,45 @@ fn clear_stale_test_state() {
                 }
             }
         }
+    }
+}
+
+/// Stops the daemons a killed run left running on `pin_dirs` (its test
+/// process gone, a daemon child runs on, its links held by its own
+/// descriptors): each process whose arguments name one of them, SIGTERM
+/// then, a second later, SIGKILL.
+fn stop_stale_daemons(pin_dirs: &[PathBuf]) {
+    if pin_dirs.is_empty() {
+        return;
+    }
+    let holds = |pid: i32| {
+        let args = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        args.split(|b| *b == 0).any(|arg| {
+            pin_dirs
+                .iter()
+                .any(|d| arg == d.as_os_str().as_encoded_bytes())
+        })
+    };
+    let holders: Vec<i32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| holds(*pid))
+        .collect();
+    for pid in &holders {
+        say!("stopping a daemon a killed test run left: pid {pid}");
+        // SAFETY: kill(2) on a pid whose arguments were just read.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    if holders.is_empty() {
+        return;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // Still running, and still that daemon (not a pid taken again since).
+    for pid in holders.into_iter().filter(|pid| holds(*pid)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -256,5 +306,63 @@ fn summarize(steps: &[Step], tally: proc::Tally) -> anyhow::Result<()> {
     } else {
         println!("xtask: {} passed, {} failed", tally.passed, failed_count);
         anyhow::bail!("failed: {}", failed.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::symlink, process::Stdio};
+
+    use super::*;
+
+    /// What a killed run leaves, made in a scratch directory: a pin
+    /// directory a daemon still names (here a shell whose `$0` is that
+    /// path), cgroups with a child, and things not the harness's.
+    #[test]
+    fn a_killed_runs_leftovers_and_nothing_else_are_removed() {
+        let root = std::env::temp_dir().join(format!("lwx-stale-{}", std::process::id()));
+        let (netns, bpffs, cgroups) = (root.join("netns"), root.join("bpf"), root.join("cg"));
+        for d in [&netns, &bpffs, &cgroups] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let pins = bpffs.join("lwt-1-0");
+        fs::create_dir_all(pins.join("maps")).unwrap();
+        fs::write(pins.join("maps/LW_META"), "").unwrap();
+        fs::create_dir_all(bpffs.join("loopwarden")).unwrap();
+        fs::create_dir_all(cgroups.join("lwt-1.service/worker")).unwrap();
+        fs::create_dir_all(cgroups.join("system.slice")).unwrap();
+        symlink("/nonexistent", netns.join("other")).unwrap();
+        // One process (no child left behind) whose arguments name the pins.
+        let mut daemon = Command::new("python3")
+            .args(["-c", "import time; time.sleep(60)"])
+            .arg(&pins)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut unrelated = Command::new("sleep").arg("60").spawn().unwrap();
+
+        clear_stale(&netns, &bpffs, Some(&cgroups));
+
+        assert!(!pins.exists(), "the stale pins stay");
+        assert!(
+            !cgroups.join("lwt-1.service").exists(),
+            "the stale cgroup stays"
+        );
+        assert!(
+            bpffs.join("loopwarden").exists(),
+            "another pin directory went"
+        );
+        assert!(cgroups.join("system.slice").exists(), "another cgroup went");
+        assert!(netns.join("other").symlink_metadata().is_ok());
+        // The daemon that named the pins is stopped; the other process not.
+        let status = daemon.wait().unwrap();
+        assert!(!status.success(), "{status}");
+        assert!(
+            unrelated.try_wait().unwrap().is_none(),
+            "an unrelated process was stopped"
+        );
+        let _ = unrelated.kill();
+        let _ = unrelated.wait();
+        fs::remove_dir_all(&root).unwrap();
     }
 }
