@@ -293,7 +293,6 @@ impl Bench<'_> {
         std::thread::sleep(Duration::from_millis(1200));
         rss_max = rss_max.max(rss_mib(pid));
         let cpu = cpu_ns(pid).saturating_sub(cpu_before);
-        let wall = started.elapsed();
         let out = child.wait_with_output()?;
         warden.stop()?;
         let out = String::from_utf8_lossy(&out.stdout);
@@ -316,7 +315,10 @@ impl Bench<'_> {
             summaries: counts.summaries,
             summarised: counts.summarised,
             lost: counts.lost,
-            cpu_percent: cpu as f64 / wall.as_nanos() as f64 * 100.0,
+            // Over the flood's own time: the daemon's work for it, the
+            // drain after it included, per second of flood (the wall time
+            // to the end of the drain would count the idle tail too).
+            cpu_percent: cpu as f64 / elapsed.as_nanos().max(1) as f64 * 100.0,
             rss_max_mib: rss_max,
         })
     }
