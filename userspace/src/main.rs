@@ -375,12 +375,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
                 (Config::from_file(&path)?, path.display().to_string())
             };
-            if as_daemon && config.empty {
-                anyhow::bail!(
-                    "{name} has no settings (it is empty or only comments: truncated?): a \
-                     running daemon refuses it on reload (write `mode = \"audit\"` for the \
-                     defaults)"
-                );
+            if as_daemon && let Some(refusal) = config.reload_refusal() {
+                anyhow::bail!("{refusal}");
             }
             let cgroup_root = match host_cgroup.host_cgroup_root.as_deref() {
                 Some(path) => loopwarden::kernel::host_cgroup::use_host_root(path)?,

@@ -202,6 +202,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// Why a running daemon's reload refuses this config, if it does: a
+    /// file with no settings (see [`Config::empty`]) would put the
+    /// defaults, audit mode, in place of a running policy. The daemon's
+    /// reload and `check-config --as-daemon` say the same.
+    pub fn reload_refusal(&self) -> Option<String> {
+        self.empty.then(|| {
+            format!(
+                "{} has no settings (it is empty or only comments: truncated?); the defaults \
+                 replace a running policy only at start (write `mode = \"audit\"` for them)",
+                self.source
+            )
+        })
+    }
+
     /// The policy the daemon runs when no file exists at
     /// [`DEFAULT_CONFIG_PATH`] and none was named: audit mode, every port,
     /// the catalog, no user rules, every network namespace. It is also the

@@ -214,12 +214,8 @@ impl Installed {
         let config = source
             .read()
             .map_err(|e| crate::error_chain(&DaemonError::from(e)))?;
-        if config.empty {
-            return Err(format!(
-                "{} has no settings (it is empty or only comments: truncated?); the defaults \
-                 replace a running policy only at start (write `mode = \"audit\"` for them)",
-                config.source
-            ));
+        if let Some(refusal) = config.reload_refusal() {
+            return Err(refusal);
         }
         let policy = compile_policy(&config, &self.resolver, self.mode, self.policy.as_ref())
             .map_err(|e| crate::error_chain(&e))?;
