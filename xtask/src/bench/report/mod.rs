@@ -251,34 +251,32 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
             let vs_hook = (reference == Config::Baseline)
                 .then(|| Rates::paired(samples, config, Config::Baseline, workload))
                 .flatten();
-            let judged = Rates::paired(samples, config, reference, workload);
+            let each = paired_ratios(samples, config, reference, workload);
+            let judged = Rates::from_values(each.clone());
             let verdict = match (config, &judged) {
                 (Config::Absent, _) => format!("spread ±{:.1}%", absent.spread() * 100.0),
                 (Config::Baseline, _) => "no-op program (the hook's own cost)".to_owned(),
                 (_, None) => "-".to_owned(),
-                (_, Some(ratios)) => {
-                    match verdict(&paired_ratios(samples, config, reference, workload), rows) {
-                        Ok(verdict) => verdict.to_owned(),
-                        Err(verdict) => {
-                            let each = paired_ratios(samples, config, reference, workload);
-                            misses.push(format!(
-                                "{config}, {workload}: rate {:.3}× {}'s, slower in {} of {} rounds \
+                (_, Some(ratios)) => match verdict(&each, rows) {
+                    Ok(verdict) => verdict.to_owned(),
+                    Err(verdict) => {
+                        misses.push(format!(
+                            "{config}, {workload}: rate {:.3}× {}'s, slower in {} of {} rounds \
                              ({:.3}..{:.3}; sign test over {rows} rows)",
-                                ratios.median,
-                                if reference == Config::Baseline {
-                                    "the no-op program"
-                                } else {
-                                    "no daemon"
-                                },
-                                each.iter().filter(|r| **r < 1.0).count(),
-                                ratios.n,
-                                ratios.min,
-                                ratios.max,
-                            ));
-                            verdict.to_owned()
-                        }
+                            ratios.median,
+                            if reference == Config::Baseline {
+                                "the no-op program"
+                            } else {
+                                "no daemon"
+                            },
+                            each.iter().filter(|r| **r < 1.0).count(),
+                            ratios.n,
+                            ratios.min,
+                            ratios.max,
+                        ));
+                        verdict.to_owned()
                     }
-                }
+                },
             };
             let median = |r: &Option<Rates>| {
                 r.as_ref()
