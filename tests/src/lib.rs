@@ -100,55 +100,31 @@ pub fn run(cmd: &mut Command) -> Output {
 /// (and the test failed) if it still runs after a minute, as a start that
 /// wrongly succeeded would, so that it never holds CI until its limit.
 pub fn run_failing_start(cmd: &mut Command) -> Output {
-    use std::{io::Read, process::Stdio};
+    use std::{process::Stdio, sync::mpsc};
     const LIMIT: Duration = Duration::from_secs(60);
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {cmd:?} failed: {e}"));
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
+    let pid = child.id() as i32;
+    let (done, waited) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match waited.recv_timeout(LIMIT) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("waiting for {cmd:?} failed: {e}")),
+        Err(_) => {
+            // SIGTERM first: a daemon that started detaches on it.
+            // SAFETY: kill(2) on our own child, not reaped while it runs.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            if waited.recv_timeout(Duration::from_secs(2)).is_err() {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            bytes
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            _ => {
-                // SIGTERM first: a daemon that started detaches on it.
-                // SAFETY: plain kill(2) on our own child.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                thread::sleep(Duration::from_secs(2));
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{cmd:?} still ran after {LIMIT:?}: the start should have failed");
-            }
+            panic!("{cmd:?} still ran after {LIMIT:?}: the start should have failed");
         }
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
     }
 }
 
