@@ -23,6 +23,7 @@ impl ConnectEvent {
             family: 0,
             verdict: 0,
             rule: 0,
+            forked: 0,
             _pad0: 0,
             _pad1: 0,
             comm: [0; COMM_LEN],
@@ -68,7 +69,14 @@ pub struct ConnectEvent {
     pub verdict: u8,
     /// Index of the matched rule, or [`NO_RULE`](crate::NO_RULE).
     pub rule: u8,
-    pub _pad0: u16,
+    /// 1 when the caller's process runs the program its parent ran at the
+    /// fork that made it (it has executed nothing since: `PF_FORKNOEXEC` on
+    /// its main thread), so its parent's command line and executable speak
+    /// for it once it is gone; 0 when it executed a program of its own (or
+    /// a program of an earlier build, which wrote no such byte, made the
+    /// record).
+    pub forked: u8,
+    pub _pad0: u8,
     pub _pad1: u32,
     pub comm: [u8; COMM_LEN],
     pub exe_name: [u8; EXE_NAME_LEN],

@@ -15,6 +15,8 @@ pub struct KernelOffsets {
     pub task_group_leader: u32,
     /// `task_struct.start_boottime` (what `/proc/PID/stat` reports as starttime)
     pub task_start_boottime: u32,
+    /// `task_struct.flags` (`PF_*`)
+    pub task_flags: u32,
     /// `mm_struct.exe_file`
     pub mm_exe_file: u32,
     /// `file.f_inode`

@@ -27,6 +27,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     task_tgid: 0,
     task_group_leader: 0,
     task_start_boottime: 0,
+    task_flags: 0,
     mm_exe_file: 0,
     file_inode: 0,
     file_dentry: 0,
@@ -215,11 +216,19 @@ impl Task {
         load(kn, offset!(kernfs_node_id))
     }
 
-    /// `task->group_leader->start_boottime`: when the process started.
+    /// `task->group_leader->start_boottime`: when the process started,
+    /// and whether the process has executed nothing since the fork that
+    /// made it (`PF_FORKNOEXEC` in its main thread's flags: every new task
+    /// starts with it, an exec clears it, and the thread that executes
+    /// becomes the main thread; a later thread's own flag says nothing).
     #[inline(always)]
-    pub fn process_start(self) -> u64 {
+    pub fn process_start(self) -> (u64, bool) {
         let leader: u64 = load(self.0, offset!(task_group_leader));
-        load(leader, offset!(task_start_boottime))
+        let flags: u32 = load(leader, offset!(task_flags));
+        (
+            load(leader, offset!(task_start_boottime)),
+            flags & PF_FORKNOEXEC != 0,
+        )
     }
 
     /// `task->mm->exe_file`; 0 for kernel threads (whose `mm` is NULL: the
@@ -244,6 +253,9 @@ impl Task {
         load(inode, offset!(inode_ino))
     }
 }
+
+/// `PF_FORKNOEXEC` (`include/linux/sched.h`): forked but did not exec.
+const PF_FORKNOEXEC: u32 = 0x40;
 
 /// `BTRFS_SUPER_MAGIC`.
 const BTRFS_SUPER_MAGIC: u64 = 0x9123_683e;

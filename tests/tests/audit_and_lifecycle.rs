@@ -507,16 +507,7 @@ fn a_report_never_takes_the_command_line_of_a_later_process_with_its_pid() {
             "parent-marker",
         ],
     );
-    // Polled without panicking: the daemon is let go before any check.
-    let line = (0..200).find_map(|_| {
-        let line = std::fs::read_to_string(&report)
-            .ok()
-            .filter(|l| l.ends_with('\n'));
-        if line.is_none() {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        line
-    });
+    let line = poll_report(&report);
     daemon.signal(libc::SIGCONT);
     let line = line.expect("the driver reported no pid within 10 s");
     let [pid, refused, recycled]: [u32; 3] = line
@@ -534,6 +525,100 @@ fn a_report_never_takes_the_command_line_of_a_later_process_with_its_pid() {
     let cmdline = ev["cmdline"].as_str().unwrap_or_default();
     assert!(cmdline.contains("parent-marker"), "{ev:#}");
     assert!(!cmdline.contains(&format!("recycled-{pid}")), "{ev:#}");
+}
+
+/// The line a driver script wrote to `report`, polled for 10 s without
+/// panicking (the caller lets a stopped daemon go before any check).
+fn poll_report(report: &std::path::Path) -> Option<String> {
+    (0..200).find_map(|_| {
+        let line = std::fs::read_to_string(report)
+            .ok()
+            .filter(|l| l.ends_with('\n'));
+        if line.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        line
+    })
+}
+
+/// Has a forked child connect to 127.0.0.1:`argv[1]` and exit, then a
+/// child that executes this same Python (with `exec-marker` in its command
+/// line) do the same; writes `FORKED EXECUTED` (their pids) to `argv[2]`
+/// and waits to be killed. Its own command line carries `argv[3]`.
+const FORK_AND_EXEC: &str = r#"
+import os, socket, sys, time
+port, report = int(sys.argv[1]), sys.argv[2]
+CONNECT = """
+import socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3)
+except OSError:
+    pass
+"""
+forked = os.fork()
+if forked == 0:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3)
+    except OSError:
+        pass
+    finally:
+        os._exit(0)
+os.waitpid(forked, 0)
+executed = os.fork()
+if executed == 0:
+    try:
+        os.execv(sys.executable, [sys.executable, "-c", CONNECT, str(port), "exec-marker"])
+    finally:
+        os._exit(1)
+os.waitpid(executed, 0)
+with open(report, "w") as f:
+    f.write("%d %d\n" % (forked, executed))
+time.sleep(30)
+"#;
+
+/// A process that is gone when its report is read is given its parent's
+/// command line only if it executed nothing since its fork (it ran its
+/// parent's program, as socat's per-connection child does: the positive
+/// control). A child that executed the same program (`python3` starting
+/// `python3 ...`) had a command line of its own, which the parent's is
+/// not: it is reported without one. Both connects are refused while the
+/// daemon is stopped, so both processes have exited when it reads them.
+#[test]
+fn a_child_that_executed_its_parents_program_is_never_given_its_parents_command_line() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
+    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
+    let dir = TempDir::new("fork-exec");
+    let report = dir.path().join("pids");
+    daemon.signal(libc::SIGSTOP);
+    let _driver = ns.spawn(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            FORK_AND_EXEC,
+            &PROTECTED.to_string(),
+            report.to_str().expect("utf-8 temp dir"),
+            "parent-marker",
+        ],
+    );
+    let line = poll_report(&report);
+    daemon.signal(libc::SIGCONT);
+    let line = line.expect("the driver reported no pids within 10 s");
+    let [forked, executed]: [u32; 2] = line
+        .split_whitespace()
+        .map(|w| w.parse().expect("a number"))
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap_or_else(|_| panic!("{line:?}"));
+    let refusal = |pid: u32, what: &str| {
+        daemon.wait_event(what, |e| e["verdict"] == "deny" && e["pid"] == pid)
+    };
+    let ev = refusal(forked, "the forked child's refusal");
+    let cmdline = ev["cmdline"].as_str().unwrap_or_default();
+    assert!(cmdline.contains("parent-marker"), "{ev:#}");
+    let ev = refusal(executed, "the executed child's refusal");
+    assert!(ev["cmdline"].is_null(), "{ev:#}");
 }
 
 /// Kills a pid (not a child of the test) when dropped, also on failure.

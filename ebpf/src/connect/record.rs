@@ -213,7 +213,8 @@ fn fill(
         (*ev).ktime_ns = at;
         (*ev).policy_seq = seq;
         (*ev).netns_cookie = d.netns_cookie;
-        (*ev).start_boottime_ns = task.process_start();
+        let (start, forked) = task.process_start();
+        (*ev).start_boottime_ns = start;
         (*ev).cgroup_id = task.cgroup_id();
         (*ev).exe = identity::exe_key(exe_file);
         (*ev).daddr = dst.addr;
@@ -226,6 +227,7 @@ fn fill(
         (*ev).family = family;
         (*ev).verdict = d.outcome;
         (*ev).rule = d.rule;
+        (*ev).forked = u8::from(forked);
         (*ev)._pad0 = 0;
         (*ev)._pad1 = 0;
         (*ev)

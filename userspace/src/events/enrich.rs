@@ -40,10 +40,12 @@ const EXE_CACHE_MAX: usize = 1024;
 
 /// What `/proc` told about one process (pid and start time), and the kernel
 /// facts it was read for: an event reporting another executable (an exec
-/// since), parent or cgroup reads it again.
+/// since), parent, cgroup or fork state reads it again.
 struct ProcInfo {
     exe_key: ExeKey,
     ppid: u32,
+    /// [`ConnectEvent::forked`]: whether the parent may speak for it.
+    forked: u8,
     cgroup_id: u64,
     /// The script the kernel read at the process's last exec: another one
     /// is an exec of the same interpreter since.
@@ -300,6 +302,7 @@ impl ProcCache {
             i.exe_key == ev.exe
                 && i.script == ev.script
                 && i.ppid == ev.ppid
+                && i.forked == ev.forked
                 && i.cgroup_id == ev.cgroup_id
         }) {
             return;
@@ -322,11 +325,17 @@ impl ProcCache {
         let parent = ev.ppid != 0 && started_by(ev.ppid, ev.start_boottime_ns);
         // A forked child that did not exec (socat's per-connection child) has
         // its parent's executable: when it is already gone, the parent still
-        // tells its path, command line and cgroup.
+        // tells its path, command line and cgroup. Only if the kernel saw it
+        // execute nothing: a child that executed the same program (`python3`
+        // starting `python3 tool.py`) has a command line of its own, which
+        // the parent's is not.
         let parent_exe_id = parent
             .then(|| file_id(&format!("/proc/{}/exe", ev.ppid)))
             .flatten();
-        let forked = parent && ev.exe != ExeKey::default() && proc_exe(ev.ppid, &ev.exe).is_some();
+        let forked = parent
+            && ev.forked != 0
+            && ev.exe != ExeKey::default()
+            && proc_exe(ev.ppid, &ev.exe).is_some();
         let exe = alive
             .then(|| proc_exe(pid, &ev.exe))
             .flatten()
@@ -351,6 +360,7 @@ impl ProcCache {
         ProcInfo {
             exe_key: ev.exe,
             ppid: ev.ppid,
+            forked: ev.forked,
             cgroup_id: ev.cgroup_id,
             script: ev.script,
             exe,

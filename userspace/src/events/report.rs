@@ -339,6 +339,7 @@ mod tests {
             family: 2,
             verdict: v,
             rule: loopwarden_common::NO_RULE,
+            forked: 0,
             _pad0: 0,
             _pad1: 0,
             comm: [0; 16],

@@ -38,6 +38,7 @@ fn event() -> ConnectEvent {
         family: 2,
         verdict: verdict::DENY,
         rule: 0,
+        forked: 0,
         _pad0: 0,
         _pad1: 0,
         comm,

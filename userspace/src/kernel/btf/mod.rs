@@ -190,6 +190,7 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         task_tgid: btf.member_offset("task_struct", "tgid")?,
         task_group_leader: btf.member_offset("task_struct", "group_leader")?,
         task_start_boottime: btf.member_offset("task_struct", "start_boottime")?,
+        task_flags: btf.member_offset("task_struct", "flags")?,
         mm_exe_file: btf.member_offset("mm_struct", "exe_file")?,
         file_inode: btf.member_offset("file", "f_inode")?,
         file_dentry: btf.member_offset("file", "f_path.dentry")?,

@@ -356,6 +356,7 @@ fn fuzz_seeds_have_every_offset() {
             (64, 100, 160, 16)
         );
         assert_eq!((o.dentry_name, o.inode_ino, o.sb_dev), (24, 64, 16));
+        assert_eq!(o.task_flags, 4);
         assert_eq!(
             (o.tcp_rcv_nxt, o.tcp_bytes_received, o.tcp_inet_sport),
             (256, 264, 64)
