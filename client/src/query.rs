@@ -59,15 +59,18 @@ pub enum Error {
     /// new connection (it is stopping, or restarting).
     #[error("loopwarden closed the query connection before answering")]
     Closed,
-    /// `forbidden`: the accepted socket is another uid's.
+    /// `forbidden`: a caller other than root named another network
+    /// namespace. (A connection whose accepted socket is another uid's is
+    /// `unknown`, as one that is not open: `Ok(None)`.)
     #[error(
-        "loopwarden refused the query (forbidden): {message}; only the accepted \
-         socket's owner, or root, may ask about a connection"
+        "loopwarden refused the query (forbidden): {message}; only root may ask about \
+         another network namespace"
     )]
     Forbidden { message: String },
-    /// `timeout`, with this request's id: the daemon took the request as
-    /// incomplete for too long (its idle close, on the other hand, is
-    /// answered by a new connection).
+    /// `timeout` answered to this request: the daemon received only part
+    /// of its line in time. Not expected, as the line is written whole;
+    /// the daemon's idle close, which carries no id, is answered by a new
+    /// connection instead.
     #[error("loopwarden closed the query connection (timeout): {message}")]
     Timeout { message: String },
     /// Another error the daemon answered (`bad-request`, `too-long`, ...).

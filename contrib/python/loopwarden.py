@@ -51,8 +51,8 @@ SOL_LOOPWARDEN = 0x4C57
 LW_ORIGIN = 1
 """The option at SOL_LOOPWARDEN: the connection's origin record."""
 RECORD_SIZE = 328
-_BUFFER = 512
 """Bytes of a version-1 origin record."""
+_BUFFER = 512  # what getsockopt is given: the record and what a later version appends
 DEFAULT_QUERY_PATH = "/run/loopwarden/query.sock"
 """Where the daemon serves its query socket by default."""
 
@@ -98,8 +98,9 @@ class BadRecord(ValueError):
 class QueryError(Exception):
     """The query socket answered an error.
 
-    ``code`` is the protocol's error token: ``forbidden`` (the accepted
-    socket is another uid's), ``bad-request``, ``too-long``, ``timeout``
+    ``code`` is the protocol's error token: ``forbidden`` (a caller other
+    than root named another network namespace; another uid's connection is
+    ``unknown``, as one that is not open: None), ``bad-request``, ``too-long``, ``timeout``
     (the request took the daemon too long to receive), ``busy`` (too many
     of this uid's clients at once), ``unavailable`` (the daemon cannot
     read its connection table, or the caller's network namespace); or
@@ -307,6 +308,14 @@ def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[st
     raise QueryError(code, str(answer.get("message", "")))
 
 
+def _field(answer: Dict[str, Any], name: str, kind: type) -> Any:
+    """``answer[name]``, which an ok answer must hold as a ``kind``."""
+    value = answer.get(name)
+    if not isinstance(value, kind):
+        raise QueryError("protocol", f"no {name} {kind.__name__} in the answer: {answer!r}")
+    return value
+
+
 def who(
     peer: Union[str, Tuple],
     local: Union[str, Tuple],
@@ -322,7 +331,7 @@ def who(
     """
     req = {"op": "who", "peer": _addr(peer), "local": _addr(local)}
     answer = _request(req, path, timeout)
-    return None if answer is None else answer["origin"]
+    return None if answer is None else _field(answer, "origin", dict)
 
 
 def who_cookie(
@@ -330,7 +339,7 @@ def who_cookie(
 ) -> Optional[Dict[str, Any]]:
     """The origin of the connection whose accepted socket has SO_COOKIE ``cookie``."""
     answer = _request({"op": "who", "cookie": cookie}, path, timeout)
-    return None if answer is None else answer["origin"]
+    return None if answer is None else _field(answer, "origin", dict)
 
 
 def conns(path: str = DEFAULT_QUERY_PATH, timeout: float = 10.0) -> List[Dict[str, Any]]:
@@ -338,4 +347,4 @@ def conns(path: str = DEFAULT_QUERY_PATH, timeout: float = 10.0) -> List[Dict[st
     answer = _request({"op": "conns"}, path, timeout)
     if answer is None:
         raise QueryError("protocol", "`unknown` answered to `conns`")
-    return answer["conns"]
+    return _field(answer, "conns", list)

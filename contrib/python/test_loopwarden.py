@@ -119,12 +119,21 @@ class Query(unittest.TestCase):
 
     def test_errors(self):
         path = self.serve([
-            '{"v":1,"ok":false,"error":"forbidden","message":"uid 33\'s socket"}',
+            '{"v":1,"ok":false,"error":"forbidden","message":"not your netns"}',
             "not json",
+            '{"v":1,"ok":true}',
+            '{"v":1,"ok":true,"conns":{}}',
         ])  # fmt: skip
         with self.assertRaises(loopwarden.QueryError) as e:
             loopwarden.who_cookie(1, path=path)
-        self.assertEqual((e.exception.code, e.exception.message), ("forbidden", "uid 33's socket"))
+        self.assertEqual((e.exception.code, e.exception.message), ("forbidden", "not your netns"))
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.conns(path=path)
+        self.assertEqual(e.exception.code, "protocol")
+        # An ok answer without what was asked for: the same, not a KeyError.
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.who("127.0.0.1:1", "127.0.0.1:2", path=path)
+        self.assertEqual(e.exception.code, "protocol")
         with self.assertRaises(loopwarden.QueryError) as e:
             loopwarden.conns(path=path)
         self.assertEqual(e.exception.code, "protocol")

@@ -158,7 +158,7 @@ fn conns_lists() {
 #[test]
 fn errors_are_told_apart() {
     let fake = Fake::new(&[
-        r#"{"v":1,"ok":false,"error":"forbidden","message":"the socket is uid 33's"}"#,
+        r#"{"v":1,"ok":false,"error":"forbidden","message":"only root may ask about another network namespace"}"#,
         r#"{"v":1,"ok":false,"error":"bad-request","message":"no op"}"#,
         r#"{"v":1,"ok":false,"id":{id},"error":"timeout","message":"a request takes 10 s at most"}"#,
     ]);
@@ -167,7 +167,7 @@ fn errors_are_told_apart() {
         Err(e @ Error::Forbidden { .. }) => {
             let text = e.to_string();
             assert!(
-                text.contains("forbidden") && text.contains("uid 33's"),
+                text.contains("forbidden") && text.contains("another network namespace"),
                 "{text}"
             );
         }

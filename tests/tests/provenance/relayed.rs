@@ -163,13 +163,21 @@ fn each_uid_sees_only_the_connections_its_sockets_accepted() {
         assert_eq!(conns(&ns, uid, &run_dir).len(), 1);
     }
 
-    // Another uid: forbidden, and nothing listed.
-    let (code, stderr) = who(&ns, Some(OTHER), &run_dir, &peer, &local).expect_err("forbidden");
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("forbidden"), "{stderr}");
+    // Another uid: unknown, as a connection that does not exist (so that
+    // no user can tell which are open), and nothing listed.
+    let (code, stderr) = who(&ns, Some(OTHER), &run_dir, &peer, &local).expect_err("unknown");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unknown"), "{stderr}");
     let answers = raw_query(&ns, Some(OTHER), &run_dir, &requests);
-    assert_eq!(answers[0]["error"], "forbidden", "{answers:#?}");
-    assert_eq!(answers[1]["error"], "forbidden", "{answers:#?}");
+    assert_eq!(answers[0]["error"], "unknown", "{answers:#?}");
+    assert_eq!(answers[1]["error"], "unknown", "{answers:#?}");
+    // Word for word the answers about connections that are not open.
+    let absent = [
+        line(json!({"op": "who", "peer": "127.0.0.1:1", "local": local})),
+        line(json!({"op": "who", "cookie": 1})),
+    ];
+    let absent = raw_query(&ns, Some(OTHER), &run_dir, &absent);
+    assert_eq!(answers[..2], absent[..], "{answers:#?} {absent:#?}");
     assert_eq!(answers[2]["conns"], json!([]), "{answers:#?}");
     assert!(conns(&ns, Some(OTHER), &run_dir).is_empty());
 

@@ -19,9 +19,10 @@ pub const VERSION: u8 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorCode {
-    /// No such connection is known (or it is not protected).
+    /// No such connection is known (or it is not protected), or it is
+    /// one the caller may not see: the two are never told apart.
     Unknown,
-    /// The connection's accepted socket is another uid's.
+    /// A caller other than root named another network namespace.
     Forbidden,
     /// Not JSON, or not a request this protocol has.
     BadRequest,
@@ -250,21 +251,17 @@ impl Request {
                 netns.and_then(|netns| conns.get(&conn_key(netns, peer, local)))
             }
         };
-        match found {
+        // A connection the caller may not see is answered as one that does
+        // not exist: a cookie names a socket in any namespace, so telling
+        // them apart would show any user which protected connections are
+        // open on the host, and whose.
+        match found.filter(|record| caller.may_see(record)) {
             None => Reply::error(
                 id,
                 ErrorCode::Unknown,
-                "no such protected connection is open (not to a protected port, closed, or \
-                 older than the tagging)",
-            ),
-            Some(record) if !caller.may_see(&record) => Reply::error(
-                id,
-                ErrorCode::Forbidden,
-                format!(
-                    "the connection's accepted socket belongs to uid {}: ask as that user or \
-                     as root",
-                    record.server_uid
-                ),
+                "no such protected connection is open that you may ask about (not to a \
+                 protected port, closed, older than the tagging, or its accepted socket is \
+                 another uid's: ask as that uid or as root)",
             ),
             Some(record) => {
                 let mut reply = Reply::ok(id);
