@@ -272,7 +272,7 @@ pub fn loopwarden(ns: &Netns, uid: Option<u32>, run_dir: &Path, args: &[&str]) -
 }
 
 /// `loopwarden who PEER LOCAL --json` in `ns` as `uid`: the origin, or the
-/// exit code and stderr.
+/// exit code and stderr (exit 1, unknown, prints `null`).
 pub fn who(
     ns: &Netns,
     uid: Option<u32>,
@@ -284,10 +284,15 @@ pub fn who(
     match out.status.code() {
         Some(0) => Ok(serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("who printed no JSON ({e}): {out:?}"))),
-        code => Err((
-            code.unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )),
+        code => {
+            if code == Some(1) {
+                assert_eq!(out.stdout, b"null\n", "{out:?}");
+            }
+            Err((
+                code.unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
     }
 }
 

@@ -166,7 +166,8 @@ enum Command {
         /// The service's end: ADDR:PORT.
         #[arg(value_name = "LOCAL")]
         local: Option<std::net::SocketAddr>,
-        /// Print JSON (an origin object; an array without LOCAL).
+        /// Print JSON: an origin object (`null` when unknown); an array without
+        /// LOCAL (`[]` when none).
         #[arg(long)]
         json: bool,
         /// The run directory of the daemon (where query.sock is).

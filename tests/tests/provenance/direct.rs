@@ -110,6 +110,9 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     // A closed connection disappears.
     curl.kill();
     wait_gone(&ns, daemon.install(), &peer, &local);
+    let out = loopwarden(&ns, None, &run_dir, &["who", "127.0.0.1", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stdout, b"[]\n", "{out:?}");
 
     // curl over IPv6: the service's getsockopt and the daemon name it too.
     let mut curl6 = waiting_curl(&ns, &format!("http://[::1]:{PROTECTED}/"));

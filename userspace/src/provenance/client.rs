@@ -165,7 +165,10 @@ pub fn who(
             if json {
                 return Ok(match origin {
                     Some(origin) => found(format!("{origin:#}\n")),
-                    None => none(),
+                    None => Printed {
+                        text: "null\n".to_owned(),
+                        ..none()
+                    },
                 });
             }
             origin.into_iter().collect()
@@ -181,11 +184,19 @@ pub fn who(
             .filter(|o| client_of(o).is_some_and(|c| peer.matches(c)))
             .collect::<Vec<_>>(),
     };
+    if json {
+        let array = format!("{:#}\n", Value::Array(origins.clone()));
+        return Ok(if origins.is_empty() {
+            Printed {
+                text: array,
+                ..none()
+            }
+        } else {
+            found(array)
+        });
+    }
     if origins.is_empty() {
         return Ok(none());
-    }
-    if json {
-        return Ok(found(format!("{:#}\n", Value::Array(origins))));
     }
     let blocks: Vec<String> = origins.iter().map(show::describe).collect();
     Ok(found(blocks.join("\n")))
