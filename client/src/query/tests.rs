@@ -183,9 +183,12 @@ fn errors_are_told_apart() {
         Err(e @ Error::Timeout { .. }) => assert!(e.to_string().contains("10 s"), "{e}"),
         other => panic!("{other:?}"),
     }
-    // The fake has closed, and takes no new connection: the next request
-    // finds the end of the stream (or a broken pipe), tries a new
-    // connection, and says it cannot connect.
+    // The fake has closed (waited for: a listener not yet dropped would
+    // take the new connection and then close it, which is `Closed`), and
+    // takes no new connection: the next request finds the end of the
+    // stream (or a broken pipe), tries a new connection, and says it
+    // cannot connect.
+    assert_eq!(fake.requests().len(), 3);
     match q.conns() {
         Err(Error::Connect { .. }) => {}
         other => panic!("{other:?}"),
