@@ -1,7 +1,9 @@
 //! The clients a local server (the query socket, the ident responder) is
 //! serving: at most a fixed number, the next past it closing the one idle
 //! longest, so clients that keep their connections open, even sending a
-//! request now and then, cannot shut out the next.
+//! request now and then, cannot shut out the next. A client whose request
+//! is being answered is not idle: however fast others connect, it gets its
+//! answer.
 
 use std::{
     collections::HashMap,
@@ -24,9 +26,9 @@ pub(super) struct Clients<T> {
 struct Table<T> {
     next: u64,
     /// By id: the tag, since when the client has been waited for (its
-    /// connect or its last answer), and its stop signal (dropping the
-    /// sender ends its task).
-    live: HashMap<u64, (T, Instant, oneshot::Sender<()>)>,
+    /// connect or its last answer; `None` while a request of its is being
+    /// answered), and its stop signal (dropping the sender ends its task).
+    live: HashMap<u64, (T, Option<Instant>, oneshot::Sender<()>)>,
 }
 
 impl<T: Copy + PartialEq + Debug> Clients<T> {
@@ -42,7 +44,9 @@ impl<T: Copy + PartialEq + Debug> Clients<T> {
     }
 
     /// Admits a client tagged `tag`: its id and its stop signal, closing
-    /// the client idle longest if all `max` places are taken.
+    /// the client idle longest if all `max` places are taken. When none is
+    /// idle (every one is being answered), up to `max` more are admitted,
+    /// and past that the new client is closed at once (its signal fires).
     pub(super) fn admit(&self, tag: T) -> (u64, oneshot::Receiver<()>) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         self.insert(&mut table, tag)
@@ -63,32 +67,50 @@ impl<T: Copy + PartialEq + Debug> Clients<T> {
     }
 
     fn insert(&self, table: &mut Table<T>, tag: T) -> (u64, oneshot::Receiver<()>) {
+        let id = table.next;
+        table.next += 1;
+        let (stop, stopped) = oneshot::channel();
         if table.live.len() >= self.max {
             let oldest = table
                 .live
                 .iter()
-                .min_by_key(|(_, c)| c.1)
-                .map(|(id, _)| *id);
+                .filter_map(|(id, c)| Some((*id, c.1?)))
+                .min_by_key(|(_, since)| *since)
+                .map(|(id, _)| id);
             if let Some(oldest) = oldest {
                 table.live.remove(&oldest);
                 debug!(
                     "{}: {} clients are being served: closing the one idle longest for {tag:?}",
                     self.server, self.max
                 );
+            } else if table.live.len() >= 2 * self.max {
+                debug!(
+                    "{}: {} clients are being answered: closing the new one, {tag:?}",
+                    self.server,
+                    table.live.len()
+                );
+                return (id, stopped);
             }
         }
-        let id = table.next;
-        table.next += 1;
-        let (stop, stopped) = oneshot::channel();
-        table.live.insert(id, (tag, Instant::now(), stop));
+        table.live.insert(id, (tag, Some(Instant::now()), stop));
         (id, stopped)
+    }
+
+    /// A request of client `id` is being answered: it is not idle, and is
+    /// not closed for a new client until it is answered.
+    pub(super) fn busy(&self, id: u64) {
+        self.set_since(id, None);
     }
 
     /// Client `id` was answered: its idle time starts again.
     pub(super) fn answered(&self, id: u64) {
+        self.set_since(id, Some(Instant::now()));
+    }
+
+    fn set_since(&self, id: u64, since: Option<Instant>) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = table.live.get_mut(&id) {
-            client.1 = Instant::now();
+            client.1 = since;
         }
     }
 

@@ -71,6 +71,11 @@ impl Slot {
         Ok((slot, stop))
     }
 
+    /// A request of the client's is being answered (see [`Clients::busy`]).
+    fn busy(&self) {
+        self.clients.busy(self.id);
+    }
+
     /// The client was answered: its idle time starts again.
     fn answered(&self) {
         self.clients.answered(self.id);
@@ -233,6 +238,7 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
+                slot.busy();
                 (answer(&line, caller, &shared).await, false)
             }
         };
@@ -321,5 +327,39 @@ mod tests {
             root_stop.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
         );
+    }
+
+    #[test]
+    fn a_client_being_answered_is_never_closed_for_a_new_one() {
+        use oneshot::error::TryRecvError::{Closed, Empty};
+        let slots = Arc::new(Clients::new("test", 4));
+        let mut held: Vec<_> = (0..4)
+            .map(|uid| Slot::take(&slots, uid).expect("a slot"))
+            .collect();
+        for (slot, _) in &held {
+            slot.busy();
+        }
+        // No one is idle: the next is taken beside them (and, idle until
+        // its request comes, would be the one closed for the next).
+        let more: Vec<_> = (4..8)
+            .map(|uid| {
+                let (slot, stop) = Slot::take(&slots, uid).expect("a slot");
+                slot.busy();
+                (slot, stop)
+            })
+            .collect();
+        assert_eq!(slots.len(), 8);
+        assert!(held.iter_mut().all(|(_, stop)| stop.try_recv() == Err(Empty)));
+        // Past twice the places, a newcomer is closed at once.
+        let (_late, mut late_stop) = Slot::take(&slots, 8).expect("a slot");
+        assert_eq!(late_stop.try_recv(), Err(Closed));
+        assert_eq!(slots.len(), 8);
+        // Answered, the first is idle again, and the one closed next.
+        held[0].0.answered();
+        let (_next, mut next_stop) = Slot::take(&slots, 9).expect("a slot");
+        assert_eq!(next_stop.try_recv(), Err(Empty));
+        assert_eq!(held[0].1.try_recv(), Err(Closed));
+        assert!(held[1..].iter_mut().all(|(_, stop)| stop.try_recv() == Err(Empty)));
+        drop(more);
     }
 }

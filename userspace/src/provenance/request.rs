@@ -30,7 +30,8 @@ pub enum ErrorCode {
     TooLong,
     /// No request within [`super::query::IDLE`]; the connection closes.
     Timeout,
-    /// All client slots are taken; the connection closes.
+    /// The caller's uid holds as many clients as one uid may; the
+    /// connection closes.
     Busy,
     /// The daemon cannot read its connection table right now.
     Unavailable,

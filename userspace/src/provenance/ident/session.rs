@@ -87,6 +87,7 @@ async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketA
             let line: Vec<u8> = pending.drain(..=end).collect();
             match request::parse(&line[..end]) {
                 Ok(ports) => {
+                    shared.clients.busy(id);
                     let reply = answer(ports, local, peer, shared).await;
                     if !send(&stream, &reply, shared).await {
                         return;
