@@ -63,16 +63,31 @@ impl Conns {
 
     /// The origin of the connection `key`, once the server's side has
     /// accepted it (before that it is no connection a service could ask
-    /// about) and while it is open: from its slot, as the kernel finds it,
-    /// or from `LW_CONNS`.
-    pub fn get(&self, key: &ConnKey) -> Option<OriginRecord> {
-        (0..CONN_SLOT_PROBES)
+    /// about), if `keep` takes it and while it is open: from its slot, as
+    /// the kernel finds it, or from `LW_CONNS`. `Err` when whether it is
+    /// open cannot be checked (asked only of a record `keep` took, so an
+    /// error tells nothing of one it did not).
+    pub fn get(
+        &self,
+        key: &ConnKey,
+        keep: impl Fn(&OriginRecord) -> bool,
+    ) -> io::Result<Option<OriginRecord>> {
+        let found = (0..CONN_SLOT_PROBES)
             .filter_map(|i| self.slots.get(&key.slot(i), 0).ok())
             .find(|slot| slot.is_taken() && slot.entry.record.conn == *key)
             .map(|slot| slot.entry)
             .or_else(|| self.map.get(key, 0).ok())
             .map(|entry| named(*key, entry))
-            .filter(|record| record.established_ns != 0 && self.live.is_open(record))
+            .filter(|record| record.established_ns != 0 && keep(record));
+        self.if_open(found)
+    }
+
+    /// `record`, if there is one and it is open.
+    fn if_open(&self, record: Option<OriginRecord>) -> io::Result<Option<OriginRecord>> {
+        match record {
+            Some(record) => Ok(self.live.is_open(&record)?.then_some(record)),
+            None => Ok(None),
+        }
     }
 
     /// Every accepted protected connection the maps hold that `keep`
@@ -92,12 +107,18 @@ impl Conns {
         self.accepted().count()
     }
 
-    /// The connection whose accepted socket has cookie `cookie`, while it
-    /// is open.
-    pub fn by_cookie(&self, cookie: u64) -> Option<OriginRecord> {
-        self.accepted()
+    /// The connection whose accepted socket has cookie `cookie`, if `keep`
+    /// takes it and while it is open ([`Conns::get`]).
+    pub fn by_cookie(
+        &self,
+        cookie: u64,
+        keep: impl Fn(&OriginRecord) -> bool,
+    ) -> io::Result<Option<OriginRecord>> {
+        let found = self
+            .accepted()
             .find(|record| record.server_cookie == cookie)
-            .filter(|record| self.live.is_open(record))
+            .filter(|record| keep(record));
+        self.if_open(found)
     }
 
     /// Copies every entry of `LW_CONNS` into `into`, the `LW_CONNS` of a

@@ -75,11 +75,11 @@ impl Liveness {
         }
     }
 
-    /// Whether `record`'s accepted socket is open.
-    pub fn is_open(&self, record: &OriginRecord) -> bool {
-        let mut one = vec![*record];
-        self.retain_open(&mut one);
-        !one.is_empty()
+    /// Whether `record`'s accepted socket is open; `Err` when that cannot
+    /// be checked (warned of once per namespace).
+    pub fn is_open(&self, record: &OriginRecord) -> io::Result<bool> {
+        let open = self.open_in(record.conn.netns, &[record])?;
+        Ok(open.first().copied().unwrap_or(false))
     }
 
     /// Keeps the records whose accepted socket is open (one sock_diag
@@ -92,36 +92,41 @@ impl Liveness {
         }
         let mut open = vec![false; records.len()];
         for (netns, indices) in by_netns {
-            let mut diag = match self.diag(netns) {
-                Ok(diag) => diag,
-                // No process is in it any more and no file names it: its
-                // connections went with it.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    debug!("provenance: network namespace net:[{netns}] is gone: {e}");
-                    continue;
+            let these: Vec<&OriginRecord> = indices.iter().map(|&i| &records[i]).collect();
+            if let Ok(found) = self.open_in(netns, &these) {
+                for (&i, found) in indices.iter().zip(found) {
+                    open[i] = found;
                 }
-                Err(e) => {
-                    self.cannot_check(netns, &e);
-                    continue;
-                }
-            };
-            let checked = self.probe_tcp(&mut diag).and_then(|()| {
-                indices
-                    .iter()
-                    .map(|&i| accepted_socket_open(&mut diag, &records[i]))
-                    .collect::<io::Result<Vec<bool>>>()
-            });
-            match checked {
-                Ok(found) => {
-                    for (&i, found) in indices.iter().zip(found) {
-                        open[i] = found;
-                    }
-                }
-                Err(e) => self.cannot_check(netns, &e),
             }
         }
         let mut keep = open.into_iter();
         records.retain(|_| keep.next().unwrap_or(false));
+    }
+
+    /// Whether the accepted socket of each of `records`, all of namespace
+    /// `netns`, is open; `Err` when that cannot be checked (warned of).
+    fn open_in(&self, netns: u32, records: &[&OriginRecord]) -> io::Result<Vec<bool>> {
+        let mut diag = match self.diag(netns) {
+            Ok(diag) => diag,
+            // No process is in it any more and no file names it: its
+            // connections went with it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                debug!("provenance: network namespace net:[{netns}] is gone: {e}");
+                return Ok(vec![false; records.len()]);
+            }
+            Err(e) => {
+                self.cannot_check(netns, &e);
+                return Err(e);
+            }
+        };
+        self.probe_tcp(&mut diag)
+            .and_then(|()| {
+                records
+                    .iter()
+                    .map(|record| accepted_socket_open(&mut diag, record))
+                    .collect()
+            })
+            .inspect_err(|e| self.cannot_check(netns, e))
     }
 
     /// Whether the kernel has TCP socket diagnostics, asked until it has.
@@ -147,8 +152,9 @@ impl Liveness {
                 .unwrap_or_default();
             warn!(
                 "provenance: cannot tell whether the connections of network namespace \
-                 net:[{netns}] are still open, so who, conns, the query socket and ident answer \
-                 unknown for them (getsockopt still answers): {}{fix}",
+                 net:[{netns}] are still open, so conns leaves them out, who and the query \
+                 socket answer unavailable and ident UNKNOWN-ERROR for them (getsockopt still \
+                 answers): {}{fix}",
                 error_chain(e)
             );
         }

@@ -349,7 +349,10 @@ mod tests {
             })
             .collect();
         assert_eq!(slots.len(), 8);
-        assert!(held.iter_mut().all(|(_, stop)| stop.try_recv() == Err(Empty)));
+        assert!(
+            held.iter_mut()
+                .all(|(_, stop)| stop.try_recv() == Err(Empty))
+        );
         // Past twice the places, a newcomer is closed at once.
         let (_late, mut late_stop) = Slot::take(&slots, 8).expect("a slot");
         assert_eq!(late_stop.try_recv(), Err(Closed));
@@ -359,7 +362,11 @@ mod tests {
         let (_next, mut next_stop) = Slot::take(&slots, 9).expect("a slot");
         assert_eq!(next_stop.try_recv(), Err(Empty));
         assert_eq!(held[0].1.try_recv(), Err(Closed));
-        assert!(held[1..].iter_mut().all(|(_, stop)| stop.try_recv() == Err(Empty)));
+        assert!(
+            held[1..]
+                .iter_mut()
+                .all(|(_, stop)| stop.try_recv() == Err(Empty))
+        );
         drop(more);
     }
 }

@@ -245,18 +245,30 @@ impl Request {
                 return reply;
             }
             // One root names must hold it.
-            Op::Cookie(cookie) => conns
-                .by_cookie(cookie)
-                .filter(|r| self.netns.is_none_or(|n| n == r.conn.netns)),
-            Op::Who { peer, local } => {
-                netns.and_then(|netns| conns.get(&conn_key(netns, peer, local)))
-            }
+            Op::Cookie(cookie) => conns.by_cookie(cookie, |r| {
+                caller.may_see(r) && self.netns.is_none_or(|n| n == r.conn.netns)
+            }),
+            Op::Who { peer, local } => match netns {
+                Some(netns) => conns.get(&conn_key(netns, peer, local), |r| caller.may_see(r)),
+                None => Ok(None),
+            },
         };
         // A connection the caller may not see is answered as one that does
-        // not exist: a cookie names a socket in any namespace, so telling
-        // them apart would show any user which protected connections are
-        // open on the host, and whose.
-        match found.filter(|record| caller.may_see(record)) {
+        // not exist (and is not checked for being open, so no error tells
+        // it apart either): a cookie names a socket in any namespace, so
+        // telling them apart would show any user which protected
+        // connections are open on the host, and whose.
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                return Reply::error(
+                    id,
+                    ErrorCode::Unavailable,
+                    format!("cannot tell whether the connection is still open: {e}"),
+                );
+            }
+        };
+        match found {
             None => Reply::error(
                 id,
                 ErrorCode::Unknown,

@@ -46,6 +46,9 @@ pub(super) enum Answer<'a> {
 pub(super) const INVALID_PORT: &str = "INVALID-PORT";
 /// The error token for a connection loopwarden knows nothing of.
 pub(super) const NO_USER: &str = "NO-USER";
+/// RFC 1413's answer when the owner cannot be determined: loopwarden
+/// could not check that the connection is open.
+pub(super) const UNKNOWN_ERROR: &str = "UNKNOWN-ERROR";
 
 /// Parses one query line, without its LF (a trailing CR is dropped).
 /// `Err` holds the ports to echo in the `INVALID-PORT` reply.

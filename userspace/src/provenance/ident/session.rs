@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::{
     Shared,
-    request::{self, Answer, Echo, INVALID_PORT, MAX_REQUEST, NO_USER, Ports},
+    request::{self, Answer, Echo, INVALID_PORT, MAX_REQUEST, NO_USER, Ports, UNKNOWN_ERROR},
 };
 use crate::provenance::conn_key;
 
@@ -37,6 +37,8 @@ pub(super) enum Origin {
     Flagged,
     /// Not a protected connection loopwarden tagged.
     Unknown,
+    /// Whether the connection is open could not be checked.
+    Unchecked,
 }
 
 impl Origin {
@@ -193,11 +195,11 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
     // Blocking: reads the map, and may enter a namespace to see that the
     // connection is open.
     let lookup = shared.clone();
-    let record = tokio::task::spawn_blocking(move || lookup.conns.get(&key))
-        .await
-        .ok()
-        .flatten();
-    let origin = Origin::of(record.as_ref());
+    let origin = match tokio::task::spawn_blocking(move || lookup.conns.get(&key, |_| true)).await {
+        Ok(Ok(record)) => Origin::of(record.as_ref()),
+        // Not that nobody owns it: loopwarden could not tell.
+        Ok(Err(_)) | Err(_) => Origin::Unchecked,
+    };
     debug!(
         "ident: {peer} asked about {}:{} -> {}:{}: {origin:?}",
         local.ip(),
@@ -213,6 +215,7 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
         }
         Origin::Flagged => request::reply(echo, Answer::Error(shared.relayed.token())),
         Origin::Unknown => request::reply(echo, Answer::Error(NO_USER)),
+        Origin::Unchecked => request::reply(echo, Answer::Error(UNKNOWN_ERROR)),
     }
 }
 
