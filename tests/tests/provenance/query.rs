@@ -12,6 +12,78 @@ fn read_answer(stream: &UnixStream) -> Value {
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}"))
 }
 
+/// Floods the query socket with malformed lines from one connection (a
+/// writer that does not stop before another client, on its own connection,
+/// has been answered, nor before 10,000 lines) while a reader takes the
+/// `bad-request` answers, and asks `request` from a client in `ns` once a
+/// thousand of them are in: its answer names `pid`, and the flood's last
+/// line, the same request naming `ns` (the flood is the test's, in the
+/// host's namespace), is answered too.
+fn assert_answered_during_a_flood(
+    socket: &Path,
+    ns: &Netns,
+    run_dir: &Path,
+    request: &str,
+    pid: u32,
+) {
+    use std::{
+        io::Write as _,
+        sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+    let stream = UnixStream::connect(socket).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (answered, read) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        let writing = s.spawn(|| {
+            let mut writer = &stream;
+            let bad = b"{\"op\": not json\n";
+            let mut sent = 0usize;
+            while sent < 10_000 || !answered.load(Ordering::Relaxed) {
+                writer.write_all(bad).expect("flooding");
+                sent += 1;
+            }
+            let mut last: Value = serde_json::from_str(request).expect("a request");
+            last["netns"] = netns_inode(ns).into();
+            writer
+                .write_all(format!("{last}\n").as_bytes())
+                .expect("the last line");
+            sent
+        });
+        let reading = s.spawn(|| {
+            let mut lines = BufReader::new(&stream).lines();
+            loop {
+                let line = lines.next().expect("the flood's answers end early");
+                let answer: Value = serde_json::from_str(&line.expect("an answer")).unwrap();
+                if answer["ok"] == true {
+                    return answer;
+                }
+                assert_eq!(answer["error"], "bad-request", "{answer}");
+                read.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Set also when a check below fails, so that the writer ends.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let stop = Stop(&answered);
+        wait_for("the flood under way", Duration::from_secs(30), || {
+            (read.load(Ordering::Relaxed) >= 1_000).then_some(())
+        });
+        let answers = raw_query(ns, None, run_dir, &[request.to_owned()]);
+        drop(stop);
+        assert_eq!(answers[0]["origin"]["pid"], pid, "{answers:#?}");
+        let sent = writing.join().expect("the writer");
+        let last = reading.join().expect("the reader");
+        assert_eq!(last["origin"]["pid"], pid, "{last}");
+        assert_eq!(read.load(Ordering::Relaxed), sent);
+    });
+}
+
 #[test]
 fn misbehaving_query_clients_do_not_keep_others_waiting() {
     let ns = Netns::new();
@@ -50,6 +122,8 @@ fn misbehaving_query_clients_do_not_keep_others_waiting() {
         &answers[..3]
     );
     assert_eq!(answers[10_000]["origin"]["pid"], client.pid());
+    // And another client is answered while such a flood is under way.
+    assert_answered_during_a_flood(&socket, &ns, &run_dir, &who_request, client.pid());
 
     // An over-long line: too-long, and the connection closes unanswered.
     let answers = raw_query(
