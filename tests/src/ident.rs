@@ -15,6 +15,20 @@ use crate::{Netns, Proc, SYSTEM_PYTHON, TempDir, run, run_ok, wait_for};
 /// The ident port the responder serves in the tests' namespaces.
 pub const IDENT_PORT: u16 = 113;
 
+/// The responder's line naming `user` for the ports `here`, `there`.
+pub fn user_reply(here: impl std::fmt::Display, there: u16, user: &str) -> String {
+    format!("{here} , {there} : USERID : UNIX : {user}\r\n")
+}
+
+/// The responder's error line `token` for the ports `here`, `there`.
+pub fn error_reply(
+    here: impl std::fmt::Display,
+    there: impl std::fmt::Display,
+    token: &str,
+) -> String {
+    format!("{here} , {there} : ERROR : {token}\r\n")
+}
+
 /// What a raw ident client read.
 #[derive(Debug)]
 pub struct Exchange {

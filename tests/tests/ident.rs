@@ -7,8 +7,9 @@
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Policy, TempDir, UNPROTECTED,
     ident::{
-        HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, holding_server,
-        ident_exchange, ident_query, trickle, trickle_after_refusal, uid_of,
+        HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, error_reply,
+        holding_server, ident_exchange, ident_query, trickle, trickle_after_refusal, uid_of,
+        user_reply,
     },
     idle::IdleClients,
     provenance::fork_client,
@@ -58,14 +59,6 @@ fn daemon_on(ns: &Netns, config: &str) -> Daemon {
         1,
     );
     daemon
-}
-
-fn user_reply(here: u16, there: u16, user: &str) -> String {
-    format!("{here} , {there} : USERID : UNIX : {user}\r\n")
-}
-
-fn error_reply(here: impl std::fmt::Display, there: impl std::fmt::Display, token: &str) -> String {
-    format!("{here} , {there} : ERROR : {token}\r\n")
 }
 
 #[test]

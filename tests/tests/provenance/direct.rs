@@ -20,8 +20,10 @@ fn waiting_curl(ns: &Netns, url: &str) -> Proc {
 
 #[test]
 fn direct_clients_are_named_while_connected_and_after_they_exit() {
+    use loopwarden_tests::ident::{error_reply, ident_query, user_reply};
+
     let ns = Netns::new();
-    let daemon = Daemon::start(&config(&ns));
+    let daemon = Daemon::start(&config_with_ident(&ns));
     let run_dir = daemon.install().run_dir();
     let holder = Holder::start(&ns, &[PROTECTED], None);
 
@@ -107,9 +109,21 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
     assert_eq!(all.len(), 1, "{out:?}");
     assert_eq!(all[0]["pid"], pid);
 
-    // A closed connection disappears.
+    // ident names curl's user.
+    let client_port = peer.rsplit_once(':').expect("ADDR:PORT").1;
+    let ident = format!("{client_port} , {PROTECTED}");
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &ident),
+        user_reply(client_port, PROTECTED, "root")
+    );
+
+    // A closed connection disappears, for ident too.
     curl.kill();
     wait_gone(&ns, daemon.install(), &peer, &local);
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &ident),
+        error_reply(client_port, PROTECTED, "NO-USER")
+    );
     let out = loopwarden(&ns, None, &run_dir, &["who", "127.0.0.1", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(out.stdout, b"[]\n", "{out:?}");
@@ -273,7 +287,7 @@ for line in sys.stdin:
 /// a connection the same process makes once the daemon runs is named.
 #[test]
 fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
-    use loopwarden_tests::ident::{IDENT_PORT, ident_query};
+    use loopwarden_tests::ident::{error_reply, ident_query, user_reply};
 
     let ns = Netns::new();
     let mut proc = Talker::spawn(
@@ -283,11 +297,7 @@ fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
     );
     let old_port: u16 = proc.line().trim().parse().expect("a port");
 
-    let daemon = Daemon::start(&format!(
-        "{}[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\"]\nnetns = \"{}\"\n",
-        config(&ns),
-        ns.path()
-    ));
+    let daemon = Daemon::start(&config_with_ident(&ns));
     let run_dir = daemon.install().run_dir();
     let answers: Value = serde_json::from_str(&proc.ask("new")).expect("JSON");
     let new_port = answers["new_port"].as_u64().expect("the new port");
@@ -310,11 +320,11 @@ fn a_connection_older_than_the_daemon_is_unknown_to_every_way_of_asking() {
     // ident: no user for the old one, root for the new one.
     assert_eq!(
         ident_query(&ns, "127.0.0.1", &format!("{old_port} , {PROTECTED}")),
-        format!("{old_port} , {PROTECTED} : ERROR : NO-USER\r\n")
+        error_reply(old_port, PROTECTED, "NO-USER")
     );
     assert_eq!(
         ident_query(&ns, "127.0.0.1", &format!("{new_port} , {PROTECTED}")),
-        format!("{new_port} , {PROTECTED} : USERID : UNIX : root\r\n")
+        user_reply(new_port, PROTECTED, "root")
     );
     drop(proc);
 }

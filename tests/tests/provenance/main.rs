@@ -58,6 +58,16 @@ fn config(ns: &Netns) -> String {
     format!("log_allowed = true\n{}", policy.text())
 }
 
+/// [`config`] with the ident responder on `127.0.0.1:113` in `ns`.
+fn config_with_ident(ns: &Netns) -> String {
+    format!(
+        "{}[ident]\nlisten = [\"127.0.0.1:{}\"]\nnetns = \"{}\"\n",
+        config(ns),
+        loopwarden_tests::ident::IDENT_PORT,
+        ns.path()
+    )
+}
+
 /// Fails a test that races two CPUs on a host with fewer.
 fn assert_two_cpus() {
     let online = std::thread::available_parallelism().map_or(1, usize::from);

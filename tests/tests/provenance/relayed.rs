@@ -1,7 +1,7 @@
 //! Relayed connections (socat, `ssh -L`) named with the remote party, and
 //! each uid seeing only the connections its own sockets accepted.
 
-use loopwarden_tests::ident::{IDENT_PORT, ident_query};
+use loopwarden_tests::ident::{error_reply, ident_query};
 
 use super::*;
 
@@ -45,11 +45,7 @@ fn assert_relayed(origin: &Value, accepted: &Value, how: &str) {
 #[test]
 fn relays_are_named_with_the_remote_party() {
     let topo = Topology::new();
-    let daemon = Daemon::start(&format!(
-        "{}[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\"]\nnetns = \"{}\"\n",
-        config(&topo.local),
-        topo.local.path()
-    ));
+    let daemon = Daemon::start(&config_with_ident(&topo.local));
     let run_dir = daemon.install().run_dir();
     let holder = Holder::start(&topo.local, &[PROTECTED], None);
     let service = format!("TCP:127.0.0.1:{PROTECTED}");
@@ -106,7 +102,7 @@ fn relays_are_named_with_the_remote_party() {
             "127.0.0.1",
             &format!("{client_port} , {PROTECTED}")
         ),
-        format!("{client_port} , {PROTECTED} : ERROR : NO-USER\r\n")
+        error_reply(client_port, PROTECTED, "NO-USER")
     );
 
     // Both in `conns`, as JSON and as a table.
