@@ -18,6 +18,12 @@ pub fn contrib_python() -> PathBuf {
 /// 127.0.0.1:`port` (system python: `python3-aiohttp` is a Debian package),
 /// with more gateway arguments in `args`.
 pub fn gateway(ns: &Netns, port: u16, args: &[&str]) -> Proc {
+    gateway_on(ns, "127.0.0.1", port, args)
+}
+
+/// [`gateway`] listening on `host` (`127.0.0.1`, `::1`); ready once
+/// `host`:`port` has a listener (whatever else listens on the port).
+pub fn gateway_on(ns: &Netns, host: &str, port: u16, args: &[&str]) -> Proc {
     let script = contrib_python().join("examples/aiohttp_gateway.py");
     let port_arg = port.to_string();
     // -B: no __pycache__ in the source tree.
@@ -25,13 +31,14 @@ pub fn gateway(ns: &Netns, port: u16, args: &[&str]) -> Proc {
         "-B",
         script.to_str().expect("utf-8 path"),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         &port_arg,
     ];
     all.extend_from_slice(args);
     let proc = ns.spawn(SYSTEM_PYTHON, &all);
-    ns.wait_listening(port);
+    let ip: std::net::IpAddr = host.parse().expect("an IP address");
+    ns.wait_listening_at(std::net::SocketAddr::new(ip, port));
     proc
 }
 

@@ -124,6 +124,22 @@ impl Netns {
         self.wait_bound("-Hlun", &format!("a UDP socket on port {port}"), port);
     }
 
+    /// Waits until a TCP socket listens on `addr` itself.
+    pub fn wait_listening_at(&self, addr: std::net::SocketAddr) {
+        wait_for(
+            &format!("a listener on {addr} in {}", self.name),
+            Duration::from_secs(10),
+            || {
+                let out = self.cmd("ss").args(["-Hltn"]).output().ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|line| line.split_whitespace().nth(3))
+                    .any(|local| local == addr.to_string())
+                    .then_some(())
+            },
+        );
+    }
+
     /// Waits until `ss FLAGS` lists a socket on local `port`.
     fn wait_bound(&self, flags: &str, what: &str, port: u16) {
         wait_for(

@@ -25,7 +25,7 @@ use loopwarden_tests::{
     Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir,
     TestCgroup, Topology, UNPROTECTED,
     client::{
-        Fetched, contrib_python, fetch, gateway, py_origin_server, python_unit_tests,
+        Fetched, contrib_python, fetch, gateway, gateway_on, py_origin_server, python_unit_tests,
         rs_origin_server,
     },
     exe_id, exe_name,
@@ -38,6 +38,8 @@ use serde_json::Value;
 const SOCAT_PORT: u16 = 9001;
 /// socat relaying to the unprotected port.
 const SOCAT_OPEN_PORT: u16 = 9002;
+/// socat relaying to the protected port over `::1`.
+const SOCAT6_PORT: u16 = 9003;
 /// The Python forwarder, on the local link address.
 const FORWARDER_PORT: u16 = 9006;
 /// A gateway with the default (unknown connections refused), on an
@@ -104,6 +106,29 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
         "{message}"
     );
     assert!(message.contains("would-deny"), "{message}");
+
+    // The same over IPv6: a gateway on [::1] serves a direct client there
+    // and refuses socat relaying to it, naming its [::1] address.
+    let _gateway6 = gateway_on(&topo.local, "::1", PROTECTED, &[]);
+    let direct6 = fetch(
+        &topo.local,
+        &format!("http://[::1]:{PROTECTED}/v1/models"),
+        None,
+    );
+    assert_eq!(direct6.status, 200, "{direct6:?}");
+    let _socat6 = topo
+        .local
+        .socat_relay(SOCAT6_PORT, &format!("TCP6:[::1]:{PROTECTED}"), None);
+    let relayed6 = fetch(&topo.local, &local_url(SOCAT6_PORT, "/v1/models"), None);
+    assert_eq!(relayed6.status, 403, "{relayed6:?}");
+    let (kind, message) = refusal(&relayed6);
+    assert_eq!(kind, "loopwarden_relayed");
+    assert!(
+        message.starts_with(&format!(
+            "refused: this request was relayed to [::1]:{PROTECTED} by socat (pid "
+        )),
+        "{message}"
+    );
 
     // A forwarder no catalog names, carrying a remote client's request:
     // refused, naming the forwarder and the remote party.
