@@ -490,55 +490,87 @@ time.sleep(30)
 /// at all), never the other process's.
 #[test]
 fn a_report_never_takes_the_command_line_of_a_later_process_with_its_pid() {
-    let ns = Netns::new();
-    let _servers = ns.http_servers();
-    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
-    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
-    let dir = TempDir::new("recycle");
-    let report = dir.path().join("pids");
-    daemon.signal(libc::SIGSTOP);
-    let _driver = ns.spawn(
-        "/usr/bin/python3",
-        &[
-            "-c",
-            RECYCLE_A_PID,
-            &PROTECTED.to_string(),
-            report.to_str().expect("utf-8 temp dir"),
-            "parent-marker",
-        ],
-    );
-    let line = poll_report(&report);
-    daemon.signal(libc::SIGCONT);
-    let line = line.expect("the driver reported no pid within 10 s");
-    let [pid, refused, recycled]: [u32; 3] = line
-        .split_whitespace()
-        .map(|w| w.parse().expect("a number"))
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap_or_else(|_| panic!("{line:?}"));
+    let run = StoppedRun::start("recycle", RECYCLE_A_PID);
+    let [pid, refused, recycled] = run.numbers();
     let _sleep = KillOnDrop(recycled);
     assert_eq!(refused, 1, "the child's connect was not refused");
     assert_eq!(recycled, pid, "no child got pid {pid} back");
-    let ev = daemon.wait_event("the child's refusal", |e| {
-        e["verdict"] == "deny" && e["pid"] == pid
-    });
+    let ev = run.refusal(pid, "the child's refusal");
     let cmdline = ev["cmdline"].as_str().unwrap_or_default();
     assert!(cmdline.contains("parent-marker"), "{ev:#}");
     assert!(!cmdline.contains(&format!("recycled-{pid}")), "{ev:#}");
 }
 
-/// The line a driver script wrote to `report`, polled for 10 s without
-/// panicking (the caller lets a stopped daemon go before any check).
-fn poll_report(report: &std::path::Path) -> Option<String> {
-    (0..200).find_map(|_| {
-        let line = std::fs::read_to_string(report)
-            .ok()
-            .filter(|l| l.ends_with('\n'));
-        if line.is_none() {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+/// A driver script (`python3 -c SCRIPT PORT REPORT parent-marker`) run
+/// while the daemon, enforcing a rule that refuses python3, is stopped:
+/// what its processes connect is reported once they are gone. The script
+/// writes a line of numbers to REPORT, then waits to be killed.
+struct StoppedRun {
+    daemon: Daemon,
+    line: String,
+    _driver: loopwarden_tests::Proc,
+    _dir: TempDir,
+    _servers: (loopwarden_tests::Proc, loopwarden_tests::Proc),
+    _ns: Netns,
+}
+
+impl StoppedRun {
+    /// Runs `script` in a new namespace, the daemon stopped until the
+    /// report is written (or 10 s have passed: the daemon is let go before
+    /// any check).
+    fn start(name: &str, script: &str) -> Self {
+        let ns = Netns::new();
+        let servers = ns.http_servers();
+        let rule = rule("py", "deny", "exe", "/usr/bin/python3");
+        let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
+        let dir = TempDir::new(name);
+        let report = dir.path().join("report");
+        daemon.signal(libc::SIGSTOP);
+        let driver = ns.spawn(
+            "/usr/bin/python3",
+            &[
+                "-c",
+                script,
+                &PROTECTED.to_string(),
+                report.to_str().expect("utf-8 temp dir"),
+                "parent-marker",
+            ],
+        );
+        let line = (0..200).find_map(|_| {
+            let line = std::fs::read_to_string(&report)
+                .ok()
+                .filter(|l| l.ends_with('\n'));
+            if line.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            line
+        });
+        daemon.signal(libc::SIGCONT);
+        StoppedRun {
+            daemon,
+            line: line.expect("the driver reported nothing within 10 s"),
+            _driver: driver,
+            _dir: dir,
+            _servers: servers,
+            _ns: ns,
         }
-        line
-    })
+    }
+
+    /// The report's `N` numbers.
+    fn numbers<const N: usize>(&self) -> [u32; N] {
+        let line = &self.line;
+        line.split_whitespace()
+            .map(|w| w.parse().expect("a number"))
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap_or_else(|_| panic!("{line:?}"))
+    }
+
+    /// The daemon's report of refusing `pid`.
+    fn refusal(&self, pid: u32, what: &str) -> serde_json::Value {
+        self.daemon
+            .wait_event(what, |e| e["verdict"] == "deny" && e["pid"] == pid)
+    }
 }
 
 /// Has a forked child connect to 127.0.0.1:`argv[1]` and exit, then a
@@ -585,39 +617,12 @@ time.sleep(30)
 /// daemon is stopped, so both processes have exited when it reads them.
 #[test]
 fn a_child_that_executed_its_parents_program_is_never_given_its_parents_command_line() {
-    let ns = Netns::new();
-    let _servers = ns.http_servers();
-    let rule = rule("py", "deny", "exe", "/usr/bin/python3");
-    let daemon = Daemon::start(&policy(&ns, "enforce", &rule));
-    let dir = TempDir::new("fork-exec");
-    let report = dir.path().join("pids");
-    daemon.signal(libc::SIGSTOP);
-    let _driver = ns.spawn(
-        "/usr/bin/python3",
-        &[
-            "-c",
-            FORK_AND_EXEC,
-            &PROTECTED.to_string(),
-            report.to_str().expect("utf-8 temp dir"),
-            "parent-marker",
-        ],
-    );
-    let line = poll_report(&report);
-    daemon.signal(libc::SIGCONT);
-    let line = line.expect("the driver reported no pids within 10 s");
-    let [forked, executed]: [u32; 2] = line
-        .split_whitespace()
-        .map(|w| w.parse().expect("a number"))
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap_or_else(|_| panic!("{line:?}"));
-    let refusal = |pid: u32, what: &str| {
-        daemon.wait_event(what, |e| e["verdict"] == "deny" && e["pid"] == pid)
-    };
-    let ev = refusal(forked, "the forked child's refusal");
+    let run = StoppedRun::start("fork-exec", FORK_AND_EXEC);
+    let [forked, executed] = run.numbers();
+    let ev = run.refusal(forked, "the forked child's refusal");
     let cmdline = ev["cmdline"].as_str().unwrap_or_default();
     assert!(cmdline.contains("parent-marker"), "{ev:#}");
-    let ev = refusal(executed, "the executed child's refusal");
+    let ev = run.refusal(executed, "the executed child's refusal");
     assert!(ev["cmdline"].is_null(), "{ev:#}");
 }
 
