@@ -55,17 +55,28 @@ pub fn record(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
     }
 }
 
-/// [`record`] for a process named by what it did earlier (the listener of
-/// an accepted connection, from softirq): written only into the entry it
-/// has. One that exited since has none, and no entry is made for its pid,
-/// which a later process may take.
+/// Records `accepted` evidence about the peer `addr`:`port` for `tgid`,
+/// the process that listened on the port (from softirq): written only into
+/// the entry it has, and only while that entry says it listens (standing
+/// listening or accepted evidence). One that exited since has no entry,
+/// and none is made for its pid; a later process that took the pid has an
+/// entry only of its own, which says it listens only if it listens itself
+/// (then it faces the network anyway). Before this check, such a process
+/// (one an interpreter's script or a catalogued lineage had given an
+/// entry) took the dead listener's accepted evidence and was refused as a
+/// relay.
 #[inline(always)]
-pub fn record_if_tracked(tgid: u32, slot: Slot, kind: u8, addr: Addr, port: u16) {
+pub fn record_accepted(tgid: u32, addr: Addr, port: u16) {
     if !maybe_tracked(tgid) {
         return;
     }
-    if let Some(state) = PROCS.get_ptr_mut(tgid) {
-        write(state, tgid, slot, kind, addr, port);
+    let Some(state) = PROCS.get_ptr_mut(tgid) else {
+        return;
+    };
+    // SAFETY: a pointer to the map's value (volatile: a racing writer).
+    let standing = unsafe { core::ptr::read_volatile(&(*state).standing.kind) };
+    if standing == evidence::LISTENING || standing == evidence::ACCEPTED {
+        write(state, tgid, Slot::Standing, evidence::ACCEPTED, addr, port);
     }
 }
 

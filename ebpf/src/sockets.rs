@@ -34,7 +34,7 @@ use crate::{
     identity::{load, offset, probe},
     maps::{LISTENERS, PENDING, count},
     origin,
-    procs::{Slot, record, record_if_tracked, record_received},
+    procs::{Slot, record, record_accepted, record_received},
 };
 
 pub const IPPROTO_TCP: u16 = 6;
@@ -214,14 +214,8 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             // SAFETY: the value is a plain tgid.
             if let Some(tgid) = unsafe { LISTENERS.get(listener_key(sk, local.port)) } {
                 // The listener may have exited (a daemon's parent that
-                // listened, forked and left): never an entry for its pid.
-                record_if_tracked(
-                    *tgid,
-                    Slot::Standing,
-                    evidence::ACCEPTED,
-                    peer.addr,
-                    peer.port,
-                );
+                // listened, forked and left), and its pid be another's.
+                record_accepted(*tgid, peer.addr, peer.port);
             }
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {

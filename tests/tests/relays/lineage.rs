@@ -376,3 +376,88 @@ fn an_accept_on_a_listener_whose_process_exited_gives_its_pid_no_evidence() {
     assert_eq!(listener[0], "listener error 111", "{listener:?}");
     relay_refusal(&daemon, "the listener's refusal");
 }
+
+/// Run from a file, so that it has an entry in `LW_PROCS` (its script)
+/// which forked children inherit; arguments ADDR PORT TARGET. A forked
+/// child listens on `ADDR:PORT`, hands the listener to a child of its own
+/// and exits; then children are forked until one gets its pid back (each
+/// with the script's entry): that one says `holding PID`, waits for a line
+/// (the remote side connects to the held listener meanwhile) and asks the
+/// service on 127.0.0.1:TARGET; `reused ...` is printed.
+const HOLD_THEN_REUSE: &str = concat!(
+    ask_py!(),
+    reuse_py!(),
+    r#"
+addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held_r, held_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    listener = socket.create_server((addr, port))
+    if os.fork() == 0:
+        # The holder: keeps the listener until the script's end closes the pipe.
+        os.close(held_w)
+        os.read(held_r, 1)
+        os._exit(0)
+    os._exit(0)
+os.close(held_r)
+os.waitpid(pid, 0)
+def hold_then_ask():
+    if os.getpid() != pid:
+        return "skipped"
+    print("holding", pid, flush=True)
+    sys.stdin.readline()
+    return ask(target)
+in_reused_pid(pid, hold_then_ask)
+"#
+);
+
+/// The ports of [`a_process_that_takes_a_dead_listeners_pid_gets_nothing_it_accepts`]'s
+/// two rounds.
+const HELD_PORTS: [u16; 2] = [9023, 9024];
+
+/// A connection accepted on a listener whose listening process has exited
+/// gives no evidence to a process that took its pid and has an entry of
+/// its own (a child of an interpreter running a script file): that
+/// process, executing nothing, asks the service and is served, also under
+/// the relay verdict (the positive control: a process listening on the
+/// link address is refused). Without the daemon it is served too. A build
+/// that wrote the accepted evidence into whatever entry the pid had
+/// refused it as a relay.
+#[test]
+fn a_process_that_takes_a_dead_listeners_pid_gets_nothing_it_accepts() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("hold-then-reuse");
+    let script = write_script(&dir, "hold_then_reuse.py", HOLD_THEN_REUSE);
+    let round = |port: u16| {
+        let mut talker = Talker::spawn(
+            topo.local.cmd(SYSTEM_PYTHON).args([
+                &script,
+                LOCAL_ADDR,
+                &port.to_string(),
+                &PROTECTED.to_string(),
+            ]),
+            "the holder's script",
+        );
+        let holding = talker.line();
+        assert!(holding.starts_with("holding "), "{holding}");
+        // A remote client's handshake on the held listener.
+        let connect = format!(
+            "import socket; socket.create_connection(('{LOCAL_ADDR}', {port}), timeout=3).close()"
+        );
+        run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
+        talker.ask("go")
+    };
+    assert_eq!(round(HELD_PORTS[0]), "reused status 200");
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    assert_eq!(round(HELD_PORTS[1]), "reused status 200");
+    let listener = printed(topo.local.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        REUSE_A_LISTENERS_PID,
+        LOCAL_ADDR,
+        &REUSED_LISTENER_PORT.to_string(),
+        &PROTECTED.to_string(),
+    ]));
+    assert_eq!(listener[0], "listener error 111", "{listener:?}");
+    relay_refusal(&daemon, "the listener's refusal");
+}
