@@ -114,10 +114,14 @@ impl Plan {
                     .or_insert_with(|| evidence_at(evidence::LISTENING, sock.local, now));
             }
         }
+        // Not from one of the host's own addresses either (both ends on
+        // one address: the kernel routes it over loopback), as the
+        // kernel's `same_host` decides.
         for sock in socks.iter().filter(|s| {
             s.state == State::Established
                 && ports.contains(&s.local.port())
                 && !is_loopback(s.remote.ip())
+                && s.local.ip() != s.remote.ip()
         }) {
             for &pid in holders(sock.inode) {
                 self.standing
@@ -258,6 +262,9 @@ mod tests {
             // A listener nobody holds (closing): its port still counts.
             sock("0.0.0.0:7000", "0.0.0.0:0", State::Listen, 8),
             sock("10.77.0.1:7000", "10.77.0.2:41000", State::Other, 9),
+            // A connection on the wildcard listener from the host's own
+            // address (both ends one address): not the network.
+            sock("10.77.0.1:80", "10.77.0.1:42000", State::Established, 11),
         ];
         let owners = HashMap::from([
             (1, vec![100]),
@@ -267,6 +274,7 @@ mod tests {
             (5, vec![300]),
             (6, vec![300]),
             (7, vec![201]),
+            (11, vec![400]),
         ]);
         let mut plan = Plan::default();
         plan.add_namespace(NS, &socks, &owners, NOW);
