@@ -177,14 +177,24 @@ impl Failures {
     }
 }
 
-/// Gives a process's entry the seeded standing evidence and lineage it
-/// lacks; whether it gained anything.
+/// Gives a process's entry the seeded standing evidence, lineage and
+/// script it lacks; whether it gained anything. (An entry the kernel made
+/// for an interpreter that was already running, at a receive or a listen
+/// since the attach, has no script: the kernel reads one only at exec.)
 fn fill_gaps(
     state: &mut ProcState,
     standing: Option<Evidence>,
     lineage: Option<[u8; EXE_NAME_LEN]>,
+    script: Option<&[u8; SCRIPT_LEN]>,
 ) -> bool {
     let mut gained = false;
+    if let Some(script) = script
+        && state.script_hash == 0
+    {
+        state.script = *script;
+        state.script_hash = script_hash(script);
+        gained = true;
+    }
     if let Some(ev) = standing
         && state.standing.kind == evidence::NONE
     {
@@ -258,13 +268,13 @@ fn write(
             Err(e) if errno(&e) == Some(libc::EEXIST) => {
                 // The kernel has an entry (a fork, an exec with a script,
                 // evidence since the attach): it only gains standing
-                // evidence and lineage where it has none, read and written
-                // back. A kernel write to the entry in between is lost: at
+                // evidence, lineage and a script where it has none, read
+                // and written back. A kernel write to the entry in between is lost: at
                 // worst one piece of recent evidence, which the process's
                 // next receive brings back.
                 match procs.get(&tgid, 0) {
                     Ok(mut current) => {
-                        if !fill_gaps(&mut current, standing, lineage) {
+                        if !fill_gaps(&mut current, standing, lineage, scripts.get(&tgid)) {
                             continue;
                         }
                         match procs.insert(tgid, current, EXIST) {
@@ -308,5 +318,31 @@ mod tests {
         plan.add_namespace(ns, &socks, &scan.owners, 1);
         assert_eq!(plan.listeners.get(&(ns, port)), Some(&me), "{plan:?}");
         assert_eq!(plan.standing[&me].kind, evidence::LISTENING);
+    }
+
+    #[test]
+    fn an_entry_the_kernel_made_gains_only_what_it_lacks() {
+        let mut script = [0u8; SCRIPT_LEN];
+        script[..11].copy_from_slice(b"/srv/fwd.py");
+        let listening = Evidence {
+            kind: evidence::LISTENING,
+            ..Evidence::NONE
+        };
+        // Received evidence since the attach: no script, no standing.
+        let mut state = ProcState::EMPTY;
+        state.recent.kind = evidence::RECEIVED;
+        assert!(fill_gaps(&mut state, Some(listening), None, Some(&script)));
+        assert_eq!(state.script, script);
+        assert_eq!(state.script_hash, script_hash(&script));
+        assert_eq!(state.standing.kind, evidence::LISTENING);
+        assert_eq!(state.recent.kind, evidence::RECEIVED);
+        // A script of its own (an exec since the scan) stays.
+        let mut own = [0u8; SCRIPT_LEN];
+        own[..6].copy_from_slice(b"new.py");
+        let mut state = ProcState::EMPTY;
+        state.script = own;
+        state.script_hash = script_hash(&own);
+        assert!(!fill_gaps(&mut state, None, None, Some(&script)));
+        assert_eq!(state.script, own);
     }
 }
