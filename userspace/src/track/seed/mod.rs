@@ -123,13 +123,50 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
     ))
 }
 
-/// Sets `tgid`'s note in `LW_TRACKED` (read, set, written back: a note the
-/// kernel sets in the same entry meanwhile can be lost, and is set again
-/// at that process's next write).
+/// Sets `tgid`'s note in `LW_TRACKED`: read, set, written back, so a note
+/// the kernel sets in the same entry (64 pids) meanwhile can be lost;
+/// [`repair_marks`] sets it again.
 fn mark(tracked: &mut Array<MapData, [u8; 64]>, tgid: u32) -> Result<(), MapError> {
     let mut entry = tracked.get(&(tgid >> 6), 0)?;
     entry[(tgid & 63) as usize] = 1;
     tracked.set(tgid >> 6, entry, 0)
+}
+
+/// Passes over `LW_PROCS` that [`repair_marks`] makes at most.
+const REPAIR_PASSES: usize = 8;
+
+/// Sets the `LW_TRACKED` note of every `LW_PROCS` entry that lacks one,
+/// pass after pass until a pass sets none (at most [`REPAIR_PASSES`]);
+/// how many it set. A note [`mark`]'s write lost is the kernel's for a
+/// process whose entry the kernel makes right after the note: an entry
+/// without its note, which the connect hook would never look up (its
+/// evidence, lineage and script unseen). A pass that writes nothing loses
+/// nothing.
+fn repair_marks(
+    procs: &BpfHashMap<MapData, u32, ProcState>,
+    tracked: &mut Array<MapData, [u8; 64]>,
+) -> usize {
+    let mut repaired = 0;
+    for _ in 0..REPAIR_PASSES {
+        let unmarked: Vec<u32> = procs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|&tgid| {
+                tracked
+                    .get(&(tgid >> 6), 0)
+                    .is_ok_and(|entry| entry[(tgid & 63) as usize] == 0)
+            })
+            .collect();
+        if unmarked.is_empty() {
+            break;
+        }
+        for tgid in unmarked {
+            if mark(tracked, tgid).is_ok() {
+                repaired += 1;
+            }
+        }
+    }
+    repaired
 }
 
 /// The hash map `name`, taken out of the object (the programs keep it).
@@ -292,6 +329,10 @@ fn write(
         }
     }
     failed.warn(maps::PROCS);
+    let repaired = repair_marks(procs, tracked);
+    if repaired > 0 {
+        info!("seeding: set {repaired} notes of {} again", maps::TRACKED);
+    }
     seeded
 }
 
