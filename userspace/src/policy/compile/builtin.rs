@@ -8,6 +8,14 @@ use crate::{
     events::BROWSERS_RULE_NAME,
 };
 
+/// Programs that are many programs, chosen by the name they are run as (a
+/// symlink's name picks the applet), or that launch others: a catalog name
+/// installed as a symlink to one of them does not add the target's file
+/// name, which every other applet or launched program shares (`nc ->
+/// busybox` would make every busybox applet netcat, `ngrok -> snap` every
+/// snap).
+const MULTI_CALL: [&str; 4] = ["busybox", "toybox", "coreutils", "snap"];
+
 impl Compiler<'_> {
     /// The rule of `[browsers] exe_name`/`exe`: programs judged as
     /// browsers, after the user's rules (a user's rule for them wins) and
@@ -65,9 +73,19 @@ impl Compiler<'_> {
         for (exe_name, how) in entry.names() {
             for path in self.resolver.find_executables(exe_name) {
                 // Not installed or unreadable: the plain name still matches.
-                if let Ok(real) = self.resolver.exe_file_name(&path)
-                    && !names.iter().any(|(name, _)| *name == real)
-                {
+                let Ok(real) = self.resolver.exe_file_name(&path) else {
+                    continue;
+                };
+                if MULTI_CALL.contains(&real.as_str()) {
+                    self.policy.warnings.push(format!(
+                        "{}: {} is {real}, a program that is many programs: `{real}` is not \
+                         added to the rule's names (every other program it is would match), so \
+                         the catalog does not know this copy of {exe_name} (the kernel sees \
+                         `{real}`); the relay verdict still judges it by what it does",
+                        entry.rule_name(),
+                        path.display()
+                    ));
+                } else if !names.iter().any(|(name, _)| *name == real) {
                     names.push((real, how));
                 }
             }

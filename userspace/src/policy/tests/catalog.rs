@@ -37,6 +37,21 @@ fn catalog_follows_symlinked_binaries() {
         "exe_name in [ssh, secure-shell]"
     );
     assert_eq!(simulate(&policy, &named("secure-shell-x")), None);
+
+    // A name installed as a multi-call program (`nc -> busybox`) does not
+    // make that program's every applet the entry's: a warning says so.
+    let mut r = host().with_exe("/bin/busybox", key(42));
+    r.found
+        .insert("nc".to_owned(), vec![PathBuf::from("/bin/busybox")]);
+    let policy = compile_ok("catalog = true\n", &r);
+    assert_eq!(simulate(&policy, &named("busybox")), None);
+    assert_ne!(simulate(&policy, &named("nc")), None);
+    assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+    assert!(
+        policy.warnings[0].starts_with("catalog:netcat: /bin/busybox is busybox"),
+        "{:?}",
+        policy.warnings
+    );
 }
 
 /// The catalog rule `name` (its name) matches, as the kernel would.
