@@ -5,8 +5,8 @@
 //! `accepted` evidence its forked server carried (see [`crate::process`]),
 //! and a program that connects before it reads would never show
 //! `received`; so at exec the new program's fds 0 and 1 are read: a TCP
-//! socket there whose peer is not local is `stdio` evidence, standing for
-//! the program's life.
+//! socket there whose peer is not local (not loopback, not the socket's
+//! own address) is `stdio` evidence, standing for the program's life.
 //!
 //! The fd array's elements have no BTF type the verifier can follow, so
 //! the file, its inode, its socket and the socket's fields are copied with
@@ -75,6 +75,12 @@ fn socket_peer(file: u64) -> Option<(Addr, u16)> {
     }
     let peer = end_by::<Probe>(sk, true)?;
     if is_loopback(&peer.addr) || is_unspecified(&peer.addr) || peer.port == 0 {
+        return None;
+    }
+    // Nor a connection whose two ends have one address: a client on this
+    // host reaching one of its own addresses (routed over loopback), as
+    // the state tracepoint's `same_host` decides for accepts.
+    if end_by::<Probe>(sk, false)?.addr == peer.addr {
         return None;
     }
     Some((peer.addr, peer.port))

@@ -448,10 +448,11 @@ const NETWORK_INETD_PORT: u16 = 9019;
 /// A connection from a local client as a program's standard input and
 /// output is not `stdio` evidence: an inetd-style server on 127.0.0.1
 /// executes a program per connection that carries a local client's request
-/// to the service (catalog off, `relay = "deny"`), unflagged. The positive
-/// control is the same server on the namespace's link address: the program
-/// it executes for a remote client is refused as a relay, `via_how`
-/// `stdio`.
+/// to the service (catalog off, `relay = "deny"`), unflagged, and so does
+/// the same server on the namespace's link address for a client of the
+/// namespace itself (both ends of its connection one address). The
+/// positive control is that server's program for a remote client: refused
+/// as a relay, `via_how` `stdio`.
 #[test]
 fn a_program_executed_with_a_local_clients_connection_is_not_a_relay() {
     let topo = Topology::new();
@@ -471,6 +472,14 @@ fn a_program_executed_with_a_local_clients_connection_is_not_a_relay() {
         through(&topo.remote, LOCAL_ADDR, NETWORK_INETD_PORT),
         Ok(200),
         "a remote client through the inetd-style server on the link address"
+    );
+    // A client on the host itself through the link address: its
+    // connection's two ends are that one address (the kernel routes it
+    // over loopback), not the network.
+    assert_eq!(
+        through(&topo.local, LOCAL_ADDR, NETWORK_INETD_PORT),
+        Ok(200),
+        "a local client through the inetd-style server on the link address"
     );
     let ev = relay_refusal(&daemon, "the executed program's refusal");
     assert_eq!(ev["via_how"], "stdio", "{ev:#}");
