@@ -199,6 +199,56 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
     assert!(!all_attached_at_root(&report), "{report:#}");
 }
 
+/// The DaemonSet's liveness probe, as its manifest has it.
+const LIVENESS_PROBE: &str =
+    "loopwarden status >/dev/null && { loopwarden conns >/dev/null; [ $? -le 1 ]; }";
+
+/// The liveness probe, run by `sh` with a `loopwarden` on its PATH that is
+/// this build pointed at `daemon`'s pins and run directory: its exit code.
+fn run_liveness_probe(daemon: &Daemon, dir: &TempDir) -> Option<i32> {
+    let install = daemon.install();
+    let shim = dir.path().join("loopwarden");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n\
+             status) exec {bin} status --pin-dir {pins} ;;\n\
+             conns) exec {bin} conns --run-dir {run} ;;\n\
+             esac\nexit 64\n",
+            bin = loopwarden_bin().display(),
+            pins = install.pin_dir().display(),
+            run = install.run_dir().display(),
+        ),
+    )
+    .expect("writing the shim");
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run(Command::new("sh")
+        .args(["-c", LIVENESS_PROBE])
+        .env("PATH", path));
+    out.status.code()
+}
+
+/// The liveness probe passes a daemon that answers although no protected
+/// connection is open (`conns` exits 1: an answer), and fails once the
+/// daemon is gone while its enforcement stays pinned (`status` still 0,
+/// `conns` 2). A probe that took exit 1 for a failure restarted every
+/// idle node's pod.
+#[test]
+fn the_daemonsets_liveness_probe_passes_an_idle_daemon_and_fails_a_gone_one() {
+    let ns = Netns::new();
+    let mut daemon = Daemon::start(&Policy::new(&ns, "audit").text());
+    let dir = TempDir::new("liveness");
+    assert_eq!(run_liveness_probe(&daemon, &dir), Some(0));
+    assert!(daemon.stop(), "the daemon did not exit 0");
+    assert_eq!(run_liveness_probe(&daemon, &dir), Some(1));
+}
+
 /// contrib/kubernetes/daemonset.yaml parses (PyYAML) and holds what the
 /// daemon relies on: hostPID, the host root passed through the variable
 /// loopwarden reads, the host's cgroup and bpffs mounted, the ConfigMap's
@@ -243,11 +293,7 @@ fn the_daemonset_manifest_holds_what_the_daemon_needs() {
     assert!(args.contains(&"--log-format=json"), "{args:?}");
     assert_eq!(
         container["livenessProbe"]["exec"]["command"],
-        serde_json::json!([
-            "sh",
-            "-c",
-            "loopwarden status >/dev/null && loopwarden conns >/dev/null"
-        ])
+        serde_json::json!(["sh", "-c", LIVENESS_PROBE])
     );
     // Where each volume is mounted, and from which host path.
     let host_path = |mount: &str| {
