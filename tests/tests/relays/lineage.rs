@@ -301,15 +301,13 @@ fn a_process_that_reuses_a_dead_relays_pid_starts_without_its_evidence() {
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
 }
 
-/// A listener whose process hands it to a child and exits (a daemon's
-/// parent that listened, forked and left), then reuses its pid; arguments
-/// ADDR PORT TARGET. Says `listened PID`, waits for a line (the remote
-/// side connects meanwhile), then asks the service from a child forked
-/// with that pid, executing nothing.
-const HAND_OVER_A_LISTENER: &str = concat!(
-    ask_py!(),
-    reuse_py!(),
-    r#"
+/// Python, arguments ADDR PORT TARGET: a forked child listens on
+/// `ADDR:PORT`, hands the listener to a child of its own (which holds it
+/// until the script ends) and exits, a daemon's parent that listened,
+/// forked and left; `pid` is its pid.
+macro_rules! hand_over_py {
+    () => {
+        r#"
 addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 held_r, held_w = os.pipe()
 pid = os.fork()
@@ -323,11 +321,82 @@ if pid == 0:
     os._exit(0)
 os.close(held_r)
 os.waitpid(pid, 0)
+"#
+    };
+}
+
+/// A handed-over listener ([`hand_over_py`]) whose pid is reused after the
+/// remote side connects: says `listened PID`, waits for a line (the remote
+/// side connects meanwhile), then asks the service from a child forked
+/// with that pid, executing nothing.
+const HAND_OVER_A_LISTENER: &str = concat!(
+    ask_py!(),
+    reuse_py!(),
+    hand_over_py!(),
+    r#"
 print("listened", pid, flush=True)
 sys.stdin.readline()
 in_reused_pid(pid, lambda: ask(target))
 "#
 );
+
+/// A handed-over listener ([`hand_over_py`]) whose pid is reused before
+/// the remote side connects, run from a file, so that it has an entry in
+/// `LW_PROCS` (its script) which forked children inherit: children are
+/// forked until one gets the pid back (each with the script's entry); that
+/// one says `holding PID`, waits for a line (the remote side connects to
+/// the held listener meanwhile) and asks the service.
+const HOLD_THEN_REUSE: &str = concat!(
+    ask_py!(),
+    reuse_py!(),
+    hand_over_py!(),
+    r#"
+def hold_then_ask():
+    if os.getpid() != pid:
+        return "skipped"
+    print("holding", pid, flush=True)
+    sys.stdin.readline()
+    return ask(target)
+in_reused_pid(pid, hold_then_ask)
+"#
+);
+
+/// Runs a hand-over script (`script` and its arguments before ADDR PORT
+/// TARGET) in `topo`'s local namespace with the listener on `port`: its
+/// first line must start with `first`; then a remote client's handshake
+/// completes on the held listener, and the script's last line (`reused
+/// ...`) is returned.
+fn hand_over_round(topo: &Topology, script: &[&str], port: u16, first: &str) -> String {
+    let mut talker = Talker::spawn(
+        topo.local.cmd(SYSTEM_PYTHON).args(script).args([
+            LOCAL_ADDR,
+            &port.to_string(),
+            &PROTECTED.to_string(),
+        ]),
+        "the hand-over script",
+    );
+    let line = talker.line();
+    assert!(line.starts_with(first), "{line}");
+    let connect = format!(
+        "import socket; socket.create_connection(('{LOCAL_ADDR}', {port}), timeout=3).close()"
+    );
+    run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
+    talker.ask("go")
+}
+
+/// The relay verdict is on: a process listening on the link address asking
+/// the service is refused (the positive control of the hand-over tests).
+fn assert_a_listener_is_refused(topo: &Topology, daemon: &Daemon) {
+    let listener = printed(topo.local.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        REUSE_A_LISTENERS_PID,
+        LOCAL_ADDR,
+        &REUSED_LISTENER_PORT.to_string(),
+        &PROTECTED.to_string(),
+    ]));
+    assert_eq!(listener[0], "listener error 111", "{listener:?}");
+    relay_refusal(daemon, "the listener's refusal");
+}
 
 const HANDED_OVER_PORT: u16 = 9018;
 
@@ -341,75 +410,18 @@ fn an_accept_on_a_listener_whose_process_exited_gives_its_pid_no_evidence() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let round = || {
-        let mut script = Talker::spawn(
-            topo.local.cmd(SYSTEM_PYTHON).args([
-                "-c",
-                HAND_OVER_A_LISTENER,
-                LOCAL_ADDR,
-                &HANDED_OVER_PORT.to_string(),
-                &PROTECTED.to_string(),
-            ]),
-            "the listener's script",
-        );
-        let listened = script.line();
-        assert!(listened.starts_with("listened "), "{listened}");
-        // A remote client's handshake on the held listener.
-        let connect = format!(
-            "import socket; socket.create_connection(('{LOCAL_ADDR}', {HANDED_OVER_PORT}), \
-             timeout=3).close()"
-        );
-        run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
-        script.ask("go")
+        hand_over_round(
+            &topo,
+            &["-c", HAND_OVER_A_LISTENER],
+            HANDED_OVER_PORT,
+            "listened ",
+        )
     };
     assert_eq!(round(), "reused status 200");
     let daemon = Daemon::start(&relay_deny(&topo.local).text());
     assert_eq!(round(), "reused status 200");
-    // The relay verdict is on: a process listening on the link address
-    // asking the service is refused.
-    let listener = printed(topo.local.cmd(SYSTEM_PYTHON).args([
-        "-c",
-        REUSE_A_LISTENERS_PID,
-        LOCAL_ADDR,
-        &REUSED_LISTENER_PORT.to_string(),
-        &PROTECTED.to_string(),
-    ]));
-    assert_eq!(listener[0], "listener error 111", "{listener:?}");
-    relay_refusal(&daemon, "the listener's refusal");
+    assert_a_listener_is_refused(&topo, &daemon);
 }
-
-/// Run from a file, so that it has an entry in `LW_PROCS` (its script)
-/// which forked children inherit; arguments ADDR PORT TARGET. A forked
-/// child listens on `ADDR:PORT`, hands the listener to a child of its own
-/// and exits; then children are forked until one gets its pid back (each
-/// with the script's entry): that one says `holding PID`, waits for a line
-/// (the remote side connects to the held listener meanwhile) and asks the
-/// service on 127.0.0.1:TARGET; `reused ...` is printed.
-const HOLD_THEN_REUSE: &str = concat!(
-    ask_py!(),
-    reuse_py!(),
-    r#"
-addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-held_r, held_w = os.pipe()
-pid = os.fork()
-if pid == 0:
-    listener = socket.create_server((addr, port))
-    if os.fork() == 0:
-        # The holder: keeps the listener until the script's end closes the pipe.
-        os.close(held_w)
-        os.read(held_r, 1)
-        os._exit(0)
-    os._exit(0)
-os.close(held_r)
-os.waitpid(pid, 0)
-def hold_then_ask():
-    if os.getpid() != pid:
-        return "skipped"
-    print("holding", pid, flush=True)
-    sys.stdin.readline()
-    return ask(target)
-in_reused_pid(pid, hold_then_ask)
-"#
-);
 
 /// The ports of [`a_process_that_takes_a_dead_listeners_pid_gets_nothing_it_accepts`]'s
 /// two rounds.
@@ -429,35 +441,9 @@ fn a_process_that_takes_a_dead_listeners_pid_gets_nothing_it_accepts() {
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("hold-then-reuse");
     let script = write_script(&dir, "hold_then_reuse.py", HOLD_THEN_REUSE);
-    let round = |port: u16| {
-        let mut talker = Talker::spawn(
-            topo.local.cmd(SYSTEM_PYTHON).args([
-                &script,
-                LOCAL_ADDR,
-                &port.to_string(),
-                &PROTECTED.to_string(),
-            ]),
-            "the holder's script",
-        );
-        let holding = talker.line();
-        assert!(holding.starts_with("holding "), "{holding}");
-        // A remote client's handshake on the held listener.
-        let connect = format!(
-            "import socket; socket.create_connection(('{LOCAL_ADDR}', {port}), timeout=3).close()"
-        );
-        run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
-        talker.ask("go")
-    };
+    let round = |port| hand_over_round(&topo, &[&script], port, "holding ");
     assert_eq!(round(HELD_PORTS[0]), "reused status 200");
     let daemon = Daemon::start(&relay_deny(&topo.local).text());
     assert_eq!(round(HELD_PORTS[1]), "reused status 200");
-    let listener = printed(topo.local.cmd(SYSTEM_PYTHON).args([
-        "-c",
-        REUSE_A_LISTENERS_PID,
-        LOCAL_ADDR,
-        &REUSED_LISTENER_PORT.to_string(),
-        &PROTECTED.to_string(),
-    ]));
-    assert_eq!(listener[0], "listener error 111", "{listener:?}");
-    relay_refusal(&daemon, "the listener's refusal");
+    assert_a_listener_is_refused(&topo, &daemon);
 }
