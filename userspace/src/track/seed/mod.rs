@@ -306,9 +306,9 @@ fn write(
                 // The kernel has an entry (a fork, an exec with a script,
                 // evidence since the attach): it only gains standing
                 // evidence, lineage and a script where it has none, read
-                // and written back. A kernel write to the entry in between is lost: at
-                // worst one piece of recent evidence, which the process's
-                // next receive brings back.
+                // and written back. A kernel write to the entry in between
+                // is lost: at worst one piece of recent evidence, which the
+                // process's next receive brings back.
                 match procs.get(&tgid, 0) {
                     Ok(mut current) => {
                         if !fill_gaps(&mut current, standing, lineage, scripts.get(&tgid)) {
