@@ -82,6 +82,9 @@ fn caddy_is_a_relay() {
     relay_is_reported_and_refused(Kind::Caddy);
 }
 
+/// socat relaying from the link's IPv6 address: audited by the relay
+/// verdict with its remote party bracketed in `via`, then refused under
+/// relay deny (served without loopwarden and in audit mode).
 #[test]
 fn an_ipv6_peer_is_shown_bracketed() {
     let topo = Topology::new();
@@ -103,6 +106,21 @@ fn an_ipv6_peer_is_shown_bracketed() {
             port: None,
             how: &["accepted"],
         },
+    );
+    drop(daemon);
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    assert_ne!(
+        relay.fetch(&topo),
+        Ok(200),
+        "socat over IPv6 under relay deny"
+    );
+    let ev = relay_refusal(&daemon, "the refusal of socat over IPv6");
+    assert!(relay.is_its(&ev), "{ev:#}");
+    assert!(
+        ev["via"]
+            .as_str()
+            .is_some_and(|via| via.starts_with(&format!("[{REMOTE_ADDR6}]:"))),
+        "{ev:#}"
     );
 }
 
