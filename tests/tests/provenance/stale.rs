@@ -446,13 +446,7 @@ print(json.dumps({"pid": os.getpid(), "answers": out}))
 "#;
     let ns = Netns::new();
     let _daemon = Daemon::start(&config(&ns));
-    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
-        "-c",
-        DUAL_STACK,
-        &PROTECTED.to_string(),
-        &UNPROTECTED.to_string(),
-    ]));
-    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    let said = ports_script(&ns, DUAL_STACK);
     let (protected, unprotected) = (&said["answers"][0], &said["answers"][1]);
     for answer in [protected, unprotected] {
         assert_eq!(answer["family"], libc::AF_INET6, "{said}");
@@ -507,13 +501,7 @@ print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
     // Connections to the unprotected port may have origins (as after a
     // reload that stopped protecting a port tagged connects went to).
     mark_port(daemon.install(), UNPROTECTED);
-    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
-        "-c",
-        SCRIPT,
-        &PROTECTED.to_string(),
-        &UNPROTECTED.to_string(),
-    ]));
-    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    let said = ports_script(&ns, SCRIPT);
     assert_eq!(said["control"]["status"], 1, "{said}");
     assert_eq!(said["control"]["tgid"], said["pid"], "{said}");
     assert_eq!(said["failed"], libc::ENETUNREACH, "{said}");
@@ -522,4 +510,16 @@ print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
         (&json!(0), &json!(0)),
         "the failed connect's record answered for the next connection: {said}"
     );
+}
+
+/// The JSON that the Python `script` prints, run in `ns` with the
+/// protected and the unprotected port as its arguments.
+fn ports_script(ns: &Netns, script: &str) -> Value {
+    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        script,
+        &PROTECTED.to_string(),
+        &UNPROTECTED.to_string(),
+    ]));
+    serde_json::from_slice(&out.stdout).expect("the script's JSON")
 }
