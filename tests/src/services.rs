@@ -1,9 +1,12 @@
 //! Real services the relay tests start in a namespace: an sshd for port
-//! forwards, a Python forwarder no catalog names, nginx as a reverse proxy.
+//! forwards, a Python forwarder no catalog names, nginx as a reverse proxy,
+//! a remote server a tunnel client hears from.
 
 use std::{path::Path, process::Command, sync::Mutex};
 
-use crate::{Netns, PROTECTED, Proc, SYSTEM_PYTHON, TempDir, run_ok, write_script};
+use crate::{
+    Netns, PROTECTED, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, run_ok, write_script,
+};
 
 /// How many [`Sshd`]s are running, and whether one of them created
 /// `/run/sshd` (removed again when the last one stops).
@@ -195,5 +198,30 @@ http {{
         ],
     );
     ns.wait_listening(port);
+    proc
+}
+
+/// A remote server (on [`REMOTE_ADDR`]:`argv[2]`) that greets each client
+/// with `hello` and closes: what a tunnel client hears before it connects
+/// to the local service for a remote user.
+const GREETER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(4)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hello")
+    c.close()
+"#;
+
+/// Starts [`GREETER`] in the topology's remote namespace on `port`.
+pub fn greeter(topo: &Topology, port: u16) -> Proc {
+    let proc = topo.remote.spawn(
+        SYSTEM_PYTHON,
+        &["-c", GREETER, REMOTE_ADDR, &port.to_string()],
+    );
+    topo.remote.wait_listening(port);
     proc
 }

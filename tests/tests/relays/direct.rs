@@ -184,20 +184,6 @@ fn an_allow_rule_exempts_a_relay_from_the_relay_verdict() {
     assert!(refused.is_empty(), "the exempted forwarder: {refused:#?}");
 }
 
-/// A remote server (in remote, on [`AGED_SERVER_PORT`]) that greets each
-/// client and closes.
-const GREETER: &str = r#"
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(4)
-while True:
-    c, _ = s.accept()
-    c.sendall(b"hello")
-    c.close()
-"#;
-
 /// Hears from the remote server, then asks the service at once and again
 /// after `WAIT` seconds, printing what each request got.
 const HEAR_THEN_ASK_TWICE: &str = concat!(
@@ -213,16 +199,6 @@ time.sleep(wait)
 print(ask(port), flush=True)
 "#
 );
-
-/// Starts [`GREETER`] in remote on `port`.
-fn greeter(topo: &Topology, port: u16) -> Proc {
-    let proc = topo.remote.spawn(
-        SYSTEM_PYTHON,
-        &["-c", GREETER, REMOTE_ADDR, &port.to_string()],
-    );
-    topo.remote.wait_listening(port);
-    proc
-}
 
 /// On one CPU: hears from the remote greeter on `argv[1]:argv[2]` (the
 /// first two bytes), hands the connection to a child it forked before

@@ -18,8 +18,8 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Fields, LOCAL_ADDR, LOCAL_ADDR6, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR,
-    REMOTE_ADDR6, SYSTEM_PYTHON, Sshd, TempDir, Topology, exe_name, nginx_proxy, rule, run, run_ok,
-    spawn_forwarder, wait_for, write_script,
+    REMOTE_ADDR6, SYSTEM_PYTHON, Sshd, TempDir, Topology, exe_name, greeter, nginx_proxy, rule,
+    run, run_ok, spawn_forwarder, wait_for, write_script,
 };
 use serde_json::Value;
 
