@@ -16,8 +16,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, TempDir, Topology, policy, rule, run,
-    spawn_forwarder, wait_for,
+    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, TempDir, Topology, greeter,
+    policy, rule, run, spawn_forwarder, wait_for,
 };
 use serde_json::Value;
 
@@ -45,10 +45,17 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// Connects once, then for every line on stdin sends it and prints what
-/// came back: `echo <text>`, `closed` (EOF), or `error <errno>`.
+/// Connects once to `argv[1]:argv[2]`, then for every line on stdin sends
+/// it and prints what came back: `echo <text>`, `closed` (EOF), or
+/// `error <errno>`. Given `argv[3]:argv[4]`, first hears a greeting from
+/// that server, as a tunnel client hears from its server before it
+/// connects to the local service for a remote user.
 const LINE_CLIENT: &str = r#"
 import socket, sys
+if len(sys.argv) > 3:
+    r = socket.create_connection((sys.argv[3], int(sys.argv[4])), timeout=3)
+    assert r.recv(16) == b"hello"
+    r.close()
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 print("connected", flush=True)
 for line in sys.stdin:
@@ -70,10 +77,21 @@ struct LineClient {
 
 impl LineClient {
     fn connect(ns: &Netns, host: &str, port: u16) -> Self {
+        Self::start(ns, host, port, None)
+    }
+
+    /// A client that first hears from the server `remote` (see
+    /// [`LINE_CLIENT`]).
+    fn start(ns: &Netns, host: &str, port: u16, remote: Option<(&str, u16)>) -> Self {
         let what = format!("python client of {host}:{port}");
+        let (port, remote_port) = (port.to_string(), remote.map(|(_, p)| p.to_string()));
+        let mut args = vec!["-c", LINE_CLIENT, host, &port];
+        if let (Some((remote, _)), Some(remote_port)) = (remote, &remote_port) {
+            args.extend([remote, remote_port.as_str()]);
+        }
         let mut child = ns
             .cmd("python3")
-            .args(["-c", LINE_CLIENT, host, &port.to_string()])
+            .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -352,5 +370,67 @@ fn a_switch_to_relay_deny_cuts_a_relayed_connection_and_spares_the_direct_client
     );
     daemon.wait_stderr("cut 1 connections", 1);
     remote.assert_cut();
+    direct.assert_works("direct-after");
+}
+
+/// Port of the remote server the tunnel client below hears from.
+const TUNNEL_SERVER_PORT: u16 = 9022;
+/// The relay window of the test below: short, so that the tunnel client's
+/// evidence soon ages past it.
+const SHORT_WINDOW_MS: u64 = 300;
+
+/// A tunnel client is known by recent evidence only: it hears from its
+/// remote server and at once connects to the service (the relay verdict
+/// audits it, `via` naming the server). Its connection then stays idle
+/// past the window, so its evidence no longer makes it a relay; a switch
+/// to `[relay] action = "deny"` still cuts that connection, by the
+/// evidence its origin recorded at the connect (the cut line names the
+/// same remote party), and spares the direct client's. Fails against a
+/// build whose sweep judges by the evidence at the sweep alone.
+#[test]
+fn a_switch_to_relay_deny_cuts_a_relayed_connection_whose_evidence_has_aged() {
+    let topo = Topology::new();
+    let ns = &topo.local;
+    let _server = ns.spawn("python3", &["-c", ECHO_SERVER, &PROTECTED.to_string()]);
+    ns.wait_listening(PROTECTED);
+    let _greeter = greeter(&topo, TUNNEL_SERVER_PORT);
+    let relayed = |action: &str| {
+        Policy::new(ns, "enforce")
+            .catalog(false)
+            .relay(action)
+            .window_ms(SHORT_WINDOW_MS)
+            .text()
+    };
+    let daemon = Daemon::start(&relayed("audit"));
+
+    let remote = (REMOTE_ADDR, TUNNEL_SERVER_PORT);
+    let mut tunnel = LineClient::start(ns, "127.0.0.1", PROTECTED, Some(remote));
+    let mut direct = LineClient::connect(ns, "127.0.0.1", PROTECTED);
+    tunnel.assert_works("relayed-before");
+    direct.assert_works("direct-before");
+    let let_in = daemon.wait_event("the relay audit", |e| e["rule"] == "relay");
+    assert_eq!(let_in["verdict"], "audit", "{let_in}");
+    assert_eq!(
+        let_in["via"],
+        format!("{REMOTE_ADDR}:{TUNNEL_SERVER_PORT}"),
+        "{let_in}"
+    );
+
+    // Idle past the window: by its evidence now, no relay.
+    thread::sleep(Duration::from_millis(3 * SHORT_WINDOW_MS));
+    std::fs::write(daemon.config_path(), relayed("deny")).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    let cut = daemon.wait_event("the cut of the relayed connection", |e| {
+        e["verdict"] == "cut"
+    });
+    assert_eq!(cut["rule"], "relay", "{cut}");
+    assert_eq!(
+        cut["socket_cookie"], let_in["socket_cookie"],
+        "{cut}\n{let_in}"
+    );
+    assert_eq!(cut["via"], let_in["via"], "{cut}\n{let_in}");
+    assert_eq!(cut["via_how"], let_in["via_how"], "{cut}\n{let_in}");
+    daemon.wait_stderr("cut 1 connections", 1);
+    tunnel.assert_cut();
     direct.assert_works("direct-after");
 }

@@ -33,6 +33,12 @@
 //! unknown, so a comm criterion is matched against the process's comm and
 //! every thread's (first match wins over all of them). A process that
 //! changed its uid, comm or cgroup since connect() is judged as it is now.
+//!
+//! Whether it faces the network (the relay verdict): its evidence now, or
+//! the evidence the connection's origin recorded at its connect (the tag,
+//! found by the connection's addresses and the client socket's cookie). A
+//! tunnel client known only by recent evidence, whose relayed connection
+//! has been idle past the window, is still known for what it did then.
 
 pub mod procs;
 
@@ -40,11 +46,12 @@ use std::{
     collections::HashSet,
     io,
     net::{IpAddr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Instant,
 };
 
-use loopwarden_common::{ProcState, RELAY_RULE};
+use loopwarden_common::{Evidence, ProcState, RELAY_RULE, evidence};
 use tracing::{debug, warn};
 
 use self::procs::{Owner, ProcReader};
@@ -81,6 +88,29 @@ pub struct Cut {
     pub netns_cookie: u64,
     /// The owner that matched the deny rule.
     pub owner: Owner,
+    /// The relay evidence the connection's origin recorded at its connect,
+    /// if it recorded any.
+    pub relayed: Option<Relayed>,
+}
+
+/// The relay evidence a connection's origin recorded at its connect: the
+/// remote party behind its caller then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Relayed {
+    pub via: Evidence,
+    /// CLOCK_MONOTONIC of the connect.
+    pub connect_ns: u64,
+}
+
+/// What the kernel's pinned maps know, as the sweep asks it.
+pub trait Known {
+    /// `LW_PROCS`' entry of process `pid`: its evidence, lineage, script.
+    fn tracked(&self, pid: u32) -> Option<ProcState>;
+
+    /// The relay evidence the origin of the connection of client socket
+    /// `socket`, in the network namespace with inode number `netns`,
+    /// recorded at its connect (none: not tagged, or no evidence).
+    fn relayed(&self, netns: u32, socket: &TcpSocket) -> Option<Relayed>;
 }
 
 /// What one sweep did.
@@ -181,6 +211,9 @@ struct Entered {
     label: String,
     diag: SockDiag,
     cookie: u64,
+    /// Its inode number (what the kernel keys connections by; 0 if it
+    /// could not be read).
+    inode: u32,
 }
 
 /// Destroys the established TCP connections to protected destinations
@@ -190,7 +223,8 @@ struct Entered {
 ///
 /// `host_addresses`: the addresses the kernel protects besides loopback
 /// (what the daemon installed with the policy; used only when
-/// `policy.host_addresses`). `cgroup_root`: the cgroup v2 mount.
+/// `policy.host_addresses`). `cgroup_root`: the cgroup v2 mount. `known`:
+/// what the kernel's maps say of processes and connections.
 ///
 /// Namespaces: those the policy is scoped to, or, unscoped, every network
 /// namespace some process is in. Needs root (entering namespaces,
@@ -201,7 +235,7 @@ pub fn sweep(
     policy: &CompiledPolicy,
     host_addresses: &[IpAddr],
     cgroup_root: &Path,
-    tracked: &dyn Fn(u32) -> Option<ProcState>,
+    known: &dyn Known,
 ) -> Sweep {
     let mut sweep = Sweep::default();
     if policy.mode != Mode::Enforce {
@@ -278,7 +312,7 @@ pub fn sweep(
             cgroup_root,
             &mut entered,
             &candidates,
-            tracked,
+            known,
             &mut sweep,
         );
     }
@@ -299,7 +333,7 @@ fn cut(
     cgroup_root: &Path,
     entered: &mut [Entered],
     candidates: &[(usize, TcpSocket)],
-    tracked: &dyn Fn(u32) -> Option<ProcState>,
+    known: &dyn Known,
     sweep: &mut Sweep,
 ) {
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
@@ -320,14 +354,18 @@ fn cut(
         let Some(pids) = owners.get(&sock.inode) else {
             continue;
         };
+        let ns = &mut entered[*index];
+        let relayed = known
+            .relayed(ns.inode, sock)
+            .filter(|r| r.via.kind != evidence::NONE);
         let hit = pids.iter().find_map(|&pid| {
             let mut owner = reader.owner(pid)?.clone();
-            owner.identity.tracked = tracked(pid);
-            let rule = policy.denial(&owner.identity, sock.dst.port(), now)?;
+            owner.identity.tracked = known.tracked(pid);
+            let rule =
+                policy.denial_of(&owner.identity, sock.dst.port(), now, relayed.is_some())?;
             Some((usize::from(rule), owner))
         });
         let Some((rule, owner)) = hit else { continue };
-        let ns = &mut entered[*index];
         match ns.diag.destroy(sock) {
             Ok(()) => sweep.cuts.push(Cut {
                 rule,
@@ -343,6 +381,7 @@ fn cut(
                 socket: *sock,
                 netns_cookie: ns.cookie,
                 owner,
+                relayed,
             }),
             // Closed since the dump (ENOENT), or its address pair now
             // belongs to another socket (ESTALE: the cookie differs).
@@ -395,13 +434,15 @@ fn enter(target: &Target) -> Result<Entered, SweepError> {
         let diag = SockDiag::open()?;
         // Only for the audit line: 0 where the kernel lacks it (< 5.14).
         let cookie = resolve::current_netns_cookie().unwrap_or(0);
-        Ok((diag, cookie))
+        let inode = std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino() as u32);
+        Ok((diag, cookie, inode))
     };
     match resolve::in_first_netns(target.paths.iter().cloned(), open, &mut last) {
-        Some(((diag, cookie), _)) => Ok(Entered {
+        Some(((diag, cookie, inode), _)) => Ok(Entered {
             label: target.label.clone(),
             diag,
             cookie,
+            inode,
         }),
         None => Err(SweepError::Open {
             netns: target.label.clone(),
@@ -600,10 +641,23 @@ mod tests {
         assert!(!dump.namespace_gone(), "no tcp_diag is a problem");
     }
 
+    /// Maps that know nothing.
+    struct Nothing;
+
+    impl Known for Nothing {
+        fn tracked(&self, _: u32) -> Option<ProcState> {
+            None
+        }
+
+        fn relayed(&self, _: u32, _: &TcpSocket) -> Option<Relayed> {
+            None
+        }
+    }
+
     #[test]
     fn audit_mode_sweeps_nothing() {
         let p = policy("mode = \"audit\"\n");
-        let swept = sweep(&p, &[], Path::new("/nonexistent"), &|_| None);
+        let swept = sweep(&p, &[], Path::new("/nonexistent"), &Nothing);
         assert!(swept.cuts.is_empty() && swept.problems.is_empty());
         assert_eq!(swept.namespaces, 0);
     }

@@ -250,12 +250,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     );
 
     // What a previous policy, an audit mode or no daemon at all let in.
-    let sweeper = Sweeper::spawn(
-        host.cgroup2_root.clone(),
-        pins.map(maps::PROCS),
-        opts.log_format,
-    )
-    .map_err(io_err("starting the connection sweeper"))?;
+    let sweeper = Sweeper::spawn(host.cgroup2_root.clone(), pins.maps_dir(), opts.log_format)
+        .map_err(io_err("starting the connection sweeper"))?;
     super::fullness::watch(pins.clone()).map_err(io_err("starting the map fullness watch"))?;
     if let Some(policy) = &policy {
         sweeper.request(policy, &host_addresses(policy));

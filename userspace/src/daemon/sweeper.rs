@@ -1,7 +1,9 @@
 //! Cuts admitted connections off the event loop. After every enforce-mode
 //! install the daemon hands the policy to this thread, which sweeps the
 //! open connections ([`crate::cut::sweep`]) and writes a `cut` line for each
-//! one it destroys. A sweep walks `/proc` and can take tens of
+//! one it destroys. What the kernel knows is read from the pinned maps:
+//! each process's evidence (`LW_PROCS`) and each connection's origin
+//! (`LW_CONN_SLOTS`, `LW_CONNS`). A sweep walks `/proc` and can take tens of
 //! milliseconds; on its own thread it never delays reports, signals or the
 //! next install. Each sweep's outcome goes to `status.json` (what was cut,
 //! and what kept it from being complete). Requests coalesce: a sweep always uses the newest policy
@@ -16,14 +18,16 @@ use std::{
 };
 
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
-use loopwarden_common::ProcState;
+use loopwarden_common::{ProcState, maps};
 use tracing::{error, info, warn};
 
 use super::status_file;
 use crate::{
-    cut,
+    cut::{self, Known, Relayed},
     events::{Enricher, LogFormat},
+    kernel::sock_diag::TcpSocket,
     policy::{CompiledPolicy, Mode},
+    provenance::{Conns, conn_key},
 };
 
 struct Job {
@@ -38,13 +42,12 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// Starts the sweeping thread; it ends when the handle is dropped.
-    /// `procs_pin`: the pinned `LW_PROCS`, what the kernel knows of each
-    /// process (the relay verdict's evidence, lineage, script).
-    pub fn spawn(cgroup_root: PathBuf, procs_pin: PathBuf, format: LogFormat) -> io::Result<Self> {
+    /// `maps_dir`: where the kernel's maps are pinned.
+    pub fn spawn(cgroup_root: PathBuf, maps_dir: PathBuf, format: LogFormat) -> io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         thread::Builder::new()
             .name("lw-sweep".into())
-            .spawn(move || work(&queue, cgroup_root, &procs_pin, format))?;
+            .spawn(move || work(&queue, cgroup_root, &maps_dir, format))?;
         Ok(Self { jobs })
     }
 
@@ -62,7 +65,66 @@ impl Sweeper {
     }
 }
 
-fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, procs_pin: &Path, format: LogFormat) {
+/// The pinned maps a sweep reads, those that could be opened.
+struct Pinned {
+    procs: Option<AyaHashMap<MapData, u32, ProcState>>,
+    conns: Option<Conns>,
+}
+
+impl Known for Pinned {
+    fn tracked(&self, pid: u32) -> Option<ProcState> {
+        self.procs.as_ref().and_then(|m| m.get(&pid, 0).ok())
+    }
+
+    fn relayed(&self, netns: u32, socket: &TcpSocket) -> Option<Relayed> {
+        let key = conn_key(netns, socket.src, socket.dst);
+        let record = self.conns.as_ref()?.of_client(&key, socket.cookie)?;
+        Some(Relayed {
+            via: record.origin.via,
+            connect_ns: record.origin.ktime_ns,
+        })
+    }
+}
+
+impl Pinned {
+    /// Opens the maps pinned in `maps_dir` (per sweep: a daemon that
+    /// replaced incompatible maps moved new ones into place after this
+    /// thread started). What cannot be opened is left out, with a line
+    /// saying what the sweep then does not apply.
+    fn open(maps_dir: &Path) -> (Self, Vec<String>) {
+        let mut unread = Vec::new();
+        let procs_pin = maps_dir.join(maps::PROCS);
+        let procs = MapData::from_pin(&procs_pin)
+            .map_err(|e| e.to_string())
+            .and_then(|data| {
+                AyaHashMap::<MapData, u32, ProcState>::try_from(Map::HashMap(data))
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| {
+                unread.push(format!(
+                    "{} cannot be read ({e}): the relay verdict, lineage and script rules \
+                     are not applied to admitted connections",
+                    procs_pin.display()
+                ));
+            })
+            .ok();
+        let conns = Conns::open(maps_dir)
+            .map_err(|e| {
+                unread.push(format!(
+                    "{}: the relay evidence connections recorded at their connect is not \
+                     applied to them",
+                    crate::error_chain(&e)
+                ));
+            })
+            .ok();
+        for text in &unread {
+            warn!("cut: {text}");
+        }
+        (Self { procs, conns }, unread)
+    }
+}
+
+fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, maps_dir: &Path, format: LogFormat) {
     let mut enricher = Enricher::new(cgroup_root.clone());
     while let Ok(mut job) = queue.recv() {
         // Only the newest request matters: it carries the policy in force.
@@ -72,28 +134,8 @@ fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, procs_pin: &Path, format: L
         if job.policy.mode != Mode::Enforce {
             continue;
         }
-        // Opened per sweep: a daemon that replaced incompatible maps moved
-        // new ones into place after this thread started.
-        let procs = MapData::from_pin(procs_pin)
-            .map_err(|e| e.to_string())
-            .and_then(|data| {
-                AyaHashMap::<MapData, u32, ProcState>::try_from(Map::HashMap(data))
-                    .map_err(|e| e.to_string())
-            });
-        let (procs, unread) = match procs {
-            Ok(map) => (Some(map), None),
-            Err(e) => {
-                let text = format!(
-                    "{} cannot be read ({e}): the relay verdict, lineage and script rules \
-                     are not applied to admitted connections",
-                    procs_pin.display()
-                );
-                warn!("cut: {text}");
-                (None, Some(text))
-            }
-        };
-        let tracked = |pid: u32| procs.as_ref().and_then(|m| m.get(&pid, 0).ok());
-        let mut sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &tracked);
+        let (known, unread) = Pinned::open(maps_dir);
+        let mut sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &known);
         // An incomplete sweep, as status and the metrics say.
         sweep.problems.extend(unread);
         let stdout = io::stdout();

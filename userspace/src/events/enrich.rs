@@ -12,8 +12,8 @@ use std::{
 };
 
 use loopwarden_common::{
-    BIND_RULE, ConnectEvent, EGRESS_RULE_BASE, ExeKey, MAX_EGRESS_RULES, NO_RULE, RELAY_RULE,
-    SCRIPT_LEN, evidence,
+    BIND_RULE, ConnectEvent, EGRESS_RULE_BASE, Evidence, ExeKey, MAX_EGRESS_RULES, NO_RULE,
+    RELAY_RULE, SCRIPT_LEN, evidence,
 };
 
 use super::{
@@ -188,13 +188,7 @@ impl Enricher {
             (2, Some(v4)) => IpAddr::V4(v4),
             _ => IpAddr::V6(ip),
         };
-        let via_how = evidence_name(ev.via.kind);
-        // The evidence's peer: IPv4 peers are kept IPv4-mapped.
-        let via = via_how.map(|_| SocketAddr::new(ev.via.addr.to_ip(), ev.via.port));
-        let via_ago_ms = match ev.via.kind {
-            evidence::LISTENING | evidence::NONE => None,
-            _ => Some(ev.ktime_ns.saturating_sub(ev.via.ktime_ns) / 1_000_000),
-        };
+        let (via, via_how, via_ago_ms) = via_fields(&ev.via, ev.ktime_ns);
         let script = (ev.script[0] != 0).then(|| str_from_fixed(&ev.script));
         let rule = self.rule(ev.policy_seq, ev.rule);
         AuditRecord {
@@ -234,14 +228,20 @@ impl Enricher {
         }
     }
 
-    /// The record of a connection [`crate::cut`] destroyed. Everything
-    /// comes from `/proc` as the owner is now, not from the kernel at
-    /// connect(): `time` is when it was cut; `tid` is the pid (which thread
+    /// The record of a connection [`crate::cut`] destroyed. Everything but
+    /// the relay evidence comes from `/proc` as the owner is now, not from
+    /// the kernel at connect(): `via` is what the connection's origin
+    /// recorded at its connect (absent if it recorded none, as for an
+    /// untagged connection); `time` is when it was cut; `tid` is the pid (which thread
     /// connected is not known); `comm` is the process's (main thread's);
     /// `uid`/`gid` are the real ids; `exe_name` is the file name of the
     /// `/proc/PID/exe` link target; `cgroup_id` is the inode of the cgroup's
     /// directory (0 if it could not be read).
     pub fn cut<'a>(&'a mut self, cut: &'a Cut) -> AuditRecord<'a> {
+        let (via, via_how, via_ago_ms) = match &cut.relayed {
+            Some(r) => via_fields(&r.via, r.connect_ns),
+            None => (None, None, None),
+        };
         let owner = &cut.owner;
         let id = &owner.identity;
         let parent = id
@@ -275,12 +275,29 @@ impl Enricher {
             netns_cookie: cut.netns_cookie,
             socket_cookie: cut.socket.cookie,
             script: None,
-            via: None,
-            via_how: None,
-            via_ago_ms: None,
+            via,
+            via_how,
+            via_ago_ms,
             repeat: None,
         }
     }
+}
+
+/// The line's `via`, `via_how` and `via_ago_ms` for evidence `via` the
+/// kernel found at a connect at `connect_ns`: the peer (IPv4 peers kept
+/// IPv4-mapped), how, and how long before the connect (not for
+/// `listening`, which has no moment).
+fn via_fields(
+    via: &Evidence,
+    connect_ns: u64,
+) -> (Option<SocketAddr>, Option<&'static str>, Option<u64>) {
+    let how = evidence_name(via.kind);
+    let peer = how.map(|_| SocketAddr::new(via.addr.to_ip(), via.port));
+    let ago_ms = match via.kind {
+        evidence::LISTENING | evidence::NONE => None,
+        _ => Some(connect_ns.saturating_sub(via.ktime_ns) / 1_000_000),
+    };
+    (peer, how, ago_ms)
 }
 
 /// A NUL-padded kernel string, borrowed when it is valid UTF-8.

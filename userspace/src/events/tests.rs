@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, fs, path::PathBuf, time::Instant};
 
-use loopwarden_common::{Addr, NO_RULE};
+use loopwarden_common::{Addr, Evidence, NO_RULE, evidence};
 
 use super::{
     proc::{CMDLINE_MAX, clock_ticks, proc_cmdline, same_process, started_by, starttime_ticks},
@@ -10,7 +10,7 @@ use super::{
     *,
 };
 use crate::{
-    cut::{Cut, procs::Owner},
+    cut::{Cut, Relayed, procs::Owner},
     kernel::sock_diag::{SockId, TcpSocket},
     policy::{Action, ProcessIdentity, RuleInfo},
 };
@@ -232,6 +232,7 @@ fn cut() -> Cut {
                 tracked: None,
             },
         },
+        relayed: None,
     }
 }
 
@@ -267,6 +268,36 @@ fn cut_records_name_the_socket() {
             .format(LogFormat::Human)
             .contains("socket_cookie")
     );
+}
+
+/// A cut whose connection's origin recorded relay evidence names the
+/// remote party as the connect's line did, timed before the connect; one
+/// without has no `via`.
+#[test]
+fn cut_records_name_the_remote_party_the_origin_recorded() {
+    let mut cut = cut();
+    let mut via = Evidence::NONE;
+    via.addr = Addr::from_ip("10.77.0.2".parse().unwrap());
+    via.port = 9021;
+    via.kind = evidence::RECEIVED;
+    via.ktime_ns = 5_000_000_000;
+    cut.relayed = Some(Relayed {
+        via,
+        connect_ns: 5_007_000_000,
+    });
+    let line = enricher().cut(&cut).format(LogFormat::Human);
+    assert!(
+        line.contains(" via=10.77.0.2:9021(received 7ms before) "),
+        "{line}"
+    );
+    let json = enricher().cut(&cut).format(LogFormat::Json);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["via"], "10.77.0.2:9021", "{json}");
+    assert_eq!(v["via_how"], "received", "{json}");
+    assert_eq!(v["via_ago_ms"], 7, "{json}");
+    let plain = enricher().cut(&self::cut()).format(LogFormat::Json);
+    let v: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert!(v.get("via").is_none(), "{plain}");
 }
 
 #[test]

@@ -133,6 +133,20 @@ impl CompiledPolicy {
     /// rule nor a browser-class rule exempts it. Only in enforce mode does
     /// anything refuse.
     pub fn denial(&self, id: &ProcessIdentity, port: u16, now_ns: u64) -> Option<Denial> {
+        self.denial_of(id, port, now_ns, false)
+    }
+
+    /// [`CompiledPolicy::denial`], where a caller also faces the network if
+    /// `relayed_at_connect`: the sweep of admitted connections counts the
+    /// evidence a connection's origin recorded at its connect as well as
+    /// the caller's evidence now.
+    pub fn denial_of(
+        &self,
+        id: &ProcessIdentity,
+        port: u16,
+        now_ns: u64,
+        relayed_at_connect: bool,
+    ) -> Option<Denial> {
         let s = &self.settings;
         if s.flags & flags::ENFORCE == 0 {
             return None;
@@ -149,9 +163,10 @@ impl CompiledPolicy {
         {
             return Some(r as u8);
         }
-        let facing = id
-            .tracked
-            .is_some_and(|t| network_facing(&t, now_ns, s.relay_window_ns));
+        let facing = relayed_at_connect
+            || id
+                .tracked
+                .is_some_and(|t| network_facing(&t, now_ns, s.relay_window_ns));
         (s.flags & flags::RELAY_DENY != 0 && bit & s.exempt == 0 && facing).then_some(RELAY_RULE)
     }
 }

@@ -72,14 +72,30 @@ impl Conns {
         key: &ConnKey,
         keep: impl Fn(&OriginRecord) -> bool,
     ) -> io::Result<Option<OriginRecord>> {
-        let found = (0..CONN_SLOT_PROBES)
+        let found = self
+            .find(key)
+            .filter(|record| record.established_ns != 0 && keep(record));
+        self.if_open(found)
+    }
+
+    /// The origin the kernel recorded for the connection `key` whose
+    /// client socket has cookie `client_cookie`, handshake done or not,
+    /// open or not (the caller found that socket open): what the sweep of
+    /// admitted connections asks about a client socket it lists.
+    pub fn of_client(&self, key: &ConnKey, client_cookie: u64) -> Option<OriginRecord> {
+        self.find(key)
+            .filter(|record| client_cookie != 0 && record.origin.socket_cookie == client_cookie)
+    }
+
+    /// The entry of the connection `key`: in its slot, as the kernel finds
+    /// it, or in `LW_CONNS`.
+    fn find(&self, key: &ConnKey) -> Option<OriginRecord> {
+        (0..CONN_SLOT_PROBES)
             .filter_map(|i| self.slots.get(&key.slot(i), 0).ok())
             .find(|slot| slot.is_taken() && slot.entry.record.conn == *key)
             .map(|slot| slot.entry)
             .or_else(|| self.map.get(key, 0).ok())
             .map(|entry| named(*key, entry))
-            .filter(|record| record.established_ns != 0 && keep(record));
-        self.if_open(found)
     }
 
     /// `record`, if there is one and it is open.

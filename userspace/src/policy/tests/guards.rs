@@ -97,6 +97,12 @@ script = "bridge.py"
         policy.denial(&id(state, "python3.11"), 8080, 5_500_000_001),
         None
     );
+    // Unless its connection's origin recorded relay evidence at the
+    // connect (the sweep of admitted connections asks that too).
+    assert_eq!(
+        policy.denial_of(&id(state, "python3.11"), 8080, 5_500_000_001, true),
+        Some(RELAY_RULE)
+    );
     // Written after the clock was read (the sweep reads it before its walk
     // of /proc): as recent as can be, as the kernel takes it.
     assert_eq!(
@@ -114,6 +120,10 @@ script = "bridge.py"
     state.script_hash = loopwarden_common::script_hash(b"bridge.py");
     assert_eq!(
         policy.denial(&id(state, "python3.11"), 8080, 99_000_000_000),
+        None
+    );
+    assert_eq!(
+        policy.denial_of(&id(state, "python3.11"), 8080, 99_000_000_000, true),
         None
     );
     state.script_hash = 0;
