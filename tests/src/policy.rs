@@ -22,7 +22,8 @@ pub fn rule(name: &str, action: &str, criterion: &str, value: &str) -> String {
 pub struct Policy {
     mode: String,
     catalog: bool,
-    ports: Vec<u16>,
+    /// `[protect] ports`, as TOML.
+    ports: String,
     netns: String,
     relay_action: Option<String>,
     window_ms: Option<u64>,
@@ -34,7 +35,7 @@ impl Policy {
         Self {
             mode: mode.to_owned(),
             catalog: true,
-            ports: vec![PROTECTED],
+            ports: format!("[{PROTECTED}]"),
             netns: ns.path(),
             relay_action: None,
             window_ms: None,
@@ -50,7 +51,14 @@ impl Policy {
 
     /// The protected ports (replacing `PROTECTED`).
     pub fn ports(mut self, ports: &[u16]) -> Self {
-        self.ports = ports.to_vec();
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        self.ports = format!("[{}]", ports.join(", "));
+        self
+    }
+
+    /// Every port protected (`ports = "all"`, the default policy's).
+    pub fn all_ports(mut self) -> Self {
+        self.ports = "\"all\"".to_owned();
         self
     }
 
@@ -75,13 +83,9 @@ impl Policy {
 
     /// The TOML text.
     pub fn text(&self) -> String {
-        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         let mut text = format!(
-            "mode = \"{}\"\ncatalog = {}\n\n[protect]\nports = [{}]\nnetns = [\"{}\"]\n\n",
-            self.mode,
-            self.catalog,
-            ports.join(", "),
-            self.netns
+            "mode = \"{}\"\ncatalog = {}\n\n[protect]\nports = {}\nnetns = [\"{}\"]\n\n",
+            self.mode, self.catalog, self.ports, self.netns
         );
         if self.relay_action.is_some() || self.window_ms.is_some() {
             text.push_str("[relay]\n");

@@ -434,3 +434,60 @@ fn a_switch_to_relay_deny_cuts_a_relayed_connection_whose_evidence_has_aged() {
     tunnel.assert_cut();
     direct.assert_works("direct-after");
 }
+
+/// Port of a socat echo service without `fork`: it closes its listener
+/// once it has accepted its one client.
+const ONE_SHOT: u16 = 9023;
+
+/// With every port protected, a server whose listener has closed (socat
+/// without `fork`, serving its one client) holds its accepted socket with
+/// a client's look: its local port no longer listens, and its remote end,
+/// the client's ephemeral port, is a protected destination. Its owner,
+/// socat, matches the catalog's deny rule, yet the sweep on the switch to
+/// enforce leaves that connection alone: its origin names the socket as
+/// the accepted one. The positive control, in the same sweep: the socat
+/// relay's connection to the service is cut. Fails against a build whose
+/// sweep does not ask the origin (it cut both).
+#[test]
+fn the_accepted_side_of_a_connection_whose_listener_closed_is_not_cut() {
+    let ns = Netns::new();
+    let (_server, _relay) = services(&ns);
+    let _one_shot = ns.spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{ONE_SHOT},bind=127.0.0.1,reuseaddr"),
+            "EXEC:cat",
+        ],
+    );
+    ns.wait_listening(ONE_SHOT);
+    let all_ports = |mode: &str| Policy::new(&ns, mode).all_ports().text();
+    let daemon = Daemon::start(&all_ports("audit"));
+
+    let mut served = LineClient::connect(&ns, "127.0.0.1", ONE_SHOT);
+    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
+    served.assert_works("served-before");
+    through_relay.assert_works("relay-before");
+    wait_for(
+        "socat to close its listener",
+        Duration::from_secs(5),
+        || {
+            let out = run(ns
+                .cmd("ss")
+                .args(["-Htln", "sport", "=", &format!(":{ONE_SHOT}")]));
+            out.stdout.is_empty().then_some(())
+        },
+    );
+
+    std::fs::write(daemon.config_path(), all_ports("enforce")).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    assert_socat_cut(&daemon);
+    daemon.wait_stderr("cut 1 connections", 1);
+    through_relay.assert_cut();
+    served.assert_works("served-after");
+    let cuts: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["verdict"] == "cut")
+        .collect();
+    assert_eq!(cuts.len(), 1, "{cuts:#?}");
+}

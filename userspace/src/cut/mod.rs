@@ -24,7 +24,9 @@
 //! never hands a port with a listener out as an ephemeral port, so a
 //! client's own socket is not mistaken for an accepted one; a client that
 //! explicitly bound its source port to a port something listens on would
-//! be.
+//! be. An accepted socket whose listener has closed (a server without
+//! `fork`) has a client's look; when the connection's origin (the tag)
+//! names it as the accepted socket, by its cookie, it is left alone.
 //!
 //! Who the client is: the processes whose descriptor tables hold the socket
 //! (a socket inherited or passed along may have several; it is cut if any
@@ -51,7 +53,7 @@ use std::{
     time::Instant,
 };
 
-use loopwarden_common::{Evidence, ProcState, RELAY_RULE, evidence};
+use loopwarden_common::{Evidence, ProcState, RELAY_RULE};
 use tracing::{debug, warn};
 
 use self::procs::{Owner, ProcReader};
@@ -107,10 +109,20 @@ pub trait Known {
     /// `LW_PROCS`' entry of process `pid`: its evidence, lineage, script.
     fn tracked(&self, pid: u32) -> Option<ProcState>;
 
-    /// The relay evidence the origin of the connection of client socket
-    /// `socket`, in the network namespace with inode number `netns`,
-    /// recorded at its connect (none: not tagged, or no evidence).
-    fn relayed(&self, netns: u32, socket: &TcpSocket) -> Option<Relayed>;
+    /// What the origin of `socket`'s connection (in the network namespace
+    /// with inode number `netns`) says of that socket; none if the
+    /// connection has no origin (untagged) or it names other sockets.
+    fn tagged(&self, netns: u32, socket: &TcpSocket) -> Option<Tagged>;
+}
+
+/// What a connection's origin says of one of its sockets (told apart by
+/// the cookies the kernel recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tagged {
+    /// The client's: it made the connect, with this relay evidence then.
+    Client(Option<Relayed>),
+    /// The accepted socket: a server's, never cut as a client.
+    Accepted,
 }
 
 /// What one sweep did.
@@ -326,8 +338,10 @@ pub fn sweep(
     sweep
 }
 
-/// Finds the owners of the candidates, judges them, destroys the sockets of
-/// those a deny rule matches, adding each to `sweep`.
+/// Asks the connections' origins about the candidates (leaving out those
+/// they name as accepted sockets), finds the owners of the rest, judges
+/// them, destroys the sockets of those a deny rule matches, adding each to
+/// `sweep`.
 fn cut(
     policy: &CompiledPolicy,
     cgroup_root: &Path,
@@ -337,7 +351,20 @@ fn cut(
     sweep: &mut Sweep,
 ) {
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
-    let inodes: HashSet<u64> = candidates.iter().map(|(_, s)| s.inode).collect();
+    let candidates: Vec<(usize, TcpSocket, Option<Relayed>)> = candidates
+        .iter()
+        .filter_map(
+            |&(index, sock)| match known.tagged(entered[index].inode, &sock) {
+                Some(Tagged::Accepted) => None,
+                Some(Tagged::Client(relayed)) => Some((index, sock, relayed)),
+                None => Some((index, sock, None)),
+            },
+        )
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let inodes: HashSet<u64> = candidates.iter().map(|(_, s, _)| s.inode).collect();
     let owners = match procs::socket_owners(&inodes) {
         Ok(owners) => owners,
         Err(source) => {
@@ -349,15 +376,11 @@ fn cut(
         }
     };
     let mut reader = ProcReader::new(cgroup_root.to_owned());
-    for (index, sock) in candidates {
+    for (index, sock, relayed) in &candidates {
         // No owner: closed meanwhile, or held only by a process that is gone.
         let Some(pids) = owners.get(&sock.inode) else {
             continue;
         };
-        let ns = &mut entered[*index];
-        let relayed = known
-            .relayed(ns.inode, sock)
-            .filter(|r| r.via.kind != evidence::NONE);
         let hit = pids.iter().find_map(|&pid| {
             let mut owner = reader.owner(pid)?.clone();
             owner.identity.tracked = known.tracked(pid);
@@ -366,6 +389,7 @@ fn cut(
             Some((usize::from(rule), owner))
         });
         let Some((rule, owner)) = hit else { continue };
+        let ns = &mut entered[*index];
         match ns.diag.destroy(sock) {
             Ok(()) => sweep.cuts.push(Cut {
                 rule,
@@ -381,7 +405,7 @@ fn cut(
                 socket: *sock,
                 netns_cookie: ns.cookie,
                 owner,
-                relayed,
+                relayed: *relayed,
             }),
             // Closed since the dump (ENOENT), or its address pair now
             // belongs to another socket (ESTALE: the cookie differs).
@@ -649,7 +673,7 @@ mod tests {
             None
         }
 
-        fn relayed(&self, _: u32, _: &TcpSocket) -> Option<Relayed> {
+        fn tagged(&self, _: u32, _: &TcpSocket) -> Option<Tagged> {
             None
         }
     }

@@ -18,12 +18,12 @@ use std::{
 };
 
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
-use loopwarden_common::{ProcState, maps};
+use loopwarden_common::{ProcState, evidence, maps};
 use tracing::{error, info, warn};
 
 use super::status_file;
 use crate::{
-    cut::{self, Known, Relayed},
+    cut::{self, Known, Relayed, Tagged},
     events::{Enricher, LogFormat},
     kernel::sock_diag::TcpSocket,
     policy::{CompiledPolicy, Mode},
@@ -76,13 +76,29 @@ impl Known for Pinned {
         self.procs.as_ref().and_then(|m| m.get(&pid, 0).ok())
     }
 
-    fn relayed(&self, netns: u32, socket: &TcpSocket) -> Option<Relayed> {
-        let key = conn_key(netns, socket.src, socket.dst);
-        let record = self.conns.as_ref()?.of_client(&key, socket.cookie)?;
-        Some(Relayed {
-            via: record.origin.via,
-            connect_ns: record.origin.ktime_ns,
-        })
+    fn tagged(&self, netns: u32, socket: &TcpSocket) -> Option<Tagged> {
+        let conns = self.conns.as_ref()?;
+        if socket.cookie == 0 {
+            return None;
+        }
+        // As the client's socket: the connect's own cookie.
+        if let Some(record) = conns
+            .find(&conn_key(netns, socket.src, socket.dst))
+            .filter(|r| r.origin.socket_cookie == socket.cookie)
+        {
+            let via = record.origin.via;
+            return Some(Tagged::Client((via.kind != evidence::NONE).then_some(
+                Relayed {
+                    via,
+                    connect_ns: record.origin.ktime_ns,
+                },
+            )));
+        }
+        // As the accepted socket, its ends the other way round.
+        conns
+            .find(&conn_key(netns, socket.dst, socket.src))
+            .filter(|r| r.server_cookie == socket.cookie)
+            .map(|_| Tagged::Accepted)
     }
 }
 

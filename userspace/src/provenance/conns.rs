@@ -78,18 +78,11 @@ impl Conns {
         self.if_open(found)
     }
 
-    /// The origin the kernel recorded for the connection `key` whose
-    /// client socket has cookie `client_cookie`, handshake done or not,
-    /// open or not (the caller found that socket open): what the sweep of
-    /// admitted connections asks about a client socket it lists.
-    pub fn of_client(&self, key: &ConnKey, client_cookie: u64) -> Option<OriginRecord> {
-        self.find(key)
-            .filter(|record| client_cookie != 0 && record.origin.socket_cookie == client_cookie)
-    }
-
     /// The entry of the connection `key`: in its slot, as the kernel finds
-    /// it, or in `LW_CONNS`.
-    fn find(&self, key: &ConnKey) -> Option<OriginRecord> {
+    /// it, or in `LW_CONNS`; handshake done or not, open or not (what the
+    /// sweep of admitted connections asks about a socket it found open,
+    /// telling which of its sockets it is by their cookies).
+    pub fn find(&self, key: &ConnKey) -> Option<OriginRecord> {
         (0..CONN_SLOT_PROBES)
             .filter_map(|i| self.slots.get(&key.slot(i), 0).ok())
             .find(|slot| slot.is_taken() && slot.entry.record.conn == *key)
