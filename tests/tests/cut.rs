@@ -333,6 +333,24 @@ fn a_policy_change_that_makes_the_relay_denied_cuts_it() {
     assert!(connections_to_protected(&ns).is_empty());
 }
 
+/// Installs `deny_policy` (the relay verdict denies) with a SIGHUP and
+/// waits for its sweep to cut exactly one connection, by the relay
+/// verdict: the one the audit record `let_in` let in. Returns the cut.
+fn assert_relay_deny_cuts(daemon: &Daemon, deny_policy: &str, let_in: &Value) -> Value {
+    std::fs::write(daemon.config_path(), deny_policy).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    let cut = daemon.wait_event("the cut of the relayed connection", |e| {
+        e["verdict"] == "cut"
+    });
+    assert_eq!(cut["rule"], "relay", "{cut}");
+    assert_eq!(
+        cut["socket_cookie"], let_in["socket_cookie"],
+        "{cut}\n{let_in}"
+    );
+    daemon.wait_stderr("cut 1 connections", 1);
+    cut
+}
+
 #[test]
 fn a_switch_to_relay_deny_cuts_a_relayed_connection_and_spares_the_direct_client() {
     let topo = Topology::new();
@@ -358,17 +376,7 @@ fn a_switch_to_relay_deny_cuts_a_relayed_connection_and_spares_the_direct_client
     let let_in = daemon.wait_event("the relay audit", |e| e["rule"] == "relay");
     assert_eq!(let_in["verdict"], "audit", "{let_in}");
 
-    std::fs::write(daemon.config_path(), relayed("deny")).expect("rewriting the config");
-    daemon.signal(libc::SIGHUP);
-    let cut = daemon.wait_event("the cut of the relayed connection", |e| {
-        e["verdict"] == "cut"
-    });
-    assert_eq!(cut["rule"], "relay", "{cut}");
-    assert_eq!(
-        cut["socket_cookie"], let_in["socket_cookie"],
-        "{cut}\n{let_in}"
-    );
-    daemon.wait_stderr("cut 1 connections", 1);
+    assert_relay_deny_cuts(&daemon, &relayed("deny"), &let_in);
     remote.assert_cut();
     direct.assert_works("direct-after");
 }
@@ -418,19 +426,9 @@ fn a_switch_to_relay_deny_cuts_a_relayed_connection_whose_evidence_has_aged() {
 
     // Idle past the window: by its evidence now, no relay.
     thread::sleep(Duration::from_millis(3 * SHORT_WINDOW_MS));
-    std::fs::write(daemon.config_path(), relayed("deny")).expect("rewriting the config");
-    daemon.signal(libc::SIGHUP);
-    let cut = daemon.wait_event("the cut of the relayed connection", |e| {
-        e["verdict"] == "cut"
-    });
-    assert_eq!(cut["rule"], "relay", "{cut}");
-    assert_eq!(
-        cut["socket_cookie"], let_in["socket_cookie"],
-        "{cut}\n{let_in}"
-    );
+    let cut = assert_relay_deny_cuts(&daemon, &relayed("deny"), &let_in);
     assert_eq!(cut["via"], let_in["via"], "{cut}\n{let_in}");
     assert_eq!(cut["via_how"], let_in["via_how"], "{cut}\n{let_in}");
-    daemon.wait_stderr("cut 1 connections", 1);
     tunnel.assert_cut();
     direct.assert_works("direct-after");
 }
