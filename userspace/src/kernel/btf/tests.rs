@@ -1,3 +1,6 @@
+//! Tests of the BTF reader and the offsets it finds, on hand-built BTF
+//! blobs (a base and split BTF over it) and the fuzz seeds.
+
 use super::{
     reader::{HEADER_LEN, MAGIC, kind},
     *,
