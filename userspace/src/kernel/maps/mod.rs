@@ -146,7 +146,8 @@ impl PolicyMaps {
     /// program that still reads this slot, having picked it before the
     /// previous switch, will see the change and judge again), then the
     /// entries are replaced, then the settings are written with a new even
-    /// `seq`; finally one 4-byte write of `LW_GENERATION` switches every
+    /// `seq` (whole with `seq` still odd, then again with it even);
+    /// finally one 4-byte write of `LW_GENERATION` switches every
     /// later connect to it. The slot in force is never written, so a
     /// failure at any point leaves the running policy untouched, and the
     /// replaced generation stays intact until the next install reuses its
@@ -217,16 +218,21 @@ impl PolicyMaps {
         // are laid out alike).
         self.browser_ports.write(next, &policy.browsers.words)?;
         self.write_egress(next, policy)?;
-        self.write_settings(
-            next,
-            &Settings {
-                seq: done,
-                exe_filter: filter(policy.exe.keys().map(exe_filter_value)),
-                exe_name_filter: filter(policy.exe_name.keys().map(|n| name_prefix(n))),
-                egress_exe_filter: filter(policy.egress.exe.keys().map(|k| k.ino)),
-                ..policy.settings
-            },
-        )?;
+        // The new settings are written whole with `seq` still odd, then
+        // again with it even: were they written once, with `seq` even, a
+        // program could see that `seq` before fields written by the same
+        // `memcpy` (those after it, or any of them: its stores need not
+        // become visible in order), and take a mix of two policies as
+        // whole. The second write changes `seq` alone.
+        let settings = Settings {
+            seq: done - 1,
+            exe_filter: filter(policy.exe.keys().map(exe_filter_value)),
+            exe_name_filter: filter(policy.exe_name.keys().map(|n| name_prefix(n))),
+            egress_exe_filter: filter(policy.egress.exe.keys().map(|k| k.ino)),
+            ..policy.settings
+        };
+        self.write_settings(next, &settings)?;
+        self.write_settings(next, &Settings { seq: done, ..settings })?;
         self.generation
             .set(0, next, 0)
             .map_err(|source| MapsError::Update {
