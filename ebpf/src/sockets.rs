@@ -43,7 +43,8 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 const TCP_LISTEN: i32 = 10;
-/// DNS and mDNS answers are not evidence.
+/// DNS and mDNS answers are not evidence: data from these ports, over UDP,
+/// and over TCP on a connection the receiver opened (see [`lw_receive`]).
 pub const DNS_PORTS: [u16; 2] = [53, 5353];
 
 /// One side of a socket: address and port (host order).
@@ -310,7 +311,7 @@ pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
     let Some(peer) = end(sk, true) else {
         return 0;
     };
-    if is_loopback(&peer.addr) || is_unspecified(&peer.addr) || DNS_PORTS.contains(&peer.port) {
+    if is_loopback(&peer.addr) || is_unspecified(&peer.addr) {
         return 0;
     }
     // A read by a task holds the socket lock (`lock_sock`); the kernel's
@@ -320,11 +321,26 @@ pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
     if owned == 0 {
         return 0;
     }
-    match end(sk, false) {
-        Some(local) if !same_host(&local, &peer) => record_received(peer.addr, peer.port),
-        _ => {}
+    let Some(local) = end(sk, false) else {
+        return 0;
+    };
+    if same_host(&local, &peer) || (DNS_PORTS.contains(&peer.port) && !accepted(sk, local.port)) {
+        return 0;
     }
+    record_received(peer.addr, peer.port);
     0
+}
+
+/// Whether a TCP socket with local port `port` was accepted: a listener of
+/// its namespace holds that port (the kernel never hands such a port out
+/// as a connect's ephemeral one). A DNS server's answer is not evidence,
+/// but only on a connection this side opened: a peer's source port is the
+/// peer's to choose, and a client of this host's listener that connects
+/// from port 53 is no DNS server.
+#[inline(always)]
+fn accepted(sk: u64, port: u16) -> bool {
+    // SAFETY: the value is a plain tgid, not read.
+    unsafe { LISTENERS.get(listener_key(sk, port)) }.is_some()
 }
 
 /// Whether a connection's two ends have one address: a connection to one

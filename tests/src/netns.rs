@@ -178,16 +178,24 @@ impl Netns {
     /// `curl` inside the namespace; `Ok(status)` when an HTTP response came
     /// back, `Err(curl exit code)` otherwise.
     pub fn curl(&self, url: &str) -> Result<u16, i32> {
-        let out = run(self.cmd("curl").args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "5",
-            "-w",
-            "%{http_code}",
-            url,
-        ]));
+        self.curl_with(&[], url)
+    }
+
+    /// [`Netns::curl`] with more options (`--local-port 53`).
+    pub fn curl_with(&self, options: &[&str], url: &str) -> Result<u16, i32> {
+        let out = run(self
+            .cmd("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(options)
+            .arg(url));
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout)
                 .trim()

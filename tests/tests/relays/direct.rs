@@ -505,3 +505,81 @@ fn a_dns_exchange_over_tcp_is_not_evidence() {
         "{ev:#}"
     );
 }
+
+/// A relay that inherits its listener, as systemd's socket activation
+/// hands one over: `relay.py listen ADDR PORT TARGET` listens and executes
+/// `relay.py serve FD TARGET` with the listening socket (executing clears
+/// the evidence, and the relay never calls listen). Per connection it
+/// reads the request, asks the service on 127.0.0.1:TARGET with it and
+/// answers what came back, or 502.
+const INHERITED_LISTENER_RELAY: &str = r#"
+import os, socket, sys
+if sys.argv[1] == "listen":
+    l = socket.create_server((sys.argv[2], int(sys.argv[3])))
+    os.set_inheritable(l.fileno(), True)
+    os.execv(sys.executable, [sys.executable, sys.argv[0], "serve", str(l.fileno()), sys.argv[4]])
+l = socket.socket(fileno=int(sys.argv[2]))
+while True:
+    c, _ = l.accept()
+    request = c.recv(65536)
+    try:
+        u = socket.create_connection(("127.0.0.1", int(sys.argv[3])))
+        u.sendall(request)
+        while d := u.recv(65536): c.sendall(d)
+    except OSError:
+        c.sendall(b"HTTP/1.0 502 Bad Gateway\r\n\r\n")
+    c.close()
+"#;
+
+const INHERITED_LISTENER_PORT: u16 = 9024;
+
+/// A client's source port is the client's to choose: a relay that
+/// inherited its listener (so it has no `listening` evidence) and reads
+/// each request before it connects is refused as a relay (`via_how`
+/// `received`) whether the remote client connects from an ordinary port
+/// or from port 53, whose data would be a DNS server's answer were the
+/// connection the relay's own. Without the daemon both requests are
+/// served. Fails against a build that takes any data from port 53 for a
+/// DNS answer (the second request is served).
+#[test]
+fn a_client_connecting_from_the_dns_port_is_still_a_relays_remote_party() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("inherited-listener");
+    let script = write_script(&dir, "relay.py", INHERITED_LISTENER_RELAY);
+    let port = INHERITED_LISTENER_PORT.to_string();
+    let start_relay = || {
+        let relay = topo.local.spawn(
+            SYSTEM_PYTHON,
+            &[&script, "listen", LOCAL_ADDR, &port, &PROTECTED.to_string()],
+        );
+        topo.local.wait_listening(INHERITED_LISTENER_PORT);
+        relay
+    };
+    let url = format!("http://{LOCAL_ADDR}:{INHERITED_LISTENER_PORT}/");
+    let fetch = |options: &[&str]| topo.remote.curl_with(options, &url);
+    let relay = start_relay();
+    assert_eq!(fetch(&[]), Ok(200));
+    // (mDNS's port here, DNS's below: a connection's four-tuple is not
+    // reused while one side's socket waits in TIME_WAIT.)
+    assert_eq!(fetch(&["--local-port", "5353"]), Ok(200));
+    drop(relay);
+
+    // Started after the daemon, so that its listener is not credited to
+    // the relay by the daemon's seeding from /proc.
+    let window_ms = 300;
+    let daemon = Daemon::start(&relay_deny(&topo.local).window_ms(window_ms).text());
+    let _relay = start_relay();
+    assert_eq!(fetch(&[]), Ok(502));
+    let ev = relay_refusal(&daemon, "the refusal for an ordinary port");
+    assert_eq!(ev["via_how"], "received", "{ev:#}");
+    // The relay's evidence from that request ages past the window first.
+    std::thread::sleep(Duration::from_millis(3 * window_ms));
+    assert_eq!(fetch(&["--local-port", "53"]), Ok(502));
+    let from_53 = format!("{REMOTE_ADDR}:53");
+    let ev = daemon.wait_event("the refusal for port 53", |e| {
+        e["verdict"] == "deny" && e["via"] == from_53.as_str()
+    });
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "received", "{ev:#}");
+}

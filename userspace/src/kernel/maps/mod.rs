@@ -232,7 +232,13 @@ impl PolicyMaps {
             ..policy.settings
         };
         self.write_settings(next, &settings)?;
-        self.write_settings(next, &Settings { seq: done, ..settings })?;
+        self.write_settings(
+            next,
+            &Settings {
+                seq: done,
+                ..settings
+            },
+        )?;
         self.generation
             .set(0, next, 0)
             .map_err(|source| MapsError::Update {
