@@ -45,7 +45,8 @@ pub use names::{
 pub use offsets::KernelOffsets;
 pub use settings::{Meta, NETNS_INLINE, NETNS_NOT_INLINE, Settings, browser_slot, browser_verdict};
 pub use tracking::{
-    Evidence, INTERPRETERS, ListenerKey, Pending, ProcState, SCRIPT_MAX_ARGS, script_hash,
+    ARGV0_MAX_LEN, ARGV0_READS, Evidence, INTERPRETERS, ListenerKey, Pending, ProcState,
+    SCRIPT_MAX_ARGS, script_hash,
 };
 
 /// Version of the pinned maps' layout and meaning. Bump it with any change

@@ -62,12 +62,25 @@ impl ProcState {
 /// Interpreters whose first operand is the script they run: an executable
 /// one of whose prefix-form keys ([`exe_name_candidates`](crate::exe_name_candidates)) is one of these
 /// names has its script read at exec (and by the seeding from `/proc`).
-pub const INTERPRETERS: [&[u8]; 9] = [
-    b"python", b"python2", b"python3", b"node", b"nodejs", b"perl", b"ruby", b"php", b"deno",
+/// Versioned names are listed as their cuts leave them: Debian's
+/// `perl5.36.0`, `ruby3.1` and `php8.2` give `perl5`, `ruby3` and `php8`
+/// (what `/usr/bin/ruby` and `/usr/bin/php` resolve to there), and
+/// Alpine's `php83` has no separator to cut at. At most 8 bytes each.
+pub const INTERPRETERS: [&[u8]; 21] = [
+    b"python", b"python2", b"python3", b"node", b"nodejs", b"perl", b"perl5", b"ruby", b"ruby1",
+    b"ruby2", b"ruby3", b"php", b"php5", b"php7", b"php8", b"php81", b"php82", b"php83", b"php84",
+    b"php85", b"deno",
 ];
 /// Command-line arguments looked at for an interpreter's script: `argv[0]`
 /// and the five after it.
 pub const SCRIPT_MAX_ARGS: usize = 6;
+/// Reads of `SCRIPT_LEN` bytes the exec handler makes at most to find where
+/// `argv[0]` ends (an interpreter run by a long path, as a shebang in a Nix
+/// store names it): one more than the script's own read would need.
+pub const ARGV0_READS: usize = 5;
+/// The longest `argv[0]` past which an interpreter's script is still found:
+/// each read but the last takes `SCRIPT_LEN - 1` bytes of it.
+pub const ARGV0_MAX_LEN: usize = ARGV0_READS * (crate::SCRIPT_LEN - 1) - 1;
 
 /// FNV-1a of a script path's bytes up to its first NUL (at most
 /// `SCRIPT_LEN - 1` of them); never 0, which means "no script". The kernel

@@ -17,7 +17,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use loopwarden_common::{SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence, script_hash};
+use loopwarden_common::{ARGV0_READS, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence, script_hash};
 
 use crate::{
     identity::{self, Task},
@@ -148,15 +148,39 @@ fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
         let n = unsafe {
             bpf_probe_read_user_str(buf.as_mut_ptr().cast(), SCRIPT_LEN as u32, at as *const _)
         };
-        // A failed read, or an argument that may have been cut short (so
-        // the next one cannot be found).
-        if n <= 0 || (n as usize >= SCRIPT_LEN && i == 0) {
+        if n <= 0 {
             return;
         }
-        at += n as u64;
         if i == 0 {
+            // `argv[0]` is only skipped: one cut short is read on from
+            // where the read stopped, [`ARGV0_READS`] reads in all, to
+            // find where it ends.
+            let mut n = n;
+            for _ in 1..ARGV0_READS {
+                if (n as usize) < SCRIPT_LEN {
+                    break;
+                }
+                at += (SCRIPT_LEN - 1) as u64;
+                // SAFETY: as above.
+                n = unsafe {
+                    bpf_probe_read_user_str(
+                        buf.as_mut_ptr().cast(),
+                        SCRIPT_LEN as u32,
+                        at as *const _,
+                    )
+                };
+                if n <= 0 {
+                    return;
+                }
+            }
+            // Still cut short: the next argument cannot be found.
+            if n as usize >= SCRIPT_LEN {
+                return;
+            }
+            at += n as u64;
             continue;
         }
+        at += n as u64;
         if buf[0] & 0xff == u64::from(b'-') {
             let two = buf[0] & 0xff_ffff;
             if two == option(b'c') || two == option(b'e') || two == option(b'm') {

@@ -60,10 +60,13 @@ fn a_script_rule_names_an_interpreted_relay() {
 
 /// A script is the first operand past the interpreter's options, and `-m`
 /// or `-c` mean none: with rules naming the script file, the module name
-/// and the code, the file run plainly and run after `-u -B` is refused by
-/// the script's rule, while the same file imported as a module (`-m ask`)
-/// or by code (`-c "import ask"`) is served. Without the daemon all four
-/// are served.
+/// and the code, the file run plainly, run after `-u -B`, and run by an
+/// interpreter whose `argv[0]` is a path longer than one read of it (as a
+/// shebang in a Nix store names its interpreter) is refused by the
+/// script's rule, while the same file imported as a module (`-m ask`) or
+/// by code (`-c "import ask"`) is served. Without the daemon all five are
+/// served. The long `argv[0]` fails against a build that gives up on an
+/// `argv[0]` of 63 bytes or more.
 #[test]
 fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
     let ns = Netns::new();
@@ -71,18 +74,25 @@ fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
     let dir = TempDir::new("script-options");
     let ask = write_script(&dir, "ask.py", ASK);
     let port = PROTECTED.to_string();
+    // The interpreter by a path of about 200 bytes, through a symlink.
+    let long_dir = dir.path().join("d".repeat(90)).join("e".repeat(90));
+    std::fs::create_dir_all(&long_dir).expect("the long directory");
+    let long_python = long_dir.join("python3");
+    std::os::unix::fs::symlink(SYSTEM_PYTHON, &long_python).expect("the long symlink");
+    let long_python = long_python.to_str().expect("utf-8 path").to_owned();
     let asked = || -> Vec<String> {
         [
-            vec![ask.as_str(), &port],
-            vec!["-u", "-B", &ask, &port],
-            vec!["-m", "ask", &port],
-            vec!["-c", "import ask", &port],
+            (SYSTEM_PYTHON, vec![ask.as_str(), &port]),
+            (SYSTEM_PYTHON, vec!["-u", "-B", &ask, &port]),
+            (&long_python, vec![ask.as_str(), &port]),
+            (SYSTEM_PYTHON, vec!["-m", "ask", &port]),
+            (SYSTEM_PYTHON, vec!["-c", "import ask", &port]),
         ]
         .iter()
-        .flat_map(|args| printed(ns.cmd(SYSTEM_PYTHON).args(args).current_dir(dir.path())))
+        .flat_map(|(python, args)| printed(ns.cmd(python).args(args).current_dir(dir.path())))
         .collect()
     };
-    assert_eq!(asked(), ["status 200"; 4]);
+    assert_eq!(asked(), ["status 200"; 5]);
 
     let rules = [
         rule("by-file", "deny", "script", &ask),
@@ -97,15 +107,21 @@ fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
     let daemon = Daemon::start(&policy.text());
     assert_eq!(
         asked(),
-        ["error 111", "error 111", "status 200", "status 200"]
+        [
+            "error 111",
+            "error 111",
+            "error 111",
+            "status 200",
+            "status 200"
+        ]
     );
-    let refusals: Vec<Value> = wait_for("both refusals", Duration::from_secs(10), || {
+    let refusals: Vec<Value> = wait_for("the three refusals", Duration::from_secs(10), || {
         let found: Vec<Value> = daemon
             .events()
             .into_iter()
             .filter(|e| e["verdict"] == "deny")
             .collect();
-        (found.len() == 2).then_some(found)
+        (found.len() == 3).then_some(found)
     });
     for ev in &refusals {
         assert_eq!(ev["rule"], "by-file", "{ev:#}");

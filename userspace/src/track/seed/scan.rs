@@ -6,7 +6,8 @@
 use std::{collections::HashMap, io::Read as _, os::unix::fs::MetadataExt as _};
 
 use loopwarden_common::{
-    INTERPRETERS, SCRIPT_LEN, SCRIPT_MAX_ARGS, exe_name_candidates, exe_name_prefix_key,
+    ARGV0_MAX_LEN, INTERPRETERS, SCRIPT_LEN, SCRIPT_MAX_ARGS, exe_name_candidates,
+    exe_name_prefix_key,
 };
 use procfs::{
     ProcError,
@@ -132,7 +133,7 @@ fn script_of(cmdline: &[u8]) -> Option<[u8; SCRIPT_LEN]> {
     }
     let mut args = body.split(|&b| b == 0);
     let argv0 = args.next()?;
-    if argv0.len() >= SCRIPT_LEN - 1 {
+    if argv0.len() > ARGV0_MAX_LEN {
         return None;
     }
     for arg in args.take(SCRIPT_MAX_ARGS - 1) {
@@ -219,19 +220,25 @@ mod tests {
             "php",
             "deno",
             ".python3-wrapped",
+            // Versioned names as distributions install them: cut at their
+            // first separator, or listed whole.
+            "perl5.36.0",
+            "ruby3.1",
+            "php8.2",
+            "php83",
         ] {
             assert!(is_interpreter(name.as_bytes()), "{name}");
         }
-        // Cuts are at separators only, as in the kernel: `perl5.36.0` gives
-        // `perl5`, not `perl` (and `ruby3.1` `ruby3`).
+        // Cuts are at separators only, as in the kernel: `rubyx` and `php9x`
+        // are other programs.
         for name in [
             "socat",
             "pythonista",
             "nodemon",
             "bash",
             "phpstorm",
-            "perl5.36.0",
-            "ruby3.1",
+            "rubyx",
+            "php9x",
             "",
         ] {
             assert!(!is_interpreter(name.as_bytes()), "{name}");
@@ -279,10 +286,16 @@ mod tests {
             script_of(&cmdline(&["python3", &long])),
             script(&long[..SCRIPT_LEN - 1])
         );
-        // A long argv[0], or a long option before the operand: the kernel
-        // cannot find the next argument.
+        // A long argv[0] (a Nix store's interpreter) is read on, up to
+        // ARGV0_MAX_LEN bytes; past them, or past a long option before the
+        // operand, the kernel cannot find the next argument.
         let long_name = format!("/{}/python3", "d".repeat(70));
-        assert_eq!(script_of(&cmdline(&[&long_name, "x.py"])), None);
+        assert_eq!(script_of(&cmdline(&[&long_name, "x.py"])), script("x.py"));
+        let longest = format!("/{}/python3", "d".repeat(ARGV0_MAX_LEN - 9));
+        assert_eq!(longest.len(), ARGV0_MAX_LEN);
+        assert_eq!(script_of(&cmdline(&[&longest, "x.py"])), script("x.py"));
+        let too_long = format!("/{}/python3", "d".repeat(ARGV0_MAX_LEN - 8));
+        assert_eq!(script_of(&cmdline(&[&too_long, "x.py"])), None);
         let long_opt = format!("--{}", "o".repeat(70));
         assert_eq!(script_of(&cmdline(&["python3", &long_opt, "x.py"])), None);
         // Without the final NUL (a rewritten command line) too.
