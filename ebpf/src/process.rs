@@ -137,48 +137,18 @@ fn inherited_key(name: &Words) -> Option<Words> {
 /// skipped, and `-c`, `-e` or `-m` (code or a module, not a file) mean none.
 #[inline(always)]
 fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
-    let (mut at, end) = task.args();
-    for i in 0..SCRIPT_MAX_ARGS {
-        if at == 0 || at >= end {
+    let (at, end) = task.args();
+    let mut buf = [0u64; SCRIPT_LEN / 8];
+    let Some(mut at) = past_argv0(at, end, &mut buf) else {
+        return;
+    };
+    for _ in 1..SCRIPT_MAX_ARGS {
+        if at >= end {
             return;
         }
-        let mut buf = [0u64; SCRIPT_LEN / 8];
-        // SAFETY: the helper checks the source and writes at most
-        // SCRIPT_LEN bytes, NUL included, into our buffer.
-        let n = unsafe {
-            bpf_probe_read_user_str(buf.as_mut_ptr().cast(), SCRIPT_LEN as u32, at as *const _)
-        };
+        let n = read_str(&mut buf, at);
         if n <= 0 {
             return;
-        }
-        if i == 0 {
-            // `argv[0]` is only skipped: one cut short is read on from
-            // where the read stopped, [`ARGV0_READS`] reads in all, to
-            // find where it ends.
-            let mut n = n;
-            for _ in 1..ARGV0_READS {
-                if (n as usize) < SCRIPT_LEN {
-                    break;
-                }
-                at += (SCRIPT_LEN - 1) as u64;
-                // SAFETY: as above.
-                n = unsafe {
-                    bpf_probe_read_user_str(
-                        buf.as_mut_ptr().cast(),
-                        SCRIPT_LEN as u32,
-                        at as *const _,
-                    )
-                };
-                if n <= 0 {
-                    return;
-                }
-            }
-            // Still cut short: the next argument cannot be found.
-            if n as usize >= SCRIPT_LEN {
-                return;
-            }
-            at += n as u64;
-            continue;
         }
         at += n as u64;
         if buf[0] & 0xff == u64::from(b'-') {
@@ -186,6 +156,8 @@ fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
             if two == option(b'c') || two == option(b'e') || two == option(b'm') {
                 return;
             }
+            // An option that may have been cut short: the next argument
+            // cannot be found.
             if n as usize >= SCRIPT_LEN {
                 return;
             }
@@ -195,6 +167,41 @@ fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
         *out = unsafe { *buf.as_ptr().cast::<[u8; SCRIPT_LEN]>() };
         return;
     }
+}
+
+/// Where the argument after `argv[0]` (which starts at `at`) begins. A long
+/// `argv[0]` (an interpreter run by a long path, as a shebang in a Nix store
+/// names it) is read on from where a read stopped, [`ARGV0_READS`] reads in
+/// all; `None` if it does not end within them, or cannot be read.
+#[inline(always)]
+fn past_argv0(mut at: u64, end: u64, buf: &mut [u64; SCRIPT_LEN / 8]) -> Option<u64> {
+    if at == 0 || at >= end {
+        return None;
+    }
+    for _ in 0..ARGV0_READS {
+        let n = read_str(buf, at);
+        if n <= 0 {
+            return None;
+        }
+        if (n as usize) < SCRIPT_LEN {
+            return Some(at + n as u64);
+        }
+        // Cut short (or exactly `SCRIPT_LEN - 1` long): the next read starts
+        // at its last byte read, or at its NUL.
+        at += (SCRIPT_LEN - 1) as u64;
+    }
+    None
+}
+
+/// `bpf_probe_read_user_str` of at most `SCRIPT_LEN` bytes at user address
+/// `at` into `buf`: the length read, NUL included, or a negative errno.
+#[inline(always)]
+fn read_str(buf: &mut [u64; SCRIPT_LEN / 8], at: u64) -> i64 {
+    // SAFETY: the helper checks the source and writes at most SCRIPT_LEN
+    // bytes, NUL included, into the buffer.
+    i64::from(unsafe {
+        bpf_probe_read_user_str(buf.as_mut_ptr().cast(), SCRIPT_LEN as u32, at as *const _)
+    })
 }
 
 /// `-x` and its NUL as the low bytes of a little-endian word.
