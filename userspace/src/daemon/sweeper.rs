@@ -127,8 +127,8 @@ impl Pinned {
         let conns = Conns::open(maps_dir)
             .map_err(|e| {
                 unread.push(format!(
-                    "{}: the relay evidence connections recorded at their connect is not \
-                     applied to them",
+                    "{}: the relay evidence each connection's origin recorded at its \
+                     connect is not applied, nor are accepted sockets told apart by it",
                     crate::error_chain(&e)
                 ));
             })
