@@ -199,9 +199,7 @@ fn past_argv0(mut at: u64, end: u64, buf: &mut [u64; SCRIPT_LEN / 8]) -> Option<
 fn read_str(buf: &mut [u64; SCRIPT_LEN / 8], at: u64) -> i64 {
     // SAFETY: the helper checks the source and writes at most SCRIPT_LEN
     // bytes, NUL included, into the buffer.
-    i64::from(unsafe {
-        bpf_probe_read_user_str(buf.as_mut_ptr().cast(), SCRIPT_LEN as u32, at as *const _)
-    })
+    unsafe { bpf_probe_read_user_str(buf.as_mut_ptr().cast(), SCRIPT_LEN as u32, at as *const _) }
 }
 
 /// `-x` and its NUL as the low bytes of a little-endian word.
