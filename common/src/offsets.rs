@@ -119,4 +119,9 @@ pub struct KernelOffsets {
     /// `btrfs_root.anon_dev`: the device `stat()` reports for the
     /// subvolume's files.
     pub btrfs_root_anon_dev: u32,
+    /// `sock.sk_userlocks`, in bits: a `u8` on recent kernels, a 4-bit
+    /// bitfield on older ones (Linux 6.1). Its `SOCK_BINDPORT_LOCK` says a
+    /// socket's port was bound by its user, not chosen by the kernel. 0 when
+    /// this kernel's BTF does not name it: the programs then cannot tell.
+    pub sk_userlocks_bit: u32,
 }

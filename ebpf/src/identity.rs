@@ -76,6 +76,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     btrfs_inode_vfs: 0,
     btrfs_inode_root: 0,
     btrfs_root_anon_dev: 0,
+    sk_userlocks_bit: 0,
 });
 
 /// One field of the offsets userspace patched in, as one volatile load

@@ -6,13 +6,27 @@
 //! non-local peer other than a DNS answer is `received` evidence. They
 //! never change what the caller gets (they return 1).
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::bpf_sock, helpers::generated::bpf_probe_read_kernel, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
 
 use crate::{
     connect::{AF_INET, AF_INET6, destination},
+    identity::offset,
     procs::record_received,
     sockets::DNS_PORTS,
 };
+
+/// mDNS's port: responders and queriers bound to it hear each other there.
+const MDNS_PORT: u16 = 5353;
+/// `SOCK_BINDPORT_LOCK` in `sk_userlocks`: the user bound the port.
+const SOCK_BINDPORT_LOCK: u64 = 8;
+/// Words of a `struct sock` copied to read `sk_userlocks` (the first 256
+/// bytes; it lies well inside them).
+const SOCK_PREFIX_WORDS: usize = 32;
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lw_recvmsg4(ctx: SockAddrContext) -> i32 {
@@ -30,8 +44,60 @@ pub fn lw_recvmsg6(ctx: SockAddrContext) -> i32 {
 fn received(ctx: &SockAddrContext, family: u16) {
     // For recvmsg the context's address is the datagram's source.
     let src = destination(ctx.sock_addr, family);
-    if src.loopback || DNS_PORTS.contains(&src.port) {
+    if src.loopback {
         return;
     }
+    if DNS_PORTS.contains(&src.port) {
+        // SAFETY: the context's socket, which the kernel always sets here.
+        let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+        if is_answer(sk, src.port) {
+            return;
+        }
+    }
     record_received(src.addr, src.port);
+}
+
+/// Whether a datagram from DNS port `port` to socket `sk` is an answer,
+/// not evidence: the socket's port was chosen by the kernel (a resolver's,
+/// whether it connects or uses `sendto`), or both ends are mDNS's. A socket
+/// whose user bound its port is a server's, and its clients choose their
+/// source ports: one that sends from port 53 is no DNS server. Where the
+/// kernel's BTF does not name `sk_userlocks`, every datagram from those
+/// ports is taken for an answer, as before.
+#[inline(always)]
+fn is_answer(sk: *mut bpf_sock, port: u16) -> bool {
+    // SAFETY: a field of the context's socket (host order).
+    let local = unsafe { core::ptr::read_volatile(&(*sk).src_port) } as u16;
+    if port == MDNS_PORT && local == MDNS_PORT {
+        return true;
+    }
+    !port_bound_by_user(sk).unwrap_or(false)
+}
+
+/// Whether the user bound `sk`'s port (`SOCK_BINDPORT_LOCK`); `None` if
+/// that cannot be read. Cgroup programs may not type the socket as a
+/// kernel `struct sock` nor offset its pointer, so its start is copied
+/// with `bpf_probe_read_kernel` and the field taken from the copy at its
+/// BTF bit offset (a bitfield on older kernels).
+#[inline(always)]
+fn port_bound_by_user(sk: *mut bpf_sock) -> Option<bool> {
+    let bit = offset!(sk_userlocks_bit) as usize;
+    let word = bit / 64;
+    if bit == 0 || word >= SOCK_PREFIX_WORDS {
+        return None;
+    }
+    let mut prefix = [0u64; SOCK_PREFIX_WORDS];
+    // SAFETY: the helper copies from any kernel address and fails cleanly.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            prefix.as_mut_ptr().cast(),
+            (SOCK_PREFIX_WORDS * 8) as u32,
+            sk as *const c_void,
+        )
+    };
+    if copied != 0 {
+        return None;
+    }
+    // Little-endian: a word's bit n is the field's bit n mod 64.
+    Some((prefix[word] >> (bit % 64)) & SOCK_BINDPORT_LOCK != 0)
 }

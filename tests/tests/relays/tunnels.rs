@@ -45,11 +45,18 @@ fn udp_open(topo: &Topology, client: &mut LineReader) -> String {
 /// A datagram from `ns` to the UDP tunnel client at `addr`; returns what
 /// the client printed.
 fn udp_send(ns: &Netns, addr: &str, client: &mut LineReader) -> String {
+    udp_send_from(ns, 0, addr, client)
+}
+
+/// [`udp_send`] from source port `port` (0: one the kernel chooses).
+fn udp_send_from(ns: &Netns, port: u16, addr: &str, client: &mut LineReader) -> String {
     run_ok(ns.cmd(SYSTEM_PYTHON).args([
         "-c",
-        "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'open', (sys.argv[1], int(sys.argv[2])))",
+        "import socket, sys; u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         u.bind(('', int(sys.argv[3]))); u.sendto(b'open', (sys.argv[1], int(sys.argv[2])))",
         addr,
         &UDP_TUNNEL_PORT.to_string(),
+        &port.to_string(),
     ]));
     client.next_line()
 }
@@ -127,6 +134,36 @@ fn a_udp_tunnel_client_is_a_relay() {
     let mut client = start();
     assert_eq!(udp_open(&topo, &mut client), "error 111");
     relay_refusal(&daemon, "the UDP tunnel's refusal");
+}
+
+/// A datagram's source port is its sender's to choose: the UDP tunnel
+/// client, whose socket's port is bound (a server's socket, not a
+/// resolver's), hears from the remote side sending from port 53 and is
+/// refused as a relay under relay deny (`via` the remote address and port
+/// 53, `received`); without the daemon it reaches the service. Fails
+/// against a build that takes every datagram from port 53 for a DNS
+/// answer.
+#[test]
+fn a_datagram_from_the_dns_port_to_a_bound_socket_is_evidence() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let start = || udp_tunnel_client(&topo, LOCAL_ADDR);
+    {
+        let mut client = start();
+        assert_eq!(
+            udp_send_from(&topo.remote, 53, LOCAL_ADDR, &mut client),
+            "status 200"
+        );
+    }
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    let mut client = start();
+    assert_eq!(
+        udp_send_from(&topo.remote, 53, LOCAL_ADDR, &mut client),
+        "error 111"
+    );
+    let ev = relay_refusal(&daemon, "the UDP tunnel's refusal");
+    assert_eq!(ev["via"], format!("{REMOTE_ADDR}:53"), "{ev:#}");
+    assert_eq!(ev["via_how"], "received", "{ev:#}");
 }
 
 /// A datagram from a local peer is not evidence: the UDP tunnel client,

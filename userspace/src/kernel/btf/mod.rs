@@ -241,6 +241,13 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         btrfs_inode_vfs: 0,
         btrfs_inode_root: 0,
         btrfs_root_anon_dev: 0,
+        // Optional: without it a UDP socket's bound port is not told from a
+        // chosen one (see `ebpf/src/recvmsg.rs`).
+        sk_userlocks_bit: btf
+            .member_bit_offset("sock", "sk_userlocks")
+            .ok()
+            .and_then(|bits| u32::try_from(bits).ok())
+            .unwrap_or(0),
     })
 }
 

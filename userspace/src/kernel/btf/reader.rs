@@ -196,6 +196,24 @@ impl<'a> Btf<'a> {
     /// dotted path through embedded structs (`f_path.dentry`); each step may
     /// sit inside anonymous structs or unions, whose offsets are added.
     pub fn member_offset(&self, struct_name: &str, member: &str) -> Result<u32, LookupError> {
+        let bits = self.member_bit_offset(struct_name, member)?;
+        if !bits.is_multiple_of(8) {
+            return Err(LookupError::Unaligned {
+                struct_name: struct_name.to_owned(),
+                member: member.to_owned(),
+                bit_offset: bits,
+            });
+        }
+        u32::try_from(bits / 8).map_err(|_| LookupError::TooFar {
+            struct_name: struct_name.to_owned(),
+            member: member.to_owned(),
+            bit_offset: bits,
+        })
+    }
+
+    /// Bit offset of `member` in struct `struct_name` (as
+    /// [`Btf::member_offset`] finds it): a bitfield's too.
+    pub fn member_bit_offset(&self, struct_name: &str, member: &str) -> Result<u64, LookupError> {
         let mut type_id = self.find_struct(struct_name)?;
         let mut bits: u64 = 0;
         let mut owner = struct_name.to_owned();
@@ -221,18 +239,7 @@ impl<'a> Btf<'a> {
                 owner = format!("{owner}.{step}");
             }
         }
-        if !bits.is_multiple_of(8) {
-            return Err(LookupError::Unaligned {
-                struct_name: struct_name.to_owned(),
-                member: member.to_owned(),
-                bit_offset: bits,
-            });
-        }
-        u32::try_from(bits / 8).map_err(|_| LookupError::TooFar {
-            struct_name: struct_name.to_owned(),
-            member: member.to_owned(),
-            bit_offset: bits,
-        })
+        Ok(bits)
     }
 
     /// Id of the first `STRUCT` (not a forward declaration) named `name`

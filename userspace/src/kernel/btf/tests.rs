@@ -215,6 +215,8 @@ fn kind_flag_bitfield_offsets() {
     let btf = Btf::parse(&data).unwrap();
     assert_eq!(btf.member_offset("bits", "x"), Ok(4));
     assert_eq!(btf.member_offset("bits", "y"), Ok(9));
+    assert_eq!(btf.member_bit_offset("bits", "y"), Ok(72));
+    assert_eq!(btf.member_bit_offset("bits", "z"), Ok(75));
     assert_eq!(
         btf.member_offset("bits", "z"),
         Err(LookupError::Unaligned {
@@ -515,6 +517,12 @@ fn running_kernel() {
         o.sb_dev,
     ];
     assert!(all.iter().all(|&off| off < 8192), "{o:?}");
+    // `sk_userlocks` (a bitfield on older kernels) lies within the first
+    // 256 bytes of `struct sock`, where the recvmsg programs read it.
+    assert!(
+        o.sk_userlocks_bit != 0 && o.sk_userlocks_bit < 256 * 8,
+        "{o:?}"
+    );
     for off in [
         o.task_mm,
         o.task_real_parent,
