@@ -124,4 +124,10 @@ pub struct KernelOffsets {
     /// socket's port was bound by its user, not chosen by the kernel. 0 when
     /// this kernel's BTF does not name it: the programs then cannot tell.
     pub sk_userlocks_bit: u32,
+    /// `task_struct.signal`: what the process's threads share. 0 when not
+    /// found (with `signal_live`): a process then ends with its main
+    /// thread.
+    pub task_signal: u32,
+    /// `signal_struct.live.counter`: the process's threads still alive.
+    pub signal_live: u32,
 }

@@ -77,6 +77,8 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     btrfs_inode_root: 0,
     btrfs_root_anon_dev: 0,
     sk_userlocks_bit: 0,
+    task_signal: 0,
+    signal_live: 0,
 });
 
 /// One field of the offsets userspace patched in, as one volatile load
@@ -166,6 +168,19 @@ impl Task {
     pub fn comm_words(self) -> [u64; COMM_LEN / 8] {
         let at = offset!(task_comm);
         [load(self.0, at), load(self.0, at + 8)]
+    }
+
+    /// `task->signal->live`: how many of the process's threads are alive
+    /// (an exiting thread has taken itself off before `sched_process_exit`);
+    /// `None` where this kernel's BTF did not give the offsets.
+    #[inline(always)]
+    pub fn threads_alive(self) -> Option<i32> {
+        let (signal_at, live_at) = (offset!(task_signal), offset!(signal_live));
+        if signal_at == 0 || live_at == 0 {
+            return None;
+        }
+        let signal: u64 = load(self.0, signal_at);
+        Some(load(signal, live_at))
     }
 
     /// `task->tgid`.

@@ -51,8 +51,15 @@ pub fn lw_fork(ctx: BtfTracePointContext) -> i32 {
 pub fn lw_exit(ctx: BtfTracePointContext) -> i32 {
     let task = Task(ctx.arg(0));
     let tgid = task.tgid();
-    // The main thread's exit ends the process's entry.
-    if task.pid() == tgid {
+    // The last thread's exit ends the process's entry: not the main
+    // thread's while others live on (its pid stays theirs), nor that of the
+    // main thread an exec from another thread replaces (the exec keeps the
+    // lineage). Without the offsets, the main thread's.
+    let last = match task.threads_alive() {
+        Some(alive) => alive <= 0,
+        None => task.pid() == tgid,
+    };
+    if last {
         procs::remove(tgid);
     }
     0

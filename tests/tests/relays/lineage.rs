@@ -165,6 +165,49 @@ fn a_catalogued_tunnels_children_are_matched_through_lineage() {
     assert_eq!(ev["rule"], "catalog:code-tunnel", "{ev:#}");
 }
 
+/// Executes `argv[1:]` from a thread other than the main one (as Go's
+/// `syscall.Exec` may): the kernel's exec ends every other thread, the
+/// main one included, and the executing thread takes over the pid.
+const EXEC_FROM_A_THREAD: &str = r#"
+import os, sys, threading
+t = threading.Thread(target=lambda: os.execv(sys.argv[1], sys.argv[1:]))
+t.start()
+t.join()
+"#;
+
+/// The lineage survives an exec from a thread other than the main one:
+/// under a catalogued tunnel (`code-tunnel`, `children`), a Python process
+/// that executes curl from a thread has curl refused as the tunnel's
+/// (`catalog:code-tunnel`); a plain shell running the same Python is
+/// served (the control), and so is the tunnel's without the daemon. Fails
+/// against a build that ends a process's tracking when its main thread
+/// exits (the exec's end of the main thread took the lineage with it).
+#[test]
+fn the_lineage_survives_an_exec_from_another_thread() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("thread-exec");
+    let tunnel = dir.path().join("code-tunnel");
+    std::fs::copy("/bin/bash", &tunnel).expect("copying bash");
+    let tunnel = tunnel.to_str().expect("utf-8 temp dir").to_owned();
+    let url = format!("http://127.0.0.1:{PROTECTED}/");
+    let client = format!(
+        "{SYSTEM_PYTHON} -c '{EXEC_FROM_A_THREAD}' /usr/bin/curl -sS -o /dev/null --max-time 5 {url}"
+    );
+    let ask = |shell: &str| run(ns.cmd(shell).args(["-c", &client])).status.success();
+    assert!(ask(&tunnel), "the tunnel's child without the daemon");
+    let daemon = Daemon::start(&Policy::new(&ns, "enforce").relay("allow").text());
+    assert!(ask("/bin/bash"), "a shell's curl was refused");
+    assert!(
+        !ask(&tunnel),
+        "the tunnel's curl, executed from a thread, got through"
+    );
+    let ev = daemon.wait_event("the refusal", |e| {
+        e["verdict"] == "deny" && e["exe_name"] == "curl"
+    });
+    assert_eq!(ev["rule"], "catalog:code-tunnel", "{ev:#}");
+}
+
 /// Asks the service on 127.0.0.1:`argv[1]` once and prints what it got
 /// (a script file: see [`LISTEN_THEN_ASK`]).
 const ASK: &str = concat!(

@@ -248,6 +248,12 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
             .ok()
             .and_then(|bits| u32::try_from(bits).ok())
             .unwrap_or(0),
+        // Optional: without them a process's tracking ends with its main
+        // thread rather than its last (see `ebpf/src/process.rs`).
+        task_signal: btf.member_offset("task_struct", "signal").unwrap_or(0),
+        signal_live: btf
+            .member_offset("signal_struct", "live.counter")
+            .unwrap_or(0),
     })
 }
 

@@ -523,6 +523,7 @@ fn running_kernel() {
         o.sk_userlocks_bit != 0 && o.sk_userlocks_bit < 256 * 8,
         "{o:?}"
     );
+    assert!(o.task_signal != 0 && o.signal_live != 0, "{o:?}");
     for off in [
         o.task_mm,
         o.task_real_parent,
