@@ -117,6 +117,27 @@ pub fn load<T>(base: u64, offset: u32) -> T {
     unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast::<T>()) }
 }
 
+/// Word `index` of the kernel socket at `sk`, from a copy of its first `N`
+/// words (`bpf_probe_read_kernel`): how cgroup programs, which may neither
+/// type their socket as a kernel `struct sock` nor offset its pointer,
+/// read a field at its BTF offset. `None` past the copy, or if it failed.
+#[inline(always)]
+pub fn sock_word<const N: usize>(sk: *const core::ffi::c_void, index: usize) -> Option<u64> {
+    if index >= N {
+        return None;
+    }
+    let mut prefix = [0u64; N];
+    // SAFETY: the helper copies from any kernel address and fails cleanly.
+    let copied = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            prefix.as_mut_ptr().cast(),
+            (N * 8) as u32,
+            sk,
+        )
+    };
+    (copied == 0).then(|| prefix[index])
+}
+
 /// Copies a `T` from kernel address `addr` with `bpf_probe_read_kernel`,
 /// for addresses the verifier has no BTF type for; 0 (the default) when
 /// it cannot be read.

@@ -8,14 +8,11 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::bpf_sock, helpers::generated::bpf_probe_read_kernel, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{bindings::bpf_sock, macros::cgroup_sock_addr, programs::SockAddrContext};
 
 use crate::{
     connect::{AF_INET, AF_INET6, destination},
-    identity::offset,
+    identity::{offset, sock_word},
     procs::record_received,
     sockets::DNS_PORTS,
 };
@@ -75,29 +72,15 @@ fn is_answer(sk: *mut bpf_sock, port: u16) -> bool {
 }
 
 /// Whether the user bound `sk`'s port (`SOCK_BINDPORT_LOCK`); `None` if
-/// that cannot be read. Cgroup programs may not type the socket as a
-/// kernel `struct sock` nor offset its pointer, so its start is copied
-/// with `bpf_probe_read_kernel` and the field taken from the copy at its
-/// BTF bit offset (a bitfield on older kernels).
+/// that cannot be read. The field is taken from a copy of the socket's
+/// start at its BTF bit offset (a bitfield on older kernels).
 #[inline(always)]
 fn port_bound_by_user(sk: *mut bpf_sock) -> Option<bool> {
     let bit = offset!(sk_userlocks_bit) as usize;
-    let word = bit / 64;
-    if bit == 0 || word >= SOCK_PREFIX_WORDS {
+    if bit == 0 {
         return None;
     }
-    let mut prefix = [0u64; SOCK_PREFIX_WORDS];
-    // SAFETY: the helper copies from any kernel address and fails cleanly.
-    let copied = unsafe {
-        bpf_probe_read_kernel(
-            prefix.as_mut_ptr().cast(),
-            (SOCK_PREFIX_WORDS * 8) as u32,
-            sk as *const c_void,
-        )
-    };
-    if copied != 0 {
-        return None;
-    }
+    let word = sock_word::<SOCK_PREFIX_WORDS>(sk as *const c_void, bit / 64)?;
     // Little-endian: a word's bit n is the field's bit n mod 64.
-    Some((prefix[word] >> (bit % 64)) & SOCK_BINDPORT_LOCK != 0)
+    Some((word >> (bit % 64)) & SOCK_BINDPORT_LOCK != 0)
 }

@@ -5,7 +5,7 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sockopt},
-    helpers::generated::{bpf_probe_read_kernel, bpf_tcp_sock},
+    helpers::generated::bpf_tcp_sock,
     macros::cgroup_sockopt,
     programs::SockoptContext,
 };
@@ -21,7 +21,7 @@ use super::{
 use crate::{
     addr::v4_mapped,
     connect::{AF_INET, AF_INET6},
-    identity::{offset, probe},
+    identity::{offset, probe, sock_word},
 };
 
 const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
@@ -170,28 +170,12 @@ const SOCK_PREFIX_WORDS: usize = 16;
 
 /// The inode number of the network namespace of the socket `sk`.
 /// `getsockopt` programs may not type the socket as a kernel `struct sock`
-/// (`bpf_skc_to_tcp_sock` is refused) nor offset its pointer, so the
-/// start of the socket is copied with `bpf_probe_read_kernel` and the
-/// namespace pointer taken from it at its BTF offset.
+/// (`bpf_skc_to_tcp_sock` is refused) nor offset its pointer: the
+/// namespace pointer is taken from a copy of the socket's start.
 #[inline(always)]
 fn netns_inum(sk: *mut bpf_sock) -> Option<u32> {
     let index = (offset!(sk_net) / 8) as usize;
-    if index >= SOCK_PREFIX_WORDS {
-        return None;
-    }
-    let mut prefix = [0u64; SOCK_PREFIX_WORDS];
-    // SAFETY: the helper copies from any kernel address and fails cleanly.
-    let copied = unsafe {
-        bpf_probe_read_kernel(
-            prefix.as_mut_ptr().cast(),
-            (SOCK_PREFIX_WORDS * 8) as u32,
-            sk as *const c_void,
-        )
-    };
-    if copied != 0 {
-        return None;
-    }
-    let net = prefix[index];
+    let net = sock_word::<SOCK_PREFIX_WORDS>(sk as *const c_void, index)?;
     (net != 0).then(|| probe::<u32>(net + u64::from(offset!(net_inum))))
 }
 

@@ -129,6 +129,14 @@ fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
     }
 }
 
+/// A shell named as VS Code's tunnel (`code-tunnel`, a catalog entry
+/// marked `children`) in `dir`: its path.
+fn code_tunnel(dir: &TempDir) -> String {
+    let tunnel = dir.path().join("code-tunnel");
+    std::fs::copy("/bin/bash", &tunnel).expect("copying bash");
+    tunnel.to_str().expect("utf-8 temp dir").to_owned()
+}
+
 /// A catalog entry marked `children` (VS Code's `code-tunnel`) also
 /// matches what the tunnel runs: the kernel's lineage passes through fork
 /// and exec. A plain shell running the same client is the control.
@@ -137,9 +145,7 @@ fn a_catalogued_tunnels_children_are_matched_through_lineage() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let dir = TempDir::new("lineage");
-    let tunnel = dir.path().join("code-tunnel");
-    std::fs::copy("/bin/bash", &tunnel).expect("copying bash");
-    let tunnel = tunnel.to_str().expect("utf-8 temp dir").to_owned();
+    let tunnel = code_tunnel(&dir);
     let client = format!(
         "curl -sS -o /dev/null --max-time 5 -w %{{http_code}} http://127.0.0.1:{PROTECTED}/"
     );
@@ -187,9 +193,7 @@ fn the_lineage_survives_an_exec_from_another_thread() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
     let dir = TempDir::new("thread-exec");
-    let tunnel = dir.path().join("code-tunnel");
-    std::fs::copy("/bin/bash", &tunnel).expect("copying bash");
-    let tunnel = tunnel.to_str().expect("utf-8 temp dir").to_owned();
+    let tunnel = code_tunnel(&dir);
     let url = format!("http://127.0.0.1:{PROTECTED}/");
     let client = format!(
         "{SYSTEM_PYTHON} -c '{EXEC_FROM_A_THREAD}' /usr/bin/curl -sS -o /dev/null --max-time 5 {url}"
