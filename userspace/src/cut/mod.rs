@@ -48,7 +48,6 @@ use std::{
     collections::HashSet,
     io,
     net::{IpAddr, SocketAddr},
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -458,7 +457,7 @@ fn enter(target: &Target) -> Result<Entered, SweepError> {
         let diag = SockDiag::open()?;
         // Only for the audit line: 0 where the kernel lacks it (< 5.14).
         let cookie = resolve::current_netns_cookie().unwrap_or(0);
-        let inode = std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino() as u32);
+        let inode = resolve::current_netns_inum().unwrap_or(0);
         Ok((diag, cookie, inode))
     };
     match resolve::in_first_netns(target.paths.iter().cloned(), open, &mut last) {

@@ -32,7 +32,9 @@ use loopwarden_common::ExeKey;
 use nix::unistd::{Uid, User};
 
 use self::netns::cookie_via_setns;
-pub use self::netns::{current_netns_cookie, in_first_netns, in_netns, interface_addresses};
+pub use self::netns::{
+    current_netns_cookie, current_netns_inum, in_first_netns, in_netns, interface_addresses,
+};
 use crate::policy::{CgroupId, ExeFile, LiveExe, LiveExes, MountDev, Resolver};
 
 /// Directories searched for executables by name, before `$PATH`.

@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io,
     net::IpAddr,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -52,6 +52,12 @@ pub fn current_netns_cookie() -> io::Result<u64> {
         ));
     }
     Ok(cookie)
+}
+
+/// The inode number of the calling thread's network namespace (what the
+/// kernel keys connections by), as `/proc/thread-self/ns/net` names it.
+pub fn current_netns_inum() -> io::Result<u32> {
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32)
 }
 
 /// Enters the namespace in a short-lived thread of its own and reads the
