@@ -155,6 +155,30 @@ impl TestCgroup {
         self.path.join("cgroup.procs")
     }
 
+    /// Removes it now, its processes moved to the root first, as a unit's
+    /// stop does: [`TestCgroup::make`] makes a new cgroup of the same name.
+    pub fn remove_now(&self) {
+        Self::remove(&self.path, &self.root);
+        assert!(
+            !self.path.exists(),
+            "{} was not removed",
+            self.path.display()
+        );
+    }
+
+    /// Makes it (again, after [`TestCgroup::remove_now`]).
+    pub fn make(&self) {
+        std::fs::create_dir(&self.path).expect("making the test cgroup");
+    }
+
+    /// Its id: the inode number of its directory.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.path)
+            .expect("the test cgroup")
+            .ino()
+    }
+
     fn remove(dir: &Path, root: &Path) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for entry in entries.flatten() {

@@ -242,6 +242,92 @@ fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
     drop((a, b, inside_service));
 }
 
+/// The scoped getsockopt links `status --json` lists, by pin name.
+fn scoped_links(daemon: &Daemon) -> Vec<String> {
+    let out = run(Command::new(loopwarden_bin())
+        .args(["status", "--json"])
+        .args(daemon.install().dir_args()));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    json["provenance"]["getsockopt_scoped"]
+        .as_array()
+        .expect("scoped links")
+        .iter()
+        .map(|l| l["program"].as_str().expect("a pin name").to_owned())
+        .collect()
+}
+
+#[test]
+fn a_named_cgroup_made_after_start_or_made_again_is_followed() {
+    let ns = Netns::new();
+    let cgroup =
+        loopwarden_tests::TestCgroup::new(&format!("lwt-getsockopt-again-{}", std::process::id()));
+    // Named, and not there when the daemon starts.
+    cgroup.remove_now();
+    let policy = Policy::new(&ns, "audit").catalog(false).relay("audit");
+    let config = format!(
+        "{}\n[provenance]\ngetsockopt_cgroups = [\"{}\"]\n",
+        policy.text(),
+        cgroup.name
+    );
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_stderr("services there cannot ask with getsockopt until", 1);
+    assert_eq!(scoped_links(&daemon), Vec::<String>::new());
+    let dir = TempDir::new("again");
+    let script = write_script(&dir, "reask.py", REASK);
+    let hold = write_script(
+        &dir,
+        "hold.py",
+        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+         while True: time.sleep(3600)\n",
+    );
+    let mut previous = None;
+    for (i, round) in ["made after the start", "made again (a unit's restart)"]
+        .into_iter()
+        .enumerate()
+    {
+        cgroup.make();
+        let pin = format!("lw_getsockopt_{:x}", cgroup.id());
+        // The service, started in the cgroup as in
+        // `getsockopt_answers_only_in_the_cgroups_the_policy_names`.
+        let out = dir.path().join(format!("asked-{pin}.jsonl"));
+        let go = dir.path().join(format!("go-{pin}"));
+        let in_cgroup = format!(
+            "while [ ! -e {go} ]; do sleep 0.05; done; exec {SYSTEM_PYTHON} {script} {} {PROTECTED}",
+            out.display(),
+            go = go.display()
+        );
+        let service = Proc::spawn(ns.cmd("sh").args(["-c", &in_cgroup]));
+        std::fs::write(cgroup.procs(), service.pid().to_string()).expect("moving the service");
+        std::fs::write(&go, "").expect("starting the service");
+        ns.wait_listening(PROTECTED);
+        let client = ns.spawn(SYSTEM_PYTHON, &[&hold, &PROTECTED.to_string()]);
+        let me = u64::from(client.pid());
+        // The service's own asks get the origin once the daemon has
+        // attached in the new cgroup (within its 1 s refresh).
+        wait_ask(&out, 0, &format!("the origin in the cgroup {round}"), |x| {
+            x["status"] == 1 && x["tgid"] == me
+        });
+        // One link, this cgroup's: the removed one's went with it.
+        assert_eq!(scoped_links(&daemon), [pin.as_str()], "{round}");
+        assert_ne!(
+            previous.as_ref(),
+            Some(&pin),
+            "the cgroup was not made anew"
+        );
+        let said = format!("now answers services in {}", cgroup.path.display());
+        daemon.wait_stderr(&said, i + 1);
+        drop((client, service));
+        cgroup.remove_now();
+        wait_for(
+            &format!("the link of the cgroup {round} removed with it"),
+            Duration::from_secs(10),
+            || scoped_links(&daemon).is_empty().then_some(()),
+        );
+        previous = Some(pin);
+    }
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+}
+
 /// Accepts every connection on 127.0.0.1:PORT and holds it until killed.
 const HOLD_ALL: &str = r#"import socket, sys
 s = socket.socket()

@@ -102,17 +102,12 @@ pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
     out
 }
 
-/// The settings a reload does not apply (they bind sockets or attach
-/// programs at start) that differ between `old` and `new`.
+/// The settings a reload does not apply (they bind sockets or size maps
+/// at start) that differ between `old` and `new`.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    // (`[provenance] getsockopt` and its cgroups are followed at each
+    // refresh: see `super::getsockopt`.)
     let mut changed = Vec::new();
-    let cgroups = |c: &Config| -> Vec<String> {
-        let list = &c.provenance.getsockopt_cgroups;
-        list.iter().map(|l| l.value.clone()).collect()
-    };
-    if old.provenance.getsockopt != new.provenance.getsockopt || cgroups(old) != cgroups(new) {
-        changed.push("[provenance] getsockopt");
-    }
     if old.provenance.query != new.provenance.query {
         changed.push("[provenance] query");
     }

@@ -21,6 +21,7 @@
 
 mod detach;
 mod fullness;
+mod getsockopt;
 mod installed;
 mod lock;
 mod rings;

@@ -51,6 +51,8 @@ impl Running {
             denials,
             logger,
             pins,
+            getsockopt,
+            programs,
             ..
         } = self;
         let Signals {
@@ -111,6 +113,7 @@ impl Running {
                     counters.report(stats);
                     reporter.publish_tally();
                     installed.refresh(reporter.enricher());
+                    getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
                     refresh_cost.add(begun.elapsed());
                     if reporter.take_busy() {
                         crate::heap::release();
@@ -123,6 +126,7 @@ impl Running {
                 _ = sighup.recv() => {
                     drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                     installed.reload(reporter.enricher());
+                    getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
                 }
                 _ = sigint.recv() => { info!("SIGINT: exiting"); break Ok(()); }
                 _ = sigterm.recv() => { info!("SIGTERM: exiting"); break Ok(()); }

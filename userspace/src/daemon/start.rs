@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::{
     DaemonError, InstanceLock, Options,
+    getsockopt::{self, Getsockopt},
     installed::{Installed, Source, compile_policy, host_addresses},
     io_err,
     rings::{CounterReport, KernelLogger, watch},
@@ -42,12 +43,14 @@ pub(super) struct Running {
     pub(super) denials: AsyncFd<RingBuf<MapData>>,
     pub(super) logger: Option<AsyncFd<KernelLogger>>,
     pub(super) pins: PinDir,
+    /// Where the getsockopt program answers, followed at each refresh.
+    pub(super) getsockopt: Getsockopt,
     /// The host's cgroup v2 root.
     pub(super) cgroup_root: PathBuf,
     // Dropped last, in this order: the loaded object (its links and maps
     // are pinned), the pin directory's lock, then the instance lock, so a
     // daemon started next finds both free once it holds the first.
-    _programs: Programs,
+    pub(super) programs: Programs,
     _pin_lock: PinLock,
     _lock: InstanceLock,
 }
@@ -177,7 +180,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         }
         None => None,
     };
-    let getsockopt = config.as_ref().map(|c| getsockopt_targets(c, &resolver));
+    let getsockopt = config.as_ref().map(|c| getsockopt::targets(c, &resolver));
     // A resized `LW_CONNS`: the one pinned now is opened before the
     // takeover unpins it, and its connections copied into ours after it
     // (once no program of the old set writes it any more).
@@ -189,10 +192,11 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // programs take over), what happened before they did (listeners,
     // accepted connections, interpreters' scripts) is read from /proc:
     // from then on nothing is missed between the two.
-    let takeover =
-        programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt.as_deref(), |ebpf| {
-            crate::track::seed(ebpf, policy.as_ref());
-        })?;
+    let getsockopt_dirs = getsockopt.as_ref().map(|t| t.dirs.as_slice());
+    let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt_dirs, |ebpf| {
+        crate::track::seed(ebpf, policy.as_ref());
+    })?;
+    let getsockopt = Getsockopt::started(getsockopt.as_ref());
     if let Some(old) = resized {
         let carried = match (old, programs.ebpf.map_mut(maps::CONNS)) {
             (Ok(old), Some(new)) => old.copy_into(new).map_err(|e| crate::error_chain(&e)),
@@ -294,7 +298,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         denials,
         logger,
         pins,
-        _programs: programs,
+        getsockopt,
+        programs,
         _pin_lock: pin_lock,
         _lock: lock,
     })
@@ -322,35 +327,4 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
             format!("replaced the pinned programs in place and their maps ({why}){anew}")
         }
     }
-}
-
-/// Where the `cgroup/getsockopt` program is attached: nowhere when
-/// `[provenance] getsockopt` is off, at the root unless
-/// `getsockopt_cgroups` names cgroups, else in each of those that exists
-/// (one that does not is skipped with a warning: a restart attaches it).
-fn getsockopt_targets(
-    config: &crate::config::Config,
-    resolver: &HostResolver,
-) -> Vec<std::path::PathBuf> {
-    let p = &config.provenance;
-    if !p.getsockopt {
-        return Vec::new();
-    }
-    if p.getsockopt_cgroups.is_empty() {
-        return vec![resolver.cgroup_root().to_owned()];
-    }
-    p.getsockopt_cgroups
-        .iter()
-        .filter_map(|cg| match resolver.cgroup_dir(&cg.value) {
-            Ok(dir) => Some(dir),
-            Err(e) => {
-                warn!(
-                    "{}:{}: getsockopt_cgroups {:?}: {e}; services there cannot ask with \
-                     getsockopt until a restart finds it",
-                    config.source, cg.at, cg.value
-                );
-                None
-            }
-        })
-        .collect()
 }

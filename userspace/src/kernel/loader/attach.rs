@@ -52,7 +52,7 @@ impl Programs {
         }
         seed(&mut self.ebpf);
         if let Some(targets) = getsockopt {
-            self.attach_getsockopt(cgroup_root, pins, targets)?;
+            self.attach_getsockopt(cgroup_root, pins, targets, Pinned::Update)?;
         }
         let mut takeover = Takeover::Updated;
         for &name in self.names {
@@ -116,14 +116,18 @@ impl Programs {
 
     /// Makes a pinned `cgroup/getsockopt` link run our program in each
     /// cgroup of `targets` (the root, or the cgroups the policy names),
-    /// and removes the pinned links of cgroups no longer named (an empty
-    /// `targets` removes them all, each detached at once: [`remove_link`]).
-    fn attach_getsockopt(
+    /// and removes the pinned links of cgroups no longer named or gone (an
+    /// empty `targets` removes them all, each detached at once:
+    /// [`remove_link`]). A link pinned already is switched to this
+    /// program in place with [`Pinned::Update`] (a start), left as it is
+    /// with [`Pinned::Keep`] (the daemon's own, looked at again).
+    pub fn attach_getsockopt(
         &mut self,
         cgroup_root: &Path,
         pins: &PinDir,
         targets: &[PathBuf],
-    ) -> Result<(), LoaderError> {
+        pinned: Pinned,
+    ) -> Result<GetsockoptChange, LoaderError> {
         let name = programs::GETSOCKOPT;
         let pin_failed = |pin: &Path, message: String| LoaderError::PinLink {
             name,
@@ -132,26 +136,33 @@ impl Programs {
         };
         let mut wanted = Vec::with_capacity(targets.len());
         for dir in targets {
-            let pin = pins.link(&getsockopt_pin(dir, cgroup_root).map_err(|source| {
-                LoaderError::OpenCgroup {
+            // Named by the cgroup opened, not by its path: one removed and
+            // made again in between is attached under its new name.
+            let cgroup = open_cgroup(dir)?;
+            let pin = pins.link(&getsockopt_pin(&cgroup, dir == cgroup_root).map_err(
+                |source| LoaderError::OpenCgroup {
                     path: dir.display().to_string(),
                     source,
-                }
-            })?);
-            wanted.push((pin, dir));
+                },
+            )?);
+            wanted.push((pin, dir, cgroup));
         }
         let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
-        for (pin, dir) in &wanted {
+        let mut change = GetsockoptChange::default();
+        for (pin, dir, cgroup) in &wanted {
             let (pin, dir) = (pin.as_path(), dir.as_path());
-            if pin.exists() && update_link(name, pin, prog)? {
-                continue;
+            if pin.exists() {
+                match pinned {
+                    Pinned::Keep => continue,
+                    Pinned::Update if update_link(name, pin, prog)? => continue,
+                    Pinned::Update => {}
+                }
             }
             // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
             // the link is created and pinned with our own bpf(2) calls.
             let prog_fd = prog
                 .fd()
                 .map_err(|source| LoaderError::Verify { name, source })?;
-            let cgroup = open_cgroup(dir)?;
             let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), sys::ATTACH_GETSOCKOPT)
                 .map_err(|e| LoaderError::AttachRaw {
                     name,
@@ -159,6 +170,7 @@ impl Programs {
                     source: e,
                 })?;
             sys::obj_pin(link.as_fd(), pin).map_err(|e| pin_failed(pin, e.to_string()))?;
+            change.attached.push(dir.to_owned());
         }
         // The cgroups no longer named lose theirs only now: a move from the
         // root to named cgroups (or back) never leaves a service between
@@ -167,12 +179,13 @@ impl Programs {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let ours = entry.file_name().to_string_lossy().starts_with(name);
-                if ours && !wanted.iter().any(|(pin, _)| *pin == path) {
+                if ours && !wanted.iter().any(|(pin, ..)| *pin == path) {
                     remove_link(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
+                    change.removed.push(path);
                 }
             }
         }
-        Ok(())
+        Ok(change)
     }
 
     /// Attaches each tracking program with a new link, pinned over the
@@ -233,14 +246,34 @@ impl Programs {
     }
 }
 
-/// The pin name of the `cgroup/getsockopt` link in cgroup `dir`: the
-/// program's name at the root, with the cgroup's id below it.
-fn getsockopt_pin(dir: &Path, cgroup_root: &Path) -> io::Result<String> {
-    if dir == cgroup_root {
+/// How [`Programs::attach_getsockopt`] treats a cgroup whose link is
+/// pinned already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pinned {
+    /// Switched to this program in place (a start, over a predecessor's).
+    Update,
+    /// Left as it is (this daemon's own).
+    Keep,
+}
+
+/// What [`Programs::attach_getsockopt`] changed.
+#[derive(Debug, Default)]
+pub struct GetsockoptChange {
+    /// The cgroups given a new link.
+    pub attached: Vec<PathBuf>,
+    /// The pins of the links removed.
+    pub removed: Vec<PathBuf>,
+}
+
+/// The pin name of the `cgroup/getsockopt` link in the open cgroup
+/// `cgroup`: the program's name at the root (`root`), with the cgroup's
+/// id (its inode number, never reused) below it.
+fn getsockopt_pin(cgroup: &File, root: bool) -> io::Result<String> {
+    if root {
         return Ok(programs::GETSOCKOPT.to_owned());
     }
     use std::os::unix::fs::MetadataExt as _;
-    let id = std::fs::metadata(dir)?.ino();
+    let id = cgroup.metadata()?.ino();
     Ok(format!("{}_{id:x}", programs::GETSOCKOPT))
 }
 

@@ -24,7 +24,10 @@ use aya::{
 };
 use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
 
-pub use self::error::{Cause, LoaderError};
+pub use self::{
+    attach::{GetsockoptChange, Pinned},
+    error::{Cause, LoaderError},
+};
 use super::{
     lru,
     pins::{self, MapShape, PinDir, PinError, PinState},
