@@ -325,6 +325,31 @@ fn a_named_cgroup_made_after_start_or_made_again_is_followed() {
         );
         previous = Some(pin);
     }
+    // A reload that names no cgroup moves the program to the root, and one
+    // that turns it off removes it, without a restart.
+    let root_pinned = |daemon: &Daemon| {
+        let out = run(Command::new(loopwarden_bin())
+            .args(["status", "--json"])
+            .args(daemon.install().dir_args()));
+        let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        json["provenance"]["getsockopt"]["pinned"] == true
+    };
+    assert!(!root_pinned(&daemon));
+    for (text, pinned) in [
+        (format!("{}\n", policy.text()), true),
+        (
+            format!("{}\n[provenance]\ngetsockopt = false\n", policy.text()),
+            false,
+        ),
+    ] {
+        std::fs::write(daemon.config_path(), text).expect("writing the config");
+        daemon.signal(libc::SIGHUP);
+        wait_for(
+            &format!("the root's link pinned: {pinned}, after a reload"),
+            Duration::from_secs(10),
+            || (root_pinned(&daemon) == pinned).then_some(()),
+        );
+    }
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
 
