@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::kernel::{btf::VMLINUX_BTF, host_cgroup};
+use crate::kernel::{btf::VMLINUX_BTF, host_cgroup, mountinfo};
 
 /// The oldest kernel (major, minor) the programs load on.
 pub const MIN_KERNEL: (u32, u32) = (5, 18);
@@ -223,20 +223,9 @@ pub fn find_cgroup2_root() -> Option<PathBuf> {
 /// a sub-cgroup is not enough: programs attached there would see only that
 /// subtree.
 pub fn mountinfo_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    for line in mountinfo.lines() {
-        // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(root), Some(mount_point)) = (fields.nth(3), fields.next()) else {
-            continue;
-        };
-        if fields.find(|&f| f == "-").is_none() || fields.next() != Some("cgroup2") {
-            continue;
-        }
-        if root == "/" {
-            return Some(PathBuf::from(unescape(mount_point)));
-        }
-    }
-    None
+    mountinfo::mounts(mountinfo)
+        .find(|m| m.fs_type == "cgroup2" && m.root == "/")
+        .map(|m| m.mount_point)
 }
 
 /// Inode number of the initial cgroup namespace (`PROC_CGROUP_INIT_INO`,
@@ -248,36 +237,6 @@ const INIT_CGROUP_NS_INO: u64 = 0xEFFF_FFFB;
 pub fn in_child_cgroup_namespace() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() != INIT_CGROUP_NS_INO)
-}
-
-/// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012`
-/// newline, `\134` backslash).
-pub fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = match bytes[i] {
-            b'\\' => bytes.get(i + 1..i + 4).and_then(octal),
-            _ => None,
-        };
-        if let Some(value) = escaped {
-            out.push(value);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Three octal digits as a byte.
-fn octal(digits: &[u8]) -> Option<u8> {
-    digits.iter().try_fold(0u8, |acc, &d| match d {
-        b'0'..=b'7' => acc.checked_mul(8)?.checked_add(d - b'0'),
-        _ => None,
-    })
 }
 
 /// `(major, minor, patch)` from a kernel release string, read leniently:
@@ -407,13 +366,6 @@ mod tests {
         // "cgroup2" as a mount point or source, not as the filesystem type.
         let info = "70 31 0:50 / /cgroup2 rw - tmpfs cgroup2 rw\n";
         assert_eq!(mountinfo_cgroup2(info), None);
-    }
-
-    #[test]
-    fn unescape_leaves_other_backslashes() {
-        assert_eq!(unescape("a\\040b"), "a b");
-        assert_eq!(unescape("a\\9b"), "a\\9b");
-        assert_eq!(unescape("trailing\\04"), "trailing\\04");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod loader;
 pub mod lru;
 pub mod maps;
+pub mod mountinfo;
 pub mod pins;
 pub mod sock_diag;
 pub mod sys;

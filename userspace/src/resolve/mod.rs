@@ -340,35 +340,18 @@ pub fn superblock_dev(mountinfo: &str, path: &Path) -> Option<(u64, u64)> {
 /// several are stacked.
 pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountDev> {
     let mut best: Option<(usize, MountDev)> = None;
-    for line in mountinfo.lines() {
-        // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE ...
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(dev), Some(mount_point)) = (fields.nth(2), fields.nth(1)) else {
-            continue;
-        };
-        let Some((major, minor)) = dev.split_once(':') else {
-            continue;
-        };
-        let (Ok(major), Ok(minor)) = (major.parse::<u64>(), minor.parse::<u64>()) else {
-            continue;
-        };
-        let mount_point = PathBuf::from(crate::kernel::compat::unescape(mount_point));
-        if !path.starts_with(&mount_point) {
+    for mount in crate::kernel::mountinfo::mounts(mountinfo) {
+        if !path.starts_with(&mount.mount_point) {
             continue;
         }
-        let depth = mount_point.components().count();
+        let depth = mount.mount_point.components().count();
         if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
-            let fs_type = fields
-                .skip_while(|f| *f != "-")
-                .nth(1)
-                .unwrap_or("?")
-                .to_owned();
             best = Some((
                 depth,
                 MountDev {
-                    dev: ExeKey::from_major_minor(major, minor, 0).dev,
-                    fs_type,
-                    mount_point,
+                    dev: ExeKey::from_major_minor(mount.major, mount.minor, 0).dev,
+                    fs_type: mount.fs_type.to_owned(),
+                    mount_point: mount.mount_point,
                 },
             ));
         }

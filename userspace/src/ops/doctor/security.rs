@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::Check;
-use crate::kernel::compat;
+use crate::kernel::mountinfo;
 
 const SECURITYFS: &str = "/sys/kernel/security";
 
@@ -84,13 +84,8 @@ pub(super) fn read_lockdown(file: &Path) -> io::Result<Option<String>> {
 
 pub(super) fn securityfs_mounted() -> bool {
     fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
-        info.lines().any(|l| {
-            let mount_point = l.split_whitespace().nth(4).map(compat::unescape);
-            let fstype = l
-                .split_once(" - ")
-                .and_then(|(_, r)| r.split_whitespace().next());
-            mount_point.as_deref() == Some(SECURITYFS) && fstype == Some("securityfs")
-        })
+        mountinfo::mounts(&info)
+            .any(|m| m.mount_point == Path::new(SECURITYFS) && m.fs_type == "securityfs")
     })
 }
 
