@@ -252,6 +252,92 @@ fn a_new_client_closes_the_one_idle_longest_when_all_slots_are_taken() {
     idle.assert_only_the_first_closed("the responder");
 }
 
+/// Opens N connections to the responder at 127.0.0.1:PORT, each with a
+/// small receive buffer, sends each QUERIES queries at once and never
+/// reads a reply; prints `ready` and holds them until killed.
+const FLOOD: &str = r#"import socket, sys, time
+n, port, queries = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"1,1\r\n" * queries)
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(3600)
+"#;
+
+/// The responder's open connections in `ns` (`ss` lines, local port
+/// [`IDENT_PORT`]) and its clients' (remote port [`IDENT_PORT`]).
+fn ident_sockets(ns: &Netns, side: &str) -> Vec<String> {
+    let out = ns
+        .cmd("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( {side} = :{IDENT_PORT} )"),
+        ])
+        .output()
+        .expect("running ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Once the flood has settled: how many of its connections the responder
+/// keeps, every one with replies queued that its client does not read
+/// (`ss`'s Send-Q), the others closed.
+fn flood_settled(ns: &Netns) -> Option<usize> {
+    let waiting = ident_sockets(ns, "sport")
+        .iter()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|q| q != "0"))
+        .count();
+    let open = ident_sockets(ns, "dport").len();
+    (waiting == open && waiting >= MAX_CLIENTS).then_some(waiting)
+}
+
+#[test]
+fn clients_that_never_read_their_replies_keep_no_one_out() {
+    let ns = Netns::new();
+    let dir = TempDir::new("ident");
+    let _protected = holding_server(&ns, PROTECTED);
+    // A minute for a reply's write: only a new client can close a client
+    // whose replies wait.
+    let _daemon = daemon_on(&ns, &config_with_timeout(&ns, PROTECTED, 60_000));
+    let direct = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
+    let query = format!("{} , {PROTECTED}", direct.local_port);
+    let answer = user_reply(direct.local_port, PROTECTED, "root");
+    // Answered before the flood (the positive control) ...
+    assert_eq!(ident_query(&ns, "127.0.0.1", &query), answer);
+
+    // Twice the responder's places, every one with its replies waiting.
+    let mut flood = loopwarden_tests::talk::Talker::spawn(
+        ns.cmd(loopwarden_tests::SYSTEM_PYTHON).args([
+            "-c",
+            FLOOD,
+            &(2 * MAX_CLIENTS).to_string(),
+            &IDENT_PORT.to_string(),
+            "4000",
+        ]),
+        "the flooding clients",
+    );
+    assert_eq!(flood.line(), "ready");
+    let kept = loopwarden_tests::wait_for(
+        "the flooding clients kept, each with replies waiting to be written",
+        std::time::Duration::from_secs(30),
+        || flood_settled(&ns),
+    );
+    // ... and during it: a client whose reply waits is closed to make room.
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", &query),
+        answer,
+        "{kept} flooding clients kept"
+    );
+}
+
 #[test]
 fn postgresql_ident_authentication_accepts_a_direct_client_and_not_a_relay() {
     let ns = Netns::new();

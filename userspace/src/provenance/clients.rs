@@ -2,8 +2,11 @@
 //! serving: at most a fixed number, the next past it closing the one idle
 //! longest, so clients that keep their connections open, even sending a
 //! request now and then, cannot shut out the next. A client whose request
-//! is being answered is not idle: however fast others connect, it gets its
-//! answer.
+//! is being looked up is not idle: however fast others connect, it gets its
+//! answer. Once the answer is made it is idle again, while the answer is
+//! written: a client that sends requests and never reads the answers
+//! (its receive window full, the write waiting) is closed for the next
+//! like any other idle one.
 
 use std::{
     collections::HashMap,
@@ -96,13 +99,14 @@ impl<T: Copy + PartialEq + Debug> Clients<T> {
         (id, stopped)
     }
 
-    /// A request of client `id` is being answered: it is not idle, and is
-    /// not closed for a new client until it is answered.
+    /// A request of client `id` is being looked up: it is not idle, and is
+    /// not closed for a new client until the answer is made.
     pub(super) fn busy(&self, id: u64) {
         self.set_since(id, None);
     }
 
-    /// Client `id` was answered: its idle time starts again.
+    /// Client `id`'s answer is made (and being written): its idle time
+    /// starts again.
     pub(super) fn answered(&self, id: u64) {
         self.set_since(id, Some(Instant::now()));
     }

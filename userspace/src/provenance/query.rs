@@ -239,11 +239,15 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
                     line.pop();
                 }
                 slot.busy();
-                (answer(&line, caller, &shared).await, false)
+                let reply = answer(&line, caller, &shared).await;
+                // Idle again while the reply is written (see
+                // `Clients::busy`).
+                slot.answered();
+                (reply, false)
             }
         };
         match timeout(WRITE_TIMEOUT, write.write_all(&reply.line())).await {
-            Ok(Ok(())) if !last => slot.answered(),
+            Ok(Ok(())) if !last => {}
             _ => return,
         }
     }

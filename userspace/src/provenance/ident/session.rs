@@ -91,10 +91,13 @@ async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketA
                 Ok(ports) => {
                     shared.clients.busy(id);
                     let reply = answer(ports, local, peer, shared).await;
+                    // Idle again while the reply is written: a client that
+                    // sends queries and never reads the replies (its window
+                    // full, the write waiting) is one to close for the next.
+                    shared.clients.answered(id);
                     if !send(&stream, &reply, shared).await {
                         return;
                     }
-                    shared.clients.answered(id);
                     deadline = Instant::now() + shared.timeout;
                 }
                 Err(echo) => return refuse(stream, echo, shared).await,
