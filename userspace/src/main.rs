@@ -400,6 +400,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for warning in &compiled.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }
+            if as_daemon && let Some(refusal) = compiled.reload_refusal() {
+                anyhow::bail!("{refusal}");
+            }
             println!("# {name}: OK");
             print!("{compiled}");
             Ok(ExitCode::SUCCESS)

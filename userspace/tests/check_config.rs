@@ -112,3 +112,51 @@ fn an_empty_file_checks_as_the_defaults_with_a_warning() {
     assert!(stdout.contains("mode:        audit"), "{stdout}");
     assert!(stdout.contains("ports:       all"), "{stdout}");
 }
+
+/// `check-config --as-daemon FILE`: (success, stderr).
+fn check_as_daemon(file: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loopwarden"))
+        .args(["check-config", "--as-daemon"])
+        .arg(file)
+        .env("LOOPWARDEN_LOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A policy scoped to namespaces none of which exists would judge nothing:
+/// a reload (which `--as-daemon` checks as) refuses it; one that exists
+/// beside the missing one is enough.
+#[test]
+fn a_scope_to_network_namespaces_that_do_not_exist_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-netns");
+    let scoped = |paths: &[&Path]| {
+        let list: Vec<String> = paths
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
+        format!(
+            "mode = \"enforce\"\n[protect]\nnetns = [{}]\n",
+            list.join(", ")
+        )
+    };
+    let typo = write(&tmp, "typo.toml", scoped(&[&missing]).as_bytes());
+    let (ok, stderr) = check(&typo);
+    assert!(!ok && stderr.contains("no-such-netns"), "{stderr}");
+    let (ok, stderr) = check_as_daemon(&typo);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("none of the network namespaces [protect] netns names exists"),
+        "{stderr}"
+    );
+    // The positive control: this process's own namespace exists.
+    let own = Path::new("/proc/self/ns/net");
+    let one = write(&tmp, "one.toml", scoped(&[&missing, own]).as_bytes());
+    let (ok, stderr) = check_as_daemon(&one);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("no-such-netns"), "{stderr}");
+}

@@ -214,6 +214,12 @@ impl Installed {
         }
         let policy = compile_policy(&config, &self.resolver, self.mode, self.policy.as_ref())
             .map_err(|e| crate::error_chain(&e))?;
+        if let Some(refusal) = policy.reload_refusal() {
+            for warning in &policy.warnings {
+                warn!("{warning}");
+            }
+            return Err(refusal);
+        }
         Ok((policy, config))
     }
 

@@ -197,6 +197,19 @@ impl CompiledPolicy {
         self.settings.flags & loopwarden_common::flags::NETNS_SCOPED != 0
     }
 
+    /// Why a reload does not put this policy in force: it is scoped to
+    /// network namespaces none of which exists (a typo in `[protect]
+    /// netns`, most likely), so it would judge no connect anywhere and
+    /// leave an enforcing host open. (At start, with nothing running, it
+    /// is put in force with its warnings; the 1 s re-resolution finds a
+    /// namespace made since.)
+    pub fn reload_refusal(&self) -> Option<String> {
+        (self.scoped() && self.netns.is_empty()).then(|| {
+            "none of the network namespaces [protect] netns names exists (see the warnings):              this policy would judge no connect anywhere; a reload keeps the running policy              (make the namespace first, or fix the name)"
+                .to_owned()
+        })
+    }
+
     /// The rules as events name them: the policy's rules by index, then
     /// the egress rules as `egress:<name>` in their order (see
     /// [`crate::events::Enricher::rule_name`]).

@@ -198,6 +198,18 @@ impl Resolver for HostResolver {
                 format!("{} is not a regular file", path.display()),
             ));
         }
+        if let Some(interpreter) = shebang(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is a script (`#!{interpreter}`): the kernel sees the interpreter \
+                     that runs it, never the script, so this never matches; a rule names a \
+                     script with `script = \"{}\"`, or the process by its `cgroup` or `uid`",
+                    path.display(),
+                    path.display()
+                ),
+            ));
+        }
         let real_path = fs::canonicalize(path)?;
         let key = exe_key(&meta);
         let mut mount = fs::read_to_string("/proc/self/mountinfo")
@@ -359,6 +371,23 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountDev> {
     best.map(|(_, mount)| mount)
 }
 
+/// The interpreter line of a file that starts with `#!` (what follows it,
+/// up to 128 bytes), which the kernel runs in the file's place; `None` for
+/// any other file (one that cannot be read included: a failure to run it
+/// is not this one to say).
+fn shebang(path: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(130);
+    fs::File::open(path)
+        .ok()?
+        .take(130)
+        .read_to_end(&mut head)
+        .ok()?;
+    let line = head.strip_prefix(b"#!")?;
+    let line = line.split(|&b| b == b'\n').next().unwrap_or(line);
+    Some(String::from_utf8_lossy(line).trim().to_owned())
+}
+
 /// `/proc/PID/exe` of a deleted file reads `<path> (deleted)`.
 fn deleted_path(link: &Path) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -465,10 +494,31 @@ mod tests {
     }
 
     #[test]
+    fn a_script_is_refused_with_its_interpreter_named() {
+        let tmp = TempDir::new("script");
+        let script = tmp.0.join("agent");
+        fs::write(&script, "#!/usr/bin/python3 -u\nprint('hi')\n").unwrap();
+        let err = resolver().exe(&script).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            text.contains("is a script (`#!/usr/bin/python3 -u`)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("script = \"{}\"", script.display())),
+            "{text}"
+        );
+        // A binary (this test's own) resolves.
+        assert!(resolver().exe(Path::new("/proc/self/exe")).is_ok());
+        assert_eq!(shebang(Path::new("/proc/self/exe")), None);
+    }
+
+    #[test]
     fn exe_follows_symlinks() {
         let tmp = TempDir::new("exe");
         let target = tmp.0.join("tool-1.2");
-        fs::write(&target, b"#!/bin/sh\n").unwrap();
+        fs::write(&target, b"\x7fELF").unwrap();
         let link = tmp.0.join("tool");
         symlink(&target, &link).unwrap();
         let r = resolver();
