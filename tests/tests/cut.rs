@@ -489,3 +489,54 @@ fn the_accepted_side_of_a_connection_whose_listener_closed_is_not_cut() {
         .collect();
     assert_eq!(cuts.len(), 1, "{cuts:#?}");
 }
+
+/// The port the relay of the next test connects from.
+const RELAY_SOURCE_PORT: u16 = 41_000;
+
+#[test]
+fn a_relay_that_listens_on_its_own_source_port_is_still_cut() {
+    let ns = Netns::new();
+    let server = ns.spawn("python3", &["-c", ECHO_SERVER, &PROTECTED.to_string()]);
+    ns.wait_listening(PROTECTED);
+    let _relay = ns.socat_relay(
+        RELAY,
+        &format!("TCP:127.0.0.1:{PROTECTED},sourceport={RELAY_SOURCE_PORT}"),
+        None,
+    );
+    let daemon = Daemon::start(&policy(&ns, "audit", ""));
+    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
+    let mut direct = LineClient::connect(&ns, "127.0.0.1", PROTECTED);
+    through_relay.assert_works("relay-before");
+    direct.assert_works("direct-before");
+    let let_in = daemon.wait_event("would-deny of the relay", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(
+        let_in["src"],
+        format!("127.0.0.1:{RELAY_SOURCE_PORT}"),
+        "{let_in}"
+    );
+    // Something now listens on the relay's source port, on another
+    // address: the relay's socket has an accepted socket's look.
+    let _listener = ns.spawn(
+        "python3",
+        &[
+            "-c",
+            "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.2', int(sys.argv[1])))\n\
+             s.listen()\ntime.sleep(3600)\n",
+            &RELAY_SOURCE_PORT.to_string(),
+        ],
+    );
+    ns.wait_listening(RELAY_SOURCE_PORT);
+
+    std::fs::write(daemon.config_path(), policy(&ns, "enforce", "")).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    // Its origin names it as the client's: cut all the same.
+    let cut = assert_socat_cut(&daemon);
+    assert_eq!(cut["socket_cookie"], let_in["socket_cookie"], "{cut}");
+    daemon.wait_stderr("cut 1 connections", 1);
+    through_relay.assert_cut();
+    assert_only_the_direct_client_is_connected(&ns);
+    direct.assert_works("direct-after");
+    drop(server);
+}

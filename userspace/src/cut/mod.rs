@@ -18,15 +18,18 @@
 //! protected destination (loopback, or one of the host's addresses with
 //! `host_addresses`, on a protected port), in a state that can still carry
 //! data (`SYN_SENT`, `ESTABLISHED`, `FIN_WAIT1/2`, `CLOSE_WAIT`), and whose
-//! local port is not a listening port of its namespace (that is the
-//! accepted, server side of a connection: with every port protected, its
-//! remote end, the client's ephemeral port, is "protected" too). The kernel
-//! never hands a port with a listener out as an ephemeral port, so a
-//! client's own socket is not mistaken for an accepted one; a client that
-//! explicitly bound its source port to a port something listens on would
-//! be. An accepted socket whose listener has closed (a server without
-//! `fork`) has a client's look; when the connection's origin (the tag)
-//! names it as the accepted socket, by its cookie, it is left alone.
+//! origin (the tag) does not name it as the accepted socket. The origin
+//! tells the two sides of a tagged connection apart by their cookies: a
+//! client's socket it names is a candidate whatever its local port (one
+//! that bound its source port to a port something listens on, even on
+//! another address, included), and the accepted socket it names is left
+//! alone (that of a server without `fork` whose listener has closed, which
+//! has a client's look). Without an origin (untagged), a socket whose
+//! local port is a listening port of its namespace is taken for the
+//! accepted, server side of a connection (with every port protected, its
+//! remote end, the client's ephemeral port, is "protected" too; the
+//! kernel never hands a port with a listener out as an ephemeral one), and
+//! any other for a client's.
 //!
 //! Who the client is: the processes whose descriptor tables hold the socket
 //! (a socket inherited or passed along may have several; it is cut if any
@@ -108,20 +111,15 @@ pub trait Known {
     /// `LW_PROCS`' entry of process `pid`: its evidence, lineage, script.
     fn tracked(&self, pid: u32) -> Option<ProcState>;
 
-    /// What the origin of `socket`'s connection (in the network namespace
-    /// with inode number `netns`) says of that socket; none if the
-    /// connection has no origin (untagged) or it names other sockets.
-    fn tagged(&self, netns: u32, socket: &TcpSocket) -> Option<Tagged>;
-}
+    /// Whether the origin of `socket`'s connection (in the network
+    /// namespace with inode number `netns`) names it as the client's
+    /// socket, by its cookie: with the relay evidence recorded at its
+    /// connect, if any. `None`: untagged, or it names another socket.
+    fn client(&self, netns: u32, socket: &TcpSocket) -> Option<Option<Relayed>>;
 
-/// What a connection's origin says of one of its sockets (told apart by
-/// the cookies the kernel recorded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tagged {
-    /// The client's: it made the connect, with this relay evidence then.
-    Client(Option<Relayed>),
-    /// The accepted socket: a server's, never cut as a client.
-    Accepted,
+    /// Whether the origin of `socket`'s connection names it as the
+    /// accepted socket, by its cookie: a server's, never cut as a client.
+    fn accepted(&self, netns: u32, socket: &TcpSocket) -> bool;
 }
 
 /// What one sweep did.
@@ -136,6 +134,8 @@ pub struct Sweep {
     /// What kept it from checking or cutting everything, one line each, in
     /// the order met (each also logged as a warning). Empty: complete.
     pub problems: Vec<String>,
+    /// It stopped before a cut: a newer policy had been asked for.
+    pub superseded: bool,
 }
 
 impl Sweep {
@@ -242,11 +242,16 @@ struct Entered {
 /// `SOCK_DESTROY`). Cost: one sock_diag dump per namespace and family, and,
 /// only when some connection is a candidate, one walk over every process's
 /// descriptor table in `/proc`.
+///
+/// `superseded` says whether a newer policy has been asked for since: the
+/// sweep then stops before its next cut (what is left is judged by the
+/// sweep for that policy), with [`Sweep::superseded`] set.
 pub fn sweep(
     policy: &CompiledPolicy,
     host_addresses: &[IpAddr],
     cgroup_root: &Path,
     known: &dyn Known,
+    superseded: &dyn Fn() -> bool,
 ) -> Sweep {
     let mut sweep = Sweep::default();
     if policy.mode != Mode::Enforce {
@@ -267,7 +272,8 @@ pub fn sweep(
     };
 
     let mut entered = Vec::new();
-    let mut candidates: Vec<(usize, TcpSocket)> = Vec::new();
+    // With whether each is on a port its namespace listens on.
+    let mut candidates: Vec<(usize, TcpSocket, bool)> = Vec::new();
     let mut examined = 0usize;
     let mut truncated = false;
     for target in &targets {
@@ -296,7 +302,7 @@ pub fn sweep(
                     candidates.extend(
                         client_sockets(policy, &host, &sockets)
                             .into_iter()
-                            .map(|s| (index, *s)),
+                            .map(|(s, listening)| (index, *s, listening)),
                     );
                 }
             }
@@ -324,6 +330,7 @@ pub fn sweep(
             &mut entered,
             &candidates,
             known,
+            superseded,
             &mut sweep,
         );
     }
@@ -345,20 +352,25 @@ fn cut(
     policy: &CompiledPolicy,
     cgroup_root: &Path,
     entered: &mut [Entered],
-    candidates: &[(usize, TcpSocket)],
+    candidates: &[(usize, TcpSocket, bool)],
     known: &dyn Known,
+    superseded: &dyn Fn() -> bool,
     sweep: &mut Sweep,
 ) {
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     let candidates: Vec<(usize, TcpSocket, Option<Relayed>)> = candidates
         .iter()
-        .filter_map(
-            |&(index, sock)| match known.tagged(entered[index].inode, &sock) {
-                Some(Tagged::Accepted) => None,
-                Some(Tagged::Client(relayed)) => Some((index, sock, relayed)),
+        .filter_map(|&(index, sock, on_listening_port)| {
+            let netns = entered[index].inode;
+            // The origin, where there is one, says which side a socket is;
+            // without one, a socket on a listening port is taken for the
+            // accepted side (see the module documentation).
+            match known.client(netns, &sock) {
+                Some(relayed) => Some((index, sock, relayed)),
+                None if on_listening_port || known.accepted(netns, &sock) => None,
                 None => Some((index, sock, None)),
-            },
-        )
+            }
+        })
         .collect();
     if candidates.is_empty() {
         return;
@@ -388,6 +400,12 @@ fn cut(
             Some((usize::from(rule), owner))
         });
         let Some((rule, owner)) = hit else { continue };
+        // A cut cannot be undone: none under a policy no longer asked for
+        // (a switch back to audit, a rule that now allows).
+        if superseded() {
+            sweep.superseded = true;
+            return;
+        }
         let ns = &mut entered[*index];
         match ns.diag.destroy(sock) {
             Ok(()) => sweep.cuts.push(Cut {
@@ -500,7 +518,7 @@ fn client_sockets<'a>(
     policy: &CompiledPolicy,
     host: &[IpAddr],
     sockets: &'a [TcpSocket],
-) -> Vec<&'a TcpSocket> {
+) -> Vec<(&'a TcpSocket, bool)> {
     let listening: HashSet<u16> = sockets
         .iter()
         .filter(|s| s.state == state::LISTEN)
@@ -511,10 +529,10 @@ fn client_sockets<'a>(
         .filter(|s| {
             CLIENT_STATES & state::bit(s.state) != 0
                 && s.inode != 0
-                && !listening.contains(&s.src.port())
                 && policy.ports.contains(s.dst.port())
                 && (is_local(s.dst.ip()) || host.contains(&s.dst.ip().to_canonical()))
         })
+        .map(|s| (s, listening.contains(&s.src.port())))
         .collect()
 }
 
@@ -623,15 +641,32 @@ mod tests {
                 23,
             ),
         ];
-        let inodes = |host: &[IpAddr]| -> Vec<u64> {
+        let inodes = |host: &[IpAddr]| -> Vec<(u64, bool)> {
             client_sockets(&p, host, &sockets)
                 .iter()
-                .map(|s| s.inode)
+                .map(|(s, listening)| (s.inode, *listening))
                 .collect()
         };
-        assert_eq!(inodes(&[]), [10, 12, 13, 14]);
+        // The socket on the relay's listening port is one only if its
+        // origin names it as the client's (see `cut`).
+        let found = [
+            (10, false),
+            (12, false),
+            (13, false),
+            (14, false),
+            (23, true),
+        ];
+        assert_eq!(inodes(&[]), found);
         // The host's own addresses count when the policy protects them.
-        assert_eq!(inodes(&["10.0.0.1".parse().unwrap()]), [10, 12, 13, 14, 21]);
+        let with_host = [
+            (10, false),
+            (12, false),
+            (13, false),
+            (14, false),
+            (21, false),
+            (23, true),
+        ];
+        assert_eq!(inodes(&["10.0.0.1".parse().unwrap()]), with_host);
     }
 
     #[test]
@@ -642,11 +677,13 @@ mod tests {
             sock(state::ESTABLISHED, "127.0.0.1:40000", "127.0.0.1:8080", 10),
             sock(state::ESTABLISHED, "127.0.0.1:8080", "127.0.0.1:40000", 11),
         ];
-        let found: Vec<u64> = client_sockets(&p, &[], &sockets)
+        let found: Vec<(u64, bool)> = client_sockets(&p, &[], &sockets)
             .iter()
-            .map(|s| s.inode)
+            .map(|(s, listening)| (s.inode, *listening))
             .collect();
-        assert_eq!(found, [10]);
+        // The accepted one is on the listening port: without an origin
+        // that names it as a client's, it is never cut.
+        assert_eq!(found, [(10, false), (11, true)]);
     }
 
     #[test]
@@ -672,15 +709,19 @@ mod tests {
             None
         }
 
-        fn tagged(&self, _: u32, _: &TcpSocket) -> Option<Tagged> {
+        fn client(&self, _: u32, _: &TcpSocket) -> Option<Option<Relayed>> {
             None
+        }
+
+        fn accepted(&self, _: u32, _: &TcpSocket) -> bool {
+            false
         }
     }
 
     #[test]
     fn audit_mode_sweeps_nothing() {
         let p = policy("mode = \"audit\"\n");
-        let swept = sweep(&p, &[], Path::new("/nonexistent"), &Nothing);
+        let swept = sweep(&p, &[], Path::new("/nonexistent"), &Nothing, &|| false);
         assert!(swept.cuts.is_empty() && swept.problems.is_empty());
         assert_eq!(swept.namespaces, 0);
     }

@@ -6,14 +6,20 @@
 //! (`LW_CONN_SLOTS`, `LW_CONNS`). A sweep walks `/proc` and can take tens of
 //! milliseconds; on its own thread it never delays reports, signals or the
 //! next install. Each sweep's outcome goes to `status.json` (what was cut,
-//! and what kept it from being complete). Requests coalesce: a sweep always uses the newest policy
-//! asked for (the one in force), and one still queued behind it is dropped.
+//! and what kept it from being complete). Requests coalesce: a sweep always
+//! uses the newest policy asked for (the one in force), one still queued
+//! behind it is dropped, and one running when a newer is asked for stops
+//! before its next cut.
 
 use std::{
     io::{self, Write as _},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::mpsc::{self, Receiver, Sender},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, Sender},
+    },
     thread,
 };
 
@@ -23,7 +29,7 @@ use tracing::{error, info, warn};
 
 use super::status_file;
 use crate::{
-    cut::{self, Known, Relayed, Tagged},
+    cut::{self, Known, Relayed},
     events::{Enricher, LogFormat},
     kernel::sock_diag::TcpSocket,
     policy::{CompiledPolicy, Mode},
@@ -33,11 +39,16 @@ use crate::{
 struct Job {
     policy: CompiledPolicy,
     addrs: Vec<IpAddr>,
+    /// Its number among the requests: a sweep whose number is no longer
+    /// the latest stops before its next cut.
+    number: u64,
 }
 
 /// The handle the daemon asks for sweeps through.
 pub struct Sweeper {
     jobs: Sender<Job>,
+    /// The latest request's number.
+    latest: Arc<AtomicU64>,
 }
 
 impl Sweeper {
@@ -45,19 +56,23 @@ impl Sweeper {
     /// `maps_dir`: where the kernel's maps are pinned.
     pub fn spawn(cgroup_root: PathBuf, maps_dir: PathBuf, format: LogFormat) -> io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
+        let latest = Arc::new(AtomicU64::new(0));
+        let seen = latest.clone();
         thread::Builder::new()
             .name("lw-sweep".into())
-            .spawn(move || work(&queue, cgroup_root, &maps_dir, format))?;
-        Ok(Self { jobs })
+            .spawn(move || work(&queue, &seen, cgroup_root, &maps_dir, format))?;
+        Ok(Self { jobs, latest })
     }
 
     /// Asks for a sweep under `policy` (nothing happens in audit mode).
     /// Sent in audit mode too: it replaces an enforce-mode request still
-    /// queued, which must not cut under a policy no longer in force.
+    /// queued, and stops one running before its next cut, neither of which
+    /// may cut under a policy no longer in force.
     pub fn request(&self, policy: &CompiledPolicy, addrs: &[IpAddr]) {
         let job = Job {
             policy: policy.clone(),
             addrs: addrs.to_vec(),
+            number: self.latest.fetch_add(1, Ordering::SeqCst) + 1,
         };
         if self.jobs.send(job).is_err() {
             warn!("the connection sweeper has stopped: admitted connections are not cut");
@@ -76,29 +91,27 @@ impl Known for Pinned {
         self.procs.as_ref().and_then(|m| m.get(&pid, 0).ok())
     }
 
-    fn tagged(&self, netns: u32, socket: &TcpSocket) -> Option<Tagged> {
+    fn client(&self, netns: u32, socket: &TcpSocket) -> Option<Option<Relayed>> {
         let conns = self.conns.as_ref()?;
-        if socket.cookie == 0 {
-            return None;
-        }
         // As the client's socket: the connect's own cookie.
-        if let Some(record) = conns
+        let record = conns
             .find(&conn_key(netns, socket.src, socket.dst))
-            .filter(|r| r.origin.socket_cookie == socket.cookie)
-        {
-            let via = record.origin.via;
-            return Some(Tagged::Client((via.kind != evidence::NONE).then_some(
-                Relayed {
-                    via,
-                    connect_ns: record.origin.ktime_ns,
-                },
-            )));
-        }
+            .filter(|r| socket.cookie != 0 && r.origin.socket_cookie == socket.cookie)?;
+        let via = record.origin.via;
+        Some((via.kind != evidence::NONE).then_some(Relayed {
+            via,
+            connect_ns: record.origin.ktime_ns,
+        }))
+    }
+
+    fn accepted(&self, netns: u32, socket: &TcpSocket) -> bool {
+        let Some(conns) = self.conns.as_ref() else {
+            return false;
+        };
         // As the accepted socket, its ends the other way round.
         conns
             .find(&conn_key(netns, socket.dst, socket.src))
-            .filter(|r| r.server_cookie == socket.cookie)
-            .map(|_| Tagged::Accepted)
+            .is_some_and(|r| socket.cookie != 0 && r.server_cookie == socket.cookie)
     }
 }
 
@@ -140,7 +153,13 @@ impl Pinned {
     }
 }
 
-fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, maps_dir: &Path, format: LogFormat) {
+fn work(
+    queue: &Receiver<Job>,
+    latest: &AtomicU64,
+    cgroup_root: PathBuf,
+    maps_dir: &Path,
+    format: LogFormat,
+) {
     let mut enricher = Enricher::new(cgroup_root.clone());
     while let Ok(mut job) = queue.recv() {
         // Only the newest request matters: it carries the policy in force.
@@ -151,7 +170,8 @@ fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, maps_dir: &Path, format: Lo
             continue;
         }
         let (known, unread) = Pinned::open(maps_dir);
-        let mut sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &known);
+        let superseded = || latest.load(Ordering::SeqCst) != job.number;
+        let mut sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &known, &superseded);
         // An incomplete sweep, as status and the metrics say.
         sweep.problems.extend(unread);
         let stdout = io::stdout();
@@ -165,6 +185,15 @@ fn work(queue: &Receiver<Job>, cgroup_root: PathBuf, maps_dir: &Path, format: Lo
             error!("flushing audit lines failed: {e}");
         }
         drop(out);
+        if sweep.superseded {
+            // The next sweep, for the policy asked for since, is the one
+            // status reports.
+            info!(
+                "cut {} connections, then stopped: a newer policy was installed",
+                sweep.cuts.len()
+            );
+            continue;
+        }
         info!("cut {} connections", sweep.cuts.len());
         status_file::swept(&sweep);
     }
