@@ -7,7 +7,10 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use loopwarden::{kernel::compat, resolve};
+use loopwarden::{
+    kernel::{compat, mountinfo},
+    resolve,
+};
 
 fuzz_target!(|data: &[u8]| {
     // The daemon reads mountinfo with read_to_string; lossy decoding keeps
@@ -16,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
     let (path, info) = text.split_once('\0').unwrap_or(("/usr/bin/socat", &text));
     let _ = compat::mountinfo_cgroup2(info);
     let _ = resolve::superblock_dev(info, Path::new(path));
+    let _ = mountinfo::mounts(info).count();
     for field in info.split_ascii_whitespace() {
-        let _ = compat::unescape(field);
+        let _ = mountinfo::unescape(field);
     }
 });
