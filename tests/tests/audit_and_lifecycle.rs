@@ -762,3 +762,26 @@ fn log_allowed_reports_every_protected_connect() {
     assert_eq!(ev["rule"], serde_json::Value::Null);
     assert_eq!(ev["exe_name"], "curl");
 }
+
+#[test]
+fn a_reload_tells_settings_read_at_start_against_those_in_force() {
+    let ns = Netns::new();
+    let base = policy(&ns, "audit", "");
+    let mut daemon = Daemon::start(&base);
+    let changed = format!("{base}\n[provenance]\nconnections = 2048\n");
+    let warning = "[provenance] connections changed: that takes effect when the daemon restarts";
+    // The same change reloaded twice is said twice (it is still not in
+    // force); back to the running value, nothing is; changed again, it is;
+    // and back again, nothing is.
+    let reloads = [&changed, &changed, &base, &changed, &base];
+    for (i, text) in reloads.into_iter().enumerate() {
+        std::fs::write(daemon.config_path(), text).expect("rewriting the config");
+        daemon.signal(libc::SIGHUP);
+        daemon.wait_stderr("policy unchanged", i + 1);
+    }
+    // A reload's warnings come after its `policy unchanged`, so the
+    // fourth's are in before the fifth's line.
+    let said = daemon.stderr_text().matches(warning).count();
+    assert_eq!(said, 3, "{}", daemon.stderr_text());
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+}

@@ -142,6 +142,11 @@ pub(super) struct Installed {
     /// an edit to the file takes effect only on SIGHUP. `None` while the
     /// policy pinned by a predecessor is in force.
     pub(super) config: Option<Config>,
+    /// The config the settings read only at start came from (the
+    /// defaults for a daemon that started on a bad file, keeping the
+    /// pinned policy): what a reload's changes to them are told against,
+    /// however many reloads since.
+    pub(super) started: Config,
     pub(super) policy: Option<CompiledPolicy>,
     /// The host addresses installed with it.
     pub(super) addrs: Vec<std::net::IpAddr>,
@@ -165,10 +170,7 @@ impl Installed {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
                 }
-                // A daemon that started on a bad file (keeping the pinned
-                // policy) started these with the defaults.
-                let started = self.config.clone().unwrap_or_else(Config::embedded_default);
-                for what in needs_restart(&started, &config) {
+                for what in needs_restart(&self.started, &config) {
                     warn!("{what} changed: that takes effect when the daemon restarts");
                 }
                 let outcome = self.install(policy, enricher);

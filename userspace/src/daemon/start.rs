@@ -268,6 +268,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         config_arg: opts.config.clone(),
         mode: opts.mode,
         resolver,
+        started: config
+            .clone()
+            .unwrap_or_else(crate::config::Config::embedded_default),
         config,
         addrs: policy.as_ref().map(host_addresses).unwrap_or_default(),
         policy,
