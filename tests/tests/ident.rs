@@ -252,17 +252,29 @@ fn a_new_client_closes_the_one_idle_longest_when_all_slots_are_taken() {
     idle.assert_only_the_first_closed("the responder");
 }
 
-/// Opens N connections to the responder at 127.0.0.1:PORT, each with a
-/// small receive buffer, sends each QUERIES queries at once and never
-/// reads a reply; prints `ready` and holds them until killed.
-const FLOOD: &str = r#"import socket, sys, time
+/// Opens N connections to the responder at 127.0.0.1:PORT one after
+/// another, each with a small receive buffer, sends each QUERIES queries at
+/// once and never reads a reply; the next is opened once the last one's
+/// unread replies stop growing (its buffer full: the responder's writes
+/// wait). Prints `ready` and holds them until killed.
+const FLOOD: &str = r#"import fcntl, socket, struct, sys, termios, time
 n, port, queries = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def unread(s):
+    return struct.unpack("i", fcntl.ioctl(s, termios.FIONREAD, b"\0" * 4))[0]
 socks = []
 for _ in range(n):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     s.connect(("127.0.0.1", port))
     s.sendall(b"1,1\r\n" * queries)
+    last, still, deadline = -1, 0, time.time() + 5
+    while still < 5 and time.time() < deadline:
+        time.sleep(0.01)
+        try:
+            q = unread(s)
+        except OSError:
+            break
+        still, last = (still + 1, last) if q == last and q > 0 else (0, q)
     socks.append(s)
 print("ready", flush=True)
 time.sleep(3600)
@@ -313,7 +325,15 @@ fn clients_that_never_read_their_replies_keep_no_one_out() {
     // Answered before the flood (the positive control) ...
     assert_eq!(ident_query(&ns, "127.0.0.1", &query), answer);
 
-    // Twice the responder's places, every one with its replies waiting.
+    // Twice the responder's places, every one with its replies waiting:
+    // with the namespace's send buffers at their least, a reply's write
+    // waits once a few kilobytes are unread.
+    let sysctl = ns
+        .cmd("sysctl")
+        .args(["-qw", "net.ipv4.tcp_wmem=4096 4096 4096"])
+        .status()
+        .expect("running sysctl");
+    assert!(sysctl.success(), "sysctl net.ipv4.tcp_wmem failed");
     let mut flood = loopwarden_tests::talk::Talker::spawn(
         ns.cmd(loopwarden_tests::SYSTEM_PYTHON).args([
             "-c",
@@ -325,10 +345,17 @@ fn clients_that_never_read_their_replies_keep_no_one_out() {
         "the flooding clients",
     );
     assert_eq!(flood.line(), "ready");
-    let kept = loopwarden_tests::wait_for(
+    let kept = loopwarden_tests::wait_for_explained(
         "the flooding clients kept, each with replies waiting to be written",
         std::time::Duration::from_secs(30),
         || flood_settled(&ns),
+        || {
+            format!(
+                "; the responder's sockets:\n{}\nits clients':\n{}",
+                ident_sockets(&ns, "sport").join("\n"),
+                ident_sockets(&ns, "dport").join("\n")
+            )
+        },
     );
     // ... and during it: a client whose reply waits is closed to make room.
     assert_eq!(

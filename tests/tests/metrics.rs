@@ -7,6 +7,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use loopwarden_common::{MAX_CONNS, MAX_LISTENERS, MAX_PENDING, MAX_TRACKED};
 use loopwarden_tests::{
     Daemon, Netns, PROTECTED, UNPROTECTED,
+    idle::IdleClients,
     metrics::{Page, scrape_tcp, scrape_unix},
     provenance::Holder,
     wait_for,
@@ -352,4 +353,25 @@ fn a_taken_metrics_port_leaves_the_socket_serving() {
     );
     assert_eq!(first_scrape(&daemon).must("loopwarden_up", &[]), 1);
     drop(holder);
+}
+
+/// The metrics server's places (`ops::metrics::MAX_CLIENTS`).
+const MAX_CLIENTS: usize = 16;
+
+#[test]
+fn clients_that_hold_connections_without_asking_keep_no_scrape_out() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns, ""));
+    let before = first_scrape(&daemon);
+    assert!(before.get(CHECKED, &[]).is_some(), "{before:?}");
+    // Every place taken by a client that sends nothing (each would be
+    // closed only after 5 s of silence).
+    let mut idle = IdleClients::unix(&socket(&daemon), &[0; MAX_CLIENTS]);
+    let states = idle.states();
+    assert!(states.iter().all(|s| s == "open"), "{states:?}");
+    // One more is answered ...
+    let page = scrape_unix(&socket(&daemon));
+    assert!(page.get(CHECKED, &[]).is_some(), "{page:?}");
+    // ... and the client that connected first, waiting longest, made room.
+    idle.assert_only_the_first_closed("the metrics server");
 }

@@ -1,4 +1,5 @@
-//! The clients a local server (the query socket, the ident responder) is
+//! The clients a local server (the query socket, the ident responder, the
+//! metrics) is
 //! serving: at most a fixed number, the next past it closing the one idle
 //! longest, so clients that keep their connections open, even sending a
 //! request now and then, cannot shut out the next. A client whose request
@@ -19,7 +20,7 @@ use tracing::debug;
 
 /// The clients being served, each tagged (the query socket: its uid;
 /// ident: its address).
-pub(super) struct Clients<T> {
+pub(crate) struct Clients<T> {
     /// The server's name, for the log.
     server: &'static str,
     max: usize,
@@ -35,7 +36,7 @@ struct Table<T> {
 }
 
 impl<T: Copy + PartialEq + Debug> Clients<T> {
-    pub(super) fn new(server: &'static str, max: usize) -> Self {
+    pub(crate) fn new(server: &'static str, max: usize) -> Self {
         Self {
             server,
             max,
@@ -50,14 +51,14 @@ impl<T: Copy + PartialEq + Debug> Clients<T> {
     /// the client idle longest if all `max` places are taken. When none is
     /// idle (every one is being answered), up to `max` more are admitted,
     /// and past that the new client is closed at once (its signal fires).
-    pub(super) fn admit(&self, tag: T) -> (u64, oneshot::Receiver<()>) {
+    pub(crate) fn admit(&self, tag: T) -> (u64, oneshot::Receiver<()>) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         self.insert(&mut table, tag)
     }
 
     /// [`Clients::admit`], unless `per_tag` clients of that tag are served
     /// already: `Err(tag)`.
-    pub(super) fn admit_within(
+    pub(crate) fn admit_within(
         &self,
         tag: T,
         per_tag: usize,
@@ -101,13 +102,13 @@ impl<T: Copy + PartialEq + Debug> Clients<T> {
 
     /// A request of client `id` is being looked up: it is not idle, and is
     /// not closed for a new client until the answer is made.
-    pub(super) fn busy(&self, id: u64) {
+    pub(crate) fn busy(&self, id: u64) {
         self.set_since(id, None);
     }
 
     /// Client `id`'s answer is made (and being written): its idle time
     /// starts again.
-    pub(super) fn answered(&self, id: u64) {
+    pub(crate) fn answered(&self, id: u64) {
         self.set_since(id, Some(Instant::now()));
     }
 
@@ -119,14 +120,14 @@ impl<T: Copy + PartialEq + Debug> Clients<T> {
     }
 
     /// Client `id` is gone.
-    pub(super) fn leave(&self, id: u64) {
+    pub(crate) fn leave(&self, id: u64) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         table.live.remove(&id);
     }
 
     /// How many are served.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         table.live.len()
     }

@@ -12,7 +12,8 @@
 //! refused, [`track`] seeds the kernel's relay tracking from `/proc`
 //! at start, [`provenance`] reads the origins the kernel bound to
 //! protected connections, [`run_socket`] binds the daemon's Unix sockets
-//! (query, metrics), and [`daemon`] ties them together. [`ops`] holds
+//! (query, metrics) and `clients` keeps each local server's clients within
+//! its places, and [`daemon`] ties them together. [`ops`] holds
 //! `loopwarden status` (what the pins enforce right now) and `loopwarden
 //! doctor` (what the host offers), and [`ops::generate`] renders the man
 //! pages and shell completions from the command line's definitions.
@@ -21,6 +22,7 @@
 //! (see build.rs) and therefore leave out the loader, [`daemon`] and [`ops`].
 
 pub mod catalog;
+mod clients;
 pub mod config;
 pub mod cut;
 #[cfg(not(fuzzing))]

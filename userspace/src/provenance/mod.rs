@@ -9,7 +9,6 @@
 
 pub mod answer;
 pub mod client;
-mod clients;
 mod conns;
 pub mod ident;
 pub mod live;

@@ -28,12 +28,11 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    Conns,
-    clients::Clients,
-    netns_of,
+    Conns, netns_of,
     request::{Caller, ErrorCode, Reply, Request},
 };
 use crate::{
+    clients::Clients,
     events::SharedRules,
     run_socket::{self, RunSocket, RunSocketError},
 };

@@ -27,7 +27,7 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, UnixListener},
-    sync::{Semaphore, watch},
+    sync::watch,
     task::JoinHandle,
     time::timeout,
 };
@@ -36,6 +36,7 @@ use tracing::{debug, warn};
 pub use self::kernel::{USAGE_MAPS, Usage, usage};
 use self::{kernel::KernelSource, render::render};
 use crate::{
+    clients::Clients,
     config::Metrics,
     events::tally::Totals,
     kernel::pins::PinDir,
@@ -50,7 +51,7 @@ pub const MAX_REQUEST: usize = 8192;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to read the answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Clients served at once; more are closed unanswered.
+/// Clients served at once; one more closes the one waiting longest.
 pub const MAX_CLIENTS: usize = 16;
 
 /// Errors starting the server.
@@ -96,7 +97,8 @@ struct Shared {
     kernel: KernelSource,
     reported: watch::Receiver<Arc<Totals>>,
     started: SystemTime,
-    slots: Arc<Semaphore>,
+    /// The clients being served (see [`Clients`]).
+    clients: Clients<()>,
 }
 
 /// Serves the metrics as `config` says (nothing when it says neither).
@@ -111,7 +113,7 @@ pub fn serve(
         kernel: KernelSource::new(sources.pins),
         reported: sources.reported,
         started: sources.started,
-        slots: Arc::new(Semaphore::new(MAX_CLIENTS)),
+        clients: Clients::new("metrics", MAX_CLIENTS),
     });
     let mut server = MetricsServer {
         socket: None,
@@ -181,21 +183,26 @@ async fn accept_failed(e: io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-/// Serves one client in a task of its own, if a slot is free.
+/// Serves one client in a task of its own. With [`MAX_CLIENTS`] served,
+/// it takes the place of the one that has waited longest (for its request
+/// to come, or for its answer to be read): clients that hold connections
+/// open without asking, or never read, keep no scrape out.
 fn client<S>(stream: S, shared: &Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-        debug!("metrics: {MAX_CLIENTS} clients already; closing another");
-        return;
-    };
+    let (id, stop) = shared.clients.admit(());
     let shared = shared.clone();
     tokio::spawn(async move {
-        let _permit = permit;
-        if let Err(e) = answer(stream, &shared).await {
-            debug!("metrics: a client went away: {e}");
+        tokio::select! {
+            served = answer(stream, &shared, id) => {
+                if let Err(e) = served {
+                    debug!("metrics: a client went away: {e}");
+                }
+            }
+            _ = stop => debug!("metrics: closing a client, the one waiting longest, for a new one"),
         }
+        shared.clients.leave(id);
     });
 }
 
@@ -252,7 +259,7 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<Ve
     }
 }
 
-async fn answer<S>(mut stream: S, shared: &Arc<Shared>) -> io::Result<()>
+async fn answer<S>(mut stream: S, shared: &Arc<Shared>, id: u64) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -264,10 +271,12 @@ where
     let head_only = head.as_deref().is_some_and(|h| h.starts_with(b"HEAD "));
     let (status, content_type, body) = match request {
         Request::Metrics => {
-            let shared = shared.clone();
-            let body = tokio::task::spawn_blocking(move || render(&shared))
+            shared.clients.busy(id);
+            let render_from = shared.clone();
+            let body = tokio::task::spawn_blocking(move || render(&render_from))
                 .await
                 .map_err(io::Error::other)?;
+            shared.clients.answered(id);
             ("200 OK", text::CONTENT_TYPE, body)
         }
         Request::NotFound => (

@@ -35,7 +35,8 @@ use std::{
 use tokio::net::TcpListener;
 use tracing::warn;
 
-use super::{Conns, ConnsError, clients::Clients, netns_of};
+use super::{Conns, ConnsError, netns_of};
+use crate::clients::Clients;
 use crate::config::{Config, IdentError, Location};
 
 /// Clients served at once; one more closes the one idle longest.
