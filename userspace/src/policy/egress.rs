@@ -42,12 +42,16 @@ pub enum Builtin {
 ///   <https://www.alibabacloud.com/help/en/ecs/user-guide/view-instance-metadata>
 /// - 192.0.0.192: Oracle Cloud (OCI) metadata, older instances;
 ///   <https://docs.oracle.com/en-us/iaas/Content/Compute/Tasks/gettingmetadata.htm>
+/// - 168.63.129.16: Azure's WireServer (the VM agent's provisioning and
+///   extension channel, outside the link-local and private ranges);
+///   <https://learn.microsoft.com/en-us/azure/virtual-network/what-is-ip-address-168-63-129-16>
 pub const METADATA: &[&str] = &[
     "169.254.169.254/32",
     "169.254.170.2/32",
     "169.254.170.23/32",
     "100.100.100.200/32",
     "192.0.0.192/32",
+    "168.63.129.16/32",
     "fd00:ec2::254/128",
     "fd00:ec2::23/128",
 ];

@@ -226,8 +226,9 @@ fn egress_rules_compile_to_their_own_masks_and_prefixes() {
     assert_eq!(blocks("2001:db8::1"), 0b10);
     // Metadata is every rule's, listed or not.
     assert_eq!(blocks("169.254.169.254"), 0b11);
+    assert_eq!(blocks("168.63.129.16"), 0b11);
     assert_eq!(blocks("8.8.8.8"), 0);
-    assert_eq!(p.egress.rules[0].prefixes, 7 + 5 + 1);
+    assert_eq!(p.egress.rules[0].prefixes, 8 + 5 + 1);
     // Events name them after the rules.
     let named: Vec<String> = p.named_rules().into_iter().map(|r| r.name).collect();
     assert_eq!(named, ["egress:fetch", "egress:watch"]);
