@@ -148,8 +148,10 @@ impl HostResolver {
         })
     }
 
-    /// The directory named `unit` anywhere below the root, shallowest first,
-    /// and its level.
+    /// The directory named `unit` below the root, at the shallowest level
+    /// that has one, and its level. Two there (a unit of that name under
+    /// each of two users' managers) are an error: which one a bare name
+    /// means is not for directory order to decide.
     fn find_unit(&self, unit: &str) -> io::Result<(PathBuf, u32)> {
         if unit.is_empty() || unit == "." || unit == ".." {
             return Err(io::Error::new(
@@ -157,8 +159,15 @@ impl HostResolver {
                 format!("{unit:?} is not a cgroup name"),
             ));
         }
+        let mut found: Vec<PathBuf> = Vec::new();
+        let mut found_level = 0;
         let mut queue = VecDeque::from([(self.cgroup_root.clone(), 0u32)]);
         while let Some((dir, level)) = queue.pop_front() {
+            // Breadth first: past the level of the first match, no other
+            // is as shallow.
+            if !found.is_empty() && level >= found_level {
+                break;
+            }
             // Unreadable directories are skipped: the unit may be elsewhere.
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -168,14 +177,37 @@ impl HostResolver {
                     continue;
                 }
                 if entry.file_name() == OsStr::new(unit) {
-                    return Ok((entry.path(), level + 1));
-                }
-                if level + 1 < UNIT_SEARCH_DEPTH {
+                    found.push(entry.path());
+                    found_level = level + 1;
+                } else if level + 1 < UNIT_SEARCH_DEPTH {
                     queue.push_back((entry.path(), level + 1));
                 }
             }
         }
-        Err(self.no_cgroup(unit))
+        match found.len() {
+            0 => Err(self.no_cgroup(unit)),
+            1 => Ok((found.remove(0), found_level)),
+            _ => {
+                found.sort();
+                let paths: Vec<String> = found
+                    .iter()
+                    .map(|p| {
+                        let rel = p.strip_prefix(&self.cgroup_root).unwrap_or(p);
+                        rel.display().to_string()
+                    })
+                    .collect();
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "cgroup name {unit} is ambiguous: {} cgroups below {} have it ({}); \
+                         name the one meant by its path",
+                        found.len(),
+                        self.cgroup_root.display(),
+                        paths.join(", ")
+                    ),
+                ))
+            }
+        }
     }
 
     fn no_cgroup(&self, name: &str) -> io::Error {
@@ -607,6 +639,26 @@ mod tests {
         let missing = r.cgroup("missing.service").unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         assert!(missing.to_string().contains("missing.service"), "{missing}");
+
+        // The same name under two users' managers, as shallow as each
+        // other: no guess. One shallower wins over deeper ones.
+        let other = tmp
+            .0
+            .join("user.slice/user-1001.slice/user@1001.service/app.slice/bar.service");
+        fs::create_dir_all(&other).unwrap();
+        let twice = r.cgroup("bar.service").unwrap_err();
+        assert_eq!(twice.kind(), io::ErrorKind::InvalidInput);
+        let text = twice.to_string();
+        assert!(
+            text.contains("cgroup name bar.service is ambiguous: 2 cgroups")
+                && text
+                    .contains("user.slice/user-1000.slice/user@1000.service/app.slice/bar.service")
+                && text
+                    .contains("user.slice/user-1001.slice/user@1001.service/app.slice/bar.service"),
+            "{text}"
+        );
+        fs::create_dir_all(tmp.0.join("system.slice/bar.service")).unwrap();
+        assert_eq!(r.cgroup("bar.service").unwrap().level, 2);
         let missing = r.cgroup("system.slice/missing.service").unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         assert!(

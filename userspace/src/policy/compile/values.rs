@@ -93,12 +93,18 @@ impl Compiler<'_> {
                     ));
                 }
                 Err(e) => {
+                    // Not found, or a bare name more than one cgroup has.
+                    let (what, until) = if e.kind() == std::io::ErrorKind::NotFound {
+                        ("not found", "until the cgroup exists")
+                    } else {
+                        ("does not resolve", "until it resolves")
+                    };
                     self.policy.warnings.push(format!(
-                        "{}:{}: rule `{}`: cgroup `{}` not found ({e}); the rule is loaded, but \
-                         this value matches nothing until the cgroup exists (the daemon looks again every second)",
+                        "{}:{}: rule `{}`: cgroup `{}` {what} ({e}); the rule is loaded, but \
+                         this value matches nothing {until} (the daemon looks again every second)",
                         self.file, cgroup.at, rule, cgroup.value
                     ));
-                    resolved.push((None, format!("{} (not found)", cgroup.value)));
+                    resolved.push((None, format!("{} ({what})", cgroup.value)));
                 }
             }
         }
