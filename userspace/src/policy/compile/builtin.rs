@@ -37,6 +37,7 @@ impl Compiler<'_> {
                 ..Constrains::default()
             };
             let bit = self.add_rule(info(parts.join("")), &constrains);
+            self.linked_names(BROWSERS_RULE_NAME, &browsers.exe_name);
             for name in &browsers.exe_name {
                 *self
                     .policy

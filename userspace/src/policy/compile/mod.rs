@@ -287,6 +287,7 @@ impl Compiler<'_> {
             },
             &constrains,
         );
+        self.linked_names(&rule.name, &c.exe_name);
         let p = &mut self.policy;
         // A user's allow rule is an exemption from the relay verdict too.
         if rule.action == Action::Allow {

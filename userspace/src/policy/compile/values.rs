@@ -43,6 +43,32 @@ impl Compiler<'_> {
         Ok(())
     }
 
+    /// Warns of an `exe_name` value that names a command installed here
+    /// as a link to a file of another name (`python3` to `python3.11`,
+    /// `nc` to `nc.openbsd`): the kernel sees the file's own name, so the
+    /// value does not match that command.
+    pub(super) fn linked_names(&mut self, rule: &str, names: &[Located<String>]) {
+        for name in names {
+            for path in self.resolver.find_executables(&name.value) {
+                let Ok(real) = self.resolver.exe_file_name(&path) else {
+                    continue;
+                };
+                if real != name.value {
+                    self.policy.warnings.push(format!(
+                        "{}:{}: rule `{}`: exe_name `{}`: {} here is a link to `{real}`, the \
+                         name the kernel sees, so this value does not match it (name `{real}` \
+                         too, or the file by `exe`)",
+                        self.file,
+                        name.at,
+                        rule,
+                        name.value,
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+
     /// Resolves the cgroups of rule `rule`, each with a description; the
     /// levels they add to `levels` (those already named) stay within
     /// [`MAX_CGROUP_LEVELS_USED`]. A cgroup not found only warns.

@@ -191,3 +191,34 @@ fn embedded_default_compiles_on_a_bare_host() {
     let audit = policy.browsers.verdict(11434);
     assert_eq!(audit, loopwarden_common::verdict::AUDIT);
 }
+
+/// A user's `exe_name` that names a command installed as a link to a file
+/// of another name (`python3` to `python3.11`) is warned of, naming the
+/// file's own name; one that names the file itself is not.
+#[test]
+fn an_exe_name_installed_as_a_link_to_another_name_is_warned_of() {
+    let mut r = host().with_exe("/usr/bin/python3.11", key(43));
+    r.found.insert(
+        "python3".to_owned(),
+        vec![PathBuf::from("/usr/bin/python3.11")],
+    );
+    r.found.insert(
+        "python3.11".to_owned(),
+        vec![PathBuf::from("/usr/bin/python3.11")],
+    );
+    let rule = |name: &str| {
+        format!(
+            "catalog = false\n[[rule]]\nname = \"py\"\naction = \"deny\"\nexe_name = \"{name}\"\n"
+        )
+    };
+    let policy = compile_ok(&rule("python3"), &r);
+    assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+    assert!(
+        policy.warnings[0].contains(
+            "rule `py`: exe_name `python3`: /usr/bin/python3.11 here is a link to `python3.11`"
+        ),
+        "{:?}",
+        policy.warnings
+    );
+    assert!(compile_ok(&rule("python3.11"), &r).warnings.is_empty());
+}
