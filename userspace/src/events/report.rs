@@ -257,6 +257,11 @@ impl Reporter {
         if self.buf.is_empty() {
             return;
         }
+        // The sweeper writes its cut lines through std's stdout on a thread
+        // of its own, holding its lock: holding it here too keeps a batch
+        // past `PIPE_BUF`, which a pipe may take in parts, from
+        // interleaving with them.
+        let _serialised = std::io::stdout().lock();
         match self.out.write_all(&self.buf) {
             Ok(()) => self.write_failed = false,
             Err(e) if !self.write_failed => {
