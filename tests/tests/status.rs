@@ -370,3 +370,37 @@ fn doctor_passes_on_this_host_and_json_parses() {
         "a probe cgroup was left: {cgroup_root}"
     );
 }
+
+#[test]
+fn doctor_warns_where_loopback_addresses_are_routed() {
+    let ns = Netns::new();
+    let route_localnet = |ns: &Netns| -> Value {
+        let out = run(ns
+            .cmd(loopwarden_bin().to_str().expect("a UTF-8 path"))
+            .args(["doctor", "--json"]));
+        let report: Value = serde_json::from_slice(&out.stdout).expect("doctor --json parses");
+        let check = report["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == "route_localnet")
+            .cloned();
+        check.unwrap_or_else(|| panic!("no route_localnet check: {report:#}"))
+    };
+    // A new namespace routes no loopback address ...
+    let before = route_localnet(&ns);
+    assert_eq!(before["level"], "ok", "{before:#}");
+    // ... and once `all` does, doctor says so (a warning: not required).
+    run(ns
+        .cmd("sysctl")
+        .args(["-qw", "net.ipv4.conf.all.route_localnet=1"]));
+    let after = route_localnet(&ns);
+    assert_eq!(after["level"], "warn", "{after:#}");
+    assert_eq!(after["required"], false, "{after:#}");
+    assert!(
+        after["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("set on all:")),
+        "{after:#}"
+    );
+}

@@ -11,7 +11,7 @@
 //! mode, is unmounted again.
 //!
 //! `host` checks privileges and the host's setup, `probes` the kernel's BPF
-//! features, `security` lockdown and unprivileged BPF.
+//! features, `security` lockdown, unprivileged BPF and `route_localnet`.
 
 mod host;
 mod probes;
@@ -24,7 +24,7 @@ use serde::Serialize;
 use self::{
     host::{bpffs, btf, capabilities, cgroup_namespace, cgroup2, kernel_release, root},
     probes::{connect_programs, helpers, link_update, map_types, program_type, sock_destroy},
-    security::{lockdown, unprivileged_bpf},
+    security::{lockdown, route_localnet, unprivileged_bpf},
 };
 use crate::kernel::{compat, host_cgroup};
 
@@ -172,10 +172,11 @@ pub fn run(host_cgroup_root: Option<&Path>) -> Report {
         ),
         ("lockdown", false, Box::new(lockdown)),
         ("unprivileged bpf", false, Box::new(unprivileged_bpf)),
+        ("route_localnet", false, Box::new(route_localnet)),
         ("sock destroy", false, Box::new(sock_destroy)),
     ];
     for (name, required, probe) in probes {
-        if privileged || name == "unprivileged bpf" {
+        if privileged || matches!(name, "unprivileged bpf" | "route_localnet") {
             checks.push(probe());
         } else {
             checks.push(Check::bad(

@@ -1,6 +1,6 @@
 //! The security settings that bear on loopwarden: kernel lockdown (read
-//! from securityfs, mounted for the read if it must be) and unprivileged
-//! BPF.
+//! from securityfs, mounted for the read if it must be), unprivileged BPF,
+//! and `route_localnet` (loopback addresses routed from a network).
 
 use std::{
     ffi::CString,
@@ -104,5 +104,73 @@ pub(super) fn unprivileged_bpf() -> Check {
             format!("kernel.unprivileged_bpf_disabled={}", v.trim()),
         ),
         Err(e) => Check::ok(NAME, false, format!("sysctl not present ({e})")),
+    }
+}
+
+/// `net.ipv4.conf.<interface>.route_localnet`: where it is set (on an
+/// interface, or on `all`), hosts on that network can reach ports bound to
+/// 127.0.0.0/8, so loopback is no boundary there (kube-proxy sets it).
+/// Read in the caller's network namespace.
+pub(super) fn route_localnet() -> Check {
+    const NAME: &str = "route_localnet";
+    let conf = Path::new("/proc/sys/net/ipv4/conf");
+    let entries = match fs::read_dir(conf) {
+        Ok(entries) => entries,
+        Err(e) => return Check::ok(NAME, false, format!("{} not read ({e})", conf.display())),
+    };
+    let set = localnet_set(entries.flatten().filter_map(|entry| {
+        let value = fs::read_to_string(entry.path().join("route_localnet")).ok()?;
+        Some((entry.file_name().to_string_lossy().into_owned(), value))
+    }));
+    if set.is_empty() {
+        return Check::ok(
+            NAME,
+            false,
+            "0 everywhere: loopback addresses are not routed",
+        );
+    }
+    Check::bad(
+        NAME,
+        false,
+        format!(
+            "set on {}: hosts on that network can reach ports bound to 127.0.0.1, so a \
+             loopback-only port, and the loopback trust loopwarden guards, are exposed there",
+            set.join(", ")
+        ),
+        "sysctl -w net.ipv4.conf.<interface>.route_localnet=0 (and on all); if kube-proxy needs \
+         it, drop traffic to 127.0.0.0/8 arriving on those interfaces",
+    )
+}
+
+/// The interfaces (`all`, `default` and real ones) whose `route_localnet`
+/// value is not 0, sorted.
+fn localnet_set(values: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut set: Vec<String> = values
+        .filter(|(_, value)| value.trim() != "0")
+        .map(|(name, _)| name)
+        .collect();
+    set.sort();
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::localnet_set;
+
+    #[test]
+    fn route_localnet_is_reported_where_it_is_not_zero() {
+        let values = [
+            ("lo", "0\n"),
+            ("eth0", "1\n"),
+            ("all", "1\n"),
+            ("default", "0\n"),
+        ];
+        let set = localnet_set(
+            values
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+        );
+        assert_eq!(set, ["all", "eth0"]);
+        assert!(localnet_set(std::iter::empty()).is_empty());
     }
 }
