@@ -219,6 +219,20 @@ fn assert_only_the_direct_client_is_connected(ns: &Netns) {
     assert!(!left.iter().any(|l| l.contains("socat")), "{left:#?}");
 }
 
+/// In audit mode: a client through the socat relay on [`RELAY`] and a
+/// direct one, each with a working connection, and the relay's
+/// `would-deny` record (it was let in, and said so).
+fn let_in_through_relay(ns: &Netns, daemon: &Daemon) -> (LineClient, LineClient, Value) {
+    let mut through_relay = LineClient::connect(ns, "127.0.0.1", RELAY);
+    let mut direct = LineClient::connect(ns, "127.0.0.1", PROTECTED);
+    through_relay.assert_works("relay-before");
+    direct.assert_works("direct-before");
+    let let_in = daemon.wait_event("would-deny of the relay", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    (through_relay, direct, let_in)
+}
+
 #[test]
 fn switching_audit_to_enforce_cuts_the_relay_and_spares_the_direct_client() {
     let ns = Netns::new();
@@ -226,13 +240,7 @@ fn switching_audit_to_enforce_cuts_the_relay_and_spares_the_direct_client() {
     let daemon = Daemon::start(&policy(&ns, "audit", ""));
 
     // Audit mode lets the relay in, and says it would not have.
-    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
-    let mut direct = LineClient::connect(&ns, "127.0.0.1", PROTECTED);
-    through_relay.assert_works("relay-before");
-    direct.assert_works("direct-before");
-    let let_in = daemon.wait_event("would-deny of the relay", |e| {
-        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
-    });
+    let (mut through_relay, mut direct, let_in) = let_in_through_relay(&ns, &daemon);
     assert_eq!(connections_to_protected(&ns).len(), 2);
 
     std::fs::write(daemon.config_path(), policy(&ns, "enforce", "")).expect("rewriting the config");
@@ -504,13 +512,7 @@ fn a_relay_that_listens_on_its_own_source_port_is_still_cut() {
         None,
     );
     let daemon = Daemon::start(&policy(&ns, "audit", ""));
-    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
-    let mut direct = LineClient::connect(&ns, "127.0.0.1", PROTECTED);
-    through_relay.assert_works("relay-before");
-    direct.assert_works("direct-before");
-    let let_in = daemon.wait_event("would-deny of the relay", |e| {
-        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
-    });
+    let (mut through_relay, mut direct, let_in) = let_in_through_relay(&ns, &daemon);
     // (A connect's report has no source port yet: `ss` shows it.)
     let open = connections_to_protected(&ns);
     assert!(

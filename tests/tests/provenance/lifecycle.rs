@@ -59,12 +59,7 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     let _service = ns.spawn(SYSTEM_PYTHON, &[&script, &out.display().to_string(), &port]);
     ns.wait_listening(PROTECTED);
     let dir2 = TempDir::new("reask-client");
-    let hold = write_script(
-        &dir2,
-        "hold.py",
-        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-         while True: time.sleep(3600)\n",
-    );
+    let hold = write_script(&dir2, "hold.py", HOLD);
     let client = ns.spawn(SYSTEM_PYTHON, &[&hold, &port]);
     let me = u64::from(client.pid());
     let named = |a: &Value| a["status"] == 1 && a["tgid"] == me;
@@ -159,6 +154,42 @@ fn an_open_connections_origin_outlives_daemon_restarts_and_getsockopt_can_be_tur
     drop(client);
 }
 
+/// Holds one connection to 127.0.0.1:PORT until killed.
+const HOLD: &str = "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', \
+                    int(sys.argv[1])))\nwhile True: time.sleep(3600)\n";
+
+/// Starts [`REASK`] (written at `script`) on `PROTECTED`, asking into
+/// `out`, as a service of `cgroup`. It is moved in from here (`ip netns
+/// exec` gives it a /sys without the cgroup mount) and waits for the move
+/// before it listens, so its listener, and the sockets it accepts, belong
+/// to the cgroup.
+fn reask_in_cgroup(
+    ns: &Netns,
+    script: &str,
+    cgroup: &loopwarden_tests::TestCgroup,
+    out: &Path,
+) -> Proc {
+    let go = out.with_extension("go");
+    let in_cgroup = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; exec {SYSTEM_PYTHON} {script} {} {PROTECTED}",
+        out.display(),
+        go = go.display()
+    );
+    let service = Proc::spawn(ns.cmd("sh").args(["-c", &in_cgroup]));
+    std::fs::write(cgroup.procs(), service.pid().to_string()).expect("moving the service");
+    std::fs::write(&go, "").expect("starting the service");
+    service
+}
+
+/// `status --json`'s `provenance` object.
+fn status_provenance(daemon: &Daemon) -> Value {
+    let out = run(Command::new(loopwarden_bin())
+        .args(["status", "--json"])
+        .args(daemon.install().dir_args()));
+    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    json["provenance"].clone()
+}
+
 #[test]
 fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
     const SECOND: u16 = 8082;
@@ -177,27 +208,11 @@ fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
     let daemon = Daemon::start(&config);
     let dir = TempDir::new("scoped");
     let script = write_script(&dir, "reask.py", REASK);
-    let hold = write_script(
-        &dir,
-        "hold.py",
-        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-         while True: time.sleep(3600)\n",
-    );
-    // One service started in the named cgroup (its listener, and so its
-    // accepted sockets, belong to it), one in the test's own cgroup.
+    let hold = write_script(&dir, "hold.py", HOLD);
+    // One service started in the named cgroup, one in the test's own.
     let inside = dir.path().join("inside.jsonl");
     let outside = dir.path().join("outside.jsonl");
-    // (Moved in from here: `ip netns exec` gives the service a /sys without
-    // the cgroup mount. It waits for the move before it listens.)
-    let go = dir.path().join("go");
-    let in_cgroup = format!(
-        "while [ ! -e {go} ]; do sleep 0.05; done; exec {SYSTEM_PYTHON} {script} {} {PROTECTED}",
-        inside.display(),
-        go = go.display()
-    );
-    let inside_service = Proc::spawn(ns.cmd("sh").args(["-c", &in_cgroup]));
-    std::fs::write(cgroup.procs(), inside_service.pid().to_string()).expect("moving the service");
-    std::fs::write(&go, "").expect("starting the service");
+    let inside_service = reask_in_cgroup(&ns, &script, &cgroup, &inside);
     let _outside_service = ns.spawn(
         SYSTEM_PYTHON,
         &[&script, &outside.display().to_string(), &SECOND.to_string()],
@@ -228,11 +243,7 @@ fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
     assert!(listed.iter().any(|o| o["pid"] == a_pid), "{listed:#?}");
 
     // `status` shows the scoped link and no root one.
-    let out = run(Command::new(loopwarden_bin())
-        .args(["status", "--json"])
-        .args(daemon.install().dir_args()));
-    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
-    let provenance = &json["provenance"];
+    let provenance = &status_provenance(&daemon);
     assert_eq!(provenance["getsockopt"]["pinned"], false, "{provenance:#}");
     let scoped = provenance["getsockopt_scoped"]
         .as_array()
@@ -244,11 +255,7 @@ fn getsockopt_answers_only_in_the_cgroups_the_policy_names() {
 
 /// The scoped getsockopt links `status --json` lists, by pin name.
 fn scoped_links(daemon: &Daemon) -> Vec<String> {
-    let out = run(Command::new(loopwarden_bin())
-        .args(["status", "--json"])
-        .args(daemon.install().dir_args()));
-    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
-    json["provenance"]["getsockopt_scoped"]
+    status_provenance(daemon)["getsockopt_scoped"]
         .as_array()
         .expect("scoped links")
         .iter()
@@ -274,12 +281,7 @@ fn a_named_cgroup_made_after_start_or_made_again_is_followed() {
     assert_eq!(scoped_links(&daemon), Vec::<String>::new());
     let dir = TempDir::new("again");
     let script = write_script(&dir, "reask.py", REASK);
-    let hold = write_script(
-        &dir,
-        "hold.py",
-        "import socket, sys, time\ns = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
-         while True: time.sleep(3600)\n",
-    );
+    let hold = write_script(&dir, "hold.py", HOLD);
     let mut previous = None;
     for (i, round) in ["made after the start", "made again (a unit's restart)"]
         .into_iter()
@@ -287,18 +289,8 @@ fn a_named_cgroup_made_after_start_or_made_again_is_followed() {
     {
         cgroup.make();
         let pin = format!("lw_getsockopt_{:x}", cgroup.id());
-        // The service, started in the cgroup as in
-        // `getsockopt_answers_only_in_the_cgroups_the_policy_names`.
         let out = dir.path().join(format!("asked-{pin}.jsonl"));
-        let go = dir.path().join(format!("go-{pin}"));
-        let in_cgroup = format!(
-            "while [ ! -e {go} ]; do sleep 0.05; done; exec {SYSTEM_PYTHON} {script} {} {PROTECTED}",
-            out.display(),
-            go = go.display()
-        );
-        let service = Proc::spawn(ns.cmd("sh").args(["-c", &in_cgroup]));
-        std::fs::write(cgroup.procs(), service.pid().to_string()).expect("moving the service");
-        std::fs::write(&go, "").expect("starting the service");
+        let service = reask_in_cgroup(&ns, &script, &cgroup, &out);
         ns.wait_listening(PROTECTED);
         let client = ns.spawn(SYSTEM_PYTHON, &[&hold, &PROTECTED.to_string()]);
         let me = u64::from(client.pid());
@@ -327,13 +319,7 @@ fn a_named_cgroup_made_after_start_or_made_again_is_followed() {
     }
     // A reload that names no cgroup moves the program to the root, and one
     // that turns it off removes it, without a restart.
-    let root_pinned = |daemon: &Daemon| {
-        let out = run(Command::new(loopwarden_bin())
-            .args(["status", "--json"])
-            .args(daemon.install().dir_args()));
-        let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
-        json["provenance"]["getsockopt"]["pinned"] == true
-    };
+    let root_pinned = |daemon: &Daemon| status_provenance(daemon)["getsockopt"]["pinned"] == true;
     assert!(!root_pinned(&daemon));
     for (text, pinned) in [
         (format!("{}\n", policy.text()), true),
