@@ -239,9 +239,11 @@ struct Entered {
 ///
 /// Namespaces: those the policy is scoped to, or, unscoped, every network
 /// namespace some process is in. Needs root (entering namespaces,
-/// `SOCK_DESTROY`). Cost: one sock_diag dump per namespace and family, and,
-/// only when some connection is a candidate, one walk over every process's
-/// descriptor table in `/proc`.
+/// `SOCK_DESTROY`). Cost: one sock_diag dump per namespace and family, a
+/// look-up of the origin of each socket to a protected destination (a few
+/// map reads; with every port protected, the accepted side of every local
+/// connection is one), and, only when some connection is a candidate, one
+/// walk over every process's descriptor table in `/proc`.
 ///
 /// `superseded` says whether a newer policy has been asked for since: the
 /// sweep then stops before its next cut (what is left is judged by the
