@@ -100,6 +100,17 @@ impl<T: Copy + PartialEq + Debug> Clients<T> {
         (id, stopped)
     }
 
+    /// Makes the answer to a request of client `id` with `lookup`: while it
+    /// runs the client is not idle (it is not closed for a new client);
+    /// once the answer is made it is idle again, while the caller writes
+    /// it.
+    pub(crate) async fn looking_up<F: Future>(&self, id: u64, lookup: F) -> F::Output {
+        self.busy(id);
+        let answer = lookup.await;
+        self.answered(id);
+        answer
+    }
+
     /// A request of client `id` is being looked up: it is not idle, and is
     /// not closed for a new client until the answer is made.
     pub(crate) fn busy(&self, id: u64) {

@@ -70,12 +70,15 @@ impl Slot {
         Ok((slot, stop))
     }
 
-    /// A request of the client's is being answered (see [`Clients::busy`]).
+    /// A request of the client's is being looked up (see
+    /// [`Clients::looking_up`]).
+    #[cfg(test)]
     fn busy(&self) {
         self.clients.busy(self.id);
     }
 
-    /// The client was answered: its idle time starts again.
+    /// The client's answer is made: its idle time starts again.
+    #[cfg(test)]
     fn answered(&self) {
         self.clients.answered(self.id);
     }
@@ -237,12 +240,10 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
-                slot.busy();
-                let reply = answer(&line, caller, &shared).await;
                 // Idle again while the reply is written (see
-                // `Clients::busy`).
-                slot.answered();
-                (reply, false)
+                // `Clients::looking_up`).
+                let lookup = answer(&line, caller, &shared);
+                (slot.clients.looking_up(slot.id, lookup).await, false)
             }
         };
         match timeout(WRITE_TIMEOUT, write.write_all(&reply.line())).await {

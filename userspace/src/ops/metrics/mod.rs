@@ -271,12 +271,13 @@ where
     let head_only = head.as_deref().is_some_and(|h| h.starts_with(b"HEAD "));
     let (status, content_type, body) = match request {
         Request::Metrics => {
-            shared.clients.busy(id);
             let render_from = shared.clone();
-            let body = tokio::task::spawn_blocking(move || render(&render_from))
+            let rendered = tokio::task::spawn_blocking(move || render(&render_from));
+            let body = shared
+                .clients
+                .looking_up(id, rendered)
                 .await
                 .map_err(io::Error::other)?;
-            shared.clients.answered(id);
             ("200 OK", text::CONTENT_TYPE, body)
         }
         Request::NotFound => (

@@ -89,12 +89,11 @@ async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketA
             let line: Vec<u8> = pending.drain(..=end).collect();
             match request::parse(&line[..end]) {
                 Ok(ports) => {
-                    shared.clients.busy(id);
-                    let reply = answer(ports, local, peer, shared).await;
                     // Idle again while the reply is written: a client that
                     // sends queries and never reads the replies (its window
                     // full, the write waiting) is one to close for the next.
-                    shared.clients.answered(id);
+                    let lookup = answer(ports, local, peer, shared);
+                    let reply = shared.clients.looking_up(id, lookup).await;
                     if !send(&stream, &reply, shared).await {
                         return;
                     }
