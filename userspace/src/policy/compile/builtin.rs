@@ -72,11 +72,8 @@ impl Compiler<'_> {
             .map(|(name, how)| (name.to_owned(), how))
             .collect();
         for (exe_name, how) in entry.names() {
-            for path in self.resolver.find_executables(exe_name) {
-                // Not installed or unreadable: the plain name still matches.
-                let Ok(real) = self.resolver.exe_file_name(&path) else {
-                    continue;
-                };
+            // Not installed or unreadable: the plain name still matches.
+            for (path, real) in self.installed_copies(exe_name) {
                 if MULTI_CALL.contains(&real.as_str()) {
                     self.policy.warnings.push(format!(
                         "{}: {} is {real}, a program that is many programs: `{real}` is not \

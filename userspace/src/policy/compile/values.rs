@@ -43,16 +43,26 @@ impl Compiler<'_> {
         Ok(())
     }
 
+    /// The copies of command `name` installed here (its path, and the file
+    /// name the kernel sees: a symlink's target's), those that can be read.
+    pub(super) fn installed_copies(&self, name: &str) -> Vec<(PathBuf, String)> {
+        self.resolver
+            .find_executables(name)
+            .into_iter()
+            .filter_map(|path| {
+                let real = self.resolver.exe_file_name(&path).ok()?;
+                Some((path, real))
+            })
+            .collect()
+    }
+
     /// Warns of an `exe_name` value that names a command installed here
     /// as a link to a file of another name (`python3` to `python3.11`,
     /// `nc` to `nc.openbsd`): the kernel sees the file's own name, so the
     /// value does not match that command.
     pub(super) fn linked_names(&mut self, rule: &str, names: &[Located<String>]) {
         for name in names {
-            for path in self.resolver.find_executables(&name.value) {
-                let Ok(real) = self.resolver.exe_file_name(&path) else {
-                    continue;
-                };
+            for (path, real) in self.installed_copies(&name.value) {
                 if real != name.value {
                     self.policy.warnings.push(format!(
                         "{}:{}: rule `{}`: exe_name `{}`: {} here is a link to `{real}`, the \
