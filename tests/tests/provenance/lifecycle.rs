@@ -183,11 +183,7 @@ fn reask_in_cgroup(
 
 /// `status --json`'s `provenance` object.
 fn status_provenance(daemon: &Daemon) -> Value {
-    let out = run(Command::new(loopwarden_bin())
-        .args(["status", "--json"])
-        .args(daemon.install().dir_args()));
-    let json: Value = serde_json::from_slice(&out.stdout).expect("status --json");
-    json["provenance"].clone()
+    daemon.install().status_json()["provenance"].clone()
 }
 
 #[test]
