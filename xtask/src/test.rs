@@ -340,6 +340,16 @@ mod tests {
             .spawn()
             .unwrap();
         let mut unrelated = Command::new("sleep").arg("60").spawn().unwrap();
+        // `spawn` returns once the exec has begun, before the new program's
+        // arguments are set up: until then `/proc/PID/cmdline` reads empty,
+        // and the daemon would not be known by its arguments.
+        let cmdline = format!("/proc/{}/cmdline", daemon.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fs::read(&cmdline).unwrap_or_default().is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
 
         clear_stale(&netns, &bpffs, Some(&cgroups));
 
