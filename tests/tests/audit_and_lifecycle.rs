@@ -132,6 +132,67 @@ fn sigterm_leaves_enforcement_pinned_and_detach_removes_it() {
     assert!(!install.pin_dir().exists(), "pins left behind");
 }
 
+/// `detach` removes loopwarden's pins and nothing else: a `--pin-dir`
+/// that is not on bpffs is refused with its marker file left, and on
+/// bpffs what is not loopwarden's (another tool's directories beside ours)
+/// is left and named.
+#[test]
+fn detach_removes_only_what_is_loopwardens() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let targets = protected_targets();
+    assert_reached(&ns, &targets, true, "reachable without loopwarden");
+    let install = enforcement_left_pinned(&ns, &policy(&ns, "enforce", ""), &targets);
+
+    let elsewhere = TempDir::new("not-bpffs");
+    let marker = elsewhere.path().join("links").join("keep-me");
+    std::fs::create_dir_all(marker.parent().expect("a parent")).expect("links dir");
+    std::fs::write(&marker, "not loopwarden's").expect("marker");
+    let run_dir = TempDir::new("detach-run");
+    let out = run(Command::new(loopwarden_bin()).arg("detach").args([
+        "--pin-dir",
+        &elsewhere.path().display().to_string(),
+        "--run-dir",
+        &run_dir.path().display().to_string(),
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "detach off bpffs succeeded: {out:?}");
+    assert!(stderr.contains("is not on a BPF filesystem"), "{stderr}");
+    assert!(marker.exists(), "detach removed a file off bpffs");
+    assert_reached(&ns, &targets, false, "a refused detach ended enforcement");
+
+    // Directories of another tool in and beside ours (bpffs takes
+    // directories from mkdir; files only from BPF_OBJ_PIN).
+    let foreign = [
+        install.pin_dir().join("other-tool"),
+        install.pin_dir().join("links").join("other-tool"),
+    ];
+    for dir in &foreign {
+        std::fs::create_dir(dir).expect("a foreign directory on bpffs");
+    }
+    let out = install.detach();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("detached: removed"), "{stdout}");
+    assert!(
+        stdout.contains("left 2 entries that are not loopwarden's"),
+        "{stdout}"
+    );
+    assert_reached(&ns, &targets, true, "still refused after detach");
+    for dir in &foreign {
+        assert!(dir.exists(), "detach removed {}", dir.display());
+    }
+    assert!(
+        !install.pin_dir().join("links/lw_connect4").exists()
+            && !install.pin_dir().join("maps").exists(),
+        "loopwarden's own pins left"
+    );
+    for dir in foreign.iter().chain([&install.pin_dir().join("links")]) {
+        std::fs::remove_dir(dir).expect("removing the test's directory");
+    }
+    std::fs::remove_dir(install.pin_dir()).expect("the pin dir, empty now");
+}
+
 /// socat addresses of the protected service over IPv4 and IPv6.
 fn protected_targets() -> [String; 2] {
     [

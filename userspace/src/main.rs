@@ -329,13 +329,32 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Detach { run_dir, pin_dir } => {
             let removed = daemon::detach(&pin_dir, &run_dir)?;
-            if removed.is_empty() {
+            if removed.pins.is_empty() {
                 println!("nothing pinned in {}", pin_dir.display());
             } else {
                 println!(
                     "detached: removed {} pins from {} (loopwarden no longer enforces)",
-                    removed.len(),
+                    removed.pins.len(),
                     pin_dir.display()
+                );
+            }
+            if !removed.foreign.is_empty() {
+                let shown: Vec<String> = removed
+                    .foreign
+                    .iter()
+                    .take(5)
+                    .map(|p| p.display().to_string())
+                    .collect();
+                let more = removed.foreign.len().saturating_sub(shown.len());
+                println!(
+                    "left {} entries that are not loopwarden's: {}{}",
+                    removed.foreign.len(),
+                    shown.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -3,13 +3,17 @@
 //! and maps. Refuses while a daemon holds the run directory's lock, so it
 //! never pulls enforcement from under a running daemon.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{DaemonError, InstanceLock};
-use crate::kernel::{compat, pins::PinDir};
+use crate::kernel::{
+    compat,
+    pins::{PinDir, Removed},
+};
 
-/// Removes everything pinned in `pin_dir`; returns what was removed.
-pub fn detach(pin_dir: &Path, run_dir: &Path) -> Result<Vec<PathBuf>, DaemonError> {
+/// Removes everything of ours pinned in `pin_dir`; returns what was
+/// removed and what was left as not ours.
+pub fn detach(pin_dir: &Path, run_dir: &Path) -> Result<Removed, DaemonError> {
     compat::require_root()?;
     let _lock = InstanceLock::acquire(run_dir)?;
     Ok(PinDir::new(pin_dir).remove_all()?)

@@ -329,33 +329,63 @@ impl PinDir {
         fs::remove_dir(&staging).map_err(io_err("removing", &staging))
     }
 
-    /// Removes every pin: links first, each detached from its hook before
-    /// its pin goes (so enforcement has ended when this returns, see
-    /// [`remove_link`]), then maps, then the directories. What was removed,
-    /// for the report.
-    pub fn remove_all(&self) -> Result<Vec<PathBuf>, PinError> {
-        let mut removed = Vec::new();
+    /// Removes every pin of ours: links first, each detached from its hook
+    /// before its pin goes (so enforcement has ended when this returns, see
+    /// [`remove_link`]), then maps and staged maps, then the directories.
+    /// Only loopwarden's names are touched (links `lw_*`, maps `LW_*`,
+    /// `staging-<pid>` directories), and only on bpffs: a mistyped
+    /// `--pin-dir` naming bpffs' root or some other directory removes
+    /// nothing of anyone else's. What was removed, for the report, and the
+    /// entries left because they are not ours.
+    pub fn remove_all(&self) -> Result<Removed, PinError> {
+        let mut removed = Removed::default();
         if !self.root.exists() {
             return Ok(removed);
         }
+        if !is_bpffs(&self.root) {
+            return Err(PinError::NotBpffs {
+                path: self.root.clone(),
+            });
+        }
         let _lock = self.lock()?;
+        let staged: Vec<PathBuf> = entries(&self.root)
+            .into_iter()
+            .filter(|path| is_staging(path))
+            .collect();
         let links = self.links_dir();
-        for dir in [links.clone(), self.maps_dir()] {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
+        let dirs = std::iter::once(links.clone())
+            .chain(std::iter::once(self.maps_dir()))
+            .chain(staged);
+        for dir in dirs {
+            for path in entries(&dir) {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let name = name.unwrap_or_default();
+                let ours = if dir == links {
+                    name.starts_with("lw_")
+                } else {
+                    name.starts_with("LW_")
+                };
+                if !ours {
+                    removed.foreign.push(path);
+                    continue;
+                }
                 if dir == links {
                     remove_link(&path)
                 } else {
                     fs::remove_file(&path)
                 }
                 .map_err(io_err("removing", &path))?;
-                removed.push(path);
+                removed.pins.push(path);
             }
+            remove_empty_dir(&dir).map_err(io_err("removing", &dir))?;
         }
-        remove_tree(&self.root).map_err(io_err("removing", &self.root))?;
+        // What is left in the root besides our directories is not ours.
+        let maps = self.maps_dir();
+        let left = entries(&self.root).into_iter();
+        removed
+            .foreign
+            .extend(left.filter(|path| *path != links && *path != maps));
+        remove_empty_dir(&self.root).map_err(io_err("removing", &self.root))?;
         Ok(removed)
     }
 
@@ -421,6 +451,47 @@ pub fn remove_link(path: &Path) -> io::Result<()> {
         ),
     }
     fs::remove_file(path)
+}
+
+/// What [`PinDir::remove_all`] removed, and what it left as not its own.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub pins: Vec<PathBuf>,
+    pub foreign: Vec<PathBuf>,
+}
+
+/// The entries of a directory (none if it cannot be read).
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.flatten().map(|entry| entry.path()).collect()
+}
+
+/// A daemon's staging directory: `staging-<pid>`.
+fn is_staging(path: &Path) -> bool {
+    path.is_dir()
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("staging-"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes a directory if it is there and empty; one that still holds
+/// something (not ours) is left.
+fn remove_empty_dir(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir(dir) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTEMPTY | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Removes a directory tree (bpffs pins are unlinked like files).
