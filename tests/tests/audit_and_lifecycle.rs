@@ -298,13 +298,29 @@ fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
             "--pin-dir".to_owned(),
             pin_dir.clone(),
         ],
+        // With nothing pinned, `--replace` replaces nothing: no word of
+        // a predecessor's enforcement, which there is none of.
+        vec![
+            "run".to_owned(),
+            "--replace".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+            "--run-dir".to_owned(),
+            dir.path().join("run").display().to_string(),
+            "--pin-dir".to_owned(),
+            pin_dir.clone(),
+        ],
     ] {
         let out = run_failing_start(Command::new(loopwarden_bin()).args(&args));
         assert!(!out.status.success(), "{args:?} accepted a bad config");
+        let stderr = String::from_utf8_lossy(&out.stderr);
         if args[0] == "run" {
             assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {out:?}");
+            assert!(
+                !stderr.contains("keep enforcing") && !stderr.contains("will be replaced"),
+                "{args:?} spoke of pins there are none of: {stderr}"
+            );
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("bad.toml"), "{stderr}");
         assert!(stderr.contains("bad.toml:5:"), "{stderr}");
         assert!(stderr.contains("bogus"), "{stderr}");

@@ -77,12 +77,14 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // looked at: a `detach` or a daemon given another run directory cannot
     // change it between this look and the start's use of it.
     let held = pins.exists().then(|| pins.lock()).transpose()?;
-    let state = if opts.replace {
-        PinState::Incompatible {
+    // `--replace` replaces what is pinned; with nothing pinned it is a
+    // first start (and no error may speak of a predecessor's enforcement).
+    let state = match pins.inspect(&shapes) {
+        PinState::Absent => PinState::Absent,
+        _ if opts.replace => PinState::Incompatible {
             why: "--replace was given".to_owned(),
-        }
-    } else {
-        pins.inspect(&shapes)
+        },
+        found => found,
     };
     match &state {
         PinState::Incompatible { why } => warn!(

@@ -176,8 +176,12 @@ impl PinDir {
     /// (it is not at boot on some systems), and takes its lock (one daemon
     /// per pin directory, whatever run directory each was given). Then
     /// removes staging directories left by daemons that died half-way
-    /// through a replacement. The lock lasts as long as the returned guard;
-    /// `held` is the lock taken already (before the pins were inspected).
+    /// through a replacement, this process's own name included: one there
+    /// now was left by an earlier process with this pid (pid reuse, a pid
+    /// namespace), and the loader would take its maps for staged ones
+    /// without checking their shape. The lock lasts as long as the returned
+    /// guard; `held` is the lock taken already (before the pins were
+    /// inspected).
     pub fn prepare(&self, held: Option<PinLock>) -> Result<PinLock, PinError> {
         if self.root.starts_with(BPFFS_MOUNT) && !is_bpffs(Path::new(BPFFS_MOUNT)) {
             mount_bpffs()?;
@@ -194,12 +198,10 @@ impl PinDir {
             Some(lock) => lock,
             None => self.lock()?,
         };
-        let own = self.staging();
         if let Ok(entries) = fs::read_dir(&self.root) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                let stale = entry.file_name().to_string_lossy().starts_with("staging-");
-                if stale && path != own {
+                if entry.file_name().to_string_lossy().starts_with("staging-") {
                     tracing::info!("removing {} (left by an interrupted start)", path.display());
                     remove_tree(&path).map_err(io_err("removing", &path))?;
                 }
