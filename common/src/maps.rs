@@ -25,10 +25,12 @@ pub const RULES_UID: &str = "LW_RULES_UID";
 pub const RULES_CGROUP: &str = "LW_RULES_CGROUP";
 /// `HashMap<GenKey<ExeKey>, AncestorMasks>`: rules by parent/ancestor executable.
 pub const RULES_ANCESTOR: &str = "LW_RULES_ANCESTOR";
-/// `RingBuf` of [`super::ConnectEvent`]: every report but refusals.
+/// `RingBuf` of [`super::ConnectEvent`]: every report but refusals and
+/// would-be refusals.
 pub const EVENTS: &str = "LW_EVENTS";
-/// `RingBuf` of [`super::ConnectEvent`]: refusals only, so that a flood
-/// of other reports can never crowd one out.
+/// `RingBuf` of [`super::ConnectEvent`]: refusals and audit mode's
+/// would-be refusals only, so that a flood of other reports can never
+/// crowd one out.
 pub const DENIALS: &str = "LW_DENIALS";
 /// `Array<u64>`, one entry per [`super::verdict`] value, written by
 /// userspace only: the `stats::DROPPED_BY_VERDICT` counts a daemon has

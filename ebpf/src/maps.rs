@@ -63,8 +63,8 @@ pub static RULES_ANCESTOR: HashMap<GenKey<ExeKey>, AncestorMasks> =
 #[map(name = "LW_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
-/// Refusals only, apart from the other reports so a flood of those cannot
-/// push a refusal out: 256 KiB, about 990 refusals.
+/// Refusals and audit mode's would-be refusals only, apart from the other
+/// reports so a flood of those cannot push one out: 256 KiB, about 990.
 #[map(name = "LW_DENIALS")]
 pub static DENIALS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
 

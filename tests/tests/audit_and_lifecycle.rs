@@ -470,6 +470,52 @@ fn events_the_ring_buffer_drops_are_counted_exactly_by_verdict() {
     }
 }
 
+/// In audit mode, the refusal enforce mode would make has the refusals'
+/// ring: a flood of audited reports that overflows the other ring, with
+/// the daemon stopped, loses none of them.
+#[test]
+fn a_would_deny_is_not_crowded_out_by_a_flood_of_other_reports() {
+    let ns = Netns::new();
+    let rules = rule("py", "audit", "exe", "/usr/bin/python3")
+        + &rule("socat", "deny", "exe", "/usr/bin/socat");
+    let daemon = Daemon::start_with(&policy(&ns, "audit", &rules), &["--repeat-interval", "1s"]);
+    daemon.allow_error("events lost");
+    daemon.signal(libc::SIGSTOP);
+    // More audited connects than `LW_EVENTS` holds (about 3,970), to a
+    // listener that takes them as fast as they come (http.server's
+    // backlog of 5 would drop SYNs), then the would-be refusal.
+    let script = format!(
+        r#"
+import socket, subprocess, threading
+server = socket.create_server(("127.0.0.1", {PROTECTED}), backlog=4096)
+def take():
+    while True:
+        server.accept()[0].close()
+threading.Thread(target=take, daemon=True).start()
+for _ in range(6000):
+    socket.create_connection(("127.0.0.1", {PROTECTED})).close()
+subprocess.run(["/usr/bin/socat", "-u", "/dev/null", "TCP:127.0.0.1:{PROTECTED}"], check=True)
+"#
+    );
+    let flood = run(ns.cmd("/usr/bin/python3").args(["-c", &script]));
+    daemon.signal(libc::SIGCONT);
+    assert!(
+        flood.status.success(),
+        "audit mode let both through: {flood:?}"
+    );
+    daemon.wait_event("the would-deny made after the flood", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    daemon.wait_stderr("events lost", 1);
+    // A full count of the kernel's counters (once a second) later.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        lost(&daemon, "lost_audit") > 0,
+        "the flood did not overflow LW_EVENTS: the test shows nothing"
+    );
+    assert_eq!(lost(&daemon, "lost_would_deny"), 0);
+}
+
 /// The sum of a `lost_*` field over the daemon's `events lost` lines.
 fn lost(daemon: &Daemon, field: &str) -> u64 {
     daemon

@@ -52,7 +52,7 @@ pub fn report_guard(
         tgid: task.tgid(),
     };
     // Written straight into the ring buffer.
-    match reserve(outcome == verdict::DENY) {
+    match reserve(outcome) {
         None => {
             count(stats::DROPPED);
             count(stats::DROPPED_BY_VERDICT + u32::from(outcome & 3));
@@ -67,17 +67,20 @@ pub fn report_guard(
     }
 }
 
-/// A record for a report, and whether it is in `LW_DENIALS` (for the
-/// wakeup). A refusal's goes in `LW_DENIALS`, or, when that ring is full,
-/// in `LW_EVENTS`: refusals are lost only once both are full (about 4,960
+/// A record for a report of `outcome`, and whether it is in `LW_DENIALS`
+/// (for the wakeup). A refusal's goes in `LW_DENIALS`, and so does the
+/// refusal audit mode would have made (`would-deny`: what an operator
+/// rolling out in audit mode is looking for), or, when that ring is full,
+/// in `LW_EVENTS`: they are lost only once both are full (about 4,960
 /// records; `LW_DENIALS` alone carries a fast refusal flood over only some
 /// 35 ms of the reader off the CPU). Every other report's goes in
 /// `LW_EVENTS`, which a flood of those may fill without touching
 /// `LW_DENIALS`. A refusal tries `LW_EVENTS` only when `LW_DENIALS` is
 /// full: this costs it nothing otherwise.
 #[inline(always)]
-fn reserve(deny: bool) -> Option<(RingBufEntry<ConnectEvent>, bool)> {
-    if deny && let Some(entry) = DENIALS.reserve::<ConnectEvent>(0) {
+fn reserve(outcome: u8) -> Option<(RingBufEntry<ConnectEvent>, bool)> {
+    let refusal = outcome == verdict::DENY || outcome == verdict::WOULD_DENY;
+    if refusal && let Some(entry) = DENIALS.reserve::<ConnectEvent>(0) {
         return Some((entry, true));
     }
     EVENTS
@@ -90,8 +93,8 @@ fn reserve(deny: bool) -> Option<(RingBufEntry<ConnectEvent>, bool)> {
 /// drain, and only these wake it at once (`denials`: the record is in
 /// `LW_DENIALS`; a refusal spilled into `LW_EVENTS` is woken for as the
 /// other reports there are):
-/// - a refusal that finds `LW_DENIALS` empty, and then one refusal in
-///   [`WAKEUP_EVERY`] while any are queued;
+/// - a refusal (or would-deny) that finds `LW_DENIALS` empty, and then one
+///   in [`WAKEUP_EVERY`] while any are queued;
 /// - in `LW_EVENTS`, past a backlog of [`WAKEUP_BACKLOG`] bytes, one record
 ///   in [`WAKEUP_EVERY`].
 ///
@@ -158,7 +161,7 @@ pub(super) fn record(
     if !d.report {
         return;
     }
-    let Some((mut entry, in_denials)) = reserve(d.outcome == verdict::DENY) else {
+    let Some((mut entry, in_denials)) = reserve(d.outcome) else {
         count(stats::DROPPED);
         count(stats::DROPPED_BY_VERDICT + u32::from(d.outcome & 3));
         if kept.is_none() {
