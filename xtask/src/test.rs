@@ -333,7 +333,10 @@ mod tests {
         fs::create_dir_all(cgroups.join("system.slice")).unwrap();
         symlink("/nonexistent", netns.join("other")).unwrap();
         // One process (no child left behind) whose arguments name the pins.
-        let mut daemon = Command::new("python3")
+        // The system's python by its path: `python3` on PATH may be a
+        // shim (pyenv) that executes its way through `env`, `bash` and
+        // `pyenv` first, its arguments reading empty at each exec.
+        let mut daemon = Command::new("/usr/bin/python3")
             .args(["-c", "import time; time.sleep(60)"])
             .arg(&pins)
             .stdout(Stdio::null())
@@ -341,15 +344,20 @@ mod tests {
             .unwrap();
         let mut unrelated = Command::new("sleep").arg("60").spawn().unwrap();
         // `spawn` returns once the exec has begun, before the new program's
-        // arguments are set up: until then `/proc/PID/cmdline` reads empty,
-        // and the daemon would not be known by its arguments.
+        // arguments are set up: until then `/proc/PID/cmdline` reads empty
+        // (or another program's), and the daemon would not be known by its
+        // arguments. Waited for until they name the pins.
         let cmdline = format!("/proc/{}/cmdline", daemon.id());
+        let names_pins = || {
+            let args = fs::read(&cmdline).unwrap_or_default();
+            args.split(|b| *b == 0)
+                .any(|arg| arg == pins.as_os_str().as_encoded_bytes())
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while fs::read(&cmdline).unwrap_or_default().is_empty()
-            && std::time::Instant::now() < deadline
-        {
+        while !names_pins() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        assert!(names_pins(), "the stand-in daemon's arguments never showed");
 
         clear_stale(&netns, &bpffs, Some(&cgroups));
 
