@@ -17,8 +17,9 @@ use loopwarden_common::{
 };
 
 use super::{
-    AuditRecord, BIND_RULE_NAME, CUT, EGRESS_PREFIX, ExeId, RELAY_RULE_NAME, Time, event_time,
-    evidence_name,
+    AuditRecord, BIND_RULE_NAME, CUT, EGRESS_PREFIX, ExeId, RELAY_RULE_NAME, Time,
+    cap::{CMDLINE_BUDGET, PATH_BUDGET, cap_owned},
+    event_time, evidence_name,
     proc::{
         file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process, started_by,
     },
@@ -32,8 +33,8 @@ use crate::{cut::Cut, policy::RuleInfo};
 /// before a policy change still names the rule that judged it.
 const RULE_LISTS_KEPT: usize = 64;
 /// Processes whose `/proc` details are kept; past it the cache starts over
-/// (a few hundred bytes each, at most some 8 KiB: command lines are cut at
-/// [`super::proc::CMDLINE_MAX`]).
+/// (a few hundred bytes each, at most some 8 KiB: every path and the
+/// command line are cut to their budgets in [`super::cap`]).
 const PROC_CACHE_MAX: usize = 2048;
 /// Executable paths kept by identity; past it the cache starts over.
 const EXE_CACHE_MAX: usize = 1024;
@@ -353,9 +354,12 @@ impl ProcCache {
             && ev.forked != 0
             && ev.exe != ExeKey::default()
             && proc_exe(ev.ppid, &ev.exe).is_some();
-        let exe = alive
-            .then(|| proc_exe(pid, &ev.exe))
-            .flatten()
+        let own_exe = alive.then(|| proc_exe(pid, &ev.exe)).flatten();
+        // The caller's own command line only while it still runs the image
+        // that connected: one that executed another program since (exec
+        // keeps the pid and start time) has that program's arguments.
+        let own_image = own_exe.is_some() || (alive && ev.exe == ExeKey::default());
+        let exe = own_exe
             .or_else(|| forked.then(|| proc_exe(ev.ppid, &ev.exe)).flatten())
             .or_else(|| self.cached_exe(&ev.exe));
         if let Some(path) = &exe {
@@ -364,7 +368,7 @@ impl ProcCache {
             }
             self.exes.insert(ev.exe, path.clone());
         }
-        let cmdline = alive
+        let cmdline = own_image
             .then(|| proc_cmdline(pid))
             .flatten()
             .or_else(|| forked.then(|| proc_cmdline(ev.ppid)).flatten());
@@ -380,10 +384,14 @@ impl ProcCache {
             forked: ev.forked,
             cgroup_id: ev.cgroup_id,
             script: ev.script,
-            exe,
-            cmdline,
-            cgroup,
-            parent_exe: parent.then(|| proc_link(ev.ppid, "exe")).flatten(),
+            // Cut here too, so the cache's entries stay small.
+            exe: exe.map(|v| cap_owned(v, PATH_BUDGET)),
+            cmdline: cmdline.map(|v| cap_owned(v, CMDLINE_BUDGET)),
+            cgroup: cgroup.map(|v| cap_owned(v, PATH_BUDGET)),
+            parent_exe: parent
+                .then(|| proc_link(ev.ppid, "exe"))
+                .flatten()
+                .map(|v| cap_owned(v, PATH_BUDGET)),
             parent_exe_id,
         }
     }

@@ -33,6 +33,7 @@ use std::{
 use loopwarden_common::{ConnectEvent, ExeKey, evidence, verdict};
 use serde::{Serialize, Serializer};
 
+mod cap;
 pub mod diagnostics;
 mod enrich;
 pub mod output;
@@ -231,7 +232,7 @@ pub fn treatment_name(v: u8) -> &'static str {
     }
 }
 
-impl AuditRecord<'_> {
+impl<'a> AuditRecord<'a> {
     /// One line, without the trailing newline.
     pub fn format(&self, format: LogFormat) -> String {
         let mut buf = Vec::new();
@@ -244,6 +245,30 @@ impl AuditRecord<'_> {
     /// first when stdout is the journal's (see [`output`]); in JSON with
     /// the format's version and the host name.
     pub fn write_line(&self, format: LogFormat, buf: &mut Vec<u8>) {
+        // The fields a process names, each cut to its budget (see
+        // [`cap`]): a record not read from the cache (a cut's) may hold
+        // longer ones.
+        let capped = |v: Option<&'a str>, budget| v.map(|v| cap::cap(v, budget));
+        let exe = capped(self.exe, cap::PATH_BUDGET);
+        let parent_exe = capped(self.parent_exe, cap::PATH_BUDGET);
+        let cmdline = capped(self.cmdline, cap::CMDLINE_BUDGET);
+        let cgroup = capped(self.cgroup, cap::PATH_BUDGET);
+        let cut = |v: &Option<Cow<'_, str>>| matches!(v, Some(Cow::Owned(_)));
+        if [&exe, &parent_exe, &cmdline, &cgroup].into_iter().any(cut) {
+            let record = AuditRecord {
+                exe: exe.as_deref(),
+                parent_exe: parent_exe.as_deref(),
+                cmdline: cmdline.as_deref(),
+                cgroup: cgroup.as_deref(),
+                ..self.clone()
+            };
+            return record.write_within_budget(format, buf);
+        }
+        self.write_within_budget(format, buf);
+    }
+
+    /// [`Self::write_line`] of a record whose fields are within budget.
+    fn write_within_budget(&self, format: LogFormat, buf: &mut Vec<u8>) {
         output::write_priority(
             buf,
             output::journal().stdout,

@@ -273,6 +273,34 @@ fn cut_records_name_the_socket() {
 /// A cut whose connection's origin recorded relay evidence names the
 /// remote party as the connect's line did, timed before the connect; one
 /// without has no `via`.
+/// A process's hostile names (a 4 KiB path of DELs, a 4 KiB command line
+/// of U+0001, each escaping to six characters a byte) keep its lines under
+/// 16 KiB, where container runtimes split lines, and its JSON whole.
+#[test]
+fn a_process_cannot_make_its_lines_long_enough_to_be_split() {
+    let mut cut = cut();
+    let path = format!("/tmp/{}", "\u{7f}".repeat(4090));
+    cut.owner.exe = Some(path.clone());
+    cut.owner.parent_exe = Some(path.clone());
+    cut.owner.cgroup = Some(path);
+    cut.owner.cmdline = Some("\u{1}".repeat(4096));
+    let mut cutter = enricher();
+    let record = cutter.cut(&cut);
+    for format in [LogFormat::Human, LogFormat::Json] {
+        let line = record.format(format);
+        assert!(line.len() < 16 * 1024, "{format:?}: {} bytes", line.len());
+        assert!(!line.contains('\n'), "{format:?}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&record.format(LogFormat::Json)).unwrap();
+    let exe = v["exe"].as_str().expect("exe");
+    assert!(
+        exe.starts_with("/tmp/\u{7f}") && exe.ends_with(" …"),
+        "{exe}"
+    );
+    assert!(v["cmdline"].as_str().is_some_and(|c| c.ends_with(" …")));
+    assert_eq!(v["pid"], 321, "the line still names the process");
+}
+
 #[test]
 fn cut_records_name_the_remote_party_the_origin_recorded() {
     let mut cut = cut();
