@@ -277,6 +277,69 @@ fn not_root_is_a_clear_error() {
     assert!(stderr.contains("root"), "{stderr}");
 }
 
+/// In a pid namespace of its own (a container without `--pid=host`) the
+/// daemon would seed and report the namespace's pids for the kernel's: it
+/// is refused, with nothing pinned, and `doctor` says why.
+#[test]
+fn a_pid_namespace_of_its_own_is_a_clear_error() {
+    let dir = TempDir::new("pidns");
+    let pin_dir = format!("/sys/fs/bpf/lwt-pidns-{}", std::process::id());
+    let in_pid_ns = |args: &[&str]| {
+        let mut cmd = Command::new("unshare");
+        // --kill-child: a daemon that did start dies with `unshare`.
+        cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+            .arg(loopwarden_bin())
+            .args(args);
+        cmd
+    };
+    let run_dir = dir.path().join("run").display().to_string();
+    // A start that should have failed and pinned is detached, also when
+    // the test fails.
+    struct Detach<'a>(&'a str, &'a str);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            if std::path::Path::new(self.0).exists() {
+                run(Command::new(loopwarden_bin()).args([
+                    "detach",
+                    "--pin-dir",
+                    self.0,
+                    "--run-dir",
+                    self.1,
+                ]));
+            }
+        }
+    }
+    let _detach = Detach(&pin_dir, &run_dir);
+    let out = run_failing_start(&mut in_pid_ns(&[
+        "run",
+        "--run-dir",
+        &run_dir,
+        "--pin-dir",
+        &pin_dir,
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !std::path::Path::new(&pin_dir).exists(),
+        "the start pinned into {pin_dir}"
+    );
+    assert!(!out.status.success(), "started in a child pid namespace");
+    assert!(
+        stderr.contains("pid namespace of its own") && stderr.contains("--pid=host"),
+        "{stderr}"
+    );
+    // `doctor` says why; the same doctor in the host's namespace passes.
+    let pid_check = |mut doctor: Command| {
+        let out = run(doctor.args(["doctor", "--json"]));
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("doctor --json parses");
+        let checks = report["checks"].as_array().cloned().unwrap_or_default();
+        let check = checks.into_iter().find(|c| c["name"] == "pid namespace");
+        check.unwrap_or_else(|| panic!("no pid namespace check: {report:#}"))["level"].clone()
+    };
+    assert_eq!(pid_check(in_pid_ns(&[])), "fail");
+    assert_eq!(pid_check(Command::new(loopwarden_bin())), "ok");
+}
+
 #[test]
 fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
     let dir = TempDir::new("badcfg");

@@ -329,6 +329,7 @@ fn doctor_passes_on_this_host_and_json_parses() {
         "capabilities",
         "cgroup v2",
         "cgroup namespace",
+        "pid namespace",
         "BTF",
         "bpffs",
         "program type",

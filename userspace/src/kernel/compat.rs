@@ -95,6 +95,13 @@ pub enum CompatError {
         crate::kernel::host_cgroup::ENV
     )]
     CgroupNamespace,
+    #[error(
+        "loopwarden runs in a pid namespace of its own: the kernel programs name processes by \
+         the host's pids, and /proc here shows this namespace's, so what it seeds and reports \
+         would name the wrong processes; run it in the host's pid namespace (e.g. outside the \
+         container, `docker run --pid=host`, or `hostPID: true` in a pod)"
+    )]
+    PidNamespace,
     #[error(transparent)]
     HostCgroup(#[from] crate::kernel::host_cgroup::HostCgroupError),
     #[error(
@@ -119,12 +126,16 @@ pub enum CompatError {
     },
 }
 
-/// Runs every check, in order: capabilities, cgroup v2, BTF, kernel version.
+/// Runs every check, in order: capabilities, the host's pid namespace,
+/// cgroup v2, BTF, kernel version.
 /// With `host_cgroup_root` (`--host-cgroup-root`), the cgroup v2 root is
 /// that path, checked by [`host_cgroup::use_host_root`], in whatever cgroup
 /// namespace this process runs.
 pub fn check_host(host_cgroup_root: Option<&Path>) -> Result<Host, CompatError> {
     require_capabilities()?;
+    if in_child_pid_namespace() {
+        return Err(CompatError::PidNamespace);
+    }
     let cgroup2_root = match host_cgroup_root {
         Some(path) => host_cgroup::use_host_root(path)?,
         None => own_cgroup2_root()?,
@@ -237,6 +248,16 @@ const INIT_CGROUP_NS_INO: u64 = 0xEFFF_FFFB;
 pub fn in_child_cgroup_namespace() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() != INIT_CGROUP_NS_INO)
+}
+
+/// Inode number of the initial pid namespace (`PROC_PID_INIT_INO`,
+/// include/linux/proc_ns.h).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// Whether this process runs in a pid namespace other than the host's.
+pub fn in_child_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() != INIT_PID_NS_INO)
 }
 
 /// `(major, minor, patch)` from a kernel release string, read leniently:

@@ -108,6 +108,20 @@ pub(super) fn cgroup_namespace(host_root_given: bool) -> Check {
     }
 }
 
+pub(super) fn pid_namespace() -> Check {
+    if compat::in_child_pid_namespace() {
+        Check::bad(
+            "pid namespace",
+            true,
+            "running in a pid namespace of its own: the kernel programs name processes by the \
+             host's pids",
+            "run in the host's pid namespace (outside the container, --pid=host, or hostPID: true)",
+        )
+    } else {
+        Check::ok("pid namespace", true, "the host's (initial) namespace")
+    }
+}
+
 pub(super) fn btf() -> Check {
     match kernel_offsets(Path::new(VMLINUX_BTF)) {
         Ok(o) => Check::ok(

@@ -22,7 +22,9 @@ use std::path::Path;
 use serde::Serialize;
 
 use self::{
-    host::{bpffs, btf, capabilities, cgroup_namespace, cgroup2, kernel_release, root},
+    host::{
+        bpffs, btf, capabilities, cgroup_namespace, cgroup2, kernel_release, pid_namespace, root,
+    },
     probes::{connect_programs, helpers, link_update, map_types, program_type, sock_destroy},
     security::{lockdown, route_localnet, unprivileged_bpf},
 };
@@ -152,6 +154,7 @@ pub fn run(host_cgroup_root: Option<&Path>) -> Report {
         kernel_release(),
         cgroup2_check,
         cgroup_namespace(host_cgroup_root.is_some()),
+        pid_namespace(),
         btf(),
         bpffs(),
     ];
