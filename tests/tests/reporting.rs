@@ -3,10 +3,14 @@
 //! inside a flood is reported at once, and no refusal waits longer than the
 //! interval.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    process::Command,
+    time::{Duration, SystemTime},
+};
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, TempDir, connects, policy, rule, run, wait_for, wait_for_explained,
+    Daemon, Install, Netns, PROTECTED, TempDir, connects, policy, rule, run, wait_for,
+    wait_for_explained,
 };
 
 /// A python client connecting to the protected port for `seconds`, as fast
@@ -94,6 +98,111 @@ fn a_flood_from_one_relay_is_summarised_and_the_counts_add_up() {
         assert_eq!(s["repeat"]["last"], s["time"], "{s}");
     }
     daemon.assert_no_reports_lost();
+}
+
+/// A reader of the audit lines that stops reading (journald busy, a
+/// stalled container log pipe) stalls nothing: the query socket answers
+/// during the stall, and once it reads again every connect is on a line
+/// or in the warning that says how many lines were not written.
+#[test]
+fn a_stalled_reader_of_the_lines_stalls_nothing_and_what_it_missed_is_said() {
+    let ns = Netns::new();
+    let _server = ns.sink_server();
+    let install = Install::new();
+    std::fs::write(
+        install.config_path(),
+        format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
+    )
+    .expect("writing the config");
+    // The daemon's stdout through a FIFO that a `cat` copies on to the
+    // harness: stopping the `cat` stalls the daemon's reader.
+    let dir = TempDir::new("stall");
+    let fifo = dir.path().join("lines");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"mkfifo "$0" && { cat "$0" & echo $! > "$0.pid"; exec "$@" > "$0"; }"#)
+        .arg(&fifo)
+        .arg(loopwarden_tests::loopwarden_bin())
+        .args(["run", "--config"])
+        .arg(install.config_path())
+        .args(["--log-format", "json", "--diagnostics-format", "human"])
+        .args(["--repeat-interval", "0"])
+        .args(install.dir_args())
+        .env("LOOPWARDEN_LOG", "info");
+    let daemon = Daemon::start_cmd(&install, cmd);
+    daemon.allow_error("audit lines lost");
+    let cat: i32 = std::fs::read_to_string(fifo.with_extension("pid"))
+        .expect("the reader's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let stalled = Stopped::stop(cat);
+    // Far more lines than the FIFO, the daemon's queue and what it holds
+    // take (some 700 bytes a line).
+    let (pid, ok, refused) = flood(&ns, 3.0, 0);
+    let conns = run(Command::new("timeout")
+        .arg("10")
+        .arg(loopwarden_tests::loopwarden_bin())
+        .args(["conns", "--json", "--run-dir"])
+        .arg(install.run_dir()));
+    drop(stalled);
+    assert_eq!(refused, 0);
+    assert!(ok > 5000, "only {ok} connects: not a flood");
+    // Exit 1 (no protected connection open) is an answer too; 2 (no
+    // daemon answers) and `timeout`'s 124 are not.
+    assert!(
+        matches!(conns.status.code(), Some(0 | 1)),
+        "the query socket did not answer while the lines' reader was stalled: {conns:?}"
+    );
+    daemon.wait_stderr("audit lines lost", 1);
+    let lost: u64 = wait_for(
+        "the flood's connects on lines or said to be lost",
+        Duration::from_secs(15),
+        || {
+            let lost: u64 = unwritten_reports(&daemon);
+            let lines = of_pid(&daemon, pid, "allow").len() as u64;
+            (lines + lost == ok).then_some(lost)
+        },
+    );
+    assert!(
+        lost > 0,
+        "nothing was lost: the test did not stall the output"
+    );
+    daemon.assert_no_reports_lost();
+}
+
+/// A process stopped (SIGSTOP) until this is dropped, also when the test
+/// fails.
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Self {
+        // SAFETY: kill(2) on the test's own child process.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// The reports the daemon's `audit lines lost` warnings say were not
+/// written.
+fn unwritten_reports(daemon: &Daemon) -> u64 {
+    daemon
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("audit lines lost"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("unwritten_reports="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 #[test]

@@ -111,6 +111,7 @@ impl Running {
                     drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                     let begun = Instant::now();
                     counters.report(stats);
+                    reporter.say_unwritten();
                     reporter.publish_tally();
                     installed.refresh(reporter.enricher());
                     getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
@@ -135,11 +136,13 @@ impl Running {
         // Whatever is still queued is reported before we go.
         drain(&mut [denials.get_mut(), events.get_mut()], reporter);
         reporter.summarise();
+        reporter.finish();
         counters.report(stats);
         let totals = reporter.totals();
         info!(
             reports = totals.reports,
             lines = totals.lines,
+            unwritten_lines = totals.unwritten,
             summary_lines = totals.summaries,
             summarised = totals.summarised,
             "reported {} connects in {} lines",

@@ -43,6 +43,7 @@ pub mod tally;
 #[cfg(test)]
 mod tests;
 mod users;
+mod writer;
 
 pub use self::{
     enrich::{Enricher, SharedRules},

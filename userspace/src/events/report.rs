@@ -11,24 +11,34 @@
 //! longer than one interval. A flow with no report in a whole interval is
 //! forgotten: its next report again has a line at once.
 //!
-//! Lines are formatted into one buffer and written with one `write(2)` per
-//! batch.
+//! Lines are formatted into one buffer and handed, a batch at a time, to
+//! the thread that writes them ([`super::writer`]): a slow reader of
+//! stdout never stalls the daemon, and lines it could not take are
+//! counted and said, never silently gone.
 
 use std::{
-    collections::HashMap, fs::File, io::Write as _, mem::ManuallyDrop, os::fd::FromRawFd as _,
-    time::Duration,
+    collections::HashMap, fs::File, mem::ManuallyDrop, os::fd::FromRawFd as _, time::Duration,
 };
 
 use loopwarden_common::{Addr, ConnectEvent, ExeKey, SCRIPT_LEN};
-use tracing::error;
+use tracing::warn;
 
-use crate::events::{Enricher, LogFormat, Repeat, Time, event_time, tally::Tally};
+use crate::events::{
+    Enricher, LogFormat, Repeat, Time, event_time,
+    tally::Tally,
+    writer::{Batch, Writer},
+};
 
 /// Flows tracked at once; past it every pending summary is written early and
 /// tracking starts over (about 300 bytes per flow).
 const MAX_FLOWS: usize = 1024;
 /// Buffered output past which a batch is written before it ends.
 const FLUSH_AT: usize = 64 * 1024;
+/// Lines held while the writing thread's queue is full (it holds some
+/// 1 MiB more); past it they are dropped and counted.
+const HOLD_MAX: usize = 1024 * 1024;
+/// How long an exiting daemon waits for its lines to be written.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
 
 /// What makes two reports "the same" for summarising.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,8 +98,11 @@ struct Flow {
 pub struct Totals {
     /// Reports received from the kernel.
     pub reports: u64,
-    /// Lines written (summary lines included).
+    /// Lines made (summary lines included).
     pub lines: u64,
+    /// Of them, lines the output never took (too far behind, or a failed
+    /// write), each said in a warning.
+    pub unwritten: u64,
     /// Summary lines written.
     pub summaries: u64,
     /// Reports that are counted in a summary line instead of a line of their own.
@@ -103,12 +116,10 @@ pub struct Reporter {
     /// `None`: every report gets its own line.
     interval: Option<Duration>,
     flows: HashMap<FlowKey, Flow>,
-    buf: Vec<u8>,
-    /// Standard output, written without std's line buffering.
-    out: Box<dyn std::io::Write>,
+    /// Lines not yet handed to the writer.
+    batch: Batch,
+    writer: Writer,
     totals: Totals,
-    /// A write error already reported (said once until writes work again).
-    write_failed: bool,
     /// New flows since the last [`Reporter::take_busy`].
     busy: bool,
     /// The reports by rule, port and verdict, for the metrics.
@@ -121,25 +132,39 @@ impl Reporter {
         // SAFETY: fd 1 stays open for the process's life; ManuallyDrop
         // keeps this handle from closing it.
         let stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-        Self::with_output(enricher, format, interval, Box::new(Stdout(stdout)))
+        let writer = Writer::spawn(Box::new(Stdout(stdout))).unwrap_or_else(|e| {
+            warn!("starting the thread that writes audit lines failed ({e}): writing them inline");
+            // SAFETY: as above.
+            let stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
+            Writer::inline(Box::new(Stdout(stdout)))
+        });
+        Self::with_writer(enricher, format, interval, writer)
     }
 
-    /// Like [`Reporter::new`], writing to `out`.
+    /// Like [`Reporter::new`], writing to `out` at once, on this thread.
     pub fn with_output(
         enricher: Enricher,
         format: LogFormat,
         interval: Duration,
         out: Box<dyn std::io::Write>,
     ) -> Self {
+        Self::with_writer(enricher, format, interval, Writer::inline(out))
+    }
+
+    fn with_writer(
+        enricher: Enricher,
+        format: LogFormat,
+        interval: Duration,
+        writer: Writer,
+    ) -> Self {
         Self {
             enricher,
             format,
             interval: (!interval.is_zero()).then_some(interval),
             flows: HashMap::new(),
-            buf: Vec::with_capacity(FLUSH_AT + 4096),
-            out,
+            batch: Batch::default(),
+            writer,
             totals: Totals::default(),
-            write_failed: false,
             busy: false,
             tally: Tally::default(),
         }
@@ -215,9 +240,10 @@ impl Reporter {
     fn line(&mut self, ev: &ConnectEvent, repeat: Option<Repeat>) {
         let mut record = self.enricher.enrich(ev);
         record.repeat = repeat;
-        record.write_line(self.format, &mut self.buf);
+        record.write_line(self.format, &mut self.batch.bytes);
+        self.batch.reports.push(repeat.map_or(1, |r| r.count));
         self.totals.lines += 1;
-        if self.buf.len() >= FLUSH_AT {
+        if self.batch.bytes.len() >= FLUSH_AT {
             self.flush();
         }
     }
@@ -251,30 +277,63 @@ impl Reporter {
         self.flush();
     }
 
-    /// Writes what is buffered with one `write(2)` (more only if the pipe
-    /// takes it in parts).
+    /// Hands what is buffered to the writer. While its queue is full the
+    /// lines stay here, to go with the next batch, up to [`HOLD_MAX`]
+    /// bytes; past that they are dropped, counted and said (see
+    /// [`Reporter::say_unwritten`]).
     pub fn flush(&mut self) {
-        if self.buf.is_empty() {
+        if self.batch.bytes.is_empty() {
             return;
         }
-        // The sweeper writes its cut lines through std's stdout on a thread
-        // of its own, holding its lock: holding it here too keeps a batch
-        // past `PIPE_BUF`, which a pipe may take in parts, from
-        // interleaving with them.
-        let _serialised = std::io::stdout().lock();
-        match self.out.write_all(&self.buf) {
-            Ok(()) => self.write_failed = false,
-            Err(e) if !self.write_failed => {
-                self.write_failed = true;
-                error!("writing audit lines failed: {e}");
+        let batch = std::mem::take(&mut self.batch);
+        if let Err(batch) = self.writer.send(batch) {
+            if batch.bytes.len() >= HOLD_MAX {
+                self.writer.drop_batch(batch);
+            } else {
+                self.batch = batch;
             }
-            Err(_) => {}
         }
-        self.buf.clear();
-        // A long line's growth is not kept for the daemon's whole life.
-        if self.buf.capacity() > 2 * FLUSH_AT {
-            self.buf.shrink_to(FLUSH_AT + 4096);
+    }
+
+    /// Says, once a refresh, the lines lost since the last time: the
+    /// output too far behind for what was buffered, or a failed write.
+    pub fn say_unwritten(&mut self) {
+        let (lost, error) = self.writer.take_unwritten();
+        if lost.lines == 0 {
+            return;
         }
+        self.totals.unwritten += lost.lines;
+        let behind = "the reader of the daemon's standard output fell too far behind";
+        let why = match &error {
+            Some(e) if lost.failed_lines == lost.lines => format!("writing them failed: {e}"),
+            Some(e) => format!("{behind}, and writing {} failed: {e}", lost.failed_lines),
+            None => behind.to_owned(),
+        };
+        warn!(
+            unwritten_lines = lost.lines,
+            unwritten_reports = lost.reports,
+            "audit lines lost: {} lines standing for {} reports were not written ({why}); the \
+             connects were judged all the same",
+            lost.lines,
+            lost.reports
+        );
+    }
+
+    /// At exit: hands over what is buffered and waits a while for it all
+    /// to be written, then says what was not.
+    pub fn finish(&mut self) {
+        self.flush();
+        if !self.batch.bytes.is_empty() {
+            let batch = std::mem::take(&mut self.batch);
+            self.writer.drop_batch(batch);
+        }
+        if !self.writer.finish(FINISH_WAIT) {
+            warn!(
+                "the audit lines still queued were not all written within {FINISH_WAIT:?}: the \
+                 reader of standard output is stalled"
+            );
+        }
+        self.say_unwritten();
     }
 }
 
@@ -392,6 +451,7 @@ mod tests {
             Totals {
                 reports: 1001,
                 lines: 3,
+                unwritten: 0,
                 summaries: 1,
                 summarised: 999
             }
@@ -491,5 +551,51 @@ mod tests {
         let last = text.lines().last().unwrap();
         assert!(last.contains(" repeated=2 first="), "{last}");
         assert!(last.contains(" ALLOW rule=- dst=127.0.0.1:8080 "), "{last}");
+    }
+
+    /// An output that takes nothing until told to.
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A stalled reader of stdout never blocks the reporter: what the queue
+    /// and the held batch cannot take is dropped and counted exactly, and
+    /// once the output moves again, the rest is written.
+    #[test]
+    fn a_stalled_output_never_blocks_and_what_it_could_not_take_is_counted() {
+        let (release, stalled) = std::sync::mpsc::channel();
+        let writer = Writer::spawn(Box::new(Stalled(stalled))).unwrap();
+        let enricher = Enricher::new(PathBuf::from("/nonexistent"));
+        let mut r = Reporter::with_writer(enricher, LogFormat::Json, Duration::ZERO, writer);
+        let started = std::time::Instant::now();
+        let reports = 20_000u32;
+        for i in 0..reports {
+            r.event(&event(
+                u32::MAX - 3,
+                8080,
+                1_000 + u64::from(i),
+                verdict::ALLOW,
+            ));
+            r.flush();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the reporter waited for the output"
+        );
+        drop(release);
+        r.finish();
+        let totals = r.totals();
+        assert_eq!(totals.lines, u64::from(reports));
+        assert!(totals.unwritten > 0, "{totals:?}: nothing was dropped");
+        assert!(totals.unwritten < totals.lines, "{totals:?}");
     }
 }
