@@ -11,8 +11,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, Proc, TempDir, hex_bytes, loopwarden_bin, map_dump,
-    map_update, policy, prog_ids, rule, run, run_failing_start, run_ok,
+    Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, TempDir, Topology, hex_bytes,
+    loopwarden_bin, map_dump, map_update, policy, prog_ids, rule, run, run_failing_start, run_ok,
 };
 
 /// A python client that connects to the protected port in a loop until
@@ -457,6 +457,107 @@ fn a_replacement_removes_the_links_of_programs_it_does_not_have() {
     assert!(!foreign.exists(), "the foreign link is still pinned");
     for ours in ["lw_connect4", "lw_connect6", "lw_fork", "lw_sock_state"] {
         assert!(links.join(ours).exists(), "{ours} is gone");
+    }
+}
+
+/// A replacement that fails part-way (here: the pinned getsockopt link
+/// cannot be updated) leaves the old programs judging with the maps they
+/// were given, and the old tracking programs still feeding those maps: a
+/// relay that starts listening after the failed start is refused.
+#[test]
+fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let config = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny")
+        .text();
+    let install = Install::new();
+    let mut first = Daemon::start_in(&install, &config, &[]);
+    assert!(first.stop(), "the first daemon exits 0 on SIGTERM");
+    // Something that is no link where getsockopt's link is pinned.
+    let getsockopt = install.pin_dir().join("links/lw_getsockopt");
+    std::fs::remove_file(&getsockopt).expect("the getsockopt link's pin");
+    run_ok(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&getsockopt)
+            .args(["type", "array", "key", "4", "value", "4", "entries", "1"])
+            .args(["name", "lwt_no_link"]),
+    );
+    let out = run_failing_start(
+        Command::new(loopwarden_bin())
+            .args(["run", "--replace", "--config"])
+            .arg(install.config_path())
+            .args(install.dir_args()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the replacement started: {stderr}");
+    assert!(stderr.contains("lw_getsockopt"), "{stderr}");
+    let links = install.pin_dir().join("links");
+    assert!(
+        !links.join("lw_sock_state_new").exists(),
+        "the failed start left its tracking links pinned"
+    );
+
+    // A relay started now: only the old trackers can give it evidence.
+    let port = 9011;
+    let _socat = topo.local.spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{port},bind={LOCAL_ADDR},fork,reuseaddr"),
+            &format!("TCP:127.0.0.1:{PROTECTED}"),
+        ],
+    );
+    topo.local.wait_listening(port);
+    assert!(
+        topo.remote
+            .curl(&format!("http://{LOCAL_ADDR}:{port}/"))
+            .is_err(),
+        "the relay got through after the failed replacement"
+    );
+    // Positive controls: a direct local client is let through, and once
+    // detached, so is the relay.
+    assert_eq!(
+        topo.local.curl(&format!("http://127.0.0.1:{PROTECTED}/")),
+        Ok(200)
+    );
+    let out = install.detach();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        topo.remote.curl(&format!("http://{LOCAL_ADDR}:{port}/")),
+        Ok(200),
+        "the relay does not work even without loopwarden"
+    );
+}
+
+/// A map pinned by another version (one this version does not have) goes
+/// with a replacement of the whole set, instead of holding its memory
+/// until a detach; a compatible start leaves it.
+#[test]
+fn a_replacement_removes_the_maps_this_version_does_not_have() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let config = policy(&ns, "enforce", "");
+    let mut first = Daemon::start_in(&install, &config, &[]);
+    first.kill9();
+    let maps = install.pin_dir().join("maps");
+    let retired = maps.join("LW_RETIRED");
+    run_ok(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&retired)
+            .args(["type", "array", "key", "4", "value", "8", "entries", "1"])
+            .args(["name", "LW_RETIRED"]),
+    );
+    let mut second = Daemon::start_in(&install, &config, &[]);
+    assert!(retired.exists(), "a compatible start removed a map");
+    second.kill9();
+    let third = Daemon::start_in(&install, &config, &["--replace"]);
+    third.wait_stderr("a map this version does not have", 1);
+    assert!(!retired.exists(), "the retired map is still pinned");
+    for ours in ["LW_META", "LW_SETTINGS", "LW_EVENTS"] {
+        assert!(maps.join(ours).exists(), "{ours} is gone");
     }
 }
 

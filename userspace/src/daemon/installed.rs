@@ -174,9 +174,12 @@ impl Installed {
                     warn!("{what} changed: that takes effect when the daemon restarts");
                 }
                 let outcome = self.install(policy, enricher);
-                if outcome.is_ok() {
-                    self.source = source;
-                    self.config = Some(config);
+                match &outcome {
+                    Ok(_) => {
+                        self.source = source;
+                        self.config = Some(config);
+                    }
+                    Err(e) => error!("{e}, keeping the running one"),
                 }
                 // An explicit reload sweeps again even when nothing changed:
                 // what kept the last sweep from cutting (socket diagnostics
@@ -231,23 +234,30 @@ impl Installed {
         let Some(config) = &self.config else {
             return;
         };
-        match compile_policy(config, &self.resolver, self.mode, self.policy.as_ref()) {
-            Ok(policy) => {
+        let keeping = "keeping the installed one (executables upgraded, cgroups created and \
+                       host addresses changed since are not picked up until this is fixed or \
+                       the config reloaded)";
+        let outcome = compile_policy(config, &self.resolver, self.mode, self.policy.as_ref())
+            .map_err(|e| format!("re-resolving the policy failed, {keeping}: {e}"))
+            .and_then(|policy| {
+                self.install(policy, enricher)
+                    .map_err(|e| format!("{e} at a re-resolution, {keeping}"))
+            });
+        match outcome {
+            Ok(installed) => {
                 if self.refresh_error.take().is_some() {
                     info!("re-resolving the policy works again");
                 }
-                match self.install(policy, enricher) {
-                    Ok(true) => status_file::record(self, None),
-                    Ok(false) => {}
-                    Err(e) => status_file::record(self, Some(Err(e))),
+                // A re-resolution is no reload: the status file's last
+                // reload stays the operator's.
+                if installed {
+                    status_file::record(self, None);
                 }
             }
-            Err(e) => {
-                let message = e.to_string();
+            // Said once, not at every refresh, until it changes or works.
+            Err(message) => {
                 if self.refresh_error.as_deref() != Some(message.as_str()) {
-                    warn!(
-                        "re-resolving the policy failed, keeping the installed one (executables upgraded and cgroups created since are not picked up until this is fixed or the config reloaded): {message}"
-                    );
+                    warn!("{message}");
                     self.refresh_error = Some(message);
                 }
             }
@@ -255,7 +265,8 @@ impl Installed {
     }
 
     /// Installs `fresh` unless it (and its host addresses) is what is in
-    /// force already; says whether it installed, or why it could not.
+    /// force already; says whether it installed, or why it could not (for
+    /// the caller to log).
     pub(super) fn install(
         &mut self,
         fresh: CompiledPolicy,
@@ -275,10 +286,10 @@ impl Installed {
         }
         let seq = match self.maps.install(&fresh, &addrs) {
             Ok(seq) => seq,
+            // With its causes: an update's errno is in its source. Said
+            // by the caller.
             Err(e) => {
-                // With its causes: an update's errno is in its source.
                 let e = crate::error_chain(&e);
-                error!("installing the new policy failed, keeping the running one: {e}");
                 return Err(format!("installing the new policy failed: {e}"));
             }
         };

@@ -328,7 +328,24 @@ impl PinDir {
             remove(&pinned)?;
             fs::rename(&staged, &pinned).map_err(io_err("moving", &staged))?;
         }
-        fs::remove_dir(&staging).map_err(io_err("removing", &staging))
+        fs::remove_dir(&staging).map_err(io_err("removing", &staging))?;
+        // A whole set replaced: maps of ours that this build no longer
+        // has (pinned by another version) would stay pinned, holding
+        // their memory, until a detach.
+        if meta_staged {
+            for path in entries(&self.maps_dir()) {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let name = name.unwrap_or_default();
+                if name.starts_with("LW_") && !maps::PINNED.contains(&name.as_str()) {
+                    tracing::info!(
+                        "removing {} (a map this version does not have)",
+                        path.display()
+                    );
+                    remove(&path)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes every pin of ours: links first, each detached from its hook

@@ -28,12 +28,16 @@ impl Programs {
     /// connect after); a link not pinned yet is created and pinned. Staged
     /// maps then replace the old pinned maps.
     ///
-    /// The connect programs take over last: the tracking programs are
-    /// attached and `seed` fills their maps from /proc first, so a new set
-    /// of maps (a replacement) never judges a connect while its evidence
-    /// and lineage are still empty; and the steps that can fail (a cgroup
-    /// to open, a link to attach) fail while the old programs still judge
-    /// with the maps they were given.
+    /// The enforcing programs (connect, recvmsg, bind) take over last: the
+    /// tracking programs are attached and `seed` fills their maps from
+    /// /proc first, so a new set of maps (a replacement) never judges a
+    /// connect while its evidence and lineage are still empty; and the
+    /// steps that can fail (a cgroup to open, a link to attach) fail while
+    /// the old programs still judge with the maps they were given. In a
+    /// replacement the old tracking programs go on feeding those maps
+    /// until then: the new ones are pinned beside them (`<name>_new`) and
+    /// take their pins only once every enforcing link runs the new
+    /// programs, and a start that fails before removes its own.
     ///
     /// `getsockopt` names the cgroups where the `cgroup/getsockopt` program
     /// answers services (attached, or updated in place, and pinned; the
@@ -47,9 +51,38 @@ impl Programs {
         seed: impl FnOnce(&mut aya::Ebpf),
     ) -> Result<Takeover, LoaderError> {
         let cgroup = open_cgroup(cgroup_root)?;
+        // A replacement's new maps are not the old programs': their
+        // trackers stay until the enforcing links are switched.
+        let beside = self.staged;
         if self.tracking {
-            self.attach_trackers(pins)?;
+            self.attach_trackers(pins, beside)?;
         }
+        let taken = self.take_over(&cgroup, cgroup_root, pins, getsockopt, seed);
+        if beside && self.tracking {
+            match &taken {
+                Ok(_) => self.promote_trackers(pins)?,
+                Err(_) => remove_new_trackers(pins),
+            }
+        }
+        let takeover = taken?;
+        if self.staged {
+            self.remove_foreign_links(pins);
+            pins.promote_staging()?;
+            self.staged = false;
+        }
+        Ok(takeover)
+    }
+
+    /// [`Programs::attach_pinned`] past the trackers: the seed, getsockopt
+    /// and the enforcing links.
+    fn take_over(
+        &mut self,
+        cgroup: &File,
+        cgroup_root: &Path,
+        pins: &PinDir,
+        getsockopt: Option<&[PathBuf]>,
+        seed: impl FnOnce(&mut aya::Ebpf),
+    ) -> Result<Takeover, LoaderError> {
         seed(&mut self.ebpf);
         if let Some(targets) = getsockopt {
             self.attach_getsockopt(cgroup_root, pins, targets, Pinned::Update)?;
@@ -62,7 +95,7 @@ impl Programs {
                 continue;
             }
             takeover = Takeover::Attached;
-            let link_id = attach(prog, &cgroup, cgroup_root, name)?;
+            let link_id = attach(prog, cgroup, cgroup_root, name)?;
             let pin_failed = |message: String| LoaderError::PinLink {
                 name,
                 path: pin.display().to_string(),
@@ -75,11 +108,6 @@ impl Programs {
             // Dropping the returned handle closes our descriptor only: the
             // pin keeps the link, and with it the program, attached.
             link.pin(&pin).map_err(|e| pin_failed(e.to_string()))?;
-        }
-        if self.staged {
-            self.remove_foreign_links(pins);
-            pins.promote_staging()?;
-            self.staged = false;
         }
         Ok(takeover)
     }
@@ -191,8 +219,10 @@ impl Programs {
     /// Attaches each tracking program with a new link, pinned over the
     /// previous daemon's (a tracing link cannot take a new program in
     /// place): for an instant both run, which only records some evidence
-    /// twice; at no instant does neither.
-    fn attach_trackers(&mut self, pins: &PinDir) -> Result<(), LoaderError> {
+    /// twice; at no instant does neither. With `beside`, pinned beside it
+    /// as `<name>_new` instead, both running, for
+    /// [`Programs::promote_trackers`].
+    fn attach_trackers(&mut self, pins: &PinDir, beside: bool) -> Result<(), LoaderError> {
         for &(name, tracepoint) in programs::TRACKERS {
             let prog = typed::<BtfTracePoint>(&mut self.ebpf, name)?;
             let link_id = prog.attach().map_err(|source| LoaderError::Track {
@@ -215,7 +245,23 @@ impl Programs {
             let _ = std::fs::remove_file(&fresh);
             link.pin(&fresh)
                 .map_err(|e| pin_failed(crate::error_chain(&e)))?;
-            std::fs::rename(&fresh, &pin).map_err(|e| pin_failed(e.to_string()))?;
+            if !beside {
+                std::fs::rename(&fresh, &pin).map_err(|e| pin_failed(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the tracking links pinned beside the old ones over them: the
+    /// old programs, and their feeding of the old maps, end.
+    fn promote_trackers(&self, pins: &PinDir) -> Result<(), LoaderError> {
+        for &(name, _) in programs::TRACKERS {
+            let (fresh, pin) = (pins.link(&format!("{name}_new")), pins.link(name));
+            std::fs::rename(&fresh, &pin).map_err(|e| LoaderError::PinLink {
+                name,
+                path: pin.display().to_string(),
+                message: e.to_string(),
+            })?;
         }
         Ok(())
     }
@@ -315,6 +361,19 @@ fn update_link(
         ))));
     }
     Ok(true)
+}
+
+/// Removes the tracking links a failed replacement pinned beside the old
+/// ones, which go on running as before.
+fn remove_new_trackers(pins: &PinDir) {
+    for &(name, _) in programs::TRACKERS {
+        let fresh = pins.link(&format!("{name}_new"));
+        if let Err(e) = std::fs::remove_file(&fresh)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing {} failed: {e}", fresh.display());
+        }
+    }
 }
 
 /// What [`update_link`] needs of a loaded program, whatever its type.

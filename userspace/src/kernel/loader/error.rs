@@ -20,7 +20,7 @@ pub enum LoaderError {
         #[source]
         source: ProgramError,
     },
-    #[error("opening the cgroup v2 root {path} failed")]
+    #[error("opening the cgroup {path} failed")]
     OpenCgroup {
         path: String,
         #[source]
@@ -34,8 +34,8 @@ pub enum LoaderError {
         source: ProgramError,
     },
     #[error(
-        "attaching {name} to the cgroup v2 root {path} failed (cgroup sockopt programs need \
-         Linux 5.3+ with CONFIG_CGROUP_BPF)"
+        "attaching {name} to the cgroup {path} failed (cgroup sockopt programs need \
+         CONFIG_CGROUP_BPF)"
     )]
     AttachRaw {
         name: &'static str,
@@ -52,8 +52,8 @@ pub enum LoaderError {
         message: String,
     },
     #[error(
-        "putting {name} into the pinned link {path} failed (the kernel needs BPF_LINK_UPDATE for \
-         cgroup links, Linux 5.7+); the previously pinned program keeps enforcing"
+        "putting {name} into the pinned link {path} failed (opening the pin, or the kernel's \
+         BPF_LINK_UPDATE); the previously pinned program keeps enforcing"
     )]
     LinkUpdate {
         name: &'static str,
