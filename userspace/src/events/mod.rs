@@ -290,6 +290,7 @@ impl<'a> AuditRecord<'a> {
                         "{{\"error\":\"serializing an audit record failed: {e}\"}}"
                     );
                 }
+                escape_line_breaks(buf, start);
             }
             LogFormat::Human => self.human(buf),
         }
@@ -356,6 +357,41 @@ impl<'a> AuditRecord<'a> {
             );
         }
     }
+}
+
+/// Escapes, in the JSON written from `start` on, the characters JSON
+/// leaves raw but some readers break lines at (U+0085, U+2028, U+2029:
+/// Python's `str.splitlines`, JavaScript before ES2019): a process naming
+/// itself with one must not split its line for them. They can only be
+/// inside strings, where `\uXXXX` means the same.
+fn escape_line_breaks(buf: &mut Vec<u8>, start: usize) {
+    const BREAKS: [(&[u8], &[u8]); 3] = [
+        ("\u{85}".as_bytes(), b"\\u0085"),
+        ("\u{2028}".as_bytes(), b"\\u2028"),
+        ("\u{2029}".as_bytes(), b"\\u2029"),
+    ];
+    let line = &buf[start..];
+    // Their UTF-8 starts with one of these bytes; most lines have neither.
+    if !line.iter().any(|&b| b == 0xC2 || b == 0xE2) {
+        return;
+    }
+    let found = |at: usize| BREAKS.iter().find(|(raw, _)| line[at..].starts_with(raw));
+    let mut escaped = Vec::with_capacity(line.len() + 16);
+    let mut at = 0;
+    while at < line.len() {
+        match found(at) {
+            Some((raw, with)) => {
+                escaped.extend_from_slice(with);
+                at += raw.len();
+            }
+            None => {
+                escaped.push(line[at]);
+                at += 1;
+            }
+        }
+    }
+    buf.truncate(start);
+    buf.extend_from_slice(&escaped);
 }
 
 /// An ASCII string in upper case.

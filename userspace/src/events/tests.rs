@@ -301,6 +301,33 @@ fn a_process_cannot_make_its_lines_long_enough_to_be_split() {
     assert_eq!(v["pid"], 321, "the line still names the process");
 }
 
+/// U+0085, U+2028 and U+2029, which JSON leaves raw and some readers
+/// break lines at, are escaped in a JSON line; other text is not touched.
+#[test]
+fn json_lines_escape_the_unicode_line_breaks() {
+    let mut cut = cut();
+    cut.owner.cmdline = Some("a\u{85}b\u{2028}c\u{2029}d é…".into());
+    let line = enricher().cut(&cut).format(LogFormat::Json);
+    assert_eq!(line.lines().count(), 1);
+    assert!(!line.contains(['\u{85}', '\u{2028}', '\u{2029}']), "{line}");
+    assert!(line.contains(r"a\u0085b\u2028c\u2029d é…"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["cmdline"], "a\u{85}b\u{2028}c\u{2029}d é…");
+    // Python's splitlines() sees one line.
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(len(sys.stdin.read().splitlines()))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().expect("stdin").write_all(line.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("python3");
+    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "1");
+}
+
 #[test]
 fn cut_records_name_the_remote_party_the_origin_recorded() {
     let mut cut = cut();
