@@ -322,12 +322,19 @@ impl Reporter {
     /// At exit: hands over what is buffered and waits a while for it all
     /// to be written, then says what was not.
     pub fn finish(&mut self) {
+        let deadline = std::time::Instant::now() + FINISH_WAIT;
         self.flush();
+        // A batch held for a full queue goes once the queue has room.
+        while !self.batch.bytes.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            self.flush();
+        }
         if !self.batch.bytes.is_empty() {
             let batch = std::mem::take(&mut self.batch);
             self.writer.drop_batch(batch);
         }
-        if !self.writer.finish(FINISH_WAIT) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !self.writer.finish(left) {
             warn!(
                 "the audit lines still queued were not all written within {FINISH_WAIT:?}: the \
                  reader of standard output is stalled"
