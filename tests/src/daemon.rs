@@ -124,6 +124,28 @@ impl Install {
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out:?}"))
     }
 
+    /// `run` with this install's config, JSON lines, human diagnostics,
+    /// a line per report and its directories: the arguments a test that
+    /// wraps the daemon in another command (`sh -c ... "$@"`) passes
+    /// after the binary, with `LOOPWARDEN_LOG=info` to set.
+    pub fn run_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "run",
+            "--config",
+            &self.config_path().display().to_string(),
+            "--log-format",
+            "json",
+            "--diagnostics-format",
+            "human",
+            "--repeat-interval",
+            "0",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(self.dir_args());
+        args
+    }
+
     /// Runs `loopwarden detach` for this install.
     pub fn detach(&self) -> Output {
         run(Command::new(loopwarden_bin())

@@ -140,9 +140,7 @@ fn sigterm_leaves_enforcement_pinned_and_detach_removes_it() {
 fn detach_removes_only_what_is_loopwardens() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let targets = protected_targets();
-    assert_reached(&ns, &targets, true, "reachable without loopwarden");
-    let install = enforcement_left_pinned(&ns, &policy(&ns, "enforce", ""), &targets);
+    let (targets, install) = enforcing_without_a_daemon(&ns);
 
     let elsewhere = TempDir::new("not-bpffs");
     let marker = elsewhere.path().join("links").join("keep-me");
@@ -210,6 +208,16 @@ fn assert_reached(ns: &Netns, targets: &[String], reached: bool, what: &str) {
     }
 }
 
+/// The protected service's targets, reached from `ns` without loopwarden,
+/// and then refused by the pins an enforcing daemon stopped with SIGTERM
+/// left: those targets, and that daemon's install.
+fn enforcing_without_a_daemon(ns: &Netns) -> ([String; 2], std::sync::Arc<Install>) {
+    let targets = protected_targets();
+    assert_reached(ns, &targets, true, "reachable without loopwarden");
+    let install = enforcement_left_pinned(ns, &policy(ns, "enforce", ""), &targets);
+    (targets, install)
+}
+
 /// Starts an enforcing daemon on `config` and stops it with SIGTERM; its
 /// install, whose pinned links must still refuse `targets`.
 fn enforcement_left_pinned(
@@ -232,9 +240,7 @@ fn enforcement_left_pinned(
 fn detach_ends_enforcement_at_once_even_while_the_links_are_held() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let targets = protected_targets();
-    assert_reached(&ns, &targets, true, "reachable without loopwarden");
-    let install = enforcement_left_pinned(&ns, &policy(&ns, "enforce", ""), &targets);
+    let (targets, install) = enforcing_without_a_daemon(&ns);
     let held = [
         install.hold_link("lw_connect4"),
         install.hold_link("lw_connect6"),
@@ -350,29 +356,27 @@ fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
     )
     .expect("config");
     let pin_dir = format!("/sys/fs/bpf/lwt-badcfg-{}", std::process::id());
+    let run_with = |extra: &[&str]| {
+        let mut args: Vec<String> = ["run"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        for (flag, value) in [
+            ("--config", path.display().to_string()),
+            ("--run-dir", dir.path().join("run").display().to_string()),
+            ("--pin-dir", pin_dir.clone()),
+        ] {
+            args.extend([flag.to_owned(), value]);
+        }
+        args
+    };
     for args in [
         vec!["check-config".to_owned(), path.display().to_string()],
-        vec![
-            "run".to_owned(),
-            "--config".to_owned(),
-            path.display().to_string(),
-            "--run-dir".to_owned(),
-            dir.path().join("run").display().to_string(),
-            "--pin-dir".to_owned(),
-            pin_dir.clone(),
-        ],
+        run_with(&[]),
         // With nothing pinned, `--replace` replaces nothing: no word of
         // a predecessor's enforcement, which there is none of.
-        vec![
-            "run".to_owned(),
-            "--replace".to_owned(),
-            "--config".to_owned(),
-            path.display().to_string(),
-            "--run-dir".to_owned(),
-            dir.path().join("run").display().to_string(),
-            "--pin-dir".to_owned(),
-            pin_dir.clone(),
-        ],
+        run_with(&["--replace"]),
     ] {
         let out = run_failing_start(Command::new(loopwarden_bin()).args(&args));
         assert!(!out.status.success(), "{args:?} accepted a bad config");

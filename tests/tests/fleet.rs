@@ -66,25 +66,6 @@ fn connect_from(ns: &Netns, cgroup: Option<&TestCgroup>) -> (Proc, i32) {
     (proc, errno)
 }
 
-/// `loopwarden run` arguments for `install` (its config file, JSON lines).
-fn run_args(install: &Install) -> Vec<String> {
-    let mut args: Vec<String> = ["run", "--config"].map(String::from).to_vec();
-    args.push(install.config_path().display().to_string());
-    args.extend(
-        [
-            "--log-format",
-            "json",
-            "--diagnostics-format",
-            "human",
-            "--repeat-interval",
-            "0",
-        ]
-        .map(String::from),
-    );
-    args.extend(install.dir_args());
-    args
-}
-
 /// `loopwarden status --json` in the container, with `env` set: exit code
 /// and report.
 fn status(
@@ -133,7 +114,7 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
     std::fs::write(install.config_path(), &config).expect("writing the config");
 
     // Without the option: refused, saying what to do.
-    let out = run_failing_start(&mut in_container(&pod, bind.path(), &run_args(&install)));
+    let out = run_failing_start(&mut in_container(&pod, bind.path(), &install.run_args()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -148,7 +129,7 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
         "the refused start pinned something"
     );
     // Nor does the container's own cgroup2 mount pass for the host's.
-    let mut own = run_args(&install);
+    let mut own = install.run_args();
     own.extend(["--host-cgroup-root".into(), pod.root.display().to_string()]);
     let out = run_failing_start(&mut in_container(&pod, bind.path(), &own));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -162,7 +143,7 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
     );
 
     // With it: attached at the host's root.
-    let mut args = run_args(&install);
+    let mut args = install.run_args();
     args.extend([
         "--host-cgroup-root".into(),
         bind.path().display().to_string(),

@@ -102,11 +102,7 @@ fn under_the_journal_refusals_and_losses_are_warnings_and_audits_notices() {
         "exec 1>&2; JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$0\" \"$@\"",
     ])
     .arg(loopwarden_bin())
-    .args(["run", "--config"])
-    .arg(install.config_path())
-    .args(["--log-format", "json", "--diagnostics-format", "human"])
-    .args(["--repeat-interval", "0"])
-    .args(install.dir_args())
+    .args(install.run_args())
     .env("LOOPWARDEN_LOG", "info");
     assert_eq!(python_connects(&ns), "connected", "without the daemon");
     let daemon = Daemon::start_cmd(&Arc::clone(&install), cmd);

@@ -123,11 +123,7 @@ fn a_stalled_reader_of_the_lines_stalls_nothing_and_what_it_missed_is_said() {
         .arg(r#"mkfifo "$0" && { cat "$0" & echo $! > "$0.pid"; exec "$@" > "$0"; }"#)
         .arg(&fifo)
         .arg(loopwarden_tests::loopwarden_bin())
-        .args(["run", "--config"])
-        .arg(install.config_path())
-        .args(["--log-format", "json", "--diagnostics-format", "human"])
-        .args(["--repeat-interval", "0"])
-        .args(install.dir_args())
+        .args(install.run_args())
         .env("LOOPWARDEN_LOG", "info");
     let daemon = Daemon::start_cmd(&install, cmd);
     daemon.allow_error("audit lines lost");

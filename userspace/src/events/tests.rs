@@ -315,13 +315,20 @@ fn json_lines_escape_the_unicode_line_breaks() {
     assert_eq!(v["cmdline"], "a\u{85}b\u{2028}c\u{2029}d é…");
     // Python's splitlines() sees one line.
     let python = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(len(sys.stdin.read().splitlines()))"])
+        .args([
+            "-c",
+            "import sys; print(len(sys.stdin.read().splitlines()))",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .and_then(|mut child| {
             use std::io::Write as _;
-            child.stdin.take().expect("stdin").write_all(line.as_bytes())?;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(line.as_bytes())?;
             child.wait_with_output()
         })
         .expect("python3");
