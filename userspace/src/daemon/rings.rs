@@ -51,6 +51,16 @@ const DRAIN_BATCH: usize = 16 * 1024;
 /// Reports the queued events, the rings in the order given (refusals
 /// first), and writes the batch.
 pub(super) fn drain(rings: &mut [&mut RingBuf<MapData>], reporter: &mut Reporter) {
+    read(rings, reporter);
+    reporter.flush();
+}
+
+/// Reports the queued events like [`drain`], leaving their lines to go
+/// out with a full batch or the next [`drain`] (at most the 100 ms drain
+/// tick later): a flood of other reports, which wakes the daemon every
+/// few dozen records, is written in a few large batches, not many small
+/// ones each handed to the writing thread.
+pub(super) fn read(rings: &mut [&mut RingBuf<MapData>], reporter: &mut Reporter) {
     for ring in rings.iter_mut() {
         for _ in 0..DRAIN_BATCH {
             let Some(item) = ring.next() else {
@@ -68,7 +78,6 @@ pub(super) fn drain(rings: &mut [&mut RingBuf<MapData>], reporter: &mut Reporter
             }
         }
     }
-    reporter.flush();
 }
 
 /// Reports events the ring buffer had to drop, and remembers in `LW_META`

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{
     DaemonError, io_err,
-    rings::{drain, readable},
+    rings::{drain, read, readable},
     start::Running,
     systemd::{notify_systemd, systemd_watchdog},
 };
@@ -86,7 +86,7 @@ impl Running {
                         Err(e) => break Err(io_err("waiting for events")(e)),
                     };
                     guard.clear_ready();
-                    drain(&mut [denials.get_mut(), guard.get_inner_mut()], reporter);
+                    read(&mut [denials.get_mut(), guard.get_inner_mut()], reporter);
                 }
                 guard = readable(logger) => {
                     match guard {

@@ -16,6 +16,9 @@ pub const PATH_BUDGET: usize = 1024;
 /// Escaped characters a command line may take in a line.
 pub const CMDLINE_BUDGET: usize = 4096;
 
+/// The most characters one byte of a value can take escaped.
+const MAX_ESCAPED: usize = 10;
+
 /// What marks a cut value.
 const MARK: &str = " …";
 
@@ -30,6 +33,19 @@ fn escaped_len(c: char) -> usize {
 /// `value`, or as much of it as fits `budget` escaped characters with
 /// [`MARK`] after it.
 pub fn cap(value: &str, budget: usize) -> Cow<'_, str> {
+    // No character escapes to more than ten (`\u{10ffff}`), nor is it
+    // shorter than a byte: most values fit without a look at each.
+    if value.len().saturating_mul(MAX_ESCAPED) <= budget {
+        return Cow::Borrowed(value);
+    }
+    // Printable ASCII (a long command line, mostly) takes one character a
+    // byte, a quote or backslash two: counted by bytes, at memory speed.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        let quoted = value.bytes().filter(|&b| b == b'"' || b == b'\\').count();
+        if value.len() + quoted <= budget {
+            return Cow::Borrowed(value);
+        }
+    }
     let mut used = 0;
     let mut fits_whole = true;
     // The end of the longest prefix that leaves room for the mark.
@@ -91,6 +107,28 @@ mod tests {
             assert!(json.len() <= 600 + 2, "{}", json.len());
             assert!(cut.ends_with(MARK));
         }
+    }
+
+    #[test]
+    fn no_character_escapes_past_the_fast_paths_bound() {
+        for c in [
+            '\u{0}',
+            '\u{7f}',
+            '\u{85}',
+            '\u{2028}',
+            '\u{e0001}',
+            '\u{10ffff}',
+            'é',
+        ] {
+            assert!(escaped_len(c) <= MAX_ESCAPED * c.len_utf8(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn printable_ascii_counts_a_quote_or_backslash_twice() {
+        let quotes = format!("{}\"\\", "a".repeat(60));
+        assert!(matches!(cap(&quotes, 64), Cow::Borrowed(_)));
+        assert!(matches!(cap(&quotes, 63), Cow::Owned(_)));
     }
 
     #[test]

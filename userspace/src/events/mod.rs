@@ -372,7 +372,7 @@ fn escape_line_breaks(buf: &mut Vec<u8>, start: usize) {
     ];
     let line = &buf[start..];
     // Their UTF-8 starts with one of these bytes; most lines have neither.
-    if !line.iter().any(|&b| b == 0xC2 || b == 0xE2) {
+    if memchr::memchr2(0xC2, 0xE2, line).is_none() {
         return;
     }
     let found = |at: usize| BREAKS.iter().find(|(raw, _)| line[at..].starts_with(raw));

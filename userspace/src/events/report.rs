@@ -34,6 +34,8 @@ use crate::events::{
 const MAX_FLOWS: usize = 1024;
 /// Buffered output past which a batch is written before it ends.
 const FLUSH_AT: usize = 64 * 1024;
+/// Room a new batch is made with: a full one and a long line.
+const BATCH_ROOM: usize = FLUSH_AT + 8 * 1024;
 /// Lines held while the writing thread's queue is full (it holds some
 /// 1 MiB more); past it they are dropped and counted.
 const HOLD_MAX: usize = 1024 * 1024;
@@ -162,7 +164,7 @@ impl Reporter {
             format,
             interval: (!interval.is_zero()).then_some(interval),
             flows: HashMap::new(),
-            batch: Batch::default(),
+            batch: Batch::with_capacity(BATCH_ROOM),
             writer,
             totals: Totals::default(),
             busy: false,
@@ -285,7 +287,7 @@ impl Reporter {
         if self.batch.bytes.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::replace(&mut self.batch, Batch::with_capacity(BATCH_ROOM));
         if let Err(batch) = self.writer.send(batch) {
             if batch.bytes.len() >= HOLD_MAX {
                 self.writer.drop_batch(batch);

@@ -33,6 +33,16 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch with room for `bytes` (kept under the allocator's
+    /// mmap threshold, a batch's memory comes from the heap and returns
+    /// there: no page faults per batch).
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            reports: Vec::new(),
+        }
+    }
+
     /// The lines and reports of those of its lines not whole in the first
     /// `written` bytes.
     fn lost_after(&self, written: usize) -> (u64, u64) {
