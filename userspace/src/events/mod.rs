@@ -365,33 +365,20 @@ impl<'a> AuditRecord<'a> {
 /// itself with one must not split its line for them. They can only be
 /// inside strings, where `\uXXXX` means the same.
 fn escape_line_breaks(buf: &mut Vec<u8>, start: usize) {
-    const BREAKS: [(&[u8], &[u8]); 3] = [
-        ("\u{85}".as_bytes(), b"\\u0085"),
-        ("\u{2028}".as_bytes(), b"\\u2028"),
-        ("\u{2029}".as_bytes(), b"\\u2029"),
-    ];
     let line = &buf[start..];
     // Their UTF-8 starts with one of these bytes; most lines have neither.
     if memchr::memchr2(0xC2, 0xE2, line).is_none() {
         return;
     }
-    let found = |at: usize| BREAKS.iter().find(|(raw, _)| line[at..].starts_with(raw));
-    let mut escaped = Vec::with_capacity(line.len() + 16);
-    let mut at = 0;
-    while at < line.len() {
-        match found(at) {
-            Some((raw, with)) => {
-                escaped.extend_from_slice(with);
-                at += raw.len();
-            }
-            None => {
-                escaped.push(line[at]);
-                at += 1;
-            }
-        }
-    }
+    let Ok(text) = std::str::from_utf8(line) else {
+        return;
+    };
+    let escaped = text
+        .replace('\u{85}', "\\u0085")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029");
     buf.truncate(start);
-    buf.extend_from_slice(&escaped);
+    buf.extend_from_slice(escaped.as_bytes());
 }
 
 /// An ASCII string in upper case.
