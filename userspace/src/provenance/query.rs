@@ -69,19 +69,6 @@ impl Slot {
         };
         Ok((slot, stop))
     }
-
-    /// A request of the client's is being looked up (see
-    /// [`Clients::looking_up`]).
-    #[cfg(test)]
-    fn busy(&self) {
-        self.clients.busy(self.id);
-    }
-
-    /// The client's answer is made: its idle time starts again.
-    #[cfg(test)]
-    fn answered(&self) {
-        self.clients.answered(self.id);
-    }
 }
 
 impl Drop for Slot {
@@ -313,7 +300,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         for (i, (slot, _)) in held.iter().enumerate() {
             if i != 1 {
-                slot.answered();
+                slot.clients.answered(slot.id);
             }
         }
         let (_root, mut root_stop) = Slot::take(&slots, 0).expect("a slot for root");
@@ -341,14 +328,14 @@ mod tests {
             .map(|uid| Slot::take(&slots, uid).expect("a slot"))
             .collect();
         for (slot, _) in &held {
-            slot.busy();
+            slot.clients.busy(slot.id);
         }
         // No one is idle: the next is taken beside them (and, idle until
         // its request comes, would be the one closed for the next).
         let more: Vec<_> = (4..8)
             .map(|uid| {
                 let (slot, stop) = Slot::take(&slots, uid).expect("a slot");
-                slot.busy();
+                slot.clients.busy(slot.id);
                 (slot, stop)
             })
             .collect();
@@ -362,7 +349,7 @@ mod tests {
         assert_eq!(late_stop.try_recv(), Err(Closed));
         assert_eq!(slots.len(), 8);
         // Answered, the first is idle again, and the one closed next.
-        held[0].0.answered();
+        held[0].0.clients.answered(held[0].0.id);
         let (_next, mut next_stop) = Slot::take(&slots, 9).expect("a slot");
         assert_eq!(next_stop.try_recv(), Err(Empty));
         assert_eq!(held[0].1.try_recv(), Err(Closed));
