@@ -240,8 +240,7 @@ impl Programs {
                 .take_link(link_id)
                 .map_err(|e| pin_failed(e.to_string()))?
                 .into();
-            // bpffs refuses names with dots.
-            let fresh = pins.link(&format!("{name}_new"));
+            let fresh = new_tracker_pin(pins, name);
             let _ = std::fs::remove_file(&fresh);
             link.pin(&fresh)
                 .map_err(|e| pin_failed(crate::error_chain(&e)))?;
@@ -256,7 +255,7 @@ impl Programs {
     /// old programs, and their feeding of the old maps, end.
     fn promote_trackers(&self, pins: &PinDir) -> Result<(), LoaderError> {
         for &(name, _) in programs::TRACKERS {
-            let (fresh, pin) = (pins.link(&format!("{name}_new")), pins.link(name));
+            let (fresh, pin) = (new_tracker_pin(pins, name), pins.link(name));
             std::fs::rename(&fresh, &pin).map_err(|e| LoaderError::PinLink {
                 name,
                 path: pin.display().to_string(),
@@ -363,11 +362,17 @@ fn update_link(
     Ok(true)
 }
 
+/// Where a new tracking link of program `name` is pinned beside the old
+/// one until it takes its pin (bpffs refuses names with dots).
+fn new_tracker_pin(pins: &PinDir, name: &str) -> PathBuf {
+    pins.link(&format!("{name}_new"))
+}
+
 /// Removes the tracking links a failed replacement pinned beside the old
 /// ones, which go on running as before.
 fn remove_new_trackers(pins: &PinDir) {
     for &(name, _) in programs::TRACKERS {
-        let fresh = pins.link(&format!("{name}_new"));
+        let fresh = new_tracker_pin(pins, name);
         if let Err(e) = std::fs::remove_file(&fresh)
             && e.kind() != io::ErrorKind::NotFound
         {
