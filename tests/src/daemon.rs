@@ -389,6 +389,21 @@ impl Daemon {
         assert!(!stderr.contains("events lost"), "{stderr}");
     }
 
+    /// The sum of the numeric field `field` (`field=N`) over the daemon's
+    /// stderr lines holding `what` (its `events lost` or `audit lines
+    /// lost` warnings).
+    pub fn stderr_sum(&self, what: &str, field: &str) -> u64 {
+        self.stderr_text()
+            .lines()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     /// Everything the daemon wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().map(|v| v.join("\n")).unwrap_or_default()

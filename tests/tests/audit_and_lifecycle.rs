@@ -585,16 +585,7 @@ subprocess.run(["/usr/bin/socat", "-u", "/dev/null", "TCP:127.0.0.1:{PROTECTED}"
 
 /// The sum of a `lost_*` field over the daemon's `events lost` lines.
 fn lost(daemon: &Daemon, field: &str) -> u64 {
-    daemon
-        .stderr_text()
-        .lines()
-        .filter(|l| l.contains("events lost"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(field)?.strip_prefix('='))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
+    daemon.stderr_sum("events lost", field)
 }
 
 #[test]

@@ -449,15 +449,46 @@ fn a_replacement_removes_the_links_of_programs_it_does_not_have() {
             .arg(links.join("lw_fork"))
             .arg(&foreign),
     );
-    let mut second = Daemon::start_in(&install, &config, &[]);
-    assert!(foreign.exists(), "a compatible start removed a pin");
+    let ours = ["lw_connect4", "lw_connect6", "lw_fork", "lw_sock_state"].map(|p| links.join(p));
+    only_a_replacement_removes(
+        &install,
+        &config,
+        &foreign,
+        "a program this version does not have",
+        &ours,
+    );
+}
+
+/// Starts a daemon on `install`'s pins (a compatible start), which must
+/// leave `foreign` pinned, then one with `--replace`, which must say
+/// `said`, remove `foreign` and keep `ours`.
+fn only_a_replacement_removes(
+    install: &std::sync::Arc<Install>,
+    config: &str,
+    foreign: &std::path::Path,
+    said: &str,
+    ours: &[std::path::PathBuf],
+) {
+    let mut second = Daemon::start_in(install, config, &[]);
+    assert!(foreign.exists(), "a compatible start removed {foreign:?}");
     second.kill9();
-    let third = Daemon::start_in(&install, &config, &["--replace"]);
-    third.wait_stderr("a program this version does not have", 1);
-    assert!(!foreign.exists(), "the foreign link is still pinned");
-    for ours in ["lw_connect4", "lw_connect6", "lw_fork", "lw_sock_state"] {
-        assert!(links.join(ours).exists(), "{ours} is gone");
+    let third = Daemon::start_in(install, config, &["--replace"]);
+    third.wait_stderr(said, 1);
+    assert!(!foreign.exists(), "{foreign:?} is still pinned");
+    for pin in ours {
+        assert!(pin.exists(), "{pin:?} is gone");
     }
+}
+
+/// Pins a one-entry array map named `name` at `path` (bpftool).
+fn pin_array_map(path: &std::path::Path, name: &str) {
+    run_ok(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(path)
+            .args(["type", "array", "key", "4", "value", "8", "entries", "1"])
+            .args(["name", name]),
+    );
 }
 
 /// A replacement that fails part-way (here: the pinned getsockopt link
@@ -478,13 +509,7 @@ fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
     // Something that is no link where getsockopt's link is pinned.
     let getsockopt = install.pin_dir().join("links/lw_getsockopt");
     std::fs::remove_file(&getsockopt).expect("the getsockopt link's pin");
-    run_ok(
-        Command::new("bpftool")
-            .args(["map", "create"])
-            .arg(&getsockopt)
-            .args(["type", "array", "key", "4", "value", "4", "entries", "1"])
-            .args(["name", "lwt_no_link"]),
-    );
+    pin_array_map(&getsockopt, "lwt_no_link");
     let out = run_failing_start(
         Command::new(loopwarden_bin())
             .args(["run", "--replace", "--config"])
@@ -543,22 +568,15 @@ fn a_replacement_removes_the_maps_this_version_does_not_have() {
     first.kill9();
     let maps = install.pin_dir().join("maps");
     let retired = maps.join("LW_RETIRED");
-    run_ok(
-        Command::new("bpftool")
-            .args(["map", "create"])
-            .arg(&retired)
-            .args(["type", "array", "key", "4", "value", "8", "entries", "1"])
-            .args(["name", "LW_RETIRED"]),
+    pin_array_map(&retired, "LW_RETIRED");
+    let ours = ["LW_META", "LW_SETTINGS", "LW_EVENTS"].map(|m| maps.join(m));
+    only_a_replacement_removes(
+        &install,
+        &config,
+        &retired,
+        "a map this version does not have",
+        &ours,
     );
-    let mut second = Daemon::start_in(&install, &config, &[]);
-    assert!(retired.exists(), "a compatible start removed a map");
-    second.kill9();
-    let third = Daemon::start_in(&install, &config, &["--replace"]);
-    third.wait_stderr("a map this version does not have", 1);
-    assert!(!retired.exists(), "the retired map is still pinned");
-    for ours in ["LW_META", "LW_SETTINGS", "LW_EVENTS"] {
-        assert!(maps.join(ours).exists(), "{ours} is gone");
-    }
 }
 
 #[test]

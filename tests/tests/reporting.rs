@@ -189,16 +189,7 @@ impl Drop for Stopped {
 /// The reports the daemon's `audit lines lost` warnings say were not
 /// written.
 fn unwritten_reports(daemon: &Daemon) -> u64 {
-    daemon
-        .stderr_text()
-        .lines()
-        .filter(|l| l.contains("audit lines lost"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("unwritten_reports="))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
+    daemon.stderr_sum("audit lines lost", "unwritten_reports")
 }
 
 #[test]
