@@ -524,6 +524,13 @@ fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
         !links.join("lw_sock_state_new").exists(),
         "the failed start left its tracking links pinned"
     );
+    let staged: Vec<_> = std::fs::read_dir(install.pin_dir())
+        .expect("the pin directory")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("staging-"))
+        .map(|e| e.path())
+        .collect();
+    assert!(staged.is_empty(), "the failed start left {staged:?}");
 
     // A relay started now: only the old trackers can give it evidence.
     let port = 9011;
@@ -554,6 +561,52 @@ fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
         Ok(200),
         "the relay does not work even without loopwarden"
     );
+}
+
+/// A first start (nothing pinned before it) that fails part-way (here: a
+/// map pinned where the bind hook's link goes, so the links before it are
+/// attached and pinned when it fails) removes what it pinned: no program
+/// goes on enforcing without a daemon. Positive control: a daemon started
+/// on the same directories refuses the same relay.
+#[test]
+fn a_first_start_that_fails_midway_leaves_nothing_enforcing() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let config = Policy::new(&topo.local, "enforce")
+        .catalog(false)
+        .relay("deny")
+        .text();
+    let port = 9012;
+    let _socat = topo.local.spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{port},bind={LOCAL_ADDR},fork,reuseaddr"),
+            &format!("TCP:127.0.0.1:{PROTECTED}"),
+        ],
+    );
+    topo.local.wait_listening(port);
+    let relayed = || topo.remote.curl(&format!("http://{LOCAL_ADDR}:{port}/"));
+    let install = Install::new();
+    let mut daemon = Daemon::start_in(&install, &config, &[]);
+    assert!(relayed().is_err(), "the relay got through a running daemon");
+    assert!(daemon.stop(), "the daemon exits 0 on SIGTERM");
+    let out = install.detach();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(relayed(), Ok(200), "the relay fails without loopwarden");
+
+    let links = install.pin_dir().join("links");
+    std::fs::create_dir_all(&links).expect("creating the links directory");
+    pin_array_map(&links.join("lw_bind4"), "lwt_no_link");
+    let out = install.failing_start();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the start succeeded: {stderr}");
+    assert!(stderr.contains("lw_bind4"), "{stderr}");
+    assert_eq!(relayed(), Ok(200), "a program of the failed start judges");
+    let left: Vec<_> = std::fs::read_dir(install.pin_dir())
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the failed start left {left:?}");
+    assert!(stderr.contains("pins it made are removed"), "{stderr}");
 }
 
 /// A map pinned by another version (one this version does not have) goes

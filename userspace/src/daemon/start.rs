@@ -159,6 +159,11 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
 
     let pin_lock = pins.prepare(held)?;
+    let undo = Undo {
+        pins: &pins,
+        lock: &pin_lock,
+        first: state == PinState::Absent,
+    };
     let mut programs = Programs::load_pinned(&offsets, &pins, &state, conns)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
     let mut stats = StatsMap::take(&mut programs.ebpf)?;
@@ -293,6 +298,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     };
     counters.report(&mut stats);
     status_file::started(&opts.run_dir, &installed);
+    std::mem::forget(undo);
     Ok(Running {
         cgroup_root: host.cgroup2_root,
         installed,
@@ -311,6 +317,51 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
 }
 
 /// What start-up found pinned and did about it, for the ready line.
+/// What a start that fails past [`PinDir::prepare`] undoes, when dropped
+/// (forgotten once the start has succeeded): a first start (nothing was
+/// pinned before it) removes every pin it made, its links detached first,
+/// so no program it attached goes on enforcing or tracking without a
+/// daemon; a replacement removes the maps it staged and did not promote
+/// (the old programs go on with the maps they were given, see
+/// [`Programs::attach_pinned`]).
+struct Undo<'a> {
+    pins: &'a PinDir,
+    /// Proof that the pin directory's lock is held while this removes.
+    lock: &'a PinLock,
+    first: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.first {
+            match self.pins.remove_all_held(self.lock) {
+                Ok(removed) => warn!(
+                    "the start failed: the {} pins it made are removed (nothing was pinned \
+                     before it)",
+                    removed.pins.len()
+                ),
+                Err(e) => error!(
+                    "the start failed, and removing the pins it made failed too: {}; \
+                     `loopwarden detach --pin-dir {}` removes them",
+                    crate::error_chain(&e),
+                    self.pins.root().display()
+                ),
+            }
+            return;
+        }
+        let staging = self.pins.staging();
+        if let Err(e) = self.pins.remove_staging()
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn!(
+                "removing the maps this failed start staged in {} failed: {e}; the next start \
+                 removes them",
+                staging.display()
+            );
+        }
+    }
+}
+
 fn describe_start(state: &PinState, takeover: Takeover) -> String {
     // A link attached anew (a program the pinned set did not have) does
     // not hide what was done to the rest.

@@ -166,6 +166,11 @@ impl PinDir {
         self.root.join(format!("staging-{}", std::process::id()))
     }
 
+    /// Removes [`PinDir::staging`] and the maps pinned in it.
+    pub fn remove_staging(&self) -> io::Result<()> {
+        remove_tree(&self.staging())
+    }
+
     /// Whether anything at all is pinned here.
     pub fn exists(&self) -> bool {
         self.root.exists()
@@ -357,16 +362,22 @@ impl PinDir {
     /// nothing of anyone else's. What was removed, for the report, and the
     /// entries left because they are not ours.
     pub fn remove_all(&self) -> Result<Removed, PinError> {
-        let mut removed = Removed::default();
         if !self.root.exists() {
-            return Ok(removed);
+            return Ok(Removed::default());
         }
         if !is_bpffs(&self.root) {
             return Err(PinError::NotBpffs {
                 path: self.root.clone(),
             });
         }
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
+        self.remove_all_held(&lock)
+    }
+
+    /// [`PinDir::remove_all`] by the holder of the directory's lock (a
+    /// start that fails undoes its own pins with it).
+    pub fn remove_all_held(&self, _held: &PinLock) -> Result<Removed, PinError> {
+        let mut removed = Removed::default();
         let staged: Vec<PathBuf> = entries(&self.root)
             .into_iter()
             .filter(|path| is_staging(path))
