@@ -23,11 +23,14 @@
 //! ```
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader, Read as _},
     net::SocketAddr,
-    os::unix::net::UnixStream,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, net::UnixStream},
+    },
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -40,6 +43,9 @@ const VERSION: u64 = 1;
 /// How long a request waits for its answer unless [`Query::set_timeout`]
 /// says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest answer line read: past it the answer is a protocol error,
+/// not memory without end.
+const MAX_ANSWER: u64 = 256 << 20;
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +116,14 @@ impl Query {
         Ok(query)
     }
 
-    /// A new connection to the socket, with the timeout set.
+    /// A new connection to the socket, with the timeout set (the connect
+    /// too waits no longer: see [`connect_within`]).
     fn open(&self) -> Result<BufReader<UnixStream>, Error> {
-        let stream = UnixStream::connect(&self.path).map_err(|source| Error::Connect {
+        let connected = match self.timeout {
+            Some(timeout) => connect_within(&self.path, timeout),
+            None => UnixStream::connect(&self.path),
+        };
+        let stream = connected.map_err(|source| Error::Connect {
             path: self.path.clone(),
             source,
         })?;
@@ -121,14 +132,21 @@ impl Query {
         Ok(BufReader::new(stream))
     }
 
-    /// How long a request may wait to be sent and answered (`None`:
-    /// forever). 10 s by default.
+    /// How long a request may wait to connect, to be sent and to be
+    /// answered (`None`: forever). 10 s by default. A zero duration is
+    /// refused (`InvalidInput`), and the timeout before stays.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        self.timeout = timeout;
+        if timeout == Some(Duration::ZERO) {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a zero timeout (use None to wait forever)",
+            )));
+        }
         if let Some(stream) = &self.stream {
             stream.get_ref().set_read_timeout(timeout)?;
             stream.get_ref().set_write_timeout(timeout)?;
         }
+        self.timeout = timeout;
         Ok(())
     }
 
@@ -230,7 +248,7 @@ impl Query {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::Closed);
         };
-        match stream.get_mut().write_all(line.as_bytes()) {
+        match send_all(stream.get_ref(), line.as_bytes()) {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -242,8 +260,14 @@ impl Query {
             written => written?,
         }
         let mut text = String::new();
-        if stream.read_line(&mut text)? == 0 {
+        let read = stream.by_ref().take(MAX_ANSWER).read_line(&mut text)?;
+        if read == 0 {
             return Err(Error::Closed);
+        }
+        if !text.ends_with('\n') && read as u64 == MAX_ANSWER {
+            return Err(Error::Protocol(format!(
+                "an answer line longer than {MAX_ANSWER} bytes"
+            )));
         }
         let answer: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Protocol(format!("{e}: {}", text.trim_end())))?;
@@ -261,6 +285,103 @@ impl Query {
             _ => Ok(answer),
         }
     }
+}
+
+/// Writes all of `bytes` on `stream` without raising `SIGPIPE` when the
+/// daemon has closed it (`MSG_NOSIGNAL`: a process that keeps the signal's
+/// default action would be killed by a plain `write`); the stream's write
+/// timeout applies.
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for its length; the descriptor is the
+        // stream's own, open for the call.
+        let sent = unsafe {
+            libc::send(
+                stream.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(sent) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the Unix socket at `path`, waiting at most `timeout`:
+/// `UnixStream::connect` waits without end while the daemon's backlog is
+/// full (a stopped or stalled daemon). A non-blocking connect to a full
+/// backlog fails with `EAGAIN` at once (Unix sockets have no connect in
+/// progress to poll for), so it is tried again every few milliseconds
+/// until the deadline.
+fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    const RETRY: Duration = Duration::from_millis(5);
+    let (addr, len) = sockaddr_un(path)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: plain socket creation; the descriptor is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: `addr` is a valid `sockaddr_un` of `len` bytes.
+        let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) };
+        if rc == 0 {
+            let stream = UnixStream::from(fd);
+            stream.set_nonblocking(false)?;
+            return Ok(stream);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) if Instant::now() < deadline => {
+                std::thread::sleep(RETRY);
+            }
+            Some(libc::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("its backlog stayed full for {timeout:?}"),
+                ));
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// `path` as a `sockaddr_un` and its length.
+fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: all-zero is a valid `sockaddr_un`.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    // One byte stays for the terminating NUL.
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a Unix socket path (too long, or holding a NUL byte)",
+        ));
+    }
+    for (to, &from) in addr.sun_path.iter_mut().zip(bytes) {
+        *to = from as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    Ok((addr, len as libc::socklen_t))
 }
 
 /// Whether a query answer's origin is a direct local client: verdict

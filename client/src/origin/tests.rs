@@ -216,3 +216,91 @@ fn a_file_is_no_socket() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The README's table of the record ("The record (`getsockopt`)"), which
+/// clients in other languages are written from, is the layout of
+/// `OriginRecord`: each row's offset and size, and every field in a row.
+#[test]
+fn the_readmes_record_table_is_the_records_layout() {
+    use std::mem::{offset_of, size_of_val};
+    let r = OriginRecord::unknown();
+    macro_rules! fields {
+        ($($name:literal => $($f:ident).+;)*) => {
+            [$(($name, offset_of!(OriginRecord, $($f).+), size_of_val(&r.$($f).+))),*]
+        };
+    }
+    let layout = fields! {
+        "magic" => magic;
+        "version" => version;
+        "size" => size;
+        "status" => status;
+        "server_uid" => server_uid;
+        "established_ns" => established_ns;
+        "server_cookie" => server_cookie;
+        "conn.netns" => conn.netns;
+        "conn.client_port" => conn.client_port;
+        "conn.server_port" => conn.server_port;
+        "conn.client" => conn.client;
+        "conn.server" => conn.server;
+        "origin.ktime_ns" => origin.ktime_ns;
+        "origin.policy_seq" => origin.policy_seq;
+        "origin.socket_cookie" => origin.socket_cookie;
+        "origin.netns_cookie" => origin.netns_cookie;
+        "origin.start_boottime_ns" => origin.start_boottime_ns;
+        "origin.cgroup_id" => origin.cgroup_id;
+        "origin.exe" => origin.exe;
+        "origin.daddr" => origin.daddr;
+        "origin.tgid" => origin.tgid;
+        "origin.pid" => origin.pid;
+        "origin.ppid" => origin.ppid;
+        "origin.uid" => origin.uid;
+        "origin.gid" => origin.gid;
+        "origin.dport" => origin.dport;
+        "origin.family" => origin.family;
+        "origin.verdict" => origin.verdict;
+        "origin.rule" => origin.rule;
+        "origin.forked" => origin.forked;
+        "origin.comm" => origin.comm;
+        "origin.exe_name" => origin.exe_name;
+        "origin.via.addr" => origin.via.addr;
+        "origin.via.ktime_ns" => origin.via.ktime_ns;
+        "origin.via.port" => origin.via.port;
+        "origin.via.kind" => origin.via.kind;
+        "origin.script" => origin.script;
+    };
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("### The record (`getsockopt`)")
+        .nth(1)
+        .expect("the README's record section");
+    let rows: Vec<(usize, usize, &str)> = section
+        .lines()
+        .skip_while(|line| !line.starts_with("| Offset"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let number = |i: usize| {
+                cells[i]
+                    .parse::<usize>()
+                    .unwrap_or_else(|e| panic!("{line}: {e}"))
+            };
+            (number(1), number(2), cells[3].trim_matches('`'))
+        })
+        .collect();
+    let named: Vec<&str> = rows.iter().map(|&(_, _, name)| name).collect();
+    let fields: Vec<&str> = layout.iter().map(|&(name, _, _)| name).collect();
+    assert_eq!(
+        named, fields,
+        "the README's rows are not the record's fields"
+    );
+    for (&(offset, size, name), &(_, at, bytes)) in rows.iter().zip(&layout) {
+        assert_eq!((offset, size), (at, bytes), "the README's row for `{name}`");
+    }
+    let last = rows.last().expect("rows");
+    assert_eq!(
+        last.0 + last.1,
+        size_of::<OriginRecord>(),
+        "the record's size"
+    );
+}

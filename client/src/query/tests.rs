@@ -271,3 +271,82 @@ fn a_missing_socket_says_where_and_why() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_zero_timeout_is_refused_and_the_one_before_stays() {
+    let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"verdict":"allow"}}"#;
+    let idle_close = format!(
+        r#"{NOTICE}{{"v":1,"ok":false,"error":"timeout","message":"no request within 10 s"}}"#
+    );
+    let fake = Fake::connections(&[&[ok, &idle_close], &[ok]]);
+    let mut q = fake.connect();
+    assert_eq!(q.who_cookie(1).unwrap().unwrap()["pid"], 7);
+    match q.set_timeout(Some(std::time::Duration::ZERO)) {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // Asked again on a new connection, which takes the timeout before.
+    assert_eq!(q.who_cookie(2).unwrap().unwrap()["pid"], 7);
+}
+
+/// A request written to a connection the daemon has closed fails with
+/// `BrokenPipe` and raises no `SIGPIPE`, which would kill a process that
+/// keeps the signal's default action (Rust's runtime ignores it, so the
+/// send runs in a forked child that restores the default).
+#[test]
+fn a_closed_connection_raises_no_sigpipe() {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    drop(theirs);
+    // SAFETY: the child makes only async-signal-safe calls (signal, send,
+    // _exit) before it exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            let broken = matches!(
+                super::send_all(&ours, b"{}\n"),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe
+            );
+            libc::_exit(if broken { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's send: wait status {status:#x} (signal {})",
+        libc::WTERMSIG(status)
+    );
+}
+
+/// A daemon whose backlog is full (stopped, or its accept loop stalled)
+/// makes the connect fail after the timeout instead of waiting without
+/// end.
+#[test]
+fn a_connect_to_a_full_backlog_gives_up_at_the_timeout() {
+    use std::os::fd::AsRawFd as _;
+    let path =
+        std::env::temp_dir().join(format!("lw-client-test-full-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).unwrap();
+    // SAFETY: the listener's own descriptor: one pending connection fills it.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let _pending = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let timeout = std::time::Duration::from_millis(200);
+    let began = std::time::Instant::now();
+    let result = super::connect_within(&path, timeout);
+    let took = began.elapsed();
+    match result {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
+        Ok(_) => panic!("connected to a full backlog"),
+    }
+    assert!(took >= timeout, "gave up after {took:?}");
+    // Positive control: once the daemon has accepted, there is room.
+    let _accepted = listener.accept().unwrap();
+    let connected = super::connect_within(&path, timeout);
+    let _ = std::fs::remove_file(&path);
+    connected.expect("a connect with room in the backlog");
+}
