@@ -17,8 +17,12 @@ service". Example::
 
     conn, _ = listener.accept()
     o = loopwarden.origin(conn)
-    if o is not None and not o.is_direct:
-        conn.close()  # relayed to us by o.exe_name (pid o.pid) for o.via
+    if o is None or not o.is_direct:
+        # Relayed to us by o.exe_name (pid o.pid) for o.via, or unknown:
+        # never take a connection loopwarden knows nothing of for a local
+        # user's (a relay holding more connections open than loopwarden
+        # keeps origins for makes its oldest unknown).
+        conn.close()
 """
 
 import errno
@@ -89,6 +93,11 @@ class NotAnswering(OSError):
     program is attached, every socket gets an answer: one that is not TCP,
     as a TCP connection loopwarden did not tag, gets ``None``.)
     """
+
+
+# NotAnswering's message: not taken from its docstring, which ``python
+# -OO`` removes.
+_NOT_ANSWERING = "Nothing answers SOL_LOOPWARDEN on this socket (ENOPROTOOPT/EOPNOTSUPP)."
 
 
 class BadRecord(ValueError):
@@ -251,8 +260,10 @@ def origin(sock: Any) -> Optional[Origin]:
     ``sock`` is anything with ``getsockopt`` (a ``socket.socket``, the
     ``TransportSocket`` asyncio hands out). Returns None when loopwarden
     knows nothing of the connection (a port it does not protect, a
-    connection older than the tag); raises NotAnswering when loopwarden's
-    program does not answer; BadRecord when something else did.
+    connection older than the tag, one whose origin was pushed out while
+    more connections were open than ``[provenance] connections`` keeps):
+    treat that as untrusted. Raises NotAnswering when loopwarden's program
+    does not answer; BadRecord when something else did.
     """
     try:
         # Room for fields later versions append; the answer is as long as
@@ -260,7 +271,7 @@ def origin(sock: Any) -> Optional[Origin]:
         data = sock.getsockopt(SOL_LOOPWARDEN, LW_ORIGIN, _BUFFER)
     except OSError as e:
         if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-            raise NotAnswering(e.errno, NotAnswering.__doc__.split("\n", 1)[0]) from e
+            raise NotAnswering(e.errno, _NOT_ANSWERING) from e
         raise
     return decode(data)
 

@@ -2,11 +2,14 @@
 against a fake query socket. Run: python3 -m unittest test_loopwarden
 (from contrib/python); tests/tests/client.rs runs them too."""
 
+import errno
 import ipaddress
 import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import unittest
@@ -67,6 +70,40 @@ class Decode(unittest.TestCase):
         ]:
             with self.assertRaisesRegex(loopwarden.BadRecord, text):
                 loopwarden.decode(bad)
+
+
+class NotAnsweringSocket:
+    """A socket on which nothing answers SOL_LOOPWARDEN."""
+
+    def getsockopt(self, *args):
+        raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
+
+
+class Origin(unittest.TestCase):
+    def test_not_answering(self):
+        with self.assertRaisesRegex(loopwarden.NotAnswering, "Nothing answers SOL_LOOPWARDEN"):
+            loopwarden.origin(NotAnsweringSocket())
+
+    def test_not_answering_without_docstrings(self):
+        # python -OO drops docstrings: the error must not need them.
+        script = (
+            "import errno, loopwarden, test_loopwarden\n"
+            "try:\n"
+            "    loopwarden.origin(test_loopwarden.NotAnsweringSocket())\n"
+            "except loopwarden.NotAnswering as e:\n"
+            "    assert e.errno == errno.ENOPROTOOPT, e\n"
+            "    print('not answering:', e)\n"
+        )
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(
+            [sys.executable, "-B", "-OO", "-c", script],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("not answering: ", out.stdout)
 
 
 class Query(unittest.TestCase):

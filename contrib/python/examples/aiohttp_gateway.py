@@ -83,7 +83,7 @@ async def loopwarden_middleware(request: web.Request, handler):
     try:
         origin = loopwarden.origin(sock)
     except loopwarden.NotAnswering:
-        if request.app[NOT_ANSWERING] == "pass":
+        if request.app.get(NOT_ANSWERING, "refuse") == "pass":
             return await handler(request)
         return _error(
             503,
@@ -96,7 +96,7 @@ async def loopwarden_middleware(request: web.Request, handler):
     except (OSError, loopwarden.BadRecord) as e:
         return _error(503, "loopwarden_error", f"reading the request's origin failed: {e}")
     if origin is None:
-        if request.app[UNKNOWN] == "pass":
+        if request.app.get(UNKNOWN, "refuse") == "pass":
             return await handler(request)
         return _error(
             403,

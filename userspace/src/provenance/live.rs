@@ -15,10 +15,10 @@
 //! A namespace no process is in and no `/run/netns` file names is gone,
 //! and its connections with it. Where the check cannot be made (a
 //! sock_diag error such as a kernel without `tcp_diag`, a namespace that
-//! cannot be entered) the connection is taken as closed too: the daemon
-//! answers "unknown" rather than risk naming a closed connection's origin,
-//! and a warning says so, once per namespace. `getsockopt` does not depend
-//! on it.
+//! cannot be entered) the daemon names none of its connections rather than
+//! risk naming a closed connection's origin (`who` answers `unavailable`,
+//! `conns` leaves them out, ident `UNKNOWN-ERROR`), and a warning says so,
+//! once per namespace. `getsockopt` does not depend on it.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
