@@ -114,9 +114,14 @@ impl DaemonError {
             ) => exit::NO_PERMISSION,
             // The kernel refusing a program is a helper, program type or
             // verifier limit it lacks: a restart would be refused the same way.
-            DaemonError::Compat(_)
-            | DaemonError::Btf(_)
-            | DaemonError::Loader(LoaderError::Verify { .. }) => exit::UNSUPPORTED,
+            DaemonError::Compat(_) | DaemonError::Btf(_) => exit::UNSUPPORTED,
+            DaemonError::Loader(LoaderError::Verify { error, .. }) => {
+                match Cause::of_refusal(error) {
+                    Cause::Kernel => exit::UNSUPPORTED,
+                    Cause::Privilege => exit::NO_PERMISSION,
+                    Cause::Memory => exit::FAILURE,
+                }
+            }
             // A load or attach the kernel refused: by its errno, a feature
             // it lacks (as above), a privilege, or memory (a restart may do).
             DaemonError::Loader(

@@ -188,9 +188,7 @@ impl Programs {
             }
             // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
             // the link is created and pinned with our own bpf(2) calls.
-            let prog_fd = prog
-                .fd()
-                .map_err(|source| LoaderError::Verify { name, source })?;
+            let prog_fd = prog.fd().map_err(LoaderError::verify(name))?;
             let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), sys::ATTACH_GETSOCKOPT)
                 .map_err(|e| LoaderError::AttachRaw {
                     name,
@@ -338,9 +336,7 @@ fn update_link(
         source,
     };
     let link = sys::obj_get(pin).map_err(update)?;
-    let (prog_fd, want) = prog
-        .fd_and_id()
-        .map_err(|source| LoaderError::Verify { name, source })?;
+    let (prog_fd, want) = prog.fd_and_id().map_err(LoaderError::verify(name))?;
     match sys::link_update(link.as_fd(), prog_fd.as_fd(), None) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {

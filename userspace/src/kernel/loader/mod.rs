@@ -131,7 +131,7 @@ impl Programs {
         let name = programs::GETSOCKOPT;
         typed::<CgroupSockopt>(&mut programs.ebpf, name)?
             .load()
-            .map_err(|source| LoaderError::Verify { name, source })?;
+            .map_err(LoaderError::verify(name))?;
         programs.staged = staged;
         Ok(programs)
     }
@@ -149,7 +149,7 @@ impl Programs {
         let (name, tracepoint) = BASELINE_TRACKER;
         typed::<BtfTracePoint>(&mut programs.ebpf, name)?
             .load(tracepoint, &btf)
-            .map_err(|source| LoaderError::Verify { name, source })?;
+            .map_err(LoaderError::verify(name))?;
         Ok(programs)
     }
 
@@ -198,7 +198,7 @@ impl Programs {
         for &(name, tracepoint) in programs::TRACKERS {
             let prog = typed::<BtfTracePoint>(&mut self.ebpf, name)?;
             prog.load(tracepoint, &btf)
-                .map_err(|source| LoaderError::Verify { name, source })?;
+                .map_err(LoaderError::verify(name))?;
         }
         drop(btf);
         crate::heap::release();
@@ -220,9 +220,7 @@ fn verify_concurrently(ebpf: &mut Ebpf, names: &'static [&'static str]) -> Resul
     for (found, prog) in ebpf.programs_mut() {
         if let Some(i) = names.iter().position(|&name| name == found) {
             let name = names[i];
-            let prog = prog
-                .try_into()
-                .map_err(|source| LoaderError::Verify { name, source })?;
+            let prog = prog.try_into().map_err(LoaderError::verify(name))?;
             progs[i] = Some(prog);
         }
     }
@@ -260,7 +258,7 @@ fn verify_concurrently(ebpf: &mut Ebpf, names: &'static [&'static str]) -> Resul
         match result {
             Ok(Some(count)) => tracing::debug!("{name}: verified after {count} instructions"),
             Ok(None) => {}
-            Err(source) => return Err(LoaderError::Verify { name, source }),
+            Err(error) => return Err(LoaderError::verify(name)(error)),
         }
     }
     Ok(())
@@ -288,5 +286,5 @@ where
     ebpf.program_mut(name)
         .ok_or(LoaderError::MissingProgram { name })?
         .try_into()
-        .map_err(|source| LoaderError::Verify { name, source })
+        .map_err(LoaderError::verify(name))
 }
