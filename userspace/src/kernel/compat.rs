@@ -126,12 +126,16 @@ pub enum CompatError {
     },
 }
 
-/// Runs every check, in order: capabilities, the host's pid namespace,
-/// cgroup v2, BTF, kernel version.
+/// Runs every check, in order: kernel version (first: a kernel older than
+/// 5.8 has no `CAP_BPF` or `CAP_PERFMON`, and a root process there would be
+/// told it lacks them), capabilities, the host's pid namespace, cgroup v2,
+/// BTF.
 /// With `host_cgroup_root` (`--host-cgroup-root`), the cgroup v2 root is
 /// that path, checked by [`host_cgroup::use_host_root`], in whatever cgroup
 /// namespace this process runs.
 pub fn check_host(host_cgroup_root: Option<&Path>) -> Result<Host, CompatError> {
+    let kernel_release = kernel_release().map_err(|source| CompatError::Uname { source })?;
+    require_kernel(&kernel_release)?;
     require_capabilities()?;
     if in_child_pid_namespace() {
         return Err(CompatError::PidNamespace);
@@ -142,8 +146,6 @@ pub fn check_host(host_cgroup_root: Option<&Path>) -> Result<Host, CompatError> 
     };
     let btf_path = PathBuf::from(VMLINUX_BTF);
     require_btf(&btf_path)?;
-    let kernel_release = kernel_release().map_err(|source| CompatError::Uname { source })?;
-    require_kernel(&kernel_release)?;
     Ok(Host {
         cgroup2_root,
         btf_path,
@@ -303,7 +305,7 @@ fn require_btf(path: &Path) -> Result<(), CompatError> {
     }
 }
 
-fn require_kernel(release: &str) -> Result<(), CompatError> {
+pub fn require_kernel(release: &str) -> Result<(), CompatError> {
     let version = parse_kernel_version(release).ok_or_else(|| CompatError::UnknownRelease {
         release: release.to_owned(),
     })?;

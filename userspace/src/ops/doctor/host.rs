@@ -56,16 +56,35 @@ pub(super) fn capabilities() -> Check {
     }
 }
 
+/// Required: the daemon refuses a kernel older than
+/// [`compat::MIN_KERNEL`] (there, missing capabilities above may only mean
+/// that the kernel predates them: `CAP_BPF` and `CAP_PERFMON` came in 5.8).
 pub(super) fn kernel_release() -> Check {
-    match compat::kernel_release() {
-        Ok(release) => Check::ok(
+    let release = match compat::kernel_release() {
+        Ok(release) => release,
+        Err(e) => return Check::bad("kernel", true, format!("uname failed: {e}"), "none known"),
+    };
+    match compat::require_kernel(&release) {
+        Ok(()) => Check::ok(
             "kernel",
-            false,
+            true,
             format!(
-                "{release} (for the record: the checks below probe, they do not go by version)"
+                "{release} (the daemon needs {}.{} or later; the checks below probe, they do \
+                 not go by version)",
+                compat::MIN_KERNEL.0,
+                compat::MIN_KERNEL.1
             ),
         ),
-        Err(e) => Check::bad("kernel", false, format!("uname failed: {e}"), "none needed"),
+        Err(e) => Check::bad(
+            "kernel",
+            true,
+            error_chain(&e),
+            format!(
+                "boot Linux {}.{} or later (a distribution's newer kernel package)",
+                compat::MIN_KERNEL.0,
+                compat::MIN_KERNEL.1
+            ),
+        ),
     }
 }
 
