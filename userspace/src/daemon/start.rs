@@ -129,15 +129,17 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         Ok((config, policy)) => (Some(config), Some(policy)),
         Err(e) if state == PinState::Compatible => {
             error!(
-                "{e}; the policy pinned by the previous daemon stays in force until a reload \
-                 (SIGHUP) reads a valid file"
+                "{}; the policy pinned by the previous daemon stays in force until a reload \
+                 (SIGHUP) reads a valid file",
+                crate::error_chain(&e)
             );
             (None, None)
         }
         Err(e) if matches!(state, PinState::Incompatible { .. }) => {
             error!(
-                "{e}; the previously pinned programs keep enforcing their policy, unreported, \
-                 until a daemon starts with a valid file (or `loopwarden detach`)"
+                "{}; the previously pinned programs keep enforcing their policy, unreported, \
+                 until a daemon starts with a valid file (or `loopwarden detach`)",
+                crate::error_chain(&e)
             );
             return Err(e);
         }
@@ -172,7 +174,10 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let logger = match aya_log::EbpfLogger::init(&mut programs.ebpf) {
         Ok(logger) => Some(watch(logger, "watching the kernel log buffer")?),
         Err(e) => {
-            warn!("kernel program diagnostics unavailable: {e}");
+            warn!(
+                "kernel program diagnostics unavailable: {}",
+                crate::error_chain(&e)
+            );
             None
         }
     };

@@ -205,7 +205,9 @@ impl CompiledPolicy {
     /// namespace made since.)
     pub fn reload_refusal(&self) -> Option<String> {
         (self.scoped() && self.netns.is_empty()).then(|| {
-            "none of the network namespaces [protect] netns names exists (see the warnings):              this policy would judge no connect anywhere; a reload keeps the running policy              (make the namespace first, or fix the name)"
+            "none of the network namespaces [protect] netns names exists (see the warnings): \
+             this policy would judge no connect anywhere; a reload keeps the running policy \
+             (make the namespace first, or fix the name)"
                 .to_owned()
         })
     }
