@@ -138,6 +138,15 @@ impl DaemonError {
             DaemonError::AlreadyRunning { .. } | DaemonError::Pins(PinError::Busy { .. }) => {
                 exit::ALREADY_RUNNING
             }
+            // A pin directory off bpffs is the operator's to fix (its
+            // `--pin-dir`), as is a mount this process may not make; a
+            // kernel without bpffs lacks a feature. None is for a restart.
+            DaemonError::Pins(PinError::NotBpffs { .. }) => exit::CONFIG,
+            DaemonError::Pins(e @ PinError::Mount { .. }) => match Cause::of(e) {
+                Cause::Privilege => exit::NO_PERMISSION,
+                Cause::Kernel => exit::UNSUPPORTED,
+                Cause::Memory => exit::FAILURE,
+            },
             _ => exit::FAILURE,
         }
     }
@@ -209,5 +218,39 @@ mod tests {
         assert_eq!(attach(libc::EINVAL).exit_code(), exit::UNSUPPORTED);
         assert_eq!(attach(libc::EPERM).exit_code(), exit::NO_PERMISSION);
         assert_eq!(attach(libc::ENOMEM).exit_code(), exit::FAILURE);
+    }
+
+    #[test]
+    fn bpffs_problems_exit_with_what_no_restart_mends() {
+        let mount = |errno| {
+            DaemonError::Pins(PinError::Mount {
+                source: io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert_eq!(mount(libc::EPERM).exit_code(), exit::NO_PERMISSION);
+        assert_eq!(mount(libc::ENODEV).exit_code(), exit::UNSUPPORTED);
+        let elsewhere = DaemonError::Pins(PinError::NotBpffs {
+            path: "/tmp/pins".into(),
+        });
+        assert_eq!(elsewhere.exit_code(), exit::CONFIG);
+    }
+
+    #[test]
+    fn a_refused_program_exits_by_what_its_errno_says() {
+        let refused = |errno, log: &str| {
+            DaemonError::Loader(LoaderError::Verify {
+                name: "lw_connect4",
+                error: ProgramError::LoadError {
+                    io_error: io::Error::from_raw_os_error(errno),
+                    verifier_log: aya_obj::VerifierLog::new(log.to_owned()),
+                },
+            })
+        };
+        let log = "R1 invalid mem access 'scalar'";
+        assert_eq!(refused(libc::EACCES, log).exit_code(), exit::UNSUPPORTED);
+        assert_eq!(refused(libc::EINVAL, log).exit_code(), exit::UNSUPPORTED);
+        assert_eq!(refused(libc::EPERM, "").exit_code(), exit::NO_PERMISSION);
+        assert_eq!(refused(libc::EACCES, "").exit_code(), exit::NO_PERMISSION);
+        assert_eq!(refused(libc::ENOMEM, log).exit_code(), exit::FAILURE);
     }
 }
