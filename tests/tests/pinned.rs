@@ -187,8 +187,9 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
     let mut first = Daemon::start_in(&install, &policy(&ns, "enforce", ""), &[]);
     first.kill9();
     // The next daemons find a file that does not parse, then one that
-    // parses but does not compile (more users than a policy holds): the
-    // pinned policy stays in force, and each keeps reporting.
+    // parses but does not compile (more users than a policy holds), with
+    // and without another capacity for the connections' map: the pinned
+    // policy stays in force, and each keeps reporting.
     let uids: Vec<String> = (1..=1025).map(|u| u.to_string()).collect();
     let too_large = format!(
         "mode = \"audit\"\ncatalog = false\n[protect]\nnetns = [\"{}\"]\n[[rule]]\nname = \"u\"\n\
@@ -204,7 +205,13 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
             format!("bogus = 1\n{}", policy(&ns, "enforce", "")),
             "bogus",
         ),
-        (too_large, "at most 1024 fit"),
+        (too_large.clone(), "at most 1024 fit"),
+        // The same, asking for another capacity of the pinned connections'
+        // map: nothing is resized, the pinned set adopted as it is.
+        (
+            format!("{too_large}[provenance]\nconnections = 4096\n"),
+            "at most 1024 fit",
+        ),
     ] {
         if let Some(mut before) = second.take() {
             before.kill9();

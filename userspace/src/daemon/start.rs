@@ -66,7 +66,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let read = source.read();
     // The capacity the config asks for; without a config, what is pinned
     // (adopted as it is) or the default.
-    let conns = match &read {
+    let mut conns = match &read {
         Ok(config) => config.provenance.connections,
         Err(_) => pins
             .max_entries(maps::CONNS)
@@ -79,7 +79,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let held = pins.exists().then(|| pins.lock()).transpose()?;
     // `--replace` replaces what is pinned; with nothing pinned it is a
     // first start (and no error may speak of a predecessor's enforcement).
-    let state = match pins.inspect(&shapes) {
+    let mut state = match pins.inspect(&shapes) {
         PinState::Absent => PinState::Absent,
         _ if opts.replace => PinState::Incompatible {
             why: "--replace was given".to_owned(),
@@ -127,7 +127,13 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     });
     let (config, policy) = match compiled {
         Ok((config, policy)) => (Some(config), Some(policy)),
-        Err(e) if state == PinState::Compatible => {
+        Err(e) if matches!(state, PinState::Compatible | PinState::Resized { .. }) => {
+            // A file that asks for another capacity and does not compile
+            // resizes nothing: the pinned set is adopted as it is.
+            if let PinState::Resized { map, pinned, .. } = state {
+                conns = lru::capacity(map, pinned);
+                state = PinState::Compatible;
+            }
             error!(
                 "{}; the policy pinned by the previous daemon stays in force until a reload \
                  (SIGHUP) reads a valid file",
