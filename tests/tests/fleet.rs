@@ -181,8 +181,7 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
 }
 
 /// The DaemonSet's liveness probe, as its manifest has it.
-const LIVENESS_PROBE: &str =
-    "loopwarden status >/dev/null && { loopwarden conns >/dev/null; [ $? -le 1 ]; }";
+const LIVENESS_PROBE: &str = "loopwarden status >/dev/null && { loopwarden who 127.0.0.1:1 127.0.0.1:1 >/dev/null; [ $? -le 1 ]; }";
 
 /// The liveness probe, run by `sh` with a `loopwarden` on its PATH that is
 /// this build pointed at `daemon`'s pins and run directory: its exit code.
@@ -194,7 +193,7 @@ fn run_liveness_probe(daemon: &Daemon, dir: &TempDir) -> Option<i32> {
         format!(
             "#!/bin/sh\ncase \"$1\" in\n\
              status) exec {bin} status --pin-dir {pins} ;;\n\
-             conns) exec {bin} conns --run-dir {run} ;;\n\
+             who) shift; exec {bin} who --run-dir {run} \"$@\" ;;\n\
              esac\nexit 64\n",
             bin = loopwarden_bin().display(),
             pins = install.pin_dir().display(),
@@ -215,10 +214,10 @@ fn run_liveness_probe(daemon: &Daemon, dir: &TempDir) -> Option<i32> {
     out.status.code()
 }
 
-/// The liveness probe passes a daemon that answers although no protected
-/// connection is open (`conns` exits 1: an answer), and fails once the
-/// daemon is gone while its enforcement stays pinned (`status` still 0,
-/// `conns` 2). A probe that took exit 1 for a failure restarted every
+/// The liveness probe passes a daemon that answers although the
+/// connection it asks about is not open (`who` exits 1: an answer), and
+/// fails once the daemon is gone while its enforcement stays pinned
+/// (`status` still 0, `who` 2). A probe that took exit 1 for a failure restarted every
 /// idle node's pod.
 #[test]
 fn the_daemonsets_liveness_probe_passes_an_idle_daemon_and_fails_a_gone_one() {
@@ -234,7 +233,7 @@ fn the_daemonsets_liveness_probe_passes_an_idle_daemon_and_fails_a_gone_one() {
 /// daemon relies on: hostPID, the host root passed through the variable
 /// loopwarden reads, the host's cgroup and bpffs mounted, the ConfigMap's
 /// policy where `--config` looks and accepted by `check-config`, JSON lines,
-/// a `status` and `conns` liveness probe, tolerations for every node, and the
+/// a `status` and `who` liveness probe, tolerations for every node, and the
 /// capabilities the systemd unit bounds it to.
 #[test]
 fn the_daemonset_manifest_holds_what_the_daemon_needs() {

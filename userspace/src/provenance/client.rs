@@ -102,7 +102,7 @@ pub fn parse_netns(s: &str) -> Result<u32, String> {
 /// What a command prints (on stdout; `note` on stderr) and its exit code.
 pub struct Printed {
     pub text: String,
-    pub note: Option<&'static str>,
+    pub note: Option<String>,
     pub code: u8,
 }
 
@@ -180,6 +180,7 @@ pub fn who(
             });
         }
         (peer, None) => all_conns(run_dir, netns)?
+            .0
             .into_iter()
             .filter(|o| client_of(o).is_some_and(|c| peer.matches(c)))
             .collect::<Vec<_>>(),
@@ -204,7 +205,7 @@ pub fn who(
 
 /// `loopwarden conns`: every open protected connection the caller may see.
 pub fn conns(run_dir: &Path, json: bool) -> Result<Printed, ClientError> {
-    let origins = all_conns(run_dir, None)?;
+    let (origins, more) = all_conns(run_dir, None)?;
     let text = if json {
         format!("{:#}\n", Value::Array(origins.clone()))
     } else if origins.is_empty() {
@@ -215,22 +216,33 @@ pub fn conns(run_dir: &Path, json: bool) -> Result<Printed, ClientError> {
     if origins.is_empty() {
         return Ok(Printed {
             text,
-            note: Some("no protected connection (that you may see) is open"),
+            note: Some("no protected connection (that you may see) is open".to_owned()),
             code: exit::NONE,
         });
     }
-    Ok(found(text))
+    Ok(Printed {
+        note: (more > 0).then(|| {
+            format!(
+                "{more} older connections are not listed (the daemon lists the newest {})",
+                origins.len()
+            )
+        }),
+        ..found(text)
+    })
 }
 
-fn all_conns(run_dir: &Path, netns: Option<u32>) -> Result<Vec<Value>, ClientError> {
+/// The connections the daemon lists, and how many older ones it left out.
+fn all_conns(run_dir: &Path, netns: Option<u32>) -> Result<(Vec<Value>, u64), ClientError> {
     let mut request = json!({"op": "conns"});
     if let Some(netns) = netns {
         request["netns"] = netns.into();
     }
-    let conns = payload(ask(run_dir, &request)?, "conns")?;
+    let mut answer = ask(run_dir, &request)?;
+    let more = answer["more"].as_u64().unwrap_or(0);
+    let conns = payload(answer.take(), "conns")?;
     Ok(match conns {
-        Some(Value::Array(conns)) => conns,
-        _ => Vec::new(),
+        Some(Value::Array(conns)) => (conns, more),
+        _ => (Vec::new(), more),
     })
 }
 
@@ -245,7 +257,9 @@ fn found(text: String) -> Printed {
 fn none() -> Printed {
     Printed {
         text: String::new(),
-        note: Some("unknown: no such protected connection is open (or it is not yours to see)"),
+        note: Some(
+            "unknown: no such protected connection is open (or it is not yours to see)".to_owned(),
+        ),
         code: exit::NONE,
     }
 }

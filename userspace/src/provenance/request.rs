@@ -14,6 +14,11 @@ use crate::events::{Enricher, SharedRules};
 
 /// Protocol version in every answer (`"v"`).
 pub const VERSION: u8 = 1;
+/// The most connections a `conns` answer lists: the newest, with the
+/// number of older ones left out (`"more"`). Each takes up to some 6 KiB
+/// of command line, executable path and the rest, so an answer stays
+/// within some 25 MiB however many connections a user keeps open.
+pub const MAX_LISTED: usize = 4096;
 
 /// Why a request got no origin (`"error"` of an answer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -48,6 +53,10 @@ pub struct Reply {
     origin: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     conns: Option<Vec<Value>>,
+    /// How many older connections a `conns` answer leaves out (past
+    /// [`MAX_LISTED`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    more: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorCode>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +71,7 @@ impl Reply {
             id,
             origin: None,
             conns: None,
+            more: None,
             error: Some(code),
             message: Some(message.into()),
         }
@@ -74,6 +84,7 @@ impl Reply {
             id,
             origin: None,
             conns: None,
+            more: None,
             error: None,
             message: None,
         }
@@ -89,6 +100,13 @@ impl Reply {
         line.push(b'\n');
         line
     }
+}
+
+/// The last `max` of `sorted` (oldest first), and how many are left out
+/// before them.
+fn newest<T>(sorted: &[T], max: usize) -> (&[T], usize) {
+    let older = sorted.len().saturating_sub(max);
+    (&sorted[older..], older)
 }
 
 /// Who asks, from the socket's `SO_PEERCRED`.
@@ -240,8 +258,10 @@ impl Request {
                 let mut records: Vec<OriginRecord> =
                     conns.list(|r| caller.may_see(r) && (every || Some(r.conn.netns) == netns));
                 records.sort_by_key(|r| r.established_ns);
+                let (listed, older) = newest(&records, MAX_LISTED);
                 let mut reply = Reply::ok(id);
-                reply.conns = Some(records.iter().map(|r| origin(r, &mut enricher)).collect());
+                reply.conns = Some(listed.iter().map(|r| origin(r, &mut enricher)).collect());
+                reply.more = (older > 0).then_some(older);
                 return reply;
             }
             // One root names must hold it.
@@ -292,6 +312,21 @@ mod tests {
     fn parse(line: &str) -> Result<Request, Value> {
         Request::parse(line.as_bytes())
             .map_err(|reply| serde_json::from_slice(&reply.line()).unwrap())
+    }
+
+    #[test]
+    fn conns_lists_the_newest_and_counts_the_rest() {
+        let established: Vec<u64> = (1..=10).collect();
+        assert_eq!(newest(&established, 4), (&established[6..], 6));
+        assert_eq!(newest(&established, 10), (&established[..], 0));
+        assert_eq!(newest(&established, 4096), (&established[..], 0));
+        let mut reply = Reply::ok(Some(Value::from(3)));
+        reply.conns = Some(Vec::new());
+        reply.more = Some(6);
+        let line: Value = serde_json::from_slice(&reply.line()).unwrap();
+        assert_eq!(line["more"], 6, "{line}");
+        let none: Value = serde_json::from_slice(&Reply::ok(None).line()).unwrap();
+        assert!(none.get("more").is_none(), "{none}");
     }
 
     #[test]
