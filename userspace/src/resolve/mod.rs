@@ -54,6 +54,14 @@ const EXTRA_DIRS: &[&str] = &["/root/.cargo/bin"];
 const OPT_DIR: &str = "/opt";
 /// Deepest level below the cgroup root a bare unit name is searched at.
 const UNIT_SEARCH_DEPTH: u32 = 6;
+/// Most cgroup directories a bare unit name's search reads. The daemon
+/// resolves names again every second on its event loop, and a unit not
+/// running makes the search read every cgroup down to
+/// [`UNIT_SEARCH_DEPTH`]: with no bound, a user creating directories in a
+/// delegated subtree (`user@UID.service`) would slow every second of it.
+/// A host's own tree (a Kubernetes node's pods and containers included)
+/// stays well below.
+const UNIT_SEARCH_DIRS: usize = 8192;
 
 /// Resolves names against this host.
 #[derive(Clone, Debug)]
@@ -162,12 +170,24 @@ impl HostResolver {
         let mut found: Vec<PathBuf> = Vec::new();
         let mut found_level = 0;
         let mut queue = VecDeque::from([(self.cgroup_root.clone(), 0u32)]);
+        let mut read = 0;
         while let Some((dir, level)) = queue.pop_front() {
             // Breadth first: past the level of the first match, no other
             // is as shallow.
             if !found.is_empty() && level >= found_level {
                 break;
             }
+            if read == UNIT_SEARCH_DIRS {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "cgroup {unit} not found in the {UNIT_SEARCH_DIRS} cgroups nearest to {} \
+                         (the search stops there): name it by its path below the root",
+                        self.cgroup_root.display()
+                    ),
+                ));
+            }
+            read += 1;
             // Unreadable directories are skipped: the unit may be elsewhere.
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -678,6 +698,25 @@ mod tests {
             r.cgroup("system.slice/../..").unwrap_err().kind(),
             io::ErrorKind::InvalidInput
         );
+    }
+
+    #[test]
+    fn unit_search_reads_a_bounded_number_of_cgroups() {
+        let tmp = TempDir::new("wide");
+        // A user's delegated subtree full of directories, and a unit one
+        // level deeper than all of them.
+        let many = tmp.0.join("user.slice/user@1000.service");
+        for i in 0..UNIT_SEARCH_DIRS {
+            fs::create_dir_all(many.join(format!("d{i}"))).unwrap();
+        }
+        fs::create_dir_all(tmp.0.join("system.slice/a/b/deep.service")).unwrap();
+        let r = HostResolver::new(tmp.0.clone());
+        let err = r.cgroup("deep.service").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("name it by its path"), "{err}");
+        // Named by its path, it is found; so is a unit above the crowd.
+        assert_eq!(r.cgroup("system.slice/a/b/deep.service").unwrap().level, 4);
+        assert_eq!(r.cgroup("b").unwrap().level, 3);
     }
 
     #[test]
