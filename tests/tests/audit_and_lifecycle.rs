@@ -47,6 +47,50 @@ fn mode_flag_overrides_the_file_and_human_lines_read_well() {
     daemon.wait_event("would-deny", |e| e["verdict"] == "would-deny");
 }
 
+/// The soft limit of open files a process starts with (often 1,024) is
+/// raised to the hard one: a sweep holds a socket in every network
+/// namespace it looks in. Control: the daemon starts with a soft limit
+/// below the hard one (this process's, lowered for the start).
+#[test]
+fn the_daemon_raises_its_open_files_limit_to_the_hard_one() {
+    let ns = Netns::new();
+    let mut ours = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours) },
+        0
+    );
+    let lowered = libc::rlimit {
+        rlim_cur: ours.rlim_max.min(1024) / 2,
+        rlim_max: ours.rlim_max,
+    };
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+    let daemon = Daemon::start(&policy(&ns, "audit", ""));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &ours) }, 0);
+    let pid = daemon.pid().expect("the daemon's pid");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("its limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let hard = if ours.rlim_max == libc::RLIM_INFINITY {
+        "unlimited".to_owned()
+    } else {
+        ours.rlim_max.to_string()
+    };
+    assert_eq!(
+        (fields[3], fields[4]),
+        (hard.as_str(), hard.as_str()),
+        "{line} (started with a soft limit of {})",
+        lowered.rlim_cur
+    );
+}
+
 #[test]
 fn a_second_instance_refuses_to_start() {
     let ns = Netns::new();

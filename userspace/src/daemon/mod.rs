@@ -187,12 +187,43 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     // Handlers first: a signal during start-up is acted on once ready,
     // instead of killing the process with its default action.
     let signals = Signals::install()?;
+    raise_open_files_limit();
     let mut running = start::start(&opts, started)?;
     // Removed before `running` lets the locks go (locals drop in reverse).
     let _query = running.query_socket(&opts.run_dir);
     let _metrics = running.metrics(&opts.run_dir, started);
     notify_systemd_ready();
     running.serve(signals).await
+}
+
+/// Raises the soft limit of open files to the hard one. A sweep holds a
+/// socket-diagnostics socket in every network namespace it looks in, and
+/// the query, ident and metrics listeners one a client: the soft limit's
+/// usual default, 1,024 (kept low for `select(2)`, which this process does
+/// not use), would fail them, and everything else the daemon opens with
+/// them, on a host with a thousand namespaces. Best effort: the limit
+/// stays as it was if it cannot be raised.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur >= limit.rlim_max
+    {
+        return;
+    }
+    let was = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        tracing::warn!(
+            "raising the open files limit from {was} to {} failed: {}",
+            limit.rlim_max,
+            io::Error::last_os_error()
+        );
+    }
 }
 
 #[cfg(test)]
