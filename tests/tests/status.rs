@@ -327,6 +327,7 @@ fn doctor_passes_on_this_host_and_json_parses() {
     let checks = report["checks"].as_array().expect("checks");
     for name in [
         "capabilities",
+        "kernel",
         "cgroup v2",
         "cgroup namespace",
         "pid namespace",
@@ -336,6 +337,7 @@ fn doctor_passes_on_this_host_and_json_parses() {
         "connect hooks",
         "helpers",
         "map types",
+        "programs",
         "link update",
     ] {
         let check = checks

@@ -126,14 +126,39 @@ impl Programs {
                 (name, dir.join(name))
             })
             .collect();
-        let mut programs = Self::load_only(&paths, offsets, ENFORCER, conns)?;
+        let mut programs = Self::load_all(&paths, offsets, conns)?;
+        programs.staged = staged;
+        Ok(programs)
+    }
+
+    /// Loads every program the daemon runs, its maps created and pinned
+    /// nowhere, and attaches nothing: what `loopwarden doctor` proves the
+    /// verifier takes.
+    pub fn load_unpinned(offsets: &KernelOffsets) -> Result<Self, LoaderError> {
+        Self::load_all(&[], offsets, loopwarden_common::MAX_CONNS)
+    }
+
+    /// The enforcing programs, the tracking programs and getsockopt.
+    fn load_all(
+        pinned: &[(&'static str, std::path::PathBuf)],
+        offsets: &KernelOffsets,
+        conns: u32,
+    ) -> Result<Self, LoaderError> {
+        let mut programs = Self::load_only(pinned, offsets, ENFORCER, conns)?;
         programs.load_trackers()?;
         let name = programs::GETSOCKOPT;
         typed::<CgroupSockopt>(&mut programs.ebpf, name)?
             .load()
             .map_err(LoaderError::verify(name))?;
-        programs.staged = staged;
         Ok(programs)
+    }
+
+    /// How many programs are loaded.
+    pub fn loaded(&self) -> usize {
+        self.ebpf
+            .programs()
+            .filter(|(_, prog)| prog.fd().is_ok())
+            .count()
     }
 
     /// Loads only the no-op baseline programs (see `ebpf/src/baseline.rs`):

@@ -25,7 +25,9 @@ use self::{
     host::{
         bpffs, btf, capabilities, cgroup_namespace, cgroup2, kernel_release, pid_namespace, root,
     },
-    probes::{connect_programs, helpers, link_update, map_types, program_type, sock_destroy},
+    probes::{
+        connect_programs, helpers, link_update, map_types, program_type, programs, sock_destroy,
+    },
     security::{lockdown, route_localnet, unprivileged_bpf},
 };
 use crate::kernel::{compat, host_cgroup};
@@ -168,6 +170,7 @@ pub fn run(host_cgroup_root: Option<&Path>) -> Report {
         ("connect hooks", true, Box::new(connect_programs)),
         ("helpers", true, Box::new(helpers)),
         ("map types", true, Box::new(map_types)),
+        ("programs", true, Box::new(programs)),
         (
             "link update",
             true,

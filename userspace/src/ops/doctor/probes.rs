@@ -21,6 +21,8 @@ use super::Check;
 use crate::{
     error_chain,
     kernel::{
+        btf::{self, VMLINUX_BTF},
+        loader::Programs,
         sock_diag::{self, SockDiag, state},
         sys::{self, Insn},
     },
@@ -41,6 +43,33 @@ pub(super) fn program_type() -> Check {
             true,
             format!("probe failed: {}", error_chain(&e)),
             "run as root; see the capabilities and lockdown lines",
+        ),
+    }
+}
+
+/// The daemon's own programs, every one of them (the connect, recvmsg and
+/// bind hooks, getsockopt, the tracking programs), loaded with this
+/// kernel's offsets and verified, nothing attached: the probe that
+/// answers for all the program types, attach types and helpers they use.
+pub(super) fn programs() -> Check {
+    const NAME: &str = "programs";
+    let loaded = btf::kernel_offsets(Path::new(VMLINUX_BTF))
+        .map_err(|e| error_chain(&e))
+        .and_then(|offsets| Programs::load_unpinned(&offsets).map_err(|e| error_chain(&e)));
+    match loaded {
+        Ok(programs) => Check::ok(
+            NAME,
+            true,
+            format!(
+                "all {} of the daemon's programs load and pass the verifier (nothing attached)",
+                programs.loaded()
+            ),
+        ),
+        Err(e) => Check::bad(
+            NAME,
+            true,
+            e,
+            "see the lines above; a kernel the daemon supports loads them all",
         ),
     }
 }
@@ -82,7 +111,8 @@ pub(super) fn connect_programs() -> Check {
     )
 }
 
-/// Every helper the programs call (see ebpf/src).
+/// The helpers the connect hooks call, probed for `cgroup/connect4` (the
+/// "programs" check loads every program, whatever it calls).
 const HELPERS: [(&str, BpfHelper); 13] = [
     ("set_retval", BpfHelper::BPF_FUNC_set_retval),
     (
@@ -127,7 +157,7 @@ pub(super) fn helpers() -> Check {
             NAME,
             true,
             format!(
-                "all {} helpers the programs call are available to cgroup/connect4",
+                "all {} helpers the connect hooks call are available to cgroup/connect4",
                 HELPERS.len()
             ),
         )
