@@ -1,12 +1,12 @@
 //! Audit records and lines from made-up kernel events and cuts.
 
-use std::{collections::HashMap, fs, path::PathBuf, time::Instant};
+use std::{fs, path::PathBuf, time::Instant};
 
 use loopwarden_common::{Addr, Evidence, NO_RULE, evidence};
 
 use super::{
     proc::{CMDLINE_MAX, clock_ticks, proc_cmdline, same_process, started_by, starttime_ticks},
-    users::{USER_CACHE_MAX, USER_MISSING_TTL, USER_NAME_TTL, UserNames},
+    users::{USER_CACHE_MAX, USER_LOOKUPS_PER_SECOND, USER_MISSING_TTL, USER_NAME_TTL, UserNames},
     *,
 };
 use crate::{
@@ -385,10 +385,7 @@ static LATE_USER_EXISTS: std::sync::atomic::AtomicBool = std::sync::atomic::Atom
 #[test]
 fn a_missing_user_is_asked_for_again_and_names_expire() {
     use std::sync::atomic::Ordering;
-    let mut users = UserNames {
-        lookup: late_user,
-        cache: HashMap::new(),
-    };
+    let mut users = UserNames::with_lookup(late_user);
     let t0 = Instant::now();
     assert_eq!(users.name(1000, t0), None);
     LATE_USER_EXISTS.store(true, Ordering::SeqCst);
@@ -406,18 +403,37 @@ fn a_missing_user_is_asked_for_again_and_names_expire() {
 
 #[test]
 fn the_user_cache_stays_bounded() {
-    let mut users = UserNames {
-        lookup: |_| Ok(None),
-        cache: HashMap::new(),
-    };
+    let mut users = UserNames::with_lookup(|_| Ok(None));
     let t0 = Instant::now();
     for uid in 0..USER_CACHE_MAX as u32 {
-        users.name(uid, t0);
+        users.cache.insert(uid, (None, t0 + USER_MISSING_TTL));
     }
-    assert_eq!(users.cache.len(), USER_CACHE_MAX);
     // Nothing expired yet: the cache starts over.
     users.name(u32::MAX, t0);
     assert_eq!(users.cache.len(), 1);
+}
+
+/// However many uids turn up at once, NSS is asked about at most
+/// [`USER_LOOKUPS_PER_SECOND`] of them a second; the rest are asked about
+/// in the seconds after, and a name found before still shows meanwhile.
+#[test]
+fn nss_is_asked_a_bounded_number_of_times_a_second() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static ASKED: AtomicU32 = AtomicU32::new(0);
+    let mut users = UserNames::with_lookup(|uid| {
+        ASKED.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(format!("u{uid}")))
+    });
+    let t0 = Instant::now();
+    for uid in 0..1000 {
+        users.name(uid, t0);
+    }
+    assert_eq!(ASKED.load(Ordering::SeqCst), USER_LOOKUPS_PER_SECOND);
+    assert_eq!(users.name(0, t0), Some("u0"));
+    assert_eq!(users.name(999, t0), None);
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(users.name(999, t1), Some("u999"));
+    assert_eq!(ASKED.load(Ordering::SeqCst), USER_LOOKUPS_PER_SECOND + 1);
 }
 
 #[test]

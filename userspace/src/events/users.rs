@@ -14,25 +14,41 @@ pub(super) const USER_MISSING_TTL: Duration = Duration::from_secs(5);
 /// Past this many cached uids, expired entries are dropped (all of them, if
 /// none has expired): the cache stays small however many uids connect.
 pub(super) const USER_CACHE_MAX: usize = 4096;
+/// Most NSS lookups a second. Past them a line goes without its user's
+/// name (or with the one found before) until the next second: uids without
+/// end (the 65,536 of a user namespace) cost the event loop a bounded time
+/// a second, however slow the directory service.
+pub(super) const USER_LOOKUPS_PER_SECOND: u32 = 64;
 /// User names by uid, from NSS, cached for a while (see the module
-/// documentation): one lookup per uid per minute at most, so a slow
-/// directory service costs the event loop little.
+/// documentation): one lookup per uid per minute at most, and
+/// [`USER_LOOKUPS_PER_SECOND`] in all, so a slow directory service costs
+/// the event loop little.
 pub(super) struct UserNames {
     pub(super) lookup: fn(u32) -> std::io::Result<Option<String>>,
     /// The name (`None`: none, or the lookup failed) and when to ask again.
     pub(super) cache: HashMap<u32, (Option<String>, Instant)>,
+    /// Lookups left in the second that began at `second`.
+    left: u32,
+    second: Option<Instant>,
 }
 
 impl Default for UserNames {
     fn default() -> Self {
-        Self {
-            lookup: crate::resolve::user_name,
-            cache: HashMap::new(),
-        }
+        Self::with_lookup(crate::resolve::user_name)
     }
 }
 
 impl UserNames {
+    /// Names from `lookup` instead of NSS.
+    pub(super) fn with_lookup(lookup: fn(u32) -> std::io::Result<Option<String>>) -> Self {
+        Self {
+            lookup,
+            cache: HashMap::new(),
+            left: 0,
+            second: None,
+        }
+    }
+
     /// The name of `uid`, asking NSS when the cached answer has expired.
     #[cfg(test)]
     pub(super) fn name(&mut self, uid: u32, now: Instant) -> Option<&str> {
@@ -52,6 +68,17 @@ impl UserNames {
         {
             return;
         }
+        if self
+            .second
+            .is_none_or(|began| now.saturating_duration_since(began) >= Duration::from_secs(1))
+        {
+            self.second = Some(now);
+            self.left = USER_LOOKUPS_PER_SECOND;
+        }
+        if self.left == 0 {
+            return;
+        }
+        self.left -= 1;
         // A failed lookup shows no name and is retried like a missing one.
         let name = (self.lookup)(uid).ok().flatten();
         let ttl = if name.is_some() {
