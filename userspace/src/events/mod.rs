@@ -203,24 +203,32 @@ pub const EGRESS_PREFIX: &str = "egress:";
 /// Verdict of a record made by [`Enricher::cut`].
 pub const CUT: &str = "cut";
 
-/// The name of an [`loopwarden_common::evidence`] kind; `None` for none.
+/// The name of an [`loopwarden_common::evidence`] kind; `None` for none,
+/// `unknown` for a kind this build does not know (a program of another
+/// version wrote it): evidence all the same, never taken for none.
 pub fn evidence_name(kind: u8) -> Option<&'static str> {
     match kind {
+        evidence::NONE => None,
         evidence::LISTENING => Some("listening"),
         evidence::ACCEPTED => Some("accepted"),
         evidence::RECEIVED => Some("received"),
         evidence::CONNECTED => Some("connected"),
         evidence::STDIO => Some("stdio"),
-        _ => None,
+        _ => Some("unknown"),
     }
 }
 
+/// The name of a [`verdict`]; `unknown` for a value this build does not
+/// know (a program of another version wrote it), never `allow`: a client
+/// that takes `allow` without `via` for a direct client must not be told
+/// so of a record it cannot read.
 pub fn verdict_name(v: u8) -> &'static str {
     match v {
+        verdict::ALLOW => "allow",
         verdict::DENY => "deny",
         verdict::WOULD_DENY => "would-deny",
         verdict::AUDIT => "audit",
-        _ => "allow",
+        _ => "unknown",
     }
 }
 

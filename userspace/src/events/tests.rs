@@ -549,3 +549,17 @@ fn human_values_are_quoted_when_they_could_mislead() {
         );
     }
 }
+
+/// A verdict or evidence kind this build does not know (a program of
+/// another version wrote it) is named `unknown`: never `allow`, never no
+/// evidence, which together read as a direct client.
+#[test]
+fn values_of_another_version_are_unknown_never_direct() {
+    use loopwarden_common::{evidence, verdict};
+    assert_eq!(super::verdict_name(verdict::ALLOW), "allow");
+    assert_eq!(super::verdict_name(verdict::DENY), "deny");
+    assert_eq!(super::verdict_name(verdict::COUNT as u8), "unknown");
+    assert_eq!(super::evidence_name(evidence::NONE), None);
+    assert_eq!(super::evidence_name(evidence::STDIO), Some("stdio"));
+    assert_eq!(super::evidence_name(200), Some("unknown"));
+}
