@@ -435,6 +435,8 @@ fn an_address_that_cannot_be_bound_stops_the_start_before_anything_is_loaded() {
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!stderr.contains("ready:"), "{stderr}");
+    // The file's to fix (EX_CONFIG), which the unit does not restart on.
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
     // It stopped before loading anything: no program pinned, none attached.
     assert!(
         !install.pin_dir().exists(),

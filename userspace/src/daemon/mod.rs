@@ -46,11 +46,12 @@ use crate::{
     kernel::{
         btf::BtfError,
         compat::CompatError,
-        loader::{Cause, LoaderError},
+        loader::{Cause, LoaderError, errno_in},
         maps::MapsError,
         pins::PinError,
     },
     policy::{Mode, PolicyError},
+    provenance::ident::IdentStartError,
 };
 
 /// Default directory for the instance lock.
@@ -72,6 +73,10 @@ pub enum DaemonError {
     Maps(#[from] MapsError),
     #[error(transparent)]
     Pins(#[from] PinError),
+    /// The ident responder's `[ident] listen` addresses (or its `netns`)
+    /// could not be taken at start.
+    #[error("starting the ident responder failed")]
+    Ident(#[source] IdentStartError),
     #[error(
         "another loopwarden is already running (lock {path} is held{}); stop it first (a \
          daemon for other pins runs beside it with its own --run-dir and --pin-dir)",
@@ -142,6 +147,14 @@ impl DaemonError {
             // `--pin-dir`), as is a mount this process may not make; a
             // kernel without bpffs lacks a feature. None is for a restart.
             DaemonError::Pins(PinError::NotBpffs { .. }) => exit::CONFIG,
+            // An address of `[ident] listen` in use, or not this host's, or
+            // a `netns` that is not there: the file's to fix, not a
+            // restart's; a port below 1024 without the capability: the
+            // privileges'.
+            DaemonError::Ident(e) => match errno_in(e) {
+                Some(libc::EACCES | libc::EPERM) => exit::NO_PERMISSION,
+                _ => exit::CONFIG,
+            },
             DaemonError::Pins(e @ PinError::Mount { .. }) => match Cause::of(e) {
                 Cause::Privilege => exit::NO_PERMISSION,
                 Cause::Kernel => exit::UNSUPPORTED,

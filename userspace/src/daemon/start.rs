@@ -164,7 +164,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .filter(|c| !c.ident.listen.is_empty())
         .map(crate::provenance::ident::bind)
         .transpose()
-        .map_err(|e| io_err("starting the ident responder")(io::Error::other(e)))?;
+        .map_err(DaemonError::Ident)?;
 
     let pin_lock = pins.prepare(held)?;
     let undo = Undo {

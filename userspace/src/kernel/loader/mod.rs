@@ -26,7 +26,7 @@ use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
 
 pub use self::{
     attach::{GetsockoptChange, Pinned},
-    error::{Cause, LoaderError},
+    error::{Cause, LoaderError, errno_in},
 };
 use super::{
     lru,
