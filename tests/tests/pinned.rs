@@ -499,11 +499,28 @@ fn pin_array_map(path: &std::path::Path, name: &str) {
 }
 
 /// A replacement that fails part-way (here: the pinned getsockopt link
-/// cannot be updated) leaves the old programs judging with the maps they
-/// were given, and the old tracking programs still feeding those maps: a
-/// relay that starts listening after the failed start is refused.
+/// cannot be updated, before any enforcing link is switched) leaves the
+/// old programs judging with the maps they were given, and the old
+/// tracking programs still feeding those maps: a relay that starts
+/// listening after the failed start is refused.
 #[test]
 fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
+    replacement_failing_at("lw_getsockopt", 9011);
+}
+
+/// The same when it fails after switching some enforcing links (the
+/// connect and recvmsg links, then the bind link's update fails): those
+/// are switched back to the programs they ran, which judge with the maps
+/// the old trackers feed.
+#[test]
+fn a_replacement_that_fails_after_switching_links_switches_them_back() {
+    replacement_failing_at("lw_bind4", 9013);
+}
+
+/// A `--replace` start that fails at the link pinned as `link` (a map
+/// pinned in its place), then a relay started on `port` afterwards: only
+/// the old programs and trackers can refuse it.
+fn replacement_failing_at(link: &str, port: u16) {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let config = Policy::new(&topo.local, "enforce")
@@ -513,10 +530,11 @@ fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
     let install = Install::new();
     let mut first = Daemon::start_in(&install, &config, &[]);
     assert!(first.stop(), "the first daemon exits 0 on SIGTERM");
-    // Something that is no link where getsockopt's link is pinned.
-    let getsockopt = install.pin_dir().join("links/lw_getsockopt");
-    std::fs::remove_file(&getsockopt).expect("the getsockopt link's pin");
-    pin_array_map(&getsockopt, "lwt_no_link");
+    let connect_programs = prog_ids("lw_connect4");
+    // Something that is no link where that link is pinned.
+    let pin = install.pin_dir().join("links").join(link);
+    std::fs::remove_file(&pin).expect("the link's pin");
+    pin_array_map(&pin, "lwt_no_link");
     let out = run_failing_start(
         Command::new(loopwarden_bin())
             .args(["run", "--replace", "--config"])
@@ -525,7 +543,12 @@ fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the replacement started: {stderr}");
-    assert!(stderr.contains("lw_getsockopt"), "{stderr}");
+    assert!(stderr.contains(link), "{stderr}");
+    assert_eq!(
+        prog_ids("lw_connect4"),
+        connect_programs,
+        "the connect link runs another program after the failed start: {stderr}"
+    );
     let links = install.pin_dir().join("links");
     assert!(
         !links.join("lw_sock_state_new").exists(),
@@ -540,7 +563,6 @@ fn a_replacement_that_fails_midway_leaves_the_old_maps_fed() {
     assert!(staged.is_empty(), "the failed start left {staged:?}");
 
     // A relay started now: only the old trackers can give it evidence.
-    let port = 9011;
     let _socat = topo.local.spawn(
         "socat",
         &[

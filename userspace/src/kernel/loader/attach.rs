@@ -6,7 +6,7 @@
 use std::{
     fs::File,
     io,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -57,7 +57,11 @@ impl Programs {
         if self.tracking {
             self.attach_trackers(pins, beside)?;
         }
-        let taken = self.take_over(&cgroup, cgroup_root, pins, getsockopt, seed);
+        let mut undo = LinkUndo::default();
+        let taken = self.take_over(&cgroup, cgroup_root, pins, getsockopt, seed, &mut undo);
+        if taken.is_err() {
+            undo.put_back();
+        }
         if beside && self.tracking {
             match &taken {
                 Ok(_) => self.promote_trackers(pins)?,
@@ -74,7 +78,8 @@ impl Programs {
     }
 
     /// [`Programs::attach_pinned`] past the trackers: the seed, getsockopt
-    /// and the enforcing links.
+    /// and the enforcing links; each link switched or attached is written
+    /// in `undo`, for the caller to put back should a later one fail.
     fn take_over(
         &mut self,
         cgroup: &File,
@@ -82,16 +87,20 @@ impl Programs {
         pins: &PinDir,
         getsockopt: Option<&[PathBuf]>,
         seed: impl FnOnce(&mut aya::Ebpf),
+        undo: &mut LinkUndo,
     ) -> Result<Takeover, LoaderError> {
         seed(&mut self.ebpf);
         if let Some(targets) = getsockopt {
-            self.attach_getsockopt(cgroup_root, pins, targets, Pinned::Update)?;
+            self.attach_getsockopt(cgroup_root, pins, targets, Pinned::Update(undo))?;
         }
         let mut takeover = Takeover::Updated;
         for &name in self.names {
             let pin = pins.link(name);
             let prog = typed::<CgroupSockAddr>(&mut self.ebpf, name)?;
-            if pin.exists() && update_link(name, &pin, prog)? {
+            if pin.exists()
+                && let Update::Switched { before } = update_link(name, &pin, prog)?
+            {
+                undo.switched.push((pin, before));
                 continue;
             }
             takeover = Takeover::Attached;
@@ -108,6 +117,7 @@ impl Programs {
             // Dropping the returned handle closes our descriptor only: the
             // pin keeps the link, and with it the program, attached.
             link.pin(&pin).map_err(|e| pin_failed(e.to_string()))?;
+            undo.attached.push(pin);
         }
         Ok(takeover)
     }
@@ -177,13 +187,18 @@ impl Programs {
         }
         let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
         let mut change = GetsockoptChange::default();
+        let mut pinned = pinned;
         for (pin, dir, cgroup) in &wanted {
             let (pin, dir) = (pin.as_path(), dir.as_path());
             if pin.exists() {
-                match pinned {
+                match &mut pinned {
                     Pinned::Keep => continue,
-                    Pinned::Update if update_link(name, pin, prog)? => continue,
-                    Pinned::Update => {}
+                    Pinned::Update(undo) => {
+                        if let Update::Switched { before } = update_link(name, pin, prog)? {
+                            undo.switched.push((pin.to_owned(), before));
+                            continue;
+                        }
+                    }
                 }
             }
             // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
@@ -196,6 +211,9 @@ impl Programs {
                     source: e,
                 })?;
             sys::obj_pin(link.as_fd(), pin).map_err(|e| pin_failed(pin, e.to_string()))?;
+            if let Pinned::Update(undo) = &mut pinned {
+                undo.attached.push(pin.to_owned());
+            }
             change.attached.push(dir.to_owned());
         }
         // The cgroups no longer named lose theirs only now: a move from the
@@ -291,12 +309,58 @@ impl Programs {
 
 /// How [`Programs::attach_getsockopt`] treats a cgroup whose link is
 /// pinned already.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pinned {
-    /// Switched to this program in place (a start, over a predecessor's).
-    Update,
+#[derive(Debug)]
+pub enum Pinned<'a> {
+    /// Switched to this program in place (a start, over a predecessor's),
+    /// what it switched and attached written in the undo.
+    Update(&'a mut LinkUndo),
     /// Left as it is (this daemon's own).
     Keep,
+}
+
+/// The links a start switched to its programs (with the program each ran
+/// before, if it could be opened) and the links it attached: what a start
+/// that fails part-way puts back, so the programs before it go on judging
+/// every connect, with the maps they were given and their trackers
+/// feeding them (see [`Programs::attach_pinned`]).
+#[derive(Debug, Default)]
+pub struct LinkUndo {
+    switched: Vec<(PathBuf, Option<OwnedFd>)>,
+    attached: Vec<PathBuf>,
+}
+
+impl LinkUndo {
+    /// Switches each link back to the program it ran, and removes the
+    /// links attached; says what it could not put back.
+    fn put_back(self) {
+        for (pin, before) in self.switched.into_iter().rev() {
+            let restored = match &before {
+                Some(prog) => sys::obj_get(&pin)
+                    .and_then(|link| sys::link_update(link.as_fd(), prog.as_fd(), None)),
+                None => Err(io::Error::other("its program could not be opened")),
+            };
+            match restored {
+                Ok(()) => tracing::warn!(
+                    "the start failed: the link pinned at {} runs the program it ran before",
+                    pin.display()
+                ),
+                Err(e) => tracing::error!(
+                    "the start failed, and the link pinned at {} could not be switched back to \
+                     the program it ran before ({e}): it runs this start's, with maps no \
+                     tracking program feeds, until a daemon starts",
+                    pin.display()
+                ),
+            }
+        }
+        for pin in self.attached.into_iter().rev() {
+            if let Err(e) = remove_link(&pin) {
+                tracing::error!(
+                    "the start failed, and the link it attached at {} could not be removed: {e}",
+                    pin.display()
+                );
+            }
+        }
+    }
 }
 
 /// What [`Programs::attach_getsockopt`] changed.
@@ -320,16 +384,25 @@ fn getsockopt_pin(cgroup: &File, root: bool) -> io::Result<String> {
     Ok(format!("{}_{id:x}", programs::GETSOCKOPT))
 }
 
+/// What [`update_link`] did.
+enum Update {
+    /// The link runs the new program; `before`: the one it ran, if it
+    /// could be opened.
+    Switched { before: Option<OwnedFd> },
+    /// The link was detached already: its pin is removed.
+    Detached,
+}
+
 /// Switches the cgroup link pinned at `pin` to `prog` in place
-/// (`BPF_LINK_UPDATE`) and checks that it runs it: true. False when the
-/// pinned link is detached already (`ENOLINK`: a `detach` stopped between
-/// detaching it and removing its pin, or its cgroup was removed): nothing
-/// runs through it, so its pin is removed for the caller to attach anew.
+/// (`BPF_LINK_UPDATE`) and checks that it runs it. When the pinned link is
+/// detached already (`ENOLINK`: a `detach` stopped between detaching it
+/// and removing its pin, or its cgroup was removed), nothing runs through
+/// it, so its pin is removed for the caller to attach anew.
 fn update_link(
     name: &'static str,
     pin: &Path,
     prog: &mut impl ProgramFd,
-) -> Result<bool, LoaderError> {
+) -> Result<Update, LoaderError> {
     let update = |source| LoaderError::LinkUpdate {
         name,
         path: pin.display().to_string(),
@@ -337,6 +410,7 @@ fn update_link(
     };
     let link = sys::obj_get(pin).map_err(update)?;
     let (prog_fd, want) = prog.fd_and_id().map_err(LoaderError::verify(name))?;
+    let before = sys::link_prog_id(&link).and_then(sys::prog_by_id).ok();
     match sys::link_update(link.as_fd(), prog_fd.as_fd(), None) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
@@ -345,7 +419,7 @@ fn update_link(
                 pin.display()
             );
             std::fs::remove_file(pin).map_err(update)?;
-            return Ok(false);
+            return Ok(Update::Detached);
         }
         Err(e) => return Err(update(e)),
     }
@@ -355,7 +429,7 @@ fn update_link(
             "the link runs program {runs:?} after the update, not {want:?}"
         ))));
     }
-    Ok(true)
+    Ok(Update::Switched { before })
 }
 
 /// Where a new tracking link of program `name` is pinned beside the old
