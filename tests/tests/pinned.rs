@@ -517,16 +517,24 @@ fn a_replacement_that_fails_after_switching_links_switches_them_back() {
     replacement_failing_at("lw_bind4", 9013);
 }
 
-/// A `--replace` start that fails at the link pinned as `link` (a map
-/// pinned in its place), then a relay started on `port` afterwards: only
-/// the old programs and trackers can refuse it.
-fn replacement_failing_at(link: &str, port: u16) {
+/// A local namespace serving the protected port and a remote one, and an
+/// enforce-mode policy that refuses relays (the catalog off: known by what
+/// they do alone).
+fn relay_deny() -> (Topology, (Proc, Proc), String) {
     let topo = Topology::new();
-    let _servers = topo.local.http_servers();
+    let servers = topo.local.http_servers();
     let config = Policy::new(&topo.local, "enforce")
         .catalog(false)
         .relay("deny")
         .text();
+    (topo, servers, config)
+}
+
+/// A `--replace` start that fails at the link pinned as `link` (a map
+/// pinned in its place), then a relay started on `port` afterwards: only
+/// the old programs and trackers can refuse it.
+fn replacement_failing_at(link: &str, port: u16) {
+    let (topo, _servers, config) = relay_deny();
     let install = Install::new();
     let mut first = Daemon::start_in(&install, &config, &[]);
     assert!(first.stop(), "the first daemon exits 0 on SIGTERM");
@@ -599,12 +607,7 @@ fn replacement_failing_at(link: &str, port: u16) {
 /// on the same directories refuses the same relay.
 #[test]
 fn a_first_start_that_fails_midway_leaves_nothing_enforcing() {
-    let topo = Topology::new();
-    let _servers = topo.local.http_servers();
-    let config = Policy::new(&topo.local, "enforce")
-        .catalog(false)
-        .relay("deny")
-        .text();
+    let (topo, _servers, config) = relay_deny();
     let port = 9012;
     let _socat = topo.local.spawn(
         "socat",

@@ -195,13 +195,19 @@ fn errors_are_told_apart() {
     }
 }
 
-#[test]
-fn a_connection_the_daemon_closed_idle_is_replaced_and_the_request_asked_again() {
+/// A fake that answers one request (pid 7), then sends the daemon's idle
+/// close notice and closes, then answers the next connection's request.
+fn idle_closing() -> Fake {
     let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"verdict":"allow"}}"#;
     let idle_close = format!(
         r#"{NOTICE}{{"v":1,"ok":false,"error":"timeout","message":"no request within 10 s"}}"#
     );
-    let fake = Fake::connections(&[&[ok, &idle_close], &[ok]]);
+    Fake::connections(&[&[ok, &idle_close], &[ok]])
+}
+
+#[test]
+fn a_connection_the_daemon_closed_idle_is_replaced_and_the_request_asked_again() {
+    let fake = idle_closing();
     let mut q = fake.connect();
     assert_eq!(q.who_cookie(1).unwrap().unwrap()["pid"], 7);
     // The fake sends its idle close's notice and closes as the second
@@ -274,11 +280,7 @@ fn a_missing_socket_says_where_and_why() {
 
 #[test]
 fn a_zero_timeout_is_refused_and_the_one_before_stays() {
-    let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"verdict":"allow"}}"#;
-    let idle_close = format!(
-        r#"{NOTICE}{{"v":1,"ok":false,"error":"timeout","message":"no request within 10 s"}}"#
-    );
-    let fake = Fake::connections(&[&[ok, &idle_close], &[ok]]);
+    let fake = idle_closing();
     let mut q = fake.connect();
     assert_eq!(q.who_cookie(1).unwrap().unwrap()["pid"], 7);
     match q.set_timeout(Some(std::time::Duration::ZERO)) {
