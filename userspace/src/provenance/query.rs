@@ -21,7 +21,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::UCred},
-    sync::oneshot,
+    sync::{Semaphore, oneshot},
     task::JoinHandle,
     time::timeout,
 };
@@ -91,7 +91,15 @@ impl Drop for QueryServer {
 }
 
 /// What every client task shares.
+/// How many walks of every connection ([`Shared::walks`]) run at once.
+const WALKS: usize = 4;
+
 struct Shared {
+    /// Leave to walk every connection the maps hold (`conns`, `who` by
+    /// cookie): a few tens of milliseconds each at the default capacity,
+    /// so however many clients ask at once, that many walks run at most,
+    /// and a `who` by addresses (one lookup) never waits behind them.
+    walks: Semaphore,
     maps_dir: PathBuf,
     /// The connection maps, opened at the first request that needs them
     /// (and again after a failed open).
@@ -124,6 +132,7 @@ pub fn serve(
     // Anyone may connect: each request is judged by its SO_PEERCRED.
     let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
     let shared = Arc::new(Shared {
+        walks: Semaphore::new(WALKS),
         maps_dir,
         conns: Mutex::new(None),
         cgroup_root,
@@ -246,6 +255,21 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
         Ok(request) => request,
         Err(reply) => return *reply,
     };
+    // Refused at once rather than queued: a client waiting for its turn
+    // would hold its slot as busy (see `Clients::looking_up`), and a user
+    // with many clients would hold them all.
+    let _walk = match request.walks() {
+        true => match shared.walks.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return request.unavailable(format!(
+                    "{WALKS} requests that walk every connection (conns, who by cookie) are \
+                     being answered already; ask again"
+                ));
+            }
+        },
+        false => None,
+    };
     let shared = shared.clone();
     let lookup = tokio::task::spawn_blocking(move || {
         let conns = shared.conns();
@@ -268,6 +292,64 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Past [`WALKS`] walks at once, another is refused at once
+    /// (`unavailable`, with its id); a `who` by addresses is not held up.
+    #[test]
+    fn walks_past_the_limit_are_refused_and_lookups_are_not() {
+        let shared = Arc::new(Shared {
+            walks: Semaphore::new(WALKS),
+            maps_dir: PathBuf::from("/nonexistent/maps"),
+            conns: Mutex::new(None),
+            cgroup_root: PathBuf::from("/nonexistent/cgroup"),
+            rules: SharedRules::default(),
+        });
+        let running: Vec<_> = (0..WALKS)
+            .map(|_| shared.walks.try_acquire().expect("a walk"))
+            .collect();
+        let caller = Caller {
+            uid: 0,
+            netns: Some(4026531840),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let ask = |line: &str| {
+            let reply = runtime.block_on(answer(line.as_bytes(), caller, &shared));
+            serde_json::from_slice::<serde_json::Value>(&reply.line()).expect("JSON")
+        };
+        for line in [
+            r#"{"op":"conns","id":1}"#,
+            r#"{"op":"who","cookie":7,"id":1}"#,
+        ] {
+            let reply = ask(line);
+            assert_eq!(
+                (&reply["error"], &reply["id"]),
+                (&"unavailable".into(), &1.into())
+            );
+            assert!(
+                reply["message"].as_str().unwrap().contains("ask again"),
+                "{reply}"
+            );
+        }
+        let who = ask(r#"{"op":"who","peer":"127.0.0.1:5","local":"127.0.0.1:6","id":2}"#);
+        assert!(
+            !who["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ask again"),
+            "{who}"
+        );
+        drop(running);
+        let conns = ask(r#"{"op":"conns","id":3}"#);
+        assert!(
+            !conns["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ask again"),
+            "{conns}"
+        );
+    }
 
     #[test]
     fn one_uid_takes_at_most_its_share() {

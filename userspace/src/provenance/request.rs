@@ -161,6 +161,17 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether answering walks every connection the maps hold (`conns`,
+    /// `who` by cookie), not one lookup.
+    pub fn walks(&self) -> bool {
+        matches!(self.op, Op::Conns | Op::Cookie(_))
+    }
+
+    /// The `unavailable` answer to this request, saying `why`.
+    pub fn unavailable(&self, why: String) -> Reply {
+        Reply::error(self.id.clone(), ErrorCode::Unavailable, why)
+    }
+
     /// Parses one line (without its newline); a bad line gets its answer.
     pub fn parse(line: &[u8]) -> Result<Self, Box<Reply>> {
         let bad = |id: Option<Value>, message: String| {
