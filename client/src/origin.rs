@@ -184,6 +184,10 @@ pub struct Origin {
     pub tid: u32,
     /// Process id of its parent.
     pub ppid: u32,
+    /// The caller's process had executed nothing since the fork that made
+    /// it (it runs its parent's program, as socat's per-connection child
+    /// does): its parent's command line speaks for it.
+    pub forked: bool,
     pub uid: u32,
     pub gid: u32,
     /// The caller's thread name (`comm`, at most 15 bytes).
@@ -319,6 +323,7 @@ fn known(r: &OriginRecord) -> Origin {
         pid: o.tgid,
         tid: o.pid,
         ppid: o.ppid,
+        forked: o.forked == 1,
         uid: o.uid,
         gid: o.gid,
         comm: text(&o.comm),

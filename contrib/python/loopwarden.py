@@ -72,7 +72,7 @@ _RECORD = struct.Struct(
     "QQQQQQ"  # ktime policy_seq socket_cookie netns_cookie start_boottime cgroup_id
     "16s16s"  # exe (dev, ino) daddr
     "IIIIIHH"  # tgid pid ppid uid gid dport family
-    "BB2x4x"  # verdict rule pad
+    "BBB1x4x"  # verdict rule forked pad
     "16s32s"  # comm exe_name
     "16sQHB5x"  # via: addr ktime port kind pad
     "64s"  # script
@@ -149,6 +149,10 @@ class Origin:
     pid: int
     tid: int
     ppid: int
+    forked: bool
+    """The caller's process had executed nothing since the fork that made it
+    (it runs its parent's program, as socat's per-connection child does):
+    its parent's command line speaks for it."""
     uid: int
     gid: int
     comm: str
@@ -205,7 +209,7 @@ def decode(data: bytes) -> Optional[Origin]:
         ktime, _policy_seq, client_cookie, _netns_cookie, start, cgroup_id,
         exe, _daddr,
         tgid, tid, ppid, uid, gid, _dport, _family,
-        verdict, rule,
+        verdict, rule, forked,
         comm, exe_name,
         via_addr, via_ktime, via_port, via_kind,
         script,
@@ -231,6 +235,7 @@ def decode(data: bytes) -> Optional[Origin]:
         pid=tgid,
         tid=tid,
         ppid=ppid,
+        forked=forked == 1,
         uid=uid,
         gid=gid,
         comm=_text(comm),

@@ -24,7 +24,9 @@ def _addr(text):
     return ip.packed
 
 
-def record(status=1, magic=0x524F574C, version=1, size=328, verdict=1, rule=254, via_kind=2):
+def record(
+    status=1, magic=0x524F574C, version=1, size=328, verdict=1, rule=254, via_kind=2, forked=1
+):
     """socat (pid 4242, parent 4200) relaying 10.77.0.2:5555 to 127.0.0.1:8080."""
     return loopwarden._RECORD.pack(
         magic, version, size, status, 33, 5_000_100_000, 77,
@@ -32,7 +34,7 @@ def record(status=1, magic=0x524F574C, version=1, size=328, verdict=1, rule=254,
         5_000_000_000, 1, 76, 2, 1000, 9,
         struct.pack("=QQ", (259 << 20) | 3, 1234567), _addr("127.0.0.1"),
         4242, 4243, 4200, 1000, 100, 8080, 2,
-        verdict, rule,
+        verdict, rule, forked,
         b"socat", b"py\xffthon",
         _addr("10.77.0.2"), 4_997_000_000, 5555, via_kind,
         b"/srv/fwd.py",
@@ -43,6 +45,8 @@ class Decode(unittest.TestCase):
     def test_relayed(self):
         o = loopwarden.decode(record())
         self.assertEqual((o.pid, o.tid, o.ppid, o.uid, o.gid), (4242, 4243, 4200, 1000, 100))
+        self.assertTrue(o.forked)
+        self.assertFalse(loopwarden.decode(record(forked=0)).forked)
         self.assertEqual((o.comm, o.exe_name, o.script), ("socat", "py\ufffdthon", "/srv/fwd.py"))
         self.assertEqual((o.exe, o.start_boottime_ns), ((259, 3, 1234567), 1000))
         self.assertEqual((o.verdict, o.rule), ("audit", "relay"))

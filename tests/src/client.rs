@@ -49,7 +49,7 @@ pub const PY_ORIGIN_SERVER: &str = r#"import json, socket, sys, threading
 sys.path.insert(0, sys.argv[1])
 import loopwarden
 def describe(o):
-    return {"pid": o.pid, "tid": o.tid, "ppid": o.ppid, "uid": o.uid, "gid": o.gid,
+    return {"pid": o.pid, "tid": o.tid, "ppid": o.ppid, "forked": o.forked, "uid": o.uid, "gid": o.gid,
             "comm": o.comm, "exe_name": o.exe_name, "script": o.script,
             "exe": "%d:%d:%d" % o.exe, "start_boottime_ns": o.start_boottime_ns,
             "verdict": o.verdict, "rule": o.rule,

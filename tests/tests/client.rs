@@ -243,6 +243,8 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
     assert_eq!(o["comm"], "curl", "{o:#}");
     assert_eq!(o["exe_name"], "curl", "{o:#}");
     assert_eq!(o["uid"], 0, "{o:#}");
+    // curl executed its own program.
+    assert_eq!(o["forked"], false, "{o:#}");
     assert_eq!(o["verdict"], "allow", "{o:#}");
     assert_eq!(o["rule"], Value::Null, "{o:#}");
     assert_eq!(o["via"], Value::Null, "{o:#}");
@@ -266,6 +268,9 @@ fn origins_are_reported(start: impl Fn(&Netns, u16) -> Proc) {
     assert_eq!(o["comm"], "socat", "{o:#}");
     assert_eq!(o["exe_name"], "socat", "{o:#}");
     assert_eq!(o["ppid"], socat.pid(), "{o:#}");
+    // The child runs its parent's program: the parent's command line
+    // speaks for it.
+    assert_eq!(o["forked"], true, "{o:#}");
     assert_eq!(o["verdict"], "would-deny", "{o:#}");
     assert!(o["rule"].is_u64(), "{o:#}");
     assert_eq!(o["direct"], false, "{o:#}");

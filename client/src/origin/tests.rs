@@ -44,6 +44,7 @@ fn relayed() -> OriginRecord {
     o.tgid = 4242;
     o.pid = 4243;
     o.ppid = 4200;
+    o.forked = 1;
     o.uid = 1000;
     o.gid = 100;
     o.dport = 8080;
@@ -79,6 +80,7 @@ fn relayed_record_decodes() {
         (o.pid, o.tid, o.ppid, o.uid, o.gid),
         (4242, 4243, 4200, 1000, 100)
     );
+    assert!(o.forked, "socat's per-connection child");
     assert_eq!((o.comm.as_str(), o.exe_name.as_str()), ("socat", "socat"));
     assert_eq!(o.exe.to_string(), "259:3:1234567");
     assert_eq!(o.start_boottime, Duration::from_micros(1));
@@ -107,8 +109,10 @@ fn direct_record_is_direct() {
     r.origin.verdict = verdict::ALLOW;
     r.origin.rule = NO_RULE;
     r.origin.via = loopwarden_common::Evidence::NONE;
+    r.origin.forked = 0;
     let o = decode(&bytes(&r)).unwrap().expect("known");
     assert_eq!((o.verdict, o.rule, o.via), (Verdict::Allow, None, None));
+    assert!(!o.forked);
     assert!(o.is_direct());
     // Allowed by a rule: still direct. Flagged by a rule without relay
     // evidence: not.

@@ -23,6 +23,7 @@ fn describe(o: &Origin) -> Value {
         "pid": o.pid,
         "tid": o.tid,
         "ppid": o.ppid,
+        "forked": o.forked,
         "uid": o.uid,
         "gid": o.gid,
         "comm": o.comm,
