@@ -289,6 +289,11 @@ def _addr(a: Union[str, Tuple]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# The longest answer line read (the Rust client's limit too): past it the
+# answer is a protocol error, not memory without end.
+_MAX_ANSWER = 256 << 20
+
+
 def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[str, Any]]:
     """One request on a fresh connection: the answer, None for ``unknown``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -303,13 +308,15 @@ def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[st
             ) from e
         try:
             s.sendall(json.dumps(req).encode() + b"\n")
-            line = s.makefile("rb").readline()
+            line = s.makefile("rb").readline(_MAX_ANSWER + 1)
         except socket.timeout as e:
             raise QueryError("io", f"no answer within {timeout} s") from e
         except OSError as e:
             raise QueryError("io", f"talking to {path} failed: {e.strerror or e}") from e
     if not line:
         raise QueryError("closed", "the daemon closed the connection before answering")
+    if len(line) > _MAX_ANSWER:
+        raise QueryError("protocol", f"an answer line longer than {_MAX_ANSWER} bytes")
     try:
         answer = json.loads(line)
     except ValueError as e:

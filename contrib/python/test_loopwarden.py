@@ -193,6 +193,15 @@ class Query(unittest.TestCase):
         self.assertEqual(e.exception.code, "io")
         self.assertIn("0.2 s", e.exception.message)
 
+    def test_an_endless_answer_is_a_protocol_error(self):
+        # A line past the limit (lowered here) is refused, not read to its end.
+        path = self.serve(['{"v":1,"ok":true,"conns":[' + '{"pid":7},' * 100 + "]}"])
+        limit = loopwarden._MAX_ANSWER
+        loopwarden._MAX_ANSWER = 64
+        self.addCleanup(setattr, loopwarden, "_MAX_ANSWER", limit)
+        with self.assertRaisesRegex(loopwarden.QueryError, "longer than 64 bytes"):
+            loopwarden.conns(path=path)
+
     def test_no_daemon(self):
         with self.assertRaisesRegex(loopwarden.QueryError, r"\[provenance\] query"):
             loopwarden.conns(path="/nonexistent/query.sock")
