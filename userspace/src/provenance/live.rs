@@ -43,6 +43,11 @@ use crate::{
     resolve,
 };
 
+/// How many namespaces' files (and warnings said) are remembered: past
+/// that many, all are forgotten and found again when asked about (a host
+/// that makes namespaces without end would grow the tables without end).
+const NAMESPACES_REMEMBERED: usize = 4096;
+
 /// Where bind-mounted namespace files live (`ip netns add`).
 const NAMED_NETNS: &str = "/run/netns";
 
@@ -141,11 +146,13 @@ impl Liveness {
     /// Says, once per namespace, that its connections cannot be checked
     /// and are answered unknown.
     fn cannot_check(&self, netns: u32, e: &io::Error) {
-        let first = self
-            .warned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(netns);
+        let first = {
+            let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            if warned.len() >= NAMESPACES_REMEMBERED {
+                warned.clear();
+            }
+            warned.insert(netns)
+        };
         if first {
             let fix = sock_diag::missing_feature_fix(e)
                 .map(|fix| format!(" ({fix})"))
@@ -202,10 +209,11 @@ impl Liveness {
             .into_iter()
             .filter(|path| fs::metadata(path).map(|m| m.ino() as u32).ok() == Some(netns));
         let (diag, path) = resolve::in_first_netns(this_netns, SockDiag::open, last)?;
-        self.paths
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(netns, path);
+        let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
+        if paths.len() >= NAMESPACES_REMEMBERED {
+            paths.clear();
+        }
+        paths.insert(netns, path);
         Some(diag)
     }
 }
@@ -262,4 +270,23 @@ fn accepted_socket_open(diag: &mut SockDiag, record: &OriginRecord) -> io::Resul
     Ok(diag
         .find(family, &id)?
         .is_some_and(|socket| socket.state != state::TIME_WAIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The namespaces warned of stay a bounded set however many there are
+    /// (and one warned of is not warned of again until then).
+    #[test]
+    fn the_namespaces_remembered_stay_bounded() {
+        let live = Liveness::new();
+        let e = io::Error::from_raw_os_error(libc::ENOENT);
+        for netns in 0..(NAMESPACES_REMEMBERED as u32 * 2 + 1) {
+            live.cannot_check(netns, &e);
+        }
+        let warned = live.warned.lock().unwrap();
+        assert!(warned.len() <= NAMESPACES_REMEMBERED, "{}", warned.len());
+        assert!(warned.contains(&(NAMESPACES_REMEMBERED as u32 * 2)));
+    }
 }
