@@ -147,6 +147,11 @@ impl DaemonError {
             // `--pin-dir`), as is a mount this process may not make; a
             // kernel without bpffs lacks a feature. None is for a restart.
             DaemonError::Pins(PinError::NotBpffs { .. }) => exit::CONFIG,
+            DaemonError::Pins(e @ PinError::Mount { .. }) => match Cause::of(e) {
+                Cause::Privilege => exit::NO_PERMISSION,
+                Cause::Kernel => exit::UNSUPPORTED,
+                Cause::Memory => exit::FAILURE,
+            },
             // An address of `[ident] listen` in use, or not this host's, or
             // a `netns` that is not there: the file's to fix, not a
             // restart's; a port below 1024 without the capability: the
@@ -154,11 +159,6 @@ impl DaemonError {
             DaemonError::Ident(e) => match errno_in(e) {
                 Some(libc::EACCES | libc::EPERM) => exit::NO_PERMISSION,
                 _ => exit::CONFIG,
-            },
-            DaemonError::Pins(e @ PinError::Mount { .. }) => match Cause::of(e) {
-                Cause::Privilege => exit::NO_PERMISSION,
-                Cause::Kernel => exit::UNSUPPORTED,
-                Cause::Memory => exit::FAILURE,
             },
             _ => exit::FAILURE,
         }

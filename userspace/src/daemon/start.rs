@@ -327,7 +327,6 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     })
 }
 
-/// What start-up found pinned and did about it, for the ready line.
 /// What a start that fails past [`PinDir::prepare`] undoes, when dropped
 /// (forgotten once the start has succeeded): a first start (nothing was
 /// pinned before it) removes every pin it made, its links detached first,
@@ -373,6 +372,7 @@ impl Drop for Undo<'_> {
     }
 }
 
+/// What start-up found pinned and did about it, for the ready line.
 fn describe_start(state: &PinState, takeover: Takeover) -> String {
     // A link attached anew (a program the pinned set did not have) does
     // not hide what was done to the rest.
