@@ -54,13 +54,19 @@ impl Programs {
         // A replacement's new maps are not the old programs': their
         // trackers stay until the enforcing links are switched.
         let beside = self.staged;
-        if self.tracking {
-            self.attach_trackers(pins, beside)?;
+        if self.tracking
+            && let Err(e) = self.attach_trackers(pins, beside)
+        {
+            if beside {
+                remove_new_trackers(pins);
+            }
+            return Err(e);
         }
         let mut undo = LinkUndo::default();
         let taken = self.take_over(&cgroup, cgroup_root, pins, getsockopt, seed, &mut undo);
-        if taken.is_err() {
-            undo.put_back();
+        match &taken {
+            Ok(_) => undo.done(),
+            Err(_) => undo.put_back(),
         }
         if beside && self.tracking {
             match &taken {
@@ -218,14 +224,21 @@ impl Programs {
         }
         // The cgroups no longer named lose theirs only now: a move from the
         // root to named cgroups (or back) never leaves a service between
-        // the two without an answer.
+        // the two without an answer. At a start, only once the start has
+        // taken over (a start that fails leaves them, see [`LinkUndo`]).
         if let Ok(entries) = std::fs::read_dir(pins.links_dir()) {
             for entry in entries.flatten() {
                 let path = entry.path();
                 let ours = entry.file_name().to_string_lossy().starts_with(name);
-                if ours && !wanted.iter().any(|(pin, ..)| *pin == path) {
-                    remove_link(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
-                    change.removed.push(path);
+                if !ours || wanted.iter().any(|(pin, ..)| *pin == path) {
+                    continue;
+                }
+                match &mut pinned {
+                    Pinned::Update(undo) => undo.unnamed.push(path),
+                    Pinned::Keep => {
+                        remove_link(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
+                        change.removed.push(path);
+                    }
                 }
             }
         }
@@ -327,9 +340,31 @@ pub enum Pinned<'a> {
 pub struct LinkUndo {
     switched: Vec<(PathBuf, Option<OwnedFd>)>,
     attached: Vec<PathBuf>,
+    /// The getsockopt links of cgroups the start's policy no longer
+    /// names: removed once it has taken over, left if it fails.
+    unnamed: Vec<PathBuf>,
 }
 
 impl LinkUndo {
+    /// The start took over: the getsockopt links of cgroups no longer
+    /// named go.
+    fn done(self) {
+        for pin in self.unnamed {
+            match remove_link(&pin) {
+                Ok(()) => tracing::info!(
+                    "removed the getsockopt link pinned at {} (a cgroup the policy no longer \
+                     names)",
+                    pin.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "removing the getsockopt link pinned at {} (a cgroup the policy no longer \
+                     names) failed: {e}",
+                    pin.display()
+                ),
+            }
+        }
+    }
+
     /// Switches each link back to the program it ran, and removes the
     /// links attached; says what it could not put back.
     fn put_back(self) {
@@ -425,6 +460,10 @@ fn update_link(
     }
     let runs = sys::link_prog_id(&link).ok();
     if want.is_some() && want != runs {
+        // Put back what it ran, as a failed start's undo would.
+        if let Some(prog) = &before {
+            let _ = sys::link_update(link.as_fd(), prog.as_fd(), None);
+        }
         return Err(update(io::Error::other(format!(
             "the link runs program {runs:?} after the update, not {want:?}"
         ))));
