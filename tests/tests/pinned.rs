@@ -638,7 +638,10 @@ fn a_first_start_that_fails_midway_leaves_nothing_enforcing() {
         .map(|dir| dir.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "the failed start left {left:?}");
-    assert!(stderr.contains("pins it made are removed"), "{stderr}");
+    assert!(
+        stderr.contains("pins of loopwarden's are removed"),
+        "{stderr}"
+    );
 }
 
 /// A map pinned by another version (one this version does not have) goes

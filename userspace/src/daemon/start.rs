@@ -27,7 +27,7 @@ use crate::{
         loader::{self, Programs, Takeover},
         lru,
         maps::{Counters, PolicyMaps, StatsMap, take_denials, take_events},
-        pins::{PinDir, PinLock, PinState},
+        pins::{PinDir, PinError, PinLock, PinState},
     },
     resolve::HostResolver,
 };
@@ -166,7 +166,16 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .transpose()
         .map_err(DaemonError::Ident)?;
 
+    let locked_before = held.is_some();
     let pin_lock = pins.prepare(held)?;
+    // With no directory to lock when it looked, another daemon may have
+    // pinned a set and gone since: this start is then no first start.
+    if !locked_before && state == PinState::Absent && pins.inspect(&shapes) != PinState::Absent {
+        return Err(PinError::Busy {
+            path: pins.root().to_owned(),
+        }
+        .into());
+    }
     let undo = Undo {
         pins: &pins,
         lock: &pin_lock,
@@ -346,8 +355,8 @@ impl Drop for Undo<'_> {
         if self.first {
             match self.pins.remove_all_held(self.lock) {
                 Ok(removed) => warn!(
-                    "the start failed: the {} pins it made are removed (nothing was pinned \
-                     before it)",
+                    "the start failed: the {} pins of loopwarden's are removed (no policy was \
+                     pinned before it)",
                     removed.pins.len()
                 ),
                 Err(e) => error!(
