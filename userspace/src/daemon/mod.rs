@@ -94,14 +94,17 @@ pub enum DaemonError {
 /// Exit codes (sysexits.h), distinct so a supervisor can tell a failure
 /// that a restart may fix from one it cannot (`RestartPreventExitStatus=`).
 pub mod exit {
-    /// The policy file is bad (EX_CONFIG).
+    /// The policy file is bad (EX_CONFIG), or an option or address it
+    /// names is (`--pin-dir` off bpffs, an `[ident] listen` address in
+    /// use).
     pub const CONFIG: u8 = 78;
     /// The kernel or host lacks something loopwarden needs: cgroup v2, BTF,
     /// a recent enough kernel, or a program the kernel refuses to load
     /// (EX_UNAVAILABLE).
     pub const UNSUPPORTED: u8 = 69;
-    /// Not privileged enough: a capability the daemon uses is not
-    /// effective (EX_NOPERM).
+    /// Not privileged enough (EX_NOPERM): a capability the daemon uses is
+    /// not effective, or the kernel refused a load, attach or mount with
+    /// `EPERM` (lockdown, an LSM).
     pub const NO_PERMISSION: u8 = 77;
     /// Another daemon holds the lock (EX_TEMPFAIL: a later try may work).
     pub const ALREADY_RUNNING: u8 = 75;
@@ -117,9 +120,10 @@ impl DaemonError {
             DaemonError::Compat(
                 CompatError::NotRoot { .. } | CompatError::MissingCapabilities { .. },
             ) => exit::NO_PERMISSION,
-            // The kernel refusing a program is a helper, program type or
-            // verifier limit it lacks: a restart would be refused the same way.
             DaemonError::Compat(_) | DaemonError::Btf(_) => exit::UNSUPPORTED,
+            // The kernel refusing a program: a helper, program type or
+            // verifier limit it lacks (a restart would be refused the same
+            // way), or by its errno a privilege, or memory.
             DaemonError::Loader(LoaderError::Verify { error, .. }) => {
                 match Cause::of_refusal(error) {
                     Cause::Kernel => exit::UNSUPPORTED,
@@ -152,13 +156,15 @@ impl DaemonError {
                 Cause::Kernel => exit::UNSUPPORTED,
                 Cause::Memory => exit::FAILURE,
             },
-            // An address of `[ident] listen` in use, or not this host's, or
-            // a `netns` that is not there: the file's to fix, not a
-            // restart's; a port below 1024 without the capability: the
-            // privileges'.
+            // An address of `[ident] listen` another socket holds, or that
+            // is no address to listen on: the file's to fix; a port below
+            // 1024 without the capability: the privileges'. An address not
+            // configured yet (the unit starts before the network), a
+            // `netns` file another unit makes: a restart's.
             DaemonError::Ident(e) => match errno_in(e) {
                 Some(libc::EACCES | libc::EPERM) => exit::NO_PERMISSION,
-                _ => exit::CONFIG,
+                Some(libc::EADDRINUSE | libc::EINVAL) => exit::CONFIG,
+                _ => exit::FAILURE,
             },
             _ => exit::FAILURE,
         }
@@ -262,6 +268,20 @@ mod tests {
         assert_eq!(attach(libc::EINVAL).exit_code(), exit::UNSUPPORTED);
         assert_eq!(attach(libc::EPERM).exit_code(), exit::NO_PERMISSION);
         assert_eq!(attach(libc::ENOMEM).exit_code(), exit::FAILURE);
+    }
+
+    #[test]
+    fn ident_start_errors_exit_by_what_mends_them() {
+        let ident = |errno| {
+            DaemonError::Ident(IdentStartError::OwnNetns(io::Error::from_raw_os_error(
+                errno,
+            )))
+        };
+        assert_eq!(ident(libc::EADDRINUSE).exit_code(), exit::CONFIG);
+        assert_eq!(ident(libc::EACCES).exit_code(), exit::NO_PERMISSION);
+        // Not configured yet, or a file another unit makes: a restart may do.
+        assert_eq!(ident(libc::EADDRNOTAVAIL).exit_code(), exit::FAILURE);
+        assert_eq!(ident(libc::ENOENT).exit_code(), exit::FAILURE);
     }
 
     #[test]
