@@ -13,6 +13,7 @@
 //! an answer (closed).
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -21,7 +22,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream, unix::UCred},
-    sync::{Semaphore, oneshot},
+    sync::oneshot,
     task::JoinHandle,
     time::timeout,
 };
@@ -90,16 +91,19 @@ impl Drop for QueryServer {
     }
 }
 
-/// What every client task shares.
-/// How many walks of every connection ([`Shared::walks`]) run at once.
+/// How many walks of every connection ([`Shared::walks`]) run at once,
+/// and how many of them one uid's.
 const WALKS: usize = 4;
+const WALKS_PER_UID: usize = 1;
 
+/// What every client task shares.
 struct Shared {
-    /// Leave to walk every connection the maps hold (`conns`, `who` by
-    /// cookie): a few tens of milliseconds each at the default capacity,
-    /// so however many clients ask at once, that many walks run at most,
-    /// and a `who` by addresses (one lookup) never waits behind them.
-    walks: Semaphore,
+    /// The walks of every connection the maps hold (`conns`, `who` by
+    /// cookie) under way, by uid: a few tens of milliseconds each at the
+    /// default capacity, so however many clients ask at once, [`WALKS`]
+    /// run at most, one uid's [`WALKS_PER_UID`], and a `who` by addresses
+    /// (one lookup) never waits behind them.
+    walks: Mutex<HashMap<u32, usize>>,
     maps_dir: PathBuf,
     /// The connection maps, opened at the first request that needs them
     /// (and again after a failed open).
@@ -132,7 +136,7 @@ pub fn serve(
     // Anyone may connect: each request is judged by its SO_PEERCRED.
     let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
     let shared = Arc::new(Shared {
-        walks: Semaphore::new(WALKS),
+        walks: Mutex::new(HashMap::new()),
         maps_dir,
         conns: Mutex::new(None),
         cgroup_root,
@@ -249,6 +253,46 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
     }
 }
 
+/// A walk of every connection under way, for [`Shared::walks`]: counted
+/// while it lives.
+struct Walk {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl Walk {
+    /// A walk for `uid`, unless [`WALKS`] run already, or
+    /// [`WALKS_PER_UID`] of its own.
+    fn start(shared: &Arc<Shared>, uid: u32) -> Option<Self> {
+        let mut walks = shared.walks.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = walks.get(&uid).copied().unwrap_or(0);
+        if walks.values().sum::<usize>() >= WALKS || mine >= WALKS_PER_UID {
+            return None;
+        }
+        walks.insert(uid, mine + 1);
+        Some(Walk {
+            shared: shared.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Walk {
+    fn drop(&mut self) {
+        let mut walks = self
+            .shared
+            .walks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = walks.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                walks.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// The answer to one request line, looked up on the blocking pool.
 async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
     let request = match Request::parse(line) {
@@ -259,12 +303,12 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
     // would hold its slot as busy (see `Clients::looking_up`), and a user
     // with many clients would hold them all.
     let _walk = match request.walks() {
-        true => match shared.walks.try_acquire() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
+        true => match Walk::start(shared, caller.uid) {
+            Some(walk) => Some(walk),
+            None => {
                 return request.unavailable(format!(
                     "{WALKS} requests that walk every connection (conns, who by cookie) are \
-                     being answered already; ask again"
+                     being answered already, or {WALKS_PER_UID} of this user's; ask again"
                 ));
             }
         },
@@ -298,14 +342,20 @@ mod tests {
     #[test]
     fn walks_past_the_limit_are_refused_and_lookups_are_not() {
         let shared = Arc::new(Shared {
-            walks: Semaphore::new(WALKS),
+            walks: Mutex::new(HashMap::new()),
             maps_dir: PathBuf::from("/nonexistent/maps"),
             conns: Mutex::new(None),
             cgroup_root: PathBuf::from("/nonexistent/cgroup"),
             rules: SharedRules::default(),
         });
-        let running: Vec<_> = (0..WALKS)
-            .map(|_| shared.walks.try_acquire().expect("a walk"))
+        // One user's walk under way: that user's next is refused, another
+        // user's is not.
+        let first = Walk::start(&shared, 1000).expect("a walk");
+        assert!(Walk::start(&shared, 1000).is_none());
+        drop(Walk::start(&shared, 1001).expect("another user's walk"));
+        drop(first);
+        let running: Vec<_> = (0..WALKS as u32)
+            .map(|uid| Walk::start(&shared, 2000 + uid).expect("a walk"))
             .collect();
         let caller = Caller {
             uid: 0,
