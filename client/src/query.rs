@@ -119,8 +119,11 @@ impl Query {
     /// A new connection to the socket, with the timeout set (the connect
     /// too waits no longer: see [`connect_within`]).
     fn open(&self) -> Result<BufReader<UnixStream>, Error> {
-        let connected = match self.timeout {
-            Some(timeout) => connect_within(&self.path, timeout),
+        // A timeout too long to add to the clock (`Duration::MAX`) waits
+        // as `None` does.
+        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let connected = match deadline {
+            Some(deadline) => connect_within(&self.path, deadline),
             None => UnixStream::connect(&self.path),
         };
         let stream = connected.map_err(|source| Error::Connect {
@@ -317,16 +320,15 @@ fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Connects to the Unix socket at `path`, waiting at most `timeout`:
+/// Connects to the Unix socket at `path`, waiting until `deadline` at most:
 /// `UnixStream::connect` waits without end while the daemon's backlog is
 /// full (a stopped or stalled daemon). A non-blocking connect to a full
 /// backlog fails with `EAGAIN` at once (Unix sockets have no connect in
 /// progress to poll for), so it is tried again every few milliseconds
 /// until the deadline.
-fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+fn connect_within(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
     const RETRY: Duration = Duration::from_millis(5);
     let (addr, len) = sockaddr_un(path)?;
-    let deadline = Instant::now() + timeout;
     loop {
         // SAFETY: plain socket creation; the descriptor is owned at once.
         let fd = unsafe {
@@ -356,7 +358,7 @@ fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
             Some(libc::EAGAIN) => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("its backlog stayed full for {timeout:?}"),
+                    "its backlog stayed full until the timeout",
                 ));
             }
             _ => return Err(e),

@@ -278,6 +278,18 @@ fn a_missing_socket_says_where_and_why() {
     }
 }
 
+/// A timeout too long to add to the clock waits without end, as `None`
+/// does, instead of panicking at the next connect.
+#[test]
+fn the_longest_timeout_is_no_panic() {
+    let fake = idle_closing();
+    let mut q = fake.connect();
+    q.set_timeout(Some(std::time::Duration::MAX)).unwrap();
+    assert_eq!(q.who_cookie(1).unwrap().unwrap()["pid"], 7);
+    // Asked again on a new connection, connected with that timeout.
+    assert_eq!(q.who_cookie(2).unwrap().unwrap()["pid"], 7);
+}
+
 #[test]
 fn a_zero_timeout_is_refused_and_the_one_before_stays() {
     let fake = idle_closing();
@@ -339,7 +351,7 @@ fn a_connect_to_a_full_backlog_gives_up_at_the_timeout() {
     let _pending = std::os::unix::net::UnixStream::connect(&path).unwrap();
     let timeout = std::time::Duration::from_millis(200);
     let began = std::time::Instant::now();
-    let result = super::connect_within(&path, timeout);
+    let result = super::connect_within(&path, began + timeout);
     let took = began.elapsed();
     match result {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
@@ -348,7 +360,7 @@ fn a_connect_to_a_full_backlog_gives_up_at_the_timeout() {
     assert!(took >= timeout, "gave up after {took:?}");
     // Positive control: once the daemon has accepted, there is room.
     let _accepted = listener.accept().unwrap();
-    let connected = super::connect_within(&path, timeout);
+    let connected = super::connect_within(&path, std::time::Instant::now() + timeout);
     let _ = std::fs::remove_file(&path);
     connected.expect("a connect with room in the backlog");
 }
