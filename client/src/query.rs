@@ -171,7 +171,9 @@ impl Query {
         self.origin(json!({"op": "who", "cookie": cookie, "id": id}))
     }
 
-    /// Every tagged connection the caller may see (root: all).
+    /// Every tagged connection the caller may see (root: all), oldest
+    /// first: the newest 4,096 at most (the daemon lists no more, and
+    /// counts the rest in the answer's `more`, which this drops).
     pub fn conns(&mut self) -> Result<Vec<Value>, Error> {
         let id = self.take_id();
         let mut answer = self

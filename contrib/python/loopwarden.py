@@ -366,7 +366,11 @@ def who_cookie(
 
 
 def conns(path: str = DEFAULT_QUERY_PATH, timeout: float = 10.0) -> List[Dict[str, Any]]:
-    """Every tagged connection the caller may see (root: all)."""
+    """Every tagged connection the caller may see (root: all), oldest first.
+
+    The newest 4,096 at most: the daemon lists no more, and counts the rest
+    in its answer's ``more``, which this drops.
+    """
     answer = _request({"op": "conns"}, path, timeout)
     if answer is None:
         raise QueryError("protocol", "`unknown` answered to `conns`")

@@ -155,6 +155,9 @@ pub fn who(
     netns: Option<u32>,
     json: bool,
 ) -> Result<Printed, ClientError> {
+    // Older connections the daemon's `conns` left out (a peer without
+    // LOCAL is looked for among those it listed).
+    let mut unlisted = 0;
     let origins = match (peer, local) {
         (Peer::Socket(peer), Some(local)) => {
             let mut request = json!({"op": "who", "peer": peer, "local": local});
@@ -179,11 +182,25 @@ pub fn who(
                 message: format!("with LOCAL, PEER needs its port too (e.g. {ip}:53422)"),
             });
         }
-        (peer, None) => all_conns(run_dir, netns)?
-            .0
-            .into_iter()
-            .filter(|o| client_of(o).is_some_and(|c| peer.matches(c)))
-            .collect::<Vec<_>>(),
+        (peer, None) => {
+            let (all, more) = all_conns(run_dir, netns)?;
+            unlisted = more;
+            all.into_iter()
+                .filter(|o| client_of(o).is_some_and(|c| peer.matches(c)))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Not found among the newest: it may be older; with LOCAL it is one
+    // lookup, whatever its age.
+    let none = || {
+        let mut printed = none();
+        if unlisted > 0 {
+            printed.note = Some(format!(
+                "unknown among the newest connections the daemon lists; {unlisted} older ones \
+                 were not listed: give LOCAL too to look it up whatever its age"
+            ));
+        }
+        printed
     };
     if json {
         let array = format!("{:#}\n", Value::Array(origins.clone()));
