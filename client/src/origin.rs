@@ -175,8 +175,10 @@ impl fmt::Display for ExeFile {
 }
 
 /// The origin of a connection: who called `connect()`, as the kernel saw
-/// it then, and how loopwarden judged it.
+/// it then, and how loopwarden judged it. Made by [`origin`] and
+/// [`decode`] only; later record versions add fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Origin {
     /// Process id of the caller.
     pub pid: u32,
