@@ -178,11 +178,17 @@ impl HostResolver {
                 break;
             }
             if read == UNIT_SEARCH_DIRS {
+                let what = if found.is_empty() {
+                    "not found in"
+                } else {
+                    // Another as near may be past the budget: no guess.
+                    "found, but another as near the root may be past"
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!(
-                        "cgroup {unit} not found in the {UNIT_SEARCH_DIRS} cgroups nearest to {} \
-                         (the search stops there): name it by its path below the root",
+                        "cgroup {unit} {what} the {UNIT_SEARCH_DIRS} cgroups nearest to {} (the \
+                         search stops there): name it by its path below the root",
                         self.cgroup_root.display()
                     ),
                 ));
