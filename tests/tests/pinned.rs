@@ -600,6 +600,46 @@ fn replacement_failing_at(link: &str, port: u16) {
     );
 }
 
+/// A start that fails after attaching getsockopt for the cgroups its
+/// policy names (here the bind link's update fails) leaves the root's
+/// getsockopt link of the policy before, which a start that takes over
+/// removes: services there keep their answers.
+#[test]
+fn a_failed_start_keeps_the_getsockopt_link_of_the_policy_before() {
+    let ns = Netns::new();
+    let cgroup = loopwarden_tests::TestCgroup::new(&format!("lwt-pinned-{}", std::process::id()));
+    let install = Install::new();
+    let before = policy(&ns, "enforce", "");
+    let mut first = Daemon::start_in(&install, &before, &[]);
+    assert!(first.stop(), "the first daemon exits 0 on SIGTERM");
+    let links = install.pin_dir().join("links");
+    let root_link = links.join("lw_getsockopt");
+    assert!(root_link.exists(), "the first daemon answers at the root");
+    let named = format!(
+        "{before}\n[provenance]\ngetsockopt_cgroups = [\"{}\"]\n",
+        cgroup.name
+    );
+    std::fs::write(install.config_path(), &named).expect("the config");
+    let bind = links.join("lw_bind4");
+    std::fs::remove_file(&bind).expect("the bind link's pin");
+    pin_array_map(&bind, "lwt_no_link");
+    let out = install.failing_start();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the start succeeded: {stderr}");
+    assert!(stderr.contains("lw_bind4"), "{stderr}");
+    assert!(
+        root_link.exists(),
+        "the failed start removed the root's getsockopt link: {stderr}"
+    );
+    // Positive control: a start that takes over removes it.
+    std::fs::remove_file(&bind).expect("the map pinned in its place");
+    let _daemon = Daemon::start_in(&install, &named, &[]);
+    assert!(
+        !root_link.exists(),
+        "a start naming other cgroups left the root's getsockopt link"
+    );
+}
+
 /// A first start (nothing pinned before it) that fails part-way (here: a
 /// map pinned where the bind hook's link goes, so the links before it are
 /// attached and pinned when it fails) removes what it pinned: no program
