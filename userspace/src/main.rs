@@ -276,6 +276,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// `check-config`'s refusal of a file a reload would refuse: said as an
+/// error, with `run`'s exit code for a bad file.
+fn refused(refusal: &str) -> ExitCode {
+    eprintln!("loopwarden: error: {refusal}");
+    ExitCode::from(daemon::exit::CONFIG)
+}
+
 /// Prints what `who`/`conns` found, or their error, and gives their exit code.
 fn print(result: Result<Printed, provenance::client::ClientError>) -> ExitCode {
     match result {
@@ -393,10 +400,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 (Config::embedded_default(), "embedded default".to_owned())
             } else {
                 let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-                (Config::from_file(&path)?, path.display().to_string())
+                // Exit codes as `run` gives them (78 for a bad file).
+                let config = Config::from_file(&path).map_err(DaemonError::from)?;
+                (config, path.display().to_string())
             };
             if as_daemon && let Some(refusal) = config.reload_refusal() {
-                anyhow::bail!("{refusal}");
+                return Ok(refused(&refusal));
             }
             let cgroup_root = match host_cgroup.host_cgroup_root.as_deref() {
                 Some(path) => loopwarden::kernel::host_cgroup::use_host_root(path)?,
@@ -412,15 +421,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             .is_ok_and(|offsets| offsets.btrfs_inode_vfs != 0);
             let resolver = HostResolver::new(cgroup_root).with_btrfs_subvolumes(btrfs);
             let compiled = if as_daemon {
-                policy::compile_lenient(&config, &resolver, None)?
+                policy::compile_lenient(&config, &resolver, None)
             } else {
-                policy::compile(&config, &resolver)?
-            };
+                policy::compile(&config, &resolver)
+            }
+            .map_err(DaemonError::from)?;
             for warning in &compiled.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }
             if as_daemon && let Some(refusal) = compiled.reload_refusal() {
-                anyhow::bail!("{refusal}");
+                return Ok(refused(&refusal));
             }
             println!("# {name}: OK");
             print!("{compiled}");

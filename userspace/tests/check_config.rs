@@ -1,6 +1,7 @@
 //! `loopwarden check-config` on odd files: the same clear errors the config
-//! module's unit tests check, as the operator sees them (exit status 1, one
-//! `loopwarden: error:` line naming the file), and never a panic.
+//! module's unit tests check, as the operator sees them (exit status 78, as
+//! `run` exits for a bad file, and one `loopwarden: error:` line naming the
+//! file), and never a panic.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,8 +15,11 @@ fn write(dir: &tempfile::TempDir, name: &str, contents: &[u8]) -> PathBuf {
     path
 }
 
-/// Runs `check-config FILE`: (success, stderr).
-fn check(file: &Path) -> (bool, String) {
+/// `run`'s and `check-config`'s exit code for a bad file (EX_CONFIG).
+const BAD_FILE: i32 = 78;
+
+/// Runs `check-config FILE`: (exit code, stderr).
+fn check(file: &Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_loopwarden"))
         .arg("check-config")
         .arg(file)
@@ -24,12 +28,12 @@ fn check(file: &Path) -> (bool, String) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
-    (out.status.success(), stderr)
+    (out.status.code(), stderr)
 }
 
 fn expect_error(file: &Path, message: &str) {
-    let (ok, stderr) = check(file);
-    assert!(!ok, "{} was accepted", file.display());
+    let (code, stderr) = check(file);
+    assert_eq!(code, Some(BAD_FILE), "{}: {stderr}", file.display());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.starts_with("loopwarden: error: ") && stderr.contains(message),
@@ -113,8 +117,8 @@ fn an_empty_file_checks_as_the_defaults_with_a_warning() {
     assert!(stdout.contains("ports:       all"), "{stdout}");
 }
 
-/// `check-config --as-daemon FILE`: (success, stderr).
-fn check_as_daemon(file: &Path) -> (bool, String) {
+/// `check-config --as-daemon FILE`: (exit code, stderr).
+fn check_as_daemon(file: &Path) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_loopwarden"))
         .args(["check-config", "--as-daemon"])
         .arg(file)
@@ -122,7 +126,7 @@ fn check_as_daemon(file: &Path) -> (bool, String) {
         .output()
         .unwrap();
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -145,10 +149,11 @@ fn a_scope_to_network_namespaces_that_do_not_exist_is_refused() {
         )
     };
     let typo = write(&tmp, "typo.toml", scoped(&[&missing]).as_bytes());
-    let (ok, stderr) = check(&typo);
-    assert!(!ok && stderr.contains("no-such-netns"), "{stderr}");
-    let (ok, stderr) = check_as_daemon(&typo);
-    assert!(!ok, "{stderr}");
+    let (code, stderr) = check(&typo);
+    assert_eq!(code, Some(BAD_FILE), "{stderr}");
+    assert!(stderr.contains("no-such-netns"), "{stderr}");
+    let (code, stderr) = check_as_daemon(&typo);
+    assert_eq!(code, Some(BAD_FILE), "{stderr}");
     assert!(
         stderr.contains("none of the network namespaces [protect] netns names exists"),
         "{stderr}"
@@ -156,7 +161,7 @@ fn a_scope_to_network_namespaces_that_do_not_exist_is_refused() {
     // The positive control: this process's own namespace exists.
     let own = Path::new("/proc/self/ns/net");
     let one = write(&tmp, "one.toml", scoped(&[&missing, own]).as_bytes());
-    let (ok, stderr) = check_as_daemon(&one);
-    assert!(ok, "{stderr}");
+    let (code, stderr) = check_as_daemon(&one);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("no-such-netns"), "{stderr}");
 }
