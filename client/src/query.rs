@@ -25,14 +25,15 @@
 use std::{
     io::{self, BufRead as _, BufReader, Read as _},
     net::SocketAddr,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::{ffi::OsStrExt as _, net::UnixStream},
-    },
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+use nix::{
+    errno::Errno,
+    sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr},
+};
 use serde_json::{Value, json};
 
 /// Where the daemon serves the query socket by default
@@ -298,25 +299,11 @@ impl Query {
 /// timeout applies.
 fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        // SAFETY: `bytes` is valid for its length; the descriptor is the
-        // stream's own, open for the call.
-        let sent = unsafe {
-            libc::send(
-                stream.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        match usize::try_from(sent) {
+        match socket::send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            Err(_) => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -330,62 +317,32 @@ fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
 /// until the deadline.
 fn connect_within(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
     const RETRY: Duration = Duration::from_millis(5);
-    let (addr, len) = sockaddr_un(path)?;
+    let addr = UnixAddr::new(path)?;
     loop {
-        // SAFETY: plain socket creation; the descriptor is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: `addr` is a valid `sockaddr_un` of `len` bytes.
-        let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) };
-        if rc == 0 {
-            let stream = UnixStream::from(fd);
-            stream.set_nonblocking(false)?;
-            return Ok(stream);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::EINTR) if Instant::now() < deadline => {
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) if Instant::now() < deadline => {
                 std::thread::sleep(RETRY);
             }
-            Some(libc::EAGAIN) => {
+            Err(Errno::EAGAIN) => {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "its backlog stayed full until the timeout",
                 ));
             }
-            _ => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// `path` as a `sockaddr_un` and its length.
-fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: all-zero is a valid `sockaddr_un`.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    // One byte stays for the terminating NUL.
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a Unix socket path (too long, or holding a NUL byte)",
-        ));
-    }
-    for (to, &from) in addr.sun_path.iter_mut().zip(bytes) {
-        *to = from as libc::c_char;
-    }
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
 }
 
 /// Whether a query answer's origin is a direct local client: verdict
