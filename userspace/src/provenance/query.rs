@@ -13,7 +13,7 @@
 //! an answer (closed).
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -91,19 +91,18 @@ impl Drop for QueryServer {
     }
 }
 
-/// How many walks of every connection ([`Shared::walks`]) run at once,
-/// and how many of them one uid's.
+/// How many walks of every connection ([`Shared::walks`]) run at once;
+/// one uid runs one at a time.
 const WALKS: usize = 4;
-const WALKS_PER_UID: usize = 1;
 
 /// What every client task shares.
 struct Shared {
-    /// The walks of every connection the maps hold (`conns`, `who` by
-    /// cookie) under way, by uid: a few tens of milliseconds each at the
-    /// default capacity, so however many clients ask at once, [`WALKS`]
-    /// run at most, one uid's [`WALKS_PER_UID`], and a `who` by addresses
-    /// (one lookup) never waits behind them.
-    walks: Mutex<HashMap<u32, usize>>,
+    /// The uids whose walk of every connection the maps hold (`conns`,
+    /// `who` by cookie) is under way: a few tens of milliseconds each at
+    /// the default capacity, so however many clients ask at once, [`WALKS`]
+    /// run at most, one a uid, and a `who` by addresses (one lookup) never
+    /// waits behind them.
+    walks: Mutex<HashSet<u32>>,
     maps_dir: PathBuf,
     /// The connection maps, opened at the first request that needs them
     /// (and again after a failed open).
@@ -136,7 +135,7 @@ pub fn serve(
     // Anyone may connect: each request is judged by its SO_PEERCRED.
     let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
     let shared = Arc::new(Shared {
-        walks: Mutex::new(HashMap::new()),
+        walks: Mutex::new(HashSet::new()),
         maps_dir,
         conns: Mutex::new(None),
         cgroup_root,
@@ -261,15 +260,12 @@ struct Walk {
 }
 
 impl Walk {
-    /// A walk for `uid`, unless [`WALKS`] run already, or
-    /// [`WALKS_PER_UID`] of its own.
+    /// A walk for `uid`, unless [`WALKS`] run already, or one of its own.
     fn start(shared: &Arc<Shared>, uid: u32) -> Option<Self> {
         let mut walks = shared.walks.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = walks.get(&uid).copied().unwrap_or(0);
-        if walks.values().sum::<usize>() >= WALKS || mine >= WALKS_PER_UID {
+        if walks.len() >= WALKS || !walks.insert(uid) {
             return None;
         }
-        walks.insert(uid, mine + 1);
         Some(Walk {
             shared: shared.clone(),
             uid,
@@ -284,12 +280,7 @@ impl Drop for Walk {
             .walks
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = walks.get_mut(&self.uid) {
-            *n -= 1;
-            if *n == 0 {
-                walks.remove(&self.uid);
-            }
-        }
+        walks.remove(&self.uid);
     }
 }
 
@@ -308,7 +299,7 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
             None => {
                 return request.unavailable(format!(
                     "{WALKS} requests that walk every connection (conns, who by cookie) are \
-                     being answered already, or {WALKS_PER_UID} of this user's; ask again"
+                     being answered already, or one of this user's; ask again"
                 ));
             }
         },
@@ -342,7 +333,7 @@ mod tests {
     #[test]
     fn walks_past_the_limit_are_refused_and_lookups_are_not() {
         let shared = Arc::new(Shared {
-            walks: Mutex::new(HashMap::new()),
+            walks: Mutex::new(HashSet::new()),
             maps_dir: PathBuf::from("/nonexistent/maps"),
             conns: Mutex::new(None),
             cgroup_root: PathBuf::from("/nonexistent/cgroup"),
