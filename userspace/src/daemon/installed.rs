@@ -284,11 +284,18 @@ impl Installed {
         {
             warn!("{warning}");
         }
+        // A sweep under way judges by the policy before: it stops before
+        // its next cut once the new one may be in force.
+        self.sweeper.supersede();
         let seq = match self.maps.install(&fresh, &addrs) {
             Ok(seq) => seq,
             // With its causes: an update's errno is in its source. Said
             // by the caller.
             Err(e) => {
+                // The policy before stays in force: its sweep starts again.
+                if let Some(policy) = &self.policy {
+                    self.sweeper.request(policy, &self.addrs);
+                }
                 let e = crate::error_chain(&e);
                 return Err(format!("installing the new policy failed: {e}"));
             }

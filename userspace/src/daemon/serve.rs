@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    time::MissedTickBehavior,
+};
 use tracing::{info, warn};
 
 use super::{
@@ -19,6 +22,9 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// How often queued reports are collected: the kernel wakes the daemon at
 /// once only for refusals and for a backlog (see `ebpf/src/connect/record.rs`).
 const DRAIN: Duration = Duration::from_millis(100);
+/// How long the exit waits for a sweep under way to stop and write its
+/// lines (it stops before its next cut; one cut is a netlink round trip).
+const SWEEP_WAIT: Duration = Duration::from_secs(2);
 
 /// The signals the daemon handles.
 pub(super) struct Signals {
@@ -63,9 +69,9 @@ impl Running {
         // Kept alive from the refresh tick: a stuck event loop stops it, and
         // systemd restarts the daemon (enforcement stays pinned meanwhile).
         let mut watchdog = systemd_watchdog();
-        let mut tick = tokio::time::interval(REFRESH);
-        let mut drain_tick = tokio::time::interval(DRAIN);
-        let mut summary_tick = reporter.interval().map(tokio::time::interval);
+        let mut tick = interval(REFRESH);
+        let mut drain_tick = interval(DRAIN);
+        let mut summary_tick = reporter.interval().map(interval);
         let mut refresh_cost = Cost::default();
 
         // An error ends the loop as a signal does, so what was read is
@@ -119,6 +125,15 @@ impl Running {
                     if reporter.take_busy() {
                         crate::heap::release();
                     }
+                    // Without it no policy switch cuts what it no longer
+                    // admits: a restart (the pins enforce meanwhile) brings
+                    // it back.
+                    if !installed.sweeper.running() {
+                        break Err(DaemonError::Io {
+                            what: "the connection sweeper".into(),
+                            source: std::io::Error::other("its thread ended"),
+                        });
+                    }
                     if watchdog && let Err((path, e)) = notify_systemd(b"WATCHDOG=1") {
                         warn!("the systemd watchdog at {path} is no longer fed: {e}");
                         watchdog = false;
@@ -133,6 +148,17 @@ impl Running {
                 _ = sigterm.recv() => { info!("SIGTERM: exiting"); break Ok(()); }
             }
         };
+        // A second SIGINT or SIGTERM ends the process at once, should the
+        // exit below wait too long (a lookup stuck on NSS or a hung mount).
+        second_signal_kills();
+        // The cuts of a sweep under way are reported before we go: it stops
+        // before its next cut.
+        if !installed.sweeper.finish(SWEEP_WAIT) {
+            warn!(
+                "the connection sweep under way did not stop within {SWEEP_WAIT:?}: the audit \
+                 lines of what it cut may be missing"
+            );
+        }
         // Whatever is still queued is reported before we go.
         drain(&mut [denials.get_mut(), events.get_mut()], reporter);
         reporter.summarise();
@@ -161,6 +187,25 @@ impl Running {
             pins.root().display()
         );
         ended
+    }
+}
+
+/// An interval that, after a stall, ticks once and goes on from then
+/// (tokio's default fires every missed tick back to back, each refresh
+/// resolving the policy again).
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+/// Gives SIGINT and SIGTERM their default action back: the daemon is on its
+/// way out, and another of them ends it at once.
+fn second_signal_kills() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: setting a signal's disposition to the default has no
+        // preconditions; tokio's handler for it is no longer waited on.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
     }
 }
 

@@ -9,7 +9,8 @@
 //! and what kept it from being complete). Requests coalesce: a sweep always
 //! uses the newest policy asked for (the one in force), one still queued
 //! behind it is dropped, and one running when a newer is asked for stops
-//! before its next cut.
+//! before its next cut. At exit the daemon stops a running sweep the same
+//! way and waits for the lines of what it cut ([`Sweeper::finish`]).
 
 use std::{
     io::{self, Write as _},
@@ -20,7 +21,8 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc::{self, Receiver, Sender},
     },
-    thread,
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
@@ -46,9 +48,11 @@ struct Job {
 
 /// The handle the daemon asks for sweeps through.
 pub struct Sweeper {
-    jobs: Sender<Job>,
+    /// `None` once [`Sweeper::finish`] closed it.
+    jobs: Option<Sender<Job>>,
     /// The latest request's number.
     latest: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Sweeper {
@@ -58,10 +62,47 @@ impl Sweeper {
         let (jobs, queue) = mpsc::channel();
         let latest = Arc::new(AtomicU64::new(0));
         let seen = latest.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("lw-sweep".into())
             .spawn(move || work(&queue, &seen, cgroup_root, &maps_dir, format))?;
-        Ok(Self { jobs, latest })
+        Ok(Self {
+            jobs: Some(jobs),
+            latest,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops a sweep under way before its next cut: called before a new
+    /// policy goes into the kernel, so no sweep judging by the policy
+    /// before cuts a connection the new one lets through.
+    pub fn supersede(&self) {
+        self.latest.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the sweeping thread still runs (it ends only at
+    /// [`Sweeper::finish`], or by a panic, after which nothing is cut).
+    pub fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// At exit: stops a sweep under way before its next cut and waits, up
+    /// to `limit`, for the thread to write the lines of what it cut. Whether
+    /// it ended in time.
+    pub fn finish(&mut self, limit: Duration) -> bool {
+        self.supersede();
+        self.jobs = None;
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + limit;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = thread.join();
+        true
     }
 
     /// Asks for a sweep under `policy` (nothing happens in audit mode).
@@ -74,7 +115,11 @@ impl Sweeper {
             addrs: addrs.to_vec(),
             number: self.latest.fetch_add(1, Ordering::SeqCst) + 1,
         };
-        if self.jobs.send(job).is_err() {
+        if self
+            .jobs
+            .as_ref()
+            .is_none_or(|jobs| jobs.send(job).is_err())
+        {
             warn!("the connection sweeper has stopped: admitted connections are not cut");
         }
     }
@@ -174,17 +219,22 @@ fn work(
         let mut sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &known, &superseded);
         // An incomplete sweep, as status and the metrics say.
         sweep.problems.extend(unread);
-        let stdout = io::stdout();
-        let mut out = stdout.lock();
+        // Formatted before stdout is taken: naming a cut's user may wait
+        // for NSS, and the audit-lines thread waits for the same lock.
+        let mut lines = String::new();
         for c in &sweep.cuts {
-            if let Err(e) = writeln!(out, "{}", enricher.cut(c).format(format)) {
-                error!("writing an audit line failed: {e}");
+            lines.push_str(&enricher.cut(c).format(format));
+            lines.push('\n');
+        }
+        if !lines.is_empty() {
+            let mut out = io::stdout().lock();
+            if let Err(e) = out.write_all(lines.as_bytes()).and_then(|()| out.flush()) {
+                error!(
+                    "writing the audit lines of {} cuts failed: {e}",
+                    sweep.cuts.len()
+                );
             }
         }
-        if let Err(e) = out.flush() {
-            error!("flushing audit lines failed: {e}");
-        }
-        drop(out);
         if sweep.superseded {
             // The next sweep, for the policy asked for since, is the one
             // status reports.
@@ -196,5 +246,28 @@ fn work(
         }
         info!("cut {} connections", sweep.cuts.len());
         status_file::swept(&sweep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_ends_the_thread_and_later_requests_are_refused() {
+        let mut sweeper = Sweeper::spawn(
+            PathBuf::from("/nonexistent"),
+            PathBuf::from("/nonexistent"),
+            LogFormat::Human,
+        )
+        .unwrap();
+        assert!(sweeper.running());
+        let before = sweeper.latest.load(Ordering::SeqCst);
+        sweeper.supersede();
+        assert_eq!(sweeper.latest.load(Ordering::SeqCst), before + 1);
+        assert!(sweeper.finish(Duration::from_secs(5)));
+        assert!(!sweeper.running());
+        // A second finish has nothing to wait for.
+        assert!(sweeper.finish(Duration::ZERO));
     }
 }
