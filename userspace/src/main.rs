@@ -331,7 +331,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(daemon::run(opts))?;
+            let outcome = runtime.block_on(daemon::run(opts));
+            // A lookup still running on a blocking thread (a query's, stuck on
+            // NSS or a hung mount) is not waited for: the exit is done.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            outcome?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Detach { run_dir, pin_dir } => {
