@@ -909,6 +909,47 @@ fn check_config_prints_the_compiled_policy() {
     assert!(stdout.contains("catalog:socat"), "{stdout}");
 }
 
+/// A catalogued command's installed copy adds its file's name to the rule
+/// only when only root could have put it there: the same link to
+/// `/usr/bin/true` named `cloudflared` in `/opt/*/bin` adds `true*` while
+/// the directory is root's, and nothing once another user owns it (a
+/// conda install's `/opt/conda/bin`), who could point it at any program.
+#[test]
+fn a_copy_another_user_could_plant_adds_no_name_to_the_catalog() {
+    struct Removed(std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let opt = Removed(std::path::PathBuf::from(format!(
+        "/opt/loopwarden-test-{}",
+        std::process::id()
+    )));
+    let bin = opt.0.join("bin");
+    std::fs::create_dir_all(&bin).expect("/opt/*/bin");
+    std::os::unix::fs::symlink("/usr/bin/true", bin.join("cloudflared")).expect("link");
+    let catalog_line = || {
+        let out = run(Command::new(loopwarden_bin())
+            .args(["check-config", "--default"])
+            .env("LOOPWARDEN_LOG", "off"));
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains("catalog:cloudflared"))
+            .expect("catalog:cloudflared in the compiled policy")
+            .to_owned()
+    };
+    let line = catalog_line();
+    assert!(line.contains("true*"), "root's copy counts: {line}");
+    std::os::unix::fs::chown(&bin, Some(65534), None).expect("chown");
+    let line = catalog_line();
+    assert!(
+        !line.contains("true*"),
+        "another user's copy counts: {line}"
+    );
+}
+
 /// `check-config --as-daemon` (the unit's `ExecReload`) judges a file as
 /// the daemon's reload does: an executable not installed here is a warning
 /// (plain `check-config` refuses it), an empty file an error (plain

@@ -18,6 +18,7 @@
 //! hide a user created later; the callers here decide what to cache).
 
 mod netns;
+mod trust;
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -30,6 +31,7 @@ use std::{
 
 use loopwarden_common::ExeKey;
 use nix::unistd::{Uid, User};
+use tracing::debug;
 
 use self::netns::cookie_via_setns;
 pub use self::netns::{
@@ -362,7 +364,14 @@ impl Resolver for HostResolver {
             if fs::symlink_metadata(&candidate).is_err() {
                 continue;
             }
-            let Ok(real) = fs::canonicalize(candidate) else {
+            // Only root's copies: a link another user could plant or
+            // point elsewhere would add any file's name to a rule.
+            let Some(real) = trust::root_only_target(&candidate) else {
+                debug!(
+                    "{}: not counted as an installed copy of {name}: it, or a link on the way \
+                     to its file, is in a directory that is not root's alone",
+                    candidate.display()
+                );
                 continue;
             };
             let executable = fs::metadata(&real)
