@@ -909,6 +909,58 @@ fn check_config_prints_the_compiled_policy() {
     assert!(stdout.contains("catalog:socat"), "{stdout}");
 }
 
+/// A run directory another user may write is refused (exit 78, the
+/// directory and why named) before anything is made in it: the link a
+/// user put where the lock goes is not followed, and the file it points to
+/// keeps its contents. The same command in the same directory, made
+/// private, runs.
+#[test]
+fn a_run_directory_another_user_may_write_is_refused() {
+    let dir = TempDir::new("shared-run");
+    let run_dir = dir.path().join("run");
+    std::fs::create_dir(&run_dir).expect("run dir");
+    let chmod = |mode| {
+        std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod")
+    };
+    chmod(0o777);
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "precious\n").expect("file");
+    let lock = run_dir.join("loopwarden.lock");
+    std::os::unix::fs::symlink(&precious, &lock).expect("link");
+    let pin_dir = format!("/sys/fs/bpf/lwt-shared-run-{}", std::process::id());
+    let detach = || {
+        Command::new(loopwarden_bin())
+            .arg("detach")
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["--pin-dir", &pin_dir])
+            .output()
+            .expect("detach")
+    };
+    let out = detach();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the run directory {} is not private",
+            run_dir.display()
+        )) && stderr.contains("may be written by its group or others (mode 777)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("read"),
+        "precious\n"
+    );
+    chmod(0o755);
+    std::fs::remove_file(&lock).expect("unlink");
+    let out = detach();
+    assert!(out.status.success(), "{out:?}");
+    // The lock it made in the private directory holds its pid.
+    let held = std::fs::read_to_string(&lock).expect("lock");
+    assert!(held.trim().parse::<u32>().is_ok(), "{held:?}");
+}
+
 /// A catalogued command's installed copy adds its file's name to the rule
 /// only when only root could have put it there: the same link to
 /// `/usr/bin/true` named `cloudflared` in `/opt/*/bin` adds `true*` while

@@ -83,6 +83,12 @@ pub enum DaemonError {
         holder.map(|p| format!(" by pid {p}")).unwrap_or_default()
     )]
     AlreadyRunning { path: PathBuf, holder: Option<u32> },
+    #[error(
+        "the run directory {} is not private: {why}; give the daemon a --run-dir only root \
+         can write (the default, /run/loopwarden, or one in a root-owned directory)",
+        path.display()
+    )]
+    RunDir { path: PathBuf, why: String },
     #[error("{what} failed")]
     Io {
         what: String,
@@ -95,8 +101,8 @@ pub enum DaemonError {
 /// that a restart may fix from one it cannot (`RestartPreventExitStatus=`).
 pub mod exit {
     /// The policy file is bad (EX_CONFIG), or an option or address it
-    /// names is (`--pin-dir` off bpffs, an `[ident] listen` address in
-    /// use).
+    /// names is (`--pin-dir` off bpffs, a `--run-dir` another user may
+    /// write, an `[ident] listen` address in use).
     pub const CONFIG: u8 = 78;
     /// The kernel or host lacks something loopwarden needs: cgroup v2, BTF,
     /// a recent enough kernel, or a program the kernel refuses to load
@@ -150,7 +156,9 @@ impl DaemonError {
             // A pin directory off bpffs is the operator's to fix (its
             // `--pin-dir`), as is a mount this process may not make; a
             // kernel without bpffs lacks a feature. None is for a restart.
-            DaemonError::Pins(PinError::NotBpffs { .. }) => exit::CONFIG,
+            DaemonError::Pins(PinError::NotBpffs { .. }) | DaemonError::RunDir { .. } => {
+                exit::CONFIG
+            }
             DaemonError::Pins(e @ PinError::Mount { .. }) => match Cause::of(e) {
                 Cause::Privilege => exit::NO_PERMISSION,
                 Cause::Kernel => exit::UNSUPPORTED,

@@ -19,6 +19,7 @@
 use std::{
     fs,
     io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
     time::SystemTime,
@@ -219,7 +220,17 @@ pub fn write(path: &Path, status: &DaemonStatus) -> io::Result<()> {
     let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
     let mut text = serde_json::to_string_pretty(status).map_err(io::Error::other)?;
     text.push('\n');
-    let mut file = fs::File::create(&tmp)?;
+    // Made anew, never through a link (a stale one of this pid's goes).
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     fs::rename(&tmp, path)

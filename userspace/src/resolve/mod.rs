@@ -18,7 +18,7 @@
 //! hide a user created later; the callers here decide what to cache).
 
 mod netns;
-mod trust;
+pub(crate) mod trust;
 
 use std::{
     collections::{HashSet, VecDeque},

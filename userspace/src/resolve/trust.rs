@@ -15,22 +15,41 @@ use std::{
 /// limit is 40).
 const MAX_LINKS: usize = 40;
 
-/// Whether the directory `dir` (its links followed) is root's alone: it
-/// and each directory above it owned by root, `dir` writable by nobody
-/// else, and one above it only when sticky (`/tmp`: others cannot rename
-/// or remove what root made there).
+/// Whether the directory `dir` (its links followed) is root's alone
+/// ([`not_private`] to uid 0).
 pub(super) fn root_only_dir(dir: &Path) -> bool {
-    let Ok(real) = fs::canonicalize(dir) else {
-        return false;
+    not_private(dir, &[0]).is_none()
+}
+
+/// Why the directory `dir` (its links followed) is not private to the
+/// owners `owners`, if it is not: it and each directory above it must be
+/// owned by one of them, `dir` writable by no one else, and one above it
+/// only when sticky (`/tmp`: others cannot rename or remove what was made
+/// there). Where a file is made or followed by its path, another user who
+/// could write on the way could swap a link in.
+pub(crate) fn not_private(dir: &Path, owners: &[u32]) -> Option<String> {
+    let real = match fs::canonicalize(dir) {
+        Ok(real) => real,
+        Err(e) => return Some(format!("{} cannot be resolved: {e}", dir.display())),
     };
-    real.ancestors().enumerate().all(|(depth, d)| {
-        let Ok(meta) = fs::metadata(d) else {
-            return false;
+    for (depth, d) in real.ancestors().enumerate() {
+        let meta = match fs::metadata(d) {
+            Ok(meta) => meta,
+            Err(e) => return Some(format!("{} cannot be read: {e}", d.display())),
         };
         let mode = meta.permissions().mode();
-        let others_write = mode & 0o022 != 0;
-        meta.uid() == 0 && (!others_write || (depth > 0 && mode & 0o1000 != 0))
-    })
+        if !owners.contains(&meta.uid()) {
+            return Some(format!("{} is owned by uid {}", d.display(), meta.uid()));
+        }
+        if mode & 0o022 != 0 && (depth == 0 || mode & 0o1000 == 0) {
+            return Some(format!(
+                "{} may be written by its group or others (mode {:o})",
+                d.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    None
 }
 
 /// The file the path `copy` leads to, if every link on the way, and the
@@ -84,6 +103,21 @@ mod tests {
     fn root() -> bool {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn why_a_directory_is_not_private_is_said() {
+        let scratch = Scratch::new("why");
+        let why = not_private(&scratch.0, &[4_000_000]).unwrap();
+        assert!(why.contains("is owned by uid"), "{why}");
+        let why = not_private(&std::env::temp_dir(), &[0]).unwrap();
+        assert!(
+            why.contains("may be written by its group or others"),
+            "{why}"
+        );
+        let why = not_private(Path::new("/nonexistent-loopwarden"), &[0]).unwrap();
+        assert!(why.contains("cannot be resolved"), "{why}");
+        assert_eq!(not_private(Path::new("/usr/bin"), &[0]), None);
     }
 
     #[test]
