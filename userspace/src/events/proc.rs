@@ -34,11 +34,11 @@ pub(super) fn is_file(stat_path: &str, path: &str, id: &ExeKey) -> bool {
             .is_some_and(|(major, minor)| ExeKey::from_major_minor(major, minor, seen.ino) == *id)
 }
 
-/// The kernel-encoded identity of the file at `path` (symlinks followed).
+/// The kernel-encoded identity of the file at `path` (symlinks followed),
+/// from the kernel's cached inode: never waiting for a FUSE or NFS server
+/// (see [`crate::resolve::cached`]).
 pub(super) fn file_id(path: &str) -> Option<ExeKey> {
-    fs::metadata(path)
-        .ok()
-        .map(|meta| crate::resolve::exe_key(&meta))
+    crate::resolve::cached::cached(path).ok().map(|c| c.key)
 }
 
 pub(super) fn proc_link(pid: u32, what: &str) -> Option<String> {
@@ -57,7 +57,7 @@ pub const CMDLINE_MAX: usize = 4096;
 
 /// The command line of `pid`, its first [`CMDLINE_MAX`] bytes, ` …` marking
 /// a longer one cut there.
-pub(super) fn proc_cmdline(pid: u32) -> Option<String> {
+pub fn proc_cmdline(pid: u32) -> Option<String> {
     use std::io::Read as _;
     let file = fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
     let mut raw = Vec::with_capacity(256);

@@ -17,6 +17,7 @@
 //! truncating, and adds no cache of its own (`uzers` keeps one, which would
 //! hide a user created later; the callers here decide what to cache).
 
+pub(crate) mod cached;
 mod netns;
 pub(crate) mod trust;
 
@@ -25,7 +26,7 @@ use std::{
     ffi::OsStr,
     fs::{self, File},
     io,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, OpenOptionsExt as _, PermissionsExt},
     path::{Component, Path, PathBuf},
 };
 
@@ -310,15 +311,15 @@ impl Resolver for HostResolver {
             };
             // Kernel threads have no executable; processes that exited
             // meanwhile have none any more.
-            let Ok(meta) = fs::metadata(format!("/proc/{pid}/exe")) else {
+            let Some(exe) = cached::proc_exe(pid) else {
                 continue;
             };
-            let entry = live.entry(exe_key(&meta)).or_insert(LiveExe {
+            let entry = live.entry(exe.key).or_insert(LiveExe {
                 pid,
                 deleted_path: None,
             });
             entry.pid = entry.pid.min(pid);
-            if meta.nlink() == 0
+            if exe.nlink == 0
                 && entry.deleted_path.is_none()
                 && let Ok(link) = process.exe()
             {
@@ -329,9 +330,7 @@ impl Resolver for HostResolver {
     }
 
     fn running_exe(&self, pid: u32) -> Option<ExeKey> {
-        fs::metadata(format!("/proc/{pid}/exe"))
-            .ok()
-            .map(|meta| exe_key(&meta))
+        cached::proc_exe(pid).map(|exe| exe.key)
     }
 
     fn exe_file_name(&self, path: &Path) -> io::Result<String> {
@@ -445,7 +444,12 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountDev> {
 fn shebang(path: &Path) -> Option<String> {
     use std::io::Read as _;
     let mut head = Vec::with_capacity(130);
-    fs::File::open(path)
+    // Never waiting: not for a FIFO swapped in after the caller's check,
+    // nor for the break of a lease its owner holds on the file.
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
         .ok()?
         .take(130)
         .read_to_end(&mut head)
