@@ -21,7 +21,7 @@ use procfs::{
     process::{FDTarget, Process, all_processes},
 };
 
-use crate::{policy::ProcessIdentity, resolve};
+use crate::{events::proc_cmdline, policy::ProcessIdentity, resolve};
 
 /// Threads whose comm is read per process, at most: a comm rule is matched
 /// against the process's comm and these.
@@ -192,11 +192,11 @@ impl ProcReader {
             ancestors: self.ancestors(ppid),
             tracked: None,
         };
-        let cmdline = process
-            .cmdline()
-            .ok()
-            .filter(|args| !args.is_empty())
-            .map(|args| args.join(" "));
+        // Its first 4 KiB, as an audit line carries it: a process may have
+        // megabytes of arguments, and each candidate socket keeps a copy.
+        // Read by path, then checked through the pid's directory as the
+        // executable is.
+        let cmdline = proc_cmdline(pid).filter(|_| process.stat().is_ok());
         let parent_exe = (ppid != 0)
             .then(|| Process::new(ppid as i32).ok()?.exe().ok())
             .flatten();
@@ -271,16 +271,21 @@ impl ProcReader {
     }
 }
 
-/// The executable's identity in the kernel's device encoding, from the file
-/// `/proc/PID/exe` opens (through the pid's directory, so a recycled pid
-/// cannot answer for it); a zero key for a process without one (a kernel
-/// thread), as the kernel reads a NULL `mm`.
+/// The executable's identity in the kernel's device encoding, from the
+/// kernel's cached inode (never opening the file, nor waiting for a FUSE
+/// or NFS server: see [`resolve::cached`]); a zero key for a process
+/// without one (a kernel thread), as the kernel reads a NULL `mm`. Read by
+/// the pid's path, then checked through the pid's directory (`process`,
+/// opened before): while that process still exists, its pid was not
+/// recycled in between, so the file was its.
 fn exe_key(process: &Process) -> ExeKey {
-    process
-        .open_relative("exe")
-        .and_then(|file| Ok(file.metadata()?))
-        .map(|meta| resolve::exe_key(&meta))
-        .unwrap_or_default()
+    let Ok(pid) = u32::try_from(process.pid) else {
+        return ExeKey::default();
+    };
+    match resolve::cached::proc_exe(pid) {
+        Some(exe) if process.stat().is_ok() => exe.key,
+        _ => ExeKey::default(),
+    }
 }
 
 /// The executable's file name (its dentry name) from the `/proc/PID/exe`

@@ -47,7 +47,7 @@ mod writer;
 
 pub use self::{
     enrich::{Enricher, SharedRules},
-    proc::{cgroup_v2_path, cmdline_text, same_process, starttime_ticks},
+    proc::{cgroup_v2_path, cmdline_text, proc_cmdline, same_process, starttime_ticks},
 };
 
 /// How audit lines are written.
