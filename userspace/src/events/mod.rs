@@ -422,11 +422,15 @@ impl fmt::Display for Quoted<'_> {
 /// U+202E could show a line's fields reversed). The quoted form escapes
 /// them (`{:?}`).
 fn plain(c: char) -> bool {
-    !c.is_whitespace()
-        && !c.is_control()
-        && c != '"'
-        && c != '\\'
-        && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    !c.is_whitespace() && c != '"' && c != '\\' && !reshapes(c)
+}
+
+/// Whether `c` is a control or changes how the text after it displays:
+/// bidirectional overrides and isolates, zero-width characters, and the
+/// Unicode line and paragraph separators (`{:?}` escapes them all).
+pub(crate) fn reshapes(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
 }
 
 /// The wall-clock time of a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp.

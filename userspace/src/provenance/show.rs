@@ -5,17 +5,19 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use serde_json::Value;
 
-use crate::events::Quoted;
+use crate::events::{Quoted, reshapes};
 
 /// A field as text: strings as they are, `-` for none. A string with a
 /// control character (a command line or file name the caller chose, with
-/// a newline or an escape sequence in it) is quoted with Rust's escapes,
-/// so it can neither forge a line of its own nor move the terminal's
-/// cursor; so is one starting with a quote, which would read as quoted.
+/// a newline or an escape sequence in it) or one that changes how what
+/// follows displays (a bidirectional override, a zero-width character) is
+/// quoted with Rust's escapes, so it can neither forge a line of its own,
+/// move the terminal's cursor nor show its text reversed; so is one
+/// starting with a quote, which would read as quoted.
 fn text(origin: &Value, field: &str) -> String {
     match &origin[field] {
         Value::Null => "-".to_owned(),
-        Value::String(s) if s.starts_with('"') || s.chars().any(char::is_control) => {
+        Value::String(s) if s.starts_with('"') || s.chars().any(reshapes) => {
             format!("{s:?}")
         }
         Value::String(s) => s.clone(),
@@ -204,5 +206,23 @@ mod tests {
         let table = table(&[origin]);
         let row = table.lines().nth(1).unwrap();
         assert!(row.contains("\"my relay\""), "{row}");
+    }
+
+    #[test]
+    fn a_chosen_name_cannot_show_its_text_reversed_or_hidden() {
+        let origin = json!({
+            "pid": 42, "verdict": "would-deny",
+            "exe_name": "socat\u{202e}yaler",
+            "comm": "cu\u{200b}rl",
+            "cmdline": "a\u{2028}b",
+        });
+        let lines = describe(&origin);
+        for expected in [
+            "exe_name:       \"socat\\u{202e}yaler\"\n",
+            "comm:           \"cu\\u{200b}rl\"\n",
+            "cmdline:        \"a\\u{2028}b\"\n",
+        ] {
+            assert!(lines.contains(expected), "{expected:?} in {lines}");
+        }
     }
 }
