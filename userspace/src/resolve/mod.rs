@@ -162,7 +162,12 @@ impl HostResolver {
     /// The directory named `unit` below the root, at the shallowest level
     /// that has one, and its level. Two there (a unit of that name under
     /// each of two users' managers) are an error: which one a bare name
-    /// means is not for directory order to decide.
+    /// means is not for directory order to decide. Only directories root
+    /// (or this process's user) owns are searched: a cgroup tree delegated
+    /// to a user (`user@UID.service`, a container's) is theirs to name as
+    /// they like, and a cgroup they make under a system unit's name must
+    /// neither take that name's rules (an allow rule's exemption) nor make
+    /// it ambiguous. A user's unit is named by its path.
     fn find_unit(&self, unit: &str) -> io::Result<(PathBuf, u32)> {
         if unit.is_empty() || unit == "." || unit == ".." {
             return Err(io::Error::new(
@@ -172,9 +177,19 @@ impl HostResolver {
         }
         let mut found: Vec<PathBuf> = Vec::new();
         let mut found_level = 0;
-        let mut queue = VecDeque::from([(self.cgroup_root.clone(), 0u32)]);
+        // With whether it and every directory above it are root's.
+        let mut queue = VecDeque::from([(self.cgroup_root.clone(), 0u32, true)]);
         let mut read = 0;
-        while let Some((dir, level)) = queue.pop_front() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let ours = |entry: &fs::DirEntry| {
+            entry
+                .metadata()
+                .is_ok_and(|m| m.uid() == 0 || m.uid() == euid)
+        };
+        // Directories of that name others own, left out.
+        let mut theirs = 0usize;
+        while let Some((dir, level, owned)) = queue.pop_front() {
             // Breadth first: past the level of the first match, no other
             // is as shallow.
             if !found.is_empty() && level >= found_level {
@@ -205,15 +220,29 @@ impl HostResolver {
                 if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
+                let owned = owned && ours(&entry);
                 if entry.file_name() == OsStr::new(unit) {
-                    found.push(entry.path());
-                    found_level = level + 1;
+                    if owned {
+                        found.push(entry.path());
+                        found_level = level + 1;
+                    } else {
+                        theirs += 1;
+                    }
                 } else if level + 1 < UNIT_SEARCH_DEPTH {
-                    queue.push_back((entry.path(), level + 1));
+                    queue.push_back((entry.path(), level + 1, owned));
                 }
             }
         }
         match found.len() {
+            0 if theirs > 0 => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "cgroup {unit} not found under {} among root's cgroups ({theirs} of that \
+                     name belong to other users, whose cgroups a bare name never means): name \
+                     a user's unit by its path",
+                    self.cgroup_root.display()
+                ),
+            )),
             0 => Err(self.no_cgroup(unit)),
             1 => Ok((found.remove(0), found_level)),
             _ => {
@@ -674,6 +703,35 @@ mod tests {
                 level: 2
             }
         );
+
+        // A tree delegated to a user is theirs: a cgroup of theirs under a
+        // name is never what the bare name means (as root, where the
+        // others are root's; by path it still is).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let delegated = tmp.0.join("user.slice/user-1000.slice/user@1000.service");
+            std::os::unix::fs::chown(&delegated, Some(1000), None).unwrap();
+            let theirs = r.cgroup("bar.service").unwrap_err();
+            assert_eq!(theirs.kind(), io::ErrorKind::NotFound);
+            assert!(
+                theirs
+                    .to_string()
+                    .contains("1 of that name belong to other users"),
+                "{theirs}"
+            );
+            let planted = delegated.join("foo.service");
+            fs::create_dir(&planted).unwrap();
+            std::os::unix::fs::chown(&planted, Some(1000), None).unwrap();
+            assert_eq!(r.cgroup("foo.service").unwrap(), by_path);
+            assert_eq!(
+                r.cgroup("user.slice/user-1000.slice/user@1000.service/app.slice/bar.service")
+                    .unwrap()
+                    .id,
+                ino(&nested)
+            );
+            fs::remove_dir(&planted).unwrap();
+            std::os::unix::fs::chown(&delegated, Some(0), None).unwrap();
+        }
 
         let missing = r.cgroup("missing.service").unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
