@@ -6,7 +6,10 @@ use loopwarden_common::{Addr, Evidence, NO_RULE, evidence};
 
 use super::{
     proc::{CMDLINE_MAX, clock_ticks, proc_cmdline, same_process, started_by, starttime_ticks},
-    users::{USER_CACHE_MAX, USER_LOOKUPS_PER_SECOND, USER_MISSING_TTL, USER_NAME_TTL, UserNames},
+    users::{
+        USER_CACHE_MAX, USER_LOOKUP_TIME_PER_SECOND, USER_LOOKUPS_PER_SECOND, USER_MISSING_TTL,
+        USER_NAME_TTL, UserNames,
+    },
     *,
 };
 use crate::{
@@ -434,6 +437,38 @@ fn nss_is_asked_a_bounded_number_of_times_a_second() {
     let t1 = t0 + Duration::from_secs(1);
     assert_eq!(users.name(999, t1), Some("u999"));
     assert_eq!(ASKED.load(Ordering::SeqCst), USER_LOOKUPS_PER_SECOND + 1);
+}
+
+/// A slow directory service is asked less often: lookups stop once 50 ms
+/// went by in the second (two of 40 ms each), and after one of 120 ms the
+/// next is asked no sooner than ten times that after it began.
+#[test]
+fn a_slow_nss_is_waited_for_a_tenth_of_the_time_at_most() {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    static ASKED: AtomicU32 = AtomicU32::new(0);
+    static TAKES_MS: AtomicU64 = AtomicU64::new(40);
+    let mut users = UserNames::with_lookup(|uid| {
+        ASKED.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(TAKES_MS.load(Ordering::SeqCst)));
+        Ok(Some(format!("u{uid}")))
+    });
+    let t0 = Instant::now();
+    for uid in 0..100 {
+        users.name(uid, t0);
+    }
+    // 40, then 80 ms: past the 50 ms, the third is not asked.
+    assert!(USER_LOOKUP_TIME_PER_SECOND < Duration::from_millis(80));
+    assert_eq!(ASKED.load(Ordering::SeqCst), 2);
+    // The next second, one that takes 120 ms: the window after it opens
+    // 1.2 s (and a little) after this one began, not 1 s.
+    TAKES_MS.store(120, Ordering::SeqCst);
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(users.name(100, t1), Some("u100"));
+    assert_eq!(ASKED.load(Ordering::SeqCst), 3);
+    users.name(101, t1 + Duration::from_secs(1));
+    assert_eq!(ASKED.load(Ordering::SeqCst), 3);
+    users.name(101, t1 + Duration::from_millis(1300));
+    assert_eq!(ASKED.load(Ordering::SeqCst), 4);
 }
 
 #[test]

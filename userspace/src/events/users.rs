@@ -17,19 +17,31 @@ pub(super) const USER_CACHE_MAX: usize = 4096;
 /// Most NSS lookups a second. Past them a line goes without its user's
 /// name (or with the one found before) until the next second: uids without
 /// end (the 65,536 of a user namespace) cost the event loop a bounded time
-/// a second, however slow the directory service.
+/// a second.
 pub(super) const USER_LOOKUPS_PER_SECOND: u32 = 64;
+/// Most time a second spent waiting for NSS. A directory service slower
+/// than that (an LDAP server that is down, a hung `sssd`) is asked less
+/// often: after lookups that took `t`, the next are asked no sooner than
+/// `LOOKUP_SHARE` × `t` after the first of them, so the event loop waits
+/// for it at most a tenth of its time, however long one lookup takes.
+pub(super) const USER_LOOKUP_TIME_PER_SECOND: Duration = Duration::from_millis(50);
+const LOOKUP_SHARE: u32 = 10;
+
 /// User names by uid, from NSS, cached for a while (see the module
 /// documentation): one lookup per uid per minute at most, and
-/// [`USER_LOOKUPS_PER_SECOND`] in all, so a slow directory service costs
-/// the event loop little.
+/// [`USER_LOOKUPS_PER_SECOND`] and [`USER_LOOKUP_TIME_PER_SECOND`] in all,
+/// so a slow directory service costs the event loop little.
 pub(super) struct UserNames {
     pub(super) lookup: fn(u32) -> std::io::Result<Option<String>>,
     /// The name (`None`: none, or the lookup failed) and when to ask again.
     pub(super) cache: HashMap<u32, (Option<String>, Instant)>,
-    /// Lookups left in the second that began at `second`.
+    /// Lookups left in the window that began at `began`.
     left: u32,
-    second: Option<Instant>,
+    /// Time spent in them.
+    spent: Duration,
+    began: Option<Instant>,
+    /// When the next window may begin.
+    next: Option<Instant>,
 }
 
 impl Default for UserNames {
@@ -45,7 +57,9 @@ impl UserNames {
             lookup,
             cache: HashMap::new(),
             left: 0,
-            second: None,
+            spent: Duration::ZERO,
+            began: None,
+            next: None,
         }
     }
 
@@ -68,19 +82,23 @@ impl UserNames {
         {
             return;
         }
-        if self
-            .second
-            .is_none_or(|began| now.saturating_duration_since(began) >= Duration::from_secs(1))
-        {
-            self.second = Some(now);
+        if self.next.is_none_or(|next| now >= next) {
+            self.began = Some(now);
+            self.next = Some(now + Duration::from_secs(1));
             self.left = USER_LOOKUPS_PER_SECOND;
+            self.spent = Duration::ZERO;
         }
-        if self.left == 0 {
+        if self.left == 0 || self.spent >= USER_LOOKUP_TIME_PER_SECOND {
             return;
         }
         self.left -= 1;
         // A failed lookup shows no name and is retried like a missing one.
+        let asked = Instant::now();
         let name = (self.lookup)(uid).ok().flatten();
+        self.spent += asked.elapsed();
+        if let (Some(began), Some(next)) = (self.began, self.next) {
+            self.next = Some(next.max(began + self.spent * LOOKUP_SHARE));
+        }
         let ttl = if name.is_some() {
             USER_NAME_TTL
         } else {
