@@ -167,6 +167,59 @@ fn a_stalled_reader_of_the_lines_stalls_nothing_and_what_it_missed_is_said() {
     daemon.assert_no_reports_lost();
 }
 
+/// A reader of the diagnostics that stops reading (journald busy) stalls
+/// nothing either: with the daemon's stderr going nowhere, reloads that
+/// log far more than a pipe holds leave the query socket answering, and
+/// once it reads again the daemon says how many diagnostic lines it
+/// dropped. Fails against a build that writes diagnostics from the event
+/// loop: its loop blocks in the write, and the query goes unanswered.
+#[test]
+fn a_stalled_reader_of_the_diagnostics_stalls_nothing() {
+    let ns = Netns::new();
+    let _server = ns.sink_server();
+    let install = Install::new();
+    std::fs::write(install.config_path(), policy(&ns, "audit", "")).expect("writing the config");
+    // The daemon's stderr through a FIFO that a `cat` copies on to the
+    // harness: stopping the `cat` stalls the daemon's reader.
+    let dir = TempDir::new("stall-stderr");
+    let fifo = dir.path().join("diagnostics");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"mkfifo "$0" && { cat "$0" >&2 & echo $! > "$0.pid"; exec "$@" 2> "$0"; }"#)
+        .arg(&fifo)
+        .arg(loopwarden_tests::loopwarden_bin())
+        .args(install.run_args())
+        .env("LOOPWARDEN_LOG", "info");
+    let daemon = Daemon::start_cmd(&install, cmd);
+    let cat: i32 = std::fs::read_to_string(fifo.with_extension("pid"))
+        .expect("the reader's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let pid = i32::try_from(daemon.pid().expect("the daemon's pid")).expect("pid");
+    let stalled = Stopped::stop(cat);
+    // Each reload logs two lines, some 260 bytes: a few thousand are more
+    // than the FIFO's 64 KiB and the daemon's queue of 1,024 lines take.
+    for _ in 0..3000 {
+        // SAFETY: kill(2) on the test's own child process.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let conns = run(Command::new("timeout")
+        .arg("10")
+        .arg(loopwarden_tests::loopwarden_bin())
+        .args(["conns", "--json", "--run-dir"])
+        .arg(install.run_dir()));
+    drop(stalled);
+    // Exit 1 (no protected connection open) is an answer too; 2 (no
+    // daemon answers) and `timeout`'s 124 are not.
+    assert!(
+        matches!(conns.status.code(), Some(0 | 1)),
+        "the query socket did not answer while the diagnostics' reader was stalled: {conns:?}"
+    );
+    daemon.wait_stderr("diagnostic lines were dropped", 1);
+}
+
 /// A process stopped (SIGSTOP) until this is dropped, also when the test
 /// fails.
 struct Stopped(i32);

@@ -8,7 +8,7 @@ use loopwarden::{
     catalog::CATALOG,
     config::{Config, DEFAULT_CONFIG_PATH},
     daemon::{self, DEFAULT_RUN_DIR, DaemonError},
-    events::{LogFormat, diagnostics::Diagnostics},
+    events::{LogFormat, diagnostics::Diagnostics, stderr},
     kernel::{compat, loader::Programs, pins::DEFAULT_PIN_DIR},
     ops,
     ops::generate::{self, Artifact},
@@ -16,7 +16,7 @@ use loopwarden::{
     provenance::{self, client::Printed},
     resolve::HostResolver,
 };
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, fmt::writer::BoxMakeWriter};
 
 /// Refuses or reports TCP connections that tunnels and relays (cloudflared,
 /// tailscaled, ngrok, frpc, bore, socat, sshd forwarding, ...) make to
@@ -254,17 +254,29 @@ fn main() -> ExitCode {
         } => diagnostics_format.unwrap_or(*log_format),
         _ => LogFormat::Human,
     };
+    // The daemon's diagnostics go through a queue and a thread of their
+    // own, so a stalled reader of stderr never holds its event loop.
+    let writer = match matches!(cli.command, Command::Run { .. })
+        .then(stderr::Queued::spawn)
+        .flatten()
+    {
+        Some(queued) => BoxMakeWriter::new(queued),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("LOOPWARDEN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr()) && diagnostics == LogFormat::Human,
         )
         .event_format(Diagnostics::new(diagnostics))
         .init();
-    match dispatch(cli.command) {
+    let outcome = dispatch(cli.command);
+    // What is queued is written before the last word.
+    stderr::finish(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("loopwarden: error: {e:#}");

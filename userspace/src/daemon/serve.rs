@@ -118,6 +118,7 @@ impl Running {
                     let begun = Instant::now();
                     counters.report(stats);
                     reporter.say_unwritten();
+                    crate::events::stderr::say_dropped();
                     reporter.publish_tally();
                     installed.refresh(reporter.enricher());
                     getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);

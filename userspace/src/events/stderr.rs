@@ -1,0 +1,177 @@
+//! The daemon's diagnostics reach stderr from a thread of their own, as the
+//! audit lines reach stdout ([`super::writer`]): under systemd both go to
+//! the journal, and while it is busy a `write(2)` to stderr blocks. Written
+//! from the event loop (a warning each refresh), that would stop the rings'
+//! draining, the query socket, ident and the watchdog. Lines queue here
+//! instead, up to [`QUEUED`]; past that they are dropped and counted, and
+//! the count is said once the queue drains ([`say_dropped`]) and at exit
+//! ([`finish`]).
+
+use std::{
+    io::{self, Write},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Lines queued for the writing thread.
+const QUEUED: usize = 1024;
+
+/// The queue and its thread, once [`Queued::spawn`] started them.
+struct Shared {
+    queue: Mutex<Option<SyncSender<Vec<u8>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Lines dropped (queue full), and how many of them were said.
+    dropped: AtomicU64,
+    said: AtomicU64,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+/// The `tracing` writer: one line (one event) a message to the thread.
+#[derive(Clone, Copy)]
+pub struct Queued;
+
+impl Queued {
+    /// Starts the writing thread; `None` if it cannot start (write to
+    /// stderr directly then).
+    pub fn spawn() -> Option<Self> {
+        let (queue, lines) = mpsc::sync_channel::<Vec<u8>>(QUEUED);
+        let thread = std::thread::Builder::new()
+            .name("diagnostics".into())
+            .spawn(move || {
+                let mut err = io::stderr();
+                for line in lines {
+                    let _ = err.write_all(&line);
+                }
+            })
+            .ok()?;
+        let shared = Shared {
+            queue: Mutex::new(Some(queue)),
+            thread: Mutex::new(Some(thread)),
+            dropped: AtomicU64::new(0),
+            said: AtomicU64::new(0),
+        };
+        SHARED.set(shared).ok()?;
+        Some(Self)
+    }
+}
+
+/// One event's text, sent whole when the formatter is done with it.
+pub struct Line(Vec<u8>);
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let line = std::mem::take(&mut self.0);
+        if line.is_empty() {
+            return;
+        }
+        let unsent = match SHARED.get() {
+            Some(shared) => shared.send(line),
+            None => Some(line),
+        };
+        // No thread, or one closed at exit ([`finish`]): written here,
+        // after what it had queued.
+        if let Some(line) = unsent {
+            let _ = io::stderr().write_all(&line);
+        }
+    }
+}
+
+impl Shared {
+    /// Queues `line`, or counts it dropped when the queue is full; gives it
+    /// back when the queue is closed.
+    fn send(&self, line: Vec<u8>) -> Option<Vec<u8>> {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(queue) = queue.as_ref() else {
+            return Some(line);
+        };
+        match queue.try_send(line) {
+            Ok(()) => None,
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(TrySendError::Disconnected(line)) => Some(line),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Queued {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line(Vec::with_capacity(256))
+    }
+}
+
+/// Says, once the queue has drained, how many lines were dropped since it
+/// was last said (called each refresh; the line itself is queued).
+pub fn say_dropped() {
+    let Some(shared) = SHARED.get() else {
+        return;
+    };
+    let dropped = shared.dropped.load(Ordering::Relaxed);
+    let said = shared.said.swap(dropped, Ordering::Relaxed);
+    if dropped > said {
+        tracing::warn!(
+            dropped_lines = dropped - said,
+            "{} diagnostic lines were dropped: the reader of the daemon's standard error fell \
+             too far behind",
+            dropped - said
+        );
+    }
+}
+
+/// At exit: closes the queue and waits, up to `limit`, for what it holds to
+/// be written, then says how many lines were dropped in all, if any
+/// (straight to stderr: the queue is closed).
+pub fn finish(limit: Duration) {
+    let Some(shared) = SHARED.get() else {
+        return;
+    };
+    shared
+        .queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let thread = shared
+        .thread
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(thread) = thread {
+        let deadline = Instant::now() + limit;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+    let dropped = shared.dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        let _ = writeln!(
+            io::stderr(),
+            "loopwarden: {dropped} diagnostic lines in all were dropped: the reader of standard \
+             error fell too far behind"
+        );
+    }
+}
