@@ -238,7 +238,8 @@ impl From<CliMode> for Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. }) {
+    let daemon = matches!(cli.command, Command::Run { .. });
+    if !daemon {
         // A one-shot command's output piped into `head` ends quietly, as
         // other Unix tools do, not with a panic on EPIPE. The daemon keeps
         // SIGPIPE ignored: a closed stdout is an error it logs and lives
@@ -254,12 +255,16 @@ fn main() -> ExitCode {
         } => diagnostics_format.unwrap_or(*log_format),
         _ => LogFormat::Human,
     };
+    if daemon {
+        // One malloc arena: the daemon's few threads allocate little, and
+        // per-thread arenas would each keep their own freed memory resident.
+        // SAFETY: mallopt has no preconditions; called before any thread
+        // starts (the diagnostics' below is the first).
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
     // The daemon's diagnostics go through a queue and a thread of their
     // own, so a stalled reader of stderr never holds its event loop.
-    let writer = match matches!(cli.command, Command::Run { .. })
-        .then(stderr::Queued::spawn)
-        .flatten()
-    {
+    let writer = match daemon.then(stderr::Queued::spawn).flatten() {
         Some(queued) => BoxMakeWriter::new(queued),
         None => BoxMakeWriter::new(std::io::stderr),
     };
@@ -335,10 +340,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 replace,
                 host_cgroup_root: host_cgroup.host_cgroup_root,
             };
-            // One malloc arena: the daemon's few threads allocate little, and
-            // per-thread arenas would each keep their own freed memory resident.
-            // SAFETY: mallopt has no preconditions; called before any thread starts.
-            unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
