@@ -5,6 +5,7 @@
 
 use std::{
     process::Command,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -114,42 +115,17 @@ fn a_stalled_reader_of_the_lines_stalls_nothing_and_what_it_missed_is_said() {
         format!("log_allowed = true\n{}", policy(&ns, "audit", "")),
     )
     .expect("writing the config");
-    // The daemon's stdout through a FIFO that a `cat` copies on to the
-    // harness: stopping the `cat` stalls the daemon's reader.
     let dir = TempDir::new("stall");
-    let fifo = dir.path().join("lines");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"mkfifo "$0" && { cat "$0" & echo $! > "$0.pid"; exec "$@" > "$0"; }"#)
-        .arg(&fifo)
-        .arg(loopwarden_tests::loopwarden_bin())
-        .args(install.run_args())
-        .env("LOOPWARDEN_LOG", "info");
-    let daemon = Daemon::start_cmd(&install, cmd);
+    let (daemon, cat) = through_a_fifo(&install, 1, &dir);
     daemon.allow_error("audit lines lost");
-    let cat: i32 = std::fs::read_to_string(fifo.with_extension("pid"))
-        .expect("the reader's pid")
-        .trim()
-        .parse()
-        .expect("a pid");
     let stalled = Stopped::stop(cat);
     // Far more lines than the FIFO, the daemon's queue and what it holds
     // take (some 700 bytes a line).
     let (pid, ok, refused) = flood(&ns, 3.0, 0);
-    let conns = run(Command::new("timeout")
-        .arg("10")
-        .arg(loopwarden_tests::loopwarden_bin())
-        .args(["conns", "--json", "--run-dir"])
-        .arg(install.run_dir()));
+    assert_answers(&install, "the lines' reader");
     drop(stalled);
     assert_eq!(refused, 0);
     assert!(ok > 5000, "only {ok} connects: not a flood");
-    // Exit 1 (no protected connection open) is an answer too; 2 (no
-    // daemon answers) and `timeout`'s 124 are not.
-    assert!(
-        matches!(conns.status.code(), Some(0 | 1)),
-        "the query socket did not answer while the lines' reader was stalled: {conns:?}"
-    );
     daemon.wait_stderr("audit lines lost", 1);
     let lost: u64 = wait_for(
         "the flood's connects on lines or said to be lost",
@@ -179,23 +155,8 @@ fn a_stalled_reader_of_the_diagnostics_stalls_nothing() {
     let _server = ns.sink_server();
     let install = Install::new();
     std::fs::write(install.config_path(), policy(&ns, "audit", "")).expect("writing the config");
-    // The daemon's stderr through a FIFO that a `cat` copies on to the
-    // harness: stopping the `cat` stalls the daemon's reader.
     let dir = TempDir::new("stall-stderr");
-    let fifo = dir.path().join("diagnostics");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"mkfifo "$0" && { cat "$0" >&2 & echo $! > "$0.pid"; exec "$@" 2> "$0"; }"#)
-        .arg(&fifo)
-        .arg(loopwarden_tests::loopwarden_bin())
-        .args(install.run_args())
-        .env("LOOPWARDEN_LOG", "info");
-    let daemon = Daemon::start_cmd(&install, cmd);
-    let cat: i32 = std::fs::read_to_string(fifo.with_extension("pid"))
-        .expect("the reader's pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let (daemon, cat) = through_a_fifo(&install, 2, &dir);
     let pid = i32::try_from(daemon.pid().expect("the daemon's pid")).expect("pid");
     let stalled = Stopped::stop(cat);
     // Each reload logs two lines, some 260 bytes: a few thousand are more
@@ -205,19 +166,47 @@ fn a_stalled_reader_of_the_diagnostics_stalls_nothing() {
         unsafe { libc::kill(pid, libc::SIGHUP) };
         std::thread::sleep(Duration::from_millis(2));
     }
+    assert_answers(&install, "the diagnostics' reader");
+    drop(stalled);
+    daemon.wait_stderr("diagnostic lines were dropped", 1);
+}
+
+/// Asserts that the daemon's query socket answers (within 10 s) while
+/// `stalled` is stalled. Exit 1 (no protected connection open) is an
+/// answer too; 2 (no daemon answers) and `timeout`'s 124 are not.
+fn assert_answers(install: &Install, stalled: &str) {
     let conns = run(Command::new("timeout")
         .arg("10")
         .arg(loopwarden_tests::loopwarden_bin())
         .args(["conns", "--json", "--run-dir"])
         .arg(install.run_dir()));
-    drop(stalled);
-    // Exit 1 (no protected connection open) is an answer too; 2 (no
-    // daemon answers) and `timeout`'s 124 are not.
     assert!(
         matches!(conns.status.code(), Some(0 | 1)),
-        "the query socket did not answer while the diagnostics' reader was stalled: {conns:?}"
+        "the query socket did not answer while {stalled} was stalled: {conns:?}"
     );
-    daemon.wait_stderr("diagnostic lines were dropped", 1);
+}
+
+/// A daemon whose stdout (`fd` 1) or stderr (2) goes through a FIFO in
+/// `dir` that a `cat` copies on to the harness, and the `cat`'s pid:
+/// stopping it stalls the daemon's reader of that stream.
+fn through_a_fifo(install: &Arc<Install>, fd: u8, dir: &TempDir) -> (Daemon, i32) {
+    let fifo = dir.path().join("fifo");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            r#"mkfifo "$0" && {{ cat "$0" >&{fd} & echo $! > "$0.pid"; exec "$@" {fd}> "$0"; }}"#
+        ))
+        .arg(&fifo)
+        .arg(loopwarden_tests::loopwarden_bin())
+        .args(install.run_args())
+        .env("LOOPWARDEN_LOG", "info");
+    let daemon = Daemon::start_cmd(install, cmd);
+    let cat = std::fs::read_to_string(fifo.with_extension("pid"))
+        .expect("the reader's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    (daemon, cat)
 }
 
 /// A process stopped (SIGSTOP) until this is dropped, also when the test
