@@ -607,4 +607,28 @@ mod tests {
         assert!(totals.unwritten > 0, "{totals:?}: nothing was dropped");
         assert!(totals.unwritten < totals.lines, "{totals:?}");
     }
+
+    /// An output that never moves again: the exit waits its while, then
+    /// counts every line as not written, the queued ones too.
+    #[test]
+    fn lines_still_queued_when_the_exit_gives_up_are_counted() {
+        let (release, stalled) = std::sync::mpsc::channel();
+        let writer = Writer::spawn(Box::new(Stalled(stalled))).unwrap();
+        let enricher = Enricher::new(PathBuf::from("/nonexistent"));
+        let mut r = Reporter::with_writer(enricher, LogFormat::Json, Duration::ZERO, writer);
+        for i in 0..2_000u32 {
+            r.event(&event(
+                u32::MAX - 3,
+                8080,
+                1_000 + u64::from(i),
+                verdict::ALLOW,
+            ));
+            r.flush();
+        }
+        r.finish();
+        let totals = r.totals();
+        // Nothing reached the output: every line is said to be lost.
+        assert_eq!(totals.unwritten, totals.lines, "{totals:?}");
+        drop(release);
+    }
 }

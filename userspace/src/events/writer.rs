@@ -70,6 +70,10 @@ pub struct Unwritten {
 struct Shared {
     failed_lines: AtomicU64,
     failed_reports: AtomicU64,
+    /// Lines (and their reports) handed to the thread and not yet written
+    /// or failed: at an exit that cannot wait for them, they are lost too.
+    queued_lines: AtomicU64,
+    queued_reports: AtomicU64,
     /// The first write error since the last look, as text.
     error: std::sync::Mutex<Option<String>>,
 }
@@ -111,6 +115,9 @@ impl Writer {
                 for batch in batches {
                     let _serialised = io::stdout().lock();
                     put(&mut out, &batch, &mut mid_line, &counts);
+                    let (lines, reports) = batch.lost_after(0);
+                    counts.queued_lines.fetch_sub(lines, Ordering::Relaxed);
+                    counts.queued_reports.fetch_sub(reports, Ordering::Relaxed);
                 }
             })?;
         Ok(Self {
@@ -140,10 +147,24 @@ impl Writer {
         match &mut self.sink {
             Sink::Thread {
                 queue: Some(queue), ..
-            } => match queue.try_send(batch) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => Err(batch),
-            },
+            } => {
+                let (lines, reports) = batch.lost_after(0);
+                // Counted before the thread can take it off.
+                self.shared.queued_lines.fetch_add(lines, Ordering::Relaxed);
+                self.shared
+                    .queued_reports
+                    .fetch_add(reports, Ordering::Relaxed);
+                match queue.try_send(batch) {
+                    Ok(()) => Ok(()),
+                    Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
+                        self.shared.queued_lines.fetch_sub(lines, Ordering::Relaxed);
+                        self.shared
+                            .queued_reports
+                            .fetch_sub(reports, Ordering::Relaxed);
+                        Err(batch)
+                    }
+                }
+            }
             Sink::Thread { queue: None, .. } => Err(batch),
             Sink::Inline { out, mid_line } => {
                 put(out, &batch, mid_line, &self.shared);
@@ -191,6 +212,10 @@ impl Writer {
         let deadline = Instant::now() + limit;
         while !thread.is_finished() {
             if Instant::now() >= deadline {
+                // What the thread still holds is not written by the exit:
+                // counted as lost, so every line is written or said to be.
+                self.dropped.lines += self.shared.queued_lines.swap(0, Ordering::Relaxed);
+                self.dropped.reports += self.shared.queued_reports.swap(0, Ordering::Relaxed);
                 return false;
             }
             std::thread::sleep(Duration::from_millis(10));
