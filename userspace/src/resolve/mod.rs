@@ -415,6 +415,10 @@ impl Resolver for HostResolver {
         uid_by_name(name)
     }
 
+    fn others_may_replace(&self, path: &Path) -> bool {
+        fs::symlink_metadata(path).is_ok() && trust::root_only_target(path).is_none()
+    }
+
     fn cgroup(&self, path_or_unit: &str) -> io::Result<CgroupId> {
         if path_or_unit.contains('/') {
             self.cgroup_by_path(path_or_unit)

@@ -26,6 +26,9 @@ impl Compiler<'_> {
             let label = format!("{EGRESS_PREFIX}{}", rule.name);
             let c = &rule.criteria;
             let exe = self.exes(&label, "exe", &c.exe)?;
+            if rule.action == Action::Allow {
+                self.replaceable(&label, "exe", &c.exe);
+            }
             let uids = self.uids(&label, c)?;
             let cgroups = self.cgroups(&label, &c.cgroup, levels)?;
             let bit = 1u64 << r;
@@ -85,6 +88,7 @@ impl Compiler<'_> {
         }
         self.policy.settings.flags |= flags::BIND_GUARD;
         let exe = self.exes(BIND_RULE_NAME, "allow_exe", &bind.allow_exe)?;
+        self.replaceable(BIND_RULE_NAME, "allow_exe", &bind.allow_exe);
         let mut uid: BTreeMap<u32, String> = bind
             .allow_uid
             .iter()

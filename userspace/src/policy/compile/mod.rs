@@ -243,6 +243,11 @@ impl Compiler<'_> {
         let exe = self.exes(&rule.name, "exe", &c.exe)?;
         let parent = self.exes(&rule.name, "parent_exe", &c.parent_exe)?;
         let ancestor = self.exes(&rule.name, "ancestor_exe", &c.ancestor_exe)?;
+        if rule.action == Action::Allow {
+            self.replaceable(&rule.name, "exe", &c.exe);
+            self.replaceable(&rule.name, "parent_exe", &c.parent_exe);
+            self.replaceable(&rule.name, "ancestor_exe", &c.ancestor_exe);
+        }
         let uids = self.uids(&rule.name, c)?;
         let cgroups = self.cgroups(&rule.name, &c.cgroup, self.policy.settings.cgroup_levels)?;
 

@@ -256,6 +256,25 @@ impl Compiler<'_> {
         Ok(resolved)
     }
 
+    /// Warns of each path of an exemption (`field` of `rule`, which lets
+    /// what it names through) that another user could replace: they would
+    /// choose what the rule lets through.
+    pub(super) fn replaceable(&mut self, rule: &str, field: &str, paths: &[Located<PathBuf>]) {
+        for path in paths {
+            if self.resolver.others_may_replace(&path.value) {
+                self.policy.warnings.push(format!(
+                    "{}:{}: rule `{rule}`: {field} {}: another user could put another \
+                     program there (it, or a link on the way to its file, is in a directory \
+                     that is not root's alone), and this rule would let that program through; \
+                     keep what it names where only root can write",
+                    self.file,
+                    path.at,
+                    path.value.display()
+                ));
+            }
+        }
+    }
+
     /// Refuses a file whose `stat()` device is not the one the kernel reads
     /// (btrfs, overlayfs over several filesystems): the kernel's key, the
     /// superblock's device and the inode, may name another file too.

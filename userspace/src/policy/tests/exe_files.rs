@@ -306,3 +306,59 @@ fn lineage_paths_on_btrfs_are_refused_too() {
         &host,
     );
 }
+
+/// An exemption naming a file another user could replace is warned of
+/// (they would choose what it lets through); a deny rule naming the same
+/// file, or an exemption naming root's, is not.
+#[test]
+fn an_exemption_another_user_could_replace_is_warned_of() {
+    let mut host = host().with_exe("/home/alice/bin/agent", key(50));
+    host.replaceable
+        .push(PathBuf::from("/home/alice/bin/agent"));
+    let rules = |action: &str, exe: &str| {
+        format!(
+            "catalog = false\n[[rule]]\nname = \"agent\"\naction = \"{action}\"\nexe = \"{exe}\"\n\
+             [bind]\nloopback_only = [9000]\nallow_exe = [\"{exe}\"]\n"
+        )
+    };
+    let policy = compile_lenient(
+        &config(&rules("allow", "/home/alice/bin/agent")),
+        &host,
+        None,
+    )
+    .unwrap();
+    let warned: Vec<&String> = policy
+        .warnings
+        .iter()
+        .filter(|w| w.contains("another user could put another program there"))
+        .collect();
+    assert_eq!(warned.len(), 2, "{:?}", policy.warnings);
+    for expected in [
+        "test.toml:5:7: rule `agent`: exe /home/alice/bin/agent",
+        "rule `bind-guard`: allow_exe /home/alice/bin/agent",
+    ] {
+        assert!(warned.iter().any(|w| w.contains(expected)), "{warned:?}");
+    }
+    let deny = compile_lenient(
+        &config(&rules("deny", "/home/alice/bin/agent")),
+        &host,
+        None,
+    )
+    .unwrap();
+    let warned = deny
+        .warnings
+        .iter()
+        .filter(|w| w.contains("another user could"))
+        .count();
+    // The bind guard's exemption still is one.
+    assert_eq!(warned, 1, "{:?}", deny.warnings);
+    let roots = compile_lenient(&config(&rules("allow", "/usr/bin/socat")), &host, None).unwrap();
+    assert!(
+        !roots
+            .warnings
+            .iter()
+            .any(|w| w.contains("another user could")),
+        "{:?}",
+        roots.warnings
+    );
+}

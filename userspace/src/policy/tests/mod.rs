@@ -37,6 +37,8 @@ pub(super) struct FakeResolver {
     deleted: HashMap<ExeKey, PathBuf>,
     /// How many times `live_exes` walked the processes.
     walks: Cell<usize>,
+    /// Paths another user could put another file at.
+    replaceable: Vec<PathBuf>,
 }
 
 impl FakeResolver {
@@ -115,6 +117,10 @@ impl Resolver for FakeResolver {
 
     fn netns(&self, path: &Path) -> io::Result<u64> {
         self.netns.get(path).copied().ok_or_else(not_found)
+    }
+
+    fn others_may_replace(&self, path: &Path) -> bool {
+        self.replaceable.iter().any(|p| p == path)
     }
 }
 
