@@ -4,8 +4,9 @@
 //! from the event loop (a warning each refresh), that would stop the rings'
 //! draining, the query socket, ident and the watchdog. Lines queue here
 //! instead, up to [`QUEUED`]; past that they are dropped and counted, and
-//! the count is said once the queue drains ([`say_dropped`]) and at exit
-//! ([`finish`]).
+//! the count is said at the next refresh ([`say_dropped`]: a warning
+//! queued like any line, so written once the reader reads again) and in
+//! all at exit ([`finish`]).
 
 use std::{
     io::{self, Write},
