@@ -11,7 +11,7 @@ use std::{path::Path, process::Command};
 
 use loopwarden_tests::{
     Daemon, Netns, Policy, Proc, SYSTEM_PYTHON, TempDir, counter, loopwarden_bin, probe_lines,
-    python_copy, run_ok,
+    python_copy, run_ok, wait_for,
 };
 use serde_json::Value;
 
@@ -252,7 +252,16 @@ fn audit_reports_would_deny_and_lets_the_connect_through() {
     });
     assert_eq!(ev["verdict"], "would-deny", "{ev}");
     assert_eq!(ev["comm"], "lw-egress-agent", "{ev}");
-    let reported = reports(&daemon, named.pid);
+    // The metadata address is the third of them: the rest may come a drain
+    // tick (100 ms) later.
+    let reported = wait_for(
+        "a would-deny of each refused host",
+        std::time::Duration::from_secs(5),
+        || {
+            let reported = reports(&daemon, named.pid);
+            (reported.len() >= REFUSED_HOSTS.len()).then_some(reported)
+        },
+    );
     assert_eq!(reported.len(), REFUSED_HOSTS.len(), "{reported:#?}");
     assert!(reported.iter().all(|e| e["verdict"] == "would-deny"));
 
