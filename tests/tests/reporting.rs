@@ -10,7 +10,7 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, TempDir, connects, policy, rule, run, wait_for,
+    Daemon, Install, Netns, PROTECTED, Proc, TempDir, connects, policy, rule, run, wait_for,
     wait_for_explained,
 };
 
@@ -169,6 +169,88 @@ fn a_stalled_reader_of_the_diagnostics_stalls_nothing() {
     assert_answers(&install, "the diagnostics' reader");
     drop(stalled);
     daemon.wait_stderr("diagnostic lines were dropped", 1);
+}
+
+/// An executable on a filesystem whose server stops answering the daemon
+/// (a FUSE server a user runs, or an NFS server that is down) stalls
+/// nothing: a process running it connects, and its line carries the
+/// executable's path while the server never answers the daemon's requests,
+/// and the query socket answers meanwhile. The daemon asks for the file's
+/// identity from the kernel's cache (`statx` with `AT_STATX_DONT_SYNC`).
+/// Fails against a build that `stat()`s `/proc/PID/exe`: its event loop
+/// waits for the server for ever.
+#[test]
+fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
+    let ns = Netns::new();
+    let _server = ns.sink_server();
+    let daemon = Daemon::start(&policy(
+        &ns,
+        "audit",
+        &rule("fuse-tool", "deny", "exe_name", "tool"),
+    ));
+    let dir = TempDir::new("stallfs");
+    let mnt = dir.path().join("mnt");
+    let pid = daemon.pid().expect("the daemon's pid");
+    let _fs = StallFs::mount(&dir, &mnt, pid);
+    let tool = mnt.join("tool");
+    let _tool = Proc::spawn(
+        ns.cmd(tool.to_str().expect("utf-8"))
+            .env("PYTHONHOME", "/usr")
+            .args([
+                "-c",
+                &format!(
+                    "import socket, time; s = socket.create_connection(('127.0.0.1', {PROTECTED})); time.sleep(60)"
+                ),
+            ]),
+    );
+    let ev = daemon.wait_event("the would-deny of the program on FUSE", |e| {
+        e["exe_name"] == "tool" && e["verdict"] == "would-deny"
+    });
+    assert_eq!(ev["exe"], tool.display().to_string(), "{ev}");
+    assert_answers(
+        daemon.install(),
+        "a FUSE server that never answers the daemon",
+    );
+}
+
+/// A FUSE filesystem (`tests/src/stallfs.py`) of one executable, `tool` (a
+/// copy of Python), whose server answers everyone but the daemon's main
+/// thread; unmounted on drop (its server killed first, which fails what
+/// it left unanswered).
+struct StallFs {
+    server: Proc,
+    mnt: std::path::PathBuf,
+}
+
+impl StallFs {
+    fn mount(dir: &TempDir, mnt: &std::path::Path, stalled: u32) -> Self {
+        std::fs::create_dir(mnt).expect("mount point");
+        let script = dir.path().join("stallfs.py");
+        std::fs::write(&script, include_str!("../src/stallfs.py")).expect("script");
+        let python = std::fs::canonicalize("/usr/bin/python3").expect("the system Python");
+        let server = Proc::spawn(
+            Command::new("/usr/bin/python3")
+                .arg(&script)
+                .arg(mnt)
+                .arg(python)
+                .arg(stalled.to_string()),
+        );
+        let fs = Self {
+            server,
+            mnt: mnt.to_owned(),
+        };
+        wait_for("the FUSE mount", Duration::from_secs(10), || {
+            mnt.join("tool").exists().then_some(())
+        });
+        fs
+    }
+}
+
+impl Drop for StallFs {
+    fn drop(&mut self) {
+        self.server.kill();
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
 }
 
 /// Asserts that the daemon's query socket answers (within 10 s) while

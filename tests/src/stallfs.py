@@ -1,0 +1,66 @@
+"""A read-only FUSE filesystem of one executable, `tool` (a copy of SRC),
+that answers every request but those of process STALL_PID, which it never
+answers: a FUSE server that stops answering whoever looks. Stdlib only.
+Usage: stallfs.py MOUNTPOINT SRC STALL_PID"""
+import ctypes, errno, os, struct, sys
+
+mnt, src, stall_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = open(src, "rb").read()
+fd = os.open("/dev/fuse", os.O_RDWR)
+libc = ctypes.CDLL(None, use_errno=True)
+opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions"
+if libc.mount(b"lwstall", mnt.encode(), b"fuse", 0, opts.encode()) != 0:
+    raise OSError(ctypes.get_errno(), "mount " + mnt)
+print("mounted", flush=True)
+
+ROOT, FILE = 1, 2
+IN = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid extlen pad
+OUT = struct.Struct("<IiQ")
+ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
+
+
+def attr(node):
+    if node == ROOT:
+        return ATTR.pack(ROOT, 0, 0, 0, 0, 0, 0, 0, 0, 0o40755, 2, 0, 0, 0, 4096, 0)
+    return ATTR.pack(FILE, len(data), (len(data) + 511) // 512, 0, 0, 0, 0, 0, 0,
+                     0o100755, 1, 0, 0, 0, 4096, 0)
+
+
+def reply(unique, error=0, body=b""):
+    os.write(fd, OUT.pack(OUT.size + len(body), -error, unique) + body)
+
+
+while True:
+    try:
+        req = os.read(fd, (1 << 20) + 8192)
+    except OSError as e:
+        if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+            continue
+        break  # ENODEV: unmounted
+    length, opcode, unique, node, uid, gid, pid, _, _ = IN.unpack_from(req)
+    arg = req[IN.size:length]
+    if opcode in (2, 36, 42):  # FORGET, INTERRUPT, BATCH_FORGET: no reply
+        continue
+    if pid == stall_pid:
+        continue  # never answered
+    if opcode == 26:  # INIT
+        major, minor, readahead = struct.unpack_from("<III", arg)
+        body = struct.pack("<IIIIHHIIHH", 7, 31, readahead, 0, 16, 12, 1 << 17, 1, 32, 0)
+        reply(unique, 0, body.ljust(64, b"\0"))
+    elif opcode == 1:  # LOOKUP
+        if node == ROOT and arg.rstrip(b"\0") == b"tool":
+            # Nothing cached: every stat() asks.
+            reply(unique, 0, struct.pack("<QQQQII", FILE, 0, 0, 0, 0, 0) + attr(FILE))
+        else:
+            reply(unique, errno.ENOENT)
+    elif opcode == 3:  # GETATTR
+        reply(unique, 0, struct.pack("<QII", 0, 0, 0) + attr(node))
+    elif opcode in (14, 27):  # OPEN, OPENDIR
+        reply(unique, 0, struct.pack("<QII", 1, 0, 0))
+    elif opcode == 15:  # READ
+        _, offset, size = struct.unpack_from("<QQI", arg)
+        reply(unique, 0, data[offset:offset + size])
+    elif opcode in (18, 25, 29):  # RELEASE, FLUSH, RELEASEDIR
+        reply(unique)
+    else:
+        reply(unique, errno.ENOSYS)
