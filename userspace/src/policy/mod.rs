@@ -306,9 +306,10 @@ pub trait Resolver {
     /// Network namespace cookie of a namespace file (`/run/netns/x`,
     /// `/proc/PID/ns/net`).
     fn netns(&self, path: &Path) -> std::io::Result<u64>;
-    /// Whether a user other than root could put another file where the
-    /// existing `path` leads (it, or a link on the way to its file, is in a
-    /// directory that is not root's alone). Not by default.
+    /// Whether a user other than root could put another program where the
+    /// existing `path` leads (the file is not root's, others may write it,
+    /// or it or a link on the way is in a directory that is not root's
+    /// alone). Not by default.
     fn others_may_replace(&self, _path: &Path) -> bool {
         false
     }

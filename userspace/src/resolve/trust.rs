@@ -1,76 +1,144 @@
-//! Which installed files only root could have put where they are: a
-//! command's copies found by name become names the catalog's rules match
-//! (see [`super::HostResolver`]'s `find_executables`), so a copy another
-//! user could plant or retarget (a link in a directory they own, such as
-//! a conda install's `/opt/conda/bin`, or a `$PATH` entry of theirs) must
-//! not count.
+//! Which files and directories only root (or the daemon's own user) could
+//! have put where they are, or point elsewhere. A command's copies found by
+//! name become names the catalog's rules match (see
+//! [`super::HostResolver`]'s `find_executables`), so a copy another user
+//! could plant or retarget (a link in a directory they own, such as a conda
+//! install's `/opt/conda/bin`, or a `$PATH` entry of theirs) must not
+//! count; the run directory's files are made by path (see
+//! `daemon::lock`), so no other user may be able to swap a link in on the
+//! way to it; and an exemption naming a file another user could replace
+//! is warned of.
+//!
+//! A path is walked one component at a time, its links followed by hand
+//! (not with `realpath()`, which would hide a link another user owns on
+//! the way): each directory it goes through must be owned by one of the
+//! owners and writable by no one else, or be sticky (`/tmp`, where others
+//! cannot rename or remove what is not theirs; the component there must
+//! then be the owners' own, since another user could have made it first).
 
 use std::{
+    collections::VecDeque,
+    ffi::OsString,
     fs,
     os::unix::fs::{MetadataExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
 };
 
-/// The most links followed from a copy to its file (the kernel's own
-/// limit is 40).
+/// The most links followed on one path (the kernel's own limit is 40).
 const MAX_LINKS: usize = 40;
 
-/// Whether the directory `dir` (its links followed) is root's alone
-/// ([`not_private`] to uid 0).
-pub(super) fn root_only_dir(dir: &Path) -> bool {
-    not_private(dir, &[0]).is_none()
+/// Why the directory `dir` is not private to `owners`, if it is not: the
+/// walk to it must be theirs alone (see the module's documentation), and
+/// `dir` itself writable by no one else, not even sticky.
+pub(crate) fn not_private(dir: &Path, owners: &[u32]) -> Option<String> {
+    let real = match walk(dir, owners) {
+        Ok(real) => real,
+        Err(why) => return Some(why),
+    };
+    match fs::metadata(&real) {
+        Ok(meta) if !meta.is_dir() => Some(format!("{} is not a directory", real.display())),
+        Ok(meta) if meta.permissions().mode() & 0o022 != 0 => Some(others_write(&real, &meta)),
+        Ok(_) => None,
+        Err(e) => Some(format!("{} cannot be read: {e}", real.display())),
+    }
 }
 
-/// Why the directory `dir` (its links followed) is not private to the
-/// owners `owners`, if it is not: it and each directory above it must be
-/// owned by one of them, `dir` writable by no one else, and one above it
-/// only when sticky (`/tmp`: others cannot rename or remove what was made
-/// there). Where a file is made or followed by its path, another user who
-/// could write on the way could swap a link in.
-pub(crate) fn not_private(dir: &Path, owners: &[u32]) -> Option<String> {
-    let real = match fs::canonicalize(dir) {
-        Ok(real) => real,
-        Err(e) => return Some(format!("{} cannot be resolved: {e}", dir.display())),
-    };
-    for (depth, d) in real.ancestors().enumerate() {
-        let meta = match fs::metadata(d) {
-            Ok(meta) => meta,
-            Err(e) => return Some(format!("{} cannot be read: {e}", d.display())),
-        };
-        let mode = meta.permissions().mode();
-        if !owners.contains(&meta.uid()) {
-            return Some(format!("{} is owned by uid {}", d.display(), meta.uid()));
+/// The file the path `copy` leads to, if the walk to it is root's alone
+/// and the file is root's and writable by no one else: another user could
+/// neither point `copy` elsewhere nor change what it leads to. `None` too
+/// for a loop or a path that does not resolve.
+pub(super) fn root_only_target(copy: &Path) -> Option<PathBuf> {
+    let real = walk(copy, &[0]).ok()?;
+    let meta = fs::metadata(&real).ok()?;
+    (meta.is_file() && meta.uid() == 0 && meta.permissions().mode() & 0o022 == 0).then_some(real)
+}
+
+fn others_write(path: &Path, meta: &fs::Metadata) -> String {
+    format!(
+        "{} may be written by its group or others (mode {:o})",
+        path.display(),
+        meta.permissions().mode() & 0o7777
+    )
+}
+
+/// Walks `path` (made absolute) to what it names, links followed by hand;
+/// why not, when a directory on the way, or a link or directory in a
+/// sticky one, is not `owners`' alone.
+fn walk(path: &Path, owners: &[u32]) -> Result<PathBuf, String> {
+    let path = std::path::absolute(path)
+        .map_err(|e| format!("{} cannot be made absolute: {e}", path.display()))?;
+    let mut pending: VecDeque<OsString> = VecDeque::new();
+    push_front(&mut pending, &path);
+    let mut at = PathBuf::from("/");
+    // Whether `at` is writable by others (then sticky).
+    let mut shared = enter(&at, owners)?;
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            at.pop();
+            // Entered already on the way down: still checked.
+            shared = enter(&at, owners)?;
+            continue;
         }
-        if mode & 0o022 != 0 && (depth == 0 || mode & 0o1000 == 0) {
-            return Some(format!(
-                "{} may be written by its group or others (mode {:o})",
-                d.display(),
-                mode & 0o7777
+        let next = at.join(&name);
+        let meta = fs::symlink_metadata(&next)
+            .map_err(|e| format!("{} cannot be read: {e}", next.display()))?;
+        if shared && !owners.contains(&meta.uid()) {
+            return Err(format!(
+                "{} is owned by uid {}, in a directory others may write",
+                next.display(),
+                meta.uid()
             ));
         }
+        if meta.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(format!("{}: too many links", path.display()));
+            }
+            let target = fs::read_link(&next)
+                .map_err(|e| format!("{} cannot be read: {e}", next.display()))?;
+            if target.is_absolute() {
+                at = PathBuf::from("/");
+                shared = enter(&at, owners)?;
+            }
+            push_front(&mut pending, &target);
+            continue;
+        }
+        at = next;
+        if meta.is_dir() {
+            shared = enter(&at, owners)?;
+        } else if !pending.is_empty() {
+            return Err(format!("{} is not a directory", at.display()));
+        }
     }
-    None
+    Ok(at)
 }
 
-/// The file the path `copy` leads to, if every link on the way, and the
-/// file, is in a directory that is root's alone ([`root_only_dir`]): a
-/// hop through a directory of another user's would let them choose the
-/// file. `None` too for a loop or a path that does not resolve.
-pub(super) fn root_only_target(copy: &Path) -> Option<PathBuf> {
-    let mut path = copy.to_path_buf();
-    for _ in 0..MAX_LINKS {
-        let parent = path.parent()?;
-        if !root_only_dir(parent) {
-            return None;
+/// Puts the names of `path`'s components before those still pending.
+fn push_front(pending: &mut VecDeque<OsString>, path: &Path) {
+    for component in path.components().rev() {
+        match component {
+            Component::Normal(name) => pending.push_front(name.to_owned()),
+            Component::ParentDir => pending.push_front("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
         }
-        let meta = fs::symlink_metadata(&path).ok()?;
-        if !meta.file_type().is_symlink() {
-            return fs::canonicalize(&path).ok();
-        }
-        let target = fs::read_link(&path).ok()?;
-        path = parent.join(target);
     }
-    None
+}
+
+/// Checks the directory `dir`, reached by the walk: owned by one of
+/// `owners`, writable by no one else unless sticky. Whether others may
+/// write it (sticky).
+fn enter(dir: &Path, owners: &[u32]) -> Result<bool, String> {
+    let meta = fs::metadata(dir).map_err(|e| format!("{} cannot be read: {e}", dir.display()))?;
+    if !owners.contains(&meta.uid()) {
+        return Err(format!("{} is owned by uid {}", dir.display(), meta.uid()));
+    }
+    let mode = meta.permissions().mode();
+    let others = mode & 0o022 != 0;
+    if others && mode & 0o1000 == 0 {
+        return Err(others_write(dir, &meta));
+    }
+    Ok(others)
 }
 
 #[cfg(test)]
@@ -100,9 +168,21 @@ mod tests {
         }
     }
 
+    /// Whether the directory `dir` is root's alone.
+    fn root_only_dir(dir: &Path) -> bool {
+        not_private(dir, &[0]).is_none()
+    }
+
     fn root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        nix::unistd::Uid::effective().is_root()
+    }
+
+    /// A directory in `scratch` anyone may write, sticky (as `/tmp`).
+    fn sticky(scratch: &Scratch) -> PathBuf {
+        let dir = scratch.0.join("sticky");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        dir
     }
 
     #[test]
@@ -110,21 +190,56 @@ mod tests {
         let scratch = Scratch::new("why");
         let why = not_private(&scratch.0, &[4_000_000]).unwrap();
         assert!(why.contains("is owned by uid"), "{why}");
-        let why = not_private(&std::env::temp_dir(), &[0]).unwrap();
+        let me = nix::unistd::Uid::effective().as_raw();
+        let why = not_private(&sticky(&scratch), &[0, me]).unwrap();
         assert!(
             why.contains("may be written by its group or others"),
             "{why}"
         );
         let why = not_private(Path::new("/nonexistent-loopwarden"), &[0]).unwrap();
-        assert!(why.contains("cannot be resolved"), "{why}");
+        assert!(why.contains("cannot be read"), "{why}");
         assert_eq!(not_private(Path::new("/usr/bin"), &[0]), None);
+    }
+
+    /// `/tmp/lw -> /etc`, made by another user before root names
+    /// `/tmp/lw`: `/etc` is root's, but the link is theirs to point
+    /// elsewhere later. In a sticky directory only the owners' own links and
+    /// directories are followed; a directory of the owners' there is.
+    #[test]
+    fn a_link_another_user_owns_in_a_sticky_directory_is_not_followed() {
+        let scratch = Scratch::new("sticky");
+        let shared = scratch.0.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let link = shared.join("lw");
+        symlink("/etc", &link).unwrap();
+        let ours = shared.join("ours");
+        fs::create_dir(&ours).unwrap();
+        fs::set_permissions(&ours, fs::Permissions::from_mode(0o755)).unwrap();
+        if root() {
+            assert_eq!(not_private(&link, &[0]), None);
+            assert_eq!(not_private(&ours, &[0]), None);
+            std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+            let why = not_private(&link, &[0]).unwrap();
+            assert!(
+                why.contains("lw is owned by uid 65534, in a directory others may write"),
+                "{why}"
+            );
+            std::os::unix::fs::chown(&ours, Some(65534), None).unwrap();
+            assert!(not_private(&ours, &[0]).is_some());
+        } else {
+            assert!(not_private(&link, &[0]).is_some());
+        }
+        // The sticky directory itself is no private one.
+        assert!(not_private(&shared, &[0, 4_000_000]).is_some());
     }
 
     #[test]
     fn system_directories_are_roots_and_the_temporary_one_is_not() {
         assert!(root_only_dir(Path::new("/usr/bin")));
         // World-writable: sticky is enough above a directory, not for it.
-        assert!(!root_only_dir(&std::env::temp_dir()));
+        let scratch = Scratch::new("tmp");
+        assert!(!root_only_dir(&sticky(&scratch)));
         assert!(!root_only_dir(Path::new("/nonexistent-loopwarden")));
     }
 
@@ -172,6 +287,11 @@ mod tests {
             std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
         }
         assert_eq!(root_only_target(&via), None);
+        // A file others may write is not root's alone, wherever it is.
+        let writable = system.join("writable");
+        fs::copy("/bin/sh", &writable).unwrap();
+        fs::set_permissions(&writable, fs::Permissions::from_mode(0o757)).unwrap();
+        assert_eq!(root_only_target(&writable), None);
         // A loop resolves to nothing.
         let a = system.join("a");
         symlink(system.join("b"), &a).unwrap();

@@ -264,9 +264,10 @@ impl Compiler<'_> {
             if self.resolver.others_may_replace(&path.value) {
                 self.policy.warnings.push(format!(
                     "{}:{}: rule `{rule}`: {field} {}: another user could put another \
-                     program there (it, or a link on the way to its file, is in a directory \
-                     that is not root's alone), and this rule would let that program through; \
-                     keep what it names where only root can write",
+                     program there (the file is not root's, others may write it, or it or a \
+                     link on the way to it is in a directory that is not root's alone), and \
+                     this rule would let that program through; keep what it names where only \
+                     root can write",
                     self.file,
                     path.at,
                     path.value.display()
