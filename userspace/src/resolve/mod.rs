@@ -162,12 +162,13 @@ impl HostResolver {
     /// The directory named `unit` below the root, at the shallowest level
     /// that has one, and its level. Two there (a unit of that name under
     /// each of two users' managers) are an error: which one a bare name
-    /// means is not for directory order to decide. Only directories root
-    /// (or this process's user) owns are searched: a cgroup tree delegated
-    /// to a user (`user@UID.service`, a container's) is theirs to name as
-    /// they like, and a cgroup they make under a system unit's name must
-    /// neither take that name's rules (an allow rule's exemption) nor make
-    /// it ambiguous. A user's unit is named by its path.
+    /// means is not for directory order to decide. Only cgroups in
+    /// directories root (or this process's user) owns, all the way up,
+    /// are found: a tree delegated to a user (below `user@UID.service`, a
+    /// container's) is theirs to name as they like, and a cgroup they make
+    /// there under a system unit's name must neither take that name's
+    /// rules (an allow rule's exemption) nor make it ambiguous. A unit in
+    /// such a tree is named by its path.
     fn find_unit(&self, unit: &str) -> io::Result<(PathBuf, u32)> {
         if unit.is_empty() || unit == "." || unit == ".." {
             return Err(io::Error::new(
@@ -180,8 +181,7 @@ impl HostResolver {
         // With whether it and every directory above it are root's.
         let mut queue = VecDeque::from([(self.cgroup_root.clone(), 0u32, true)]);
         let mut read = 0;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
+        let euid = Uid::effective().as_raw();
         let ours = |entry: &fs::DirEntry| {
             entry
                 .metadata()
@@ -220,7 +220,10 @@ impl HostResolver {
                 if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
-                let owned = owned && ours(&entry);
+                // In a directory of root's only root made it (a unit
+                // delegated to a user, `user@1000.service`, is theirs, but
+                // its name was root's to give); below one of a user's, the
+                // user did.
                 if entry.file_name() == OsStr::new(unit) {
                     if owned {
                         found.push(entry.path());
@@ -229,7 +232,7 @@ impl HostResolver {
                         theirs += 1;
                     }
                 } else if level + 1 < UNIT_SEARCH_DEPTH {
-                    queue.push_back((entry.path(), level + 1, owned));
+                    queue.push_back((entry.path(), level + 1, owned && ours(&entry)));
                 }
             }
         }
@@ -710,11 +713,14 @@ mod tests {
 
         // A tree delegated to a user is theirs: a cgroup of theirs under a
         // name is never what the bare name means (as root, where the
-        // others are root's; by path it still is).
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        // others are root's; by path it still is). The delegated unit
+        // itself, in root's directory, still is.
+        if nix::unistd::Uid::effective().is_root() {
             let delegated = tmp.0.join("user.slice/user-1000.slice/user@1000.service");
-            std::os::unix::fs::chown(&delegated, Some(1000), None).unwrap();
+            for dir in [&delegated, &delegated.join("app.slice"), &nested] {
+                std::os::unix::fs::chown(dir, Some(1000), None).unwrap();
+            }
+            assert_eq!(r.cgroup("user@1000.service").unwrap().id, ino(&delegated));
             let theirs = r.cgroup("bar.service").unwrap_err();
             assert_eq!(theirs.kind(), io::ErrorKind::NotFound);
             assert!(
@@ -734,7 +740,9 @@ mod tests {
                 ino(&nested)
             );
             fs::remove_dir(&planted).unwrap();
-            std::os::unix::fs::chown(&delegated, Some(0), None).unwrap();
+            for dir in [&delegated, &delegated.join("app.slice"), &nested] {
+                std::os::unix::fs::chown(dir, Some(0), None).unwrap();
+            }
         }
 
         let missing = r.cgroup("missing.service").unwrap_err();
