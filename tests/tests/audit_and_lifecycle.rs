@@ -909,25 +909,22 @@ fn check_config_prints_the_compiled_policy() {
     assert!(stdout.contains("catalog:socat"), "{stdout}");
 }
 
-/// A run directory another user may write is refused (exit 78, the
-/// directory and why named) before anything is made in it: the link a
-/// user put where the lock goes is not followed, and the file it points to
-/// keeps its contents. The same command in the same directory, made
-/// private, runs.
+/// A run directory of another user's is refused (exit 78, the directory
+/// and why named) before anything is made in it: the link they put where
+/// the lock goes is not followed, and the file it points to keeps its
+/// contents. One of root's that is only too open (an `emptyDir`, 0777) is
+/// made private with a warning, and the link is still not followed. The
+/// same `detach`, the link removed, runs.
 #[test]
 fn a_run_directory_another_user_may_write_is_refused() {
     let dir = TempDir::new("shared-run");
     let run_dir = dir.path().join("run");
     std::fs::create_dir(&run_dir).expect("run dir");
-    let chmod = |mode| {
-        std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .expect("chmod")
-    };
-    chmod(0o777);
     let precious = dir.path().join("precious");
     std::fs::write(&precious, "precious\n").expect("file");
     let lock = run_dir.join("loopwarden.lock");
     std::os::unix::fs::symlink(&precious, &lock).expect("link");
+    std::os::unix::fs::chown(&run_dir, Some(65534), None).expect("chown");
     let pin_dir = format!("/sys/fs/bpf/lwt-shared-run-{}", std::process::id());
     let detach = || {
         Command::new(loopwarden_bin())
@@ -945,14 +942,26 @@ fn a_run_directory_another_user_may_write_is_refused() {
         stderr.contains(&format!(
             "the run directory {} is not private",
             run_dir.display()
-        )) && stderr.contains("may be written by its group or others (mode 777)"),
+        )) && stderr.contains("is owned by uid 65534"),
         "{stderr}"
     );
-    assert_eq!(
-        std::fs::read_to_string(&precious).expect("read"),
-        "precious\n"
+    let intact = || std::fs::read_to_string(&precious).expect("read") == "precious\n";
+    assert!(intact());
+    // Root's, open to all: made private, the link still not followed.
+    std::os::unix::fs::chown(&run_dir, Some(0), None).expect("chown");
+    std::fs::set_permissions(
+        &run_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let out = detach();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("was writable by its group or others (mode 777): made it 755"),
+        "{stderr}"
     );
-    chmod(0o755);
+    assert!(intact());
     std::fs::remove_file(&lock).expect("unlink");
     let out = detach();
     assert!(out.status.success(), "{out:?}");
@@ -974,6 +983,11 @@ fn a_copy_another_user_could_plant_adds_no_name_to_the_catalog() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+    // /opt itself, if this test makes it, goes too.
+    let _made_opt = (!std::path::Path::new("/opt").exists()).then(|| {
+        std::fs::create_dir("/opt").expect("/opt");
+        Removed(std::path::PathBuf::from("/opt"))
+    });
     let opt = Removed(std::path::PathBuf::from(format!(
         "/opt/loopwarden-test-{}",
         std::process::id()

@@ -7,9 +7,13 @@
 use std::{
     fs::{self, DirBuilder, File, OpenOptions, TryLockError},
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::Path,
 };
+
+use tracing::warn;
 
 use super::{DaemonError, io_err};
 use crate::resolve::trust::not_private;
@@ -31,9 +35,11 @@ impl InstanceLock {
             .mode(0o755)
             .create(run_dir)
             .map_err(io_err(format!("creating {}", run_dir.display())))?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if let Some(why) = not_private(run_dir, &[0, euid]) {
+        let owners = [0, nix::unistd::Uid::effective().as_raw()];
+        if not_private(run_dir, &owners).is_some() {
+            tighten(run_dir, &owners);
+        }
+        if let Some(why) = not_private(run_dir, &owners) {
             return Err(DaemonError::RunDir {
                 path: run_dir.to_owned(),
                 why,
@@ -49,6 +55,24 @@ impl InstanceLock {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(format!("opening {}", path.display())))?;
+        // Made by another user while the directory was open to them (a
+        // hard link to another file of theirs, or of root's where
+        // `fs.protected_hardlinks` is 0): never written.
+        let meta = file
+            .metadata()
+            .map_err(io_err(format!("inspecting {}", path.display())))?;
+        if !owners.contains(&meta.uid()) || meta.nlink() != 1 {
+            return Err(DaemonError::RunDir {
+                path: run_dir.to_owned(),
+                why: format!(
+                    "{} is owned by uid {} with {} links: it is not one this daemon made \
+                     (remove it)",
+                    path.display(),
+                    meta.uid(),
+                    meta.nlink()
+                ),
+            });
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -70,6 +94,33 @@ impl InstanceLock {
     }
 }
 
+/// A run directory that is the owners' and only too open (a Kubernetes
+/// `emptyDir` is made 0777, a tmpfs 1777) is made private: writable by its
+/// owner alone. Said as a warning; nothing is done to one of another
+/// user's, or below one.
+fn tighten(run_dir: &Path, owners: &[u32]) {
+    let Ok(meta) = fs::symlink_metadata(run_dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_dir() || !owners.contains(&meta.uid()) || mode & 0o022 == 0 {
+        return;
+    }
+    let private = mode & !0o1022;
+    match fs::set_permissions(run_dir, fs::Permissions::from_mode(private)) {
+        Ok(()) => warn!(
+            "the run directory {} was writable by its group or others (mode {mode:o}): made it \
+             {private:o}",
+            run_dir.display()
+        ),
+        Err(e) => warn!(
+            "the run directory {} is writable by its group or others (mode {mode:o}), and \
+             making it {private:o} failed: {e}",
+            run_dir.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{PermissionsExt as _, symlink};
@@ -77,36 +128,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_run_directory_others_may_write_is_refused_and_a_private_one_taken() {
+    fn a_run_directory_is_made_private_and_what_others_made_there_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         // Made with its parents, private: taken, with this pid in the lock.
         let run = tmp.path().join("a/run");
         let lock = InstanceLock::acquire(&run).unwrap();
         let pid = fs::read_to_string(run.join("loopwarden.lock")).unwrap();
         assert_eq!(pid.trim(), std::process::id().to_string());
-        assert_eq!(
-            fs::metadata(&run).unwrap().permissions().mode() & 0o777,
-            0o755
-        );
+        assert_eq!(fs::metadata(&run).unwrap().permissions().mode() & 0o022, 0);
         drop(lock);
-        // Writable by others: refused before any file is made in it.
+        // Ours but open to all (an emptyDir): made private, and a link
+        // someone put where the lock goes meanwhile is not followed.
         let shared = tmp.path().join("shared");
         fs::create_dir(&shared).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
-        symlink("/nonexistent-target", shared.join("loopwarden.lock")).unwrap();
-        let err = InstanceLock::acquire(&shared).err().unwrap();
-        assert_eq!(err.exit_code(), super::super::exit::CONFIG);
-        let text = err.to_string();
-        assert!(
-            text.contains("is not private")
-                && text.contains("may be written by its group or others"),
-            "{text}"
-        );
-        // A link where the lock goes is never followed, even in a private
-        // directory.
-        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        let target = tmp.path().join("precious");
+        fs::write(&target, "precious").unwrap();
+        symlink(&target, shared.join("loopwarden.lock")).unwrap();
         let err = InstanceLock::acquire(&shared).err().unwrap();
         assert!(err.to_string().contains("opening"), "{err}");
-        assert!(!Path::new("/nonexistent-target").exists());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(
+            fs::metadata(&shared).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        // A lock file with another name for it: not written either.
+        fs::remove_file(shared.join("loopwarden.lock")).unwrap();
+        fs::hard_link(&target, shared.join("loopwarden.lock")).unwrap();
+        let err = InstanceLock::acquire(&shared).err().unwrap();
+        assert_eq!(err.exit_code(), super::super::exit::CONFIG);
+        assert!(err.to_string().contains("with 2 links"), "{err}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        fs::remove_file(shared.join("loopwarden.lock")).unwrap();
+        drop(InstanceLock::acquire(&shared).unwrap());
+        // Another user's: refused, and left as it is.
+        if nix::unistd::Uid::effective().is_root() {
+            std::os::unix::fs::chown(&shared, Some(65534), None).unwrap();
+            let err = InstanceLock::acquire(&shared).err().unwrap();
+            assert_eq!(err.exit_code(), super::super::exit::CONFIG);
+            let text = err.to_string();
+            assert!(
+                text.contains("is not private") && text.contains("is owned by uid 65534"),
+                "{text}"
+            );
+        }
     }
 }

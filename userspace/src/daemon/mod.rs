@@ -84,8 +84,9 @@ pub enum DaemonError {
     )]
     AlreadyRunning { path: PathBuf, holder: Option<u32> },
     #[error(
-        "the run directory {} is not private: {why}; give the daemon a --run-dir only root \
-         can write (the default, /run/loopwarden, or one in a root-owned directory)",
+        "the run directory {} is not private: {why}; make it and the directories above it \
+         root's (or this daemon's user's) and writable by no one else (chown root, chmod \
+         go-w; one above it may be sticky, as /tmp), or give the daemon another --run-dir",
         path.display()
     )]
     RunDir { path: PathBuf, why: String },
