@@ -62,3 +62,18 @@ pub fn monotonic() -> std::time::Duration {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
+
+/// Joins `thread` if it ends within `limit` (std has no join with a
+/// deadline: its end is polled every 10 ms); whether it did. One that does
+/// not is left running (a write blocked on a stalled reader).
+pub fn join_within(thread: std::thread::JoinHandle<()>, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while !thread.is_finished() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = thread.join();
+    true
+}

@@ -282,6 +282,11 @@ pub fn sweep(
         if truncated {
             break;
         }
+        // A newer policy's sweep judges what this one has not listed yet.
+        if superseded() {
+            sweep.superseded = true;
+            return sweep;
+        }
         let mut ns = match enter(target) {
             Ok(ns) => ns,
             Err(e) if e.namespace_gone() => {
@@ -375,6 +380,11 @@ fn cut(
         })
         .collect();
     if candidates.is_empty() {
+        return;
+    }
+    // Before the walk of every process's descriptors, the longest part.
+    if superseded() {
+        sweep.superseded = true;
         return;
     }
     let inodes: HashSet<u64> = candidates.iter().map(|(_, s, _)| s.inode).collect();

@@ -284,25 +284,21 @@ impl Installed {
         {
             warn!("{warning}");
         }
-        // A sweep under way judges by the policy before: it stops before
-        // its next cut once the new one may be in force.
-        self.sweeper.supersede();
         let seq = match self.maps.install(&fresh, &addrs) {
             Ok(seq) => seq,
             // With its causes: an update's errno is in its source. Said
             // by the caller.
             Err(e) => {
-                // The policy before stays in force: its sweep starts again.
-                if let Some(policy) = &self.policy {
-                    self.sweeper.request(policy, &self.addrs);
-                }
                 let e = crate::error_chain(&e);
                 return Err(format!("installing the new policy failed: {e}"));
             }
         };
+        // At once: a sweep under way, judging by the policy before, stops
+        // before its next cut (one between its check and its cut still
+        // goes, as it would a moment earlier).
+        self.sweeper.request(&fresh, &addrs);
         info!("policy #{seq} installed: {} rules", fresh.rules.len());
         enricher.set_rules(seq, fresh.named_rules());
-        self.sweeper.request(&fresh, &addrs);
         self.policy = Some(fresh);
         self.addrs = addrs;
         Ok(true)

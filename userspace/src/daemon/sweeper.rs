@@ -22,7 +22,7 @@ use std::{
         mpsc::{self, Receiver, Sender},
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::maps::{HashMap as AyaHashMap, Map, MapData};
@@ -72,10 +72,9 @@ impl Sweeper {
         })
     }
 
-    /// Stops a sweep under way before its next cut: called before a new
-    /// policy goes into the kernel, so no sweep judging by the policy
-    /// before cuts a connection the new one lets through.
-    pub fn supersede(&self) {
+    /// Stops a sweep under way before its next cut (and one still queued
+    /// before it starts).
+    fn supersede(&self) {
         self.latest.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -91,18 +90,9 @@ impl Sweeper {
     pub fn finish(&mut self, limit: Duration) -> bool {
         self.supersede();
         self.jobs = None;
-        let Some(thread) = self.thread.take() else {
-            return true;
-        };
-        let deadline = Instant::now() + limit;
-        while !thread.is_finished() {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = thread.join();
-        true
+        self.thread
+            .take()
+            .is_none_or(|thread| crate::join_within(thread, limit))
     }
 
     /// Asks for a sweep under `policy` (nothing happens in audit mode).
@@ -211,7 +201,8 @@ fn work(
         while let Ok(newer) = queue.try_recv() {
             job = newer;
         }
-        if job.policy.mode != Mode::Enforce {
+        // Superseded while queued (the exit's [`Sweeper::finish`] too).
+        if job.policy.mode != Mode::Enforce || latest.load(Ordering::SeqCst) != job.number {
             continue;
         }
         let (known, unread) = Pinned::open(maps_dir);
@@ -254,7 +245,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finish_ends_the_thread_and_later_requests_are_refused() {
+    fn supersede_moves_the_number_on_and_finish_ends_the_thread() {
         let mut sweeper = Sweeper::spawn(
             PathBuf::from("/nonexistent"),
             PathBuf::from("/nonexistent"),

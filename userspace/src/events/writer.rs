@@ -18,7 +18,7 @@ use std::{
         mpsc::{self, SyncSender, TrySendError},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// Batches queued for the writing thread (each up to some 64 KiB).
@@ -209,19 +209,14 @@ impl Writer {
         let Some(thread) = thread.take() else {
             return true;
         };
-        let deadline = Instant::now() + limit;
-        while !thread.is_finished() {
-            if Instant::now() >= deadline {
-                // What the thread still holds is not written by the exit:
-                // counted as lost, so every line is written or said to be.
-                self.dropped.lines += self.shared.queued_lines.swap(0, Ordering::Relaxed);
-                self.dropped.reports += self.shared.queued_reports.swap(0, Ordering::Relaxed);
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if crate::join_within(thread, limit) {
+            return true;
         }
-        let _ = thread.join();
-        true
+        // What the thread still holds is not written by the exit: counted
+        // as lost, so every line is written or said to be.
+        self.dropped.lines += self.shared.queued_lines.swap(0, Ordering::Relaxed);
+        self.dropped.reports += self.shared.queued_reports.swap(0, Ordering::Relaxed);
+        false
     }
 }
 
