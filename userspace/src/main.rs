@@ -265,7 +265,16 @@ fn main() -> ExitCode {
     // The daemon's diagnostics go through a queue and a thread of their
     // own, so a stalled reader of stderr never holds its event loop.
     let writer = match daemon.then(stderr::Queued::spawn).flatten() {
-        Some(queued) => BoxMakeWriter::new(queued),
+        Some(queued) => {
+            // A panic's message comes after the lines queued before it,
+            // which explain it (the process may end with the panic).
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                stderr::flush(std::time::Duration::from_secs(1));
+                report(info);
+            }));
+            BoxMakeWriter::new(queued)
+        }
         None => BoxMakeWriter::new(std::io::stderr),
     };
     tracing_subscriber::fmt()

@@ -151,6 +151,8 @@ impl Running {
         };
         // A second SIGINT or SIGTERM ends the process at once, should the
         // exit below wait too long (a lookup stuck on NSS or a hung mount).
+        // Not as a pid namespace's init (the DaemonSet's container), whose
+        // signals left at their default the kernel ignores.
         second_signal_kills();
         // The cuts of a sweep under way are reported before we go: it stops
         // before its next cut.

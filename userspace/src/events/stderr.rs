@@ -9,7 +9,10 @@
 //! all at exit ([`finish`]).
 
 use std::{
+    fs::File,
     io::{self, Write},
+    mem::ManuallyDrop,
+    os::fd::FromRawFd as _,
     sync::{
         Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -31,6 +34,8 @@ struct Shared {
     /// Lines dropped (queue full), and how many of them were said.
     dropped: AtomicU64,
     said: AtomicU64,
+    /// Lines queued and not yet written.
+    pending: AtomicU64,
 }
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
@@ -44,22 +49,35 @@ impl Queued {
     /// stderr directly then).
     pub fn spawn() -> Option<Self> {
         let (queue, lines) = mpsc::sync_channel::<Vec<u8>>(QUEUED);
+        let shared = Shared {
+            queue: Mutex::new(Some(queue)),
+            thread: Mutex::new(None),
+            dropped: AtomicU64::new(0),
+            said: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+        };
+        SHARED.set(shared).ok()?;
         let thread = std::thread::Builder::new()
             .name("diagnostics".into())
             .spawn(move || {
-                let mut err = io::stderr();
+                // fd 2 itself, not std's handle: a write blocked on a
+                // stalled reader holds no lock a last word would wait for.
+                // SAFETY: fd 2 stays open for the process's life;
+                // ManuallyDrop keeps this handle from closing it.
+                let mut err = ManuallyDrop::new(unsafe { File::from_raw_fd(2) });
                 for line in lines {
                     let _ = err.write_all(&line);
+                    if let Some(shared) = SHARED.get() {
+                        shared.pending.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
             })
             .ok()?;
-        let shared = Shared {
-            queue: Mutex::new(Some(queue)),
-            thread: Mutex::new(Some(thread)),
-            dropped: AtomicU64::new(0),
-            said: AtomicU64::new(0),
-        };
-        SHARED.set(shared).ok()?;
+        *SHARED
+            .get()?
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Some(Self)
     }
 }
@@ -104,13 +122,19 @@ impl Shared {
         let Some(queue) = queue.as_ref() else {
             return Some(line);
         };
+        // Counted first: the thread may write it before `try_send` returns.
+        self.pending.fetch_add(1, Ordering::Relaxed);
         match queue.try_send(line) {
             Ok(()) => None,
             Err(TrySendError::Full(_)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 None
             }
-            Err(TrySendError::Disconnected(line)) => Some(line),
+            Err(TrySendError::Disconnected(line)) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                Some(line)
+            }
         }
     }
 }
@@ -130,7 +154,7 @@ pub fn say_dropped() {
         return;
     };
     let dropped = shared.dropped.load(Ordering::Relaxed);
-    let said = shared.said.swap(dropped, Ordering::Relaxed);
+    let said = shared.said.load(Ordering::Relaxed);
     if dropped > said {
         tracing::warn!(
             dropped_lines = dropped - said,
@@ -138,6 +162,23 @@ pub fn say_dropped() {
              too far behind",
             dropped - said
         );
+        // Said only if this warning was queued (nothing was dropped since,
+        // itself included); else the next refresh says it all again.
+        if shared.dropped.load(Ordering::Relaxed) == dropped {
+            shared.said.store(dropped, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits, up to `limit`, until what is queued is written (a panic's hook:
+/// the lines before it explain it).
+pub fn flush(limit: Duration) {
+    let Some(shared) = SHARED.get() else {
+        return;
+    };
+    let deadline = Instant::now() + limit;
+    while shared.pending.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -158,17 +199,11 @@ pub fn finish(limit: Duration) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
-    if let Some(thread) = thread {
-        let deadline = Instant::now() + limit;
-        while !thread.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-        }
-    }
+    let ended = thread.is_none_or(|thread| crate::join_within(thread, limit));
     let dropped = shared.dropped.load(Ordering::Relaxed);
-    if dropped > 0 {
+    // Not while the thread is still blocked on a stalled reader: this
+    // write would block as long.
+    if dropped > 0 && ended {
         let _ = writeln!(
             io::stderr(),
             "loopwarden: {dropped} diagnostic lines in all were dropped: the reader of standard \
