@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     fs,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, PoisonError, RwLock},
     time::{Instant, SystemTime},
 };
@@ -396,11 +396,33 @@ impl ProcCache {
         }
     }
 
-    /// A path seen earlier for this identity, if it still names the same file.
+    /// A path seen earlier for this identity, if it still names the same
+    /// file. On a filesystem whose server may stop answering (FUSE, NFS, SMB
+    /// and the like), where looking the path up again asks the server, it
+    /// is taken as it was seen while the path is still on the identity's
+    /// filesystem: the event loop never waits for such a server.
     fn cached_exe(&self, id: &ExeKey) -> Option<String> {
         let path = self.exes.get(id)?;
+        let remote_mount = fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|info| crate::resolve::mount_of(&info, Path::new(path)))
+            .filter(|mount| remote(&mount.fs_type));
+        if let Some(mount) = remote_mount {
+            return (mount.dev == id.dev).then(|| path.clone());
+        }
         is_file(path, path, id).then(|| path.clone())
     }
+}
+
+/// Whether a filesystem of type `fs_type` answers from a server that may
+/// stop answering: a user's (FUSE) or a network's.
+fn remote(fs_type: &str) -> bool {
+    fs_type.starts_with("fuse")
+        || fs_type.starts_with("nfs")
+        || matches!(
+            fs_type,
+            "cifs" | "smb3" | "9p" | "ceph" | "glusterfs" | "afs" | "lustre" | "virtiofs"
+        )
 }
 
 /// The id (directory inode) of a cgroup v2 path like `/system.slice/x`.
