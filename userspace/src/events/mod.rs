@@ -426,12 +426,14 @@ fn plain(c: char) -> bool {
     !c.is_whitespace() && c != '"' && c != '\\' && !reshapes(c)
 }
 
-/// Whether `c` is a control or changes how the text after it displays:
-/// bidirectional overrides and isolates, zero-width characters, and the
-/// Unicode line and paragraph separators (`{:?}` escapes them all).
+/// Whether `c` is a control or may change how the text around it displays:
+/// every character `{:?}` escapes but the ASCII ones it escapes for Rust's
+/// sake (quotes, backslash): bidirectional marks, overrides and isolates
+/// (U+061C, U+200E, U+202E, U+2066...), zero-width and other invisible
+/// format characters, the Unicode line and paragraph separators, and
+/// combining marks.
 pub(crate) fn reshapes(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    c.is_control() || (!c.is_ascii() && c.escape_debug().next() == Some('\\'))
 }
 
 /// The wall-clock time of a `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) stamp.

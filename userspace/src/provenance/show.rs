@@ -214,13 +214,16 @@ mod tests {
             "pid": 42, "verdict": "would-deny",
             "exe_name": "socat\u{202e}yaler",
             "comm": "cu\u{200b}rl",
-            "cmdline": "a\u{2028}b",
+            "cmdline": "a\u{2028}b\u{61c}",
+            "exe": "/usr/bin/caf\u{e9}",
         });
         let lines = describe(&origin);
         for expected in [
             "exe_name:       \"socat\\u{202e}yaler\"\n",
             "comm:           \"cu\\u{200b}rl\"\n",
-            "cmdline:        \"a\\u{2028}b\"\n",
+            "cmdline:        \"a\\u{2028}b\\u{61c}\"\n",
+            // A letter with its accent is no mark of its own: as it is.
+            "exe:            /usr/bin/caf\u{e9}\n",
         ] {
             assert!(lines.contains(expected), "{expected:?} in {lines}");
         }
