@@ -22,8 +22,9 @@ pub(super) const USER_LOOKUPS_PER_SECOND: u32 = 64;
 /// Most time a second spent waiting for NSS. A directory service slower
 /// than that (an LDAP server that is down, a hung `sssd`) is asked less
 /// often: after lookups that took `t`, the next are asked no sooner than
-/// `LOOKUP_SHARE` × `t` after the first of them, so the event loop waits
-/// for it at most a tenth of its time, however long one lookup takes.
+/// `LOOKUP_SHARE` × `t` after the first of them, so over time the event
+/// loop waits for it a tenth of its time at most. One lookup still holds
+/// it for as long as that lookup takes (NSS has no timeout to give).
 pub(super) const USER_LOOKUP_TIME_PER_SECOND: Duration = Duration::from_millis(50);
 const LOOKUP_SHARE: u32 = 10;
 
@@ -33,6 +34,8 @@ const LOOKUP_SHARE: u32 = 10;
 /// so a slow directory service costs the event loop little.
 pub(super) struct UserNames {
     pub(super) lookup: fn(u32) -> std::io::Result<Option<String>>,
+    /// Times the lookups (tests give a clock of their own).
+    pub(super) clock: fn() -> Instant,
     /// The name (`None`: none, or the lookup failed) and when to ask again.
     pub(super) cache: HashMap<u32, (Option<String>, Instant)>,
     /// Lookups left in the window that began at `began`.
@@ -55,6 +58,7 @@ impl UserNames {
     pub(super) fn with_lookup(lookup: fn(u32) -> std::io::Result<Option<String>>) -> Self {
         Self {
             lookup,
+            clock: Instant::now,
             cache: HashMap::new(),
             left: 0,
             spent: Duration::ZERO,
@@ -93,9 +97,9 @@ impl UserNames {
         }
         self.left -= 1;
         // A failed lookup shows no name and is retried like a missing one.
-        let asked = Instant::now();
+        let asked = (self.clock)();
         let name = (self.lookup)(uid).ok().flatten();
-        self.spent += asked.elapsed();
+        self.spent += (self.clock)().saturating_duration_since(asked);
         if let (Some(began), Some(next)) = (self.began, self.next) {
             self.next = Some(next.max(began + self.spent * LOOKUP_SHARE));
         }
