@@ -576,17 +576,13 @@ mod tests {
         }
     }
 
-    /// A stalled reader of stdout never blocks the reporter: what the queue
-    /// and the held batch cannot take is dropped and counted exactly, and
-    /// once the output moves again, the rest is written.
-    #[test]
-    fn a_stalled_output_never_blocks_and_what_it_could_not_take_is_counted() {
+    /// A reporter writing to a [`Stalled`] output, and `reports` new flows
+    /// reported to it; the output moves once the sender is dropped.
+    fn reported_to_a_stalled_output(reports: u32) -> (Reporter, std::sync::mpsc::Sender<()>) {
         let (release, stalled) = std::sync::mpsc::channel();
         let writer = Writer::spawn(Box::new(Stalled(stalled))).unwrap();
         let enricher = Enricher::new(PathBuf::from("/nonexistent"));
         let mut r = Reporter::with_writer(enricher, LogFormat::Json, Duration::ZERO, writer);
-        let started = std::time::Instant::now();
-        let reports = 20_000u32;
         for i in 0..reports {
             r.event(&event(
                 u32::MAX - 3,
@@ -596,6 +592,17 @@ mod tests {
             ));
             r.flush();
         }
+        (r, release)
+    }
+
+    /// A stalled reader of stdout never blocks the reporter: what the queue
+    /// and the held batch cannot take is dropped and counted exactly, and
+    /// once the output moves again, the rest is written.
+    #[test]
+    fn a_stalled_output_never_blocks_and_what_it_could_not_take_is_counted() {
+        let started = std::time::Instant::now();
+        let reports = 20_000u32;
+        let (mut r, release) = reported_to_a_stalled_output(reports);
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the reporter waited for the output"
@@ -612,19 +619,7 @@ mod tests {
     /// counts every line as not written, the queued ones too.
     #[test]
     fn lines_still_queued_when_the_exit_gives_up_are_counted() {
-        let (release, stalled) = std::sync::mpsc::channel();
-        let writer = Writer::spawn(Box::new(Stalled(stalled))).unwrap();
-        let enricher = Enricher::new(PathBuf::from("/nonexistent"));
-        let mut r = Reporter::with_writer(enricher, LogFormat::Json, Duration::ZERO, writer);
-        for i in 0..2_000u32 {
-            r.event(&event(
-                u32::MAX - 3,
-                8080,
-                1_000 + u64::from(i),
-                verdict::ALLOW,
-            ));
-            r.flush();
-        }
+        let (mut r, release) = reported_to_a_stalled_output(2_000);
         r.finish();
         let totals = r.totals();
         // Nothing reached the output: every line is said to be lost.
