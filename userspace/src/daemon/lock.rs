@@ -16,7 +16,7 @@ use std::{
 use tracing::warn;
 
 use super::{DaemonError, io_err};
-use crate::resolve::trust::not_private;
+use crate::resolve::trust::{not_private, not_private_walk};
 
 /// The held lock; dropping it releases it.
 pub struct InstanceLock {
@@ -30,12 +30,24 @@ impl InstanceLock {
     /// who could write there could swap a link in (a lock file linked to
     /// `/etc/shadow` would be truncated).
     pub fn acquire(run_dir: &Path) -> Result<Self, DaemonError> {
+        let owners = [0, nix::unistd::Uid::effective().as_raw()];
+        // What is missing is made only at the end of a private walk (the
+        // last directory may be sticky, as `/tmp`): a path through another
+        // user's link would have root make directories where they choose.
+        if let Some(existing) = run_dir.ancestors().skip(1).find(|d| d.exists())
+            && !run_dir.exists()
+            && let Some(why) = not_private_walk(existing, &owners)
+        {
+            return Err(DaemonError::RunDir {
+                path: run_dir.to_owned(),
+                why,
+            });
+        }
         DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(run_dir)
             .map_err(io_err(format!("creating {}", run_dir.display())))?;
-        let owners = [0, nix::unistd::Uid::effective().as_raw()];
         if not_private(run_dir, &owners).is_some() {
             tighten(run_dir, &owners);
         }
@@ -161,8 +173,17 @@ mod tests {
         assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
         fs::remove_file(shared.join("loopwarden.lock")).unwrap();
         drop(InstanceLock::acquire(&shared).unwrap());
-        // Another user's: refused, and left as it is.
+        // Another user's: refused, and left as it is; nothing is made
+        // below it either.
         if nix::unistd::Uid::effective().is_root() {
+            let theirs = tmp.path().join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let below = theirs.join("made/run");
+            let err = InstanceLock::acquire(&below).err().unwrap();
+            assert_eq!(err.exit_code(), super::super::exit::CONFIG);
+            assert!(err.to_string().contains("is owned by uid 65534"), "{err}");
+            assert!(!theirs.join("made").exists());
             std::os::unix::fs::chown(&shared, Some(65534), None).unwrap();
             let err = InstanceLock::acquire(&shared).err().unwrap();
             assert_eq!(err.exit_code(), super::super::exit::CONFIG);

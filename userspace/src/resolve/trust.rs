@@ -43,6 +43,13 @@ pub(crate) fn not_private(dir: &Path, owners: &[u32]) -> Option<String> {
     }
 }
 
+/// Why the walk to `dir` is not `owners`' alone, if it is not (see the
+/// module's documentation); `dir` itself may be sticky (`/tmp`, where a
+/// directory of theirs can be made).
+pub(crate) fn not_private_walk(dir: &Path, owners: &[u32]) -> Option<String> {
+    walk(dir, owners).err()
+}
+
 /// The file the path `copy` leads to, if the walk to it is root's alone
 /// and the file is root's and writable by no one else: another user could
 /// neither point `copy` elsewhere nor change what it leads to. `None` too
