@@ -397,16 +397,16 @@ impl Resolver for HostResolver {
             }
             // Only root's copies: a link another user could plant or
             // point elsewhere would add any file's name to a rule.
-            let Some(real) = trust::root_only_target(&candidate) else {
+            let Some((real, meta)) = trust::root_only_target(&candidate) else {
                 debug!(
-                    "{}: not counted as an installed copy of {name}: it, or a link on the way \
-                     to its file, is in a directory that is not root's alone",
+                    "{}: not counted as an installed copy of {name}: its file is not root's \
+                     or others may write it, or it or a link on the way is in a directory \
+                     that is not root's alone",
                     candidate.display()
                 );
                 continue;
             };
-            let executable = fs::metadata(&real)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+            let executable = meta.permissions().mode() & 0o111 != 0;
             if executable && seen.insert(real.clone()) {
                 found.push(real);
             }

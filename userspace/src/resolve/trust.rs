@@ -31,15 +31,15 @@ const MAX_LINKS: usize = 40;
 /// walk to it must be theirs alone (see the module's documentation), and
 /// `dir` itself writable by no one else, not even sticky.
 pub(crate) fn not_private(dir: &Path, owners: &[u32]) -> Option<String> {
-    let real = match walk(dir, owners) {
-        Ok(real) => real,
-        Err(why) => return Some(why),
-    };
-    match fs::metadata(&real) {
-        Ok(meta) if !meta.is_dir() => Some(format!("{} is not a directory", real.display())),
-        Ok(meta) if meta.permissions().mode() & 0o022 != 0 => Some(others_write(&real, &meta)),
+    match walk(dir, owners) {
+        Err(why) => Some(why),
+        Ok((real, meta)) if !meta.is_dir() => {
+            Some(format!("{} is not a directory", real.display()))
+        }
+        Ok((real, meta)) if meta.permissions().mode() & 0o022 != 0 => {
+            Some(others_write(&real, &meta))
+        }
         Ok(_) => None,
-        Err(e) => Some(format!("{} cannot be read: {e}", real.display())),
     }
 }
 
@@ -50,14 +50,14 @@ pub(crate) fn not_private_walk(dir: &Path, owners: &[u32]) -> Option<String> {
     walk(dir, owners).err()
 }
 
-/// The file the path `copy` leads to, if the walk to it is root's alone
-/// and the file is root's and writable by no one else: another user could
-/// neither point `copy` elsewhere nor change what it leads to. `None` too
-/// for a loop or a path that does not resolve.
-pub(super) fn root_only_target(copy: &Path) -> Option<PathBuf> {
-    let real = walk(copy, &[0]).ok()?;
-    let meta = fs::metadata(&real).ok()?;
-    (meta.is_file() && meta.uid() == 0 && meta.permissions().mode() & 0o022 == 0).then_some(real)
+/// The file the path `copy` leads to, and its metadata, if the walk to it
+/// is root's alone and the file is root's and writable by no one else:
+/// another user could neither point `copy` elsewhere nor change what it
+/// leads to. `None` too for a loop or a path that does not resolve.
+pub(super) fn root_only_target(copy: &Path) -> Option<(PathBuf, fs::Metadata)> {
+    let (real, meta) = walk(copy, &[0]).ok()?;
+    (meta.is_file() && meta.uid() == 0 && meta.permissions().mode() & 0o022 == 0)
+        .then_some((real, meta))
 }
 
 fn others_write(path: &Path, meta: &fs::Metadata) -> String {
@@ -69,35 +69,37 @@ fn others_write(path: &Path, meta: &fs::Metadata) -> String {
 }
 
 /// Walks `path` (made absolute) to what it names, links followed by hand;
-/// why not, when a directory on the way, or a link or directory in a
-/// sticky one, is not `owners`' alone.
-fn walk(path: &Path, owners: &[u32]) -> Result<PathBuf, String> {
+/// that and its metadata, or why not, when a directory on the way, or a
+/// link or directory in a sticky one, is not `owners`' alone.
+fn walk(path: &Path, owners: &[u32]) -> Result<(PathBuf, fs::Metadata), String> {
     let path = std::path::absolute(path)
         .map_err(|e| format!("{} cannot be made absolute: {e}", path.display()))?;
     let mut pending: VecDeque<OsString> = VecDeque::new();
     push_front(&mut pending, &path);
     let mut at = PathBuf::from("/");
+    let mut meta = stat(&at)?;
     // Whether `at` is writable by others (then sticky).
-    let mut shared = enter(&at, owners)?;
+    let mut shared = enter(&at, &meta, owners)?;
     let mut links = 0;
     while let Some(name) = pending.pop_front() {
         if name == ".." {
             at.pop();
             // Entered already on the way down: still checked.
-            shared = enter(&at, owners)?;
+            meta = stat(&at)?;
+            shared = enter(&at, &meta, owners)?;
             continue;
         }
         let next = at.join(&name);
-        let meta = fs::symlink_metadata(&next)
+        let here = fs::symlink_metadata(&next)
             .map_err(|e| format!("{} cannot be read: {e}", next.display()))?;
-        if shared && !owners.contains(&meta.uid()) {
+        if shared && !owners.contains(&here.uid()) {
             return Err(format!(
                 "{} is owned by uid {}, in a directory others may write",
                 next.display(),
-                meta.uid()
+                here.uid()
             ));
         }
-        if meta.file_type().is_symlink() {
+        if here.file_type().is_symlink() {
             links += 1;
             if links > MAX_LINKS {
                 return Err(format!("{}: too many links", path.display()));
@@ -106,19 +108,27 @@ fn walk(path: &Path, owners: &[u32]) -> Result<PathBuf, String> {
                 .map_err(|e| format!("{} cannot be read: {e}", next.display()))?;
             if target.is_absolute() {
                 at = PathBuf::from("/");
-                shared = enter(&at, owners)?;
+                meta = stat(&at)?;
+                shared = enter(&at, &meta, owners)?;
             }
             push_front(&mut pending, &target);
             continue;
         }
+        // Not a link: its own metadata are the ones `stat()` gives.
         at = next;
+        meta = here;
         if meta.is_dir() {
-            shared = enter(&at, owners)?;
+            shared = enter(&at, &meta, owners)?;
         } else if !pending.is_empty() {
             return Err(format!("{} is not a directory", at.display()));
         }
     }
-    Ok(at)
+    Ok((at, meta))
+}
+
+/// `stat()` of `dir`, or why not.
+fn stat(dir: &Path) -> Result<fs::Metadata, String> {
+    fs::metadata(dir).map_err(|e| format!("{} cannot be read: {e}", dir.display()))
 }
 
 /// Puts the names of `path`'s components before those still pending.
@@ -132,18 +142,17 @@ fn push_front(pending: &mut VecDeque<OsString>, path: &Path) {
     }
 }
 
-/// Checks the directory `dir`, reached by the walk: owned by one of
-/// `owners`, writable by no one else unless sticky. Whether others may
-/// write it (sticky).
-fn enter(dir: &Path, owners: &[u32]) -> Result<bool, String> {
-    let meta = fs::metadata(dir).map_err(|e| format!("{} cannot be read: {e}", dir.display()))?;
+/// Checks the directory `dir` (with metadata `meta`), reached by the walk:
+/// owned by one of `owners`, writable by no one else unless sticky.
+/// Whether others may write it (sticky).
+fn enter(dir: &Path, meta: &fs::Metadata, owners: &[u32]) -> Result<bool, String> {
     if !owners.contains(&meta.uid()) {
         return Err(format!("{} is owned by uid {}", dir.display(), meta.uid()));
     }
     let mode = meta.permissions().mode();
     let others = mode & 0o022 != 0;
     if others && mode & 0o1000 == 0 {
-        return Err(others_write(dir, &meta));
+        return Err(others_write(dir, meta));
     }
     Ok(others)
 }
@@ -178,6 +187,11 @@ mod tests {
     /// Whether the directory `dir` is root's alone.
     fn root_only_dir(dir: &Path) -> bool {
         not_private(dir, &[0]).is_none()
+    }
+
+    /// [`root_only_target`]'s path.
+    fn target(copy: &Path) -> Option<PathBuf> {
+        root_only_target(copy).map(|(real, _)| real)
     }
 
     fn root() -> bool {
@@ -283,7 +297,7 @@ mod tests {
         let direct = system.join("tunnel");
         symlink("/bin/sh", &direct).unwrap();
         let expected = fs::canonicalize("/bin/sh").unwrap();
-        assert_eq!(root_only_target(&direct), root().then_some(expected));
+        assert_eq!(target(&direct), root().then_some(expected));
         // The copy links to a link of the other user's, which they can point
         // anywhere.
         let hop = theirs.join("hop");
@@ -293,16 +307,16 @@ mod tests {
         if root() {
             std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
         }
-        assert_eq!(root_only_target(&via), None);
+        assert_eq!(target(&via), None);
         // A file others may write is not root's alone, wherever it is.
         let writable = system.join("writable");
         fs::copy("/bin/sh", &writable).unwrap();
         fs::set_permissions(&writable, fs::Permissions::from_mode(0o757)).unwrap();
-        assert_eq!(root_only_target(&writable), None);
+        assert_eq!(target(&writable), None);
         // A loop resolves to nothing.
         let a = system.join("a");
         symlink(system.join("b"), &a).unwrap();
         symlink(&a, system.join("b")).unwrap();
-        assert_eq!(root_only_target(&a), None);
+        assert_eq!(target(&a), None);
     }
 }
