@@ -48,10 +48,12 @@ impl InstanceLock {
             .mode(0o755)
             .create(run_dir)
             .map_err(io_err(format!("creating {}", run_dir.display())))?;
-        if not_private(run_dir, &owners).is_some() {
+        let mut why = not_private(run_dir, &owners);
+        if why.is_some() {
             tighten(run_dir, &owners);
+            why = not_private(run_dir, &owners);
         }
-        if let Some(why) = not_private(run_dir, &owners) {
+        if let Some(why) = why {
             return Err(DaemonError::RunDir {
                 path: run_dir.to_owned(),
                 why,
