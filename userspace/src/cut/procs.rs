@@ -183,8 +183,16 @@ impl ProcReader {
             .as_deref()
             .map(|path| self.cgroup_ids(path))
             .unwrap_or_default();
+        // Both read by the pid's path (the command line: its first 4 KiB,
+        // as an audit line carries it, since each candidate socket keeps a
+        // copy), then checked once through the pid's directory, opened
+        // before: while that process still exists, its pid was not
+        // recycled in between, so they were its.
+        let exe = resolve::cached::proc_exe(pid).map(|exe| exe.key);
+        let cmdline = proc_cmdline(pid);
+        let alive = process.stat().is_ok();
         let identity = ProcessIdentity {
-            exe: exe_key(&process),
+            exe: exe.filter(|_| alive).unwrap_or_default(),
             exe_name,
             comms,
             uid: status.ruid,
@@ -192,11 +200,7 @@ impl ProcReader {
             ancestors: self.ancestors(ppid),
             tracked: None,
         };
-        // Its first 4 KiB, as an audit line carries it: a process may have
-        // megabytes of arguments, and each candidate socket keeps a copy.
-        // Read by path, then checked through the pid's directory as the
-        // executable is.
-        let cmdline = proc_cmdline(pid).filter(|_| process.stat().is_ok());
+        let cmdline = cmdline.filter(|_| alive);
         let parent_exe = (ppid != 0)
             .then(|| Process::new(ppid as i32).ok()?.exe().ok())
             .flatten();
