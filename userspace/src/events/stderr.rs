@@ -147,8 +147,9 @@ impl<'a> MakeWriter<'a> for Queued {
     }
 }
 
-/// Says, once the queue has drained, how many lines were dropped since it
-/// was last said (called each refresh; the line itself is queued).
+/// Says how many lines were dropped since it was last said (called each
+/// refresh; the warning itself is queued, so it is written once the
+/// reader reads again).
 pub fn say_dropped() {
     let Some(shared) = SHARED.get() else {
         return;
