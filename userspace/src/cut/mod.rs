@@ -12,7 +12,8 @@
 //! programs know of them from `LW_PROCS` (their evidence of facing the
 //! network, lineage and script); [`sweep`] ties them to the policy
 //! through [`CompiledPolicy::denial`], the userspace copy of the kernel's
-//! judgement (rules and relay verdict).
+//! judgement (rules and relay verdict), over the network namespaces
+//! [`namespaces`] finds and enters; [`outcome`] holds what it did.
 //!
 //! Which socket is cut: the client side, the one whose remote end is the
 //! protected destination (loopback, or one of the host's addresses with
@@ -45,26 +46,25 @@
 //! tunnel client known only by recent evidence, whose relayed connection
 //! has been idle past the window, is still known for what it did then.
 
+mod namespaces;
+mod outcome;
 pub mod procs;
 
-use std::{
-    collections::HashSet,
-    io,
-    net::{IpAddr, SocketAddr},
-    path::{Path, PathBuf},
-    time::Instant,
+use std::{collections::HashSet, net::IpAddr, path::Path, time::Instant};
+
+use loopwarden_common::{ProcState, RELAY_RULE};
+use tracing::debug;
+
+pub use self::outcome::{Cut, Relayed, Sweep, SweepError};
+use self::{
+    namespaces::{Entered, enter, list, targets},
+    procs::ProcReader,
 };
-
-use loopwarden_common::{Evidence, ProcState, RELAY_RULE};
-use tracing::{debug, warn};
-
-use self::procs::{Owner, ProcReader};
 use crate::{
     error_chain,
     events::RELAY_RULE_NAME,
-    kernel::sock_diag::{self, Dumped, SockDiag, TcpSocket, state},
+    kernel::sock_diag::{TcpSocket, state},
     policy::{CompiledPolicy, Mode},
-    resolve,
 };
 
 /// Most sockets one sweep examines over all namespaces (each is a few dozen
@@ -73,38 +73,11 @@ use crate::{
 pub const MAX_SOCKETS: usize = 100_000;
 
 /// States in which a client socket can still send or receive.
-const CLIENT_STATES: u32 = state::bit(state::SYN_SENT)
+pub(super) const CLIENT_STATES: u32 = state::bit(state::SYN_SENT)
     | state::bit(state::ESTABLISHED)
     | state::bit(state::FIN_WAIT1)
     | state::bit(state::FIN_WAIT2)
     | state::bit(state::CLOSE_WAIT);
-
-/// One destroyed connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cut {
-    /// Index of the deny rule that matched the owner, or
-    /// [`loopwarden_common::RELAY_RULE`] for the relay verdict.
-    pub rule: usize,
-    pub rule_name: String,
-    /// The client-side socket that was destroyed.
-    pub socket: TcpSocket,
-    /// `SO_NETNS_COOKIE` of its network namespace (0 if unknown).
-    pub netns_cookie: u64,
-    /// The owner that matched the deny rule.
-    pub owner: Owner,
-    /// The relay evidence the connection's origin recorded at its connect,
-    /// if it recorded any.
-    pub relayed: Option<Relayed>,
-}
-
-/// The relay evidence a connection's origin recorded at its connect: the
-/// remote party behind its caller then.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Relayed {
-    pub via: Evidence,
-    /// CLOCK_MONOTONIC of the connect.
-    pub connect_ns: u64,
-}
 
 /// What the kernel's pinned maps know, as the sweep asks it.
 pub trait Known {
@@ -120,111 +93,6 @@ pub trait Known {
     /// Whether the origin of `socket`'s connection names it as the
     /// accepted socket, by its cookie: a server's, never cut as a client.
     fn accepted(&self, netns: u32, socket: &TcpSocket) -> bool;
-}
-
-/// What one sweep did.
-#[derive(Debug, Default)]
-pub struct Sweep {
-    /// The connections it destroyed.
-    pub cuts: Vec<Cut>,
-    /// Network namespaces whose sockets it listed.
-    pub namespaces: usize,
-    /// Sockets it examined over all of them.
-    pub examined: usize,
-    /// What kept it from checking or cutting everything, one line each, in
-    /// the order met (each also logged as a warning). Empty: complete.
-    pub problems: Vec<String>,
-    /// It stopped before a cut: a newer policy had been asked for.
-    pub superseded: bool,
-}
-
-impl Sweep {
-    /// Logs `text` as a warning and keeps it.
-    fn problem(&mut self, text: String) {
-        warn!("cut: {text}");
-        self.problems.push(text);
-    }
-
-    /// Logs and keeps `e`, with how to fix what the kernel lacks when the
-    /// error is that.
-    fn error(&mut self, e: &SweepError) {
-        let fix = match e {
-            SweepError::Dump { source, .. } | SweepError::Destroy { source, .. } => {
-                sock_diag::missing_feature_fix(source)
-            }
-            _ => None,
-        };
-        let text = error_chain(e);
-        self.problem(match fix {
-            Some(fix) => format!("{text} ({fix})"),
-            None => text,
-        });
-    }
-}
-
-/// What went wrong in a sweep; logged, never fatal: whatever else can be
-/// swept still is.
-#[derive(Debug, thiserror::Error)]
-pub enum SweepError {
-    #[error("listing network namespaces from /proc failed")]
-    Namespaces(#[source] procfs::ProcError),
-    #[error("opening a sock_diag socket in network namespace {netns} failed")]
-    Open {
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("listing the TCP sockets of network namespace {netns} failed")]
-    Dump {
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("walking /proc for the owners of {sockets} sockets failed")]
-    Owners {
-        sockets: usize,
-        #[source]
-        source: procfs::ProcError,
-    },
-    #[error(
-        "cutting {src} -> {dst} (socket cookie {cookie}) of pid {pid} in network namespace {netns} failed"
-    )]
-    Destroy {
-        src: SocketAddr,
-        dst: SocketAddr,
-        cookie: u64,
-        pid: u32,
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl SweepError {
-    /// Whether the namespace is gone since it was listed (its last process
-    /// exited, or its file was removed): it holds no connection to cut, so
-    /// the sweep is not the less complete for it.
-    fn namespace_gone(&self) -> bool {
-        matches!(self, SweepError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
-    }
-}
-
-/// A network namespace to sweep: how to name it, and namespace files to
-/// enter it by (tried in order).
-#[derive(Clone, Debug)]
-struct Target {
-    label: String,
-    paths: Vec<PathBuf>,
-}
-
-/// A namespace entered: its sock_diag handle.
-struct Entered {
-    label: String,
-    diag: SockDiag,
-    cookie: u64,
-    /// Its inode number (what the kernel keys connections by; 0 if it
-    /// could not be read).
-    inode: u32,
 }
 
 /// Destroys the established TCP connections to protected destinations
@@ -453,76 +321,6 @@ fn cut(
     }
 }
 
-/// The namespaces to sweep: the policy's (none, if none of them
-/// resolved: the kernel judges nothing then), or every one with processes.
-fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError> {
-    if policy.scoped() {
-        return Ok(policy
-            .netns
-            .iter()
-            .map(|ns| Target {
-                label: ns.path.clone(),
-                paths: vec![PathBuf::from(&ns.path)],
-            })
-            .collect());
-    }
-    let found = procs::network_namespaces().map_err(SweepError::Namespaces)?;
-    Ok(found
-        .into_iter()
-        .map(|ns| Target {
-            label: format!("net:[{}]", ns.id.1),
-            paths: ns
-                .pids
-                .iter()
-                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
-                .collect(),
-        })
-        .collect())
-}
-
-/// Opens a sock_diag socket inside the target namespace.
-fn enter(target: &Target) -> Result<Entered, SweepError> {
-    let mut last = io::Error::from(io::ErrorKind::NotFound);
-    let open = || {
-        let diag = SockDiag::open()?;
-        // Only for the audit line: 0 where the kernel lacks it (< 5.14).
-        let cookie = resolve::current_netns_cookie().unwrap_or(0);
-        let inode = resolve::current_netns_inum().unwrap_or(0);
-        Ok((diag, cookie, inode))
-    };
-    match resolve::in_first_netns(target.paths.iter().cloned(), open, &mut last) {
-        Some(((diag, cookie, inode), _)) => Ok(Entered {
-            label: target.label.clone(),
-            diag,
-            cookie,
-            inode,
-        }),
-        None => Err(SweepError::Open {
-            netns: target.label.clone(),
-            source: last,
-        }),
-    }
-}
-
-/// The namespace's listening sockets, then its sockets in client states,
-/// both families, taking at most `budget` sockets (which is decreased).
-/// Listeners come first so that a dump cut short by the budget never
-/// judges sockets without them. `Ok((sockets, complete))`.
-fn list(diag: &mut SockDiag, budget: &mut usize) -> io::Result<(Vec<TcpSocket>, bool)> {
-    let mut sockets = Vec::new();
-    for states in [state::bit(state::LISTEN), CLIENT_STATES] {
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let before = sockets.len();
-            let done = diag.dump(family, states, *budget, &mut sockets)?;
-            *budget -= sockets.len() - before;
-            if done == Dumped::Truncated {
-                return Ok((sockets, false));
-            }
-        }
-    }
-    Ok((sockets, true))
-}
-
 /// The client-side sockets to protected destinations among one namespace's
 /// `sockets` (see the module documentation). `host` holds canonical
 /// addresses.
@@ -560,6 +358,8 @@ fn is_local(ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::{net::SocketAddr, path::PathBuf};
+
     use super::*;
     use crate::kernel::sock_diag::SockId;
     use crate::{config::Config, policy, resolve::HostResolver};
@@ -591,6 +391,23 @@ mod tests {
 
     /// A policy scoped to namespaces none of which resolved sweeps none
     /// (the kernel judges nothing then); an unscoped one sweeps them all.
+    /// Maps that know nothing.
+    struct Nothing;
+
+    impl Known for Nothing {
+        fn tracked(&self, _: u32) -> Option<ProcState> {
+            None
+        }
+
+        fn client(&self, _: u32, _: &TcpSocket) -> Option<Option<Relayed>> {
+            None
+        }
+
+        fn accepted(&self, _: u32, _: &TcpSocket) -> bool {
+            false
+        }
+    }
+
     #[test]
     fn a_policy_scoped_to_no_resolved_namespace_sweeps_nothing() {
         let text = "mode = \"enforce\"\n[protect]\nnetns = \"/nonexistent/netns\"\n";
@@ -696,38 +513,6 @@ mod tests {
         // The accepted one is on the listening port: without an origin
         // that names it as a client's, it is never cut.
         assert_eq!(found, [(10, false), (11, true)]);
-    }
-
-    #[test]
-    fn only_a_namespace_that_is_gone_is_no_problem() {
-        let open = |kind: io::ErrorKind| SweepError::Open {
-            netns: "net:[1]".into(),
-            source: io::Error::from(kind),
-        };
-        assert!(open(io::ErrorKind::NotFound).namespace_gone());
-        assert!(!open(io::ErrorKind::PermissionDenied).namespace_gone());
-        let dump = SweepError::Dump {
-            netns: "net:[1]".into(),
-            source: io::Error::from(io::ErrorKind::NotFound),
-        };
-        assert!(!dump.namespace_gone(), "no tcp_diag is a problem");
-    }
-
-    /// Maps that know nothing.
-    struct Nothing;
-
-    impl Known for Nothing {
-        fn tracked(&self, _: u32) -> Option<ProcState> {
-            None
-        }
-
-        fn client(&self, _: u32, _: &TcpSocket) -> Option<Option<Relayed>> {
-            None
-        }
-
-        fn accepted(&self, _: u32, _: &TcpSocket) -> bool {
-            false
-        }
     }
 
     #[test]

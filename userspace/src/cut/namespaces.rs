@@ -1,0 +1,100 @@
+//! The network namespaces a sweep visits: which ([`targets`]), entering
+//! one for its sock_diag handle ([`enter`]), and listing its sockets
+//! within the sweep's budget ([`list`]).
+
+use std::{io, path::PathBuf};
+
+use super::{CLIENT_STATES, SweepError, procs};
+use crate::{
+    kernel::sock_diag::{Dumped, SockDiag, TcpSocket, state},
+    policy::CompiledPolicy,
+    resolve,
+};
+
+/// A network namespace to sweep: how to name it, and namespace files to
+/// enter it by (tried in order).
+#[derive(Clone, Debug)]
+pub(super) struct Target {
+    pub(super) label: String,
+    paths: Vec<PathBuf>,
+}
+
+/// A namespace entered: its sock_diag handle.
+pub(super) struct Entered {
+    pub(super) label: String,
+    pub(super) diag: SockDiag,
+    pub(super) cookie: u64,
+    /// Its inode number (what the kernel keys connections by; 0 if it
+    /// could not be read).
+    pub(super) inode: u32,
+}
+
+/// The namespaces to sweep: the policy's (none, if none of them
+/// resolved: the kernel judges nothing then), or every one with processes.
+pub(super) fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError> {
+    if policy.scoped() {
+        return Ok(policy
+            .netns
+            .iter()
+            .map(|ns| Target {
+                label: ns.path.clone(),
+                paths: vec![PathBuf::from(&ns.path)],
+            })
+            .collect());
+    }
+    let found = procs::network_namespaces().map_err(SweepError::Namespaces)?;
+    Ok(found
+        .into_iter()
+        .map(|ns| Target {
+            label: format!("net:[{}]", ns.id.1),
+            paths: ns
+                .pids
+                .iter()
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+                .collect(),
+        })
+        .collect())
+}
+
+/// Opens a sock_diag socket inside the target namespace.
+pub(super) fn enter(target: &Target) -> Result<Entered, SweepError> {
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    let open = || {
+        let diag = SockDiag::open()?;
+        // Only for the audit line: 0 where the kernel lacks it (< 5.14).
+        let cookie = resolve::current_netns_cookie().unwrap_or(0);
+        let inode = resolve::current_netns_inum().unwrap_or(0);
+        Ok((diag, cookie, inode))
+    };
+    match resolve::in_first_netns(target.paths.iter().cloned(), open, &mut last) {
+        Some(((diag, cookie, inode), _)) => Ok(Entered {
+            label: target.label.clone(),
+            diag,
+            cookie,
+            inode,
+        }),
+        None => Err(SweepError::Open {
+            netns: target.label.clone(),
+            source: last,
+        }),
+    }
+}
+
+/// The namespace's listening sockets, then its sockets in client states,
+/// both families, taking at most `budget` sockets (which is decreased).
+/// Listeners come first so that a dump cut short by the budget never
+/// judges sockets without them. `Ok((sockets, complete))`.
+pub(super) fn list(diag: &mut SockDiag, budget: &mut usize) -> io::Result<(Vec<TcpSocket>, bool)> {
+    let mut sockets = Vec::new();
+    for states in [state::bit(state::LISTEN), CLIENT_STATES] {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let before = sockets.len();
+            let done = diag.dump(family, states, *budget, &mut sockets)?;
+            *budget -= sockets.len() - before;
+            if done == Dumped::Truncated {
+                return Ok((sockets, false));
+            }
+        }
+    }
+    Ok((sockets, true))
+}
