@@ -310,8 +310,19 @@ pub fn conns(ns: &Netns, uid: Option<u32>, run_dir: &Path) -> Vec<Value> {
 /// Sends `requests` (lines, newline added) to the query socket of
 /// `run_dir` from `ns` as `uid`, on one connection; the answers.
 pub fn raw_query(ns: &Netns, uid: Option<u32>, run_dir: &Path, requests: &[String]) -> Vec<Value> {
+    raw_query_by(as_uid(ns, uid, SYSTEM_PYTHON), run_dir, requests)
+}
+
+/// Sends `requests` as [`raw_query`] does, from root in the host's
+/// network namespace (this process's).
+pub fn raw_query_from_host(run_dir: &Path, requests: &[String]) -> Vec<Value> {
+    raw_query_by(Command::new(SYSTEM_PYTHON), run_dir, requests)
+}
+
+/// [`raw_query`] by `python`, a command that runs Python.
+fn raw_query_by(mut python: Command, run_dir: &Path, requests: &[String]) -> Vec<Value> {
     let socket = run_dir.join("query.sock");
-    let mut child = as_uid(ns, uid, SYSTEM_PYTHON)
+    let mut child = python
         .args(["-c", RAW_QUERY])
         .arg(&socket)
         .stdin(std::process::Stdio::piped())

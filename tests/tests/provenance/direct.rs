@@ -79,12 +79,23 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
             line(json!({"op": "who", "peer": peer, "local": local, "id": 7})),
             line(json!({"op": "who", "cookie": accepted["cookie"], "id": "c"})),
             line(json!({"op": "conns"})),
-            // The cookie named with a namespace that does not hold it.
+            // Another namespace named: root here is root of this one only.
             line(json!({"op": "who", "cookie": accepted["cookie"], "netns": 1})),
         ],
     );
     assert_eq!(answers.len(), 4, "{answers:#?}");
-    assert_eq!(answers[3]["error"], "unknown", "{answers:#?}");
+    assert_eq!(answers[3]["error"], "forbidden", "{answers:#?}");
+    // Root in the host's namespace may name any: the cookie is found in
+    // the namespace that holds it, and in no other.
+    let by_host = raw_query_from_host(
+        &run_dir,
+        &[
+            line(json!({"op": "who", "cookie": accepted["cookie"], "netns": netns_inode(&ns)})),
+            line(json!({"op": "who", "cookie": accepted["cookie"], "netns": 1})),
+        ],
+    );
+    assert_eq!(by_host[0]["origin"]["pid"], pid, "{by_host:#?}");
+    assert_eq!(by_host[1]["error"], "unknown", "{by_host:#?}");
     assert_eq!(answers[0]["v"], 1);
     assert_eq!(answers[0]["ok"], true, "{answers:#?}");
     assert_eq!(answers[0]["id"], 7);

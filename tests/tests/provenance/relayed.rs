@@ -177,17 +177,38 @@ fn each_uid_sees_only_the_connections_its_sockets_accepted() {
     assert_eq!(answers[2]["conns"], json!([]), "{answers:#?}");
     assert!(conns(&ns, Some(OTHER), &run_dir).is_empty());
 
-    // Only root may name another namespace.
+    // Only root in the host's namespace may name another namespace: not a
+    // user, nor root in the test's namespace (a container's root without
+    // a user namespace of its own).
     let elsewhere = line(json!({"op": "who", "peer": peer, "local": local, "netns": 1}));
+    for uid in [Some(NOBODY), None] {
+        let answers = raw_query(&ns, uid, &run_dir, std::slice::from_ref(&elsewhere));
+        assert_eq!(answers[0]["error"], "forbidden", "{uid:?}: {answers:#?}");
+    }
+    // Root in a second namespace sees nothing of the first: the cookie
+    // names no connection it may see, its `conns` lists none, and it may
+    // not name the test's namespace (root there saw the origin above).
+    let second = Netns::new();
+    let into_first = line(json!({"op": "who", "peer": peer, "local": local,
+                                 "netns": netns_inode(&ns)}));
     let answers = raw_query(
-        &ns,
-        Some(NOBODY),
+        &second,
+        None,
         &run_dir,
-        std::slice::from_ref(&elsewhere),
+        &[requests[1].clone(), requests[2].clone(), into_first],
     );
-    assert_eq!(answers[0]["error"], "forbidden", "{answers:#?}");
-    let answers = raw_query(&ns, None, &run_dir, &[elsewhere]);
     assert_eq!(answers[0]["error"], "unknown", "{answers:#?}");
+    assert_eq!(answers[1]["conns"], json!([]), "{answers:#?}");
+    assert_eq!(answers[2]["error"], "forbidden", "{answers:#?}");
+    // Root in the host's namespace: every namespace's connections.
+    let out = run(Command::new(loopwarden_bin())
+        .args(["conns", "--json", "--run-dir"])
+        .arg(&run_dir));
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).expect("conns --json");
+    assert!(
+        listed.iter().any(|o| o["pid"] == client.pid()),
+        "{listed:#?}"
+    );
     // Root asking from the root namespace, naming the test's.
     let out = run(Command::new(loopwarden_bin())
         .args([

@@ -35,6 +35,7 @@ use super::{
 use crate::{
     clients::Clients,
     events::SharedRules,
+    resolve,
     run_socket::{self, RunSocket, RunSocketError},
 };
 
@@ -109,6 +110,9 @@ struct Shared {
     conns: Mutex<Option<Arc<Conns>>>,
     cgroup_root: PathBuf,
     rules: SharedRules,
+    /// The daemon's network namespace (inode), the host's: root there is
+    /// root of every namespace ([`Caller::is_host_root`]).
+    own_netns: Option<u32>,
 }
 
 impl Shared {
@@ -140,6 +144,7 @@ pub fn serve(
         conns: Mutex::new(None),
         cgroup_root,
         rules,
+        own_netns: resolve::current_netns_inum().ok(),
     });
     let accept = tokio::spawn(accept_loop(listener, shared));
     Ok(QueryServer {
@@ -203,12 +208,14 @@ async fn refuse(mut stream: UnixStream, uid: u32) {
 
 /// Serves one client until it closes, misbehaves or times out.
 async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slot) {
+    let netns = cred
+        .pid()
+        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(|pid| netns_of(pid).ok());
     let caller = Caller {
         uid: cred.uid(),
-        netns: cred
-            .pid()
-            .and_then(|pid| u32::try_from(pid).ok())
-            .and_then(|pid| netns_of(pid).ok()),
+        netns,
+        host_netns: netns.is_some() && netns == shared.own_netns,
     };
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
@@ -338,6 +345,7 @@ mod tests {
             conns: Mutex::new(None),
             cgroup_root: PathBuf::from("/nonexistent/cgroup"),
             rules: SharedRules::default(),
+            own_netns: Some(4026531840),
         });
         // One user's walk under way: that user's next is refused, another
         // user's is not.
@@ -351,6 +359,7 @@ mod tests {
         let caller = Caller {
             uid: 0,
             netns: Some(4026531840),
+            host_netns: true,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -116,17 +116,27 @@ pub struct Caller {
     /// The caller's network namespace (inode); `None` when its pid is not
     /// visible to the daemon (another pid namespace) or already gone.
     pub netns: Option<u32>,
+    /// Whether that namespace is the daemon's own (the host's).
+    pub host_netns: bool,
 }
 
 impl Caller {
-    fn is_root(&self) -> bool {
-        self.uid == 0
+    /// Root of the host: uid 0 in the daemon's network namespace. A uid 0
+    /// elsewhere (a container's root without a user namespace of its own,
+    /// which `SO_PEERCRED` shows as uid 0 too) is root of its own
+    /// namespace only: it may not look into others.
+    fn is_host_root(&self) -> bool {
+        self.uid == 0 && self.host_netns
     }
 
     /// Whether the caller may see `record`: its own uid owns the accepted
-    /// socket, or it is root.
+    /// socket; or it is root, of the host or of the connection's namespace.
     fn may_see(&self, record: &OriginRecord) -> bool {
-        self.is_root() || record.server_uid == self.uid
+        if self.uid == 0 {
+            self.host_netns || self.netns == Some(record.conn.netns)
+        } else {
+            record.server_uid == self.uid
+        }
     }
 }
 
@@ -236,25 +246,28 @@ impl Request {
     ) -> Reply {
         let id = self.id;
         if let Some(asked) = self.netns
-            && !caller.is_root()
+            && !caller.is_host_root()
             && Some(asked) != caller.netns
         {
             return Reply::error(
                 id,
                 ErrorCode::Forbidden,
-                "only root may ask about another network namespace",
+                "only root in the host's network namespace may ask about another network \
+                 namespace",
             );
         }
         let netns = self.netns.or(caller.netns);
-        // Root's `conns` without a namespace named: every namespace's.
-        let every = caller.is_root() && self.netns.is_none() && matches!(self.op, Op::Conns);
+        // The host root's `conns` without a namespace named: every
+        // namespace's.
+        let every = caller.is_host_root() && self.netns.is_none() && matches!(self.op, Op::Conns);
         // A cookie names one socket on the host, whatever its namespace.
         if netns.is_none() && !every && !matches!(self.op, Op::Cookie(_)) {
             return Reply::error(
                 id,
                 ErrorCode::Unavailable,
                 "the caller's network namespace cannot be read (is it in another pid \
-                 namespace?); root may name one with \"netns\"",
+                 namespace?); root in the host's network namespace may name one with \
+                 \"netns\"",
             );
         }
         let conns = match conns {
@@ -395,6 +408,7 @@ mod tests {
         let caller = Caller {
             uid: 1000,
             netns: Some(2),
+            host_netns: false,
         };
         let reply = request.answer(
             caller,
@@ -417,11 +431,54 @@ mod tests {
         assert_eq!(reply["message"], "no map");
     }
 
+    /// A uid 0 outside the host's network namespace (a container's root
+    /// without a user namespace) is root of its own namespace only.
+    #[test]
+    fn a_root_in_another_namespace_sees_only_its_own() {
+        let host = Caller {
+            uid: 0,
+            netns: Some(1),
+            host_netns: true,
+        };
+        let contained = Caller {
+            uid: 0,
+            netns: Some(2),
+            host_netns: false,
+        };
+        let record = |netns: u32, server_uid: u32| {
+            let mut record = OriginRecord::unknown();
+            record.conn.netns = netns;
+            record.server_uid = server_uid;
+            record
+        };
+        for (netns, server_uid) in [(1, 0), (1, 1000), (2, 0), (2, 1000)] {
+            let r = record(netns, server_uid);
+            assert!(host.may_see(&r), "{netns} {server_uid}");
+            assert_eq!(contained.may_see(&r), netns == 2, "{netns} {server_uid}");
+        }
+        let ask = |line: &str, caller: Caller| -> Value {
+            let reply = parse(line).unwrap().answer(
+                caller,
+                Err("no map"),
+                PathBuf::from("/sys/fs/cgroup"),
+                SharedRules::default(),
+            );
+            serde_json::from_slice(&reply.line()).unwrap()
+        };
+        let other = r#"{"op":"conns","netns":1}"#;
+        assert_eq!(ask(other, contained)["error"], "forbidden");
+        assert_eq!(ask(other, host)["message"], "no map");
+        for own in [r#"{"op":"conns","netns":2}"#, r#"{"op":"conns"}"#] {
+            assert_eq!(ask(own, contained)["message"], "no map", "{own}");
+        }
+    }
+
     #[test]
     fn a_caller_whose_namespace_cannot_be_read_is_told_so() {
         let lost = Caller {
             uid: 1000,
             netns: None,
+            host_netns: false,
         };
         let ask = |line: &str, caller: Caller| -> Value {
             let reply = parse(line).unwrap().answer(
@@ -445,11 +502,12 @@ mod tests {
                 "{line}: {reply}"
             );
         }
-        // A cookie needs no namespace; nor does root's every-namespace
-        // `conns`: both go on to the map.
+        // A cookie needs no namespace; nor does the host root's
+        // every-namespace `conns`: both go on to the map.
         let root = Caller {
             uid: 0,
-            netns: None,
+            netns: Some(1),
+            host_netns: true,
         };
         for (line, caller) in [
             (r#"{"op":"who","cookie":7}"#, lost),
