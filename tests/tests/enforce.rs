@@ -237,6 +237,73 @@ fn connections_outside_the_policy_namespace_are_untouched() {
     );
 }
 
+/// A second name for a namespace (a bind mount of its file, as `ip netns
+/// add` makes), removed on drop as `ip netns del` removes one.
+struct Alias(String);
+
+impl Alias {
+    fn new(ns: &Netns) -> Self {
+        let alias = Alias(format!("{}-alias", ns.path()));
+        std::fs::File::create(&alias.0).expect("the alias's mount point");
+        run_ok(Command::new("mount").args(["--bind", &ns.path(), &alias.0]));
+        alias
+    }
+}
+
+impl Drop for Alias {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The name a scoped policy knows its namespace by goes (`ip netns del`,
+/// while processes in it keep the namespace alive): the re-resolution
+/// each second keeps the namespace in the scope, so enforcement there
+/// does not lapse.
+#[test]
+fn a_namespace_whose_name_goes_stays_protected() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let alias = Alias::new(&ns);
+    let text = policy(&ns, "enforce", "")
+        .replace(&format!("\"{}\"", ns.path()), &format!("\"{}\"", alias.0));
+    assert!(text.contains(&alias.0), "{text}");
+    let daemon = Daemon::start(&text);
+    let _relay = ns.socat_relay(9001, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
+    let _open = ns.socat_relay(9002, &format!("TCP:127.0.0.1:{UNPROTECTED}"), None);
+    assert!(ns.curl("http://127.0.0.1:9001/").is_err());
+    daemon.wait_event("deny by socat", is_deny_by("socat"));
+
+    let gone = format!("network namespace {} cannot be resolved", alias.0);
+    drop(alias);
+    daemon.wait_stderr(&gone, 1);
+    // Refused still, in the namespace the name named; the direct client
+    // and the relay to an unprotected port go through.
+    assert!(ns.curl("http://127.0.0.1:9001/").is_err());
+    let refusals = |d: &Daemon| d.events().iter().filter(|e| is_deny_by("socat")(e)).count();
+    let before = refusals(&daemon);
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(!ok, "the relay got through once the name went");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while refusals(&daemon) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no deny line for the relay's connect after the name went:\n{}",
+            daemon.stderr_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+    assert_eq!(ns.curl("http://127.0.0.1:9002/"), Ok(200));
+    assert!(
+        daemon.stderr_text().contains("stays in the scope"),
+        "{}",
+        daemon.stderr_text()
+    );
+}
+
 /// A policy scoped to up to four namespaces carries them in its settings
 /// (compared inline); one scoped to more has the programs look them up in
 /// `LW_NETNS`. Both judge in every namespace they name, and in no other.

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{DaemonError, status_file, sweeper::Sweeper};
 use crate::{
@@ -81,8 +81,14 @@ pub(super) fn compile_policy(
 
 /// The host's own non-loopback addresses for `host_addresses = true`: those
 /// of the namespaces the policy is scoped to (none if none resolved), or of
-/// the daemon's own.
-pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
+/// the daemon's own. A namespace kept in the scope after its name went (see
+/// [`policy::compile_lenient`]) cannot be entered to list its addresses:
+/// then `previous`, what was installed before, is kept as well, so that
+/// its addresses stay protected.
+pub(super) fn host_addresses(
+    policy: &CompiledPolicy,
+    previous: &[std::net::IpAddr],
+) -> Vec<std::net::IpAddr> {
     if !policy.host_addresses {
         return Vec::new();
     }
@@ -93,11 +99,28 @@ pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
         });
     }
     let mut out = Vec::new();
+    let mut unlisted = false;
     for ns in &policy.netns {
         match resolve::in_netns(Path::new(&ns.path), resolve::interface_addresses) {
             Ok(addrs) => out.extend(addrs),
-            Err(e) => warn!("listing the addresses of {} failed: {e}", ns.path),
+            Err(e) => {
+                unlisted = true;
+                // A name that went is in the policy's warnings already.
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    debug!("listing the addresses of {} failed: {e}", ns.path);
+                } else {
+                    warn!("listing the addresses of {} failed: {e}", ns.path);
+                }
+            }
         }
+    }
+    if unlisted {
+        let kept: Vec<_> = previous
+            .iter()
+            .filter(|a| !out.contains(a))
+            .copied()
+            .collect();
+        out.extend(kept);
     }
     out
 }
@@ -272,7 +295,7 @@ impl Installed {
         fresh: CompiledPolicy,
         enricher: &mut Enricher,
     ) -> Result<bool, String> {
-        let addrs = host_addresses(&fresh);
+        let addrs = host_addresses(&fresh, &self.addrs);
         let current = self.policy.as_ref();
         if current == Some(&fresh) && self.addrs == addrs {
             return Ok(false);

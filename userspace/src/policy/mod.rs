@@ -473,11 +473,15 @@ pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolic
 ///
 /// `previous` is the policy this one replaces: every identity an executable
 /// path stood for there is kept as long as some process still runs it, so a
-/// process started before an upgrade replaced its binary keeps matching.
+/// process started before an upgrade replaced its binary keeps matching;
+/// and a `[protect] netns` path that named a namespace there but resolves
+/// no more (`ip netns del` removes the name, while processes in it keep
+/// the namespace alive) keeps naming that namespace, so an enforcing
+/// policy's scope never drops a namespace by itself.
 pub fn compile_lenient(
     config: &Config,
     resolver: &dyn Resolver,
     previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, PolicyError> {
-    compile_with(config, resolver, true, previous.map(|p| &p.exe_paths))
+    compile_with(config, resolver, true, previous)
 }

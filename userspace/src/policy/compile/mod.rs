@@ -6,13 +6,13 @@
 //! the egress and bind guards in [`guards`]; the browsers' and the
 //! catalog's rules in [`builtin`].
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::collections::BTreeMap;
 
 use loopwarden_common::{MAX_RULES, PORT_WORDS, Settings, flags, script_hash};
 
 use super::{
-    Action, BindGuard, BrowserPorts, CompiledPolicy, EgressGuard, ExeIdentities, LiveExes, Mode,
-    PolicyError, Ports, Resolver, RuleInfo, fixed_name,
+    Action, BindGuard, BrowserPorts, CompiledPolicy, EgressGuard, LiveExes, Mode, PolicyError,
+    Ports, Resolver, RuleInfo, fixed_name,
 };
 use crate::{
     catalog::{CATALOG, CatalogEntry},
@@ -29,7 +29,7 @@ pub(super) fn compile_with(
     config: &Config,
     resolver: &dyn Resolver,
     lenient: bool,
-    previous: Option<&BTreeMap<PathBuf, ExeIdentities>>,
+    previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, PolicyError> {
     let catalog: &[CatalogEntry] = if config.catalog { &CATALOG } else { &[] };
     let builtin = catalog.len() + config.browsers.rules();
@@ -150,8 +150,9 @@ struct Compiler<'a> {
     resolver: &'a dyn Resolver,
     /// Unresolvable values warn instead of failing (see [`compile_lenient`]).
     lenient: bool,
-    /// What the executable paths stood for in the policy this one replaces.
-    previous: Option<&'a BTreeMap<PathBuf, ExeIdentities>>,
+    /// The policy this one replaces: what its executable paths stood for,
+    /// and the network namespaces its scope held.
+    previous: Option<&'a CompiledPolicy>,
     /// The running executables, looked up at most once per compile.
     live: Option<LiveExes>,
     policy: CompiledPolicy,

@@ -11,8 +11,11 @@ use loopwarden_common::{
 };
 
 use super::Compiler;
-use crate::config::{Criteria, Located};
 use crate::policy::{CgroupId, ExeFile, ExeIdentities, Netns, PolicyError, summary::ExeId};
+use crate::{
+    config::{Criteria, Located},
+    error_chain,
+};
 
 impl Compiler<'_> {
     pub(super) fn netns(&mut self, paths: &[Located<PathBuf>]) -> Result<(), PolicyError> {
@@ -26,8 +29,30 @@ impl Compiler<'_> {
                     path: path.value.clone(),
                     source,
                 });
-            let Some(cookie) = self.tolerate(cookie)? else {
-                continue;
+            let kept = self.previous.and_then(|p| {
+                let path = path.value.display().to_string();
+                p.netns
+                    .iter()
+                    .find(|ns| ns.path == path)
+                    .map(|ns| ns.cookie)
+            });
+            let cookie = match (cookie, kept) {
+                (Err(e), Some(kept)) if self.lenient => {
+                    // The namespace itself may well live on: its cookie
+                    // is never another's, so keeping it can only judge
+                    // that namespace, alive, or nothing.
+                    self.policy.warnings.push(format!(
+                        "{}; the namespace it named stays in the scope (cookie {kept}): a \
+                         namespace outlives its name while a process is in it (restore the \
+                         name, or remove the path from the file and reload, to drop it)",
+                        error_chain(&e)
+                    ));
+                    kept
+                }
+                (cookie, _) => match self.tolerate(cookie)? {
+                    Some(cookie) => cookie,
+                    None => continue,
+                },
             };
             // Two paths of one namespace (a bind mount and its source)
             // take one place.
@@ -308,7 +333,7 @@ impl Compiler<'_> {
         let now = current.map(|file| file.key);
         let mut kept = BTreeMap::new();
         let previous = self.previous;
-        match previous.and_then(|p| p.get(path)) {
+        match previous.and_then(|p| p.exe_paths.get(path)) {
             Some(before) => {
                 for &key in before.current.iter().chain(before.kept.keys()) {
                     if Some(key) == now || kept.contains_key(&key) {

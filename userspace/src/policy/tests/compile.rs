@@ -148,6 +148,49 @@ fn a_policy_scoped_to_no_namespace_that_exists_is_scoped_to_none() {
     assert!(!compile_ok("", &host()).scoped());
 }
 
+/// A namespace whose name goes (`ip netns del`, while processes in it keep
+/// it alive) stays in the scope of the policy re-resolved from the one
+/// that had it: an enforcing policy never drops it by itself. A path new
+/// to the file, or removed from it, is not kept.
+#[test]
+fn a_namespace_whose_name_went_stays_in_the_scope() {
+    let mut host = host();
+    host.netns.insert(PathBuf::from("/run/netns/red"), 77);
+    let text = "[protect]\nnetns = [\"/run/netns/blue\", \"/run/netns/red\"]\n";
+    let before = compile_lenient(&config(text), &host, None).unwrap();
+    assert_eq!(before.netns.len(), 2);
+    host.netns.remove(Path::new("/run/netns/red"));
+    // Without the policy before: dropped.
+    let fresh = compile_lenient(&config(text), &host, None).unwrap();
+    assert_eq!(fresh.netns.len(), 1);
+    // With it: kept, with a warning naming its cookie.
+    let after = compile_lenient(&config(text), &host, Some(&before)).unwrap();
+    assert_eq!(after.netns, before.netns);
+    assert_eq!(after.settings, before.settings);
+    assert!(
+        after
+            .warnings
+            .iter()
+            .any(|w| w.contains("/run/netns/red") && w.contains("stays in the scope (cookie 77)")),
+        "{:?}",
+        after.warnings
+    );
+    assert!(after.reload_refusal().is_none());
+    // Every name gone: still scoped to the two namespaces, never to none.
+    host.netns.clear();
+    let gone = compile_lenient(&config(text), &host, Some(&after)).unwrap();
+    assert_eq!(gone.netns, before.netns);
+    // A path the file no longer has is not kept.
+    let one = "[protect]\nnetns = \"/run/netns/blue\"\n";
+    let dropped = compile_lenient(&config(one), &host, Some(&after)).unwrap();
+    assert_eq!(
+        dropped.netns.iter().map(|n| n.cookie).collect::<Vec<_>>(),
+        [4096]
+    );
+    // Strict compiling (start, check-config) keeps nothing.
+    assert!(compile(&config(text), &host).is_err());
+}
+
 #[test]
 fn missing_cgroup_is_a_warning() {
     let policy = compile_ok(
