@@ -46,7 +46,7 @@ pub use offsets::KernelOffsets;
 pub use settings::{Meta, NETNS_INLINE, NETNS_NOT_INLINE, Settings, browser_slot, browser_verdict};
 pub use tracking::{
     ARGV0_MAX_LEN, ARGV0_READS, Evidence, INTERPRETERS, ListenerKey, Pending, ProcState,
-    SCRIPT_MAX_ARGS, script_hash,
+    SCRIPT_MAX_ARGS, is_interpreter, script_hash,
 };
 
 /// Version of the pinned maps' layout and meaning. Bump it with any change

@@ -71,6 +71,18 @@ pub const INTERPRETERS: [&[u8]; 21] = [
     b"ruby2", b"ruby3", b"php", b"php5", b"php7", b"php8", b"php81", b"php82", b"php83", b"php84",
     b"php85", b"deno",
 ];
+/// Whether an executable of this file name is an interpreter whose operand
+/// is a script: one of its prefix-form candidates is one of
+/// [`INTERPRETERS`] (`python3.11` gives `python3`), as
+/// `names::is_interpreter` decides in the kernel (userspace's copy).
+pub fn is_interpreter(name: &[u8]) -> bool {
+    crate::exe_name_candidates(name).any(|key| {
+        INTERPRETERS
+            .iter()
+            .any(|interpreter| key == crate::exe_name_prefix_key(interpreter))
+    })
+}
+
 /// Command-line arguments looked at for an interpreter's script: `argv[0]`
 /// and the five after it.
 pub const SCRIPT_MAX_ARGS: usize = 6;

@@ -32,7 +32,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loopwarden_common::ExeKey;
+use loopwarden_common::{ExeKey, is_interpreter};
 use nix::unistd::{Uid, User};
 use tracing::debug;
 
@@ -98,15 +98,27 @@ impl Resolver for HostResolver {
                 format!("{} is not a regular file", path.display()),
             ));
         }
-        if let Some(interpreter) = shebang(path) {
+        if let Some(line) = shebang(path) {
+            let (interpreter, reads_scripts) = interpreter_of(&line);
+            let instead = if reads_scripts {
+                format!(
+                    "a rule names a script with `script = \"{}\"`, or the process by its \
+                     `cgroup` or `uid`",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "nor can a `script` rule name it: {interpreter} is not an interpreter whose \
+                     script the kernel reads (python, node, perl, ruby, php, deno); name the \
+                     process by its `cgroup` or `uid`, or by what starts it (`parent_exe`)"
+                )
+            };
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "{} is a script (`#!{interpreter}`): the kernel sees the interpreter \
-                     that runs it, never the script, so this never matches; a rule names a \
-                     script with `script = \"{}\"`, or the process by its `cgroup` or `uid`",
+                    "{} is a script (`#!{line}`): the kernel sees the interpreter that runs \
+                     it, never the script, so this never matches; {instead}",
                     path.display(),
-                    path.display()
                 ),
             ));
         }
@@ -302,6 +314,33 @@ fn shebang(path: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(line).trim().to_owned())
 }
 
+/// The interpreter a `#!` line (what follows `#!`) runs, by its file name
+/// (through `env`: `#!/usr/bin/env python3` runs `python3`), and whether
+/// the kernel reads its script: its file name, or that of the file its
+/// path leads to (`python3` to `python3.11`), is an interpreter's
+/// ([`is_interpreter`]).
+pub(crate) fn interpreter_of(line: &str) -> (String, bool) {
+    let mut words = line.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let program = if Path::new(first).file_name() == Some(OsStr::new("env")) {
+        // `env -S ...`, `env NAME=value ...`: the first word that is neither.
+        words
+            .find(|w| !w.starts_with('-') && !w.contains('='))
+            .unwrap_or(first)
+    } else {
+        first
+    };
+    let name = |path: &Path| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let written = name(Path::new(program));
+    let reads = is_interpreter(written.as_bytes())
+        || fs::canonicalize(program).is_ok_and(|real| is_interpreter(name(&real).as_bytes()));
+    (written, reads)
+}
+
 /// `/proc/PID/exe` of a deleted file reads `<path> (deleted)`.
 fn deleted_path(link: &Path) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStrExt as _;
@@ -423,9 +462,44 @@ mod tests {
             text.contains(&format!("script = \"{}\"", script.display())),
             "{text}"
         );
+        // A shell script: no `script` rule could name it either.
+        let shell = tmp.0.join("relay.sh");
+        fs::write(&shell, "#!/bin/sh\nexec socat\n").unwrap();
+        let text = resolver().exe(&shell).unwrap_err().to_string();
+        assert!(text.contains("is a script (`#!/bin/sh`)"), "{text}");
+        assert!(!text.contains("script = "), "{text}");
+        assert!(
+            text.contains("sh is not an interpreter whose script"),
+            "{text}"
+        );
         // A binary (this test's own) resolves.
         assert!(resolver().exe(Path::new("/proc/self/exe")).is_ok());
         assert_eq!(shebang(Path::new("/proc/self/exe")), None);
+    }
+
+    #[test]
+    fn an_interpreter_is_named_through_env_and_links() {
+        for (line, name, reads) in [
+            ("/usr/bin/python3 -u", "python3", true),
+            ("/usr/bin/env python3", "python3", true),
+            ("/usr/bin/env -S node --experimental", "node", true),
+            ("/usr/bin/env LANG=C perl", "perl", true),
+            ("/bin/bash", "bash", false),
+            ("/bin/sh -e", "sh", false),
+            ("/usr/bin/env bash", "bash", false),
+            ("/usr/bin/awk -f", "awk", false),
+        ] {
+            assert_eq!(interpreter_of(line), (name.to_owned(), reads), "{line}");
+        }
+        // A link of another name to an interpreter: its target's name.
+        let tmp = TempDir::new("interp");
+        let link = tmp.0.join("agent-runtime");
+        symlink(std::env::current_exe().unwrap(), &link).unwrap();
+        assert_eq!(interpreter_of(link.to_str().unwrap()).1, false);
+        let python = fs::canonicalize("/usr/bin/python3").unwrap();
+        symlink(&python, tmp.0.join("py")).unwrap();
+        let line = tmp.0.join("py").display().to_string();
+        assert_eq!(interpreter_of(&line), ("py".to_owned(), true));
     }
 
     #[test]

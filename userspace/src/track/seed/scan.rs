@@ -5,10 +5,7 @@
 
 use std::{collections::HashMap, io::Read as _, os::unix::fs::MetadataExt as _};
 
-use loopwarden_common::{
-    ARGV0_MAX_LEN, INTERPRETERS, SCRIPT_LEN, SCRIPT_MAX_ARGS, exe_name_candidates,
-    exe_name_prefix_key,
-};
+use loopwarden_common::{ARGV0_MAX_LEN, SCRIPT_LEN, SCRIPT_MAX_ARGS, is_interpreter};
 use procfs::{
     ProcError,
     process::{FDTarget, Process, all_processes},
@@ -104,18 +101,6 @@ fn read_cmdline(process: &Process) -> Option<Vec<u8>> {
         .read_to_end(&mut bytes)
         .ok()?;
     Some(bytes)
-}
-
-/// Whether an executable of this file name is an interpreter whose operand
-/// is a script: one of its prefix-form candidates is an interpreter's name
-/// (`python3.11` gives `python3`), as `names::is_interpreter` decides in
-/// the kernel.
-fn is_interpreter(name: &[u8]) -> bool {
-    exe_name_candidates(name).any(|key| {
-        INTERPRETERS
-            .iter()
-            .any(|interpreter| key == exe_name_prefix_key(interpreter))
-    })
 }
 
 /// The script the kernel's exec handler (`read_script` in
