@@ -296,7 +296,8 @@ pub trait Resolver {
     /// (the dentry name), e.g. `/usr/bin/python3` → `python3.11`.
     fn exe_file_name(&self, path: &Path) -> std::io::Result<String>;
     /// Finds an executable by file name in the usual system directories and
-    /// `PATH`; every distinct file found (after following symlinks).
+    /// `PATH`; every distinct file found (after following symlinks), by
+    /// the first path that names it (a link's own).
     fn find_executables(&self, name: &str) -> Vec<std::path::PathBuf>;
     /// uid of a user name; `Ok(None)` when there is no such user.
     fn user(&self, name: &str) -> std::io::Result<Option<u32>>;

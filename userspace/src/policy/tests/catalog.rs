@@ -198,9 +198,12 @@ fn embedded_default_compiles_on_a_bare_host() {
 #[test]
 fn an_exe_name_installed_as_a_link_to_another_name_is_warned_of() {
     let mut r = host().with_exe("/usr/bin/python3.11", key(43));
+    // The link: found under its own name, a file of the target's.
+    let target = r.exes[Path::new("/usr/bin/python3.11")].clone();
+    r.exes.insert(PathBuf::from("/usr/bin/python3"), target);
     r.found.insert(
         "python3".to_owned(),
-        vec![PathBuf::from("/usr/bin/python3.11")],
+        vec![PathBuf::from("/usr/bin/python3")],
     );
     r.found.insert(
         "python3.11".to_owned(),
@@ -215,7 +218,7 @@ fn an_exe_name_installed_as_a_link_to_another_name_is_warned_of() {
     assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
     assert!(
         policy.warnings[0].contains(
-            "rule `py`: exe_name `python3`: /usr/bin/python3.11 here is a link to `python3.11`"
+            "rule `py`: exe_name `python3`: /usr/bin/python3 here is a link to `python3.11`"
         ),
         "{:?}",
         policy.warnings
