@@ -307,6 +307,12 @@ pub trait Resolver {
     /// Network namespace cookie of a namespace file (`/run/netns/x`,
     /// `/proc/PID/ns/net`).
     fn netns(&self, path: &Path) -> std::io::Result<u64>;
+    /// For an existing file that starts with `#!`: the interpreter that
+    /// runs it and whether the kernel reads that interpreter's script
+    /// ([`crate::resolve::interpreter_of`]). Not by default.
+    fn script_interpreter(&self, _path: &Path) -> Option<(String, bool)> {
+        None
+    }
     /// Whether a user other than root could put another program where the
     /// existing `path` leads (the file is not root's, others may write it,
     /// or it or a link on the way is in a directory that is not root's

@@ -239,6 +239,10 @@ impl Resolver for HostResolver {
         uid_by_name(name)
     }
 
+    fn script_interpreter(&self, path: &Path) -> Option<(String, bool)> {
+        shebang(path).map(|line| interpreter_of(&line))
+    }
+
     fn others_may_replace(&self, path: &Path) -> bool {
         fs::symlink_metadata(path).is_ok() && trust::root_only_target(path).is_none()
     }

@@ -294,6 +294,7 @@ impl Compiler<'_> {
             &constrains,
         );
         self.linked_names(&rule.name, &c.exe_name);
+        self.unread_scripts(&rule.name, &c.script);
         let p = &mut self.policy;
         // A user's allow rule is an exemption from the relay verdict too.
         if rule.action == Action::Allow {

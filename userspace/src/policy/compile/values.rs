@@ -104,6 +104,28 @@ impl Compiler<'_> {
         }
     }
 
+    /// Warns of a `script` value that is the path of a file whose `#!`
+    /// interpreter the kernel reads no script of (a shell script): it never
+    /// matches.
+    pub(super) fn unread_scripts(&mut self, rule: &str, scripts: &[Located<String>]) {
+        for script in scripts {
+            if !script.value.starts_with('/') {
+                continue;
+            }
+            if let Some((interpreter, false)) =
+                self.resolver.script_interpreter(Path::new(&script.value))
+            {
+                self.policy.warnings.push(format!(
+                    "{}:{}: rule `{rule}`: script `{}` is run by {interpreter}, which is not an \
+                     interpreter whose script the kernel reads (python, node, perl, ruby, php, \
+                     deno), so this value never matches (name the process by its `cgroup` or \
+                     `uid`, or by what starts it, `parent_exe`)",
+                    self.file, script.at, script.value
+                ));
+            }
+        }
+    }
+
     /// Resolves the cgroups of rule `rule`, each with a description; the
     /// levels they add to `levels` (those already named) stay within
     /// [`MAX_CGROUP_LEVELS_USED`]. A cgroup not found only warns.

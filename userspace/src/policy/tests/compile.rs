@@ -191,6 +191,28 @@ fn a_namespace_whose_name_went_stays_in_the_scope() {
     assert!(compile(&config(text), &host).is_err());
 }
 
+/// A `script` value naming a shell script never matches (the kernel reads
+/// no shell's script): warned of; a Python script's, a missing file's and
+/// a relative value are not.
+#[test]
+fn a_script_rule_naming_a_shell_script_is_warned_of() {
+    let mut host = host();
+    host.scripts
+        .insert(PathBuf::from("/srv/relay.sh"), ("bash".to_owned(), false));
+    host.scripts
+        .insert(PathBuf::from("/srv/relay.py"), ("python3".to_owned(), true));
+    let text = "catalog = false\n[[rule]]\nname = \"r\"\naction = \"deny\"\nscript = [\"/srv/relay.sh\", \"/srv/relay.py\", \"/srv/gone.sh\", \"relay.sh\"]\n";
+    let policy = compile_ok(text, &host);
+    assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
+    let warning = &policy.warnings[0];
+    assert!(warning.starts_with("test.toml:5:"), "{warning}");
+    assert!(
+        warning.contains("rule `r`: script `/srv/relay.sh` is run by bash"),
+        "{warning}"
+    );
+    assert!(warning.contains("never matches"), "{warning}");
+}
+
 #[test]
 fn missing_cgroup_is_a_warning() {
     let policy = compile_ok(

@@ -39,6 +39,8 @@ pub(super) struct FakeResolver {
     walks: Cell<usize>,
     /// Paths another user could put another file at.
     replaceable: Vec<PathBuf>,
+    /// `#!` files: their interpreter, and whether its script is read.
+    scripts: HashMap<PathBuf, (String, bool)>,
 }
 
 impl FakeResolver {
@@ -121,6 +123,10 @@ impl Resolver for FakeResolver {
 
     fn others_may_replace(&self, path: &Path) -> bool {
         self.replaceable.iter().any(|p| p == path)
+    }
+
+    fn script_interpreter(&self, path: &Path) -> Option<(String, bool)> {
+        self.scripts.get(path).cloned()
     }
 }
 
