@@ -501,7 +501,7 @@ mod tests {
         let tmp = TempDir::new("interp");
         let link = tmp.0.join("agent-runtime");
         symlink(std::env::current_exe().unwrap(), &link).unwrap();
-        assert_eq!(interpreter_of(link.to_str().unwrap()).1, false);
+        assert!(!interpreter_of(link.to_str().unwrap()).1);
         let python = fs::canonicalize("/usr/bin/python3").unwrap();
         symlink(&python, tmp.0.join("py")).unwrap();
         let line = tmp.0.join("py").display().to_string();
