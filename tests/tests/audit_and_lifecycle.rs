@@ -1117,3 +1117,35 @@ fn a_reload_tells_settings_read_at_start_against_those_in_force() {
     assert_eq!(said, 3, "{}", daemon.stderr_text());
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
+
+/// A pin directory off bpffs is refused with exit 78, and nothing is made
+/// there (its `maps/` and `links/` were, before the check); on bpffs the
+/// daemon makes them.
+#[test]
+fn a_pin_directory_off_bpffs_is_refused_with_nothing_made() {
+    let dir = TempDir::new("off-bpffs");
+    let pins = dir.path().join("pins");
+    let run_dir = TempDir::new("off-bpffs-run");
+    let start = |pin_dir: &str| {
+        Command::new("timeout")
+            .args(["-s", "INT", "20"])
+            .arg(loopwarden_bin())
+            .args(["run", "--pin-dir", pin_dir, "--run-dir"])
+            .arg(run_dir.path())
+            .output()
+            .expect("run")
+    };
+    let out = start(&pins.display().to_string());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("is not on a BPF filesystem"), "{stderr}");
+    assert!(!pins.exists(), "{} was made off bpffs", pins.display());
+    // The control: a pin directory on bpffs is made, with its maps/ and
+    // links/, by the same start.
+    let ns = Netns::new();
+    let daemon = Daemon::start(&policy(&ns, "audit", ""));
+    let pin_dir = daemon.install().pin_dir();
+    for sub in ["maps", "links"] {
+        assert!(pin_dir.join(sub).is_dir(), "{}", pin_dir.display());
+    }
+}

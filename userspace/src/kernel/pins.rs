@@ -191,6 +191,15 @@ impl PinDir {
         if self.root.starts_with(BPFFS_MOUNT) && !is_bpffs(Path::new(BPFFS_MOUNT)) {
             mount_bpffs()?;
         }
+        // Before anything is made: a path off bpffs is refused as it
+        // stands, with nothing left behind (`is_bpffs` judges a missing
+        // path by what exists of it), and once made (a mount met on the
+        // way).
+        if !is_bpffs(&self.root) {
+            return Err(PinError::NotBpffs {
+                path: self.root.clone(),
+            });
+        }
         for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
             fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         }
