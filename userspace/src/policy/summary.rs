@@ -185,7 +185,8 @@ impl fmt::Display for CompiledPolicy {
                 };
                 writeln!(
                     f,
-                    "bind guard:  ports {ports} on loopback only (other TCP binds are {what})"
+                    "bind guard:  ports {ports} on loopback only (a TCP bind of one of them to \
+                     another address is {what})"
                 )?;
                 let exempt: Vec<&str> = self
                     .bind
@@ -248,7 +249,7 @@ impl CompiledPolicy {
         writeln!(
             f,
             "egress:      {} rule(s), {} prefixes in the trie (deny rules' blocked TCP connects are \
-             {what}; metadata always blocked)",
+             {what}; the metadata addresses are in every rule's deny list)",
             guard.rules.len(),
             guard.prefixes.len()
         )?;
