@@ -263,10 +263,16 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // not needed again.
     crate::heap::release();
     info!(
-        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}; enforcing {} ms after start",
-        match &policy {
-            Some(p) => format!("{} mode, {} rules", p.mode, p.rules.len()),
-            None => "the pinned policy".to_owned(),
+        "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}; in force {} ms after start",
+        match (&policy, &config) {
+            (Some(p), Some(c)) if p.mode != c.mode => format!(
+                "{} mode (--mode; the file says {}), {} rules",
+                p.mode,
+                c.mode,
+                p.rules.len()
+            ),
+            (Some(p), _) => format!("{} mode, {} rules", p.mode, p.rules.len()),
+            (None, _) => "the pinned policy".to_owned(),
         },
         match installed_seq {
             Some(seq) => format!("policy #{seq}"),

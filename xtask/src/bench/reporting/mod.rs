@@ -212,7 +212,7 @@ impl Bench<'_> {
         let ready_ms = text
             .lines()
             .find_map(|l| {
-                l.split("enforcing ")
+                l.split("in force ")
                     .nth(1)?
                     .split(" ms")
                     .next()?

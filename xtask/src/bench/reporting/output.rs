@@ -72,7 +72,7 @@ pub fn print(results: &Results, seconds: f64, misses: &mut Vec<String>) {
         "reporting (log_allowed on one port, audit mode; {seconds} s per flood; counts from the daemon's own output)"
     );
     println!(
-        "  idle: enforcing {} ms after start ({} ms to the ready line as seen from outside); \
+        "  idle: in force {} ms after start ({} ms to the ready line as seen from outside); \
          {:.2} ms CPU per second ({:.3}% of a core), of which the 1 s refresh takes {} µs (its own \
          count, wall time); RSS {:.1} MiB",
         idle.ready_ms,
