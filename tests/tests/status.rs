@@ -148,6 +148,28 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     let (nobody_code, nobody_text) = status_as_nobody(&install);
     assert_eq!(nobody_code, Some(4), "{nobody_text}");
     assert!(nobody_text.contains("need root"), "{nobody_text}");
+    // Asked with another run directory: no daemon there, and the one that
+    // holds the pins' lock is named, with its own run directory.
+    let elsewhere = TempDir::new("status-elsewhere");
+    let out = run(Command::new(loopwarden_bin())
+        .args(["status", "--pin-dir"])
+        .arg(install.pin_dir())
+        .arg("--run-dir")
+        .arg(elsewhere.path()));
+    let other = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{other}");
+    assert!(
+        other.contains(&format!(
+            "no daemon for this run directory; pid {pid} holds the pin directory's lock: a \
+             daemon given --run-dir {}",
+            install.run_dir().display()
+        )),
+        "{other}"
+    );
+    assert!(
+        other.contains(&format!("reported by the daemon of pid {pid}")),
+        "{other}"
+    );
     for unread in ["\nbind ", "\negress ", "\norigins ", "\nlink "] {
         assert!(
             !nobody_text.contains(unread),

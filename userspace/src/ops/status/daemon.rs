@@ -1,9 +1,13 @@
 //! Whether a daemon runs for a run directory: who holds its instance lock
 //! (from `/proc/locks`), and what its `status.json` says.
 
-use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
-use super::DaemonReport;
+use super::{DaemonReport, ElsewhereDaemon};
 use crate::daemon::status_file;
 
 /// Who holds `<run_dir>/loopwarden.lock`, and what status.json says.
@@ -13,16 +17,31 @@ use crate::daemon::status_file;
 /// starting at that instant, or a `detach`, fail with "another loopwarden is
 /// already running". Only when `/proc/locks` cannot be read is the lock
 /// tried (and released at once).
-pub(super) fn daemon_report(run_dir: &Path) -> DaemonReport {
+///
+/// With no daemon for `run_dir`, the holder of the pin directory
+/// `pin_dir`'s lock (from `/proc/locks` only: never tried) is named too: a
+/// daemon given another `--run-dir`, whose run directory is read from its
+/// command line when it can be.
+pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
     let reported = status_file::read(run_dir);
     let lock = run_dir.join("loopwarden.lock");
-    let holder = lock_holder(&lock);
+    let holder = lock_holder(&lock, true);
     let running = match (&holder, &reported) {
         (LockState::Held(Some(pid)), Some(r)) => *pid == r.pid && alive(r.pid),
         (LockState::Held(_), Some(r)) => alive(r.pid),
         (LockState::Held(Some(pid)), None) => alive(*pid),
         (LockState::Held(None), None) => true,
         (LockState::Free, _) => false,
+    };
+    let elsewhere = match running {
+        true => None,
+        false => match lock_holder(pin_dir, false) {
+            LockState::Held(Some(pid)) => Some(ElsewhereDaemon {
+                pid,
+                run_dir: run_dir_of(pid),
+            }),
+            _ => None,
+        },
     };
     DaemonReport {
         running,
@@ -31,7 +50,31 @@ pub(super) fn daemon_report(run_dir: &Path) -> DaemonReport {
             LockState::Free => None,
         },
         reported,
+        elsewhere,
     }
+}
+
+/// The `--run-dir` process `pid` was given, from its command line (the
+/// default when it gave none); `None` when it cannot be read.
+fn run_dir_of(pid: u32) -> Option<PathBuf> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(run_dir_arg(&cmdline))
+}
+
+/// The `--run-dir` of a NUL-separated command line.
+fn run_dir_arg(cmdline: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut args = cmdline.split(|&b| b == 0);
+    while let Some(arg) = args.next() {
+        if arg == b"--run-dir" {
+            if let Some(dir) = args.next() {
+                return PathBuf::from(std::ffi::OsStr::from_bytes(dir));
+            }
+        } else if let Some(dir) = arg.strip_prefix(b"--run-dir=") {
+            return PathBuf::from(std::ffi::OsStr::from_bytes(dir));
+        }
+    }
+    PathBuf::from(crate::daemon::DEFAULT_RUN_DIR)
 }
 
 enum LockState {
@@ -40,7 +83,9 @@ enum LockState {
     Held(Option<u32>),
 }
 
-fn lock_holder(lock: &Path) -> LockState {
+/// Who holds an flock on `lock`, from `/proc/locks`; when that cannot be
+/// read and `may_try`, by trying the lock (released at once).
+fn lock_holder(lock: &Path, may_try: bool) -> LockState {
     let Ok(meta) = fs::metadata(lock) else {
         return LockState::Free;
     };
@@ -55,6 +100,7 @@ fn lock_holder(lock: &Path) -> LockState {
             );
             proc_locks_holder(&locks, &key).map_or(LockState::Free, LockState::Held)
         }
+        Err(_) if !may_try => LockState::Free,
         Err(_) => match fs::File::open(lock).map(|f| f.try_lock()) {
             Ok(Ok(())) => LockState::Free,
             Ok(Err(_)) => LockState::Held(None),
@@ -115,25 +161,50 @@ mod tests {
     }
 
     #[test]
+    fn a_daemons_run_directory_is_read_from_its_command_line() {
+        let dir = |cmdline: &[u8]| run_dir_arg(cmdline);
+        assert_eq!(
+            dir(b"loopwarden\0run\0--run-dir\0/tmp/lw run\0--mode\0audit\0"),
+            Path::new("/tmp/lw run")
+        );
+        assert_eq!(
+            dir(b"loopwarden\0run\0--run-dir=/srv/lw\0"),
+            Path::new("/srv/lw")
+        );
+        assert_eq!(
+            dir(b"loopwarden\0run\0"),
+            Path::new(crate::daemon::DEFAULT_RUN_DIR)
+        );
+        // A trailing `--run-dir` with no value: the default (clap refuses it).
+        assert_eq!(
+            dir(b"loopwarden\0run\0--run-dir"),
+            Path::new(crate::daemon::DEFAULT_RUN_DIR)
+        );
+    }
+
+    #[test]
     fn a_held_lock_of_this_process_is_seen() {
         let dir = std::env::temp_dir().join(format!("lw-status-lock-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("loopwarden.lock");
         let file = fs::File::create(&path).unwrap();
-        assert!(matches!(lock_holder(&path), LockState::Free));
+        assert!(matches!(lock_holder(&path, true), LockState::Free));
         file.lock().unwrap();
-        match lock_holder(&path) {
+        match lock_holder(&path, true) {
             LockState::Held(pid) => assert_eq!(pid, Some(std::process::id())),
             LockState::Free => panic!("a held lock reads as free"),
         }
         drop(file);
-        assert!(matches!(lock_holder(&path), LockState::Free));
+        assert!(matches!(lock_holder(&path, true), LockState::Free));
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn no_run_dir_means_no_daemon() {
-        let report = daemon_report(Path::new("/nonexistent/loopwarden-run"));
+        let report = daemon_report(
+            Path::new("/nonexistent/loopwarden-run"),
+            Path::new("/nonexistent/loopwarden-pins"),
+        );
         assert!(!report.running);
         assert_eq!(report.describe(), "no daemon");
     }

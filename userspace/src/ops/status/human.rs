@@ -239,12 +239,26 @@ impl DaemonReport {
                 ),
             }
         } else {
-            match r {
+            let here = match r {
                 Some(r) => format!(
                     "no daemon (the last one: pid {}, version {}, started {}, is gone)",
                     r.pid, r.version, r.started_at
                 ),
                 None => "no daemon".to_owned(),
+            };
+            match &self.elsewhere {
+                Some(other) => format!(
+                    "{here} for this run directory; pid {} holds the pin directory's lock: \
+                     a daemon given {} (`loopwarden status --run-dir DIR` shows its report)",
+                    other.pid,
+                    other
+                        .run_dir
+                        .as_deref()
+                        .map_or("another --run-dir".to_owned(), |d| {
+                            format!("--run-dir {}", d.display())
+                        })
+                ),
+                None => here,
             }
         }
     }

@@ -180,6 +180,17 @@ pub struct DaemonReport {
     pub lock_holder: Option<u32>,
     /// What it (or, when not running, the last one) wrote in status.json.
     pub reported: Option<DaemonStatus>,
+    /// When none runs for this run directory: the process holding the pin
+    /// directory's lock (a daemon given another `--run-dir`).
+    pub elsewhere: Option<ElsewhereDaemon>,
+}
+
+/// A daemon for the pins whose run directory is another.
+#[derive(Clone, Debug, Serialize)]
+pub struct ElsewhereDaemon {
+    pub pid: u32,
+    /// Its `--run-dir`, from its command line.
+    pub run_dir: Option<PathBuf>,
 }
 
 /// Everything `status` found.
@@ -214,7 +225,7 @@ pub struct Report {
 pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -> Report {
     let pins = PinDir::new(pin_dir);
     let cgroup2_root = compat::cgroup2_root(host_cgroup_root);
-    let daemon = daemon_report(run_dir);
+    let daemon = daemon_report(run_dir, pin_dir);
     let mut report = Report {
         state: State::Unreadable,
         exit_code: exit::UNREADABLE,
@@ -383,10 +394,18 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         "enforce" => "refusing",
         _ => "reporting only (audit mode)",
     };
-    let who = if report.daemon.running {
-        "reported by the daemon".to_owned()
-    } else {
-        "no daemon: enforcing the pinned policy, unreported".to_owned()
+    let who = match &report.daemon.elsewhere {
+        _ if report.daemon.running => "reported by the daemon".to_owned(),
+        Some(other) => format!(
+            "reported by the daemon of pid {}, whose run directory is {} (not {})",
+            other.pid,
+            other
+                .run_dir
+                .as_deref()
+                .map_or("another".to_owned(), |d| d.display().to_string()),
+            report.run_dir.display()
+        ),
+        None => "no daemon: enforcing the pinned policy, unreported".to_owned(),
     };
     let tracking = match report.tracking.iter().find(|t| !t.running()) {
         Some(t) if policy.relay != "off" => format!(
