@@ -90,14 +90,11 @@ enum Command {
     /// (mode, sequence number, rules), the kernel's counters, and which
     /// daemon (if any) reports for it. Read from the pins in bpffs, not from
     /// the daemon.
-    ///
-    /// Exit codes: 0 programs attached and pinned with a policy in force
-    /// (enforce or audit mode; also when no daemon runs), 3 nothing enforces
-    /// (nothing pinned, detached, links not attached, or the policy
-    /// disabled), 4 the pins cannot be read or are of an incompatible layout.
     #[command(
-        after_help = "Exit codes: 0 active (attached, pinned, a policy in force), \
-                            3 not enforcing, 4 pins unreadable or of an incompatible layout."
+        after_help = "Exit codes: 0 active (attached, pinned, a policy in force: enforce or \
+                      audit mode, also when no daemon runs), 3 not enforcing (nothing pinned, \
+                      detached, links not attached, or the policy disabled), 4 pins unreadable \
+                      or of an incompatible layout."
     )]
     Status {
         /// The pin directory to read.
@@ -164,7 +161,7 @@ enum Command {
         #[arg(value_name = "PEER", value_parser = clap::value_parser!(provenance::client::Peer))]
         peer: provenance::client::Peer,
         /// The service's end: ADDR:PORT.
-        #[arg(value_name = "LOCAL")]
+        #[arg(value_name = "LOCAL", value_parser = provenance::client::parse_local)]
         local: Option<std::net::SocketAddr>,
         /// Print JSON: an origin object (`null` when unknown); an array without
         /// LOCAL (`[]` when none).

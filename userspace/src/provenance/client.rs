@@ -88,6 +88,16 @@ impl Peer {
 
 /// A network namespace named by a file (`/run/netns/NAME`,
 /// `/proc/PID/ns/net`) or by its inode number, as its inode.
+/// `who`'s LOCAL: the service's own end.
+pub fn parse_local(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "{s:?} is not ADDR:PORT, the service's own end as getsockname gives it (e.g. \
+             127.0.0.1:8080, [::1]:8080)"
+        )
+    })
+}
+
 pub fn parse_netns(s: &str) -> Result<u32, String> {
     if let Ok(inode) = s.parse() {
         return Ok(inode);
