@@ -255,6 +255,14 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     );
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("FAILED at"), "{text}");
+    // Its first line says so too.
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.contains("whose last reload FAILED"), "{text}");
+    assert_eq!(
+        json["summary"].as_str(),
+        Some(first.trim_start_matches("loopwarden: ")),
+        "{json:#}"
+    );
     assert_eq!(
         json["policy"]["seq"], seq,
         "a failed reload changed the policy"

@@ -394,7 +394,18 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         "enforce" => "refusing",
         _ => "reporting only (audit mode)",
     };
+    let failed_reload = report
+        .daemon
+        .reported
+        .as_ref()
+        .and_then(|r| r.last_reload.as_ref())
+        .is_some_and(|reload| !reload.ok);
     let who = match &report.daemon.elsewhere {
+        _ if report.daemon.running && failed_reload => {
+            "reported by the daemon, whose last reload FAILED (it keeps the policy before: see \
+             `reload` below)"
+                .to_owned()
+        }
         _ if report.daemon.running => "reported by the daemon".to_owned(),
         Some(other) => format!(
             "reported by the daemon of pid {}, whose run directory is {} (not {})",
