@@ -185,6 +185,11 @@ enum Command {
         /// Print a JSON array of origins instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only this network namespace's (another than the caller's: root
+        /// in the host's only): a file such as /run/netns/NAME or
+        /// /proc/PID/ns/net, or an inode number.
+        #[arg(long, value_name = "PATH_OR_INODE", value_parser = provenance::client::parse_netns)]
+        netns: Option<u32>,
         /// The run directory of the daemon (where query.sock is).
         #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
@@ -493,7 +498,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => Ok(print(provenance::client::who(
             &run_dir, peer, local, netns, json,
         ))),
-        Command::Conns { json, run_dir } => Ok(print(provenance::client::conns(&run_dir, json))),
+        Command::Conns {
+            json,
+            run_dir,
+            netns,
+        } => Ok(print(provenance::client::conns(&run_dir, netns, json))),
         Command::Generate { what, dir } => {
             for path in generate::generate(what, Cli::command(), &dir)
                 .with_context(|| format!("writing into {}", dir.display()))?

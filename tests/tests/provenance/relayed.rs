@@ -209,6 +209,19 @@ fn each_uid_sees_only_the_connections_its_sockets_accepted() {
         listed.iter().any(|o| o["pid"] == client.pid()),
         "{listed:#?}"
     );
+    // And one namespace's with --netns: the test's has it, the second none.
+    let in_ns = |netns: &Netns| {
+        run(Command::new(loopwarden_bin())
+            .args(["conns", "--json", "--netns", &netns.path(), "--run-dir"])
+            .arg(&run_dir))
+    };
+    let out = in_ns(&ns);
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).expect("conns --netns");
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["pid"], client.pid());
+    let out = in_ns(&second);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.stdout, b"[]\n", "{out:?}");
     // Root asking from the root namespace, naming the test's.
     let out = run(Command::new(loopwarden_bin())
         .args([

@@ -204,6 +204,14 @@ pub fn who(
     // lookup, whatever its age.
     let none = || {
         let mut printed = none();
+        if netns.is_none() && local.is_some() {
+            printed.note = Some(
+                "unknown: no such protected connection is open in your network namespace (or \
+                 it is not yours to see); one in another namespace is found with --netns (root \
+                 in the host's), and `loopwarden conns` lists every namespace's for it"
+                    .to_owned(),
+            );
+        }
         if unlisted > 0 {
             printed.note = Some(format!(
                 "unknown among the newest connections the daemon lists; {unlisted} older ones \
@@ -231,8 +239,8 @@ pub fn who(
 }
 
 /// `loopwarden conns`: every open protected connection the caller may see.
-pub fn conns(run_dir: &Path, json: bool) -> Result<Printed, ClientError> {
-    let (origins, more) = all_conns(run_dir, None)?;
+pub fn conns(run_dir: &Path, netns: Option<u32>, json: bool) -> Result<Printed, ClientError> {
+    let (origins, more) = all_conns(run_dir, netns)?;
     let text = if json {
         format!("{:#}\n", Value::Array(origins.clone()))
     } else if origins.is_empty() {

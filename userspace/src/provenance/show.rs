@@ -86,10 +86,19 @@ pub(super) fn describe(origin: &Value) -> String {
 /// Origins as a table, one line each.
 pub(super) fn table(origins: &[Value]) -> String {
     let now = SystemTime::now();
-    let header = [
+    // Connections of several network namespaces (root's list) look alike
+    // but for it: their namespace is a column then.
+    let mut namespaces: Vec<u64> = origins.iter().filter_map(|o| o["netns"].as_u64()).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    let netns_column = namespaces.len() > 1;
+    let mut header = vec![
         "CLIENT", "SERVER", "PID", "USER", "EXE", "VERDICT", "RULE", "VIA", "AGE",
     ];
-    let mut rows = vec![header.map(str::to_owned).to_vec()];
+    if netns_column {
+        header.insert(2, "NETNS");
+    }
+    let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
     for o in origins {
         let user = match &o["user"] {
             Value::String(_) => cell(o, "user"),
@@ -99,7 +108,7 @@ pub(super) fn table(origins: &[Value]) -> String {
             (Value::String(via), Value::String(how)) => format!("{via}({how})"),
             _ => "-".to_owned(),
         };
-        rows.push(vec![
+        let mut row = vec![
             text(o, "client"),
             text(o, "server"),
             text(o, "pid"),
@@ -109,7 +118,11 @@ pub(super) fn table(origins: &[Value]) -> String {
             cell(o, "rule"),
             via,
             age(o, now),
-        ]);
+        ];
+        if netns_column {
+            row.insert(2, text(o, "netns"));
+        }
+        rows.push(row);
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -180,6 +193,28 @@ mod tests {
             ]
         );
         assert!(row[8].ends_with('d'), "{row:?}");
+    }
+
+    /// Connections of one namespace: no NETNS column; of several (root's
+    /// list): one, after SERVER.
+    #[test]
+    fn a_list_over_several_namespaces_names_each_rows_namespace() {
+        let origin = |netns: u64| {
+            json!({"client": "127.0.0.1:53422", "server": "127.0.0.1:8080", "pid": 42,
+                   "user": "root", "exe_name": "curl", "verdict": "allow", "netns": netns})
+        };
+        let one = table(&[origin(7), origin(7)]);
+        assert!(!one.contains("NETNS"), "{one}");
+        let several = table(&[origin(7), origin(4026531840)]);
+        let mut rows = several.lines();
+        let header: Vec<&str> = rows.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header[..4],
+            ["CLIENT", "SERVER", "NETNS", "PID"],
+            "{several}"
+        );
+        let netns: Vec<&str> = rows.map(|r| r.split_whitespace().nth(2).unwrap()).collect();
+        assert_eq!(netns, ["7", "4026531840"], "{several}");
     }
 
     #[test]
