@@ -338,6 +338,18 @@ mod tests {
             .map_err(|reply| serde_json::from_slice(&reply.line()).unwrap())
     }
 
+    /// The answer to `line` from `caller`, with no connection map to read
+    /// (the checks before it decide, or it says "no map").
+    fn ask(line: &str, caller: Caller) -> Value {
+        let reply = parse(line).unwrap().answer(
+            caller,
+            Err("no map"),
+            PathBuf::from("/sys/fs/cgroup"),
+            SharedRules::default(),
+        );
+        serde_json::from_slice(&reply.line()).unwrap()
+    }
+
     #[test]
     fn conns_lists_the_newest_and_counts_the_rest() {
         let established: Vec<u64> = (1..=10).collect();
@@ -404,29 +416,15 @@ mod tests {
 
     #[test]
     fn other_namespaces_are_root_only() {
-        let request = parse(r#"{"op":"conns","netns":1,"id":1}"#).unwrap();
         let caller = Caller {
             uid: 1000,
             netns: Some(2),
             host_netns: false,
         };
-        let reply = request.answer(
-            caller,
-            Err("not consulted"),
-            PathBuf::from("/sys/fs/cgroup"),
-            SharedRules::default(),
-        );
-        let reply: Value = serde_json::from_slice(&reply.line()).unwrap();
+        let reply = ask(r#"{"op":"conns","netns":1,"id":1}"#, caller);
         assert_eq!(reply["error"], "forbidden");
         // Its own namespace named explicitly passes the check.
-        let request = parse(r#"{"op":"conns","netns":2}"#).unwrap();
-        let reply = request.answer(
-            caller,
-            Err("no map"),
-            PathBuf::from("/sys/fs/cgroup"),
-            SharedRules::default(),
-        );
-        let reply: Value = serde_json::from_slice(&reply.line()).unwrap();
+        let reply = ask(r#"{"op":"conns","netns":2}"#, caller);
         assert_eq!(reply["error"], "unavailable");
         assert_eq!(reply["message"], "no map");
     }
@@ -456,15 +454,6 @@ mod tests {
             assert!(host.may_see(&r), "{netns} {server_uid}");
             assert_eq!(contained.may_see(&r), netns == 2, "{netns} {server_uid}");
         }
-        let ask = |line: &str, caller: Caller| -> Value {
-            let reply = parse(line).unwrap().answer(
-                caller,
-                Err("no map"),
-                PathBuf::from("/sys/fs/cgroup"),
-                SharedRules::default(),
-            );
-            serde_json::from_slice(&reply.line()).unwrap()
-        };
         let other = r#"{"op":"conns","netns":1}"#;
         assert_eq!(ask(other, contained)["error"], "forbidden");
         assert_eq!(ask(other, host)["message"], "no map");
@@ -479,15 +468,6 @@ mod tests {
             uid: 1000,
             netns: None,
             host_netns: false,
-        };
-        let ask = |line: &str, caller: Caller| -> Value {
-            let reply = parse(line).unwrap().answer(
-                caller,
-                Err("no map"),
-                PathBuf::from("/sys/fs/cgroup"),
-                SharedRules::default(),
-            );
-            serde_json::from_slice(&reply.line()).unwrap()
         };
         for line in [
             r#"{"op":"conns"}"#,
