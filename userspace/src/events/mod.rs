@@ -51,10 +51,12 @@ pub use self::{
     proc::{cgroup_v2_path, cmdline_text, proc_cmdline, same_process, starttime_ticks},
 };
 
-/// How audit lines are written.
+/// How audit lines (`--log-format`) and diagnostics (`--diagnostics-format`)
+/// are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// `key=value` pairs after a timestamp and verdict, for people.
+    /// For people: an audit line's `key=value` pairs after a timestamp and
+    /// verdict; a diagnostic's text after a timestamp and level.
     Human,
     /// One JSON object per line, for machines.
     Json,
