@@ -797,3 +797,43 @@ fn a_second_daemon_on_the_same_pins_is_refused_whatever_its_run_dir() {
     assert!(!detach.status.success(), "{detach:?}");
     assert!(install.pin_dir().join("links/lw_connect4").exists());
 }
+
+/// A report made while no daemon read (enforcement pinned, its daemon
+/// stopped) is named by its rule when a later daemon reports it: the rule
+/// lists of the policies a predecessor installed are kept in the run
+/// directory (`rules.json`), not lost with it (`rule=#N`).
+#[test]
+fn a_report_queued_across_a_restart_names_its_rule() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+    let config = policy(&ns, "enforce", "");
+    let is_socat_deny = |e: &serde_json::Value| e["verdict"] == "deny" && e["exe_name"] == "socat";
+    let first = Daemon::start_in(&install, &config, &[]);
+    assert!(!ns.socat_connect(&target).0, "the relay was not refused");
+    let seen = first.wait_event("the relay's refusal", is_socat_deny);
+    assert_eq!(seen["rule"], "catalog:socat", "{seen}");
+    drop(first);
+
+    // No daemon: the pinned policy refuses, its report waits in the ring.
+    assert!(!ns.socat_connect(&target).0, "the relay was not refused");
+    let second = Daemon::start_in(&install, &config, &[]);
+    let queued = second.wait_event("the queued refusal", is_socat_deny);
+    assert_eq!(queued["rule"], "catalog:socat", "{queued}");
+    assert!(
+        second
+            .events()
+            .iter()
+            .all(|e| !e["rule"].as_str().is_some_and(|r| r.starts_with('#'))),
+        "{:#?}",
+        second.events()
+    );
+    drop(second);
+    let detach = install.detach();
+    assert!(detach.status.success(), "{detach:?}");
+    assert!(
+        ns.socat_connect(&target).0,
+        "detach did not end enforcement"
+    );
+}

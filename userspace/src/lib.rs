@@ -35,6 +35,7 @@ pub mod ops;
 pub mod policy;
 pub mod provenance;
 pub mod resolve;
+pub mod run_file;
 pub mod run_socket;
 pub mod track;
 

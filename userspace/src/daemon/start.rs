@@ -21,7 +21,7 @@ use super::{
     sweeper::Sweeper,
 };
 use crate::{
-    events::{Enricher, report::Reporter},
+    events::{Enricher, report::Reporter, rule_file::RuleFile},
     kernel::{
         btf, compat,
         loader::{self, Programs, Takeover},
@@ -197,6 +197,18 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         }
     };
     let mut enricher = Enricher::new(host.cgroup2_root.clone());
+    // The rule names of the policies a predecessor installed in these
+    // pins, for the reports it left queued and the origins of connections
+    // opened before: up to the one in force (pins made afresh have none).
+    let rule_file = RuleFile::new(&opts.run_dir, pins.root());
+    if matches!(state, PinState::Compatible | PinState::Resized { .. })
+        && let Ok((_, settings)) = policy_maps.in_force()
+    {
+        for (seq, rules) in rule_file.load(settings.seq) {
+            enricher.set_rules(seq, rules);
+        }
+    }
+    enricher.keep_rules_in(rule_file);
     // Installed before the programs take over the links, so the first
     // connect they judge is judged by this policy.
     let installed_seq = match &policy {

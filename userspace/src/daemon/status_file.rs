@@ -17,9 +17,7 @@
 //! sweep before the daemon is ready to write the file.
 
 use std::{
-    fs,
-    io::{self, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    fs, io,
     path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
     time::SystemTime,
@@ -217,23 +215,9 @@ pub fn mode_name(settings_flags: u32) -> &'static str {
 
 /// Writes `status` to `path` through a temporary file in the same directory.
 pub fn write(path: &Path, status: &DaemonStatus) -> io::Result<()> {
-    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
     let mut text = serde_json::to_string_pretty(status).map_err(io::Error::other)?;
     text.push('\n');
-    // Made anew, never through a link (a stale one of this pid's goes).
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
+    crate::run_file::replace(path, text.as_bytes(), true)
 }
 
 /// Reads `<run_dir>/status.json`; `None` when there is none or it does not parse.

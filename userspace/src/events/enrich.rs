@@ -15,7 +15,9 @@ use loopwarden_common::{
     BIND_RULE, ConnectEvent, EGRESS_RULE_BASE, Evidence, ExeKey, MAX_EGRESS_RULES, NO_RULE,
     RELAY_RULE, SCRIPT_LEN, evidence,
 };
+use tracing::warn;
 
+use super::rule_file::RuleFile;
 use super::{
     AuditRecord, BIND_RULE_NAME, CUT, EGRESS_PREFIX, ExeId, RELAY_RULE_NAME, Time,
     cap::{CMDLINE_BUDGET, PATH_BUDGET, cap_owned},
@@ -90,6 +92,8 @@ pub struct Enricher {
     cgroup_root: PathBuf,
     users: UserNames,
     procs: ProcCache,
+    /// Where the lists are kept for the next daemon, if anywhere.
+    rule_file: Option<RuleFile>,
 }
 
 /// `/proc` details by (pid, start time), and executable paths by identity
@@ -137,6 +141,32 @@ impl Enricher {
             cgroup_root,
             users: UserNames::default(),
             procs: ProcCache::default(),
+            rule_file: None,
+        }
+    }
+
+    /// Keeps the rule lists in `file` from now on, rewritten at each
+    /// [`Enricher::set_rules`] (a failure to is warned of, once).
+    pub fn keep_rules_in(&mut self, file: RuleFile) {
+        self.rule_file = Some(file);
+        self.save_rules();
+    }
+
+    fn save_rules(&mut self) {
+        let Some(file) = &self.rule_file else {
+            return;
+        };
+        let lists = self
+            .rules
+            .iter()
+            .map(|(seq, rules)| (*seq, rules.as_slice()));
+        if let Err(e) = file.save(lists) {
+            warn!(
+                "writing {} failed: {e}; a daemon started after this one names the rules of \
+                 this one's policies #N",
+                file.path.display()
+            );
+            self.rule_file = None;
         }
     }
 
@@ -147,6 +177,7 @@ impl Enricher {
         }
         self.rules.push_back((seq, Arc::new(rules)));
         self.shared.publish(&self.rules);
+        self.save_rules();
     }
 
     /// The rule lists this enricher knows, kept up to date by

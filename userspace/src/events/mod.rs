@@ -39,6 +39,7 @@ mod enrich;
 pub mod output;
 mod proc;
 pub mod report;
+pub mod rule_file;
 pub mod stderr;
 pub mod tally;
 #[cfg(test)]

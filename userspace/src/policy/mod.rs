@@ -92,7 +92,7 @@ pub struct Netns {
 }
 
 /// What userspace keeps about each rule, for reporting.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleInfo {
     /// Unique name; catalog rules are `catalog:<name>`.
     pub name: String,

@@ -1,0 +1,121 @@
+//! The rule names of recent installs, kept in `<run_dir>/rules.json`, so
+//! that a daemon started on pins its predecessor filled names the rules of
+//! that predecessor's policies (the reports it left queued, the origins of
+//! connections opened before the restart) instead of `#N`.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::RuleInfo;
+
+/// The file's name in the run directory.
+pub const FILE: &str = "rules.json";
+/// Installs kept in the file: enough for the reports a restart leaves
+/// queued (those of the last few policies), small enough to rewrite at
+/// every install.
+pub const KEPT: usize = 8;
+
+/// Where the lists are kept, and for which pins.
+#[derive(Clone, Debug)]
+pub struct RuleFile {
+    pub path: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    /// The pin directory whose policies these were: lists of another's
+    /// never name this one's rules.
+    pin_dir: PathBuf,
+    /// `(policy_seq, rules)`, oldest first.
+    lists: Vec<(u64, Vec<RuleInfo>)>,
+}
+
+impl RuleFile {
+    pub fn new(run_dir: &Path, pin_dir: &Path) -> Self {
+        Self {
+            path: run_dir.join(FILE),
+            pin_dir: pin_dir.to_owned(),
+        }
+    }
+
+    /// Writes the newest [`KEPT`] of `lists` (oldest first), replacing the
+    /// file whole ([`crate::run_file::replace`]).
+    pub fn save<'a>(
+        &self,
+        lists: impl DoubleEndedIterator<Item = (u64, &'a [RuleInfo])>,
+    ) -> io::Result<()> {
+        let mut newest: Vec<(u64, Vec<RuleInfo>)> = lists
+            .rev()
+            .take(KEPT)
+            .map(|(seq, rules)| (seq, rules.to_vec()))
+            .collect();
+        newest.reverse();
+        let saved = Saved {
+            pin_dir: self.pin_dir.clone(),
+            lists: newest,
+        };
+        let mut text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
+        text.push(b'\n');
+        crate::run_file::replace(&self.path, &text, false)
+    }
+
+    /// The lists a predecessor saved for these pins, those of policies up
+    /// to `seq` (the one in force), oldest first; none when there is no
+    /// file, it does not parse, or it is another pin directory's.
+    pub fn load(&self, seq: u64) -> Vec<(u64, Vec<RuleInfo>)> {
+        let Ok(text) = fs::read(&self.path) else {
+            return Vec::new();
+        };
+        match serde_json::from_slice::<Saved>(&text) {
+            Ok(saved) if saved.pin_dir == self.pin_dir => {
+                saved.lists.into_iter().filter(|(s, _)| *s <= seq).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Action;
+
+    fn rules(name: &str) -> Vec<RuleInfo> {
+        vec![RuleInfo {
+            name: name.to_owned(),
+            action: Action::Deny,
+            matches: "exe_name in [socat]".to_owned(),
+            browser: false,
+        }]
+    }
+
+    #[test]
+    fn the_newest_lists_round_trip_for_their_pins_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RuleFile::new(dir.path(), Path::new("/sys/fs/bpf/loopwarden"));
+        let lists: Vec<(u64, Vec<RuleInfo>)> =
+            (1..=10).map(|i| (2 * i, rules(&format!("r{i}")))).collect();
+        file.save(lists.iter().map(|(s, r)| (*s, r.as_slice())))
+            .unwrap();
+        // The newest KEPT, up to the seq in force.
+        let loaded = file.load(20);
+        assert_eq!(loaded, lists[10 - KEPT..]);
+        assert_eq!(file.load(15).last().map(|(s, _)| *s), Some(14));
+        // Another pin directory's: nothing.
+        let other = RuleFile::new(dir.path(), Path::new("/sys/fs/bpf/other"));
+        assert!(other.load(20).is_empty());
+        // No file, or a broken one: nothing.
+        assert!(
+            RuleFile::new(Path::new("/nonexistent"), Path::new("/x"))
+                .load(20)
+                .is_empty()
+        );
+        fs::write(&file.path, b"{").unwrap();
+        assert!(file.load(20).is_empty());
+    }
+}
