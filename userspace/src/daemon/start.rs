@@ -200,7 +200,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // The rule names of the policies a predecessor installed in these
     // pins, for the reports it left queued and the origins of connections
     // opened before: up to the one in force (pins made afresh have none).
-    let rule_file = RuleFile::new(&opts.run_dir, pins.root());
+    let rule_file = RuleFile::new(&opts.run_dir, pins.root(), policy_maps.id());
     if matches!(state, PinState::Compatible | PinState::Resized { .. })
         && let Ok((_, settings)) = policy_maps.in_force()
     {

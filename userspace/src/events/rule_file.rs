@@ -19,27 +19,35 @@ pub const FILE: &str = "rules.json";
 /// every install.
 pub const KEPT: usize = 8;
 
-/// Where the lists are kept, and for which pins.
+/// Where the lists are kept, and for which maps.
 #[derive(Clone, Debug)]
 pub struct RuleFile {
     pub path: PathBuf,
     pub pin_dir: PathBuf,
+    /// [`crate::kernel::maps::PolicyMaps::id`] of the maps the policies
+    /// are installed in; `None` when it cannot be read (then nothing is
+    /// loaded).
+    pub maps_id: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Saved {
-    /// The pin directory whose policies these were: lists of another's
-    /// never name this one's rules.
+    /// The pin directory and the set of maps in it whose policies these
+    /// were: lists of another's (another directory's, or of maps this one
+    /// held before a detach, whose sequence numbers start over) never name
+    /// this one's rules.
     pin_dir: PathBuf,
+    maps_id: Option<u32>,
     /// `(policy_seq, rules)`, oldest first.
     lists: Vec<(u64, Vec<RuleInfo>)>,
 }
 
 impl RuleFile {
-    pub fn new(run_dir: &Path, pin_dir: &Path) -> Self {
+    pub fn new(run_dir: &Path, pin_dir: &Path, maps_id: Option<u32>) -> Self {
         Self {
             path: run_dir.join(FILE),
             pin_dir: pin_dir.to_owned(),
+            maps_id,
         }
     }
 
@@ -57,6 +65,7 @@ impl RuleFile {
         newest.reverse();
         let saved = Saved {
             pin_dir: self.pin_dir.clone(),
+            maps_id: self.maps_id,
             lists: newest,
         };
         let mut text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
@@ -66,13 +75,17 @@ impl RuleFile {
 
     /// The lists a predecessor saved for these pins, those of policies up
     /// to `seq` (the one in force), oldest first; none when there is no
-    /// file, it does not parse, or it is another pin directory's.
+    /// file, it does not parse, or it is another set of maps'.
     pub fn load(&self, seq: u64) -> Vec<(u64, Vec<RuleInfo>)> {
         let Ok(text) = fs::read(&self.path) else {
             return Vec::new();
         };
         match serde_json::from_slice::<Saved>(&text) {
-            Ok(saved) if saved.pin_dir == self.pin_dir => {
+            Ok(saved)
+                if saved.pin_dir == self.pin_dir
+                    && self.maps_id.is_some()
+                    && saved.maps_id == self.maps_id =>
+            {
                 saved.lists.into_iter().filter(|(s, _)| *s <= seq).collect()
             }
             _ => Vec::new(),
@@ -97,7 +110,7 @@ mod tests {
     #[test]
     fn the_newest_lists_round_trip_for_their_pins_only() {
         let dir = tempfile::tempdir().unwrap();
-        let file = RuleFile::new(dir.path(), Path::new("/sys/fs/bpf/loopwarden"));
+        let file = RuleFile::new(dir.path(), Path::new("/sys/fs/bpf/loopwarden"), Some(7));
         let lists: Vec<(u64, Vec<RuleInfo>)> =
             (1..=10).map(|i| (2 * i, rules(&format!("r{i}")))).collect();
         file.save(lists.iter().map(|(s, r)| (*s, r.as_slice())))
@@ -106,15 +119,19 @@ mod tests {
         let loaded = file.load(20);
         assert_eq!(loaded, lists[10 - KEPT..]);
         assert_eq!(file.load(15).last().map(|(s, _)| *s), Some(14));
-        // Another pin directory's: nothing.
-        let other = RuleFile::new(dir.path(), Path::new("/sys/fs/bpf/other"));
-        assert!(other.load(20).is_empty());
+        // Another pin directory's, another set of maps' (made afresh in
+        // it), or maps whose id is not known: nothing.
+        for (pins, id) in [
+            ("/sys/fs/bpf/other", Some(7)),
+            ("/sys/fs/bpf/loopwarden", Some(8)),
+            ("/sys/fs/bpf/loopwarden", None),
+        ] {
+            let other = RuleFile::new(dir.path(), Path::new(pins), id);
+            assert!(other.load(20).is_empty(), "{pins} {id:?}");
+        }
         // No file, or a broken one: nothing.
-        assert!(
-            RuleFile::new(Path::new("/nonexistent"), Path::new("/x"))
-                .load(20)
-                .is_empty()
-        );
+        let missing = RuleFile::new(Path::new("/nonexistent"), Path::new("/x"), Some(7));
+        assert!(missing.load(20).is_empty());
         fs::write(&file.path, b"{").unwrap();
         assert!(file.load(20).is_empty());
     }

@@ -116,6 +116,14 @@ impl PolicyMaps {
         })
     }
 
+    /// The kernel's id of this set's `LW_GENERATION` map: ids are never
+    /// reused while the system runs, so it names this set of maps (one
+    /// made afresh, after a detach or a replacement, has another).
+    pub fn id(&self) -> Option<u32> {
+        use aya::maps::IterableMap as _;
+        self.generation.map().info().ok().map(|info| info.id())
+    }
+
     fn read_u32(&self) -> Result<u32, MapsError> {
         self.generation
             .get(&0, 0)
