@@ -350,3 +350,34 @@ fn an_exe_rule_on_a_btrfs_subvolume_matches_that_subvolumes_file_only() {
         daemon.stderr_text()
     );
 }
+
+/// A process gone before the daemon reads its report still has its cgroup
+/// named: the path comes from the kernel's cgroup id (a cgroupfs file
+/// handle), not from `/proc`, which no longer has the process.
+#[test]
+fn a_gone_processs_cgroup_is_named_from_its_id() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let cg = TestCgroup::new(&format!("lwt-gone-{}.service", std::process::id()));
+    let script = format!(
+        "echo $$ > {} && exec ip netns exec {} socat -u /dev/null TCP:127.0.0.1:{PROTECTED}",
+        cg.path.join("cgroup.procs").display(),
+        ns.name(),
+    );
+    let daemon = Daemon::start(&policy(&ns, "audit", ""));
+    // The daemon reads nothing while stopped: socat connects (audit mode
+    // lets it), and is gone, before its report is read.
+    daemon.signal(libc::SIGSTOP);
+    let out = run(Command::new("sh").args(["-c", &script]));
+    daemon.signal(libc::SIGCONT);
+    assert!(out.status.success(), "socat: {out:?}");
+    let ev = daemon.wait_event("socat's would-deny", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(
+        ev["cmdline"],
+        serde_json::Value::Null,
+        "read while it ran: {ev}"
+    );
+    assert_eq!(ev["cgroup"], format!("/{}", cg.name), "{ev}");
+}

@@ -403,12 +403,14 @@ impl ProcCache {
             .then(|| proc_cmdline(pid))
             .flatten()
             .or_else(|| forked.then(|| proc_cmdline(ev.ppid)).flatten());
-        // The kernel's cgroup id decides which path is right.
+        // The kernel's cgroup id decides which path is right; for a
+        // process gone (or in another cgroup since), the id names it.
         let cgroup = [alive.then_some(pid), forked.then_some(ev.ppid)]
             .into_iter()
             .flatten()
             .filter_map(proc_cgroup)
-            .find(|path| cgroup_id_of(cgroup_root, path) == Some(ev.cgroup_id));
+            .find(|path| cgroup_id_of(cgroup_root, path) == Some(ev.cgroup_id))
+            .or_else(|| crate::resolve::cgroup_path_by_id(cgroup_root, ev.cgroup_id));
         ProcInfo {
             exe_key: ev.exe,
             ppid: ev.ppid,

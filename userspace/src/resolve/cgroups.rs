@@ -213,6 +213,53 @@ impl HostResolver {
     }
 }
 
+/// The path (like `/system.slice/x.service`) of the cgroup v2 whose id is
+/// `id`, below the mount `cgroup_root`, found by its file handle: cgroupfs
+/// gives a directory's id as its handle (`FILEID_KERNFS`), so this works
+/// for a cgroup whose processes are all gone, which `/proc` cannot tell.
+/// Needs CAP_DAC_READ_SEARCH (root). `None` when the cgroup is gone too,
+/// or is not below `cgroup_root`.
+pub fn path_by_id(cgroup_root: &Path, id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    /// `struct file_handle` with its 8 bytes of handle: the kernfs id.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    /// `FILEID_KERNFS` (include/linux/exportfs.h).
+    const FILEID_KERNFS: i32 = 0xfe;
+    if id == 0 {
+        return None;
+    }
+    let root = fs::File::open(cgroup_root).ok()?;
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: `handle` is a `struct file_handle` whose `handle_bytes`
+    // says how many bytes of handle follow its header; it outlives the
+    // call, which only reads it.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            root.as_raw_fd(),
+            (&raw mut handle).cast(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor open_by_handle_at just opened, owned by nothing else.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
+    let below = path.strip_prefix(cgroup_root).ok()?;
+    Some(format!("/{}", below.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +407,27 @@ mod tests {
         // Named by its path, it is found; so is a unit above the crowd.
         assert_eq!(r.cgroup("system.slice/a/b/deep.service").unwrap().level, 4);
         assert_eq!(r.cgroup("b").unwrap().level, 3);
+    }
+
+    /// This process's own cgroup, found again by its id; an id of no
+    /// cgroup, and 0, are not found.
+    #[test]
+    fn a_cgroup_is_found_by_its_id() {
+        let root = crate::kernel::compat::cgroup2_root(None).expect("a cgroup v2 mount");
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = crate::events::cgroup_v2_path(&own).expect("a cgroup v2 line");
+        let id = fs::metadata(root.join(own.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        let found = path_by_id(&root, id);
+        if Uid::effective().is_root() {
+            assert_eq!(found.as_deref(), Some(own.as_str()));
+        } else {
+            // Handles need CAP_DAC_READ_SEARCH.
+            assert_eq!(found, None);
+        }
+        assert_eq!(path_by_id(&root, 0), None);
+        assert_eq!(path_by_id(&root, u64::MAX - 1), None);
     }
 
     #[test]

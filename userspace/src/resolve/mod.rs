@@ -36,6 +36,7 @@ use loopwarden_common::{ExeKey, is_interpreter};
 use nix::unistd::{Uid, User};
 use tracing::debug;
 
+pub use self::cgroups::path_by_id as cgroup_path_by_id;
 use self::netns::cookie_via_setns;
 pub use self::netns::{
     current_netns_cookie, current_netns_inum, in_first_netns, in_netns, interface_addresses,
