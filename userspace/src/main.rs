@@ -152,7 +152,8 @@ enum Command {
     /// the service's (getsockname). Without LOCAL, every connection from
     /// PEER (which may then be an address without a port). Connections are
     /// looked up in the caller's network namespace; a user sees only those
-    /// whose accepted socket it owns, root sees all.
+    /// whose accepted socket it owns, root in the host's network namespace
+    /// all (root in another, its own namespace's).
     #[command(
         after_help = "Exit codes: 0 found, 1 unknown (or none), 2 usage, connection or permission errors."
     )]
@@ -170,14 +171,16 @@ enum Command {
         /// The run directory of the daemon (where query.sock is).
         #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
-        /// Look in this network namespace (root only): a file such as
+        /// Look in this network namespace (root in the host's network
+        /// namespace only, for another than its own): a file such as
         /// /run/netns/NAME or /proc/PID/ns/net, or an inode number.
         #[arg(long, value_name = "PATH_OR_INODE", value_parser = provenance::client::parse_netns)]
         netns: Option<u32>,
     },
     /// List the open protected connections and their origins (for a user,
     /// those whose accepted socket it owns, in its network namespace; for
-    /// root, all), asked from the daemon through its query socket.
+    /// root in the host's network namespace, all; for root in another, its
+    /// own namespace's), asked from the daemon through its query socket.
     #[command(
         after_help = "Exit codes: 0 some listed, 1 none, 2 usage, connection or permission errors."
     )]

@@ -112,7 +112,8 @@ fn egress_index(index: u8) -> Option<usize> {
 
 /// The name records give rule `index`: the reserved rules', else `rule`'s
 /// (as [`Enricher::rule`] found it), else `#N` (`egress:#N` for an egress
-/// rule) for a policy this daemon did not install.
+/// rule) for a policy whose rule list this daemon does not have (one a
+/// predecessor installed and `rules.json` does not name).
 fn name_of(index: u8, rule: Option<&RuleInfo>) -> Option<Cow<'_, str>> {
     let name = match index {
         NO_RULE => return None,
@@ -186,8 +187,8 @@ impl Enricher {
         self.shared.clone()
     }
 
-    /// Rule `index` of the policy installed as `seq`, if this daemon
-    /// installed it.
+    /// Rule `index` of the policy installed as `seq`, if its rule list is
+    /// known (this daemon installed it, or `rules.json` named it).
     fn rule(&self, seq: u64, index: u8) -> Option<&RuleInfo> {
         let (_, rules) = self.rules.iter().rev().find(|(s, _)| *s == seq)?;
         match egress_index(index) {
@@ -202,7 +203,7 @@ impl Enricher {
     }
 
     /// The name of rule `index` of the policy installed as `seq`; `#N` for
-    /// a policy this daemon did not install (adopted from a predecessor).
+    /// a policy whose rule list it does not have (see [`name_of`]).
     pub(crate) fn rule_name(&self, seq: u64, index: u8) -> Option<Cow<'_, str>> {
         name_of(index, self.rule(seq, index))
     }

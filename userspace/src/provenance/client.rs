@@ -86,8 +86,6 @@ impl Peer {
     }
 }
 
-/// A network namespace named by a file (`/run/netns/NAME`,
-/// `/proc/PID/ns/net`) or by its inode number, as its inode.
 /// `who`'s LOCAL: the service's own end.
 pub fn parse_local(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
@@ -98,6 +96,8 @@ pub fn parse_local(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// A network namespace named by a file (`/run/netns/NAME`,
+/// `/proc/PID/ns/net`) or by its inode number, as its inode.
 pub fn parse_netns(s: &str) -> Result<u32, String> {
     if let Ok(inode) = s.parse() {
         return Ok(inode);

@@ -27,7 +27,8 @@ pub enum ErrorCode {
     /// No such connection is known (or it is not protected), or it is
     /// one the caller may not see: the two are never told apart.
     Unknown,
-    /// A caller other than root named another network namespace.
+    /// A caller other than root in the host's network namespace named
+    /// another network namespace than its own.
     Forbidden,
     /// Not JSON, or not a request this protocol has.
     BadRequest,
@@ -266,8 +267,8 @@ impl Request {
                 id,
                 ErrorCode::Unavailable,
                 "the caller's network namespace cannot be read (is it in another pid \
-                 namespace?); root in the host's network namespace may name one with \
-                 \"netns\"",
+                 namespace? Then it is not known for root of the host either): ask from \
+                 the daemon's pid namespace",
             );
         }
         let conns = match conns {
