@@ -30,7 +30,9 @@ use std::{
 
 pub use bpftool::{hex_args, hex_bytes, map_dump, map_generations, map_show, map_update, prog_ids};
 pub use daemon::{Daemon, Install, assert_denied_exactly, counter};
-pub use netns::{LOCAL_ADDR, LOCAL_ADDR6, Netns, Proc, REMOTE_ADDR, REMOTE_ADDR6, Topology};
+pub use netns::{
+    LOCAL_ADDR, LOCAL_ADDR6, Netns, NetnsAlias, Proc, REMOTE_ADDR, REMOTE_ADDR6, Topology,
+};
 pub use policy::{Policy, policy, rule};
 pub use scripts::{
     Fields, SYSTEM_PYTHON, TestCgroup, exe_id, exe_name, probe_lines, python_copy, write_script,

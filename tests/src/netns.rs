@@ -385,3 +385,24 @@ impl Default for Topology {
         Self::new()
     }
 }
+
+/// A second name for a namespace (a bind mount of its file, as `ip netns
+/// add` makes), removed on drop as `ip netns del` removes one: the
+/// namespace lives on (its own name and processes keep it).
+pub struct NetnsAlias(pub String);
+
+impl NetnsAlias {
+    pub fn new(ns: &Netns) -> Self {
+        let alias = NetnsAlias(format!("{}-alias", ns.path()));
+        std::fs::File::create(&alias.0).expect("the alias's mount point");
+        run_ok(Command::new("mount").args(["--bind", &ns.path(), &alias.0]));
+        alias
+    }
+}
+
+impl Drop for NetnsAlias {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

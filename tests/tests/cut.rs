@@ -16,8 +16,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, TempDir, Topology, greeter,
-    policy, rule, run, spawn_forwarder, wait_for,
+    Daemon, LOCAL_ADDR, Netns, NetnsAlias, PROTECTED, Policy, Proc, REMOTE_ADDR, TempDir, Topology,
+    greeter, policy, rule, run, spawn_forwarder, wait_for,
 };
 use serde_json::Value;
 
@@ -543,4 +543,30 @@ fn a_relay_that_listens_on_its_own_source_port_is_still_cut() {
     assert_only_the_direct_client_is_connected(&ns);
     direct.assert_works("direct-after");
     drop(server);
+}
+
+/// A scoped namespace whose name went (`ip netns del`, processes still in
+/// it) is still swept: a switch to enforce cuts the relay's connection
+/// there, the sweep entering the namespace through a process in it.
+#[test]
+fn a_namespace_whose_name_went_is_still_swept() {
+    let ns = Netns::new();
+    let (_server, _relay) = services(&ns);
+    let alias = NetnsAlias::new(&ns);
+    let scoped = |mode: &str| {
+        policy(&ns, mode, "").replace(&format!("\"{}\"", ns.path()), &format!("\"{}\"", alias.0))
+    };
+    let daemon = Daemon::start(&scoped("audit"));
+    let (mut through_relay, mut direct, _) = let_in_through_relay(&ns, &daemon);
+    let enforce = scoped("enforce");
+    let gone = format!("network namespace {} cannot be resolved", alias.0);
+    drop(alias);
+    daemon.wait_stderr(&gone, 1);
+
+    std::fs::write(daemon.config_path(), enforce).expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    assert_socat_cut(&daemon);
+    daemon.wait_stderr("cut 1 connections", 1);
+    through_relay.assert_cut();
+    direct.assert_works("direct-after");
 }

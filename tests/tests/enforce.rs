@@ -5,7 +5,8 @@
 use std::process::Command;
 
 use loopwarden_tests::{
-    Daemon, Netns, PROTECTED, Sshd, TempDir, UNPROTECTED, nginx_proxy, policy, rule, run_ok,
+    Daemon, Netns, NetnsAlias, PROTECTED, Sshd, TempDir, UNPROTECTED, nginx_proxy, policy, rule,
+    run_ok,
 };
 use serde_json::Value;
 
@@ -237,26 +238,6 @@ fn connections_outside_the_policy_namespace_are_untouched() {
     );
 }
 
-/// A second name for a namespace (a bind mount of its file, as `ip netns
-/// add` makes), removed on drop as `ip netns del` removes one.
-struct Alias(String);
-
-impl Alias {
-    fn new(ns: &Netns) -> Self {
-        let alias = Alias(format!("{}-alias", ns.path()));
-        std::fs::File::create(&alias.0).expect("the alias's mount point");
-        run_ok(Command::new("mount").args(["--bind", &ns.path(), &alias.0]));
-        alias
-    }
-}
-
-impl Drop for Alias {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// The name a scoped policy knows its namespace by goes (`ip netns del`,
 /// while processes in it keep the namespace alive): the re-resolution
 /// each second keeps the namespace in the scope, so enforcement there
@@ -265,7 +246,7 @@ impl Drop for Alias {
 fn a_namespace_whose_name_goes_stays_protected() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let alias = Alias::new(&ns);
+    let alias = NetnsAlias::new(&ns);
     let text = policy(&ns, "enforce", "")
         .replace(&format!("\"{}\"", ns.path()), &format!("\"{}\"", alias.0));
     assert!(text.contains(&alias.0), "{text}");

@@ -11,12 +11,26 @@ use crate::{
     resolve,
 };
 
-/// A network namespace to sweep: how to name it, and namespace files to
-/// enter it by (tried in order).
+/// A network namespace to sweep: how to name it, and how to enter it.
 #[derive(Clone, Debug)]
 pub(super) struct Target {
     pub(super) label: String,
-    paths: Vec<PathBuf>,
+    by: Entry,
+}
+
+/// How a namespace is entered.
+#[derive(Clone, Debug)]
+enum Entry {
+    /// One of the policy's scope: by its file, or, once that is gone, by a
+    /// process in it ([`resolve::in_scoped_netns`]).
+    Scoped {
+        path: PathBuf,
+        cookie: u64,
+        inode: u32,
+    },
+    /// By the first of these namespace files that can be entered (one of
+    /// a process found in it: it may have exited since).
+    Files(Vec<PathBuf>),
 }
 
 /// A namespace entered: its sock_diag handle.
@@ -38,7 +52,11 @@ pub(super) fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError
             .iter()
             .map(|ns| Target {
                 label: ns.path.clone(),
-                paths: vec![PathBuf::from(&ns.path)],
+                by: Entry::Scoped {
+                    path: PathBuf::from(&ns.path),
+                    cookie: ns.cookie,
+                    inode: ns.inode,
+                },
             })
             .collect());
     }
@@ -47,11 +65,12 @@ pub(super) fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError
         .into_iter()
         .map(|ns| Target {
             label: format!("net:[{}]", ns.id.1),
-            paths: ns
-                .pids
-                .iter()
-                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
-                .collect(),
+            by: Entry::Files(
+                ns.pids
+                    .iter()
+                    .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+                    .collect(),
+            ),
         })
         .collect())
 }
@@ -66,16 +85,26 @@ pub(super) fn enter(target: &Target) -> Result<Entered, SweepError> {
         let inode = resolve::current_netns_inum().unwrap_or(0);
         Ok((diag, cookie, inode))
     };
-    match resolve::in_first_netns(target.paths.iter().cloned(), open, &mut last) {
-        Some(((diag, cookie, inode), _)) => Ok(Entered {
+    let entered = match &target.by {
+        Entry::Scoped {
+            path,
+            cookie,
+            inode,
+        } => resolve::in_scoped_netns(path, *cookie, *inode, open),
+        Entry::Files(paths) => resolve::in_first_netns(paths.iter().cloned(), open, &mut last)
+            .map(|(entered, _)| entered)
+            .ok_or(last),
+    };
+    match entered {
+        Ok((diag, cookie, inode)) => Ok(Entered {
             label: target.label.clone(),
             diag,
             cookie,
             inode,
         }),
-        None => Err(SweepError::Open {
+        Err(source) => Err(SweepError::Open {
             netns: target.label.clone(),
-            source: last,
+            source,
         }),
     }
 }

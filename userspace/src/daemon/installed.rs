@@ -80,15 +80,10 @@ pub(super) fn compile_policy(
 }
 
 /// The host's own non-loopback addresses for `host_addresses = true`: those
-/// of the namespaces the policy is scoped to (none if none resolved), or of
-/// the daemon's own. A namespace kept in the scope after its name went (see
-/// [`policy::compile_lenient`]) cannot be entered to list its addresses:
-/// then `previous`, what was installed before, is kept as well, so that
-/// its addresses stay protected.
-pub(super) fn host_addresses(
-    policy: &CompiledPolicy,
-    previous: &[std::net::IpAddr],
-) -> Vec<std::net::IpAddr> {
+/// of the namespaces the policy is scoped to (none if none resolved; one
+/// kept in the scope after its name went is entered through a process in
+/// it, [`resolve::in_scoped_netns`]), or of the daemon's own.
+pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
     if !policy.host_addresses {
         return Vec::new();
     }
@@ -99,28 +94,21 @@ pub(super) fn host_addresses(
         });
     }
     let mut out = Vec::new();
-    let mut unlisted = false;
     for ns in &policy.netns {
-        match resolve::in_netns(Path::new(&ns.path), resolve::interface_addresses) {
+        let listed = resolve::in_scoped_netns(
+            Path::new(&ns.path),
+            ns.cookie,
+            ns.inode,
+            resolve::interface_addresses,
+        );
+        match listed {
             Ok(addrs) => out.extend(addrs),
-            Err(e) => {
-                unlisted = true;
-                // A name that went is in the policy's warnings already.
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    debug!("listing the addresses of {} failed: {e}", ns.path);
-                } else {
-                    warn!("listing the addresses of {} failed: {e}", ns.path);
-                }
+            // Gone with its last process: it has no address to protect.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                debug!("listing the addresses of {} failed: {e}", ns.path);
             }
+            Err(e) => warn!("listing the addresses of {} failed: {e}", ns.path),
         }
-    }
-    if unlisted {
-        let kept: Vec<_> = previous
-            .iter()
-            .filter(|a| !out.contains(a))
-            .copied()
-            .collect();
-        out.extend(kept);
     }
     out
 }
@@ -295,7 +283,7 @@ impl Installed {
         fresh: CompiledPolicy,
         enricher: &mut Enricher,
     ) -> Result<bool, String> {
-        let addrs = host_addresses(&fresh, &self.addrs);
+        let addrs = host_addresses(&fresh);
         let current = self.policy.as_ref();
         if current == Some(&fresh) && self.addrs == addrs {
             return Ok(false);

@@ -213,7 +213,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // connect they judge is judged by this policy.
     let installed_seq = match &policy {
         Some(policy) => {
-            let seq = policy_maps.install(policy, &host_addresses(policy, &[]))?;
+            let seq = policy_maps.install(policy, &host_addresses(policy))?;
             enricher.set_rules(seq, policy.named_rules());
             Some(seq)
         }
@@ -303,7 +303,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(io_err("starting the connection sweeper"))?;
     super::fullness::watch(pins.clone()).map_err(io_err("starting the map fullness watch"))?;
     if let Some(policy) = &policy {
-        sweeper.request(policy, &host_addresses(policy, &[]));
+        sweeper.request(policy, &host_addresses(policy));
     }
     let events = watch(ring, "watching the event ring buffer")?;
     let denials = watch(denials, "watching the refusals' ring buffer")?;
@@ -317,10 +317,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             .clone()
             .unwrap_or_else(crate::config::Config::embedded_default),
         config,
-        addrs: policy
-            .as_ref()
-            .map(|p| host_addresses(p, &[]))
-            .unwrap_or_default(),
+        addrs: policy.as_ref().map(host_addresses).unwrap_or_default(),
         policy,
         maps: policy_maps,
         refresh_error: None,

@@ -89,6 +89,9 @@ pub struct Netns {
     pub path: String,
     /// `SO_NETNS_COOKIE` of the namespace.
     pub cookie: u64,
+    /// Its inode number, when known (0 if not): what finds a process in it
+    /// once its file is gone ([`crate::resolve::in_scoped_netns`]).
+    pub inode: u32,
 }
 
 /// What userspace keeps about each rule, for reporting.
@@ -307,6 +310,11 @@ pub trait Resolver {
     /// Network namespace cookie of a namespace file (`/run/netns/x`,
     /// `/proc/PID/ns/net`).
     fn netns(&self, path: &Path) -> std::io::Result<u64>;
+    /// The inode number of the network namespace file `path` leads to. Not
+    /// by default.
+    fn netns_inode(&self, _path: &Path) -> Option<u32> {
+        None
+    }
     /// For an existing file that starts with `#!`: the interpreter that
     /// runs it and whether the kernel reads that interpreter's script
     /// ([`crate::resolve::interpreter_of`]). Not by default.

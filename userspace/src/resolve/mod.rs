@@ -39,7 +39,8 @@ use tracing::debug;
 pub use self::cgroups::path_by_id as cgroup_path_by_id;
 use self::netns::cookie_via_setns;
 pub use self::netns::{
-    current_netns_cookie, current_netns_inum, in_first_netns, in_netns, interface_addresses,
+    current_netns_cookie, current_netns_inum, in_first_netns, in_netns, in_scoped_netns,
+    interface_addresses,
 };
 use crate::policy::{CgroupId, ExeFile, LiveExe, LiveExes, MountDev, Resolver};
 
@@ -238,6 +239,10 @@ impl Resolver for HostResolver {
 
     fn user(&self, name: &str) -> io::Result<Option<u32>> {
         uid_by_name(name)
+    }
+
+    fn netns_inode(&self, path: &Path) -> Option<u32> {
+        fs::metadata(path).ok().map(|meta| meta.ino() as u32)
     }
 
     fn script_interpreter(&self, path: &Path) -> Option<(String, bool)> {

@@ -96,6 +96,57 @@ pub fn in_first_netns<T: Send + 'static>(
     None
 }
 
+/// Most processes tried to enter a namespace whose file is gone.
+const PIDS_TRIED: usize = 4;
+
+/// Runs `f` inside a namespace of the policy's scope: entered by its file
+/// `path`, or, when that is gone (a name removed while processes keep the
+/// namespace alive), by `/proc/PID/ns/net` of a process in it, found by
+/// its `inode`. `f` runs only where the cookie is the namespace's
+/// `cookie`: an inode number is reused once its namespace is gone, a
+/// cookie never. The `/proc` walk is made only when the file is gone.
+pub fn in_scoped_netns<T: Send + 'static>(
+    path: &Path,
+    cookie: u64,
+    inode: u32,
+    f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
+) -> io::Result<T> {
+    let mut paths = vec![path.to_owned()];
+    if inode != 0 && !path.exists() {
+        paths.extend(pids_in_netns(inode).map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))));
+    }
+    let checked = move || {
+        if current_netns_cookie()? != cookie {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "another network namespace (its inode number was reused)",
+            ));
+        }
+        f()
+    };
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("network namespace {} is gone", path.display()),
+    );
+    in_first_netns(paths, checked, &mut last)
+        .map(|(value, _)| value)
+        .ok_or(last)
+}
+
+/// Up to [`PIDS_TRIED`] processes whose network namespace has inode `inode`.
+fn pids_in_netns(inode: u32) -> impl Iterator<Item = i32> {
+    procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(move |process| {
+            std::fs::metadata(format!("/proc/{}/ns/net", process.pid))
+                .is_ok_and(|meta| meta.ino() as u32 == inode)
+        })
+        .map(|process| process.pid)
+        .take(PIDS_TRIED)
+}
+
 fn in_netns_file<T: Send + 'static>(
     file: File,
     path: &Path,

@@ -29,28 +29,27 @@ impl Compiler<'_> {
                     path: path.value.clone(),
                     source,
                 });
-            let kept = self.previous.and_then(|p| {
-                let path = path.value.display().to_string();
-                p.netns
-                    .iter()
-                    .find(|ns| ns.path == path)
-                    .map(|ns| ns.cookie)
-            });
-            let cookie = match (cookie, kept) {
+            let shown = path.value.display().to_string();
+            let kept = self
+                .previous
+                .and_then(|p| p.netns.iter().find(|ns| ns.path == shown));
+            let (cookie, inode) = match (cookie, kept) {
                 (Err(e), Some(kept)) if self.lenient => {
                     // The namespace itself may well live on: its cookie
                     // is never another's, so keeping it can only judge
                     // that namespace, alive, or nothing.
                     self.policy.warnings.push(format!(
-                        "{}; the namespace it named stays in the scope (cookie {kept}): a \
-                         namespace outlives its name while a process is in it (restore the \
-                         name, or remove the path from the file and reload, to drop it)",
-                        error_chain(&e)
+                        "{}; the namespace it named stays in the scope (cookie {}): a \
+                         namespace outlives its name while a process is in it (`ip netns \
+                         attach NAME PID` names it again, where `ip netns add` would make \
+                         another; remove the path from the file and reload to drop it)",
+                        error_chain(&e),
+                        kept.cookie
                     ));
-                    kept
+                    (kept.cookie, kept.inode)
                 }
                 (cookie, _) => match self.tolerate(cookie)? {
-                    Some(cookie) => cookie,
+                    Some(cookie) => (cookie, self.resolver.netns_inode(&path.value).unwrap_or(0)),
                     None => continue,
                 },
             };
@@ -60,8 +59,9 @@ impl Compiler<'_> {
                 continue;
             }
             self.policy.netns.push(Netns {
-                path: path.value.display().to_string(),
+                path: shown,
                 cookie,
+                inode,
             });
         }
         inline_netns(&mut self.policy.settings, &self.policy.netns);

@@ -41,7 +41,8 @@ comm = "x"
         policy.netns,
         [Netns {
             path: "/run/netns/blue".to_owned(),
-            cookie: 4096
+            cookie: 4096,
+            inode: 0,
         }]
     );
     for port in [22, 8080, 9000, 9050, 9100, 9101] {
