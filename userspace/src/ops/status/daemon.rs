@@ -33,15 +33,19 @@ pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
         (LockState::Held(None), None) => true,
         (LockState::Free, _) => false,
     };
-    let elsewhere = match running {
-        true => None,
-        false => match lock_holder(pin_dir, false) {
-            LockState::Held(Some(pid)) => Some(ElsewhereDaemon {
+    // Root's process only (anyone who may open the directory may lock
+    // it), and not the one holding this run directory's lock (a daemon
+    // starting here, before its status.json).
+    let elsewhere = match (running, lock_holder(pin_dir, false)) {
+        (false, LockState::Held(Some(pid)))
+            if owned_by_root(pid) && !matches!(holder, LockState::Held(Some(p)) if p == pid) =>
+        {
+            Some(ElsewhereDaemon {
                 pid,
                 run_dir: run_dir_of(pid),
-            }),
-            _ => None,
-        },
+            })
+        }
+        _ => None,
     };
     DaemonReport {
         running,
@@ -54,11 +58,23 @@ pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
     }
 }
 
+/// Whether process `pid` runs as root.
+fn owned_by_root(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| meta.uid() == 0)
+}
+
 /// The `--run-dir` process `pid` was given, from its command line (the
-/// default when it gave none); `None` when it cannot be read.
+/// default when it gave none; a relative one from its working directory);
+/// `None` when it cannot be read.
 fn run_dir_of(pid: u32) -> Option<PathBuf> {
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    Some(run_dir_arg(&cmdline))
+    let dir = run_dir_arg(&cmdline);
+    if dir.is_absolute() {
+        return Some(dir);
+    }
+    fs::read_link(format!("/proc/{pid}/cwd"))
+        .ok()
+        .map(|cwd| cwd.join(dir))
 }
 
 /// The `--run-dir` of a NUL-separated command line.

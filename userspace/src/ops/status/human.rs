@@ -255,7 +255,7 @@ impl DaemonReport {
                         .run_dir
                         .as_deref()
                         .map_or("another --run-dir".to_owned(), |d| {
-                            format!("--run-dir {}", d.display())
+                            format!("--run-dir {}", shown_path(d))
                         })
                 ),
                 None => here,
@@ -303,9 +303,39 @@ fn sweep_text(sweep: &SweepOutcome) -> String {
     )
 }
 
+/// A path as another process gave it: quoted, with Rust's escapes, when it
+/// holds a space, a control or a character that changes how text displays,
+/// so it cannot forge a line of the output.
+pub(super) fn shown_path(path: &std::path::Path) -> String {
+    let text = path.to_string_lossy();
+    if text
+        .chars()
+        .any(|c| c.is_whitespace() || crate::events::reshapes(c))
+    {
+        format!("{text:?}")
+    } else {
+        text.into_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_processs_path_cannot_forge_a_line() {
+        use std::path::Path;
+        assert_eq!(shown_path(Path::new("/run/lw")), "/run/lw");
+        assert_eq!(
+            shown_path(Path::new("/tmp/x\nloopwarden: active")),
+            "\"/tmp/x\\nloopwarden: active\""
+        );
+        assert_eq!(shown_path(Path::new("/tmp/a b")), "\"/tmp/a b\"");
+        assert_eq!(
+            shown_path(Path::new("/tmp/\u{202e}x")),
+            "\"/tmp/\\u{202e}x\""
+        );
+    }
 
     fn outcome(cut: usize, problems: &[&str], more_problems: usize) -> SweepOutcome {
         SweepOutcome {

@@ -413,7 +413,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             other
                 .run_dir
                 .as_deref()
-                .map_or("another".to_owned(), |d| d.display().to_string()),
+                .map_or("another".to_owned(), human::shown_path),
             report.run_dir.display()
         ),
         None => "no daemon: enforcing the pinned policy, unreported".to_owned(),
