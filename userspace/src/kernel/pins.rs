@@ -21,7 +21,10 @@ use std::{
     collections::HashMap,
     ffi::CString,
     fs, io,
-    os::{fd::AsFd as _, unix::ffi::OsStrExt as _},
+    os::{
+        fd::AsFd as _,
+        unix::{ffi::OsStrExt as _, fs::PermissionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -202,6 +205,14 @@ impl PinDir {
         }
         for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
             fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        }
+        // Root's alone: a user who may open the directory may also flock
+        // it, which would keep every daemon and `detach` out. (Not a
+        // directory bpffs is mounted on, which other tools share.)
+        if self.root.parent().is_some_and(is_bpffs) {
+            let private = fs::Permissions::from_mode(0o700);
+            fs::set_permissions(&self.root, private)
+                .map_err(io_err("making private", &self.root))?;
         }
         if !is_bpffs(&self.root) {
             return Err(PinError::NotBpffs {
