@@ -326,31 +326,55 @@ fn shebang(path: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(line).trim().to_owned())
 }
 
-/// The interpreter a `#!` line (what follows `#!`) runs, by its file name
-/// (through `env`: `#!/usr/bin/env python3` runs `python3`), and whether
-/// the kernel reads its script: its file name, or that of the file its
-/// path leads to (`python3` to `python3.11`), is an interpreter's
-/// ([`is_interpreter`]).
+/// The interpreter a `#!` line (what follows `#!`) runs, by its name as
+/// written (through `env`: `#!/usr/bin/env python3` runs `python3`, found
+/// on the search path), and whether the kernel reads its script: as the
+/// kernel decides, by the name of the file that runs ([`is_interpreter`]
+/// of the file the path leads to: `python3` to `python3.11`), or by the
+/// name as written when that file cannot be found here.
 pub(crate) fn interpreter_of(line: &str) -> (String, bool) {
     let mut words = line.split_whitespace();
     let first = words.next().unwrap_or_default();
-    let program = if Path::new(first).file_name() == Some(OsStr::new("env")) {
-        // `env -S ...`, `env NAME=value ...`: the first word that is neither.
-        words
-            .find(|w| !w.starts_with('-') && !w.contains('='))
-            .unwrap_or(first)
-    } else {
-        first
-    };
     let name = |path: &Path| {
         path.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     };
-    let written = name(Path::new(program));
-    let reads = is_interpreter(written.as_bytes())
-        || fs::canonicalize(program).is_ok_and(|real| is_interpreter(name(&real).as_bytes()));
-    (written, reads)
+    let (written, file) = if name(Path::new(first)) == "env" {
+        // `env -S ...`, `env -u NAME ...`, `env NAME=value ...`: the
+        // first word that is none of them, looked for as env looks.
+        let mut program = None;
+        while let Some(word) = words.next() {
+            match word {
+                "-u" | "--unset" | "-C" | "--chdir" => {
+                    words.next();
+                }
+                w if w.starts_with('-') || w.contains('=') => {}
+                w => {
+                    program = Some(w);
+                    break;
+                }
+            }
+        }
+        let program = program.unwrap_or(first);
+        let file = if program.contains('/') {
+            Some(PathBuf::from(program))
+        } else {
+            search_dirs()
+                .into_iter()
+                .map(|dir| dir.join(program))
+                .find(|path| path.is_file())
+        };
+        (program, file)
+    } else {
+        (first, Some(PathBuf::from(first)))
+    };
+    let real = file.and_then(|file| fs::canonicalize(file).ok());
+    let reads = match real {
+        Some(real) => is_interpreter(name(&real).as_bytes()),
+        None => is_interpreter(name(Path::new(written)).as_bytes()),
+    };
+    (name(Path::new(written)), reads)
 }
 
 /// `/proc/PID/exe` of a deleted file reads `<path> (deleted)`.
@@ -496,6 +520,7 @@ mod tests {
             ("/usr/bin/env python3", "python3", true),
             ("/usr/bin/env -S node --experimental", "node", true),
             ("/usr/bin/env LANG=C perl", "perl", true),
+            ("/usr/bin/env -u LANG python3", "python3", true),
             ("/bin/bash", "bash", false),
             ("/bin/sh -e", "sh", false),
             ("/usr/bin/env bash", "bash", false),
@@ -508,6 +533,14 @@ mod tests {
         let link = tmp.0.join("agent-runtime");
         symlink(std::env::current_exe().unwrap(), &link).unwrap();
         assert!(!interpreter_of(link.to_str().unwrap()).1);
+        // Named like an interpreter, leading to another program: the
+        // kernel sees the program.
+        let fake = tmp.0.join("python3");
+        symlink(std::env::current_exe().unwrap(), &fake).unwrap();
+        assert_eq!(
+            interpreter_of(fake.to_str().unwrap()),
+            ("python3".to_owned(), false)
+        );
         let python = fs::canonicalize("/usr/bin/python3").unwrap();
         symlink(&python, tmp.0.join("py")).unwrap();
         let line = tmp.0.join("py").display().to_string();
