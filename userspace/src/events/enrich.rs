@@ -94,6 +94,8 @@ pub struct Enricher {
     procs: ProcCache,
     /// Where the lists are kept for the next daemon, if anywhere.
     rule_file: Option<RuleFile>,
+    /// Writing it failed last time (said once, until it works again).
+    rule_file_failed: bool,
 }
 
 /// `/proc` details by (pid, start time), and executable paths by identity
@@ -143,11 +145,13 @@ impl Enricher {
             users: UserNames::default(),
             procs: ProcCache::default(),
             rule_file: None,
+            rule_file_failed: false,
         }
     }
 
     /// Keeps the rule lists in `file` from now on, rewritten at each
-    /// [`Enricher::set_rules`] (a failure to is warned of, once).
+    /// [`Enricher::set_rules`] (a failure is warned of once, and the next
+    /// install tries again).
     pub fn keep_rules_in(&mut self, file: RuleFile) {
         self.rule_file = Some(file);
         self.save_rules();
@@ -161,13 +165,17 @@ impl Enricher {
             .rules
             .iter()
             .map(|(seq, rules)| (*seq, rules.as_slice()));
-        if let Err(e) = file.save(lists) {
-            warn!(
-                "writing {} failed: {e}; a daemon started after this one names the rules of \
-                 this one's policies #N",
-                file.path.display()
-            );
-            self.rule_file = None;
+        match file.save(lists) {
+            Ok(()) => self.rule_file_failed = false,
+            Err(e) if !self.rule_file_failed => {
+                warn!(
+                    "writing {} failed: {e}; a daemon started after this one names the rules of \
+                     this one's newest policies #N (tried again at the next install)",
+                    file.path.display()
+                );
+                self.rule_file_failed = true;
+            }
+            Err(_) => {}
         }
     }
 

@@ -28,6 +28,10 @@ pub struct RuleFile {
     /// are installed in; `None` when it cannot be read (then nothing is
     /// loaded).
     pub maps_id: Option<u32>,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): map ids start
+    /// over at each boot, so a run directory kept across one (not on
+    /// tmpfs) could otherwise hold lists of maps of the same id.
+    pub boot_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -38,6 +42,7 @@ struct Saved {
     /// this one's rules.
     pin_dir: PathBuf,
     maps_id: Option<u32>,
+    boot_id: Option<String>,
     /// `(policy_seq, rules)`, oldest first.
     lists: Vec<(u64, Vec<RuleInfo>)>,
 }
@@ -48,6 +53,9 @@ impl RuleFile {
             path: run_dir.join(FILE),
             pin_dir: pin_dir.to_owned(),
             maps_id,
+            boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned()),
         }
     }
 
@@ -66,6 +74,7 @@ impl RuleFile {
         let saved = Saved {
             pin_dir: self.pin_dir.clone(),
             maps_id: self.maps_id,
+            boot_id: self.boot_id.clone(),
             lists: newest,
         };
         let mut text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
@@ -84,7 +93,9 @@ impl RuleFile {
             Ok(saved)
                 if saved.pin_dir == self.pin_dir
                     && self.maps_id.is_some()
-                    && saved.maps_id == self.maps_id =>
+                    && saved.maps_id == self.maps_id
+                    && self.boot_id.is_some()
+                    && saved.boot_id == self.boot_id =>
             {
                 saved.lists.into_iter().filter(|(s, _)| *s <= seq).collect()
             }
@@ -129,6 +140,10 @@ mod tests {
             let other = RuleFile::new(dir.path(), Path::new(pins), id);
             assert!(other.load(20).is_empty(), "{pins} {id:?}");
         }
+        // Another boot's (map ids start over at each): nothing.
+        let mut rebooted = file.clone();
+        rebooted.boot_id = Some("another boot".to_owned());
+        assert!(rebooted.load(20).is_empty());
         // No file, or a broken one: nothing.
         let missing = RuleFile::new(Path::new("/nonexistent"), Path::new("/x"), Some(7));
         assert!(missing.load(20).is_empty());
