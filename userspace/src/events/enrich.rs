@@ -315,7 +315,13 @@ impl Enricher {
             cgroup_id: id.cgroups.last().copied().unwrap_or(0),
             netns_cookie: cut.netns_cookie,
             socket_cookie: cut.socket.cookie,
-            script: None,
+            // The script the kernel's exec handler read, as a report of
+            // the connect would name it.
+            script: id
+                .tracked
+                .as_ref()
+                .filter(|tracked| tracked.script[0] != 0)
+                .map(|tracked| str_from_fixed(&tracked.script)),
             via,
             via_how,
             via_ago_ms,

@@ -261,6 +261,16 @@ fn cut_records_name_the_socket() {
     assert_eq!(v["socket_cookie"], 4711);
     assert_eq!(v["parent_exe_id"], "254:1:4242");
     assert_eq!(v["cgroup_id"], 1);
+    assert!(v.get("script").is_none(), "{v}");
+    // An interpreter's: the script the kernel read at its exec, as the
+    // connect's own line names it.
+    let mut python = self::cut();
+    let mut tracked = loopwarden_common::ProcState::EMPTY;
+    tracked.script[..8].copy_from_slice(b"relay.py");
+    python.owner.identity.tracked = Some(tracked);
+    let line = cutter.cut(&python).format(LogFormat::Json);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["script"], "relay.py", "{line}");
     // Kernel records have no source: the field is left out, not null.
     let kernel = enricher().enrich(&event()).format(LogFormat::Json);
     let v: serde_json::Value = serde_json::from_str(&kernel).unwrap();
