@@ -40,6 +40,8 @@ const RULE_LISTS_KEPT: usize = 64;
 const PROC_CACHE_MAX: usize = 2048;
 /// Executable paths kept by identity; past it the cache starts over.
 const EXE_CACHE_MAX: usize = 1024;
+/// cgroup paths kept by id; past it the cache starts over.
+const CGROUP_CACHE_MAX: usize = 1024;
 
 /// What `/proc` told about one process (pid and start time), and the kernel
 /// facts it was read for: an event reporting another executable (an exec
@@ -104,6 +106,9 @@ pub struct Enricher {
 struct ProcCache {
     by_process: HashMap<(u32, u64), ProcInfo>,
     exes: HashMap<ExeKey, String>,
+    /// cgroup paths by id, as found by id for processes gone (a cgroup id
+    /// is never another cgroup's).
+    cgroups: HashMap<u64, String>,
 }
 
 /// Egress rule `r` of a report's rule index ([`EGRESS_RULE_BASE`] `+ r`).
@@ -425,7 +430,7 @@ impl ProcCache {
             .flatten()
             .filter_map(proc_cgroup)
             .find(|path| cgroup_id_of(cgroup_root, path) == Some(ev.cgroup_id))
-            .or_else(|| crate::resolve::cgroup_path_by_id(cgroup_root, ev.cgroup_id));
+            .or_else(|| self.cgroup_by_id(cgroup_root, ev.cgroup_id));
         ProcInfo {
             exe_key: ev.exe,
             ppid: ev.ppid,
@@ -442,6 +447,20 @@ impl ProcCache {
                 .map(|v| cap_owned(v, PATH_BUDGET)),
             parent_exe_id,
         }
+    }
+
+    /// The path of cgroup `id`, found by its id ([`crate::resolve::cgroup_path_by_id`])
+    /// once, then from the cache.
+    fn cgroup_by_id(&mut self, cgroup_root: &Path, id: u64) -> Option<String> {
+        if let Some(path) = self.cgroups.get(&id) {
+            return Some(path.clone());
+        }
+        let path = crate::resolve::cgroup_path_by_id(cgroup_root, id)?;
+        if self.cgroups.len() >= CGROUP_CACHE_MAX {
+            self.cgroups.clear();
+        }
+        self.cgroups.insert(id, path.clone());
+        Some(path)
     }
 
     /// A path seen earlier for this identity, if it still names the same
