@@ -457,8 +457,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 policy::compile(&config, &resolver)
             }
             .map_err(DaemonError::from)?;
-            for warning in &compiled.warnings {
+            let (errors, warnings) = loopwarden::ops::check::start_settings(&config, &resolver);
+            for warning in compiled.warnings.iter().chain(&warnings) {
                 eprintln!("loopwarden: warning: {warning}");
+            }
+            // A reload never applies them (they need a restart): for the
+            // daemon's check, only warnings.
+            if let Some(error) = errors.first() {
+                if !as_daemon {
+                    return Ok(refused(error));
+                }
+                for error in &errors {
+                    eprintln!("loopwarden: warning: {error}");
+                }
             }
             if as_daemon && let Some(refusal) = compiled.reload_refusal() {
                 return Ok(refused(&refusal));

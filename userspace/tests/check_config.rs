@@ -165,3 +165,44 @@ fn a_scope_to_network_namespaces_that_do_not_exist_is_refused() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("no-such-netns"), "{stderr}");
 }
+
+/// Settings the daemon reads only at start are checked too: an `[ident]
+/// netns` that does not exist is refused (a start would fail; for the
+/// daemon's check, which a reload never applies, a warning), and a
+/// `getsockopt_cgroups` cgroup not found is warned of.
+#[test]
+fn settings_read_only_at_start_are_checked_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ident = |netns: &str| format!("[ident]\nlisten = [\"127.0.0.1:113\"]\nnetns = {netns:?}\n");
+    let missing = tmp.path().join("no-such-netns").display().to_string();
+    let bad = write(&tmp, "ident.toml", ident(&missing).as_bytes());
+    let (code, stderr) = check(&bad);
+    assert_eq!(code, Some(BAD_FILE), "{stderr}");
+    assert!(
+        stderr.contains("ident.toml:3:9: [ident] netns") && stderr.contains("no-such-netns"),
+        "{stderr}"
+    );
+    let (code, stderr) = check_as_daemon(&bad);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("no-such-netns"),
+        "{stderr}"
+    );
+    // The positive control: this process's own namespace.
+    let good = write(&tmp, "own.toml", ident("/proc/self/ns/net").as_bytes());
+    let (code, stderr) = check(&good);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("[ident]"), "{stderr}");
+
+    let cgroups = write(
+        &tmp,
+        "cgroups.toml",
+        b"[provenance]\ngetsockopt_cgroups = [\"no-such-unit-loopwarden.service\"]\n",
+    );
+    let (code, stderr) = check(&cgroups);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("cgroups.toml:2:23: getsockopt_cgroups `no-such-unit-loopwarden.service`"),
+        "{stderr}"
+    );
+}

@@ -3,8 +3,10 @@
 //! directory); `loopwarden doctor` ([`doctor`]) probes what the host offers
 //! the programs and says what to change; the daemon serves Prometheus
 //! [`metrics`]; `loopwarden generate` ([`generate`]) renders the man pages
-//! and completions the package installs.
+//! and completions the package installs; `check-config` checks the
+//! settings read only at start too ([`check`]).
 
+pub mod check;
 pub mod doctor;
 pub mod generate;
 pub mod metrics;
