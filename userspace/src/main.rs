@@ -528,8 +528,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Catalog => {
             let width = CATALOG.iter().map(|e| e.name.len()).max().unwrap_or(0);
             for entry in CATALOG.iter() {
-                // A browser's verdict is the port's `[browsers]` treatment.
-                let action = entry.action.map_or("ports", |a| a.name());
+                // A browser's verdict is the port's `[browsers]` treatment
+                // (`port`, as check-config shows it).
+                let action = entry.action.map_or("port", |a| a.name());
                 println!(
                     "catalog:{:<width$} {:<7} {:<6} exe_name in [{}]  {}",
                     entry.name,
