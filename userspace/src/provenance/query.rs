@@ -206,12 +206,61 @@ async fn refuse(mut stream: UnixStream, uid: u32) {
     let _ = timeout(WRITE_TIMEOUT, stream.write_all(&reply.line())).await;
 }
 
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected.
+/// Not in every libc version.
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_PEERPIDFD: libc::c_int = 0x0056;
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// The network namespace (inode) of the process that connected `stream`,
+/// read from `/proc/PID/ns/net` of the pid `SO_PEERCRED` gave. Where the
+/// kernel hands out the connecting process's pidfd (`SO_PEERPIDFD`, Linux
+/// 6.5), the read counts only if that process still runs after it: its
+/// pid was not another process's meanwhile. `None` when it cannot be told.
+fn caller_netns(stream: &UnixStream, cred: &UCred) -> Option<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let pid = u32::try_from(cred.pid()?).ok()?;
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: fd and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: a descriptor the kernel just handed over, owned by nothing else.
+    let pidfd = (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+    let netns = netns_of(pid).ok()?;
+    match pidfd {
+        Some(pidfd) => still_runs(&pidfd).then_some(netns),
+        // An older kernel: the pid as it is now (a process that exits at
+        // once and whose pid is taken meanwhile could be taken for another).
+        None => Some(netns),
+    }
+}
+
+/// Whether the process of `pidfd` has not exited (a pidfd is readable once
+/// it has).
+fn still_runs(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, valid for the call; no wait.
+    let rc = unsafe { libc::poll(&raw mut poll, 1, 0) };
+    rc == 0
+}
+
 /// Serves one client until it closes, misbehaves or times out.
 async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slot) {
-    let netns = cred
-        .pid()
-        .and_then(|pid| u32::try_from(pid).ok())
-        .and_then(|pid| netns_of(pid).ok());
+    let netns = caller_netns(&stream, &cred);
     let caller = Caller {
         uid: cred.uid(),
         netns,
@@ -334,6 +383,59 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A caller that runs is placed in its namespace; on this kernel (6.5
+    /// or later) through its pidfd. (The race the pidfd closes, a pid
+    /// taken by another process between the connect and the read, is not
+    /// reproduced here.)
+    #[test]
+    fn a_running_caller_is_placed_in_its_namespace_by_its_pidfd() {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let (ours, _theirs) = UnixStream::pair().expect("a socket pair");
+            let cred = ours.peer_cred().expect("credentials");
+            let own = netns_of(std::process::id()).expect("our namespace");
+            assert_eq!(caller_netns(&ours, &cred), Some(own));
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+            let mut version = release.trim().split(['.', '-']).map(|n| n.parse::<u32>());
+            let (major, minor) = (version.next(), version.next());
+            if let (Some(Ok(major)), Some(Ok(minor))) = (major, minor)
+                && (major, minor) >= (6, 5)
+            {
+                let mut fd: libc::c_int = -1;
+                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: fd and len are valid for writes of the sizes given.
+                let rc = unsafe {
+                    libc::getsockopt(
+                        ours.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        SO_PEERPIDFD,
+                        (&raw mut fd).cast(),
+                        &mut len,
+                    )
+                };
+                assert_eq!(rc, 0, "SO_PEERPIDFD on Linux {release}");
+                // SAFETY: the descriptor the kernel just handed over.
+                let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+                assert!(still_runs(&pidfd));
+            }
+            // A process that has exited: its pidfd says so.
+            let mut child = std::process::Command::new("true").spawn().expect("true");
+            let pid = child.id() as libc::c_long;
+            // SAFETY: pidfd_open(2) with no flags; the child is not reaped
+            // yet, so its pid is its own.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+            child.wait().expect("true exits");
+            // SAFETY: the descriptor pidfd_open just returned.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            assert!(!still_runs(&pidfd));
+        });
+    }
 
     /// Past [`WALKS`] walks at once, another is refused at once
     /// (`unavailable`, with its id); a `who` by addresses is not held up.
