@@ -219,8 +219,21 @@ const SO_PEERPIDFD: libc::c_int = 77;
 /// 6.5), the read counts only if that process still runs after it: its
 /// pid was not another process's meanwhile. `None` when it cannot be told.
 fn caller_netns(stream: &UnixStream, cred: &UCred) -> Option<u32> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     let pid = u32::try_from(cred.pid()?).ok()?;
+    let pidfd = peer_pidfd(stream);
+    let netns = netns_of(pid).ok()?;
+    match pidfd {
+        Some(pidfd) => still_runs(&pidfd).then_some(netns),
+        // An older kernel: the pid as it is now (a process that exits at
+        // once and whose pid is taken meanwhile could be taken for another).
+        None => Some(netns),
+    }
+}
+
+/// The pidfd of the process that connected `stream` (`SO_PEERPIDFD`);
+/// `None` where the kernel has none (before 6.5).
+fn peer_pidfd(stream: &UnixStream) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
     let mut fd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: fd and len are valid for writes of the sizes given.
@@ -234,14 +247,7 @@ fn caller_netns(stream: &UnixStream, cred: &UCred) -> Option<u32> {
         )
     };
     // SAFETY: a descriptor the kernel just handed over, owned by nothing else.
-    let pidfd = (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
-    let netns = netns_of(pid).ok()?;
-    match pidfd {
-        Some(pidfd) => still_runs(&pidfd).then_some(netns),
-        // An older kernel: the pid as it is now (a process that exits at
-        // once and whose pid is taken meanwhile could be taken for another).
-        None => Some(netns),
-    }
+    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether the process of `pidfd` has not exited (a pidfd is readable once
@@ -390,7 +396,7 @@ mod tests {
     /// reproduced here.)
     #[test]
     fn a_running_caller_is_placed_in_its_namespace_by_its_pidfd() {
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        use std::os::fd::{FromRawFd as _, OwnedFd};
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -406,21 +412,7 @@ mod tests {
             if let (Some(Ok(major)), Some(Ok(minor))) = (major, minor)
                 && (major, minor) >= (6, 5)
             {
-                let mut fd: libc::c_int = -1;
-                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                // SAFETY: fd and len are valid for writes of the sizes given.
-                let rc = unsafe {
-                    libc::getsockopt(
-                        ours.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        SO_PEERPIDFD,
-                        (&raw mut fd).cast(),
-                        &mut len,
-                    )
-                };
-                assert_eq!(rc, 0, "SO_PEERPIDFD on Linux {release}");
-                // SAFETY: the descriptor the kernel just handed over.
-                let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let pidfd = peer_pidfd(&ours).expect("SO_PEERPIDFD on Linux 6.5 or later");
                 assert!(still_runs(&pidfd));
             }
             // A process that has exited: its pidfd says so.
