@@ -17,6 +17,9 @@ pub struct Mount<'a> {
     pub root: &'a str,
     pub mount_point: PathBuf,
     pub fs_type: &'a str,
+    /// The superblock's options (`rw,hidepid=invisible,...`), empty when
+    /// the line has none.
+    pub super_options: &'a str,
 }
 
 /// The mounts `text` lists, in its order; a line that does not read is
@@ -31,12 +34,15 @@ fn mount(line: &str) -> Option<Mount<'_>> {
     let root = fields.next()?;
     let mount_point = PathBuf::from(unescape(fields.next()?));
     fields.find(|&f| f == "-")?;
+    let fs_type = fields.next()?;
+    let _source = fields.next();
     Some(Mount {
         major: major.parse().ok()?,
         minor: minor.parse().ok()?,
         root,
         mount_point,
-        fs_type: fields.next()?,
+        fs_type,
+        super_options: fields.next().unwrap_or_default(),
     })
 }
 
@@ -70,6 +76,21 @@ fn octal(digits: &[u8]) -> Option<u8> {
     })
 }
 
+/// Whether the `/proc` mount in `text` (mountinfo) hides processes from
+/// other users (`hidepid` set to anything but `0`/`off`): they may not
+/// read its files (command lines, cgroups) of processes not theirs.
+pub fn proc_hides_pids(text: &str) -> bool {
+    mounts(text)
+        .filter(|m| m.fs_type == "proc" && m.mount_point == std::path::Path::new("/proc"))
+        .last()
+        .is_some_and(|m| {
+            m.super_options
+                .split(',')
+                .filter_map(|option| option.strip_prefix("hidepid="))
+                .any(|value| !matches!(value, "0" | "off"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +110,7 @@ mod tests {
                     root: "/mnt1",
                     mount_point: PathBuf::from("/mnt/my disk"),
                     fs_type: "ext3",
+                    super_options: "rw",
                 },
                 Mount {
                     major: 0,
@@ -96,6 +118,7 @@ mod tests {
                     root: "/",
                     mount_point: PathBuf::from("/proc"),
                     fs_type: "proc",
+                    super_options: "rw",
                 },
             ]
         );
@@ -106,5 +129,23 @@ mod tests {
         assert_eq!(unescape("a\\040b"), "a b");
         assert_eq!(unescape("a\\9b"), "a\\9b");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn hidepid_is_read_from_the_proc_mount() {
+        let proc = |options: &str| {
+            format!(
+                "22 1 254:0 / / rw - ext4 /dev/vda rw\n\
+                 25 22 0:22 / /proc rw,nosuid - proc proc {options}\n"
+            )
+        };
+        assert!(!proc_hides_pids(&proc("rw")));
+        assert!(!proc_hides_pids(&proc("rw,hidepid=0")));
+        assert!(!proc_hides_pids(&proc("rw,hidepid=off")));
+        assert!(proc_hides_pids(&proc("rw,hidepid=2")));
+        assert!(proc_hides_pids(&proc("rw,hidepid=invisible,gid=4")));
+        // A proc mounted elsewhere (a container's) is not the daemon's.
+        let elsewhere = "26 22 0:23 / /srv/proc rw - proc proc rw,hidepid=2\n";
+        assert!(!proc_hides_pids(&format!("{}{elsewhere}", proc("rw"))));
     }
 }
