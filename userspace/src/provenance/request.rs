@@ -110,6 +110,10 @@ fn newest<T>(sorted: &[T], max: usize) -> (&[T], usize) {
     (&sorted[older..], older)
 }
 
+/// An origin's fields read from `/proc/PID`, which `hidepid` hides from
+/// other users.
+const PROC_FIELDS: [&str; 4] = ["exe", "parent_exe", "cmdline", "cgroup"];
+
 /// Who asks, from the socket's `SO_PEERCRED`.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
@@ -128,6 +132,22 @@ impl Caller {
     /// namespace only: it may not look into others.
     fn is_host_root(&self) -> bool {
         self.uid == 0 && self.host_netns
+    }
+
+    /// `origin` as `/proc` would show it to the caller: with `/proc`
+    /// mounted `hidepid` (`hides`), a process of another user's has its
+    /// paths and command line hidden from all but root, so a caller other
+    /// than the host's root gets them as null for a client not of its uid
+    /// (the kernel's record, `exe_name` and `exe_id` included, stays).
+    fn as_proc_shows(&self, hides: bool, mut origin: Value) -> Value {
+        if hides && !self.is_host_root() && origin["uid"].as_u64() != Some(u64::from(self.uid)) {
+            for field in PROC_FIELDS {
+                if let Some(value) = origin.get_mut(field) {
+                    *value = Value::Null;
+                }
+            }
+        }
+        origin
     }
 
     /// Whether the caller may see `record`: its own uid owns the accepted
@@ -276,6 +296,10 @@ impl Request {
             Err(e) => return Reply::error(id, ErrorCode::Unavailable, e),
         };
         let mut enricher = Enricher::with_rules(cgroup_root, rules);
+        let hides = std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text));
+        let mut shown =
+            |record: &OriginRecord| caller.as_proc_shows(hides, origin(record, &mut enricher));
         let found = match self.op {
             Op::Conns => {
                 // Filtered before the check that each is open, so that a
@@ -285,7 +309,7 @@ impl Request {
                 records.sort_by_key(|r| r.established_ns);
                 let (listed, older) = newest(&records, MAX_LISTED);
                 let mut reply = Reply::ok(id);
-                reply.conns = Some(listed.iter().map(|r| origin(r, &mut enricher)).collect());
+                reply.conns = Some(listed.iter().map(&mut shown).collect());
                 reply.more = (older > 0).then_some(older);
                 return reply;
             }
@@ -323,7 +347,7 @@ impl Request {
             ),
             Some(record) => {
                 let mut reply = Reply::ok(id);
-                reply.origin = Some(origin(&record, &mut enricher));
+                reply.origin = Some(shown(&record));
                 reply
             }
         }
@@ -461,6 +485,40 @@ mod tests {
         for own in [r#"{"op":"conns","netns":2}"#, r#"{"op":"conns"}"#] {
             assert_eq!(ask(own, contained)["message"], "no map", "{own}");
         }
+    }
+
+    /// With `/proc` mounted `hidepid`, another user's client has its
+    /// paths and command line withheld, as `/proc` would withhold them;
+    /// the caller's own clients, and the host's root, see them.
+    #[test]
+    fn hidepid_withholds_what_proc_would() {
+        let origin = serde_json::json!({"uid": 1000, "exe_name": "socat", "exe": "/usr/bin/socat",
+                            "parent_exe": "/usr/bin/socat", "cmdline": "socat TCP-LISTEN:1",
+                            "cgroup": "/user.slice"});
+        let caller = |uid: u32, host_netns: bool| Caller {
+            uid,
+            netns: Some(1),
+            host_netns,
+        };
+        let other = caller(1001, false).as_proc_shows(true, origin.clone());
+        for field in PROC_FIELDS {
+            assert_eq!(other[field], Value::Null, "{field}: {other}");
+        }
+        assert_eq!(other["exe_name"], "socat", "{other}");
+        for (who, hides) in [
+            (caller(1000, false), true),
+            (caller(0, true), true),
+            (caller(1001, false), false),
+        ] {
+            assert_eq!(
+                who.as_proc_shows(hides, origin.clone()),
+                origin,
+                "{who:?} {hides}"
+            );
+        }
+        // A container's root is not the host's: withheld too.
+        let contained = caller(0, false).as_proc_shows(true, origin.clone());
+        assert_eq!(contained["cmdline"], Value::Null, "{contained}");
     }
 
     #[test]
