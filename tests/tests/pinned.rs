@@ -11,8 +11,9 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, TempDir, Topology, hex_bytes,
-    loopwarden_bin, map_dump, map_update, policy, prog_ids, rule, run, run_failing_start, run_ok,
+    Daemon, Install, LOCAL_ADDR, Netns, NetnsAlias, PROTECTED, Policy, Proc, TempDir, Topology,
+    hex_bytes, loopwarden_bin, map_dump, map_update, policy, prog_ids, rule, run,
+    run_failing_start, run_ok,
 };
 
 /// A python client that connects to the protected port in a loop until
@@ -829,6 +830,52 @@ fn a_report_queued_across_a_restart_names_its_rule() {
         "{:#?}",
         second.events()
     );
+    drop(second);
+    let detach = install.detach();
+    assert!(detach.status.success(), "{detach:?}");
+    assert!(
+        ns.socat_connect(&target).0,
+        "detach did not end enforcement"
+    );
+}
+
+/// A namespace kept in the scope after its name went (see
+/// `enforce::a_namespace_whose_name_goes_stays_protected`) stays in it
+/// across a restart: the next start finds its name gone too, and takes
+/// the namespace from the scope the pinned policy had
+/// (`<run_dir>/scope.json`) instead of dropping it and letting the relay
+/// there through.
+#[test]
+fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let alias = NetnsAlias::new(&ns);
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+    let text = policy(&ns, "enforce", "")
+        .replace(&format!("\"{}\"", ns.path()), &format!("\"{}\"", alias.0));
+    assert!(text.contains(&alias.0), "{text}");
+    let is_socat_deny = |e: &serde_json::Value| e["verdict"] == "deny" && e["exe_name"] == "socat";
+    let first = Daemon::start_in(&install, &text, &[]);
+    assert!(!ns.socat_connect(&target).0, "the relay was not refused");
+    first.wait_event("the relay's refusal", is_socat_deny);
+    let gone = format!("network namespace {} cannot be resolved", alias.0);
+    drop(alias);
+    first.wait_stderr(&gone, 1);
+    first.wait_stderr("stays in the scope", 1);
+    drop(first);
+
+    let second = Daemon::start_in(&install, &text, &[]);
+    assert!(
+        second.stderr_text().contains("stays in the scope"),
+        "the restart dropped the namespace from the scope:\n{}",
+        second.stderr_text()
+    );
+    let (ok, stderr) = ns.socat_connect(&target);
+    assert!(!ok, "the relay got through after the restart");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    second.wait_event("the relay's refusal after the restart", is_socat_deny);
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
     drop(second);
     let detach = install.detach();
     assert!(detach.status.success(), "{detach:?}");

@@ -1,14 +1,56 @@
-//! The daemon's files in its run directory (`status.json`, `rules.json`):
-//! each replaced whole, through a temporary file of this process made
-//! anew (never opened through a link another process put there), so a
-//! reader sees the old file or the new one, never half of one.
+//! The daemon's files in its run directory (`status.json`, `rules.json`,
+//! `scope.json`): each replaced whole, through a temporary file of this
+//! process made anew (never opened through a link another process put
+//! there), so a reader sees the old file or the new one, never half of
+//! one; and the stamp that ties a file to the set of pinned maps it
+//! speaks of.
 
 use std::{
     fs,
     io::{self, Write as _},
     os::unix::fs::OpenOptionsExt as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
+
+use serde::{Deserialize, Serialize};
+
+/// The set of pinned maps a run file speaks of: a file left by a daemon
+/// of another pin directory, of maps made afresh in this one (after a
+/// detach or a replacement, whose policy sequence numbers start over), or
+/// of another boot (map ids start over at each) is never taken for theirs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinStamp {
+    pub pin_dir: PathBuf,
+    /// The kernel's id of the set's `LW_GENERATION` map (ids are never
+    /// reused while the system runs); `None` when it cannot be read.
+    pub maps_id: Option<u32>,
+    /// `/proc/sys/kernel/random/boot_id`.
+    pub boot_id: Option<String>,
+}
+
+impl PinStamp {
+    /// The stamp of the maps with `LW_GENERATION` id `maps_id` pinned in
+    /// `pin_dir`, in this boot.
+    pub fn new(pin_dir: &Path, maps_id: Option<u32>) -> Self {
+        Self {
+            pin_dir: pin_dir.to_owned(),
+            maps_id,
+            boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned()),
+        }
+    }
+
+    /// Whether a file stamped `saved` speaks of these maps: the same
+    /// directory, and the same map id and boot, both known.
+    pub fn matches(&self, saved: &PinStamp) -> bool {
+        saved.pin_dir == self.pin_dir
+            && self.maps_id.is_some()
+            && saved.maps_id == self.maps_id
+            && self.boot_id.is_some()
+            && saved.boot_id == self.boot_id
+    }
+}
 
 /// Replaces `path` with `contents` (mode 0644); `sync`: on disk before the
 /// rename.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{debug, error, info, warn};
 
-use super::{DaemonError, status_file, sweeper::Sweeper};
+use super::{DaemonError, scope_file::ScopeFile, status_file, sweeper::Sweeper};
 use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     events::Enricher,
@@ -166,6 +166,8 @@ pub(super) struct Installed {
     pub(super) refresh_error: Option<String>,
     /// Cuts what a newly installed enforce-mode policy would have refused.
     pub(super) sweeper: Sweeper,
+    /// Where each install's scope is kept for the next daemon.
+    pub(super) scope_file: ScopeFile,
 }
 
 impl Installed {
@@ -310,6 +312,7 @@ impl Installed {
         self.sweeper.request(&fresh, &addrs);
         info!("policy #{seq} installed: {} rules", fresh.rules.len());
         enricher.set_rules(seq, fresh.named_rules());
+        self.scope_file.save(&fresh.netns);
         self.policy = Some(fresh);
         self.addrs = addrs;
         Ok(true)

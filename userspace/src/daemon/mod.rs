@@ -25,6 +25,7 @@ mod getsockopt;
 mod installed;
 mod lock;
 mod rings;
+mod scope_file;
 mod serve;
 mod services;
 mod start;

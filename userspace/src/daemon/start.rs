@@ -17,6 +17,7 @@ use super::{
     installed::{Installed, Source, compile_policy, host_addresses},
     io_err,
     rings::{CounterReport, KernelLogger, watch},
+    scope_file::ScopeFile,
     status_file,
     sweeper::Sweeper,
 };
@@ -29,6 +30,7 @@ use crate::{
         maps::{Counters, PolicyMaps, StatsMap, take_denials, take_events},
         pins::{PinDir, PinError, PinLock, PinState},
     },
+    policy,
     resolve::HostResolver,
 };
 
@@ -121,8 +123,13 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // layout stays in force and this daemon reports for it until a reload
     // brings a good file; with nothing to keep, the daemon exits (exit code
     // EX_CONFIG, which the unit does not restart).
+    //
+    // A namespace the pinned policy kept in its scope after its name went
+    // stays in this one's: a start resolves the names as they are.
+    let kept = ScopeFile::pinned(&opts.run_dir, &pins).load();
     let compiled = read.map_err(DaemonError::from).and_then(|config| {
-        let policy = compile_policy(&config, &resolver, opts.mode, None)?;
+        let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept));
+        let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
         Ok((config, policy))
     });
     let (config, policy) = match compiled {
@@ -211,10 +218,12 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     enricher.keep_rules_in(rule_file);
     // Installed before the programs take over the links, so the first
     // connect they judge is judged by this policy.
+    let mut scope_file = ScopeFile::new(&opts.run_dir, pins.root(), policy_maps.id());
     let installed_seq = match &policy {
         Some(policy) => {
             let seq = policy_maps.install(policy, &host_addresses(policy))?;
             enricher.set_rules(seq, policy.named_rules());
+            scope_file.save(&policy.netns);
             Some(seq)
         }
         None => None,
@@ -322,6 +331,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         maps: policy_maps,
         refresh_error: None,
         sweeper,
+        scope_file,
     };
     let mut counters = CounterReport {
         pins: pins.clone(),

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::RuleInfo;
+use crate::{policy::RuleInfo, run_file::PinStamp};
 
 /// The file's name in the run directory.
 pub const FILE: &str = "rules.json";
@@ -23,26 +23,17 @@ pub const KEPT: usize = 8;
 #[derive(Clone, Debug)]
 pub struct RuleFile {
     pub path: PathBuf,
-    pub pin_dir: PathBuf,
-    /// [`crate::kernel::maps::PolicyMaps::id`] of the maps the policies
-    /// are installed in; `None` when it cannot be read (then nothing is
-    /// loaded).
-    pub maps_id: Option<u32>,
-    /// This boot's id (`/proc/sys/kernel/random/boot_id`): map ids start
-    /// over at each boot, so a run directory kept across one (not on
-    /// tmpfs) could otherwise hold lists of maps of the same id.
-    pub boot_id: Option<String>,
+    /// The maps the policies are installed in ([`PinStamp::maps_id`]
+    /// `None`: nothing is loaded).
+    pub stamp: PinStamp,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Saved {
-    /// The pin directory and the set of maps in it whose policies these
-    /// were: lists of another's (another directory's, or of maps this one
-    /// held before a detach, whose sequence numbers start over) never name
-    /// this one's rules.
-    pin_dir: PathBuf,
-    maps_id: Option<u32>,
-    boot_id: Option<String>,
+    /// Whose policies these were: lists of another set of maps' never
+    /// name this one's rules.
+    #[serde(flatten)]
+    stamp: PinStamp,
     /// `(policy_seq, rules)`, oldest first.
     lists: Vec<(u64, Vec<RuleInfo>)>,
 }
@@ -51,11 +42,7 @@ impl RuleFile {
     pub fn new(run_dir: &Path, pin_dir: &Path, maps_id: Option<u32>) -> Self {
         Self {
             path: run_dir.join(FILE),
-            pin_dir: pin_dir.to_owned(),
-            maps_id,
-            boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .ok()
-                .map(|id| id.trim().to_owned()),
+            stamp: PinStamp::new(pin_dir, maps_id),
         }
     }
 
@@ -72,9 +59,7 @@ impl RuleFile {
             .collect();
         newest.reverse();
         let saved = Saved {
-            pin_dir: self.pin_dir.clone(),
-            maps_id: self.maps_id,
-            boot_id: self.boot_id.clone(),
+            stamp: self.stamp.clone(),
             lists: newest,
         };
         let mut text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
@@ -90,13 +75,7 @@ impl RuleFile {
             return Vec::new();
         };
         match serde_json::from_slice::<Saved>(&text) {
-            Ok(saved)
-                if saved.pin_dir == self.pin_dir
-                    && self.maps_id.is_some()
-                    && saved.maps_id == self.maps_id
-                    && self.boot_id.is_some()
-                    && saved.boot_id == self.boot_id =>
-            {
+            Ok(saved) if self.stamp.matches(&saved.stamp) => {
                 saved.lists.into_iter().filter(|(s, _)| *s <= seq).collect()
             }
             _ => Vec::new(),
@@ -142,7 +121,7 @@ mod tests {
         }
         // Another boot's (map ids start over at each): nothing.
         let mut rebooted = file.clone();
-        rebooted.boot_id = Some("another boot".to_owned());
+        rebooted.stamp.boot_id = Some("another boot".to_owned());
         assert!(rebooted.load(20).is_empty());
         // No file, or a broken one: nothing.
         let missing = RuleFile::new(Path::new("/nonexistent"), Path::new("/x"), Some(7));

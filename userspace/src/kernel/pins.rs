@@ -314,6 +314,15 @@ impl PinDir {
         resized.unwrap_or(PinState::Compatible)
     }
 
+    /// The kernel's id of the pinned `LW_GENERATION` map, if one is
+    /// pinned and readable: what names the set of maps pinned here now
+    /// (see [`crate::run_file::PinStamp`]).
+    pub fn generation_id(&self) -> Option<u32> {
+        MapInfo::from_pin(self.map(loopwarden_common::maps::GENERATION))
+            .ok()
+            .map(|info| info.id())
+    }
+
     /// The capacity (`max_entries`) of the pinned map `name`, if one is
     /// pinned and readable.
     pub fn max_entries(&self, name: &str) -> Option<u32> {

@@ -83,7 +83,7 @@ impl Ports {
 }
 
 /// A network namespace the policy is scoped to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Netns {
     /// As written in the config (e.g. `/run/netns/blue`).
     pub path: String,
@@ -499,4 +499,15 @@ pub fn compile_lenient(
     previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, PolicyError> {
     compile_with(config, resolver, true, previous)
+}
+
+/// A stand-in for the policy a predecessor put in force, of which a start
+/// knows only the namespaces it was scoped to (`scope.json`): given to
+/// [`compile_lenient`] as `previous`, it keeps in the scope those whose
+/// names went since, and carries nothing else (no executable identity).
+pub fn predecessor_scope(config: &Config, netns: Vec<Netns>) -> CompiledPolicy {
+    CompiledPolicy {
+        netns,
+        ..compile::blank(config, 0)
+    }
 }

@@ -48,26 +48,7 @@ pub(super) fn compile_with(
         lenient,
         previous,
         live: None,
-        policy: CompiledPolicy {
-            mode: config.mode,
-            settings: settings(config),
-            ports: ports(&config.protect.ports),
-            netns: Vec::with_capacity(config.protect.netns.len()),
-            host_addresses: config.protect.host_addresses,
-            exe: BTreeMap::new(),
-            exe_name: BTreeMap::new(),
-            comm: BTreeMap::new(),
-            uid: BTreeMap::new(),
-            cgroup: BTreeMap::new(),
-            ancestor: BTreeMap::new(),
-            script: BTreeMap::new(),
-            exe_paths: BTreeMap::new(),
-            rules: Vec::with_capacity(config.rules.len() + catalog.len()),
-            bind: BindGuard::default(),
-            browsers: BrowserPorts::compile(&config.browsers, config.mode),
-            egress: EgressGuard::default(),
-            warnings: config.warnings.clone(),
-        },
+        policy: blank(config, config.rules.len() + catalog.len()),
     };
     // Each step checks that the policy still fits its maps, so the error
     // names the part that filled one.
@@ -90,6 +71,32 @@ pub(super) fn compile_with(
         "the catalog's rules (`catalog = false` leaves them out)".to_owned()
     })?;
     Ok(compiler.policy)
+}
+
+/// The policy of `config` before any of its values is resolved: its mode,
+/// settings, ports and browser verdicts, no namespace and no rule (room
+/// for `rules`).
+pub(super) fn blank(config: &Config, rules: usize) -> CompiledPolicy {
+    CompiledPolicy {
+        mode: config.mode,
+        settings: settings(config),
+        ports: ports(&config.protect.ports),
+        netns: Vec::with_capacity(config.protect.netns.len()),
+        host_addresses: config.protect.host_addresses,
+        exe: BTreeMap::new(),
+        exe_name: BTreeMap::new(),
+        comm: BTreeMap::new(),
+        uid: BTreeMap::new(),
+        cgroup: BTreeMap::new(),
+        ancestor: BTreeMap::new(),
+        script: BTreeMap::new(),
+        exe_paths: BTreeMap::new(),
+        rules: Vec::with_capacity(rules),
+        bind: BindGuard::default(),
+        browsers: BrowserPorts::compile(&config.browsers, config.mode),
+        egress: EgressGuard::default(),
+        warnings: config.warnings.clone(),
+    }
 }
 
 /// The settings that follow from the config alone; rule masks come later.

@@ -1,0 +1,132 @@
+//! The network namespaces of the policy in force, kept in
+//! `<run_dir>/scope.json`, so that a namespace kept in the scope after its
+//! name went (see [`crate::policy::compile_lenient`]) stays in it when the
+//! daemon restarts: a start resolves the names as they are, and without
+//! the file would drop it, letting a relay there through.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::{
+    kernel::pins::PinDir,
+    policy::Netns,
+    run_file::{self, PinStamp},
+};
+
+/// The file's name in the run directory.
+pub const FILE: &str = "scope.json";
+
+/// Where the scope is kept, and for which maps.
+pub(super) struct ScopeFile {
+    path: PathBuf,
+    stamp: PinStamp,
+    /// Writing it failed last time (said once, until it works again).
+    failed: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    /// The maps whose policy this was: a namespace is kept by its cookie,
+    /// which only this boot's kernel gave it.
+    #[serde(flatten)]
+    stamp: PinStamp,
+    netns: Vec<Netns>,
+}
+
+impl ScopeFile {
+    /// The file of the maps pinned in `pins` now (read before they are
+    /// loaded: the scope they enforce is what a start must not drop, be
+    /// they adopted or replaced).
+    pub(super) fn pinned(run_dir: &Path, pins: &PinDir) -> Self {
+        Self::new(run_dir, pins.root(), pins.generation_id())
+    }
+
+    /// The file of the maps whose `LW_GENERATION` has id `maps_id`.
+    pub(super) fn new(run_dir: &Path, pin_dir: &Path, maps_id: Option<u32>) -> Self {
+        Self {
+            path: run_dir.join(FILE),
+            stamp: PinStamp::new(pin_dir, maps_id),
+            failed: false,
+        }
+    }
+
+    /// The namespaces a predecessor's policy in these maps was scoped to;
+    /// none when there is no file, it does not parse, or it is another
+    /// set of maps'.
+    pub(super) fn load(&self) -> Vec<Netns> {
+        let Ok(text) = fs::read(&self.path) else {
+            return Vec::new();
+        };
+        match serde_json::from_slice::<Saved>(&text) {
+            Ok(saved) if self.stamp.matches(&saved.stamp) => saved.netns,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Writes the scope of the policy just installed (a failure is warned
+    /// of once; the next install tries again).
+    pub(super) fn save(&mut self, netns: &[Netns]) {
+        match self.write(netns) {
+            Ok(()) => self.failed = false,
+            Err(e) if !self.failed => {
+                warn!(
+                    "writing {} failed: {e}; a daemon started after this one drops a namespace \
+                     kept in the scope after its name went (tried again at the next install)",
+                    self.path.display()
+                );
+                self.failed = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn write(&self, netns: &[Netns]) -> io::Result<()> {
+        let saved = Saved {
+            stamp: self.stamp.clone(),
+            netns: netns.to_vec(),
+        };
+        let mut text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
+        text.push(b'\n');
+        run_file::replace(&self.path, &text, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scope_round_trips_for_its_maps_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = Path::new("/sys/fs/bpf/loopwarden");
+        let kept = vec![Netns {
+            path: "/run/netns/blue".to_owned(),
+            cookie: 4099,
+            inode: 4026532_u32,
+        }];
+        let mut file = ScopeFile::new(dir.path(), pins, Some(7));
+        file.save(&kept);
+        assert!(!file.failed);
+        assert_eq!(file.load(), kept);
+        // Another set of maps', another directory's, unknown maps: none.
+        for (pins, id) in [
+            (pins, Some(8)),
+            (Path::new("/sys/fs/bpf/x"), Some(7)),
+            (pins, None),
+        ] {
+            assert!(ScopeFile::new(dir.path(), pins, id).load().is_empty());
+        }
+        // Another boot's (cookies and map ids start over): none.
+        let mut rebooted = ScopeFile::new(dir.path(), pins, Some(7));
+        rebooted.stamp.boot_id = Some("another boot".to_owned());
+        assert!(rebooted.load().is_empty());
+        // A broken file: none.
+        fs::write(dir.path().join(FILE), b"{").unwrap();
+        assert!(file.load().is_empty());
+    }
+}
