@@ -5,7 +5,8 @@
 //! ([`lru`]), the typed maps ([`maps`]), and read-only views of what is
 //! pinned for `loopwarden status` ([`inspect`]); and the kernel's TCP
 //! sockets as `NETLINK_SOCK_DIAG` shows them ([`sock_diag`]: listed,
-//! found, destroyed).
+//! found, destroyed), and the socket options nix does not name
+//! ([`sockopt`]).
 
 pub mod btf;
 pub mod compat;
@@ -18,4 +19,5 @@ pub mod maps;
 pub mod mountinfo;
 pub mod pins;
 pub mod sock_diag;
+pub mod sockopt;
 pub mod sys;

@@ -35,6 +35,7 @@ use super::{
 use crate::{
     clients::Clients,
     events::SharedRules,
+    kernel::sockopt,
     resolve,
     run_socket::{self, RunSocket, RunSocketError},
 };
@@ -206,13 +207,6 @@ async fn refuse(mut stream: UnixStream, uid: u32) {
     let _ = timeout(WRITE_TIMEOUT, stream.write_all(&reply.line())).await;
 }
 
-/// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected.
-/// Not in every libc version.
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-const SO_PEERPIDFD: libc::c_int = 0x0056;
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-const SO_PEERPIDFD: libc::c_int = 77;
-
 /// The network namespace (inode) of the process that connected `stream`,
 /// read from `/proc/PID/ns/net` of the pid `SO_PEERCRED` gave. Where the
 /// kernel hands out the connecting process's pidfd (`SO_PEERPIDFD`, Linux
@@ -233,21 +227,10 @@ fn caller_netns(stream: &UnixStream, cred: &UCred) -> Option<u32> {
 /// The pidfd of the process that connected `stream` (`SO_PEERPIDFD`);
 /// `None` where the kernel has none (before 6.5).
 fn peer_pidfd(stream: &UnixStream) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    let mut fd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: fd and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&raw mut fd).cast(),
-            &mut len,
-        )
-    };
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let fd: libc::c_int = sockopt::get(stream, sockopt::SO_PEERPIDFD).ok()?;
     // SAFETY: a descriptor the kernel just handed over, owned by nothing else.
-    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether the process of `pidfd` has not exited (a pidfd is readable once

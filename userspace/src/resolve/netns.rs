@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io,
     net::IpAddr,
-    os::{fd::AsRawFd, unix::fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -16,15 +16,9 @@ use nix::{
 };
 
 use super::with_context;
-
-/// `SO_NETNS_COOKIE` (Linux 5.14), not exported by every libc version.
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-const SO_NETNS_COOKIE: libc::c_int = 0x0050;
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-const SO_NETNS_COOKIE: libc::c_int = 71;
+use crate::kernel::sockopt;
 
 /// `SO_NETNS_COOKIE` of the calling thread's network namespace (Linux 5.14+).
-/// (nix has no option for it: the getsockopt is libc's.)
 pub fn current_netns_cookie() -> io::Result<u64> {
     let socket = socket::socket(
         AddressFamily::Inet,
@@ -33,25 +27,8 @@ pub fn current_netns_cookie() -> io::Result<u64> {
         None,
     )
     .map_err(|e| with_context(e.into(), "creating a socket"))?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: cookie and len are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(with_context(
-            io::Error::last_os_error(),
-            "reading SO_NETNS_COOKIE (needs Linux 5.14 or newer)",
-        ));
-    }
-    Ok(cookie)
+    sockopt::get(&socket, sockopt::SO_NETNS_COOKIE)
+        .map_err(|e| with_context(e, "reading SO_NETNS_COOKIE (needs Linux 5.14 or newer)"))
 }
 
 /// The inode number of the calling thread's network namespace (what the
