@@ -30,6 +30,8 @@ const MAX_LINKS: usize = 40;
 /// Why the directory `dir` is not private to `owners`, if it is not: the
 /// walk to it must be theirs alone (see the module's documentation), and
 /// `dir` itself writable by no one else, not even sticky.
+// Used by the daemon's lock, which fuzz builds leave out.
+#[cfg_attr(fuzzing, allow(dead_code))]
 pub(crate) fn not_private(dir: &Path, owners: &[u32]) -> Option<String> {
     match walk(dir, owners) {
         Err(why) => Some(why),
@@ -46,6 +48,8 @@ pub(crate) fn not_private(dir: &Path, owners: &[u32]) -> Option<String> {
 /// Why the walk to `dir` is not `owners`' alone, if it is not (see the
 /// module's documentation); `dir` itself may be sticky (`/tmp`, where a
 /// directory of theirs can be made).
+// Used by the daemon's lock, which fuzz builds leave out.
+#[cfg_attr(fuzzing, allow(dead_code))]
 pub(crate) fn not_private_walk(dir: &Path, owners: &[u32]) -> Option<String> {
     walk(dir, owners).err()
 }
