@@ -1,10 +1,29 @@
 """A read-only FUSE filesystem of one executable, `tool` (a copy of SRC),
-that answers every request but those of process STALL_PID, which it never
-answers: a FUSE server that stops answering whoever looks. Stdlib only.
-Usage: stallfs.py MOUNTPOINT SRC STALL_PID"""
+that answers every request but those of thread STALL_PID (with `process`:
+of every thread of process STALL_PID), which it never answers: a FUSE
+server that stops answering whoever looks. Stdlib only.
+Usage: stallfs.py MOUNTPOINT SRC STALL_PID [process]"""
 import ctypes, errno, os, struct, sys
 
 mnt, src, stall_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+whole_process = sys.argv[4:] == ["process"]
+
+
+def stalled(pid):
+    """Whether a request of thread `pid` goes unanswered."""
+    if pid == stall_pid:
+        return True
+    if not whole_process:
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1]) == stall_pid
+    except OSError:
+        pass
+    return False
+
 data = open(src, "rb").read()
 fd = os.open("/dev/fuse", os.O_RDWR)
 libc = ctypes.CDLL(None, use_errno=True)
@@ -41,7 +60,7 @@ while True:
     arg = req[IN.size:length]
     if opcode in (2, 36, 42):  # FORGET, INTERRUPT, BATCH_FORGET: no reply
         continue
-    if pid == stall_pid:
+    if stalled(pid):
         continue  # never answered
     if opcode == 26:  # INIT
         major, minor, readahead = struct.unpack_from("<III", arg)

@@ -236,10 +236,48 @@ fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
     );
 }
 
+/// A path the policy names on a filesystem whose server stops answering
+/// every thread of the daemon holds up the policy's re-resolution, which
+/// runs on a thread of its own, and nothing else: a relay is refused and
+/// its line written, the query socket answers, the wait is said, and a
+/// SIGHUP waits its turn. Fails against the build before, whose event
+/// loop re-resolved the policy itself each second: it waited for the
+/// server for ever, and the relay's refusal was never reported.
+#[test]
+fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("stallfs-policy");
+    let mnt = dir.path().join("mnt");
+    let tool = mnt.join("tool");
+    // Not there at start: a warning, and the value matches nothing until
+    // a re-resolution finds it.
+    let daemon = Daemon::start(&policy(
+        &ns,
+        "enforce",
+        &rule("fuse-tool", "deny", "exe", tool.to_str().expect("utf-8")),
+    ));
+    let pid = daemon.pid().expect("the daemon's pid");
+    let _fs = StallFs::mount_stalling(&dir, &mnt, pid, true);
+    // The next 1 s re-resolution looks the path up on the mount, and waits.
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(!ok, "the relay was not refused");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    daemon.wait_event("the relay's refusal while the re-resolution waits", |e| {
+        e["verdict"] == "deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+    assert_answers(daemon.install(), "the policy's re-resolution");
+    daemon.wait_stderr("has waited", 1);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("the reload starts once", 1);
+}
+
 /// A FUSE filesystem (`tests/src/stallfs.py`) of one executable, `tool` (a
 /// copy of Python), whose server answers everyone but the daemon's main
-/// thread; unmounted on drop (its server killed first, which fails what
-/// it left unanswered).
+/// thread (or every thread of it); unmounted on drop (its server killed
+/// first, which fails what it left unanswered).
 struct StallFs {
     server: Proc,
     mnt: std::path::PathBuf,
@@ -247,17 +285,30 @@ struct StallFs {
 
 impl StallFs {
     fn mount(dir: &TempDir, mnt: &std::path::Path, stalled: u32) -> Self {
+        Self::mount_stalling(dir, mnt, stalled, false)
+    }
+
+    /// Stalls thread `stalled`, or with `whole_process` every thread of
+    /// process `stalled`.
+    fn mount_stalling(
+        dir: &TempDir,
+        mnt: &std::path::Path,
+        stalled: u32,
+        whole_process: bool,
+    ) -> Self {
         std::fs::create_dir(mnt).expect("mount point");
         let script = dir.path().join("stallfs.py");
         std::fs::write(&script, include_str!("../src/stallfs.py")).expect("script");
         let python = std::fs::canonicalize("/usr/bin/python3").expect("the system Python");
-        let server = Proc::spawn(
-            Command::new("/usr/bin/python3")
-                .arg(&script)
-                .arg(mnt)
-                .arg(python)
-                .arg(stalled.to_string()),
-        );
+        let mut cmd = Command::new("/usr/bin/python3");
+        cmd.arg(&script)
+            .arg(mnt)
+            .arg(python)
+            .arg(stalled.to_string());
+        if whole_process {
+            cmd.arg("process");
+        }
+        let server = Proc::spawn(&mut cmd);
         let fs = Self {
             server,
             mnt: mnt.to_owned(),

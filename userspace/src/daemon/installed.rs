@@ -1,14 +1,21 @@
 //! The policy in force and where it comes from: the source (a file or the
 //! embedded default) that SIGHUP reads again, compiling with the `--mode`
 //! override, the host addresses installed with it, and [`Installed`], which
-//! reloads, re-resolves and installs, then asks the sweeper to cut what the
-//! new policy would have refused.
+//! installs what a reload or a re-resolution compiled (off the event loop,
+//! [`super::resolving`]), then asks the sweeper to cut what the new policy
+//! would have refused.
 
 use std::path::{Path, PathBuf};
 
 use tracing::{debug, error, info, warn};
 
-use super::{DaemonError, scope_file::ScopeFile, status_file, sweeper::Sweeper};
+use super::{
+    DaemonError,
+    resolving::{Compiled, Job, KEEPING},
+    scope_file::ScopeFile,
+    status_file,
+    sweeper::Sweeper,
+};
 use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     events::Enricher,
@@ -170,23 +177,77 @@ pub(super) struct Installed {
     pub(super) scope_file: ScopeFile,
 }
 
+/// The policy `source` holds now, compiled (with `previous`, the policy in
+/// force), and its config; why it is not one to put in force. A policy
+/// file that is gone (the source `was` a file, and the default path is
+/// deleted or moved aside) does not give way to the embedded default, nor
+/// does one without settings (truncated, most likely) to the defaults:
+/// both would drop an enforcing host to audit mode.
+pub(super) fn read_fresh(
+    was: &Source,
+    source: &Source,
+    resolver: &HostResolver,
+    mode: Option<Mode>,
+    previous: Option<&CompiledPolicy>,
+) -> Result<(CompiledPolicy, Config), String> {
+    if let (Source::File(was), Source::Embedded) = (was, source) {
+        return Err(format!(
+            "{} is gone; the embedded default replaces a policy file only at start (write the \
+             file again and reload, or restart the daemon for the default)",
+            was.display()
+        ));
+    }
+    let config = source
+        .read()
+        .map_err(|e| crate::error_chain(&DaemonError::from(e)))?;
+    if let Some(refusal) = config.reload_refusal() {
+        return Err(refusal);
+    }
+    let policy =
+        compile_policy(&config, resolver, mode, previous).map_err(|e| crate::error_chain(&e))?;
+    if let Some(refusal) = policy.reload_refusal() {
+        for warning in &policy.warnings {
+            warn!("{warning}");
+        }
+        return Err(refusal);
+    }
+    Ok((policy, config))
+}
+
 impl Installed {
-    /// SIGHUP: picks the source again (a config file created since start is
-    /// read) and reads it. A bad config is reported and the running policy
-    /// stays, with its source and config: the periodic refresh goes on
-    /// re-resolving what is in force, not what was refused.
-    pub(super) fn reload(&mut self, enricher: &mut Enricher) {
-        let source = Source::pick(self.config_arg.as_deref());
-        info!("SIGHUP: reloading {}", source.describe());
-        match self.read_fresh(&source) {
-            Ok((policy, config)) => {
+    /// SIGHUP: the source is picked again (a config file created since
+    /// start is read) and read, off the event loop ([`Compiles`]).
+    pub(super) fn reload_job(&self) -> Job {
+        Job::Reload {
+            config_arg: self.config_arg.clone(),
+            was: self.source.clone(),
+            previous: self.policy.clone(),
+        }
+    }
+
+    /// The reload of `source` came to `outcome`. A bad config is reported
+    /// and the running policy stays, with its source and config: the
+    /// periodic refresh goes on re-resolving what is in force, not what was
+    /// refused.
+    pub(super) fn reloaded(
+        &mut self,
+        source: Source,
+        outcome: Result<Compiled, String>,
+        enricher: &mut Enricher,
+    ) {
+        match outcome {
+            Ok(Compiled {
+                policy,
+                config,
+                addrs,
+            }) => {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
                 }
                 for what in needs_restart(&self.started, &config) {
                     warn!("{what} changed: that takes effect when the daemon restarts");
                 }
-                let outcome = self.install(policy, enricher);
+                let outcome = self.install(policy, addrs, enricher);
                 match &outcome {
                     Ok(_) => {
                         self.source = source;
@@ -211,51 +272,23 @@ impl Installed {
         }
     }
 
-    /// The policy `source` holds now, compiled, and its config; why it is
-    /// not one to put in force. A policy file that is gone (the default
-    /// path, deleted or moved aside) does not give way to the embedded
-    /// default, nor does one without settings (truncated, most likely) to
-    /// the defaults: both would drop an enforcing host to audit mode.
-    fn read_fresh(&self, source: &Source) -> Result<(CompiledPolicy, Config), String> {
-        if let (Source::File(was), Source::Embedded) = (&self.source, source) {
-            return Err(format!(
-                "{} is gone; the embedded default replaces a policy file only at start (write \
-                 the file again and reload, or restart the daemon for the default)",
-                was.display()
-            ));
-        }
-        let config = source
-            .read()
-            .map_err(|e| crate::error_chain(&DaemonError::from(e)))?;
-        if let Some(refusal) = config.reload_refusal() {
-            return Err(refusal);
-        }
-        let policy = compile_policy(&config, &self.resolver, self.mode, self.policy.as_ref())
-            .map_err(|e| crate::error_chain(&e))?;
-        if let Some(refusal) = policy.reload_refusal() {
-            for warning in &policy.warnings {
-                warn!("{warning}");
-            }
-            return Err(refusal);
-        }
-        Ok((policy, config))
+    /// Periodic: the same config resolved again (off the event loop),
+    /// picking up executables installed, cgroups created and host
+    /// addresses changed since; `None` while the policy pinned by a
+    /// predecessor is in force.
+    pub(super) fn refresh_job(&self) -> Option<Job> {
+        Some(Job::Refresh {
+            config: Box::new(self.config.clone()?),
+            previous: self.policy.clone(),
+        })
     }
 
-    /// Periodic: resolves the same config again, picking up executables
-    /// installed, cgroups created and host addresses changed since.
-    pub(super) fn refresh(&mut self, enricher: &mut Enricher) {
-        let Some(config) = &self.config else {
-            return;
-        };
-        let keeping = "keeping the installed one (executables upgraded, cgroups created and \
-                       host addresses changed since are not picked up until this is fixed or \
-                       the config reloaded)";
-        let outcome = compile_policy(config, &self.resolver, self.mode, self.policy.as_ref())
-            .map_err(|e| format!("re-resolving the policy failed, {keeping}: {e}"))
-            .and_then(|policy| {
-                self.install(policy, enricher)
-                    .map_err(|e| format!("{e} at a re-resolution, {keeping}"))
-            });
+    /// The re-resolution came to `outcome`: installed if it differs.
+    pub(super) fn refreshed(&mut self, outcome: Result<Compiled, String>, enricher: &mut Enricher) {
+        let outcome = outcome.and_then(|c| {
+            self.install(c.policy, c.addrs, enricher)
+                .map_err(|e| format!("{e} at a re-resolution, {KEEPING}"))
+        });
         match outcome {
             Ok(installed) => {
                 if self.refresh_error.take().is_some() {
@@ -277,15 +310,15 @@ impl Installed {
         }
     }
 
-    /// Installs `fresh` unless it (and its host addresses) is what is in
+    /// Installs `fresh` with host addresses `addrs` unless they are what is in
     /// force already; says whether it installed, or why it could not (for
     /// the caller to log).
     pub(super) fn install(
         &mut self,
         fresh: CompiledPolicy,
+        addrs: Vec<std::net::IpAddr>,
         enricher: &mut Enricher,
     ) -> Result<bool, String> {
-        let addrs = host_addresses(&fresh);
         let current = self.policy.as_ref();
         if current == Some(&fresh) && self.addrs == addrs {
             return Ok(false);

@@ -24,6 +24,7 @@ mod fullness;
 mod getsockopt;
 mod installed;
 mod lock;
+mod resolving;
 mod rings;
 mod scope_file;
 mod serve;

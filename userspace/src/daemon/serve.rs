@@ -1,6 +1,8 @@
 //! The event loop: reports from the ring buffers, the 1 s refresh
 //! (counters, the policy resolved again, the systemd watchdog), SIGHUP
-//! reloads; at SIGINT or SIGTERM the last reports and the run's totals.
+//! reloads (both compiled off the loop, [`super::resolving`], and
+//! installed on it); at SIGINT or SIGTERM the last reports and the run's
+//! totals.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use tracing::{info, warn};
 
 use super::{
     DaemonError, io_err,
+    resolving::{Compiles, Done},
     rings::{drain, read, readable},
     start::Running,
     systemd::{notify_systemd, systemd_watchdog},
@@ -72,7 +75,12 @@ impl Running {
         let mut tick = interval(REFRESH);
         let mut drain_tick = interval(DRAIN);
         let mut summary_tick = reporter.interval().map(interval);
+        // A refresh's cost: its tick on this thread, and the compile it
+        // asked for on the resolving thread with its install, once done.
         let mut refresh_cost = Cost::default();
+        let mut asking_tick: Option<Duration> = None;
+        let mut compiles = Compiles::spawn(installed.resolver.clone(), installed.mode)
+            .map_err(io_err("starting the policy's resolving thread"))?;
 
         // An error ends the loop as a signal does, so what was read is
         // still reported (below) before the daemon exits with it.
@@ -120,9 +128,19 @@ impl Running {
                     reporter.say_unwritten();
                     crate::events::stderr::say_dropped();
                     reporter.publish_tally();
-                    installed.refresh(reporter.enricher());
+                    let mut asked = false;
+                    if compiles.busy() {
+                        compiles.say_if_slow();
+                    } else if let Some(job) = installed.refresh_job() {
+                        compiles.ask(job);
+                        asked = true;
+                    }
                     getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
-                    refresh_cost.add(begun.elapsed());
+                    if asked {
+                        asking_tick = Some(begun.elapsed());
+                    } else {
+                        refresh_cost.add(begun.elapsed());
+                    }
                     if reporter.take_busy() {
                         crate::heap::release();
                     }
@@ -141,9 +159,36 @@ impl Running {
                     }
                 }
                 _ = sighup.recv() => {
+                    if compiles.busy() {
+                        compiles.reload_after();
+                    } else {
+                        compiles.ask(installed.reload_job());
+                    }
+                }
+                done = compiles.done() => {
+                    let Some(done) = done else {
+                        break Err(DaemonError::Io {
+                            what: "the policy's resolving thread".into(),
+                            source: std::io::Error::other("it ended"),
+                        });
+                    };
+                    // Installed with the rings empty, as the refresh is.
                     drain(&mut [denials.get_mut(), events.get_mut()], reporter);
-                    installed.reload(reporter.enricher());
-                    getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
+                    match done {
+                        Done::Refresh { outcome, took } => {
+                            let begun = Instant::now();
+                            installed.refreshed(outcome, reporter.enricher());
+                            let tick = asking_tick.take().unwrap_or_default();
+                            refresh_cost.add(tick + took + begun.elapsed());
+                        }
+                        Done::Reload { source, outcome } => {
+                            installed.reloaded(source, outcome, reporter.enricher());
+                            getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
+                        }
+                    }
+                    if compiles.take_reload() {
+                        compiles.ask(installed.reload_job());
+                    }
                 }
                 _ = sigint.recv() => { info!("SIGINT: exiting"); break Ok(()); }
                 _ = sigterm.recv() => { info!("SIGTERM: exiting"); break Ok(()); }
