@@ -5,7 +5,8 @@
 //! - The aiohttp gateway example (`contrib/python/examples`) serves a
 //!   direct `curl` and refuses what socat (named by the catalog) or a
 //!   Python forwarder (named by nothing, refused for facing the network)
-//!   relays to it; on a port loopwarden does not protect it fails closed
+//!   relays to it, with an answer that names nothing of the host and a
+//!   log line that names the relay; on a port loopwarden does not protect it fails closed
 //!   (unknown: 403), and with `--unknown pass` the same relay passes.
 //! - A Python server using `contrib/python/loopwarden.py` and a Rust one
 //!   using `loopwarden-client` (`lw-origin-server`) report the same origins
@@ -30,7 +31,7 @@ use loopwarden_tests::{
     },
     exe_id, exe_name,
     provenance::Holder,
-    rule, run_ok, spawn_forwarder,
+    rule, run_ok, spawn_forwarder, wait_for,
 };
 use serde_json::Value;
 
@@ -71,7 +72,10 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
             .extra(&rule("flagged", "audit", "comm", FLAGGED_COMM))
             .text(),
     );
-    let _gateway = gateway(&topo.local, PROTECTED, &[]);
+    let logs = TempDir::new("client-gateway-log");
+    let log = logs.path().join("gateway.log");
+    let log_arg = log.to_str().expect("utf-8");
+    let _gateway = gateway(&topo.local, PROTECTED, &["--log", log_arg]);
     let _open_gateway = gateway(&topo.local, UNPROTECTED, &["--unknown", "pass"]);
     let _strict_gateway = gateway(&topo.local, STRICT_PORT, &[]);
 
@@ -87,7 +91,9 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
         "{direct:?}"
     );
 
-    // socat (the catalog's) relaying to it: refused, naming socat.
+    // socat (the catalog's) relaying to it: refused, with an answer that
+    // names nothing of this host (the client may be the remote party),
+    // and a log line that names socat.
     let _socat = topo
         .local
         .socat_relay(SOCAT_PORT, &format!("TCP:127.0.0.1:{PROTECTED}"), None);
@@ -99,17 +105,21 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert_eq!(relayed.status, 403, "{relayed:?}");
     let (kind, message) = refusal(&relayed);
     assert_eq!(kind, "loopwarden_relayed");
+    assert_names_nothing(message);
+    let logged = gateway_log_line(&log, "refused a request relayed to");
     assert!(
-        message.starts_with(&format!(
-            "refused: this request was relayed to 127.0.0.1:{PROTECTED} by socat (pid "
+        logged.contains(&format!(
+            "refused a request relayed to 127.0.0.1:{PROTECTED} by socat (pid "
         )),
-        "{message}"
+        "{logged}"
     );
-    assert!(message.contains("would-deny"), "{message}");
+    assert!(logged.contains("would-deny"), "{logged}");
 
     // The same over IPv6: a gateway on [::1] serves a direct client there
     // and refuses socat relaying to it, naming its [::1] address.
-    let _gateway6 = gateway_on(&topo.local, "::1", PROTECTED, &[]);
+    let log6 = logs.path().join("gateway6.log");
+    let log6_arg = log6.to_str().expect("utf-8");
+    let _gateway6 = gateway_on(&topo.local, "::1", PROTECTED, &["--log", log6_arg]);
     let direct6 = fetch(
         &topo.local,
         &format!("http://[::1]:{PROTECTED}/v1/models"),
@@ -123,11 +133,13 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert_eq!(relayed6.status, 403, "{relayed6:?}");
     let (kind, message) = refusal(&relayed6);
     assert_eq!(kind, "loopwarden_relayed");
+    assert_names_nothing(message);
+    let logged = gateway_log_line(&log6, "refused a request relayed to");
     assert!(
-        message.starts_with(&format!(
-            "refused: this request was relayed to [::1]:{PROTECTED} by socat (pid "
+        logged.contains(&format!(
+            "refused a request relayed to [::1]:{PROTECTED} by socat (pid "
         )),
-        "{message}"
+        "{logged}"
     );
 
     // A forwarder no catalog names, carrying a remote client's request:
@@ -142,15 +154,18 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert_eq!(remote.status, 403, "{remote:?}");
     let (kind, message) = refusal(&remote);
     assert_eq!(kind, "loopwarden_relayed");
+    assert_names_nothing(message);
+    assert!(!message.contains(REMOTE_ADDR), "{message}");
     let python = exe_name(Path::new(SYSTEM_PYTHON));
+    let logged = gateway_log_line(&log, &format!("by {python} (pid {})", forwarder.pid()));
     assert!(
-        message.contains(&format!(
+        logged.contains(&format!(
             "by {python} (pid {}) for {REMOTE_ADDR}:",
             forwarder.pid()
         )),
-        "{message}"
+        "{logged}"
     );
-    assert!(message.contains("(accepted)"), "{message}");
+    assert!(logged.contains("(accepted)"), "{logged}");
 
     // A local client no relay evidence names, but a rule of the operator's
     // flags (an audit rule on its comm): refused as flagged, naming the
@@ -162,15 +177,16 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert_eq!(status, 403, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert_eq!(body["error"]["type"], "loopwarden_flagged", "{body}");
+    assert_names_nothing(message);
     let python = exe_name(Path::new(SYSTEM_PYTHON));
+    let logged = gateway_log_line(&log, "flagged that connect");
     assert!(
-        message.starts_with(&format!(
-            "refused: the connection to 127.0.0.1:{PROTECTED} carrying this request was made \
-             by {python} (pid "
+        logged.contains(&format!(
+            "refused a request on the connection to 127.0.0.1:{PROTECTED} made by {python} (pid "
         )),
-        "{message}"
+        "{logged}"
     );
-    assert!(message.contains("(audit, rule #"), "{message}");
+    assert!(logged.contains("(audit, rule #"), "{logged}");
 
     // The same kind of relay to the same gateway on a port loopwarden does
     // not protect, run with `--unknown pass`: unknown, passed.
@@ -193,6 +209,47 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     let (kind, message) = refusal(&strict);
     assert_eq!(kind, "loopwarden_unknown");
     assert!(message.contains("--unknown pass"), "{message}");
+}
+
+/// Asserts that a refusal's message names nothing of the host: no
+/// process, pid, address or port (it goes to the client, who may be the
+/// remote party behind a relay).
+fn assert_names_nothing(message: &str) {
+    assert!(message.starts_with("refused: "), "{message}");
+    for leak in [
+        "pid",
+        "socat",
+        "python",
+        "127.0.0.1",
+        "::1",
+        "verdict",
+        "rule #",
+    ] {
+        assert!(
+            !message.contains(leak),
+            "the answer names {leak:?}: {message}"
+        );
+    }
+    assert!(
+        !message.chars().any(|c| c.is_ascii_digit()),
+        "the answer names a number: {message}"
+    );
+}
+
+/// The gateway log's line that contains `what` (waited for: the log is
+/// written as the request is refused).
+fn gateway_log_line(log: &Path, what: &str) -> String {
+    wait_for(
+        &format!("the gateway's log line with {what:?}"),
+        std::time::Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(log)
+                .ok()?
+                .lines()
+                .find(|l| l.contains(what))
+                .map(str::to_owned)
+        },
+    )
 }
 
 /// The comm an audit rule of the gateway test flags.

@@ -10,8 +10,11 @@ promise: the connection to 127.0.0.1 is local, the person behind it is not.
 connection (one getsockopt on the request's socket) and answers 403 when
 it was not a direct local client: a ``loopwarden_relayed`` error when relay
 evidence names the remote party, ``loopwarden_flagged`` when a rule matched
-the caller (a catalogued relay, or a rule of the operator's). The
-API itself is a stand-in: ``GET /v1/models`` and ``POST
+the caller (a catalogued relay, or a rule of the operator's). The answer
+goes to whoever is behind the relay, so it names nothing of this host (no
+process, pid or address); the gateway's log (stderr, or ``--log FILE``)
+names the relay, its pid and the remote party for the operator. The API
+itself is a stand-in: ``GET /v1/models`` and ``POST
 /v1/chat/completions``, which echoes the last user message.
 
 Run it (loopwarden protecting the port, e.g. ``[protect] ports = [8080]``)::
@@ -30,6 +33,7 @@ When loopwarden is not answering at all (daemon never started, detached,
 """
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -44,6 +48,8 @@ except ImportError:  # run from a checkout: the module is one directory up
 
 MODEL = "echo-1"
 
+log = logging.getLogger("aiohttp_gateway")
+
 # Application keys of the two settings (plain strings: aiohttp 3.8 has no AppKey).
 UNKNOWN = "loopwarden_unknown"
 NOT_ANSWERING = "loopwarden_not_answering"
@@ -54,23 +60,31 @@ def _error(status: int, kind: str, message: str) -> web.Response:
 
 
 def _refusal(o: "loopwarden.Origin") -> tuple:
-    """The error type and message for a non-direct origin: relayed (relay
+    """The error type and message for a non-direct origin, relayed (relay
     evidence names the remote party) or flagged (a rule matched its caller,
-    a catalogued relay or a rule of the operator's)."""
+    a catalogued relay or a rule of the operator's), and what the log says
+    of it. The message goes to the client, who may be the remote party
+    itself: it names nothing of this host."""
     host, port = o.server
     server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     who = f"{o.exe_name or o.comm} (pid {o.pid})"
     if o.via is not None:
-        return "loopwarden_relayed", (
-            f"refused: this request was relayed to {server} by {who} for {o.via} "
+        return (
+            "loopwarden_relayed",
+            "refused: this request reached the gateway through a relay on its host, "
+            "on a remote party's behalf; only local clients that connect by "
+            "themselves are served",
+            f"refused a request relayed to {server} by {who} for {o.via} "
             f"({o.via.how}); loopwarden saw a network-facing process connect "
-            f"on a remote party's behalf (verdict {o.verdict})"
+            f"on a remote party's behalf (verdict {o.verdict})",
         )
     rule = "the relay verdict" if o.rule == "relay" else f"rule #{o.rule}"
-    return "loopwarden_flagged", (
-        f"refused: the connection to {server} carrying this request was made by "
-        f"{who}, and loopwarden flagged that connect ({o.verdict}, {rule}); only "
-        f"a local client that connects by itself, and that no rule flags, is served"
+    return (
+        "loopwarden_flagged",
+        "refused: loopwarden flagged the connection carrying this request; only a "
+        "local client that connects by itself, and that no rule flags, is served",
+        f"refused a request on the connection to {server} made by {who}: "
+        f"loopwarden flagged that connect ({o.verdict}, {rule})",
     )
 
 
@@ -107,7 +121,9 @@ async def loopwarden_middleware(request: web.Request, handler):
             "serve such connections",
         )
     if not origin.is_direct:
-        return _error(403, *_refusal(origin))
+        kind, message, detail = _refusal(origin)
+        log.warning("%s %s: %s", request.method, request.path, detail)
+        return _error(403, kind, message)
     return await handler(request)
 
 
@@ -174,7 +190,15 @@ def main() -> None:
         default="refuse",
         help="when loopwarden is not answering at all (default: refuse, with 503)",
     )
+    parser.add_argument(
+        "--log", metavar="FILE", help="append the log here instead of writing it to stderr"
+    )
     args = parser.parse_args()
+    logging.basicConfig(
+        filename=args.log,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     web.run_app(app(args.unknown, args.not_answering), host=args.host, port=args.port)
 
 
