@@ -146,10 +146,7 @@ fn no_relay_connect_gets_through_a_sigkill_a_restart_or_a_program_replacement() 
     drop(third);
     drop(second);
     drop(first);
-    let detach = install.detach();
-    assert!(detach.status.success(), "{detach:?}");
-    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
-    assert!(ok, "detach did not end enforcement: {stderr}");
+    assert_detach_ends_enforcement(&install, &ns);
 }
 
 #[test]
@@ -831,12 +828,7 @@ fn a_report_queued_across_a_restart_names_its_rule() {
         second.events()
     );
     drop(second);
-    let detach = install.detach();
-    assert!(detach.status.success(), "{detach:?}");
-    assert!(
-        ns.socat_connect(&target).0,
-        "detach did not end enforcement"
-    );
+    assert_detach_ends_enforcement(&install, &ns);
 }
 
 /// A namespace kept in the scope after its name went (see
@@ -877,10 +869,15 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     second.wait_event("the relay's refusal after the restart", is_socat_deny);
     assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
     drop(second);
+    assert_detach_ends_enforcement(&install, &ns);
+}
+
+/// Detaches `install` and asserts that a relay in `ns` to the protected
+/// port goes through again: the positive control of a test whose daemons
+/// (and the pins they left) refused it.
+fn assert_detach_ends_enforcement(install: &Install, ns: &Netns) {
     let detach = install.detach();
     assert!(detach.status.success(), "{detach:?}");
-    assert!(
-        ns.socat_connect(&target).0,
-        "detach did not end enforcement"
-    );
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(ok, "detach did not end enforcement: {stderr}");
 }
