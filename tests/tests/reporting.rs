@@ -239,8 +239,8 @@ fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
 /// A path the policy names on a filesystem whose server stops answering
 /// every thread of the daemon holds up the policy's re-resolution, which
 /// runs on a thread of its own, and nothing else: a relay is refused and
-/// its line written, the query socket answers, the wait is said, and a
-/// SIGHUP waits its turn. Fails against the build before, whose event
+/// its line written, the query socket answers, the wait is said (and
+/// shown by `status`), and a SIGHUP waits its turn. Fails against the build before, whose event
 /// loop re-resolved the policy itself each second: it waited for the
 /// server for ever, and the relay's refusal was never reported.
 #[test]
@@ -270,6 +270,25 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
     assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
     assert_answers(daemon.install(), "the policy's re-resolution");
     daemon.wait_stderr("has waited", 1);
+    // `status` says so.
+    let waiting = wait_for(
+        "status to say the re-resolution waits",
+        Duration::from_secs(10),
+        || {
+            let status = daemon.install().status_json();
+            let waiting = status["daemon"]["reported"]["waiting"].clone();
+            (!waiting.is_null()).then_some(waiting)
+        },
+    );
+    assert_eq!(
+        waiting["what"], "the 1 s re-resolution of the policy",
+        "{waiting}"
+    );
+    let text = daemon.install().status_text();
+    assert!(
+        text.contains("the 1 s re-resolution of the policy has waited for the system since"),
+        "{text}"
+    );
     daemon.signal(libc::SIGHUP);
     daemon.wait_stderr("the reload starts once", 1);
 }

@@ -11,13 +11,16 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::mpsc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::mpsc as async_mpsc;
 use tracing::{info, warn};
 
-use super::installed::{Source, compile_policy, host_addresses, read_fresh};
+use super::{
+    installed::{Source, compile_policy, host_addresses, read_fresh},
+    status_file::{self, Waiting},
+};
 use crate::{
     config::Config,
     policy::{CompiledPolicy, Mode},
@@ -148,6 +151,9 @@ impl Compiles {
     pub(super) async fn done(&mut self) -> Option<Done> {
         let done = self.done.recv().await;
         self.busy = None;
+        if self.slow_said {
+            status_file::waiting(None);
+        }
         done
     }
 
@@ -167,6 +173,10 @@ impl Compiles {
                 since.elapsed().as_secs()
             );
             self.slow_said = true;
+            status_file::waiting(Some(Waiting {
+                what: what.to_owned(),
+                since: status_file::rfc3339(SystemTime::now() - since.elapsed()),
+            }));
         }
     }
 }

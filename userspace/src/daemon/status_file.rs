@@ -60,6 +60,20 @@ pub struct DaemonStatus {
     /// since start. Absent in the files of earlier versions.
     #[serde(default)]
     pub last_sweep: Option<SweepOutcome>,
+    /// A compile of the policy (a re-resolution or a reload) that has
+    /// waited for the system for long (see `daemon::resolving`); absent
+    /// while none has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+}
+
+/// A compile of the policy that waits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// What waits: the 1 s re-resolution, or a reload.
+    pub what: String,
+    /// Since when (RFC 3339, UTC).
+    pub since: String,
 }
 
 /// Outcome of a reload or install.
@@ -110,6 +124,7 @@ struct Cell {
     path: PathBuf,
     started_at: String,
     last_reload: Option<Reload>,
+    waiting: Option<Waiting>,
     /// What the file holds now (`None`: not yet written).
     written: Option<DaemonStatus>,
 }
@@ -132,6 +147,7 @@ pub(super) fn started(run_dir: &Path, installed: &Installed) {
         path: run_dir.join(STATUS_FILE),
         started_at: now(),
         last_reload: None,
+        waiting: None,
         written: None,
     };
     if CELL.set(Mutex::new(cell)).is_err() {
@@ -169,8 +185,31 @@ pub(super) fn record(installed: &Installed, outcome: Option<Result<(), String>>)
         rules: in_force.map(|s| s.active.count_ones()),
         last_reload: cell.last_reload.clone(),
         last_sweep: last_sweep(),
+        waiting: cell.waiting.clone(),
     };
     rewrite(&mut cell, status);
+}
+
+/// A compile of the policy began waiting (`Some`: what, and since when),
+/// or is done (`None`): rewrites the file once the daemon has written one.
+pub(super) fn waiting(waiting: Option<Waiting>) {
+    let Some(Ok(mut cell)) = CELL.get().map(Mutex::lock) else {
+        return;
+    };
+    if cell.waiting == waiting {
+        return;
+    }
+    cell.waiting = waiting.clone();
+    if let Some(mut status) = cell.written.clone() {
+        status.updated_at = now();
+        status.waiting = waiting;
+        rewrite(&mut cell, status);
+    }
+}
+
+/// `at` as the file writes times.
+pub(super) fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// After a sweep: keeps its outcome, and rewrites the file with it once
@@ -258,6 +297,7 @@ mod tests {
                 problems: vec!["listing the TCP sockets of network namespace x failed".into()],
                 more_problems: 0,
             }),
+            waiting: None,
         };
         write(&dir.join(STATUS_FILE), &status).unwrap();
         assert_eq!(read(&dir), Some(status));

@@ -131,6 +131,16 @@ impl Report {
             if let Some(sweep) = &r.last_sweep {
                 line("sweep", sweep_text(sweep));
             }
+            if let Some(w) = &r.waiting {
+                line(
+                    "waiting",
+                    format!(
+                        "{} has waited for the system since {} (a path the policy names on a \
+                         filesystem that does not answer, or NSS): the policy in force stays",
+                        w.what, w.since
+                    ),
+                );
+            }
         }
         if !self.counters.is_empty() {
             let counters: Vec<String> = self
