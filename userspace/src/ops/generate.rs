@@ -31,7 +31,7 @@ pub fn generate(what: Artifact, cmd: clap::Command, dir: &Path) -> io::Result<Ve
             Ok(written)
         }
         Artifact::Completions => {
-            let mut cmd = cmd;
+            let mut cmd = visible_only(&cmd);
             let name = cmd.get_name().to_owned();
             [Shell::Bash, Shell::Zsh, Shell::Fish]
                 .into_iter()
@@ -39,6 +39,24 @@ pub fn generate(what: Artifact, cmd: clap::Command, dir: &Path) -> io::Result<Ve
                 .collect()
         }
     }
+}
+
+/// `cmd` without its hidden subcommands (`baseline`, `generate`), which
+/// clap_complete would offer like any other: the root rebuilt with the
+/// visible ones. (clap has no way to remove a subcommand.)
+fn visible_only(cmd: &clap::Command) -> clap::Command {
+    let visible = cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned();
+    let mut root = clap::Command::new(cmd.get_name().to_owned())
+        .propagate_version(true)
+        .args(cmd.get_arguments().cloned())
+        .subcommands(visible);
+    if let Some(about) = cmd.get_about() {
+        root = root.about(about.clone());
+    }
+    if let Some(version) = cmd.get_version() {
+        root = root.version(version.to_owned());
+    }
+    root
 }
 
 /// Section 8 (system administration): the page of `cmd`, then those of its
@@ -52,4 +70,26 @@ fn man_pages(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> io::
         .manual("System Administration");
     written.push(man.generate_to(dir)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_offer_the_visible_subcommands_only() {
+        let cmd = clap::Command::new("tool")
+            .version("1.2.3")
+            .subcommand(clap::Command::new("status").arg(clap::Arg::new("json").long("json")))
+            .subcommand(clap::Command::new("secret").hide(true));
+        let dir = tempfile::tempdir().unwrap();
+        let written = generate(Artifact::Completions, cmd, dir.path()).unwrap();
+        assert_eq!(written.len(), 3);
+        for path in written {
+            let text = fs::read_to_string(&path).unwrap();
+            assert!(text.contains("status"), "{}", path.display());
+            assert!(text.contains("json"), "{}", path.display());
+            assert!(!text.contains("secret"), "{}", path.display());
+        }
+    }
 }
