@@ -35,9 +35,11 @@ pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
     };
     // Root's process only (anyone who may open the directory may lock
     // it), and not the one holding this run directory's lock (a daemon
-    // starting here, before its status.json).
-    let elsewhere = match (running, lock_holder(pin_dir, false)) {
-        (false, LockState::Held(Some(pid)))
+    // starting here, before its status.json). Looked up only when no
+    // daemon runs for this run directory.
+    let pin_holder = (!running).then(|| lock_holder(pin_dir, false));
+    let elsewhere = match pin_holder {
+        Some(LockState::Held(Some(pid)))
             if owned_by_root(pid) && !matches!(holder, LockState::Held(Some(p)) if p == pid) =>
         {
             Some(ElsewhereDaemon {
