@@ -18,13 +18,27 @@ pub const SO_PEERPIDFD: libc::c_int = 0x0056;
 #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
 pub const SO_PEERPIDFD: libc::c_int = 77;
 
-/// The value of `SOL_SOCKET` option `option` of `socket`, a plain `T` the
-/// kernel writes whole (an integer type of the option's size).
-pub fn get<T: Copy + Default>(socket: &impl AsRawFd, option: libc::c_int) -> io::Result<T> {
+/// The integer types an option's value is read as: every bit pattern of
+/// them is a value (the kernel writes whatever it has).
+pub trait Value: Copy + Default + sealed::Sealed {}
+impl Value for i32 {}
+impl Value for u32 {}
+impl Value for u64 {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i32 {}
+    impl Sealed for u32 {}
+    impl Sealed for u64 {}
+}
+
+/// The value of `SOL_SOCKET` option `option` of `socket`, as `T` (the
+/// option's size).
+pub fn get<T: Value>(socket: &impl AsRawFd, option: libc::c_int) -> io::Result<T> {
     let mut value = T::default();
     let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: value and len are valid for writes of the sizes given; T is
-    // plain data the kernel fills.
+    // SAFETY: value and len are valid for writes of the sizes given; any
+    // bytes the kernel writes make a valid T (see `Value`).
     let rc = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
