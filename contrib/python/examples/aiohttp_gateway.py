@@ -122,7 +122,9 @@ async def loopwarden_middleware(request: web.Request, handler):
         )
     if not origin.is_direct:
         kind, message, detail = _refusal(origin)
-        log.warning("%s %s: %s", request.method, request.path, detail)
+        # The path is the client's (and percent-decoded): quoted, so it
+        # cannot forge a line of the log.
+        log.warning("%s %r: %s", request.method, request.path, detail)
         return _error(403, kind, message)
     return await handler(request)
 
