@@ -836,21 +836,32 @@ fn a_report_queued_across_a_restart_names_its_rule() {
 /// across a restart: the next start finds its name gone too, and takes
 /// the namespace from the scope the pinned policy had
 /// (`<run_dir>/scope.json`) instead of dropping it and letting the relay
-/// there through.
+/// there through. So does the first good reload of a daemon that started
+/// on a file that does not compile (it kept the pinned policy meanwhile).
+/// The scope names a second namespace that stays, so that the reload is
+/// not refused for a scope of none.
 #[test]
 fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     let ns = Netns::new();
+    let other = Netns::new();
     let _servers = ns.http_servers();
     let alias = NetnsAlias::new(&ns);
     let target = format!("TCP:127.0.0.1:{PROTECTED}");
     let install = Install::new();
-    let text = policy(&ns, "enforce", "")
-        .replace(&format!("\"{}\"", ns.path()), &format!("\"{}\"", alias.0));
+    let text = policy(&ns, "enforce", "").replace(
+        &format!("\"{}\"", ns.path()),
+        &format!("\"{}\", \"{}\"", alias.0, other.path()),
+    );
     assert!(text.contains(&alias.0), "{text}");
     let is_socat_deny = |e: &serde_json::Value| e["verdict"] == "deny" && e["exe_name"] == "socat";
+    let refused_in_ns = |daemon: &Daemon, when: &str| {
+        let (ok, stderr) = ns.socat_connect(&target);
+        assert!(!ok, "the relay got through {when}");
+        assert!(stderr.contains("Connection refused"), "{stderr}");
+        daemon.wait_event(&format!("the relay's refusal {when}"), is_socat_deny);
+    };
     let first = Daemon::start_in(&install, &text, &[]);
-    assert!(!ns.socat_connect(&target).0, "the relay was not refused");
-    first.wait_event("the relay's refusal", is_socat_deny);
+    refused_in_ns(&first, "while named");
     let gone = format!("network namespace {} cannot be resolved", alias.0);
     drop(alias);
     first.wait_stderr(&gone, 1);
@@ -863,12 +874,25 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
         "the restart dropped the namespace from the scope:\n{}",
         second.stderr_text()
     );
-    let (ok, stderr) = ns.socat_connect(&target);
-    assert!(!ok, "the relay got through after the restart");
-    assert!(stderr.contains("Connection refused"), "{stderr}");
-    second.wait_event("the relay's refusal after the restart", is_socat_deny);
+    refused_in_ns(&second, "after the restart");
     assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
     drop(second);
+
+    // A start on a file that does not parse keeps the pinned policy; the
+    // good file's reload then keeps the namespace too.
+    let third = Daemon::start_in(&install, &format!("bogus = 1\n{text}"), &[]);
+    third.allow_error("bogus");
+    third.wait_stderr("stays in force", 1);
+    std::fs::write(install.config_path(), &text).expect("rewrite");
+    third.signal(libc::SIGHUP);
+    third.wait_installed(1);
+    assert!(
+        third.stderr_text().contains("stays in the scope"),
+        "the reload dropped the namespace from the scope:\n{}",
+        third.stderr_text()
+    );
+    refused_in_ns(&third, "after the reload");
+    drop(third);
     assert_detach_ends_enforcement(&install, &ns);
 }
 

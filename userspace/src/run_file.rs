@@ -52,6 +52,40 @@ impl PinStamp {
     }
 }
 
+/// The contents of a run file this daemon's kind wrote: read only if it
+/// is a regular file reached without a link, owned by this process's
+/// user, with one name, and that no one else may write; else an error
+/// saying which. (A run file names what a start keeps: it is believed
+/// only as far as the run directory's own guard goes.)
+pub fn read_own(path: &Path) -> io::Result<Vec<u8>> {
+    use std::{io::Read as _, os::unix::fs::MetadataExt as _};
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let why = if !meta.is_file() {
+        Some("not a regular file")
+    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
+        Some("owned by another user")
+    } else if meta.nlink() != 1 {
+        Some("linked elsewhere too")
+    } else if meta.mode() & 0o022 != 0 {
+        Some("writable by others")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {why}", path.display()),
+        ));
+    }
+    let mut contents = Vec::new();
+    file.read_to_end(&mut contents)?;
+    Ok(contents)
+}
+
 /// Replaces `path` with `contents` (mode 0644); `sync`: on disk before the
 /// rename.
 pub fn replace(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
@@ -74,4 +108,30 @@ pub fn replace(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
         file.sync_all()?;
     }
     fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_run_file_is_read_only_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        replace(&path, b"{}", false).unwrap();
+        assert_eq!(read_own(&path).unwrap(), b"{}");
+        // Through a link, with a second name, writable by others: refused.
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_own(&link).is_err());
+        let second = dir.path().join("second.json");
+        fs::hard_link(&path, &second).unwrap();
+        assert!(read_own(&path).is_err());
+        fs::remove_file(&second).unwrap();
+        assert!(read_own(&path).is_ok());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(read_own(&path).is_err());
+    }
 }

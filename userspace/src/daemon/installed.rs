@@ -166,6 +166,11 @@ pub(super) struct Installed {
     /// however many reloads since.
     pub(super) started: Config,
     pub(super) policy: Option<CompiledPolicy>,
+    /// While `policy` is `None` (the start's file did not compile, and a
+    /// predecessor's pinned policy is kept): a stand-in for that policy
+    /// with the scope it had (`scope.json`), so the first reload that
+    /// installs keeps a namespace of it whose name went.
+    pub(super) predecessor: Option<CompiledPolicy>,
     /// The host addresses installed with it.
     pub(super) addrs: Vec<std::net::IpAddr>,
     pub(super) maps: PolicyMaps,
@@ -221,7 +226,7 @@ impl Installed {
         Job::Reload {
             config_arg: self.config_arg.clone(),
             was: self.source.clone(),
-            previous: self.policy.clone(),
+            previous: self.policy.clone().or_else(|| self.predecessor.clone()),
         }
     }
 
@@ -307,6 +312,9 @@ impl Installed {
                     self.refresh_error = Some(message);
                 }
             }
+        }
+        if let Some(policy) = &self.policy {
+            self.scope_file.retry(&policy.netns);
         }
     }
 

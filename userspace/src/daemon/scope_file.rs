@@ -5,7 +5,7 @@
 //! the file would drop it, letting a relay there through.
 
 use std::{
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -59,7 +59,7 @@ impl ScopeFile {
     /// none when there is no file, it does not parse, or it is another
     /// set of maps'.
     pub(super) fn load(&self) -> Vec<Netns> {
-        let Ok(text) = fs::read(&self.path) else {
+        let Ok(text) = run_file::read_own(&self.path) else {
             return Vec::new();
         };
         match serde_json::from_slice::<Saved>(&text) {
@@ -85,6 +85,14 @@ impl ScopeFile {
         }
     }
 
+    /// Writes `netns` again if the last write failed (each refresh asks: a
+    /// policy that does not change installs nothing, and would not).
+    pub(super) fn retry(&mut self, netns: &[Netns]) {
+        if self.failed {
+            self.save(netns);
+        }
+    }
+
     fn write(&self, netns: &[Netns]) -> io::Result<()> {
         let saved = Saved {
             stamp: self.stamp.clone(),
@@ -98,6 +106,8 @@ impl ScopeFile {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

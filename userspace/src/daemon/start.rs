@@ -128,7 +128,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // stays in this one's: a start resolves the names as they are.
     let kept = ScopeFile::pinned(&opts.run_dir, &pins).load();
     let compiled = read.map_err(DaemonError::from).and_then(|config| {
-        let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept));
+        let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
         let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
         Ok((config, policy))
     });
@@ -317,15 +317,21 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let events = watch(ring, "watching the event ring buffer")?;
     let denials = watch(denials, "watching the refusals' ring buffer")?;
     let reporter = Reporter::new(enricher, opts.log_format, opts.repeat_interval);
+    let started = config
+        .clone()
+        .unwrap_or_else(crate::config::Config::embedded_default);
+    // Keeping a predecessor's policy (this file did not compile), the
+    // scope it had is what the first good reload keeps namespaces from.
+    let predecessor =
+        (policy.is_none() && !kept.is_empty()).then(|| policy::predecessor_scope(&started, kept));
     let installed = Installed {
         source,
         config_arg: opts.config.clone(),
         mode: opts.mode,
         resolver,
-        started: config
-            .clone()
-            .unwrap_or_else(crate::config::Config::embedded_default),
+        started,
         config,
+        predecessor,
         addrs: policy.as_ref().map(host_addresses).unwrap_or_default(),
         policy,
         maps: policy_maps,

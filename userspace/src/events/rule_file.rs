@@ -4,7 +4,7 @@
 //! connections opened before the restart) instead of `#N`.
 
 use std::{
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
@@ -71,7 +71,7 @@ impl RuleFile {
     /// to `seq` (the one in force), oldest first; none when there is no
     /// file, it does not parse, or it is another set of maps'.
     pub fn load(&self, seq: u64) -> Vec<(u64, Vec<RuleInfo>)> {
-        let Ok(text) = fs::read(&self.path) else {
+        let Ok(text) = crate::run_file::read_own(&self.path) else {
             return Vec::new();
         };
         match serde_json::from_slice::<Saved>(&text) {
@@ -85,6 +85,8 @@ impl RuleFile {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use crate::policy::Action;
 
