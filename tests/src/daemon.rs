@@ -478,9 +478,9 @@ impl Daemon {
     /// Waits until the daemon has installed `count` policies since its
     /// start (each reload's "policy #N installed: K rules"). The space
     /// before "installed" matters: every line the daemon's `installed`
-    /// module logs, a reload's first ("SIGHUP: reloading ...") too,
-    /// carries its target `loopwarden::daemon::installed: `, which a bare
-    /// "installed: " would take for the policy in force.
+    /// module logs (a reload's "policy unchanged", say) carries its
+    /// target `loopwarden::daemon::installed: `, which a bare "installed: "
+    /// would take for the policy in force.
     pub fn wait_installed(&self, count: usize) {
         self.wait_stderr(" installed: ", count);
     }

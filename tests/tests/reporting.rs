@@ -240,7 +240,8 @@ fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
 /// every thread of the daemon holds up the policy's re-resolution, which
 /// runs on a thread of its own, and nothing else: a relay is refused and
 /// its line written, the query socket answers, the wait is said (and
-/// shown by `status`), and a SIGHUP waits its turn. Fails against the build before, whose event
+/// shown by `status`), a SIGHUP waits its turn, and a SIGKILL releases
+/// the daemon's locks although the stuck thread outlives it. Fails against the build before, whose event
 /// loop re-resolved the policy itself each second: it waited for the
 /// server for ever, and the relay's refusal was never reported.
 #[test]
@@ -258,7 +259,7 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
         &rule("fuse-tool", "deny", "exe", tool.to_str().expect("utf-8")),
     ));
     let pid = daemon.pid().expect("the daemon's pid");
-    let _fs = StallFs::mount_stalling(&dir, &mnt, pid, true);
+    let fs = StallFs::mount_stalling(&dir, &mnt, pid, true);
     // The next 1 s re-resolution looks the path up on the mount, and waits.
     std::thread::sleep(Duration::from_secs(2));
     let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
@@ -291,6 +292,27 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
     );
     daemon.signal(libc::SIGHUP);
     daemon.wait_stderr("the reload starts once", 1);
+    // SIGKILL (an OOM kill, or a stop that timed out) with the compile
+    // still stuck in a FUSE request its server read and never answers,
+    // which no signal ends: the stuck thread keeps the process from being
+    // reaped, but not the daemon's descriptors, which it does not share:
+    // the locks go, and a new daemon could start.
+    daemon.signal(libc::SIGKILL);
+    let lock = daemon.install().run_dir().join("loopwarden.lock");
+    wait_for(
+        "the run directory's lock to be released",
+        Duration::from_secs(10),
+        || {
+            // Taken for a moment, and let go with the file.
+            let file = std::fs::File::open(&lock).ok()?;
+            file.try_lock().ok()
+        },
+    );
+    // The server goes: the stuck request fails, the thread ends, and the
+    // process is reaped.
+    drop(fs);
+    let mut daemon = daemon;
+    daemon.kill9();
 }
 
 /// A FUSE filesystem (`tests/src/stallfs.py`) of one executable, `tool` (a

@@ -154,7 +154,6 @@ pub(super) struct Installed {
     pub(super) source: Source,
     /// `--config`, to pick the source again on SIGHUP.
     pub(super) config_arg: Option<PathBuf>,
-    pub(super) mode: Option<Mode>,
     pub(super) resolver: HostResolver,
     /// The last config that compiled: the periodic refresh recompiles it, so
     /// an edit to the file takes effect only on SIGHUP. `None` while the

@@ -14,8 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::mpsc as async_mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     installed::{Source, compile_policy, host_addresses, read_fresh},
@@ -26,6 +25,11 @@ use crate::{
     policy::{CompiledPolicy, Mode},
     resolve::HostResolver,
 };
+
+/// What a refresh's compile is called in the daemon's lines.
+const REFRESH: &str = "the 1 s re-resolution of the policy";
+/// What a reload's is called.
+const RELOAD: &str = "the reload";
 
 /// How long a compile may take before the loop says it waits for one.
 const SLOW: Duration = Duration::from_secs(10);
@@ -74,10 +78,13 @@ pub(super) enum Done {
     },
 }
 
+/// The resolving thread has ended.
+pub(super) struct Gone;
+
 /// The thread, and the one compile it may have under way.
 pub(super) struct Compiles {
     jobs: mpsc::Sender<Job>,
-    done: async_mpsc::UnboundedReceiver<Done>,
+    done: mpsc::Receiver<Done>,
     /// When the compile under way was asked for, and what it is.
     busy: Option<(Instant, &'static str)>,
     /// A SIGHUP came while a compile was under way: its reload is asked
@@ -92,10 +99,17 @@ impl Compiles {
     /// override `mode`.
     pub(super) fn spawn(resolver: HostResolver, mode: Option<Mode>) -> io::Result<Self> {
         let (jobs, asked) = mpsc::channel::<Job>();
-        let (tell, done) = async_mpsc::unbounded_channel();
+        let (tell, done) = mpsc::channel();
         std::thread::Builder::new()
             .name("lw-resolve".into())
             .spawn(move || {
+                if let Err(e) = private_descriptors() {
+                    warn!(
+                        "the policy's resolving thread shares the daemon's descriptors ({e}): \
+                         should a compile hang in a wait no signal ends, the daemon's locks \
+                         outlive its exit"
+                    );
+                }
                 // Ends when the loop drops its end (the daemon exits) or
                 // stops reading.
                 while let Ok(job) = asked.recv() {
@@ -118,13 +132,23 @@ impl Compiles {
         self.busy.is_some()
     }
 
+    /// What is under way, if anything (a reload waiting to follow it
+    /// counts as a reload).
+    pub(super) fn under_way(&self) -> Option<&'static str> {
+        match self.busy {
+            _ if self.reload_waiting => Some(RELOAD),
+            Some((_, what)) => Some(what),
+            None => None,
+        }
+    }
+
     /// Asks for `job` (none may be under way).
     pub(super) fn ask(&mut self, job: Job) {
         let what = match job {
-            Job::Refresh { .. } => "the 1 s re-resolution of the policy",
-            Job::Reload { .. } => "the reload",
+            Job::Refresh { .. } => REFRESH,
+            Job::Reload { .. } => RELOAD,
         };
-        // A thread that is gone is found by `done`.
+        // A thread that is gone is found by `try_done`.
         if self.jobs.send(job).is_ok() {
             self.busy = Some((Instant::now(), what));
             self.slow_said = false;
@@ -136,7 +160,13 @@ impl Compiles {
         if let Some((_, what)) = self.busy
             && !self.reload_waiting
         {
-            info!("SIGHUP: the reload starts once {what} under way is done");
+            // Behind a refresh that is not slow, for a few milliseconds:
+            // said only when asked for.
+            if what == REFRESH && !self.slow_said {
+                debug!("SIGHUP: the reload starts once {what} under way is done");
+            } else {
+                info!("SIGHUP: the reload starts once {what} under way is done");
+            }
         }
         self.reload_waiting = true;
     }
@@ -146,15 +176,20 @@ impl Compiles {
         std::mem::take(&mut self.reload_waiting)
     }
 
-    /// The next compile done; `None` once the thread has ended (it
-    /// panicked).
-    pub(super) async fn done(&mut self) -> Option<Done> {
-        let done = self.done.recv().await;
+    /// The compile done, if one is (the loop asks at each drain tick:
+    /// the thread wakes nothing of the loop's, as it holds none of its
+    /// descriptors); `Err` once the thread has ended (it panicked).
+    pub(super) fn try_done(&mut self) -> Result<Option<Done>, Gone> {
+        let done = match self.done.try_recv() {
+            Ok(done) => done,
+            Err(mpsc::TryRecvError::Empty) => return Ok(None),
+            Err(mpsc::TryRecvError::Disconnected) => return Err(Gone),
+        };
         self.busy = None;
         if self.slow_said {
             status_file::waiting(None);
         }
-        done
+        Ok(Some(done))
     }
 
     /// Says, once per compile, that one has been under way for longer
@@ -179,6 +214,24 @@ impl Compiles {
             }));
         }
     }
+}
+
+/// Gives this thread a descriptor table of its own, holding only the
+/// standard streams. A compile can hang in a wait no signal ends (a FUSE
+/// request its server read and never answers): the thread then keeps the
+/// process from being reaped after it exits, and with the daemon's table
+/// it would keep the descriptors open too: the instance and pin
+/// directory locks, which no new daemon could then take. (Linux 5.9 for
+/// `close_range`.)
+fn private_descriptors() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
+    // SAFETY: closes descriptors of this thread's private table alone;
+    // none of them is owned by anything this thread uses.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3_u32, u32::MAX, 0_u32) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Does `job`.

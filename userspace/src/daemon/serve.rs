@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::{
     DaemonError, io_err,
-    resolving::{Compiles, Done},
+    resolving::{Done, Gone},
     rings::{drain, read, readable},
     start::Running,
     systemd::{notify_systemd, systemd_watchdog},
@@ -62,6 +62,7 @@ impl Running {
             pins,
             getsockopt,
             programs,
+            compiles,
             ..
         } = self;
         let Signals {
@@ -79,8 +80,6 @@ impl Running {
         // asked for on the resolving thread with its install, once done.
         let mut refresh_cost = Cost::default();
         let mut asking_tick: Option<Duration> = None;
-        let mut compiles = Compiles::spawn(installed.resolver.clone(), installed.mode)
-            .map_err(io_err("starting the policy's resolving thread"))?;
 
         // An error ends the loop as a signal does, so what was read is
         // still reported (below) before the daemon exits with it.
@@ -114,6 +113,33 @@ impl Running {
                 }
                 _ = drain_tick.tick() => {
                     drain(&mut [denials.get_mut(), events.get_mut()], reporter);
+                    // A compile done on the resolving thread is installed
+                    // here, with the rings just emptied, as the refresh is.
+                    let done = match compiles.try_done() {
+                        Ok(Some(done)) => done,
+                        Ok(None) => continue,
+                        Err(Gone) => {
+                            break Err(DaemonError::Io {
+                                what: "the policy's resolving thread".into(),
+                                source: std::io::Error::other("it ended"),
+                            })
+                        }
+                    };
+                    match done {
+                        Done::Refresh { outcome, took } => {
+                            let begun = Instant::now();
+                            installed.refreshed(outcome, reporter.enricher());
+                            let tick = asking_tick.take().unwrap_or_default();
+                            refresh_cost.add(tick + took + begun.elapsed());
+                        }
+                        Done::Reload { source, outcome } => {
+                            installed.reloaded(source, outcome, reporter.enricher());
+                            getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
+                        }
+                    }
+                    if compiles.take_reload() {
+                        compiles.ask(installed.reload_job());
+                    }
                 }
                 _ = every(&mut summary_tick) => {
                     drain(&mut [denials.get_mut(), events.get_mut()], reporter);
@@ -165,31 +191,6 @@ impl Running {
                         compiles.ask(installed.reload_job());
                     }
                 }
-                done = compiles.done() => {
-                    let Some(done) = done else {
-                        break Err(DaemonError::Io {
-                            what: "the policy's resolving thread".into(),
-                            source: std::io::Error::other("it ended"),
-                        });
-                    };
-                    // Installed with the rings empty, as the refresh is.
-                    drain(&mut [denials.get_mut(), events.get_mut()], reporter);
-                    match done {
-                        Done::Refresh { outcome, took } => {
-                            let begun = Instant::now();
-                            installed.refreshed(outcome, reporter.enricher());
-                            let tick = asking_tick.take().unwrap_or_default();
-                            refresh_cost.add(tick + took + begun.elapsed());
-                        }
-                        Done::Reload { source, outcome } => {
-                            installed.reloaded(source, outcome, reporter.enricher());
-                            getsockopt.follow(programs, pins, installed.config.as_ref(), &installed.resolver);
-                        }
-                    }
-                    if compiles.take_reload() {
-                        compiles.ask(installed.reload_job());
-                    }
-                }
                 _ = sigint.recv() => { info!("SIGINT: exiting"); break Ok(()); }
                 _ = sigterm.recv() => { info!("SIGTERM: exiting"); break Ok(()); }
             }
@@ -199,6 +200,10 @@ impl Running {
         // Not as a pid namespace's init (the DaemonSet's container), whose
         // signals left at their default the kernel ignores.
         second_signal_kills();
+        // A compile under way is left to its thread, which the exit ends.
+        if let Some(what) = compiles.under_way() {
+            info!("{what} under way is abandoned: the daemon exits");
+        }
         // The cuts of a sweep under way are reported before we go: it stops
         // before its next cut.
         if !installed.sweeper.finish(SWEEP_WAIT) {

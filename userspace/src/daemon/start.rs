@@ -16,6 +16,7 @@ use super::{
     getsockopt::{self, Getsockopt},
     installed::{Installed, Source, compile_policy, host_addresses},
     io_err,
+    resolving::Compiles,
     rings::{CounterReport, KernelLogger, watch},
     scope_file::ScopeFile,
     status_file,
@@ -47,6 +48,8 @@ pub(super) struct Running {
     pub(super) pins: PinDir,
     /// Where the getsockopt program answers, followed at each refresh.
     pub(super) getsockopt: Getsockopt,
+    /// The thread the policy is compiled on after start.
+    pub(super) compiles: Compiles,
     /// The host's cgroup v2 root.
     pub(super) cgroup_root: PathBuf,
     // Dropped last, in this order: the loaded object (its links and maps
@@ -324,10 +327,11 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // scope it had is what the first good reload keeps namespaces from.
     let predecessor =
         (policy.is_none() && !kept.is_empty()).then(|| policy::predecessor_scope(&started, kept));
+    let compiles = Compiles::spawn(resolver.clone(), opts.mode)
+        .map_err(io_err("starting the policy's resolving thread"))?;
     let installed = Installed {
         source,
         config_arg: opts.config.clone(),
-        mode: opts.mode,
         resolver,
         started,
         config,
@@ -364,6 +368,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         logger,
         pins,
         getsockopt,
+        compiles,
         programs,
         _pin_lock: pin_lock,
         _lock: lock,
