@@ -9,10 +9,18 @@
 use std::{
     io,
     net::IpAddr,
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
     path::PathBuf,
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant, SystemTime},
 };
+
+use nix::{fcntl::OFlag, unistd::pipe2};
+use tokio::io::unix::AsyncFd;
 
 use tracing::{debug, info, warn};
 
@@ -85,6 +93,12 @@ pub(super) struct Gone;
 pub(super) struct Compiles {
     jobs: mpsc::Sender<Job>,
     done: mpsc::Receiver<Done>,
+    /// The read end of a pipe the thread writes a byte to with each
+    /// compile done: what wakes the loop (the thread holds none of the
+    /// loop's own descriptors, its runtime's waker among them).
+    wake: AsyncFd<OwnedFd>,
+    /// Set when the thread ends (it panicked).
+    ended: Arc<AtomicBool>,
     /// When the compile under way was asked for, and what it is.
     busy: Option<(Instant, &'static str)>,
     /// A SIGHUP came while a compile was under way: its reload is asked
@@ -100,10 +114,16 @@ impl Compiles {
     pub(super) fn spawn(resolver: HostResolver, mode: Option<Mode>) -> io::Result<Self> {
         let (jobs, asked) = mpsc::channel::<Job>();
         let (tell, done) = mpsc::channel();
+        let (wake, woken) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let wake = super::rings::watch(wake, "watching the policy's resolving thread")
+            .map_err(io::Error::other)?;
+        let ended = Arc::new(AtomicBool::new(false));
+        let on_end = EndFlag(Arc::clone(&ended));
         std::thread::Builder::new()
             .name("lw-resolve".into())
             .spawn(move || {
-                if let Err(e) = private_descriptors() {
+                let _on_end = on_end;
+                if let Err(e) = private_descriptors(woken.as_raw_fd()) {
                     warn!(
                         "the policy's resolving thread shares the daemon's descriptors ({e}): \
                          should a compile hang in a wait no signal ends, the daemon's locks \
@@ -116,11 +136,15 @@ impl Compiles {
                     if tell.send(run(job, &resolver, mode)).is_err() {
                         break;
                     }
+                    // A full pipe has woken the loop already.
+                    let _ = nix::unistd::write(&woken, &[1]);
                 }
             })?;
         Ok(Self {
             jobs,
             done,
+            wake,
+            ended,
             busy: None,
             reload_waiting: false,
             slow_said: false,
@@ -130,6 +154,12 @@ impl Compiles {
     /// Whether a compile is under way.
     pub(super) fn busy(&self) -> bool {
         self.busy.is_some()
+    }
+
+    /// Whether the thread has ended (it panicked) with nothing left to
+    /// hand over.
+    pub(super) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed) && self.busy.is_some()
     }
 
     /// What is under way, if anything (a reload waiting to follow it
@@ -176,14 +206,23 @@ impl Compiles {
         std::mem::take(&mut self.reload_waiting)
     }
 
-    /// The compile done, if one is (the loop asks at each drain tick:
-    /// the thread wakes nothing of the loop's, as it holds none of its
-    /// descriptors); `Err` once the thread has ended (it panicked).
+    /// Waits until the thread says a compile is done (then see
+    /// [`Compiles::try_done`]).
+    pub(super) async fn woken(&self) -> io::Result<()> {
+        let mut guard = self.wake.readable().await?;
+        let mut bytes = [0_u8; 64];
+        while matches!(nix::unistd::read(self.wake.get_ref(), &mut bytes), Ok(n) if n > 0) {}
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// The compile done, if one is; `Err` once the thread has ended (it
+    /// panicked).
     pub(super) fn try_done(&mut self) -> Result<Option<Done>, Gone> {
         let done = match self.done.try_recv() {
             Ok(done) => done,
-            Err(mpsc::TryRecvError::Empty) => return Ok(None),
-            Err(mpsc::TryRecvError::Disconnected) => return Err(Gone),
+            Err(_) if self.ended.load(Ordering::Relaxed) => return Err(Gone),
+            Err(_) => return Ok(None),
         };
         self.busy = None;
         if self.slow_said {
@@ -223,15 +262,33 @@ impl Compiles {
 /// it would keep the descriptors open too: the instance and pin
 /// directory locks, which no new daemon could then take. (Linux 5.9 for
 /// `close_range`.)
-fn private_descriptors() -> io::Result<()> {
+fn private_descriptors(keep: RawFd) -> io::Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
-    // SAFETY: closes descriptors of this thread's private table alone;
-    // none of them is owned by anything this thread uses.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3_u32, u32::MAX, 0_u32) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    let keep = u32::try_from(keep).map_err(|_| io::Error::other("a negative descriptor"))?;
+    let close = |from: u32, to: u32| {
+        if from > to {
+            return Ok(());
+        }
+        // SAFETY: closes descriptors of this thread's private table alone;
+        // none of them is owned by anything this thread uses (`keep`, the
+        // wake-up pipe, is left).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0_u32) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    close(3, keep.saturating_sub(1))?;
+    close(keep.saturating_add(1), u32::MAX)
+}
+
+/// Sets its flag when dropped: the thread has ended, however it did.
+struct EndFlag(Arc<AtomicBool>);
+
+impl Drop for EndFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
-    Ok(())
 }
 
 /// Does `job`.

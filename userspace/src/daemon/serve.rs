@@ -113,8 +113,13 @@ impl Running {
                 }
                 _ = drain_tick.tick() => {
                     drain(&mut [denials.get_mut(), events.get_mut()], reporter);
-                    // A compile done on the resolving thread is installed
-                    // here, with the rings just emptied, as the refresh is.
+                }
+                woken = compiles.woken() => {
+                    if let Err(e) = woken {
+                        break Err(io_err("waiting for the policy's resolving thread")(e));
+                    }
+                    // Installed with the rings just emptied, as the refresh is.
+                    drain(&mut [denials.get_mut(), events.get_mut()], reporter);
                     let done = match compiles.try_done() {
                         Ok(Some(done)) => done,
                         Ok(None) => continue,
@@ -156,6 +161,13 @@ impl Running {
                     reporter.publish_tally();
                     let mut asked = false;
                     if compiles.busy() {
+                        // One that ended without a word (it panicked).
+                        if compiles.ended() {
+                            break Err(DaemonError::Io {
+                                what: "the policy's resolving thread".into(),
+                                source: std::io::Error::other("it ended"),
+                            });
+                        }
                         compiles.say_if_slow();
                     } else if let Some(job) = installed.refresh_job() {
                         compiles.ask(job);
