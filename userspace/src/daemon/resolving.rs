@@ -119,17 +119,21 @@ impl Compiles {
             .map_err(io::Error::other)?;
         let ended = Arc::new(AtomicBool::new(false));
         let on_end = EndFlag(Arc::clone(&ended));
+        let write_end = woken.as_raw_fd();
+        let (unshared, table) = mpsc::channel::<bool>();
         std::thread::Builder::new()
             .name("lw-resolve".into())
             .spawn(move || {
                 let _on_end = on_end;
-                if let Err(e) = private_descriptors(woken.as_raw_fd()) {
+                let private = private_descriptors(woken.as_raw_fd());
+                if let Err(e) = &private {
                     warn!(
                         "the policy's resolving thread shares the daemon's descriptors ({e}): \
                          should a compile hang in a wait no signal ends, the daemon's locks \
                          outlive its exit"
                     );
                 }
+                let _ = unshared.send(private.is_ok());
                 // Ends when the loop drops its end (the daemon exits) or
                 // stops reading.
                 while let Ok(job) = asked.recv() {
@@ -140,6 +144,14 @@ impl Compiles {
                     let _ = nix::unistd::write(&woken, &[1]);
                 }
             })?;
+        // The write end is the thread's: once it has a table of its own,
+        // the copy left in ours goes.
+        if table.recv() == Ok(true) {
+            // SAFETY: our table's copy of the pipe's write end, which
+            // nothing of this thread owns (the thread's `OwnedFd` is its
+            // own table's).
+            unsafe { libc::close(write_end) };
+        }
         Ok(Self {
             jobs,
             done,
@@ -256,7 +268,7 @@ impl Compiles {
 }
 
 /// Gives this thread a descriptor table of its own, holding only the
-/// standard streams. A compile can hang in a wait no signal ends (a FUSE
+/// standard streams and `keep` (the pipe that wakes the loop). A compile can hang in a wait no signal ends (a FUSE
 /// request its server read and never answers): the thread then keeps the
 /// process from being reaped after it exits, and with the daemon's table
 /// it would keep the descriptors open too: the instance and pin
