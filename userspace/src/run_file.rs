@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The set of pinned maps a run file speaks of: a file left by a daemon
 /// of another pin directory, of maps made afresh in this one (after a
@@ -49,6 +49,58 @@ impl PinStamp {
             && saved.maps_id == self.maps_id
             && self.boot_id.is_some()
             && saved.boot_id == self.boot_id
+    }
+}
+
+/// A run file whose contents speak of one set of pinned maps: its
+/// [`PinStamp`], then the fields of a body (`rules.json`, `scope.json`).
+#[derive(Clone, Debug)]
+pub struct StampedFile {
+    pub path: PathBuf,
+    /// The maps it speaks of ([`PinStamp::maps_id`] `None`: nothing is
+    /// loaded).
+    pub stamp: PinStamp,
+}
+
+/// A stamped file as written and read: the stamp's fields, then the
+/// body's.
+#[derive(Serialize, Deserialize)]
+struct Stamped<S, T> {
+    #[serde(flatten)]
+    stamp: S,
+    #[serde(flatten)]
+    body: T,
+}
+
+impl StampedFile {
+    /// `path`, speaking of the maps with `LW_GENERATION` id `maps_id`
+    /// pinned in `pin_dir`, in this boot.
+    pub fn new(path: PathBuf, pin_dir: &Path, maps_id: Option<u32>) -> Self {
+        Self {
+            path,
+            stamp: PinStamp::new(pin_dir, maps_id),
+        }
+    }
+
+    /// Writes `body` (a struct: its fields follow the stamp's), replacing
+    /// the file whole ([`replace`]).
+    pub fn save<T: Serialize>(&self, body: &T) -> io::Result<()> {
+        let stamped = Stamped {
+            stamp: &self.stamp,
+            body,
+        };
+        let mut text = serde_json::to_vec(&stamped).map_err(io::Error::other)?;
+        text.push(b'\n');
+        replace(&self.path, &text, false)
+    }
+
+    /// The body saved for these maps; `None` when there is no file, it is
+    /// not one the daemon wrote ([`read_own`]), it does not parse, or it
+    /// is another set of maps'.
+    pub fn load<T: DeserializeOwned>(&self) -> Option<T> {
+        let text = read_own(&self.path).ok()?;
+        let saved: Stamped<PinStamp, T> = serde_json::from_slice(&text).ok()?;
+        self.stamp.matches(&saved.stamp).then_some(saved.body)
     }
 }
 

@@ -4,37 +4,27 @@
 //! daemon restarts: a start resolves the names as they are, and without
 //! the file would drop it, letting a relay there through.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::{
-    kernel::pins::PinDir,
-    policy::Netns,
-    run_file::{self, PinStamp},
-};
+use crate::{kernel::pins::PinDir, policy::Netns, run_file::StampedFile};
 
 /// The file's name in the run directory.
 pub const FILE: &str = "scope.json";
 
-/// Where the scope is kept, and for which maps.
+/// Where the scope is kept, and for which maps: a namespace is kept by its
+/// cookie, which only this boot's kernel gave it.
 pub(super) struct ScopeFile {
-    path: PathBuf,
-    stamp: PinStamp,
+    file: StampedFile,
     /// Writing it failed last time (said once, until it works again).
     failed: bool,
 }
 
+/// What the file holds after its stamp.
 #[derive(Serialize, Deserialize)]
-struct Saved {
-    /// The maps whose policy this was: a namespace is kept by its cookie,
-    /// which only this boot's kernel gave it.
-    #[serde(flatten)]
-    stamp: PinStamp,
+struct Scope {
     netns: Vec<Netns>,
 }
 
@@ -49,8 +39,7 @@ impl ScopeFile {
     /// The file of the maps whose `LW_GENERATION` has id `maps_id`.
     pub(super) fn new(run_dir: &Path, pin_dir: &Path, maps_id: Option<u32>) -> Self {
         Self {
-            path: run_dir.join(FILE),
-            stamp: PinStamp::new(pin_dir, maps_id),
+            file: StampedFile::new(run_dir.join(FILE), pin_dir, maps_id),
             failed: false,
         }
     }
@@ -59,25 +48,25 @@ impl ScopeFile {
     /// none when there is no file, it does not parse, or it is another
     /// set of maps'.
     pub(super) fn load(&self) -> Vec<Netns> {
-        let Ok(text) = run_file::read_own(&self.path) else {
-            return Vec::new();
-        };
-        match serde_json::from_slice::<Saved>(&text) {
-            Ok(saved) if self.stamp.matches(&saved.stamp) => saved.netns,
-            _ => Vec::new(),
-        }
+        self.file
+            .load::<Scope>()
+            .map(|scope| scope.netns)
+            .unwrap_or_default()
     }
 
     /// Writes the scope of the policy just installed (a failure is warned
     /// of once; the next install tries again).
     pub(super) fn save(&mut self, netns: &[Netns]) {
-        match self.write(netns) {
+        let scope = Scope {
+            netns: netns.to_vec(),
+        };
+        match self.file.save(&scope) {
             Ok(()) => self.failed = false,
             Err(e) if !self.failed => {
                 warn!(
                     "writing {} failed: {e}; a daemon started after this one drops a namespace \
                      kept in the scope after its name went (tried again at the next install)",
-                    self.path.display()
+                    self.file.path.display()
                 );
                 self.failed = true;
             }
@@ -91,16 +80,6 @@ impl ScopeFile {
         if self.failed {
             self.save(netns);
         }
-    }
-
-    fn write(&self, netns: &[Netns]) -> io::Result<()> {
-        let saved = Saved {
-            stamp: self.stamp.clone(),
-            netns: netns.to_vec(),
-        };
-        let mut text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
-        text.push(b'\n');
-        run_file::replace(&self.path, &text, false)
     }
 }
 
@@ -123,6 +102,12 @@ mod tests {
         file.save(&kept);
         assert!(!file.failed);
         assert_eq!(file.load(), kept);
+        // One flat object: the stamp's fields beside the scope's.
+        let text = fs::read_to_string(dir.path().join(FILE)).unwrap();
+        let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(saved["pin_dir"], "/sys/fs/bpf/loopwarden", "{text}");
+        assert_eq!(saved["maps_id"], 7, "{text}");
+        assert_eq!(saved["netns"][0]["cookie"], 4099, "{text}");
         // Another set of maps', another directory's, unknown maps: none.
         for (pins, id) in [
             (pins, Some(8)),
@@ -133,7 +118,7 @@ mod tests {
         }
         // Another boot's (cookies and map ids start over): none.
         let mut rebooted = ScopeFile::new(dir.path(), pins, Some(7));
-        rebooted.stamp.boot_id = Some("another boot".to_owned());
+        rebooted.file.stamp.boot_id = Some("another boot".to_owned());
         assert!(rebooted.load().is_empty());
         // A broken file: none.
         fs::write(dir.path().join(FILE), b"{").unwrap();

@@ -176,7 +176,7 @@ impl Enricher {
                 warn!(
                     "writing {} failed: {e}; a daemon started after this one names the rules of \
                      this one's newest policies #N (tried again at the next install)",
-                    file.path.display()
+                    file.file.path.display()
                 );
                 self.rule_file_failed = true;
             }

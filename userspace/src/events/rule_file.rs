@@ -3,14 +3,11 @@
 //! that predecessor's policies (the reports it left queued, the origins of
 //! connections opened before the restart) instead of `#N`.
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-};
+use std::{io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::RuleInfo, run_file::PinStamp};
+use crate::{policy::RuleInfo, run_file::StampedFile};
 
 /// The file's name in the run directory.
 pub const FILE: &str = "rules.json";
@@ -19,21 +16,16 @@ pub const FILE: &str = "rules.json";
 /// every install.
 pub const KEPT: usize = 8;
 
-/// Where the lists are kept, and for which maps.
+/// Where the lists are kept, and for which maps: lists of another set of
+/// maps' never name this one's rules.
 #[derive(Clone, Debug)]
 pub struct RuleFile {
-    pub path: PathBuf,
-    /// The maps the policies are installed in ([`PinStamp::maps_id`]
-    /// `None`: nothing is loaded).
-    pub stamp: PinStamp,
+    pub file: StampedFile,
 }
 
+/// What the file holds after its stamp.
 #[derive(Serialize, Deserialize)]
-struct Saved {
-    /// Whose policies these were: lists of another set of maps' never
-    /// name this one's rules.
-    #[serde(flatten)]
-    stamp: PinStamp,
+struct Lists {
     /// `(policy_seq, rules)`, oldest first.
     lists: Vec<(u64, Vec<RuleInfo>)>,
 }
@@ -41,13 +33,12 @@ struct Saved {
 impl RuleFile {
     pub fn new(run_dir: &Path, pin_dir: &Path, maps_id: Option<u32>) -> Self {
         Self {
-            path: run_dir.join(FILE),
-            stamp: PinStamp::new(pin_dir, maps_id),
+            file: StampedFile::new(run_dir.join(FILE), pin_dir, maps_id),
         }
     }
 
     /// Writes the newest [`KEPT`] of `lists` (oldest first), replacing the
-    /// file whole ([`crate::run_file::replace`]).
+    /// file whole.
     pub fn save<'a>(
         &self,
         lists: impl DoubleEndedIterator<Item = (u64, &'a [RuleInfo])>,
@@ -58,28 +49,17 @@ impl RuleFile {
             .map(|(seq, rules)| (seq, rules.to_vec()))
             .collect();
         newest.reverse();
-        let saved = Saved {
-            stamp: self.stamp.clone(),
-            lists: newest,
-        };
-        let mut text = serde_json::to_vec(&saved).map_err(io::Error::other)?;
-        text.push(b'\n');
-        crate::run_file::replace(&self.path, &text, false)
+        self.file.save(&Lists { lists: newest })
     }
 
     /// The lists a predecessor saved for these pins, those of policies up
     /// to `seq` (the one in force), oldest first; none when there is no
     /// file, it does not parse, or it is another set of maps'.
     pub fn load(&self, seq: u64) -> Vec<(u64, Vec<RuleInfo>)> {
-        let Ok(text) = crate::run_file::read_own(&self.path) else {
-            return Vec::new();
-        };
-        match serde_json::from_slice::<Saved>(&text) {
-            Ok(saved) if self.stamp.matches(&saved.stamp) => {
-                saved.lists.into_iter().filter(|(s, _)| *s <= seq).collect()
-            }
-            _ => Vec::new(),
-        }
+        self.file
+            .load::<Lists>()
+            .map(|saved| saved.lists.into_iter().filter(|(s, _)| *s <= seq).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -123,12 +103,12 @@ mod tests {
         }
         // Another boot's (map ids start over at each): nothing.
         let mut rebooted = file.clone();
-        rebooted.stamp.boot_id = Some("another boot".to_owned());
+        rebooted.file.stamp.boot_id = Some("another boot".to_owned());
         assert!(rebooted.load(20).is_empty());
         // No file, or a broken one: nothing.
         let missing = RuleFile::new(Path::new("/nonexistent"), Path::new("/x"), Some(7));
         assert!(missing.load(20).is_empty());
-        fs::write(&file.path, b"{").unwrap();
+        fs::write(&file.file.path, b"{").unwrap();
         assert!(file.load(20).is_empty());
     }
 }
