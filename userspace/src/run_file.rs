@@ -117,13 +117,11 @@ pub fn read_own(path: &Path) -> io::Result<Vec<u8>> {
         .open(path)?;
     let meta = file.metadata()?;
     let why = if !meta.is_file() {
-        Some("not a regular file")
-    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
-        Some("owned by another user")
-    } else if meta.nlink() != 1 {
-        Some("linked elsewhere too")
+        Some("not a regular file".to_owned())
+    } else if let Some(why) = not_made_by(&meta, &[nix::unistd::geteuid().as_raw()]) {
+        Some(why)
     } else if meta.mode() & 0o022 != 0 {
-        Some("writable by others")
+        Some("writable by others".to_owned())
     } else {
         None
     };
@@ -136,6 +134,16 @@ pub fn read_own(path: &Path) -> io::Result<Vec<u8>> {
     let mut contents = Vec::new();
     file.read_to_end(&mut contents)?;
     Ok(contents)
+}
+
+/// Why the file of `meta`, found in the run directory, is not one a
+/// process of `owners` made there, if it is not: another user owns it, or
+/// it has another name besides (a hard link made to another file while
+/// the directory was open to others).
+pub fn not_made_by(meta: &fs::Metadata, owners: &[u32]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    (!owners.contains(&meta.uid()) || meta.nlink() != 1)
+        .then(|| format!("owned by uid {} with {} links", meta.uid(), meta.nlink()))
 }
 
 /// Replaces `path` with `contents` (mode 0644); `sync`: on disk before the

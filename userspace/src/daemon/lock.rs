@@ -75,15 +75,12 @@ impl InstanceLock {
         let meta = file
             .metadata()
             .map_err(io_err(format!("inspecting {}", path.display())))?;
-        if !owners.contains(&meta.uid()) || meta.nlink() != 1 {
+        if let Some(why) = crate::run_file::not_made_by(&meta, &owners) {
             return Err(DaemonError::RunDir {
                 path: run_dir.to_owned(),
                 why: format!(
-                    "{} is owned by uid {} with {} links: it is not one this daemon made \
-                     (remove it)",
-                    path.display(),
-                    meta.uid(),
-                    meta.nlink()
+                    "{} is {why}: it is not one this daemon made (remove it)",
+                    path.display()
                 ),
             });
         }
