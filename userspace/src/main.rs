@@ -59,8 +59,8 @@ enum Command {
         /// Reports of one flow (same process, destination, verdict and
         /// rule) within this interval: the first gets its line at once, the
         /// rest one summary line at the end of the interval. `0` writes a
-        /// line per report.
-        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        /// line per report; at most 1h.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = loopwarden::events::report::parse_interval)]
         repeat_interval: std::time::Duration,
         /// Directory for the instance lock (one daemon per directory).
         #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]

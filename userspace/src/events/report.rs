@@ -41,6 +41,26 @@ const BATCH_ROOM: usize = FLUSH_AT + 8 * 1024;
 const HOLD_MAX: usize = 1024 * 1024;
 /// How long an exiting daemon waits for its lines to be written.
 const FINISH_WAIT: Duration = Duration::from_secs(5);
+/// The longest `--repeat-interval`: a summary (of refusals too) waits at
+/// most this long for its line.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `--repeat-interval`: a duration (`humantime`'s syntax) of at most
+/// [`MAX_INTERVAL`].
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(s).map_err(|e| {
+        format!("{s:?} is not a duration ({e}): give a number and a unit, such as 1s or 500ms")
+    })?;
+    if interval > MAX_INTERVAL {
+        return Err(format!(
+            "{s} is longer than {}: a flow's repeats are summarised at the end of each \
+             interval, so its refusals would go unsaid that long; give 1h or less (0 writes \
+             a line per report)",
+            humantime::format_duration(MAX_INTERVAL)
+        ));
+    }
+    Ok(interval)
+}
 
 /// What makes two reports "the same" for summarising.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -491,6 +511,23 @@ mod tests {
         assert!(
             span.abs_diff(Duration::from_secs(4)) < Duration::from_millis(5),
             "{repeat}"
+        );
+    }
+
+    #[test]
+    fn the_interval_is_a_duration_of_an_hour_at_most() {
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_interval("1h"), Ok(MAX_INTERVAL));
+        let long = parse_interval("61min").unwrap_err();
+        assert!(
+            long.contains("longer than 1h") && long.contains("give 1h or less"),
+            "{long}"
+        );
+        let bad = parse_interval("2x").unwrap_err();
+        assert!(
+            bad.contains("not a duration") && bad.contains("such as 1s"),
+            "{bad}"
         );
     }
 
