@@ -127,6 +127,9 @@ pub enum How {
     /// It was executed with a connection from `addr` as its stdin or stdout
     /// (an inetd-style server's per-connection program).
     Stdio,
+    /// Its state could not be kept (the kernel's process table was full):
+    /// judged network-facing, with no party known (`addr` is unspecified).
+    Untracked,
     /// A value this client does not know.
     Other(u8),
 }
@@ -140,6 +143,7 @@ impl How {
             How::Received => "received",
             How::Connected => "connected",
             How::Stdio => "stdio",
+            How::Untracked => "untracked",
             How::Other(_) => "unknown",
         }
     }
@@ -148,11 +152,12 @@ impl How {
 /// What made the caller network-facing: the relayed party.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Via {
-    /// The non-local peer (for [`How::Listening`], the listening address).
+    /// The non-local peer (for [`How::Listening`], the listening address;
+    /// for [`How::Untracked`], the unspecified address: none is known).
     pub addr: SocketAddr,
     pub how: How,
     /// How long before the `connect()` it was seen (`None` for
-    /// [`How::Listening`], a standing state).
+    /// [`How::Listening`], a standing state, and [`How::Untracked`]).
     pub ago: Option<Duration>,
 }
 
@@ -307,12 +312,13 @@ fn known(r: &OriginRecord) -> Origin {
         evidence::RECEIVED => Some(How::Received),
         evidence::CONNECTED => Some(How::Connected),
         evidence::STDIO => Some(How::Stdio),
+        evidence::UNTRACKED => Some(How::Untracked),
         other => Some(How::Other(other)),
     };
     let via = how.map(|how| Via {
         addr: socket_addr(&o.via.addr, o.via.port),
         how,
-        ago: (how != How::Listening)
+        ago: (how != How::Listening && how != How::Untracked)
             .then(|| Duration::from_nanos(o.ktime_ns.saturating_sub(o.via.ktime_ns))),
     });
     let rule = match o.rule {

@@ -14,3 +14,8 @@ pub const CONNECTED: u8 = 4;
 /// standard input or output (an inetd-style server's per-connection
 /// program).
 pub const STDIO: u8 = 5;
+/// Its state could not be kept: `LW_PROCS` was full when it had evidence,
+/// a lineage or a script to keep there (or it is a child of such a
+/// process). Judged network-facing, as the evidence it may have had would
+/// have made it; no peer is named.
+pub const UNTRACKED: u8 = 6;

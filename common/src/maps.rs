@@ -48,10 +48,18 @@ pub const RULES_SCRIPT: &str = "LW_RULES_SCRIPT";
 /// network-facing, its catalogued lineage and its script.
 pub const PROCS: &str = "LW_PROCS";
 /// `Array<[u8; 64]>` of [`super::TRACKED_ENTRIES`]: byte `tgid % 64` of
-/// entry `tgid / 64` is 1 while `LW_PROCS` may hold `tgid` (set before
-/// an entry is made, cleared after it goes): a connect by a process
-/// without one costs a byte load, not a hash lookup.
+/// entry `tgid / 64` is [`TRACKED_MAYBE`] while `LW_PROCS` may hold `tgid`
+/// (set before an entry is made, cleared after it goes): a connect by a
+/// process without one costs a byte load, not a hash lookup. It is
+/// [`TRACKED_LOST`] for a process whose state `LW_PROCS`, full, could not
+/// take, until the process exits.
 pub const TRACKED: &str = "LW_TRACKED";
+/// [`TRACKED`]'s note: `LW_PROCS` may hold the process.
+pub const TRACKED_MAYBE: u8 = 1;
+/// [`TRACKED`]'s note: the process had state to keep (evidence, a
+/// lineage, a script) and `LW_PROCS` was full: it is judged network-facing
+/// ([`super::evidence::UNTRACKED`]), never as a process with nothing known.
+pub const TRACKED_LOST: u8 = 2;
 /// `LruHashMap<u64, Pending>`: outbound TCP connects to non-local peers
 /// by socket cookie, until their handshake completes or fails.
 pub const PENDING: &str = "LW_PENDING";

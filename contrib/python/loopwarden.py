@@ -80,7 +80,7 @@ _RECORD = struct.Struct(
 assert _RECORD.size == RECORD_SIZE
 
 _VERDICTS = {0: "allow", 1: "audit", 2: "would-deny", 3: "deny"}
-_HOWS = {1: "listening", 2: "accepted", 3: "received", 4: "connected", 5: "stdio"}
+_HOWS = {1: "listening", 2: "accepted", 3: "received", 4: "connected", 5: "stdio", 6: "untracked"}
 
 
 class NotAnswering(OSError):
@@ -135,7 +135,7 @@ class Via:
     how: str
     """``listening``, ``accepted``, ``received``, ``connected``, ``stdio`` (or ``unknown``)."""
     ago_ms: Optional[int]
-    """How long before the connect() it was seen; None for ``listening``."""
+    """How long before the connect() it was seen; None for ``listening`` and ``untracked``."""
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -227,7 +227,7 @@ def decode(data: bytes) -> Optional[Origin]:
     via = None
     if via_kind:
         how = _HOWS.get(via_kind, "unknown")
-        ago = None if how == "listening" else max(ktime - via_ktime, 0) // 1_000_000
+        ago = None if how in ("listening", "untracked") else max(ktime - via_ktime, 0) // 1_000_000
         via = Via(_ip(via_addr), via_port, how, ago)
     script_text = _text(script)
     exe_dev, exe_ino = struct.unpack("=QQ", exe)

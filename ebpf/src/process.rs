@@ -11,13 +11,19 @@
 //!   that extends to descendants; an interpreter records the script on its
 //!   command line.
 //! - exit: the process's state goes with it.
+//!
+//! A process whose state `LW_PROCS`, full, could not take is noted lost
+//! (`LW_TRACKED`) until it exits, and so are its children: it is judged
+//! network-facing, never as a process nothing is known of.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use loopwarden_common::{ARGV0_READS, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence, script_hash};
+use loopwarden_common::{
+    ARGV0_READS, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence, maps::TRACKED_LOST, script_hash,
+};
 
 use crate::{
     identity::{self, Task},
@@ -39,10 +45,16 @@ pub fn lw_fork(ctx: BtfTracePointContext) -> i32 {
     if let Some(state) = PROCS.get_ptr(from) {
         // SAFETY: a pointer to the map's value, valid for this run.
         insert(to, unsafe { &*state });
-    } else if procs::maybe_tracked(to) {
+        return 0;
+    }
+    if procs::maybe_tracked(to) {
         // An entry left under the child's pid (a write that raced its
         // last holder's exit) is not the child's.
         procs::remove(to);
+    }
+    // A lost parent's state (the map was full) is its child's too.
+    if procs::note(from) == TRACKED_LOST {
+        procs::lose(to);
     }
     0
 }

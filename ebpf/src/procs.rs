@@ -4,7 +4,11 @@
 //! hooks.
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, generated::bpf_jiffies64};
-use loopwarden_common::{Addr, Evidence, ProcState, evidence, stats};
+use loopwarden_common::{
+    Addr, Evidence, ProcState, evidence,
+    maps::{TRACKED_LOST, TRACKED_MAYBE},
+    stats,
+};
 
 use crate::{
     identity::Task,
@@ -33,11 +37,15 @@ pub fn empty() -> *const ProcState {
 }
 
 /// `tgid`'s entry, created empty if it has none; `None` if the map is full
-/// (counted).
+/// (counted, and the process noted as lost) or was when the process's
+/// state was lost before.
 #[inline(always)]
 pub fn entry(tgid: u32) -> Option<*mut ProcState> {
     if let Some(state) = PROCS.get_ptr_mut(tgid) {
         return Some(state);
+    }
+    if note(tgid) == TRACKED_LOST {
+        return None;
     }
     insert(tgid, &EMPTY);
     PROCS.get_ptr_mut(tgid)
@@ -172,14 +180,41 @@ pub fn maybe_tracked(tgid: u32) -> bool {
     byte_set(&TRACKED, tgid)
 }
 
+/// `tgid`'s note in `LW_TRACKED`: 0 (no entry), [`TRACKED_MAYBE`] or
+/// [`TRACKED_LOST`]; an unreadable note reads as [`TRACKED_MAYBE`] (look
+/// the entry up).
+#[inline(always)]
+pub fn note(tgid: u32) -> u8 {
+    match byte_of(&TRACKED, tgid) {
+        // SAFETY: a pointer into the map's value.
+        Some(b) => unsafe { core::ptr::read_volatile(b) },
+        None => TRACKED_MAYBE,
+    }
+}
+
 /// Notes that `LW_PROCS` may hold `tgid`: before an entry is made, and
-/// again at each write (which mends a note a racing removal cleared).
+/// again at each write (which mends a note a racing removal cleared). A
+/// lost process's note stays lost.
 #[inline(always)]
 pub fn mark(tgid: u32) {
     if let Some(b) = byte_of(&TRACKED, tgid) {
         // SAFETY: a pointer into the map's value; one byte per tgid, so
         // no other process's note shares the store.
-        unsafe { core::ptr::write_volatile(b, 1) };
+        unsafe {
+            if core::ptr::read_volatile(b) != TRACKED_LOST {
+                core::ptr::write_volatile(b, TRACKED_MAYBE);
+            }
+        }
+    }
+}
+
+/// Notes that `tgid`'s state was lost (`LW_PROCS` was full): until it
+/// exits, the process is judged network-facing ([`evidence::UNTRACKED`]).
+#[inline(always)]
+pub fn lose(tgid: u32) {
+    if let Some(b) = byte_of(&TRACKED, tgid) {
+        // SAFETY: as in mark.
+        unsafe { core::ptr::write_volatile(b, TRACKED_LOST) };
     }
 }
 
@@ -193,12 +228,27 @@ pub fn remove(tgid: u32) {
     }
 }
 
-/// Adds or replaces `tgid`'s state, counting a full map.
+/// Adds or replaces `tgid`'s state; a full map is counted and the
+/// process noted as lost (its state is not silently gone: see
+/// [`TRACKED_LOST`]).
 #[inline(always)]
 pub fn insert(tgid: u32, state: &ProcState) {
     mark(tgid);
     if PROCS.insert(tgid, state, 0).is_err() {
         count(stats::UNTRACKED);
+        lose(tgid);
+    }
+}
+
+/// The evidence a lost process is judged by: no peer, seen `at`.
+#[inline(always)]
+pub fn untracked(at: u64) -> Evidence {
+    Evidence {
+        addr: Addr { words: [0; 4] },
+        ktime_ns: at,
+        port: 0,
+        kind: evidence::UNTRACKED,
+        _pad: [0; 5],
     }
 }
 

@@ -7,7 +7,9 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use loopwarden_common::{GenKey, NO_RULE, RELAY_RULE, Settings, evidence, flags, stats, verdict};
+use loopwarden_common::{
+    GenKey, NO_RULE, RELAY_RULE, Settings, evidence, flags, maps::TRACKED_LOST, stats, verdict,
+};
 
 use super::{
     ALLOW, Destination, REFUSE, browser_verdict, port_protected, record::record, rules::match_rules,
@@ -107,11 +109,8 @@ pub(super) fn decide(
     // way the values are loads from map memory, so the verifier's paths
     // merge here), and compared only after the rules (a comparison's
     // result kept live across them would double the paths it walks).
-    let found = if procs::maybe_tracked(tgid) {
-        PROCS.get_ptr(tgid)
-    } else {
-        None
-    };
+    let note = procs::note(tgid);
+    let found = if note != 0 { PROCS.get_ptr(tgid) } else { None };
     let p = match found {
         Some(p) => p,
         None => procs::empty(),
@@ -126,10 +125,12 @@ pub(super) fn decide(
             recent_kind: core::ptr::read_volatile(&(*p).recent.kind),
             recent_at: core::ptr::read_volatile(&(*p).recent.ktime_ns),
             standing_kind: core::ptr::read_volatile(&(*p).standing.kind),
+            note,
         }
     };
     let matched = match_rules(s, g, task, exe_file, &tracked);
-    let facing = tracked.standing_kind != evidence::NONE
+    let facing = tracked.note == TRACKED_LOST
+        || tracked.standing_kind != evidence::NONE
         || (tracked.recent_kind != evidence::NONE
             && elapsed(now(), tracked.recent_at) <= rd!(s.relay_window_ns));
     let mut rule = if matched == 0 {
@@ -195,6 +196,9 @@ pub(super) struct Tracked {
     pub(super) recent_kind: u8,
     pub(super) recent_at: u64,
     pub(super) standing_kind: u8,
+    /// Its `LW_TRACKED` note: [`TRACKED_LOST`] is a process whose state the
+    /// full map could not take, judged network-facing.
+    pub(super) note: u8,
 }
 
 /// Carries out a decision: counts, reports and refuses as it says.

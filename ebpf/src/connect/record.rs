@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use loopwarden_common::{
-    COMM_LEN, ConnectEvent, EXE_NAME_LEN, Evidence, SCRIPT_LEN, stats, verdict,
+    COMM_LEN, ConnectEvent, EXE_NAME_LEN, Evidence, SCRIPT_LEN, evidence, maps::TRACKED_LOST,
+    stats, verdict,
 };
 
 use super::{Destination, decide::Decision};
@@ -244,7 +245,8 @@ fn fill(
             .cast::<[u64; EXE_NAME_LEN / 8]>()
             .write_unaligned(identity::exe_name_words(exe_file));
         let script = (*ev).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>();
-        let found = if procs::maybe_tracked(d.tgid) {
+        let note = procs::note(d.tgid);
+        let found = if note != 0 {
             PROCS.get_ptr(d.tgid)
         } else {
             None
@@ -262,6 +264,10 @@ fn fill(
                 };
                 script.write_unaligned(core::ptr::read_volatile((*state).script.as_ptr().cast()));
             }
+        }
+        // A lost process's state is not in the map: what it is judged by.
+        if note == TRACKED_LOST && (*ev).via.kind == evidence::NONE {
+            (*ev).via = procs::untracked(at);
         }
         // Written last: a connect whose `LW_ORIGIN_PENDING` entry the LRU
         // map handed to another connect while this one was preempted

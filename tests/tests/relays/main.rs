@@ -46,6 +46,7 @@ mod direct;
 mod kinds;
 mod lineage;
 mod tunnels;
+mod untracked;
 
 use kinds::{ALL, Kind, Via};
 

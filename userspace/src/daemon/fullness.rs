@@ -1,5 +1,6 @@
 //! Warns when a kernel tracking map nears its capacity, before what fills
-//! it is lost: past it new processes go untracked (`LW_PROCS`), new
+//! it is lost: past it new processes go untracked (`LW_PROCS`: judged
+//! network-facing, never as processes nothing is known of), new
 //! listeners unremembered (`LW_LISTENERS`), and the oldest outbound
 //! connects (`LW_PENDING`) and connections' origins (`LW_CONNS`, then
 //! "unknown" to services) are forgotten.
@@ -66,8 +67,9 @@ fn consequence(map: &str) -> &'static str {
              getsockopt, the query socket and ident; raise [provenance] connections"
         }
         maps::PROCS => {
-            "past it new processes are not tracked (no relay evidence, lineage or script for \
-             them; counted as untracked)"
+            "past it a process with evidence, a lineage or a script to keep is not tracked \
+             (counted as untracked) and is judged network-facing until it exits: the relay \
+             verdict applies to it and its children (via_how=untracked)"
         }
         maps::LISTENERS => "past it new non-loopback listeners are not remembered",
         maps::PENDING => {

@@ -36,6 +36,7 @@ use crate::{
     kernel::sock_diag::TcpSocket,
     policy::{CompiledPolicy, Mode},
     provenance::{Conns, conn_key},
+    track::notes::{self, Notes},
 };
 
 struct Job {
@@ -118,12 +119,20 @@ impl Sweeper {
 /// The pinned maps a sweep reads, those that could be opened.
 struct Pinned {
     procs: Option<AyaHashMap<MapData, u32, ProcState>>,
+    /// `LW_TRACKED`: which processes' state a full `LW_PROCS` lost.
+    notes: Option<Notes>,
     conns: Option<Conns>,
 }
 
 impl Known for Pinned {
     fn tracked(&self, pid: u32) -> Option<ProcState> {
-        self.procs.as_ref().and_then(|m| m.get(&pid, 0).ok())
+        let entry = self.procs.as_ref().and_then(|m| m.get(&pid, 0).ok());
+        let note = self
+            .notes
+            .as_ref()
+            .and_then(|n| notes::note(n, pid).ok())
+            .unwrap_or(0);
+        notes::judged_state(entry, note)
     }
 
     fn client(&self, netns: u32, socket: &TcpSocket) -> Option<Option<Relayed>> {
@@ -172,6 +181,19 @@ impl Pinned {
                 ));
             })
             .ok();
+        let notes_pin = maps_dir.join(maps::TRACKED);
+        let notes = MapData::from_pin(&notes_pin)
+            .map_err(|e| e.to_string())
+            .and_then(|data| Notes::try_from(Map::Array(data)).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                unread.push(format!(
+                    "{} cannot be read ({e}): processes whose state a full {} lost are not \
+                     judged network-facing",
+                    notes_pin.display(),
+                    maps::PROCS
+                ));
+            })
+            .ok();
         let conns = Conns::open(maps_dir)
             .map_err(|e| {
                 unread.push(format!(
@@ -184,7 +206,14 @@ impl Pinned {
         for text in &unread {
             warn!("cut: {text}");
         }
-        (Self { procs, conns }, unread)
+        (
+            Self {
+                procs,
+                notes,
+                conns,
+            },
+            unread,
+        )
     }
 }
 

@@ -338,7 +338,9 @@ impl Enricher {
 /// The line's `via`, `via_how` and `via_ago_ms` for evidence `via` the
 /// kernel found at a connect at `connect_ns`: the peer (IPv4 peers kept
 /// IPv4-mapped), how, and how long before the connect (not for
-/// `listening`, which has no moment).
+/// `listening`, which has no moment, nor `untracked`, whose peer is the
+/// unspecified address: none is known, but a `via` is there all the same,
+/// so no client takes the process for a direct one).
 fn via_fields(
     via: &Evidence,
     connect_ns: u64,
@@ -346,7 +348,7 @@ fn via_fields(
     let how = evidence_name(via.kind);
     let peer = how.map(|_| SocketAddr::new(via.addr.to_ip(), via.port));
     let ago_ms = match via.kind {
-        evidence::LISTENING | evidence::NONE => None,
+        evidence::LISTENING | evidence::NONE | evidence::UNTRACKED => None,
         _ => Some(connect_ns.saturating_sub(via.ktime_ns) / 1_000_000),
     };
     (peer, how, ago_ms)

@@ -218,6 +218,7 @@ pub fn evidence_name(kind: u8) -> Option<&'static str> {
         evidence::RECEIVED => Some("received"),
         evidence::CONNECTED => Some("connected"),
         evidence::STDIO => Some("stdio"),
+        evidence::UNTRACKED => Some("untracked"),
         _ => Some("unknown"),
     }
 }

@@ -616,5 +616,6 @@ fn values_of_another_version_are_unknown_never_direct() {
     assert_eq!(super::verdict_name(verdict::COUNT as u8), "unknown");
     assert_eq!(super::evidence_name(evidence::NONE), None);
     assert_eq!(super::evidence_name(evidence::STDIO), Some("stdio"));
+    assert_eq!(super::evidence_name(evidence::UNTRACKED), Some("untracked"));
     assert_eq!(super::evidence_name(200), Some("unknown"));
 }

@@ -48,7 +48,9 @@ use aya::{
     sys::SyscallError,
 };
 use loopwarden_common::{
-    EXE_NAME_LEN, Evidence, ListenerKey, ProcState, SCRIPT_LEN, evidence, maps, script_hash,
+    EXE_NAME_LEN, Evidence, ListenerKey, ProcState, SCRIPT_LEN, evidence,
+    maps::{self, TRACKED_LOST, TRACKED_MAYBE},
+    script_hash,
 };
 use tracing::{info, warn};
 
@@ -56,7 +58,10 @@ use self::{
     plan::Plan,
     scan::{scan, tcp_sockets},
 };
-use crate::policy::CompiledPolicy;
+use crate::{
+    policy::CompiledPolicy,
+    track::notes::{self, Notes},
+};
 
 /// `bpf_map_update_elem` flags: create only, update only.
 const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
@@ -123,13 +128,11 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
     ))
 }
 
-/// Sets `tgid`'s note in `LW_TRACKED`: read, set, written back, so a note
-/// the kernel sets in the same entry (64 pids) meanwhile can be lost;
-/// [`repair_marks`] sets it again.
-fn mark(tracked: &mut Array<MapData, [u8; 64]>, tgid: u32) -> Result<(), MapError> {
-    let mut entry = tracked.get(&(tgid >> 6), 0)?;
-    entry[(tgid & 63) as usize] = 1;
-    tracked.set(tgid >> 6, entry, 0)
+/// Sets `tgid`'s note in `LW_TRACKED` ([`notes::set`]): a note the kernel
+/// sets in the same entry (64 pids) meanwhile can be lost; [`repair_marks`]
+/// sets it again.
+fn mark(tracked: &mut Notes, tgid: u32) -> Result<(), MapError> {
+    notes::set(tracked, tgid, TRACKED_MAYBE)
 }
 
 /// Passes over `LW_PROCS` that [`repair_marks`] makes at most.
@@ -142,20 +145,13 @@ const REPAIR_PASSES: usize = 8;
 /// without its note, which the connect hook would never look up (its
 /// evidence, lineage and script unseen). A pass that writes nothing loses
 /// nothing.
-fn repair_marks(
-    procs: &BpfHashMap<MapData, u32, ProcState>,
-    tracked: &mut Array<MapData, [u8; 64]>,
-) -> usize {
+fn repair_marks(procs: &BpfHashMap<MapData, u32, ProcState>, tracked: &mut Notes) -> usize {
     let mut repaired = 0;
     for _ in 0..REPAIR_PASSES {
         let unmarked: Vec<u32> = procs
             .keys()
             .filter_map(Result::ok)
-            .filter(|&tgid| {
-                tracked
-                    .get(&(tgid >> 6), 0)
-                    .is_ok_and(|entry| entry[(tgid & 63) as usize] == 0)
-            })
+            .filter(|&tgid| notes::note(tracked, tgid).is_ok_and(|note| note == 0))
             .collect();
         if unmarked.is_empty() {
             break;
@@ -207,7 +203,8 @@ impl Failures {
         if let Some(first) = &self.first {
             warn!(
                 "seeding {name}: {} writes failed (the first, {first}); those processes are \
-                 tracked from their next listen, accept or receive",
+                 tracked from their next listen, accept or receive (those a full map could not \
+                 take are judged network-facing until they exit)",
                 self.count
             );
         }
@@ -254,7 +251,7 @@ fn write(
     scripts: &HashMap<u32, [u8; SCRIPT_LEN]>,
     procs: &mut BpfHashMap<MapData, u32, ProcState>,
     listeners: &mut BpfHashMap<MapData, ListenerKey, u32>,
-    tracked: &mut Array<MapData, [u8; 64]>,
+    tracked: &mut Notes,
 ) -> Seeded {
     let mut seeded = Seeded::default();
     let mut failed = Failures::default();
@@ -325,7 +322,14 @@ fn write(
                     Err(e) => failed.add(format_args!("pid {tgid}"), &e),
                 }
             }
-            Err(e) => failed.add(format_args!("pid {tgid}"), &e),
+            Err(e) => {
+                // A full map: the process is judged network-facing, as
+                // the kernel judges one whose state it could not keep.
+                if errno(&e) == Some(libc::E2BIG) {
+                    let _ = notes::set(tracked, tgid, TRACKED_LOST);
+                }
+                failed.add(format_args!("pid {tgid}"), &e);
+            }
         }
     }
     failed.warn(maps::PROCS);

@@ -1,0 +1,105 @@
+//! A relay whose state the kernel's process table (`LW_PROCS`) cannot take
+//! is still judged network-facing: the full map's loss is noted
+//! (`LW_TRACKED`), and the relay verdict refuses it with
+//! `via_how=untracked`, while a process with nothing to keep passes.
+//!
+//! No host here can fill the table with processes (its 32,768 entries are
+//! this VM's `pid_max`), so the test fills it with entries under keys no
+//! pid can take (above `PID_MAX_LIMIT`), as processes on a host with a
+//! larger `pid_max` would.
+
+use std::{io::Write as _, mem::size_of, process::Command};
+
+use loopwarden_common::ProcState;
+use loopwarden_tests::{Install, counter, hex_args, hex_bytes, map_dump, map_show};
+
+use super::*;
+
+/// The first key the filler uses: past `PID_MAX_LIMIT` (4,194,304).
+const FILLER_BASE: u32 = 1 << 23;
+
+/// Fills `install`'s `LW_PROCS` up to its capacity with empty entries under
+/// keys no process has (one `bpftool batch`, which stops at the first
+/// update the full map refuses); returns how many of its keys are in it.
+fn fill_procs(install: &Install) -> u32 {
+    let capacity = map_show(install, "LW_PROCS")["max_entries"]
+        .as_u64()
+        .expect("LW_PROCS' max_entries") as u32;
+    let map = install.pin_dir().join("maps").join("LW_PROCS");
+    let dir = TempDir::new("procs-filler");
+    let batch = dir.path().join("batch");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&batch).unwrap());
+    let value = hex_args(&[0u8; size_of::<ProcState>()]).join(" ");
+    for i in 0..capacity {
+        let key = hex_args(&(FILLER_BASE + i).to_ne_bytes()).join(" ");
+        writeln!(
+            file,
+            "map update pinned {} key hex {key} value hex {value}",
+            map.display()
+        )
+        .unwrap();
+    }
+    file.flush().unwrap();
+    drop(file);
+    // Fails at the update the full map refuses, by design.
+    let _ = run(Command::new("bpftool").arg("batch").arg("file").arg(&batch));
+    let entries = map_dump(install, "LW_PROCS");
+    let fillers = entries
+        .iter()
+        .filter(|e| {
+            let key = u32::from_ne_bytes(hex_bytes(&e["key"]).try_into().unwrap());
+            key >= FILLER_BASE
+        })
+        .count() as u32;
+    assert_eq!(entries.len() as u32, capacity, "LW_PROCS is not full");
+    fillers
+}
+
+#[test]
+fn a_relay_the_full_process_table_cannot_take_is_refused_as_untracked() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    assert_relays(&topo, Kind::Forwarder);
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    let url = format!("http://127.0.0.1:{PROTECTED}/");
+
+    // Positive control: with room in the table, the relay is refused for
+    // what the kernel saw it do (its accepted remote party), and a direct
+    // client passes.
+    {
+        let relay = Kind::Forwarder.start(&topo);
+        assert_ne!(relay.fetch(&topo), Ok(200), "the forwarder was not refused");
+        let ev = relay_refusal(&daemon, "the tracked forwarder's refusal");
+        assert_eq!(ev["via_how"], "accepted", "{ev:#}");
+    }
+    assert_eq!(topo.local.curl(&url), Ok(200), "a direct client");
+
+    let fillers = fill_procs(daemon.install());
+    assert!(fillers > 0, "no filler entry went in");
+    // The forwarder (an interpreter's script, then its listener and the
+    // connection it accepts) has state to keep and no room for it.
+    let relay = Kind::Forwarder.start(&topo);
+    assert_ne!(
+        relay.fetch(&topo),
+        Ok(200),
+        "the forwarder the full table could not take was not refused"
+    );
+    let ev = daemon.wait_event("the untracked forwarder's refusal", |e| {
+        e["verdict"] == "deny" && e["via_how"] == "untracked"
+    });
+    assert!(relay.is_its(&ev), "{ev:#}");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via"], "[::]:0", "no party is named: {ev:#}");
+    assert!(ev.get("via_ago_ms").is_none(), "{ev:#}");
+    // A process with nothing to keep is judged as before.
+    assert_eq!(
+        topo.local.curl(&url),
+        Ok(200),
+        "a direct client, with the table full"
+    );
+    let status = daemon.install().status_json();
+    assert!(
+        counter(&status, "untracked") > 0,
+        "the loss is counted: {status:#}"
+    );
+}
