@@ -125,6 +125,15 @@ pub enum Problem {
     )]
     MetricsNotLoopback { addr: std::net::SocketAddr },
     #[error(
+        "`{addr}` takes the port the listen address at line {first_line} takes (the same \
+         address, or a wildcard that holds it): the daemon could not bind both; give each \
+         listener an address and port of its own"
+    )]
+    ListenTwice {
+        addr: std::net::SocketAddr,
+        first_line: usize,
+    },
+    #[error(
         "script `{script}` is {len} bytes, but the kernel keeps only the first {max} of a \
          script's name: it could not tell this one from longer ones that start alike",
         max = loopwarden_common::SCRIPT_LEN - 1

@@ -373,3 +373,25 @@ fn browsers_rules_count_towards_the_limit() {
     let err = parse(&format!("[browsers]\nexe_name = \"slack\"\n{rules}")).unwrap_err();
     assert!(err.to_string().contains("too many rules"), "{err}");
 }
+
+#[test]
+fn listeners_that_take_one_port_are_refused_where_the_second_is_named() {
+    let twice = "[ident]\nlisten = [\n  \"127.0.0.1:113\",\n  \"127.0.0.1:113\",\n]\n";
+    expect_error(twice, 4, "the listen address at line 3 takes");
+    let wildcard = "[ident]\nlisten = [\"[::]:113\",\n  \"127.0.0.1:113\"]\n";
+    expect_error(wildcard, 3, "a wildcard that holds it");
+    let metrics =
+        "[ident]\nlisten = [\"127.0.0.1:9477\"]\n[metrics]\nlisten = \"127.0.0.1:9477\"\n";
+    expect_error(metrics, 4, "at line 2");
+    // An IPv4 wildcard leaves IPv6's addresses alone; other ports are others.
+    let apart =
+        parse("[ident]\nlisten = [\"0.0.0.0:113\", \"[::1]:113\", \"127.0.0.1:114\"]\n").unwrap();
+    assert_eq!(apart.ident.listen.len(), 3);
+    // Off loopback: said, not refused.
+    assert!(
+        apart.warnings.iter().any(|w| w.contains("test.toml:2:")
+            && w.contains("ident listens on 0.0.0.0:113, not a loopback address")),
+        "{:?}",
+        apart.warnings
+    );
+}

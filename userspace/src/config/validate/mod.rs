@@ -14,8 +14,8 @@ use loopwarden_common::MAX_RULES;
 use toml::Spanned;
 
 use super::{
-    CONNECTIONS, Config, ConfigError, IDENT_TIMEOUT_MS, Ident, Located, Metrics, PortRange,
-    PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS, Relay,
+    CONNECTIONS, Config, ConfigError, IDENT_TIMEOUT_MS, Ident, Located, Location, Metrics,
+    PortRange, PortSet, Problem, Protect, Provenance, RELAY_WINDOW_MS, Relay,
     lines::LineIndex,
     raw::{OneOrMany, RawConfig, RawIdent, RawMetrics},
 };
@@ -28,9 +28,13 @@ pub(super) struct Validator<'a> {
 
 impl Validator<'_> {
     fn invalid(&self, span: &Range<usize>, problem: Problem) -> ConfigError {
+        self.invalid_at(self.lines.locate(span.start), problem)
+    }
+
+    fn invalid_at(&self, at: Location, problem: Problem) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_owned(),
-            at: self.lines.locate(span.start),
+            at,
             problem,
         }
     }
@@ -119,7 +123,7 @@ impl Validator<'_> {
 
         let ident = match raw.ident {
             None => defaults.ident,
-            Some(i) => self.ident(i, defaults.ident)?,
+            Some(i) => self.ident(i, defaults.ident, &mut warnings)?,
         };
 
         let bind = match raw.bind {
@@ -149,6 +153,17 @@ impl Validator<'_> {
             None => defaults.metrics,
             Some(m) => self.metrics(m, defaults.metrics)?,
         };
+        if let Some(listen) = &metrics.listen
+            && let Some(first) = ident.listen.iter().find(|a| overlap(a.value, listen.value))
+        {
+            return Err(self.invalid_at(
+                listen.at,
+                Problem::ListenTwice {
+                    addr: listen.value,
+                    first_line: first.at.line,
+                },
+            ));
+        }
         // The metrics port is protected like any other: a relay to it is
         // judged by the policy.
         if let (Some(listen), PortSet::Ranges(ranges)) = (&metrics.listen, &mut protect.ports) {
@@ -166,14 +181,13 @@ impl Validator<'_> {
         for raw_rule in raw.rule {
             let rule = self.rule(raw_rule)?;
             if let Some(&first_line) = seen.get(&rule.name) {
-                return Err(ConfigError::Invalid {
-                    file: self.file.to_owned(),
-                    at: rule.at,
-                    problem: Problem::DuplicateRuleName {
+                return Err(self.invalid_at(
+                    rule.at,
+                    Problem::DuplicateRuleName {
                         name: rule.name,
                         first_line,
                     },
-                });
+                ));
             }
             seen.insert(rule.name.clone(), rule.at.line);
             rules.push(rule);
@@ -243,11 +257,35 @@ impl Validator<'_> {
         Ok(value as u32)
     }
 
-    fn ident(&self, raw: RawIdent, defaults: Ident) -> Result<Ident, ConfigError> {
+    fn ident(
+        &self,
+        raw: RawIdent,
+        defaults: Ident,
+        warnings: &mut Vec<String>,
+    ) -> Result<Ident, ConfigError> {
         let listen = match raw.listen {
             None => defaults.listen,
             Some(list) => self.values("listen", list, listen_addr)?,
         };
+        for (i, addr) in listen.iter().enumerate() {
+            if let Some(first) = listen[..i].iter().find(|a| overlap(a.value, addr.value)) {
+                return Err(self.invalid_at(
+                    addr.at,
+                    Problem::ListenTwice {
+                        addr: addr.value,
+                        first_line: first.at.line,
+                    },
+                ));
+            }
+            if !addr.value.ip().is_loopback() {
+                warnings.push(format!(
+                    "{}:{}: ident listens on {}, not a loopback address: any host that can \
+                     reach it may ask it (the services that ask are on this host: \
+                     \"127.0.0.1:113\" and \"[::1]:113\" serve them)",
+                    self.file, addr.at, addr.value
+                ));
+            }
+        }
         let netns = match raw.netns {
             None => None,
             Some(path) => {
@@ -275,6 +313,16 @@ impl Validator<'_> {
             timeout_ms,
         })
     }
+}
+
+/// Whether two listen addresses take the same port: one address, or a
+/// wildcard (`0.0.0.0` holds every IPv4 address of the port, `[::]` every
+/// address, as the daemon binds it dual-stack).
+fn overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    let holds = |w: std::net::SocketAddr, o: std::net::SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4())
+    };
+    a.port() == b.port() && (a.ip() == b.ip() || holds(a, b) || holds(b, a))
 }
 
 /// An address the daemon listens on: a socket address with a port.
