@@ -476,6 +476,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!("# {name}: OK");
             print!("{compiled}");
+            print!("{}", loopwarden::ops::check::daemon_settings(&config));
             Ok(ExitCode::SUCCESS)
         }
         Command::Baseline => {

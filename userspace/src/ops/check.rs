@@ -5,6 +5,57 @@
 
 use crate::{config::Config, policy::Resolver as _, resolve::HostResolver};
 
+/// The daemon's own settings in `config` (`[provenance]`, `[ident]`,
+/// `[metrics]`), which the compiled policy does not carry: the lines
+/// `check-config` prints after it, aligned with it.
+pub fn daemon_settings(config: &Config) -> String {
+    let on = |b: bool| if b { "on" } else { "off" };
+    let p = &config.provenance;
+    let cgroups = if p.getsockopt_cgroups.is_empty() {
+        "every cgroup".to_owned()
+    } else {
+        let list: Vec<&str> = p
+            .getsockopt_cgroups
+            .iter()
+            .map(|c| c.value.as_str())
+            .collect();
+        list.join(", ")
+    };
+    let mut out = format!(
+        "provenance:  tag {}, getsockopt {} (in {cgroups}), query socket {}, {} connections \
+         in LW_CONNS\n",
+        on(p.tag),
+        on(p.getsockopt),
+        on(p.query),
+        p.connections
+    );
+    let i = &config.ident;
+    if i.listen.is_empty() {
+        out.push_str("ident:       off\n");
+    } else {
+        let listen: Vec<String> = i.listen.iter().map(|a| a.value.to_string()).collect();
+        let netns = i
+            .netns
+            .as_ref()
+            .map(|n| format!(" in {}", n.value.display()))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "ident:       {}{netns}; a relayed client is ERROR : {}; a silent \
+             client is closed after {} ms\n",
+            listen.join(", "),
+            i.relayed.token(),
+            i.timeout_ms
+        ));
+    }
+    let m = &config.metrics;
+    let listen = m.listen.as_ref().map_or_else(
+        || "no TCP listener".to_owned(),
+        |a| format!("on {}", a.value),
+    );
+    out.push_str(&format!("metrics:     socket {}, {listen}\n", on(m.socket)));
+    out
+}
+
 /// What the daemon would meet in `config`'s start-only settings on this
 /// host: errors (a start would fail) and warnings (a value matching
 /// nothing yet), each `file:line:col: what`.
@@ -34,4 +85,34 @@ pub fn start_settings(config: &Config, resolver: &HostResolver) -> (Vec<String>,
         }
     }
     (errors, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_settings_are_shown() {
+        let off = daemon_settings(&Config::embedded_default());
+        assert!(off.contains("ident:       off\n"), "{off}");
+        assert!(
+            off.contains("metrics:     socket on, no TCP listener\n"),
+            "{off}"
+        );
+        assert!(off.contains("getsockopt on (in every cgroup)"), "{off}");
+        let text = "[ident]\nlisten = [\"127.0.0.1:113\"]\nrelayed = \"HIDDEN-USER\"\n\
+                    [provenance]\ntag = false\nconnections = 2048\n\
+                    [metrics]\nsocket = false\nlisten = \"[::1]:9477\"\n";
+        let on = daemon_settings(&Config::from_str_named(text, "t.toml").unwrap());
+        assert!(on.contains("provenance:  tag off,"), "{on}");
+        assert!(on.contains("2048 connections"), "{on}");
+        assert!(
+            on.contains("ident:       127.0.0.1:113; a relayed client is ERROR : HIDDEN-USER"),
+            "{on}"
+        );
+        assert!(
+            on.contains("metrics:     socket off, on [::1]:9477\n"),
+            "{on}"
+        );
+    }
 }
