@@ -134,9 +134,19 @@ fn in_netns_file<T: Send + 'static>(
         .name("lw-netns".into())
         .spawn(move || {
             sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                // EINVAL: the file is no network namespace; EPERM: no
+                // CAP_SYS_ADMIN.
+                let why = match e {
+                    nix::errno::Errno::EINVAL => {
+                        "it is not a network namespace file: name one such as /run/netns/NAME \
+                         or /proc/PID/ns/net"
+                    }
+                    nix::errno::Errno::EPERM => "entering one needs root (CAP_SYS_ADMIN)",
+                    _ => "entering it failed",
+                };
                 with_context(
                     e.into(),
-                    &format!("entering network namespace {shown} (needs root)"),
+                    &format!("entering network namespace {shown}: {why}"),
                 )
             })?;
             f()
