@@ -134,13 +134,21 @@ pub enum Problem {
         first_line: usize,
     },
     #[error(
-        "script `{script}` is {len} bytes, but the kernel keeps only the first {max} of a \
-         script's name: it could not tell this one from longer ones that start alike",
-        max = loopwarden_common::SCRIPT_LEN - 1
+        "script `{script}` is {len} bytes: the kernel keeps the first {kept} bytes of a \
+         script's name, so it could not tell one of {kept} or more from longer ones that start \
+         alike; give a path of at most {max} bytes",
+        kept = loopwarden_common::SCRIPT_LEN - 1,
+        max = loopwarden_common::SCRIPT_LEN - 2
     )]
     ScriptTooLong { script: String, len: usize },
     #[error("`{field}` is an empty list: remove the key or list at least one value")]
     EmptyList { field: &'static str },
+    #[error(
+        "`deny` is an empty list: an egress rule refuses what it lists, so list at least one \
+         CIDR (\"10.0.0.0/8\") or set ({sets})",
+        sets = crate::policy::egress::Builtin::ALL.map(|b| format!("\"{}\"", b.name())).join(", ")
+    )]
+    EgressDenyEmpty,
     #[error("`{field}` is an empty string")]
     EmptyValue { field: &'static str },
     #[error(
@@ -175,10 +183,11 @@ pub enum Problem {
     #[error("exe_name `{name}` contains `/`: it is the executable's file name; put paths in exe")]
     NotAFileName { name: String },
     #[error(
-        "exe_name `{name}` is {len} bytes, but the kernel reads only the first {max} of a file's \
-         name: it could not tell this one from longer ones that start alike (match the file with \
-         exe instead)",
-        max = EXE_NAME_LEN - 1
+        "exe_name `{name}` is {len} bytes: the kernel reads the first {kept} bytes of a file's \
+         name, so it could not tell one of {kept} or more from longer ones that start alike; \
+         give at most {max} bytes, or match the file with exe instead",
+        kept = EXE_NAME_LEN - 1,
+        max = EXE_NAME_LEN - 2
     )]
     ExeNameTooLong { name: String, len: usize },
     #[error("port {port} is out of range: ports are 1-65535")]

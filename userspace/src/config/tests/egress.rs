@@ -69,7 +69,7 @@ fn bad_destinations_name_their_line() {
     expect_error(
         &egress("a", &format!("{WHO}deny = []\n")),
         5,
-        "`deny` is an empty list",
+        "`deny` is an empty list: an egress rule refuses what it lists, so list at least one CIDR",
     );
     expect_error(
         &egress(

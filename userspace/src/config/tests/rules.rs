@@ -18,7 +18,9 @@ fn bad_rules() {
         expect_error(
             &rule(&format!("exe_name = \"{}\"", "x".repeat(len))),
             6,
-            &format!("is {len} bytes, but the kernel reads only the first 31"),
+            &format!(
+                "is {len} bytes: the kernel reads the first 31 bytes of a file's name, so it could not tell one of 31 or more from longer ones that start alike; give at most 30 bytes"
+            ),
         );
     }
     parse(&rule(&format!("exe_name = \"{}\"", "x".repeat(30)))).unwrap();

@@ -34,7 +34,7 @@ fn relay_table_and_script_criterion() {
         format!("[[rule]]\nname = \"s\"\naction = \"deny\"\nscript = \"{long}\"\n")
     };
     for len in [63, 64] {
-        expect_error(&script(len), 4, "only the first 63");
+        expect_error(&script(len), 4, "give a path of at most 62 bytes");
     }
     parse(&script(62)).unwrap();
 }

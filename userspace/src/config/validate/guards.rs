@@ -204,6 +204,9 @@ impl Validator<'_> {
         if criteria.is_empty() {
             return Err(self.invalid(&name_span, Problem::EgressNoSubject { rule: name }));
         }
+        if raw.deny.get_ref().0.is_empty() {
+            return Err(self.invalid(&raw.deny.span(), Problem::EgressDenyEmpty));
+        }
         let deny = self.values("deny", raw.deny, |text| match Builtin::from_name(&text) {
             Some(set) => Ok(EgressDestination::Set(set)),
             None => cidr(text).map(EgressDestination::Cidr),
