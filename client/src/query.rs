@@ -186,6 +186,22 @@ impl Query {
         }
     }
 
+    /// Any request the protocol has (README, "The query socket"), as a
+    /// JSON object; its `id` is set here. The whole answer when `ok`
+    /// (`origin`, `conns`, `more`, ...), `None` for `unknown`, [`Error`]
+    /// for the other refusals: what [`Query::who`] and [`Query::conns`]
+    /// are made of, for the requests they do not cover (a `who` by peer
+    /// in another namespace, `conns` with its `more` count).
+    pub fn ask(&mut self, mut request: Value) -> Result<Option<Value>, Error> {
+        if !request.is_object() {
+            return Err(Error::Protocol(format!(
+                "a request is an object, not {request}"
+            )));
+        }
+        request["id"] = self.take_id().into();
+        self.request(request)
+    }
+
     fn take_id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;

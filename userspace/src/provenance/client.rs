@@ -3,14 +3,15 @@
 //! lines, a table) or as JSON.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Write as _},
+    io,
     net::{IpAddr, SocketAddr},
-    os::unix::{fs::MetadataExt as _, net::UnixStream},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
 };
 
+use loopwarden_client::query::{self, Query};
 use serde_json::{Value, json};
 
 use super::{query::SOCKET_NAME, show};
@@ -38,14 +39,34 @@ pub enum ClientError {
         path.display()
     )]
     NotRunning { path: PathBuf, error: io::Error },
+    #[error(
+        "the daemon at {} did not answer within {} s: it is busy or stalled (`loopwarden status` \
+         says what it waits for)",
+        path.display(),
+        ANSWER_TIMEOUT.as_secs()
+    )]
+    NoAnswer { path: PathBuf },
+    #[error(
+        "the daemon at {} closed the connection before answering, on a second connection too: \
+         it is stopping or restarting; ask again",
+        path.display()
+    )]
+    Closed { path: PathBuf },
+    #[error(
+        "{} may not be opened by this user ({error}): the socket is open to every user, so \
+         the run directory's permissions keep you out; ask as root, or point --run-dir at the \
+         daemon's run directory",
+        path.display()
+    )]
+    NotPermitted { path: PathBuf, error: io::Error },
     #[error("asking the daemon at {} failed", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("the daemon's answer is not JSON: {0}")]
-    BadAnswer(#[from] serde_json::Error),
+    #[error("the daemon's answer is not what the protocol says: {0}")]
+    BadAnswer(String),
     /// The daemon refused the request (anything but `unknown`).
     #[error("{code}: {message}")]
     Refused { code: String, message: String },
@@ -116,44 +137,58 @@ pub struct Printed {
     pub code: u8,
 }
 
-/// Sends one request to the daemon of `run_dir` and returns its answer.
-pub fn ask(run_dir: &Path, request: &Value) -> Result<Value, ClientError> {
+/// Sends one request to the daemon of `run_dir` through the client
+/// library (a connect and an answer that wait [`ANSWER_TIMEOUT`] at most):
+/// the answer when `ok`, `None` for `unknown`.
+pub fn ask(run_dir: &Path, request: Value) -> Result<Option<Value>, ClientError> {
     let path = run_dir.join(SOCKET_NAME);
-    let io_error = |source| ClientError::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut stream = UnixStream::connect(&path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
-            path: path.clone(),
-            error: source,
-        },
-        _ => io_error(source),
-    })?;
-    stream
-        .set_read_timeout(Some(ANSWER_TIMEOUT))
-        .map_err(io_error)?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    stream.write_all(&line).map_err(io_error)?;
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(io_error)?;
-    Ok(serde_json::from_str(&answer)?)
+    let failed = |e: query::Error| client_error(&path, e);
+    let mut query = Query::connect(&path).map_err(failed)?;
+    query.set_timeout(Some(ANSWER_TIMEOUT)).map_err(failed)?;
+    query.ask(request).map_err(failed)
 }
 
-/// The answer's payload, `None` for `unknown`, or the refusal.
-fn payload(mut answer: Value, field: &str) -> Result<Option<Value>, ClientError> {
-    if answer["ok"] == true {
-        return Ok(Some(answer[field].take()));
+/// What the client library's `e` says, for people at a terminal.
+fn client_error(path: &Path, e: query::Error) -> ClientError {
+    let path = path.to_owned();
+    let timed_out = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    };
+    match e {
+        query::Error::Connect { source, .. } => match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+                path,
+                error: source,
+            },
+            io::ErrorKind::PermissionDenied => ClientError::NotPermitted {
+                path,
+                error: source,
+            },
+            _ if timed_out(&source) => ClientError::NoAnswer { path },
+            _ => ClientError::Io { path, source },
+        },
+        query::Error::Io(source) if timed_out(&source) => ClientError::NoAnswer { path },
+        query::Error::Io(source) => ClientError::Io { path, source },
+        query::Error::Forbidden { message } => ClientError::Refused {
+            code: "forbidden".to_owned(),
+            message,
+        },
+        query::Error::Timeout { message } => ClientError::Refused {
+            code: "timeout".to_owned(),
+            message,
+        },
+        query::Error::Refused { code, message } => ClientError::Refused { code, message },
+        query::Error::Closed => ClientError::Closed { path },
+        other => ClientError::BadAnswer(other.to_string()),
     }
-    let code = answer["error"].as_str().unwrap_or("?").to_owned();
-    if code == "unknown" {
-        return Ok(None);
-    }
-    let message = answer["message"].as_str().unwrap_or("").to_owned();
-    Err(ClientError::Refused { code, message })
+}
+
+/// The answer's payload `field`, `None` for `unknown`.
+fn payload(answer: Option<Value>, field: &str) -> Option<Value> {
+    answer.map(|mut answer| answer[field].take())
 }
 
 /// `loopwarden who PEER [LOCAL]`: the origin of the connection from `peer`
@@ -174,7 +209,7 @@ pub fn who(
             if let Some(netns) = netns {
                 request["netns"] = netns.into();
             }
-            let origin = payload(ask(run_dir, &request)?, "origin")?;
+            let origin = payload(ask(run_dir, request)?, "origin");
             if json {
                 return Ok(match origin {
                     Some(origin) => found(format!("{origin:#}\n")),
@@ -272,10 +307,12 @@ fn all_conns(run_dir: &Path, netns: Option<u32>) -> Result<(Vec<Value>, u64), Cl
     if let Some(netns) = netns {
         request["netns"] = netns.into();
     }
-    let mut answer = ask(run_dir, &request)?;
-    let more = answer["more"].as_u64().unwrap_or(0);
-    let conns = payload(answer.take(), "conns")?;
-    Ok(match conns {
+    let answer = ask(run_dir, request)?;
+    let more = answer
+        .as_ref()
+        .and_then(|a| a["more"].as_u64())
+        .unwrap_or(0);
+    Ok(match payload(answer, "conns") {
         Some(Value::Array(conns)) => (conns, more),
         _ => (Vec::new(), more),
     })
