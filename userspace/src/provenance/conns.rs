@@ -38,6 +38,8 @@ pub enum ConnsError {
 pub struct Conns {
     slots: Array<MapData, ConnSlot>,
     map: AyaHashMap<MapData, ConnKey, ConnEntry>,
+    /// The most keys a walk of `map` reads (see [`Conns::accepted`]).
+    walk_limit: usize,
     live: Liveness,
 }
 
@@ -53,10 +55,17 @@ impl Conns {
         let (path, slots) = pinned(maps::CONN_SLOTS, Map::Array);
         let slots = slots.and_then(Array::try_from).map_err(failed(path))?;
         let (path, map) = pinned(maps::CONNS, Map::LruHashMap);
+        // Its capacity unread: the largest a config may ask for.
+        const LARGEST: u32 = *crate::config::CONNECTIONS.end() as u32;
+        let capacity = match &map {
+            Ok(Map::LruHashMap(data)) => data.info().map_or(LARGEST, |i| i.max_entries()),
+            _ => LARGEST,
+        };
         let map = map.and_then(AyaHashMap::try_from).map_err(failed(path))?;
         Ok(Self {
             slots,
             map,
+            walk_limit: 2 * capacity as usize,
             live: Liveness::new(),
         })
     }
@@ -163,12 +172,19 @@ impl Conns {
             .filter(ConnSlot::is_taken)
             .map(|slot| slot.entry)
             .collect();
-        let keys: HashSet<ConnKey> = in_slots.iter().map(|e| e.record.conn).collect();
+        // A key the walk has given already is not given again: the
+        // kernel's next-key lookup starts over from the first key when the
+        // one the walk stands on goes (a close, an eviction), and gives
+        // again every key given before. Such restarts cannot keep a walk
+        // going for long (each follows a removal), but it reads no more
+        // than twice the map's capacity whatever happens.
+        let mut given: HashSet<ConnKey> = in_slots.iter().map(|e| e.record.conn).collect();
         let in_map = self
             .map
             .iter()
+            .take(self.walk_limit)
             .filter_map(Result::ok)
-            .filter(move |(key, _)| !keys.contains(key));
+            .filter(move |(key, _)| given.insert(*key));
         in_slots
             .into_iter()
             .map(|entry| named(entry.record.conn, entry))
