@@ -264,20 +264,20 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
         let mut bounded = (&mut read).take(limit);
         let (reply, last) = match timeout(IDLE, bounded.read_until(b'\n', &mut line)).await {
             Err(_) => (
-                Reply::error(
+                Answered::from(Reply::error(
                     None,
                     ErrorCode::Timeout,
                     format!("no request within {} s", IDLE.as_secs()),
-                ),
+                )),
                 true,
             ),
             Ok(Err(_) | Ok(0)) => return,
             Ok(Ok(_)) if line.last() != Some(&b'\n') && line.len() > MAX_LINE => (
-                Reply::error(
+                Answered::from(Reply::error(
                     None,
                     ErrorCode::TooLong,
                     format!("a request line is at most {MAX_LINE} bytes"),
-                ),
+                )),
                 true,
             ),
             Ok(Ok(_)) => {
@@ -290,9 +290,26 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
                 (slot.clients.looking_up(slot.id, lookup).await, false)
             }
         };
-        match timeout(WRITE_TIMEOUT, write.write_all(&reply.line())).await {
+        // A walk's answer counts among the walks under way until it is
+        // written (or its client dropped): its memory is bounded by them.
+        match timeout(WRITE_TIMEOUT, write.write_all(&reply.line)).await {
             Ok(Ok(())) if !last => {}
             _ => return,
+        }
+    }
+}
+
+/// A reply line, serialized, and the walk it answers (held until written).
+struct Answered {
+    line: Vec<u8>,
+    _walk: Option<Walk>,
+}
+
+impl From<Reply> for Answered {
+    fn from(reply: Reply) -> Self {
+        Answered {
+            line: reply.line(),
+            _walk: None,
         }
     }
 }
@@ -329,23 +346,25 @@ impl Drop for Walk {
     }
 }
 
-/// The answer to one request line, looked up on the blocking pool.
-async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
+/// The answer to one request line, looked up and serialized on the
+/// blocking pool (a `conns` answer can run to megabytes: neither its
+/// building nor its serializing holds the event loop).
+async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
     let request = match Request::parse(line) {
         Ok(request) => request,
-        Err(reply) => return *reply,
+        Err(reply) => return Answered::from(*reply),
     };
     // Refused at once rather than queued: a client waiting for its turn
     // would hold its slot as busy (see `Clients::looking_up`), and a user
     // with many clients would hold them all.
-    let _walk = match request.walks() {
+    let walk = match request.walks() {
         true => match Walk::start(shared, caller.uid) {
             Some(walk) => Some(walk),
             None => {
-                return request.unavailable(format!(
+                return Answered::from(request.unavailable(format!(
                     "{WALKS} requests that walk every connection (conns, who by cookie) are \
                      being answered already, or one of this user's; ask again"
-                ));
+                )));
             }
         },
         false => None,
@@ -353,20 +372,24 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Reply {
     let shared = shared.clone();
     let lookup = tokio::task::spawn_blocking(move || {
         let conns = shared.conns();
-        request.answer(
-            caller,
-            conns.as_deref().map_err(String::as_str),
-            shared.cgroup_root.clone(),
-            shared.rules.clone(),
-        )
+        request
+            .answer(
+                caller,
+                conns.as_deref().map_err(String::as_str),
+                shared.cgroup_root.clone(),
+                shared.rules.clone(),
+            )
+            .line()
     });
-    lookup.await.unwrap_or_else(|e| {
+    let line = lookup.await.unwrap_or_else(|e| {
         Reply::error(
             None,
             ErrorCode::Unavailable,
             format!("the lookup failed: {e}"),
         )
-    })
+        .line()
+    });
+    Answered { line, _walk: walk }
 }
 
 #[cfg(test)]
@@ -443,7 +466,7 @@ mod tests {
             .expect("a runtime");
         let ask = |line: &str| {
             let reply = runtime.block_on(answer(line.as_bytes(), caller, &shared));
-            serde_json::from_slice::<serde_json::Value>(&reply.line()).expect("JSON")
+            serde_json::from_slice::<serde_json::Value>(&reply.line).expect("JSON")
         };
         for line in [
             r#"{"op":"conns","id":1}"#,
