@@ -53,10 +53,10 @@ pub(super) const UNKNOWN_ERROR: &str = "UNKNOWN-ERROR";
 /// Parses one query line, without its LF (a trailing CR is dropped).
 /// `Err` holds the ports to echo in the `INVALID-PORT` reply.
 pub(super) fn parse(line: &[u8]) -> Result<Ports, Echo> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > MAX_REQUEST {
         return Err(Echo::default());
     }
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut halves = line.split(|&b| b == b',');
     let (Some(first), Some(second), None) = (halves.next(), halves.next(), halves.next()) else {
         return Err(Echo::default());
@@ -70,13 +70,23 @@ pub(super) fn parse(line: &[u8]) -> Result<Ports, Echo> {
     }
 }
 
-/// A decimal number of one to five digits between optional spaces and tabs.
+/// A decimal number between optional spaces and tabs, of five digits at
+/// most once its leading zeros are gone (RFC 1413 asks only for a
+/// non-negative integer: `00080` is port 80).
 fn number(text: &[u8]) -> Option<u32> {
     let blank = |b: &u8| *b == b' ' || *b == b'\t';
     let start = text.iter().position(|b| !blank(b))?;
     let end = text.iter().rposition(|b| !blank(b))? + 1;
     let digits = &text[start..end];
-    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let first = digits
+        .iter()
+        .position(|&d| d != b'0')
+        .unwrap_or(digits.len() - 1);
+    let digits = &digits[first..];
+    if digits.len() > 5 {
         return None;
     }
     Some(digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
@@ -147,8 +157,20 @@ mod tests {
         let mut line = vec![b' '; MAX_REQUEST - 6];
         line.extend_from_slice(b"80,113");
         assert_eq!(parse(&line), ok(80, 113));
+        // The CR of a CR-LF is not the query's.
+        line.push(b'\r');
+        assert_eq!(parse(&line), ok(80, 113));
         line.insert(0, b' ');
         assert_eq!(parse(&line), Err(Echo(0, 0)));
+    }
+
+    #[test]
+    fn leading_zeros_are_the_same_port() {
+        assert_eq!(parse(b"000080 , 0000113"), ok(80, 113));
+        assert_eq!(parse(b"0, 113"), Err(Echo(0, 113)));
+        assert_eq!(parse(b"000000, 113"), Err(Echo(0, 113)));
+        assert_eq!(parse(b"0065536, 113"), Err(Echo(65536, 113)));
+        assert_eq!(parse(b"100000, 113"), Err(Echo(0, 0)));
     }
 
     #[test]

@@ -102,7 +102,8 @@ async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketA
                 Err(echo) => return refuse(stream, echo, shared).await,
             }
         }
-        if pending.len() > MAX_REQUEST {
+        // A whole query and its CR, still waiting for the LF, is no longer.
+        if pending.len() > MAX_REQUEST + 1 {
             return refuse(stream, Echo::default(), shared).await;
         }
         match timeout_at(deadline, read(&stream, &mut chunk)).await {
@@ -229,9 +230,12 @@ async fn user_name(uid: u32) -> String {
         .ok()
         .and_then(Result::ok)
         .flatten();
-    // A name the reply line could not carry is not used.
+    // A name the reply line could not carry (RFC 1413: at most 512
+    // octets, no CR, LF or NUL; no `:` here, which ends a field) is not used.
     found
-        .filter(|name| !name.is_empty() && !name.contains(['\r', '\n', '\0', ':']))
+        .filter(|name| {
+            !name.is_empty() && name.len() <= 512 && !name.contains(['\r', '\n', '\0', ':'])
+        })
         .unwrap_or_else(|| uid.to_string())
 }
 
