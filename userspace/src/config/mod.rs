@@ -113,6 +113,7 @@ use std::{
 };
 
 mod error;
+mod hints;
 mod lines;
 mod raw;
 mod tables;
@@ -345,9 +346,13 @@ impl Config {
         let lines = LineIndex::new(text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|span| lines.locate(span.start));
+            let context = at.and_then(|at| lines.context(at));
+            let key = context
+                .as_deref()
+                .and_then(|c| c.strip_prefix('`')?.strip_suffix('`'));
             // One line, so it reads well in the journal.
-            let mut message = e.message().trim().replace('\n', "; ");
-            if let Some(context) = at.and_then(|at| lines.context(at)) {
+            let mut message = hints::humanize(&e.message().trim().replace('\n', "; "), key);
+            if let Some(context) = &context {
                 message = format!("{context}: {message}");
             }
             // `[rule]` written for `[[rule]]`: say how to write it.
