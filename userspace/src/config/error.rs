@@ -157,6 +157,15 @@ pub enum Problem {
     )]
     CgroupParentDir { field: &'static str, cgroup: String },
     #[error(
+        "{field} `{cgroup}` is a path on the cgroup filesystem: a cgroup is named by its path \
+         below the cgroup v2 root, so write `{below}`"
+    )]
+    CgroupMountPath {
+        field: &'static str,
+        cgroup: String,
+        below: String,
+    },
+    #[error(
         "{field} `{cgroup}` is the root cgroup, which holds every process: it narrows nothing \
          (name the unit or the slice whose processes are meant)"
     )]

@@ -42,6 +42,21 @@ fn bad_rules() {
         6,
         "cgroup `system.slice/../../x` has a `..` component",
     );
+    for (path, below) in [
+        ("/sys/fs/cgroup/system.slice", "system.slice"),
+        (
+            "/sys/fs/cgroup/unified/user.slice/x.scope",
+            "user.slice/x.scope",
+        ),
+    ] {
+        expect_error(
+            &rule(&format!("cgroup = \"{path}\"")),
+            6,
+            &format!(
+                "is a path on the cgroup filesystem: a cgroup is named by its path below the cgroup v2 root, so write `{below}`"
+            ),
+        );
+    }
     for root in ["/", "/./", "."] {
         expect_error(
             &rule(&format!("cgroup = \"{root}\"")),

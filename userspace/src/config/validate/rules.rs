@@ -220,6 +220,17 @@ pub(super) fn non_empty(field: &'static str, value: String) -> Result<String, Pr
 /// find it).
 pub(super) fn cgroup(field: &'static str, value: String) -> Result<String, Problem> {
     let value = non_empty(field, value)?;
+    // Where cgroup v2 is mounted (hybrid hosts: its `unified` directory):
+    // no cgroup below the root has such a path.
+    for mount in ["/sys/fs/cgroup/unified/", "/sys/fs/cgroup/"] {
+        if let Some(below) = value.strip_prefix(mount).filter(|b| !b.is_empty()) {
+            return Err(Problem::CgroupMountPath {
+                field,
+                below: below.to_owned(),
+                cgroup: value,
+            });
+        }
+    }
     if value.split('/').any(|part| part == "..") {
         return Err(Problem::CgroupParentDir {
             field,
