@@ -124,6 +124,16 @@ impl Resolver for HostResolver {
                 ),
             ));
         }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not executable (no execute bit): no process runs it, so this never \
+                     matches; name the file a process runs (`readlink /proc/PID/exe` shows it)",
+                    path.display()
+                ),
+            ));
+        }
         let real_path = fs::canonicalize(path)?;
         let key = exe_key(&meta);
         let mut mount = fs::read_to_string("/proc/self/mountinfo")
@@ -552,9 +562,17 @@ mod tests {
         let tmp = TempDir::new("exe");
         let target = tmp.0.join("tool-1.2");
         fs::write(&target, b"\x7fELF").unwrap();
+        let r = resolver();
+        // Nothing runs a file without an execute bit.
+        let err = r.exe(&target).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is not executable (no execute bit)"),
+            "{err}"
+        );
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
         let link = tmp.0.join("tool");
         symlink(&target, &link).unwrap();
-        let r = resolver();
         assert_eq!(r.exe(&link).unwrap(), r.exe(&target).unwrap());
         assert_eq!(r.exe_file_name(&link).unwrap(), "tool-1.2");
         let err = r.exe(&tmp.0).unwrap_err();
