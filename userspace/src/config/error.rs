@@ -72,7 +72,9 @@ pub enum ConfigError {
 /// What is wrong with a well-formed value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
-    #[error("rule name `{name}` may only contain letters, digits and `_ . : -`")]
+    #[error(
+        "rule name `{name}` may only contain ASCII letters and digits and `_ . : -`, and not be empty"
+    )]
     BadRuleName { name: String },
     #[error(
         "rule name `{name}` starts with `{prefix}`, which is reserved for built-in rules (`{}`) \
@@ -81,6 +83,11 @@ pub enum Problem {
         EGRESS_PREFIX
     )]
     ReservedRuleName { name: String, prefix: &'static str },
+    #[error(
+        "egress rule name `egress:{bare}` carries the prefix lines give it: name it `{bare}` \
+         (lines and metrics then say `egress:{bare}`)"
+    )]
+    EgressPrefixed { bare: String },
     #[error("rule name `-` is reserved: lines name no rule so")]
     DashRuleName,
     #[error("rule name `relay` is reserved: lines name the relay verdict so")]

@@ -67,6 +67,11 @@ fn bad_destinations_name_their_line() {
         "`10.1.2.3/8` has host bits set: write its network, 10.0.0.0/8",
     );
     expect_error(
+        &egress("egress:a", &format!("{WHO}deny = [\"private\"]\n")),
+        2,
+        "egress rule name `egress:a` carries the prefix lines give it: name it `a`",
+    );
+    expect_error(
         &egress("a", &format!("{WHO}deny = []\n")),
         5,
         "`deny` is an empty list: an egress rule refuses what it lists, so list at least one CIDR",

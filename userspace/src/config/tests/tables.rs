@@ -395,3 +395,14 @@ fn listeners_that_take_one_port_are_refused_where_the_second_is_named() {
         apart.warnings
     );
 }
+
+#[test]
+fn an_ident_namespace_without_listeners_is_said_to_do_nothing() {
+    let config = parse("[ident]\nnetns = \"/run/netns/x\"\n").unwrap();
+    assert!(
+        config.warnings.iter().any(|w| w.starts_with("test.toml:2:")
+            && w.contains("[ident] lists no listen address: the ident responder is off")),
+        "{:?}",
+        config.warnings
+    );
+}

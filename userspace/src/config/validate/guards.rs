@@ -188,6 +188,15 @@ impl Validator<'_> {
     fn egress(&self, raw: RawEgress) -> Result<Egress, ConfigError> {
         let name_span = raw.name.span();
         let name = self.rule_name(raw.name)?;
+        // Lines name it `egress:NAME` already.
+        if let Some(bare) = name.strip_prefix(crate::events::EGRESS_PREFIX) {
+            return Err(self.invalid(
+                &name_span,
+                Problem::EgressPrefixed {
+                    bare: bare.to_owned(),
+                },
+            ));
+        }
         let action = match raw.action.get_ref() {
             Action::Deny | Action::Audit => *raw.action.get_ref(),
             Action::Allow => {

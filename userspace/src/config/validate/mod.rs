@@ -300,6 +300,13 @@ impl Validator<'_> {
                 one.pop()
             }
         };
+        if let (true, Some(netns)) = (listen.is_empty(), &netns) {
+            warnings.push(format!(
+                "{}:{}: [ident] netns is set but [ident] lists no listen address: the ident \
+                 responder is off (add listen = [\"127.0.0.1:113\", \"[::1]:113\"])",
+                self.file, netns.at
+            ));
+        }
         let timeout_ms = self.bounded(
             raw.timeout_ms,
             defaults.timeout_ms,
