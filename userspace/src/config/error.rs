@@ -27,6 +27,12 @@ pub enum ConfigError {
     )]
     IsDirectory { path: PathBuf },
     #[error(
+        "config file {} is a FIFO that nothing wrote to: give the policy file itself, or start \
+         the writer first",
+        path.display()
+    )]
+    UnwrittenFifo { path: PathBuf },
+    #[error(
         "config file {file} is {}the {MAX_CONFIG_BYTES}-byte (4 MiB) limit for policy files: is \
          this the right file?",
         size.map_or_else(|| "longer than ".to_owned(), |size| format!("{size} bytes, over "))

@@ -109,6 +109,7 @@ use std::{
     fmt,
     fs::File,
     io::{self, Read as _},
+    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
     path::Path,
 };
 
@@ -291,7 +292,19 @@ impl Config {
             }
         };
         let name = path.display().to_string();
-        let file = File::open(path).map_err(read_error)?;
+        // Opened without waiting: a FIFO nothing writes to would hold the
+        // open for ever. Reads wait again once it is open (a pipe whose
+        // writer is slow, as `<(...)` is, is read whole).
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_error)?;
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .map_err(|e| read_error(e.into()))?;
         let meta = file.metadata().map_err(read_error)?;
         if meta.is_dir() {
             return Err(ConfigError::IsDirectory {
@@ -312,6 +325,11 @@ impl Config {
             .map_err(read_error)?;
         if bytes.len() as u64 > MAX_CONFIG_BYTES {
             return Err(too_large(None));
+        }
+        if bytes.is_empty() && meta.file_type().is_fifo() {
+            return Err(ConfigError::UnwrittenFifo {
+                path: path.to_owned(),
+            });
         }
         Self::from_bytes_named(&bytes, &name)
     }

@@ -110,3 +110,53 @@ fn line_index() {
     assert_eq!(lines.locate(8), Location { line: 3, column: 1 });
     assert_eq!(lines.locate(9), Location { line: 4, column: 1 });
 }
+
+#[test]
+fn a_fifo_nothing_writes_to_is_said_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("policy");
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    // Before, the open waited for a writer for ever.
+    let err = Config::from_file(&fifo).unwrap_err();
+    assert!(matches!(err, ConfigError::UnwrittenFifo { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("is a FIFO that nothing wrote to"),
+        "{err}"
+    );
+    // One a writer holds is read whole, however slowly it is written (the
+    // writer opens it for reading too, which Linux lets a FIFO's open do
+    // without waiting for a reader).
+    let mut w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let opened = {
+        let fifo = fifo.clone();
+        // Both ends open in this process: the writer's and the reader's.
+        move || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == fifo))
+                .count()
+                >= 2
+        }
+    };
+    let writer = std::thread::spawn(move || {
+        // Written late, and closed only once the reader has it open (a
+        // FIFO's data goes with its last open end).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        while !opened() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::io::Write::write_all(&mut w, b"mode = \"enforce\"\n").unwrap();
+    });
+    let config = Config::from_file(&fifo);
+    writer.join().unwrap();
+    assert_eq!(config.unwrap().mode, crate::policy::Mode::Enforce);
+}
