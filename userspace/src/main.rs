@@ -6,15 +6,14 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use loopwarden::{
     catalog::CATALOG,
-    config::{Config, DEFAULT_CONFIG_PATH},
+    config::DEFAULT_CONFIG_PATH,
     daemon::{self, DEFAULT_RUN_DIR, DaemonError},
     events::{LogFormat, diagnostics::Diagnostics, stderr},
     kernel::{compat, loader::Programs, pins::DEFAULT_PIN_DIR},
     ops,
     ops::generate::{self, Artifact},
-    policy::{self, Mode},
+    policy::Mode,
     provenance::{self, client::Printed},
-    resolve::HostResolver,
 };
 use tracing_subscriber::{EnvFilter, fmt::writer::BoxMakeWriter};
 
@@ -427,57 +426,25 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             as_daemon,
             host_cgroup,
         } => {
-            let (config, name) = if default {
-                (Config::embedded_default(), "embedded default".to_owned())
-            } else {
-                let path = file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-                // Exit codes as `run` gives them (78 for a bad file).
-                let config = Config::from_file(&path).map_err(DaemonError::from)?;
-                (config, path.display().to_string())
-            };
-            if as_daemon && let Some(refusal) = config.reload_refusal() {
-                return Ok(refused(&refusal));
-            }
             let cgroup_root = match host_cgroup.host_cgroup_root.as_deref() {
                 Some(path) => loopwarden::kernel::host_cgroup::use_host_root(path)?,
                 None => {
                     compat::find_cgroup2_root().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
                 }
             };
-            // As the daemon would resolve it on this kernel: paths on btrfs
-            // are accepted where the programs can read subvolumes.
-            let btrfs = loopwarden::kernel::btf::kernel_offsets(std::path::Path::new(
-                loopwarden::kernel::btf::VMLINUX_BTF,
-            ))
-            .is_ok_and(|offsets| offsets.btrfs_inode_vfs != 0);
-            let resolver = HostResolver::new(cgroup_root).with_btrfs_subvolumes(btrfs);
-            let compiled = if as_daemon {
-                policy::compile_lenient(&config, &resolver, None)
-            } else {
-                policy::compile(&config, &resolver)
-            }
-            .map_err(DaemonError::from)?;
-            let (errors, warnings) = loopwarden::ops::check::start_settings(&config, &resolver);
-            for warning in compiled.warnings.iter().chain(&warnings) {
+            let path =
+                (!default).then(|| file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)));
+            let checked = ops::check::check(path.as_deref(), as_daemon, cgroup_root)?;
+            for warning in &checked.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }
-            // A reload never applies them (they need a restart): for the
-            // daemon's check, only warnings.
-            if let Some(error) = errors.first() {
-                if !as_daemon {
-                    return Ok(refused(error));
+            match checked.outcome {
+                Ok(summary) => {
+                    print!("{summary}");
+                    Ok(ExitCode::SUCCESS)
                 }
-                for error in &errors {
-                    eprintln!("loopwarden: warning: {error}");
-                }
+                Err(refusal) => Ok(refused(&refusal)),
             }
-            if as_daemon && let Some(refusal) = compiled.reload_refusal() {
-                return Ok(refused(&refusal));
-            }
-            println!("# {name}: OK");
-            print!("{compiled}");
-            print!("{}", loopwarden::ops::check::daemon_settings(&config));
-            Ok(ExitCode::SUCCESS)
         }
         Command::Baseline => {
             let host = compat::check_host(None)?;

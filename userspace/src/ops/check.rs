@@ -1,9 +1,87 @@
-//! What `check-config` checks beyond the policy itself: the settings the
+//! `check-config`: the file parsed and compiled as a start (or a running
+//! daemon's reload) would, the compiled policy and the daemon's own settings
+//! shown; and what it checks beyond the policy itself: the settings the
 //! daemon resolves only when it starts (`[ident] netns`) or follows at
 //! each refresh (`[provenance] getsockopt_cgroups`), which compiling the
 //! policy does not read.
 
-use crate::{config::Config, policy::Resolver as _, resolve::HostResolver};
+use std::path::{Path, PathBuf};
+
+use crate::{
+    config::Config,
+    daemon::DaemonError,
+    kernel::btf,
+    policy::{self, Resolver as _},
+    resolve::HostResolver,
+};
+
+/// What `check-config` found.
+pub struct Checked {
+    /// Warnings, each `file:line:col: what`, to print first.
+    pub warnings: Vec<String>,
+    /// The summary to print (`# FILE: OK`, the compiled policy, the
+    /// daemon's settings), or why the file is refused (exit code 78).
+    pub outcome: Result<String, String>,
+}
+
+/// Checks the policy file at `path` (`None`: the embedded default) as a
+/// start would (`as_daemon`: as a running daemon's reload would), its
+/// cgroups resolved under `cgroup_root`. `Err` for a file that does not
+/// parse or compile, with the exit code `run` gives it.
+pub fn check(
+    path: Option<&Path>,
+    as_daemon: bool,
+    cgroup_root: PathBuf,
+) -> Result<Checked, DaemonError> {
+    let (config, name) = match path {
+        None => (Config::embedded_default(), "embedded default".to_owned()),
+        Some(path) => (Config::from_file(path)?, path.display().to_string()),
+    };
+    let refused = |refusal: String| Checked {
+        warnings: Vec::new(),
+        outcome: Err(refusal),
+    };
+    if as_daemon && let Some(refusal) = config.reload_refusal() {
+        return Ok(refused(refusal));
+    }
+    // As the daemon would resolve it on this kernel: paths on btrfs are
+    // accepted where the programs can read subvolumes.
+    let btrfs = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))
+        .is_ok_and(|offsets| offsets.btrfs_inode_vfs != 0);
+    let resolver = HostResolver::new(cgroup_root).with_btrfs_subvolumes(btrfs);
+    let compiled = if as_daemon {
+        policy::compile_lenient(&config, &resolver, None)
+    } else {
+        policy::compile(&config, &resolver)
+    }?;
+    let (errors, start_warnings) = start_settings(&config, &resolver);
+    let mut warnings = compiled.warnings.to_vec();
+    warnings.extend(start_warnings);
+    // A reload never applies them (they need a restart): for the daemon's
+    // check, only warnings.
+    if let Some(error) = errors.first() {
+        if !as_daemon {
+            return Ok(Checked {
+                warnings,
+                outcome: Err(error.clone()),
+            });
+        }
+        warnings.extend(errors);
+    }
+    if as_daemon && let Some(refusal) = compiled.reload_refusal() {
+        return Ok(Checked {
+            warnings,
+            outcome: Err(refusal),
+        });
+    }
+    Ok(Checked {
+        warnings,
+        outcome: Ok(format!(
+            "# {name}: OK\n{compiled}{}",
+            daemon_settings(&config)
+        )),
+    })
+}
 
 /// The daemon's own settings in `config` (`[provenance]`, `[ident]`,
 /// `[metrics]`), which the compiled policy does not carry: the lines
