@@ -17,5 +17,6 @@ pub const STDIO: u8 = 5;
 /// Its state could not be kept: `LW_PROCS` was full when it had evidence,
 /// a lineage or a script to keep there (or it is a child of such a
 /// process). Judged network-facing, as the evidence it may have had would
-/// have made it; no peer is named.
+/// have made it, until it exits or executes a program while the policy has
+/// no lineage it may have lost; no peer is named.
 pub const UNTRACKED: u8 = 6;

@@ -52,7 +52,8 @@ pub const PROCS: &str = "LW_PROCS";
 /// (set before an entry is made, cleared after it goes): a connect by a
 /// process without one costs a byte load, not a hash lookup. It is
 /// [`TRACKED_LOST`] for a process whose state `LW_PROCS`, full, could not
-/// take, until the process exits.
+/// take, until the process exits (or executes a program while the policy
+/// has no lineage rules).
 pub const TRACKED: &str = "LW_TRACKED";
 /// [`TRACKED`]'s note: `LW_PROCS` may hold the process.
 pub const TRACKED_MAYBE: u8 = 1;

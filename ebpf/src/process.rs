@@ -13,8 +13,10 @@
 //! - exit: the process's state goes with it.
 //!
 //! A process whose state `LW_PROCS`, full, could not take is noted lost
-//! (`LW_TRACKED`) until it exits, and so are its children: it is judged
-//! network-facing, never as a process nothing is known of.
+//! (`LW_TRACKED`), and so are the children it forks: it is judged
+//! network-facing, never as a process nothing is known of, until it exits
+//! or executes a program (then only when the policy has no lineage it may
+//! have lost).
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
@@ -41,20 +43,20 @@ pub fn lw_fork(ctx: BtfTracePointContext) -> i32 {
     if from == to {
         return 0;
     }
-    // The value is copied by the map straight from the parent's entry.
-    if let Some(state) = PROCS.get_ptr(from) {
-        // SAFETY: a pointer to the map's value, valid for this run.
-        insert(to, unsafe { &*state });
-        return 0;
-    }
-    if procs::maybe_tracked(to) {
-        // An entry left under the child's pid (a write that raced its
-        // last holder's exit) is not the child's.
+    // An entry or a note left under the child's pid (a write that raced
+    // its last holder's exit, evidence for a dead process's socket) is not
+    // the child's.
+    if procs::note(to) != 0 {
         procs::remove(to);
     }
     // A lost parent's state (the map was full) is its child's too.
     if procs::note(from) == TRACKED_LOST {
         procs::lose(to);
+    }
+    // The value is copied by the map straight from the parent's entry.
+    if let Some(state) = PROCS.get_ptr(from) {
+        // SAFETY: a pointer to the map's value, valid for this run.
+        insert(to, unsafe { &*state });
     }
     0
 }
@@ -104,6 +106,11 @@ fn start_over(tgid: u32, task: Task) {
         });
     }
     forget_recorded();
+    // A lost process's evidence would have gone with this exec: it stays
+    // lost only for a lineage it may have had, which an exec keeps.
+    if procs::note(tgid) == TRACKED_LOST && !lineage_rules() {
+        procs::mark_found(tgid);
+    }
     let state = match PROCS.get_ptr_mut(tgid) {
         Some(s) => s,
         None if catalogued || script[0] != 0 => match entry(tgid) {
@@ -129,8 +136,19 @@ fn start_over(tgid: u32, task: Task) {
         *(*state).script.as_mut_ptr().cast::<[u64; SCRIPT_LEN / 8]>() = script;
         (*state).script_hash = hash;
         if (*stored)[0] == 0 && hash == 0 {
-            procs::remove(tgid);
+            procs::remove_entry(tgid);
         }
+    }
+}
+
+/// Whether the policy in force has catalog rules that extend to
+/// descendants (a lineage a process can inherit).
+#[inline(always)]
+fn lineage_rules() -> bool {
+    match SETTINGS.get_ptr(generation()) {
+        // SAFETY: a pointer into the map's value.
+        Some(live) => (unsafe { core::ptr::read_volatile(&(*live).inherited) }) != 0,
+        None => false,
     }
 }
 

@@ -218,6 +218,26 @@ pub fn lose(tgid: u32) {
     }
 }
 
+/// Notes that a lost process is lost no longer ([`TRACKED_MAYBE`]: it may
+/// have an entry).
+#[inline(always)]
+pub fn mark_found(tgid: u32) {
+    if let Some(b) = byte_of(&TRACKED, tgid) {
+        // SAFETY: as in mark.
+        unsafe { core::ptr::write_volatile(b, TRACKED_MAYBE) };
+    }
+}
+
+/// Removes `tgid`'s entry, and its note unless the process is lost.
+#[inline(always)]
+pub fn remove_entry(tgid: u32) {
+    if note(tgid) == TRACKED_LOST {
+        let _ = PROCS.remove(tgid);
+    } else {
+        remove(tgid);
+    }
+}
+
 /// Removes `tgid`'s entry, then its note.
 #[inline(always)]
 pub fn remove(tgid: u32) {
