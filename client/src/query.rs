@@ -107,9 +107,22 @@ impl Query {
     /// Connects to the query socket at `path` ([`DEFAULT_PATH`] for the
     /// daemon's default run directory).
     pub fn connect(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::connect_timeout(path, Some(DEFAULT_TIMEOUT))
+    }
+
+    /// [`Query::connect`] with the timeout of [`Query::set_timeout`]
+    /// from the start: the connect itself waits no longer either. A zero
+    /// duration is refused (`InvalidInput`).
+    pub fn connect_timeout(
+        path: impl AsRef<Path>,
+        timeout: Option<Duration>,
+    ) -> Result<Self, Error> {
+        if timeout == Some(Duration::ZERO) {
+            return Err(zero_timeout());
+        }
         let mut query = Query {
             path: path.as_ref().to_owned(),
-            timeout: Some(DEFAULT_TIMEOUT),
+            timeout,
             stream: None,
             next_id: 1,
         };
@@ -141,10 +154,7 @@ impl Query {
     /// refused (`InvalidInput`), and the timeout before stays.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         if timeout == Some(Duration::ZERO) {
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a zero timeout (use None to wait forever)",
-            )));
+            return Err(zero_timeout());
         }
         if let Some(stream) = &self.stream {
             stream.get_ref().set_read_timeout(timeout)?;
@@ -307,6 +317,14 @@ impl Query {
             _ => Ok(answer),
         }
     }
+}
+
+/// The refusal of a zero timeout.
+fn zero_timeout() -> Error {
+    Error::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a zero timeout (use None to wait forever)",
+    ))
 }
 
 /// Writes all of `bytes` on `stream` without raising `SIGPIPE` when the

@@ -27,8 +27,8 @@ pub enum ConfigError {
     )]
     IsDirectory { path: PathBuf },
     #[error(
-        "config file {} is a FIFO that nothing wrote to: give the policy file itself, or start \
-         the writer first",
+        "config file {} is a FIFO that nothing wrote to within 10 s: give the policy file \
+         itself, or start its writer",
         path.display()
     )]
     UnwrittenFifo { path: PathBuf },

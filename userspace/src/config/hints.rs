@@ -27,7 +27,7 @@ const KINDS: [(&str, &str); 6] = [
 fn words(key: &str) -> Option<&'static str> {
     Some(match key {
         "mode" => "\"audit\" or \"enforce\"",
-        "action" => "\"deny\", \"audit\" or \"allow\" (an egress rule: \"deny\")",
+        "action" => "\"deny\", \"audit\" or \"allow\" (an egress rule: \"deny\" or \"audit\")",
         "deny_errno" => "\"ECONNREFUSED\" or \"EPERM\"",
         "relayed" => "\"NO-USER\", \"HIDDEN-USER\" or \"UNKNOWN-ERROR\"",
         _ => return None,
@@ -39,9 +39,9 @@ fn words(key: &str) -> Option<&'static str> {
 pub(super) fn humanize(message: &str, key: Option<&str>) -> String {
     let mut out = message.to_owned();
     for (serde, plain) in KINDS {
-        // Not "expected u32" inside "expected u320": the kinds end the
-        // message or a clause.
-        for end in ["", ",", ";"] {
+        // Only where a kind ends the message or a clause: not inside a
+        // value quoted in it (`mode = "expected u8"`).
+        for end in [",", ";"] {
             out = out.replace(&format!("{serde}{end}"), &format!("{plain}{end}"));
         }
         if out.ends_with(serde) {
@@ -138,6 +138,14 @@ mod tests {
         assert!(
             misplaced.contains("`mode` is a top-level key: write it above the first [table]"),
             "{misplaced}"
+        );
+        let quoted = humanize(
+            "unknown variant `expected u8`, expected `audit` or `enforce`",
+            None,
+        );
+        assert_eq!(
+            quoted,
+            "unknown variant `expected u8`, expected `audit` or `enforce`"
         );
         let far = humanize("unknown field `xyz`, expected `ports` or `netns`", None);
         assert_eq!(far, "unknown field `xyz`, expected `ports` or `netns`");

@@ -109,9 +109,18 @@ use std::{
     fmt,
     fs::File,
     io::{self, Read as _},
-    os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    os::{
+        fd::AsFd as _,
+        unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    },
     path::Path,
+    time::Duration,
 };
+
+use nix::poll::{self, PollFd, PollFlags, PollTimeout};
+
+/// How long a FIFO given as the policy file may take to be written to.
+const FIFO_WAIT: Duration = Duration::from_secs(10);
 
 mod error;
 mod hints;
@@ -278,7 +287,11 @@ impl Config {
     /// [`MAX_CONFIG_BYTES`] or one that is not UTF-8 is refused with an
     /// error saying so.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
-        let path = path.as_ref();
+        Self::from_file_waiting(path.as_ref(), FIFO_WAIT)
+    }
+
+    /// [`Config::from_file`], a FIFO waited for `fifo_wait` at most.
+    fn from_file_waiting(path: &Path, fifo_wait: Duration) -> Result<Self, ConfigError> {
         let read_error = |source: io::Error| {
             if source.kind() == io::ErrorKind::NotFound {
                 ConfigError::NotFound {
@@ -294,7 +307,8 @@ impl Config {
         let name = path.display().to_string();
         // Opened without waiting: a FIFO nothing writes to would hold the
         // open for ever. Reads wait again once it is open (a pipe whose
-        // writer is slow, as `<(...)` is, is read whole).
+        // writer is slow, as `<(...)` is, is read whole), and a FIFO waits
+        // [`FIFO_WAIT`] at most for its writer (see below).
         let file = File::options()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
@@ -311,6 +325,18 @@ impl Config {
                 path: path.to_owned(),
             });
         }
+        // A FIFO opened before its writer reads as empty at once: wait for
+        // the writer's first bytes (or its close, `: > fifo`), not for
+        // ever. A pipe whose writer came and went reads as it is.
+        if meta.file_type().is_fifo() {
+            let mut poll = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+            let waited = PollTimeout::try_from(fifo_wait).unwrap_or(PollTimeout::MAX);
+            if poll::poll(&mut poll, waited).map_err(|e| read_error(e.into()))? == 0 {
+                return Err(ConfigError::UnwrittenFifo {
+                    path: path.to_owned(),
+                });
+            }
+        }
         let too_large = |size| ConfigError::TooLarge {
             file: name.clone(),
             size,
@@ -325,11 +351,6 @@ impl Config {
             .map_err(read_error)?;
         if bytes.len() as u64 > MAX_CONFIG_BYTES {
             return Err(too_large(None));
-        }
-        if bytes.is_empty() && meta.file_type().is_fifo() {
-            return Err(ConfigError::UnwrittenFifo {
-                path: path.to_owned(),
-            });
         }
         Self::from_bytes_named(&bytes, &name)
     }

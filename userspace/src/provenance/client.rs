@@ -143,8 +143,7 @@ pub struct Printed {
 pub fn ask(run_dir: &Path, request: Value) -> Result<Option<Value>, ClientError> {
     let path = run_dir.join(SOCKET_NAME);
     let failed = |e: query::Error| client_error(&path, e);
-    let mut query = Query::connect(&path).map_err(failed)?;
-    query.set_timeout(Some(ANSWER_TIMEOUT)).map_err(failed)?;
+    let mut query = Query::connect_timeout(&path, Some(ANSWER_TIMEOUT)).map_err(failed)?;
     query.ask(request).map_err(failed)
 }
 

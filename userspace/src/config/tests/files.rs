@@ -120,11 +120,12 @@ fn a_fifo_nothing_writes_to_is_said_at_once() {
         nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
     )
     .unwrap();
-    // Before, the open waited for a writer for ever.
-    let err = Config::from_file(&fifo).unwrap_err();
+    // Before, the open waited for a writer for ever; now 10 s (here 0.1).
+    let err = Config::from_file_waiting(&fifo, std::time::Duration::from_millis(100)).unwrap_err();
     assert!(matches!(err, ConfigError::UnwrittenFifo { .. }), "{err:?}");
     assert!(
-        err.to_string().contains("is a FIFO that nothing wrote to"),
+        err.to_string()
+            .contains("is a FIFO that nothing wrote to within"),
         "{err}"
     );
     // One a writer holds is read whole, however slowly it is written (the

@@ -383,6 +383,13 @@ fn listeners_that_take_one_port_are_refused_where_the_second_is_named() {
     let metrics =
         "[ident]\nlisten = [\"127.0.0.1:9477\"]\n[metrics]\nlisten = \"127.0.0.1:9477\"\n";
     expect_error(metrics, 4, "at line 2");
+    let mapped = "[ident]\nlisten = [\"[::ffff:127.0.0.1]:113\",\n  \"127.0.0.1:113\"]\n";
+    expect_error(mapped, 3, "the listen address at line 2 takes");
+    // An ident responder in a namespace of its own binds there.
+    let apart_ns = parse(
+        "[ident]\nlisten = [\"127.0.0.1:9477\"]\nnetns = \"/run/netns/x\"\n[metrics]\nlisten = \"127.0.0.1:9477\"\n",
+    );
+    assert!(apart_ns.is_ok(), "{apart_ns:?}");
     // An IPv4 wildcard leaves IPv6's addresses alone; other ports are others.
     let apart =
         parse("[ident]\nlisten = [\"0.0.0.0:113\", \"[::1]:113\", \"127.0.0.1:114\"]\n").unwrap();

@@ -153,7 +153,9 @@ impl Validator<'_> {
             None => defaults.metrics,
             Some(m) => self.metrics(m, defaults.metrics)?,
         };
+        // (An ident responder in a namespace of its own binds there.)
         if let Some(listen) = &metrics.listen
+            && ident.netns.is_none()
             && let Some(first) = ident.listen.iter().find(|a| overlap(a.value, listen.value))
         {
             return Err(self.invalid_at(
@@ -222,7 +224,7 @@ impl Validator<'_> {
                 let span = text.span();
                 let text = text.into_inner();
                 let addr = listen_addr(text).map_err(|problem| self.invalid(&span, problem))?;
-                if !addr.ip().is_loopback() {
+                if !addr.ip().to_canonical().is_loopback() {
                     return Err(self.invalid(&span, Problem::MetricsNotLoopback { addr }));
                 }
                 Some(Located {
@@ -277,7 +279,7 @@ impl Validator<'_> {
                     },
                 ));
             }
-            if !addr.value.ip().is_loopback() {
+            if !addr.value.ip().to_canonical().is_loopback() {
                 warnings.push(format!(
                     "{}:{}: ident listens on {}, not a loopback address: any host that can \
                      reach it may ask it (the services that ask are on this host: \
@@ -322,14 +324,16 @@ impl Validator<'_> {
     }
 }
 
-/// Whether two listen addresses take the same port: one address, or a
-/// wildcard (`0.0.0.0` holds every IPv4 address of the port, `[::]` every
-/// address, as the daemon binds it dual-stack).
+/// Whether two listen addresses take the same port: one address (an
+/// IPv4-mapped IPv6 one is its IPv4 address), or a wildcard (`0.0.0.0`
+/// holds every IPv4 address of the port, `[::]` every address, as the
+/// daemon binds it dual-stack under the default `net.ipv6.bindv6only=0`).
 fn overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
-    let holds = |w: std::net::SocketAddr, o: std::net::SocketAddr| {
-        w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4())
+    let (ia, ib) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let holds = |w: std::net::IpAddr, o: std::net::IpAddr| {
+        w.is_unspecified() && (w.is_ipv6() || o.is_ipv4())
     };
-    a.port() == b.port() && (a.ip() == b.ip() || holds(a, b) || holds(b, a))
+    a.port() == b.port() && (ia == ib || holds(ia, ib) || holds(ib, ia))
 }
 
 /// An address the daemon listens on: a socket address with a port.
