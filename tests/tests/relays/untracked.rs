@@ -18,6 +18,28 @@ use super::*;
 /// The first key the filler uses: past `PID_MAX_LIMIT` (4,194,304).
 const FILLER_BASE: u32 = 1 << 23;
 
+/// A script (an interpreter's, so it has state to keep): `ask` asks the
+/// service and prints what `ask` (relays' `ask_py!`) says; `fork` has a
+/// forked child ask; `exec` executes curl, which asks (each prints
+/// `status N` or `error ERRNO`).
+const SCRIPT: &str = concat!(
+    ask_py!(),
+    r#"
+port = int(sys.argv[2])
+if sys.argv[1] == "exec":
+    os.execv("/usr/bin/curl", ["curl", "-s", "-o", "/dev/null", "-w", "status %{http_code}",
+                               "http://127.0.0.1:%d/" % port])
+if sys.argv[1] == "fork":
+    child = os.fork()
+    if child == 0:
+        print(ask(port), flush=True)
+        os._exit(0)
+    os.waitpid(child, 0)
+else:
+    print(ask(port))
+"#
+);
+
 /// Fills `install`'s `LW_PROCS` up to its capacity with empty entries under
 /// keys no process has (one `bpftool batch`, which stops at the first
 /// update the full map refuses); returns how many of its keys are in it.
@@ -73,6 +95,14 @@ fn a_relay_the_full_process_table_cannot_take_is_refused_as_untracked() {
         assert_eq!(ev["via_how"], "accepted", "{ev:#}");
     }
     assert_eq!(topo.local.curl(&url), Ok(200), "a direct client");
+    let dir = TempDir::new("untracked-script");
+    let script = write_script(&dir, "ask.py", SCRIPT);
+    let port = PROTECTED.to_string();
+    let says = |mode: &str| {
+        let lines = printed(topo.local.cmd(SYSTEM_PYTHON).args([&script, mode, &port]));
+        lines.join("\n")
+    };
+    assert_eq!(says("ask"), "status 200", "the script, tracked");
 
     let fillers = fill_procs(daemon.install());
     assert!(fillers > 0, "no filler entry went in");
@@ -96,6 +126,17 @@ fn a_relay_the_full_process_table_cannot_take_is_refused_as_untracked() {
         topo.local.curl(&url),
         Ok(200),
         "a direct client, with the table full"
+    );
+    // The price: a process that is no relay but had state to keep is
+    // refused too (a script), and so is its forked child; a program it
+    // executes starts over (this policy has no lineage to lose), and passes.
+    let econnrefused = format!("error {}", libc::ECONNREFUSED);
+    assert_eq!(says("ask"), econnrefused, "the lost script asking");
+    assert_eq!(says("fork"), econnrefused, "the lost script's forked child");
+    assert_eq!(
+        says("exec"),
+        "status 200",
+        "curl, executed by the lost script"
     );
     let status = daemon.install().status_json();
     assert!(
