@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use loopwarden_common::flags;
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -350,7 +351,12 @@ impl Installed {
         // before its next cut (one between its check and its cut still
         // goes, as it would a moment earlier).
         self.sweeper.request(&fresh, &addrs);
-        info!("policy #{seq} installed: {} rules", fresh.rules.len());
+        let line = installed_line(seq, current, &fresh);
+        if weakens(current, &fresh) {
+            warn!("{line}");
+        } else {
+            info!("{line}");
+        }
         enricher.set_rules(seq, fresh.named_rules());
         self.scope_file.save(&fresh.netns);
         self.policy = Some(fresh);
@@ -359,11 +365,85 @@ impl Installed {
     }
 }
 
+/// What a policy enforces, in words: its mode and its relay verdict.
+fn stance(policy: &CompiledPolicy) -> String {
+    let relay = match (
+        policy.settings.flags & flags::RELAY != 0,
+        policy.settings.flags & flags::RELAY_DENY != 0,
+    ) {
+        (false, _) => "off",
+        (true, false) => "audit",
+        (true, true) => "deny",
+    };
+    format!("{} mode, relay verdict {relay}", policy.mode)
+}
+
+/// Whether `after` refuses less than `before` did: enforce mode given up,
+/// or a relay verdict that denied no longer denying.
+fn weakens(before: Option<&CompiledPolicy>, after: &CompiledPolicy) -> bool {
+    let Some(before) = before else {
+        return false;
+    };
+    let denies = |p: &CompiledPolicy| p.settings.flags & flags::RELAY_DENY != 0;
+    (before.mode == Mode::Enforce && after.mode != Mode::Enforce)
+        || (before.mode == Mode::Enforce && denies(before) && !denies(after))
+}
+
+/// The line an install is said with: its number, rules and stance, and
+/// the stance before when that changed (a reload that turns enforcement
+/// off must not read like any other).
+fn installed_line(seq: u64, before: Option<&CompiledPolicy>, after: &CompiledPolicy) -> String {
+    let now = stance(after);
+    let mut line = format!(
+        "policy #{seq} installed: {} rules, {now}",
+        after.rules.len()
+    );
+    if let Some(was) = before.map(stance).filter(|was| *was != now) {
+        line.push_str(&format!(" (was {was})"));
+        if weakens(before, after) {
+            line.push_str(": refusals it made are now only reported");
+        }
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use loopwarden_common::{flags, verdict};
+    use loopwarden_common::verdict;
 
     use super::*;
+
+    #[test]
+    fn an_install_says_its_stance_and_a_weakening_one_says_what_was() {
+        let resolver = HostResolver::new(PathBuf::from("/nonexistent"));
+        let policy = |text: &str| {
+            let config = Config::from_str_named(text, "t.toml").unwrap();
+            compile_policy(&config, &resolver, None, None).unwrap()
+        };
+        let enforce = policy("mode = \"enforce\"\ncatalog = false\n[relay]\naction = \"deny\"\n");
+        let audit = policy("mode = \"audit\"\ncatalog = false\n[relay]\naction = \"deny\"\n");
+        let relay_audit =
+            policy("mode = \"enforce\"\ncatalog = false\n[relay]\naction = \"audit\"\n");
+        assert_eq!(
+            installed_line(2, None, &enforce),
+            "policy #2 installed: 0 rules, enforce mode, relay verdict deny"
+        );
+        assert!(!weakens(None, &audit));
+        assert!(weakens(Some(&enforce), &audit));
+        assert!(weakens(Some(&enforce), &relay_audit));
+        assert!(!weakens(Some(&audit), &enforce));
+        assert!(!weakens(Some(&enforce), &enforce));
+        assert_eq!(
+            installed_line(4, Some(&enforce), &audit),
+            "policy #4 installed: 0 rules, audit mode, relay verdict deny (was enforce mode, \
+             relay verdict deny): refusals it made are now only reported"
+        );
+        assert_eq!(
+            installed_line(6, Some(&audit), &enforce),
+            "policy #6 installed: 0 rules, enforce mode, relay verdict deny (was audit mode, \
+             relay verdict deny)"
+        );
+    }
 
     /// `--mode` decides what the file's `mode` would have: the rules' flag
     /// and the verdict a browser gets at a port `[browsers]` denies.
