@@ -115,6 +115,20 @@ fn direct_clients_are_named_while_connected_and_after_they_exit() {
         "{text}"
     );
     assert!(text.contains("\ncomm:           curl\n"), "{text}");
+    // The two ends the other way round (as `ss` lists the service's
+    // socket): found, with a word on the order.
+    let out = loopwarden(&ns, None, &run_dir, &["who", &local, &peer]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(&format!("\npid:            {pid} (running)\n")),
+        "{text}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("found with PEER and LOCAL the other way round"),
+        "{out:?}"
+    );
     let out = loopwarden(&ns, None, &run_dir, &["who", "127.0.0.1", "--json"]);
     let all: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array");
     assert_eq!(all.len(), 1, "{out:?}");

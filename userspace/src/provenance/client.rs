@@ -202,13 +202,24 @@ pub fn who(
     // Older connections the daemon's `conns` left out (a peer without
     // LOCAL is looked for among those it listed).
     let mut unlisted = 0;
+    // A connection found with PEER and LOCAL the other way round.
+    let mut swapped = false;
     let origins = match (peer, local) {
         (Peer::Socket(peer), Some(local)) => {
-            let mut request = json!({"op": "who", "peer": peer, "local": local});
-            if let Some(netns) = netns {
-                request["netns"] = netns.into();
+            let lookup = |peer: SocketAddr, local: SocketAddr| {
+                let mut request = json!({"op": "who", "peer": peer, "local": local});
+                if let Some(netns) = netns {
+                    request["netns"] = netns.into();
+                }
+                ask(run_dir, request).map(|answer| payload(answer, "origin"))
+            };
+            let mut origin = lookup(peer, local)?;
+            // `ss` lists the service's socket as `Local Peer`: the other
+            // way round from `who PEER LOCAL`.
+            if origin.is_none() && !json {
+                origin = lookup(local, peer)?;
+                swapped = origin.is_some();
             }
-            let origin = payload(ask(run_dir, request)?, "origin");
             if json {
                 return Ok(match origin {
                     Some(origin) => found(format!("{origin:#}\n")),
@@ -239,12 +250,10 @@ pub fn who(
     let none = || {
         let mut printed = none();
         if netns.is_none() && local.is_some() {
-            printed.note = Some(
-                "unknown: no such protected connection is open in your network namespace (or \
-                 it is not yours to see); one in another namespace is found with --netns (root \
-                 in the host's), and `loopwarden conns` lists every namespace's for it"
-                    .to_owned(),
-            );
+            printed.note = Some(format!(
+                "{UNKNOWN}; or it is in another network namespace, which --netns names (root \
+                 in the host's namespace; `loopwarden conns` lists every namespace's for it)"
+            ));
         }
         if unlisted > 0 {
             printed.note = Some(format!(
@@ -269,7 +278,15 @@ pub fn who(
         return Ok(none());
     }
     let blocks: Vec<String> = origins.iter().map(show::describe).collect();
-    Ok(found(blocks.join("\n")))
+    let mut printed = found(blocks.join("\n"));
+    if swapped {
+        printed.note = Some(
+            "found with PEER and LOCAL the other way round: PEER is the client's end (the \
+             service's getpeername), LOCAL the service's own (its getsockname)"
+                .to_owned(),
+        );
+    }
+    Ok(printed)
 }
 
 /// `loopwarden conns`: every open protected connection the caller may see.
@@ -285,7 +302,12 @@ pub fn conns(run_dir: &Path, netns: Option<u32>, json: bool) -> Result<Printed, 
     if origins.is_empty() {
         return Ok(Printed {
             text,
-            note: Some("no protected connection (that you may see) is open".to_owned()),
+            note: Some(
+                "no protected connection that loopwarden holds an origin for is open (that you \
+                 may see): connections to unprotected ports, and those opened before the daemon \
+                 first tagged (before its first start, or since a detach), are not listed"
+                    .to_owned(),
+            ),
             code: exit::NONE,
         });
     }
@@ -325,12 +347,16 @@ fn found(text: String) -> Printed {
     }
 }
 
+/// Why `who` finds nothing, most likely first.
+const UNKNOWN: &str = "unknown: loopwarden holds no origin for such an open connection: its \
+                       port is not protected, it was opened before the daemon first tagged \
+                       (before its first start, or since a detach), it is closed, or it is \
+                       not yours to see";
+
 fn none() -> Printed {
     Printed {
         text: String::new(),
-        note: Some(
-            "unknown: no such protected connection is open (or it is not yours to see)".to_owned(),
-        ),
+        note: Some(UNKNOWN.to_owned()),
         code: exit::NONE,
     }
 }
