@@ -223,7 +223,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _query = running.query_socket(&opts.run_dir);
     let _metrics = running.metrics(&opts.run_dir, started);
     notify_systemd_ready();
-    running.serve(signals).await
+    running.serve(signals, &opts.run_dir).await
 }
 
 /// Raises the soft limit of open files to the hard one. A sweep holds a

@@ -50,7 +50,11 @@ impl Signals {
 
 impl Running {
     /// Runs until SIGINT or SIGTERM.
-    pub(super) async fn serve(&mut self, signals: Signals) -> Result<(), DaemonError> {
+    pub(super) async fn serve(
+        &mut self,
+        signals: Signals,
+        run_dir: &std::path::Path,
+    ) -> Result<(), DaemonError> {
         let Self {
             installed,
             reporter,
@@ -248,8 +252,9 @@ impl Running {
             refresh_cost.mean().as_micros()
         );
         info!(
-            "exiting; enforcement stays attached and pinned in {} (`loopwarden detach` removes it)",
-            pins.root().display()
+            "exiting; enforcement stays attached and pinned in {} (`{}` removes it)",
+            pins.root().display(),
+            crate::ops::command("detach", pins.root(), Some(run_dir))
         );
         ended
     }

@@ -257,17 +257,23 @@ impl DaemonReport {
                 None => "no daemon".to_owned(),
             };
             match &self.elsewhere {
-                Some(other) => format!(
-                    "{here} for this run directory; pid {} holds the pin directory's lock: \
-                     a daemon given {} (`loopwarden status --run-dir DIR` shows its report)",
-                    other.pid,
-                    other
-                        .run_dir
-                        .as_deref()
-                        .map_or("another --run-dir".to_owned(), |d| {
-                            format!("--run-dir {}", shown_path(d))
-                        })
-                ),
+                Some(other) => {
+                    let (given, ask) = match other.run_dir.as_deref() {
+                        Some(d) => (
+                            format!("--run-dir {}", shown_path(d)),
+                            format!("loopwarden status --run-dir {}", shown_path(d)),
+                        ),
+                        None => (
+                            "another --run-dir".to_owned(),
+                            "loopwarden status --run-dir DIR".to_owned(),
+                        ),
+                    };
+                    format!(
+                        "{here} for this run directory; pid {} holds the pin directory's lock: \
+                         a daemon given {given} (`{ask}` shows its report)",
+                        other.pid
+                    )
+                }
                 None => here,
             }
         }
