@@ -74,6 +74,10 @@ pub struct Seeded {
     pub listeners: usize,
     /// `LW_PROCS` entries created, or given standing evidence they lacked.
     pub processes: usize,
+    /// Entries the two maps hold after the seeding (adopted maps hold
+    /// what the kernel tracked before: the seeding then adds little).
+    pub listeners_held: usize,
+    pub processes_held: usize,
 }
 
 /// Seeds `LW_LISTENERS` and `LW_PROCS` of the loaded (and attached)
@@ -90,10 +94,14 @@ pub fn seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Seeded {
         }
     };
     info!(
-        "seeded {} listeners, {} processes from /proc (in {} ms)",
+        "seeded {} listeners, {} processes from /proc (in {} ms); the maps hold {} listeners, \
+         {} processes (the rest the kernel tracked already, in maps a restart adopted, or \
+         since the attach)",
         seeded.listeners,
         seeded.processes,
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        seeded.listeners_held,
+        seeded.processes_held
     );
     seeded
 }
@@ -119,13 +127,16 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
         .ok_or_else(|| format!("the eBPF object has no map {}", maps::TRACKED))?;
     let mut tracked: Array<_, [u8; 64]> =
         Array::try_from(tracked).map_err(|e| format!("map {}: {e}", maps::TRACKED))?;
-    Ok(write(
+    let mut seeded = write(
         &plan,
         &scan.scripts,
         &mut procs,
         &mut listeners,
         &mut tracked,
-    ))
+    );
+    seeded.listeners_held = listeners.keys().count();
+    seeded.processes_held = procs.keys().count();
+    Ok(seeded)
 }
 
 /// Sets `tgid`'s note in `LW_TRACKED` ([`notes::set`]): a note the kernel
