@@ -252,7 +252,7 @@ fn switching_audit_to_enforce_cuts_the_relay_and_spares_the_direct_client() {
         "{cut}\n{let_in}"
     );
     assert_eq!(cut["pid"], let_in["pid"], "{cut}\n{let_in}");
-    daemon.wait_stderr("cut 1 connections", 1);
+    daemon.wait_stderr("cut 1 connection", 1);
 
     through_relay.assert_cut();
     assert_only_the_direct_client_is_connected(&ns);
@@ -286,7 +286,7 @@ fn a_daemon_started_in_enforce_mode_cuts_a_relay_connection_made_before_it() {
 
     let daemon = Daemon::start(&policy(&ns, "enforce", ""));
     assert_socat_cut(&daemon);
-    daemon.wait_stderr("cut 1 connections", 1);
+    daemon.wait_stderr("cut 1 connection", 1);
     through_relay.assert_cut();
     assert_only_the_direct_client_is_connected(&ns);
     direct.assert_works("direct-after");
@@ -355,7 +355,7 @@ fn assert_relay_deny_cuts(daemon: &Daemon, deny_policy: &str, let_in: &Value) ->
         cut["socket_cookie"], let_in["socket_cookie"],
         "{cut}\n{let_in}"
     );
-    daemon.wait_stderr("cut 1 connections", 1);
+    daemon.wait_stderr("cut 1 connection", 1);
     cut
 }
 
@@ -487,7 +487,7 @@ fn the_accepted_side_of_a_connection_whose_listener_closed_is_not_cut() {
     std::fs::write(daemon.config_path(), all_ports("enforce")).expect("rewriting the config");
     daemon.signal(libc::SIGHUP);
     assert_socat_cut(&daemon);
-    daemon.wait_stderr("cut 1 connections", 1);
+    daemon.wait_stderr("cut 1 connection", 1);
     through_relay.assert_cut();
     served.assert_works("served-after");
     let cuts: Vec<Value> = daemon
@@ -538,7 +538,7 @@ fn a_relay_that_listens_on_its_own_source_port_is_still_cut() {
     // Its origin names it as the client's: cut all the same.
     let cut = assert_socat_cut(&daemon);
     assert_eq!(cut["socket_cookie"], let_in["socket_cookie"], "{cut}");
-    daemon.wait_stderr("cut 1 connections", 1);
+    daemon.wait_stderr("cut 1 connection", 1);
     through_relay.assert_cut();
     assert_only_the_direct_client_is_connected(&ns);
     direct.assert_works("direct-after");
@@ -566,7 +566,7 @@ fn a_namespace_whose_name_went_is_still_swept() {
     std::fs::write(daemon.config_path(), enforce).expect("rewriting the config");
     daemon.signal(libc::SIGHUP);
     assert_socat_cut(&daemon);
-    daemon.wait_stderr("cut 1 connections", 1);
+    daemon.wait_stderr("cut 1 connection", 1);
     through_relay.assert_cut();
     direct.assert_works("direct-after");
 }

@@ -370,7 +370,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("nothing pinned in {}", pin_dir.display());
             } else {
                 println!(
-                    "detached: removed {} pins from {} (loopwarden no longer enforces)",
+                    "detached: removed {} pins from {} (loopwarden no longer enforces; the \
+                     tracking programs unload within a few seconds)",
                     removed.pins.len(),
                     pin_dir.display()
                 );

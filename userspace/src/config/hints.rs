@@ -48,6 +48,10 @@ pub(super) fn humanize(message: &str, key: Option<&str>) -> String {
             out.replace_range(out.len() - serde.len().., plain);
         }
     }
+    // A bare word where a string goes (`mode = audit`).
+    if out.starts_with("invalid string") || out.contains("invalid string;") {
+        out.push_str(" (a word is a string in TOML: quote it, as in mode = \"audit\")");
+    }
     if out.contains("wanted string or table") {
         let wanted = match key.and_then(words) {
             Some(words) => format!("wanted one of {words}, in quotes"),
@@ -118,6 +122,10 @@ mod tests {
         assert_eq!(
             humanize("wanted string or table", None),
             "wanted a word in quotes"
+        );
+        assert!(
+            humanize("invalid string; expected `\"`, `'`", Some("mode"))
+                .ends_with("(a word is a string in TOML: quote it, as in mode = \"audit\")")
         );
     }
 

@@ -217,6 +217,14 @@ impl Pinned {
     }
 }
 
+/// `n connection(s)`.
+fn connections(n: usize) -> String {
+    match n {
+        1 => "1 connection".to_owned(),
+        n => format!("{n} connections"),
+    }
+}
+
 fn work(
     queue: &Receiver<Job>,
     latest: &AtomicU64,
@@ -259,12 +267,12 @@ fn work(
             // The next sweep, for the policy asked for since, is the one
             // status reports.
             info!(
-                "cut {} connections, then stopped: a newer policy was installed",
-                sweep.cuts.len()
+                "cut {}, then stopped: a newer policy was installed",
+                connections(sweep.cuts.len())
             );
             continue;
         }
-        info!("cut {} connections", sweep.cuts.len());
+        info!("cut {}", connections(sweep.cuts.len()));
         status_file::swept(&sweep);
     }
 }

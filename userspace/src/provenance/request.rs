@@ -208,8 +208,14 @@ impl Request {
         let bad = |id: Option<Value>, message: String| {
             Box::new(Reply::error(id, ErrorCode::BadRequest, message))
         };
-        let value: Value = serde_json::from_slice(line)
-            .map_err(|e| bad(None, format!("not a JSON object: {e}")))?;
+        let value: Value = serde_json::from_slice(line).map_err(|e| {
+            // serde_json's "expected ident" is a JSON word (true, null),
+            // not the ident responder.
+            let e = e
+                .to_string()
+                .replace("expected ident", "expected a JSON value");
+            bad(None, format!("not a JSON object: {e}"))
+        })?;
         let id = value.get("id").cloned();
         let wire: Wire = serde_json::from_value(value)
             .map_err(|e| bad(id.clone(), format!("not a request: {e}")))?;

@@ -392,7 +392,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
     }
     let what = match policy.mode.as_str() {
         "enforce" => "refusing",
-        _ => "reporting only (audit mode)",
+        _ => "reporting only",
     };
     let failed_reload = report
         .daemon
