@@ -180,6 +180,10 @@ pub(super) struct Installed {
     pub(super) sweeper: Sweeper,
     /// Where each install's scope is kept for the next daemon.
     pub(super) scope_file: ScopeFile,
+    /// The pinned maps' directory while the ident responder waits for a
+    /// config (the start's file did not parse): the first good reload
+    /// starts it, as a start would have.
+    pub(super) ident_pending: Option<PathBuf>,
 }
 
 /// The policy `source` holds now, compiled (with `previous`, the policy in
@@ -249,6 +253,7 @@ impl Installed {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
                 }
+                self.start_pending_ident(&config);
                 for what in needs_restart(&self.started, &config) {
                     warn!("{what} changed: that takes effect when the daemon restarts");
                 }
@@ -316,6 +321,33 @@ impl Installed {
         if let Some(policy) = &self.policy {
             self.scope_file.retry(&policy.netns);
         }
+    }
+
+    /// Starts the ident responder `config` asks for, if the start could
+    /// not (its file did not parse): what a restart would do, so a host
+    /// whose services authenticate by ident is not left without it until
+    /// one. One that cannot be bound is said, and a later reload tries
+    /// again.
+    fn start_pending_ident(&mut self, config: &Config) {
+        let Some(maps_dir) = self.ident_pending.as_ref() else {
+            return;
+        };
+        if !config.ident.listen.is_empty() {
+            let started = crate::provenance::ident::bind(config).and_then(|b| b.serve(maps_dir));
+            match started {
+                Ok(serving) => info!("ident (RFC 1413): answering on {serving}"),
+                Err(e) => {
+                    error!(
+                        "starting the ident responder failed: {}; a later reload tries again",
+                        crate::error_chain(&e)
+                    );
+                    return;
+                }
+            }
+        }
+        self.ident_pending = None;
+        // Told against what now runs, as a restart would be.
+        self.started.ident = config.ident.clone();
     }
 
     /// Installs `fresh` with host addresses `addrs` unless they are what is in

@@ -146,7 +146,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             }
             error!(
                 "{}; the policy pinned by the previous daemon stays in force until a reload \
-                 (SIGHUP) reads a valid file",
+                 (SIGHUP) reads a valid file; its [ident] responder starts then, its [metrics] \
+                 listen address at a restart (metrics.sock serves meanwhile)",
                 crate::error_chain(&e)
             );
             (None, None)
@@ -329,6 +330,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         (policy.is_none() && !kept.is_empty()).then(|| policy::predecessor_scope(&started, kept));
     let compiles = Compiles::spawn(resolver.clone(), opts.mode)
         .map_err(io_err("starting the policy's resolving thread"))?;
+    let ident_pending = config.is_none().then(|| pins.maps_dir());
     let installed = Installed {
         source,
         config_arg: opts.config.clone(),
@@ -342,6 +344,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         refresh_error: None,
         sweeper,
         scope_file,
+        ident_pending,
     };
     let mut counters = CounterReport {
         pins: pins.clone(),
