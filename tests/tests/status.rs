@@ -121,6 +121,29 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     assert!(!ok, "the relay was not refused");
     assert!(err.contains("Connection refused"), "{err}");
     daemon.wait_event("the relay's refusal", |e| e["verdict"] == "deny");
+    // Asked with the run directory and another pin directory (here one
+    // that does not exist: nothing is read there but its absence): the
+    // daemon's own is named, with the command that reports on it.
+    let elsewhere = TempDir::new("status-other-pins");
+    let other = elsewhere.path().join("pins");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("status")
+        .arg("--run-dir")
+        .arg(install.run_dir())
+        .arg("--pin-dir")
+        .arg(&other));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        said.contains(&format!(
+            "the daemon of this run directory pins in {} (`loopwarden status --pin-dir {} \
+             --run-dir {}` reports on it)",
+            install.pin_dir().display(),
+            install.pin_dir().display(),
+            install.run_dir().display()
+        )),
+        "{said}"
+    );
     let (code, text, json) = status(&install);
     assert_eq!(code, Some(0), "{text}");
     let pid = daemon.pid().expect("running");

@@ -358,7 +358,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         },
     };
     counters.report(&mut stats);
-    status_file::started(&opts.run_dir, &installed);
+    status_file::started(&opts.run_dir, &opts.pin_dir, &installed);
     std::mem::forget(undo);
     Ok(Running {
         cgroup_root: host.cgroup2_root,

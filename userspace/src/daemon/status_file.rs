@@ -65,6 +65,11 @@ pub struct DaemonStatus {
     /// while none has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<Waiting>,
+    /// The pin directory the daemon enforces through (its `--pin-dir`):
+    /// `status` given another says so. Absent in the files of earlier
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// A compile of the policy that waits.
@@ -122,6 +127,7 @@ impl SweepOutcome {
 
 struct Cell {
     path: PathBuf,
+    pin_dir: PathBuf,
     started_at: String,
     last_reload: Option<Reload>,
     waiting: Option<Waiting>,
@@ -142,9 +148,10 @@ fn now() -> String {
 }
 
 /// At start, once the daemon is ready: remembers where to write, and writes.
-pub(super) fn started(run_dir: &Path, installed: &Installed) {
+pub(super) fn started(run_dir: &Path, pin_dir: &Path, installed: &Installed) {
     let cell = Cell {
         path: run_dir.join(STATUS_FILE),
+        pin_dir: pin_dir.to_owned(),
         started_at: now(),
         last_reload: None,
         waiting: None,
@@ -186,6 +193,7 @@ pub(super) fn record(installed: &Installed, outcome: Option<Result<(), String>>)
         last_reload: cell.last_reload.clone(),
         last_sweep: last_sweep(),
         waiting: cell.waiting.clone(),
+        pin_dir: Some(cell.pin_dir.clone()),
     };
     rewrite(&mut cell, status);
 }
@@ -298,6 +306,7 @@ mod tests {
                 more_problems: 0,
             }),
             waiting: None,
+            pin_dir: Some("/sys/fs/bpf/loopwarden".into()),
         };
         write(&dir.join(STATUS_FILE), &status).unwrap();
         assert_eq!(read(&dir), Some(status));

@@ -330,7 +330,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
     let any_map = pins.map(loopwarden_common::maps::META).exists();
     let any_link = report.links.iter().any(|l| l.pinned);
     if !any_link && !any_map {
-        let summary = if pins.exists() {
+        let mut summary = if pins.exists() {
             format!("not enforcing: nothing pinned in {}", pin_dir.display())
         } else {
             format!(
@@ -338,6 +338,21 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
                 pin_dir.display()
             )
         };
+        // The run directory's daemon pins elsewhere: the likely mistake.
+        if let Some(theirs) = report
+            .daemon
+            .reported
+            .as_ref()
+            .filter(|_| report.daemon.running)
+            .and_then(|r| r.pin_dir.as_deref())
+            .filter(|theirs| *theirs != pin_dir)
+        {
+            summary.push_str(&format!(
+                "; the daemon of this run directory pins in {} (`{}` reports on it)",
+                theirs.display(),
+                crate::ops::command("status", theirs, Some(run_dir))
+            ));
+        }
         return report.finish(State::NotEnforcing, summary);
     }
     let meta = match inspect::meta(&pins) {
