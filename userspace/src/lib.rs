@@ -29,6 +29,7 @@ pub mod cut;
 pub mod daemon;
 pub mod events;
 pub mod heap;
+pub(crate) mod holder;
 pub mod kernel;
 #[cfg(not(fuzzing))]
 pub mod ops;
