@@ -770,7 +770,12 @@ fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
 fn a_second_daemon_on_the_same_pins_is_refused_whatever_its_run_dir() {
     let ns = Netns::new();
     let install = Install::new();
-    let _first = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
+    let first = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
+    let holder = format!(
+        "pid {}, --run-dir {}",
+        first.pid().expect("running"),
+        install.run_dir().display()
+    );
     let other_run = TempDir::new("other-run");
     let out = run_failing_start(
         Command::new(loopwarden_bin())
@@ -785,15 +790,31 @@ fn a_second_daemon_on_the_same_pins_is_refused_whatever_its_run_dir() {
     assert_eq!(out.status.code(), Some(75), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("uses the pin directory"), "{stderr}");
-    // Nor can a detach pull the pins from under the running daemon.
-    let detach = run(Command::new(loopwarden_bin())
-        .arg("detach")
-        .arg("--run-dir")
-        .arg(other_run.path())
-        .arg("--pin-dir")
-        .arg(install.pin_dir()));
-    assert!(!detach.status.success(), "{detach:?}");
-    assert!(install.pin_dir().join("links/lw_connect4").exists());
+    // Who holds it is named.
+    assert!(
+        stderr.contains(&format!("(its lock is held by {holder})")),
+        "{stderr}"
+    );
+    // Nor can a detach pull the pins from under the running daemon, with
+    // a run directory of its own or one that is not there (none is made
+    // for it); it says which daemon to stop.
+    let missing = other_run.path().join("missing");
+    for run_dir in [other_run.path(), missing.as_path()] {
+        let detach = run(Command::new(loopwarden_bin())
+            .arg("detach")
+            .arg("--run-dir")
+            .arg(run_dir)
+            .arg("--pin-dir")
+            .arg(install.pin_dir()));
+        assert_eq!(detach.status.code(), Some(75), "{detach:?}");
+        let said = String::from_utf8_lossy(&detach.stderr);
+        assert!(
+            said.contains(&format!("a daemon ({holder}) enforces through")),
+            "{said}"
+        );
+        assert!(install.pin_dir().join("links/lw_connect4").exists());
+    }
+    assert!(!missing.exists(), "detach made {}", missing.display());
 }
 
 /// A report made while no daemon read (enforcement pinned, its daemon

@@ -8,13 +8,22 @@ use std::path::Path;
 use super::{DaemonError, InstanceLock};
 use crate::kernel::{
     compat,
-    pins::{PinDir, Removed},
+    pins::{PinDir, PinError, Removed},
 };
 
 /// Removes everything of ours pinned in `pin_dir`; returns what was
 /// removed and what was left as not ours.
 pub fn detach(pin_dir: &Path, run_dir: &Path) -> Result<Removed, DaemonError> {
     compat::require_root()?;
-    let _lock = InstanceLock::acquire(run_dir)?;
-    Ok(PinDir::new(pin_dir).remove_all()?)
+    // A run directory that is not there has no daemon: none is made to
+    // say so (the pin directory's lock still keeps a daemon given another
+    // out).
+    let _lock = run_dir
+        .exists()
+        .then(|| InstanceLock::acquire(run_dir))
+        .transpose()?;
+    PinDir::new(pin_dir).remove_all().map_err(|e| match e {
+        PinError::Busy { path, holder } => DaemonError::DetachBusy { path, holder },
+        e => e.into(),
+    })
 }

@@ -86,6 +86,16 @@ pub enum DaemonError {
     )]
     AlreadyRunning { path: PathBuf, holder: Option<u32> },
     #[error(
+        "a daemon{} enforces through {}: stop it first (`detach` ends enforcement, so it \
+         refuses while a daemon runs; a daemon's exit leaves enforcement pinned)",
+        holder.as_ref().map(|h| format!(" ({h})")).unwrap_or_default(),
+        path.display()
+    )]
+    DetachBusy {
+        path: PathBuf,
+        holder: Option<crate::kernel::pins::Holder>,
+    },
+    #[error(
         "the run directory {} is not private: {why}; make it and the directories above it \
          root's (or this daemon's user's) and writable by no one else (chown root, chmod \
          go-w; one above it may be sticky, as /tmp), or give the daemon another --run-dir",
@@ -153,9 +163,9 @@ impl DaemonError {
                 Cause::Privilege => exit::NO_PERMISSION,
                 Cause::Memory => exit::FAILURE,
             },
-            DaemonError::AlreadyRunning { .. } | DaemonError::Pins(PinError::Busy { .. }) => {
-                exit::ALREADY_RUNNING
-            }
+            DaemonError::AlreadyRunning { .. }
+            | DaemonError::DetachBusy { .. }
+            | DaemonError::Pins(PinError::Busy { .. }) => exit::ALREADY_RUNNING,
             // A pin directory off bpffs is the operator's to fix (its
             // `--pin-dir`), as is a mount this process may not make; a
             // kernel without bpffs lacks a feature. None is for a restart.

@@ -184,6 +184,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     if !locked_before && state == PinState::Absent && pins.inspect(&shapes) != PinState::Absent {
         return Err(PinError::Busy {
             path: pins.root().to_owned(),
+            holder: None,
         }
         .into());
     }

@@ -57,11 +57,16 @@ pub enum PinError {
         source: io::Error,
     },
     #[error(
-        "another loopwarden uses the pin directory {} (its lock is held); stop it first, or give \
-         this one its own --pin-dir",
-        path.display()
+        "another loopwarden uses the pin directory {} (its lock is held{}); stop it first, or \
+         give this one its own --pin-dir",
+        path.display(),
+        holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default()
     )]
-    Busy { path: PathBuf },
+    Busy {
+        path: PathBuf,
+        /// Who holds the lock, when `/proc/locks` names it.
+        holder: Option<Holder>,
+    },
     #[error("{what} {} failed", path.display())]
     Io {
         what: &'static str,
@@ -74,6 +79,37 @@ pub enum PinError {
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinError {
     let path = path.to_owned();
     move |source| PinError::Io { what, path, source }
+}
+
+/// The process holding a pin directory's lock, and the `--run-dir` its
+/// command line gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Holder {
+    /// Who holds `dir`'s lock, from `/proc/locks`.
+    fn of(dir: &Path) -> Option<Self> {
+        match crate::holder::lock_holder(dir, false) {
+            crate::holder::LockState::Held(Some(pid)) => Some(Holder {
+                pid,
+                run_dir: crate::holder::run_dir_of(pid),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {}", self.pid)?;
+        if let Some(dir) = &self.run_dir {
+            write!(f, ", --run-dir {}", dir.display())?;
+        }
+        Ok(())
+    }
 }
 
 /// The held lock of a pin directory; dropping it releases it.
@@ -246,6 +282,7 @@ impl PinDir {
             Ok(()) => Ok(PinLock { _dir: dir }),
             Err(fs::TryLockError::WouldBlock) => Err(PinError::Busy {
                 path: self.root.clone(),
+                holder: Holder::of(&self.root),
             }),
             Err(fs::TryLockError::Error(e)) => Err(io_err("locking", &self.root)(e)),
         }
