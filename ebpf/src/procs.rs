@@ -209,7 +209,9 @@ pub fn mark(tgid: u32) {
 }
 
 /// Notes that `tgid`'s state was lost (`LW_PROCS` was full): until it
-/// exits, the process is judged network-facing ([`evidence::UNTRACKED`]).
+/// exits (or executes a program while the policy has no lineage rules: see
+/// `process::start_over`), the process is judged network-facing
+/// ([`evidence::UNTRACKED`]).
 #[inline(always)]
 pub fn lose(tgid: u32) {
     if let Some(b) = byte_of(&TRACKED, tgid) {
