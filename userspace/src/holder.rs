@@ -1,6 +1,8 @@
 //! Who holds a loopwarden lock: the process holding an flock on a run
 //! directory's lock file or a pin directory (from `/proc/locks`, never by
 //! taking it), and the `--run-dir` its command line gave.
+// Fuzz builds have no `status` (`ops`), which reads some of it.
+#![cfg_attr(fuzzing, allow(dead_code))]
 
 use std::{
     fs,
@@ -40,7 +42,7 @@ fn run_dir_arg(cmdline: &[u8]) -> PathBuf {
             return PathBuf::from(std::ffi::OsStr::from_bytes(dir));
         }
     }
-    PathBuf::from(crate::daemon::DEFAULT_RUN_DIR)
+    PathBuf::from(crate::run_file::DEFAULT_RUN_DIR)
 }
 
 pub(crate) enum LockState {
@@ -139,12 +141,12 @@ mod tests {
         );
         assert_eq!(
             dir(b"loopwarden\0run\0"),
-            Path::new(crate::daemon::DEFAULT_RUN_DIR)
+            Path::new(crate::run_file::DEFAULT_RUN_DIR)
         );
         // A trailing `--run-dir` with no value: the default (clap refuses it).
         assert_eq!(
             dir(b"loopwarden\0run\0--run-dir"),
-            Path::new(crate::daemon::DEFAULT_RUN_DIR)
+            Path::new(crate::run_file::DEFAULT_RUN_DIR)
         );
     }
 

@@ -14,6 +14,9 @@ use std::{
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+/// Default run directory: the instance lock and the daemon's files.
+pub const DEFAULT_RUN_DIR: &str = "/run/loopwarden";
+
 /// The set of pinned maps a run file speaks of: a file left by a daemon
 /// of another pin directory, of maps made afresh in this one (after a
 /// detach or a replacement, whose policy sequence numbers start over), or

@@ -56,8 +56,7 @@ use crate::{
     provenance::ident::IdentStartError,
 };
 
-/// Default directory for the instance lock.
-pub const DEFAULT_RUN_DIR: &str = "/run/loopwarden";
+pub use crate::run_file::DEFAULT_RUN_DIR;
 /// Everything that can stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
