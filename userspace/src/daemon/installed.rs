@@ -121,6 +121,40 @@ pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
     out
 }
 
+/// What runs and what the file says of `what` (one of [`needs_restart`]'s).
+fn running_and_file(what: &str, running: &Config, file: &Config) -> String {
+    let on = |b: bool| if b { "on" } else { "off" };
+    let shown = |c: &Config| match what {
+        "[provenance] query" => format!("query socket {}", on(c.provenance.query)),
+        "[provenance] connections" => format!("{} connections", c.provenance.connections),
+        "[ident]" if c.ident.listen.is_empty() => "off".to_owned(),
+        "[ident]" => {
+            let listen: Vec<String> = c.ident.listen.iter().map(|l| l.value.to_string()).collect();
+            let netns = c
+                .ident
+                .netns
+                .as_ref()
+                .map_or(String::new(), |n| format!(" in {}", n.value.display()));
+            format!(
+                "{}{netns}, relayed {}, timeout {} ms",
+                listen.join(", "),
+                c.ident.relayed.token(),
+                c.ident.timeout_ms
+            )
+        }
+        "[metrics]" => format!(
+            "socket {}, {}",
+            on(c.metrics.socket),
+            c.metrics
+                .listen
+                .as_ref()
+                .map_or("no TCP listener".to_owned(), |l| format!("on {}", l.value))
+        ),
+        _ => String::new(),
+    };
+    format!("running: {}; the file: {}", shown(running), shown(file))
+}
+
 /// The settings a reload does not apply (they bind sockets or size maps
 /// at start) that differ between `old` and `new`.
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -255,7 +289,10 @@ impl Installed {
                 }
                 self.start_pending_ident(&config);
                 for what in needs_restart(&self.started, &config) {
-                    warn!("{what} changed: that takes effect when the daemon restarts");
+                    warn!(
+                        "{what} changed: that takes effect when the daemon restarts ({})",
+                        running_and_file(what, &self.started, &config)
+                    );
                 }
                 let outcome = self.install(policy, addrs, enricher);
                 match &outcome {
@@ -517,6 +554,16 @@ mod tests {
         assert!(needs_restart(&old, &moved).is_empty());
         let other = parse(&tables.replace("9477", "9478").replace(":113", ":1113"));
         assert_eq!(needs_restart(&old, &other), ["[ident]", "[metrics]"]);
+        let said = running_and_file("[metrics]", &old, &other);
+        assert!(
+            said.ends_with(":9477; the file: socket on, on 127.0.0.1:9478"),
+            "{said}"
+        );
+        let said = running_and_file("[ident]", &old, &other);
+        assert!(
+            said.contains(":113") && said.contains("the file: 127.0.0.1:1113"),
+            "{said}"
+        );
         // A daemon started on a bad file compares with the defaults.
         let default = Config::embedded_default();
         assert_eq!(needs_restart(&default, &old), ["[ident]", "[metrics]"]);
