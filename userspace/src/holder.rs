@@ -10,6 +10,41 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use serde::Serialize;
+
+/// The process holding a lock (a pin directory's: a daemon), and the
+/// `--run-dir` its command line gave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Holder {
+    pub pid: u32,
+    /// Its `--run-dir`, from its command line.
+    pub run_dir: Option<PathBuf>,
+}
+
+impl Holder {
+    /// Who holds `lock`, when `/proc/locks` names the process (never
+    /// found by taking the lock).
+    pub fn of(lock: &Path) -> Option<Self> {
+        match lock_holder(lock, false) {
+            LockState::Held(Some(pid)) => Some(Holder {
+                pid,
+                run_dir: run_dir_of(pid),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {}", self.pid)?;
+        if let Some(dir) = &self.run_dir {
+            write!(f, ", --run-dir {}", dir.display())?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether process `pid` runs as root.
 pub(crate) fn owned_by_root(pid: u32) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| meta.uid() == 0)

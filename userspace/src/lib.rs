@@ -29,7 +29,7 @@ pub mod cut;
 pub mod daemon;
 pub mod events;
 pub mod heap;
-pub(crate) mod holder;
+pub mod holder;
 pub mod kernel;
 #[cfg(not(fuzzing))]
 pub mod ops;

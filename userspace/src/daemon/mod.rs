@@ -92,7 +92,7 @@ pub enum DaemonError {
     )]
     DetachBusy {
         path: PathBuf,
-        holder: Option<crate::kernel::pins::Holder>,
+        holder: Option<crate::holder::Holder>,
     },
     #[error(
         "the run directory {} is not private: {why}; make it and the directories above it \

@@ -65,7 +65,7 @@ pub enum PinError {
     Busy {
         path: PathBuf,
         /// Who holds the lock, when `/proc/locks` names it.
-        holder: Option<Holder>,
+        holder: Option<crate::holder::Holder>,
     },
     #[error("{what} {} failed", path.display())]
     Io {
@@ -79,37 +79,6 @@ pub enum PinError {
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinError {
     let path = path.to_owned();
     move |source| PinError::Io { what, path, source }
-}
-
-/// The process holding a pin directory's lock, and the `--run-dir` its
-/// command line gave.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub pid: u32,
-    pub run_dir: Option<PathBuf>,
-}
-
-impl Holder {
-    /// Who holds `dir`'s lock, from `/proc/locks`.
-    fn of(dir: &Path) -> Option<Self> {
-        match crate::holder::lock_holder(dir, false) {
-            crate::holder::LockState::Held(Some(pid)) => Some(Holder {
-                pid,
-                run_dir: crate::holder::run_dir_of(pid),
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {}", self.pid)?;
-        if let Some(dir) = &self.run_dir {
-            write!(f, ", --run-dir {}", dir.display())?;
-        }
-        Ok(())
-    }
 }
 
 /// The held lock of a pin directory; dropping it releases it.
@@ -282,7 +251,7 @@ impl PinDir {
             Ok(()) => Ok(PinLock { _dir: dir }),
             Err(fs::TryLockError::WouldBlock) => Err(PinError::Busy {
                 path: self.root.clone(),
-                holder: Holder::of(&self.root),
+                holder: crate::holder::Holder::of(&self.root),
             }),
             Err(fs::TryLockError::Error(e)) => Err(io_err("locking", &self.root)(e)),
         }

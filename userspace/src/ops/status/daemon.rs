@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use super::{DaemonReport, ElsewhereDaemon};
+use super::DaemonReport;
 use crate::{
     daemon::status_file,
-    holder::{LockState, alive, lock_holder, owned_by_root, run_dir_of},
+    holder::{Holder, LockState, alive, lock_holder, owned_by_root},
 };
 
 /// Who holds `<run_dir>/loopwarden.lock`, and what status.json says.
@@ -36,18 +36,12 @@ pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
     // it), and not the one holding this run directory's lock (a daemon
     // starting here, before its status.json). Looked up only when no
     // daemon runs for this run directory.
-    let pin_holder = (!running).then(|| lock_holder(pin_dir, false));
-    let elsewhere = match pin_holder {
-        Some(LockState::Held(Some(pid)))
-            if owned_by_root(pid) && !matches!(holder, LockState::Held(Some(p)) if p == pid) =>
-        {
-            Some(ElsewhereDaemon {
-                pid,
-                run_dir: run_dir_of(pid),
-            })
-        }
-        _ => None,
-    };
+    let elsewhere = (!running)
+        .then(|| Holder::of(pin_dir))
+        .flatten()
+        .filter(|h| {
+            owned_by_root(h.pid) && !matches!(holder, LockState::Held(Some(p)) if p == h.pid)
+        });
     DaemonReport {
         running,
         lock_holder: match holder {

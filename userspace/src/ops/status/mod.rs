@@ -28,6 +28,7 @@ use serde::Serialize;
 use self::daemon::daemon_report;
 use crate::{
     daemon::status_file::{self, DaemonStatus},
+    holder::Holder,
     kernel::{
         compat,
         inspect::{self, Counter, InspectError, LinkState},
@@ -182,15 +183,7 @@ pub struct DaemonReport {
     pub reported: Option<DaemonStatus>,
     /// When none runs for this run directory: the process holding the pin
     /// directory's lock (a daemon given another `--run-dir`).
-    pub elsewhere: Option<ElsewhereDaemon>,
-}
-
-/// A daemon for the pins whose run directory is another.
-#[derive(Clone, Debug, Serialize)]
-pub struct ElsewhereDaemon {
-    pub pid: u32,
-    /// Its `--run-dir`, from its command line.
-    pub run_dir: Option<PathBuf>,
+    pub elsewhere: Option<Holder>,
 }
 
 /// Everything `status` found.
