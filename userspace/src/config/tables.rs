@@ -178,6 +178,28 @@ pub struct Ident {
     pub timeout_ms: u32,
 }
 
+impl Ident {
+    /// In words, as `check-config` and a reload's restart warning say it:
+    /// `off`, or where it answers and how.
+    pub fn describe(&self) -> String {
+        if self.listen.is_empty() {
+            return "off".to_owned();
+        }
+        let listen: Vec<String> = self.listen.iter().map(|a| a.value.to_string()).collect();
+        let netns = self
+            .netns
+            .as_ref()
+            .map(|n| format!(" in {}", n.value.display()))
+            .unwrap_or_default();
+        format!(
+            "{}{netns}; a relayed client is ERROR : {}; a silent client is closed after {} ms",
+            listen.join(", "),
+            self.relayed.token(),
+            self.timeout_ms
+        )
+    }
+}
+
 /// The `[bind]` table: the bind guard. It follows the global `mode`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bind {
@@ -235,6 +257,20 @@ pub struct Metrics {
     pub socket: bool,
     /// Also serve them over TCP on this loopback address.
     pub listen: Option<Located<std::net::SocketAddr>>,
+}
+
+impl Metrics {
+    /// In words, as `check-config` and a reload's restart warning say it.
+    pub fn describe(&self) -> String {
+        let listen = self.listen.as_ref().map_or_else(
+            || "no TCP listener".to_owned(),
+            |a| format!("on {}", a.value),
+        );
+        format!(
+            "socket {}, {listen}",
+            if self.socket { "on" } else { "off" }
+        )
+    }
 }
 
 /// One `[[egress]]` table: a rule of the egress guard. It follows the

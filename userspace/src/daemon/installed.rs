@@ -121,67 +121,46 @@ pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
     out
 }
 
-/// What runs and what the file says of `what` (one of [`needs_restart`]'s).
-fn running_and_file(what: &str, running: &Config, file: &Config) -> String {
-    let on = |b: bool| if b { "on" } else { "off" };
-    let shown = |c: &Config| match what {
-        "[provenance] query" => format!("query socket {}", on(c.provenance.query)),
-        "[provenance] connections" => format!("{} connections", c.provenance.connections),
-        "[ident]" if c.ident.listen.is_empty() => "off".to_owned(),
-        "[ident]" => {
-            let listen: Vec<String> = c.ident.listen.iter().map(|l| l.value.to_string()).collect();
-            let netns = c
-                .ident
-                .netns
-                .as_ref()
-                .map_or(String::new(), |n| format!(" in {}", n.value.display()));
-            format!(
-                "{}{netns}, relayed {}, timeout {} ms",
-                listen.join(", "),
-                c.ident.relayed.token(),
-                c.ident.timeout_ms
-            )
-        }
-        "[metrics]" => format!(
-            "socket {}, {}",
-            on(c.metrics.socket),
-            c.metrics
-                .listen
-                .as_ref()
-                .map_or("no TCP listener".to_owned(), |l| format!("on {}", l.value))
-        ),
-        _ => String::new(),
-    };
-    format!("running: {}; the file: {}", shown(running), shown(file))
+/// How a setting is said, by the config it is read from.
+type Describe = dyn Fn(&Config) -> String;
+
+/// A setting a reload does not apply: which, what runs, what the file says.
+#[derive(Debug, PartialEq, Eq)]
+struct Unapplied {
+    what: &'static str,
+    running: String,
+    file: String,
 }
 
 /// The settings a reload does not apply (they bind sockets or size maps
-/// at start) that differ between `old` and `new`.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+/// at start) that differ between `old` (what runs) and `new` (the file).
+fn needs_restart(old: &Config, new: &Config) -> Vec<Unapplied> {
     // (`[provenance] getsockopt` and its cgroups are followed at each
-    // refresh: see `super::getsockopt`.)
-    let mut changed = Vec::new();
-    if old.provenance.query != new.provenance.query {
-        changed.push("[provenance] query");
-    }
-    if old.provenance.connections != new.provenance.connections {
-        changed.push("[provenance] connections");
-    }
-    // By value: a line moved by an edit elsewhere in the file is no change.
-    let ident = |c: &Config| {
-        let i = &c.ident;
-        let listen: Vec<_> = i.listen.iter().map(|l| l.value).collect();
-        let netns = i.netns.as_ref().map(|n| n.value.clone());
-        (listen, netns, i.relayed, i.timeout_ms)
-    };
-    if ident(old) != ident(new) {
-        changed.push("[ident]");
-    }
-    let metrics = |c: &Config| (c.metrics.socket, c.metrics.listen.as_ref().map(|l| l.value));
-    if metrics(old) != metrics(new) {
-        changed.push("[metrics]");
-    }
-    changed
+    // refresh: see `super::getsockopt`.) Each is told apart by what it
+    // says, which holds values only: a line moved by an edit elsewhere in
+    // the file is no change.
+    let settings: [(&'static str, &Describe); 4] = [
+        ("[provenance] query", &|c| {
+            let on = if c.provenance.query { "on" } else { "off" };
+            format!("query socket {on}")
+        }),
+        ("[provenance] connections", &|c| {
+            format!("{} connections", c.provenance.connections)
+        }),
+        ("[ident]", &|c| c.ident.describe()),
+        ("[metrics]", &|c| c.metrics.describe()),
+    ];
+    settings
+        .into_iter()
+        .filter_map(|(what, describe)| {
+            let (running, file) = (describe(old), describe(new));
+            (running != file).then_some(Unapplied {
+                what,
+                running,
+                file,
+            })
+        })
+        .collect()
 }
 
 /// The installed policy and what it was compiled from.
@@ -288,10 +267,15 @@ impl Installed {
                     info!("policy unchanged");
                 }
                 self.start_pending_ident(&config);
-                for what in needs_restart(&self.started, &config) {
+                for Unapplied {
+                    what,
+                    running,
+                    file,
+                } in needs_restart(&self.started, &config)
+                {
                     warn!(
-                        "{what} changed: that takes effect when the daemon restarts ({})",
-                        running_and_file(what, &self.started, &config)
+                        "{what} changed: that takes effect when the daemon restarts (running: \
+                         {running}; the file: {file})"
                     );
                 }
                 let outcome = self.install(policy, addrs, enricher);
@@ -553,20 +537,25 @@ mod tests {
         let moved = parse(&format!("# a comment\n\n{tables}"));
         assert!(needs_restart(&old, &moved).is_empty());
         let other = parse(&tables.replace("9477", "9478").replace(":113", ":1113"));
-        assert_eq!(needs_restart(&old, &other), ["[ident]", "[metrics]"]);
-        let said = running_and_file("[metrics]", &old, &other);
+        let whats = |changed: Vec<Unapplied>| changed.iter().map(|c| c.what).collect::<Vec<_>>();
+        let changed = needs_restart(&old, &other);
+        assert_eq!(whats(needs_restart(&old, &other)), ["[ident]", "[metrics]"]);
+        assert_eq!(changed[1].running, "socket on, on 127.0.0.1:9477");
+        assert_eq!(changed[1].file, "socket on, on 127.0.0.1:9478");
         assert!(
-            said.ends_with(":9477; the file: socket on, on 127.0.0.1:9478"),
-            "{said}"
+            changed[0].running.starts_with("127.0.0.1:113;"),
+            "{changed:?}"
         );
-        let said = running_and_file("[ident]", &old, &other);
         assert!(
-            said.contains(":113") && said.contains("the file: 127.0.0.1:1113"),
-            "{said}"
+            changed[0].file.starts_with("127.0.0.1:1113;"),
+            "{changed:?}"
         );
         // A daemon started on a bad file compares with the defaults.
         let default = Config::embedded_default();
-        assert_eq!(needs_restart(&default, &old), ["[ident]", "[metrics]"]);
+        assert_eq!(
+            whats(needs_restart(&default, &old)),
+            ["[ident]", "[metrics]"]
+        );
         assert!(needs_restart(&default, &parse("mode = \"audit\"\n")).is_empty());
     }
 }

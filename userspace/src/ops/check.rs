@@ -107,30 +107,8 @@ pub fn daemon_settings(config: &Config) -> String {
         on(p.query),
         p.connections
     );
-    let i = &config.ident;
-    if i.listen.is_empty() {
-        out.push_str("ident:       off\n");
-    } else {
-        let listen: Vec<String> = i.listen.iter().map(|a| a.value.to_string()).collect();
-        let netns = i
-            .netns
-            .as_ref()
-            .map(|n| format!(" in {}", n.value.display()))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "ident:       {}{netns}; a relayed client is ERROR : {}; a silent \
-             client is closed after {} ms\n",
-            listen.join(", "),
-            i.relayed.token(),
-            i.timeout_ms
-        ));
-    }
-    let m = &config.metrics;
-    let listen = m.listen.as_ref().map_or_else(
-        || "no TCP listener".to_owned(),
-        |a| format!("on {}", a.value),
-    );
-    out.push_str(&format!("metrics:     socket {}, {listen}\n", on(m.socket)));
+    out.push_str(&format!("ident:       {}\n", config.ident.describe()));
+    out.push_str(&format!("metrics:     {}\n", config.metrics.describe()));
     out
 }
 
