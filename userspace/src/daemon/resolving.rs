@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use nix::{fcntl::OFlag, unistd::pipe2};
+use nix::{fcntl::OFlag, sys::signal, unistd::pipe2};
 use tokio::io::unix::AsyncFd;
 
 use tracing::{debug, info, warn};
@@ -125,6 +125,18 @@ impl Compiles {
             .name("lw-resolve".into())
             .spawn(move || {
                 let _on_end = on_end;
+                // Signals are the loop's: the kernel hands a signal sent to
+                // the process to any thread that does not block it, and the
+                // handler, run here, would write to the runtime's signal
+                // pipe through this thread's own table, where that
+                // descriptor is closed: the SIGHUP would be lost.
+                if let Err(e) = signal::pthread_sigmask(
+                    signal::SigmaskHow::SIG_BLOCK,
+                    Some(&signal::SigSet::all()),
+                    None,
+                ) {
+                    warn!("the policy's resolving thread could not block signals ({e})");
+                }
                 let private = private_descriptors(woken.as_raw_fd());
                 if let Err(e) = &private {
                     warn!(
