@@ -114,7 +114,8 @@ pub enum DaemonError {
 pub mod exit {
     /// The policy file is bad (EX_CONFIG), or an option or address it
     /// names is (`--pin-dir` off bpffs, a `--run-dir` another user may
-    /// write, an `[ident] listen` address in use).
+    /// write, a `--host-cgroup-root` that is not the host's cgroup v2
+    /// root, an `[ident] listen` address in use).
     pub const CONFIG: u8 = 78;
     /// The kernel or host lacks something loopwarden needs: cgroup v2, BTF,
     /// a recent enough kernel, or a program the kernel refuses to load
@@ -138,6 +139,9 @@ impl DaemonError {
             DaemonError::Compat(
                 CompatError::NotRoot { .. } | CompatError::MissingCapabilities { .. },
             ) => exit::NO_PERMISSION,
+            // The operator's option, not the host: named, and not for a
+            // restart.
+            DaemonError::Compat(CompatError::HostCgroup(_)) => exit::CONFIG,
             DaemonError::Compat(_) | DaemonError::Btf(_) => exit::UNSUPPORTED,
             // The kernel refusing a program: a helper, program type or
             // verifier limit it lacks (a restart would be refused the same
