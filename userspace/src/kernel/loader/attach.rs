@@ -1,7 +1,6 @@
 //! Attaching the loaded programs: the cgroup hooks' pinned links (updated
-//! in place when pinned already), the `cgroup/getsockopt` links of the
-//! cgroups the policy names, the tracing links, and the benchmark's
-//! unpinned baseline.
+//! in place when pinned already), the tracing links, and the benchmark's
+//! unpinned baseline (the `cgroup/getsockopt` links: [`super::getsockopt`]).
 
 use std::{
     fs::File,
@@ -158,93 +157,6 @@ impl Programs {
         }
     }
 
-    /// Makes a pinned `cgroup/getsockopt` link run our program in each
-    /// cgroup of `targets` (the root, or the cgroups the policy names),
-    /// and removes the pinned links of cgroups no longer named or gone (an
-    /// empty `targets` removes them all, each detached at once:
-    /// [`remove_link`]). A link pinned already is switched to this
-    /// program in place with [`Pinned::Update`] (a start), left as it is
-    /// with [`Pinned::Keep`] (the daemon's own, looked at again).
-    pub fn attach_getsockopt(
-        &mut self,
-        cgroup_root: &Path,
-        pins: &PinDir,
-        targets: &[PathBuf],
-        pinned: Pinned,
-    ) -> Result<GetsockoptChange, LoaderError> {
-        let name = programs::GETSOCKOPT;
-        let pin_failed = |pin: &Path, message: String| LoaderError::PinLink {
-            name,
-            path: pin.display().to_string(),
-            message,
-        };
-        let mut wanted = Vec::with_capacity(targets.len());
-        for dir in targets {
-            // Named by the cgroup opened, not by its path: one removed and
-            // made again in between is attached under its new name.
-            let cgroup = open_cgroup(dir)?;
-            let pin = pins.link(&getsockopt_pin(&cgroup, dir == cgroup_root).map_err(
-                |source| LoaderError::OpenCgroup {
-                    path: dir.display().to_string(),
-                    source,
-                },
-            )?);
-            wanted.push((pin, dir, cgroup));
-        }
-        let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
-        let mut change = GetsockoptChange::default();
-        let mut pinned = pinned;
-        for (pin, dir, cgroup) in &wanted {
-            let (pin, dir) = (pin.as_path(), dir.as_path());
-            if pin.exists() {
-                match &mut pinned {
-                    Pinned::Keep => continue,
-                    Pinned::Update(undo) => {
-                        if let Update::Switched { before } = update_link(name, pin, prog)? {
-                            undo.switched.push((pin.to_owned(), before));
-                            continue;
-                        }
-                    }
-                }
-            }
-            // aya 0.14 cannot turn a sockopt link into a pinnable FdLink:
-            // the link is created and pinned with our own bpf(2) calls.
-            let prog_fd = prog.fd().map_err(LoaderError::verify(name))?;
-            let link = sys::link_create(prog_fd.as_fd(), cgroup.as_fd(), sys::ATTACH_GETSOCKOPT)
-                .map_err(|e| LoaderError::AttachRaw {
-                    name,
-                    path: dir.display().to_string(),
-                    source: e,
-                })?;
-            sys::obj_pin(link.as_fd(), pin).map_err(|e| pin_failed(pin, e.to_string()))?;
-            if let Pinned::Update(undo) = &mut pinned {
-                undo.attached.push(pin.to_owned());
-            }
-            change.attached.push(dir.to_owned());
-        }
-        // The cgroups no longer named lose theirs only now: a move from the
-        // root to named cgroups (or back) never leaves a service between
-        // the two without an answer. At a start, only once the start has
-        // taken over (a start that fails leaves them, see [`LinkUndo`]).
-        if let Ok(entries) = std::fs::read_dir(pins.links_dir()) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let ours = entry.file_name().to_string_lossy().starts_with(name);
-                if !ours || wanted.iter().any(|(pin, ..)| *pin == path) {
-                    continue;
-                }
-                match &mut pinned {
-                    Pinned::Update(undo) => undo.unnamed.push(path),
-                    Pinned::Keep => {
-                        remove_link(&path).map_err(|e| pin_failed(&path, e.to_string()))?;
-                        change.removed.push(path);
-                    }
-                }
-            }
-        }
-        Ok(change)
-    }
-
     /// Attaches each tracking program with a new link, pinned over the
     /// previous daemon's (a tracing link cannot take a new program in
     /// place): for an instant both run, which only records some evidence
@@ -338,11 +250,14 @@ pub enum Pinned<'a> {
 /// feeding them (see [`Programs::attach_pinned`]).
 #[derive(Debug, Default)]
 pub struct LinkUndo {
-    switched: Vec<(PathBuf, Option<OwnedFd>)>,
-    attached: Vec<PathBuf>,
+    /// The links switched to the new programs in place, with what each
+    /// ran before.
+    pub(super) switched: Vec<(PathBuf, Option<OwnedFd>)>,
+    /// The links made anew.
+    pub(super) attached: Vec<PathBuf>,
     /// The getsockopt links of cgroups the start's policy no longer
     /// names: removed once it has taken over, left if it fails.
-    unnamed: Vec<PathBuf>,
+    pub(super) unnamed: Vec<PathBuf>,
 }
 
 impl LinkUndo {
@@ -398,29 +313,8 @@ impl LinkUndo {
     }
 }
 
-/// What [`Programs::attach_getsockopt`] changed.
-#[derive(Debug, Default)]
-pub struct GetsockoptChange {
-    /// The cgroups given a new link.
-    pub attached: Vec<PathBuf>,
-    /// The pins of the links removed.
-    pub removed: Vec<PathBuf>,
-}
-
-/// The pin name of the `cgroup/getsockopt` link in the open cgroup
-/// `cgroup`: the program's name at the root (`root`), with the cgroup's
-/// id (its inode number, never reused) below it.
-fn getsockopt_pin(cgroup: &File, root: bool) -> io::Result<String> {
-    if root {
-        return Ok(programs::GETSOCKOPT.to_owned());
-    }
-    use std::os::unix::fs::MetadataExt as _;
-    let id = cgroup.metadata()?.ino();
-    Ok(format!("{}_{id:x}", programs::GETSOCKOPT))
-}
-
 /// What [`update_link`] did.
-enum Update {
+pub(super) enum Update {
     /// The link runs the new program; `before`: the one it ran, if it
     /// could be opened.
     Switched { before: Option<OwnedFd> },
@@ -433,7 +327,7 @@ enum Update {
 /// detached already (`ENOLINK`: a `detach` stopped between detaching it
 /// and removing its pin, or its cgroup was removed), nothing runs through
 /// it, so its pin is removed for the caller to attach anew.
-fn update_link(
+pub(super) fn update_link(
     name: &'static str,
     pin: &Path,
     prog: &mut impl ProgramFd,
@@ -491,7 +385,7 @@ fn remove_new_trackers(pins: &PinDir) {
 }
 
 /// What [`update_link`] needs of a loaded program, whatever its type.
-trait ProgramFd {
+pub(super) trait ProgramFd {
     /// A duplicate of the program's descriptor, and its id if the kernel
     /// says.
     fn fd_and_id(&self) -> Result<(std::os::fd::OwnedFd, Option<u32>), ProgramError>;
@@ -510,7 +404,7 @@ macro_rules! program_fd {
 }
 program_fd!(CgroupSockAddr, CgroupSockopt);
 
-fn open_cgroup(cgroup_root: &Path) -> Result<File, LoaderError> {
+pub(super) fn open_cgroup(cgroup_root: &Path) -> Result<File, LoaderError> {
     File::open(cgroup_root).map_err(|source| LoaderError::OpenCgroup {
         path: cgroup_root.display().to_string(),
         source,

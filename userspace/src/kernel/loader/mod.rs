@@ -15,6 +15,7 @@
 
 mod attach;
 mod error;
+mod getsockopt;
 
 use std::collections::HashMap;
 
@@ -25,8 +26,9 @@ use aya::{
 use loopwarden_common::{KernelOffsets, OFFSETS_GLOBAL, maps, programs};
 
 pub use self::{
-    attach::{GetsockoptChange, Pinned},
+    attach::Pinned,
     error::{Cause, LoaderError, errno_in},
+    getsockopt::GetsockoptChange,
 };
 use super::{
     lru,
