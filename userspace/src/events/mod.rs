@@ -38,6 +38,7 @@ pub mod diagnostics;
 mod enrich;
 pub mod output;
 mod proc;
+mod proc_cache;
 pub mod report;
 pub mod rule_file;
 pub mod stderr;
