@@ -214,7 +214,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             let path =
                 (!default).then(|| file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)));
-            let checked = ops::check::check(path.as_deref(), as_daemon, cgroup_root)?;
+            let checked = match ops::check::check(path.as_deref(), as_daemon, cgroup_root) {
+                Ok(checked) => checked,
+                // Every problem the file has, a line each.
+                Err(DaemonError::Config(e)) => {
+                    for problem in e.problems() {
+                        eprintln!("loopwarden: error: {problem}");
+                    }
+                    return Ok(ExitCode::from(daemon::exit::CONFIG));
+                }
+                Err(e) => return Err(e.into()),
+            };
             for warning in &checked.warnings {
                 eprintln!("loopwarden: warning: {warning}");
             }

@@ -73,6 +73,59 @@ pub enum ConfigError {
         at: Location,
         problem: Problem,
     },
+    /// Several such values (each table's first, each rule's), in the
+    /// file's order: said on one line, for the journal.
+    #[error("{} problems: {}", problems.len(), Joined(problems))]
+    Several { problems: Vec<ConfigError> },
+}
+
+impl ConfigError {
+    /// Each problem this error stands for: its own, or [`ConfigError::Several`]'s.
+    pub fn problems(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several { problems } => problems.iter().collect(),
+            one => vec![one],
+        }
+    }
+
+    /// Where in the file the problem is, if it says.
+    fn at(&self) -> Option<Location> {
+        match self {
+            ConfigError::Invalid { at, .. } | ConfigError::NotUtf8 { at, .. } => Some(*at),
+            ConfigError::Syntax { at, .. } => *at,
+            _ => None,
+        }
+    }
+
+    /// `problems` as one error: none is `Ok`, one is itself, more are
+    /// [`ConfigError::Several`] in the file's order.
+    pub(super) fn all(mut problems: Vec<ConfigError>) -> Result<(), ConfigError> {
+        // Stable: problems at one place keep the order they were found in.
+        problems.sort_by_key(|p| {
+            p.at()
+                .map_or((usize::MAX, usize::MAX), |at| (at.line, at.column))
+        });
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Several { problems }),
+        }
+    }
+}
+
+/// Errors shown one after another, `; ` between them.
+struct Joined<'a>(&'a [ConfigError]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What is wrong with a well-formed value.

@@ -253,3 +253,57 @@ fn every_port() {
     // Generous: a debug build on a busy machine takes well under a second.
     assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
 }
+
+/// Every table's first problem and every rule's are said, in the file's
+/// order (the relay window, found after the rules' table order would put
+/// it, comes before them), on one line; a single problem is said as it
+/// was, without a count; and the rules that are sound still count for
+/// the duplicate check.
+#[test]
+fn every_problem_of_a_file_is_said_in_its_order() {
+    let text = "\
+[[rule]]
+name = \"a\"
+action = \"deny\"
+
+[[rule]]
+name = \"b\"
+action = \"deny\"
+uid = 1
+
+[[rule]]
+name = \"b\"
+action = \"deny\"
+uid = 2
+
+[relay]
+window_ms = 0
+
+[protect]
+ports = [70000]
+";
+    let err = parse(text).expect_err("three problems");
+    let lines: Vec<usize> = err
+        .problems()
+        .iter()
+        .map(|p| match p {
+            ConfigError::Invalid { at, .. } => at.line,
+            other => panic!("not a value's problem: {other}"),
+        })
+        .collect();
+    assert_eq!(lines, [2, 11, 16, 19], "{err}");
+    let message = err.to_string();
+    assert!(message.starts_with("4 problems: test.toml:2:"), "{message}");
+    for phrase in [
+        "has no criteria",
+        "already used by the rule at line 6",
+        "window_ms is 0",
+        "70000",
+    ] {
+        assert!(message.contains(phrase), "{phrase:?} in {message}");
+    }
+    assert!(!message.contains('\n'), "{message}");
+    // One problem: as before.
+    let one = expect_error("[relay]\nwindow_ms = 0\n", 2, "window_ms is 0");
+    assert_eq!(one.problems().len(), 1);
+}

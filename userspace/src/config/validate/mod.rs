@@ -39,9 +39,13 @@ impl Validator<'_> {
         }
     }
 
+    /// Validates every table and rule: a table's first problem and each
+    /// rule's are all said ([`ConfigError::Several`]), not only the first
+    /// in the file.
     pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let defaults = Config::embedded_default();
         let mut warnings = Vec::new();
+        let mut problems = Problems::default();
         let empty = raw.is_empty();
         if empty {
             // Most likely a file truncated by accident, and the defaults
@@ -63,14 +67,17 @@ impl Validator<'_> {
             // Point at the first rule that does not fit.
             let first_over = MAX_RULES.saturating_sub(catalog_rules);
             let span = raw.rule.get(first_over).map_or(0..0, |r| r.name.span());
-            return Err(self.invalid(
-                &span,
-                Problem::TooManyRules {
-                    user: raw.rule.len(),
-                    catalog: catalog_rules,
-                    max: MAX_RULES,
-                },
-            ));
+            problems.keep(
+                Err(self.invalid(
+                    &span,
+                    Problem::TooManyRules {
+                        user: raw.rule.len(),
+                        catalog: catalog_rules,
+                        max: MAX_RULES,
+                    },
+                )),
+                (),
+            );
         }
 
         let mut protect = match raw.protect {
@@ -78,11 +85,13 @@ impl Validator<'_> {
             Some(p) => Protect {
                 ports: match p.ports {
                     None => defaults.protect.ports,
-                    Some(ports) => self.ports(ports)?,
+                    Some(ports) => problems.keep(self.ports(ports), defaults.protect.ports),
                 },
                 netns: match p.netns {
                     None => defaults.protect.netns,
-                    Some(netns) => self.paths("netns", netns)?,
+                    Some(netns) => {
+                        problems.keep(self.paths("netns", netns), defaults.protect.netns)
+                    }
                 },
                 host_addresses: p.host_addresses.unwrap_or(defaults.protect.host_addresses),
             },
@@ -92,12 +101,15 @@ impl Validator<'_> {
             None => defaults.relay,
             Some(r) => Relay {
                 action: r.action.unwrap_or(defaults.relay.action),
-                window_ms: self.bounded(
-                    r.window_ms,
+                window_ms: problems.keep(
+                    self.bounded(
+                        r.window_ms,
+                        defaults.relay.window_ms,
+                        RELAY_WINDOW_MS,
+                        |value| Problem::RelayWindow { value },
+                    ),
                     defaults.relay.window_ms,
-                    RELAY_WINDOW_MS,
-                    |value| Problem::RelayWindow { value },
-                )?,
+                ),
             },
         };
 
@@ -106,33 +118,43 @@ impl Validator<'_> {
             Some(p) => Provenance {
                 tag: p.tag.unwrap_or(defaults.provenance.tag),
                 getsockopt: p.getsockopt.unwrap_or(defaults.provenance.getsockopt),
-                getsockopt_cgroups: self.opt_values(
-                    "getsockopt_cgroups",
-                    p.getsockopt_cgroups,
-                    |cg| cgroup("getsockopt_cgroups", cg),
-                )?,
+                getsockopt_cgroups: problems.keep(
+                    self.opt_values("getsockopt_cgroups", p.getsockopt_cgroups, |cg| {
+                        cgroup("getsockopt_cgroups", cg)
+                    }),
+                    Vec::new(),
+                ),
                 query: p.query.unwrap_or(defaults.provenance.query),
-                connections: self.bounded(
-                    p.connections,
+                connections: problems.keep(
+                    self.bounded(
+                        p.connections,
+                        defaults.provenance.connections,
+                        CONNECTIONS,
+                        |value| Problem::Connections { value },
+                    ),
                     defaults.provenance.connections,
-                    CONNECTIONS,
-                    |value| Problem::Connections { value },
-                )?,
+                ),
             },
         };
 
         let ident = match raw.ident {
             None => defaults.ident,
-            Some(i) => self.ident(i, defaults.ident, &mut warnings)?,
+            Some(i) => problems.keep(
+                self.ident(i, defaults.ident.clone(), &mut warnings),
+                defaults.ident,
+            ),
         };
 
         let bind = match raw.bind {
             None => defaults.bind,
-            Some(b) => self.bind(b, &mut warnings)?,
+            Some(b) => problems.keep(self.bind(b, &mut warnings), defaults.bind),
         };
         let browsers = match raw.browsers {
             None => defaults.browsers,
-            Some(b) => self.browsers(b, defaults.browsers.action)?,
+            Some(b) => problems.keep(
+                self.browsers(b, defaults.browsers.action),
+                defaults.browsers,
+            ),
         };
         if let PortSet::Ranges(protected) = &protect.ports {
             let inside = |r: &PortRange| {
@@ -151,20 +173,23 @@ impl Validator<'_> {
         }
         let metrics = match raw.metrics {
             None => defaults.metrics,
-            Some(m) => self.metrics(m, defaults.metrics)?,
+            Some(m) => problems.keep(self.metrics(m, defaults.metrics.clone()), defaults.metrics),
         };
         // (An ident responder in a namespace of its own binds there.)
         if let Some(listen) = &metrics.listen
             && ident.netns.is_none()
             && let Some(first) = ident.listen.iter().find(|a| overlap(a.value, listen.value))
         {
-            return Err(self.invalid_at(
-                listen.at,
-                Problem::ListenTwice {
-                    addr: listen.value,
-                    first_line: first.at.line,
-                },
-            ));
+            problems.keep(
+                Err(self.invalid_at(
+                    listen.at,
+                    Problem::ListenTwice {
+                        addr: listen.value,
+                        first_line: first.at.line,
+                    },
+                )),
+                (),
+            );
         }
         // The metrics port is protected like any other: a relay to it is
         // judged by the policy.
@@ -181,21 +206,28 @@ impl Validator<'_> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
-            let rule = self.rule(raw_rule)?;
+            let Some(rule) = problems.keep(self.rule(raw_rule).map(Some), None) else {
+                continue;
+            };
             if let Some(&first_line) = seen.get(&rule.name) {
-                return Err(self.invalid_at(
-                    rule.at,
-                    Problem::DuplicateRuleName {
-                        name: rule.name,
-                        first_line,
-                    },
-                ));
+                problems.keep(
+                    Err(self.invalid_at(
+                        rule.at,
+                        Problem::DuplicateRuleName {
+                            name: rule.name,
+                            first_line,
+                        },
+                    )),
+                    (),
+                );
+                continue;
             }
             seen.insert(rule.name.clone(), rule.at.line);
             rules.push(rule);
         }
 
-        let egress = self.egress_rules(raw.egress, &mut warnings)?;
+        let egress = problems.keep(self.egress_rules(raw.egress, &mut warnings), Vec::new());
+        ConfigError::all(problems.0)?;
 
         Ok(Config {
             source: self.file.to_owned(),
@@ -320,6 +352,21 @@ impl Validator<'_> {
             netns,
             relayed: raw.relayed.unwrap_or(defaults.relayed),
             timeout_ms,
+        })
+    }
+}
+
+/// What is wrong so far: each check's problem is kept, and a stand-in
+/// taken for its value, so the rest of the file is still checked.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// `checked`'s value, or `stand_in` with its problem kept.
+    fn keep<T>(&mut self, checked: Result<T, ConfigError>, stand_in: T) -> T {
+        checked.unwrap_or_else(|problem| {
+            self.0.push(problem);
+            stand_in
         })
     }
 }
