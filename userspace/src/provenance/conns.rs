@@ -92,6 +92,11 @@ impl Conns {
     /// sweep of admitted connections asks about a socket it found open,
     /// telling which of its sockets it is by their cookies).
     pub fn find(&self, key: &ConnKey) -> Option<OriginRecord> {
+        settled(|| self.find_once(key))
+    }
+
+    /// [`Conns::find`]'s one read.
+    fn find_once(&self, key: &ConnKey) -> Option<OriginRecord> {
         (0..CONN_SLOT_PROBES)
             .filter_map(|i| self.slots.get(&key.slot(i), 0).ok())
             .find(|slot| slot.is_taken() && slot.entry.record.conn == *key)
@@ -102,17 +107,27 @@ impl Conns {
 
     /// `record`, if there is one and it is open.
     fn if_open(&self, record: Option<OriginRecord>) -> io::Result<Option<OriginRecord>> {
-        match record {
+        match record.filter(|r| self.still(r)) {
             Some(record) => Ok(self.live.is_open(&record)?.then_some(record)),
             None => Ok(None),
         }
+    }
+
+    /// Whether `record`, read in a walk, is what its connection's entry
+    /// holds when read again until two reads agree (it is no copy made
+    /// while the kernel rewrote the entry).
+    fn still(&self, record: &OriginRecord) -> bool {
+        self.find(&record.conn).is_some_and(|now| now == *record)
     }
 
     /// Every accepted protected connection the maps hold that `keep`
     /// takes and that is open: only those `keep` takes are checked (a
     /// sock_diag lookup each, and the namespaces entered for them).
     pub fn list(&self, keep: impl Fn(&OriginRecord) -> bool) -> Vec<OriginRecord> {
-        let mut records: Vec<OriginRecord> = self.accepted().filter(|r| keep(r)).collect();
+        let mut records: Vec<OriginRecord> = self
+            .accepted()
+            .filter(|r| keep(r) && self.still(r))
+            .collect();
         self.live.retain_open(&mut records);
         records
     }
@@ -193,6 +208,25 @@ impl Conns {
     }
 }
 
+/// What `read` gives twice in a row (of up to [`READS`] reads): a map
+/// lookup copies an entry without a lock, so a copy made while the kernel
+/// rewrote it (a slot taken over, an LRU element given to another
+/// connection) could mix two connections' records, which no answer may
+/// be. `None` when no two reads agree, or there is nothing.
+fn settled<T: PartialEq>(read: impl Fn() -> Option<T>) -> Option<T> {
+    /// Reads before an entry that keeps changing is given up on.
+    const READS: usize = 4;
+    let mut last = read()?;
+    for _ in 1..READS {
+        let now = read()?;
+        if now == last {
+            return Some(now);
+        }
+        last = now;
+    }
+    None
+}
+
 /// The record of `entry`, naming the connection it is found under (the
 /// kernel writes the same into the record; what is checked to be open and
 /// answered is what was asked about).
@@ -230,7 +264,28 @@ pub fn netns_of(pid: u32) -> io::Result<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+
+    /// Two reads that agree are the answer; an entry rewritten under the
+    /// reads is read again; one that never settles, or is gone, is none.
+    #[test]
+    fn a_read_counts_once_two_in_a_row_agree() {
+        let reads = |seq: &'static [Option<u32>]| {
+            let at = Cell::new(0);
+            settled(|| {
+                let v = seq.get(at.get()).copied().flatten();
+                at.set(at.get() + 1);
+                v
+            })
+        };
+        assert_eq!(reads(&[Some(1), Some(1)]), Some(1));
+        assert_eq!(reads(&[Some(1), Some(2), Some(2)]), Some(2));
+        assert_eq!(reads(&[Some(1), Some(2), Some(3), Some(4), Some(4)]), None);
+        assert_eq!(reads(&[Some(1), None]), None);
+        assert_eq!(reads(&[None]), None);
+    }
 
     #[test]
     fn addresses_round_trip_in_kernel_form() {
