@@ -10,8 +10,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, Proc, TempDir, connects, policy, rule, run, wait_for,
-    wait_for_explained,
+    Daemon, Install, Netns, PROTECTED, Proc, TempDir, connects, policy, provenance, rule, run,
+    talk::Talker, wait_for, wait_for_explained,
 };
 
 /// A python client connecting to the protected port for `seconds`, as fast
@@ -313,6 +313,94 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
     drop(fs);
     let mut daemon = daemon;
     daemon.kill9();
+}
+
+/// A connection whose client's command line lies on a filesystem that
+/// stops answering the daemon (its argument pages mapped from a FUSE file,
+/// `PR_SET_MM_ARG_START`) holds no query: `who` about it is answered
+/// `unavailable` once the lookup has run 5 s, its thread left stuck, and
+/// `who` about a direct client answers meanwhile and after. Fails against
+/// the build before, whose answer waited for the server for ever (the
+/// client gave up after its own 30 s).
+#[test]
+fn a_command_line_on_a_filesystem_that_stops_answering_holds_no_query() {
+    let ns = Netns::new();
+    let _server = ns.sink_server();
+    let mut daemon = Daemon::start(&policy(&ns, "audit", ""));
+    let dir = TempDir::new("stallfs-cmdline");
+    let mnt = dir.path().join("mnt");
+    let fs = StallFs::mount_stalling(&dir, &mnt, daemon.pid().expect("the daemon's pid"), true);
+    // A page of `tool` no one has read (1 MiB in), mapped and never
+    // touched, made the process's command line; then a connect.
+    let script = format!(
+        r#"
+import ctypes, mmap, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+page = mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=1 << 20)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+for opt, value in ((8, addr), (9, addr + 4096)):
+    if libc.prctl(35, ctypes.c_ulong(opt), ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0)):
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MM)")
+s = socket.create_connection(("127.0.0.1", {PROTECTED}))
+print(s.getsockname()[1], flush=True)
+sys.stdin.readline()
+"#
+    );
+    let stalled_client = |what: &str| {
+        let mut cmd = ns.cmd("/usr/bin/python3");
+        cmd.args(["-c", &script]).arg(mnt.join("tool"));
+        Talker::spawn(&mut cmd, what)
+    };
+    let direct = |what: &str| {
+        let mut cmd = ns.cmd("/usr/bin/python3");
+        cmd.args([
+            "-c",
+            &format!(
+                "import socket, sys; s = socket.create_connection(('127.0.0.1', {PROTECTED})); \
+                 print(s.getsockname()[1], flush=True); sys.stdin.readline()"
+            ),
+        ]);
+        Talker::spawn(&mut cmd, what)
+    };
+    let local = format!("127.0.0.1:{PROTECTED}");
+    let run_dir = daemon.install().run_dir();
+    let who = |port: &str| {
+        let begun = std::time::Instant::now();
+        let out = provenance::who(&ns, None, &run_dir, &format!("127.0.0.1:{port}"), &local);
+        (out, begun.elapsed())
+    };
+    // The control: a direct client is answered.
+    let mut plain = direct("a direct client");
+    let port = plain.line();
+    let (answer, _) = who(&port);
+    assert_eq!(
+        answer.expect("who about a direct client")["pid"],
+        plain.pid(),
+        "{port}"
+    );
+    let mut stalled = stalled_client("a client whose command line stalls");
+    let stalled_port = stalled.line();
+    let (answer, took) = who(&stalled_port);
+    let (code, stderr) = answer.expect_err("an answer that needed the stalled command line");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("did not finish within 5 s"), "{stderr}");
+    assert!(
+        took < Duration::from_secs(20),
+        "answered after {took:?}: {stderr}"
+    );
+    // Others are answered, with that lookup still stuck.
+    let mut after = direct("a direct client after");
+    let port = after.line();
+    let (answer, _) = who(&port);
+    assert_eq!(
+        answer.expect("who after the stuck lookup")["pid"],
+        after.pid()
+    );
+    // The server goes: the stuck read fails, its thread ends.
+    drop((stalled, fs));
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+    drop((plain, after));
 }
 
 /// A FUSE filesystem (`tests/src/stallfs.py`) of one executable, `tool` (a

@@ -3,8 +3,12 @@
 //! `loopwarden who` / `loopwarden conns`.
 //!
 //! Every client runs in a task of its own; the lookups (map reads, `/proc`,
-//! NSS) run on the blocking pool, and every read and write has a deadline,
-//! so no client can hold up the daemon's event loop or another client.
+//! NSS) run on the blocking pool, and every read, lookup and write has a
+//! deadline, so no client can hold up the daemon's event loop or another
+//! client. A lookup past [`LOOKUP_TIMEOUT`] (a process whose command line
+//! is on a filesystem that does not answer) is answered `unavailable` and
+//! left to its thread; one uid has at most [`MAX_CLIENTS_PER_UID`] such
+//! threads running.
 //! Bounds: [`MAX_CLIENTS`] at once (the next closes the client idle
 //! longest), at most [`MAX_CLIENTS_PER_UID`] of them one user's (the next
 //! gets `busy` and is closed), a
@@ -13,7 +17,7 @@
 //! an answer (closed).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -48,6 +52,9 @@ pub const MAX_LINE: usize = 4096;
 pub const IDLE: Duration = Duration::from_secs(10);
 /// How long a client may take to read an answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answer's lookup may take before the client is told it is
+/// unavailable (the lookup's thread goes on alone).
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clients served at once.
 pub const MAX_CLIENTS: usize = 128;
 /// Clients of one uid served at once, so that one user's clients cannot
@@ -93,8 +100,8 @@ impl Drop for QueryServer {
     }
 }
 
-/// How many walks of every connection ([`Shared::walks`]) run at once;
-/// one uid runs one at a time.
+/// How many walks of every connection ([`Shared::walks`]) other users
+/// than root run at once, one a uid; root has one of its own beside them.
 const WALKS: usize = 4;
 
 /// What every client task shares.
@@ -102,9 +109,12 @@ struct Shared {
     /// The uids whose walk of every connection the maps hold (`conns`,
     /// `who` by cookie) is under way: a few tens of milliseconds each at
     /// the default capacity, so however many clients ask at once, [`WALKS`]
-    /// run at most, one a uid, and a `who` by addresses (one lookup) never
-    /// waits behind them.
+    /// run at most, one a uid (and root's), and a `who` by addresses (one
+    /// lookup) never waits behind them.
     walks: Mutex<HashSet<u32>>,
+    /// Lookups running on the blocking pool, by uid: counted until their
+    /// thread is done, past [`LOOKUP_TIMEOUT`] too.
+    lookups: Mutex<HashMap<u32, usize>>,
     maps_dir: PathBuf,
     /// The connection maps, opened at the first request that needs them
     /// (and again after a failed open).
@@ -141,6 +151,7 @@ pub fn serve(
     let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
     let shared = Arc::new(Shared {
         walks: Mutex::new(HashSet::new()),
+        lookups: Mutex::new(HashMap::new()),
         maps_dir,
         conns: Mutex::new(None),
         cgroup_root,
@@ -214,23 +225,31 @@ async fn refuse(mut stream: UnixStream, uid: u32) {
 /// pid was not another process's meanwhile. `None` when it cannot be told.
 fn caller_netns(stream: &UnixStream, cred: &UCred) -> Option<u32> {
     let pid = u32::try_from(cred.pid()?).ok()?;
-    let pidfd = peer_pidfd(stream);
-    let netns = netns_of(pid).ok()?;
-    match pidfd {
-        Some(pidfd) => still_runs(&pidfd).then_some(netns),
+    match peer_pidfd(stream) {
+        Ok(pidfd) => {
+            let netns = netns_of(pid).ok()?;
+            still_runs(&pidfd).then_some(netns)
+        }
         // An older kernel: the pid as it is now (a process that exits at
         // once and whose pid is taken meanwhile could be taken for another).
-        None => Some(netns),
+        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => netns_of(pid).ok(),
+        // The kernel has pidfds but could not give the caller's (it has
+        // exited: Linux before 6.16 gives none of a reaped process): its
+        // pid may be another's by now.
+        Err(_) => None,
     }
 }
 
 /// The pidfd of the process that connected `stream` (`SO_PEERPIDFD`);
-/// `None` where the kernel has none (before 6.5).
-fn peer_pidfd(stream: &UnixStream) -> Option<std::os::fd::OwnedFd> {
+/// `ENOPROTOOPT` where the kernel has none (before 6.5).
+fn peer_pidfd(stream: &UnixStream) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{FromRawFd as _, OwnedFd};
-    let fd: libc::c_int = sockopt::get(stream, sockopt::SO_PEERPIDFD).ok()?;
+    let fd: libc::c_int = sockopt::get(stream, sockopt::SO_PEERPIDFD)?;
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+    }
     // SAFETY: a descriptor the kernel just handed over, owned by nothing else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether the process of `pidfd` has not exited (a pidfd is readable once
@@ -322,10 +341,13 @@ struct Walk {
 }
 
 impl Walk {
-    /// A walk for `uid`, unless [`WALKS`] run already, or one of its own.
+    /// A walk for `uid`, unless one of its own runs, or (but for root's)
+    /// [`WALKS`] of other users' run already: users who take every walk
+    /// (one with many subordinate uids can) still leave root its own.
     fn start(shared: &Arc<Shared>, uid: u32) -> Option<Self> {
         let mut walks = shared.walks.lock().unwrap_or_else(PoisonError::into_inner);
-        if walks.len() >= WALKS || !walks.insert(uid) {
+        let users = walks.iter().filter(|&&u| u != 0).count();
+        if (uid != 0 && users >= WALKS) || !walks.insert(uid) {
             return None;
         }
         Some(Walk {
@@ -369,8 +391,17 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
         },
         false => None,
     };
+    let Some(running) = Lookup::start(shared, caller.uid) else {
+        return Answered::from(request.busy(format!(
+            "{MAX_CLIENTS_PER_UID} lookups of uid {} have not finished (each reads /proc of the \
+             processes it names; one on a filesystem that does not answer waits): ask again later",
+            caller.uid
+        )));
+    };
+    let id = request.id();
     let shared = shared.clone();
     let lookup = tokio::task::spawn_blocking(move || {
+        let _running = running;
         let conns = shared.conns();
         request
             .answer(
@@ -381,15 +412,61 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
             )
             .line()
     });
-    let line = lookup.await.unwrap_or_else(|e| {
-        Reply::error(
-            None,
-            ErrorCode::Unavailable,
-            format!("the lookup failed: {e}"),
-        )
-        .line()
-    });
+    let failed = |why: String| Reply::error(id.clone(), ErrorCode::Unavailable, why).line();
+    let line = match timeout(LOOKUP_TIMEOUT, lookup).await {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => failed(format!("the lookup failed: {e}")),
+        // The walk is given back: the thread may never end.
+        Err(_) => failed(format!(
+            "the lookup did not finish within {} s (a process it reads in /proc may be on a \
+             filesystem that does not answer): ask again later",
+            LOOKUP_TIMEOUT.as_secs()
+        )),
+    };
     Answered { line, _walk: walk }
+}
+
+/// A lookup running on the blocking pool, for [`Shared::lookups`]: counted
+/// until its thread drops it.
+struct Lookup {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl Lookup {
+    /// A lookup for `uid`, unless [`MAX_CLIENTS_PER_UID`] of its own run
+    /// (as many as its clients: only lookups past their deadline add up).
+    fn start(shared: &Arc<Shared>, uid: u32) -> Option<Self> {
+        let mut lookups = shared
+            .lookups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let running = lookups.entry(uid).or_default();
+        if *running >= MAX_CLIENTS_PER_UID {
+            return None;
+        }
+        *running += 1;
+        Some(Lookup {
+            shared: shared.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Lookup {
+    fn drop(&mut self) {
+        let mut lookups = self
+            .shared
+            .lookups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(running) = lookups.get_mut(&self.uid) {
+            *running -= 1;
+            if *running == 0 {
+                lookups.remove(&self.uid);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -435,18 +512,45 @@ mod tests {
         });
     }
 
-    /// Past [`WALKS`] walks at once, another is refused at once
-    /// (`unavailable`, with its id); a `who` by addresses is not held up.
-    #[test]
-    fn walks_past_the_limit_are_refused_and_lookups_are_not() {
-        let shared = Arc::new(Shared {
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
             walks: Mutex::new(HashSet::new()),
+            lookups: Mutex::new(HashMap::new()),
             maps_dir: PathBuf::from("/nonexistent/maps"),
             conns: Mutex::new(None),
             cgroup_root: PathBuf::from("/nonexistent/cgroup"),
             rules: SharedRules::default(),
             own_netns: Some(4026531840),
-        });
+        })
+    }
+
+    /// One uid has as many lookups running as it may have clients, not
+    /// more (a lookup past its deadline still counts, until its thread is
+    /// done); another uid's are its own, and one done makes room.
+    #[test]
+    fn lookups_still_running_are_bounded_by_uid() {
+        let shared = shared();
+        let mut running: Vec<_> = (0..MAX_CLIENTS_PER_UID)
+            .map(|_| Lookup::start(&shared, 1000).expect("a lookup"))
+            .collect();
+        assert!(Lookup::start(&shared, 1000).is_none());
+        drop(Lookup::start(&shared, 1001).expect("another uid's lookup"));
+        running.pop();
+        drop(Lookup::start(&shared, 1000).expect("room again"));
+        assert_eq!(
+            shared.lookups.lock().unwrap().get(&1000),
+            Some(&(MAX_CLIENTS_PER_UID - 1))
+        );
+        assert!(!shared.lookups.lock().unwrap().contains_key(&1001));
+        drop(running);
+        assert!(shared.lookups.lock().unwrap().is_empty());
+    }
+
+    /// Past [`WALKS`] walks at once, another is refused at once
+    /// (`unavailable`, with its id); a `who` by addresses is not held up.
+    #[test]
+    fn walks_past_the_limit_are_refused_and_lookups_are_not() {
+        let shared = shared();
         // One user's walk under way: that user's next is refused, another
         // user's is not.
         let first = Walk::start(&shared, 1000).expect("a walk");
@@ -457,17 +561,29 @@ mod tests {
             .map(|uid| Walk::start(&shared, 2000 + uid).expect("a walk"))
             .collect();
         let caller = Caller {
-            uid: 0,
+            uid: 1000,
             netns: Some(4026531840),
             host_netns: true,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .expect("a runtime");
-        let ask = |line: &str| {
+        let ask_as = |caller: Caller, line: &str| {
             let reply = runtime.block_on(answer(line.as_bytes(), caller, &shared));
             serde_json::from_slice::<serde_json::Value>(&reply.line).expect("JSON")
         };
+        let ask = |line: &str| ask_as(caller, line);
+        // Root's walk is its own: other users' walks leave it.
+        let root = Caller { uid: 0, ..caller };
+        let conns = ask_as(root, r#"{"op":"conns","id":4}"#);
+        assert!(
+            !conns["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("ask again"),
+            "{conns}"
+        );
         for line in [
             r#"{"op":"conns","id":1}"#,
             r#"{"op":"who","cookie":7,"id":1}"#,

@@ -203,6 +203,16 @@ impl Request {
         Reply::error(self.id.clone(), ErrorCode::Unavailable, why)
     }
 
+    /// The `busy` answer to this request, saying `why`.
+    pub fn busy(&self, why: String) -> Reply {
+        Reply::error(self.id.clone(), ErrorCode::Busy, why)
+    }
+
+    /// The request's `id`, which its answer carries.
+    pub fn id(&self) -> Option<Value> {
+        self.id.clone()
+    }
+
     /// Parses one line (without its newline); a bad line gets its answer.
     pub fn parse(line: &[u8]) -> Result<Self, Box<Reply>> {
         let bad = |id: Option<Value>, message: String| {
