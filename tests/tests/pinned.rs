@@ -185,9 +185,10 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
     let mut first = Daemon::start_in(&install, &policy(&ns, "enforce", ""), &[]);
     first.kill9();
     // The next daemons find a file that does not parse, then one that
-    // parses but does not compile (more users than a policy holds), with
-    // and without another capacity for the connections' map: the pinned
-    // policy stays in force, and each keeps reporting.
+    // parses but does not compile (more users than a policy holds), an
+    // empty one, and the second again asking for another capacity for the
+    // connections' map: the pinned policy stays in force, and each keeps
+    // reporting.
     let uids: Vec<String> = (1..=1025).map(|u| u.to_string()).collect();
     let too_large = format!(
         "mode = \"audit\"\ncatalog = false\n[protect]\nnetns = [\"{}\"]\n[[rule]]\nname = \"u\"\n\
@@ -204,6 +205,9 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
             "bogus",
         ),
         (too_large.clone(), "at most 1024 fit"),
+        // An empty file (truncated) is the defaults, audit mode: not in
+        // place of the pinned policy, which enforces.
+        (String::new(), "would put the defaults"),
         // The same, asking for another capacity of the pinned connections'
         // map: nothing is resized, the pinned set adopted as it is.
         (

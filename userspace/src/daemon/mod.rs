@@ -79,6 +79,12 @@ pub enum DaemonError {
     #[error("starting the ident responder failed")]
     Ident(#[source] IdentStartError),
     #[error(
+        "{what}: a start would put the defaults (audit mode) in place of the pinned policy, \
+         which enforces; restore the policy file, or start with --mode audit to run the \
+         defaults"
+    )]
+    WouldWeaken { what: String },
+    #[error(
         "another loopwarden is already running (lock {path} is held{}); stop it first (a \
          daemon for other pins runs beside it with its own --run-dir and --pin-dir)",
         holder.map(|p| format!(" by pid {p}")).unwrap_or_default()
@@ -135,7 +141,9 @@ impl DaemonError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::Policy(_) => exit::CONFIG,
+            DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::WouldWeaken { .. } => {
+                exit::CONFIG
+            }
             DaemonError::Compat(
                 CompatError::NotRoot { .. } | CompatError::MissingCapabilities { .. },
             ) => exit::NO_PERMISSION,

@@ -131,6 +131,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // stays in this one's: a start resolves the names as they are.
     let kept = ScopeFile::pinned(&opts.run_dir, &pins).load();
     let compiled = read.map_err(DaemonError::from).and_then(|config| {
+        if let Some(what) = weakening(&source, &config, opts.mode, &pins, &state) {
+            return Err(DaemonError::WouldWeaken { what });
+        }
         let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
         let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
         Ok((config, policy))
@@ -446,4 +449,35 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
             format!("replaced the pinned programs in place and their maps ({why}){anew}")
         }
     }
+}
+
+/// Why this start's config would be the defaults, audit mode, in place of
+/// a pinned policy that enforces, if it would: no policy file where the
+/// default path had one (removed), or an empty one (truncated), as a
+/// reload refuses them. Then the pinned policy stays, as for a file that
+/// does not parse. Not with `--mode` (the operator's word), nor where
+/// nothing compatible is pinned.
+fn weakening(
+    source: &Source,
+    config: &crate::config::Config,
+    mode: Option<policy::Mode>,
+    pins: &PinDir,
+    state: &PinState,
+) -> Option<String> {
+    if mode.is_some() || !matches!(state, PinState::Compatible | PinState::Resized { .. }) {
+        return None;
+    }
+    let what = match source {
+        Source::Embedded => format!(
+            "no policy file at {} (nor --config)",
+            crate::config::DEFAULT_CONFIG_PATH
+        ),
+        Source::File(_) if config.empty => format!(
+            "{} has no settings (it is empty or only comments: truncated?)",
+            config.source
+        ),
+        Source::File(_) => return None,
+    };
+    let pinned = crate::kernel::inspect::in_force(pins).ok()?;
+    (status_file::mode_name(pinned.settings.flags) == "enforce").then_some(what)
 }
