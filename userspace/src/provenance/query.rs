@@ -17,7 +17,7 @@
 //! an answer (closed).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -111,10 +111,10 @@ struct Shared {
     /// the default capacity, so however many clients ask at once, [`WALKS`]
     /// run at most, one a uid (and root's), and a `who` by addresses (one
     /// lookup) never waits behind them.
-    walks: Mutex<HashSet<u32>>,
+    walks: ByUid,
     /// Lookups running on the blocking pool, by uid: counted until their
     /// thread is done, past [`LOOKUP_TIMEOUT`] too.
-    lookups: Mutex<HashMap<u32, usize>>,
+    lookups: ByUid,
     maps_dir: PathBuf,
     /// The connection maps, opened at the first request that needs them
     /// (and again after a failed open).
@@ -150,8 +150,8 @@ pub fn serve(
     // Anyone may connect: each request is judged by its SO_PEERCRED.
     let (listener, socket) = run_socket::bind(run_dir.join(SOCKET_NAME))?;
     let shared = Arc::new(Shared {
-        walks: Mutex::new(HashSet::new()),
-        lookups: Mutex::new(HashMap::new()),
+        walks: ByUid::default(),
+        lookups: ByUid::default(),
         maps_dir,
         conns: Mutex::new(None),
         cgroup_root,
@@ -321,7 +321,7 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
 /// A reply line, serialized, and the walk it answers (held until written).
 struct Answered {
     line: Vec<u8>,
-    _walk: Option<Walk>,
+    _walk: Option<Held>,
 }
 
 impl From<Reply> for Answered {
@@ -333,38 +333,67 @@ impl From<Reply> for Answered {
     }
 }
 
-/// A walk of every connection under way, for [`Shared::walks`]: counted
-/// while it lives.
-struct Walk {
-    shared: Arc<Shared>,
-    uid: u32,
-}
+/// Things under way (walks, lookups), counted by the uid that asked for
+/// them, each while its [`Held`] lives.
+#[derive(Default)]
+struct ByUid(Arc<Mutex<HashMap<u32, usize>>>);
 
-impl Walk {
-    /// A walk for `uid`, unless one of its own runs, or (but for root's)
-    /// [`WALKS`] of other users' run already: users who take every walk
-    /// (one with many subordinate uids can) still leave root its own.
-    fn start(shared: &Arc<Shared>, uid: u32) -> Option<Self> {
-        let mut walks = shared.walks.lock().unwrap_or_else(PoisonError::into_inner);
-        let users = walks.iter().filter(|&&u| u != 0).count();
-        if (uid != 0 && users >= WALKS) || !walks.insert(uid) {
+impl ByUid {
+    /// One more for `uid`, if `admit` lets it given the counts now.
+    fn take(&self, uid: u32, admit: impl FnOnce(&HashMap<u32, usize>) -> bool) -> Option<Held> {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !admit(&counts) {
             return None;
         }
-        Some(Walk {
-            shared: shared.clone(),
+        *counts.entry(uid).or_default() += 1;
+        Some(Held {
+            counts: Arc::clone(&self.0),
             uid,
+        })
+    }
+
+    /// How many `uid` holds.
+    #[cfg(test)]
+    fn count(&self, uid: u32) -> usize {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// A walk of every connection for `uid`, unless one of its own runs,
+    /// or (but for root's) [`WALKS`] of other users' run already: users
+    /// who take every walk (one with many subordinate uids can) still
+    /// leave root its own.
+    fn walk(&self, uid: u32) -> Option<Held> {
+        self.take(uid, |walks| {
+            let users = walks.keys().filter(|&&u| u != 0).count();
+            !walks.contains_key(&uid) && (uid == 0 || users < WALKS)
+        })
+    }
+
+    /// A lookup for `uid`, unless [`MAX_CLIENTS_PER_UID`] of its own run
+    /// (as many as its clients: only lookups past their deadline add up).
+    fn lookup(&self, uid: u32) -> Option<Held> {
+        self.take(uid, |lookups| {
+            lookups.get(&uid).copied().unwrap_or(0) < MAX_CLIENTS_PER_UID
         })
     }
 }
 
-impl Drop for Walk {
+/// One of a [`ByUid`]'s counts, given back when dropped.
+struct Held {
+    counts: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        let mut walks = self
-            .shared
-            .walks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        walks.remove(&self.uid);
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -380,7 +409,7 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
     // would hold its slot as busy (see `Clients::looking_up`), and a user
     // with many clients would hold them all.
     let walk = match request.walks() {
-        true => match Walk::start(shared, caller.uid) {
+        true => match shared.walks.walk(caller.uid) {
             Some(walk) => Some(walk),
             None => {
                 return Answered::from(request.unavailable(format!(
@@ -391,7 +420,7 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
         },
         false => None,
     };
-    let Some(running) = Lookup::start(shared, caller.uid) else {
+    let Some(running) = shared.lookups.lookup(caller.uid) else {
         return Answered::from(request.busy(format!(
             "{MAX_CLIENTS_PER_UID} lookups of uid {} have not finished (each reads /proc of the \
              processes it names; one on a filesystem that does not answer waits): ask again later",
@@ -424,49 +453,6 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
         )),
     };
     Answered { line, _walk: walk }
-}
-
-/// A lookup running on the blocking pool, for [`Shared::lookups`]: counted
-/// until its thread drops it.
-struct Lookup {
-    shared: Arc<Shared>,
-    uid: u32,
-}
-
-impl Lookup {
-    /// A lookup for `uid`, unless [`MAX_CLIENTS_PER_UID`] of its own run
-    /// (as many as its clients: only lookups past their deadline add up).
-    fn start(shared: &Arc<Shared>, uid: u32) -> Option<Self> {
-        let mut lookups = shared
-            .lookups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let running = lookups.entry(uid).or_default();
-        if *running >= MAX_CLIENTS_PER_UID {
-            return None;
-        }
-        *running += 1;
-        Some(Lookup {
-            shared: shared.clone(),
-            uid,
-        })
-    }
-}
-
-impl Drop for Lookup {
-    fn drop(&mut self) {
-        let mut lookups = self
-            .shared
-            .lookups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(running) = lookups.get_mut(&self.uid) {
-            *running -= 1;
-            if *running == 0 {
-                lookups.remove(&self.uid);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -514,8 +500,8 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
-            walks: Mutex::new(HashSet::new()),
-            lookups: Mutex::new(HashMap::new()),
+            walks: ByUid::default(),
+            lookups: ByUid::default(),
             maps_dir: PathBuf::from("/nonexistent/maps"),
             conns: Mutex::new(None),
             cgroup_root: PathBuf::from("/nonexistent/cgroup"),
@@ -531,19 +517,16 @@ mod tests {
     fn lookups_still_running_are_bounded_by_uid() {
         let shared = shared();
         let mut running: Vec<_> = (0..MAX_CLIENTS_PER_UID)
-            .map(|_| Lookup::start(&shared, 1000).expect("a lookup"))
+            .map(|_| shared.lookups.lookup(1000).expect("a lookup"))
             .collect();
-        assert!(Lookup::start(&shared, 1000).is_none());
-        drop(Lookup::start(&shared, 1001).expect("another uid's lookup"));
+        assert!(shared.lookups.lookup(1000).is_none());
+        drop(shared.lookups.lookup(1001).expect("another uid's lookup"));
         running.pop();
-        drop(Lookup::start(&shared, 1000).expect("room again"));
-        assert_eq!(
-            shared.lookups.lock().unwrap().get(&1000),
-            Some(&(MAX_CLIENTS_PER_UID - 1))
-        );
-        assert!(!shared.lookups.lock().unwrap().contains_key(&1001));
+        drop(shared.lookups.lookup(1000).expect("room again"));
+        assert_eq!(shared.lookups.count(1000), MAX_CLIENTS_PER_UID - 1);
+        assert_eq!(shared.lookups.count(1001), 0);
         drop(running);
-        assert!(shared.lookups.lock().unwrap().is_empty());
+        assert_eq!(shared.lookups.count(1000), 0);
     }
 
     /// Past [`WALKS`] walks at once, another is refused at once
@@ -553,12 +536,12 @@ mod tests {
         let shared = shared();
         // One user's walk under way: that user's next is refused, another
         // user's is not.
-        let first = Walk::start(&shared, 1000).expect("a walk");
-        assert!(Walk::start(&shared, 1000).is_none());
-        drop(Walk::start(&shared, 1001).expect("another user's walk"));
+        let first = shared.walks.walk(1000).expect("a walk");
+        assert!(shared.walks.walk(1000).is_none());
+        drop(shared.walks.walk(1001).expect("another user's walk"));
         drop(first);
         let running: Vec<_> = (0..WALKS as u32)
-            .map(|uid| Walk::start(&shared, 2000 + uid).expect("a walk"))
+            .map(|uid| shared.walks.walk(2000 + uid).expect("a walk"))
             .collect();
         let caller = Caller {
             uid: 1000,
