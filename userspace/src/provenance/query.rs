@@ -5,8 +5,8 @@
 //! Every client runs in a task of its own; the lookups (map reads, `/proc`,
 //! NSS) run on the blocking pool, and every read, lookup and write has a
 //! deadline, so no client can hold up the daemon's event loop or another
-//! client. A lookup past [`LOOKUP_TIMEOUT`] (a process whose command line
-//! is on a filesystem that does not answer) is answered `unavailable` and
+//! client. A lookup past [`LOOKUP_TIMEOUT`] (a user name asked of a
+//! directory service that does not answer) is answered `unavailable` and
 //! left to its thread; one uid has at most [`MAX_CLIENTS_PER_UID`] such
 //! threads running.
 //! Bounds: [`MAX_CLIENTS`] at once (the next closes the client idle
@@ -401,6 +401,31 @@ impl Drop for Held {
 /// blocking pool (a `conns` answer can run to megabytes: neither its
 /// building nor its serializing holds the event loop).
 async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
+    answer_within(line, caller, shared, LOOKUP_TIMEOUT, look_up).await
+}
+
+/// What the blocking pool does for a request: looks it up, serializes
+/// the answer.
+fn look_up(request: Request, caller: Caller, shared: &Shared) -> Vec<u8> {
+    let conns = shared.conns();
+    request
+        .answer(
+            caller,
+            conns.as_deref().map_err(String::as_str),
+            shared.cgroup_root.clone(),
+            shared.rules.clone(),
+        )
+        .line()
+}
+
+/// [`answer`], with `look_up` given `deadline`.
+async fn answer_within(
+    line: &[u8],
+    caller: Caller,
+    shared: &Arc<Shared>,
+    deadline: Duration,
+    look_up: fn(Request, Caller, &Shared) -> Vec<u8>,
+) -> Answered {
     let request = match Request::parse(line) {
         Ok(request) => request,
         Err(reply) => return Answered::from(*reply),
@@ -422,8 +447,8 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
     };
     let Some(running) = shared.lookups.lookup(caller.uid) else {
         return Answered::from(request.busy(format!(
-            "{MAX_CLIENTS_PER_UID} lookups of uid {} have not finished (each reads /proc of the \
-             processes it names; one on a filesystem that does not answer waits): ask again later",
+            "{MAX_CLIENTS_PER_UID} lookups of uid {} have not finished (a user name asked of a \
+             directory service that does not answer, most likely): ask again later",
             caller.uid
         )));
     };
@@ -431,25 +456,16 @@ async fn answer(line: &[u8], caller: Caller, shared: &Arc<Shared>) -> Answered {
     let shared = shared.clone();
     let lookup = tokio::task::spawn_blocking(move || {
         let _running = running;
-        let conns = shared.conns();
-        request
-            .answer(
-                caller,
-                conns.as_deref().map_err(String::as_str),
-                shared.cgroup_root.clone(),
-                shared.rules.clone(),
-            )
-            .line()
+        look_up(request, caller, &shared)
     });
     let failed = |why: String| Reply::error(id.clone(), ErrorCode::Unavailable, why).line();
-    let line = match timeout(LOOKUP_TIMEOUT, lookup).await {
+    let line = match timeout(deadline, lookup).await {
         Ok(Ok(line)) => line,
         Ok(Err(e)) => failed(format!("the lookup failed: {e}")),
-        // The walk is given back: the thread may never end.
+        // The thread is left to finish, if it ever does.
         Err(_) => failed(format!(
-            "the lookup did not finish within {} s (a process it reads in /proc may be on a \
-             filesystem that does not answer): ask again later",
-            LOOKUP_TIMEOUT.as_secs()
+            "the lookup did not finish within {deadline:?} (a user name asked of a directory \
+             service that does not answer, most likely): ask again later"
         )),
     };
     Answered { line, _walk: walk }
@@ -527,6 +543,66 @@ mod tests {
         assert_eq!(shared.lookups.count(1001), 0);
         drop(running);
         assert_eq!(shared.lookups.count(1000), 0);
+    }
+
+    /// A lookup past its deadline is answered `unavailable` (with its id)
+    /// and left to its thread, which still counts among its uid's lookups
+    /// until it is done; the walk it was is not held meanwhile.
+    #[test]
+    fn a_lookup_past_its_deadline_is_unavailable_and_still_counted() {
+        fn slow(_: Request, _: Caller, _: &Shared) -> Vec<u8> {
+            std::thread::sleep(Duration::from_millis(600));
+            b"late\n".to_vec()
+        }
+        let shared = shared();
+        let caller = Caller {
+            uid: 1000,
+            netns: Some(4026531840),
+            host_netns: true,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let begun = std::time::Instant::now();
+        let answered = runtime.block_on(answer_within(
+            br#"{"op":"conns","id":9}"#,
+            caller,
+            &shared,
+            Duration::from_millis(50),
+            slow,
+        ));
+        assert!(begun.elapsed() < Duration::from_millis(500));
+        let reply: serde_json::Value = serde_json::from_slice(&answered.line).expect("JSON");
+        assert_eq!(
+            (&reply["error"], &reply["id"]),
+            (&"unavailable".into(), &9.into()),
+            "{reply}"
+        );
+        assert!(
+            reply["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not finish within 50ms")),
+            "{reply}"
+        );
+        drop(answered);
+        assert_eq!(shared.walks.count(1000), 0, "the walk is held");
+        assert_eq!(shared.lookups.count(1000), 1, "the lookup still runs");
+        // The control: the thread done, it counts no more.
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(shared.lookups.count(1000), 0);
+        // And a lookup within its deadline is its answer.
+        fn quick(_: Request, _: Caller, _: &Shared) -> Vec<u8> {
+            b"{}\n".to_vec()
+        }
+        let answered = runtime.block_on(answer_within(
+            br#"{"op":"conns"}"#,
+            caller,
+            &shared,
+            Duration::from_millis(50),
+            quick,
+        ));
+        assert_eq!(answered.line, b"{}\n");
     }
 
     /// Past [`WALKS`] walks at once, another is refused at once
