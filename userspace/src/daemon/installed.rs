@@ -5,9 +5,13 @@
 //! [`super::resolving`]), then asks the sweeper to cut what the new policy
 //! would have refused.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
-use loopwarden_common::flags;
+use loopwarden_common::{MAX_MAP_ENTRIES, flags};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -90,11 +94,47 @@ pub(super) fn compile_policy(
 /// The host's own non-loopback addresses for `host_addresses = true`: those
 /// of the namespaces the policy is scoped to (none if none resolved; one
 /// kept in the scope after its name went is entered through a process in
-/// it, [`resolve::in_scoped_netns`]), or of the daemon's own.
-pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<std::net::IpAddr> {
+/// it, [`resolve::in_scoped_netns`]), or of the daemon's own; at most the
+/// first [`MAX_MAP_ENTRIES`] ([`fitted`]).
+pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<IpAddr> {
     if !policy.host_addresses {
         return Vec::new();
     }
+    fitted(listed_addresses(policy))
+}
+
+/// The addresses a policy holds of `addrs`: each once, in the order
+/// listed (an interface's before those of interfaces listed after it, so
+/// the host's own come before the thousands of service addresses
+/// kube-proxy's IPVS mode puts on `kube-ipvs0`), up to
+/// [`MAX_MAP_ENTRIES`]. Past that the rest are not judged, which a
+/// warning says whenever their count changes: before, the whole policy
+/// failed to install, and with it every reload and refresh.
+fn fitted(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
+    static SAID: AtomicUsize = AtomicUsize::new(0);
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<IpAddr> = addrs.into_iter().filter(|a| seen.insert(*a)).collect();
+    let capacity = MAX_MAP_ENTRIES as usize;
+    if kept.len() > capacity {
+        if SAID.swap(kept.len(), Ordering::Relaxed) != kept.len() {
+            warn!(
+                "host_addresses: the host has {} addresses, and a policy holds {capacity}: \
+                 connects to the {} listed after {} are not judged (scope the policy with \
+                 [protect] netns, or protect these services on loopback)",
+                kept.len(),
+                kept.len() - capacity,
+                kept[capacity - 1]
+            );
+        }
+        kept.truncate(capacity);
+    } else {
+        SAID.store(0, Ordering::Relaxed);
+    }
+    kept
+}
+
+/// [`host_addresses`]' list, before it is fitted.
+fn listed_addresses(policy: &CompiledPolicy) -> Vec<IpAddr> {
     if !policy.scoped() {
         return resolve::interface_addresses().unwrap_or_else(|e| {
             warn!("listing this host's addresses failed: {e}");
@@ -465,6 +505,18 @@ mod tests {
     use loopwarden_common::verdict;
 
     use super::*;
+
+    /// Each address once, in the order listed, up to what a policy holds.
+    #[test]
+    fn host_addresses_past_the_maps_room_are_cut_in_the_order_listed() {
+        let addr = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let few = vec![addr(2), addr(1), addr(2)];
+        assert_eq!(fitted(few), [addr(2), addr(1)]);
+        let many: Vec<IpAddr> = (0..MAX_MAP_ENTRIES + 10).rev().map(addr).collect();
+        let kept = fitted(many.clone());
+        assert_eq!(kept.len(), MAX_MAP_ENTRIES as usize);
+        assert_eq!(kept[..], many[..MAX_MAP_ENTRIES as usize]);
+    }
 
     #[test]
     fn an_install_says_its_stance_and_a_weakening_one_says_what_was() {

@@ -129,6 +129,20 @@ pub fn start_settings(config: &Config, resolver: &HostResolver) -> (Vec<String>,
             netns.value.display()
         ));
     }
+    // (A policy scoped to namespaces lists theirs, at the daemon's start.)
+    if config.protect.host_addresses
+        && config.protect.netns.is_empty()
+        && let Ok(addrs) = crate::resolve::interface_addresses()
+        && addrs.len() > loopwarden_common::MAX_MAP_ENTRIES as usize
+    {
+        warnings.push(format!(
+            "{file}: host_addresses: this host has {} addresses, and a policy holds {}: \
+             connects to those listed after the first {} are not judged",
+            addrs.len(),
+            loopwarden_common::MAX_MAP_ENTRIES,
+            loopwarden_common::MAX_MAP_ENTRIES
+        ));
+    }
     if config.provenance.getsockopt {
         for cgroup in &config.provenance.getsockopt_cgroups {
             if let Err(e) = resolver.cgroup(&cgroup.value) {
