@@ -123,9 +123,11 @@ fuzz_target!(|data: &[u8]| {
     let config = match Config::from_bytes_named(data, NAME) {
         Ok(config) => config,
         Err(err) => {
-            // Every rejection names the file.
-            let message = err.to_string();
-            assert!(message.starts_with(NAME), "{message}");
+            // Every rejection names the file, each of its problems does.
+            for problem in err.problems() {
+                let message = problem.to_string();
+                assert!(message.starts_with(NAME), "{message}");
+            }
             return;
         }
     };
