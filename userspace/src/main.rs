@@ -219,7 +219,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 // Every problem the file has, a line each.
                 Err(DaemonError::Config(e)) => {
                     for problem in e.problems() {
-                        eprintln!("loopwarden: error: {problem}");
+                        eprintln!("loopwarden: error: {}", loopwarden::error_chain(problem));
                     }
                     return Ok(ExitCode::from(daemon::exit::CONFIG));
                 }
