@@ -388,14 +388,17 @@ fn sighup_picks_the_policy_source_again() {
          && exec \"$0\" \"$@\"",
         overlay.path().display()
     );
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .arg(loopwarden_bin())
-        .args(["run", "--log-format", "json"])
-        .args(install.dir_args());
+    let cmd = || {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(loopwarden_bin())
+            .args(["run", "--log-format", "json"])
+            .args(install.dir_args());
+        cmd
+    };
     // No --config and no default file: the embedded default (audit only,
     // nothing is refused anywhere).
-    let daemon = Daemon::start_cmd(&install, cmd);
+    let mut daemon = Daemon::start_cmd(&install, cmd());
     assert!(
         daemon.stderr_text().contains("embedded default policy"),
         "(a host with /etc/loopwarden/loopwarden.toml cannot run this test)\n{}",
@@ -432,6 +435,25 @@ fn sighup_picks_the_policy_source_again() {
             "{shell}: the policy in force lapsed"
         );
     }
+    // A restart with the file still gone (a crash's, or an upgrade's):
+    // the embedded default is not put in place of the pinned policy, which
+    // enforces, nor is it at a SIGHUP while the file is gone.
+    daemon.kill9();
+    let daemon = Daemon::start_cmd(&install, cmd());
+    daemon.allow_error("would put the defaults");
+    daemon.allow_error("is gone");
+    daemon.wait_stderr("stays in force", 1);
+    assert!(
+        !ns.socat_connect(&target).0,
+        "a restart without the file lapsed the pinned policy\n{}",
+        daemon.stderr_text()
+    );
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("reload failed, keeping the running policy", 1);
+    assert!(
+        !ns.socat_connect(&target).0,
+        "a SIGHUP without the file lapsed the pinned policy"
+    );
     assert!(
         !std::path::Path::new("/etc/loopwarden/loopwarden.toml").exists(),
         "the host's /etc was written"

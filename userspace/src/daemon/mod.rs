@@ -80,8 +80,8 @@ pub enum DaemonError {
     Ident(#[source] IdentStartError),
     #[error(
         "{what}: a start would put the defaults (audit mode) in place of the pinned policy, \
-         which enforces; restore the policy file, or start with --mode audit to run the \
-         defaults"
+         which enforces; restore the policy file (one that says `mode = \"audit\"` runs the \
+         defaults)"
     )]
     WouldWeaken { what: String },
     #[error(

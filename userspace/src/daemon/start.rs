@@ -130,8 +130,20 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // A namespace the pinned policy kept in its scope after its name went
     // stays in this one's: a start resolves the names as they are.
     let kept = ScopeFile::pinned(&opts.run_dir, &pins).load();
+    let weakened = read
+        .as_ref()
+        .ok()
+        .and_then(|config| weakening(&source, config, opts.mode, &pins, &state));
+    // A start refused for a default file that is gone stands for that
+    // file: a SIGHUP while it is still gone is refused as such.
+    let reload_source = match (&weakened, &source) {
+        (Some(_), Source::Embedded) => {
+            Source::File(PathBuf::from(crate::config::DEFAULT_CONFIG_PATH))
+        }
+        _ => source.clone(),
+    };
     let compiled = read.map_err(DaemonError::from).and_then(|config| {
-        if let Some(what) = weakening(&source, &config, opts.mode, &pins, &state) {
+        if let Some(what) = weakened {
             return Err(DaemonError::WouldWeaken { what });
         }
         let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
@@ -336,7 +348,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(io_err("starting the policy's resolving thread"))?;
     let ident_pending = config.is_none().then(|| pins.maps_dir());
     let installed = Installed {
-        source,
+        source: reload_source,
         config_arg: opts.config.clone(),
         resolver,
         started,
@@ -451,12 +463,15 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
     }
 }
 
-/// Why this start's config would be the defaults, audit mode, in place of
-/// a pinned policy that enforces, if it would: no policy file where the
-/// default path had one (removed), or an empty one (truncated), as a
-/// reload refuses them. Then the pinned policy stays, as for a file that
-/// does not parse. Not with `--mode` (the operator's word), nor where
-/// nothing compatible is pinned.
+/// Why this start's config would be the defaults in place of a pinned
+/// policy that enforces, if it would, as a reload refuses them: an empty
+/// file (truncated, most likely), whatever `--mode` says, or no file where
+/// the default path had one (removed) without `--mode` (with it the
+/// defaults run in the mode it names: the operator's word, and the way to
+/// run the embedded default enforcing). Then the pinned policy stays, as
+/// for a file that does not parse. Pinned settings that cannot be read
+/// count as enforcing, but for a layout this build does not know (an
+/// upgrade), which it cannot tell.
 fn weakening(
     source: &Source,
     config: &crate::config::Config,
@@ -464,11 +479,8 @@ fn weakening(
     pins: &PinDir,
     state: &PinState,
 ) -> Option<String> {
-    if mode.is_some() || !matches!(state, PinState::Compatible | PinState::Resized { .. }) {
-        return None;
-    }
     let what = match source {
-        Source::Embedded => format!(
+        Source::Embedded if mode.is_none() => format!(
             "no policy file at {} (nor --config)",
             crate::config::DEFAULT_CONFIG_PATH
         ),
@@ -476,8 +488,11 @@ fn weakening(
             "{} has no settings (it is empty or only comments: truncated?)",
             config.source
         ),
-        Source::File(_) => return None,
+        _ => return None,
     };
-    let pinned = crate::kernel::inspect::in_force(pins).ok()?;
-    (status_file::mode_name(pinned.settings.flags) == "enforce").then_some(what)
+    let enforcing = match crate::kernel::inspect::in_force(pins) {
+        Ok(pinned) => status_file::mode_name(pinned.settings.flags) == "enforce",
+        Err(_) => matches!(state, PinState::Compatible | PinState::Resized { .. }),
+    };
+    (state != &PinState::Absent && enforcing).then_some(what)
 }
