@@ -107,15 +107,14 @@ impl Conns {
 
     /// `record`, if there is one and it is open.
     fn if_open(&self, record: Option<OriginRecord>) -> io::Result<Option<OriginRecord>> {
-        match record.filter(|r| self.still(r)) {
+        match record {
             Some(record) => Ok(self.live.is_open(&record)?.then_some(record)),
             None => Ok(None),
         }
     }
 
-    /// Whether `record`, read in a walk, is what its connection's entry
-    /// holds when read again until two reads agree (it is no copy made
-    /// while the kernel rewrote the entry).
+    /// Whether `record`, read once in a walk, is what its connection's
+    /// entry holds when read again ([`Conns::find`]).
     fn still(&self, record: &OriginRecord) -> bool {
         self.find(&record.conn).is_some_and(|now| now == *record)
     }
@@ -150,7 +149,7 @@ impl Conns {
         let found = self
             .accepted()
             .find(|record| record.server_cookie == cookie)
-            .filter(|record| keep(record));
+            .filter(|record| keep(record) && self.still(record));
         self.if_open(found)
     }
 
@@ -210,9 +209,11 @@ impl Conns {
 
 /// What `read` gives twice in a row (of up to [`READS`] reads): a map
 /// lookup copies an entry without a lock, so a copy made while the kernel
-/// rewrote it (a slot taken over, an LRU element given to another
-/// connection) could mix two connections' records, which no answer may
-/// be. `None` when no two reads agree, or there is nothing.
+/// rewrote it on another CPU (a slot taken over, an LRU element given to
+/// another connection) could mix two connections' records. Two copies
+/// that agree leave out a write under way, not one whose program was
+/// preempted midway (a preemptible kernel's), whose torn entry two reads
+/// see alike. `None` when no two reads agree, or there is nothing.
 fn settled<T: PartialEq>(read: impl Fn() -> Option<T>) -> Option<T> {
     /// Reads before an entry that keeps changing is given up on.
     const READS: usize = 4;
