@@ -7,8 +7,8 @@
 //! deadline, so no client can hold up the daemon's event loop or another
 //! client. A lookup past [`LOOKUP_TIMEOUT`] (a user name asked of a
 //! directory service that does not answer) is answered `unavailable` and
-//! left to its thread; one uid has at most [`MAX_CLIENTS_PER_UID`] such
-//! threads running.
+//! left to its thread; one uid has at most [`MAX_CLIENTS_PER_UID`]
+//! lookups running, other users than root [`LOOKUPS`] together.
 //! Bounds: [`MAX_CLIENTS`] at once (the next closes the client idle
 //! longest), at most [`MAX_CLIENTS_PER_UID`] of them one user's (the next
 //! gets `busy` and is closed), a
@@ -53,8 +53,14 @@ pub const IDLE: Duration = Duration::from_secs(10);
 /// How long a client may take to read an answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an answer's lookup may take before the client is told it is
-/// unavailable (the lookup's thread goes on alone).
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// unavailable (the lookup's thread goes on alone): a walk of a million
+/// connections takes seconds, and `loopwarden who`/`conns` wait 30 s.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(25);
+/// Lookups of other users than root running at once, those past their
+/// deadline included (each holds a thread of the blocking pool, which
+/// ident and the metrics page use too); root has its own
+/// [`MAX_CLIENTS_PER_UID`] beside them.
+const LOOKUPS: usize = MAX_CLIENTS;
 /// Clients served at once.
 pub const MAX_CLIENTS: usize = 128;
 /// Clients of one uid served at once, so that one user's clients cannot
@@ -321,7 +327,7 @@ async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slo
 /// A reply line, serialized, and the walk it answers (held until written).
 struct Answered {
     line: Vec<u8>,
-    _walk: Option<Held>,
+    _walk: Option<Arc<Held>>,
 }
 
 impl From<Reply> for Answered {
@@ -371,10 +377,17 @@ impl ByUid {
     }
 
     /// A lookup for `uid`, unless [`MAX_CLIENTS_PER_UID`] of its own run
-    /// (as many as its clients: only lookups past their deadline add up).
+    /// (as many as its clients: only lookups past their deadline add up),
+    /// or (but for root's) [`LOOKUPS`] of other users'.
     fn lookup(&self, uid: u32) -> Option<Held> {
         self.take(uid, |lookups| {
+            let users: usize = lookups
+                .iter()
+                .filter(|&(&u, _)| u != 0)
+                .map(|(_, n)| n)
+                .sum();
             lookups.get(&uid).copied().unwrap_or(0) < MAX_CLIENTS_PER_UID
+                && (uid == 0 || users < LOOKUPS)
         })
     }
 }
@@ -454,8 +467,12 @@ async fn answer_within(
     };
     let id = request.id();
     let shared = shared.clone();
+    // A walk counts until both its thread is done (past the deadline too)
+    // and its answer is written.
+    let walk = walk.map(Arc::new);
+    let walking = walk.clone();
     let lookup = tokio::task::spawn_blocking(move || {
-        let _running = running;
+        let (_running, _walking) = (running, walking);
         look_up(request, caller, &shared)
     });
     let failed = |why: String| Reply::error(id.clone(), ErrorCode::Unavailable, why).line();
@@ -528,7 +545,8 @@ mod tests {
 
     /// One uid has as many lookups running as it may have clients, not
     /// more (a lookup past its deadline still counts, until its thread is
-    /// done); another uid's are its own, and one done makes room.
+    /// done); another uid's are its own, and one done makes room. Other
+    /// users than root have [`LOOKUPS`] together, and root its own.
     #[test]
     fn lookups_still_running_are_bounded_by_uid() {
         let shared = shared();
@@ -543,11 +561,19 @@ mod tests {
         assert_eq!(shared.lookups.count(1001), 0);
         drop(running);
         assert_eq!(shared.lookups.count(1000), 0);
+        // Other users' lookups together: past [`LOOKUPS`], root's still run.
+        let others: Vec<_> = (0..LOOKUPS as u32)
+            .map(|i| shared.lookups.lookup(2000 + i).expect("a lookup"))
+            .collect();
+        assert!(shared.lookups.lookup(5000).is_none());
+        drop(shared.lookups.lookup(0).expect("root's lookup"));
+        drop(others);
+        drop(shared.lookups.lookup(5000).expect("room again"));
     }
 
     /// A lookup past its deadline is answered `unavailable` (with its id)
     /// and left to its thread, which still counts among its uid's lookups
-    /// until it is done; the walk it was is not held meanwhile.
+    /// and walks until it is done.
     #[test]
     fn a_lookup_past_its_deadline_is_unavailable_and_still_counted() {
         fn slow(_: Request, _: Caller, _: &Shared) -> Vec<u8> {
@@ -586,11 +612,12 @@ mod tests {
             "{reply}"
         );
         drop(answered);
-        assert_eq!(shared.walks.count(1000), 0, "the walk is held");
         assert_eq!(shared.lookups.count(1000), 1, "the lookup still runs");
-        // The control: the thread done, it counts no more.
+        assert_eq!(shared.walks.count(1000), 1, "the walk still runs");
+        // The control: the thread done, they count no more.
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(shared.lookups.count(1000), 0);
+        assert_eq!(shared.walks.count(1000), 0);
         // And a lookup within its deadline is its answer.
         fn quick(_: Request, _: Caller, _: &Shared) -> Vec<u8> {
             b"{}\n".to_vec()
