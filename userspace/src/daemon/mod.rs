@@ -48,6 +48,7 @@ use crate::{
     kernel::{
         btf::BtfError,
         compat::CompatError,
+        host_cgroup::HostCgroupError,
         loader::{Cause, LoaderError, errno_in},
         maps::MapsError,
         pins::PinError,
@@ -148,7 +149,11 @@ impl DaemonError {
                 CompatError::NotRoot { .. } | CompatError::MissingCapabilities { .. },
             ) => exit::NO_PERMISSION,
             // The operator's option, not the host: named, and not for a
-            // restart.
+            // restart; but one not readable yet (a mount not in place at
+            // boot) may be by the next start.
+            DaemonError::Compat(CompatError::HostCgroup(HostCgroupError::Unreadable {
+                ..
+            })) => exit::FAILURE,
             DaemonError::Compat(CompatError::HostCgroup(_)) => exit::CONFIG,
             DaemonError::Compat(_) | DaemonError::Btf(_) => exit::UNSUPPORTED,
             // The kernel refusing a program: a helper, program type or

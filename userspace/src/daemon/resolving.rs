@@ -130,11 +130,24 @@ impl Compiles {
                 // handler, run here, would write to the runtime's signal
                 // pipe through this thread's own table, where that
                 // descriptor is closed: the SIGHUP would be lost.
-                if let Err(e) = signal::pthread_sigmask(
-                    signal::SigmaskHow::SIG_BLOCK,
-                    Some(&signal::SigSet::all()),
-                    None,
-                ) {
+                // (Not the signals of a fault, which the kernel forces on
+                // the thread anyway: blocked, their handlers, the stack
+                // overflow's message among them, would not run.)
+                let mut blocked = signal::SigSet::all();
+                for fault in [
+                    signal::SIGSEGV,
+                    signal::SIGBUS,
+                    signal::SIGILL,
+                    signal::SIGFPE,
+                    signal::SIGTRAP,
+                    signal::SIGSYS,
+                    signal::SIGABRT,
+                ] {
+                    blocked.remove(fault);
+                }
+                if let Err(e) =
+                    signal::pthread_sigmask(signal::SigmaskHow::SIG_BLOCK, Some(&blocked), None)
+                {
                     warn!("the policy's resolving thread could not block signals ({e})");
                 }
                 let private = private_descriptors(woken.as_raw_fd());
