@@ -218,8 +218,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(checked) => checked,
                 // Every problem the file has, a line each.
                 Err(DaemonError::Config(e)) => {
-                    for problem in e.problems() {
-                        eprintln!("loopwarden: error: {}", loopwarden::error_chain(problem));
+                    // A line each, but not thousands of them.
+                    const SHOWN: usize = 100;
+                    let problems = e.problems();
+                    for problem in problems.iter().take(SHOWN) {
+                        eprintln!("loopwarden: error: {}", loopwarden::error_chain(*problem));
+                    }
+                    if problems.len() > SHOWN {
+                        eprintln!(
+                            "loopwarden: error: and {} more problems",
+                            problems.len() - SHOWN
+                        );
                     }
                     return Ok(ExitCode::from(daemon::exit::CONFIG));
                 }

@@ -113,16 +113,24 @@ impl ConfigError {
     }
 }
 
-/// Errors shown one after another, `; ` between them.
+/// Problems [`ConfigError::Several`] says on its line; the rest are
+/// counted (a file of thousands of bad rules makes no line of megabytes).
+pub const SHOWN_PROBLEMS: usize = 10;
+
+/// Errors shown one after another, `; ` between them, the first
+/// [`SHOWN_PROBLEMS`] of them.
 struct Joined<'a>(&'a [ConfigError]);
 
 impl std::fmt::Display for Joined<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.0.iter().take(SHOWN_PROBLEMS).enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{e}")?;
+        }
+        if let Some(more) = self.0.len().checked_sub(SHOWN_PROBLEMS).filter(|&n| n > 0) {
+            write!(f, "; and {more} more")?;
         }
         Ok(())
     }

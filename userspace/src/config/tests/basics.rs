@@ -255,10 +255,13 @@ fn every_port() {
 }
 
 /// Every table's first problem and every rule's are said, in the file's
-/// order (the relay window, found after the rules' table order would put
-/// it, comes before them), on one line; a single problem is said as it
-/// was, without a count; and the rules that are sound still count for
-/// the duplicate check.
+/// order (the relay window and the ports are checked before the rules and
+/// said after them, where the file has them), on one line; a single
+/// problem is said as it was, without a count; a rule that fails still
+/// takes its name, so a later one of that name is said at once; each
+/// `[[egress]]` rule's problem is said too; and past
+/// [`SHOWN_PROBLEMS`](super::super::error::SHOWN_PROBLEMS) the line
+/// counts the rest.
 #[test]
 fn every_problem_of_a_file_is_said_in_its_order() {
     let text = "\
@@ -306,4 +309,44 @@ ports = [70000]
     // One problem: as before.
     let one = expect_error("[relay]\nwindow_ms = 0\n", 2, "window_ms is 0");
     assert_eq!(one.problems().len(), 1);
+    // A failed rule's name, then egress rules.
+    let text = "\
+[[rule]]
+name = \"a\"
+action = \"deny\"
+
+[[rule]]
+name = \"a\"
+action = \"deny\"
+uid = 1
+
+[[egress]]
+name = \"e1\"
+action = \"deny\"
+uid = 1000
+deny = [\"no-such-class\"]
+
+[[egress]]
+name = \"e2\"
+action = \"deny\"
+uid = 1001
+deny = [\"also-not-one\"]
+";
+    let err = parse(text).expect_err("four problems");
+    let message = err.to_string();
+    assert!(message.starts_with("4 problems: test.toml:2:"), "{message}");
+    assert!(
+        message.contains("test.toml:6:8: rule name `a` is already used"),
+        "{message}"
+    );
+    assert!(message.contains("no-such-class"), "{message}");
+    assert!(message.contains("also-not-one"), "{message}");
+    // Many: the line shows ten and counts the rest.
+    let many: String = (0..15)
+        .map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\n"))
+        .collect();
+    let message = parse(&many).expect_err("fifteen problems").to_string();
+    assert!(message.starts_with("15 problems: "), "{message}");
+    assert!(message.ends_with("; and 5 more"), "{message}");
+    assert_eq!(message.matches("has no criteria").count(), 10, "{message}");
 }

@@ -6,7 +6,7 @@ use loopwarden_common::{MAX_EGRESS_PREFIXES, MAX_EGRESS_RULES};
 use toml::Spanned;
 
 use super::{
-    Validator,
+    Problems, Validator,
     rules::{cidr, exe_name, non_empty, port_range, subject_cgroup},
 };
 use crate::{
@@ -109,52 +109,71 @@ impl Validator<'_> {
 
     /// The `[[egress]]` tables, with the limits that span them: names
     /// unique, at most [`MAX_EGRESS_RULES`] rules and
-    /// [`MAX_EGRESS_PREFIXES`] distinct prefixes.
+    /// [`MAX_EGRESS_PREFIXES`] distinct prefixes. Each rule's problem is
+    /// kept in `problems`, as the rules' are.
     pub(super) fn egress_rules(
         &self,
         raw: Vec<RawEgress>,
         warnings: &mut Vec<String>,
-    ) -> Result<Vec<Egress>, ConfigError> {
+        problems: &mut Problems,
+    ) -> Vec<Egress> {
         if raw.len() > MAX_EGRESS_RULES {
-            return Err(self.invalid(
-                &raw[MAX_EGRESS_RULES].name.span(),
-                Problem::TooManyEgressRules {
-                    count: raw.len(),
-                    max: MAX_EGRESS_RULES,
-                },
-            ));
+            problems.keep(
+                Err(self.invalid(
+                    &raw[MAX_EGRESS_RULES].name.span(),
+                    Problem::TooManyEgressRules {
+                        count: raw.len(),
+                        max: MAX_EGRESS_RULES,
+                    },
+                )),
+                (),
+            );
+            return Vec::new();
         }
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut prefixes: std::collections::BTreeSet<ipnet::Ipv6Net> = egress::metadata().collect();
         let mut rules = Vec::with_capacity(raw.len());
         for r in raw {
             let span = r.name.span();
-            let rule = self.egress(r)?;
+            // A rule that fails still takes its name.
+            let named = (r.name.get_ref().clone(), self.lines.locate(span.start).line);
+            let Some(rule) = problems.keep(self.egress(r).map(Some), None) else {
+                seen.entry(named.0).or_insert(named.1);
+                continue;
+            };
             if let Some(&first_line) = seen.get(&rule.name) {
-                return Err(self.invalid(
-                    &span,
-                    Problem::DuplicateEgressName {
-                        name: rule.name,
-                        first_line,
-                    },
-                ));
+                problems.keep(
+                    Err(self.invalid(
+                        &span,
+                        Problem::DuplicateEgressName {
+                            name: rule.name,
+                            first_line,
+                        },
+                    )),
+                    (),
+                );
+                continue;
             }
             seen.insert(rule.name.clone(), rule.at.line);
             self.warn_ipv4_in_ipv6(&rule, warnings);
             prefixes.extend(rule.deny.iter().flat_map(|d| d.value.prefixes()));
             prefixes.extend(rule.allow.iter().map(|a| egress::mapped(a.value)));
             if prefixes.len() > MAX_EGRESS_PREFIXES as usize {
-                return Err(self.invalid(
-                    &span,
-                    Problem::TooManyEgressPrefixes {
-                        count: prefixes.len(),
-                        max: MAX_EGRESS_PREFIXES,
-                    },
-                ));
+                problems.keep(
+                    Err(self.invalid(
+                        &span,
+                        Problem::TooManyEgressPrefixes {
+                            count: prefixes.len(),
+                            max: MAX_EGRESS_PREFIXES,
+                        },
+                    )),
+                    (),
+                );
+                break;
             }
             rules.push(rule);
         }
-        Ok(rules)
+        rules
     }
 
     /// An IPv6 deny prefix short enough to hold `::ffff:0:0/96` (`::/0`,

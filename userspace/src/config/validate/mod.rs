@@ -206,7 +206,14 @@ impl Validator<'_> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for raw_rule in raw.rule {
+            // A rule that fails still takes its name: a later one of the
+            // same name is said now, not after the first is mended.
+            let named = (
+                raw_rule.name.get_ref().clone(),
+                self.lines.locate(raw_rule.name.span().start).line,
+            );
             let Some(rule) = problems.keep(self.rule(raw_rule).map(Some), None) else {
+                seen.entry(named.0).or_insert(named.1);
                 continue;
             };
             if let Some(&first_line) = seen.get(&rule.name) {
@@ -226,7 +233,7 @@ impl Validator<'_> {
             rules.push(rule);
         }
 
-        let egress = problems.keep(self.egress_rules(raw.egress, &mut warnings), Vec::new());
+        let egress = self.egress_rules(raw.egress, &mut warnings, &mut problems);
         ConfigError::all(problems.0)?;
 
         Ok(Config {
