@@ -531,6 +531,22 @@ mod tests {
         });
     }
 
+    /// A caller of `uid` in the host's namespace.
+    fn user(uid: u32) -> Caller {
+        Caller {
+            uid,
+            netns: Some(4026531840),
+            host_netns: true,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
             walks: ByUid::default(),
@@ -581,15 +597,8 @@ mod tests {
             b"late\n".to_vec()
         }
         let shared = shared();
-        let caller = Caller {
-            uid: 1000,
-            netns: Some(4026531840),
-            host_netns: true,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        let caller = user(1000);
+        let runtime = runtime();
         let begun = std::time::Instant::now();
         let answered = runtime.block_on(answer_within(
             br#"{"op":"conns","id":9}"#,
@@ -646,15 +655,8 @@ mod tests {
         let running: Vec<_> = (0..WALKS as u32)
             .map(|uid| shared.walks.walk(2000 + uid).expect("a walk"))
             .collect();
-        let caller = Caller {
-            uid: 1000,
-            netns: Some(4026531840),
-            host_netns: true,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        let caller = user(1000);
+        let runtime = runtime();
         let ask_as = |caller: Caller, line: &str| {
             let reply = runtime.block_on(answer(line.as_bytes(), caller, &shared));
             serde_json::from_slice::<serde_json::Value>(&reply.line).expect("JSON")
