@@ -81,8 +81,8 @@ pub enum DaemonError {
     Ident(#[source] IdentStartError),
     #[error(
         "{what}: a start would put the defaults (audit mode) in place of the pinned policy, \
-         which enforces; restore the policy file (one that says `mode = \"audit\"` runs the \
-         defaults)"
+         which enforces; restore the policy file (for the defaults: `--mode enforce`, or a file \
+         that says `mode = \"audit\"` to run them reporting only)"
     )]
     WouldWeaken { what: String },
     #[error(

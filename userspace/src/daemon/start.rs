@@ -479,6 +479,9 @@ fn weakening(
     pins: &PinDir,
     state: &PinState,
 ) -> Option<String> {
+    if state == &PinState::Absent {
+        return None;
+    }
     let what = match source {
         Source::Embedded if mode.is_none() => format!(
             "no policy file at {} (nor --config)",
@@ -494,5 +497,5 @@ fn weakening(
         Ok(pinned) => status_file::mode_name(pinned.settings.flags) == "enforce",
         Err(_) => matches!(state, PinState::Compatible | PinState::Resized { .. }),
     };
-    (state != &PinState::Absent && enforcing).then_some(what)
+    enforcing.then_some(what)
 }
