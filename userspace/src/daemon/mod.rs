@@ -81,10 +81,9 @@ pub enum DaemonError {
     Ident(#[source] IdentStartError),
     #[error(
         "{what}: a start would put the defaults (audit mode) in place of the pinned policy, \
-         which enforces; restore the policy file (for the defaults: `--mode enforce`, or a file \
-         that says `mode = \"audit\"` to run them reporting only)"
+         which enforces; {fix}"
     )]
-    WouldWeaken { what: String },
+    WouldWeaken { what: String, fix: &'static str },
     #[error(
         "another loopwarden is already running (lock {path} is held{}); stop it first (a \
          daemon for other pins runs beside it with its own --run-dir and --pin-dir)",

@@ -143,8 +143,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         _ => source.clone(),
     };
     let compiled = read.map_err(DaemonError::from).and_then(|config| {
-        if let Some(what) = weakened {
-            return Err(DaemonError::WouldWeaken { what });
+        if let Some((what, fix)) = weakened {
+            return Err(DaemonError::WouldWeaken { what, fix });
         }
         let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
         let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
@@ -478,18 +478,25 @@ fn weakening(
     mode: Option<policy::Mode>,
     pins: &PinDir,
     state: &PinState,
-) -> Option<String> {
+) -> Option<(String, &'static str)> {
     if state == &PinState::Absent {
         return None;
     }
     let what = match source {
-        Source::Embedded if mode.is_none() => format!(
-            "no policy file at {} (nor --config)",
-            crate::config::DEFAULT_CONFIG_PATH
+        Source::Embedded if mode.is_none() => (
+            format!(
+                "no policy file at {} (nor --config)",
+                crate::config::DEFAULT_CONFIG_PATH
+            ),
+            "restore the file, or give `--mode enforce` to run the defaults enforcing (a file \
+             that says `mode = \"audit\"` runs them reporting only)",
         ),
-        Source::File(_) if config.empty => format!(
-            "{} has no settings (it is empty or only comments: truncated?)",
-            config.source
+        Source::File(_) if config.empty => (
+            format!(
+                "{} has no settings (it is empty or only comments: truncated?)",
+                config.source
+            ),
+            "write the policy again (`mode = \"audit\"` alone runs the defaults, reporting only)",
         ),
         _ => return None,
     };
