@@ -28,7 +28,7 @@ use self::{
     probes::{
         connect_programs, helpers, link_update, map_types, program_type, programs, sock_destroy,
     },
-    security::{lockdown, route_localnet, unprivileged_bpf},
+    security::{lockdown, other_connect_programs, route_localnet, unprivileged_bpf},
 };
 use crate::kernel::{compat, host_cgroup};
 
@@ -180,6 +180,11 @@ pub fn run(host_cgroup_root: Option<&Path>) -> Report {
         ("unprivileged bpf", false, Box::new(unprivileged_bpf)),
         ("route_localnet", false, Box::new(route_localnet)),
         ("sock destroy", false, Box::new(sock_destroy)),
+        (
+            "other connect programs",
+            false,
+            Box::new(|| other_connect_programs(cgroup_root.as_deref())),
+        ),
     ];
     for (name, required, probe) in probes {
         if privileged || matches!(name, "unprivileged bpf" | "route_localnet") {

@@ -1,6 +1,7 @@
 //! The security settings that bear on loopwarden: kernel lockdown (read
 //! from securityfs, mounted for the read if it must be), unprivileged BPF,
-//! and `route_localnet` (loopback addresses routed from a network).
+//! `route_localnet` (loopback addresses routed from a network), and other
+//! programs on the cgroup v2 root's connect hooks.
 
 use std::{
     ffi::CString,
@@ -10,7 +11,7 @@ use std::{
 };
 
 use super::Check;
-use crate::kernel::mountinfo;
+use crate::kernel::{mountinfo, sys};
 
 const SECURITYFS: &str = "/sys/kernel/security";
 
@@ -142,6 +143,75 @@ pub(super) fn route_localnet() -> Check {
     )
 }
 
+/// Other programs on the cgroup v2 root's connect hooks. One that runs
+/// after loopwarden's and rewrites the destination (a service mesh's
+/// redirect to a local port) takes a connect to a port loopwarden did not
+/// judge: it judged the address the caller gave. (Programs in descendant
+/// cgroups run before the root's, and loopwarden judges what they leave.)
+pub(super) fn other_connect_programs(cgroup_root: Option<&Path>) -> Check {
+    const NAME: &str = "other connect programs";
+    let not_checked = |why: String| Check::ok(NAME, false, format!("not checked: {why}"));
+    let Some(root) = cgroup_root else {
+        return not_checked("no cgroup v2 root".to_owned());
+    };
+    let dir = match fs::File::open(root) {
+        Ok(dir) => dir,
+        Err(e) => return not_checked(format!("{}: {e}", root.display())),
+    };
+    let mut after = Vec::new();
+    let mut attached = false;
+    for (hook, attach) in [
+        ("connect4", sys::ATTACH_INET4_CONNECT),
+        ("connect6", sys::ATTACH_INET6_CONNECT),
+    ] {
+        let ids = match sys::prog_query(&dir, attach) {
+            Ok(ids) => ids,
+            Err(e) => return not_checked(format!("querying {hook} at the root: {e}")),
+        };
+        let names: Vec<(u32, String)> = ids
+            .iter()
+            .map(|&id| {
+                let name = sys::prog_by_id(id).and_then(sys::prog_info);
+                (id, name.map_or_else(|_| "?".to_owned(), |info| info.name))
+            })
+            .collect();
+        attached |= names.iter().any(|(_, name)| name.starts_with("lw_"));
+        let names = names.into_iter();
+        after.extend(after_ours(names).map(|(id, name)| format!("{name} (id {id}, {hook})")));
+    }
+    if !attached {
+        return not_checked("loopwarden's connect programs are not attached at the root".into());
+    }
+    if after.is_empty() {
+        return Check::ok(
+            NAME,
+            false,
+            "none runs after loopwarden's at the cgroup v2 root",
+        );
+    }
+    Check::bad(
+        NAME,
+        false,
+        format!(
+            "{} run after loopwarden's at the cgroup v2 root: one that rewrites a connect's \
+             destination takes it to a port loopwarden judged by the address the caller gave",
+            after.join(", ")
+        ),
+        "check that none of them redirects connects to protected ports (`bpftool cgroup show \
+         <root>`), or protect the ports the clients name too",
+    )
+}
+
+/// The programs of `run_order` (a hook's, as the root runs them) that run
+/// after the first of loopwarden's (`lw_` names); none if it has none.
+fn after_ours(
+    run_order: impl Iterator<Item = (u32, String)>,
+) -> impl Iterator<Item = (u32, String)> {
+    run_order
+        .skip_while(|(_, name)| !name.starts_with("lw_"))
+        .filter(|(_, name)| !name.starts_with("lw_"))
+}
+
 /// The interfaces (`all`, `default` and real ones) whose `route_localnet`
 /// value is not 0, sorted.
 fn localnet_set(values: impl Iterator<Item = (String, String)>) -> Vec<String> {
@@ -155,7 +225,22 @@ fn localnet_set(values: impl Iterator<Item = (String, String)>) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::localnet_set;
+    use super::{after_ours, localnet_set};
+
+    #[test]
+    fn only_programs_after_loopwardens_are_named() {
+        let order = |names: &[&str]| {
+            let listed = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i as u32, n.to_string()));
+            after_ours(listed).map(|(_, n)| n).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&["mesh", "lw_connect4", "redirect"]), ["redirect"]);
+        assert!(order(&["mesh", "lw_connect4"]).is_empty());
+        assert!(order(&["mesh", "redirect"]).is_empty());
+        assert!(order(&[]).is_empty());
+    }
 
     #[test]
     fn route_localnet_is_reported_where_it_is_not_zero() {
