@@ -239,9 +239,8 @@ fn caller_netns(stream: &UnixStream, cred: &UCred) -> Option<u32> {
         // An older kernel: the pid as it is now (a process that exits at
         // once and whose pid is taken meanwhile could be taken for another).
         Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => netns_of(pid).ok(),
-        // The kernel has pidfds but could not give the caller's (it has
-        // exited: Linux before 6.16 gives none of a reaped process): its
-        // pid may be another's by now.
+        // The kernel has pidfds but could not give the caller's (it may
+        // not once the caller has exited): its pid may be another's by now.
         Err(_) => None,
     }
 }
