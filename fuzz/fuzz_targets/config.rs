@@ -140,8 +140,10 @@ fuzz_target!(|data: &[u8]| {
         let compiled = match compiled {
             Ok(compiled) => compiled,
             Err(err) => {
-                let message = err.to_string();
-                assert!(message.starts_with(NAME), "{message}");
+                for problem in err.problems() {
+                    let message = problem.to_string();
+                    assert!(message.starts_with(NAME), "{message}");
+                }
                 continue;
             }
         };

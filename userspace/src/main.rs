@@ -92,6 +92,19 @@ fn refused(refusal: &str) -> ExitCode {
     ExitCode::from(daemon::exit::CONFIG)
 }
 
+/// `check-config`'s problems, a line each (with its cause), but not
+/// thousands of lines.
+fn say_problems<'a>(problems: impl ExactSizeIterator<Item = &'a dyn std::error::Error>) {
+    const SHOWN: usize = 100;
+    let count = problems.len();
+    for problem in problems.take(SHOWN) {
+        eprintln!("loopwarden: error: {}", loopwarden::error_chain(problem));
+    }
+    if count > SHOWN {
+        eprintln!("loopwarden: error: and {} more problems", count - SHOWN);
+    }
+}
+
 /// Prints what `who`/`conns` found, or their error, and gives their exit code.
 fn print(result: Result<Printed, provenance::client::ClientError>) -> ExitCode {
     match result {
@@ -218,18 +231,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(checked) => checked,
                 // Every problem the file has, a line each.
                 Err(DaemonError::Config(e)) => {
-                    // A line each, but not thousands of them.
-                    const SHOWN: usize = 100;
-                    let problems = e.problems();
-                    for problem in problems.iter().take(SHOWN) {
-                        eprintln!("loopwarden: error: {}", loopwarden::error_chain(*problem));
-                    }
-                    if problems.len() > SHOWN {
-                        eprintln!(
-                            "loopwarden: error: and {} more problems",
-                            problems.len() - SHOWN
-                        );
-                    }
+                    say_problems(
+                        e.problems()
+                            .into_iter()
+                            .map(|p| p as &dyn std::error::Error),
+                    );
+                    return Ok(ExitCode::from(daemon::exit::CONFIG));
+                }
+                Err(DaemonError::Policy(e)) => {
+                    say_problems(
+                        e.problems()
+                            .into_iter()
+                            .map(|p| p as &dyn std::error::Error),
+                    );
                     return Ok(ExitCode::from(daemon::exit::CONFIG));
                 }
                 Err(e) => return Err(e.into()),

@@ -14,6 +14,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt,
     path::{Path, PathBuf},
 };
 
@@ -467,6 +468,59 @@ pub enum PolicyError {
         level: u32,
         max: usize,
     },
+    /// Several rules (or tables) whose values do not resolve, in the
+    /// file's order: said on one line, ten and the count of the rest.
+    #[error("{} problems: {}", problems.len(), Shown(problems))]
+    Several { problems: Vec<PolicyError> },
+}
+
+impl PolicyError {
+    /// Each problem this error stands for: its own, or
+    /// [`PolicyError::Several`]'s.
+    pub fn problems(&self) -> Vec<&PolicyError> {
+        match self {
+            PolicyError::Several { problems } => problems.iter().collect(),
+            one => vec![one],
+        }
+    }
+
+    /// `problems` as one error: none is `Ok`, one is itself, more are
+    /// [`PolicyError::Several`].
+    pub(crate) fn all(mut problems: Vec<PolicyError>) -> Result<(), PolicyError> {
+        match problems.pop() {
+            None => Ok(()),
+            Some(last) => Err(PolicyError::after(problems, last)),
+        }
+    }
+
+    /// `last`, after the problems `before` it, as one error.
+    pub(crate) fn after(mut before: Vec<PolicyError>, last: PolicyError) -> PolicyError {
+        if before.is_empty() {
+            return last;
+        }
+        before.push(last);
+        PolicyError::Several { problems: before }
+    }
+}
+
+/// The first ten of several errors, `; ` between them, and the count of
+/// the rest.
+struct Shown<'a>(&'a [PolicyError]);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 10;
+        for (i, e) in self.0.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(&crate::error_chain(e))?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "; and {} more", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
 }
 
 /// Compiles a validated config into map contents: the user's rules in file

@@ -51,19 +51,37 @@ pub(super) fn compile_with(
         policy: blank(config, config.rules.len() + catalog.len()),
     };
     // Each step checks that the policy still fits its maps, so the error
-    // names the part that filled one.
-    compiler.netns(&config.protect.netns)?;
-    compiler.fits(None, || "`[protect] netns`".to_owned())?;
-    compiler.bind(&config.bind)?;
-    compiler.fits(None, || "`[bind]`".to_owned())?;
-    compiler.egress(&config.egress)?;
-    compiler.fits(None, || "`[[egress]]`".to_owned())?;
+    // names the part that filled one. A value that does not resolve (a
+    // strict compile's) is kept with the others and the rest compiled, so
+    // every one is said (the policy is not used then, so what a failed
+    // step added matters to nothing but the map's room); past a map's
+    // room, nothing more.
+    let mut unresolved = Vec::new();
+    let full =
+        |unresolved: &mut Vec<PolicyError>, e| PolicyError::after(std::mem::take(unresolved), e);
+    keep(&mut unresolved, compiler.netns(&config.protect.netns));
+    compiler
+        .fits(None, || "`[protect] netns`".to_owned())
+        .map_err(|e| full(&mut unresolved, e))?;
+    keep(&mut unresolved, compiler.bind(&config.bind));
+    compiler
+        .fits(None, || "`[bind]`".to_owned())
+        .map_err(|e| full(&mut unresolved, e))?;
+    keep(&mut unresolved, compiler.egress(&config.egress));
+    compiler
+        .fits(None, || "`[[egress]]`".to_owned())
+        .map_err(|e| full(&mut unresolved, e))?;
     for rule in &config.rules {
-        compiler.user_rule(rule)?;
-        compiler.fits(Some(rule.at), || format!("rule `{}`", rule.name))?;
+        keep(&mut unresolved, compiler.user_rule(rule));
+        compiler
+            .fits(Some(rule.at), || format!("rule `{}`", rule.name))
+            .map_err(|e| full(&mut unresolved, e))?;
     }
-    compiler.browsers_rule(&config.browsers)?;
-    compiler.fits(None, || "`[browsers]`".to_owned())?;
+    keep(&mut unresolved, compiler.browsers_rule(&config.browsers));
+    compiler
+        .fits(None, || "`[browsers]`".to_owned())
+        .map_err(|e| full(&mut unresolved, e))?;
+    PolicyError::all(unresolved)?;
     for entry in catalog {
         compiler.catalog_rule(entry, config.browsers.action);
     }
@@ -71,6 +89,13 @@ pub(super) fn compile_with(
         "the catalog's rules (`catalog = false` leaves them out)".to_owned()
     })?;
     Ok(compiler.policy)
+}
+
+/// Keeps `outcome`'s error with the others.
+fn keep(unresolved: &mut Vec<PolicyError>, outcome: Result<(), PolicyError>) {
+    if let Err(e) = outcome {
+        unresolved.push(e);
+    }
 }
 
 /// The policy of `config` before any of its values is resolved: its mode,

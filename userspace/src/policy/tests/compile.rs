@@ -118,6 +118,30 @@ fn unresolvable_names_in_user_rules_are_errors() {
     assert!(err.contains("/run/netns/red"), "{err}");
 }
 
+/// A strict compile says every value that does not resolve, in the
+/// file's order (the namespace, then each rule), not only the first; the
+/// rules between them compile.
+#[test]
+fn every_unresolvable_value_is_said() {
+    let text = "catalog = false\n[protect]\nnetns = [\"/run/netns/red\"]\n\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = \"/usr/bin/gone\"\n\n[[rule]]\nname = \"fine\"\naction = \"deny\"\nexe = \"/usr/bin/socat\"\n\n[[rule]]\nname = \"nobody\"\naction = \"deny\"\nuser = \"mallory\"\n";
+    let err = compile(&config(text), &host()).unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems.len(), 3, "{err}");
+    assert!(matches!(problems[0], PolicyError::Netns { .. }), "{err}");
+    assert!(matches!(problems[1], PolicyError::Exe { .. }), "{err}");
+    assert!(
+        matches!(problems[2], PolicyError::UnknownUser { .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(message.starts_with("3 problems: test.toml:3:"), "{message}");
+    assert!(!message.contains("fine"), "{message}");
+    // The control: one is said as it was.
+    let one = "catalog = false\n[[rule]]\nname = \"u\"\naction = \"deny\"\nuser = \"mallory\"\n";
+    let err = compile(&config(one), &host()).unwrap_err();
+    assert!(matches!(err, PolicyError::UnknownUser { .. }), "{err}");
+}
+
 #[test]
 fn lenient_recompile_drops_vanished_values_without_widening_the_rule() {
     let text = "catalog = false\n[protect]\nnetns = [\"/run/netns/blue\", \"/run/netns/red\"]\n\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/gone\"]\n\n[[rule]]\nname = \"nobody\"\naction = \"deny\"\nuser = \"mallory\"\n";
