@@ -80,8 +80,8 @@ pub enum DaemonError {
     #[error("starting the ident responder failed")]
     Ident(#[source] IdentStartError),
     #[error(
-        "{what}: a start would put the defaults (audit mode) in place of the pinned policy, \
-         which enforces; {fix}"
+        "{what}: a start would put the defaults (audit mode unless --mode says otherwise, and \
+         none of the file's rules) in place of the pinned policy, which enforces; {fix}"
     )]
     WouldWeaken { what: String, fix: &'static str },
     #[error(

@@ -469,7 +469,8 @@ pub enum PolicyError {
         max: usize,
     },
     /// Several rules (or tables) whose values do not resolve, in the
-    /// file's order: said on one line, ten and the count of the rest.
+    /// file's order (past a map's room, that last): said on one line, ten
+    /// and the count of the rest.
     #[error("{} problems: {}", problems.len(), Shown(problems))]
     Several { problems: Vec<PolicyError> },
 }
@@ -481,6 +482,21 @@ impl PolicyError {
         match self {
             PolicyError::Several { problems } => problems.iter().collect(),
             one => vec![one],
+        }
+    }
+
+    /// Where in the file the problem is, if it says.
+    pub(crate) fn at(&self) -> Option<Location> {
+        match self {
+            PolicyError::Exe { at, .. }
+            | PolicyError::ExeAmbiguous { at, .. }
+            | PolicyError::UnknownUser { at, .. }
+            | PolicyError::UserLookup { at, .. }
+            | PolicyError::Netns { at, .. }
+            | PolicyError::CgroupTooDeep { at, .. }
+            | PolicyError::CgroupLevels { at, .. } => Some(*at),
+            PolicyError::TooManyValues { at, .. } => *at,
+            _ => None,
         }
     }
 

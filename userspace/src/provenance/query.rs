@@ -498,11 +498,7 @@ mod tests {
     #[test]
     fn a_running_caller_is_placed_in_its_namespace_by_its_pidfd() {
         use std::os::fd::{FromRawFd as _, OwnedFd};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(async {
+        runtime().block_on(async {
             let (ours, _theirs) = UnixStream::pair().expect("a socket pair");
             let cred = ours.peer_cred().expect("credentials");
             let own = netns_of(std::process::id()).expect("our namespace");

@@ -147,7 +147,10 @@ pub(super) fn route_localnet() -> Check {
 /// after loopwarden's and rewrites the destination (a service mesh's
 /// redirect to a local port) takes a connect to a port loopwarden did not
 /// judge: it judged the address the caller gave. (Programs in descendant
-/// cgroups run before the root's, and loopwarden judges what they leave.)
+/// cgroups run before the root's, and loopwarden judges what they leave.
+/// The kernel lists the root's in attach order, which is their run order
+/// but for one attached with `BPF_F_PREORDER`, Linux 6.15, which runs
+/// first wherever it is listed: such a one is named here all the same.)
 pub(super) fn other_connect_programs(cgroup_root: Option<&Path>) -> Check {
     const NAME: &str = "other connect programs";
     let not_checked = |why: String| Check::ok(NAME, false, format!("not checked: {why}"));
@@ -175,7 +178,7 @@ pub(super) fn other_connect_programs(cgroup_root: Option<&Path>) -> Check {
                 (id, name.map_or_else(|_| "?".to_owned(), |info| info.name))
             })
             .collect();
-        attached |= names.iter().any(|(_, name)| name.starts_with("lw_"));
+        attached |= names.iter().any(|(_, name)| ours(name));
         let names = names.into_iter();
         after.extend(after_ours(names).map(|(id, name)| format!("{name} (id {id}, {hook})")));
     }
@@ -202,14 +205,26 @@ pub(super) fn other_connect_programs(cgroup_root: Option<&Path>) -> Check {
     )
 }
 
+/// Whether `name` is one of loopwarden's connect programs (not the
+/// benchmark's baseline, which attaches there too).
+fn ours(name: &str) -> bool {
+    [
+        loopwarden_common::programs::CONNECT4,
+        loopwarden_common::programs::CONNECT6,
+    ]
+    .contains(&name)
+}
+
 /// The programs of `run_order` (a hook's, as the root runs them) that run
-/// after the first of loopwarden's (`lw_` names); none if it has none.
+/// after the first of loopwarden's; none if it has none. (Between two of
+/// loopwarden's, a second daemon's with pins of its own, a program runs
+/// after the first's judgement.)
 fn after_ours(
     run_order: impl Iterator<Item = (u32, String)>,
 ) -> impl Iterator<Item = (u32, String)> {
     run_order
-        .skip_while(|(_, name)| !name.starts_with("lw_"))
-        .filter(|(_, name)| !name.starts_with("lw_"))
+        .skip_while(|(_, name)| !ours(name))
+        .filter(|(_, name)| !ours(name))
 }
 
 /// The interfaces (`all`, `default` and real ones) whose `route_localnet`
@@ -237,6 +252,8 @@ mod tests {
             after_ours(listed).map(|(_, n)| n).collect::<Vec<_>>()
         };
         assert_eq!(order(&["mesh", "lw_connect4", "redirect"]), ["redirect"]);
+        assert_eq!(order(&["lw_connect6", "x", "lw_connect6", "y"]), ["x", "y"]);
+        assert!(order(&["lw_baseline4", "redirect"]).is_empty());
         assert!(order(&["mesh", "lw_connect4"]).is_empty());
         assert!(order(&["mesh", "redirect"]).is_empty());
         assert!(order(&[]).is_empty());

@@ -57,8 +57,9 @@ pub(super) fn compile_with(
     // step added matters to nothing but the map's room); past a map's
     // room, nothing more.
     let mut unresolved = Vec::new();
-    let full =
-        |unresolved: &mut Vec<PolicyError>, e| PolicyError::after(std::mem::take(unresolved), e);
+    let full = |unresolved: &mut Vec<PolicyError>, e| {
+        PolicyError::after(in_file_order(std::mem::take(unresolved)), e)
+    };
     keep(&mut unresolved, compiler.netns(&config.protect.netns));
     compiler
         .fits(None, || "`[protect] netns`".to_owned())
@@ -81,7 +82,7 @@ pub(super) fn compile_with(
     compiler
         .fits(None, || "`[browsers]`".to_owned())
         .map_err(|e| full(&mut unresolved, e))?;
-    PolicyError::all(unresolved)?;
+    PolicyError::all(in_file_order(unresolved))?;
     for entry in catalog {
         compiler.catalog_rule(entry, config.browsers.action);
     }
@@ -89,6 +90,17 @@ pub(super) fn compile_with(
         "the catalog's rules (`catalog = false` leaves them out)".to_owned()
     })?;
     Ok(compiler.policy)
+}
+
+/// `problems` in the order of the file (they are found in the order of
+/// the compile: namespaces, guards, rules, browsers; a file may name them
+/// in another).
+fn in_file_order(mut problems: Vec<PolicyError>) -> Vec<PolicyError> {
+    problems.sort_by_key(|p| {
+        p.at()
+            .map_or((usize::MAX, usize::MAX), |at| (at.line, at.column))
+    });
+    problems
 }
 
 /// Keeps `outcome`'s error with the others.
