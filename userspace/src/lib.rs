@@ -53,6 +53,30 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// How many problems a line of several says; the rest are counted.
+pub const SHOWN_PROBLEMS: usize = 10;
+
+/// Several errors on one line: the first `shown`, each with its causes,
+/// `; ` between them, and the count of the rest (a file of thousands of
+/// bad rules makes no line of megabytes).
+pub struct Several<'a, E>(pub &'a [E], pub usize);
+
+impl<E: std::error::Error> std::fmt::Display for Several<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Several(errors, shown) = *self;
+        for (i, e) in errors.iter().take(shown).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(&error_chain(e))?;
+        }
+        if errors.len() > shown {
+            write!(f, "; and {} more", errors.len() - shown)?;
+        }
+        Ok(())
+    }
+}
+
 /// CLOCK_MONOTONIC now: the clock of `bpf_ktime_get_ns()`, which times the
 /// kernel's events and evidence.
 pub fn monotonic() -> std::time::Duration {

@@ -75,7 +75,7 @@ pub enum ConfigError {
     },
     /// Several such values (each table's first, each rule's), in the
     /// file's order: said on one line, for the journal.
-    #[error("{} problems: {}", problems.len(), Joined(problems))]
+    #[error("{} problems: {}", problems.len(), crate::Several(problems, crate::SHOWN_PROBLEMS))]
     Several { problems: Vec<ConfigError> },
 }
 
@@ -110,29 +110,6 @@ impl ConfigError {
             1 => Err(problems.remove(0)),
             _ => Err(ConfigError::Several { problems }),
         }
-    }
-}
-
-/// Problems [`ConfigError::Several`] says on its line; the rest are
-/// counted (a file of thousands of bad rules makes no line of megabytes).
-pub const SHOWN_PROBLEMS: usize = 10;
-
-/// Errors shown one after another, `; ` between them, the first
-/// [`SHOWN_PROBLEMS`] of them.
-struct Joined<'a>(&'a [ConfigError]);
-
-impl std::fmt::Display for Joined<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().take(SHOWN_PROBLEMS).enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        if let Some(more) = self.0.len().checked_sub(SHOWN_PROBLEMS).filter(|&n| n > 0) {
-            write!(f, "; and {more} more")?;
-        }
-        Ok(())
     }
 }
 

@@ -14,7 +14,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     path::{Path, PathBuf},
 };
 
@@ -471,7 +470,11 @@ pub enum PolicyError {
     /// Several rules (or tables) whose values do not resolve, in the
     /// file's order (past a map's room, that last): said on one line, ten
     /// and the count of the rest.
-    #[error("{} problems: {}", problems.len(), Shown(problems))]
+    #[error(
+        "{} problems: {}",
+        problems.len(),
+        crate::Several(problems, crate::SHOWN_PROBLEMS)
+    )]
     Several { problems: Vec<PolicyError> },
 }
 
@@ -516,26 +519,6 @@ impl PolicyError {
         }
         before.push(last);
         PolicyError::Several { problems: before }
-    }
-}
-
-/// The first ten of several errors, `; ` between them, and the count of
-/// the rest.
-struct Shown<'a>(&'a [PolicyError]);
-
-impl fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const SHOWN: usize = 10;
-        for (i, e) in self.0.iter().take(SHOWN).enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            f.write_str(&crate::error_chain(e))?;
-        }
-        if self.0.len() > SHOWN {
-            write!(f, "; and {} more", self.0.len() - SHOWN)?;
-        }
-        Ok(())
     }
 }
 

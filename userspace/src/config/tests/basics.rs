@@ -260,7 +260,7 @@ fn every_port() {
 /// problem is said as it was, without a count; a rule that fails still
 /// takes its name, so a later one of that name is said at once; each
 /// `[[egress]]` rule's problem is said too; and past
-/// [`SHOWN_PROBLEMS`](super::super::error::SHOWN_PROBLEMS) the line
+/// [`SHOWN_PROBLEMS`](crate::SHOWN_PROBLEMS) the line
 /// counts the rest.
 #[test]
 fn every_problem_of_a_file_is_said_in_its_order() {
