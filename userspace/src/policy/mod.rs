@@ -488,6 +488,14 @@ impl PolicyError {
         }
     }
 
+    /// Each problem this error stands for, owned.
+    pub(crate) fn into_problems(self) -> Vec<PolicyError> {
+        match self {
+            PolicyError::Several { problems } => problems,
+            one => vec![one],
+        }
+    }
+
     /// Where in the file the problem is, if it says.
     pub(crate) fn at(&self) -> Option<Location> {
         match self {

@@ -14,7 +14,9 @@ use crate::{
 impl Compiler<'_> {
     /// The egress guard: each `[[egress]]` rule gets a bit; its subjects go
     /// into the `LW_EGRESS_*` maps, its destinations (with the metadata
-    /// addresses) into the prefix masks of `LW_EGRESS_DST`.
+    /// addresses) into the prefix masks of `LW_EGRESS_DST`. A rule whose
+    /// value does not resolve is said with every other such rule (a
+    /// strict compile's; the policy is not used then).
     pub(super) fn egress(&mut self, rules: &[Egress]) -> Result<(), PolicyError> {
         if rules.is_empty() {
             return Ok(());
@@ -22,15 +24,25 @@ impl Compiler<'_> {
         let mut guard = EgressGuard::default();
         let mut prefixes = Vec::with_capacity(rules.len());
         let mut levels = 0u32;
+        let mut unresolved = Vec::new();
         for (r, rule) in rules.iter().enumerate() {
             let label = format!("{EGRESS_PREFIX}{}", rule.name);
             let c = &rule.criteria;
-            let exe = self.exes(&label, "exe", &c.exe)?;
+            let resolved = self.exes(&label, "exe", &c.exe).and_then(|exe| {
+                let uids = self.uids(&label, c)?;
+                let cgroups = self.cgroups(&label, &c.cgroup, levels)?;
+                Ok((exe, uids, cgroups))
+            });
+            let (exe, uids, cgroups) = match resolved {
+                Ok(resolved) => resolved,
+                Err(e) => {
+                    unresolved.push(e);
+                    continue;
+                }
+            };
             if rule.action == Action::Allow {
                 self.replaceable(&label, "exe", &c.exe);
             }
-            let uids = self.uids(&label, c)?;
-            let cgroups = self.cgroups(&label, &c.cgroup, levels)?;
             let bit = 1u64 << r;
             let s = &mut self.policy.settings;
             s.egress_active |= bit;
@@ -73,6 +85,7 @@ impl Compiler<'_> {
             });
             prefixes.push(own);
         }
+        PolicyError::all(unresolved)?;
         guard.prefixes = egress::blocking_masks(&prefixes);
         self.policy.settings.egress_cgroup_levels = levels;
         self.policy.settings.flags |= flags::EGRESS;

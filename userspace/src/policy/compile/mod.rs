@@ -103,10 +103,10 @@ fn in_file_order(mut problems: Vec<PolicyError>) -> Vec<PolicyError> {
     problems
 }
 
-/// Keeps `outcome`'s error with the others.
+/// Keeps `outcome`'s problems with the others.
 fn keep(unresolved: &mut Vec<PolicyError>, outcome: Result<(), PolicyError>) {
     if let Err(e) = outcome {
-        unresolved.push(e);
+        unresolved.extend(e.into_problems());
     }
 }
 

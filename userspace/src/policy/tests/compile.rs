@@ -162,6 +162,16 @@ fn every_unresolvable_value_is_said() {
         matches!(problems[1], PolicyError::TooManyValues { .. }),
         "{err}"
     );
+    // Each [[egress]] rule's too.
+    let egress = "catalog = false\n[[egress]]\nname = \"e1\"\naction = \"deny\"\nexe = \"/usr/bin/gone\"\ndeny = [\"private\"]\n\n[[egress]]\nname = \"e2\"\naction = \"deny\"\nuser = \"mallory\"\ndeny = [\"private\"]\n";
+    let err = compile(&config(egress), &host()).unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems.len(), 2, "{err}");
+    assert!(matches!(problems[0], PolicyError::Exe { .. }), "{err}");
+    assert!(
+        matches!(problems[1], PolicyError::UnknownUser { .. }),
+        "{err}"
+    );
     // The control: one is said as it was.
     let one = "catalog = false\n[[rule]]\nname = \"u\"\naction = \"deny\"\nuser = \"mallory\"\n";
     let err = compile(&config(one), &host()).unwrap_err();
