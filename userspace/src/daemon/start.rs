@@ -239,9 +239,13 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // Installed before the programs take over the links, so the first
     // connect they judge is judged by this policy.
     let mut scope_file = ScopeFile::new(&opts.run_dir, pins.root(), policy_maps.id());
+    // Listed once: the sweeper cuts by, and a refresh compares against,
+    // the very addresses installed (an address that came up in between is
+    // then new to the next refresh, which installs it).
+    let addrs = policy.as_ref().map(host_addresses).unwrap_or_default();
     let installed_seq = match &policy {
         Some(policy) => {
-            let seq = policy_maps.install(policy, &host_addresses(policy))?;
+            let seq = policy_maps.install(policy, &addrs)?;
             enricher.set_rules(seq, policy.named_rules());
             scope_file.save(&policy.netns);
             Some(seq)
@@ -332,7 +336,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(io_err("starting the connection sweeper"))?;
     super::fullness::watch(pins.clone()).map_err(io_err("starting the map fullness watch"))?;
     if let Some(policy) = &policy {
-        sweeper.request(policy, &host_addresses(policy));
+        sweeper.request(policy, &addrs);
     }
     let events = watch(ring, "watching the event ring buffer")?;
     let denials = watch(denials, "watching the refusals' ring buffer")?;
@@ -354,7 +358,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         started,
         config,
         predecessor,
-        addrs: policy.as_ref().map(host_addresses).unwrap_or_default(),
+        addrs,
         policy,
         maps: policy_maps,
         refresh_error: None,
