@@ -43,7 +43,9 @@ pub use names::{
     filter_bit, filter_has, name_prefix,
 };
 pub use offsets::KernelOffsets;
-pub use settings::{Meta, NETNS_INLINE, NETNS_NOT_INLINE, Settings, browser_slot, browser_verdict};
+pub use settings::{
+    Meta, NETNS_INLINE, NETNS_NOT_INLINE, Settings, browser_slot, browser_verdict, meta_mode,
+};
 pub use tracking::{
     ARGV0_MAX_LEN, ARGV0_READS, Evidence, INTERPRETERS, ListenerKey, Pending, ProcState,
     SCRIPT_MAX_ARGS, is_interpreter, script_hash,

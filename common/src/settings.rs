@@ -121,6 +121,17 @@ pub const fn browser_verdict(word: u64, shift: u32) -> u8 {
 
 const _: () = assert!(verdict::COUNT == 4, "a browser verdict takes two bits");
 
+/// [`Meta::mode`]'s values.
+pub mod meta_mode {
+    /// Not said (written by a build before the field, or before any
+    /// policy was installed): taken as enforcing.
+    pub const UNSAID: u32 = 0;
+    /// The policy in force reports only (audit mode).
+    pub const REPORTING: u32 = 1;
+    /// The policy in force enforces, or is about to.
+    pub const ENFORCING: u32 = 2;
+}
+
 /// `LW_META[0]`: written by userspace only, kept with the pinned maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -129,7 +140,10 @@ pub struct Meta {
     pub magic: u64,
     /// [`LAYOUT_VERSION`](crate::LAYOUT_VERSION) of the maps beside it.
     pub layout: u32,
-    pub _pad: u32,
+    /// Whether the policy in force enforces ([`meta_mode`]): what an
+    /// upgrade, which cannot read the settings of another layout, goes by.
+    /// Builds before this field wrote 0 here ([`meta_mode::UNSAID`]).
+    pub mode: u32,
     /// `stats::DROPPED` total already reported by a daemon: a new daemon
     /// reports only the reports lost since (e.g. while none was reading).
     pub dropped_reported: u64,

@@ -792,6 +792,66 @@ fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     fourth.wait_stderr("adopted the pinned maps", 1);
 }
 
+/// `LW_META`'s mode word (after the magic and the layout version).
+fn meta_mode(install: &Install) -> u32 {
+    let meta = hex_bytes(&map_dump(install, "LW_META")[0]["value"]);
+    u32::from_ne_bytes(meta[12..16].try_into().expect("four bytes"))
+}
+
+/// An upgrade cannot read the pinned settings of another layout: what
+/// `LW_META` says of their mode decides. Pinned enforcing, a start on an
+/// empty file exits 78 instead of putting the audit-mode defaults in place,
+/// the old programs refusing meanwhile; the same start on a good file
+/// replaces them (the control). `LW_META` follows the mode in force
+/// across reloads.
+#[test]
+fn an_upgrade_on_an_empty_file_keeps_the_enforcing_pinned_policy() {
+    let ns = Netns::new();
+    let _server = ns.sink_server();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+    let enforce = policy(&ns, "enforce", "");
+    let mut first = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
+    assert_eq!(meta_mode(&install), 1, "LW_META does not say reporting");
+    std::fs::write(install.config_path(), &enforce).expect("rewrite");
+    first.signal(libc::SIGHUP);
+    first.wait_installed(1);
+    assert_eq!(meta_mode(&install), 2, "LW_META does not say enforcing");
+    first.kill9();
+
+    // Another layout, as the version before an upgrade leaves it; its
+    // mode word as written.
+    let mut meta = hex_bytes(&map_dump(&install, "LW_META")[0]["value"]);
+    meta[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    map_update(&install, "LW_META", &0u32.to_ne_bytes(), &meta);
+    std::fs::write(install.config_path(), "").expect("truncate");
+    let out = install.failing_start();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("in place of the pinned policy, which enforces"),
+        "{stderr}"
+    );
+    assert!(
+        !ns.socat_connect(&target).0,
+        "the pinned policy lapsed after the refused start"
+    );
+
+    // The control: the same pins and a good file.
+    std::fs::write(install.config_path(), &enforce).expect("rewrite");
+    let second = Daemon::start_in(&install, &enforce, &[]);
+    second.wait_stderr("replaced the pinned programs in place", 1);
+    assert!(
+        !ns.socat_connect(&target).0,
+        "not enforcing after the replacement"
+    );
+    assert_eq!(
+        meta_mode(&install),
+        2,
+        "the replacement does not say enforcing"
+    );
+}
+
 #[test]
 fn a_second_daemon_on_the_same_pins_is_refused_whatever_its_run_dir() {
     let ns = Netns::new();

@@ -11,7 +11,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use loopwarden_common::{MAX_MAP_ENTRIES, flags};
+use loopwarden_common::{MAX_MAP_ENTRIES, flags, meta_mode};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -24,7 +24,7 @@ use super::{
 use crate::{
     config::{Config, ConfigError, DEFAULT_CONFIG_PATH},
     events::Enricher,
-    kernel::maps::PolicyMaps,
+    kernel::{maps::PolicyMaps, pins::PinDir},
     policy::{self, CompiledPolicy, Mode},
     resolve::{self, HostResolver},
 };
@@ -227,6 +227,8 @@ pub(super) struct Installed {
     /// The host addresses installed with it.
     pub(super) addrs: Vec<std::net::IpAddr>,
     pub(super) maps: PolicyMaps,
+    /// Where `LW_META` says the mode in force ([`meta_mode`]).
+    pub(super) pins: PinDir,
     /// The last periodic re-resolution error, reported once until it changes.
     pub(super) refresh_error: Option<String>,
     /// Cuts what a newly installed enforce-mode policy would have refused.
@@ -431,6 +433,12 @@ impl Installed {
         {
             warn!("{warning}");
         }
+        // Said enforcing before a policy that enforces is, and said
+        // reporting only once it is in force: `LW_META` never says less
+        // than the policy in force does.
+        if fresh.mode == Mode::Enforce {
+            say_mode(&self.pins, Some(Mode::Enforce));
+        }
         let seq = match self.maps.install(&fresh, &addrs) {
             Ok(seq) => seq,
             // With its causes: an update's errno is in its source. Said
@@ -440,6 +448,7 @@ impl Installed {
                 return Err(format!("installing the new policy failed: {e}"));
             }
         };
+        say_mode(&self.pins, Some(fresh.mode));
         // At once: a sweep under way, judging by the policy before, stops
         // before its next cut (one between its check and its cut still
         // goes, as it would a moment earlier).
@@ -455,6 +464,23 @@ impl Installed {
         self.policy = Some(fresh);
         self.addrs = addrs;
         Ok(true)
+    }
+}
+
+/// Writes `mode`, the mode of the policy in force (`None`: not known), into
+/// `LW_META`, where a later version that cannot read this one's settings
+/// (an upgrade to another layout) finds it: a start without a policy file
+/// must not put the audit-mode defaults in place of an enforcing policy.
+/// A failure is warned about; that version then takes the policy as
+/// enforcing.
+pub(super) fn say_mode(pins: &PinDir, mode: Option<Mode>) {
+    let said = match mode {
+        Some(Mode::Enforce) => meta_mode::ENFORCING,
+        Some(Mode::Audit) => meta_mode::REPORTING,
+        None => meta_mode::UNSAID,
+    };
+    if let Err(e) = pins.update_meta(|m| m.mode = said) {
+        warn!("recording the mode in force in LW_META failed: {e}");
     }
 }
 

@@ -81,9 +81,14 @@ pub enum DaemonError {
     Ident(#[source] IdentStartError),
     #[error(
         "{what}: a start would put the defaults (audit mode unless --mode says otherwise, and \
-         none of the file's rules) in place of the pinned policy, which enforces; {fix}"
+         none of the file's rules) in place of the pinned policy, {pinned}; {fix}"
     )]
-    WouldWeaken { what: String, fix: &'static str },
+    WouldWeaken {
+        what: String,
+        /// What is known of the pinned policy's mode.
+        pinned: &'static str,
+        fix: &'static str,
+    },
     #[error(
         "another loopwarden is already running (lock {path} is held{}); stop it first (a \
          daemon for other pins runs beside it with its own --run-dir and --pin-dir)",

@@ -123,7 +123,7 @@ impl CounterReport {
             // read apart from them, may count a loss made since, which is
             // reported next time (and is unreported until then).
             let reported = now.dropped_by_verdict.iter().sum();
-            if let Err(e) = self.pins.write_meta(reported) {
+            if let Err(e) = self.pins.update_meta(|m| m.dropped_reported = reported) {
                 warn!("recording the reported drops in LW_META failed: {e}");
             }
         }

@@ -7,7 +7,7 @@
 use std::{io, path::PathBuf, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
-use loopwarden_common::{MAX_CONNS, maps};
+use loopwarden_common::{MAX_CONNS, META_MAGIC, maps, meta_mode};
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
@@ -143,8 +143,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         _ => source.clone(),
     };
     let compiled = read.map_err(DaemonError::from).and_then(|config| {
-        if let Some((what, fix)) = weakened {
-            return Err(DaemonError::WouldWeaken { what, fix });
+        if let Some((what, pinned, fix)) = weakened {
+            return Err(DaemonError::WouldWeaken { what, pinned, fix });
         }
         let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
         let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
@@ -245,6 +245,13 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let addrs = policy.as_ref().map(host_addresses).unwrap_or_default();
     let installed_seq = match &policy {
         Some(policy) => {
+            // Into the pinned maps (not staged ones): said enforcing
+            // before it is (see `Installed::install`).
+            if policy.mode == policy::Mode::Enforce
+                && matches!(state, PinState::Compatible | PinState::Resized { .. })
+            {
+                super::installed::say_mode(&pins, Some(policy::Mode::Enforce));
+            }
             let seq = policy_maps.install(policy, &addrs)?;
             enricher.set_rules(seq, policy.named_rules());
             scope_file.save(&policy.netns);
@@ -295,8 +302,18 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         warn!("reading LW_DROPS_REPORTED failed: {e}");
         Default::default()
     });
-    pins.write_meta(dropped_reported)
+    pins.update_meta(|m| m.dropped_reported = dropped_reported)
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
+    // The mode in force now (this daemon's policy, or the pinned one it
+    // kept), read back from the settings.
+    let in_force =
+        crate::kernel::inspect::in_force(&pins).ok().map(|p| {
+            match status_file::mode_name(p.settings.flags) {
+                "enforce" => policy::Mode::Enforce,
+                _ => policy::Mode::Audit,
+            }
+        });
+    super::installed::say_mode(&pins, in_force);
     // The RFC 1413 responder, bound before anything was loaded.
     if let Some(bound) = ident {
         let serving = bound
@@ -361,6 +378,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         addrs,
         policy,
         maps: policy_maps,
+        pins: pins.clone(),
         refresh_error: None,
         sweeper,
         scope_file,
@@ -473,16 +491,17 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
 /// the default path had one (removed) without `--mode` (with it the
 /// defaults run in the mode it names: the operator's word, and the way to
 /// run the embedded default enforcing). Then the pinned policy stays, as
-/// for a file that does not parse. Pinned settings that cannot be read
-/// count as enforcing, but for a layout this build does not know (an
-/// upgrade), which it cannot tell.
+/// for a file that does not parse. Pinned settings of this build's layout
+/// say their mode; of another layout (an upgrade), `LW_META` says it
+/// ([`super::installed::say_mode`]). What cannot be read, or an older
+/// version did not say, counts as enforcing.
 fn weakening(
     source: &Source,
     config: &crate::config::Config,
     mode: Option<policy::Mode>,
     pins: &PinDir,
     state: &PinState,
-) -> Option<(String, &'static str)> {
+) -> Option<(String, &'static str, &'static str)> {
     if state == &PinState::Absent {
         return None;
     }
@@ -504,9 +523,21 @@ fn weakening(
         ),
         _ => return None,
     };
-    let enforcing = match crate::kernel::inspect::in_force(pins) {
-        Ok(pinned) => status_file::mode_name(pinned.settings.flags) == "enforce",
-        Err(_) => matches!(state, PinState::Compatible | PinState::Resized { .. }),
+    let pinned = match state {
+        PinState::Compatible | PinState::Resized { .. } => {
+            match crate::kernel::inspect::in_force(pins) {
+                Ok(p) if status_file::mode_name(p.settings.flags) != "enforce" => return None,
+                _ => "which enforces",
+            }
+        }
+        _ => match pins.meta() {
+            Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::REPORTING => return None,
+            Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::ENFORCING => "which enforces",
+            _ => {
+                "which may enforce (the loopwarden that pinned it, of another layout, does not \
+                 say its mode)"
+            }
+        },
     };
-    enforcing.then_some(what)
+    Some((what.0, pinned, what.1))
 }

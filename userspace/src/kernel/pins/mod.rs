@@ -339,23 +339,22 @@ impl PinDir {
             .map(|info| info.max_entries())
     }
 
-    /// Writes `LW_META` (our layout version, the drops already reported).
-    pub fn write_meta(&self, dropped_reported: u64) -> Result<(), String> {
+    /// Rewrites `LW_META` as ours (our magic and layout version) with
+    /// `change` made to what it held: the drops already reported, the
+    /// mode in force. What another layout's `LW_META` held is not kept.
+    pub fn update_meta(&self, change: impl FnOnce(&mut Meta)) -> Result<(), String> {
         let path = self.map(maps::META);
+        let mut meta = match read_meta(&path) {
+            Ok(m) if m.magic == META_MAGIC && m.layout == LAYOUT_VERSION => m,
+            _ => Meta::default(),
+        };
+        change(&mut meta);
+        meta.magic = META_MAGIC;
+        meta.layout = LAYOUT_VERSION;
         let data = MapData::from_pin(&path).map_err(|e| e.to_string())?;
-        let mut meta: Array<MapData, Meta> =
+        let mut map: Array<MapData, Meta> =
             Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())?;
-        meta.set(
-            0,
-            Meta {
-                magic: META_MAGIC,
-                layout: LAYOUT_VERSION,
-                _pad: 0,
-                dropped_reported,
-            },
-            0,
-        )
-        .map_err(|e| e.to_string())
+        map.set(0, meta, 0).map_err(|e| e.to_string())
     }
 
     /// Reads `LW_META`.
