@@ -53,10 +53,25 @@ pub struct Install {
     pin_dir: PathBuf,
 }
 
+/// Mounts bpffs on /sys/fs/bpf where nothing is mounted there yet (as the
+/// packaged unit does before it starts the daemon), once: a daemon some
+/// test starts in a mount namespace of its own (a container) refuses to
+/// mount one of that namespace's alone.
+fn host_bpffs() {
+    static MOUNTED: std::sync::Once = std::sync::Once::new();
+    MOUNTED.call_once(|| {
+        crate::run_ok(Command::new("sh").args([
+            "-c",
+            "mountpoint -q /sys/fs/bpf || mount -t bpf -o mode=0700 bpf /sys/fs/bpf",
+        ]));
+    });
+}
+
 impl Install {
     pub fn new() -> Arc<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         require_root();
+        host_bpffs();
         let pin_dir = PathBuf::from(format!(
             "/sys/fs/bpf/lwt-{}-{}",
             std::process::id(),

@@ -852,6 +852,40 @@ fn an_upgrade_on_an_empty_file_keeps_the_enforcing_pinned_policy() {
     );
 }
 
+/// A daemon started into a mount namespace of its own (a container's,
+/// a unit's `PrivateMounts=`, here `unshare -m`) whose /sys/fs/bpf is not
+/// bpffs refuses to mount one there: its pins, enforcement with them,
+/// would go with that namespace. The control: the same start where the
+/// namespace has the host's bpffs.
+#[test]
+fn a_start_in_a_private_mount_namespace_without_bpffs_mounts_none() {
+    let ns = Netns::new();
+    let install = Install::new();
+    std::fs::write(install.config_path(), policy(&ns, "audit", "")).expect("config");
+    let cmd = |unmount: bool| {
+        let script = if unmount {
+            "umount /sys/fs/bpf && exec \"$0\" \"$@\""
+        } else {
+            "exec \"$0\" \"$@\""
+        };
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", script])
+            .arg(loopwarden_bin())
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(install.config_path())
+            .args(install.dir_args());
+        cmd
+    };
+    let out = run_failing_start(&mut cmd(true));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("mount namespace of its own"), "{stderr}");
+    assert!(!install.pin_dir().exists(), "pinned on the host's bpffs");
+    let daemon = Daemon::start_cmd(&install, cmd(false));
+    assert!(install.pin_dir().exists(), "the control pinned nothing");
+    drop(daemon);
+}
+
 #[test]
 fn a_second_daemon_on_the_same_pins_is_refused_whatever_its_run_dir() {
     let ns = Netns::new();

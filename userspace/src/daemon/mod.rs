@@ -189,9 +189,8 @@ impl DaemonError {
             // A pin directory off bpffs is the operator's to fix (its
             // `--pin-dir`), as is a mount this process may not make; a
             // kernel without bpffs lacks a feature. None is for a restart.
-            DaemonError::Pins(PinError::NotBpffs { .. }) | DaemonError::RunDir { .. } => {
-                exit::CONFIG
-            }
+            DaemonError::Pins(PinError::NotBpffs { .. } | PinError::PrivateMountNamespace)
+            | DaemonError::RunDir { .. } => exit::CONFIG,
             DaemonError::Pins(e @ PinError::Mount { .. }) => match Cause::of(e) {
                 Cause::Privilege => exit::NO_PERMISSION,
                 Cause::Kernel => exit::UNSUPPORTED,
@@ -338,6 +337,8 @@ mod tests {
             path: "/tmp/pins".into(),
         });
         assert_eq!(elsewhere.exit_code(), exit::CONFIG);
+        let private = DaemonError::Pins(PinError::PrivateMountNamespace);
+        assert_eq!(private.exit_code(), exit::CONFIG);
     }
 
     #[test]

@@ -51,6 +51,15 @@ pub enum PinError {
         path.display()
     )]
     NotBpffs { path: PathBuf },
+    #[error(
+        "bpffs is not mounted on {BPFFS_MOUNT}, and this process runs in a mount namespace of its \
+         own (not its parent's, or not pid 1's: a container's, a unit's PrivateMounts=, an \
+         `unshare -m`): a bpffs it mounted would be that namespace's alone, and the pins, \
+         enforcement with them, would go when the namespace goes; mount it where the host sees \
+         it first (`mount -t bpf bpf {BPFFS_MOUNT}` as root on the host; the packaged unit does \
+         this before it starts), then start again"
+    )]
+    PrivateMountNamespace,
     #[error("mounting bpffs on {BPFFS_MOUNT} failed ({})", mount_hint(source))]
     Mount {
         #[source]
