@@ -24,9 +24,16 @@ const MARK: &str = " …";
 
 /// The most characters `c` takes in a line: its Rust debug escape (the
 /// human format's quoting; `\u{e0001}` at worst) or its JSON escape
-/// (`\u0001` for a control below U+0020), whichever is longer.
+/// (`\u0001` for a control below U+0020, `\udb40\udc01` for one the line
+/// escapes past the BMP), whichever is longer.
 fn escaped_len(c: char) -> usize {
-    let json = if u32::from(c) < 0x20 { 6 } else { c.len_utf8() };
+    let json = if u32::from(c) < 0x20 {
+        6
+    } else if super::json_leaves_raw(c) {
+        6 * c.len_utf16()
+    } else {
+        c.len_utf8()
+    };
     c.escape_debug().len().max(json)
 }
 

@@ -304,7 +304,7 @@ impl<'a> AuditRecord<'a> {
                         "{{\"error\":\"serializing an audit record failed: {e}\"}}"
                     );
                 }
-                escape_line_breaks(buf, start);
+                escape_raw(buf, start);
             }
             LogFormat::Human => self.human(buf),
         }
@@ -374,25 +374,44 @@ impl<'a> AuditRecord<'a> {
 }
 
 /// Escapes, in the JSON written from `start` on, the characters JSON
-/// leaves raw but some readers break lines at (U+0085, U+2028, U+2029:
-/// Python's `str.splitlines`, JavaScript before ES2019): a process naming
-/// itself with one must not split its line for them. They can only be
-/// inside strings, where `\uXXXX` means the same.
-fn escape_line_breaks(buf: &mut Vec<u8>, start: usize) {
+/// leaves raw that a human line escapes ([`json_leaves_raw`]): the line
+/// breaks some readers split at (U+0085, U+2028, U+2029: Python's
+/// `str.splitlines`, JavaScript before ES2019), DEL and the C1 controls
+/// (U+009B is a terminal's CSI), and the characters that change how the
+/// rest displays (U+202E). A process naming itself with one must neither
+/// split its line nor reach the terminal of `journalctl -o cat` as it is.
+/// They can only be inside strings, where `\uXXXX` means the same.
+fn escape_raw(buf: &mut Vec<u8>, start: usize) {
     let line = &buf[start..];
-    // Their UTF-8 starts with one of these bytes; most lines have neither.
-    if memchr::memchr2(0xC2, 0xE2, line).is_none() {
+    // Most lines are ASCII without DEL.
+    if line.iter().all(|&b| b < 0x7f) {
         return;
     }
     let Ok(text) = std::str::from_utf8(line) else {
         return;
     };
-    let escaped = text
-        .replace('\u{85}', "\\u0085")
-        .replace('\u{2028}', "\\u2028")
-        .replace('\u{2029}', "\\u2029");
+    if !text.chars().any(json_leaves_raw) {
+        return;
+    }
+    let mut escaped = String::with_capacity(text.len() + 64);
+    for c in text.chars() {
+        if json_leaves_raw(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = fmt::Write::write_fmt(&mut escaped, format_args!("\\u{unit:04x}"));
+            }
+        } else {
+            escaped.push(c);
+        }
+    }
     buf.truncate(start);
     buf.extend_from_slice(escaped.as_bytes());
+}
+
+/// Whether JSON leaves `c` as it is where a human line escapes it
+/// ([`reshapes`]): DEL and every non-ASCII one (JSON escapes the controls
+/// below U+0020 itself).
+pub(crate) fn json_leaves_raw(c: char) -> bool {
+    c == '\u{7f}' || (!c.is_ascii() && reshapes(c))
 }
 
 /// An ASCII string in upper case.

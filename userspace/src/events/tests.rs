@@ -348,6 +348,30 @@ fn json_lines_escape_the_unicode_line_breaks() {
     assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "1");
 }
 
+/// DEL, the C1 controls (U+009B, a terminal's CSI), bidirectional
+/// overrides and the invisible characters past the BMP, which JSON leaves
+/// raw and a human line escapes, are escaped in a JSON line too: the line
+/// is printable ASCII and reads back the same.
+#[test]
+fn json_lines_escape_what_a_terminal_would_act_on() {
+    let mut cut = cut();
+    let hostile = "x\u{7f}\u{9b}31m\u{202e}gpj.exe\u{e0001}é";
+    cut.owner.cmdline = Some(hostile.into());
+    let line = enricher().cut(&cut).format(LogFormat::Json);
+    assert!(
+        line.trim_end()
+            .chars()
+            .all(|c| c == 'é' || (' '..='~').contains(&c)),
+        "{line}"
+    );
+    assert!(
+        line.contains(r"x\u007f\u009b31m\u202egpj.exe\udb40\udc01é"),
+        "{line}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["cmdline"], hostile);
+}
+
 #[test]
 fn cut_records_name_the_remote_party_the_origin_recorded() {
     let mut cut = cut();
