@@ -1,8 +1,9 @@
 //! From kernel records to stdout: repeats summarised, lines batched.
 //!
 //! A report whose flow — the same process (pid and start time), executable,
-//! uid, cgroup, network namespace, destination, verdict, rule and policy —
-//! was not reported in the current interval gets its line at once. Further
+//! uid, cgroup, network namespace, destination (any address of 127.0.0.0/8
+//! counts as one), verdict, rule, policy and remote party (`via`) — was not
+//! reported in the current interval gets its line at once. Further
 //! reports of that flow are only counted, and at the end of the interval
 //! ([`Reporter::summarise`], every `--repeat-interval`) one summary line per
 //! flow stands for all of them: the last one's record with `repeat` (JSON)
@@ -82,6 +83,23 @@ struct FlowKey {
     verdict: u8,
     rule: u8,
     policy_seq: u64,
+    /// The remote party a relay's connect was for (its evidence's kind
+    /// and address): each peer's connects keep their own line.
+    via_kind: u8,
+    via_addr: Addr,
+}
+
+/// A flow's destination address: 127.0.0.1 for any of 127.0.0.0/8, which
+/// are all this host's loopback. A process cycling through its 16 million
+/// addresses would otherwise make every connect a flow of its own, and a
+/// line each.
+fn flow_daddr(daddr: Addr) -> Addr {
+    match daddr.to_ip() {
+        std::net::IpAddr::V4(v4) if v4.is_loopback() => {
+            Addr::from_ip(std::net::Ipv4Addr::LOCALHOST.into())
+        }
+        _ => daddr,
+    }
 }
 
 impl FlowKey {
@@ -96,12 +114,14 @@ impl FlowKey {
             ppid: ev.ppid,
             cgroup_id: ev.cgroup_id,
             netns_cookie: ev.netns_cookie,
-            daddr: ev.daddr,
+            daddr: flow_daddr(ev.daddr),
             dport: ev.dport,
             family: ev.family,
             verdict: ev.verdict,
             rule: ev.rule,
             policy_seq: ev.policy_seq,
+            via_kind: ev.via.kind,
+            via_addr: ev.via.addr,
         }
     }
 }
@@ -485,6 +505,37 @@ mod tests {
                 summarised: 999
             }
         );
+    }
+
+    /// A relay's connects for different remote parties are apart (each
+    /// peer has its line); connects to different addresses of
+    /// 127.0.0.0/8 are one flow (a process cycling through them is
+    /// summarised like one that does not).
+    #[test]
+    fn remote_parties_keep_their_lines_and_loopback_addresses_are_one() {
+        let (mut r, out) = reporter(Duration::from_secs(1));
+        let peer = |last: u8, ktime| {
+            let mut ev = event(u32::MAX - 3, 8080, ktime, verdict::DENY);
+            ev.via.kind = loopwarden_common::evidence::RECEIVED;
+            ev.via.addr = Addr::from_ip(std::net::Ipv4Addr::new(10, 0, 0, last).into());
+            ev
+        };
+        r.event(&peer(1, 1));
+        r.event(&peer(2, 2));
+        r.event(&peer(1, 3));
+        for i in 0..1000u32 {
+            let mut ev = event(u32::MAX - 4, 8080, 10 + u64::from(i), verdict::DENY);
+            let [_, _, b, c] = i.to_be_bytes();
+            ev.daddr = Addr::from_ip(std::net::Ipv4Addr::new(127, 9, b, c).into());
+            r.event(&ev);
+        }
+        r.flush();
+        // Two peers, one line each; the loopback addresses' first.
+        assert_eq!(out.lines().len(), 3);
+        r.summarise();
+        let lines = out.lines();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert_eq!(lines.iter().map(count).sum::<u64>(), 1003);
     }
 
     #[test]
