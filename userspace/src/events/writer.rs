@@ -21,8 +21,13 @@ use std::{
     time::Duration,
 };
 
-/// Batches queued for the writing thread (each up to some 64 KiB).
+/// Batches queued for the writing thread (each up to some 64 KiB, or a
+/// batch held while the queue was full: up to 1 MiB).
 const QUEUED: usize = 16;
+/// Bytes queued for the writing thread at most (beside one batch of any
+/// size when none is): with the batch the reporter holds meanwhile, a
+/// stalled reader costs about 2 MiB, whatever the batches' sizes.
+const QUEUED_BYTES: u64 = 1024 * 1024;
 
 /// Lines formatted and not yet written, with the reports each stands for
 /// (one, or a summary's count).
@@ -74,6 +79,8 @@ struct Shared {
     /// or failed: at an exit that cannot wait for them, they are lost too.
     queued_lines: AtomicU64,
     queued_reports: AtomicU64,
+    /// Their bytes, for [`QUEUED_BYTES`].
+    queued_bytes: AtomicU64,
     /// The first write error since the last look, as text.
     error: std::sync::Mutex<Option<String>>,
 }
@@ -118,6 +125,8 @@ impl Writer {
                     let (lines, reports) = batch.lost_after(0);
                     counts.queued_lines.fetch_sub(lines, Ordering::Relaxed);
                     counts.queued_reports.fetch_sub(reports, Ordering::Relaxed);
+                    let size = batch.bytes.len() as u64;
+                    counts.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                 }
             })?;
         Ok(Self {
@@ -148,6 +157,12 @@ impl Writer {
             Sink::Thread {
                 queue: Some(queue), ..
             } => {
+                let size = batch.bytes.len() as u64;
+                let queued = self.shared.queued_bytes.load(Ordering::Relaxed);
+                if queued > 0 && queued + size > QUEUED_BYTES {
+                    return Err(batch);
+                }
+                self.shared.queued_bytes.fetch_add(size, Ordering::Relaxed);
                 let (lines, reports) = batch.lost_after(0);
                 // Counted before the thread can take it off.
                 self.shared.queued_lines.fetch_add(lines, Ordering::Relaxed);
@@ -157,6 +172,7 @@ impl Writer {
                 match queue.try_send(batch) {
                     Ok(()) => Ok(()),
                     Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
+                        self.shared.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                         self.shared.queued_lines.fetch_sub(lines, Ordering::Relaxed);
                         self.shared
                             .queued_reports
@@ -302,6 +318,43 @@ mod tests {
         assert_eq!((lost.lines, lost.reports, lost.failed_lines), (2, 7, 2));
         assert!(error.is_some_and(|e| e.contains("pipe")));
         assert_eq!(&*got.lock().unwrap(), b"one\ntw");
+    }
+
+    /// An output that takes nothing until its sender is dropped.
+    struct Stalled(mpsc::Receiver<()>);
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// However large the batches (a batch held while the queue was full
+    /// grows to 1 MiB), a stalled output has at most 1 MiB queued for it,
+    /// not [`QUEUED`] batches of any size.
+    #[test]
+    fn a_stalled_output_holds_a_bounded_number_of_bytes() {
+        let (release, stalled) = mpsc::channel();
+        let mut writer = Writer::spawn(Box::new(Stalled(stalled))).unwrap();
+        let line = format!("{}\n", "x".repeat(512 * 1024 - 1));
+        let mut taken = 0;
+        while taken < 64 && writer.send(batch(&line, &[1])).is_ok() {
+            taken += 1;
+        }
+        assert!(taken >= 1, "the first batch is always taken");
+        // About 1 MiB, as the README says (with the batch held: 2 MiB).
+        assert!(
+            taken * line.len() <= 1024 * 1024,
+            "{taken} batches of 512 KiB queued"
+        );
+        drop(release);
+        assert!(writer.finish(Duration::from_secs(5)));
+        assert_eq!(writer.take_unwritten().0, Unwritten::default());
     }
 
     #[test]
