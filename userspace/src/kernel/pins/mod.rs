@@ -66,6 +66,13 @@ pub enum PinError {
         source: io::Error,
     },
     #[error(
+        "the pin directory {} was removed or made anew while this process locked it (a \
+         `loopwarden detach` or a failed start at the same moment): the lock held is on a \
+         directory that is gone; start again",
+        path.display()
+    )]
+    Replaced { path: PathBuf },
+    #[error(
         "another loopwarden uses the pin directory {} (its lock is held{}); stop it first, or \
          give this one its own --pin-dir",
         path.display(),
@@ -253,10 +260,16 @@ impl PinDir {
 
     /// Takes the pin directory's lock (an flock on the directory itself,
     /// which bpffs supports like any filesystem), or says another daemon
-    /// holds it.
+    /// holds it. A lock taken on a directory that is no longer the one at
+    /// the path (a `detach` holding the lock emptied and removed it, and
+    /// a start made it anew, after this process opened it) is refused: it
+    /// would keep no one out of the new one.
     pub fn lock(&self) -> Result<PinLock, PinError> {
         let dir = fs::File::open(&self.root).map_err(io_err("opening", &self.root))?;
         match dir.try_lock() {
+            Ok(()) if !is_at(&dir, &self.root) => Err(PinError::Replaced {
+                path: self.root.clone(),
+            }),
             Ok(()) => Ok(PinLock { _dir: dir }),
             Err(fs::TryLockError::WouldBlock) => Err(PinError::Busy {
                 path: self.root.clone(),
@@ -385,4 +398,41 @@ fn read_meta(path: &Path) -> Result<Meta, String> {
     let meta: Array<MapData, Meta> =
         Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())?;
     meta.get(&0, 0).map_err(|e| e.to_string())
+}
+
+/// Whether the open directory `dir` is the one at `path` now.
+fn is_at(dir: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (dir.metadata(), fs::metadata(path)) {
+        (Ok(held), Ok(now)) => (held.dev(), held.ino()) == (now.dev(), now.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lock is refused on a directory removed and made anew after it
+    /// was opened (a `detach`'s removal between a start's open and its
+    /// lock); a directory that stayed is locked, and its lock keeps the
+    /// next one out.
+    #[test]
+    fn a_lock_on_a_directory_made_anew_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pins");
+        fs::create_dir(&root).unwrap();
+        let pins = PinDir::new(&root);
+        let held = pins.lock().expect("the directory as it is");
+        assert!(matches!(pins.lock(), Err(PinError::Busy { .. })));
+        drop(held);
+
+        let opened = fs::File::open(&root).unwrap();
+        fs::remove_dir(&root).unwrap();
+        assert!(!is_at(&opened, &root), "a removed directory");
+        fs::create_dir(&root).unwrap();
+        assert!(!is_at(&opened, &root), "a directory made anew");
+        assert!(is_at(&fs::File::open(&root).unwrap(), &root));
+        assert!(pins.lock().is_ok());
+    }
 }
