@@ -95,12 +95,13 @@ pub(super) fn compile_policy(
 /// of the namespaces the policy is scoped to (none if none resolved; one
 /// kept in the scope after its name went is entered through a process in
 /// it, [`resolve::in_scoped_netns`]), or of the daemon's own; at most the
-/// first [`MAX_MAP_ENTRIES`] ([`fitted`]).
-pub(super) fn host_addresses(policy: &CompiledPolicy) -> Vec<IpAddr> {
+/// first [`MAX_MAP_ENTRIES`] ([`fitted`]). `None` when listing them failed
+/// (warned about): the addresses in force stay, not none.
+pub(super) fn host_addresses(policy: &CompiledPolicy) -> Option<Vec<IpAddr>> {
     if !policy.host_addresses {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    fitted(listed_addresses(policy))
+    listed_addresses(policy).map(fitted)
 }
 
 /// The addresses a policy holds of `addrs`: each once, in the order
@@ -133,13 +134,13 @@ fn fitted(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
     kept
 }
 
-/// [`host_addresses`]' list, before it is fitted.
-fn listed_addresses(policy: &CompiledPolicy) -> Vec<IpAddr> {
+/// [`host_addresses`]' list, before it is fitted; `None` if listing an
+/// interface's failed (a transient `ENOBUFS`, `EMFILE`).
+fn listed_addresses(policy: &CompiledPolicy) -> Option<Vec<IpAddr>> {
     if !policy.scoped() {
-        return resolve::interface_addresses().unwrap_or_else(|e| {
-            warn!("listing this host's addresses failed: {e}");
-            Vec::new()
-        });
+        return resolve::interface_addresses()
+            .inspect_err(|e| warn!("listing this host's addresses failed: {e}"))
+            .ok();
     }
     let mut out = Vec::new();
     for ns in &policy.netns {
@@ -155,10 +156,13 @@ fn listed_addresses(policy: &CompiledPolicy) -> Vec<IpAddr> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 debug!("listing the addresses of {} failed: {e}", ns.path);
             }
-            Err(e) => warn!("listing the addresses of {} failed: {e}", ns.path),
+            Err(e) => {
+                warn!("listing the addresses of {} failed: {e}", ns.path);
+                return None;
+            }
         }
     }
-    out
+    Some(out)
 }
 
 /// How a setting is said, by the config it is read from.
@@ -413,15 +417,17 @@ impl Installed {
         self.started.ident = config.ident.clone();
     }
 
-    /// Installs `fresh` with host addresses `addrs` unless they are what is in
-    /// force already; says whether it installed, or why it could not (for
-    /// the caller to log).
+    /// Installs `fresh` with host addresses `addrs` (`None`: they could not
+    /// be listed, and those in force stay) unless they are what is in force
+    /// already; says whether it installed, or why it could not (for the
+    /// caller to log).
     pub(super) fn install(
         &mut self,
         fresh: CompiledPolicy,
-        addrs: Vec<std::net::IpAddr>,
+        addrs: Option<Vec<std::net::IpAddr>>,
         enricher: &mut Enricher,
     ) -> Result<bool, String> {
+        let addrs = addrs.unwrap_or_else(|| self.addrs.clone());
         let current = self.policy.as_ref();
         if current == Some(&fresh) && self.addrs == addrs {
             return Ok(false);

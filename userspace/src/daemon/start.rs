@@ -242,7 +242,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // Listed once: the sweeper cuts by, and a refresh compares against,
     // the very addresses installed (an address that came up in between is
     // then new to the next refresh, which installs it).
-    let addrs = policy.as_ref().map(host_addresses).unwrap_or_default();
+    let addrs = policy.as_ref().and_then(host_addresses).unwrap_or_default();
     let installed_seq = match &policy {
         Some(policy) => {
             // Into the pinned maps (not staged ones): said enforcing
