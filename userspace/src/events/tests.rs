@@ -515,6 +515,32 @@ fn a_slow_nss_is_waited_for_a_tenth_of_the_time_at_most() {
     assert_eq!(ASKED.load(Ordering::SeqCst), 4);
 }
 
+/// A lookup that never returns in time (a directory service that does
+/// not answer) holds a line for `ANSWER_WAIT` once: the lines after it
+/// ask nothing while it runs, and its answer is cached when it comes.
+#[test]
+fn a_lookup_that_hangs_holds_the_event_loop_briefly_once() {
+    fn slow(uid: u32) -> std::io::Result<Option<String>> {
+        if uid == 7 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        Ok(Some(format!("u{uid}")))
+    }
+    let mut users = UserNames::with_lookup(slow);
+    let t0 = Instant::now();
+    assert_eq!(users.name(7, t0), None);
+    assert_eq!(users.name(8, t0), None, "asked while the first runs");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1000),
+        "waited {:?} for the lookup",
+        t0.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(1600));
+    let now = Instant::now();
+    assert_eq!(users.name(7, now), Some("u7"), "the late answer");
+    assert_eq!(users.name(8, now), Some("u8"));
+}
+
 #[test]
 fn starttime_is_field_22_even_with_odd_comms() {
     let stat =

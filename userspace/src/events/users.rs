@@ -1,7 +1,11 @@
-//! User names by uid, from NSS, through a cache that forgets.
+//! User names by uid, from NSS, through a cache that forgets, asked on a
+//! thread of their own so that a lookup that never returns holds the event
+//! loop for [`ANSWER_WAIT`] once, not for as long as it takes.
 
 use std::{
     collections::HashMap,
+    io,
+    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
     time::{Duration, Instant},
 };
 
@@ -23,10 +27,27 @@ pub(super) const USER_LOOKUPS_PER_SECOND: u32 = 64;
 /// than that (an LDAP server that is down, a hung `sssd`) is asked less
 /// often: after lookups that took `t`, the next are asked no sooner than
 /// `LOOKUP_SHARE` × `t` after the first of them, so over time the event
-/// loop waits for it a tenth of its time at most. One lookup still holds
-/// it for as long as that lookup takes (NSS has no timeout to give).
+/// loop waits for it a tenth of its time at most.
 pub(super) const USER_LOOKUP_TIME_PER_SECOND: Duration = Duration::from_millis(50);
 const LOOKUP_SHARE: u32 = 10;
+/// How long a line waits for its user's name. NSS has no timeout to give:
+/// a lookup still running past this (an LDAP server that does not answer)
+/// goes on on its thread, the line goes without the name (or with the one
+/// found before), and no other lookup is asked until it returns, its
+/// answer then cached as any other.
+pub(super) const ANSWER_WAIT: Duration = Duration::from_millis(25);
+
+/// A lookup's answer: the uid, its name (or why there is none), and how
+/// long it took.
+type Answer = (u32, io::Result<Option<String>>, Duration);
+
+/// The thread that asks NSS, one uid at a time.
+struct Asker {
+    requests: Sender<u32>,
+    answers: Receiver<Answer>,
+    /// The uid asked about and not answered yet.
+    asking: Option<u32>,
+}
 
 /// User names by uid, from NSS, cached for a while (see the module
 /// documentation): one lookup per uid per minute at most, and
@@ -45,6 +66,10 @@ pub(super) struct UserNames {
     began: Option<Instant>,
     /// When the next window may begin.
     next: Option<Instant>,
+    /// Started at the first lookup (`None` before, or if it could not
+    /// start: then lookups are made on the caller's thread).
+    asker: Option<Asker>,
+    asker_failed: bool,
 }
 
 impl Default for UserNames {
@@ -64,6 +89,8 @@ impl UserNames {
             spent: Duration::ZERO,
             began: None,
             next: None,
+            asker: None,
+            asker_failed: false,
         }
     }
 
@@ -79,11 +106,16 @@ impl UserNames {
         self.cache.get(&uid).and_then(|(name, _)| name.as_deref())
     }
 
-    /// Asks NSS about `uid` unless a cached answer is still fresh.
+    /// Asks NSS about `uid` unless a cached answer is still fresh, waiting
+    /// [`ANSWER_WAIT`] for the answer at most.
     pub(super) fn refresh(&mut self, uid: u32, now: Instant) {
+        self.take_answers(now);
         if let Some((_, until)) = self.cache.get(&uid)
             && now < *until
         {
+            return;
+        }
+        if self.asker.as_ref().is_some_and(|a| a.asking.is_some()) {
             return;
         }
         if self.next.is_none_or(|next| now >= next) {
@@ -96,13 +128,101 @@ impl UserNames {
             return;
         }
         self.left -= 1;
-        // A failed lookup shows no name and is retried like a missing one.
-        let asked = (self.clock)();
-        let name = (self.lookup)(uid).ok().flatten();
-        self.spent += (self.clock)().saturating_duration_since(asked);
+        let Some(asker) = self.asker() else {
+            let asked = (self.clock)();
+            let name = (self.lookup)(uid);
+            let took = (self.clock)().saturating_duration_since(asked);
+            self.answered(uid, name, took, now);
+            return;
+        };
+        if asker.requests.send(uid).is_err() {
+            return;
+        }
+        asker.asking = Some(uid);
+        match asker.answers.recv_timeout(ANSWER_WAIT) {
+            Ok((uid, name, took)) => {
+                asker.asking = None;
+                self.answered(uid, name, took, now);
+            }
+            // Answered later (see `take_answers`); waited for meanwhile.
+            Err(RecvTimeoutError::Timeout) => self.spend(ANSWER_WAIT),
+            // The thread is gone (a lookup panicked): asked here from now.
+            Err(RecvTimeoutError::Disconnected) => {
+                self.asker = None;
+                self.asker_failed = true;
+            }
+        }
+    }
+
+    /// The thread that asks, started at the first lookup.
+    fn asker(&mut self) -> Option<&mut Asker> {
+        if self.asker.is_none() && !self.asker_failed {
+            let (requests, asked) = mpsc::channel::<u32>();
+            let (answer, answers) = mpsc::channel();
+            let (lookup, clock) = (self.lookup, self.clock);
+            let started = std::thread::Builder::new()
+                .name("lw-users".into())
+                .spawn(move || {
+                    for uid in asked {
+                        let began = clock();
+                        let name = lookup(uid);
+                        let took = clock().saturating_duration_since(began);
+                        if answer.send((uid, name, took)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            match started {
+                Ok(_) => {
+                    self.asker = Some(Asker {
+                        requests,
+                        answers,
+                        asking: None,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "starting the thread that looks up user names failed ({e}): looking \
+                         them up on the event loop"
+                    );
+                    self.asker_failed = true;
+                }
+            }
+        }
+        self.asker.as_mut()
+    }
+
+    /// Caches the answers of lookups that outlasted [`ANSWER_WAIT`].
+    fn take_answers(&mut self, now: Instant) {
+        while let Some(asker) = self.asker.as_mut()
+            && asker.asking.is_some()
+            && let Ok((uid, name, _took)) = asker.answers.try_recv()
+        {
+            asker.asking = None;
+            // The event loop waited for it only as long as counted then.
+            self.answered(uid, name, Duration::ZERO, now);
+        }
+    }
+
+    /// Counts `took` against the second's time for lookups.
+    fn spend(&mut self, took: Duration) {
+        self.spent += took;
         if let (Some(began), Some(next)) = (self.began, self.next) {
             self.next = Some(next.max(began + self.spent * LOOKUP_SHARE));
         }
+    }
+
+    /// Caches `uid`'s lookup, which took `took`.
+    fn answered(
+        &mut self,
+        uid: u32,
+        name: io::Result<Option<String>>,
+        took: Duration,
+        now: Instant,
+    ) {
+        self.spend(took);
+        // A failed lookup shows no name and is retried like a missing one.
+        let name = name.ok().flatten();
         let ttl = if name.is_some() {
             USER_NAME_TTL
         } else {
