@@ -324,7 +324,7 @@ impl Installed {
                          {running}; the file: {file})"
                     );
                 }
-                let outcome = self.install(policy, addrs, enricher);
+                let outcome = self.install(policy, addrs, enricher, Sweep::Anew);
                 match &outcome {
                     Ok(_) => {
                         self.source = source;
@@ -363,7 +363,7 @@ impl Installed {
     /// The re-resolution came to `outcome`: installed if it differs.
     pub(super) fn refreshed(&mut self, outcome: Result<Compiled, String>, enricher: &mut Enricher) {
         let outcome = outcome.and_then(|c| {
-            self.install(c.policy, c.addrs, enricher)
+            self.install(c.policy, c.addrs, enricher, Sweep::After)
                 .map_err(|e| format!("{e} at a re-resolution, {KEEPING}"))
         });
         match outcome {
@@ -426,6 +426,7 @@ impl Installed {
         fresh: CompiledPolicy,
         addrs: Option<Vec<std::net::IpAddr>>,
         enricher: &mut Enricher,
+        sweep: Sweep,
     ) -> Result<bool, String> {
         let addrs = addrs.unwrap_or_else(|| self.addrs.clone());
         let current = self.policy.as_ref();
@@ -455,10 +456,13 @@ impl Installed {
             }
         };
         say_mode(&self.pins, Some(fresh.mode));
-        // At once: a sweep under way, judging by the policy before, stops
-        // before its next cut (one between its check and its cut still
-        // goes, as it would a moment earlier).
-        self.sweeper.request(&fresh, &addrs);
+        match sweep {
+            // At once: a sweep under way, judging by the policy before,
+            // stops before its next cut (one between its check and its cut
+            // still goes, as it would a moment earlier).
+            Sweep::Anew => self.sweeper.request(&fresh, &addrs),
+            Sweep::After => self.sweeper.request_after(&fresh, &addrs),
+        }
         let line = installed_line(seq, current, &fresh);
         if weakens(current, &fresh) {
             warn!("{line}");
@@ -488,6 +492,14 @@ pub(super) fn say_mode(pins: &PinDir, mode: Option<Mode>) {
     if let Err(e) = pins.update_meta(|m| m.mode = said) {
         warn!("recording the mode in force in LW_META failed: {e}");
     }
+}
+
+/// How an install asks for its sweep.
+pub(super) enum Sweep {
+    /// Stopping one under way (a reload: another file, another mode).
+    Anew,
+    /// After one under way (a re-resolution of the same file).
+    After,
 }
 
 /// What a policy enforces, in words: its mode and its relay verdict.

@@ -9,11 +9,15 @@
 //! and what kept it from being complete). Requests coalesce: a sweep always
 //! uses the newest policy asked for (the one in force), one still queued
 //! behind it is dropped, and one running when a newer is asked for stops
-//! before its next cut. At exit the daemon stops a running sweep the same
+//! before its next cut, unless the newer comes from the periodic
+//! re-resolution ([`Sweeper::request_after`]: the same file, a host
+//! address or an executable changed), which runs after it: re-resolutions
+//! every second (an address per pod on a busy node) would otherwise stop
+//! every sweep that takes longer than that before it cut. At exit the daemon stops a running sweep the same
 //! way and waits for the lines of what it cut ([`Sweeper::finish`]).
 
 use std::{
-    io::{self, Write as _},
+    io,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{
@@ -32,7 +36,7 @@ use tracing::{error, info, warn};
 use super::status_file;
 use crate::{
     cut::{self, Known, Relayed},
-    events::{Enricher, LogFormat},
+    events::{Batch, Enricher, LogFormat, Writer, report::stdout_writer},
     kernel::sock_diag::TcpSocket,
     policy::{CompiledPolicy, Mode},
     provenance::{Conns, conn_key},
@@ -42,8 +46,9 @@ use crate::{
 struct Job {
     policy: CompiledPolicy,
     addrs: Vec<IpAddr>,
-    /// Its number among the requests: a sweep whose number is no longer
-    /// the latest stops before its next cut.
+    /// The number of the latest request that stops the sweeps before it:
+    /// a sweep whose number is no longer the latest stops before its next
+    /// cut.
     number: u64,
 }
 
@@ -101,10 +106,25 @@ impl Sweeper {
     /// queued, and stops one running before its next cut, neither of which
     /// may cut under a policy no longer in force.
     pub fn request(&self, policy: &CompiledPolicy, addrs: &[IpAddr]) {
+        self.send(
+            policy,
+            addrs,
+            self.latest.fetch_add(1, Ordering::SeqCst) + 1,
+        );
+    }
+
+    /// Asks for a sweep under `policy` (re-resolved from the same file, in
+    /// the same mode) after the one running, which it does not stop. It
+    /// replaces a request still queued.
+    pub fn request_after(&self, policy: &CompiledPolicy, addrs: &[IpAddr]) {
+        self.send(policy, addrs, self.latest.load(Ordering::SeqCst));
+    }
+
+    fn send(&self, policy: &CompiledPolicy, addrs: &[IpAddr], number: u64) {
         let job = Job {
             policy: policy.clone(),
             addrs: addrs.to_vec(),
-            number: self.latest.fetch_add(1, Ordering::SeqCst) + 1,
+            number,
         };
         if self
             .jobs
@@ -233,6 +253,10 @@ fn work(
     format: LogFormat,
 ) {
     let mut enricher = Enricher::new(cgroup_root.clone());
+    // Cut lines go through a queue of their own to stdout, as audit lines
+    // do: a stalled reader holds no sweep (nor the status it writes), and
+    // what it could not take is said.
+    let mut out = stdout_writer();
     while let Ok(mut job) = queue.recv() {
         // Only the newest request matters: it carries the policy in force.
         while let Ok(newer) = queue.try_recv() {
@@ -247,22 +271,20 @@ fn work(
         let mut sweep = cut::sweep(&job.policy, &job.addrs, &cgroup_root, &known, &superseded);
         // An incomplete sweep, as status and the metrics say.
         sweep.problems.extend(unread);
-        // Formatted before stdout is taken: naming a cut's user may wait
-        // for NSS, and the audit-lines thread waits for the same lock.
-        let mut lines = String::new();
+        let mut lines = Batch::default();
         for c in &sweep.cuts {
-            lines.push_str(&enricher.cut(c).format(format));
-            lines.push('\n');
+            lines
+                .bytes
+                .extend_from_slice(enricher.cut(c).format(format).as_bytes());
+            lines.bytes.push(b'\n');
+            lines.reports.push(1);
         }
-        if !lines.is_empty() {
-            let mut out = io::stdout().lock();
-            if let Err(e) = out.write_all(lines.as_bytes()).and_then(|()| out.flush()) {
-                error!(
-                    "writing the audit lines of {} cuts failed: {e}",
-                    sweep.cuts.len()
-                );
-            }
+        if !lines.bytes.is_empty()
+            && let Err(lines) = out.send(lines)
+        {
+            out.drop_batch(lines);
         }
+        say_unwritten(&mut out);
         if sweep.superseded {
             // The next sweep, for the policy asked for since, is the one
             // status reports.
@@ -274,6 +296,27 @@ fn work(
         }
         info!("cut {}", connections(sweep.cuts.len()));
         status_file::swept(&sweep);
+    }
+    if !out.finish(Duration::from_secs(5)) {
+        say_unwritten(&mut out);
+    }
+}
+
+/// Says the cut lines the output did not take since the last time (the
+/// connections were cut all the same).
+fn say_unwritten(out: &mut Writer) {
+    let (lost, error) = out.take_unwritten();
+    if lost.lines > 0 {
+        error!(
+            unwritten_lines = lost.lines,
+            "cut lines lost: {} were not written ({}); the connections were cut all the same",
+            lost.lines,
+            error.unwrap_or_else(
+                || "the reader of the daemon's standard output fell too far \
+                                     behind"
+                    .to_owned()
+            )
+        );
     }
 }
 
@@ -293,6 +336,16 @@ mod tests {
         let before = sweeper.latest.load(Ordering::SeqCst);
         sweeper.supersede();
         assert_eq!(sweeper.latest.load(Ordering::SeqCst), before + 1);
+        // A re-resolution's request runs after a sweep under way: it does
+        // not move the number on; a reload's does.
+        let policy = crate::policy::predecessor_scope(
+            &crate::config::Config::embedded_default(),
+            Vec::new(),
+        );
+        sweeper.request_after(&policy, &[]);
+        assert_eq!(sweeper.latest.load(Ordering::SeqCst), before + 1);
+        sweeper.request(&policy, &[]);
+        assert_eq!(sweeper.latest.load(Ordering::SeqCst), before + 2);
         assert!(sweeper.finish(Duration::from_secs(5)));
         assert!(!sweeper.running());
         // A second finish has nothing to wait for.

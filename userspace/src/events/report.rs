@@ -171,16 +171,7 @@ pub struct Reporter {
 impl Reporter {
     /// `interval` zero turns summaries off.
     pub fn new(enricher: Enricher, format: LogFormat, interval: Duration) -> Self {
-        // SAFETY: fd 1 stays open for the process's life; ManuallyDrop
-        // keeps this handle from closing it.
-        let stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-        let writer = Writer::spawn(Box::new(Stdout(stdout))).unwrap_or_else(|e| {
-            warn!("starting the thread that writes audit lines failed ({e}): writing them inline");
-            // SAFETY: as above.
-            let stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-            Writer::inline(Box::new(Stdout(stdout)))
-        });
-        Self::with_writer(enricher, format, interval, writer)
+        Self::with_writer(enricher, format, interval, stdout_writer())
     }
 
     /// Like [`Reporter::new`], writing to `out` at once, on this thread.
@@ -384,6 +375,18 @@ impl Reporter {
         }
         self.say_unwritten();
     }
+}
+
+/// A [`Writer`] of standard output, on a thread of its own (inline if it
+/// cannot start, said).
+pub fn stdout_writer() -> Writer {
+    // SAFETY: fd 1 stays open for the process's life; ManuallyDrop keeps
+    // this handle from closing it.
+    let stdout = || Stdout(ManuallyDrop::new(unsafe { File::from_raw_fd(1) }));
+    Writer::spawn(Box::new(stdout())).unwrap_or_else(|e| {
+        warn!("starting the thread that writes audit lines failed ({e}): writing them inline");
+        Writer::inline(Box::new(stdout()))
+    })
 }
 
 /// Standard output as a file: `write(2)` with nothing buffered in between.
