@@ -134,13 +134,18 @@ fn fitted(addrs: Vec<IpAddr>) -> Vec<IpAddr> {
     kept
 }
 
-/// [`host_addresses`]' list, before it is fitted; `None` if listing an
-/// interface's failed (a transient `ENOBUFS`, `EMFILE`).
+/// [`host_addresses`]' list, before it is fitted; `None` if listing
+/// failed for a while only ([`passing`]). A namespace that cannot be
+/// listed for another reason is left out, warned of.
 fn listed_addresses(policy: &CompiledPolicy) -> Option<Vec<IpAddr>> {
     if !policy.scoped() {
-        return resolve::interface_addresses()
-            .inspect_err(|e| warn!("listing this host's addresses failed: {e}"))
-            .ok();
+        return match resolve::interface_addresses() {
+            Ok(addrs) => Some(addrs),
+            Err(e) => {
+                warn!("listing this host's addresses failed: {e}");
+                (!passing(&e)).then(Vec::new)
+            }
+        };
     }
     let mut out = Vec::new();
     for ns in &policy.netns {
@@ -158,11 +163,24 @@ fn listed_addresses(policy: &CompiledPolicy) -> Option<Vec<IpAddr>> {
             }
             Err(e) => {
                 warn!("listing the addresses of {} failed: {e}", ns.path);
-                return None;
+                if passing(&e) {
+                    return None;
+                }
             }
         }
     }
     Some(out)
+}
+
+/// Whether listing addresses failed for a while only (out of memory,
+/// descriptors or buffers, interrupted): the addresses in force stay.
+fn passing(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOBUFS | libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::EINTR
+        )
+    )
 }
 
 /// How a setting is said, by the config it is read from.
@@ -457,11 +475,16 @@ impl Installed {
         };
         say_mode(&self.pins, Some(fresh.mode));
         match sweep {
+            // Only the host addresses changed (a pod's came or went):
+            // what the sweep under way cuts, the policy in force cuts too,
+            // but for connections to an address gone.
+            Sweep::After if current == Some(&fresh) => {
+                self.sweeper.request_after(&fresh, &addrs);
+            }
             // At once: a sweep under way, judging by the policy before,
             // stops before its next cut (one between its check and its cut
             // still goes, as it would a moment earlier).
-            Sweep::Anew => self.sweeper.request(&fresh, &addrs),
-            Sweep::After => self.sweeper.request_after(&fresh, &addrs),
+            _ => self.sweeper.request(&fresh, &addrs),
         }
         let line = installed_line(seq, current, &fresh);
         if weakens(current, &fresh) {
@@ -498,7 +521,8 @@ pub(super) fn say_mode(pins: &PinDir, mode: Option<Mode>) {
 pub(super) enum Sweep {
     /// Stopping one under way (a reload: another file, another mode).
     Anew,
-    /// After one under way (a re-resolution of the same file).
+    /// After one under way, where only the host addresses changed (a
+    /// re-resolution of the same file); else as [`Sweep::Anew`].
     After,
 }
 
@@ -549,6 +573,17 @@ mod tests {
     use loopwarden_common::verdict;
 
     use super::*;
+
+    /// Out of buffers or descriptors for a while: the addresses in force
+    /// stay. A namespace that cannot be entered is no passing failure.
+    #[test]
+    fn a_passing_failure_to_list_addresses_keeps_those_in_force() {
+        let errno = std::io::Error::from_raw_os_error;
+        assert!(passing(&errno(libc::ENOBUFS)));
+        assert!(passing(&errno(libc::EMFILE)));
+        assert!(!passing(&errno(libc::EINVAL)));
+        assert!(!passing(&errno(libc::EPERM)));
+    }
 
     /// Each address once, in the order listed, up to what a policy holds.
     #[test]

@@ -329,24 +329,6 @@ impl Drop for EndFlag {
     }
 }
 
-/// Why `fresh`, re-resolved, is not to replace `previous`: a user lookup
-/// failed with an error where the policy in force had none (a passing
-/// outage of the directory service would weaken an `allow`, or cut its
-/// user's connections). A reload installs it all the same.
-fn outage(fresh: &CompiledPolicy, previous: Option<&CompiledPolicy>) -> Option<String> {
-    if !fresh.lookup_failed || previous.is_none_or(|p| p.lookup_failed) {
-        return None;
-    }
-    let why = fresh
-        .warnings
-        .iter()
-        .find(|w| w.contains("looking up user"));
-    Some(format!(
-        "a user lookup failed{}",
-        why.map(|w| format!(" ({w})")).unwrap_or_default()
-    ))
-}
-
 /// Does `job`.
 fn run(job: Job, resolver: &HostResolver, mode: Option<Mode>) -> Done {
     let with_addrs = |policy: CompiledPolicy, config: Config| Compiled {
@@ -358,11 +340,8 @@ fn run(job: Job, resolver: &HostResolver, mode: Option<Mode>) -> Done {
         Job::Refresh { config, previous } => {
             let begun = Instant::now();
             let outcome = compile_policy(&config, resolver, mode, previous.as_ref())
-                .map_err(|e| format!("re-resolving the policy failed, {KEEPING}: {e}"))
-                .and_then(|policy| match outage(&policy, previous.as_ref()) {
-                    Some(why) => Err(format!("re-resolving the policy failed, {KEEPING}: {why}")),
-                    None => Ok(with_addrs(policy, *config)),
-                });
+                .map(|policy| with_addrs(policy, *config))
+                .map_err(|e| format!("re-resolving the policy failed, {KEEPING}: {e}"));
             Done::Refresh {
                 outcome,
                 took: begun.elapsed(),
@@ -379,30 +358,5 @@ fn run(job: Job, resolver: &HostResolver, mode: Option<Mode>) -> Done {
                 .map(|(policy, config)| with_addrs(policy, config));
             Done::Reload { source, outcome }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A re-resolution whose user lookup failed does not replace a policy
-    /// that resolved it; it does replace one that had failed too, and a
-    /// lookup that worked is never held back.
-    #[test]
-    fn a_failed_user_lookup_keeps_the_policy_that_resolved_it() {
-        let blank = || crate::policy::predecessor_scope(&Config::embedded_default(), Vec::new());
-        let resolved = blank();
-        let mut failed = blank();
-        failed.lookup_failed = true;
-        failed.warnings.push(
-            "f:3:9: rule `u`: looking up user `ldapuser` failed: the directory did not answer"
-                .to_owned(),
-        );
-        let why = outage(&failed, Some(&resolved)).expect("held back");
-        assert!(why.contains("looking up user `ldapuser` failed"), "{why}");
-        assert_eq!(outage(&failed, Some(&failed)), None);
-        assert_eq!(outage(&failed, None), None);
-        assert_eq!(outage(&resolved, Some(&failed)), None);
     }
 }

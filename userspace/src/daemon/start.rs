@@ -7,7 +7,7 @@
 use std::{io, path::PathBuf, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
-use loopwarden_common::{MAX_CONNS, META_MAGIC, maps, meta_mode};
+use loopwarden_common::{LAYOUT_VERSION, MAX_CONNS, META_MAGIC, maps, meta_mode};
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
@@ -31,7 +31,7 @@ use crate::{
         maps::{Counters, PolicyMaps, StatsMap, take_denials, take_events},
         pins::{PinDir, PinError, PinLock, PinState},
     },
-    policy,
+    policy::{self, Mode},
     resolve::HostResolver,
 };
 
@@ -247,10 +247,10 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         Some(policy) => {
             // Into the pinned maps (not staged ones): said enforcing
             // before it is (see `Installed::install`).
-            if policy.mode == policy::Mode::Enforce
+            if policy.mode == Mode::Enforce
                 && matches!(state, PinState::Compatible | PinState::Resized { .. })
             {
-                super::installed::say_mode(&pins, Some(policy::Mode::Enforce));
+                super::installed::say_mode(&pins, Some(Mode::Enforce));
             }
             let seq = policy_maps.install(policy, &addrs)?;
             enricher.set_rules(seq, policy.named_rules());
@@ -306,14 +306,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     // The mode in force now (this daemon's policy, or the pinned one it
     // kept), read back from the settings.
-    let in_force =
-        crate::kernel::inspect::in_force(&pins).ok().map(|p| {
-            match status_file::mode_name(p.settings.flags) {
-                "enforce" => policy::Mode::Enforce,
-                _ => policy::Mode::Audit,
-            }
-        });
-    super::installed::say_mode(&pins, in_force);
+    super::installed::say_mode(&pins, pinned_mode(&pins));
     // The RFC 1413 responder, bound before anything was loaded.
     if let Some(bound) = ident {
         let serving = bound
@@ -523,21 +516,37 @@ fn weakening(
         ),
         _ => return None,
     };
-    let pinned = match state {
-        PinState::Compatible | PinState::Resized { .. } => {
-            match crate::kernel::inspect::in_force(pins) {
-                Ok(p) if status_file::mode_name(p.settings.flags) != "enforce" => return None,
-                _ => "which enforces",
-            }
+    // Pinned maps of this layout (adopted, or replaced for another shape
+    // or `--replace`) say their mode in their settings; of another, in
+    // `LW_META`, where a version that wrote it said it.
+    let ours = match state {
+        PinState::Compatible | PinState::Resized { .. } => true,
+        _ => pins
+            .meta()
+            .is_ok_and(|m| m.magic == META_MAGIC && m.layout == LAYOUT_VERSION),
+    };
+    let said = match pins.meta() {
+        Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::REPORTING => Some(Mode::Audit),
+        Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::ENFORCING => Some(Mode::Enforce),
+        _ => None,
+    };
+    let pinned = match ours.then(|| pinned_mode(pins)).flatten().or(said) {
+        Some(Mode::Audit) => return None,
+        Some(Mode::Enforce) => "which enforces",
+        None => {
+            "which may enforce (its mode cannot be read: pinned by a loopwarden of another \
+             layout that does not say it, or by a start that did not finish)"
         }
-        _ => match pins.meta() {
-            Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::REPORTING => return None,
-            Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::ENFORCING => "which enforces",
-            _ => {
-                "which may enforce (the loopwarden that pinned it, of another layout, does not \
-                 say its mode)"
-            }
-        },
     };
     Some((what.0, pinned, what.1))
+}
+
+/// The mode of the policy in force in the pinned maps, read from their
+/// settings (`None`: not readable as this build's).
+fn pinned_mode(pins: &PinDir) -> Option<Mode> {
+    let in_force = crate::kernel::inspect::in_force(pins).ok()?;
+    Some(match status_file::mode_name(in_force.settings.flags) {
+        "enforce" => Mode::Enforce,
+        _ => Mode::Audit,
+    })
 }

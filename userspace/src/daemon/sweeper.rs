@@ -9,11 +9,11 @@
 //! and what kept it from being complete). Requests coalesce: a sweep always
 //! uses the newest policy asked for (the one in force), one still queued
 //! behind it is dropped, and one running when a newer is asked for stops
-//! before its next cut, unless the newer comes from the periodic
-//! re-resolution ([`Sweeper::request_after`]: the same file, a host
-//! address or an executable changed), which runs after it: re-resolutions
-//! every second (an address per pod on a busy node) would otherwise stop
-//! every sweep that takes longer than that before it cut. At exit the daemon stops a running sweep the same
+//! before its next cut, unless the newer differs only in the host
+//! addresses ([`Sweeper::request_after`]), which runs after it:
+//! re-resolutions every second (an address per pod on a busy node) would
+//! otherwise stop every sweep that takes longer than that before it cut.
+//! At exit the daemon stops a running sweep the same
 //! way and waits for the lines of what it cut ([`Sweeper::finish`]).
 
 use std::{
@@ -113,9 +113,9 @@ impl Sweeper {
         );
     }
 
-    /// Asks for a sweep under `policy` (re-resolved from the same file, in
-    /// the same mode) after the one running, which it does not stop. It
-    /// replaces a request still queued.
+    /// Asks for a sweep under `policy`, the policy of the sweep running
+    /// with other host addresses, after that one, which it does not stop.
+    /// It replaces a request still queued.
     pub fn request_after(&self, policy: &CompiledPolicy, addrs: &[IpAddr]) {
         self.send(policy, addrs, self.latest.load(Ordering::SeqCst));
     }
@@ -256,7 +256,7 @@ fn work(
     // Cut lines go through a queue of their own to stdout, as audit lines
     // do: a stalled reader holds no sweep (nor the status it writes), and
     // what it could not take is said.
-    let mut out = stdout_writer();
+    let mut out = stdout_writer("lw-cut-lines");
     while let Ok(mut job) = queue.recv() {
         // Only the newest request matters: it carries the policy in force.
         while let Ok(newer) = queue.try_recv() {
@@ -279,10 +279,19 @@ fn work(
             lines.bytes.push(b'\n');
             lines.reports.push(1);
         }
-        if !lines.bytes.is_empty()
-            && let Err(lines) = out.send(lines)
-        {
-            out.drop_batch(lines);
+        // A reader merely slow takes them within a while: this thread can
+        // wait that long, the event loop's queue cannot.
+        let give_up = std::time::Instant::now() + Duration::from_secs(1);
+        let mut lines = Some(lines).filter(|l| !l.bytes.is_empty());
+        while let Some(batch) = lines.take() {
+            match out.send(batch) {
+                Ok(()) => {}
+                Err(batch) if std::time::Instant::now() < give_up => {
+                    lines = Some(batch);
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(batch) => out.drop_batch(batch),
+            }
         }
         say_unwritten(&mut out);
         if sweep.superseded {
@@ -297,9 +306,9 @@ fn work(
         info!("cut {}", connections(sweep.cuts.len()));
         status_file::swept(&sweep);
     }
-    if !out.finish(Duration::from_secs(5)) {
-        say_unwritten(&mut out);
-    }
+    // Within the daemon's wait for this thread at exit (`SWEEP_WAIT`).
+    out.finish(Duration::from_secs(1));
+    say_unwritten(&mut out);
 }
 
 /// Says the cut lines the output did not take since the last time (the
@@ -311,11 +320,7 @@ fn say_unwritten(out: &mut Writer) {
             unwritten_lines = lost.lines,
             "cut lines lost: {} were not written ({}); the connections were cut all the same",
             lost.lines,
-            error.unwrap_or_else(
-                || "the reader of the daemon's standard output fell too far \
-                                     behind"
-                    .to_owned()
-            )
+            lost.why(error.as_deref())
         );
     }
 }

@@ -171,7 +171,7 @@ pub struct Reporter {
 impl Reporter {
     /// `interval` zero turns summaries off.
     pub fn new(enricher: Enricher, format: LogFormat, interval: Duration) -> Self {
-        Self::with_writer(enricher, format, interval, stdout_writer())
+        Self::with_writer(enricher, format, interval, stdout_writer("audit-lines"))
     }
 
     /// Like [`Reporter::new`], writing to `out` at once, on this thread.
@@ -336,12 +336,7 @@ impl Reporter {
             return;
         }
         self.totals.unwritten += lost.lines;
-        let behind = "the reader of the daemon's standard output fell too far behind";
-        let why = match &error {
-            Some(e) if lost.failed_lines == lost.lines => format!("writing them failed: {e}"),
-            Some(e) => format!("{behind}, and writing {} failed: {e}", lost.failed_lines),
-            None => behind.to_owned(),
-        };
+        let why = lost.why(error.as_deref());
         warn!(
             unwritten_lines = lost.lines,
             unwritten_reports = lost.reports,
@@ -377,14 +372,14 @@ impl Reporter {
     }
 }
 
-/// A [`Writer`] of standard output, on a thread of its own (inline if it
-/// cannot start, said).
-pub fn stdout_writer() -> Writer {
+/// A [`Writer`] of standard output, on a thread of its own named `name`
+/// (inline if it cannot start, said).
+pub fn stdout_writer(name: &str) -> Writer {
     // SAFETY: fd 1 stays open for the process's life; ManuallyDrop keeps
     // this handle from closing it.
     let stdout = || Stdout(ManuallyDrop::new(unsafe { File::from_raw_fd(1) }));
-    Writer::spawn(Box::new(stdout())).unwrap_or_else(|e| {
-        warn!("starting the thread that writes audit lines failed ({e}): writing them inline");
+    Writer::spawn(name, Box::new(stdout())).unwrap_or_else(|e| {
+        warn!("starting the thread {name} failed ({e}): writing its lines inline");
         Writer::inline(Box::new(stdout()))
     })
 }
@@ -671,7 +666,7 @@ mod tests {
     /// reported to it; the output moves once the sender is dropped.
     fn reported_to_a_stalled_output(reports: u32) -> (Reporter, std::sync::mpsc::Sender<()>) {
         let (release, stalled) = std::sync::mpsc::channel();
-        let writer = Writer::spawn(Box::new(Stalled(stalled))).unwrap();
+        let writer = Writer::spawn("test-lines", Box::new(Stalled(stalled))).unwrap();
         let enricher = Enricher::new(PathBuf::from("/nonexistent"));
         let mut r = Reporter::with_writer(enricher, LogFormat::Json, Duration::ZERO, writer);
         for i in 0..reports {

@@ -70,6 +70,18 @@ pub struct Unwritten {
     pub failed_lines: u64,
 }
 
+impl Unwritten {
+    /// Why these lines were not written, given the first write error.
+    pub fn why(&self, error: Option<&str>) -> String {
+        let behind = "the reader of the daemon's standard output fell too far behind";
+        match error {
+            Some(e) if self.failed_lines == self.lines => format!("writing them failed: {e}"),
+            Some(e) => format!("{behind}, and writing {} failed: {e}", self.failed_lines),
+            None => behind.to_owned(),
+        }
+    }
+}
+
 /// Counts the writing thread keeps for the reporter.
 #[derive(Default)]
 struct Shared {
@@ -107,16 +119,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread writing to `out`, holding std's stdout lock for
-    /// each batch: the sweeper writes its `CUT` lines through it on a
-    /// thread of its own, and a batch past `PIPE_BUF`, which a pipe may
-    /// take in parts, must not interleave with them.
-    pub fn spawn(mut out: Box<dyn Write + Send>) -> io::Result<Self> {
+    /// Starts the thread `name` writing to `out`, holding std's stdout
+    /// lock for each batch: the sweeper writes its `cut` lines through a
+    /// writer of its own, and a batch past `PIPE_BUF`, which a pipe may
+    /// take in parts, must not interleave with theirs.
+    pub fn spawn(name: &str, mut out: Box<dyn Write + Send>) -> io::Result<Self> {
         let (queue, batches) = mpsc::sync_channel::<Batch>(QUEUED);
         let shared = Arc::new(Shared::default());
         let counts = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
-            .name("audit-lines".into())
+            .name(name.into())
             .spawn(move || {
                 let mut mid_line = false;
                 for batch in batches {
@@ -309,7 +321,7 @@ mod tests {
             ok: 6,
             got: Arc::clone(&got),
         };
-        let mut writer = Writer::spawn(Box::new(out)).unwrap();
+        let mut writer = Writer::spawn("test-lines", Box::new(out)).unwrap();
         writer.send(batch("one\ntwo\n", &[1, 2])).unwrap();
         writer.send(batch("three\n", &[5])).unwrap();
         assert!(writer.finish(Duration::from_secs(5)));
@@ -340,7 +352,7 @@ mod tests {
     #[test]
     fn a_stalled_output_holds_a_bounded_number_of_bytes() {
         let (release, stalled) = mpsc::channel();
-        let mut writer = Writer::spawn(Box::new(Stalled(stalled))).unwrap();
+        let mut writer = Writer::spawn("test-lines", Box::new(Stalled(stalled))).unwrap();
         let line = format!("{}\n", "x".repeat(512 * 1024 - 1));
         let mut taken = 0;
         while taken < 64 && writer.send(batch(&line, &[1])).is_ok() {
@@ -359,7 +371,7 @@ mod tests {
 
     #[test]
     fn batches_dropped_for_a_full_queue_are_counted() {
-        let mut writer = Writer::spawn(Box::new(io::sink())).unwrap();
+        let mut writer = Writer::spawn("test-lines", Box::new(io::sink())).unwrap();
         writer.drop_batch(batch("a\nb\n", &[1, 8]));
         let (lost, error) = writer.take_unwritten();
         assert_eq!((lost.lines, lost.reports, lost.failed_lines), (2, 9, 0));

@@ -150,12 +150,11 @@ pub struct CompiledPolicy {
     /// Things an operator should know that do not stop the policy from
     /// loading (e.g. a cgroup that does not exist yet).
     pub warnings: Vec<String>,
-    /// A user lookup failed with an error (NSS, a directory service down),
-    /// not "no such user", and was tolerated: the user's rules match
-    /// nothing. A periodic re-resolution does not install such a policy
-    /// in place of one that resolved them (it would weaken an `allow`, or
-    /// cut its user's connections, for a passing outage).
-    pub lookup_failed: bool,
+    /// What each user name of the rules resolved to. A lookup that fails
+    /// with an error (NSS, a directory service down; not "no such user")
+    /// at the next compile keeps it: a passing outage must not weaken an
+    /// `allow`, or have the sweep cut its user's connections.
+    pub users: BTreeMap<String, u32>,
 }
 
 /// What the bind guard's maps hold.

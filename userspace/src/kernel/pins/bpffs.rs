@@ -73,7 +73,7 @@ pub(super) fn mount_bpffs() -> Result<(), PinError> {
 /// 1's (the host's init: the daemon refuses a pid namespace of its own).
 /// One that cannot be read tells nothing (a pid 1 with capabilities this
 /// process lacks, in some sandboxes).
-fn in_own_mount_namespace() -> bool {
+pub fn in_own_mount_namespace() -> bool {
     let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
     let Some(ours) = ns("self") else {
         return false;

@@ -28,7 +28,7 @@ use aya::maps::{Array, MapData, MapInfo};
 use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, Meta, maps};
 
 pub use self::{
-    bpffs::{BPFFS_MOUNT, is_bpffs},
+    bpffs::{BPFFS_MOUNT, in_own_mount_namespace, is_bpffs},
     removal::{Removed, remove_link},
 };
 use self::{
@@ -266,6 +266,11 @@ impl PinDir {
     /// would keep no one out of the new one.
     pub fn lock(&self) -> Result<PinLock, PinError> {
         let dir = fs::File::open(&self.root).map_err(io_err("opening", &self.root))?;
+        self.lock_opened(dir)
+    }
+
+    /// [`PinDir::lock`] of `dir`, opened at the pin directory's path.
+    fn lock_opened(&self, dir: fs::File) -> Result<PinLock, PinError> {
         match dir.try_lock() {
             Ok(()) if !is_at(&dir, &self.root) => Err(PinError::Replaced {
                 path: self.root.clone(),
@@ -431,7 +436,8 @@ mod tests {
         fs::remove_dir(&root).unwrap();
         assert!(!is_at(&opened, &root), "a removed directory");
         fs::create_dir(&root).unwrap();
-        assert!(!is_at(&opened, &root), "a directory made anew");
+        let refused = pins.lock_opened(opened);
+        assert!(matches!(refused, Err(PinError::Replaced { .. })));
         assert!(is_at(&fs::File::open(&root).unwrap(), &root));
         assert!(pins.lock().is_ok());
     }

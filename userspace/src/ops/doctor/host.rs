@@ -9,7 +9,7 @@ use crate::{
     kernel::{
         btf::{VMLINUX_BTF, kernel_offsets},
         compat,
-        pins::{BPFFS_MOUNT, is_bpffs},
+        pins::{BPFFS_MOUNT, in_own_mount_namespace, is_bpffs},
     },
 };
 
@@ -176,7 +176,20 @@ pub(super) fn bpffs() -> Check {
         f.lines()
             .any(|l| l.split_whitespace().last() == Some("bpf"))
     });
-    if known {
+    if known && in_own_mount_namespace() {
+        Check::bad(
+            "bpffs",
+            true,
+            format!(
+                "not mounted on {BPFFS_MOUNT}, and this process runs in a mount namespace of its \
+                 own: the daemon would not mount one there (its pins would go with the \
+                 namespace)"
+            ),
+            format!(
+                "mount it where the host sees it first: `mount -t bpf bpf {BPFFS_MOUNT}` on the host"
+            ),
+        )
+    } else if known {
         Check::ok(
             "bpffs",
             true,

@@ -133,7 +133,7 @@ pub(super) fn blank(config: &Config, rules: usize) -> CompiledPolicy {
         browsers: BrowserPorts::compile(&config.browsers, config.mode),
         egress: EgressGuard::default(),
         warnings: config.warnings.clone(),
-        lookup_failed: false,
+        users: BTreeMap::new(),
     }
 }
 
@@ -222,7 +222,6 @@ impl Compiler<'_> {
         match result {
             Ok(v) => Ok(Some(v)),
             Err(e) if self.lenient => {
-                self.policy.lookup_failed |= matches!(e, PolicyError::UserLookup { .. });
                 self.policy
                     .warnings
                     .push(format!("{}; {meanwhile}", error_chain(&e)));

@@ -215,14 +215,27 @@ impl Compiler<'_> {
     }
 
     /// Resolves a user name of rule `rule` to its uid (`None`: it does
-    /// not resolve, tolerated).
+    /// not resolve, tolerated). A lookup that fails with an error keeps
+    /// the uid the previous policy resolved the name to, said.
     pub(super) fn user(
         &mut self,
         rule: &str,
         user: &Located<String>,
     ) -> Result<Option<u32>, PolicyError> {
+        let kept = self
+            .previous
+            .and_then(|p| p.users.get(&user.value))
+            .copied();
         let uid = match self.resolver.user(&user.value) {
             Ok(Some(uid)) => Ok(uid),
+            Err(e) if let Some(uid) = kept => {
+                self.policy.warnings.push(format!(
+                    "{}:{}: rule `{rule}`: looking up user `{}` failed ({e}); it keeps uid \
+                     {uid}, which it resolved to before",
+                    self.file, user.at, user.value
+                ));
+                Ok(uid)
+            }
             Ok(None) => Err(PolicyError::UnknownUser {
                 file: self.file.to_owned(),
                 at: user.at,
@@ -237,6 +250,9 @@ impl Compiler<'_> {
                 source,
             }),
         };
+        if let Ok(uid) = uid {
+            self.policy.users.insert(user.value.clone(), uid);
+        }
         self.tolerate(uid)
     }
 

@@ -495,9 +495,6 @@ fn a_failed_user_lookup_is_not_an_unknown_user() {
     // does not, and asks again next time.
     let policy = compile_lenient(&config(text), &host, None).unwrap();
     assert_eq!(policy.uid, BTreeMap::from([(65534, 1)]));
-    // Said, for a re-resolution not to put it in place of a policy that
-    // resolved the user.
-    assert!(policy.lookup_failed);
     assert!(
         policy.warnings[0].contains("failed: the directory did not answer; this value matches nothing until it resolves again"),
         "{:?}",
@@ -508,9 +505,19 @@ fn a_failed_user_lookup_is_not_an_unknown_user() {
     let policy = compile_lenient(&config(text), &host, Some(&policy)).unwrap();
     assert_eq!(policy.uid, BTreeMap::from([(65534, 1), (70000, 1)]));
     assert!(policy.warnings.is_empty());
-    assert!(!policy.lookup_failed);
-    // A user NSS says does not exist is no failed lookup.
+    // The directory down again: the uid found before stays (a passing
+    // outage does not drop the rule's user), said.
+    host.broken_users.push("ldapuser".to_owned());
+    let kept = compile_lenient(&config(text), &host, Some(&policy)).unwrap();
+    assert_eq!(kept.uid, policy.uid);
+    assert!(
+        kept.warnings[0].contains("it keeps uid 70000, which it resolved to before"),
+        "{:?}",
+        kept.warnings
+    );
+    // A user NSS says no longer exists goes.
+    host.broken_users.clear();
     host.users.remove("ldapuser");
-    let policy = compile_lenient(&config(text), &host, Some(&policy)).unwrap();
-    assert!(!policy.lookup_failed, "{:?}", policy.warnings);
+    let gone = compile_lenient(&config(text), &host, Some(&kept)).unwrap();
+    assert_eq!(gone.uid, BTreeMap::from([(65534, 1)]));
 }
