@@ -51,6 +51,15 @@ fn a_scrape_counts_exactly_the_refusals_and_connects_the_test_caused() {
     let daemon = Daemon::start(&config(&ns, ""));
     let before = first_scrape(&daemon);
     assert_eq!(before.must("loopwarden_up", &[]), 1);
+    // The harness reads every line: none went unwritten.
+    assert_eq!(
+        before.must("loopwarden_audit_lines_unwritten_total", &[]),
+        0
+    );
+    assert_eq!(
+        before.must("loopwarden_audit_reports_unwritten_total", &[]),
+        0
+    );
     assert_eq!(
         before.must(
             "loopwarden_build_info",

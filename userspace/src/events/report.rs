@@ -336,6 +336,7 @@ impl Reporter {
             return;
         }
         self.totals.unwritten += lost.lines;
+        self.tally.unwritten(lost.lines, lost.reports);
         let why = lost.why(error.as_deref());
         warn!(
             unwritten_lines = lost.lines,

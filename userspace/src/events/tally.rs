@@ -6,7 +6,9 @@
 //!
 //! The event loop counts with [`Tally::add`] (a hash map it owns: no lock)
 //! and, once a second, [`Tally::publish`]es cumulative totals by rule name
-//! to the metrics server through a `watch` channel.
+//! to the metrics server through a `watch` channel, with the audit lines
+//! the output never took ([`Tally::unwritten`]): a count said in a warning
+//! that a stalled stderr may drop as well.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -32,6 +34,15 @@ pub struct Series {
 /// Cumulative counts since the daemon started.
 pub type Totals = BTreeMap<Series, u64>;
 
+/// What the metrics server reads: the totals, and the audit lines (with
+/// the reports they stood for) the output never took since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub totals: Totals,
+    pub unwritten_lines: u64,
+    pub unwritten_reports: u64,
+}
+
 /// What one report adds to before it is named.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Raw {
@@ -44,15 +55,18 @@ struct Raw {
 /// The counting side, owned by the event loop.
 pub struct Tally {
     pending: HashMap<Raw, u64>,
-    totals: Totals,
-    tx: watch::Sender<Arc<Totals>>,
+    reported: Reported,
+    /// Unwritten lines counted since the last publish.
+    unwritten_pending: bool,
+    tx: watch::Sender<Arc<Reported>>,
 }
 
 impl Default for Tally {
     fn default() -> Self {
         Self {
             pending: HashMap::new(),
-            totals: Totals::new(),
+            reported: Reported::default(),
+            unwritten_pending: false,
             tx: watch::Sender::new(Arc::default()),
         }
     }
@@ -80,25 +94,34 @@ impl Tally {
     /// named by `name(policy_seq, rule_index)`, and hands the totals to
     /// the readers.
     pub fn publish(&mut self, name: impl Fn(u64, u8) -> Option<String>) {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !std::mem::take(&mut self.unwritten_pending) {
             return;
         }
+        let totals = &mut self.reported.totals;
         for (raw, count) in self.pending.drain() {
             let mut series = Series {
                 rule: name(raw.policy_seq, raw.rule).unwrap_or_else(|| "-".to_owned()),
                 port: raw.port,
                 verdict: raw.verdict,
             };
-            if self.totals.len() >= MAX_SERIES && !self.totals.contains_key(&series) {
+            if totals.len() >= MAX_SERIES && !totals.contains_key(&series) {
                 series.port = None;
             }
-            *self.totals.entry(series).or_default() += count;
+            *totals.entry(series).or_default() += count;
         }
-        self.tx.send_replace(Arc::new(self.totals.clone()));
+        self.tx.send_replace(Arc::new(self.reported.clone()));
+    }
+
+    /// Audit lines the output never took, and the reports they stood for:
+    /// published with the next totals.
+    pub fn unwritten(&mut self, lines: u64, reports: u64) {
+        self.reported.unwritten_lines += lines;
+        self.reported.unwritten_reports += reports;
+        self.unwritten_pending = true;
     }
 
     /// The totals as last published, for the metrics server.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Totals>> {
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Reported>> {
         self.tx.subscribe()
     }
 }
@@ -131,7 +154,7 @@ mod tests {
         tally.publish(name);
         tally.add(&event(1, 80, verdict::DENY));
         tally.publish(name);
-        let totals = seen.borrow().clone();
+        let totals = seen.borrow().totals.clone();
         let deny = Series {
             rule: "r2.1".into(),
             port: Some(80),
@@ -150,7 +173,7 @@ mod tests {
             tally.add(&event(1, 1000 + port, verdict::AUDIT));
         }
         tally.publish(name);
-        let totals = seen.borrow().clone();
+        let totals = seen.borrow().totals.clone();
         assert!(totals.len() <= MAX_SERIES + 1, "{} series", totals.len());
         let counted: u64 = totals
             .iter()
@@ -164,7 +187,7 @@ mod tests {
         tally.add(&event(1, 80, verdict::DENY));
         tally.add(&event(1, 7, verdict::DENY));
         tally.publish(name);
-        let totals = seen.borrow().clone();
+        let totals = seen.borrow().totals.clone();
         assert_eq!(
             totals.get(&deny),
             Some(&5),
@@ -172,5 +195,33 @@ mod tests {
         );
         let other = Series { port: None, ..deny };
         assert_eq!(totals.get(&other), Some(&1));
+    }
+
+    /// Unwritten lines reach the metrics at the next publish, with or
+    /// without new reports, and add up.
+    #[test]
+    fn unwritten_lines_are_published_and_add_up() {
+        let mut tally = Tally::default();
+        let seen = tally.subscribe();
+        tally.unwritten(3, 40);
+        tally.publish(|_, _| None);
+        assert_eq!(
+            (
+                seen.borrow().unwritten_lines,
+                seen.borrow().unwritten_reports
+            ),
+            (3, 40)
+        );
+        tally.unwritten(1, 1);
+        tally.add(&event(1, 80, verdict::DENY));
+        tally.publish(|_, _| None);
+        assert_eq!(
+            (
+                seen.borrow().unwritten_lines,
+                seen.borrow().unwritten_reports
+            ),
+            (4, 41)
+        );
+        assert_eq!(seen.borrow().totals.len(), 1);
     }
 }

@@ -38,7 +38,7 @@ use self::{kernel::KernelSource, render::render};
 use crate::{
     clients::Clients,
     config::Metrics,
-    events::tally::Totals,
+    events::tally::Reported,
     kernel::pins::PinDir,
     run_socket::{self, RunSocket, RunSocketError},
 };
@@ -72,7 +72,7 @@ pub enum MetricsError {
 pub struct Sources {
     pub pins: PinDir,
     /// Per rule, port and verdict, from [`crate::events::tally::Tally::subscribe`].
-    pub reported: watch::Receiver<Arc<Totals>>,
+    pub reported: watch::Receiver<Arc<Reported>>,
     pub started: SystemTime,
 }
 
@@ -95,7 +95,7 @@ impl Drop for MetricsServer {
 
 struct Shared {
     kernel: KernelSource,
-    reported: watch::Receiver<Arc<Totals>>,
+    reported: watch::Receiver<Arc<Reported>>,
     started: SystemTime,
     /// The clients being served (see [`Clients`]).
     clients: Clients<()>,

@@ -152,7 +152,7 @@ pub(super) fn render(shared: &Shared) -> String {
          in the kernel are not included.",
     );
     let reported = shared.reported.borrow().clone();
-    for (series, count) in reported.iter() {
+    for (series, count) in reported.totals.iter() {
         let port = series
             .port
             .map_or_else(|| "other".to_owned(), |p| p.to_string());
@@ -166,6 +166,19 @@ pub(super) fn render(shared: &Shared) -> String {
             *count,
         );
     }
+    page.single(
+        "loopwarden_audit_lines_unwritten_total",
+        Kind::Counter,
+        "Audit lines the daemon's standard output never took (its reader too far behind, or a \
+         failed write) since start; the connects were judged all the same.",
+        reported.unwritten_lines,
+    );
+    page.single(
+        "loopwarden_audit_reports_unwritten_total",
+        Kind::Counter,
+        "The reports those unwritten lines stood for (a summary line stands for its count).",
+        reported.unwritten_reports,
+    );
 
     page.family(
         "loopwarden_map_entries",
