@@ -22,8 +22,10 @@
 mod detach;
 mod fullness;
 mod getsockopt;
+mod host_addrs;
 mod installed;
 mod lock;
+mod pinned_mode;
 mod resolving;
 mod rings;
 mod scope_file;

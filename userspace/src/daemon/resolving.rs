@@ -25,7 +25,8 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, warn};
 
 use super::{
-    installed::{Source, compile_policy, host_addresses, read_fresh},
+    host_addrs::host_addresses,
+    installed::{Source, compile_policy, read_fresh},
     status_file::{self, Waiting},
 };
 use crate::{

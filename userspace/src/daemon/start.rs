@@ -7,15 +7,17 @@
 use std::{io, path::PathBuf, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
-use loopwarden_common::{LAYOUT_VERSION, MAX_CONNS, META_MAGIC, maps, meta_mode};
+use loopwarden_common::{MAX_CONNS, maps};
 use tokio::io::unix::AsyncFd;
 use tracing::{error, info, warn};
 
 use super::{
     DaemonError, InstanceLock, Options,
     getsockopt::{self, Getsockopt},
-    installed::{Installed, Source, compile_policy, host_addresses},
+    host_addrs::host_addresses,
+    installed::{Installed, Source, compile_policy},
     io_err,
+    pinned_mode::{pinned_mode, say_mode, weakening},
     resolving::Compiles,
     rings::{CounterReport, KernelLogger, watch},
     scope_file::ScopeFile,
@@ -250,7 +252,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             if policy.mode == Mode::Enforce
                 && matches!(state, PinState::Compatible | PinState::Resized { .. })
             {
-                super::installed::say_mode(&pins, Some(Mode::Enforce));
+                say_mode(&pins, Some(Mode::Enforce));
             }
             let seq = policy_maps.install(policy, &addrs)?;
             enricher.set_rules(seq, policy.named_rules());
@@ -306,7 +308,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     // The mode in force now (this daemon's policy, or the pinned one it
     // kept), read back from the settings.
-    super::installed::say_mode(&pins, pinned_mode(&pins));
+    say_mode(&pins, pinned_mode(&pins));
     // The RFC 1413 responder, bound before anything was loaded.
     if let Some(bound) = ident {
         let serving = bound
@@ -476,77 +478,4 @@ fn describe_start(state: &PinState, takeover: Takeover) -> String {
             format!("replaced the pinned programs in place and their maps ({why}){anew}")
         }
     }
-}
-
-/// Why this start's config would be the defaults in place of a pinned
-/// policy that enforces, if it would, as a reload refuses them: an empty
-/// file (truncated, most likely), whatever `--mode` says, or no file where
-/// the default path had one (removed) without `--mode` (with it the
-/// defaults run in the mode it names: the operator's word, and the way to
-/// run the embedded default enforcing). Then the pinned policy stays, as
-/// for a file that does not parse. Pinned settings of this build's layout
-/// say their mode; of another layout (an upgrade), `LW_META` says it
-/// ([`super::installed::say_mode`]). What cannot be read, or an older
-/// version did not say, counts as enforcing.
-fn weakening(
-    source: &Source,
-    config: &crate::config::Config,
-    mode: Option<policy::Mode>,
-    pins: &PinDir,
-    state: &PinState,
-) -> Option<(String, &'static str, &'static str)> {
-    if state == &PinState::Absent {
-        return None;
-    }
-    let what = match source {
-        Source::Embedded if mode.is_none() => (
-            format!(
-                "no policy file at {} (nor --config)",
-                crate::config::DEFAULT_CONFIG_PATH
-            ),
-            "restore the file, or give `--mode enforce` to run the defaults enforcing (a file \
-             that says `mode = \"audit\"` runs them reporting only)",
-        ),
-        Source::File(_) if config.empty => (
-            format!(
-                "{} has no settings (it is empty or only comments: truncated?)",
-                config.source
-            ),
-            "write the policy again (`mode = \"audit\"` alone runs the defaults, reporting only)",
-        ),
-        _ => return None,
-    };
-    // Pinned maps of this layout (adopted, or replaced for another shape
-    // or `--replace`) say their mode in their settings; of another, in
-    // `LW_META`, where a version that wrote it said it.
-    let ours = match state {
-        PinState::Compatible | PinState::Resized { .. } => true,
-        _ => pins
-            .meta()
-            .is_ok_and(|m| m.magic == META_MAGIC && m.layout == LAYOUT_VERSION),
-    };
-    let said = match pins.meta() {
-        Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::REPORTING => Some(Mode::Audit),
-        Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::ENFORCING => Some(Mode::Enforce),
-        _ => None,
-    };
-    let pinned = match ours.then(|| pinned_mode(pins)).flatten().or(said) {
-        Some(Mode::Audit) => return None,
-        Some(Mode::Enforce) => "which enforces",
-        None => {
-            "which may enforce (its mode cannot be read: pinned by a loopwarden of another \
-             layout that does not say it, or by a start that did not finish)"
-        }
-    };
-    Some((what.0, pinned, what.1))
-}
-
-/// The mode of the policy in force in the pinned maps, read from their
-/// settings (`None`: not readable as this build's).
-fn pinned_mode(pins: &PinDir) -> Option<Mode> {
-    let in_force = crate::kernel::inspect::in_force(pins).ok()?;
-    Some(match status_file::mode_name(in_force.settings.flags) {
-        "enforce" => Mode::Enforce,
-        _ => Mode::Audit,
-    })
 }
