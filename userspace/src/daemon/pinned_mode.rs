@@ -37,8 +37,8 @@ pub(super) fn say_mode(pins: &PinDir, mode: Option<Mode>) {
 /// run the embedded default enforcing). Then the pinned policy stays, as
 /// for a file that does not parse. Pinned settings of this build's layout
 /// say their mode; of another layout (an upgrade), `LW_META` says it
-/// ([`say_mode`]). What cannot be read, or an older
-/// version did not say, counts as enforcing.
+/// ([`say_mode`]). What cannot be read, or an older version did not say,
+/// counts as enforcing.
 pub(super) fn weakening(
     source: &Source,
     config: &crate::config::Config,

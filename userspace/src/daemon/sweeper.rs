@@ -13,8 +13,8 @@
 //! addresses ([`Sweeper::request_after`]), which runs after it:
 //! re-resolutions every second (an address per pod on a busy node) would
 //! otherwise stop every sweep that takes longer than that before it cut.
-//! At exit the daemon stops a running sweep the same
-//! way and waits for the lines of what it cut ([`Sweeper::finish`]).
+//! At exit the daemon stops a running sweep the same way and waits for
+//! the lines of what it cut ([`Sweeper::finish`]).
 
 use std::{
     io,
