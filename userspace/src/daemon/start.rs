@@ -243,8 +243,20 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let mut scope_file = ScopeFile::new(&opts.run_dir, pins.root(), policy_maps.id());
     // Listed once: the sweeper cuts by, and a refresh compares against,
     // the very addresses installed (an address that came up in between is
-    // then new to the next refresh, which installs it).
-    let addrs = policy.as_ref().and_then(host_addresses).unwrap_or_default();
+    // then new to the next refresh, which installs it). A start has none
+    // in force to keep when listing fails for a while: it asks again,
+    // briefly, before it installs none until the next re-resolution.
+    let addrs = policy
+        .as_ref()
+        .and_then(|policy| {
+            (0..3).find_map(|attempt| {
+                if attempt > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                host_addresses(policy)
+            })
+        })
+        .unwrap_or_default();
     let installed_seq = match &policy {
         Some(policy) => {
             // Into the pinned maps (not staged ones): said enforcing
