@@ -19,13 +19,17 @@ use crate::{
 /// A failure is warned about; that version then takes the policy as
 /// enforcing.
 pub(super) fn say_mode(pins: &PinDir, mode: Option<Mode>) {
-    let said = match mode {
+    if let Err(e) = pins.update_meta(|m| m.mode = mode_word(mode)) {
+        warn!("recording the mode in force in LW_META failed: {e}");
+    }
+}
+
+/// `LW_META`'s word for `mode` ([`meta_mode`]).
+pub(super) fn mode_word(mode: Option<Mode>) -> u32 {
+    match mode {
         Some(Mode::Enforce) => meta_mode::ENFORCING,
         Some(Mode::Audit) => meta_mode::REPORTING,
         None => meta_mode::UNSAID,
-    };
-    if let Err(e) = pins.update_meta(|m| m.mode = said) {
-        warn!("recording the mode in force in LW_META failed: {e}");
     }
 }
 
@@ -70,15 +74,14 @@ pub(super) fn weakening(
     // Pinned maps of this layout (adopted, or replaced for another shape
     // or `--replace`) say their mode in their settings; of another, in
     // `LW_META`, where a version that wrote it said it.
+    let meta = pins.meta().ok().filter(|m| m.magic == META_MAGIC);
     let ours = match state {
         PinState::Compatible | PinState::Resized { .. } => true,
-        _ => pins
-            .meta()
-            .is_ok_and(|m| m.magic == META_MAGIC && m.layout == LAYOUT_VERSION),
+        _ => meta.is_some_and(|m| m.layout == LAYOUT_VERSION),
     };
-    let said = match pins.meta() {
-        Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::REPORTING => Some(Mode::Audit),
-        Ok(m) if m.magic == META_MAGIC && m.mode == meta_mode::ENFORCING => Some(Mode::Enforce),
+    let said = match meta.map(|m| m.mode) {
+        Some(meta_mode::REPORTING) => Some(Mode::Audit),
+        Some(meta_mode::ENFORCING) => Some(Mode::Enforce),
         _ => None,
     };
     let pinned = match ours.then(|| pinned_mode(pins)).flatten().or(said) {

@@ -17,7 +17,7 @@ use super::{
     host_addrs::host_addresses,
     installed::{Installed, Source, compile_policy},
     io_err,
-    pinned_mode::{pinned_mode, say_mode, weakening},
+    pinned_mode::{mode_word, pinned_mode, say_mode, weakening},
     resolving::Compiles,
     rings::{CounterReport, KernelLogger, watch},
     scope_file::ScopeFile,
@@ -316,11 +316,14 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         warn!("reading LW_DROPS_REPORTED failed: {e}");
         Default::default()
     });
-    pins.update_meta(|m| m.dropped_reported = dropped_reported)
-        .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
-    // The mode in force now (this daemon's policy, or the pinned one it
-    // kept), read back from the settings.
-    say_mode(&pins, pinned_mode(&pins));
+    // With the mode in force now (this daemon's policy, or the pinned one
+    // it kept), read back from the settings: one write.
+    let mode = mode_word(pinned_mode(&pins));
+    pins.update_meta(|m| {
+        m.dropped_reported = dropped_reported;
+        m.mode = mode;
+    })
+    .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
     // The RFC 1413 responder, bound before anything was loaded.
     if let Some(bound) = ident {
         let serving = bound

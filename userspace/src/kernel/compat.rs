@@ -262,6 +262,24 @@ pub fn in_child_pid_namespace() -> bool {
     fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() != INIT_PID_NS_INO)
 }
 
+/// Whether this process was started into a mount namespace of its own:
+/// not its parent's, or not pid 1's (the host's init: the daemon refuses a
+/// pid namespace of its own). Not by a constant as the two above: the
+/// initial mount namespace's inode number is not fixed on every kernel
+/// loopwarden runs on. One that cannot be read tells nothing (a pid 1 with
+/// capabilities this process lacks, in some sandboxes).
+pub fn in_own_mount_namespace() -> bool {
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let Some(ours) = ns("self") else {
+        return false;
+    };
+    let parent = std::os::unix::process::parent_id().to_string();
+    [ns(&parent), ns("1")]
+        .into_iter()
+        .flatten()
+        .any(|other| other != ours)
+}
+
 /// `(major, minor, patch)` from a kernel release string, read leniently:
 /// `6.18.44-fc-v769` → `(6, 18, 44)`, `6.8-rc1` → `(6, 8, 0)`,
 /// `4.19.0-17-amd64` → `(4, 19, 0)`. Needs at least `major.minor`.

@@ -44,7 +44,7 @@ pub(super) fn mount_hint(err: &io::Error) -> &'static str {
 /// it, would live only as long as that namespace, where the pins must
 /// outlive any daemon.
 pub(super) fn mount_bpffs() -> Result<(), PinError> {
-    if in_own_mount_namespace() {
+    if crate::kernel::compat::in_own_mount_namespace() {
         return Err(PinError::PrivateMountNamespace);
     }
     tracing::info!("bpffs is not mounted: mounting it on {BPFFS_MOUNT}");
@@ -67,20 +67,4 @@ pub(super) fn mount_bpffs() -> Result<(), PinError> {
         });
     }
     Ok(())
-}
-
-/// Whether this process's mount namespace is not its parent's, or not pid
-/// 1's (the host's init: the daemon refuses a pid namespace of its own).
-/// One that cannot be read tells nothing (a pid 1 with capabilities this
-/// process lacks, in some sandboxes).
-pub fn in_own_mount_namespace() -> bool {
-    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    let Some(ours) = ns("self") else {
-        return false;
-    };
-    let parent = std::os::unix::process::parent_id().to_string();
-    [ns(&parent), ns("1")]
-        .into_iter()
-        .flatten()
-        .any(|other| other != ours)
 }

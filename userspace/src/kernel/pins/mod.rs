@@ -28,7 +28,7 @@ use aya::maps::{Array, MapData, MapInfo};
 use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, Meta, maps};
 
 pub use self::{
-    bpffs::{BPFFS_MOUNT, in_own_mount_namespace, is_bpffs},
+    bpffs::{BPFFS_MOUNT, is_bpffs},
     removal::{Removed, remove_link},
 };
 use self::{

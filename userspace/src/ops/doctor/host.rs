@@ -9,7 +9,7 @@ use crate::{
     kernel::{
         btf::{VMLINUX_BTF, kernel_offsets},
         compat,
-        pins::{BPFFS_MOUNT, in_own_mount_namespace, is_bpffs},
+        pins::{BPFFS_MOUNT, is_bpffs},
     },
 };
 
@@ -176,7 +176,7 @@ pub(super) fn bpffs() -> Check {
         f.lines()
             .any(|l| l.split_whitespace().last() == Some("bpf"))
     });
-    if known && in_own_mount_namespace() {
+    if known && compat::in_own_mount_namespace() {
         Check::bad(
             "bpffs",
             true,
