@@ -454,6 +454,46 @@ fn an_address_that_cannot_be_bound_stops_the_start_before_anything_is_loaded() {
     );
 }
 
+/// An `[ident] listen` address no interface has yet (the unit starts
+/// before the network) does not hold up enforcement: the daemon starts
+/// without its responder, says so once, and binds it within a second or
+/// two of the address appearing. Before, the start exited 1, and the unit's
+/// start limit could leave a host just booted with nothing pinned.
+#[test]
+fn an_ident_address_not_configured_yet_is_bound_once_it_is() {
+    const LATE: &str = "10.77.0.1";
+    let ns = Netns::new();
+    let _protected = holding_server(&ns, PROTECTED);
+    let config = Policy::new(&ns, "audit")
+        .ports(&[PROTECTED])
+        .extra(&format!(
+            "[ident]\nlisten = \"{LATE}:{IDENT_PORT}\"\nnetns = \"{}\"\ntimeout_ms = \
+             {TIMEOUT_MS}\n",
+            ns.path()
+        ))
+        .text();
+    let daemon = Daemon::start(&config);
+    daemon.allow_error("cannot bind it");
+    let said = daemon.stderr_text();
+    assert!(
+        said.contains("the daemon starts without its ident responder"),
+        "{said}"
+    );
+    // Started (ready: the programs attached), and nothing answers ident yet.
+    assert!(
+        !ns.socat_connect(&format!("TCP:{LATE}:{IDENT_PORT}")).0,
+        "something answers on an address no interface has"
+    );
+    ns.add_addresses(&[&format!("{LATE}/24")]);
+    daemon.wait_stderr("ident (RFC 1413): answering on", 1);
+    assert_eq!(
+        ident_query(&ns, LATE, "1 , 2"),
+        error_reply(1, 2, "NO-USER")
+    );
+    // Said once, not at every second it was tried.
+    assert_eq!(daemon.stderr_text().matches("cannot bind it").count(), 1);
+}
+
 /// A daemon that starts on a file that does not parse keeps the pinned
 /// policy, and its responder with it waits: the first good reload starts
 /// it, as a start would have. Before, it stayed off until a restart (the

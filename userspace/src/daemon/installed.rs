@@ -162,10 +162,14 @@ pub(super) struct Installed {
     pub(super) sweeper: Sweeper,
     /// Where each install's scope is kept for the next daemon.
     pub(super) scope_file: ScopeFile,
-    /// The pinned maps' directory while the ident responder waits for a
-    /// config (the start's file did not parse): the first good reload
-    /// starts it, as a start would have.
+    /// The pinned maps' directory while the ident responder waits: for a
+    /// config (the start's file did not parse: the first good reload
+    /// starts it, as a start would have), or for its addresses (not
+    /// configured yet at start: tried again every second).
     pub(super) ident_pending: Option<PathBuf>,
+    /// The last failure to start the waiting responder, said once until
+    /// it changes.
+    pub(super) ident_error: Option<String>,
 }
 
 /// The policy `source` holds now, compiled (with `previous`, the policy in
@@ -311,13 +315,19 @@ impl Installed {
         if let Some(policy) = &self.policy {
             self.scope_file.retry(&policy.netns);
         }
+        if self.ident_pending.is_some()
+            && let Some(config) = self.config.clone()
+        {
+            self.start_pending_ident(&config);
+        }
     }
 
     /// Starts the ident responder `config` asks for, if the start could
-    /// not (its file did not parse): what a restart would do, so a host
-    /// whose services authenticate by ident is not left without it until
-    /// one. One that cannot be bound is said, and a later reload tries
-    /// again.
+    /// not (its file did not parse, or its addresses were not there yet):
+    /// what a restart would do, so a host whose services authenticate by
+    /// ident is not left without it until one. One that cannot be bound
+    /// is said (once, until the reason changes), and tried again at the
+    /// next refresh and reload.
     fn start_pending_ident(&mut self, config: &Config) {
         let Some(maps_dir) = self.ident_pending.as_ref() else {
             return;
@@ -327,15 +337,20 @@ impl Installed {
             match started {
                 Ok(serving) => info!("ident (RFC 1413): answering on {serving}"),
                 Err(e) => {
-                    error!(
-                        "starting the ident responder failed: {}; a later reload tries again",
-                        crate::error_chain(&e)
-                    );
+                    let message = crate::error_chain(&e);
+                    if self.ident_error.as_deref() != Some(message.as_str()) {
+                        error!(
+                            "starting the ident responder failed: {message}; tried again every \
+                             second"
+                        );
+                        self.ident_error = Some(message);
+                    }
                     return;
                 }
             }
         }
         self.ident_pending = None;
+        self.ident_error = None;
         // Told against what now runs, as a restart would be.
         self.started.ident = config.ident.clone();
     }

@@ -2,7 +2,7 @@
 //! the policy, loads the programs against the pinned maps (or fresh ones),
 //! installs the policy, makes the pinned links run the programs, and says
 //! ready. Nothing in bpffs is changed until the policy has compiled and
-//! the ident responder's addresses are bound.
+//! the ident responder's addresses are bound (or found not there yet).
 
 use std::{io, path::PathBuf, time::Instant};
 
@@ -186,13 +186,25 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     }
     // The RFC 1413 responder's addresses (`[ident] listen`), bound before
     // the programs load: one that cannot be bound stops the start with
-    // nothing changed.
-    let ident = config
+    // nothing changed, unless time may mend it (an address not configured
+    // yet): enforcement does not wait for the network, the responder does.
+    let (ident, ident_error) = match config
         .as_ref()
         .filter(|c| !c.ident.listen.is_empty())
         .map(crate::provenance::ident::bind)
         .transpose()
-        .map_err(DaemonError::Ident)?;
+    {
+        Ok(bound) => (bound, None),
+        Err(e) if e.may_mend_itself() => {
+            let message = crate::error_chain(&e);
+            error!(
+                "{message}; the daemon starts without its ident responder, which starts once it \
+                 can be bound (tried every second)"
+            );
+            (None, Some(message))
+        }
+        Err(e) => return Err(DaemonError::Ident(e)),
+    };
 
     let locked_before = held.is_some();
     let pin_lock = pins.prepare(held)?;
@@ -377,7 +389,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         (policy.is_none() && !kept.is_empty()).then(|| policy::predecessor_scope(&started, kept));
     let compiles = Compiles::spawn(resolver.clone(), opts.mode)
         .map_err(io_err("starting the policy's resolving thread"))?;
-    let ident_pending = config.is_none().then(|| pins.maps_dir());
+    let ident_pending = (config.is_none() || ident_error.is_some()).then(|| pins.maps_dir());
     let installed = Installed {
         source: reload_source,
         config_arg: opts.config.clone(),
@@ -393,6 +405,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         sweeper,
         scope_file,
         ident_pending,
+        ident_error,
     };
     let mut counters = CounterReport {
         pins: pins.clone(),

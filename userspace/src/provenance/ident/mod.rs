@@ -76,6 +76,20 @@ pub enum IdentStartError {
     Conns(#[from] ConnsError),
 }
 
+impl IdentStartError {
+    /// Whether time may mend it, as the network comes up: an address no
+    /// interface has yet (the unit starts before the network), a `netns`
+    /// file another unit has not made yet. The daemon starts without the
+    /// responder then, and tries again every second.
+    pub fn may_mend_itself(&self) -> bool {
+        match self {
+            Self::Bind { source, .. } => source.raw_os_error() == Some(libc::EADDRNOTAVAIL),
+            Self::Netns { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            Self::OwnNetns(_) | Self::Conns(_) => false,
+        }
+    }
+}
+
 /// What an operator can do about a failed bind.
 fn bind_hint(error: &io::Error, addr: SocketAddr) -> &'static str {
     match error.kind() {
