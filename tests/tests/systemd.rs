@@ -89,3 +89,51 @@ fn a_missing_capability_is_refused_with_exit_77_naming_it() {
     let install = Install::new();
     let _daemon = Daemon::start_cmd(&install, run_cmd(&["setpriv", "--"], &install, &config));
 }
+
+/// The unit leaves the host name shared (no `ProtectHostname=`), and the
+/// daemon reads it again as it changes: a JSON line names the host as it is
+/// called when the line is written (DHCP names a host after the unit
+/// started), not as it was at start. Shown in a UTS namespace of the
+/// test's own, renamed under the running daemon; before, every line kept
+/// the start's name.
+#[test]
+fn json_lines_name_the_host_as_it_is_called_now() {
+    require_root();
+    let ns = Netns::new();
+    let install = Install::new();
+    let cmd = run_cmd(
+        &[
+            "unshare",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            "hostname lw-named-at-start && exec \"$0\" \"$@\"",
+        ],
+        &install,
+        &policy(&ns, "audit", ""),
+    );
+    let daemon = Daemon::start_cmd(&install, cmd);
+    let hosts = |message: &str| -> Vec<String> {
+        daemon
+            .stderr_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(message)))
+            .map(|v| v["host"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    // The control: what the start wrote names the host as it was then.
+    assert_eq!(hosts("ready:"), ["lw-named-at-start"]);
+    let pid = daemon.pid().expect("the daemon's pid").to_string();
+    let renamed = Command::new("nsenter")
+        .args(["--uts", "-t", &pid, "hostname", "lw-named-later"])
+        .status()
+        .expect("running nsenter");
+    assert!(renamed.success(), "renaming the daemon's UTS namespace");
+    // Past the second a name read is used for.
+    std::thread::sleep(Duration::from_millis(1200));
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("policy unchanged", 1);
+    assert_eq!(hosts("policy unchanged"), ["lw-named-later"]);
+}

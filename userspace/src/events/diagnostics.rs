@@ -73,9 +73,10 @@ where
                 let mut fields = Fields(Map::new());
                 event.record(&mut fields);
                 let mut fields = fields.0;
+                let host = output::host();
                 let line = Line {
                     v: output::JSON_VERSION,
-                    host: output::host(),
+                    host: &host,
                     time: Time(std::time::SystemTime::now()).to_string(),
                     level: meta.level().as_str().to_ascii_lowercase(),
                     target: meta.target(),
@@ -93,7 +94,7 @@ where
 #[derive(Serialize)]
 struct Line<'a> {
     v: u32,
-    host: &'static str,
+    host: &'a str,
     time: String,
     level: String,
     target: &'a str,

@@ -188,7 +188,7 @@ pub struct AuditRecord<'a> {
 #[derive(Serialize)]
 struct Versioned<'r, T> {
     v: u32,
-    host: &'static str,
+    host: &'r str,
     #[serde(flatten)]
     record: &'r T,
 }
@@ -293,9 +293,10 @@ impl<'a> AuditRecord<'a> {
         match format {
             LogFormat::Json => {
                 let start = buf.len();
+                let host = output::host();
                 let line = Versioned {
                     v: output::JSON_VERSION,
-                    host: output::host(),
+                    host: &host,
                     record: self,
                 };
                 if let Err(e) = serde_json::to_writer(&mut *buf, &line) {

@@ -7,7 +7,13 @@
 //! systemd for `StandardOutput=journal`) names the file it is: checked for
 //! stdout and stderr apart, once, at start. Otherwise nothing is prefixed.
 
-use std::{ffi::OsStr, io::Write as _, os::fd::BorrowedFd, sync::OnceLock};
+use std::{
+    ffi::OsStr,
+    io::Write as _,
+    os::fd::BorrowedFd,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+    time::{Duration, Instant},
+};
 
 /// The `"v"` of every JSON line; see the README's field table.
 pub const JSON_VERSION: u32 = 1;
@@ -87,19 +93,34 @@ pub fn write_priority(buf: &mut Vec<u8>, journal: bool, priority: u8) {
     }
 }
 
-/// This host's name (`gethostname(2)`), read once.
-pub fn host() -> &'static str {
-    static HOST: OnceLock<String> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: gethostname writes at most buf.len() bytes into buf.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        if rc != 0 {
-            return "?".to_owned();
-        }
-        let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..len]).into_owned()
-    })
+/// How long a host name read is used before it is read again.
+const HOST_FRESH: Duration = Duration::from_secs(1);
+
+/// This host's name (`gethostname(2)`), read again once [`HOST_FRESH`] has
+/// passed since the last read: a name set after the daemon started (by
+/// DHCP, which comes up after it) reaches the lines that follow.
+pub fn host() -> Arc<str> {
+    static HOST: Mutex<Option<(Instant, Arc<str>)>> = Mutex::new(None);
+    let mut cached = HOST.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((read, name)) = cached.as_ref()
+        && read.elapsed() < HOST_FRESH
+    {
+        return Arc::clone(name);
+    }
+    let name: Arc<str> = read_host().into();
+    *cached = Some((Instant::now(), Arc::clone(&name)));
+    name
+}
+
+fn read_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "?".to_owned();
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 #[cfg(test)]
@@ -130,6 +151,6 @@ mod tests {
     #[test]
     fn the_host_name_is_the_kernels() {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-        assert_eq!(host(), kernel.trim());
+        assert_eq!(&*host(), kernel.trim());
     }
 }

@@ -168,7 +168,7 @@ fn json_lines_carry_the_version_and_host_and_the_documented_fields() {
     let line = enricher().enrich(&event()).format(LogFormat::Json);
     assert!(line.starts_with("{\"v\":1,\"host\":"), "{line}");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["host"], super::output::host());
+    assert_eq!(v["host"], &*super::output::host());
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
     let mut documented = [
