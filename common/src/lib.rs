@@ -42,13 +42,13 @@ pub use names::{
     ExeNameCandidates, FILTER_WORDS, exe_filter_value, exe_name_candidates, exe_name_prefix_key,
     filter_bit, filter_has, name_prefix,
 };
-pub use offsets::KernelOffsets;
+pub use offsets::{KernelOffsets, SOCK_COPY_WORDS};
 pub use settings::{
     Meta, NETNS_INLINE, NETNS_NOT_INLINE, Settings, browser_slot, browser_verdict, meta_mode,
 };
 pub use tracking::{
     ARGV0_MAX_LEN, ARGV0_READS, Evidence, INTERPRETERS, ListenerKey, Pending, ProcState,
-    SCRIPT_MAX_ARGS, is_interpreter, script_hash,
+    SCRIPT_MAX_ARGS, ScriptOption, is_interpreter, script_hash, script_option,
 };
 
 /// Version of the pinned maps' layout and meaning. Bump it with any change

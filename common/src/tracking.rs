@@ -83,6 +83,97 @@ pub fn is_interpreter(name: &[u8]) -> bool {
     })
 }
 
+/// What an argument that starts with `-`, before an interpreter's first
+/// operand, means for finding its script ([`script_option`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScriptOption {
+    /// Options only (flags, or a value attached): the search goes on.
+    Skip,
+    /// `--`: the next argument is the operand, whatever it starts with.
+    OperandNext,
+    /// No script can be named: code or a module runs (`-c`, `-e`), the
+    /// script comes from standard input (`-`), or the next argument may be
+    /// an option's value, which would be taken for the script.
+    NoScript,
+}
+
+/// A set of option letters (ASCII 64..127) as bits.
+const fn letters(set: &[u8]) -> u64 {
+    let mut bits = 0u64;
+    let mut i = 0;
+    while i < set.len() {
+        bits |= 1 << (set[i] - 64);
+        i += 1;
+    }
+    bits
+}
+
+const fn has_letter(set: u64, b: u8) -> bool {
+    b >= 64 && b < 128 && (set >> (b - 64)) & 1 != 0
+}
+
+/// Short options that run code or a module, never a file, in one of the
+/// interpreters (Python's `-c` and `-m`, Perl's `-e`, `-E` and `-M`, Node's
+/// and Ruby's `-e` and `-r`, PHP's `-r`): wherever one stands in a group of
+/// options, no script is named (Python's `-E` and Perl's `-c`, flags, end
+/// the search too: failing to name a script only keeps a `script` rule
+/// from matching).
+const CODE_OPTIONS: u64 = letters(b"ceEmMr");
+/// Short options that take a value, attached (`-Wignore`) or as the next
+/// argument, in one of the interpreters (Python's `-W` and `-X`; Ruby's,
+/// Perl's and Node's `-I` and `-C`; PHP's `-d`, `-z`, `-t`, `-f`, `-F` and
+/// `-R`). Ending a group, the next argument is the value, unless
+/// the interpreter takes the letter for a flag (Python's `-d`, `-I`, `-R`):
+/// which one it is cannot be told here, so no script is named.
+const VALUE_OPTIONS: u64 = letters(b"WXICdzftFR");
+
+/// What the argument `arg` (NUL-terminated or not; starting with `-`)
+/// before an interpreter's first operand means for its script: the kernel's
+/// exec handler and the seeding from `/proc` both ask. Never a script that
+/// is not the one that runs: `python3 -W /opt/bridge.py relay.py` runs
+/// `relay.py`, and a `script` rule naming `/opt/bridge.py` must not match.
+/// A long option (`--name`) without `=` may take the next argument
+/// (`node --require x`), so it names no script either.
+#[inline(always)]
+pub fn script_option(arg: &[u8]) -> ScriptOption {
+    let at = |i: usize| if i < arg.len() { arg[i] } else { 0 };
+    match (at(1), at(2)) {
+        (0, _) => return ScriptOption::NoScript,
+        (b'-', 0) => return ScriptOption::OperandNext,
+        (b'-', _) => {
+            let mut i = 2;
+            while i < arg.len() && i < crate::SCRIPT_LEN {
+                match arg[i] {
+                    0 => break,
+                    b'=' => return ScriptOption::Skip,
+                    _ => i += 1,
+                }
+            }
+            return ScriptOption::NoScript;
+        }
+        _ => {}
+    }
+    let mut i = 1;
+    while i < crate::SCRIPT_LEN {
+        let b = at(i);
+        if b == 0 {
+            return ScriptOption::Skip;
+        }
+        if has_letter(CODE_OPTIONS, b) {
+            return ScriptOption::NoScript;
+        }
+        if has_letter(VALUE_OPTIONS, b) {
+            return if at(i + 1) == 0 {
+                ScriptOption::NoScript
+            } else {
+                ScriptOption::Skip
+            };
+        }
+        i += 1;
+    }
+    ScriptOption::NoScript
+}
+
 /// Command-line arguments looked at for an interpreter's script: `argv[0]`
 /// and the five after it.
 pub const SCRIPT_MAX_ARGS: usize = 6;

@@ -24,7 +24,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use loopwarden_common::{
-    ARGV0_READS, SCRIPT_LEN, SCRIPT_MAX_ARGS, evidence, maps::TRACKED_LOST, script_hash,
+    ARGV0_READS, SCRIPT_LEN, SCRIPT_MAX_ARGS, ScriptOption, evidence, maps::TRACKED_LOST,
+    script_hash, script_option,
 };
 
 use crate::{
@@ -170,8 +171,10 @@ fn inherited_key(name: &Words) -> Option<Words> {
     names::first_key(g, live, name, inherited)
 }
 
-/// The interpreter's first operand (the script) into `out`: options are
-/// skipped, and `-c`, `-e` or `-m` (code or a module, not a file) mean none.
+/// The interpreter's first operand (the script) into `out`, NUL-padded:
+/// options are skipped as [`script_option`] says, and where it says none
+/// can be named (code or a module runs, or an option may take the next
+/// argument), none is.
 #[inline(always)]
 fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
     let (at, end) = task.args();
@@ -179,29 +182,35 @@ fn read_script(task: Task, out: &mut [u8; SCRIPT_LEN]) {
     let Some(mut at) = past_argv0(at, end, &mut buf) else {
         return;
     };
+    let mut operand_next = false;
     for _ in 1..SCRIPT_MAX_ARGS {
         if at >= end {
             return;
         }
+        // Zeroed first: the helper stops at the NUL, and an earlier,
+        // longer argument's bytes would follow it.
+        buf = [0u64; SCRIPT_LEN / 8];
         let n = read_str(&mut buf, at);
         if n <= 0 {
             return;
         }
         at += n as u64;
-        if buf[0] & 0xff == u64::from(b'-') {
-            let two = buf[0] & 0xff_ffff;
-            if two == option(b'c') || two == option(b'e') || two == option(b'm') {
-                return;
-            }
+        // SAFETY: same size, u8 has no alignment requirement.
+        let arg = unsafe { &*buf.as_ptr().cast::<[u8; SCRIPT_LEN]>() };
+        if !operand_next && arg[0] == b'-' {
             // An option that may have been cut short: the next argument
             // cannot be found.
             if n as usize >= SCRIPT_LEN {
                 return;
             }
+            match script_option(arg) {
+                ScriptOption::Skip => {}
+                ScriptOption::OperandNext => operand_next = true,
+                ScriptOption::NoScript => return,
+            }
             continue;
         }
-        // SAFETY: same size, u8 has no alignment requirement.
-        *out = unsafe { *buf.as_ptr().cast::<[u8; SCRIPT_LEN]>() };
+        *out = *arg;
         return;
     }
 }
@@ -237,9 +246,4 @@ fn read_str(buf: &mut [u64; SCRIPT_LEN / 8], at: u64) -> i64 {
     // SAFETY: the helper checks the source and writes at most SCRIPT_LEN
     // bytes, NUL included, into the buffer.
     unsafe { bpf_probe_read_user_str(buf.as_mut_ptr().cast(), SCRIPT_LEN as u32, at as *const _) }
-}
-
-/// `-x` and its NUL as the low bytes of a little-endian word.
-const fn option(letter: u8) -> u64 {
-    b'-' as u64 | (letter as u64) << 8
 }

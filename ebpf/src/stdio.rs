@@ -1,6 +1,7 @@
 //! A program executed with a network connection as its standard input or
-//! output: inetd-style servers (inetd, systemd `Accept=yes` units, `ncat
-//! --sh-exec`, socat `EXEC:...,nofork`, tcpserver) fork per connection and
+//! output: inetd-style servers (inetd, systemd `Accept=yes` units with
+//! `StandardInput=socket`, `ncat --sh-exec`, socat `EXEC:...,nofork`,
+//! tcpserver) fork per connection and
 //! exec a program with the accepted socket as fds 0 and 1. exec clears the
 //! `accepted` evidence its forked server carried (see [`crate::process`]),
 //! and a program that connects before it reads would never show

@@ -129,6 +129,57 @@ fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
     }
 }
 
+/// An option's value is never taken for the script: `python3 -W decoy.py
+/// ask.py` runs `ask.py` (Python ignores the bad filter), so a rule naming
+/// `decoy.py` must not match it, nor may one naming `ask.py` (which
+/// argument is the script cannot be told from the command line alone:
+/// Python's `-d` takes none); `python3 -Wignore ask.py`, the value
+/// attached, is `ask.py`'s. Without the daemon both are served. Fails
+/// against a build that takes an option's value for the script (the
+/// decoy's rule refused the first).
+#[test]
+fn an_options_value_is_never_taken_for_the_script() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("script-values");
+    let ask = write_script(&dir, "ask.py", ASK);
+    let decoy = write_script(&dir, "decoy.py", ASK);
+    let port = PROTECTED.to_string();
+    let asked = || -> Vec<String> {
+        [
+            vec!["-W", decoy.as_str(), &ask, &port],
+            vec!["-Wignore", &ask, &port],
+        ]
+        .iter()
+        .flat_map(|args| printed(ns.cmd(SYSTEM_PYTHON).args(args).current_dir(dir.path())))
+        .collect()
+    };
+    assert_eq!(asked(), ["status 200"; 2]);
+
+    let rules = [
+        rule("by-decoy", "deny", "script", &decoy),
+        rule("by-file", "deny", "script", &ask),
+    ]
+    .concat();
+    let policy = Policy::new(&ns, "enforce")
+        .catalog(false)
+        .relay("allow")
+        .extra(&rules);
+    let daemon = Daemon::start(&policy.text());
+    assert_eq!(asked(), ["status 200", "error 111"]);
+    let refusal = wait_for("the refusal", Duration::from_secs(10), || {
+        daemon.events().into_iter().find(|e| e["verdict"] == "deny")
+    });
+    assert_eq!(refusal["rule"], "by-file", "{refusal:#}");
+    assert_eq!(refusal["script"], ask.as_str(), "{refusal:#}");
+    let refused = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["verdict"] == "deny")
+        .count();
+    assert_eq!(refused, 1);
+}
+
 /// A shell named as VS Code's tunnel (`code-tunnel`, a catalog entry
 /// marked `children`) in `dir`: its path.
 fn code_tunnel(dir: &TempDir) -> String {

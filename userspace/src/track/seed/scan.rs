@@ -5,7 +5,9 @@
 
 use std::{collections::HashMap, io::Read as _, os::unix::fs::MetadataExt as _};
 
-use loopwarden_common::{ARGV0_MAX_LEN, SCRIPT_LEN, SCRIPT_MAX_ARGS, is_interpreter};
+use loopwarden_common::{
+    ARGV0_MAX_LEN, SCRIPT_LEN, SCRIPT_MAX_ARGS, ScriptOption, is_interpreter, script_option,
+};
 use procfs::{
     ProcError,
     process::{FDTarget, Process, all_processes},
@@ -106,7 +108,8 @@ fn read_cmdline(process: &Process) -> Option<Vec<u8>> {
 /// The script the kernel's exec handler (`read_script` in
 /// `ebpf/src/process.rs`) reads from this command line (`/proc/PID/cmdline`:
 /// arguments each ending in a NUL): the first operand after argv[0], options
-/// skipped, none at `-c`, `-e` or `-m`, at most five arguments looked at;
+/// skipped or ending the search as [`script_option`] says (the one after
+/// `--` whatever it starts with), at most five arguments looked at;
 /// kept to `SCRIPT_LEN - 1` bytes, NUL-padded. The kernel reads each
 /// argument as a string of at most `SCRIPT_LEN` bytes, NUL included, and
 /// gives up where one was cut short before the script (it cannot find the
@@ -121,11 +124,17 @@ fn script_of(cmdline: &[u8]) -> Option<[u8; SCRIPT_LEN]> {
     if argv0.len() > ARGV0_MAX_LEN {
         return None;
     }
+    let mut operand_next = false;
     for arg in args.take(SCRIPT_MAX_ARGS - 1) {
         match arg.first() {
-            Some(b'-') => {
-                if matches!(arg, b"-c" | b"-e" | b"-m") || arg.len() >= SCRIPT_LEN - 1 {
+            Some(b'-') if !operand_next => {
+                if arg.len() >= SCRIPT_LEN - 1 {
                     return None;
+                }
+                match script_option(arg) {
+                    ScriptOption::Skip => {}
+                    ScriptOption::OperandNext => operand_next = true,
+                    ScriptOption::NoScript => return None,
                 }
             }
             // An empty operand: the kernel keeps its NUL, i.e. nothing.
@@ -236,30 +245,43 @@ mod tests {
             script_of(&cmdline(&["/usr/bin/python3", "/srv/fwd.py", "-v"])),
             script("/srv/fwd.py")
         );
+        // An option's value is never taken for the script: attached, the
+        // search goes on; the next argument, it ends.
         assert_eq!(
-            script_of(&cmdline(&["python3", "-u", "-X", "dev", "relay.py"])),
-            script("dev"),
-            "an option's value is an operand to the kernel too"
+            script_of(&cmdline(&[
+                "python3", "-u", "-Xdev", "-Wignore", "relay.py"
+            ])),
+            script("relay.py")
+        );
+        for spoof in [
+            &["python3", "-W", "/opt/bridge.py", "relay.py"][..],
+            &["python3", "-uX", "/opt/bridge.py", "relay.py"],
+            &["node", "--require", "/opt/bridge.js", "relay.js"],
+            &["ruby", "-I", "/opt/bridge.rb", "relay.rb"],
+            &["python3", "-", "/opt/bridge.py"],
+            &["python3", "-c'import relay'", "/opt/bridge.py"],
+            &["python3", "-uc", "import relay", "/opt/bridge.py"],
+        ] {
+            assert_eq!(script_of(&cmdline(spoof)), None, "{spoof:?}");
+        }
+        assert_eq!(
+            script_of(&cmdline(&["node", "--max-old-space-size=512", "server.js"])),
+            script("server.js")
         );
         assert_eq!(
-            script_of(&cmdline(&["node", "--inspect", "server.js"])),
-            script("server.js")
+            script_of(&cmdline(&["python3", "-u", "--", "-odd.py"])),
+            script("-odd.py")
         );
         for code in ["-c", "-e", "-m"] {
             assert_eq!(script_of(&cmdline(&["python3", "-u", code, "x"])), None);
         }
-        // "-cfoo" is not "-c": an option to skip.
-        assert_eq!(
-            script_of(&cmdline(&["perl", "-cw", "x.pl"])),
-            script("x.pl")
-        );
         // At most five arguments after argv[0].
         assert_eq!(
-            script_of(&cmdline(&["python3", "-a", "-b", "-d", "-f", "-g", "x.py"])),
+            script_of(&cmdline(&["python3", "-a", "-b", "-s", "-u", "-q", "x.py"])),
             None
         );
         assert_eq!(
-            script_of(&cmdline(&["python3", "-a", "-b", "-d", "-f", "x.py"])),
+            script_of(&cmdline(&["python3", "-a", "-b", "-s", "-u", "x.py"])),
             script("x.py")
         );
         assert_eq!(script_of(&cmdline(&["python3"])), None);
