@@ -120,9 +120,11 @@ pub struct KernelOffsets {
     /// subvolume's files.
     pub btrfs_root_anon_dev: u32,
     /// `sock.sk_userlocks`, in bits: a `u8` on recent kernels, a 4-bit
-    /// bitfield on older ones (Linux 6.1). Its `SOCK_BINDPORT_LOCK` says a
-    /// socket's port was bound by its user, not chosen by the kernel. 0 when
-    /// this kernel's BTF does not name it: the programs then cannot tell.
+    /// bitfield on older ones (Linux 6.1, at byte 512). Its
+    /// `SOCK_BINDPORT_LOCK` says a socket's port was bound by its user, not
+    /// chosen by the kernel. 0 when this kernel's BTF does not name it, or
+    /// places it past the [`SOCK_COPY_WORDS`] the programs copy: they then
+    /// cannot tell.
     pub sk_userlocks_bit: u32,
     /// `task_struct.signal`: what the process's threads share. 0 when not
     /// found (with `signal_live`): a process then ends with its main
@@ -131,3 +133,7 @@ pub struct KernelOffsets {
     /// `signal_struct.live.counter`: the process's threads still alive.
     pub signal_live: u32,
 }
+
+/// Words of a `struct sock` the recvmsg programs copy (into a per-CPU map
+/// value: the stack holds 512 bytes in all) to read `sk_userlocks`: 1 KiB.
+pub const SOCK_COPY_WORDS: usize = 128;

@@ -8,11 +8,18 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{bindings::bpf_sock, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    bindings::bpf_sock,
+    helpers::generated::bpf_probe_read_kernel,
+    macros::{cgroup_sock_addr, map},
+    maps::PerCpuArray,
+    programs::SockAddrContext,
+};
+use loopwarden_common::SOCK_COPY_WORDS;
 
 use crate::{
     connect::{AF_INET, AF_INET6, destination},
-    identity::{offset, sock_word},
+    identity::offset,
     procs::record_received,
     sockets::DNS_PORTS,
 };
@@ -21,9 +28,12 @@ use crate::{
 const MDNS_PORT: u16 = 5353;
 /// `SOCK_BINDPORT_LOCK` in `sk_userlocks`: the user bound the port.
 const SOCK_BINDPORT_LOCK: u64 = 8;
-/// Words of a `struct sock` copied to read `sk_userlocks` (the first 256
-/// bytes; it lies well inside them).
-const SOCK_PREFIX_WORDS: usize = 32;
+
+/// Per CPU, the copy of a socket's start that `sk_userlocks` is read from
+/// (at byte 512 on Linux 6.1, 243 on 6.12: more than the stack could
+/// hold). Scratch memory of this load's programs: not pinned.
+#[map(name = "LW_SOCK_COPY")]
+static SOCK_COPY: PerCpuArray<[u64; SOCK_COPY_WORDS]> = PerCpuArray::with_max_entries(1, 0);
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lw_recvmsg4(ctx: SockAddrContext) -> i32 {
@@ -73,14 +83,27 @@ fn is_answer(sk: *mut bpf_sock, port: u16) -> bool {
 
 /// Whether the user bound `sk`'s port (`SOCK_BINDPORT_LOCK`); `None` if
 /// that cannot be read. The field is taken from a copy of the socket's
-/// start at its BTF bit offset (a bitfield on older kernels).
+/// start, up to its word, at its BTF bit offset (a bitfield on older
+/// kernels): a cgroup program may not offset its socket's pointer, so the
+/// copy starts at the socket.
 #[inline(always)]
 fn port_bound_by_user(sk: *mut bpf_sock) -> Option<bool> {
     let bit = offset!(sk_userlocks_bit) as usize;
-    if bit == 0 {
+    let index = bit / 64;
+    if bit == 0 || index >= SOCK_COPY_WORDS {
         return None;
     }
-    let word = sock_word::<SOCK_PREFIX_WORDS>(sk as *const c_void, bit / 64)?;
+    let copy = SOCK_COPY.get_ptr_mut(0)?;
+    // SAFETY: the helper copies from any kernel address and fails cleanly,
+    // into the map's value, which holds `SOCK_COPY_WORDS` words.
+    let copied = unsafe {
+        bpf_probe_read_kernel(copy.cast(), ((index + 1) * 8) as u32, sk as *const c_void)
+    };
+    if copied != 0 {
+        return None;
+    }
+    // SAFETY: as above; `index` is within the value.
+    let word = unsafe { core::ptr::read_volatile(&(*copy)[index]) };
     // Little-endian: a word's bit n is the field's bit n mod 64.
     Some((word >> (bit % 64)) & SOCK_BINDPORT_LOCK != 0)
 }

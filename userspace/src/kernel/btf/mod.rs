@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loopwarden_common::KernelOffsets;
+use loopwarden_common::{KernelOffsets, SOCK_COPY_WORDS};
 
 pub use self::reader::Btf;
 use self::reader::MAGIC;
@@ -242,10 +242,12 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         btrfs_inode_root: 0,
         btrfs_root_anon_dev: 0,
         // Optional: without it a UDP socket's bound port is not told from a
-        // chosen one (see `ebpf/src/recvmsg.rs`).
+        // chosen one (see `ebpf/src/recvmsg.rs`), nor past the words the
+        // programs copy to read it.
         sk_userlocks_bit: btf
             .member_bit_offset("sock", "sk_userlocks")
             .ok()
+            .filter(|&bits| bits < SOCK_COPY_WORDS as u64 * 64)
             .and_then(|bits| u32::try_from(bits).ok())
             .unwrap_or(0),
         // Optional: without them a process's tracking ends with its main

@@ -517,10 +517,10 @@ fn running_kernel() {
         o.sb_dev,
     ];
     assert!(all.iter().all(|&off| off < 8192), "{o:?}");
-    // `sk_userlocks` (a bitfield on older kernels) lies within the first
-    // 256 bytes of `struct sock`, where the recvmsg programs read it.
+    // `sk_userlocks` (a bitfield on older kernels) is named, within the
+    // words of `struct sock` the recvmsg programs copy.
     assert!(
-        o.sk_userlocks_bit != 0 && o.sk_userlocks_bit < 256 * 8,
+        o.sk_userlocks_bit != 0 && o.sk_userlocks_bit < SOCK_COPY_WORDS as u32 * 64,
         "{o:?}"
     );
     assert!(o.task_signal != 0 && o.signal_live != 0, "{o:?}");
