@@ -1,6 +1,7 @@
 //! Atomics on map memory: compare-and-swap (`BPF_ATOMIC | BPF_CMPXCHG`,
 //! Linux 5.12+), which the BPF target's `core::sync::atomic` does not
-//! offer, and an add (`BPF_ATOMIC | BPF_ADD`, the old `BPF_XADD`).
+//! offer, an add (`BPF_ATOMIC | BPF_ADD`, the old `BPF_XADD`), and a
+//! compiler barrier.
 
 /// Replaces the `u64` at `p` with `new` if it holds `old`; whether it did.
 /// Fully ordered, as every BPF atomic that returns a value.
@@ -54,4 +55,23 @@ pub unsafe fn add(p: *mut u64, n: u64) {
     use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
     // SAFETY: as the caller promises.
     unsafe { AtomicU64::from_ptr(p) }.fetch_add(n, Relaxed);
+}
+
+/// Keeps the compiler from moving memory accesses across it, so a store
+/// written after it as the last of a record is the last: no instruction
+/// (the BPF backend selects no fence, `compiler_fence` included, and the
+/// readers it guards against check the last store's value).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub fn barrier() {
+    // SAFETY: an empty template; without `nomem` the compiler takes it for
+    // any memory access.
+    unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+}
+
+/// The host build (`cargo clippy`) of the same.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+pub fn barrier() {
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
 }

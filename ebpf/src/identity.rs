@@ -117,13 +117,17 @@ pub fn load<T>(base: u64, offset: u32) -> T {
     unsafe { core::ptr::read_volatile((base as *const u8).add(offset as usize).cast::<T>()) }
 }
 
-/// Word `index` of the kernel socket at `sk`, from a copy of its first `N`
+/// Words `at` of the kernel socket at `sk`, from a copy of its first `N`
 /// words (`bpf_probe_read_kernel`): how cgroup programs, which may neither
 /// type their socket as a kernel `struct sock` nor offset its pointer,
-/// read a field at its BTF offset. `None` past the copy, or if it failed.
+/// read fields at their BTF offsets. `None` if one is past the copy, or
+/// the copy failed.
 #[inline(always)]
-pub fn sock_word<const N: usize>(sk: *const core::ffi::c_void, index: usize) -> Option<u64> {
-    if index >= N {
+pub fn sock_words<const N: usize, const K: usize>(
+    sk: *const core::ffi::c_void,
+    at: [usize; K],
+) -> Option<[u64; K]> {
+    if at.iter().any(|&i| i >= N) {
         return None;
     }
     let mut prefix = [0u64; N];
@@ -135,7 +139,7 @@ pub fn sock_word<const N: usize>(sk: *const core::ffi::c_void, index: usize) -> 
             sk,
         )
     };
-    (copied == 0).then(|| prefix[index])
+    (copied == 0).then(|| at.map(|i| prefix[i]))
 }
 
 /// Copies a `T` from kernel address `addr` with `bpf_probe_read_kernel`,

@@ -22,6 +22,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 // `atomic_cxchg` (see `atomic`): the BPF target has no atomic compare-and-swap in core.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod addr;

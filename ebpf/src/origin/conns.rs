@@ -190,9 +190,11 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         }
         (*rec).server_uid = uid;
         (*rec).server_cookie = cookie;
-        // Written last: `getsockopt` and the daemon take an entry with it
-        // set as complete.
-        (*rec).established_ns = now;
+        // Written last (the fence keeps the compiler from moving the
+        // stores above after it): `getsockopt` and the daemon take an
+        // entry with it set as complete.
+        crate::atomic::barrier();
+        ptr::write_volatile(&raw mut (*rec).established_ns, now);
     }
 }
 

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     addr::v4_mapped,
     connect::{AF_INET, AF_INET6},
-    identity::{offset, probe, sock_word},
+    identity::{offset, probe, sock_words},
 };
 
 const RECORD_SIZE: usize = core::mem::size_of::<OriginRecord>();
@@ -140,15 +140,21 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<Found> {
             AF_INET6 => (dst6, src6),
             _ => return None,
         };
+        let (netns, cookie) = netns_and_cookie(sk)?;
         let key = ConnKey {
-            netns: netns_inum(sk)?,
+            netns,
             client_port: u16::from_be(ptr::read_volatile(&(*sk).dst_port)),
             server_port: ptr::read_volatile(&(*sk).src_port) as u16,
             client,
             server,
         };
         let (entry, slot) = find_conn(&key)?;
-        if ptr::read_volatile(&(*entry).record.established_ns) == 0 {
+        // Bound to this socket by its handshake: an entry a dead
+        // connection between the same ends left (its close unseen), whose
+        // first sequence number may match by chance, is another socket's.
+        if ptr::read_volatile(&(*entry).record.established_ns) == 0
+            || ptr::read_volatile(&(*entry).record.server_cookie) != cookie
+        {
             return None;
         }
         let tcp = bpf_tcp_sock(sk);
@@ -163,20 +169,26 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<Found> {
     }
 }
 
-/// Words of `struct sock` read to find its namespace: `skc_net` lies
-/// within them (48 bytes in on x86_64 Linux 6.18; the BTF offset is
-/// checked against the bound).
+/// Words of `struct sock` read to find its namespace and cookie:
+/// `skc_net` and `skc_cookie` lie within them (48 and 88 bytes in on
+/// x86_64 Linux 6.1, 6.12 and 6.18); past them, nothing is answered.
 const SOCK_PREFIX_WORDS: usize = 16;
 
-/// The inode number of the network namespace of the socket `sk`.
-/// `getsockopt` programs may not type the socket as a kernel `struct sock`
-/// (`bpf_skc_to_tcp_sock` is refused) nor offset its pointer: the
-/// namespace pointer is taken from a copy of the socket's start.
+/// The inode number of the network namespace of the socket `sk`, and the
+/// socket's cookie (0 if none was given yet). `getsockopt` programs may
+/// not type the socket as a kernel `struct sock` (`bpf_skc_to_tcp_sock` is
+/// refused), offset its pointer, or ask its cookie: both are taken from
+/// one copy of the socket's start.
 #[inline(always)]
-fn netns_inum(sk: *mut bpf_sock) -> Option<u32> {
-    let index = (offset!(sk_net) / 8) as usize;
-    let net = sock_word::<SOCK_PREFIX_WORDS>(sk as *const c_void, index)?;
-    (net != 0).then(|| probe::<u32>(net + u64::from(offset!(net_inum))))
+fn netns_and_cookie(sk: *mut bpf_sock) -> Option<(u32, u64)> {
+    let [net, cookie] = sock_words::<SOCK_PREFIX_WORDS, 2>(
+        sk as *const c_void,
+        [
+            (offset!(sk_net) / 8) as usize,
+            (offset!(sk_cookie) / 8) as usize,
+        ],
+    )?;
+    (net != 0).then(|| (probe::<u32>(net + u64::from(offset!(net_inum))), cookie))
 }
 
 /// An IPv6 address from a `bpf_sock` field, a 32-bit load per word (the
