@@ -280,7 +280,10 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     assert!(text.contains("FAILED at"), "{text}");
     // Its first line says so too.
     let first = text.lines().next().unwrap_or_default();
-    assert!(first.contains("whose last reload FAILED"), "{text}");
+    assert!(
+        first.contains("whose last reading of its policy file FAILED"),
+        "{text}"
+    );
     assert_eq!(
         json["summary"].as_str(),
         Some(first.trim_start_matches("loopwarden: ")),
@@ -459,4 +462,57 @@ fn doctor_warns_where_loopback_addresses_are_routed() {
             .is_some_and(|d| d.starts_with("set on all:")),
         "{after:#}"
     );
+}
+
+/// A daemon that starts on a policy file that does not compile keeps its
+/// predecessor's pinned policy, and says so as after a failed reload: in
+/// `status` (its first line, the `source` and `reload` lines) and in the
+/// metrics (`loopwarden_last_reload_success` 0), so a restart or a
+/// rollout that looks healthy is not taken for the file in force. The
+/// control: the same daemon on the good file says none of it. Before, the
+/// first line said only "reported by the daemon", and the metric was
+/// absent.
+#[test]
+fn a_start_on_a_file_that_does_not_compile_is_a_failed_reload() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let good = policy(&ns, "enforce", "");
+    let metric = |daemon: &Daemon| {
+        let path = daemon.install().run_dir().join("metrics.sock");
+        loopwarden_tests::wait_for(
+            "the metrics socket",
+            std::time::Duration::from_secs(10),
+            || path.exists().then_some(()),
+        );
+        loopwarden_tests::metrics::scrape_unix(&path).get("loopwarden_last_reload_success", &[])
+    };
+    let mut first = Daemon::start_in(&install, &good, &[]);
+    let (code, text, _) = status(&install);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
+    assert_eq!(metric(&first), None);
+    first.kill9();
+
+    let second = Daemon::start_in(&install, &format!("bogus = 1\n{good}"), &[]);
+    second.allow_error("bogus");
+    second.wait_stderr("stays in force", 1);
+    let (code, text, json) = status(&install);
+    assert_eq!(code, Some(0), "{text}");
+    let first_line = text.lines().next().unwrap_or_default();
+    assert!(
+        first_line.contains("whose last reading of its policy file FAILED"),
+        "{text}"
+    );
+    assert!(text.contains("did not parse"), "{text}");
+    assert!(text.contains("FAILED at"), "{text}");
+    let reported = &json["daemon"]["reported"];
+    assert_eq!(reported["own_policy"], false, "{json:#}");
+    assert_eq!(reported["last_reload"]["ok"], false, "{json:#}");
+    assert!(
+        reported["last_reload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bogus")),
+        "{json:#}"
+    );
+    assert_eq!(metric(&second), Some(0.0));
 }

@@ -152,6 +152,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
         Ok((config, policy))
     });
+    // Why the start's file is not in force, for `status` and the metrics
+    // (as a failed reload is): the pinned policy it keeps is no file's.
+    let mut unread: Option<String> = None;
     let (config, policy) = match compiled {
         Ok((config, policy)) => (Some(config), Some(policy)),
         Err(e) if matches!(state, PinState::Compatible | PinState::Resized { .. }) => {
@@ -167,6 +170,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
                  listen address at a restart (metrics.sock serves meanwhile)",
                 crate::error_chain(&e)
             );
+            unread = Some(crate::error_chain(&e));
             (None, None)
         }
         Err(e) if matches!(state, PinState::Incompatible { .. }) => {
@@ -419,7 +423,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         },
     };
     counters.report(&mut stats);
-    status_file::started(&opts.run_dir, &opts.pin_dir, &installed);
+    status_file::started(&opts.run_dir, &opts.pin_dir, &installed, unread);
     std::mem::forget(undo);
     Ok(Running {
         cgroup_root: host.cgroup2_root,

@@ -54,7 +54,8 @@ pub struct DaemonStatus {
     pub policy_seq: Option<u64>,
     /// Rules of the policy in force.
     pub rules: Option<u32>,
-    /// The last SIGHUP reload or install, if any since start.
+    /// The last SIGHUP reload or install, if any since start; a start
+    /// whose file did not compile counts as a failed one.
     pub last_reload: Option<Reload>,
     /// The last sweep of admitted connections (enforce mode only), if any
     /// since start. Absent in the files of earlier versions.
@@ -147,8 +148,15 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// At start, once the daemon is ready: remembers where to write, and writes.
-pub(super) fn started(run_dir: &Path, pin_dir: &Path, installed: &Installed) {
+/// At start, once the daemon is ready: remembers where to write, and writes;
+/// `unread` says why the start's policy file is not in force (it keeps a
+/// predecessor's pinned policy), recorded as a failed reload is.
+pub(super) fn started(
+    run_dir: &Path,
+    pin_dir: &Path,
+    installed: &Installed,
+    unread: Option<String>,
+) {
     let cell = Cell {
         path: run_dir.join(STATUS_FILE),
         pin_dir: pin_dir.to_owned(),
@@ -160,7 +168,7 @@ pub(super) fn started(run_dir: &Path, pin_dir: &Path, installed: &Installed) {
     if CELL.set(Mutex::new(cell)).is_err() {
         warn!("status file: started twice");
     }
-    record(installed, None);
+    record(installed, unread.map(Err));
 }
 
 /// After an install (`None`), or a reload or install that ended with

@@ -272,7 +272,8 @@ pub(super) fn render(shared: &Shared) -> String {
             "loopwarden_last_reload_success",
             Kind::Gauge,
             "1 if the last reload (SIGHUP) since start succeeded, 0 if it (or the install of a \
-             re-resolved policy) failed and the running policy stayed. Absent before either.",
+             re-resolved policy, or the start's reading of its policy file) failed and the \
+             running policy stayed. Absent before any.",
             u64::from(reload.ok),
         );
         let at = humantime::parse_rfc3339(&reload.at).map_or(0, unix_seconds);

@@ -248,8 +248,8 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         .is_some_and(|reload| !reload.ok);
     let who = match &report.daemon.elsewhere {
         _ if report.daemon.running && failed_reload => {
-            "reported by the daemon, whose last reload FAILED (it keeps the policy before: see \
-             `reload` below)"
+            "reported by the daemon, whose last reading of its policy file FAILED (at start or \
+             at a reload: it keeps the policy before; see `reload` below)"
                 .to_owned()
         }
         _ if report.daemon.running => "reported by the daemon".to_owned(),
