@@ -264,6 +264,13 @@ fn the_deb_installs_works_and_purge_ends_enforcement() {
         .unwrap_or_default();
     assert_eq!(linked.len(), 2, "{status:#}");
 
+    // Removal keeps enforcing (the pins outlive the binary) and says so,
+    // with the way out, since no loopwarden is left to ask.
+    let removed = run_ok(Command::new("dpkg").args(["--remove", PACKAGE]));
+    let said = String::from_utf8_lossy(&removed.stderr);
+    assert!(said.contains("keep enforcing: dpkg --purge"), "{said}");
+    assert!(!Path::new(BIN).exists(), "{BIN} is left after the removal");
+    assert!(!socat_reaches(&ns), "enforcement lapsed at the removal");
     let purge = run_ok(Command::new("dpkg").args(["--purge", PACKAGE]));
     let said = text(&purge);
     assert!(said.contains("no longer enforces"), "{said}");

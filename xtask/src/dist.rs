@@ -319,6 +319,11 @@ remove)
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
+    # Removal keeps enforcing (the pins outlive the binary): said, with the
+    # way out, since no loopwarden is left to ask.
+    if [ -d "$PIN_DIR" ]; then
+        echo "loopwarden: removed, but its pinned programs in $PIN_DIR keep enforcing: dpkg --purge loopwarden (or rm -rf $PIN_DIR) ends that" >&2
+    fi
     ;;
 purge)
     if command -v loopwarden >/dev/null; then
