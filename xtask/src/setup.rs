@@ -288,8 +288,10 @@ fn ensure_packages() -> anyhow::Result<()> {
     // The tests start the servers they drive themselves, in their own
     // namespaces: no package's service (sshd, nginx, postgresql) is started
     // on the host, and without an init system its postinst cannot fail
-    // trying. An existing policy-rc.d is the host's own and is left alone.
-    let _guard = if Path::new(POLICY_RC_D).exists() {
+    // trying. An existing policy-rc.d is the host's own and is left alone,
+    // unless it is one of ours an interrupted run left (its marker line):
+    // left, it would stop every later package from starting its service.
+    let _guard = if Path::new(POLICY_RC_D).exists() && !PolicyRcD::is_ours() {
         None
     } else {
         Some(PolicyRcD::install()?)
@@ -317,11 +319,23 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 /// A temporary `/usr/sbin/policy-rc.d` that denies service starts; removed on drop.
 struct PolicyRcD;
 
+/// The line that marks a policy-rc.d as this task's.
+const POLICY_RC_D_MARK: &str = "# loopwarden xtask setup: temporary, removed after apt-get";
+
 impl PolicyRcD {
+    /// Whether the policy-rc.d there is one this task wrote (an earlier run,
+    /// interrupted during apt-get, left it).
+    fn is_ours() -> bool {
+        fs::read_to_string(POLICY_RC_D).is_ok_and(|text| text.contains(POLICY_RC_D_MARK))
+    }
+
     fn install() -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt as _;
-        fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n")
-            .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+        fs::write(
+            POLICY_RC_D,
+            format!("#!/bin/sh\n{POLICY_RC_D_MARK}\nexit 101\n"),
+        )
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
         fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("cannot chmod {POLICY_RC_D}"))?;
         Ok(Self)
