@@ -11,7 +11,7 @@
 use std::{io::Write as _, mem::size_of, process::Command};
 
 use loopwarden_common::ProcState;
-use loopwarden_tests::{Install, counter, hex_args, hex_bytes, map_dump, map_show};
+use loopwarden_tests::{Install, counter, hex_args, hex_bytes, map_dump, map_show, map_update};
 
 use super::*;
 
@@ -143,4 +143,47 @@ fn a_relay_the_full_process_table_cannot_take_is_refused_as_untracked() {
         counter(&status, "untracked") > 0,
         "the loss is counted: {status:#}"
     );
+}
+
+/// An `LW_PROCS` entry whose process is gone (what a process that exits
+/// before its outbound connect's handshake completes leaves: the
+/// handshake writes its `connected` evidence after the exit) is removed by
+/// the daemon within its 10 s round, while a live process's entry, and one
+/// under a key no pid can take, stay. Before, nothing removed such entries,
+/// and enough of them filled the table (every new process with state to
+/// keep then judged network-facing).
+#[test]
+fn the_entries_of_processes_that_are_gone_are_removed() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&Policy::new(&ns, "audit").text());
+    let install = daemon.install();
+    // A pid no process has now: a child that ran and was reaped.
+    let mut gone = Command::new("true").spawn().expect("running true");
+    let dead = gone.id();
+    gone.wait().expect("reaping true");
+    let mut live = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("running sleep");
+    let empty = [0u8; size_of::<ProcState>()];
+    for key in [dead, live.id(), FILLER_BASE] {
+        map_update(install, "LW_PROCS", &key.to_ne_bytes(), &empty);
+    }
+    let keys = || -> Vec<u32> {
+        map_dump(install, "LW_PROCS")
+            .iter()
+            .map(|e| u32::from_ne_bytes(hex_bytes(&e["key"]).try_into().unwrap()))
+            .collect()
+    };
+    assert!(
+        keys().contains(&dead),
+        "the dead pid's entry was not written"
+    );
+    daemon.wait_stderr("LW_PROCS entries of processes that are gone", 1);
+    let left = keys();
+    assert!(!left.contains(&dead), "the dead pid {dead}'s entry stayed");
+    assert!(left.contains(&live.id()), "a live process's entry went");
+    assert!(left.contains(&FILLER_BASE), "a key no pid can take went");
+    let _ = live.kill();
+    let _ = live.wait();
 }

@@ -7,7 +7,8 @@
 //!
 //! Counting a map walks its keys (one syscall per entry, see
 //! `ops::metrics`), so it runs on a thread of its own every [`EVERY`],
-//! never in the event loop. A map warns once when it reaches [`HIGH`]
+//! never in the event loop, after the entries of processes that are gone
+//! are removed ([`crate::track::reap`]). A map warns once when it reaches [`HIGH`]
 //! percent and again only after it fell below [`LOW`].
 
 use std::{thread, time::Duration};
@@ -80,14 +81,36 @@ fn consequence(map: &str) -> &'static str {
     }
 }
 
-/// Starts the thread that counts the tracking maps pinned in `pins`.
+/// Starts the thread that reaps `LW_PROCS` and counts the tracking maps
+/// pinned in `pins`.
 pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
     thread::Builder::new()
         .name("lw-fullness".to_owned())
         .spawn(move || {
             let mut fullness = Fullness::default();
+            let mut reap_error: Option<String> = None;
             loop {
                 thread::sleep(EVERY);
+                // Counted after the dead processes' entries went.
+                match crate::track::reap(&pins) {
+                    Ok(0) => reap_error = None,
+                    Ok(n) => {
+                        reap_error = None;
+                        info!(
+                            reaped = n,
+                            "removed {n} {} entries of processes that are gone (an exit before \
+                             a connect's handshake completed, or one the kernel did not run \
+                             its tracepoint for)",
+                            maps::PROCS
+                        );
+                    }
+                    // Said once, until it changes.
+                    Err(e) if reap_error.as_ref() != Some(&e) => {
+                        warn!("removing the entries of processes that are gone failed: {e}");
+                        reap_error = Some(e);
+                    }
+                    Err(_) => {}
+                }
                 for change in fullness.check(usage(&pins)) {
                     match change {
                         Change::Full(u) => warn!(

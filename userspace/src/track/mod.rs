@@ -1,9 +1,14 @@
 //! Userspace's share of the kernel's relay tracking (`LW_PROCS`,
 //! `LW_LISTENERS`): what the tracepoints cannot have seen because it
 //! happened before they ran, read from `/proc` once at start ([`seed`]);
-//! and `LW_TRACKED`'s notes ([`notes`]).
+//! `LW_TRACKED`'s notes ([`notes`]); and the entries of processes that are
+//! gone ([`reap`]).
 
 pub mod notes;
+mod reap;
 mod seed;
 
-pub use self::seed::{Seeded, seed};
+pub use self::{
+    reap::reap,
+    seed::{Seeded, seed},
+};
