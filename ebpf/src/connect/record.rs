@@ -274,7 +274,7 @@ fn fill(
         // mid-record ends its late writes with its own cookie, so the
         // other's handshake, which checks the cookie after copying the
         // entry out, finds it not its own and takes no mixed record. The
-        // fence keeps the compiler from moving the plain stores above
+        // barrier keeps the compiler from moving the plain stores above
         // after it.
         crate::atomic::barrier();
         core::ptr::write_volatile(&raw mut (*ev).socket_cookie, cookie);

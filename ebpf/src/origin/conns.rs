@@ -190,7 +190,7 @@ pub fn server_established(sk: u64, key: &ConnKey, uid: u32) {
         }
         (*rec).server_uid = uid;
         (*rec).server_cookie = cookie;
-        // Written last (the fence keeps the compiler from moving the
+        // Written last (the barrier keeps the compiler from moving the
         // stores above after it): `getsockopt` and the daemon take an
         // entry with it set as complete.
         crate::atomic::barrier();
