@@ -270,6 +270,11 @@ fn ensure_packages() -> anyhow::Result<()> {
             TEST_PACKAGES.join(" ")
         );
     }
+    // One of ours an interrupted run left (its marker line) would stop
+    // every later package from starting its service, taken for the host's.
+    if PolicyRcD::is_ours() {
+        PolicyRcD::remove();
+    }
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
         .copied()
@@ -288,10 +293,8 @@ fn ensure_packages() -> anyhow::Result<()> {
     // The tests start the servers they drive themselves, in their own
     // namespaces: no package's service (sshd, nginx, postgresql) is started
     // on the host, and without an init system its postinst cannot fail
-    // trying. An existing policy-rc.d is the host's own and is left alone,
-    // unless it is one of ours an interrupted run left (its marker line):
-    // left, it would stop every later package from starting its service.
-    let _guard = if Path::new(POLICY_RC_D).exists() && !PolicyRcD::is_ours() {
+    // trying. An existing policy-rc.d is the host's own and is left alone.
+    let _guard = if Path::new(POLICY_RC_D).exists() {
         None
     } else {
         Some(PolicyRcD::install()?)
@@ -329,6 +332,12 @@ impl PolicyRcD {
         fs::read_to_string(POLICY_RC_D).is_ok_and(|text| text.contains(POLICY_RC_D_MARK))
     }
 
+    fn remove() {
+        if let Err(err) = fs::remove_file(POLICY_RC_D) {
+            say!("warning: could not remove {POLICY_RC_D}: {err}");
+        }
+    }
+
     fn install() -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt as _;
         fs::write(
@@ -344,9 +353,7 @@ impl PolicyRcD {
 
 impl Drop for PolicyRcD {
     fn drop(&mut self) {
-        if let Err(err) = fs::remove_file(POLICY_RC_D) {
-            say!("warning: could not remove {POLICY_RC_D}: {err}");
-        }
+        Self::remove();
     }
 }
 

@@ -8,8 +8,8 @@
 //! Counting a map walks its keys (one syscall per entry, see
 //! `ops::metrics`), so it runs on a thread of its own every [`EVERY`],
 //! never in the event loop, after the entries of processes that are gone
-//! are removed ([`crate::track::reap`]). A map warns once when it reaches [`HIGH`]
-//! percent and again only after it fell below [`LOW`].
+//! are removed ([`crate::track::reap`]). A map warns once when it reaches
+//! [`HIGH`] percent and again only after it fell below [`LOW`].
 
 use std::{thread, time::Duration};
 
