@@ -162,11 +162,11 @@ pub(super) struct Installed {
     pub(super) sweeper: Sweeper,
     /// Where each install's scope is kept for the next daemon.
     pub(super) scope_file: ScopeFile,
-    /// The pinned maps' directory while the ident responder waits: for a
-    /// config (the start's file did not parse: the first good reload
-    /// starts it, as a start would have), or for its addresses (not
-    /// configured yet at start: tried again every second).
-    pub(super) ident_pending: Option<PathBuf>,
+    /// Whether the ident responder waits: for a config (the start's file
+    /// did not parse: the first good reload starts it, as a start would
+    /// have), or for its addresses (not configured yet at start: tried
+    /// again every second).
+    pub(super) ident_pending: bool,
     /// The last failure to start the waiting responder, said once until
     /// it changes.
     pub(super) ident_error: Option<String>,
@@ -315,7 +315,7 @@ impl Installed {
         if let Some(policy) = &self.policy {
             self.scope_file.retry(&policy.netns);
         }
-        if self.ident_pending.is_some()
+        if self.ident_pending
             && let Some(config) = self.config.clone()
         {
             self.start_pending_ident(&config);
@@ -329,11 +329,12 @@ impl Installed {
     /// is said (once, until the reason changes), and tried again at the
     /// next refresh and reload.
     fn start_pending_ident(&mut self, config: &Config) {
-        let Some(maps_dir) = self.ident_pending.as_ref() else {
+        if !self.ident_pending {
             return;
-        };
+        }
         if !config.ident.listen.is_empty() {
-            let started = crate::provenance::ident::bind(config).and_then(|b| b.serve(maps_dir));
+            let maps_dir = self.pins.maps_dir();
+            let started = crate::provenance::ident::bind(config).and_then(|b| b.serve(&maps_dir));
             match started {
                 Ok(serving) => info!("ident (RFC 1413): answering on {serving}"),
                 Err(e) => {
@@ -349,7 +350,7 @@ impl Installed {
                 }
             }
         }
-        self.ident_pending = None;
+        self.ident_pending = false;
         self.ident_error = None;
         // Told against what now runs, as a restart would be.
         self.started.ident = config.ident.clone();

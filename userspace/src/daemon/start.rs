@@ -393,7 +393,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         (policy.is_none() && !kept.is_empty()).then(|| policy::predecessor_scope(&started, kept));
     let compiles = Compiles::spawn(resolver.clone(), opts.mode)
         .map_err(io_err("starting the policy's resolving thread"))?;
-    let ident_pending = (config.is_none() || ident_error.is_some()).then(|| pins.maps_dir());
+    let ident_pending = config.is_none() || ident_error.is_some();
     let installed = Installed {
         source: reload_source,
         config_arg: opts.config.clone(),
