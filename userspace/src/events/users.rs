@@ -41,6 +41,17 @@ pub(super) const ANSWER_WAIT: Duration = Duration::from_millis(25);
 /// long it took.
 type Answer = (u32, io::Result<Option<String>>, Duration);
 
+/// `lookup` of `uid`, and how long it took by `clock`.
+fn timed(
+    lookup: fn(u32) -> io::Result<Option<String>>,
+    clock: fn() -> Instant,
+    uid: u32,
+) -> Answer {
+    let began = clock();
+    let name = lookup(uid);
+    (uid, name, clock().saturating_duration_since(began))
+}
+
 /// The thread that asks NSS, one uid at a time.
 struct Asker {
     requests: Sender<u32>,
@@ -129,9 +140,7 @@ impl UserNames {
         }
         self.left -= 1;
         let Some(asker) = self.asker() else {
-            let asked = (self.clock)();
-            let name = (self.lookup)(uid);
-            let took = (self.clock)().saturating_duration_since(asked);
+            let (uid, name, took) = timed(self.lookup, self.clock, uid);
             self.answered(uid, name, took, now);
             return;
         };
@@ -164,10 +173,7 @@ impl UserNames {
                 .name("lw-users".into())
                 .spawn(move || {
                     for uid in asked {
-                        let began = clock();
-                        let name = lookup(uid);
-                        let took = clock().saturating_duration_since(began);
-                        if answer.send((uid, name, took)).is_err() {
+                        if answer.send(timed(lookup, clock, uid)).is_err() {
                             break;
                         }
                     }
