@@ -94,17 +94,14 @@ fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
     };
     assert_eq!(asked(), ["status 200"; 5]);
 
-    let rules = [
-        rule("by-file", "deny", "script", &ask),
-        rule("by-module", "deny", "script", "ask"),
-        rule("by-code", "deny", "script", "import ask"),
-    ]
-    .concat();
-    let policy = Policy::new(&ns, "enforce")
-        .catalog(false)
-        .relay("allow")
-        .extra(&rules);
-    let daemon = Daemon::start(&policy.text());
+    let daemon = script_rules_alone(
+        &ns,
+        &[
+            rule("by-file", "deny", "script", &ask),
+            rule("by-module", "deny", "script", "ask"),
+            rule("by-code", "deny", "script", "import ask"),
+        ],
+    );
     assert_eq!(
         asked(),
         [
@@ -115,15 +112,7 @@ fn a_script_is_read_past_the_interpreters_options_and_m_or_c_mean_none() {
             "status 200"
         ]
     );
-    let refusals: Vec<Value> = wait_for("the three refusals", Duration::from_secs(10), || {
-        let found: Vec<Value> = daemon
-            .events()
-            .into_iter()
-            .filter(|e| e["verdict"] == "deny")
-            .collect();
-        (found.len() == 3).then_some(found)
-    });
-    for ev in &refusals {
+    for ev in &refusals(&daemon, 3) {
         assert_eq!(ev["rule"], "by-file", "{ev:#}");
         assert_eq!(ev["script"], ask.as_str(), "{ev:#}");
     }
@@ -156,28 +145,39 @@ fn an_options_value_is_never_taken_for_the_script() {
     };
     assert_eq!(asked(), ["status 200"; 2]);
 
-    let rules = [
-        rule("by-decoy", "deny", "script", &decoy),
-        rule("by-file", "deny", "script", &ask),
-    ]
-    .concat();
-    let policy = Policy::new(&ns, "enforce")
+    let daemon = script_rules_alone(
+        &ns,
+        &[
+            rule("by-decoy", "deny", "script", &decoy),
+            rule("by-file", "deny", "script", &ask),
+        ],
+    );
+    assert_eq!(asked(), ["status 200", "error 111"]);
+    for ev in &refusals(&daemon, 1) {
+        assert_eq!(ev["rule"], "by-file", "{ev:#}");
+        assert_eq!(ev["script"], ask.as_str(), "{ev:#}");
+    }
+}
+
+/// A daemon enforcing `rules` alone in `ns`: no catalog, no relay verdict.
+fn script_rules_alone(ns: &Netns, rules: &[String]) -> Daemon {
+    let policy = Policy::new(ns, "enforce")
         .catalog(false)
         .relay("allow")
-        .extra(&rules);
-    let daemon = Daemon::start(&policy.text());
-    assert_eq!(asked(), ["status 200", "error 111"]);
-    let refusal = wait_for("the refusal", Duration::from_secs(10), || {
-        daemon.events().into_iter().find(|e| e["verdict"] == "deny")
-    });
-    assert_eq!(refusal["rule"], "by-file", "{refusal:#}");
-    assert_eq!(refusal["script"], ask.as_str(), "{refusal:#}");
-    let refused = daemon
-        .events()
-        .into_iter()
-        .filter(|e| e["verdict"] == "deny")
-        .count();
-    assert_eq!(refused, 1);
+        .extra(&rules.concat());
+    Daemon::start(&policy.text())
+}
+
+/// The daemon's refusals, once there are exactly `n` of them.
+fn refusals(daemon: &Daemon, n: usize) -> Vec<Value> {
+    wait_for("the refusals", Duration::from_secs(10), || {
+        let found: Vec<Value> = daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["verdict"] == "deny")
+            .collect();
+        (found.len() == n).then_some(found)
+    })
 }
 
 /// A shell named as VS Code's tunnel (`code-tunnel`, a catalog entry
