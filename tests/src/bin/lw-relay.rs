@@ -7,10 +7,14 @@
 //! `lw-relay --dial SERVER TARGET`: a tunnel client in miniature: connects
 //! to SERVER, takes its first message with splice(2) (no byte is copied to
 //! the process), then connects to TARGET; exits 1 if that connect fails.
+//! `lw-relay --udp-dial BIND FROM TARGET`: a UDP tunnel client in
+//! miniature: its UDP socket, bound to BIND, takes a datagram sent from
+//! FROM (a second socket of this process, bound there) with recvfrom(2),
+//! then connects to TARGET; exits 1 if that connect fails.
 
 use std::{
     io::{self, Write as _},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{Shutdown, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     thread,
     time::Duration,
@@ -67,6 +71,21 @@ fn dial(server: &str, target: &str) -> io::Result<()> {
     TcpStream::connect(target).map(drop)
 }
 
+/// Takes a datagram from `from` on a socket bound to `bind`, then connects
+/// to `target`.
+fn udp_dial(bind: &str, from: &str, target: &str) -> io::Result<()> {
+    let socket = UdpSocket::bind(bind)?;
+    UdpSocket::bind(from)?.send_to(b"open\n", socket.local_addr()?)?;
+    let mut buf = [0; 64];
+    // recvfrom with an address: what the kernel's recvmsg hooks see.
+    let (_, sender) = socket.recv_from(&mut buf)?;
+    eprintln!(
+        "lw-relay: a datagram from {sender} on {}",
+        socket.local_addr()?
+    );
+    TcpStream::connect(target).map(drop)
+}
+
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args
@@ -76,19 +95,15 @@ fn main() -> io::Result<()> {
         .as_slice()
     {
         [_, "--greet", listen] => return greet(listen),
-        [_, "--dial", server, target] => {
-            if let Err(e) = dial(server, target) {
-                eprintln!("lw-relay: {e}");
-                std::process::exit(1);
-            }
-            return Ok(());
-        }
+        [_, "--dial", server, target] => exit_on_error(dial(server, target)),
+        [_, "--udp-dial", bind, from, target] => exit_on_error(udp_dial(bind, from, target)),
         _ => {}
     }
     let [_, listen, target] = args.as_slice() else {
         eprintln!(
             "usage: lw-relay LISTEN_ADDR:PORT TARGET_ADDR:PORT | --greet LISTEN_ADDR:PORT | \
-             --dial SERVER_ADDR:PORT TARGET_ADDR:PORT"
+             --dial SERVER_ADDR:PORT TARGET_ADDR:PORT | \
+             --udp-dial BIND_ADDR:PORT FROM_ADDR:PORT TARGET_ADDR:PORT"
         );
         std::process::exit(2);
     };
@@ -102,4 +117,13 @@ fn main() -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Exits 1 with the error on stderr, or 0.
+fn exit_on_error(result: io::Result<()>) -> ! {
+    if let Err(e) = result {
+        eprintln!("lw-relay: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
 }

@@ -225,6 +225,20 @@ await 50 "no relay-verdict deny with received evidence from the greeter" \
     grep -q '"rule":"relay".*"via":"10.0.2.15:9101","via_how":"received"' /tmp/audit
 echo "LW-VM: splicing client refused, via=10.0.2.15:9101 (received)"
 kill $GREETPID
+# A datagram from port 53 (recvmsg hooks): to a socket whose port the
+# kernel chose (a resolver's) it is a DNS answer and no evidence; to one
+# whose user bound its port (a UDP tunnel client's) it is, and the client's
+# connect is refused. Whether the port was bound is read from
+# sk_userlocks, at byte 512 of struct sock on 6.1.
+lw-relay --udp-dial 10.0.2.15:0 10.0.2.16:53 127.0.0.1:8080 2>/tmp/udp.err \
+    || fail "a datagram from port 53 to a kernel-chosen port counted as evidence: $(cat /tmp/udp.err)"
+if lw-relay --udp-dial 10.0.2.15:9102 10.0.2.16:53 127.0.0.1:8080 2>/tmp/udp.err; then
+    fail "the relay verdict did not refuse a client whose bound UDP port heard from port 53"
+fi
+grep -qi 'refused' /tmp/udp.err || fail "the UDP client failed, but not with connection refused: $(cat /tmp/udp.err)"
+await 50 "no relay-verdict deny with received evidence from 10.0.2.16:53" \
+    grep -q '"rule":"relay".*"via":"10.0.2.16:53","via_how":"received"' /tmp/audit
+echo "LW-VM: UDP client: from port 53 to a chosen port allowed, to a bound port refused (received)"
 
 # The egress guard: lw-egress (a copy of busybox an [[egress]] rule names)
 # may not reach a private or the metadata address; busybox itself may.
