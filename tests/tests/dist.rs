@@ -26,6 +26,9 @@ const UNIT: &str = "/lib/systemd/system/loopwarden.service";
 const MAN: &str = "/usr/share/man/man8/loopwarden.8.gz";
 const PIN_DIR: &str = "/sys/fs/bpf/loopwarden";
 const RUN_DIR: &str = "/run/loopwarden";
+/// Says the package is this test's while it is installed, for the cleanup
+/// of a killed run (`cargo xtask test` purges it then).
+const MARKER: &str = "/run/lwt-dist-installed";
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -106,6 +109,11 @@ struct Installed;
 
 impl Installed {
     fn install(deb: &Path) -> Self {
+        std::fs::write(
+            MARKER,
+            "the loopwarden package is the root suite's (tests/tests/dist.rs)\n",
+        )
+        .expect("the marker is written");
         let guard = Installed;
         run_ok(Command::new("dpkg").arg("-i").arg(deb));
         guard
@@ -119,6 +127,9 @@ impl Drop for Installed {
         }
         if Path::new(PIN_DIR).exists() {
             let _ = std::fs::remove_dir_all(PIN_DIR);
+        }
+        if !dpkg_knows() {
+            let _ = std::fs::remove_file(MARKER);
         }
     }
 }

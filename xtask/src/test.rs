@@ -165,6 +165,37 @@ fn clear_stale_test_state() {
         Path::new("/sys/fs/bpf"),
         cgroup2_root().as_deref(),
     );
+    clear_stale_package();
+}
+
+/// Written by the package test (tests/tests/dist.rs) before it installs
+/// the package and removed once it has purged it: while it exists, the
+/// package on this host is the test's.
+const DIST_MARKER: &str = "/run/lwt-dist-installed";
+
+/// Purges the package a killed run of the package test left installed
+/// (only then: [`DIST_MARKER`] says so), after stopping its daemon, and
+/// removes the default pins it left.
+fn clear_stale_package() {
+    if !Path::new(DIST_MARKER).exists() {
+        return;
+    }
+    say!("purging the loopwarden package a killed test run left installed");
+    let packaged = Path::new("/usr/sbin/loopwarden");
+    stop_processes("a packaged daemon", |pid| {
+        fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == packaged)
+    });
+    if let Err(err) = proc::run(Command::new("dpkg").args(["--purge", "loopwarden"])) {
+        say!("warning: {err:#}");
+        return;
+    }
+    let pins = Path::new("/sys/fs/bpf/loopwarden");
+    if pins.exists()
+        && let Err(err) = fs::remove_dir_all(pins)
+    {
+        say!("warning: {}: {err}", pins.display());
+    }
+    let _ = fs::remove_file(DIST_MARKER);
 }
 
 /// [`clear_stale_test_state`] in these directories.
@@ -187,6 +218,7 @@ fn clear_stale(netns_dir: &Path, bpffs: &Path, cgroup_root: Option<&Path>) {
             .to_string_lossy()
             .into_owned();
         say!("removing a stale test namespace: {name}");
+        kill_netns_processes(&name);
         if let Err(err) = proc::run(Command::new("ip").args(["netns", "del", &name])) {
             say!("warning: {err:#}");
         }
@@ -213,6 +245,34 @@ fn clear_stale(netns_dir: &Path, bpffs: &Path, cgroup_root: Option<&Path>) {
     }
 }
 
+/// SIGKILLs the processes still in the test namespace `name` (servers,
+/// relays, holders a killed test left): deleting a namespace's name does
+/// not end them, and they would run on in a namespace nothing names.
+fn kill_netns_processes(name: &str) {
+    let pids = match Command::new("ip").args(["netns", "pids", name]).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => {
+            say!(
+                "warning: ip netns pids {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        Err(err) => {
+            say!("warning: ip netns pids {name}: {err}");
+            return;
+        }
+    };
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        say!("stopping a process a killed test run left in {name}: pid {pid}");
+        // SAFETY: kill(2) on a pid `ip` just found in the test's namespace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// Stops the daemons a killed run left running on `pin_dirs` (its test
 /// process gone, a daemon child runs on, its links held by its own
 /// descriptors): each process whose arguments name one of them, SIGTERM
@@ -221,32 +281,37 @@ fn stop_stale_daemons(pin_dirs: &[PathBuf]) {
     if pin_dirs.is_empty() {
         return;
     }
-    let holds = |pid: i32| {
+    stop_processes("a daemon", |pid| {
         let args = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         args.split(|b| *b == 0).any(|arg| {
             pin_dirs
                 .iter()
                 .any(|d| arg == d.as_os_str().as_encoded_bytes())
         })
-    };
-    let holders: Vec<i32> = fs::read_dir("/proc")
+    });
+}
+
+/// Stops each process `is_one` says a killed test run left (`what`, for
+/// the message): SIGTERM then, a second later, SIGKILL to those it still
+/// says so of (not a pid taken again since).
+fn stop_processes(what: &str, is_one: impl Fn(i32) -> bool) {
+    let found: Vec<i32> = fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| holds(*pid))
+        .filter(|pid| is_one(*pid))
         .collect();
-    for pid in &holders {
-        say!("stopping a daemon a killed test run left: pid {pid}");
-        // SAFETY: kill(2) on a pid whose arguments were just read.
+    for pid in &found {
+        say!("stopping {what} a killed test run left: pid {pid}");
+        // SAFETY: kill(2) on a pid just found to be one.
         unsafe { libc::kill(*pid, libc::SIGTERM) };
     }
-    if holders.is_empty() {
+    if found.is_empty() {
         return;
     }
     std::thread::sleep(Duration::from_secs(1));
-    // Still running, and still that daemon (not a pid taken again since).
-    for pid in holders.into_iter().filter(|pid| holds(*pid)) {
+    for pid in found.into_iter().filter(|pid| is_one(*pid)) {
         // SAFETY: as above.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
