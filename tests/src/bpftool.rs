@@ -7,19 +7,20 @@ use serde_json::Value;
 
 use crate::{Install, run};
 
-/// Ids of loaded programs named `name` (from `bpftool`).
+/// Ids of loaded programs named `name` (from `bpftool`, which must
+/// answer with its list: tests use this to show programs are gone, which
+/// a failed bpftool's empty output would "show" too).
 pub fn prog_ids(name: &str) -> Vec<u64> {
     let out = run(Command::new("bpftool").args(["-j", "prog", "show"]));
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(out.status.success(), "bpftool prog show: {out:?}");
+    let progs: Value = serde_json::from_slice(&out.stdout).expect("bpftool's program list");
     progs
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|p| p["name"] == name)
-                .filter_map(|p| p["id"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
+        .expect("bpftool's program list is a list")
+        .iter()
+        .filter(|p| p["name"] == name)
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
 }
 
 /// Every entry of `install`'s pinned map `name`, as bpftool dumps it.
@@ -79,7 +80,8 @@ pub fn map_generations(path: &Path) -> Vec<u8> {
     let out = run(Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
         .arg(path));
-    let dump: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(out.status.success(), "bpftool map dump: {out:?}");
+    let dump: Value = serde_json::from_slice(&out.stdout).expect("bpftool's JSON");
     let entries: Vec<&Value> = match &dump {
         // One map: a list of entries; several: a list of lists.
         Value::Array(items) if items.iter().all(Value::is_array) => {

@@ -100,7 +100,10 @@ fn no_relay_connect_gets_through_a_sigkill_a_restart_or_a_program_replacement() 
     first.allow_error("events lost");
     let programs_before = install.linked_prog_ids();
     let (_flood, out, stop) = flood(&ns, &dir, 0.0);
-    thread::sleep(Duration::from_millis(300));
+    // The flood is running (refused) before the first kill.
+    first.wait_event("the flood's first refusal", |e| {
+        e["verdict"] == "deny" && e["rule"] == "py"
+    });
     // An OOM kill: no handler runs.
     first.kill9();
     thread::sleep(Duration::from_millis(500));
@@ -137,12 +140,9 @@ fn no_relay_connect_gets_through_a_sigkill_a_restart_or_a_program_replacement() 
         programs_before.iter().all(|id| !live.contains(id)),
         "the replaced programs are still loaded: {programs_before:?} in {live:?}"
     );
-    // Reports made while no daemon was reading were kept in the pinned ring
-    // buffer and reported by a later daemon.
-    assert!(
-        third.events().len() + second.events().len() > 0,
-        "no reports after the restarts"
-    );
+    // (That reports made while no daemon read are kept in the pinned ring
+    // buffer, and reported by the next daemon, is shown by
+    // a_report_queued_across_a_restart_names_its_rule.)
     drop(third);
     drop(second);
     drop(first);
@@ -378,14 +378,17 @@ fn sighup_picks_the_policy_source_again() {
     let install = Install::new();
     // The daemon runs in a mount namespace of its own whose /etc is an
     // overlay: a /etc/loopwarden/loopwarden.toml written there exists for it
-    // alone, and nothing of the host's /etc changes.
+    // alone, and nothing of the host's /etc changes. The host's own
+    // /etc/loopwarden, if it has one, is removed from that view (a
+    // whiteout in the upper layer): its policy, not scoped to the test's
+    // namespace, must never run here.
     let overlay = TempDir::new("etc");
     for d in ["upper", "work"] {
         std::fs::create_dir(overlay.path().join(d)).expect("overlay dirs");
     }
     let script = format!(
         "mount -t overlay overlay -o lowerdir=/etc,upperdir={0}/upper,workdir={0}/work /etc \
-         && exec \"$0\" \"$@\"",
+         && rm -rf /etc/loopwarden && exec \"$0\" \"$@\"",
         overlay.path().display()
     );
     let cmd = || {
@@ -401,7 +404,7 @@ fn sighup_picks_the_policy_source_again() {
     let mut daemon = Daemon::start_cmd(&install, cmd());
     assert!(
         daemon.stderr_text().contains("embedded default policy"),
-        "(a host with /etc/loopwarden/loopwarden.toml cannot run this test)\n{}",
+        "{}",
         daemon.stderr_text()
     );
     assert!(ns.socat_connect(&target).0, "audit mode refused");
@@ -563,6 +566,13 @@ fn replacement_failing_at(link: &str, port: u16) {
     let mut first = Daemon::start_in(&install, &config, &[]);
     assert!(first.stop(), "the first daemon exits 0 on SIGTERM");
     let connect_programs = prog_ids("lw_connect4");
+    assert!(
+        install
+            .linked_prog_ids()
+            .iter()
+            .any(|id| connect_programs.contains(id)),
+        "the pinned connect link's program is not among the loaded: {connect_programs:?}"
+    );
     // Something that is no link where that link is pinned.
     let pin = install.pin_dir().join("links").join(link);
     std::fs::remove_file(&pin).expect("the link's pin");
@@ -741,6 +751,7 @@ fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     let maps = install.pin_dir().join("maps");
     let mut first = Daemon::start_in(&install, &config, &[]);
     first.kill9();
+    assert!(!ns.socat_connect(&target).0, "not enforcing after the kill");
 
     // An older layout: LW_META says version 1.
     let mut meta = b"loopward".to_vec();
@@ -790,6 +801,8 @@ fn pinned_maps_of_another_layout_or_shape_are_replaced_never_misread() {
     drop(third);
     let fourth = Daemon::start_in(&install, &config, &[]);
     fourth.wait_stderr("adopted the pinned maps", 1);
+    drop(fourth);
+    assert_detach_ends_enforcement(&install, &ns);
 }
 
 /// `LW_META`'s mode word (after the magic and the layout version).
@@ -813,6 +826,7 @@ fn an_upgrade_on_an_empty_file_keeps_the_enforcing_pinned_policy() {
     let enforce = policy(&ns, "enforce", "");
     let mut first = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
     assert_eq!(meta_mode(&install), 1, "LW_META does not say reporting");
+    assert!(ns.socat_connect(&target).0, "refused in audit mode");
     std::fs::write(install.config_path(), &enforce).expect("rewrite");
     first.signal(libc::SIGHUP);
     first.wait_installed(1);
@@ -850,6 +864,8 @@ fn an_upgrade_on_an_empty_file_keeps_the_enforcing_pinned_policy() {
         2,
         "the replacement does not say enforcing"
     );
+    drop(second);
+    assert_detach_ends_enforcement(&install, &ns);
 }
 
 /// A daemon started into a mount namespace of its own (a container's,
