@@ -19,7 +19,9 @@ use super::proc_cache::ProcCache;
 use super::rule_file::RuleFile;
 use super::{
     AuditRecord, BIND_RULE_NAME, CUT, EGRESS_PREFIX, ExeId, RELAY_RULE_NAME, Time, event_time,
-    evidence_name, treatment_name, users::UserNames, verdict_name,
+    evidence_name, treatment_name,
+    users::{Names, SharedUserNames, UserNames},
+    verdict_name,
 };
 use crate::{cut::Cut, policy::RuleInfo};
 
@@ -56,7 +58,7 @@ pub struct Enricher {
     /// The cgroup v2 mount, to check a `/proc` cgroup path against the id
     /// the kernel reported.
     cgroup_root: PathBuf,
-    users: UserNames,
+    users: Names,
     procs: ProcCache,
     /// Where the lists are kept for the next daemon, if anywhere.
     rule_file: Option<RuleFile>,
@@ -96,11 +98,25 @@ impl Enricher {
     /// An enricher naming rules from `shared` as they are now (another
     /// enricher's [`Enricher::shared_rules`]), with caches of its own.
     pub fn with_rules(cgroup_root: PathBuf, shared: SharedRules) -> Self {
+        Self::with_names(cgroup_root, shared, Names::Own(UserNames::default()))
+    }
+
+    /// [`Enricher::with_rules`], its user names from `names` (shared with
+    /// other enrichers), its process cache its own.
+    pub fn with_shared_names(
+        cgroup_root: PathBuf,
+        shared: SharedRules,
+        names: SharedUserNames,
+    ) -> Self {
+        Self::with_names(cgroup_root, shared, Names::Shared { names, last: None })
+    }
+
+    fn with_names(cgroup_root: PathBuf, shared: SharedRules, users: Names) -> Self {
         Self {
             rules: shared.snapshot(),
             shared,
             cgroup_root,
-            users: UserNames::default(),
+            users,
             procs: ProcCache::default(),
             rule_file: None,
             rule_file_failed: false,

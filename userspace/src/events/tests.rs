@@ -6,6 +6,7 @@ use loopwarden_common::{Addr, Evidence, NO_RULE, evidence};
 
 use super::{
     proc::{CMDLINE_MAX, clock_ticks, proc_cmdline, same_process, started_by, starttime_ticks},
+    users::{Names, SharedUserNames},
     users::{
         USER_CACHE_MAX, USER_LOOKUP_TIME_PER_SECOND, USER_LOOKUPS_PER_SECOND, USER_MISSING_TTL,
         USER_NAME_TTL, UserNames,
@@ -668,4 +669,36 @@ fn values_of_another_version_are_unknown_never_direct() {
     assert_eq!(super::evidence_name(evidence::STDIO), Some("stdio"));
     assert_eq!(super::evidence_name(evidence::UNTRACKED), Some("untracked"));
     assert_eq!(super::evidence_name(200), Some("unknown"));
+}
+
+/// Requests of the query socket, each with an enricher of its own, share
+/// their user names: with NSS hung, the first request's lookup is the only
+/// one (not one blocked thread per request), and once it returns, the
+/// requests after it have the name. Against enrichers with caches of
+/// their own, each of the 20 asked.
+#[test]
+fn short_lived_enrichers_share_one_lookup() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static ASKED: AtomicU32 = AtomicU32::new(0);
+    let shared = SharedUserNames::with_lookup(|_| {
+        ASKED.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(Some("slow".to_owned()))
+    });
+    let request = || Names::Shared {
+        names: shared.clone(),
+        last: None,
+    };
+    for _ in 0..20 {
+        let mut names = request();
+        names.refresh(4242, Instant::now());
+        assert_eq!(names.cached(4242), None);
+    }
+    assert_eq!(ASKED.load(Ordering::SeqCst), 1);
+    std::thread::sleep(Duration::from_millis(400));
+    let mut names = request();
+    names.refresh(4242, Instant::now());
+    assert_eq!(names.cached(4242), Some("slow"));
+    assert_eq!(names.cached(4243), None, "another uid's name");
+    assert_eq!(ASKED.load(Ordering::SeqCst), 1);
 }

@@ -5,7 +5,10 @@
 use std::{
     collections::HashMap,
     io,
-    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    sync::{
+        Arc, Mutex, PoisonError,
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    },
     time::{Duration, Instant},
 };
 
@@ -241,5 +244,58 @@ impl UserNames {
             }
         }
         self.cache.insert(uid, (name, now + ttl));
+    }
+}
+
+/// One [`UserNames`] for many short-lived enrichers (one a query-socket
+/// request): one cache and one lookup thread for all of them. Each request
+/// with its own would start a thread of its own at its first name, and
+/// with NSS hung every such thread stays blocked in it: threads without
+/// end, one per request.
+#[derive(Clone, Default)]
+pub struct SharedUserNames(Arc<Mutex<UserNames>>);
+
+impl SharedUserNames {
+    #[cfg(test)]
+    pub(super) fn with_lookup(lookup: fn(u32) -> io::Result<Option<String>>) -> Self {
+        Self(Arc::new(Mutex::new(UserNames::with_lookup(lookup))))
+    }
+}
+
+/// The user names an enricher gives its records: from a cache of its own
+/// (the event loop's), or from one it shares ([`SharedUserNames`]), of
+/// which it keeps the last name asked for.
+pub(super) enum Names {
+    Own(UserNames),
+    Shared {
+        names: SharedUserNames,
+        /// The last uid refreshed and its name as the shared cache had it.
+        last: Option<(u32, Option<String>)>,
+    },
+}
+
+impl Names {
+    /// [`UserNames::refresh`] of the cache in use.
+    pub(super) fn refresh(&mut self, uid: u32, now: Instant) {
+        match self {
+            Names::Own(names) => names.refresh(uid, now),
+            Names::Shared { names, last } => {
+                let mut names = names.0.lock().unwrap_or_else(PoisonError::into_inner);
+                names.refresh(uid, now);
+                *last = Some((uid, names.cached(uid).map(str::to_owned)));
+            }
+        }
+    }
+
+    /// [`UserNames::cached`] of the cache in use (shared: as of the last
+    /// [`Names::refresh`] of `uid`).
+    pub(super) fn cached(&self, uid: u32) -> Option<&str> {
+        match self {
+            Names::Own(names) => names.cached(uid),
+            Names::Shared { last, .. } => last
+                .as_ref()
+                .filter(|(asked, _)| *asked == uid)
+                .and_then(|(_, name)| name.as_deref()),
+        }
     }
 }

@@ -38,7 +38,7 @@ use super::{
 };
 use crate::{
     clients::Clients,
-    events::SharedRules,
+    events::{SharedRules, SharedUserNames},
     kernel::sockopt,
     resolve,
     run_socket::{self, RunSocket, RunSocketError},
@@ -127,6 +127,8 @@ struct Shared {
     conns: Mutex<Option<Arc<Conns>>>,
     cgroup_root: PathBuf,
     rules: SharedRules,
+    /// User names, one cache and one lookup thread for every request.
+    names: SharedUserNames,
     /// The daemon's network namespace (inode), the host's: root there is
     /// root of every namespace ([`Caller::is_host_root`]).
     own_netns: Option<u32>,
@@ -162,6 +164,7 @@ pub fn serve(
         conns: Mutex::new(None),
         cgroup_root,
         rules,
+        names: SharedUserNames::default(),
         own_netns: resolve::current_netns_inum().ok(),
     });
     let accept = tokio::spawn(accept_loop(listener, shared));
@@ -426,6 +429,7 @@ fn look_up(request: Request, caller: Caller, shared: &Shared) -> Vec<u8> {
             conns.as_deref().map_err(String::as_str),
             shared.cgroup_root.clone(),
             shared.rules.clone(),
+            shared.names.clone(),
         )
         .line()
 }
@@ -557,6 +561,7 @@ mod tests {
             conns: Mutex::new(None),
             cgroup_root: PathBuf::from("/nonexistent/cgroup"),
             rules: SharedRules::default(),
+            names: SharedUserNames::default(),
             own_netns: Some(4026531840),
         })
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Conns, answer::origin, conns::conn_key};
-use crate::events::{Enricher, SharedRules};
+use crate::events::{Enricher, SharedRules, SharedUserNames};
 
 /// Protocol version in every answer (`"v"`).
 pub const VERSION: u8 = 1;
@@ -273,13 +273,15 @@ impl Request {
     }
 
     /// Answers the request from `conns` (blocking: reads the map and
-    /// `/proc`, and may ask NSS for a user name).
+    /// `/proc`, and may ask NSS for a user name, through `names`, which
+    /// every request shares).
     pub fn answer(
         self,
         caller: Caller,
         conns: Result<&Conns, &str>,
         cgroup_root: PathBuf,
         rules: SharedRules,
+        names: SharedUserNames,
     ) -> Reply {
         let id = self.id;
         if let Some(asked) = self.netns
@@ -311,7 +313,7 @@ impl Request {
             Ok(conns) => conns,
             Err(e) => return Reply::error(id, ErrorCode::Unavailable, e),
         };
-        let mut enricher = Enricher::with_rules(cgroup_root, rules);
+        let mut enricher = Enricher::with_shared_names(cgroup_root, rules, names);
         let hides = std::fs::read_to_string("/proc/self/mountinfo")
             .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text));
         let mut shown =
@@ -387,6 +389,7 @@ mod tests {
             Err("no map"),
             PathBuf::from("/sys/fs/cgroup"),
             SharedRules::default(),
+            SharedUserNames::default(),
         );
         serde_json::from_slice(&reply.line()).unwrap()
     }

@@ -111,6 +111,8 @@ struct Shared {
     /// How long a client may take over each query, and a reply to be taken.
     timeout: Duration,
     clients: Clients<SocketAddr>,
+    /// Permits for user name lookups (see `session::user_name`).
+    name_lookups: Arc<tokio::sync::Semaphore>,
 }
 
 /// The running responder, as the daemon reports it.
@@ -205,6 +207,7 @@ impl Bound {
             relayed: self.relayed,
             timeout: self.timeout,
             clients: Clients::new("ident", MAX_CLIENTS),
+            name_lookups: Arc::new(tokio::sync::Semaphore::new(session::NAME_LOOKUPS)),
         });
         for listener in self.listeners {
             tokio::spawn(accept_loop(listener, Arc::clone(&shared)));

@@ -12,7 +12,7 @@ use loopwarden_common::{
 use tokio::{
     io::AsyncWrite as _,
     net::TcpStream,
-    sync::oneshot,
+    sync::{Semaphore, oneshot},
     time::{Instant, timeout, timeout_at},
 };
 use tracing::debug;
@@ -22,6 +22,12 @@ use super::{
     request::{self, Answer, Echo, INVALID_PORT, MAX_REQUEST, NO_USER, Ports, UNKNOWN_ERROR},
 };
 use crate::provenance::conn_key;
+
+/// How long a reply waits for a user's name from NSS.
+const NAME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most user name lookups running at once (a lookup past its deadline
+/// counts until NSS returns).
+pub(super) const NAME_LOOKUPS: usize = 8;
 
 /// The most a client refused for an invalid query may still send before
 /// its connection is closed regardless.
@@ -212,31 +218,66 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
     );
     let echo = Echo::from(ports);
     match origin {
-        Origin::Direct { uid } => {
-            let name = user_name(uid).await;
-            request::reply(echo, Answer::User(&name))
-        }
+        Origin::Direct { uid } => match user_name(uid, shared).await {
+            Some(name) => request::reply(echo, Answer::User(&name)),
+            // Who it is cannot be said in time: not a name that may be wrong.
+            None => request::reply(echo, Answer::Error(UNKNOWN_ERROR)),
+        },
         Origin::Flagged => request::reply(echo, Answer::Error(shared.relayed.token())),
         Origin::Unknown => request::reply(echo, Answer::Error(NO_USER)),
         Origin::Unchecked => request::reply(echo, Answer::Error(UNKNOWN_ERROR)),
     }
 }
 
-/// The name NSS gives `uid`, else the uid in decimal. Asked off the
-/// runtime's thread: a slow directory service delays this reply only.
-async fn user_name(uid: u32) -> String {
-    let found = tokio::task::spawn_blocking(move || crate::resolve::user_name(uid))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
+/// The name NSS gives `uid`, else the uid in decimal; `None` when NSS
+/// could not be asked in time. Asked off the runtime's thread, within
+/// [`NAME_DEADLINE`], and at most [`NAME_LOOKUPS`] at once: with NSS hung
+/// (an LDAP server that does not answer) each lookup's thread stays
+/// blocked in it, so a reply waits a bounded time and the blocked threads
+/// stay few, however many clients ask.
+async fn user_name(uid: u32, shared: &Shared) -> Option<String> {
+    name_within(
+        uid,
+        &shared.name_lookups,
+        crate::resolve::user_name,
+        NAME_DEADLINE,
+    )
+    .await
+}
+
+/// [`user_name`], from `lookup`, with a permit of `permits`, waited for
+/// `deadline`.
+async fn name_within(
+    uid: u32,
+    permits: &Arc<Semaphore>,
+    lookup: fn(u32) -> io::Result<Option<String>>,
+    deadline: std::time::Duration,
+) -> Option<String> {
+    let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+        debug!("ident: {NAME_LOOKUPS} user name lookups still running: uid {uid} not named");
+        return None;
+    };
+    let lookup = tokio::task::spawn_blocking(move || {
+        let name = lookup(uid);
+        drop(permit);
+        name
+    });
+    let found = match timeout(deadline, lookup).await {
+        Ok(joined) => joined.ok().and_then(Result::ok).flatten(),
+        Err(_) => {
+            debug!("ident: the user name of uid {uid} took longer than {deadline:?}");
+            return None;
+        }
+    };
     // A name the reply line could not carry (RFC 1413: at most 512
     // octets, no CR, LF or NUL; no `:` here, which ends a field) is not used.
-    found
-        .filter(|name| {
-            !name.is_empty() && name.len() <= 512 && !name.contains(['\r', '\n', '\0', ':'])
-        })
-        .unwrap_or_else(|| uid.to_string())
+    Some(
+        found
+            .filter(|name| {
+                !name.is_empty() && name.len() <= 512 && !name.contains(['\r', '\n', '\0', ':'])
+            })
+            .unwrap_or_else(|| uid.to_string()),
+    )
 }
 
 #[cfg(test)]
@@ -252,6 +293,47 @@ mod tests {
         r.origin.verdict = verdict;
         r.origin.via.kind = via;
         r
+    }
+
+    #[test]
+    fn a_hung_name_lookup_is_waited_for_a_while_and_runs_few_at_once() {
+        use std::{
+            sync::atomic::{AtomicU32, Ordering},
+            time::Duration,
+        };
+        static ASKED: AtomicU32 = AtomicU32::new(0);
+        fn hung(uid: u32) -> io::Result<Option<String>> {
+            ASKED.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(if uid == 7 { 0 } else { 600 }));
+            Ok(Some(format!("u{uid}")))
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let permits = Arc::new(Semaphore::new(NAME_LOOKUPS));
+        let ask = |uid| {
+            let permits = Arc::clone(&permits);
+            async move { name_within(uid, &permits, hung, Duration::from_millis(100)).await }
+        };
+        runtime.block_on(async {
+            assert_eq!(ask(7).await.as_deref(), Some("u7"), "a quick one");
+            // Clients asking at once.
+            let mut asking = tokio::task::JoinSet::new();
+            for uid in 0..NAME_LOOKUPS as u32 * 3 {
+                asking.spawn(ask(1000 + uid));
+            }
+            // Past its deadline, or not asked: no name, rather than a wrong one.
+            while let Some(name) = asking.join_next().await {
+                assert_eq!(name.unwrap(), None);
+            }
+        });
+        // The hung ones that ran were NAME_LOOKUPS; the rest were not asked.
+        assert_eq!(ASKED.load(Ordering::SeqCst), 1 + NAME_LOOKUPS as u32);
+        std::thread::sleep(Duration::from_millis(700));
+        runtime.block_on(async {
+            assert_eq!(ask(7).await.as_deref(), Some("u7"), "permits given back");
+        });
     }
 
     #[test]
