@@ -66,6 +66,20 @@ pub enum PortSet {
     Ranges(Vec<PortRange>),
 }
 
+impl PortSet {
+    /// Adds `port` to a list that does not hold it yet (`All` holds it).
+    pub fn include(&mut self, port: u16) {
+        if let PortSet::Ranges(ranges) = self
+            && !ranges.iter().any(|r| (r.first..=r.last).contains(&port))
+        {
+            ranges.push(PortRange {
+                first: port,
+                last: port,
+            });
+        }
+    }
+}
+
 /// The `[protect]` table: which connects are checked at all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Protect {

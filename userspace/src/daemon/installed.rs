@@ -177,13 +177,16 @@ pub(super) struct Installed {
 /// file that is gone (the source `was` a file, and the default path is
 /// deleted or moved aside) does not give way to the embedded default, nor
 /// does one without settings (truncated, most likely) to the defaults:
-/// both would drop an enforcing host to audit mode.
+/// both would drop an enforcing host to audit mode. `metrics_port`, the
+/// port of the metrics listener that runs (bound at start, until a
+/// restart), is protected whatever the file's `[metrics]` says now.
 pub(super) fn read_fresh(
     was: &Source,
     source: &Source,
     resolver: &HostResolver,
     mode: Option<Mode>,
     previous: Option<&CompiledPolicy>,
+    metrics_port: Option<u16>,
 ) -> Result<(CompiledPolicy, Config), String> {
     if let (Source::File(was), Source::Embedded) = (was, source) {
         return Err(format!(
@@ -192,9 +195,12 @@ pub(super) fn read_fresh(
             was.display()
         ));
     }
-    let config = source
+    let mut config = source
         .read()
         .map_err(|e| crate::error_chain(&DaemonError::from(e)))?;
+    if let Some(port) = metrics_port {
+        config.protect.ports.include(port);
+    }
     if let Some(refusal) = config.reload_refusal() {
         return Err(refusal);
     }
@@ -217,6 +223,7 @@ impl Installed {
             config_arg: self.config_arg.clone(),
             was: self.source.clone(),
             previous: self.policy.clone().or_else(|| self.predecessor.clone()),
+            metrics_port: self.started.metrics.listen.as_ref().map(|l| l.value.port()),
         }
     }
 
@@ -477,6 +484,33 @@ mod tests {
     use loopwarden_common::verdict;
 
     use super::*;
+
+    /// The metrics listener a daemon started with stays protected after a
+    /// reload of a file that no longer names it (or names another port):
+    /// it is served until a restart.
+    #[test]
+    fn a_reload_keeps_the_running_metrics_port_protected() {
+        let dir = std::env::temp_dir().join(format!("lw-metrics-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("loopwarden.toml");
+        std::fs::write(
+            &path,
+            "catalog = false\n[protect]\nports = [8080]\n[metrics]\nlisten = \"127.0.0.1:9478\"\n",
+        )
+        .unwrap();
+        let resolver = HostResolver::new(PathBuf::from("/nonexistent"));
+        let source = Source::File(path);
+        let reload = |running| read_fresh(&source, &source, &resolver, None, None, running);
+        let (policy, _) = reload(Some(9477)).unwrap();
+        for port in [8080, 9477, 9478] {
+            assert!(policy.ports.contains(port), "{port}");
+        }
+        // The control: without a running listener, only the file's ports.
+        let (policy, _) = reload(None).unwrap();
+        assert!(!policy.ports.contains(9477));
+        assert!(policy.ports.contains(9478));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn an_install_says_its_stance_and_a_weakening_one_says_what_was() {

@@ -62,6 +62,10 @@ pub(super) enum Job {
         /// The source of the policy in force.
         was: Source,
         previous: Option<CompiledPolicy>,
+        /// The port the metrics listener the daemon started with serves
+        /// on, if any: protected whatever the file says now (it is bound
+        /// until a restart).
+        metrics_port: Option<u16>,
     },
 }
 
@@ -352,11 +356,19 @@ fn run(job: Job, resolver: &HostResolver, mode: Option<Mode>) -> Done {
             config_arg,
             was,
             previous,
+            metrics_port,
         } => {
             let source = Source::pick(config_arg.as_deref());
             info!("SIGHUP: reloading {}", source.describe());
-            let outcome = read_fresh(&was, &source, resolver, mode, previous.as_ref())
-                .map(|(policy, config)| with_addrs(policy, config));
+            let outcome = read_fresh(
+                &was,
+                &source,
+                resolver,
+                mode,
+                previous.as_ref(),
+                metrics_port,
+            )
+            .map(|(policy, config)| with_addrs(policy, config));
             Done::Reload { source, outcome }
         }
     }

@@ -193,14 +193,8 @@ impl Validator<'_> {
         }
         // The metrics port is protected like any other: a relay to it is
         // judged by the policy.
-        if let (Some(listen), PortSet::Ranges(ranges)) = (&metrics.listen, &mut protect.ports) {
-            let port = listen.value.port();
-            if !ranges.iter().any(|r| (r.first..=r.last).contains(&port)) {
-                ranges.push(PortRange {
-                    first: port,
-                    last: port,
-                });
-            }
+        if let Some(listen) = &metrics.listen {
+            protect.ports.include(listen.value.port());
         }
 
         let mut seen: HashMap<String, usize> = HashMap::new();
