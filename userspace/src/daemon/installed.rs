@@ -37,10 +37,18 @@ impl Source {
     pub(super) fn pick(config: Option<&Path>) -> Self {
         match config {
             Some(path) => Source::File(path.to_owned()),
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-                Source::File(PathBuf::from(DEFAULT_CONFIG_PATH))
-            }
-            None => Source::Embedded,
+            None => Self::default_at(Path::new(DEFAULT_CONFIG_PATH)),
+        }
+    }
+
+    /// The file at `path` unless nothing is there (not even a link): a
+    /// dangling link, a loop or a file that cannot be read is that file,
+    /// whose reading then says what is wrong, never a silent fall back to
+    /// the embedded default.
+    fn default_at(path: &Path) -> Self {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Source::Embedded,
+            _ => Source::File(path.to_owned()),
         }
     }
 
@@ -246,21 +254,23 @@ impl Installed {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
                 }
-                self.start_pending_ident(&config);
-                for Unapplied {
-                    what,
-                    running,
-                    file,
-                } in needs_restart(&self.started, &config)
-                {
-                    warn!(
-                        "{what} changed: that takes effect when the daemon restarts (running: \
-                         {running}; the file: {file})"
-                    );
-                }
                 let outcome = self.install(policy, addrs, enricher, Sweep::Anew);
                 match &outcome {
                     Ok(_) => {
+                        // Only from a file now in force: a responder a
+                        // refused file configured would be half a reload.
+                        self.start_pending_ident(&config);
+                        for Unapplied {
+                            what,
+                            running,
+                            file,
+                        } in needs_restart(&self.started, &config)
+                        {
+                            warn!(
+                                "{what} changed: that takes effect when the daemon restarts \
+                                 (running: {running}; the file: {file})"
+                            );
+                        }
                         self.source = source;
                         self.config = Some(config);
                     }
@@ -484,6 +494,24 @@ mod tests {
     use loopwarden_common::verdict;
 
     use super::*;
+
+    /// Only a default path with nothing there picks the embedded default:
+    /// a dangling link is the file, whose reading fails and says why.
+    #[test]
+    fn a_dangling_link_at_the_default_path_is_no_missing_file() {
+        let dir = std::env::temp_dir().join(format!("lw-default-path-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (missing, link) = (dir.join("missing.toml"), dir.join("link.toml"));
+        std::os::unix::fs::symlink(dir.join("gone.toml"), &link).unwrap();
+        assert!(matches!(Source::default_at(&missing), Source::Embedded));
+        let picked = Source::default_at(&link);
+        assert!(
+            matches!(&picked, Source::File(p) if *p == link),
+            "{picked:?}"
+        );
+        assert!(picked.read().is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The metrics listener a daemon started with stays protected after a
     /// reload of a file that no longer names it (or names another port):

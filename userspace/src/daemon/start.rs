@@ -384,9 +384,12 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let events = watch(ring, "watching the event ring buffer")?;
     let denials = watch(denials, "watching the refusals' ring buffer")?;
     let reporter = Reporter::new(enricher, opts.log_format, opts.repeat_interval);
-    let started = config
+    let mut started = config
         .clone()
         .unwrap_or_else(crate::config::Config::embedded_default);
+    // The capacity made or adopted, which a file that did not compile
+    // does not name: what a reload's `connections` is told against.
+    started.provenance.connections = conns;
     // Keeping a predecessor's policy (this file did not compile), the
     // scope it had is what the first good reload keeps namespaces from.
     let predecessor =
