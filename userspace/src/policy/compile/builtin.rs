@@ -47,6 +47,9 @@ impl Compiler<'_> {
             }
         }
         if !browsers.exe.is_empty() {
+            // An exemption: from the relay verdict, and a way in on
+            // `allow` ports.
+            self.replaceable(BROWSERS_RULE_NAME, "exe", &browsers.exe);
             let exe = self.exes(BROWSERS_RULE_NAME, "exe", &browsers.exe)?;
             let mut parts = Vec::new();
             describe(&mut parts, "exe", exe.iter().map(|(_, d)| d.clone()));

@@ -40,9 +40,6 @@ impl Compiler<'_> {
                     continue;
                 }
             };
-            if rule.action == Action::Allow {
-                self.replaceable(&label, "exe", &c.exe);
-            }
             let bit = 1u64 << r;
             let s = &mut self.policy.settings;
             s.egress_active |= bit;

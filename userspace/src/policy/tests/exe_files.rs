@@ -318,7 +318,8 @@ fn an_exemption_another_user_could_replace_is_warned_of() {
     let rules = |action: &str, exe: &str| {
         format!(
             "catalog = false\n[[rule]]\nname = \"agent\"\naction = \"{action}\"\nexe = \"{exe}\"\n\
-             [bind]\nloopback_only = [9000]\nallow_exe = [\"{exe}\"]\n"
+             [bind]\nloopback_only = [9000]\nallow_exe = [\"{exe}\"]\n\
+             [browsers]\nexe = [\"{exe}\"]\n"
         )
     };
     let policy = compile_lenient(
@@ -332,10 +333,11 @@ fn an_exemption_another_user_could_replace_is_warned_of() {
         .iter()
         .filter(|w| w.contains("another user could put another program there"))
         .collect();
-    assert_eq!(warned.len(), 2, "{:?}", policy.warnings);
+    assert_eq!(warned.len(), 3, "{:?}", policy.warnings);
     for expected in [
         "test.toml:5:7: rule `agent`: exe /home/alice/bin/agent",
         "rule `bind-guard`: allow_exe /home/alice/bin/agent",
+        "rule `browsers`: exe /home/alice/bin/agent",
     ] {
         assert!(warned.iter().any(|w| w.contains(expected)), "{warned:?}");
     }
@@ -350,8 +352,8 @@ fn an_exemption_another_user_could_replace_is_warned_of() {
         .iter()
         .filter(|w| w.contains("another user could"))
         .count();
-    // The bind guard's exemption still is one.
-    assert_eq!(warned, 1, "{:?}", deny.warnings);
+    // The bind guard's and the browsers' exemptions still are.
+    assert_eq!(warned, 2, "{:?}", deny.warnings);
     let roots = compile_lenient(&config(&rules("allow", "/usr/bin/socat")), &host, None).unwrap();
     assert!(
         !roots
