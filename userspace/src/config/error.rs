@@ -277,6 +277,16 @@ pub enum Problem {
          one of metadata, loopback, link-local, private"
     )]
     EgressUnknown { text: String },
+    #[error(
+        "`{text}` holds the unspecified address {unspecified}, which no connect reaches: one to \
+         {unspecified} goes to {loopback} on this host, and is judged as that; deny `loopback` \
+         (or {loopback}) to refuse it"
+    )]
+    EgressUnspecified {
+        text: String,
+        unspecified: &'static str,
+        loopback: &'static str,
+    },
     #[error("`{text}` is not a CIDR: write e.g. \"10.20.0.0/16\" or \"2001:db8::/32\"")]
     BadCidr { text: String },
     #[error("`{text}` has host bits set: write its network, {network}")]

@@ -411,10 +411,47 @@ impl Config {
                 message,
             }
         })?;
+        if let Some(at) = nul_escape(text) {
+            return Err(ConfigError::Syntax {
+                file: name.to_owned(),
+                at: Some(lines.locate(at)),
+                message: "a string holds a NUL character (`\\u0000`): no name, path or \
+                          command line the kernel compares can hold one, so the value would \
+                          match nothing; remove it"
+                    .to_owned(),
+            });
+        }
         Validator {
             file: name,
             lines: &lines,
         }
         .config(raw)
     }
+}
+
+/// Where a string value that holds NUL is written (the offset of its
+/// `\u0000` or `\U00000000` escape, the only way to write one: TOML
+/// refuses the byte itself); `None` when no value holds one. An escape
+/// that is no NUL (in a comment, or a literal string's backslash) is
+/// passed over: the values are looked at, parsed, first.
+fn nul_escape(text: &str) -> Option<usize> {
+    const ESCAPES: [&str; 2] = ["\\u0000", "\\U00000000"];
+    if !ESCAPES.iter().any(|e| text.contains(e)) {
+        return None;
+    }
+    fn holds_nul(value: &toml::Value) -> bool {
+        match value {
+            toml::Value::String(s) => s.contains('\0'),
+            toml::Value::Array(items) => items.iter().any(holds_nul),
+            toml::Value::Table(table) => {
+                table.iter().any(|(k, v)| k.contains('\0') || holds_nul(v))
+            }
+            _ => false,
+        }
+    }
+    let table: toml::Table = toml::from_str(text).ok()?;
+    if !table.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
+        return None;
+    }
+    ESCAPES.iter().filter_map(|e| text.find(e)).min()
 }

@@ -350,3 +350,15 @@ deny = [\"also-not-one\"]
     assert!(message.ends_with("; and 5 more"), "{message}");
     assert_eq!(message.matches("has no criteria").count(), 10, "{message}");
 }
+
+/// A NUL in a string (`\u0000`, the only way TOML writes one) is refused
+/// with its line: no name the kernel compares holds one, so the value
+/// would match nothing. The same escape in a comment or a literal string
+/// is no NUL, and is passed over.
+#[test]
+fn a_nul_in_a_string_is_refused_with_its_line() {
+    expect_error(&rule("comm = \"soc\\u0000at\""), 6, "NUL");
+    expect_error(&rule("script = \"a\\U00000000\""), 6, "NUL");
+    expect_error(&rule("exe_name = \"\\u0000\""), 6, "NUL");
+    parse(&rule("comm = 'soc\\u0000at' # \\u0000")).expect("a literal string's backslash");
+}

@@ -212,3 +212,24 @@ fn an_ipv6_deny_that_holds_every_ipv4_address_is_warned_of() {
         assert!(config.warnings.is_empty(), "{quiet}: {:?}", config.warnings);
     }
 }
+
+/// A deny of the unspecified address, and not of the loopback address a
+/// connect to it reaches, would refuse nothing: refused with its line.
+/// One that holds both (`0.0.0.0/0`, `::/0`) stands.
+#[test]
+fn a_deny_of_the_unspecified_address_alone_is_refused() {
+    for (deny, loopback) in [
+        ("0.0.0.0", "127.0.0.1"),
+        ("0.0.0.0/8", "127.0.0.1"),
+        ("::", "::1"),
+    ] {
+        expect_error(
+            &egress("a", &format!("{WHO}deny = [\"{deny}\"]\n")),
+            5,
+            &format!("goes to {loopback} on this host"),
+        );
+    }
+    for deny in ["0.0.0.0/0", "::/0", "127.0.0.0/8"] {
+        parse(&egress("a", &format!("{WHO}deny = [\"{deny}\"]\n"))).expect(deny);
+    }
+}

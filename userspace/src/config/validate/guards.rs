@@ -237,7 +237,9 @@ impl Validator<'_> {
         }
         let deny = self.values("deny", raw.deny, |text| match Builtin::from_name(&text) {
             Some(set) => Ok(EgressDestination::Set(set)),
-            None => cidr(text).map(EgressDestination::Cidr),
+            None => cidr(text.clone())
+                .and_then(|net| reachable(text, net))
+                .map(EgressDestination::Cidr),
         })?;
         let allow = self.opt_values("allow", raw.allow, |text| {
             let net = cidr(text.clone())?;
@@ -259,4 +261,32 @@ impl Validator<'_> {
             allow,
         })
     }
+}
+
+/// `net`, unless it holds its family's unspecified address and not the
+/// loopback address the kernel connects that to (the programs look a
+/// connect to `0.0.0.0` or `::` up as `127.0.0.1` or `::1`): a deny of it
+/// would refuse nothing.
+fn reachable(text: String, net: ipnet::IpNet) -> Result<ipnet::IpNet, Problem> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let (unspecified, loopback, names): (IpAddr, IpAddr, _) = match net {
+        ipnet::IpNet::V4(_) => (
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv4Addr::LOCALHOST.into(),
+            ("0.0.0.0", "127.0.0.1"),
+        ),
+        ipnet::IpNet::V6(_) => (
+            Ipv6Addr::UNSPECIFIED.into(),
+            Ipv6Addr::LOCALHOST.into(),
+            ("::", "::1"),
+        ),
+    };
+    if net.contains(&unspecified) && !net.contains(&loopback) {
+        return Err(Problem::EgressUnspecified {
+            text,
+            unspecified: names.0,
+            loopback: names.1,
+        });
+    }
+    Ok(net)
 }
