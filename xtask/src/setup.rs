@@ -49,6 +49,8 @@ const TEST_PACKAGES: &[&str] = &[
     "postgresql",
     // A real browser (browsers.rs: a page's no-cors POST to an API port).
     "chromium",
+    // libFuzzer is built with a C++ compiler (`cargo xtask fuzz`).
+    "g++",
 ];
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
