@@ -292,7 +292,15 @@ impl Query {
             written => written?,
         }
         let mut text = String::new();
-        let read = stream.by_ref().take(MAX_ANSWER).read_line(&mut text)?;
+        let read = match stream.by_ref().take(MAX_ANSWER).read_line(&mut text) {
+            // The daemon closed the connection with this request unread in
+            // it (an idle close, or an exit, as the request was written):
+            // the close is a reset, and nothing of an answer came.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && text.is_empty() => {
+                return Err(Error::Closed);
+            }
+            read => read?,
+        };
         if read == 0 {
             return Err(Error::Closed);
         }

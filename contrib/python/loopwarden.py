@@ -30,6 +30,7 @@ import ipaddress
 import json
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -294,18 +295,40 @@ def _addr(a: Union[str, Tuple]) -> str:
 _MAX_ANSWER = 256 << 20
 
 
-def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[str, Any]]:
-    """One request on a fresh connection: the answer, None for ``unknown``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A connection to the query socket, waited for ``timeout`` at most.
+    With a timeout the connect is non-blocking, and a daemon whose backlog
+    is full (stalled, or stopped) refuses it with EAGAIN at once (a Unix
+    socket has no connect in progress to wait for): tried again, on a new
+    socket, every few milliseconds until the timeout, as the Rust client
+    does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
             s.connect(path)
+            return s
+        except BlockingIOError as e:
+            s.close()
+            if time.monotonic() >= deadline:
+                raise QueryError(
+                    "io",
+                    f"{path}: its backlog stayed full for {timeout} s (is the daemon stalled?)",
+                ) from e
+            time.sleep(0.005)
         except OSError as e:
+            s.close()
             raise QueryError(
                 "connect",
                 f"cannot connect to {path}: {e.strerror or e} "
                 "(is the daemon running, with [provenance] query = true?)",
             ) from e
+
+
+def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[str, Any]]:
+    """One request on a fresh connection: the answer, None for ``unknown``."""
+    with _connect(path, timeout) as s:
         try:
             s.sendall(json.dumps(req).encode() + b"\n")
             line = s.makefile("rb").readline(_MAX_ANSWER + 1)

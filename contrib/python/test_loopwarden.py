@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 import loopwarden
@@ -192,6 +193,39 @@ class Query(unittest.TestCase):
             loopwarden.conns(path=path, timeout=0.2)
         self.assertEqual(e.exception.code, "io")
         self.assertIn("0.2 s", e.exception.message)
+
+    def test_a_full_backlog_is_waited_for_until_the_timeout(self):
+        # A daemon that never accepts, its backlog (of 1) full: the connect
+        # is tried again until the timeout, then an `io` error says why,
+        # not a `connect` error at once.
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "query.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(0)
+        self.addCleanup(os.rmdir, d)
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(listener.close)
+        queued = []
+        for _ in range(4):
+            c = socket.socket(socket.AF_UNIX)
+            c.setblocking(False)
+            try:
+                c.connect(path)
+                queued.append(c)
+            except BlockingIOError:
+                c.close()
+                break
+        else:
+            self.fail("the backlog never filled")
+        for c in queued:
+            self.addCleanup(c.close)
+        began = time.monotonic()
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.conns(path=path, timeout=0.3)
+        self.assertEqual(e.exception.code, "io", e.exception.message)
+        self.assertIn("backlog", e.exception.message)
+        self.assertGreaterEqual(time.monotonic() - began, 0.3)
 
     def test_an_endless_answer_is_a_protocol_error(self):
         # A line past the limit (lowered here) is refused, not read to its end.

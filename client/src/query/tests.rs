@@ -25,6 +25,10 @@ struct Fake {
 /// after [`LATE`] (a slow answer).
 const NOTICE: &str = "notice:";
 const LATE: &str = "late:";
+/// A scripted line that closes the connection, after a while, without
+/// reading the request (a close with it unread: the client's read is
+/// reset).
+const RESET: &str = "reset";
 const SLOW: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl Fake {
@@ -56,6 +60,10 @@ impl Fake {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut writer = stream;
                 for answer in script {
+                    if answer == RESET {
+                        thread::sleep(SLOW);
+                        break;
+                    }
                     if let Some(notice) = answer.strip_prefix(NOTICE) {
                         writer.write_all(notice.as_bytes()).unwrap();
                         writer.write_all(b"\n").unwrap();
@@ -216,6 +224,21 @@ fn a_connection_the_daemon_closed_idle_is_replaced_and_the_request_asked_again()
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert_eq!(reqs[1]["cookie"], 2);
+}
+
+/// The daemon closes the connection with the request unread in it (an
+/// idle close at the moment the request was written, or its exit): the
+/// client's read is reset, and the request is asked again on a new
+/// connection, as for any close.
+#[test]
+fn a_request_the_daemon_closed_unread_is_asked_again() {
+    let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"verdict":"allow"}}"#;
+    let fake = Fake::connections(&[&[RESET], &[ok]]);
+    let mut q = fake.connect();
+    assert_eq!(q.who_cookie(3).unwrap().unwrap()["pid"], 7);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0]["cookie"], 3);
 }
 
 #[test]
