@@ -109,7 +109,7 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     let logged = gateway_log_line(&log, "refused a request relayed to");
     assert!(
         logged.contains(&format!(
-            "refused a request relayed to 127.0.0.1:{PROTECTED} by socat (pid "
+            "refused a request relayed to 127.0.0.1:{PROTECTED} by 'socat' (pid "
         )),
         "{logged}"
     );
@@ -137,7 +137,7 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     let logged = gateway_log_line(&log6, "refused a request relayed to");
     assert!(
         logged.contains(&format!(
-            "refused a request relayed to [::1]:{PROTECTED} by socat (pid "
+            "refused a request relayed to [::1]:{PROTECTED} by 'socat' (pid "
         )),
         "{logged}"
     );
@@ -157,10 +157,10 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert_names_nothing(message);
     assert!(!message.contains(REMOTE_ADDR), "{message}");
     let python = exe_name(Path::new(SYSTEM_PYTHON));
-    let logged = gateway_log_line(&log, &format!("by {python} (pid {})", forwarder.pid()));
+    let logged = gateway_log_line(&log, &format!("by '{python}' (pid {})", forwarder.pid()));
     assert!(
         logged.contains(&format!(
-            "by {python} (pid {}) for {REMOTE_ADDR}:",
+            "by '{python}' (pid {}) for {REMOTE_ADDR}:",
             forwarder.pid()
         )),
         "{logged}"
@@ -182,7 +182,7 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     let logged = gateway_log_line(&log, "flagged that connect");
     assert!(
         logged.contains(&format!(
-            "refused a request on the connection to 127.0.0.1:{PROTECTED} made by {python} (pid "
+            "refused a request on the connection to 127.0.0.1:{PROTECTED} made by '{python}' (pid "
         )),
         "{logged}"
     );

@@ -67,7 +67,9 @@ def _refusal(o: "loopwarden.Origin") -> tuple:
     itself: it names nothing of this host."""
     host, port = o.server
     server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    who = f"{o.exe_name or o.comm} (pid {o.pid})"
+    # The caller chose its name (a file name, or comm by prctl): quoted,
+    # as the path is, so a newline in it cannot forge a line of the log.
+    who = f"{o.exe_name or o.comm!r} (pid {o.pid})"
     if o.via is not None:
         return (
             "loopwarden_relayed",
