@@ -413,3 +413,33 @@ fn an_ident_namespace_without_listeners_is_said_to_do_nothing() {
         config.warnings
     );
 }
+
+/// A setting another one makes moot is warned of, at its line: ident
+/// without the tag answers NO-USER to everyone; getsockopt cgroups with
+/// getsockopt off are ignored. With the tag (the default) and getsockopt
+/// on, neither warning.
+#[test]
+fn settings_another_makes_moot_are_warned_of() {
+    let moot = parse(
+        "[provenance]\ntag = false\ngetsockopt = false\ngetsockopt_cgroups = [\"/system.slice\"]\n\
+         [ident]\nlisten = [\"127.0.0.1:113\"]\n",
+    )
+    .unwrap();
+    for (line, phrase) in [
+        ("test.toml:4:", "getsockopt_cgroups is ignored"),
+        ("test.toml:6:", "every reply is `ERROR : NO-USER`"),
+    ] {
+        assert!(
+            moot.warnings
+                .iter()
+                .any(|w| w.starts_with(line) && w.contains(phrase)),
+            "{phrase}: {:?}",
+            moot.warnings
+        );
+    }
+    let fine = parse(
+        "[provenance]\ngetsockopt_cgroups = [\"/system.slice\"]\n[ident]\nlisten = [\"127.0.0.1:113\"]\n",
+    )
+    .unwrap();
+    assert!(fine.warnings.is_empty(), "{:?}", fine.warnings);
+}

@@ -145,6 +145,28 @@ impl Validator<'_> {
             ),
         };
 
+        // Settings another one makes moot, said with the line of the one
+        // that does nothing.
+        if !provenance.tag
+            && let Some(first) = ident.listen.first()
+        {
+            warnings.push(format!(
+                "{}:{}: [ident] listens, but [provenance] tag = false: no connection carries \
+                 its origin, so every reply is `ERROR : NO-USER` (ident authentication then \
+                 refuses everyone); set tag = true, or drop [ident] listen",
+                self.file, first.at
+            ));
+        }
+        if !provenance.getsockopt
+            && let Some(first) = provenance.getsockopt_cgroups.first()
+        {
+            warnings.push(format!(
+                "{}:{}: [provenance] getsockopt_cgroups is ignored: getsockopt = false attaches \
+                 no getsockopt program anywhere",
+                self.file, first.at
+            ));
+        }
+
         let bind = match raw.bind {
             None => defaults.bind,
             Some(b) => problems.keep(self.bind(b, &mut warnings), defaults.bind),
