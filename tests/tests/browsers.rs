@@ -166,8 +166,25 @@ impl Chromium {
         browser.wait()
     }
 
+    /// Reads all of `pipe` on a thread of its own: read only after the
+    /// exit, a pipe Chromium filled (64 KiB of log) would have kept it
+    /// from exiting.
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    }
+
     fn wait(&mut self) -> String {
         let child = self.child.as_mut().expect("running");
+        let (out, err) = (
+            Self::drain(child.stdout.take()),
+            Self::drain(child.stderr.take()),
+        );
         let deadline = Instant::now() + BROWSER_TIMEOUT;
         loop {
             match child.try_wait() {
@@ -179,16 +196,13 @@ impl Chromium {
             }
         }
         let mut child = self.child.take().expect("running");
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut s) = child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(mut s) = child.stderr.take() {
-            let _ = s.read_to_string(&mut err);
-        }
         let status = child.wait().expect("waiting for chromium");
+        // Its helpers too, which hold the pipes' other ends.
         kill_group(child.id());
+        let (out, err) = (
+            out.join().expect("chromium's stdout"),
+            err.join().expect("chromium's stderr"),
+        );
         assert!(status.success(), "chromium failed ({status}):\n{err}");
         out
     }

@@ -570,8 +570,10 @@ fn a_new_flow_inside_a_flood_is_reported_at_once() {
             .find(|(_, e)| e["pid"] == pid)
     });
     let delay = arrived.duration_since(sent).unwrap_or_default();
+    // Held for the summary, it would come 10 s after; half of that is
+    // room enough for a busy host's scheduling.
     assert!(
-        delay < Duration::from_millis(1500),
+        delay < Duration::from_secs(5),
         "the new flow's line took {delay:?} (the interval is 10 s)"
     );
     drop(flood);
@@ -581,14 +583,14 @@ fn a_new_flow_inside_a_flood_is_reported_at_once() {
 fn a_refusal_line_is_never_later_than_the_interval() {
     let ns = Netns::new();
     let _server = ns.sink_server();
-    let interval = Duration::from_secs(1);
+    let interval = Duration::from_secs(2);
     let daemon = Daemon::start_with(
         &policy(
             &ns,
             "enforce",
             &rule("py", "deny", "exe", "/usr/bin/python3"),
         ),
-        &["--repeat-interval", "1s"],
+        &["--repeat-interval", "2s"],
     );
     // Paced: unpaced, python offers some 28,000 refusals a second, which
     // the rings (about 990 records in `LW_DENIALS`, then room in
@@ -625,8 +627,9 @@ fn a_refusal_line_is_never_later_than_the_interval() {
         refused
     );
     // A line's oldest refusal (a summary's first, else the line's own) is
-    // on stdout within the interval, plus scheduling slack.
-    let slack = Duration::from_millis(400);
+    // on stdout within the interval, plus scheduling slack (half of it: a
+    // line held over to the next interval would come a whole one late).
+    let slack = interval / 2;
     for (arrived, e) in &records {
         let oldest = e["repeat"]["first"]
             .as_str()

@@ -161,12 +161,10 @@ fn the_entries_of_processes_that_are_gone_are_removed() {
     let mut gone = Command::new("true").spawn().expect("running true");
     let dead = gone.id();
     gone.wait().expect("reaping true");
-    let mut live = Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .expect("running sleep");
+    // Killed on drop, also when an assertion below fails.
+    let live = Proc::spawn(Command::new("sleep").arg("60"));
     let empty = [0u8; size_of::<ProcState>()];
-    for key in [dead, live.id(), FILLER_BASE] {
+    for key in [dead, live.pid(), FILLER_BASE] {
         map_update(install, "LW_PROCS", &key.to_ne_bytes(), &empty);
     }
     let keys = || -> Vec<u32> {
@@ -182,8 +180,6 @@ fn the_entries_of_processes_that_are_gone_are_removed() {
     daemon.wait_stderr("LW_PROCS entries of processes that are gone", 1);
     let left = keys();
     assert!(!left.contains(&dead), "the dead pid {dead}'s entry stayed");
-    assert!(left.contains(&live.id()), "a live process's entry went");
+    assert!(left.contains(&live.pid()), "a live process's entry went");
     assert!(left.contains(&FILLER_BASE), "a key no pid can take went");
-    let _ = live.kill();
-    let _ = live.wait();
 }
