@@ -21,7 +21,11 @@ use procfs::{
     process::{FDTarget, Process, all_processes},
 };
 
-use crate::{events::proc_cmdline, policy::ProcessIdentity, resolve};
+use crate::{
+    events::{cgroup_v2_path, proc_cmdline},
+    policy::ProcessIdentity,
+    resolve,
+};
 
 /// Threads whose comm is read per process, at most: a comm rule is matched
 /// against the process's comm and these.
@@ -60,6 +64,38 @@ impl FromRead for RawLine {
             bytes.pop();
         }
         Ok(RawLine(bytes))
+    }
+}
+
+/// The ids `/proc/PID/status` gives a process: its parent's pid and its
+/// real uid and gid.
+#[derive(Debug, PartialEq, Eq)]
+struct Ids {
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+}
+
+impl Ids {
+    /// From `status` as the kernel wrote it (bytes: its `Name:` line is
+    /// the comm, whatever its bytes); `None` without all three lines.
+    fn of_status(status: &[u8]) -> Option<Self> {
+        let field = |name: &[u8]| -> Option<u32> {
+            let line = status
+                .split(|&b| b == b'\n')
+                .find_map(|line| line.strip_prefix(name))?;
+            std::str::from_utf8(line)
+                .ok()?
+                .split_ascii_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(Ids {
+            ppid: field(b"PPid:")?,
+            ruid: field(b"Uid:")?,
+            rgid: field(b"Gid:")?,
+        })
     }
 }
 
@@ -159,8 +195,12 @@ impl ProcReader {
 
     fn read_owner(&mut self, pid: u32) -> Option<Owner> {
         let process = Process::new(pid as i32).ok()?;
-        let status = process.status().ok()?;
-        let ppid = u32::try_from(status.ppid).unwrap_or(0);
+        // Read as bytes: procfs's `status()` and `cgroups()` fail on a
+        // line that is not UTF-8, and any process can name itself so
+        // (`Name:` is its comm, which the kernel prints unescaped): such a
+        // process would never be judged, nor its connections cut.
+        let status = Ids::of_status(&process.read::<RawLine>("status").ok()?.0)?;
+        let ppid = status.ppid;
         let exe_link = process.exe().ok();
         let exe_name = exe_link.as_deref().map(exe_file_name).unwrap_or_default();
         let comm = process.read::<RawLine>("comm").ok()?.0;
@@ -175,10 +215,10 @@ impl ProcReader {
             }
         }
         let cgroup = process
-            .cgroups()
+            .read::<RawLine>("cgroup")
             .ok()
-            .and_then(|c| c.0.into_iter().find(|c| c.hierarchy == 0))
-            .map(|c| crate::kernel::host_cgroup::host_path(&c.pathname));
+            .and_then(|RawLine(text)| cgroup_v2_path(&String::from_utf8_lossy(&text)))
+            .map(|path| crate::kernel::host_cgroup::host_path(&path));
         let cgroup_ids = cgroup
             .as_deref()
             .map(|path| self.cgroup_ids(path))
@@ -363,6 +403,52 @@ mod tests {
         }
         assert!(owner.cmdline.is_some());
         assert!(reader.owner(u32::MAX - 1).is_none());
+    }
+
+    /// A process that named itself with bytes that are not UTF-8 (its
+    /// comm, printed unescaped in `status` and `stat`) is read all the
+    /// same: procfs's parsed `status()` fails on it, and the sweep took
+    /// such a process for gone, never judging its connections.
+    #[test]
+    fn a_name_that_is_not_utf8_is_no_unreadable_process() {
+        let status = b"Name:\t\xffrelay\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t7\n\
+                       PPid:\t1\nUid:\t1000\t1001\t1002\t1003\nGid:\t33\t34\t35\t36\n";
+        assert_eq!(
+            Ids::of_status(status),
+            Some(Ids {
+                ppid: 1,
+                ruid: 1000,
+                rgid: 33
+            })
+        );
+        assert_eq!(Ids::of_status(b"Name:\tx\nUid:\t1\t1\t1\t1\n"), None);
+
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import ctypes, sys, time\n\
+                 ctypes.CDLL(None).prctl(15, b'\\xffrelay', 0, 0, 0)\n\
+                 print(flush=True)\n\
+                 time.sleep(30)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
+        let owner = reader.owner(child.id()).cloned();
+        let _ = child.kill();
+        let _ = child.wait();
+        let owner = owner.expect("a process named with a byte that is not UTF-8");
+        assert_eq!(owner.identity.comms[0], b"\xffrelay");
+        assert_eq!(owner.ppid, std::process::id());
+        // SAFETY: getuid has no preconditions.
+        assert_eq!(owner.identity.uid, unsafe { libc::getuid() });
     }
 
     #[test]

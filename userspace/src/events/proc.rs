@@ -87,7 +87,7 @@ pub fn cmdline_text(raw: &[u8]) -> Option<String> {
 /// The cgroup v2 path (`0::/system.slice/x.service`) of a process, below
 /// the host's root (see [`crate::kernel::host_cgroup::host_path`]).
 pub(super) fn proc_cgroup(pid: u32) -> Option<String> {
-    cgroup_v2_path(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+    cgroup_v2_path(&read_lossy(&format!("/proc/{pid}/cgroup"))?)
         .map(|path| crate::kernel::host_cgroup::host_path(&path))
 }
 
@@ -113,7 +113,15 @@ pub fn started_by(pid: u32, start_ns: u64) -> bool {
 
 /// When `/proc/PID` started, in clock ticks since boot.
 fn start_ticks(pid: u32) -> Option<u64> {
-    starttime_ticks(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    starttime_ticks(&read_lossy(&format!("/proc/{pid}/stat"))?)
+}
+
+/// A `/proc` file as text, whatever its bytes: `stat` holds the comm,
+/// which a process may set to bytes that are not UTF-8 (and `cgroup` a
+/// delegated cgroup's name), and `read_to_string` would fail on the whole
+/// file, taking such a process for gone.
+fn read_lossy(path: &str) -> Option<String> {
+    Some(String::from_utf8_lossy(&fs::read(path).ok()?).into_owned())
 }
 
 /// A CLOCK_BOOTTIME time in ns, in clock ticks.

@@ -550,6 +550,37 @@ fn starttime_is_field_22_even_with_odd_comms() {
     assert_eq!(starttime_ticks("garbage"), None);
 }
 
+/// A process whose comm is not UTF-8 (in `/proc/PID/stat` unescaped) is
+/// still recognised by its start time: read as text whole, its `stat`
+/// failed, and its audit lines lost exe, command line and cgroup.
+#[test]
+fn a_process_named_in_bytes_that_are_not_utf8_is_recognised() {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import ctypes, time\n\
+             ctypes.CDLL(None).prctl(15, b'\\xffrelay', 0, 0, 0)\n\
+             print(flush=True)\n\
+             time.sleep(30)",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let stat = fs::read(format!("/proc/{}/stat", child.id())).unwrap();
+    let ticks = starttime_ticks(&String::from_utf8_lossy(&stat));
+    let recognised =
+        ticks.is_some_and(|t| same_process(child.id(), t * (1_000_000_000 / clock_ticks())));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(String::from_utf8(stat).is_err(), "the comm was not set");
+    assert!(recognised);
+}
+
 #[test]
 fn this_process_is_recognised_by_its_start_time() {
     let stat = fs::read_to_string("/proc/self/stat").unwrap();
