@@ -224,4 +224,16 @@ mod tests {
         assert!(r.human().contains("FAIL  y"), "{}", r.human());
         assert!(r.human().contains("(fix: fix it)"), "{}", r.human());
     }
+
+    /// A cgroup the link-update probe cannot make (a read-only cgroup
+    /// mount; here a root that does not exist) is no kernel's failing: a
+    /// warning that it was not probed, not a required failure blaming the
+    /// kernel's version.
+    #[test]
+    fn a_cgroup_the_probe_cannot_make_is_not_probed_not_failed() {
+        let check = probes::link_update(Some(std::path::Path::new("/nonexistent/cgroup")));
+        assert_eq!(check.level, Level::Warn, "{check:?}");
+        assert!(!check.required, "{check:?}");
+        assert!(check.detail.starts_with("not probed"), "{check:?}");
+    }
 }

@@ -235,10 +235,26 @@ pub(super) fn link_update(cgroup_root: Option<&Path>) -> Check {
     let Some(root) = cgroup_root else {
         return Check::bad(NAME, true, "not probed: no cgroup v2 mount", FIX);
     };
+    // A cgroup to attach to, which the daemon itself never makes: where
+    // none can be made (a read-only cgroup mount, as in many containers)
+    // the link update is not probed, and that says nothing of the kernel.
+    let dir = ThrowawayCgroup(root.join(format!("loopwarden-doctor-{}", std::process::id())));
+    let cgroup = match fs::create_dir(&dir.0).and_then(|()| fs::File::open(&dir.0)) {
+        Ok(cgroup) => cgroup,
+        Err(e) => {
+            return Check::bad(
+                NAME,
+                false,
+                format!(
+                    "not probed: making a cgroup under {} to probe in failed: {e}",
+                    root.display()
+                ),
+                "run doctor where the cgroup v2 mount is writable to probe it (the daemon \
+                 makes no cgroup; it needs Linux 5.7 or later for BPF_LINK_UPDATE)",
+            );
+        }
+    };
     let probe = || -> io::Result<(u32, u32)> {
-        let dir = ThrowawayCgroup(root.join(format!("loopwarden-doctor-{}", std::process::id())));
-        fs::create_dir(&dir.0)?;
-        let cgroup = fs::File::open(&dir.0)?;
         let allow = [Insn::mov_r0(1), Insn::exit()];
         let first = sys::load_sock_addr_prog(&allow, sys::ATTACH_INET4_CONNECT)?;
         let second = sys::load_sock_addr_prog(&allow, sys::ATTACH_INET4_CONNECT)?;
