@@ -38,6 +38,8 @@ pub mod provenance;
 pub mod resolve;
 pub mod run_file;
 pub mod run_socket;
+#[cfg(test)]
+mod testing;
 pub mod track;
 
 /// An error and its causes on one line, `: `-separated, for a warning or a

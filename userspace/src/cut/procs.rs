@@ -423,23 +423,7 @@ mod tests {
         );
         assert_eq!(Ids::of_status(b"Name:\tx\nUid:\t1\t1\t1\t1\n"), None);
 
-        let mut child = std::process::Command::new("/usr/bin/python3")
-            .args([
-                "-c",
-                "import ctypes, sys, time\n\
-                 ctypes.CDLL(None).prctl(15, b'\\xffrelay', 0, 0, 0)\n\
-                 print(flush=True)\n\
-                 time.sleep(30)",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        let mut child = crate::testing::child_named_in_bytes();
         let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
         let owner = reader.owner(child.id()).cloned();
         let _ = child.kill();

@@ -555,22 +555,7 @@ fn starttime_is_field_22_even_with_odd_comms() {
 /// failed, and its audit lines lost exe, command line and cgroup.
 #[test]
 fn a_process_named_in_bytes_that_are_not_utf8_is_recognised() {
-    use std::io::BufRead as _;
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import ctypes, time\n\
-             ctypes.CDLL(None).prctl(15, b'\\xffrelay', 0, 0, 0)\n\
-             print(flush=True)\n\
-             time.sleep(30)",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut child = crate::testing::child_named_in_bytes();
     let stat = fs::read(format!("/proc/{}/stat", child.id())).unwrap();
     let ticks = starttime_ticks(&String::from_utf8_lossy(&stat));
     let recognised =
