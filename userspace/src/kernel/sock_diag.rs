@@ -228,6 +228,25 @@ impl SockDiag {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Connected to the kernel (port 0): the kernel then refuses any
+        // other sender's message to this socket. The daemon opens these in
+        // every namespace with a process, some of which a user namespace's
+        // owner administers, who could otherwise send a forged answer (an
+        // early end of a dump, sockets that are not there) to our port.
+        // SAFETY: zeroed sockaddr_nl is valid; family set below.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: the address is valid for the size given.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&raw const kernel).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Ok(Self { fd, seq: 0 })
     }
 
@@ -562,6 +581,82 @@ mod tests {
         // A length past the buffer ends the batch instead of reading past it.
         buf[0] = 0xff;
         assert_eq!(Messages::new(&buf).count(), 0);
+    }
+
+    /// The netlink port id of `fd` (bound, automatically if need be).
+    fn port_of(fd: i32) -> u32 {
+        // SAFETY: zeroed sockaddr_nl is valid; the kernel fills it.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: the address is valid for the size given.
+        let rc = unsafe { libc::getsockname(fd, (&raw mut addr).cast(), &mut len) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        addr.nl_pid
+    }
+
+    /// A sock_diag socket of this test's, bound to a port of its own.
+    fn other_socket() -> OwnedFd {
+        // SAFETY: plain syscalls; results checked.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            );
+            assert!(fd >= 0, "{}", io::Error::last_os_error());
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            let rc = libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            OwnedFd::from_raw_fd(fd)
+        }
+    }
+
+    /// Sends a bare `NLMSG_NOOP` from `from` to the port `to`.
+    fn send_noop(from: &OwnedFd, to: u32) -> io::Result<()> {
+        let msg: [u32; 4] = [16, u32::from(libc::NLMSG_NOOP as u16), 0, 0];
+        // SAFETY: zeroed sockaddr_nl is valid.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        addr.nl_pid = to;
+        // SAFETY: the buffer and address are valid for the sizes given.
+        let sent = unsafe {
+            libc::sendto(
+                from.as_raw_fd(),
+                msg.as_ptr().cast(),
+                16,
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Only the kernel reaches a sock_diag socket of ours: another socket's
+    /// message to its port is refused, while the same message reaches a
+    /// socket that is not connected to the kernel (the control). (As root:
+    /// only a sender with CAP_NET_ADMIN may send to a user port at all.)
+    #[test]
+    fn only_the_kernel_may_answer_on_our_socket() {
+        let diag = SockDiag::open().unwrap();
+        let sender = other_socket();
+        let control = other_socket();
+        send_noop(&sender, port_of(control.as_raw_fd())).expect("the control is reached");
+        let refused = send_noop(&sender, port_of(diag.fd.as_raw_fd()))
+            .expect_err("another socket's message reached ours");
+        assert_eq!(
+            refused.raw_os_error(),
+            Some(libc::ECONNREFUSED),
+            "{refused}"
+        );
     }
 
     #[test]
