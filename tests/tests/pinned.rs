@@ -674,6 +674,51 @@ fn a_failed_start_keeps_the_getsockopt_link_of_the_policy_before() {
     );
 }
 
+/// A start on adopted maps that fails part-way (here the bind link's
+/// update), after it installed its policy into the maps the running
+/// programs read, puts the policy before it back: the enforcing policy
+/// stays in force, and LW_META still says enforcing, though the failed
+/// start's file was audit mode. Positive control: the same start, once it
+/// can take over, puts the audit policy in force (socat gets through).
+#[test]
+fn a_failed_start_puts_the_policy_before_it_back() {
+    let ns = Netns::new();
+    let _server = ns.sink_server();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    assert!(ns.socat_connect(&target).0, "refused without loopwarden");
+    let install = Install::new();
+    let mut first = Daemon::start_in(&install, &policy(&ns, "enforce", ""), &[]);
+    assert!(first.stop(), "the first daemon exits 0 on SIGTERM");
+    assert!(!ns.socat_connect(&target).0, "not enforcing");
+    let generation = || map_dump(&install, "LW_GENERATION")[0]["value"].clone();
+    let before = generation();
+    let audit = policy(&ns, "audit", "");
+    std::fs::write(install.config_path(), &audit).expect("the config");
+    let bind = install.pin_dir().join("links").join("lw_bind4");
+    std::fs::remove_file(&bind).expect("the bind link's pin");
+    pin_array_map(&bind, "lwt_no_link");
+    let out = install.failing_start();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the start succeeded: {stderr}");
+    assert!(
+        !ns.socat_connect(&target).0,
+        "the failed start's audit policy is in force: {stderr}"
+    );
+    assert_eq!(generation(), before, "{stderr}");
+    assert_eq!(meta_mode(&install), 2, "LW_META does not say enforcing");
+    assert!(
+        stderr.contains("the policy in force before it is put back"),
+        "{stderr}"
+    );
+    // Positive control: taking over, it puts its policy in force.
+    std::fs::remove_file(&bind).expect("the map pinned in its place");
+    let second = Daemon::start_in(&install, &audit, &[]);
+    assert!(ns.socat_connect(&target).0, "audit mode refused");
+    assert_ne!(generation(), before);
+    drop(second);
+    assert_detach_ends_enforcement(&install, &ns);
+}
+
 /// A first start (nothing pinned before it) that fails part-way (here: a
 /// map pinned where the bind hook's link goes, so the links before it are
 /// attached and pinned when it fails) removes what it pinned: no program

@@ -221,10 +221,11 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         }
         .into());
     }
-    let undo = Undo {
+    let mut undo = Undo {
         pins: &pins,
         lock: &pin_lock,
         first: state == PinState::Absent,
+        policy_before: None,
     };
     let mut programs = Programs::load_pinned(&offsets, &pins, &state, conns)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
@@ -275,11 +276,19 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .unwrap_or_default();
     let installed_seq = match &policy {
         Some(policy) => {
+            let adopted = matches!(state, PinState::Compatible | PinState::Resized { .. });
+            if adopted {
+                // Into the maps the running programs read: in force at
+                // once, so put back should this start fail before it is
+                // whole (the slot in force now is not written).
+                undo.policy_before = pins
+                    .generation()
+                    .ok()
+                    .map(|generation| (generation, pins.meta().map(|m| m.mode).ok()));
+            }
             // Into the pinned maps (not staged ones): said enforcing
             // before it is (see `Installed::install`).
-            if policy.mode == Mode::Enforce
-                && matches!(state, PinState::Compatible | PinState::Resized { .. })
-            {
+            if policy.mode == Mode::Enforce && adopted {
                 say_mode(&pins, Some(Mode::Enforce));
             }
             let seq = policy_maps.install(policy, &addrs)?;
@@ -458,10 +467,34 @@ struct Undo<'a> {
     /// Proof that the pin directory's lock is held while this removes.
     lock: &'a PinLock,
     first: bool,
+    /// `LW_GENERATION` and `LW_META`'s mode word as they were before this
+    /// start installed its policy into adopted maps, which the programs
+    /// already running read: put back, so a failed start leaves the policy
+    /// before it in force, as it found it. (Tracking programs it attached
+    /// in place of the pinned ones stay: the same layout's, whose maps
+    /// they share.)
+    policy_before: Option<(u32, Option<u32>)>,
 }
 
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
+        if let Some((generation, mode)) = self.policy_before {
+            let put_back = self
+                .pins
+                .set_generation(generation)
+                .and_then(|()| match mode {
+                    Some(mode) => self.pins.update_meta(|m| m.mode = mode),
+                    None => Ok(()),
+                });
+            match put_back {
+                Ok(()) => warn!("the start failed: the policy in force before it is put back"),
+                Err(e) => error!(
+                    "the start failed after installing its policy, and putting back the one \
+                     before failed: {e}; the new policy stays in force (`loopwarden status` \
+                     shows it)"
+                ),
+            }
+        }
         if self.first {
             match self.pins.remove_all_held(self.lock) {
                 Ok(removed) => warn!(

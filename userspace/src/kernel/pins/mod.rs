@@ -384,6 +384,25 @@ impl PinDir {
         map.set(0, meta, 0).map_err(|e| e.to_string())
     }
 
+    /// The word `LW_GENERATION` holds: which policy slot is in force.
+    pub fn generation(&self) -> Result<u32, String> {
+        self.generation_map()?.get(&0, 0).map_err(|e| e.to_string())
+    }
+
+    /// Writes `word` to `LW_GENERATION`: puts the policy slot it names
+    /// in force (for a start that failed after installing its policy into
+    /// adopted maps: the slot in force before it was left untouched).
+    pub fn set_generation(&self, word: u32) -> Result<(), String> {
+        self.generation_map()?
+            .set(0, word, 0)
+            .map_err(|e| e.to_string())
+    }
+
+    fn generation_map(&self) -> Result<Array<MapData, u32>, String> {
+        let data = MapData::from_pin(self.map(maps::GENERATION)).map_err(|e| e.to_string())?;
+        Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())
+    }
+
     /// Reads `LW_META`.
     pub fn meta(&self) -> Result<Meta, String> {
         read_meta(&self.map(maps::META))
