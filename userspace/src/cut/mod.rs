@@ -67,9 +67,10 @@ use crate::{
     policy::{CompiledPolicy, Mode},
 };
 
-/// Most sockets one sweep examines over all namespaces (each is a few dozen
-/// bytes from the kernel and a hash lookup here); past it the sweep stops
-/// and says so.
+/// Most sockets one sweep keeps to judge over all namespaces: listeners,
+/// and connections to protected ports (each a few dozen bytes); past it
+/// the sweep stops and says so. Other sockets are read and dropped, and do
+/// not count: a user's many idle connections cannot use it up.
 pub const MAX_SOCKETS: usize = 100_000;
 
 /// States in which a client socket can still send or receive.
@@ -145,6 +146,7 @@ pub fn sweep(
     // With whether each is on a port its namespace listens on.
     let mut candidates: Vec<(usize, TcpSocket, bool)> = Vec::new();
     let mut examined = 0usize;
+    let mut budget = MAX_SOCKETS;
     let mut truncated = false;
     for target in &targets {
         if truncated {
@@ -166,16 +168,16 @@ pub fn sweep(
                 continue;
             }
         };
-        let mut budget = MAX_SOCKETS - examined;
-        match list(&mut ns.diag, &mut budget) {
-            Ok((sockets, complete)) => {
-                examined = MAX_SOCKETS - budget;
-                truncated = !complete;
+        let relevant = |s: &TcpSocket| relevant(policy, &host, s);
+        match list(&mut ns.diag, &mut budget, &relevant) {
+            Ok(listed) => {
+                examined += listed.read;
+                truncated = !listed.complete;
                 // A partial dump may miss listeners: judge nothing from it.
-                if complete {
+                if listed.complete {
                     let index = entered.len();
                     candidates.extend(
-                        client_sockets(policy, &host, &sockets)
+                        client_sockets(policy, &host, &listed.sockets)
                             .into_iter()
                             .map(|(s, listening)| (index, *s, listening)),
                     );
@@ -193,7 +195,7 @@ pub fn sweep(
     }
     if truncated {
         sweep.problem(format!(
-            "stopped after examining {MAX_SOCKETS} sockets; connections beyond them (and those of the namespace where the limit was hit) were not checked"
+            "stopped after keeping {MAX_SOCKETS} sockets to judge (listeners, and connections to protected ports); connections beyond them (and those of the namespace where the limit was hit) were not checked"
         ));
     }
     sweep.namespaces = entered.len();
@@ -336,14 +338,18 @@ fn client_sockets<'a>(
         .collect();
     sockets
         .iter()
-        .filter(|s| {
-            CLIENT_STATES & state::bit(s.state) != 0
-                && s.inode != 0
-                && policy.ports.contains(s.dst.port())
-                && (is_local(s.dst.ip()) || host.contains(&s.dst.ip().to_canonical()))
-        })
+        .filter(|s| CLIENT_STATES & state::bit(s.state) != 0 && relevant(policy, host, s))
         .map(|s| (s, listening.contains(&s.src.port())))
         .collect()
+}
+
+/// Whether a socket in a client state may be a connection `policy` judges:
+/// to a port it protects, at a loopback or host address (the others are
+/// not listed, so they cannot use up the sweep's budget).
+fn relevant(policy: &CompiledPolicy, host: &[IpAddr], s: &TcpSocket) -> bool {
+    s.inode != 0
+        && policy.ports.contains(s.dst.port())
+        && (is_local(s.dst.ip()) || host.contains(&s.dst.ip().to_canonical()))
 }
 
 /// The destinations the kernel programs treat as loopback

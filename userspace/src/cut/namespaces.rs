@@ -109,21 +109,51 @@ pub(super) fn enter(target: &Target) -> Result<Entered, SweepError> {
     }
 }
 
-/// The namespace's listening sockets, then its sockets in client states,
-/// both families, taking at most `budget` sockets (which is decreased).
-/// Listeners come first so that a dump cut short by the budget never
-/// judges sockets without them. `Ok((sockets, complete))`.
-pub(super) fn list(diag: &mut SockDiag, budget: &mut usize) -> io::Result<(Vec<TcpSocket>, bool)> {
-    let mut sockets = Vec::new();
-    for states in [state::bit(state::LISTEN), CLIENT_STATES] {
+/// The namespace's listening sockets, then those of its sockets in client
+/// states that `relevant` takes, both families, keeping at most `budget`
+/// sockets (which is decreased): sockets nobody asked about (a user's
+/// hundred thousand idle connections) are read and dropped, and cannot use
+/// it up. Listeners come first so that a dump cut short by the budget
+/// never judges sockets without them.
+pub(super) fn list(
+    diag: &mut SockDiag,
+    budget: &mut usize,
+    relevant: &dyn Fn(&TcpSocket) -> bool,
+) -> io::Result<Listed> {
+    let mut listed = Listed {
+        sockets: Vec::new(),
+        complete: true,
+        read: 0,
+    };
+    for (states, keep) in [
+        (
+            state::bit(state::LISTEN),
+            &(|_: &TcpSocket| true) as &dyn Fn(&TcpSocket) -> bool,
+        ),
+        (CLIENT_STATES, relevant),
+    ] {
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let before = sockets.len();
-            let done = diag.dump(family, states, *budget, &mut sockets)?;
-            *budget -= sockets.len() - before;
+            let before = listed.sockets.len();
+            let (done, read) =
+                diag.dump_kept(family, states, *budget, keep, &mut listed.sockets)?;
+            *budget -= listed.sockets.len() - before;
+            listed.read += read;
             if done == Dumped::Truncated {
-                return Ok((sockets, false));
+                listed.complete = false;
+                return Ok(listed);
             }
         }
     }
-    Ok((sockets, true))
+    Ok(listed)
+}
+
+/// What [`list`] found in a namespace.
+pub(super) struct Listed {
+    /// Its listeners, then the sockets in client states the caller asked
+    /// for.
+    pub sockets: Vec<TcpSocket>,
+    /// Whether all of them are there (the budget was not used up).
+    pub complete: bool,
+    /// How many sockets were read, those not asked for included.
+    pub read: usize,
 }

@@ -260,23 +260,44 @@ impl SockDiag {
         limit: usize,
         out: &mut Vec<TcpSocket>,
     ) -> io::Result<Dumped> {
+        self.dump_kept(family, states, limit, |_| true, out)
+            .map(|(dumped, _)| dumped)
+    }
+
+    /// [`SockDiag::dump`] of the sockets `keep` takes: only they count
+    /// toward `limit` (the others are read and dropped, so sockets nobody
+    /// asked about cannot use it up). Also returns how many were read.
+    pub fn dump_kept(
+        &mut self,
+        family: u8,
+        states: u32,
+        limit: usize,
+        mut keep: impl FnMut(&TcpSocket) -> bool,
+        out: &mut Vec<TcpSocket>,
+    ) -> io::Result<(Dumped, usize)> {
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
         let seq = self.send(SOCK_DIAG_BY_FAMILY, flags, family, states, &SockId::zero())?;
-        let mut taken = 0usize;
-        self.until(seq, RECV_BUF, |msg| match msg.kind {
+        let (mut taken, mut read) = (0usize, 0usize);
+        let dumped = self.until(seq, RECV_BUF, |msg| match msg.kind {
             NLMSG_DONE => Some(done_status(msg.payload).map(|()| Dumped::Complete)),
             NLMSG_ERROR => Some(Err(error_status(msg.payload))),
-            // The rest of the dump is dropped with the socket's queue.
-            SOCK_DIAG_BY_FAMILY if taken == limit => Some(Ok(Dumped::Truncated)),
             SOCK_DIAG_BY_FAMILY => {
-                if let Some(sock) = TcpSocket::parse(msg.payload) {
-                    out.push(sock);
-                    taken += 1;
+                let sock = TcpSocket::parse(msg.payload)?;
+                read += 1;
+                if !keep(&sock) {
+                    return None;
                 }
+                // The rest of the dump is dropped with the socket's queue.
+                if taken == limit {
+                    return Some(Ok(Dumped::Truncated));
+                }
+                out.push(sock);
+                taken += 1;
                 None
             }
             _ => None,
-        })?
+        })??;
+        Ok((dumped, read))
     }
 
     /// Whether the kernel has TCP socket diagnostics (`tcp_diag`): `Err`
@@ -657,6 +678,35 @@ mod tests {
             Some(libc::ECONNREFUSED),
             "{refused}"
         );
+    }
+
+    /// Sockets `keep` leaves out do not use up the limit: with three
+    /// connections (six established sockets) and a limit of one, the dump
+    /// of the one kept is complete; the control, keeping all, is cut short.
+    #[test]
+    fn sockets_not_kept_do_not_count_toward_the_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let _accepted: Vec<_> = (0..3).map(|_| listener.accept().unwrap()).collect();
+        let wanted = clients[1].local_addr().unwrap();
+        let mut diag = SockDiag::open().unwrap();
+        let established = state::bit(state::ESTABLISHED);
+        let v4 = libc::AF_INET as u8;
+        let mut kept = Vec::new();
+        let (dumped, read) = diag
+            .dump_kept(v4, established, 1, |s| s.src == wanted, &mut kept)
+            .unwrap();
+        assert_eq!(dumped, Dumped::Complete);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].src, wanted);
+        assert!(read >= 6, "{read} sockets read");
+        let mut all = Vec::new();
+        assert_eq!(
+            diag.dump(v4, established, 1, &mut all).unwrap(),
+            Dumped::Truncated
+        );
+        assert_eq!(all.len(), 1);
     }
 
     #[test]
