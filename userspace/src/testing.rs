@@ -26,3 +26,43 @@ pub fn child_named_in_bytes() -> Child {
         .expect("its line once named");
     child
 }
+
+/// A child process whose main thread has exited (`pthread_exit`) while
+/// another runs for 30 s unless killed, holding a listening socket; the
+/// child and that socket's inode, once the main thread is gone.
+pub fn child_without_its_main_thread() -> (Child, u64) {
+    let mut child = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import ctypes, os, socket, threading, time\n\
+             s = socket.socket()\n\
+             s.bind(('127.0.0.1', 0))\n\
+             s.listen()\n\
+             threading.Thread(target=time.sleep, args=(30,)).start()\n\
+             print(os.fstat(s.fileno()).st_ino, flush=True)\n\
+             ctypes.CDLL(None).pthread_exit(None)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("its stdout"))
+        .read_line(&mut line)
+        .expect("its socket's inode");
+    let inode = line.trim().parse().expect("an inode");
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // Its state, after the comm's closing parenthesis: Z once exited.
+    let exited = |s: Vec<u8>| {
+        let close = s.iter().rposition(|&b| b == b')').unwrap_or(0);
+        s[close + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'Z')
+    };
+    while !std::fs::read(&stat).is_ok_and(exited) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the main thread did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (child, inode)
+}

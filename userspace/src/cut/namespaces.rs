@@ -65,12 +65,7 @@ pub(super) fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError
         .into_iter()
         .map(|ns| Target {
             label: format!("net:[{}]", ns.id.1),
-            by: Entry::Files(
-                ns.pids
-                    .iter()
-                    .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
-                    .collect(),
-            ),
+            by: Entry::Files(ns.files),
         })
         .collect())
 }

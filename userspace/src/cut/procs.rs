@@ -22,7 +22,7 @@ use procfs::{
 };
 
 use crate::{
-    events::{cgroup_v2_path, proc_cmdline},
+    events::{cgroup_v2_path, proc_cmdline_at},
     policy::ProcessIdentity,
     resolve,
 };
@@ -99,23 +99,78 @@ impl Ids {
     }
 }
 
+/// The `/proc` directory a process's descriptor table, executable, command
+/// line and network namespace are read through: its own, unless its main
+/// thread has exited while other threads run (a zombie leader, whose
+/// `fd`, `exe`, `cmdline` and `ns/net` read as nothing), then that of a
+/// thread still running. `None` when no thread of it runs.
+fn live_dir(pid: u32) -> Option<PathBuf> {
+    let own = PathBuf::from(format!("/proc/{pid}"));
+    if !zombie(&own) {
+        return Some(own);
+    }
+    let tasks = std::fs::read_dir(own.join("task")).ok()?;
+    tasks
+        .filter_map(Result::ok)
+        .map(|task| task.path())
+        .find(|task| task.file_name() != Some(OsStr::new(&pid.to_string())) && !zombie(task))
+}
+
+/// Whether the task whose `/proc` directory is `dir` has exited (its
+/// state, after the comm's closing parenthesis, is `Z`), or is gone.
+fn zombie(dir: &Path) -> bool {
+    let Ok(stat) = std::fs::read(dir.join("stat")) else {
+        return true;
+    };
+    let Some(close) = stat.iter().rposition(|&b| b == b')') else {
+        return true;
+    };
+    stat[close + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'Z')
+}
+
+/// `process`, or, when its main thread has exited while others run, a
+/// running thread of it read as the process ([`live_dir`]).
+fn live(process: Process) -> Option<Process> {
+    let pid = process.pid as u32;
+    let dir = live_dir(pid)?;
+    if dir == Path::new(&format!("/proc/{pid}")) {
+        return Some(process);
+    }
+    Process::new_with_root(dir).ok()
+}
+
 /// For each of `inodes`, the pids that hold a descriptor to that socket. One
-/// pass over every process's descriptor table; processes that vanish or
-/// cannot be read are skipped.
+/// pass over every process's descriptor table (read through a running
+/// thread where the main one has exited); processes that vanish or cannot
+/// be read are skipped.
 pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>> {
     let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
     if inodes.is_empty() {
         return Ok(owners);
     }
     for process in all_processes()?.flatten() {
-        let Ok(fds) = process.fd() else { continue };
-        for fd in fds.flatten() {
+        let pid = process.pid;
+        let fds = match process.fd() {
+            // An empty table: perhaps a main thread that has exited.
+            Ok(fds) => {
+                let fds: Vec<_> = fds.flatten().collect();
+                match fds.is_empty() {
+                    true => live(process)
+                        .and_then(|p| p.fd().ok())
+                        .map(|fds| fds.flatten().collect())
+                        .unwrap_or_default(),
+                    false => fds,
+                }
+            }
+            Err(_) => continue,
+        };
+        for fd in fds {
             if let FDTarget::Socket(inode) = fd.target
                 && inodes.contains(&inode)
             {
                 let pids = owners.entry(inode).or_default();
-                if !pids.contains(&(process.pid as u32)) {
-                    pids.push(process.pid as u32);
+                if !pids.contains(&(pid as u32)) {
+                    pids.push(pid as u32);
                 }
             }
         }
@@ -123,39 +178,52 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
     Ok(owners)
 }
 
-/// A network namespace with processes: its identity and pids that are in it
-/// (tried in order to enter it).
+/// A network namespace with processes: its identity and the namespace
+/// files of processes in it (`/proc/PID/ns/net`, or a running thread's
+/// where the main one has exited), tried in order to enter it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetnsWithPids {
+pub struct NetnsWithFiles {
     /// Device and inode of the namespace file.
     pub id: (u64, u64),
-    pub pids: Vec<u32>,
+    pub files: Vec<PathBuf>,
 }
 
-/// Pids kept per namespace to enter it by (a process may exit meanwhile).
-const PIDS_PER_NETNS: usize = 4;
+/// Namespace files kept per namespace to enter it by (a process may exit
+/// meanwhile).
+const FILES_PER_NETNS: usize = 4;
 
 /// Every network namespace some process is in (that of its main thread),
 /// in order of first appearance.
-pub fn network_namespaces() -> ProcResult<Vec<NetnsWithPids>> {
-    let mut found: Vec<NetnsWithPids> = Vec::new();
+pub fn network_namespaces() -> ProcResult<Vec<NetnsWithFiles>> {
+    let mut found: Vec<NetnsWithFiles> = Vec::new();
     let mut index: HashMap<(u64, u64), usize> = HashMap::new();
     for process in all_processes()?.flatten() {
         // procfs's Process::namespaces() stats every namespace of the
         // process; one stat of ns/net is all this needs.
-        let Ok(meta) = std::fs::metadata(format!("/proc/{}/ns/net", process.pid)) else {
-            continue;
+        let mut file = PathBuf::from(format!("/proc/{}/ns/net", process.pid));
+        let meta = match std::fs::metadata(&file) {
+            Ok(meta) => meta,
+            // A main thread that has exited has no namespaces to show.
+            Err(_) => {
+                let Some(dir) = live_dir(process.pid as u32) else {
+                    continue;
+                };
+                file = dir.join("ns/net");
+                let Ok(meta) = std::fs::metadata(&file) else {
+                    continue;
+                };
+                meta
+            }
         };
         let id = (meta.dev(), meta.ino());
-        let pid = process.pid as u32;
         match index.get(&id) {
-            Some(&i) if found[i].pids.len() < PIDS_PER_NETNS => found[i].pids.push(pid),
+            Some(&i) if found[i].files.len() < FILES_PER_NETNS => found[i].files.push(file),
             Some(_) => {}
             None => {
                 index.insert(id, found.len());
-                found.push(NetnsWithPids {
+                found.push(NetnsWithFiles {
                     id,
-                    pids: vec![pid],
+                    files: vec![file],
                 });
             }
         }
@@ -201,7 +269,10 @@ impl ProcReader {
         // process would never be judged, nor its connections cut.
         let status = Ids::of_status(&process.read::<RawLine>("status").ok()?.0)?;
         let ppid = status.ppid;
-        let exe_link = process.exe().ok();
+        // The executable and command line through a running thread where
+        // the main one has exited (they read as nothing through it).
+        let dir = live_dir(pid)?;
+        let exe_link = std::fs::read_link(dir.join("exe")).ok();
         let exe_name = exe_link.as_deref().map(exe_file_name).unwrap_or_default();
         let comm = process.read::<RawLine>("comm").ok()?.0;
         let mut comms = vec![comm.clone()];
@@ -228,8 +299,10 @@ impl ProcReader {
         // copy), then checked once through the pid's directory, opened
         // before: while that process still exists, its pid was not
         // recycled in between, so they were its.
-        let exe = resolve::cached::proc_exe(pid).map(|exe| exe.key);
-        let cmdline = proc_cmdline(pid);
+        let exe = resolve::cached::cached(dir.join("exe"))
+            .ok()
+            .map(|exe| exe.key);
+        let cmdline = proc_cmdline_at(&dir);
         let alive = process.stat().is_ok();
         let identity = ProcessIdentity {
             exe: exe.filter(|_| alive).unwrap_or_default(),
@@ -435,6 +508,39 @@ mod tests {
         assert_eq!(owner.identity.uid, unsafe { libc::getuid() });
     }
 
+    /// A process whose main thread has exited while another runs (its own
+    /// `fd`, `exe`, `cmdline` and `ns/net` read as nothing) is read
+    /// through the running thread: it holds its socket, runs its
+    /// executable, has its command line and its namespace. Before, the
+    /// sweep found no holder of its connections, and left them open.
+    #[test]
+    fn a_process_whose_main_thread_exited_is_read_through_a_running_thread() {
+        let (mut child, inode) = crate::testing::child_without_its_main_thread();
+        let pid = child.id();
+        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
+        let owner = reader.owner(pid).cloned();
+        let dir = live_dir(pid);
+        let leaders_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
+        let _ = child.kill();
+        let _ = child.wait();
+        // The case this is about: the main thread's view lists nothing.
+        assert!(leaders_fds.is_err() || leaders_fds.is_ok_and(|n| n == 0));
+        assert_eq!(owners.get(&inode), Some(&vec![pid]));
+        let dir = dir.expect("a running thread");
+        assert!(dir.starts_with(format!("/proc/{pid}/task")), "{dir:?}");
+        let owner = owner.expect("the process is read");
+        let python = std::fs::metadata("/usr/bin/python3").unwrap();
+        assert_eq!(owner.identity.exe, resolve::exe_key(&python), "{owner:?}");
+        assert!(
+            owner
+                .cmdline
+                .as_deref()
+                .is_some_and(|c| c.contains("pthread_exit")),
+            "{owner:?}"
+        );
+    }
+
     #[test]
     fn ancestors_stop_after_init() {
         let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
@@ -452,7 +558,7 @@ mod tests {
             .iter()
             .find(|n| n.id == (me.dev(), me.ino()))
             .expect("our own namespace");
-        assert!(!ours.pids.is_empty());
+        assert!(!ours.files.is_empty());
         let unique: HashSet<_> = all.iter().map(|n| n.id).collect();
         assert_eq!(unique.len(), all.len());
     }

@@ -50,7 +50,9 @@ mod writer;
 
 pub use self::{
     enrich::{Enricher, SharedRules},
-    proc::{cgroup_v2_path, cmdline_text, proc_cmdline, same_process, starttime_ticks},
+    proc::{
+        cgroup_v2_path, cmdline_text, proc_cmdline, proc_cmdline_at, same_process, starttime_ticks,
+    },
     users::SharedUserNames,
     writer::{Batch, Writer},
 };

@@ -2,7 +2,7 @@
 //! cgroup and start time of a pid, each checked against what the kernel
 //! reported so a recycled pid lends nothing.
 
-use std::fs;
+use std::{fs, path::Path};
 
 use loopwarden_common::ExeKey;
 
@@ -58,8 +58,14 @@ pub const CMDLINE_MAX: usize = 4096;
 /// The command line of `pid`, its first [`CMDLINE_MAX`] bytes, ` …` marking
 /// a longer one cut there.
 pub fn proc_cmdline(pid: u32) -> Option<String> {
+    proc_cmdline_at(Path::new(&format!("/proc/{pid}")))
+}
+
+/// [`proc_cmdline`] of the process (or thread) whose `/proc` directory is
+/// `dir`.
+pub fn proc_cmdline_at(dir: &Path) -> Option<String> {
     use std::io::Read as _;
-    let file = fs::File::open(format!("/proc/{pid}/cmdline")).ok()?;
+    let file = fs::File::open(dir.join("cmdline")).ok()?;
     let mut raw = Vec::with_capacity(256);
     file.take(CMDLINE_MAX as u64 + 1)
         .read_to_end(&mut raw)

@@ -25,7 +25,7 @@ use std::{
     fs, io,
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -232,8 +232,7 @@ fn process_files(netns: u32) -> Vec<PathBuf> {
         .unwrap_or_default()
         .into_iter()
         .filter(|ns| ns.id.1 as u32 == netns)
-        .flat_map(|ns| ns.pids)
-        .map(|pid| Path::new("/proc").join(pid.to_string()).join("ns/net"))
+        .flat_map(|ns| ns.files)
         .collect()
 }
 
