@@ -130,7 +130,7 @@ fn zombie(dir: &Path) -> bool {
 
 /// `process`, or, when its main thread has exited while others run, a
 /// running thread of it read as the process ([`live_dir`]).
-fn live(process: Process) -> Option<Process> {
+pub(crate) fn live(process: Process) -> Option<Process> {
     let pid = process.pid as u32;
     let dir = live_dir(pid)?;
     if dir == Path::new(&format!("/proc/{pid}")) {

@@ -376,6 +376,18 @@ mod tests {
         assert_eq!(plan.standing[&me].kind, evidence::LISTENING);
     }
 
+    /// A process whose main thread has exited while another runs is
+    /// scanned through the running thread: the socket it holds is its.
+    #[test]
+    fn a_process_whose_main_thread_exited_is_scanned() {
+        let (mut child, inode) = crate::testing::child_without_its_main_thread();
+        let scan = scan(false);
+        let _ = child.kill();
+        let _ = child.wait();
+        let owners = scan.unwrap().owners;
+        assert_eq!(owners.get(&inode), Some(&vec![child.id()]));
+    }
+
     #[test]
     fn an_entry_the_kernel_made_gains_only_what_it_lacks() {
         let mut script = [0u8; SCRIPT_LEN];

@@ -15,7 +15,7 @@ use procfs::{
 use tracing::warn;
 
 use super::plan::Sock;
-use crate::cut::procs::exe_file_name;
+use crate::cut::procs::{exe_file_name, live};
 
 /// Pids kept per network namespace to read its socket tables through (one
 /// may exit meanwhile).
@@ -47,6 +47,20 @@ pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
         let Ok(pid) = u32::try_from(process.pid) else {
             continue;
         };
+        // A main thread that has exited while others run reads as no
+        // descriptors and no executable: such a process is read through a
+        // running thread (kernel threads, with no executable either, pay
+        // one more read of their `stat` for it).
+        let (process, exe) = match process.exe() {
+            Ok(exe) => (process, Some(exe)),
+            Err(_) => match live(process) {
+                Some(process) => {
+                    let exe = process.exe().ok();
+                    (process, exe)
+                }
+                None => continue,
+            },
+        };
         // The namespace of the main thread (one stat: procfs's
         // namespaces() stats them all).
         if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
@@ -71,7 +85,7 @@ pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
                 }
             }
         }
-        if let Ok(exe) = process.exe() {
+        if let Some(exe) = exe {
             let name = exe_file_name(&exe);
             if is_interpreter(&name)
                 && let Some(script) = read_cmdline(&process).and_then(|c| script_of(&c))
