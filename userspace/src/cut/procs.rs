@@ -154,12 +154,13 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
             // An empty table: perhaps a main thread that has exited.
             Ok(fds) => {
                 let fds: Vec<_> = fds.flatten().collect();
-                match fds.is_empty() {
-                    true => live(process)
+                if fds.is_empty() {
+                    live(process)
                         .and_then(|p| p.fd().ok())
                         .map(|fds| fds.flatten().collect())
-                        .unwrap_or_default(),
-                    false => fds,
+                        .unwrap_or_default()
+                } else {
+                    fds
                 }
             }
             Err(_) => continue,
@@ -192,8 +193,9 @@ pub struct NetnsWithFiles {
 /// meanwhile).
 const FILES_PER_NETNS: usize = 4;
 
-/// Every network namespace some process is in (that of its main thread),
-/// in order of first appearance.
+/// Every network namespace some process is in (that of its main thread, or
+/// of a running thread where the main one has exited), in order of first
+/// appearance.
 pub fn network_namespaces() -> ProcResult<Vec<NetnsWithFiles>> {
     let mut found: Vec<NetnsWithFiles> = Vec::new();
     let mut index: HashMap<(u64, u64), usize> = HashMap::new();
