@@ -9,46 +9,43 @@ use std::{
 /// kernel prints unescaped in `/proc/PID/status` and `stat`: not UTF-8),
 /// running for 30 s unless killed; returned once the name is set.
 pub fn child_named_in_bytes() -> Child {
+    python_child(
+        "import ctypes, time\n\
+         ctypes.CDLL(None).prctl(15, b'\\xffrelay', 0, 0, 0)\n\
+         print(flush=True)\n\
+         time.sleep(30)",
+    )
+    .0
+}
+
+/// The system Python running `code`, and the first line it prints (which
+/// it has printed when this returns).
+fn python_child(code: &str) -> (Child, String) {
     let mut child = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import ctypes, time\n\
-             ctypes.CDLL(None).prctl(15, b'\\xffrelay', 0, 0, 0)\n\
-             print(flush=True)\n\
-             time.sleep(30)",
-        ])
+        .args(["-c", code])
         .stdout(Stdio::piped())
         .spawn()
         .expect("running python3");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("its stdout"))
         .read_line(&mut line)
-        .expect("its line once named");
-    child
+        .expect("its first line");
+    (child, line)
 }
 
 /// A child process whose main thread has exited (`pthread_exit`) while
 /// another runs for 30 s unless killed, holding a listening socket; the
 /// child and that socket's inode, once the main thread is gone.
 pub fn child_without_its_main_thread() -> (Child, u64) {
-    let mut child = Command::new("/usr/bin/python3")
-        .args([
-            "-c",
-            "import ctypes, os, socket, threading, time\n\
-             s = socket.socket()\n\
-             s.bind(('127.0.0.1', 0))\n\
-             s.listen()\n\
-             threading.Thread(target=time.sleep, args=(30,)).start()\n\
-             print(os.fstat(s.fileno()).st_ino, flush=True)\n\
-             ctypes.CDLL(None).pthread_exit(None)",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("running python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("its stdout"))
-        .read_line(&mut line)
-        .expect("its socket's inode");
+    let (child, line) = python_child(
+        "import ctypes, os, socket, threading, time\n\
+         s = socket.socket()\n\
+         s.bind(('127.0.0.1', 0))\n\
+         s.listen()\n\
+         threading.Thread(target=time.sleep, args=(30,)).start()\n\
+         print(os.fstat(s.fileno()).st_ino, flush=True)\n\
+         ctypes.CDLL(None).pthread_exit(None)",
+    );
     let inode = line.trim().parse().expect("an inode");
     let stat = format!("/proc/{}/stat", child.id());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
