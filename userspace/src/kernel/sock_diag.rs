@@ -195,22 +195,60 @@ pub enum Dumped {
     Truncated,
 }
 
+/// A `NETLINK_SOCK_DIAG` socket in the calling thread's network namespace,
+/// neither bound nor connected.
+fn diag_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The netlink address of port `port` (0: the kernel's).
+fn netlink_addr(port: u32) -> libc::sockaddr_nl {
+    // SAFETY: zeroed sockaddr_nl is valid; family and port set below.
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    addr.nl_pid = port;
+    addr
+}
+
+/// The size of a [`netlink_addr`], as the socket calls take it.
+const NETLINK_ADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_nl>() as _;
+
+/// Sends `bytes` in one datagram from `fd` to netlink port `port`.
+fn send_to(fd: &OwnedFd, bytes: &[u8], port: u32) -> io::Result<()> {
+    let addr = netlink_addr(port);
+    // SAFETY: the buffer and the address are valid for the sizes given.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            0,
+            (&raw const addr).cast(),
+            NETLINK_ADDR_LEN,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl SockDiag {
     /// Opens a sock_diag socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain syscall; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = diag_socket()?;
         let timeout = libc::timeval {
             tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
@@ -233,17 +271,10 @@ impl SockDiag {
         // every namespace with a process, some of which a user namespace's
         // owner administers, who could otherwise send a forged answer (an
         // early end of a dump, sockets that are not there) to our port.
-        // SAFETY: zeroed sockaddr_nl is valid; family set below.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let kernel = netlink_addr(0);
         // SAFETY: the address is valid for the size given.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&raw const kernel).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
+        let rc =
+            unsafe { libc::connect(fd.as_raw_fd(), (&raw const kernel).cast(), NETLINK_ADDR_LEN) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -371,23 +402,7 @@ impl SockDiag {
     ) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let request = encode_request(kind, flags, self.seq, family, states, id);
-        // SAFETY: zeroed sockaddr_nl is valid; family set below.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: the buffer and the address are valid for the sizes given.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&raw const kernel).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        send_to(&self.fd, &request, 0)?;
         Ok(self.seq)
     }
 
@@ -606,9 +621,8 @@ mod tests {
 
     /// The netlink port id of `fd` (bound, automatically if need be).
     fn port_of(fd: i32) -> u32 {
-        // SAFETY: zeroed sockaddr_nl is valid; the kernel fills it.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        let mut addr = netlink_addr(0);
+        let mut len = NETLINK_ADDR_LEN;
         // SAFETY: the address is valid for the size given.
         let rc = unsafe { libc::getsockname(fd, (&raw mut addr).cast(), &mut len) };
         assert_eq!(rc, 0, "{}", io::Error::last_os_error());
@@ -617,48 +631,19 @@ mod tests {
 
     /// A sock_diag socket of this test's, bound to a port of its own.
     fn other_socket() -> OwnedFd {
-        // SAFETY: plain syscalls; results checked.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            );
-            assert!(fd >= 0, "{}", io::Error::last_os_error());
-            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            let rc = libc::bind(
-                fd,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            );
-            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-            OwnedFd::from_raw_fd(fd)
-        }
+        let fd = diag_socket().unwrap();
+        let any = netlink_addr(0);
+        // SAFETY: the address is valid for the size given.
+        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const any).cast(), NETLINK_ADDR_LEN) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        fd
     }
 
-    /// Sends a bare `NLMSG_NOOP` from `from` to the port `to`.
+    /// Sends a bare `NLMSG_NOOP` (a 16-byte header) from `from` to `to`.
     fn send_noop(from: &OwnedFd, to: u32) -> io::Result<()> {
         let msg: [u32; 4] = [16, u32::from(libc::NLMSG_NOOP as u16), 0, 0];
-        // SAFETY: zeroed sockaddr_nl is valid.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_pid = to;
-        // SAFETY: the buffer and address are valid for the sizes given.
-        let sent = unsafe {
-            libc::sendto(
-                from.as_raw_fd(),
-                msg.as_ptr().cast(),
-                16,
-                0,
-                (&raw const addr).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        let bytes: Vec<u8> = msg.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        send_to(from, &bytes, to)
     }
 
     /// Only the kernel reaches a sock_diag socket of ours: another socket's
