@@ -47,14 +47,9 @@ pub fn child_without_its_main_thread() -> (Child, u64) {
          ctypes.CDLL(None).pthread_exit(None)",
     );
     let inode = line.trim().parse().expect("an inode");
-    let stat = format!("/proc/{}/stat", child.id());
+    let main = std::path::PathBuf::from(format!("/proc/{}", child.id()));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    // Its state, after the comm's closing parenthesis: Z once exited.
-    let exited = |s: Vec<u8>| {
-        let close = s.iter().rposition(|&b| b == b')').unwrap_or(0);
-        s[close + 1..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'Z')
-    };
-    while !std::fs::read(&stat).is_ok_and(exited) {
+    while !crate::cut::procs::zombie(&main) {
         assert!(
             std::time::Instant::now() < deadline,
             "the main thread did not exit"

@@ -18,7 +18,7 @@ use std::{
 use loopwarden_common::{ExeKey, MAX_ANCESTORS};
 use procfs::{
     FromRead, ProcResult,
-    process::{FDTarget, Process, all_processes},
+    process::{FDInfo, FDTarget, Process, all_processes},
 };
 
 use crate::{
@@ -106,19 +106,27 @@ impl Ids {
 /// thread still running. `None` when no thread of it runs.
 fn live_dir(pid: u32) -> Option<PathBuf> {
     let own = PathBuf::from(format!("/proc/{pid}"));
-    if !zombie(&own) {
-        return Some(own);
+    if zombie(&own) {
+        running_thread(pid, &own)
+    } else {
+        Some(own)
     }
-    let tasks = std::fs::read_dir(own.join("task")).ok()?;
-    tasks
+}
+
+/// The `/proc` directory of a thread of process `pid` (whose own is
+/// `own`) other than its main one that is still running.
+fn running_thread(pid: u32, own: &Path) -> Option<PathBuf> {
+    let main = pid.to_string();
+    std::fs::read_dir(own.join("task"))
+        .ok()?
         .filter_map(Result::ok)
         .map(|task| task.path())
-        .find(|task| task.file_name() != Some(OsStr::new(&pid.to_string())) && !zombie(task))
+        .find(|task| task.file_name() != Some(OsStr::new(&main)) && !zombie(task))
 }
 
 /// Whether the task whose `/proc` directory is `dir` has exited (its
 /// state, after the comm's closing parenthesis, is `Z`), or is gone.
-fn zombie(dir: &Path) -> bool {
+pub(crate) fn zombie(dir: &Path) -> bool {
     let Ok(stat) = std::fs::read(dir.join("stat")) else {
         return true;
     };
@@ -131,12 +139,11 @@ fn zombie(dir: &Path) -> bool {
 /// `process`, or, when its main thread has exited while others run, a
 /// running thread of it read as the process ([`live_dir`]).
 pub(crate) fn live(process: Process) -> Option<Process> {
-    let pid = process.pid as u32;
-    let dir = live_dir(pid)?;
-    if dir == Path::new(&format!("/proc/{pid}")) {
+    let own = PathBuf::from(format!("/proc/{}", process.pid));
+    if !zombie(&own) {
         return Some(process);
     }
-    Process::new_with_root(dir).ok()
+    Process::new_with_root(running_thread(process.pid as u32, &own)?).ok()
 }
 
 /// For each of `inodes`, the pids that hold a descriptor to that socket. One
@@ -149,34 +156,39 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
         return Ok(owners);
     }
     for process in all_processes()?.flatten() {
-        let pid = process.pid;
-        let fds = match process.fd() {
-            // An empty table: perhaps a main thread that has exited.
-            Ok(fds) => {
-                let fds: Vec<_> = fds.flatten().collect();
-                if fds.is_empty() {
-                    live(process)
-                        .and_then(|p| p.fd().ok())
-                        .map(|fds| fds.flatten().collect())
-                        .unwrap_or_default()
-                } else {
-                    fds
-                }
-            }
-            Err(_) => continue,
-        };
-        for fd in fds {
-            if let FDTarget::Socket(inode) = fd.target
-                && inodes.contains(&inode)
-            {
-                let pids = owners.entry(inode).or_default();
-                if !pids.contains(&(pid as u32)) {
-                    pids.push(pid as u32);
-                }
-            }
+        let pid = process.pid as u32;
+        let Ok(fds) = process.fd() else { continue };
+        // An empty table: perhaps a main thread that has exited.
+        if note_sockets(fds.flatten(), pid, inodes, &mut owners) == 0
+            && let Some(fds) = live(process).and_then(|p| p.fd().ok())
+        {
+            note_sockets(fds.flatten(), pid, inodes, &mut owners);
         }
     }
     Ok(owners)
+}
+
+/// Adds `pid` to `owners` for each of `fds` that is a socket of `inodes`;
+/// how many descriptors there were.
+fn note_sockets(
+    fds: impl Iterator<Item = FDInfo>,
+    pid: u32,
+    inodes: &HashSet<u64>,
+    owners: &mut HashMap<u64, Vec<u32>>,
+) -> usize {
+    let mut seen = 0;
+    for fd in fds {
+        seen += 1;
+        if let FDTarget::Socket(inode) = fd.target
+            && inodes.contains(&inode)
+        {
+            let pids = owners.entry(inode).or_default();
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    seen
 }
 
 /// A network namespace with processes: its identity and the namespace
