@@ -449,8 +449,7 @@ fn nul_escape(text: &str) -> Option<usize> {
             _ => false,
         }
     }
-    let table: toml::Table = toml::from_str(text).ok()?;
-    if !table.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)) {
+    if !holds_nul(&toml::from_str(text).ok()?) {
         return None;
     }
     ESCAPES.iter().filter_map(|e| text.find(e)).min()

@@ -281,10 +281,10 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
                 // Into the maps the running programs read: in force at
                 // once, so put back should this start fail before it is
                 // whole (the slot in force now is not written).
-                undo.policy_before = pins
-                    .generation()
+                undo.policy_before = policy_maps
+                    .in_force()
                     .ok()
-                    .map(|generation| (generation, pins.meta().map(|m| m.mode).ok()));
+                    .map(|(generation, _)| (generation, pins.meta().map(|m| m.mode).ok()));
             }
             // Into the pinned maps (not staged ones): said enforcing
             // before it is (see `Installed::install`).

@@ -384,23 +384,15 @@ impl PinDir {
         map.set(0, meta, 0).map_err(|e| e.to_string())
     }
 
-    /// The word `LW_GENERATION` holds: which policy slot is in force.
-    pub fn generation(&self) -> Result<u32, String> {
-        self.generation_map()?.get(&0, 0).map_err(|e| e.to_string())
-    }
-
-    /// Writes `word` to `LW_GENERATION`: puts the policy slot it names
-    /// in force (for a start that failed after installing its policy into
-    /// adopted maps: the slot in force before it was left untouched).
-    pub fn set_generation(&self, word: u32) -> Result<(), String> {
-        self.generation_map()?
-            .set(0, word, 0)
-            .map_err(|e| e.to_string())
-    }
-
-    fn generation_map(&self) -> Result<Array<MapData, u32>, String> {
+    /// Writes `slot` to `LW_GENERATION`: puts the policy slot it names in
+    /// force (for a start that failed after installing its policy into
+    /// adopted maps, through `PolicyMaps`, which the undo outlives: the
+    /// slot in force before it was left untouched).
+    pub fn set_generation(&self, slot: u32) -> Result<(), String> {
         let data = MapData::from_pin(self.map(maps::GENERATION)).map_err(|e| e.to_string())?;
-        Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())
+        let mut map: Array<MapData, u32> =
+            Array::try_from(aya::maps::Map::Array(data)).map_err(|e| e.to_string())?;
+        map.set(0, slot, 0).map_err(|e| e.to_string())
     }
 
     /// Reads `LW_META`.
