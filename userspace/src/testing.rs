@@ -20,7 +20,7 @@ pub fn child_named_in_bytes() -> Child {
 
 /// The system Python running `code`, and the first line it prints (which
 /// it has printed when this returns).
-fn python_child(code: &str) -> (Child, String) {
+pub fn python_child(code: &str) -> (Child, String) {
     let mut child = Command::new("/usr/bin/python3")
         .args(["-c", code])
         .stdout(Stdio::piped())

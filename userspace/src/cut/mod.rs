@@ -34,7 +34,8 @@
 //!
 //! Who the client is: the processes whose descriptor tables hold the socket
 //! (a socket inherited or passed along may have several; it is cut if any
-//! of them matches a deny rule), as `/proc` describes them now. The kernel
+//! of them matches a deny rule; a thread's own table counts for its
+//! process), as `/proc` describes them now. The kernel
 //! judges the thread that calls connect(); after the fact the thread is
 //! unknown, so a comm criterion is matched against the process's comm and
 //! every thread's (first match wins over all of them). A process that

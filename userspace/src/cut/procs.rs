@@ -148,8 +148,10 @@ pub(crate) fn live(process: Process) -> Option<Process> {
 
 /// For each of `inodes`, the pids that hold a descriptor to that socket. One
 /// pass over every process's descriptor table (read through a running
-/// thread where the main one has exited); processes that vanish or cannot
-/// be read are skipped.
+/// thread where the main one has exited), and, for the sockets no such
+/// table holds, one over the tables of threads that have their own
+/// ([`note_own_tables`]); processes that vanish or cannot be read are
+/// skipped.
 pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>> {
     let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
     if inodes.is_empty() {
@@ -165,7 +167,48 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
             note_sockets(fds.flatten(), pid, inodes, &mut owners);
         }
     }
+    // Inode 0 is a socket no descriptor holds (an orphan closing).
+    let unheld: HashSet<u64> = inodes
+        .iter()
+        .filter(|&&inode| inode != 0 && !owners.contains_key(&inode))
+        .copied()
+        .collect();
+    if !unheld.is_empty() {
+        note_own_tables(&unheld, &mut owners)?;
+    }
     Ok(owners)
+}
+
+/// Adds to `owners` the processes holding any of `inodes` in the table of
+/// a thread that has a descriptor table of its own (`unshare(CLONE_FILES)`,
+/// or `clone` without `CLONE_FILES`), which its process's `fd` does not
+/// show. Only a thread whose table is not its main thread's is read (per
+/// `kcmp`; every thread, where `kcmp` cannot tell), so the pass costs a
+/// listing of each process's threads and one system call per thread.
+fn note_own_tables(inodes: &HashSet<u64>, owners: &mut HashMap<u64, Vec<u32>>) -> ProcResult<()> {
+    for process in all_processes()?.flatten() {
+        let pid = process.pid;
+        let Ok(tasks) = process.tasks() else { continue };
+        for task in tasks.flatten() {
+            if task.tid == pid || same_table(pid, task.tid) {
+                continue;
+            }
+            let dir = PathBuf::from(format!("/proc/{pid}/task/{}", task.tid));
+            if let Ok(fds) = Process::new_with_root(dir).and_then(|t| t.fd()) {
+                note_sockets(fds.flatten(), pid as u32, inodes, owners);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether threads `a` and `b` share one descriptor table: `kcmp(2)` with
+/// `KCMP_FILES` (neither nix nor rustix wraps it). `false` where the kernel
+/// cannot tell (built without `CONFIG_KCMP`, a thread gone).
+fn same_table(a: i32, b: i32) -> bool {
+    const KCMP_FILES: libc::c_long = 2;
+    // SAFETY: kcmp takes integers and reads no memory of ours.
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) == 0 }
 }
 
 /// Adds `pid` to `owners` for each of `fds` that is a socket of `inodes`;
@@ -553,6 +596,53 @@ mod tests {
                 .is_some_and(|c| c.contains("pthread_exit")),
             "{owner:?}"
         );
+    }
+
+    /// A socket made by a thread that unshared its descriptor table is in
+    /// that thread's table only: its process is found as its holder.
+    /// Before, the sweep found none, and left such a connection open.
+    #[test]
+    fn a_socket_in_a_threads_own_table_is_held_by_its_process() {
+        let (mut child, line) = crate::testing::python_child(
+            "import ctypes, os, socket, threading, time\n\
+             def own():\n\
+             \x20   assert ctypes.CDLL(None).unshare(0x400) == 0\n\
+             \x20   s = socket.socket()\n\
+             \x20   print(os.fstat(s.fileno()).st_ino, flush=True)\n\
+             \x20   time.sleep(30)\n\
+             threading.Thread(target=own).start()",
+        );
+        let pid = child.id();
+        let inode: u64 = line.trim().parse().expect("an inode");
+        let in_main = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.fd())
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| matches!(fd.target, FDTarget::Socket(i) if i == inode))
+            });
+        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        // The case this is about: the process's own table lacks it.
+        assert!(matches!(in_main, Ok(false)), "{in_main:?}");
+        assert_eq!(owners.get(&inode), Some(&vec![pid]));
+    }
+
+    /// `kcmp` tells a thread sharing its process's table from one that
+    /// does not, so only the latter's is read.
+    #[test]
+    fn threads_sharing_a_table_are_told_apart_from_one_with_its_own() {
+        let me = std::process::id() as i32;
+        let (shared, own) = std::thread::scope(|s| {
+            let shared = s.spawn(|| same_table(me, nix::unistd::gettid().as_raw()));
+            let own = s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).unwrap();
+                same_table(me, nix::unistd::gettid().as_raw())
+            });
+            (shared.join().unwrap(), own.join().unwrap())
+        });
+        assert!(shared);
+        assert!(!own);
     }
 
     #[test]
