@@ -177,8 +177,17 @@ fn in_a_child_cgroup_namespace_with_the_host_root_given() {
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["state"], "active", "{report:#}");
     assert!(all_attached_at_root(&report), "{report:#}");
-    let (_, report) = status(&pod, bind.path(), &install, None);
+    let (code, report) = status(&pod, bind.path(), &install, None);
     assert!(!all_attached_at_root(&report), "{report:#}");
+    // ... and it says it cannot tell, naming the way to tell, where it
+    // said "not enforcing" (exit 3) of links that run.
+    assert_eq!(code, Some(4), "{report:#}");
+    assert_eq!(report["state"], "unreadable", "{report:#}");
+    let summary = report["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("child cgroup namespace") && summary.contains("--host-cgroup-root"),
+        "{report:#}"
+    );
 }
 
 /// The DaemonSet's liveness probe, as its manifest has it.

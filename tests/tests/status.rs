@@ -171,6 +171,19 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     let (nobody_code, nobody_text) = status_as_nobody(&install);
     assert_eq!(nobody_code, Some(4), "{nobody_text}");
     assert!(nobody_text.contains("need root"), "{nobody_text}");
+    // Root without CAP_SYS_ADMIN cannot look the links' programs up: it
+    // says so, where it said they ran none (exit 3).
+    let out = run(Command::new("setpriv")
+        .args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"])
+        .arg(loopwarden_bin())
+        .arg("status")
+        .args(install.dir_args()));
+    let capless = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        capless.contains("this process lacks CAP_SYS_ADMIN"),
+        "{capless}"
+    );
     // Asked with another run directory: no daemon there, and the one that
     // holds the pins' lock is named, with its own run directory.
     let elsewhere = TempDir::new("status-elsewhere");

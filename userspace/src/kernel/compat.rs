@@ -180,15 +180,16 @@ pub fn require_root() -> Result<(), CompatError> {
     }
 }
 
+/// The capabilities the read-only commands need to say what is attached:
+/// `CAP_SYS_ADMIN` to look programs up by id (it also lets bpf(2) ask a
+/// cgroup which programs it runs). Without it a pinned, attached link
+/// reads as running no program.
+pub const INSPECT_CAPS: [(&str, u32); 1] = [("CAP_SYS_ADMIN", 21)];
+
 /// Fails unless every one of [`REQUIRED_CAPS`] is effective, naming those
 /// that are not.
 pub fn require_capabilities() -> Result<(), CompatError> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|source| CompatError::Capabilities { source })?;
-    let eff = cap_eff(&status).ok_or_else(|| CompatError::Capabilities {
-        source: std::io::Error::other("no CapEff line"),
-    })?;
-    let missing = missing_capabilities(eff);
+    let missing = missing_capabilities(effective_capabilities()?);
     if missing.is_empty() {
         Ok(())
     } else {
@@ -196,9 +197,24 @@ pub fn require_capabilities() -> Result<(), CompatError> {
     }
 }
 
+/// This process's effective capabilities (`CapEff:` of
+/// `/proc/self/status`).
+pub fn effective_capabilities() -> Result<u64, CompatError> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|source| CompatError::Capabilities { source })?;
+    cap_eff(&status).ok_or_else(|| CompatError::Capabilities {
+        source: std::io::Error::other("no CapEff line"),
+    })
+}
+
 /// The names of [`REQUIRED_CAPS`] not in the capability mask `eff`.
 pub fn missing_capabilities(eff: u64) -> Vec<&'static str> {
-    REQUIRED_CAPS
+    missing_of(&REQUIRED_CAPS, eff)
+}
+
+/// The names of `needed` not in the capability mask `eff`.
+pub fn missing_of(needed: &[(&'static str, u32)], eff: u64) -> Vec<&'static str> {
+    needed
         .iter()
         .filter(|(_, bit)| eff & (1u64 << bit) == 0)
         .map(|(name, _)| *name)

@@ -91,6 +91,20 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             "cannot read the pins: bpffs and bpf(2) need root (run it with sudo)".to_owned(),
         );
     }
+    // Root without them would read attached links as not attached.
+    let lacking = compat::effective_capabilities()
+        .map(|eff| compat::missing_of(&compat::INSPECT_CAPS, eff))
+        .unwrap_or_else(|_| compat::INSPECT_CAPS.iter().map(|(name, _)| *name).collect());
+    if !lacking.is_empty() {
+        return report.finish(
+            State::Unreadable,
+            format!(
+                "cannot tell what is attached: this process lacks {} (status needs it effective \
+                 to look programs up by id)",
+                lacking.join(" and ")
+            ),
+        );
+    }
     let cgroup_links = |links: &[(&str, u32)]| -> Vec<LinkReport> {
         links
             .iter()
@@ -217,6 +231,20 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         return report.finish(State::Unreadable, summary);
     }
     if let Some(missing) = report.links.iter().find(|l| !l.attached()) {
+        // The host's root is out of sight: the links may well be attached.
+        if missing.pinned
+            && missing.prog_name.is_some()
+            && host_cgroup_root.is_none()
+            && compat::in_child_cgroup_namespace()
+        {
+            let summary = format!(
+                "unknown: link {} is pinned, but this process is in a child cgroup namespace, \
+                 where the host's cgroup v2 root cannot be seen; give the host's cgroup2 mount \
+                 with --host-cgroup-root, or run status in the host's cgroup namespace",
+                missing.program
+            );
+            return report.finish(State::Unreadable, summary);
+        }
         let why = if !missing.pinned {
             "is not pinned"
         } else if missing.prog_name.is_none() {
