@@ -107,13 +107,21 @@ pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
     Ok(scan)
 }
 
-/// `/proc/PID/cmdline` as bytes (through the pid's directory, so a
-/// recycled pid cannot answer for it).
+/// The most of a command line [`script_of`] can need: `argv[0]` and the
+/// arguments after it it looks at, each with its NUL and one byte more.
+/// Cut there, an argument it reaches still reads as at least `SCRIPT_LEN`
+/// bytes, so it judges it as it would whole.
+const CMDLINE_READ: usize = ARGV0_MAX_LEN + 1 + (SCRIPT_MAX_ARGS - 1) * (SCRIPT_LEN + 1);
+
+/// The start of `/proc/PID/cmdline` as bytes, as much as [`script_of`] can
+/// need (a command line may run to megabytes), read through the pid's
+/// directory, so a recycled pid cannot answer for it.
 fn read_cmdline(process: &Process) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     process
         .open_relative("cmdline")
         .ok()?
+        .take(CMDLINE_READ as u64)
         .read_to_end(&mut bytes)
         .ok()?;
     Some(bytes)
@@ -213,6 +221,42 @@ mod tests {
             bytes.push(0);
         }
         bytes
+    }
+
+    /// A command line cut at what the seeding reads gives the script the
+    /// whole one gives, however long its arguments run.
+    #[test]
+    fn the_command_lines_start_is_all_the_script_needs() {
+        let long = |n: usize| "x".repeat(n);
+        let near = [SCRIPT_LEN - 2, SCRIPT_LEN - 1, SCRIPT_LEN, SCRIPT_LEN + 1];
+        let mut lines: Vec<Vec<String>> = Vec::new();
+        for argv0 in [1, ARGV0_MAX_LEN - 1, ARGV0_MAX_LEN, ARGV0_MAX_LEN + 1] {
+            for &n in &near {
+                for options in 0..SCRIPT_MAX_ARGS {
+                    let mut args = vec![long(argv0)];
+                    args.extend((0..options).map(|_| format!("-{}", long(n.min(SCRIPT_LEN - 3)))));
+                    args.push(format!("/srv/{}", long(n)));
+                    args.push(long(100_000));
+                    lines.push(args);
+                }
+                lines.push(vec![long(argv0), format!("-{}", long(n)), long(n)]);
+                lines.push(vec![long(argv0), "-c".into(), long(100_000)]);
+            }
+        }
+        for args in &lines {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let whole = cmdline(&args);
+            let cut = &whole[..whole.len().min(CMDLINE_READ)];
+            assert_eq!(
+                script_of(cut),
+                script_of(&whole),
+                "{:?}",
+                args.iter().map(|a| a.len()).collect::<Vec<_>>()
+            );
+        }
+        // It does find scripts past long arguments (the test is no no-op).
+        let found = cmdline(&[&long(ARGV0_MAX_LEN), "-u", &format!("/srv/{}", long(200))]);
+        assert!(script_of(&found[..CMDLINE_READ.min(found.len())]).is_some());
     }
 
     #[test]
