@@ -67,6 +67,29 @@ for line in sys.stdin:
         print("error " + str(e.errno), flush=True)
 "#;
 
+/// [`LINE_CLIENT`] in a thread of its own that has first unshared its
+/// descriptor table (`unshare(CLONE_FILES)`) and named itself `ownfiles`:
+/// its connection is in that thread's table only, not its process's.
+const OWN_TABLE_CLIENT: &str = r#"
+import ctypes, socket, sys, threading
+def own():
+    libc = ctypes.CDLL(None)
+    assert libc.unshare(0x400) == 0
+    libc.prctl(15, b"ownfiles", 0, 0, 0)
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+    print("connected", flush=True)
+    for line in sys.stdin:
+        try:
+            s.sendall(line.encode())
+            data = s.recv(4096)
+            print("echo " + data.decode().strip() if data else "closed", flush=True)
+        except OSError as e:
+            print("error " + str(e.errno), flush=True)
+t = threading.Thread(target=own)
+t.start()
+t.join()
+"#;
+
 /// A python client holding one TCP connection in the namespace.
 struct LineClient {
     child: Child,
@@ -83,9 +106,15 @@ impl LineClient {
     /// A client that first hears from the server `remote` (see
     /// [`LINE_CLIENT`]).
     fn start(ns: &Netns, host: &str, port: u16, remote: Option<(&str, u16)>) -> Self {
+        Self::run(ns, LINE_CLIENT, host, port, remote)
+    }
+
+    /// `script`, a client that takes [`LINE_CLIENT`]'s arguments and
+    /// speaks as it does.
+    fn run(ns: &Netns, script: &str, host: &str, port: u16, remote: Option<(&str, u16)>) -> Self {
         let what = format!("python client of {host}:{port}");
         let (port, remote_port) = (port.to_string(), remote.map(|(_, p)| p.to_string()));
-        let mut args = vec!["-c", LINE_CLIENT, host, &port];
+        let mut args = vec!["-c", script, host, &port];
         if let (Some((remote, _)), Some(remote_port)) = (remote, &remote_port) {
             args.extend([remote, remote_port.as_str()]);
         }
@@ -568,5 +597,38 @@ fn a_namespace_whose_name_went_is_still_swept() {
     assert_socat_cut(&daemon);
     daemon.wait_stderr("cut 1 connection", 1);
     through_relay.assert_cut();
+    direct.assert_works("direct-after");
+}
+
+/// A connection opened by a thread that has a descriptor table of its own
+/// (`unshare(CLONE_FILES)`) is cut like any other once a deny rule names
+/// it: the sweep finds its process through that thread's table. The build
+/// before found no holder of it and left it open.
+#[test]
+fn a_connection_held_in_a_threads_own_descriptor_table_is_cut() {
+    let ns = Netns::new();
+    let _server = ns.spawn("python3", &["-c", ECHO_SERVER, &PROTECTED.to_string()]);
+    ns.wait_listening(PROTECTED);
+    let deny = rule("own-table", "deny", "comm", "ownfiles");
+    let daemon = Daemon::start(&policy(&ns, "audit", &deny));
+    let mut own = LineClient::run(&ns, OWN_TABLE_CLIENT, "127.0.0.1", PROTECTED, None);
+    let mut direct = LineClient::connect(&ns, "127.0.0.1", PROTECTED);
+    // Let in (audit), and said so: the rule names it.
+    own.assert_works("own-before");
+    direct.assert_works("direct-before");
+    daemon.wait_event("would-deny of the thread's connect", |e| {
+        e["verdict"] == "would-deny" && e["rule"] == "own-table"
+    });
+
+    std::fs::write(daemon.config_path(), policy(&ns, "enforce", &deny))
+        .expect("rewriting the config");
+    daemon.signal(libc::SIGHUP);
+    let cut = daemon.wait_event("cut of the thread's connection", |e| {
+        e["verdict"] == "cut" && e["rule"] == "own-table"
+    });
+    assert_eq!(cut["dst"], format!("127.0.0.1:{PROTECTED}"), "{cut}");
+    assert_eq!(cut["pid"], own.child.id(), "{cut}");
+    daemon.wait_stderr("cut 1 connection", 1);
+    own.assert_cut();
     direct.assert_works("direct-after");
 }
