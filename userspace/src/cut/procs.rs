@@ -185,7 +185,10 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
 /// show. Only a thread whose table is not its main thread's is read (per
 /// `kcmp`; every thread, where `kcmp` cannot tell), so the pass costs a
 /// listing of each process's threads and one system call per thread.
-fn note_own_tables(inodes: &HashSet<u64>, owners: &mut HashMap<u64, Vec<u32>>) -> ProcResult<()> {
+pub(crate) fn note_own_tables(
+    inodes: &HashSet<u64>,
+    owners: &mut HashMap<u64, Vec<u32>>,
+) -> ProcResult<()> {
     for process in all_processes()?.flatten() {
         let pid = process.pid;
         let Ok(tasks) = process.tasks() else { continue };

@@ -55,7 +55,7 @@ use loopwarden_common::{
 use tracing::{info, warn};
 
 use self::{
-    plan::Plan,
+    plan::{Plan, Sock},
     scan::{scan, tcp_sockets},
 };
 use crate::{
@@ -110,12 +110,16 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     // Lineage only comes from catalog rules that extend to descendants.
     let lineage = policy.filter(|p| p.settings.inherited != 0);
-    let scan = scan(lineage.is_some()).map_err(|e| format!("listing processes: {e}"))?;
+    let mut scan = scan(lineage.is_some()).map_err(|e| format!("listing processes: {e}"))?;
+    let socks: Vec<(u32, Vec<Sock>)> = scan
+        .netns
+        .iter()
+        .filter_map(|(netns, pids)| Some((*netns, tcp_sockets(*netns, pids)?)))
+        .collect();
+    scan.add_own_tables(socks.iter().flat_map(|(_, socks)| socks));
     let mut plan = Plan::default();
-    for (netns, pids) in &scan.netns {
-        if let Some(socks) = tcp_sockets(*netns, pids) {
-            plan.add_namespace(*netns, &socks, &scan.owners, now);
-        }
+    for (netns, socks) in &socks {
+        plan.add_namespace(*netns, socks, &scan.owners, now);
     }
     if let Some(policy) = lineage {
         plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
@@ -386,6 +390,41 @@ mod tests {
         let _ = child.wait();
         let owners = scan.unwrap().owners;
         assert_eq!(owners.get(&inode), Some(&vec![child.id()]));
+    }
+
+    /// A listener made by a thread that unshared its descriptor table is
+    /// credited to its process: before, no holder of it was found, and the
+    /// process started without its standing evidence.
+    #[test]
+    fn a_listener_in_a_threads_own_table_is_credited_to_its_process() {
+        let (mut child, line) = crate::testing::python_child(
+            "import ctypes, os, socket, threading, time\n\
+             def own():\n\
+             \x20   assert ctypes.CDLL(None).unshare(0x400) == 0\n\
+             \x20   s = socket.socket()\n\
+             \x20   s.bind(('0.0.0.0', 0))\n\
+             \x20   s.listen()\n\
+             \x20   print(s.getsockname()[1], flush=True)\n\
+             \x20   time.sleep(30)\n\
+             threading.Thread(target=own).start()",
+        );
+        let port: u16 = line.trim().parse().expect("a port");
+        let pid = child.id();
+        let mut scan = scan(false).unwrap();
+        let ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let (_, pids) = scan.netns.iter().find(|(inode, _)| *inode == ns).unwrap();
+        let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");
+        let mut before = Plan::default();
+        before.add_namespace(ns, &socks, &scan.owners, 1);
+        scan.add_own_tables(socks.iter());
+        let mut plan = Plan::default();
+        plan.add_namespace(ns, &socks, &scan.owners, 1);
+        let _ = child.kill();
+        let _ = child.wait();
+        // The case this is about: its process's table does not hold it.
+        assert_eq!(before.listeners.get(&(ns, port)), None, "{before:?}");
+        assert_eq!(plan.listeners.get(&(ns, port)), Some(&pid), "{plan:?}");
+        assert_eq!(plan.standing[&pid].kind, evidence::LISTENING);
     }
 
     #[test]

@@ -27,6 +27,16 @@ pub(super) struct Sock {
     inode: u64,
 }
 
+impl Sock {
+    /// Its inode, if it is a socket [`Plan::add_namespace`] may credit its
+    /// holders with (a listener, an established connection) and some
+    /// descriptor holds it.
+    pub(super) fn creditable_inode(&self) -> Option<u64> {
+        (matches!(self.state, State::Listen | State::Established) && self.inode != 0)
+            .then_some(self.inode)
+    }
+}
+
 impl From<&TcpNetEntry> for Sock {
     fn from(e: &TcpNetEntry) -> Self {
         Sock {

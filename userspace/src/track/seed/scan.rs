@@ -3,7 +3,11 @@
 //! parent and executable, and the interpreters' scripts as the exec
 //! handler reads them.
 
-use std::{collections::HashMap, io::Read as _, os::unix::fs::MetadataExt as _};
+use std::{
+    collections::{HashMap, HashSet},
+    io::Read as _,
+    os::unix::fs::MetadataExt as _,
+};
 
 use loopwarden_common::{
     ARGV0_MAX_LEN, SCRIPT_LEN, SCRIPT_MAX_ARGS, ScriptOption, is_interpreter, script_option,
@@ -15,7 +19,7 @@ use procfs::{
 use tracing::warn;
 
 use super::plan::Sock;
-use crate::cut::procs::{exe_file_name, live};
+use crate::cut::procs::{exe_file_name, live, note_own_tables};
 
 /// Pids kept per network namespace to read its socket tables through (one
 /// may exit meanwhile).
@@ -105,6 +109,29 @@ pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
         pids.dedup();
     }
     Ok(scan)
+}
+
+impl Scan {
+    /// Adds the holders of those of `socks` the plan may credit that no
+    /// process's table holds: processes with a thread that has a
+    /// descriptor table of its own ([`note_own_tables`]).
+    pub(super) fn add_own_tables<'a>(&mut self, socks: impl Iterator<Item = &'a Sock>) {
+        let unheld: HashSet<u64> = socks
+            .filter_map(Sock::creditable_inode)
+            .filter(|inode| !self.owners.contains_key(inode))
+            .collect();
+        if unheld.is_empty() {
+            return;
+        }
+        if let Err(e) = note_own_tables(&unheld, &mut self.owners) {
+            warn!("seeding: reading the descriptor tables of threads failed: {e}");
+        }
+        for inode in &unheld {
+            if let Some(pids) = self.owners.get_mut(inode) {
+                pids.sort_unstable();
+            }
+        }
+    }
 }
 
 /// The most of a command line [`script_of`] can need: `argv[0]` and the
