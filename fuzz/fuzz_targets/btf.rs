@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         ("", "x"),
     ] {
         let _ = btf.member_offset(name, member);
+        let _ = btf.member_offset_of(name, member, btf::Width::AtLeast(1));
     }
     // Split over itself: ids and string offsets past the base's.
     if let Ok(module) = Btf::parse_split(data, &btf) {

@@ -42,8 +42,10 @@ def btf(endian):
     INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(1, 20)
     u32 = ty("u32", INT, 0, 4); w(32)
     u64 = ty("u64", INT, 0, 8); w(64)
+    u16 = ty("u16", INT, 0, 2); w(16)
     ptr = ty("", PTR, 0, 0)
     arr = ty("", ARRAY); w(u32, u32, 4)
+    arr32 = ty("", ARRAY); w(u32, u32, 8)
     en = ty("e", ENUM, 1, 4); w(s("E0"), 0)
     proto = ty("", PROTO, 1, u32); w(0, u64)
     fn = ty("f", FUNC, 0, proto)
@@ -60,7 +62,7 @@ def btf(endian):
     un = agg(UNION, "", 8, [("", hl, 0), ("hash_len", u64, 0)])
     qstr = agg(STRUCT, "qstr", 16, [("", un, 0), ("name", cptr, 64)])
     agg(STRUCT, "dentry", 64, [("d_flags", vol, 0), ("d_parent", ptr, 64), ("d_name", qstr, 128),
-        ("d_iname", arr, 256)])
+        ("d_iname", arr32, 256)])
     path = agg(STRUCT, "path", 16, [("mnt", ptr, 0), ("dentry", ptr, 64)])
     path_t = ty("path_t", TYPEDEF, 0, path)
     agg(STRUCT, "file", 64, [("f_lock", u32, 0), ("f_path", path_t, 64), ("f_inode", ptr, 192),
@@ -68,22 +70,22 @@ def btf(endian):
     agg(STRUCT, "files_struct", 64, [("count", u32, 0), ("fdt", ptr, 64)])
     agg(STRUCT, "fdtable", 32, [("max_fds", u32, 0), ("fd", ptr, 64)])
     agg(STRUCT, "socket", 64, [("state", u32, 0), ("sk", ptr, 256)])
-    agg(STRUCT, "inode", 128, [("i_mode", u32, 0), ("i_sb", ptr, 320), ("i_ino", u64, 512)])
+    agg(STRUCT, "inode", 128, [("i_mode", u16, 0), ("i_sb", ptr, 320), ("i_ino", u64, 512)])
     agg(STRUCT, "super_block", 64, [("s_list", u64, 0), ("s_dev", u32, 128), ("s_magic", u64, 192)])
     agg(STRUCT, "mm_struct", 64, [("mmap", ptr, 0), ("exe_file", ptr, 448),
         ("arg_start", u64, 256), ("arg_end", u64, 320)])
     pnet = agg(STRUCT, "", 8, [("net", ptr, 0)])
     addrs = agg(STRUCT, "", 8, [("skc_daddr", u32, 0), ("skc_rcv_saddr", u32, 32)])
-    common = agg(STRUCT, "sock_common", 128, [("", addrs, 0), ("skc_dport", u32, 96),
-        ("skc_num", u32, 112), ("skc_family", u32, 128), ("skc_net", pnet, 192),
+    common = agg(STRUCT, "sock_common", 128, [("", addrs, 0), ("skc_dport", u16, 96),
+        ("skc_num", u16, 112), ("skc_family", u16, 128), ("skc_net", pnet, 192),
         ("skc_v6_daddr", arr, 256), ("skc_v6_rcv_saddr", arr, 384), ("skc_cookie", u64, 512)])
     lock = agg(STRUCT, "", 8, [("slock", u32, 0), ("owned", u32, 32)])
     lock_t = ty("socket_lock_t", TYPEDEF, 0, lock)
-    agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u32, 1024),
+    agg(STRUCT, "sock", 256, [("__sk_common", common, 0), ("sk_protocol", u16, 1024),
         ("sk_uid", u32, 1088), ("sk_lock", lock_t, 1152)])
     ns = agg(STRUCT, "ns_common", 16, [("stashed", ptr, 0), ("inum", u32, 64)])
     agg(STRUCT, "net", 64, [("passive", u32, 0), ("ns", ns, 128), ("net_cookie", u64, 256)])
-    inet = agg(STRUCT, "inet_sock", 128, [("inet_saddr", u32, 0), ("inet_sport", u32, 512)])
+    inet = agg(STRUCT, "inet_sock", 128, [("inet_saddr", u32, 0), ("inet_sport", u16, 512)])
     icsk = agg(STRUCT, "inet_connection_sock", 256, [("icsk_inet", inet, 0)])
     agg(STRUCT, "tcp_sock", 512, [("inet_conn", icsk, 0), ("rcv_nxt", u32, 2048),
         ("bytes_received", u64, 2112), ("snd_una", u32, 2176), ("bytes_acked", u64, 2240)])
@@ -95,7 +97,7 @@ def btf(endian):
     agg(STRUCT, "kernfs_node", 64, [("count", u32, 0), ("id", u64, 320)])
     ty("task_struct", FWD)
     agg(STRUCT, "task_struct", 256, [
-        ("__state", u32, 0), ("flags", u32, (3 << 24) | 32), ("mm", ptr, 512),
+        ("__state", u32, 0), ("flags", u32, 32), ("bits", u32, (3 << 24) | 64), ("mm", ptr, 512),
         ("pid", u32, 768), ("tgid", u32, 800), ("real_parent", ptr, 1024), ("group_leader", ptr, 1088),
         ("start_boottime", u64, 1280), ("comm", arr, 1536), ("", arr, 1664), ("files", ptr, 1792),
         ("cred", ptr, 1856), ("cgroups", ptr, 1920)],

@@ -25,8 +25,8 @@ use std::{
 
 use loopwarden_common::{KernelOffsets, SOCK_COPY_WORDS};
 
-pub use self::reader::Btf;
 use self::reader::MAGIC;
+pub use self::reader::{Btf, Width};
 
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -51,7 +51,10 @@ pub enum BtfError {
         #[source]
         source: FormatError,
     },
-    #[error("kernel BTF {} lacks a structure field loopwarden reads", path.display())]
+    #[error(
+        "kernel BTF {} lacks a structure field loopwarden reads, or has it in another form",
+        path.display()
+    )]
     Lookup {
         path: PathBuf,
         #[source]
@@ -104,6 +107,16 @@ pub enum LookupError {
         member: String,
         bit_offset: u64,
     },
+    #[error(
+        "member {struct_name}.{member} is {found} where loopwarden reads {expected}: this \
+         kernel lays it out unlike the kernels loopwarden knows (5.18 and later)"
+    )]
+    Width {
+        struct_name: String,
+        member: String,
+        expected: Width,
+        found: String,
+    },
     #[error("type {type_id} is referenced but not defined")]
     BadTypeId { type_id: u32 },
     #[error(transparent)]
@@ -153,8 +166,8 @@ pub fn btrfs_offsets(kernel: &Btf<'_>, module: &Path) -> Option<(u32, u32, u32)>
     let read = |btf: &Btf<'_>| -> Result<(u32, u32, u32), LookupError> {
         Ok((
             btf.member_offset("btrfs_inode", "vfs_inode")?,
-            btf.member_offset("btrfs_inode", "root")?,
-            btf.member_offset("btrfs_root", "anon_dev")?,
+            btf.member_offset_of("btrfs_inode", "root", POINTER)?,
+            btf.member_offset_of("btrfs_root", "anon_dev", Width::Bytes(4))?,
         ))
     };
     let found = match read(kernel) {
@@ -182,62 +195,78 @@ pub fn btrfs_offsets(kernel: &Btf<'_>, module: &Path) -> Option<(u32, u32, u32)>
     }
 }
 
-/// Fills [`KernelOffsets`] from parsed kernel BTF.
+/// A pointer's width (the kernels loopwarden runs on are 64-bit).
+const POINTER: Width = Width::Bytes(8);
+
+/// Fills [`KernelOffsets`] from parsed kernel BTF, each member checked
+/// for the width the programs read it as.
 pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
     Ok(KernelOffsets {
-        task_mm: btf.member_offset("task_struct", "mm")?,
-        task_real_parent: btf.member_offset("task_struct", "real_parent")?,
-        task_tgid: btf.member_offset("task_struct", "tgid")?,
-        task_group_leader: btf.member_offset("task_struct", "group_leader")?,
-        task_start_boottime: btf.member_offset("task_struct", "start_boottime")?,
-        task_flags: btf.member_offset("task_struct", "flags")?,
-        mm_exe_file: btf.member_offset("mm_struct", "exe_file")?,
-        file_inode: btf.member_offset("file", "f_inode")?,
-        file_dentry: btf.member_offset("file", "f_path.dentry")?,
-        dentry_name: btf.member_offset("dentry", "d_name.name")?,
-        inode_ino: btf.member_offset("inode", "i_ino")?,
-        inode_sb: btf.member_offset("inode", "i_sb")?,
-        sb_dev: btf.member_offset("super_block", "s_dev")?,
-        task_comm: btf.member_offset("task_struct", "comm")?,
-        task_pid: btf.member_offset("task_struct", "pid")?,
-        mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
-        mm_arg_end: btf.member_offset("mm_struct", "arg_end")?,
-        sk_daddr: btf.member_offset("sock", "__sk_common.skc_daddr")?,
-        sk_rcv_saddr: btf.member_offset("sock", "__sk_common.skc_rcv_saddr")?,
-        sk_dport: btf.member_offset("sock", "__sk_common.skc_dport")?,
-        sk_num: btf.member_offset("sock", "__sk_common.skc_num")?,
-        sk_family: btf.member_offset("sock", "__sk_common.skc_family")?,
-        sk_v6_daddr: btf.member_offset("sock", "__sk_common.skc_v6_daddr")?,
-        sk_v6_rcv_saddr: btf.member_offset("sock", "__sk_common.skc_v6_rcv_saddr")?,
-        sk_net: btf.member_offset("sock", "__sk_common.skc_net.net")?,
-        sk_cookie: btf.member_offset("sock", "__sk_common.skc_cookie")?,
-        sk_protocol: btf.member_offset("sock", "sk_protocol")?,
-        sk_uid: btf.member_offset("sock", "sk_uid")?,
-        task_files: btf.member_offset("task_struct", "files")?,
-        files_fdt: btf.member_offset("files_struct", "fdt")?,
-        fdtable_fd: btf.member_offset("fdtable", "fd")?,
-        fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
-        file_private_data: btf.member_offset("file", "private_data")?,
-        inode_mode: btf.member_offset("inode", "i_mode")?,
-        socket_sk: btf.member_offset("socket", "sk")?,
+        task_mm: btf.member_offset_of("task_struct", "mm", POINTER)?,
+        task_real_parent: btf.member_offset_of("task_struct", "real_parent", POINTER)?,
+        task_tgid: btf.member_offset_of("task_struct", "tgid", Width::Bytes(4))?,
+        task_group_leader: btf.member_offset_of("task_struct", "group_leader", POINTER)?,
+        task_start_boottime: btf.member_offset_of(
+            "task_struct",
+            "start_boottime",
+            Width::Bytes(8),
+        )?,
+        task_flags: btf.member_offset_of("task_struct", "flags", Width::Bytes(4))?,
+        mm_exe_file: btf.member_offset_of("mm_struct", "exe_file", POINTER)?,
+        file_inode: btf.member_offset_of("file", "f_inode", POINTER)?,
+        file_dentry: btf.member_offset_of("file", "f_path.dentry", POINTER)?,
+        dentry_name: btf.member_offset_of("dentry", "d_name.name", POINTER)?,
+        inode_ino: btf.member_offset_of("inode", "i_ino", Width::Bytes(8))?,
+        inode_sb: btf.member_offset_of("inode", "i_sb", POINTER)?,
+        sb_dev: btf.member_offset_of("super_block", "s_dev", Width::Bytes(4))?,
+        task_comm: btf.member_offset_of("task_struct", "comm", Width::AtLeast(16))?,
+        task_pid: btf.member_offset_of("task_struct", "pid", Width::Bytes(4))?,
+        mm_arg_start: btf.member_offset_of("mm_struct", "arg_start", Width::Bytes(8))?,
+        mm_arg_end: btf.member_offset_of("mm_struct", "arg_end", Width::Bytes(8))?,
+        sk_daddr: btf.member_offset_of("sock", "__sk_common.skc_daddr", Width::Bytes(4))?,
+        sk_rcv_saddr: btf.member_offset_of("sock", "__sk_common.skc_rcv_saddr", Width::Bytes(4))?,
+        sk_dport: btf.member_offset_of("sock", "__sk_common.skc_dport", Width::Bytes(2))?,
+        sk_num: btf.member_offset_of("sock", "__sk_common.skc_num", Width::Bytes(2))?,
+        sk_family: btf.member_offset_of("sock", "__sk_common.skc_family", Width::Bytes(2))?,
+        sk_v6_daddr: btf.member_offset_of("sock", "__sk_common.skc_v6_daddr", Width::Bytes(16))?,
+        sk_v6_rcv_saddr: btf.member_offset_of(
+            "sock",
+            "__sk_common.skc_v6_rcv_saddr",
+            Width::Bytes(16),
+        )?,
+        sk_net: btf.member_offset_of("sock", "__sk_common.skc_net.net", POINTER)?,
+        sk_cookie: btf.member_offset_of("sock", "__sk_common.skc_cookie", Width::Bytes(8))?,
+        sk_protocol: btf.member_offset_of("sock", "sk_protocol", Width::Bytes(2))?,
+        sk_uid: btf.member_offset_of("sock", "sk_uid", Width::Bytes(4))?,
+        task_files: btf.member_offset_of("task_struct", "files", POINTER)?,
+        files_fdt: btf.member_offset_of("files_struct", "fdt", POINTER)?,
+        fdtable_fd: btf.member_offset_of("fdtable", "fd", POINTER)?,
+        fdtable_max_fds: btf.member_offset_of("fdtable", "max_fds", Width::Bytes(4))?,
+        file_private_data: btf.member_offset_of("file", "private_data", POINTER)?,
+        inode_mode: btf.member_offset_of("inode", "i_mode", Width::Bytes(2))?,
+        socket_sk: btf.member_offset_of("socket", "sk", POINTER)?,
         dentry_inline_name: btf
-            .member_offset("dentry", "d_shortname")
-            .or_else(|_| btf.member_offset("dentry", "d_iname"))?,
-        net_inum: btf.member_offset("net", "ns.inum")?,
-        tcp_rcv_nxt: btf.member_offset("tcp_sock", "rcv_nxt")?,
-        tcp_bytes_received: btf.member_offset("tcp_sock", "bytes_received")?,
-        tcp_snd_una: btf.member_offset("tcp_sock", "snd_una")?,
-        tcp_bytes_acked: btf.member_offset("tcp_sock", "bytes_acked")?,
-        tcp_inet_sport: btf.member_offset("tcp_sock", "inet_conn.icsk_inet.inet_sport")?,
-        sk_lock_owned: btf.member_offset("sock", "sk_lock.owned")?,
-        task_cred: btf.member_offset("task_struct", "cred")?,
-        cred_uid: btf.member_offset("cred", "uid.val")?,
-        cred_gid: btf.member_offset("cred", "gid.val")?,
-        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
-        css_set_dfl_cgrp: btf.member_offset("css_set", "dfl_cgrp")?,
-        cgroup_kn: btf.member_offset("cgroup", "kn")?,
-        kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
-        sb_magic: btf.member_offset("super_block", "s_magic")?,
+            .member_offset_of("dentry", "d_shortname", Width::AtLeast(32))
+            .or_else(|_| btf.member_offset_of("dentry", "d_iname", Width::AtLeast(32)))?,
+        net_inum: btf.member_offset_of("net", "ns.inum", Width::Bytes(4))?,
+        tcp_rcv_nxt: btf.member_offset_of("tcp_sock", "rcv_nxt", Width::Bytes(4))?,
+        tcp_bytes_received: btf.member_offset_of("tcp_sock", "bytes_received", Width::Bytes(8))?,
+        tcp_snd_una: btf.member_offset_of("tcp_sock", "snd_una", Width::Bytes(4))?,
+        tcp_bytes_acked: btf.member_offset_of("tcp_sock", "bytes_acked", Width::Bytes(8))?,
+        tcp_inet_sport: btf.member_offset_of(
+            "tcp_sock",
+            "inet_conn.icsk_inet.inet_sport",
+            Width::Bytes(2),
+        )?,
+        sk_lock_owned: btf.member_offset_of("sock", "sk_lock.owned", Width::Bytes(4))?,
+        task_cred: btf.member_offset_of("task_struct", "cred", POINTER)?,
+        cred_uid: btf.member_offset_of("cred", "uid.val", Width::Bytes(4))?,
+        cred_gid: btf.member_offset_of("cred", "gid.val", Width::Bytes(4))?,
+        task_cgroups: btf.member_offset_of("task_struct", "cgroups", POINTER)?,
+        css_set_dfl_cgrp: btf.member_offset_of("css_set", "dfl_cgrp", POINTER)?,
+        cgroup_kn: btf.member_offset_of("cgroup", "kn", POINTER)?,
+        kernfs_node_id: btf.member_offset_of("kernfs_node", "id", Width::Bytes(8))?,
+        sb_magic: btf.member_offset_of("super_block", "s_magic", Width::Bytes(8))?,
         btrfs_inode_vfs: 0,
         btrfs_inode_root: 0,
         btrfs_root_anon_dev: 0,
@@ -252,9 +281,11 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
             .unwrap_or(0),
         // Optional: without them a process's tracking ends with its main
         // thread rather than its last (see `ebpf/src/process.rs`).
-        task_signal: btf.member_offset("task_struct", "signal").unwrap_or(0),
+        task_signal: btf
+            .member_offset_of("task_struct", "signal", POINTER)
+            .unwrap_or(0),
         signal_live: btf
-            .member_offset("signal_struct", "live.counter")
+            .member_offset_of("signal_struct", "live.counter", Width::Bytes(4))
             .unwrap_or(0),
     })
 }

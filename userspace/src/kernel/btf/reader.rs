@@ -61,6 +61,35 @@ struct Member {
     name_off: u32,
     type_id: u32,
     bit_offset: u32,
+    /// Its width in bits when the struct's kind_flag marks it a bitfield;
+    /// 0 otherwise.
+    bitfield_size: u32,
+}
+
+/// A member as [`Btf::locate`] finds it: where, and of what type.
+#[derive(Clone, Copy, Debug)]
+struct Located {
+    bits: u64,
+    type_id: u32,
+    bitfield_size: u32,
+}
+
+/// How wide a member must be for the kernel programs' reads of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Width {
+    /// Exactly this many bytes: a scalar or a pointer, read whole.
+    Bytes(u32),
+    /// At least this many: an array or a struct, read in part.
+    AtLeast(u32),
+}
+
+impl std::fmt::Display for Width {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Width::Bytes(n) => write!(f, "{n} bytes"),
+            Width::AtLeast(n) => write!(f, "at least {n} bytes"),
+        }
+    }
 }
 
 /// Parsed BTF: the type index over a borrowed blob.
@@ -211,35 +240,115 @@ impl<'a> Btf<'a> {
         })
     }
 
+    /// [`Btf::member_offset`] of a member the programs read as `width`:
+    /// one of another size, or a bitfield, is refused, as a read of it
+    /// would take the wrong bytes.
+    pub fn member_offset_of(
+        &self,
+        struct_name: &str,
+        member: &str,
+        width: Width,
+    ) -> Result<u32, LookupError> {
+        let offset = self.member_offset(struct_name, member)?;
+        let found = self.locate(struct_name, member)?;
+        let size = if found.bitfield_size != 0 {
+            None
+        } else {
+            self.type_size(found.type_id, 0)?
+        };
+        let fits = match (size, width) {
+            (Some(size), Width::Bytes(n)) => size == u64::from(n),
+            (Some(size), Width::AtLeast(n)) => size >= u64::from(n),
+            (None, _) => false,
+        };
+        if fits {
+            return Ok(offset);
+        }
+        Err(LookupError::Width {
+            struct_name: struct_name.to_owned(),
+            member: member.to_owned(),
+            expected: width,
+            found: match size {
+                Some(size) => format!("{size} bytes"),
+                None if found.bitfield_size != 0 => {
+                    format!("a {}-bit bitfield", found.bitfield_size)
+                }
+                None => "a bitfield, or of no fixed size".to_owned(),
+            },
+        })
+    }
+
     /// Bit offset of `member` in struct `struct_name` (as
     /// [`Btf::member_offset`] finds it): a bitfield's too.
     pub fn member_bit_offset(&self, struct_name: &str, member: &str) -> Result<u64, LookupError> {
+        Ok(self.locate(struct_name, member)?.bits)
+    }
+
+    /// Where `member` of struct `struct_name` is, and its type (see
+    /// [`Btf::member_offset`]).
+    fn locate(&self, struct_name: &str, member: &str) -> Result<Located, LookupError> {
         let mut type_id = self.find_struct(struct_name)?;
         let mut bits: u64 = 0;
         let mut owner = struct_name.to_owned();
         let mut steps = member.split('.').peekable();
         while let Some(step) = steps.next() {
-            let (found_bits, member_type) = self
+            let (found_bits, found) = self
                 .find_member(type_id, step, 0, &mut HashSet::from([type_id]))?
                 .ok_or_else(|| LookupError::MemberNotFound {
                     struct_name: owner.clone(),
                     member: step.to_owned(),
                 })?;
             bits += found_bits;
-            if let Some(next) = steps.peek() {
-                let resolved = self.skip_modifiers(member_type)?;
-                if !matches!(self.entry(resolved)?.1.kind, kind::STRUCT | kind::UNION) {
-                    return Err(LookupError::NotAggregate {
-                        struct_name: owner,
-                        member: step.to_owned(),
-                        next: (*next).to_owned(),
-                    });
-                }
-                type_id = resolved;
-                owner = format!("{owner}.{step}");
+            let Some(next) = steps.peek() else {
+                return Ok(Located {
+                    bits,
+                    type_id: found.type_id,
+                    bitfield_size: found.bitfield_size,
+                });
+            };
+            let resolved = self.skip_modifiers(found.type_id)?;
+            if !matches!(self.entry(resolved)?.1.kind, kind::STRUCT | kind::UNION) {
+                return Err(LookupError::NotAggregate {
+                    struct_name: owner,
+                    member: step.to_owned(),
+                    next: (*next).to_owned(),
+                });
             }
+            type_id = resolved;
+            owner = format!("{owner}.{step}");
         }
-        Ok(bits)
+        // (`split` yields at least one step: the loop returns.)
+        Err(LookupError::MemberNotFound {
+            struct_name: owner,
+            member: String::new(),
+        })
+    }
+
+    /// The size in bytes of type `type_id`; `None` for an integer that is
+    /// a bitfield (fewer bits than its bytes, or shifted) and for types of
+    /// no size (functions, void).
+    fn type_size(&self, type_id: u32, depth: usize) -> Result<Option<u64>, LookupError> {
+        let resolved = self.skip_modifiers(type_id)?;
+        let (owner, entry) = self.entry(resolved)?;
+        let size = u64::from(entry.size_or_type);
+        Ok(match entry.kind {
+            kind::INT => {
+                let encoding = owner.word(entry.offset + TYPE_LEN, "int encoding")?;
+                let (bits, shift) = (encoding & 0xff, (encoding >> 16) & 0xff);
+                (u64::from(bits) == size * 8 && shift == 0).then_some(size)
+            }
+            // The kernels loopwarden runs on are 64-bit.
+            kind::PTR => Some(8),
+            kind::STRUCT | kind::UNION | kind::ENUM | kind::ENUM64 | kind::FLOAT => Some(size),
+            kind::ARRAY if depth < MAX_DEPTH => {
+                let at = entry.offset + TYPE_LEN;
+                let element = owner.word(at, "array")?;
+                let count = owner.word(at + 8, "array")?;
+                self.type_size(element, depth + 1)?
+                    .and_then(|each| each.checked_mul(u64::from(count)))
+            }
+            _ => None,
+        })
     }
 
     /// Id of the first `STRUCT` (not a forward declaration) named `name`
@@ -268,13 +377,13 @@ impl<'a> Btf<'a> {
         name: &str,
         depth: usize,
         searched: &mut HashSet<u32>,
-    ) -> Result<Option<(u64, u32)>, LookupError> {
+    ) -> Result<Option<(u64, Member)>, LookupError> {
         let (owner, entry) = self.entry(type_id)?;
         for index in 0..usize::from(entry.vlen) {
             let member = owner.member(entry, index)?;
             if member.name_off != 0 {
                 if self.name(member.name_off)? == name.as_bytes() {
-                    return Ok(Some((u64::from(member.bit_offset), member.type_id)));
+                    return Ok(Some((u64::from(member.bit_offset), member)));
                 }
                 continue;
             }
@@ -339,6 +448,7 @@ impl<'a> Btf<'a> {
             } else {
                 raw_offset
             },
+            bitfield_size: if entry.kind_flag { raw_offset >> 24 } else { 0 },
         })
     }
 

@@ -227,6 +227,84 @@ fn kind_flag_bitfield_offsets() {
     );
 }
 
+/// A member read as a width it does not have is refused, naming both:
+/// scalars and pointers by their exact size, aggregates by the least the
+/// programs read, bitfields never.
+#[test]
+fn members_are_checked_for_the_width_the_programs_read() {
+    let data = sample();
+    let btf = Btf::parse(&data).unwrap();
+    assert_eq!(
+        btf.member_offset_of("task_struct", "a", Width::Bytes(8)),
+        Ok(0)
+    );
+    // Through a typedef'd union and a const anonymous struct.
+    assert_eq!(
+        btf.member_offset_of("task_struct", "d", Width::Bytes(8)),
+        Ok(16)
+    );
+    assert_eq!(
+        btf.member_offset_of("task_struct", "f_path.dentry", Width::Bytes(8)),
+        Ok(32)
+    );
+    assert_eq!(
+        btf.member_offset_of("task_struct", "f_path", Width::AtLeast(16)),
+        Ok(24)
+    );
+    assert_eq!(btf.member_offset_of("bits", "x", Width::Bytes(4)), Ok(4));
+    let width = |member: &str, expected: Width, found: &str| LookupError::Width {
+        struct_name: if member == "y" { "bits" } else { "task_struct" }.into(),
+        member: member.into(),
+        expected,
+        found: found.into(),
+    };
+    assert_eq!(
+        btf.member_offset_of("task_struct", "a", Width::Bytes(4)),
+        Err(width("a", Width::Bytes(4), "8 bytes"))
+    );
+    assert_eq!(
+        btf.member_offset_of("task_struct", "f_path", Width::AtLeast(17)),
+        Err(width("f_path", Width::AtLeast(17), "16 bytes"))
+    );
+    assert_eq!(
+        btf.member_offset_of("bits", "y", Width::Bytes(4)),
+        Err(width("y", Width::Bytes(4), "a 3-bit bitfield"))
+    );
+    let message = width("a", Width::Bytes(4), "8 bytes").to_string();
+    assert!(
+        message.contains("task_struct.a is 8 bytes where loopwarden reads 4 bytes"),
+        "{message}"
+    );
+
+    // An integer of fewer bits than its bytes (a bitfield the old way,
+    // without kind_flag), and an array's size from its element's.
+    let mut b = Builder::new();
+    let int = b.int("int", 4);
+    let narrow = b.ty("flags_t", kind::INT, false, 0, 4);
+    b.words(&[3]);
+    let comm = b.ty("", kind::ARRAY, false, 0, 0);
+    b.words(&[int, int, 4]);
+    b.aggregate(
+        kind::STRUCT,
+        "s",
+        false,
+        24,
+        &[("n", narrow, 0), ("comm", comm, 32), ("i", int, 160)],
+    );
+    let data = b.build();
+    let btf = Btf::parse(&data).unwrap();
+    assert!(matches!(
+        btf.member_offset_of("s", "n", Width::Bytes(4)),
+        Err(LookupError::Width { .. })
+    ));
+    assert_eq!(btf.member_offset_of("s", "comm", Width::AtLeast(16)), Ok(4));
+    assert!(
+        btf.member_offset_of("s", "comm", Width::AtLeast(17))
+            .is_err()
+    );
+    assert_eq!(btf.member_offset_of("s", "i", Width::Bytes(4)), Ok(20));
+}
+
 #[test]
 fn missing_struct_and_member() {
     let data = sample();
