@@ -21,6 +21,8 @@ use procfs::{
     process::{FDInfo, FDTarget, Process, all_processes},
 };
 
+use tracing::warn;
+
 use crate::{
     events::{cgroup_v2_path, proc_cmdline_at},
     policy::ProcessIdentity,
@@ -148,10 +150,9 @@ pub(crate) fn live(process: Process) -> Option<Process> {
 
 /// For each of `inodes`, the pids that hold a descriptor to that socket. One
 /// pass over every process's descriptor table (read through a running
-/// thread where the main one has exited), and, for the sockets no such
-/// table holds, one over the tables of threads that have their own
-/// ([`note_own_tables`]); processes that vanish or cannot be read are
-/// skipped.
+/// thread where the main one has exited), and one over the tables of
+/// threads that have their own ([`note_own_tables`]); processes that vanish
+/// or cannot be read are skipped.
 pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>> {
     let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
     if inodes.is_empty() {
@@ -167,14 +168,14 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
             note_sockets(fds.flatten(), pid, inodes, &mut owners);
         }
     }
-    // Inode 0 is a socket no descriptor holds (an orphan closing).
-    let unheld: HashSet<u64> = inodes
-        .iter()
-        .filter(|&&inode| inode != 0 && !owners.contains_key(&inode))
-        .copied()
-        .collect();
-    if !unheld.is_empty() {
-        note_own_tables(&unheld, &mut owners)?;
+    // Also for sockets some process holds: a thread with a table of its own
+    // may have handed its socket to another process (by fork or over a
+    // Unix socket), which is then not its only holder.
+    if let Err(e) = note_own_tables(inodes, &mut owners) {
+        warn!(
+            "reading the descriptor tables of threads failed: {e}; the holders found in \
+             processes' tables stand"
+        );
     }
     Ok(owners)
 }
@@ -182,9 +183,12 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
 /// Adds to `owners` the processes holding any of `inodes` in the table of
 /// a thread that has a descriptor table of its own (`unshare(CLONE_FILES)`,
 /// or `clone` without `CLONE_FILES`), which its process's `fd` does not
-/// show. Only a thread whose table is not its main thread's is read (per
-/// `kcmp`; every thread, where `kcmp` cannot tell), so the pass costs a
-/// listing of each process's threads and one system call per thread.
+/// show. Of each process with more than one thread, a thread's table is
+/// read unless it is one read already: the process's (its main thread's,
+/// which [`socket_owners`] read) or another thread's of it, as `kcmp` tells
+/// (where it cannot, every thread's is read). So the pass costs a listing
+/// of each process's threads, and for one with several, a read of its
+/// `stat` and a system call per thread and table.
 pub(crate) fn note_own_tables(
     inodes: &HashSet<u64>,
     owners: &mut HashMap<u64, Vec<u32>>,
@@ -192,14 +196,22 @@ pub(crate) fn note_own_tables(
     for process in all_processes()?.flatten() {
         let pid = process.pid;
         let Ok(tasks) = process.tasks() else { continue };
-        for task in tasks.flatten() {
-            if task.tid == pid || same_table(pid, task.tid) {
+        let tids: Vec<i32> = tasks.flatten().map(|task| task.tid).collect();
+        if tids.len() < 2 {
+            continue;
+        }
+        let own = PathBuf::from(format!("/proc/{pid}"));
+        // A main thread that has exited has no table to compare with.
+        let mut read: Vec<i32> = if zombie(&own) { Vec::new() } else { vec![pid] };
+        for tid in tids {
+            if read.iter().any(|&r| r == tid || same_table(r, tid)) {
                 continue;
             }
-            let dir = PathBuf::from(format!("/proc/{pid}/task/{}", task.tid));
+            let dir = own.join("task").join(tid.to_string());
             if let Ok(fds) = Process::new_with_root(dir).and_then(|t| t.fd()) {
                 note_sockets(fds.flatten(), pid as u32, inodes, owners);
             }
+            read.push(tid);
         }
     }
     Ok(())
@@ -207,11 +219,13 @@ pub(crate) fn note_own_tables(
 
 /// Whether threads `a` and `b` share one descriptor table: `kcmp(2)` with
 /// `KCMP_FILES` (neither nix nor rustix wraps it). `false` where the kernel
-/// cannot tell (built without `CONFIG_KCMP`, a thread gone).
+/// cannot tell (built without `CONFIG_KCMP`, a seccomp filter that refuses
+/// it, a thread gone, a thread that has exited and has no table).
 fn same_table(a: i32, b: i32) -> bool {
-    const KCMP_FILES: libc::c_long = 2;
+    const KCMP_FILES: libc::c_int = 2;
+    let unused: libc::c_ulong = 0;
     // SAFETY: kcmp takes integers and reads no memory of ours.
-    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) == 0 }
+    unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, unused, unused) == 0 }
 }
 
 /// Adds `pid` to `owners` for each of `fds` that is a socket of `inodes`;
@@ -631,6 +645,43 @@ mod tests {
         assert_eq!(owners.get(&inode), Some(&vec![pid]));
     }
 
+    /// A socket made in a thread's own table and handed on by a fork has
+    /// two holders: the child, whose table shows it, and the process of
+    /// that thread, which must not hide behind the child (it could hand
+    /// the socket to a child an allow rule names).
+    #[test]
+    fn a_thread_that_forked_its_socket_away_still_holds_it() {
+        let (mut child, line) = crate::testing::python_child(
+            "import ctypes, os, socket, threading, time\n\
+             libc = ctypes.CDLL(None)\n\
+             def own():\n\
+             \x20   assert libc.unshare(0x400) == 0\n\
+             \x20   s = socket.socket()\n\
+             \x20   pid = os.fork()\n\
+             \x20   if pid == 0:\n\
+             \x20       libc.prctl(1, 9, 0, 0, 0)\n\
+             \x20       time.sleep(30)\n\
+             \x20       os._exit(0)\n\
+             \x20   print(os.fstat(s.fileno()).st_ino, pid, flush=True)\n\
+             \x20   time.sleep(30)\n\
+             threading.Thread(target=own).start()",
+        );
+        let pid = child.id();
+        let mut words = line
+            .split_whitespace()
+            .map(|w| w.parse::<u64>().expect("a number"));
+        let (inode, forked) = (
+            words.next().expect("an inode"),
+            words.next().expect("a pid"),
+        );
+        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut holders = owners.get(&inode).cloned().unwrap_or_default();
+        holders.sort_unstable();
+        assert_eq!(holders, vec![pid, forked as u32]);
+    }
+
     /// `kcmp` tells a thread sharing its process's table from one that
     /// does not, so only the latter's is read.
     #[test]
@@ -644,7 +695,13 @@ mod tests {
             });
             (shared.join().unwrap(), own.join().unwrap())
         });
-        assert!(shared);
+        // Where kcmp is refused (a seccomp filter, no CONFIG_KCMP), no two
+        // threads read as sharing, and every table is read.
+        if same_table(me, me) {
+            assert!(shared);
+        } else {
+            assert!(!shared);
+        }
         assert!(!own);
     }
 

@@ -181,10 +181,11 @@ pub fn require_root() -> Result<(), CompatError> {
 }
 
 /// The capabilities the read-only commands need to say what is attached:
-/// `CAP_SYS_ADMIN` to look programs up by id (it also lets bpf(2) ask a
-/// cgroup which programs it runs). Without it a pinned, attached link
-/// reads as running no program.
-pub const INSPECT_CAPS: [(&str, u32); 1] = [("CAP_SYS_ADMIN", 21)];
+/// `CAP_SYS_ADMIN` to look programs up by id, `CAP_NET_ADMIN` to ask a
+/// cgroup which programs it runs (before Linux 6.9 `CAP_SYS_ADMIN` does
+/// not stand in for it there). Without them a pinned, attached link reads
+/// as running no program, or as not attached.
+pub const INSPECT_CAPS: [(&str, u32); 2] = [("CAP_SYS_ADMIN", 21), ("CAP_NET_ADMIN", 12)];
 
 /// Fails unless every one of [`REQUIRED_CAPS`] is effective, naming those
 /// that are not.

@@ -247,7 +247,13 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         socket_sk: btf.member_offset_of("socket", "sk", POINTER)?,
         dentry_inline_name: btf
             .member_offset_of("dentry", "d_shortname", Width::AtLeast(32))
-            .or_else(|_| btf.member_offset_of("dentry", "d_iname", Width::AtLeast(32)))?,
+            .or_else(|e| match e {
+                // Its name before Linux 6.14.
+                LookupError::MemberNotFound { .. } => {
+                    btf.member_offset_of("dentry", "d_iname", Width::AtLeast(32))
+                }
+                e => Err(e),
+            })?,
         net_inum: btf.member_offset_of("net", "ns.inum", Width::Bytes(4))?,
         tcp_rcv_nxt: btf.member_offset_of("tcp_sock", "rcv_nxt", Width::Bytes(4))?,
         tcp_bytes_received: btf.member_offset_of("tcp_sock", "bytes_received", Width::Bytes(8))?,
@@ -281,13 +287,29 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
             .unwrap_or(0),
         // Optional: without them a process's tracking ends with its main
         // thread rather than its last (see `ebpf/src/process.rs`).
-        task_signal: btf
-            .member_offset_of("task_struct", "signal", POINTER)
-            .unwrap_or(0),
-        signal_live: btf
-            .member_offset_of("signal_struct", "live.counter", Width::Bytes(4))
-            .unwrap_or(0),
+        task_signal: optional(btf.member_offset_of("task_struct", "signal", POINTER)),
+        signal_live: optional(btf.member_offset_of(
+            "signal_struct",
+            "live.counter",
+            Width::Bytes(4),
+        )),
     })
+}
+
+/// An optional member's offset, 0 (not read) without it; one of another
+/// form than the programs read is warned of, as what it costs is not said
+/// elsewhere.
+fn optional(found: Result<u32, LookupError>) -> u32 {
+    match found {
+        Ok(offset) => offset,
+        Err(LookupError::MemberNotFound { .. } | LookupError::StructNotFound { .. }) => 0,
+        Err(e) => {
+            tracing::warn!(
+                "{e}: a process's tracking ends with its main thread rather than its last"
+            );
+            0
+        }
+    }
 }
 
 #[cfg(test)]

@@ -225,19 +225,11 @@ impl<'a> Btf<'a> {
     /// dotted path through embedded structs (`f_path.dentry`); each step may
     /// sit inside anonymous structs or unions, whose offsets are added.
     pub fn member_offset(&self, struct_name: &str, member: &str) -> Result<u32, LookupError> {
-        let bits = self.member_bit_offset(struct_name, member)?;
-        if !bits.is_multiple_of(8) {
-            return Err(LookupError::Unaligned {
-                struct_name: struct_name.to_owned(),
-                member: member.to_owned(),
-                bit_offset: bits,
-            });
-        }
-        u32::try_from(bits / 8).map_err(|_| LookupError::TooFar {
-            struct_name: struct_name.to_owned(),
-            member: member.to_owned(),
-            bit_offset: bits,
-        })
+        byte_offset(
+            struct_name,
+            member,
+            self.member_bit_offset(struct_name, member)?,
+        )
     }
 
     /// [`Btf::member_offset`] of a member the programs read as `width`:
@@ -249,8 +241,8 @@ impl<'a> Btf<'a> {
         member: &str,
         width: Width,
     ) -> Result<u32, LookupError> {
-        let offset = self.member_offset(struct_name, member)?;
         let found = self.locate(struct_name, member)?;
+        let offset = byte_offset(struct_name, member, found.bits)?;
         let size = if found.bitfield_size != 0 {
             None
         } else {
@@ -485,6 +477,22 @@ impl<'a> Btf<'a> {
     fn word(&self, at: usize, what: &'static str) -> Result<u32, FormatError> {
         read_u32(self.types_data, at, self.big_endian, what)
     }
+}
+
+/// The byte offset of `member` of `struct_name` found at bit `bits`.
+fn byte_offset(struct_name: &str, member: &str, bits: u64) -> Result<u32, LookupError> {
+    if !bits.is_multiple_of(8) {
+        return Err(LookupError::Unaligned {
+            struct_name: struct_name.to_owned(),
+            member: member.to_owned(),
+            bit_offset: bits,
+        });
+    }
+    u32::try_from(bits / 8).map_err(|_| LookupError::TooFar {
+        struct_name: struct_name.to_owned(),
+        member: member.to_owned(),
+        bit_offset: bits,
+    })
 }
 
 fn slice<'d>(

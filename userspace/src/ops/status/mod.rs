@@ -91,20 +91,6 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             "cannot read the pins: bpffs and bpf(2) need root (run it with sudo)".to_owned(),
         );
     }
-    // Root without them would read attached links as not attached.
-    let lacking = compat::effective_capabilities()
-        .map(|eff| compat::missing_of(&compat::INSPECT_CAPS, eff))
-        .unwrap_or_else(|_| compat::INSPECT_CAPS.iter().map(|(name, _)| *name).collect());
-    if !lacking.is_empty() {
-        return report.finish(
-            State::Unreadable,
-            format!(
-                "cannot tell what is attached: this process lacks {} (status needs it effective \
-                 to look programs up by id)",
-                lacking.join(" and ")
-            ),
-        );
-    }
     let cgroup_links = |links: &[(&str, u32)]| -> Vec<LinkReport> {
         links
             .iter()
@@ -199,6 +185,13 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             ));
         }
         return report.finish(State::NotEnforcing, summary);
+    }
+    // Root without them would read attached links as not attached.
+    if let Some(why) = lacking_capabilities() {
+        return report.finish(
+            State::Unreadable,
+            format!("cannot tell what is attached: {why}"),
+        );
     }
     let meta = match inspect::meta(&pins) {
         Ok(meta) => Some(meta),
@@ -365,6 +358,28 @@ impl Report {
             });
         }
         Ok(())
+    }
+}
+
+/// Why this process cannot see what is attached, if it cannot: which of
+/// [`compat::INSPECT_CAPS`] it lacks, or why its capabilities are unknown.
+fn lacking_capabilities() -> Option<String> {
+    let needed = || {
+        let names: Vec<&str> = compat::INSPECT_CAPS.iter().map(|(name, _)| *name).collect();
+        names.join(" and ")
+    };
+    match compat::effective_capabilities() {
+        Ok(eff) => {
+            let lacking = compat::missing_of(&compat::INSPECT_CAPS, eff);
+            (!lacking.is_empty()).then(|| {
+                format!(
+                    "this process lacks {} (status needs {} effective)",
+                    lacking.join(" and "),
+                    needed()
+                )
+            })
+        }
+        Err(e) => Some(format!("{e} (status needs {} effective)", needed())),
     }
 }
 

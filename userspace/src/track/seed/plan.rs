@@ -29,11 +29,17 @@ pub(super) struct Sock {
 
 impl Sock {
     /// Its inode, if it is a socket [`Plan::add_namespace`] may credit its
-    /// holders with (a listener, an established connection) and some
-    /// descriptor holds it.
+    /// holders with (a listener on a non-loopback address, a connection
+    /// with a peer elsewhere) and some descriptor holds it.
     pub(super) fn creditable_inode(&self) -> Option<u64> {
-        (matches!(self.state, State::Listen | State::Established) && self.inode != 0)
-            .then_some(self.inode)
+        let creditable = match self.state {
+            State::Listen => !is_loopback(self.local.ip()),
+            State::Established => {
+                !is_loopback(self.remote.ip()) && self.local.ip() != self.remote.ip()
+            }
+            _ => false,
+        };
+        (creditable && self.inode != 0).then_some(self.inode)
     }
 }
 

@@ -112,21 +112,19 @@ pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
 }
 
 impl Scan {
-    /// Adds the holders of those of `socks` the plan may credit that no
-    /// process's table holds: processes with a thread that has a
-    /// descriptor table of its own ([`note_own_tables`]).
+    /// Adds the holders of those of `socks` the plan may credit that only
+    /// a thread's own descriptor table shows: processes with a thread that
+    /// has a table of its own ([`note_own_tables`]), the socket's only
+    /// holders or beside a process it was handed on to.
     pub(super) fn add_own_tables<'a>(&mut self, socks: impl Iterator<Item = &'a Sock>) {
-        let unheld: HashSet<u64> = socks
-            .filter_map(Sock::creditable_inode)
-            .filter(|inode| !self.owners.contains_key(inode))
-            .collect();
-        if unheld.is_empty() {
+        let inodes: HashSet<u64> = socks.filter_map(Sock::creditable_inode).collect();
+        if inodes.is_empty() {
             return;
         }
-        if let Err(e) = note_own_tables(&unheld, &mut self.owners) {
+        if let Err(e) = note_own_tables(&inodes, &mut self.owners) {
             warn!("seeding: reading the descriptor tables of threads failed: {e}");
         }
-        for inode in &unheld {
+        for inode in &inodes {
             if let Some(pids) = self.owners.get_mut(inode) {
                 pids.sort_unstable();
             }
