@@ -291,7 +291,7 @@ fn ensure_packages() -> anyhow::Result<()> {
         "installing test packages with apt-get (1-3 minutes): {} ...",
         missing.join(" ")
     );
-    proc::run(Command::new("apt-get").arg("update"))?;
+    proc::run(proc::apt_get().arg("update"))?;
     // The tests start the servers they drive themselves, in their own
     // namespaces: no package's service (sshd, nginx, postgresql) is started
     // on the host, and without an init system its postinst cannot fail
@@ -314,7 +314,7 @@ fn package_installed(package: &str) -> bool {
 /// that would trade away something already on the machine fails instead.
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     proc::run(
-        Command::new("apt-get")
+        proc::apt_get()
             .args(["install", "-y", "--no-remove", "--no-install-recommends"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),

@@ -48,7 +48,17 @@ struct Step {
     result: anyhow::Result<()>,
 }
 
+/// The longest the unit tests may run (they take about a minute).
+const UNIT_LIMIT: Duration = Duration::from_secs(20 * 60);
+/// The longest the root suite may run (it takes about 17 minutes): a hung
+/// test must leave the rest of a 90-minute CI run its time, and the suite's
+/// cleanup its turn.
+const ROOT_SUITE_LIMIT: Duration = Duration::from_secs(45 * 60);
+
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    // A ^C or a CI timeout's SIGTERM ends the running tests, and the root
+    // suite's leftovers are cleared, before this exits.
+    proc::catch_interrupts();
     setup::toolchain(false)?;
     // The packages are the root suite's and the VM test's.
     if !args.unit_only {
@@ -58,6 +68,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let tally = std::cell::RefCell::new(proc::Tally::default());
     let mut steps = Vec::new();
     let mut step = |name: &'static str, f: &dyn Fn() -> anyhow::Result<()>| {
+        if proc::interrupted() {
+            say!("=== {name}: not run (interrupted) ===");
+            return;
+        }
         say!("=== {name} ===");
         let start = Instant::now();
         let result = f();
@@ -97,6 +111,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                 "loopwarden-ebpf",
             ]),
             &mut tally.borrow_mut(),
+            UNIT_LIMIT,
         )
     });
     if !args.no_fuzz {
@@ -147,7 +162,7 @@ fn integration(tally: &mut proc::Tally) -> anyhow::Result<()> {
     if let Ok(deb) = &deb {
         suite.env("LOOPWARDEN_DEB", deb);
     }
-    let result = proc::run_tests(&mut suite, tally);
+    let result = proc::run_tests(&mut suite, tally, ROOT_SUITE_LIMIT);
     // Each test removes what it made, also when it fails; a suite killed
     // half-way (a CI timeout, ^C) cannot, and this is its cleanup.
     clear_stale_test_state();
@@ -357,19 +372,29 @@ fn summarize(steps: &[Step], tally: proc::Tally) -> anyhow::Result<()> {
         .filter(|step| step.result.is_err())
         .map(|step| step.name)
         .collect();
-    // The plain tally, alone on the last line, for whoever reads the log's end.
-    // A step that failed without failing a test (lint, build) counts as one.
-    let failed_count = if tally.failed > 0 {
-        tally.failed
-    } else {
-        failed.len() as u64
-    };
-    if failed.is_empty() {
+    // The plain tally, alone on the last line, for whoever reads the log's end:
+    // tests and steps apart, so a failed lint or VM step is not hidden behind
+    // a failed test's count.
+    if failed.is_empty() && !proc::interrupted() {
         say!("all {} steps passed", steps.len());
-        println!("xtask: {} passed, {} failed", tally.passed, failed_count);
+        println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
         Ok(())
     } else {
-        println!("xtask: {} passed, {} failed", tally.passed, failed_count);
+        println!(
+            "xtask: {} passed, {} failed; {} of {} steps failed{}",
+            tally.passed,
+            tally.failed,
+            failed.len(),
+            steps.len(),
+            if proc::interrupted() {
+                ", interrupted"
+            } else {
+                ""
+            }
+        );
+        if failed.is_empty() {
+            anyhow::bail!("interrupted")
+        }
         anyhow::bail!("failed: {}", failed.join(", "))
     }
 }

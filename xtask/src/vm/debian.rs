@@ -86,9 +86,9 @@ fn install_from_suite(suite: &str, package: &str) -> anyhow::Result<()> {
     let list = Path::new("/etc/apt/sources.list.d/loopwarden-vm-test.list");
     fs::write(list, format!("deb {mirror} {suite} main\n"))
         .with_context(|| format!("cannot write {}", list.display()))?;
-    let installed = proc::run(Command::new("apt-get").arg("update")).and_then(|()| {
+    let installed = proc::run(proc::apt_get().arg("update")).and_then(|()| {
         proc::run(
-            Command::new("apt-get")
+            proc::apt_get()
                 .args([
                     "install",
                     "-y",
@@ -102,7 +102,7 @@ fn install_from_suite(suite: &str, package: &str) -> anyhow::Result<()> {
         )
     });
     fs::remove_file(list).ok();
-    proc::run(Command::new("apt-get").arg("update")).ok();
+    proc::run(proc::apt_get().arg("update")).ok();
     installed.with_context(|| format!("installing {package} from {suite} failed"))
 }
 
@@ -233,7 +233,7 @@ fn newest_kernel_package(series: &str) -> anyhow::Result<Option<String>> {
     let mut found = list()?;
     if found.is_empty() && proc::is_root() {
         say!("vm-test: no {series} kernel in the apt lists; running apt-get update");
-        proc::run(Command::new("apt-get").arg("update"))?;
+        proc::run(proc::apt_get().arg("update"))?;
         found = list()?;
     }
     // Newest first; skip names apt lists but cannot fetch (virtual or stale).
@@ -309,7 +309,7 @@ fn apt_download(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let debs = dir.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("cannot create {}", debs.display()))?;
     proc::run(
-        Command::new("apt-get")
+        proc::apt_get()
             .args(["download", "-q"])
             .arg(package)
             .current_dir(&debs),
