@@ -75,10 +75,12 @@ impl Bench<'_> {
                         seconds,
                         args.window,
                     )?;
+                    // A protected window that made no connection is a
+                    // ratio of 0, the worst there is, not a pair to drop.
                     let ratios = pairs
                         .iter()
                         .skip(1)
-                        .filter(|[p, u]| p.ops > 0 && u.ops > 0)
+                        .filter(|[_, u]| u.ops > 0)
                         .map(|[p, u]| p.rate() / u.rate());
                     if let Some(entry) = results
                         .iter_mut()

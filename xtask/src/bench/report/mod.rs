@@ -141,6 +141,10 @@ fn sign_test_p(slower: usize, n: usize) -> f64 {
     total / 2f64.powi(i32::try_from(n).unwrap_or(i32::MAX))
 }
 
+/// The verdict of a row slower than its reference in more rounds than
+/// not, but in too few rounds in all to tell that from chance.
+const TOO_FEW_ROUNDS: &str = "slower, too few rounds to judge";
+
 /// How `ratios` (a phase's rate over its reference's, one per paired
 /// round) compares with noise, when the table judges `rows` of them: `Err`
 /// when the rounds in which the phase was slower are too many for chance
@@ -154,7 +158,7 @@ fn verdict(ratios: &[f64], rows: usize) -> Result<&'static str, &'static str> {
     }
     let alpha = FAMILY_ALPHA / rows.max(1) as f64;
     if sign_test_p(ratios.len(), ratios.len()) > alpha {
-        Ok("slower, too few rounds to judge")
+        Ok(TOO_FEW_ROUNDS)
     } else if sign_test_p(slower, ratios.len()) <= alpha {
         Err("WORSE than noise")
     } else {
@@ -178,8 +182,9 @@ pub fn print(
         args.seconds,
         args.stats_seconds
     );
+    let mut unjudged = 0;
     if !samples.is_empty() {
-        print_rates(samples, &mut misses);
+        unjudged = print_rates(samples, &mut misses);
         costs::print(samples, &mut misses);
         super::egress::print(samples, &mut misses);
     }
@@ -190,7 +195,12 @@ pub fn print(
 
     println!();
     if misses.is_empty() {
-        println!("verdict: all targets met, no rate ratio worse than noise");
+        let caveat = if unjudged > 0 {
+            format!("; {unjudged} slower row(s) had too few rounds to judge (more --rounds tell)")
+        } else {
+            String::new()
+        };
+        println!("verdict: all targets met, no rate ratio worse than noise{caveat}");
         return Ok(());
     }
     println!("verdict: {} finding(s):", misses.len());
@@ -204,7 +214,11 @@ pub fn print(
     Ok(())
 }
 
-fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
+/// Prints the rate table, adding to `misses` the rows worse than noise;
+/// how many rows were slower than their reference in too few rounds to
+/// judge.
+fn print_rates(samples: &[Sample], misses: &mut Vec<String>) -> usize {
+    let mut unjudged = 0;
     println!();
     println!(
         "rates (per second; median, min..max over rounds; ratios paired by round: median, and \
@@ -258,7 +272,10 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
                 (Config::Baseline, _) => "no-op program (the hook's own cost)".to_owned(),
                 (_, None) => "-".to_owned(),
                 (_, Some(ratios)) => match verdict(&each, rows) {
-                    Ok(verdict) => verdict.to_owned(),
+                    Ok(verdict) => {
+                        unjudged += usize::from(verdict == TOO_FEW_ROUNDS);
+                        verdict.to_owned()
+                    }
                     Err(verdict) => {
                         misses.push(format!(
                             "{config}, {workload}: rate {:.3}× {}'s, slower in {} of {} rounds \
@@ -302,6 +319,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) {
             );
         }
     }
+    unjudged
 }
 
 /// The host, as docs/performance.md names it: CPU model, CPUs, kernel.
@@ -385,10 +403,7 @@ mod tests {
         // Alone, every one of 5 rounds slower is a finding.
         assert_eq!(verdict(&slower(5, 0), 1), Err("WORSE than noise"));
         // Among 30 rows, 5 rounds cannot show one; 10 all slower can.
-        assert_eq!(
-            verdict(&slower(5, 0), 30),
-            Ok("slower, too few rounds to judge")
-        );
+        assert_eq!(verdict(&slower(5, 0), 30), Ok(TOO_FEW_ROUNDS));
         assert_eq!(verdict(&slower(10, 0), 30), Err("WORSE than noise"));
         // Enough rounds tolerate some faster ones, not many.
         assert_eq!(verdict(&slower(20, 3), 30), Err("WORSE than noise"));
