@@ -90,9 +90,14 @@ pub fn test_prerequisites() -> anyhow::Result<()> {
 pub fn ensure_nightly() -> anyhow::Result<()> {
     let list = proc::output(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is needed to find the nightly toolchain")?;
+    // What `+nightly` names: `nightly-<host>`, not a dated one
+    // (`nightly-2025-01-01-<host>`), which `+nightly` would not find.
     let has_nightly = list.lines().any(|line| {
         let name = line.split_whitespace().next().unwrap_or("");
-        name == "nightly" || name.starts_with("nightly-")
+        name == "nightly"
+            || name
+                .strip_prefix("nightly-")
+                .is_some_and(|host| !host.starts_with(|c: char| c.is_ascii_digit()))
     });
     if has_nightly {
         return Ok(());
