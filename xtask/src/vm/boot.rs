@@ -53,6 +53,16 @@ pub(super) fn boot(
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    // A guest outlives no xtask killed under it (a CI timeout's SIGKILL).
+    // SAFETY: prctl(2) only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     say!("vm-test: booting {} ...", kernel.package);
     say!("$ {}", proc::display(&cmd));
 
