@@ -67,25 +67,19 @@ for line in sys.stdin:
         print("error " + str(e.errno), flush=True)
 "#;
 
-/// [`LINE_CLIENT`] in a thread of its own that has first unshared its
+/// Runs the script given as its first argument ([`LINE_CLIENT`], with the
+/// rest as its arguments) in a thread of its own that has first unshared its
 /// descriptor table (`unshare(CLONE_FILES)`) and named itself `ownfiles`:
 /// its connection is in that thread's table only, not its process's.
-const OWN_TABLE_CLIENT: &str = r#"
-import ctypes, socket, sys, threading
-def own():
+const OWN_TABLE: &str = r#"
+import ctypes, sys, threading
+def own(client):
     libc = ctypes.CDLL(None)
     assert libc.unshare(0x400) == 0
     libc.prctl(15, b"ownfiles", 0, 0, 0)
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
-    print("connected", flush=True)
-    for line in sys.stdin:
-        try:
-            s.sendall(line.encode())
-            data = s.recv(4096)
-            print("echo " + data.decode().strip() if data else "closed", flush=True)
-        except OSError as e:
-            print("error " + str(e.errno), flush=True)
-t = threading.Thread(target=own)
+    exec(client, {})
+client = sys.argv.pop(1)
+t = threading.Thread(target=own, args=(client,))
 t.start()
 t.join()
 "#;
@@ -106,15 +100,24 @@ impl LineClient {
     /// A client that first hears from the server `remote` (see
     /// [`LINE_CLIENT`]).
     fn start(ns: &Netns, host: &str, port: u16, remote: Option<(&str, u16)>) -> Self {
-        Self::run(ns, LINE_CLIENT, host, port, remote)
+        Self::run(ns, &[LINE_CLIENT], host, port, remote)
     }
 
-    /// `script`, a client that takes [`LINE_CLIENT`]'s arguments and
-    /// speaks as it does.
-    fn run(ns: &Netns, script: &str, host: &str, port: u16, remote: Option<(&str, u16)>) -> Self {
+    /// `scripts`, a client that takes [`LINE_CLIENT`]'s arguments after
+    /// them and speaks as it does: [`LINE_CLIENT`] alone, or a script that
+    /// runs it (its first argument).
+    fn run(
+        ns: &Netns,
+        scripts: &[&str],
+        host: &str,
+        port: u16,
+        remote: Option<(&str, u16)>,
+    ) -> Self {
         let what = format!("python client of {host}:{port}");
         let (port, remote_port) = (port.to_string(), remote.map(|(_, p)| p.to_string()));
-        let mut args = vec!["-c", script, host, &port];
+        let mut args = vec!["-c"];
+        args.extend(scripts);
+        args.extend([host, &port]);
         if let (Some((remote, _)), Some(remote_port)) = (remote, &remote_port) {
             args.extend([remote, remote_port.as_str()]);
         }
@@ -611,7 +614,7 @@ fn a_connection_held_in_a_threads_own_descriptor_table_is_cut() {
     ns.wait_listening(PROTECTED);
     let deny = rule("own-table", "deny", "comm", "ownfiles");
     let daemon = Daemon::start(&policy(&ns, "audit", &deny));
-    let mut own = LineClient::run(&ns, OWN_TABLE_CLIENT, "127.0.0.1", PROTECTED, None);
+    let mut own = LineClient::run(&ns, &[OWN_TABLE, LINE_CLIENT], "127.0.0.1", PROTECTED, None);
     let mut direct = LineClient::connect(&ns, "127.0.0.1", PROTECTED);
     // Let in (audit), and said so: the rule names it.
     own.assert_works("own-before");

@@ -20,7 +20,7 @@ pub fn child_named_in_bytes() -> Child {
 
 /// The system Python running `code`, and the first line it prints (which
 /// it has printed when this returns).
-pub fn python_child(code: &str) -> (Child, String) {
+fn python_child(code: &str) -> (Child, String) {
     let mut child = Command::new("/usr/bin/python3")
         .args(["-c", code])
         .stdout(Stdio::piped())
@@ -31,6 +31,26 @@ pub fn python_child(code: &str) -> (Child, String) {
         .read_line(&mut line)
         .expect("its first line");
     (child, line)
+}
+
+/// A child process (the system Python) that runs `body`, lines of Python
+/// with `libc`, `os`, `socket` and `time` at hand, in a thread that has
+/// first unshared its descriptor table (`unshare(CLONE_FILES)`): what it
+/// opens is in that thread's table only. The child and the first line
+/// `body` prints (which it has printed when this returns).
+pub fn child_in_a_threads_own_table(body: &str) -> (Child, String) {
+    let mut code = String::from(
+        "import ctypes, os, socket, threading, time\n\
+         libc = ctypes.CDLL(None)\n\
+         def own():\n    assert libc.unshare(0x400) == 0\n",
+    );
+    for line in body.lines() {
+        code.push_str("    ");
+        code.push_str(line);
+        code.push('\n');
+    }
+    code.push_str("threading.Thread(target=own).start()\n");
+    python_child(&code)
 }
 
 /// A child process whose main thread has exited (`pthread_exit`) while

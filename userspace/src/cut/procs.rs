@@ -620,14 +620,10 @@ mod tests {
     /// Before, the sweep found none, and left such a connection open.
     #[test]
     fn a_socket_in_a_threads_own_table_is_held_by_its_process() {
-        let (mut child, line) = crate::testing::python_child(
-            "import ctypes, os, socket, threading, time\n\
-             def own():\n\
-             \x20   assert ctypes.CDLL(None).unshare(0x400) == 0\n\
-             \x20   s = socket.socket()\n\
-             \x20   print(os.fstat(s.fileno()).st_ino, flush=True)\n\
-             \x20   time.sleep(30)\n\
-             threading.Thread(target=own).start()",
+        let (mut child, line) = crate::testing::child_in_a_threads_own_table(
+            "s = socket.socket()\n\
+             print(os.fstat(s.fileno()).st_ino, flush=True)\n\
+             time.sleep(30)",
         );
         let pid = child.id();
         let inode: u64 = line.trim().parse().expect("an inode");
@@ -651,20 +647,15 @@ mod tests {
     /// the socket to a child an allow rule names).
     #[test]
     fn a_thread_that_forked_its_socket_away_still_holds_it() {
-        let (mut child, line) = crate::testing::python_child(
-            "import ctypes, os, socket, threading, time\n\
-             libc = ctypes.CDLL(None)\n\
-             def own():\n\
-             \x20   assert libc.unshare(0x400) == 0\n\
-             \x20   s = socket.socket()\n\
-             \x20   pid = os.fork()\n\
-             \x20   if pid == 0:\n\
-             \x20       libc.prctl(1, 9, 0, 0, 0)\n\
-             \x20       time.sleep(30)\n\
-             \x20       os._exit(0)\n\
-             \x20   print(os.fstat(s.fileno()).st_ino, pid, flush=True)\n\
+        let (mut child, line) = crate::testing::child_in_a_threads_own_table(
+            "s = socket.socket()\n\
+             pid = os.fork()\n\
+             if pid == 0:\n\
+             \x20   libc.prctl(1, 9, 0, 0, 0)\n\
              \x20   time.sleep(30)\n\
-             threading.Thread(target=own).start()",
+             \x20   os._exit(0)\n\
+             print(os.fstat(s.fileno()).st_ino, pid, flush=True)\n\
+             time.sleep(30)",
         );
         let pid = child.id();
         let mut words = line

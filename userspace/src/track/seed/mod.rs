@@ -397,16 +397,12 @@ mod tests {
     /// process started without its standing evidence.
     #[test]
     fn a_listener_in_a_threads_own_table_is_credited_to_its_process() {
-        let (mut child, line) = crate::testing::python_child(
-            "import ctypes, os, socket, threading, time\n\
-             def own():\n\
-             \x20   assert ctypes.CDLL(None).unshare(0x400) == 0\n\
-             \x20   s = socket.socket()\n\
-             \x20   s.bind(('0.0.0.0', 0))\n\
-             \x20   s.listen()\n\
-             \x20   print(s.getsockname()[1], flush=True)\n\
-             \x20   time.sleep(30)\n\
-             threading.Thread(target=own).start()",
+        let (mut child, line) = crate::testing::child_in_a_threads_own_table(
+            "s = socket.socket()\n\
+             s.bind(('0.0.0.0', 0))\n\
+             s.listen()\n\
+             print(s.getsockname()[1], flush=True)\n\
+             time.sleep(30)",
         );
         let port: u16 = line.trim().parse().expect("a port");
         let pid = child.id();
