@@ -19,6 +19,8 @@ pub struct Cached {
     pub key: ExeKey,
     /// Its links: 0 for a deleted file.
     pub nlink: u32,
+    /// Its type and permission bits (`st_mode`).
+    pub mode: u16,
 }
 
 /// The identity of the file at `path`, links followed (`/proc/PID/exe`
@@ -28,7 +30,7 @@ pub fn cached(path: impl AsRef<Path>) -> io::Result<Cached> {
         CWD,
         path.as_ref(),
         AtFlags::STATX_DONT_SYNC,
-        StatxFlags::INO | StatxFlags::NLINK,
+        StatxFlags::INO | StatxFlags::NLINK | StatxFlags::MODE,
     )?;
     Ok(Cached {
         key: ExeKey::from_major_minor(
@@ -37,6 +39,7 @@ pub fn cached(path: impl AsRef<Path>) -> io::Result<Cached> {
             stx.stx_ino,
         ),
         nlink: stx.stx_nlink,
+        mode: stx.stx_mode,
     })
 }
 

@@ -184,6 +184,7 @@ impl Resolver for HostResolver {
             entry.pid = entry.pid.min(pid);
             if exe.nlink == 0
                 && entry.deleted_path.is_none()
+                && trusted_deleted(pid, exe.mode)
                 && let Ok(link) = process.exe()
             {
                 entry.deleted_path = deleted_path(&link);
@@ -385,6 +386,23 @@ pub(crate) fn interpreter_of(line: &str) -> (String, bool) {
         None => is_interpreter(name(Path::new(written)).as_bytes()),
     };
     (name(Path::new(written)), reads)
+}
+
+/// Whether the path a deleted executable of process `pid` (of mode
+/// `mode`) was started from tells what it was: the process runs in this
+/// daemon's user namespace, and no one but the file's owner could write
+/// the file. A user can make a file of its own read as deleted from any
+/// path: in a user and mount namespace of its own, bind-mounted over that
+/// path, started there, then unlinked. Mounting in this daemon's user
+/// namespace takes privilege.
+fn trusted_deleted(pid: u32, mode: u16) -> bool {
+    let user_ns =
+        |pid: &str| fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| (m.dev(), m.ino()));
+    mode & 0o022 == 0
+        && matches!(
+            (user_ns(&pid.to_string()), user_ns("self")),
+            (Ok(theirs), Ok(ours)) if theirs == ours
+        )
 }
 
 /// `/proc/PID/exe` of a deleted file reads `<path> (deleted)`.
@@ -707,6 +725,50 @@ mod tests {
         assert!(mine.pid <= me, "{mine:?}");
         assert_eq!(live[&key].pid, child.id());
         assert_eq!(live[&key].deleted_path.as_deref(), Some(real.as_path()));
+    }
+
+    /// A deleted file started in a user namespace of its own (where a user
+    /// may bind-mount it over any path), or one others could write, tells
+    /// no path: an allow rule keeps no such file as its old version.
+    #[test]
+    fn a_deleted_file_tells_its_path_only_from_this_user_namespace_and_unwritable() {
+        let r = resolver();
+        let tmp = TempDir::new("live-untrusted");
+        let run_deleted = |name: &str, mode: u32, wrap: &[&str]| {
+            let copy = tmp.0.join(name);
+            fs::copy("/bin/sleep", &copy).unwrap();
+            fs::set_permissions(&copy, fs::Permissions::from_mode(mode)).unwrap();
+            let key = r.exe(&copy).unwrap().key;
+            let mut cmd = std::process::Command::new(wrap.first().copied().unwrap_or("env"));
+            cmd.args(wrap.iter().skip(1)).arg(&copy).arg("30");
+            let child = cmd.spawn().unwrap();
+            let started = std::time::Instant::now();
+            while !r.live_exes().contains_key(&key) {
+                assert!(started.elapsed().as_secs() < 10, "{name} did not start");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            fs::remove_file(&copy).unwrap();
+            (child, key)
+        };
+        let mut children = vec![
+            run_deleted("own-ns", 0o755, &["unshare", "--user", "--map-root-user"]),
+            run_deleted("writable", 0o757, &[]),
+            run_deleted("control", 0o755, &[]),
+        ];
+        let live = r.live_exes();
+        for (child, _) in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let told = |i: usize| live[&children[i].1].deleted_path.clone();
+        assert_eq!(told(0), None);
+        assert_eq!(told(1), None);
+        // Positive control: the same file, from here and unwritable, tells.
+        assert!(
+            told(2).is_some_and(|p| p.ends_with("control")),
+            "{:?}",
+            told(2)
+        );
     }
 
     #[test]
