@@ -166,11 +166,16 @@ pub fn replace(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o644)
         .open(&tmp)?;
-    file.write_all(contents)?;
-    if sync {
-        file.sync_all()?;
+    let written = file
+        .write_all(contents)
+        .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+        .and_then(|()| fs::rename(&tmp, path));
+    // A half-written file is not left beside the one it would replace (a
+    // full tmpfs would fill up with them, one per try).
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)
+    written
 }
 
 #[cfg(test)]
@@ -178,6 +183,22 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// A replacement that fails (here its rename: a directory stands at
+    /// the path) leaves no temporary file behind.
+    #[test]
+    fn a_failed_replacement_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status.json");
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("inside"), "").unwrap();
+        assert!(replace(&path, b"{}", false).is_err());
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("status.json")]);
+    }
 
     #[test]
     fn a_run_file_is_read_only_as_written() {
