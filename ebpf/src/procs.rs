@@ -47,7 +47,10 @@ pub fn entry(tgid: u32) -> Option<*mut ProcState> {
     if note(tgid) == TRACKED_LOST {
         return None;
     }
-    insert(tgid, &EMPTY);
+    // Not replacing one another CPU made since the lookup (two threads'
+    // first moves, a softirq's write): its writes would land in the
+    // element this insert discarded, and be lost.
+    put(tgid, &EMPTY, BPF_NOEXIST);
     PROCS.get_ptr_mut(tgid)
 }
 
@@ -250,15 +253,31 @@ pub fn remove(tgid: u32) {
     }
 }
 
-/// Adds or replaces `tgid`'s state; a full map is counted and the
-/// process noted as lost (its state is not silently gone: see
-/// [`TRACKED_LOST`]).
+/// `BPF_ANY` and `BPF_NOEXIST` of `bpf_map_update_elem`.
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+/// `EEXIST`, which an insert with [`BPF_NOEXIST`] returns negated.
+const EEXIST: i32 = 17;
+
+/// Adds or replaces `tgid`'s state (see [`put`]).
 #[inline(always)]
 pub fn insert(tgid: u32, state: &ProcState) {
+    put(tgid, state, BPF_ANY);
+}
+
+/// Inserts `tgid`'s state with `flags`; a failure other than an entry
+/// already there (the map full) is counted and the process noted as lost
+/// (its state is not silently gone: see [`TRACKED_LOST`]).
+#[inline(always)]
+fn put(tgid: u32, state: &ProcState, flags: u64) {
     mark(tgid);
-    if PROCS.insert(tgid, state, 0).is_err() {
-        count(stats::UNTRACKED);
-        lose(tgid);
+    match PROCS.insert(tgid, state, flags) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {}
+        Err(_) => {
+            count(stats::UNTRACKED);
+            lose(tgid);
+        }
     }
 }
 
