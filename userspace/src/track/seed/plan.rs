@@ -29,17 +29,25 @@ pub(super) struct Sock {
 
 impl Sock {
     /// Its inode, if it is a socket [`Plan::add_namespace`] may credit its
-    /// holders with (a listener on a non-loopback address, a connection
-    /// with a peer elsewhere) and some descriptor holds it.
+    /// holders with and some descriptor holds it.
     pub(super) fn creditable_inode(&self) -> Option<u64> {
-        let creditable = match self.state {
-            State::Listen => !is_loopback(self.local.ip()),
-            State::Established => {
-                !is_loopback(self.remote.ip()) && self.local.ip() != self.remote.ip()
-            }
-            _ => false,
-        };
-        (creditable && self.inode != 0).then_some(self.inode)
+        ((self.is_public_listener() || self.is_remote_connection()) && self.inode != 0)
+            .then_some(self.inode)
+    }
+
+    /// A listener on an address other than loopback: `listening` evidence.
+    fn is_public_listener(&self) -> bool {
+        self.state == State::Listen && !is_loopback(self.local.ip())
+    }
+
+    /// A connection from elsewhere: not from loopback, nor from one of the
+    /// host's own addresses (both ends on one address: the kernel routes it
+    /// over loopback), as the kernel's `same_host` decides. `accepted`
+    /// evidence on a listening port.
+    fn is_remote_connection(&self) -> bool {
+        self.state == State::Established
+            && !is_loopback(self.remote.ip())
+            && self.local.ip() != self.remote.ip()
     }
 }
 
@@ -108,10 +116,7 @@ impl Plan {
     ) {
         let holders = |inode: u64| owners.get(&inode).map(Vec::as_slice).unwrap_or_default();
         let mut ports = HashSet::new();
-        for sock in socks
-            .iter()
-            .filter(|s| s.state == State::Listen && !is_loopback(s.local.ip()))
-        {
+        for sock in socks.iter().filter(|s| s.is_public_listener()) {
             let port = sock.local.port();
             ports.insert(port);
             let pids = holders(sock.inode);
@@ -130,15 +135,10 @@ impl Plan {
                     .or_insert_with(|| evidence_at(evidence::LISTENING, sock.local, now));
             }
         }
-        // Not from one of the host's own addresses either (both ends on
-        // one address: the kernel routes it over loopback), as the
-        // kernel's `same_host` decides.
-        for sock in socks.iter().filter(|s| {
-            s.state == State::Established
-                && ports.contains(&s.local.port())
-                && !is_loopback(s.remote.ip())
-                && s.local.ip() != s.remote.ip()
-        }) {
+        for sock in socks
+            .iter()
+            .filter(|s| s.is_remote_connection() && ports.contains(&s.local.port()))
+        {
             for &pid in holders(sock.inode) {
                 self.standing
                     .insert(pid, evidence_at(evidence::ACCEPTED, sock.remote, now));
