@@ -147,11 +147,7 @@ struct Pinned {
 impl Known for Pinned {
     fn tracked(&self, pid: u32) -> Option<ProcState> {
         let entry = self.procs.as_ref().and_then(|m| m.get(&pid, 0).ok());
-        let note = self
-            .notes
-            .as_ref()
-            .and_then(|n| notes::note(n, pid).ok())
-            .unwrap_or(0);
+        let note = self.notes.as_ref().and_then(|n| notes::note(n, pid).ok());
         notes::judged_state(entry, note)
     }
 

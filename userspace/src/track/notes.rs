@@ -33,9 +33,18 @@ pub fn set(notes: &mut Notes, tgid: u32, value: u8) -> Result<(), MapError> {
 }
 
 /// What the kernel's judgement takes a process to be: its `LW_PROCS` entry
-/// (`entry`), and for a process whose note says its state was lost,
-/// standing [`evidence::UNTRACKED`] where the entry (if any) has none.
-pub fn judged_state(entry: Option<ProcState>, note: u8) -> Option<ProcState> {
+/// (`entry`) where its note (`note`, `None` when it cannot be read) says
+/// there may be one (the connect hook does not look an entry up under a
+/// note of 0: one written while its process's removal ran), and for a
+/// process whose note says its state was lost, standing
+/// [`evidence::UNTRACKED`] where the entry (if any) has none.
+pub fn judged_state(entry: Option<ProcState>, note: Option<u8>) -> Option<ProcState> {
+    let Some(note) = note else {
+        return entry;
+    };
+    if note == 0 {
+        return None;
+    }
     if note != TRACKED_LOST {
         return entry;
     }
@@ -57,17 +66,31 @@ mod tests {
 
     #[test]
     fn a_lost_process_is_judged_by_untracked_evidence_only_where_it_has_none() {
-        assert_eq!(judged_state(None, 0), None);
-        assert_eq!(judged_state(None, TRACKED_MAYBE), None);
-        let lost = judged_state(None, TRACKED_LOST).unwrap();
+        assert_eq!(judged_state(None, Some(0)), None);
+        assert_eq!(judged_state(None, Some(TRACKED_MAYBE)), None);
+        let lost = judged_state(None, Some(TRACKED_LOST)).unwrap();
         assert_eq!(lost.standing.kind, evidence::UNTRACKED);
         assert_eq!(lost.recent.kind, evidence::NONE);
         let mut listening = ProcState::EMPTY;
         listening.standing.kind = evidence::LISTENING;
-        assert_eq!(judged_state(Some(listening), TRACKED_LOST), Some(listening));
         assert_eq!(
-            judged_state(Some(listening), TRACKED_MAYBE),
+            judged_state(Some(listening), Some(TRACKED_LOST)),
             Some(listening)
         );
+        assert_eq!(
+            judged_state(Some(listening), Some(TRACKED_MAYBE)),
+            Some(listening)
+        );
+    }
+
+    /// As the connect hook: an entry under a note of 0 (written while its
+    /// process's removal ran) is not read; with the notes unreadable, the
+    /// entry is all there is.
+    #[test]
+    fn an_entry_without_a_note_is_none_as_in_the_kernel() {
+        let mut listening = ProcState::EMPTY;
+        listening.standing.kind = evidence::LISTENING;
+        assert_eq!(judged_state(Some(listening), Some(0)), None);
+        assert_eq!(judged_state(Some(listening), None), Some(listening));
     }
 }
