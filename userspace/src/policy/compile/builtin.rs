@@ -13,8 +13,17 @@ use crate::{
 /// installed as a symlink to one of them does not add the target's file
 /// name, which every other applet or launched program shares (`nc ->
 /// busybox` would make every busybox applet netcat, `ngrok -> snap` every
-/// snap).
-const MULTI_CALL: [&str; 4] = ["busybox", "toybox", "coreutils", "snap"];
+/// snap, `kubectl -> k3s` the k3s server itself, whose own connections to
+/// its API server, kubelet and datastore on loopback never stop, and
+/// `dbclient -> dropbearmulti` dropbear's SSH server).
+const MULTI_CALL: [&str; 6] = [
+    "busybox",
+    "toybox",
+    "coreutils",
+    "snap",
+    "k3s",
+    "dropbearmulti",
+];
 
 impl Compiler<'_> {
     /// The rule of `[browsers] exe_name`/`exe`: programs judged as

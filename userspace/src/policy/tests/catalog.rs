@@ -52,6 +52,21 @@ fn catalog_follows_symlinked_binaries() {
         "{:?}",
         policy.warnings
     );
+
+    // k3s installs kubectl as a link to itself: the k3s server, whose own
+    // connections on loopback never stop, is not kubectl.
+    let mut r = host().with_exe("/usr/local/bin/k3s", key(43));
+    r.found.insert(
+        "kubectl".to_owned(),
+        vec![PathBuf::from("/usr/local/bin/k3s")],
+    );
+    let policy = compile_ok(
+        "catalog = true
+",
+        &r,
+    );
+    assert_eq!(simulate(&policy, &named("k3s")), None);
+    assert_ne!(simulate(&policy, &named("kubectl")), None);
 }
 
 /// The catalog rule `name` (its name) matches, as the kernel would.
