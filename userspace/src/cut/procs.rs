@@ -21,8 +21,6 @@ use procfs::{
     process::{FDInfo, FDTarget, Process, all_processes},
 };
 
-use tracing::warn;
-
 use crate::{
     events::{cgroup_v2_path, proc_cmdline_at},
     policy::ProcessIdentity,
@@ -149,10 +147,10 @@ pub(crate) fn live(process: Process) -> Option<Process> {
 }
 
 /// For each of `inodes`, the pids that hold a descriptor to that socket. One
-/// pass over every process's descriptor table (read through a running
-/// thread where the main one has exited), and one over the tables of
-/// threads that have their own ([`note_own_tables`]); processes that vanish
-/// or cannot be read are skipped.
+/// pass over every process: its descriptor table (read through a running
+/// thread where the main one has exited), and the tables of its threads
+/// that have their own ([`note_thread_tables`]); processes that vanish or
+/// cannot be read are skipped.
 pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>> {
     let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
     if inodes.is_empty() {
@@ -161,60 +159,65 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>
     for process in all_processes()?.flatten() {
         let pid = process.pid as u32;
         let Ok(fds) = process.fd() else { continue };
+        let held = note_sockets(fds.flatten(), pid, inodes, &mut owners);
+        // Also for sockets some process holds: a thread with a table of its
+        // own may have handed its socket to another process (by fork or over
+        // a Unix socket), which is then not its only holder.
+        note_thread_tables(&process, inodes, &mut owners);
         // An empty table: perhaps a main thread that has exited.
-        if note_sockets(fds.flatten(), pid, inodes, &mut owners) == 0
+        if held == 0
             && let Some(fds) = live(process).and_then(|p| p.fd().ok())
         {
             note_sockets(fds.flatten(), pid, inodes, &mut owners);
         }
     }
-    // Also for sockets some process holds: a thread with a table of its own
-    // may have handed its socket to another process (by fork or over a
-    // Unix socket), which is then not its only holder.
-    if let Err(e) = note_own_tables(inodes, &mut owners) {
-        warn!(
-            "reading the descriptor tables of threads failed: {e}; the holders found in \
-             processes' tables stand"
-        );
-    }
     Ok(owners)
 }
 
-/// Adds to `owners` the processes holding any of `inodes` in the table of
-/// a thread that has a descriptor table of its own (`unshare(CLONE_FILES)`,
-/// or `clone` without `CLONE_FILES`), which its process's `fd` does not
-/// show. Of each process with more than one thread, a thread's table is
-/// read unless it is one read already: the process's (its main thread's,
-/// which [`socket_owners`] read) or another thread's of it, as `kcmp` tells
-/// (where it cannot, every thread's is read). So the pass costs a listing
-/// of each process's threads, and for one with several, a read of its
-/// `stat` and a system call per thread and table.
+/// [`note_thread_tables`] for every process.
 pub(crate) fn note_own_tables(
     inodes: &HashSet<u64>,
     owners: &mut HashMap<u64, Vec<u32>>,
 ) -> ProcResult<()> {
     for process in all_processes()?.flatten() {
-        let pid = process.pid;
-        let Ok(tasks) = process.tasks() else { continue };
-        let tids: Vec<i32> = tasks.flatten().map(|task| task.tid).collect();
-        if tids.len() < 2 {
-            continue;
-        }
-        let own = PathBuf::from(format!("/proc/{pid}"));
-        // A main thread that has exited has no table to compare with.
-        let mut read: Vec<i32> = if zombie(&own) { Vec::new() } else { vec![pid] };
-        for tid in tids {
-            if read.iter().any(|&r| r == tid || same_table(r, tid)) {
-                continue;
-            }
-            let dir = own.join("task").join(tid.to_string());
-            if let Ok(fds) = Process::new_with_root(dir).and_then(|t| t.fd()) {
-                note_sockets(fds.flatten(), pid as u32, inodes, owners);
-            }
-            read.push(tid);
-        }
+        note_thread_tables(&process, inodes, owners);
     }
     Ok(())
+}
+
+/// Adds `process` to `owners` for each of `inodes` held in the table of a
+/// thread of it that has a descriptor table of its own
+/// (`unshare(CLONE_FILES)`, or `clone` without `CLONE_FILES`), which its
+/// `fd` does not show. Of a process with more than one thread, a thread's
+/// table is read unless it is one read already: the process's (its main
+/// thread's, which [`socket_owners`] reads) or another thread's of it, as
+/// `kcmp` tells (where it cannot, every thread's is read). So it costs a
+/// listing of the process's threads, and for one with several, a read of
+/// its `stat` and a system call per thread and table.
+fn note_thread_tables(
+    process: &Process,
+    inodes: &HashSet<u64>,
+    owners: &mut HashMap<u64, Vec<u32>>,
+) {
+    let pid = process.pid;
+    let Ok(tasks) = process.tasks() else { return };
+    let tids: Vec<i32> = tasks.flatten().map(|task| task.tid).collect();
+    if tids.len() < 2 {
+        return;
+    }
+    let own = PathBuf::from(format!("/proc/{pid}"));
+    // A main thread that has exited has no table to compare with.
+    let mut read: Vec<i32> = if zombie(&own) { Vec::new() } else { vec![pid] };
+    for tid in tids {
+        if read.iter().any(|&r| r == tid || same_table(r, tid)) {
+            continue;
+        }
+        let dir = own.join("task").join(tid.to_string());
+        if let Ok(fds) = Process::new_with_root(dir).and_then(|t| t.fd()) {
+            note_sockets(fds.flatten(), pid as u32, inodes, owners);
+        }
+        read.push(tid);
+    }
 }
 
 /// Whether threads `a` and `b` share one descriptor table: `kcmp(2)` with
