@@ -224,7 +224,12 @@ pub fn missing_of(needed: &[(&'static str, u32)], eff: u64) -> Vec<&'static str>
 
 /// The names of [`REQUIRED_CAPS`].
 pub fn required_names() -> Vec<&'static str> {
-    REQUIRED_CAPS.iter().map(|(name, _)| *name).collect()
+    names_of(&REQUIRED_CAPS)
+}
+
+/// The names of `caps`.
+pub fn names_of(caps: &[(&'static str, u32)]) -> Vec<&'static str> {
+    caps.iter().map(|(name, _)| *name).collect()
 }
 
 /// The `CapEff:` mask of `/proc/PID/status` text.

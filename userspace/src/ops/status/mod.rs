@@ -364,10 +364,7 @@ impl Report {
 /// Why this process cannot see what is attached, if it cannot: which of
 /// [`compat::INSPECT_CAPS`] it lacks, or why its capabilities are unknown.
 fn lacking_capabilities() -> Option<String> {
-    let needed = || {
-        let names: Vec<&str> = compat::INSPECT_CAPS.iter().map(|(name, _)| *name).collect();
-        names.join(" and ")
-    };
+    let needed = || compat::names_of(&compat::INSPECT_CAPS).join(" and ");
     match compat::effective_capabilities() {
         Ok(eff) => {
             let lacking = compat::missing_of(&compat::INSPECT_CAPS, eff);
