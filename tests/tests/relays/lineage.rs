@@ -337,6 +337,7 @@ fn a_forked_child_carries_its_parents_evidence_and_an_exec_clears_it() {
 macro_rules! reuse_py {
     () => {
         r#"
+import time
 def in_child(work):
     r, w = os.pipe()
     pid = os.fork()
@@ -351,7 +352,16 @@ def in_child(work):
     os.waitpid(pid, 0)
     return pid, out
 def in_reused_pid(pid, work):
-    for _ in range(100):
+    # Another task on the host may take the pid between a write and its
+    # fork (a daemon's idle worker thread lives for seconds): while it
+    # holds it, wait rather than spend the tries.
+    deadline = time.monotonic() + 30
+    tries = 0
+    while tries < 100 and time.monotonic() < deadline:
+        if os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.05)
+            continue
+        tries += 1
         with open("/proc/sys/kernel/ns_last_pid", "w") as f:
             f.write(str(pid - 1))
         again, out = in_child(work)
