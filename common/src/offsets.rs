@@ -59,6 +59,8 @@ pub struct KernelOffsets {
     pub sk_cookie: u32,
     /// `sock.sk_protocol`
     pub sk_protocol: u32,
+    /// `sock.__sk_common.skc_state` (`TCP_*`)
+    pub sk_state: u32,
     /// `net.ns.inum`
     pub net_inum: u32,
     /// `tcp_sock.rcv_nxt`

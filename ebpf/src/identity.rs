@@ -49,6 +49,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     sk_net: 0,
     sk_cookie: 0,
     sk_protocol: 0,
+    sk_state: 0,
     net_inum: 0,
     tcp_rcv_nxt: 0,
     tcp_bytes_received: 0,

@@ -32,6 +32,7 @@ mod bind;
 mod connect;
 mod egress;
 mod identity;
+mod inherited;
 mod maps;
 mod names;
 mod origin;
@@ -39,7 +40,6 @@ mod process;
 mod procs;
 mod recvmsg;
 mod sockets;
-mod stdio;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

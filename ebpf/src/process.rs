@@ -6,7 +6,9 @@
 //!   listeners, a tunnel's children its lineage.
 //! - exec: a new program starts with no evidence (a login shell execed by
 //!   sshd is not sshd), unless its standard input or output is a TCP
-//!   connection from a non-local peer ([`crate::stdio`]: `stdio`). It keeps
+//!   connection from a non-local peer (`stdio`), or, for a process that
+//!   listened, it holds a listener on a non-loopback address (`listening`):
+//!   see [`crate::inherited`]. It keeps
 //!   its lineage, or takes its own if its file name is in a catalog rule
 //!   that extends to descendants; an interpreter records the script on its
 //!   command line.
@@ -30,10 +32,10 @@ use loopwarden_common::{
 
 use crate::{
     identity::{self, Task},
+    inherited,
     maps::{PROCS, SETTINGS, generation},
     names::{self, Words, is_interpreter},
     procs::{self, Slot, entry, forget_recorded, insert, record},
-    stdio,
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
@@ -84,17 +86,21 @@ pub fn lw_exit(ctx: BtfTracePointContext) -> i32 {
 pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let task = Task::current();
-    start_over(tgid, task);
-    if let Some((addr, port)) = stdio::peer(task) {
+    let listened = start_over(tgid, task);
+    if let Some((addr, port)) = inherited::stdio_peer(task) {
         record(tgid, Slot::Standing, evidence::STDIO, addr, port);
+    } else if listened {
+        inherited::claim_listeners(tgid, task);
     }
     0
 }
 
 /// The state an exec leaves: no evidence; the lineage kept or taken from
-/// the new file name; the script, if an interpreter runs one.
+/// the new file name; the script, if an interpreter runs one. Whether the
+/// process listened before (standing `listening` or `accepted` evidence,
+/// or state it lost): its new program may hold the listener still.
 #[inline(always)]
-fn start_over(tgid: u32, task: Task) {
+fn start_over(tgid: u32, task: Task) -> bool {
     let name = identity::exe_name_words(task.exe_file());
     let lineage = inherited_key(&name);
     let catalogued = lineage.is_some();
@@ -109,20 +115,23 @@ fn start_over(tgid: u32, task: Task) {
     forget_recorded();
     // A lost process's evidence would have gone with this exec: it stays
     // lost only for a lineage it may have had, which an exec keeps.
-    if procs::note(tgid) == TRACKED_LOST && !lineage_rules() {
+    let lost = procs::note(tgid) == TRACKED_LOST;
+    if lost && !lineage_rules() {
         procs::mark_found(tgid);
     }
     let state = match PROCS.get_ptr_mut(tgid) {
         Some(s) => s,
         None if catalogued || script[0] != 0 => match entry(tgid) {
             Some(s) => s,
-            None => return,
+            None => return lost,
         },
-        None => return,
+        None => return lost,
     };
     // SAFETY: a pointer to the map's value, valid for this run; only this
     // process's exec writes its lineage and script.
     unsafe {
+        let standing = (*state).standing.kind;
+        let listened = lost || standing == evidence::LISTENING || standing == evidence::ACCEPTED;
         (*state).standing.kind = evidence::NONE;
         (*state).recent.kind = evidence::NONE;
         let stored = (*state).lineage.as_mut_ptr().cast::<Words>();
@@ -139,6 +148,7 @@ fn start_over(tgid: u32, task: Task) {
         if (*stored)[0] == 0 && hash == 0 {
             procs::remove_entry(tgid);
         }
+        listened
     }
 }
 

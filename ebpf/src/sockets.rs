@@ -42,7 +42,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
+pub const TCP_LISTEN: i32 = 10;
 /// DNS and mDNS answers are not evidence: data from these ports, over UDP,
 /// and over TCP on a connection the receiver opened (see [`lw_receive`]).
 pub const DNS_PORTS: [u16; 2] = [53, 5353];
@@ -133,8 +133,14 @@ pub fn tcp_sock(sk: u64) -> Option<u64> {
 /// The inode number of `sk`'s network namespace.
 #[inline(always)]
 fn netns(sk: u64) -> u32 {
-    let net: u64 = load(sk, offset!(sk_net));
-    load(net, offset!(net_inum))
+    netns_by::<Btf>(sk)
+}
+
+/// [`netns`], read with `R`.
+#[inline(always)]
+fn netns_by<R: Reader>(sk: u64) -> u32 {
+    let net: u64 = R::at(sk, offset!(sk_net));
+    R::at(net, offset!(net_inum))
 }
 
 /// A connection as `LW_CONN_SLOTS` and `LW_CONNS` name it.
@@ -153,8 +159,14 @@ fn conn_key(sk: u64, client: &End, server: &End) -> ConnKey {
 /// listener a socket belongs to.
 #[inline(always)]
 fn listener_key(sk: u64, port: u16) -> ListenerKey {
+    listener_key_by::<Btf>(sk, port)
+}
+
+/// [`listener_key`], read with `R`.
+#[inline(always)]
+pub fn listener_key_by<R: Reader>(sk: u64, port: u16) -> ListenerKey {
     ListenerKey {
-        netns: netns(sk),
+        netns: netns_by::<R>(sk),
         port,
         _pad: 0,
     }

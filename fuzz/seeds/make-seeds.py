@@ -43,6 +43,7 @@ def btf(endian):
     u32 = ty("u32", INT, 0, 4); w(32)
     u64 = ty("u64", INT, 0, 8); w(64)
     u16 = ty("u16", INT, 0, 2); w(16)
+    u8 = ty("u8", INT, 0, 1); w(8)
     ptr = ty("", PTR, 0, 0)
     arr = ty("", ARRAY); w(u32, u32, 4)
     arr32 = ty("", ARRAY); w(u32, u32, 8)
@@ -56,6 +57,7 @@ def btf(endian):
     ty("user", TYPE_TAG, 0, ptr)
     ty("e64", ENUM64, 1, 8); w(s("E1"), 1, 0)
     vol = ty("", VOLATILE, 0, u32)
+    vol8 = ty("", VOLATILE, 0, u8)
     ty("", RESTRICT, 0, ptr)
     cptr = ty("", CONST, 0, ptr)
     hl = agg(STRUCT, "", 8, [("hash", u32, 0), ("len", u32, 32)])
@@ -77,7 +79,8 @@ def btf(endian):
     pnet = agg(STRUCT, "", 8, [("net", ptr, 0)])
     addrs = agg(STRUCT, "", 8, [("skc_daddr", u32, 0), ("skc_rcv_saddr", u32, 32)])
     common = agg(STRUCT, "sock_common", 128, [("", addrs, 0), ("skc_dport", u16, 96),
-        ("skc_num", u16, 112), ("skc_family", u16, 128), ("skc_net", pnet, 192),
+        ("skc_num", u16, 112), ("skc_family", u16, 128), ("skc_state", vol8, 144),
+        ("skc_net", pnet, 192),
         ("skc_v6_daddr", arr, 256), ("skc_v6_rcv_saddr", arr, 384), ("skc_cookie", u64, 512)])
     lock = agg(STRUCT, "", 8, [("slock", u32, 0), ("owned", u32, 32)])
     lock_t = ty("socket_lock_t", TYPEDEF, 0, lock)

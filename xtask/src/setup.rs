@@ -44,6 +44,8 @@ const TEST_PACKAGES: &[&str] = &[
     // verifies the unit offline.
     "python3-yaml",
     "man-db",
+    // `systemd-analyze verify` (dist.rs) and `systemd-socket-activate`
+    // (relays/inherited.rs).
     "systemd",
     // A real ident client (ident.rs: PostgreSQL's `ident` authentication).
     "postgresql",

@@ -506,19 +506,22 @@ fn a_dns_exchange_over_tcp_is_not_evidence() {
     );
 }
 
-/// A relay that inherits its listener, as systemd's socket activation
-/// hands one over: `relay.py listen ADDR PORT TARGET` listens and executes
-/// `relay.py serve FD TARGET` with the listening socket (executing clears
-/// the evidence, and the relay never calls listen). Per connection it
-/// reads the request, asks the service on 127.0.0.1:TARGET with it and
-/// answers what came back, or 502.
-const INHERITED_LISTENER_RELAY: &str = r#"
+/// A relay that never listens and has no listening evidence:
+/// `relay.py ADDR PORT TARGET` forks a child that listens, hands the
+/// listener over a Unix socket (`SCM_RIGHTS`) and exits. Per connection
+/// the relay reads the request, asks the service on 127.0.0.1:TARGET with
+/// it and answers what came back, or 502.
+const HANDED_OVER_LISTENER_RELAY: &str = r#"
 import os, socket, sys
-if sys.argv[1] == "listen":
-    l = socket.create_server((sys.argv[2], int(sys.argv[3])))
-    os.set_inheritable(l.fileno(), True)
-    os.execv(sys.executable, [sys.executable, sys.argv[0], "serve", str(l.fileno()), sys.argv[4]])
-l = socket.socket(fileno=int(sys.argv[2]))
+mine, theirs = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    l = socket.create_server((sys.argv[1], int(sys.argv[2])))
+    socket.send_fds(theirs, [b"l"], [l.fileno()])
+    os._exit(0)
+_, fds, _, _ = socket.recv_fds(mine, 1, 1)
+os.waitpid(pid, 0)
+l = socket.socket(fileno=fds[0])
 while True:
     c, _ = l.accept()
     request = c.recv(65536)
@@ -531,10 +534,11 @@ while True:
     c.close()
 "#;
 
-const INHERITED_LISTENER_PORT: u16 = 9024;
+const HANDED_OVER_LISTENER_PORT: u16 = 9024;
 
-/// A client's source port is the client's to choose: a relay that
-/// inherited its listener (so it has no `listening` evidence) and reads
+/// A client's source port is the client's to choose: a relay handed its
+/// listener by a process that exited (so it has no `listening` or
+/// `accepted` evidence) and reads
 /// each request before it connects is refused as a relay (`via_how`
 /// `received`) whether the remote client connects from an ordinary port
 /// or from port 53, whose data would be a DNS server's answer were the
@@ -545,18 +549,18 @@ const INHERITED_LISTENER_PORT: u16 = 9024;
 fn a_client_connecting_from_the_dns_port_is_still_a_relays_remote_party() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
-    let dir = TempDir::new("inherited-listener");
-    let script = write_script(&dir, "relay.py", INHERITED_LISTENER_RELAY);
-    let port = INHERITED_LISTENER_PORT.to_string();
+    let dir = TempDir::new("handed-over-listener");
+    let script = write_script(&dir, "relay.py", HANDED_OVER_LISTENER_RELAY);
+    let port = HANDED_OVER_LISTENER_PORT.to_string();
     let start_relay = || {
         let relay = topo.local.spawn(
             SYSTEM_PYTHON,
-            &[&script, "listen", LOCAL_ADDR, &port, &PROTECTED.to_string()],
+            &[&script, LOCAL_ADDR, &port, &PROTECTED.to_string()],
         );
-        topo.local.wait_listening(INHERITED_LISTENER_PORT);
+        topo.local.wait_listening(HANDED_OVER_LISTENER_PORT);
         relay
     };
-    let url = format!("http://{LOCAL_ADDR}:{INHERITED_LISTENER_PORT}/");
+    let url = format!("http://{LOCAL_ADDR}:{HANDED_OVER_LISTENER_PORT}/");
     let fetch = |options: &[&str]| topo.remote.curl_with(options, &url);
     let relay = start_relay();
     assert_eq!(fetch(&[]), Ok(200));

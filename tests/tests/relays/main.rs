@@ -43,6 +43,7 @@ def ask(port):
 
 mod catalogued;
 mod direct;
+mod inherited;
 mod kinds;
 mod lineage;
 mod tunnels;

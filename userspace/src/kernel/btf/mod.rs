@@ -237,6 +237,7 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         sk_net: btf.member_offset_of("sock", "__sk_common.skc_net.net", POINTER)?,
         sk_cookie: btf.member_offset_of("sock", "__sk_common.skc_cookie", Width::Bytes(8))?,
         sk_protocol: btf.member_offset_of("sock", "sk_protocol", Width::Bytes(2))?,
+        sk_state: btf.member_offset_of("sock", "__sk_common.skc_state", Width::Bytes(1))?,
         sk_uid: btf.member_offset_of("sock", "sk_uid", Width::Bytes(4))?,
         task_files: btf.member_offset_of("task_struct", "files", POINTER)?,
         files_fdt: btf.member_offset_of("files_struct", "fdt", POINTER)?,

@@ -445,6 +445,7 @@ fn fuzz_seeds_have_every_offset() {
             (256, 264, 64)
         );
         assert_eq!((o.tcp_snd_una, o.tcp_bytes_acked), (272, 280));
+        assert_eq!((o.sk_family, o.sk_state), (16, 18));
         assert_eq!(
             (o.task_cred, o.cred_uid, o.cred_gid, o.kernfs_node_id),
             (232, 4, 8, 40)
@@ -595,6 +596,8 @@ fn running_kernel() {
         o.sb_dev,
     ];
     assert!(all.iter().all(|&off| off < 8192), "{o:?}");
+    // `skc_state` right after `skc_family`, as since Linux 2.6.
+    assert_eq!(o.sk_state, o.sk_family + 2, "{o:?}");
     // `sk_userlocks` (a bitfield on older kernels) is named, within the
     // words of `struct sock` the recvmsg programs copy.
     assert!(
