@@ -198,9 +198,13 @@ impl<'a> Bench<'a> {
             Workload::ReceiveTcp => receive(&self.peer, Proto::Tcp, netns::VETH_LOCAL),
             Workload::ReceiveUdp => receive(&self.peer, Proto::Udp, netns::VETH_LOCAL),
             Workload::ReceiveLoopback => receive(netns, Proto::Tcp, Ipv4Addr::LOCALHOST),
-            Workload::Spawn => load::run_timed(netns, xtask, "bench-spawn", seconds),
-            Workload::Getsockopt => load::run_timed(netns, xtask, "bench-getsockopt", seconds),
-            Workload::Bind => load::run_timed(netns, xtask, "bench-bind", seconds),
+            Workload::Spawn => load::run_timed(netns, xtask, "bench-spawn", seconds, &[]),
+            Workload::SpawnListening => {
+                let listen = SocketAddr::from((netns::VETH_LOCAL, 0)).to_string();
+                load::run_timed(netns, xtask, "bench-spawn", seconds, &["--listen", &listen])
+            }
+            Workload::Getsockopt => load::run_timed(netns, xtask, "bench-getsockopt", seconds, &[]),
+            Workload::Bind => load::run_timed(netns, xtask, "bench-bind", seconds, &[]),
         }
     }
 

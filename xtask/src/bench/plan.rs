@@ -109,6 +109,11 @@ pub enum Workload {
     ReceiveLoopback,
     /// `/bin/true` spawned and waited for in a loop: fork, exec, exit.
     Spawn,
+    /// [`Workload::Spawn`] by a process listening on the veth address: each
+    /// child carries `listening` evidence into its exec, which reads its
+    /// first descriptors for a listener it kept (none: the spawner's is
+    /// close-on-exec), as a network server's helpers do.
+    SpawnListening,
     /// connect()+close() to a server in the peer namespace across the veth
     /// pair: every outbound connection on the host (the connect hook's
     /// early exit plus `LW_PENDING`, the state tracepoint's `connected`).
@@ -128,7 +133,7 @@ impl Workload {
         Self::Protected6,
         Self::Request,
     ];
-    pub(super) const ALL: [Self; 11] = [
+    pub(super) const ALL: [Self; 12] = [
         Self::Protected,
         Self::Unprotected,
         Self::Protected6,
@@ -138,6 +143,7 @@ impl Workload {
         Self::ReceiveUdp,
         Self::ReceiveLoopback,
         Self::Spawn,
+        Self::SpawnListening,
         Self::Getsockopt,
         Self::Bind,
     ];
@@ -156,7 +162,7 @@ impl Workload {
             Self::Request => "request",
             Self::ReceiveTcp | Self::ReceiveLoopback => "read",
             Self::ReceiveUdp => "datagram",
-            Self::Spawn => "spawn",
+            Self::Spawn | Self::SpawnListening => "spawn",
             Self::Getsockopt => "getsockopt",
             Self::Bind => "bind",
         }
@@ -167,7 +173,7 @@ impl Workload {
         match self {
             Self::ReceiveTcp | Self::ReceiveLoopback => "MB/s",
             Self::ReceiveUdp => "datagrams/s",
-            Self::Spawn => "spawns/s",
+            Self::Spawn | Self::SpawnListening => "spawns/s",
             Self::Getsockopt => "calls/s",
             Self::Bind => "binds/s",
             Self::Request => "requests/s",
@@ -200,7 +206,7 @@ impl Workload {
             Self::Request => &[p::CONNECT4, p::SOCK_STATE, p::RECEIVE],
             Self::ReceiveTcp | Self::ReceiveLoopback => &[p::RECEIVE],
             Self::ReceiveUdp => &[p::RECEIVE, p::RECVMSG4],
-            Self::Spawn => &[p::FORK, p::EXEC, p::EXIT],
+            Self::Spawn | Self::SpawnListening => &[p::FORK, p::EXEC, p::EXIT],
             Self::Getsockopt => &[p::GETSOCKOPT],
             Self::Bind => &[p::BIND4],
         }
@@ -229,6 +235,7 @@ impl fmt::Display for Workload {
             Self::ReceiveUdp => "recv-udp",
             Self::ReceiveLoopback => "recv-lo",
             Self::Spawn => "spawn",
+            Self::SpawnListening => "spawn-listening",
             Self::Getsockopt => "getsockopt",
             Self::Bind => "bind",
         })

@@ -195,15 +195,22 @@ fn windows_in_pairs(port: u16, out: &str) -> anyhow::Result<Vec<[Run; 2]>> {
 }
 
 /// Runs the timed loop `helper` (`bench-spawn`, `bench-getsockopt`,
-/// `bench-bind`) inside `netns` for `seconds`.
-pub fn run_timed(netns: &Netns, xtask: &Path, helper: &str, seconds: f64) -> anyhow::Result<Run> {
+/// `bench-bind`) inside `netns` for `seconds`, with `extra` arguments.
+pub fn run_timed(
+    netns: &Netns,
+    xtask: &Path,
+    helper: &str,
+    seconds: f64,
+    extra: &[&str],
+) -> anyhow::Result<Run> {
     Run::parse(
         helper,
         &proc::output(
             netns
                 .exec(xtask)
                 .args([helper, "--seconds"])
-                .arg(seconds.to_string()),
+                .arg(seconds.to_string())
+                .args(extra),
         )?,
     )
 }

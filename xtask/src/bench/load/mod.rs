@@ -74,6 +74,10 @@ pub struct SpawnArgs {
     /// The program spawned (no arguments), waited for each time.
     #[arg(long, default_value = "/bin/true")]
     pub program: String,
+    /// Listen on this address meanwhile (close-on-exec: the children do
+    /// not keep the listener).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -225,6 +229,10 @@ pub fn send(args: &SendArgs) -> anyhow::Result<()> {
 /// `seconds`; prints `ops=N bytes=0 errors=E elapsed_ns=T` (ops: spawns).
 pub fn spawn(args: &SpawnArgs) -> anyhow::Result<()> {
     die_with_parent();
+    let _listener = match args.listen {
+        Some(at) => Some(TcpListener::bind(at).with_context(|| format!("cannot listen on {at}"))?),
+        None => None,
+    };
     timed(args.seconds, 1, || {
         let status = Command::new(&args.program)
             .stdin(Stdio::null())

@@ -150,7 +150,7 @@ pub(super) fn print(samples: &[Sample], misses: &mut Vec<String>) {
     );
     let floors = Floors::measure(samples);
     println!(
-        "  {:<10} {:<12} {:<16} {:>10} {:>11} {:>10} {:>9} {:>10} {:>8}  target (net)",
+        "  {:<10} {:<15} {:<16} {:>10} {:>11} {:>10} {:>9} {:>10} {:>8}  target (net)",
         "daemon",
         "load",
         "program",
@@ -201,7 +201,7 @@ pub(super) fn print(samples: &[Sample], misses: &mut Vec<String>) {
                 seen_any = true;
                 let Some(per_round) = Rates::ns_per_run(samples, config, workload, name) else {
                     println!(
-                        "  {:<10} {:<12} {:<16} {:>10} {:>11} {:>10} {:>9.2} {:>10} {:>8}  - (never ran)",
+                        "  {:<10} {:<15} {:<16} {:>10} {:>11} {:>10} {:>9.2} {:>10} {:>8}  - (never ran)",
                         config, workload, name, "-", "-", "-", 0.0, "-", "-"
                     );
                     continue;
@@ -224,7 +224,7 @@ pub(super) fn print(samples: &[Sample], misses: &mut Vec<String>) {
                     }
                 };
                 println!(
-                    "  {:<10} {:<12} {:<16} {:>10.0} {:>11} {:>10.0} {:>9.2} {:>10.0} {:>7.2}%  {verdict}",
+                    "  {:<10} {:<15} {:<16} {:>10.0} {:>11} {:>10.0} {:>9.2} {:>10.0} {:>7.2}%  {verdict}",
                     config,
                     workload,
                     name,

@@ -225,7 +225,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) -> usize {
          min..max against the reference)"
     );
     println!(
-        "  {:<10} {:<12} {:>10} {:<12} {:>21} {:>9} {:>9} {:>13}  verdict",
+        "  {:<10} {:<15} {:>10} {:<12} {:>21} {:>9} {:>9} {:>13}  verdict",
         "daemon", "load", "median", "unit", "min..max", "vs absent", "vs no-op", "per round"
     );
     // Any cgroup connect program, even one that does nothing, makes the
@@ -300,7 +300,7 @@ fn print_rates(samples: &[Sample], misses: &mut Vec<String>) -> usize {
                     .map_or("-".to_owned(), |r| format!("{:.3}", r.median))
             };
             println!(
-                "  {:<10} {:<12} {:>10.0} {:<12} {:>21} {:>9} {:>9} {:>13}  {verdict}",
+                "  {:<10} {:<15} {:>10.0} {:<12} {:>21} {:>9} {:>9} {:>13}  {verdict}",
                 config,
                 workload,
                 rates.median,
