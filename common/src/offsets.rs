@@ -101,6 +101,8 @@ pub struct KernelOffsets {
     pub fdtable_fd: u32,
     /// `fdtable.max_fds`
     pub fdtable_max_fds: u32,
+    /// `fdtable.open_fds`: the bitmap of open descriptors.
+    pub fdtable_open_fds: u32,
     /// `file.private_data`
     pub file_private_data: u32,
     /// `inode.i_mode`

@@ -69,6 +69,7 @@ static LW_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     files_fdt: 0,
     fdtable_fd: 0,
     fdtable_max_fds: 0,
+    fdtable_open_fds: 0,
     file_private_data: 0,
     inode_mode: 0,
     socket_sk: 0,

@@ -7,11 +7,11 @@
 //! - exec: a new program starts with no evidence (a login shell execed by
 //!   sshd is not sshd), unless its standard input or output is a TCP
 //!   connection from a non-local peer (`stdio`), or, for a process that
-//!   listened, it holds a listener on a non-loopback address (`listening`):
-//!   see [`crate::inherited`]. It keeps
-//!   its lineage, or takes its own if its file name is in a catalog rule
-//!   that extends to descendants; an interpreter records the script on its
-//!   command line.
+//!   listened, it holds a connection accepted from one (`accepted`) or a
+//!   listener on a non-loopback address (`listening`): see
+//!   [`crate::inherited`]. It keeps its lineage, or takes its own if its
+//!   file name is in a catalog rule that extends to descendants; an
+//!   interpreter records the script on its command line.
 //! - exit: the process's state goes with it.
 //!
 //! A process whose state `LW_PROCS`, full, could not take is noted lost
@@ -87,10 +87,12 @@ pub fn lw_exec(_ctx: BtfTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let task = Task::current();
     let listened = start_over(tgid, task);
+    // A program run with its connection as stdio is that connection's
+    // (any listener it also holds keeps its owner).
     if let Some((addr, port)) = inherited::stdio_peer(task) {
         record(tgid, Slot::Standing, evidence::STDIO, addr, port);
     } else if listened {
-        inherited::claim_listeners(tgid, task);
+        inherited::claim_descriptors(tgid, task);
     }
     0
 }
@@ -130,8 +132,7 @@ fn start_over(tgid: u32, task: Task) -> bool {
     // SAFETY: a pointer to the map's value, valid for this run; only this
     // process's exec writes its lineage and script.
     unsafe {
-        let standing = (*state).standing.kind;
-        let listened = lost || standing == evidence::LISTENING || standing == evidence::ACCEPTED;
+        let listened = lost || procs::listens((*state).standing.kind);
         (*state).standing.kind = evidence::NONE;
         (*state).recent.kind = evidence::NONE;
         let stored = (*state).lineage.as_mut_ptr().cast::<Words>();

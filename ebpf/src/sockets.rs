@@ -38,10 +38,11 @@ use crate::{
 };
 
 pub const IPPROTO_TCP: u16 = 6;
-const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
+pub const TCP_CLOSE_WAIT: i32 = 8;
 pub const TCP_LISTEN: i32 = 10;
 /// DNS and mDNS answers are not evidence: data from these ports, over UDP,
 /// and over TCP on a connection the receiver opened (see [`lw_receive`]).

@@ -70,7 +70,7 @@ def btf(endian):
     agg(STRUCT, "file", 64, [("f_lock", u32, 0), ("f_path", path_t, 64), ("f_inode", ptr, 192),
         ("private_data", ptr, 256)])
     agg(STRUCT, "files_struct", 64, [("count", u32, 0), ("fdt", ptr, 64)])
-    agg(STRUCT, "fdtable", 32, [("max_fds", u32, 0), ("fd", ptr, 64)])
+    agg(STRUCT, "fdtable", 32, [("max_fds", u32, 0), ("fd", ptr, 64), ("open_fds", ptr, 192)])
     agg(STRUCT, "socket", 64, [("state", u32, 0), ("sk", ptr, 256)])
     agg(STRUCT, "inode", 128, [("i_mode", u16, 0), ("i_sb", ptr, 320), ("i_ino", u64, 512)])
     agg(STRUCT, "super_block", 64, [("s_list", u64, 0), ("s_dev", u32, 128), ("s_magic", u64, 192)])

@@ -2,8 +2,10 @@
 //! (pid 1 listens, its child executes the service with the socket as fd
 //! 3), `systemd-socket-activate`, a server that re-executes itself. The
 //! exec clears the evidence the process carried; the exec tracepoint gives
-//! `listening` back to a program that holds a non-loopback listener, and
-//! the port's accepts are credited to it from then on.
+//! `listening` back to a program that holds a non-loopback listener (the
+//! port's accepts are credited to it from then on), and `accepted` to one
+//! that holds a connection accepted from a remote client (systemd
+//! `Accept=yes`, `systemd-socket-activate --accept`).
 
 use loopwarden_tests::wait_for_explained;
 
@@ -11,32 +13,50 @@ use super::*;
 
 /// Python, arguments MODE ADDR PORT PROGRAM...: listens on `ADDR:PORT`,
 /// forks a child that executes PROGRAM (as pid 1 starts a socket-activated
-/// service) with the listener as fd 3 (MODE `keep`) or without it (`drop`:
-/// the listener is close-on-exec), and holds the listener until the child
-/// exits. The child is killed when this process dies.
+/// service), and holds the listener until the child exits. What the child
+/// is executed with, by MODE: the listener as fd 3 (`keep`) or as fd 200
+/// (`high`: systemd 255 and later hand it to their executor at the lowest
+/// descriptor pid 1 has free), nothing (`drop`: the listener is
+/// close-on-exec), a listener on 127.0.0.1:PORT as fd 3 (`loopback`), or
+/// as fd 3 a connection to `$PEER`:`$PEER_PORT` (`connected`). The child
+/// is killed when this process dies.
 const HAND_DOWN: &str = r#"
 import ctypes, os, signal, socket, sys
 mode, addr, port, program = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 listener = socket.create_server((addr, port))
+handed, fd = {
+    "keep": lambda: (listener, 3),
+    "high": lambda: (listener, 200),
+    "drop": lambda: (None, None),
+    "loopback": lambda: (socket.create_server(("127.0.0.1", port)), 3),
+    "connected": lambda: (
+        socket.create_connection((os.environ["PEER"], int(os.environ["PEER_PORT"]))), 3),
+}[mode]()
+parent = os.getpid()
 pid = os.fork()
 if pid == 0:
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if mode == "keep":
-        if listener.fileno() != 3:
-            os.dup2(listener.fileno(), 3)
-        os.set_inheritable(3, True)
+    if os.getppid() != parent:
+        os._exit(1)
+    if handed is not None:
+        if handed.fileno() != fd:
+            os.dup2(handed.fileno(), fd)
+        os.set_inheritable(fd, True)
     os.execv(program[0], program)
 os.waitpid(pid, 0)
 "#;
 
-/// Python, argument TARGET: serves connections on the listener it was
-/// given as fd 3, connecting to the service on 127.0.0.1:TARGET as soon as
-/// it accepts, before it reads the request (so it never has `received`
-/// evidence at the connect), and answers what came back, or 502.
+/// Python, arguments TARGET [READY]: serves connections on the listener
+/// it was given as fd 3, connecting to the service on 127.0.0.1:TARGET as
+/// soon as it accepts, before it reads the request (so it never has
+/// `received` evidence at the connect), and answers what came back, or
+/// 502. Creates the file READY once it runs.
 const FD3_RELAY: &str = r#"
 import socket, sys
 listener = socket.socket(fileno=3)
+if len(sys.argv) > 2:
+    open(sys.argv[2], "w").close()
 while True:
     c, _ = listener.accept()
     try:
@@ -56,43 +76,85 @@ const HANDED_DOWN_PORT: u16 = 9031;
 const ACTIVATED_PORT: u16 = 9032;
 
 /// A child executed holding its parent's listener on the link address (fd
-/// 3, as systemd hands a socket to a service with `Accept=no`) is refused
-/// as a relay when it asks the service (`listening` on that address),
-/// though the exec cleared its evidence; the same child executed without
-/// the listener is served, under the same daemon. Without the daemon both
-/// are served. Fails against a build whose exec clears the evidence
-/// whatever the program holds (the first is served).
+/// 3, as systemd hands a socket to a service with `Accept=no`, or fd 200,
+/// as systemd 255 and later hand it to their executor) is refused as a
+/// relay when it asks the service (`listening` on that address), though
+/// the exec cleared its evidence. Under the same daemon the same child is
+/// served when it is executed without the listener, with a listener on
+/// 127.0.0.1 instead, or with a connection it did not accept (one to the
+/// remote side). Without the daemon all are served. Fails against a build
+/// whose exec clears the evidence whatever the program holds (the first
+/// two are served), one that reads only the first 32 descriptors (fd 200
+/// is served), or one that takes a loopback listener or any connected
+/// socket for evidence.
 #[test]
 fn a_program_executed_holding_its_parents_listener_is_network_facing() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
+    let peer_port = 9041;
+    let _peer = topo.remote.spawn(
+        SYSTEM_PYTHON,
+        &[
+            "-m",
+            "http.server",
+            "--bind",
+            REMOTE_ADDR,
+            &peer_port.to_string(),
+        ],
+    );
+    topo.remote.wait_listening(peer_port);
     let ask = concat!(ask_py!(), "print(ask(int(sys.argv[1])), flush=True)");
     let asked = |mode: &str| {
-        printed(topo.local.cmd(SYSTEM_PYTHON).args([
-            "-c",
-            HAND_DOWN,
-            mode,
-            LOCAL_ADDR,
-            &HANDED_DOWN_PORT.to_string(),
-            SYSTEM_PYTHON,
-            "-c",
-            ask,
-            &PROTECTED.to_string(),
-        ]))
+        let printed = printed(
+            topo.local
+                .cmd(SYSTEM_PYTHON)
+                .env("PEER", REMOTE_ADDR)
+                .env("PEER_PORT", peer_port.to_string())
+                .args([
+                    "-c",
+                    HAND_DOWN,
+                    mode,
+                    LOCAL_ADDR,
+                    &HANDED_DOWN_PORT.to_string(),
+                    SYSTEM_PYTHON,
+                    "-c",
+                    ask,
+                    &PROTECTED.to_string(),
+                ]),
+        );
+        (mode.to_owned(), printed.join(" "))
     };
-    assert_eq!(asked("keep"), ["status 200"]);
-    assert_eq!(asked("drop"), ["status 200"]);
+    let modes = ["keep", "high", "drop", "loopback", "connected"];
+    let served = |mode: &str| (mode.to_owned(), "status 200".to_owned());
+    for mode in modes {
+        assert_eq!(asked(mode), served(mode));
+    }
 
     let daemon = Daemon::start(&relay_deny(&topo.local).text());
-    assert_eq!(asked("drop"), ["status 200"]);
-    assert_eq!(asked("keep"), ["error 111"]);
-    let ev = relay_refusal(&daemon, "the refusal of the child holding the listener");
-    assert_eq!(ev["via_how"], "listening", "{ev:#}");
-    assert_eq!(
-        ev["via"],
-        format!("{LOCAL_ADDR}:{HANDED_DOWN_PORT}"),
-        "{ev:#}"
-    );
+    for mode in ["drop", "loopback", "connected"] {
+        assert_eq!(asked(mode), served(mode));
+    }
+    for (n, mode) in ["keep", "high"].into_iter().enumerate() {
+        assert_eq!(asked(mode), (mode.to_owned(), "error 111".to_owned()));
+        let ev = wait_for(
+            "the refusal of the child holding the listener",
+            Duration::from_secs(10),
+            || {
+                daemon
+                    .events()
+                    .into_iter()
+                    .filter(|e| e["verdict"] == "deny")
+                    .nth(n)
+            },
+        );
+        assert_eq!(ev["rule"], "relay", "{mode}: {ev:#}");
+        assert_eq!(ev["via_how"], "listening", "{mode}: {ev:#}");
+        assert_eq!(
+            ev["via"],
+            format!("{LOCAL_ADDR}:{HANDED_DOWN_PORT}"),
+            "{mode}: {ev:#}"
+        );
+    }
 }
 
 /// A relay that inherits its listener across an exec and connects before
@@ -113,14 +175,21 @@ fn a_relay_that_inherits_its_listener_names_the_remote_client() {
     let dir = TempDir::new("inherited-listener");
     let relay = write_script(&dir, "relay.py", FD3_RELAY);
     let target = PROTECTED.to_string();
+    // Ready once the relay runs: a handshake before its exec would be
+    // credited to the parent that listened.
+    let ready = dir.path().join("ready");
     let handed_down = || {
+        let _ = std::fs::remove_file(&ready);
         let port = HANDED_DOWN_PORT.to_string();
+        let ready_arg = ready.to_string_lossy();
         let args = ["-c", HAND_DOWN, "keep", LOCAL_ADDR, &port];
         let proc = topo.local.spawn(
             SYSTEM_PYTHON,
-            &[&args[..], &[SYSTEM_PYTHON, &relay, &target]].concat(),
+            &[&args[..], &[SYSTEM_PYTHON, &relay, &target, &ready_arg]].concat(),
         );
-        topo.local.wait_listening(HANDED_DOWN_PORT);
+        wait_for("the handed-down relay", Duration::from_secs(10), || {
+            ready.exists().then_some(())
+        });
         proc
     };
     let activated = || {
@@ -188,4 +257,70 @@ fn a_relay_that_inherits_its_listener_names_the_remote_client() {
     std::thread::sleep(Duration::from_millis(3 * window_ms));
     assert_eq!(fetch(ACTIVATED_PORT), Ok(502));
     remote_client(&refusal(&relays.1, 1));
+}
+
+/// Python, argument TARGET: serves the one connection it was given as fd
+/// 3 (as systemd `Accept=yes` and `systemd-socket-activate --accept` hand
+/// it over), connecting to the service on 127.0.0.1:TARGET first, before
+/// it reads the request, and answers what came back, or 502.
+const CONNECTION_RELAY: &str = r#"
+import socket, sys
+c = socket.socket(fileno=3)
+try:
+    u = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    c.recv(65536)
+    c.sendall(b"HTTP/1.0 502 Bad Gateway\r\n\r\n")
+    sys.exit(0)
+u.sendall(c.recv(65536))
+while d := u.recv(65536):
+    c.sendall(d)
+"#;
+
+const PER_CONNECTION_PORT: u16 = 9033;
+
+/// A program executed per connection with the accepted connection as fd 3
+/// (a real `systemd-socket-activate --accept`, as systemd's `Accept=yes`
+/// hands it over) is refused as a relay when its remote client's request
+/// makes it ask the service before it reads (`accepted`, the remote
+/// client named), though the exec cleared the evidence it was forked
+/// with; the same relay serving a client on this host (from the link
+/// address to itself: not a remote party) is served under the same
+/// daemon. Without the daemon both are served. Fails against a build that
+/// reads only fds 0 and 1 at exec (the remote client is served).
+#[test]
+fn a_program_executed_with_an_accepted_connection_names_its_remote_client() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("per-connection");
+    let relay = write_script(&dir, "relay.py", CONNECTION_RELAY);
+    let start = || {
+        let listen = format!("{LOCAL_ADDR}:{PER_CONNECTION_PORT}");
+        let target = PROTECTED.to_string();
+        let proc = topo.local.spawn(
+            "systemd-socket-activate",
+            &["-l", &listen, "--accept", SYSTEM_PYTHON, &relay, &target],
+        );
+        topo.local.wait_listening(PER_CONNECTION_PORT);
+        proc
+    };
+    let url = format!("http://{LOCAL_ADDR}:{PER_CONNECTION_PORT}/");
+    {
+        let _activator = start();
+        assert_eq!(topo.remote.curl(&url), Ok(200));
+        assert_eq!(topo.local.curl(&url), Ok(200));
+    }
+
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    let _activator = start();
+    assert_eq!(topo.local.curl(&url), Ok(200));
+    assert_eq!(topo.remote.curl(&url), Ok(502));
+    let ev = relay_refusal(&daemon, "the remote client's refusal");
+    assert_eq!(ev["via_how"], "accepted", "{ev:#}");
+    let via = ev["via"].as_str().unwrap_or_default();
+    assert_eq!(
+        split_addr(via).map(|(host, _)| host),
+        Some(REMOTE_ADDR),
+        "{ev:#}"
+    );
 }

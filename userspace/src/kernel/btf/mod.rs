@@ -243,6 +243,7 @@ pub fn offsets_from(btf: &Btf<'_>) -> Result<KernelOffsets, LookupError> {
         files_fdt: btf.member_offset_of("files_struct", "fdt", POINTER)?,
         fdtable_fd: btf.member_offset_of("fdtable", "fd", POINTER)?,
         fdtable_max_fds: btf.member_offset_of("fdtable", "max_fds", Width::Bytes(4))?,
+        fdtable_open_fds: btf.member_offset_of("fdtable", "open_fds", POINTER)?,
         file_private_data: btf.member_offset_of("file", "private_data", POINTER)?,
         inode_mode: btf.member_offset_of("inode", "i_mode", Width::Bytes(2))?,
         socket_sk: btf.member_offset_of("socket", "sk", POINTER)?,

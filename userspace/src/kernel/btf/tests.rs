@@ -446,6 +446,7 @@ fn fuzz_seeds_have_every_offset() {
         );
         assert_eq!((o.tcp_snd_una, o.tcp_bytes_acked), (272, 280));
         assert_eq!((o.sk_family, o.sk_state), (16, 18));
+        assert_eq!((o.fdtable_fd, o.fdtable_open_fds), (8, 24));
         assert_eq!(
             (o.task_cred, o.cred_uid, o.cred_gid, o.kernfs_node_id),
             (232, 4, 8, 40)
