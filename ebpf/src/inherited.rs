@@ -32,15 +32,16 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
-use loopwarden_common::{Addr, evidence, stats};
+use loopwarden_common::{Addr, evidence};
 
 use crate::{
     addr::{is_loopback, is_unspecified},
     identity::{Task, load, offset, probe},
-    maps::{LISTENERS, count},
+    maps::LISTENERS,
     procs::{Slot, record},
     sockets::{
-        IPPROTO_TCP, Probe, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, end_by, listener_key_by,
+        IPPROTO_TCP, Probe, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, end_by, holds_listener,
+        listener_key_by,
     },
 };
 
@@ -180,19 +181,7 @@ pub extern "C" fn lw_inherited_fd(file: u64, tgid: u64) -> i64 {
             if is_loopback(&local.addr) {
                 return 0;
             }
-            if LISTENERS
-                .insert(listener_key_by::<Probe>(sk, local.port), tgid, 0)
-                .is_err()
-            {
-                count(stats::UNTRACKED);
-            }
-            record(
-                tgid,
-                Slot::Standing,
-                evidence::LISTENING,
-                local.addr,
-                local.port,
-            );
+            holds_listener(tgid, listener_key_by::<Probe>(sk, local.port), &local);
         }
         TCP_ESTABLISHED | TCP_CLOSE_WAIT => {
             if let Some((addr, port)) = accepted_peer(sk) {

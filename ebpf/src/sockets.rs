@@ -192,19 +192,7 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             }
             let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            if LISTENERS
-                .insert(listener_key(sk, local.port), tgid, 0)
-                .is_err()
-            {
-                count(stats::UNTRACKED);
-            }
-            record(
-                tgid,
-                Slot::Standing,
-                evidence::LISTENING,
-                local.addr,
-                local.port,
-            );
+            holds_listener(tgid, listener_key(sk, local.port), &local);
         }
         // (A connection's socket is cloned from its listener's, so it
         // goes from LISTEN to SYN_RECV: only CLOSE ends a listener.)
@@ -308,6 +296,23 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
         _ => {}
     }
     0
+}
+
+/// Process `tgid` holds the listener `key` on the non-loopback address
+/// `local`: the port's accepts are credited to it, and it has `listening`
+/// evidence.
+#[inline(always)]
+pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End) {
+    if LISTENERS.insert(key, tgid, 0).is_err() {
+        count(stats::UNTRACKED);
+    }
+    record(
+        tgid,
+        Slot::Standing,
+        evidence::LISTENING,
+        local.addr,
+        local.port,
+    );
 }
 
 /// Remembers an outbound TCP connect to a non-local peer (called from the
