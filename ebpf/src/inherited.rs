@@ -37,11 +37,10 @@ use loopwarden_common::{Addr, evidence};
 use crate::{
     addr::{is_loopback, is_unspecified},
     identity::{Task, load, offset, probe},
-    maps::LISTENERS,
     procs::{Slot, record},
     sockets::{
-        IPPROTO_TCP, Probe, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, end_by, holds_listener,
-        listener_key_by,
+        IPPROTO_TCP, Probe, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, accepted_by, end_by,
+        holds_listener, listener_key_by,
     },
 };
 
@@ -200,9 +199,7 @@ pub extern "C" fn lw_inherited_fd(file: u64, tgid: u64) -> i64 {
 fn accepted_peer(sk: u64) -> Option<(Addr, u16)> {
     let peer = socket_peer(sk)?;
     let port: u16 = probe(sk + u64::from(offset!(sk_num)));
-    // SAFETY: the value is a plain tgid, only tested for presence.
-    unsafe { LISTENERS.get(listener_key_by::<Probe>(sk, port)) }?;
-    Some(peer)
+    accepted_by::<Probe>(sk, port).then_some(peer)
 }
 
 /// The socket of `file` if it is a TCP socket.

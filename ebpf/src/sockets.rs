@@ -303,9 +303,8 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
 /// evidence.
 #[inline(always)]
 pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End) {
-    if LISTENERS.insert(key, tgid, 0).is_err() {
-        count(stats::UNTRACKED);
-    }
+    // The evidence first: a handshake completing in between is credited
+    // only to a process whose evidence says it listens.
     record(
         tgid,
         Slot::Standing,
@@ -313,6 +312,9 @@ pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End) {
         local.addr,
         local.port,
     );
+    if LISTENERS.insert(key, tgid, 0).is_err() {
+        count(stats::UNTRACKED);
+    }
 }
 
 /// Remembers an outbound TCP connect to a non-local peer (called from the
@@ -357,8 +359,14 @@ pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
 /// from port 53 is no DNS server.
 #[inline(always)]
 fn accepted(sk: u64, port: u16) -> bool {
+    accepted_by::<Btf>(sk, port)
+}
+
+/// [`accepted`], read with `R`.
+#[inline(always)]
+pub fn accepted_by<R: Reader>(sk: u64, port: u16) -> bool {
     // SAFETY: the value is a plain tgid, not read.
-    unsafe { LISTENERS.get(listener_key(sk, port)) }.is_some()
+    unsafe { LISTENERS.get(listener_key_by::<R>(sk, port)) }.is_some()
 }
 
 /// Whether a connection's two ends have one address: a connection to one
