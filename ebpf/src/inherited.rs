@@ -67,21 +67,20 @@ fn fd_table(task: Task) -> Option<u64> {
     (fdt != 0).then_some(fdt)
 }
 
-/// The fd array of `task` and its length.
+/// The fd array of the fd table `fdt` and its length.
 #[inline(always)]
-fn fd_array(task: Task) -> Option<(u64, u32)> {
-    let fdt = fd_table(task)?;
-    Some((
+fn fd_array(fdt: u64) -> (u64, u32) {
+    (
         load(fdt, offset!(fdtable_fd)),
         load(fdt, offset!(fdtable_max_fds)),
-    ))
+    )
 }
 
 /// The non-local peer of a TCP connection that `task` (the current task,
 /// BTF-typed) holds as fd 0 or 1, if any.
 #[inline(always)]
 pub fn stdio_peer(task: Task) -> Option<(Addr, u16)> {
-    let (fds, max_fds) = fd_array(task)?;
+    let (fds, max_fds) = fd_array(fd_table(task)?);
     for fd in 0..STDIO_FDS {
         if fd >= max_fds {
             break;
@@ -106,9 +105,10 @@ pub fn claim_descriptors(tgid: u32, task: Task) {
     let Some(fdt) = fd_table(task) else {
         return;
     };
+    let (fds, max_fds) = fd_array(fdt);
     let mut scan = Scan {
-        fds: load(fdt, offset!(fdtable_fd)),
-        max_fds: u64::from(load::<u32>(fdt, offset!(fdtable_max_fds))),
+        fds,
+        max_fds: u64::from(max_fds),
         open_fds: load(fdt, offset!(fdtable_open_fds)),
         word: 0,
         tgid: u64::from(tgid),
