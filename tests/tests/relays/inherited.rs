@@ -192,15 +192,7 @@ fn a_relay_that_inherits_its_listener_names_the_remote_client() {
         });
         proc
     };
-    let activated = || {
-        let listen = format!("{LOCAL_ADDR}:{ACTIVATED_PORT}");
-        let proc = topo.local.spawn(
-            "systemd-socket-activate",
-            &["-l", &listen, SYSTEM_PYTHON, &relay, &target],
-        );
-        topo.local.wait_listening(ACTIVATED_PORT);
-        proc
-    };
+    let activated = || socket_activate(&topo, ACTIVATED_PORT, &[], &relay);
     let fetch = |port: u16| topo.remote.curl(&format!("http://{LOCAL_ADDR}:{port}/"));
     {
         let _relays = (handed_down(), activated());
@@ -238,17 +230,8 @@ fn a_relay_that_inherits_its_listener_names_the_remote_client() {
         assert_eq!(ev["rule"], "relay", "{ev:#}");
         ev
     };
-    let remote_client = |ev: &Value| {
-        assert_eq!(ev["via_how"], "accepted", "{ev:#}");
-        let via = ev["via"].as_str().unwrap_or_default();
-        assert_eq!(
-            split_addr(via).map(|(host, _)| host),
-            Some(REMOTE_ADDR),
-            "{ev:#}"
-        );
-    };
     assert_eq!(fetch(HANDED_DOWN_PORT), Ok(502));
-    remote_client(&refusal(&relays.0, 0));
+    assert_accepted_from_the_remote_side(&refusal(&relays.0, 0));
     assert_eq!(fetch(ACTIVATED_PORT), Ok(502));
     let ev = refusal(&relays.1, 0);
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
@@ -256,7 +239,7 @@ fn a_relay_that_inherits_its_listener_names_the_remote_client() {
     // past the window first.
     std::thread::sleep(Duration::from_millis(3 * window_ms));
     assert_eq!(fetch(ACTIVATED_PORT), Ok(502));
-    remote_client(&refusal(&relays.1, 1));
+    assert_accepted_from_the_remote_side(&refusal(&relays.1, 1));
 }
 
 /// Python, argument TARGET: serves the one connection it was given as fd
@@ -294,16 +277,7 @@ fn a_program_executed_with_an_accepted_connection_names_its_remote_client() {
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("per-connection");
     let relay = write_script(&dir, "relay.py", CONNECTION_RELAY);
-    let start = || {
-        let listen = format!("{LOCAL_ADDR}:{PER_CONNECTION_PORT}");
-        let target = PROTECTED.to_string();
-        let proc = topo.local.spawn(
-            "systemd-socket-activate",
-            &["-l", &listen, "--accept", SYSTEM_PYTHON, &relay, &target],
-        );
-        topo.local.wait_listening(PER_CONNECTION_PORT);
-        proc
-    };
+    let start = || socket_activate(&topo, PER_CONNECTION_PORT, &["--accept"], &relay);
     let url = format!("http://{LOCAL_ADDR}:{PER_CONNECTION_PORT}/");
     {
         let _activator = start();
@@ -315,7 +289,28 @@ fn a_program_executed_with_an_accepted_connection_names_its_remote_client() {
     let _activator = start();
     assert_eq!(topo.local.curl(&url), Ok(200));
     assert_eq!(topo.remote.curl(&url), Ok(502));
-    let ev = relay_refusal(&daemon, "the remote client's refusal");
+    assert_accepted_from_the_remote_side(&relay_refusal(&daemon, "the remote client's refusal"));
+}
+
+/// Starts a real `systemd-socket-activate` listening on the link address's
+/// `port` (with `options`), which executes the Python script `relay` with
+/// the service's port as its argument.
+fn socket_activate(topo: &Topology, port: u16, options: &[&str], relay: &str) -> Proc {
+    let listen = format!("{LOCAL_ADDR}:{port}");
+    let target = PROTECTED.to_string();
+    let args = [
+        &["-l", listen.as_str()],
+        options,
+        &[SYSTEM_PYTHON, relay, &target],
+    ]
+    .concat();
+    let proc = topo.local.spawn("systemd-socket-activate", &args);
+    topo.local.wait_listening(port);
+    proc
+}
+
+/// `ev` is `accepted` evidence naming a client on the remote side.
+fn assert_accepted_from_the_remote_side(ev: &Value) {
     assert_eq!(ev["via_how"], "accepted", "{ev:#}");
     let via = ev["via"].as_str().unwrap_or_default();
     assert_eq!(
