@@ -38,7 +38,9 @@ pub use scripts::{
     Fields, SYSTEM_PYTHON, TestCgroup, exe_id, exe_name, probe_lines, python_copy, write_script,
 };
 use serde_json::Value;
-pub use services::{FORWARDER, Sshd, greeter, nginx_proxy, spawn_forwarder};
+pub use services::{
+    FD3_RELAY, FORWARDER, HAND_DOWN, Sshd, greeter, handed_down_relay, nginx_proxy, spawn_forwarder,
+};
 
 /// Port of the protected HTTP service in every test namespace.
 pub const PROTECTED: u16 = 8080;

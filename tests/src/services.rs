@@ -1,11 +1,13 @@
 //! Real services the relay tests start in a namespace: an sshd for port
-//! forwards, a Python forwarder no catalog names, nginx as a reverse proxy,
+//! forwards, a Python forwarder no catalog names, a relay handed its
+//! listener across an exec, nginx as a reverse proxy,
 //! a remote server a tunnel client hears from.
 
-use std::{path::Path, process::Command, sync::Mutex};
+use std::{path::Path, process::Command, sync::Mutex, time::Duration};
 
 use crate::{
-    Netns, PROTECTED, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, run_ok, write_script,
+    Netns, PROTECTED, Proc, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, run_ok, wait_for,
+    write_script,
 };
 
 /// How many [`Sshd`]s are running, and whether one of them created
@@ -156,6 +158,98 @@ pub fn spawn_forwarder(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> (Pro
     );
     ns.wait_listening(port);
     (proc, script)
+}
+
+/// Python, arguments MODE ADDR PORT PROGRAM...: listens on `ADDR:PORT`,
+/// forks a child that executes PROGRAM (as pid 1 starts a socket-activated
+/// service), and holds the listener until the child exits. What the child
+/// is executed with, by MODE: the listener as fd 3 (`keep`) or as fd 200
+/// (`high`: systemd 255 and later hand it to their executor at the lowest
+/// descriptor pid 1 has free), nothing (`drop`: the listener is
+/// close-on-exec), a listener on 127.0.0.1:PORT as fd 3 (`loopback`), or
+/// as fd 3 a connection to `$PEER`:`$PEER_PORT` (`connected`). The child
+/// is killed when this process dies.
+pub const HAND_DOWN: &str = r#"
+import ctypes, os, signal, socket, sys
+mode, addr, port, program = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+listener = socket.create_server((addr, port))
+handed, fd = {
+    "keep": lambda: (listener, 3),
+    "high": lambda: (listener, 200),
+    "drop": lambda: (None, None),
+    "loopback": lambda: (socket.create_server(("127.0.0.1", port)), 3),
+    "connected": lambda: (
+        socket.create_connection((os.environ["PEER"], int(os.environ["PEER_PORT"]))), 3),
+}[mode]()
+parent = os.getpid()
+pid = os.fork()
+if pid == 0:
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    if handed is not None:
+        if handed.fileno() != fd:
+            os.dup2(handed.fileno(), fd)
+        os.set_inheritable(fd, True)
+    os.execv(program[0], program)
+os.waitpid(pid, 0)
+"#;
+
+/// Python, arguments TARGET [READY]: serves connections on the listener
+/// it was given as fd 3, connecting to the service on 127.0.0.1:TARGET as
+/// soon as it accepts, before it reads the request (so it never has
+/// `received` evidence at the connect), and answers what came back, or
+/// 502. Creates the file READY once it runs.
+pub const FD3_RELAY: &str = r#"
+import socket, sys
+listener = socket.socket(fileno=3)
+if len(sys.argv) > 2:
+    open(sys.argv[2], "w").close()
+while True:
+    c, _ = listener.accept()
+    try:
+        u = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        c.recv(65536)
+        c.sendall(b"HTTP/1.0 502 Bad Gateway\r\n\r\n")
+        c.close()
+        continue
+    u.sendall(c.recv(65536))
+    while d := u.recv(65536):
+        c.sendall(d)
+    c.close()
+"#;
+
+/// Starts [`HAND_DOWN`] in `ns`, listening on `addr`:`port` and keeping
+/// the listener while its child runs [`FD3_RELAY`] (written to `dir`)
+/// with it as fd 3, as pid 1 starts a socket-activated service with
+/// `Accept=no`; returns once the relay runs (a handshake before its exec
+/// is credited to the parent that listened).
+pub fn handed_down_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> Proc {
+    let relay = write_script(dir, "handed-down-relay.py", FD3_RELAY);
+    let ready = dir.path().join("handed-down-relay.ready");
+    let _ = std::fs::remove_file(&ready);
+    let (port, target) = (port.to_string(), PROTECTED.to_string());
+    let ready_arg = ready.to_string_lossy();
+    let proc = ns.spawn(
+        SYSTEM_PYTHON,
+        &[
+            "-c",
+            HAND_DOWN,
+            "keep",
+            addr,
+            &port,
+            SYSTEM_PYTHON,
+            &relay,
+            &target,
+            &ready_arg,
+        ],
+    );
+    wait_for("the handed-down relay", Duration::from_secs(10), || {
+        ready.exists().then_some(())
+    });
+    proc
 }
 
 /// nginx (`/usr/sbin/nginx`, in the foreground, everything it writes in

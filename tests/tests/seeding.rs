@@ -13,12 +13,13 @@ use std::path::Path;
 
 use loopwarden_tests::{
     Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
-    spawn_forwarder,
+    handed_down_relay, spawn_forwarder,
 };
 use serde_json::Value;
 
 const SOCAT_PORT: u16 = 9001;
 const FORWARDER_PORT: u16 = 9006;
+const HANDED_DOWN_PORT: u16 = 9007;
 
 /// The protected service as relays reach it.
 fn service() -> String {
@@ -125,6 +126,35 @@ fn a_python_forwarder_started_before_the_daemon_is_refused_with_its_script() {
     assert_refused_as_accepted(&ev);
     // The script as the kernel would have read it at exec.
     assert_eq!(ev["script"], script.as_str(), "{ev:#}");
+}
+
+/// A relay handed its listener across an exec by a parent that keeps
+/// holding it (as pid 1 starts a socket-activated service with
+/// `Accept=no`), started before the daemon, is refused naming the remote
+/// client it accepted: the seeding credits the port's accepts to the
+/// relay, not to the parent, as the kernel's exec scan would have. Without
+/// the daemon it serves. Fails against a build whose seeding credits the
+/// lowest pid (the parent: the relay is refused as `listening`).
+#[test]
+fn a_relay_handed_its_listener_before_the_daemon_names_the_remote_client() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("seed-handed-down");
+    let parent = handed_down_relay(&topo.local, &dir, LOCAL_ADDR, HANDED_DOWN_PORT);
+    let url = format!("http://{LOCAL_ADDR}:{HANDED_DOWN_PORT}/");
+    assert_eq!(
+        topo.remote.curl(&url),
+        Ok(200),
+        "the relay does not relay even without loopwarden"
+    );
+
+    let daemon = start_daemon(&topo);
+    assert_eq!(topo.remote.curl(&url), Ok(502));
+    let ev = daemon.wait_event("the relay deny of the handed-down relay", |e| {
+        e["verdict"] == "deny"
+    });
+    assert_eq!(ev["ppid"], parent.pid(), "{ev:#}");
+    assert_refused_as_accepted(&ev);
 }
 
 /// A shell that waits for `go` to exist, then fetches the service and

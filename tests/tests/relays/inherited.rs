@@ -7,70 +7,9 @@
 //! that holds a connection accepted from a remote client (systemd
 //! `Accept=yes`, `systemd-socket-activate --accept`).
 
-use loopwarden_tests::wait_for_explained;
+use loopwarden_tests::{FD3_RELAY, HAND_DOWN, handed_down_relay, wait_for_explained};
 
 use super::*;
-
-/// Python, arguments MODE ADDR PORT PROGRAM...: listens on `ADDR:PORT`,
-/// forks a child that executes PROGRAM (as pid 1 starts a socket-activated
-/// service), and holds the listener until the child exits. What the child
-/// is executed with, by MODE: the listener as fd 3 (`keep`) or as fd 200
-/// (`high`: systemd 255 and later hand it to their executor at the lowest
-/// descriptor pid 1 has free), nothing (`drop`: the listener is
-/// close-on-exec), a listener on 127.0.0.1:PORT as fd 3 (`loopback`), or
-/// as fd 3 a connection to `$PEER`:`$PEER_PORT` (`connected`). The child
-/// is killed when this process dies.
-const HAND_DOWN: &str = r#"
-import ctypes, os, signal, socket, sys
-mode, addr, port, program = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-listener = socket.create_server((addr, port))
-handed, fd = {
-    "keep": lambda: (listener, 3),
-    "high": lambda: (listener, 200),
-    "drop": lambda: (None, None),
-    "loopback": lambda: (socket.create_server(("127.0.0.1", port)), 3),
-    "connected": lambda: (
-        socket.create_connection((os.environ["PEER"], int(os.environ["PEER_PORT"]))), 3),
-}[mode]()
-parent = os.getpid()
-pid = os.fork()
-if pid == 0:
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
-    if handed is not None:
-        if handed.fileno() != fd:
-            os.dup2(handed.fileno(), fd)
-        os.set_inheritable(fd, True)
-    os.execv(program[0], program)
-os.waitpid(pid, 0)
-"#;
-
-/// Python, arguments TARGET [READY]: serves connections on the listener
-/// it was given as fd 3, connecting to the service on 127.0.0.1:TARGET as
-/// soon as it accepts, before it reads the request (so it never has
-/// `received` evidence at the connect), and answers what came back, or
-/// 502. Creates the file READY once it runs.
-const FD3_RELAY: &str = r#"
-import socket, sys
-listener = socket.socket(fileno=3)
-if len(sys.argv) > 2:
-    open(sys.argv[2], "w").close()
-while True:
-    c, _ = listener.accept()
-    try:
-        u = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-    except OSError:
-        c.recv(65536)
-        c.sendall(b"HTTP/1.0 502 Bad Gateway\r\n\r\n")
-        c.close()
-        continue
-    u.sendall(c.recv(65536))
-    while d := u.recv(65536):
-        c.sendall(d)
-    c.close()
-"#;
 
 const HANDED_DOWN_PORT: u16 = 9031;
 const ACTIVATED_PORT: u16 = 9032;
@@ -174,24 +113,7 @@ fn a_relay_that_inherits_its_listener_names_the_remote_client() {
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("inherited-listener");
     let relay = write_script(&dir, "relay.py", FD3_RELAY);
-    let target = PROTECTED.to_string();
-    // Ready once the relay runs: a handshake before its exec would be
-    // credited to the parent that listened.
-    let ready = dir.path().join("ready");
-    let handed_down = || {
-        let _ = std::fs::remove_file(&ready);
-        let port = HANDED_DOWN_PORT.to_string();
-        let ready_arg = ready.to_string_lossy();
-        let args = ["-c", HAND_DOWN, "keep", LOCAL_ADDR, &port];
-        let proc = topo.local.spawn(
-            SYSTEM_PYTHON,
-            &[&args[..], &[SYSTEM_PYTHON, &relay, &target, &ready_arg]].concat(),
-        );
-        wait_for("the handed-down relay", Duration::from_secs(10), || {
-            ready.exists().then_some(())
-        });
-        proc
-    };
+    let handed_down = || handed_down_relay(&topo.local, &dir, LOCAL_ADDR, HANDED_DOWN_PORT);
     let activated = || socket_activate(&topo, ACTIVATED_PORT, &[], &relay);
     let fetch = |port: u16| topo.remote.curl(&format!("http://{LOCAL_ADDR}:{port}/"));
     {

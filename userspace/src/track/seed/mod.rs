@@ -119,7 +119,7 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
     scan.add_own_tables(socks.iter().flat_map(|(_, socks)| socks));
     let mut plan = Plan::default();
     for (netns, socks) in &socks {
-        plan.add_namespace(*netns, socks, &scan.owners, now);
+        plan.add_namespace(*netns, socks, &scan.owners, |pid| scan.image(pid), now);
     }
     if let Some(policy) = lineage {
         plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
@@ -375,9 +375,56 @@ mod tests {
             .expect("our namespace");
         let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");
         let mut plan = Plan::default();
-        plan.add_namespace(ns, &socks, &scan.owners, 1);
+        plan.add_namespace(ns, &socks, &scan.owners, |pid| scan.image(pid), 1);
         assert_eq!(plan.listeners.get(&(ns, port)), Some(&me), "{plan:?}");
         assert_eq!(plan.standing[&me].kind, evidence::LISTENING);
+    }
+
+    /// A listener this process hands to a program it executes (as pid 1
+    /// hands a socket-activated service its socket) is credited
+    /// to that program, as the kernel credits the last exec that holds
+    /// it; both holders get `listening` evidence.
+    #[test]
+    fn a_listener_handed_to_an_executed_child_is_credited_to_the_child() {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fd = listener.as_raw_fd();
+        let mut command = std::process::Command::new("sleep");
+        command.arg("30");
+        // SAFETY: dup2 is async-signal-safe; the copy it makes (fd 100,
+        // never the listener's own: dup2 onto itself would leave it
+        // close-on-exec) is inherited.
+        unsafe {
+            command.pre_exec(move || match libc::dup2(fd, 100) {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = child.id();
+        let executed = (0..500).any(|_| {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+            let done = exe.is_ok_and(|exe| exe.ends_with("sleep"));
+            if !done {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done
+        });
+        let scan = scan(false).unwrap();
+        let ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let (_, pids) = scan.netns.iter().find(|(inode, _)| *inode == ns).unwrap();
+        let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");
+        let mut plan = Plan::default();
+        plan.add_namespace(ns, &socks, &scan.owners, |pid| scan.image(pid), 1);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(executed, "sleep did not start");
+        assert_eq!(plan.listeners.get(&(ns, port)), Some(&pid), "{plan:?}");
+        let me = std::process::id();
+        assert_eq!(plan.standing[&me].kind, evidence::LISTENING);
+        assert_eq!(plan.standing[&pid].kind, evidence::LISTENING);
     }
 
     /// A process whose main thread has exited while another runs is
@@ -411,10 +458,10 @@ mod tests {
         let (_, pids) = scan.netns.iter().find(|(inode, _)| *inode == ns).unwrap();
         let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");
         let mut before = Plan::default();
-        before.add_namespace(ns, &socks, &scan.owners, 1);
+        before.add_namespace(ns, &socks, &scan.owners, |pid| scan.image(pid), 1);
         scan.add_own_tables(socks.iter());
         let mut plan = Plan::default();
-        plan.add_namespace(ns, &socks, &scan.owners, 1);
+        plan.add_namespace(ns, &socks, &scan.owners, |pid| scan.image(pid), 1);
         let _ = child.kill();
         let _ = child.wait();
         // The case this is about: its process's table does not hold it.

@@ -10,6 +10,8 @@ use std::{
 use loopwarden_common::{Addr, EXE_NAME_LEN, Evidence, evidence};
 use procfs::net::{TcpNetEntry, TcpState};
 
+use super::scan::Image;
+
 /// What a TCP socket's state means here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum State {
@@ -106,12 +108,15 @@ const MAX_GENERATIONS: usize = 64;
 
 impl Plan {
     /// Adds what one network namespace's TCP sockets show; `owners` maps
-    /// socket inodes to the pids holding them, ascending.
+    /// socket inodes to the pids holding them, ascending, and `image`
+    /// tells what a process runs (asked only of a listener's holders when
+    /// there are several).
     pub(super) fn add_namespace(
         &mut self,
         netns: u32,
         socks: &[Sock],
         owners: &HashMap<u64, Vec<u32>>,
+        image: impl Fn(u32) -> Option<Image>,
         now: u64,
     ) {
         let holders = |inode: u64| owners.get(&inode).map(Vec::as_slice).unwrap_or_default();
@@ -120,13 +125,8 @@ impl Plan {
             let port = sock.local.port();
             ports.insert(port);
             let pids = holders(sock.inode);
-            // Of the processes sharing a listener (a forking server and its
-            // children, nginx's master and workers) the lowest pid is
-            // credited: most likely the one that called listen(), and the
-            // one that outlives the others. Its forked children inherit
-            // what it accepts, as they would have from the kernel.
-            if let Some(&first) = pids.first() {
-                self.listeners.entry((netns, port)).or_insert(first);
+            if let Some(pid) = credited(pids, &image) {
+                self.listeners.entry((netns, port)).or_insert(pid);
             }
             for &pid in pids {
                 // A listen never replaces an accept (as in the kernel).
@@ -145,6 +145,46 @@ impl Plan {
             }
         }
     }
+}
+
+/// Which of the processes holding one listener (`pids`, ascending) its
+/// accepts are credited to, as the kernel would have credited them: the
+/// process that put it into LISTEN, then each that executed a program
+/// holding it (the exec's descriptor scan, `ebpf/src/inherited.rs`).
+///
+/// Handed down across an exec: a holder whose parent holds it too and
+/// runs another image (pid 1's socket-activated service, an executor's
+/// service, a relay a supervisor started with the listener); of those,
+/// the one that started last, whose exec came last. None such: the lowest
+/// pid, most likely the one that called listen() and the one that
+/// outlives its forked copies (nginx's workers, a forking server's
+/// children run the image of a parent that holds it: they executed
+/// nothing). Forked copies inherit what the credited process accepts, as
+/// they would have from the kernel.
+///
+/// Missed: a holder that executed its parent's own image again (a server
+/// re-executing itself from an unchanged file) is taken for a forked copy,
+/// and one handed the listener over a socket or by a parent that has
+/// exited since is not seen as handed down.
+fn credited(pids: &[u32], image: impl Fn(u32) -> Option<Image>) -> Option<u32> {
+    if pids.len() > 1 {
+        let images: HashMap<u32, Image> = pids
+            .iter()
+            .filter_map(|&pid| Some((pid, image(pid)?)))
+            .collect();
+        let handed_down = images
+            .iter()
+            .filter(|(_, own)| {
+                images
+                    .get(&own.ppid)
+                    .is_some_and(|parent| (parent.exe, parent.script) != (own.exe, own.script))
+            })
+            .max_by_key(|(pid, own)| (own.started, **pid));
+        if let Some((&pid, _)) = handed_down {
+            return Some(pid);
+        }
+    }
+    pids.first().copied()
 }
 
 impl Plan {
@@ -243,6 +283,63 @@ mod tests {
         }
     }
 
+    /// No process can be read.
+    fn no_image(_: u32) -> Option<Image> {
+        None
+    }
+
+    /// A process image: child of `ppid`, started at `started`, running
+    /// executable inode `exe` (and `script`, if any).
+    fn image(ppid: u32, started: u64, exe: u64, script: Option<&str>) -> Image {
+        Image {
+            ppid,
+            started,
+            exe: (8, exe),
+            script: script.map(|s| {
+                let mut bytes = [0; loopwarden_common::SCRIPT_LEN];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                bytes
+            }),
+        }
+    }
+
+    #[test]
+    fn a_listener_handed_down_across_an_exec_is_credited_to_its_latest_holder() {
+        let images = |list: &[(u32, Image)]| {
+            let map: HashMap<u32, Image> = list.iter().copied().collect();
+            move |pid: u32| map.get(&pid).copied()
+        };
+        // pid 1 and the socket-activated service it executed.
+        let systemd = images(&[(1, image(0, 1, 10, None)), (900, image(1, 50, 20, None))]);
+        assert_eq!(credited(&[1, 900], systemd), Some(900));
+        // nginx's master and its workers: forked copies, the master's.
+        let nginx = images(&[
+            (100, image(1, 5, 30, None)),
+            (101, image(100, 6, 30, None)),
+            (102, image(100, 6, 30, None)),
+        ]);
+        assert_eq!(credited(&[100, 101, 102], nginx), Some(100));
+        // A Python supervisor that handed its listener to a Python relay
+        // (one interpreter, another script), which forked workers, and
+        // an older handed-down process: the latest exec is credited.
+        let python = images(&[
+            (200, image(1, 5, 40, None)),
+            (201, image(200, 9, 40, Some("relay.py"))),
+            (202, image(201, 10, 40, Some("relay.py"))),
+            (203, image(200, 7, 50, None)),
+        ]);
+        assert_eq!(credited(&[200, 201, 202, 203], python), Some(201));
+        // Unrelated holders (one handed it over a socket), gone or
+        // unreadable ones, a lone holder: the lowest pid, as before.
+        let unrelated = images(&[(300, image(1, 5, 60, None)), (301, image(1, 9, 70, None))]);
+        assert_eq!(credited(&[300, 301], unrelated), Some(300));
+        assert_eq!(credited(&[400, 401], no_image), Some(400));
+        let gone_parent = images(&[(501, image(500, 9, 70, None))]);
+        assert_eq!(credited(&[500, 501], gone_parent), Some(500));
+        assert_eq!(credited(&[600], no_image), Some(600));
+        assert_eq!(credited(&[], no_image), None);
+    }
+
     fn sock(local: &str, remote: &str, state: State, inode: u64) -> Sock {
         Sock {
             local: local.parse().unwrap(),
@@ -293,7 +390,7 @@ mod tests {
             (11, vec![400]),
         ]);
         let mut plan = Plan::default();
-        plan.add_namespace(NS, &socks, &owners, NOW);
+        plan.add_namespace(NS, &socks, &owners, no_image, NOW);
         assert_eq!(
             plan.listeners,
             BTreeMap::from([((NS, 9001), 100), ((NS, 80), 200)])
@@ -326,7 +423,7 @@ mod tests {
         // the other namespace's listener is its own key.
         let other = [sock("0.0.0.0:9001", "0.0.0.0:0", State::Listen, 10)];
         let owners = HashMap::from([(10, vec![101])]);
-        plan.add_namespace(NS + 1, &other, &owners, NOW);
+        plan.add_namespace(NS + 1, &other, &owners, no_image, NOW);
         assert_eq!(plan.standing[&101].kind, evidence::ACCEPTED);
         assert_eq!(plan.listeners[&(NS + 1, 9001)], 101);
     }

@@ -111,7 +111,38 @@ pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
     Ok(scan)
 }
 
+/// What a process runs and where it came from: two holders of one
+/// listener that are parent and child and run one image are a fork that
+/// executed nothing since (see `Plan::add_namespace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Image {
+    /// Its parent's pid.
+    pub(super) ppid: u32,
+    /// When it started (clock ticks after boot, `/proc/PID/stat`).
+    pub(super) started: u64,
+    /// Its executable's device and inode.
+    pub(super) exe: (u64, u64),
+    /// An interpreter's script, as the scan read it.
+    pub(super) script: Option<[u8; SCRIPT_LEN]>,
+}
+
 impl Scan {
+    /// The [`Image`] of process `pid`, read now (its status and executable
+    /// through its own directory, so a recycled pid cannot answer for
+    /// either), its script from the scan; `None` if it has gone or cannot
+    /// be read.
+    pub(super) fn image(&self, pid: u32) -> Option<Image> {
+        let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+        let stat = process.stat().ok()?;
+        let exe = process.open_relative("exe").ok()?.metadata().ok()?;
+        Some(Image {
+            ppid: u32::try_from(stat.ppid).ok()?,
+            started: stat.starttime,
+            exe: (exe.dev(), exe.ino()),
+            script: self.scripts.get(&pid).copied(),
+        })
+    }
+
     /// Adds the holders of those of `socks` the plan may credit that only
     /// a thread's own descriptor table shows: processes with a thread that
     /// has a table of its own ([`note_own_tables`]), the socket's only
