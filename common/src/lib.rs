@@ -47,7 +47,7 @@ pub use settings::{
     Meta, NETNS_INLINE, NETNS_NOT_INLINE, Settings, browser_slot, browser_verdict, meta_mode,
 };
 pub use tracking::{
-    ARGV0_MAX_LEN, ARGV0_READS, Evidence, INTERPRETERS, ListenerKey, Pending, ProcState,
+    ARGV0_MAX_LEN, ARGV0_READS, Evidence, INTERPRETERS, Listener, ListenerKey, Pending, ProcState,
     SCRIPT_MAX_ARGS, ScriptOption, is_interpreter, script_hash, script_option,
 };
 
@@ -55,7 +55,7 @@ pub use tracking::{
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 16;
+pub const LAYOUT_VERSION: u32 = 17;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -181,6 +181,7 @@ const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + S
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<Pending>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Listener>() == 16);
 const _: () = assert!(
     core::mem::size_of::<Settings>() == 136 + 3 * 8 * FILTER_WORDS + 48 + 8 + 8 * NETNS_INLINE
 );
@@ -204,7 +205,7 @@ const _: () = assert!(MAX_CGROUP_LEVEL < u32::BITS as usize);
 mod user {
     use super::{
         Addr, AncestorMasks, COMM_LEN, ConnectEvent, EXE_NAME_LEN, EgressKey, Evidence, ExeKey,
-        GenKey, KernelOffsets, ListenerKey, Meta, Pending, ProcState, Settings,
+        GenKey, KernelOffsets, Listener, ListenerKey, Meta, Pending, ProcState, Settings,
     };
 
     // SAFETY: all are #[repr(C)], made of integers only, with no implicit padding
@@ -220,6 +221,7 @@ mod user {
     unsafe impl aya::Pod for ProcState {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for Listener {}
     unsafe impl aya::Pod for EgressKey {}
     unsafe impl aya::Pod for super::origin::OriginRecord {}
     unsafe impl aya::Pod for super::origin::ConnKey {}

@@ -208,6 +208,21 @@ pub struct Pending {
     pub _pad: u32,
 }
 
+/// `LW_LISTENERS` value: the process a listener's accepts are credited to,
+/// and the listener's socket cookie, so that only its own close removes
+/// the entry (another listener on the port, one the port's next server
+/// opened before the old one closed, keeps it). 0: the cookie is not
+/// known (a listener the daemon's seeding found, or one an exec's scan
+/// found before anything took its cookie), and any listener's close on the
+/// port removes the entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub cookie: u64,
+}
+
 /// `LW_LISTENERS` key: a listening port in one network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -180,7 +180,11 @@ pub extern "C" fn lw_inherited_fd(file: u64, tgid: u64) -> i64 {
             if is_loopback(&local.addr) {
                 return 0;
             }
-            holds_listener(tgid, listener_key_by::<Probe>(sk, local.port), &local);
+            // Its cookie as its listen took it (0 if nothing took one:
+            // a listener from before the daemon).
+            let cookie: u64 = probe(sk + u64::from(offset!(sk_cookie)));
+            let key = listener_key_by::<Probe>(sk, local.port);
+            holds_listener(tgid, key, &local, cookie);
         }
         TCP_ESTABLISHED | TCP_CLOSE_WAIT => {
             if let Some((addr, port)) = accepted_peer(sk) {

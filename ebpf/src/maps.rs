@@ -8,8 +8,8 @@ use aya_ebpf::{
 use loopwarden_common::{
     Addr, AncestorMasks, BROWSER_PORT_WORDS, COMM_LEN, CONN_PORT_ENTRIES,
     CONN_SLOTS as CONN_SLOTS_LEN, EXE_NAME_LEN, EgressKey, ExeKey, FILTER_WORDS, GENERATIONS,
-    GenKey, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES, MAX_LISTENERS, MAX_MAP_ENTRIES, MAX_NETNS,
-    MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta, NETNS_INLINE, NETNS_NOT_INLINE,
+    GenKey, Listener, ListenerKey, MAX_CONNS, MAX_EGRESS_PREFIXES, MAX_LISTENERS, MAX_MAP_ENTRIES,
+    MAX_NETNS, MAX_ORIGIN_PENDING, MAX_PENDING, MAX_TRACKED, Meta, NETNS_INLINE, NETNS_NOT_INLINE,
     ORIGIN_SLOTS as ORIGIN_SLOTS_LEN, PORT_WORDS, Pending, ProcState, Settings, TRACKED_ENTRIES,
     filter_bit, flags,
     origin::{ConnEntry, ConnKey, ConnSlot, OriginSlot},
@@ -213,7 +213,7 @@ pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(MAX_
 /// Who listens on each non-loopback port: accepted connections are the
 /// listener's evidence.
 #[map(name = "LW_LISTENERS")]
-pub static LISTENERS: HashMap<ListenerKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+pub static LISTENERS: HashMap<ListenerKey, Listener> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
 /// Per CPU, the received/connected evidence last written to `LW_PROCS`:
 /// the same again within the same jiffy is not written again (a stream's

@@ -22,11 +22,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_skc_to_tcp_sock},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use loopwarden_common::{Addr, ListenerKey, Pending, evidence, origin::ConnKey, stats};
+use loopwarden_common::{Addr, Listener, ListenerKey, Pending, evidence, origin::ConnKey, stats};
 
 use crate::{
     addr::{is_loopback, is_unspecified, v4_mapped},
@@ -192,13 +195,27 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
                 return 0;
             }
             let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            holds_listener(tgid, listener_key(sk, local.port), &local);
+            // Its cookie taken now, so its close (and an exec's scan)
+            // reads the same one.
+            // SAFETY: `sk` is the tracepoint's socket.
+            let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+            holds_listener(tgid, listener_key(sk, local.port), &local, cookie);
         }
         // (A connection's socket is cloned from its listener's, so it
         // goes from LISTEN to SYN_RECV: only CLOSE ends a listener.)
         (TCP_LISTEN, TCP_CLOSE) => {
             if let Some(local) = end(sk, false) {
-                let _ = LISTENERS.remove(listener_key(sk, local.port));
+                let key = listener_key(sk, local.port);
+                let cookie: u64 = load(sk, offset!(sk_cookie));
+                // Only this listener's entry, or one whose listener is
+                // not known (a listen between the lookup and the removal
+                // loses its entry: the window is a few instructions).
+                // SAFETY: the value is plain data.
+                let own = unsafe { LISTENERS.get(key) }
+                    .is_some_and(|held| held.cookie == 0 || held.cookie == cookie);
+                if own {
+                    let _ = LISTENERS.remove(key);
+                }
             }
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
@@ -213,11 +230,11 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             if is_loopback(&peer.addr) || same_host(&local, &peer) {
                 return 0;
             }
-            // SAFETY: the value is a plain tgid.
-            if let Some(tgid) = unsafe { LISTENERS.get(listener_key(sk, local.port)) } {
+            // SAFETY: the value is plain data.
+            if let Some(listener) = unsafe { LISTENERS.get(listener_key(sk, local.port)) } {
                 // The listener may have exited (a daemon's parent that
                 // listened, forked and left), and its pid be another's.
-                record_accepted(*tgid, peer.addr, peer.port);
+                record_accepted(listener.tgid, peer.addr, peer.port);
             }
         }
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
@@ -299,10 +316,10 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Process `tgid` holds the listener `key` on the non-loopback address
-/// `local`: the port's accepts are credited to it, and it has `listening`
-/// evidence.
+/// `local`, whose socket cookie is `cookie` (0: not known): the port's
+/// accepts are credited to it, and it has `listening` evidence.
 #[inline(always)]
-pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End) {
+pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End, cookie: u64) {
     // The evidence first: a handshake completing in between is credited
     // only to a process whose evidence says it listens.
     record(
@@ -312,7 +329,12 @@ pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End) {
         local.addr,
         local.port,
     );
-    if LISTENERS.insert(key, tgid, 0).is_err() {
+    let listener = Listener {
+        tgid,
+        _pad: 0,
+        cookie,
+    };
+    if LISTENERS.insert(key, listener, 0).is_err() {
         count(stats::UNTRACKED);
     }
 }
@@ -365,7 +387,7 @@ fn accepted(sk: u64, port: u16) -> bool {
 /// [`accepted`], read with `R`.
 #[inline(always)]
 pub fn accepted_by<R: Reader>(sk: u64, port: u16) -> bool {
-    // SAFETY: the value is a plain tgid, not read.
+    // SAFETY: the value is plain data, not read.
     unsafe { LISTENERS.get(listener_key_by::<R>(sk, port)) }.is_some()
 }
 

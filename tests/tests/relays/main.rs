@@ -46,6 +46,7 @@ mod direct;
 mod inherited;
 mod kinds;
 mod lineage;
+mod reload;
 mod tunnels;
 mod untracked;
 

@@ -20,7 +20,7 @@ use aya::{
     maps::{HashMap as AyaHashMap, Map, MapData},
 };
 use loopwarden_common::{
-    ListenerKey, Pending, ProcState, maps,
+    Listener, ListenerKey, Pending, ProcState, maps,
     origin::{ConnEntry, ConnKey},
 };
 
@@ -159,7 +159,7 @@ fn count(pins: &PinDir, name: &'static str) -> Option<Usage> {
     let max_entries = data.info().ok()?.max_entries();
     let entries = match name {
         maps::PROCS => keys::<u32, ProcState>(Map::HashMap(data), max_entries),
-        maps::LISTENERS => keys::<ListenerKey, u32>(Map::HashMap(data), max_entries),
+        maps::LISTENERS => keys::<ListenerKey, Listener>(Map::HashMap(data), max_entries),
         maps::PENDING => keys::<u64, Pending>(Map::LruHashMap(data), max_entries),
         maps::CONNS => keys::<ConnKey, ConnEntry>(Map::LruHashMap(data), max_entries),
         _ => None,

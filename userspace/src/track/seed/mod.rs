@@ -48,7 +48,7 @@ use aya::{
     sys::SyscallError,
 };
 use loopwarden_common::{
-    EXE_NAME_LEN, Evidence, ListenerKey, ProcState, SCRIPT_LEN, evidence,
+    EXE_NAME_LEN, Evidence, Listener, ListenerKey, ProcState, SCRIPT_LEN, evidence,
     maps::{self, TRACKED_LOST, TRACKED_MAYBE},
     script_hash,
 };
@@ -125,7 +125,7 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
         plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
     }
     let mut procs: BpfHashMap<_, u32, ProcState> = take(ebpf, maps::PROCS)?;
-    let mut listeners: BpfHashMap<_, ListenerKey, u32> = take(ebpf, maps::LISTENERS)?;
+    let mut listeners: BpfHashMap<_, ListenerKey, Listener> = take(ebpf, maps::LISTENERS)?;
     let tracked = ebpf
         .take_map(maps::TRACKED)
         .ok_or_else(|| format!("the eBPF object has no map {}", maps::TRACKED))?;
@@ -265,7 +265,7 @@ fn write(
     plan: &Plan,
     scripts: &HashMap<u32, [u8; SCRIPT_LEN]>,
     procs: &mut BpfHashMap<MapData, u32, ProcState>,
-    listeners: &mut BpfHashMap<MapData, ListenerKey, u32>,
+    listeners: &mut BpfHashMap<MapData, ListenerKey, Listener>,
     tracked: &mut Notes,
 ) -> Seeded {
     let mut seeded = Seeded::default();
@@ -276,7 +276,14 @@ fn write(
             port,
             _pad: 0,
         };
-        match listeners.insert(key, tgid, NOEXIST) {
+        // The listener's cookie is not read here: any close of a
+        // listener on the port removes the entry, as before the cookies.
+        let listener = Listener {
+            tgid: *tgid,
+            _pad: 0,
+            cookie: 0,
+        };
+        match listeners.insert(key, listener, NOEXIST) {
             Ok(()) => seeded.listeners += 1,
             // A listen the kernel saw since the programs were attached.
             Err(e) if errno(&e) == Some(libc::EEXIST) => {}
