@@ -162,10 +162,15 @@ impl Plan {
 /// nothing). Forked copies inherit what the credited process accepts, as
 /// they would have from the kernel.
 ///
-/// Missed: a holder that executed its parent's own image again (a server
-/// re-executing itself from an unchanged file) is taken for a forked copy,
-/// and one handed the listener over a socket or by a parent that has
-/// exited since is not seen as handed down.
+/// Where this differs from the kernel: a holder that executed its parent's
+/// own image again (a server re-executing itself from an unchanged file)
+/// is taken for a forked copy, and one handed the listener by a parent
+/// that has exited since, or through a process that does not hold it, is
+/// not seen as handed down; a holder of another image that its parent
+/// handed the listener over a socket (a `multiprocessing` worker) is
+/// taken for handed down, and so are workers left running the old image
+/// by a parent that re-executed itself from an upgraded file (the latest
+/// of them, draining, is credited).
 fn credited(pids: &[u32], image: impl Fn(u32) -> Option<Image>) -> Option<u32> {
     if pids.len() > 1 {
         let images: HashMap<u32, Image> = pids

@@ -127,14 +127,16 @@ pub(super) struct Image {
 }
 
 impl Scan {
-    /// The [`Image`] of process `pid`, read now (its status and executable
-    /// through its own directory, so a recycled pid cannot answer for
-    /// either), its script from the scan; `None` if it has gone or cannot
-    /// be read.
+    /// The [`Image`] of process `pid`, read now, its script from the
+    /// scan; `None` if it has gone or cannot be read. The executable is
+    /// stat()ed through the link, not opened: an open would wake
+    /// fanotify and IMA and could wait on a FUSE file system. (A pid
+    /// recycled between the two reads gives a wrong image: the worst is a
+    /// port credited to another of its holders.)
     pub(super) fn image(&self, pid: u32) -> Option<Image> {
         let process = Process::new(i32::try_from(pid).ok()?).ok()?;
         let stat = process.stat().ok()?;
-        let exe = process.open_relative("exe").ok()?.metadata().ok()?;
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
         Some(Image {
             ppid: u32::try_from(stat.ppid).ok()?,
             started: stat.starttime,
