@@ -21,13 +21,11 @@ use crate::{
     connect::{AF_INET, AF_INET6, destination},
     identity::offset,
     procs::record_received,
-    sockets::DNS_PORTS,
+    sockets::{DNS_PORTS, SOCK_BINDPORT_LOCK},
 };
 
 /// mDNS's port: responders and queriers bound to it hear each other there.
 const MDNS_PORT: u16 = 5353;
-/// `SOCK_BINDPORT_LOCK` in `sk_userlocks`: the user bound the port.
-const SOCK_BINDPORT_LOCK: u64 = 8;
 
 /// Per CPU, the copy of a socket's start that `sk_userlocks` is read from
 /// (at byte 512 on Linux 6.1, 243 on 6.12: more than the stack could

@@ -204,8 +204,8 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
         // (A connection's socket is cloned from its listener's, so it
         // goes from LISTEN to SYN_RECV: only CLOSE ends a listener.)
         (TCP_LISTEN, TCP_CLOSE) => {
-            if let Some(local) = end(sk, false) {
-                let key = listener_key(sk, local.port);
+            if let Some(port) = closing_port(sk) {
+                let key = listener_key(sk, port);
                 let cookie: u64 = load(sk, offset!(sk_cookie));
                 // Only this listener's entry, or one whose listener is
                 // not known (a listen between the lookup and the removal
@@ -284,21 +284,8 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             if cookie == 0 {
                 return 0;
             }
-            // By now the kernel has given the local port back (`inet_num`
-            // reads 0) unless the socket holds `SOCK_BINDPORT_LOCK`: a
-            // client's port and an accepted socket's alike (a child does
-            // not inherit its listener's lock). The source port it sent
-            // from stands, read through the helper that types the socket
-            // as TCP; only a socket bound to its port by its own bind()
-            // does without the call.
-            let port = match load::<u16>(sk, offset!(sk_num)) {
-                0 => {
-                    let Some(tcp) = tcp_sock(sk) else {
-                        return 0;
-                    };
-                    u16::from_be(load(tcp, offset!(tcp_inet_sport)))
-                }
-                num => num,
+            let Some(port) = closing_port(sk) else {
+                return 0;
             };
             // A client socket's port (an ephemeral one) is not marked.
             if !origin::port_marked(port) {
@@ -313,6 +300,24 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
         _ => {}
     }
     0
+}
+
+/// The local port of the TCP socket `sk` as it closes. By now the kernel
+/// has given the port back (`inet_num` reads 0) unless the socket holds
+/// `SOCK_BINDPORT_LOCK`: a client's port, an accepted socket's (a child
+/// does not inherit its listener's lock) and a listener's that bound port
+/// 0 or none alike. The source port stands, read through the helper that
+/// types the socket as TCP; only a socket bound to its port by its own
+/// bind() does without the call.
+#[inline(always)]
+fn closing_port(sk: u64) -> Option<u16> {
+    match load::<u16>(sk, offset!(sk_num)) {
+        0 => {
+            let tcp = tcp_sock(sk)?;
+            Some(u16::from_be(load(tcp, offset!(tcp_inet_sport))))
+        }
+        num => Some(num),
+    }
 }
 
 /// Process `tgid` holds the listener `key` on the non-loopback address
@@ -375,7 +380,9 @@ pub fn lw_receive(ctx: BtfTracePointContext) -> i32 {
 
 /// Whether a TCP socket with local port `port` was accepted: a listener of
 /// its namespace holds that port (the kernel never hands such a port out
-/// as a connect's ephemeral one). A DNS server's answer is not evidence,
+/// as a connect's ephemeral one) and the socket's user did not bind it (a
+/// client's `SO_REUSEPORT`, another address or device: see
+/// [`port_bound_by_user`]). A DNS server's answer is not evidence,
 /// but only on a connection this side opened: a peer's source port is the
 /// peer's to choose, and a client of this host's listener that connects
 /// from port 53 is no DNS server.
@@ -388,7 +395,30 @@ fn accepted(sk: u64, port: u16) -> bool {
 #[inline(always)]
 pub fn accepted_by<R: Reader>(sk: u64, port: u16) -> bool {
     // SAFETY: the value is plain data, not read.
-    unsafe { LISTENERS.get(listener_key_by::<R>(sk, port)) }.is_some()
+    !port_bound_by_user::<R>(sk)
+        && unsafe { LISTENERS.get(listener_key_by::<R>(sk, port)) }.is_some()
+}
+
+/// `SOCK_BINDPORT_LOCK` in `sk_userlocks`: the socket's user bound its
+/// port.
+pub const SOCK_BINDPORT_LOCK: u64 = 8;
+
+/// Whether the user of the socket `sk` bound its port itself
+/// (`SOCK_BINDPORT_LOCK`), read with `R`: a client's `bind()`, never an
+/// accepted socket (a child does not inherit its listener's lock). False
+/// where this kernel's BTF does not name `sk_userlocks`: a client bound to
+/// a listener's port is then taken for accepted, as before.
+#[inline(always)]
+fn port_bound_by_user<R: Reader>(sk: u64) -> bool {
+    let field = offset!(sk_userlocks_bit);
+    if field == 0 {
+        return false;
+    }
+    // The byte that holds the lock's bit, alone: the verifier refuses a
+    // typed load reaching past the field (a `u8` on recent kernels).
+    let bit = field + SOCK_BINDPORT_LOCK.trailing_zeros();
+    let byte: u8 = R::at(sk, bit / 8);
+    byte & (1 << (bit % 8)) != 0
 }
 
 /// Whether a connection's two ends have one address: a connection to one

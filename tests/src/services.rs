@@ -160,26 +160,35 @@ pub fn spawn_forwarder(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> (Pro
     (proc, script)
 }
 
-/// Python, arguments MODE ADDR PORT PROGRAM...: listens on `ADDR:PORT`,
-/// forks a child that executes PROGRAM (as pid 1 starts a socket-activated
-/// service), and holds the listener until the child exits. What the child
-/// is executed with, by MODE: the listener as fd 3 (`keep`) or as fd 200
-/// (`high`: systemd 255 and later hand it to their executor at the lowest
-/// descriptor pid 1 has free), nothing (`drop`: the listener is
-/// close-on-exec), a listener on 127.0.0.1:PORT as fd 3 (`loopback`), or
-/// as fd 3 a connection to `$PEER`:`$PEER_PORT` (`connected`). The child
-/// is killed when this process dies.
+/// Python, arguments MODE ADDR PORT PROGRAM...: listens on `ADDR:PORT`
+/// (`SO_REUSEPORT`), forks a child that executes PROGRAM (as pid 1 starts
+/// a socket-activated service), and holds the listener until the child
+/// exits. What the child is executed with, by MODE: the listener as fd 3
+/// (`keep`) or as fd 200 (`high`: systemd 255 and later hand it to their
+/// executor at the lowest descriptor pid 1 has free), nothing (`drop`: the
+/// listener is close-on-exec), a listener on 127.0.0.1:PORT as fd 3
+/// (`loopback`), or as fd 3 a connection to `$PEER`:`$PEER_PORT`, from an
+/// ephemeral port (`connected`) or from `ADDR:PORT`, bound with
+/// `SO_REUSEPORT` beside the listener (`bound`). The child is killed when
+/// this process dies.
 pub const HAND_DOWN: &str = r#"
 import ctypes, os, signal, socket, sys
 mode, addr, port, program = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-listener = socket.create_server((addr, port))
+listener = socket.create_server((addr, port), reuse_port=True)
+peer = lambda: (os.environ["PEER"], int(os.environ["PEER_PORT"]))
+def bound():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind((addr, port))
+    s.connect(peer())
+    return s
 handed, fd = {
     "keep": lambda: (listener, 3),
     "high": lambda: (listener, 200),
     "drop": lambda: (None, None),
     "loopback": lambda: (socket.create_server(("127.0.0.1", port)), 3),
-    "connected": lambda: (
-        socket.create_connection((os.environ["PEER"], int(os.environ["PEER_PORT"]))), 3),
+    "connected": lambda: (socket.create_connection(peer()), 3),
+    "bound": lambda: (bound(), 3),
 }[mode]()
 parent = os.getpid()
 pid = os.fork()

@@ -21,11 +21,14 @@ const ACTIVATED_PORT: u16 = 9032;
 /// the exec cleared its evidence. Under the same daemon the same child is
 /// served when it is executed without the listener, with a listener on
 /// 127.0.0.1 instead, or with a connection it did not accept (one to the
-/// remote side). Without the daemon all are served. Fails against a build
-/// whose exec clears the evidence whatever the program holds (the first
-/// two are served), one that reads only the first 32 descriptors (fd 200
-/// is served), or one that takes a loopback listener or any connected
-/// socket for evidence.
+/// remote side, from an ephemeral port, or from the listener's own port,
+/// bound beside it with `SO_REUSEPORT`). Without the daemon all are
+/// served. Fails against a build whose exec clears the evidence whatever
+/// the program holds (the first two are served), one that reads only the
+/// first 32 descriptors (fd 200 is served), one that takes a loopback
+/// listener or any connected socket for evidence, or one that takes any
+/// connection on a listener's port for accepted (the bound one is
+/// refused).
 #[test]
 fn a_program_executed_holding_its_parents_listener_is_network_facing() {
     let topo = Topology::new();
@@ -63,14 +66,14 @@ fn a_program_executed_holding_its_parents_listener_is_network_facing() {
         );
         (mode.to_owned(), printed.join(" "))
     };
-    let modes = ["keep", "high", "drop", "loopback", "connected"];
+    let modes = ["keep", "high", "drop", "loopback", "connected", "bound"];
     let served = |mode: &str| (mode.to_owned(), "status 200".to_owned());
     for mode in modes {
         assert_eq!(asked(mode), served(mode));
     }
 
     let daemon = Daemon::start(&relay_deny(&topo.local).text());
-    for mode in ["drop", "loopback", "connected"] {
+    for mode in ["drop", "loopback", "connected", "bound"] {
         assert_eq!(asked(mode), served(mode));
     }
     for (n, mode) in ["keep", "high"].into_iter().enumerate() {

@@ -107,6 +107,47 @@ fn a_relay_that_takes_its_port_over_from_a_predecessor_names_the_remote_client()
     );
 }
 
+/// Python, arguments ADDR FILE: listens on `ADDR` at a port the kernel
+/// chooses (bound to port 0, which sets no `SOCK_BINDPORT_LOCK`: the
+/// kernel gives the port back before the listener's close is seen), and
+/// writes the port to FILE.
+const PORT_ZERO_LISTENER: &str = r#"
+import os, socket, sys, time
+listener = socket.create_server((sys.argv[1], 0))
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(str(listener.getsockname()[1]))
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+time.sleep(600)
+"#;
+
+/// A listener on a port the kernel chose (as RPC services and passive FTP
+/// bind) is credited with its port while it listens, and its close
+/// removes the entry, though the kernel has given the port back by then.
+/// Fails against a build that keys the close by the port the socket
+/// reads then (0: the entry stays).
+#[test]
+fn a_listener_on_a_port_the_kernel_chose_is_forgotten_when_it_closes() {
+    let topo = Topology::new();
+    let dir = TempDir::new("port-zero");
+    let script = write_script(&dir, "listener.py", PORT_ZERO_LISTENER);
+    let file = dir.path().join("port");
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    let mut listener = topo.local.spawn(
+        SYSTEM_PYTHON,
+        &[script.as_str(), LOCAL_ADDR, &file.to_string_lossy()],
+    );
+    let port: u16 = wait_for("the listener's port", Duration::from_secs(10), || {
+        std::fs::read_to_string(&file).ok()?.parse().ok()
+    });
+    assert_eq!(credited(&daemon, port), vec![listener.pid()]);
+    listener.kill();
+    wait_for(
+        "the listener's close to remove its entry",
+        Duration::from_secs(10),
+        || credited(&daemon, port).is_empty().then_some(()),
+    );
+}
+
 /// The tgids `LW_LISTENERS` credits listeners on `port` to (in any
 /// namespace: the test's port is its alone).
 fn credited(daemon: &Daemon, port: u16) -> Vec<u32> {
