@@ -205,14 +205,21 @@ if pid == 0:
 os.waitpid(pid, 0)
 "#;
 
-/// Python, arguments TARGET [READY]: serves connections on the listener
-/// it was given as fd 3, connecting to the service on 127.0.0.1:TARGET as
-/// soon as it accepts, before it reads the request (so it never has
-/// `received` evidence at the connect), and answers what came back, or
-/// 502. Creates the file READY once it runs.
+/// Python, arguments TARGET [READY [ADDR PORT]]: serves connections on
+/// the listener it was given as fd 3 (or, given ADDR and PORT, on its own
+/// there, opened with `SO_REUSEPORT`), connecting to the service on
+/// 127.0.0.1:TARGET as soon as it accepts, before it reads the request
+/// (so it never has `received` evidence at the connect), and answers what
+/// came back, or 502. Creates the file READY once it listens.
 pub const FD3_RELAY: &str = r#"
 import socket, sys
-listener = socket.socket(fileno=3)
+if len(sys.argv) > 4:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((sys.argv[3], int(sys.argv[4])))
+    listener.listen()
+else:
+    listener = socket.socket(fileno=3)
 if len(sys.argv) > 2:
     open(sys.argv[2], "w").close()
 while True:

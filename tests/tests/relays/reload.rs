@@ -4,36 +4,9 @@
 //! `SO_REUSEPORT` before the predecessor closes its own, and the
 //! predecessor's close must not take the successor's entry with it.
 
-use loopwarden_tests::{hex_bytes, map_dump};
+use loopwarden_tests::{FD3_RELAY, hex_bytes, map_dump};
 
 use super::*;
-
-/// Python, arguments ADDR PORT TARGET READY: listens on `ADDR:PORT` with
-/// `SO_REUSEPORT`, creates the file READY, and per connection connects to
-/// the service on 127.0.0.1:TARGET before it reads the request (so it has
-/// no `received` evidence at the connect), answering what came back, or
-/// 502.
-const REUSEPORT_RELAY: &str = r#"
-import socket, sys
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-listener.bind((sys.argv[1], int(sys.argv[2])))
-listener.listen()
-open(sys.argv[4], "w").close()
-while True:
-    c, _ = listener.accept()
-    try:
-        u = socket.create_connection(("127.0.0.1", int(sys.argv[3])))
-    except OSError:
-        c.recv(65536)
-        c.sendall(b"HTTP/1.0 502 Bad Gateway\r\n\r\n")
-        c.close()
-        continue
-    u.sendall(c.recv(65536))
-    while d := u.recv(65536):
-        c.sendall(d)
-    c.close()
-"#;
 
 const RELOAD_PORT: u16 = 9035;
 
@@ -51,14 +24,15 @@ fn a_relay_that_takes_its_port_over_from_a_predecessor_names_the_remote_client()
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("reload");
-    let relay = write_script(&dir, "relay.py", REUSEPORT_RELAY);
+    // Its own listener with `SO_REUSEPORT`, not fd 3.
+    let relay = write_script(&dir, "relay.py", FD3_RELAY);
     let (port, target) = (RELOAD_PORT.to_string(), PROTECTED.to_string());
     let start = |name: &str| {
         let ready = dir.path().join(name);
         let ready_arg = ready.to_string_lossy();
         let proc = topo.local.spawn(
             SYSTEM_PYTHON,
-            &[relay.as_str(), LOCAL_ADDR, &port, &target, &ready_arg],
+            &[relay.as_str(), &target, &ready_arg, LOCAL_ADDR, &port],
         );
         wait_for(name, Duration::from_secs(10), || {
             ready.exists().then_some(())
