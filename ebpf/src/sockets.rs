@@ -305,10 +305,10 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
 /// The local port of the TCP socket `sk` as it closes. By now the kernel
 /// has given the port back (`inet_num` reads 0) unless the socket holds
 /// `SOCK_BINDPORT_LOCK`: a client's port, an accepted socket's (a child
-/// does not inherit its listener's lock) and a listener's that bound port
-/// 0 or none alike. The source port stands, read through the helper that
-/// types the socket as TCP; only a socket bound to its port by its own
-/// bind() does without the call.
+/// does not inherit its listener's lock) and that of a listener whose port
+/// the kernel chose alike. The source port stands, read through the helper
+/// that types the socket as TCP; only a socket bound to its port by its
+/// own bind() does without the call.
 #[inline(always)]
 fn closing_port(sk: u64) -> Option<u16> {
     match load::<u16>(sk, offset!(sk_num)) {
@@ -334,6 +334,11 @@ pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End, cookie: u64) {
         local.addr,
         local.port,
     );
+    // A listen() without a bind(): the kernel chooses its port after this
+    // program sees it, so the port is not known.
+    if local.port == 0 {
+        return;
+    }
     let listener = Listener {
         tgid,
         _pad: 0,
