@@ -212,9 +212,9 @@ pub struct Pending {
 /// and the listener's socket cookie, so that only its own close removes
 /// the entry (another listener on the port, one the port's next server
 /// opened before the old one closed, keeps it). 0: the cookie is not
-/// known (a listener the daemon's seeding found, or one an exec's scan
-/// found before anything took its cookie), and any listener's close on the
-/// port removes the entry.
+/// known (the seeding could not read it, or an exec's scan found the
+/// listener before anything took its cookie), and any listener's close on
+/// the port removes the entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Listener {

@@ -1,11 +1,11 @@
 //! What `bpftool` shows of the kernel: loaded programs, and a test
 //! install's pinned maps and their entries.
 
-use std::{path::Path, process::Command};
+use std::{os::unix::fs::MetadataExt as _, path::Path, process::Command};
 
 use serde_json::Value;
 
-use crate::{Install, run};
+use crate::{Install, Netns, run};
 
 /// Ids of loaded programs named `name` (from `bpftool`, which must
 /// answer with its list: tests use this to show programs are gone, which
@@ -66,6 +66,21 @@ pub fn hex_bytes(v: &Value) -> Vec<u8> {
             let hex = b.as_str().expect("a hex byte").trim_start_matches("0x");
             u8::from_str_radix(hex, 16).expect("a hex byte")
         })
+        .collect()
+}
+
+/// The tgids `install`'s `LW_LISTENERS` credits listeners on `port` in
+/// the namespace `ns` to.
+pub fn listener_tgids(install: &Install, ns: &Netns, port: u16) -> Vec<u32> {
+    let netns = std::fs::metadata(ns.path())
+        .expect("the namespace's file")
+        .ino() as u32;
+    let mut key = netns.to_ne_bytes().to_vec();
+    key.extend(port.to_ne_bytes());
+    map_dump(install, "LW_LISTENERS")
+        .iter()
+        .filter(|e| hex_bytes(&e["key"])[..6] == key[..])
+        .map(|e| u32::from_ne_bytes(hex_bytes(&e["value"])[..4].try_into().unwrap()))
         .collect()
 }
 

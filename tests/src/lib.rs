@@ -28,7 +28,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use bpftool::{hex_args, hex_bytes, map_dump, map_generations, map_show, map_update, prog_ids};
+pub use bpftool::{
+    hex_args, hex_bytes, listener_tgids, map_dump, map_generations, map_show, map_update, prog_ids,
+};
 pub use daemon::{Daemon, Install, assert_denied_exactly, counter};
 pub use netns::{
     LOCAL_ADDR, LOCAL_ADDR6, Netns, NetnsAlias, Proc, REMOTE_ADDR, REMOTE_ADDR6, Topology,

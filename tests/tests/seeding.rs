@@ -9,17 +9,18 @@
 //! starts. Likewise a catalogued tunnel's lineage reaches the processes
 //! already running below it.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
-    handed_down_relay, spawn_forwarder,
+    Daemon, FD3_RELAY, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir,
+    Topology, exe_name, handed_down_relay, listener_tgids, spawn_forwarder, wait_for, write_script,
 };
 use serde_json::Value;
 
 const SOCAT_PORT: u16 = 9001;
 const FORWARDER_PORT: u16 = 9006;
 const HANDED_DOWN_PORT: u16 = 9007;
+const SHARED_PORT: u16 = 9008;
 
 /// The protected service as relays reach it.
 fn service() -> String {
@@ -154,6 +155,64 @@ fn a_relay_handed_its_listener_before_the_daemon_names_the_remote_client() {
         e["verdict"] == "deny"
     });
     assert_eq!(ev["ppid"], parent.pid(), "{ev:#}");
+    assert_refused_as_accepted(&ev);
+}
+
+/// Two relays sharing one port (`SO_REUSEPORT`), both started before the
+/// daemon: the seeding credits the port to one of them with that
+/// listener's socket cookie, so the other's close leaves the entry, and
+/// the one left, accepting the remote client, is refused naming it
+/// (`accepted`). Without the daemon the relays serve. Fails against a build
+/// whose seeding writes no cookie (any close on the port removes the
+/// entry: no credit is left, and the refusal says `listening`).
+#[test]
+fn a_seeded_listener_keeps_its_port_when_another_on_it_closes() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("seed-shared-port");
+    // Each its own listener with `SO_REUSEPORT`, not fd 3.
+    let relay = write_script(&dir, "relay.py", FD3_RELAY);
+    let (port, target) = (SHARED_PORT.to_string(), PROTECTED.to_string());
+    let start = |name: &str| {
+        let ready = dir.path().join(name);
+        let ready_arg = ready.to_string_lossy();
+        let proc = topo.local.spawn(
+            SYSTEM_PYTHON,
+            &[relay.as_str(), &target, &ready_arg, LOCAL_ADDR, &port],
+        );
+        wait_for(name, Duration::from_secs(10), || {
+            ready.exists().then_some(())
+        });
+        proc
+    };
+    let mut relays = [start("first"), start("second")];
+    let url = format!("http://{LOCAL_ADDR}:{SHARED_PORT}/");
+    for _ in 0..4 {
+        assert_eq!(
+            topo.remote.curl(&url),
+            Ok(200),
+            "the relays do not relay even without loopwarden"
+        );
+    }
+
+    let daemon = start_daemon(&topo);
+    let credited = listener_tgids(daemon.install(), &topo.local, SHARED_PORT);
+    let (kept, other) = match credited[..] {
+        [tgid] if tgid == relays[0].pid() => (0, 1),
+        [tgid] if tgid == relays[1].pid() => (1, 0),
+        _ => panic!("the port is credited to {credited:?}, not to one relay"),
+    };
+    relays[other].kill();
+    assert_eq!(
+        listener_tgids(daemon.install(), &topo.local, SHARED_PORT),
+        vec![relays[kept].pid()],
+        "the port's credit after the other relay's close"
+    );
+    assert_eq!(topo.remote.curl(&url), Ok(502));
+    let ev = daemon.wait_event("the relay deny of the relay left", |e| {
+        e["verdict"] == "deny"
+    });
+    assert_eq!(ev["pid"], relays[kept].pid(), "{ev:#}");
     assert_refused_as_accepted(&ev);
 }
 

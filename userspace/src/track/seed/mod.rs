@@ -9,8 +9,9 @@
 //! would have recorded:
 //!
 //! - each TCP socket in LISTEN on a non-loopback address, in every network
-//!   namespace that has processes: its `(netns, port)` in `LW_LISTENERS`,
-//!   and `listening` evidence for each process holding it;
+//!   namespace that has processes: its `(netns, port)` in `LW_LISTENERS`
+//!   (with its socket cookie, from a `NETLINK_SOCK_DIAG` dump), and
+//!   `listening` evidence for each process holding it;
 //! - each established connection on such a port with a non-loopback peer
 //!   (an accepted connection): `accepted` evidence, naming the peer, for
 //!   each process holding it;
@@ -38,7 +39,7 @@ mod plan;
 mod scan;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     time::Instant,
 };
 
@@ -56,7 +57,7 @@ use tracing::{info, warn};
 
 use self::{
     plan::{Plan, Sock},
-    scan::{scan, tcp_sockets},
+    scan::{listener_cookies, scan, tcp_sockets},
 };
 use crate::{
     policy::CompiledPolicy,
@@ -66,6 +67,9 @@ use crate::{
 /// `bpf_map_update_elem` flags: create only, update only.
 const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
 const EXIST: u64 = aya_obj::generated::BPF_EXIST as u64;
+
+/// Listeners' socket cookies by network namespace, then socket inode.
+type Cookies = HashMap<u32, HashMap<u64, u64>>;
 
 /// What a seeding wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,6 +128,21 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
     if let Some(policy) = lineage {
         plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
     }
+    // (A credited listener that closes between the dump and the write
+    // leaves an entry with its cookie that no close removes, until the
+    // port's next listen: the window is the milliseconds between them.)
+    let cookies: Cookies = scan
+        .netns
+        .iter()
+        .filter_map(|(netns, pids)| {
+            let wanted: HashSet<u64> = plan
+                .listener_inodes
+                .range((*netns, 0)..=(*netns, u16::MAX))
+                .map(|(_, &inode)| inode)
+                .collect();
+            (!wanted.is_empty()).then(|| (*netns, listener_cookies(*netns, pids, &wanted)))
+        })
+        .collect();
     let mut procs: BpfHashMap<_, u32, ProcState> = take(ebpf, maps::PROCS)?;
     let mut listeners: BpfHashMap<_, ListenerKey, Listener> = take(ebpf, maps::LISTENERS)?;
     let tracked = ebpf
@@ -133,6 +152,7 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
         Array::try_from(tracked).map_err(|e| format!("map {}: {e}", maps::TRACKED))?;
     let mut seeded = write(
         &plan,
+        &cookies,
         &scan.scripts,
         &mut procs,
         &mut listeners,
@@ -263,6 +283,7 @@ fn fill_gaps(
 /// recorded.
 fn write(
     plan: &Plan,
+    cookies: &Cookies,
     scripts: &HashMap<u32, [u8; SCRIPT_LEN]>,
     procs: &mut BpfHashMap<MapData, u32, ProcState>,
     listeners: &mut BpfHashMap<MapData, ListenerKey, Listener>,
@@ -276,12 +297,18 @@ fn write(
             port,
             _pad: 0,
         };
-        // The listener's cookie is not read here: any close of a
-        // listener on the port removes the entry, as before the cookies.
+        // Without its cookie (not read), any close of a listener on the
+        // port removes the entry.
+        let cookie = plan
+            .listener_inodes
+            .get(&(netns, port))
+            .and_then(|inode| cookies.get(&netns)?.get(inode))
+            .copied()
+            .unwrap_or(0);
         let listener = Listener {
             tgid: *tgid,
             _pad: 0,
-            cookie: 0,
+            cookie,
         };
         match listeners.insert(key, listener, NOEXIST) {
             Ok(()) => seeded.listeners += 1,

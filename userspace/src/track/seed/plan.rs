@@ -95,6 +95,9 @@ fn evidence_at(kind: u8, at: SocketAddr, now: u64) -> Evidence {
 pub(super) struct Plan {
     /// `(netns, port)` → the tgid its listener is credited to.
     pub(super) listeners: BTreeMap<(u32, u16), u32>,
+    /// `(netns, port)` → the socket inode of that listener (its cookie is
+    /// the entry's: only its own close removes it).
+    pub(super) listener_inodes: BTreeMap<(u32, u16), u64>,
     /// Standing evidence by tgid.
     pub(super) standing: BTreeMap<u32, Evidence>,
     /// Lineage by tgid.
@@ -125,8 +128,11 @@ impl Plan {
             let port = sock.local.port();
             ports.insert(port);
             let pids = holders(sock.inode);
-            if let Some(pid) = credited(pids, &image) {
-                self.listeners.entry((netns, port)).or_insert(pid);
+            if let Some(pid) = credited(pids, &image)
+                && !self.listeners.contains_key(&(netns, port))
+            {
+                self.listeners.insert((netns, port), pid);
+                self.listener_inodes.insert((netns, port), sock.inode);
             }
             for &pid in pids {
                 // A listen never replaces an accept (as in the kernel).

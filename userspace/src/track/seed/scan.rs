@@ -1,12 +1,14 @@
 //! One pass over `/proc` for the seeding: which network namespaces have
 //! processes and their TCP sockets, who holds which socket, each process's
 //! parent and executable, and the interpreters' scripts as the exec
-//! handler reads them.
+//! handler reads them; and the listeners' socket cookies, from a
+//! `NETLINK_SOCK_DIAG` dump in each namespace.
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Read as _,
+    io::{self, Read as _},
     os::unix::fs::MetadataExt as _,
+    path::PathBuf,
 };
 
 use loopwarden_common::{
@@ -19,7 +21,11 @@ use procfs::{
 use tracing::warn;
 
 use super::plan::Sock;
-use crate::cut::procs::{exe_file_name, live, note_own_tables};
+use crate::{
+    cut::procs::{exe_file_name, live, note_own_tables},
+    kernel::sock_diag::{SockDiag, TcpSocket, state},
+    resolve::in_first_netns,
+};
 
 /// Pids kept per network namespace to read its socket tables through (one
 /// may exit meanwhile).
@@ -228,6 +234,38 @@ fn script_of(cmdline: &[u8]) -> Option<[u8; SCRIPT_LEN]> {
         }
     }
     None
+}
+
+/// The socket cookies of the TCP listeners with socket inodes `wanted` in
+/// network namespace `netns`, by inode: a `NETLINK_SOCK_DIAG` dump made
+/// inside the namespace, entered through the first of `pids` that can be
+/// (the dump gives a socket that had none its cookie, which
+/// `bpf_get_socket_cookie` returns from then on). A listener it does not
+/// find (closed since, or the dump failed, which is warned about) is left
+/// out: its entry has no cookie, and any close on its port removes it.
+pub(super) fn listener_cookies(
+    netns: u32,
+    pids: &[u32],
+    wanted: &HashSet<u64>,
+) -> HashMap<u64, u64> {
+    let paths = pids
+        .iter()
+        .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
+    let mut last = io::Error::other("no process in it to enter it through");
+    let Some((mut diag, _)) = in_first_netns(paths, SockDiag::open, &mut last) else {
+        warn!("reading the TCP listeners of network namespace {netns} failed: {last}");
+        return HashMap::new();
+    };
+    let mut listeners = Vec::new();
+    let listening = state::bit(state::LISTEN);
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let keep = |s: &TcpSocket| wanted.contains(&s.inode);
+        if let Err(e) = diag.dump_kept(family, listening, wanted.len(), keep, &mut listeners) {
+            warn!("reading the TCP listeners of network namespace {netns} failed: {e}");
+            break;
+        }
+    }
+    listeners.iter().map(|l| (l.inode, l.cookie)).collect()
 }
 
 /// The TCP sockets of network namespace `netns`, read through the first of
