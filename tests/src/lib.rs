@@ -41,7 +41,8 @@ pub use scripts::{
 };
 use serde_json::Value;
 pub use services::{
-    FD3_RELAY, FORWARDER, HAND_DOWN, Sshd, greeter, handed_down_relay, nginx_proxy, spawn_forwarder,
+    FD3_RELAY, FORWARDER, HAND_DOWN, Sshd, greeter, handed_down_relay, nginx_proxy,
+    reuseport_relay, spawn_forwarder,
 };
 
 /// Port of the protected HTTP service in every test namespace.

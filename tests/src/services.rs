@@ -268,6 +268,26 @@ pub fn handed_down_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> Pr
     proc
 }
 
+/// Starts [`FD3_RELAY`] (written to `dir`) in `ns` with a listener of
+/// its own on `addr`:`port`, opened with `SO_REUSEPORT` (so several can
+/// share the port, as a graceful reload's successor and predecessor do);
+/// returns once it listens. `name` tells it apart (its ready file, and a
+/// timeout's message).
+pub fn reuseport_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16, name: &str) -> Proc {
+    let relay = write_script(dir, "reuseport-relay.py", FD3_RELAY);
+    let ready = dir.path().join(format!("{name}.ready"));
+    let (port, target) = (port.to_string(), PROTECTED.to_string());
+    let ready_arg = ready.to_string_lossy();
+    let proc = ns.spawn(
+        SYSTEM_PYTHON,
+        &[relay.as_str(), &target, &ready_arg, addr, &port],
+    );
+    wait_for(name, Duration::from_secs(10), || {
+        ready.exists().then_some(())
+    });
+    proc
+}
+
 /// nginx (`/usr/sbin/nginx`, in the foreground, everything it writes in
 /// `dir`) in `ns` as a reverse proxy: listening on `listen` (`ADDR:PORT`),
 /// passing every request to the protected service on 127.0.0.1.

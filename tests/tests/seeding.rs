@@ -9,11 +9,11 @@
 //! starts. Likewise a catalogued tunnel's lineage reaches the processes
 //! already running below it.
 
-use std::{path::Path, time::Duration};
+use std::path::Path;
 
 use loopwarden_tests::{
-    Daemon, FD3_RELAY, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir,
-    Topology, exe_name, handed_down_relay, listener_tgids, spawn_forwarder, wait_for, write_script,
+    Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
+    handed_down_relay, listener_tgids, reuseport_relay, spawn_forwarder,
 };
 use serde_json::Value;
 
@@ -170,21 +170,7 @@ fn a_seeded_listener_keeps_its_port_when_another_on_it_closes() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("seed-shared-port");
-    // Each its own listener with `SO_REUSEPORT`, not fd 3.
-    let relay = write_script(&dir, "relay.py", FD3_RELAY);
-    let (port, target) = (SHARED_PORT.to_string(), PROTECTED.to_string());
-    let start = |name: &str| {
-        let ready = dir.path().join(name);
-        let ready_arg = ready.to_string_lossy();
-        let proc = topo.local.spawn(
-            SYSTEM_PYTHON,
-            &[relay.as_str(), &target, &ready_arg, LOCAL_ADDR, &port],
-        );
-        wait_for(name, Duration::from_secs(10), || {
-            ready.exists().then_some(())
-        });
-        proc
-    };
+    let start = |name: &str| reuseport_relay(&topo.local, &dir, LOCAL_ADDR, SHARED_PORT, name);
     let mut relays = [start("first"), start("second")];
     let url = format!("http://{LOCAL_ADDR}:{SHARED_PORT}/");
     for _ in 0..4 {

@@ -4,7 +4,7 @@
 //! `SO_REUSEPORT` before the predecessor closes its own, and the
 //! predecessor's close must not take the successor's entry with it.
 
-use loopwarden_tests::{FD3_RELAY, listener_tgids};
+use loopwarden_tests::{listener_tgids, reuseport_relay};
 
 use super::*;
 
@@ -24,21 +24,7 @@ fn a_relay_that_takes_its_port_over_from_a_predecessor_names_the_remote_client()
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("reload");
-    // Its own listener with `SO_REUSEPORT`, not fd 3.
-    let relay = write_script(&dir, "relay.py", FD3_RELAY);
-    let (port, target) = (RELOAD_PORT.to_string(), PROTECTED.to_string());
-    let start = |name: &str| {
-        let ready = dir.path().join(name);
-        let ready_arg = ready.to_string_lossy();
-        let proc = topo.local.spawn(
-            SYSTEM_PYTHON,
-            &[relay.as_str(), &target, &ready_arg, LOCAL_ADDR, &port],
-        );
-        wait_for(name, Duration::from_secs(10), || {
-            ready.exists().then_some(())
-        });
-        proc
-    };
+    let start = |name: &str| reuseport_relay(&topo.local, &dir, LOCAL_ADDR, RELOAD_PORT, name);
     // The predecessor, then its successor, which is returned once the
     // predecessor has exited.
     let reload = |n: usize| {
