@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Netns, Proc, SYSTEM_PYTHON, TempDir, run, run_ok, wait_for};
+use crate::{Netns, Proc, SYSTEM_PYTHON, TempDir, provenance::as_uid, run, run_ok, wait_for};
 
 /// The ident port the responder serves in the tests' namespaces.
 pub const IDENT_PORT: u16 = 113;
@@ -69,12 +69,23 @@ print(data.hex())
 
 /// Runs [`CLIENT`] in `ns` against the responder at `host`.
 pub fn ident_exchange(ns: &Netns, host: &str, chunks: &[&[u8]], half_close: bool) -> Exchange {
+    ident_exchange_as(ns, host, chunks, half_close, None)
+}
+
+/// [`ident_exchange`] as `uid` (and its gid, no groups), when given.
+pub fn ident_exchange_as(
+    ns: &Netns,
+    host: &str,
+    chunks: &[&[u8]],
+    half_close: bool,
+    uid: Option<u32>,
+) -> Exchange {
     let hex: Vec<String> = chunks
         .iter()
         .map(|c| c.iter().map(|b| format!("{b:02x}")).collect())
         .collect();
     let out = run_ok(
-        ns.cmd(SYSTEM_PYTHON)
+        as_uid(ns, uid, SYSTEM_PYTHON)
             .args(["-c", CLIENT, host, &IDENT_PORT.to_string()])
             .arg(if half_close { "half-close" } else { "wait" })
             .args(&hex),
@@ -95,8 +106,13 @@ pub fn ident_exchange(ns: &Netns, host: &str, chunks: &[&[u8]], half_close: bool
 /// One query (CR-LF appended) on its own connection, the client closing
 /// its side after it: the reply line.
 pub fn ident_query(ns: &Netns, host: &str, query: &str) -> String {
+    ident_query_as(ns, host, query, None)
+}
+
+/// [`ident_query`] asked as `uid`, when given.
+pub fn ident_query_as(ns: &Netns, host: &str, query: &str, uid: Option<u32>) -> String {
     let line = format!("{query}\r\n");
-    let exchange = ident_exchange(ns, host, &[line.as_bytes()], true);
+    let exchange = ident_exchange_as(ns, host, &[line.as_bytes()], true, uid);
     assert!(exchange.closed, "the responder kept {exchange:?} open");
     exchange.replies
 }
@@ -163,15 +179,37 @@ print(status)
 /// A server on `port` (all addresses) that accepts connections and keeps
 /// them open, so the connections stay in `LW_CONNS`.
 pub fn holding_server(ns: &Netns, port: u16) -> Proc {
+    holding_server_as(ns, port, None)
+}
+
+/// [`holding_server`] run as `uid`, when given.
+pub fn holding_server_as(ns: &Netns, port: u16, uid: Option<u32>) -> Proc {
+    holding(ns, port, uid, None)
+}
+
+/// [`holding_server`] started as root that becomes `uid` (and its gid, no
+/// groups) once it listens, as servers that bind a port as root do: its
+/// listener stays root's, each socket it accepts is `uid`'s.
+pub fn holding_server_dropping_to(ns: &Netns, port: u16, uid: u32) -> Proc {
+    holding(ns, port, None, Some(uid))
+}
+
+/// A [`holding_server`] run as `uid`, that becomes `drop_to` once it
+/// listens.
+fn holding(ns: &Netns, port: u16, uid: Option<u32>, drop_to: Option<u32>) -> Proc {
+    let drop = drop_to.map_or(String::new(), |to| {
+        format!("os.setgroups([]); os.setgid({to}); os.setuid({to})")
+    });
     let script = format!(
-        r#"import socket
+        r#"import os, socket
 s = socket.create_server(("::", {port}), family=socket.AF_INET6, dualstack_ipv6=True)
+{drop}
 held = []
 while True:
     held.append(s.accept()[0])
 "#
     );
-    let server = ns.spawn(SYSTEM_PYTHON, &["-c", &script]);
+    let server = Proc::spawn(as_uid(ns, uid, SYSTEM_PYTHON).args(["-c", &script]));
     ns.wait_listening(port);
     server
 }
@@ -201,23 +239,8 @@ while True:
 "#;
         let path = out.display().to_string();
         let port_text = port.to_string();
-        let mut args = vec!["-c", script, host, &port_text, &path];
-        let proc = match uid {
-            None => ns.spawn(SYSTEM_PYTHON, &args),
-            Some(uid) => {
-                let uid = uid.to_string();
-                let mut wrapped = vec![
-                    "--reuid",
-                    &uid,
-                    "--regid",
-                    &uid,
-                    "--clear-groups",
-                    SYSTEM_PYTHON,
-                ];
-                wrapped.append(&mut args);
-                ns.spawn("setpriv", &wrapped)
-            }
-        };
+        let args = ["-c", script, host, &port_text, &path];
+        let proc = Proc::spawn(as_uid(ns, uid, SYSTEM_PYTHON).args(args));
         let local_port = wait_for(
             &format!("a connection to {host}:{port}"),
             Duration::from_secs(10),

@@ -8,8 +8,8 @@ use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Policy, TempDir, UNPROTECTED,
     ident::{
         HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, error_reply,
-        holding_server, ident_exchange, ident_query, trickle, trickle_after_refusal, uid_of,
-        user_reply,
+        holding_server, holding_server_as, holding_server_dropping_to, ident_exchange, ident_query,
+        ident_query_as, trickle, trickle_after_refusal, uid_of, user_reply,
     },
     idle::IdleClients,
     provenance::fork_client,
@@ -152,6 +152,44 @@ fn direct_connections_are_named_and_relayed_or_unknown_ones_are_not() {
         ]
     );
 }
+
+/// A connection is named only to its server (as RFC 1413 means ident to
+/// be used: the user that owns its accepted socket, whether it ran as
+/// that user when it listened or became it after) and to root: another
+/// user asking the same is answered `NO-USER`, as for a connection
+/// loopwarden does not know, over IPv4 and IPv6. Fails against a build
+/// that answers whoever asks (that user learns who made the connection),
+/// or one that knows the server only by its listener's owner (a server
+/// that became nobody after it listened as root is refused).
+#[test]
+fn a_connection_is_named_only_to_its_server_and_to_root() {
+    let ns = Netns::new();
+    let dir = TempDir::new("ident-askers");
+    let _daemon = daemon(&ns, PROTECTED);
+    // The service runs as nobody, or listens as root and becomes nobody;
+    // its client runs as root.
+    for dropping in [false, true] {
+        let _protected = match dropping {
+            false => holding_server_as(&ns, PROTECTED, Some(NOBODY)),
+            true => holding_server_dropping_to(&ns, PROTECTED, NOBODY),
+        };
+        for host in ["127.0.0.1", "::1"] {
+            let client = HeldConnection::open(&ns, &dir, host, PROTECTED, None);
+            let query = format!("{} , {PROTECTED}", client.local_port);
+            let named = user_reply(client.local_port, PROTECTED, "root");
+            let unknown = error_reply(client.local_port, PROTECTED, "NO-USER");
+            let asked = |uid| ident_query_as(&ns, host, &query, uid);
+            let case = format!("{host}, dropping {dropping}");
+            assert_eq!(asked(Some(NOBODY)), named, "{case}");
+            assert_eq!(asked(None), named, "{case}");
+            assert_eq!(asked(Some(OTHER_UID)), unknown, "{case}");
+        }
+    }
+}
+
+/// nobody's uid, and one no account has.
+const NOBODY: u32 = 65534;
+const OTHER_UID: u32 = 4242;
 
 #[test]
 fn malformed_queries_get_invalid_port_and_silent_clients_are_closed() {

@@ -87,6 +87,28 @@ impl Conns {
         self.if_open(found)
     }
 
+    /// The origin of the connection `key` once the server's side has
+    /// accepted it, while it is open, with the uid owning its accepted
+    /// socket now ([`Liveness::accepted_owner`]). `Err` when whether it is
+    /// open cannot be checked.
+    pub fn get_owned(&self, key: &ConnKey) -> io::Result<Option<(OriginRecord, u32)>> {
+        match self.find(key).filter(|record| record.established_ns != 0) {
+            Some(record) => Ok(self.live.accepted_owner(&record)?.map(|uid| (record, uid))),
+            None => Ok(None),
+        }
+    }
+
+    /// The uid owning the open TCP socket of namespace `netns` whose local
+    /// end is `local` and peer `peer` ([`Liveness::owner`]).
+    pub fn owner(
+        &self,
+        netns: u32,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> io::Result<Option<u32>> {
+        self.live.owner(netns, local, peer)
+    }
+
     /// The entry of the connection `key`: in its slot, as the kernel finds
     /// it, or in `LW_CONNS`; handshake done or not, open or not (what the
     /// sweep of admitted connections asks about a socket it found open,

@@ -23,7 +23,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs, io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
     sync::{
@@ -35,7 +35,7 @@ use std::{
 use loopwarden_common::origin::OriginRecord;
 use tracing::{debug, warn};
 
-use super::conns::netns_of;
+use super::conns::{netns_of, socket_addr};
 use crate::{
     cut::procs::network_namespaces,
     error_chain,
@@ -83,8 +83,42 @@ impl Liveness {
     /// Whether `record`'s accepted socket is open; `Err` when that cannot
     /// be checked (warned of once per namespace).
     pub fn is_open(&self, record: &OriginRecord) -> io::Result<bool> {
-        let open = self.open_in(record.conn.netns, &[record])?;
-        Ok(open.first().copied().unwrap_or(false))
+        Ok(self.accepted_owner(record)?.is_some())
+    }
+
+    /// The uid owning `record`'s accepted socket now, if it is open: the
+    /// accepting process's since its `accept()` (`sock_graft`), where
+    /// `server_uid` is its listener's. `Err` when that cannot be checked
+    /// (warned of once per namespace).
+    pub fn accepted_owner(&self, record: &OriginRecord) -> io::Result<Option<u32>> {
+        let owners = self.open_in(record.conn.netns, &[record])?;
+        Ok(owners.first().copied().flatten())
+    }
+
+    /// The uid owning the open TCP socket of namespace `netns` whose local
+    /// end is `local` and peer `peer` (a client's socket connected to this
+    /// daemon: who asks), if there is one; `Err` when that cannot be
+    /// checked (warned of once per namespace).
+    pub fn owner(
+        &self,
+        netns: u32,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> io::Result<Option<u32>> {
+        let (family, id) = sock_id(local, peer, None);
+        self.diag(netns)
+            .and_then(|mut diag| {
+                self.probe_tcp(&mut diag)?;
+                diag.find(family, &id)
+            })
+            // Not a listener (the lookup falls back to one) nor a closed
+            // socket's remains.
+            .map(|socket| {
+                socket
+                    .filter(|s| s.state != state::LISTEN && s.state != state::TIME_WAIT)
+                    .map(|s| s.uid)
+            })
+            .inspect_err(|e| self.cannot_check(netns, e))
     }
 
     /// Keeps the records whose accepted socket is open (one sock_diag
@@ -100,7 +134,7 @@ impl Liveness {
             let these: Vec<&OriginRecord> = indices.iter().map(|&i| &records[i]).collect();
             if let Ok(found) = self.open_in(netns, &these) {
                 for (&i, found) in indices.iter().zip(found) {
-                    open[i] = found;
+                    open[i] = found.is_some();
                 }
             }
         }
@@ -108,16 +142,17 @@ impl Liveness {
         records.retain(|_| keep.next().unwrap_or(false));
     }
 
-    /// Whether the accepted socket of each of `records`, all of namespace
-    /// `netns`, is open; `Err` when that cannot be checked (warned of).
-    fn open_in(&self, netns: u32, records: &[&OriginRecord]) -> io::Result<Vec<bool>> {
+    /// The owner of the accepted socket of each of `records`, all of
+    /// namespace `netns`, if it is open; `Err` when that cannot be checked
+    /// (warned of).
+    fn open_in(&self, netns: u32, records: &[&OriginRecord]) -> io::Result<Vec<Option<u32>>> {
         let mut diag = match self.diag(netns) {
             Ok(diag) => diag,
             // No process is in it any more and no file names it: its
             // connections went with it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 debug!("provenance: network namespace net:[{netns}] is gone: {e}");
-                return Ok(vec![false; records.len()]);
+                return Ok(vec![None; records.len()]);
             }
             Err(e) => {
                 self.cannot_check(netns, &e);
@@ -128,7 +163,7 @@ impl Liveness {
             .and_then(|()| {
                 records
                     .iter()
-                    .map(|record| accepted_socket_open(&mut diag, record))
+                    .map(|record| accepted_socket_owner(&mut diag, record))
                     .collect()
             })
             .inspect_err(|e| self.cannot_check(netns, e))
@@ -236,44 +271,91 @@ fn process_files(netns: u32) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether the accepted socket of `record` (the server's end, with the
-/// cookie the kernel bound) is among `diag`'s namespace's open sockets.
-fn accepted_socket_open(diag: &mut SockDiag, record: &OriginRecord) -> io::Result<bool> {
+/// The owner of the accepted socket of `record` (the server's end, with
+/// the cookie the kernel bound), if it is among `diag`'s namespace's open
+/// sockets.
+fn accepted_socket_owner(diag: &mut SockDiag, record: &OriginRecord) -> io::Result<Option<u32>> {
     let conn = &record.conn;
-    // IPv4 (IPv4-mapped as the kernel stores it) is looked up as IPv4,
-    // which also finds an IPv6 socket with IPv4-mapped addresses.
-    let (family, src, dst) = match (conn.server.to_ip(), conn.client.to_ip()) {
-        (IpAddr::V4(server), IpAddr::V4(client)) => {
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src[..4].copy_from_slice(&server.octets());
-            dst[..4].copy_from_slice(&client.octets());
-            (libc::AF_INET as u8, src, dst)
-        }
-        _ => (
-            libc::AF_INET6 as u8,
-            conn.server.to_ipv6().octets(),
-            conn.client.to_ipv6().octets(),
-        ),
-    };
-    let cookie = record.server_cookie;
-    let id = SockId {
-        sport: conn.server_port.to_be_bytes(),
-        dport: conn.client_port.to_be_bytes(),
-        src,
-        dst,
-        interface: 0,
-        cookie: [cookie as u32, (cookie >> 32) as u32],
-    };
+    let (family, id) = sock_id(
+        socket_addr(&conn.server, conn.server_port),
+        socket_addr(&conn.client, conn.client_port),
+        Some(record.server_cookie),
+    );
     // A socket in TIME_WAIT is a connection its server closed.
     Ok(diag
         .find(family, &id)?
-        .is_some_and(|socket| socket.state != state::TIME_WAIT))
+        .filter(|socket| socket.state != state::TIME_WAIT)
+        .map(|socket| socket.uid))
+}
+
+/// The family and id `SockDiag::find` looks up the TCP socket with local
+/// end `local`, peer `peer` and cookie `cookie` by (`None`: whatever its
+/// cookie). IPv4 (IPv4-mapped as the kernel stores it) is looked up as
+/// IPv4, which also finds an IPv6 socket with IPv4-mapped addresses.
+fn sock_id(local: SocketAddr, peer: SocketAddr, cookie: Option<u64>) -> (u8, SockId) {
+    let v6 = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let (family, src, dst) = match (local.ip().to_canonical(), peer.ip().to_canonical()) {
+        (IpAddr::V4(local), IpAddr::V4(peer)) => {
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src[..4].copy_from_slice(&local.octets());
+            dst[..4].copy_from_slice(&peer.octets());
+            (libc::AF_INET as u8, src, dst)
+        }
+        (local, peer) => (libc::AF_INET6 as u8, v6(local).octets(), v6(peer).octets()),
+    };
+    // `INET_DIAG_NOCOOKIE`: any socket with these ends.
+    let cookie = cookie.map_or([u32::MAX; 2], |c| [c as u32, (c >> 32) as u32]);
+    let id = SockId {
+        sport: local.port().to_be_bytes(),
+        dport: peer.port().to_be_bytes(),
+        src,
+        dst,
+        interface: 0,
+        cookie,
+    };
+    (family, id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The owner of an open socket is found by its two ends, IPv4, IPv6 and
+    /// an IPv6 socket with IPv4-mapped addresses (asked as IPv4) alike; a
+    /// socket with other ends is nobody's, and the listener the lookup
+    /// falls back to is not taken for one.
+    #[test]
+    fn a_sockets_owner_is_found_by_its_ends() {
+        use std::net::{TcpListener, TcpStream};
+
+        let live = Liveness::new();
+        let netns = netns_of(std::process::id()).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        for (listen, connect) in [
+            ("127.0.0.1:0", None),
+            ("[::1]:0", None),
+            ("[::]:0", Some("[::ffff:127.0.0.1]")),
+        ] {
+            let listener = TcpListener::bind(listen).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let to: SocketAddr = match connect {
+                Some(host) => format!("{host}:{port}").parse().unwrap(),
+                None => listener.local_addr().unwrap(),
+            };
+            let client = TcpStream::connect(to).unwrap();
+            let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+            assert_eq!(live.owner(netns, local, peer).unwrap(), Some(me), "{to}");
+            let elsewhere = SocketAddr::new(peer.ip(), peer.port().wrapping_add(1));
+            assert_eq!(live.owner(netns, local, elsewhere).unwrap(), None, "{to}");
+            // The listener's port with a peer no connection has.
+            let nobody = SocketAddr::new(local.ip(), 9);
+            assert_eq!(live.owner(netns, to, nobody).unwrap(), None, "{to}");
+        }
+    }
 
     /// The namespaces warned of stay a bounded set however many there are
     /// (and one warned of is not warned of again until then).

@@ -194,17 +194,34 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 }
 
 /// The reply to a valid query on the connection `local` (this host's end,
-/// the responder's address) ← `peer` (the querying host).
+/// the responder's address) ← `peer` (the querying host). A connection is
+/// answered about only to the server (as RFC 1413 means ident to be used):
+/// the uid owning its accepted socket, now (the accepting process's, a
+/// service that dropped privileges after its listen) or when it was
+/// established (its listener's); and to root. To anyone else it is
+/// unknown. Who asks is the owner of the asking socket (`peer` → `local`,
+/// found with sock_diag): an asker from another host is nobody here.
 async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<Shared>) -> String {
     let key = conn_key(
         shared.netns,
         SocketAddr::new(local.ip(), ports.here),
         SocketAddr::new(peer.ip(), ports.there),
     );
-    // Blocking: reads the map, and may enter a namespace to see that the
-    // connection is open.
+    // Blocking: reads the map, and may enter a namespace to find the
+    // asker's socket and to see that the connection is open.
     let lookup = shared.clone();
-    let origin = match tokio::task::spawn_blocking(move || lookup.conns.get(&key, |_| true)).await {
+    let found = tokio::task::spawn_blocking(move || {
+        let Some(asker) = lookup.conns.owner(lookup.netns, peer, local)? else {
+            return Ok(None);
+        };
+        let found = lookup.conns.get_owned(&key)?;
+        Ok::<_, io::Error>(found.and_then(|(record, owner)| {
+            [0, record.server_uid, owner]
+                .contains(&asker)
+                .then_some(record)
+        }))
+    });
+    let origin = match found.await {
         Ok(Ok(record)) => Origin::of(record.as_ref()),
         // Not that nobody owns it: loopwarden could not tell.
         Ok(Err(_)) | Err(_) => Origin::Unchecked,
