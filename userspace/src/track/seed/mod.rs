@@ -136,9 +136,9 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
         .iter()
         .filter_map(|(netns, pids)| {
             let wanted: HashSet<u64> = plan
-                .listener_inodes
+                .listeners
                 .range((*netns, 0)..=(*netns, u16::MAX))
-                .map(|(_, &inode)| inode)
+                .map(|(_, credit)| credit.inode)
                 .collect();
             (!wanted.is_empty()).then(|| (*netns, listener_cookies(*netns, pids, &wanted)))
         })
@@ -291,7 +291,7 @@ fn write(
 ) -> Seeded {
     let mut seeded = Seeded::default();
     let mut failed = Failures::default();
-    for (&(netns, port), tgid) in &plan.listeners {
+    for (&(netns, port), credit) in &plan.listeners {
         let key = ListenerKey {
             netns,
             port,
@@ -299,14 +299,13 @@ fn write(
         };
         // Without its cookie (not read), any close of a listener on the
         // port removes the entry.
-        let cookie = plan
-            .listener_inodes
-            .get(&(netns, port))
-            .and_then(|inode| cookies.get(&netns)?.get(inode))
+        let cookie = cookies
+            .get(&netns)
+            .and_then(|by_inode| by_inode.get(&credit.inode))
             .copied()
             .unwrap_or(0);
         let listener = Listener {
-            tgid: *tgid,
+            tgid: credit.tgid,
             _pad: 0,
             cookie,
         };
@@ -410,7 +409,11 @@ mod tests {
         let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");
         let mut plan = Plan::default();
         plan.add_namespace(ns, &socks, &scan.owners, |pid| scan.image(pid), 1);
-        assert_eq!(plan.listeners.get(&(ns, port)), Some(&me), "{plan:?}");
+        assert_eq!(
+            plan.listeners.get(&(ns, port)).map(|c| c.tgid),
+            Some(me),
+            "{plan:?}"
+        );
         assert_eq!(plan.standing[&me].kind, evidence::LISTENING);
     }
 
@@ -456,7 +459,11 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert!(executed, "sleep did not start");
-        assert_eq!(plan.listeners.get(&(ns, port)), Some(&pid), "{plan:?}");
+        assert_eq!(
+            plan.listeners.get(&(ns, port)).map(|c| c.tgid),
+            Some(pid),
+            "{plan:?}"
+        );
         let me = std::process::id();
         assert_eq!(plan.standing[&me].kind, evidence::LISTENING);
         assert_eq!(plan.standing[&pid].kind, evidence::LISTENING);
@@ -501,7 +508,11 @@ mod tests {
         let _ = child.wait();
         // The case this is about: its process's table does not hold it.
         assert_eq!(before.listeners.get(&(ns, port)), None, "{before:?}");
-        assert_eq!(plan.listeners.get(&(ns, port)), Some(&pid), "{plan:?}");
+        assert_eq!(
+            plan.listeners.get(&(ns, port)).map(|c| c.tgid),
+            Some(pid),
+            "{plan:?}"
+        );
         assert_eq!(plan.standing[&pid].kind, evidence::LISTENING);
     }
 

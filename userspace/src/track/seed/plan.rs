@@ -3,7 +3,7 @@
 //! from the process tree.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, btree_map::Entry},
     net::{IpAddr, SocketAddr},
 };
 
@@ -93,15 +93,22 @@ fn evidence_at(kind: u8, at: SocketAddr, now: u64) -> Evidence {
 /// What the seeding writes, decided before anything is written.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Plan {
-    /// `(netns, port)` → the tgid its listener is credited to.
-    pub(super) listeners: BTreeMap<(u32, u16), u32>,
-    /// `(netns, port)` → the socket inode of that listener (its cookie is
-    /// the entry's: only its own close removes it).
-    pub(super) listener_inodes: BTreeMap<(u32, u16), u64>,
+    /// `(netns, port)` → whom its accepts are credited to, and by which
+    /// listener.
+    pub(super) listeners: BTreeMap<(u32, u16), Credit>,
     /// Standing evidence by tgid.
     pub(super) standing: BTreeMap<u32, Evidence>,
     /// Lineage by tgid.
     pub(super) lineage: BTreeMap<u32, [u8; EXE_NAME_LEN]>,
+}
+
+/// A port's listener credited to a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Credit {
+    pub(super) tgid: u32,
+    /// The listener's socket inode (its cookie is the entry's: only its
+    /// own close removes it).
+    pub(super) inode: u64,
 }
 
 /// Generations walked up from a process looking for its tunnel: far more
@@ -128,11 +135,15 @@ impl Plan {
             let port = sock.local.port();
             ports.insert(port);
             let pids = holders(sock.inode);
-            if let Some(pid) = credited(pids, &image)
-                && !self.listeners.contains_key(&(netns, port))
+            // The first listener listed on a port is credited (the
+            // holders' images are read only for it).
+            if let Entry::Vacant(slot) = self.listeners.entry((netns, port))
+                && let Some(tgid) = credited(pids, &image)
             {
-                self.listeners.insert((netns, port), pid);
-                self.listener_inodes.insert((netns, port), sock.inode);
+                slot.insert(Credit {
+                    tgid,
+                    inode: sock.inode,
+                });
             }
             for &pid in pids {
                 // A listen never replaces an accept (as in the kernel).
@@ -404,7 +415,22 @@ mod tests {
         plan.add_namespace(NS, &socks, &owners, no_image, NOW);
         assert_eq!(
             plan.listeners,
-            BTreeMap::from([((NS, 9001), 100), ((NS, 80), 200)])
+            BTreeMap::from([
+                (
+                    (NS, 9001),
+                    Credit {
+                        tgid: 100,
+                        inode: 1
+                    }
+                ),
+                (
+                    (NS, 80),
+                    Credit {
+                        tgid: 200,
+                        inode: 4
+                    }
+                )
+            ])
         );
         let kinds: Vec<(u32, u8)> = plan.standing.iter().map(|(&p, e)| (p, e.kind)).collect();
         assert_eq!(
@@ -436,6 +462,6 @@ mod tests {
         let owners = HashMap::from([(10, vec![101])]);
         plan.add_namespace(NS + 1, &other, &owners, no_image, NOW);
         assert_eq!(plan.standing[&101].kind, evidence::ACCEPTED);
-        assert_eq!(plan.listeners[&(NS + 1, 9001)], 101);
+        assert_eq!(plan.listeners[&(NS + 1, 9001)].tgid, 101);
     }
 }
