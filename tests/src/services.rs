@@ -243,29 +243,9 @@ while True:
 /// `Accept=no`; returns once the relay runs (a handshake before its exec
 /// is credited to the parent that listened).
 pub fn handed_down_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> Proc {
-    let relay = write_script(dir, "handed-down-relay.py", FD3_RELAY);
-    let ready = dir.path().join("handed-down-relay.ready");
-    let _ = std::fs::remove_file(&ready);
-    let (port, target) = (port.to_string(), PROTECTED.to_string());
-    let ready_arg = ready.to_string_lossy();
-    let proc = ns.spawn(
-        SYSTEM_PYTHON,
-        &[
-            "-c",
-            HAND_DOWN,
-            "keep",
-            addr,
-            &port,
-            SYSTEM_PYTHON,
-            &relay,
-            &target,
-            &ready_arg,
-        ],
-    );
-    wait_for("the handed-down relay", Duration::from_secs(10), || {
-        ready.exists().then_some(())
-    });
-    proc
+    let port = port.to_string();
+    let hand_down = ["-c", HAND_DOWN, "keep", addr, &port, SYSTEM_PYTHON];
+    fd3_relay(ns, dir, "the handed-down relay", &hand_down, &[])
 }
 
 /// Starts [`FD3_RELAY`] (written to `dir`) in `ns` with a listener of
@@ -274,14 +254,20 @@ pub fn handed_down_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> Pr
 /// returns once it listens. `name` tells it apart (its ready file, and a
 /// timeout's message).
 pub fn reuseport_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16, name: &str) -> Proc {
-    let relay = write_script(dir, "reuseport-relay.py", FD3_RELAY);
+    fd3_relay(ns, dir, name, &[], &[addr, &port.to_string()])
+}
+
+/// Runs Python in `ns` with `before`, then [`FD3_RELAY`] (written to
+/// `dir`) with its target (the protected service), a ready file named
+/// after `name`, and `after`; returns once the relay has created the
+/// file.
+fn fd3_relay(ns: &Netns, dir: &TempDir, name: &str, before: &[&str], after: &[&str]) -> Proc {
+    let relay = write_script(dir, "fd3-relay.py", FD3_RELAY);
     let ready = dir.path().join(format!("{name}.ready"));
-    let (port, target) = (port.to_string(), PROTECTED.to_string());
-    let ready_arg = ready.to_string_lossy();
-    let proc = ns.spawn(
-        SYSTEM_PYTHON,
-        &[relay.as_str(), &target, &ready_arg, addr, &port],
-    );
+    let _ = std::fs::remove_file(&ready);
+    let (target, ready_arg) = (PROTECTED.to_string(), ready.to_string_lossy());
+    let relay_args = [relay.as_str(), &target, &ready_arg];
+    let proc = ns.spawn(SYSTEM_PYTHON, &[before, &relay_args, after].concat());
     wait_for(name, Duration::from_secs(10), || {
         ready.exists().then_some(())
     });

@@ -233,14 +233,3 @@ fn socket_activate(topo: &Topology, port: u16, options: &[&str], relay: &str) ->
     topo.local.wait_listening(port);
     proc
 }
-
-/// `ev` is `accepted` evidence naming a client on the remote side.
-fn assert_accepted_from_the_remote_side(ev: &Value) {
-    assert_eq!(ev["via_how"], "accepted", "{ev:#}");
-    let via = ev["via"].as_str().unwrap_or_default();
-    assert_eq!(
-        split_addr(via).map(|(host, _)| host),
-        Some(REMOTE_ADDR),
-        "{ev:#}"
-    );
-}

@@ -109,6 +109,17 @@ fn split_addr(addr: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
+/// `ev` is `accepted` evidence naming a client on the remote side.
+fn assert_accepted_from_the_remote_side(ev: &Value) {
+    assert_eq!(ev["via_how"], "accepted", "{ev:#}");
+    let via = ev["via"].as_str().unwrap_or_default();
+    assert_eq!(
+        split_addr(via).map(|(host, _)| host),
+        Some(REMOTE_ADDR),
+        "{ev:#}"
+    );
+}
+
 /// Checks `via`, `via_how` and `via_ago_ms` of a relay's record.
 fn assert_via(ev: &Value, want: &Via) {
     let via = ev["via"]
