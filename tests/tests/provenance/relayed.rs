@@ -1,7 +1,9 @@
 //! Relayed connections (socat, `ssh -L`) named with the remote party, and
 //! each uid seeing only the connections its own sockets accepted.
 
-use loopwarden_tests::ident::{error_reply, ident_query};
+use loopwarden_tests::ident::{
+    HeldConnection, error_reply, holding_server_dropping_to, ident_query,
+};
 
 use super::*;
 
@@ -236,4 +238,54 @@ fn each_uid_sees_only_the_connections_its_sockets_accepted() {
         .arg(&run_dir));
     let origin: Value = serde_json::from_slice(&out.stdout).expect("who --netns");
     assert_eq!(origin["pid"], client.pid());
+}
+
+/// A service that listened as root and then became nobody (as services
+/// that bind a port as root do) sees the connections it accepted as
+/// nobody, by the accepted socket's owner now, as getsockopt and ident
+/// answer it: `who` by its ends and by its cookie, and `conns`. Another
+/// uid still sees none. Fails against a build that knows a user's
+/// connections only by their listener's owner (root's here).
+#[test]
+fn a_service_that_became_its_user_after_listening_sees_its_connections() {
+    let ns = Netns::new();
+    let dir = TempDir::new("dropping-server");
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let _service = holding_server_dropping_to(&ns, PROTECTED, NOBODY);
+    let mut clients = Vec::new();
+    for host in ["127.0.0.1", "::1"] {
+        let client = HeldConnection::open(&ns, &dir, host, PROTECTED, None);
+        let addr = |port: u16| match host {
+            "::1" => format!("[::1]:{port}"),
+            _ => format!("{host}:{port}"),
+        };
+        let (peer, local) = (addr(client.local_port), addr(PROTECTED));
+        // Root sees it, with its listener's owner as `server_uid`.
+        let origin = who(&ns, None, &run_dir, &peer, &local).expect("root's who");
+        assert_eq!(origin["server_uid"], 0, "{origin:#}");
+        let requests = [
+            line(json!({"op": "who", "peer": peer, "local": local})),
+            line(json!({"op": "who", "cookie": origin["server_cookie"]})),
+            line(json!({"op": "conns"})),
+        ];
+        let mine = who(&ns, Some(NOBODY), &run_dir, &peer, &local)
+            .unwrap_or_else(|e| panic!("{host}: who as nobody: {e:?}"));
+        assert_eq!(mine["pid"], origin["pid"], "{host}: {mine:#}");
+        let answers = raw_query(&ns, Some(NOBODY), &run_dir, &requests);
+        assert_eq!(answers[0]["origin"]["pid"], origin["pid"], "{answers:#?}");
+        assert_eq!(answers[1]["origin"]["pid"], origin["pid"], "{answers:#?}");
+        // The service holds every connection it accepted.
+        clients.push(client);
+        assert_eq!(
+            answers[2]["conns"].as_array().map(Vec::len),
+            Some(clients.len()),
+            "{answers:#?}"
+        );
+        // Another uid: as a connection that is not open.
+        let answers = raw_query(&ns, Some(OTHER), &run_dir, &requests);
+        assert_eq!(answers[0]["error"], "unknown", "{answers:#?}");
+        assert_eq!(answers[1]["error"], "unknown", "{answers:#?}");
+        assert_eq!(answers[2]["conns"], json!([]), "{answers:#?}");
+    }
 }

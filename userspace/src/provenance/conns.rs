@@ -34,6 +34,43 @@ pub enum ConnsError {
     },
 }
 
+/// To whom a record is answered, as a caller's filter says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// While its accepted socket is open.
+    Always,
+    /// While its accepted socket is open and this uid owns it: the
+    /// accepting process's uid since its `accept()` (`sock_graft`), where
+    /// the record's `server_uid` is its listener's.
+    IfOwnedBy(u32),
+    /// Never.
+    Never,
+}
+
+impl Seen {
+    /// How the user `uid` sees `record` as its server: the user owning the
+    /// accepted socket when the connection was established (its
+    /// listener's owner, `server_uid`) or now (a service that listened as
+    /// root and then became its own user, or was handed its listener).
+    pub fn as_server(uid: u32, record: &OriginRecord) -> Self {
+        if record.server_uid == uid {
+            Self::Always
+        } else {
+            Self::IfOwnedBy(uid)
+        }
+    }
+
+    /// Whether a record is seen whose accepted socket `owner` owns
+    /// (`None`: it is not open, or could not be checked).
+    fn by(self, owner: Option<u32>) -> bool {
+        match (self, owner) {
+            (Self::Never, _) | (_, None) => false,
+            (Self::Always, Some(_)) => true,
+            (Self::IfOwnedBy(uid), Some(owner)) => owner == uid,
+        }
+    }
+}
+
 /// The pinned `LW_CONN_SLOTS` and `LW_CONNS`.
 pub struct Conns {
     slots: Array<MapData, ConnSlot>,
@@ -72,30 +109,17 @@ impl Conns {
 
     /// The origin of the connection `key`, once the server's side has
     /// accepted it (before that it is no connection a service could ask
-    /// about), if `keep` takes it and while it is open: from its slot, as
-    /// the kernel finds it, or from `LW_CONNS`. `Err` when whether it is
-    /// open cannot be checked (asked only of a record `keep` took, so an
-    /// error tells nothing of one it did not).
+    /// about), if `sees` shows it: from its slot, as the kernel finds it,
+    /// or from `LW_CONNS`. `Err` when whether it is open (and whose) cannot
+    /// be checked (asked only of a record `sees` may show, so an error
+    /// tells nothing of one it never does).
     pub fn get(
         &self,
         key: &ConnKey,
-        keep: impl Fn(&OriginRecord) -> bool,
+        sees: impl Fn(&OriginRecord) -> Seen,
     ) -> io::Result<Option<OriginRecord>> {
-        let found = self
-            .find(key)
-            .filter(|record| record.established_ns != 0 && keep(record));
-        self.if_open(found)
-    }
-
-    /// The origin of the connection `key` once the server's side has
-    /// accepted it, while it is open, with the uid owning its accepted
-    /// socket now ([`Liveness::accepted_owner`]). `Err` when whether it is
-    /// open cannot be checked.
-    pub fn get_owned(&self, key: &ConnKey) -> io::Result<Option<(OriginRecord, u32)>> {
-        match self.find(key).filter(|record| record.established_ns != 0) {
-            Some(record) => Ok(self.live.accepted_owner(&record)?.map(|uid| (record, uid))),
-            None => Ok(None),
-        }
+        let found = self.find(key).filter(|record| record.established_ns != 0);
+        self.if_seen(found, sees)
     }
 
     /// The uid owning the open TCP socket of namespace `netns` whose local
@@ -127,11 +151,18 @@ impl Conns {
             .map(|entry| named(*key, entry))
     }
 
-    /// `record`, if there is one and it is open.
-    fn if_open(&self, record: Option<OriginRecord>) -> io::Result<Option<OriginRecord>> {
-        match record {
-            Some(record) => Ok(self.live.is_open(&record)?.then_some(record)),
-            None => Ok(None),
+    /// `record`, if there is one and `sees` shows it as its accepted
+    /// socket is now (open, and whose).
+    fn if_seen(
+        &self,
+        record: Option<OriginRecord>,
+        sees: impl Fn(&OriginRecord) -> Seen,
+    ) -> io::Result<Option<OriginRecord>> {
+        match record.map(|record| (sees(&record), record)) {
+            Some((seen, record)) if seen != Seen::Never => Ok(seen
+                .by(self.live.accepted_owner(&record)?)
+                .then_some(record)),
+            _ => Ok(None),
         }
     }
 
@@ -141,16 +172,22 @@ impl Conns {
         self.find(&record.conn).is_some_and(|now| now == *record)
     }
 
-    /// Every accepted protected connection the maps hold that `keep`
-    /// takes and that is open: only those `keep` takes are checked (a
-    /// sock_diag lookup each, and the namespaces entered for them).
-    pub fn list(&self, keep: impl Fn(&OriginRecord) -> bool) -> Vec<OriginRecord> {
-        let mut records: Vec<OriginRecord> = self
+    /// Every accepted protected connection the maps hold that `sees`
+    /// shows: only those it may show are checked (a sock_diag lookup each,
+    /// and the namespaces entered for them); those that cannot be checked
+    /// are left out.
+    pub fn list(&self, sees: impl Fn(&OriginRecord) -> Seen) -> Vec<OriginRecord> {
+        let (seen, records): (Vec<Seen>, Vec<OriginRecord>) = self
             .accepted()
-            .filter(|r| keep(r) && self.still(r))
-            .collect();
-        self.live.retain_open(&mut records);
+            .map(|r| (sees(&r), r))
+            .filter(|(seen, r)| *seen != Seen::Never && self.still(r))
+            .unzip();
+        let owners = self.live.owners(&records);
         records
+            .into_iter()
+            .zip(seen.into_iter().zip(owners))
+            .filter_map(|(record, (seen, owner))| seen.by(owner).then_some(record))
+            .collect()
     }
 
     /// How many accepted connections the maps hold, open or not (a
@@ -161,22 +198,22 @@ impl Conns {
         self.accepted().count()
     }
 
-    /// The connection whose accepted socket has cookie `cookie`, if `keep`
-    /// takes it and while it is open ([`Conns::get`]).
+    /// The connection whose accepted socket has cookie `cookie`, if `sees`
+    /// shows it ([`Conns::get`]).
     pub fn by_cookie(
         &self,
         cookie: u64,
-        keep: impl Fn(&OriginRecord) -> bool,
+        sees: impl Fn(&OriginRecord) -> Seen,
     ) -> io::Result<Option<OriginRecord>> {
-        // `keep` before the cookie: a record `keep` leaves out costs the
-        // walk what one that is not there does (a whole walk), so how long
-        // the answer takes does not tell another uid's connection from none.
+        // `sees` before the cookie: a record it never shows costs the walk
+        // what one that is not there does (a whole walk), so how long the
+        // answer takes does not tell it from none.
         let found = self
             .accepted()
-            .filter(|record| keep(record))
+            .filter(|record| sees(record) != Seen::Never)
             .find(|record| record.server_cookie == cookie)
             .filter(|record| self.still(record));
-        self.if_open(found)
+        self.if_seen(found, sees)
     }
 
     /// Copies every entry of `LW_CONNS` into `into`, the `LW_CONNS` of a
@@ -312,6 +349,22 @@ mod tests {
         assert_eq!(reads(&[Some(1), Some(2), Some(3), Some(4), Some(4)]), None);
         assert_eq!(reads(&[Some(1), None]), None);
         assert_eq!(reads(&[None]), None);
+    }
+
+    /// A record is seen only while its accepted socket is open, and, for
+    /// a user seeing it by that socket, only while the user owns it.
+    #[test]
+    fn a_record_is_seen_by_its_sockets_owner() {
+        assert!(Seen::Always.by(Some(7)));
+        assert!(!Seen::Always.by(None));
+        assert!(Seen::IfOwnedBy(7).by(Some(7)));
+        assert!(!Seen::IfOwnedBy(7).by(Some(0)));
+        assert!(!Seen::IfOwnedBy(7).by(None));
+        assert!(!Seen::Never.by(Some(7)));
+        let mut record = OriginRecord::unknown();
+        record.server_uid = 7;
+        assert_eq!(Seen::as_server(7, &record), Seen::Always);
+        assert_eq!(Seen::as_server(8, &record), Seen::IfOwnedBy(8));
     }
 
     #[test]

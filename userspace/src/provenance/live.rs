@@ -80,12 +80,6 @@ impl Liveness {
         }
     }
 
-    /// Whether `record`'s accepted socket is open; `Err` when that cannot
-    /// be checked (warned of once per namespace).
-    pub fn is_open(&self, record: &OriginRecord) -> io::Result<bool> {
-        Ok(self.accepted_owner(record)?.is_some())
-    }
-
     /// The uid owning `record`'s accepted socket now, if it is open: the
     /// accepting process's since its `accept()` (`sock_graft`), where
     /// `server_uid` is its listener's. `Err` when that cannot be checked
@@ -121,25 +115,25 @@ impl Liveness {
             .inspect_err(|e| self.cannot_check(netns, e))
     }
 
-    /// Keeps the records whose accepted socket is open (one sock_diag
-    /// lookup each, one namespace entered per namespace); drops those it
-    /// cannot check.
-    pub fn retain_open(&self, records: &mut Vec<OriginRecord>) {
+    /// The uid owning each of `records`' accepted socket, if it is open
+    /// ([`Liveness::accepted_owner`]; one sock_diag lookup each, one
+    /// namespace entered per namespace); `None` too for those it cannot
+    /// check.
+    pub fn owners(&self, records: &[OriginRecord]) -> Vec<Option<u32>> {
         let mut by_netns: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, record) in records.iter().enumerate() {
             by_netns.entry(record.conn.netns).or_default().push(i);
         }
-        let mut open = vec![false; records.len()];
+        let mut owners = vec![None; records.len()];
         for (netns, indices) in by_netns {
             let these: Vec<&OriginRecord> = indices.iter().map(|&i| &records[i]).collect();
             if let Ok(found) = self.open_in(netns, &these) {
                 for (&i, found) in indices.iter().zip(found) {
-                    open[i] = found.is_some();
+                    owners[i] = found;
                 }
             }
         }
-        let mut keep = open.into_iter();
-        records.retain(|_| keep.next().unwrap_or(false));
+        owners
     }
 
     /// The owner of the accepted socket of each of `records`, all of

@@ -16,4 +16,4 @@ pub mod query;
 pub mod request;
 mod show;
 
-pub use self::conns::{Conns, ConnsError, conn_key, netns_of, socket_addr};
+pub use self::conns::{Conns, ConnsError, Seen, conn_key, netns_of, socket_addr};

@@ -9,7 +9,7 @@ use loopwarden_common::origin::OriginRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Conns, answer::origin, conns::conn_key};
+use super::{Conns, Seen, answer::origin, conns::conn_key};
 use crate::events::{Enricher, SharedRules, SharedUserNames};
 
 /// Protocol version in every answer (`"v"`).
@@ -150,13 +150,22 @@ impl Caller {
         origin
     }
 
-    /// Whether the caller may see `record`: its own uid owns the accepted
-    /// socket; or it is root, of the host or of the connection's namespace.
-    fn may_see(&self, record: &OriginRecord) -> bool {
+    /// Whether the caller sees `record`: root, of the host or of the
+    /// connection's namespace, does; a user sees it as its server
+    /// ([`Seen::as_server`]), by its accepted socket's owner now only in
+    /// its own namespace (the only one whose sockets it is told about).
+    fn sees(&self, record: &OriginRecord) -> Seen {
         if self.uid == 0 {
-            self.host_netns || self.netns == Some(record.conn.netns)
+            if self.host_netns || self.netns == Some(record.conn.netns) {
+                Seen::Always
+            } else {
+                Seen::Never
+            }
         } else {
-            record.server_uid == self.uid
+            match Seen::as_server(self.uid, record) {
+                Seen::IfOwnedBy(_) if self.netns != Some(record.conn.netns) => Seen::Never,
+                seen => seen,
+            }
         }
     }
 }
@@ -321,9 +330,16 @@ impl Request {
         let found = match self.op {
             Op::Conns => {
                 // Filtered before the check that each is open, so that a
-                // user's request costs only its own connections' lookups.
-                let mut records: Vec<OriginRecord> =
-                    conns.list(|r| caller.may_see(r) && (every || Some(r.conn.netns) == netns));
+                // request costs only the lookups of the connections it may
+                // see (a user's: those of its namespace; its walks are few
+                // at once, see `query::WALKS`).
+                let mut records: Vec<OriginRecord> = conns.list(|r| {
+                    if every || Some(r.conn.netns) == netns {
+                        caller.sees(r)
+                    } else {
+                        Seen::Never
+                    }
+                });
                 records.sort_by_key(|r| r.established_ns);
                 let (listed, older) = newest(&records, MAX_LISTED);
                 let mut reply = Reply::ok(id);
@@ -333,10 +349,14 @@ impl Request {
             }
             // One root names must hold it.
             Op::Cookie(cookie) => conns.by_cookie(cookie, |r| {
-                caller.may_see(r) && self.netns.is_none_or(|n| n == r.conn.netns)
+                if self.netns.is_none_or(|n| n == r.conn.netns) {
+                    caller.sees(r)
+                } else {
+                    Seen::Never
+                }
             }),
             Op::Who { peer, local } => match netns {
-                Some(netns) => conns.get(&conn_key(netns, peer, local), |r| caller.may_see(r)),
+                Some(netns) => conns.get(&conn_key(netns, peer, local), |r| caller.sees(r)),
                 None => Ok(None),
             },
         };
@@ -495,8 +515,13 @@ mod tests {
         };
         for (netns, server_uid) in [(1, 0), (1, 1000), (2, 0), (2, 1000)] {
             let r = record(netns, server_uid);
-            assert!(host.may_see(&r), "{netns} {server_uid}");
-            assert_eq!(contained.may_see(&r), netns == 2, "{netns} {server_uid}");
+            assert_eq!(host.sees(&r), Seen::Always, "{netns} {server_uid}");
+            let seen = if netns == 2 {
+                Seen::Always
+            } else {
+                Seen::Never
+            };
+            assert_eq!(contained.sees(&r), seen, "{netns} {server_uid}");
         }
         let other = r#"{"op":"conns","netns":1}"#;
         assert_eq!(ask(other, contained)["error"], "forbidden");
@@ -504,6 +529,29 @@ mod tests {
         for own in [r#"{"op":"conns","netns":2}"#, r#"{"op":"conns"}"#] {
             assert_eq!(ask(own, contained)["message"], "no map", "{own}");
         }
+    }
+
+    /// A user sees the connections of its listeners, and in its own
+    /// namespace those whose accepted socket it owns (a service that
+    /// listened as root, then became the user); none elsewhere.
+    #[test]
+    fn a_user_sees_what_it_serves() {
+        let user = Caller {
+            uid: 1000,
+            netns: Some(2),
+            host_netns: false,
+        };
+        let record = |netns: u32, server_uid: u32| {
+            let mut record = OriginRecord::unknown();
+            record.conn.netns = netns;
+            record.server_uid = server_uid;
+            record
+        };
+        assert_eq!(user.sees(&record(2, 1000)), Seen::Always);
+        assert_eq!(user.sees(&record(1, 1000)), Seen::Always);
+        assert_eq!(user.sees(&record(2, 0)), Seen::IfOwnedBy(1000));
+        assert_eq!(user.sees(&record(2, 1001)), Seen::IfOwnedBy(1000));
+        assert_eq!(user.sees(&record(1, 0)), Seen::Never);
     }
 
     /// With `/proc` mounted `hidepid`, another user's client has its

@@ -36,7 +36,7 @@ use crate::{
         pins::PinDir,
         sys,
     },
-    provenance::Conns,
+    provenance::{Conns, Seen},
 };
 
 /// Exit codes of `loopwarden status`.
@@ -346,7 +346,7 @@ impl Report {
         });
         self.provenance.connections = Conns::open(&pins.maps_dir())
             .ok()
-            .map(|conns| conns.list(|_| true).len());
+            .map(|conns| conns.list(|_| Seen::Always).len());
         self.provenance.capacity = pins
             .max_entries(maps::CONNS)
             .map(|made| lru::capacity(maps::CONNS, made));

@@ -21,7 +21,7 @@ use super::{
     Shared,
     request::{self, Answer, Echo, INVALID_PORT, MAX_REQUEST, NO_USER, Ports, UNKNOWN_ERROR},
 };
-use crate::provenance::conn_key;
+use crate::provenance::{Seen, conn_key};
 
 /// How long a reply waits for a user's name from NSS.
 const NAME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -214,12 +214,10 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
         let Some(asker) = lookup.conns.owner(lookup.netns, peer, local)? else {
             return Ok(None);
         };
-        let found = lookup.conns.get_owned(&key)?;
-        Ok::<_, io::Error>(found.and_then(|(record, owner)| {
-            [0, record.server_uid, owner]
-                .contains(&asker)
-                .then_some(record)
-        }))
+        lookup.conns.get(&key, |record| match asker {
+            0 => Seen::Always,
+            _ => Seen::as_server(asker, record),
+        })
     });
     let origin = match found.await {
         Ok(Ok(record)) => Origin::of(record.as_ref()),
