@@ -579,12 +579,32 @@ impl Daemon {
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
                 _ => {
                     let _ = child.kill();
-                    let _ = child.wait();
+                    reap(child);
                     return false;
                 }
             }
         }
     }
+}
+
+/// Waits for `child`, killed, to exit: for at most 10 s, as a process
+/// waiting for a FUSE server that read its request dies only once that
+/// server answers or goes (a test's filesystem that stops answering the
+/// daemon, dropped after it when a panic unwinds the test); such a
+/// process is left to die then.
+fn reap(mut child: Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "the daemon (pid {}) has not died 10 s after SIGKILL: left to die when what holds it \
+         in the kernel lets it go",
+        child.id()
+    );
 }
 
 impl Drop for Daemon {

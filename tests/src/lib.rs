@@ -18,6 +18,7 @@ pub mod policy;
 pub mod provenance;
 pub mod scripts;
 pub mod services;
+pub mod stallfs;
 pub mod talk;
 
 use std::{
@@ -41,8 +42,8 @@ pub use scripts::{
 };
 use serde_json::Value;
 pub use services::{
-    FD3_RELAY, FORWARDER, HAND_DOWN, Sshd, greeter, handed_down_relay, nginx_proxy,
-    reuseport_relay, spawn_forwarder,
+    FD3_RELAY, FORWARDER, HAND_DOWN, Sshd, greeter, handed_down_relay, handed_down_relay_run_by,
+    nginx_proxy, reuseport_relay, spawn_forwarder,
 };
 
 /// Port of the protected HTTP service in every test namespace.

@@ -243,8 +243,20 @@ while True:
 /// `Accept=no`; returns once the relay runs (a handshake before its exec
 /// is credited to the parent that listened).
 pub fn handed_down_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> Proc {
+    handed_down_relay_run_by(ns, dir, addr, port, &[SYSTEM_PYTHON])
+}
+
+/// [`handed_down_relay`] whose relay `python` runs: a Python, or a
+/// command that executes one (`env PYTHONHOME=/usr COPY` for a copy).
+pub fn handed_down_relay_run_by(
+    ns: &Netns,
+    dir: &TempDir,
+    addr: &str,
+    port: u16,
+    python: &[&str],
+) -> Proc {
     let port = port.to_string();
-    let hand_down = ["-c", HAND_DOWN, "keep", addr, &port, SYSTEM_PYTHON];
+    let hand_down = [&["-c", HAND_DOWN, "keep", addr, &port], python].concat();
     fd3_relay(ns, dir, "the handed-down relay", &hand_down, &[])
 }
 

@@ -1,28 +1,39 @@
 """A read-only FUSE filesystem of one executable, `tool` (a copy of SRC),
-that answers every request but those of thread STALL_PID (with `process`:
-of every thread of process STALL_PID), which it never answers: a FUSE
-server that stops answering whoever looks. Stdlib only.
-Usage: stallfs.py MOUNTPOINT SRC STALL_PID [process]"""
+that answers every request but those of whom STALL names, which it never
+answers: a FUSE server that stops answering whoever looks. STALL is
+`thread:TID` (one thread), `process:PID` (every thread of a process) or
+`exe:PATH` (every thread of every process running PATH). Stdlib only.
+Usage: stallfs.py MOUNTPOINT SRC STALL"""
 import ctypes, errno, os, struct, sys
 
-mnt, src, stall_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
-whole_process = sys.argv[4:] == ["process"]
+mnt, src = sys.argv[1], sys.argv[2]
+kind, _, who = sys.argv[3].partition(":")
+assert kind in ("thread", "process", "exe"), sys.argv[3]
 
 
-def stalled(pid):
-    """Whether a request of thread `pid` goes unanswered."""
-    if pid == stall_pid:
-        return True
-    if not whole_process:
-        return False
+def tgid(pid):
+    """The process of thread `pid`, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("Tgid:"):
-                    return int(line.split()[1]) == stall_pid
+                    return int(line.split()[1])
     except OSError:
         pass
-    return False
+    return None
+
+
+def stalled(pid):
+    """Whether a request of thread `pid` goes unanswered."""
+    if kind == "thread":
+        return pid == int(who)
+    process = tgid(pid)
+    if kind == "process":
+        return process == int(who)
+    try:
+        return process is not None and os.readlink(f"/proc/{process}/exe") == who
+    except OSError:
+        return False
 
 data = open(src, "rb").read()
 fd = os.open("/dev/fuse", os.O_RDWR)

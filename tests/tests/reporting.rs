@@ -11,7 +11,9 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Proc, TempDir, connects, policy, provenance, rule, run,
-    talk::Talker, wait_for, wait_for_explained,
+    stallfs::{StallFs, Stalled},
+    talk::Talker,
+    wait_for, wait_for_explained,
 };
 
 /// A python client connecting to the protected port for `seconds`, as fast
@@ -197,7 +199,7 @@ fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
     let dir = TempDir::new("stallfs");
     let mnt = dir.path().join("mnt");
     let pid = daemon.pid().expect("the daemon's pid");
-    let _fs = StallFs::mount(&dir, &mnt, pid);
+    let _fs = StallFs::mount(&dir, &mnt, Stalled::Thread(pid));
     let tool = mnt.join("tool");
     let _tool = Proc::spawn(
         ns.cmd(tool.to_str().expect("utf-8"))
@@ -259,7 +261,7 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
         &rule("fuse-tool", "deny", "exe", tool.to_str().expect("utf-8")),
     ));
     let pid = daemon.pid().expect("the daemon's pid");
-    let fs = StallFs::mount_stalling(&dir, &mnt, pid, true);
+    let fs = StallFs::mount(&dir, &mnt, Stalled::Process(pid));
     // The next 1 s re-resolution looks the path up on the mount, and waits.
     std::thread::sleep(Duration::from_secs(2));
     let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
@@ -342,7 +344,11 @@ fn a_command_line_mapped_from_a_file_that_stops_answering_stalls_no_answer() {
     let mut daemon = Daemon::start(&policy(&ns, "audit", ""));
     let dir = TempDir::new("stallfs-cmdline");
     let mnt = dir.path().join("mnt");
-    let fs = StallFs::mount_stalling(&dir, &mnt, daemon.pid().expect("the daemon's pid"), true);
+    let fs = StallFs::mount(
+        &dir,
+        &mnt,
+        Stalled::Process(daemon.pid().expect("the daemon's pid")),
+    );
     // A page of `tool` no one has read (1 MiB in), mapped and never
     // touched, made the process's command line (`PR_SET_MM_MAP`, which
     // needs no privilege), then a connect.
@@ -418,59 +424,6 @@ sys.stdin.readline()
     drop((stalled, fs));
     assert!(daemon.stop(), "the daemon did not exit cleanly");
     drop((plain, after));
-}
-
-/// A FUSE filesystem (`tests/src/stallfs.py`) of one executable, `tool` (a
-/// copy of Python), whose server answers everyone but the daemon's main
-/// thread (or every thread of it); unmounted on drop (its server killed
-/// first, which fails what it left unanswered).
-struct StallFs {
-    server: Proc,
-    mnt: std::path::PathBuf,
-}
-
-impl StallFs {
-    fn mount(dir: &TempDir, mnt: &std::path::Path, stalled: u32) -> Self {
-        Self::mount_stalling(dir, mnt, stalled, false)
-    }
-
-    /// Stalls thread `stalled`, or with `whole_process` every thread of
-    /// process `stalled`.
-    fn mount_stalling(
-        dir: &TempDir,
-        mnt: &std::path::Path,
-        stalled: u32,
-        whole_process: bool,
-    ) -> Self {
-        std::fs::create_dir(mnt).expect("mount point");
-        let script = dir.path().join("stallfs.py");
-        std::fs::write(&script, include_str!("../src/stallfs.py")).expect("script");
-        let python = std::fs::canonicalize("/usr/bin/python3").expect("the system Python");
-        let mut cmd = Command::new("/usr/bin/python3");
-        cmd.arg(&script)
-            .arg(mnt)
-            .arg(python)
-            .arg(stalled.to_string());
-        if whole_process {
-            cmd.arg("process");
-        }
-        let server = Proc::spawn(&mut cmd);
-        let fs = Self {
-            server,
-            mnt: mnt.to_owned(),
-        };
-        wait_for("the FUSE mount", Duration::from_secs(10), || {
-            mnt.join("tool").exists().then_some(())
-        });
-        fs
-    }
-}
-
-impl Drop for StallFs {
-    fn drop(&mut self) {
-        self.server.kill();
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-    }
 }
 
 /// Asserts that the daemon's query socket answers (within 10 s) while

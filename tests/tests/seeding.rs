@@ -13,7 +13,9 @@ use std::path::Path;
 
 use loopwarden_tests::{
     Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
-    handed_down_relay, listener_tgids, reuseport_relay, spawn_forwarder,
+    handed_down_relay, handed_down_relay_run_by, listener_tgids, loopwarden_bin, reuseport_relay,
+    spawn_forwarder,
+    stallfs::{StallFs, Stalled},
 };
 use serde_json::Value;
 
@@ -155,6 +157,49 @@ fn a_relay_handed_its_listener_before_the_daemon_names_the_remote_client() {
         e["verdict"] == "deny"
     });
     assert_eq!(ev["ppid"], parent.pid(), "{ev:#}");
+    assert_refused_as_accepted(&ev);
+}
+
+/// A relay handed its listener before the daemon started, running an
+/// executable on a filesystem whose server stops answering the daemon
+/// (a FUSE server here; an NFS server that is down does the same): the
+/// seeding compares the listener's holders' executables from the kernel's
+/// cached inodes (`statx` with `AT_STATX_DONT_SYNC`), so the daemon comes
+/// up, credits the relay, and refuses it naming the remote client. Without
+/// the daemon it serves. Fails against a build whose seeding `stat()`s
+/// `/proc/PID/exe`: the daemon waits for the server for ever, and never
+/// becomes ready.
+#[test]
+fn a_relay_on_a_filesystem_that_stops_answering_stalls_no_start() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("seed-stallfs");
+    let fs = StallFs::mount(
+        &dir,
+        &dir.path().join("mnt"),
+        Stalled::Exe(&loopwarden_bin()),
+    );
+    let tool = fs.tool();
+    let python = [
+        "/usr/bin/env",
+        "PYTHONHOME=/usr",
+        tool.to_str().expect("utf-8"),
+    ];
+    let parent = handed_down_relay_run_by(&topo.local, &dir, LOCAL_ADDR, HANDED_DOWN_PORT, &python);
+    let url = format!("http://{LOCAL_ADDR}:{HANDED_DOWN_PORT}/");
+    assert_eq!(
+        topo.remote.curl(&url),
+        Ok(200),
+        "the relay does not relay even without loopwarden"
+    );
+
+    let daemon = start_daemon(&topo);
+    assert_eq!(topo.remote.curl(&url), Ok(502));
+    let ev = daemon.wait_event("the relay deny of the relay on FUSE", |e| {
+        e["verdict"] == "deny"
+    });
+    assert_eq!(ev["ppid"], parent.pid(), "{ev:#}");
+    assert_eq!(ev["exe"], tool.display().to_string(), "{ev:#}");
     assert_refused_as_accepted(&ev);
 }
 

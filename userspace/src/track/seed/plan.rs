@@ -316,7 +316,7 @@ mod tests {
         Image {
             ppid,
             started,
-            exe: (8, exe),
+            exe: loopwarden_common::ExeKey { dev: 8, ino: exe },
             script: script.map(|s| {
                 let mut bytes = [0; loopwarden_common::SCRIPT_LEN];
                 bytes[..s.len()].copy_from_slice(s.as_bytes());

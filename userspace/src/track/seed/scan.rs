@@ -12,7 +12,7 @@ use std::{
 };
 
 use loopwarden_common::{
-    ARGV0_MAX_LEN, SCRIPT_LEN, SCRIPT_MAX_ARGS, ScriptOption, is_interpreter, script_option,
+    ARGV0_MAX_LEN, ExeKey, SCRIPT_LEN, SCRIPT_MAX_ARGS, ScriptOption, is_interpreter, script_option,
 };
 use procfs::{
     ProcError,
@@ -24,7 +24,7 @@ use super::plan::Sock;
 use crate::{
     cut::procs::{exe_file_name, live, note_own_tables},
     kernel::sock_diag::{SockDiag, TcpSocket, state},
-    resolve::in_first_netns,
+    resolve::{self, in_first_netns},
 };
 
 /// Pids kept per network namespace to read its socket tables through (one
@@ -127,26 +127,28 @@ pub(super) struct Image {
     /// When it started (clock ticks after boot, `/proc/PID/stat`).
     pub(super) started: u64,
     /// Its executable's device and inode.
-    pub(super) exe: (u64, u64),
+    pub(super) exe: ExeKey,
     /// An interpreter's script, as the scan read it.
     pub(super) script: Option<[u8; SCRIPT_LEN]>,
 }
 
 impl Scan {
     /// The [`Image`] of process `pid`, read now, its script from the
-    /// scan; `None` if it has gone or cannot be read. The executable is
-    /// stat()ed through the link, not opened: an open would wake
-    /// fanotify and IMA and could wait on a FUSE file system. (A pid
-    /// recycled between the two reads gives a wrong image: the worst is a
-    /// port credited to another of its holders.)
+    /// scan; `None` if it has gone or cannot be read. The executable's
+    /// identity is the kernel's cached inode ([`resolve::cached`]), not
+    /// opened nor `stat()`ed: an open would wake fanotify and IMA, and
+    /// either would wait on a FUSE or NFS server that stops answering,
+    /// which would hold the daemon's start. (A pid recycled between the
+    /// two reads gives a wrong image: the worst is a port credited to
+    /// another of its holders.)
     pub(super) fn image(&self, pid: u32) -> Option<Image> {
         let process = Process::new(i32::try_from(pid).ok()?).ok()?;
         let stat = process.stat().ok()?;
-        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        let exe = resolve::cached::proc_exe(pid)?.key;
         Some(Image {
             ppid: u32::try_from(stat.ppid).ok()?,
             started: stat.starttime,
-            exe: (exe.dev(), exe.ino()),
+            exe,
             script: self.scripts.get(&pid).copied(),
         })
     }
