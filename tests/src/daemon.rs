@@ -318,6 +318,13 @@ impl Daemon {
     /// report, which is what tests that count records rely on. Tests of
     /// summaries pass `--repeat-interval` themselves.
     pub fn spawn_in(install: &Arc<Install>, config: &str, extra: &[&str], log: &str) -> Self {
+        Self::spawn_cmd(install, Self::command(install, config, extra, log))
+    }
+
+    /// The `loopwarden run` of `install` with `config` (written to its
+    /// config file) that [`Daemon::spawn_in`] starts, for a test to add to
+    /// (its environment, say) and start with [`Daemon::start_cmd`].
+    pub fn command(install: &Arc<Install>, config: &str, extra: &[&str], log: &str) -> Command {
         require_root();
         let config_path = install.config_path();
         std::fs::write(&config_path, config).expect("writing the test config");
@@ -333,7 +340,7 @@ impl Daemon {
             cmd.args(["--repeat-interval", "0"]);
         }
         cmd.args(extra).env("LOOPWARDEN_LOG", log);
-        Self::spawn_cmd(install, cmd)
+        cmd
     }
 
     /// Starts `cmd` (a `loopwarden run` of `install`, perhaps wrapped, e.g.

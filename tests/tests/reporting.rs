@@ -239,8 +239,12 @@ fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
 }
 
 /// A path the policy names on a filesystem whose server stops answering
-/// every thread of the daemon holds up the policy's re-resolution, which
-/// runs on a thread of its own, and nothing else: a relay is refused and
+/// every thread of the daemon, reached through a symbolic link on another
+/// filesystem (which the daemon's probe of such mounts does not see: a
+/// path named on the mount itself is not read at all, see
+/// `a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start`),
+/// holds up the policy's re-resolution, which runs on a thread of its own,
+/// and nothing else: a relay is refused and
 /// its line written, the query socket answers, the wait is said (and
 /// shown by `status`), a SIGHUP waits its turn, and a SIGKILL releases
 /// the daemon's locks although the stuck thread outlives it. Fails against the build before, whose event
@@ -252,7 +256,9 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
     let _servers = ns.http_servers();
     let dir = TempDir::new("stallfs-policy");
     let mnt = dir.path().join("mnt");
-    let tool = mnt.join("tool");
+    let via = dir.path().join("via");
+    std::os::unix::fs::symlink(&mnt, &via).expect("the link to the mount");
+    let tool = via.join("tool");
     // Not there at start: a warning, and the value matches nothing until
     // a re-resolution finds it.
     let daemon = Daemon::start(&policy(
@@ -424,6 +430,65 @@ sys.stdin.readline()
     drop((stalled, fs));
     assert!(daemon.stop(), "the daemon did not exit cleanly");
     drop((plain, after));
+}
+
+/// A directory searched for executables (on the daemon's `$PATH`) and a
+/// path a rule names, both on a filesystem whose server never answers the
+/// daemon, hold no start: a probe finds that the mount does not answer
+/// within its budget, the daemon says so, leaves the directory out of its
+/// searches and counts the rule's path as not there, and comes up
+/// enforcing: socat (catalogued) is refused and curl passes, both having
+/// passed before the start, and the query socket answers. Fails against
+/// the build before, whose start searched the mount for every catalogued
+/// name and never became ready.
+#[test]
+fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("stallfs-start");
+    let mnt = dir.path().join("mnt");
+    let fs = StallFs::mount(
+        &dir,
+        &mnt,
+        Stalled::Exe(&loopwarden_tests::loopwarden_bin()),
+    );
+    let service = format!("TCP:127.0.0.1:{PROTECTED}");
+    let url = format!("http://127.0.0.1:{PROTECTED}/");
+    let (ok, stderr) = ns.socat_connect(&service);
+    assert!(ok, "socat cannot connect even without loopwarden: {stderr}");
+    assert_eq!(ns.curl(&url), Ok(200));
+
+    let tool = mnt.join("tool");
+    let config = policy(
+        &ns,
+        "enforce",
+        &rule("fuse-tool", "deny", "exe", tool.to_str().expect("utf-8")),
+    );
+    let install = Install::new();
+    let mut cmd = Daemon::command(&install, &config, &[], "info");
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("{}:{path}", mnt.display()));
+    let mut daemon = Daemon::start_cmd(&install, cmd);
+    let stderr = daemon.stderr_text();
+    let said = format!("fuse mounted on {} does not answer", mnt.display());
+    assert!(stderr.contains(&said), "{stderr}");
+
+    let (ok, stderr) = ns.socat_connect(&service);
+    assert!(!ok, "socat was not refused");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    daemon.wait_event("socat's refusal", |e| {
+        e["verdict"] == "deny" && e["exe_name"] == "socat"
+    });
+    assert_eq!(ns.curl(&url), Ok(200));
+    assert_answers(daemon.install(), "a search directory");
+    // Said once, and the policy is not installed anew each second for it.
+    std::thread::sleep(Duration::from_secs(3));
+    let stderr = daemon.stderr_text();
+    assert!(!stderr.contains(" installed"), "{stderr}");
+    // The probe that waits returns once the server goes; the daemon then
+    // exits cleanly.
+    drop(fs);
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
 
 /// Asserts that the daemon's query socket answers (within 10 s) while

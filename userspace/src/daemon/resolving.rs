@@ -9,7 +9,7 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::{AsRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::PathBuf,
     sync::{
         Arc,
@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use nix::{fcntl::OFlag, sys::signal, unistd::pipe2};
+use nix::{fcntl::OFlag, unistd::pipe2};
 use tokio::io::unix::AsyncFd;
 
 use tracing::{debug, info, warn};
@@ -32,7 +32,7 @@ use super::{
 use crate::{
     config::Config,
     policy::{CompiledPolicy, Mode},
-    resolve::HostResolver,
+    resolve::{HostResolver, stall},
 };
 
 /// What a refresh's compile is called in the daemon's lines.
@@ -131,32 +131,12 @@ impl Compiles {
             .name("lw-resolve".into())
             .spawn(move || {
                 let _on_end = on_end;
-                // Signals are the loop's: the kernel hands a signal sent to
-                // the process to any thread that does not block it, and the
-                // handler, run here, would write to the runtime's signal
-                // pipe through this thread's own table, where that
-                // descriptor is closed: the SIGHUP would be lost.
-                // (Not the signals of a fault, which the kernel forces on
-                // the thread anyway: blocked, their handlers, the stack
-                // overflow's message among them, would not run.)
-                let mut blocked = signal::SigSet::all();
-                for fault in [
-                    signal::SIGSEGV,
-                    signal::SIGBUS,
-                    signal::SIGILL,
-                    signal::SIGFPE,
-                    signal::SIGTRAP,
-                    signal::SIGSYS,
-                    signal::SIGABRT,
-                ] {
-                    blocked.remove(fault);
-                }
-                if let Err(e) =
-                    signal::pthread_sigmask(signal::SigmaskHow::SIG_BLOCK, Some(&blocked), None)
-                {
+                // Signals are the loop's (a SIGHUP handled here would be
+                // lost), and a compile can wait for ever.
+                if let Err(e) = stall::block_signals() {
                     warn!("the policy's resolving thread could not block signals ({e})");
                 }
-                let private = private_descriptors(woken.as_raw_fd());
+                let private = stall::private_descriptors(Some(woken.as_raw_fd()));
                 if let Err(e) = &private {
                     warn!(
                         "the policy's resolving thread shares the daemon's descriptors ({e}): \
@@ -296,33 +276,6 @@ impl Compiles {
             }));
         }
     }
-}
-
-/// Gives this thread a descriptor table of its own, holding only the
-/// standard streams and `keep` (the pipe that wakes the loop). A compile can hang in a wait no signal ends (a FUSE
-/// request its server read and never answers): the thread then keeps the
-/// process from being reaped after it exits, and with the daemon's table
-/// it would keep the descriptors open too: the instance and pin
-/// directory locks, which no new daemon could then take. (Linux 5.9 for
-/// `close_range`.)
-fn private_descriptors(keep: RawFd) -> io::Result<()> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
-    let keep = u32::try_from(keep).map_err(|_| io::Error::other("a negative descriptor"))?;
-    let close = |from: u32, to: u32| {
-        if from > to {
-            return Ok(());
-        }
-        // SAFETY: closes descriptors of this thread's private table alone;
-        // none of them is owned by anything this thread uses (`keep`, the
-        // wake-up pipe, is left).
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0_u32) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    close(3, keep.saturating_sub(1))?;
-    close(keep.saturating_add(1), u32::MAX)
 }
 
 /// Sets its flag when dropped: the thread has ended, however it did.

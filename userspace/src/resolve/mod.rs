@@ -21,6 +21,7 @@
 pub(crate) mod cached;
 mod cgroups;
 mod netns;
+pub(crate) mod stall;
 pub(crate) mod trust;
 
 use std::{
@@ -93,6 +94,7 @@ impl HostResolver {
 
 impl Resolver for HostResolver {
     fn exe(&self, path: &Path) -> io::Result<ExeFile> {
+        stall::answers(path)?;
         let meta = fs::metadata(path)?;
         if !meta.is_file() {
             return Err(io::Error::new(
@@ -198,6 +200,7 @@ impl Resolver for HostResolver {
     }
 
     fn exe_file_name(&self, path: &Path) -> io::Result<String> {
+        stall::answers(path)?;
         let real = fs::canonicalize(path)?;
         let name = real.file_name().ok_or_else(|| {
             io::Error::new(
@@ -257,11 +260,15 @@ impl Resolver for HostResolver {
     }
 
     fn script_interpreter(&self, path: &Path) -> Option<(String, bool)> {
+        stall::answers(path).ok()?;
         shebang(path).map(|line| interpreter_of(&line))
     }
 
     fn others_may_replace(&self, path: &Path) -> bool {
-        fs::symlink_metadata(path).is_ok() && trust::root_only_target(path).is_none()
+        // One that cannot be read is warned of as such (`exe`).
+        stall::answers(path).is_ok()
+            && fs::symlink_metadata(path).is_ok()
+            && trust::root_only_target(path).is_none()
     }
 
     fn cgroup(&self, path_or_unit: &str) -> io::Result<CgroupId> {
@@ -380,7 +387,9 @@ pub(crate) fn interpreter_of(line: &str) -> (String, bool) {
     } else {
         (first, Some(PathBuf::from(first)))
     };
-    let real = file.and_then(|file| fs::canonicalize(file).ok());
+    let real = file
+        .filter(|file| stall::answers(file).is_ok())
+        .and_then(|file| fs::canonicalize(file).ok());
     let reads = match real {
         Some(real) => is_interpreter(name(&real).as_bytes()),
         None => is_interpreter(name(Path::new(written)).as_bytes()),
@@ -449,10 +458,14 @@ pub(crate) fn exe_key(meta: &fs::Metadata) -> ExeKey {
     )
 }
 
-/// Every directory searched for executables, in order, duplicates included.
+/// Every directory searched for executables, in order, duplicates
+/// included, but those on a filesystem that does not answer now
+/// ([`stall::answering`]).
 fn search_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
-    if let Ok(opt) = fs::read_dir(OPT_DIR) {
+    if stall::answers(Path::new(OPT_DIR)).is_ok()
+        && let Ok(opt) = fs::read_dir(OPT_DIR)
+    {
         let mut opt_bins: Vec<PathBuf> = opt.flatten().map(|e| e.path().join("bin")).collect();
         opt_bins.sort();
         dirs.extend(opt_bins);
@@ -461,7 +474,7 @@ fn search_dirs() -> Vec<PathBuf> {
         dirs.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
     }
     dirs.extend(EXTRA_DIRS.iter().map(PathBuf::from));
-    dirs
+    stall::answering(dirs)
 }
 
 fn with_context(error: io::Error, what: &str) -> io::Error {

@@ -1,0 +1,299 @@
+//! Filesystems whose server can stop answering (network filesystems and
+//! FUSE), asked whether they answer before a compile reads a path on them,
+//! and the threads that may wait on one for ever.
+//!
+//! A `$PATH` or `/opt` directory, or a path a rule names, on an NFS server
+//! that is down or a FUSE server that hangs would hold whoever reads it:
+//! the daemon's start (its first compile runs on the main thread, before
+//! anything is enforced), and after that each re-resolution. So before a
+//! path on such a filesystem is read, a helper thread looks up a name no
+//! one has (a lookup the server must answer) on its mount; if the answer
+//! does not come within [`BUDGET`], the path is not read and the compile
+//! goes on without it (a search skips the directory, a rule's path counts
+//! as not there, with a warning), until the probe that waits returns. At
+//! most one probe waits per mount, however long its server stays away.
+//! The mount holding a path is found by the path as written: a path that
+//! reaches such a filesystem through a symbolic link on another is not
+//! guarded, and a server can stop answering between a probe and the reads
+//! that follow it (an answer holds for [`HOLDS`]).
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    os::fd::RawFd,
+    path::{Path, PathBuf},
+    sync::{
+        LazyLock, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal;
+use tracing::{debug, info, warn};
+
+/// How long a probe may take before its filesystem counts as not
+/// answering.
+const BUDGET: Duration = Duration::from_millis(500);
+/// How long an answer holds before the filesystem is asked again.
+const HOLDS: Duration = Duration::from_secs(5);
+
+/// How long the list of mounts that may stall is kept before mountinfo
+/// is read again (a compile asks about every directory it searches, for
+/// every name, each second; a host may have thousands of mounts).
+const MOUNTS_KEPT: Duration = Duration::from_secs(1);
+
+/// The mounts that may stall, as read then: mount point and type.
+type StallProne = (Instant, Vec<(PathBuf, String)>);
+
+/// The list of mounts that may stall, read at most every [`MOUNTS_KEPT`].
+static MOUNTS: Mutex<Option<StallProne>> = Mutex::new(None);
+
+/// What is known of a mount, by its mount point.
+static KNOWN: LazyLock<Mutex<HashMap<PathBuf, Known>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+#[derive(Clone, Copy, Debug)]
+enum Known {
+    /// It answered then.
+    Answered(Instant),
+    /// A probe waits on it.
+    Waiting,
+}
+
+/// Whether a filesystem of type `fs_type` (as mountinfo names it) has a
+/// server that can stop answering: network filesystems, and FUSE (whose
+/// server is a process, virtiofs's the host's).
+pub fn may_stall(fs_type: &str) -> bool {
+    matches!(
+        fs_type,
+        "nfs"
+            | "nfs4"
+            | "cifs"
+            | "smb3"
+            | "smbfs"
+            | "ceph"
+            | "9p"
+            | "afs"
+            | "glusterfs"
+            | "lustre"
+            | "gpfs"
+            | "beegfs"
+            | "ocfs2"
+            | "fuse"
+            | "fuseblk"
+            | "virtiofs"
+    ) || fs_type.starts_with("fuse.")
+}
+
+/// Whether `path` may be read without waiting for a server that stopped
+/// answering: `Err` (`TimedOut`, saying which filesystem) when a
+/// filesystem it lies on may stall and has not answered a probe in time.
+pub fn answers(path: &Path) -> io::Result<()> {
+    for (mount, fs_type) in stall_prone() {
+        if path.starts_with(&mount) {
+            probe(&mount, &fs_type)?;
+        }
+    }
+    Ok(())
+}
+
+/// The mounts that may stall ([`may_stall`]), from `/proc/self/mountinfo`
+/// read at most every [`MOUNTS_KEPT`]; none if it cannot be read.
+fn stall_prone() -> Vec<(PathBuf, String)> {
+    let mut kept = MOUNTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((read, mounts)) = kept.as_ref()
+        && read.elapsed() < MOUNTS_KEPT
+    {
+        return mounts.clone();
+    }
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts: Vec<(PathBuf, String)> = crate::kernel::mountinfo::mounts(&info)
+        .filter(|mount| may_stall(mount.fs_type))
+        .map(|mount| (mount.mount_point, mount.fs_type.to_owned()))
+        .collect();
+    *kept = Some((Instant::now(), mounts.clone()));
+    mounts
+}
+
+/// Those of `dirs` that answer ([`answers`]), in order.
+pub fn answering(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
+    dirs.retain(|dir| answers(dir).is_ok());
+    dirs
+}
+
+/// Whether the filesystem of type `fs_type` mounted on `mount` answers: it
+/// answered within [`HOLDS`], or answers a probe within [`BUDGET`].
+fn probe(mount: &Path, fs_type: &str) -> io::Result<()> {
+    // The same words each time: a compile's warnings are part of what it
+    // compiled, and a policy that differs is installed again.
+    let not_answering = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "{fs_type} mounted on {} does not answer (a lookup on it waited past {} ms: is \
+                 its server down or hung?): nothing on it is read until it answers",
+                mount.display(),
+                BUDGET.as_millis()
+            ),
+        )
+    };
+    let now = Instant::now();
+    {
+        let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+        match known.get(mount) {
+            Some(Known::Answered(at)) if now.duration_since(*at) < HOLDS => return Ok(()),
+            Some(Known::Waiting) => return Err(not_answering()),
+            _ => {}
+        }
+        known.insert(mount.to_owned(), Known::Waiting);
+    }
+    let (tell, told) = mpsc::channel();
+    let dir = mount.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name("lw-probe".into())
+        .spawn(move || {
+            if let Err(e) = block_signals() {
+                debug!("a filesystem probe could not block signals ({e})");
+            }
+            if let Err(e) = private_descriptors(None) {
+                debug!("a filesystem probe shares the daemon's descriptors ({e})");
+            }
+            let _ = fs::symlink_metadata(dir.join(unheard_of()));
+            KNOWN
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(dir.clone(), Known::Answered(Instant::now()));
+            if tell.send(()).is_err() {
+                info!(
+                    "{} answers again after {} s: paths on it are read again",
+                    dir.display(),
+                    now.elapsed().as_secs()
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        KNOWN
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(mount);
+        return Err(io::Error::other(format!(
+            "{fs_type} mounted on {} could not be probed ({e}): nothing on it is read",
+            mount.display()
+        )));
+    }
+    told.recv_timeout(BUDGET).map_err(|_| {
+        let error = not_answering();
+        warn!("{error}");
+        error
+    })
+}
+
+/// A file name no one has: its lookup is the server's to answer.
+fn unheard_of() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        ".loopwarden-probe-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Blocks every signal but a fault's in this thread. Signals sent to the
+/// process are the event loop's: the kernel hands one to any thread that
+/// does not block it, and the handler, run in a thread with a descriptor
+/// table of its own ([`private_descriptors`]), would write to the
+/// runtime's signal pipe through that table, where the descriptor is
+/// closed: the signal would be lost. (Not a fault's, which the kernel
+/// forces on the thread anyway: blocked, their handlers, the stack
+/// overflow's message among them, would not run.)
+pub fn block_signals() -> nix::Result<()> {
+    let mut blocked = signal::SigSet::all();
+    for fault in [
+        signal::SIGSEGV,
+        signal::SIGBUS,
+        signal::SIGILL,
+        signal::SIGFPE,
+        signal::SIGTRAP,
+        signal::SIGSYS,
+        signal::SIGABRT,
+    ] {
+        blocked.remove(fault);
+    }
+    signal::pthread_sigmask(signal::SigmaskHow::SIG_BLOCK, Some(&blocked), None)
+}
+
+/// Gives this thread a descriptor table of its own, holding only the
+/// standard streams and `keep`. A thread can hang in a wait no signal ends
+/// (a FUSE request its server read and never answers): it then keeps the
+/// process from being reaped after it exits, and with the daemon's table
+/// it would keep the descriptors open too: the instance and pin directory
+/// locks, which no new daemon could then take. (Linux 5.9 for
+/// `close_range`.)
+pub fn private_descriptors(keep: Option<RawFd>) -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).map_err(io::Error::from)?;
+    let close = |from: u32, to: u32| {
+        if from > to {
+            return Ok(());
+        }
+        // SAFETY: closes descriptors of this thread's private table alone;
+        // none of them is owned by anything this thread uses (`keep` is
+        // left).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0_u32) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    match keep {
+        Some(keep) => {
+            let keep =
+                u32::try_from(keep).map_err(|_| io::Error::other("a negative descriptor"))?;
+            close(3, keep.saturating_sub(1))?;
+            close(keep.saturating_add(1), u32::MAX)
+        }
+        None => close(3, u32::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_and_fuse_filesystems_may_stall() {
+        for fs_type in ["nfs4", "cifs", "fuse", "fuse.sshfs", "fuseblk", "virtiofs"] {
+            assert!(may_stall(fs_type), "{fs_type}");
+        }
+        for fs_type in [
+            "ext4", "xfs", "btrfs", "tmpfs", "overlay", "proc", "fusectl",
+        ] {
+            assert!(!may_stall(fs_type), "{fs_type}");
+        }
+    }
+
+    /// A path on no filesystem that may stall is read without a probe; a
+    /// mount that answered is not asked again while its answer holds.
+    #[test]
+    fn local_paths_and_recent_answers_need_no_probe() {
+        answers(Path::new("/proc/self")).unwrap();
+        let mount = PathBuf::from("/nonexistent-loopwarden-mount");
+        KNOWN
+            .lock()
+            .unwrap()
+            .insert(mount.clone(), Known::Answered(Instant::now()));
+        probe(&mount, "nfs4").unwrap();
+        KNOWN.lock().unwrap().insert(mount.clone(), Known::Waiting);
+        let e = probe(&mount, "nfs4").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("nfs4 mounted on"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            probe(&mount, "nfs4").unwrap_err().to_string()
+        );
+        // A mount that answers a probe (this one's lookup fails at once).
+        KNOWN.lock().unwrap().remove(&mount);
+        probe(&mount, "nfs4").unwrap();
+    }
+}
