@@ -438,9 +438,10 @@ sys.stdin.readline()
 /// within its budget, the daemon says so, leaves the directory out of its
 /// searches and counts the rule's path as not there, and comes up
 /// enforcing: socat (catalogued) is refused and curl passes, both having
-/// passed before the start, and the query socket answers. Fails against
-/// the build before, whose start searched the mount for every catalogued
-/// name and never became ready.
+/// passed before the start, and the query socket answers. The
+/// re-resolutions keep that policy, saying so once. Fails against the
+/// build before, whose start searched the mount for every catalogued name
+/// and never became ready.
 #[test]
 fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     let ns = Netns::new();
@@ -481,9 +482,16 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     });
     assert_eq!(ns.curl(&url), Ok(200));
     assert_answers(daemon.install(), "a search directory");
-    // Said once, and the policy is not installed anew each second for it.
+    // The re-resolutions keep the policy in force (one that read nothing
+    // on the mount would resolve less than it names) and say so once: no
+    // policy is installed anew each second for it, and nothing more is
+    // said of the mount.
+    daemon.wait_stderr("read nothing on a filesystem that does not answer", 1);
+    let said = |stderr: &str| stderr.matches("does not answer").count();
+    let before = said(&daemon.stderr_text());
     std::thread::sleep(Duration::from_secs(3));
     let stderr = daemon.stderr_text();
+    assert_eq!(said(&stderr), before, "{stderr}");
     assert!(!stderr.contains(" installed"), "{stderr}");
     // The probe that waits returns once the server goes; the daemon then
     // exits cleanly.

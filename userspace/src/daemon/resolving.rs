@@ -297,9 +297,23 @@ fn run(job: Job, resolver: &HostResolver, mode: Option<Mode>) -> Done {
     match job {
         Job::Refresh { config, previous } => {
             let begun = Instant::now();
+            let turned_away = stall::turned_away();
             let outcome = compile_policy(&config, resolver, mode, previous.as_ref())
-                .map(|policy| with_addrs(policy, *config))
-                .map_err(|e| format!("re-resolving the policy failed, {KEEPING}: {e}"));
+                .map_err(|e| format!("re-resolving the policy failed, {KEEPING}: {e}"))
+                .and_then(|policy| {
+                    // A path left out for a filesystem that does not
+                    // answer would weaken the policy in force (a rule's
+                    // file, a catalogued copy no longer known) until it
+                    // answers again: the one in force stays meanwhile.
+                    if previous.is_some() && stall::turned_away() > turned_away {
+                        Err(format!(
+                            "re-resolving the policy read nothing on a filesystem that does \
+                             not answer (said above), {KEEPING}"
+                        ))
+                    } else {
+                        Ok(with_addrs(policy, *config))
+                    }
+                });
             Done::Refresh {
                 outcome,
                 took: begun.elapsed(),

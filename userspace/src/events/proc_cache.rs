@@ -168,23 +168,12 @@ impl ProcCache {
         let remote_mount = fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|info| crate::resolve::mount_of(&info, Path::new(path)))
-            .filter(|mount| remote(&mount.fs_type));
+            .filter(|mount| crate::resolve::stall::may_stall(&mount.fs_type));
         if let Some(mount) = remote_mount {
             return (mount.dev == id.dev).then(|| path.clone());
         }
         is_file(path, path, id).then(|| path.clone())
     }
-}
-
-/// Whether a filesystem of type `fs_type` answers from a server that may
-/// stop answering: a user's (FUSE) or a network's.
-fn remote(fs_type: &str) -> bool {
-    fs_type.starts_with("fuse")
-        || fs_type.starts_with("nfs")
-        || matches!(
-            fs_type,
-            "cifs" | "smb3" | "9p" | "ceph" | "glusterfs" | "afs" | "lustre" | "virtiofs"
-        )
 }
 
 /// The id (directory inode) of a cgroup v2 path like `/system.slice/x`.

@@ -18,6 +18,7 @@
 //! that follow it (an answer holds for [`HOLDS`]).
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     fs, io,
     os::fd::RawFd,
@@ -31,7 +32,7 @@ use std::{
 };
 
 use nix::sys::signal;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// How long a probe may take before its filesystem counts as not
 /// answering.
@@ -50,6 +51,10 @@ type StallProne = (Instant, Vec<(PathBuf, String)>);
 /// The list of mounts that may stall, read at most every [`MOUNTS_KEPT`].
 static MOUNTS: Mutex<Option<StallProne>> = Mutex::new(None);
 
+/// How many mounts' answers are known before those of mounts gone are
+/// forgotten.
+const KNOWN_MOUNTS: usize = 64;
+
 /// What is known of a mount, by its mount point.
 static KNOWN: LazyLock<Mutex<HashMap<PathBuf, Known>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -63,28 +68,30 @@ enum Known {
 }
 
 /// Whether a filesystem of type `fs_type` (as mountinfo names it) has a
-/// server that can stop answering: network filesystems, and FUSE (whose
-/// server is a process, virtiofs's the host's).
+/// server that can stop answering: network filesystems, FUSE (whose
+/// server is a process, virtiofs's the host's), and automount points
+/// (a lookup under one mounts what it names, and waits for it).
 pub fn may_stall(fs_type: &str) -> bool {
-    matches!(
-        fs_type,
-        "nfs"
-            | "nfs4"
-            | "cifs"
-            | "smb3"
-            | "smbfs"
-            | "ceph"
-            | "9p"
-            | "afs"
-            | "glusterfs"
-            | "lustre"
-            | "gpfs"
-            | "beegfs"
-            | "ocfs2"
-            | "fuse"
-            | "fuseblk"
-            | "virtiofs"
-    ) || fs_type.starts_with("fuse.")
+    fs_type.starts_with("nfs")
+        || fs_type.starts_with("fuse.")
+        || matches!(
+            fs_type,
+            "cifs"
+                | "smb3"
+                | "smbfs"
+                | "ceph"
+                | "9p"
+                | "afs"
+                | "glusterfs"
+                | "lustre"
+                | "gpfs"
+                | "beegfs"
+                | "ocfs2"
+                | "fuse"
+                | "fuseblk"
+                | "virtiofs"
+                | "autofs"
+        )
 }
 
 /// Whether `path` may be read without waiting for a server that stopped
@@ -93,10 +100,22 @@ pub fn may_stall(fs_type: &str) -> bool {
 pub fn answers(path: &Path) -> io::Result<()> {
     for (mount, fs_type) in stall_prone() {
         if path.starts_with(&mount) {
-            probe(&mount, &fs_type)?;
+            probe(&mount, &fs_type).inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))?;
         }
     }
     Ok(())
+}
+
+thread_local! {
+    /// How many paths [`answers`] turned away on this thread.
+    static TURNED_AWAY: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many paths [`answers`] has turned away on this thread so far: a
+/// compile that turned one away (it ran on one thread) resolved less than
+/// its policy names.
+pub fn turned_away() -> u64 {
+    TURNED_AWAY.get()
 }
 
 /// The mounts that may stall ([`may_stall`]), from `/proc/self/mountinfo`
@@ -114,6 +133,13 @@ fn stall_prone() -> Vec<(PathBuf, String)> {
         .map(|mount| (mount.mount_point, mount.fs_type.to_owned()))
         .collect();
     *kept = Some((Instant::now(), mounts.clone()));
+    // What is known of mounts gone is forgotten once many are known (a
+    // host that mounts FUSE filesystems without end; a probe still
+    // waiting on one writes it again when it returns, once).
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    if known.len() > KNOWN_MOUNTS {
+        known.retain(|known, _| mounts.iter().any(|(mount, _)| mount == known));
+    }
     mounts
 }
 
@@ -155,10 +181,13 @@ fn probe(mount: &Path, fs_type: &str) -> io::Result<()> {
         .name("lw-probe".into())
         .spawn(move || {
             if let Err(e) = block_signals() {
-                debug!("a filesystem probe could not block signals ({e})");
+                warn!("a filesystem probe could not block signals ({e})");
             }
             if let Err(e) = private_descriptors(None) {
-                debug!("a filesystem probe shares the daemon's descriptors ({e})");
+                warn!(
+                    "a filesystem probe shares the daemon's descriptors ({e}): should it wait \
+                     for ever, the daemon's locks outlive its exit"
+                );
             }
             let _ = fs::symlink_metadata(dir.join(unheard_of()));
             KNOWN
@@ -183,11 +212,26 @@ fn probe(mount: &Path, fs_type: &str) -> io::Result<()> {
             mount.display()
         )));
     }
-    told.recv_timeout(BUDGET).map_err(|_| {
-        let error = not_answering();
-        warn!("{error}");
-        error
-    })
+    match told.recv_timeout(BUDGET) {
+        Ok(()) => Ok(()),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let error = not_answering();
+            warn!("{error}");
+            Err(error)
+        }
+        // The probe ended without a word (it panicked): asked again next
+        // time.
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            KNOWN
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(mount);
+            Err(io::Error::other(format!(
+                "{fs_type} mounted on {}: its probe failed",
+                mount.display()
+            )))
+        }
+    }
 }
 
 /// A file name no one has: its lookup is the server's to answer.
