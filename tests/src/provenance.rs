@@ -319,6 +319,22 @@ pub fn raw_query_from_host(run_dir: &Path, requests: &[String]) -> Vec<Value> {
     raw_query_by(Command::new(SYSTEM_PYTHON), run_dir, requests)
 }
 
+/// Sends `requests` as [`raw_query`] does, as `uid` in the host's network
+/// namespace.
+pub fn raw_query_from_host_as(uid: u32, run_dir: &Path, requests: &[String]) -> Vec<Value> {
+    let id = uid.to_string();
+    let mut python = Command::new("setpriv");
+    python.args([
+        "--reuid",
+        &id,
+        "--regid",
+        &id,
+        "--clear-groups",
+        SYSTEM_PYTHON,
+    ]);
+    raw_query_by(python, run_dir, requests)
+}
+
 /// [`raw_query`] by `python`, a command that runs Python.
 fn raw_query_by(mut python: Command, run_dir: &Path, requests: &[String]) -> Vec<Value> {
     let socket = run_dir.join("query.sock");

@@ -28,7 +28,10 @@ use loopwarden_tests::{
     TempDir, Topology, UNPROTECTED, exe_id, exe_name, hex_args, hex_bytes,
     idle::IdleClients,
     loopwarden_bin, map_dump, map_show, map_update, possible_cpus,
-    provenance::{Holder, conns, loopwarden, netns_inode, raw_query, raw_query_from_host, who},
+    provenance::{
+        Holder, conns, loopwarden, netns_inode, raw_query, raw_query_from_host,
+        raw_query_from_host_as, who,
+    },
     rule, run,
     talk::Talker,
     wait_for, wait_for_explained, write_script,

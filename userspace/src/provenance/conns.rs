@@ -159,8 +159,16 @@ impl Conns {
         sees: impl Fn(&OriginRecord) -> Seen,
     ) -> io::Result<Option<OriginRecord>> {
         match record.map(|record| (sees(&record), record)) {
-            Some((seen, record)) if seen != Seen::Never => Ok(seen
+            Some((Seen::Always, record)) => Ok(Seen::Always
                 .by(self.live.accepted_owner(&record)?)
+                .then_some(record)),
+            // Another user's connection, unless the asker owns its socket:
+            // one whose owner cannot be read is answered as not open, as
+            // any other user's is (an error would tell it apart).
+            Some((seen @ Seen::IfOwnedBy(_), record)) => Ok(self
+                .live
+                .accepted_owner(&record)
+                .is_ok_and(|owner| seen.by(owner))
                 .then_some(record)),
             _ => Ok(None),
         }
@@ -205,13 +213,17 @@ impl Conns {
         cookie: u64,
         sees: impl Fn(&OriginRecord) -> Seen,
     ) -> io::Result<Option<OriginRecord>> {
-        // `sees` before the cookie: a record it never shows costs the walk
-        // what one that is not there does (a whole walk), so how long the
-        // answer takes does not tell it from none.
+        // The whole walk, found or not, and `sees` before the cookie: a
+        // record it never shows costs what one that is not there does.
+        // (One it may show, another user's in the asker's namespace,
+        // costs the lookup of its socket's owner too: timing can tell the
+        // asker that a cookie there is a protected connection's, of
+        // sockets whose cookies and owners `ss -e` shows it anyway.)
         let found = self
             .accepted()
             .filter(|record| sees(record) != Seen::Never)
-            .find(|record| record.server_cookie == cookie)
+            .filter(|record| record.server_cookie == cookie)
+            .last()
             .filter(|record| self.still(record));
         self.if_seen(found, sees)
     }

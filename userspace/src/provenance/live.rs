@@ -48,6 +48,11 @@ use crate::{
 /// that makes namespaces without end would grow the tables without end).
 const NAMESPACES_REMEMBERED: usize = 4096;
 
+/// Past this many records of one namespace asked about at once (a
+/// `conns`), their sockets are found with one dump of the namespace's
+/// connected TCP sockets instead of a lookup each.
+const DUMP_PAST: usize = 32;
+
 /// Where bind-mounted namespace files live (`ip netns add`).
 const NAMED_NETNS: &str = "/run/netns";
 
@@ -155,6 +160,9 @@ impl Liveness {
         };
         self.probe_tcp(&mut diag)
             .and_then(|()| {
+                if records.len() > DUMP_PAST {
+                    return accepted_owners_dumped(&mut diag, records);
+                }
                 records
                     .iter()
                     .map(|record| accepted_socket_owner(&mut diag, record))
@@ -282,6 +290,45 @@ fn accepted_socket_owner(diag: &mut SockDiag, record: &OriginRecord) -> io::Resu
         .map(|socket| socket.uid))
 }
 
+/// [`accepted_socket_owner`] of each of `records` from one dump of both
+/// families' connected sockets, found by their cookies (unique on the
+/// host: what the kernel bound to each record).
+fn accepted_owners_dumped(
+    diag: &mut SockDiag,
+    records: &[&OriginRecord],
+) -> io::Result<Vec<Option<u32>>> {
+    // Neither a listener, a client's handshake nor a closed
+    // connection's remains (TIME_WAIT), as the lookups leave out.
+    let states = [
+        state::SYN_RECV,
+        state::ESTABLISHED,
+        state::FIN_WAIT1,
+        state::FIN_WAIT2,
+        state::CLOSE,
+        state::CLOSE_WAIT,
+        state::LAST_ACK,
+        state::CLOSING,
+    ]
+    .into_iter()
+    .fold(0, |bits, s| bits | state::bit(s));
+    let wanted: HashSet<u64> = records.iter().map(|r| r.server_cookie).collect();
+    let mut found = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        diag.dump_kept(
+            family,
+            states,
+            wanted.len(),
+            |socket| wanted.contains(&socket.cookie),
+            &mut found,
+        )?;
+    }
+    let owners: HashMap<u64, u32> = found.iter().map(|s| (s.cookie, s.uid)).collect();
+    Ok(records
+        .iter()
+        .map(|r| owners.get(&r.server_cookie).copied())
+        .collect())
+}
+
 /// The family and id `SockDiag::find` looks up the TCP socket with local
 /// end `local`, peer `peer` and cookie `cookie` by (`None`: whatever its
 /// cookie). IPv4 (IPv4-mapped as the kernel stores it) is looked up as
@@ -349,6 +396,60 @@ mod tests {
             let nobody = SocketAddr::new(local.ip(), 9);
             assert_eq!(live.owner(netns, to, nobody).unwrap(), None, "{to}");
         }
+    }
+
+    /// The owners of many records are found by one dump as by a lookup
+    /// each: an open accepted socket's owner, none for a closed one's or
+    /// for a cookie no socket has.
+    #[test]
+    fn many_records_are_found_by_one_dump_as_by_lookups() {
+        use std::net::{TcpListener, TcpStream};
+
+        use super::super::conns::conn_key;
+
+        let netns = netns_of(std::process::id()).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let live = Liveness::new();
+        let mut held = Vec::new();
+        let mut records = Vec::new();
+        for i in 0..(DUMP_PAST + 8) {
+            let client = TcpStream::connect(to).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            let mut record = OriginRecord::unknown();
+            let from = client.local_addr().unwrap();
+            record.conn = conn_key(netns, from, to);
+            // The accepted socket's cookie, as the kernel reports it.
+            let (family, id) = sock_id(to, from, None);
+            let socket = live.diag(netns).unwrap().find(family, &id).unwrap();
+            record.server_cookie = socket.expect("the accepted socket").cookie;
+            records.push(record);
+            // The first closed, by its server first: in TIME_WAIT, nobody's.
+            if i == 0 {
+                drop(accepted);
+                drop(client);
+                continue;
+            }
+            held.extend([accepted, client]);
+        }
+        let mut unknown = records[1];
+        // (Not all ones: the kernel's "no cookie", which matches any.)
+        unknown.server_cookie = 1;
+        records.push(unknown);
+        let refs: Vec<&OriginRecord> = records.iter().collect();
+        let mut diag = live.diag(netns).unwrap();
+        let dumped = accepted_owners_dumped(&mut diag, &refs).unwrap();
+        let looked_up: Vec<Option<u32>> = refs
+            .iter()
+            .map(|r| accepted_socket_owner(&mut diag, r).unwrap())
+            .collect();
+        assert_eq!(dumped, looked_up);
+        assert_eq!(dumped[0], None);
+        assert!(dumped[1..records.len() - 1].iter().all(|&o| o == Some(me)));
+        assert_eq!(dumped[records.len() - 1], None);
+        assert_eq!(live.owners(&records), dumped);
+        drop(held);
     }
 
     /// The namespaces warned of stay a bounded set however many there are
