@@ -13,8 +13,7 @@ use std::path::Path;
 
 use loopwarden_tests::{
     Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
-    handed_down_relay, handed_down_relay_run_by, listener_tgids, loopwarden_bin, reuseport_relay,
-    spawn_forwarder,
+    handed_down_relay_run_by, listener_tgids, loopwarden_bin, reuseport_relay, spawn_forwarder,
     stallfs::{StallFs, Stalled},
 };
 use serde_json::Value;
@@ -143,7 +142,14 @@ fn a_relay_handed_its_listener_before_the_daemon_names_the_remote_client() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
     let dir = TempDir::new("seed-handed-down");
-    let parent = handed_down_relay(&topo.local, &dir, LOCAL_ADDR, HANDED_DOWN_PORT);
+    refused_handed_down_relay(&topo, &dir, &[SYSTEM_PYTHON]);
+}
+
+/// Starts a handed-down relay run by `python` ([`handed_down_relay_run_by`])
+/// and shows it serving, then starts the daemon and checks that the relay
+/// is refused naming its remote client; returns the refusal.
+fn refused_handed_down_relay(topo: &Topology, dir: &TempDir, python: &[&str]) -> Value {
+    let parent = handed_down_relay_run_by(&topo.local, dir, LOCAL_ADDR, HANDED_DOWN_PORT, python);
     let url = format!("http://{LOCAL_ADDR}:{HANDED_DOWN_PORT}/");
     assert_eq!(
         topo.remote.curl(&url),
@@ -151,13 +157,14 @@ fn a_relay_handed_its_listener_before_the_daemon_names_the_remote_client() {
         "the relay does not relay even without loopwarden"
     );
 
-    let daemon = start_daemon(&topo);
+    let daemon = start_daemon(topo);
     assert_eq!(topo.remote.curl(&url), Ok(502));
     let ev = daemon.wait_event("the relay deny of the handed-down relay", |e| {
         e["verdict"] == "deny"
     });
     assert_eq!(ev["ppid"], parent.pid(), "{ev:#}");
     assert_refused_as_accepted(&ev);
+    ev
 }
 
 /// A relay handed its listener before the daemon started, running an
@@ -185,22 +192,8 @@ fn a_relay_on_a_filesystem_that_stops_answering_stalls_no_start() {
         "PYTHONHOME=/usr",
         tool.to_str().expect("utf-8"),
     ];
-    let parent = handed_down_relay_run_by(&topo.local, &dir, LOCAL_ADDR, HANDED_DOWN_PORT, &python);
-    let url = format!("http://{LOCAL_ADDR}:{HANDED_DOWN_PORT}/");
-    assert_eq!(
-        topo.remote.curl(&url),
-        Ok(200),
-        "the relay does not relay even without loopwarden"
-    );
-
-    let daemon = start_daemon(&topo);
-    assert_eq!(topo.remote.curl(&url), Ok(502));
-    let ev = daemon.wait_event("the relay deny of the relay on FUSE", |e| {
-        e["verdict"] == "deny"
-    });
-    assert_eq!(ev["ppid"], parent.pid(), "{ev:#}");
+    let ev = refused_handed_down_relay(&topo, &dir, &python);
     assert_eq!(ev["exe"], tool.display().to_string(), "{ev:#}");
-    assert_refused_as_accepted(&ev);
 }
 
 /// Two relays sharing one port (`SO_REUSEPORT`), both started before the

@@ -493,6 +493,15 @@ mod tests {
         assert_eq!(reply["message"], "no map");
     }
 
+    /// A record of a connection in namespace `netns` whose listener
+    /// `server_uid` owned.
+    fn record(netns: u32, server_uid: u32) -> OriginRecord {
+        let mut record = OriginRecord::unknown();
+        record.conn.netns = netns;
+        record.server_uid = server_uid;
+        record
+    }
+
     /// A uid 0 outside the host's network namespace (a container's root
     /// without a user namespace) is root of its own namespace only.
     #[test]
@@ -506,12 +515,6 @@ mod tests {
             uid: 0,
             netns: Some(2),
             host_netns: false,
-        };
-        let record = |netns: u32, server_uid: u32| {
-            let mut record = OriginRecord::unknown();
-            record.conn.netns = netns;
-            record.server_uid = server_uid;
-            record
         };
         for (netns, server_uid) in [(1, 0), (1, 1000), (2, 0), (2, 1000)] {
             let r = record(netns, server_uid);
@@ -540,12 +543,6 @@ mod tests {
             uid: 1000,
             netns: Some(2),
             host_netns: false,
-        };
-        let record = |netns: u32, server_uid: u32| {
-            let mut record = OriginRecord::unknown();
-            record.conn.netns = netns;
-            record.server_uid = server_uid;
-            record
         };
         assert_eq!(user.sees(&record(2, 1000)), Seen::Always);
         assert_eq!(user.sees(&record(1, 1000)), Seen::Always);
