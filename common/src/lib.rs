@@ -55,7 +55,7 @@ pub use tracking::{
 /// to a map's key, value, size or interpretation: a daemon then replaces the
 /// pinned maps (and the programs, through their links) instead of adopting
 /// them.
-pub const LAYOUT_VERSION: u32 = 17;
+pub const LAYOUT_VERSION: u32 = 18;
 /// `LW_META[0].magic`: "loopward".
 pub const META_MAGIC: u64 = u64::from_le_bytes(*b"loopward");
 
@@ -181,7 +181,7 @@ const _: () = assert!(core::mem::size_of::<ProcState>() == 72 + EXE_NAME_LEN + S
 const _: () = assert!(core::mem::offset_of!(ProcState, lineage) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<Pending>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Listener>() == 16);
+const _: () = assert!(core::mem::size_of::<Listener>() == 32);
 const _: () = assert!(
     core::mem::size_of::<Settings>() == 136 + 3 * 8 * FILTER_WORDS + 48 + 8 + 8 * NETNS_INLINE
 );

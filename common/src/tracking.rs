@@ -215,12 +215,64 @@ pub struct Pending {
 /// known (the seeding could not read it, or an exec's scan found the
 /// listener before anything took its cookie), and any listener's close on
 /// the port removes the entry.
+///
+/// It also keeps the listener whose entry it took (`prev_*`, 0 for none):
+/// a predecessor still open, or the live listener a `listen()` that then
+/// failed on the taken port (its socket closes at once) wrote over. When
+/// this listener closes first, the entry becomes that one's again; when
+/// that one closes first, it is forgotten (one of unknown cookie, at any
+/// other listener's close on the port). One is kept, not a chain.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Listener {
     pub tgid: u32,
     pub _pad: u32,
     pub cookie: u64,
+    pub prev_tgid: u32,
+    pub _pad2: u32,
+    pub prev_cookie: u64,
+}
+
+impl Listener {
+    /// The entry after the listener with cookie `cookie` closed on its
+    /// port: `Some(entry)` to write, `None` to remove it; the entry as it
+    /// is (`Some(*self)`) when the close is of neither listener it names.
+    pub fn closed(&self, cookie: u64) -> Option<Self> {
+        if self.cookie == 0 || self.cookie == cookie {
+            // Back to the one before, if one is kept.
+            return (self.prev_tgid != 0).then_some(Self {
+                tgid: self.prev_tgid,
+                cookie: self.prev_cookie,
+                ..Self::default()
+            });
+        }
+        let mut after = *self;
+        if self.prev_tgid != 0 && (self.prev_cookie == 0 || self.prev_cookie == cookie) {
+            after.prev_tgid = 0;
+            after.prev_cookie = 0;
+        }
+        Some(after)
+    }
+
+    /// The entry for the listener `tgid` with cookie `cookie` (0: not
+    /// known) taking its port over from `held`, the entry there if any:
+    /// `held`'s listener kept as the one before, unless it is this same
+    /// listener again (an exec's scan of its holder), whose own is kept.
+    pub fn taking_over(held: Option<&Self>, tgid: u32, cookie: u64) -> Self {
+        let (prev_tgid, prev_cookie) = match held {
+            Some(held) if held.cookie == cookie => (held.prev_tgid, held.prev_cookie),
+            Some(held) => (held.tgid, held.cookie),
+            None => (0, 0),
+        };
+        Self {
+            tgid,
+            _pad: 0,
+            cookie,
+            prev_tgid,
+            _pad2: 0,
+            prev_cookie,
+        }
+    }
 }
 
 /// `LW_LISTENERS` key: a listening port in one network namespace.
@@ -231,4 +283,64 @@ pub struct ListenerKey {
     pub netns: u32,
     pub port: u16,
     pub _pad: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entry a listen of `tgid` with `cookie` leaves over `held`.
+    fn listen(held: Option<Listener>, tgid: u32, cookie: u64) -> Option<Listener> {
+        Some(Listener::taking_over(held.as_ref(), tgid, cookie))
+    }
+
+    /// The entry left after the close of the listener with `cookie`.
+    fn close(held: Option<Listener>, cookie: u64) -> Option<Listener> {
+        held.and_then(|held| held.closed(cookie))
+    }
+
+    fn names(entry: Option<Listener>) -> Option<(u32, u32)> {
+        entry.map(|e| (e.tgid, e.prev_tgid))
+    }
+
+    /// A graceful takeover: the successor listens before the predecessor
+    /// closes; the port stays the successor's, then goes with it.
+    #[test]
+    fn a_successor_keeps_the_port_its_predecessor_leaves() {
+        let old = listen(None, 10, 1);
+        let both = listen(old, 20, 2);
+        assert_eq!(names(both), Some((20, 10)));
+        let new = close(both, 1);
+        assert_eq!(names(new), Some((20, 0)));
+        assert_eq!(close(new, 2), None);
+    }
+
+    /// A listen() that fails on the taken port (its socket closes at once)
+    /// leaves the port to the listener it wrote over.
+    #[test]
+    fn a_failed_listen_gives_the_port_back() {
+        let live = listen(None, 10, 1);
+        let failed = listen(live, 20, 2);
+        assert_eq!(close(failed, 2), live);
+        // So does a predecessor's holder that an exec's scan credited.
+        let scanned = listen(live, 30, 3);
+        assert_eq!(close(scanned, 3), live);
+    }
+
+    /// The same listener again (an exec's scan of its holder) keeps the
+    /// one before it; a close of neither leaves the entry; one of unknown
+    /// cookie goes at any close, and one kept of unknown cookie is
+    /// forgotten at another's.
+    #[test]
+    fn the_same_listener_again_and_unknown_cookies() {
+        let both = listen(listen(None, 10, 1), 20, 2);
+        let again = listen(both, 21, 2);
+        assert_eq!(names(again), Some((21, 10)));
+        assert_eq!(close(again, 9), again);
+        let unknown = listen(None, 10, 0);
+        assert_eq!(close(unknown, 5), None);
+        let over_unknown = listen(unknown, 20, 2);
+        assert_eq!(names(close(over_unknown, 5)), Some((20, 0)));
+        assert_eq!(names(close(over_unknown, 2)), Some((10, 0)));
+    }
 }

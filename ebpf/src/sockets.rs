@@ -207,14 +207,23 @@ pub fn lw_sock_state(ctx: BtfTracePointContext) -> i32 {
             if let Some(port) = closing_port(sk) {
                 let key = listener_key(sk, port);
                 let cookie: u64 = load(sk, offset!(sk_cookie));
-                // Only this listener's entry, or one whose listener is
-                // not known (a listen between the lookup and the removal
-                // loses its entry: the window is a few instructions).
+                // Only this listener's entry goes (or one whose listener
+                // is not known), back to the listener before it if one is
+                // kept; a kept one that closes is forgotten. (A listen
+                // between the lookup and the write loses its entry: the
+                // window is a few instructions.)
                 // SAFETY: the value is plain data.
-                let own = unsafe { LISTENERS.get(key) }
-                    .is_some_and(|held| held.cookie == 0 || held.cookie == cookie);
-                if own {
-                    let _ = LISTENERS.remove(key);
+                let Some(held) = (unsafe { LISTENERS.get(key) }).copied() else {
+                    return 0;
+                };
+                match held.closed(cookie) {
+                    None => {
+                        let _ = LISTENERS.remove(key);
+                    }
+                    Some(after) if after != held => {
+                        let _ = LISTENERS.insert(key, after, 0);
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -339,11 +348,8 @@ pub fn holds_listener(tgid: u32, key: ListenerKey, local: &End, cookie: u64) {
     if local.port == 0 {
         return;
     }
-    let listener = Listener {
-        tgid,
-        _pad: 0,
-        cookie,
-    };
+    // SAFETY: the value is plain data.
+    let listener = Listener::taking_over(unsafe { LISTENERS.get(key) }, tgid, cookie);
     if LISTENERS.insert(key, listener, 0).is_err() {
         count(stats::UNTRACKED);
     }

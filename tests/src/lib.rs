@@ -42,8 +42,8 @@ pub use scripts::{
 };
 use serde_json::Value;
 pub use services::{
-    FD3_RELAY, FORWARDER, HAND_DOWN, Sshd, greeter, handed_down_relay, handed_down_relay_run_by,
-    nginx_proxy, reuseport_relay, spawn_forwarder,
+    FAILED_LISTEN, FD3_RELAY, FORWARDER, HAND_DOWN, Sshd, failed_listen_relay, greeter,
+    handed_down_relay, handed_down_relay_run_by, nginx_proxy, reuseport_relay, spawn_forwarder,
 };
 
 /// Port of the protected HTTP service in every test namespace.

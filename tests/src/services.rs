@@ -237,6 +237,41 @@ while True:
     c.close()
 "#;
 
+/// Python, arguments ADDR PORT RELAY ARGS...: binds two sockets to
+/// ADDR:PORT with `SO_REUSEADDR` (as a service started twice at once
+/// does), listens on the first, has the second's `listen()` fail on the
+/// port the first holds (and closes it), and then runs the Python script
+/// RELAY in this same process (no exec, which would credit the listener
+/// anew) with ARGS and the first as fd 3.
+pub const FAILED_LISTEN: &str = r#"
+import os, socket, sys
+addr, port, relay = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def bound():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    return s
+live, failed = bound(), bound()
+live.listen()
+try:
+    failed.listen()
+    sys.exit("the second listen() on the port did not fail")
+except OSError:
+    failed.close()
+os.dup2(live.fileno(), 3)
+sys.argv = sys.argv[3:]
+exec(compile(open(relay).read(), relay, "exec"))
+"#;
+
+/// Starts [`FAILED_LISTEN`] in `ns` on `addr`:`port`, running
+/// [`FD3_RELAY`] (written to `dir`) on the listener whose twin's listen
+/// failed; returns once the relay serves.
+pub fn failed_listen_relay(ns: &Netns, dir: &TempDir, addr: &str, port: u16) -> Proc {
+    let port = port.to_string();
+    let prelude = ["-c", FAILED_LISTEN, addr, &port];
+    fd3_relay(ns, dir, "the relay beside a failed listen", &prelude, &[])
+}
+
 /// Starts [`HAND_DOWN`] in `ns`, listening on `addr`:`port` and keeping
 /// the listener while its child runs [`FD3_RELAY`] (written to `dir`)
 /// with it as fd 3, as pid 1 starts a socket-activated service with

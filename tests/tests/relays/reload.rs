@@ -4,11 +4,47 @@
 //! `SO_REUSEPORT` before the predecessor closes its own, and the
 //! predecessor's close must not take the successor's entry with it.
 
-use loopwarden_tests::{listener_tgids, reuseport_relay};
+use loopwarden_tests::{failed_listen_relay, listener_tgids, reuseport_relay};
 
 use super::*;
 
 const RELOAD_PORT: u16 = 9035;
+const FAILED_LISTEN_PORT: u16 = 9036;
+
+/// A `listen()` that fails on a port another socket of the process
+/// listens on (both bound with `SO_REUSEADDR`, as a service started twice
+/// at once is) leaves the port credited to the live listener: the relay
+/// serving on it is refused naming the remote client it accepted
+/// (`accepted`). Without the daemon it serves. Fails against a build
+/// whose failed listen's close removes the port's entry (its listen wrote
+/// over the live one's): the port is credited to nobody, and the refusal
+/// says `listening`.
+#[test]
+fn a_failed_listen_beside_a_relay_leaves_its_port_credited() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("failed-listen");
+    let fetch = || {
+        topo.remote
+            .curl(&format!("http://{LOCAL_ADDR}:{FAILED_LISTEN_PORT}/"))
+    };
+    {
+        let _relay = failed_listen_relay(&topo.local, &dir, LOCAL_ADDR, FAILED_LISTEN_PORT);
+        assert_eq!(fetch(), Ok(200));
+    }
+
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    let relay = failed_listen_relay(&topo.local, &dir, LOCAL_ADDR, FAILED_LISTEN_PORT);
+    assert_eq!(
+        listener_tgids(daemon.install(), &topo.local, FAILED_LISTEN_PORT),
+        vec![relay.pid()],
+        "the port's accepts after the failed listen"
+    );
+    assert_eq!(fetch(), Ok(502));
+    let ev = relay_refusal(&daemon, "the relay's refusal");
+    assert_eq!(ev["pid"], relay.pid(), "{ev:#}");
+    assert_accepted_from_the_remote_side(&ev);
+}
 
 /// A relay that takes its port over from a predecessor as a graceful
 /// reload does (its own listener with `SO_REUSEPORT`, opened before the

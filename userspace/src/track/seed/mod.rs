@@ -306,8 +306,8 @@ fn write(
             .unwrap_or(0);
         let listener = Listener {
             tgid: credit.tgid,
-            _pad: 0,
             cookie,
+            ..Listener::default()
         };
         match listeners.insert(key, listener, NOEXIST) {
             Ok(()) => seeded.listeners += 1,
