@@ -2,13 +2,18 @@
 that answers every request but those of whom STALL names, which it never
 answers: a FUSE server that stops answering whoever looks. STALL is
 `thread:TID` (one thread), `process:PID` (every thread of a process) or
-`exe:PATH` (every thread of every process running PATH). Stdlib only.
-Usage: stallfs.py MOUNTPOINT SRC STALL"""
+`exe:PATH` (every thread of every process running PATH). With `reads`,
+only their reads of the file's contents go unanswered: a server that
+answers lookups and fetches contents on demand from somewhere gone.
+Stdlib only.
+Usage: stallfs.py MOUNTPOINT SRC STALL [reads]"""
 import ctypes, errno, os, struct, sys
 
 mnt, src = sys.argv[1], sys.argv[2]
 kind, _, who = sys.argv[3].partition(":")
 assert kind in ("thread", "process", "exe"), sys.argv[3]
+only_reads = sys.argv[4:] == ["reads"]
+assert only_reads or not sys.argv[4:], sys.argv[4:]
 
 
 def tgid(pid):
@@ -71,7 +76,7 @@ while True:
     arg = req[IN.size:length]
     if opcode in (2, 36, 42):  # FORGET, INTERRUPT, BATCH_FORGET: no reply
         continue
-    if stalled(pid):
+    if (opcode == 15 or not only_reads) and stalled(pid):
         continue  # never answered
     if opcode == 26:  # INIT
         major, minor, readahead = struct.unpack_from("<III", arg)

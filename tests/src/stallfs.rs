@@ -23,6 +23,15 @@ pub enum Stalled<'a> {
     Exe(&'a Path),
 }
 
+/// Which of their requests go unanswered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Every one.
+    All,
+    /// Reads of the file's contents: lookups and attributes are answered.
+    Reads,
+}
+
 /// The mounted filesystem; unmounted on drop (its server killed first,
 /// which fails what it left unanswered).
 pub struct StallFs {
@@ -34,6 +43,17 @@ impl StallFs {
     /// Mounts it on `mnt` (created), its script written to `dir`; returns
     /// once `tool` is there.
     pub fn mount(dir: &TempDir, mnt: &Path, stalled: Stalled) -> Self {
+        Self::mount_unanswering(dir, mnt, stalled, Unanswered::All)
+    }
+
+    /// [`mount`](Self::mount), leaving `unanswered` of `stalled`'s requests
+    /// unanswered.
+    pub fn mount_unanswering(
+        dir: &TempDir,
+        mnt: &Path,
+        stalled: Stalled,
+        unanswered: Unanswered,
+    ) -> Self {
         std::fs::create_dir(mnt).expect("mount point");
         let script = dir.path().join("stallfs.py");
         std::fs::write(&script, include_str!("stallfs.py")).expect("script");
@@ -50,6 +70,9 @@ impl StallFs {
         };
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(&script).arg(mnt).arg(python).arg(spec);
+        if unanswered == Unanswered::Reads {
+            cmd.arg("reads");
+        }
         let server = Proc::spawn(&mut cmd);
         let fs = Self {
             server,

@@ -11,7 +11,7 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Install, Netns, PROTECTED, Proc, TempDir, connects, policy, provenance, rule, run,
-    stallfs::{StallFs, Stalled},
+    stallfs::{StallFs, Stalled, Unanswered},
     talk::Talker,
     wait_for, wait_for_explained,
 };
@@ -238,13 +238,13 @@ fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
     );
 }
 
-/// A path the policy names on a filesystem whose server stops answering
-/// every thread of the daemon, reached through a symbolic link on another
-/// filesystem (which the daemon's probe of such mounts does not see: a
-/// path named on the mount itself is not read at all, see
-/// `a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start`),
-/// holds up the policy's re-resolution, which runs on a thread of its own,
-/// and nothing else: a relay is refused and
+/// A script the policy names on a filesystem whose server answers the
+/// daemon's lookups (so its probe of such mounts finds it answering, see
+/// `a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start`)
+/// and never its reads (a FUSE filesystem that fetches contents on demand
+/// from somewhere gone) holds up the policy's re-resolution, which reads
+/// the script's `#!` line on a thread of its own, and nothing else: a
+/// relay is refused and
 /// its line written, the query socket answers, the wait is said (and
 /// shown by `status`), a SIGHUP waits its turn, and a SIGKILL releases
 /// the daemon's locks although the stuck thread outlives it. Fails against the build before, whose event
@@ -256,19 +256,17 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
     let _servers = ns.http_servers();
     let dir = TempDir::new("stallfs-policy");
     let mnt = dir.path().join("mnt");
-    let via = dir.path().join("via");
-    std::os::unix::fs::symlink(&mnt, &via).expect("the link to the mount");
-    let tool = via.join("tool");
+    let tool = mnt.join("tool");
     // Not there at start: a warning, and the value matches nothing until
     // a re-resolution finds it.
     let daemon = Daemon::start(&policy(
         &ns,
         "enforce",
-        &rule("fuse-tool", "deny", "exe", tool.to_str().expect("utf-8")),
+        &rule("fuse-tool", "deny", "script", tool.to_str().expect("utf-8")),
     ));
     let pid = daemon.pid().expect("the daemon's pid");
-    let fs = StallFs::mount(&dir, &mnt, Stalled::Process(pid));
-    // The next 1 s re-resolution looks the path up on the mount, and waits.
+    let fs = StallFs::mount_unanswering(&dir, &mnt, Stalled::Process(pid), Unanswered::Reads);
+    // The next 1 s re-resolution reads the script's first line, and waits.
     std::thread::sleep(Duration::from_secs(2));
     let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
     assert!(!ok, "the relay was not refused");
@@ -432,16 +430,18 @@ sys.stdin.readline()
     drop((plain, after));
 }
 
-/// A directory searched for executables (on the daemon's `$PATH`) and a
-/// path a rule names, both on a filesystem whose server never answers the
-/// daemon, hold no start: a probe finds that the mount does not answer
-/// within its budget, the daemon says so, leaves the directory out of its
-/// searches and counts the rule's path as not there, and comes up
-/// enforcing: socat (catalogued) is refused and curl passes, both having
-/// passed before the start, and the query socket answers. The
-/// re-resolutions keep that policy, saying so once. Fails against the
-/// build before, whose start searched the mount for every catalogued name
-/// and never became ready.
+/// Directories searched for executables (on the daemon's `$PATH`) and
+/// paths rules name, on a filesystem whose server never answers the
+/// daemon, hold no start, whether named on the mount or reached through a
+/// symbolic link (relative, from another filesystem): a probe finds that
+/// the mount does not answer within its budget, the daemon says so,
+/// leaves the directories out of its searches and counts the rules' paths
+/// as not there, and comes up enforcing: socat (catalogued) is refused and
+/// curl passes, both having passed before the start, and the query socket
+/// answers. The re-resolutions keep that policy, saying so once. Fails
+/// against the build whose start searched the mount for every catalogued
+/// name, and against the one that found a path's mount by the path as
+/// written: neither became ready.
 #[test]
 fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     let ns = Netns::new();
@@ -459,16 +459,24 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     assert!(ok, "socat cannot connect even without loopwarden: {stderr}");
     assert_eq!(ns.curl(&url), Ok(200));
 
-    let tool = mnt.join("tool");
-    let config = policy(
-        &ns,
-        "enforce",
-        &rule("fuse-tool", "deny", "exe", tool.to_str().expect("utf-8")),
-    );
+    // A link on the test's own filesystem, as `/usr/local/bin` may link
+    // to an NFS directory.
+    let via = dir.path().join("via");
+    std::os::unix::fs::symlink("mnt", &via).expect("the link to the mount");
+    let rules = [
+        ("fuse-tool", mnt.join("tool")),
+        ("linked-tool", via.join("tool")),
+    ]
+    .map(|(name, tool)| rule(name, "deny", "exe", tool.to_str().expect("utf-8")))
+    .join("\n");
+    let config = policy(&ns, "enforce", &rules);
     let install = Install::new();
     let mut cmd = Daemon::command(&install, &config, &[], "info");
     let path = std::env::var("PATH").unwrap_or_default();
-    cmd.env("PATH", format!("{}:{path}", mnt.display()));
+    cmd.env(
+        "PATH",
+        format!("{}:{}:{path}", via.display(), mnt.display()),
+    );
     let mut daemon = Daemon::start_cmd(&install, cmd);
     let stderr = daemon.stderr_text();
     let said = format!("fuse mounted on {} does not answer", mnt.display());

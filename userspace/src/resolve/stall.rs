@@ -12,14 +12,18 @@
 //! goes on without it (a search skips the directory, a rule's path counts
 //! as not there, with a warning), until the probe that waits returns. At
 //! most one probe waits per mount, however long its server stays away.
-//! The mount holding a path is found by the path as written: a path that
-//! reaches such a filesystem through a symbolic link on another is not
-//! guarded, and a server can stop answering between a probe and the reads
-//! that follow it (an answer holds for [`HOLDS`]).
+//! The mounts a path reaches are found by walking it as the kernel does,
+//! a component at a time, following its symbolic links (a `/usr/local/bin`
+//! that links to an NFS directory), and each is asked before anything on
+//! it is read, its mount point's own `lstat` included. A server can still
+//! stop answering between a probe and the reads that follow it (an answer
+//! holds for [`HOLDS`]), and one that answers lookups but not reads holds
+//! whoever reads a file's contents (a script's `#!` line).
 
 use std::{
     cell::Cell,
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    ffi::OsString,
     fs, io,
     os::fd::RawFd,
     path::{Path, PathBuf},
@@ -96,11 +100,103 @@ pub fn may_stall(fs_type: &str) -> bool {
 
 /// Whether `path` may be read without waiting for a server that stopped
 /// answering: `Err` (`TimedOut`, saying which filesystem) when a
-/// filesystem it lies on may stall and has not answered a probe in time.
+/// filesystem it reaches, as written or through its symbolic links, may
+/// stall and has not answered a probe in time.
 pub fn answers(path: &Path) -> io::Result<()> {
-    for (mount, fs_type) in stall_prone() {
-        if path.starts_with(&mount) {
-            probe(&mount, &fs_type).inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))?;
+    let mounts = stall_prone();
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    walk(path, &mounts, &mut |mount: &Path, fs_type: &str| {
+        probe(mount, fs_type)
+    })
+    .inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
+}
+
+/// How many symbolic links a walk follows: the kernel's own limit, past
+/// which reading the path fails at once (`ELOOP`).
+const MAX_LINKS: usize = 40;
+
+/// A step of a walk.
+enum Step {
+    Root,
+    Up,
+    Name(OsString),
+}
+
+/// The steps of `path`, in order (`.` is none).
+fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
+    use std::path::Component;
+    path.components().filter_map(|part| match part {
+        Component::RootDir | Component::Prefix(_) => Some(Step::Root),
+        Component::ParentDir => Some(Step::Up),
+        Component::CurDir => None,
+        Component::Normal(name) => Some(Step::Name(name.to_owned())),
+    })
+}
+
+/// Walks `path` a component at a time as the kernel resolves it, following
+/// symbolic links, and asks `ask` about each mount of `mounts` (mount
+/// point and type) the walk enters, before anything on it is read: the
+/// `lstat` of its mount point included, which the mounted filesystem
+/// answers. Stops at the first `Err`, or, with `Ok`, where the path
+/// cannot be walked further on filesystems that answered (a component
+/// not there, a link loop): reading the path then fails at once too.
+fn walk(
+    path: &Path,
+    mounts: &[(PathBuf, String)],
+    ask: &mut dyn FnMut(&Path, &str) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut asked: Vec<&Path> = Vec::new();
+    let mut enter = |at: &Path| -> io::Result<()> {
+        for (mount, fs_type) in mounts {
+            if at.starts_with(mount) && !asked.contains(&mount.as_path()) {
+                ask(mount, fs_type)?;
+                asked.push(mount);
+            }
+        }
+        Ok(())
+    };
+    // A relative path starts where this process stands (getcwd reads no
+    // filesystem).
+    let mut at = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir()?
+    };
+    enter(&at)?;
+    let mut rest: VecDeque<Step> = steps(path).collect();
+    let mut links = 0;
+    while let Some(step) = rest.pop_front() {
+        let name = match step {
+            Step::Root => {
+                at = PathBuf::from("/");
+                continue;
+            }
+            // `at` holds no link: its parent is the one `..` reaches.
+            Step::Up => {
+                at.pop();
+                continue;
+            }
+            Step::Name(name) => name,
+        };
+        let next = at.join(name);
+        enter(&next)?;
+        match fs::symlink_metadata(&next) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                let Ok(target) = fs::read_link(&next) else {
+                    return Ok(());
+                };
+                if links > MAX_LINKS {
+                    return Ok(());
+                }
+                for step in steps(&target).rev() {
+                    rest.push_front(step);
+                }
+            }
+            Ok(_) => at = next,
+            Err(_) => return Ok(()),
         }
     }
     Ok(())
@@ -339,5 +435,61 @@ mod tests {
         // A mount that answers a probe (this one's lookup fails at once).
         KNOWN.lock().unwrap().remove(&mount);
         probe(&mount, "nfs4").unwrap();
+    }
+
+    /// A walk asks about the mount a path reaches through its links
+    /// (absolute, relative, chained, through `..`), and about none for a
+    /// path that stays off it or cannot be walked; a mount that does not
+    /// answer ends the walk with its error.
+    #[test]
+    fn a_walk_follows_links_into_a_mount() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        let mount = t.join("m");
+        fs::create_dir_all(mount.join("bin")).unwrap();
+        fs::write(mount.join("bin/tool"), "").unwrap();
+        fs::create_dir(t.join("local")).unwrap();
+        fs::write(t.join("local/x"), "").unwrap();
+        symlink(mount.join("bin"), t.join("abs")).unwrap();
+        symlink("m", t.join("rel")).unwrap();
+        symlink("rel", t.join("chain")).unwrap();
+        let base = t.file_name().unwrap().to_str().unwrap();
+        symlink(format!("../../{base}/m/bin"), t.join("local/up")).unwrap();
+        symlink("loop", t.join("loop")).unwrap();
+        let mounts = [(mount.clone(), "nfs4".to_owned())];
+        let asked = |path: &Path| {
+            let mut asked = Vec::new();
+            walk(path, &mounts, &mut |m: &Path, _: &str| {
+                asked.push(m.to_owned());
+                Ok(())
+            })
+            .unwrap();
+            asked
+        };
+        for reaches in [
+            "m",
+            "m/bin/tool",
+            "abs/tool",
+            "rel/bin/tool",
+            "chain/bin",
+            "local/up/tool",
+            "local/../rel/bin",
+            "./local/./up",
+        ] {
+            assert_eq!(
+                asked(&t.join(reaches)),
+                std::slice::from_ref(&mount),
+                "{reaches}"
+            );
+        }
+        for stays_off in ["local/x", "local", "loop/x", "missing/../rel", "abs-not"] {
+            assert!(asked(&t.join(stays_off)).is_empty(), "{stays_off}");
+        }
+        let e = walk(&t.join("rel/bin"), &mounts, &mut |_: &Path, _: &str| {
+            Err(io::Error::from(io::ErrorKind::TimedOut))
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 }
