@@ -433,7 +433,8 @@ sys.stdin.readline()
 /// Directories searched for executables (on the daemon's `$PATH`) and
 /// paths rules name, on a filesystem whose server never answers the
 /// daemon, hold no start, whether named on the mount or reached through a
-/// symbolic link (relative, from another filesystem): a probe finds that
+/// symbolic link (relative, from another filesystem), as a directory or as
+/// a catalogued command's file in a directory searched: a probe finds that
 /// the mount does not answer within its budget, the daemon says so,
 /// leaves the directories out of its searches and counts the rules' paths
 /// as not there, and comes up enforcing: socat (catalogued) is refused and
@@ -463,6 +464,10 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     // to an NFS directory.
     let via = dir.path().join("via");
     std::os::unix::fs::symlink("mnt", &via).expect("the link to the mount");
+    // And a catalogued command's link into it, in a directory of its own.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    std::os::unix::fs::symlink("../mnt/tool", bin.join("ngrok")).expect("the command's link");
     let rules = [
         ("fuse-tool", mnt.join("tool")),
         ("linked-tool", via.join("tool")),
@@ -475,7 +480,12 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     let path = std::env::var("PATH").unwrap_or_default();
     cmd.env(
         "PATH",
-        format!("{}:{}:{path}", via.display(), mnt.display()),
+        format!(
+            "{}:{}:{}:{path}",
+            bin.display(),
+            via.display(),
+            mnt.display()
+        ),
     );
     let mut daemon = Daemon::start_cmd(&install, cmd);
     let stderr = daemon.stderr_text();

@@ -23,6 +23,7 @@ mod cgroups;
 mod netns;
 pub(crate) mod stall;
 pub(crate) mod trust;
+mod walk;
 
 use std::{
     collections::HashSet,
@@ -227,7 +228,12 @@ impl Resolver for HostResolver {
             // Most names are in few directories: one lstat rules a miss out,
             // where canonicalize() would read every component's link (this
             // runs for every name in every directory at each refresh).
-            if fs::symlink_metadata(&candidate).is_err() {
+            let Ok(entry) = fs::symlink_metadata(&candidate) else {
+                continue;
+            };
+            // A link may lead onto a filesystem that does not answer (a
+            // `/usr/local/bin` entry linking into an NFS tree).
+            if entry.file_type().is_symlink() && stall::answers(&candidate).is_err() {
                 continue;
             }
             // Only root's copies: a link another user could plant or
@@ -381,7 +387,7 @@ pub(crate) fn interpreter_of(line: &str) -> (String, bool) {
             search_dirs()
                 .into_iter()
                 .map(|dir| dir.join(program))
-                .find(|path| path.is_file())
+                .find(|path| stall::answers(path).is_ok() && path.is_file())
         };
         (program, file)
     } else {

@@ -22,8 +22,7 @@
 
 use std::{
     cell::Cell,
-    collections::{HashMap, VecDeque},
-    ffi::OsString,
+    collections::HashMap,
     fs, io,
     os::fd::RawFd,
     path::{Path, PathBuf},
@@ -37,6 +36,8 @@ use std::{
 
 use nix::sys::signal;
 use tracing::{info, warn};
+
+use super::walk::{Event, Stop};
 
 /// How long a probe may take before its filesystem counts as not
 /// answering.
@@ -103,52 +104,75 @@ pub fn may_stall(fs_type: &str) -> bool {
 /// filesystem it reaches, as written or through its symbolic links, may
 /// stall and has not answered a probe in time.
 pub fn answers(path: &Path) -> io::Result<()> {
-    let mounts = stall_prone();
+    let (read, mounts) = stall_prone();
     if mounts.is_empty() {
         return Ok(());
     }
-    walk(path, &mounts, &mut |mount: &Path, fs_type: &str| {
-        probe(mount, fs_type)
-    })
-    .inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
+    let walked = {
+        let mut walks = WALKS.lock().unwrap_or_else(PoisonError::into_inner);
+        match walks.as_mut() {
+            Some((at, known)) if *at == read => known.get(path).cloned(),
+            _ => None,
+        }
+    };
+    let answered = match walked {
+        // Its mounts asked again: an answer holds only so long.
+        Some(entered) => entered
+            .iter()
+            .try_for_each(|(mount, fs_type)| probe(mount, fs_type)),
+        None => {
+            let mut entered = Vec::new();
+            let answered = walk(path, &mounts, &mut |mount: &Path, fs_type: &str| {
+                probe(mount, fs_type)?;
+                entered.push((mount.to_owned(), fs_type.to_owned()));
+                Ok(())
+            });
+            if answered.is_ok() {
+                let mut walks = WALKS.lock().unwrap_or_else(PoisonError::into_inner);
+                match walks.as_mut() {
+                    Some((at, known)) if *at == read && known.len() < WALKS_KEPT => {
+                        known.insert(path.to_owned(), entered);
+                    }
+                    _ => *walks = Some((read, HashMap::from([(path.to_owned(), entered)]))),
+                }
+            }
+            answered
+        }
+    };
+    answered.inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
 }
 
-/// How many symbolic links a walk follows: the kernel's own limit, past
-/// which reading the path fails at once (`ELOOP`).
-const MAX_LINKS: usize = 40;
+/// Paths walked since mountinfo was last read, with the mounts each
+/// entered (mount point and type): a compile asks about the same
+/// directories for every name it searches, and each walk costs an `lstat`
+/// per component.
+type Walks = (Instant, HashMap<PathBuf, Vec<(PathBuf, String)>>);
 
-/// A step of a walk.
-enum Step {
-    Root,
-    Up,
-    Name(OsString),
-}
+/// The walks of [`answers`], kept while the list of mounts they were
+/// walked against is (at most [`MOUNTS_KEPT`]: a link changed since is
+/// followed anew by then).
+static WALKS: Mutex<Option<Walks>> = Mutex::new(None);
 
-/// The steps of `path`, in order (`.` is none).
-fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
-    use std::path::Component;
-    path.components().filter_map(|part| match part {
-        Component::RootDir | Component::Prefix(_) => Some(Step::Root),
-        Component::ParentDir => Some(Step::Up),
-        Component::CurDir => None,
-        Component::Normal(name) => Some(Step::Name(name.to_owned())),
-    })
-}
+/// How many walks are kept at most.
+const WALKS_KEPT: usize = 4096;
 
-/// Walks `path` a component at a time as the kernel resolves it, following
-/// symbolic links, and asks `ask` about each mount of `mounts` (mount
-/// point and type) the walk enters, before anything on it is read: the
-/// `lstat` of its mount point included, which the mounted filesystem
-/// answers. Stops at the first `Err`, or, with `Ok`, where the path
-/// cannot be walked further on filesystems that answered (a component
-/// not there, a link loop): reading the path then fails at once too.
+/// Walks `path` ([`super::walk`]) and asks `ask` about each mount of
+/// `mounts` (mount point and type) the walk enters, before anything on it
+/// is read: the `lstat` of its mount point included, which the mounted
+/// filesystem answers. Stops at the first `Err`, or, with `Ok`, where the
+/// path cannot be walked further on filesystems that answered (a
+/// component not there, a link loop): reading the path then fails at once
+/// too.
 fn walk(
     path: &Path,
     mounts: &[(PathBuf, String)],
     ask: &mut dyn FnMut(&Path, &str) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut asked: Vec<&Path> = Vec::new();
-    let mut enter = |at: &Path| -> io::Result<()> {
+    let walked = super::walk::walk(path, &mut |event| {
+        let Event::Reading(at) = event else {
+            return Ok(());
+        };
         for (mount, fs_type) in mounts {
             if at.starts_with(mount) && !asked.contains(&mount.as_path()) {
                 ask(mount, fs_type)?;
@@ -156,50 +180,11 @@ fn walk(
             }
         }
         Ok(())
-    };
-    // A relative path starts where this process stands (getcwd reads no
-    // filesystem).
-    let mut at = if path.is_absolute() {
-        PathBuf::from("/")
-    } else {
-        std::env::current_dir()?
-    };
-    enter(&at)?;
-    let mut rest: VecDeque<Step> = steps(path).collect();
-    let mut links = 0;
-    while let Some(step) = rest.pop_front() {
-        let name = match step {
-            Step::Root => {
-                at = PathBuf::from("/");
-                continue;
-            }
-            // `at` holds no link: its parent is the one `..` reaches.
-            Step::Up => {
-                at.pop();
-                continue;
-            }
-            Step::Name(name) => name,
-        };
-        let next = at.join(name);
-        enter(&next)?;
-        match fs::symlink_metadata(&next) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                let Ok(target) = fs::read_link(&next) else {
-                    return Ok(());
-                };
-                if links > MAX_LINKS {
-                    return Ok(());
-                }
-                for step in steps(&target).rev() {
-                    rest.push_front(step);
-                }
-            }
-            Ok(_) => at = next,
-            Err(_) => return Ok(()),
-        }
+    });
+    match walked {
+        Ok(_) | Err(Stop::Unwalkable(_)) => Ok(()),
+        Err(Stop::Refused(e)) => Err(e),
     }
-    Ok(())
 }
 
 thread_local! {
@@ -215,20 +200,22 @@ pub fn turned_away() -> u64 {
 }
 
 /// The mounts that may stall ([`may_stall`]), from `/proc/self/mountinfo`
-/// read at most every [`MOUNTS_KEPT`]; none if it cannot be read.
-fn stall_prone() -> Vec<(PathBuf, String)> {
+/// read at most every [`MOUNTS_KEPT`], and when they were read; none if it
+/// cannot be read.
+fn stall_prone() -> StallProne {
     let mut kept = MOUNTS.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((read, mounts)) = kept.as_ref()
         && read.elapsed() < MOUNTS_KEPT
     {
-        return mounts.clone();
+        return (*read, mounts.clone());
     }
+    let read = Instant::now();
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mounts: Vec<(PathBuf, String)> = crate::kernel::mountinfo::mounts(&info)
         .filter(|mount| may_stall(mount.fs_type))
         .map(|mount| (mount.mount_point, mount.fs_type.to_owned()))
         .collect();
-    *kept = Some((Instant::now(), mounts.clone()));
+    *kept = Some((read, mounts.clone()));
     // What is known of mounts gone is forgotten once many are known (a
     // host that mounts FUSE filesystems without end; a probe still
     // waiting on one writes it again when it returns, once).
@@ -236,7 +223,7 @@ fn stall_prone() -> Vec<(PathBuf, String)> {
     if known.len() > KNOWN_MOUNTS {
         known.retain(|known, _| mounts.iter().any(|(mount, _)| mount == known));
     }
-    mounts
+    (read, mounts)
 }
 
 /// Those of `dirs` that answer ([`answers`]), in order.

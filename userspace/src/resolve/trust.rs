@@ -10,22 +10,19 @@
 //! is warned of.
 //!
 //! A path is walked one component at a time, its links followed by hand
-//! (not with `realpath()`, which would hide a link another user owns on
-//! the way): each directory it goes through must be owned by one of the
+//! ([`super::walk`]; not with `realpath()`, which would hide a link
+//! another user owns on the way): each directory it goes through must be owned by one of the
 //! owners and writable by no one else, or be sticky (`/tmp`, where others
 //! cannot rename or remove what is not theirs; the component there must
 //! then be the owners' own, since another user could have made it first).
 
 use std::{
-    collections::VecDeque,
-    ffi::OsString,
     fs,
     os::unix::fs::{MetadataExt, PermissionsExt},
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
-/// The most links followed on one path (the kernel's own limit is 40).
-const MAX_LINKS: usize = 40;
+use super::walk::{Event, Stop};
 
 /// Why the directory `dir` is not private to `owners`, if it is not: the
 /// walk to it must be theirs alone (see the module's documentation), and
@@ -76,74 +73,24 @@ fn others_write(path: &Path, meta: &fs::Metadata) -> String {
 /// that and its metadata, or why not, when a directory on the way, or a
 /// link or directory in a sticky one, is not `owners`' alone.
 fn walk(path: &Path, owners: &[u32]) -> Result<(PathBuf, fs::Metadata), String> {
-    let path = std::path::absolute(path)
-        .map_err(|e| format!("{} cannot be made absolute: {e}", path.display()))?;
-    let mut pending: VecDeque<OsString> = VecDeque::new();
-    push_front(&mut pending, &path);
-    let mut at = PathBuf::from("/");
-    let mut meta = stat(&at)?;
-    // Whether `at` is writable by others (then sticky).
-    let mut shared = enter(&at, &meta, owners)?;
-    let mut links = 0;
-    while let Some(name) = pending.pop_front() {
-        if name == ".." {
-            at.pop();
-            // Entered already on the way down: still checked.
-            meta = stat(&at)?;
-            shared = enter(&at, &meta, owners)?;
-            continue;
+    // Whether the directory the walk is in is writable by others (then
+    // sticky).
+    let mut shared = false;
+    super::walk::walk(path, &mut |event| match event {
+        Event::Entered(dir, meta) => {
+            shared = enter(dir, meta, owners)?;
+            Ok(())
         }
-        let next = at.join(&name);
-        let here = fs::symlink_metadata(&next)
-            .map_err(|e| format!("{} cannot be read: {e}", next.display()))?;
-        if shared && !owners.contains(&here.uid()) {
-            return Err(format!(
-                "{} is owned by uid {}, in a directory others may write",
-                next.display(),
-                here.uid()
-            ));
-        }
-        if here.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_LINKS {
-                return Err(format!("{}: too many links", path.display()));
-            }
-            let target = fs::read_link(&next)
-                .map_err(|e| format!("{} cannot be read: {e}", next.display()))?;
-            if target.is_absolute() {
-                at = PathBuf::from("/");
-                meta = stat(&at)?;
-                shared = enter(&at, &meta, owners)?;
-            }
-            push_front(&mut pending, &target);
-            continue;
-        }
-        // Not a link: its own metadata are the ones `stat()` gives.
-        at = next;
-        meta = here;
-        if meta.is_dir() {
-            shared = enter(&at, &meta, owners)?;
-        } else if !pending.is_empty() {
-            return Err(format!("{} is not a directory", at.display()));
-        }
-    }
-    Ok((at, meta))
-}
-
-/// `stat()` of `dir`, or why not.
-fn stat(dir: &Path) -> Result<fs::Metadata, String> {
-    fs::metadata(dir).map_err(|e| format!("{} cannot be read: {e}", dir.display()))
-}
-
-/// Puts the names of `path`'s components before those still pending.
-fn push_front(pending: &mut VecDeque<OsString>, path: &Path) {
-    for component in path.components().rev() {
-        match component {
-            Component::Normal(name) => pending.push_front(name.to_owned()),
-            Component::ParentDir => pending.push_front("..".into()),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
+        Event::Found(next, here) if shared && !owners.contains(&here.uid()) => Err(format!(
+            "{} is owned by uid {}, in a directory others may write",
+            next.display(),
+            here.uid()
+        )),
+        Event::Found(..) | Event::Reading(_) => Ok(()),
+    })
+    .map_err(|stop| match stop {
+        Stop::Refused(why) | Stop::Unwalkable(why) => why,
+    })
 }
 
 /// Checks the directory `dir` (with metadata `meta`), reached by the walk:
