@@ -441,8 +441,9 @@ sys.stdin.readline()
 /// curl passes, both having passed before the start, and the query socket
 /// answers. The re-resolutions keep that policy, saying so once. Fails
 /// against the build whose start searched the mount for every catalogued
-/// name, and against the one that found a path's mount by the path as
-/// written: neither became ready.
+/// name, against the one that found a path's mount by the path as
+/// written, and against one that followed the command's link unprobed:
+/// none became ready.
 #[test]
 fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     let ns = Netns::new();
