@@ -4,16 +4,29 @@ answers: a FUSE server that stops answering whoever looks. STALL is
 `thread:TID` (one thread), `process:PID` (every thread of a process) or
 `exe:PATH` (every thread of every process running PATH). With `reads`,
 only their reads of the file's contents go unanswered: a server that
-answers lookups and fetches contents on demand from somewhere gone.
+answers lookups and fetches contents on demand from somewhere gone. With
+`all-but-probes`, all but what loopwarden's probe of the mount asks (the
+root's attributes, a lookup of a name it makes up): a server that stops
+answering right after the probe.
 Stdlib only.
-Usage: stallfs.py MOUNTPOINT SRC STALL [reads]"""
+Usage: stallfs.py MOUNTPOINT SRC STALL [reads|all-but-probes]"""
 import ctypes, errno, os, struct, sys
 
 mnt, src = sys.argv[1], sys.argv[2]
 kind, _, who = sys.argv[3].partition(":")
 assert kind in ("thread", "process", "exe"), sys.argv[3]
-only_reads = sys.argv[4:] == ["reads"]
-assert only_reads or not sys.argv[4:], sys.argv[4:]
+only = sys.argv[4] if sys.argv[4:] else "all"
+assert only in ("all", "reads", "all-but-probes"), only
+
+
+def unanswered(opcode, node, arg):
+    """Whether a request of whom STALL names goes unanswered."""
+    if only == "reads":
+        return opcode == 15
+    if only == "all-but-probes":
+        probe = opcode == 1 and arg.startswith(b".loopwarden-probe-")
+        return not (probe or (opcode == 3 and node == ROOT))
+    return True
 
 
 def tgid(pid):
@@ -76,7 +89,7 @@ while True:
     arg = req[IN.size:length]
     if opcode in (2, 36, 42):  # FORGET, INTERRUPT, BATCH_FORGET: no reply
         continue
-    if (opcode == 15 or not only_reads) and stalled(pid):
+    if unanswered(opcode, node, arg) and stalled(pid):
         continue  # never answered
     if opcode == 26:  # INIT
         major, minor, readahead = struct.unpack_from("<III", arg)

@@ -30,6 +30,9 @@ pub enum Unanswered {
     All,
     /// Reads of the file's contents: lookups and attributes are answered.
     Reads,
+    /// All but the lookups of the names loopwarden's probe of a mount
+    /// makes up (a server that stops answering right after the probe).
+    AllButProbes,
 }
 
 /// The mounted filesystem; unmounted on drop (its server killed first,
@@ -70,8 +73,14 @@ impl StallFs {
         };
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.arg(&script).arg(mnt).arg(python).arg(spec);
-        if unanswered == Unanswered::Reads {
-            cmd.arg("reads");
+        match unanswered {
+            Unanswered::All => {}
+            Unanswered::Reads => {
+                cmd.arg("reads");
+            }
+            Unanswered::AllButProbes => {
+                cmd.arg("all-but-probes");
+            }
         }
         let server = Proc::spawn(&mut cmd);
         let fs = Self {

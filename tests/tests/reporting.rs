@@ -238,12 +238,12 @@ fn an_executable_on_a_filesystem_that_stops_answering_stalls_nothing() {
     );
 }
 
-/// A script the policy names on a filesystem whose server answers the
-/// daemon's lookups (so its probe of such mounts finds it answering, see
-/// `a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start`)
-/// and never its reads (a FUSE filesystem that fetches contents on demand
-/// from somewhere gone) holds up the policy's re-resolution, which reads
-/// the script's `#!` line on a thread of its own, and nothing else: a
+/// A path the policy names on a filesystem whose server stops answering
+/// the daemon right after the daemon's probe of the mount (which it
+/// answers: see
+/// `a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start`
+/// for a server that answers no probe) holds up the policy's
+/// re-resolution, which runs on a thread of its own, and nothing else: a
 /// relay is refused and
 /// its line written, the query socket answers, the wait is said (and
 /// shown by `status`), a SIGHUP waits its turn, and a SIGKILL releases
@@ -262,11 +262,13 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
     let daemon = Daemon::start(&policy(
         &ns,
         "enforce",
-        &rule("fuse-tool", "deny", "script", tool.to_str().expect("utf-8")),
+        &rule("fuse-tool", "deny", "exe", tool.to_str().expect("utf-8")),
     ));
     let pid = daemon.pid().expect("the daemon's pid");
-    let fs = StallFs::mount_unanswering(&dir, &mnt, Stalled::Process(pid), Unanswered::Reads);
-    // The next 1 s re-resolution reads the script's first line, and waits.
+    let fs =
+        StallFs::mount_unanswering(&dir, &mnt, Stalled::Process(pid), Unanswered::AllButProbes);
+    // The next 1 s re-resolution probes the mount, looks the path up on
+    // it, and waits.
     std::thread::sleep(Duration::from_secs(2));
     let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
     assert!(!ok, "the relay was not refused");
@@ -434,7 +436,8 @@ sys.stdin.readline()
 /// paths rules name, on a filesystem whose server never answers the
 /// daemon, hold no start, whether named on the mount or reached through a
 /// symbolic link (relative, from another filesystem), as a directory or as
-/// a catalogued command's file in a directory searched: a probe finds that
+/// a catalogued command's file in a directory searched; nor do rules'
+/// files on one that answers lookups and never reads: a probe finds that
 /// the mount does not answer within its budget, the daemon says so,
 /// leaves the directories out of its searches and counts the rules' paths
 /// as not there, and comes up enforcing: socat (catalogued) is refused and
@@ -442,8 +445,10 @@ sys.stdin.readline()
 /// answers. The re-resolutions keep that policy, saying so once. Fails
 /// against the build whose start searched the mount for every catalogued
 /// name, against the one that found a path's mount by the path as
-/// written, and against one that followed the command's link unprobed:
-/// none became ready.
+/// written, against one that followed the command's link unprobed, and
+/// against one that read a rule's file on the start's thread: none became
+/// ready. (A read that waits counts the filesystem as not answering until
+/// it returns.)
 #[test]
 fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     let ns = Netns::new();
@@ -475,6 +480,29 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     ]
     .map(|(name, tool)| rule(name, "deny", "exe", tool.to_str().expect("utf-8")))
     .join("\n");
+    // A second one answers the daemon's lookups but never its reads (a
+    // FUSE filesystem fetching contents on demand from somewhere gone):
+    // the start reads the first line of each file a rule names.
+    let lazy = dir.path().join("lazy");
+    let lazy_fs = StallFs::mount_unanswering(
+        &dir,
+        &lazy,
+        Stalled::Exe(&loopwarden_tests::loopwarden_bin()),
+        Unanswered::Reads,
+    );
+    let rules = rules
+        + &rule(
+            "lazy-tool",
+            "deny",
+            "exe",
+            lazy.join("tool").to_str().expect("utf-8"),
+        )
+        + &rule(
+            "lazy-script",
+            "deny",
+            "script",
+            lazy.join("tool").to_str().expect("utf-8"),
+        );
     let config = policy(&ns, "enforce", &rules);
     let install = Install::new();
     let mut cmd = Daemon::command(&install, &config, &[], "info");
@@ -490,8 +518,10 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     );
     let mut daemon = Daemon::start_cmd(&install, cmd);
     let stderr = daemon.stderr_text();
-    let said = format!("fuse mounted on {} does not answer", mnt.display());
-    assert!(stderr.contains(&said), "{stderr}");
+    for mount in [&mnt, &lazy] {
+        let said = format!("fuse mounted on {} does not answer", mount.display());
+        assert!(stderr.contains(&said), "{stderr}");
+    }
 
     let (ok, stderr) = ns.socat_connect(&service);
     assert!(!ok, "socat was not refused");
@@ -513,9 +543,9 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     assert_eq!(said(&stderr), before, "{stderr}");
     // (`policy #N installed: ...`)
     assert!(!stderr.contains(" installed: "), "{stderr}");
-    // The probe that waits returns once the server goes; the daemon then
-    // exits cleanly.
-    drop(fs);
+    // The probe and the read that wait return once the servers go; the
+    // daemon then exits cleanly.
+    drop((fs, lazy_fs));
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
 

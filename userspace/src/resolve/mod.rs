@@ -334,17 +334,23 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountDev> {
 /// is not this one to say).
 fn shebang(path: &Path) -> Option<String> {
     use std::io::Read as _;
-    let mut head = Vec::with_capacity(130);
+    let file = path.to_owned();
     // Never waiting: not for a FIFO swapped in after the caller's check,
-    // nor for the break of a lease its owner holds on the file.
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .ok()?
-        .take(130)
-        .read_to_end(&mut head)
-        .ok()?;
+    // nor for the break of a lease its owner holds on the file, nor for a
+    // filesystem that does not answer.
+    let head = stall::read(path, move || {
+        let mut head = Vec::with_capacity(130);
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(file)
+            .ok()?
+            .take(130)
+            .read_to_end(&mut head)
+            .ok()?;
+        Some(head)
+    })
+    .ok()??;
     let line = head.strip_prefix(b"#!")?;
     let line = line.split(|&b| b == b'\n').next().unwrap_or(line);
     Some(String::from_utf8_lossy(line).trim().to_owned())

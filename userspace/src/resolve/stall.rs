@@ -15,10 +15,11 @@
 //! The mounts a path reaches are found by walking it as the kernel does,
 //! a component at a time, following its symbolic links (a `/usr/local/bin`
 //! that links to an NFS directory), and each is asked before anything on
-//! it is read, its mount point's own `lstat` included. A server can still
-//! stop answering between a probe and the reads that follow it (an answer
-//! holds for [`HOLDS`]), and one that answers lookups but not reads holds
-//! whoever reads a file's contents (a script's `#!` line).
+//! it is read, its mount point's own `lstat` included. A read of a file's
+//! contents there ([`read`]: a script's `#!` line) runs on a helper thread
+//! too, within the same budget, for a server that answers lookups and not
+//! reads. A server can still stop answering between a probe and the other
+//! reads that follow it (an answer holds for [`HOLDS`]).
 
 use std::{
     cell::Cell,
@@ -104,9 +105,41 @@ pub fn may_stall(fs_type: &str) -> bool {
 /// filesystem it reaches, as written or through its symbolic links, may
 /// stall and has not answered a probe in time.
 pub fn answers(path: &Path) -> io::Result<()> {
+    walked(path).map(|_| ())
+}
+
+/// Runs `read`, which reads the contents of the file at `path`, where it
+/// cannot hold the caller: at once for a file on no filesystem that may
+/// stall; else once that filesystem answered a probe ([`answers`]), on a
+/// helper thread given [`BUDGET`], past which it counts as not answering
+/// until the read returns (a FUSE server that answers lookups and fetches
+/// contents on demand from somewhere gone). `Err` as [`answers`].
+pub fn read<T: Send + 'static>(
+    path: &Path,
+    read: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    match walked(path)?.holding {
+        None => Ok(read()),
+        Some((mount, fs_type)) => {
+            ask(&mount, &fs_type, read).inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
+        }
+    }
+}
+
+/// What a walk of a path found.
+#[derive(Clone, Default)]
+struct Walked {
+    /// The mounts that may stall it entered (mount point and type).
+    entered: Vec<(PathBuf, String)>,
+    /// The one of them holding what the path names, if any.
+    holding: Option<(PathBuf, String)>,
+}
+
+/// [`answers`], with what the walk found.
+fn walked(path: &Path) -> io::Result<Walked> {
     let (read, mounts) = stall_prone();
     if mounts.is_empty() {
-        return Ok(());
+        return Ok(Walked::default());
     }
     let walked = {
         let mut walks = WALKS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -117,23 +150,36 @@ pub fn answers(path: &Path) -> io::Result<()> {
     };
     let answered = match walked {
         // Its mounts asked again: an answer holds only so long.
-        Some(entered) => entered
+        Some(walked) => walked
+            .entered
             .iter()
-            .try_for_each(|(mount, fs_type)| probe(mount, fs_type)),
+            .try_for_each(|(mount, fs_type)| probe(mount, fs_type))
+            .map(|()| walked),
         None => {
             let mut entered = Vec::new();
             let answered = walk(path, &mounts, &mut |mount: &Path, fs_type: &str| {
                 probe(mount, fs_type)?;
                 entered.push((mount.to_owned(), fs_type.to_owned()));
                 Ok(())
+            })
+            .map(|end| {
+                // The innermost mount holding where the walk ended.
+                let holding = end.and_then(|end| {
+                    mounts
+                        .iter()
+                        .filter(|(mount, _)| end.starts_with(mount))
+                        .max_by_key(|(mount, _)| mount.as_os_str().len())
+                        .cloned()
+                });
+                Walked { entered, holding }
             });
-            if answered.is_ok() {
+            if let Ok(walked) = &answered {
                 let mut walks = WALKS.lock().unwrap_or_else(PoisonError::into_inner);
                 match walks.as_mut() {
                     Some((at, known)) if *at == read && known.len() < WALKS_KEPT => {
-                        known.insert(path.to_owned(), entered);
+                        known.insert(path.to_owned(), walked.clone());
                     }
-                    _ => *walks = Some((read, HashMap::from([(path.to_owned(), entered)]))),
+                    _ => *walks = Some((read, HashMap::from([(path.to_owned(), walked.clone())]))),
                 }
             }
             answered
@@ -146,7 +192,7 @@ pub fn answers(path: &Path) -> io::Result<()> {
 /// entered (mount point and type): a compile asks about the same
 /// directories for every name it searches, and each walk costs an `lstat`
 /// per component.
-type Walks = (Instant, HashMap<PathBuf, Vec<(PathBuf, String)>>);
+type Walks = (Instant, HashMap<PathBuf, Walked>);
 
 /// The walks of [`answers`], kept while the list of mounts they were
 /// walked against is (at most [`MOUNTS_KEPT`]: a link changed since is
@@ -159,15 +205,15 @@ const WALKS_KEPT: usize = 4096;
 /// Walks `path` ([`super::walk`]) and asks `ask` about each mount of
 /// `mounts` (mount point and type) the walk enters, before anything on it
 /// is read: the `lstat` of its mount point included, which the mounted
-/// filesystem answers. Stops at the first `Err`, or, with `Ok`, where the
-/// path cannot be walked further on filesystems that answered (a
-/// component not there, a link loop): reading the path then fails at once
-/// too.
+/// filesystem answers. Stops at the first `Err`, or, with `Ok`, at what
+/// the path names, or (`None`) where the path cannot be walked further on
+/// filesystems that answered (a component not there, a link loop): reading
+/// the path then fails at once too.
 fn walk(
     path: &Path,
     mounts: &[(PathBuf, String)],
     ask: &mut dyn FnMut(&Path, &str) -> io::Result<()>,
-) -> io::Result<()> {
+) -> io::Result<Option<PathBuf>> {
     let mut asked: Vec<&Path> = Vec::new();
     let walked = super::walk::walk(path, &mut |event| {
         let Event::Reading(at) = event else {
@@ -182,7 +228,8 @@ fn walk(
         Ok(())
     });
     match walked {
-        Ok(_) | Err(Stop::Unwalkable(_)) => Ok(()),
+        Ok((end, _)) => Ok(Some(end)),
+        Err(Stop::Unwalkable(_)) => Ok(None),
         Err(Stop::Refused(e)) => Err(e),
     }
 }
@@ -235,14 +282,37 @@ pub fn answering(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
 /// Whether the filesystem of type `fs_type` mounted on `mount` answers: it
 /// answered within [`HOLDS`], or answers a probe within [`BUDGET`].
 fn probe(mount: &Path, fs_type: &str) -> io::Result<()> {
+    {
+        let known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Known::Answered(at)) = known.get(mount)
+            && at.elapsed() < HOLDS
+        {
+            return Ok(());
+        }
+    }
+    let dir = mount.to_owned();
+    ask(mount, fs_type, move || {
+        let _ = fs::symlink_metadata(dir.join(unheard_of()));
+    })
+}
+
+/// Runs `work`, a request to the filesystem of type `fs_type` mounted on
+/// `mount`, on a helper thread, and waits [`BUDGET`] for it. The mount
+/// counts as not answering from then until `work` returns, as it does
+/// while another request to it waits: `Err` (`TimedOut`) at once.
+fn ask<T: Send + 'static>(
+    mount: &Path,
+    fs_type: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
     // The same words each time: a compile's warnings are part of what it
     // compiled, and a policy that differs is installed again.
     let not_answering = || {
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "{fs_type} mounted on {} does not answer (a lookup on it waited past {} ms: is \
-                 its server down or hung?): nothing on it is read until it answers",
+                "{fs_type} mounted on {} does not answer (a request to it waited past {} ms: \
+                 is its server down or hung?): nothing on it is read until it answers",
                 mount.display(),
                 BUDGET.as_millis()
             ),
@@ -251,10 +321,8 @@ fn probe(mount: &Path, fs_type: &str) -> io::Result<()> {
     let now = Instant::now();
     {
         let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
-        match known.get(mount) {
-            Some(Known::Answered(at)) if now.duration_since(*at) < HOLDS => return Ok(()),
-            Some(Known::Waiting) => return Err(not_answering()),
-            _ => {}
+        if let Some(Known::Waiting) = known.get(mount) {
+            return Err(not_answering());
         }
         known.insert(mount.to_owned(), Known::Waiting);
     }
@@ -272,12 +340,12 @@ fn probe(mount: &Path, fs_type: &str) -> io::Result<()> {
                      for ever, the daemon's locks outlive its exit"
                 );
             }
-            let _ = fs::symlink_metadata(dir.join(unheard_of()));
+            let done = work();
             KNOWN
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(dir.clone(), Known::Answered(Instant::now()));
-            if tell.send(()).is_err() {
+            if tell.send(done).is_err() {
                 info!(
                     "{} answers again after {} s: paths on it are read again",
                     dir.display(),
@@ -296,7 +364,7 @@ fn probe(mount: &Path, fs_type: &str) -> io::Result<()> {
         )));
     }
     match told.recv_timeout(BUDGET) {
-        Ok(()) => Ok(()),
+        Ok(done) => Ok(done),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             let error = not_answering();
             warn!("{error}");
