@@ -32,7 +32,7 @@ use super::{
 use crate::{
     config::Config,
     policy::{CompiledPolicy, Mode},
-    resolve::{HostResolver, stall},
+    resolve::{HostResolver, isolate, stall},
 };
 
 /// What a refresh's compile is called in the daemon's lines.
@@ -133,10 +133,10 @@ impl Compiles {
                 let _on_end = on_end;
                 // Signals are the loop's (a SIGHUP handled here would be
                 // lost), and a compile can wait for ever.
-                if let Err(e) = stall::block_signals() {
+                if let Err(e) = isolate::block_signals() {
                     warn!("the policy's resolving thread could not block signals ({e})");
                 }
-                let private = stall::private_descriptors(Some(woken.as_raw_fd()));
+                let private = isolate::private_descriptors(Some(woken.as_raw_fd()));
                 if let Err(e) = &private {
                     warn!(
                         "the policy's resolving thread shares the daemon's descriptors ({e}): \

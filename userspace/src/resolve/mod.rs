@@ -20,6 +20,7 @@
 
 pub(crate) mod cached;
 mod cgroups;
+pub(crate) mod isolate;
 mod netns;
 pub(crate) mod stall;
 pub(crate) mod trust;
