@@ -417,6 +417,7 @@ mod tests {
     #[test]
     fn local_paths_and_recent_answers_need_no_probe() {
         answers(Path::new("/proc/self")).unwrap();
+        assert_eq!(read(Path::new("/proc/self/comm"), || 7).unwrap(), 7);
         let mount = PathBuf::from("/nonexistent-loopwarden-mount");
         KNOWN
             .lock()
@@ -485,6 +486,15 @@ mod tests {
         for stays_off in ["local/x", "local", "loop/x", "missing/../rel", "abs-not"] {
             assert!(asked(&t.join(stays_off)).is_empty(), "{stays_off}");
         }
+        // It ends at what the path names, past its links.
+        let end = walk(
+            &t.join("chain/bin/tool"),
+            &mounts,
+            &mut |_: &Path, _: &str| Ok(()),
+        );
+        assert_eq!(end.unwrap(), Some(mount.join("bin/tool")));
+        let end = walk(&t.join("loop/x"), &mounts, &mut |_: &Path, _: &str| Ok(()));
+        assert_eq!(end.unwrap(), None);
         let e = walk(&t.join("rel/bin"), &mounts, &mut |_: &Path, _: &str| {
             Err(io::Error::from(io::ErrorKind::TimedOut))
         })
