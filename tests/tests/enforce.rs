@@ -241,7 +241,9 @@ fn connections_outside_the_policy_namespace_are_untouched() {
 /// The name a scoped policy knows its namespace by goes (`ip netns del`,
 /// while processes in it keep the namespace alive): the re-resolution
 /// each second keeps the namespace in the scope, so enforcement there
-/// does not lapse.
+/// does not lapse. `check-config --as-daemon` (the unit's `ExecReload`)
+/// keeps it too, as the daemon's reload would, where checking against no
+/// daemon's scope refuses the file (no namespace it names exists).
 #[test]
 fn a_namespace_whose_name_goes_stays_protected() {
     let ns = Netns::new();
@@ -282,6 +284,36 @@ fn a_namespace_whose_name_goes_stays_protected() {
         daemon.stderr_text().contains("stays in the scope"),
         "{}",
         daemon.stderr_text()
+    );
+
+    let install = daemon.install();
+    let elsewhere = TempDir::new("no-daemon-run");
+    let check = |run_dir: &std::path::Path| {
+        let out = Command::new(loopwarden_tests::loopwarden_bin())
+            .arg("check-config")
+            .arg("--as-daemon")
+            .arg("--run-dir")
+            .arg(run_dir)
+            .arg("--pin-dir")
+            .arg(install.pin_dir())
+            .arg(install.config_path())
+            .output()
+            .expect("check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = check(&install.run_dir());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("stays in the scope"), "{text}");
+    let (code, text) = check(elsewhere.path());
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("none of the network namespaces [protect] netns names exists"),
+        "{text}"
     );
 }
 

@@ -130,6 +130,14 @@ pub(crate) enum Command {
         /// that does not resolve is an error.
         #[arg(long, conflicts_with = "default")]
         as_daemon: bool,
+        /// With `--as-daemon`: the run directory of the daemon whose reload
+        /// is checked (the namespaces its policy keeps in the scope after
+        /// their names went are kept here too, as its reload keeps them).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// With `--as-daemon`: that daemon's pin directory.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
         #[command(flatten)]
         host_cgroup: HostCgroup,
     },

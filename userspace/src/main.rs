@@ -217,6 +217,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             file,
             default,
             as_daemon,
+            run_dir,
+            pin_dir,
             host_cgroup,
         } => {
             let cgroup_root = match host_cgroup.host_cgroup_root.as_deref() {
@@ -227,7 +229,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             let path =
                 (!default).then(|| file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH)));
-            let checked = match ops::check::check(path.as_deref(), as_daemon, cgroup_root) {
+            let daemon = as_daemon.then_some(ops::check::Running {
+                run_dir: &run_dir,
+                pin_dir: &pin_dir,
+            });
+            let checked = match ops::check::check(path.as_deref(), daemon, cgroup_root) {
                 Ok(checked) => checked,
                 // Every problem the file has, a line each.
                 Err(DaemonError::Config(e)) => {

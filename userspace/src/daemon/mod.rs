@@ -42,6 +42,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub(crate) use self::scope_file::pinned_scope;
 pub use self::{detach::detach, lock::InstanceLock};
 use self::{serve::Signals, systemd::notify_systemd_ready};
 use crate::{

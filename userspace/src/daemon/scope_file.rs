@@ -28,6 +28,14 @@ struct Scope {
     netns: Vec<Netns>,
 }
 
+/// The namespaces the policy in force in the pins at `pin_dir` is scoped
+/// to, as the daemon of `run_dir` kept them: what its reload keeps in the
+/// scope after their names went (`check-config --as-daemon`); none when
+/// the file is not there, not readable or not those pins'.
+pub(crate) fn pinned_scope(run_dir: &Path, pin_dir: &Path) -> Vec<Netns> {
+    ScopeFile::pinned(run_dir, &PinDir::new(pin_dir)).load()
+}
+
 impl ScopeFile {
     /// The file of the maps pinned in `pins` now (read before they are
     /// loaded: the scope they enforce is what a start must not drop, be

@@ -24,15 +24,23 @@ pub struct Checked {
     pub outcome: Result<String, String>,
 }
 
+/// The daemon whose reload `check-config --as-daemon` checks.
+pub struct Running<'a> {
+    pub run_dir: &'a Path,
+    pub pin_dir: &'a Path,
+}
+
 /// Checks the policy file at `path` (`None`: the embedded default) as a
-/// start would (`as_daemon`: as a running daemon's reload would), its
-/// cgroups resolved under `cgroup_root`. `Err` for a file that does not
-/// parse or compile, with the exit code `run` gives it.
+/// start would (`daemon`: as that running daemon's reload would, keeping
+/// the namespaces its policy keeps in the scope), its cgroups resolved
+/// under `cgroup_root`. `Err` for a file that does not parse or compile,
+/// with the exit code `run` gives it.
 pub fn check(
     path: Option<&Path>,
-    as_daemon: bool,
+    daemon: Option<Running>,
     cgroup_root: PathBuf,
 ) -> Result<Checked, DaemonError> {
+    let as_daemon = daemon.is_some();
     let (config, name) = match path {
         None => (Config::embedded_default(), "embedded default".to_owned()),
         Some(path) => (Config::from_file(path)?, path.display().to_string()),
@@ -49,8 +57,12 @@ pub fn check(
     let btrfs = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))
         .is_ok_and(|offsets| offsets.btrfs_inode_vfs != 0);
     let resolver = HostResolver::new(cgroup_root).with_btrfs_subvolumes(btrfs);
-    let compiled = if as_daemon {
-        policy::compile_lenient(&config, &resolver, None)
+    let compiled = if let Some(daemon) = daemon {
+        // What the daemon's policy keeps in its scope (none when no daemon
+        // ran with these pins, or they cannot be read).
+        let kept = crate::daemon::pinned_scope(daemon.run_dir, daemon.pin_dir);
+        let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept));
+        policy::compile_lenient(&config, &resolver, before.as_ref())
     } else {
         policy::compile(&config, &resolver)
     }?;
