@@ -480,29 +480,28 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     ]
     .map(|(name, tool)| rule(name, "deny", "exe", tool.to_str().expect("utf-8")))
     .join("\n");
-    // A second one answers the daemon's lookups but never its reads (a
-    // FUSE filesystem fetching contents on demand from somewhere gone):
-    // the start reads the first line of each file a rule names.
-    let lazy = dir.path().join("lazy");
-    let lazy_fs = StallFs::mount_unanswering(
-        &dir,
-        &lazy,
-        Stalled::Exe(&loopwarden_tests::loopwarden_bin()),
-        Unanswered::Reads,
-    );
+    // Two more answer the daemon's lookups but never its reads (FUSE
+    // filesystems fetching contents on demand from somewhere gone): the
+    // start reads the first line of each file a rule names, an `exe`'s
+    // and a `script`'s (one mount each, since the first read that waits
+    // puts its whole mount out of reach).
+    let lazy: Vec<(std::path::PathBuf, StallFs)> = ["lazy-exe", "lazy-script"]
+        .iter()
+        .map(|name| {
+            let mnt = dir.path().join(name);
+            let fs = StallFs::mount_unanswering(
+                &dir,
+                &mnt,
+                Stalled::Exe(&loopwarden_tests::loopwarden_bin()),
+                Unanswered::Reads,
+            );
+            (mnt, fs)
+        })
+        .collect();
+    let tool = |at: usize| lazy[at].0.join("tool").to_str().expect("utf-8").to_owned();
     let rules = rules
-        + &rule(
-            "lazy-tool",
-            "deny",
-            "exe",
-            lazy.join("tool").to_str().expect("utf-8"),
-        )
-        + &rule(
-            "lazy-script",
-            "deny",
-            "script",
-            lazy.join("tool").to_str().expect("utf-8"),
-        );
+        + &rule("lazy-tool", "deny", "exe", &tool(0))
+        + &rule("lazy-script", "deny", "script", &tool(1));
     let config = policy(&ns, "enforce", &rules);
     let install = Install::new();
     let mut cmd = Daemon::command(&install, &config, &[], "info");
@@ -518,7 +517,7 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     );
     let mut daemon = Daemon::start_cmd(&install, cmd);
     let stderr = daemon.stderr_text();
-    for mount in [&mnt, &lazy] {
+    for mount in [&mnt, &lazy[0].0, &lazy[1].0] {
         let said = format!("fuse mounted on {} does not answer", mount.display());
         assert!(stderr.contains(&said), "{stderr}");
     }
@@ -545,7 +544,7 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     assert!(!stderr.contains(" installed: "), "{stderr}");
     // The probe and the read that wait return once the servers go; the
     // daemon then exits cleanly.
-    drop((fs, lazy_fs));
+    drop((fs, lazy));
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
 

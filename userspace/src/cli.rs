@@ -132,11 +132,12 @@ pub(crate) enum Command {
         as_daemon: bool,
         /// With `--as-daemon`: the run directory of the daemon whose reload
         /// is checked (the namespaces its policy keeps in the scope after
-        /// their names went are kept here too, as its reload keeps them).
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+        /// their names went are kept here too, as its reload keeps them;
+        /// reading them takes root, without which none is kept).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR, requires = "as_daemon")]
         run_dir: PathBuf,
         /// With `--as-daemon`: that daemon's pin directory.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR, requires = "as_daemon")]
         pin_dir: PathBuf,
         #[command(flatten)]
         host_cgroup: HostCgroup,

@@ -104,7 +104,9 @@ impl Resolver for HostResolver {
                 format!("{} is not a regular file", path.display()),
             ));
         }
-        if let Some(line) = shebang(path) {
+        // A first line that cannot be read for a filesystem that does not
+        // answer: the path counts as not there, as for its lookup.
+        if let Some(line) = shebang(path)? {
             let (interpreter, reads_scripts) = interpreter_of(&line);
             let instead = if reads_scripts {
                 format!(
@@ -229,6 +231,9 @@ impl Resolver for HostResolver {
             // Most names are in few directories: one lstat rules a miss out,
             // where canonicalize() would read every component's link (this
             // runs for every name in every directory at each refresh).
+            if stall::answers_as_mount_point(&candidate).is_err() {
+                continue;
+            }
             let Ok(entry) = fs::symlink_metadata(&candidate) else {
                 continue;
             };
@@ -268,7 +273,7 @@ impl Resolver for HostResolver {
 
     fn script_interpreter(&self, path: &Path) -> Option<(String, bool)> {
         stall::answers(path).ok()?;
-        shebang(path).map(|line| interpreter_of(&line))
+        shebang(path).ok()?.map(|line| interpreter_of(&line))
     }
 
     fn others_may_replace(&self, path: &Path) -> bool {
@@ -332,13 +337,14 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<MountDev> {
 /// The interpreter line of a file that starts with `#!` (what follows it,
 /// up to 128 bytes), which the kernel runs in the file's place; `None` for
 /// any other file (one that cannot be read included: a failure to run it
-/// is not this one to say).
-fn shebang(path: &Path) -> Option<String> {
+/// is not this one to say); `Err` for one on a filesystem that does not
+/// answer ([`stall::read`]).
+fn shebang(path: &Path) -> io::Result<Option<String>> {
     use std::io::Read as _;
     let file = path.to_owned();
     // Never waiting: not for a FIFO swapped in after the caller's check,
     // nor for the break of a lease its owner holds on the file, nor for a
-    // filesystem that does not answer.
+    // filesystem that does not answer (`Err`).
     let head = stall::read(path, move || {
         let mut head = Vec::with_capacity(130);
         fs::OpenOptions::new()
@@ -350,11 +356,12 @@ fn shebang(path: &Path) -> Option<String> {
             .read_to_end(&mut head)
             .ok()?;
         Some(head)
-    })
-    .ok()??;
-    let line = head.strip_prefix(b"#!")?;
-    let line = line.split(|&b| b == b'\n').next().unwrap_or(line);
-    Some(String::from_utf8_lossy(line).trim().to_owned())
+    })?;
+    let line = head.as_deref().and_then(|head| head.strip_prefix(b"#!"));
+    Ok(line.map(|line| {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or(line);
+        String::from_utf8_lossy(line).trim().to_owned()
+    }))
 }
 
 /// The interpreter a `#!` line (what follows `#!`) runs, by its name as
@@ -564,7 +571,7 @@ mod tests {
         );
         // A binary (this test's own) resolves.
         assert!(resolver().exe(Path::new("/proc/self/exe")).is_ok());
-        assert_eq!(shebang(Path::new("/proc/self/exe")), None);
+        assert_eq!(shebang(Path::new("/proc/self/exe")).unwrap(), None);
     }
 
     #[test]

@@ -109,6 +109,20 @@ pub fn answers(path: &Path) -> io::Result<()> {
     walked(path).map(|_| ())
 }
 
+/// Whether `path` answers when it is itself the mount point of a
+/// filesystem that may stall (a file bind-mounted from NFS), as
+/// [`answers`], without walking it: for a name in a directory that
+/// answered, before its own `lstat`.
+pub fn answers_as_mount_point(path: &Path) -> io::Result<()> {
+    let (_, mounts) = stall_prone();
+    turn_away(
+        mounts
+            .iter()
+            .filter(|(mount, _)| mount == path)
+            .try_for_each(|(mount, fs_type)| probe(mount, fs_type)),
+    )
+}
+
 /// Runs `read`, which reads the contents of the file at `path`, where it
 /// cannot hold the caller: at once for a file on no filesystem that may
 /// stall; else once that filesystem answered a probe ([`answers`]), on a
@@ -121,10 +135,13 @@ pub fn read<T: Send + 'static>(
 ) -> io::Result<T> {
     match walked(path)?.holding {
         None => Ok(read()),
-        Some((mount, fs_type)) => {
-            ask(&mount, &fs_type, read).inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
-        }
+        Some((mount, fs_type)) => turn_away(ask(&mount, &fs_type, read)),
     }
+}
+
+/// `answered`, counted as a path turned away if it is an `Err`.
+fn turn_away<T>(answered: io::Result<T>) -> io::Result<T> {
+    answered.inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
 }
 
 /// What a walk of a path found.
@@ -164,13 +181,14 @@ fn walked(path: &Path) -> io::Result<Walked> {
                 Ok(())
             })
             .map(|end| {
-                // The innermost mount holding where the walk ended.
-                let holding = end.and_then(|end| {
-                    mounts
-                        .iter()
-                        .filter(|(mount, _)| end.starts_with(mount))
-                        .max_by_key(|(mount, _)| mount.as_os_str().len())
-                        .cloned()
+                // The mount holding where the walk ended, among every
+                // mount (a local one may be mounted inside a network
+                // one), if it may stall; none to look for when the walk
+                // entered none that may.
+                let holding = end.filter(|_| !entered.is_empty()).and_then(|end| {
+                    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+                    let mount = super::mount_of(&info, &end)?;
+                    may_stall(&mount.fs_type).then_some((mount.mount_point, mount.fs_type))
                 });
                 Walked { entered, holding }
             });
@@ -186,7 +204,7 @@ fn walked(path: &Path) -> io::Result<Walked> {
             answered
         }
     };
-    answered.inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
+    turn_away(answered)
 }
 
 /// Paths walked since mountinfo was last read, with the mounts each
@@ -243,6 +261,8 @@ thread_local! {
 /// How many paths [`answers`] has turned away on this thread so far: a
 /// compile that turned one away (it ran on one thread) resolved less than
 /// its policy names.
+// Used by the daemon's resolving thread, which fuzz builds leave out.
+#[cfg_attr(fuzzing, allow(dead_code))]
 pub fn turned_away() -> u64 {
     TURNED_AWAY.get()
 }
@@ -258,7 +278,11 @@ fn stall_prone() -> StallProne {
         return (*read, mounts.clone());
     }
     let read = Instant::now();
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let info = match fs::read_to_string("/proc/self/mountinfo") {
+        Ok(info) => info,
+        // Read again next time; meanwhile the mounts known stay guarded.
+        Err(_) => return kept.clone().unwrap_or((read, Vec::new())),
+    };
     let mounts: Vec<(PathBuf, String)> = crate::kernel::mountinfo::mounts(&info)
         .filter(|mount| may_stall(mount.fs_type))
         .map(|mount| (mount.mount_point, mount.fs_type.to_owned()))
@@ -269,7 +293,11 @@ fn stall_prone() -> StallProne {
     // waiting on one writes it again when it returns, once).
     let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
     if known.len() > KNOWN_MOUNTS {
-        known.retain(|known, _| mounts.iter().any(|(mount, _)| mount == known));
+        // Not one that a request still waits on: at most one waits per
+        // mount.
+        known.retain(|known, what| {
+            matches!(what, Known::Waiting) || mounts.iter().any(|(mount, _)| mount == known)
+        });
     }
     (read, mounts)
 }
@@ -341,11 +369,11 @@ fn ask<T: Send + 'static>(
                      for ever, the daemon's locks outlive its exit"
                 );
             }
-            let done = work();
-            KNOWN
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(dir.clone(), Known::Answered(Instant::now()));
+            let done = {
+                // The mount has answered once `work` returns, or panics.
+                let _answered = Answered(&dir);
+                work()
+            };
             if tell.send(done).is_err() {
                 info!(
                     "{} answers again after {} s: paths on it are read again",
@@ -386,6 +414,18 @@ fn ask<T: Send + 'static>(
     }
 }
 
+/// Marks its mount as having answered when dropped.
+struct Answered<'a>(&'a Path);
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        KNOWN
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(self.0.to_owned(), Known::Answered(Instant::now()));
+    }
+}
+
 /// A file name no one has: its lookup is the server's to answer.
 fn unheard_of() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -417,7 +457,11 @@ mod tests {
     #[test]
     fn local_paths_and_recent_answers_need_no_probe() {
         answers(Path::new("/proc/self")).unwrap();
-        assert_eq!(read(Path::new("/proc/self/comm"), || 7).unwrap(), 7);
+        let caller = std::thread::current().id();
+        let here = read(Path::new("/proc/self/comm"), move || {
+            std::thread::current().id() == caller
+        });
+        assert!(here.unwrap(), "a local read ran on another thread");
         let mount = PathBuf::from("/nonexistent-loopwarden-mount");
         KNOWN
             .lock()

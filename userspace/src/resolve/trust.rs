@@ -11,10 +11,11 @@
 //!
 //! A path is walked one component at a time, its links followed by hand
 //! ([`super::walk`]; not with `realpath()`, which would hide a link
-//! another user owns on the way): each directory it goes through must be owned by one of the
-//! owners and writable by no one else, or be sticky (`/tmp`, where others
-//! cannot rename or remove what is not theirs; the component there must
-//! then be the owners' own, since another user could have made it first).
+//! another user owns on the way): each directory it goes through must be
+//! owned by one of the owners and writable by no one else, or be sticky
+//! (`/tmp`, where others cannot rename or remove what is not theirs; the
+//! component there must then be the owners' own, since another user could
+//! have made it first).
 
 use std::{
     fs,
