@@ -27,7 +27,7 @@ use std::{
     fs, io,
     path::{Path, PathBuf},
     sync::{
-        LazyLock, Mutex, PoisonError,
+        Arc, LazyLock, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
@@ -52,8 +52,9 @@ const HOLDS: Duration = Duration::from_secs(5);
 /// every name, each second; a host may have thousands of mounts).
 const MOUNTS_KEPT: Duration = Duration::from_secs(1);
 
-/// The mounts that may stall, as read then: mount point and type.
-type StallProne = (Instant, Vec<(PathBuf, String)>);
+/// The mounts that may stall, as read then: mount point and type (shared:
+/// a compile asks for them at every path).
+type StallProne = (Instant, Arc<[(PathBuf, String)]>);
 
 /// The list of mounts that may stall, read at most every [`MOUNTS_KEPT`].
 static MOUNTS: Mutex<Option<StallProne>> = Mutex::new(None);
@@ -275,19 +276,19 @@ fn stall_prone() -> StallProne {
     if let Some((read, mounts)) = kept.as_ref()
         && read.elapsed() < MOUNTS_KEPT
     {
-        return (*read, mounts.clone());
+        return (*read, Arc::clone(mounts));
     }
     let read = Instant::now();
     let info = match fs::read_to_string("/proc/self/mountinfo") {
         Ok(info) => info,
         // Read again next time; meanwhile the mounts known stay guarded.
-        Err(_) => return kept.clone().unwrap_or((read, Vec::new())),
+        Err(_) => return kept.clone().unwrap_or((read, Arc::new([]))),
     };
-    let mounts: Vec<(PathBuf, String)> = crate::kernel::mountinfo::mounts(&info)
+    let mounts: Arc<[(PathBuf, String)]> = crate::kernel::mountinfo::mounts(&info)
         .filter(|mount| may_stall(mount.fs_type))
         .map(|mount| (mount.mount_point, mount.fs_type.to_owned()))
         .collect();
-    *kept = Some((read, mounts.clone()));
+    *kept = Some((read, Arc::clone(&mounts)));
     // What is known of mounts gone is forgotten once many are known (a
     // host that mounts FUSE filesystems without end; a probe still
     // waiting on one writes it again when it returns, once).
