@@ -149,6 +149,20 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// `loopwarden check-config` with `args`: its exit code, and its stdout
+/// then its stderr as one text.
+pub fn check_config(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = run(Command::new(loopwarden_bin())
+        .arg("check-config")
+        .args(args));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 /// Connects an audit record stands for: 1, or its summary's count.
 pub fn connects(record: &Value) -> u64 {
     record["repeat"]["count"].as_u64().unwrap_or(1)

@@ -1058,16 +1058,10 @@ fn check_config_as_daemon_judges_a_file_as_a_reload_does() {
     let empty = dir.path().join("empty.toml");
     std::fs::write(&empty, "# truncated\n").expect("config");
     let check = |extra: &[&str], path: &std::path::Path| {
-        let out = run(Command::new(loopwarden_bin())
-            .arg("check-config")
-            .args(extra)
-            .arg(path));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let mut args: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
+        args.push(path.as_os_str());
+        let (code, text) = loopwarden_tests::check_config(&args);
+        (code == Some(0), text)
     };
     let (ok, text) = check(&[], &missing);
     assert!(

@@ -289,22 +289,14 @@ fn a_namespace_whose_name_goes_stays_protected() {
     let install = daemon.install();
     let elsewhere = TempDir::new("no-daemon-run");
     let check = |run_dir: &std::path::Path| {
-        let out = Command::new(loopwarden_tests::loopwarden_bin())
-            .arg("check-config")
-            .arg("--as-daemon")
-            .arg("--run-dir")
-            .arg(run_dir)
-            .arg("--pin-dir")
-            .arg(install.pin_dir())
-            .arg(install.config_path())
-            .output()
-            .expect("check-config");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
+        loopwarden_tests::check_config(&[
+            "--as-daemon".as_ref(),
+            "--run-dir".as_ref(),
+            run_dir.as_os_str(),
+            "--pin-dir".as_ref(),
+            install.pin_dir().as_os_str(),
+            install.config_path().as_os_str(),
+        ])
     };
     let (code, text) = check(&install.run_dir());
     assert_eq!(code, Some(0), "{text}");
