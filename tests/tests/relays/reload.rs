@@ -35,14 +35,30 @@ fn a_failed_listen_beside_a_relay_leaves_its_port_credited() {
 
     let daemon = Daemon::start(&relay_deny(&topo.local).text());
     let relay = failed_listen_relay(&topo.local, &dir, LOCAL_ADDR, FAILED_LISTEN_PORT);
-    assert_eq!(
-        listener_tgids(daemon.install(), &topo.local, FAILED_LISTEN_PORT),
-        vec![relay.pid()],
-        "the port's accepts after the failed listen"
+    assert_credited_and_refused(
+        &daemon,
+        &topo,
+        FAILED_LISTEN_PORT,
+        relay.pid(),
+        "the failed listen",
     );
-    assert_eq!(fetch(), Ok(502));
-    let ev = relay_refusal(&daemon, "the relay's refusal");
-    assert_eq!(ev["pid"], relay.pid(), "{ev:#}");
+}
+
+/// Asserts that `port`'s accepts are credited to the relay `pid` alone
+/// (after `what`), and that a remote client's fetch through it is refused
+/// naming that client (`accepted`).
+fn assert_credited_and_refused(daemon: &Daemon, topo: &Topology, port: u16, pid: u32, what: &str) {
+    assert_eq!(
+        listener_tgids(daemon.install(), &topo.local, port),
+        vec![pid],
+        "the port's accepts after {what}"
+    );
+    assert_eq!(
+        topo.remote.curl(&format!("http://{LOCAL_ADDR}:{port}/")),
+        Ok(502)
+    );
+    let ev = relay_refusal(daemon, &format!("the relay's refusal after {what}"));
+    assert_eq!(ev["pid"], pid, "{ev:#}");
     assert_accepted_from_the_remote_side(&ev);
 }
 
@@ -80,15 +96,13 @@ fn a_relay_that_takes_its_port_over_from_a_predecessor_names_the_remote_client()
 
     let daemon = Daemon::start(&relay_deny(&topo.local).text());
     let mut successor = reload(1);
-    assert_eq!(
-        listener_tgids(daemon.install(), &topo.local, RELOAD_PORT),
-        vec![successor.pid()],
-        "the port's accepts after the predecessor's close"
+    assert_credited_and_refused(
+        &daemon,
+        &topo,
+        RELOAD_PORT,
+        successor.pid(),
+        "the predecessor's close",
     );
-    assert_eq!(fetch(), Ok(502));
-    let ev = relay_refusal(&daemon, "the successor's refusal");
-    assert_eq!(ev["pid"], successor.pid(), "{ev:#}");
-    assert_accepted_from_the_remote_side(&ev);
     successor.kill();
     wait_forgotten(&daemon, &topo.local, RELOAD_PORT, "the successor's close");
 }
