@@ -150,7 +150,7 @@ fn turn_away<T>(answered: io::Result<T>) -> io::Result<T> {
 struct Walked {
     /// The mounts that may stall it entered (mount point and type).
     entered: Vec<(PathBuf, String)>,
-    /// The one of them holding what the path names, if any.
+    /// The mount holding what the path names, if it is one that may stall.
     holding: Option<(PathBuf, String)>,
 }
 
