@@ -20,3 +20,11 @@ pub const STDIO: u8 = 5;
 /// have made it, until it exits or executes a program while the policy has
 /// no lineage it may have lost; no peer is named.
 pub const UNTRACKED: u8 = 6;
+
+/// Whether standing evidence of `kind` says the process listens
+/// (`listening` or `accepted`): the one whose accepts a listener's entry
+/// may credit.
+#[inline(always)]
+pub fn listens(kind: u8) -> bool {
+    kind == LISTENING || kind == ACCEPTED
+}

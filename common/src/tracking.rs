@@ -277,7 +277,7 @@ impl Listener {
 
 /// `LW_LISTENERS` key: a listening port in one network namespace.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListenerKey {
     /// Inode number of the network namespace.
     pub netns: u32,

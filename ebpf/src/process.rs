@@ -132,7 +132,7 @@ fn start_over(tgid: u32, task: Task) -> bool {
     // SAFETY: a pointer to the map's value, valid for this run; only this
     // process's exec writes its lineage and script.
     unsafe {
-        let listened = lost || procs::listens((*state).standing.kind);
+        let listened = lost || evidence::listens((*state).standing.kind);
         (*state).standing.kind = evidence::NONE;
         (*state).recent.kind = evidence::NONE;
         let stored = (*state).lineage.as_mut_ptr().cast::<Words>();

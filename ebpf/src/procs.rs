@@ -86,16 +86,9 @@ pub fn record_accepted(tgid: u32, addr: Addr, port: u16) {
     };
     // SAFETY: a pointer to the map's value (volatile: a racing writer).
     let standing = unsafe { core::ptr::read_volatile(&(*state).standing.kind) };
-    if listens(standing) {
+    if evidence::listens(standing) {
         write(state, tgid, Slot::Standing, evidence::ACCEPTED, addr, port);
     }
-}
-
-/// Whether standing evidence of `kind` says the process listens (listening
-/// or accepted).
-#[inline(always)]
-pub fn listens(kind: u8) -> bool {
-    kind == evidence::LISTENING || kind == evidence::ACCEPTED
 }
 
 /// Records `received` evidence about `addr`:`port` for the current

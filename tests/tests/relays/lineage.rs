@@ -1,10 +1,11 @@
 //! Relays known by what they run and where they come from: an interpreted
 //! script a rule names (past the interpreter's options, never a module or
 //! code), a catalogued tunnel's children, the evidence a forked child
-//! inherits and an exec clears, and none that a process with a dead one's
-//! pid could inherit.
+//! inherits and an exec clears, none that a process with a dead one's
+//! pid could inherit, and a dead listener's accepts credited to the
+//! process holding its listener now.
 
-use loopwarden_tests::talk::Talker;
+use loopwarden_tests::{listener_tgids, talk::Talker};
 
 use super::*;
 use crate::kinds::forwarder;
@@ -570,4 +571,89 @@ fn a_process_that_takes_a_dead_listeners_pid_gets_nothing_it_accepts() {
     let daemon = Daemon::start(&relay_deny(&topo.local).text());
     assert_eq!(round(HELD_PORTS[1]), "reused status 200");
     assert_a_listener_is_refused(&topo, &daemon);
+}
+
+/// Python, arguments ADDR PORT TARGET: a forked child listens on
+/// `ADDR:PORT`, hands the listener over a socket pair (`SCM_RIGHTS`) to
+/// this process, which never listened, and exits (as some graceful-restart
+/// libraries hand a listener on); this process says `holding PID`, waits
+/// for a line (the remote side connects meanwhile), accepts, and asks the
+/// service before it reads anything.
+const HAND_OVER_AND_EXIT: &str = concat!(
+    ask_py!(),
+    r#"
+addr, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+mine, theirs = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    listener = socket.create_server((addr, port))
+    socket.send_fds(theirs, [b"l"], [listener.fileno()])
+    os._exit(0)
+_, fds, _, _ = socket.recv_fds(mine, 1, 1)
+os.waitpid(pid, 0)
+listener = socket.socket(fileno=fds[0])
+print("holding", os.getpid(), flush=True)
+sys.stdin.readline()
+conn, _ = listener.accept()
+print(ask(target), flush=True)
+"#
+);
+
+/// The ports of [`a_listener_whose_process_exited_is_credited_to_its_holder`]'s
+/// two rounds.
+const PASSED_ON_PORTS: [u16; 2] = [9025, 9026];
+
+/// A listener handed over a Unix socket by a process that then exits is
+/// credited to the process holding it: once the daemon has found the
+/// port's entry naming a gone process (within a second), the entry names
+/// the holder, which, having accepted a remote client and asking the
+/// service before it reads, is refused as a relay naming that client
+/// (`accepted`). Without the daemon it is served. Against the build
+/// before, the entry kept naming the gone process and the holder was
+/// served: the kernel credits accepts only to a process that listened or
+/// executed holding the listener.
+#[test]
+fn a_listener_whose_process_exited_is_credited_to_its_holder() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let round = |port: u16, daemon: Option<&Daemon>| {
+        let mut holder = Talker::spawn(
+            topo.local.cmd(SYSTEM_PYTHON).args([
+                "-c",
+                HAND_OVER_AND_EXIT,
+                LOCAL_ADDR,
+                &port.to_string(),
+                &PROTECTED.to_string(),
+            ]),
+            "the holder",
+        );
+        let line = holder.line();
+        assert_eq!(line, format!("holding {}", holder.pid()));
+        if let Some(daemon) = daemon {
+            wait_for(
+                "the listener credited to its holder",
+                Duration::from_secs(10),
+                || {
+                    (listener_tgids(daemon.install(), &topo.local, port) == [holder.pid()])
+                        .then_some(())
+                },
+            );
+        }
+        let connect = format!(
+            "import socket; socket.create_connection(('{LOCAL_ADDR}', {port}), timeout=3).close()"
+        );
+        run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
+        (holder.pid(), holder.ask("go"))
+    };
+    assert_eq!(round(PASSED_ON_PORTS[0], None).1, "status 200");
+
+    let daemon = Daemon::start(&relay_deny(&topo.local).text());
+    let (pid, answer) = round(PASSED_ON_PORTS[1], Some(&daemon));
+    assert_eq!(answer, "error 111");
+    let ev = relay_refusal(&daemon, "the holder's refusal");
+    assert_eq!(ev["pid"], pid, "{ev:#}");
+    assert_eq!(ev["via_how"], "accepted", "{ev:#}");
+    let via = ev["via"].as_str().unwrap_or_default();
+    assert!(via.starts_with(&format!("{REMOTE_ADDR}:")), "{ev:#}");
+    daemon.wait_stderr("its accepts are now credited to process", 1);
 }

@@ -9,7 +9,9 @@
 //! `ops::metrics`), so it runs on a thread of its own every [`EVERY`],
 //! never in the event loop, after the entries of processes that are gone
 //! are removed ([`crate::track::reap`]). A map warns once when it reaches
-//! [`HIGH`] percent and again only after it fell below [`LOW`].
+//! [`HIGH`] percent and again only after it fell below [`LOW`]. The same
+//! thread credits listeners whose process is gone anew every
+//! [`LISTENERS_EVERY`] ([`Recrediting`]).
 
 use std::{thread, time::Duration};
 
@@ -19,10 +21,15 @@ use tracing::{info, warn};
 use crate::{
     kernel::pins::PinDir,
     ops::metrics::{Usage, usage},
+    track::{Recredit, Recrediting},
 };
 
 /// How often the maps are counted.
 const EVERY: Duration = Duration::from_secs(10);
+/// How often `LW_LISTENERS` is looked through for listeners whose process
+/// is gone: their accepts go uncredited until then (a walk of the map,
+/// two lookups per listener; `/proc` is read only when one is found).
+const LISTENERS_EVERY: Duration = Duration::from_secs(1);
 /// Percent full at which a map warns.
 const HIGH: u64 = 90;
 /// Percent full below which a map that warned may warn again.
@@ -81,16 +88,34 @@ fn consequence(map: &str) -> &'static str {
     }
 }
 
-/// Starts the thread that reaps `LW_PROCS` and counts the tracking maps
-/// pinned in `pins`.
+/// Starts the thread that credits listeners of gone processes anew, reaps
+/// `LW_PROCS` and counts the tracking maps pinned in `pins`.
 pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
     thread::Builder::new()
-        .name("lw-fullness".to_owned())
+        .name("lw-upkeep".to_owned())
         .spawn(move || {
             let mut fullness = Fullness::default();
             let mut reap_error: Option<String> = None;
-            loop {
-                thread::sleep(EVERY);
+            let mut recrediting = Recrediting::default();
+            let mut recredit_error: Option<String> = None;
+            let counts_every = (EVERY.as_millis() / LISTENERS_EVERY.as_millis()).max(1);
+            for tick in 1u128.. {
+                thread::sleep(LISTENERS_EVERY);
+                match recrediting.check(&pins) {
+                    Ok(recredited) => {
+                        recredit_error = None;
+                        recredited.iter().for_each(log_recredit);
+                    }
+                    // Said once, until it changes.
+                    Err(e) if recredit_error.as_ref() != Some(&e) => {
+                        warn!("crediting the listeners of processes that are gone failed: {e}");
+                        recredit_error = Some(e);
+                    }
+                    Err(_) => {}
+                }
+                if tick % counts_every != 0 {
+                    continue;
+                }
                 // Counted after the dead processes' entries went.
                 match crate::track::reap(&pins) {
                     Ok(0) => reap_error = None,
@@ -137,6 +162,25 @@ pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
             }
         })
         .map(drop)
+}
+
+/// Says that a listener's accepts are credited to another process.
+fn log_recredit(r: &Recredit) {
+    let comm = procfs::process::Process::new(r.to as i32)
+        .and_then(|p| p.stat())
+        .map_or_else(|_| "?".to_owned(), |s| s.comm);
+    info!(
+        port = r.key.port,
+        netns = r.key.netns,
+        from = r.from,
+        to = r.to,
+        "the listener on port {} (network namespace {}) was credited to process {}, which \
+         is gone: its accepts are now credited to process {} ({comm}), which holds it",
+        r.key.port,
+        r.key.netns,
+        r.from,
+        r.to
+    );
 }
 
 #[cfg(test)]

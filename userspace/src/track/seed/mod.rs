@@ -45,7 +45,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
     sys::SyscallError,
 };
 use loopwarden_common::{
@@ -60,6 +60,7 @@ use self::{
     scan::{listener_cookies, scan, tcp_sockets},
 };
 use crate::{
+    kernel::pins::PinDir,
     policy::CompiledPolicy,
     track::notes::{self, Notes},
 };
@@ -111,6 +112,61 @@ pub fn seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Seeded {
 }
 
 fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, String> {
+    let mut maps = Maps::of_object(ebpf)?;
+    let (mut seeded, _) = plant(&mut maps, policy, &HashMap::new())?;
+    seeded.listeners_held = maps.listeners.keys().count();
+    seeded.processes_held = maps.procs.keys().count();
+    Ok(seeded)
+}
+
+/// The maps the seeding writes.
+pub(super) struct Maps {
+    pub(super) procs: BpfHashMap<MapData, u32, ProcState>,
+    pub(super) listeners: BpfHashMap<MapData, ListenerKey, Listener>,
+    pub(super) tracked: Notes,
+}
+
+impl Maps {
+    /// Taken out of the loaded object (the programs keep them).
+    fn of_object(ebpf: &mut Ebpf) -> Result<Self, String> {
+        let tracked = ebpf
+            .take_map(maps::TRACKED)
+            .ok_or_else(|| format!("the eBPF object has no map {}", maps::TRACKED))?;
+        Ok(Self {
+            procs: take(ebpf, maps::PROCS)?,
+            listeners: take(ebpf, maps::LISTENERS)?,
+            tracked: Array::try_from(tracked).map_err(|e| format!("map {}: {e}", maps::TRACKED))?,
+        })
+    }
+
+    /// Opened from their pins in `pins`.
+    pub(super) fn pinned(pins: &PinDir) -> Result<Self, String> {
+        let open = |name: &str| {
+            MapData::from_pin(pins.map(name)).map_err(|e| format!("opening {name}: {e}"))
+        };
+        let hash = |name: &str| Ok::<_, String>(Map::HashMap(open(name)?));
+        Ok(Self {
+            procs: BpfHashMap::try_from(hash(maps::PROCS)?)
+                .map_err(|e| format!("map {}: {e}", maps::PROCS))?,
+            listeners: BpfHashMap::try_from(hash(maps::LISTENERS)?)
+                .map_err(|e| format!("map {}: {e}", maps::LISTENERS))?,
+            tracked: Array::try_from(Map::Array(open(maps::TRACKED)?))
+                .map_err(|e| format!("map {}: {e}", maps::TRACKED))?,
+        })
+    }
+}
+
+/// Reads `/proc` and writes what it shows into `maps` (lineage by
+/// `policy`), never over what the kernel recorded, except the `stale`
+/// listener entries (whose credited process has no entry that says it
+/// listens), each credited to a process holding its port's listener now
+/// if the map still holds it as it was. What it wrote, and the stale
+/// entries it credited anew.
+pub(super) fn plant(
+    maps: &mut Maps,
+    policy: Option<&CompiledPolicy>,
+    stale: &HashMap<ListenerKey, Listener>,
+) -> Result<(Seeded, Vec<Recredit>), String> {
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     // Lineage only comes from catalog rules that extend to descendants.
     let lineage = policy.filter(|p| p.settings.inherited != 0);
@@ -143,24 +199,7 @@ fn try_seed(ebpf: &mut Ebpf, policy: Option<&CompiledPolicy>) -> Result<Seeded, 
             (!wanted.is_empty()).then(|| (*netns, listener_cookies(*netns, pids, &wanted)))
         })
         .collect();
-    let mut procs: BpfHashMap<_, u32, ProcState> = take(ebpf, maps::PROCS)?;
-    let mut listeners: BpfHashMap<_, ListenerKey, Listener> = take(ebpf, maps::LISTENERS)?;
-    let tracked = ebpf
-        .take_map(maps::TRACKED)
-        .ok_or_else(|| format!("the eBPF object has no map {}", maps::TRACKED))?;
-    let mut tracked: Array<_, [u8; 64]> =
-        Array::try_from(tracked).map_err(|e| format!("map {}: {e}", maps::TRACKED))?;
-    let mut seeded = write(
-        &plan,
-        &cookies,
-        &scan.scripts,
-        &mut procs,
-        &mut listeners,
-        &mut tracked,
-    );
-    seeded.listeners_held = listeners.keys().count();
-    seeded.processes_held = procs.keys().count();
-    Ok(seeded)
+    Ok(write(&plan, &cookies, &scan.scripts, stale, maps))
 }
 
 /// Sets `tgid`'s note in `LW_TRACKED` ([`notes::set`]): a note the kernel
@@ -235,11 +274,18 @@ impl Failures {
     }
 
     fn warn(&self, name: &str) {
+        self.warn_that(
+            &format!("seeding {name}"),
+            "those processes are tracked from their next listen, accept or receive (those a \
+             full map could not take are judged network-facing until they exit)",
+        );
+    }
+
+    /// Warns that `what` failed so often, and what that leaves.
+    fn warn_that(&self, what: &str, leaves: &str) {
         if let Some(first) = &self.first {
             warn!(
-                "seeding {name}: {} writes failed (the first, {first}); those processes are \
-                 tracked from their next listen, accept or receive (those a full map could not \
-                 take are judged network-facing until they exit)",
+                "{what}: {} writes failed (the first, {first}); {leaves}",
                 self.count
             );
         }
@@ -279,17 +325,34 @@ fn fill_gaps(
     gained
 }
 
-/// Writes `plan` and `scripts` into the maps, never over what the kernel
-/// recorded.
+/// A listener entry whose credited process was gone, credited anew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recredit {
+    pub key: ListenerKey,
+    /// The process it credited, and the one it credits now.
+    pub from: u32,
+    pub to: u32,
+}
+
+/// Writes `plan` and `scripts` into `maps`, never over what the kernel
+/// recorded but for the `stale` listener entries still as they were
+/// ([`plant`]).
 fn write(
     plan: &Plan,
     cookies: &Cookies,
     scripts: &HashMap<u32, [u8; SCRIPT_LEN]>,
-    procs: &mut BpfHashMap<MapData, u32, ProcState>,
-    listeners: &mut BpfHashMap<MapData, ListenerKey, Listener>,
-    tracked: &mut Notes,
-) -> Seeded {
+    stale: &HashMap<ListenerKey, Listener>,
+    maps: &mut Maps,
+) -> (Seeded, Vec<Recredit>) {
+    let Maps {
+        procs,
+        listeners,
+        tracked,
+    } = maps;
     let mut seeded = Seeded::default();
+    // Stale entries are credited last, once their holders' evidence says
+    // they listen (as the kernel writes a listen's evidence first).
+    let mut anew = Vec::new();
     let mut failed = Failures::default();
     for (&(netns, port), credit) in &plan.listeners {
         let key = ListenerKey {
@@ -297,6 +360,10 @@ fn write(
             port,
             _pad: 0,
         };
+        if let Some(held) = stale.get(&key) {
+            anew.push((key, *held, credit.tgid));
+            continue;
+        }
         // Without its cookie (not read), any close of a listener on the
         // port removes the entry.
         let cookie = cookies
@@ -385,7 +452,57 @@ fn write(
     if repaired > 0 {
         info!("seeding: set {repaired} notes of {} again", maps::TRACKED);
     }
-    seeded
+
+    let mut recredited = Vec::new();
+    let mut failed = Failures::default();
+    for (key, held, tgid) in anew {
+        match recredit(listeners, key, &held, tgid) {
+            Ok(true) => recredited.push(Recredit {
+                key,
+                from: held.tgid,
+                to: tgid,
+            }),
+            Ok(false) => {}
+            Err(e) => failed.add(format_args!("netns {} port {}", key.netns, key.port), &e),
+        }
+    }
+    failed.warn_that(
+        &format!(
+            "crediting listeners of gone processes anew in {}",
+            maps::LISTENERS
+        ),
+        "their ports' accepts stay uncredited until a process listens or executes holding \
+         the listener, or the next try",
+    );
+    (seeded, recredited)
+}
+
+/// Credits the listener entry at `key` to `tgid`, if it is still `held`
+/// (a listen since, or a close, changed it: the kernel's wins) and names
+/// another process; whether it wrote. Its cookie and the listener kept
+/// before it stay: the listener is the same, only its holder changed. (A
+/// listen or close between the read and the write is lost: the window is
+/// two syscalls.)
+fn recredit(
+    listeners: &mut BpfHashMap<MapData, ListenerKey, Listener>,
+    key: ListenerKey,
+    held: &Listener,
+    tgid: u32,
+) -> Result<bool, MapError> {
+    if held.tgid == tgid {
+        return Ok(false);
+    }
+    match listeners.get(&key, 0) {
+        Ok(now) if now == *held => {}
+        Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let credited = Listener { tgid, ..*held };
+    match listeners.insert(key, credited, EXIST) {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
