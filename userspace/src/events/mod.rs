@@ -34,6 +34,7 @@ use loopwarden_common::{ConnectEvent, ExeKey, evidence, verdict};
 use serde::{Serialize, Serializer};
 
 mod cap;
+pub mod cmdline;
 pub mod diagnostics;
 mod enrich;
 pub mod output;

@@ -63,13 +63,11 @@ pub fn proc_cmdline(pid: u32) -> Option<String> {
 
 /// [`proc_cmdline`] of the process (or thread) whose `/proc` directory is
 /// `dir`.
+/// Read on a reader thread, given up past [`super::cmdline::WAIT`]: see
+/// [`super::cmdline`].
 pub fn proc_cmdline_at(dir: &Path) -> Option<String> {
-    use std::io::Read as _;
     let file = fs::File::open(dir.join("cmdline")).ok()?;
-    let mut raw = Vec::with_capacity(256);
-    file.take(CMDLINE_MAX as u64 + 1)
-        .read_to_end(&mut raw)
-        .ok()?;
+    let mut raw = super::cmdline::read(dir, file, CMDLINE_MAX + 1)?;
     let cut = raw.len() > CMDLINE_MAX;
     raw.truncate(CMDLINE_MAX);
     let mut text = cmdline_text(&raw)?;

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{self, Read as _},
+    io,
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
 };
@@ -180,17 +180,14 @@ impl Scan {
 const CMDLINE_READ: usize = ARGV0_MAX_LEN + 1 + (SCRIPT_MAX_ARGS - 1) * (SCRIPT_LEN + 1);
 
 /// The start of `/proc/PID/cmdline` as bytes, as much as [`script_of`] can
-/// need (a command line may run to megabytes), read through the pid's
-/// directory, so a recycled pid cannot answer for it.
+/// need (a command line may run to megabytes), opened through the pid's
+/// directory, so a recycled pid cannot answer for it, and read on a reader
+/// thread that the process cannot hold the seeding on
+/// ([`crate::events::cmdline`]).
 fn read_cmdline(process: &Process) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
-    process
-        .open_relative("cmdline")
-        .ok()?
-        .take(CMDLINE_READ as u64)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    Some(bytes)
+    let file = process.open_relative("cmdline").ok()?;
+    let dir = PathBuf::from(format!("/proc/{}", process.pid));
+    crate::events::cmdline::read(&dir, file, CMDLINE_READ)
 }
 
 /// The script the kernel's exec handler (`read_script` in
