@@ -243,6 +243,13 @@ pub enum Problem {
     #[error("exe_name `{name}` contains `/`: it is the executable's file name; put paths in exe")]
     NotAFileName { name: String },
     #[error(
+        "exe_name `{name}` contains `{glob}`: a rule's exe_name is matched as the file's exact \
+         name, with no wildcards (only the catalog's names match as prefixes, shown as \
+         `name*`); list each name (`python3` runs `python3.11` on Debian), or match the file \
+         with exe"
+    )]
+    ExeNameGlob { name: String, glob: char },
+    #[error(
         "exe_name `{name}` is {len} bytes: the kernel reads the first {kept} bytes of a file's \
          name, so it could not tell one of {kept} or more from longer ones that start alike; \
          give at most {max} bytes, or match the file with exe instead",

@@ -35,6 +35,15 @@ fn bad_rules() {
         "`parent_exe` must be an absolute path",
     );
     expect_error(&rule("exe_name = \"/usr/bin/x\""), 6, "put paths in exe");
+    for (name, glob) in [("python3*", '*'), ("node?", '?'), ("[pn]ode", '[')] {
+        expect_error(
+            &rule(&format!("exe_name = \"{name}\"")),
+            6,
+            &format!(
+                "exe_name `{name}` contains `{glob}`: a rule's exe_name is matched as the file's exact name"
+            ),
+        );
+    }
     expect_error(&rule("comm = []"), 6, "`comm` is an empty list");
     expect_error(&rule("user = \"\""), 6, "`user` is an empty string");
     expect_error(

@@ -187,6 +187,11 @@ pub(super) fn exe_name(name: String) -> Result<String, Problem> {
     if name.contains('/') {
         return Err(Problem::NotAFileName { name });
     }
+    // A file could have such a name, but a value with one is a pattern
+    // written in the hope that it matches, which it never would.
+    if let Some(glob) = name.chars().find(|c| matches!(c, '*' | '?' | '[')) {
+        return Err(Problem::ExeNameGlob { name, glob });
+    }
     // The kernel reads EXE_NAME_LEN - 1 bytes of a file's name: a name
     // that long reads the same as every longer one starting with it.
     if name.len() >= EXE_NAME_LEN - 1 {
