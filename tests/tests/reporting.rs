@@ -570,17 +570,20 @@ fn a_process_whose_memory_cannot_be_read_holds_neither_the_start_nor_the_lines()
         &format!("reading the command line of /proc/{victim_pid}"),
         1,
     );
-    let out = run(ns.cmd("/usr/bin/python3").args([
-        "-c",
-        &format!(
-            "import os, socket; socket.create_connection(('127.0.0.1', {PROTECTED})); \
-             print(os.getpid())"
-        ),
-    ]));
-    let after: u32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("pid");
+    // (It lives until its line is seen: a process gone lends no command
+    // line.)
+    let mut next = Talker::spawn(
+        ns.cmd("/usr/bin/python3").args([
+            "-c",
+            &format!(
+                "import socket, sys; socket.create_connection(('127.0.0.1', {PROTECTED})); \
+                 print('connected', flush=True); sys.stdin.readline()"
+            ),
+        ]),
+        "the next client",
+    );
+    assert_eq!(next.line(), "connected");
+    let after = next.pid();
     let ev = daemon.wait_event("the next client's line", |e| e["pid"] == after);
     assert!(
         ev["cmdline"]

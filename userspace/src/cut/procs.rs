@@ -379,7 +379,8 @@ impl ProcReader {
         let exe = resolve::cached::cached(dir.join("exe"))
             .ok()
             .map(|exe| exe.key);
-        let cmdline = proc_cmdline_at(&dir);
+        // (One that waits is shown as unknown.)
+        let cmdline = proc_cmdline_at(&dir).ok().flatten();
         let alive = process.stat().is_ok();
         let identity = ProcessIdentity {
             exe: exe.filter(|_| alive).unwrap_or_default(),

@@ -1,4 +1,6 @@
-//! Warns when a kernel tracking map nears its capacity, before what fills
+//! The tracking upkeep's thread ([`watch`]): credits listeners anew, reaps
+//! `LW_PROCS`, and warns when a kernel tracking map nears its capacity,
+//! before what fills
 //! it is lost: past it new processes go untracked (`LW_PROCS`: judged
 //! network-facing, never as processes nothing is known of), new
 //! listeners unremembered (`LW_LISTENERS`), and the oldest outbound
@@ -27,8 +29,9 @@ use crate::{
 /// How often the maps are counted.
 const EVERY: Duration = Duration::from_secs(10);
 /// How often `LW_LISTENERS` is looked through for listeners whose process
-/// is gone: their accepts go uncredited until then (a walk of the map,
-/// two lookups per listener; `/proc` is read only when one is found).
+/// no longer listens: their accepts go uncredited until then (a walk of
+/// the map: three syscalls per listener; `/proc` is read only when one is
+/// found).
 const LISTENERS_EVERY: Duration = Duration::from_secs(1);
 /// Percent full at which a map warns.
 const HIGH: u64 = 90;
@@ -175,7 +178,8 @@ fn log_recredit(r: &Recredit) {
         from = r.from,
         to = r.to,
         "the listener on port {} (network namespace {}) was credited to process {}, which \
-         is gone: its accepts are now credited to process {} ({comm}), which holds it",
+         no longer listens (gone, or its pid another's): its accepts are now credited to \
+         process {} ({comm}), which holds it",
         r.key.port,
         r.key.netns,
         r.from,

@@ -386,7 +386,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // What a previous policy, an audit mode or no daemon at all let in.
     let sweeper = Sweeper::spawn(host.cgroup2_root.clone(), pins.maps_dir(), opts.log_format)
         .map_err(io_err("starting the connection sweeper"))?;
-    super::fullness::watch(pins.clone()).map_err(io_err("starting the map fullness watch"))?;
+    super::fullness::watch(pins.clone()).map_err(io_err(
+        "starting the tracking upkeep (listeners credited anew, map fullness)",
+    ))?;
     if let Some(policy) = &policy {
         sweeper.request(policy, &addrs);
     }

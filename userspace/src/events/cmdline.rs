@@ -13,19 +13,23 @@
 //!
 //! So each read runs on a reader thread and is waited for [`WAIT`] at
 //! most. One still running past it goes on on its thread and the caller
-//! goes without the command line; no other read of that process is asked
-//! until it returns (each such process costs a caller [`WAIT`] once), and
-//! while [`MAX_WAITING`] reads wait none is made. The wait is killable, so
-//! a reader still waiting does not hold the daemon's exit.
+//! is told the process is [`Waiting`]; that process is not read again
+//! until the read returns and [`COOLDOWN`] has passed (a process whose
+//! lock is held again and again costs a caller [`WAIT`] once in that
+//! time), and one read of a process runs at a time. The processes of one
+//! user (the owner of `/proc/PID`) may have [`PER_UID`] reads waiting, all
+//! of them [`MAX_WAITING`]: past them that user's (or every) command line
+//! goes unread until one returns, and others' are still read. The wait is
+//! killable, so a reader still waiting does not hold the daemon's exit.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     fs::File,
     io::{self, Read as _},
-    path::{Path, PathBuf},
+    os::unix::fs::MetadataExt as _,
+    path::{Component, Path, PathBuf},
     sync::{
-        Arc, LazyLock, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        Arc, LazyLock, Mutex, MutexGuard, PoisonError,
         mpsc::{self, RecvTimeoutError, Sender, SyncSender},
     },
     time::{Duration, Instant},
@@ -35,145 +39,242 @@ use tracing::{info, warn};
 
 /// How long a caller waits for a command line: far more than a read takes
 /// (microseconds), even on a busy host.
-pub const WAIT: Duration = Duration::from_millis(100);
-/// Reads that may wait at once; past them no command line is read until
-/// one returns.
-const MAX_WAITING: usize = 4;
+pub const WAIT: Duration = Duration::from_millis(250);
+/// How long a process whose read outlasted [`WAIT`] goes unread after the
+/// read returned.
+const COOLDOWN: Duration = Duration::from_secs(10);
+/// Reads of one user's processes that may wait at once.
+const PER_UID: usize = 2;
+/// Reads that may wait at once, all users together.
+const MAX_WAITING: usize = 16;
 /// Reader threads kept idle; more, started while several callers read at
 /// once, end after their read.
 const MAX_IDLE: usize = 4;
+/// Past this many processes noted, those whose cooldown is over go.
+const NOTED_MAX: usize = 1024;
+
+/// The command line was not read: a read of the process (or too many of
+/// its user's, or of all) still waits on a memory map lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting;
+
+/// The first `max` bytes of `file`, the `cmdline` of the process whose
+/// `/proc` directory (or one of whose threads' directories) is `dir`, read
+/// on a reader thread: `Ok(None)` if the read failed.
+pub fn read(dir: &Path, file: File, max: usize) -> Result<Option<Vec<u8>>, Waiting> {
+    static POOL: LazyLock<Arc<Pool>> = LazyLock::new(|| Pool::new(WAIT, COOLDOWN));
+    POOL.read(dir, file, max)
+}
+
+/// A process's read, as noted while it runs or waits.
+#[derive(Clone, Copy, Debug)]
+enum Noted {
+    /// Being read, within [`WAIT`].
+    Reading,
+    /// Its read outlasted [`WAIT`]: it is waiting, for a process of `uid`.
+    Waiting { uid: u32 },
+    /// Its read returned after the caller gave up: unread until then.
+    Cooling { until: Instant },
+}
 
 /// A read asked of a reader thread.
 struct Job {
-    /// The process's `/proc` directory: whose reads wait.
+    tgid: u32,
     dir: PathBuf,
     file: File,
     max: usize,
     answer: SyncSender<io::Result<Vec<u8>>>,
-    /// Set (under [`READERS`]' lock) once the caller stopped waiting.
-    abandoned: Arc<AtomicBool>,
     asked: Instant,
 }
 
 #[derive(Default)]
-struct Readers {
+struct State {
     idle: Vec<Sender<Job>>,
-    /// The processes whose read outlasted [`WAIT`] and has not returned.
-    waiting: HashSet<PathBuf>,
-    /// Whether the reads waiting reached [`MAX_WAITING`] and were said to.
-    full: bool,
+    /// By the process's tgid.
+    noted: HashMap<u32, Noted>,
+    /// Whether the cap was reached and said so.
+    said_full: bool,
 }
 
-static READERS: LazyLock<Mutex<Readers>> = LazyLock::new(Mutex::default);
-
-fn readers() -> std::sync::MutexGuard<'static, Readers> {
-    READERS.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The first `max` bytes of `file`, the `cmdline` of the process whose
-/// `/proc` directory is `dir`, read on a reader thread: `None` if the read
-/// failed or outlasted [`WAIT`], or while an earlier read of that process,
-/// or [`MAX_WAITING`] reads of any, still wait.
-pub fn read(dir: &Path, file: File, max: usize) -> Option<Vec<u8>> {
-    let reader = {
-        let mut readers = readers();
-        if readers.waiting.contains(dir) {
-            return None;
-        }
-        if readers.waiting.len() >= MAX_WAITING {
-            if !readers.full {
-                readers.full = true;
-                warn!(
-                    "{MAX_WAITING} reads of processes' command lines wait on their memory map \
-                     locks: no command line is read until one returns (lines and answers go \
-                     without)"
-                );
-            }
-            return None;
-        }
-        readers.idle.pop()
-    };
-    let reader = match reader {
-        Some(reader) => reader,
-        None => start_reader()?,
-    };
-    let (answer, answered) = mpsc::sync_channel(1);
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let job = Job {
-        dir: dir.to_owned(),
-        file,
-        max,
-        answer,
-        abandoned: abandoned.clone(),
-        asked: Instant::now(),
-    };
-    reader.send(job).ok()?;
-    match answered.recv_timeout(WAIT) {
-        Ok(read) => read.ok(),
-        Err(RecvTimeoutError::Disconnected) => None,
-        Err(RecvTimeoutError::Timeout) => {
-            let mut readers = readers();
-            // Answered between the timeout and the lock: the reader checks
-            // `abandoned` under the same lock before it answers.
-            if let Ok(read) = answered.try_recv() {
-                return read.ok();
-            }
-            abandoned.store(true, Ordering::Relaxed);
-            readers.waiting.insert(dir.to_owned());
-            warn!(
-                "reading the command line of {} waited past {} ms (its memory map lock is \
-                 held, or queued for: a process can keep it so): lines and answers about it go \
-                 without one until the read returns",
-                dir.display(),
-                WAIT.as_millis()
-            );
-            None
-        }
+impl State {
+    fn waiting(&self, of_uid: Option<u32>) -> usize {
+        self.noted
+            .values()
+            .filter(|n| matches!(n, Noted::Waiting { uid } if of_uid.is_none_or(|of| of == *uid)))
+            .count()
     }
 }
 
-/// Starts a reader thread; the sender of its jobs.
-fn start_reader() -> Option<Sender<Job>> {
-    let (jobs, next) = mpsc::channel::<Job>();
-    let again = jobs.clone();
-    let started = std::thread::Builder::new()
-        .name("lw-cmdline".into())
-        .spawn(move || {
-            for job in next {
-                let mut bytes = Vec::new();
-                let read = (&job.file)
-                    .take(job.max as u64)
-                    .read_to_end(&mut bytes)
-                    .map(|_| bytes);
-                let mut readers = readers();
-                if job.abandoned.load(Ordering::Relaxed) {
-                    readers.waiting.remove(&job.dir);
-                    readers.full = false;
-                    info!(
-                        "the read of {}'s command line returned after {} s",
-                        job.dir.display(),
-                        job.asked.elapsed().as_secs()
+/// The reader threads and what they read.
+struct Pool {
+    state: Mutex<State>,
+    wait: Duration,
+    cooldown: Duration,
+}
+
+impl Pool {
+    fn new(wait: Duration, cooldown: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            wait,
+            cooldown,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(
+        self: &Arc<Self>,
+        dir: &Path,
+        file: File,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, Waiting> {
+        let tgid = tgid_of(dir);
+        // The owner of /proc/PID: the process's user (root's, for one
+        // that made itself undumpable: then no one else can trace it).
+        let uid = std::fs::metadata(dir).map_or(0, |m| m.uid());
+        let reader = {
+            let mut state = self.state();
+            match state.noted.get(&tgid) {
+                Some(Noted::Cooling { until }) if *until > Instant::now() => return Err(Waiting),
+                Some(Noted::Cooling { .. }) | None => {}
+                Some(_) => return Err(Waiting),
+            }
+            if state.waiting(Some(uid)) >= PER_UID || state.waiting(None) >= MAX_WAITING {
+                if !state.said_full {
+                    state.said_full = true;
+                    warn!(
+                        "reads of command lines wait on processes' memory map locks ({} of uid \
+                         {uid}'s processes, {} in all): those of uid {uid}'s processes go \
+                         unread until one returns",
+                        state.waiting(Some(uid)),
+                        state.waiting(None)
                     );
                 }
-                // Never blocks: room for one answer, and only one is sent.
-                let _ = job.answer.send(read);
-                if readers.idle.len() >= MAX_IDLE {
-                    break;
-                }
-                readers.idle.push(again.clone());
+                return Err(Waiting);
             }
-        });
-    match started {
-        Ok(_) => Some(jobs),
-        Err(e) => {
-            warn!("starting a thread to read a command line failed ({e}): it goes without");
-            None
+            state.noted.insert(tgid, Noted::Reading);
+            state.idle.pop()
+        };
+        let forget = || {
+            self.state().noted.remove(&tgid);
+            Ok(None)
+        };
+        let Some(reader) = reader.or_else(|| self.start_reader()) else {
+            return forget();
+        };
+        let (answer, answered) = mpsc::sync_channel(1);
+        let job = Job {
+            tgid,
+            dir: dir.to_owned(),
+            file,
+            max,
+            answer,
+            asked: Instant::now(),
+        };
+        if reader.send(job).is_err() {
+            return forget();
+        }
+        match answered.recv_timeout(self.wait) {
+            Ok(read) => Ok(read.ok()),
+            // The reader is gone without an answer (it cannot panic on a
+            // read, but then its note must not stay).
+            Err(RecvTimeoutError::Disconnected) => forget(),
+            Err(RecvTimeoutError::Timeout) => {
+                let mut state = self.state();
+                // Answered between the timeout and the lock: the reader
+                // answers under the same lock.
+                if let Ok(read) = answered.try_recv() {
+                    return Ok(read.ok());
+                }
+                state.noted.insert(tgid, Noted::Waiting { uid });
+                warn!(
+                    "reading the command line of {} waited past {} ms (its memory map lock is \
+                     held, or queued for: a process can keep it so): lines and answers about \
+                     it go without one until the read returns",
+                    dir.display(),
+                    self.wait.as_millis()
+                );
+                Err(Waiting)
+            }
         }
     }
+
+    /// Starts a reader thread; the sender of its jobs.
+    fn start_reader(self: &Arc<Self>) -> Option<Sender<Job>> {
+        let (jobs, next) = mpsc::channel::<Job>();
+        let again = jobs.clone();
+        let pool = self.clone();
+        let started = std::thread::Builder::new()
+            .name("lw-cmdline".into())
+            .spawn(move || {
+                for job in next {
+                    let mut bytes = Vec::new();
+                    let read = (&job.file)
+                        .take(job.max as u64)
+                        .read_to_end(&mut bytes)
+                        .map(|_| bytes);
+                    let mut state = pool.state();
+                    pool.returned(&mut state, &job);
+                    // Never blocks: room for one answer, and only one is
+                    // sent.
+                    let _ = job.answer.send(read);
+                    if state.idle.len() >= MAX_IDLE {
+                        break;
+                    }
+                    state.idle.push(again.clone());
+                }
+            });
+        match started {
+            Ok(_) => Some(jobs),
+            Err(e) => {
+                warn!("starting a thread to read a command line failed ({e}): it goes without");
+                None
+            }
+        }
+    }
+
+    /// Notes that `job`'s read returned: a process whose caller gave up
+    /// cools down, any other is forgotten.
+    fn returned(&self, state: &mut State, job: &Job) {
+        if let Some(Noted::Waiting { .. }) = state.noted.get(&job.tgid) {
+            let until = Instant::now() + self.cooldown;
+            state.noted.insert(job.tgid, Noted::Cooling { until });
+            state.said_full = false;
+            info!(
+                "the read of {}'s command line returned after {} s",
+                job.dir.display(),
+                job.asked.elapsed().as_secs()
+            );
+        } else {
+            state.noted.remove(&job.tgid);
+        }
+        if state.noted.len() > NOTED_MAX {
+            let now = Instant::now();
+            state
+                .noted
+                .retain(|_, n| !matches!(n, Noted::Cooling { until } if *until <= now));
+        }
+    }
+}
+
+/// The process `dir` (`/proc/PID` or `/proc/PID/task/TID`) is of: its
+/// first numeric component (0 if none: such reads share one note).
+fn tgid_of(dir: &Path) -> u32 {
+    dir.components()
+        .find_map(|c| match c {
+            Component::Normal(name) => name.to_str()?.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     /// A pipe's read end, as the `cmdline` a read waits on until the write
@@ -183,53 +284,90 @@ mod tests {
         (File::from(r), File::from(w))
     }
 
+    /// A pipe that answers at once.
+    fn ready(text: &[u8]) -> File {
+        let (r, mut w) = pipe();
+        w.write_all(text).unwrap();
+        r
+    }
+
+    /// The directory of a process no one has (pids stop at 2^22); its
+    /// owner, not found, counts as root.
+    fn dir(n: u32) -> PathBuf {
+        PathBuf::from(format!("/proc/{}", 5_000_000 + n))
+    }
+
     #[test]
-    fn a_read_that_waits_is_given_up_and_its_process_skipped_until_it_returns() {
-        use std::io::Write as _;
-        let slow = Path::new("/proc/test-slow");
-        let (file, mut write) = pipe();
+    fn a_read_that_waits_is_given_up_and_its_process_skipped_until_it_cooled_down() {
+        let wait = Duration::from_millis(300);
+        let cooldown = Duration::from_millis(500);
+        let pool = Pool::new(wait, cooldown);
+        let (file, mut slow) = pipe();
         let asked = Instant::now();
-        assert_eq!(read(slow, file, 64), None);
-        assert!(asked.elapsed() >= WAIT);
-        // Skipped at once while it waits, whatever the file.
-        let (file, _w) = pipe();
+        assert_eq!(pool.read(&dir(1), file, 64), Err(Waiting));
+        assert!(asked.elapsed() >= wait);
+        // Skipped at once while it waits, its threads too.
         let asked = Instant::now();
-        assert_eq!(read(slow, file, 64), None);
-        assert!(asked.elapsed() < WAIT);
-        // Another process is read meanwhile.
-        let (file, mut other) = pipe();
-        other.write_all(b"ok\0").unwrap();
-        drop(other);
+        assert_eq!(pool.read(&dir(1), ready(b"x"), 64), Err(Waiting));
         assert_eq!(
-            read(Path::new("/proc/test-other"), file, 64),
-            Some(b"ok\0".to_vec())
+            pool.read(&dir(1).join("task/7"), ready(b"x"), 64),
+            Err(Waiting)
         );
-        // With MAX_WAITING reads waiting, none is made.
-        let held: Vec<File> = (1..MAX_WAITING)
-            .map(|n| {
-                let (file, write) = pipe();
-                assert_eq!(read(&slow.with_extension(n.to_string()), file, 64), None);
-                write
-            })
-            .collect();
-        let (file, mut ready) = pipe();
-        ready.write_all(b"ready").unwrap();
-        drop(ready);
-        let asked = Instant::now();
-        assert_eq!(read(Path::new("/proc/test-other"), file, 64), None);
-        assert!(asked.elapsed() < WAIT);
-        drop(held);
-        // Once the read returns, the process is read again.
-        write.write_all(b"late").unwrap();
-        drop(write);
+        assert!(asked.elapsed() < wait);
+        // Another process is read meanwhile.
+        assert_eq!(
+            pool.read(&dir(2), ready(b"ok\0"), 64),
+            Ok(Some(b"ok\0".to_vec()))
+        );
+        // Once the read returns, the process cools down, then is read.
+        slow.write_all(b"late").unwrap();
+        drop(slow);
         let back = Instant::now() + Duration::from_secs(10);
-        while readers().waiting.contains(slow) {
+        while !matches!(
+            pool.state().noted.get(&tgid_of(&dir(1))),
+            Some(Noted::Cooling { .. })
+        ) {
             assert!(Instant::now() < back, "the read never counted as returned");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (file, mut w) = pipe();
-        w.write_all(b"a\0b\0").unwrap();
-        drop(w);
-        assert_eq!(read(slow, file, 3), Some(b"a\0b".to_vec()));
+        assert_eq!(pool.read(&dir(1), ready(b"a\0b\0"), 3), Err(Waiting));
+        std::thread::sleep(cooldown);
+        assert_eq!(
+            pool.read(&dir(1), ready(b"a\0b\0"), 3),
+            Ok(Some(b"a\0b".to_vec()))
+        );
+    }
+
+    #[test]
+    fn one_users_waiting_reads_are_capped() {
+        let pool = Pool::new(Duration::from_millis(100), Duration::ZERO);
+        // Every test directory is root's (not found): PER_UID of them wait.
+        let held: Vec<File> = (0..PER_UID as u32)
+            .map(|n| {
+                let (file, write) = pipe();
+                assert_eq!(pool.read(&dir(10 + n), file, 64), Err(Waiting));
+                write
+            })
+            .collect();
+        let asked = Instant::now();
+        assert_eq!(pool.read(&dir(20), ready(b"ready"), 64), Err(Waiting));
+        assert!(asked.elapsed() < Duration::from_millis(100));
+        drop(held);
+        let back = Instant::now() + Duration::from_secs(10);
+        while pool.state().waiting(None) > 0 {
+            assert!(Instant::now() < back, "the reads never returned");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            pool.read(&dir(20), ready(b"ready"), 64),
+            Ok(Some(b"ready".to_vec()))
+        );
+    }
+
+    #[test]
+    fn a_threads_directory_is_its_process() {
+        assert_eq!(tgid_of(Path::new("/proc/42")), 42);
+        assert_eq!(tgid_of(Path::new("/proc/42/task/43")), 42);
+        assert_eq!(tgid_of(Path::new("/proc/self")), 0);
     }
 }

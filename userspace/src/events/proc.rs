@@ -4,6 +4,8 @@
 
 use std::{fs, path::Path};
 
+use super::cmdline::Waiting;
+
 use loopwarden_common::ExeKey;
 
 /// `/proc/PID/exe`, checked against the kernel's identity so a recycled pid
@@ -56,25 +58,32 @@ pub(super) fn proc_link(pid: u32, what: &str) -> Option<String> {
 pub const CMDLINE_MAX: usize = 4096;
 
 /// The command line of `pid`, its first [`CMDLINE_MAX`] bytes, ` …` marking
-/// a longer one cut there.
-pub fn proc_cmdline(pid: u32) -> Option<String> {
+/// a longer one cut there; `Ok(None)` if it has none or cannot be read.
+pub fn proc_cmdline(pid: u32) -> Result<Option<String>, Waiting> {
     proc_cmdline_at(Path::new(&format!("/proc/{pid}")))
 }
 
 /// [`proc_cmdline`] of the process (or thread) whose `/proc` directory is
 /// `dir`.
-/// Read on a reader thread, given up past [`super::cmdline::WAIT`]: see
-/// [`super::cmdline`].
-pub fn proc_cmdline_at(dir: &Path) -> Option<String> {
-    let file = fs::File::open(dir.join("cmdline")).ok()?;
-    let mut raw = super::cmdline::read(dir, file, CMDLINE_MAX + 1)?;
+///
+/// Read on a reader thread, given up past [`super::cmdline::WAIT`] (and
+/// not read while a read of the process waits): see [`super::cmdline`].
+pub fn proc_cmdline_at(dir: &Path) -> Result<Option<String>, Waiting> {
+    let Ok(file) = fs::File::open(dir.join("cmdline")) else {
+        return Ok(None);
+    };
+    let Some(mut raw) = super::cmdline::read(dir, file, CMDLINE_MAX + 1)? else {
+        return Ok(None);
+    };
     let cut = raw.len() > CMDLINE_MAX;
     raw.truncate(CMDLINE_MAX);
-    let mut text = cmdline_text(&raw)?;
-    if cut {
-        text.push_str(" …");
-    }
-    Some(text)
+    let text = cmdline_text(&raw).map(|mut text| {
+        if cut {
+            text.push_str(" …");
+        }
+        text
+    });
+    Ok(text)
 }
 
 /// The arguments of a `/proc/PID/cmdline` (NUL-separated) joined by spaces;

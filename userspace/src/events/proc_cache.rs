@@ -9,6 +9,7 @@ use loopwarden_common::{ConnectEvent, ExeKey, SCRIPT_LEN};
 
 use super::{
     cap::{CMDLINE_BUDGET, PATH_BUDGET, cap_owned},
+    cmdline::Waiting,
     proc::{
         file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process, started_by,
     },
@@ -37,6 +38,9 @@ pub(super) struct ProcInfo {
     pub(super) script: [u8; SCRIPT_LEN],
     pub(super) exe: Option<String>,
     pub(super) cmdline: Option<String>,
+    /// Whether the command line was not read because a read of it waits:
+    /// read again for the process's next event.
+    pub(super) cmdline_waiting: bool,
     pub(super) cgroup: Option<String>,
     pub(super) parent_exe: Option<String>,
     pub(super) parent_exe_id: Option<ExeKey>,
@@ -63,7 +67,8 @@ impl ProcCache {
     pub(super) fn fill(&mut self, ev: &ConnectEvent, cgroup_root: &Path) {
         let key = (ev.tgid, ev.start_boottime_ns);
         if self.by_process.get(&key).is_some_and(|i| {
-            i.exe_key == ev.exe
+            !i.cmdline_waiting
+                && i.exe_key == ev.exe
                 && i.script == ev.script
                 && i.ppid == ev.ppid
                 && i.forked == ev.forked
@@ -114,10 +119,17 @@ impl ProcCache {
             }
             self.exes.insert(ev.exe, path.clone());
         }
-        let cmdline = own_image
-            .then(|| proc_cmdline(pid))
-            .flatten()
-            .or_else(|| forked.then(|| proc_cmdline(ev.ppid)).flatten());
+        // The parent's only when the process's own has none: one whose
+        // read waits is not the parent's (and is read again next time).
+        let (cmdline, cmdline_waiting) = match own_image.then(|| proc_cmdline(pid)) {
+            Some(Ok(Some(own))) => (Some(own), false),
+            Some(Err(Waiting)) => (None, true),
+            Some(Ok(None)) | None => match forked.then(|| proc_cmdline(ev.ppid)) {
+                Some(Ok(parents)) => (parents, false),
+                Some(Err(Waiting)) => (None, true),
+                None => (None, false),
+            },
+        };
         // The kernel's cgroup id decides which path is right; for a
         // process gone (or in another cgroup since), the id names it.
         let cgroup = [alive.then_some(pid), forked.then_some(ev.ppid)]
@@ -135,6 +147,7 @@ impl ProcCache {
             // Cut here too, so the cache's entries stay small.
             exe: exe.map(|v| cap_owned(v, PATH_BUDGET)),
             cmdline: cmdline.map(|v| cap_owned(v, CMDLINE_BUDGET)),
+            cmdline_waiting,
             cgroup: cgroup.map(|v| cap_owned(v, PATH_BUDGET)),
             parent_exe: parent
                 .then(|| proc_link(ev.ppid, "exe"))

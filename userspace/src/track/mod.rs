@@ -1,6 +1,6 @@
 //! Userspace's share of the kernel's relay tracking (`LW_PROCS`,
 //! `LW_LISTENERS`): what the tracepoints cannot have seen because it
-//! happened before they ran, read from `/proc` once at start ([`seed`]);
+//! happened before they ran, read from `/proc` at start ([`seed`]);
 //! `LW_TRACKED`'s notes ([`notes`]); the entries of processes that are
 //! gone ([`reap`]); and listeners whose credited process is gone, credited
 //! to the one holding them now ([`Recrediting`]).
@@ -12,6 +12,6 @@ mod seed;
 
 pub use self::{
     reap::reap,
-    recredit::Recrediting,
-    seed::{Recredit, Seeded, seed},
+    recredit::{Recredit, Recrediting},
+    seed::{Seeded, seed},
 };

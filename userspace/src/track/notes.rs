@@ -18,10 +18,11 @@ pub fn note(notes: &Notes, tgid: u32) -> Result<u8, MapError> {
 /// kernel sets in the same entry (64 pids) meanwhile can be lost. The
 /// seeding repairs the notes of entries afterwards; a lost note the kernel
 /// wrote in that window (for a process with no entry) is not repaired: it
-/// takes a full map during the seeding, once at start, and writing the
-/// array's single bytes from userspace would need it mapped
-/// (`BPF_F_MMAPABLE`, a layout change). A lost process's note stays lost,
-/// as in the kernel.
+/// takes a full map during the seeding, once at start, or while a
+/// listener is credited anew (a note for each holder credited, rarely),
+/// and writing the array's single bytes from userspace would need it
+/// mapped (`BPF_F_MMAPABLE`, a layout change). A lost process's note stays
+/// lost, as in the kernel.
 pub fn set(notes: &mut Notes, tgid: u32, value: u8) -> Result<(), MapError> {
     let mut entry = notes.get(&(tgid >> 6), 0)?;
     let byte = &mut entry[(tgid & 63) as usize];

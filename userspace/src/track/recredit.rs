@@ -15,10 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::MapError;
-use loopwarden_common::{Listener, ListenerKey, evidence};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use loopwarden_common::{Listener, ListenerKey, ProcState, evidence};
 
-use super::seed::{Maps, Recredit, plant};
+use super::seed::{EXIST, Maps, errno, plant};
 use crate::kernel::pins::PinDir;
 
 /// The wait before an entry no holder was found for is looked for again,
@@ -53,9 +53,11 @@ impl Recrediting {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let (_, recredited) = plant(&mut maps, None, &due)?;
-        self.tried(due, &recredited, now);
-        Ok(recredited)
+        // A failed walk is a try too: it is not made again every second.
+        let planted = plant(&mut maps, None, &due);
+        let recredited = planted.as_ref().map_or(&[][..], |(_, r)| r.as_slice());
+        self.tried(due, recredited, now);
+        planted.map(|(_, recredited)| recredited)
     }
 
     /// Of the `stale` entries, those to look for now: each not tried yet,
@@ -103,10 +105,63 @@ impl Recrediting {
     }
 }
 
+/// A listener entry whose credited process was gone, credited anew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recredit {
+    pub key: ListenerKey,
+    /// The process it credited, and the one it credits now.
+    pub from: u32,
+    pub to: u32,
+}
+
+/// Credits the listener entry at `key` to `tgid`, a holder of a listener
+/// on its port whose socket cookie is `cookie` (`None`: not read); whether
+/// it wrote. Only if the entry is still `held` (a listen since, or a close,
+/// changed it: the kernel's wins), its process still does not listen (an
+/// exec's scan may have made it listen again), and `tgid`'s entry says it
+/// listens (else the kernel would credit it nothing). The same listener
+/// keeps its cookie and the one kept before it; another on the port (an
+/// IPv6 one beside it, one of a `SO_REUSEPORT` group) takes the port over
+/// as a listen would, the held one kept before it. (A listen or close
+/// between the reads and the write is lost: the window is a few
+/// syscalls.)
+pub(super) fn credit_anew(
+    listeners: &mut BpfHashMap<MapData, ListenerKey, Listener>,
+    procs: &BpfHashMap<MapData, u32, ProcState>,
+    key: ListenerKey,
+    held: &Listener,
+    tgid: u32,
+    cookie: Option<u64>,
+) -> Result<bool, MapError> {
+    if held.tgid == tgid {
+        return Ok(false);
+    }
+    match listeners.get(&key, 0) {
+        Ok(now) if now == *held => {}
+        Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if listens(procs, held.tgid)? || !listens(procs, tgid)? {
+        return Ok(false);
+    }
+    let credited = match cookie {
+        Some(cookie) if held.cookie != 0 && cookie != held.cookie => {
+            Listener::taking_over(Some(held), tgid, cookie)
+        }
+        _ => Listener { tgid, ..*held },
+    };
+    match listeners.insert(key, credited, EXIST) {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The entries of `maps`' `LW_LISTENERS` whose accepts the kernel would
-/// credit to nobody: their process has no `LW_PROCS` entry, or one whose
-/// standing evidence does not say it listens (a process that took the
-/// pid since).
+/// credit to nobody: their process has no `LW_PROCS` entry (it is gone),
+/// or one whose standing evidence does not say it listens (a process that
+/// took the pid since, or one that executed a program that does not hold
+/// the listener).
 fn stale(maps: &Maps) -> Result<HashMap<ListenerKey, Listener>, String> {
     let mut stale = HashMap::new();
     for entry in maps.listeners.iter() {
@@ -121,16 +176,23 @@ fn stale(maps: &Maps) -> Result<HashMap<ListenerKey, Listener>, String> {
                 ));
             }
         };
-        let listens = match maps.procs.get(&held.tgid, 0) {
-            Ok(state) => evidence::listens(state.standing.kind),
-            Err(MapError::KeyNotFound) => false,
-            Err(e) => return Err(format!("reading {}: {e}", loopwarden_common::maps::PROCS)),
-        };
+        let listens = listens(&maps.procs, held.tgid)
+            .map_err(|e| format!("reading {}: {e}", loopwarden_common::maps::PROCS))?;
         if !listens {
             stale.insert(key, held);
         }
     }
     Ok(stale)
+}
+
+/// Whether `tgid`'s `LW_PROCS` entry says it listens: the process an
+/// accept's evidence is written for (`record_accepted`).
+fn listens(procs: &BpfHashMap<MapData, u32, ProcState>, tgid: u32) -> Result<bool, MapError> {
+    match procs.get(&tgid, 0) {
+        Ok(state) => Ok(evidence::listens(state.standing.kind)),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! Seeding the kernel's tracking maps from `/proc` when the daemon starts.
+//! Seeding the kernel's tracking maps from `/proc` when the daemon starts
+//! (and, narrowed to the listeners whose process no longer listens, when
+//! the upkeep credits them anew: [`plant`]).
 //!
 //! The tracking programs record evidence as it happens (see
 //! `ebpf/src/sockets.rs` and `process.rs`): a process that was already
@@ -62,12 +64,15 @@ use self::{
 use crate::{
     kernel::pins::PinDir,
     policy::CompiledPolicy,
-    track::notes::{self, Notes},
+    track::{
+        notes::{self, Notes},
+        recredit::{Recredit, credit_anew},
+    },
 };
 
 /// `bpf_map_update_elem` flags: create only, update only.
 const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
-const EXIST: u64 = aya_obj::generated::BPF_EXIST as u64;
+pub(super) const EXIST: u64 = aya_obj::generated::BPF_EXIST as u64;
 
 /// Listeners' socket cookies by network namespace, then socket inode.
 type Cookies = HashMap<u32, HashMap<u64, u64>>;
@@ -170,7 +175,12 @@ pub(super) fn plant(
     let now = u64::try_from(crate::monotonic().as_nanos()).unwrap_or(u64::MAX);
     // Lineage only comes from catalog rules that extend to descendants.
     let lineage = policy.filter(|p| p.settings.inherited != 0);
-    let mut scan = scan(lineage.is_some()).map_err(|e| format!("listing processes: {e}"))?;
+    // Crediting stale listeners anew writes their credits and their
+    // holders' standing evidence, nothing else: what else the walk finds
+    // the kernel has recorded since the start, or chose not to.
+    let recrediting = !stale.is_empty();
+    let mut scan =
+        scan(lineage.is_some(), !recrediting).map_err(|e| format!("listing processes: {e}"))?;
     let socks: Vec<(u32, Vec<Sock>)> = scan
         .netns
         .iter()
@@ -183,6 +193,24 @@ pub(super) fn plant(
     }
     if let Some(policy) = lineage {
         plan.add_lineage(&scan.family, |name| policy.lineage_key(name));
+    }
+    if !recrediting && !scan.unread_scripts.is_empty() {
+        warn!(
+            "the scripts of {} interpreters were not read (reading their command lines waits on \
+             their memory map locks): script rules do not match them until they execute a \
+             program again (pids {:?})",
+            scan.unread_scripts.len(),
+            scan.unread_scripts
+        );
+    }
+    if recrediting {
+        plan.only_listeners(|key| {
+            stale.contains_key(&ListenerKey {
+                netns: key.0,
+                port: key.1,
+                _pad: 0,
+            })
+        });
     }
     // (A credited listener that closes between the dump and the write
     // leaves an entry with its cookie that no close removes, until the
@@ -251,7 +279,7 @@ fn take<K: aya::Pod, V: aya::Pod>(
 }
 
 /// The errno of a failed map syscall.
-fn errno(e: &MapError) -> Option<i32> {
+pub(super) fn errno(e: &MapError) -> Option<i32> {
     match e {
         MapError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
         _ => None,
@@ -325,18 +353,9 @@ fn fill_gaps(
     gained
 }
 
-/// A listener entry whose credited process was gone, credited anew.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Recredit {
-    pub key: ListenerKey,
-    /// The process it credited, and the one it credits now.
-    pub from: u32,
-    pub to: u32,
-}
-
 /// Writes `plan` and `scripts` into `maps`, never over what the kernel
 /// recorded but for the `stale` listener entries still as they were
-/// ([`plant`]).
+/// ([`plant`]; then the notes of other entries are not repaired).
 fn write(
     plan: &Plan,
     cookies: &Cookies,
@@ -361,7 +380,11 @@ fn write(
             _pad: 0,
         };
         if let Some(held) = stale.get(&key) {
-            anew.push((key, *held, credit.tgid));
+            let cookie = cookies
+                .get(&netns)
+                .and_then(|by_inode| by_inode.get(&credit.inode))
+                .copied();
+            anew.push((key, *held, credit.tgid, cookie));
             continue;
         }
         // Without its cookie (not read), any close of a listener on the
@@ -448,15 +471,20 @@ fn write(
         }
     }
     failed.warn(maps::PROCS);
-    let repaired = repair_marks(procs, tracked);
-    if repaired > 0 {
-        info!("seeding: set {repaired} notes of {} again", maps::TRACKED);
+    // (At the start only: later, an entry without its note may be one
+    // the kernel left at an exit race, which the connect hook must not
+    // read, and which the reaping removes.)
+    if stale.is_empty() {
+        let repaired = repair_marks(procs, tracked);
+        if repaired > 0 {
+            info!("seeding: set {repaired} notes of {} again", maps::TRACKED);
+        }
     }
 
     let mut recredited = Vec::new();
     let mut failed = Failures::default();
-    for (key, held, tgid) in anew {
-        match recredit(listeners, key, &held, tgid) {
+    for (key, held, tgid, cookie) in anew {
+        match credit_anew(listeners, procs, key, &held, tgid, cookie) {
             Ok(true) => recredited.push(Recredit {
                 key,
                 from: held.tgid,
@@ -477,34 +505,6 @@ fn write(
     (seeded, recredited)
 }
 
-/// Credits the listener entry at `key` to `tgid`, if it is still `held`
-/// (a listen since, or a close, changed it: the kernel's wins) and names
-/// another process; whether it wrote. Its cookie and the listener kept
-/// before it stay: the listener is the same, only its holder changed. (A
-/// listen or close between the read and the write is lost: the window is
-/// two syscalls.)
-fn recredit(
-    listeners: &mut BpfHashMap<MapData, ListenerKey, Listener>,
-    key: ListenerKey,
-    held: &Listener,
-    tgid: u32,
-) -> Result<bool, MapError> {
-    if held.tgid == tgid {
-        return Ok(false);
-    }
-    match listeners.get(&key, 0) {
-        Ok(now) if now == *held => {}
-        Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let credited = Listener { tgid, ..*held };
-    match listeners.insert(key, credited, EXIST) {
-        Ok(()) => Ok(true),
-        Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt as _;
@@ -515,7 +515,7 @@ mod tests {
     fn this_process_listener_is_found_by_a_scan() {
         let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let scan = scan(false).unwrap();
+        let scan = scan(false, true).unwrap();
         let me = std::process::id();
         let ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
         let (_, pids) = scan
@@ -567,7 +567,7 @@ mod tests {
             }
             done
         });
-        let scan = scan(false).unwrap();
+        let scan = scan(false, true).unwrap();
         let ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
         let (_, pids) = scan.netns.iter().find(|(inode, _)| *inode == ns).unwrap();
         let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");
@@ -591,7 +591,7 @@ mod tests {
     #[test]
     fn a_process_whose_main_thread_exited_is_scanned() {
         let (mut child, inode) = crate::testing::child_without_its_main_thread();
-        let scan = scan(false);
+        let scan = scan(false, true);
         let _ = child.kill();
         let _ = child.wait();
         let owners = scan.unwrap().owners;
@@ -612,7 +612,7 @@ mod tests {
         );
         let port: u16 = line.trim().parse().expect("a port");
         let pid = child.id();
-        let mut scan = scan(false).unwrap();
+        let mut scan = scan(false, true).unwrap();
         let ns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
         let (_, pids) = scan.netns.iter().find(|(inode, _)| *inode == ns).unwrap();
         let socks = tcp_sockets(ns, pids).expect("our namespace's sockets");

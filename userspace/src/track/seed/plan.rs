@@ -164,6 +164,18 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Keeps only what crediting the listeners of the ports `keep` says
+    /// anew needs: their credits, and the credited processes' standing
+    /// evidence.
+    pub(super) fn only_listeners(&mut self, keep: impl Fn(&(u32, u16)) -> bool) {
+        self.listeners.retain(|key, _| keep(key));
+        let credited: HashSet<u32> = self.listeners.values().map(|c| c.tgid).collect();
+        self.standing.retain(|tgid, _| credited.contains(tgid));
+        self.lineage.clear();
+    }
+}
+
 /// Which of the processes holding one listener (`pids`, ascending) its
 /// accepts are credited to, as the kernel would have credited them: the
 /// process that put it into LISTEN, then each that executed a program

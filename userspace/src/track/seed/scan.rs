@@ -23,6 +23,7 @@ use tracing::warn;
 use super::plan::Sock;
 use crate::{
     cut::procs::{exe_file_name, live, note_own_tables},
+    events::cmdline::Waiting,
     kernel::sock_diag::{SockDiag, TcpSocket, state},
     resolve::{self, in_first_netns},
 };
@@ -42,15 +43,19 @@ pub(super) struct Scan {
     pub(super) owners: HashMap<u64, Vec<u32>>,
     /// Interpreters' scripts, by pid.
     pub(super) scripts: HashMap<u32, [u8; SCRIPT_LEN]>,
+    /// Interpreters whose command line could not be read (a read of it
+    /// waits on its memory map lock): their scripts are not known.
+    pub(super) unread_scripts: Vec<u32>,
     /// Each process's parent and executable's file name, by pid (only
     /// when the scan was asked for them).
     pub(super) family: HashMap<u32, (u32, Vec<u8>)>,
 }
 
 /// Walks every process once, reading each one's parent too (one more
-/// file) if `family`. A process that vanishes or cannot be read midway is
-/// skipped (or only partly seen): that is normal.
-pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
+/// file) if `family`, and each interpreter's script if `scripts`. A
+/// process that vanishes or cannot be read midway is skipped (or only
+/// partly seen): that is normal.
+pub(super) fn scan(family: bool, scripts: bool) -> Result<Scan, ProcError> {
     let mut scan = Scan::default();
     let mut index: HashMap<u32, usize> = HashMap::new();
     for process in all_processes()?.flatten() {
@@ -97,10 +102,15 @@ pub(super) fn scan(family: bool) -> Result<Scan, ProcError> {
         }
         if let Some(exe) = exe {
             let name = exe_file_name(&exe);
-            if is_interpreter(&name)
-                && let Some(script) = read_cmdline(&process).and_then(|c| script_of(&c))
-            {
-                scan.scripts.insert(pid, script);
+            if scripts && is_interpreter(&name) {
+                match read_cmdline(&process) {
+                    Ok(cmdline) => {
+                        if let Some(script) = cmdline.and_then(|c| script_of(&c)) {
+                            scan.scripts.insert(pid, script);
+                        }
+                    }
+                    Err(Waiting) => scan.unread_scripts.push(pid),
+                }
             }
             if family
                 && let Ok(stat) = process.stat()
@@ -184,8 +194,10 @@ const CMDLINE_READ: usize = ARGV0_MAX_LEN + 1 + (SCRIPT_MAX_ARGS - 1) * (SCRIPT_
 /// directory, so a recycled pid cannot answer for it, and read on a reader
 /// thread that the process cannot hold the seeding on
 /// ([`crate::events::cmdline`]).
-fn read_cmdline(process: &Process) -> Option<Vec<u8>> {
-    let file = process.open_relative("cmdline").ok()?;
+fn read_cmdline(process: &Process) -> Result<Option<Vec<u8>>, Waiting> {
+    let Ok(file) = process.open_relative("cmdline") else {
+        return Ok(None);
+    };
     let dir = PathBuf::from(format!("/proc/{}", process.pid));
     crate::events::cmdline::read(&dir, file, CMDLINE_READ)
 }
