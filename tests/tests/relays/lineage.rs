@@ -492,6 +492,19 @@ in_reused_pid(pid, hold_then_ask)
 /// completes on the held listener, and the script's last line (`reused
 /// ...`) is returned.
 fn hand_over_round(topo: &Topology, script: &[&str], port: u16, first: &str) -> String {
+    hand_over(topo, script, port, first, |_| ()).1
+}
+
+/// [`hand_over_round`], running `before` with the script's pid between its
+/// first line and the remote client's connect: the script's pid and its
+/// last line.
+fn hand_over(
+    topo: &Topology,
+    script: &[&str],
+    port: u16,
+    first: &str,
+    before: impl FnOnce(u32),
+) -> (u32, String) {
     let mut talker = Talker::spawn(
         topo.local.cmd(SYSTEM_PYTHON).args(script).args([
             LOCAL_ADDR,
@@ -502,11 +515,12 @@ fn hand_over_round(topo: &Topology, script: &[&str], port: u16, first: &str) -> 
     );
     let line = talker.line();
     assert!(line.starts_with(first), "{line}");
+    before(talker.pid());
     let connect = format!(
         "import socket; socket.create_connection(('{LOCAL_ADDR}', {port}), timeout=3).close()"
     );
     run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
-    talker.ask("go")
+    (talker.pid(), talker.ask("go"))
 }
 
 /// The relay verdict is on: a process listening on the link address asking
@@ -616,34 +630,20 @@ const PASSED_ON_PORTS: [u16; 2] = [9025, 9026];
 fn a_listener_whose_process_exited_is_credited_to_its_holder() {
     let topo = Topology::new();
     let _servers = topo.local.http_servers();
+    let script = ["-c", HAND_OVER_AND_EXIT];
     let round = |port: u16, daemon: Option<&Daemon>| {
-        let mut holder = Talker::spawn(
-            topo.local.cmd(SYSTEM_PYTHON).args([
-                "-c",
-                HAND_OVER_AND_EXIT,
-                LOCAL_ADDR,
-                &port.to_string(),
-                &PROTECTED.to_string(),
-            ]),
-            "the holder",
-        );
-        let line = holder.line();
-        assert_eq!(line, format!("holding {}", holder.pid()));
-        if let Some(daemon) = daemon {
-            wait_for(
-                "the listener credited to its holder",
-                Duration::from_secs(10),
-                || {
-                    (listener_tgids(daemon.install(), &topo.local, port) == [holder.pid()])
-                        .then_some(())
-                },
-            );
-        }
-        let connect = format!(
-            "import socket; socket.create_connection(('{LOCAL_ADDR}', {port}), timeout=3).close()"
-        );
-        run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &connect]));
-        (holder.pid(), holder.ask("go"))
+        hand_over(&topo, &script, port, "holding ", |holder| {
+            if let Some(daemon) = daemon {
+                wait_for(
+                    "the listener credited to its holder",
+                    Duration::from_secs(10),
+                    || {
+                        (listener_tgids(daemon.install(), &topo.local, port) == [holder])
+                            .then_some(())
+                    },
+                );
+            }
+        })
     };
     assert_eq!(round(PASSED_ON_PORTS[0], None).1, "status 200");
 

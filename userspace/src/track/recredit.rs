@@ -33,6 +33,9 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub struct Recrediting {
     tried: HashMap<ListenerKey, Tried>,
+    /// `LW_PROCS`, `LW_LISTENERS` and `LW_TRACKED`, opened at the first
+    /// check.
+    maps: Option<Maps>,
 }
 
 struct Tried {
@@ -46,17 +49,25 @@ impl Recrediting {
     /// process has no `LW_PROCS` entry that says it listens, and credits
     /// those not tried lately anew: the ones it credited. `/proc` is read
     /// only when there are some (the walk the seeding makes at start).
+    /// The maps are opened from their pins once and kept: no one replaces
+    /// them while the daemon holds the run directory's lock (`detach`
+    /// refuses); a map that fails to read is opened anew at the next check.
     pub fn check(&mut self, pins: &PinDir) -> Result<Vec<Recredit>, String> {
-        let mut maps = Maps::pinned(pins)?;
+        let mut maps = match self.maps.take() {
+            Some(maps) => maps,
+            None => Maps::pinned(pins)?,
+        };
         let now = Instant::now();
         let due = self.due(stale(&maps)?, now);
         if due.is_empty() {
+            self.maps = Some(maps);
             return Ok(Vec::new());
         }
         // A failed walk is a try too: it is not made again every second.
         let planted = plant(&mut maps, None, &due);
         let recredited = planted.as_ref().map_or(&[][..], |(_, r)| r.as_slice());
         self.tried(due, recredited, now);
+        self.maps = Some(maps);
         planted.map(|(_, recredited)| recredited)
     }
 
