@@ -1,6 +1,7 @@
 //! From kernel records to stdout: repeats summarised, lines batched.
 //!
-//! A report whose flow — the same process (pid and start time), executable,
+//! A report whose flow — the same process (pid and start time; or any
+//! child forked by the same parent that executed nothing since), executable,
 //! uid, cgroup, network namespace, destination (any address of 127.0.0.0/8
 //! counts as one), verdict, rule, policy and remote party (`via`) — was not
 //! reported in the current interval gets its line at once. Further
@@ -66,6 +67,8 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 /// What makes two reports "the same" for summarising.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FlowKey {
+    /// The process (0 and 0 for any forked child of `ppid` that executed
+    /// nothing since).
     tgid: u32,
     start_boottime_ns: u64,
     exe: ExeKey,
@@ -104,9 +107,19 @@ fn flow_daddr(daddr: Addr) -> Addr {
 
 impl FlowKey {
     fn of(ev: &ConnectEvent) -> Self {
+        // A process forked without executing anything runs its parent's
+        // program: its connects and its siblings' are one flow, that of the
+        // parent's forked children (`ppid` below). A forking relay (socat's
+        // per-connection child) would otherwise make a new flow, and a line,
+        // for every connection its remote party opens.
+        let (tgid, start_boottime_ns) = if ev.forked != 0 {
+            (0, 0)
+        } else {
+            (ev.tgid, ev.start_boottime_ns)
+        };
         Self {
-            tgid: ev.tgid,
-            start_boottime_ns: ev.start_boottime_ns,
+            tgid,
+            start_boottime_ns,
             exe: ev.exe,
             script: ev.script,
             uid: ev.uid,
@@ -535,6 +548,36 @@ mod tests {
         let lines = out.lines();
         assert_eq!(lines.len(), 5, "{lines:?}");
         assert_eq!(lines.iter().map(count).sum::<u64>(), 1003);
+    }
+
+    /// The forked children of one parent that executed nothing (a forking
+    /// relay's per-connection children) are one flow: their reports for a
+    /// peer make one line and one summary. A child that executed a program
+    /// of its own, or one of another parent, has its own.
+    #[test]
+    fn a_parents_forked_children_are_one_flow() {
+        let (mut r, out) = reporter(Duration::from_secs(1));
+        let child = |tgid: u32, ppid: u32, forked: u8| {
+            let mut ev = event(tgid, 8080, u64::from(tgid), verdict::DENY);
+            ev.ppid = ppid;
+            ev.forked = forked;
+            ev.start_boottime_ns = u64::from(tgid) * 7;
+            ev
+        };
+        for tgid in 100..600 {
+            r.event(&child(tgid, 50, 1));
+        }
+        r.event(&child(700, 50, 0));
+        r.event(&child(701, 51, 1));
+        r.flush();
+        let pids: Vec<_> = out.lines().iter().map(|l| l["pid"].clone()).collect();
+        assert_eq!(pids, [100, 700, 701]);
+        r.summarise();
+        let lines = out.lines();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert_eq!(lines[3]["repeat"]["count"], 499);
+        assert_eq!(lines[3]["pid"], 599, "the last child's record");
+        assert_eq!(lines.iter().map(count).sum::<u64>(), 502);
     }
 
     #[test]
