@@ -116,6 +116,13 @@ impl Getsockopt {
                         dir.display()
                     );
                 }
+                for dir in change.gone {
+                    info!(
+                        "getsockopt: {} was removed before the program could be attached there \
+                         (looked for again every second)",
+                        dir.display()
+                    );
+                }
                 for pin in change.removed {
                     info!(
                         "getsockopt: removed the link pinned at {} (its cgroup is gone or no \

@@ -43,11 +43,22 @@ impl Programs {
             path: pin.display().to_string(),
             message,
         };
+        let mut change = GetsockoptChange::default();
         let mut wanted = Vec::with_capacity(targets.len());
         for dir in targets {
             // Named by the cgroup opened, not by its path: one removed and
-            // made again in between is attached under its new name.
-            let cgroup = open_cgroup(dir)?;
+            // made again in between is attached under its new name. One
+            // removed since it was named (its unit stopping or restarting)
+            // is left out, as one not found then would have been: the
+            // next look names its successor. The other targets go on.
+            let cgroup = match File::open(dir) {
+                Ok(cgroup) => cgroup,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    change.gone.push(dir.to_owned());
+                    continue;
+                }
+                Err(_) => open_cgroup(dir)?,
+            };
             let pin = pins.link(&getsockopt_pin(&cgroup, dir == cgroup_root).map_err(
                 |source| LoaderError::OpenCgroup {
                     path: dir.display().to_string(),
@@ -57,7 +68,6 @@ impl Programs {
             wanted.push((pin, dir, cgroup));
         }
         let prog = typed::<CgroupSockopt>(&mut self.ebpf, name)?;
-        let mut change = GetsockoptChange::default();
         let mut pinned = pinned;
         for (pin, dir, cgroup) in &wanted {
             let (pin, dir) = (pin.as_path(), dir.as_path());
@@ -118,6 +128,8 @@ pub struct GetsockoptChange {
     pub attached: Vec<PathBuf>,
     /// The pins of the links removed.
     pub removed: Vec<PathBuf>,
+    /// The cgroups removed between their naming and the attach.
+    pub gone: Vec<PathBuf>,
 }
 
 /// The pin name of the `cgroup/getsockopt` link in the open cgroup
