@@ -1,5 +1,8 @@
 //! Names of the kernel programs.
 
+/// What every program's name, and so every link pinned for one, starts
+/// with: pins without it are another tool's.
+pub const PREFIX: &str = "lw_";
 pub const CONNECT4: &str = "lw_connect4";
 pub const CONNECT6: &str = "lw_connect6";
 /// No-op connect4 program for benchmarks: the cost of measuring.

@@ -129,8 +129,10 @@ impl Programs {
 
     /// Removes the pinned links of programs this build does not attach
     /// (a downgrade past a version that added one): they would go on
-    /// running, by the maps being replaced, until a `detach`. Best effort:
-    /// one that cannot be removed is said.
+    /// running, by the maps being replaced, until a `detach`. Only our
+    /// names (`lw_`), as `detach` removes: a pin directory shared with
+    /// another tool keeps its links. Best effort: one that cannot be
+    /// removed is said.
     fn remove_foreign_links(&self, pins: &PinDir) {
         let Ok(entries) = std::fs::read_dir(pins.links_dir()) else {
             return;
@@ -139,7 +141,10 @@ impl Programs {
         let ours: Vec<&str> = self.names.iter().copied().chain(trackers).collect();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if ours.contains(&name.as_str()) || name.starts_with(programs::GETSOCKOPT) {
+            if !name.starts_with(programs::PREFIX)
+                || ours.contains(&name.as_str())
+                || name.starts_with(programs::GETSOCKOPT)
+            {
                 continue;
             }
             let path = entry.path();

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use loopwarden_common::maps;
+use loopwarden_common::{maps, programs};
 
 use super::{PinDir, PinError, PinLock, io_err, is_bpffs};
 use crate::kernel::sys;
@@ -103,7 +103,7 @@ impl PinDir {
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
                 let name = name.unwrap_or_default();
                 let ours = if dir == links {
-                    name.starts_with("lw_")
+                    name.starts_with(programs::PREFIX)
                 } else {
                     name.starts_with("LW_")
                 };
