@@ -678,11 +678,17 @@ fn a_failed_start_keeps_the_getsockopt_link_of_the_policy_before() {
 /// update), after it installed its policy into the maps the running
 /// programs read, puts the policy before it back: the enforcing policy
 /// stays in force, and LW_META still says enforcing, though the failed
-/// start's file was audit mode. Positive control: the same start, once it
-/// can take over, puts the audit policy in force (socat gets through).
+/// start's file was audit mode; the scope file names the namespaces of
+/// the policy before, not the failed start's second one. Positive control:
+/// the same start, once it can take over, puts the audit policy in force
+/// (socat gets through) and its scope in the file.
 #[test]
 fn a_failed_start_puts_the_policy_before_it_back() {
     let ns = Netns::new();
+    let other = Netns::new();
+    let scope = |install: &Install| {
+        std::fs::read_to_string(install.run_dir().join("scope.json")).expect("scope.json")
+    };
     let _server = ns.sink_server();
     let target = format!("TCP:127.0.0.1:{PROTECTED}");
     assert!(ns.socat_connect(&target).0, "refused without loopwarden");
@@ -692,7 +698,12 @@ fn a_failed_start_puts_the_policy_before_it_back() {
     assert!(!ns.socat_connect(&target).0, "not enforcing");
     let generation = || map_dump(&install, "LW_GENERATION")[0]["value"].clone();
     let before = generation();
-    let audit = policy(&ns, "audit", "");
+    assert!(!scope(&install).contains(&other.path()));
+    let audit = policy(&ns, "audit", "").replace(
+        &format!("\"{}\"", ns.path()),
+        &format!("\"{}\", \"{}\"", ns.path(), other.path()),
+    );
+    assert!(audit.contains(&other.path()), "{audit}");
     std::fs::write(install.config_path(), &audit).expect("the config");
     let bind = install.pin_dir().join("links").join("lw_bind4");
     std::fs::remove_file(&bind).expect("the bind link's pin");
@@ -710,11 +721,17 @@ fn a_failed_start_puts_the_policy_before_it_back() {
         stderr.contains("the policy in force before it is put back"),
         "{stderr}"
     );
+    let kept = scope(&install);
+    assert!(
+        kept.contains(&ns.path()) && !kept.contains(&other.path()),
+        "the failed start's scope stayed in the file: {kept}"
+    );
     // Positive control: taking over, it puts its policy in force.
     std::fs::remove_file(&bind).expect("the map pinned in its place");
     let second = Daemon::start_in(&install, &audit, &[]);
     assert!(ns.socat_connect(&target).0, "audit mode refused");
     assert_ne!(generation(), before);
+    assert!(scope(&install).contains(&other.path()));
     drop(second);
     assert_detach_ends_enforcement(&install, &ns);
 }

@@ -33,7 +33,7 @@ use crate::{
         maps::{Counters, PolicyMaps, StatsMap, take_denials, take_events},
         pins::{PinDir, PinError, PinLock, PinState},
     },
-    policy::{self, Mode},
+    policy::{self, Mode, Netns},
     resolve::HostResolver,
 };
 
@@ -226,6 +226,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         lock: &pin_lock,
         first: state == PinState::Absent,
         policy_before: None,
+        scope_before: None,
     };
     let mut programs = Programs::load_pinned(&offsets, &pins, &state, conns)?;
     let mut policy_maps = PolicyMaps::take(&mut programs.ebpf)?;
@@ -285,6 +286,11 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
                     .in_force()
                     .ok()
                     .map(|(generation, _)| (generation, pins.meta().map(|m| m.mode).ok()));
+                // The scope file speaks for the policy in force: put back
+                // with it.
+                let before = ScopeFile::new(&opts.run_dir, pins.root(), policy_maps.id());
+                let netns = before.load();
+                undo.scope_before = Some((before, netns));
             }
             // Into the pinned maps (not staged ones): said enforcing
             // before it is (see `Installed::install`).
@@ -438,6 +444,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     };
     counters.report(&mut stats);
     status_file::started(&opts.run_dir, &opts.pin_dir, &installed, unread);
+    undo.scope_before = None;
     std::mem::forget(undo);
     Ok(Running {
         cgroup_root: host.cgroup2_root,
@@ -476,6 +483,10 @@ struct Undo<'a> {
     /// in place of the pinned ones stay: the same layout's, whose maps
     /// they share.)
     policy_before: Option<(u32, Option<u32>)>,
+    /// The scope file of the adopted maps, and the namespaces it held
+    /// before this start saved its policy's: written back with the policy
+    /// before.
+    scope_before: Option<(ScopeFile, Vec<Netns>)>,
 }
 
 impl Drop for Undo<'_> {
@@ -488,6 +499,9 @@ impl Drop for Undo<'_> {
                     Some(mode) => self.pins.update_meta(|m| m.mode = mode),
                     None => Ok(()),
                 });
+            if let Some((file, netns)) = &mut self.scope_before {
+                file.save(netns);
+            }
             match put_back {
                 Ok(()) => warn!("the start failed: the policy in force before it is put back"),
                 Err(e) => error!(
