@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use loopwarden_common::origin::OriginRecord;
+use loopwarden_common::origin::{OriginRecord, status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -154,7 +154,13 @@ impl Caller {
     /// connection's namespace, does; a user sees it as its server
     /// ([`Seen::as_server`]), by its accepted socket's owner now only in
     /// its own namespace (the only one whose sockets it is told about).
+    /// A record that does not say it is known (the kernel writes none
+    /// such today) is seen by no one: it is answered as unknown, as
+    /// getsockopt and ident answer it.
     fn sees(&self, record: &OriginRecord) -> Seen {
+        if record.status != status::KNOWN {
+            return Seen::Never;
+        }
         if self.uid == 0 {
             if self.host_netns || self.netns == Some(record.conn.netns) {
                 Seen::Always
@@ -169,6 +175,11 @@ impl Caller {
         }
     }
 }
+
+/// Why a caller whose network namespace could not be read is not answered.
+const UNREAD_NETNS: &str = "the caller's network namespace cannot be read (is it in another pid \
+                            namespace? Then it is not known for root of the host either): ask \
+                            from the daemon's pid namespace";
 
 /// A request line as sent.
 #[derive(Debug, Deserialize)]
@@ -297,6 +308,9 @@ impl Request {
             && !caller.is_host_root()
             && Some(asked) != caller.netns
         {
+            if caller.netns.is_none() {
+                return Reply::error(id, ErrorCode::Unavailable, UNREAD_NETNS);
+            }
             return Reply::error(
                 id,
                 ErrorCode::Forbidden,
@@ -310,13 +324,7 @@ impl Request {
         let every = caller.is_host_root() && self.netns.is_none() && matches!(self.op, Op::Conns);
         // A cookie names one socket on the host, whatever its namespace.
         if netns.is_none() && !every && !matches!(self.op, Op::Cookie(_)) {
-            return Reply::error(
-                id,
-                ErrorCode::Unavailable,
-                "the caller's network namespace cannot be read (is it in another pid \
-                 namespace? Then it is not known for root of the host either): ask from \
-                 the daemon's pid namespace",
-            );
+            return Reply::error(id, ErrorCode::Unavailable, UNREAD_NETNS);
         }
         let conns = match conns {
             Ok(conns) => conns,
@@ -497,9 +505,25 @@ mod tests {
     /// `server_uid` owned.
     fn record(netns: u32, server_uid: u32) -> OriginRecord {
         let mut record = OriginRecord::unknown();
+        record.status = status::KNOWN;
         record.conn.netns = netns;
         record.server_uid = server_uid;
         record
+    }
+
+    /// A record that does not say it is known is no one's to see, root's
+    /// neither.
+    #[test]
+    fn a_record_not_known_is_seen_by_no_one() {
+        let root = Caller {
+            uid: 0,
+            netns: Some(1),
+            host_netns: true,
+        };
+        let mut r = record(1, 0);
+        assert_eq!(root.sees(&r), Seen::Always);
+        r.status = status::UNKNOWN;
+        assert_eq!(root.sees(&r), Seen::Never);
     }
 
     /// A uid 0 outside the host's network namespace (a container's root
@@ -592,9 +616,12 @@ mod tests {
             netns: None,
             host_netns: false,
         };
+        // Naming a namespace too: it cannot be told whether it is the
+        // caller's own, so it is neither refused as another's nor asked.
         for line in [
             r#"{"op":"conns"}"#,
             r#"{"op":"who","peer":"127.0.0.1:1","local":"127.0.0.1:2"}"#,
+            r#"{"op":"conns","netns":5}"#,
         ] {
             let reply = ask(line, lost);
             assert_eq!(reply["error"], "unavailable", "{line}: {reply}");
