@@ -270,9 +270,9 @@ impl Query {
 
     /// Writes `line` on the connection (a new one if there is none) and
     /// reads the answer with id `id`. [`Error::Closed`] when the daemon had
-    /// closed the connection before it: the write found it gone, nothing
-    /// came back, or what came back is the notice of its idle close (no
-    /// id; it was sent before this request).
+    /// closed the connection before it: the write found it gone and nothing
+    /// was left to read, nothing came back, or what came back is the notice
+    /// of its idle close (no id; it was sent before this request).
     fn round_trip(&mut self, line: &str, id: &Value) -> Result<Value, Error> {
         if self.stream.is_none() {
             self.stream = Some(self.open()?);
@@ -280,17 +280,20 @@ impl Query {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::Closed);
         };
-        match send_all(stream.get_ref(), line.as_bytes()) {
+        // A daemon that closed the connection may have said why first (a
+        // new connection of a uid at its limit is told `busy`, then closed):
+        // a send that finds it closed still reads what it left.
+        let sent = match send_all(stream.get_ref(), line.as_bytes()) {
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
                 ) =>
             {
-                return Err(Error::Closed);
+                false
             }
-            written => written?,
-        }
+            written => written.map(|()| true)?,
+        };
         let mut text = String::new();
         let read = match stream.by_ref().take(MAX_ANSWER).read_line(&mut text) {
             // The daemon closed the connection with this request unread in
@@ -299,6 +302,7 @@ impl Query {
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset && text.is_empty() => {
                 return Err(Error::Closed);
             }
+            Err(_) if !sent => return Err(Error::Closed),
             read => read?,
         };
         if read == 0 {

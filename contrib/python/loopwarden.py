@@ -330,7 +330,12 @@ def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[st
     """One request on a fresh connection: the answer, None for ``unknown``."""
     with _connect(path, timeout) as s:
         try:
-            s.sendall(json.dumps(req).encode() + b"\n")
+            try:
+                s.sendall(json.dumps(req).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                # Closed by the daemon, which may have said why first (a
+                # uid at its limit of clients is told ``busy``): read on.
+                pass
             line = s.makefile("rb").readline(_MAX_ANSWER + 1)
         except socket.timeout as e:
             raise QueryError("io", f"no answer within {timeout} s") from e

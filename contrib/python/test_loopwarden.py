@@ -180,6 +180,41 @@ class Query(unittest.TestCase):
             loopwarden.conns(path=path)
         self.assertEqual(e.exception.code, "protocol")
 
+    def test_a_notice_before_the_close_is_read_though_the_send_fails(self):
+        # The daemon tells a uid at its limit ``busy`` and closes, before
+        # the request is written: the send fails, and the notice is read.
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "query.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen()
+        self.addCleanup(os.rmdir, d)
+        self.addCleanup(os.unlink, path)
+        self.addCleanup(listener.close)
+        closed = threading.Event()
+
+        def refuse():
+            c, _ = listener.accept()
+            c.sendall(b'{"v":1,"ok":false,"error":"busy","message":"16 clients"}\n')
+            c.close()
+            closed.set()
+
+        t = threading.Thread(target=refuse, daemon=True)
+        t.start()
+        self.addCleanup(t.join)
+        connect = loopwarden._connect
+
+        def connect_then_wait(*args):
+            s = connect(*args)
+            closed.wait(5)
+            return s
+
+        loopwarden._connect = connect_then_wait
+        self.addCleanup(setattr, loopwarden, "_connect", connect)
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.who_cookie(1, path=path)
+        self.assertEqual((e.exception.code, e.exception.message), ("busy", "16 clients"))
+
     def test_silent_daemon(self):
         d = tempfile.mkdtemp()
         path = os.path.join(d, "query.sock")

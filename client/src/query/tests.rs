@@ -241,6 +241,31 @@ fn a_request_the_daemon_closed_unread_is_asked_again() {
     assert_eq!(reqs[0]["cookie"], 3);
 }
 
+/// A new connection the daemon refuses (its uid holds as many as one uid
+/// may) is told `busy` and closed before the client writes: the write
+/// finds the connection closed, and the client still reads the notice and
+/// says `busy`, not that the daemon closed the connection.
+#[test]
+fn a_notice_before_the_close_is_read_though_the_send_fails() {
+    let busy = format!(
+        r#"{NOTICE}{{"v":1,"ok":false,"error":"busy","message":"uid 1000 holds 16 clients"}}"#
+    );
+    // One connection: a client that took the failed send for a close and
+    // asked again on a new one would find no daemon.
+    let fake = Fake::connections(&[&[&busy]]);
+    let mut q = fake.connect();
+    // Closed by the fake before the request is written.
+    thread::sleep(SLOW);
+    match q.who_cookie(1) {
+        Err(Error::Refused { code, message }) => {
+            assert_eq!(code, "busy");
+            assert!(message.contains("16 clients"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(fake.requests().is_empty());
+}
+
 #[test]
 fn a_late_answer_is_never_taken_for_the_next_requests() {
     let late = format!(r#"{LATE}{{"v":1,"ok":true,"id":{{id}},"origin":{{"pid":1}}}}"#);
