@@ -350,11 +350,20 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // With the mode in force now (this daemon's policy, or the pinned one
     // it kept), read back from the settings: one write.
     let mode = mode_word(pinned_mode(&pins));
-    pins.update_meta(|m| {
+    // The programs are in force by now: a failed write is said, not a
+    // failed start (which the next start, finding no mark, would take for
+    // an interrupted one and replace everything again).
+    if let Err(e) = pins.update_meta(|m| {
         m.dropped_reported = dropped_reported;
         m.mode = mode;
-    })
-    .map_err(|e| io_err("writing LW_META")(io::Error::other(e)))?;
+    }) {
+        warn!(
+            "writing {} failed: {e}; `loopwarden status` may show the mode before this start, \
+             and a start after this one may take the maps for an interrupted start's and replace \
+             them",
+            maps::META
+        );
+    }
     // The RFC 1413 responder, bound before anything was loaded.
     if let Some(bound) = ident {
         let serving = bound
