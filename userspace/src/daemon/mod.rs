@@ -342,6 +342,12 @@ mod tests {
         assert_eq!(elsewhere.exit_code(), exit::CONFIG);
         let private = DaemonError::Pins(PinError::PrivateMountNamespace);
         assert_eq!(private.exit_code(), exit::CONFIG);
+        // Another daemon pinned a set and went while this start looked: the
+        // next start adopts it, so a supervisor must restart.
+        let since = DaemonError::Pins(PinError::PinnedSince {
+            path: "/sys/fs/bpf/loopwarden".into(),
+        });
+        assert_eq!(since.exit_code(), exit::FAILURE);
     }
 
     #[test]

@@ -215,9 +215,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // With no directory to lock when it looked, another daemon may have
     // pinned a set and gone since: this start is then no first start.
     if !locked_before && state == PinState::Absent && pins.inspect(&shapes) != PinState::Absent {
-        return Err(PinError::Busy {
+        return Err(PinError::PinnedSince {
             path: pins.root().to_owned(),
-            holder: None,
         }
         .into());
     }

@@ -73,6 +73,13 @@ pub enum PinError {
     )]
     Replaced { path: PathBuf },
     #[error(
+        "another loopwarden pinned its programs in {} while this one started (there was nothing \
+         to lock when this one looked, so it had taken itself for the first); start again: the \
+         next start adopts them",
+        path.display()
+    )]
+    PinnedSince { path: PathBuf },
+    #[error(
         "another loopwarden uses the pin directory {} (its lock is held{}); stop it first, or \
          give this one its own --pin-dir",
         path.display(),
