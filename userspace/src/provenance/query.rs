@@ -193,34 +193,45 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        match Slot::take(&clients, cred.uid()) {
+        let netns = caller_netns(&stream, &cred);
+        let caller = Caller {
+            uid: cred.uid(),
+            netns,
+            host_netns: netns.is_some() && netns == shared.own_netns,
+        };
+        match Slot::take(&clients, caller.share()) {
             Ok((slot, stop)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     tokio::select! {
-                        () = client(stream, cred, shared, &slot) => {}
+                        () = client(stream, caller, shared, &slot) => {}
                         _ = stop => debug!(
                             "query socket: closed a client of uid {}, idle longest",
-                            cred.uid()
+                            caller.uid
                         ),
                     }
                 });
             }
-            Err(uid) => {
-                tokio::spawn(refuse(stream, uid));
+            Err(_) => {
+                tokio::spawn(refuse(stream, caller));
             }
         }
     }
 }
 
-/// One error line for a client of `uid` past [`MAX_CLIENTS_PER_UID`],
-/// then close.
-async fn refuse(mut stream: UnixStream, uid: u32) {
+/// One error line for a client whose share ([`Caller::share`]) holds
+/// [`MAX_CLIENTS_PER_UID`] already, then close.
+async fn refuse(mut stream: UnixStream, caller: Caller) {
+    let whose = if caller.share() == caller.uid {
+        format!("uid {}", caller.uid)
+    } else {
+        "uid 0 outside the host's network namespace".to_owned()
+    };
     let reply = Reply::error(
         None,
         ErrorCode::Busy,
         format!(
-            "{MAX_CLIENTS_PER_UID} clients of uid {uid} are being served; close one, or try \
+            "{MAX_CLIENTS_PER_UID} clients of {whose} are being served; close one, or try \
              again shortly"
         ),
     );
@@ -275,13 +286,7 @@ fn still_runs(pidfd: &std::os::fd::OwnedFd) -> bool {
 }
 
 /// Serves one client until it closes, misbehaves or times out.
-async fn client(stream: UnixStream, cred: UCred, shared: Arc<Shared>, slot: &Slot) {
-    let netns = caller_netns(&stream, &cred);
-    let caller = Caller {
-        uid: cred.uid(),
-        netns,
-        host_netns: netns.is_some() && netns == shared.own_netns,
-    };
+async fn client(stream: UnixStream, caller: Caller, shared: Arc<Shared>, slot: &Slot) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut line = Vec::new();
@@ -450,7 +455,7 @@ async fn answer_within(
     // would hold its slot as busy (see `Clients::looking_up`), and a user
     // with many clients would hold them all.
     let walk = match request.walks() {
-        true => match shared.walks.walk(caller.uid) {
+        true => match shared.walks.walk(caller.share()) {
             Some(walk) => Some(walk),
             None => {
                 return Answered::from(request.unavailable(format!(
@@ -461,7 +466,7 @@ async fn answer_within(
         },
         false => None,
     };
-    let Some(running) = shared.lookups.lookup(caller.uid) else {
+    let Some(running) = shared.lookups.lookup(caller.share()) else {
         return Answered::from(request.busy(format!(
             "{MAX_CLIENTS_PER_UID} lookups of uid {} have not finished (a user name asked of a \
              directory service that does not answer, most likely): ask again later",

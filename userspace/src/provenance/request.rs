@@ -134,6 +134,18 @@ impl Caller {
         self.uid == 0 && self.host_netns
     }
 
+    /// Whose share of the query socket's clients, walks and lookups this
+    /// caller takes: its uid's, but a uid 0 outside the host's network
+    /// namespace counts as a user of its own ([`CONTAINED_ROOT`]), so that a
+    /// container's root cannot take what is kept for the host's.
+    pub fn share(&self) -> u32 {
+        if self.uid == 0 && !self.host_netns {
+            CONTAINED_ROOT
+        } else {
+            self.uid
+        }
+    }
+
     /// `origin` as `/proc` would show it to the caller: with `/proc`
     /// mounted `hidepid` (`hides`), a process of another user's has its
     /// paths and command line hidden from all but root, so a caller other
@@ -175,6 +187,10 @@ impl Caller {
         }
     }
 }
+
+/// The share ([`Caller::share`]) of every uid 0 outside the host's network
+/// namespace: `(uid_t)-1`, which no user has.
+pub const CONTAINED_ROOT: u32 = u32::MAX;
 
 /// Why a caller whose network namespace could not be read is not answered.
 const UNREAD_NETNS: &str = "the caller's network namespace cannot be read (is it in another pid \
@@ -509,6 +525,21 @@ mod tests {
         record.conn.netns = netns;
         record.server_uid = server_uid;
         record
+    }
+
+    /// A uid 0 outside the host's network namespace (or whose namespace is
+    /// not known) shares no count with the host's root.
+    #[test]
+    fn a_contained_root_has_a_share_of_its_own() {
+        let caller = |uid, host_netns| Caller {
+            uid,
+            netns: Some(1),
+            host_netns,
+        };
+        assert_eq!(caller(0, true).share(), 0);
+        assert_eq!(caller(0, false).share(), CONTAINED_ROOT);
+        assert_eq!(caller(1000, false).share(), 1000);
+        assert_eq!(caller(1000, true).share(), 1000);
     }
 
     /// A record that does not say it is known is no one's to see, root's
