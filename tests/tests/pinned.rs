@@ -591,10 +591,15 @@ fn replacement_failing_at(link: &str, port: u16) {
         connect_programs,
         "the connect link runs another program after the failed start: {stderr}"
     );
-    let links = install.pin_dir().join("links");
+    let left: Vec<_> = std::fs::read_dir(install.pin_dir().join("links"))
+        .expect("the links' directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("_new"))
+        .collect();
     assert!(
-        !links.join("lw_sock_state_new").exists(),
-        "the failed start left its tracking links pinned"
+        left.is_empty(),
+        "the failed start left its tracking links pinned: {left:?}"
     );
     let staged: Vec<_> = std::fs::read_dir(install.pin_dir())
         .expect("the pin directory")
@@ -632,6 +637,36 @@ fn replacement_failing_at(link: &str, port: u16) {
         Ok(200),
         "the relay does not work even without loopwarden"
     );
+}
+
+/// A tracking link that a start pinned beside the pinned ones and left
+/// (one killed part-way, before its trackers took their pins; made here
+/// by moving the pinned `lw_sock_state` link aside under such a name) is
+/// removed by the next start once that start has taken over: it would
+/// otherwise go on running beside the new one until a `detach`. Positive
+/// control: the moved pin holds an attached link before that start.
+#[test]
+fn a_tracking_link_a_killed_start_left_is_removed_by_the_next() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let config = policy(&ns, "audit", "");
+    let mut first = Daemon::start_in(&install, &config, &[]);
+    assert!(first.stop(), "the first daemon exits 0 on SIGTERM");
+    let links = install.pin_dir().join("links");
+    let left = links.join("lw_sock_state_new_1");
+    std::fs::rename(links.join("lw_sock_state"), &left).expect("moving the tracker's pin");
+    run_ok(
+        Command::new("bpftool")
+            .args(["link", "show", "pinned"])
+            .arg(&left),
+    );
+    let second = Daemon::start_in(&install, &config, &[]);
+    second.wait_stderr("left by a start that did not finish", 1);
+    assert!(!left.exists(), "the left tracking link is still pinned");
+    assert!(links.join("lw_sock_state").exists());
+    drop(second);
+    let out = install.detach();
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// A start that fails after attaching getsockopt for the cgroups its

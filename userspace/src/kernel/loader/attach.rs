@@ -34,7 +34,7 @@ impl Programs {
     /// steps that can fail (a cgroup to open, a link to attach) fail while
     /// the old programs still judge with the maps they were given. In a
     /// replacement the old tracking programs go on feeding those maps
-    /// until then: the new ones are pinned beside them (`<name>_new`) and
+    /// until then: the new ones are pinned beside them (`<name>_new_<start>`) and
     /// take their pins only once every enforcing link runs the new
     /// programs, and a start that fails before removes its own.
     ///
@@ -74,6 +74,7 @@ impl Programs {
             }
         }
         let takeover = taken?;
+        remove_stale_new_trackers(pins);
         if self.staged {
             self.remove_foreign_links(pins);
             pins.promote_staging()?;
@@ -187,7 +188,6 @@ impl Programs {
                 .map_err(|e| pin_failed(e.to_string()))?
                 .into();
             let fresh = new_tracker_pin(pins, name);
-            let _ = std::fs::remove_file(&fresh);
             link.pin(&fresh)
                 .map_err(|e| pin_failed(crate::error_chain(&e)))?;
             if !beside {
@@ -371,9 +371,42 @@ pub(super) fn update_link(
 }
 
 /// Where a new tracking link of program `name` is pinned beside the old
-/// one until it takes its pin (bpffs refuses names with dots).
+/// one until it takes its pin (bpffs refuses names with dots): named by
+/// this start (the clock when it first named one: a pid may be the same
+/// at every start, in a container), so that a start never takes the place
+/// of a start killed part-way, whose new trackers may still feed the maps
+/// a link it had switched judges with, until every enforcing link runs
+/// this start's programs ([`remove_stale_new_trackers`]).
 fn new_tracker_pin(pins: &PinDir, name: &str) -> PathBuf {
-    pins.link(&format!("{name}_new"))
+    static START: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let start = START.get_or_init(|| crate::monotonic().as_nanos());
+    pins.link(&format!("{name}_new_{start}"))
+}
+
+/// Removes the tracking links that earlier starts pinned beside the old
+/// ones and left (killed part-way): once every enforcing link runs this
+/// start's programs, nothing judges with the maps they feed.
+fn remove_stale_new_trackers(pins: &PinDir) {
+    let Ok(entries) = std::fs::read_dir(pins.links_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = programs::TRACKERS
+            .iter()
+            .any(|&(tracker, _)| name.starts_with(&format!("{tracker}_new")));
+        if !stale {
+            continue;
+        }
+        let path = entry.path();
+        match remove_link(&path) {
+            Ok(()) => tracing::info!(
+                "removed the tracking link pinned at {} (left by a start that did not finish)",
+                path.display()
+            ),
+            Err(e) => tracing::warn!("removing the link pinned at {} failed: {e}", path.display()),
+        }
+    }
 }
 
 /// Removes the tracking links a failed replacement pinned beside the old
