@@ -87,9 +87,9 @@ impl InstanceLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
+                // From `/proc/locks`: the file's pid is that of whoever took
+                // the lock last, and may be stale.
+                let holder = crate::holder::Holder::of(&path);
                 return Err(DaemonError::AlreadyRunning { path, holder });
             }
             Err(TryLockError::Error(e)) => {

@@ -95,9 +95,13 @@ pub enum DaemonError {
     #[error(
         "another loopwarden is already running (lock {path} is held{}); stop it first (a \
          daemon for other pins runs beside it with its own --run-dir and --pin-dir)",
-        holder.map(|p| format!(" by pid {p}")).unwrap_or_default()
+        holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default()
     )]
-    AlreadyRunning { path: PathBuf, holder: Option<u32> },
+    AlreadyRunning {
+        path: PathBuf,
+        /// Who holds the lock, when `/proc/locks` names it.
+        holder: Option<crate::holder::Holder>,
+    },
     #[error(
         "a daemon{} enforces through {}: stop it first (`detach` ends enforcement, so it \
          refuses while a daemon runs; a daemon's exit leaves enforcement pinned)",
