@@ -660,10 +660,11 @@ fn a_tracking_link_a_killed_start_left_is_removed_by_the_next() {
             .args(["link", "show", "pinned"])
             .arg(&left),
     );
+    // Removed before the start is ready.
     let second = Daemon::start_in(&install, &config, &[]);
-    second.wait_stderr("left by a start that did not finish", 1);
     assert!(!left.exists(), "the left tracking link is still pinned");
     assert!(links.join("lw_sock_state").exists());
+    second.wait_stderr("left by a start that did not finish", 1);
     drop(second);
     let out = install.detach();
     assert!(out.status.success(), "{out:?}");
