@@ -203,6 +203,11 @@ pub enum Problem {
     #[error("`{field}` is an empty string")]
     EmptyValue { field: &'static str },
     #[error(
+        "{field} {value:?} has whitespace at an end or a control character (a line break, a \
+         tab): it is matched exactly, and would never match; write it without them"
+    )]
+    StrayCharacters { field: &'static str, value: String },
+    #[error(
         "{field} `{cgroup}` has a `..` component: name a cgroup by its path below the cgroup v2 \
          root (such as `system.slice/app.service`) or by its unit name"
     )]

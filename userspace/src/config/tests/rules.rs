@@ -44,6 +44,25 @@ fn bad_rules() {
             ),
         );
     }
+    // Whitespace at an end, or a line break a multi-line string keeps:
+    // matched exactly, never matching.
+    for (value, shown) in [
+        ("exe_name = \"socat \"", "exe_name \"socat \""),
+        ("comm = \" socat\"", "comm \" socat\""),
+        ("user = \"alice\\t\"", "user \"alice\\t\""),
+        (
+            "script = \"\"\"\n/opt/bridge.py\n\"\"\"",
+            "script \"/opt/bridge.py\\n\"",
+        ),
+    ] {
+        expect_error(
+            &rule(value),
+            6,
+            &format!("{shown} has whitespace at an end or a control character"),
+        );
+    }
+    // Inside a name, a space is a name's (Firefox's threads' comm).
+    parse(&rule("comm = \"Web Content\"")).unwrap();
     expect_error(&rule("comm = []"), 6, "`comm` is an empty list");
     expect_error(&rule("user = \"\""), 6, "`user` is an empty string");
     expect_error(

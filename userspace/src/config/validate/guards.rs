@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::{
     Problems, Validator,
-    rules::{cidr, exe_name, non_empty, port_range, subject_cgroup},
+    rules::{cidr, exe_name, name_value, port_range, subject_cgroup},
 };
 use crate::{
     config::{
@@ -43,7 +43,7 @@ impl Validator<'_> {
             loopback_only,
             allow_exe: self.opt_paths("allow_exe", raw.allow_exe)?,
             allow_user: self.opt_values("allow_user", raw.allow_user, |user| {
-                non_empty("allow_user", user)
+                name_value("allow_user", user)
             })?,
             allow_uid: self.opt_values("allow_uid", raw.allow_uid, Ok)?,
         };
@@ -225,7 +225,7 @@ impl Validator<'_> {
         let criteria = Criteria {
             exe: self.opt_paths("exe", raw.exe)?,
             uid: self.opt_values("uid", raw.uid, Ok)?,
-            user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
+            user: self.opt_values("user", raw.user, |user| name_value("user", user))?,
             cgroup: self.opt_values("cgroup", raw.cgroup, |cg| subject_cgroup("cgroup", cg))?,
             ..Criteria::default()
         };

@@ -63,10 +63,10 @@ impl Validator<'_> {
                     let len = comm.len();
                     return Err(Problem::CommTooLong { comm, len });
                 }
-                non_empty("comm", comm)
+                name_value("comm", comm)
             })?,
             uid: self.opt_values("uid", raw.uid, Ok)?,
-            user: self.opt_values("user", raw.user, |user| non_empty("user", user))?,
+            user: self.opt_values("user", raw.user, |user| name_value("user", user))?,
             cgroup: self.opt_values("cgroup", raw.cgroup, |cg| subject_cgroup("cgroup", cg))?,
             parent_exe: self.opt_paths("parent_exe", raw.parent_exe)?,
             ancestor_exe: self.opt_paths("ancestor_exe", raw.ancestor_exe)?,
@@ -77,7 +77,7 @@ impl Validator<'_> {
                     let len = script.len();
                     return Err(Problem::ScriptTooLong { script, len });
                 }
-                non_empty("script", script)
+                name_value("script", script)
             })?,
         };
         if criteria.is_empty() {
@@ -198,7 +198,7 @@ pub(super) fn exe_name(name: String) -> Result<String, Problem> {
         let len = name.len();
         return Err(Problem::ExeNameTooLong { name, len });
     }
-    non_empty("exe_name", name)
+    name_value("exe_name", name)
 }
 
 /// A CIDR (or a bare address) of an egress list.
@@ -211,12 +211,19 @@ pub(super) fn cidr(text: String) -> Result<ipnet::IpNet, Problem> {
     }
 }
 
-pub(super) fn non_empty(field: &'static str, value: String) -> Result<String, Problem> {
+/// A name a rule matches exactly (a file name, comm, user, script path,
+/// cgroup): not empty, and with no whitespace at either end and no
+/// control character, which a value pasted or written across lines
+/// (`"""..."""` keeps the line break) carries without a sign, and which
+/// would then never match.
+pub(super) fn name_value(field: &'static str, value: String) -> Result<String, Problem> {
     if value.is_empty() {
-        Err(Problem::EmptyValue { field })
-    } else {
-        Ok(value)
+        return Err(Problem::EmptyValue { field });
     }
+    if value.trim() != value || value.chars().any(char::is_control) {
+        return Err(Problem::StrayCharacters { field, value });
+    }
+    Ok(value)
 }
 
 /// A cgroup as a rule or setting names it: a path below the cgroup v2
@@ -224,7 +231,7 @@ pub(super) fn non_empty(field: &'static str, value: String) -> Result<String, Pr
 /// refuses those, so the daemon would look for it every second and never
 /// find it).
 pub(super) fn cgroup(field: &'static str, value: String) -> Result<String, Problem> {
-    let value = non_empty(field, value)?;
+    let value = name_value(field, value)?;
     // Where cgroup v2 is mounted (hybrid hosts: its `unified` directory):
     // no cgroup below the root has such a path.
     for mount in ["/sys/fs/cgroup/unified/", "/sys/fs/cgroup/"] {
