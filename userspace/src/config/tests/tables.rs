@@ -315,6 +315,19 @@ fn browsers_table() {
     assert_eq!(b.exe[0].value, PathBuf::from("/opt/app/app"));
     assert_eq!(b.rules(), 2);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // With the catalog off and no program named, the lists judge no one.
+    let lists_only = "catalog = false\n[protect]\nports = [11434]\n[browsers]\ndeny = [11434]\n";
+    let warnings = parse(lists_only).unwrap().warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains(":5: [browsers] lists ports")
+                && w.contains("the lists judge no one")),
+        "{warnings:?}"
+    );
+    let named = format!("{lists_only}exe_name = [\"code\"]\n");
+    let warnings = parse(&named).unwrap().warnings;
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[test]

@@ -178,6 +178,21 @@ impl Validator<'_> {
                 defaults.browsers,
             ),
         };
+        // With the catalog off, only [browsers] exe_name and exe name
+        // browsers: without them its lists judge no one.
+        if !catalog
+            && browsers.rules() == 0
+            && let Some((_, first)) = browsers
+                .lists()
+                .into_iter()
+                .find_map(|(action, list)| Some((action, list.first()?)))
+        {
+            warnings.push(format!(
+                "{}:{}: [browsers] lists ports, but with catalog = false no program is a \
+                 browser unless [browsers] exe_name or exe names it: the lists judge no one",
+                self.file, first.at.line
+            ));
+        }
         if let PortSet::Ranges(protected) = &protect.ports {
             let inside = |r: &PortRange| {
                 (r.first..=r.last)
