@@ -123,6 +123,40 @@ fn an_allow_can_never_reopen_metadata() {
     .unwrap();
 }
 
+/// An allow outside every deny entry lets nothing through the rule
+/// refuses, and one that is a whole deny entry takes it back: both said,
+/// with the allow's line. One inside a deny entry (of a set or a CIDR) is
+/// what an allow is for.
+#[test]
+fn an_allow_that_carves_nothing_out_is_warned_of() {
+    let warned = |deny: &str, allow: &str| {
+        let text = egress("a", &format!("{WHO}deny = [{deny}]\nallow = [{allow}]\n"));
+        parse(&text).unwrap().warnings
+    };
+    let outside = warned("\"private\"", "\"203.0.113.0/24\"");
+    assert!(
+        outside
+            .iter()
+            .any(|w| w.contains(":6: egress rule `a`: allow 203.0.113.0/24 is inside none")),
+        "{outside:?}"
+    );
+    let whole = warned("\"10.0.0.0/8\"", "\"10.0.0.0/8\"");
+    assert!(
+        whole
+            .iter()
+            .any(|w| w.contains("allow 10.0.0.0/8 is a whole deny entry")),
+        "{whole:?}"
+    );
+    for (deny, allow) in [
+        ("\"private\"", "\"10.20.0.0/16\""),
+        ("\"10.0.0.0/8\"", "\"10.1.2.3\""),
+        ("\"::/0\"", "\"0.0.0.0/0\""),
+    ] {
+        let none = warned(deny, allow);
+        assert!(none.is_empty(), "{deny} {allow}: {none:?}");
+    }
+}
+
 #[test]
 fn rules_need_a_subject_an_action_and_a_unique_name() {
     expect_error(

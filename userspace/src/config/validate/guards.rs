@@ -156,6 +156,7 @@ impl Validator<'_> {
             }
             seen.insert(rule.name.clone(), rule.at.line);
             self.warn_ipv4_in_ipv6(&rule, warnings);
+            self.warn_idle_allows(&rule, warnings);
             prefixes.extend(rule.deny.iter().flat_map(|d| d.value.prefixes()));
             prefixes.extend(rule.allow.iter().map(|a| egress::mapped(a.value)));
             if prefixes.len() > MAX_EGRESS_PREFIXES as usize {
@@ -174,6 +175,31 @@ impl Validator<'_> {
             rules.push(rule);
         }
         rules
+    }
+
+    /// An allow entry carves an exception out of the rule's deny entries
+    /// (the longest prefix decides): one inside none of them lets nothing
+    /// through that the rule refuses, and one that is a whole deny entry
+    /// takes it back. Both are said: neither is what it was written for.
+    fn warn_idle_allows(&self, rule: &Egress, warnings: &mut Vec<String>) {
+        let denied: Vec<ipnet::Ipv6Net> =
+            rule.deny.iter().flat_map(|d| d.value.prefixes()).collect();
+        for a in &rule.allow {
+            let allowed = egress::mapped(a.value);
+            let what = if denied.contains(&allowed) {
+                "is a whole deny entry of the rule: it takes that entry back (but for the \
+                 cloud metadata addresses, which no allow reopens)"
+            } else if !denied.iter().any(|d| d.contains(&allowed)) {
+                "is inside none of the rule's deny entries: it lets through nothing the rule \
+                 refuses (an allow carves an exception out of a deny entry)"
+            } else {
+                continue;
+            };
+            warnings.push(format!(
+                "{}:{}: egress rule `{}`: allow {} {what}",
+                self.file, a.at.line, rule.name, a.value
+            ));
+        }
     }
 
     /// An IPv6 deny prefix short enough to hold `::ffff:0:0/96` (`::/0`,
