@@ -315,6 +315,23 @@ fn browsers_table() {
     assert_eq!(b.exe[0].value, PathBuf::from("/opt/app/app"));
     assert_eq!(b.rules(), 2);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // A list's range not all protected is said; one inside the protected
+    // ports, even across two of their ranges, is not.
+    let text = "[protect]\nports = [\"8000-8049\", \"8050-8100\", 11434]\n[browsers]\n\
+                deny = [\"8000-8100\", \"11434-11435\"]\n";
+    let warnings = parse(text).unwrap().warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(":4: [browsers] lists 11434-11435 but [protect] ports does not"),
+        "{warnings:?}"
+    );
+    // Many protected ranges cost a pass, not one per port of each (the
+    // lists' own ranges may not overlap: at most 65,535).
+    let many = format!(
+        "[protect]\nports = [{}\"1-65535\"]\n[browsers]\ndeny = [\"2-65535\"]\n",
+        "1, ".repeat(300_000)
+    );
+    assert!(parse(&many).unwrap().warnings.is_empty());
     // With the catalog off and no program named, the lists judge no one.
     let lists_only = "catalog = false\n[protect]\nports = [11434]\n[browsers]\ndeny = [11434]\n";
     let warnings = parse(lists_only).unwrap().warnings;
