@@ -44,7 +44,7 @@ mod pending;
 
 use core::ptr;
 
-use loopwarden_common::origin::ConnKey;
+use loopwarden_common::{Addr, ConnectEvent, origin::ConnKey};
 
 pub use self::{
     conns::{closed, server_established},
@@ -55,10 +55,44 @@ use self::{
     pending::{owned_slot, release},
 };
 use crate::{
+    addr::{is_loopback, is_unspecified},
     identity::{load, offset},
     maps::{CONN_PORTS, ORIGIN_PENDING, byte_of, byte_set},
     sockets::tcp_sock,
 };
+
+/// Whether the connect `origin` records (its destination and port) made
+/// the connection `key`. An earlier connect of the socket that failed
+/// unseen (refused by a later program, or failing after the hook: an
+/// IPv4-mapped address on an `IPV6_V6ONLY` socket) leaves its record, and
+/// the socket, connected again where no hook judges (another port, or
+/// another address of the host: `host_addresses = false`), must not take
+/// it for this connection's origin. A connect to the unspecified address
+/// reached the loopback address, or from a socket bound first its own.
+///
+/// # Safety
+/// `origin` points into a map's value.
+#[inline(always)]
+unsafe fn made(origin: *const ConnectEvent, key: &ConnKey) -> bool {
+    // SAFETY: the caller's pointer; each field read once, as it is now.
+    let (dport, daddr) = unsafe {
+        let words = &(*origin).daddr.words;
+        (
+            ptr::read_volatile(&(*origin).dport),
+            Addr {
+                words: [
+                    ptr::read_volatile(&words[0]),
+                    ptr::read_volatile(&words[1]),
+                    ptr::read_volatile(&words[2]),
+                    ptr::read_volatile(&words[3]),
+                ],
+            },
+        )
+    };
+    dport == key.server_port
+        && (daddr == key.server
+            || (is_unspecified(&daddr) && (is_loopback(&key.server) || key.server == key.client)))
+}
 
 /// The longest a connect's handshake can take: Linux gives up on a SYN
 /// after about 127 s (`tcp_syn_retries` 6); 3 minutes leaves room.
@@ -72,10 +106,7 @@ const HANDSHAKE_NS: u64 = 180_000_000_000;
 pub fn client_established(sk: u64, cookie: u64, key: &ConnKey) {
     if let Some(slot) = owned_slot(cookie) {
         // SAFETY: a pointer into the map's value.
-        if unsafe { ptr::read_volatile(&(*slot).entry.record.origin.dport) } != key.server_port {
-            // An earlier connect of this socket that failed unseen
-            // (refused by a later program, or before its SYN left) to
-            // another port: never this connection's origin.
+        if !unsafe { made(&raw const (*slot).entry.record.origin, key) } {
             release(slot, cookie);
             return;
         }
@@ -97,8 +128,7 @@ pub fn client_established(sk: u64, cookie: u64, key: &ConnKey) {
         return;
     };
     // SAFETY: a pointer into the map's value.
-    if unsafe { ptr::read_volatile(&(*entry).record.origin.dport) } != key.server_port {
-        // As above: an earlier connect's to another port.
+    if !unsafe { made(&raw const (*entry).record.origin, key) } {
         let _ = ORIGIN_PENDING.remove(cookie);
         return;
     }

@@ -512,6 +512,70 @@ print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
     );
 }
 
+/// As [`an_earlier_failed_connect_of_a_socket_is_never_its_next_connections_origin`],
+/// the socket connecting next to the same port at another address of its
+/// namespace, which no hook judges (`host_addresses = false`): the failed
+/// connect's record names another destination, and is never that
+/// connection's origin. The positive control: a fresh socket's connect to
+/// the protected port on `::1` is known.
+#[test]
+fn an_earlier_failed_connect_to_loopback_is_never_the_origin_of_one_to_another_address() {
+    const SCRIPT: &str = r#"import json, os, socket, struct, sys
+protected = int(sys.argv[1])
+def listener(addr):
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, protected))
+    s.listen(4)
+    return s
+def answer(srv):
+    a, _ = srv.accept()
+    rec = a.getsockopt(0x4c57, 1, 328)
+    return {"status": rec[8], "tgid": struct.unpack_from("=I", rec, 152)[0]}
+p, other = listener("::1"), listener(sys.argv[3])
+fresh = socket.socket(socket.AF_INET6)
+fresh.connect(("::1", protected))
+control = answer(p)
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+try:
+    s.connect(("::ffff:127.0.0.1", protected))
+    failed = 0
+except OSError as e:
+    failed = e.errno
+s.connect((sys.argv[3], protected))
+print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
+                  "next": answer(other)}))
+"#;
+    const OTHER: &str = "fd00:77::1";
+    let ns = Netns::new();
+    loopwarden_tests::run_ok(ns.cmd("ip").args([
+        "addr",
+        "add",
+        &format!("{OTHER}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ]));
+    let _daemon = Daemon::start(&config(&ns));
+    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
+        "-c",
+        SCRIPT,
+        &PROTECTED.to_string(),
+        &UNPROTECTED.to_string(),
+        OTHER,
+    ]));
+    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    assert_eq!(said["control"]["status"], 1, "{said}");
+    assert_eq!(said["control"]["tgid"], said["pid"], "{said}");
+    assert_eq!(said["failed"], libc::ENETUNREACH, "{said}");
+    assert_eq!(
+        (&said["next"]["status"], &said["next"]["tgid"]),
+        (&json!(0), &json!(0)),
+        "the failed connect's record answered for the connection to {OTHER}: {said}"
+    );
+}
+
 /// The JSON that the Python `script` prints, run in `ns` with the
 /// protected and the unprotected port as its arguments.
 fn ports_script(ns: &Netns, script: &str) -> Value {
