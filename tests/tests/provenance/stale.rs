@@ -461,27 +461,26 @@ print(json.dumps({"pid": os.getpid(), "answers": out}))
     );
 }
 
-/// A socket whose tagged connect failed without the kernel's state change
-/// showing it (an IPv4-mapped address on an `IPV6_V6ONLY` socket fails
-/// after the connect hook, before a SYN) and that then connects, untagged,
-/// to another port whose connections may have origins: the first
-/// connect's record is never the second connection's origin. The positive
-/// control: a fresh socket's connect to the protected port is known.
-#[test]
-fn an_earlier_failed_connect_of_a_socket_is_never_its_next_connections_origin() {
-    const SCRIPT: &str = r#"import json, os, socket, struct, sys
+/// Python, arguments PROTECTED UNPROTECTED [ADDRESS]: a fresh socket's
+/// connect to `::1` on the protected port and its listener's getsockopt
+/// answer (`control`); then a socket whose tagged connect to the protected
+/// port fails without the kernel's state change showing it (an IPv4-mapped
+/// address on an `IPV6_V6ONLY` socket fails after the connect hook, before
+/// a SYN: `failed`, its errno). The script goes on with `s` (that socket),
+/// `listener(addr, port)` and `answer(listener)`, and prints `done(next)`.
+const FAILED_CONNECT: &str = r#"import json, os, socket, struct, sys
 protected, unprotected = int(sys.argv[1]), int(sys.argv[2])
-def listener(port):
-    s = socket.socket(socket.AF_INET6)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("::1", port))
-    s.listen(4)
-    return s
+def listener(addr, port):
+    l = socket.socket(socket.AF_INET6)
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, port))
+    l.listen(4)
+    return l
 def answer(srv):
     a, _ = srv.accept()
     rec = a.getsockopt(0x4c57, 1, 328)
     return {"status": rec[8], "tgid": struct.unpack_from("=I", rec, 152)[0]}
-p, u = listener(protected), listener(unprotected)
+p = listener("::1", protected)
 fresh = socket.socket(socket.AF_INET6)
 fresh.connect(("::1", protected))
 control = answer(p)
@@ -492,24 +491,51 @@ try:
     failed = 0
 except OSError as e:
     failed = e.errno
-s.connect(("::1", unprotected))
-print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
-                  "next": answer(u)}))
+def done(next):
+    print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed, "next": next}))
 "#;
-    let ns = Netns::new();
-    let daemon = Daemon::start(&config(&ns));
-    // Connections to the unprotected port may have origins (as after a
-    // reload that stopped protecting a port tagged connects went to).
-    mark_port(daemon.install(), UNPROTECTED);
-    let said = ports_script(&ns, SCRIPT);
+
+/// What [`FAILED_CONNECT`] and `then` said, run in `ns` with `args` after
+/// the two ports: the control known, the connect failed unseen, and the
+/// next connection's origin unknown (`to` says where it went).
+fn assert_the_failed_connect_lends_nothing(ns: &Netns, then: &str, args: &[&str], to: &str) {
+    let script = format!("{FAILED_CONNECT}{then}");
+    let out = loopwarden_tests::run_ok(
+        ns.cmd(SYSTEM_PYTHON)
+            .args([
+                "-c",
+                &script,
+                &PROTECTED.to_string(),
+                &UNPROTECTED.to_string(),
+            ])
+            .args(args),
+    );
+    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
     assert_eq!(said["control"]["status"], 1, "{said}");
     assert_eq!(said["control"]["tgid"], said["pid"], "{said}");
     assert_eq!(said["failed"], libc::ENETUNREACH, "{said}");
     assert_eq!(
         (&said["next"]["status"], &said["next"]["tgid"]),
         (&json!(0), &json!(0)),
-        "the failed connect's record answered for the next connection: {said}"
+        "the failed connect's record answered for the connection to {to}: {said}"
     );
+}
+
+/// A socket whose tagged connect failed unseen ([`FAILED_CONNECT`]) and
+/// that then connects, untagged, to another port whose connections may
+/// have origins: the first connect's record is never the second
+/// connection's origin. The positive control: a fresh socket's connect to
+/// the protected port is known.
+#[test]
+fn an_earlier_failed_connect_of_a_socket_is_never_its_next_connections_origin() {
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    // Connections to the unprotected port may have origins (as after a
+    // reload that stopped protecting a port tagged connects went to).
+    mark_port(daemon.install(), UNPROTECTED);
+    let then =
+        "u = listener(\"::1\", unprotected)\ns.connect((\"::1\", unprotected))\ndone(answer(u))\n";
+    assert_the_failed_connect_lends_nothing(&ns, then, &[], "another port");
 }
 
 /// As [`an_earlier_failed_connect_of_a_socket_is_never_its_next_connections_origin`],
@@ -520,60 +546,16 @@ print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
 /// the protected port on `::1` is known.
 #[test]
 fn an_earlier_failed_connect_to_loopback_is_never_the_origin_of_one_to_another_address() {
-    const SCRIPT: &str = r#"import json, os, socket, struct, sys
-protected = int(sys.argv[1])
-def listener(addr):
-    s = socket.socket(socket.AF_INET6)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, protected))
-    s.listen(4)
-    return s
-def answer(srv):
-    a, _ = srv.accept()
-    rec = a.getsockopt(0x4c57, 1, 328)
-    return {"status": rec[8], "tgid": struct.unpack_from("=I", rec, 152)[0]}
-p, other = listener("::1"), listener(sys.argv[3])
-fresh = socket.socket(socket.AF_INET6)
-fresh.connect(("::1", protected))
-control = answer(p)
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-try:
-    s.connect(("::ffff:127.0.0.1", protected))
-    failed = 0
-except OSError as e:
-    failed = e.errno
-s.connect((sys.argv[3], protected))
-print(json.dumps({"pid": os.getpid(), "control": control, "failed": failed,
-                  "next": answer(other)}))
-"#;
     const OTHER: &str = "fd00:77::1";
     let ns = Netns::new();
-    loopwarden_tests::run_ok(ns.cmd("ip").args([
-        "addr",
-        "add",
-        &format!("{OTHER}/128"),
-        "dev",
-        "lo",
-        "nodad",
-    ]));
-    let _daemon = Daemon::start(&config(&ns));
-    let out = loopwarden_tests::run_ok(ns.cmd(SYSTEM_PYTHON).args([
-        "-c",
-        SCRIPT,
-        &PROTECTED.to_string(),
-        &UNPROTECTED.to_string(),
-        OTHER,
-    ]));
-    let said: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
-    assert_eq!(said["control"]["status"], 1, "{said}");
-    assert_eq!(said["control"]["tgid"], said["pid"], "{said}");
-    assert_eq!(said["failed"], libc::ENETUNREACH, "{said}");
-    assert_eq!(
-        (&said["next"]["status"], &said["next"]["tgid"]),
-        (&json!(0), &json!(0)),
-        "the failed connect's record answered for the connection to {OTHER}: {said}"
+    let added = format!("{OTHER}/128");
+    loopwarden_tests::run_ok(
+        ns.cmd("ip")
+            .args(["addr", "add", &added, "dev", "lo", "nodad"]),
     );
+    let _daemon = Daemon::start(&config(&ns));
+    let then = "o = listener(sys.argv[3], protected)\ns.connect((sys.argv[3], protected))\ndone(answer(o))\n";
+    assert_the_failed_connect_lends_nothing(&ns, then, &[OTHER], OTHER);
 }
 
 /// The JSON that the Python `script` prints, run in `ns` with the
