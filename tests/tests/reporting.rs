@@ -11,7 +11,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, Install, Netns, PROTECTED, Proc, TempDir, connects, policy, provenance, rule, run,
+    Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON,
+    TempDir, Topology, connects, policy, provenance, rule, run,
     stallfs::{StallFs, Stalled, Unanswered},
     talk::Talker,
     wait_for, wait_for_explained,
@@ -101,6 +102,74 @@ fn a_flood_from_one_relay_is_summarised_and_the_counts_add_up() {
         assert!(s["repeat"]["first"].as_str() <= s["repeat"]["last"].as_str());
         assert_eq!(s["repeat"]["last"], s["time"], "{s}");
     }
+    daemon.assert_no_reports_lost();
+}
+
+/// A remote party opening connection after connection through a forking
+/// relay (socat `fork` on the link address, a new child per connection)
+/// makes a line and then a summary per interval, the children of one
+/// parent being one flow: the relay's connects add up to those made, in a
+/// handful of lines, and a summary's record is a later child's (another
+/// pid, the same parent). Before, each child's connect had a line of its
+/// own: one per connection.
+#[test]
+fn a_forking_relays_connections_for_one_remote_party_are_summarised() {
+    const PORT: u16 = 9031;
+    const CONNECTIONS: u64 = 200;
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let config = Policy::new(&topo.local, "audit")
+        .catalog(false)
+        .relay("audit")
+        .text();
+    let daemon = Daemon::start_with(&config, &["--repeat-interval", "1s"]);
+    let relay = topo.local.spawn(
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{PORT},bind={LOCAL_ADDR},fork,reuseaddr"),
+            &format!("TCP:127.0.0.1:{PROTECTED}"),
+        ],
+    );
+    topo.local.wait_listening(PORT);
+    let client = format!(
+        "import socket\nfor _ in range({CONNECTIONS}):\n    c = socket.create_connection(('{LOCAL_ADDR}', {PORT}), timeout=5)\n    c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    while c.recv(4096):\n        pass\n    c.close()\n"
+    );
+    loopwarden_tests::run_ok(topo.remote.cmd(SYSTEM_PYTHON).args(["-c", &client]));
+    let of_relay = || -> Vec<serde_json::Value> {
+        daemon
+            .events()
+            .into_iter()
+            .filter(|e| e["exe_name"] == "socat" && e["ppid"] == relay.pid())
+            .collect()
+    };
+    let lines = wait_for(
+        "the relay's lines adding up to its connections",
+        Duration::from_secs(10),
+        || {
+            let lines = of_relay();
+            (lines.iter().map(connects).sum::<u64>() >= CONNECTIONS).then_some(lines)
+        },
+    );
+    assert_eq!(lines.iter().map(connects).sum::<u64>(), CONNECTIONS);
+    assert!(
+        lines.len() <= 8,
+        "{} lines for {CONNECTIONS} relayed connections",
+        lines.len()
+    );
+    for line in &lines {
+        assert_eq!(line["via_how"], "accepted", "{line}");
+        assert!(
+            line["via"]
+                .as_str()
+                .is_some_and(|v| v.starts_with(REMOTE_ADDR)),
+            "{line}"
+        );
+    }
+    let summary = lines
+        .iter()
+        .find(|l| l["repeat"].is_object())
+        .expect("a summary");
+    assert_ne!(summary["pid"], lines[0]["pid"], "{summary}");
     daemon.assert_no_reports_lost();
 }
 
