@@ -4,7 +4,7 @@
 //! answered ([`Liveness`]).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io,
     net::SocketAddr,
     os::unix::fs::MetadataExt as _,
@@ -184,11 +184,26 @@ impl Conns {
     /// shows: only those it may show are checked (a sock_diag lookup each,
     /// and the namespaces entered for them); those that cannot be checked
     /// are left out.
+    ///
+    /// Another user's connection is kept only if the asker owns its
+    /// accepted socket: the sockets it owns in that namespace are listed
+    /// first (one dump, kept for the walk), so that a user who owns none
+    /// costs a walk, not a copy and a check of every connection there.
     pub fn list(&self, sees: impl Fn(&OriginRecord) -> Seen) -> Vec<OriginRecord> {
+        let mut owned: HashMap<(u32, u32), Option<HashSet<u64>>> = HashMap::new();
         let (seen, records): (Vec<Seen>, Vec<OriginRecord>) = self
             .accepted()
             .map(|r| (sees(&r), r))
-            .filter(|(seen, r)| *seen != Seen::Never && self.still(r))
+            .filter(|(seen, r)| match *seen {
+                Seen::Never => false,
+                Seen::Always => true,
+                Seen::IfOwnedBy(uid) => owned
+                    .entry((r.conn.netns, uid))
+                    .or_insert_with(|| self.live.owned_by(r.conn.netns, uid).ok())
+                    .as_ref()
+                    .is_some_and(|cookies| cookies.contains(&r.server_cookie)),
+            })
+            .filter(|(_, r)| self.still(r))
             .unzip();
         let owners = self.live.owners(&records);
         records

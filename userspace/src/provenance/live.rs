@@ -39,7 +39,7 @@ use super::conns::{netns_of, socket_addr};
 use crate::{
     cut::procs::network_namespaces,
     error_chain,
-    kernel::sock_diag::{self, SockDiag, SockId, state},
+    kernel::sock_diag::{self, Dumped, SockDiag, SockId, state},
     resolve,
 };
 
@@ -118,6 +118,41 @@ impl Liveness {
                     .map(|s| s.uid)
             })
             .inspect_err(|e| self.cannot_check(netns, e))
+    }
+
+    /// The cookies of the open sockets `uid` owns in namespace `netns` (in
+    /// the states an accepted socket may be in): one dump of the
+    /// namespace, keeping only those, at most [`OWNED_MAX`]; `Err` when it
+    /// cannot be checked, or `uid` owns more.
+    pub fn owned_by(&self, netns: u32, uid: u32) -> io::Result<HashSet<u64>> {
+        let mut diag = self.diag(netns).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::NotFound {
+                self.cannot_check(netns, e);
+            }
+        })?;
+        let mut found = Vec::new();
+        let mut truncated = false;
+        self.probe_tcp(&mut diag)
+            .and_then(|()| {
+                for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+                    let (dumped, _) = diag.dump_kept(
+                        family,
+                        accepted_states(),
+                        OWNED_MAX,
+                        |socket| socket.uid == uid,
+                        &mut found,
+                    )?;
+                    truncated |= dumped == Dumped::Truncated;
+                }
+                Ok(())
+            })
+            .inspect_err(|e| self.cannot_check(netns, e))?;
+        if truncated {
+            return Err(io::Error::other(format!(
+                "uid {uid} owns more than {OWNED_MAX} sockets in net:[{netns}]"
+            )));
+        }
+        Ok(found.into_iter().map(|socket| socket.cookie).collect())
     }
 
     /// The uid owning each of `records`' accepted socket, if it is open
@@ -297,26 +332,12 @@ fn accepted_owners_dumped(
     diag: &mut SockDiag,
     records: &[&OriginRecord],
 ) -> io::Result<Vec<Option<u32>>> {
-    // Neither a listener, a client's handshake nor a closed
-    // connection's remains (TIME_WAIT), as the lookups leave out.
-    let states = [
-        state::SYN_RECV,
-        state::ESTABLISHED,
-        state::FIN_WAIT1,
-        state::FIN_WAIT2,
-        state::CLOSE,
-        state::CLOSE_WAIT,
-        state::LAST_ACK,
-        state::CLOSING,
-    ]
-    .into_iter()
-    .fold(0, |bits, s| bits | state::bit(s));
     let wanted: HashSet<u64> = records.iter().map(|r| r.server_cookie).collect();
     let mut found = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         diag.dump_kept(
             family,
-            states,
+            accepted_states(),
             wanted.len(),
             |socket| wanted.contains(&socket.cookie),
             &mut found,
@@ -327,6 +348,28 @@ fn accepted_owners_dumped(
         .iter()
         .map(|r| owners.get(&r.server_cookie).copied())
         .collect())
+}
+
+/// The most sockets of one user [`Liveness::owned_by`] keeps: as many as
+/// `[provenance] connections` may be.
+const OWNED_MAX: usize = 1 << 20;
+
+/// The states (a mask of [`state::bit`]s) an accepted socket may be in
+/// while it is open: neither a listener, a client's handshake nor a closed
+/// connection's remains (TIME_WAIT), as the lookups leave out.
+fn accepted_states() -> u32 {
+    [
+        state::SYN_RECV,
+        state::ESTABLISHED,
+        state::FIN_WAIT1,
+        state::FIN_WAIT2,
+        state::CLOSE,
+        state::CLOSE_WAIT,
+        state::LAST_ACK,
+        state::CLOSING,
+    ]
+    .into_iter()
+    .fold(0, |bits, s| bits | state::bit(s))
 }
 
 /// The family and id `SockDiag::find` looks up the TCP socket with local
