@@ -42,7 +42,12 @@ pub const DEFAULT_PATH: &str = "/run/loopwarden/query.sock";
 /// The protocol version this client speaks (`"v"` of every answer).
 const VERSION: u64 = 1;
 /// How long a request waits for its answer unless [`Query::set_timeout`]
-/// says otherwise.
+/// says otherwise: a service's `who` is answered in milliseconds. The
+/// daemon gives a lookup up to 25 s (a `conns` over many connections, a
+/// directory service slow to name a user) before it answers
+/// `unavailable`; a caller that gives up sooner leaves its walk held until
+/// then, and its next `conns` is told `unavailable`. `loopwarden conns`
+/// waits 30 s.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest answer line read: past it the answer is a protocol error,
 /// not memory without end.
