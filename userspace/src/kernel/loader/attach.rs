@@ -135,32 +135,17 @@ impl Programs {
     /// another tool keeps its links. Best effort: one that cannot be
     /// removed is said.
     fn remove_foreign_links(&self, pins: &PinDir) {
-        let Ok(entries) = std::fs::read_dir(pins.links_dir()) else {
-            return;
-        };
         let trackers = programs::TRACKERS.iter().map(|&(name, _)| name);
         let ours: Vec<&str> = self.names.iter().copied().chain(trackers).collect();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(programs::PREFIX)
-                || ours.contains(&name.as_str())
-                || name.starts_with(programs::GETSOCKOPT)
-            {
-                continue;
-            }
-            let path = entry.path();
-            match remove_link(&path) {
-                Ok(()) => tracing::info!(
-                    "removed the link pinned at {} (a program this version does not have)",
-                    path.display()
-                ),
-                Err(e) => tracing::warn!(
-                    "removing the link pinned at {} (a program this version does not have) \
-                     failed: {e}",
-                    path.display()
-                ),
-            }
-        }
+        remove_links_named(
+            pins,
+            |name| {
+                name.starts_with(programs::PREFIX)
+                    && !ours.contains(&name)
+                    && !name.starts_with(programs::GETSOCKOPT)
+            },
+            "a program this version does not have",
+        );
     }
 
     /// Attaches each tracking program with a new link, pinned over the
@@ -387,24 +372,34 @@ fn new_tracker_pin(pins: &PinDir, name: &str) -> PathBuf {
 /// ones and left (killed part-way): once every enforcing link runs this
 /// start's programs, nothing judges with the maps they feed.
 fn remove_stale_new_trackers(pins: &PinDir) {
+    remove_links_named(
+        pins,
+        |name| {
+            programs::TRACKERS
+                .iter()
+                .any(|&(tracker, _)| name.starts_with(&format!("{tracker}_new")))
+        },
+        "left by a start that did not finish",
+    );
+}
+
+/// Removes each link pinned in `pins` whose name `stale` picks, saying so
+/// with `why`. Best effort: one that cannot be removed is said.
+fn remove_links_named(pins: &PinDir, stale: impl Fn(&str) -> bool, why: &str) {
     let Ok(entries) = std::fs::read_dir(pins.links_dir()) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let stale = programs::TRACKERS
-            .iter()
-            .any(|&(tracker, _)| name.starts_with(&format!("{tracker}_new")));
-        if !stale {
+        if !stale(&entry.file_name().to_string_lossy()) {
             continue;
         }
         let path = entry.path();
         match remove_link(&path) {
-            Ok(()) => tracing::info!(
-                "removed the tracking link pinned at {} (left by a start that did not finish)",
+            Ok(()) => tracing::info!("removed the link pinned at {} ({why})", path.display()),
+            Err(e) => tracing::warn!(
+                "removing the link pinned at {} ({why}) failed: {e}",
                 path.display()
             ),
-            Err(e) => tracing::warn!("removing the link pinned at {} failed: {e}", path.display()),
         }
     }
 }

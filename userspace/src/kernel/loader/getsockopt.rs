@@ -51,13 +51,15 @@ impl Programs {
             // removed since it was named (its unit stopping or restarting)
             // is left out, as one not found then would have been: the
             // next look names its successor. The other targets go on.
-            let cgroup = match File::open(dir) {
+            let cgroup = match open_cgroup(dir) {
                 Ok(cgroup) => cgroup,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(LoaderError::OpenCgroup { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
                     change.gone.push(dir.to_owned());
                     continue;
                 }
-                Err(_) => open_cgroup(dir)?,
+                Err(e) => return Err(e),
             };
             let pin = pins.link(&getsockopt_pin(&cgroup, dir == cgroup_root).map_err(
                 |source| LoaderError::OpenCgroup {

@@ -162,9 +162,7 @@ impl Plan {
             }
         }
     }
-}
 
-impl Plan {
     /// Keeps only what crediting the listeners of the ports `keep` says
     /// anew needs: their credits, and the credited processes' standing
     /// evidence.
