@@ -18,6 +18,7 @@ use aya_ebpf::{
 use loopwarden_common::SOCK_COPY_WORDS;
 
 use crate::{
+    atomic::{barrier, cas},
     connect::{AF_INET, AF_INET6, destination},
     identity::offset,
     procs::record_received,
@@ -31,7 +32,20 @@ const MDNS_PORT: u16 = 5353;
 /// (at byte 512 on Linux 6.1, 243 on 6.12: more than the stack could
 /// hold). Scratch memory of this load's programs: not pinned.
 #[map(name = "LW_SOCK_COPY")]
-static SOCK_COPY: PerCpuArray<[u64; SOCK_COPY_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+static SOCK_COPY: PerCpuArray<SockCopy> = PerCpuArray::with_max_entries(1, 0);
+
+/// One CPU's copy, and who uses it. A cgroup program runs with migration
+/// off but, on a fully preemptible kernel (`preempt=full`, `PREEMPT_RT`),
+/// not with preemption off: another task's `recvmsg` on this CPU can run
+/// between this one's copy and its read. The copy is claimed first
+/// (`busy` from 0 to 1, one compare-and-swap); a program that finds it
+/// claimed reads nothing and takes the datagram for an answer, as where
+/// the field cannot be read.
+#[repr(C)]
+struct SockCopy {
+    busy: u64,
+    words: [u64; SOCK_COPY_WORDS],
+}
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lw_recvmsg4(ctx: SockAddrContext) -> i32 {
@@ -80,10 +94,10 @@ fn is_answer(sk: *mut bpf_sock, port: u16) -> bool {
 }
 
 /// Whether the user bound `sk`'s port (`SOCK_BINDPORT_LOCK`); `None` if
-/// that cannot be read. The field is taken from a copy of the socket's
-/// start, up to its word, at its BTF bit offset (a bitfield on older
-/// kernels): a cgroup program may not offset its socket's pointer, so the
-/// copy starts at the socket.
+/// that cannot be read (or this CPU's copy is in use: see [`SockCopy`]).
+/// The field is taken from a copy of the socket's start, up to its word,
+/// at its BTF bit offset (a bitfield on older kernels): a cgroup program
+/// may not offset its socket's pointer, so the copy starts at the socket.
 #[inline(always)]
 fn port_bound_by_user(sk: *mut bpf_sock) -> Option<bool> {
     let bit = offset!(sk_userlocks_bit) as usize;
@@ -92,16 +106,25 @@ fn port_bound_by_user(sk: *mut bpf_sock) -> Option<bool> {
         return None;
     }
     let copy = SOCK_COPY.get_ptr_mut(0)?;
-    // SAFETY: the helper copies from any kernel address and fails cleanly,
-    // into the map's value, which holds `SOCK_COPY_WORDS` words.
-    let copied = unsafe {
-        bpf_probe_read_kernel(copy.cast(), ((index + 1) * 8) as u32, sk as *const c_void)
-    };
-    if copied != 0 {
+    // SAFETY: a field of the map's value, 8-byte aligned.
+    if !unsafe { cas(&raw mut (*copy).busy, 0, 1) } {
         return None;
     }
-    // SAFETY: as above; `index` is within the value.
-    let word = unsafe { core::ptr::read_volatile(&(*copy)[index]) };
+    // SAFETY: the helper copies from any kernel address and fails cleanly,
+    // into the value's words, of which it holds `SOCK_COPY_WORDS`.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut (*copy).words).cast(),
+            ((index + 1) * 8) as u32,
+            sk as *const c_void,
+        )
+    };
+    // SAFETY: as above; `index` is within the words.
+    let word = (copied == 0).then(|| unsafe { core::ptr::read_volatile(&(*copy).words[index]) });
+    // The read above stays before the release.
+    barrier();
+    // SAFETY: as for the claim.
+    unsafe { core::ptr::write_volatile(&raw mut (*copy).busy, 0) };
     // Little-endian: a word's bit n is the field's bit n mod 64.
-    Some((word >> (bit % 64)) & SOCK_BINDPORT_LOCK != 0)
+    word.map(|word| (word >> (bit % 64)) & SOCK_BINDPORT_LOCK != 0)
 }
