@@ -244,8 +244,8 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
     }
 }
 
-/// The name NSS gives `uid`, else the uid in decimal; `None` when NSS
-/// could not be asked in time. Asked off the runtime's thread, within
+/// The name NSS gives `uid`, else (NSS has none for it) the uid in
+/// decimal; `None` when NSS could not be asked in time or failed. Asked off the runtime's thread, within
 /// [`NAME_DEADLINE`], and at most [`NAME_LOOKUPS`] at once: with NSS hung
 /// (an LDAP server that does not answer) each lookup's thread stays
 /// blocked in it, so a reply waits a bounded time and the blocked threads
@@ -278,7 +278,18 @@ async fn name_within(
         name
     });
     let found = match timeout(deadline, lookup).await {
-        Ok(joined) => joined.ok().and_then(Result::ok).flatten(),
+        Ok(Ok(Ok(found))) => found,
+        // NSS failed (a directory service's error, no descriptor left):
+        // whether the uid has a name is not known, so not a uid that a
+        // service could take for a login name.
+        Ok(Ok(Err(e))) => {
+            debug!("ident: the user name of uid {uid} could not be looked up: {e}");
+            return None;
+        }
+        Ok(Err(e)) => {
+            debug!("ident: the user name lookup of uid {uid} failed: {e}");
+            return None;
+        }
         Err(_) => {
             debug!("ident: the user name of uid {uid} took longer than {deadline:?}");
             return None;
@@ -348,6 +359,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(700));
         runtime.block_on(async {
             assert_eq!(ask(7).await.as_deref(), Some("u7"), "permits given back");
+        });
+    }
+
+    #[test]
+    fn a_failed_name_lookup_names_no_one() {
+        fn failing(uid: u32) -> io::Result<Option<String>> {
+            match uid {
+                7 => Err(io::Error::from_raw_os_error(libc::EMFILE)),
+                8 => Ok(None),
+                _ => Ok(Some("a:b".into())),
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let permits = Arc::new(Semaphore::new(NAME_LOOKUPS));
+        let ask = |uid| name_within(uid, &permits, failing, NAME_DEADLINE);
+        runtime.block_on(async {
+            assert_eq!(ask(7).await, None, "an error is not a uid without a name");
+            assert_eq!(ask(8).await.as_deref(), Some("8"), "no such name: the uid");
+            assert_eq!(
+                ask(9).await.as_deref(),
+                Some("9"),
+                "a name the line cannot carry"
+            );
         });
     }
 
