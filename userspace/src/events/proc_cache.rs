@@ -122,14 +122,28 @@ impl ProcCache {
         // The parent's only when the process's own has none: one whose
         // read waits is not the parent's (and is read again next time).
         let (cmdline, cmdline_waiting) = match own_image.then(|| proc_cmdline(pid)) {
-            Some(Ok(Some(own))) => (Some(own), false),
+            Some(Ok(Some(own))) => (Some((own, pid)), false),
             Some(Err(Waiting)) => (None, true),
             Some(Ok(None)) | None => match forked.then(|| proc_cmdline(ev.ppid)) {
-                Some(Ok(parents)) => (parents, false),
+                Some(Ok(parents)) => (parents.map(|p| (p, ev.ppid)), false),
                 Some(Err(Waiting)) => (None, true),
                 None => (None, false),
             },
         };
+        let parent_exe = parent.then(|| proc_link(ev.ppid, "exe")).flatten();
+        // The checks above came before the reads: a pid that was taken by
+        // another process in between is not the same one now, and what was
+        // read through it is dropped. (The executable and the cgroup are
+        // checked by their kernel identities instead.)
+        let still = |by: u32| {
+            if by == pid {
+                same_process(pid, ev.start_boottime_ns)
+            } else {
+                started_by(ev.ppid, ev.start_boottime_ns)
+            }
+        };
+        let cmdline = cmdline.filter(|&(_, by)| still(by)).map(|(text, _)| text);
+        let parent_exe = parent_exe.filter(|_| still(ev.ppid));
         // The kernel's cgroup id decides which path is right; for a
         // process gone (or in another cgroup since), the id names it.
         let cgroup = [alive.then_some(pid), forked.then_some(ev.ppid)]
@@ -149,10 +163,7 @@ impl ProcCache {
             cmdline: cmdline.map(|v| cap_owned(v, CMDLINE_BUDGET)),
             cmdline_waiting,
             cgroup: cgroup.map(|v| cap_owned(v, PATH_BUDGET)),
-            parent_exe: parent
-                .then(|| proc_link(ev.ppid, "exe"))
-                .flatten()
-                .map(|v| cap_owned(v, PATH_BUDGET)),
+            parent_exe: parent_exe.map(|v| cap_owned(v, PATH_BUDGET)),
             parent_exe_id,
         }
     }
