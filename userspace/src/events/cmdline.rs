@@ -16,7 +16,8 @@
 //! is told the process is [`Waiting`]; that process is not read again
 //! until the read returns and [`COOLDOWN`] has passed (a process whose
 //! lock is held again and again costs a caller [`WAIT`] once in that
-//! time), and one read of a process runs at a time. The processes of one
+//! time), and one read of a process runs at a time: a caller that finds
+//! one running waits for it (within its own [`WAIT`]), then reads. The processes of one
 //! user (the owner of `/proc/PID`) may have [`PER_UID`] reads waiting, all
 //! of them [`MAX_WAITING`]: past them that user's (or every) command line
 //! goes unread until one returns, and others' are still read. The wait is
@@ -29,7 +30,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Component, Path, PathBuf},
     sync::{
-        Arc, LazyLock, Mutex, MutexGuard, PoisonError,
+        Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError,
         mpsc::{self, RecvTimeoutError, Sender, SyncSender},
     },
     time::{Duration, Instant},
@@ -108,6 +109,8 @@ impl State {
 /// The reader threads and what they read.
 struct Pool {
     state: Mutex<State>,
+    /// Told when a process's note stops being [`Noted::Reading`].
+    read: Condvar,
     wait: Duration,
     cooldown: Duration,
 }
@@ -116,6 +119,7 @@ impl Pool {
     fn new(wait: Duration, cooldown: Duration) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::default(),
+            read: Condvar::new(),
             wait,
             cooldown,
         })
@@ -137,6 +141,22 @@ impl Pool {
         let uid = std::fs::metadata(dir).map_or(0, |m| m.uid());
         let reader = {
             let mut state = self.state();
+            // Another caller's read of the process (the query socket's and
+            // the event loop's about one client) is waited for: it returns
+            // within microseconds, or is found waiting by its own deadline,
+            // which comes before this one's.
+            let until = Instant::now() + self.wait;
+            while let Some(Noted::Reading) = state.noted.get(&tgid) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(Waiting);
+                }
+                state = self
+                    .read
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
             match state.noted.get(&tgid) {
                 Some(Noted::Cooling { until }) if *until > Instant::now() => return Err(Waiting),
                 Some(Noted::Cooling { .. }) | None => {}
@@ -160,6 +180,7 @@ impl Pool {
         };
         let forget = || {
             self.state().noted.remove(&tgid);
+            self.read.notify_all();
             Ok(None)
         };
         let Some(reader) = reader.or_else(|| self.start_reader()) else {
@@ -190,6 +211,7 @@ impl Pool {
                     return Ok(read.ok());
                 }
                 state.noted.insert(tgid, Noted::Waiting { uid });
+                self.read.notify_all();
                 warn!(
                     "reading the command line of {} waited past {} ms (its memory map lock is \
                      held, or queued for: a process can keep it so): lines and answers about \
@@ -251,6 +273,7 @@ impl Pool {
         } else {
             state.noted.remove(&job.tgid);
         }
+        self.read.notify_all();
         if state.noted.len() > NOTED_MAX {
             let now = Instant::now();
             state
@@ -362,6 +385,35 @@ mod tests {
             pool.read(&dir(20), ready(b"ready"), 64),
             Ok(Some(b"ready".to_vec()))
         );
+    }
+
+    #[test]
+    fn a_read_of_the_process_under_way_is_waited_for() {
+        let pool = Pool::new(Duration::from_secs(5), Duration::ZERO);
+        let (file, mut slow) = pipe();
+        let first = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.read(&dir(30), file, 64))
+        };
+        let back = Instant::now() + Duration::from_secs(10);
+        while !matches!(
+            pool.state().noted.get(&tgid_of(&dir(30))),
+            Some(Noted::Reading)
+        ) {
+            assert!(Instant::now() < back, "the first read never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            slow.write_all(b"first").unwrap();
+        });
+        // Not skipped as if it waited: read once the first returned.
+        assert_eq!(
+            pool.read(&dir(30), ready(b"second"), 64),
+            Ok(Some(b"second".to_vec()))
+        );
+        writer.join().unwrap();
+        assert_eq!(first.join().unwrap(), Ok(Some(b"first".to_vec())));
     }
 
     #[test]
