@@ -2,7 +2,8 @@
 //! systemd as init: `READY=1` and then `WATCHDOG=1` every refresh tick on
 //! `$NOTIFY_SOCKET` (`Type=notify`, `WatchdogSec=`), and a capability the
 //! unit's bounding set lacks refused at start with exit 77 naming it
-//! (`RestartPreventExitStatus=`), while the full set starts.
+//! (`RestartPreventExitStatus=`), while the full set starts, and a
+//! read-only bpffs (a sandbox's) refused with exit 78.
 
 use std::{os::unix::net::UnixDatagram, process::Command, time::Duration};
 
@@ -88,6 +89,89 @@ fn a_missing_capability_is_refused_with_exit_77_naming_it() {
     // Positive control: the same start with the full set gets ready.
     let install = Install::new();
     let _daemon = Daemon::start_cmd(&install, run_cmd(&["setpriv", "--"], &install, &config));
+}
+
+/// A bpffs the sandbox made read-only (what a unit's
+/// `ProtectKernelTunables=yes` does to `/sys/fs/bpf`, whatever its
+/// `ReadWritePaths=` says) is refused at start with exit 78, which the
+/// unit's `RestartPreventExitStatus=` keeps from a restart every second,
+/// and a message that names the cause; nothing is pinned. The same start
+/// in a mount namespace of its own with bpffs writable (the unit's
+/// `PrivateMounts=`) gets ready. Before, it exited 1 ("creating ...
+/// failed"), which the unit restarted for ever.
+#[test]
+fn a_read_only_bpffs_is_refused_with_exit_78_naming_the_sandbox() {
+    require_root();
+    let ns = Netns::new();
+    let config = policy(&ns, "audit", "");
+    let private = |remount: &str| {
+        vec![
+            "unshare".to_owned(),
+            "--mount".to_owned(),
+            "--propagation".to_owned(),
+            "private".to_owned(),
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("{remount}exec \"$@\""),
+            "sh".to_owned(),
+        ]
+    };
+    let read_only = private("mount -o remount,bind,ro /sys/fs/bpf && ");
+    let wrapper: Vec<&str> = read_only.iter().map(String::as_str).collect();
+    let install = Install::new();
+    let out = run_failing_start(&mut run_cmd(&wrapper, &install, &config));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("bpffs is mounted read-only") && stderr.contains("ProtectKernelTunables"),
+        "{stderr}"
+    );
+    assert!(
+        !install.pin_dir().exists(),
+        "a refused start pinned something"
+    );
+
+    // Positive control: a mount namespace of its own, bpffs writable.
+    let writable = private("");
+    let wrapper: Vec<&str> = writable.iter().map(String::as_str).collect();
+    let install = Install::new();
+    let _daemon = Daemon::start_cmd(&install, run_cmd(&wrapper, &install, &config));
+}
+
+/// The unit keeps `/sys/fs/bpf` writable: it names it in `ReadWritePaths=`
+/// and sets nothing that mounts it read-only whatever that says
+/// (`ProtectKernelTunables=yes`, or a read-only entry for the path itself),
+/// which the test above shows the daemon refusing.
+#[test]
+fn the_unit_leaves_bpffs_writable() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/loopwarden.service"),
+    )
+    .expect("the unit");
+    let values = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .flat_map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    };
+    assert!(
+        values("ReadWritePaths").contains(&"/sys/fs/bpf".to_owned()),
+        "{unit}"
+    );
+    assert_eq!(values("ProtectKernelTunables"), Vec::<String>::new());
+    for key in ["ReadOnlyPaths", "InaccessiblePaths"] {
+        assert!(
+            !values(key)
+                .iter()
+                .any(|p| p.trim_start_matches(['-', '+']).starts_with("/sys/fs/bpf")),
+            "{key}"
+        );
+    }
+    // The paths ProtectKernelTunables= would protect, made read-only by hand.
+    let read_only = values("ReadOnlyPaths");
+    for path in ["/sys", "/proc/sys"] {
+        assert!(read_only.contains(&path.to_owned()), "{path}");
+    }
 }
 
 /// The unit leaves the host name shared (no `ProtectHostname=`), and the

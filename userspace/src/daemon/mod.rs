@@ -194,9 +194,14 @@ impl DaemonError {
             | DaemonError::DetachBusy { .. }
             | DaemonError::Pins(PinError::Busy { .. }) => exit::ALREADY_RUNNING,
             // A pin directory off bpffs is the operator's to fix (its
-            // `--pin-dir`), as is a mount this process may not make; a
-            // kernel without bpffs lacks a feature. None is for a restart.
-            DaemonError::Pins(PinError::NotBpffs { .. } | PinError::PrivateMountNamespace)
+            // `--pin-dir`), as are a mount this process may not make and a
+            // bpffs its sandbox made read-only; a kernel without bpffs
+            // lacks a feature. None is for a restart.
+            DaemonError::Pins(
+                PinError::NotBpffs { .. }
+                | PinError::PrivateMountNamespace
+                | PinError::ReadOnly { .. },
+            )
             | DaemonError::RunDir { .. } => exit::CONFIG,
             DaemonError::Pins(e @ PinError::Mount { .. }) => match Cause::of(e) {
                 Cause::Privilege => exit::NO_PERMISSION,
@@ -346,6 +351,15 @@ mod tests {
         assert_eq!(elsewhere.exit_code(), exit::CONFIG);
         let private = DaemonError::Pins(PinError::PrivateMountNamespace);
         assert_eq!(private.exit_code(), exit::CONFIG);
+        let read_only = |errno| {
+            DaemonError::Pins(PinError::io(
+                "creating",
+                "/sys/fs/bpf/loopwarden".into(),
+                io::Error::from_raw_os_error(errno),
+            ))
+        };
+        assert_eq!(read_only(libc::EROFS).exit_code(), exit::CONFIG);
+        assert_eq!(read_only(libc::EIO).exit_code(), exit::FAILURE);
         // Another daemon pinned a set and went while this start looked: the
         // next start adopts it, so a supervisor must restart.
         let since = DaemonError::Pins(PinError::PinnedSince {

@@ -111,11 +111,8 @@ impl Programs {
         let staged = maps::PINNED.iter().any(|name| fresh(name));
         if staged {
             let dir = pins.staging();
-            std::fs::create_dir_all(&dir).map_err(|source| PinError::Io {
-                what: "creating",
-                path: dir.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| PinError::io("creating", dir.clone(), source))?;
         }
         let paths: Vec<(&'static str, std::path::PathBuf)> = maps::PINNED
             .iter()

@@ -90,6 +90,15 @@ pub enum PinError {
         /// Who holds the lock, when `/proc/locks` names it.
         holder: Option<crate::holder::Holder>,
     },
+    #[error(
+        "{what} {} failed: bpffs is mounted read-only in this process's mount namespace, so \
+         nothing can be pinned. A systemd unit's ProtectKernelTunables=yes mounts {BPFFS_MOUNT} \
+         read-only, and a ReadWritePaths= of it does not undo that (the packaged unit leaves \
+         ProtectKernelTunables out for this reason); so does a container's read-only /sys. Give \
+         loopwarden a writable bpffs",
+        path.display()
+    )]
+    ReadOnly { what: &'static str, path: PathBuf },
     #[error("{what} {} failed", path.display())]
     Io {
         what: &'static str,
@@ -101,7 +110,19 @@ pub enum PinError {
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> PinError {
     let path = path.to_owned();
-    move |source| PinError::Io { what, path, source }
+    move |source| PinError::io(what, path, source)
+}
+
+impl PinError {
+    /// `what` of `path` failed with `source`: [`PinError::ReadOnly`] for a
+    /// read-only mount, which no restart mends.
+    pub fn io(what: &'static str, path: PathBuf, source: io::Error) -> Self {
+        if source.raw_os_error() == Some(libc::EROFS) {
+            PinError::ReadOnly { what, path }
+        } else {
+            PinError::Io { what, path, source }
+        }
+    }
 }
 
 /// The held lock of a pin directory; dropping it releases it.
