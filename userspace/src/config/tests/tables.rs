@@ -296,7 +296,8 @@ fn browsers_table() {
     assert_eq!(d.action, Action::Audit);
     assert_eq!(d.rules(), 0);
     let config = parse(
-        "[protect]\nports = [3000, 11434, \"8000-8100\"]\n[browsers]\naction = \"allow\"\n\
+        "[protect]\nports = [3000, 11434, \"8000-8100\"]\nhost_addresses = true\n\
+         [browsers]\naction = \"allow\"\n\
          deny = [11434, \"8000-8100\"]\nallow = [3000]\naudit = []\n\
          exe_name = [\"code\", \"slack\"]\nexe = \"/opt/app/app\"\n",
     )
@@ -308,8 +309,8 @@ fn browsers_table() {
             .map(|r| format!("{}@{}", r.value, r.at.line))
             .collect()
     };
-    assert_eq!(ranges(&b.deny), ["11434@5", "8000-8100@5"]);
-    assert_eq!(ranges(&b.allow), ["3000@6"]);
+    assert_eq!(ranges(&b.deny), ["11434@6", "8000-8100@6"]);
+    assert_eq!(ranges(&b.allow), ["3000@7"]);
     assert!(b.audit.is_empty());
     assert_eq!(b.exe_name[1].value, "slack");
     assert_eq!(b.exe[0].value, PathBuf::from("/opt/app/app"));
@@ -317,34 +318,70 @@ fn browsers_table() {
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     // A list's range not all protected is said; one inside the protected
     // ports, even across two of their ranges, is not.
-    let text = "[protect]\nports = [\"8000-8049\", \"8050-8100\", 11434]\n[browsers]\n\
-                deny = [\"8000-8100\", \"11434-11435\"]\n";
+    let text = "[protect]\nports = [\"8000-8049\", \"8050-8100\", 11434]\nhost_addresses = true\n\
+                [browsers]\ndeny = [\"8000-8100\", \"11434-11435\"]\n";
     let warnings = parse(text).unwrap().warnings;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].contains(":4: [browsers] lists 11434-11435 but [protect] ports does not"),
+        warnings[0].contains(":5: [browsers] lists 11434-11435 but [protect] ports does not"),
         "{warnings:?}"
     );
     // Many protected ranges cost a pass, not one per port of each (the
     // lists' own ranges may not overlap: at most 65,535).
     let many = format!(
-        "[protect]\nports = [{}\"1-65535\"]\n[browsers]\ndeny = [\"2-65535\"]\n",
+        "[protect]\nports = [{}\"1-65535\"]\nhost_addresses = true\n[browsers]\n\
+         deny = [\"2-65535\"]\n",
         "1, ".repeat(300_000)
     );
     assert!(parse(&many).unwrap().warnings.is_empty());
     // With the catalog off and no program named, the lists judge no one.
-    let lists_only = "catalog = false\n[protect]\nports = [11434]\n[browsers]\ndeny = [11434]\n";
+    let lists_only = "catalog = false\n[protect]\nports = [11434]\n[bind]\n\
+                      loopback_only = [11434]\n[browsers]\ndeny = [11434]\n";
     let warnings = parse(lists_only).unwrap().warnings;
     assert!(
         warnings
             .iter()
-            .any(|w| w.contains(":5: [browsers] lists ports")
+            .any(|w| w.contains(":7: [browsers] lists ports")
                 && w.contains("the lists judge no one")),
         "{warnings:?}"
     );
     let named = format!("{lists_only}exe_name = [\"code\"]\n");
     let warnings = parse(&named).unwrap().warnings;
     assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn a_browser_port_reachable_at_a_host_address_is_warned_of() {
+    let by_lan = "a page reaches a service that listens on every address at the host's own";
+    let warned = |text: &str| -> Vec<String> {
+        parse(text)
+            .unwrap()
+            .warnings
+            .into_iter()
+            .filter(|w| w.contains(by_lan))
+            .collect()
+    };
+    let listed = "[protect]\nports = [11434, 11500]\n[browsers]\ndeny = [11434]\n";
+    let warnings = warned(listed);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(":4: [browsers] deny lists 11434, but"),
+        "{warnings:?}"
+    );
+    // Host addresses judged, or the service kept on loopback: not said.
+    let judged = listed.replace("[browsers]", "host_addresses = true\n[browsers]");
+    assert_eq!(warned(&judged), Vec::<String>::new());
+    let kept = format!("{listed}[bind]\nloopback_only = [\"11000-11999\"]\n");
+    assert_eq!(warned(&kept), Vec::<String>::new());
+    // A deny for every port not listed, with no port kept on loopback.
+    let every = "[protect]\nports = [11434]\n[browsers]\naction = \"deny\"\n";
+    let warnings = warned(every);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("[browsers] action = \"deny\", but"),
+        "{warnings:?}"
+    );
+    assert_eq!(warned("[protect]\nports = [11434]\n"), Vec::<String>::new());
 }
 
 #[test]

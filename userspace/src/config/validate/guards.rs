@@ -12,7 +12,7 @@ use super::{
 use crate::{
     config::{
         Bind, Browsers, ConfigError, Criteria, Egress, EgressDestination, Located, PortRange,
-        Problem,
+        Problem, Protect,
         raw::{OneOrMany, PortItem, RawBind, RawBrowsers, RawEgress},
     },
     policy::{
@@ -315,4 +315,43 @@ fn reachable(text: String, net: ipnet::IpNet) -> Result<ipnet::IpNet, Problem> {
         });
     }
     Ok(net)
+}
+
+impl Validator<'_> {
+    /// A port browsers are refused on is still theirs at the host's own
+    /// non-loopback addresses (its LAN address, a bridge's) when no hook
+    /// judges those (`host_addresses = false`) and the service may listen
+    /// on every address (the bind guard does not keep it on loopback): a
+    /// page fetches `http://192.168.1.23:11434/` instead.
+    pub(super) fn warn_browsers_by_host_address(
+        &self,
+        protect: &Protect,
+        bind: &Bind,
+        browsers: &Browsers,
+        warnings: &mut Vec<String>,
+    ) {
+        if protect.host_addresses {
+            return;
+        }
+        let kept = |r: &PortRange| {
+            bind.loopback_only
+                .iter()
+                .any(|b| b.first <= r.first && r.last <= b.last)
+        };
+        let advice = "a page reaches a service that listens on every address at the host's own \
+                      non-loopback address (its LAN address), which no hook judges with \
+                      [protect] host_addresses = false; set host_addresses = true, or keep the \
+                      service on loopback with [bind] loopback_only";
+        if let Some(range) = browsers.deny.iter().find(|r| !kept(&r.value)) {
+            warnings.push(format!(
+                "{}:{}: [browsers] deny lists {}, but {advice}",
+                self.file, range.at.line, range.value
+            ));
+        } else if browsers.action == Action::Deny && bind.loopback_only.is_empty() {
+            warnings.push(format!(
+                "{}: [browsers] action = \"deny\", but {advice}",
+                self.file
+            ));
+        }
+    }
 }

@@ -208,6 +208,7 @@ impl Validator<'_> {
                 }
             }
         }
+        self.warn_browsers_by_host_address(&protect, &bind, &browsers, &mut warnings);
         let metrics = match raw.metrics {
             None => defaults.metrics,
             Some(m) => problems.keep(self.metrics(m, defaults.metrics.clone()), defaults.metrics),
