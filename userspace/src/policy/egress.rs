@@ -150,24 +150,34 @@ pub struct RulePrefixes {
 /// block it (see the module documentation). A prefix in both a rule's
 /// lists counts as allowed by it (validation keeps metadata out of allow).
 pub fn blocking_masks(rules: &[RulePrefixes]) -> BTreeMap<Ipv6Net, u64> {
-    // Per rule: its prefixes, true for deny.
-    let own: Vec<HashMap<Ipv6Net, bool>> = rules
+    // Per rule: its prefixes, true for deny, and their lengths, longest
+    // first: a supernet of another length cannot be one of the rule's, so
+    // only those are looked up (a few per rule, not 129: the policy is
+    // compiled every second: 4,096 prefixes of 64 rules took 0.57 s of
+    // every second in a release build, 4 ms so).
+    let own: Vec<(HashMap<Ipv6Net, bool>, Vec<u8>)> = rules
         .iter()
         .map(|r| {
             let mut m: HashMap<Ipv6Net, bool> = r.deny.iter().map(|p| (*p, true)).collect();
             m.extend(r.allow.iter().map(|p| (*p, false)));
-            m
+            let mut lens: Vec<u8> = m.keys().map(Ipv6Net::prefix_len).collect();
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            lens.dedup();
+            (m, lens)
         })
         .collect();
     let union: std::collections::BTreeSet<Ipv6Net> =
-        own.iter().flat_map(|m| m.keys().copied()).collect();
+        own.iter().flat_map(|(m, _)| m.keys().copied()).collect();
     union
         .into_iter()
         .map(|p| {
             let mut mask = 0u64;
-            for (r, prefixes) in own.iter().enumerate() {
+            for (r, (prefixes, lens)) in own.iter().enumerate() {
                 // r's longest prefix containing p.
-                let blocks = longest_match(p.network(), p.prefix_len(), |net| prefixes.get(net));
+                let blocks = lens
+                    .iter()
+                    .filter(|&&len| len <= p.prefix_len())
+                    .find_map(|&len| prefixes.get(&supernet(p.network(), len)));
                 if blocks == Some(&true) {
                     mask |= 1 << r;
                 }
@@ -175,6 +185,11 @@ pub fn blocking_masks(rules: &[RulePrefixes]) -> BTreeMap<Ipv6Net, u64> {
             (p, mask)
         })
         .collect()
+}
+
+/// `addr`'s prefix of `len` bits (at most 128).
+fn supernet(addr: Ipv6Addr, len: u8) -> Ipv6Net {
+    Ipv6Net::new(addr, len).expect("len <= 128").trunc()
 }
 
 /// The `LW_EGRESS_DST` key data of `net` in generation `g`, and its
@@ -190,7 +205,9 @@ pub fn trie_key(g: u32, net: &Ipv6Net) -> (u32, EgressKey) {
 }
 
 /// What `get` holds for the longest of `addr`'s prefixes of at most
-/// `max_len` bits (`addr`'s supernets, longest first).
+/// `max_len` bits (`addr`'s supernets, longest first): the kernel's
+/// lookup, for the tests.
+#[cfg(test)]
 fn longest_match<'a, V>(
     addr: Ipv6Addr,
     max_len: u8,
@@ -198,7 +215,7 @@ fn longest_match<'a, V>(
 ) -> Option<&'a V> {
     (0..=max_len)
         .rev()
-        .find_map(|len| get(&Ipv6Net::new(addr, len).expect("len <= 128").trunc()))
+        .find_map(|len| get(&supernet(addr, len)))
 }
 
 /// Which of `masks`'s rules block `ip`: what the kernel's lookup answers
@@ -276,6 +293,55 @@ mod tests {
         assert_eq!(blocks(&masks, "fd00:ec2::254"), 1);
         assert_eq!(blocks(&masks, "fd00:ec2::255"), 0);
         assert_eq!(blocks(&masks, "100.100.100.200"), 1);
+    }
+
+    /// The masks as every length's lookup gives them, as before the
+    /// lengths were kept.
+    fn every_length(rules: &[RulePrefixes]) -> BTreeMap<Ipv6Net, u64> {
+        let own: Vec<HashMap<Ipv6Net, bool>> = rules
+            .iter()
+            .map(|r| {
+                let mut m: HashMap<Ipv6Net, bool> = r.deny.iter().map(|p| (*p, true)).collect();
+                m.extend(r.allow.iter().map(|p| (*p, false)));
+                m
+            })
+            .collect();
+        own.iter()
+            .flat_map(|m| m.keys().copied())
+            .map(|p| {
+                let mask = own.iter().enumerate().fold(0u64, |mask, (r, prefixes)| {
+                    let hit = longest_match(p.network(), p.prefix_len(), |n| prefixes.get(n));
+                    mask | (u64::from(hit == Some(&true)) << r)
+                });
+                (p, mask)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_rules_own_lengths_are_looked_up_with_the_same_masks() {
+        // Nested IPv4 and IPv6 prefixes of many lengths over few networks,
+        // so rules' entries hold each other.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        let mut pick = || {
+            let text = if next(2) == 0 {
+                format!("10.{}.{}.{}/{}", next(3), next(3), next(4), 8 + next(25))
+            } else {
+                format!("2001:db8:{:x}::{:x}/{}", next(3), next(4), 32 + next(97))
+            };
+            mapped(text.parse::<IpNet>().unwrap().trunc())
+        };
+        let rules: Vec<RulePrefixes> = (0..12)
+            .map(|_| RulePrefixes {
+                deny: (0..40).map(|_| pick()).chain(metadata()).collect(),
+                allow: (0..15).map(|_| pick()).collect(),
+            })
+            .collect();
+        assert_eq!(blocking_masks(&rules), every_length(&rules));
     }
 
     #[test]
