@@ -249,7 +249,8 @@ fn an_ipv6_deny_that_holds_every_ipv4_address_is_warned_of() {
 
 /// A deny of the unspecified address, and not of the loopback address a
 /// connect to it reaches, would refuse nothing: refused with its line.
-/// One that holds both (`0.0.0.0/0`, `::/0`) stands.
+/// One that holds both (`0.0.0.0/0`, `::/0`) stands, and so does one that
+/// holds public addresses besides (`0.0.0.0/2`).
 #[test]
 fn a_deny_of_the_unspecified_address_alone_is_refused() {
     for (deny, loopback) in [
@@ -263,7 +264,7 @@ fn a_deny_of_the_unspecified_address_alone_is_refused() {
             &format!("goes to {loopback} on this host"),
         );
     }
-    for deny in ["0.0.0.0/0", "::/0", "127.0.0.0/8"] {
+    for deny in ["0.0.0.0/0", "::/0", "127.0.0.0/8", "0.0.0.0/2", "0.0.0.0/7"] {
         parse(&egress("a", &format!("{WHO}deny = [\"{deny}\"]\n"))).expect(deny);
     }
 }

@@ -291,8 +291,10 @@ impl Validator<'_> {
 
 /// `net`, unless it holds its family's unspecified address and not the
 /// loopback address the kernel connects that to (the programs look a
-/// connect to `0.0.0.0` or `::` up as `127.0.0.1` or `::1`): a deny of it
-/// would refuse nothing.
+/// connect to `0.0.0.0` or `::` up as `127.0.0.1` or `::1`), and nothing
+/// else a connect reaches but `0.0.0.0/8`'s rare others: a deny of it
+/// would refuse nothing. (`0.0.0.0/7` and shorter hold public addresses:
+/// they stand.)
 fn reachable(text: String, net: ipnet::IpNet) -> Result<ipnet::IpNet, Problem> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let (unspecified, loopback, names): (IpAddr, IpAddr, _) = match net {
@@ -307,7 +309,9 @@ fn reachable(text: String, net: ipnet::IpNet) -> Result<ipnet::IpNet, Problem> {
             ("::", "::1"),
         ),
     };
-    if net.contains(&unspecified) && !net.contains(&loopback) {
+    // (No IPv6 prefix holds `::` but not `::1` but `::/128`.)
+    let this_network = net.prefix_len() >= 8;
+    if this_network && net.contains(&unspecified) && !net.contains(&loopback) {
         return Err(Problem::EgressUnspecified {
             text,
             unspecified: names.0,
