@@ -12,6 +12,7 @@ pub mod client;
 pub mod daemon;
 pub mod ident;
 pub mod idle;
+pub mod locked;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

@@ -4,7 +4,6 @@
 //! interval.
 
 use std::{
-    os::unix::process::ExitStatusExt as _,
     process::Command,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -12,7 +11,9 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, PROTECTED, Policy, Proc, REMOTE_ADDR, SYSTEM_PYTHON,
-    TempDir, Topology, connects, policy, provenance, rule, run,
+    TempDir, Topology, connects,
+    locked::LockedMemory,
+    policy, provenance, rule, run,
     stallfs::{StallFs, Stalled, Unanswered},
     talk::Talker,
     wait_for, wait_for_explained,
@@ -502,65 +503,6 @@ sys.stdin.readline()
     drop((plain, after));
 }
 
-/// Python, arguments TOOL PORT GO: maps a page of TOOL (a file on a FUSE
-/// mount) and never touches it, starts a thread for a tracer to stop and
-/// one that connects to 127.0.0.1:PORT once the file GO exists (saying
-/// `connected` or `error ERRNO`), says `ADDR TID` (the page, the thread to
-/// stop), and at a line maps anonymous memory: a `mmap()` that waits to
-/// take the memory map lock for writing behind the tracer's read, and
-/// makes every later reader of the process's memory wait behind it.
-const LOCKED_VICTIM: &str = r#"
-import ctypes, os, socket, sys, threading, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-tool, port, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-page = libc.mmap(None, 4096, 1, 2, os.open(tool, os.O_RDONLY), 1 << 20)
-stopped = []
-def idle():
-    stopped.append(threading.get_native_id())
-    while True:
-        time.sleep(1)
-def connect():
-    s = socket.socket()
-    while not os.path.exists(go):
-        time.sleep(0.05)
-    try:
-        s.connect(("127.0.0.1", port))
-        print("connected", flush=True)
-    except OSError as e:
-        print("error", e.errno, flush=True)
-    time.sleep(600)
-threading.Thread(target=idle, daemon=True).start()
-threading.Thread(target=connect, daemon=True).start()
-while not stopped:
-    time.sleep(0.01)
-print(hex(page), stopped[0], flush=True)
-sys.stdin.readline()
-libc.mmap(None, 4096, 3, 0x22, -1, 0)
-time.sleep(600)
-"#;
-
-/// Python: says `tracer PID`, reads `ADDR TID`, stops thread TID
-/// (`PTRACE_ATTACH`), says `peeking` and reads its process's memory at
-/// ADDR (`PTRACE_PEEKDATA`): a read of a file page that holds the
-/// process's memory map lock for as long as the file's server does not
-/// answer.
-const PEEKING_TRACER: &str = r#"
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.restype = ctypes.c_long
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-print("tracer", os.getpid(), flush=True)
-addr, tid = sys.stdin.readline().split()
-addr, tid = int(addr, 16), int(tid)
-if libc.ptrace(16, tid, None, None) != 0:
-    raise OSError(ctypes.get_errno(), "PTRACE_ATTACH")
-os.waitpid(tid, 0x40000000)
-print("peeking", flush=True)
-libc.ptrace(2, tid, ctypes.c_void_p(addr), None)
-"#;
-
 /// A process whose memory map lock is held (its tracer peeks at a page of
 /// a file whose FUSE server never answers the tracer, and a `mmap()` of
 /// the process waits behind it: every reader of its memory, `ps` reading
@@ -577,53 +519,9 @@ fn a_process_whose_memory_cannot_be_read_holds_neither_the_start_nor_the_lines()
     let ns = Netns::new();
     let _server = ns.sink_server();
     let dir = TempDir::new("locked-memory");
-    let mnt = dir.path().join("mnt");
     let go = dir.path().join("go");
-    let mut tracer = Talker::spawn(
-        Command::new("/usr/bin/python3").args(["-c", PEEKING_TRACER]),
-        "the tracer",
-    );
-    assert_eq!(tracer.line(), format!("tracer {}", tracer.pid()));
-    let fs = StallFs::mount_unanswering(
-        &dir,
-        &mnt,
-        Stalled::Process(tracer.pid()),
-        Unanswered::Reads,
-    );
-    let victim = Talker::spawn(
-        ns.cmd("/usr/bin/python3")
-            .args(["-c", LOCKED_VICTIM])
-            .arg(mnt.join("tool"))
-            .arg(PROTECTED.to_string())
-            .arg(&go),
-        "the process whose memory is locked",
-    );
-    // The server goes first, whatever ends the test: until then the
-    // victim cannot be reaped (its stopped thread stays frozen for the
-    // tracer's read).
-    let mut held = Held { _fs: fs, victim };
-    let page_and_thread = held.victim.line();
-    assert_eq!(tracer.ask(&page_and_thread), "peeking");
-    let tracer_wchan = format!("/proc/{}/wchan", tracer.pid());
-    wait_for(
-        "the tracer's read to wait for the FUSE server",
-        Duration::from_secs(10),
-        || (std::fs::read_to_string(&tracer_wchan).ok()? == "request_wait_answer").then_some(()),
-    );
-    held.victim.say("lock");
-    let victim_pid = held.victim.pid();
-    let cmdline = format!("/proc/{victim_pid}/cmdline");
-    wait_for(
-        "a read of its command line to wait",
-        Duration::from_secs(10),
-        || {
-            // (`timeout` sends the signal to its process group: itself too.)
-            let read = run(Command::new("timeout")
-                .args(["-s", "KILL", "1", "cat"])
-                .arg(&cmdline));
-            (read.status.signal() == Some(libc::SIGKILL)).then_some(())
-        },
-    );
+    let mut held = LockedMemory::start(&dir, ns.cmd("/usr/bin/python3"), PROTECTED, &go);
+    let victim_pid = held.pid();
 
     let daemon = Daemon::start(&policy(
         &ns,
@@ -634,7 +532,7 @@ fn a_process_whose_memory_cannot_be_read_holds_neither_the_start_nor_the_lines()
     let ev = daemon.wait_event("the locked process's line", |e| e["pid"] == victim_pid);
     assert_eq!(ev["verdict"], "would-deny", "{ev}");
     assert!(ev["cmdline"].is_null(), "{ev}");
-    assert_eq!(held.victim.line(), "connected");
+    assert_eq!(held.victim().line(), "connected");
     daemon.wait_stderr(
         &format!("reading the command line of /proc/{victim_pid}"),
         1,
@@ -661,14 +559,6 @@ fn a_process_whose_memory_cannot_be_read_holds_neither_the_start_nor_the_lines()
         "{ev}"
     );
     assert_answers(daemon.install(), "a process's memory map lock");
-}
-
-/// A FUSE server and a process whose memory map lock its stalled read
-/// holds: dropped in that order (the server's end fails the read, which
-/// frees the process).
-struct Held {
-    _fs: StallFs,
-    victim: Talker,
 }
 
 /// Directories searched for executables (on the daemon's `$PATH`) and
