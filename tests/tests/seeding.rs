@@ -9,12 +9,16 @@
 //! starts. Likewise a catalogued tunnel's lineage reaches the processes
 //! already running below it.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use loopwarden_tests::{
     Daemon, LOCAL_ADDR, PROTECTED, Policy, REMOTE_ADDR, SYSTEM_PYTHON, TempDir, Topology, exe_name,
-    handed_down_relay_run_by, listener_tgids, loopwarden_bin, reuseport_relay, spawn_forwarder,
+    handed_down_relay_run_by, listener_tgids,
+    locked::LockedMemory,
+    loopwarden_bin, reuseport_relay, spawn_forwarder,
     stallfs::{StallFs, Stalled},
+    talk::Talker,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -22,6 +26,7 @@ const SOCAT_PORT: u16 = 9001;
 const FORWARDER_PORT: u16 = 9006;
 const HANDED_DOWN_PORT: u16 = 9007;
 const SHARED_PORT: u16 = 9008;
+const LATE_FORK_PORT: u16 = 9009;
 
 /// The protected service as relays reach it.
 fn service() -> String {
@@ -293,4 +298,164 @@ fn a_catalogued_tunnels_descendants_started_before_the_daemon_are_matched_throug
         e["verdict"] == "deny" && e["exe_name"] == "curl"
     });
     assert_eq!(ev["rule"], "catalog:code-tunnel", "{ev:#}");
+}
+
+/// Python, arguments ADDR PORT SERVICE DIR: listens on ADDR:PORT (says
+/// `listening`) and forks a child per connection, the Nth (from 0) of
+/// which waits for the file DIR/go-N, then connects to 127.0.0.1:SERVICE
+/// without reading from its client, and says `child PID connected` or
+/// `child PID error ERRNO`.
+const LATE_FORKING_RELAY: &str = r#"
+import os, socket, sys, time
+addr, port, service, d = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((addr, port))
+l.listen()
+print("listening", flush=True)
+n = 0
+while True:
+    c, _ = l.accept()
+    if os.fork() == 0:
+        l.close()
+        go = os.path.join(d, "go-%d" % n)
+        while not os.path.exists(go):
+            time.sleep(0.02)
+        s = socket.socket()
+        try:
+            s.connect(("127.0.0.1", service))
+            print("child", os.getpid(), "connected", flush=True)
+        except OSError as e:
+            print("child", os.getpid(), "error", e.errno, flush=True)
+        time.sleep(600)
+    c.close()
+    n += 1
+"#;
+
+/// Python, arguments ADDR PORT: at each line, connects to ADDR:PORT and
+/// says `connected`, holding the connections.
+const REMOTE_CLIENT: &str = r#"
+import socket, sys
+held = []
+for _ in sys.stdin:
+    held.append(socket.create_connection((sys.argv[1], int(sys.argv[2]))))
+    print("connected", flush=True)
+"#;
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The parent is the second field after the command's ")".
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// Whether a thread of `pid` named `lw-cmdline` waits for something other
+/// than its next job (a futex): a read of a command line in progress.
+fn reading_a_command_line(pid: u32) -> Option<()> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .any(|task| {
+            let read = |file: &str| std::fs::read_to_string(task.path().join(file));
+            read("comm").is_ok_and(|c| c.trim() == "lw-cmdline")
+                && read("wchan").is_ok_and(|w| !w.contains("futex") && w != "0" && !w.is_empty())
+        })
+        .then_some(())
+}
+
+/// A relay started before the daemon forks a child for a remote client
+/// while the start's seeding is under way (held there by an interpreter
+/// whose command line cannot be read: the walk waits for it after it
+/// listed every process). The child was not walked, and its parent had no
+/// entry for the kernel's fork to copy: the seeding gives it what it gave
+/// the parent (`listening`), so the child's connect after the start, with
+/// nothing read from its client, is refused under relay deny. The same
+/// child's connect without the daemon reaches the service. Fails against a
+/// build that gave late children nothing (the connect is let in).
+#[test]
+fn a_relays_child_forked_during_the_seeding_is_given_its_parents_state() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("seed-late-fork");
+    let mut relay = Talker::spawn(
+        topo.local
+            .cmd(SYSTEM_PYTHON)
+            .args(["-c", LATE_FORKING_RELAY, LOCAL_ADDR])
+            .arg(LATE_FORK_PORT.to_string())
+            .arg(PROTECTED.to_string())
+            .arg(dir.path()),
+        "the forking relay",
+    );
+    assert_eq!(relay.line(), "listening");
+    let mut remote = Talker::spawn(
+        topo.remote
+            .cmd(SYSTEM_PYTHON)
+            .args(["-c", REMOTE_CLIENT, LOCAL_ADDR])
+            .arg(LATE_FORK_PORT.to_string()),
+        "the remote client",
+    );
+    // Without the daemon, the child reaches the service.
+    std::fs::write(dir.path().join("go-0"), "").expect("go-0");
+    assert_eq!(remote.ask("connect"), "connected");
+    let control = relay.line();
+    assert!(control.ends_with(" connected"), "{control}");
+
+    // Walked after the relay (a later pid), its command line holds the walk.
+    let _locked = LockedMemory::start(
+        &dir,
+        topo.local.cmd(SYSTEM_PYTHON),
+        PROTECTED,
+        &dir.path().join("never"),
+    );
+    let daemon = Daemon::spawn(
+        &Policy::new(&topo.local, "enforce")
+            .catalog(false)
+            .relay("deny")
+            .text(),
+        &[],
+    );
+    let pid = daemon.pid().expect("the daemon's pid");
+    wait_for(
+        "the seeding to wait for the locked interpreter's command line",
+        Duration::from_secs(20),
+        || reading_a_command_line(pid),
+    );
+    let first: u32 = control
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{control}"));
+    assert_eq!(remote.ask("connect"), "connected");
+    let child = wait_for("the relay's second child", Duration::from_secs(10), || {
+        children_of(relay.pid()).into_iter().find(|&c| c != first)
+    });
+    // (Else the kernel's fork copied the parent's seeded entry: nothing
+    // shown.)
+    assert!(
+        !daemon.stderr_text().contains("from /proc (in "),
+        "the child was forked after the seeding:\n{}",
+        daemon.stderr_text()
+    );
+    daemon.wait_stderr("ready:", 1);
+    std::fs::write(dir.path().join("go-1"), "").expect("go-1");
+    assert_eq!(relay.line(), format!("child {child} error 111"));
+    let ev = daemon.wait_event("the late child's refusal", |e| e["pid"] == child);
+    assert_eq!(ev["verdict"], "deny", "{ev:#}");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "listening", "{ev:#}");
 }

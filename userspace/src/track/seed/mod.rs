@@ -37,6 +37,7 @@
 //! entry is written; the window is the few milliseconds of the walk, and
 //! the worst outcome is evidence about what the process was a moment ago.
 
+mod late;
 mod plan;
 mod scan;
 
@@ -227,7 +228,15 @@ pub(super) fn plant(
             (!wanted.is_empty()).then(|| (*netns, listener_cookies(*netns, pids, &wanted)))
         })
         .collect();
-    Ok(write(&plan, &cookies, &scan.scripts, stale, maps))
+    let (mut seeded, recredited, given) = write(&plan, &cookies, &scan.scripts, stale, maps);
+    if !recrediting {
+        let late = late::seed(&scan.walked, given, maps);
+        if late > 0 {
+            info!("seeding: {late} processes forked during it given their parents' state");
+        }
+        seeded.processes += late;
+    }
+    Ok((seeded, recredited))
 }
 
 /// Sets `tgid`'s note in `LW_TRACKED` ([`notes::set`]): a note the kernel
@@ -355,59 +364,28 @@ fn fill_gaps(
 
 /// Writes `plan` and `scripts` into `maps`, never over what the kernel
 /// recorded but for the `stale` listener entries still as they were
-/// ([`plant`]; then the notes of other entries are not repaired).
+/// ([`plant`]; then the notes of other entries are not repaired). Also
+/// what it gave each process, by pid.
 fn write(
     plan: &Plan,
     cookies: &Cookies,
     scripts: &HashMap<u32, [u8; SCRIPT_LEN]>,
     stale: &HashMap<ListenerKey, Listener>,
     maps: &mut Maps,
-) -> (Seeded, Vec<Recredit>) {
+) -> (Seeded, Vec<Recredit>, HashMap<u32, ProcState>) {
     let Maps {
         procs,
         listeners,
         tracked,
     } = maps;
     let mut seeded = Seeded::default();
-    // Stale entries are credited last, once their holders' evidence says
-    // they listen (as the kernel writes a listen's evidence first).
+    // Processes first, then the listeners crediting them, as the kernel
+    // writes a listen's evidence first: an accept in between finds its
+    // listener's process tracked. Stale entries are credited last, once
+    // their holders' evidence says they listen.
     let mut anew = Vec::new();
-    let mut failed = Failures::default();
-    for (&(netns, port), credit) in &plan.listeners {
-        let key = ListenerKey {
-            netns,
-            port,
-            _pad: 0,
-        };
-        if let Some(held) = stale.get(&key) {
-            let cookie = cookies
-                .get(&netns)
-                .and_then(|by_inode| by_inode.get(&credit.inode))
-                .copied();
-            anew.push((key, *held, credit.tgid, cookie));
-            continue;
-        }
-        // Without its cookie (not read), any close of a listener on the
-        // port removes the entry.
-        let cookie = cookies
-            .get(&netns)
-            .and_then(|by_inode| by_inode.get(&credit.inode))
-            .copied()
-            .unwrap_or(0);
-        let listener = Listener {
-            tgid: credit.tgid,
-            cookie,
-            ..Listener::default()
-        };
-        match listeners.insert(key, listener, NOEXIST) {
-            Ok(()) => seeded.listeners += 1,
-            // A listen the kernel saw since the programs were attached.
-            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-            Err(e) => failed.add(format_args!("netns {netns} port {port}"), &e),
-        }
-    }
-    failed.warn(maps::LISTENERS);
-
+    // What each process was given (planned), for its late children.
+    let mut given = HashMap::new();
     let mut failed = Failures::default();
     let tgids: BTreeSet<u32> = plan
         .standing
@@ -430,6 +408,7 @@ fn write(
         if let Some(key) = lineage {
             state.lineage = key;
         }
+        given.insert(tgid, state);
         // Noted before the entry is made, as the kernel does.
         if let Err(e) = mark(tracked, tgid) {
             failed.add(format_args!("pid {tgid}"), &e);
@@ -481,6 +460,42 @@ fn write(
         }
     }
 
+    let mut failed = Failures::default();
+    for (&(netns, port), credit) in &plan.listeners {
+        let key = ListenerKey {
+            netns,
+            port,
+            _pad: 0,
+        };
+        if let Some(held) = stale.get(&key) {
+            let cookie = cookies
+                .get(&netns)
+                .and_then(|by_inode| by_inode.get(&credit.inode))
+                .copied();
+            anew.push((key, *held, credit.tgid, cookie));
+            continue;
+        }
+        // Without its cookie (not read), any close of a listener on the
+        // port removes the entry.
+        let cookie = cookies
+            .get(&netns)
+            .and_then(|by_inode| by_inode.get(&credit.inode))
+            .copied()
+            .unwrap_or(0);
+        let listener = Listener {
+            tgid: credit.tgid,
+            cookie,
+            ..Listener::default()
+        };
+        match listeners.insert(key, listener, NOEXIST) {
+            Ok(()) => seeded.listeners += 1,
+            // A listen the kernel saw since the programs were attached.
+            Err(e) if errno(&e) == Some(libc::EEXIST) => {}
+            Err(e) => failed.add(format_args!("netns {netns} port {port}"), &e),
+        }
+    }
+    failed.warn(maps::LISTENERS);
+
     let mut recredited = Vec::new();
     let mut failed = Failures::default();
     for (key, held, tgid, cookie) in anew {
@@ -502,7 +517,7 @@ fn write(
         "their ports' accepts stay uncredited until a process listens or executes holding \
          the listener, or the next try",
     );
-    (seeded, recredited)
+    (seeded, recredited, given)
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub(super) struct Scan {
     /// Each process's parent and executable's file name, by pid (only
     /// when the scan was asked for them).
     pub(super) family: HashMap<u32, (u32, Vec<u8>)>,
+    /// Every pid the walk listed.
+    pub(super) walked: HashSet<u32>,
 }
 
 /// Walks every process once, reading each one's parent too (one more
@@ -62,6 +64,7 @@ pub(super) fn scan(family: bool, scripts: bool) -> Result<Scan, ProcError> {
         let Ok(pid) = u32::try_from(process.pid) else {
             continue;
         };
+        scan.walked.insert(pid);
         // A main thread that has exited while others run reads as no
         // descriptors and no executable: such a process is read through a
         // running thread (kernel threads, with no executable either, pay
