@@ -191,6 +191,7 @@ pub(super) fn plant(
     let mut plan = Plan::default();
     for (netns, socks) in &socks {
         plan.add_namespace(*netns, socks, &scan.owners, |pid| scan.image(pid), now);
+        plan.add_stdio(socks, &scan.stdio, now);
     }
     if let Some(policy) = lineage {
         plan.add_lineage(&scan.family, |name| policy.lineage_key(name));

@@ -58,12 +58,21 @@ impl From<&TcpNetEntry> for Sock {
         Sock {
             local: e.local_address,
             remote: e.remote_address,
-            state: match e.state {
-                TcpState::Listen => State::Listen,
-                TcpState::Established => State::Established,
-                _ => State::Other,
-            },
+            state: State::of(&e.state),
             inode: e.inode,
+        }
+    }
+}
+
+impl State {
+    /// A connection whose peer has closed its side (`CLOSE_WAIT`) is still
+    /// open for its holder, as for the kernel's descriptor scan at exec:
+    /// established here.
+    fn of(state: &TcpState) -> Self {
+        match state {
+            TcpState::Listen => State::Listen,
+            TcpState::Established | TcpState::CloseWait => State::Established,
+            _ => State::Other,
         }
     }
 }
@@ -159,6 +168,24 @@ impl Plan {
             for &pid in holders(sock.inode) {
                 self.standing
                     .insert(pid, evidence_at(evidence::ACCEPTED, sock.remote, now));
+            }
+        }
+    }
+
+    /// Adds `stdio` evidence for each process whose standard input or
+    /// output (`stdio`: socket inode → pids) is one of `socks` connected
+    /// to elsewhere, as its exec would have recorded it (an inetd-style
+    /// service, `ncat -e`, socat's `EXEC:`), over any other standing
+    /// evidence, as the exec puts it first.
+    pub(super) fn add_stdio(&mut self, socks: &[Sock], stdio: &HashMap<u64, Vec<u32>>, now: u64) {
+        for sock in socks.iter().filter(|s| s.is_remote_connection()) {
+            for &pid in stdio
+                .get(&sock.inode)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                self.standing
+                    .insert(pid, evidence_at(evidence::STDIO, sock.remote, now));
             }
         }
     }
@@ -292,6 +319,40 @@ mod tests {
         let mut plan = Plan::default();
         plan.add_lineage(&family, |_| None);
         assert!(plan.lineage.is_empty());
+    }
+
+    #[test]
+    fn a_remote_connection_as_stdio_is_stdio_evidence() {
+        const NOW: u64 = 9;
+        let socks = [
+            sock("10.77.0.1:40000", "10.77.0.2:4444", State::Established, 1),
+            sock("127.0.0.1:40001", "127.0.0.1:4444", State::Established, 2),
+            sock("10.77.0.1:9000", "0.0.0.0:0", State::Listen, 3),
+        ];
+        let mut plan = Plan::default();
+        plan.standing.insert(
+            10,
+            evidence_at(evidence::LISTENING, "10.77.0.1:9000".parse().unwrap(), NOW),
+        );
+        let stdio: HashMap<u64, Vec<u32>> =
+            [(1, vec![10, 11]), (2, vec![12]), (3, vec![13])].into();
+        plan.add_stdio(&socks, &stdio, NOW);
+        let peer = evidence_at(evidence::STDIO, "10.77.0.2:4444".parse().unwrap(), NOW);
+        assert_eq!(plan.standing.get(&10), Some(&peer), "over listening");
+        assert_eq!(plan.standing.get(&11), Some(&peer));
+        // A loopback peer, a listener: nothing.
+        assert_eq!(plan.standing.get(&12), None);
+        assert_eq!(plan.standing.get(&13), None);
+    }
+
+    #[test]
+    fn a_connection_its_peer_closed_is_still_accepted_evidence() {
+        assert_eq!(State::of(&TcpState::CloseWait), State::Established);
+        assert_eq!(State::of(&TcpState::Established), State::Established);
+        assert_eq!(State::of(&TcpState::Listen), State::Listen);
+        for other in [TcpState::TimeWait, TcpState::FinWait1, TcpState::SynRecv] {
+            assert_eq!(State::of(&other), State::Other);
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub(super) struct Scan {
     pub(super) family: HashMap<u32, (u32, Vec<u8>)>,
     /// Every pid the walk listed.
     pub(super) walked: HashSet<u32>,
+    /// Socket inode → the pids holding it as standard input or output.
+    pub(super) stdio: HashMap<u64, Vec<u32>>,
 }
 
 /// Walks every process once, reading each one's parent too (one more
@@ -99,6 +101,12 @@ pub(super) fn scan(family: bool, scripts: bool) -> Result<Scan, ProcError> {
                     let pids = scan.owners.entry(inode).or_default();
                     if pids.last() != Some(&pid) {
                         pids.push(pid);
+                    }
+                    if fd.fd <= 1 {
+                        let pids = scan.stdio.entry(inode).or_default();
+                        if pids.last() != Some(&pid) {
+                            pids.push(pid);
+                        }
                     }
                 }
             }
