@@ -16,8 +16,8 @@ use std::{
 };
 
 use loopwarden_tests::{
-    Daemon, LOCAL_ADDR, Netns, NetnsAlias, PROTECTED, Policy, Proc, REMOTE_ADDR, TempDir, Topology,
-    greeter, policy, rule, run, spawn_forwarder, wait_for,
+    AS_NOBODY, Daemon, LOCAL_ADDR, Netns, NetnsAlias, PROTECTED, Policy, Proc, REMOTE_ADDR,
+    TempDir, Topology, greeter, policy, rule, run, spawn_forwarder, talk::Talker, wait_for,
 };
 use serde_json::Value;
 
@@ -634,4 +634,61 @@ fn a_connection_held_in_a_threads_own_descriptor_table_is_cut() {
     daemon.wait_stderr("cut 1 connection", 1);
     own.assert_cut();
     direct.assert_works("direct-after");
+}
+
+/// Python, argument N: listens on N loopback ports (40,000 ports of
+/// 127.0.0.2, 127.0.0.3, ...), says `listening N`, and holds them.
+const HOARDER: &str = r#"
+import socket, sys
+n, held = int(sys.argv[1]), []
+while len(held) < n:
+    i = len(held)
+    s = socket.socket()
+    s.bind(("127.0.0.%d" % (2 + i // 40000), 20000 + i % 40000))
+    s.listen(1)
+    held.append(s)
+print("listening", len(held), flush=True)
+sys.stdin.readline()
+"#;
+
+/// A user's hundred thousand listeners in the swept namespace do not use
+/// up the sweep's budget (the ports are all it keeps of them): a daemon
+/// started in enforce mode still cuts the relay's connection made before
+/// it, and calls the sweep complete. Fails against a build that kept
+/// listeners to judge: the sweep stopped at its limit and cut nothing.
+#[test]
+fn a_users_many_listeners_leave_the_sweep_its_budget() {
+    let ns = Netns::new();
+    let (_server, _relay) = services(&ns);
+    const LISTENERS: usize = 100_001;
+    let mut hoarder = Talker::spawn(
+        ns.cmd("prlimit")
+            .arg(format!("--nofile={0}:{0}", LISTENERS + 64))
+            .args(AS_NOBODY)
+            .args(["python3", "-c", HOARDER, &LISTENERS.to_string()]),
+        "the user holding many listeners",
+    );
+    assert_eq!(hoarder.line(), format!("listening {LISTENERS}"));
+    let mut through_relay = LineClient::connect(&ns, "127.0.0.1", RELAY);
+    through_relay.assert_works("relay-before");
+
+    let daemon = Daemon::start(&policy(&ns, "enforce", ""));
+    assert_socat_cut(&daemon);
+    through_relay.assert_cut();
+    let sweep = wait_for(
+        "status.json to hold the sweep",
+        Duration::from_secs(10),
+        || {
+            let json = daemon.install().status_json();
+            let sweep = json["daemon"]["reported"]["last_sweep"].clone();
+            (!sweep.is_null()).then_some(sweep)
+        },
+    );
+    assert_eq!(sweep["complete"], true, "{sweep:#}");
+    assert!(
+        sweep["sockets"]
+            .as_u64()
+            .is_some_and(|n| n > LISTENERS as u64),
+        "{sweep:#}"
+    );
 }

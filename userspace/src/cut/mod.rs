@@ -58,7 +58,7 @@ use tracing::debug;
 
 pub use self::outcome::{Cut, Relayed, Sweep, SweepError};
 use self::{
-    namespaces::{Entered, enter, list, targets},
+    namespaces::{Entered, Keeper, UID_SHARE, enter, list, targets},
     procs::ProcReader,
 };
 use crate::{
@@ -68,10 +68,13 @@ use crate::{
     policy::{CompiledPolicy, Mode},
 };
 
-/// Most sockets one sweep keeps to judge over all namespaces: listeners,
-/// and connections to protected ports (each a few dozen bytes); past it
-/// the sweep stops and says so. Other sockets are read and dropped, and do
-/// not count: a user's many idle connections cannot use it up.
+/// Most sockets one sweep keeps to judge over all namespaces: connections
+/// to protected ports that may be a client's (each a few dozen bytes), at
+/// most a quarter of them one user's ([`namespaces::UID_SHARE`]); past it
+/// the sweep stops and says so. Other sockets (listeners, the accepted
+/// sides of connections, connections elsewhere) are read and dropped, and
+/// do not count: a user's many idle connections or listeners cannot use it
+/// up.
 pub const MAX_SOCKETS: usize = 100_000;
 
 /// States in which a client socket can still send or receive.
@@ -148,6 +151,7 @@ pub fn sweep(
     let mut candidates: Vec<(usize, TcpSocket, bool)> = Vec::new();
     let mut examined = 0usize;
     let mut budget = MAX_SOCKETS;
+    let mut keeper = Keeper::default();
     let mut truncated = false;
     for target in &targets {
         if truncated {
@@ -169,20 +173,25 @@ pub fn sweep(
                 continue;
             }
         };
-        let relevant = |s: &TcpSocket| relevant(policy, &host, s);
-        match list(&mut ns.diag, &mut budget, &relevant) {
+        // An accepted side, which the origin does not name as a client's
+        // (see `cut`), is not kept: with every port protected, each local
+        // connection has one.
+        let inode = ns.inode;
+        let relevant = |s: &TcpSocket, listening: &HashSet<u16>| {
+            relevant(policy, &host, s)
+                && (known.client(inode, s).is_some()
+                    || !(listening.contains(&s.src.port()) || known.accepted(inode, s)))
+        };
+        match list(&mut ns.diag, &mut budget, &mut keeper, &relevant) {
             Ok(listed) => {
                 examined += listed.read;
                 truncated = !listed.complete;
-                // A partial dump may miss listeners: judge nothing from it.
-                if listed.complete {
-                    let index = entered.len();
-                    candidates.extend(
-                        client_sockets(policy, &host, &listed.sockets)
-                            .into_iter()
-                            .map(|(s, listening)| (index, *s, listening)),
-                    );
-                }
+                let index = entered.len();
+                candidates.extend(
+                    client_sockets(policy, &host, &listed.sockets)
+                        .into_iter()
+                        .map(|s| (index, *s, listed.listening.contains(&s.src.port()))),
+                );
             }
             Err(source) => {
                 sweep.error(&SweepError::Dump {
@@ -196,7 +205,13 @@ pub fn sweep(
     }
     if truncated {
         sweep.problem(format!(
-            "stopped after keeping {MAX_SOCKETS} sockets to judge (listeners, and connections to protected ports); connections beyond them (and those of the namespace where the limit was hit) were not checked"
+            "stopped after keeping {MAX_SOCKETS} sockets to judge (connections to protected ports); connections beyond them were not checked"
+        ));
+    }
+    if !keeper.over.is_empty() {
+        sweep.problem(format!(
+            "the connections to protected ports of uid {:?} past {UID_SHARE} each (a user's share of the sweep) were not checked",
+            keeper.over
         ));
     }
     sweep.namespaces = entered.len();
@@ -331,16 +346,10 @@ fn client_sockets<'a>(
     policy: &CompiledPolicy,
     host: &[IpAddr],
     sockets: &'a [TcpSocket],
-) -> Vec<(&'a TcpSocket, bool)> {
-    let listening: HashSet<u16> = sockets
-        .iter()
-        .filter(|s| s.state == state::LISTEN)
-        .map(|s| s.src.port())
-        .collect();
+) -> Vec<&'a TcpSocket> {
     sockets
         .iter()
         .filter(|s| CLIENT_STATES & state::bit(s.state) != 0 && relevant(policy, host, s))
-        .map(|s| (s, listening.contains(&s.src.port())))
         .collect()
 }
 
@@ -364,14 +373,14 @@ fn is_local(ip: IpAddr) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{net::SocketAddr, path::PathBuf};
 
     use super::*;
     use crate::kernel::sock_diag::SockId;
     use crate::{config::Config, policy, resolve::HostResolver};
 
-    fn sock(state: u8, src: &str, dst: &str, inode: u64) -> TcpSocket {
+    pub(super) fn sock(state: u8, src: &str, dst: &str, inode: u64) -> TcpSocket {
         let src: SocketAddr = src.parse().unwrap();
         let dst: SocketAddr = dst.parse().unwrap();
         let family = if src.is_ipv4() {
@@ -389,6 +398,15 @@ mod tests {
             uid: 0,
             id: SockId::zero(),
         }
+    }
+
+    /// The ports of `sockets`' listeners, as `list` collects them.
+    fn listening_of(sockets: &[TcpSocket]) -> HashSet<u16> {
+        sockets
+            .iter()
+            .filter(|s| s.state == state::LISTEN)
+            .map(|s| s.src.port())
+            .collect()
     }
 
     fn policy(text: &str) -> CompiledPolicy {
@@ -478,9 +496,10 @@ mod tests {
             ),
         ];
         let inodes = |host: &[IpAddr]| -> Vec<(u64, bool)> {
+            let listening = listening_of(&sockets);
             client_sockets(&p, host, &sockets)
                 .iter()
-                .map(|(s, listening)| (s.inode, *listening))
+                .map(|s| (s.inode, listening.contains(&s.src.port())))
                 .collect()
         };
         // The socket on the relay's listening port is one only if its
@@ -513,9 +532,10 @@ mod tests {
             sock(state::ESTABLISHED, "127.0.0.1:40000", "127.0.0.1:8080", 10),
             sock(state::ESTABLISHED, "127.0.0.1:8080", "127.0.0.1:40000", 11),
         ];
+        let listening = listening_of(&sockets);
         let found: Vec<(u64, bool)> = client_sockets(&p, &[], &sockets)
             .iter()
-            .map(|(s, listening)| (s.inode, *listening))
+            .map(|s| (s.inode, listening.contains(&s.src.port())))
             .collect();
         // The accepted one is on the listening port: without an origin
         // that names it as a client's, it is never cut.

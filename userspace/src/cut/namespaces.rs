@@ -2,7 +2,11 @@
 //! one for its sock_diag handle ([`enter`]), and listing its sockets
 //! within the sweep's budget ([`list`]).
 
-use std::{io, path::PathBuf};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    io,
+    path::PathBuf,
+};
 
 use super::{CLIENT_STATES, SweepError, procs};
 use crate::{
@@ -104,39 +108,77 @@ pub(super) fn enter(target: &Target) -> Result<Entered, SweepError> {
     }
 }
 
-/// The namespace's listening sockets, then those of its sockets in client
-/// states that `relevant` takes, both families, keeping at most `budget`
-/// sockets (which is decreased): sockets nobody asked about (a user's
-/// hundred thousand idle connections) are read and dropped, and cannot use
-/// it up. Listeners come first so that a dump cut short by the budget
-/// never judges sockets without them.
+/// Connections one user (a socket's owner uid) may have kept over a whole
+/// sweep: a quarter of [`super::MAX_SOCKETS`], so one user's many
+/// connections to protected ports leave room for everyone else's.
+pub(super) const UID_SHARE: usize = super::MAX_SOCKETS / 4;
+
+/// What the sweep keeps of the sockets it reads: the ports listened on (not
+/// the listeners, which cost no budget), and the sockets in client states
+/// that its `relevant` takes, given those ports, up to each owner's
+/// [`UID_SHARE`] over the whole sweep.
+#[derive(Default)]
+pub(super) struct Keeper {
+    /// Sockets kept so far, by owner.
+    kept: HashMap<u32, usize>,
+    /// Owners some socket of which was dropped past their share.
+    pub(super) over: BTreeSet<u32>,
+}
+
+impl Keeper {
+    /// Whether to keep `socket`, which `relevant` took: not past its
+    /// owner's share.
+    fn take(&mut self, socket: &TcpSocket) -> bool {
+        let kept = self.kept.entry(socket.uid).or_default();
+        if *kept >= UID_SHARE {
+            self.over.insert(socket.uid);
+            return false;
+        }
+        *kept += 1;
+        true
+    }
+}
+
+/// The namespace's listening ports, then those of its sockets in client
+/// states that `relevant` takes (given the ports), both families, keeping
+/// at most `budget` sockets (which is decreased) and each owner's share
+/// ([`Keeper`]): sockets nobody asked about (a user's hundred thousand idle
+/// connections, or listeners) are read and dropped, and cannot use it up.
+/// Listeners come first so that the ports are all known when the
+/// connections are judged.
 pub(super) fn list(
     diag: &mut SockDiag,
     budget: &mut usize,
-    relevant: &dyn Fn(&TcpSocket) -> bool,
+    keeper: &mut Keeper,
+    relevant: &dyn Fn(&TcpSocket, &HashSet<u16>) -> bool,
 ) -> io::Result<Listed> {
     let mut listed = Listed {
         sockets: Vec::new(),
+        listening: HashSet::new(),
         complete: true,
         read: 0,
     };
-    for (states, keep) in [
-        (
-            state::bit(state::LISTEN),
-            &(|_: &TcpSocket| true) as &dyn Fn(&TcpSocket) -> bool,
-        ),
-        (CLIENT_STATES, relevant),
-    ] {
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let before = listed.sockets.len();
-            let (done, read) =
-                diag.dump_kept(family, states, *budget, keep, &mut listed.sockets)?;
-            *budget -= listed.sockets.len() - before;
-            listed.read += read;
-            if done == Dumped::Truncated {
-                listed.complete = false;
-                return Ok(listed);
-            }
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let listening = &mut listed.listening;
+        let keep = |s: &TcpSocket| {
+            listening.insert(s.src.port());
+            false
+        };
+        let (_, read) =
+            diag.dump_kept(family, state::bit(state::LISTEN), 0, keep, &mut Vec::new())?;
+        listed.read += read;
+    }
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let before = listed.sockets.len();
+        let listening = &listed.listening;
+        let keep = |s: &TcpSocket| relevant(s, listening) && keeper.take(s);
+        let (done, read) =
+            diag.dump_kept(family, CLIENT_STATES, *budget, keep, &mut listed.sockets)?;
+        *budget -= listed.sockets.len() - before;
+        listed.read += read;
+        if done == Dumped::Truncated {
+            listed.complete = false;
+            return Ok(listed);
         }
     }
     Ok(listed)
@@ -144,11 +186,32 @@ pub(super) fn list(
 
 /// What [`list`] found in a namespace.
 pub(super) struct Listed {
-    /// Its listeners, then the sockets in client states the caller asked
-    /// for.
+    /// The sockets in client states the caller asked for.
     pub sockets: Vec<TcpSocket>,
+    /// The ports its listeners listen on.
+    pub listening: HashSet<u16>,
     /// Whether all of them are there (the budget was not used up).
     pub complete: bool,
     /// How many sockets were read, those not asked for included.
     pub read: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_keeps_a_share_and_others_theirs() {
+        let socket = |uid| TcpSocket {
+            uid,
+            ..crate::cut::tests::sock(state::ESTABLISHED, "127.0.0.1:40000", "127.0.0.1:80", 1)
+        };
+        let mut keeper = Keeper::default();
+        for _ in 0..UID_SHARE {
+            assert!(keeper.take(&socket(1000)));
+        }
+        assert!(!keeper.take(&socket(1000)), "past its share");
+        assert!(keeper.take(&socket(0)), "another's");
+        assert_eq!(keeper.over, BTreeSet::from([1000]));
+    }
 }
