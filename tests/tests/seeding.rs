@@ -27,6 +27,7 @@ const FORWARDER_PORT: u16 = 9006;
 const HANDED_DOWN_PORT: u16 = 9007;
 const SHARED_PORT: u16 = 9008;
 const LATE_FORK_PORT: u16 = 9009;
+const REVERSE_PORT: u16 = 4444;
 
 /// The protected service as relays reach it.
 fn service() -> String {
@@ -458,4 +459,91 @@ fn a_relays_child_forked_during_the_seeding_is_given_its_parents_state() {
     assert_eq!(ev["verdict"], "deny", "{ev:#}");
     assert_eq!(ev["rule"], "relay", "{ev:#}");
     assert_eq!(ev["via_how"], "listening", "{ev:#}");
+}
+
+/// Python, arguments GO OUT SERVICE: waits for the file GO, connects to
+/// 127.0.0.1:SERVICE without reading its standard input, and writes
+/// `connected` or `error ERRNO` to OUT.
+const STDIO_RELAY: &str = r#"
+import os, socket, sys, time
+go, out, service = sys.argv[1], sys.argv[2], int(sys.argv[3])
+while not os.path.exists(go):
+    time.sleep(0.02)
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", service))
+    result = "connected"
+except OSError as e:
+    result = "error %d" % e.errno
+with open(out + ".tmp", "w") as f:
+    f.write(result)
+os.rename(out + ".tmp", out)
+time.sleep(600)
+"#;
+
+/// A relay that dialled out to a remote party and runs with that
+/// connection as its standard input and output (`socat TCP:… EXEC:…,nofork`,
+/// as `ncat -e` does), started before the daemon: the seeding gives it the
+/// `stdio` evidence its exec would have recorded, so its connect after the
+/// start, with nothing read, is refused under relay deny, naming the remote
+/// party. The same relay without the daemon reaches the service. Fails
+/// against a build whose seeding gave no `stdio` evidence (the connect is
+/// let in).
+#[test]
+fn a_relay_run_on_a_connection_out_before_the_daemon_is_refused_as_stdio() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let dir = TempDir::new("seed-stdio");
+    let script = dir.path().join("relay.py");
+    std::fs::write(&script, STDIO_RELAY).expect("the relay's script");
+    let mut remote = Talker::spawn(
+        topo.remote.cmd(SYSTEM_PYTHON).args([
+            "-c",
+            &format!(
+                "import socket\ns = socket.create_server(('{REMOTE_ADDR}', {REVERSE_PORT}))\n\
+                 print('listening', flush=True)\nheld = []\n\
+                 while True:\n    held.append(s.accept())\n    print('accepted', flush=True)\n"
+            ),
+        ]),
+        "the remote party",
+    );
+    assert_eq!(remote.line(), "listening");
+    let start = |n: u32| {
+        let go = dir.path().join(format!("go-{n}"));
+        let out = dir.path().join(format!("out-{n}"));
+        let relay = topo.local.spawn(
+            "socat",
+            &[
+                &format!("TCP:{REMOTE_ADDR}:{REVERSE_PORT}"),
+                &format!(
+                    "EXEC:{SYSTEM_PYTHON} {} {} {} {PROTECTED},nofork",
+                    script.display(),
+                    go.display(),
+                    out.display()
+                ),
+            ],
+        );
+        (relay, go, out)
+    };
+    let result = |out: &Path| {
+        wait_for("the relay's connect", Duration::from_secs(20), || {
+            std::fs::read_to_string(out).ok()
+        })
+    };
+    // Without the daemon it reaches the service.
+    let (_control, go, out) = start(0);
+    assert_eq!(remote.line(), "accepted");
+    std::fs::write(&go, "").expect("go-0");
+    assert_eq!(result(&out), "connected");
+
+    let (relay, go, out) = start(1);
+    assert_eq!(remote.line(), "accepted");
+    let daemon = start_daemon(&topo);
+    std::fs::write(&go, "").expect("go-1");
+    assert_eq!(result(&out), "error 111");
+    let ev = daemon.wait_event("the stdio relay's refusal", |e| e["pid"] == relay.pid());
+    assert_eq!(ev["verdict"], "deny", "{ev:#}");
+    assert_eq!(ev["rule"], "relay", "{ev:#}");
+    assert_eq!(ev["via_how"], "stdio", "{ev:#}");
+    assert_eq!(ev["via"], format!("{REMOTE_ADDR}:{REVERSE_PORT}"), "{ev:#}");
 }
