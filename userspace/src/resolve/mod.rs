@@ -419,19 +419,20 @@ pub(crate) fn interpreter_of(line: &str) -> (String, bool) {
 
 /// Whether the path a deleted executable of process `pid` (of mode
 /// `mode`) was started from tells what it was: the process runs in this
-/// daemon's user namespace, and no one but the file's owner could write
-/// the file. A user can make a file of its own read as deleted from any
-/// path: in a user and mount namespace of its own, bind-mounted over that
-/// path, started there, then unlinked. Mounting in this daemon's user
-/// namespace takes privilege.
+/// daemon's user namespace and under its root directory, and no one but
+/// the file's owner could write the file. A user can make a file of its
+/// own read as deleted from any path: in a user and mount namespace of its
+/// own, bind-mounted over that path, started there, then unlinked.
+/// Mounting in this daemon's user namespace takes privilege; a container
+/// that has it (a rootful one, no user namespace of its own) has a root of
+/// its own, where its paths name its files, not the host's.
 fn trusted_deleted(pid: u32, mode: u16) -> bool {
-    let user_ns =
-        |pid: &str| fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| (m.dev(), m.ino()));
-    mode & 0o022 == 0
-        && matches!(
-            (user_ns(&pid.to_string()), user_ns("self")),
-            (Ok(theirs), Ok(ours)) if theirs == ours
-        )
+    let same = |what: &str| {
+        let id =
+            |pid: &str| fs::metadata(format!("/proc/{pid}/{what}")).map(|m| (m.dev(), m.ino()));
+        matches!((id(&pid.to_string()), id("self")), (Ok(theirs), Ok(ours)) if theirs == ours)
+    };
+    mode & 0o022 == 0 && same("ns/user") && same("root")
 }
 
 /// `/proc/PID/exe` of a deleted file reads `<path> (deleted)`.
