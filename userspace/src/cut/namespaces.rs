@@ -32,9 +32,11 @@ enum Entry {
         cookie: u64,
         inode: u32,
     },
-    /// By the first of these namespace files that can be entered (one of
-    /// a process found in it: it may have exited since).
-    Files(Vec<PathBuf>),
+    /// By the first of these namespace files that still is the namespace
+    /// with this inode number (one of a process found in it: it may have
+    /// exited since), else by a process found in it then
+    /// ([`resolve::in_netns_of`]).
+    Files { paths: Vec<PathBuf>, inode: u32 },
 }
 
 /// A namespace entered: its sock_diag handle.
@@ -69,14 +71,16 @@ pub(super) fn targets(policy: &CompiledPolicy) -> Result<Vec<Target>, SweepError
         .into_iter()
         .map(|ns| Target {
             label: format!("net:[{}]", ns.id.1),
-            by: Entry::Files(ns.files),
+            by: Entry::Files {
+                paths: ns.files,
+                inode: ns.id.1 as u32,
+            },
         })
         .collect())
 }
 
 /// Opens a sock_diag socket inside the target namespace.
 pub(super) fn enter(target: &Target) -> Result<Entered, SweepError> {
-    let mut last = io::Error::from(io::ErrorKind::NotFound);
     let open = || {
         let diag = SockDiag::open()?;
         // Only for the audit line: 0 where the kernel lacks it (< 5.14).
@@ -90,9 +94,7 @@ pub(super) fn enter(target: &Target) -> Result<Entered, SweepError> {
             cookie,
             inode,
         } => resolve::in_scoped_netns(path, *cookie, *inode, open),
-        Entry::Files(paths) => resolve::in_first_netns(paths.iter().cloned(), open, &mut last)
-            .map(|(entered, _)| entered)
-            .ok_or(last),
+        Entry::Files { paths, inode } => resolve::in_netns_of(paths.clone(), *inode, open),
     };
     match entered {
         Ok((diag, cookie, inode)) => Ok(Entered {

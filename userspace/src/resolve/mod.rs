@@ -42,8 +42,8 @@ use tracing::debug;
 pub use self::cgroups::path_by_id as cgroup_path_by_id;
 use self::netns::cookie_via_setns;
 pub use self::netns::{
-    current_netns_cookie, current_netns_inum, in_first_netns, in_netns, in_scoped_netns,
-    interface_addresses,
+    current_netns_cookie, current_netns_inum, in_first_netns, in_netns, in_netns_of,
+    in_scoped_netns, interface_addresses,
 };
 use crate::policy::{CgroupId, ExeFile, LiveExe, LiveExes, MountDev, Resolver};
 

@@ -110,6 +110,38 @@ pub fn in_scoped_netns<T: Send + 'static>(
         .ok_or(last)
 }
 
+/// Runs `f` inside the network namespace with inode number `inode`,
+/// entered by the first of `paths` (the namespace files of processes found
+/// in it) that still is it, else by a process found in it now: those
+/// processes may have exited since, and their pids be others', in other
+/// namespaces. `f` runs only where the inode is `inode`.
+pub fn in_netns_of<T: Send + 'static>(
+    paths: Vec<PathBuf>,
+    inode: u32,
+    f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
+) -> io::Result<T> {
+    let checked = move || {
+        if current_netns_inum()? != inode {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "another network namespace (the process entered by has exited)",
+            ));
+        }
+        f()
+    };
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("network namespace net:[{inode}] is gone"),
+    );
+    in_first_netns(paths, checked.clone(), &mut last)
+        .or_else(|| {
+            let now = pids_in_netns(inode).map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
+            in_first_netns(now, checked, &mut last)
+        })
+        .map(|(value, _)| value)
+        .ok_or(last)
+}
+
 /// Up to [`PIDS_TRIED`] processes whose network namespace has inode `inode`.
 fn pids_in_netns(inode: u32) -> impl Iterator<Item = i32> {
     procfs::process::all_processes()
