@@ -59,7 +59,7 @@ impl Compiler<'_> {
             // An exemption: from the relay verdict, and a way in on
             // `allow` ports.
             self.replaceable(BROWSERS_RULE_NAME, "exe", &browsers.exe);
-            let exe = self.exes(BROWSERS_RULE_NAME, "exe", &browsers.exe)?;
+            let exe = self.exes(BROWSERS_RULE_NAME, "exe", &browsers.exe, true)?;
             let mut parts = Vec::new();
             describe(&mut parts, "exe", exe.iter().map(|(_, d)| d.clone()));
             let constrains = Constrains {

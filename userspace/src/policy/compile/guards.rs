@@ -28,7 +28,7 @@ impl Compiler<'_> {
         for (r, rule) in rules.iter().enumerate() {
             let label = format!("{EGRESS_PREFIX}{}", rule.name);
             let c = &rule.criteria;
-            let resolved = self.exes(&label, "exe", &c.exe).and_then(|exe| {
+            let resolved = self.exes(&label, "exe", &c.exe, false).and_then(|exe| {
                 let uids = self.uids(&label, c)?;
                 let cgroups = self.cgroups(&label, &c.cgroup, levels)?;
                 Ok((exe, uids, cgroups))
@@ -97,7 +97,7 @@ impl Compiler<'_> {
             return Ok(());
         }
         self.policy.settings.flags |= flags::BIND_GUARD;
-        let exe = self.exes(BIND_RULE_NAME, "allow_exe", &bind.allow_exe)?;
+        let exe = self.exes(BIND_RULE_NAME, "allow_exe", &bind.allow_exe, true)?;
         self.replaceable(BIND_RULE_NAME, "allow_exe", &bind.allow_exe);
         let mut uid: BTreeMap<u32, String> = bind
             .allow_uid

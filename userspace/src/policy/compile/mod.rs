@@ -286,9 +286,10 @@ impl Compiler<'_> {
         };
 
         // Resolve everything first, so a failure leaves no half-added rule.
-        let exe = self.exes(&rule.name, "exe", &c.exe)?;
-        let parent = self.exes(&rule.name, "parent_exe", &c.parent_exe)?;
-        let ancestor = self.exes(&rule.name, "ancestor_exe", &c.ancestor_exe)?;
+        let exempts = rule.action == Action::Allow;
+        let exe = self.exes(&rule.name, "exe", &c.exe, exempts)?;
+        let parent = self.exes(&rule.name, "parent_exe", &c.parent_exe, exempts)?;
+        let ancestor = self.exes(&rule.name, "ancestor_exe", &c.ancestor_exe, exempts)?;
         if rule.action == Action::Allow {
             self.replaceable(&rule.name, "exe", &c.exe);
             self.replaceable(&rule.name, "parent_exe", &c.parent_exe);

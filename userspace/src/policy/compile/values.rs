@@ -257,12 +257,14 @@ impl Compiler<'_> {
     }
 
     /// Resolves executable paths to keys, with a description of each: the
-    /// file at each path now, and earlier ones that processes still run.
+    /// file at each path now, and earlier ones that processes still run
+    /// (for an exemption, `exempts`, only as [`Self::kept`] says).
     pub(super) fn exes(
         &mut self,
         rule: &str,
         field: &'static str,
         paths: &[Located<PathBuf>],
+        exempts: bool,
     ) -> Result<Vec<(ExeKey, String)>, PolicyError> {
         let mut resolved = Vec::with_capacity(paths.len());
         for path in paths {
@@ -278,7 +280,7 @@ impl Compiler<'_> {
                     source,
                 })
                 .and_then(|file| self.unambiguous(rule, field, path, file));
-            let kept = self.kept(&path.value, file.as_ref().ok());
+            let kept = self.kept(&path.value, file.as_ref().ok(), exempts);
             let meanwhile = match (kept.first_key_value(), &file) {
                 (Some((_, pid)), _) => format!(
                     "until it resolves again, this value matches only the earlier file still \
@@ -312,9 +314,17 @@ impl Compiler<'_> {
                     ),
                 ));
             }
-            self.policy
+            // Another rule's value of the same path may keep more (one
+            // that is no exemption): the next compile starts from all.
+            let ids = self
+                .policy
                 .exe_paths
-                .insert(path.value.clone(), ExeIdentities { current, kept });
+                .entry(path.value.clone())
+                .or_insert_with(|| ExeIdentities {
+                    current,
+                    kept: BTreeMap::new(),
+                });
+            ids.kept.extend(kept);
         }
         Ok(resolved)
     }
@@ -367,7 +377,18 @@ impl Compiler<'_> {
     /// each: those it stood for in the previous policy, or, when that one
     /// did not have it, deleted files that processes were started from at
     /// this very path.
-    pub(super) fn kept(&mut self, path: &Path, current: Option<&ExeFile>) -> BTreeMap<ExeKey, u32> {
+    ///
+    /// For an exemption (`exempts`), of the former too only those that run
+    /// deleted from the file at the path now (an upgrade's rename): not an
+    /// old file still on disk (a link's target before it was pointed
+    /// elsewhere), which anyone may start anew, nor a file that took the
+    /// inode of one gone, which would have its exemption.
+    pub(super) fn kept(
+        &mut self,
+        path: &Path,
+        current: Option<&ExeFile>,
+        exempts: bool,
+    ) -> BTreeMap<ExeKey, u32> {
         let now = current.map(|file| file.key);
         let mut kept = BTreeMap::new();
         let previous = self.previous;
@@ -375,6 +396,16 @@ impl Compiler<'_> {
             Some(before) => {
                 for &key in before.current.iter().chain(before.kept.keys()) {
                     if Some(key) == now || kept.contains_key(&key) {
+                        continue;
+                    }
+                    if exempts {
+                        let here = current.map(|file| file.real_path.as_path());
+                        if let Some(live) = self.live().get(&key)
+                            && here.is_some()
+                            && live.deleted_path.as_deref() == here
+                        {
+                            kept.insert(key, live.pid);
+                        }
                         continue;
                     }
                     // While the process shown last time still runs the file,

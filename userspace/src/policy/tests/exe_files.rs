@@ -364,3 +364,42 @@ fn an_exemption_another_user_could_replace_is_warned_of() {
         roots.warnings
     );
 }
+
+/// An exemption follows an old file only while it runs deleted from the
+/// path's file now: after the path's file was replaced by another (a link
+/// pointed elsewhere, the old one still on disk, or a file that took a gone
+/// one's inode), the old identity is no longer let through, though a deny
+/// rule of the same path keeps it while it runs.
+#[test]
+fn an_exemption_keeps_an_old_file_only_while_it_runs_deleted_from_the_path() {
+    const ALLOW: &str = "catalog = false\n[[rule]]\nname = \"agent\"\naction = \"allow\"\n\
+                         exe = \"/usr/bin/socat\"\n";
+    let both = format!("{ALLOW}{}", RELAY.trim_start_matches("catalog = false\n"));
+    for (text, deleted, exempt_keeps) in [
+        (ALLOW.to_owned(), false, false),
+        (ALLOW.to_owned(), true, true),
+        (both.clone(), false, false),
+    ] {
+        let mut host = host();
+        host.processes.insert(500, key(10));
+        let first = compile_lenient(&config(&text), &host, None).unwrap();
+        host.put_exe("/usr/bin/socat", key(11));
+        if deleted {
+            host.deleted
+                .insert(key(10), PathBuf::from("/usr/bin/socat"));
+        }
+        let after = compile_lenient(&config(&text), &host, Some(&first)).unwrap();
+        assert_eq!(
+            simulate(&after, &running(key(10))) == Some(0),
+            exempt_keeps,
+            "{text} deleted: {deleted}"
+        );
+        assert_eq!(simulate(&after, &running(key(11))), Some(0), "{text}");
+        if text == both {
+            // The deny rule (1) keeps it, and the next compile still does.
+            assert_eq!(simulate(&after, &running(key(10))), Some(1));
+            let next = compile_lenient(&config(&text), &host, Some(&after)).unwrap();
+            assert_eq!(simulate(&next, &running(key(10))), Some(1));
+        }
+    }
+}
