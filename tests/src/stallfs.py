@@ -8,6 +8,8 @@ answers lookups and fetches contents on demand from somewhere gone. With
 `all-but-probes`, all but what loopwarden's probe of the mount asks (the
 root's attributes, a lookup of a name it makes up): a server that stops
 answering right after the probe.
+With STALLFS_USER_ID in the environment, the mount says that user made it
+(`user_id=`, as `fusermount` run by that user writes it).
 Stdlib only.
 Usage: stallfs.py MOUNTPOINT SRC STALL [reads|all-but-probes]"""
 import ctypes, errno, os, struct, sys
@@ -56,7 +58,8 @@ def stalled(pid):
 data = open(src, "rb").read()
 fd = os.open("/dev/fuse", os.O_RDWR)
 libc = ctypes.CDLL(None, use_errno=True)
-opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions"
+user = int(os.environ.get("STALLFS_USER_ID", "0"))
+opts = f"fd={fd},rootmode=40000,user_id={user},group_id={user},allow_other,default_permissions"
 if libc.mount(b"lwstall", mnt.encode(), b"fuse", 0, opts.encode()) != 0:
     raise OSError(ctypes.get_errno(), "mount " + mnt)
 print("mounted", flush=True)

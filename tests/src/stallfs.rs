@@ -57,6 +57,18 @@ impl StallFs {
         stalled: Stalled,
         unanswered: Unanswered,
     ) -> Self {
+        Self::mount_by(dir, mnt, stalled, unanswered, 0)
+    }
+
+    /// [`mount_unanswering`](Self::mount_unanswering), the mount saying
+    /// that user `uid` made it (`user_id=`, as `fusermount` writes it).
+    pub fn mount_by(
+        dir: &TempDir,
+        mnt: &Path,
+        stalled: Stalled,
+        unanswered: Unanswered,
+        uid: u32,
+    ) -> Self {
         std::fs::create_dir(mnt).expect("mount point");
         let script = dir.path().join("stallfs.py");
         std::fs::write(&script, include_str!("stallfs.py")).expect("script");
@@ -72,7 +84,11 @@ impl StallFs {
             ),
         };
         let mut cmd = Command::new("/usr/bin/python3");
-        cmd.arg(&script).arg(mnt).arg(python).arg(spec);
+        cmd.arg(&script)
+            .arg(mnt)
+            .arg(python)
+            .arg(spec)
+            .env("STALLFS_USER_ID", uid.to_string());
         match unanswered {
             Unanswered::All => {}
             Unanswered::Reads => {

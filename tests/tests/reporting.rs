@@ -677,6 +677,62 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
 
+/// A directory on the daemon's `$PATH` on a FUSE mount a user made
+/// (`user_id=65534`), whose server never answers the daemon, is left out of
+/// the searches unasked (no copy there could count: nothing under a user's
+/// mount is root's alone): the daemon never says the mount does not answer,
+/// and its re-resolutions are installed: a rule's executable copied into
+/// place after the start is refused (`socat` run from it), where the same
+/// copy connected before the start. Fails against a build that probed the
+/// mount: every re-resolution read nothing there and kept the policy of the
+/// start, where the copy matched nothing.
+#[test]
+fn a_search_directory_on_a_users_mount_that_stops_answering_holds_no_refresh() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let dir = TempDir::new("stallfs-users");
+    let mnt = dir.path().join("mnt");
+    let _fs = StallFs::mount_by(
+        &dir,
+        &mnt,
+        Stalled::Exe(&loopwarden_tests::loopwarden_bin()),
+        Unanswered::All,
+        65534,
+    );
+    let later = dir.path().join("later-socat");
+    let connect = || {
+        run(ns
+            .cmd(later.to_str().expect("utf-8"))
+            .args(["-T", "3", "-u", "OPEN:/dev/null"])
+            .arg(format!("TCP:127.0.0.1:{PROTECTED}")))
+    };
+    std::fs::copy("/usr/bin/socat", &later).expect("a copy of socat");
+    assert!(
+        connect().status.success(),
+        "the copy cannot connect even without loopwarden"
+    );
+    std::fs::remove_file(&later).expect("removing the copy");
+
+    let config = policy(
+        &ns,
+        "enforce",
+        &rule("later", "deny", "exe", later.to_str().expect("utf-8")),
+    );
+    let install = Install::new();
+    let mut cmd = Daemon::command(&install, &config, &[], "info");
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("{}:{path}", mnt.display()));
+    let mut daemon = Daemon::start_cmd(&install, cmd);
+    std::fs::copy("/usr/bin/socat", &later).expect("a copy of socat");
+    // (`policy #N installed: ...`)
+    daemon.wait_stderr(" installed: ", 1);
+    let out = connect();
+    assert!(!out.status.success(), "the copy was not refused");
+    let stderr = daemon.stderr_text();
+    assert!(!stderr.contains("does not answer"), "{stderr}");
+    assert!(daemon.stop(), "the daemon did not exit cleanly");
+}
+
 /// Asserts that the daemon's query socket answers (within 10 s) while
 /// `stalled` is stalled. Exit 1 (no protected connection open) is an
 /// answer too; 2 (no daemon answers) and `timeout`'s 124 are not.

@@ -481,7 +481,10 @@ pub(crate) fn exe_key(meta: &fs::Metadata) -> ExeKey {
 
 /// Every directory searched for executables, in order, duplicates
 /// included, but those on a filesystem that does not answer now
-/// ([`stall::answering`]).
+/// ([`stall::answering`]) and, besides the system's own, those that are not
+/// root's alone (an `/opt/conda` of a user's): no copy found there would
+/// count ([`trust::root_only_target`]), and a link there could lead onto a
+/// filesystem its user keeps from answering.
 fn search_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
     if stall::answers(Path::new(OPT_DIR)).is_ok()
@@ -495,7 +498,12 @@ fn search_dirs() -> Vec<PathBuf> {
         dirs.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
     }
     dirs.extend(EXTRA_DIRS.iter().map(PathBuf::from));
-    stall::answering(dirs)
+    let mut dirs = stall::answering(dirs);
+    dirs.retain(|dir| {
+        SYSTEM_DIRS.iter().any(|system| dir == Path::new(system))
+            || trust::not_private_walk(dir, &[0]).is_none()
+    });
+    dirs
 }
 
 fn with_context(error: io::Error, what: &str) -> io::Error {

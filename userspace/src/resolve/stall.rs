@@ -52,12 +52,21 @@ const HOLDS: Duration = Duration::from_secs(5);
 /// every name, each second; a host may have thousands of mounts).
 const MOUNTS_KEPT: Duration = Duration::from_secs(1);
 
-/// The mounts that may stall, as read then: mount point and type (shared:
-/// a compile asks for them at every path).
-type StallProne = (Instant, Arc<[(PathBuf, String)]>);
+/// Mounts: mount point and type (shared: a compile asks for them at every
+/// path).
+type Mounts = Arc<[(PathBuf, String)]>;
+
+/// The mounts that may stall, as read then.
+type StallProne = (Instant, Mounts);
 
 /// The list of mounts that may stall, read at most every [`MOUNTS_KEPT`].
 static MOUNTS: Mutex<Option<StallProne>> = Mutex::new(None);
+
+/// Those of [`MOUNTS`] a user made: FUSE mounts whose superblock's options
+/// name a `user_id` other than root's (`fusermount` writes the caller's).
+/// Nothing under one is root's alone, and its server is its user's to
+/// keep from answering.
+static USERS_MOUNTS: Mutex<Option<Mounts>> = Mutex::new(None);
 
 /// How many mounts' answers are known before those of mounts gone are
 /// forgotten.
@@ -284,10 +293,15 @@ fn stall_prone() -> StallProne {
         // Read again next time; meanwhile the mounts known stay guarded.
         Err(_) => return kept.clone().unwrap_or((read, Arc::new([]))),
     };
-    let mounts: Arc<[(PathBuf, String)]> = crate::kernel::mountinfo::mounts(&info)
+    let mounts: Mounts = crate::kernel::mountinfo::mounts(&info)
         .filter(|mount| may_stall(mount.fs_type))
         .map(|mount| (mount.mount_point, mount.fs_type.to_owned()))
         .collect();
+    let users: Mounts = crate::kernel::mountinfo::mounts(&info)
+        .filter(|mount| mount.fs_type.starts_with("fuse") && users_mount(mount.super_options))
+        .map(|mount| (mount.mount_point, mount.fs_type.to_owned()))
+        .collect();
+    *USERS_MOUNTS.lock().unwrap_or_else(PoisonError::into_inner) = Some(users);
     *kept = Some((read, Arc::clone(&mounts)));
     // What is known of mounts gone is forgotten once many are known (a
     // host that mounts FUSE filesystems without end; a probe still
@@ -303,10 +317,50 @@ fn stall_prone() -> StallProne {
     (read, mounts)
 }
 
-/// Those of `dirs` that answer ([`answers`]), in order.
+/// Those of `dirs` that answer ([`answers`]), in order, but for those on a
+/// mount a user made ([`USERS_MOUNTS`]), which are left out unasked and
+/// not counted as turned away: searched for root's copies of programs,
+/// none can be there, and a user whose server stopped answering would
+/// otherwise keep every refresh from being installed.
 pub fn answering(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
-    dirs.retain(|dir| answers(dir).is_ok());
+    dirs.retain(|dir| !on_a_users_mount(dir) && answers(dir).is_ok());
     dirs
+}
+
+/// Whether the walk to `path` enters a mount a user made
+/// ([`USERS_MOUNTS`]), asking none of them.
+fn on_a_users_mount(path: &Path) -> bool {
+    let _ = stall_prone();
+    let users = USERS_MOUNTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let Some(users) = users.filter(|users| !users.is_empty()) else {
+        return false;
+    };
+    walk(path, &users, &mut |_, _| Err(io::Error::other(UsersMount)))
+        .is_err_and(|e| e.get_ref().is_some_and(|inner| inner.is::<UsersMount>()))
+}
+
+/// The walk met a mount a user made.
+#[derive(Debug)]
+struct UsersMount;
+
+impl std::fmt::Display for UsersMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a mount a user made")
+    }
+}
+
+impl std::error::Error for UsersMount {}
+
+/// Whether a FUSE superblock's options (`rw,user_id=1000,group_id=1000`)
+/// name a user other than root as the one who mounted it.
+fn users_mount(super_options: &str) -> bool {
+    super_options
+        .split(',')
+        .filter_map(|option| option.strip_prefix("user_id="))
+        .any(|uid| uid != "0")
 }
 
 /// Whether the filesystem of type `fs_type` mounted on `mount` answers: it
@@ -440,6 +494,13 @@ fn unheard_of() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fuse_mount_a_user_made_says_so_in_its_options() {
+        assert!(users_mount("rw,user_id=1000,group_id=1000,allow_other"));
+        assert!(!users_mount("rw,user_id=0,group_id=0,default_permissions"));
+        assert!(!users_mount("rw,relatime"));
+    }
 
     #[test]
     fn network_and_fuse_filesystems_may_stall() {
