@@ -17,13 +17,18 @@ use super::{Failures, Maps, NOEXIST, errno, mark};
 /// forked and executed nothing since.
 const PF_FORKNOEXEC: u32 = 0x40;
 
+/// Passes over `/proc` at most: each looks for the children of those the
+/// one before gave state to (a generation).
+const GENERATIONS: usize = 8;
+
 /// Gives every process not in `walked` whose parent is in `given` (what
 /// the seeding wrote for it) its parent's state: all of it if it executed
 /// nothing since its fork, only the lineage (which an exec keeps) if it
 /// did. Never over an entry the kernel made (`BPF_NOEXIST`: a child forked
 /// once its parent's entry was there has its copy). Children of those so
-/// given are found by the next pass, until one finds none. How many it
-/// gave state to.
+/// given are found by the next pass (only theirs: the others' parents had
+/// entries by then), until one finds none, [`GENERATIONS`] at most. How
+/// many it gave state to.
 pub(super) fn seed(
     walked: &HashSet<u32>,
     mut given: HashMap<u32, ProcState>,
@@ -31,7 +36,9 @@ pub(super) fn seed(
 ) -> usize {
     let mut seeded = 0;
     let mut failed = Failures::default();
-    loop {
+    // Those given state by an earlier pass.
+    let mut done: HashSet<u32> = HashSet::new();
+    for _ in 0..GENERATIONS {
         let Ok(processes) = all_processes() else {
             break;
         };
@@ -40,7 +47,7 @@ pub(super) fn seed(
             let Ok(pid) = u32::try_from(process.pid) else {
                 continue;
             };
-            if walked.contains(&pid) || given.contains_key(&pid) {
+            if walked.contains(&pid) || given.contains_key(&pid) || done.contains(&pid) {
                 continue;
             }
             let Ok(stat) = process.stat() else {
@@ -62,6 +69,7 @@ pub(super) fn seed(
         if found.is_empty() {
             break;
         }
+        done.extend(given.drain().map(|(pid, _)| pid));
         for (pid, state) in found {
             given.insert(pid, state);
             if state == ProcState::EMPTY {
