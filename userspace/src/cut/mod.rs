@@ -209,9 +209,10 @@ pub fn sweep(
         ));
     }
     if !keeper.over.is_empty() {
+        let uids: Vec<String> = keeper.over.iter().map(u32::to_string).collect();
         sweep.problem(format!(
-            "the connections to protected ports of uid {:?} past {UID_SHARE} each (a user's share of the sweep) were not checked",
-            keeper.over
+            "the connections to protected ports of uid {} past {UID_SHARE} each (a user's share of the sweep) were not checked",
+            uids.join(", ")
         ));
     }
     sweep.namespaces = entered.len();
