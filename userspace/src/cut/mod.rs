@@ -275,8 +275,8 @@ fn cut(
         return;
     }
     let inodes: HashSet<u64> = candidates.iter().map(|(_, s, _)| s.inode).collect();
-    let owners = match procs::socket_owners(&inodes) {
-        Ok(owners) => owners,
+    let (owners, started) = match procs::socket_owners_started(&inodes) {
+        Ok(found) => found,
         Err(source) => {
             sweep.error(&SweepError::Owners {
                 sockets: inodes.len(),
@@ -292,7 +292,9 @@ fn cut(
             continue;
         };
         let hit = pids.iter().find_map(|&pid| {
-            let mut owner = reader.owner(pid)?.clone();
+            let mut owner = reader
+                .owner_started(pid, started.get(&pid).copied())?
+                .clone();
             owner.identity.tracked = known.tracked(pid);
             let rule =
                 policy.denial_of(&owner.identity, sock.dst.port(), now, relayed.is_some())?;

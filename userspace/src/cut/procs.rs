@@ -152,26 +152,51 @@ pub(crate) fn live(process: Process) -> Option<Process> {
 /// that have their own ([`note_thread_tables`]); processes that vanish or
 /// cannot be read are skipped.
 pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>> {
+    socket_owners_started(inodes).map(|(owners, _)| owners)
+}
+
+/// Socket inode → the pids holding it; pid → when it started.
+pub type Holders = (HashMap<u64, Vec<u32>>, HashMap<u32, u64>);
+
+/// [`socket_owners`], and when each holder started (clock ticks after
+/// boot, read right after its descriptors): a pid read again later is the
+/// holder only while it started then ([`ProcReader::owner_started`]).
+pub fn socket_owners_started(inodes: &HashSet<u64>) -> ProcResult<Holders> {
     let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
+    let mut started = HashMap::new();
     if inodes.is_empty() {
-        return Ok(owners);
+        return Ok((owners, started));
     }
+    let noted = |owners: &HashMap<u64, Vec<u32>>| owners.values().map(Vec::len).sum::<usize>();
     for process in all_processes()?.flatten() {
         let pid = process.pid as u32;
         let Ok(fds) = process.fd() else { continue };
+        let before = noted(&owners);
         let held = note_sockets(fds.flatten(), pid, inodes, &mut owners);
         // Also for sockets some process holds: a thread with a table of its
         // own may have handed its socket to another process (by fork or over
         // a Unix socket), which is then not its only holder.
         note_thread_tables(&process, inodes, &mut owners);
+        if noted(&owners) > before
+            && let Ok(stat) = process.stat()
+        {
+            started.insert(pid, stat.starttime);
+        }
         // An empty table: perhaps a main thread that has exited.
         if held == 0
-            && let Some(fds) = live(process).and_then(|p| p.fd().ok())
+            && let Some(live) = live(process)
+            && let Ok(fds) = live.fd()
         {
+            let before = noted(&owners);
             note_sockets(fds.flatten(), pid, inodes, &mut owners);
+            if noted(&owners) > before
+                && let Ok(stat) = live.stat()
+            {
+                started.insert(pid, stat.starttime);
+            }
         }
     }
-    Ok(owners)
+    Ok((owners, started))
 }
 
 /// [`note_thread_tables`] for every process.
@@ -331,15 +356,30 @@ impl ProcReader {
 
     /// The process `pid`, or `None` when it is gone or unreadable.
     pub fn owner(&mut self, pid: u32) -> Option<&Owner> {
+        self.owner_started(pid, None)
+    }
+
+    /// [`ProcReader::owner`], `None` too unless the process started at
+    /// `started` (clock ticks after boot) when given: the holder
+    /// [`socket_owners_started`] found, not a process that took its pid
+    /// since.
+    pub fn owner_started(&mut self, pid: u32, started: Option<u64>) -> Option<&Owner> {
         if !self.owners.contains_key(&pid) {
-            let owner = self.read_owner(pid);
+            let owner = self.read_owner(pid, started);
             self.owners.insert(pid, owner);
         }
         self.owners.get(&pid).and_then(Option::as_ref)
     }
 
-    fn read_owner(&mut self, pid: u32) -> Option<Owner> {
+    fn read_owner(&mut self, pid: u32, started: Option<u64>) -> Option<Owner> {
         let process = Process::new(pid as i32).ok()?;
+        // Through the directory opened: what is read below is this
+        // process's while it lives (checked at the end).
+        if let Some(started) = started
+            && process.stat().ok()?.starttime != started
+        {
+            return None;
+        }
         // Read as bytes: procfs's `status()` and `cgroups()` fail on a
         // line that is not UTF-8, and any process can name itself so
         // (`Name:` is its comm, which the kernel prints unescaped): such a
@@ -707,6 +747,27 @@ mod tests {
         assert_eq!(reader.ancestors(0), vec![ExeKey::default()]);
         // Whoever init is, the walk from it ends there.
         assert_eq!(reader.ancestors(1).len(), 1);
+    }
+
+    /// A holder is read as the owner only while it is the process that
+    /// started when the walk found it: a pid taken since is none.
+    #[test]
+    fn a_holder_is_the_owner_only_while_it_started_when_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&listener)
+        ))
+        .unwrap()
+        .ino();
+        let me = std::process::id();
+        let (owners, started) = socket_owners_started(&HashSet::from([inode])).unwrap();
+        assert_eq!(owners.get(&inode), Some(&vec![me]));
+        let start = *started.get(&me).expect("when it started");
+        let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
+        assert!(reader.owner_started(me, Some(start)).is_some());
+        let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
+        assert!(reader.owner_started(me, Some(start + 1)).is_none());
     }
 
     #[test]
