@@ -326,6 +326,13 @@ pub trait Resolver {
     fn script_interpreter(&self, _path: &Path) -> Option<(String, bool)> {
         None
     }
+    /// Where a file at `path`, which is not there, would be: its directory
+    /// with every link resolved, joined with its name (how `/proc/PID/exe`
+    /// names a file deleted from there), and the device of that
+    /// directory's filesystem in the kernel's encoding. Not by default.
+    fn missing_exe(&self, _path: &Path) -> Option<(std::path::PathBuf, u64)> {
+        None
+    }
     /// Whether a user other than root could put another program where the
     /// existing `path` leads (the file is not root's, others may write it,
     /// or it or a link on the way is in a directory that is not root's

@@ -276,6 +276,14 @@ impl Resolver for HostResolver {
         shebang(path).ok()?.map(|line| interpreter_of(&line))
     }
 
+    fn missing_exe(&self, path: &Path) -> Option<(PathBuf, u64)> {
+        let (dir, name) = (path.parent()?, path.file_name()?);
+        stall::answers(dir).ok()?;
+        let real = fs::canonicalize(dir).ok()?;
+        let meta = fs::metadata(&real).ok()?;
+        Some((real.join(name), exe_key(&meta).dev))
+    }
+
     fn others_may_replace(&self, path: &Path) -> bool {
         // One that cannot be read is warned of as such (`exe`).
         stall::answers(path).is_ok()

@@ -379,7 +379,8 @@ impl Compiler<'_> {
     /// this very path.
     ///
     /// For an exemption (`exempts`), of the former too only those that run
-    /// deleted from the file at the path now (an upgrade's rename): not an
+    /// deleted from where the path leads now (an upgrade's rename, or a
+    /// removal): not an
     /// old file still on disk (a link's target before it was pointed
     /// elsewhere), which anyone may start anew, nor a file that took the
     /// inode of one gone, which would have its exemption.
@@ -399,10 +400,13 @@ impl Compiler<'_> {
                         continue;
                     }
                     if exempts {
-                        let here = current.map(|file| file.real_path.as_path());
+                        let here = match current {
+                            Some(file) => Some(file.real_path.clone()),
+                            None => self.resolver.missing_exe(path).map(|(was, _)| was),
+                        };
                         if let Some(live) = self.live().get(&key)
                             && here.is_some()
-                            && live.deleted_path.as_deref() == here
+                            && live.deleted_path == here
                         {
                             kept.insert(key, live.pid);
                         }
@@ -424,14 +428,20 @@ impl Compiler<'_> {
                 // reloaded file). rename() cannot cross filesystems, so an
                 // upgrade leaves the old file on the device of the new one;
                 // that also keeps out a file of another mount namespace that
-                // happened to be deleted under the same name.
-                let Some(file) = current else {
-                    return kept;
+                // happened to be deleted under the same name. With no file
+                // there now (removed, not replaced), where it was: its
+                // directory's device.
+                let (real, dev) = match current {
+                    Some(file) => (file.real_path.clone(), file.key.dev),
+                    None => match self.resolver.missing_exe(path) {
+                        Some(was) => was,
+                        None => return kept,
+                    },
                 };
                 for (&key, live) in self.live() {
-                    if key != file.key
-                        && key.dev == file.key.dev
-                        && live.deleted_path.as_deref() == Some(file.real_path.as_path())
+                    if Some(key) != now
+                        && key.dev == dev
+                        && live.deleted_path.as_deref() == Some(real.as_path())
                     {
                         kept.insert(key, live.pid);
                     }

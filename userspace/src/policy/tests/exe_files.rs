@@ -403,3 +403,22 @@ fn an_exemption_keeps_an_old_file_only_while_it_runs_deleted_from_the_path() {
         }
     }
 }
+
+/// A file removed (nothing at its path now) that a process still runs,
+/// deleted from that path, is kept with no history (a restart after an
+/// uninstall), on the device of the path's directory only.
+#[test]
+fn without_history_a_removed_files_running_process_is_kept() {
+    let mut host = host();
+    host.exes.remove(Path::new("/usr/bin/socat"));
+    host.processes.insert(300, key(9));
+    host.deleted.insert(key(9), PathBuf::from("/usr/bin/socat"));
+    let elsewhere = ExeKey::from_major_minor(0, 99, 9);
+    host.processes.insert(301, elsewhere);
+    host.deleted
+        .insert(elsewhere, PathBuf::from("/usr/bin/socat"));
+    let policy = compile_lenient(&config(RELAY), &host, None).unwrap();
+    assert_eq!(policy.exe, BTreeMap::from([(key(9), 1)]));
+    assert_eq!(simulate(&policy, &running(key(9))), Some(0));
+    assert_eq!(simulate(&policy, &running(elsewhere)), None);
+}

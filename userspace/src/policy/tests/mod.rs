@@ -73,6 +73,11 @@ impl Resolver for FakeResolver {
             .ok_or_else(not_found)
     }
 
+    /// Every directory is on the test keys' device, links resolved.
+    fn missing_exe(&self, path: &Path) -> Option<(PathBuf, u64)> {
+        (!self.exes.contains_key(path)).then(|| (path.to_owned(), key(0).dev))
+    }
+
     fn live_exes(&self) -> LiveExes {
         self.walks.set(self.walks.get() + 1);
         let mut live = LiveExes::new();
