@@ -52,6 +52,18 @@ fn mode_flag_overrides_the_file_and_human_lines_read_well() {
     let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
     assert!(ok, "audit mode refused a connect: {stderr}");
     daemon.wait_event("would-deny", |e| e["verdict"] == "would-deny");
+    // A reload of the file (still enforce) says the flag still wins, and
+    // it does.
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr(
+        "the file says mode enforce, but --mode audit overrides it",
+        1,
+    );
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(
+        ok,
+        "audit mode refused a connect after the reload: {stderr}"
+    );
 }
 
 /// The soft limit of open files a process starts with (often 1,024) is

@@ -254,12 +254,22 @@ impl Installed {
                 if self.policy.as_ref() == Some(&policy) {
                     info!("policy unchanged");
                 }
+                // A file's mode that `--mode` overrides is said at each
+                // reload, as at the start: the edit did not take.
+                let overridden = (policy.mode != config.mode).then_some((policy.mode, config.mode));
                 let outcome = self.install(policy, addrs, enricher, Sweep::Anew);
                 match &outcome {
                     Ok(_) => {
                         // Only from a file now in force: a responder a
                         // refused file configured would be half a reload.
                         self.start_pending_ident(&config);
+                        if let Some((running, file)) = overridden {
+                            warn!(
+                                "the file says mode {file}, but --mode {running} overrides it: \
+                                 the policy runs in {running} mode (restart without --mode for \
+                                 the file's)"
+                            );
+                        }
                         for Unapplied {
                             what,
                             running,
