@@ -224,7 +224,8 @@ fn too_many_rules_or_prefixes() {
 }
 
 /// `::/0` (or any IPv6 prefix holding `::ffff:0:0/96`) denies every IPv4
-/// address too: said, unless the rule names IPv4 itself.
+/// address too: said, unless the rule allows some IPv4 itself (an IPv4
+/// deny beside it is inside it, and does not keep it quiet).
 #[test]
 fn an_ipv6_deny_that_holds_every_ipv4_address_is_warned_of() {
     let config = parse(&egress("v6", &format!("{WHO}deny = [\"::/0\"]\n"))).unwrap();
@@ -235,10 +236,16 @@ fn an_ipv6_deny_that_holds_every_ipv4_address_is_warned_of() {
         warning.contains(":5: egress rule `v6` denies ::/0") && warning.contains("0.0.0.0/0"),
         "{warning}"
     );
+    let config = parse(&egress(
+        "v6",
+        &format!("{WHO}deny = [\"::/0\", \"10.0.0.0/8\"]\n"),
+    ))
+    .unwrap();
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
     for quiet in [
-        // IPv4 left out, or named on purpose.
+        // IPv4 left out, or allowed in part on purpose.
         "deny = [\"::/0\"]\nallow = [\"0.0.0.0/0\"]\n",
-        "deny = [\"::/0\", \"10.0.0.0/8\"]\n",
+        "deny = [\"::/0\"]\nallow = [\"10.0.0.0/8\"]\n",
         // Prefixes that do not hold ::ffff:0:0/96.
         "deny = [\"2001:db8::/32\", \"fc00::/7\"]\n",
     ] {

@@ -208,12 +208,9 @@ impl Validator<'_> {
     /// allow entry of its own there).
     fn warn_ipv4_in_ipv6(&self, rule: &Egress, warnings: &mut Vec<String>) {
         let v4_mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("a valid prefix");
-        let names_v4 = rule
-            .deny
-            .iter()
-            .any(|d| matches!(d.value, EgressDestination::Cidr(ipnet::IpNet::V4(_))))
-            || rule.allow.iter().any(|a| a.value.addr().is_ipv4());
-        if names_v4 {
+        // An IPv4 allow says the writer knows IPv4 is in it; an IPv4 deny
+        // beside it says the contrary (it is redundant).
+        if rule.allow.iter().any(|a| a.value.addr().is_ipv4()) {
             return;
         }
         for d in &rule.deny {
