@@ -680,8 +680,9 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
 /// A directory on the daemon's `$PATH` on a FUSE mount a user made
 /// (`user_id=65534`), whose server never answers the daemon, is left out of
 /// the searches unasked (no copy there could count: nothing under a user's
-/// mount is root's alone): the daemon never says the mount does not answer,
-/// and its re-resolutions are installed: a rule's executable copied into
+/// mount is root's alone), and a rule's file on it is not read (said so):
+/// the daemon never says the mount does not answer, and its re-resolutions
+/// are installed: a rule's executable copied into
 /// place after the start is refused (`socat` run from it), where the same
 /// copy connected before the start. Fails against a build that probed the
 /// mount: every re-resolution read nothing there and kept the policy of the
@@ -713,10 +714,17 @@ fn a_search_directory_on_a_users_mount_that_stops_answering_holds_no_refresh() {
     );
     std::fs::remove_file(&later).expect("removing the copy");
 
+    // A rule's file on the mount too: not read either.
+    let on_mount = rule(
+        "on-mount",
+        "deny",
+        "exe",
+        mnt.join("tool").to_str().expect("utf-8"),
+    );
     let config = policy(
         &ns,
         "enforce",
-        &rule("later", "deny", "exe", later.to_str().expect("utf-8")),
+        &(on_mount + &rule("later", "deny", "exe", later.to_str().expect("utf-8"))),
     );
     let install = Install::new();
     let mut cmd = Daemon::command(&install, &config, &[], "info");
@@ -730,6 +738,10 @@ fn a_search_directory_on_a_users_mount_that_stops_answering_holds_no_refresh() {
     assert!(!out.status.success(), "the copy was not refused");
     let stderr = daemon.stderr_text();
     assert!(!stderr.contains("does not answer"), "{stderr}");
+    assert!(
+        stderr.contains("is on a FUSE mount a user made, which is not read"),
+        "{stderr}"
+    );
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
 

@@ -114,7 +114,11 @@ pub fn may_stall(fs_type: &str) -> bool {
 /// Whether `path` may be read without waiting for a server that stopped
 /// answering: `Err` (`TimedOut`, saying which filesystem) when a
 /// filesystem it reaches, as written or through its symbolic links, may
-/// stall and has not answered a probe in time.
+/// stall and has not answered a probe in time; `Err` (`NotFound`) without
+/// asking, and not counted as turned away, when it reaches a FUSE mount a
+/// user made ([`USERS_MOUNTS`]): nothing there is root's alone, and its
+/// user could keep it from answering, and so keep every refresh from
+/// being installed.
 pub fn answers(path: &Path) -> io::Result<()> {
     walked(path).map(|_| ())
 }
@@ -168,6 +172,17 @@ fn walked(path: &Path) -> io::Result<Walked> {
     let (read, mounts) = stall_prone();
     if mounts.is_empty() {
         return Ok(Walked::default());
+    }
+    // Not asked, and not turned away: its user could keep it from
+    // answering, and so keep every refresh from being installed.
+    if on_a_users_mount(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is on a FUSE mount a user made, which is not read",
+                path.display()
+            ),
+        ));
     }
     let walked = {
         let mut walks = WALKS.lock().unwrap_or_else(PoisonError::into_inner);
@@ -317,13 +332,10 @@ fn stall_prone() -> StallProne {
     (read, mounts)
 }
 
-/// Those of `dirs` that answer ([`answers`]), in order, but for those on a
-/// mount a user made ([`USERS_MOUNTS`]), which are left out unasked and
-/// not counted as turned away: searched for root's copies of programs,
-/// none can be there, and a user whose server stopped answering would
-/// otherwise keep every refresh from being installed.
+/// Those of `dirs` that answer ([`answers`]), in order (those on a mount
+/// a user made are left out unasked).
 pub fn answering(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
-    dirs.retain(|dir| !on_a_users_mount(dir) && answers(dir).is_ok());
+    dirs.retain(|dir| answers(dir).is_ok());
     dirs
 }
 
