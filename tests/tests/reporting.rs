@@ -739,7 +739,7 @@ fn a_search_directory_on_a_users_mount_that_stops_answering_holds_no_refresh() {
     let stderr = daemon.stderr_text();
     assert!(!stderr.contains("does not answer"), "{stderr}");
     assert!(
-        stderr.contains("is on a FUSE mount a user made, which is not read"),
+        stderr.contains("is a FUSE mount a user made, which is not read"),
         "{stderr}"
     );
     assert!(daemon.stop(), "the daemon did not exit cleanly");

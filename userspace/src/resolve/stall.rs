@@ -129,11 +129,15 @@ pub fn answers(path: &Path) -> io::Result<()> {
 /// answered, before its own `lstat`.
 pub fn answers_as_mount_point(path: &Path) -> io::Result<()> {
     let (_, mounts) = stall_prone();
+    let users = users_mounts();
     turn_away(
         mounts
             .iter()
             .filter(|(mount, _)| mount == path)
-            .try_for_each(|(mount, fs_type)| probe(mount, fs_type)),
+            .try_for_each(|(mount, fs_type)| {
+                refuse_users(&users, mount)?;
+                probe(mount, fs_type)
+            }),
     )
 }
 
@@ -153,9 +157,14 @@ pub fn read<T: Send + 'static>(
     }
 }
 
-/// `answered`, counted as a path turned away if it is an `Err`.
+/// `answered`, counted as a path turned away if it is an `Err` (but for
+/// one on a mount a user made, which is never asked: see [`answers`]).
 fn turn_away<T>(answered: io::Result<T>) -> io::Result<T> {
-    answered.inspect_err(|_| TURNED_AWAY.set(TURNED_AWAY.get() + 1))
+    answered.inspect_err(|e| {
+        if !e.get_ref().is_some_and(|inner| inner.is::<UsersMount>()) {
+            TURNED_AWAY.set(TURNED_AWAY.get() + 1);
+        }
+    })
 }
 
 /// What a walk of a path found.
@@ -173,17 +182,7 @@ fn walked(path: &Path) -> io::Result<Walked> {
     if mounts.is_empty() {
         return Ok(Walked::default());
     }
-    // Not asked, and not turned away: its user could keep it from
-    // answering, and so keep every refresh from being installed.
-    if on_a_users_mount(path) {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "{} is on a FUSE mount a user made, which is not read",
-                path.display()
-            ),
-        ));
-    }
+    let users = users_mounts();
     let walked = {
         let mut walks = WALKS.lock().unwrap_or_else(PoisonError::into_inner);
         match walks.as_mut() {
@@ -201,6 +200,7 @@ fn walked(path: &Path) -> io::Result<Walked> {
         None => {
             let mut entered = Vec::new();
             let answered = walk(path, &mounts, &mut |mount: &Path, fs_type: &str| {
+                refuse_users(&users, mount)?;
                 probe(mount, fs_type)?;
                 entered.push((mount.to_owned(), fs_type.to_owned()));
                 Ok(())
@@ -339,28 +339,39 @@ pub fn answering(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
     dirs
 }
 
-/// Whether the walk to `path` enters a mount a user made
-/// ([`USERS_MOUNTS`]), asking none of them.
-fn on_a_users_mount(path: &Path) -> bool {
-    let _ = stall_prone();
-    let users = USERS_MOUNTS
+/// The mounts a user made ([`USERS_MOUNTS`]) as last read.
+fn users_mounts() -> Mounts {
+    USERS_MOUNTS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let Some(users) = users.filter(|users| !users.is_empty()) else {
-        return false;
-    };
-    walk(path, &users, &mut |_, _| Err(io::Error::other(UsersMount)))
-        .is_err_and(|e| e.get_ref().is_some_and(|inner| inner.is::<UsersMount>()))
+        .clone()
+        .unwrap_or_else(|| Arc::new([]))
 }
 
-/// The walk met a mount a user made.
+/// `Err` ([`UsersMount`], `NotFound`) if `mount` is one of `users`, before
+/// anything on it is asked.
+fn refuse_users(users: &[(PathBuf, String)], mount: &Path) -> io::Result<()> {
+    if users.iter().any(|(user, _)| user == mount) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            UsersMount(mount.to_owned()),
+        ));
+    }
+    Ok(())
+}
+
+/// A walk met a FUSE mount a user made (its mount point), which is never
+/// asked.
 #[derive(Debug)]
-struct UsersMount;
+struct UsersMount(PathBuf);
 
 impl std::fmt::Display for UsersMount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a mount a user made")
+        write!(
+            f,
+            "{} is a FUSE mount a user made, which is not read",
+            self.0.display()
+        )
     }
 }
 
