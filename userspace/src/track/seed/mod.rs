@@ -236,6 +236,14 @@ pub(super) fn plant(
             info!("seeding: {late} processes forked during it given their parents' state");
         }
         seeded.processes += late;
+        // Last, after every note the seeding set. (At the start only:
+        // later, an entry without its note may be one the kernel left at
+        // an exit race, which the connect hook must not read, and which
+        // the reaping removes.)
+        let repaired = repair_marks(&maps.procs, &mut maps.tracked);
+        if repaired > 0 {
+            info!("seeding: set {repaired} notes of {} again", maps::TRACKED);
+        }
     }
     Ok((seeded, recredited))
 }
@@ -365,8 +373,8 @@ fn fill_gaps(
 
 /// Writes `plan` and `scripts` into `maps`, never over what the kernel
 /// recorded but for the `stale` listener entries still as they were
-/// ([`plant`]; then the notes of other entries are not repaired). Also
-/// what it gave each process, by pid.
+/// ([`plant`], which repairs the notes after, at the start). Also what it
+/// gave each process, by pid.
 fn write(
     plan: &Plan,
     cookies: &Cookies,
@@ -451,15 +459,6 @@ fn write(
         }
     }
     failed.warn(maps::PROCS);
-    // (At the start only: later, an entry without its note may be one
-    // the kernel left at an exit race, which the connect hook must not
-    // read, and which the reaping removes.)
-    if stale.is_empty() {
-        let repaired = repair_marks(procs, tracked);
-        if repaired > 0 {
-            info!("seeding: set {repaired} notes of {} again", maps::TRACKED);
-        }
-    }
 
     let mut failed = Failures::default();
     for (&(netns, port), credit) in &plan.listeners {
