@@ -167,17 +167,15 @@ pub fn socket_owners_started(inodes: &HashSet<u64>) -> ProcResult<Holders> {
     if inodes.is_empty() {
         return Ok((owners, started));
     }
-    let noted = |owners: &HashMap<u64, Vec<u32>>| owners.values().map(Vec::len).sum::<usize>();
     for process in all_processes()?.flatten() {
         let pid = process.pid as u32;
         let Ok(fds) = process.fd() else { continue };
-        let before = noted(&owners);
-        let held = note_sockets(fds.flatten(), pid, inodes, &mut owners);
+        let (held, added) = note_sockets(fds.flatten(), pid, inodes, &mut owners);
         // Also for sockets some process holds: a thread with a table of its
         // own may have handed its socket to another process (by fork or over
         // a Unix socket), which is then not its only holder.
-        note_thread_tables(&process, inodes, &mut owners);
-        if noted(&owners) > before
+        let in_threads = note_thread_tables(&process, inodes, &mut owners);
+        if (added || in_threads)
             && let Ok(stat) = process.stat()
         {
             started.insert(pid, stat.starttime);
@@ -186,14 +184,10 @@ pub fn socket_owners_started(inodes: &HashSet<u64>) -> ProcResult<Holders> {
         if held == 0
             && let Some(live) = live(process)
             && let Ok(fds) = live.fd()
+            && note_sockets(fds.flatten(), pid, inodes, &mut owners).1
+            && let Ok(stat) = live.stat()
         {
-            let before = noted(&owners);
-            note_sockets(fds.flatten(), pid, inodes, &mut owners);
-            if noted(&owners) > before
-                && let Ok(stat) = live.stat()
-            {
-                started.insert(pid, stat.starttime);
-            }
+            started.insert(pid, stat.starttime);
         }
     }
     Ok((owners, started))
@@ -223,13 +217,16 @@ fn note_thread_tables(
     process: &Process,
     inodes: &HashSet<u64>,
     owners: &mut HashMap<u64, Vec<u32>>,
-) {
+) -> bool {
     let pid = process.pid;
-    let Ok(tasks) = process.tasks() else { return };
+    let Ok(tasks) = process.tasks() else {
+        return false;
+    };
     let tids: Vec<i32> = tasks.flatten().map(|task| task.tid).collect();
     if tids.len() < 2 {
-        return;
+        return false;
     }
+    let mut added = false;
     let own = PathBuf::from(format!("/proc/{pid}"));
     // A main thread that has exited has no table to compare with.
     let mut read: Vec<i32> = if zombie(&own) { Vec::new() } else { vec![pid] };
@@ -239,10 +236,11 @@ fn note_thread_tables(
         }
         let dir = own.join("task").join(tid.to_string());
         if let Ok(fds) = Process::new_with_root(dir).and_then(|t| t.fd()) {
-            note_sockets(fds.flatten(), pid as u32, inodes, owners);
+            added |= note_sockets(fds.flatten(), pid as u32, inodes, owners).1;
         }
         read.push(tid);
     }
+    added
 }
 
 /// Whether threads `a` and `b` share one descriptor table: `kcmp(2)` with
@@ -257,14 +255,14 @@ fn same_table(a: i32, b: i32) -> bool {
 }
 
 /// Adds `pid` to `owners` for each of `fds` that is a socket of `inodes`;
-/// how many descriptors there were.
+/// how many descriptors there were, and whether it added it.
 fn note_sockets(
     fds: impl Iterator<Item = FDInfo>,
     pid: u32,
     inodes: &HashSet<u64>,
     owners: &mut HashMap<u64, Vec<u32>>,
-) -> usize {
-    let mut seen = 0;
+) -> (usize, bool) {
+    let (mut seen, mut added) = (0, false);
     for fd in fds {
         seen += 1;
         if let FDTarget::Socket(inode) = fd.target
@@ -273,10 +271,11 @@ fn note_sockets(
             let pids = owners.entry(inode).or_default();
             if !pids.contains(&pid) {
                 pids.push(pid);
+                added = true;
             }
         }
     }
-    seen
+    (seen, added)
 }
 
 /// A network namespace with processes: its identity and the namespace
