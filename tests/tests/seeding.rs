@@ -416,13 +416,25 @@ fn a_relays_child_forked_during_the_seeding_is_given_its_parents_state() {
     let control = relay.line();
     assert!(control.ends_with(" connected"), "{control}");
 
-    // Walked after the relay (a later pid), its command line holds the walk.
-    let _locked = LockedMemory::start(
-        &dir,
-        topo.local.cmd(SYSTEM_PYTHON),
-        PROTECTED,
-        &dir.path().join("never"),
-    );
+    let first: u32 = control
+        .split(' ')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{control}"));
+    // Walked after the relay (later pids), their command lines hold the
+    // walk: 250 ms each (two reads of one user's processes may wait).
+    let held = [
+        TempDir::new("seed-late-locked"),
+        TempDir::new("seed-late-locked"),
+    ];
+    let _locked = held.each_ref().map(|at| {
+        LockedMemory::start(
+            at,
+            topo.local.cmd(SYSTEM_PYTHON),
+            PROTECTED,
+            &at.path().join("never"),
+        )
+    });
     let daemon = Daemon::spawn(
         &Policy::new(&topo.local, "enforce")
             .catalog(false)
@@ -431,18 +443,21 @@ fn a_relays_child_forked_during_the_seeding_is_given_its_parents_state() {
         &[],
     );
     let pid = daemon.pid().expect("the daemon's pid");
-    wait_for(
-        "the seeding to wait for the locked interpreter's command line",
-        Duration::from_secs(20),
-        || reading_a_command_line(pid),
-    );
-    let first: u32 = control
-        .split(' ')
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{control}"));
+    let soon = |what: &str, f: &mut dyn FnMut() -> Option<u32>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(found) = f() {
+                return found;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    soon("wait of the seeding for a locked command line", &mut || {
+        reading_a_command_line(pid).map(|()| 0)
+    });
     assert_eq!(remote.ask("connect"), "connected");
-    let child = wait_for("the relay's second child", Duration::from_secs(10), || {
+    let child = soon("second child of the relay", &mut || {
         children_of(relay.pid()).into_iter().find(|&c| c != first)
     });
     // (Else the kernel's fork copied the parent's seeded entry: nothing
@@ -453,6 +468,14 @@ fn a_relays_child_forked_during_the_seeding_is_given_its_parents_state() {
         daemon.stderr_text()
     );
     daemon.wait_stderr("ready:", 1);
+    // The child was not walked: the seeding gave it its state afterwards.
+    assert!(
+        daemon
+            .stderr_text()
+            .contains("processes forked during it given their parents' state"),
+        "{}",
+        daemon.stderr_text()
+    );
     std::fs::write(dir.path().join("go-1"), "").expect("go-1");
     assert_eq!(relay.line(), format!("child {child} error 111"));
     let ev = daemon.wait_event("the late child's refusal", |e| e["pid"] == child);
