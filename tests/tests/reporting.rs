@@ -627,6 +627,16 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
             (mnt, fs)
         })
         .collect();
+    // And one a user made, never asked: looking for it must not read the
+    // others unasked.
+    let users = dir.path().join("users");
+    let users_fs = StallFs::mount_by(
+        &dir,
+        &users,
+        Stalled::Exe(&loopwarden_tests::loopwarden_bin()),
+        Unanswered::All,
+        65534,
+    );
     let tool = |at: usize| lazy[at].0.join("tool").to_str().expect("utf-8").to_owned();
     let rules = rules
         + &rule("lazy-tool", "deny", "exe", &tool(0))
@@ -638,7 +648,8 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     cmd.env(
         "PATH",
         format!(
-            "{}:{}:{}:{path}",
+            "{}:{}:{}:{}:{path}",
+            users.display(),
             bin.display(),
             via.display(),
             mnt.display()
@@ -673,7 +684,7 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
     assert!(!stderr.contains(" installed: "), "{stderr}");
     // The probe and the read that wait return once the servers go; the
     // daemon then exits cleanly.
-    drop((fs, lazy));
+    drop((fs, lazy, users_fs));
     assert!(daemon.stop(), "the daemon did not exit cleanly");
 }
 
