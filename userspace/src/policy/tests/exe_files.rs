@@ -156,17 +156,23 @@ fn a_removed_exe_still_matches_its_running_processes() {
     assert_eq!(simulate(&gone, &running(key(10))), None);
 }
 
-#[test]
-fn without_history_deleted_files_started_from_the_path_are_kept() {
-    let mut host = host().with_exe("/usr/bin/other", key(50));
-    // Started from /usr/bin/socat before it was replaced: kept.
+/// Two processes running files deleted from `/usr/bin/socat`: pid 300
+/// inode 9 on the test keys' filesystem (kept), pid 301 the same on another
+/// (another mount namespace's: not kept), whose key it returns.
+fn deleted_here_and_elsewhere(host: &mut FakeResolver) -> ExeKey {
     host.processes.insert(300, key(9));
     host.deleted.insert(key(9), PathBuf::from("/usr/bin/socat"));
-    // Same name, other filesystem (another mount namespace): not kept.
     let elsewhere = ExeKey::from_major_minor(0, 99, 9);
     host.processes.insert(301, elsewhere);
     host.deleted
         .insert(elsewhere, PathBuf::from("/usr/bin/socat"));
+    elsewhere
+}
+
+#[test]
+fn without_history_deleted_files_started_from_the_path_are_kept() {
+    let mut host = host().with_exe("/usr/bin/other", key(50));
+    deleted_here_and_elsewhere(&mut host);
     // Deleted, but started from another path: not kept.
     host.processes.insert(302, key(8));
     host.deleted
@@ -411,12 +417,7 @@ fn an_exemption_keeps_an_old_file_only_while_it_runs_deleted_from_the_path() {
 fn without_history_a_removed_files_running_process_is_kept() {
     let mut host = host();
     host.exes.remove(Path::new("/usr/bin/socat"));
-    host.processes.insert(300, key(9));
-    host.deleted.insert(key(9), PathBuf::from("/usr/bin/socat"));
-    let elsewhere = ExeKey::from_major_minor(0, 99, 9);
-    host.processes.insert(301, elsewhere);
-    host.deleted
-        .insert(elsewhere, PathBuf::from("/usr/bin/socat"));
+    let elsewhere = deleted_here_and_elsewhere(&mut host);
     let policy = compile_lenient(&config(RELAY), &host, None).unwrap();
     assert_eq!(policy.exe, BTreeMap::from([(key(9), 1)]));
     assert_eq!(simulate(&policy, &running(key(9))), Some(0));
