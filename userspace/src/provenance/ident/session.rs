@@ -245,11 +245,12 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
 }
 
 /// The name NSS gives `uid`, else (NSS has none for it) the uid in
-/// decimal; `None` when NSS could not be asked in time or failed. Asked off the runtime's thread, within
-/// [`NAME_DEADLINE`], and at most [`NAME_LOOKUPS`] at once: with NSS hung
-/// (an LDAP server that does not answer) each lookup's thread stays
-/// blocked in it, so a reply waits a bounded time and the blocked threads
-/// stay few, however many clients ask.
+/// decimal; `None` when NSS could not be asked in time or failed. Asked
+/// off the runtime's thread, within [`NAME_DEADLINE`], and at most
+/// [`NAME_LOOKUPS`] at once: with NSS hung (an LDAP server that does not
+/// answer) each lookup's thread stays blocked in it, so a reply waits a
+/// bounded time and the blocked threads stay few, however many clients
+/// ask.
 async fn user_name(uid: u32, shared: &Shared) -> Option<String> {
     name_within(
         uid,
