@@ -88,26 +88,14 @@ pub fn in_scoped_netns<T: Send + 'static>(
     inode: u32,
     f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
 ) -> io::Result<T> {
-    let mut paths = vec![path.to_owned()];
-    if inode != 0 && !path.exists() {
-        paths.extend(pids_in_netns(inode).map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))));
-    }
-    let checked = move || {
-        if current_netns_cookie()? != cookie {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "another network namespace (its inode number was reused)",
-            ));
-        }
-        f()
-    };
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
+    in_netns_that_is(
+        vec![path.to_owned()],
+        (inode != 0 && !path.exists()).then_some(inode),
+        move || Ok(current_netns_cookie()? == cookie),
+        "another network namespace (its inode number was reused)",
         format!("network namespace {} is gone", path.display()),
-    );
-    in_first_netns(paths, checked, &mut last)
-        .map(|(value, _)| value)
-        .ok_or(last)
+        f,
+    )
 }
 
 /// Runs `f` inside the network namespace with inode number `inode`,
@@ -120,22 +108,39 @@ pub fn in_netns_of<T: Send + 'static>(
     inode: u32,
     f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
 ) -> io::Result<T> {
+    in_netns_that_is(
+        paths,
+        Some(inode),
+        move || Ok(current_netns_inum()? == inode),
+        "another network namespace (the process entered by has exited)",
+        format!("network namespace net:[{inode}] is gone"),
+        f,
+    )
+}
+
+/// Runs `f` inside the first of `paths` (namespace files) where `is_it`
+/// says the namespace entered is the one meant (else `f` is not run there:
+/// `other` says why), then, with `inode` given, of up to [`PIDS_TRIED`]
+/// processes in the namespace with that inode number now. `gone` is the
+/// error when none was entered.
+fn in_netns_that_is<T: Send + 'static>(
+    paths: Vec<PathBuf>,
+    inode: Option<u32>,
+    is_it: impl Fn() -> io::Result<bool> + Clone + Send + 'static,
+    other: &'static str,
+    gone: String,
+    f: impl Fn() -> io::Result<T> + Clone + Send + 'static,
+) -> io::Result<T> {
     let checked = move || {
-        if current_netns_inum()? != inode {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "another network namespace (the process entered by has exited)",
-            ));
+        if !is_it()? {
+            return Err(io::Error::new(io::ErrorKind::NotFound, other));
         }
         f()
     };
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("network namespace net:[{inode}] is gone"),
-    );
+    let mut last = io::Error::new(io::ErrorKind::NotFound, gone);
     in_first_netns(paths, checked.clone(), &mut last)
         .or_else(|| {
-            let now = pids_in_netns(inode).map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
+            let now = pids_in_netns(inode?).map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")));
             in_first_netns(now, checked, &mut last)
         })
         .map(|(value, _)| value)
