@@ -275,7 +275,7 @@ fn cut(
         return;
     }
     let inodes: HashSet<u64> = candidates.iter().map(|(_, s, _)| s.inode).collect();
-    let (owners, started) = match procs::socket_owners_started(&inodes) {
+    let (owners, started) = match procs::socket_owners(&inodes) {
         Ok(found) => found,
         Err(source) => {
             sweep.error(&SweepError::Owners {
@@ -292,9 +292,7 @@ fn cut(
             continue;
         };
         let hit = pids.iter().find_map(|&pid| {
-            let mut owner = reader
-                .owner_started(pid, started.get(&pid).copied())?
-                .clone();
+            let mut owner = reader.owner(pid, started.get(&pid).copied())?.clone();
             owner.identity.tracked = known.tracked(pid);
             let rule =
                 policy.denial_of(&owner.identity, sock.dst.port(), now, relayed.is_some())?;

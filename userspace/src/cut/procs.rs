@@ -146,22 +146,18 @@ pub(crate) fn live(process: Process) -> Option<Process> {
     Process::new_with_root(running_thread(process.pid as u32, &own)?).ok()
 }
 
-/// For each of `inodes`, the pids that hold a descriptor to that socket. One
-/// pass over every process: its descriptor table (read through a running
-/// thread where the main one has exited), and the tables of its threads
-/// that have their own ([`note_thread_tables`]); processes that vanish or
-/// cannot be read are skipped.
-pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<HashMap<u64, Vec<u32>>> {
-    socket_owners_started(inodes).map(|(owners, _)| owners)
-}
-
 /// Socket inode → the pids holding it; pid → when it started.
 pub type Holders = (HashMap<u64, Vec<u32>>, HashMap<u32, u64>);
 
-/// [`socket_owners`], and when each holder started (clock ticks after
-/// boot, read right after its descriptors): a pid read again later is the
-/// holder only while it started then ([`ProcReader::owner_started`]).
-pub fn socket_owners_started(inodes: &HashSet<u64>) -> ProcResult<Holders> {
+/// For each of `inodes`, the pids that hold a descriptor to that socket,
+/// and when each holder started (clock ticks after boot, read right after
+/// its descriptors): a pid read again later is the holder only while it
+/// started then ([`ProcReader::owner`]). One pass over every process: its
+/// descriptor table (read through a running thread where the main one has
+/// exited), and the tables of its threads that have their own
+/// ([`note_thread_tables`]); processes that vanish or cannot be read are
+/// skipped.
+pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<Holders> {
     let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
     let mut started = HashMap::new();
     if inodes.is_empty() {
@@ -353,16 +349,11 @@ impl ProcReader {
         }
     }
 
-    /// The process `pid`, or `None` when it is gone or unreadable.
-    pub fn owner(&mut self, pid: u32) -> Option<&Owner> {
-        self.owner_started(pid, None)
-    }
-
-    /// [`ProcReader::owner`], `None` too unless the process started at
-    /// `started` (clock ticks after boot) when given: the holder
-    /// [`socket_owners_started`] found, not a process that took its pid
-    /// since.
-    pub fn owner_started(&mut self, pid: u32, started: Option<u64>) -> Option<&Owner> {
+    /// The process `pid`, or `None` when it is gone or unreadable, or when
+    /// `started` is given and it did not start then (clock ticks after
+    /// boot): the holder [`socket_owners`] found, not a process that took
+    /// its pid since.
+    pub fn owner(&mut self, pid: u32, started: Option<u64>) -> Option<&Owner> {
         if !self.owners.contains_key(&pid) {
             let owner = self.read_owner(pid, started);
             self.owners.insert(pid, owner);
@@ -553,14 +544,14 @@ mod tests {
         let inode = std::fs::metadata(format!("/proc/self/fd/{}", client.as_raw_fd()))
             .unwrap()
             .ino();
-        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let owners = socket_owners(&HashSet::from([inode])).unwrap().0;
         let me = std::process::id();
         assert_eq!(owners.get(&inode), Some(&vec![me]));
 
         let root = crate::kernel::compat::find_cgroup2_root()
             .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
         let mut reader = ProcReader::new(root.clone());
-        let owner = reader.owner(me).unwrap().clone();
+        let owner = reader.owner(me, None).unwrap().clone();
         let id = &owner.identity;
         let exe = std::fs::metadata("/proc/self/exe").unwrap();
         assert_eq!(id.exe, resolve::exe_key(&exe));
@@ -592,7 +583,7 @@ mod tests {
             }
         }
         assert!(owner.cmdline.is_some());
-        assert!(reader.owner(u32::MAX - 1).is_none());
+        assert!(reader.owner(u32::MAX - 1, None).is_none());
     }
 
     /// A process that named itself with bytes that are not UTF-8 (its
@@ -615,7 +606,7 @@ mod tests {
 
         let mut child = crate::testing::child_named_in_bytes();
         let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
-        let owner = reader.owner(child.id()).cloned();
+        let owner = reader.owner(child.id(), None).cloned();
         let _ = child.kill();
         let _ = child.wait();
         let owner = owner.expect("a process named with a byte that is not UTF-8");
@@ -634,9 +625,9 @@ mod tests {
     fn a_process_whose_main_thread_exited_is_read_through_a_running_thread() {
         let (mut child, inode) = crate::testing::child_without_its_main_thread();
         let pid = child.id();
-        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let owners = socket_owners(&HashSet::from([inode])).unwrap().0;
         let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
-        let owner = reader.owner(pid).cloned();
+        let owner = reader.owner(pid, None).cloned();
         let dir = live_dir(pid);
         let leaders_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count());
         let _ = child.kill();
@@ -676,7 +667,7 @@ mod tests {
                 fds.flatten()
                     .any(|fd| matches!(fd.target, FDTarget::Socket(i) if i == inode))
             });
-        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let owners = socket_owners(&HashSet::from([inode])).unwrap().0;
         let _ = child.kill();
         let _ = child.wait();
         // The case this is about: the process's own table lacks it.
@@ -708,7 +699,7 @@ mod tests {
             words.next().expect("an inode"),
             words.next().expect("a pid"),
         );
-        let owners = socket_owners(&HashSet::from([inode])).unwrap();
+        let owners = socket_owners(&HashSet::from([inode])).unwrap().0;
         let _ = child.kill();
         let _ = child.wait();
         let mut holders = owners.get(&inode).cloned().unwrap_or_default();
@@ -760,13 +751,13 @@ mod tests {
         .unwrap()
         .ino();
         let me = std::process::id();
-        let (owners, started) = socket_owners_started(&HashSet::from([inode])).unwrap();
+        let (owners, started) = socket_owners(&HashSet::from([inode])).unwrap();
         assert_eq!(owners.get(&inode), Some(&vec![me]));
         let start = *started.get(&me).expect("when it started");
         let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
-        assert!(reader.owner_started(me, Some(start)).is_some());
+        assert!(reader.owner(me, Some(start)).is_some());
         let mut reader = ProcReader::new(PathBuf::from("/nonexistent"));
-        assert!(reader.owner_started(me, Some(start + 1)).is_none());
+        assert!(reader.owner(me, Some(start + 1)).is_none());
     }
 
     #[test]
