@@ -139,6 +139,15 @@ impl Install {
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {out:?}"))
     }
 
+    /// What the daemon reported as `key` in `status --json`
+    /// (`daemon.reported.KEY`), once it holds one, within `timeout`.
+    pub fn wait_reported(&self, key: &str, timeout: Duration) -> Value {
+        crate::wait_for(&format!("status to report {key}"), timeout, || {
+            let reported = self.status_json()["daemon"]["reported"][key].clone();
+            (!reported.is_null()).then_some(reported)
+        })
+    }
+
     /// `run` with this install's config, JSON lines, human diagnostics,
     /// a line per report and its directories: the arguments a test that
     /// wraps the daemon in another command (`sh -c ... "$@"`) passes

@@ -325,15 +325,9 @@ fn a_daemon_started_in_enforce_mode_cuts_a_relay_connection_made_before_it() {
     direct.assert_works("direct-after");
 
     // `status` says what the start's sweep did.
-    let sweep = wait_for(
-        "status.json to hold the sweep",
-        Duration::from_secs(5),
-        || {
-            let json = daemon.install().status_json();
-            let sweep = json["daemon"]["reported"]["last_sweep"].clone();
-            (!sweep.is_null()).then_some(sweep)
-        },
-    );
+    let sweep = daemon
+        .install()
+        .wait_reported("last_sweep", Duration::from_secs(5));
     assert_eq!(sweep["cut"], 1, "{sweep:#}");
     assert_eq!(sweep["complete"], true, "{sweep:#}");
     assert_eq!(sweep["namespaces"], 1, "{sweep:#}");
@@ -693,15 +687,9 @@ fn a_users_many_listeners_leave_the_sweep_its_budget() {
     let daemon = Daemon::start(&policy(&ns, "enforce", ""));
     assert_socat_cut(&daemon);
     through_relay.assert_cut();
-    let sweep = wait_for(
-        "status.json to hold the sweep",
-        Duration::from_secs(10),
-        || {
-            let json = daemon.install().status_json();
-            let sweep = json["daemon"]["reported"]["last_sweep"].clone();
-            (!sweep.is_null()).then_some(sweep)
-        },
-    );
+    let sweep = daemon
+        .install()
+        .wait_reported("last_sweep", Duration::from_secs(10));
     assert_eq!(sweep["complete"], true, "{sweep:#}");
     assert!(
         sweep["sockets"]

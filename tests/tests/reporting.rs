@@ -4,6 +4,7 @@
 //! interval.
 
 use std::{
+    path::Path,
     process::Command,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -351,15 +352,9 @@ fn a_policy_path_on_a_filesystem_that_stops_answering_stalls_nothing() {
     assert_answers(daemon.install(), "the policy's re-resolution");
     daemon.wait_stderr("has waited", 1);
     // `status` says so.
-    let waiting = wait_for(
-        "status to say the re-resolution waits",
-        Duration::from_secs(10),
-        || {
-            let status = daemon.install().status_json();
-            let waiting = status["daemon"]["reported"]["waiting"].clone();
-            (!waiting.is_null()).then_some(waiting)
-        },
-    );
+    let waiting = daemon
+        .install()
+        .wait_reported("waiting", Duration::from_secs(10));
     assert_eq!(
         waiting["what"], "the 1 s re-resolution of the policy",
         "{waiting}"
@@ -642,20 +637,7 @@ fn a_search_directory_on_a_filesystem_that_stops_answering_holds_no_start() {
         + &rule("lazy-tool", "deny", "exe", &tool(0))
         + &rule("lazy-script", "deny", "script", &tool(1));
     let config = policy(&ns, "enforce", &rules);
-    let install = Install::new();
-    let mut cmd = Daemon::command(&install, &config, &[], "info");
-    let path = std::env::var("PATH").unwrap_or_default();
-    cmd.env(
-        "PATH",
-        format!(
-            "{}:{}:{}:{}:{path}",
-            users.display(),
-            bin.display(),
-            via.display(),
-            mnt.display()
-        ),
-    );
-    let mut daemon = Daemon::start_cmd(&install, cmd);
+    let mut daemon = start_searching(&config, &[&users, &bin, &via, &mnt]);
     let stderr = daemon.stderr_text();
     for mount in [&mnt, &lazy[0].0, &lazy[1].0] {
         let said = format!("fuse mounted on {} does not answer", mount.display());
@@ -737,11 +719,7 @@ fn a_search_directory_on_a_users_mount_that_stops_answering_holds_no_refresh() {
         "enforce",
         &(on_mount + &rule("later", "deny", "exe", later.to_str().expect("utf-8"))),
     );
-    let install = Install::new();
-    let mut cmd = Daemon::command(&install, &config, &[], "info");
-    let path = std::env::var("PATH").unwrap_or_default();
-    cmd.env("PATH", format!("{}:{path}", mnt.display()));
-    let mut daemon = Daemon::start_cmd(&install, cmd);
+    let mut daemon = start_searching(&config, &[&mnt]);
     std::fs::copy("/usr/bin/socat", &later).expect("a copy of socat");
     // (`policy #N installed: ...`)
     daemon.wait_stderr(" installed: ", 1);
@@ -754,6 +732,20 @@ fn a_search_directory_on_a_users_mount_that_stops_answering_holds_no_refresh() {
         "{stderr}"
     );
     assert!(daemon.stop(), "the daemon did not exit cleanly");
+}
+
+/// Starts a daemon on `config` whose `$PATH` searches `first` before the
+/// test's own, and waits until it is ready.
+fn start_searching(config: &str, first: &[&Path]) -> Daemon {
+    let install = Install::new();
+    let mut cmd = Daemon::command(&install, config, &[], "info");
+    let ours = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = first
+        .iter()
+        .map(|dir| dir.to_path_buf())
+        .chain(std::env::split_paths(&ours));
+    cmd.env("PATH", std::env::join_paths(dirs).expect("a $PATH"));
+    Daemon::start_cmd(&install, cmd)
 }
 
 /// Asserts that the daemon's query socket answers (within 10 s) while
