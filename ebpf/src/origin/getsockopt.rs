@@ -5,7 +5,6 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sockopt},
-    helpers::generated::bpf_tcp_sock,
     macros::cgroup_sockopt,
     programs::SockoptContext,
 };
@@ -14,10 +13,7 @@ use loopwarden_common::{
     origin::{ConnEntry, ConnKey, LW_ORIGIN, OriginRecord, SOL_LOOPWARDEN},
 };
 
-use super::{
-    conns::{HeldSlot, find_conn},
-    first_seq,
-};
+use super::conns::{HeldSlot, find_conn};
 use crate::{
     addr::v4_mapped,
     connect::{AF_INET, AF_INET6},
@@ -85,7 +81,9 @@ pub fn lw_getsockopt(ctx: SockoptContext) -> i32 {
 /// hold once its record is copied out.
 struct Found {
     entry: *mut ConnEntry,
-    /// The accepted socket's first sequence number, which the entry bore.
+    /// The accepted socket's cookie, which the entry bore.
+    cookie: u64,
+    /// The client's first sequence number, as the entry bore it.
     seq: u32,
     /// Its slot and the slot's owner word as read (`None`: in `LW_CONNS`).
     slot: Option<HeldSlot>,
@@ -97,8 +95,9 @@ impl Found {
     /// another thread, while this one asks); a record copied meanwhile may
     /// mix the two, and is not given out. A slot's owner word changes at
     /// every release and claim (to cookies, never reused); an entry of
-    /// `LW_CONNS` recycled by the map is another connection's, whose first
-    /// sequence number is another.
+    /// `LW_CONNS` recycled by the map is another connection's, whose
+    /// server's cookie (near the record's start) and first sequence number
+    /// (its end) are others.
     ///
     /// # Safety
     /// The pointers are into the maps' values, as [`entry_of`] found them.
@@ -106,7 +105,8 @@ impl Found {
     unsafe fn still_held(&self) -> bool {
         // SAFETY: as the caller promises.
         unsafe {
-            let seq = ptr::read_volatile(&(*self.entry).first_seq) == self.seq;
+            let seq = ptr::read_volatile(&(*self.entry).first_seq) == self.seq
+                && ptr::read_volatile(&(*self.entry).record.server_cookie) == self.cookie;
             match self.slot {
                 Some((slot, owner)) => seq && ptr::read_volatile(&(*slot).owner) == owner,
                 None => seq,
@@ -149,23 +149,26 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<Found> {
             server,
         };
         let (entry, slot) = find_conn(&key)?;
-        // Bound to this socket by its handshake: an entry a dead
-        // connection between the same ends left (its close unseen), whose
-        // first sequence number may match by chance, is another socket's.
+        // Bound to this socket by its handshake, which checked the first
+        // sequence number: an entry a dead connection between the same
+        // ends left (its close unseen) is another socket's. (The socket's
+        // own `rcv_nxt` and `bytes_received` are not compared again here:
+        // read without the socket's lock while a segment arrives on
+        // another CPU, the pair could be one update apart and a live
+        // connection answered "unknown"; the cookie says as much, without
+        // the helper call.)
         if ptr::read_volatile(&(*entry).record.established_ns) == 0
             || ptr::read_volatile(&(*entry).record.server_cookie) != cookie
         {
             return None;
         }
-        let tcp = bpf_tcp_sock(sk);
-        if tcp.is_null() {
-            return None;
-        }
-        let seq = first_seq((*tcp).rcv_nxt, (*tcp).bytes_received);
-        if seq != ptr::read_volatile(&(*entry).first_seq) {
-            return None;
-        }
-        Some(Found { entry, seq, slot })
+        let seq = ptr::read_volatile(&(*entry).first_seq);
+        Some(Found {
+            entry,
+            cookie,
+            seq,
+            slot,
+        })
     }
 }
 
