@@ -14,6 +14,17 @@
 //! old or zeroed entry read as an old connect); and a close that reached
 //! the program after the kernel had unhashed the socket removed the entry
 //! of the next connection between the same ends.
+//!
+//! What it allows: the kernel skips a run of the state tracepoint's
+//! program nested on a CPU already running it, and what a skipped run
+//! carried is lost (a connection's origin, "unknown", or an entry's
+//! return). Under this test's load that happens in about one run in
+//! four: an interrupt lands while the program runs in process context,
+//! and the softirq work it brings (packets deferred while both CPUs were
+//! saturated) runs nested, up to a few hundred state changes at once
+//! (mostly clients' sockets taking their server's FIN). So as many
+//! connections may be unknown, and as many entries left, as
+//! `lw_sock_state` had runs skipped; a wrong or late answer never.
 
 use std::collections::BTreeMap;
 
@@ -42,8 +53,9 @@ const REUSES: usize = 250;
 /// and port, and the server cookie must all be this connection's; then it
 /// sends one byte back (an unknown one is asked again 50 ms later, to
 /// tell a late answer from a lost one). It rewrites OUT (JSON) at
-/// least every 0.2 s: the right answers per family, the unknown and the
-/// mismatched ones (and the first 20 of those), and what it holds open.
+/// least every 0.2 s: the right answers per family, the lost (unknown
+/// twice), late and mismatched ones (the first 20 lost ones' ids under
+/// `lost`, of the others under `wrong`), and what it holds open.
 ///
 /// `stress.py client ADDR PORT THREADS HOLD CHURN GO DONE`: THREADS
 /// threads each open HOLD connections and send their ids; once the file GO
@@ -74,7 +86,8 @@ def serve(module_dir, out_path, port):
         listeners[s.fileno()] = s
         poll.register(s, select.EPOLLIN)
     open_ = {}
-    tally = {"ipv4": 0, "ipv6": 0, "unknown": 0, "mismatched": 0, "held": 0, "wrong": []}
+    tally = {"ipv4": 0, "ipv6": 0, "unknown": 0, "late": 0, "mismatched": 0, "held": 0,
+             "wrong": [], "lost": []}
     def wrong(what):
         if len(tally["wrong"]) < 20:
             tally["wrong"].append(what)
@@ -89,8 +102,6 @@ def serve(module_dir, out_path, port):
                         break
                     cookie = struct.unpack("=Q", c.getsockopt(socket.SOL_SOCKET, 57, 8))[0]
                     o = loopwarden.origin(c)
-                    if o is None:
-                        tally["unknown"] += 1
                     open_[c.fileno()] = (c, o, peer, cookie, bytearray())
                     poll.register(c, select.EPOLLIN)
                 continue
@@ -105,7 +116,14 @@ def serve(module_dir, out_path, port):
                     sent = struct.unpack("=IIQ", got) + (peer[:2], cookie)
                     if o is None:
                         time.sleep(0.05)
-                        wrong("unknown: sent %s; again: %s" % (sent, loopwarden.origin(c)))
+                        again = loopwarden.origin(c)
+                        if again is None:
+                            tally["unknown"] += 1
+                            if len(tally["lost"]) < 20:
+                                tally["lost"].append(sent)
+                        else:
+                            tally["late"] += 1
+                            wrong("unknown at accept, 50 ms later: sent %s; got %s" % (sent, again))
                     elif (o.pid, o.tid, o.client_cookie, o.client, o.server_cookie) == sent:
                         tally["ipv6" if ":" in peer[0] else "ipv4"] += 1
                     else:
@@ -271,6 +289,9 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or(Value::Null)
     };
+    // The state tracepoint's runs the kernel skipped since the start.
+    let skipped_before = install.skipped_runs("lw_sock_state");
+    let skipped = || install.skipped_runs("lw_sock_state") - skipped_before;
     let held_total = clients.len() * THREADS * HOLD;
     wait_for_explained(
         &format!("{held_total} connections held"),
@@ -280,7 +301,8 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
     );
 
     // All held: each is listed once, under the process that made it, and
-    // more than the slots hold is kept (some in `LW_CONNS`).
+    // more than the slots hold is kept (some in `LW_CONNS`); none is
+    // missing unless the kernel skipped as many runs.
     let listed = conns(&ns, None, &install.run_dir());
     let mut per_pid = BTreeMap::new();
     for c in &listed {
@@ -288,13 +310,22 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
             .entry(c["pid"].as_u64().expect("a pid"))
             .or_insert(0) += 1;
     }
-    let expected: BTreeMap<u64, usize> = clients
-        .iter()
-        .map(|(p, _)| (u64::from(p.pid()), THREADS * HOLD))
-        .collect();
-    assert_eq!(per_pid, expected, "the daemon's list of live connections");
-    let kept = conns_entries(install);
-    assert_eq!(kept.len(), held_total);
+    let skipped_held = skipped();
+    let clients_pids: Vec<u64> = clients.iter().map(|(p, _)| u64::from(p.pid())).collect();
+    for (pid, &n) in &per_pid {
+        assert!(
+            clients_pids.contains(pid) && n <= THREADS * HOLD,
+            "{n} live connections listed under pid {pid}; the clients are {clients_pids:?}"
+        );
+    }
+    let kept = conns_entries(install).len();
+    for (what, n) in [("listed", listed.len()), ("kept", kept)] {
+        assert!(
+            n <= held_total && held_total - n <= skipped_held as usize,
+            "{n} of the {held_total} held connections {what}, with {skipped_held} runs of \
+             lw_sock_state skipped: {per_pid:?}"
+        );
+    }
     let in_map = map_dump(install, "LW_CONNS").len();
     assert!(
         in_map > 0 && in_map < held_total,
@@ -317,7 +348,7 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
         Duration::from_secs(60),
         || {
             let t = tally();
-            let seen: u64 = ["ipv4", "ipv6", "unknown", "mismatched"]
+            let seen: u64 = ["ipv4", "ipv6", "unknown", "late", "mismatched"]
                 .iter()
                 .filter_map(|k| t[k].as_u64())
                 .sum();
@@ -325,25 +356,40 @@ fn concurrent_clients_on_both_cpus_each_get_their_own_origin() {
         },
         || format!("; the server's tally: {}", tally()),
     );
+    let skipped_total = skipped();
     assert_eq!(last["wrong"], json!([]), "{last}");
-    assert_eq!(last["unknown"], 0, "{last}");
+    assert_eq!(last["late"], 0, "{last}");
     assert_eq!(last["mismatched"], 0, "{last}");
-    assert_eq!(last["ipv4"], total / 2, "{last}");
-    assert_eq!(last["ipv6"], total / 2, "{last}");
+    let count = |key: &str| {
+        last[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {last}"))
+    };
+    let lost = count("unknown");
+    assert!(
+        lost <= skipped_total,
+        "{lost} connections unknown, with {skipped_total} runs of lw_sock_state skipped: {last}"
+    );
+    assert_eq!(count("ipv4") + count("ipv6") + lost, total as u64, "{last}");
+    for family in ["ipv4", "ipv6"] {
+        assert!(count(family) <= total as u64 / 2, "{last}");
+    }
 
-    // Nothing left behind: every slot free, both maps empty.
+    // Nothing left behind: every slot free, both maps empty (but for an
+    // entry each skipped run may have left).
+    let left = || {
+        conns_entries(install).len()
+            + slot_owners(install).iter().filter(|&&o| o != 0).count()
+            + map_dump(install, "LW_ORIGIN_PENDING").len()
+    };
     wait_for_explained(
         "every origin given back",
         Duration::from_secs(10),
-        || {
-            (conns_entries(install).is_empty()
-                && slot_owners(install).iter().all(|&o| o == 0)
-                && map_dump(install, "LW_ORIGIN_PENDING").is_empty())
-            .then_some(())
-        },
+        || (left() as u64 <= skipped_total).then_some(()),
         || {
             format!(
-                "; {} connections kept, {} origin slots taken, {} pending",
+                "; {} connections kept, {} origin slots taken, {} pending; \
+                 {skipped_total} runs of lw_sock_state skipped, {lost} connections unknown",
                 conns_entries(install).len(),
                 slot_owners(install).iter().filter(|&&o| o != 0).count(),
                 map_dump(install, "LW_ORIGIN_PENDING").len()
