@@ -33,6 +33,8 @@ use std::{
     io,
     os::unix::fs::{MetadataExt, OpenOptionsExt as _, PermissionsExt},
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use loopwarden_common::{ExeKey, is_interpreter};
@@ -487,13 +489,33 @@ pub(crate) fn exe_key(meta: &fs::Metadata) -> ExeKey {
     )
 }
 
+/// How long a list of [`search_dirs`] serves again: a compile asks once
+/// per catalogued name (some 70 times), all within a few milliseconds, and
+/// the list is the same each time.
+const SEARCH_DIRS_KEPT: Duration = Duration::from_millis(200);
+
+/// [`list_search_dirs`], as listed at most [`SEARCH_DIRS_KEPT`] ago (the
+/// directories' contents are read anew by each caller).
+fn search_dirs() -> Vec<PathBuf> {
+    static LAST: Mutex<Option<(Instant, Vec<PathBuf>)>> = Mutex::new(None);
+    if let Some((at, dirs)) = &*LAST.lock().unwrap_or_else(PoisonError::into_inner)
+        && at.elapsed() < SEARCH_DIRS_KEPT
+    {
+        return dirs.clone();
+    }
+    // Listed without the lock: the stall probes may wait on a mount.
+    let dirs = list_search_dirs();
+    *LAST.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), dirs.clone()));
+    dirs
+}
+
 /// Every directory searched for executables, in order, duplicates
 /// included, but those on a filesystem that does not answer now
 /// ([`stall::answering`]) and, besides the system's own, those that are not
 /// root's alone (an `/opt/conda` of a user's): no copy found there would
 /// count ([`trust::root_only_target`]), and a link there could lead onto a
 /// filesystem its user keeps from answering.
-fn search_dirs() -> Vec<PathBuf> {
+fn list_search_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
     if stall::answers(Path::new(OPT_DIR)).is_ok()
         && let Ok(opt) = fs::read_dir(OPT_DIR)
