@@ -104,8 +104,40 @@ pub struct Query {
     path: PathBuf,
     timeout: Option<Duration>,
     /// `None` once a request failed part-way.
-    stream: Option<BufReader<UnixStream>>,
+    stream: Option<BufReader<Timed>>,
     next_id: u64,
+}
+
+/// The connection, read until the request's deadline at most: each read
+/// waits only for what is left of it, so an answer that comes a little
+/// at a time cannot stretch the request past its timeout.
+#[derive(Debug)]
+struct Timed {
+    stream: UnixStream,
+    /// The request's deadline (`None`: none).
+    deadline: Option<Instant>,
+}
+
+impl io::Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(left(self.deadline)?)?;
+        (&self.stream).read(buf)
+    }
+}
+
+/// What is left until `deadline` (`None`: no deadline, wait forever);
+/// `TimedOut` once it has passed.
+fn left(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
+    let Some(deadline) = deadline else {
+        return Ok(None);
+    };
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(Some(left)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer within the timeout",
+        )),
+    }
 }
 
 impl Query {
@@ -131,16 +163,13 @@ impl Query {
             stream: None,
             next_id: 1,
         };
-        query.stream = Some(query.open()?);
+        query.stream = Some(query.open(query.deadline())?);
         Ok(query)
     }
 
-    /// A new connection to the socket, with the timeout set (the connect
-    /// too waits no longer: see [`connect_within`]).
-    fn open(&self) -> Result<BufReader<UnixStream>, Error> {
-        // A timeout too long to add to the clock (`Duration::MAX`) waits
-        // as `None` does.
-        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+    /// A new connection to the socket, made by `deadline` at most (see
+    /// [`connect_within`]).
+    fn open(&self, deadline: Option<Instant>) -> Result<BufReader<Timed>, Error> {
         let connected = match deadline {
             Some(deadline) => connect_within(&self.path, deadline),
             None => UnixStream::connect(&self.path),
@@ -149,21 +178,23 @@ impl Query {
             path: self.path.clone(),
             source,
         })?;
-        stream.set_read_timeout(self.timeout)?;
-        stream.set_write_timeout(self.timeout)?;
-        Ok(BufReader::new(stream))
+        Ok(BufReader::new(Timed { stream, deadline }))
     }
 
-    /// How long a request may wait to connect, to be sent and to be
-    /// answered (`None`: forever). 10 s by default. A zero duration is
-    /// refused (`InvalidInput`), and the timeout before stays.
+    /// The deadline of a request starting now: its timeout from now
+    /// (`None`: none; so is a timeout too long to add to the clock,
+    /// `Duration::MAX`).
+    fn deadline(&self) -> Option<Instant> {
+        self.timeout.and_then(|t| Instant::now().checked_add(t))
+    }
+
+    /// How long a request may take in all, to connect (again, if the
+    /// daemon closed the connection), to be sent and to be answered
+    /// (`None`: forever). 10 s by default. A zero duration is refused
+    /// (`InvalidInput`), and the timeout before stays.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         if timeout == Some(Duration::ZERO) {
             return Err(zero_timeout());
-        }
-        if let Some(stream) = &self.stream {
-            stream.get_ref().set_read_timeout(timeout)?;
-            stream.get_ref().set_write_timeout(timeout)?;
         }
         self.timeout = timeout;
         Ok(())
@@ -241,10 +272,11 @@ impl Query {
     fn request(&mut self, req: Value) -> Result<Option<Value>, Error> {
         let mut line = req.to_string();
         line.push('\n');
-        let answer = match self.round_trip(&line, &req["id"]) {
+        let deadline = self.deadline();
+        let answer = match self.round_trip(&line, &req["id"], deadline) {
             Err(Error::Closed) => {
                 self.stream = None;
-                self.round_trip(&line, &req["id"])
+                self.round_trip(&line, &req["id"], deadline)
             }
             answer => answer,
         };
@@ -277,18 +309,27 @@ impl Query {
     /// reads the answer with id `id`. [`Error::Closed`] when the daemon had
     /// closed the connection before it: the write found it gone and nothing
     /// was left to read, nothing came back, or what came back is the notice
-    /// of its idle close (no id; it was sent before this request).
-    fn round_trip(&mut self, line: &str, id: &Value) -> Result<Value, Error> {
+    /// of its idle close (no id; it was sent before this request). Each
+    /// step waits until `deadline` at most.
+    fn round_trip(
+        &mut self,
+        line: &str,
+        id: &Value,
+        deadline: Option<Instant>,
+    ) -> Result<Value, Error> {
         if self.stream.is_none() {
-            self.stream = Some(self.open()?);
+            self.stream = Some(self.open(deadline)?);
         }
         let Some(stream) = self.stream.as_mut() else {
             return Err(Error::Closed);
         };
+        stream.get_mut().deadline = deadline;
+        let socket = &stream.get_ref().stream;
+        socket.set_write_timeout(left(deadline)?)?;
         // A daemon that closed the connection may have said why first (a
         // new connection of a uid at its limit is told `busy`, then closed):
         // a send that finds it closed still reads what it left.
-        let sent = match send_all(stream.get_ref(), line.as_bytes()) {
+        let sent = match send_all(socket, line.as_bytes()) {
             Err(e)
                 if matches!(
                     e.kind(),

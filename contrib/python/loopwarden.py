@@ -295,23 +295,44 @@ def _addr(a: Union[str, Tuple]) -> str:
 _MAX_ANSWER = 256 << 20
 
 
-def _connect(path: str, timeout: float) -> socket.socket:
-    """A connection to the query socket, waited for ``timeout`` at most.
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """The ``time.monotonic()`` by which a request given ``timeout``
+    seconds in all must end (None: it may wait forever)."""
+    if timeout is None:
+        return None
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return time.monotonic() + timeout
+
+
+def _left(deadline: Optional[float], timeout: Optional[float]) -> Optional[float]:
+    """The seconds left until ``deadline`` (None: no deadline); a timeout
+    error once it has passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise QueryError("io", f"no answer within {timeout} s")
+    return left
+
+
+def _connect(path: str, deadline: Optional[float], timeout: Optional[float]) -> socket.socket:
+    """A connection to the query socket, made by ``deadline`` at most.
     With a timeout the connect is non-blocking, and a daemon whose backlog
     is full (stalled, or stopped) refuses it with EAGAIN at once (a Unix
     socket has no connect in progress to wait for): tried again, on a new
-    socket, every few milliseconds until the timeout, as the Rust client
+    socket, every few milliseconds until the deadline, as the Rust client
     does."""
-    deadline = time.monotonic() + timeout
     while True:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
+        # (Past the deadline, a full backlog is the error to tell: below.)
+        s.settimeout(None if deadline is None else max(deadline - time.monotonic(), 0.001))
         try:
             s.connect(path)
             return s
         except BlockingIOError as e:
             s.close()
-            if time.monotonic() >= deadline:
+            if deadline is None or time.monotonic() >= deadline:
                 raise QueryError(
                     "io",
                     f"{path}: its backlog stayed full for {timeout} s (is the daemon stalled?)",
@@ -326,17 +347,41 @@ def _connect(path: str, timeout: float) -> socket.socket:
             ) from e
 
 
-def _request(req: Dict[str, Any], path: str, timeout: float) -> Optional[Dict[str, Any]]:
-    """One request on a fresh connection: the answer, None for ``unknown``."""
-    with _connect(path, timeout) as s:
+def _read_line(s: socket.socket, deadline: Optional[float], timeout: Optional[float]) -> bytes:
+    """One line from ``s`` (with its newline; without one if the
+    connection closed first, or past ``_MAX_ANSWER`` bytes), each read
+    waiting only for what is left until ``deadline``: an answer that comes
+    a little at a time cannot stretch the request past its timeout."""
+    line = bytearray()
+    while True:
+        s.settimeout(_left(deadline, timeout))
+        chunk = s.recv(65536)
+        if not chunk:
+            return bytes(line)
+        end = chunk.find(b"\n")
+        if end >= 0:
+            return bytes(line + chunk[: end + 1])
+        line += chunk
+        if len(line) > _MAX_ANSWER:
+            return bytes(line)
+
+
+def _request(
+    req: Dict[str, Any], path: str, timeout: Optional[float]
+) -> Optional[Dict[str, Any]]:
+    """One request on a fresh connection, ``timeout`` seconds in all (None:
+    no limit): the answer, None for ``unknown``."""
+    deadline = _deadline(timeout)
+    with _connect(path, deadline, timeout) as s:
         try:
             try:
+                s.settimeout(_left(deadline, timeout))
                 s.sendall(json.dumps(req).encode() + b"\n")
             except (BrokenPipeError, ConnectionResetError):
                 # Closed by the daemon, which may have said why first (a
                 # uid at its limit of clients is told ``busy``): read on.
                 pass
-            line = s.makefile("rb").readline(_MAX_ANSWER + 1)
+            line = _read_line(s, deadline, timeout)
         except socket.timeout as e:
             raise QueryError("io", f"no answer within {timeout} s") from e
         except OSError as e:
@@ -371,7 +416,7 @@ def who(
     peer: Union[str, Tuple],
     local: Union[str, Tuple],
     path: str = DEFAULT_QUERY_PATH,
-    timeout: float = 10.0,
+    timeout: Optional[float] = 10.0,
 ) -> Optional[Dict[str, Any]]:
     """The origin of the connection ``peer`` -> ``local``, from the daemon.
 
@@ -379,6 +424,8 @@ def who(
     its ``sock.getsockname()`` (tuples or ``"host:port"`` text). Returns the
     origin object (the audit line's fields plus the connection's), or None
     when loopwarden knows nothing of the connection. Raises QueryError.
+    ``timeout`` bounds the whole request, connect included (seconds; None
+    waits forever; not positive: ValueError).
     """
     req = {"op": "who", "peer": _addr(peer), "local": _addr(local)}
     answer = _request(req, path, timeout)
@@ -386,14 +433,16 @@ def who(
 
 
 def who_cookie(
-    cookie: int, path: str = DEFAULT_QUERY_PATH, timeout: float = 10.0
+    cookie: int, path: str = DEFAULT_QUERY_PATH, timeout: Optional[float] = 10.0
 ) -> Optional[Dict[str, Any]]:
     """The origin of the connection whose accepted socket has SO_COOKIE ``cookie``."""
     answer = _request({"op": "who", "cookie": cookie}, path, timeout)
     return None if answer is None else _field(answer, "origin", dict)
 
 
-def conns(path: str = DEFAULT_QUERY_PATH, timeout: float = 10.0) -> List[Dict[str, Any]]:
+def conns(
+    path: str = DEFAULT_QUERY_PATH, timeout: Optional[float] = 10.0
+) -> List[Dict[str, Any]]:
     """Every tagged connection the caller may see (root: all), oldest first.
 
     The newest 4,096 at most: the daemon lists no more, and counts the rest

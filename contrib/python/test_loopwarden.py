@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -112,8 +113,11 @@ class Origin(unittest.TestCase):
 
 
 class Query(unittest.TestCase):
-    def serve(self, answers):
-        """A fake query socket answering each request line from ``answers``."""
+    def serve(self, answers, drip=0.0):
+        """A fake query socket answering each request line from ``answers``
+        (a byte every ``drip`` seconds, if set). A test that fails before
+        it asked them all leaves no thread waiting: the cleanup shuts the
+        listener down, and removes its directory."""
         d = tempfile.mkdtemp()
         path = os.path.join(d, "query.sock")
         listener = socket.socket(socket.AF_UNIX)
@@ -122,18 +126,34 @@ class Query(unittest.TestCase):
         self.requests = []
 
         def run():
-            for answer in answers:
-                c, _ = listener.accept()
-                with c:
-                    self.requests.append(json.loads(c.makefile("rb").readline()))
-                    c.sendall(answer.encode() + b"\n")
-            listener.close()
-            os.unlink(path)
-            os.rmdir(d)
+            try:
+                for answer in answers:
+                    c, _ = listener.accept()
+                    with c:
+                        self.requests.append(json.loads(c.makefile("rb").readline()))
+                        data = answer.encode() + b"\n"
+                        if not drip:
+                            c.sendall(data)
+                            continue
+                        for i in range(len(data)):
+                            time.sleep(drip)
+                            c.sendall(data[i : i + 1])
+            except OSError:
+                pass  # shut down by the cleanup, or the client gave up
 
         t = threading.Thread(target=run, daemon=True)
         t.start()
-        self.addCleanup(t.join)
+
+        def stop():
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+            t.join(10)
+            shutil.rmtree(d, ignore_errors=True)
+
+        self.addCleanup(stop)
         return path
 
     def test_who_and_conns(self):
@@ -261,6 +281,25 @@ class Query(unittest.TestCase):
         self.assertEqual(e.exception.code, "io", e.exception.message)
         self.assertIn("backlog", e.exception.message)
         self.assertGreaterEqual(time.monotonic() - began, 0.3)
+
+    def test_an_answer_that_trickles_in_is_given_up_on_at_the_timeout(self):
+        # Each byte comes 30 ms after the one before, ten times sooner
+        # than the timeout; the whole answer would take over a second.
+        path = self.serve(['{"v":1,"ok":true,"conns":[{"pid":7}]}'], drip=0.03)
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.conns(path=path, timeout=0.3)
+        self.assertEqual(e.exception.code, "io", e.exception.message)
+        self.assertIn("0.3 s", e.exception.message)
+
+    def test_a_timeout_is_positive_or_none(self):
+        for bad in (0, -1.0):
+            with self.assertRaisesRegex(ValueError, "positive"):
+                loopwarden.conns(path="/nonexistent/query.sock", timeout=bad)
+        # None waits as long as it takes (here: no daemon, at once).
+        with self.assertRaisesRegex(loopwarden.QueryError, r"\[provenance\] query"):
+            loopwarden.conns(path="/nonexistent/query.sock", timeout=None)
+        path = self.serve(['{"v":1,"ok":true,"conns":[{"pid":7}]}'])
+        self.assertEqual(loopwarden.conns(path=path, timeout=None), [{"pid": 7}])
 
     def test_an_endless_answer_is_a_protocol_error(self):
         # A line past the limit (lowered here) is refused, not read to its end.

@@ -25,6 +25,9 @@ struct Fake {
 /// after [`LATE`] (a slow answer).
 const NOTICE: &str = "notice:";
 const LATE: &str = "late:";
+/// Prefix of a scripted answer written a byte at a time, [`DRIP`] apart.
+const DRIPPED: &str = "dripped:";
+const DRIP: std::time::Duration = std::time::Duration::from_millis(30);
 /// A scripted line that closes the connection, after a while, without
 /// reading the request (a close with it unread: the client's read is
 /// reset).
@@ -83,6 +86,15 @@ impl Fake {
                     };
                     let answer = answer.replace("{id}", &req["id"].to_string());
                     seen.push(req);
+                    if let Some(dripped) = answer.strip_prefix(DRIPPED) {
+                        for byte in dripped.bytes().chain([b'\n']) {
+                            thread::sleep(DRIP);
+                            if writer.write_all(&[byte]).is_err() {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     // The client may have given up on a late answer.
                     let _ = writer.write_all(answer.as_bytes());
                     let _ = writer.write_all(b"\n");
@@ -264,6 +276,31 @@ fn a_notice_before_the_close_is_read_though_the_send_fails() {
         other => panic!("{other:?}"),
     }
     assert!(fake.requests().is_empty());
+}
+
+/// The timeout bounds the whole request: an answer that comes a byte at
+/// a time, each well within it, is given up on once the timeout has
+/// passed since the request began (each read waited the full timeout
+/// anew, and a daemon answering that slowly held the caller for as long
+/// as it kept sending).
+#[test]
+fn an_answer_that_trickles_in_is_given_up_on_at_the_timeout() {
+    let dripped = format!(r#"{DRIPPED}{{"v":1,"ok":true,"id":{{id}},"origin":{{"pid":1}}}}"#);
+    let fake = Fake::new(&[&dripped]);
+    let mut q = fake.connect();
+    // The answer takes about 45 bytes * 30 ms = 1.4 s; every byte comes
+    // 30 ms after the one before, ten times sooner than the timeout.
+    q.set_timeout(Some(DRIP * 10)).unwrap();
+    match q.who_cookie(1) {
+        Err(Error::Io(e)) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
