@@ -77,7 +77,9 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     let log_arg = log.to_str().expect("utf-8");
     let _gateway = gateway(&topo.local, PROTECTED, &["--log", log_arg]);
     let _open_gateway = gateway(&topo.local, UNPROTECTED, &["--unknown", "pass"]);
-    let _strict_gateway = gateway(&topo.local, STRICT_PORT, &[]);
+    let strict_log = logs.path().join("strict.log");
+    let strict_log_arg = strict_log.to_str().expect("utf-8");
+    let _strict_gateway = gateway(&topo.local, STRICT_PORT, &["--log", strict_log_arg]);
 
     // A local client connecting by itself gets its completion.
     let direct = fetch(
@@ -200,15 +202,20 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
     assert_eq!(open.body["data"][0]["id"], "echo-1", "{open:?}");
 
     // The default gateway fails closed there, even for a direct client
-    // (which the `--unknown pass` gateway on that port served), and says
-    // what to check.
+    // (which the `--unknown pass` gateway on that port served), and tells
+    // the operator (its log), not the client, what to check.
     let direct_open = fetch(&topo.local, &local_url(UNPROTECTED, "/v1/models"), None);
     assert_eq!(direct_open.status, 200, "{direct_open:?}");
     let strict = fetch(&topo.local, &local_url(STRICT_PORT, "/v1/models"), None);
     assert_eq!(strict.status, 403, "{strict:?}");
     let (kind, message) = refusal(&strict);
     assert_eq!(kind, "loopwarden_unknown");
-    assert!(message.contains("--unknown pass"), "{message}");
+    assert_names_nothing(message);
+    for setup in ["--unknown pass", "[provenance]", "[protect]"] {
+        assert!(!message.contains(setup), "{message}");
+    }
+    let logged = gateway_log_line(&strict_log, "knows nothing of this connection");
+    assert!(logged.contains("--unknown pass"), "{logged}");
 }
 
 /// Asserts that a refusal's message names nothing of the host: no
@@ -494,13 +501,18 @@ fn the_gateway_answers_503_where_loopwarden_does_not_answer() {
             .text(),
         cgroup.name
     ));
-    let _strict = gateway(&ns, PROTECTED, &[]);
+    let logs = TempDir::new("client-gateway-503");
+    let log = logs.path().join("gateway.log");
+    let _strict = gateway(&ns, PROTECTED, &["--log", log.to_str().expect("utf-8")]);
     let _lenient = gateway(&ns, UNPROTECTED, &["--not-answering", "pass"]);
     let strict = fetch(&ns, &local_url(PROTECTED, "/v1/models"), None);
     assert_eq!(strict.status, 503, "{strict:?}");
     let (kind, message) = refusal(&strict);
     assert_eq!(kind, "loopwarden_not_answering");
-    assert!(message.contains("getsockopt_cgroups"), "{message}");
+    // What to set up is the operator's to read (the log), not the client's.
+    assert!(!message.contains("getsockopt"), "{message}");
+    let logged = gateway_log_line(&log, "is not answering");
+    assert!(logged.contains("getsockopt_cgroups"), "{logged}");
     let lenient = fetch(&ns, &local_url(UNPROTECTED, "/v1/models"), None);
     assert_eq!(lenient.status, 200, "{lenient:?}");
     assert_eq!(lenient.body["data"][0]["id"], "echo-1", "{lenient:?}");

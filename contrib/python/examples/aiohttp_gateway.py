@@ -12,8 +12,10 @@ it was not a direct local client: a ``loopwarden_relayed`` error when relay
 evidence names the remote party, ``loopwarden_flagged`` when a rule matched
 the caller (a catalogued relay, or a rule of the operator's). The answer
 goes to whoever is behind the relay, so it names nothing of this host (no
-process, pid or address); the gateway's log (stderr, or ``--log FILE``)
-names the relay, its pid and the remote party for the operator. The API
+process, pid or address, nor how loopwarden is set up); the gateway's log
+(stderr, or ``--log FILE``) names the relay, its pid and the remote party
+for the operator, and what to check when it refuses an unknown connection
+or cannot ask loopwarden. The API
 itself is a stand-in: ``GET /v1/models`` and ``POST
 /v1/chat/completions``, which echoes the last user message.
 
@@ -70,6 +72,13 @@ def _refusal(o: "loopwarden.Origin") -> tuple:
     # The caller chose its name (a file name, or comm by prctl): quoted,
     # as the path is, so a newline in it cannot forge a line of the log.
     who = f"{o.exe_name or o.comm!r} (pid {o.pid})"
+    rule = (
+        "the relay verdict"
+        if o.rule == "relay"
+        else "no rule"
+        if o.rule is None
+        else f"rule #{o.rule}"
+    )
     if o.via is not None:
         return (
             "loopwarden_relayed",
@@ -78,15 +87,14 @@ def _refusal(o: "loopwarden.Origin") -> tuple:
             "themselves are served",
             f"refused a request relayed to {server} by {who} for {o.via} "
             f"({o.via.how}); loopwarden saw a network-facing process connect "
-            f"on a remote party's behalf (verdict {o.verdict})",
+            f"on a remote party's behalf (verdict {o.verdict}, {rule})",
         )
-    rule = "the relay verdict" if o.rule == "relay" else f"rule #{o.rule}"
     return (
         "loopwarden_flagged",
         "refused: loopwarden flagged the connection carrying this request; only a "
         "local client that connects by itself, and that no rule flags, is served",
         f"refused a request on the connection to {server} made by {who}: "
-        f"loopwarden flagged that connect ({o.verdict}, {rule})",
+        f"loopwarden flagged that connect (verdict {o.verdict or 'not known'}, {rule})",
     )
 
 
@@ -101,26 +109,37 @@ async def loopwarden_middleware(request: web.Request, handler):
     except loopwarden.NotAnswering:
         if request.app.get(NOT_ANSWERING, "refuse") == "pass":
             return await handler(request)
-        return _error(
-            503,
-            "loopwarden_not_answering",
-            "loopwarden is not answering on this host, so the origin of this "
-            "request cannot be checked: start loopwarden (with [provenance] "
+        # What to do about it is the operator's to read, not the client's.
+        log.error(
+            "%s %r: loopwarden is not answering on this host, so the origin of "
+            "the request cannot be checked: start loopwarden (with [provenance] "
             "getsockopt = true, and getsockopt_cgroups, if set, naming this "
             "gateway's cgroup) or run the gateway with --not-answering pass",
+            request.method,
+            request.path,
+        )
+        return _error(
+            503, "loopwarden_not_answering", "unavailable: the request's origin cannot be checked"
         )
     except (OSError, loopwarden.BadRecord) as e:
-        return _error(503, "loopwarden_error", f"reading the request's origin failed: {e}")
+        log.error("%s %r: reading the request's origin failed: %s", request.method, request.path, e)
+        return _error(503, "loopwarden_error", "unavailable: the request's origin cannot be checked")
     if origin is None:
         if request.app.get(UNKNOWN, "refuse") == "pass":
             return await handler(request)
+        log.warning(
+            "%s %r: refused: loopwarden knows nothing of this connection (is this "
+            "port in its [protect] ports? were more connections open than its "
+            "[provenance] connections?); run the gateway with --unknown pass to "
+            "serve such connections",
+            request.method,
+            request.path,
+        )
         return _error(
             403,
             "loopwarden_unknown",
-            "refused: loopwarden knows nothing of this connection (is this port "
-            "in its [protect] ports? were more connections open than its "
-            "[provenance] connections?); run the gateway with --unknown pass to "
-            "serve such connections",
+            "refused: the origin of this connection is not known; only local clients "
+            "whose connection is known to connect by themselves are served",
         )
     if not origin.is_direct:
         kind, message, detail = _refusal(origin)
