@@ -39,7 +39,7 @@ use super::conns::{netns_of, socket_addr};
 use crate::{
     cut::procs::network_namespaces,
     error_chain,
-    kernel::sock_diag::{self, Dumped, SockDiag, SockId, state},
+    kernel::sock_diag::{self, Dumped, SockDiag, SockId, TcpSocket, state},
     resolve,
 };
 
@@ -139,7 +139,7 @@ impl Liveness {
                         family,
                         accepted_states(),
                         OWNED_MAX,
-                        |socket| socket.uid == uid,
+                        |socket| socket.uid == uid && still_open(socket),
                         &mut found,
                     )?;
                     truncated |= dumped == Dumped::Truncated;
@@ -318,11 +318,28 @@ fn accepted_socket_owner(diag: &mut SockDiag, record: &OriginRecord) -> io::Resu
         socket_addr(&conn.client, conn.client_port),
         Some(record.server_cookie),
     );
-    // A socket in TIME_WAIT is a connection its server closed.
     Ok(diag
         .find(family, &id)?
-        .filter(|socket| socket.state != state::TIME_WAIT)
+        .filter(still_open)
         .map(|socket| socket.uid))
+}
+
+/// Whether the accepted socket `socket` is still open to its server: not
+/// closed by it, neither in TIME_WAIT nor, after its `close()`, an orphan
+/// (no file, `inode` 0) the kernel keeps to finish the exchange (in
+/// FIN_WAIT1 or FIN_WAIT2 for up to `tcp_fin_timeout` while the client
+/// holds its end open, LAST_ACK, CLOSING). One not accepted yet has no
+/// file either, and is open (ESTABLISHED, CLOSE_WAIT, SYN_RECV); a
+/// service that only shut down its sending side keeps its file.
+fn still_open(socket: &TcpSocket) -> bool {
+    let after_close = [
+        state::FIN_WAIT1,
+        state::FIN_WAIT2,
+        state::LAST_ACK,
+        state::CLOSING,
+        state::CLOSE,
+    ];
+    socket.state != state::TIME_WAIT && !(socket.inode == 0 && after_close.contains(&socket.state))
 }
 
 /// [`accepted_socket_owner`] of each of `records` from one dump of both
@@ -339,7 +356,7 @@ fn accepted_owners_dumped(
             family,
             accepted_states(),
             wanted.len(),
-            |socket| wanted.contains(&socket.cookie),
+            |socket| wanted.contains(&socket.cookie) && still_open(socket),
             &mut found,
         )?;
     }
@@ -474,9 +491,16 @@ mod tests {
                 drop(client);
                 continue;
             }
+            // The second closed by its server while its client holds on:
+            // an orphan in FIN_WAIT2, nobody's either.
+            if i == 1 {
+                drop(accepted);
+                held.push(client);
+                continue;
+            }
             held.extend([accepted, client]);
         }
-        let mut unknown = records[1];
+        let mut unknown = records[2];
         // (Not all ones: the kernel's "no cookie", which matches any.)
         unknown.server_cookie = 1;
         records.push(unknown);
@@ -488,8 +512,8 @@ mod tests {
             .map(|r| accepted_socket_owner(&mut diag, r).unwrap())
             .collect();
         assert_eq!(dumped, looked_up);
-        assert_eq!(dumped[0], None);
-        assert!(dumped[1..records.len() - 1].iter().all(|&o| o == Some(me)));
+        assert_eq!(dumped[..2], [None, None]);
+        assert!(dumped[2..records.len() - 1].iter().all(|&o| o == Some(me)));
         assert_eq!(dumped[records.len() - 1], None);
         assert_eq!(live.owners(&records), dumped);
         drop(held);
