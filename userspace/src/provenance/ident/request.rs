@@ -36,8 +36,12 @@ impl From<Ports> for Echo {
 /// What a reply says about the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Answer<'a> {
-    /// `USERID : UNIX : <name>`.
+    /// `USERID : UNIX : <name>`: a login name.
     User(&'a str),
+    /// `USERID : OTHER : <uid>`: a user without a login name, by number
+    /// (RFC 1413's `OTHER`: an identifier that is not the system's user
+    /// name, so no service takes it for one).
+    Uid(u32),
     /// `ERROR : <token>` (`NO-USER`, `INVALID-PORT`, ...).
     Error(&'static str),
 }
@@ -102,6 +106,7 @@ pub(super) fn reply(ports: Echo, answer: Answer<'_>) -> String {
     let Echo(here, there) = ports;
     match answer {
         Answer::User(name) => format!("{here} , {there} : USERID : UNIX : {name}\r\n"),
+        Answer::Uid(uid) => format!("{here} , {there} : USERID : OTHER : {uid}\r\n"),
         Answer::Error(token) => format!("{here} , {there} : ERROR : {token}\r\n"),
     }
 }
@@ -182,6 +187,10 @@ mod tests {
         assert_eq!(
             reply(ports, Answer::User("stjohns")),
             "6193 , 23 : USERID : UNIX : stjohns\r\n"
+        );
+        assert_eq!(
+            reply(ports, Answer::Uid(1001)),
+            "6193 , 23 : USERID : OTHER : 1001\r\n"
         );
         assert_eq!(
             reply(ports, Answer::Error(NO_USER)),

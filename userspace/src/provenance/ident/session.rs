@@ -234,7 +234,8 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
     let echo = Echo::from(ports);
     match origin {
         Origin::Direct { uid } => match user_name(uid, shared).await {
-            Some(name) => request::reply(echo, Answer::User(&name)),
+            Some(Named::Login(name)) => request::reply(echo, Answer::User(&name)),
+            Some(Named::Uid(uid)) => request::reply(echo, Answer::Uid(uid)),
             // Who it is cannot be said in time: not a name that may be wrong.
             None => request::reply(echo, Answer::Error(UNKNOWN_ERROR)),
         },
@@ -244,14 +245,23 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
     }
 }
 
-/// The name NSS gives `uid`, else (NSS has none for it) the uid in
-/// decimal; `None` when NSS could not be asked in time or failed. Asked
+/// Who a direct client is, as a reply names it.
+#[derive(Debug, PartialEq, Eq)]
+enum Named {
+    /// Its login name.
+    Login(String),
+    /// Its uid: NSS has no name for it, or none a reply line can carry.
+    Uid(u32),
+}
+
+/// The name NSS gives `uid`, else (NSS has none for it) the uid itself;
+/// `None` when NSS could not be asked in time or failed. Asked
 /// off the runtime's thread, within [`NAME_DEADLINE`], and at most
 /// [`NAME_LOOKUPS`] at once: with NSS hung (an LDAP server that does not
 /// answer) each lookup's thread stays blocked in it, so a reply waits a
 /// bounded time and the blocked threads stay few, however many clients
 /// ask.
-async fn user_name(uid: u32, shared: &Shared) -> Option<String> {
+async fn user_name(uid: u32, shared: &Shared) -> Option<Named> {
     name_within(
         uid,
         &shared.name_lookups,
@@ -268,7 +278,7 @@ async fn name_within(
     permits: &Arc<Semaphore>,
     lookup: fn(u32) -> io::Result<Option<String>>,
     deadline: std::time::Duration,
-) -> Option<String> {
+) -> Option<Named> {
     let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
         debug!("ident: {NAME_LOOKUPS} user name lookups still running: uid {uid} not named");
         return None;
@@ -303,7 +313,7 @@ async fn name_within(
             .filter(|name| {
                 !name.is_empty() && name.len() <= 512 && !name.contains(['\r', '\n', '\0', ':'])
             })
-            .unwrap_or_else(|| uid.to_string()),
+            .map_or(Named::Uid(uid), Named::Login),
     )
 }
 
@@ -344,7 +354,7 @@ mod tests {
             async move { name_within(uid, &permits, hung, Duration::from_millis(100)).await }
         };
         runtime.block_on(async {
-            assert_eq!(ask(7).await.as_deref(), Some("u7"), "a quick one");
+            assert_eq!(ask(7).await, Some(Named::Login("u7".into())), "a quick one");
             // Clients asking at once.
             let mut asking = tokio::task::JoinSet::new();
             for uid in 0..NAME_LOOKUPS as u32 * 3 {
@@ -359,7 +369,11 @@ mod tests {
         assert_eq!(ASKED.load(Ordering::SeqCst), 1 + NAME_LOOKUPS as u32);
         std::thread::sleep(Duration::from_millis(700));
         runtime.block_on(async {
-            assert_eq!(ask(7).await.as_deref(), Some("u7"), "permits given back");
+            assert_eq!(
+                ask(7).await,
+                Some(Named::Login("u7".into())),
+                "permits given back"
+            );
         });
     }
 
@@ -380,10 +394,10 @@ mod tests {
         let ask = |uid| name_within(uid, &permits, failing, NAME_DEADLINE);
         runtime.block_on(async {
             assert_eq!(ask(7).await, None, "an error is not a uid without a name");
-            assert_eq!(ask(8).await.as_deref(), Some("8"), "no such name: the uid");
+            assert_eq!(ask(8).await, Some(Named::Uid(8)), "no such name: the uid");
             assert_eq!(
-                ask(9).await.as_deref(),
-                Some("9"),
+                ask(9).await,
+                Some(Named::Uid(9)),
                 "a name the line cannot carry"
             );
         });
