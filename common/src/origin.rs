@@ -6,8 +6,9 @@
 //! `LW_ORIGIN_PENDING`); when the client's handshake completes, the record
 //! moves, named by the connection's addresses ([`ConnKey`]), to a slot of
 //! `LW_CONN_SLOTS` ([`ConnSlot`]) or to `LW_CONNS`; when the server's side
-//! completes, the entry is bound to the accepted socket
-//! ([`ConnEntry::first_seq`]), and it goes when that socket closes. A
+//! completes, the entry is bound to the accepted socket (its cookie, once
+//! its [`ConnEntry::first_seq`] matched), and it goes when that socket
+//! closes. A
 //! service asks with one `getsockopt(fd, SOL_LOOPWARDEN, LW_ORIGIN,
 //! &record, &len)` on the accepted socket and gets an [`OriginRecord`];
 //! the daemon answers the same from those two maps.
@@ -101,10 +102,11 @@ pub struct ConnEntry {
     /// client's handshake (its socket's `snd_una - bytes_acked + 1`, mod
     /// 2^32): the accepted socket's `rcv_nxt - bytes_received` for the
     /// connection's whole life (data and FIN count in both). The server's
-    /// handshake binds only an entry whose value matches its socket's, and
-    /// `getsockopt` answers only such a socket, so an entry a missed close
-    /// left behind, or one whose server never accepted it, is never the
-    /// answer for a later connection between the same addresses.
+    /// handshake binds only an entry whose value matches its socket's (and
+    /// `getsockopt` answers only the socket an entry is bound to), so an
+    /// entry a missed close left behind, or one whose server never
+    /// accepted it, is never the answer for a later connection between the
+    /// same addresses.
     pub first_seq: u32,
     pub _pad: u32,
 }

@@ -90,14 +90,16 @@ struct Found {
 }
 
 impl Found {
-    /// Whether the entry is still the connection's after the copy. Another
-    /// connection can take it over only once this socket is closing (from
-    /// another thread, while this one asks); a record copied meanwhile may
-    /// mix the two, and is not given out. A slot's owner word changes at
-    /// every release and claim (to cookies, never reused); an entry of
-    /// `LW_CONNS` recycled by the map is another connection's, whose
-    /// server's cookie (near the record's start) and first sequence number
-    /// (its end) are others.
+    /// Whether the entry is still the connection's after the copy. The
+    /// program runs with the socket locked (the kernel takes the lock
+    /// around cgroup getsockopt programs), so this socket's close cannot
+    /// give its slot back meanwhile; but `LW_CONNS` may recycle an element
+    /// for another connection's insert on another CPU, and a record copied
+    /// meanwhile may mix the two: not given out. A slot's owner word
+    /// changes at every release and claim (to cookies, never reused); a
+    /// recycled element is another connection's, whose server's cookie
+    /// (near the record's start) and first sequence number (its end) are
+    /// others.
     ///
     /// # Safety
     /// The pointers are into the maps' values, as [`entry_of`] found them.
@@ -152,11 +154,8 @@ unsafe fn entry_of(so: *mut bpf_sockopt) -> Option<Found> {
         // Bound to this socket by its handshake, which checked the first
         // sequence number: an entry a dead connection between the same
         // ends left (its close unseen) is another socket's. (The socket's
-        // own `rcv_nxt` and `bytes_received` are not compared again here:
-        // read without the socket's lock while a segment arrives on
-        // another CPU, the pair could be one update apart and a live
-        // connection answered "unknown"; the cookie says as much, without
-        // the helper call.)
+        // own first sequence number is not compared again: the cookie
+        // says as much, without the helper call that types the socket.)
         if ptr::read_volatile(&(*entry).record.established_ns) == 0
             || ptr::read_volatile(&(*entry).record.server_cookie) != cookie
         {
