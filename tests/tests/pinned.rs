@@ -1093,7 +1093,10 @@ fn a_report_queued_across_a_restart_names_its_rule() {
 /// there through. So does the first good reload of a daemon that started
 /// on a file that does not compile (it kept the pinned policy meanwhile).
 /// The scope names a second namespace that stays, so that the reload is
-/// not refused for a scope of none.
+/// not refused for a scope of none. A `--replace` start that fails in
+/// between (a map pinned where its getsockopt link is) leaves the file to
+/// the maps still in force: it wrote the scope for maps it never
+/// pinned, and the next start dropped the namespace.
 #[test]
 fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     let ns = Netns::new();
@@ -1121,6 +1124,20 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     first.wait_stderr(&gone, 1);
     first.wait_stderr("stays in the scope", 1);
     drop(first);
+
+    let link = install.pin_dir().join("links").join("lw_getsockopt");
+    std::fs::remove_file(&link).expect("the getsockopt link's pin");
+    pin_array_map(&link, "lwt_no_link");
+    let out = run_failing_start(
+        Command::new(loopwarden_bin())
+            .args(["run", "--replace", "--config"])
+            .arg(install.config_path())
+            .args(install.dir_args()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the replacement started: {stderr}");
+    assert!(stderr.contains("stays in the scope"), "{stderr}");
+    std::fs::remove_file(&link).expect("the map pinned as the link");
 
     let second = Daemon::start_in(&install, &text, &[]);
     assert!(

@@ -274,9 +274,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             })
         })
         .unwrap_or_default();
+    let adopted = matches!(state, PinState::Compatible | PinState::Resized { .. });
     let installed_seq = match &policy {
         Some(policy) => {
-            let adopted = matches!(state, PinState::Compatible | PinState::Resized { .. });
             if adopted {
                 // Into the maps the running programs read: in force at
                 // once, so put back should this start fail before it is
@@ -298,7 +298,13 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             }
             let seq = policy_maps.install(policy, &addrs)?;
             enricher.set_rules(seq, policy.named_rules());
-            scope_file.save(&policy.netns);
+            // Replacing maps, the file still speaks for the ones in force
+            // until the new ones are pinned in their place (below): a
+            // replacement that fails, or is killed, before leaves it to
+            // them, so the next start keeps what they keep.
+            if adopted {
+                scope_file.save(&policy.netns);
+            }
             Some(seq)
         }
         None => None,
@@ -319,6 +325,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt_dirs, |ebpf| {
         crate::track::seed(ebpf, policy.as_ref());
     })?;
+    if !adopted && let Some(policy) = &policy {
+        scope_file.save(&policy.netns);
+    }
     let getsockopt = Getsockopt::started(getsockopt.as_ref());
     if let Some(old) = resized {
         let carried = match (old, programs.ebpf.map_mut(maps::CONNS)) {
