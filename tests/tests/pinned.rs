@@ -1176,3 +1176,36 @@ fn assert_detach_ends_enforcement(install: &Install, ns: &Netns) {
     let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
     assert!(ok, "detach did not end enforcement: {stderr}");
 }
+
+/// A start removes only loopwarden's own staging directories
+/// (`staging-<pid>`, left by an interrupted start), as `detach` takes
+/// them: a directory or a pin of another name that starts so is left, and
+/// the start does not fail on it (it removed any `staging-*` whole, and a
+/// pinned object of such a name made every start fail). Positive
+/// control: a `staging-<pid>` directory is removed.
+#[test]
+fn a_start_removes_only_its_own_kind_of_staging_directory() {
+    let ns = Netns::new();
+    let install = Install::new();
+    let pins = install.pin_dir();
+    std::fs::create_dir_all(pins).expect("the pin directory");
+    let left = pins.join("staging-999999");
+    let foreign_dir = pins.join("staging-old");
+    let foreign_pin = pins.join("staging-x");
+    for dir in [&left, &foreign_dir] {
+        std::fs::create_dir(dir).expect("a staging-like directory");
+        pin_array_map(&dir.join("LW_META"), "lwt_staged");
+    }
+    pin_array_map(&foreign_pin, "lwt_foreign");
+    let daemon = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
+    assert!(!left.exists(), "an interrupted start's staging directory stayed");
+    assert!(
+        foreign_dir.join("LW_META").exists() && foreign_pin.exists(),
+        "the start removed what is not loopwarden's: {}",
+        daemon.stderr_text()
+    );
+    drop(daemon);
+    std::fs::remove_file(foreign_dir.join("LW_META")).expect("unpinning");
+    std::fs::remove_dir(&foreign_dir).expect("removing the directory");
+    std::fs::remove_file(&foreign_pin).expect("unpinning");
+}

@@ -277,7 +277,10 @@ impl PinDir {
         if let Ok(entries) = fs::read_dir(&self.root) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                if entry.file_name().to_string_lossy().starts_with("staging-") {
+                // Only loopwarden's own (`staging-<pid>`, a directory),
+                // as `detach` takes them: anything else of that name is
+                // left alone.
+                if removal::is_staging(&path) {
                     tracing::info!("removing {} (left by an interrupted start)", path.display());
                     remove_tree(&path).map_err(io_err("removing", &path))?;
                 }

@@ -172,7 +172,7 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A daemon's staging directory: `staging-<pid>`.
-fn is_staging(path: &Path) -> bool {
+pub(super) fn is_staging(path: &Path) -> bool {
     path.is_dir()
         && path
             .file_name()
