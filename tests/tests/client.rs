@@ -116,6 +116,11 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
         "{logged}"
     );
     assert!(logged.contains("would-deny"), "{logged}");
+    // And which rule judged it (the catalog's socat, or the relay verdict).
+    assert!(
+        logged.contains(", rule #") || logged.contains(", the relay verdict)"),
+        "{logged}"
+    );
 
     // The same over IPv6: a gateway on [::1] serves a direct client there
     // and refuses socat relaying to it, naming its [::1] address.
@@ -188,7 +193,7 @@ fn the_aiohttp_gateway_refuses_relayed_requests() {
         )),
         "{logged}"
     );
-    assert!(logged.contains("(audit, rule #"), "{logged}");
+    assert!(logged.contains("(verdict audit, rule #"), "{logged}");
 
     // The same kind of relay to the same gateway on a port loopwarden does
     // not protect, run with `--unknown pass`: unknown, passed.
