@@ -17,9 +17,19 @@ use super::{Destination, decide::Decision};
 use crate::{
     identity::{self, Task},
     maps::{DENIALS, EVENTS, PROCS, count},
-    origin,
+    origin::{self, Pending, PendingCopy},
     procs::{self, now},
 };
+
+/// This CPU's claimed copy of a pending entry, given back when dropped
+/// (after the last read of the record in it).
+struct CopyHeld(*mut PendingCopy);
+
+impl Drop for CopyHeld {
+    fn drop(&mut self) {
+        origin::release_copy(self.0);
+    }
+}
 
 /// Queued bytes (a quarter of the ring) past which every report wakes the reader.
 const WAKEUP_BACKLOG: u64 = 256 * 1024;
@@ -150,14 +160,30 @@ pub(super) fn record(
     // One clock read: the connect's time, its slot's claim, and the
     // evidence's age at it.
     let at = now();
-    let kept = if tag {
-        origin::connecting(cookie, dst.port, at)
-    } else {
-        None
+    // A connect whose slots are taken builds its entry in this CPU's copy
+    // (given back once the report below has read it), and hands it to the
+    // map whole.
+    let mut copy = None;
+    let kept = match tag.then(|| origin::connecting(cookie, dst.port, at)) {
+        Some(Pending::Slot(ev)) => Some(ev),
+        Some(Pending::Map) => {
+            copy = origin::claim_copy().map(CopyHeld);
+            copy.as_ref().map(|held| origin::copy_origin(held.0))
+        }
+        None => None,
     };
-    if let Some(ev) = kept {
-        fill(ev, cookie, d, dst, family, seq, at);
-        decided(ev);
+    match kept {
+        Some(ev) => {
+            fill(ev, cookie, d, dst, family, seq, at);
+            decided(ev);
+        }
+        // No origin kept (this CPU's copy was another connect's): counted
+        // here unless a report counts it.
+        None if tag && !d.report => count(stats::DECIDED_BY_VERDICT + u32::from(d.outcome & 3)),
+        None => {}
+    }
+    if let Some(held) = &copy {
+        origin::pend(cookie, held.0);
     }
     if !d.report {
         return;
@@ -269,13 +295,13 @@ fn fill(
         if note == TRACKED_LOST && (*ev).via.kind == evidence::NONE {
             (*ev).via = procs::untracked(at);
         }
-        // Written last: a connect whose `LW_ORIGIN_PENDING` entry the LRU
-        // map handed to another connect while this one was preempted
-        // mid-record ends its late writes with its own cookie, so the
-        // other's handshake, which checks the cookie after copying the
-        // entry out, finds it not its own and takes no mixed record. The
-        // barrier keeps the compiler from moving the plain stores above
-        // after it.
+        // Written last: a connect preempted mid-record for longer than any
+        // handshake, whose slot another connect took over meanwhile, ends
+        // its late writes with its own cookie, which is not the other's.
+        // (A pending entry is built in this CPU's copy and handed to the
+        // map whole: no connect writes into a map element another may
+        // have been given.) The barrier keeps the compiler from moving the
+        // plain stores above after it.
         crate::atomic::barrier();
         core::ptr::write_volatile(&raw mut (*ev).socket_cookie, cookie);
     }

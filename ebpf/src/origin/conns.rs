@@ -65,7 +65,10 @@ fn conn_probe(key: &ConnKey, i: u32) -> Option<*mut ConnSlot> {
 /// Claimed whole before it is written (the claim does not wait for a
 /// slot's writer: a client's handshake completes before its server's
 /// side, the only other writer, starts), its claim time written first: a
-/// claim that loses the race has written a time as recent.
+/// claim that loses the race has written its own connect's time, which
+/// may be older than the winner's, but by no more than a handshake takes
+/// (both connections were in their handshakes at once), so the slot does
+/// not look dead before the winner's server could have completed.
 #[inline(always)]
 fn claim_conn(key: &ConnKey, cookie: u64, connected_ns: u64) -> Option<*mut ConnSlot> {
     let mut free: Option<HeldSlot> = None;

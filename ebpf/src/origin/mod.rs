@@ -48,7 +48,10 @@ use loopwarden_common::{Addr, ConnectEvent, origin::ConnKey};
 
 pub use self::{
     conns::{closed, server_established},
-    pending::{connect_failed, connecting},
+    pending::{
+        Pending, PendingCopy, claim_copy, connect_failed, connecting, copy_origin, pend,
+        release_copy,
+    },
 };
 use self::{
     conns::{discard, insert_conn},
@@ -133,13 +136,11 @@ pub fn client_established(sk: u64, cookie: u64, key: &ConnKey) {
         return;
     }
     let seq = client_first_seq(sk);
-    // SAFETY: a pointer into the map's value, which only this socket's
-    // connect and handshake write, unless the LRU map recycles it for
-    // another connect meanwhile (it may reuse even a recent element when
-    // full): then its cookie is the other's after the copy, and the copy
-    // is taken back. (A connect writes its record's cookie last, so one
-    // preempted mid-record whose entry went to this connect meanwhile
-    // leaves its own cookie behind its late writes.)
+    // SAFETY: a pointer into the map's value, which no program writes in
+    // place (a connect hands its entry over whole, see `pend`), unless the
+    // LRU map recycles it for another connect's insert meanwhile (it may
+    // reuse even a recent element when full): then its cookie is the
+    // other's after the copy, and the copy is taken back.
     let intact = unsafe {
         insert_conn(entry, key, cookie, seq);
         ptr::read_volatile(&(*entry).record.origin.socket_cookie) == cookie

@@ -4,6 +4,7 @@
 
 use core::ptr;
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use loopwarden_common::{
     ConnectEvent, ORIGIN_SLOT_PROBES,
     origin::{ConnEntry, OriginSlot},
@@ -11,7 +12,7 @@ use loopwarden_common::{
 
 use super::{HANDSHAKE_NS, mark_port};
 use crate::{
-    atomic::cas,
+    atomic::{barrier, cas},
     maps::{ORIGIN_PENDING, ORIGIN_SLOTS as SLOTS},
     procs::elapsed,
 };
@@ -19,18 +20,27 @@ use crate::{
 /// What a pending entry starts as, before the connect hook fills it.
 static PENDING_ENTRY: ConnEntry = ConnEntry::pending();
 
+/// Where a connect's origin waits for its handshake.
+pub enum Pending {
+    /// In a slot it claimed: the caller's part of the entry, for the
+    /// connect hook to fill in place (nothing else writes this cookie's
+    /// slot: the handshake has not begun).
+    Slot(*mut ConnectEvent),
+    /// Its slots are taken: the connect hook fills the entry of this CPU's
+    /// copy ([`claim_copy`]) and hands it to [`pend`].
+    Map,
+}
+
 /// A protected connect to port `port` that proceeds, at `now`: its origin
 /// waits for the handshake in a slot of `LW_ORIGIN_SLOTS` it claims by the
 /// socket's cookie, or, when the slots it may use are taken, in
 /// `LW_ORIGIN_PENDING` under the cookie; in the entry it will have once
 /// connected. The port is marked (before the SYN leaves, so its
-/// handshake finds the mark). Returns the caller's part of the entry for
-/// the connect hook to fill in place (nothing else writes this cookie's
-/// entry: the handshake has not begun).
+/// handshake finds the mark).
 #[inline(always)]
-pub fn connecting(cookie: u64, port: u16, now: u64) -> Option<*mut ConnectEvent> {
+pub fn connecting(cookie: u64, port: u16, now: u64) -> Pending {
     mark_port(port);
-    let entry = match claim(cookie, now) {
+    match claim(cookie, now) {
         Some(slot) => {
             // SAFETY: the slot is this connect's; its entry is written
             // whole but for `conn` (the handshake's) and `origin` (the
@@ -49,18 +59,75 @@ pub fn connecting(cookie: u64, port: u16, now: u64) -> Option<*mut ConnectEvent>
                 (*rec).server_cookie = 0;
                 (*entry).first_seq = 0;
                 (*entry)._pad = 0;
-                entry
+                Pending::Slot(&raw mut (*entry).record.origin)
             }
         }
-        None => {
-            // By reference: the helper copies from the read-only data in place.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            ORIGIN_PENDING.insert(cookie, &PENDING_ENTRY, 0).ok()?;
-            ORIGIN_PENDING.get_ptr_mut(cookie)?
+        None => Pending::Map,
+    }
+}
+
+/// Per CPU, the entry of a connect whose slots are taken, built here
+/// before it goes into `LW_ORIGIN_PENDING` whole ([`pend`]: more than the
+/// stack could hold beside the judgement). Scratch memory of the connect
+/// programs: not pinned.
+#[map(name = "LW_PENDING_COPY")]
+static PENDING_COPY: PerCpuArray<PendingCopy> = PerCpuArray::with_max_entries(1, 0);
+
+/// One CPU's copy, and who uses it. A cgroup program runs with migration
+/// off but, on a fully preemptible kernel, not with preemption off:
+/// another task's connect on this CPU can run while this one builds its
+/// entry. The copy is claimed first (`busy` from 0 to 1, one
+/// compare-and-swap); a connect that finds it claimed keeps no origin
+/// ("unknown", never another's).
+#[repr(C)]
+pub struct PendingCopy {
+    busy: u64,
+    entry: ConnEntry,
+}
+
+/// This CPU's copy, claimed, its entry what a pending one starts as; `None`
+/// while another connect on this CPU holds it.
+#[inline(always)]
+pub fn claim_copy() -> Option<*mut PendingCopy> {
+    let copy = PENDING_COPY.get_ptr_mut(0)?;
+    // SAFETY: pointers into the map's value; `busy` is 8-byte aligned, and
+    // the entry is this program's once claimed.
+    unsafe {
+        if !cas(&raw mut (*copy).busy, 0, 1) {
+            return None;
         }
-    };
+        ptr::copy_nonoverlapping(&raw const PENDING_ENTRY, &raw mut (*copy).entry, 1);
+    }
+    Some(copy)
+}
+
+/// The origin record of a claimed copy's entry, for the connect hook to fill.
+#[inline(always)]
+pub fn copy_origin(copy: *mut PendingCopy) -> *mut ConnectEvent {
     // SAFETY: a pointer into the map's value.
-    Some(unsafe { &raw mut (*entry).record.origin })
+    unsafe { &raw mut (*copy).entry.record.origin }
+}
+
+/// The entry of the claimed `copy`, filled, into `LW_ORIGIN_PENDING` under
+/// the connect's socket cookie `cookie`, in one update: the map copies it
+/// into an element no one sees before it is whole. (Filled in the map's
+/// element itself, a connect preempted mid-record could go on writing
+/// into an element the LRU map had meanwhile recycled for another
+/// connect, whose record would then mix the two.)
+#[inline(always)]
+pub fn pend(cookie: u64, copy: *mut PendingCopy) {
+    // SAFETY: a pointer into the map's value, which this program claimed.
+    // By reference: the helper copies from the map value in place.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let _ = ORIGIN_PENDING.insert(cookie, unsafe { &(*copy).entry }, 0);
+}
+
+/// Gives this CPU's copy back (after its last read).
+#[inline(always)]
+pub fn release_copy(copy: *mut PendingCopy) {
+    barrier();
+    // SAFETY: as for the claim.
+    unsafe { ptr::write_volatile(&raw mut (*copy).busy, 0) };
 }
 
 /// A connect that failed before its handshake completed.
