@@ -557,6 +557,23 @@ fn relay_deny() -> (Topology, (Proc, Proc), String) {
     (topo, servers, config)
 }
 
+/// Runs a `--replace` start of `install` that fails at the link pinned as
+/// `link`, where a map is pinned in its place (left there); its stderr.
+fn fail_a_replacement_at(install: &Install, link: &str) -> String {
+    let pin = install.pin_dir().join("links").join(link);
+    std::fs::remove_file(&pin).expect("the link's pin");
+    pin_array_map(&pin, "lwt_no_link");
+    let out = run_failing_start(
+        Command::new(loopwarden_bin())
+            .args(["run", "--replace", "--config"])
+            .arg(install.config_path())
+            .args(install.dir_args()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the replacement started: {stderr}");
+    stderr
+}
+
 /// A `--replace` start that fails at the link pinned as `link` (a map
 /// pinned in its place), then a relay started on `port` afterwards: only
 /// the old programs and trackers can refuse it.
@@ -573,18 +590,7 @@ fn replacement_failing_at(link: &str, port: u16) {
             .any(|id| connect_programs.contains(id)),
         "the pinned connect link's program is not among the loaded: {connect_programs:?}"
     );
-    // Something that is no link where that link is pinned.
-    let pin = install.pin_dir().join("links").join(link);
-    std::fs::remove_file(&pin).expect("the link's pin");
-    pin_array_map(&pin, "lwt_no_link");
-    let out = run_failing_start(
-        Command::new(loopwarden_bin())
-            .args(["run", "--replace", "--config"])
-            .arg(install.config_path())
-            .args(install.dir_args()),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the replacement started: {stderr}");
+    let stderr = fail_a_replacement_at(&install, link);
     assert!(stderr.contains(link), "{stderr}");
     assert_eq!(
         prog_ids("lw_connect4"),
@@ -1125,19 +1131,10 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     first.wait_stderr("stays in the scope", 1);
     drop(first);
 
-    let link = install.pin_dir().join("links").join("lw_getsockopt");
-    std::fs::remove_file(&link).expect("the getsockopt link's pin");
-    pin_array_map(&link, "lwt_no_link");
-    let out = run_failing_start(
-        Command::new(loopwarden_bin())
-            .args(["run", "--replace", "--config"])
-            .arg(install.config_path())
-            .args(install.dir_args()),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the replacement started: {stderr}");
+    let stderr = fail_a_replacement_at(&install, "lw_getsockopt");
     assert!(stderr.contains("stays in the scope"), "{stderr}");
-    std::fs::remove_file(&link).expect("the map pinned as the link");
+    std::fs::remove_file(install.pin_dir().join("links").join("lw_getsockopt"))
+        .expect("the map pinned as the link");
 
     let second = Daemon::start_in(&install, &text, &[]);
     assert!(
@@ -1198,7 +1195,10 @@ fn a_start_removes_only_its_own_kind_of_staging_directory() {
     }
     pin_array_map(&foreign_pin, "lwt_foreign");
     let daemon = Daemon::start_in(&install, &policy(&ns, "audit", ""), &[]);
-    assert!(!left.exists(), "an interrupted start's staging directory stayed");
+    assert!(
+        !left.exists(),
+        "an interrupted start's staging directory stayed"
+    );
     assert!(
         foreign_dir.join("LW_META").exists() && foreign_pin.exists(),
         "the start removed what is not loopwarden's: {}",
