@@ -110,9 +110,9 @@ fn newest<T>(sorted: &[T], max: usize) -> (&[T], usize) {
     (&sorted[older..], older)
 }
 
-/// An origin's fields read from `/proc/PID`, which `hidepid` hides from
-/// other users.
-const PROC_FIELDS: [&str; 4] = ["exe", "parent_exe", "cmdline", "cgroup"];
+/// An origin's fields read from `/proc/PID` (and the parent's
+/// `/proc/PPID/exe`), which `hidepid` hides from other users.
+const PROC_FIELDS: [&str; 5] = ["exe", "parent_exe", "parent_exe_id", "cmdline", "cgroup"];
 
 /// Who asks, from the socket's `SO_PEERCRED`.
 #[derive(Clone, Copy, Debug)]
@@ -612,7 +612,8 @@ mod tests {
     #[test]
     fn hidepid_withholds_what_proc_would() {
         let origin = serde_json::json!({"uid": 1000, "exe_name": "socat", "exe": "/usr/bin/socat",
-                            "parent_exe": "/usr/bin/socat", "cmdline": "socat TCP-LISTEN:1",
+                            "parent_exe": "/usr/bin/socat", "parent_exe_id": "254:1:42",
+                            "cmdline": "socat TCP-LISTEN:1",
                             "cgroup": "/user.slice"});
         let caller = |uid: u32, host_netns: bool| Caller {
             uid,
