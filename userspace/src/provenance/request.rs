@@ -3,7 +3,12 @@
 //! `LW_CONN_SLOTS` and `LW_CONNS` ([`Request::answer`]). The protocol is the README's "The
 //! query socket".
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use loopwarden_common::origin::{OriginRecord, status};
 use serde::{Deserialize, Serialize};
@@ -108,6 +113,29 @@ impl Reply {
 fn newest<T>(sorted: &[T], max: usize) -> (&[T], usize) {
     let older = sorted.len().saturating_sub(max);
     (&sorted[older..], older)
+}
+
+/// How long [`proc_hides_pids`] stands: a `/proc` remounted with or
+/// without `hidepid` is seen this much later at most.
+const HIDEPID_KEPT: Duration = Duration::from_secs(2);
+
+/// Whether `/proc` is mounted `hidepid` (see
+/// [`crate::kernel::mountinfo::proc_hides_pids`]), read from
+/// `/proc/self/mountinfo` at most every [`HIDEPID_KEPT`]: a host with
+/// thousands of mounts (a Kubernetes node) has megabytes of it, which each
+/// request parsed.
+fn proc_hides_pids() -> bool {
+    static LAST: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((at, hides)) = *last
+        && at.elapsed() < HIDEPID_KEPT
+    {
+        return hides;
+    }
+    let hides = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text));
+    *last = Some((Instant::now(), hides));
+    hides
 }
 
 /// An origin's fields read from `/proc/PID` (and the parent's
@@ -347,8 +375,7 @@ impl Request {
             Err(e) => return Reply::error(id, ErrorCode::Unavailable, e),
         };
         let mut enricher = Enricher::with_shared_names(cgroup_root, rules, names);
-        let hides = std::fs::read_to_string("/proc/self/mountinfo")
-            .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text));
+        let hides = proc_hides_pids();
         let mut shown =
             |record: &OriginRecord| caller.as_proc_shows(hides, origin(record, &mut enricher));
         let found = match self.op {
