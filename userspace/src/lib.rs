@@ -28,6 +28,7 @@ pub mod cut;
 #[cfg(not(fuzzing))]
 pub mod daemon;
 pub mod events;
+pub mod fresh;
 pub mod heap;
 pub mod holder;
 pub mod kernel;

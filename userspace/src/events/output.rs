@@ -11,9 +11,11 @@ use std::{
     ffi::OsStr,
     io::Write as _,
     os::fd::BorrowedFd,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
-    time::{Duration, Instant},
+    sync::{Arc, OnceLock},
+    time::Duration,
 };
+
+use crate::fresh::Fresh;
 
 /// The `"v"` of every JSON line; see the README's field table.
 pub const JSON_VERSION: u32 = 1;
@@ -100,16 +102,8 @@ const HOST_FRESH: Duration = Duration::from_secs(1);
 /// passed since the last read: a name set after the daemon started (by
 /// DHCP, which comes up after it) reaches the lines that follow.
 pub fn host() -> Arc<str> {
-    static HOST: Mutex<Option<(Instant, Arc<str>)>> = Mutex::new(None);
-    let mut cached = HOST.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((read, name)) = cached.as_ref()
-        && read.elapsed() < HOST_FRESH
-    {
-        return Arc::clone(name);
-    }
-    let name: Arc<str> = read_host().into();
-    *cached = Some((Instant::now(), Arc::clone(&name)));
-    name
+    static HOST: Fresh<Arc<str>> = Fresh::new(HOST_FRESH);
+    HOST.get(|| read_host().into())
 }
 
 fn read_host() -> String {

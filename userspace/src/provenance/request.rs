@@ -3,19 +3,17 @@
 //! `LW_CONN_SLOTS` and `LW_CONNS` ([`Request::answer`]). The protocol is the README's "The
 //! query socket".
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use loopwarden_common::origin::{OriginRecord, status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Conns, Seen, answer::origin, conns::conn_key};
-use crate::events::{Enricher, SharedRules, SharedUserNames};
+use crate::{
+    events::{Enricher, SharedRules, SharedUserNames},
+    fresh::Fresh,
+};
 
 /// Protocol version in every answer (`"v"`).
 pub const VERSION: u8 = 1;
@@ -125,17 +123,11 @@ const HIDEPID_KEPT: Duration = Duration::from_secs(2);
 /// thousands of mounts (a Kubernetes node) has megabytes of it, which each
 /// request parsed.
 fn proc_hides_pids() -> bool {
-    static LAST: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some((at, hides)) = *last
-        && at.elapsed() < HIDEPID_KEPT
-    {
-        return hides;
-    }
-    let hides = std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text));
-    *last = Some((Instant::now(), hides));
-    hides
+    static LAST: Fresh<bool> = Fresh::new(HIDEPID_KEPT);
+    LAST.get(|| {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text))
+    })
 }
 
 /// An origin's fields read from `/proc/PID` (and the parent's

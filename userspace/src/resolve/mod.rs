@@ -33,13 +33,14 @@ use std::{
     io,
     os::unix::fs::{MetadataExt, OpenOptionsExt as _, PermissionsExt},
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use loopwarden_common::{ExeKey, is_interpreter};
 use nix::unistd::{Uid, User};
 use tracing::debug;
+
+use crate::fresh::Fresh;
 
 pub use self::cgroups::path_by_id as cgroup_path_by_id;
 use self::netns::cookie_via_setns;
@@ -497,16 +498,8 @@ const SEARCH_DIRS_KEPT: Duration = Duration::from_millis(200);
 /// [`list_search_dirs`], as listed at most [`SEARCH_DIRS_KEPT`] ago (the
 /// directories' contents are read anew by each caller).
 fn search_dirs() -> Vec<PathBuf> {
-    static LAST: Mutex<Option<(Instant, Vec<PathBuf>)>> = Mutex::new(None);
-    if let Some((at, dirs)) = &*LAST.lock().unwrap_or_else(PoisonError::into_inner)
-        && at.elapsed() < SEARCH_DIRS_KEPT
-    {
-        return dirs.clone();
-    }
-    // Listed without the lock: the stall probes may wait on a mount.
-    let dirs = list_search_dirs();
-    *LAST.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), dirs.clone()));
-    dirs
+    static LAST: Fresh<Vec<PathBuf>> = Fresh::new(SEARCH_DIRS_KEPT);
+    LAST.get(list_search_dirs)
 }
 
 /// Every directory searched for executables, in order, duplicates
