@@ -69,13 +69,14 @@ print(data.hex())
 
 /// Runs [`CLIENT`] in `ns` against the responder at `host`.
 pub fn ident_exchange(ns: &Netns, host: &str, chunks: &[&[u8]], half_close: bool) -> Exchange {
-    ident_exchange_as(ns, host, chunks, half_close, None)
+    ident_exchange_as(ns, (host, IDENT_PORT), chunks, half_close, None)
 }
 
-/// [`ident_exchange`] as `uid` (and its gid, no groups), when given.
+/// [`ident_exchange`] with whatever listens at `at` (the responder, or a
+/// relay in front of it), as `uid` (and its gid, no groups), when given.
 pub fn ident_exchange_as(
     ns: &Netns,
-    host: &str,
+    (host, port): (&str, u16),
     chunks: &[&[u8]],
     half_close: bool,
     uid: Option<u32>,
@@ -86,7 +87,7 @@ pub fn ident_exchange_as(
         .collect();
     let out = run_ok(
         as_uid(ns, uid, SYSTEM_PYTHON)
-            .args(["-c", CLIENT, host, &IDENT_PORT.to_string()])
+            .args(["-c", CLIENT, host, &port.to_string()])
             .arg(if half_close { "half-close" } else { "wait" })
             .args(&hex),
     );
@@ -111,8 +112,14 @@ pub fn ident_query(ns: &Netns, host: &str, query: &str) -> String {
 
 /// [`ident_query`] asked as `uid`, when given.
 pub fn ident_query_as(ns: &Netns, host: &str, query: &str, uid: Option<u32>) -> String {
+    ident_query_at(ns, (host, IDENT_PORT), query, uid)
+}
+
+/// [`ident_query_as`] of whatever listens at `at` (a relay in front of
+/// the responder).
+pub fn ident_query_at(ns: &Netns, at: (&str, u16), query: &str, uid: Option<u32>) -> String {
     let line = format!("{query}\r\n");
-    let exchange = ident_exchange_as(ns, host, &[line.as_bytes()], true, uid);
+    let exchange = ident_exchange_as(ns, at, &[line.as_bytes()], true, uid);
     assert!(exchange.closed, "the responder kept {exchange:?} open");
     exchange.replies
 }

@@ -9,7 +9,7 @@ use loopwarden_tests::{
     ident::{
         HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, error_reply,
         holding_server, holding_server_as, holding_server_dropping_to, ident_exchange, ident_query,
-        ident_query_as, trickle, trickle_after_refusal, uid_of, user_reply,
+        ident_query_as, ident_query_at, trickle, trickle_after_refusal, uid_of, user_reply,
     },
     idle::IdleClients,
     provenance::fork_client,
@@ -29,12 +29,13 @@ const TIMEOUT_MS: u32 = 300;
 /// A policy for `ns` in audit mode protecting `port`, with the responder
 /// on 127.0.0.1 and ::1 inside `ns`.
 fn config(ns: &Netns, port: u16) -> String {
-    config_with_timeout(ns, port, TIMEOUT_MS)
+    config_with_timeout(ns, &[port], TIMEOUT_MS)
 }
 
-fn config_with_timeout(ns: &Netns, port: u16, timeout_ms: u32) -> String {
+/// [`config`] protecting `ports`, `timeout_ms` for a query.
+fn config_with_timeout(ns: &Netns, ports: &[u16], timeout_ms: u32) -> String {
     Policy::new(ns, "audit")
-        .ports(&[port])
+        .ports(ports)
         .extra(&format!(
             "[ident]\nlisten = [\"127.0.0.1:{IDENT_PORT}\", \"[::1]:{IDENT_PORT}\"]\nnetns = \
              \"{}\"\ntimeout_ms = {timeout_ms}\n",
@@ -187,6 +188,57 @@ fn a_connection_is_named_only_to_its_server_and_to_root() {
     }
 }
 
+/// A relay in front of the responder does not lend its owner to whoever
+/// asks through it. With the ident port protected too (as the embedded
+/// default policy protects every loopback port), a query through a socat
+/// relay (flagged: `catalog:socat`) is answered `NO-USER`, whether the
+/// relay runs as root or as the service's own user, about a connection
+/// the same query asked directly by either names; over IPv4 and IPv6.
+/// Fails against a build that takes the asking socket's owner whoever is
+/// behind it (the relays' queries name the client).
+#[test]
+fn a_relay_in_front_of_the_responder_asks_as_nobody() {
+    let ns = Netns::new();
+    let dir = TempDir::new("ident-relayed-asker");
+    let _protected = holding_server_as(&ns, PROTECTED, Some(NOBODY));
+    let daemon = daemon_on(
+        &ns,
+        &config_with_timeout(&ns, &[PROTECTED, IDENT_PORT], TIMEOUT_MS),
+    );
+    for (relay_uid, relay_port) in [(None, RELAY_PORT), (Some(NOBODY), RELAY_PORT + 1)] {
+        for host in ["127.0.0.1", "::1"] {
+            let target = match host {
+                "::1" => format!("TCP6:[::1]:{IDENT_PORT}"),
+                _ => format!("TCP4:127.0.0.1:{IDENT_PORT}"),
+            };
+            let listen = match host {
+                "::1" => relay_port + 10,
+                _ => relay_port,
+            };
+            // Reached over IPv4 whichever family it asks the responder in.
+            let _relay = ns.socat_relay(listen, &target, relay_uid);
+            ns.wait_listening(listen);
+            let client = HeldConnection::open(&ns, &dir, host, PROTECTED, None);
+            let query = format!("{} , {PROTECTED}", client.local_port);
+            let case = format!("{host}, relay as {relay_uid:?}");
+            // The positive control: asked directly, by the relay's user.
+            assert_eq!(
+                ident_query_as(&ns, host, &query, relay_uid),
+                user_reply(client.local_port, PROTECTED, "root"),
+                "{case}"
+            );
+            assert_eq!(
+                ident_query_at(&ns, ("127.0.0.1", listen), &query, None),
+                error_reply(client.local_port, PROTECTED, "NO-USER"),
+                "{case}"
+            );
+        }
+    }
+    daemon.wait_event("the relays' connects to the ident port reported", |e| {
+        e["verdict"] == "would-deny" && e["exe_name"] == "socat" && e["dst_port"] == IDENT_PORT
+    });
+}
+
 /// nobody's uid, and one no account has.
 const NOBODY: u32 = 65534;
 const OTHER_UID: u32 = 4242;
@@ -268,7 +320,7 @@ fn a_new_client_closes_the_one_idle_longest_when_all_slots_are_taken() {
     let dir = TempDir::new("ident");
     let _protected = holding_server(&ns, PROTECTED);
     // A minute to send a query: only a new client can close an idle one.
-    let _daemon = daemon_on(&ns, &config_with_timeout(&ns, PROTECTED, 60_000));
+    let _daemon = daemon_on(&ns, &config_with_timeout(&ns, &[PROTECTED], 60_000));
     let direct = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
 
     // Every slot taken by a client that sends nothing.
@@ -356,7 +408,7 @@ fn clients_that_never_read_their_replies_keep_no_one_out() {
     let _protected = holding_server(&ns, PROTECTED);
     // A minute for a reply's write: only a new client can close a client
     // whose replies wait.
-    let _daemon = daemon_on(&ns, &config_with_timeout(&ns, PROTECTED, 60_000));
+    let _daemon = daemon_on(&ns, &config_with_timeout(&ns, &[PROTECTED], 60_000));
     let direct = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
     let query = format!("{} , {PROTECTED}", direct.local_port);
     let answer = user_reply(direct.local_port, PROTECTED, "root");

@@ -1,8 +1,15 @@
 //! Socket options of `SOL_SOCKET` that nix does not name and not every
-//! libc exports (`SO_NETNS_COOKIE`, `SO_PEERPIDFD`), read with one
-//! `getsockopt(2)`.
+//! libc exports (`SO_COOKIE`, `SO_NETNS_COOKIE`, `SO_PEERPIDFD`), read
+//! with one `getsockopt(2)`.
 
 use std::{io, os::fd::AsRawFd};
+
+/// `SO_COOKIE` (Linux 4.12): the socket's cookie, a `u64` (what
+/// `bpf_get_socket_cookie` returns for it).
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+pub const SO_COOKIE: libc::c_int = 0x003b;
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+pub const SO_COOKIE: libc::c_int = 57;
 
 /// `SO_NETNS_COOKIE` (Linux 5.14): the cookie of the socket's network
 /// namespace, a `u64`.

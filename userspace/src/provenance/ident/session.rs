@@ -21,7 +21,10 @@ use super::{
     Shared,
     request::{self, Answer, Echo, INVALID_PORT, MAX_REQUEST, NO_USER, Ports, UNKNOWN_ERROR},
 };
-use crate::provenance::{Seen, conn_key};
+use crate::{
+    kernel::sockopt,
+    provenance::{Seen, conn_key},
+};
 
 /// How long a reply waits for a user's name from NSS.
 const NAME_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -86,6 +89,14 @@ async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketA
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    // Which accepted socket is this session's: the asking connection's
+    // entry is believed only when it is that socket's.
+    let cookie = sockopt::get::<u64>(&stream, sockopt::SO_COOKIE).ok();
+    let asking = Asking {
+        local,
+        peer,
+        cookie,
+    };
     let mut pending = Vec::with_capacity(64);
     let mut chunk = [0u8; 512];
     // The next query must be whole by then (RFC 1413's idle timeout).
@@ -98,7 +109,7 @@ async fn session(stream: TcpStream, shared: &Arc<Shared>, id: u64, peer: SocketA
                     // Idle again while the reply is written: a client that
                     // sends queries and never reads the replies (its window
                     // full, the write waiting) is one to close for the next.
-                    let lookup = answer(ports, local, peer, shared);
+                    let lookup = answer(ports, asking, shared);
                     let reply = shared.clients.looking_up(id, lookup).await;
                     if !send(&stream, &reply, shared).await {
                         return;
@@ -193,15 +204,49 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The reply to a valid query on the connection `local` (this host's end,
-/// the responder's address) ← `peer` (the querying host). A connection is
-/// answered about only to the server (as RFC 1413 means ident to be used):
-/// the uid owning its accepted socket, now (the accepting process's, a
-/// service that dropped privileges after its listen) or when it was
-/// established (its listener's); and to root. To anyone else it is
-/// unknown. Who asks is the owner of the asking socket (`peer` → `local`,
-/// found with sock_diag): an asker from another host is nobody here.
-async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<Shared>) -> String {
+/// The connection a query comes over: `peer` (the querying host) →
+/// `local` (this host's end, the responder's address), whose accepted
+/// socket has the cookie `cookie` (when it could be read).
+#[derive(Clone, Copy, Debug)]
+struct Asking {
+    local: SocketAddr,
+    peer: SocketAddr,
+    cookie: Option<u64>,
+}
+
+impl Asking {
+    /// Who asks: the uid owning the asking socket (found with sock_diag),
+    /// unless loopwarden tagged this connection as relayed or reported (its
+    /// port protected, as the embedded default policy protects every
+    /// loopback port): then the socket's owner is a relay, and whoever asks
+    /// through it is as good as on another host, nobody here. `None` for
+    /// nobody; `Err` when the asking socket cannot be checked.
+    fn who(self, shared: &Shared) -> io::Result<Option<u32>> {
+        let key = conn_key(shared.netns, self.peer, self.local);
+        let record = shared
+            .conns
+            .find(&key)
+            .filter(|r| self.cookie.is_none_or(|cookie| r.server_cookie == cookie));
+        if Origin::of(record.as_ref()) == Origin::Flagged {
+            debug!(
+                "ident: {} asks through a relay or a reported caller: answered as nobody",
+                self.peer
+            );
+            return Ok(None);
+        }
+        shared.conns.owner(shared.netns, self.peer, self.local)
+    }
+}
+
+/// The reply to a valid query over the connection `asking`. A connection
+/// is answered about only to the server (as RFC 1413 means ident to be
+/// used): the uid owning its accepted socket, now (the accepting
+/// process's, a service that dropped privileges after its listen) or when
+/// it was established (its listener's); and to root. To anyone else it is
+/// unknown. Who asks is [`Asking::who`]: an asker from another host, or
+/// through a relay, is nobody here.
+async fn answer(ports: Ports, asking: Asking, shared: &Arc<Shared>) -> String {
+    let Asking { local, peer, .. } = asking;
     let key = conn_key(
         shared.netns,
         SocketAddr::new(local.ip(), ports.here),
@@ -211,7 +256,7 @@ async fn answer(ports: Ports, local: SocketAddr, peer: SocketAddr, shared: &Arc<
     // asker's socket and to see that the connection is open.
     let lookup = shared.clone();
     let found = tokio::task::spawn_blocking(move || {
-        let Some(asker) = lookup.conns.owner(lookup.netns, peer, local)? else {
+        let Some(asker) = asking.who(&lookup)? else {
             return Ok(None);
         };
         lookup.conns.get(&key, |record| match asker {
