@@ -276,11 +276,19 @@ impl Liveness {
         paths: impl IntoIterator<Item = PathBuf>,
         last: &mut io::Error,
     ) -> Option<SockDiag> {
-        // The file may name another namespace by now (a pid reused).
+        // The file may name another namespace by now (a pid reused), also
+        // between this look and its open: the namespace entered is checked
+        // again, from inside.
         let this_netns = paths
             .into_iter()
             .filter(|path| fs::metadata(path).map(|m| m.ino() as u32).ok() == Some(netns));
-        let (diag, path) = resolve::in_first_netns(this_netns, SockDiag::open, last)?;
+        let open_there = move || match resolve::current_netns_inum()? {
+            now if now == netns => SockDiag::open(),
+            now => Err(io::Error::other(format!(
+                "entered net:[{now}], not net:[{netns}]: its process's pid was reused"
+            ))),
+        };
+        let (diag, path) = resolve::in_first_netns(this_netns, open_there, last)?;
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
         if paths.len() >= NAMESPACES_REMEMBERED {
             paths.clear();
