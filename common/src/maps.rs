@@ -80,8 +80,13 @@ pub const ORIGIN_SLOTS: &str = "LW_ORIGIN_SLOTS";
 /// `Array<ConnSlot>` of [`super::CONN_SLOTS`]: protected connections from
 /// the client's handshake to the accepted socket's close, each in one of
 /// the slots its addresses hash to (see [`super::origin::ConnSlot`]); what
-/// `getsockopt` and the daemon answer from first.
+/// `getsockopt` and the daemon answer from first. Created
+/// [`CONN_SLOTS_FLAGS`]: the daemon maps it to give back, by the same
+/// compare-and-swap as the kernel's, a slot whose accepted socket's close
+/// the kernel did not run the program for.
 pub const CONN_SLOTS: &str = "LW_CONN_SLOTS";
+/// [`CONN_SLOTS`]' map flags: `BPF_F_MMAPABLE` (Linux 5.5).
+pub const CONN_SLOTS_FLAGS: u32 = 1 << 10;
 /// `LruHashMap<ConnKey, ConnEntry>`: protected connections by their
 /// addresses, from the client's handshake to the accepted socket's close,
 /// that found their slots in [`CONN_SLOTS`] taken.

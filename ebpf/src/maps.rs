@@ -247,9 +247,11 @@ pub static ORIGIN_PENDING: LruHashMap<u64, ConnEntry> =
     LruHashMap::with_max_entries(MAX_ORIGIN_PENDING, 0);
 
 /// Protected connections in slots their addresses hash to, from the
-/// client's handshake to the accepted socket's close.
+/// client's handshake to the accepted socket's close (mappable: the
+/// daemon gives back those whose close this program did not see).
 #[map(name = "LW_CONN_SLOTS")]
-pub static CONN_SLOTS: Array<ConnSlot> = Array::with_max_entries(CONN_SLOTS_LEN, 0);
+pub static CONN_SLOTS: Array<ConnSlot> =
+    Array::with_max_entries(CONN_SLOTS_LEN, loopwarden_common::maps::CONN_SLOTS_FLAGS);
 
 /// Protected connections by their addresses, from the client's handshake
 /// to the accepted socket's close, that found their slots taken.

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! A daemon adopts pinned maps only when `LW_META` carries its
-//! [`LAYOUT_VERSION`] and every map has exactly the type, key, value and
-//! size its own object declares (the capacity of a [`RESIZABLE`] map as
+//! [`LAYOUT_VERSION`] and every map has exactly the type, key, value,
+//! size and flags its own object declares (the capacity of a [`RESIZABLE`] map as
 //! its config asks); anything else is replaced, never misread. A
 //! resizable map pinned with another capacity is replaced alone.
 //! Replacement never leaves a gap: the new programs, with their own fresh
@@ -155,13 +155,17 @@ pub enum PinState {
 /// connections`): a change replaces that map alone.
 pub const RESIZABLE: &[&str] = &[maps::CONNS];
 
-/// The shape a map must have: type, key size, value size, max entries.
+/// The shape a map must have: type, key size, value size, max entries,
+/// flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapShape {
     pub map_type: u32,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// `BPF_F_*` flags the map was created with (`LW_CONN_SLOTS` is
+    /// mapped by the daemon, which needs it mappable).
+    pub map_flags: u32,
 }
 
 /// The shapes of the pinned maps as our own eBPF object declares them.
@@ -178,6 +182,7 @@ pub fn object_shapes(object: &[u8]) -> Result<HashMap<String, MapShape>, String>
                     key_size: map.key_size(),
                     value_size: map.value_size(),
                     max_entries: map.max_entries(),
+                    map_flags: map.map_flags(),
                 },
             ))
         })
@@ -357,6 +362,7 @@ impl PinDir {
                 key_size: info.key_size(),
                 value_size: info.value_size(),
                 max_entries: info.max_entries(),
+                map_flags: info.map_flags(),
             };
             let resizable = RESIZABLE.contains(&name)
                 && MapShape {
