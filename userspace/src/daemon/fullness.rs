@@ -1,5 +1,7 @@
 //! The tracking upkeep's thread ([`watch`]): credits listeners anew, reaps
-//! `LW_PROCS`, and warns when a kernel tracking map nears its capacity,
+//! `LW_PROCS`, gives back the connection slots of sockets whose close the
+//! kernel did not see ([`SlotSweep`]), and warns when a kernel tracking
+//! map nears its capacity,
 //! before what fills
 //! it is lost: past it new processes go untracked (`LW_PROCS`: judged
 //! network-facing, never as processes nothing is known of), new
@@ -23,6 +25,7 @@ use tracing::{info, warn};
 use crate::{
     kernel::pins::PinDir,
     ops::metrics::{Usage, usage},
+    provenance::sweep::SlotSweep,
     track::{Recredit, Recrediting},
 };
 
@@ -92,7 +95,8 @@ fn consequence(map: &str) -> &'static str {
 }
 
 /// Starts the thread that credits listeners of gone processes anew, reaps
-/// `LW_PROCS` and counts the tracking maps pinned in `pins`.
+/// `LW_PROCS`, gives back the connection slots of closed sockets and
+/// counts the tracking maps pinned in `pins`.
 pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
     thread::Builder::new()
         .name("lw-upkeep".to_owned())
@@ -101,6 +105,10 @@ pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
             let mut reap_error: Option<String> = None;
             let mut recrediting = Recrediting::default();
             let mut recredit_error: Option<String> = None;
+            let mut sweep = SlotSweep::default();
+            let mut sweep_error: Option<String> = None;
+            // Once at the start too: a map that cannot be mapped is said now.
+            sweep_slots(&mut sweep, &pins, &mut sweep_error);
             let counts_every = (EVERY.as_millis() / LISTENERS_EVERY.as_millis()).max(1);
             for tick in 1u128.. {
                 thread::sleep(LISTENERS_EVERY);
@@ -139,6 +147,7 @@ pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
                     }
                     Err(_) => {}
                 }
+                sweep_slots(&mut sweep, &pins, &mut sweep_error);
                 for change in fullness.check(usage(&pins)) {
                     match change {
                         Change::Full(u) => warn!(
@@ -165,6 +174,32 @@ pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
             }
         })
         .map(drop)
+}
+
+/// One sweep of `LW_CONN_SLOTS` pinned in `pins`, said when it gave slots
+/// back; a failure is said once, until it changes (kept in `error`).
+fn sweep_slots(sweep: &mut SlotSweep, pins: &PinDir, error: &mut Option<String>) {
+    match sweep.sweep(&pins.maps_dir()) {
+        Ok(n) => {
+            *error = None;
+            if n > 0 {
+                info!(
+                    given_back = n,
+                    "gave back {n} {} slots held for connections whose accepted socket is \
+                     gone (the kernel did not run lw_sock_state for its close)",
+                    maps::CONN_SLOTS
+                );
+            }
+        }
+        Err(e) if error.as_deref() != Some(e.to_string().as_str()) => {
+            warn!(
+                "giving back the connection slots of closed sockets failed: {e}; slots whose \
+                 close the kernel missed stay taken"
+            );
+            *error = Some(e.to_string());
+        }
+        Err(_) => {}
+    }
 }
 
 /// Says that a listener's accepts are credited to another process.

@@ -410,7 +410,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let sweeper = Sweeper::spawn(host.cgroup2_root.clone(), pins.maps_dir(), opts.log_format)
         .map_err(io_err("starting the connection sweeper"))?;
     super::fullness::watch(pins.clone()).map_err(io_err(
-        "starting the tracking upkeep (listeners credited anew, map fullness)",
+        "starting the tracking upkeep (listeners credited anew, connection slots given back, \
+         map fullness)",
     ))?;
     if let Some(policy) = &policy {
         sweeper.request(policy, &addrs);

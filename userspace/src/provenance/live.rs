@@ -160,6 +160,25 @@ impl Liveness {
     /// namespace entered per namespace); `None` too for those it cannot
     /// check.
     pub fn owners(&self, records: &[OriginRecord]) -> Vec<Option<u32>> {
+        self.checked(records)
+            .into_iter()
+            .map(Option::flatten)
+            .collect()
+    }
+
+    /// Whether each of `records`' accepted socket is known to be closed
+    /// (checked, and not open, or its namespace gone); `false` for one
+    /// that is open or cannot be checked.
+    pub fn closed(&self, records: &[OriginRecord]) -> Vec<bool> {
+        self.checked(records)
+            .into_iter()
+            .map(|owner| owner == Some(None))
+            .collect()
+    }
+
+    /// The owner of each of `records`' accepted socket if it is open
+    /// (`Some(None)`: it is not), `None` for one that cannot be checked.
+    fn checked(&self, records: &[OriginRecord]) -> Vec<Option<Option<u32>>> {
         let mut by_netns: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, record) in records.iter().enumerate() {
             by_netns.entry(record.conn.netns).or_default().push(i);
@@ -169,7 +188,7 @@ impl Liveness {
             let these: Vec<&OriginRecord> = indices.iter().map(|&i| &records[i]).collect();
             if let Ok(found) = self.open_in(netns, &these) {
                 for (&i, found) in indices.iter().zip(found) {
-                    owners[i] = found;
+                    owners[i] = Some(found);
                 }
             }
         }

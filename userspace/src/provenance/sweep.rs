@@ -1,0 +1,186 @@
+//! Gives back the slots of `LW_CONN_SLOTS` still held for connections
+//! whose accepted socket is gone. The kernel skips `lw_sock_state`'s run
+//! at a close when it nests in another run of it on the same CPU (README,
+//! "Limits"); no connection but one between the same ends would take such
+//! a slot over, so over a long uptime they would fill the slots and send
+//! every connection to the slower `LW_CONNS`. The map is mappable
+//! (`BPF_F_MMAPABLE`), so a slot is given back exactly as the kernel's
+//! close gives it back: its owner word swapped to `CONN_RELEASING` by
+//! compare-and-swap, its key unnamed, then freed.
+
+use std::{
+    collections::HashSet,
+    ffi::c_void,
+    io,
+    num::NonZeroUsize,
+    path::Path,
+    ptr::{self, NonNull},
+    sync::atomic::{AtomicU16, AtomicU64, Ordering},
+};
+
+use aya::maps::MapData;
+use loopwarden_common::{
+    maps,
+    origin::{CONN_RELEASING, ConnSlot, OriginRecord},
+};
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+
+use super::live::Liveness;
+
+/// A slot seen held for a connection whose accepted socket was closed:
+/// its index, owner word and server cookie.
+type Sighting = (u32, u64, u64);
+
+/// What the sweeps of `LW_CONN_SLOTS` keep between them.
+#[derive(Default)]
+pub struct SlotSweep {
+    live: Liveness,
+    /// The slots the last sweep saw held for closed sockets: a slot is
+    /// given back only when two sweeps in a row saw it so (a check that
+    /// failed once, or raced a close under way, frees nothing).
+    closed_before: HashSet<Sighting>,
+}
+
+impl SlotSweep {
+    /// One sweep of `LW_CONN_SLOTS` pinned in `maps_dir`
+    /// (`PinDir::maps_dir`; mapped anew each time, so a map pinned in its
+    /// place is the one swept): every slot held for a connection whose
+    /// server completed its handshake is checked (sock_diag, by the
+    /// accepted socket's cookie, one namespace entered per namespace); one
+    /// whose socket is closed, as it was at the sweep before and by the
+    /// same connection, is given back. How many were.
+    pub fn sweep(&mut self, maps_dir: &Path) -> io::Result<usize> {
+        let slots = Mapped::open(&maps_dir.join(maps::CONN_SLOTS))?;
+        let held: Vec<(u32, ConnSlot)> = (0..slots.len)
+            .map(|i| (i, slots.read(i)))
+            .filter(|(_, slot)| slot.is_taken() && slot.entry.record.established_ns != 0)
+            .collect();
+        let records: Vec<OriginRecord> = held.iter().map(|(_, s)| s.entry.record).collect();
+        let closed: HashSet<Sighting> = held
+            .iter()
+            .zip(self.live.closed(&records))
+            .filter(|&(_, closed)| closed)
+            .map(|((i, slot), _)| (*i, slot.owner, slot.entry.record.server_cookie))
+            .collect();
+        let given_back = closed
+            .intersection(&self.closed_before)
+            .filter(|&&(i, owner, server)| slots.give_back(i, owner, server))
+            .count();
+        self.closed_before = closed;
+        Ok(given_back)
+    }
+}
+
+/// A mapping of the whole of a pinned `Array<ConnSlot>` made
+/// `BPF_F_MMAPABLE`.
+struct Mapped {
+    base: NonNull<ConnSlot>,
+    /// Its slots.
+    len: u32,
+    /// Bytes mapped.
+    bytes: NonZeroUsize,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> io::Result<Self> {
+        let failed =
+            |why: String| io::Error::other(format!("mapping {} failed: {why}", path.display()));
+        let map = MapData::from_pin(path).map_err(|e| failed(e.to_string()))?;
+        let info = map.info().map_err(|e| failed(e.to_string()))?;
+        if info.value_size() as usize != size_of::<ConnSlot>()
+            || info.map_flags() & maps::CONN_SLOTS_FLAGS == 0
+        {
+            return Err(failed(format!(
+                "its value is {} bytes (flags {:#x}), this daemon expects {} (flags {:#x})",
+                info.value_size(),
+                info.map_flags(),
+                size_of::<ConnSlot>(),
+                maps::CONN_SLOTS_FLAGS
+            )));
+        }
+        let len = info.max_entries();
+        // An array's values lie one after the other from the mapping's
+        // start (each rounded up to 8 bytes, as a `ConnSlot` is already).
+        let bytes =
+            (len as usize * size_of::<ConnSlot>()).next_multiple_of(procfs::page_size() as usize);
+        let bytes = NonZeroUsize::new(bytes).ok_or_else(|| failed("it has no slots".into()))?;
+        // SAFETY: a fresh shared mapping of the map's values, which the
+        // kernel keeps alive as long as the mapping is.
+        let base = unsafe {
+            mman::mmap(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                map.fd(),
+                0,
+            )
+        }
+        .map_err(|e| failed(format!("mmap: {e}")))?;
+        Ok(Self {
+            base: base.cast(),
+            len,
+            bytes,
+        })
+    }
+
+    /// Slot `i` (< `len`).
+    fn slot(&self, i: u32) -> *mut ConnSlot {
+        assert!(i < self.len);
+        // SAFETY: within the mapping.
+        unsafe { self.base.as_ptr().add(i as usize) }
+    }
+
+    /// Slot `i` as it is now (the kernel may be writing it: a copy that
+    /// mixes two writes is possible, and [`Mapped::give_back`] checks
+    /// again what it acts on).
+    fn read(&self, i: u32) -> ConnSlot {
+        // SAFETY: a mapped slot; any bytes make a `ConnSlot` (integers).
+        unsafe { ptr::read_volatile(self.slot(i)) }
+    }
+
+    /// Gives slot `i` back if `owner` still holds it for the accepted
+    /// socket with cookie `server`, as the kernel's close does: swapped to
+    /// `CONN_RELEASING` (no lookup matches it and no claim takes it
+    /// meanwhile), its key's client port made 0 (no connection's), then
+    /// freed. Whether it was.
+    fn give_back(&self, i: u32, owner: u64, server: u64) -> bool {
+        let slot = self.slot(i);
+        // SAFETY: the owner word is 8-byte aligned (the mapping is
+        // page-aligned and a `ConnSlot` a multiple of 8 bytes), and
+        // changes only by atomic operations of the kernel's and these;
+        // the client port is 2-byte aligned.
+        let (owner_word, client_port) = unsafe {
+            (
+                AtomicU64::from_ptr(&raw mut (*slot).owner),
+                AtomicU16::from_ptr(&raw mut (*slot).entry.record.conn.client_port),
+            )
+        };
+        if owner_word
+            .compare_exchange(owner, CONN_RELEASING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Held by `owner` for another socket since it was seen (a client
+        // socket that connected again between the same ends): left to it.
+        // SAFETY: as above; nothing but the releaser writes a slot
+        // marked releasing.
+        let now_server =
+            unsafe { ptr::read_volatile(&raw const (*slot).entry.record.server_cookie) };
+        if now_server != server {
+            owner_word.store(owner, Ordering::Release);
+            return false;
+        }
+        client_port.store(0, Ordering::Relaxed);
+        owner_word.store(0, Ordering::Release);
+        true
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        let _ = unsafe { mman::munmap(self.base.cast::<c_void>(), self.bytes.get()) };
+    }
+}
