@@ -124,6 +124,35 @@ pub fn ident_query_at(ns: &Netns, at: (&str, u16), query: &str, uid: Option<u32>
     exchange.replies
 }
 
+/// A client of the responder at 127.0.0.1 that first listens on
+/// `0.0.0.0:argv[1]` (so loopwarden knows it as network-facing: `listening`
+/// evidence), then asks `argv[2]` and prints the reply.
+const LISTENING_CLIENT: &str = r#"import socket, sys
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("0.0.0.0", int(sys.argv[1])))
+listener.listen(1)
+s = socket.create_connection(("127.0.0.1", 113), timeout=10)
+s.sendall((sys.argv[2] + "\r\n").encode())
+s.shutdown(socket.SHUT_WR)
+data = b""
+while d := s.recv(4096):
+    data += d
+sys.stdout.write(data.decode())
+"#;
+
+/// [`ident_query_as`] from a process listening on `0.0.0.0:listen` (a
+/// network-facing server, as loopwarden's relay evidence knows one).
+pub fn ident_query_listening(ns: &Netns, query: &str, uid: Option<u32>, listen: u16) -> String {
+    let out = run_ok(as_uid(ns, uid, SYSTEM_PYTHON).args([
+        "-c",
+        LISTENING_CLIENT,
+        &listen.to_string(),
+        query,
+    ]));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A client that trickles digits at the responder at `host`, one byte every
 /// 0.1 s for up to 4 s (never a whole query), reading between them: what
 /// it saw, `EOF` (the responder closed it), `DATA` (it answered something)

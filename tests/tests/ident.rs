@@ -9,7 +9,8 @@ use loopwarden_tests::{
     ident::{
         HeldConnection, IDENT_PORT, PG_USER, Postgres, connection_port_of, error_reply,
         holding_server, holding_server_as, holding_server_dropping_to, ident_exchange, ident_query,
-        ident_query_as, ident_query_at, trickle, trickle_after_refusal, uid_of, user_reply,
+        ident_query_as, ident_query_at, ident_query_listening, trickle, trickle_after_refusal,
+        uid_of, user_reply,
     },
     idle::IdleClients,
     provenance::fork_client,
@@ -238,6 +239,49 @@ fn a_relay_in_front_of_the_responder_asks_as_nobody() {
         e["verdict"] == "would-deny" && e["exe_name"] == "socat" && e["dst_port"] == IDENT_PORT
     });
 }
+
+/// An asker the policy flags without refusing it keeps its rights as a
+/// server and loses root's. With the ident port protected, a process
+/// listening on `0.0.0.0` (a network-facing server: `listening` evidence,
+/// judged `audit` by the relay verdict) that asks as the connection's
+/// server (nobody) is answered with the client's user, as it would be
+/// directly; one that asks as root about that nobody-served connection is
+/// answered `NO-USER`, where root asking directly (the positive control)
+/// is answered. Fails against a build that takes any flagged asker for
+/// nobody (a network-facing server could not ask about its own clients),
+/// and against one that lets it ask as root.
+#[test]
+fn an_asker_flagged_but_not_refused_asks_only_as_a_server() {
+    let ns = Netns::new();
+    let dir = TempDir::new("ident-flagged-asker");
+    let _protected = holding_server_as(&ns, PROTECTED, Some(NOBODY));
+    let daemon = daemon_on(
+        &ns,
+        &config_with_timeout(&ns, &[PROTECTED, IDENT_PORT], TIMEOUT_MS),
+    );
+    let client = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
+    let query = format!("{} , {PROTECTED}", client.local_port);
+    let named = user_reply(client.local_port, PROTECTED, "root");
+    let unknown = error_reply(client.local_port, PROTECTED, "NO-USER");
+    assert_eq!(ident_query_as(&ns, "127.0.0.1", &query, None), named);
+    assert_eq!(
+        ident_query_listening(&ns, &query, Some(NOBODY), LISTENING_PORT),
+        named,
+        "the server, network-facing"
+    );
+    assert_eq!(
+        ident_query_listening(&ns, &query, None, LISTENING_PORT + 1),
+        unknown,
+        "root, network-facing"
+    );
+    daemon.wait_event("a network-facing asker's connect reported", |e| {
+        e["verdict"] == "audit" && e["via_how"] == "listening" && e["dst_port"] == IDENT_PORT
+    });
+}
+
+/// Where [`an_asker_flagged_but_not_refused_asks_only_as_a_server`]'s
+/// askers listen.
+const LISTENING_PORT: u16 = 9101;
 
 /// nobody's uid, and one no account has.
 const NOBODY: u32 = 65534;

@@ -71,9 +71,11 @@ impl Seen {
     }
 }
 
-/// The pinned `LW_CONN_SLOTS` and `LW_CONNS`.
+/// The pinned `LW_CONN_SLOTS` and `LW_CONNS` (and `LW_CONN_PORTS`).
 pub struct Conns {
     slots: Array<MapData, ConnSlot>,
+    /// Which ports tagged connects went to.
+    ports: Array<MapData, [u8; 64]>,
     map: AyaHashMap<MapData, ConnKey, ConnEntry>,
     /// The most keys a walk of `map` reads (see [`Conns::accepted`]).
     walk_limit: usize,
@@ -81,7 +83,7 @@ pub struct Conns {
 }
 
 impl Conns {
-    /// Opens the two maps pinned in `maps_dir` (`PinDir::maps_dir`).
+    /// Opens the maps pinned in `maps_dir` (`PinDir::maps_dir`).
     pub fn open(maps_dir: &Path) -> Result<Self, ConnsError> {
         let pinned = |name: &str, kind: fn(MapData) -> Map| {
             let path = maps_dir.join(name);
@@ -91,6 +93,8 @@ impl Conns {
         let failed = |path| move |source| ConnsError::Open { path, source };
         let (path, slots) = pinned(maps::CONN_SLOTS, Map::Array);
         let slots = slots.and_then(Array::try_from).map_err(failed(path))?;
+        let (path, ports) = pinned(maps::CONN_PORTS, Map::Array);
+        let ports = ports.and_then(Array::try_from).map_err(failed(path))?;
         let (path, map) = pinned(maps::CONNS, Map::LruHashMap);
         // Its capacity unread: the largest a config may ask for.
         const LARGEST: u32 = *crate::config::CONNECTIONS.end() as u32;
@@ -101,6 +105,7 @@ impl Conns {
         let map = map.and_then(AyaHashMap::try_from).map_err(failed(path))?;
         Ok(Self {
             slots,
+            ports,
             map,
             walk_limit: 2 * capacity as usize,
             live: Liveness::new(),
@@ -120,6 +125,16 @@ impl Conns {
     ) -> io::Result<Option<OriginRecord>> {
         let found = self.find(key).filter(|record| record.established_ns != 0);
         self.if_seen(found, sees)
+    }
+
+    /// Whether a tagged connect went to `port` (in any namespace) since
+    /// the maps were made: then a connection to it that has no entry lost
+    /// its origin (its entry evicted, or its handshake unseen). `false`
+    /// when the map cannot be read.
+    pub fn port_tagged(&self, port: u16) -> bool {
+        self.ports
+            .get(&u32::from(port / 64), 0)
+            .is_ok_and(|bytes| bytes[usize::from(port % 64)] != 0)
     }
 
     /// The uid owning the open TCP socket of namespace `netns` whose local

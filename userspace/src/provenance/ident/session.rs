@@ -215,26 +215,84 @@ struct Asking {
 }
 
 impl Asking {
-    /// Who asks: the uid owning the asking socket (found with sock_diag),
-    /// unless loopwarden tagged this connection as relayed or reported (its
-    /// port protected, as the embedded default policy protects every
-    /// loopback port): then the socket's owner is a relay, and whoever asks
-    /// through it is as good as on another host, nobody here. `None` for
-    /// nobody; `Err` when the asking socket cannot be checked.
-    fn who(self, shared: &Shared) -> io::Result<Option<u32>> {
+    /// Who asks ([`Standing::of`] the asking connection), or nobody
+    /// (`None`); `Err` when the asking socket cannot be checked.
+    fn who(self, shared: &Shared) -> io::Result<Option<Asker>> {
         let key = conn_key(shared.netns, self.peer, self.local);
         let record = shared
             .conns
             .find(&key)
             .filter(|r| self.cookie.is_none_or(|cookie| r.server_cookie == cookie));
-        if Origin::of(record.as_ref()) == Origin::Flagged {
-            debug!(
-                "ident: {} asks through a relay or a reported caller: answered as nobody",
-                self.peer
-            );
+        let standing = Standing::of(
+            record.as_ref(),
+            record.is_none() && shared.conns.port_tagged(self.local.port()),
+        );
+        if standing != Standing::Full {
+            debug!("ident: {} asks with standing {standing:?}", self.peer);
+        }
+        if standing == Standing::Nobody {
             return Ok(None);
         }
-        shared.conns.owner(shared.netns, self.peer, self.local)
+        let owner = shared.conns.owner(shared.netns, self.peer, self.local)?;
+        Ok(owner.map(|uid| Asker { uid, standing }))
+    }
+}
+
+/// Who asks: the uid owning the asking socket (found with sock_diag), and
+/// what loopwarden knows of the connection it asks over.
+#[derive(Clone, Copy, Debug)]
+struct Asker {
+    uid: u32,
+    standing: Standing,
+}
+
+impl Asker {
+    /// How the asker sees `record`: root of full standing sees every
+    /// connection; anyone else only those it is the server of.
+    fn sees(self, record: &OriginRecord) -> Seen {
+        match self {
+            Asker {
+                uid: 0,
+                standing: Standing::Full,
+            } => Seen::Always,
+            Asker { uid, .. } => Seen::as_server(uid, record),
+        }
+    }
+}
+
+/// What the asking connection's origin lets its socket's owner ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// A direct connection (allowed, no relay evidence), or one loopwarden
+    /// does not tag: the owner asks with all its rights.
+    Full,
+    /// One flagged but not refused by the policy (relay evidence judged
+    /// `audit`, as a server listening on a public address carries, or an
+    /// `audit` rule), or one to a tagged port whose origin was lost: the
+    /// owner asks as the server of its own connections only, never with
+    /// root's sight of all of them, since it may be asking for whoever is
+    /// behind it.
+    AsServer,
+    /// One the policy would refuse (a tunnel or relay a rule names, or the
+    /// relay verdict `deny`; it proceeds in audit mode): whoever is behind
+    /// it asks, as good as on another host, nobody here.
+    Nobody,
+}
+
+impl Standing {
+    /// The standing of a connection tagged with `record`, if it has one;
+    /// `lost` when it has none though its port is tagged.
+    fn of(record: Option<&OriginRecord>, lost: bool) -> Self {
+        match record {
+            Some(r) if r.status == status::KNOWN => match r.origin.verdict {
+                verdict::WOULD_DENY | verdict::DENY => Standing::Nobody,
+                _ if Origin::of(Some(r)) == Origin::Flagged => Standing::AsServer,
+                _ => Standing::Full,
+            },
+            Some(_) => Standing::AsServer,
+            None if lost => Standing::AsServer,
+            None => Standing::Full,
+        }
     }
 }
 
@@ -244,7 +302,8 @@ impl Asking {
 /// process's, a service that dropped privileges after its listen) or when
 /// it was established (its listener's); and to root. To anyone else it is
 /// unknown. Who asks is [`Asking::who`]: an asker from another host, or
-/// through a relay, is nobody here.
+/// through a relay the policy would refuse, is nobody here; one over a
+/// connection otherwise flagged asks only as a server.
 async fn answer(ports: Ports, asking: Asking, shared: &Arc<Shared>) -> String {
     let Asking { local, peer, .. } = asking;
     let key = conn_key(
@@ -259,10 +318,7 @@ async fn answer(ports: Ports, asking: Asking, shared: &Arc<Shared>) -> String {
         let Some(asker) = asking.who(&lookup)? else {
             return Ok(None);
         };
-        lookup.conns.get(&key, |record| match asker {
-            0 => Seen::Always,
-            _ => Seen::as_server(asker, record),
-        })
+        lookup.conns.get(&key, |record| asker.sees(record))
     });
     let origin = match found.await {
         Ok(Ok(record)) => Origin::of(record.as_ref()),
@@ -465,6 +521,41 @@ mod tests {
         let mut relayed = known(verdict::AUDIT, evidence::CONNECTED);
         relayed.origin.rule = RELAY_RULE;
         assert_eq!(Origin::of(Some(&relayed)), Origin::Flagged);
+    }
+
+    /// A direct asking connection keeps its owner's rights; one the
+    /// policy would refuse asks as nobody; any other flagged one, or one
+    /// to a tagged port whose origin was lost, asks as a server only (root
+    /// loses its sight of every connection, a server keeps its own).
+    #[test]
+    fn an_askers_standing_follows_its_own_connections_origin() {
+        let direct = known(verdict::ALLOW, evidence::NONE);
+        assert_eq!(Standing::of(Some(&direct), false), Standing::Full);
+        assert_eq!(Standing::of(None, false), Standing::Full);
+        for v in [verdict::WOULD_DENY, verdict::DENY] {
+            let refused = known(v, evidence::NONE);
+            assert_eq!(Standing::of(Some(&refused), false), Standing::Nobody);
+        }
+        for (v, via) in [
+            (verdict::AUDIT, evidence::LISTENING),
+            (verdict::ALLOW, evidence::ACCEPTED),
+            (verdict::AUDIT, evidence::NONE),
+        ] {
+            let flagged = known(v, via);
+            assert_eq!(Standing::of(Some(&flagged), false), Standing::AsServer);
+        }
+        assert_eq!(Standing::of(None, true), Standing::AsServer);
+
+        let mut record = known(verdict::ALLOW, evidence::NONE);
+        record.server_uid = 7;
+        let asker = |uid, standing| Asker { uid, standing };
+        assert_eq!(asker(0, Standing::Full).sees(&record), Seen::Always);
+        assert_eq!(
+            asker(0, Standing::AsServer).sees(&record),
+            Seen::IfOwnedBy(0)
+        );
+        assert_eq!(asker(7, Standing::AsServer).sees(&record), Seen::Always);
+        assert_eq!(asker(8, Standing::Full).sees(&record), Seen::IfOwnedBy(8));
     }
 
     #[test]
