@@ -160,39 +160,54 @@ impl Liveness {
     /// namespace entered per namespace); `None` too for those it cannot
     /// check.
     pub fn owners(&self, records: &[OriginRecord]) -> Vec<Option<u32>> {
-        self.checked(records)
-            .into_iter()
-            .map(Option::flatten)
-            .collect()
-    }
-
-    /// Whether each of `records`' accepted socket is known to be closed
-    /// (checked, and not open, or its namespace gone); `false` for one
-    /// that is open or cannot be checked.
-    pub fn closed(&self, records: &[OriginRecord]) -> Vec<bool> {
-        self.checked(records)
-            .into_iter()
-            .map(|owner| owner == Some(None))
-            .collect()
-    }
-
-    /// The owner of each of `records`' accepted socket if it is open
-    /// (`Some(None)`: it is not), `None` for one that cannot be checked.
-    fn checked(&self, records: &[OriginRecord]) -> Vec<Option<Option<u32>>> {
-        let mut by_netns: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (i, record) in records.iter().enumerate() {
-            by_netns.entry(record.conn.netns).or_default().push(i);
-        }
         let mut owners = vec![None; records.len()];
-        for (netns, indices) in by_netns {
+        for (netns, indices) in by_netns(records) {
             let these: Vec<&OriginRecord> = indices.iter().map(|&i| &records[i]).collect();
             if let Ok(found) = self.open_in(netns, &these) {
                 for (&i, found) in indices.iter().zip(found) {
-                    owners[i] = Some(found);
+                    owners[i] = found;
                 }
             }
         }
         owners
+    }
+
+    /// Whether each of `records`' accepted socket is gone, its close done:
+    /// no socket of its namespace has its cookie, or the one that does is
+    /// in TIME_WAIT. One dump of each namespace, matched by cookie (so a
+    /// socket bound to a device is found too). `false` for a socket that
+    /// is there in any other state (open, or an orphan whose close is
+    /// still to come) and for one that cannot be checked, a namespace not
+    /// found among processes and `/run/netns` included (a thread or a
+    /// descriptor alone may hold it).
+    pub fn gone(&self, records: &[OriginRecord]) -> Vec<bool> {
+        let mut gone = vec![false; records.len()];
+        for (netns, indices) in by_netns(records) {
+            let wanted: HashSet<u64> = indices.iter().map(|&i| records[i].server_cookie).collect();
+            let mut found = Vec::new();
+            let dumped = self.diag(netns).and_then(|mut diag| {
+                self.probe_tcp(&mut diag)?;
+                for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+                    diag.dump_kept(
+                        family,
+                        accepted_states(),
+                        wanted.len(),
+                        |socket| wanted.contains(&socket.cookie),
+                        &mut found,
+                    )?;
+                }
+                Ok(())
+            });
+            if let Err(e) = dumped {
+                debug!("provenance: the sockets of net:[{netns}] could not be listed: {e}");
+                continue;
+            }
+            let there: HashSet<u64> = found.iter().map(|socket| socket.cookie).collect();
+            for i in indices {
+                gone[i] = !there.contains(&records[i].server_cookie);
+            }
+        }
+        gone
     }
 
     /// The owner of the accepted socket of each of `records`, all of
@@ -303,9 +318,10 @@ impl Liveness {
             .filter(|path| fs::metadata(path).map(|m| m.ino() as u32).ok() == Some(netns));
         let open_there = move || match resolve::current_netns_inum()? {
             now if now == netns => SockDiag::open(),
-            now => Err(io::Error::other(format!(
-                "entered net:[{now}], not net:[{netns}]: its process's pid was reused"
-            ))),
+            now => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("entered net:[{now}], not net:[{netns}]: the file names another by now"),
+            )),
         };
         let (diag, path) = resolve::in_first_netns(this_netns, open_there, last)?;
         let mut paths = self.paths.lock().unwrap_or_else(PoisonError::into_inner);
@@ -367,6 +383,15 @@ fn still_open(socket: &TcpSocket) -> bool {
         state::CLOSE,
     ];
     socket.state != state::TIME_WAIT && !(socket.inode == 0 && after_close.contains(&socket.state))
+}
+
+/// The indices of `records` by the namespace of their connection.
+fn by_netns(records: &[OriginRecord]) -> BTreeMap<u32, Vec<usize>> {
+    let mut by_netns: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, record) in records.iter().enumerate() {
+        by_netns.entry(record.conn.netns).or_default().push(i);
+    }
+    by_netns
 }
 
 /// [`accepted_socket_owner`] of each of `records` from one dump of both

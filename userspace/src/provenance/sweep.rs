@@ -27,46 +27,52 @@ use nix::sys::mman::{self, MapFlags, ProtFlags};
 
 use super::live::Liveness;
 
-/// A slot seen held for a connection whose accepted socket was closed:
-/// its index, owner word and server cookie.
-type Sighting = (u32, u64, u64);
+/// A bound slot as a sweep saw it: its index and owner word (the accepted
+/// socket's cookie, which no other socket ever has).
+type Sighting = (u32, u64);
 
 /// What the sweeps of `LW_CONN_SLOTS` keep between them.
 #[derive(Default)]
 pub struct SlotSweep {
     live: Liveness,
-    /// The slots the last sweep saw held for closed sockets: a slot is
-    /// given back only when two sweeps in a row saw it so (a check that
-    /// failed once, or raced a close under way, frees nothing).
-    closed_before: HashSet<Sighting>,
+    /// The slots the last sweep saw bound: only a slot bound for a whole
+    /// sweep period is checked (a short connection's never is).
+    bound_before: HashSet<Sighting>,
+    /// Those of them it found gone: a slot is given back only when two
+    /// sweeps in a row found it so.
+    gone_before: HashSet<Sighting>,
 }
 
 impl SlotSweep {
     /// One sweep of `LW_CONN_SLOTS` pinned in `maps_dir`
     /// (`PinDir::maps_dir`; mapped anew each time, so a map pinned in its
-    /// place is the one swept): every slot held for a connection whose
-    /// server completed its handshake is checked (sock_diag, by the
-    /// accepted socket's cookie, one namespace entered per namespace); one
-    /// whose socket is closed, as it was at the sweep before and by the
-    /// same connection, is given back. How many were.
+    /// place is the one swept). Each slot that was bound to the same
+    /// accepted socket at the sweep before is checked ([`Liveness::gone`]:
+    /// one dump of each namespace); one whose socket was gone then and is
+    /// now is given back. How many were.
     pub fn sweep(&mut self, maps_dir: &Path) -> io::Result<usize> {
         let slots = Mapped::open(&maps_dir.join(maps::CONN_SLOTS))?;
-        let held: Vec<(u32, ConnSlot)> = (0..slots.len)
+        let bound: Vec<(Sighting, OriginRecord)> = (0..slots.len)
             .map(|i| (i, slots.read(i)))
             .filter(|(_, slot)| slot.is_taken() && slot.entry.record.established_ns != 0)
+            .map(|(i, slot)| ((i, slot.owner), slot.entry.record))
             .collect();
-        let records: Vec<OriginRecord> = held.iter().map(|(_, s)| s.entry.record).collect();
-        let closed: HashSet<Sighting> = held
+        let (checked, records): (Vec<Sighting>, Vec<OriginRecord>) = bound
             .iter()
-            .zip(self.live.closed(&records))
-            .filter(|&(_, closed)| closed)
-            .map(|((i, slot), _)| (*i, slot.owner, slot.entry.record.server_cookie))
+            .filter(|(seen, _)| self.bound_before.contains(seen))
+            .copied()
+            .unzip();
+        let gone: HashSet<Sighting> = checked
+            .into_iter()
+            .zip(self.live.gone(&records))
+            .filter_map(|(seen, gone)| gone.then_some(seen))
             .collect();
-        let given_back = closed
-            .intersection(&self.closed_before)
-            .filter(|&&(i, owner, server)| slots.give_back(i, owner, server))
+        let given_back = gone
+            .intersection(&self.gone_before)
+            .filter(|&&(i, owner)| slots.give_back(i, owner))
             .count();
-        self.closed_before = closed;
+        self.bound_before = bound.into_iter().map(|(seen, _)| seen).collect();
+        self.gone_before = gone;
         Ok(given_back)
     }
 }
@@ -139,17 +145,17 @@ impl Mapped {
         unsafe { ptr::read_volatile(self.slot(i)) }
     }
 
-    /// Gives slot `i` back if `owner` still holds it for the accepted
-    /// socket with cookie `server`, as the kernel's close does: swapped to
-    /// `CONN_RELEASING` (no lookup matches it and no claim takes it
-    /// meanwhile), its key's client port made 0 (no connection's), then
-    /// freed. Whether it was.
-    fn give_back(&self, i: u32, owner: u64, server: u64) -> bool {
+    /// Gives slot `i` back if `owner` (an accepted socket's cookie) still
+    /// holds it, as the kernel's close does: swapped to `CONN_RELEASING`
+    /// (no lookup matches it and no claim takes it meanwhile), its key's
+    /// client port made 0 (no connection's), then freed. Whether it was.
+    fn give_back(&self, i: u32, owner: u64) -> bool {
         let slot = self.slot(i);
         // SAFETY: the owner word is 8-byte aligned (the mapping is
         // page-aligned and a `ConnSlot` a multiple of 8 bytes), and
         // changes only by atomic operations of the kernel's and these;
-        // the client port is 2-byte aligned.
+        // the client port is 2-byte aligned, and written only by whoever
+        // marked the slot releasing.
         let (owner_word, client_port) = unsafe {
             (
                 AtomicU64::from_ptr(&raw mut (*slot).owner),
@@ -160,16 +166,6 @@ impl Mapped {
             .compare_exchange(owner, CONN_RELEASING, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
-            return false;
-        }
-        // Held by `owner` for another socket since it was seen (a client
-        // socket that connected again between the same ends): left to it.
-        // SAFETY: as above; nothing but the releaser writes a slot
-        // marked releasing.
-        let now_server =
-            unsafe { ptr::read_volatile(&raw const (*slot).entry.record.server_cookie) };
-        if now_server != server {
-            owner_word.store(owner, Ordering::Release);
             return false;
         }
         client_port.store(0, Ordering::Relaxed);
