@@ -628,3 +628,52 @@ wait("exit")
     assert_eq!(n, 3, "{:#?}", daemon.events());
     std::fs::write(dir.path().join("exit"), "").expect("writing the exit mark");
 }
+
+/// A service bound to a device (`SO_BINDTODEVICE` to `lo`, whose accepted
+/// sockets are bound to it too) has its connection named by `who` as any
+/// other's. sock_diag's lookup by addresses does not find a device-bound
+/// socket, so the daemon looks for it by its cookie among all of the
+/// namespace's. The positive control: getsockopt on the accepted socket,
+/// which the kernel answers itself, names the same process. Fails against
+/// the build before, which answered such a connection as closed.
+#[test]
+fn a_device_bound_services_connection_is_named() {
+    const BOUND: &str = r#"import os, socket, struct, sys, time
+d, port = sys.argv[1], int(sys.argv[2])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+listener.bind(("127.0.0.1", port))
+listener.listen(1)
+client = socket.create_connection(("127.0.0.1", port))
+accepted, _ = listener.accept()
+rec = accepted.getsockopt(0x4c57, 1, 328)
+with open(os.path.join(d, "open.tmp"), "w") as f:
+    f.write("127.0.0.1:%d 127.0.0.1:%d %d %d" % (client.getsockname()[1], port, rec[8],
+                                                 struct.unpack_from("=I", rec, 152)[0]))
+os.rename(os.path.join(d, "open.tmp"), os.path.join(d, "open"))
+while True:
+    time.sleep(3600)
+"#;
+    let ns = Netns::new();
+    let daemon = Daemon::start(&config(&ns));
+    let run_dir = daemon.install().run_dir();
+    let dir = TempDir::new("device-bound");
+    let script = write_script(&dir, "bound.py", BOUND);
+    let proc = ns.spawn(
+        SYSTEM_PYTHON,
+        &[
+            &script,
+            &dir.path().display().to_string(),
+            &PROTECTED.to_string(),
+        ],
+    );
+    let open = wait_for("the connection", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path().join("open")).ok()
+    });
+    let [peer, local, status, tgid] = open.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("four words: {open}");
+    };
+    assert_eq!((status, tgid), ("1", proc.pid().to_string().as_str()));
+    let origin = who(&ns, None, &run_dir, peer, local).expect("the device-bound connection");
+    assert_eq!(origin["pid"], proc.pid(), "{origin:#}");
+}

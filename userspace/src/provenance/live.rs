@@ -232,10 +232,26 @@ impl Liveness {
                 if records.len() > DUMP_PAST {
                     return accepted_owners_dumped(&mut diag, records);
                 }
-                records
-                    .iter()
-                    .map(|record| accepted_socket_owner(&mut diag, record))
-                    .collect()
+                let mut owners = Vec::with_capacity(records.len());
+                let mut missed = Vec::new();
+                for (i, record) in records.iter().enumerate() {
+                    let socket = find_accepted(&mut diag, record)?;
+                    owners.push(socket.filter(still_open).map(|socket| socket.uid));
+                    if socket.is_none() {
+                        missed.push(i);
+                    }
+                }
+                // A socket bound to a device (`SO_BINDTODEVICE`, a VRF) is
+                // not found by its addresses alone: looked for among all by
+                // its cookie.
+                if !missed.is_empty() {
+                    let these: Vec<&OriginRecord> = missed.iter().map(|&i| records[i]).collect();
+                    let found = accepted_owners_dumped(&mut diag, &these)?;
+                    for (i, owner) in missed.into_iter().zip(found) {
+                        owners[i] = owner;
+                    }
+                }
+                Ok(owners)
             })
             .inspect_err(|e| self.cannot_check(netns, e))
     }
@@ -351,20 +367,17 @@ fn process_files(netns: u32) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The owner of the accepted socket of `record` (the server's end, with
-/// the cookie the kernel bound), if it is among `diag`'s namespace's open
-/// sockets.
-fn accepted_socket_owner(diag: &mut SockDiag, record: &OriginRecord) -> io::Result<Option<u32>> {
+/// The accepted socket of `record` (the server's end, with the cookie the
+/// kernel bound), in whatever state, looked up by its addresses in
+/// `diag`'s namespace.
+fn find_accepted(diag: &mut SockDiag, record: &OriginRecord) -> io::Result<Option<TcpSocket>> {
     let conn = &record.conn;
     let (family, id) = sock_id(
         socket_addr(&conn.server, conn.server_port),
         socket_addr(&conn.client, conn.client_port),
         Some(record.server_cookie),
     );
-    Ok(diag
-        .find(family, &id)?
-        .filter(still_open)
-        .map(|socket| socket.uid))
+    diag.find(family, &id)
 }
 
 /// Whether the accepted socket `socket` is still open to its server: not
@@ -394,9 +407,9 @@ fn by_netns(records: &[OriginRecord]) -> BTreeMap<u32, Vec<usize>> {
     by_netns
 }
 
-/// [`accepted_socket_owner`] of each of `records` from one dump of both
-/// families' connected sockets, found by their cookies (unique on the
-/// host: what the kernel bound to each record).
+/// The owner of each of `records`' accepted socket if it is open, from
+/// one dump of both families' connected sockets, found by their cookies
+/// (unique on the host: what the kernel bound to each record).
 fn accepted_owners_dumped(
     diag: &mut SockDiag,
     records: &[&OriginRecord],
@@ -561,7 +574,10 @@ mod tests {
         let dumped = accepted_owners_dumped(&mut diag, &refs).unwrap();
         let looked_up: Vec<Option<u32>> = refs
             .iter()
-            .map(|r| accepted_socket_owner(&mut diag, r).unwrap())
+            .map(|r| {
+                let socket = find_accepted(&mut diag, r).unwrap();
+                socket.filter(still_open).map(|s| s.uid)
+            })
             .collect();
         assert_eq!(dumped, looked_up);
         assert_eq!(dumped[..2], [None, None]);
