@@ -245,19 +245,22 @@ fn a_relay_in_front_of_the_responder_asks_as_nobody() {
 /// listening on `0.0.0.0` (a network-facing server: `listening` evidence,
 /// judged `audit` by the relay verdict) that asks as the connection's
 /// server (nobody) is answered with the client's user, as it would be
-/// directly; one that asks as root about that nobody-served connection is
-/// answered `NO-USER`, where root asking directly (the positive control)
-/// is answered. Fails against a build that takes any flagged asker for
-/// nobody (a network-facing server could not ask about its own clients),
-/// and against one that lets it ask as root.
+/// directly; one that asks as root is answered `NO-USER`, about that
+/// connection and about one to a service root runs (root's services are
+/// many), where root asking directly (the positive control) is answered.
+/// Fails against a build that takes any flagged asker for nobody (a
+/// network-facing server could not ask about its own clients), and
+/// against one that lets it ask as root, or as the server of root's
+/// services.
 #[test]
 fn an_asker_flagged_but_not_refused_asks_only_as_a_server() {
     let ns = Netns::new();
     let dir = TempDir::new("ident-flagged-asker");
     let _protected = holding_server_as(&ns, PROTECTED, Some(NOBODY));
+    let _root_served = holding_server(&ns, ROOT_SERVED_PORT);
     let daemon = daemon_on(
         &ns,
-        &config_with_timeout(&ns, &[PROTECTED, IDENT_PORT], TIMEOUT_MS),
+        &config_with_timeout(&ns, &[PROTECTED, ROOT_SERVED_PORT, IDENT_PORT], TIMEOUT_MS),
     );
     let client = HeldConnection::open(&ns, &dir, "127.0.0.1", PROTECTED, None);
     let query = format!("{} , {PROTECTED}", client.local_port);
@@ -274,14 +277,26 @@ fn an_asker_flagged_but_not_refused_asks_only_as_a_server() {
         unknown,
         "root, network-facing"
     );
+    let to_root = HeldConnection::open(&ns, &dir, "127.0.0.1", ROOT_SERVED_PORT, None);
+    let query = format!("{} , {ROOT_SERVED_PORT}", to_root.local_port);
+    assert_eq!(
+        ident_query_as(&ns, "127.0.0.1", &query, None),
+        user_reply(to_root.local_port, ROOT_SERVED_PORT, "root")
+    );
+    assert_eq!(
+        ident_query_listening(&ns, &query, None, LISTENING_PORT + 2),
+        error_reply(to_root.local_port, ROOT_SERVED_PORT, "NO-USER"),
+        "root, network-facing, about a service root runs"
+    );
     daemon.wait_event("a network-facing asker's connect reported", |e| {
         e["verdict"] == "audit" && e["via_how"] == "listening" && e["dst_port"] == IDENT_PORT
     });
 }
 
 /// Where [`an_asker_flagged_but_not_refused_asks_only_as_a_server`]'s
-/// askers listen.
+/// askers listen, and the protected port of its service run as root.
 const LISTENING_PORT: u16 = 9101;
+const ROOT_SERVED_PORT: u16 = 8084;
 
 /// nobody's uid, and one no account has.
 const NOBODY: u32 = 65534;

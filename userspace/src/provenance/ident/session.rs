@@ -248,13 +248,16 @@ struct Asker {
 
 impl Asker {
     /// How the asker sees `record`: root of full standing sees every
-    /// connection; anyone else only those it is the server of.
+    /// connection, root of lesser standing none (as a server it would see
+    /// those of every service root listens for); anyone else only those
+    /// it is the server of.
     fn sees(self, record: &OriginRecord) -> Seen {
         match self {
             Asker {
                 uid: 0,
                 standing: Standing::Full,
             } => Seen::Always,
+            Asker { uid: 0, .. } => Seen::Never,
             Asker { uid, .. } => Seen::as_server(uid, record),
         }
     }
@@ -269,9 +272,9 @@ enum Standing {
     /// One flagged but not refused by the policy (relay evidence judged
     /// `audit`, as a server listening on a public address carries, or an
     /// `audit` rule), or one to a tagged port whose origin was lost: the
-    /// owner asks as the server of its own connections only, never with
-    /// root's sight of all of them, since it may be asking for whoever is
-    /// behind it.
+    /// owner asks as the server of its own connections only, since it may
+    /// be asking for whoever is behind it; root, whose services are many,
+    /// asks as nobody.
     AsServer,
     /// One the policy would refuse (a tunnel or relay a rule names, or the
     /// relay verdict `deny`; it proceeds in audit mode): whoever is behind
@@ -525,8 +528,8 @@ mod tests {
 
     /// A direct asking connection keeps its owner's rights; one the
     /// policy would refuse asks as nobody; any other flagged one, or one
-    /// to a tagged port whose origin was lost, asks as a server only (root
-    /// loses its sight of every connection, a server keeps its own).
+    /// to a tagged port whose origin was lost, asks as a server only (a
+    /// server keeps its own connections; root, whose are many, sees none).
     #[test]
     fn an_askers_standing_follows_its_own_connections_origin() {
         let direct = known(verdict::ALLOW, evidence::NONE);
@@ -550,10 +553,10 @@ mod tests {
         record.server_uid = 7;
         let asker = |uid, standing| Asker { uid, standing };
         assert_eq!(asker(0, Standing::Full).sees(&record), Seen::Always);
-        assert_eq!(
-            asker(0, Standing::AsServer).sees(&record),
-            Seen::IfOwnedBy(0)
-        );
+        assert_eq!(asker(0, Standing::AsServer).sees(&record), Seen::Never);
+        record.server_uid = 0;
+        assert_eq!(asker(0, Standing::AsServer).sees(&record), Seen::Never);
+        record.server_uid = 7;
         assert_eq!(asker(7, Standing::AsServer).sees(&record), Seen::Always);
         assert_eq!(asker(8, Standing::Full).sees(&record), Seen::IfOwnedBy(8));
     }
