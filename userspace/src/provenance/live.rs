@@ -174,37 +174,26 @@ impl Liveness {
 
     /// Whether each of `records`' accepted socket is gone, its close done:
     /// no socket of its namespace has its cookie, or the one that does is
-    /// in TIME_WAIT. One dump of each namespace, matched by cookie (so a
-    /// socket bound to a device is found too). `false` for a socket that
-    /// is there in any other state (open, or an orphan whose close is
-    /// still to come) and for one that cannot be checked, a namespace not
-    /// found among processes and `/run/netns` included (a thread or a
-    /// descriptor alone may hold it).
+    /// in TIME_WAIT ([`accepted_sockets`]). `false` for a socket that is
+    /// there in any other state (open, or an orphan whose close is still
+    /// to come) and for one that cannot be checked, a namespace not found
+    /// among processes and `/run/netns` included (a thread or a descriptor
+    /// alone may hold it).
     pub fn gone(&self, records: &[OriginRecord]) -> Vec<bool> {
         let mut gone = vec![false; records.len()];
         for (netns, indices) in by_netns(records) {
-            let wanted: HashSet<u64> = indices.iter().map(|&i| records[i].server_cookie).collect();
-            let mut found = Vec::new();
-            let dumped = self.diag(netns).and_then(|mut diag| {
+            let these: Vec<&OriginRecord> = indices.iter().map(|&i| &records[i]).collect();
+            let found = self.diag(netns).and_then(|mut diag| {
                 self.probe_tcp(&mut diag)?;
-                for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-                    diag.dump_kept(
-                        family,
-                        accepted_states(),
-                        wanted.len(),
-                        |socket| wanted.contains(&socket.cookie),
-                        &mut found,
-                    )?;
-                }
-                Ok(())
+                accepted_sockets(&mut diag, &these)
             });
-            if let Err(e) = dumped {
-                debug!("provenance: the sockets of net:[{netns}] could not be listed: {e}");
-                continue;
-            }
-            let there: HashSet<u64> = found.iter().map(|socket| socket.cookie).collect();
-            for i in indices {
-                gone[i] = !there.contains(&records[i].server_cookie);
+            match found {
+                Ok(found) => {
+                    for (i, socket) in indices.into_iter().zip(found) {
+                        gone[i] = socket.is_none_or(|s| s.state == state::TIME_WAIT);
+                    }
+                }
+                Err(e) => debug!("provenance: the sockets of net:[{netns}] could not be read: {e}"),
             }
         }
         gone
@@ -228,30 +217,12 @@ impl Liveness {
             }
         };
         self.probe_tcp(&mut diag)
-            .and_then(|()| {
-                if records.len() > DUMP_PAST {
-                    return accepted_owners_dumped(&mut diag, records);
-                }
-                let mut owners = Vec::with_capacity(records.len());
-                let mut missed = Vec::new();
-                for (i, record) in records.iter().enumerate() {
-                    let socket = find_accepted(&mut diag, record)?;
-                    owners.push(socket.filter(still_open).map(|socket| socket.uid));
-                    if socket.is_none() {
-                        missed.push(i);
-                    }
-                }
-                // A socket bound to a device (`SO_BINDTODEVICE`, a VRF) is
-                // not found by its addresses alone: looked for among all by
-                // its cookie.
-                if !missed.is_empty() {
-                    let these: Vec<&OriginRecord> = missed.iter().map(|&i| records[i]).collect();
-                    let found = accepted_owners_dumped(&mut diag, &these)?;
-                    for (i, owner) in missed.into_iter().zip(found) {
-                        owners[i] = owner;
-                    }
-                }
-                Ok(owners)
+            .and_then(|()| accepted_sockets(&mut diag, records))
+            .map(|found| {
+                found
+                    .into_iter()
+                    .map(|socket| socket.filter(still_open).map(|s| s.uid))
+                    .collect()
             })
             .inspect_err(|e| self.cannot_check(netns, e))
     }
@@ -407,28 +378,67 @@ fn by_netns(records: &[OriginRecord]) -> BTreeMap<u32, Vec<usize>> {
     by_netns
 }
 
-/// The owner of each of `records`' accepted socket if it is open, from
-/// one dump of both families' connected sockets, found by their cookies
-/// (unique on the host: what the kernel bound to each record).
-fn accepted_owners_dumped(
+/// The accepted socket of each of `records` (in `diag`'s namespace) as
+/// the kernel has it, in any state, if it is there: looked up by its
+/// addresses and cookie, or, past [`DUMP_PAST`] records, found in one
+/// dump. A socket bound to a device (`SO_BINDTODEVICE`, a VRF) is not
+/// found by its addresses alone, so those the lookups miss are looked for
+/// in a dump too (which leaves out TIME_WAIT: a socket only there is
+/// `None`).
+fn accepted_sockets(
     diag: &mut SockDiag,
     records: &[&OriginRecord],
-) -> io::Result<Vec<Option<u32>>> {
+) -> io::Result<Vec<Option<TcpSocket>>> {
+    if records.len() > DUMP_PAST {
+        return dumped_by_cookie(diag, records);
+    }
+    let mut found = Vec::with_capacity(records.len());
+    let mut missed = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let socket = find_accepted(diag, record)?;
+        if socket.is_none() {
+            missed.push(i);
+        }
+        found.push(socket);
+    }
+    if !missed.is_empty() {
+        let these: Vec<&OriginRecord> = missed.iter().map(|&i| records[i]).collect();
+        for (i, socket) in missed.into_iter().zip(dumped_by_cookie(diag, &these)?) {
+            found[i] = socket;
+        }
+    }
+    Ok(found)
+}
+
+/// The accepted socket of each of `records`, from one dump of both
+/// families' sockets in the states an accepted socket may be in, found by
+/// their cookies (unique on the host: what the kernel bound to each
+/// record). A socket a dump reports twice (the kernel's walk resumes a
+/// hash chain by position) counts once; a dump cut short is an error, not
+/// sockets missing.
+fn dumped_by_cookie(
+    diag: &mut SockDiag,
+    records: &[&OriginRecord],
+) -> io::Result<Vec<Option<TcpSocket>>> {
     let wanted: HashSet<u64> = records.iter().map(|r| r.server_cookie).collect();
+    let mut seen = HashSet::new();
     let mut found = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        diag.dump_kept(
+        let (dumped, _) = diag.dump_kept(
             family,
             accepted_states(),
             wanted.len(),
-            |socket| wanted.contains(&socket.cookie) && still_open(socket),
+            |socket| wanted.contains(&socket.cookie) && seen.insert(socket.cookie),
             &mut found,
         )?;
+        if dumped == Dumped::Truncated {
+            return Err(io::Error::other("the socket dump was cut short"));
+        }
     }
-    let owners: HashMap<u64, u32> = found.iter().map(|s| (s.cookie, s.uid)).collect();
+    let by_cookie: HashMap<u64, TcpSocket> = found.into_iter().map(|s| (s.cookie, s)).collect();
     Ok(records
         .iter()
-        .map(|r| owners.get(&r.server_cookie).copied())
+        .map(|r| by_cookie.get(&r.server_cookie).cloned())
         .collect())
 }
 
@@ -571,19 +581,29 @@ mod tests {
         records.push(unknown);
         let refs: Vec<&OriginRecord> = records.iter().collect();
         let mut diag = live.diag(netns).unwrap();
-        let dumped = accepted_owners_dumped(&mut diag, &refs).unwrap();
+        let owner = |s: Option<TcpSocket>| s.filter(still_open).map(|s| s.uid);
+        let dumped: Vec<Option<u32>> = dumped_by_cookie(&mut diag, &refs)
+            .unwrap()
+            .into_iter()
+            .map(owner)
+            .collect();
         let looked_up: Vec<Option<u32>> = refs
             .iter()
-            .map(|r| {
-                let socket = find_accepted(&mut diag, r).unwrap();
-                socket.filter(still_open).map(|s| s.uid)
-            })
+            .map(|r| owner(find_accepted(&mut diag, r).unwrap()))
             .collect();
         assert_eq!(dumped, looked_up);
         assert_eq!(dumped[..2], [None, None]);
         assert!(dumped[2..records.len() - 1].iter().all(|&o| o == Some(me)));
         assert_eq!(dumped[records.len() - 1], None);
         assert_eq!(live.owners(&records), dumped);
+        // Gone: the one in TIME_WAIT and the cookie no socket has; the
+        // orphan still closing is not, nor are the open ones.
+        let gone = live.gone(&records);
+        assert_eq!(gone[..2], [true, false]);
+        assert!(gone[2..records.len() - 1].iter().all(|&g| !g));
+        assert!(gone[records.len() - 1]);
+        // The same by lookups (few records): TIME_WAIT found as such.
+        assert_eq!(live.gone(&records[..3]), [true, false, false]);
         drop(held);
     }
 

@@ -55,7 +55,16 @@ impl SlotSweep {
         let bound: Vec<(Sighting, OriginRecord)> = (0..slots.len)
             .map(|i| (i, slots.read(i)))
             .filter(|(_, slot)| slot.is_taken() && slot.entry.record.established_ns != 0)
-            .map(|(i, slot)| ((i, slot.owner), slot.entry.record))
+            // Checked by the owner word, the cookie a give-back compares
+            // (the same as the record's for a bound slot, unless the read
+            // mixed two writes).
+            .map(|(i, slot)| {
+                let record = OriginRecord {
+                    server_cookie: slot.owner,
+                    ..slot.entry.record
+                };
+                ((i, slot.owner), record)
+            })
             .collect();
         let (checked, records): (Vec<Sighting>, Vec<OriginRecord>) = bound
             .iter()
