@@ -438,8 +438,26 @@ fn dumped_by_cookie(
     let by_cookie: HashMap<u64, TcpSocket> = found.into_iter().map(|s| (s.cookie, s)).collect();
     Ok(records
         .iter()
-        .map(|r| by_cookie.get(&r.server_cookie).cloned())
+        .map(|r| {
+            by_cookie
+                .get(&r.server_cookie)
+                .filter(|socket| names(r, socket))
+                .cloned()
+        })
         .collect())
+}
+
+/// Whether `socket` is the accepted socket of `record`'s connection by its
+/// two ends, as a lookup by addresses compares them: the cookie alone is
+/// not enough, since an entry a missed close left behind under other
+/// addresses may be bound to a socket that is still open.
+fn names(record: &OriginRecord, socket: &TcpSocket) -> bool {
+    let same = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+    };
+    let conn = &record.conn;
+    same(socket.src, socket_addr(&conn.server, conn.server_port))
+        && same(socket.dst, socket_addr(&conn.client, conn.client_port))
 }
 
 /// The most sockets of one user [`Liveness::owned_by`] keeps: as many as
@@ -579,6 +597,11 @@ mod tests {
         // (Not all ones: the kernel's "no cookie", which matches any.)
         unknown.server_cookie = 1;
         records.push(unknown);
+        // An open socket's cookie under other addresses (an entry a missed
+        // close left behind, bound to a socket still open): not its socket.
+        let mut moved = records[2];
+        moved.conn.client_port = 1;
+        records.push(moved);
         let refs: Vec<&OriginRecord> = records.iter().collect();
         let mut diag = live.diag(netns).unwrap();
         let owner = |s: Option<TcpSocket>| s.filter(still_open).map(|s| s.uid);
@@ -592,18 +615,22 @@ mod tests {
             .map(|r| owner(find_accepted(&mut diag, r).unwrap()))
             .collect();
         assert_eq!(dumped, looked_up);
+        let open = 2..records.len() - 2;
         assert_eq!(dumped[..2], [None, None]);
-        assert!(dumped[2..records.len() - 1].iter().all(|&o| o == Some(me)));
-        assert_eq!(dumped[records.len() - 1], None);
+        assert!(dumped[open.clone()].iter().all(|&o| o == Some(me)));
+        assert_eq!(dumped[open.end..], [None, None]);
         assert_eq!(live.owners(&records), dumped);
-        // Gone: the one in TIME_WAIT and the cookie no socket has; the
-        // orphan still closing is not, nor are the open ones.
+        // Gone: the one in TIME_WAIT, the cookie no socket has and the one
+        // under other addresses; the orphan still closing is not, nor are
+        // the open ones.
         let gone = live.gone(&records);
         assert_eq!(gone[..2], [true, false]);
-        assert!(gone[2..records.len() - 1].iter().all(|&g| !g));
-        assert!(gone[records.len() - 1]);
-        // The same by lookups (few records): TIME_WAIT found as such.
-        assert_eq!(live.gone(&records[..3]), [true, false, false]);
+        assert!(gone[open.clone()].iter().all(|&g| !g));
+        assert_eq!(gone[open.end..], [true, true]);
+        // The same by lookups (few records), which dump only their misses.
+        let few = [records[0], records[1], records[2], moved];
+        assert_eq!(live.gone(&few), [true, false, false, true]);
+        assert_eq!(live.owners(&few), [None, None, Some(me), None]);
         drop(held);
     }
 
