@@ -658,18 +658,7 @@ while True:
     let daemon = Daemon::start(&config(&ns));
     let run_dir = daemon.install().run_dir();
     let dir = TempDir::new("device-bound");
-    let script = write_script(&dir, "bound.py", BOUND);
-    let proc = ns.spawn(
-        SYSTEM_PYTHON,
-        &[
-            &script,
-            &dir.path().display().to_string(),
-            &PROTECTED.to_string(),
-        ],
-    );
-    let open = wait_for("the connection", Duration::from_secs(10), || {
-        std::fs::read_to_string(dir.path().join("open")).ok()
-    });
+    let (proc, open) = spawn_until_open(&ns, &dir, "bound.py", BOUND);
     let [peer, local, status, tgid] = open.split(' ').collect::<Vec<_>>()[..] else {
         panic!("four words: {open}");
     };

@@ -317,6 +317,25 @@ fn write_slot(install: &Install, index: u32, owner: u64, claimed_ns: u64, entry:
     map_update(install, "LW_ORIGIN_SLOTS", &index.to_ne_bytes(), &value);
 }
 
+/// Runs `script` (named `name` in `dir`) in `ns` with `dir` and
+/// `PROTECTED` as its arguments, and waits for what it writes to
+/// `dir/open` once its connection is made.
+fn spawn_until_open(ns: &Netns, dir: &TempDir, name: &str, script: &str) -> (Proc, String) {
+    let script = write_script(dir, name, script);
+    let proc = ns.spawn(
+        SYSTEM_PYTHON,
+        &[
+            &script,
+            &dir.path().display().to_string(),
+            &PROTECTED.to_string(),
+        ],
+    );
+    let open = wait_for("the connection", Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.path().join("open")).ok()
+    });
+    (proc, open)
+}
+
 /// CLOCK_MONOTONIC now, in ns (the clock of `bpf_ktime_get_ns`).
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -343,18 +343,8 @@ impl ClosingPair {
     /// Makes it in `ns`, its files in a directory named after `name`.
     fn open(ns: &Netns, name: &str) -> Self {
         let dir = TempDir::new(name);
-        let script = write_script(&dir, "server_closes_first.py", SERVER_CLOSES_FIRST);
-        let proc = ns.spawn(
-            SYSTEM_PYTHON,
-            &[
-                &script,
-                &dir.path().display().to_string(),
-                &PROTECTED.to_string(),
-            ],
-        );
-        let open = wait_for("the connection", Duration::from_secs(10), || {
-            std::fs::read_to_string(dir.path().join("open")).ok()
-        });
+        let (proc, open) =
+            spawn_until_open(ns, &dir, "server_closes_first.py", SERVER_CLOSES_FIRST);
         let (peer, local) = open.split_once(' ').expect("two addresses");
         let (peer, local) = (peer.to_owned(), local.to_owned());
         Self {
