@@ -48,8 +48,8 @@ impl SlotSweep {
     /// (`PinDir::maps_dir`; mapped anew each time, so a map pinned in its
     /// place is the one swept). Each slot that was bound to the same
     /// accepted socket at the sweep before is checked ([`Liveness::gone`]:
-    /// one dump of each namespace); one whose socket was gone then and is
-    /// now is given back. How many were.
+    /// sock_diag, in the connection's namespace); one whose socket was
+    /// gone then and is now is given back. How many were.
     pub fn sweep(&mut self, maps_dir: &Path) -> io::Result<usize> {
         let slots = Mapped::open(&maps_dir.join(maps::CONN_SLOTS))?;
         let bound: Vec<(Sighting, OriginRecord)> = (0..slots.len)
@@ -147,8 +147,8 @@ impl Mapped {
     }
 
     /// Slot `i` as it is now (the kernel may be writing it: a copy that
-    /// mixes two writes is possible, and [`Mapped::give_back`] checks
-    /// again what it acts on).
+    /// mixes two writes is possible; [`Mapped::give_back`] acts only on the
+    /// owner word it was given, by compare-and-swap).
     fn read(&self, i: u32) -> ConnSlot {
         // SAFETY: a mapped slot; any bytes make a `ConnSlot` (integers).
         unsafe { ptr::read_volatile(self.slot(i)) }
