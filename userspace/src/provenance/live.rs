@@ -381,16 +381,25 @@ fn by_netns(records: &[OriginRecord]) -> BTreeMap<u32, Vec<usize>> {
 /// The accepted socket of each of `records` (in `diag`'s namespace) as
 /// the kernel has it, in any state, if it is there: looked up by its
 /// addresses and cookie, or, past [`DUMP_PAST`] records, found in one
-/// dump. A socket bound to a device (`SO_BINDTODEVICE`, a VRF) is not
-/// found by its addresses alone, so those the lookups miss are looked for
-/// in a dump too (which leaves out TIME_WAIT: a socket only there is
-/// `None`).
+/// dump (and its misses looked up). A socket bound to a device
+/// (`SO_BINDTODEVICE`, a VRF) is not found by its addresses alone, so
+/// those the lookups miss are looked for in a dump too (which leaves out
+/// TIME_WAIT: a socket only there is `None`).
 fn accepted_sockets(
     diag: &mut SockDiag,
     records: &[&OriginRecord],
 ) -> io::Result<Vec<Option<TcpSocket>>> {
     if records.len() > DUMP_PAST {
-        return dumped_by_cookie(diag, records);
+        // A dump resumes a hash chain by position, so a socket removed
+        // before another between two of its reads can hide that one:
+        // what it misses is looked up too.
+        let mut found = dumped_by_cookie(diag, records)?;
+        for (socket, record) in found.iter_mut().zip(records) {
+            if socket.is_none() {
+                *socket = find_accepted(diag, record)?;
+            }
+        }
+        return Ok(found);
     }
     let mut found = Vec::with_capacity(records.len());
     let mut missed = Vec::new();
@@ -431,6 +440,7 @@ fn dumped_by_cookie(
             |socket| wanted.contains(&socket.cookie) && seen.insert(socket.cookie),
             &mut found,
         )?;
+        // (Not expected: each wanted socket is kept once, in one family.)
         if dumped == Dumped::Truncated {
             return Err(io::Error::other("the socket dump was cut short"));
         }
@@ -631,6 +641,34 @@ mod tests {
         let few = [records[0], records[1], records[2], moved];
         assert_eq!(live.gone(&few), [true, false, false, true]);
         assert_eq!(live.owners(&few), [None, None, Some(me), None]);
+
+        // IPv6, and an IPv4 client of a dual-stack listener (its accepted
+        // socket IPv6, its ends IPv4-mapped): found by lookups and by a
+        // dump alike.
+        let dual = TcpListener::bind("[::]:0").unwrap();
+        let port = dual.local_addr().unwrap().port();
+        let mut sixes = Vec::new();
+        for host in ["127.0.0.1", "::1"] {
+            let client = TcpStream::connect((host, port)).unwrap();
+            let (accepted, _) = dual.accept().unwrap();
+            let (from, to) = (client.local_addr().unwrap(), accepted.local_addr().unwrap());
+            let mut record = OriginRecord::unknown();
+            record.conn = conn_key(netns, from, to);
+            let (family, id) = sock_id(to, from, None);
+            let socket = live.diag(netns).unwrap().find(family, &id).unwrap();
+            record.server_cookie = socket.expect("the accepted socket").cookie;
+            sixes.push(record);
+            held.extend([accepted, client]);
+        }
+        let refs: Vec<&OriginRecord> = sixes.iter().collect();
+        let dumped: Vec<Option<u32>> = dumped_by_cookie(&mut diag, &refs)
+            .unwrap()
+            .into_iter()
+            .map(owner)
+            .collect();
+        assert_eq!(dumped, [Some(me), Some(me)]);
+        assert_eq!(live.owners(&sixes), [Some(me), Some(me)]);
+        assert_eq!(live.gone(&sixes), [false, false]);
         drop(held);
     }
 
