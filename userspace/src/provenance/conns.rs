@@ -18,6 +18,7 @@ use loopwarden_common::{
 };
 
 use super::live::Liveness;
+use crate::track::notes::{self, Notes};
 
 /// Errors opening the map.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +76,7 @@ impl Seen {
 pub struct Conns {
     slots: Array<MapData, ConnSlot>,
     /// Which ports tagged connects went to.
-    ports: Array<MapData, [u8; 64]>,
+    ports: Notes,
     map: AyaHashMap<MapData, ConnKey, ConnEntry>,
     /// The most keys a walk of `map` reads (see [`Conns::accepted`]).
     walk_limit: usize,
@@ -132,9 +133,8 @@ impl Conns {
     /// its origin (its entry evicted, or its handshake unseen). `false`
     /// when the map cannot be read.
     pub fn port_tagged(&self, port: u16) -> bool {
-        self.ports
-            .get(&u32::from(port / 64), 0)
-            .is_ok_and(|bytes| bytes[usize::from(port % 64)] != 0)
+        // A byte per port, read as `LW_TRACKED`'s byte per tgid is.
+        notes::note(&self.ports, port.into()).is_ok_and(|byte| byte != 0)
     }
 
     /// The uid owning the open TCP socket of namespace `netns` whose local
