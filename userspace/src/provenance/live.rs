@@ -389,34 +389,29 @@ fn accepted_sockets(
     diag: &mut SockDiag,
     records: &[&OriginRecord],
 ) -> io::Result<Vec<Option<TcpSocket>>> {
-    if records.len() > DUMP_PAST {
-        // A dump resumes a hash chain by position, so a socket removed
-        // before another between two of its reads can hide that one:
-        // what it misses is looked up too.
-        let mut found = dumped_by_cookie(diag, records)?;
-        for (socket, record) in found.iter_mut().zip(records) {
-            if socket.is_none() {
-                *socket = find_accepted(diag, record)?;
-            }
-        }
-        return Ok(found);
-    }
-    let mut found = Vec::with_capacity(records.len());
-    let mut missed = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        let socket = find_accepted(diag, record)?;
-        if socket.is_none() {
-            missed.push(i);
-        }
-        found.push(socket);
-    }
+    // The other way finds what the first missed: a dump resumes a hash
+    // chain by position, so a socket removed before another between two
+    // of its reads can hide that one from it.
+    type Way = fn(&mut SockDiag, &[&OriginRecord]) -> io::Result<Vec<Option<TcpSocket>>>;
+    let (first, then): (Way, Way) = if records.len() > DUMP_PAST {
+        (dumped_by_cookie, looked_up)
+    } else {
+        (looked_up, dumped_by_cookie)
+    };
+    let mut found = first(diag, records)?;
+    let missed: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
     if !missed.is_empty() {
         let these: Vec<&OriginRecord> = missed.iter().map(|&i| records[i]).collect();
-        for (i, socket) in missed.into_iter().zip(dumped_by_cookie(diag, &these)?) {
+        for (i, socket) in missed.into_iter().zip(then(diag, &these)?) {
             found[i] = socket;
         }
     }
     Ok(found)
+}
+
+/// [`find_accepted`] of each of `records`.
+fn looked_up(diag: &mut SockDiag, records: &[&OriginRecord]) -> io::Result<Vec<Option<TcpSocket>>> {
+    records.iter().map(|r| find_accepted(diag, r)).collect()
 }
 
 /// The accepted socket of each of `records`, from one dump of both
