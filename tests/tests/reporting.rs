@@ -201,13 +201,22 @@ fn a_stalled_reader_of_the_lines_stalls_nothing_and_what_it_missed_is_said() {
     assert_eq!(refused, 0);
     assert!(ok > 5000, "only {ok} connects: not a flood");
     daemon.wait_stderr("audit lines lost", 1);
-    let lost: u64 = wait_for(
+    // A line written may be a summary (the default --repeat-interval):
+    // it stands for its count of connects, as a lost one does.
+    let on_lines = || -> u64 { of_pid(&daemon, pid, "allow").iter().map(connects).sum() };
+    let lost: u64 = wait_for_explained(
         "the flood's connects on lines or said to be lost",
         Duration::from_secs(15),
         || {
             let lost: u64 = unwritten_reports(&daemon);
-            let lines = of_pid(&daemon, pid, "allow").len() as u64;
-            (lines + lost == ok).then_some(lost)
+            (on_lines() + lost == ok).then_some(lost)
+        },
+        || {
+            format!(
+                ": {ok} connects, {} on lines, {} said lost",
+                on_lines(),
+                unwritten_reports(&daemon)
+            )
         },
     );
     assert!(

@@ -354,12 +354,15 @@ def in_child(work):
     return pid, out
 def in_reused_pid(pid, work):
     # Another task on the host may take the pid between a write and its
-    # fork (a daemon's idle worker thread lives for seconds): while it
-    # holds it, wait rather than spend the tries.
-    deadline = time.monotonic() + 30
-    tries = 0
-    while tries < 100 and time.monotonic() < deadline:
+    # fork (a busy host forks all the time; a daemon's idle worker thread
+    # lives for seconds): while one holds it, wait rather than spend the
+    # tries, and after a miss back off a little, so that a burst of forks
+    # elsewhere passes.
+    deadline = time.monotonic() + 60
+    tries = held = 0
+    while tries < 1000 and time.monotonic() < deadline:
         if os.path.exists(f"/proc/{pid}"):
+            held += 1
             time.sleep(0.05)
             continue
         tries += 1
@@ -369,7 +372,8 @@ def in_reused_pid(pid, work):
         if again == pid:
             print("reused", out, flush=True)
             return
-    print("not reused", flush=True)
+        time.sleep(0.001 * (tries % 20))
+    print(f"not reused ({tries} tries, held by another {held} times)", flush=True)
 "#
     };
 }
