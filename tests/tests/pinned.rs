@@ -1164,6 +1164,54 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     assert_detach_ends_enforcement(&install, &ns);
 }
 
+/// A start whose `[protect] netns` names no namespace that exists (a name
+/// mistyped since the pinned policy was installed, which a reload
+/// refuses) keeps the pinned policy, which judges the test's namespace:
+/// the catalogued relay stays refused, and a reload of the mended file
+/// installs it. A build that installed the start's policy let the relay
+/// through (a policy scoped to no namespace judges nothing). Positive
+/// control: the relay connects once detached.
+#[test]
+fn a_start_scoped_to_no_namespace_keeps_the_pinned_policy() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let install = Install::new();
+    let text = policy(&ns, "enforce", "");
+    let is_socat_deny = |e: &serde_json::Value| e["verdict"] == "deny" && e["exe_name"] == "socat";
+    let refused = |daemon: &Daemon, when: &str| {
+        let (ok, stderr) = ns.socat_connect(&target);
+        assert!(
+            !ok,
+            "the relay got through {when}:\n{}",
+            daemon.stderr_text()
+        );
+        assert!(stderr.contains("Connection refused"), "{stderr}");
+        daemon.wait_event(&format!("the relay's refusal {when}"), is_socat_deny);
+    };
+    let first = Daemon::start_in(&install, &text, &[]);
+    refused(&first, "the first daemon");
+    drop(first);
+
+    let typo = text.replace(
+        &format!("\"{}\"", ns.path()),
+        &format!("\"{}-typo\"", ns.path()),
+    );
+    assert_ne!(typo, text);
+    let second = Daemon::start_in(&install, &typo, &[]);
+    second.allow_error("none of the network namespaces");
+    second.wait_stderr("stays in force", 1);
+    refused(&second, "after a start on a scope of none");
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
+
+    std::fs::write(install.config_path(), &text).expect("rewrite");
+    second.signal(libc::SIGHUP);
+    second.wait_installed(1);
+    refused(&second, "after the mended file's reload");
+    drop(second);
+    assert_detach_ends_enforcement(&install, &ns);
+}
+
 /// Detaches `install` and asserts that a relay in `ns` to the protected
 /// port goes through again: the positive control of a test whose daemons
 /// (and the pins they left) refused it.

@@ -92,6 +92,15 @@ pub enum DaemonError {
         pinned: &'static str,
         fix: &'static str,
     },
+    /// A start whose `[protect] netns` names no namespace that exists,
+    /// over a pinned policy that judges connects somewhere (see
+    /// [`pinned_mode::pinned_judges_somewhere`]).
+    #[error(
+        "none of the network namespaces [protect] netns names exists (see the warnings): a \
+         start would put a policy that judges no connect anywhere in place of the pinned one; \
+         make the namespace first, or fix the name"
+    )]
+    ScopedToNothing,
     #[error(
         "another loopwarden is already running (lock {path} is held{}); stop it first (a \
          daemon for other pins runs beside it with its own --run-dir and --pin-dir)",
@@ -153,9 +162,10 @@ impl DaemonError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            DaemonError::Config(_) | DaemonError::Policy(_) | DaemonError::WouldWeaken { .. } => {
-                exit::CONFIG
-            }
+            DaemonError::Config(_)
+            | DaemonError::Policy(_)
+            | DaemonError::WouldWeaken { .. }
+            | DaemonError::ScopedToNothing => exit::CONFIG,
             DaemonError::Compat(
                 CompatError::NotRoot { .. } | CompatError::MissingCapabilities { .. },
             ) => exit::NO_PERMISSION,

@@ -1,9 +1,11 @@
 //! The mode of the pinned policy: said in `LW_META` at each install
 //! ([`say_mode`]), so that a later version that cannot read this one's
 //! settings still knows it, and read back by a start that would put the
-//! embedded defaults in place of a policy that enforces ([`weakening`]).
+//! embedded defaults in place of a policy that enforces ([`weakening`]),
+//! or a policy scoped to no namespace in place of one that judges some
+//! ([`pinned_judges_somewhere`]).
 
-use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, meta_mode};
+use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, flags, meta_mode};
 use tracing::warn;
 
 use super::{installed::Source, status_file};
@@ -103,4 +105,23 @@ pub(super) fn pinned_mode(pins: &PinDir) -> Option<Mode> {
         "enforce" => Mode::Enforce,
         _ => Mode::Audit,
     })
+}
+
+/// Whether the policy in force in the pinned maps judges connects
+/// somewhere: any but one scoped by `[protect] netns` to namespaces none of
+/// which existed when it was installed (a first start before they were
+/// made, which installs it and waits for them). A start must not put a
+/// policy that judges nothing (a name mistyped since, which a reload
+/// refuses) in place of one that does. Pinned maps of another layout, or
+/// whose settings cannot be read, count as judging.
+pub(super) fn pinned_judges_somewhere(pins: &PinDir, state: &PinState) -> bool {
+    match state {
+        PinState::Absent => false,
+        PinState::Compatible | PinState::Resized { .. } => crate::kernel::inspect::in_force(pins)
+            .map_or(true, |in_force| {
+                let s = in_force.settings;
+                s.flags & flags::NETNS_SCOPED == 0 || s.netns_inline != 0
+            }),
+        PinState::Incompatible { .. } => true,
+    }
 }

@@ -17,7 +17,7 @@ use super::{
     host_addrs::host_addresses,
     installed::{Installed, Source, compile_policy},
     io_err,
-    pinned_mode::{mode_word, pinned_mode, say_mode, weakening},
+    pinned_mode::{mode_word, pinned_judges_somewhere, pinned_mode, say_mode, weakening},
     resolving::Compiles,
     rings::{CounterReport, KernelLogger, watch},
     scope_file::ScopeFile,
@@ -150,6 +150,12 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         }
         let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
         let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
+        if policy.reload_refusal().is_some() && pinned_judges_somewhere(&pins, &state) {
+            for warning in &policy.warnings {
+                warn!("{warning}");
+            }
+            return Err(DaemonError::ScopedToNothing);
+        }
         Ok((config, policy))
     });
     // Why the start's file is not in force, for `status` and the metrics
