@@ -1,8 +1,14 @@
 //! Socket options of `SOL_SOCKET` that nix does not name and not every
-//! libc exports (`SO_COOKIE`, `SO_NETNS_COOKIE`, `SO_PEERPIDFD`), read
-//! with one `getsockopt(2)`.
+//! libc exports (`SO_COOKIE`, `SO_NETNS_COOKIE`), read with one
+//! `getsockopt(2)`, and a socket's network namespace ([`netns_inode`]).
 
-use std::{io, os::fd::AsRawFd};
+use std::{
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+};
 
 /// `SO_COOKIE` (Linux 4.12): the socket's cookie, a `u64` (what
 /// `bpf_get_socket_cookie` returns for it).
@@ -18,12 +24,20 @@ pub const SO_NETNS_COOKIE: libc::c_int = 0x0050;
 #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
 pub const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected a
-/// Unix socket, an `int`.
-#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
-pub const SO_PEERPIDFD: libc::c_int = 0x0056;
-#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
-pub const SO_PEERPIDFD: libc::c_int = 77;
+/// The inode number of the network namespace `socket` was made in
+/// (`SIOCGSKNS`, Linux 4.9; it takes `CAP_NET_ADMIN` there). An accepted
+/// Unix stream socket is made in its connecting socket's: so it names the
+/// client's namespace with no pid to race.
+pub fn netns_inode(socket: &impl AsRawFd) -> io::Result<u32> {
+    // SAFETY: SIOCGSKNS takes no argument; it returns a new descriptor.
+    let fd = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGSKNS) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor just returned, owned by nothing else.
+    let ns = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(ns.metadata()?.ino() as u32)
+}
 
 /// The integer types an option's value is read as: every bit pattern of
 /// them is a value (the kernel writes whatever it has).

@@ -25,7 +25,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream, unix::UCred},
+    net::{UnixListener, UnixStream},
     sync::oneshot,
     task::JoinHandle,
     time::timeout,
@@ -33,7 +33,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    Conns, netns_of,
+    Conns,
     request::{Caller, ErrorCode, Reply, Request},
 };
 use crate::{
@@ -193,7 +193,7 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let netns = caller_netns(&stream, &cred);
+        let netns = caller_netns(&stream);
         let caller = Caller {
             uid: cred.uid(),
             netns,
@@ -238,51 +238,16 @@ async fn refuse(mut stream: UnixStream, caller: Caller) {
     let _ = timeout(WRITE_TIMEOUT, stream.write_all(&reply.line())).await;
 }
 
-/// The network namespace (inode) of the process that connected `stream`,
-/// read from `/proc/PID/ns/net` of the pid `SO_PEERCRED` gave. Where the
-/// kernel hands out the connecting process's pidfd (`SO_PEERPIDFD`, Linux
-/// 6.5), the read counts only if that process still runs after it: its
-/// pid was not another process's meanwhile. `None` when it cannot be told.
-fn caller_netns(stream: &UnixStream, cred: &UCred) -> Option<u32> {
-    let pid = u32::try_from(cred.pid()?).ok()?;
-    match peer_pidfd(stream) {
-        Ok(pidfd) => {
-            let netns = netns_of(pid).ok()?;
-            still_runs(&pidfd).then_some(netns)
-        }
-        // An older kernel: the pid as it is now (a process that exits at
-        // once and whose pid is taken meanwhile could be taken for another).
-        Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => netns_of(pid).ok(),
-        // The kernel has pidfds but could not give the caller's (it may
-        // not once the caller has exited): its pid may be another's by now.
-        Err(_) => None,
-    }
-}
-
-/// The pidfd of the process that connected `stream` (`SO_PEERPIDFD`);
-/// `ENOPROTOOPT` where the kernel has none (before 6.5).
-fn peer_pidfd(stream: &UnixStream) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{FromRawFd as _, OwnedFd};
-    let fd: libc::c_int = sockopt::get(stream, sockopt::SO_PEERPIDFD)?;
-    if fd < 0 {
-        return Err(std::io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: a descriptor the kernel just handed over, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Whether the process of `pidfd` has not exited (a pidfd is readable once
-/// it has).
-fn still_runs(pidfd: &std::os::fd::OwnedFd) -> bool {
-    use std::os::fd::AsRawFd as _;
-    let mut poll = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, valid for the call; no wait.
-    let rc = unsafe { libc::poll(&raw mut poll, 1, 0) };
-    rc == 0
+/// The network namespace (inode) `stream`'s client connected from: the
+/// namespace its socket was made in, as the kernel made the accepted one
+/// there (`SIOCGSKNS`). Taken from the socket, not from `/proc/PID` of the
+/// pid `SO_PEERCRED` gave, which another process may have by then, or
+/// whose main thread may be in another namespace than the thread that
+/// connected. `None` when it cannot be told.
+fn caller_netns(stream: &impl std::os::fd::AsRawFd) -> Option<u32> {
+    sockopt::netns_inode(stream)
+        .inspect_err(|e| debug!("reading a query client's network namespace failed: {e}"))
+        .ok()
 }
 
 /// Serves one client until it closes, misbehaves or times out.
@@ -499,40 +464,44 @@ async fn answer_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provenance::netns_of;
 
-    /// A caller that runs is placed in its namespace; on this kernel (6.5
-    /// or later) through its pidfd. (The race the pidfd closes, a pid
-    /// taken by another process between the connect and the read, is not
-    /// reproduced here.)
+    /// A caller is placed in the namespace its socket was made in: ours
+    /// for a pair made here, and, as root, a thread's own namespace for a
+    /// socket that thread made and connected after `unshare(CLONE_NEWNET)`,
+    /// while the process's `/proc/PID/ns/net` (its main thread's) still
+    /// names ours.
     #[test]
-    fn a_running_caller_is_placed_in_its_namespace_by_its_pidfd() {
-        use std::os::fd::{FromRawFd as _, OwnedFd};
-        runtime().block_on(async {
-            let (ours, _theirs) = UnixStream::pair().expect("a socket pair");
-            let cred = ours.peer_cred().expect("credentials");
-            let own = netns_of(std::process::id()).expect("our namespace");
-            assert_eq!(caller_netns(&ours, &cred), Some(own));
-            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-            let mut version = release.trim().split(['.', '-']).map(|n| n.parse::<u32>());
-            let (major, minor) = (version.next(), version.next());
-            if let (Some(Ok(major)), Some(Ok(minor))) = (major, minor)
-                && (major, minor) >= (6, 5)
-            {
-                let pidfd = peer_pidfd(&ours).expect("SO_PEERPIDFD on Linux 6.5 or later");
-                assert!(still_runs(&pidfd));
-            }
-            // A process that has exited: its pidfd says so.
-            let mut child = std::process::Command::new("true").spawn().expect("true");
-            let pid = child.id() as libc::c_long;
-            // SAFETY: pidfd_open(2) with no flags; the child is not reaped
-            // yet, so its pid is its own.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-            assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
-            child.wait().expect("true exits");
-            // SAFETY: the descriptor pidfd_open just returned.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            assert!(!still_runs(&pidfd));
+    fn a_caller_is_placed_in_the_namespace_its_socket_was_made_in() {
+        let own = netns_of(std::process::id()).expect("our namespace");
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        assert_eq!(caller_netns(&ours), Some(own));
+
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped the other namespace: unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let client = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let ns = std::fs::metadata("/proc/thread-self/ns/net").expect("ns");
+            let theirs = std::os::unix::fs::MetadataExt::ino(&ns) as u32;
+            let stream = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+            tx.send(theirs).expect("send");
+            // Held until the other end is read.
+            let _ = std::io::Read::read(&mut &stream, &mut [0u8; 1]);
         });
+        let (accepted, _) = listener.accept().expect("accept");
+        let theirs = rx.recv().expect("the thread's namespace");
+        assert_ne!(theirs, own);
+        assert_eq!(netns_of(std::process::id()).expect("ours still"), own);
+        assert_eq!(caller_netns(&accepted), Some(theirs));
+        drop(accepted);
+        client.join().expect("the client thread");
     }
 
     /// Whether `reply` turns its request away for the walks under way.

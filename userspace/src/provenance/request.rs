@@ -138,8 +138,8 @@ const PROC_FIELDS: [&str; 5] = ["exe", "parent_exe", "parent_exe_id", "cmdline",
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub uid: u32,
-    /// The caller's network namespace (inode); `None` when its pid is not
-    /// visible to the daemon (another pid namespace) or already gone.
+    /// The caller's network namespace (inode): the one its socket was made
+    /// in; `None` when the kernel would not say.
     pub netns: Option<u32>,
     /// Whether that namespace is the daemon's own (the host's).
     pub host_netns: bool,
