@@ -118,15 +118,22 @@ fn newest<T>(sorted: &[T], max: usize) -> (&[T], usize) {
 const HIDEPID_KEPT: Duration = Duration::from_secs(2);
 
 /// Whether `/proc` is mounted `hidepid` (see
-/// [`crate::kernel::mountinfo::proc_hides_pids`]), read from
-/// `/proc/self/mountinfo` at most every [`HIDEPID_KEPT`]: a host with
-/// thousands of mounts (a Kubernetes node) has megabytes of it, which each
+/// [`crate::kernel::mountinfo::proc_hides_pids`]) where the daemon runs or
+/// where the host's init does: each mount of procfs has its own `hidepid`
+/// (Linux 5.8), and a daemon in a container of its own (a DaemonSet) has a
+/// `/proc` of its own, mounted without it, while the host's users see the
+/// host's. Read at most every [`HIDEPID_KEPT`]: a host with thousands of
+/// mounts (a Kubernetes node) has megabytes of mountinfo, which each
 /// request parsed.
 fn proc_hides_pids() -> bool {
     static LAST: Fresh<bool> = Fresh::new(HIDEPID_KEPT);
     LAST.get(|| {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text))
+        ["/proc/self/mountinfo", "/proc/1/mountinfo"]
+            .into_iter()
+            .any(|path| {
+                std::fs::read_to_string(path)
+                    .is_ok_and(|text| crate::kernel::mountinfo::proc_hides_pids(&text))
+            })
     })
 }
 
