@@ -6,7 +6,9 @@
 //! every connection to the slower `LW_CONNS`. The map is mappable
 //! (`BPF_F_MMAPABLE`), so a slot is given back exactly as the kernel's
 //! close gives it back: its owner word swapped to `CONN_RELEASING` by
-//! compare-and-swap, its key unnamed, then freed.
+//! compare-and-swap, its key unnamed, then freed. A slot left marked
+//! releasing at two sweeps in a row (a give-back of a daemon killed half
+//! way) is freed too.
 
 use std::{
     collections::HashSet,
@@ -41,6 +43,11 @@ pub struct SlotSweep {
     /// Those of them it found gone: a slot is given back only when two
     /// sweeps in a row found it so.
     gone_before: HashSet<Sighting>,
+    /// The slots the last sweep saw marked `CONN_RELEASING`. A give-back
+    /// holds that mark for a few stores; one seen at two sweeps in a row
+    /// was left so by a give-back that never finished (a daemon killed in
+    /// the middle of its own), and no claim would ever take it again.
+    releasing_before: HashSet<u32>,
 }
 
 impl SlotSweep {
@@ -82,7 +89,15 @@ impl SlotSweep {
             .count();
         self.bound_before = bound.into_iter().map(|(seen, _)| seen).collect();
         self.gone_before = gone;
-        Ok(given_back)
+        let releasing: HashSet<u32> = (0..slots.len)
+            .filter(|&i| slots.owner(i).load(Ordering::Acquire) == CONN_RELEASING)
+            .collect();
+        let freed = releasing
+            .intersection(&self.releasing_before)
+            .filter(|&&i| slots.free(i, CONN_RELEASING))
+            .count();
+        self.releasing_before = releasing;
+        Ok(given_back + freed)
     }
 }
 
@@ -154,32 +169,38 @@ impl Mapped {
         unsafe { ptr::read_volatile(self.slot(i)) }
     }
 
+    /// Slot `i`'s owner word.
+    fn owner(&self, i: u32) -> &AtomicU64 {
+        // SAFETY: the owner word is 8-byte aligned (the mapping is
+        // page-aligned and a `ConnSlot` a multiple of 8 bytes), lives as
+        // long as the mapping, and changes only by atomic operations of
+        // the kernel's and these.
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.slot(i)).owner) }
+    }
+
     /// Gives slot `i` back if `owner` (an accepted socket's cookie) still
     /// holds it, as the kernel's close does: swapped to `CONN_RELEASING`
-    /// (no lookup matches it and no claim takes it meanwhile), its key's
-    /// client port made 0 (no connection's), then freed. Whether it was.
+    /// (no lookup matches it and no claim takes it meanwhile), then
+    /// [`Mapped::free`]d. Whether it was.
     fn give_back(&self, i: u32, owner: u64) -> bool {
-        let slot = self.slot(i);
-        // SAFETY: the owner word is 8-byte aligned (the mapping is
-        // page-aligned and a `ConnSlot` a multiple of 8 bytes), and
-        // changes only by atomic operations of the kernel's and these;
-        // the client port is 2-byte aligned, and written only by whoever
-        // marked the slot releasing.
-        let (owner_word, client_port) = unsafe {
-            (
-                AtomicU64::from_ptr(&raw mut (*slot).owner),
-                AtomicU16::from_ptr(&raw mut (*slot).entry.record.conn.client_port),
-            )
-        };
-        if owner_word
+        self.owner(i)
             .compare_exchange(owner, CONN_RELEASING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
+            .is_ok()
+            && self.free(i, CONN_RELEASING)
+    }
+
+    /// Frees slot `i` if it is still marked `releasing` (by this sweep or
+    /// a give-back left so): its key's client port made 0 (no
+    /// connection's), then its owner word. Whether it was.
+    fn free(&self, i: u32, releasing: u64) -> bool {
+        // SAFETY: the client port is 2-byte aligned within the mapping,
+        // and written only by whoever marked the slot releasing.
+        let client_port =
+            unsafe { AtomicU16::from_ptr(&raw mut (*self.slot(i)).entry.record.conn.client_port) };
         client_port.store(0, Ordering::Relaxed);
-        owner_word.store(0, Ordering::Release);
-        true
+        self.owner(i)
+            .compare_exchange(releasing, 0, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
     }
 }
 
