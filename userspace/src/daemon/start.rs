@@ -328,9 +328,10 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // accepted connections, interpreters' scripts) is read from /proc:
     // from then on nothing is missed between the two.
     let getsockopt_dirs = getsockopt.as_ref().map(|t| t.dirs.as_slice());
-    let takeover = programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt_dirs, |ebpf| {
-        crate::track::seed(ebpf, policy.as_ref());
-    })?;
+    let (takeover, unnamed) =
+        programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt_dirs, |ebpf| {
+            crate::track::seed(ebpf, policy.as_ref());
+        })?;
     if !adopted && let Some(policy) = &policy {
         scope_file.save(&policy.netns);
     }
@@ -412,16 +413,14 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         started.elapsed().as_millis(),
     );
 
-    // What a previous policy, an audit mode or no daemon at all let in.
+    // Cuts what a previous policy, an audit mode or no daemon at all let
+    // in (asked once the start is whole, below).
     let sweeper = Sweeper::spawn(host.cgroup2_root.clone(), pins.maps_dir(), opts.log_format)
         .map_err(io_err("starting the connection sweeper"))?;
     super::fullness::watch(pins.clone()).map_err(io_err(
         "starting the tracking upkeep (listeners credited anew, connection slots given back, \
          map fullness)",
     ))?;
-    if let Some(policy) = &policy {
-        sweeper.request(policy, &addrs);
-    }
     let events = watch(ring, "watching the event ring buffer")?;
     let denials = watch(denials, "watching the refusals' ring buffer")?;
     let reporter = Reporter::new(enricher, opts.log_format, opts.repeat_interval);
@@ -468,8 +467,14 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     };
     counters.report(&mut stats);
     status_file::started(&opts.run_dir, &opts.pin_dir, &installed, unread);
+    // Past the last step that can fail: a sweep never cuts by a policy a
+    // failed start puts back.
+    if let Some(policy) = &installed.policy {
+        installed.sweeper.request(policy, &installed.addrs);
+    }
     undo.scope_before = None;
     std::mem::forget(undo);
+    unnamed.remove();
     Ok(Running {
         cgroup_root: host.cgroup2_root,
         installed,

@@ -40,15 +40,16 @@ impl Programs {
     ///
     /// `getsockopt` names the cgroups where the `cgroup/getsockopt` program
     /// answers services (attached, or updated in place, and pinned; the
-    /// pinned links of other cgroups are removed, all of them for an empty
-    /// list); `None` leaves them as pinned.
+    /// pinned links of other cgroups are removed once the caller's start
+    /// is whole, by [`Unnamed::remove`], all of them for an empty list);
+    /// `None` leaves them as pinned.
     pub fn attach_pinned(
         &mut self,
         cgroup_root: &Path,
         pins: &PinDir,
         getsockopt: Option<&[PathBuf]>,
         seed: impl FnOnce(&mut aya::Ebpf),
-    ) -> Result<Takeover, LoaderError> {
+    ) -> Result<(Takeover, Unnamed), LoaderError> {
         let cgroup = open_cgroup(cgroup_root)?;
         // A replacement's new maps are not the old programs': their
         // trackers stay until the enforcing links are switched.
@@ -63,10 +64,13 @@ impl Programs {
         }
         let mut undo = LinkUndo::default();
         let taken = self.take_over(&cgroup, cgroup_root, pins, getsockopt, seed, &mut undo);
-        match &taken {
-            Ok(_) => undo.done(),
-            Err(_) => undo.put_back(),
-        }
+        let unnamed = match &taken {
+            Ok(_) => Unnamed(std::mem::take(&mut undo.unnamed)),
+            Err(_) => {
+                undo.put_back();
+                Unnamed(Vec::new())
+            }
+        };
         if beside && self.tracking {
             match &taken {
                 Ok(_) => self.promote_trackers(pins)?,
@@ -80,7 +84,7 @@ impl Programs {
             pins.promote_staging()?;
             self.staged = false;
         }
-        Ok(takeover)
+        Ok((takeover, unnamed))
     }
 
     /// [`Programs::attach_pinned`] past the trackers: the seed, getsockopt
@@ -237,24 +241,18 @@ pub enum Pinned<'a> {
 /// before, if it could be opened) and the links it attached: what a start
 /// that fails part-way puts back, so the programs before it go on judging
 /// every connect, with the maps they were given and their trackers
-/// feeding them (see [`Programs::attach_pinned`]).
-#[derive(Debug, Default)]
-pub struct LinkUndo {
-    /// The links switched to the new programs in place, with what each
-    /// ran before.
-    pub(super) switched: Vec<(PathBuf, Option<OwnedFd>)>,
-    /// The links made anew.
-    pub(super) attached: Vec<PathBuf>,
-    /// The getsockopt links of cgroups the start's policy no longer
-    /// names: removed once it has taken over, left if it fails.
-    pub(super) unnamed: Vec<PathBuf>,
-}
+/// The getsockopt links of cgroups a start's policy no longer names
+/// ([`Programs::attach_pinned`]): removed by [`Unnamed::remove`] once the
+/// start is whole, so that one failing later leaves the policy before it
+/// with its answers.
+#[derive(Debug)]
+#[must_use = "the links stay until removed"]
+pub struct Unnamed(Vec<PathBuf>);
 
-impl LinkUndo {
-    /// The start took over: the getsockopt links of cgroups no longer
-    /// named go.
-    fn done(self) {
-        for pin in self.unnamed {
+impl Unnamed {
+    /// Removes them, saying each.
+    pub fn remove(self) {
+        for pin in self.0 {
             match remove_link(&pin) {
                 Ok(()) => tracing::info!(
                     "removed the getsockopt link pinned at {} (a cgroup the policy no longer \
@@ -269,7 +267,22 @@ impl LinkUndo {
             }
         }
     }
+}
 
+/// feeding them (see [`Programs::attach_pinned`]).
+#[derive(Debug, Default)]
+pub struct LinkUndo {
+    /// The links switched to the new programs in place, with what each
+    /// ran before.
+    pub(super) switched: Vec<(PathBuf, Option<OwnedFd>)>,
+    /// The links made anew.
+    pub(super) attached: Vec<PathBuf>,
+    /// The getsockopt links of cgroups the start's policy no longer
+    /// names: removed once it has taken over, left if it fails.
+    pub(super) unnamed: Vec<PathBuf>,
+}
+
+impl LinkUndo {
     /// Switches each link back to the program it ran, and removes the
     /// links attached; says what it could not put back.
     fn put_back(self) {
