@@ -96,8 +96,9 @@ impl Liveness {
 
     /// The uid owning the open TCP socket of namespace `netns` whose local
     /// end is `local` and peer `peer` (a client's socket connected to this
-    /// daemon: who asks), if there is one; `Err` when that cannot be
-    /// checked (warned of once per namespace).
+    /// daemon: who asks), if there is one (looked up by its ends, then, if
+    /// that misses, found in a dump: [`dumped_owner`]); `Err` when that
+    /// cannot be checked (warned of once per namespace).
     pub fn owner(
         &self,
         netns: u32,
@@ -108,14 +109,15 @@ impl Liveness {
         self.diag(netns)
             .and_then(|mut diag| {
                 self.probe_tcp(&mut diag)?;
-                diag.find(family, &id)
-            })
-            // Not a listener (the lookup falls back to one) nor a closed
-            // socket's remains.
-            .map(|socket| {
-                socket
-                    .filter(|s| s.state != state::LISTEN && s.state != state::TIME_WAIT)
-                    .map(|s| s.uid)
+                // Not a listener (the lookup falls back to one) nor a
+                // closed socket's remains.
+                let found = diag
+                    .find(family, &id)?
+                    .filter(|s| s.state != state::LISTEN && s.state != state::TIME_WAIT);
+                match found {
+                    Some(socket) => Ok(Some(socket.uid)),
+                    None => dumped_owner(&mut diag, local, peer),
+                }
             })
             .inspect_err(|e| self.cannot_check(netns, e))
     }
@@ -457,12 +459,48 @@ fn dumped_by_cookie(
 /// not enough, since an entry a missed close left behind under other
 /// addresses may be bound to a socket that is still open.
 fn names(record: &OriginRecord, socket: &TcpSocket) -> bool {
-    let same = |a: SocketAddr, b: SocketAddr| {
-        a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
-    };
     let conn = &record.conn;
-    same(socket.src, socket_addr(&conn.server, conn.server_port))
-        && same(socket.dst, socket_addr(&conn.client, conn.client_port))
+    same_end(socket.src, socket_addr(&conn.server, conn.server_port))
+        && same_end(socket.dst, socket_addr(&conn.client, conn.client_port))
+}
+
+/// Whether `a` and `b` are one end, an IPv4-mapped address the same as
+/// its IPv4 one (a dual-stack socket's ends are mapped).
+fn same_end(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+/// The most sockets with the same two ends [`dumped_owner`] takes (one per
+/// VRF).
+const SAME_ENDS_MAX: usize = 64;
+
+/// The owner of the open socket whose local end is `local` and peer
+/// `peer`, from a dump of the namespace: a socket bound to a device
+/// (`SO_BINDTODEVICE`, a VRF), which a lookup by addresses misses, is
+/// found by them there. `None` unless every such socket is one uid's (each
+/// VRF may hold a connection between the same ends); a dump cut short is
+/// an error.
+fn dumped_owner(
+    diag: &mut SockDiag,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> io::Result<Option<u32>> {
+    let mut found = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let (dumped, _) = diag.dump_kept(
+            family,
+            accepted_states(),
+            SAME_ENDS_MAX,
+            |s| same_end(s.src, local) && same_end(s.dst, peer) && still_open(s),
+            &mut found,
+        )?;
+        if dumped == Dumped::Truncated {
+            return Err(io::Error::other("the socket dump was cut short"));
+        }
+    }
+    let mut uids = found.iter().map(|s| s.uid);
+    let first = uids.next();
+    Ok(first.filter(|&uid| uids.all(|other| other == uid)))
 }
 
 /// The most sockets of one user [`Liveness::owned_by`] keeps: as many as
@@ -554,6 +592,53 @@ mod tests {
             let nobody = SocketAddr::new(local.ip(), 9);
             assert_eq!(live.owner(netns, to, nobody).unwrap(), None, "{to}");
         }
+    }
+
+    /// A socket bound to a device (`SO_BINDTODEVICE`), which sock_diag's
+    /// lookup by addresses misses, has its owner found by a dump.
+    #[test]
+    fn a_device_bound_sockets_owner_is_found() {
+        use std::{
+            net::{TcpListener, TcpStream},
+            os::fd::{FromRawFd as _, IntoRawFd as _},
+        };
+
+        use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
+
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: SO_BINDTODEVICE needs CAP_NET_RAW");
+            return;
+        }
+        let live = Liveness::new();
+        let netns = netns_of(std::process::id()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let fd = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        socket::setsockopt(&fd, sockopt::BindToDevice, &std::ffi::OsString::from("lo")).unwrap();
+        let SocketAddr::V4(v4) = to else {
+            unreachable!()
+        };
+        socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4)).unwrap();
+        // SAFETY: a connected TCP socket's descriptor, handed over whole.
+        let client = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let (local, peer) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+        let me = nix::unistd::geteuid().as_raw();
+        let (family, id) = sock_id(local, peer, None);
+        let mut diag = SockDiag::open().unwrap();
+        assert!(
+            diag.find(family, &id)
+                .unwrap()
+                .is_none_or(|s| s.state == state::LISTEN),
+            "the lookup by addresses found the device-bound socket: the dump is not tried"
+        );
+        assert_eq!(live.owner(netns, local, peer).unwrap(), Some(me));
     }
 
     /// The owners of many records are found by one dump as by a lookup
