@@ -345,19 +345,21 @@ impl Query {
             // The daemon closed the connection with this request unread in
             // it (an idle close, or an exit, as the request was written):
             // the close is a reset, and nothing of an answer came.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && text.is_empty() => {
-                return Err(Error::Closed);
-            }
+            // Or as it wrote the answer (it closes the client idle
+            // longest to make room for another, once its answer is made):
+            // part of one came, and the rest never will.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(Error::Closed),
             Err(_) if !sent => return Err(Error::Closed),
             read => read?,
         };
-        if read == 0 {
+        if !text.ends_with('\n') {
+            if read as u64 == MAX_ANSWER {
+                return Err(Error::Protocol(format!(
+                    "an answer line longer than {MAX_ANSWER} bytes"
+                )));
+            }
+            // Nothing, or part of an answer, then the end: closed as above.
             return Err(Error::Closed);
-        }
-        if !text.ends_with('\n') && read as u64 == MAX_ANSWER {
-            return Err(Error::Protocol(format!(
-                "an answer line longer than {MAX_ANSWER} bytes"
-            )));
         }
         let answer: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Protocol(format!("{e}: {}", text.trim_end())))?;

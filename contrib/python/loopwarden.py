@@ -386,10 +386,12 @@ def _request(
             raise QueryError("io", f"no answer within {timeout} s") from e
         except OSError as e:
             raise QueryError("io", f"talking to {path} failed: {e.strerror or e}") from e
-    if not line:
-        raise QueryError("closed", "the daemon closed the connection before answering")
     if len(line) > _MAX_ANSWER:
         raise QueryError("protocol", f"an answer line longer than {_MAX_ANSWER} bytes")
+    if not line.endswith(b"\n"):
+        # Nothing, or part of an answer: the daemon closed the connection
+        # (to make room for others, or exiting) before it was whole.
+        raise QueryError("closed", "the daemon closed the connection before answering")
     try:
         answer = json.loads(line)
     except ValueError as e:

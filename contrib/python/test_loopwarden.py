@@ -131,7 +131,13 @@ class Query(unittest.TestCase):
                     c, _ = listener.accept()
                     with c:
                         self.requests.append(json.loads(c.makefile("rb").readline()))
-                        data = answer.encode() + b"\n"
+                        # "cut:" sends what follows without its newline,
+                        # then closes: an answer cut short.
+                        data = (
+                            answer[4:].encode()
+                            if answer.startswith("cut:")
+                            else answer.encode() + b"\n"
+                        )
                         if not drip:
                             c.sendall(data)
                             continue
@@ -300,6 +306,14 @@ class Query(unittest.TestCase):
             loopwarden.conns(path="/nonexistent/query.sock", timeout=None)
         path = self.serve(['{"v":1,"ok":true,"conns":[{"pid":7}]}'])
         self.assertEqual(loopwarden.conns(path=path, timeout=None), [{"pid": 7}])
+
+    def test_an_answer_cut_short_by_a_close_is_closed(self):
+        # Part of an answer, then the close: the daemon closed the
+        # connection, not a malformed answer.
+        path = self.serve(['cut:{"v":1,"ok":true,"origin":{"pid":7,'])
+        with self.assertRaises(loopwarden.QueryError) as e:
+            loopwarden.who_cookie(1, path=path)
+        self.assertEqual(e.exception.code, "closed")
 
     def test_an_endless_answer_is_a_protocol_error(self):
         # A line past the limit (lowered here) is refused, not read to its end.

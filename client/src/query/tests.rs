@@ -28,6 +28,10 @@ const LATE: &str = "late:";
 /// Prefix of a scripted answer written a byte at a time, [`DRIP`] apart.
 const DRIPPED: &str = "dripped:";
 const DRIP: std::time::Duration = std::time::Duration::from_millis(30);
+/// Prefix of a scripted answer of which only what follows is written, with
+/// no newline, before the connection is closed (the daemon closing the
+/// client idle longest as its answer is written).
+const CUT: &str = "cut:";
 /// A scripted line that closes the connection, after a while, without
 /// reading the request (a close with it unread: the client's read is
 /// reset).
@@ -86,6 +90,10 @@ impl Fake {
                     };
                     let answer = answer.replace("{id}", &req["id"].to_string());
                     seen.push(req);
+                    if let Some(part) = answer.strip_prefix(CUT) {
+                        let _ = writer.write_all(part.as_bytes());
+                        break;
+                    }
                     if let Some(dripped) = answer.strip_prefix(DRIPPED) {
                         for byte in dripped.bytes().chain([b'\n']) {
                             thread::sleep(DRIP);
@@ -251,6 +259,22 @@ fn a_request_the_daemon_closed_unread_is_asked_again() {
     let reqs = fake.requests();
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(reqs[0]["cookie"], 3);
+}
+
+/// The daemon closes the connection as it writes the answer (the client
+/// idle longest makes room for a new one once its answer is made): the
+/// part that came is no answer, and the request is asked again on a new
+/// connection, as for any close, not taken for a malformed answer.
+#[test]
+fn an_answer_cut_short_by_a_close_is_asked_again() {
+    let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"verdict":"allow"}}"#;
+    let cut = r#"cut:{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"#;
+    let fake = Fake::connections(&[&[cut], &[ok]]);
+    let mut q = fake.connect();
+    assert_eq!(q.who_cookie(4).unwrap().unwrap()["pid"], 7);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1]["cookie"], 4);
 }
 
 /// A new connection the daemon refuses (its uid holds as many as one uid
