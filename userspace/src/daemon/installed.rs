@@ -70,7 +70,9 @@ impl Source {
 /// Compiles `config` with the `--mode` override in place of its `mode`.
 /// Names that do not resolve are warnings and match nothing (see
 /// [`policy::compile_lenient`]): one missing executable or user never
-/// leaves the rest unenforced. The files `previous` matched for an
+/// leaves the rest unenforced. A `refresh` (the re-resolution each second,
+/// [`policy::compile_refresh`]) takes a value past the policy's limits so
+/// too. The files `previous` matched for an
 /// executable path keep matching while processes still run them (an
 /// upgraded binary).
 pub(super) fn compile_policy(
@@ -78,6 +80,7 @@ pub(super) fn compile_policy(
     resolver: &HostResolver,
     mode: Option<Mode>,
     previous: Option<&CompiledPolicy>,
+    refresh: bool,
 ) -> Result<CompiledPolicy, DaemonError> {
     // The override replaces the file's mode before compiling, not in the
     // compiled policy: the mode decides the browsers' per-port verdicts as
@@ -93,7 +96,11 @@ pub(super) fn compile_policy(
         }
         _ => config,
     };
-    Ok(policy::compile_lenient(config, resolver, previous)?)
+    Ok(if refresh {
+        policy::compile_refresh(config, resolver, previous)?
+    } else {
+        policy::compile_lenient(config, resolver, previous)?
+    })
 }
 
 /// How a setting is said, by the config it is read from.
@@ -212,8 +219,8 @@ pub(super) fn read_fresh(
     if let Some(refusal) = config.reload_refusal() {
         return Err(refusal);
     }
-    let policy =
-        compile_policy(&config, resolver, mode, previous).map_err(|e| crate::error_chain(&e))?;
+    let policy = compile_policy(&config, resolver, mode, previous, false)
+        .map_err(|e| crate::error_chain(&e))?;
     if let Some(refusal) = policy.reload_refusal() {
         for warning in &policy.warnings {
             warn!("{warning}");
@@ -555,7 +562,7 @@ mod tests {
         let resolver = HostResolver::new(PathBuf::from("/nonexistent"));
         let policy = |text: &str| {
             let config = Config::from_str_named(text, "t.toml").unwrap();
-            compile_policy(&config, &resolver, None, None).unwrap()
+            compile_policy(&config, &resolver, None, None, false).unwrap()
         };
         let enforce = policy("mode = \"enforce\"\ncatalog = false\n[relay]\naction = \"deny\"\n");
         let audit = policy("mode = \"audit\"\ncatalog = false\n[relay]\naction = \"deny\"\n");
@@ -598,7 +605,7 @@ mod tests {
                  [browsers]\ndeny = [11434]\n"
             );
             let config = Config::from_str_named(&text, "t.toml").unwrap();
-            let policy = compile_policy(&config, &resolver, flag, None).unwrap();
+            let policy = compile_policy(&config, &resolver, flag, None, false).unwrap();
             let case = format!("file {file}, --mode {flag:?}");
             assert_eq!(
                 policy.settings.flags & flags::ENFORCE != 0,

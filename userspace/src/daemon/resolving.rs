@@ -298,7 +298,7 @@ fn run(job: Job, resolver: &HostResolver, mode: Option<Mode>) -> Done {
         Job::Refresh { config, previous } => {
             let begun = Instant::now();
             let turned_away = stall::turned_away();
-            let outcome = compile_policy(&config, resolver, mode, previous.as_ref())
+            let outcome = compile_policy(&config, resolver, mode, previous.as_ref(), true)
                 .map_err(|e| format!("re-resolving the policy failed, {KEEPING}: {e}"))
                 .and_then(|policy| {
                     // A path left out for a filesystem that does not

@@ -149,7 +149,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             return Err(DaemonError::WouldWeaken { what, pinned, fix });
         }
         let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
-        let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref())?;
+        let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref(), false)?;
         if policy.reload_refusal().is_some() && pinned_judges_somewhere(&pins, &state) {
             for warning in &policy.warnings {
                 warn!("{warning}");

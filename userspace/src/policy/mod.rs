@@ -32,7 +32,10 @@ pub use self::{
     compile::capacity::{Capacity, first_over},
     matcher::{Denial, ProcessIdentity, network_facing},
 };
-use self::{compile::compile_with, summary::DevName};
+use self::{
+    compile::{Leniency, compile_with},
+    summary::DevName,
+};
 use crate::config::{Config, Location};
 
 /// Global mode.
@@ -550,7 +553,7 @@ impl PolicyError {
 /// An executable path also matches the deleted files that processes started
 /// from it still run (see the module documentation).
 pub fn compile(config: &Config, resolver: &dyn Resolver) -> Result<CompiledPolicy, PolicyError> {
-    compile_with(config, resolver, false, None)
+    compile_with(config, resolver, Leniency::Strict, None)
 }
 
 /// Like [`compile`], for re-resolving a config that already loaded: a value
@@ -571,7 +574,20 @@ pub fn compile_lenient(
     resolver: &dyn Resolver,
     previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, PolicyError> {
-    compile_with(config, resolver, true, previous)
+    compile_with(config, resolver, Leniency::Load, previous)
+}
+
+/// Like [`compile_lenient`], for the re-resolution each second: a value the
+/// policy cannot hold (a cgroup made since at a depth past those it
+/// compares) warns and matches nothing too, instead of failing the whole
+/// re-resolution, which would leave every other value as it was resolved
+/// before.
+pub fn compile_refresh(
+    config: &Config,
+    resolver: &dyn Resolver,
+    previous: Option<&CompiledPolicy>,
+) -> Result<CompiledPolicy, PolicyError> {
+    compile_with(config, resolver, Leniency::Refresh, previous)
 }
 
 /// A stand-in for the policy a predecessor put in force, of which a start

@@ -25,10 +25,25 @@ pub(super) mod capacity;
 mod guards;
 mod values;
 
+/// How a compile takes a value it cannot use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Leniency {
+    /// Every such value is an error (`check-config`).
+    Strict,
+    /// A value that does not resolve warns and matches nothing, but one
+    /// the policy cannot hold (a cgroup past the depths it compares, a
+    /// path whose file cannot be told apart) is an error, as `check-config`
+    /// says: a start, a reload, `check-config --as-daemon`.
+    Load,
+    /// Both warn and match nothing: the re-resolution each second, which
+    /// follows cgroups and files made since the file was loaded.
+    Refresh,
+}
+
 pub(super) fn compile_with(
     config: &Config,
     resolver: &dyn Resolver,
-    lenient: bool,
+    leniency: Leniency,
     previous: Option<&CompiledPolicy>,
 ) -> Result<CompiledPolicy, PolicyError> {
     let catalog: &[CatalogEntry] = if config.catalog { &CATALOG } else { &[] };
@@ -45,7 +60,7 @@ pub(super) fn compile_with(
     let mut compiler = Compiler {
         file: &config.source,
         resolver,
-        lenient,
+        leniency,
         previous,
         live: None,
         policy: blank(config, config.rules.len() + catalog.len()),
@@ -193,8 +208,9 @@ struct Constrains {
 struct Compiler<'a> {
     file: &'a str,
     resolver: &'a dyn Resolver,
-    /// Unresolvable values warn instead of failing (see [`compile_lenient`]).
-    lenient: bool,
+    /// Whether unresolvable values warn instead of failing (see
+    /// [`compile_lenient`]).
+    leniency: Leniency,
     /// The policy this one replaces: what its executable paths stood for,
     /// and the network namespaces its scope held.
     previous: Option<&'a CompiledPolicy>,
@@ -221,13 +237,27 @@ impl Compiler<'_> {
     ) -> Result<Option<T>, PolicyError> {
         match result {
             Ok(v) => Ok(Some(v)),
-            Err(e) if self.lenient => {
+            Err(e) if self.leniency != Leniency::Strict => {
                 self.policy
                     .warnings
                     .push(format!("{}; {meanwhile}", error_chain(&e)));
                 Ok(None)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// [`Compiler::tolerate_as`] for a value the policy cannot hold, as
+    /// opposed to one that does not resolve: tolerated only by a
+    /// re-resolution ([`Leniency::Refresh`]).
+    pub(super) fn tolerate_limit<T>(
+        &mut self,
+        result: Result<T, PolicyError>,
+        meanwhile: &str,
+    ) -> Result<Option<T>, PolicyError> {
+        match result {
+            Err(e) if self.leniency != Leniency::Refresh => Err(e),
+            result => self.tolerate_as(result, meanwhile),
         }
     }
 

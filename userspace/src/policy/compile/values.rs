@@ -10,7 +10,7 @@ use loopwarden_common::{
     ExeKey, MAX_CGROUP_LEVEL, MAX_CGROUP_LEVELS_USED, NETNS_INLINE, NETNS_NOT_INLINE, Settings,
 };
 
-use super::Compiler;
+use super::{Compiler, Leniency};
 use crate::policy::{CgroupId, ExeFile, ExeIdentities, Netns, PolicyError, summary::ExeId};
 use crate::{
     config::{Criteria, Located},
@@ -34,7 +34,7 @@ impl Compiler<'_> {
                 .previous
                 .and_then(|p| p.netns.iter().find(|ns| ns.path == shown));
             let (cookie, inode) = match (cookie, kept) {
-                (Err(e), Some(kept)) if self.lenient => {
+                (Err(e), Some(kept)) if self.leniency != Leniency::Strict => {
                     // The namespace itself may well live on: its cookie
                     // is never another's, so keeping it can only judge
                     // that namespace, alive, or nothing.
@@ -152,7 +152,7 @@ impl Compiler<'_> {
                         level: id.level,
                         max: MAX_CGROUP_LEVELS_USED,
                     });
-                    self.tolerate::<()>(err)?;
+                    self.tolerate_limit::<()>(err, "this value matches nothing meanwhile")?;
                     resolved.push((
                         None,
                         format!("{} (level {} over the limit)", cgroup.value, id.level),
@@ -291,7 +291,13 @@ impl Compiler<'_> {
                 }
                 (None, _) => "this value matches nothing until it resolves again".to_owned(),
             };
-            let current = self.tolerate_as(file, &meanwhile)?.map(|file| file.key);
+            let current = match file {
+                ambiguous @ Err(PolicyError::ExeAmbiguous { .. }) => {
+                    self.tolerate_limit(ambiguous, &meanwhile)?
+                }
+                file => self.tolerate_as(file, &meanwhile)?,
+            }
+            .map(|file| file.key);
             let shown = path.value.display();
             if let Some(key) = current {
                 resolved.push((key, format!("{shown} ({})", ExeId(key))));

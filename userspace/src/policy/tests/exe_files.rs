@@ -268,9 +268,12 @@ fn an_exe_on_a_btrfs_subvolume_is_refused_with_what_to_use_instead() {
         );
     }
 
-    // Re-resolution skips that value with the same explanation; the
-    // rule keeps its other value and never widens.
-    let policy = compile_lenient(&config(text), &host, None).unwrap();
+    // A start and a reload refuse it too; a re-resolution skips that
+    // value with the same explanation, the rule keeping its other value
+    // and never widening.
+    let err = compile_lenient(&config(text), &host, None).unwrap_err();
+    assert!(matches!(err, PolicyError::ExeAmbiguous { .. }), "{err:?}");
+    let policy = compile_refresh(&config(text), &host, None).unwrap();
     assert_eq!(policy.exe, BTreeMap::from([(key(10), 1)]));
     assert_eq!(policy.settings.wild_exe, 0);
     assert_eq!(policy.warnings.len(), 1, "{:?}", policy.warnings);
@@ -297,7 +300,8 @@ fn lineage_paths_on_btrfs_are_refused_too() {
             err.contains(&format!("rule `l`: {field} /home/u/bin/agent is on btrfs")),
             "{err}"
         );
-        let policy = compile_lenient(&config(&text), &host, None).unwrap();
+        assert!(compile_lenient(&config(&text), &host, None).is_err());
+        let policy = compile_refresh(&config(&text), &host, None).unwrap();
         assert!(policy.ancestor.is_empty());
         assert_eq!(policy.settings.wild_ancestor, 0);
     }

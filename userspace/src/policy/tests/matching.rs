@@ -28,9 +28,16 @@ fn cgroup_rules_may_name_at_most_four_levels() {
         .to_string();
     assert!(err.contains("rule `r5`"), "{err}");
     assert!(err.contains("no more than 4 different levels"), "{err}");
-    // Re-resolution keeps going, with that value matching nothing.
+    // A start and a reload refuse it too (a value that only does not
+    // resolve would warn), as `check-config` says.
+    let err = compile_lenient(&config(&format!("catalog = false\n{}", rules(5))), &r, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no more than 4 different levels"), "{err}");
+    // Re-resolution (a cgroup made since the load) keeps going, with that
+    // value matching nothing.
     let policy =
-        compile_lenient(&config(&format!("catalog = false\n{}", rules(5))), &r, None).unwrap();
+        compile_refresh(&config(&format!("catalog = false\n{}", rules(5))), &r, None).unwrap();
     assert_eq!(policy.settings.cgroup_levels.count_ones(), 4);
     assert_eq!(policy.settings.wild_cgroup, 0);
 }
