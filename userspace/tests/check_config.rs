@@ -167,25 +167,44 @@ fn a_scope_to_network_namespaces_that_do_not_exist_is_refused() {
 }
 
 /// Settings the daemon reads only at start are checked too: an `[ident]
-/// netns` that does not exist is refused (a start would fail; for the
-/// daemon's check, which a reload never applies, a warning), and a
-/// `getsockopt_cgroups` cgroup not found is warned of.
+/// netns` that does not exist is warned of (the daemon starts without the
+/// responder and binds it once the file is there), one that is no
+/// namespace is refused (a start would fail; for the daemon's check,
+/// which a reload never applies, a warning), and a `getsockopt_cgroups`
+/// cgroup not found is warned of.
 #[test]
 fn settings_read_only_at_start_are_checked_too() {
     let tmp = tempfile::tempdir().unwrap();
     let ident = |netns: &str| format!("[ident]\nlisten = [\"127.0.0.1:113\"]\nnetns = {netns:?}\n");
     let missing = tmp.path().join("no-such-netns").display().to_string();
-    let bad = write(&tmp, "ident.toml", ident(&missing).as_bytes());
+    let later = write(&tmp, "later.toml", ident(&missing).as_bytes());
+    let (code, stderr) = check(&later);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("later.toml:3:9: [ident] netns")
+            && stderr.contains("no-such-netns")
+            && stderr.contains("once the namespace is there"),
+        "{stderr}"
+    );
+    // A file that is there but no namespace: a start would fail.
+    let not_netns = tmp.path().join("not-a-netns");
+    std::fs::write(&not_netns, b"").unwrap();
+    let bad = write(
+        &tmp,
+        "ident.toml",
+        ident(&not_netns.display().to_string()).as_bytes(),
+    );
     let (code, stderr) = check(&bad);
     assert_eq!(code, Some(BAD_FILE), "{stderr}");
     assert!(
-        stderr.contains("ident.toml:3:9: [ident] netns") && stderr.contains("no-such-netns"),
+        stderr.contains("ident.toml:3:9: [ident] netns") && stderr.contains("not-a-netns"),
         "{stderr}"
     );
     let (code, stderr) = check_as_daemon(&bad);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stderr.contains("warning: ") && stderr.contains("no-such-netns"),
+        stderr.contains("warning: ") && stderr.contains("not-a-netns"),
         "{stderr}"
     );
     // The positive control: this process's own namespace.

@@ -134,9 +134,23 @@ pub fn start_settings(config: &Config, resolver: &HostResolver) -> (Vec<String>,
         && let Some(netns) = &config.ident.netns
         && let Err(e) = resolver.netns(&netns.value)
     {
-        errors.push(format!(
-            "{file}:{}: [ident] netns {} cannot be resolved: {e} (the daemon binds the ident \
-             responder there at start, and would not start)",
+        // A file not made yet (another unit's namespace) the daemon waits
+        // for: it starts without the responder, and binds it once the file
+        // is there (see `IdentStartError::may_mend_itself`).
+        let (list, then) = if e.kind() == std::io::ErrorKind::NotFound {
+            (
+                &mut warnings,
+                "the daemon starts without the ident responder, and starts it once the \
+                 namespace is there (tried every second)",
+            )
+        } else {
+            (
+                &mut errors,
+                "the daemon binds the ident responder there at start, and would not start",
+            )
+        };
+        list.push(format!(
+            "{file}:{}: [ident] netns {} cannot be resolved: {e} ({then})",
             netns.at,
             netns.value.display()
         ));
