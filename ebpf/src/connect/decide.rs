@@ -129,10 +129,9 @@ pub(super) fn decide(
         }
     };
     let matched = match_rules(s, g, task, exe_file, &tracked);
-    let facing = tracked.note == TRACKED_LOST
-        || tracked.standing_kind != evidence::NONE
-        || (tracked.recent_kind != evidence::NONE
-            && elapsed(now(), tracked.recent_at) <= rd!(s.relay_window_ns));
+    let recent = tracked.recent_kind != evidence::NONE
+        && elapsed(now(), tracked.recent_at) <= rd!(s.relay_window_ns);
+    let facing = tracked.note == TRACKED_LOST || tracked.standing_kind != evidence::NONE || recent;
     let mut rule = if matched == 0 {
         NO_RULE
     } else {
@@ -171,6 +170,9 @@ pub(super) fn decide(
             outcome = relay;
             rule = RELAY_RULE;
             report = true;
+            if relay == deny && recent {
+                hold_recent(tgid);
+            }
         }
     }
     Decision {
@@ -185,6 +187,23 @@ pub(super) fn decide(
         window_ns: rd!(s.relay_window_ns),
         tag: rd!(s.flags) & flags::PROVENANCE != 0,
         tgid,
+    }
+}
+
+/// A refusal by the relay verdict (`relay = "deny"`, enforcing or not) on
+/// the caller's recent evidence holds that evidence as fresh as the
+/// refusal: a relay that tries again within the window of its last refusal
+/// is refused again, and only one that keeps away for a whole window gets
+/// through. (localtunnel tries a refused connect again every second, its
+/// remote connection paused meanwhile, so that nothing is heard: with the
+/// evidence timed from when it was heard, its third try went through.)
+#[inline(always)]
+fn hold_recent(tgid: u32) {
+    if let Some(state) = PROCS.get_ptr_mut(tgid) {
+        // SAFETY: a pointer to the map's value; a volatile store of one
+        // aligned word (a tracker writing new evidence meanwhile writes
+        // its own time, as recent).
+        unsafe { core::ptr::write_volatile(&raw mut (*state).recent.ktime_ns, now()) };
     }
 }
 

@@ -374,6 +374,71 @@ fn evidence_older_than_the_window_no_longer_makes_a_relay() {
     );
 }
 
+/// Hears from the remote server, then asks the service `TRIES` times,
+/// `EVERY` seconds apart, then once more after `REST` seconds, printing
+/// what each request got: a tunnel client that tries a refused connect
+/// again and again (localtunnel, every second), hearing nothing meanwhile.
+const HEAR_THEN_RETRY: &str = concat!(
+    ask_py!(),
+    r#"
+import time
+remote, remote_port, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tries, every, rest = int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+r = socket.create_connection((remote, remote_port), timeout=3)
+assert r.recv(16) == b"hello"
+r.close()
+for _ in range(tries):
+    print(ask(port), flush=True)
+    time.sleep(every)
+time.sleep(rest)
+print(ask(port), flush=True)
+"#
+);
+
+const RETRY_SERVER_PORT: u16 = 9037;
+/// The relay window of the retry test: its tries come more often, and go
+/// on for longer (eight, 0.3 s apart); its rest is longer.
+const RETRY_WINDOW_MS: u64 = 1500;
+
+/// A relay that tries again within the window of its last refusal is
+/// refused again: a process that heard from a remote server and then asks
+/// the service every 0.3 s, hearing nothing more, is refused at each of
+/// eight tries (2.4 s, past the 1.5 s window from what it heard), and let
+/// through once it has kept away for a whole window. Without loopwarden
+/// every request reaches the service. Fails against a build that times the
+/// evidence from when it was heard only: the sixth try went through.
+#[test]
+fn a_relay_that_retries_within_the_window_stays_refused() {
+    let topo = Topology::new();
+    let _servers = topo.local.http_servers();
+    let _greeter = greeter(&topo, RETRY_SERVER_PORT);
+    let asked = || {
+        printed(topo.local.cmd(SYSTEM_PYTHON).args([
+            "-c",
+            HEAR_THEN_RETRY,
+            REMOTE_ADDR,
+            &RETRY_SERVER_PORT.to_string(),
+            &PROTECTED.to_string(),
+            "8",
+            "0.3",
+            "2.5",
+        ]))
+    };
+    assert_eq!(asked(), vec!["status 200"; 9]);
+
+    let policy = relay_deny(&topo.local).window_ms(RETRY_WINDOW_MS);
+    let daemon = Daemon::start(&policy.text());
+    let mut want = vec!["error 111"; 8];
+    want.push("status 200");
+    assert_eq!(asked(), want);
+    let ev = relay_refusal(&daemon, "a retry's refusal");
+    assert_eq!(
+        ev["via"],
+        format!("{REMOTE_ADDR}:{RETRY_SERVER_PORT}"),
+        "{ev:#}"
+    );
+}
+
 const LOOPBACK_PROXY_PORT: u16 = 9014;
 const NETWORK_PROXY_PORT: u16 = 9015;
 
