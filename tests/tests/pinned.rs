@@ -1109,20 +1109,13 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     let other = Netns::new();
     let _servers = ns.http_servers();
     let alias = NetnsAlias::new(&ns);
-    let target = format!("TCP:127.0.0.1:{PROTECTED}");
     let install = Install::new();
     let text = policy(&ns, "enforce", "").replace(
         &format!("\"{}\"", ns.path()),
         &format!("\"{}\", \"{}\"", alias.0, other.path()),
     );
     assert!(text.contains(&alias.0), "{text}");
-    let is_socat_deny = |e: &serde_json::Value| e["verdict"] == "deny" && e["exe_name"] == "socat";
-    let refused_in_ns = |daemon: &Daemon, when: &str| {
-        let (ok, stderr) = ns.socat_connect(&target);
-        assert!(!ok, "the relay got through {when}");
-        assert!(stderr.contains("Connection refused"), "{stderr}");
-        daemon.wait_event(&format!("the relay's refusal {when}"), is_socat_deny);
-    };
+    let refused_in_ns = |daemon: &Daemon, when: &str| assert_socat_refused(daemon, &ns, when);
     let first = Daemon::start_in(&install, &text, &[]);
     refused_in_ns(&first, "while named");
     let gone = format!("network namespace {} cannot be resolved", alias.0);
@@ -1175,20 +1168,9 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
 fn a_start_scoped_to_no_namespace_keeps_the_pinned_policy() {
     let ns = Netns::new();
     let _servers = ns.http_servers();
-    let target = format!("TCP:127.0.0.1:{PROTECTED}");
     let install = Install::new();
     let text = policy(&ns, "enforce", "");
-    let is_socat_deny = |e: &serde_json::Value| e["verdict"] == "deny" && e["exe_name"] == "socat";
-    let refused = |daemon: &Daemon, when: &str| {
-        let (ok, stderr) = ns.socat_connect(&target);
-        assert!(
-            !ok,
-            "the relay got through {when}:\n{}",
-            daemon.stderr_text()
-        );
-        assert!(stderr.contains("Connection refused"), "{stderr}");
-        daemon.wait_event(&format!("the relay's refusal {when}"), is_socat_deny);
-    };
+    let refused = |daemon: &Daemon, when: &str| assert_socat_refused(daemon, &ns, when);
     let first = Daemon::start_in(&install, &text, &[]);
     refused(&first, "the first daemon");
     drop(first);
@@ -1210,6 +1192,21 @@ fn a_start_scoped_to_no_namespace_keeps_the_pinned_policy() {
     refused(&second, "after the mended file's reload");
     drop(second);
     assert_detach_ends_enforcement(&install, &ns);
+}
+
+/// Asserts that a socat relay in `ns` to the protected port is refused
+/// `when`, and that `daemon` reports the refusal.
+fn assert_socat_refused(daemon: &Daemon, ns: &Netns, when: &str) {
+    let (ok, stderr) = ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    assert!(
+        !ok,
+        "the relay got through {when}:\n{}",
+        daemon.stderr_text()
+    );
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    daemon.wait_event(&format!("the relay's refusal {when}"), |e| {
+        e["verdict"] == "deny" && e["exe_name"] == "socat"
+    });
 }
 
 /// Detaches `install` and asserts that a relay in `ns` to the protected
