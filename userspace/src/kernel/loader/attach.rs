@@ -237,10 +237,6 @@ pub enum Pinned<'a> {
     Keep,
 }
 
-/// The links a start switched to its programs (with the program each ran
-/// before, if it could be opened) and the links it attached: what a start
-/// that fails part-way puts back, so the programs before it go on judging
-/// every connect, with the maps they were given and their trackers
 /// The getsockopt links of cgroups a start's policy no longer names
 /// ([`Programs::attach_pinned`]): removed by [`Unnamed::remove`] once the
 /// start is whole, so that one failing later leaves the policy before it
@@ -269,6 +265,10 @@ impl Unnamed {
     }
 }
 
+/// The links a start switched to its programs (with the program each ran
+/// before, if it could be opened) and the links it attached: what a start
+/// that fails part-way puts back, so the programs before it go on judging
+/// every connect, with the maps they were given and their trackers
 /// feeding them (see [`Programs::attach_pinned`]).
 #[derive(Debug, Default)]
 pub struct LinkUndo {
@@ -278,7 +278,8 @@ pub struct LinkUndo {
     /// The links made anew.
     pub(super) attached: Vec<PathBuf>,
     /// The getsockopt links of cgroups the start's policy no longer
-    /// names: removed once it has taken over, left if it fails.
+    /// names: handed over as [`Unnamed`] once it has taken over, left if
+    /// it fails.
     pub(super) unnamed: Vec<PathBuf>,
 }
 
