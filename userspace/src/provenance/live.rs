@@ -97,8 +97,9 @@ impl Liveness {
     /// The uid owning the open TCP socket of namespace `netns` whose local
     /// end is `local` and peer `peer` (a client's socket connected to this
     /// daemon: who asks), if there is one (looked up by its ends, then, if
-    /// that misses, found in a dump: [`dumped_owner`]); `Err` when that
-    /// cannot be checked (warned of once per namespace).
+    /// that misses and `local` is this host's, found in a dump:
+    /// [`dumped_owner`]); `Err` when that cannot be checked (warned of once
+    /// per namespace).
     pub fn owner(
         &self,
         netns: u32,
@@ -116,7 +117,16 @@ impl Liveness {
                     .filter(|s| s.state != state::LISTEN && s.state != state::TIME_WAIT);
                 match found {
                     Some(socket) => Ok(Some(socket.uid)),
-                    None => dumped_owner(&mut diag, local, peer),
+                    // Dumped only for a socket of this host's: on loopback,
+                    // or from the address it asks at. An asker on another
+                    // host has none here, and would have each of its
+                    // queries walk every socket of the namespace.
+                    None if local.ip().to_canonical().is_loopback()
+                        || local.ip().to_canonical() == peer.ip().to_canonical() =>
+                    {
+                        dumped_owner(&mut diag, local, peer)
+                    }
+                    None => Ok(None),
                 }
             })
             .inspect_err(|e| self.cannot_check(netns, e))
