@@ -40,6 +40,9 @@ pub(super) struct Decision {
     pub(super) window_ns: u64,
     /// Tag the connection with its origin if it proceeds.
     pub(super) tag: bool,
+    /// A refusal by the relay verdict on recent evidence: [`act`] holds
+    /// that evidence fresh once reported ([`hold_recent`]).
+    pub(super) hold: bool,
     /// The caller's process: the report reads its `LW_PROCS` entry again
     /// (a pointer or a few-valued summary kept across the judgement would
     /// multiply the paths the verifier walks).
@@ -60,6 +63,7 @@ impl Decision {
             exe_file: 0,
             window_ns: 0,
             tag: false,
+            hold: false,
             tgid: 0,
         }
     }
@@ -160,6 +164,7 @@ pub(super) fn decide(
     // The relay verdict: a network-facing caller, unless a user's allow
     // rule or a browser-class rule (judged by the port alone) exempts it.
     // The stricter of it and the rule's verdict stands.
+    let mut hold = false;
     if facing && rd!(s.flags) & flags::RELAY != 0 && bit & rd!(s.exempt) == 0 {
         let relay = if rd!(s.flags) & flags::RELAY_DENY != 0 {
             deny
@@ -170,9 +175,7 @@ pub(super) fn decide(
             outcome = relay;
             rule = RELAY_RULE;
             report = true;
-            if relay == deny && recent {
-                hold_recent(tgid);
-            }
+            hold = relay == deny && recent;
         }
     }
     Decision {
@@ -186,13 +189,15 @@ pub(super) fn decide(
         exe_file,
         window_ns: rd!(s.relay_window_ns),
         tag: rd!(s.flags) & flags::PROVENANCE != 0,
+        hold,
         tgid,
     }
 }
 
 /// A refusal by the relay verdict (`relay = "deny"`, enforcing or not) on
 /// the caller's recent evidence holds that evidence as fresh as the
-/// refusal: a relay that tries again within the window of its last refusal
+/// refusal (stamped once the decision is acted on, never by one a changed
+/// generation threw away): a relay that tries again within the window of its last refusal
 /// is refused again, and only one that keeps away for a whole window gets
 /// through. (localtunnel tries a refused connect again every second, its
 /// remote connection paused meanwhile, so that nothing is heard: with the
@@ -242,6 +247,10 @@ pub(super) fn act(
     } else {
         // Unreported and untagged: an allow (every other verdict reports).
         count(stats::DECIDED_BY_VERDICT + u32::from(verdict::ALLOW));
+    }
+    // After the report, which says how old the evidence was.
+    if d.hold {
+        hold_recent(d.tgid);
     }
     if d.outcome != verdict::DENY {
         return ALLOW;

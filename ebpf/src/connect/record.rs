@@ -60,6 +60,7 @@ pub fn report_guard(
         exe_file: task.exe_file(),
         window_ns: 0,
         tag: false,
+        hold: false,
         tgid: task.tgid(),
     };
     // Written straight into the ring buffer.
