@@ -5,13 +5,15 @@
 //! or a policy scoped to no namespace in place of one that judges some
 //! ([`pinned_judges_somewhere`]).
 
+use std::path::Path;
+
 use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, flags, meta_mode};
 use tracing::warn;
 
 use super::{installed::Source, status_file};
 use crate::{
     kernel::pins::{PinDir, PinState},
-    policy::Mode,
+    policy::{Mode, Netns},
 };
 
 /// Writes `mode`, the mode of the policy in force (`None`: not known), into
@@ -109,19 +111,38 @@ pub(super) fn pinned_mode(pins: &PinDir) -> Option<Mode> {
 
 /// Whether the policy in force in the pinned maps judges connects
 /// somewhere: any but one scoped by `[protect] netns` to namespaces none of
-/// which existed when it was installed (a first start before they were
-/// made, which installs it and waits for them). A start must not put a
-/// policy that judges nothing (a name mistyped since, which a reload
-/// refuses) in place of one that does. Pinned maps of another layout, or
-/// whose settings cannot be read, count as judging.
-pub(super) fn pinned_judges_somewhere(pins: &PinDir, state: &PinState) -> bool {
-    match state {
-        PinState::Absent => false,
-        PinState::Compatible | PinState::Resized { .. } => crate::kernel::inspect::in_force(pins)
-            .map_or(true, |in_force| {
-                let s = in_force.settings;
-                s.flags & flags::NETNS_SCOPED == 0 || s.netns_inline != 0
-            }),
-        PinState::Incompatible { .. } => true,
+/// which is alive now (none existed when it was installed, a first start
+/// before they were made; or those it named are gone since, and may be
+/// made again). A start must not put a policy that judges nothing (a name
+/// mistyped since, which a reload refuses) in place of one that does; in
+/// place of one that judges nothing either, it installs it and waits for
+/// its namespaces. `kept` is the pinned policy's scope as its daemon kept
+/// it (`scope.json`); without it, a scoped policy's namespaces count as
+/// alive. Pinned maps of another layout, whose settings this build cannot
+/// read, count as judging.
+pub(super) fn pinned_judges_somewhere(pins: &PinDir, state: &PinState, kept: &[Netns]) -> bool {
+    let ours = match state {
+        PinState::Absent => return false,
+        PinState::Compatible | PinState::Resized { .. } => true,
+        // `--replace` over pins of this layout reads them as well.
+        PinState::Incompatible { .. } => pins
+            .meta()
+            .is_ok_and(|m| m.magic == META_MAGIC && m.layout == LAYOUT_VERSION),
+    };
+    let Some(in_force) = ours
+        .then(|| crate::kernel::inspect::in_force(pins).ok())
+        .flatten()
+    else {
+        return true;
+    };
+    let s = in_force.settings;
+    if s.flags & flags::NETNS_SCOPED == 0 {
+        return true;
     }
+    s.netns_inline != 0
+        && (kept.is_empty()
+            || kept.iter().any(|ns| {
+                crate::resolve::in_scoped_netns(Path::new(&ns.path), ns.cookie, ns.inode, || Ok(()))
+                    .is_ok()
+            }))
 }

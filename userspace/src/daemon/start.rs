@@ -150,7 +150,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         }
         let before = (!kept.is_empty()).then(|| policy::predecessor_scope(&config, kept.clone()));
         let policy = compile_policy(&config, &resolver, opts.mode, before.as_ref(), false)?;
-        if policy.reload_refusal().is_some() && pinned_judges_somewhere(&pins, &state) {
+        if policy.reload_refusal().is_some() && pinned_judges_somewhere(&pins, &state, &kept) {
             for warning in &policy.warnings {
                 warn!("{warning}");
             }
