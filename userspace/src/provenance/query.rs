@@ -33,7 +33,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    Conns,
+    Conns, netns_of,
     request::{Caller, ErrorCode, Reply, Request},
 };
 use crate::{
@@ -194,10 +194,19 @@ async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
             }
         };
         let netns = caller_netns(&stream);
+        // Root of the host by the socket's namespace and the process's (a
+        // pid another process may have by now counts only where the
+        // socket's agrees).
+        let in_host = |ns: Option<u32>| ns.is_some() && ns == shared.own_netns;
         let caller = Caller {
             uid: cred.uid(),
             netns,
-            host_netns: netns.is_some() && netns == shared.own_netns,
+            host_netns: in_host(netns)
+                && in_host(
+                    cred.pid()
+                        .and_then(|pid| u32::try_from(pid).ok())
+                        .and_then(|pid| netns_of(pid).ok()),
+                ),
         };
         match Slot::take(&clients, caller.share()) {
             Ok((slot, stop)) => {
@@ -464,7 +473,6 @@ async fn answer_within(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provenance::netns_of;
 
     /// A caller is placed in the namespace its socket was made in: ours
     /// for a pair made here, and, as root, a thread's own namespace for a

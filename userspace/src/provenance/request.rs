@@ -148,7 +148,9 @@ pub struct Caller {
     /// The caller's network namespace (inode): the one its socket was made
     /// in; `None` when the kernel would not say.
     pub netns: Option<u32>,
-    /// Whether that namespace is the daemon's own (the host's).
+    /// Whether that namespace is the daemon's own (the host's), and the
+    /// connecting process's as well: a socket made on the host and handed
+    /// to a container's root makes no root of the host.
     pub host_netns: bool,
 }
 
@@ -220,9 +222,9 @@ impl Caller {
 pub const CONTAINED_ROOT: u32 = u32::MAX;
 
 /// Why a caller whose network namespace could not be read is not answered.
-const UNREAD_NETNS: &str = "the caller's network namespace cannot be read (is it in another pid \
-                            namespace? Then it is not known for root of the host either): ask \
-                            from the daemon's pid namespace";
+const UNREAD_NETNS: &str = "the caller's network namespace cannot be read (the kernel would not \
+                            name its connection's, SIOCGSKNS): it is not known for root of the \
+                            host either; the daemon's log says why";
 
 /// A request line as sent.
 #[derive(Debug, Deserialize)]
