@@ -316,7 +316,7 @@ fn a_slot_whose_close_the_kernel_missed_is_given_back() {
         || (owner(index) == 0 && owner(left) == 0).then_some(()),
     );
     wait_for("the give-backs said", Duration::from_secs(5), || {
-        (daemon.stderr_sum("LW_CONN_SLOTS slots held", "given_back") == 2).then_some(())
+        (daemon.stderr_sum("LW_CONN_SLOTS slots", "given_back") == 2).then_some(())
     });
     assert_eq!(
         hex_bytes(&map_dump(install, "LW_CONN_SLOTS")[held_index as usize]["value"]),

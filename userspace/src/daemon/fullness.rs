@@ -180,13 +180,23 @@ pub(super) fn watch(pins: PinDir) -> std::io::Result<()> {
 /// back; a failure is said once, until it changes (kept in `error`).
 fn sweep_slots(sweep: &mut SlotSweep, pins: &PinDir, error: &mut Option<String>) {
     match sweep.sweep(&pins.maps_dir()) {
-        Ok(n) => {
+        Ok(swept) => {
             *error = None;
+            let n = swept.given_back;
             if n > 0 {
                 info!(
                     given_back = n,
                     "gave back {n} {} slots held for connections whose accepted socket is \
                      gone (the kernel did not run lw_sock_state for its close)",
+                    maps::CONN_SLOTS
+                );
+            }
+            let n = swept.unstuck;
+            if n > 0 {
+                info!(
+                    given_back = n,
+                    "freed {n} {} slots left marked releasing by a give-back that never \
+                     finished (a daemon stopped in the middle of one)",
                     maps::CONN_SLOTS
                 );
             }

@@ -56,8 +56,9 @@ impl SlotSweep {
     /// place is the one swept). Each slot that was bound to the same
     /// accepted socket at the sweep before is checked ([`Liveness::gone`]:
     /// sock_diag, in the connection's namespace); one whose socket was
-    /// gone then and is now is given back. How many were.
-    pub fn sweep(&mut self, maps_dir: &Path) -> io::Result<usize> {
+    /// gone then and is now is given back; a slot left marked releasing at
+    /// this sweep and the one before is freed.
+    pub fn sweep(&mut self, maps_dir: &Path) -> io::Result<Swept> {
         let slots = Mapped::open(&maps_dir.join(maps::CONN_SLOTS))?;
         let bound: Vec<(Sighting, OriginRecord)> = (0..slots.len)
             .map(|i| (i, slots.read(i)))
@@ -92,13 +93,31 @@ impl SlotSweep {
         let releasing: HashSet<u32> = (0..slots.len)
             .filter(|&i| slots.owner(i).load(Ordering::Acquire) == CONN_RELEASING)
             .collect();
-        let freed = releasing
+        // Freed by its owner word alone: a free slot's key is no one's.
+        let unstuck = releasing
             .intersection(&self.releasing_before)
-            .filter(|&&i| slots.free(i, CONN_RELEASING))
+            .filter(|&&i| {
+                slots
+                    .owner(i)
+                    .compare_exchange(CONN_RELEASING, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
             .count();
         self.releasing_before = releasing;
-        Ok(given_back + freed)
+        Ok(Swept {
+            given_back,
+            unstuck,
+        })
     }
+}
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Slots given back, their accepted socket gone.
+    pub given_back: usize,
+    /// Slots freed that a give-back had left marked releasing.
+    pub unstuck: usize,
 }
 
 /// A mapping of the whole of a pinned `Array<ConnSlot>` made
@@ -180,27 +199,23 @@ impl Mapped {
 
     /// Gives slot `i` back if `owner` (an accepted socket's cookie) still
     /// holds it, as the kernel's close does: swapped to `CONN_RELEASING`
-    /// (no lookup matches it and no claim takes it meanwhile), then
-    /// [`Mapped::free`]d. Whether it was.
+    /// (no lookup matches it and no claim takes it meanwhile), its key's
+    /// client port made 0 (no connection's), then freed. Whether it was.
     fn give_back(&self, i: u32, owner: u64) -> bool {
-        self.owner(i)
+        let owner_word = self.owner(i);
+        if owner_word
             .compare_exchange(owner, CONN_RELEASING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-            && self.free(i, CONN_RELEASING)
-    }
-
-    /// Frees slot `i` if it is still marked `releasing` (by this sweep or
-    /// a give-back left so): its key's client port made 0 (no
-    /// connection's), then its owner word. Whether it was.
-    fn free(&self, i: u32, releasing: u64) -> bool {
+            .is_err()
+        {
+            return false;
+        }
         // SAFETY: the client port is 2-byte aligned within the mapping,
         // and written only by whoever marked the slot releasing.
         let client_port =
             unsafe { AtomicU16::from_ptr(&raw mut (*self.slot(i)).entry.record.conn.client_port) };
         client_port.store(0, Ordering::Relaxed);
-        self.owner(i)
-            .compare_exchange(releasing, 0, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
+        owner_word.store(0, Ordering::Release);
+        true
     }
 }
 
