@@ -340,8 +340,13 @@ impl Query {
             }
             written => written.map(|()| true)?,
         };
-        let mut text = String::new();
-        let read = match stream.by_ref().take(MAX_ANSWER).read_line(&mut text) {
+        // Bytes first: an answer cut short may end inside a character.
+        let mut line = Vec::new();
+        let read = match stream
+            .by_ref()
+            .take(MAX_ANSWER)
+            .read_until(b'\n', &mut line)
+        {
             // The daemon closed the connection with this request unread in
             // it (an idle close, or an exit, as the request was written):
             // the close is a reset, and nothing of an answer came.
@@ -352,7 +357,7 @@ impl Query {
             Err(_) if !sent => return Err(Error::Closed),
             read => read?,
         };
-        if !text.ends_with('\n') {
+        if !line.ends_with(b"\n") {
             if read as u64 == MAX_ANSWER {
                 return Err(Error::Protocol(format!(
                     "an answer line longer than {MAX_ANSWER} bytes"
@@ -361,6 +366,7 @@ impl Query {
             // Nothing, or part of an answer, then the end: closed as above.
             return Err(Error::Closed);
         }
+        let text = String::from_utf8_lossy(&line);
         let answer: Value = serde_json::from_str(&text)
             .map_err(|e| Error::Protocol(format!("{e}: {}", text.trim_end())))?;
         if answer["v"].as_u64() != Some(VERSION) {

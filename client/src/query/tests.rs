@@ -32,6 +32,9 @@ const DRIP: std::time::Duration = std::time::Duration::from_millis(30);
 /// no newline, before the connection is closed (the daemon closing the
 /// client idle longest as its answer is written).
 const CUT: &str = "cut:";
+/// As [`CUT`], the part followed by the first byte of a two-byte character
+/// (the close cutting inside it).
+const CUT_IN_CHAR: &str = "cutchar:";
 /// A scripted line that closes the connection, after a while, without
 /// reading the request (a close with it unread: the client's read is
 /// reset).
@@ -92,6 +95,11 @@ impl Fake {
                     seen.push(req);
                     if let Some(part) = answer.strip_prefix(CUT) {
                         let _ = writer.write_all(part.as_bytes());
+                        break;
+                    }
+                    if let Some(part) = answer.strip_prefix(CUT_IN_CHAR) {
+                        let _ = writer.write_all(part.as_bytes());
+                        let _ = writer.write_all(&[0xc3]);
                         break;
                     }
                     if let Some(dripped) = answer.strip_prefix(DRIPPED) {
@@ -269,12 +277,16 @@ fn a_request_the_daemon_closed_unread_is_asked_again() {
 fn an_answer_cut_short_by_a_close_is_asked_again() {
     let ok = r#"{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"verdict":"allow"}}"#;
     let cut = r#"cut:{"v":1,"ok":true,"id":{id},"origin":{"pid":7,"#;
-    let fake = Fake::connections(&[&[cut], &[ok]]);
-    let mut q = fake.connect();
-    assert_eq!(q.who_cookie(4).unwrap().unwrap()["pid"], 7);
-    let reqs = fake.requests();
-    assert_eq!(reqs.len(), 2, "{reqs:?}");
-    assert_eq!(reqs[1]["cookie"], 4);
+    // Cut inside a character (the first byte of "é"'s two).
+    let cut_in_char = r#"cutchar:{"v":1,"ok":true,"id":{id},"origin":{"cmdline":"caf"#;
+    for cut in [cut, cut_in_char] {
+        let fake = Fake::connections(&[&[cut], &[ok]]);
+        let mut q = fake.connect();
+        assert_eq!(q.who_cookie(4).unwrap().unwrap()["pid"], 7, "{cut}");
+        let reqs = fake.requests();
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        assert_eq!(reqs[1]["cookie"], 4);
+    }
 }
 
 /// A new connection the daemon refuses (its uid holds as many as one uid
