@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, flags, meta_mode};
+use loopwarden_common::{LAYOUT_VERSION, META_MAGIC, Meta, flags, meta_mode};
 use tracing::warn;
 
 use super::{installed::Source, status_file};
@@ -79,10 +79,7 @@ pub(super) fn weakening(
     // or `--replace`) say their mode in their settings; of another, in
     // `LW_META`, where a version that wrote it said it.
     let meta = pins.meta().ok().filter(|m| m.magic == META_MAGIC);
-    let ours = match state {
-        PinState::Compatible | PinState::Resized { .. } => true,
-        _ => meta.is_some_and(|m| m.layout == LAYOUT_VERSION),
-    };
+    let ours = readable_settings(state, meta.as_ref());
     let said = match meta.map(|m| m.mode) {
         Some(meta_mode::REPORTING) => Some(Mode::Audit),
         Some(meta_mode::ENFORCING) => Some(Mode::Enforce),
@@ -121,15 +118,11 @@ pub(super) fn pinned_mode(pins: &PinDir) -> Option<Mode> {
 /// alive. Pinned maps of another layout, whose settings this build cannot
 /// read, count as judging.
 pub(super) fn pinned_judges_somewhere(pins: &PinDir, state: &PinState, kept: &[Netns]) -> bool {
-    let ours = match state {
-        PinState::Absent => return false,
-        PinState::Compatible | PinState::Resized { .. } => true,
-        // `--replace` over pins of this layout reads them as well.
-        PinState::Incompatible { .. } => pins
-            .meta()
-            .is_ok_and(|m| m.magic == META_MAGIC && m.layout == LAYOUT_VERSION),
-    };
-    let Some(in_force) = ours
+    if *state == PinState::Absent {
+        return false;
+    }
+    let meta = pins.meta().ok().filter(|m| m.magic == META_MAGIC);
+    let Some(in_force) = readable_settings(state, meta.as_ref())
         .then(|| crate::kernel::inspect::in_force(pins).ok())
         .flatten()
     else {
@@ -145,4 +138,15 @@ pub(super) fn pinned_judges_somewhere(pins: &PinDir, state: &PinState, kept: &[N
                 crate::resolve::in_scoped_netns(Path::new(&ns.path), ns.cookie, ns.inode, || Ok(()))
                     .is_ok()
             }))
+}
+
+/// Whether the pinned maps' settings are this build's to read: adopted
+/// (compatible, or one map resized), or replaced for another shape or by
+/// `--replace` while `meta` (`LW_META`, its magic checked) says this
+/// layout.
+fn readable_settings(state: &PinState, meta: Option<&Meta>) -> bool {
+    match state {
+        PinState::Compatible | PinState::Resized { .. } => true,
+        _ => meta.is_some_and(|m| m.layout == LAYOUT_VERSION),
+    }
 }
