@@ -212,7 +212,9 @@ fn sweep_slots(sweep: &mut SlotSweep, pins: &PinDir, error: &mut Option<String>)
     }
 }
 
-/// Says that a listener's accepts are credited to another process.
+/// Says that a listener's accepts are credited to another process. Its
+/// comm is the process's to choose (`PR_SET_NAME`): written quoted and
+/// escaped, so a newline in it cannot start a diagnostic line of its own.
 fn log_recredit(r: &Recredit) {
     let comm = procfs::process::Process::new(r.to as i32)
         .and_then(|p| p.stat())
@@ -224,7 +226,7 @@ fn log_recredit(r: &Recredit) {
         to = r.to,
         "the listener on port {} (network namespace {}) was credited to process {}, which \
          no longer listens (gone, or its pid another's): its accepts are now credited to \
-         process {} ({comm}), which holds it",
+         process {} ({comm:?}), which holds it",
         r.key.port,
         r.key.netns,
         r.from,
