@@ -529,3 +529,53 @@ fn a_start_on_a_file_that_does_not_compile_is_a_failed_reload() {
     );
     assert_eq!(metric(&second), Some(0.0));
 }
+
+/// A policy scoped by `[protect] netns` to a namespace that does not exist
+/// (a first start takes it, with a warning) judges no connect: `status`
+/// says so, not enforcing (exit 3), where the build before said "active,
+/// refusing" (exit 0); the relay it names connects meanwhile. Positive
+/// control: once a reload names the test's namespace, `status` says active
+/// (exit 0), scoped to one namespace, and the relay is refused.
+#[test]
+fn a_policy_scoped_to_no_existing_namespace_is_not_enforcing() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let install = Install::new();
+    let text = policy(&ns, "enforce", "");
+    let typo = text.replace(
+        &format!("\"{}\"", ns.path()),
+        &format!("\"{}-typo\"", ns.path()),
+    );
+    assert_ne!(typo, text);
+    let relay = || ns.socat_connect(&format!("TCP:127.0.0.1:{PROTECTED}"));
+    let daemon = Daemon::start_in(&install, &typo, &[]);
+    let (code, out, json) = status(&install);
+    assert_eq!(code, Some(3), "{out}");
+    let first_line = out.lines().next().unwrap_or_default();
+    assert!(first_line.contains("none of which exists"), "{out}");
+    assert_eq!(json["policy"]["netns_in_scope"], 0, "{json:#}");
+    let (ok, stderr) = relay();
+    assert!(ok, "a policy scoped to no namespace refused: {stderr}");
+
+    std::fs::write(install.config_path(), &text).expect("rewrite");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_installed(1);
+    let (code, out, json) = status(&install);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("scoped to 1 network namespaces"), "{out}");
+    assert_eq!(json["policy"]["netns_in_scope"], 1, "{json:#}");
+    let (ok, stderr) = relay();
+    assert!(!ok, "the relay got through the mended policy: {stderr}");
+
+    // Whether the links are attached cannot be seen without a cgroup v2
+    // root to ask: unknown (exit 4), not "not enforcing" (exit 3).
+    let elsewhere = TempDir::new("status-no-cgroup-root");
+    let out = run(Command::new(loopwarden_bin())
+        .arg("status")
+        .args(install.dir_args())
+        .arg("--host-cgroup-root")
+        .arg(elsewhere.path()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("cannot be seen"), "{text}");
+}

@@ -87,10 +87,13 @@ impl Report {
                     p.rules,
                     p.deny_errno,
                     if p.all_ports { "all" } else { "listed" },
-                    if p.netns_scoped {
-                        ", scoped to network namespaces"
-                    } else {
-                        ""
+                    match (p.netns_scoped, p.netns_in_scope) {
+                        (false, _) => String::new(),
+                        (true, Some(n)) => format!(", scoped to {n} network namespaces"),
+                        (true, None) => format!(
+                            ", scoped to more than {} network namespaces",
+                            loopwarden_common::NETNS_INLINE
+                        ),
                     },
                     if p.host_addresses {
                         ", host addresses too"

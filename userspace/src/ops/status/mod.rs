@@ -238,6 +238,25 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
             );
             return report.finish(State::Unreadable, summary);
         }
+        // Pinned and running a program, but the root could not be asked
+        // (none found, not opened, or the query failed): unknown, not "not
+        // attached".
+        if missing.pinned && missing.prog_name.is_some() && missing.attached_at_root.is_none() {
+            let summary = format!(
+                "unknown: link {} is pinned and runs a program, but whether it is attached at \
+                 the cgroup v2 root cannot be seen ({}); give the host's cgroup2 mount with \
+                 --host-cgroup-root",
+                missing.program,
+                match host_cgroup_root {
+                    Some(root) => format!(
+                        "{} is no cgroup v2 root, or could not be asked",
+                        root.display()
+                    ),
+                    None => "no cgroup v2 root found to ask".to_owned(),
+                }
+            );
+            return report.finish(State::Unreadable, summary);
+        }
         let why = if !missing.pinned {
             "is not pinned"
         } else if missing.prog_name.is_none() {
@@ -255,6 +274,17 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         return report.finish(
             State::NotEnforcing,
             "not enforcing: programs attached, but the pinned policy is disabled".to_owned(),
+        );
+    }
+    // Scoped to namespaces, none of which is in scope: nothing is judged
+    // (a name that did not exist at the first start, or namespaces gone
+    // since; its daemon installs them once they are made).
+    if policy.netns_scoped && policy.netns_in_scope == Some(0) {
+        return report.finish(
+            State::NotEnforcing,
+            "not enforcing: the pinned policy is scoped to network namespaces ([protect] \
+             netns), none of which exists now: it judges no connect until one is made"
+                .to_owned(),
         );
     }
     let what = match policy.mode.as_str() {
@@ -325,6 +355,8 @@ impl Report {
             rules: s.active.count_ones(),
             all_ports: s.flags & flags::ALL_PORTS != 0,
             netns_scoped: s.flags & flags::NETNS_SCOPED != 0,
+            netns_in_scope: (s.netns_inline != loopwarden_common::NETNS_NOT_INLINE)
+                .then_some(s.netns_inline),
             host_addresses: s.flags & flags::HOST_ADDRS != 0,
             relay: match (
                 s.flags & flags::RELAY != 0,
