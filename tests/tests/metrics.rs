@@ -183,6 +183,7 @@ fn a_scrape_counts_exactly_the_refusals_and_connects_the_test_caused() {
     // policy), then a bad one (the running policy stays, and the gauge
     // says the reload failed).
     assert_eq!(after.get("loopwarden_last_reload_success", &[]), None);
+    assert_eq!(after.get("loopwarden_refresh_failing", &[]), Some(0.0));
     let more = format!(
         "{}{}",
         config(&ns, ""),

@@ -331,6 +331,7 @@ impl Installed {
             Ok(installed) => {
                 if self.refresh_error.take().is_some() {
                     info!("re-resolving the policy works again");
+                    status_file::refresh(None);
                 }
                 // A re-resolution is no reload: the status file's last
                 // reload stays the operator's.
@@ -342,6 +343,7 @@ impl Installed {
             Err(message) => {
                 if self.refresh_error.as_deref() != Some(message.as_str()) {
                     warn!("{message}");
+                    status_file::refresh(Some(message.clone()));
                     self.refresh_error = Some(message);
                 }
             }

@@ -1,7 +1,8 @@
 //! `<run_dir>/status.json`: what a running daemon says about itself for
 //! `loopwarden status` (pid, version, start time, policy source, the policy
-//! in force, the last reload's outcome and the last sweep's). Written at
-//! start, after each install or failed reload and after each sweep,
+//! in force, the last reload's outcome and the last sweep's, a failing
+//! re-resolution). Written at start, after each install or failed reload,
+//! after each sweep, and when the re-resolution starts or stops failing,
 //! atomically (a temporary file renamed over it),
 //! so a reader sees a whole file or the previous one.
 //!
@@ -54,8 +55,8 @@ pub struct DaemonStatus {
     pub policy_seq: Option<u64>,
     /// Rules of the policy in force.
     pub rules: Option<u32>,
-    /// The last SIGHUP reload or install, if any since start; a start
-    /// whose file did not compile counts as a failed one.
+    /// The last SIGHUP reload, if any since start; a start whose file did
+    /// not compile counts as a failed one.
     pub last_reload: Option<Reload>,
     /// The last sweep of admitted connections (enforce mode only), if any
     /// since start. Absent in the files of earlier versions.
@@ -66,6 +67,11 @@ pub struct DaemonStatus {
     /// while none has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<Waiting>,
+    /// The 1 s re-resolution of the policy, failing (to compile or to
+    /// install) since `at` with `error`, the policy in force staying as it
+    /// was; absent while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_failing: Option<Reload>,
     /// The pin directory the daemon enforces through (its `--pin-dir`):
     /// `status` given another says so. Absent in the files of earlier
     /// versions.
@@ -132,6 +138,7 @@ struct Cell {
     started_at: String,
     last_reload: Option<Reload>,
     waiting: Option<Waiting>,
+    refresh_failing: Option<Reload>,
     /// What the file holds now (`None`: not yet written).
     written: Option<DaemonStatus>,
 }
@@ -163,6 +170,7 @@ pub(super) fn started(
         started_at: now(),
         last_reload: None,
         waiting: None,
+        refresh_failing: None,
         written: None,
     };
     if CELL.set(Mutex::new(cell)).is_err() {
@@ -201,6 +209,7 @@ pub(super) fn record(installed: &Installed, outcome: Option<Result<(), String>>)
         last_reload: cell.last_reload.clone(),
         last_sweep: last_sweep(),
         waiting: cell.waiting.clone(),
+        refresh_failing: cell.refresh_failing.clone(),
         pin_dir: Some(cell.pin_dir.clone()),
     };
     rewrite(&mut cell, status);
@@ -221,6 +230,34 @@ pub(super) fn waiting(waiting: Option<Waiting>) {
         status.waiting = waiting;
         rewrite(&mut cell, status);
     }
+}
+
+/// The 1 s re-resolution failed with `error` (`Some`; its first failure
+/// with that error keeps its time), or works (`None`): rewrites the file
+/// when that changes, once the daemon has written one.
+pub(super) fn refresh(error: Option<String>) {
+    let Some(Ok(mut cell)) = CELL.get().map(Mutex::lock) else {
+        return;
+    };
+    if cell.refresh_failing.as_ref().and_then(|f| f.error.as_ref()) == error.as_ref() {
+        return;
+    }
+    let failing = error.map(|error| Reload {
+        at: now(),
+        ok: false,
+        error: Some(error),
+    });
+    cell.refresh_failing = failing.clone();
+    if let Some(mut status) = cell.written.clone() {
+        status.updated_at = now();
+        status.refresh_failing = failing;
+        rewrite(&mut cell, status);
+    }
+}
+
+/// The re-resolution's failure, while it fails.
+pub fn refresh_failing() -> Option<Reload> {
+    CELL.get()?.lock().ok()?.refresh_failing.clone()
 }
 
 /// `at` as the file writes times.
@@ -314,6 +351,11 @@ mod tests {
                 more_problems: 0,
             }),
             waiting: None,
+            refresh_failing: Some(Reload {
+                at: "2026-01-01T00:00:03Z".into(),
+                ok: false,
+                error: Some("installing the re-resolved policy failed".into()),
+            }),
             pin_dir: Some("/sys/fs/bpf/loopwarden".into()),
         };
         write(&dir.join(STATUS_FILE), &status).unwrap();

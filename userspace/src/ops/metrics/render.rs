@@ -271,19 +271,27 @@ pub(super) fn render(shared: &Shared) -> String {
         page.single(
             "loopwarden_last_reload_success",
             Kind::Gauge,
-            "1 if the last reload (SIGHUP) since start succeeded, 0 if it (or the install of a \
-             re-resolved policy, or the start's reading of its policy file) failed and the \
-             running policy stayed. Absent before any.",
+            "1 if the last reload (SIGHUP) since start succeeded, 0 if it (or the start's \
+             reading of its policy file) failed and the running policy stayed. Absent before \
+             any.",
             u64::from(reload.ok),
         );
         let at = humantime::parse_rfc3339(&reload.at).map_or(0, unix_seconds);
         page.single(
             "loopwarden_last_reload_timestamp_seconds",
             Kind::Gauge,
-            "When that reload or failed install ended, in seconds since the epoch.",
+            "When that reload ended, in seconds since the epoch.",
             at,
         );
     }
+    page.single(
+        "loopwarden_refresh_failing",
+        Kind::Gauge,
+        "1 while the policy's re-resolution (every second: executables installed, cgroups \
+         created, host addresses changed since) fails to compile or to install, the policy in \
+         force staying as it was; 0 while it works (see `loopwarden status` and the log).",
+        u64::from(status_file::refresh_failing().is_some()),
+    );
     if let Some(sweep) = status_file::last_sweep() {
         page.single(
             "loopwarden_last_sweep_complete",

@@ -131,6 +131,16 @@ impl Report {
                 };
                 line("reload", text);
             }
+            if let Some(failing) = &r.refresh_failing {
+                line(
+                    "refresh",
+                    format!(
+                        "re-resolving the policy FAILS since {}: {}",
+                        failing.at,
+                        failing.error.as_deref().unwrap_or("?")
+                    ),
+                );
+            }
             if let Some(sweep) = &r.last_sweep {
                 line("sweep", sweep_text(sweep));
             }

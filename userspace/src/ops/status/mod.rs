@@ -328,8 +328,14 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         }
         _ => String::new(),
     };
+    let refresh = match report.daemon.reported.as_ref() {
+        Some(r) if report.daemon.running && r.refresh_failing.is_some() => {
+            "; its re-resolution of the policy FAILS (see `refresh` below)"
+        }
+        _ => "",
+    };
     let summary = format!(
-        "active: policy #{} in {} mode, {what}; {who}{tracking}{bind}",
+        "active: policy #{} in {} mode, {what}; {who}{refresh}{tracking}{bind}",
         policy.seq, policy.mode
     );
     report.finish(State::Active, summary)
