@@ -22,6 +22,13 @@
 //! of them [`MAX_WAITING`]: past them that user's (or every) command line
 //! goes unread until one returns, and others' are still read. The wait is
 //! killable, so a reader still waiting does not hold the daemon's exit.
+//!
+//! A user whose processes' locks are let go just before (or after) the
+//! wait ends could still cost the caller a wait per new process, again and
+//! again: so the time callers wait is charged to the process's user, and,
+//! past [`UID_BUDGET`] waits' worth in a [`BUDGET_WINDOW`] (all users
+//! together: [`ALL_BUDGET`]), reads of that user's (or anyone's)
+//! processes are waited for [`SPENT_WAIT`] only, until the window ends.
 
 use std::{
     collections::HashMap,
@@ -44,6 +51,17 @@ pub const WAIT: Duration = Duration::from_millis(250);
 /// How long a process whose read outlasted [`WAIT`] goes unread after the
 /// read returned.
 const COOLDOWN: Duration = Duration::from_secs(10);
+/// The window a user's waits are charged in.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// How many full waits a user's processes may cost callers in a
+/// [`BUDGET_WINDOW`].
+const UID_BUDGET: u32 = 2;
+/// How many all users' together.
+const ALL_BUDGET: u32 = 8;
+/// How long a read of a process whose user (or everyone) spent its budget
+/// is waited for: far more than a read takes (microseconds), far less than
+/// [`WAIT`].
+const SPENT_WAIT: Duration = Duration::from_millis(5);
 /// Reads of one user's processes that may wait at once.
 const PER_UID: usize = 2;
 /// Reads that may wait at once, all users together.
@@ -95,6 +113,37 @@ struct State {
     noted: HashMap<u32, Noted>,
     /// Whether the cap was reached and said so.
     said_full: bool,
+    /// The time callers waited on reads, by the user of the process read.
+    charged: HashMap<u32, Charge>,
+    /// And for all users.
+    charged_all: Charge,
+}
+
+/// Time callers waited in the current [`BUDGET_WINDOW`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Charge {
+    /// When the window began (`None`: none yet).
+    since: Option<Instant>,
+    spent: Duration,
+    /// Whether the budget's end was said in this window.
+    said: bool,
+}
+
+impl Charge {
+    /// What is left of `budget` at `now` (a new window when this one is
+    /// over).
+    fn left(&mut self, budget: Duration, now: Instant) -> Duration {
+        if self
+            .since
+            .is_none_or(|since| now.duration_since(since) >= BUDGET_WINDOW)
+        {
+            *self = Charge {
+                since: Some(now),
+                ..Charge::default()
+            };
+        }
+        budget.saturating_sub(self.spent)
+    }
 }
 
 impl State {
@@ -176,8 +225,10 @@ impl Pool {
                 return Err(Waiting);
             }
             state.noted.insert(tgid, Noted::Reading);
-            state.idle.pop()
+            let wait = self.wait_for(&mut state, uid);
+            (state.idle.pop(), wait)
         };
+        let (reader, wait) = reader;
         let forget = || {
             self.state().noted.remove(&tgid);
             self.read.notify_all();
@@ -187,6 +238,7 @@ impl Pool {
             return forget();
         };
         let (answer, answered) = mpsc::sync_channel(1);
+        let job_asked = Instant::now();
         let job = Job {
             tgid,
             dir: dir.to_owned(),
@@ -198,7 +250,9 @@ impl Pool {
         if reader.send(job).is_err() {
             return forget();
         }
-        match answered.recv_timeout(self.wait) {
+        let answer = answered.recv_timeout(wait);
+        self.charge(uid, job_asked.elapsed());
+        match answer {
             Ok(read) => Ok(read.ok()),
             // The reader is gone without an answer (it cannot panic on a
             // read, but then its note must not stay).
@@ -217,10 +271,62 @@ impl Pool {
                      held, or queued for: a process can keep it so): lines and answers about \
                      it go without one until the read returns",
                     dir.display(),
-                    self.wait.as_millis()
+                    wait.as_millis()
                 );
                 Err(Waiting)
             }
+        }
+    }
+
+    /// How long a read of a process of `uid` is waited for: [`WAIT`], or
+    /// [`SPENT_WAIT`] once that user's (or all users') budget is spent in
+    /// this window (said once per window).
+    fn wait_for(&self, state: &mut State, uid: u32) -> Duration {
+        let now = Instant::now();
+        let uid_left = state
+            .charged
+            .entry(uid)
+            .or_default()
+            .left(self.wait * UID_BUDGET, now);
+        let all_left = state.charged_all.left(self.wait * ALL_BUDGET, now);
+        if !uid_left.is_zero() && !all_left.is_zero() {
+            return self.wait;
+        }
+        let charge = if uid_left.is_zero() {
+            state.charged.entry(uid).or_default()
+        } else {
+            &mut state.charged_all
+        };
+        if !charge.said {
+            charge.said = true;
+            warn!(
+                "reads of command lines made callers wait {} ms in {} s ({}): for the rest of \
+                 that time they are waited for {} ms only, and those that take longer go \
+                 without",
+                charge.spent.as_millis(),
+                BUDGET_WINDOW.as_secs(),
+                if uid_left.is_zero() {
+                    format!("of uid {uid}'s processes")
+                } else {
+                    "all users' together".to_owned()
+                },
+                SPENT_WAIT.as_millis()
+            );
+        }
+        SPENT_WAIT.min(self.wait)
+    }
+
+    /// Charges `waited` to the user `uid` and to all.
+    fn charge(&self, uid: u32, waited: Duration) {
+        let mut state = self.state();
+        state.charged.entry(uid).or_default().spent += waited;
+        state.charged_all.spent += waited;
+        if state.charged.len() > NOTED_MAX {
+            let now = Instant::now();
+            state.charged.retain(|_, c| {
+                c.since
+                    .is_some_and(|since| now.duration_since(since) < BUDGET_WINDOW)
+            });
         }
     }
 
@@ -414,6 +520,63 @@ mod tests {
         );
         writer.join().unwrap();
         assert_eq!(first.join().unwrap(), Ok(Some(b"first".to_vec())));
+    }
+
+    /// Reads let go just before their wait ends never count as waiting,
+    /// but their time is charged: past the user's budget, a read that does
+    /// not answer is waited for [`SPENT_WAIT`] only, while one that
+    /// answers is still read. Positive control: within the budget the same
+    /// read is waited for in full.
+    #[test]
+    fn a_users_waits_are_capped_in_time() {
+        let wait = Duration::from_millis(400);
+        let pool = Pool::new(wait, Duration::ZERO);
+        let slow_read = |n: u32, answer_after: Option<Duration>| {
+            let (file, mut write) = pipe();
+            let writer = answer_after.map(|after| {
+                std::thread::spawn(move || {
+                    std::thread::sleep(after);
+                    write.write_all(b"late\0").unwrap();
+                })
+            });
+            let asked = Instant::now();
+            let read = pool.read(&dir(n), file, 64);
+            let took = asked.elapsed();
+            if let Some(writer) = writer {
+                writer.join().unwrap();
+            }
+            (read, took)
+        };
+        // Each answered within the wait, but most of it: past the budget
+        // (the last of them still waited for in full, some of it left).
+        for n in 0..=UID_BUDGET {
+            let (read, took) = slow_read(40 + n, Some(wait * 3 / 4));
+            assert_eq!(read, Ok(Some(b"late\0".to_vec())));
+            assert!(took >= wait * 3 / 4, "{took:?}");
+        }
+        // The next read that does not answer is given up at once.
+        let (read, took) = slow_read(50, Some(wait * 2));
+        assert_eq!(read, Err(Waiting));
+        assert!(took < wait / 2, "waited {took:?} past the budget");
+        // One that answers at once is still read (a thread's hand-over may
+        // take longer than SPENT_WAIT on a busy host: tried again).
+        let back = Instant::now() + Duration::from_secs(10);
+        loop {
+            match pool.read(&dir(51), ready(b"ok\0"), 64) {
+                Ok(read) => {
+                    assert_eq!(read, Some(b"ok\0".to_vec()));
+                    break;
+                }
+                Err(Waiting) => assert!(Instant::now() < back, "a ready read was never read"),
+            }
+        }
+        // Another pool, its budget unspent: the same read waited for in
+        // full.
+        let fresh = Pool::new(wait, Duration::ZERO);
+        let (file, _write) = pipe();
+        let asked = Instant::now();
+        assert_eq!(fresh.read(&dir(60), file, 64), Err(Waiting));
+        assert!(asked.elapsed() >= wait);
     }
 
     #[test]
