@@ -246,6 +246,8 @@ fn an_ipv6_deny_that_holds_every_ipv4_address_is_warned_of() {
         // IPv4 left out, or allowed in part on purpose.
         "deny = [\"::/0\"]\nallow = [\"0.0.0.0/0\"]\n",
         "deny = [\"::/0\"]\nallow = [\"10.0.0.0/8\"]\n",
+        // The same in IPv4-mapped form.
+        "deny = [\"::/0\"]\nallow = [\"::ffff:10.0.0.0/104\"]\n",
         // Prefixes that do not hold ::ffff:0:0/96.
         "deny = [\"2001:db8::/32\", \"fc00::/7\"]\n",
     ] {
@@ -264,6 +266,9 @@ fn a_deny_of_the_unspecified_address_alone_is_refused() {
         ("0.0.0.0", "127.0.0.1"),
         ("0.0.0.0/8", "127.0.0.1"),
         ("::", "::1"),
+        // Written in IPv4-mapped form: judged as the IPv4 it maps.
+        ("::ffff:0.0.0.0", "::ffff:127.0.0.1"),
+        ("::ffff:0.0.0.0/104", "::ffff:127.0.0.1"),
     ] {
         expect_error(
             &egress("a", &format!("{WHO}deny = [\"{deny}\"]\n")),
@@ -271,7 +276,15 @@ fn a_deny_of_the_unspecified_address_alone_is_refused() {
             &format!("goes to {loopback} on this host"),
         );
     }
-    for deny in ["0.0.0.0/0", "::/0", "127.0.0.0/8", "0.0.0.0/2", "0.0.0.0/7"] {
+    for deny in [
+        "0.0.0.0/0",
+        "::/0",
+        "127.0.0.0/8",
+        "0.0.0.0/2",
+        "0.0.0.0/7",
+        "::ffff:0.0.0.0/96",
+        "::ffff:0.0.0.0/98",
+    ] {
         parse(&egress("a", &format!("{WHO}deny = [\"{deny}\"]\n"))).expect(deny);
     }
 }

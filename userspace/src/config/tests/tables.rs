@@ -382,6 +382,20 @@ fn a_browser_port_reachable_at_a_host_address_is_warned_of() {
         "{warnings:?}"
     );
     assert_eq!(warned("[protect]\nports = [11434]\n"), Vec::<String>::new());
+    // Some port kept on loopback, but not every one `action = "deny"`
+    // refuses browsers on: said (the build before said nothing once any
+    // port was kept).
+    let some = "[protect]\nports = [11434, 8000]\n[browsers]\naction = \"deny\"\n\
+                [bind]\nloopback_only = [11434]\n";
+    assert_eq!(warned(some).len(), 1, "{some}");
+    // Every one kept, or the rest let in by a list: not said.
+    let all_kept = some.replace("[11434]\n", "[11434, 8000]\n");
+    assert_eq!(warned(&all_kept), Vec::<String>::new());
+    let rest_allowed = some.replace("action = \"deny\"\n", "action = \"deny\"\nallow = [8000]\n");
+    assert_eq!(warned(&rest_allowed), Vec::<String>::new());
+    // A deny range kept by two ranges of the bind guard together.
+    let split = format!("{listed}[bind]\nloopback_only = [\"11000-11434\", \"11435-11999\"]\n");
+    assert_eq!(warned(&split), Vec::<String>::new());
 }
 
 #[test]

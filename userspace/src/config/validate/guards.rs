@@ -12,7 +12,7 @@ use super::{
 use crate::{
     config::{
         Bind, Browsers, ConfigError, Criteria, Egress, EgressDestination, Located, PortRange,
-        Problem, Protect,
+        PortSet, Problem, Protect,
         raw::{OneOrMany, PortItem, RawBind, RawBrowsers, RawEgress},
     },
     policy::{
@@ -210,7 +210,12 @@ impl Validator<'_> {
         let v4_mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("a valid prefix");
         // An IPv4 allow says the writer knows IPv4 is in it; an IPv4 deny
         // beside it says the contrary (it is redundant).
-        if rule.allow.iter().any(|a| a.value.addr().is_ipv4()) {
+        // (Written in IPv4-mapped form too: `::ffff:10.0.0.0/104`.)
+        let names_ipv4 = |net: &ipnet::IpNet| match net {
+            ipnet::IpNet::V4(_) => true,
+            ipnet::IpNet::V6(v6) => v4_mapped.contains(v6),
+        };
+        if rule.allow.iter().any(|a| names_ipv4(&a.value)) {
             return;
         }
         for d in &rule.deny {
@@ -292,23 +297,41 @@ impl Validator<'_> {
 /// else a connect reaches but `0.0.0.0/8`'s rare others: a deny of it
 /// would refuse nothing. (`0.0.0.0/7` and shorter hold public addresses:
 /// they stand.)
+/// An IPv4-mapped IPv6 prefix (`::ffff:0.0.0.0/104`) is judged as the
+/// IPv4 one it maps (`0.0.0.0/8`): the programs look IPv4 up in that form.
 fn reachable(text: String, net: ipnet::IpNet) -> Result<ipnet::IpNet, Problem> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let (unspecified, loopback, names): (IpAddr, IpAddr, _) = match net {
-        ipnet::IpNet::V4(_) => (
-            Ipv4Addr::UNSPECIFIED.into(),
-            Ipv4Addr::LOCALHOST.into(),
-            ("0.0.0.0", "127.0.0.1"),
-        ),
-        ipnet::IpNet::V6(_) => (
-            Ipv6Addr::UNSPECIFIED.into(),
-            Ipv6Addr::LOCALHOST.into(),
-            ("::", "::1"),
-        ),
+    let mapped = match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok()),
+        _ => None,
     };
+    let (judged, unspecified, loopback, names): (ipnet::IpNet, IpAddr, IpAddr, _) =
+        match (net, mapped) {
+            (_, Some(v4)) => (
+                v4.into(),
+                Ipv4Addr::UNSPECIFIED.into(),
+                Ipv4Addr::LOCALHOST.into(),
+                ("::ffff:0.0.0.0", "::ffff:127.0.0.1"),
+            ),
+            (ipnet::IpNet::V4(_), None) => (
+                net,
+                Ipv4Addr::UNSPECIFIED.into(),
+                Ipv4Addr::LOCALHOST.into(),
+                ("0.0.0.0", "127.0.0.1"),
+            ),
+            (ipnet::IpNet::V6(_), None) => (
+                net,
+                Ipv6Addr::UNSPECIFIED.into(),
+                Ipv6Addr::LOCALHOST.into(),
+                ("::", "::1"),
+            ),
+        };
     // (No IPv6 prefix holds `::` but not `::1` but `::/128`.)
-    let this_network = net.prefix_len() >= 8;
-    if this_network && net.contains(&unspecified) && !net.contains(&loopback) {
+    let this_network = judged.prefix_len() >= 8;
+    if this_network && judged.contains(&unspecified) && !judged.contains(&loopback) {
         return Err(Problem::EgressUnspecified {
             text,
             unspecified: names.0,
@@ -334,21 +357,37 @@ impl Validator<'_> {
         if protect.host_addresses {
             return;
         }
-        let kept = |r: &PortRange| {
+        let kept = |port: u16| {
             bind.loopback_only
                 .iter()
-                .any(|b| b.first <= r.first && r.last <= b.last)
+                .any(|b| b.first <= port && port <= b.last)
         };
+        let open = |r: &PortRange| (r.first..=r.last).any(|port| !kept(port));
         let advice = "a page reaches a service that listens on every address at the host's own \
                       non-loopback address (its LAN address), which no hook judges with \
                       [protect] host_addresses = false; set host_addresses = true, or keep the \
                       service on loopback with [bind] loopback_only";
-        if let Some(range) = browsers.deny.iter().find(|r| !kept(&r.value)) {
+        // The ports `action = "deny"` refuses browsers on: the protected
+        // ones no list names.
+        let listed = |port: u16| {
+            (browsers.audit.iter().chain(&browsers.allow)).any(|r| {
+                let r = &r.value;
+                r.first <= port && port <= r.last
+            })
+        };
+        let denied_open = match &protect.ports {
+            PortSet::All => true,
+            PortSet::Ranges(ranges) => ranges
+                .iter()
+                .flat_map(|r| r.first..=r.last)
+                .any(|port| !listed(port) && !kept(port)),
+        };
+        if let Some(range) = browsers.deny.iter().find(|r| open(&r.value)) {
             warnings.push(format!(
                 "{}:{}: [browsers] deny lists {}, but {advice}",
                 self.file, range.at.line, range.value
             ));
-        } else if browsers.action == Action::Deny && bind.loopback_only.is_empty() {
+        } else if browsers.action == Action::Deny && denied_open {
             warnings.push(format!(
                 "{}: [browsers] action = \"deny\", but {advice}",
                 self.file
