@@ -579,3 +579,36 @@ fn a_policy_scoped_to_no_existing_namespace_is_not_enforcing() {
     assert_eq!(out.status.code(), Some(4), "{text}");
     assert!(text.contains("cannot be seen"), "{text}");
 }
+
+/// Pins no daemon reads, asked about with the run directory of a daemon
+/// that pins elsewhere: `status` says their policy is enforced unreported
+/// and names the command that reports on the daemon's own, where the build
+/// before said "reported by the daemon". Positive control: the daemon's
+/// own pins are said reported by it.
+#[test]
+fn pins_the_run_directorys_daemon_does_not_use_are_said_unreported() {
+    let ns = Netns::new();
+    let text = policy(&ns, "audit", "");
+    let left = Install::new();
+    let mut first = Daemon::start_in(&left, &text, &[]);
+    assert!(first.stop(), "the first daemon exited badly");
+    let install = Install::new();
+    let _daemon = Daemon::start_in(&install, &text, &[]);
+    let out = run(Command::new(loopwarden_bin())
+        .arg("status")
+        .arg("--run-dir")
+        .arg(install.run_dir())
+        .arg("--pin-dir")
+        .arg(left.pin_dir()));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let first_line = said.lines().next().unwrap_or_default();
+    assert!(
+        first_line.contains("no daemon reports for these pins")
+            && first_line.contains(&format!("pins in {}", install.pin_dir().display())),
+        "{said}"
+    );
+    let (code, own, _) = status(&install);
+    assert_eq!(code, Some(0), "{own}");
+    assert!(own.contains("reported by the daemon"), "{own}");
+}

@@ -297,23 +297,41 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         .as_ref()
         .and_then(|r| r.last_reload.as_ref())
         .is_some_and(|reload| !reload.ok);
-    let who = match &report.daemon.elsewhere {
-        _ if report.daemon.running && failed_reload => {
-            "reported by the daemon, whose last reading of its policy file FAILED (at start or \
-             at a reload: it keeps the policy before; see `reload` below)"
-                .to_owned()
+    // The run directory's daemon pins elsewhere: it reads none of these
+    // pins' reports.
+    let pins_elsewhere = report
+        .daemon
+        .reported
+        .as_ref()
+        .filter(|_| report.daemon.running)
+        .and_then(|r| r.pin_dir.clone())
+        .filter(|theirs| *theirs != pin_dir);
+    let who = if let (Some(theirs), None) = (&pins_elsewhere, &report.daemon.elsewhere) {
+        format!(
+            "no daemon reports for these pins: enforcing the pinned policy, unreported (the \
+             daemon of this run directory pins in {}: `{}` reports on it)",
+            theirs.display(),
+            crate::ops::command("status", theirs, Some(run_dir))
+        )
+    } else {
+        match &report.daemon.elsewhere {
+            _ if report.daemon.running && failed_reload => {
+                "reported by the daemon, whose last reading of its policy file FAILED (at start or \
+                 at a reload: it keeps the policy before; see `reload` below)"
+                    .to_owned()
+            }
+            _ if report.daemon.running => "reported by the daemon".to_owned(),
+            Some(other) => format!(
+                "reported by the daemon of pid {}, whose run directory is {} (not {})",
+                other.pid,
+                other
+                    .run_dir
+                    .as_deref()
+                    .map_or("another".to_owned(), human::shown_path),
+                report.run_dir.display()
+            ),
+            None => "no daemon: enforcing the pinned policy, unreported".to_owned(),
         }
-        _ if report.daemon.running => "reported by the daemon".to_owned(),
-        Some(other) => format!(
-            "reported by the daemon of pid {}, whose run directory is {} (not {})",
-            other.pid,
-            other
-                .run_dir
-                .as_deref()
-                .map_or("another".to_owned(), human::shown_path),
-            report.run_dir.display()
-        ),
-        None => "no daemon: enforcing the pinned policy, unreported".to_owned(),
     };
     let tracking = match report.tracking.iter().find(|t| !t.running()) {
         Some(t) if policy.relay != "off" => format!(
@@ -329,7 +347,9 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         _ => String::new(),
     };
     let refresh = match report.daemon.reported.as_ref() {
-        Some(r) if report.daemon.running && r.refresh_failing.is_some() => {
+        Some(r)
+            if report.daemon.running && pins_elsewhere.is_none() && r.refresh_failing.is_some() =>
+        {
             "; its re-resolution of the policy FAILS (see `refresh` below)"
         }
         _ => "",
