@@ -171,6 +171,17 @@ fn status_follows_attach_sigkill_incompatible_meta_and_detach() {
     let (nobody_code, nobody_text) = status_as_nobody(&install);
     assert_eq!(nobody_code, Some(4), "{nobody_text}");
     assert!(nobody_text.contains("need root"), "{nobody_text}");
+    assert!(nobody_text.contains("running: pid"), "{nobody_text}");
+    // status.json root's alone (the unit's UMask=0077): said so, where the
+    // build before guessed at an older daemon.
+    let file = install.run_dir().join("status.json");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    let (_, private) = status_as_nobody(&install);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod 644");
+    assert!(
+        private.contains("Permission denied") && !private.contains("an older version"),
+        "{private}"
+    );
     // Root without CAP_SYS_ADMIN cannot look the links' programs up: it
     // says so, where it said they ran none (exit 3).
     let out = run(Command::new("setpriv")

@@ -314,8 +314,22 @@ pub fn write(path: &Path, status: &DaemonStatus) -> io::Result<()> {
 
 /// Reads `<run_dir>/status.json`; `None` when there is none or it does not parse.
 pub fn read(run_dir: &Path) -> Option<DaemonStatus> {
-    let text = fs::read_to_string(run_dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    read_or_why(run_dir).ok().flatten()
+}
+
+/// [`read`], and why a file that is there could not be read (not
+/// readable by this user: the unit's `UMask=0077` makes it root's alone)
+/// or does not parse.
+pub fn read_or_why(run_dir: &Path) -> Result<Option<DaemonStatus>, String> {
+    let path = run_dir.join(STATUS_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading {} failed: {e}", path.display())),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("{} does not parse: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -22,7 +22,10 @@ use crate::{
 /// daemon given another `--run-dir`, whose run directory is read from its
 /// command line when it can be.
 pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
-    let reported = status_file::read(run_dir);
+    let (reported, unread) = match status_file::read_or_why(run_dir) {
+        Ok(reported) => (reported, None),
+        Err(why) => (None, Some(why)),
+    };
     let lock = run_dir.join("loopwarden.lock");
     let holder = lock_holder(&lock, true);
     let running = match (&holder, &reported) {
@@ -49,6 +52,7 @@ pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
             LockState::Free => None,
         },
         reported,
+        unread,
         elsewhere,
     }
 }

@@ -256,10 +256,16 @@ impl DaemonReport {
                     "running: pid {}, version {}, started {}",
                     r.pid, r.version, r.started_at
                 ),
-                None => format!(
-                    "running: pid {} (it wrote no status.json: an older version?)",
-                    opt(self.lock_holder)
-                ),
+                None => match &self.unread {
+                    Some(why) => format!(
+                        "running: pid {} ({why}: as root, `status` shows what it says)",
+                        opt(self.lock_holder)
+                    ),
+                    None => format!(
+                        "running: pid {} (it wrote no status.json: an older version?)",
+                        opt(self.lock_holder)
+                    ),
+                },
             }
         } else {
             let here = match r {

@@ -146,6 +146,10 @@ pub struct DaemonReport {
     pub lock_holder: Option<u32>,
     /// What it (or, when not running, the last one) wrote in status.json.
     pub reported: Option<DaemonStatus>,
+    /// Why a status.json that is there was not read (not readable by this
+    /// user, or it does not parse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<String>,
     /// When none runs for this run directory: the process holding the pin
     /// directory's lock (a daemon given another `--run-dir`).
     pub elsewhere: Option<Holder>,
