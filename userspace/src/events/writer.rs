@@ -267,18 +267,29 @@ fn put(out: &mut dyn Write, batch: &Batch, mid_line: &mut bool, counts: &Shared)
 
 /// Writes all of `bytes` (more than one `write(2)` only if the output takes
 /// them in parts); on an error, how many were written.
-fn write_batch(out: &mut dyn Write, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
+///
+/// An output left non-blocking (`O_NONBLOCK` on a descriptor the daemon
+/// was given, shared with whoever set it) that is full is waited for, as a
+/// blocking one would be: this runs on a thread of its own, and what
+/// queues behind it meanwhile is dropped and counted as for a slow reader.
+pub(super) fn write_batch(out: &mut dyn Write, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
     let mut written = 0;
     while written < bytes.len() {
         match out.write(&bytes[written..]) {
             Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(FULL_RETRY);
+            }
             Err(e) => return Err((e, written)),
         }
     }
     Ok(())
 }
+
+/// How long a full non-blocking output is left before it is written again.
+const FULL_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 #[cfg(test)]
 mod tests {
@@ -304,6 +315,40 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A non-blocking output that is full for its first `full` writes.
+    struct Full {
+        full: usize,
+        got: Vec<u8>,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.full > 0 {
+                self.full -= 1;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(3);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A full non-blocking output is waited for, not taken for a failed
+    /// write (which loses the rest of the batch).
+    #[test]
+    fn a_full_non_blocking_output_is_waited_for() {
+        let mut out = Full {
+            full: 5,
+            got: Vec::new(),
+        };
+        assert!(write_batch(&mut out, b"one line\n").is_ok());
+        assert_eq!(out.got, b"one line\n");
     }
 
     fn batch(text: &str, reports: &[u64]) -> Batch {
