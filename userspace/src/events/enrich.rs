@@ -26,10 +26,25 @@ use super::{
 use crate::{cut::Cut, policy::RuleInfo};
 
 /// Rule lists of this many recent installs are kept, so a report queued
-/// before a policy change still names the rule that judged it.
+/// (or a flow summarised) since a policy change still names the rule that
+/// judged it. Installs with the same rules (re-resolutions: new ids, the
+/// same rules) share one list, and count once.
 const RULE_LISTS_KEPT: usize = 64;
+/// Installs kept by their sequence number, however few lists they share.
+const INSTALLS_KEPT: usize = 1024;
 /// Rule lists by the `policy_seq` of their install, newest last.
 type RuleLists = std::collections::VecDeque<(u64, Arc<Vec<RuleInfo>>)>;
+
+/// How many lists `lists` holds (installs that follow one another with the
+/// same rules share one).
+fn distinct_lists(lists: &RuleLists) -> usize {
+    let changes = lists
+        .iter()
+        .zip(lists.iter().skip(1))
+        .filter(|((_, a), (_, b))| !Arc::ptr_eq(a, b))
+        .count();
+    usize::from(!lists.is_empty()) + changes
+}
 
 /// The rule lists an [`Enricher`] knows, shared with readers off the event
 /// path (the query socket): [`Enricher::set_rules`] writes them; the event
@@ -155,10 +170,14 @@ impl Enricher {
 
     /// Records the rule names of the policy installed as `seq`.
     pub fn set_rules(&mut self, seq: u64, rules: Vec<RuleInfo>) {
-        if self.rules.len() == RULE_LISTS_KEPT {
+        let list = match self.rules.back() {
+            Some((_, newest)) if **newest == rules => newest.clone(),
+            _ => Arc::new(rules),
+        };
+        self.rules.push_back((seq, list));
+        while self.rules.len() > INSTALLS_KEPT || distinct_lists(&self.rules) > RULE_LISTS_KEPT {
             self.rules.pop_front();
         }
-        self.rules.push_back((seq, Arc::new(rules)));
         self.shared.publish(&self.rules);
         self.save_rules();
     }

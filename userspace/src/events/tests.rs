@@ -66,6 +66,37 @@ fn enricher() -> Enricher {
     enricher
 }
 
+/// Installs with the same rules (re-resolutions) share a list: a report of
+/// a policy hundreds of installs old still names its rule, where the build
+/// before kept the lists of 64 installs and said `rule=#0`. Positive
+/// control: as many installs of different rules do let it go.
+#[test]
+fn a_rule_is_named_after_many_installs_of_the_same_rules() {
+    let mut enricher = enricher();
+    // The list `enricher()` installed as policy 2.
+    let same = vec![RuleInfo {
+        name: "catalog:socat".into(),
+        action: Action::Deny,
+        matches: "exe_name in [socat]".into(),
+        browser: false,
+    }];
+    for seq in 3..300 {
+        enricher.set_rules(seq, same.clone());
+    }
+    let ev = event();
+    let line = enricher.enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains(" rule=catalog:socat "), "{line}");
+    for seq in 300..400 {
+        let other = RuleInfo {
+            matches: format!("exe_name in [socat{seq}]"),
+            ..same[0].clone()
+        };
+        enricher.set_rules(seq, vec![other]);
+    }
+    let line = enricher.enrich(&ev).format(LogFormat::Human);
+    assert!(line.contains(" rule=#0 "), "{line}");
+}
+
 #[test]
 fn a_rule_of_an_unknown_policy_is_named_by_its_index() {
     let mut ev = event();
