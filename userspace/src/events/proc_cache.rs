@@ -3,7 +3,7 @@
 //! start time, and executable and cgroup paths kept by identity for
 //! processes gone before their line is written.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, fs, path::Path, sync::Arc};
 
 use loopwarden_common::{ConnectEvent, ExeKey, SCRIPT_LEN};
 
@@ -14,6 +14,7 @@ use super::{
         file_id, is_file, proc_cgroup, proc_cmdline, proc_exe, proc_link, same_process, started_by,
     },
 };
+use crate::fresh::Fresh;
 
 /// Processes whose `/proc` details are kept; past it the cache starts over
 /// (a few hundred bytes each, at most some 8 KiB: every path and the
@@ -189,8 +190,7 @@ impl ProcCache {
     /// filesystem: the event loop never waits for such a server.
     fn cached_exe(&self, id: &ExeKey) -> Option<String> {
         let path = self.exes.get(id)?;
-        let remote_mount = fs::read_to_string("/proc/self/mountinfo")
-            .ok()
+        let remote_mount = mountinfo()
             .and_then(|info| crate::resolve::mount_of(&info, Path::new(path)))
             .filter(|mount| crate::resolve::stall::may_stall(&mount.fs_type));
         if let Some(mount) = remote_mount {
@@ -198,6 +198,22 @@ impl ProcCache {
         }
         is_file(path, path, id).then(|| path.clone())
     }
+}
+
+/// How long a read of `/proc/self/mountinfo` serves [`ProcCache`]'s
+/// lookups of gone processes' executables: a flood of short-lived clients
+/// (a new flow each) would read and parse it at every line, and a host
+/// with thousands of mounts has megabytes of it.
+const MOUNTINFO_KEPT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `/proc/self/mountinfo`, as read at most [`MOUNTINFO_KEPT`] ago.
+fn mountinfo() -> Option<Arc<str>> {
+    static LAST: Fresh<Option<Arc<str>>> = Fresh::new(MOUNTINFO_KEPT);
+    LAST.get(|| {
+        fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .map(Arc::from)
+    })
 }
 
 /// The id (directory inode) of a cgroup v2 path like `/system.slice/x`.
