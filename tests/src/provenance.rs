@@ -93,9 +93,11 @@ os._exit(0)
 
 /// Sends each line of stdin to the query socket `argv[1]` and prints each
 /// answer line, reading while it writes (so a flood of requests never
-/// deadlocks on full socket buffers); a missing answer prints nothing.
+/// deadlocks on full socket buffers); a missing answer prints nothing. A
+/// daemon silent for 60 s fails it (a timeout), not the suite's time limit.
 const RAW_QUERY: &str = r#"import socket, sys, threading
 s = socket.socket(socket.AF_UNIX)
+s.settimeout(60)
 s.connect(sys.argv[1])
 lines = sys.stdin.buffer.read()
 def send():

@@ -2,15 +2,23 @@
 //! process's stdin, reads one from its stdout. Killed when dropped.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{Read as _, Write as _},
+    os::fd::AsRawFd as _,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
 };
+
+/// How long [`Talker::line`] waits for a line: a helper that stops
+/// answering fails its test, not the whole suite at its time limit.
+const LINE_WAIT: Duration = Duration::from_secs(60);
 
 /// A running helper with its stdin and stdout piped to the test.
 pub struct Talker {
     child: Child,
     stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    stdout: ChildStdout,
+    /// What was read past the last line.
+    pending: Vec<u8>,
     what: String,
 }
 
@@ -23,11 +31,12 @@ impl Talker {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what} failed: {e}"));
         let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let stdout = child.stdout.take().expect("piped stdout");
         Self {
             child,
             stdin,
             stdout,
+            pending: Vec::new(),
             what: what.to_owned(),
         }
     }
@@ -37,15 +46,40 @@ impl Talker {
     }
 
     /// The next line it writes, without its newline; fails the test if it
-    /// exits first.
+    /// exits first, or writes none within [`LINE_WAIT`].
     pub fn line(&mut self) -> String {
-        let mut line = String::new();
-        let n = self
-            .stdout
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("reading from {} failed: {e}", self.what));
-        assert!(n > 0, "{} exited without a line", self.what);
-        line.trim_end_matches('\n').to_owned()
+        let deadline = Instant::now() + LINE_WAIT;
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return String::from_utf8_lossy(&line[..end]).into_owned();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} wrote no line in {} s",
+                self.what,
+                LINE_WAIT.as_secs()
+            );
+            let mut fd = libc::pollfd {
+                fd: self.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd, ours, for the call's length.
+            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis() as i32) };
+            if ready <= 0 {
+                // Timed out (said above), or interrupted.
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            let n = self
+                .stdout
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("reading from {} failed: {e}", self.what));
+            assert!(n > 0, "{} exited without a line", self.what);
+            self.pending.extend_from_slice(&buf[..n]);
+        }
     }
 
     /// Writes `text` and a newline to it.

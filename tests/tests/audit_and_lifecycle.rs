@@ -423,12 +423,20 @@ fn a_pid_namespace_of_its_own_is_a_clear_error() {
 fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
     let dir = TempDir::new("badcfg");
     let path = dir.path().join("bad.toml");
+    // Scoped to the test's namespace, and its pins in an install removed
+    // on drop: a build that took the file judges nothing else, and leaves
+    // nothing.
+    let ns = Netns::new();
+    let install = Install::new();
     std::fs::write(
         &path,
-        "mode = \"audit\"\n\n[protect]\nports = [8080]\nbogus = 1\n",
+        format!(
+            "mode = \"audit\"\n\n[protect]\nports = [8080]\nbogus = 1\nnetns = [\"{}\"]\n",
+            ns.path()
+        ),
     )
     .expect("config");
-    let pin_dir = format!("/sys/fs/bpf/lwt-badcfg-{}", std::process::id());
+    let pin_dir = install.pin_dir().display().to_string();
     let run_with = |extra: &[&str]| {
         let mut args: Vec<String> = ["run"]
             .into_iter()
@@ -437,7 +445,7 @@ fn a_bad_config_names_file_and_line_and_nothing_is_attached() {
             .collect();
         for (flag, value) in [
             ("--config", path.display().to_string()),
-            ("--run-dir", dir.path().join("run").display().to_string()),
+            ("--run-dir", install.run_dir().display().to_string()),
             ("--pin-dir", pin_dir.clone()),
         ] {
             args.extend([flag.to_owned(), value]);

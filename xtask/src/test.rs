@@ -133,8 +133,45 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     summarize(&steps, tally.into_inner())
 }
 
+/// Held while a root suite runs on this host: another run's start-up
+/// cleanup ([`clear_stale_test_state`]) would take this one's namespaces,
+/// pins and daemons for a killed run's and remove them (and the suites
+/// share the kernel's cgroup root besides).
+const SUITE_LOCK: &str = "/run/lwt-suite.lock";
+
+/// The suite's lock on this host, taken (`Err`: another run holds it).
+/// The file goes when the guard does.
+struct SuiteLock(fs::File);
+
+impl SuiteLock {
+    fn take() -> anyhow::Result<Self> {
+        let file =
+            fs::File::create(SUITE_LOCK).with_context(|| format!("creating {SUITE_LOCK}"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self(file)),
+            Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another run of the root suite is under way on this host ({SUITE_LOCK} is \
+                 locked): run this one once it is done (its clean-up of a killed run's \
+                 namespaces and pins would remove that run's)"
+            ),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {SUITE_LOCK}"))
+            }
+        }
+    }
+}
+
+impl Drop for SuiteLock {
+    fn drop(&mut self) {
+        // Still held: no other run took it between the two.
+        let _ = fs::remove_file(SUITE_LOCK);
+        let _ = self.0.unlock();
+    }
+}
+
 fn integration(tally: &mut proc::Tally) -> anyhow::Result<()> {
     setup::require_root("running the integration tests (they load eBPF programs)")?;
+    let _lock = SuiteLock::take()?;
     let bin = daemon::build(true)?;
     let bin = bin
         .canonicalize()
@@ -180,7 +217,71 @@ fn clear_stale_test_state() {
         Path::new("/sys/fs/bpf"),
         cgroup2_root().as_deref(),
     );
+    clear_stale_temp_dirs(&std::env::temp_dir());
     clear_stale_package();
+}
+
+/// The harness's temporary directories (tests/src: `loopwarden-test-*`)
+/// a killed run left, with what was mounted in them (a FUSE file system
+/// whose server died with the run, a btrfs image on a loop device):
+/// unmounted (lazily: a dead FUSE mount answers nothing), the loop devices
+/// detached, then removed.
+fn clear_stale_temp_dirs(tmp: &Path) {
+    let dirs: Vec<PathBuf> = fs::read_dir(tmp)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("loopwarden-test-")
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    if dirs.is_empty() {
+        return;
+    }
+    let inside = |path: &Path| dirs.iter().any(|dir| path.starts_with(dir));
+    // Deepest first, so a mount inside another goes before it.
+    let mut mounts: Vec<PathBuf> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| inside(point))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for mount in mounts {
+        say!("unmounting a stale test mount: {}", mount.display());
+        if let Err(err) = proc::run(Command::new("umount").arg("-l").arg(&mount)) {
+            say!("warning: {err:#}");
+        }
+    }
+    // `losetup --list` names each device's backing file.
+    let listed = Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    for line in listed.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(dev), Some(file)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if inside(Path::new(file)) {
+            say!("detaching a stale test loop device: {dev} ({file})");
+            if let Err(err) = proc::run(Command::new("losetup").args(["-d", dev])) {
+                say!("warning: {err:#}");
+            }
+        }
+    }
+    for dir in dirs {
+        if let Err(err) = fs::remove_dir_all(&dir) {
+            say!("warning: stale test directory {}: {err}", dir.display());
+        }
+    }
 }
 
 /// Written by the package test (tests/tests/dist.rs) before it installs
