@@ -367,7 +367,13 @@ impl Drop for PolicyRcD {
 }
 
 fn ensure_bore() -> anyhow::Result<()> {
-    if proc::probe(Command::new("bore").arg("--version")).is_some() {
+    // `bore-cli 0.6.0`: another version (one on PATH of its own) is
+    // replaced, since the tunnel tests use this one's flags.
+    let found = proc::probe(Command::new("bore").arg("--version"));
+    if found
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().nth(1) == Some(BORE_VERSION))
+    {
         return Ok(());
     }
     say!("building bore (crates.io bore-cli {BORE_VERSION}; takes about a minute) ...");
@@ -375,6 +381,7 @@ fn ensure_bore() -> anyhow::Result<()> {
         "install",
         "bore-cli",
         "--locked",
+        "--force",
         "--version",
         BORE_VERSION,
     ]))
