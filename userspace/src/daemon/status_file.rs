@@ -232,9 +232,9 @@ pub(super) fn waiting(waiting: Option<Waiting>) {
     }
 }
 
-/// The 1 s re-resolution failed with `error` (`Some`; its first failure
-/// with that error keeps its time), or works (`None`): rewrites the file
-/// when that changes, once the daemon has written one.
+/// The 1 s re-resolution failed with `error` (`Some`; the time kept is
+/// that of its first failure since it last worked), or works (`None`):
+/// rewrites the file when that changes, once the daemon has written one.
 pub(super) fn refresh(error: Option<String>) {
     let Some(Ok(mut cell)) = CELL.get().map(Mutex::lock) else {
         return;
@@ -242,8 +242,10 @@ pub(super) fn refresh(error: Option<String>) {
     if cell.refresh_failing.as_ref().and_then(|f| f.error.as_ref()) == error.as_ref() {
         return;
     }
+    // Failing already: since then, whatever the error says now.
+    let since = cell.refresh_failing.as_ref().map(|f| f.at.clone());
     let failing = error.map(|error| Reload {
-        at: now(),
+        at: since.unwrap_or_else(now),
         ok: false,
         error: Some(error),
     });
@@ -325,6 +327,12 @@ pub fn read_or_why(run_dir: &Path) -> Result<Option<DaemonStatus>, String> {
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "{} is not readable by this user ({e}): as root, `status` shows what it says",
+                path.display()
+            ));
+        }
         Err(e) => return Err(format!("reading {} failed: {e}", path.display())),
     };
     serde_json::from_str(&text)

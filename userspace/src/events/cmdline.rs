@@ -60,8 +60,12 @@ const UID_BUDGET: u32 = 2;
 const ALL_BUDGET: u32 = 8;
 /// How long a read of a process whose user (or everyone) spent its budget
 /// is waited for: far more than a read takes (microseconds), far less than
-/// [`WAIT`].
-const SPENT_WAIT: Duration = Duration::from_millis(5);
+/// [`WAIT`]. A read given up so is not cooled down: the process is read
+/// again at its next line.
+const SPENT_WAIT: Duration = Duration::from_millis(25);
+/// Waits up to this long are not charged: a read takes microseconds, and
+/// a reader thread's start on a busy host some milliseconds.
+const UNCHARGED: Duration = Duration::from_millis(10);
 /// Reads of one user's processes that may wait at once.
 const PER_UID: usize = 2;
 /// Reads that may wait at once, all users together.
@@ -90,8 +94,9 @@ pub fn read(dir: &Path, file: File, max: usize) -> Result<Option<Vec<u8>>, Waiti
 enum Noted {
     /// Being read, within [`WAIT`].
     Reading,
-    /// Its read outlasted [`WAIT`]: it is waiting, for a process of `uid`.
-    Waiting { uid: u32 },
+    /// Its read outlasted its wait: it is waiting, for a process of `uid`
+    /// (`cut`: a wait cut short by the user's spent budget).
+    Waiting { uid: u32, cut: bool },
     /// Its read returned after the caller gave up: unread until then.
     Cooling { until: Instant },
 }
@@ -150,7 +155,9 @@ impl State {
     fn waiting(&self, of_uid: Option<u32>) -> usize {
         self.noted
             .values()
-            .filter(|n| matches!(n, Noted::Waiting { uid } if of_uid.is_none_or(|of| of == *uid)))
+            .filter(
+                |n| matches!(n, Noted::Waiting { uid, .. } if of_uid.is_none_or(|of| of == *uid)),
+            )
             .count()
     }
 }
@@ -264,8 +271,13 @@ impl Pool {
                 if let Ok(read) = answered.try_recv() {
                     return Ok(read.ok());
                 }
-                state.noted.insert(tgid, Noted::Waiting { uid });
+                let cut = wait < self.wait;
+                state.noted.insert(tgid, Noted::Waiting { uid, cut });
                 self.read.notify_all();
+                // (A wait the budget cut short: its end was said once.)
+                if cut {
+                    return Err(Waiting);
+                }
                 warn!(
                     "reading the command line of {} waited past {} ms (its memory map lock is \
                      held, or queued for: a process can keep it so): lines and answers about \
@@ -316,8 +328,12 @@ impl Pool {
         SPENT_WAIT.min(self.wait)
     }
 
-    /// Charges `waited` to the user `uid` and to all.
+    /// Charges `waited`, past [`UNCHARGED`], to the user `uid` and to all.
     fn charge(&self, uid: u32, waited: Duration) {
+        let waited = waited.saturating_sub(UNCHARGED);
+        if waited.is_zero() {
+            return;
+        }
         let mut state = self.state();
         state.charged.entry(uid).or_default().spent += waited;
         state.charged_all.spent += waited;
@@ -367,7 +383,7 @@ impl Pool {
     /// Notes that `job`'s read returned: a process whose caller gave up
     /// cools down, any other is forgotten.
     fn returned(&self, state: &mut State, job: &Job) {
-        if let Some(Noted::Waiting { .. }) = state.noted.get(&job.tgid) {
+        if let Some(Noted::Waiting { cut: false, .. }) = state.noted.get(&job.tgid) {
             let until = Instant::now() + self.cooldown;
             state.noted.insert(job.tgid, Noted::Cooling { until });
             state.said_full = false;
@@ -547,12 +563,12 @@ mod tests {
             }
             (read, took)
         };
-        // Each answered within the wait, but most of it: past the budget
-        // (the last of them still waited for in full, some of it left).
-        for n in 0..=UID_BUDGET {
-            let (read, took) = slow_read(40 + n, Some(wait * 3 / 4));
+        // Each answered within the wait, half-way: past the budget (the
+        // last of them still waited for in full, some of it left).
+        for n in 0..=2 * UID_BUDGET {
+            let (read, took) = slow_read(40 + n, Some(wait / 2));
             assert_eq!(read, Ok(Some(b"late\0".to_vec())));
-            assert!(took >= wait * 3 / 4, "{took:?}");
+            assert!(took >= wait / 2, "{took:?}");
         }
         // The next read that does not answer is given up at once.
         let (read, took) = slow_read(50, Some(wait * 2));

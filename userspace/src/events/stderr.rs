@@ -24,6 +24,8 @@ use std::{
 
 use tracing_subscriber::fmt::MakeWriter;
 
+use super::writer::{Full, write_batch};
+
 /// Lines queued for the writing thread.
 const QUEUED: usize = 1024;
 
@@ -31,8 +33,7 @@ const QUEUED: usize = 1024;
 struct Shared {
     queue: Mutex<Option<SyncSender<Vec<u8>>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// Lines dropped (queue full, or their write failed), and how many of
-    /// them were said.
+    /// Lines dropped (queue full), and how many of them were said.
     dropped: AtomicU64,
     said: AtomicU64,
     /// Lines queued and not yet written.
@@ -67,13 +68,10 @@ impl Queued {
                 // ManuallyDrop keeps this handle from closing it.
                 let mut err = ManuallyDrop::new(unsafe { File::from_raw_fd(2) });
                 for line in lines {
-                    // A line the write fails (its reader gone) is counted
-                    // as dropped, and said with the rest once one can be.
-                    let failed = super::writer::write_batch(&mut *err, &line).is_err();
+                    // A full non-blocking stderr is waited for; a failed
+                    // write (its reader gone) has no one to be said to.
+                    let _ = write_batch(&mut *err, &line, Full::Wait);
                     if let Some(shared) = SHARED.get() {
-                        if failed {
-                            shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
                         shared.pending.fetch_sub(1, Ordering::Relaxed);
                     }
                 }

@@ -133,7 +133,7 @@ impl Writer {
                 let mut mid_line = false;
                 for batch in batches {
                     let _serialised = io::stdout().lock();
-                    put(&mut out, &batch, &mut mid_line, &counts);
+                    put(&mut out, &batch, &mut mid_line, &counts, Full::Wait);
                     let (lines, reports) = batch.lost_after(0);
                     counts.queued_lines.fetch_sub(lines, Ordering::Relaxed);
                     counts.queued_reports.fetch_sub(reports, Ordering::Relaxed);
@@ -195,7 +195,9 @@ impl Writer {
             }
             Sink::Thread { queue: None, .. } => Err(batch),
             Sink::Inline { out, mid_line } => {
-                put(out, &batch, mid_line, &self.shared);
+                // On the event loop: a full output is a failed write, as
+                // ever, never waited for.
+                put(out, &batch, mid_line, &self.shared, Full::Fail);
                 Ok(())
             }
         }
@@ -251,11 +253,11 @@ impl Writer {
 /// Writes `batch`, counting in `counts` the lines a failed write took.
 /// `mid_line`: a write cut short left part of a line, so the next batch
 /// starts on a line of its own.
-fn put(out: &mut dyn Write, batch: &Batch, mid_line: &mut bool, counts: &Shared) {
+fn put(out: &mut dyn Write, batch: &Batch, mid_line: &mut bool, counts: &Shared, full: Full) {
     if *mid_line {
-        *mid_line = write_batch(out, b"\n").is_err();
+        *mid_line = write_batch(out, b"\n", full).is_err();
     }
-    if let Err((e, written)) = write_batch(out, &batch.bytes) {
+    if let Err((e, written)) = write_batch(out, &batch.bytes, full) {
         *mid_line = written > 0 && batch.bytes.get(written - 1) != Some(&b'\n');
         let (lines, reports) = batch.lost_after(written);
         counts.failed_lines.fetch_add(lines, Ordering::Relaxed);
@@ -270,22 +272,36 @@ fn put(out: &mut dyn Write, batch: &Batch, mid_line: &mut bool, counts: &Shared)
 ///
 /// An output left non-blocking (`O_NONBLOCK` on a descriptor the daemon
 /// was given, shared with whoever set it) that is full is waited for, as a
-/// blocking one would be: this runs on a thread of its own, and what
-/// queues behind it meanwhile is dropped and counted as for a slow reader.
-pub(super) fn write_batch(out: &mut dyn Write, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
+/// blocking one would be, by a writer on a thread of its own
+/// ([`Full::Wait`]: what queues behind it meanwhile is dropped and counted
+/// as for a slow reader); one on the event loop fails ([`Full::Fail`]).
+pub(super) fn write_batch(
+    out: &mut dyn Write,
+    bytes: &[u8],
+    full: Full,
+) -> Result<(), (io::Error, usize)> {
     let mut written = 0;
     while written < bytes.len() {
         match out.write(&bytes[written..]) {
             Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && full == Full::Wait => {
                 std::thread::sleep(FULL_RETRY);
             }
             Err(e) => return Err((e, written)),
         }
     }
     Ok(())
+}
+
+/// What [`write_batch`] does with a full non-blocking output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Full {
+    /// Waits for it (on a writer's own thread).
+    Wait,
+    /// Fails, as for any other error (on the event loop).
+    Fail,
 }
 
 /// How long a full non-blocking output is left before it is written again.
@@ -318,12 +334,12 @@ mod tests {
     }
 
     /// A non-blocking output that is full for its first `full` writes.
-    struct Full {
+    struct FullOutput {
         full: usize,
         got: Vec<u8>,
     }
 
-    impl Write for Full {
+    impl Write for FullOutput {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.full > 0 {
                 self.full -= 1;
@@ -343,12 +359,18 @@ mod tests {
     /// write (which loses the rest of the batch).
     #[test]
     fn a_full_non_blocking_output_is_waited_for() {
-        let mut out = Full {
+        let mut out = FullOutput {
             full: 5,
             got: Vec::new(),
         };
-        assert!(write_batch(&mut out, b"one line\n").is_ok());
+        assert!(write_batch(&mut out, b"one line\n", Full::Wait).is_ok());
         assert_eq!(out.got, b"one line\n");
+        // On the event loop it fails, as it did.
+        let mut out = FullOutput {
+            full: 1,
+            got: Vec::new(),
+        };
+        assert!(write_batch(&mut out, b"x\n", Full::Fail).is_err());
     }
 
     fn batch(text: &str, reports: &[u64]) -> Batch {

@@ -19,7 +19,6 @@ use crate::{
 /// What a start found.
 pub(super) struct Found {
     pub(super) host: Host,
-    pub(super) lock: InstanceLock,
     pub(super) pins: PinDir,
     /// Where the policy comes from: the file given, the default file, or
     /// the embedded default.
@@ -33,6 +32,10 @@ pub(super) struct Found {
     /// The pin directory's lock, taken if the directory existed.
     pub(super) held: Option<PinLock>,
     pub(super) state: PinState,
+    /// Declared last, so dropped last (a start that fails before it takes
+    /// what it found apart): a daemon started next finds the pin
+    /// directory's lock free once it holds this one.
+    pub(super) lock: InstanceLock,
 }
 
 impl Found {

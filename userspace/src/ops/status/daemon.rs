@@ -38,8 +38,16 @@ pub(super) fn daemon_report(run_dir: &Path, pin_dir: &Path) -> DaemonReport {
     // Root's process only (anyone who may open the directory may lock
     // it), and not the one holding this run directory's lock (a daemon
     // starting here, before its status.json). Looked up only when no
-    // daemon runs for this run directory.
-    let elsewhere = (!running)
+    // daemon runs for this run directory, or the one that runs pins
+    // elsewhere.
+    // Looked up too when the daemon that runs pins elsewhere: another one
+    // may report for these pins.
+    let pins_elsewhere = running
+        && reported
+            .as_ref()
+            .and_then(|r| r.pin_dir.as_deref())
+            .is_some_and(|theirs| theirs != pin_dir);
+    let elsewhere = (!running || pins_elsewhere)
         .then(|| Holder::of(pin_dir))
         .flatten()
         .filter(|h| {

@@ -257,10 +257,7 @@ impl DaemonReport {
                     r.pid, r.version, r.started_at
                 ),
                 None => match &self.unread {
-                    Some(why) => format!(
-                        "running: pid {} ({why}: as root, `status` shows what it says)",
-                        opt(self.lock_holder)
-                    ),
+                    Some(why) => format!("running: pid {} ({why})", opt(self.lock_holder)),
                     None => format!(
                         "running: pid {} (it wrote no status.json: an older version?)",
                         opt(self.lock_holder)

@@ -306,32 +306,31 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         .filter(|_| report.daemon.running)
         .and_then(|r| r.pin_dir.clone())
         .filter(|theirs| *theirs != pin_dir);
-    let who = if let (Some(theirs), None) = (&pins_elsewhere, &report.daemon.elsewhere) {
-        format!(
+    // The run directory's daemon speaks for these pins only if they are its.
+    let own = report.daemon.running && pins_elsewhere.is_none();
+    let who = match (&report.daemon.elsewhere, &pins_elsewhere) {
+        _ if own && failed_reload => {
+            "reported by the daemon, whose last reading of its policy file FAILED (at start or \
+             at a reload: it keeps the policy before; see `reload` below)"
+                .to_owned()
+        }
+        _ if own => "reported by the daemon".to_owned(),
+        (Some(other), _) => format!(
+            "reported by the daemon of pid {}, whose run directory is {} (not {})",
+            other.pid,
+            other
+                .run_dir
+                .as_deref()
+                .map_or("another".to_owned(), human::shown_path),
+            report.run_dir.display()
+        ),
+        (None, Some(theirs)) => format!(
             "no daemon reports for these pins: enforcing the pinned policy, unreported (the \
              daemon of this run directory pins in {}: `{}` reports on it)",
             theirs.display(),
             crate::ops::command("status", theirs, Some(run_dir))
-        )
-    } else {
-        match &report.daemon.elsewhere {
-            _ if report.daemon.running && failed_reload => {
-                "reported by the daemon, whose last reading of its policy file FAILED (at start or \
-                 at a reload: it keeps the policy before; see `reload` below)"
-                    .to_owned()
-            }
-            _ if report.daemon.running => "reported by the daemon".to_owned(),
-            Some(other) => format!(
-                "reported by the daemon of pid {}, whose run directory is {} (not {})",
-                other.pid,
-                other
-                    .run_dir
-                    .as_deref()
-                    .map_or("another".to_owned(), human::shown_path),
-                report.run_dir.display()
-            ),
-            None => "no daemon: enforcing the pinned policy, unreported".to_owned(),
-        }
+        ),
+        (None, None) => "no daemon: enforcing the pinned policy, unreported".to_owned(),
     };
     let tracking = match report.tracking.iter().find(|t| !t.running()) {
         Some(t) if policy.relay != "off" => format!(
@@ -381,7 +380,8 @@ impl Report {
             rules: s.active.count_ones(),
             all_ports: s.flags & flags::ALL_PORTS != 0,
             netns_scoped: s.flags & flags::NETNS_SCOPED != 0,
-            netns_in_scope: (s.netns_inline != loopwarden_common::NETNS_NOT_INLINE)
+            netns_in_scope: (s.flags & flags::NETNS_SCOPED != 0
+                && s.netns_inline != loopwarden_common::NETNS_NOT_INLINE)
                 .then_some(s.netns_inline),
             host_addresses: s.flags & flags::HOST_ADDRS != 0,
             relay: match (

@@ -64,8 +64,9 @@ pub struct PolicyReport {
     pub rules: u32,
     pub all_ports: bool,
     pub netns_scoped: bool,
-    /// How many namespaces a scoped policy is in force in (`None`: more
-    /// than its settings hold inline, looked up in `LW_NETNS`).
+    /// How many namespaces a scoped policy is in force in (`None`: not
+    /// scoped, or more than its settings hold inline, looked up in
+    /// `LW_NETNS`).
     pub netns_in_scope: Option<u32>,
     pub host_addresses: bool,
     /// The relay verdict: `audit`, `deny` or `off`.
