@@ -320,12 +320,30 @@ fn package_installed(package: &str) -> bool {
 /// Installs Debian packages; never removes any (`--no-remove`): an install
 /// that would trade away something already on the machine fails instead.
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
-    proc::run(
-        proc::apt_get()
-            .args(["install", "-y", "--no-remove", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    with_fresh_lists(|| {
+        proc::run(
+            proc::apt_get()
+                .args(["install", "-y", "--no-remove", "--no-install-recommends"])
+                .args(packages)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    })
+}
+
+/// `apt`, and if it fails, once `apt-get update` has run (once per run of
+/// xtask), again: an image whose lists were cleaned (`rm -rf
+/// /var/lib/apt/lists/*`, as Dockerfiles do) knows no package.
+pub fn with_fresh_lists(apt: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    static UPDATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Err(err) = apt() else {
+        return Ok(());
+    };
+    if UPDATED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return Err(err);
+    }
+    say!("apt failed ({err:#}); running apt-get update and trying again");
+    proc::run(proc::apt_get().arg("update"))?;
+    apt()
 }
 
 /// A temporary `/usr/sbin/policy-rc.d` that denies service starts; removed on drop.

@@ -308,12 +308,14 @@ fn find_in(dir: &Path, prefix: &str) -> Option<PathBuf> {
 fn apt_download(dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let debs = dir.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("cannot create {}", debs.display()))?;
-    proc::run(
-        proc::apt_get()
-            .args(["download", "-q"])
-            .arg(package)
-            .current_dir(&debs),
-    )?;
+    setup::with_fresh_lists(|| {
+        proc::run(
+            proc::apt_get()
+                .args(["download", "-q"])
+                .arg(package)
+                .current_dir(&debs),
+        )
+    })?;
     let prefix = format!("{package}_");
     fs::read_dir(&debs)?
         .filter_map(Result::ok)
