@@ -109,7 +109,12 @@ pub(super) fn boot(
             timed_out = result.is_none();
             break;
         };
-        match rx.recv_timeout(wait) {
+        // An interrupt (a CI timeout's SIGTERM, ^C) ends the boot now: the
+        // guest is killed below, not left running out its timeout.
+        if proc::interrupted() {
+            break;
+        }
+        match rx.recv_timeout(wait.min(Duration::from_millis(500))) {
             Ok(line) => {
                 if args.verbose {
                     eprintln!("  | {line}");

@@ -140,6 +140,12 @@ pub fn run(args: &VmTestArgs) -> anyhow::Result<()> {
 
     let mut outcomes = Vec::new();
     for kernel in &kernels {
+        if proc::interrupted() {
+            anyhow::bail!(
+                "interrupted: the kernels from {} on were not booted",
+                kernel.package
+            );
+        }
         outcomes.push(boot::boot(&qemu, kernel, &initrd, &dir, args)?);
     }
 
