@@ -287,6 +287,9 @@ def _addr(a: Union[str, Tuple]) -> str:
     if isinstance(a, str):
         return a
     host, port = a[0], a[1]
+    # A link-local peer reads ``fe80::1%eth0``: the connection is known
+    # by its address alone, and the daemon takes no named scope.
+    host = host.split("%", 1)[0]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

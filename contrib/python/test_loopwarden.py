@@ -78,6 +78,13 @@ class Decode(unittest.TestCase):
                 loopwarden.decode(bad)
 
 
+class Addr(unittest.TestCase):
+    def test_a_link_local_peer_is_sent_without_its_scope(self):
+        self.assertEqual(loopwarden._addr(("fe80::1%eth0", 80, 0, 2)), "[fe80::1]:80")
+        self.assertEqual(loopwarden._addr(("::1", 80, 0, 0)), "[::1]:80")
+        self.assertEqual(loopwarden._addr(("127.0.0.1", 80)), "127.0.0.1:80")
+
+
 class NotAnsweringSocket:
     """A socket on which nothing answers SOL_LOOPWARDEN."""
 

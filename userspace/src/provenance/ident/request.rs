@@ -38,10 +38,6 @@ impl From<Ports> for Echo {
 pub(super) enum Answer<'a> {
     /// `USERID : UNIX : <name>`: a login name.
     User(&'a str),
-    /// `USERID : OTHER : <uid>`: a user without a login name, by number
-    /// (RFC 1413's `OTHER`: an identifier that is not the system's user
-    /// name, so no service takes it for one).
-    Uid(u32),
     /// `ERROR : <token>` (`NO-USER`, `INVALID-PORT`, ...).
     Error(&'static str),
 }
@@ -106,7 +102,6 @@ pub(super) fn reply(ports: Echo, answer: Answer<'_>) -> String {
     let Echo(here, there) = ports;
     match answer {
         Answer::User(name) => format!("{here} , {there} : USERID : UNIX : {name}\r\n"),
-        Answer::Uid(uid) => format!("{here} , {there} : USERID : OTHER : {uid}\r\n"),
         Answer::Error(token) => format!("{here} , {there} : ERROR : {token}\r\n"),
     }
 }
@@ -187,10 +182,6 @@ mod tests {
         assert_eq!(
             reply(ports, Answer::User("stjohns")),
             "6193 , 23 : USERID : UNIX : stjohns\r\n"
-        );
-        assert_eq!(
-            reply(ports, Answer::Uid(1001)),
-            "6193 , 23 : USERID : OTHER : 1001\r\n"
         );
         assert_eq!(
             reply(ports, Answer::Error(NO_USER)),

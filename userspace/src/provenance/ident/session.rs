@@ -339,7 +339,9 @@ async fn answer(ports: Ports, asking: Asking, shared: &Arc<Shared>) -> String {
     match origin {
         Origin::Direct { uid } => match user_name(uid, shared).await {
             Some(Named::Login(name)) => request::reply(echo, Answer::User(&name)),
-            Some(Named::Uid(uid)) => request::reply(echo, Answer::Uid(uid)),
+            // No name: not the uid as `OTHER` either, which PostgreSQL and
+            // Squid take for a login name all the same.
+            Some(Named::Nameless) => request::reply(echo, Answer::Error(NO_USER)),
             // Who it is cannot be said in time: not a name that may be wrong.
             None => request::reply(echo, Answer::Error(UNKNOWN_ERROR)),
         },
@@ -354,11 +356,11 @@ async fn answer(ports: Ports, asking: Asking, shared: &Arc<Shared>) -> String {
 enum Named {
     /// Its login name.
     Login(String),
-    /// Its uid: NSS has no name for it, or none a reply line can carry.
-    Uid(u32),
+    /// None: NSS has no name for it, or none a reply line can carry.
+    Nameless,
 }
 
-/// The name NSS gives `uid`, else (NSS has none for it) the uid itself;
+/// The name NSS gives `uid`, else (NSS has none for it) that it has none;
 /// `None` when NSS could not be asked in time or failed. Asked
 /// off the runtime's thread, within [`NAME_DEADLINE`], and at most
 /// [`NAME_LOOKUPS`] at once: with NSS hung (an LDAP server that does not
@@ -383,10 +385,15 @@ async fn name_within(
     lookup: fn(u32) -> io::Result<Option<String>>,
     deadline: std::time::Duration,
 ) -> Option<Named> {
-    let Ok(permit) = Arc::clone(permits).try_acquire_owned() else {
+    // Waited for within the deadline: a burst of healthy lookups (a
+    // connection pool opening at once) waits its turn; lookups blocked in
+    // a hung NSS keep this one from running, and it gives up.
+    let asked = std::time::Instant::now();
+    let Ok(Ok(permit)) = timeout(deadline, Arc::clone(permits).acquire_owned()).await else {
         debug!("ident: {NAME_LOOKUPS} user name lookups still running: uid {uid} not named");
         return None;
     };
+    let deadline = deadline.saturating_sub(asked.elapsed());
     let lookup = tokio::task::spawn_blocking(move || {
         let name = lookup(uid);
         drop(permit);
@@ -417,7 +424,7 @@ async fn name_within(
             .filter(|name| {
                 !name.is_empty() && name.len() <= 512 && !name.contains(['\r', '\n', '\0', ':'])
             })
-            .map_or(Named::Uid(uid), Named::Login),
+            .map_or(Named::Nameless, Named::Login),
     )
 }
 
@@ -498,11 +505,40 @@ mod tests {
         let ask = |uid| name_within(uid, &permits, failing, NAME_DEADLINE);
         runtime.block_on(async {
             assert_eq!(ask(7).await, None, "an error is not a uid without a name");
-            assert_eq!(ask(8).await, Some(Named::Uid(8)), "no such name: the uid");
+            assert_eq!(ask(8).await, Some(Named::Nameless), "no such name");
             assert_eq!(
                 ask(9).await,
-                Some(Named::Uid(9)),
+                Some(Named::Nameless),
                 "a name the line cannot carry"
+            );
+        });
+    }
+
+    /// More lookups at once than may run: each waits its turn (within its
+    /// deadline) and is named, where the build before answered the ninth
+    /// `UNKNOWN-ERROR` at once.
+    #[test]
+    fn a_burst_of_name_lookups_waits_its_turn() {
+        fn slow(uid: u32) -> io::Result<Option<String>> {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            Ok(Some(format!("u{uid}")))
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let permits = Arc::new(Semaphore::new(NAME_LOOKUPS));
+        runtime.block_on(async {
+            let mut asks = tokio::task::JoinSet::new();
+            for uid in 0..2 * NAME_LOOKUPS as u32 {
+                let permits = permits.clone();
+                asks.spawn(async move { name_within(uid, &permits, slow, NAME_DEADLINE).await });
+            }
+            let named = asks.join_all().await;
+            assert_eq!(named.len(), 2 * NAME_LOOKUPS);
+            assert!(
+                named.iter().all(|n| matches!(n, Some(Named::Login(_)))),
+                "{named:?}"
             );
         });
     }
