@@ -262,6 +262,7 @@ impl Validator<'_> {
                 continue;
             }
             seen.insert(rule.name.clone(), rule.at.line);
+            self.warn_broad_allow(&rule, &mut warnings);
             rules.push(rule);
         }
 

@@ -16,7 +16,7 @@ use crate::{
     },
     events::EGRESS_PREFIX,
     events::{BIND_RULE_NAME, BROWSERS_RULE_NAME, RELAY_RULE_NAME},
-    policy::egress,
+    policy::{Action, egress},
 };
 
 impl Validator<'_> {
@@ -29,6 +29,37 @@ impl Validator<'_> {
             return Err(self.invalid(&span, Problem::BadRuleName { name }));
         }
         Ok(name)
+    }
+
+    /// An `allow` rule that names no program (no `exe`, `exe_name`,
+    /// `script` or `cgroup`: a `uid`, a `comm` the process sets itself, a
+    /// parent) comes before the catalog, so it lets the tunnels it covers
+    /// through, exempt from the relay verdict: said, since that is seldom
+    /// what was meant.
+    pub(super) fn warn_broad_allow(&self, rule: &Rule, warnings: &mut Vec<String>) {
+        let c = &rule.criteria;
+        if rule.action != Action::Allow
+            || !c.exe.is_empty()
+            || !c.exe_name.is_empty()
+            || !c.script.is_empty()
+            || !c.cgroup.is_empty()
+        {
+            return;
+        }
+        warnings.push(format!(
+            "{}:{}: allow rule `{}` names no program (exe, exe_name, script or cgroup): it \
+             comes before the catalog, so the tunnels and relays it covers (cloudflared, ssh \
+             -R, ...) connect unjudged, exempt from the relay verdict too; name the programs \
+             it means{}",
+            self.file,
+            rule.at.line,
+            rule.name,
+            if c.comm.is_empty() {
+                ""
+            } else {
+                " (a comm is the process's to set: any program may take it)"
+            }
+        ));
     }
 
     pub(super) fn rule(&self, raw: RawRule) -> Result<Rule, ConfigError> {

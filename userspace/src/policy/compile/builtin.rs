@@ -25,6 +25,18 @@ const MULTI_CALL: [&str; 6] = [
     "dropbearmulti",
 ];
 
+/// The file `real` a rule's path `path` leads to, when that is a program
+/// that is many programs ([`MULTI_CALL`]) and `path` names another: a
+/// rule keyed to it would match all it runs.
+pub(super) fn multi_call_target(
+    path: &std::path::Path,
+    real: &std::path::Path,
+) -> Option<std::path::PathBuf> {
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let real_name = name(real)?;
+    (name(path)? != real_name && MULTI_CALL.contains(&real_name.as_str())).then(|| real.to_owned())
+}
+
 impl Compiler<'_> {
     /// The rule of `[browsers] exe_name`/`exe`: programs judged as
     /// browsers, after the user's rules (a user's rule for them wins) and

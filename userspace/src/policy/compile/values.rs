@@ -281,6 +281,10 @@ impl Compiler<'_> {
                 })
                 .and_then(|file| self.unambiguous(rule, field, path, file));
             let kept = self.kept(&path.value, file.as_ref().ok(), exempts);
+            let many = file
+                .as_ref()
+                .ok()
+                .and_then(|f| super::builtin::multi_call_target(&path.value, &f.real_path));
             let meanwhile = match (kept.first_key_value(), &file) {
                 (Some((_, pid)), _) => format!(
                     "until it resolves again, this value matches only the earlier file still \
@@ -301,6 +305,20 @@ impl Compiler<'_> {
             let shown = path.value.display();
             if let Some(key) = current {
                 resolved.push((key, format!("{shown} ({})", ExeId(key))));
+            }
+            if let Some(target) = many {
+                self.policy.warnings.push(format!(
+                    "{}:{}: rule `{}`: {field} {shown} is a link to {}, a program that is many \
+                     programs: this matches every program it runs, not only {}; name the \
+                     program's own file (a snap's is under /snap/NAME/current/), or use exe_name",
+                    self.file,
+                    path.at,
+                    rule,
+                    target.display(),
+                    path.value
+                        .file_name()
+                        .map_or_else(|| shown.to_string(), |n| n.to_string_lossy().into_owned())
+                ));
             }
             for (&key, pid) in &kept {
                 self.policy.warnings.push(format!(

@@ -34,7 +34,7 @@ fn catalog_follows_symlinked_binaries() {
     assert_eq!(policy.rules[rule].name, "catalog:ssh");
     assert_eq!(
         policy.rules[rule].matches,
-        "exe_name in [ssh, secure-shell]"
+        "exe_name in [ssh, dbclient, secure-shell]"
     );
     assert_eq!(simulate(&policy, &named("secure-shell-x")), None);
 

@@ -92,6 +92,32 @@ fn up_to_four_namespaces_are_compared_inline_more_are_looked_up() {
     assert_eq!((s.netns_inline, s.flags & flags::NETNS_SCOPED), (0, 0));
 }
 
+/// An `exe` that leads to a program that is many programs (busybox, snap)
+/// matches all it runs: warned of, naming it. One that leads to a file of
+/// another name that is one program is not (a versioned python).
+#[test]
+fn an_exe_that_links_to_a_multi_call_program_is_warned_of() {
+    let r = host()
+        .with_link("/bin/nc", "/bin/busybox", key(60))
+        .with_link("/usr/bin/python3", "/usr/bin/python3.11", key(61));
+    let rule = |exe: &str| format!("[[rule]]\nname = \"r\"\naction = \"deny\"\nexe = \"{exe}\"\n");
+    let policy = compile_ok(&rule("/bin/nc"), &r);
+    assert!(
+        policy
+            .warnings
+            .iter()
+            .any(|w| w.contains("exe /bin/nc is a link to /bin/busybox, a program that is many")),
+        "{:?}",
+        policy.warnings
+    );
+    let policy = compile_ok(&rule("/usr/bin/python3"), &r);
+    assert!(
+        !policy.warnings.iter().any(|w| w.contains("many programs")),
+        "{:?}",
+        policy.warnings
+    );
+}
+
 #[test]
 fn unresolvable_names_in_user_rules_are_errors() {
     let text = "catalog = false\n[[rule]]\nname = \"gone\"\naction = \"deny\"\nexe = [\"/usr/bin/socat\", \"/usr/bin/gone\"]\n";

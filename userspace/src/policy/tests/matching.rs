@@ -121,7 +121,14 @@ ancestor_exe = "/usr/bin/tmux"
         policy.rules[2].matches,
         "(parent_exe /usr/sbin/sshd (dev 0:27 ino 20) or ancestor_exe /usr/bin/tmux (dev 0:27 ino 30))"
     );
-    assert!(policy.warnings.is_empty());
+    // The allow rule names no program of its own: said.
+    let [warning] = policy.warnings.as_slice() else {
+        panic!("{:?}", policy.warnings);
+    };
+    assert!(
+        warning.contains("allow rule `lineage` names no program"),
+        "{warning}"
+    );
 
     // All criteria of rule 0 hold: it wins over rule 1 (same exe name).
     let socat = TestIdentity {

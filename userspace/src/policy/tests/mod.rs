@@ -49,6 +49,16 @@ impl FakeResolver {
         self
     }
 
+    /// A link at `path` to the file `target`, with `key`.
+    pub(super) fn with_link(mut self, path: &str, target: &str, key: ExeKey) -> Self {
+        self.put_exe(path, key);
+        if let Some((file, name)) = self.exes.get_mut(Path::new(path)) {
+            file.real_path = PathBuf::from(target);
+            *name = target.rsplit('/').next().unwrap_or(target).to_owned();
+        }
+        self
+    }
+
     /// Puts a file at `path` (on a plain filesystem), replacing any.
     fn put_exe(&mut self, path: &str, key: ExeKey) {
         let name = path.rsplit('/').next().unwrap_or(path).to_owned();
