@@ -38,6 +38,21 @@ fn status(install: &Install) -> (Option<i32>, String, Value) {
     )
 }
 
+/// `loopwarden status` of run directory `run_dir` and pin directory
+/// `pin_dir`: exit code and text.
+fn status_of(run_dir: &std::path::Path, pin_dir: &std::path::Path) -> (Option<i32>, String) {
+    let out = run(Command::new(loopwarden_bin())
+        .arg("status")
+        .arg("--run-dir")
+        .arg(run_dir)
+        .arg("--pin-dir")
+        .arg(pin_dir));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// What no policy read could tell is `null` in `status --json`.
 fn assert_unread(json: &Value) {
     assert!(json["bind"]["guard"].is_null(), "{json:#}");
@@ -618,14 +633,8 @@ fn pins_the_run_directorys_daemon_does_not_use_are_said_unreported() {
     assert!(first.stop(), "the first daemon exited badly");
     let install = Install::new();
     let _daemon = Daemon::start_in(&install, &text, &[]);
-    let out = run(Command::new(loopwarden_bin())
-        .arg("status")
-        .arg("--run-dir")
-        .arg(install.run_dir())
-        .arg("--pin-dir")
-        .arg(left.pin_dir()));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let (code, said) = status_of(&install.run_dir(), left.pin_dir());
+    assert_eq!(code, Some(0), "{said}");
     let first_line = said.lines().next().unwrap_or_default();
     assert!(
         first_line.contains("no daemon reports for these pins")
@@ -638,13 +647,8 @@ fn pins_the_run_directorys_daemon_does_not_use_are_said_unreported() {
     // A daemon of another run directory reporting for those pins again:
     // named, not "no daemon".
     let again = Daemon::start_in(&left, &text, &[]);
-    let out = run(Command::new(loopwarden_bin())
-        .arg("status")
-        .arg("--run-dir")
-        .arg(install.run_dir())
-        .arg("--pin-dir")
-        .arg(left.pin_dir()));
-    let said = String::from_utf8_lossy(&out.stdout);
+    let (code, said) = status_of(&install.run_dir(), left.pin_dir());
+    assert_eq!(code, Some(0), "{said}");
     let pid = again.pid().expect("running");
     assert!(
         said.lines()

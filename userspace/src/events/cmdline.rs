@@ -25,7 +25,8 @@
 //!
 //! A user whose processes' locks are let go just before (or after) the
 //! wait ends could still cost the caller a wait per new process, again and
-//! again: so the time callers wait is charged to the process's user, and,
+//! again: so the time callers wait (past its first [`UNCHARGED`]) is
+//! charged to the process's user (the owner of its `/proc` entry), and,
 //! past [`UID_BUDGET`] waits' worth in a [`BUDGET_WINDOW`] (all users
 //! together: [`ALL_BUDGET`]), reads of that user's (or anyone's)
 //! processes are waited for [`SPENT_WAIT`] only, until the window ends.

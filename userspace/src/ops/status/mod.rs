@@ -346,9 +346,7 @@ pub fn gather(pin_dir: &Path, run_dir: &Path, host_cgroup_root: Option<&Path>) -
         _ => String::new(),
     };
     let refresh = match report.daemon.reported.as_ref() {
-        Some(r)
-            if report.daemon.running && pins_elsewhere.is_none() && r.refresh_failing.is_some() =>
-        {
+        Some(r) if own && r.refresh_failing.is_some() => {
             "; its re-resolution of the policy FAILS (see `refresh` below)"
         }
         _ => "",

@@ -434,6 +434,14 @@ mod tests {
 
     use super::*;
 
+    /// A runtime for one test's lookups.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     fn known(verdict: u8, via: u8) -> OriginRecord {
         let mut r = OriginRecord::unknown();
         r.status = status::KNOWN;
@@ -455,10 +463,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(if uid == 7 { 0 } else { 600 }));
             Ok(Some(format!("u{uid}")))
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let permits = Arc::new(Semaphore::new(NAME_LOOKUPS));
         let ask = |uid| {
             let permits = Arc::clone(&permits);
@@ -497,10 +502,7 @@ mod tests {
                 _ => Ok(Some("a:b".into())),
             }
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let permits = Arc::new(Semaphore::new(NAME_LOOKUPS));
         let ask = |uid| name_within(uid, &permits, failing, NAME_DEADLINE);
         runtime.block_on(async {
@@ -523,10 +525,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
             Ok(Some(format!("u{uid}")))
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let permits = Arc::new(Semaphore::new(NAME_LOOKUPS));
         runtime.block_on(async {
             let mut asks = tokio::task::JoinSet::new();
