@@ -25,16 +25,10 @@ const MULTI_CALL: [&str; 6] = [
     "dropbearmulti",
 ];
 
-/// The file `real` a rule's path `path` leads to, when that is a program
-/// that is many programs ([`MULTI_CALL`]) and `path` names another: a
-/// rule keyed to it would match all it runs.
-pub(super) fn multi_call_target(
-    path: &std::path::Path,
-    real: &std::path::Path,
-) -> Option<std::path::PathBuf> {
-    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    let real_name = name(real)?;
-    (name(path)? != real_name && MULTI_CALL.contains(&real_name.as_str())).then(|| real.to_owned())
+/// Whether the file named `name` is a program that is many programs
+/// ([`MULTI_CALL`]): a name or path that leads to it stands for all it runs.
+pub(super) fn is_multi_call(name: &str) -> bool {
+    MULTI_CALL.contains(&name)
 }
 
 impl Compiler<'_> {
@@ -98,7 +92,7 @@ impl Compiler<'_> {
         for (exe_name, how) in entry.names() {
             // Not installed or unreadable: the plain name still matches.
             for (path, real) in self.installed_copies(exe_name) {
-                if MULTI_CALL.contains(&real.as_str()) {
+                if is_multi_call(&real) {
                     self.policy.warnings.push(format!(
                         "{}: {} is {real}, a program that is many programs: `{real}` is not \
                          added to the rule's names (every other program it is would match), so \

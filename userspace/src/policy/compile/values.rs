@@ -281,10 +281,19 @@ impl Compiler<'_> {
                 })
                 .and_then(|file| self.unambiguous(rule, field, path, file));
             let kept = self.kept(&path.value, file.as_ref().ok(), exempts);
+            // A link to a program that is many programs (not a file of that
+            // name itself) stands for all it runs.
             let many = file
                 .as_ref()
                 .ok()
-                .and_then(|f| super::builtin::multi_call_target(&path.value, &f.real_path));
+                .map(|f| f.real_path.clone())
+                .filter(|real| {
+                    let real_name = real.file_name();
+                    real_name != path.value.file_name()
+                        && real_name
+                            .and_then(|n| n.to_str())
+                            .is_some_and(super::builtin::is_multi_call)
+                });
             let meanwhile = match (kept.first_key_value(), &file) {
                 (Some((_, pid)), _) => format!(
                     "until it resolves again, this value matches only the earlier file still \
