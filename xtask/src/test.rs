@@ -227,19 +227,7 @@ fn clear_stale_test_state() {
 /// unmounted (lazily: a dead FUSE mount answers nothing), the loop devices
 /// detached, then removed.
 fn clear_stale_temp_dirs(tmp: &Path) {
-    let dirs: Vec<PathBuf> = fs::read_dir(tmp)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with("loopwarden-test-")
-                })
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
+    let dirs = named_with(tmp, "loopwarden-test-");
     if dirs.is_empty() {
         return;
     }
@@ -314,19 +302,23 @@ fn clear_stale_package() {
     let _ = fs::remove_file(DIST_MARKER);
 }
 
+/// The entries of `dir` whose names start with `prefix` (none if it
+/// cannot be read).
+fn named_with(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// [`clear_stale_test_state`] in these directories.
 fn clear_stale(netns_dir: &Path, bpffs: &Path, cgroup_root: Option<&Path>) {
-    let names = |dir: &Path| -> Vec<PathBuf> {
-        fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("lwt-"))
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let names = |dir: &Path| named_with(dir, "lwt-");
     for ns in names(netns_dir) {
         let name = ns
             .file_name()
