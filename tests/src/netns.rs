@@ -267,8 +267,14 @@ while True:
     /// A one-shot `socat` connect to `target`; returns its stderr (socat
     /// reports the connect() error there) and whether it succeeded.
     pub fn socat_connect(&self, target: &str) -> (bool, String) {
+        self.socat_connect_from("socat", target)
+    }
+
+    /// [`Netns::socat_connect`], run from the executable `socat` (a copy
+    /// of it, under another path or inode).
+    pub fn socat_connect_from(&self, socat: &str, target: &str) -> (bool, String) {
         let out = run(self
-            .cmd("socat")
+            .cmd(socat)
             .args(["-T", "3", "-u", "OPEN:/dev/null", target]));
         (
             out.status.success(),

@@ -644,17 +644,20 @@ fn an_ident_address_not_configured_yet_is_bound_once_it_is() {
 }
 
 /// A daemon that starts on a file that does not parse keeps the pinned
-/// policy, and its responder with it waits: the first good reload starts
-/// it, as a start would have. Before, it stayed off until a restart (the
-/// reload said "[ident] changed: that takes effect when the daemon
-/// restarts"), and a host whose services authenticate by ident refused
-/// every login meanwhile.
+/// policy: compiled again from the config the previous daemon kept for it,
+/// whose responder it starts at once; or, with no such config (an older
+/// version's pins), as it is, and its responder waits: the first good
+/// reload starts it, as a start would have. Before, it stayed off until a
+/// restart (the reload said "[ident] changed: that takes effect when the
+/// daemon restarts"), and a host whose services authenticate by ident
+/// refused every login meanwhile.
 #[test]
 fn a_start_on_a_bad_file_starts_the_responder_at_the_first_good_reload() {
     let ns = Netns::new();
     let _protected = holding_server(&ns, PROTECTED);
     let install = Install::new();
     let good = config(&ns, PROTECTED);
+    let bad = format!("bogus = 1\n{good}");
     // Positive control: the same file at start serves.
     let mut first = Daemon::start_in(&install, &good, &[]);
     first.wait_stderr("ident (RFC 1413): answering on", 1);
@@ -663,22 +666,32 @@ fn a_start_on_a_bad_file_starts_the_responder_at_the_first_good_reload() {
         error_reply(1, 2, "NO-USER")
     );
     first.kill9();
-    let ident = format!("TCP:127.0.0.1:{IDENT_PORT}");
-    let second = Daemon::start_in(&install, &format!("bogus = 1\n{good}"), &[]);
+    let mut second = Daemon::start_in(&install, &bad, &[]);
     second.allow_error("bogus");
-    second.wait_stderr("stays in force", 1);
-    assert!(
-        !ns.socat_connect(&ident).0,
-        "a responder answers after a start on a bad file"
-    );
-    std::fs::write(install.config_path(), &good).expect("rewrite");
-    second.signal(libc::SIGHUP);
+    second.wait_stderr("compiled again from its config", 1);
     second.wait_stderr("ident (RFC 1413): answering on", 1);
     assert_eq!(
         ident_query(&ns, "127.0.0.1", "1 , 2"),
         error_reply(1, 2, "NO-USER")
     );
-    let said = second.stderr_text();
+    second.kill9();
+    std::fs::remove_file(install.run_dir().join("config.json")).expect("the kept config");
+    let ident = format!("TCP:127.0.0.1:{IDENT_PORT}");
+    let third = Daemon::start_in(&install, &bad, &[]);
+    third.allow_error("bogus");
+    third.wait_stderr("stays in force as it is", 1);
+    assert!(
+        !ns.socat_connect(&ident).0,
+        "a responder answers after a start on a bad file"
+    );
+    std::fs::write(install.config_path(), &good).expect("rewrite");
+    third.signal(libc::SIGHUP);
+    third.wait_stderr("ident (RFC 1413): answering on", 1);
+    assert_eq!(
+        ident_query(&ns, "127.0.0.1", "1 , 2"),
+        error_reply(1, 2, "NO-USER")
+    );
+    let said = third.stderr_text();
     assert!(said.contains("its [ident] responder starts then"), "{said}");
     assert!(!said.contains("[ident] changed"), "{said}");
 }

@@ -12,7 +12,7 @@ use std::{
 
 use loopwarden_tests::{
     Daemon, Install, LOCAL_ADDR, Netns, NetnsAlias, PROTECTED, Policy, Proc, TempDir, Topology,
-    hex_bytes, loopwarden_bin, map_dump, map_update, policy, prog_ids, rule, run,
+    exe_id, hex_bytes, loopwarden_bin, map_dump, map_update, policy, prog_ids, rule, run,
     run_failing_start, run_ok,
 };
 
@@ -197,7 +197,7 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
         uids.join(", ")
     );
     let mut second: Option<Daemon> = None;
-    for (bad, why) in [
+    for (case, (bad, why)) in [
         // Each scoped to the test's namespace, so that were the file ever
         // taken, nothing outside the test would be judged by it.
         (
@@ -214,13 +214,28 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
             format!("{too_large}[provenance]\nconnections = 4096\n"),
             "at most 1024 fit",
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         if let Some(mut before) = second.take() {
             before.kill9();
         }
+        // The first compiles again the config the first daemon kept; the
+        // others, without it, keep the pinned policy as it is.
+        if case == 1 {
+            std::fs::remove_file(install.run_dir().join("config.json")).expect("the kept config");
+        }
         let daemon = Daemon::start_in(&install, &bad, &[]);
         daemon.allow_error(why);
-        daemon.wait_stderr("stays in force", 1);
+        daemon.wait_stderr(
+            if case == 0 {
+                "compiled again from its config"
+            } else {
+                "stays in force as it is"
+            },
+            1,
+        );
         assert!(
             !ns.socat_connect(&target).0,
             "{why}: the pinned policy lapsed"
@@ -241,6 +256,60 @@ fn a_bad_file_keeps_the_pinned_policy_and_a_reload_recovers() {
         "the reloaded audit policy refuses: {why}\n{}",
         second.stderr_text()
     );
+}
+
+/// A restart on a file the daemon refuses keeps the pinned policy, and
+/// goes on re-resolving it from the config it was compiled from (kept in
+/// the run directory): an executable a rule names by path, replaced by an
+/// upgrade (a new inode) after the restart, is refused as before it.
+#[test]
+fn a_restart_on_a_bad_file_goes_on_re_resolving_the_pinned_policy() {
+    let ns = Netns::new();
+    let _servers = ns.http_servers();
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    let dir = TempDir::new("kept-config");
+    let relay = dir.path().join("relay");
+    std::fs::copy("/usr/bin/socat", &relay).expect("copy socat");
+    let relay = relay.to_str().expect("utf-8 path").to_owned();
+    let connects = || ns.socat_connect_from(&relay, &target).0;
+    // Positive control: the copy reaches the service when no rule names it.
+    assert!(connects(), "control: the relay cannot connect at all");
+    // (Without the catalog, which knows socat by its contents: only the
+    // rule, by path, refuses the copy.)
+    let config = Policy::new(&ns, "enforce")
+        .catalog(false)
+        .extra(&rule("relay-exe", "deny", "exe", &relay))
+        .text();
+    let install = Install::new();
+    let mut first = Daemon::start_in(&install, &config, &[]);
+    assert!(!connects(), "the relay is not refused");
+    first.kill9();
+
+    let second = Daemon::start_in(&install, &format!("bogus = 1\n{config}"), &[]);
+    second.allow_error("bogus");
+    second.wait_stderr("compiled again from its config", 1);
+    assert!(!connects(), "the kept policy lapsed at the restart");
+    let status = install.status_text();
+    assert!(
+        status.contains("refused at start") && status.contains("as kept in"),
+        "{status}"
+    );
+
+    // An upgrade replaces the relay: a new inode at the same path.
+    let staged = dir.path().join("relay.new");
+    std::fs::copy("/usr/bin/socat", &staged).expect("stage");
+    std::fs::rename(&staged, &relay).expect("replace");
+    let new_id = exe_id(std::path::Path::new(&relay));
+    loopwarden_tests::wait_for(
+        "the upgraded relay refused",
+        Duration::from_secs(15),
+        || (!connects()).then_some(()),
+    );
+    second.wait_event("a deny of the upgraded relay", |e| {
+        e["rule"] == "relay-exe" && e["exe_id"] == new_id.as_str()
+    });
+    // Another client of the same port still reaches it.
+    assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
 }
 
 #[test]
@@ -721,15 +790,25 @@ fn a_failed_start_keeps_the_getsockopt_link_of_the_policy_before() {
 /// programs read, puts the policy before it back: the enforcing policy
 /// stays in force, and LW_META still says enforcing, though the failed
 /// start's file was audit mode; the scope file names the namespaces of
-/// the policy before, not the failed start's second one. Positive control:
-/// the same start, once it can take over, puts the audit policy in force
-/// (socat gets through) and its scope in the file.
+/// the policy before, not the failed start's second one, and the kept
+/// config file that policy's config. Positive control: the same start,
+/// once it can take over, puts the audit policy in force (socat gets
+/// through) and its scope and config in the files.
 #[test]
 fn a_failed_start_puts_the_policy_before_it_back() {
     let ns = Netns::new();
     let other = Netns::new();
     let scope = |install: &Install| {
         std::fs::read_to_string(install.run_dir().join("scope.json")).expect("scope.json")
+    };
+    // The kept config: whether it is the enforcing one that names only `ns`.
+    let kept_config_is_first = |install: &Install| {
+        let text =
+            std::fs::read_to_string(install.run_dir().join("config.json")).expect("config.json");
+        let first = text.contains(r#""mode":"enforce""#) && !text.contains(&other.path());
+        let second = text.contains(r#""mode":"audit""#) && text.contains(&other.path());
+        assert!(first != second, "neither config: {text}");
+        first
     };
     let _server = ns.sink_server();
     let target = format!("TCP:127.0.0.1:{PROTECTED}");
@@ -741,6 +820,7 @@ fn a_failed_start_puts_the_policy_before_it_back() {
     let generation = || map_dump(&install, "LW_GENERATION")[0]["value"].clone();
     let before = generation();
     assert!(!scope(&install).contains(&other.path()));
+    assert!(kept_config_is_first(&install));
     let audit = policy(&ns, "audit", "").replace(
         &format!("\"{}\"", ns.path()),
         &format!("\"{}\", \"{}\"", ns.path(), other.path()),
@@ -768,12 +848,26 @@ fn a_failed_start_puts_the_policy_before_it_back() {
         kept.contains(&ns.path()) && !kept.contains(&other.path()),
         "the failed start's scope stayed in the file: {kept}"
     );
-    // Positive control: taking over, it puts its policy in force.
+    assert!(
+        kept_config_is_first(&install),
+        "the failed start's config stayed in the file"
+    );
     std::fs::remove_file(&bind).expect("the map pinned in its place");
+    // The kept config is the policy in force's: a start on a bad file
+    // compiles it again (enforcing).
+    let mut refused_start = Daemon::start_in(&install, &format!("bogus = 1\n{audit}"), &[]);
+    refused_start.allow_error("bogus");
+    refused_start.wait_stderr("compiled again from its config", 1);
+    assert!(!ns.socat_connect(&target).0, "the kept policy lapsed");
+    refused_start.kill9();
+    // (It installed the kept policy: the generation flipped.)
+    let before = generation();
+    // Positive control: taking over, it puts its policy in force.
     let second = Daemon::start_in(&install, &audit, &[]);
     assert!(ns.socat_connect(&target).0, "audit mode refused");
     assert_ne!(generation(), before);
     assert!(scope(&install).contains(&other.path()));
+    assert!(!kept_config_is_first(&install));
     drop(second);
     assert_detach_ends_enforcement(&install, &ns);
 }
@@ -1139,11 +1233,19 @@ fn a_namespace_kept_after_its_name_went_stays_protected_across_a_restart() {
     assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
     drop(second);
 
-    // A start on a file that does not parse keeps the pinned policy; the
-    // good file's reload then keeps the namespace too.
+    // A start on a file that does not parse keeps the pinned policy (as it
+    // is: without the config the daemon before kept, whose compile would
+    // keep the namespace at the start); the good file's reload then keeps
+    // the namespace too.
+    std::fs::remove_file(install.run_dir().join("config.json")).expect("the kept config");
     let third = Daemon::start_in(&install, &format!("bogus = 1\n{text}"), &[]);
     third.allow_error("bogus");
-    third.wait_stderr("stays in force", 1);
+    third.wait_stderr("stays in force as it is", 1);
+    assert!(
+        !third.stderr_text().contains("stays in the scope"),
+        "{}",
+        third.stderr_text()
+    );
     std::fs::write(install.config_path(), &text).expect("rewrite");
     third.signal(libc::SIGHUP);
     third.wait_installed(1);
@@ -1180,9 +1282,13 @@ fn a_start_scoped_to_no_namespace_keeps_the_pinned_policy() {
         &format!("\"{}-typo\"", ns.path()),
     );
     assert_ne!(typo, text);
+    // Without the config the first daemon kept: the pinned policy as it is
+    // (with it, the start compiles that config again: see
+    // a_restart_on_a_bad_file_goes_on_re_resolving_the_pinned_policy).
+    std::fs::remove_file(install.run_dir().join("config.json")).expect("the kept config");
     let second = Daemon::start_in(&install, &typo, &[]);
     second.allow_error("none of the network namespaces");
-    second.wait_stderr("stays in force", 1);
+    second.wait_stderr("stays in force as it is", 1);
     refused(&second, "after a start on a scope of none");
     assert_eq!(ns.curl(&format!("http://127.0.0.1:{PROTECTED}/")), Ok(200));
 

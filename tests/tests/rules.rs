@@ -115,14 +115,9 @@ fn installs(daemon: &Daemon) -> usize {
 
 /// One `socat` connect from the executable at `path` to the protected port.
 fn connect_from(ns: &Netns, path: &Path) -> bool {
-    let out = run(ns.cmd(path.to_str().expect("utf-8 path")).args([
-        "-T",
-        "3",
-        "-u",
-        "OPEN:/dev/null",
-        &format!("TCP:127.0.0.1:{PROTECTED}"),
-    ]));
-    out.status.success()
+    let target = format!("TCP:127.0.0.1:{PROTECTED}");
+    ns.socat_connect_from(path.to_str().expect("utf-8 path"), &target)
+        .0
 }
 
 #[test]

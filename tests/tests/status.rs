@@ -554,10 +554,17 @@ fn a_start_on_a_file_that_does_not_compile_is_a_failed_reload() {
         first_line.contains("whose last reading of its policy file FAILED"),
         "{text}"
     );
-    assert!(text.contains("did not parse"), "{text}");
+    // The policy in force is the pinned one, compiled again from the
+    // config the first daemon kept.
+    assert!(text.contains("refused at start"), "{text}");
     assert!(text.contains("FAILED at"), "{text}");
     let reported = &json["daemon"]["reported"];
-    assert_eq!(reported["own_policy"], false, "{json:#}");
+    assert!(
+        reported["kept_config"]
+            .as_str()
+            .is_some_and(|k| k.contains(" as kept in ")),
+        "{json:#}"
+    );
     assert_eq!(reported["last_reload"]["ok"], false, "{json:#}");
     assert!(
         reported["last_reload"]["error"]

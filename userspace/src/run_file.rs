@@ -88,13 +88,22 @@ impl StampedFile {
     /// Writes `body` (a struct: its fields follow the stamp's), replacing
     /// the file whole ([`replace`]).
     pub fn save<T: Serialize>(&self, body: &T) -> io::Result<()> {
+        self.save_with_mode(body, 0o644)
+    }
+
+    /// [`StampedFile::save`], the file readable by its owner only.
+    pub fn save_private<T: Serialize>(&self, body: &T) -> io::Result<()> {
+        self.save_with_mode(body, 0o600)
+    }
+
+    fn save_with_mode<T: Serialize>(&self, body: &T, mode: u32) -> io::Result<()> {
         let stamped = Stamped {
             stamp: &self.stamp,
             body,
         };
         let mut text = serde_json::to_vec(&stamped).map_err(io::Error::other)?;
         text.push(b'\n');
-        replace(&self.path, &text, false)
+        replace_with_mode(&self.path, &text, false, mode)
     }
 
     /// The body saved for these maps; `None` when there is no file, it is
@@ -152,6 +161,11 @@ pub fn not_made_by(meta: &fs::Metadata, owners: &[u32]) -> Option<String> {
 /// Replaces `path` with `contents` (mode 0644); `sync`: on disk before the
 /// rename.
 pub fn replace(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
+    replace_with_mode(path, contents, sync, 0o644)
+}
+
+/// [`replace`], the new file made with `mode`.
+fn replace_with_mode(path: &Path, contents: &[u8], sync: bool, mode: u32) -> io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".tmp-{}", std::process::id()));
     let tmp = path.with_file_name(name);
@@ -164,7 +178,7 @@ pub fn replace(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
+        .mode(mode)
         .open(&tmp)?;
     let written = file
         .write_all(contents)

@@ -210,6 +210,10 @@ pub struct Config {
     /// defaults, and most likely a file truncated by accident, which a
     /// reload does not put in force.
     pub empty: bool,
+    /// The text it was parsed from (`None`: the embedded default): what
+    /// the daemon keeps of the policy in force for its successor (see
+    /// `daemon::kept_config`).
+    pub text: Option<std::sync::Arc<str>>,
 }
 
 impl Config {
@@ -280,6 +284,7 @@ impl Config {
             egress: Vec::new(),
             warnings: Vec::new(),
             empty: false,
+            text: None,
         }
     }
 
@@ -421,11 +426,13 @@ impl Config {
                     .to_owned(),
             });
         }
-        Validator {
+        let mut config = Validator {
             file: name,
             lines: &lines,
         }
-        .config(raw)
+        .config(raw)?;
+        config.text = Some(text.into());
+        Ok(config)
     }
 }
 

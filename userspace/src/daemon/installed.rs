@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use super::{
     DaemonError,
+    kept_config::KeptConfig,
     pinned_mode::say_mode,
     resolving::{Compiled, Job, KEEPING},
     scope_file::ScopeFile,
@@ -153,8 +154,12 @@ pub(super) struct Installed {
     pub(super) resolver: HostResolver,
     /// The last config that compiled: the periodic refresh recompiles it, so
     /// an edit to the file takes effect only on SIGHUP. `None` while the
-    /// policy pinned by a predecessor is in force.
+    /// policy pinned by a predecessor is in force as it is.
     pub(super) config: Option<Config>,
+    /// `config` is the one a predecessor kept for its pinned policy
+    /// ([`KeptConfig`]), in force because the start's file was refused;
+    /// until a reload puts a file in force.
+    pub(super) kept: bool,
     /// The config the settings read only at start came from (the
     /// defaults for a daemon that started on a bad file, keeping the
     /// pinned policy): what a reload's changes to them are told against,
@@ -177,6 +182,8 @@ pub(super) struct Installed {
     pub(super) sweeper: Sweeper,
     /// Where each install's scope is kept for the next daemon.
     pub(super) scope_file: ScopeFile,
+    /// Where each install's config is kept for the next daemon.
+    pub(super) kept_config: KeptConfig,
     /// Whether the ident responder waits: for a config (the start's file
     /// did not parse: the first good reload starts it, as a start would
     /// have), or for its addresses (not configured yet at start: tried
@@ -264,7 +271,7 @@ impl Installed {
                 // A file's mode that `--mode` overrides is said at each
                 // reload, as at the start: the edit did not take.
                 let overridden = (policy.mode != config.mode).then_some((policy.mode, config.mode));
-                let outcome = self.install(policy, addrs, enricher, Sweep::Anew);
+                let outcome = self.install(policy, &config, addrs, enricher, Sweep::Anew);
                 match &outcome {
                     Ok(_) => {
                         // Only from a file now in force: a responder a
@@ -288,8 +295,19 @@ impl Installed {
                                  (running: {running}; the file: {file})"
                             );
                         }
+                        // Nothing installed (the file's policy is the one
+                        // in force, as it resolves now), yet the file is
+                        // the config in force: what a restart on a refused
+                        // file compiles again.
+                        if outcome == Ok(false)
+                            && let (Some(policy), Ok((_, settings))) =
+                                (&self.policy, self.maps.in_force())
+                        {
+                            self.kept_config.save(settings.seq, policy.mode, &config);
+                        }
                         self.source = source;
                         self.config = Some(config);
+                        self.kept = false;
                     }
                     Err(e) => error!("{e}, keeping the running one"),
                 }
@@ -318,13 +336,14 @@ impl Installed {
         Some(Job::Refresh {
             config: Box::new(self.config.clone()?),
             previous: self.policy.clone(),
+            kept: self.kept,
         })
     }
 
     /// The re-resolution came to `outcome`: installed if it differs.
     pub(super) fn refreshed(&mut self, outcome: Result<Compiled, String>, enricher: &mut Enricher) {
         let outcome = outcome.and_then(|c| {
-            self.install(c.policy, c.addrs, enricher, Sweep::After)
+            self.install(c.policy, &c.config, c.addrs, enricher, Sweep::After)
                 .map_err(|e| format!("{e} at a re-resolution, {KEEPING}"))
         });
         match outcome {
@@ -350,6 +369,9 @@ impl Installed {
         }
         if let Some(policy) = &self.policy {
             self.scope_file.retry(&policy.netns);
+            if let (Some(config), Ok((_, settings))) = (&self.config, self.maps.in_force()) {
+                self.kept_config.retry(settings.seq, policy.mode, config);
+            }
         }
         if self.ident_pending
             && let Some(config) = self.config.clone()
@@ -392,13 +414,14 @@ impl Installed {
         self.started.ident = config.ident.clone();
     }
 
-    /// Installs `fresh` with host addresses `addrs` (`None`: they could not
-    /// be listed, and those in force stay) unless they are what is in force
-    /// already; says whether it installed, or why it could not (for the
-    /// caller to log).
+    /// Installs `fresh`, compiled from `config`, with host addresses `addrs`
+    /// (`None`: they could not be listed, and those in force stay) unless
+    /// they are what is in force already; says whether it installed, or why
+    /// it could not (for the caller to log).
     pub(super) fn install(
         &mut self,
         fresh: CompiledPolicy,
+        config: &Config,
         addrs: Option<Vec<std::net::IpAddr>>,
         enricher: &mut Enricher,
         sweep: Sweep,
@@ -451,6 +474,7 @@ impl Installed {
         }
         enricher.set_rules(seq, fresh.named_rules());
         self.scope_file.save(&fresh.netns);
+        self.kept_config.save(seq, fresh.mode, config);
         self.policy = Some(fresh);
         self.addrs = addrs;
         Ok(true)

@@ -24,6 +24,7 @@ mod fullness;
 mod getsockopt;
 mod host_addrs;
 mod installed;
+mod kept_config;
 mod lock;
 mod pinned_mode;
 mod resolving;

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use super::{
     host_addrs::host_addresses,
     installed::{Source, compile_policy, read_fresh},
+    kept_config::kept_override,
     status_file::{self, Waiting},
 };
 use crate::{
@@ -54,6 +55,9 @@ pub(super) enum Job {
     Refresh {
         config: Box<Config>,
         previous: Option<CompiledPolicy>,
+        /// `config` is a predecessor's, kept ([`super::kept_config`]):
+        /// `--mode` overrides its mode only to enforce.
+        kept: bool,
     },
     /// SIGHUP: the source picked again (`--config`, else the default path
     /// if it exists, else the embedded default), read and compiled.
@@ -295,9 +299,14 @@ fn run(job: Job, resolver: &HostResolver, mode: Option<Mode>) -> Done {
         config,
     };
     match job {
-        Job::Refresh { config, previous } => {
+        Job::Refresh {
+            config,
+            previous,
+            kept,
+        } => {
             let begun = Instant::now();
             let turned_away = stall::turned_away();
+            let mode = if kept { kept_override(mode) } else { mode };
             let outcome = compile_policy(&config, resolver, mode, previous.as_ref(), true)
                 .map_err(|e| format!("re-resolving the policy failed, {KEEPING}: {e}"))
                 .and_then(|policy| {

@@ -47,8 +47,15 @@ pub struct DaemonStatus {
     /// The policy file, or "embedded default policy".
     pub policy_source: String,
     /// Whether the policy in force is one this daemon installed (`false`:
-    /// it keeps a predecessor's pinned policy, its own file did not parse).
+    /// it keeps a predecessor's pinned policy as it is, its own file did
+    /// not parse; `true` also when it compiled that policy again from the
+    /// config kept for it, see `kept_config`).
     pub own_policy: bool,
+    /// The config the policy in force is compiled (and re-resolved) from
+    /// when it is not `policy_source` (refused at start): the one the
+    /// previous daemon kept for its pinned policy. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_config: Option<String>,
     /// `enforce`, `audit` or `disabled`, as the pinned settings say.
     pub mode: Option<String>,
     /// The in-force policy's sequence number.
@@ -203,6 +210,11 @@ pub(super) fn record(installed: &Installed, outcome: Option<Result<(), String>>)
         updated_at: now(),
         policy_source: installed.source.describe(),
         own_policy: installed.policy.is_some(),
+        kept_config: installed
+            .config
+            .as_ref()
+            .filter(|_| installed.kept)
+            .map(|c| c.source.clone()),
         mode: in_force.map(|s| mode_name(s.flags).to_owned()),
         policy_seq: in_force.map(|s| s.seq),
         rules: in_force.map(|s| s.active.count_ones()),
@@ -355,6 +367,7 @@ mod tests {
             updated_at: "2026-01-01T00:00:01Z".into(),
             policy_source: "embedded default policy".into(),
             own_policy: true,
+            kept_config: Some("/etc/loopwarden.toml as kept in /run/loopwarden/config.json".into()),
             mode: Some("audit".into()),
             policy_seq: Some(2),
             rules: Some(20),

@@ -19,6 +19,7 @@ fn empty_file_is_the_embedded_default() {
                 source: "test.toml".to_owned(),
                 warnings: config.warnings.clone(),
                 empty: true,
+                text: config.text.clone(),
                 ..Config::embedded_default()
             }
         );

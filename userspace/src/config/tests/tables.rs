@@ -256,6 +256,7 @@ fn shipped_file_shows_the_defaults() {
     let text = include_str!("../../../../contrib/loopwarden.toml");
     let default = |config: &Config| Config {
         source: config.source.clone(),
+        text: config.text.clone(),
         ..Config::embedded_default()
     };
     let shipped = parse(text).unwrap();

@@ -286,6 +286,7 @@ impl Validator<'_> {
             egress,
             warnings,
             empty,
+            text: None,
         })
     }
 

@@ -28,6 +28,7 @@ use super::{
     host_addrs::host_addresses,
     installed::Installed,
     io_err,
+    kept_config::KeptConfig,
     pinned_mode::{mode_word, pinned_mode, say_mode},
     resolving::Compiles,
     rings::{CounterReport, KernelLogger, watch},
@@ -90,6 +91,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     let Chosen {
         config,
         policy,
+        kept_config,
         unread,
         reload_source,
         kept,
@@ -109,6 +111,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // the programs load: one that cannot be bound stops the start with
     // nothing changed, unless time may mend it (an address not configured
     // yet): enforcement does not wait for the network, the responder does.
+    // (Nor does the start keep a predecessor's config for a responder it
+    // cannot bind: tried again every second.)
     let (ident, ident_error) = match config
         .as_ref()
         .filter(|c| !c.ident.listen.is_empty())
@@ -116,7 +120,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         .transpose()
     {
         Ok(bound) => (bound, None),
-        Err(e) if e.may_mend_itself() => {
+        Err(e) if e.may_mend_itself() || kept_config => {
             let message = crate::error_chain(&e);
             error!(
                 "{message}; the daemon starts without its ident responder, which starts once it \
@@ -167,6 +171,15 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // Installed before the programs take over the links, so the first
     // connect they judge is judged by this policy.
     let mut scope_file = ScopeFile::new(&opts.run_dir, pins.root(), policy_maps.id());
+    let mut config_file = KeptConfig::new(&opts.run_dir, pins.root(), policy_maps.id());
+    // What a start that has a policy (and so its config) keeps for the
+    // next daemon, as of install `seq`.
+    let mut keep = |policy: &CompiledPolicy, seq: u64| {
+        scope_file.save(&policy.netns);
+        if let Some(config) = &config {
+            config_file.save(seq, policy.mode, config);
+        }
+    };
     let addrs = policy.as_ref().map(listed_addresses).unwrap_or_default();
     let installed_seq = match &policy {
         Some(policy) => {
@@ -185,7 +198,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             // replacement that fails, or is killed, before leaves it to
             // them, so the next start keeps what they keep.
             if adopted {
-                scope_file.save(&policy.netns);
+                keep(policy, seq);
             }
             Some(seq)
         }
@@ -208,8 +221,8 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         programs.attach_pinned(&host.cgroup2_root, &pins, getsockopt_dirs, |ebpf| {
             crate::track::seed(ebpf, policy.as_ref());
         })?;
-    if !adopted && let Some(policy) = &policy {
-        scope_file.save(&policy.netns);
+    if !adopted && let (Some(policy), Some(seq)) = (&policy, installed_seq) {
+        keep(policy, seq);
     }
     let getsockopt = Getsockopt::started(getsockopt.as_ref());
     if let Some(old) = resized {
@@ -237,7 +250,10 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
             Some(seq) => format!("policy #{seq}"),
             None => "no new policy".to_owned(),
         },
-        source.describe(),
+        match (&config, kept_config) {
+            (Some(config), true) => config.source.clone(),
+            _ => source.describe(),
+        },
         host.cgroup2_root.display(),
         pins.root().display(),
         host.kernel_release,
@@ -275,6 +291,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         resolver,
         started,
         config,
+        kept: kept_config,
         predecessor,
         addrs,
         policy,
@@ -283,6 +300,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
         refresh_error: None,
         sweeper,
         scope_file,
+        kept_config: config_file,
         ident_pending,
         ident_error,
     };

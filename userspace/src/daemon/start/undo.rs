@@ -5,7 +5,10 @@ use std::{io, path::Path};
 use tracing::{error, warn};
 
 use crate::{
-    daemon::scope_file::ScopeFile,
+    daemon::{
+        kept_config::{Held, KeptConfig},
+        scope_file::ScopeFile,
+    },
     kernel::{
         maps::PolicyMaps,
         pins::{PinDir, PinLock},
@@ -36,6 +39,8 @@ pub(super) struct Undo<'a> {
     /// before this start saved its policy's: written back with the policy
     /// before.
     scope_before: Option<(ScopeFile, Vec<Netns>)>,
+    /// The same for the kept config file.
+    config_before: Option<(KeptConfig, Held)>,
 }
 
 impl<'a> Undo<'a> {
@@ -48,6 +53,7 @@ impl<'a> Undo<'a> {
             first,
             policy_before: None,
             scope_before: None,
+            config_before: None,
         }
     }
 
@@ -64,11 +70,15 @@ impl<'a> Undo<'a> {
         let before = ScopeFile::new(run_dir, self.pins.root(), maps.id());
         let netns = before.load();
         self.scope_before = Some((before, netns));
+        let before = KeptConfig::new(run_dir, self.pins.root(), maps.id());
+        let held = before.held();
+        self.config_before = Some((before, held));
     }
 
     /// The start is whole: nothing is undone.
     pub(super) fn disarm(mut self) {
         self.scope_before = None;
+        self.config_before = None;
         std::mem::forget(self);
     }
 }
@@ -83,8 +93,14 @@ impl Drop for Undo<'_> {
                     Some(mode) => self.pins.update_meta(|m| m.mode = mode),
                     None => Ok(()),
                 });
-            if let Some((file, netns)) = &mut self.scope_before {
-                file.save(netns);
+            // The files speak for the policy before only if it is back.
+            if put_back.is_ok() {
+                if let Some((file, netns)) = &mut self.scope_before {
+                    file.save(netns);
+                }
+                if let Some((file, held)) = &self.config_before {
+                    file.put_back(held);
+                }
             }
             match put_back {
                 Ok(()) => warn!("the start failed: the policy in force before it is put back"),

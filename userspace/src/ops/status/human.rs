@@ -114,15 +114,18 @@ impl Report {
         {
             line(
                 "source",
-                format!(
-                    "{}{}",
-                    r.policy_source,
-                    if r.own_policy {
-                        ""
-                    } else {
-                        " (did not parse: the pinned policy of a predecessor is kept)"
-                    }
-                ),
+                match (&r.kept_config, r.own_policy) {
+                    (Some(kept), _) => format!(
+                        "{} (refused at start: in force is the predecessor's policy, compiled and \
+                         re-resolved from {kept})",
+                        r.policy_source
+                    ),
+                    (None, true) => r.policy_source.clone(),
+                    (None, false) => format!(
+                        "{} (did not parse: the pinned policy of a predecessor is kept)",
+                        r.policy_source
+                    ),
+                },
             );
             if let Some(reload) = &r.last_reload {
                 let text = match &reload.error {
