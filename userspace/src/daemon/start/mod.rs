@@ -243,7 +243,9 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     // The heap the start-up needed (policy compilation, object parsing) is
     // not needed again.
     crate::heap::release();
-    info!(
+    // Said once `status.json` is written (below): a `status` run on the
+    // ready line finds what this daemon reports.
+    let ready = format!(
         "ready: {}, {} from {}, cgroup {}, pinned in {} (kernel {}); {}; in force {} ms after start",
         describe_policy(policy.as_ref(), config.as_ref()),
         match installed_seq {
@@ -317,6 +319,7 @@ pub(super) fn start(opts: &Options, started: Instant) -> Result<Running, DaemonE
     };
     counters.report(&mut stats);
     status_file::started(&opts.run_dir, &opts.pin_dir, &installed, unread);
+    info!("{ready}");
     // Past the last step that can fail: a sweep never cuts by a policy a
     // failed start puts back.
     if let Some(policy) = &installed.policy {
