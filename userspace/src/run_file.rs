@@ -116,6 +116,63 @@ impl StampedFile {
     }
 }
 
+/// A [`StampedFile`] written at each install for the next daemon, whose
+/// failed write is warned of once, until a write works again (each
+/// refresh tries again: [`InstallFile::failed`]).
+#[derive(Clone, Debug)]
+pub struct InstallFile {
+    pub file: StampedFile,
+    /// Readable by its owner only.
+    private: bool,
+    failed: bool,
+}
+
+impl InstallFile {
+    /// `name` in `run_dir`, of the maps with `LW_GENERATION` id `maps_id`
+    /// pinned in `pin_dir`.
+    pub fn new(run_dir: &Path, name: &str, pin_dir: &Path, maps_id: Option<u32>) -> Self {
+        Self {
+            file: StampedFile::new(run_dir.join(name), pin_dir, maps_id),
+            private: false,
+            failed: false,
+        }
+    }
+
+    /// Written readable by its owner only.
+    pub fn private(self) -> Self {
+        Self {
+            private: true,
+            ..self
+        }
+    }
+
+    /// Writes `body`; a failure is warned of, with what it `costs`, once.
+    pub fn save<T: Serialize>(&mut self, body: &T, costs: &str) {
+        let saved = if self.private {
+            self.file.save_private(body)
+        } else {
+            self.file.save(body)
+        };
+        match saved {
+            Ok(()) => self.failed = false,
+            Err(e) if !self.failed => {
+                tracing::warn!(
+                    "writing {} failed: {e}; {costs} (tried again at the next install and every \
+                     second)",
+                    self.file.path.display()
+                );
+                self.failed = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Whether the last write failed.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+}
+
 /// The contents of a run file this daemon's kind wrote: read only if it
 /// is a regular file reached without a link, owned by this process's
 /// user, with one name, and that no one else may write; else an error

@@ -14,7 +14,7 @@ use crate::{
     config::{Config, ConfigError},
     kernel::pins::PinDir,
     policy::Mode,
-    run_file::StampedFile,
+    run_file::InstallFile,
 };
 
 /// The file's name in the run directory.
@@ -28,11 +28,7 @@ pub(super) fn kept_override(mode: Option<Mode>) -> Option<Mode> {
 }
 
 /// Where the config is kept, and for which maps.
-pub(super) struct KeptConfig {
-    file: StampedFile,
-    /// Writing it failed last time (said once, until it works again).
-    failed: bool,
-}
+pub(super) struct KeptConfig(InstallFile);
 
 /// What the file holds after its stamp.
 #[derive(Serialize, Deserialize)]
@@ -61,10 +57,7 @@ impl KeptConfig {
 
     /// The file of the maps whose `LW_GENERATION` has id `maps_id`.
     pub(super) fn new(run_dir: &Path, pin_dir: &Path, maps_id: Option<u32>) -> Self {
-        Self {
-            file: StampedFile::new(run_dir.join(FILE), pin_dir, maps_id),
-            failed: false,
-        }
+        Self(InstallFile::new(run_dir, FILE, pin_dir, maps_id).private())
     }
 
     /// The config the policy installed as `seq` in these maps was compiled
@@ -72,7 +65,7 @@ impl KeptConfig {
     /// file, it is another set of maps' or another install's. Its errors
     /// name it as kept here.
     pub(super) fn load(&self, seq: u64) -> Option<Result<Config, ConfigError>> {
-        let kept = self.file.load::<Kept>().filter(|k| k.seq == seq)?;
+        let kept = self.0.file.load::<Kept>().filter(|k| k.seq == seq)?;
         let mut config = match &kept.text {
             Some(text) => match Config::from_str_named(text, &self.describe(&kept.source)) {
                 Ok(config) => config,
@@ -93,12 +86,12 @@ impl KeptConfig {
     }
 
     fn suffix(&self) -> String {
-        format!(" as kept in {}", self.file.path.display())
+        format!(" as kept in {}", self.0.file.path.display())
     }
 
     /// Writes `config`, from which the policy installed as `seq`, running in
     /// `mode`, was compiled (a failure is warned of once; each refresh
-    /// tries again, [`KeptConfig::retry`]). Readable by root only: a
+    /// tries again, [`KeptConfig::retry`]). Readable by its owner only: a
     /// policy file may be too.
     pub(super) fn save(&mut self, seq: u64, mode: Mode, config: &Config) {
         // A kept config kept again (a refresh of a start that keeps one)
@@ -110,33 +103,26 @@ impl KeptConfig {
             source: source.unwrap_or(&config.source).to_owned(),
             text: config.text.as_deref().map(str::to_owned),
         };
-        match self.file.save_private(&kept) {
-            Ok(()) => self.failed = false,
-            Err(e) if !self.failed => {
-                warn!(
-                    "writing {} failed: {e}; a daemon restarted on a policy file it refuses \
-                     keeps the pinned policy as it is, without re-resolving it (tried again \
-                     every second)",
-                    self.file.path.display()
-                );
-                self.failed = true;
-            }
-            Err(_) => {}
-        }
+        self.0.save(
+            &kept,
+            "a daemon restarted on a policy file it refuses keeps the pinned policy as it is, \
+             without re-resolving it",
+        );
     }
 
     /// What the file holds for these maps now, for [`KeptConfig::put_back`].
     pub(super) fn held(&self) -> Held {
-        Held(self.file.load::<Kept>())
+        Held(self.0.file.load::<Kept>())
     }
 
     /// Writes back what the file `held` (removes it if it held nothing for
     /// these maps): a start that failed after installing its policy puts
     /// the policy before it back, and the config that speaks for it.
     pub(super) fn put_back(&self, held: &Held) {
+        let file = &self.0.file;
         let done = match &held.0 {
-            Some(kept) => self.file.save_private(kept),
-            None => std::fs::remove_file(&self.file.path).or_else(|e| match e.kind() {
+            Some(kept) => file.save_private(kept),
+            None => std::fs::remove_file(&file.path).or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),
                 _ => Err(e),
             }),
@@ -145,14 +131,14 @@ impl KeptConfig {
             warn!(
                 "putting back {} failed: {e}; a daemon restarted on a policy file it refuses \
                  keeps the pinned policy as it is",
-                self.file.path.display()
+                file.path.display()
             );
         }
     }
 
     /// Writes again if the last write failed.
     pub(super) fn retry(&mut self, seq: u64, mode: Mode, config: &Config) {
-        if self.failed {
+        if self.0.failed() {
             self.save(seq, mode, config);
         }
     }
@@ -173,7 +159,7 @@ mod tests {
         let mut file = KeptConfig::new(dir.path(), pins, Some(7));
         // Run enforcing (`--mode enforce` over the file's audit).
         file.save(3, Mode::Enforce, &config);
-        assert!(!file.failed);
+        assert!(!file.0.failed());
         let kept = file.load(3).unwrap().unwrap();
         assert_eq!(kept.mode, Mode::Enforce);
         assert_eq!(kept.protect, config.protect);

@@ -7,20 +7,15 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
 
-use crate::{kernel::pins::PinDir, policy::Netns, run_file::StampedFile};
+use crate::{kernel::pins::PinDir, policy::Netns, run_file::InstallFile};
 
 /// The file's name in the run directory.
 pub const FILE: &str = "scope.json";
 
 /// Where the scope is kept, and for which maps: a namespace is kept by its
 /// cookie, which only this boot's kernel gave it.
-pub(super) struct ScopeFile {
-    file: StampedFile,
-    /// Writing it failed last time (said once, until it works again).
-    failed: bool,
-}
+pub(super) struct ScopeFile(InstallFile);
 
 /// What the file holds after its stamp.
 #[derive(Serialize, Deserialize)]
@@ -46,17 +41,15 @@ impl ScopeFile {
 
     /// The file of the maps whose `LW_GENERATION` has id `maps_id`.
     pub(super) fn new(run_dir: &Path, pin_dir: &Path, maps_id: Option<u32>) -> Self {
-        Self {
-            file: StampedFile::new(run_dir.join(FILE), pin_dir, maps_id),
-            failed: false,
-        }
+        Self(InstallFile::new(run_dir, FILE, pin_dir, maps_id))
     }
 
     /// The namespaces a predecessor's policy in these maps was scoped to;
     /// none when there is no file, it does not parse, or it is another
     /// set of maps'.
     pub(super) fn load(&self) -> Vec<Netns> {
-        self.file
+        self.0
+            .file
             .load::<Scope>()
             .map(|scope| scope.netns)
             .unwrap_or_default()
@@ -68,24 +61,17 @@ impl ScopeFile {
         let scope = Scope {
             netns: netns.to_vec(),
         };
-        match self.file.save(&scope) {
-            Ok(()) => self.failed = false,
-            Err(e) if !self.failed => {
-                warn!(
-                    "writing {} failed: {e}; a daemon started after this one drops a namespace \
-                     kept in the scope after its name went (tried again at the next install)",
-                    self.file.path.display()
-                );
-                self.failed = true;
-            }
-            Err(_) => {}
-        }
+        self.0.save(
+            &scope,
+            "a daemon started after this one drops a namespace kept in the scope after its name \
+             went",
+        );
     }
 
     /// Writes `netns` again if the last write failed (each refresh asks: a
     /// policy that does not change installs nothing, and would not).
     pub(super) fn retry(&mut self, netns: &[Netns]) {
-        if self.failed {
+        if self.0.failed() {
             self.save(netns);
         }
     }
@@ -108,7 +94,7 @@ mod tests {
         }];
         let mut file = ScopeFile::new(dir.path(), pins, Some(7));
         file.save(&kept);
-        assert!(!file.failed);
+        assert!(!file.0.failed());
         assert_eq!(file.load(), kept);
         // One flat object: the stamp's fields beside the scope's.
         let text = fs::read_to_string(dir.path().join(FILE)).unwrap();
@@ -126,7 +112,7 @@ mod tests {
         }
         // Another boot's (cookies and map ids start over): none.
         let mut rebooted = ScopeFile::new(dir.path(), pins, Some(7));
-        rebooted.file.stamp.boot_id = Some("another boot".to_owned());
+        rebooted.0.file.stamp.boot_id = Some("another boot".to_owned());
         assert!(rebooted.load().is_empty());
         // A broken file: none.
         fs::write(dir.path().join(FILE), b"{").unwrap();
