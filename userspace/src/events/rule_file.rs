@@ -11,8 +11,10 @@ use crate::{policy::RuleInfo, run_file::StampedFile};
 
 /// The file's name in the run directory.
 pub const FILE: &str = "rules.json";
-/// Installs kept in the file: enough for the reports a restart leaves
-/// queued (those of the last few policies), small enough to rewrite at
+/// Rule lists kept in the file, each with the installs that share it
+/// (re-resolutions: new ids, the same rules): enough for the reports a
+/// restart leaves queued and the connections opened under the last few
+/// policies, however many re-resolutions since; small enough to rewrite at
 /// every install.
 pub const KEPT: usize = 8;
 
@@ -26,7 +28,13 @@ pub struct RuleFile {
 /// What the file holds after its stamp.
 #[derive(Serialize, Deserialize)]
 struct Lists {
-    /// `(policy_seq, rules)`, oldest first.
+    /// `(policy_seqs, rules)`: each list once, with the installs that
+    /// followed one another with it; oldest first.
+    #[serde(default)]
+    runs: Vec<(Vec<u64>, Vec<RuleInfo>)>,
+    /// The form of earlier versions, read only: `(policy_seq, rules)`,
+    /// oldest first.
+    #[serde(default, skip_serializing)]
     lists: Vec<(u64, Vec<RuleInfo>)>,
 }
 
@@ -37,29 +45,59 @@ impl RuleFile {
         }
     }
 
-    /// Writes the newest [`KEPT`] of `lists` (oldest first), replacing the
-    /// file whole.
+    /// Writes the newest [`KEPT`] rule lists of `lists` (`(policy_seq,
+    /// rules)`, oldest first; installs that follow one another with the
+    /// same rules share one list, as the enricher keeps them: the same
+    /// slice), with every install that shares them, replacing the file
+    /// whole.
     pub fn save<'a>(
         &self,
         lists: impl DoubleEndedIterator<Item = (u64, &'a [RuleInfo])>,
     ) -> io::Result<()> {
-        let mut newest: Vec<(u64, Vec<RuleInfo>)> = lists
+        let mut runs: Vec<(Vec<u64>, &[RuleInfo])> = Vec::new();
+        for (seq, rules) in lists.rev() {
+            if let Some((seqs, last)) = runs.last_mut()
+                && (std::ptr::eq(*last, rules) || *last == rules)
+            {
+                seqs.push(seq);
+                continue;
+            }
+            if runs.len() == KEPT {
+                break;
+            }
+            runs.push((vec![seq], rules));
+        }
+        let runs = runs
+            .into_iter()
             .rev()
-            .take(KEPT)
-            .map(|(seq, rules)| (seq, rules.to_vec()))
+            .map(|(mut seqs, rules)| {
+                seqs.reverse();
+                (seqs, rules.to_vec())
+            })
             .collect();
-        newest.reverse();
-        self.file.save(&Lists { lists: newest })
+        self.file.save(&Lists {
+            runs,
+            lists: Vec::new(),
+        })
     }
 
     /// The lists a predecessor saved for these pins, those of policies up
     /// to `seq` (the one in force), oldest first; none when there is no
     /// file, it does not parse, or it is another set of maps'.
     pub fn load(&self, seq: u64) -> Vec<(u64, Vec<RuleInfo>)> {
-        self.file
-            .load::<Lists>()
-            .map(|saved| saved.lists.into_iter().filter(|(s, _)| *s <= seq).collect())
-            .unwrap_or_default()
+        let Some(saved) = self.file.load::<Lists>() else {
+            return Vec::new();
+        };
+        let runs = saved
+            .runs
+            .into_iter()
+            .flat_map(|(seqs, rules)| seqs.into_iter().map(move |s| (s, rules.clone())));
+        saved
+            .lists
+            .into_iter()
+            .chain(runs)
+            .filter(|(s, _)| *s <= seq)
+            .collect()
     }
 }
 
@@ -91,6 +129,32 @@ mod tests {
         let loaded = file.load(20);
         assert_eq!(loaded, lists[10 - KEPT..]);
         assert_eq!(file.load(15).last().map(|(s, _)| *s), Some(14));
+        // Hundreds of installs that share lists (re-resolutions) keep the
+        // newest KEPT lists, and every install of them.
+        let shared: Vec<Vec<RuleInfo>> = (0..10).map(|i| rules(&format!("s{i}"))).collect();
+        let installs: Vec<(u64, &[RuleInfo])> = (1..=1000)
+            .map(|seq| (seq, shared[(seq as usize - 1) / 100].as_slice()))
+            .collect();
+        file.save(installs.iter().copied()).unwrap();
+        let loaded = file.load(1000);
+        assert_eq!(loaded.len(), KEPT * 100);
+        assert_eq!(loaded[0], (201, shared[2].clone()));
+        assert_eq!(loaded.last(), Some(&(1000, shared[9].clone())));
+        // The file of an earlier version still reads.
+        fs::write(
+            &file.file.path,
+            serde_json::to_vec(&serde_json::json!({
+                "pin_dir": "/sys/fs/bpf/loopwarden",
+                "maps_id": 7,
+                "boot_id": file.file.stamp.boot_id,
+                "lists": [[4, rules("old")]],
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(file.load(20), vec![(4, rules("old"))]);
+        file.save(lists.iter().map(|(s, r)| (*s, r.as_slice())))
+            .unwrap();
         // Another pin directory's, another set of maps' (made afresh in
         // it), or maps whose id is not known: nothing.
         for (pins, id) in [
