@@ -64,7 +64,7 @@ use self::{
 use crate::{
     error_chain,
     events::RELAY_RULE_NAME,
-    kernel::sock_diag::{TcpSocket, state},
+    kernel::sock_diag::{self, TcpSocket, state},
     policy::{CompiledPolicy, Mode},
 };
 
@@ -286,7 +286,13 @@ fn cut(
         }
     };
     let mut reader = ProcReader::new(cgroup_root.to_owned());
-    for (index, sock, relayed) in &candidates {
+    for (position, (index, sock, relayed)) in candidates.iter().enumerate() {
+        // Reading owners takes time (their command lines may wait): a
+        // sweep a newer policy superseded stops here, not at its next cut.
+        if superseded() {
+            sweep.superseded = true;
+            return;
+        }
         // No owner: closed meanwhile, or held only by a process that is gone.
         let Some(pids) = owners.get(&sock.inode) else {
             continue;
@@ -322,20 +328,34 @@ fn cut(
                 netns_cookie: ns.cookie,
                 owner,
                 relayed: *relayed,
+                at: std::time::SystemTime::now(),
             }),
             // Closed since the dump (ENOENT), or its address pair now
             // belongs to another socket (ESTALE: the cookie differs).
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
                 debug!("cut: {} -> {} is already gone", sock.src, sock.dst);
             }
-            Err(source) => sweep.error(&SweepError::Destroy {
-                src: sock.src,
-                dst: sock.dst,
-                cookie: sock.cookie,
-                pid: owner.pid,
-                netns: ns.label.clone(),
-                source,
-            }),
+            Err(source) => {
+                // No other socket can be cut either: said once, not once
+                // per connection at every sweep.
+                let none_can = source.raw_os_error() == Some(libc::EPERM)
+                    || sock_diag::missing_feature_fix(&source).is_some();
+                sweep.error(&SweepError::Destroy {
+                    src: sock.src,
+                    dst: sock.dst,
+                    cookie: sock.cookie,
+                    pid: owner.pid,
+                    netns: ns.label.clone(),
+                    source,
+                });
+                let left = candidates.len() - position - 1;
+                if none_can && left > 0 {
+                    sweep.problem(format!(
+                        "the {left} connections left to judge were not tried: no cut can be made"
+                    ));
+                    return;
+                }
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Cut {
     /// The relay evidence the connection's origin recorded at its connect,
     /// if it recorded any.
     pub relayed: Option<Relayed>,
+    /// When it was cut (its line is written once the sweep is done).
+    pub at: std::time::SystemTime,
 }
 
 /// The relay evidence a connection's origin recorded at its connect: the
@@ -51,7 +53,8 @@ pub struct Sweep {
     /// What kept it from checking or cutting everything, one line each, in
     /// the order met (each also logged as a warning). Empty: complete.
     pub problems: Vec<String>,
-    /// It stopped before a cut: a newer policy had been asked for.
+    /// It stopped early (before its next candidate or cut): a newer policy
+    /// had been asked for.
     pub superseded: bool,
 }
 

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, PoisonError, RwLock},
-    time::{Instant, SystemTime},
+    time::Instant,
 };
 
 use loopwarden_common::{
@@ -284,7 +284,7 @@ impl Enricher {
             .filter(|key| **key != ExeKey::default());
         self.users.refresh(id.uid, Instant::now());
         AuditRecord {
-            time: Time(SystemTime::now()),
+            time: Time(cut.at),
             verdict: CUT,
             rule: Some(Cow::Borrowed(cut.rule_name.as_str())),
             browser: None,

@@ -268,6 +268,7 @@ fn cut() -> Cut {
             },
         },
         relayed: None,
+        at: std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
     }
 }
 
@@ -288,6 +289,13 @@ fn cut_records_name_the_socket() {
     assert!(line.ends_with(" socket_cookie=4711"), "{line}");
     let v: serde_json::Value = serde_json::from_str(&record.format(LogFormat::Json)).unwrap();
     assert_eq!(v["verdict"], "cut");
+    // When it was cut, not when its line was written.
+    assert!(
+        v["time"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2027-01-15T08:00:00")),
+        "{v}"
+    );
     assert_eq!(v["src"], "127.0.0.1:40000");
     assert_eq!(v["dst_port"], 8080);
     assert_eq!(v["socket_cookie"], 4711);
