@@ -297,8 +297,11 @@ fn cut(
         let Some(pids) = owners.get(&sock.inode) else {
             continue;
         };
+        // A holder whose start time could not be read is not judged: its
+        // pid may be another process's by the time it is read.
         let hit = pids.iter().find_map(|&pid| {
-            let mut owner = reader.owner(pid, started.get(&pid).copied())?.clone();
+            let started = started.get(&pid).copied()?;
+            let mut owner = reader.owner(pid, Some(started))?.clone();
             owner.identity.tracked = known.tracked(pid);
             let rule =
                 policy.denial_of(&owner.identity, sock.dst.port(), now, relayed.is_some())?;

@@ -176,12 +176,15 @@ pub fn socket_owners(inodes: &HashSet<u64>) -> ProcResult<Holders> {
         {
             started.insert(pid, stat.starttime);
         }
-        // An empty table: perhaps a main thread that has exited.
+        // An empty table: perhaps a main thread that has exited. The
+        // process's start time is its main thread's (a zombie's `stat`
+        // still tells it), which `ProcReader::owner` compares, not the
+        // running thread's it reads the table through.
         if held == 0
+            && let Ok(stat) = process.stat()
             && let Some(live) = live(process)
             && let Ok(fds) = live.fd()
             && note_sockets(fds.flatten(), pid, inodes, &mut owners).1
-            && let Ok(stat) = live.stat()
         {
             started.insert(pid, stat.starttime);
         }
@@ -411,9 +414,14 @@ impl ProcReader {
             .map(|exe| exe.key);
         // (One that waits is shown as unknown.)
         let cmdline = proc_cmdline_at(&dir).ok().flatten();
-        let alive = process.stat().is_ok();
+        // Gone meanwhile: what was read by its pid's path (the executable's
+        // name, the command line) may be another process's, which took
+        // the pid since; and its descriptors are closed.
+        if process.stat().is_err() {
+            return None;
+        }
         let identity = ProcessIdentity {
-            exe: exe.filter(|_| alive).unwrap_or_default(),
+            exe: exe.unwrap_or_default(),
             exe_name,
             comms,
             uid: status.ruid,
@@ -421,7 +429,6 @@ impl ProcReader {
             ancestors: self.ancestors(ppid),
             tracked: None,
         };
-        let cmdline = cmdline.filter(|_| alive);
         let parent_exe = (ppid != 0)
             .then(|| Process::new(ppid as i32).ok()?.exe().ok())
             .flatten();
