@@ -14,16 +14,18 @@
 //! re-resolutions every second (an address per pod on a busy node) would
 //! otherwise stop every sweep that takes longer than that before it cut.
 //! At exit the daemon stops a running sweep the same way and waits for
-//! the lines of what it cut ([`Sweeper::finish`]).
+//! the lines of what it cut ([`Sweeper::finish`]). One request at most
+//! waits (a mailbox, not a queue): a sweep held up for long (a cut the
+//! kernel makes only once the socket's owner lets its lock go) leaves one
+//! policy waiting, not one per re-resolution since.
 
 use std::{
     io,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, Receiver, Sender},
     },
     thread::{self, JoinHandle},
     time::Duration,
@@ -52,10 +54,21 @@ struct Job {
     number: u64,
 }
 
+/// The request waiting for the sweeping thread, if any: a newer one
+/// replaces it.
+#[derive(Default)]
+struct Mailbox {
+    job: Option<Job>,
+    /// [`Sweeper::finish`] closed it: the thread ends once it is empty.
+    closed: bool,
+}
+
+/// The mailbox and the signal that something was put in it.
+type Jobs = Arc<(Mutex<Mailbox>, Condvar)>;
+
 /// The handle the daemon asks for sweeps through.
 pub struct Sweeper {
-    /// `None` once [`Sweeper::finish`] closed it.
-    jobs: Option<Sender<Job>>,
+    jobs: Jobs,
     /// The latest request's number.
     latest: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
@@ -65,14 +78,15 @@ impl Sweeper {
     /// Starts the sweeping thread; it ends when the handle is dropped.
     /// `maps_dir`: where the kernel's maps are pinned.
     pub fn spawn(cgroup_root: PathBuf, maps_dir: PathBuf, format: LogFormat) -> io::Result<Self> {
-        let (jobs, queue) = mpsc::channel();
+        let jobs = Jobs::default();
+        let queue = jobs.clone();
         let latest = Arc::new(AtomicU64::new(0));
         let seen = latest.clone();
         let thread = thread::Builder::new()
             .name("lw-sweep".into())
             .spawn(move || work(&queue, &seen, cgroup_root, &maps_dir, format))?;
         Ok(Self {
-            jobs: Some(jobs),
+            jobs,
             latest,
             thread: Some(thread),
         })
@@ -95,7 +109,8 @@ impl Sweeper {
     /// it ended in time.
     pub fn finish(&mut self, limit: Duration) -> bool {
         self.supersede();
-        self.jobs = None;
+        self.mailbox().closed = true;
+        self.jobs.1.notify_one();
         self.thread
             .take()
             .is_none_or(|thread| crate::join_within(thread, limit))
@@ -126,13 +141,27 @@ impl Sweeper {
             addrs: addrs.to_vec(),
             number,
         };
-        if self
-            .jobs
-            .as_ref()
-            .is_none_or(|jobs| jobs.send(job).is_err())
-        {
+        let mut mailbox = self.mailbox();
+        if mailbox.closed || !self.running() {
             warn!("the connection sweeper has stopped: admitted connections are not cut");
+            return;
         }
+        // Only the newest request matters: it carries the policy in force.
+        mailbox.job = Some(job);
+        drop(mailbox);
+        self.jobs.1.notify_one();
+    }
+
+    fn mailbox(&self) -> std::sync::MutexGuard<'_, Mailbox> {
+        self.jobs.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Sweeper {
+    /// Closes the mailbox: the thread ends once its sweep under way is done.
+    fn drop(&mut self) {
+        self.mailbox().closed = true;
+        self.jobs.1.notify_one();
     }
 }
 
@@ -241,8 +270,24 @@ fn connections(n: usize) -> String {
     }
 }
 
+/// The next request, waited for; `None` once the mailbox is closed and
+/// empty.
+fn next_job(jobs: &Jobs) -> Option<Job> {
+    let (mailbox, put) = &**jobs;
+    let mut mailbox = mailbox.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        if let Some(job) = mailbox.job.take() {
+            return Some(job);
+        }
+        if mailbox.closed {
+            return None;
+        }
+        mailbox = put.wait(mailbox).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
 fn work(
-    queue: &Receiver<Job>,
+    queue: &Jobs,
     latest: &AtomicU64,
     cgroup_root: PathBuf,
     maps_dir: &Path,
@@ -253,11 +298,7 @@ fn work(
     // do: a stalled reader holds no sweep (nor the status it writes), and
     // what it could not take is said.
     let mut out = stdout_writer("lw-cut-lines");
-    while let Ok(mut job) = queue.recv() {
-        // Only the newest request matters: it carries the policy in force.
-        while let Ok(newer) = queue.try_recv() {
-            job = newer;
-        }
+    while let Some(job) = next_job(queue) {
         // Superseded while queued (the exit's [`Sweeper::finish`] too).
         if job.policy.mode != Mode::Enforce || latest.load(Ordering::SeqCst) != job.number {
             continue;
@@ -351,5 +392,35 @@ mod tests {
         assert!(!sweeper.running());
         // A second finish has nothing to wait for.
         assert!(sweeper.finish(Duration::ZERO));
+    }
+
+    /// Requests made while the thread is busy (here: a thread that never
+    /// reads the mailbox) leave one waiting, the newest: not one policy
+    /// per request, as a queue did.
+    #[test]
+    fn requests_made_while_a_sweep_runs_leave_one_waiting() {
+        let (stop, parked) = std::sync::mpsc::channel::<()>();
+        let sweeper = Sweeper {
+            jobs: Jobs::default(),
+            latest: Arc::new(AtomicU64::new(0)),
+            thread: Some(thread::spawn(move || {
+                let _ = parked.recv();
+            })),
+        };
+        let policy = crate::policy::predecessor_scope(
+            &crate::config::Config::embedded_default(),
+            Vec::new(),
+        );
+        for _ in 0..100 {
+            sweeper.request(&policy, &[]);
+        }
+        let job = next_job(&sweeper.jobs).expect("one waits");
+        assert_eq!(job.number, 100);
+        assert!(sweeper.mailbox().job.is_none());
+        let jobs = sweeper.jobs.clone();
+        drop(sweeper);
+        // Closed, and empty: the thread ends.
+        assert!(next_job(&jobs).is_none());
+        drop(stop);
     }
 }
